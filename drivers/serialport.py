@@ -1,0 +1,118 @@
+"""The host side of a serial port for trio: pyserial opens and configures it, trio waits on its fd.
+
+A vanished port (USB unplug, EIO, a pty whose device side went away: "readiness to read but
+returned no data") raises :class:`DeviceLost`, so a supervisor can reopen it.
+"""
+from __future__ import annotations
+
+import errno
+import os
+
+import serial
+import trio
+
+from drivers.errors import DeviceLost, PortUnavailable
+from drivers.traffic import TrafficLog
+
+_LOST_ERRNOS = {errno.EIO, errno.ENXIO, errno.ENODEV, errno.EBADF, errno.EPIPE}
+
+
+class SerialPort:
+    """One open serial port. Use :meth:`open`; close with :meth:`aclose`."""
+
+    def __init__(self, ser: serial.Serial, *, traffic: TrafficLog | None = None) -> None:
+        self._ser = ser
+        self._fd = ser.fileno()
+        self.path = ser.port
+        self.traffic = traffic if traffic is not None else TrafficLog()
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.last_rx: float | None = None
+        self._closed = False
+
+    @classmethod
+    def open(cls, path: str, baudrate: int, *, traffic: TrafficLog | None = None) -> "SerialPort":
+        """Open ``path`` exclusively in raw 8N1 mode, non-blocking."""
+        try:
+            ser = serial.Serial(path, baudrate=baudrate, timeout=0, write_timeout=0, exclusive=True)
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise PortUnavailable(f"cannot open serial port {path}: {_reason(exc)}") from None
+        os.set_blocking(ser.fileno(), False)
+        return cls(ser, traffic=traffic)
+
+    @property
+    def baudrate(self) -> int:
+        return self._ser.baudrate
+
+    def set_baudrate(self, baudrate: int) -> None:
+        self._ser.baudrate = baudrate
+
+    def reset_input_buffer(self) -> None:
+        try:
+            self._ser.reset_input_buffer()
+        except (serial.SerialException, OSError) as exc:
+            raise DeviceLost(f"{self.path}: {_reason(exc)}") from None
+
+    async def receive_some(self, max_bytes: int = 4096) -> bytes:
+        """Wait for and return at least one byte."""
+        while True:
+            if self._closed:
+                raise trio.ClosedResourceError(f"{self.path} is closed")
+            await trio.lowlevel.wait_readable(self._fd)
+            try:
+                data = os.read(self._fd, max_bytes)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise self._lost(exc) from None
+            if not data:
+                raise self._lost(None)
+            self.bytes_in += len(data)
+            self.last_rx = trio.current_time()
+            self.traffic.record("rx", data)
+            return data
+
+    async def send_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        self.traffic.record("tx", data)
+        while view:
+            if self._closed:
+                raise trio.ClosedResourceError(f"{self.path} is closed")
+            await trio.lowlevel.wait_writable(self._fd)
+            try:
+                n = os.write(self._fd, view)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise self._lost(exc) from None
+            self.bytes_out += n
+            view = view[n:]
+        await trio.lowlevel.checkpoint()
+
+    def _lost(self, exc: OSError | None) -> DeviceLost:
+        if exc is not None and exc.errno not in _LOST_ERRNOS:
+            return DeviceLost(f"{self.path}: {_reason(exc)}")
+        return DeviceLost(f"{self.path}: port vanished (unplugged or hung up)")
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            trio.lowlevel.notify_closing(self._fd)
+            try:
+                self._ser.close()
+            except (serial.SerialException, OSError):
+                pass
+        await trio.lowlevel.checkpoint()
+
+    async def __aenter__(self) -> "SerialPort":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

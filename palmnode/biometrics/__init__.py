@@ -1,0 +1,1 @@
+"""The biometric engine: kernels, features, matching (see native/ for the C side)."""
