@@ -1,0 +1,86 @@
+"""What each ``palmnode`` subcommand does (the argument parsing lives in cli.py)."""
+from __future__ import annotations
+
+import argparse
+import errno
+import fcntl
+import os
+import sys
+from pathlib import Path
+
+import trio
+
+from palmnode import logs
+
+
+class UserError(Exception):
+    """A mistake a user can fix (bad file, busy port); printed as one line, no traceback."""
+
+
+def sim(args: argparse.Namespace) -> int:
+    from palmnode.sim import scenario as sc
+    from palmnode.sim.gate import DEFAULT_CAMERA_PORT, DEFAULT_RUN_DIR, VirtualGate
+
+    logs.setup("info")
+    script = None
+    if args.scenario is not None:
+        try:
+            script = sc.load(args.scenario)
+        except sc.ScenarioError as exc:
+            raise UserError(str(exc)) from None
+    run_dir = args.run_dir or DEFAULT_RUN_DIR
+    port = DEFAULT_CAMERA_PORT if args.camera_port is None else args.camera_port
+    with _run_dir_lock(run_dir):
+        gate = VirtualGate(run_dir, camera_port=port, seed=args.seed)
+
+        async def main() -> None:
+            async with trio.open_nursery() as nursery:
+                try:
+                    endpoints = await nursery.start(gate.run)
+                except OSError as exc:
+                    if exc.errno == errno.EADDRINUSE:
+                        raise UserError(f"camera port {port} is in use: stop what holds it or pass "
+                                        "--camera-port") from None
+                    raise
+                print(endpoints.to_json(), flush=True)
+                if script is not None:
+                    await gate.play(script)
+                    if args.exit_after_scenario:
+                        nursery.cancel_scope.cancel()
+
+        run_trio(main)
+    return 0
+
+
+def run_trio(fn, *args):
+    """``trio.run``, with a user's mistake or Ctrl-C coming out of task groups as itself."""
+    try:
+        return trio.run(fn, *args)
+    except BaseExceptionGroup as group:
+        for wanted in (UserError, KeyboardInterrupt):
+            match = group.subgroup(wanted)
+            if match is not None:
+                leaf = match
+                while isinstance(leaf, BaseExceptionGroup):
+                    leaf = leaf.exceptions[0]
+                raise leaf from None
+        raise
+
+
+class _run_dir_lock:
+    """Hold an exclusive lock on the run folder so two virtual gates never share its paths."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+
+    def __enter__(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise UserError(f"another palmnode sim is using {self.run_dir}: stop it or pass --run-dir") from None
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)

@@ -1,0 +1,171 @@
+"""Node configuration: TOML files validated into frozen attrs values.
+
+Every mistake in a config file is a :class:`ConfigError` whose one-line message names the file,
+the key and the fix. Relative paths are resolved against the config file's folder.
+"""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "sim.toml"
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message says where and why."""
+
+
+@attrs.frozen
+class ProximityConfig:
+    port: str
+    baudrate: int = 115200
+    frame_rate_hz: int = 100
+    enabled: bool = True
+
+
+@attrs.frozen
+class CardReaderConfig:
+    port: str
+    token_key_file: str
+    baudrate: int = 115200
+    poll_interval_s: float = 0.1
+    enabled: bool = True
+
+
+@attrs.frozen
+class IlluminatorConfig:
+    port: str
+    channels: dict[str, int] = attrs.field(factory=lambda: {"ir": 9, "surface": 10})
+    thermistor_pin: int = 0
+    deadman_ms: int = 500
+    max_temperature_c: float = 70.0
+    baudrate: int = 57600
+    enabled: bool = True
+
+
+@attrs.frozen
+class CameraConfig:
+    source: str
+    width: int = 640
+    height: int = 480
+    fps: int = 30
+    exposure: float | None = None
+    gain: float | None = None
+    enabled: bool = True
+
+
+@attrs.frozen
+class SupervisionConfig:
+    intensity: int = 10
+    period_s: float = 30.0
+    backoff_initial_s: float = 0.1
+    backoff_max_s: float = 1.0
+
+
+@attrs.frozen
+class NodeConfig:
+    node_id: str = "gate-1"
+    log_level: str = "info"
+
+
+@attrs.frozen
+class Config:
+    node: NodeConfig
+    proximity: ProximityConfig
+    card_reader: CardReaderConfig
+    illuminator: IlluminatorConfig
+    camera: CameraConfig
+    supervision: SupervisionConfig = SupervisionConfig()
+    source: Path | None = None
+
+
+_SECTIONS: dict[str, type] = {
+    "node": NodeConfig,
+    "devices.proximity": ProximityConfig,
+    "devices.card_reader": CardReaderConfig,
+    "devices.illuminator": IlluminatorConfig,
+    "devices.camera": CameraConfig,
+    "supervision": SupervisionConfig,
+}
+_PATH_KEYS = {"port", "token_key_file"}
+_SIGNED_KEYS = {"exposure", "gain"}  # V4L2 exposure is a log2 value, often negative
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a TOML config file."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return from_dict(raw, base=path.parent, source=path)
+
+
+def from_dict(raw: dict[str, Any], *, base: Path = Path("."), source: Path | None = None) -> Config:
+    where = str(source) if source else "config"
+    known_top = {"node", "devices", "supervision"}
+    for key in raw:
+        if key not in known_top:
+            raise ConfigError(f"{where}: unknown section [{key}] (known: {', '.join(sorted(known_top))})")
+    devices = raw.get("devices", {})
+    for key in devices:
+        if f"devices.{key}" not in _SECTIONS:
+            raise ConfigError(f"{where}: unknown device [devices.{key}] "
+                              "(known: proximity, card_reader, illuminator, camera)")
+    values = {}
+    for name, cls in _SECTIONS.items():
+        table = raw.get(name) if "." not in name else devices.get(name.split(".", 1)[1])
+        if table is None:
+            if name.startswith("devices."):
+                raise ConfigError(f"{where}: missing section [{name}]")
+            table = {}
+        values[name] = _build(cls, table, f"{where} [{name}]", base)
+    return Config(node=values["node"], proximity=values["devices.proximity"],
+                  card_reader=values["devices.card_reader"], illuminator=values["devices.illuminator"],
+                  camera=values["devices.camera"], supervision=values["supervision"], source=source)
+
+
+def _build(cls: type, table: Any, where: str, base: Path) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: must be a table")
+    fields = {f.name: f for f in attrs.fields(cls)}
+    kwargs = {}
+    for key, value in table.items():
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(fields)})")
+        kwargs[key] = _check(value, fields[key].type, f"{where} {key}", signed=key in _SIGNED_KEYS)
+        if key in _PATH_KEYS and not _is_url(value):
+            kwargs[key] = str((base / value).resolve()) if not Path(value).is_absolute() else value
+    missing = [n for n, f in fields.items() if f.default is attrs.NOTHING and n not in kwargs]
+    if missing:
+        raise ConfigError(f"{where}: missing key {missing[0]!r}")
+    return cls(**kwargs)
+
+
+def _is_url(value: Any) -> bool:
+    return isinstance(value, str) and "://" in value
+
+
+def _check(value: Any, typ: Any, where: str, *, signed: bool = False) -> Any:
+    expected = {"str": str, "int": int, "bool": bool, "float": (int, float),
+                "float | None": (int, float), "dict[str, int]": dict}.get(str(typ), object)
+    if isinstance(value, bool) and expected in (int, (int, float)):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if not isinstance(value, expected):
+        kind = {str: "a string", int: "an integer", bool: "true or false", dict: "a table"}.get(
+            expected, "a number")
+        raise ConfigError(f"{where}: expected {kind}, got {value!r}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0 and not signed:
+        raise ConfigError(f"{where}: must not be negative, got {value!r}")
+    if expected is dict:
+        for k, v in value.items():
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 127:
+                raise ConfigError(f"{where}.{k}: expected a pin number 0-127, got {v!r}")
+    return value
