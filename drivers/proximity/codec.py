@@ -349,7 +349,6 @@ def signal_status(distance: int, strength: int) -> SignalStatus:
 _NEED_MORE = object()
 _PIXHAWK_LINE = re.compile(rb"-?\d{1,3}\.\d{1,3}\r\n")
 _PIXHAWK_START = frozenset(b"-0123456789")
-_IN_SYNC = (DATA_HEADER, COMMAND_HEAD)
 
 
 class _FrameDecoder:
@@ -360,6 +359,7 @@ class _FrameDecoder:
         self._events: collections.deque = collections.deque()
         self._garbage = bytearray()  # the current run of skipped bytes (first 32 kept)
         self._garbage_len = 0
+        self._quiet = 0  # bytes still inside a frame reported malformed: not garbage again
         self._overflowed = 0  # bytes dropped by receive_data since the last event
         self._overflow_head = b""
         #: number of :class:`Malformed` events produced, by reason
@@ -380,6 +380,7 @@ class _FrameDecoder:
         self._buf.clear()
         self._garbage.clear()
         self._garbage_len = 0
+        self._quiet = 0
         self._overflowed = 0
 
     @property
@@ -402,9 +403,12 @@ class _FrameDecoder:
             if result is _NEED_MORE:
                 return self._flush_garbage()
             if result is None:  # buf[0] starts no frame
-                if self._garbage_len < 32:
-                    self._garbage.append(buf[0])
-                self._garbage_len += 1
+                if self._quiet:
+                    self._quiet -= 1  # part of a frame already reported as malformed
+                else:
+                    if self._garbage_len < 32:
+                        self._garbage.append(buf[0])
+                    self._garbage_len += 1
                 del buf[0]
                 continue
             garbage = self._flush_garbage()
@@ -423,21 +427,20 @@ class _FrameDecoder:
         return Malformed(DropReason.GARBAGE, data)
 
     def _checked(self, buf: bytearray, n: int, reason: DropReason):
-        """``buf[:n]`` if its checksum holds (consumed); a Malformed if it fails while the stream
-        is in sync after it (consumed); ``None`` if it fails out of sync (so buf[0] is garbage)."""
+        """The ``n``-byte frame at buf[0] if its checksum holds (consumed), else a Malformed: then
+        only buf[0] is dropped, so a good frame starting inside the bad one still decodes, and
+        the rest of the bad frame's span is skipped without a second report."""
         if len(buf) < n:
             return _NEED_MORE
         frame = bytes(buf[:n])
         if sum(frame[:-1]) & 0xFF == frame[-1]:
             del buf[:n]
+            self._quiet = 0
             return frame
-        if len(buf) == n:
-            return _NEED_MORE  # one more byte tells a corrupted frame from a false header
-        if buf[n] in _IN_SYNC:
-            del buf[:n]
-            self.drops[reason] += 1
-            return Malformed(reason, frame)
-        return None
+        del buf[0]
+        self._quiet = n - 1
+        self.drops[reason] += 1
+        return Malformed(reason, frame)
 
     def _command_frame(self, buf: bytearray):
         """A ``5A`` frame at buf[0]: (frame_id, payload), a Malformed, _NEED_MORE or None."""
@@ -447,7 +450,7 @@ class _FrameDecoder:
         if not COMMAND_MIN_LEN <= n <= COMMAND_MAX_LEN:
             return None
         frame = self._checked(buf, n, DropReason.COMMAND_CHECKSUM)
-        if frame is None or frame is _NEED_MORE or isinstance(frame, Malformed):
+        if not isinstance(frame, bytes):
             return frame
         return frame[2], frame[3:-1]
 
@@ -467,7 +470,7 @@ class SensorDecoder(_FrameDecoder):
             if buf[1] != DATA_HEADER:
                 return None
             frame = self._checked(buf, DATA_FRAME_LEN, DropReason.CHECKSUM)
-            if frame is None or frame is _NEED_MORE or isinstance(frame, Malformed):
+            if not isinstance(frame, bytes):
                 return frame
             _, _, distance, strength, temp = _DATA.unpack_from(frame)
             return Measurement(distance, strength, temp / TEMP_SCALE - TEMP_OFFSET,
@@ -485,6 +488,7 @@ class SensorDecoder(_FrameDecoder):
             if not _PIXHAWK_LINE.fullmatch(line):
                 return None
             del buf[:end + 1]
+            self._quiet = 0
             return PixhawkDistance(float(line[:-2]))
         return None
 

@@ -63,7 +63,6 @@ class ProximitySensor:
         self.gap_timeout = gap_timeout
         self.firmware_version: codec.FirmwareVersion | None = None
         self.stats = ProximityStats()
-        self._streaming = False
 
     @classmethod
     async def open(cls, path: str, *, baudrate: int = 115200, frame_rate_hz: int = 100,
@@ -141,11 +140,8 @@ class ProximitySensor:
             return event
 
     async def measurements(self) -> AsyncIterator[Distance]:
-        """Readings as they arrive; :class:`DeviceTimeout` after ``gap_timeout`` without one,
+        """Readings as they arrive (one consumer at a time); :class:`DeviceTimeout` after ``gap_timeout`` without one,
         :class:`DeviceLost` when the port vanishes (the port is closed then)."""
-        if self._streaming:
-            raise trio.BusyResourceError(f"{DEVICE} at {self.path}: measurements() is already running")
-        self._streaming = True
         try:
             deadline = trio.current_time() + self.gap_timeout
             while True:
@@ -165,8 +161,6 @@ class ProximitySensor:
         except DeviceLost:
             await self._port.aclose()
             raise
-        finally:
-            self._streaming = False
 
     def _describe(self, problem: str) -> str:
         dump = self._port.traffic.dump(8)

@@ -150,8 +150,8 @@ class ProximityEmulator(SerialEmulator):
             case codec.GetFirmwareVersion():
                 await self.send(codec.encode_reply(self.firmware))
             case codec.SystemReset():
+                self.power_cycle()  # state first, so a host that saw the reply sees its effect
                 await self.send(codec.encode_reply(codec.SystemResetReply(ok=True)))
-                self.power_cycle()
             case codec.SetFrameRate(rate_hz=rate) if rate <= codec.MAX_FRAME_RATE_HZ:
                 self._apply(attrs.evolve(s, frame_rate_hz=rate))
                 await self.send(codec.encode_reply(codec.FrameRateReply(rate)))
