@@ -272,11 +272,14 @@ class Supervisor:
         id: str | None = None,
         restart: RestartType = "permanent",
         shutdown_timeout: float = math.inf,
+        device: str | None = None,
     ) -> ChildSpec:
         """A :class:`ChildSpec` running this supervisor under another one.
 
         The default ``shutdown_timeout`` is infinite: this supervisor bounds its own stop by
-        its children's timeouts, as OTP does for supervisor children.
+        its children's timeouts, as OTP does for supervisor children. ``restart="temporary"``
+        with a ``device`` makes a device that keeps failing end up FAILED in the parent's
+        health registry (gate DEGRADED) instead of taking its siblings down.
         """
         return ChildSpec(
             id=self.name if id is None else id,
@@ -284,6 +287,7 @@ class Supervisor:
             restart=restart,
             shutdown_timeout=shutdown_timeout,
             signals_started=True,
+            device=device,
         )
 
     # ------------------------------------------------------------- internals

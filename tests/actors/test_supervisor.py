@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+from functools import partial
 
 import pytest
 import trio
@@ -493,3 +494,44 @@ def test_specs_are_validated() -> None:
         Supervisor("node", [ChildSpec("x", body), ChildSpec("x", body)])
     with pytest.raises(ValueError, match="strategy"):
         Supervisor("node", [], strategy="all_for_one")  # type: ignore[arg-type]
+
+
+async def test_failing_optional_device_degrades_the_gate_without_stopping_the_rest(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The node's shape: a card reader that keeps failing ends FAILED, the camera keeps going."""
+    h = Harness()
+    health = HealthRegistry()
+    health.register("camera")
+    health.register("card", essential=False)
+
+    async def device_actor(name: str, ctx) -> None:
+        ctx.started()  # signal before touching hardware that may be missing
+        health.set_state(name, DeviceState.OPENING)
+        if name == "card":
+            raise OSError(5, "Input/output error")
+        health.set_state(name, DeviceState.READY)
+        await h.body(name)(ctx)
+
+    card = Supervisor(
+        "card", [ChildSpec("card-reader", partial(device_actor, "card"), signals_started=True)],
+        intensity=2, period=5.0, backoff=EXACT,
+    )
+    node = Supervisor(
+        "node",
+        [
+            ChildSpec("camera", partial(device_actor, "camera"), signals_started=True, device="camera"),
+            card.as_child(restart="temporary", device="card"),
+        ],
+        health=health,
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        await trio.sleep(5)
+        assert health.device("card").state is DeviceState.FAILED
+        assert "gave up on child 'card-reader'" in (health.device("card").last_error or "")
+        assert health.device("camera").state is DeviceState.READY
+        assert health.gate.value == "degraded"
+        assert [c.state for c in node.tree().children] == [ChildState.RUNNING, ChildState.FAILED]
+        assert set(h.live) == {"camera"}
+        await node.stop()
