@@ -135,9 +135,9 @@ async def test_slow_first_answer_still_opens_within_timeout(emu):
 
 
 async def test_first_answer_later_than_timeout_is_device_timeout(emu):
-    emu.slow_first_answer(1.0)
-    with pytest.raises(DeviceTimeout, match=r"at .*tfmini: no answer to 'firmware version' within 0.3s"):
-        await ProximitySensor.open(str(emu.link), timeout=0.3)
+    emu.slow_first_answer(0.5)
+    with pytest.raises(DeviceTimeout, match=r"at .*tfmini: no answer to 'firmware version' within 0.25s"):
+        await ProximitySensor.open(str(emu.link), timeout=0.25)
     async with await ProximitySensor.open(str(emu.link), timeout=2.0):
         pass  # the failed open released the port
 
