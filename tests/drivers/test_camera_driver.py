@@ -1,0 +1,195 @@
+"""The camera driver against the emulator over real loopback sockets (OpenCV FFmpeg backend)."""
+import threading
+
+import numpy as np
+import pytest
+import trio
+
+from drivers.camera import DARK, FULL_IR, Camera, CameraEmulator, Lighting
+from drivers.errors import DeviceLost, DeviceTimeout, PortUnavailable
+
+
+def reader_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("camera-reader") and t.is_alive()]
+
+
+@pytest.fixture
+async def light():
+    return [FULL_IR]
+
+
+@pytest.fixture
+async def emu(nursery, light):
+    emulator = CameraEmulator(seed=11, lighting=lambda: light[0])
+    await nursery.start(emulator.run)
+    return emulator
+
+
+async def test_frames_arrive_grey_with_seq_time_and_stats(emu):
+    async with await Camera.open(emu.url, width=320, exposure=10) as cam:
+        assert cam.backend == "FFMPEG" and cam.raw_jpeg
+        frames = [await cam.next_frame(timeout=2) for _ in range(5)]
+        now = trio.current_time()
+        for frame in frames:
+            assert frame.image.shape == (480, 640) and frame.image.dtype == np.uint8
+            assert not frame.image.flags.writeable
+            assert now - 1.0 < frame.captured_at <= now
+        assert [f.seq for f in frames] == sorted({f.seq for f in frames})
+        assert [f.captured_at for f in frames] == sorted(f.captured_at for f in frames)
+        assert cam.latest() is frames[-1] or cam.latest().seq > frames[-1].seq
+        assert cam.stats.frames >= 5 and cam.stats.last_frame_at >= frames[-1].captured_at
+        assert 10 < cam.stats.fps < 60 and cam.stats.decode_errors == 0
+        # a stream URL takes no capture properties: the camera decides, and the driver says so
+        assert {r.name: r.accepted for r in cam.settings} == {"width": False, "exposure": False}
+        assert cam.accepted == frozenset()
+        result = await cam.set_gain(4)
+        assert result.name == "gain" and result.requested == 4 and not result.accepted
+        assert not (await cam.set_exposure(20)).accepted
+        assert (await cam.next_frame(timeout=2)).seq > frames[-1].seq  # still streaming
+    assert not reader_threads()
+
+
+async def test_lighting_shows_in_brightness_and_dark_is_dark(emu, light):
+    async with await Camera.open(emu.url) as cam:
+        lit = (await cam.next_frame(timeout=2)).image
+        light[0] = DARK
+        with trio.fail_after(2):
+            async for frame in cam.frames():
+                if frame.image.mean() < 6:
+                    break
+        assert frame.image.max() < 40  # sensor noise only
+        light[0] = Lighting(ir=0.5)
+        with trio.fail_after(2):
+            async for frame in cam.frames():
+                if frame.image.mean() > 6:
+                    break
+        half = frame.image
+        centre = (slice(250, 280), slice(300, 340))
+        assert 100 < lit[centre].mean() < 125 and 45 < half[centre].mean() < 70
+
+
+async def test_slow_consumer_gets_newest_frame_and_drops_are_counted(emu):
+    async with await Camera.open(emu.url) as cam:
+        first = await cam.next_frame(timeout=2)
+        before = trio.current_time()
+        await trio.sleep(0.4)  # the scenario: a consumer busy for 12 frame times
+        assert cam.latest().seq > first.seq + 1
+        fresh = await cam.next_frame(timeout=2)
+        assert fresh.captured_at > before  # not a stale frame kept from before the pause
+        assert fresh.dropped_before >= 1 and fresh.seq - first.seq == fresh.dropped_before + 1
+        assert cam.stats.drops >= fresh.dropped_before
+        nxt = await cam.next_frame(timeout=2)
+        assert nxt.dropped_before == 0 and nxt.seq == fresh.seq + 1
+
+
+async def test_unplug_is_device_lost_then_reopen_at_same_url(emu, nursery):
+    cam = await Camera.open(emu.url)
+    await cam.next_frame(timeout=2)
+    nursery.start_soon(emu.unplug, 0.5)
+    with pytest.raises(DeviceLost, match="stream ended.*reopen"):
+        with trio.fail_after(3):
+            async for _ in cam.frames():
+                pass
+    with pytest.raises(DeviceLost):  # stays lost
+        await cam.next_frame()
+    await cam.aclose()
+    assert not reader_threads()
+    if not emu.plugged:
+        with pytest.raises(PortUnavailable, match="cannot open the stream"):
+            await Camera.open(emu.url, open_timeout=2)
+    with trio.fail_after(3):
+        await emu.replugged()
+    async with await Camera.open(emu.url) as again:
+        assert (await again.next_frame(timeout=2)).image.shape == (480, 640)
+
+
+async def test_stall_is_timeout_then_stream_resumes(emu):
+    async with await Camera.open(emu.url, read_timeout=3) as cam:
+        await cam.next_frame(timeout=2)
+        emu.stall(0.8)
+        with pytest.raises(DeviceTimeout, match="no frame within"):
+            with trio.fail_after(2):
+                while True:  # a frame already in flight may still arrive
+                    await cam.next_frame(timeout=0.25)
+        frame = await cam.next_frame(timeout=3)
+        assert frame.image.shape == (480, 640)
+
+
+async def test_stall_longer_than_read_timeout_is_lost_and_close_is_bounded(emu):
+    cam = await Camera.open(emu.url, read_timeout=0.4)
+    await cam.next_frame(timeout=2)
+    emu.stall(1.0)
+    with pytest.raises(DeviceLost, match="no frame for 0.4s"):
+        with trio.fail_after(3):
+            async for _ in cam.frames(timeout=2):
+                pass
+    await cam.aclose()
+    assert not reader_threads()
+    emu.stall(0)
+
+    cam = await Camera.open(emu.url, read_timeout=0.6)
+    await cam.next_frame(timeout=2)
+    emu.stall(3)
+    with pytest.raises(DeviceTimeout):
+        while True:  # drain what was in flight: afterwards the reader is blocked in the backend
+            await cam.next_frame(timeout=0.15)
+    start = trio.current_time()
+    await cam.aclose()
+    assert trio.current_time() - start < 0.6 + 0.5 and not reader_threads()
+    emu.stall(0)
+
+
+async def test_corrupt_part_is_counted_and_skipped(emu):
+    async with await Camera.open(emu.url) as cam:
+        await cam.next_frame(timeout=2)
+        emu.inject_garbage()
+        with trio.fail_after(3):
+            async for frame in cam.frames():
+                if cam.stats.decode_errors:
+                    break
+        assert cam.stats.decode_errors == 1 and emu.stats.corrupt_parts == 1
+        after = [await cam.next_frame(timeout=2) for _ in range(3)]
+        assert all(f.image.shape == (480, 640) for f in after)
+        assert cam.stats.decode_errors == 1
+
+
+async def test_slow_first_answer_open_timeout(emu):
+    emu.slow_first_answer(1.0)
+    with pytest.raises(DeviceTimeout, match="no stream within 0.3s"):
+        await Camera.open(emu.url, open_timeout=0.3)
+    async with await Camera.open(emu.url, open_timeout=3) as cam:
+        assert (await cam.next_frame(timeout=2)).seq == 0
+    assert not reader_threads()
+
+
+async def test_close_stops_thread_promptly_and_ends_iteration(emu, nursery):
+    cam = await Camera.open(emu.url)
+    seen = []
+    streaming, ended = trio.Event(), trio.Event()
+
+    async def consume():
+        async for frame in cam.frames():
+            seen.append(frame)
+            if len(seen) == 3:
+                streaming.set()
+        ended.set()
+
+    nursery.start_soon(consume)
+    with trio.fail_after(2):
+        await streaming.wait()
+    start = trio.current_time()
+    await cam.aclose()
+    assert trio.current_time() - start < 0.5
+    with trio.fail_after(1):
+        await ended.wait()
+    assert not reader_threads()
+    with pytest.raises(trio.ClosedResourceError):
+        await cam.next_frame()
+
+
+async def test_bad_sources_are_named():
+    with pytest.raises(ValueError, match="not a device index"):
+        await Camera.open("camera.avi")
+    with pytest.raises(PortUnavailable, match="/dev/video99: cannot open the device"):
+        await Camera.open("/dev/video99", open_timeout=2)
+    assert not reader_threads()
