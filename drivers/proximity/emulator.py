@@ -8,6 +8,7 @@ it, else the background, with the noise and strength the manual describes.
 """
 from __future__ import annotations
 
+import collections
 import math
 import select
 from pathlib import Path
@@ -66,7 +67,9 @@ class ProximityEmulator(SerialEmulator):
         self.saved_settings = FACTORY_SETTINGS  # the flash
         self.settings = FACTORY_SETTINGS  # the RAM copy in use
         self.frames_sent = 0
-        self.commands_received: list[codec.Command | codec.UnknownCommand] = []
+        #: the last 256 well-formed commands, oldest first (what a host really sent)
+        self.commands_received: collections.deque[codec.Command | codec.UnknownCommand] = (
+            collections.deque(maxlen=256))
         self._target_mm: float | None = None
         self._decoder = codec.CommandDecoder()
         self._settings_changed = trio.Event()

@@ -95,5 +95,5 @@ async def test_tfmini_package_std_mode(nursery, tmp_path):
     assert abs(near66 - 0.66) <= 0.02 and abs(near25 - 0.25) <= 0.02 and abs(ceiling - 1.20) <= 0.03
     assert s25 > s66 > s_ceiling >= 100
     # the library's old-TFmini config frames reached the sensor and were ignored, as on an S / Plus
-    assert emu.commands_received == []
+    assert list(emu.commands_received) == []
     assert emu.settings.fmt == 1  # still the standard cm format
