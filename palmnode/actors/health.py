@@ -35,13 +35,13 @@ class GateState(enum.Enum):
     """What the gate as a whole can do right now."""
 
     STARTING = "starting"
-    """An essential device has not been ready yet since start (and none has failed)."""
+    """Devices are still opening for the first time, and none has been lost yet."""
     READY = "ready"
     """Every enabled device is ready."""
     DEGRADED = "degraded"
-    """Every essential device is ready, some optional one is not: the gate still serves."""
+    """Some device is not ready, some is: the gate serves with what it has."""
     DOWN = "down"
-    """An essential device was lost or failed: the gate cannot identify anyone."""
+    """No enabled device is ready (after start): the gate cannot serve at all."""
 
 
 @attrs.frozen
@@ -59,8 +59,6 @@ class DeviceHealth:
     """trio time of the last state change."""
     counters: dict[str, int] = attrs.field(hash=False)
     """Named event counters, mostly drops by reason (e.g. ``"checksum"``)."""
-    essential: bool = True
-    """Whether the gate is DOWN without it (else only DEGRADED)."""
 
 
 @attrs.frozen
@@ -95,7 +93,6 @@ def one_line(error: BaseException | str) -> str:
 @attrs.define
 class _Device:
     name: str
-    essential: bool
     state: DeviceState
     since: float
     last_error: str | None = None
@@ -119,12 +116,11 @@ class HealthRegistry:
         self._gate = GateState.STARTING
         self._gate_since = trio.current_time()
 
-    def register(self, name: str, *, essential: bool = True) -> None:
-        """Add device ``name`` in state INIT. ``essential=False`` for devices the gate can
-        serve without (e.g. the card reader: no enrolment, identification still works)."""
+    def register(self, name: str) -> None:
+        """Add device ``name`` in state INIT."""
         if name in self._devices:
             raise ValueError(f"device {name!r} is already registered")
-        self._devices[name] = _Device(name, essential, DeviceState.INIT, trio.current_time())
+        self._devices[name] = _Device(name, DeviceState.INIT, trio.current_time())
         self._update_gate()
 
     def set_state(self, name: str, state: DeviceState, error: BaseException | str | None = None) -> None:
@@ -194,24 +190,21 @@ class HealthRegistry:
             last_seen=d.last_seen,
             since=d.since,
             counters=dict(d.counters),
-            essential=d.essential,
         )
 
     def _compute_gate(self) -> GateState:
         enabled = [d for d in self._devices.values() if d.state is not DeviceState.DISABLED]
         if not enabled:
             return GateState.STARTING
-        essential = [d for d in enabled if d.essential]
-        not_ready = [d for d in essential if d.state is not DeviceState.READY]
-        if any(
-            d.state in (DeviceState.LOST, DeviceState.FAILED) or d.been_ready for d in not_ready
-        ):
-            return GateState.DOWN
-        if not_ready:
-            return GateState.STARTING
-        if all(d.state is DeviceState.READY for d in enabled):
+        ready = [d for d in enabled if d.state is DeviceState.READY]
+        if len(ready) == len(enabled):
             return GateState.READY
-        return GateState.DEGRADED
+        first_opening = any(not d.been_ready and d.state in (DeviceState.INIT, DeviceState.OPENING)
+                            for d in enabled)
+        lost = any(d.state in (DeviceState.LOST, DeviceState.FAILED) for d in enabled)
+        if first_opening and not lost:
+            return GateState.STARTING
+        return GateState.DEGRADED if ready else GateState.DOWN
 
     def _update_gate(self) -> None:
         new = self._compute_gate()

@@ -22,12 +22,14 @@ async def test_device_transitions_and_gate_state(autojump_clock: trio.testing.Mo
         health = HealthRegistry(bus)
         assert health.gate is GateState.STARTING
         health.register("camera")
-        health.register("card", essential=False)
+        health.register("card")
         health.set_state("camera", DeviceState.OPENING)
         assert health.gate is GateState.STARTING
         await trio.sleep(1)
         health.set_state("camera", DeviceState.READY)
-        assert health.gate is GateState.DEGRADED  # card reader not ready yet, gate serves
+        assert health.gate is GateState.STARTING  # the card reader is still opening
+        health.set_state("card", DeviceState.LOST, "no such port")
+        assert health.gate is GateState.DEGRADED  # a device that fails to open: serve without it
         health.set_state("card", DeviceState.READY)
         assert health.gate is GateState.READY
         await trio.sleep(1)
@@ -37,6 +39,8 @@ async def test_device_transitions_and_gate_state(autojump_clock: trio.testing.Mo
         assert health.gate is GateState.DOWN
         health.set_state("camera", DeviceState.OPENING)
         assert health.gate is GateState.DOWN  # reopening after a loss is not "starting"
+        health.set_state("card", DeviceState.READY)
+        assert health.gate is GateState.DEGRADED
         health.set_state("camera", DeviceState.READY)
         health.set_state("card", DeviceState.DISABLED)
         assert health.gate is GateState.READY  # disabled devices do not count
@@ -59,6 +63,7 @@ async def test_device_transitions_and_gate_state(autojump_clock: trio.testing.Mo
     ]
     lost = [e for e in seen if isinstance(e, DeviceStateChanged) and e.new is DeviceState.LOST]
     assert [(e.name, e.old, e.error, e.at) for e in lost] == [
+        ("card", DeviceState.INIT, "no such port", pytest.approx(1.0)),
         ("card", DeviceState.READY, "OSError: [Errno 5] Input/output error", pytest.approx(2.0)),
         ("camera", DeviceState.READY, "stream stalled", pytest.approx(2.0)),
     ]

@@ -503,7 +503,7 @@ async def test_failing_optional_device_degrades_the_gate_without_stopping_the_re
     h = Harness()
     health = HealthRegistry()
     health.register("camera")
-    health.register("card", essential=False)
+    health.register("card")
 
     async def device_actor(name: str, ctx) -> None:
         ctx.started()  # signal before touching hardware that may be missing
