@@ -166,7 +166,7 @@ class Illuminator:
 
     async def _handshake(self) -> None:
         await self._until(lambda: self.firmware is not None and self.protocol_version is not None,
-                          "firmware report (is StandardFirmata flashed, at 57600 baud?)",
+                          "firmware report", hint="is StandardFirmata flashed, at 57600 baud?",
                           ask=fc.version_query() + fc.firmware_query(), first_ask_after=FIRST_ASK_AFTER_S)
         if self.protocol_version[0] != 2:
             raise ProtocolError(f"{self._name}: Firmata protocol {_version(self.protocol_version)} "
@@ -201,8 +201,8 @@ class Illuminator:
                                          f"to PWM; check the board's wiring and firmware")
         if self.deadman_ms:
             await self._until(lambda: self._deadman_ack == self.deadman_ms,
-                              "dead-man acknowledgement (sysex 0x0D); flash the palmnode "
-                              "StandardFirmata with the dead-man extension",
+                              "dead-man acknowledgement (sysex 0x0D)",
+                              hint="flash the palmnode StandardFirmata with the dead-man extension",
                               ask=fc.deadman_arm(self.deadman_ms), error=ProtocolError)
         await self._until(lambda: self._adc is not None, f"thermistor reading on A{self.thermistor_pin}",
                           ask=fc.report_analog(self.thermistor_pin, True))
@@ -210,8 +210,8 @@ class Illuminator:
         log.info("%s: %s, protocol %s, channels %s, deadman %d ms", self._name, self.firmware,
                  _version(self.protocol_version), dict(self.channels), self.deadman_ms)
 
-    async def _until(self, done, what: str, *, ask: bytes, first_ask_after: float = 0.0,
-                     error: type[DeviceError] = DeviceTimeout) -> None:
+    async def _until(self, done, what: str, *, ask: bytes, hint: str = "",
+                     first_ask_after: float = 0.0, error: type[DeviceError] = DeviceTimeout) -> None:
         """Read and handle the board's messages until ``done()``; send ``ask`` now and then."""
         start = trio.current_time()
         deadline = start + self.timeout
@@ -220,7 +220,8 @@ class Illuminator:
             now = trio.current_time()
             if now >= deadline:
                 self._log_traffic()
-                raise error(f"{self._name}: no {what} within {self.timeout:g} s")
+                raise error(f"{self._name}: no {what} within {self.timeout:g} s"
+                            + (f"; {hint}" if hint else ""))
             if now >= next_ask:
                 await self._send(ask)
                 next_ask = now + ASK_EVERY_S

@@ -323,9 +323,9 @@ class IlluminatorEmulator(SerialEmulator):
         else:
             self.overtemp_trips += 1
             notice = NOTICE_OVERTEMP
-        self._notify()
         await self.send(fc.safety_trip(cause))
         await self._notice(notice)
+        self._notify()
 
     async def _notice(self, text: str) -> None:
         self.notices.append(text)
