@@ -1,0 +1,147 @@
+"""``palmnode bench``: the node's idle cost while the virtual gate streams, beside a baseline.
+
+Three processes measured over the same window, from /proc CPU counters:
+- ``sim``: the virtual gate (proximity at 100 Hz, camera at 30 fps), the emulators' own cost;
+- ``node``: ``palmnode run`` on the sim's endpoints (supervisors, drivers, presence, health);
+- ``baseline_bare_read_loop``: the least a host can do to consume the same streams — a blocking
+  pyserial loop reading the TFmini frames and a cv2.VideoCapture loop reading the camera —
+  measured against its own virtual gate in the same run.
+Prints one JSON object on stdout; progress goes to stderr.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+_BASELINE = r"""
+import sys, threading, serial, cv2
+port, url = sys.argv[1], sys.argv[2]
+def camera():
+    cap = cv2.VideoCapture(url)
+    while True:
+        ok, _ = cap.read()
+        if not ok:
+            break
+threading.Thread(target=camera, daemon=True).start()
+ser = serial.Serial(port, 115200, timeout=1)
+ser.write(bytes([0x5A, 0x05, 0x07, 0x01, 0x67]))  # enable output (TFmini Plus manual 5.5)
+frames = 0
+buf = b""
+while True:
+    buf += ser.read(ser.in_waiting or 1)
+    while len(buf) >= 9:
+        i = buf.find(b"\x59\x59")
+        if i < 0:
+            buf = buf[-1:]
+            break
+        frame, buf = buf[i:i + 9], buf[i + 9:]
+        if len(frame) == 9 and sum(frame[:8]) & 0xFF == frame[8]:
+            frames += 1
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` and its threads, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_sim(run_dir: Path, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "palmnode.cli", "sim", "--run-dir", str(run_dir),
+                             "--camera-port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    line = proc.stdout.readline()
+    if not line:
+        raise RuntimeError("the virtual gate did not start")
+    return proc
+
+
+def _node_config(folder: Path, run_dir: Path, port: int) -> Path:
+    path = folder / "node.toml"
+    path.write_text(f"""
+[node]
+node_id = "bench"
+log_level = "warning"
+[devices.proximity]
+port = "{run_dir}/proximity"
+[devices.card_reader]
+port = "{run_dir}/card_reader"
+token_key_file = "{folder}/card_token.key"
+[devices.illuminator]
+port = "{run_dir}/illuminator"
+[devices.camera]
+source = "http://127.0.0.1:{port}/stream.mjpg"
+""")
+    return path
+
+
+def measure(procs: dict[str, subprocess.Popen], seconds: float) -> dict[str, float]:
+    before = {name: cpu_seconds(p.pid) for name, p in procs.items()}
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    wall = time.monotonic() - t0
+    return {name: 100.0 * (cpu_seconds(p.pid) - before[name]) / wall for name, p in procs.items()}
+
+
+def run(seconds: float = 20.0, warmup: float = 5.0) -> dict:
+    procs: dict[str, subprocess.Popen] = {}
+    with tempfile.TemporaryDirectory(prefix="palmnode-bench-") as tmp:
+        folder = Path(tmp)
+        try:
+            port_a, port_b = free_port(), free_port()
+            procs["sim"] = _start_sim(folder / "sim-a", port_a)
+            procs["node"] = subprocess.Popen(
+                [sys.executable, "-m", "palmnode.cli", "run", "--config",
+                 str(_node_config(folder, folder / "sim-a", port_a))], stderr=subprocess.DEVNULL)
+            procs["baseline_sim"] = _start_sim(folder / "sim-b", port_b)
+            procs["baseline_bare_read_loop"] = subprocess.Popen(
+                [sys.executable, "-c", _BASELINE, str(folder / "sim-b" / "proximity"),
+                 f"http://127.0.0.1:{port_b}/stream.mjpg"], stderr=subprocess.DEVNULL)
+            print(f"warming up {warmup:.0f} s, then measuring {seconds:.0f} s ...", file=sys.stderr)
+            time.sleep(warmup)
+            for name, p in procs.items():
+                if p.poll() is not None:
+                    raise RuntimeError(f"{name} exited early with status {p.returncode}")
+            cpu = measure(procs, seconds)
+        finally:
+            for p in procs.values():
+                if p.poll() is None:
+                    p.send_signal(signal.SIGINT)
+            for p in procs.values():
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+    node, base = cpu["node"], cpu["baseline_bare_read_loop"]
+    return {
+        "benchmark": "node_idle_cpu",
+        "window_s": seconds,
+        "load": {"proximity_hz": 100, "camera_fps": 30, "camera_size": "640x480"},
+        "node_cpu_pct_of_core": round(node, 2),
+        "emulators_cpu_pct_of_core": round(cpu["sim"], 2),
+        "baseline": "bare_read_loop",
+        "baseline_cpu_pct_of_core": round(base, 2),
+        "ratio_node_to_baseline": round(node / base, 2) if base > 0 else None,
+        "budget_pct_of_core": 5.0,
+        "within_budget": node <= 5.0,
+    }
+
+
+def main(seconds: float) -> int:
+    print(json.dumps(run(seconds)))
+    return 0
