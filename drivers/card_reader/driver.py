@@ -1,0 +1,340 @@
+"""The PN532 card reader for trio: wake it, configure it, poll for cards, read payment cards.
+
+A payment card's number is turned into a :class:`CardToken` the moment it is read; the driver
+keeps no copy, logs none (the traffic ring redacts what the card says while a card is read),
+and its exceptions never carry card data.
+"""
+from __future__ import annotations
+
+import collections
+import datetime
+import logging
+import secrets
+from collections.abc import AsyncIterator
+
+import attrs
+import trio
+
+from drivers.card_reader import codec, emv
+from drivers.card_reader import commands as c
+from drivers.card_reader.cardtoken import MIN_KEY_BYTES, CardToken, InvalidCardNumber
+from drivers.card_reader.codec import Ack, ErrorFrame, Malformed, Nack, Response
+from drivers.card_reader.hsu import WAKE_UP_PREAMBLE
+from drivers.card_reader.reads import BadgeRead, CardRead, PaymentCardRead
+from drivers.errors import DeviceTimeout, ProtocolError
+from drivers.serialport import SerialPort
+from drivers.traffic import TrafficLog
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BAUDRATE = 115200  # UM0701 §6.2.2 / §7.2.8: HSU speed after power-on
+ACK_TIMEOUT_S = 0.1  # UM0701 §6.2.2: the PN532 ACKs within ~15 ms; nfcpy waits 100 ms too
+RESPONSE_TIMEOUT_S = 0.5
+POLL_TIMEOUT_S = 1.0  # InListPassiveTarget, bounded by POLL_RETRIES
+EXCHANGE_TIMEOUT_S = 1.5  # InDataExchange: the card's frame waiting time plus chip retries
+POLL_RETRIES = 0x01  # §7.3.1 item 5 MxRtyPassiveActivation: two attempts, so a poll ends quickly
+MAX_NACKS = 3  # §6.2.1.4: ask this many times for a response with a bad checksum
+_CHECKSUM_REASONS = ("length checksum error", "extended length checksum error", "data checksum error")
+_CARD_GONE = {c.Status.TIMEOUT, c.Status.CARD_DISAPPEARED, c.Status.RF_PROTOCOL, c.Status.CRC_ERROR,
+              c.Status.PARITY_ERROR, c.Status.FRAMING}
+
+
+@attrs.define
+class CardReaderStats:
+    """Health counters for the diagnostics registry."""
+
+    frames_ok: int = 0  # ACKs and responses with good checksums
+    drops: collections.Counter[str] = attrs.Factory(collections.Counter)  # malformed input by reason
+    nacks_sent: int = 0
+    resends: int = 0  # commands sent again after a missing ACK
+    timeouts: int = 0
+    error_frames: int = 0
+    polls: int = 0
+    badges: int = 0
+    payment_cards: int = 0
+    failed_reads: collections.Counter[str] = attrs.Factory(collections.Counter)  # by reason
+    last_frame_at: float | None = None
+
+
+class _RedactingTrafficLog(TrafficLog):
+    """The port's traffic ring, with what the card says blanked out while a card is being read."""
+
+    sensitive = False
+
+    def record(self, direction: str, data: bytes) -> None:
+        if self.sensitive and direction == "rx":
+            direction, data = "rx(redacted)", bytes(len(data))
+        super().record(direction, data)
+
+
+class _CardLeft(Exception):
+    """The card stopped answering during the read (taken away)."""
+
+
+class CardReader:
+    """An open PN532 over HSU. Use :meth:`open`; close with :meth:`aclose` (or ``async with``)."""
+
+    device = "card reader (PN532)"
+
+    def __init__(self, port: SerialPort, *, token_key: bytes, terminal: emv.Terminal,
+                 traffic: _RedactingTrafficLog) -> None:
+        self._port = port
+        self.path = port.path
+        self._token_key = bytes(token_key)
+        self.terminal = terminal
+        self._traffic = traffic
+        self._decoder = codec.ChipFrameDecoder()
+        self._lock = trio.Lock()
+        self.stats = CardReaderStats()
+        self.firmware: c.FirmwareVersion | None = None
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    @classmethod
+    async def open(cls, path: str, *, token_key: bytes, timeout: float = 2.0,
+                   terminal: emv.Terminal | None = None) -> "CardReader":
+        """Open the PN532 at ``path``: wake it, SAMConfiguration normal mode, check the firmware,
+        and bound passive polling. Raises PortUnavailable, DeviceTimeout or ProtocolError."""
+        if len(token_key) < MIN_KEY_BYTES:
+            raise ValueError(f"token_key must be at least {MIN_KEY_BYTES} bytes; generate one with os.urandom(32)")
+        traffic = _RedactingTrafficLog()
+        port = SerialPort.open(path, DEFAULT_BAUDRATE, traffic=traffic)
+        reader = cls(port, token_key=token_key, terminal=terminal or emv.Terminal(), traffic=traffic)
+        try:
+            await reader._handshake(timeout)
+        except BaseException:
+            await port.aclose()
+            raise
+        return reader
+
+    async def _handshake(self, timeout: float) -> None:
+        try:
+            # §6.2.2: 0x55 + zeros wake the HSU; §7.2.10: SAMConfiguration first leaves LowVbat
+            await self.call(c.sam_configuration(c.SamMode.NORMAL), wake=True, ack_timeout=timeout)
+        except DeviceTimeout:
+            raise DeviceTimeout(
+                f"no PN532 answered on {self.path} within {timeout:g}s: check its power, that its "
+                "interface switches select HSU (UART), and that TX/RX are crossed") from None
+        self.firmware = c.FirmwareVersion.decode(await self.call(c.get_firmware_version()))
+        if self.firmware.ic != 0x32:
+            raise ProtocolError(f"the reader on {self.path} is a PN5{self.firmware.ic:02x}, not a PN532")
+        await self.call(c.set_parameters(c.PARAM_AUTOMATIC_RATS))  # §7.2.9: chip activates ISO-DEP
+        await self.call(c.rf_max_retries(atr=0xFF, psl=0x01, passive_activation=POLL_RETRIES))
+
+    async def aclose(self) -> None:
+        """Switch the field off and close the port (best effort: the device may be gone)."""
+        with trio.move_on_after(0.5):
+            try:
+                if self._port.baudrate != DEFAULT_BAUDRATE:
+                    await self.set_baudrate(DEFAULT_BAUDRATE)  # the next open starts at 115200
+                await self.call(c.rf_field(False))
+            except (OSError, trio.ClosedResourceError, DeviceTimeout, ProtocolError, c.CommandFormatError):
+                pass
+            except Exception as exc:  # DeviceLost and friends: nothing left to switch off
+                log.debug("%s: close: %s", self.path, exc)
+        await self._port.aclose()
+
+    async def __aenter__(self) -> "CardReader":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ---- frames --------------------------------------------------------------------------
+    async def call(self, command: codec.Command, *, timeout: float = RESPONSE_TIMEOUT_S,
+                   ack_timeout: float = ACK_TIMEOUT_S, wake: bool = False) -> bytes:
+        """Send ``command``, wait for its ACK (sending once more if none comes) and return the
+        response data. Raises DeviceTimeout, ProtocolError (error frame) or DeviceLost."""
+        name = _name(command.code)
+        frame = codec.encode_command(command)
+        if wake:
+            frame = WAKE_UP_PREAMBLE + frame
+        async with self._lock:
+            self._drain_stale()
+            for attempt in range(2):
+                if attempt:
+                    self.stats.resends += 1
+                    log.debug("%s: no ACK for %s, sending it again", self.path, name)
+                await self._port.send_all(frame)
+                if await self._wait_ack(ack_timeout):
+                    break
+            else:
+                self._timed_out(f"{self.device} on {self.path} did not acknowledge {name}")
+            return await self._wait_response(command.code, name, timeout)
+
+    def _drain_stale(self) -> None:
+        while (event := self._decoder.next_event()) is not None:
+            self._count(event, stale=True)
+
+    def _count(self, event: codec.Event, *, stale: bool = False) -> None:
+        if isinstance(event, Malformed):
+            self.stats.drops[event.reason] += 1
+        elif stale:
+            self.stats.drops["stale frame"] += 1
+        else:
+            self.stats.frames_ok += 1
+            self.stats.last_frame_at = trio.current_time()
+
+    async def _next_event(self, deadline: float) -> codec.Event | None:
+        while (event := self._decoder.next_event()) is None:
+            with trio.move_on_at(deadline):
+                self._decoder.receive_data(await self._port.receive_some())
+                continue
+            return None
+        return event
+
+    async def _wait_ack(self, timeout: float) -> bool:
+        deadline = trio.current_time() + timeout
+        while (event := await self._next_event(deadline)) is not None:
+            if isinstance(event, Ack):
+                self._count(event)
+                return True
+            self._count(event, stale=not isinstance(event, Malformed))
+        return False
+
+    async def _wait_response(self, code: int, name: str, timeout: float) -> bytes:
+        deadline = trio.current_time() + timeout
+        nacks = 0
+        while (event := await self._next_event(deadline)) is not None:
+            if isinstance(event, Response) and event.command == code:
+                self._count(event)
+                return event.data
+            if isinstance(event, ErrorFrame):
+                self.stats.error_frames += 1
+                raise ProtocolError(f"the PN532 on {self.path} rejected {name} as a syntax error (UM0701 §6.2.1.5)")
+            self._count(event, stale=isinstance(event, (Response, Nack)))
+            if isinstance(event, Malformed) and event.reason in _CHECKSUM_REASONS and nacks < MAX_NACKS:
+                nacks += 1
+                self.stats.nacks_sent += 1
+                await self._port.send_all(codec.NACK_FRAME)  # §6.2.1.4: send that response again
+        await self._port.send_all(codec.ACK_FRAME)  # §6.2.2 d): abort the command
+        self._timed_out(f"{self.device} on {self.path} did not answer {name} within {timeout:g}s")
+
+    def _timed_out(self, message: str) -> None:
+        self.stats.timeouts += 1
+        log.warning("%s; recent traffic:\n  %s", message, "\n  ".join(self._traffic.dump()))
+        raise DeviceTimeout(message)
+
+    # ---- chip commands -------------------------------------------------------------------
+    async def set_baudrate(self, baudrate: int) -> None:
+        """SetSerialBaudRate (§7.2.8): answer at the old rate, our ACK, then both switch."""
+        await self.call(c.set_serial_baudrate(baudrate))
+        await self._port.send_all(codec.ACK_FRAME)
+        self._port.set_baudrate(baudrate)
+
+    async def general_status(self) -> c.GeneralStatus:
+        return c.GeneralStatus.decode(await self.call(c.get_general_status()))
+
+    # ---- cards ---------------------------------------------------------------------------
+    async def poll(self) -> CardRead | None:
+        """Look for one card (a bounded InListPassiveTarget) and read it; ``None`` if no card
+        was there or it could not be read (``stats.failed_reads`` says why)."""
+        _, read = await self._poll(skip_uid=None)
+        return read
+
+    async def cards(self, interval: float = 0.1) -> AsyncIterator[CardRead]:
+        """Each card presented, once per presentation (not again while it stays on the reader)."""
+        last_uid: bytes | None = None
+        while True:
+            uid, read = await self._poll(skip_uid=last_uid)
+            if uid is None:
+                last_uid = None
+            elif read is not None:
+                last_uid = uid
+                yield read
+            await trio.sleep(interval)
+
+    async def _poll(self, *, skip_uid: bytes | None) -> tuple[bytes | None, CardRead | None]:
+        self.stats.polls += 1
+        data = await self.call(c.in_list_passive_target(1, c.BrTy.TYPE_A_106), timeout=POLL_TIMEOUT_S)
+        try:
+            targets = c.decode_passive_targets(data)
+        except c.CommandFormatError as exc:
+            raise ProtocolError(f"{self.device} on {self.path}: {exc}") from None
+        if not targets:
+            return None, None
+        target = targets[0]
+        if target.nfcid1 == skip_uid:
+            await self._release(target.tg)
+            return target.nfcid1, None
+        try:
+            read = await self._read(target)
+        except _CardLeft:
+            self.stats.failed_reads["card taken away during the read"] += 1
+            return None, None  # not "seen": read it again when it comes back
+        finally:
+            await self._release(target.tg)
+        if read is None:
+            return target.nfcid1, None
+        if isinstance(read, BadgeRead):
+            self.stats.badges += 1
+        else:
+            self.stats.payment_cards += 1
+        return target.nfcid1, read
+
+    async def _release(self, tg: int) -> None:
+        # InRelease (§7.3.11): DESELECT / HLTA, so the card stays quiet until it is presented again
+        await self.call(c.in_release(tg))
+
+    async def _read(self, target: c.TargetA) -> CardRead | None:
+        badge = BadgeRead(target.nfcid1.hex().upper())
+        if not (target.iso_dep and target.ats):
+            return badge
+        try:
+            return await self._read_payment_card(target.tg)
+        except emv.EmvError as exc:
+            if exc.step == "SELECT PPSE":
+                return badge  # ISO-DEP but no payment application (e.g. a DESFire access badge)
+            self.stats.failed_reads[exc.step] += 1
+            log.warning("%s: payment card not read: %s", self.path, exc)
+        except InvalidCardNumber as exc:
+            self.stats.failed_reads["invalid card number"] += 1
+            log.warning("%s: payment card not read: %s", self.path, exc)
+        return None
+
+    async def _read_payment_card(self, tg: int) -> PaymentCardRead:
+        self._traffic.sensitive = True
+        try:
+            ppse = emv.check("SELECT PPSE", await self._apdu(tg, emv.select(emv.PPSE)))
+            aid = emv.ppse_applications(ppse)[0]
+            fci = emv.check("SELECT AID", await self._apdu(tg, emv.select(aid)))
+            values = self.terminal.values(datetime.date.today(), secrets.token_bytes(4))
+            pdol_data = emv.fill_dol(emv.application_pdol(fci), values)
+            answer = await self._apdu(tg, emv.get_processing_options(pdol_data))
+            options = emv.processing_options(emv.check("GET PROCESSING OPTIONS", answer))
+            collector = emv.CardDataCollector()
+            collector.add(options.objects)
+            for sfi, record in emv.afl_records(options.afl):
+                if collector.complete:
+                    break
+                answer = await self._apdu(tg, emv.read_record(sfi, record))
+                collector.add(emv.check("READ RECORD", answer))
+            del answer, options
+            pan, expiry = collector.take()
+            try:
+                token = CardToken.from_pan(pan, self._token_key)
+            finally:
+                del pan  # the clear number goes no further than this line
+            return PaymentCardRead(token, token.last4, expiry, emv.scheme_for(aid))
+        finally:
+            self._traffic.sensitive = False
+
+    async def _apdu(self, tg: int, apdu: emv.Apdu) -> emv.ResponseApdu:
+        data = await self.call(c.in_data_exchange(tg, apdu.encode()), timeout=EXCHANGE_TIMEOUT_S)
+        try:
+            result = c.ExchangeResult.decode(data)
+        except c.CommandFormatError as exc:
+            raise ProtocolError(f"{self.device} on {self.path}: {exc}") from None
+        if result.error in _CARD_GONE:
+            raise _CardLeft()
+        if result.error:
+            raise emv.EmvError("exchange", f"PN532 status 0x{result.error:02X} ({c.Status.describe(result.error)})")
+        if result.more:
+            raise emv.EmvError("exchange", "answer longer than the PN532 buffer")
+        return emv.ResponseApdu.decode(result.data)
+
+
+def _name(code: int) -> str:
+    try:
+        return "".join(part.capitalize() for part in c.Code(code).name.split("_"))
+    except ValueError:
+        return f"command 0x{code:02X}"
