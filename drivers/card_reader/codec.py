@@ -15,8 +15,7 @@ START_CODE = b"\x00\xff"  # §6.2.1.1
 POSTAMBLE = 0x00  # §6.2.1.1
 TFI_HOST_TO_PN532 = 0xD4  # §6.2.1.1 frame identifier, host controller → PN532
 TFI_PN532_TO_HOST = 0xD5  # §6.2.1.1 frame identifier, PN532 → host controller
-TFI_ERROR = 0x7F  # §6.2.1.5 application-level error frame
-ERROR_CODE_SYNTAX = 0x81  # §6.2.1.5 the only error frame the PN532 sends
+TFI_ERROR = 0x7F  # §6.2.1.5 application-level error frame: LEN 01, "TFI" 7F, DCS 81
 
 ACK_FRAME = bytes.fromhex("0000ff00ff00")  # §6.2.1.3
 NACK_FRAME = bytes.fromhex("0000ffff0000")  # §6.2.1.4
@@ -43,8 +42,6 @@ class Nack:
 @attrs.frozen
 class ErrorFrame:
     """Application-level syntax error frame (§6.2.1.5) sent by the PN532."""
-
-    code: int = ERROR_CODE_SYNTAX
 
 
 @attrs.frozen
@@ -146,9 +143,10 @@ class _FrameDecoder:
                 return Malformed("garbage before start code", garbage)
             return None
         if any(buf[:start]):
+            junk = len(bytes(buf[:start]).rstrip(b"\x00"))  # zeros right before are preamble
             del buf[:start]
-            self.dropped_bytes += start
-            return Malformed("garbage before start code", start)
+            self.dropped_bytes += junk
+            return Malformed("garbage before start code", junk)
         del buf[:start]  # preamble zeros
         if len(buf) < 4:
             return None
@@ -198,8 +196,8 @@ class ChipFrameDecoder(_FrameDecoder):
     """Decodes PN532 → host frames: :class:`Ack`, :class:`Nack`, :class:`ErrorFrame`, :class:`Response`."""
 
     def _event(self, tfi: int, payload: bytes) -> Event:
-        if tfi == TFI_ERROR and len(payload) == 1:
-            return ErrorFrame(payload[0])
+        if tfi == TFI_ERROR and not payload:
+            return ErrorFrame()
         if tfi != TFI_PN532_TO_HOST:
             return Malformed(f"frame identifier 0x{tfi:02X} is not PN532-to-host")
         if not payload:
