@@ -93,6 +93,7 @@ class EmvCard:
     pan_in_track2_only: bool = False
     label: str | None = None
     pdol: bytes = DEFAULT_PDOL
+    has_ppse: bool = True  # False: an ISO-DEP card with no payment directory (SELECT PPSE → 6A82)
     # TL T0 TA TB TC: FSCI 8 (256 bytes), FWI 7 (~39 ms), CID supported (ISO/IEC 14443-4 §5.2)
     ats: bytes = bytes.fromhex("0578807002")
     sak: int = SAK_ISO14443_4
@@ -197,7 +198,7 @@ class EmvApplication:
         self.processing = False
         if p2 == 0x02:  # next occurrence: this card has one application only
             return _sw(emv.SW_FILE_NOT_FOUND)
-        if name == emv.PPSE:
+        if name == emv.PPSE and self.card.has_ppse:
             self.selected = emv.PPSE
             return self.card.ppse_fci() + b"\x90\x00"
         if name and self.card.aid.startswith(name):  # Book 1 §11.3.5: partial name selection

@@ -303,9 +303,7 @@ class CardReader:
             options = emv.processing_options(emv.check("GET PROCESSING OPTIONS", answer))
             collector = emv.CardDataCollector()
             collector.add(options.objects)
-            for sfi, record in emv.afl_records(options.afl):
-                if collector.complete:
-                    break
+            for sfi, record in emv.afl_records(options.afl):  # Book 3 §10.2: every record the AFL lists
                 answer = await self._apdu(tg, emv.read_record(sfi, record))
                 collector.add(emv.check("READ RECORD", answer))
             del answer, options

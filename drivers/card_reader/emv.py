@@ -304,35 +304,34 @@ def expiry_from_5f24(value: bytes) -> str:
 
 @attrs.define
 class CardDataCollector:
-    """Gathers PAN and expiry from GPO and record data. ``take()`` hands them over exactly once."""
+    """Gathers the card number and expiry from GPO and record data: 5A and 5F24 when the card has
+    them, else the track-2 equivalent 57. ``take()`` hands them over exactly once."""
 
-    _pan: str | None = None
-    _expiry: str | None = None
+    _found: dict[int, str] = attrs.Factory(dict)  # 5A, 5F24, and 57 as "pan|yymm"
 
     def add(self, objects: tuple[tlv.Tlv, ...]) -> None:
         for obj in objects:
             for node in obj.walk():
-                if node.tag == TAG_PAN and self._pan is None:
-                    self._pan = pan_from_5a(node.value)
-                elif node.tag == TAG_EXPIRY and self._expiry is None:
-                    self._expiry = expiry_from_5f24(node.value)
+                if node.tag in self._found:
+                    continue
+                if node.tag == TAG_PAN:
+                    self._found[TAG_PAN] = pan_from_5a(node.value)
+                elif node.tag == TAG_EXPIRY:
+                    self._found[TAG_EXPIRY] = expiry_from_5f24(node.value)
                 elif node.tag == TAG_TRACK2:
-                    pan, expiry = track2_pan_expiry(node.value)
-                    self._pan = self._pan or pan
-                    self._expiry = self._expiry or expiry
-
-    @property
-    def complete(self) -> bool:
-        return self._pan is not None and self._expiry is not None
+                    self._found[TAG_TRACK2] = "|".join(track2_pan_expiry(node.value))
 
     def take(self) -> tuple[str, str]:
-        if self._pan is None:
+        found, self._found = self._found, {}
+        track2 = found.pop(TAG_TRACK2, "|").split("|")
+        pan, expiry = found.get(TAG_PAN) or track2[0], found.get(TAG_EXPIRY) or track2[1]
+        if track2[0] and pan != track2[0]:
+            raise EmvError("READ RECORD", "card numbers in 5A and 57 differ")
+        if not pan:
             raise EmvError("READ RECORD", "no card number (5A or 57) in any record")
-        if self._expiry is None:
+        if not expiry:
             raise EmvError("READ RECORD", "no expiry date (5F24 or 57) in any record")
-        pan, expiry = self._pan, self._expiry
-        self._pan = self._expiry = None
         return pan, expiry
 
     def __repr__(self) -> str:
-        return f"CardDataCollector(complete={self.complete})"
+        return f"CardDataCollector(found={sorted(hex(t) for t in self._found)})"

@@ -95,11 +95,14 @@ def test_ppse_priority_and_gpo_formats():
 def test_collector_prefers_5a_and_falls_back_to_track2():
     collector = emv.CardDataCollector()
     collector.add(tlv.parse(tlv.encode(0x70, tlv.encode(0x57, H("5555555555554444D27012010000000000")))))
-    assert collector.complete
     assert collector.take() == ("5555555555554444", "2701")
     with pytest.raises(emv.EmvError, match="no card number"):
         collector.take()  # handed over once only
     assert "5555" not in repr(collector)
+    collector.add(tlv.parse(tlv.encode(0x70, tlv.encode(0x57, H("5555555555554444D27012010000000000")),
+                                       tlv.encode(0x5A, H("4111111111111111")))))
+    with pytest.raises(emv.EmvError, match="differ"):
+        collector.take()
 
 
 # ---- emulated cards ------------------------------------------------------------------------

@@ -1,0 +1,244 @@
+"""CardReader (trio driver) against CardReaderEmulator over real ptys, including every fault."""
+import pytest
+import trio
+import trio.testing
+
+from drivers.card_reader import (
+    Badge, BadgeRead, CardReader, CardReaderEmulator, CardToken, EmvCard, MASTERCARD_AID, PaymentCardRead)
+from drivers.card_reader import codec
+from drivers.card_reader import commands as c
+from drivers.errors import DeviceLost, DeviceTimeout, PortUnavailable, ProtocolError
+from drivers.serialport import SerialPort
+
+KEY = b"\x01" * 32
+PAN = "4111111111111111"
+BADGE = Badge(bytes.fromhex("DEADBEEF"))
+VISA = EmvCard(PAN, "2812")
+MC_TRACK2 = EmvCard("5555555555554444", "2702", aid=MASTERCARD_AID, pan_in_track2_only=True)
+
+
+@pytest.fixture
+async def emu(nursery, tmp_path):
+    emulator = CardReaderEmulator(tmp_path / "pn532", seed=7)
+    await nursery.start(emulator.run)
+    return emulator
+
+
+@pytest.fixture
+async def reader(emu):
+    with trio.fail_after(5):
+        r = await CardReader.open(str(emu.link), token_key=KEY)
+    yield r
+    await r.aclose()
+
+
+async def test_open_handshake_and_empty_poll(emu, reader):
+    assert str(reader.firmware) == "PN532 v1.6"
+    assert not emu.low_vbat and emu.sam_mode is c.SamMode.NORMAL
+    assert emu.max_retries[2] == 0x01 and emu.parameters & c.PARAM_AUTOMATIC_RATS
+    assert await reader.poll() is None
+    status = await reader.general_status()
+    assert status.field and status.targets == ()
+
+
+async def test_badge(emu, reader):
+    emu.place(BADGE)
+    assert await reader.poll() == BadgeRead("DEADBEEF")
+    assert reader.stats.badges == 1
+
+
+async def test_payment_card_with_5a(emu, reader):
+    emu.place(VISA)
+    read = await reader.poll()
+    assert read == PaymentCardRead(CardToken.from_pan(PAN, KEY), "1111", "2812", "visa")
+    assert emu.stats.commands["IN_DATA_EXCHANGE"] == 6  # PPSE, AID, GPO, the AFL's 3 records
+    dump = "\n".join(reader._port.traffic.dump(limit=1000))
+    assert "41 11 11 11" not in dump and "rx(redacted)" in dump
+    assert PAN not in repr(read)
+
+
+async def test_payment_card_with_only_track2(emu, reader):
+    emu.place(MC_TRACK2)
+    read = await reader.poll()
+    assert read == PaymentCardRead(CardToken.from_pan("5555555555554444", KEY), "4444", "2702", "mastercard")
+
+
+async def test_iso_dep_card_without_payment_app_reads_as_badge(emu, reader):
+    emu.place(EmvCard(PAN, "2812", uid=bytes.fromhex("08A0B0C0"), has_ppse=False))  # e.g. a DESFire badge
+    assert await reader.poll() == BadgeRead("08A0B0C0")
+
+
+async def test_cards_yields_once_per_presentation(emu, reader, nursery):
+    send, receive = trio.open_memory_channel(10)
+
+    async def collect():
+        async for card in reader.cards(interval=0.005):
+            await send.send(card)
+
+    nursery.start_soon(collect)
+    with trio.fail_after(5):
+        emu.place(BADGE)
+        assert await receive.receive() == BadgeRead("DEADBEEF")
+        polls = emu.stats.commands["IN_LIST_PASSIVE_TARGET"]
+        await emu.wait_for_command(c.Code.IN_LIST_PASSIVE_TARGET, polls + 5)
+        with pytest.raises(trio.WouldBlock):
+            receive.receive_nowait()  # it stayed on the reader: not read again
+        emu.remove()
+        emu.place(VISA)
+        assert isinstance(await receive.receive(), PaymentCardRead)
+        emu.place(BADGE)  # presented again: read again
+        assert await receive.receive() == BadgeRead("DEADBEEF")
+    nursery.cancel_scope.cancel()
+
+
+async def test_card_removed_mid_read(emu, reader):
+    emu.place(VISA)
+    emu.remove_card_after(2)  # gone after PPSE and SELECT AID: GPO times out (status 0x01)
+    assert await reader.poll() is None
+    assert reader.stats.failed_reads["card taken away during the read"] == 1
+    assert emu.last_error == c.Status.OK  # InRelease after the failure was accepted
+    emu.place(VISA)
+    assert isinstance(await reader.poll(), PaymentCardRead)
+
+
+async def test_unplug_is_device_lost_and_reopen_works(emu, reader, nursery):
+    emu.place(BADGE)
+    nursery.start_soon(emu.unplug, 0.2)
+    await trio.testing.wait_all_tasks_blocked()
+    with pytest.raises(DeviceLost):
+        with trio.fail_after(2):
+            await reader.poll()
+    await reader.aclose()
+    with pytest.raises(PortUnavailable):
+        await CardReader.open(str(emu.link), token_key=KEY)
+    with trio.fail_after(2):
+        await emu.replugged()
+    assert emu.low_vbat and emu.asleep  # the reader was power-cycled
+    async with await CardReader.open(str(emu.link), token_key=KEY) as again:
+        assert await again.poll() == BadgeRead("DEADBEEF")
+
+
+async def test_garbage_is_dropped_and_counted(emu, reader):
+    emu.place(BADGE)
+    emu.inject_garbage(b"\x13\x37\x00\xff\x05\x02\x42")  # includes a start code with a bad LCS
+    assert await reader.poll() == BadgeRead("DEADBEEF")
+    assert sum(reader.stats.drops.values()) >= 1
+
+
+async def test_checksum_error_gets_a_nack_and_the_answer_again(emu, reader):
+    emu.place(BADGE)
+    emu.corrupt_next(1)
+    assert await reader.poll() == BadgeRead("DEADBEEF")
+    assert reader.stats.nacks_sent == 1 and emu.stats.nacks == 1
+    assert reader.stats.drops["data checksum error"] >= 1
+
+
+async def test_stall_is_device_timeout_then_recovery(emu, reader):
+    emu.stall(0.4)
+    with pytest.raises(DeviceTimeout, match="did not acknowledge InListPassiveTarget"):
+        await reader.poll()
+    assert reader.stats.resends == 1 and reader.stats.timeouts == 1
+    emu.place(BADGE)
+    with trio.fail_after(3):
+        while True:  # the stream resumes once the device does
+            try:
+                assert await reader.poll() == BadgeRead("DEADBEEF")
+                break
+            except DeviceTimeout:
+                continue
+
+
+async def test_slow_first_answer(emu):
+    emu.slow_first_answer(0.3)
+    with pytest.raises(DeviceTimeout, match="no PN532 answered"):
+        await CardReader.open(str(emu.link), token_key=KEY, timeout=0.1)
+    async with await CardReader.open(str(emu.link), token_key=KEY, timeout=2.0) as r:
+        assert r.firmware.ic == 0x32
+
+
+async def test_set_serial_baudrate_and_mismatch(emu, reader):
+    emu.place(BADGE)
+    await reader.set_baudrate(460800)
+    assert await reader.poll() == BadgeRead("DEADBEEF")
+    assert emu.baudrate == 460800
+    reader._port.set_baudrate(115200)  # the host changes speed without telling the chip
+    with pytest.raises(DeviceTimeout):
+        await reader.poll()
+    reader._port.set_baudrate(460800)
+    emu.place(BADGE)
+    assert await reader.poll() == BadgeRead("DEADBEEF")
+    await reader.aclose()
+    assert emu.baudrate == 115200  # aclose put the chip back to its power-on speed
+
+
+async def test_error_frame_and_status_bytes(emu, reader):
+    with pytest.raises(ProtocolError, match="syntax error"):
+        await reader.call(codec.Command(0x8C))  # TgInitAsTarget: not emulated
+    with pytest.raises(ProtocolError, match="syntax error"):
+        await reader.call(codec.Command(c.Code.RF_CONFIGURATION, b"\x05\x01"))
+    answer = c.ExchangeResult.decode(await reader.call(c.in_data_exchange(1, b"\x00\xa4")))
+    assert answer.error == c.Status.WRONG_CONTEXT  # no target listed
+    assert (await reader.general_status()).last_error == c.Status.WRONG_CONTEXT
+
+
+async def test_power_down_then_hsu_wake_on_the_next_command(emu, reader):
+    assert c.decode_status(await reader.call(c.power_down(c.WAKE_HSU)), "PowerDown") == 0
+    await trio.testing.wait_all_tasks_blocked()
+    assert emu.asleep and not emu.field_on
+    emu.place(BADGE)
+    # the frame itself wakes the chip but is lost while its oscillator starts: one resend
+    assert await reader.poll() == BadgeRead("DEADBEEF")
+    assert reader.stats.resends == 1
+
+
+async def test_retry_forever_waits_for_a_card_and_ack_aborts(emu, reader):
+    await reader.call(c.rf_max_retries(passive_activation=c.RETRY_FOREVER))
+    async with trio.open_nursery() as nursery:
+        got = []
+
+        async def wait():
+            got.append(await reader.call(c.in_list_passive_target(), timeout=5))
+
+        nursery.start_soon(wait)
+        await emu.wait_for_command(c.Code.IN_LIST_PASSIVE_TARGET)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not got  # still waiting, as the chip does
+        emu.place(BADGE)
+    assert c.decode_passive_targets(got[0])[0].nfcid1 == BADGE.uid
+    await reader.call(c.in_release())
+    emu.remove()
+    with pytest.raises(DeviceTimeout, match="did not answer"):
+        await reader.call(c.in_list_passive_target(), timeout=0.1)
+    await trio.testing.wait_all_tasks_blocked(cushion=0.05)  # the emulator reads the ACK off the pty
+    assert emu.stats.aborts == 1  # the driver's ACK cancelled the waiting command
+
+
+async def test_low_vbat_until_sam_configuration(emu):
+    async with SerialPort.open(str(emu.link), 115200) as port:
+        decoder = codec.ChipFrameDecoder()
+
+        async def ask(frame):
+            await port.send_all(frame)
+            got = []
+            with trio.move_on_after(0.3):
+                while len(got) < 2:
+                    decoder.receive_data(await port.receive_some())
+                    while (event := decoder.next_event()) is not None:
+                        got.append(event)
+            return got
+
+        getfw = codec.encode_command(c.get_firmware_version())
+        assert await ask(getfw) == []  # asleep after power-on: the frame only wakes it
+        assert not emu.asleep and emu.hsu.bytes_lost > 0
+        got = await ask(b"\x55" + bytes(8) + getfw)
+        assert got == [codec.Ack(), codec.Response(0x02, bytes.fromhex("32010607"))]
+        await trio.testing.wait_all_tasks_blocked()
+        assert emu.asleep  # LowVbat: back to sleep until SAMConfiguration
+        got = await ask(b"\x55" + bytes(8) + codec.encode_command(c.sam_configuration()))
+        assert got[-1] == codec.Response(0x14, b"") and not emu.asleep
+        assert (await ask(getfw))[-1] == codec.Response(0x02, bytes.fromhex("32010607"))
+
+
+async def test_token_key_is_required():
+    with pytest.raises(ValueError, match="token_key"):
+        await CardReader.open("/nonexistent", token_key=b"short")
