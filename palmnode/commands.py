@@ -84,3 +84,47 @@ class _run_dir_lock:
 
     def __exit__(self, *exc: object) -> None:
         os.close(self.fd)
+
+
+def run(args: argparse.Namespace) -> int:
+    from palmnode import config as cfgmod
+
+    try:
+        cfg = cfgmod.load(args.config)
+    except cfgmod.ConfigError as exc:
+        raise UserError(str(exc)) from None
+    from palmnode.node import Node
+
+    logs.setup(cfg.node.log_level)
+    run_trio(_serve_node, Node(cfg))
+    return 0
+
+
+async def _serve_node(node) -> None:
+    from drivers.errors import DeviceError
+
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+    except DeviceError as exc:  # e.g. an unusable token key file, found before any device opens
+        raise UserError(str(exc)) from None
+
+
+def bench(args: argparse.Namespace) -> int:
+    from palmnode import bench as benchmod
+
+    return benchmod.main(args.seconds)
+
+
+def demo(args: argparse.Namespace) -> int:
+    from palmnode import demo as demomod
+    from palmnode.sim import scenario as sc
+
+    try:
+        script = sc.load(args.scenario or demomod.DEFAULT_SCENARIO)
+    except sc.ScenarioError as exc:
+        raise UserError(str(exc)) from None
+    logs.setup("warning")
+    summary = run_trio(lambda: demomod.play(script, seed=args.seed))
+    demomod.report(summary)
+    return 0

@@ -30,7 +30,6 @@ class ProximityConfig:
 class CardReaderConfig:
     port: str
     token_key_file: str
-    baudrate: int = 115200
     poll_interval_s: float = 0.1
     enabled: bool = True
 

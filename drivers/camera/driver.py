@@ -24,13 +24,18 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import os
 import queue
 import threading
 import time
 from typing import AsyncIterator, Callable
 
 import attrs
-import cv2
+
+# FFmpeg prints its own complaints (e.g. a stream cut mid-part) to stderr; this driver turns
+# every failure into a typed error instead, so keep FFmpeg quiet unless the operator asks.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+import cv2  # noqa: E402
 import numpy as np
 import trio
 

@@ -1,0 +1,1 @@
+"""One actor per device: keeps its driver open, turns readings into bus events, reports health."""

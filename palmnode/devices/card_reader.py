@@ -1,0 +1,53 @@
+"""The card reader actor: polls the PN532 field and publishes each card presented.
+
+Payment cards arrive here already tokenised by the driver (``CardToken`` + last four digits);
+the clear card number never reaches the node.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Callable
+
+from drivers.card_reader.driver import CardReader
+from drivers.errors import DeviceError
+from palmnode.actors import EventBus, HealthRegistry
+from palmnode.config import CardReaderConfig
+from palmnode.devices.session import DropCounter
+
+NAME = "card_reader"
+KEY_BYTES = 32
+
+
+class KeyFileError(DeviceError):
+    """The token key file is unusable (wrong permissions, wrong size)."""
+
+
+def load_token_key(path: str | Path) -> bytes:
+    """The HMAC key that turns card numbers into tokens: created (0600) if missing; refused if
+    anyone but the owner may read it."""
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(KEY_BYTES))
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise KeyFileError(f"token key file {path} is readable by others (mode {mode:o}): chmod 600 it")
+    key = path.read_bytes()
+    if len(key) < 16:
+        raise KeyFileError(f"token key file {path} holds {len(key)} bytes; it needs at least 16")
+    return key
+
+
+async def serve(cfg: CardReaderConfig, key: bytes, health: HealthRegistry, bus: EventBus,
+                ready: Callable[[], None]) -> None:
+    drops = DropCounter(health, NAME)
+    async with await CardReader.open(cfg.port, token_key=key) as reader:
+        ready()
+        async for card in reader.cards(interval=cfg.poll_interval_s):
+            health.seen(NAME)
+            bus.publish(card)
+            drops.update(reader.stats.drops)

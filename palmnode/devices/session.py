@@ -1,0 +1,76 @@
+"""Keeping one device open for the node's lifetime: OPENING → READY ⇄ LOST, reopened with backoff.
+
+Hardware faults (``DeviceError``: unplugged, silent, garbage that breaks the handshake) are the
+normal life of a gate, so they are a state here, not a crash: the device shows LOST, the gate
+DEGRADED, and the port is reopened with exponential backoff until it answers again. Anything
+else is a bug and propagates to the supervisor, which restarts the actor (intensity, period,
+escalation).
+"""
+from __future__ import annotations
+
+import logging
+import random
+from typing import Awaitable, Callable, Mapping
+
+import trio
+
+from drivers.errors import DeviceError
+from palmnode.actors import Backoff, DeviceState, HealthRegistry
+
+log = logging.getLogger("palmnode.devices")
+
+#: a device that stayed READY this long has its reopen backoff reset
+HEALTHY_AFTER_S = 5.0
+
+Serve = Callable[[Callable[[], None]], Awaitable[None]]
+
+
+class DeviceSession:
+    """Runs ``serve(ready)`` again and again; ``serve`` opens the device, calls ``ready()`` once
+    it answers, and returns or raises ``DeviceError`` when the device is gone."""
+
+    def __init__(self, name: str, health: HealthRegistry, backoff: Backoff,
+                 *, rng: random.Random | None = None) -> None:
+        self.name = name
+        self.health = health
+        self.backoff = backoff
+        self.rng = rng or random.Random()
+        self.ready_at: float | None = None
+
+    def ready(self) -> None:
+        self.ready_at = trio.current_time()
+        self.health.set_state(self.name, DeviceState.READY)
+
+    async def run(self, serve: Serve) -> None:
+        failures = 0
+        self.health.set_state(self.name, DeviceState.OPENING)
+        while True:
+            self.ready_at = None
+            try:
+                await serve(self.ready)
+                error: BaseException | str = "the device stopped answering"
+            except DeviceError as exc:
+                error = exc
+            # a failed reopen keeps the device LOST (with the newest error) rather than flapping
+            self.health.set_state(self.name, DeviceState.LOST, error)
+            if self.ready_at is not None and trio.current_time() - self.ready_at >= HEALTHY_AFTER_S:
+                failures = 0
+            await trio.sleep(self.backoff.delay(failures, self.rng))
+            failures += 1
+            self.health.note_restart(self.name)
+
+
+class DropCounter:
+    """Mirrors a driver's drop counters (by reason) into the health registry as they grow."""
+
+    def __init__(self, health: HealthRegistry, name: str) -> None:
+        self.health = health
+        self.name = name
+        self._seen: dict[str, int] = {}
+
+    def update(self, drops: Mapping[str, int]) -> None:
+        for reason, total in drops.items():
+            new = total - self._seen.get(reason, 0)
+            if new > 0:
+                self.health.count(self.name, f"dropped_{reason}", new)
+                self._seen[reason] = total

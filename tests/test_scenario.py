@@ -1,0 +1,40 @@
+"""Scenario scripts: the shipped ones parse; mistakes are one line naming the step and the fix."""
+from pathlib import Path
+
+import pytest
+
+from palmnode.sim import scenario as sc
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "config" / "scenarios").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_scenarios_parse(path):
+    script = sc.load(path)
+    assert script.steps and script.duration > 0
+    assert list(script.steps) == sorted(script.steps, key=lambda s: s.at)
+
+
+@pytest.mark.parametrize("step, message", [
+    ({"at": 1, "action": "dance"}, "action must be one of"),
+    ({"action": "hand"}, "missing 'at'"),
+    ({"at": 1, "action": "unplug", "device": "toaster"}, "device must be one of"),
+    ({"at": 1, "action": "hand", "distance": 5}, "unknown key 'distance'"),
+    ({"at": -1, "action": "hand"}, "at must not be negative"),
+    ({"at": 1, "action": "hand", "seconds": "long"}, "seconds must be a number"),
+    ({"at": 1, "action": "card", "kind": "emv", "pan": "12ab"}, "pan must be 12-19 digits"),
+    ({"at": 1, "action": "card", "uid": "zz"}, "uid must be 4, 7 or 10 bytes"),
+    ({"at": 1, "action": "card", "expiry": "2913"}, "expiry must be YYMM"),
+])
+def test_mistakes_name_the_step(step, message):
+    with pytest.raises(sc.ScenarioError) as info:
+        sc.parse({"step": [{"at": 0, "action": "hand"}, step]}, where="s.toml")
+    text = str(info.value)
+    assert message in text and "s.toml step 2" in text and "\n" not in text
+
+
+def test_unknown_top_level_and_missing_file(tmp_path):
+    with pytest.raises(sc.ScenarioError, match="unknown top-level key 'steps'"):
+        sc.parse({"steps": []})
+    with pytest.raises(sc.ScenarioError, match="does not exist"):
+        sc.load(tmp_path / "nope.toml")
