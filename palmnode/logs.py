@@ -6,10 +6,6 @@ import logging
 import sys
 import time
 
-#: attributes of a LogRecord that are not user fields
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
-
-
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -18,7 +14,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        entry.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
+        for key, value in getattr(record, "fields", {}).items():
+            entry[key + "_" if key in entry else key] = value  # never shadow ts/level/logger/msg
         if record.exc_info and record.exc_info[1] is not None:
             exc = record.exc_info[1]
             entry["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
@@ -37,4 +34,4 @@ def setup(level: str = "info", stream=sys.stderr) -> None:
 
 def event(logger: logging.Logger, msg: str, **fields: object) -> None:
     """Log one structured line: ``msg`` plus typed fields."""
-    logger.info(msg, extra=fields)
+    logger.info(msg, extra={"fields": fields})

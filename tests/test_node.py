@@ -1,0 +1,123 @@
+"""The node on the virtual gate: devices READY, faults → LOST/DEGRADED → recovery, events, lights."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+import trio
+
+from drivers.card_reader.cards import Badge, EmvCard
+from drivers.card_reader.reads import BadgeRead, PaymentCardRead
+from palmnode import logs
+from palmnode.actors import DeviceState, DeviceStateChanged, GateState
+from palmnode.gate.presence import PresenceChanged
+from tests.conftest import wait_for
+
+DEVICES = ("proximity", "card_reader", "illuminator", "camera")
+
+
+def state(node, name):
+    return node.health.device(name).state
+
+
+async def test_every_device_ready_within_3_seconds(node):
+    await wait_for(lambda: node.health.gate is GateState.READY, timeout=3.0)
+    assert all(h.state is DeviceState.READY for h in node.health.snapshot())
+    assert {h.name for h in node.health.snapshot()} == set(DEVICES)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+async def test_unplugged_device_is_lost_then_back_within_2s_of_replug(node, gate, device):
+    await wait_for(lambda: node.health.gate is GateState.READY, timeout=3.0)
+    async with node.bus.subscribe(DeviceStateChanged, buffer=256) as changes:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(gate.devices[device].unplug, 1.0)
+            await wait_for(lambda: state(node, device) is DeviceState.LOST, timeout=2.0)
+            assert node.health.gate is GateState.DEGRADED
+        replugged_at = trio.current_time()
+        await wait_for(lambda: state(node, device) is DeviceState.READY, timeout=2.0)
+        assert trio.current_time() - replugged_at < 2.0
+        assert node.health.gate is GateState.READY
+        others = []
+        while True:
+            try:
+                ev = changes.receive_nowait()
+            except trio.WouldBlock:
+                break
+            if ev.name != device:
+                others.append(ev)
+    assert others == []  # nobody else was disturbed
+    assert node.health.device(device).restarts >= 1
+
+
+async def test_card_reads_are_tokenised_and_logged_without_the_number(node, gate):
+    stream = io.StringIO()
+    logs.setup("info", stream=stream)
+    try:
+        await wait_for(lambda: node.health.gate is GateState.READY, timeout=3.0)
+        async with node.bus.subscribe(BadgeRead, PaymentCardRead) as cards:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(gate.tap, EmvCard(pan="5555555555554444", expiry="2907"), 0.5)
+                with trio.fail_after(3):
+                    payment = await cards.receive()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(gate.tap, Badge(uid=bytes.fromhex("04a1b2c3")), 0.5)
+                with trio.fail_after(3):
+                    badge = await cards.receive()
+        await trio.sleep(0.1)  # the event-log actor writes asynchronously
+    finally:
+        logging.getLogger().handlers.clear()
+    assert isinstance(payment, PaymentCardRead) and payment.last4 == "4444" and payment.expiry == "2907"
+    assert "5555555555554444" not in repr(payment)
+    assert badge == BadgeRead(uid_hex="04A1B2C3")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    reads = [line for line in lines if line["msg"] == "card read"]
+    assert {r["kind"] for r in reads} == {"payment", "badge"}
+    assert "5555555555554444" not in stream.getvalue() and "555555555555" not in stream.getvalue()
+
+
+async def test_hand_hover_gives_presence_and_absence(node, gate):
+    await wait_for(lambda: node.health.gate is GateState.READY, timeout=3.0)
+    async with node.bus.subscribe(PresenceChanged) as presence:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(gate.hover, 150.0, 0.5)
+            with trio.fail_after(3):
+                arrived = await presence.receive()
+                left = await presence.receive()
+    assert arrived.present and 60 <= arrived.distance_mm <= 300
+    assert not left.present
+
+
+async def test_lights_follow_requests_and_go_off_when_the_node_stops(gate, tmp_path):
+    from palmnode.demo import node_config
+    from palmnode.node import Node
+
+    node = Node(node_config(gate.endpoints_, tmp_path))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        await wait_for(lambda: node.health.gate is GateState.READY, timeout=3.0)
+        await node.lights.set("ir", 0.8)
+        await wait_for(lambda: gate.illuminator.pwm(9) > 0.79)
+        with pytest.raises(ValueError, match="unknown illuminator channel 'uv'"):
+            await node.lights.set("uv", 1.0)
+        nursery.cancel_scope.cancel()
+    await wait_for(lambda: not gate.illuminator.lights_on)
+
+
+async def test_garbage_on_every_port_is_dropped_and_counted(node, gate):
+    await wait_for(lambda: node.health.gate is GateState.READY, timeout=3.0)
+    for _ in range(5):
+        gate.proximity.inject_garbage(200)
+        gate.proximity.corrupt_next(5)
+        gate.illuminator.inject_garbage(100)
+        gate.card_reader.inject_garbage(100)
+        gate.camera.inject_garbage(2)
+        await trio.sleep(0.1)
+    await wait_for(lambda: sum(node.health.device("proximity").counters.values()) > 0)
+    await wait_for(lambda: sum(node.health.device("camera").counters.values()) > 0)
+    await trio.sleep(0.5)
+    assert node.health.gate is GateState.READY or all(
+        h.state in (DeviceState.READY, DeviceState.LOST) for h in node.health.snapshot())
+    await wait_for(lambda: node.health.gate is GateState.READY, timeout=3.0)
