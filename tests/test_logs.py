@@ -10,7 +10,7 @@ def test_event_fields_may_use_any_name_and_lines_are_json():
     logs.setup("info", stream=stream)
     try:
         log = logging.getLogger("t")
-        logs.event(log, "device state", name="camera", msg="shadowed?", new="ready")
+        logs.event(log, "device state", name="camera", level="shadowed?", new="ready")
         try:
             raise ValueError("bad\nthing")
         except ValueError:
@@ -18,6 +18,6 @@ def test_event_fields_may_use_any_name_and_lines_are_json():
     finally:
         logging.getLogger().handlers.clear()
     first, second = (json.loads(line) for line in stream.getvalue().splitlines())
-    assert first["msg"] == "device state" and first["msg_"] == "shadowed?"
+    assert first["msg"] == "device state" and first["level_"] == "shadowed?" and first["level"] == "info"
     assert first["name"] == "camera" and first["new"] == "ready"
     assert second["error"] == "ValueError: bad" and second["level"] == "error"

@@ -166,7 +166,9 @@ class CardReaderEmulator(SerialEmulator):
             return  # powered down without HSU among the wake-up sources: deaf until power-cycled
         host = self.endpoint.host_baudrate()
         if self._pending_baudrate is not None and host == self._pending_baudrate:
-            host = self.hsu.baudrate  # the host switched right after writing its ACK at the old rate
+            # the host changes speed only after its ACK (§7.2.8); a pty may have lost that ACK
+            # (bytes written just before the host closes its end), a UART would not
+            self.hsu.baudrate, self._pending_baudrate = self._pending_baudrate, None
         self.decoder.receive_data(self.hsu.receive(data, trio.current_time(), host))
         while (event := self.decoder.next_event()) is not None:
             await self._on_event(event)
