@@ -112,10 +112,7 @@ class SerialPort:
 
 
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
-    code = exc.args[0] if exc.args else None
-    if isinstance(code, int) and code > 0:  # pyserial's SerialException(errno, text)
-        return os.strerror(code).lower()
+    if isinstance(exc, OSError) and exc.errno:  # pyserial's SerialException(errno, long text) too
+        return os.strerror(exc.errno).lower()
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]

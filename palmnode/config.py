@@ -39,8 +39,9 @@ class IlluminatorConfig:
     port: str
     channels: dict[str, int] = attrs.field(factory=lambda: {"ir": 9, "surface": 10})
     thermistor_pin: int = 0
-    deadman_ms: int = 500
+    deadman_ms: int = 1000
     max_temperature_c: float = 70.0
+    sampling_interval_ms: int = 250  # how often the board reports the thermistor
     baudrate: int = 57600
     enabled: bool = True
 

@@ -1,7 +1,15 @@
-"""The camera actor: keeps the camera open and its newest frame at hand for the flows."""
+"""The camera actor: keeps the camera open and supervised; flows take frames when they need them.
+
+The driver reads every frame but decodes only on demand (see drivers/camera/driver.py), so this
+actor takes no frames: it watches the stream (``Camera.watch``: DeviceLost when it ends,
+DeviceTimeout when it stalls, both end the session and the supervisor reopens) and every
+``HEALTH_PERIOD_S`` copies the driver's stats into the health registry.
+"""
 from __future__ import annotations
 
 from typing import Callable
+
+import trio
 
 from drivers.camera.driver import Camera, Frame
 from palmnode.actors import EventBus, HealthRegistry
@@ -9,16 +17,33 @@ from palmnode.config import CameraConfig
 from palmnode.devices.session import DropCounter
 
 NAME = "camera"
+#: how often the actor copies the driver's stats (last frame time, drop counters) into health
+HEALTH_PERIOD_S = 0.5
+#: no frame read for this long ends the session (the stream's own read timeout is 2 s too)
+STALL_TIMEOUT_S = 2.0
 
 
 class FrameSource:
-    """Where flows get frames: the open camera while there is one."""
+    """Where flows get frames: the open camera while there is one. ``await next_frame()`` during
+    a burst (each new frame), ``await newest()`` for one fresh frame, ``latest()`` for the newest
+    frame decoded so far without waiting (it may be old after an idle spell)."""
 
     def __init__(self) -> None:
         self.camera: Camera | None = None
 
     def latest(self) -> Frame | None:
         return None if self.camera is None else self.camera.latest()
+
+    async def next_frame(self, timeout: float | None = 1.0) -> Frame:
+        return await self._camera().next_frame(timeout)
+
+    async def newest(self, timeout: float | None = 1.0) -> Frame:
+        return await self._camera().newest(timeout)
+
+    def _camera(self) -> Camera:
+        if self.camera is None:
+            raise trio.ClosedResourceError("the camera is not open (LOST or starting): no frames")
+        return self.camera
 
 
 def _source(text: str) -> int | str:
@@ -33,8 +58,14 @@ async def serve(cfg: CameraConfig, health: HealthRegistry, bus: EventBus, frames
         ready()
         frames.camera = camera
         try:
-            async for frame in camera.frames(timeout=2.0):
-                health.seen(NAME, frame.captured_at)
-                drops.update({"stale": camera.stats.drops, "decode": camera.stats.decode_errors})
+            while True:
+                stats = camera.stats
+                if stats.last_frame_at is not None:
+                    health.seen(NAME, stats.last_frame_at)
+                drops.update({"stale": stats.drops, "decode": stats.decode_errors})
+                with trio.move_on_after(HEALTH_PERIOD_S) as period:
+                    await camera.watch(STALL_TIMEOUT_S)  # raises DeviceLost / DeviceTimeout
+                if not period.cancelled_caught:
+                    return  # the camera was closed
         finally:
             frames.camera = None

@@ -46,6 +46,7 @@ async def serve(cfg: IlluminatorConfig, health: HealthRegistry, bus: EventBus, l
     drops = DropCounter(health, NAME)
     async with await Illuminator.open(cfg.port, channels=cfg.channels, thermistor_pin=cfg.thermistor_pin,
                                       deadman_ms=cfg.deadman_ms, max_temperature_c=cfg.max_temperature_c,
+                                      sampling_interval_ms=cfg.sampling_interval_ms,
                                       baudrate=cfg.baudrate) as board:
         ready()
         lights.online = True

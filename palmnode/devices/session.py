@@ -49,8 +49,8 @@ class DeviceSession:
             try:
                 await serve(self.ready)
                 error: BaseException | str = "the device stopped answering"
-            except DeviceError as exc:
-                error = exc
+            except* DeviceError as group:  # also from inside a serve function's own nursery
+                error = _first_leaf(group)
             # a failed reopen keeps the device LOST (with the newest error) rather than flapping
             self.health.set_state(self.name, DeviceState.LOST, error)
             if self.ready_at is not None and trio.current_time() - self.ready_at >= HEALTHY_AFTER_S:
@@ -58,6 +58,13 @@ class DeviceSession:
             await trio.sleep(self.backoff.delay(failures, self.rng))
             failures += 1
             self.health.note_restart(self.name)
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf
 
 
 class DropCounter:

@@ -114,6 +114,8 @@ class VirtualGate:
                 await self.tap(_card(step), step.seconds)
             case sc.Unplug():
                 await self.devices[step.device].unplug(step.seconds)
+            case sc.Garbage() if step.device == "camera":
+                self.camera.inject_garbage(1)  # one corrupt JPEG part
             case sc.Garbage():
                 self.devices[step.device].inject_garbage(step.bytes)
             case sc.Corrupt():

@@ -53,6 +53,7 @@ class Unplug:
 
 @attrs.frozen
 class Garbage:
+    """Random bytes on a serial line; on the camera, one corrupt JPEG part."""
     at: float
     device: str
     bytes: int = 64

@@ -1,0 +1,114 @@
+"""The commands as a user runs them: `palmnode sim` + `palmnode run` as processes, bad arguments."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from palmnode.bench import free_port
+
+DEVICES = ("proximity", "card_reader", "illuminator", "camera")
+SCENARIO = """
+[[step]]
+at = 2.0
+action = "hand"
+distance_mm = 150
+seconds = 1.0
+
+[[step]]
+at = 2.5
+action = "card"
+kind = "emv"
+pan = "4111111111111111"
+expiry = "2812"
+""" + "".join(f"""
+[[step]]
+at = {4.0 + 2.5 * i}
+action = "unplug"
+device = "{device}"
+seconds = 1.0
+""" for i, device in enumerate(DEVICES)) + "".join(f"""
+[[step]]
+at = 14.5
+action = "garbage"
+device = "{device}"
+bytes = 64
+""" for device in DEVICES)
+
+
+def palmnode(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "palmnode.cli", *args], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_sim_and_run_session_with_every_device_unplugged_in_turn(tmp_path):
+    port = free_port()
+    (tmp_path / "scenario.toml").write_text(SCENARIO)
+    sim = palmnode("sim", "--run-dir", str(tmp_path / "sim"), "--camera-port", str(port),
+                   "--scenario", str(tmp_path / "scenario.toml"))
+    node = None
+    try:
+        endpoints = json.loads(sim.stdout.readline())
+        assert endpoints == {"proximity": str(tmp_path / "sim" / "proximity"),
+                             "card_reader": str(tmp_path / "sim" / "card_reader"),
+                             "illuminator": str(tmp_path / "sim" / "illuminator"),
+                             "camera": f"http://127.0.0.1:{port}/stream.mjpg"}
+        config = (Path(__file__).resolve().parent.parent / "config" / "sim.toml").read_text()
+        config = config.replace("/tmp/palmnode-sim", str(tmp_path / "sim")).replace("8554", str(port))
+        config = config.replace("../run/keys/card_token.key", str(tmp_path / "keys" / "card.key"))
+        (tmp_path / "node.toml").write_text(config)
+        node = palmnode("run", "--config", str(tmp_path / "node.toml"))
+        time.sleep(17.0)  # the scenario's length: this test is about real processes in real time
+        node.send_signal(signal.SIGINT)
+        out, err = node.communicate(timeout=15)
+        assert node.returncode in (0, 130), err
+    finally:
+        for p in (node, sim):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGINT)
+                p.communicate(timeout=15)
+    assert "Traceback" not in err
+    non_json = [line for line in err.splitlines() if not line.startswith("{") and "VIDEOIO" not in line]
+    assert not non_json, non_json
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    t0 = lines[0]["ts"]
+    states = [(round(l["ts"] - t0, 2), l["name"], l["new"]) for l in lines if l["msg"] == "device state"]
+    for device in DEVICES:
+        mine = [(t, new) for t, name, new in states if name == device]
+        first_ready = next(t for t, new in mine if new == "ready")
+        assert first_ready < 3.0, (device, mine)
+        lost = [t for t, new in mine if new == "lost"]
+        assert lost, (device, mine)
+        back = [t for t, new in mine if new == "ready" and t > lost[0]]
+        assert back and back[0] - lost[0] < 1.0 + 2.0 + 0.5, (device, mine)  # 1 s unplugged + 2 s
+    gates = [l["new"] for l in lines if l["msg"] == "gate state"]
+    assert gates.count("degraded") >= 4 and gates[-1] == "ready", gates
+    cards = [l for l in lines if l["msg"] == "card read"]
+    assert cards and cards[0]["last4"] == "1111" and "4111111111111111" not in err
+    assert any(l["msg"] == "presence" and l["present"] for l in lines)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--config", "/nonexistent.toml"], "config file /nonexistent.toml does not exist"),
+    (["sim", "--scenario", "/nonexistent.toml"], "scenario file /nonexistent.toml does not exist"),
+    (["sim", "--camera-port", "99999"], "port must be 0-65535"),
+    (["bench", "--seconds", "-3"], "must be greater than 0"),
+    (["fly"], "invalid choice: 'fly'"),
+])
+def test_bad_arguments_are_one_line_errors(args, message):
+    proc = subprocess.run([sys.executable, "-m", "palmnode.cli", *args], capture_output=True, text=True,
+                          timeout=30, stdin=subprocess.DEVNULL)
+    assert proc.returncode in (1, 2)
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_help_explains_every_subcommand():
+    proc = subprocess.run([sys.executable, "-m", "palmnode.cli", "--help"], capture_output=True, text=True)
+    for sub in ("sim", "run", "demo", "bench"):
+        assert f"\n  {sub} " in proc.stdout
