@@ -1,4 +1,5 @@
-"""``palmnode bench``: the node's idle cost while the virtual gate streams, beside a baseline.
+"""``palmnode bench``: the node's idle cost while the virtual gate streams, beside a baseline,
+and a bad-input soak (palmnode/soak.py).
 
 Two phases in one run, each a virtual gate (proximity at 100 Hz, camera at 30 fps) and one host
 process on it, measured from /proc CPU counters over the same window:
@@ -151,5 +152,9 @@ def run(seconds: float = 20.0, warmup: float = 5.0) -> dict:
 
 
 def main(seconds: float) -> int:
-    print(json.dumps(run(seconds)))
+    from palmnode import soak
+
+    idle = run(seconds)
+    bad_input = soak.main(seconds)
+    print(json.dumps({"node_idle_cpu": idle, "bad_input_soak": bad_input}))
     return 0

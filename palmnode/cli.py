@@ -16,7 +16,8 @@ subcommands:
   run      start the node on the devices a config file names (default: config/sim.toml)
   demo     the whole thing without hardware: a virtual gate, a node on it and a scripted
            scenario, ending with a summary
-  bench    measure the node's cost (idle CPU with devices streaming) and print JSON
+  bench    measure the node: idle CPU with devices streaming (beside a bare-loop baseline)
+           and memory and drop counts under bad input on every port; prints JSON
 
 Run `palmnode <subcommand> --help` for its options."""
 
@@ -52,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="measure the node's cost and print JSON",
                        description="Measure the node's CPU while the virtual gate streams (proximity at "
-                       "100 Hz, camera at 30 fps), beside the emulators' own cost; prints one JSON object.")
+                       "100 Hz, camera at 30 fps) beside the emulators' own cost and a bare read loop, then "
+                       "its memory and drop counters under bad input on every port; prints one JSON object "
+                       "on stdout, progress on stderr.")
     p.add_argument("--seconds", type=_positive, default=20.0, help="measurement window (default 20)")
     return parser
 

@@ -10,11 +10,13 @@ import secrets
 from pathlib import Path
 from typing import Callable
 
+import trio
+
 from drivers.card_reader.driver import CardReader
 from drivers.errors import DeviceError
 from palmnode.actors import EventBus, HealthRegistry
 from palmnode.config import CardReaderConfig
-from palmnode.devices.session import DropCounter
+from palmnode.devices.session import mirror_stats
 
 NAME = "card_reader"
 KEY_BYTES = 32
@@ -44,10 +46,11 @@ def load_token_key(path: str | Path) -> bytes:
 
 async def serve(cfg: CardReaderConfig, key: bytes, health: HealthRegistry, bus: EventBus,
                 ready: Callable[[], None]) -> None:
-    drops = DropCounter(health, NAME)
     async with await CardReader.open(cfg.port, token_key=key) as reader:
         ready()
-        async for card in reader.cards(interval=cfg.poll_interval_s):
-            health.seen(NAME)
-            bus.publish(card)
-            drops.update(reader.stats.drops)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(mirror_stats, health, NAME,
+                               lambda: (reader.stats.last_frame_at, reader.stats.drops))
+            async for card in reader.cards(interval=cfg.poll_interval_s):
+                bus.publish(card)
+            nursery.cancel_scope.cancel()

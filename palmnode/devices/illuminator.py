@@ -16,7 +16,7 @@ from drivers.errors import DeviceError, DeviceLost
 from drivers.illuminator.driver import Illuminator
 from palmnode.actors import Call, EventBus, HealthRegistry, Mailbox, OverflowPolicy
 from palmnode.config import IlluminatorConfig
-from palmnode.devices.session import DropCounter
+from palmnode.devices.session import mirror_stats
 
 NAME = "illuminator"
 log = logging.getLogger("palmnode.devices")
@@ -43,7 +43,6 @@ class Lights:
 
 async def serve(cfg: IlluminatorConfig, health: HealthRegistry, bus: EventBus, lights: Lights,
                 ready: Callable[[], None]) -> None:
-    drops = DropCounter(health, NAME)
     async with await Illuminator.open(cfg.port, channels=cfg.channels, thermistor_pin=cfg.thermistor_pin,
                                       deadman_ms=cfg.deadman_ms, max_temperature_c=cfg.max_temperature_c,
                                       sampling_interval_ms=cfg.sampling_interval_ms,
@@ -54,7 +53,8 @@ async def serve(cfg: IlluminatorConfig, health: HealthRegistry, bus: EventBus, l
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_forward_events, board, bus)
                 nursery.start_soon(_serve_requests, board, lights)
-                nursery.start_soon(_watch, board, health, drops)
+                nursery.start_soon(mirror_stats, health, NAME,
+                                   lambda: (board.stats.last_frame_at, board.stats.drops))
                 await board.run()
                 raise DeviceLost(f"illuminator {cfg.port}: the board stopped")
         finally:
@@ -74,11 +74,3 @@ async def _serve_requests(board: Illuminator, lights: Lights) -> None:
             call.fail(exc)
         else:
             call.reply(None)
-
-
-async def _watch(board: Illuminator, health: HealthRegistry, drops: DropCounter) -> None:
-    while True:
-        if board.stats.last_frame_at is not None:
-            health.seen(NAME, board.stats.last_frame_at)
-        drops.update(board.stats.drops)
-        await trio.sleep(0.5)

@@ -81,3 +81,19 @@ class DropCounter:
             if new > 0:
                 self.health.count(self.name, f"dropped_{reason}", new)
                 self._seen[reason] = total
+
+
+#: how often device actors copy their driver's counters into the health registry
+HEALTH_PERIOD_S = 0.5
+
+
+async def mirror_stats(health: HealthRegistry, name: str,
+                       read: Callable[[], tuple[float | None, Mapping[str, int]]]) -> None:
+    """Every ``HEALTH_PERIOD_S``, copy (last frame time, drops by reason) from ``read()`` into health."""
+    drops = DropCounter(health, name)
+    while True:
+        last_seen, counts = read()
+        if last_seen is not None:
+            health.seen(name, last_seen)
+        drops.update(counts)
+        await trio.sleep(HEALTH_PERIOD_S)
