@@ -1,21 +1,41 @@
 """The camera for trio: OpenCV ``VideoCapture`` on a device index, a V4L2 path or a stream URL.
 
 One dedicated thread owns the ``VideoCapture`` for its whole life (open, configure, read, release:
-OpenCV captures are not thread-safe, so nothing else ever touches it). It hands each decoded grey
-frame to trio without ever waiting for the consumer, into a latest-frame slot of size one: the
-newest frame wins and the frame it replaces is counted as a drop. A stream that ends, a server
-that goes away or a camera that stops for longer than ``read_timeout`` is a clean
-:class:`~drivers.errors.DeviceLost`, so a supervisor can reopen it.
+OpenCV captures are not thread-safe, so nothing else ever touches it). It reads every frame the
+camera sends, so the camera stays live and the newest frame is always at hand, but it decodes
+only on demand:
+
+- **The decode rule.** The reader keeps the newest frame read (encoded JPEG bytes on an MJPEG
+  stream) with its ``seq`` and read time in a lock-protected slot, replacing the previous one.
+  It decodes a frame itself, right after reading it, only while there is *demand*: a task is
+  waiting in :meth:`Camera.next_frame` / ``frames()``, or one asked for a frame (``next_frame``,
+  ``newest``, ``latest``) within the last ``DEMAND_WINDOW_S``. Otherwise nothing is decoded.
+  When a task asks and the newest frame read is still encoded (the first ask of a burst), that
+  frame is decoded right then in a worker thread (``trio.to_thread``; never on the trio thread:
+  a colour 640×480 JPEG costs ~2.5 ms), so the caller gets a frame at most one frame period old
+  with no wait for the next one. During a burst the reader decodes each frame as it arrives.
+- **No wakeups nobody needs.** The reader calls into trio (``TrioToken.run_sync_soon``) only when
+  a task is waiting for a frame, and then once per frame at most; counters and the read time
+  live in the slot, which :attr:`Camera.stats` reads under the lock.
+- **Liveness without taking frames.** :meth:`Camera.watch` raises DeviceLost when the stream ends
+  (or the reader fails) and DeviceTimeout when no frame was read for ``stall_timeout``, so an
+  actor can supervise the camera while no one takes frames.
+
+A stream that ends, a server that goes away or a camera that stops for longer than
+``read_timeout`` is a clean :class:`~drivers.errors.DeviceLost`, so a supervisor can reopen it.
 
 MJPEG sources (every IP camera stream, and the emulator) are read in the backend's raw mode: the
 FFmpeg backend hands over each JPEG as bytes and the driver decodes it with ``cv2.imdecode`` straight
 to grey (libjpeg decodes only the luma plane), which is cheaper than a BGR decode plus conversion
-and makes a corrupt JPEG visible (counted in ``stats.decode_errors`` and skipped) instead of being
-silently concealed. Other sources are decoded by the backend and converted to grey if needed.
+and makes a corrupt JPEG visible instead of being silently concealed. Every part read gets a cheap
+structure check (SOI, marker segments up to SOS, EOI: microseconds, no decoding), so a broken part
+is counted in ``stats.decode_errors`` even when nobody decodes. Other sources (V4L2) are
+``grab()``-bed every frame and ``retrieve()``-d (decoded by the backend, converted to grey if
+needed) only on demand; there a first ask waits for the next frame (≤ one frame period).
 
 Time: ``Frame.captured_at`` is in trio's clock (``trio.current_time()``), taken as the moment
 ``VideoCapture.read`` returned the frame: the reader thread notes ``time.perf_counter()`` then, and
-the trio side subtracts the hand-off delay (measured with the same ``perf_counter``) from
+the trio side subtracts the delay since (measured with the same ``perf_counter``) from
 ``trio.current_time()``. This holds for any trio clock, including a MockClock; it is when the frame
 reached the host, which lags the sensor's exposure by the transport and buffering delay.
 """
@@ -54,6 +74,19 @@ MAX_CONSECUTIVE_DECODE_ERRORS = 30
 MAX_CONSECUTIVE_READ_FAILURES = 3
 #: frames over which ``stats.fps`` is measured
 FPS_WINDOW = 30
+#: after a task asked for a frame, the reader decodes every frame it reads for this long (a burst);
+#: a frame taken more than this after the previous one starts a new burst (no drops counted)
+DEMAND_WINDOW_S = 1.0
+#: JPEG markers (ITU-T T.81 Annex B.1.1.3, Table B.1)
+_SOI, _EOI, _SOS, _TEM = 0xD8, 0xD9, 0xDA, 0x01
+#: standalone markers without a length field: TEM and RST0..7 (T.81 B.1.1.3, B.1.1.4)
+_STANDALONE = frozenset({_TEM, *range(0xD0, 0xD8)})
+#: SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC) (T.81 Table B.1)
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+#: an EOI may be followed by a little padding (a CRLF left by a boundary scan, fill bytes)
+_EOI_SLACK = 16
+#: header segments walked before giving up on finding SOS (real files have ~10)
+_MAX_SEGMENTS = 64
 
 #: properties the driver may set, by the name reported in :class:`PropertyResult`
 PROPERTIES = {
@@ -69,7 +102,9 @@ PROPERTIES = {
 @attrs.frozen(eq=False)
 class Frame:
     """One grey frame: ``image`` is H×W uint8 (read-only), ``seq`` counts frames read since open
-    (from 0), ``captured_at`` is trio time, ``dropped_before`` how many newer-wins drops preceded it."""
+    (from 0), ``captured_at`` is trio time, ``dropped_before`` how many frames were read since the
+    previous frame :meth:`Camera.next_frame` handed out (0 when that was longer than
+    ``DEMAND_WINDOW_S`` ago: a new burst)."""
 
     image: np.ndarray
     seq: int
@@ -90,14 +125,20 @@ class PropertyResult:
 
 @attrs.define
 class CameraStats:
+    """A snapshot (``Camera.stats`` builds a new one on every access)."""
+
+    #: frames read from the camera (decoded or not)
     frames: int = 0
-    #: frames replaced in the latest-frame slot before anyone took them (the consumer was slower)
+    #: frames read while a consumer was taking frames but never handed to it (it was slower)
     drops: int = 0
-    #: parts that did not decode (corrupt JPEG) or failed reads of backend-decoded sources
+    #: parts that failed the structure check or the decode, or failed reads of backend-decoded sources
     decode_errors: int = 0
-    #: measured over the last FPS_WINDOW frames
+    #: frames read per second, measured over the last FPS_WINDOW frames
     fps: float = 0.0
+    #: trio time of the newest frame read
     last_frame_at: float | None = None
+    #: frames decoded (only on demand: stays 0 while nobody asks)
+    decoded: int = 0
 
 
 @attrs.frozen
@@ -116,6 +157,18 @@ class _Command:
     result: PropertyResult | None = None
 
 
+@attrs.define(eq=False)
+class _Newest:
+    """The newest usable frame read (guarded by ``Camera._lock``): the JPEG bytes on a raw MJPEG
+    stream, the decoded grey image once someone decoded it."""
+
+    seq: int
+    read_at: float  # perf_counter
+    encoded: np.ndarray | None
+    image: np.ndarray | None
+    bad: bool = False  # the on-demand decode failed
+
+
 def _classify(source: int | str) -> tuple[str, int]:
     """(kind, OpenCV API preference) of a source."""
     if isinstance(source, int) and not isinstance(source, bool):
@@ -129,8 +182,59 @@ def _classify(source: int | str) -> tuple[str, int]:
                      f"stream URL such as http://127.0.0.1:8080/stream.mjpg")
 
 
+def jpeg_looks_whole(data: np.ndarray) -> bool:
+    """Cheap structure check of one JPEG (no entropy decoding): SOI, then length-framed marker
+    segments including a SOF up to SOS (T.81 B.2.1: frame = SOI, tables/misc, SOF, scan), and an
+    EOI at the end (allowing ``_EOI_SLACK`` bytes of padding)."""
+    b = memoryview(np.ascontiguousarray(data).reshape(-1))
+    n = len(b)
+    if n < 4 or b[0] != 0xFF or b[1] != _SOI:
+        return False
+    tail = bytes(b[max(2, n - _EOI_SLACK - 2):])
+    if b"\xff\xd9" not in tail:
+        return False
+    i, sof = 2, False
+    for _ in range(_MAX_SEGMENTS):
+        if i + 4 > n or b[i] != 0xFF:
+            return False
+        marker = b[i + 1]
+        if marker == 0xFF:  # fill byte before a marker (T.81 B.1.1.2)
+            i += 1
+            continue
+        if marker in _STANDALONE:
+            i += 2
+            continue
+        if marker in (_SOI, _EOI):
+            return False
+        length = (b[i + 2] << 8) | b[i + 3]
+        if length < 2 or i + 2 + length > n:
+            return False
+        if marker == _SOS:
+            return sof
+        sof = sof or marker in _SOF
+        i += 2 + length
+    return False
+
+
+def _to_grey(data: np.ndarray, raw: bool) -> np.ndarray | None:
+    """Grey image of a raw JPEG (None when it does not decode) or of a backend-decoded image."""
+    if raw:
+        image = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)  # None when the JPEG is corrupt
+    elif data.ndim == 2:
+        image = data
+    elif data.shape[2] == 1:
+        image = data[:, :, 0]
+    else:
+        image = cv2.cvtColor(data, cv2.COLOR_BGRA2GRAY if data.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
+    if image is not None:
+        image.flags.writeable = False  # shared with every consumer of latest()
+    return image
+
+
 class _Reader:
-    """The body of the reader thread. Talks to trio only through ``token.run_sync_soon``."""
+    """The body of the reader thread. Shares the newest-frame slot with the trio side under
+    ``camera._lock``, and calls into trio (``token.run_sync_soon``) only for open/failure/command
+    results and to wake a task that waits for a frame."""
 
     def __init__(self, camera: "Camera", token: trio.lowlevel.TrioToken, *, api: int,
                  params: list[int], requested: list[tuple[str, float]], open_timeout: float,
@@ -170,6 +274,7 @@ class _Reader:
             fourcc = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little")
             # MJPEG: take the JPEG bytes and decode them to grey ourselves (cheaper, errors visible)
             raw = fourcc == b"MJPG" and self.kind == "stream" and cap.set(cv2.CAP_PROP_FORMAT, -1)
+            self.camera._opened_at = time.perf_counter()
             self.post(self.camera._opened_ok, _Opened(cap.getBackendName(), bool(raw), settings))
             self._read_loop(cap, bool(raw))
         except Exception as exc:  # cv2.error and friends: the backend failed under us
@@ -205,47 +310,53 @@ class _Reader:
             self.post(self.camera._command_done, command, result)
 
     def _read_loop(self, cap: cv2.VideoCapture, raw: bool) -> None:
+        camera = self.camera
         seq = 0
         bad_in_a_row = 0
         while not self.stop.is_set():
-            self._run_commands(cap)
+            if not self.commands.empty():
+                self._run_commands(cap)
             started = time.perf_counter()
-            ok, data = cap.read()
+            if raw:
+                ok, data = cap.read()
+            else:
+                ok, data = cap.grab(), None  # the backend converts only on retrieve()
             read_at = time.perf_counter()
             if self.stop.is_set():
                 return
-            if not ok or data is None:
+            if not ok or (raw and data is None):
                 if raw or bad_in_a_row + 1 >= MAX_CONSECUTIVE_READ_FAILURES:
-                    self.post(self.camera._fail, self._lost(read_at - started))
+                    self.post(camera._fail, self._lost(read_at - started))
                     return
                 bad_in_a_row += 1
-                self.post(self.camera._decode_error)
+                camera._count_error()
                 continue
-            image = self._to_grey(data, raw)
-            if image is None:
+            this_seq = seq
+            seq += 1
+            image = None
+            if raw and not jpeg_looks_whole(data):
+                good = False
+            elif camera._demanded(read_at):
+                if not raw:
+                    ok, data = cap.retrieve()
+                image = _to_grey(data, raw) if ok and data is not None else None
+                good = image is not None
+            else:
+                good = True
+            if not good:
                 bad_in_a_row += 1
-                self.post(self.camera._decode_error)
+                camera._count_error()
                 if bad_in_a_row >= MAX_CONSECUTIVE_DECODE_ERRORS:
-                    self.post(self.camera._fail, DeviceLost(
+                    self.post(camera._fail, DeviceLost(
                         f"camera {self.source}: {bad_in_a_row} undecodable frames in a row; "
                         f"the stream is corrupt, reopen it"))
                     return
+                camera._note_read(read_at, None)
                 continue
             bad_in_a_row = 0
-            image.flags.writeable = False  # shared with every consumer of latest()
-            if not self.post(self.camera._deliver, image, seq, read_at):
+            wake = camera._note_read(read_at, _Newest(this_seq, read_at, data if raw else None, image))
+            if wake and not self.post(camera._wake):
                 return
-            seq += 1
-
-    @staticmethod
-    def _to_grey(data: np.ndarray, raw: bool) -> np.ndarray | None:
-        if raw:
-            return cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)  # None when the JPEG is corrupt
-        if data.ndim == 2:
-            return data
-        if data.shape[2] == 1:
-            return data[:, :, 0]
-        return cv2.cvtColor(data, cv2.COLOR_BGRA2GRAY if data.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
 
     def _lost(self, read_took: float) -> DeviceLost:
         if self.kind == "stream" and read_took >= 0.9 * self.read_timeout:
@@ -262,23 +373,39 @@ class Camera:
     def __init__(self, source: int | str, kind: str, read_timeout: float) -> None:
         self.source = source
         self.kind = kind
-        self.stats = CameraStats()
         #: the backend OpenCV chose ("FFMPEG", "V4L2"), set once open
         self.backend = ""
         #: True when the driver decodes JPEG bytes itself (MJPEG streams), False when the backend decodes
         self.raw_jpeg = False
         self._read_timeout = read_timeout
         self._settings: dict[str, PropertyResult] = {}
-        self._send, self._recv = trio.open_memory_channel[Frame](1)
-        self._latest: Frame | None = None
         self._error: DeviceError | None = None
         self._closed = False
         self._opened = trio.Event()
         self._reader_finished = trio.Event()
+        self._ended = trio.Event()  # set on failure and on close (watch() waits for it)
         self._commands: set[_Command] = set()
-        self._fps_times: collections.deque[float] = collections.deque(maxlen=FPS_WINDOW)
         self._reader: _Reader | None = None
         self._thread: threading.Thread | None = None
+        # ---- shared with the reader thread, under _lock -------------------------------
+        self._lock = threading.Lock()
+        self._newest: _Newest | None = None
+        self._frames_read = 0
+        self._decoded = 0
+        self._decode_errors = 0
+        self._drops = 0
+        self._last_read_at: float | None = None  # perf_counter
+        self._read_times: collections.deque[float] = collections.deque(maxlen=FPS_WINDOW)
+        self._waiters = 0  # tasks blocked in next_frame (the reader wakes trio only for them)
+        self._wake_pending = False
+        #: perf_counter time until which the reader decodes eagerly (a plain float: GIL-atomic)
+        self._demand_until = 0.0
+        self._opened_at = time.perf_counter()
+        # ---- trio side only -------------------------------------------------------------
+        self._new_frame = trio.Event()
+        self._taken_seq = -1
+        self._taken_at = -math.inf  # perf_counter
+        self._latest: Frame | None = None
 
     # ---- opening ------------------------------------------------------------------------
     @classmethod
@@ -333,29 +460,172 @@ class Camera:
 
     # ---- frames -------------------------------------------------------------------------
     async def next_frame(self, timeout: float | None = 1.0) -> Frame:
-        """The next frame not yet taken (the newest one if several arrived); DeviceTimeout if none
-        arrives within ``timeout`` seconds, DeviceLost if the camera went away."""
-        if self._closed:
-            raise trio.ClosedResourceError(f"camera {self.source} is closed")
+        """The next frame not yet taken: the newest one read since the previous call (decoded now,
+        off the trio thread, if the reader has not), else the next one read. DeviceTimeout if none
+        arrives within ``timeout`` seconds, DeviceLost if the camera went away (after the frames
+        already read)."""
+        return await self._get(timeout, take=True)
+
+    async def newest(self, timeout: float | None = 1.0) -> Frame:
+        """The newest frame read, taken or not, decoded now off the trio thread if needed (so at
+        most one frame period old); waits for the first frame if none was read yet. Does not
+        count as taking it (``next_frame`` still hands it out). Errors as :meth:`next_frame`."""
+        latest = self._latest
+        with self._lock:
+            newest = self._newest
+        if latest is not None and newest is not None and latest.seq == newest.seq:
+            self._ask()
+            return latest
+        return await self._get(timeout, take=False)
+
+    async def _get(self, timeout: float | None, *, take: bool) -> Frame:
+        self._check_open()
         try:
             with trio.fail_after(math.inf if timeout is None else timeout):
-                return await self._recv.receive()
+                while True:
+                    self._ask()
+                    with self._lock:
+                        newest = self._newest
+                        if newest is not None and (newest.seq > self._taken_seq or not take) \
+                                and not newest.bad \
+                                and (newest.image is not None or newest.encoded is not None):
+                            previous, previous_at = self._taken_seq, self._taken_at
+                            if take:
+                                self._taken_seq, self._taken_at = newest.seq, time.perf_counter()
+                            waiting = None
+                        else:
+                            if self._error is not None or self._closed:
+                                break
+                            self._waiters += 1
+                            waiting = self._new_frame
+                    if waiting is None:
+                        frame = await self._materialise(newest, previous if take else -1, previous_at)
+                        if frame is not None:
+                            return frame
+                        continue  # did not decode (counted): wait for the next one
+                    try:
+                        await waiting.wait()
+                    finally:
+                        with self._lock:
+                            self._waiters -= 1
         except trio.TooSlowError:
             raise DeviceTimeout(f"camera {self.source}: no frame within {timeout:.2f}s "
                                 f"(stalled camera or network?)") from None
-        except trio.EndOfChannel:
-            if self._error is not None:
-                raise _fresh(self._error) from None
-            raise trio.ClosedResourceError(f"camera {self.source} is closed") from None
+        if self._error is not None:
+            raise _fresh(self._error)
+        raise trio.ClosedResourceError(f"camera {self.source} is closed")
 
     def latest(self) -> Frame | None:
-        """The newest frame read so far, taken or not (None before the first)."""
+        """The newest frame decoded so far, taken or not (None before the first decode). Never
+        decodes on the calling (trio) thread: while frames are being asked for it is the newest
+        frame read or the one before; after an idle spell it can be old, and it restarts decoding,
+        so call it again a frame period later, or use :meth:`newest` for a fresh frame."""
+        self._ask()
+        with self._lock:
+            newest = self._newest
+        if newest is not None and newest.image is not None and (
+                self._latest is None or self._latest.seq < newest.seq):
+            self._latest = Frame(newest.image, newest.seq, self._trio_time(newest.read_at))
         return self._latest
 
     def frames(self, *, timeout: float | None = None) -> AsyncIterator[Frame]:
         """``async for frame in camera.frames()``: each new frame (newest wins) until the camera is
         closed; raises DeviceLost / DeviceTimeout like :meth:`next_frame`."""
         return _FrameIterator(self, timeout)
+
+    async def watch(self, stall_timeout: float | None = None) -> None:
+        """Supervise the camera without taking frames: returns when the camera is closed, raises
+        DeviceLost when the stream ends or the reader fails, DeviceTimeout when no frame was read
+        for ``stall_timeout`` seconds (default: the read timeout). Wakes about once per
+        ``stall_timeout`` while frames flow."""
+        stall = self._read_timeout if stall_timeout is None else stall_timeout
+        while True:
+            if self._error is not None:
+                raise _fresh(self._error)
+            if self._closed:
+                return
+            with self._lock:
+                last = self._opened_at if self._last_read_at is None else self._last_read_at
+            silent = time.perf_counter() - last
+            if silent >= stall:
+                raise DeviceTimeout(f"camera {self.source}: no frame read for {silent:.1f}s "
+                                    f"(stalled camera or network?)")
+            with trio.move_on_after(stall - silent):
+                await self._ended.wait()
+
+    @property
+    def stats(self) -> CameraStats:
+        """A snapshot of the counters (frames read, decoded, drops, decode errors, fps, last frame)."""
+        with self._lock:
+            times = self._read_times
+            fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) >= 2 and times[-1] > times[0] \
+                else 0.0
+            last = self._last_read_at
+            stats = CameraStats(frames=self._frames_read, drops=self._drops,
+                                decode_errors=self._decode_errors, fps=fps, decoded=self._decoded)
+        if last is not None:
+            stats.last_frame_at = self._trio_time(last)
+        return stats
+
+    # ---- helpers (trio side) --------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError(f"camera {self.source} is closed")
+
+    def _ask(self) -> None:
+        self._demand_until = time.perf_counter() + DEMAND_WINDOW_S
+
+    @staticmethod
+    def _trio_time(perf_at: float) -> float:
+        return trio.current_time() - max(0.0, time.perf_counter() - perf_at)
+
+    async def _materialise(self, newest: _Newest, previous: int, previous_at: float) -> Frame | None:
+        image = newest.image
+        if image is None:
+            assert newest.encoded is not None
+            image = await trio.to_thread.run_sync(_to_grey, newest.encoded, True)
+            with self._lock:
+                if image is None:
+                    self._decode_errors += 1
+                    newest.bad = True
+                else:
+                    self._decoded += 1
+                    newest.image = image
+            if image is None:
+                return None
+        dropped = 0
+        if time.perf_counter() - previous_at <= DEMAND_WINDOW_S and newest.seq > previous >= 0:
+            dropped = newest.seq - previous - 1
+            with self._lock:
+                self._drops += dropped
+        frame = Frame(image, newest.seq, self._trio_time(newest.read_at), dropped)
+        if self._latest is None or self._latest.seq <= frame.seq:
+            self._latest = frame
+        return frame
+
+    # ---- called by the reader thread: short, under the lock, never raise --------------------
+    def _demanded(self, now: float) -> bool:
+        return self._waiters > 0 or now < self._demand_until
+
+    def _count_error(self) -> None:
+        with self._lock:
+            self._decode_errors += 1
+
+    def _note_read(self, read_at: float, newest: _Newest | None) -> bool:
+        """Count one frame read (``newest`` None: it was unusable); True when trio must be woken."""
+        with self._lock:
+            self._frames_read += 1
+            self._last_read_at = read_at
+            self._read_times.append(read_at)
+            if newest is None:
+                return False
+            if newest.image is not None:
+                self._decoded += 1
+            self._newest = newest
+            if self._waiters and not self._wake_pending:
+                self._wake_pending = True
+                return True
+            return False
 
     # ---- properties ---------------------------------------------------------------------
     @property
@@ -404,7 +674,8 @@ class Camera:
         """Stop the reader thread and release the capture. Prompt while frames flow; during a stall
         it waits at most one read timeout (the backend cannot be interrupted mid-read)."""
         self._closed = True
-        self._send.close()
+        self._wake()
+        self._ended.set()
         for command in list(self._commands):
             command.done.set()
         if self._reader is not None:
@@ -434,39 +705,18 @@ class Camera:
             self._settings[result.name] = result
         self._opened.set()
 
-    def _deliver(self, image: np.ndarray, seq: int, read_at: float) -> None:
-        if self._closed or self._error is not None:
-            return
-        captured_at = trio.current_time() - max(0.0, time.perf_counter() - read_at)
-        dropped = 0
-        try:
-            stale = self._recv.receive_nowait()  # newest wins: nobody took the previous one
-        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-            pass
-        else:
-            dropped = stale.dropped_before + 1
-            self.stats.drops += 1
-        frame = Frame(image, seq, captured_at, dropped)
-        try:
-            self._send.send_nowait(frame)
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            return
-        self._latest = frame
-        self.stats.frames += 1
-        self.stats.last_frame_at = captured_at
-        times = self._fps_times
-        times.append(captured_at)
-        if len(times) >= 2 and times[-1] > times[0]:
-            self.stats.fps = (len(times) - 1) / (times[-1] - times[0])
-
-    def _decode_error(self) -> None:
-        self.stats.decode_errors += 1
+    def _wake(self) -> None:
+        with self._lock:
+            self._wake_pending = False
+            event, self._new_frame = self._new_frame, trio.Event()
+        event.set()
 
     def _fail(self, error: DeviceError) -> None:
         if self._error is None and not self._closed:
             log.warning("%s", error)
             self._error = error
-        self._send.close()  # takers get the frames already read, then the error
+        self._wake()  # waiting takers get the frame already read, then the error
+        self._ended.set()
         for command in list(self._commands):
             command.done.set()
         self._opened.set()

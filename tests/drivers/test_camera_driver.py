@@ -1,12 +1,18 @@
 """The camera driver against the emulator over real loopback sockets (OpenCV FFmpeg backend)."""
 import threading
 
+import cv2
 import numpy as np
 import pytest
 import trio
 
-from drivers.camera import DARK, FULL_IR, Camera, CameraEmulator, Lighting
+from drivers.camera import DARK, FULL_IR, Camera, CameraEmulator, DiscScene, Lighting
+from drivers.camera import driver as camera_driver
+from drivers.camera.driver import jpeg_looks_whole
 from drivers.errors import DeviceLost, DeviceTimeout, PortUnavailable
+from tests.conftest import wait_for
+
+PERIOD = 1 / 30  # the emulator's default frame rate
 
 
 def reader_threads() -> list[threading.Thread]:
@@ -193,3 +199,128 @@ async def test_bad_sources_are_named():
     with pytest.raises(PortUnavailable, match="/dev/video99: cannot open the device"):
         await Camera.open("/dev/video99", open_timeout=2)
     assert not reader_threads()
+
+
+# ---- decoding only on demand -------------------------------------------------------------------
+class CountingToken:
+    """The reader's TrioToken, counting its calls into trio."""
+
+    def __init__(self, token):
+        self.token = token
+        self.calls = 0
+
+    def run_sync_soon(self, fn, *args):
+        self.calls += 1
+        self.token.run_sync_soon(fn, *args)
+
+
+async def test_nothing_is_decoded_and_trio_not_woken_while_nobody_asks(emu):
+    async with await Camera.open(emu.url) as cam:
+        token = cam._reader.token = CountingToken(cam._reader.token)
+        await wait_for(lambda: cam.stats.frames >= 15, timeout=3)
+        stats = cam.stats
+        assert stats.decoded == 0 and stats.decode_errors == 0 and stats.drops == 0
+        assert 10 < stats.fps < 60 and trio.current_time() - stats.last_frame_at < 0.5
+        assert token.calls == 0  # not one cross-thread call for 15 frames
+        assert cam.latest() is None  # nothing decoded yet (the call starts a burst of decoding)
+
+
+async def test_first_ask_gets_a_fresh_frame_at_once_then_the_burst_ends(emu, monkeypatch):
+    monkeypatch.setattr(camera_driver, "DEMAND_WINDOW_S", 0.3)
+    async with await Camera.open(emu.url) as cam:
+        await wait_for(lambda: cam.stats.frames >= 10, timeout=3)
+        asked = trio.current_time()
+        first = await cam.next_frame(timeout=2)
+        assert trio.current_time() - asked < PERIOD  # decoded on the spot, no wait for the next frame
+        assert first.captured_at > asked - PERIOD - 0.02  # the newest frame read: at most a period old
+        assert first.seq >= 9 and first.dropped_before == 0 and first.image.shape == (480, 640)
+        assert cam.stats.decoded == 1
+        burst = [await cam.next_frame(timeout=2) for _ in range(5)]
+        assert [f.seq for f in burst] == list(range(first.seq + 1, first.seq + 6))
+        assert all(f.dropped_before == 0 for f in burst) and cam.stats.drops == 0
+        assert cam.latest() is burst[-1] or cam.latest().seq > burst[-1].seq
+        # the reader decoded the burst as it read it; once nobody asks for 0.3 s it stops
+        await wait_for(lambda: cam.stats.frames > burst[-1].seq + 20, timeout=3)
+        decoded = cam.stats.decoded
+        await wait_for(lambda: cam.stats.frames > burst[-1].seq + 35, timeout=3)
+        assert cam.stats.decoded == decoded
+        again = await cam.next_frame(timeout=2)
+        assert again.dropped_before == 0  # a new burst: the frames nobody wanted are not drops
+
+
+async def test_waiting_consumer_is_woken_by_the_next_frame_within_a_period(emu):
+    async with await Camera.open(emu.url) as cam:
+        frame = await cam.next_frame(timeout=2)
+        for _ in range(5):
+            waited = trio.current_time()
+            nxt = await cam.next_frame(timeout=2)
+            assert nxt.seq == frame.seq + 1 and trio.current_time() - waited < PERIOD + 0.03
+            assert trio.current_time() - nxt.captured_at < 0.02  # handed over as soon as read
+            frame = nxt
+
+
+async def test_newest_does_not_take_and_latest_follows_it(emu):
+    async with await Camera.open(emu.url) as cam:
+        await wait_for(lambda: cam.stats.frames >= 3, timeout=3)
+        newest = await cam.newest()
+        assert cam.latest() is newest and cam.stats.decoded == 1
+        taken = await cam.next_frame(timeout=2)
+        assert taken.seq >= newest.seq  # newest() took nothing away from next_frame()
+
+
+async def test_watch_without_consumer_reports_stall_then_the_stream_resumes(emu):
+    async with await Camera.open(emu.url, read_timeout=3) as cam:
+        with trio.move_on_after(0.3):  # frames flow: watch just waits
+            await cam.watch(stall_timeout=0.2)
+        emu.stall(1.0)
+        with pytest.raises(DeviceTimeout, match="no frame read for"):
+            with trio.fail_after(2):
+                await cam.watch(stall_timeout=0.3)
+        frame = await cam.next_frame(timeout=3)
+        assert frame.image.shape == (480, 640) and cam.stats.decoded >= 1
+
+
+async def test_watch_without_consumer_reports_lost_and_returns_on_close(emu, nursery):
+    cam = await Camera.open(emu.url)
+    await wait_for(lambda: cam.stats.frames >= 3, timeout=3)
+    nursery.start_soon(emu.unplug, 0.3)
+    with pytest.raises(DeviceLost, match="stream ended"):
+        with trio.fail_after(3):
+            await cam.watch()
+    await cam.aclose()
+    assert cam.stats.decoded == 0
+    with trio.fail_after(3):
+        await emu.replugged()
+    async with await Camera.open(emu.url) as again:
+        returned = trio.Event()
+
+        async def watch():
+            await again.watch()
+            returned.set()
+
+        nursery.start_soon(watch)
+        await wait_for(lambda: again.stats.frames >= 3, timeout=3)
+        await again.aclose()
+        with trio.fail_after(1):
+            await returned.wait()
+
+
+async def test_corrupt_part_is_counted_without_decoding(emu):
+    async with await Camera.open(emu.url) as cam:
+        await wait_for(lambda: cam.stats.frames >= 3, timeout=3)
+        emu.inject_garbage()
+        await wait_for(lambda: cam.stats.decode_errors == 1, timeout=3)
+        await wait_for(lambda: cam.stats.frames >= 10, timeout=3)
+        assert cam.stats.decode_errors == 1 and cam.stats.decoded == 0
+
+
+def test_jpeg_structure_check():
+    image = DiscScene()(FULL_IR, 0.5)
+    grey = cv2.imencode(".jpg", image)[1]
+    colour = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_GRAY2BGR),
+                          [cv2.IMWRITE_JPEG_RST_INTERVAL, 4, cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1]
+    padded = np.concatenate([grey, np.frombuffer(b"\r\n", np.uint8)])
+    assert all(jpeg_looks_whole(j) for j in (grey, colour, padded, grey.reshape(1, -1)))
+    noise = np.frombuffer(b"\xff\xd8" + np.random.default_rng(1).bytes(5000) + b"\xff\xd9", np.uint8)
+    for bad in (grey[:-200], grey[:300], grey[2:], noise, np.zeros(0, np.uint8), grey[:3]):
+        assert not jpeg_looks_whole(bad)
