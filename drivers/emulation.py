@@ -1,11 +1,13 @@
 """The device side of a serial port: a pseudo-terminal at a stable path, with faults on command.
 
 Every serial emulator (``drivers/<device>/emulator.py``) subclasses :class:`SerialEmulator`:
-it implements :meth:`SerialEmulator.on_receive` with its codec and answers with :meth:`send`.
-The base class owns the pty, survives hosts that open, close and reopen the port (a pty master
-reads EIO while no host has the slave open), and injects the faults real hardware shows:
-unplug/replug at the same path, garbage on the line, stalls, corrupt checksums and a slow
-first answer after each open.
+it implements :meth:`SerialEmulator.on_receive` with its codec and answers with :meth:`send`;
+a device that speaks first (a boot banner, a sensor that streams) does so from
+:meth:`SerialEmulator.on_host_attached` or a task that waits with ``wait_host_attached`` and
+writes with ``emit``. The base class owns the pty, notices hosts opening, closing and reopening
+the port before they write anything (a pty master reports HUP and reads EIO while no host has
+the slave open), and injects the faults real hardware shows: unplug/replug at the same path,
+garbage on the line, stalls, corrupt checksums and a slow first answer after each open.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import errno
 import logging
 import os
 import random
+import select
 import termios
 import tty
 from pathlib import Path
@@ -21,7 +24,7 @@ import trio
 
 log = logging.getLogger(__name__)
 
-#: how often a master with no host attached is polled (it reports HUP, so it cannot be waited on)
+#: how often a master with no host attached is polled for an open (HUP cannot be waited away)
 IDLE_POLL_S = 0.02
 
 
@@ -70,7 +73,13 @@ _SPEEDS = {getattr(termios, f"B{b}"): b for b in (
 
 
 class SerialEmulator:
-    """Base class of the pty device emulators. Run with ``nursery.start(emulator.run)``."""
+    """Base class of the pty device emulators. Run with ``nursery.start(emulator.run)``.
+
+    Two tasks run the port: a watcher that notices a host opening it (a pty master reports HUP
+    while no host has the slave open, so it is polled every :data:`IDLE_POLL_S`, and only while
+    nobody is attached) and a reader that feeds :meth:`on_receive` and notices the host leaving
+    (its wait wakes on HUP, so an attached host costs no polling).
+    """
 
     #: name used in logs and by the virtual gate
     device = "serial"
@@ -78,10 +87,13 @@ class SerialEmulator:
     def __init__(self, link: Path, *, seed: int | None = None) -> None:
         self.endpoint = PtyEndpoint(link)
         self.rng = random.Random(seed)
+        #: a host has the port open (set before :meth:`on_host_attached` runs)
         self.host_attached = False
         self.bytes_in = 0
         self.bytes_out = 0
         self._replugged = trio.Event()
+        self._host_changed = trio.Event()
+        self._in_session = False  # on_host_attached ran and on_host_detached has not yet
         self._stall_until = 0.0
         self._corrupt_next = 0
         self._slow_first_s = 0.0
@@ -97,60 +109,128 @@ class SerialEmulator:
         raise NotImplementedError
 
     async def on_host_attached(self) -> None:
-        """The host opened the port (after start, replug or a close/reopen)."""
+        """The host opened the port (after start, replug or a close/reopen), before it wrote
+        anything. A device that speaks first (boot banner, streaming) starts here or waits with
+        :meth:`wait_host_attached`. Runs beside the reader: host bytes may arrive meanwhile."""
+
+    async def on_host_detached(self) -> None:
+        """The host closed the port, or the cable was pulled; once per :meth:`on_host_attached`."""
 
     def corrupt(self, frame: bytes) -> bytes:
         """``frame`` with a broken checksum; by default the last byte is flipped."""
         return frame[:-1] + bytes([frame[-1] ^ 0xFF]) if frame else frame
 
-    # ---- running ------------------------------------------------------------------------
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self.endpoint.plug()
-        task_status.started()
-        try:
-            while True:
-                if not self.endpoint.plugged:
-                    await self._replugged.wait()
-                    continue
-                data = await self._read()
-                if data and not self.stalled:
-                    self.bytes_in += len(data)
-                    await self.on_receive(data)
-        finally:
-            self.endpoint.unplug()
-
-    async def _read(self) -> bytes:
-        master = self.endpoint.master
-        try:
-            await trio.lowlevel.wait_readable(master)
-            data = os.read(master, 4096)
-        except (trio.ClosedResourceError, BlockingIOError):
-            return b""
-        except OSError as exc:
-            if exc.errno not in (errno.EIO, errno.EBADF):
-                raise
-            self.host_attached = False  # no host has the port open
-            await trio.sleep(IDLE_POLL_S)
-            return b""
-        if not self.host_attached:
-            self.host_attached = True
-            self._first_answer_pending = self._slow_first_s > 0
-            await self.on_host_attached()
-        return data
-
+    # ---- talking to the host --------------------------------------------------------------
     async def send(self, data: bytes, *, corruptible: bool = True) -> None:
-        """Put ``data`` on the line as the device would: dropped when nobody listens or stalled."""
-        if not data or not self.endpoint.plugged or not self.host_attached or self.stalled:
-            await trio.lowlevel.checkpoint()
-            return
-        if self._first_answer_pending:
+        """Answer the host as the device would: the first answer after an open waits out
+        :meth:`slow_first_answer`; then as :meth:`emit`."""
+        if self._first_answer_pending and self._listening(data):
             self._first_answer_pending = False
             await trio.sleep(self._slow_first_s)
+        self.emit(data, corruptible=corruptible)
+        await trio.lowlevel.checkpoint()
+
+    def emit(self, data: bytes, *, corruptible: bool = True) -> bool:
+        """Put device-initiated ``data`` (a streamed frame, a report) on the line now, without
+        waiting. Dropped when nobody listens, unplugged or stalled; :meth:`corrupt_next` applies.
+        Returns whether it went out (a host that does not read overruns, as a UART does)."""
+        if not self._listening(data):
+            return False
         if corruptible and self._corrupt_next > 0:
             self._corrupt_next -= 1
             data = self.corrupt(data)
         self._write(data)
-        await trio.lowlevel.checkpoint()
+        return True
+
+    async def wait_host_attached(self) -> None:
+        """Return once a host has the port open (at once if one has)."""
+        while not self.host_attached:
+            await self._host_changed.wait()
+
+    def _listening(self, data: bytes) -> bool:
+        return bool(data) and self.endpoint.plugged and self.host_attached and not self.stalled
+
+    # ---- running ------------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.endpoint.plug()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_host)
+                nursery.start_soon(self._read_host)
+                task_status.started()
+        finally:
+            self.endpoint.unplug()
+
+    async def _watch_host(self) -> None:
+        """Notice a host opening the port: the master's HUP clears when the slave is opened."""
+        while True:
+            if not self.endpoint.plugged:
+                await self.replugged()
+            elif self.host_attached:
+                await self._host_changed.wait()
+            elif self._in_session:
+                await self._host_left()  # a write saw the host gone before the reader did
+            elif self._host_present():
+                self.host_attached = True
+                self._in_session = True
+                self._first_answer_pending = self._slow_first_s > 0
+                self._notify_host_changed()
+                await self.on_host_attached()
+            else:
+                await trio.sleep(IDLE_POLL_S)
+
+    def _host_present(self) -> bool:
+        poller = select.poll()
+        poller.register(self.endpoint.master, select.POLLIN | select.POLLOUT)
+        try:
+            events = poller.poll(0)
+        except (OSError, ValueError):
+            return False
+        return not any(flags & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, flags in events)
+
+    async def _read_host(self) -> None:
+        """Feed the host's bytes to :meth:`on_receive` while it is attached; notice it leaving."""
+        while True:
+            if not self.host_attached:
+                await self._host_left()
+                await self.wait_host_attached()
+                continue
+            data = await self._read()
+            if data is None:
+                await self._host_left()
+            elif data and not self.stalled:
+                self.bytes_in += len(data)
+                await self.on_receive(data)
+
+    async def _read(self) -> bytes | None:
+        """Some bytes from the host, ``b""`` for nothing yet, ``None`` once the host is gone."""
+        master = self.endpoint.master
+        if master is None:
+            return None
+        try:
+            await trio.lowlevel.wait_readable(master)
+            return os.read(master, 4096)
+        except BlockingIOError:
+            return b""
+        except trio.ClosedResourceError:
+            return None  # unplugged while waiting
+        except OSError as exc:
+            if exc.errno not in (errno.EIO, errno.EBADF):
+                raise
+            return None  # the host closed its end (the master reads EIO)
+
+    async def _host_left(self) -> None:
+        """The host is gone: end its session once, whoever noticed first."""
+        if self.host_attached:
+            self.host_attached = False
+            self._notify_host_changed()
+        if self._in_session:
+            self._in_session = False
+            await self.on_host_detached()
+
+    def _notify_host_changed(self) -> None:
+        self._host_changed.set()
+        self._host_changed = trio.Event()
 
     def _write(self, data: bytes) -> None:
         master = self.endpoint.master
@@ -163,7 +243,9 @@ class SerialEmulator:
         except OSError as exc:
             if exc.errno not in (errno.EIO, errno.EBADF):
                 raise
-            self.host_attached = False
+            if self.host_attached:  # the reader ends the session (on_host_detached) next
+                self.host_attached = False
+                self._notify_host_changed()
 
     # ---- faults -------------------------------------------------------------------------
     @property
@@ -174,8 +256,8 @@ class SerialEmulator:
         """The cable is pulled: the path disappears, and comes back after ``seconds``."""
         log.info("%s unplugged for %.1fs", self.device, seconds)
         self.endpoint.unplug()
-        self.host_attached = False
         self._replugged = trio.Event()
+        await self._host_left()
         await trio.sleep(seconds)
         self.endpoint.plug()
         self._replugged.set()
@@ -202,5 +284,6 @@ class SerialEmulator:
         self._corrupt_next += frames
 
     def slow_first_answer(self, seconds: float) -> None:
-        """From now on, the first answer after each host open is late by ``seconds``."""
+        """From now on, the first answer (:meth:`send`) after each host open is late by
+        ``seconds``; :meth:`emit` (streamed data) is not delayed."""
         self._slow_first_s = seconds

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import collections
 import math
-import select
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 import trio
 
-from drivers.emulation import IDLE_POLL_S, SerialEmulator
+from drivers.emulation import SerialEmulator
 from drivers.illuminator import codec as fc
 from drivers.illuminator.thermistor import Thermistor
 
@@ -221,16 +220,20 @@ class IlluminatorEmulator(SerialEmulator):
     async def on_host_attached(self) -> None:
         """Uno DTR auto-reset: the board restarts and setup() announces itself
         (Firmata.begin(): printVersion(), printFirmwareVersion())."""
-        if self.reset_on_open:
-            self._reset_state()
-            self.boots += 1
-            self._poke()
-        self._booting = True  # the bootloader ignores the host until setup() runs
+        self._booting = True  # the bootloader ignores the host, and loop() waits, until setup() ran
         try:
+            if self.reset_on_open:
+                self._reset_state()
+                self.boots += 1
+                self._notify()
             await self.send(fc.protocol_version(*PROTOCOL_VERSION))
             await self.send(fc.firmware_report(*FIRMWARE_VERSION, FIRMWARE_NAME))
         finally:
             self._booting = False
+            self._poke()
+
+    async def on_host_detached(self) -> None:
+        self._notify()  # wait_until() predicates may look at host_attached
 
     # ---- the firmware's loop ------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -242,10 +245,11 @@ class IlluminatorEmulator(SerialEmulator):
 
     async def _firmware_loop(self) -> None:
         while True:
-            now = trio.current_time()
-            if not self.host_attached and self.endpoint.plugged and self._host_opened():
-                await self._attach()
+            if self._booting:  # setup() runs before loop(); on_host_attached pokes when done
+                await self._wake.wait()
+                self._wake = trio.Event()
                 continue
+            now = trio.current_time()
             interval = self._sampling_ms / 1000.0
             if self._next_sample is None:
                 self._next_sample = now + interval
@@ -258,29 +262,10 @@ class IlluminatorEmulator(SerialEmulator):
             deadline = self._next_sample
             if self._deadman_ms:
                 deadline = min(deadline, self._deadman_deadline())
-            if not self.host_attached:
-                deadline = min(deadline, now + IDLE_POLL_S / 2)
             with trio.move_on_at(deadline):
                 await self._wake.wait()
             if self._wake.is_set():
                 self._wake = trio.Event()
-
-    def _host_opened(self) -> bool:
-        """A pty master polls HUP while no host has the port open; the HUP clears on open."""
-        poller = select.poll()
-        poller.register(self.endpoint.master, select.POLLIN)
-        try:
-            events = poller.poll(0)
-        except (OSError, ValueError):
-            return False
-        return not any(flags & select.POLLHUP for _, flags in events)
-
-    async def _attach(self) -> None:
-        # The same bookkeeping the base does when the host's first bytes arrive; a real Uno
-        # restarts on open (DTR) and talks first, so the emulator must notice an open before data.
-        self.host_attached = True
-        self._first_answer_pending = self._slow_first_s > 0
-        await self.on_host_attached()
 
     def _deadman_deadline(self) -> float:
         return self._last_host_message + self._deadman_ms / 1000.0

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import math
-import select
 from pathlib import Path
 from typing import Literal
 
@@ -32,7 +31,6 @@ HAND_GAIN = 3000.0  # strength of a palm (skin, ~50% NIR reflectivity) at 1 m
 BACKGROUND_GAIN = 1000.0  # strength of a ceiling/floor at 1 m
 STRENGTH_FALLOFF = 1.2  # strength ~ gain * (1 m / d) ** falloff (AGC flattens the 1/d^2 law)
 DEFAULT_FIRMWARE = codec.FirmwareVersion(2, 0, 6)
-IDLE_CHECK_S = 0.05  # how often an unattended sensor looks for a host opening the port
 
 
 @attrs.frozen
@@ -73,8 +71,6 @@ class ProximityEmulator(SerialEmulator):
         self._target_mm: float | None = None
         self._decoder = codec.CommandDecoder()
         self._settings_changed = trio.Event()
-        self._poller: select.poll | None = None
-        self._polled_fd: int | None = None
 
     # ---- the scene ------------------------------------------------------------------------
     def set_target(self, distance_mm: float | None) -> None:
@@ -202,12 +198,8 @@ class ProximityEmulator(SerialEmulator):
                 await self._settings_changed.wait()
                 next_at = trio.current_time()
                 continue
-            if not self.endpoint.plugged:
-                await self.replugged()
-                next_at = trio.current_time()
-                continue
-            if not self.host_attached and not await self._host_opened():
-                await trio.sleep(IDLE_CHECK_S)
+            if not self.host_attached:
+                await self.wait_host_attached()  # streams as soon as a host opens the port
                 next_at = trio.current_time()
                 continue
             period = 1.0 / s.frame_rate_hz
@@ -216,37 +208,9 @@ class ProximityEmulator(SerialEmulator):
             if not waiting.cancelled_caught:
                 next_at = trio.current_time()
                 continue
-            self._emit(self.frame())
+            if self.emit(self.frame()):
+                self.frames_sent += 1
             next_at += period
             now = trio.current_time()
             if next_at < now - 10 * period:
                 next_at = now  # fell far behind (a loaded machine): skip, a UART does not catch up
-
-    def _emit(self, frame: bytes) -> None:
-        if self.stalled or not self.host_attached:
-            return
-        if self._corrupt_next > 0:
-            self._corrupt_next -= 1
-            frame = self.corrupt(frame)
-        self._write(frame)
-        self.frames_sent += 1
-
-    async def _host_opened(self) -> bool:
-        """Whether a host has the port open now (a pty master reports HUP while nobody does).
-        The base class only notices a host when it writes; a streaming sensor needs to know
-        before that."""
-        master = self.endpoint.master
-        if master is None:
-            return False
-        if self._polled_fd != master:
-            self._poller = select.poll()
-            self._poller.register(master, select.POLLOUT)
-            self._polled_fd = master
-        events = self._poller.poll(0)
-        if not events or events[0][1] & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
-            return False
-        if not self.host_attached:  # same bookkeeping as SerialEmulator._read on a first write
-            self.host_attached = True
-            self._first_answer_pending = self._slow_first_s > 0
-            await self.on_host_attached()
-        return True
