@@ -56,6 +56,8 @@ import attrs
 # every failure into a typed error instead, so keep FFmpeg quiet unless the operator asks.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 import cv2  # noqa: E402
+
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # errors only: OpenCV's warnings on a vanished stream duplicate our typed errors
 import numpy as np
 import trio
 
