@@ -17,7 +17,8 @@ ffibuilder.set_source(
     '#include "palmnode_native.h"',
     sources=SOURCES,
     include_dirs=[str(HERE.relative_to(HERE.parent))],
-    extra_compile_args=["-O3", "-std=c99", "-fno-strict-aliasing"],
+    extra_compile_args=["-O3", "-std=c99", "-fno-strict-aliasing", "-ffp-contract=off"],
+    libraries=["m"],
 )
 
 if __name__ == "__main__":

@@ -1,17 +1,60 @@
 /* palmnode native kernels: the one header Python's cffi build reads (native/build.py).
- * Plain C99, no allocation, no global state: every function is safe to call with the GIL
- * released from several threads at once. */
+ * Plain C99, no allocation. The only global is the CPU dispatch level (set once, read after);
+ * every kernel is safe to call with the GIL released from several threads at once.
+ * C assumes valid sizes: palmnode/biometrics/kernels.py validates every argument first. */
 #ifndef PALMNODE_NATIVE_H
 #define PALMNODE_NATIVE_H
 #include <stdint.h>
 #include <stddef.h>
 
 /* cdef-begin: native/build.py hands the declarations up to cdef-end to cffi */
+/* CPU path used by the popcount kernels: 0 portable (SWAR), 1 POPCNT, 2 AVX2 (+POPCNT).
+ * request < 0 only reports the level (detected on first use); request >= 0 selects
+ * min(request, best the CPU supports) for all later calls (tests use it to check every path). */
+int pn_dispatch_level(int request);
+
 /* Number of bits set in (a ^ b) & ma & mb, and in ma & mb, over n 64-bit words.
  * The masked Hamming distance between two bit-packed codes is bits_differ / bits_valid. */
 void pn_hamming_masked(const uint64_t *a, const uint64_t *b,
                        const uint64_t *ma, const uint64_t *mb, size_t n,
                        uint64_t *bits_differ, uint64_t *bits_valid);
+
+/* Even-filter bank responses at grid points only (no full-image convolution).
+ * img: int16 pixels, row stride `stride` elements. bank: n_orient filters of kh rows x kw
+ * columns (kw a multiple of 8, zero padded on the right). For cell (i, j), i < gh, j < gw,
+ * the filter window's top-left pixel is (y0 + i*step, x0 + j*step) and must lie with the
+ * whole window inside img. out[(i*gw + j)*n_orient + o] = sum of pixel*tap (exact int32). */
+void pn_gabor_responses(const int16_t *img, size_t stride,
+                        const int16_t *bank, int n_orient, int kh, int kw,
+                        int y0, int x0, int step, int gh, int gw, int32_t *out);
+
+/* Shift-tolerant masked match of one probe modality against n gallery records.
+ * A modality code is 4 planes of `rows` uint32 words (3 code bit-planes, then the validity
+ * mask; bit x of word y is grid cell (y, x)); rows even, <= 64; max_dx, max_dy <= 8.
+ * Record k starts at records + idx[k]*stride_words + offset_words.
+ * For each shift (dx, dy) probe cell (y, x) meets record cell (y+dy, x+dx); with
+ * D = differing code bits and V = 3*(jointly valid cells):
+ *   hd = V ? 0.5 - (0.5 - D/V) * sqrt(V / n_ref) : 0.5     (Daugman-style normalisation)
+ * out_hd[k] = the minimum over shifts (first in dy-major, dx-minor order on ties);
+ * out_shift[k] (if not NULL) = (dy + 8) * 32 + (dx + 8) of that shift;
+ * out_valid[k] (if not NULL) = V at that shift. */
+void pn_match_shifted(const uint32_t *probe, int rows, int max_dx, int max_dy,
+                      const uint32_t *records, size_t stride_words, size_t offset_words,
+                      const int64_t *idx, size_t n, double n_ref,
+                      double *out_hd, int32_t *out_shift, int32_t *out_valid);
+
+/* Pre-filter scan over n 8-word signatures (64 bytes each: words 0-2 surface code planes,
+ * 3 surface mask, 4-6 vein code planes, 7 vein mask; 8x8 cells per word).
+ * score = 384 + 2*D - V  (D differing code bits where both valid, V = 3*jointly valid cells,
+ * i.e. 2 x (D + unknown bits / 2): an unknown bit counts as half a difference); lower is
+ * closer; 0..768.
+ * live[k] == 0 marks a removed entry: its score is 0xFFFF. */
+void pn_prefilter_scores(const uint64_t *probe_sig, const uint64_t *sigs, const uint8_t *live,
+                         size_t n, uint16_t *out);
+
+/* The k entries with the smallest (score, index) among scores < 1024, written to out_idx in
+ * increasing index order; returns how many were written (< k when fewer qualify). */
+size_t pn_select_smallest(const uint16_t *scores, size_t n, size_t k, int64_t *out_idx);
 /* cdef-end */
 
 #endif

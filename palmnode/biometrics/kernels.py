@@ -1,7 +1,12 @@
 """The one thin layer over the C kernels in native/, each beside its NumPy reference.
 
 Every native call releases the GIL (cffi API mode does so for every call), so a trio
-program can run kernels in ``trio.to_thread.run_sync`` without stalling its loop.
+program can run kernels in ``trio.to_thread.run_sync`` without stalling its loop, and
+several searches can run on several cores. The C side assumes valid sizes: every function
+here checks dtypes, shapes and ranges first and raises TypeError / ValueError, so no
+argument can crash the process. The ``*_reference`` functions are plain NumPy and define
+the exact result (integer arithmetic, or the same float64 operations in the same order):
+tests/biometrics/test_kernels_native.py asserts equality, not closeness.
 """
 from __future__ import annotations
 
@@ -11,11 +16,44 @@ from palmnode import _native
 
 _ffi, _lib = _native.ffi, _native.lib
 
+#: limits the C side is written for (native/match.c, native/gabor.c)
+MAX_ROWS = 64
+MAX_SHIFT = 8
+MAX_ORIENT = 16
+#: pre-filter scores of live entries are below this; removed entries score 0xFFFF
+SCORE_BINS = 1024
+SIGNATURE_WORDS = 8
 
-def _words(a: np.ndarray, name: str) -> np.ndarray:
-    if not isinstance(a, np.ndarray) or a.dtype != np.uint64 or a.ndim != 1:
-        raise TypeError(f"{name} must be a 1-D numpy array of uint64, got {getattr(a, 'dtype', type(a))}")
+
+def dispatch_level(request: int | None = None) -> int:
+    """The CPU path the popcount kernels use: 0 portable, 1 POPCNT, 2 AVX2.
+
+    ``request`` selects min(request, what the CPU has) for all later calls (tests use it to
+    check every path against the reference); None only reports.
+    """
+    if request is not None and request not in (0, 1, 2):
+        raise ValueError(f"dispatch level must be 0, 1 or 2, got {request!r}")
+    return int(_lib.pn_dispatch_level(-1 if request is None else request))
+
+
+def _array(a: object, dtype: type, ndim: int, name: str) -> np.ndarray:
+    if not isinstance(a, np.ndarray) or a.dtype != dtype or a.ndim != ndim:
+        raise TypeError(f"{name} must be a {ndim}-D numpy array of {np.dtype(dtype).name}, got "
+                        f"{getattr(a, 'dtype', type(a).__name__)} with ndim {getattr(a, 'ndim', '-')}")
     return np.ascontiguousarray(a)
+
+
+def _ptr(ctype: str, a: np.ndarray):
+    return _ffi.cast(ctype, _ffi.from_buffer(a))
+
+
+def _popcount(a: np.ndarray) -> np.ndarray:
+    return np.bitwise_count(a).astype(np.int64)
+
+
+# --------------------------------------------------------------------- masked Hamming
+def _words(a: np.ndarray, name: str) -> np.ndarray:
+    return _array(a, np.uint64, 1, name)
 
 
 def hamming_masked(a: np.ndarray, b: np.ndarray, ma: np.ndarray, mb: np.ndarray) -> tuple[int, int]:
@@ -25,7 +63,7 @@ def hamming_masked(a: np.ndarray, b: np.ndarray, ma: np.ndarray, mb: np.ndarray)
     if not (b.shape[0] == ma.shape[0] == mb.shape[0] == n):
         raise ValueError("codes and masks must have the same number of words")
     out = _ffi.new("uint64_t[2]")
-    ptr = lambda x: _ffi.cast("const uint64_t *", _ffi.from_buffer(x))  # noqa: E731
+    ptr = lambda x: _ptr("const uint64_t *", x)  # noqa: E731
     _lib.pn_hamming_masked(ptr(a), ptr(b), ptr(ma), ptr(mb), n, out, out + 1)
     return int(out[0]), int(out[1])
 
@@ -33,6 +71,187 @@ def hamming_masked(a: np.ndarray, b: np.ndarray, ma: np.ndarray, mb: np.ndarray)
 def hamming_masked_reference(a: np.ndarray, b: np.ndarray, ma: np.ndarray, mb: np.ndarray) -> tuple[int, int]:
     """NumPy reference of :func:`hamming_masked`."""
     m = ma & mb
-    differ = np.unpackbits(((a ^ b) & m).view(np.uint8)).sum()
-    valid = np.unpackbits(m.view(np.uint8)).sum()
-    return int(differ), int(valid)
+    return int(_popcount((a ^ b) & m).sum()), int(_popcount(m).sum())
+
+
+# --------------------------------------------------------------------- filter responses
+def _check_responses_args(img, bank, y0, x0, step, gh, gw):
+    img = _array(img, np.int16, 2, "img")
+    bank = _array(bank, np.int16, 3, "bank")
+    n_orient, kh, kw = bank.shape
+    if not 1 <= n_orient <= MAX_ORIENT:
+        raise ValueError(f"bank must hold 1..{MAX_ORIENT} filters, got {n_orient}")
+    if kh < 1 or kw < 8 or kw % 8:
+        raise ValueError(f"filters must be kh x kw with kw a multiple of 8, got {kh}x{kw}")
+    for name, v in (("y0", y0), ("x0", x0), ("step", step), ("gh", gh), ("gw", gw)):
+        if not isinstance(v, (int, np.integer)) or v < (1 if name in ("step", "gh", "gw") else 0):
+            raise ValueError(f"{name} must be a non-negative int (step, gh, gw >= 1), got {v!r}")
+    bottom = y0 + (gh - 1) * step + kh
+    right = x0 + (gw - 1) * step + kw
+    if bottom > img.shape[0] or right > img.shape[1]:
+        raise ValueError(f"the grid's filter windows reach {right}x{bottom} beyond the "
+                         f"{img.shape[1]}x{img.shape[0]} image: pad it first")
+    return img, bank
+
+
+def gabor_responses(img: np.ndarray, bank: np.ndarray, *, y0: int, x0: int, step: int,
+                    gh: int, gw: int) -> np.ndarray:
+    """Bank responses at grid points, in C: int32 (gh, gw, n_orient).
+
+    Cell (i, j) is the dot product of each filter with the window whose top-left pixel is
+    (y0 + i*step, x0 + j*step); ``img`` int16 2-D, ``bank`` int16 (n_orient, kh, kw), kw a
+    multiple of 8 (zero-padded on the right). Every window must lie inside ``img``.
+    """
+    img, bank = _check_responses_args(img, bank, y0, x0, step, gh, gw)
+    n_orient, kh, kw = bank.shape
+    out = np.empty((gh, gw, n_orient), np.int32)
+    _lib.pn_gabor_responses(_ptr("const int16_t *", img), img.shape[1], _ptr("const int16_t *", bank),
+                            n_orient, kh, kw, int(y0), int(x0), int(step), int(gh), int(gw),
+                            _ptr("int32_t *", out))
+    return out
+
+
+def gabor_responses_reference(img: np.ndarray, bank: np.ndarray, *, y0: int, x0: int, step: int,
+                              gh: int, gw: int) -> np.ndarray:
+    """NumPy reference of :func:`gabor_responses` (int64 sums, exact)."""
+    img, bank = _check_responses_args(img, bank, y0, x0, step, gh, gw)
+    _, kh, kw = bank.shape
+    win = np.lib.stride_tricks.sliding_window_view(img, (kh, kw))
+    win = win[y0:y0 + (gh - 1) * step + 1:step, x0:x0 + (gw - 1) * step + 1:step]
+    out = np.einsum("ijrc,orc->ijo", win.astype(np.int64), bank.astype(np.int64))
+    return out.astype(np.int32)
+
+
+# --------------------------------------------------------------------- shifted match
+def _check_match_args(probe, records, offset, idx, max_dx, max_dy, n_ref):
+    probe = _array(probe, np.uint32, 2, "probe")
+    records = _array(records, np.uint32, 2, "records")
+    idx = _array(idx, np.int64, 1, "idx")
+    if probe.shape[0] != 4:
+        raise ValueError(f"probe must be 4 planes (3 code + mask) x rows, got shape {probe.shape}")
+    rows = probe.shape[1]
+    if rows < 2 or rows % 2 or rows > MAX_ROWS:
+        raise ValueError(f"rows must be even and 2..{MAX_ROWS}, got {rows}")
+    if not (0 <= max_dx <= MAX_SHIFT and 0 <= max_dy <= MAX_SHIFT):
+        raise ValueError(f"shifts must be 0..{MAX_SHIFT} cells, got dx {max_dx}, dy {max_dy}")
+    if not (0 <= offset and offset + 4 * rows <= records.shape[1]):
+        raise ValueError(f"a modality at word {offset} of {4 * rows} words overruns "
+                         f"{records.shape[1]}-word records")
+    if idx.size and (idx.min() < 0 or idx.max() >= records.shape[0]):
+        raise ValueError(f"record indices must be in 0..{records.shape[0] - 1}")
+    if not (np.isfinite(n_ref) and n_ref > 0):
+        raise ValueError(f"n_ref must be a positive finite number, got {n_ref!r}")
+    return probe, records, idx
+
+
+def match_shifted(probe: np.ndarray, records: np.ndarray, idx: np.ndarray, *, offset: int = 0,
+                  max_dx: int, max_dy: int, n_ref: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Shift-tolerant masked match of one probe modality against ``records[idx]``, in C.
+
+    ``probe``: uint32 (4, rows) = 3 code bit-planes and the mask plane, bit x of row y is
+    cell (y, x). ``records``: uint32 (N, words), the modality at words
+    ``offset .. offset + 4*rows`` in the same layout. Returns (hd, shift, valid) per index:
+    the minimum over shifts |dx| <= max_dx, |dy| <= max_dy of the normalised distance
+    ``0.5 - (0.5 - D/V) * sqrt(V / n_ref)`` (0.5 when V = 0), the shift code
+    ``(dy+8)*32 + (dx+8)`` and V (jointly valid bits) at that shift.
+    """
+    probe, records, idx = _check_match_args(probe, records, offset, idx, max_dx, max_dy, n_ref)
+    n = idx.shape[0]
+    hd = np.empty(n, np.float64)
+    shift = np.empty(n, np.int32)
+    valid = np.empty(n, np.int32)
+    _lib.pn_match_shifted(_ptr("const uint32_t *", probe), probe.shape[1], int(max_dx), int(max_dy),
+                          _ptr("const uint32_t *", records), records.shape[1], int(offset),
+                          _ptr("const int64_t *", idx), n, float(n_ref),
+                          _ptr("double *", hd), _ptr("int32_t *", shift), _ptr("int32_t *", valid))
+    return hd, shift, valid
+
+
+def match_shifted_reference(probe: np.ndarray, records: np.ndarray, idx: np.ndarray, *, offset: int = 0,
+                            max_dx: int, max_dy: int, n_ref: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """NumPy reference of :func:`match_shifted` (same float64 operations, same tie order)."""
+    probe, records, idx = _check_match_args(probe, records, offset, idx, max_dx, max_dy, n_ref)
+    rows = probe.shape[1]
+    rec = records[idx, offset:offset + 4 * rows].reshape(-1, 4, rows)
+    n = rec.shape[0]
+    best = np.full(n, 2.0)
+    best_shift = np.zeros(n, np.int32)
+    best_valid = np.zeros(n, np.int32)
+    for dy in range(-max_dy, max_dy + 1):
+        for dx in range(-max_dx, max_dx + 1):
+            a = (probe << np.uint32(dx)) if dx >= 0 else (probe >> np.uint32(-dx))
+            shifted = np.zeros_like(a)  # record row j meets probe row j - dy
+            if abs(dy) >= rows:
+                pass
+            elif dy >= 0:
+                shifted[:, dy:] = a[:, :rows - dy]
+            else:
+                shifted[:, :rows + dy] = a[:, -dy:]
+            m = shifted[3] & rec[:, 3]
+            d = _popcount((shifted[:3] ^ rec[:, :3]) & m[:, None]).sum(axis=(1, 2))
+            v = 3 * _popcount(m).sum(axis=1)
+            vv = v.astype(np.float64)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                hd = np.where(v > 0, 0.5 - (0.5 - d.astype(np.float64) / vv) * np.sqrt(vv / n_ref), 0.5)
+            better = hd < best
+            best = np.where(better, hd, best)
+            best_shift = np.where(better, (dy + MAX_SHIFT) * 32 + (dx + MAX_SHIFT), best_shift).astype(np.int32)
+            best_valid = np.where(better, v, best_valid).astype(np.int32)
+    return best, best_shift, best_valid
+
+
+# --------------------------------------------------------------------- pre-filter
+def _check_scan_args(probe_sig, sigs, live):
+    probe_sig = _array(probe_sig, np.uint64, 1, "probe_sig")
+    sigs = _array(sigs, np.uint64, 2, "sigs")
+    live = _array(live, np.uint8, 1, "live")
+    if probe_sig.shape[0] != SIGNATURE_WORDS or sigs.shape[1] != SIGNATURE_WORDS:
+        raise ValueError(f"signatures are {SIGNATURE_WORDS} uint64 words")
+    if live.shape[0] != sigs.shape[0]:
+        raise ValueError(f"live has {live.shape[0]} flags for {sigs.shape[0]} signatures")
+    return probe_sig, sigs, live
+
+
+def prefilter_scores(probe_sig: np.ndarray, sigs: np.ndarray, live: np.ndarray) -> np.ndarray:
+    """Pre-filter score of every signature (uint64 (N, 8)) against the probe's, in C.
+
+    ``384 + 2*D - V`` over both modalities' 8x8 coarse codes (D differing bits where both are
+    valid, V jointly valid bits: an unknown bit counts half a difference; lower = closer, 0..768);
+    entries with ``live == 0`` score 0xFFFF. Uses AVX2 where the CPU has it.
+    """
+    probe_sig, sigs, live = _check_scan_args(probe_sig, sigs, live)
+    out = np.empty(sigs.shape[0], np.uint16)
+    _lib.pn_prefilter_scores(_ptr("const uint64_t *", probe_sig), _ptr("const uint64_t *", sigs),
+                             _ptr("const uint8_t *", live), sigs.shape[0], _ptr("uint16_t *", out))
+    return out
+
+
+def prefilter_scores_reference(probe_sig: np.ndarray, sigs: np.ndarray, live: np.ndarray) -> np.ndarray:
+    """NumPy reference of :func:`prefilter_scores`."""
+    probe_sig, sigs, live = _check_scan_args(probe_sig, sigs, live)
+    p = probe_sig.reshape(2, 4)
+    s = sigs.reshape(-1, 2, 4)
+    m = s[:, :, 3] & p[:, 3]
+    d = _popcount((s[:, :, :3] ^ p[:, :3]) & m[:, :, None]).sum(axis=(1, 2))
+    v = 3 * _popcount(m).sum(axis=1)
+    score = (384 + 2 * d - v).astype(np.uint16)
+    return np.where(live != 0, score, np.uint16(0xFFFF)).astype(np.uint16)
+
+
+def select_smallest(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k smallest (score, index) among scores < 1024, ascending index, in C."""
+    scores = _array(scores, np.uint16, 1, "scores")
+    if not isinstance(k, (int, np.integer)) or k < 0:
+        raise ValueError(f"k must be a non-negative int, got {k!r}")
+    out = np.empty(min(int(k), scores.shape[0]), np.int64)
+    m = _lib.pn_select_smallest(_ptr("const uint16_t *", scores), scores.shape[0], out.shape[0],
+                                _ptr("int64_t *", out))
+    return out[:m]
+
+
+def select_smallest_reference(scores: np.ndarray, k: int) -> np.ndarray:
+    """NumPy reference of :func:`select_smallest`."""
+    scores = _array(scores, np.uint16, 1, "scores")
+    order = np.argsort(scores, kind="stable")
+    order = order[scores[order] < SCORE_BINS][:k]
+    return np.sort(order).astype(np.int64)

@@ -1,0 +1,337 @@
+/* Popcount kernels: masked Hamming, shift-tolerant match, pre-filter scan, shortlist select.
+ * Each hot loop exists in up to three builds selected at run time (pn_dispatch_level):
+ * portable SWAR popcount, hardware POPCNT, and AVX2 (nibble-table popcount, Mula et al.),
+ * compiled with target attributes so the extension also runs on CPUs without them. */
+#include "palmnode_native.h"
+
+#include <math.h>
+#include <string.h>
+
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#define PN_X86 1
+#include <immintrin.h>
+#else
+#define PN_X86 0
+#endif
+
+#define PN_INLINE static inline __attribute__((always_inline))
+
+static int pn_level = -1;
+
+static int pn_detect(void)
+{
+#if PN_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("popcnt")) {
+        return __builtin_cpu_supports("avx2") ? 2 : 1;
+    }
+#endif
+    return 0;
+}
+
+int pn_dispatch_level(int request)
+{
+    int best = pn_detect();
+    if (request >= 0) {
+        pn_level = request < best ? request : best;
+    } else if (pn_level < 0) {
+        pn_level = best;
+    }
+    return pn_level;
+}
+
+static inline int level(void) { return pn_level >= 0 ? pn_level : pn_dispatch_level(-1); }
+
+PN_INLINE uint64_t pc_swar(uint64_t x)
+{
+    x = x - ((x >> 1) & 0x5555555555555555ULL);
+    x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
+    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0FULL;
+    return (x * 0x0101010101010101ULL) >> 56;
+}
+
+/* hw != 0 only inside functions compiled with target("popcnt"): the builtin becomes POPCNT. */
+#define PC(hw, x) ((hw) ? (uint64_t)__builtin_popcountll(x) : pc_swar(x))
+
+/* ---------------------------------------------------------------- masked Hamming */
+PN_INLINE void hamming_body(const uint64_t *a, const uint64_t *b, const uint64_t *ma,
+                            const uint64_t *mb, size_t n, uint64_t *bd, uint64_t *bv, int hw)
+{
+    uint64_t differ = 0, valid = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t m = ma[i] & mb[i];
+        differ += PC(hw, (a[i] ^ b[i]) & m);
+        valid += PC(hw, m);
+    }
+    *bd = differ;
+    *bv = valid;
+}
+
+static void hamming_portable(const uint64_t *a, const uint64_t *b, const uint64_t *ma,
+                             const uint64_t *mb, size_t n, uint64_t *bd, uint64_t *bv)
+{
+    hamming_body(a, b, ma, mb, n, bd, bv, 0);
+}
+
+#if PN_X86
+__attribute__((target("popcnt")))
+static void hamming_popcnt(const uint64_t *a, const uint64_t *b, const uint64_t *ma,
+                           const uint64_t *mb, size_t n, uint64_t *bd, uint64_t *bv)
+{
+    hamming_body(a, b, ma, mb, n, bd, bv, 1);
+}
+#endif
+
+void pn_hamming_masked(const uint64_t *a, const uint64_t *b, const uint64_t *ma,
+                       const uint64_t *mb, size_t n, uint64_t *bits_differ, uint64_t *bits_valid)
+{
+#if PN_X86
+    if (level() >= 1) {
+        hamming_popcnt(a, b, ma, mb, n, bits_differ, bits_valid);
+        return;
+    }
+#endif
+    hamming_portable(a, b, ma, mb, n, bits_differ, bits_valid);
+}
+
+/* ---------------------------------------------------------------- shifted match */
+#define PN_MAX_ROWS 64
+#define PN_MAX_SHIFT 8
+#define PN_PAD_ROWS (PN_MAX_ROWS + 2 * PN_MAX_SHIFT)
+
+static inline uint32_t shift_row(uint32_t w, int dx)
+{
+    return dx >= 0 ? (uint32_t)(w << dx) : (w >> (-dx));
+}
+
+static inline uint64_t load64(const uint32_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* shifted[dx][plane][PN_MAX_SHIFT + y]: probe plane row y shifted by dx, zero rows around it. */
+typedef uint32_t shifted_probe_t[2 * PN_MAX_SHIFT + 1][4][PN_PAD_ROWS];
+
+static void build_shifted(const uint32_t *probe, int rows, int max_dx, shifted_probe_t sh)
+{
+    for (int dx = -max_dx; dx <= max_dx; dx++) {
+        for (int p = 0; p < 4; p++) {
+            uint32_t *dst = sh[dx + max_dx][p];
+            memset(dst, 0, sizeof(uint32_t) * PN_PAD_ROWS);
+            for (int y = 0; y < rows; y++) {
+                dst[PN_MAX_SHIFT + y] = shift_row(probe[p * rows + y], dx);
+            }
+        }
+    }
+}
+
+PN_INLINE void match_body(const uint32_t *probe, int rows, int max_dx, int max_dy,
+                          const uint32_t *records, size_t stride_words, size_t offset_words,
+                          const int64_t *idx, size_t n, double n_ref,
+                          double *out_hd, int32_t *out_shift, int32_t *out_valid, int hw)
+{
+    shifted_probe_t sh;
+    build_shifted(probe, rows, max_dx, sh);
+    const int words = rows / 2;
+    for (size_t k = 0; k < n; k++) {
+        const uint32_t *rec = records + (size_t)idx[k] * stride_words + offset_words;
+        double best = 2.0;
+        int32_t best_shift = 0, best_valid = 0;
+        for (int dy = -max_dy; dy <= max_dy; dy++) {
+            for (int dx = -max_dx; dx <= max_dx; dx++) {
+                /* record row j meets probe row j - dy */
+                const int start = PN_MAX_SHIFT - dy;
+                const uint32_t *a0 = sh[dx + max_dx][0] + start;
+                const uint32_t *a1 = sh[dx + max_dx][1] + start;
+                const uint32_t *a2 = sh[dx + max_dx][2] + start;
+                const uint32_t *am = sh[dx + max_dx][3] + start;
+                uint64_t d = 0, v = 0;
+                for (int w = 0; w < words; w++) {
+                    uint64_t m = load64(am + 2 * w) & load64(rec + 3 * rows + 2 * w);
+                    uint64_t x0 = (load64(a0 + 2 * w) ^ load64(rec + 2 * w)) & m;
+                    uint64_t x1 = (load64(a1 + 2 * w) ^ load64(rec + rows + 2 * w)) & m;
+                    uint64_t x2 = (load64(a2 + 2 * w) ^ load64(rec + 2 * rows + 2 * w)) & m;
+                    uint64_t ones = x0 ^ x1 ^ x2;              /* carry-save add of 3 words */
+                    uint64_t twos = (x0 & x1) | (x2 & (x0 ^ x1));
+                    d += PC(hw, ones) + 2 * PC(hw, twos);
+                    v += PC(hw, m);
+                }
+                double hd = 0.5;
+                if (v) {
+                    const double vv = (double)(3 * v);
+                    hd = 0.5 - (0.5 - (double)d / vv) * sqrt(vv / n_ref);
+                }
+                if (hd < best) {
+                    best = hd;
+                    best_shift = (dy + PN_MAX_SHIFT) * 32 + (dx + PN_MAX_SHIFT);
+                    best_valid = (int32_t)(3 * v);
+                }
+            }
+        }
+        out_hd[k] = best;
+        if (out_shift) out_shift[k] = best_shift;
+        if (out_valid) out_valid[k] = best_valid;
+    }
+}
+
+static void match_portable(const uint32_t *probe, int rows, int max_dx, int max_dy,
+                           const uint32_t *records, size_t stride_words, size_t offset_words,
+                           const int64_t *idx, size_t n, double n_ref,
+                           double *out_hd, int32_t *out_shift, int32_t *out_valid)
+{
+    match_body(probe, rows, max_dx, max_dy, records, stride_words, offset_words, idx, n, n_ref,
+               out_hd, out_shift, out_valid, 0);
+}
+
+#if PN_X86
+__attribute__((target("popcnt")))
+static void match_popcnt(const uint32_t *probe, int rows, int max_dx, int max_dy,
+                         const uint32_t *records, size_t stride_words, size_t offset_words,
+                         const int64_t *idx, size_t n, double n_ref,
+                         double *out_hd, int32_t *out_shift, int32_t *out_valid)
+{
+    match_body(probe, rows, max_dx, max_dy, records, stride_words, offset_words, idx, n, n_ref,
+               out_hd, out_shift, out_valid, 1);
+}
+#endif
+
+void pn_match_shifted(const uint32_t *probe, int rows, int max_dx, int max_dy,
+                      const uint32_t *records, size_t stride_words, size_t offset_words,
+                      const int64_t *idx, size_t n, double n_ref,
+                      double *out_hd, int32_t *out_shift, int32_t *out_valid)
+{
+#if PN_X86
+    if (level() >= 1) {
+        match_popcnt(probe, rows, max_dx, max_dy, records, stride_words, offset_words, idx, n,
+                     n_ref, out_hd, out_shift, out_valid);
+        return;
+    }
+#endif
+    match_portable(probe, rows, max_dx, max_dy, records, stride_words, offset_words, idx, n,
+                   n_ref, out_hd, out_shift, out_valid);
+}
+
+/* ---------------------------------------------------------------- pre-filter scan */
+PN_INLINE uint16_t sig_score(const uint64_t *p, const uint64_t *s, int hw)
+{
+    uint64_t d = 0, v = 0;
+    for (int half = 0; half < 2; half++) {
+        const uint64_t *a = p + 4 * half, *b = s + 4 * half;
+        uint64_t m = a[3] & b[3];
+        uint64_t x0 = (a[0] ^ b[0]) & m, x1 = (a[1] ^ b[1]) & m, x2 = (a[2] ^ b[2]) & m;
+        d += PC(hw, x0) + PC(hw, x1) + PC(hw, x2);
+        v += 3 * PC(hw, m);
+    }
+    return (uint16_t)(384 + 2 * d - v);
+}
+
+PN_INLINE void scan_body(const uint64_t *probe, const uint64_t *sigs, const uint8_t *live,
+                         size_t n, uint16_t *out, int hw)
+{
+    for (size_t k = 0; k < n; k++) {
+        out[k] = live[k] ? sig_score(probe, sigs + 8 * k, hw) : 0xFFFF;
+    }
+}
+
+static void scan_portable(const uint64_t *probe, const uint64_t *sigs, const uint8_t *live,
+                          size_t n, uint16_t *out)
+{
+    scan_body(probe, sigs, live, n, out, 0);
+}
+
+#if PN_X86
+__attribute__((target("popcnt")))
+static void scan_popcnt(const uint64_t *probe, const uint64_t *sigs, const uint8_t *live,
+                        size_t n, uint16_t *out)
+{
+    scan_body(probe, sigs, live, n, out, 1);
+}
+
+/* One 64-byte signature is two 256-bit lanes groups [c0 c1 c2 mask] (surface, vein).
+ * Per group: x = (a ^ p) & broadcast(mask_a & mask_p) in words 0-2, the joint mask in word 3;
+ * a nibble-table popcount of both groups, summed per 64-bit word with vpsadbw, gives
+ * [D0 D1 D2 cells]; score = 384 + 2*(D0+D1+D2) - 3*cells. */
+__attribute__((target("avx2,popcnt")))
+static void scan_avx2(const uint64_t *probe, const uint64_t *sigs, const uint8_t *live,
+                      size_t n, uint16_t *out)
+{
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    const __m256i zero = _mm256_setzero_si256();
+    const __m256i p0 = _mm256_loadu_si256((const __m256i *)probe);
+    const __m256i p1 = _mm256_loadu_si256((const __m256i *)(probe + 4));
+    for (size_t k = 0; k < n; k++) {
+        if (!live[k]) {
+            out[k] = 0xFFFF;
+            continue;
+        }
+        const __m256i a0 = _mm256_loadu_si256((const __m256i *)(sigs + 8 * k));
+        const __m256i a1 = _mm256_loadu_si256((const __m256i *)(sigs + 8 * k + 4));
+        __m256i m0 = _mm256_permute4x64_epi64(_mm256_and_si256(a0, p0), 0xFF);
+        __m256i m1 = _mm256_permute4x64_epi64(_mm256_and_si256(a1, p1), 0xFF);
+        __m256i y0 = _mm256_blend_epi32(_mm256_and_si256(_mm256_xor_si256(a0, p0), m0), m0, 0xC0);
+        __m256i y1 = _mm256_blend_epi32(_mm256_and_si256(_mm256_xor_si256(a1, p1), m1), m1, 0xC0);
+        __m256i c0 = _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(y0, low)),
+                                     _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(y0, 4), low)));
+        __m256i c1 = _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(y1, low)),
+                                     _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(y1, 4), low)));
+        __m256i s = _mm256_sad_epu8(_mm256_add_epi8(c0, c1), zero);
+        __m128i lo = _mm256_castsi256_si128(s), hi = _mm256_extracti128_si256(s, 1);
+        uint64_t d = (uint64_t)_mm_cvtsi128_si64(lo) + (uint64_t)_mm_extract_epi64(lo, 1)
+                   + (uint64_t)_mm_cvtsi128_si64(hi);
+        uint64_t v = (uint64_t)_mm_extract_epi64(hi, 1);
+        out[k] = (uint16_t)(384 + 2 * d - 3 * v);
+    }
+}
+#endif
+
+void pn_prefilter_scores(const uint64_t *probe_sig, const uint64_t *sigs, const uint8_t *live,
+                         size_t n, uint16_t *out)
+{
+#if PN_X86
+    int lv = level();
+    if (lv >= 2) {
+        scan_avx2(probe_sig, sigs, live, n, out);
+        return;
+    }
+    if (lv >= 1) {
+        scan_popcnt(probe_sig, sigs, live, n, out);
+        return;
+    }
+#endif
+    scan_portable(probe_sig, sigs, live, n, out);
+}
+
+/* ---------------------------------------------------------------- shortlist select */
+#define PN_SCORE_BINS 1024
+
+size_t pn_select_smallest(const uint16_t *scores, size_t n, size_t k, int64_t *out_idx)
+{
+    uint32_t hist[PN_SCORE_BINS];
+    memset(hist, 0, sizeof hist);
+    for (size_t i = 0; i < n; i++) {
+        if (scores[i] < PN_SCORE_BINS) hist[scores[i]]++;
+    }
+    /* threshold t: everything below t fits, ties at t fill up to k in index order */
+    size_t below = 0;
+    int t = 0;
+    for (; t < PN_SCORE_BINS; t++) {
+        if (below + hist[t] >= k) break;
+        below += hist[t];
+    }
+    size_t ties = t < PN_SCORE_BINS ? k - below : 0;
+    size_t m = 0;
+    for (size_t i = 0; i < n && m < k; i++) {
+        uint16_t s = scores[i];
+        if (s < t) {
+            out_idx[m++] = (int64_t)i;
+        } else if (s == t && ties) {
+            ties--;
+            out_idx[m++] = (int64_t)i;
+        }
+    }
+    return m;
+}

@@ -1,0 +1,164 @@
+"""Every C kernel against its NumPy reference on every CPU path: identical values, not close ones."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from palmnode.biometrics import kernels
+
+LEVELS = sorted({kernels.dispatch_level(lv) for lv in (0, 1, 2)})
+kernels.dispatch_level(2)
+
+
+@pytest.fixture(params=LEVELS, ids=lambda lv: f"level{lv}")
+def level(request):
+    kernels.dispatch_level(request.param)
+    yield request.param
+    kernels.dispatch_level(2)
+
+
+def _code(rng, rows, cols, valid=0.8):
+    """A random modality code: 3 bit-planes from orientation indices, mask plane, uint32 rows."""
+    table = np.array([0b000, 0b001, 0b011, 0b111, 0b110, 0b100], np.uint32)
+    idx = rng.integers(0, 6, (rows, cols))
+    mask = rng.random((rows, cols)) < valid
+    w = np.uint32(1) << np.arange(cols, dtype=np.uint32)
+    planes = [((table[idx] >> p) & 1).astype(np.uint32) for p in range(3)] + [mask.astype(np.uint32)]
+    return np.stack([(pl * w).sum(axis=1, dtype=np.uint32) for pl in planes])
+
+
+def test_every_path_is_reachable_on_this_cpu():
+    assert 0 in LEVELS and kernels.dispatch_level() in LEVELS
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 40))
+def test_hamming_parity_all_levels(seed, n):
+    rng = np.random.default_rng(seed)
+    a, b, ma, mb = (rng.integers(0, 2**64, n, dtype=np.uint64) for _ in range(4))
+    for lv in LEVELS:
+        kernels.dispatch_level(lv)
+        assert kernels.hamming_masked(a, b, ma, mb) == kernels.hamming_masked_reference(a, b, ma, mb)
+    kernels.dispatch_level(2)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), kh=st.integers(1, 21), kwb=st.integers(1, 3),
+       n_orient=st.integers(1, 8), step=st.integers(1, 5), gh=st.integers(1, 9), gw=st.integers(1, 9))
+def test_gabor_responses_parity(seed, kh, kwb, n_orient, step, gh, gw):
+    rng = np.random.default_rng(seed)
+    kw = 8 * kwb
+    y0, x0 = rng.integers(0, 4, 2)
+    img = rng.integers(-255, 256, (y0 + (gh - 1) * step + kh + 3, x0 + (gw - 1) * step + kw + 2)).astype(np.int16)
+    bank = rng.integers(-1024, 1025, (n_orient, kh, kw)).astype(np.int16)
+    args = dict(y0=int(y0), x0=int(x0), step=step, gh=gh, gw=gw)
+    for lv in LEVELS:
+        kernels.dispatch_level(lv)
+        got = kernels.gabor_responses(img, bank, **args)
+        assert np.array_equal(got, kernels.gabor_responses_reference(img, bank, **args))
+    kernels.dispatch_level(2)
+
+
+def test_gabor_responses_known_value():
+    img = np.zeros((20, 20), np.int16)
+    img[5, 6] = 3
+    bank = np.zeros((2, 3, 8), np.int16)
+    bank[0, 1, 2] = 7
+    bank[1, 0, 0] = -2
+    out = kernels.gabor_responses(img, bank, y0=4, x0=4, step=1, gh=2, gw=3)
+    assert out.shape == (2, 3, 2)
+    assert out[0, 0, 0] == 21 and out[1, 2, 1] == -6 and np.count_nonzero(out) == 2
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), rows=st.sampled_from([2, 8, 16, 32]), cols=st.integers(1, 32),
+       max_dx=st.integers(0, 4), max_dy=st.integers(0, 4), valid=st.floats(0.0, 1.0))
+def test_match_shifted_parity(seed, rows, cols, max_dx, max_dy, valid):
+    rng = np.random.default_rng(seed)
+    probe = _code(rng, rows, cols, valid)
+    n = 12
+    gallery = np.stack([_code(rng, rows, cols, valid).ravel() for _ in range(n)])
+    gallery[3] = probe.ravel()                                   # an exact mate
+    gallery[5] = np.roll(probe, 1, axis=1).ravel()               # a shifted mate
+    records = np.concatenate([rng.integers(0, 2**32, (n, 5), dtype=np.uint32), gallery], axis=1)
+    idx = rng.permutation(n).astype(np.int64)
+    args = dict(offset=5, max_dx=max_dx, max_dy=max_dy, n_ref=float(rows * cols))
+    ref = kernels.match_shifted_reference(probe, records, idx, **args)
+    for lv in LEVELS:
+        kernels.dispatch_level(lv)
+        got = kernels.match_shifted(probe, records, idx, **args)
+        for g, r in zip(got, ref):
+            assert np.array_equal(g, r)
+    kernels.dispatch_level(2)
+
+
+def test_match_shifted_finds_the_shift(level):
+    rng = np.random.default_rng(1)
+    a = _code(rng, 32, 32, valid=0.9)
+    b = np.zeros_like(a)
+    b[:, 2:] = a[:, :-2] << np.uint32(1)       # record cell (y+2, x+1) = probe cell (y, x)
+    hd, shift, valid = kernels.match_shifted(a, b.reshape(1, -1), np.zeros(1, np.int64),
+                                             max_dx=3, max_dy=3, n_ref=3072.0)
+    assert shift[0] == (2 + 8) * 32 + (1 + 8)
+    assert valid[0] > 2000 and hd[0] == 0.5 - 0.5 * np.sqrt(valid[0] / 3072.0)   # D = 0
+
+
+def test_match_shifted_no_overlap_is_chance(level):
+    a = np.zeros((4, 8), np.uint32)
+    hd, _, valid = kernels.match_shifted(a, a.reshape(1, -1), np.zeros(1, np.int64), max_dx=1, max_dy=1, n_ref=100.0)
+    assert hd[0] == 0.5 and valid[0] == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 300), dead=st.floats(0, 1))
+def test_prefilter_and_select_parity(seed, n, dead):
+    rng = np.random.default_rng(seed)
+    sigs = rng.integers(0, 2**64, (n, 8), dtype=np.uint64)
+    sigs[:, [3, 7]] &= rng.integers(0, 2**64, (n, 2), dtype=np.uint64)   # sparser masks
+    live = (rng.random(n) >= dead).astype(np.uint8)
+    probe = rng.integers(0, 2**64, 8, dtype=np.uint64)
+    ref = kernels.prefilter_scores_reference(probe, sigs, live)
+    assert (ref[live == 1] < kernels.SCORE_BINS).all() and (ref[live == 0] == 0xFFFF).all()
+    for lv in LEVELS:
+        kernels.dispatch_level(lv)
+        assert np.array_equal(kernels.prefilter_scores(probe, sigs, live), ref)
+    kernels.dispatch_level(2)
+    for k in (0, 1, 7, n // 2, n, n + 5):
+        assert np.array_equal(kernels.select_smallest(ref, k), kernels.select_smallest_reference(ref, k))
+
+
+def test_prefilter_known_values(level):
+    probe = np.zeros(8, np.uint64)
+    probe[[3, 7]] = np.uint64(2**64 - 1)
+    same = probe.copy()
+    opposite = probe.copy()
+    opposite[[0, 1, 2, 4, 5, 6]] = np.uint64(2**64 - 1)
+    unknown = np.zeros(8, np.uint64)
+    scores = kernels.prefilter_scores(probe, np.stack([same, opposite, unknown]), np.ones(3, np.uint8))
+    assert scores.tolist() == [0, 768, 384]   # identical, all bits differ, nothing known
+
+
+def test_select_smallest_ties_by_index():
+    scores = np.array([5, 3, 5, 3, 0xFFFF, 5, 1], np.uint16)
+    assert kernels.select_smallest(scores, 4).tolist() == [0, 1, 3, 6]
+    assert kernels.select_smallest(scores, 10).tolist() == [0, 1, 2, 3, 5, 6]
+
+
+@pytest.mark.parametrize("call", [
+    lambda: kernels.gabor_responses(np.zeros((10, 10), np.uint8), np.zeros((1, 3, 8), np.int16), y0=0, x0=0, step=1, gh=1, gw=1),
+    lambda: kernels.gabor_responses(np.zeros((10, 10), np.int16), np.zeros((1, 3, 5), np.int16), y0=0, x0=0, step=1, gh=1, gw=1),
+    lambda: kernels.gabor_responses(np.zeros((10, 10), np.int16), np.zeros((1, 3, 8), np.int16), y0=0, x0=0, step=1, gh=1, gw=4),
+    lambda: kernels.gabor_responses(np.zeros((10, 10), np.int16), np.zeros((1, 3, 8), np.int16), y0=-1, x0=0, step=1, gh=1, gw=1),
+    lambda: kernels.match_shifted(np.zeros((4, 3), np.uint32), np.zeros((2, 12), np.uint32), np.zeros(1, np.int64), max_dx=1, max_dy=1, n_ref=1.0),
+    lambda: kernels.match_shifted(np.zeros((4, 4), np.uint32), np.zeros((2, 12), np.uint32), np.zeros(1, np.int64), max_dx=1, max_dy=1, n_ref=1.0),
+    lambda: kernels.match_shifted(np.zeros((4, 2), np.uint32), np.zeros((2, 8), np.uint32), np.array([2]), max_dx=1, max_dy=1, n_ref=1.0),
+    lambda: kernels.match_shifted(np.zeros((4, 2), np.uint32), np.zeros((2, 8), np.uint32), np.array([0]), max_dx=9, max_dy=1, n_ref=1.0),
+    lambda: kernels.match_shifted(np.zeros((4, 2), np.uint32), np.zeros((2, 8), np.uint32), np.array([0]), max_dx=1, max_dy=1, n_ref=float("nan")),
+    lambda: kernels.prefilter_scores(np.zeros(8, np.uint64), np.zeros((3, 8), np.uint64), np.ones(2, np.uint8)),
+    lambda: kernels.prefilter_scores(np.zeros(7, np.uint64), np.zeros((3, 8), np.uint64), np.ones(3, np.uint8)),
+    lambda: kernels.select_smallest(np.zeros(3, np.int32), 1),
+    lambda: kernels.select_smallest(np.zeros(3, np.uint16), -1),
+    lambda: kernels.dispatch_level(3),
+])
+def test_bad_arguments_are_typed_errors_before_c(call):
+    with pytest.raises((TypeError, ValueError)):
+        call()
