@@ -1,0 +1,697 @@
+"""``palmnode eval``: accuracy of the engine on a folder of images or on rendered hands.
+
+Three layers, so everything but the engine itself is testable with fakes:
+- the *pipeline* (:class:`EnginePipeline`): one sample's frames -> a template, or a failure with a
+  reason (ROI not found, quality too low, unreadable image) that counts as a failure to acquire;
+- the *scorer* (:class:`MatcherScorer`): a block of probe templates × a block of gallery templates
+  -> one float32 score matrix per modality (``surface``, ``vein``, ``fused``);
+- the *protocols* (:func:`all_vs_all`, :func:`cross_session`) stream the blocks into genuine and
+  impostor score arrays and one search outcome per probe, and :func:`report` turns them into the
+  JSON sections with :mod:`palmnode.biometrics.metrics`.
+
+Output: one JSON object on the last line of stdout; progress on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import attrs
+import numpy as np
+
+from palmnode.biometrics import metrics
+from palmnode.biometrics.dataset import (IMAGE, NIR, SURFACE, Dataset, DatasetError, SampleKey,
+                                         UnreadableSample, scan_folder, sort_sessions, synthetic)
+
+DEFAULT_PATTERN = r"(?P<id>[^_/]+)_(?P<session>\d+)_(?P<sample>\d+)\.\w+"
+MODALITIES = ("surface", "vein", "fused")
+#: score-matrix entries per block (per modality): bounds the memory of a protocol run
+BLOCK_ENTRIES = 2_000_000
+ROI_SIZE = 128
+
+
+class EvalError(Exception):
+    """A mistake a user can fix; printed as one line, exit status 1."""
+
+
+# ------------------------------------------------------------------------------------ progress
+
+
+class Progress:
+    """A progress bar on stderr for work that takes more than ``delay`` seconds.
+
+    On a terminal it redraws one line (at most 5 times a second); otherwise (a log file) it prints
+    a line every 10%. Nothing is printed for work that ends before ``delay``.
+    """
+
+    def __init__(self, label: str, total: int, *, stream=None, delay: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.label, self.total = label, max(1, total)
+        self.stream = sys.stderr if stream is None else stream
+        self.delay, self.clock = delay, clock
+        self.start = clock()
+        self.done = 0
+        self.shown = False
+        self._last_draw = -math.inf
+        self._last_decile = -1
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = self.clock()
+        if now - self.start < self.delay:
+            return
+        if self.tty:
+            if now - self._last_draw >= 0.2 or self.done >= self.total:
+                self._draw(now, end="\r")
+        else:
+            decile = int(10 * self.done / self.total)
+            if decile != self._last_decile:
+                self._last_decile = decile
+                self._draw(now, end="\n")
+
+    def _draw(self, now: float, end: str) -> None:
+        self._last_draw = now
+        self.shown = True
+        frac = min(1.0, self.done / self.total)
+        elapsed = now - self.start
+        eta = elapsed / frac - elapsed if frac > 0 else 0.0
+        bar = "#" * int(30 * frac) + "." * (30 - int(30 * frac))
+        self.stream.write(f"{self.label} [{bar}] {100 * frac:5.1f}% {self.done}/{self.total} "
+                          f"{elapsed:.0f}s, ~{eta:.0f}s left{end}")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.shown:
+            if self.tty:
+                self._draw(self.clock(), end="\n")
+            elif self._last_decile < 10:
+                self._draw(self.clock(), end="\n")
+
+
+# ------------------------------------------------------------------------------------ pipeline
+
+
+@attrs.frozen(eq=False)
+class Encoded:
+    """A usable sample: its template and, when asked for, its ROI images by modality (for the sheet)."""
+
+    template: Any
+    rois: dict[str, np.ndarray] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Failed:
+    """A failure to acquire: ``reason`` is a short key (``no_hand``, ``low_quality``, ``unreadable``...)."""
+
+    reason: str
+    detail: str = ""
+
+
+class Pipeline(Protocol):
+    def __call__(self, vein_frame: np.ndarray | None, surface_frame: np.ndarray | None) -> Encoded | Failed: ...
+
+
+class Scorer(Protocol):
+    modalities: tuple[str, ...]
+
+    def score_block(self, probes: Sequence[Any], gallery: Sequence[Any]) -> dict[str, np.ndarray]: ...
+
+
+class EnginePipeline:
+    """The real engine as one function: frames -> :class:`Encoded` | :class:`Failed`.
+
+    Whole-hand frames: ROI from the NIR frame (the surface frame when there is none), the same ROI
+    warped out of both frames, quality on the frame the ROI came from, then features. With
+    ``roi_given`` the frames already are ROIs: resized to 128×128 and encoded, no ROI or quality step.
+    """
+
+    def __init__(self, *, roi_given: bool = False, min_quality: float | None = None) -> None:
+        try:
+            from palmnode.biometrics import features, quality, roi
+        except ImportError as exc:
+            raise EvalError(f"the biometric pipeline is not complete yet ({exc})") from None
+        from palmnode.biometrics import types
+
+        self.roi, self.quality, self.features, self.types = roi, quality, features, types
+        self.roi_given = roi_given
+        self.policy = quality.QualityPolicy() if hasattr(quality, "QualityPolicy") else None
+        self.min_quality = min_quality
+
+    def _accept(self, q) -> tuple[bool, str]:
+        if self.min_quality is not None:
+            return q.score >= self.min_quality, f"quality {q.score:.2f} below {self.min_quality:.2f}"
+        if self.policy is not None and hasattr(self.policy, "accepts"):
+            return bool(self.policy.accepts(q)), f"quality {q.score:.2f} below the policy"
+        if self.policy is not None and hasattr(self.policy, "min_score"):
+            return q.score >= self.policy.min_score, f"quality {q.score:.2f} below {self.policy.min_score:.2f}"
+        return True, ""
+
+    def __call__(self, vein_frame, surface_frame):
+        import cv2
+
+        try:
+            vein = None if vein_frame is None else self.types.check_frame(vein_frame, name="NIR image")
+            surface = None if surface_frame is None else self.types.check_frame(surface_frame, name="surface image")
+        except self.types.BadImage as exc:
+            return Failed("bad_image", str(exc))
+        if self.roi_given:
+            size = (ROI_SIZE, ROI_SIZE)
+            vein_roi = None if vein is None else cv2.resize(vein, size, interpolation=cv2.INTER_AREA)
+            surface_roi = None if surface is None else cv2.resize(surface, size, interpolation=cv2.INTER_AREA)
+        else:
+            base = vein if vein is not None else surface
+            found = self.roi.extract_roi(base)
+            if isinstance(found, self.types.RoiFailure):
+                return Failed(found.reason.value, found.detail)
+            vein_roi = None if vein is None else self.roi.warp(vein, found)
+            surface_roi = None if surface is None else self.roi.warp(surface, found)
+            q = self.quality.assess(base, found, vein_roi if vein is not None else surface_roi)
+            ok, why = self._accept(q)
+            if not ok:
+                return Failed("low_quality", why)
+        template = self.features.encode(surface_roi, vein_roi)
+        rois = {k: v for k, v in (("vein", vein_roi), ("surface", surface_roi)) if v is not None}
+        return Encoded(template, rois)
+
+
+class MatcherScorer:
+    """Blocks of comparisons with the engine's matcher: its batch kernel when it has one, else
+    ``matcher.match`` pair by pair."""
+
+    def __init__(self, modalities: tuple[str, ...]) -> None:
+        try:
+            from palmnode.biometrics import matcher
+        except ImportError as exc:
+            raise EvalError(f"the matcher is not available yet ({exc})") from None
+        self.matcher = matcher
+        self.modalities = modalities
+
+    def score_block(self, probes, gallery):
+        batch = getattr(self.matcher, "match_matrix", None)
+        if batch is not None:
+            scores = batch(list(probes), list(gallery))
+            return {m: np.asarray(getattr(scores, m), dtype=np.float32) for m in self.modalities}
+        out = {m: np.empty((len(probes), len(gallery)), dtype=np.float32) for m in self.modalities}
+        for i, p in enumerate(probes):
+            for j, g in enumerate(gallery):
+                s = self.matcher.match(p, g)
+                for m in self.modalities:
+                    out[m][i, j] = getattr(s, m)
+        return out
+
+
+# ------------------------------------------------------------------------------------ encoding
+
+
+@attrs.frozen(eq=False)
+class Encodings:
+    """One outcome per sample (same order as ``keys``)."""
+
+    keys: list[SampleKey]
+    outcomes: list[Encoded | Failed]
+
+    def usable(self, keep: Callable[[SampleKey], bool] = lambda k: True) -> tuple[list[SampleKey], list[Any]]:
+        pairs = [(k, o.template) for k, o in zip(self.keys, self.outcomes) if isinstance(o, Encoded) and keep(k)]
+        return [k for k, _ in pairs], [t for _, t in pairs]
+
+
+def frames_for(modality: str, channels: tuple[str, ...]) -> tuple[tuple[str, ...], Callable]:
+    """(channels to load, loaded -> (vein frame, surface frame)) for ``modality`` over a dataset's channels."""
+    if channels == (IMAGE,):
+        want_vein, want_surface = modality in ("vein", "both"), modality in ("surface", "both")
+        return (IMAGE,), lambda f: (f[IMAGE] if want_vein else None, f[IMAGE] if want_surface else None)
+    need = {"vein": (NIR,), "surface": (SURFACE,), "both": (NIR, SURFACE)}[modality]
+    for c in need:
+        if c not in channels:
+            raise EvalError(f"--modality {modality} needs {c} images, but the pattern found only "
+                            f"{', '.join(channels)} images")
+    return need, lambda f: (f.get(NIR), f.get(SURFACE))
+
+
+def encode_all(dataset: Dataset, pipeline: Pipeline, modality: str, *, keep_rois: set[SampleKey] = frozenset(),
+               debug_dir: Path | None = None, stream=None) -> Encodings:
+    """Run ``pipeline`` over every sample; an unreadable sample or a pipeline error is a :class:`Failed`."""
+    stream = sys.stderr if stream is None else stream
+    channels, views = frames_for(modality, dataset.channels)
+    progress = Progress("encoding", len(dataset.samples), stream=stream)
+    keys, outcomes = [], []
+    reported_error = False
+    for sample in dataset.samples:
+        try:
+            loaded = sample.load(channels)
+            if debug_dir is not None:
+                _write_debug(debug_dir, sample.key, loaded)
+            outcome = pipeline(*views(loaded))
+        except UnreadableSample as exc:
+            outcome = Failed("unreadable", str(exc))
+        except Exception as exc:  # an engine bug must not lose the whole run: count it, show it once
+            if not reported_error:
+                reported_error = True
+                stream.write(f"engine error on {sample.key.label} (counted as a failure to acquire; "
+                             f"further ones are only counted):\n{traceback.format_exc()}")
+            outcome = Failed("engine_error", f"{type(exc).__name__}: {exc}")
+        if isinstance(outcome, Encoded) and sample.key not in keep_rois:
+            outcome = Encoded(outcome.template)
+        keys.append(sample.key)
+        outcomes.append(outcome)
+        progress.update()
+    progress.close()
+    return Encodings(keys, outcomes)
+
+
+def _write_debug(folder: Path, key: SampleKey, frames: dict[str, np.ndarray]) -> None:
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"{key.subject.replace('/', '_')}_{key.session}_{key.sample}"
+    for channel, image in frames.items():
+        cv2.imwrite(str(folder / f"{stem}_{channel}.png"), image)
+
+
+# ------------------------------------------------------------------------------------ protocols
+
+
+@attrs.frozen(eq=False)
+class ProtocolScores:
+    """What one protocol measured, per modality: genuine/impostor scores and one search per probe."""
+
+    genuine: dict[str, np.ndarray]
+    impostor: dict[str, np.ndarray]
+    searches: dict[str, metrics.SearchOutcomes]
+
+
+def _block_rows(columns: int) -> int:
+    return max(1, BLOCK_ENTRIES // max(1, columns))
+
+
+def _labels(keys: Sequence[SampleKey]) -> np.ndarray:
+    index: dict[str, int] = {}
+    return np.array([index.setdefault(k.subject, len(index)) for k in keys], dtype=np.int64)
+
+
+def all_vs_all(keys: Sequence[SampleKey], templates: Sequence[Any], scorer: Scorer, *, stream=None) -> ProtocolScores:
+    """Every unordered pair of usable samples once (i < j); each sample also searched against all
+    the others (its mates = the other samples of its subject)."""
+    n = len(templates)
+    mods = scorer.modalities
+    if n == 0:
+        return _empty(mods)
+    lab = _labels(keys)
+    own = {m: np.full(n, -np.inf) for m in mods}
+    other = {m: np.full(n, -np.inf) for m in mods}
+    gen: dict[str, list] = {m: [] for m in mods}
+    imp: dict[str, list] = {m: [] for m in mods}
+    rows = _block_rows(n)
+    progress = Progress("all-vs-all", n * (n - 1) // 2, stream=stream)
+    for a in range(0, n, rows):
+        b = min(n, a + rows)
+        block = scorer.score_block(templates[a:b], templates[a:])
+        upper = np.arange(a, n)[None, :] > np.arange(a, b)[:, None]
+        same = lab[a:b, None] == lab[None, a:]
+        mated, nonmated = upper & same, upper & ~same
+        for m in mods:
+            s = np.asarray(block[m], dtype=np.float32)
+            gen[m].append(s[mated])
+            imp[m].append(s[nonmated])
+            for mask, best in ((mated, own[m]), (nonmated, other[m])):
+                masked = np.where(mask, s, -np.inf)
+                np.maximum(best[a:b], masked.max(axis=1), out=best[a:b])
+                np.maximum(best[a:], masked.max(axis=0), out=best[a:])
+        progress.update(int(upper.sum()))
+    progress.close()
+    has_mate = np.bincount(lab)[lab] > 1
+    searches = {m: metrics.SearchOutcomes.from_arrays(np.where(has_mate, own[m], np.nan), other[m]) for m in mods}
+    return ProtocolScores({m: _cat(gen[m]) for m in mods}, {m: _cat(imp[m]) for m in mods}, searches)
+
+
+def cross_session(gallery_keys: Sequence[SampleKey], gallery: Sequence[Any], probe_keys: Sequence[SampleKey],
+                  probes: Sequence[Any], scorer: Scorer, *, stream=None) -> ProtocolScores:
+    """Each probe against every enrolled template: verification pairs, and a search whose mate is
+    the probe's subject's best template (NaN when that subject is not enrolled)."""
+    index: dict[str, int] = {}
+    glab = np.array([index.setdefault(k.subject, len(index)) for k in gallery_keys], dtype=np.int64)
+    plab = np.array([index.get(k.subject, -1) for k in probe_keys], dtype=np.int64)
+    mods = scorer.modalities
+    own = {m: np.full(len(probes), -np.inf) for m in mods}
+    other = {m: np.full(len(probes), -np.inf) for m in mods}
+    gen: dict[str, list] = {m: [] for m in mods}
+    imp: dict[str, list] = {m: [] for m in mods}
+    if not probes or not gallery:
+        searches = {m: metrics.SearchOutcomes.from_arrays(np.full(len(probes), np.nan), np.full(len(probes), -np.inf))
+                    for m in mods}
+        return ProtocolScores({m: np.zeros(0, np.float32) for m in mods},
+                              {m: np.zeros(0, np.float32) for m in mods}, searches)
+    rows = _block_rows(len(gallery))
+    progress = Progress("cross-session", len(probes) * len(gallery), stream=stream)
+    for a in range(0, len(probes), rows):
+        b = min(len(probes), a + rows)
+        block = scorer.score_block(probes[a:b], gallery)
+        same = plab[a:b, None] == glab[None, :]
+        for m in mods:
+            s = np.asarray(block[m], dtype=np.float32)
+            gen[m].append(s[same])
+            imp[m].append(s[~same])
+            own[m][a:b] = np.where(same, s, -np.inf).max(axis=1, initial=-np.inf)
+            other[m][a:b] = np.where(~same, s, -np.inf).max(axis=1, initial=-np.inf)
+        progress.update((b - a) * len(gallery))
+    progress.close()
+    enrolled = plab >= 0
+    searches = {m: metrics.SearchOutcomes.from_arrays(np.where(enrolled, own[m], np.nan), other[m]) for m in mods}
+    return ProtocolScores({m: _cat(gen[m]) for m in mods}, {m: _cat(imp[m]) for m in mods}, searches)
+
+
+def _empty(mods) -> ProtocolScores:
+    nothing = {m: np.zeros(0, np.float32) for m in mods}
+    return ProtocolScores(nothing, dict(nothing), {m: metrics.SearchOutcomes.from_arrays([], []) for m in mods})
+
+
+def _cat(chunks: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+
+
+# ------------------------------------------------------------------------------------ report
+
+
+def _num(x: float | None, digits: int = 6) -> float | None:
+    if x is None or not math.isfinite(x):
+        return None
+    return round(float(x), digits)
+
+
+def rate_key(target: float) -> str:
+    """1e-2 -> "1e-2" (the JSON key of a target rate)."""
+    mantissa, exponent = f"{target:e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
+
+
+def modality_report(scores: ProtocolScores, modality: str) -> dict:
+    """EER, FNMR at each FMR target, rank-1 and FNIR at FPIR for one modality's scores."""
+    out: dict[str, Any] = {}
+    gen, imp = scores.genuine[modality], scores.impostor[modality]
+    if gen.size == 0 or imp.size == 0:
+        missing = "genuine" if gen.size == 0 else "impostor"
+        out["error"] = (f"no {missing} comparisons: " + ("every subject has one usable sample"
+                        if missing == "genuine" else "the data holds only one subject"))
+    else:
+        s = metrics.ScoreSet.from_arrays(gen, imp)
+        e = metrics.eer(s)
+        out["eer"] = _num(e.rate)
+        out["eer_threshold"] = _num(e.threshold)
+        table = {}
+        for target in metrics.FMR_TARGETS:
+            p = metrics.fnmr_at_fmr(s, target)
+            if isinstance(p, metrics.NotSupported):
+                table[rate_key(target)] = {"fnmr": None, "not_supported": p.note}
+            else:
+                table[rate_key(target)] = {"fnmr": _num(p.fnmr), "fmr": _num(p.fmr, 9),
+                                           "threshold": _num(p.threshold, 9)}
+        out["fnmr_at_fmr"] = table
+    o = scores.searches[modality]
+    out["rank1"] = _num(metrics.rank1_rate(o))
+    ident = {}
+    for target in metrics.FPIR_TARGETS:
+        p = metrics.fnir_at_fpir(o, target)
+        if p is None:
+            ident[rate_key(target)] = {"fnir": None, "not_supported": "no mated searches"}
+        elif isinstance(p, metrics.NotSupported):
+            ident[rate_key(target)] = {"fnir": None, "not_supported": p.note}
+        else:
+            ident[rate_key(target)] = {"fnir": _num(p.fnir), "fpir": _num(p.fpir, 9),
+                                       "threshold": _num(p.threshold, 9)}
+    out["fnir_at_fpir"] = ident
+    return out
+
+
+def failure_report(keys: Sequence[SampleKey], outcomes: Sequence[Encoded | Failed],
+                   enrol: Callable[[SampleKey], bool]) -> dict:
+    """FTA over ``keys`` (all the protocol's samples), FTE over subjects with samples where ``enrol``."""
+    failed = [o for o in outcomes if isinstance(o, Failed)]
+    by_subject: dict[str, bool] = {}
+    for k, o in zip(keys, outcomes):
+        if enrol(k):
+            by_subject[k.subject] = by_subject.get(k.subject, False) or isinstance(o, Encoded)
+    fte = sum(1 for ok in by_subject.values() if not ok)
+    return {
+        "fta": _num(len(failed) / len(keys)) if keys else None,
+        "fta_count": len(failed),
+        "fte": _num(fte / len(by_subject)) if by_subject else None,
+        "fte_count": fte,
+        "reasons": dict(Counter(o.reason for o in failed).most_common()),
+    }
+
+
+def _counts(keys: Sequence[SampleKey], scores: ProtocolScores, modality: str, templates: int) -> dict:
+    o = scores.searches[modality]
+    return {"identities": len({k.subject for k in keys}), "images": len(keys), "templates": templates,
+            "genuine": int(scores.genuine[modality].size), "impostor": int(scores.impostor[modality].size),
+            "mated_searches": o.mated_searches, "nonmated_searches": o.nonmated_searches}
+
+
+# ------------------------------------------------------------------------------------ options & run
+
+
+@attrs.frozen
+class EvalOptions:
+    folder: str | None = None
+    pattern: str = DEFAULT_PATTERN
+    synthetic: int | None = None
+    roi_given: bool = False
+    modality: str | None = None  # vein | surface | both; None: both when the data has both lights
+    protocol: str = "auto"  # auto | all_vs_all | cross_session | both
+    out: str = "eval-out"
+    sessions: int = 2
+    captures: int = 3
+    rotation: str = "upright"
+    hands: str = "right"
+    seed: int = 0
+    min_quality: float | None = None
+    debug_dir: str | None = None
+    sheet: int = 48
+
+    @classmethod
+    def from_namespace(cls, ns: argparse.Namespace) -> EvalOptions:
+        names = {f.name for f in attrs.fields(cls)}
+        return cls(**{k: v for k, v in vars(ns).items() if k in names})
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``palmnode eval`` options, added to ``parser`` (a subparser of the palmnode command)."""
+    parser.add_argument("folder", nargs="?", help="folder of images (searched recursively)")
+    parser.add_argument("--pattern", default=DEFAULT_PATTERN,
+                        help="regex the file name (or path under FOLDER) must match fully; named groups: id "
+                        "(required), session, sample, hand, channel or modality (nir/surface). "
+                        f"Default: {DEFAULT_PATTERN}")
+    parser.add_argument("--synthetic", type=_count, metavar="N", help="evaluate on N rendered people instead "
+                        "of a folder (rendered in memory, never written)")
+    parser.add_argument("--roi-given", action="store_true", help="the images already are palm ROIs")
+    parser.add_argument("--modality", choices=("vein", "surface", "both"), help="which modality to measure; "
+                        "with one image per sample, what that image is (vein = NIR). Default: both when the "
+                        "pattern pairs NIR and surface images or with --synthetic, else vein")
+    parser.add_argument("--protocol", choices=("auto", "all_vs_all", "cross_session", "both"), default="auto",
+                        help="default auto: all-vs-all, plus cross-session when there are two sessions or more")
+    parser.add_argument("--out", default="eval-out", help="folder for the DET plots and the ROI contact "
+                        "sheet (default eval-out)")
+    parser.add_argument("--sessions", type=_count, default=2, help="synthetic: sessions per palm (default 2)")
+    parser.add_argument("--captures", type=_count, default=3, help="synthetic: captures per session (default 3)")
+    parser.add_argument("--rotation", choices=("upright", "any"), default="upright",
+                        help="synthetic: hands upright (±small) or at any in-plane angle")
+    parser.add_argument("--hands", choices=("left", "right", "both"), default="right",
+                        help="synthetic: which palms each person presents (both = two subjects per person)")
+    parser.add_argument("--seed", type=int, default=0, help="synthetic: seed of every identity and capture")
+    parser.add_argument("--min-quality", type=float, default=None,
+                        help="refuse samples whose quality score is below this (default: the engine's policy)")
+    parser.add_argument("--debug-dir", default=None, help="also write every loaded or rendered frame here "
+                        "as PNG (raw palm images: only for debugging)")
+    parser.add_argument("--sheet", type=int, default=48, help="ROIs on the contact sheet (default 48, 0 = none)")
+    return parser
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def load_dataset(options: EvalOptions) -> Dataset:
+    if options.synthetic is not None:
+        if options.folder is not None:
+            raise EvalError("give either a FOLDER or --synthetic N, not both")
+        if options.roi_given:
+            raise EvalError("--roi-given does not apply to --synthetic (the renderer draws whole hands)")
+        return synthetic(options.synthetic, sessions=options.sessions, captures=options.captures,
+                         rotation=options.rotation, hands=options.hands, seed=options.seed)
+    if options.folder is None:
+        raise EvalError("give a FOLDER of images (with --pattern) or --synthetic N")
+    return scan_folder(options.folder, options.pattern)
+
+
+def choose_modality(options: EvalOptions, dataset: Dataset) -> str:
+    if options.modality is not None:
+        return options.modality
+    return "both" if dataset.channels != (IMAGE,) and len(dataset.channels) == 2 else \
+        "surface" if dataset.channels == (SURFACE,) else "vein"
+
+
+def scored_modalities(modality: str) -> tuple[str, ...]:
+    return MODALITIES if modality == "both" else (modality,)
+
+
+def sheet_keys(keys: Sequence[SampleKey], tiles: int) -> set[SampleKey]:
+    """Up to ``tiles`` samples for the contact sheet: all sessions of the first few subjects."""
+    if tiles <= 0:
+        return set()
+    subjects = sorted({k.subject for k in keys})
+    per = max(2, tiles // max(1, min(8, len(subjects))))
+    chosen: list[SampleKey] = []
+    taken: Counter[str] = Counter()
+    for k in sorted(keys):
+        if len(chosen) >= tiles:
+            break
+        if taken[k.subject] < per:
+            taken[k.subject] += 1
+            chosen.append(k)
+    return set(chosen)
+
+
+def run(options: EvalOptions, *, pipeline: Pipeline | None = None, scorer: Scorer | None = None,
+        stream=None) -> dict:
+    """The whole evaluation; returns the JSON report (plots are written to ``options.out``)."""
+    from palmnode.biometrics import det_plot
+
+    stream = sys.stderr if stream is None else stream
+    started = time.monotonic()
+    dataset = load_dataset(options)
+    modality = choose_modality(options, dataset)
+    mods = scored_modalities(modality)
+    sessions = dataset.sessions
+    protocol = options.protocol
+    if protocol == "cross_session" and len(sessions) < 2:
+        raise EvalError(f"cross-session needs two sessions, the data has one ({sessions[0]}); "
+                        "add a session group to --pattern")
+    run_avsa = protocol in ("auto", "all_vs_all", "both")
+    run_cross = protocol in ("cross_session", "both") or (protocol == "auto" and len(sessions) >= 2)
+    frames_for(modality, dataset.channels)  # refuse a modality the data lacks before any work
+    out = Path(options.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EvalError(f"cannot create the output folder {out}: {exc.strerror}") from None
+    pipeline = pipeline if pipeline is not None else EnginePipeline(roi_given=options.roi_given,
+                                                                     min_quality=options.min_quality)
+    scorer = scorer if scorer is not None else MatcherScorer(mods)
+    stream.write(f"eval: {len(dataset.samples)} samples of {len(dataset.subjects)} palms, sessions "
+                 f"{', '.join(sessions)}, modality {modality} ({dataset.source})\n")
+    keys_all = [s.key for s in dataset.samples]
+    wanted_rois = sheet_keys(keys_all, options.sheet)
+    enc = encode_all(dataset, pipeline, modality, keep_rois=wanted_rois,
+                     debug_dir=Path(options.debug_dir) if options.debug_dir else None, stream=stream)
+    report: dict[str, Any] = {
+        "dataset": {"source": dataset.source, "samples": len(dataset.samples), "palms": len(dataset.subjects),
+                    "sessions": sessions, "channels": list(dataset.channels), "modality": modality,
+                    "roi_given": options.roi_given, "skipped_files": dataset.skipped_files},
+    }
+    plots: dict[str, str] = {}
+    curves_by_protocol = {}
+    if run_avsa:
+        keys, templates = enc.usable()
+        scores = all_vs_all(keys, templates, scorer, stream=stream)
+        report["all_vs_all"] = _section(enc.keys, enc.outcomes, lambda k: True, keys, scores, mods)
+        curves_by_protocol["all_vs_all"] = scores
+    if run_cross:
+        first = sessions[0]
+        gkeys, gallery = enc.usable(lambda k: k.session == first)
+        pkeys, probes = enc.usable(lambda k: k.session != first)
+        scores = cross_session(gkeys, gallery, pkeys, probes, scorer, stream=stream)
+        probe_side = [(k, o) for k, o in zip(enc.keys, enc.outcomes) if k.session != first]
+        section = _section([k for k, _ in probe_side], [o for _, o in probe_side], lambda k: False,
+                           pkeys, scores, mods)
+        enrol_side = [(k, o) for k, o in zip(enc.keys, enc.outcomes) if k.session == first]
+        enrol_fail = failure_report([k for k, _ in enrol_side], [o for _, o in enrol_side], lambda k: True)
+        section["failures"]["fte"] = enrol_fail["fte"]
+        section["failures"]["fte_count"] = enrol_fail["fte_count"]
+        section["failures"]["enrol_fta"] = enrol_fail["fta"]
+        section["enrol_session"] = first
+        section["probe_sessions"] = sessions[1:]
+        section["counts"]["gallery_templates"] = len(gallery)
+        report["cross_session"] = section
+        curves_by_protocol["cross_session"] = scores
+    elif protocol == "auto":
+        report["cross_session"] = {"skipped": f"one session ({sessions[0]}): cross-session needs two"}
+    for name, scores in curves_by_protocol.items():
+        curves = {}
+        for m in mods:
+            if scores.genuine[m].size and scores.impostor[m].size:
+                eer = report[name]["modalities"][m].get("eer")
+                label = m if eer is None else f"{m} (EER {100 * eer:.3g}%)"
+                curves[label] = metrics.det_curve(metrics.ScoreSet.from_arrays(scores.genuine[m], scores.impostor[m]))
+        if curves:
+            path = out / f"det_{name}.png"
+            det_plot.write_det(path, curves, title=f"DET, {name.replace('_', '-')} ({dataset.source})")
+            plots[f"det_{name}"] = str(path)
+    if wanted_rois:
+        tiles = [(k.label, o) for k, o in zip(enc.keys, enc.outcomes) if k in wanted_rois]
+        path = out / "roi_contact_sheet.png"
+        det_plot.write_contact_sheet(path, [(label, o.rois if isinstance(o, Encoded) else o.reason)
+                                            for label, o in tiles])
+        plots["roi_contact_sheet"] = str(path)
+    report["plots"] = plots
+    report["seconds"] = round(time.monotonic() - started, 2)
+    return report
+
+
+def _section(keys, outcomes, enrol, usable_keys, scores: ProtocolScores, mods) -> dict:
+    return {
+        "counts": _counts(keys, scores, mods[0], len(usable_keys)),
+        "failures": failure_report(keys, outcomes, enrol),
+        "modalities": {m: modality_report(scores, m) for m in mods},
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="palmnode eval", description=DESCRIPTION)
+    return add_arguments(parser)
+
+
+DESCRIPTION = ("Measure accuracy on a folder of palm images (identity, session and sample from a file-name "
+               "regex) or on rendered hands (--synthetic N): all-vs-all and cross-session protocols, EER, "
+               "FNMR at FMR 1e-2..1e-6 as far as the impostor pairs allow, rank-1, FNIR at FPIR 1e-2, FTA/FTE, "
+               "per modality and fused. One JSON object on the last line of stdout; a DET plot and an ROI "
+               "contact sheet in --out. See docs/eval.md.")
+
+
+def main(args: argparse.Namespace | EvalOptions | Sequence[str] | None = None, *,
+         pipeline: Pipeline | None = None, scorer: Scorer | None = None) -> int:
+    """``palmnode eval``: parsed arguments (from :func:`add_arguments`), options, or an argv list."""
+    if isinstance(args, EvalOptions):
+        options = args
+    elif isinstance(args, argparse.Namespace):
+        options = EvalOptions.from_namespace(args)
+    else:
+        options = EvalOptions.from_namespace(build_parser().parse_args(args))
+    try:
+        report = run(options, pipeline=pipeline, scorer=scorer)
+    except (EvalError, DatasetError) as exc:
+        print(f"palmnode eval: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    print(json.dumps(report, allow_nan=False), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

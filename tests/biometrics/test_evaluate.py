@@ -1,0 +1,292 @@
+"""The eval protocols and report on fake templates (a stub pipeline and scorer), and the command's errors."""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from palmnode.biometrics import evaluate as ev
+from palmnode.biometrics import metrics
+from palmnode.biometrics.dataset import SampleKey
+
+
+class AbsScorer:
+    """Fake templates are float vectors (one per modality); score = -|a - b|; fused = mean."""
+
+    modalities = ("surface", "vein", "fused")
+
+    def __init__(self):
+        self.calls = 0
+
+    def score_block(self, probes, gallery):
+        self.calls += 1
+        p = np.array(probes, dtype=np.float64).reshape(len(probes), 2)
+        g = np.array(gallery, dtype=np.float64).reshape(len(gallery), 2)
+        surface = -np.abs(p[:, None, 0] - g[None, :, 0])
+        vein = -np.abs(p[:, None, 1] - g[None, :, 1])
+        return {"surface": surface, "vein": vein, "fused": (surface + vein) / 2}
+
+
+def stub_pipeline(vein, surface):
+    """Template = the mean grey of each frame; an all-black frame is 'no hand'."""
+    base = vein if vein is not None else surface
+    if base.max() == 0:
+        return ev.Failed("no_hand", "nothing bright")
+    v = float(vein.mean()) if vein is not None else 0.0
+    s = float(surface.mean()) if surface is not None else 0.0
+    return ev.Encoded((s, v), {"vein": cv2.resize(base, (128, 128))})
+
+
+def keys_for(subjects, session="1"):
+    return [SampleKey(str(s), session, str(i)) for i, s in enumerate(subjects)]
+
+
+# ------------------------------------------------------------------------------ protocols
+
+
+def brute_all_vs_all(keys, t, modality_index):
+    gen, imp = [], []
+    n = len(t)
+    own, other = np.full(n, -np.inf), np.full(n, -np.inf)
+    for i in range(n):
+        for j in range(n):
+            if i == j:
+                continue
+            s = -abs(t[i][modality_index] - t[j][modality_index])
+            same = keys[i].subject == keys[j].subject
+            if i < j:
+                (gen if same else imp).append(s)
+            if same:
+                own[i] = max(own[i], s)
+            else:
+                other[i] = max(other[i], s)
+    own[np.isinf(own)] = np.nan
+    return sorted(gen), sorted(imp), own, other
+
+
+@pytest.mark.parametrize("block", [1, 7, 10_000])
+def test_all_vs_all_matches_brute_force(monkeypatch, block):
+    monkeypatch.setattr(ev, "BLOCK_ENTRIES", block)
+    rng = np.random.default_rng(3)
+    subjects = [0, 0, 0, 1, 1, 2, 3, 3, 3, 3, 4]  # subject 2 and 4 have one sample: no mated search
+    keys = keys_for(subjects)
+    templates = [(s + rng.normal(0, 0.3), s * 2 + rng.normal(0, 0.3)) for s in subjects]
+    scorer = AbsScorer()
+    r = ev.all_vs_all(keys, templates, scorer, stream=io.StringIO())
+    for mi, m in enumerate(("surface", "vein")):
+        gen, imp, own, other = brute_all_vs_all(keys, templates, mi)
+        assert np.allclose(np.sort(r.genuine[m]), gen, atol=1e-5)
+        assert np.allclose(np.sort(r.impostor[m]), imp, atol=1e-5)
+        np.testing.assert_allclose(r.searches[m].mated, own, atol=1e-5)
+        np.testing.assert_allclose(r.searches[m].nonmated, other, atol=1e-5)
+    assert r.genuine["fused"].size == 3 + 1 + 6  # C(3,2) + C(2,2) + C(4,2)
+    assert r.impostor["fused"].size == 55 - 10
+    assert r.searches["fused"].mated_searches == 9
+
+
+def test_cross_session_matches_brute_force(monkeypatch):
+    monkeypatch.setattr(ev, "BLOCK_ENTRIES", 5)
+    gkeys = keys_for([0, 0, 1, 2], "1")
+    gallery = [(0.0, 0.0), (0.2, 0.1), (1.0, 2.0), (2.0, 4.0)]
+    pkeys = keys_for([0, 1, 1, 3], "2")  # subject 3 never enrolled: a non-mated search only
+    probes = [(0.1, 0.0), (1.1, 2.5), (1.9, 3.9), (2.9, 6.0)]
+    r = ev.cross_session(gkeys, gallery, pkeys, probes, AbsScorer(), stream=io.StringIO())
+    s = r.searches["surface"]
+    np.testing.assert_allclose(s.mated[:3], [-0.1, -0.1, -0.9], atol=1e-6)
+    assert np.isnan(s.mated[3])
+    np.testing.assert_allclose(s.nonmated, [-0.9, -0.9, -0.1, -0.9], atol=1e-6)
+    np.testing.assert_allclose(np.sort(r.genuine["surface"]), [-0.9, -0.1, -0.1, -0.1], atol=1e-6)
+    assert r.genuine["surface"].size == 4 and r.impostor["surface"].size == 12
+    assert metrics.rank1_rate(s) == pytest.approx(2 / 3)  # the third probe is nearer subject 2
+
+
+def test_modality_report_marks_unsupported_targets():
+    rng = np.random.default_rng(0)
+    scores = ev.ProtocolScores(
+        {"fused": rng.normal(3, 1, 500).astype(np.float32)},
+        {"fused": rng.normal(0, 1, 5000).astype(np.float32)},
+        {"fused": metrics.SearchOutcomes.from_arrays(rng.normal(3, 1, 400), rng.normal(1, 1, 400))})
+    r = ev.modality_report(scores, "fused")
+    assert 0.05 < r["eer"] < 0.09
+    assert r["fnmr_at_fmr"]["1e-2"]["fnmr"] is not None and r["fnmr_at_fmr"]["1e-3"]["fnmr"] is not None
+    assert r["fnmr_at_fmr"]["1e-4"] == {"fnmr": None, "not_supported": "needs 30000 impostor pairs, have 5000"}
+    assert r["fnmr_at_fmr"]["1e-6"]["not_supported"] == "needs 3000000 impostor pairs, have 5000"
+    assert r["fnir_at_fpir"]["1e-2"]["fnir"] is not None
+    assert 0 < r["rank1"] < 1
+    assert list(r["fnmr_at_fmr"]) == ["1e-2", "1e-3", "1e-4", "1e-5", "1e-6"]
+
+
+def test_failure_report_counts_fta_and_fte():
+    keys = keys_for(["a", "a", "b", "b"])
+    outcomes = [ev.Encoded((0, 0)), ev.Failed("no_hand"), ev.Failed("no_hand"), ev.Failed("unreadable", "x")]
+    r = ev.failure_report(keys, outcomes, lambda k: True)
+    assert r == {"fta": 0.75, "fta_count": 3, "fte": 0.5, "fte_count": 1,
+                 "reasons": {"no_hand": 2, "unreadable": 1}}
+
+
+# ------------------------------------------------------------------------------ the command
+
+
+def write_folder(folder: Path, subjects=6, sessions=2, samples=3, paired=False):
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(1)
+    for s in range(subjects):
+        for session in range(1, sessions + 1):
+            for k in range(1, samples + 1):
+                grey = int(np.clip(30 + 30 * s + rng.normal(0, 3 if session == 1 else 6), 1, 255))
+                img = np.full((40, 40), grey, np.uint8)
+                if paired:
+                    cv2.imwrite(str(folder / f"{s}_{session}_{k}_nir.png"), img)
+                    cv2.imwrite(str(folder / f"{s}_{session}_{k}_surface.png"), 255 - img)
+                else:
+                    cv2.imwrite(str(folder / f"{s:03d}_{session}_{k}.png"), img)
+    return folder
+
+
+def run_main(capsys, argv):
+    rc = ev.main(argv, pipeline=stub_pipeline, scorer=AbsScorer())
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_folder_run_reports_both_protocols(tmp_path, capsys):
+    folder = write_folder(tmp_path / "imgs")
+    cv2.imwrite(str(folder / "005_2_4.png"), np.zeros((40, 40), np.uint8))  # no hand -> FTA
+    (folder / "005_2_5.png").write_bytes(b"not an image")  # unreadable -> FTA with its reason
+    (folder / "notes.txt").write_text("skipped: does not match")
+    rc, out, err = run_main(capsys, [str(folder), "--out", str(tmp_path / "out"), "--modality", "both"])
+    assert rc == 0, err
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["dataset"]["skipped_files"] == 1 and report["dataset"]["samples"] == 38
+    avsa = report["all_vs_all"]
+    assert avsa["counts"]["identities"] == 6 and avsa["counts"]["images"] == 38
+    assert avsa["counts"]["templates"] == 36
+    assert avsa["counts"]["genuine"] == 6 * 15 and avsa["counts"]["impostor"] == 36 * 35 // 2 - 90
+    assert avsa["failures"]["fta_count"] == 2 and avsa["failures"]["reasons"] == {"no_hand": 1, "unreadable": 1}
+    assert set(avsa["modalities"]) == {"surface", "vein", "fused"}
+    assert avsa["modalities"]["fused"]["fnmr_at_fmr"]["1e-2"]["fnmr"] is not None  # 540 impostor pairs
+    assert "needs 3000 impostor pairs, have 540" in avsa["modalities"]["fused"]["fnmr_at_fmr"]["1e-3"]["not_supported"]
+    assert avsa["modalities"]["vein"]["rank1"] == 1.0
+    cross = report["cross_session"]
+    assert cross["enrol_session"] == "1" and cross["probe_sessions"] == ["2"]
+    assert cross["counts"]["images"] == 20 and cross["counts"]["gallery_templates"] == 18
+    assert cross["counts"]["genuine"] == 18 * 3 and cross["counts"]["impostor"] == 18 * 15
+    assert cross["failures"]["fta"] == pytest.approx(0.1) and cross["failures"]["fte"] == 0.0
+    for name in ("det_all_vs_all", "det_cross_session", "roi_contact_sheet"):
+        assert cv2.imread(report["plots"][name]) is not None
+    assert "Traceback" not in err
+
+
+def test_folder_with_paired_channels(tmp_path, capsys):
+    folder = write_folder(tmp_path / "imgs", subjects=3, sessions=1, samples=2, paired=True)
+    (folder / "0_1_2_surface.png").unlink()  # a sample without its surface image
+    pattern = r"(?P<id>\d+)_(?P<session>\d)_(?P<sample>\d+)_(?P<channel>nir|surface)\.png"
+    rc, out, err = run_main(capsys, [str(folder), "--pattern", pattern, "--out", str(tmp_path / "o")])
+    assert rc == 0, err
+    report = json.loads(out.splitlines()[-1])
+    assert report["dataset"]["modality"] == "both" and report["dataset"]["channels"] == ["nir", "surface"]
+    assert report["all_vs_all"]["failures"]["reasons"] == {"unreadable": 1}
+    assert report["cross_session"] == {"skipped": "one session (1): cross-session needs two"}
+    rc, out, _ = run_main(capsys, [str(folder), "--pattern", pattern, "--modality", "vein",
+                                   "--out", str(tmp_path / "o")])
+    report = json.loads(out.splitlines()[-1])
+    assert list(report["all_vs_all"]["modalities"]) == ["vein"]
+    assert report["all_vs_all"]["failures"]["fta_count"] == 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["{folder}", "--pattern", r"(?P<person>\d+)_\d_\d+\.png"], "has no (?P<id>...) group"),
+    (["{folder}", "--pattern", r"(?P<id>\d+"], "is not a valid regular expression"),
+    (["{folder}", "--pattern", r"(?P<id>\d+)\.jpg"], "none of the 12 files"),
+    (["{empty}"], "is empty"),
+    (["{missing}"], "no such folder"),
+    ([], "give a FOLDER"),
+    (["{folder}", "--pattern", r"(?P<id>\d+)_(?P<sample>\d_\d+)\.png", "--protocol", "cross_session"],
+     "cross-session needs two sessions"),
+    (["{folder}", "--pattern", r"(?P<id>\d+)_(?P<channel>\w+)_\d+\.png"], "is neither NIR nor surface"),
+    (["{folder}", "--synthetic", "3"], "either a FOLDER or --synthetic"),
+    (["{folder}", "--pattern", r"(?P<id>\d+)_\d_(?P<sample>\d+)\.png"], "000_1_1.png and 000_2_1.png are the same"),
+])
+def test_bad_input_is_one_line(tmp_path, capsys, argv, message):
+    folder = write_folder(tmp_path / "imgs", subjects=2, sessions=2, samples=3)
+    (tmp_path / "empty").mkdir()
+    names = {"folder": folder, "empty": tmp_path / "empty", "missing": tmp_path / "nope"}
+    argv = [a.format(**names) for a in argv] + ["--out", str(tmp_path / "o")]
+    rc, out, err = run_main(capsys, argv)
+    assert rc == 1 and out == ""
+    assert len(err.strip().splitlines()) == 1 and message in err and err.startswith("palmnode eval: ")
+
+
+def test_real_entry_point_reports_errors_without_traceback(tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "palmnode.biometrics.evaluate", str(tmp_path / "empty"),
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == f"palmnode eval: {tmp_path / 'empty'} is empty: no image files to evaluate"
+
+
+def test_engine_error_counts_as_failure_and_is_shown_once(tmp_path, capsys):
+    folder = write_folder(tmp_path / "imgs", subjects=2, sessions=1, samples=2)
+
+    def broken(vein, surface):
+        raise RuntimeError("kaput")
+
+    rc = ev.main([str(folder), "--out", str(tmp_path / "o")], pipeline=broken, scorer=AbsScorer())
+    out, err = capsys.readouterr()
+    assert rc == 0
+    report = json.loads(out.splitlines()[-1])
+    assert report["all_vs_all"]["failures"]["reasons"] == {"engine_error": 4}
+    assert report["all_vs_all"]["modalities"]["vein"]["error"].startswith("no genuine comparisons")
+    assert err.count("Traceback") == 1
+
+
+def test_add_arguments_builds_a_subcommand(tmp_path, capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="palmnode")
+    sub = parser.add_subparsers(dest="command")
+    ev.add_arguments(sub.add_parser("eval"))
+    folder = write_folder(tmp_path / "imgs", subjects=2, sessions=2, samples=2)
+    args = parser.parse_args(["eval", str(folder), "--out", str(tmp_path / "o"), "--sheet", "0"])
+    assert ev.main(args, pipeline=stub_pipeline, scorer=AbsScorer()) == 0
+    report = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert "roi_contact_sheet" not in report["plots"]
+    assert ev.EvalOptions.from_namespace(args).folder == str(folder)
+
+
+def test_progress_prints_only_for_long_work():
+    now = [0.0]
+    stream = io.StringIO()
+    p = ev.Progress("encoding", 100, stream=stream, delay=2.0, clock=lambda: now[0])
+    for _ in range(10):
+        p.update()
+    assert stream.getvalue() == ""
+    now[0] = 3.0
+    for _ in range(90):
+        p.update()
+    p.close()
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("encoding [") and "100/100" in lines[-1]
+    assert len(lines) <= 11
+    quiet = io.StringIO()
+    q = ev.Progress("x", 5, stream=quiet, clock=lambda: 0.0)
+    q.update(5)
+    q.close()
+    assert quiet.getvalue() == ""
+
+
+def test_sheet_keys_spread_over_subjects():
+    keys = [SampleKey(f"{s}", str(se), str(k)) for s in range(20) for se in (1, 2) for k in (1, 2, 3)]
+    chosen = ev.sheet_keys(keys, 48)
+    assert len(chosen) == 48 and len({k.subject for k in chosen}) == 8
+    assert ev.sheet_keys(keys, 0) == set()
+
+
+def test_rate_keys():
+    assert [ev.rate_key(t) for t in metrics.FMR_TARGETS] == ["1e-2", "1e-3", "1e-4", "1e-5", "1e-6"]
