@@ -151,7 +151,9 @@ class EnginePipeline:
         if self.min_quality is not None:
             return q.score >= self.min_quality, f"quality {q.score:.2f} below {self.min_quality:.2f}"
         if self.policy is not None and hasattr(self.policy, "accepts"):
-            return bool(self.policy.accepts(q)), f"quality {q.score:.2f} below the policy"
+            return bool(self.policy.accepts(q)), (f"quality {q.score:.2f} (sharpness {q.sharpness:.2f}, exposure "
+                                                  f"{q.exposure:.2f}, completeness {q.completeness:.2f}) "
+                                                  "below the quality policy")
         if self.policy is not None and hasattr(self.policy, "min_score"):
             return q.score >= self.policy.min_score, f"quality {q.score:.2f} below {self.policy.min_score:.2f}"
         return True, ""

@@ -290,3 +290,38 @@ def test_sheet_keys_spread_over_subjects():
 
 def test_rate_keys():
     assert [ev.rate_key(t) for t in metrics.FMR_TARGETS] == ["1e-2", "1e-3", "1e-4", "1e-5", "1e-6"]
+
+
+def test_synthetic_run_renders_in_memory(tmp_path, capsys, monkeypatch):
+    import types as pytypes
+
+    import palmnode.biometrics
+
+    class Identity:
+        def __init__(self, seed, hand):
+            self.seed, self.hand = seed, hand
+
+        @classmethod
+        def from_seed(cls, seed, hand=None):
+            return cls(seed, hand)
+
+    def render_pair(identity, capture):
+        v = 20 + (identity.seed % 20) * 10 + (3 if identity.hand == "left" else 0) + capture
+        return np.full((48, 64), v, np.uint8), np.full((48, 64), 255 - v, np.uint8)
+
+    fake = pytypes.SimpleNamespace(Identity=Identity, render_pair=render_pair,
+                                   sample_capture=lambda rng, *, session, rotation: int(rng.integers(2)))
+    monkeypatch.setitem(sys.modules, "palmnode.biometrics.synth", fake)
+    monkeypatch.setattr(palmnode.biometrics, "synth", fake, raising=False)
+    out = tmp_path / "out"
+    monkeypatch.chdir(tmp_path)
+    rc, stdout, err = run_main(capsys, ["--synthetic", "5", "--hands", "both", "--out", str(out)])
+    assert rc == 0, err
+    report = json.loads(stdout.splitlines()[-1])
+    assert report["all_vs_all"]["counts"]["identities"] == 10 and report["all_vs_all"]["counts"]["images"] == 60
+    assert report["cross_session"]["counts"]["gallery_templates"] == 30
+    assert set(report["cross_session"]["modalities"]) == {"surface", "vein", "fused"}
+    files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert files == ["out/det_all_vs_all.png", "out/det_cross_session.png", "out/roi_contact_sheet.png"]
+    rc, _, _ = run_main(capsys, ["--synthetic", "2", "--out", str(out), "--debug-dir", str(tmp_path / "dbg")])
+    assert rc == 0 and len(list((tmp_path / "dbg").glob("*.png"))) == 2 * 6 * 2

@@ -1,0 +1,144 @@
+"""Datasets: a folder named by a regex (groups, pairing, errors) and the synthetic source."""
+from __future__ import annotations
+
+import sys
+import types
+
+import cv2
+import numpy as np
+import pytest
+
+import palmnode.biometrics
+from palmnode.biometrics import dataset as ds
+
+
+def touch_images(folder, names, value=100):
+    for name in names:
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), np.full((20, 20), value, np.uint8))
+
+
+def test_groups_session_sample_and_skipped(tmp_path):
+    touch_images(tmp_path, ["7_1_1.png", "7_1_2.png", "7_2_1.png", "12_1_1.png"])
+    (tmp_path / "readme.txt").write_text("x")
+    (tmp_path / ".hidden.png").write_bytes(b"")
+    d = ds.scan_folder(tmp_path, r"(?P<id>\d+)_(?P<session>\d)_(?P<sample>\d+)\.png")
+    assert [s.key.label for s in d.samples] == ["7 s1 #1", "7 s1 #2", "7 s2 #1", "12 s1 #1"]
+    assert d.channels == (ds.IMAGE,) and d.skipped_files == 1
+    assert d.subjects == ["12", "7"] and d.sessions == ["1", "2"]
+    img = d.samples[0].load((ds.IMAGE,))[ds.IMAGE]
+    assert img.dtype == np.uint8 and img.shape == (20, 20)
+
+
+def test_hand_is_part_of_the_subject_and_subfolders_match(tmp_path):
+    touch_images(tmp_path, ["p01/L/s1_a.jpg", "p01/R/s1_a.jpg", "p01/r/s2_b.jpg"])
+    d = ds.scan_folder(tmp_path, r"p(?P<id>\d+)/(?P<hand>[LRlr])/s(?P<session>\d)_(?P<sample>\w)\.jpg")
+    assert sorted({s.key.subject for s in d.samples}) == ["01/left", "01/right"]
+    assert len(d.samples) == 3
+
+
+def test_channels_pair_into_one_sample(tmp_path):
+    touch_images(tmp_path, ["1_1_1_940.bmp", "1_1_1_WHITE.bmp", "1_1_2_940.bmp"])
+    d = ds.scan_folder(tmp_path, r"(?P<id>\d)_(?P<session>\d)_(?P<sample>\d)_(?P<modality>\w+)\.bmp")
+    assert d.channels == (ds.NIR, ds.SURFACE)
+    first, second = d.samples
+    assert set(first.load((ds.NIR, ds.SURFACE))) == {ds.NIR, ds.SURFACE}
+    with pytest.raises(ds.UnreadableSample, match="missing surface image"):
+        second.load((ds.NIR, ds.SURFACE))
+
+
+def test_channels_pair_by_order_without_a_sample_group(tmp_path):
+    touch_images(tmp_path, ["a_nir_1.png", "a_nir_2.png", "a_surface_1.png", "a_surface_2.png"])
+    d = ds.scan_folder(tmp_path, r"(?P<id>a)_(?P<channel>nir|surface)_\d\.png")
+    assert [s.key.sample for s in d.samples] == ["1", "2"]
+    assert all(len(s.files) == 2 for s in d.samples)
+
+
+def test_unreadable_image_names_the_file(tmp_path):
+    (tmp_path / "1_1_1.png").write_bytes(b"\x89PNG garbage")
+    d = ds.scan_folder(tmp_path, r"(?P<id>\d)_(?P<session>\d)_(?P<sample>\d)\.png")
+    with pytest.raises(ds.UnreadableSample, match=r"1_1_1.png: cannot be read as an image"):
+        d.samples[0].load((ds.IMAGE,))
+
+
+@pytest.mark.parametrize("pattern, message", [
+    (r"(?P<who>\d)_\d_\d\.png", "no (?P<id>...) group"),
+    (r"(?P<id>\d", "not a valid regular expression"),
+    (r"(?P<id>\d)_(?P<channel>\d)_(?P<modality>\d)\.png", "both a channel and a modality group"),
+    (r"(?P<id>\d)_(?P<channel>\d)_\d\.png", "channel '1' is neither NIR nor surface"),
+    (r"(?P<id>\d?)_\d_\d\.png|(?P<x>z)", None),
+])
+def test_pattern_errors(tmp_path, pattern, message):
+    touch_images(tmp_path, ["1_1_1.png"])
+    if message is None:
+        ds.scan_folder(tmp_path, pattern)  # an optional id that matched is fine
+        return
+    with pytest.raises(ds.DatasetError, match=message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
+        ds.scan_folder(tmp_path, pattern)
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(ds.DatasetError, match="no such folder"):
+        ds.scan_folder(tmp_path / "x", r"(?P<id>.+)")
+    (tmp_path / "f.png").write_bytes(b"")
+    with pytest.raises(ds.DatasetError, match="is not a folder"):
+        ds.scan_folder(tmp_path / "f.png", r"(?P<id>.+)")
+    with pytest.raises(ds.DatasetError, match=r"none of the 1 files .* \(first file: f.png\)"):
+        ds.scan_folder(tmp_path, r"(?P<id>\d+)\.jpg")
+
+
+def test_sessions_sort_naturally():
+    assert ds.sort_sessions(["10", "2", "1", "b", "a"]) == ["1", "2", "10", "a", "b"]
+
+
+@pytest.fixture
+def fake_synth(monkeypatch):
+    """A stand-in renderer recording what eval asks of it."""
+    calls = []
+
+    class Identity:
+        def __init__(self, seed, hand):
+            self.seed, self.hand = seed, hand
+
+        @classmethod
+        def from_seed(cls, seed, hand=None):
+            return cls(seed, hand)
+
+    def sample_capture(rng, *, session=1, rotation="upright", jpeg=True):
+        calls.append((session, rotation))
+        return (session, float(rng.random()))
+
+    def render_pair(identity, capture):
+        v = (identity.seed * 7 + int(capture[1] * 100)) % 250
+        return np.full((48, 64), v, np.uint8), np.full((48, 64), 255 - v, np.uint8)
+
+    fake = types.SimpleNamespace(Identity=Identity, sample_capture=sample_capture, render_pair=render_pair)
+    monkeypatch.setitem(sys.modules, "palmnode.biometrics.synth", fake)
+    monkeypatch.setattr(palmnode.biometrics, "synth", fake, raising=False)
+    return calls
+
+
+def test_synthetic_layout_and_determinism(fake_synth):
+    d = ds.synthetic(3, sessions=2, captures=3, hands="both", rotation="any", seed=5)
+    assert len(d.samples) == 3 * 2 * 2 * 3
+    assert d.channels == (ds.NIR, ds.SURFACE)
+    assert len(d.subjects) == 6 and d.subjects[0] == "00000/left"
+    assert d.sessions == ["1", "2"]
+    a = d.samples[4].load((ds.NIR, ds.SURFACE))
+    b = ds.synthetic(3, sessions=2, captures=3, hands="both", rotation="any", seed=5).samples[4].load((ds.NIR,))
+    assert np.array_equal(a[ds.NIR], b[ds.NIR])
+    assert fake_synth[0] == (2, "any")  # samples[4] is session 2 of the first palm
+    other = ds.synthetic(3, sessions=2, captures=3, hands="both", rotation="any", seed=6).samples[4].load((ds.NIR,))
+    assert not np.array_equal(a[ds.NIR], other[ds.NIR])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"n": 0}, "at least 1 identity"),
+    ({"n": 2, "rotation": "sideways"}, "--rotation"),
+    ({"n": 2, "hands": "three"}, "--hands"),
+    ({"n": 2, "captures": 0}, "--captures"),
+])
+def test_synthetic_errors(fake_synth, kwargs, message):
+    with pytest.raises(ds.DatasetError, match=message):
+        ds.synthetic(**kwargs)
