@@ -1,0 +1,210 @@
+"""Palm ROI extraction: from a whole-hand NIR frame to a scale- and rotation-normalised square.
+
+Pipeline (all on a frame area-downscaled to ~320 px, mapped back for the final warp):
+1. exposure sanity and an Otsu split between background and skin; glare (>= GLARE_LEVEL) cut out;
+2. the largest region, holes filled; the palm circle = the largest inscribed disc;
+3. where the hand meets the frame border: one run is the arm, any other run means the hand is cut;
+4. the outline opened at the arm, its radial profile about the palm centre → the three valleys
+   between the four fingers (keypoints.py);
+5. the palm frame: the x-axis through the index–middle and ring–little valleys (as in the
+   Zhang et al. / Tongji contactless ROI), "up" pointing to the fingers; the square ROI hangs below
+   that line, its side and offset proportional to the valley distance D (so it is scale-normalised).
+In the ROI image the fingers are at the top (row 0) and the wrist at the bottom; the frame is a
+proper rotation (never mirrored), so a left palm's ROI is a left palm as seen by the camera.
+"""
+from __future__ import annotations
+
+import attrs
+import cv2
+import numpy as np
+
+from palmnode.biometrics import keypoints, segment
+from palmnode.biometrics.types import FailureReason, Roi, RoiFailure, check_frame
+
+ROI_SIZE = 128
+
+
+@attrs.frozen
+class RoiLimits:
+    """When a frame is refused instead of giving an ROI; defaults suit ~640×480 NIR captures."""
+
+    #: skin must stand this many grey levels above the background (else: no hand)
+    min_contrast: float = 20.0
+    #: palm median grey below this: under-exposed; above ``max_palm_grey``: over-exposed
+    min_palm_grey: float = 45.0
+    max_palm_grey: float = 225.0
+    #: fraction of palm pixels at >= 250 that makes the palm over-exposed
+    max_clipped: float = 0.2
+    #: hand area / frame area below this: nothing hand-sized in view
+    min_hand_area: float = 0.03
+    #: hand (and arm) area / frame area above this: too close
+    max_hand_area: float = 0.5
+    #: palm-circle diameter / frame short side outside this range: too far / too close
+    min_palm_diameter: float = 0.16
+    max_palm_diameter: float = 0.55
+    #: the outline's edge width (px at full scale) above which the frame counts as motion-blurred
+    max_edge_width: float = 14.0
+    #: ROI side and the distance of its centre below the valley line, in valley distances D
+    side_per_valley_distance: float = 1.3
+    centre_below_valleys: float = 0.85
+
+
+DEFAULT_LIMITS = RoiLimits()
+
+
+def extract_roi(frame: object, *, limits: RoiLimits = DEFAULT_LIMITS) -> Roi | RoiFailure:
+    """The palm ROI of a whole-hand NIR frame, or why there is none.
+
+    Raises :class:`~palmnode.biometrics.types.BadImage` for arrays that are not images at all
+    (empty, wrong dtype, NaN, huge); every image gives a ``Roi`` or a typed ``RoiFailure``.
+    """
+    image = check_frame(frame, name="frame")
+    small, factor = segment.downscale(image)
+    found = _locate(small, factor, limits)
+    if isinstance(found, RoiFailure):
+        return found
+    return found
+
+
+def warp(frame: object, roi: Roi) -> np.ndarray:
+    """The ``roi.size``² ROI of any channel taken in the same pose as the frame ``roi`` came from."""
+    image = check_frame(frame, name="frame")
+    return cv2.warpAffine(image, roi.transform, (roi.size, roi.size), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def _fail(reason: FailureReason, detail: str) -> RoiFailure:
+    return RoiFailure(reason=reason, detail=detail)
+
+
+def _locate(small: np.ndarray, factor: int, limits: RoiLimits) -> Roi | RoiFailure:
+    lo, hi = int(small.min()), int(small.max())
+    if hi - lo < limits.min_contrast:
+        if lo >= 200:
+            return _fail(FailureReason.OVER_EXPOSED, f"the frame is uniformly bright (grey {lo}..{hi})")
+        return _fail(FailureReason.NO_HAND, f"the frame is uniform (grey {lo}..{hi})")
+    threshold, bg_mean, fg_mean = segment.otsu_split(small)
+    if fg_mean - bg_mean < limits.min_contrast:
+        return _fail(FailureReason.NO_HAND, f"nothing stands out from the background "
+                                            f"({fg_mean - bg_mean:.0f} grey levels)")
+    hand = segment.segment(small, factor, threshold, bg_mean, fg_mean - bg_mean)
+    if hand is None or hand.area_fraction < limits.min_hand_area:
+        area = 0.0 if hand is None else hand.area_fraction
+        if bg_mean >= 200:
+            return _fail(FailureReason.OVER_EXPOSED, "the whole frame is near white")
+        return _fail(FailureReason.NO_HAND, f"no hand-sized region (largest covers {area:.1%})")
+    h, w = small.shape
+    c, rad = hand.centre, hand.radius
+
+    # exposure of the palm itself (inside 0.8 of the palm circle)
+    palm = _disc_pixels(small, c, 0.8 * rad)
+    palm_grey = float(np.median(palm)) if palm.size else 0.0
+    clipped = float(np.mean(palm >= 250)) if palm.size else 0.0
+    if palm_grey > limits.max_palm_grey or clipped > limits.max_clipped:
+        return _fail(FailureReason.OVER_EXPOSED, f"palm grey {palm_grey:.0f}, {clipped:.0%} clipped")
+    if palm_grey < limits.min_palm_grey:
+        return _fail(FailureReason.UNDER_EXPOSED, f"palm grey {palm_grey:.0f} < {limits.min_palm_grey:.0f}")
+
+    # size of the palm against the frame
+    diameter = 2 * rad / min(h, w)
+    if diameter > limits.max_palm_diameter:
+        return _fail(FailureReason.TOO_CLOSE, f"palm spans {diameter:.0%} of the frame height")
+    if hand.area_fraction > limits.max_hand_area:   # (a palm that close is usually cut too)
+        return _fail(FailureReason.TOO_CLOSE, f"hand covers {hand.area_fraction:.0%} of the frame")
+
+    # the border: the arm leaves through one run, any other contact means the hand is cut
+    runs = segment.border_runs(hand.mask, max_gap=int(0.3 * rad))
+    arm_dir = None
+    if runs:
+        runs.sort(key=lambda run: run[1], reverse=True)
+        arm = runs[0]
+        others = [run for run in runs[1:] if run[1] >= max(3.0, 0.2 * rad)]
+        if others:
+            return _fail(FailureReason.PARTIAL_HAND, f"the hand touches the frame border in "
+                                                      f"{len(others) + 1} places")
+        if arm[1] > 2.6 * rad:
+            return _fail(FailureReason.PARTIAL_HAND, "the palm is cut by the frame border")
+        v = arm[2].mean(axis=0) - c
+        arm_dir = v / (np.linalg.norm(v) + 1e-9)
+    edge_gap = min(c[0], c[1], w - 1 - c[0], h - 1 - c[1])
+    if edge_gap < 1.15 * rad:
+        return _fail(FailureReason.PARTIAL_HAND, "the palm reaches the frame border")
+    if diameter < limits.min_palm_diameter:
+        return _fail(FailureReason.TOO_FAR, f"palm spans only {diameter:.0%} of the frame height")
+
+    path = keypoints.outline_path(hand.contour, (h, w), arm_dir, c)
+    valleys = keypoints.find_valleys(path, c, rad)
+    if valleys is None:
+        return _fail(FailureReason.PARTIAL_HAND, "the finger valleys are not visible")
+    width = _edge_width(small, hand, palm_grey) * factor
+    if width > limits.max_edge_width:
+        return _fail(FailureReason.MOTION_BLUR, f"hand outline smeared over {width:.0f} px")
+    return _palm_frame(valleys, hand, arm_dir, limits)
+
+
+_NEIGHBOURS = np.mgrid[-1:2, -1:2].reshape(2, 1, 9)[::-1]  # (dx, dy) of a 3×3 neighbourhood
+
+
+def _disc_pixels(small: np.ndarray, centre: np.ndarray, radius: float) -> np.ndarray:
+    h, w = small.shape
+    x0, x1 = max(0, int(centre[0] - radius)), min(w, int(centre[0] + radius) + 1)
+    y0, y1 = max(0, int(centre[1] - radius)), min(h, int(centre[1] + radius) + 1)
+    yy, xx = np.ogrid[y0:y1, x0:x1]
+    disc = (xx - centre[0]) ** 2 + (yy - centre[1]) ** 2 <= radius ** 2
+    return small[y0:y1, x0:x1][disc]
+
+
+def _edge_width(small: np.ndarray, hand: segment.HandMask, palm_grey: float) -> float:
+    """Typical width (working px) of the skin/background step along the outline.
+
+    Step height / steepest slope across it; motion smears the edges across the motion, so the
+    widest third of the outline is what counts.
+    """
+    pts = hand.contour[:: max(1, len(hand.contour) // 300)]
+    h, w = small.shape
+    keep = (pts[:, 0] > 2) & (pts[:, 1] > 2) & (pts[:, 0] < w - 3) & (pts[:, 1] < h - 3)
+    pts = pts[keep]
+    if len(pts) < 10:
+        return 0.0
+    # steepest central-difference slope within each outline point's 3×3 neighbourhood
+    x = pts[:, :1] + _NEIGHBOURS[0]
+    y = pts[:, 1:] + _NEIGHBOURS[1]
+    gx = small[y, x + 1].astype(np.int32) - small[y, x - 1]
+    gy = small[y + 1, x].astype(np.int32) - small[y - 1, x]
+    slope = np.sqrt(np.max(gx * gx + gy * gy, axis=1)) / 2
+    step = max(palm_grey - hand.background, 1.0)
+    widths = step / np.maximum(slope, 1e-3)
+    return float(np.percentile(widths, 67))
+
+
+def _palm_frame(valleys: keypoints.Valleys, hand: segment.HandMask, arm_dir: np.ndarray | None,
+                limits: RoiLimits) -> Roi | RoiFailure:
+    f = hand.factor
+    to_frame = lambda p: (np.asarray(p, np.float64) + 0.5) * f - 0.5  # noqa: E731
+    im, mr, rl = (to_frame(p) for p in (valleys.index_middle, valleys.middle_ring, valleys.ring_little))
+    centre = to_frame(hand.centre)
+    axis = rl - im
+    dist = float(np.linalg.norm(axis))
+    if dist < 1e-6:
+        return _fail(FailureReason.PARTIAL_HAND, "finger valleys coincide")
+    down = np.array([axis[1], -axis[0]]) / dist      # perpendicular to the valley line
+    mid = (im + rl) / 2
+    if np.dot(centre - mid, down) < 0:                # "down" points from the valleys to the palm
+        down = -down
+    if arm_dir is not None and np.dot(arm_dir, down) < 0:
+        return _fail(FailureReason.PARTIAL_HAND, "the fingers point towards the arm")
+    right = np.array([down[1], -down[0]])
+    side = limits.side_per_valley_distance * dist
+    roi_centre = mid + limits.centre_below_valleys * dist * down
+    scale = ROI_SIZE / side
+    half = (ROI_SIZE - 1) / 2
+    rows = np.stack([right, down]) * scale
+    transform = np.empty((2, 3), np.float64)
+    transform[:, :2] = rows
+    transform[:, 2] = half - rows @ roi_centre
+    # the index finger lies on the thumb's side; which side that is in the palm frame tells the hand
+    thumb_right = float(np.dot(im - rl, right)) > 0
+    hand_name = "right" if thumb_right else "left"
+    return Roi(transform=transform, size=ROI_SIZE, hand=hand_name,
+               palm_width_px=float(2 * hand.radius * f),
+               keypoints=tuple((float(p[0]), float(p[1])) for p in (im, mr, rl)))

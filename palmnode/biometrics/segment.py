@@ -1,0 +1,144 @@
+"""Hand segmentation on a downscaled NIR frame: the filled hand mask, its outline and the palm circle.
+
+Works at about 320 px on the long side (the frame is area-downscaled by an integer factor), which
+keeps the whole ROI stage within ~2 ms while valleys of fingers held together stay resolvable.
+"""
+from __future__ import annotations
+
+import attrs
+import cv2
+import numpy as np
+
+#: long side of the working image; frames are area-downscaled by an integer factor to about this
+WORK_LONG_SIDE = 320
+#: grey level from which a pixel counts as a housing reflection (glare), not skin
+GLARE_LEVEL = 240
+
+
+@attrs.frozen(eq=False)
+class HandMask:
+    """The segmented hand at working scale (``factor`` frame px per working px)."""
+
+    small: np.ndarray          # downscaled grey frame
+    mask: np.ndarray           # uint8 0/1, filled, frame border rows/cols forced to 0
+    contour: np.ndarray        # (N, 2) int32 outline of the mask, CHAIN_APPROX_NONE order
+    factor: int
+    threshold: float           # the Otsu level that separated hand from background
+    background: float          # mean background grey
+    area_fraction: float       # hand pixels / frame pixels
+    centre: np.ndarray         # (2,) float: the palm circle's centre (working px)
+    radius: float              # the palm circle's radius (largest inscribed circle, working px)
+
+
+def downscale(frame: np.ndarray) -> tuple[np.ndarray, int]:
+    """``frame`` area-averaged by an integer factor so its long side is about WORK_LONG_SIDE."""
+    h, w = frame.shape
+    factor = max(1, int(round(max(h, w) / WORK_LONG_SIDE)))
+    if factor == 1:
+        return frame, 1
+    small = cv2.resize(frame, (w // factor, h // factor), interpolation=cv2.INTER_AREA)
+    return small, factor
+
+
+def otsu_split(small: np.ndarray) -> tuple[float, float, float]:
+    """(threshold, background mean, foreground mean) from Otsu's method on ``small``."""
+    threshold, above = cv2.threshold(small, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    n_fg = cv2.countNonZero(above)
+    total = float(cv2.sumElems(small)[0])
+    fg_sum = float(cv2.sumElems(cv2.multiply(small, above))[0]) if n_fg else 0.0
+    n_bg = small.size - n_fg
+    bg = (total - fg_sum) / n_bg if n_bg else float(threshold)
+    fg = fg_sum / n_fg if n_fg else float(threshold)
+    return float(threshold), float(bg), float(fg)
+
+
+def segment(small: np.ndarray, factor: int, threshold: float, background: float,
+            contrast: float) -> HandMask | None:
+    """The largest bright region of ``small`` above ``threshold`` (glare cut out, holes filled).
+
+    Narrow dark seams (fingers held together, touching) are cut out of the region, so the outline
+    dips into the valleys between them: a seam is where the grey image lies more than
+    SEAM_DEPTH × ``contrast`` below its morphological closing.
+    None when nothing of any size stands above the threshold.
+    """
+    h, w = small.shape
+    seams = cv2.morphologyEx(small, cv2.MORPH_BLACKHAT, _SEAM_KERNEL)
+    skin = small > threshold
+    glare = small >= GLARE_LEVEL
+    raw = skin & (seams <= SEAM_DEPTH * contrast)
+    n_glare = cv2.countNonZero(glare.view(np.uint8))
+    if n_glare and n_glare < 0.2 * cv2.countNonZero(skin.view(np.uint8)):
+        # housing reflections (not a saturated hand): cut them out with their halo
+        raw &= ~cv2.dilate(glare.view(np.uint8), _GLARE_HALO).astype(bool)
+    raw = raw.astype(np.uint8)
+    raw[0, :] = raw[-1, :] = 0
+    raw[:, 0] = raw[:, -1] = 0
+    # opening cuts thin bridges (a glare halo touching the arm, a speck of noise)
+    raw = cv2.morphologyEx(raw, cv2.MORPH_OPEN, _KERNEL3)
+    contours, _ = cv2.findContours(raw, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    if not contours:
+        return None
+    areas = [cv2.contourArea(c) for c in contours]
+    best = int(np.argmax(areas))
+    if areas[best] < 16:
+        return None
+    contour = contours[best]
+    mask = np.zeros((h, w), np.uint8)
+    cv2.drawContours(mask, [contour], 0, 1, thickness=cv2.FILLED)
+    # the palm circle: the largest disc inside the hand (the frame border counts as outside,
+    # so an arm leaving the frame cannot win)
+    # (on every other pixel: the circle steers the valley search, it does not place the ROI)
+    half = np.ascontiguousarray(mask[::2, ::2])
+    half[-1, :] = half[:, -1] = 0
+    dist = cv2.distanceTransform(half, cv2.DIST_L2, cv2.DIST_MASK_5)
+    _, radius, _, loc = cv2.minMaxLoc(dist)
+    radius, loc = 2.0 * radius, (2.0 * loc[0] + 0.5, 2.0 * loc[1] + 0.5)
+    return HandMask(
+        small=small, mask=mask, contour=contour.reshape(-1, 2), factor=factor,
+        threshold=threshold, background=background,
+        area_fraction=float(cv2.countNonZero(mask)) / mask.size,
+        centre=np.array(loc, dtype=np.float64), radius=float(radius))
+
+
+_KERNEL3 = np.ones((3, 3), np.uint8)
+#: seams narrower than this (working px) between touching fingers are found by a black top-hat
+_SEAM_KERNEL = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))
+_GLARE_HALO = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))
+#: a seam is at least this share of the skin/background contrast darker than its surroundings
+SEAM_DEPTH = 0.2
+
+
+def border_runs(mask: np.ndarray, max_gap: int = 0) -> list[tuple[int, int, np.ndarray]]:
+    """Stretches where the hand touches the frame border (row/col 1 in from the edge).
+
+    Each run is (start, length, points) along the border ring walked clockwise from the
+    top-left corner; ``points`` are the (x, y) working-px coordinates of the run. Gaps of up to
+    ``max_gap`` px are bridged (a reflection cut out of the arm where it leaves the frame).
+    """
+    h, w = mask.shape
+    xs = np.concatenate([np.arange(1, w - 1), np.full(h - 2, w - 2), np.arange(w - 2, 0, -1), np.full(h - 2, 1)])
+    ys = np.concatenate([np.full(w - 2, 1), np.arange(1, h - 1), np.full(w - 2, h - 2), np.arange(h - 2, 0, -1)])
+    ring = mask[ys, xs].astype(bool)
+    n = ring.size
+    if not ring.any():
+        return []
+    if ring.all():
+        return [(0, n, np.stack([xs, ys], 1))]
+    if max_gap > 0:  # 1-D closing of the ring
+        k = np.ones(2 * max_gap + 1, np.uint8)
+        wrapped = np.concatenate([ring[-max_gap:], ring, ring[:max_gap]]).astype(np.uint8)
+        grown = cv2.dilate(wrapped.reshape(1, -1), k.reshape(1, -1))
+        ring = cv2.erode(grown, k.reshape(1, -1)).ravel()[max_gap:-max_gap].astype(bool)
+        if ring.all():
+            return [(0, n, np.stack([xs, ys], 1))]
+    # rotate so the ring starts on an off pixel: runs then never wrap
+    shift = int(np.argmin(ring))
+    rolled = np.roll(ring, -shift)
+    edges = np.diff(np.concatenate([[0], rolled.astype(np.int8), [0]]))
+    starts = np.flatnonzero(edges == 1)
+    ends = np.flatnonzero(edges == -1)
+    runs = []
+    for s, e in zip(starts, ends):
+        idx = (np.arange(s, e) + shift) % n
+        runs.append((int((s + shift) % n), int(e - s), np.stack([xs[idx], ys[idx]], 1)))
+    return runs
