@@ -1,0 +1,254 @@
+"""The palm's skin at the canonical pose: creases, veins, texture — drawn once per palm and cached.
+
+Maps are float32 images over the canvas window of pose.py (palm units × CANVAS_PX). The
+per-channel reflectance canvases (what the NIR and surface lights show) are composed per
+(palm, session) — skin condition differs a little between sessions — and kept in a bounded LRU.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import attrs
+import cv2
+import numpy as np
+
+from .identity import Identity
+from .pose import CANVAS_PX, CANVAS_X0, CANVAS_Y0, canvas_size, direction, hand_model
+
+#: bounded caches: ~10 MB of layers per palm, ~3.4 MB of channel canvases per (palm, session)
+LAYER_CACHE = 8
+CANVAS_CACHE = 24
+
+# contrast in reflectance units (× ~107 grey levels at the palm): ARCHITECTURE.md, real captures —
+# NIR veins ~6 levels deep, creases ~2–3 levels in surface light, principal lines deeper
+NIR_VEIN = 0.058
+NIR_CREASE = 0.010
+SURFACE_CREASE = 0.045
+NIR_TEXTURE = (0.006, 0.010)      # fine, medium
+SURFACE_TEXTURE = (0.010, 0.016)
+SURFACE_LEVEL = 0.92              # surface-lit palm relative to NIR-lit palm
+
+#: canvas pixels per palm unit → vein width: ~8% of the index–little valley distance (~0.48 palm)
+VEIN_FWHM = 0.08 * 0.48 * CANVAS_PX
+
+
+def _to_canvas(q: np.ndarray) -> np.ndarray:
+    return (np.asarray(q) - (CANVAS_X0, CANVAS_Y0)) * CANVAS_PX
+
+
+def _fixed(q: np.ndarray) -> np.ndarray:
+    """Canvas points as cv2 fixed-point (shift=3) int32."""
+    return np.round(_to_canvas(q) * 8).astype(np.int32)
+
+
+def _bezier(p: np.ndarray, n: int = 48) -> np.ndarray:
+    t = np.linspace(0, 1, n)[:, None]
+    return ((1 - t) ** 3 * p[0] + 3 * (1 - t) ** 2 * t * p[1] + 3 * (1 - t) * t ** 2 * p[2]
+            + t ** 3 * p[3])
+
+
+def _draw_varying(img: np.ndarray, pts: np.ndarray, depth: np.ndarray, thickness: int) -> None:
+    """Polyline whose value (0..1 → 0..250) varies along it; brighter segments win overlaps."""
+    fx = _fixed(pts)
+    for i in range(len(fx) - 1):
+        v = float(np.clip(depth[i], 0, 1)) * 250
+        cv2.line(img, tuple(int(c) for c in fx[i]), tuple(int(c) for c in fx[i + 1]), v,
+                 thickness, cv2.LINE_AA, 3)
+
+
+@functools.lru_cache(maxsize=8)
+def _line_peak(thickness: int, sigma: float) -> float:
+    """Peak of a 250-valued line of ``thickness`` after a Gaussian blur of ``sigma`` (for 0..1 maps)."""
+    img = np.zeros((64, 64), np.float32)
+    cv2.line(img, (32 * 8, 4 * 8), (32 * 8, 60 * 8), 250.0, thickness, cv2.LINE_AA, 3)
+    return float(cv2.GaussianBlur(img, (0, 0), sigma).max())
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
+    n = rng.standard_normal(shape, dtype=np.float32)
+    n = cv2.GaussianBlur(n, (0, 0), sigma)
+    return n / max(float(n.std()), 1e-6)
+
+
+def _walk(rng: np.random.Generator, start, heading_deg: float, length: float, step: float,
+          curl_deg: float) -> np.ndarray:
+    """A smooth random curve (palm units); heading as in pose.direction."""
+    n = max(2, int(length / step))
+    turn = np.cumsum(rng.normal(0, curl_deg, n))
+    turn = np.convolve(turn, np.ones(5) / 5, mode="same")
+    heads = heading_deg + turn
+    steps = np.stack([np.sin(np.radians(heads)), -np.cos(np.radians(heads))], 1) * step
+    return np.vstack([start, start + np.cumsum(steps, 0)])
+
+
+@attrs.frozen(eq=False)
+class SkinLayers:
+    crease: np.ndarray      # 0..~1, principal lines ~1, secondary ~0.3–0.6
+    vein: np.ndarray        # 0..~1, trunks ~1
+    texture_fine: np.ndarray
+    texture_mid: np.ndarray
+    shade: np.ndarray       # ~1 ± 0.05: thenar/hypothenar bulges, hollow of the palm
+
+
+def _principal_lines(rng: np.random.Generator, L: float) -> list[tuple[np.ndarray, float]]:
+    j = lambda sx, sy: np.array([rng.normal(0, sx), rng.normal(0, sy)])  # noqa: E731
+    heart = np.array([(-0.53, -0.27 * L), (-0.22, -0.30 * L), (0.04, -0.35 * L), (0.24, -0.46 * L)])
+    heart += np.stack([j(0.02, 0.03), j(0.05, 0.04), j(0.05, 0.05), j(0.07, 0.04)])
+    head_end = (rng.uniform(-0.45, -0.12), rng.uniform(-0.02, 0.2) * L)
+    head = np.array([(0.50, -0.20 * L), (0.25, -0.13 * L), (-0.02, -0.03 * L), head_end])
+    head += np.stack([j(0.01, 0.03), j(0.05, 0.04), j(0.06, 0.05), j(0.02, 0.02)])
+    life = np.array([(0.48, -0.17 * L), (0.16, -0.02 * L), (0.08, 0.30 * L), (0.20, 0.50 * L)])
+    life += np.stack([j(0.01, 0.02), j(0.05, 0.04), j(0.05, 0.05), j(0.06, 0.02)])
+    lines = [(heart, rng.uniform(0.85, 1.1)), (head, rng.uniform(0.85, 1.1)),
+             (life, rng.uniform(0.85, 1.1))]
+    if rng.random() < 0.6:  # fate line, fainter
+        x0 = rng.normal(0.02, 0.08)
+        fate = np.array([(x0, 0.48 * L), (x0 + rng.normal(0, 0.05), 0.2 * L),
+                         (x0 + rng.normal(0, 0.05), -0.05 * L), (rng.normal(0.05, 0.06), -0.3 * L)])
+        lines.append((fate, rng.uniform(0.4, 0.7)))
+    return lines
+
+
+def _draw_creases(rng: np.random.Generator, identity: Identity, size: tuple[int, int], *,
+                  count: int, principal: bool) -> np.ndarray:
+    """Principal lines + finger creases (``principal``) or ``count`` short secondary creases."""
+    w, h = size
+    L = identity.shape.palm_length
+    model = hand_model(identity.shape)
+    img = np.zeros((h, w), np.float32)
+    if principal:
+        curves = _principal_lines(rng, L)
+        for ctrl, depth in curves:
+            pts = _bezier(ctrl, 60)
+            t = np.linspace(0, 1, len(pts))
+            taper = np.clip(np.minimum(t / 0.12, (1 - t) / 0.18), 0, 1) ** 0.6
+            wobble = 0.8 + 0.2 * np.convolve(rng.standard_normal(len(t)), np.ones(9) / 3, "same")
+            if rng.random() < 0.25:  # a break in the line
+                c = rng.uniform(0.3, 0.7)
+                wobble *= np.clip(np.abs(t - c) / 0.04, 0.15, 1)
+            _draw_varying(img, pts, depth * taper * wobble, 3)
+            for _ in range(rng.integers(1, 4)):  # short branches off the line
+                at = pts[rng.integers(5, len(pts) - 5)]
+                tan = pts[min(len(pts) - 1, int(np.argmin(np.abs(pts - at).sum(1))) + 2)] - at
+                head = math.degrees(math.atan2(tan[0], -tan[1])) + rng.choice([-1, 1]) * rng.uniform(15, 50)
+                br = _walk(rng, at, head, rng.uniform(0.06, 0.18), 0.01, 3)
+                d = depth * rng.uniform(0.35, 0.6) * np.linspace(1, 0.3, len(br))
+                _draw_varying(img, br, d, 2)
+        # flexion creases across the fingers and thumb, at the canvas pose
+        for i in range(5):
+            u = direction(model.canonical_deg[i])
+            n = np.array([-u[1], u[0]])
+            fr = (0.03, 0.45) if i == 4 else (0.0, 0.40, 0.68)
+            for f in fr:
+                for dbl in ((0.0, 0.035) if rng.random() < 0.6 else (0.0,)):
+                    c = model.bases[i] + u * (model.lengths[i] * f + dbl + 0.04)
+                    half = model.widths[i] * 0.48
+                    s = np.linspace(-half, half, 9)[:, None]
+                    bow = (1 - (s / half) ** 2) * rng.normal(0.0, 0.012)
+                    pts = c + s * n + bow * u
+                    _draw_varying(img, pts, np.full(9, rng.uniform(0.6, 1.0)), 2)
+        return cv2.GaussianBlur(img, (0, 0), 1.3) / _line_peak(3, 1.3)
+    # secondary creases: short thin curves, half of them following the principal lines' flow
+    for _ in range(count):
+        x = rng.uniform(-0.46, 0.46)
+        y = rng.uniform(-0.42 * L, 0.46 * L)
+        if rng.random() < 0.5:
+            head = rng.uniform(0, 180)
+        else:  # roughly transverse above the head line, oblique on the thenar
+            head = rng.normal(95 if y < 0 else (60 if x > 0.1 else 110), 20)
+        pts = _walk(rng, np.array([x, y]), head, rng.uniform(0.03, 0.16), 0.008, 5)
+        _draw_varying(img, pts, np.full(len(pts), rng.uniform(0.35, 0.75)), 2)
+    return cv2.GaussianBlur(img, (0, 0), 1.2) / _line_peak(2, 1.2)
+
+
+def _draw_veins(rng: np.random.Generator, identity: Identity, size: tuple[int, int]) -> np.ndarray:
+    """A branching network from the wrist into the palm (subsurface: broad and blurred)."""
+    w, h = size
+    L = identity.shape.palm_length
+    img = np.zeros((h, w), np.float32)
+    segments: list[tuple[np.ndarray, float, int]] = []
+
+    def grow(start, head, length, level):
+        pts = _walk(rng, start, head, length, 0.02, 3.0)
+        segments.append((pts, (1.0, 0.8, 0.6)[level], level))
+        if level < 2:
+            for _ in range(rng.poisson(1.6 - 0.5 * level)):
+                k = rng.integers(len(pts) // 5, len(pts))
+                side = rng.choice([-1, 1])
+                grow(pts[k], head + side * rng.uniform(20, 55), length * rng.uniform(0.35, 0.7),
+                     level + 1)
+
+    for _ in range(rng.integers(3, 6)):
+        start = np.array([rng.uniform(-0.32, 0.32), 0.5 * L + rng.uniform(0.45, 0.8)])
+        grow(start, rng.normal(0, 10) + 8 * start[0] / 0.32, rng.uniform(0.9, 1.6), 0)
+    for _ in range(rng.integers(2, 5)):  # connecting veins across the palm
+        start = np.array([rng.uniform(-0.4, 0.4), rng.uniform(-0.35, 0.35) * L])
+        grow(start, rng.uniform(0, 360), rng.uniform(0.25, 0.6), 1)
+    thick = {0: 5, 1: 4, 2: 3}
+    for pts, val, level in sorted(segments, key=lambda s: s[1]):
+        fade = 0.65 + 0.35 * np.clip(np.convolve(rng.standard_normal(len(pts)), np.ones(15) / 4, "same") + 0.5, 0, 1)
+        _draw_varying(img, pts, val * fade, thick[level])
+    sigma = max(0.5, math.sqrt(max(VEIN_FWHM ** 2 - 4.5 ** 2, 1.0)) / 2.355)
+    return cv2.GaussianBlur(img, (0, 0), sigma) / _line_peak(5, sigma)
+
+
+def _shade(rng: np.random.Generator, identity: Identity, size: tuple[int, int]) -> np.ndarray:
+    w, h = size
+    L = identity.shape.palm_length
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    qx = xs / CANVAS_PX + CANVAS_X0
+    qy = ys / CANVAS_PX + CANVAS_Y0
+    g = lambda cx, cy, s: np.exp(-((qx - cx) ** 2 + (qy - cy) ** 2) / (2 * s * s))  # noqa: E731
+    shade = (1.0 + rng.uniform(0.02, 0.05) * g(0.28, 0.22 * L, 0.22)
+             + rng.uniform(0.01, 0.03) * g(-0.3, 0.2 * L, 0.2)
+             - rng.uniform(0.015, 0.04) * g(0.02, -0.05 * L, 0.22))
+    shade += 0.015 * _smooth_noise(rng, (h, w), 0.25 * CANVAS_PX)
+    return shade.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=LAYER_CACHE)
+def skin_layers(identity: Identity) -> SkinLayers:
+    size = canvas_size()
+    w, h = size
+    key = identity.palm_key
+    count = int(np.random.default_rng([*key, 31]).integers(50, 130))
+    principal = _draw_creases(np.random.default_rng([*key, 32]), identity, size, count=0,
+                              principal=True)
+    secondary = _draw_creases(np.random.default_rng([*key, 33]), identity, size, count=count,
+                              principal=False)
+    crease = np.maximum(principal, secondary)
+    vein = _draw_veins(np.random.default_rng([*key, 34]), identity, size)
+    t = np.random.default_rng([*key, 35])
+    return SkinLayers(crease=crease.astype(np.float32), vein=vein.astype(np.float32),
+                      texture_fine=_smooth_noise(t, (h, w), 0.8),
+                      texture_mid=_smooth_noise(t, (h, w), 3.0),
+                      shade=_shade(np.random.default_rng([*key, 36]), identity, size))
+
+
+@functools.lru_cache(maxsize=CANVAS_CACHE)
+def channel_canvases(identity: Identity, session: int) -> np.ndarray:
+    """(H, W, 2) float32 reflectance of the palm in NIR (0) and surface (1) light for a session."""
+    layers = skin_layers(identity)
+    size = canvas_size()
+    w, h = size
+    habit = identity.habit(session)
+    r = np.random.default_rng([*identity.palm_key, 41, session & 0xFFFFFFFF])
+    # skin condition today: a new fine texture mixed in, a few temporary wrinkles, crease contrast
+    fine = 0.75 * layers.texture_fine + 0.66 * _smooth_noise(r, (h, w), 0.8)
+    extra = _draw_creases(r, identity, size, count=int(r.integers(8, 25)), principal=False)
+    crease = np.maximum(layers.crease, extra * 0.5) * habit.crease_gain
+    nir = layers.shade * (1 + NIR_TEXTURE[0] * fine + NIR_TEXTURE[1] * layers.texture_mid) \
+        - NIR_VEIN * layers.vein - NIR_CREASE * crease
+    surface = SURFACE_LEVEL * (layers.shade * (1 + SURFACE_TEXTURE[0] * fine
+                                                + SURFACE_TEXTURE[1] * layers.texture_mid)
+                               - SURFACE_CREASE * crease)
+    out = np.empty((h, w, 2), np.float32)
+    out[..., 0] = nir
+    out[..., 1] = surface
+    return out
+
+
+def clear_caches() -> None:
+    skin_layers.cache_clear()
+    channel_canvases.cache_clear()
