@@ -187,24 +187,37 @@ class EnginePipeline:
 
 
 class MatcherScorer:
-    """Blocks of comparisons with the engine's matcher: its batch kernel when it has one, else
-    ``matcher.match`` pair by pair."""
+    """Blocks of comparisons with the engine's matcher.
 
-    def __init__(self, modalities: tuple[str, ...]) -> None:
-        try:
-            from palmnode.biometrics import matcher
-        except ImportError as exc:
-            raise EvalError(f"the matcher is not available yet ({exc})") from None
+    Uses, in this order, whichever the matcher offers: ``match_matrix(probes, gallery)`` (an object
+    with ``surface``/``vein``/``fused`` arrays of shape P×G), ``match_many(probe, gallery)`` (the
+    same with arrays of length G, one probe at a time), else ``match(a, b)`` pair by pair.
+    """
+
+    def __init__(self, modalities: tuple[str, ...], matcher: Any = None) -> None:
+        if matcher is None:
+            try:
+                from palmnode.biometrics import matcher
+            except ImportError as exc:
+                raise EvalError(f"the matcher is not available yet ({exc})") from None
         self.matcher = matcher
         self.modalities = modalities
 
     def score_block(self, probes, gallery):
-        batch = getattr(self.matcher, "match_matrix", None)
-        if batch is not None:
-            scores = batch(list(probes), list(gallery))
-            return {m: np.asarray(getattr(scores, m), dtype=np.float32) for m in self.modalities}
+        probes, gallery = list(probes), list(gallery)
+        matrix = getattr(self.matcher, "match_matrix", None)
+        if matrix is not None:
+            scores = matrix(probes, gallery)
+            return {m: np.asarray(getattr(scores, m), dtype=np.float32).reshape(len(probes), len(gallery))
+                    for m in self.modalities}
         out = {m: np.empty((len(probes), len(gallery)), dtype=np.float32) for m in self.modalities}
+        many = getattr(self.matcher, "match_many", None)
         for i, p in enumerate(probes):
+            if many is not None:
+                row = many(p, gallery)
+                for m in self.modalities:
+                    out[m][i] = np.asarray(getattr(row, m), dtype=np.float32)
+                continue
             for j, g in enumerate(gallery):
                 s = self.matcher.match(p, g)
                 for m in self.modalities:

@@ -325,3 +325,32 @@ def test_synthetic_run_renders_in_memory(tmp_path, capsys, monkeypatch):
     assert files == ["out/det_all_vs_all.png", "out/det_cross_session.png", "out/roi_contact_sheet.png"]
     rc, _, _ = run_main(capsys, ["--synthetic", "2", "--out", str(out), "--debug-dir", str(tmp_path / "dbg")])
     assert rc == 0 and len(list((tmp_path / "dbg").glob("*.png"))) == 2 * 6 * 2
+
+
+def test_matcher_scorer_uses_the_fastest_kernel_there_is():
+    import types as pytypes
+
+    score = pytypes.SimpleNamespace
+
+    def match(a, b):
+        return score(surface=-abs(a - b), vein=-abs(a - b) * 2, fused=-abs(a - b) * 3)
+
+    def match_many(p, gallery):
+        g = np.array(gallery, float)
+        return score(surface=-abs(p - g), vein=-abs(p - g) * 2, fused=-abs(p - g) * 3)
+
+    def match_matrix(probes, gallery):
+        d = -np.abs(np.array(probes, float)[:, None] - np.array(gallery, float)[None, :])
+        return score(surface=d, vein=2 * d, fused=3 * d)
+
+    probes, gallery = [0.0, 1.0], [0.5, 2.0, 3.0]
+    want = None
+    for kernels in ({"match": match}, {"match": match, "match_many": match_many},
+                    {"match": match, "match_matrix": match_matrix}):
+        got = ev.MatcherScorer(("vein", "fused"), pytypes.SimpleNamespace(**kernels)).score_block(probes, gallery)
+        assert got["vein"].shape == (2, 3) and got["vein"].dtype == np.float32
+        if want is None:
+            want = got
+        for m in ("vein", "fused"):
+            np.testing.assert_allclose(got[m], want[m])
+    np.testing.assert_allclose(want["vein"], [[-1, -4, -6], [-1, -2, -4]])
