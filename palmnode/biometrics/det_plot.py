@@ -57,8 +57,9 @@ def write_det(path: str | Path, curves: Mapping[str, DetCurve], *, title: str = 
     w, h = width - left - right, height - top - bottom
 
     def to_px(fmr: np.ndarray, fnmr: np.ndarray) -> np.ndarray:
-        x = (probit(np.clip(fmr, x_lo, hi)) - px0) / (px1 - px0)
-        y = (probit(np.clip(fnmr, y_lo, hi)) - py0) / (py1 - py0)
+        # rates of 0 sit on the low edge; rates past ``hi`` run off the plot and are cut away below
+        x = (probit(np.clip(fmr, x_lo, 1 - 1e-9)) - px0) / (px1 - px0)
+        y = (probit(np.clip(fnmr, y_lo, 1 - 1e-9)) - py0) / (py1 - py0)
         return np.stack([left + x * w, top + (1 - y) * h], axis=1)
 
     for t in TICKS:
@@ -79,14 +80,16 @@ def write_det(path: str | Path, curves: Mapping[str, DetCurve], *, title: str = 
     pts = to_px(diag, diag)
     for a, b in zip(pts[:-1:2], pts[1::2]):
         cv2.line(img, tuple(int(v) for v in a), tuple(int(v) for v in b), (170, 170, 170), 1, cv2.LINE_AA)
-    cv2.rectangle(img, (left, top), (left + w, top + h), BLACK, 1)
     spare = iter(_SPARE * 4)
     legend = []
+    layer = img.copy()
     for name, curve in curves.items():
         colour = COLOURS.get(name.split()[0], None) or next(spare)
-        pts = np.round(to_px(curve.fmr, curve.fnmr)).astype(np.int32)
-        cv2.polylines(img, [pts.reshape(-1, 1, 2)], False, colour, 2, cv2.LINE_AA)
+        pts = np.round(np.clip(to_px(curve.fmr, curve.fnmr), -10 * width, 10 * width)).astype(np.int32)
+        cv2.polylines(layer, [pts.reshape(-1, 1, 2)], False, colour, 2, cv2.LINE_AA)
         legend.append((name, colour))
+    img[top:top + h + 1, left:left + w + 1] = layer[top:top + h + 1, left:left + w + 1]
+    cv2.rectangle(img, (left, top), (left + w, top + h), BLACK, 1)
     _legend(img, legend, left + w - 10, top + 12)
     _centred(img, "false match rate (FMR)", left + w // 2, height - 28, 0.55)
     _centred(img, title if len(title) < 110 else title[:107] + "...", width // 2, 30, 0.55)

@@ -409,8 +409,9 @@ def rate_key(target: float) -> str:
     return f"{float(mantissa):g}e{int(exponent)}"
 
 
-def modality_report(scores: ProtocolScores, modality: str) -> dict:
-    """EER, FNMR at each FMR target, rank-1 and FNIR at FPIR for one modality's scores."""
+def modality_report(scores: ProtocolScores, modality: str, det: dict | None = None) -> dict:
+    """EER, FNMR at each FMR target, rank-1 and FNIR at FPIR for one modality's scores; when
+    ``det`` is given its DET curve is stored there under the modality (the scores are sorted once)."""
     out: dict[str, Any] = {}
     gen, imp = scores.genuine[modality], scores.impostor[modality]
     if gen.size == 0 or imp.size == 0:
@@ -422,6 +423,8 @@ def modality_report(scores: ProtocolScores, modality: str) -> dict:
         e = metrics.eer(s)
         out["eer"] = _num(e.rate)
         out["eer_threshold"] = _num(e.threshold)
+        if det is not None:
+            det[modality] = metrics.det_curve(s)
         table = {}
         for target in metrics.FMR_TARGETS:
             p = metrics.fnmr_at_fmr(s, target)
@@ -624,16 +627,20 @@ def run(options: EvalOptions, *, pipeline: Pipeline | None = None, scorer: Score
     if run_avsa:
         keys, templates = enc.usable()
         scores = all_vs_all(keys, templates, scorer, stream=stream)
-        report["all_vs_all"] = _section(enc.keys, enc.outcomes, lambda k: True, keys, scores, mods)
-        curves_by_protocol["all_vs_all"] = scores
+        curves_by_protocol["all_vs_all"] = {}
+        report["all_vs_all"] = _section(enc.keys, enc.outcomes, lambda k: True, keys, scores, mods,
+                                        curves_by_protocol["all_vs_all"])
+        del scores
     if run_cross:
         first = sessions[0]
         gkeys, gallery = enc.usable(lambda k: k.session == first)
         pkeys, probes = enc.usable(lambda k: k.session != first)
         scores = cross_session(gkeys, gallery, pkeys, probes, scorer, stream=stream)
         probe_side = [(k, o) for k, o in zip(enc.keys, enc.outcomes) if k.session != first]
+        curves_by_protocol["cross_session"] = {}
         section = _section([k for k, _ in probe_side], [o for _, o in probe_side], lambda k: False,
-                           pkeys, scores, mods)
+                           pkeys, scores, mods, curves_by_protocol["cross_session"])
+        del scores
         enrol_side = [(k, o) for k, o in zip(enc.keys, enc.outcomes) if k.session == first]
         enrol_fail = failure_report([k for k, _ in enrol_side], [o for _, o in enrol_side], lambda k: True)
         section["failures"]["fte"] = enrol_fail["fte"]
@@ -643,16 +650,13 @@ def run(options: EvalOptions, *, pipeline: Pipeline | None = None, scorer: Score
         section["probe_sessions"] = sessions[1:]
         section["counts"]["gallery_templates"] = len(gallery)
         report["cross_session"] = section
-        curves_by_protocol["cross_session"] = scores
     elif protocol == "auto":
         report["cross_session"] = {"skipped": f"one session ({sessions[0]}): cross-session needs two"}
-    for name, scores in curves_by_protocol.items():
+    for name, det in curves_by_protocol.items():
         curves = {}
-        for m in mods:
-            if scores.genuine[m].size and scores.impostor[m].size:
-                eer = report[name]["modalities"][m].get("eer")
-                label = m if eer is None else f"{m} (EER {100 * eer:.3g}%)"
-                curves[label] = metrics.det_curve(metrics.ScoreSet.from_arrays(scores.genuine[m], scores.impostor[m]))
+        for m, curve in det.items():
+            eer = report[name]["modalities"][m].get("eer")
+            curves[m if eer is None else f"{m} (EER {100 * eer:.3g}%)"] = curve
         if curves:
             path = out / f"det_{name}.png"
             det_plot.write_det(path, curves, title=f"DET, {name.replace('_', '-')} ({dataset.source})")
@@ -668,11 +672,11 @@ def run(options: EvalOptions, *, pipeline: Pipeline | None = None, scorer: Score
     return report
 
 
-def _section(keys, outcomes, enrol, usable_keys, scores: ProtocolScores, mods) -> dict:
+def _section(keys, outcomes, enrol, usable_keys, scores: ProtocolScores, mods, det: dict) -> dict:
     return {
         "counts": _counts(keys, scores, mods[0], len(usable_keys)),
         "failures": failure_report(keys, outcomes, enrol),
-        "modalities": {m: modality_report(scores, m) for m in mods},
+        "modalities": {m: modality_report(scores, m, det) for m in mods},
     }
 
 
