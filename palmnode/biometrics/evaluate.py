@@ -20,6 +20,7 @@ import os
 import sys
 import time
 import traceback
+import types
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -212,6 +213,9 @@ class MatcherScorer:
                     for m in self.modalities}
         out = {m: np.empty((len(probes), len(gallery)), dtype=np.float32) for m in self.modalities}
         many = getattr(self.matcher, "match_many", None)
+        if many is None and _has_shifted_kernel(self.matcher):
+            many = _ShiftedKernel(self.matcher, gallery)
+            gallery = None
         for i, p in enumerate(probes):
             if many is not None:
                 row = many(p, gallery)
@@ -223,6 +227,45 @@ class MatcherScorer:
                 for m in self.modalities:
                     out[m][i, j] = getattr(s, m)
         return out
+
+
+def _has_shifted_kernel(matcher: Any) -> bool:
+    return all(hasattr(matcher, n) for n in ("SURFACE_MATCH", "VEIN_MATCH", "RECORD_WORDS", "similarity",
+                                             "fuse", "kernels"))
+
+
+class _ShiftedKernel:
+    """One probe against many templates with the matcher's own 1:N kernel (``kernels.match_shifted``
+    over packed records, the gallery's layout) — the same numbers as ``matcher.match``, without a
+    Python call per pair."""
+
+    def __init__(self, matcher: Any, gallery: Sequence[Any]) -> None:
+        self.m = matcher
+        self.n = len(gallery)
+        self.records = np.zeros((max(1, self.n), matcher.RECORD_WORDS), np.uint32)
+        self.index = {}
+        for name, spec in (("surface", matcher.SURFACE_MATCH), ("vein", matcher.VEIN_MATCH)):
+            rows = []
+            for i, t in enumerate(gallery):
+                code = getattr(t, name)
+                if code is not None:
+                    self.records[i, spec.offset:spec.offset + 4 * spec.rows] = code.planes().ravel()
+                    rows.append(i)
+            self.index[name] = np.array(rows, np.int64)
+
+    def __call__(self, probe: Any, _gallery: Any) -> Any:
+        sims = {}
+        for name, spec in (("surface", self.m.SURFACE_MATCH), ("vein", self.m.VEIN_MATCH)):
+            sim = np.full(self.n, np.nan)
+            code, idx = getattr(probe, name), self.index[name]
+            if code is not None and idx.size:
+                hd, _, _ = self.m.kernels.match_shifted(code.planes(), self.records, idx, offset=spec.offset,
+                                                        max_dx=spec.max_shift, max_dy=spec.max_shift,
+                                                        n_ref=spec.n_ref)
+                sim[idx] = self.m.similarity(hd)
+            sims[name] = sim
+        return types.SimpleNamespace(surface=sims["surface"], vein=sims["vein"],
+                                      fused=np.asarray(self.m.fuse(sims["surface"], sims["vein"]), np.float64))
 
 
 # ------------------------------------------------------------------------------------ encoding
@@ -336,10 +379,11 @@ def all_vs_all(keys: Sequence[SampleKey], templates: Sequence[Any], scorer: Scor
         mated, nonmated = upper & same, upper & ~same
         for m in mods:
             s = np.asarray(block[m], dtype=np.float32)
-            gen[m].append(s[mated])
-            imp[m].append(s[nonmated])
+            finite = np.isfinite(s)  # NaN: a modality one of the two templates lacks
+            gen[m].append(s[mated & finite])
+            imp[m].append(s[nonmated & finite])
             for mask, best in ((mated, own[m]), (nonmated, other[m])):
-                masked = np.where(mask, s, -np.inf)
+                masked = np.where(mask & finite, s, -np.inf)
                 np.maximum(best[a:b], masked.max(axis=1), out=best[a:b])
                 np.maximum(best[a:], masked.max(axis=0), out=best[a:])
         progress.update(int(upper.sum()))
@@ -374,10 +418,11 @@ def cross_session(gallery_keys: Sequence[SampleKey], gallery: Sequence[Any], pro
         same = plab[a:b, None] == glab[None, :]
         for m in mods:
             s = np.asarray(block[m], dtype=np.float32)
-            gen[m].append(s[same])
-            imp[m].append(s[~same])
-            own[m][a:b] = np.where(same, s, -np.inf).max(axis=1, initial=-np.inf)
-            other[m][a:b] = np.where(~same, s, -np.inf).max(axis=1, initial=-np.inf)
+            finite = np.isfinite(s)
+            gen[m].append(s[same & finite])
+            imp[m].append(s[~same & finite])
+            own[m][a:b] = np.where(same & finite, s, -np.inf).max(axis=1, initial=-np.inf)
+            other[m][a:b] = np.where(~same & finite, s, -np.inf).max(axis=1, initial=-np.inf)
         progress.update((b - a) * len(gallery))
     progress.close()
     enrolled = plab >= 0

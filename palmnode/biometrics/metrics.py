@@ -202,7 +202,8 @@ class SearchOutcomes:
     """One 1:N search per probe against a gallery of identities.
 
     ``mated``: the best score of the probe's own identity in the gallery (NaN when that identity is
-    not enrolled); ``nonmated``: the best score of any *other* identity (-inf when there is none).
+    not enrolled: no mated search; -inf when it is enrolled but nothing could be compared: a
+    miss); ``nonmated``: the best score of any *other* identity (-inf when there is none).
     Each probe thereby gives one mated search (when its identity is enrolled) and one non-mated
     search — the same search with the probe's own identity left out of the gallery
     (leave-one-identity-out).
@@ -221,7 +222,7 @@ class SearchOutcomes:
 
     @property
     def mated_searches(self) -> int:
-        return int(np.isfinite(self.mated).sum())
+        return int((~np.isnan(self.mated)).sum())
 
     @property
     def nonmated_searches(self) -> int:
@@ -231,7 +232,7 @@ class SearchOutcomes:
 def rank1_rate(outcomes: SearchOutcomes) -> float | None:
     """Fraction of mated searches whose top candidate is the mate (a tie with another identity is a
     miss); None without mated searches."""
-    ok = np.isfinite(outcomes.mated)
+    ok = ~np.isnan(outcomes.mated)
     if not ok.any():
         return None
     return float((outcomes.mated[ok] > outcomes.nonmated[ok]).mean())
@@ -260,7 +261,7 @@ def fnir_at_fpir(outcomes: SearchOutcomes, target: float, *,
     need = required_trials(target) if min_trials is None else min_trials
     if neg.size < need:
         return NotSupported(target, need, int(neg.size), unit="non-mated searches")
-    ok = np.isfinite(outcomes.mated)
+    ok = ~np.isnan(outcomes.mated)
     if not ok.any():
         return None
     threshold, false_positives = threshold_for_rate(neg, target)

@@ -354,3 +354,40 @@ def test_matcher_scorer_uses_the_fastest_kernel_there_is():
         for m in ("vein", "fused"):
             np.testing.assert_allclose(got[m], want[m])
     np.testing.assert_allclose(want["vein"], [[-1, -4, -6], [-1, -2, -4]])
+
+
+def test_nan_scores_are_left_out():
+    class NanScorer(AbsScorer):
+        def score_block(self, probes, gallery):
+            out = super().score_block(probes, gallery)
+            out["surface"][0, :] = np.nan  # the block's first probe has no surface code
+            return out
+
+    keys = keys_for([0, 0, 1, 1])
+    r = ev.all_vs_all(keys, [(0, 0), (0.1, 0.1), (1, 1), (1.1, 1.1)], NanScorer(), stream=io.StringIO())
+    assert r.genuine["surface"].size == 1 and r.impostor["surface"].size == 2
+    assert np.isfinite(r.genuine["surface"]).all() and r.genuine["vein"].size == 2
+    assert r.searches["surface"].mated[0] == -np.inf  # mates exist, nothing compared: a miss
+    assert r.searches["surface"].mated_searches == 4
+    c = ev.cross_session(keys_for([0, 1]), [(0, 0), (1, 1)], keys_for([0, 1], "2"), [(0.1, 0), (1.2, 1)], NanScorer(),
+                         stream=io.StringIO())
+    assert c.impostor["surface"].size == 1 and c.genuine["surface"].size == 1
+
+
+def test_matcher_scorer_kernel_path_equals_match():
+    """The 1:N kernel path gives matcher.match's numbers exactly (needs the built engine)."""
+    matcher = pytest.importorskip("palmnode.biometrics.matcher")
+    features = pytest.importorskip("palmnode.biometrics.features")
+    rng = np.random.default_rng(7)
+    base = [cv2.GaussianBlur(rng.integers(0, 255, (128, 128), dtype=np.uint8), (0, 0), 2) for _ in range(3)]
+    rois = [np.clip(b.astype(int) + rng.integers(-12, 12, b.shape), 0, 255).astype(np.uint8)
+            for b in base for _ in range(2)]
+    templates = [features.encode(r, np.flipud(r).copy()) for r in rois]
+    templates.append(features.encode(None, rois[0]))  # a template without its surface code
+    got = ev.MatcherScorer(("surface", "vein", "fused"), matcher).score_block(templates[:3], templates)
+    for i in range(3):
+        for j, t in enumerate(templates):
+            want = matcher.match(templates[i], t)
+            for m in ("surface", "vein", "fused"):
+                w = np.float32(getattr(want, m))
+                assert (np.isnan(w) and np.isnan(got[m][i, j])) or got[m][i, j] == w, (m, i, j)

@@ -178,6 +178,9 @@ def test_rank1_counts_ties_as_misses_and_skips_unenrolled():
     assert m.rank1_rate(o) == pytest.approx(1 / 3)
     assert o.mated_searches == 3 and o.nonmated_searches == 4
     assert m.rank1_rate(m.SearchOutcomes.from_arrays([np.nan], [0.1])) is None
+    # -inf: enrolled, but nothing could be compared -> a mated search that misses
+    o = m.SearchOutcomes.from_arrays([0.9, -np.inf], [0.1, -np.inf])
+    assert m.rank1_rate(o) == 0.5 and o.mated_searches == 2 and o.nonmated_searches == 1
 
 
 def test_fnir_at_fpir_hand_case():
