@@ -16,6 +16,7 @@ subcommands:
   run      start the node on the devices a config file names (default: config/sim.toml)
   demo     the whole thing without hardware: a virtual gate, a node on it and a scripted
            scenario, ending with a summary
+  eval     accuracy on a folder of palm images or on rendered synthetic hands (JSON, DET plot)
   bench    measure the node: idle CPU with devices streaming (beside a bare-loop baseline)
            and memory and drop counts under bad input on every port; prints JSON
 
@@ -50,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "tapped, a device unplugged and replugged), then print a summary.")
     p.add_argument("--scenario", type=Path, default=None, help="scenario TOML (default: the built-in demo)")
     p.add_argument("--seed", type=int, default=0)
+
+    from palmnode.biometrics import evaluate
+
+    p = sub.add_parser("eval", help="accuracy on a folder of images or rendered hands (JSON)",
+                       description=evaluate.DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    evaluate.add_arguments(p)
 
     p = sub.add_parser("bench", help="measure the node's cost and print JSON",
                        description="Measure the node's CPU while the virtual gate streams (proximity at "

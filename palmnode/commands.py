@@ -128,3 +128,9 @@ def demo(args: argparse.Namespace) -> int:
     summary = run_trio(lambda: demomod.play(script, seed=args.seed))
     demomod.report(summary)
     return 0
+
+
+def eval(args: argparse.Namespace) -> int:  # noqa: A001 - the subcommand's name
+    from palmnode.biometrics import evaluate
+
+    return evaluate.main(args)
