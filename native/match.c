@@ -227,26 +227,33 @@ PN_INLINE uint16_t sig_score(const uint64_t *p, const uint64_t *s, int hw)
     return (uint16_t)(384 + 2 * d - v);
 }
 
-PN_INLINE void scan_body(const uint64_t *probe, const uint64_t *sigs, const uint8_t *live,
-                         size_t n, uint16_t *out, int hw)
+PN_INLINE void scan_body(const uint64_t *probe, size_t n_probes, const uint64_t *sigs,
+                         const uint8_t *live, size_t n, uint16_t *out, int hw)
 {
     for (size_t k = 0; k < n; k++) {
-        out[k] = live[k] ? sig_score(probe, sigs + 8 * k, hw) : 0xFFFF;
+        uint16_t best = 0xFFFF;
+        if (live[k]) {
+            for (size_t q = 0; q < n_probes; q++) {
+                uint16_t s = sig_score(probe + 8 * q, sigs + 8 * k, hw);
+                best = s < best ? s : best;
+            }
+        }
+        out[k] = best;
     }
 }
 
-static void scan_portable(const uint64_t *probe, const uint64_t *sigs, const uint8_t *live,
-                          size_t n, uint16_t *out)
+static void scan_portable(const uint64_t *probe, size_t n_probes, const uint64_t *sigs,
+                          const uint8_t *live, size_t n, uint16_t *out)
 {
-    scan_body(probe, sigs, live, n, out, 0);
+    scan_body(probe, n_probes, sigs, live, n, out, 0);
 }
 
 #if PN_X86
 __attribute__((target("popcnt")))
-static void scan_popcnt(const uint64_t *probe, const uint64_t *sigs, const uint8_t *live,
-                        size_t n, uint16_t *out)
+static void scan_popcnt(const uint64_t *probe, size_t n_probes, const uint64_t *sigs,
+                        const uint8_t *live, size_t n, uint16_t *out)
 {
-    scan_body(probe, sigs, live, n, out, 1);
+    scan_body(probe, n_probes, sigs, live, n, out, 1);
 }
 
 /* One 64-byte signature is two 256-bit lanes groups [c0 c1 c2 mask] (surface, vein).
@@ -254,15 +261,13 @@ static void scan_popcnt(const uint64_t *probe, const uint64_t *sigs, const uint8
  * a nibble-table popcount of both groups, summed per 64-bit word with vpsadbw, gives
  * [D0 D1 D2 cells]; score = 384 + 2*(D0+D1+D2) - 3*cells. */
 __attribute__((target("avx2,popcnt")))
-static void scan_avx2(const uint64_t *probe, const uint64_t *sigs, const uint8_t *live,
-                      size_t n, uint16_t *out)
+static void scan_avx2(const uint64_t *probe, size_t n_probes, const uint64_t *sigs,
+                      const uint8_t *live, size_t n, uint16_t *out)
 {
     const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                          0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
     const __m256i low = _mm256_set1_epi8(0x0F);
     const __m256i zero = _mm256_setzero_si256();
-    const __m256i p0 = _mm256_loadu_si256((const __m256i *)probe);
-    const __m256i p1 = _mm256_loadu_si256((const __m256i *)(probe + 4));
     for (size_t k = 0; k < n; k++) {
         if (!live[k]) {
             out[k] = 0xFFFF;
@@ -270,39 +275,46 @@ static void scan_avx2(const uint64_t *probe, const uint64_t *sigs, const uint8_t
         }
         const __m256i a0 = _mm256_loadu_si256((const __m256i *)(sigs + 8 * k));
         const __m256i a1 = _mm256_loadu_si256((const __m256i *)(sigs + 8 * k + 4));
-        __m256i m0 = _mm256_permute4x64_epi64(_mm256_and_si256(a0, p0), 0xFF);
-        __m256i m1 = _mm256_permute4x64_epi64(_mm256_and_si256(a1, p1), 0xFF);
-        __m256i y0 = _mm256_blend_epi32(_mm256_and_si256(_mm256_xor_si256(a0, p0), m0), m0, 0xC0);
-        __m256i y1 = _mm256_blend_epi32(_mm256_and_si256(_mm256_xor_si256(a1, p1), m1), m1, 0xC0);
-        __m256i c0 = _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(y0, low)),
-                                     _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(y0, 4), low)));
-        __m256i c1 = _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(y1, low)),
-                                     _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(y1, 4), low)));
-        __m256i s = _mm256_sad_epu8(_mm256_add_epi8(c0, c1), zero);
-        __m128i lo = _mm256_castsi256_si128(s), hi = _mm256_extracti128_si256(s, 1);
-        uint64_t d = (uint64_t)_mm_cvtsi128_si64(lo) + (uint64_t)_mm_extract_epi64(lo, 1)
-                   + (uint64_t)_mm_cvtsi128_si64(hi);
-        uint64_t v = (uint64_t)_mm_extract_epi64(hi, 1);
-        out[k] = (uint16_t)(384 + 2 * d - 3 * v);
+        uint16_t best = 0xFFFF;
+        for (size_t q = 0; q < n_probes; q++) {
+            const __m256i p0 = _mm256_loadu_si256((const __m256i *)(probe + 8 * q));
+            const __m256i p1 = _mm256_loadu_si256((const __m256i *)(probe + 8 * q + 4));
+            __m256i m0 = _mm256_permute4x64_epi64(_mm256_and_si256(a0, p0), 0xFF);
+            __m256i m1 = _mm256_permute4x64_epi64(_mm256_and_si256(a1, p1), 0xFF);
+            __m256i y0 = _mm256_blend_epi32(_mm256_and_si256(_mm256_xor_si256(a0, p0), m0), m0, 0xC0);
+            __m256i y1 = _mm256_blend_epi32(_mm256_and_si256(_mm256_xor_si256(a1, p1), m1), m1, 0xC0);
+            __m256i c0 = _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(y0, low)),
+                                         _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(y0, 4), low)));
+            __m256i c1 = _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(y1, low)),
+                                         _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(y1, 4), low)));
+            __m256i s = _mm256_sad_epu8(_mm256_add_epi8(c0, c1), zero);
+            __m128i lo = _mm256_castsi256_si128(s), hi = _mm256_extracti128_si256(s, 1);
+            uint64_t d = (uint64_t)_mm_cvtsi128_si64(lo) + (uint64_t)_mm_extract_epi64(lo, 1)
+                       + (uint64_t)_mm_cvtsi128_si64(hi);
+            uint64_t v = (uint64_t)_mm_extract_epi64(hi, 1);
+            uint16_t sc = (uint16_t)(384 + 2 * d - 3 * v);
+            best = sc < best ? sc : best;
+        }
+        out[k] = best;
     }
 }
 #endif
 
-void pn_prefilter_scores(const uint64_t *probe_sig, const uint64_t *sigs, const uint8_t *live,
-                         size_t n, uint16_t *out)
+void pn_prefilter_scores(const uint64_t *probe_sigs, size_t n_probes, const uint64_t *sigs,
+                         const uint8_t *live, size_t n, uint16_t *out)
 {
 #if PN_X86
     int lv = level();
     if (lv >= 2) {
-        scan_avx2(probe_sig, sigs, live, n, out);
+        scan_avx2(probe_sigs, n_probes, sigs, live, n, out);
         return;
     }
     if (lv >= 1) {
-        scan_popcnt(probe_sig, sigs, live, n, out);
+        scan_popcnt(probe_sigs, n_probes, sigs, live, n, out);
         return;
     }
 #endif
-    scan_portable(probe_sig, sigs, live, n, out);
+    scan_portable(probe_sigs, n_probes, sigs, live, n, out);
 }
 
 /* ---------------------------------------------------------------- shortlist select */

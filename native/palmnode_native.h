@@ -43,14 +43,15 @@ void pn_match_shifted(const uint32_t *probe, int rows, int max_dx, int max_dy,
                       const int64_t *idx, size_t n, double n_ref,
                       double *out_hd, int32_t *out_shift, int32_t *out_valid);
 
-/* Pre-filter scan over n 8-word signatures (64 bytes each: words 0-2 surface code planes,
+/* Pre-filter scan over n 8-word signatures against n_probes >= 1 probe signatures (e.g. the
+ * probe's signature at a few grid offsets: the minimum is kept) (64 bytes each: words 0-2 surface code planes,
  * 3 surface mask, 4-6 vein code planes, 7 vein mask; 8x8 cells per word).
  * score = 384 + 2*D - V  (D differing code bits where both valid, V = 3*jointly valid cells,
  * i.e. 2 x (D + unknown bits / 2): an unknown bit counts as half a difference); lower is
  * closer; 0..768.
- * live[k] == 0 marks a removed entry: its score is 0xFFFF. */
-void pn_prefilter_scores(const uint64_t *probe_sig, const uint64_t *sigs, const uint8_t *live,
-                         size_t n, uint16_t *out);
+ * out[k] = the minimum score over the probes; live[k] == 0 marks a removed entry: 0xFFFF. */
+void pn_prefilter_scores(const uint64_t *probe_sigs, size_t n_probes, const uint64_t *sigs,
+                         const uint8_t *live, size_t n, uint16_t *out);
 
 /* The k entries with the smallest (score, index) among scores < 1024, written to out_idx in
  * increasing index order; returns how many were written (< k when fewer qualify). */

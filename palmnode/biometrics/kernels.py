@@ -202,10 +202,12 @@ def match_shifted_reference(probe: np.ndarray, records: np.ndarray, idx: np.ndar
 
 # --------------------------------------------------------------------- pre-filter
 def _check_scan_args(probe_sig, sigs, live):
-    probe_sig = _array(probe_sig, np.uint64, 1, "probe_sig")
+    if isinstance(probe_sig, np.ndarray) and probe_sig.ndim == 1:
+        probe_sig = probe_sig.reshape(1, -1)
+    probe_sig = _array(probe_sig, np.uint64, 2, "probe_sig")
     sigs = _array(sigs, np.uint64, 2, "sigs")
     live = _array(live, np.uint8, 1, "live")
-    if probe_sig.shape[0] != SIGNATURE_WORDS or sigs.shape[1] != SIGNATURE_WORDS:
+    if probe_sig.shape[0] < 1 or probe_sig.shape[1] != SIGNATURE_WORDS or sigs.shape[1] != SIGNATURE_WORDS:
         raise ValueError(f"signatures are {SIGNATURE_WORDS} uint64 words")
     if live.shape[0] != sigs.shape[0]:
         raise ValueError(f"live has {live.shape[0]} flags for {sigs.shape[0]} signatures")
@@ -215,13 +217,16 @@ def _check_scan_args(probe_sig, sigs, live):
 def prefilter_scores(probe_sig: np.ndarray, sigs: np.ndarray, live: np.ndarray) -> np.ndarray:
     """Pre-filter score of every signature (uint64 (N, 8)) against the probe's, in C.
 
+    ``probe_sig``: uint64 (8,) or (P, 8) for P variants of the probe (e.g. at grid offsets):
+    each entry scores the minimum over the variants.
+
     ``384 + 2*D - V`` over both modalities' 8x8 coarse codes (D differing bits where both are
     valid, V jointly valid bits: an unknown bit counts half a difference; lower = closer, 0..768);
     entries with ``live == 0`` score 0xFFFF. Uses AVX2 where the CPU has it.
     """
     probe_sig, sigs, live = _check_scan_args(probe_sig, sigs, live)
     out = np.empty(sigs.shape[0], np.uint16)
-    _lib.pn_prefilter_scores(_ptr("const uint64_t *", probe_sig), _ptr("const uint64_t *", sigs),
+    _lib.pn_prefilter_scores(_ptr("const uint64_t *", probe_sig), probe_sig.shape[0], _ptr("const uint64_t *", sigs),
                              _ptr("const uint8_t *", live), sigs.shape[0], _ptr("uint16_t *", out))
     return out
 
@@ -229,12 +234,15 @@ def prefilter_scores(probe_sig: np.ndarray, sigs: np.ndarray, live: np.ndarray) 
 def prefilter_scores_reference(probe_sig: np.ndarray, sigs: np.ndarray, live: np.ndarray) -> np.ndarray:
     """NumPy reference of :func:`prefilter_scores`."""
     probe_sig, sigs, live = _check_scan_args(probe_sig, sigs, live)
-    p = probe_sig.reshape(2, 4)
     s = sigs.reshape(-1, 2, 4)
-    m = s[:, :, 3] & p[:, 3]
-    d = _popcount((s[:, :, :3] ^ p[:, :3]) & m[:, :, None]).sum(axis=(1, 2))
-    v = 3 * _popcount(m).sum(axis=1)
-    score = (384 + 2 * d - v).astype(np.uint16)
+    score = np.full(sigs.shape[0], 0xFFFF, np.int64)
+    for variant in probe_sig:
+        p = variant.reshape(2, 4)
+        m = s[:, :, 3] & p[:, 3]
+        d = _popcount((s[:, :, :3] ^ p[:, :3]) & m[:, :, None]).sum(axis=(1, 2))
+        v = 3 * _popcount(m).sum(axis=1)
+        score = np.minimum(score, 384 + 2 * d - v)
+    score = score.astype(np.uint16)
     return np.where(live != 0, score, np.uint16(0xFFFF)).astype(np.uint16)
 
 

@@ -100,3 +100,89 @@ def check_frame(image: object, *, name: str = "image") -> np.ndarray:
             return (np.clip(image, 0, 65535) >> 8).astype(np.uint8)
         raise BadImage(f"{name} has dtype {image.dtype}; use uint8 (or uint16, float)")
     raise BadImage(f"{name} has dtype {image.dtype}; use uint8 (or uint16, float)")
+
+
+# --- templates (owner: kernels helper; layout in docs/engine.md) --------------------------
+#: grid rows of each modality's code: surface 32x32 cells (4 px), vein 16x16 cells (8 px)
+SURFACE_ROWS = 32
+VEIN_ROWS = 16
+_TEMPLATE_MAGIC = b"PT"
+_TEMPLATE_VERSION = 1
+
+
+class BadTemplate(ValueError):
+    """Bytes that are not a palm template of this version; the message says why."""
+
+
+@attrs.frozen(eq=False)
+class ModalityCode:
+    """One modality's competitive code: bit-planes of uint32 grid rows, viewed as uint64.
+
+    ``bits``: 3 code planes x rows uint32 words (bit x of word y = cell (y, x); a cell's
+    orientation k in 0..5 is the 3-bit circular code 000,001,011,111,110,100 spread over the
+    planes, so Hamming distance = angular distance). ``mask``: rows uint32 words, 1 = valid.
+    """
+
+    bits: np.ndarray
+    mask: np.ndarray
+
+    @property
+    def rows(self) -> int:
+        return self.mask.size * 2
+
+    def planes(self) -> np.ndarray:
+        """uint32 (4, rows): the 3 code planes then the mask (the kernels' layout)."""
+        return np.concatenate([self.bits.view(np.uint32), self.mask.view(np.uint32)]).reshape(4, self.rows)
+
+    @classmethod
+    def from_planes(cls, planes: np.ndarray) -> ModalityCode:
+        planes = np.ascontiguousarray(planes, dtype=np.uint32)
+        return cls(bits=planes[:3].reshape(-1).view(np.uint64).copy(),
+                   mask=planes[3].reshape(-1).view(np.uint64).copy())
+
+    def valid_cells(self) -> int:
+        return int(np.bitwise_count(self.mask).sum())
+
+
+@attrs.frozen(eq=False)
+class PalmTemplate:
+    """Both modalities of one palm capture (either may be None when its frame was unusable)."""
+
+    surface: ModalityCode | None
+    vein: ModalityCode | None
+
+    def to_bytes(self) -> bytes:
+        """``PT``, version, flags (1 surface, 2 vein), then each present modality's 4 planes of
+        uint32 little-endian rows (surface 512 bytes, vein 256 bytes): at most 772 bytes."""
+        flags = (1 if self.surface is not None else 0) | (2 if self.vein is not None else 0)
+        parts = [_TEMPLATE_MAGIC, bytes([_TEMPLATE_VERSION, flags])]
+        for code, rows in ((self.surface, SURFACE_ROWS), (self.vein, VEIN_ROWS)):
+            if code is not None:
+                if code.rows != rows:
+                    raise BadTemplate(f"a code of {code.rows} rows where {rows} are expected")
+                parts.append(code.planes().astype("<u4").tobytes())
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> PalmTemplate:
+        data = bytes(data)
+        if len(data) < 4 or data[:2] != _TEMPLATE_MAGIC:
+            raise BadTemplate("not a palm template (bad magic)")
+        if data[2] != _TEMPLATE_VERSION:
+            raise BadTemplate(f"palm template version {data[2]}, this build reads {_TEMPLATE_VERSION}")
+        flags, pos, codes = data[3], 4, []
+        for bit, rows in ((1, SURFACE_ROWS), (2, VEIN_ROWS)):
+            if not flags & bit:
+                codes.append(None)
+                continue
+            size = 4 * rows * 4
+            if len(data) < pos + size:
+                raise BadTemplate(f"palm template truncated at byte {len(data)}")
+            planes = np.frombuffer(data, "<u4", 4 * rows, pos).reshape(4, rows).astype(np.uint32)
+            codes.append(ModalityCode.from_planes(planes))
+            pos += size
+        if pos != len(data):
+            raise BadTemplate(f"palm template has {len(data) - pos} trailing bytes")
+        if flags & ~3:
+            raise BadTemplate(f"palm template flags {flags:#x} unknown")
+        return cls(surface=codes[0], vein=codes[1])

@@ -1,0 +1,242 @@
+"""Palm features: competitive orientation codes of the surface (lines) and vein modalities.
+
+Each modality is coded on a grid of cells over the 128x128 ROI (Kong & Zhang's Competitive
+Code, 2004): at each cell centre a bank of 6 even-symmetric Gabor filters (line detectors at
+0°, 30°, ..., 150°) is applied, only there (native/gabor.c, not a full convolution); the cell's
+code is the orientation of the most negative response (dark lines give negative responses to
+a filter with a positive centre lobe), written with the 3-bit circular code
+000,001,011,111,110,100 so that Hamming distance equals angular distance (0..3 steps of 30°).
+
+- surface: creases are thin (~3 px) and shallow (2-3 grey levels): a fine filter
+  (wavelength 10 px) on the raw ROI, 32x32 cells every 4 px.
+- vein: broad faint curves (~8 px at ROI scale, ~6 grey levels): local contrast enhancement
+  (CLAHE), 2x area down-sampling, then a coarse filter (wavelength 20 ROI px), 16x16 cells
+  every 8 px.
+
+A cell is masked (invalid) when its neighbourhood is background/out-of-frame (dark),
+saturated, or when its orientation responses are too flat to name an orientation.
+Responses are exact integers (uint8-derived int16 pixels x int16 taps), so the C kernel and
+its NumPy reference give identical codes.
+"""
+from __future__ import annotations
+
+import attrs
+import cv2
+import numpy as np
+
+from palmnode.biometrics import kernels
+from palmnode.biometrics.types import SURFACE_ROWS, VEIN_ROWS, BadImage, ModalityCode, PalmTemplate, check_frame
+
+ROI_SIZE = 128
+N_ORIENT = 6
+#: orientation index -> 3-bit circular code (bit p goes to code plane p)
+CIRCULAR_CODE = np.array([0b000, 0b001, 0b011, 0b111, 0b110, 0b100], np.uint8)
+#: fewer valid cells than this fraction: no usable palm texture in the image
+MIN_VALID_FRACTION = 0.2
+#: pixel values treated as background / out of frame, and as saturated
+DARK_LEVEL = 20
+SATURATED_LEVEL = 250
+
+
+@attrs.frozen
+class CodeSpec:
+    """How one modality is coded (filter shape in the pixels it is applied to)."""
+
+    name: str
+    grid: int            # cells per side (rows = columns)
+    downsample: int      # ROI -> filtered image factor
+    wavelength: float    # cosine period across the line
+    sigma_across: float  # Gaussian envelope across the line
+    sigma_along: float   # ... and along it (elongated: orientation selective)
+    radius: int          # filter half size
+    clahe: bool          # local contrast enhancement first
+    weak_fraction: float  # cells with orientation contrast below this x median are masked
+
+    @property
+    def step(self) -> int:
+        return ROI_SIZE // self.downsample // self.grid
+
+
+SURFACE = CodeSpec("surface", grid=SURFACE_ROWS, downsample=1, wavelength=10.0, sigma_across=2.5,
+                   sigma_along=6.0, radius=9, clahe=False, weak_fraction=0.5)
+VEIN = CodeSpec("vein", grid=VEIN_ROWS, downsample=2, wavelength=10.0, sigma_across=2.5,
+                sigma_along=5.0, radius=9, clahe=True, weak_fraction=0.15)
+
+
+def gabor_bank(spec: CodeSpec) -> np.ndarray:
+    """int16 (6, 2r+1, kw): zero-mean even Gabor filters, orientation k*30°, kw padded to 8."""
+    r = spec.radius
+    y, x = np.mgrid[-r:r + 1, -r:r + 1].astype(np.float64)
+    size = 2 * r + 1
+    kw = -(-size // 8) * 8
+    bank = np.zeros((N_ORIENT, size, kw), np.int16)
+    for k in range(N_ORIENT):
+        theta = np.pi * k / N_ORIENT            # line direction
+        along = x * np.cos(theta) + y * np.sin(theta)
+        across = -x * np.sin(theta) + y * np.cos(theta)
+        g = np.exp(-0.5 * (across / spec.sigma_across) ** 2 - 0.5 * (along / spec.sigma_along) ** 2)
+        g *= np.cos(2 * np.pi * across / spec.wavelength)
+        g -= g.mean()                           # no response to flat grey
+        taps = np.round(g / np.abs(g).max() * 1023).astype(np.int64)
+        taps[r, r] -= taps.sum()                # exactly zero-sum after rounding: flat grey -> 0
+        bank[k, :, :size] = taps
+    return bank
+
+
+_BANKS = {spec.name: gabor_bank(spec) for spec in (SURFACE, VEIN)}
+_CLAHE = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(4, 4))
+_PLANE_WEIGHTS = np.uint32(1) << np.arange(32, dtype=np.uint32)
+
+
+def _check_roi(roi: object, name: str) -> np.ndarray:
+    img = check_frame(roi, name=name)
+    if img.shape != (ROI_SIZE, ROI_SIZE):
+        raise BadImage(f"{name} is {img.shape[1]}×{img.shape[0]}; features need the "
+                       f"{ROI_SIZE}×{ROI_SIZE} ROI from roi.warp")
+    return img
+
+
+def _prepare(img: np.ndarray, spec: CodeSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(filter input padded for the windows as int16, bad-pixel fraction per cell)."""
+    bad = ((img <= DARK_LEVEL) | (img >= SATURATED_LEVEL)).astype(np.float32)
+    if spec.clahe:
+        img = _CLAHE.apply(img)
+    if spec.downsample > 1:
+        side = ROI_SIZE // spec.downsample
+        img = cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA)
+    r, kw = spec.radius, _BANKS[spec.name].shape[2]
+    padded = cv2.copyMakeBorder(img, r, r, r, r + kw - (2 * r + 1), cv2.BORDER_REFLECT_101)
+    # bad pixels within the filter's central lobe region around each cell centre
+    cell = spec.step * spec.downsample
+    box = cv2.boxFilter(bad, -1, (cell + 1, cell + 1), borderType=cv2.BORDER_REPLICATE)
+    centres = np.arange(spec.grid) * cell + cell // 2
+    return padded.astype(np.int16), box[np.ix_(centres, centres)]
+
+
+def _responses(padded: np.ndarray, spec: CodeSpec, reference: bool) -> np.ndarray:
+    fn = kernels.gabor_responses_reference if reference else kernels.gabor_responses
+    step = spec.step
+    return fn(padded, _BANKS[spec.name], y0=step // 2, x0=step // 2, step=step, gh=spec.grid, gw=spec.grid)
+
+
+def code_from_responses(resp: np.ndarray, bad_fraction: np.ndarray, spec: CodeSpec) -> ModalityCode:
+    """Pack responses (grid, grid, 6) int32 into a :class:`ModalityCode` (exact integer rules)."""
+    orient = np.argmin(resp, axis=2)                              # first minimum on ties
+    strength = resp.max(axis=2).astype(np.int64) - resp.min(axis=2)
+    usable = bad_fraction <= 0.25
+    floor = np.median(strength[usable]) * spec.weak_fraction if usable.any() else np.inf
+    valid = usable & (strength > 0) & (strength >= floor)
+    codes = CIRCULAR_CODE[orient]
+    planes = np.zeros((4, spec.grid), np.uint32)
+    w = _PLANE_WEIGHTS[:spec.grid]
+    for p in range(3):
+        planes[p] = (((codes >> p) & 1).astype(np.uint32) * w).sum(axis=1, dtype=np.uint32)
+    planes[3] = (valid.astype(np.uint32) * w).sum(axis=1, dtype=np.uint32)
+    return ModalityCode.from_planes(planes)
+
+
+def encode_modality(roi: object, spec: CodeSpec, *, reference: bool = False, name: str = "roi") -> ModalityCode:
+    """One modality's code from a 128x128 ROI (``reference=True``: NumPy kernel, same result).
+
+    Raises :class:`BadImage` for unusable arrays and for images with too little palm texture
+    (all black, all white, flat) to code.
+    """
+    img = _check_roi(roi, name)
+    padded, bad = _prepare(img, spec)
+    code = code_from_responses(_responses(padded, spec, reference), bad, spec)
+    if code.valid_cells() < MIN_VALID_FRACTION * spec.grid * spec.grid:
+        raise BadImage(f"{name} has too little palm texture to code ({code.valid_cells()} of "
+                       f"{spec.grid * spec.grid} {spec.name} cells usable): dark, saturated or flat")
+    return code
+
+
+def encode(surface_roi: np.ndarray | None, vein_roi: np.ndarray | None) -> PalmTemplate:
+    """The template of one capture: surface code from the surface-lit ROI, vein code from the
+    NIR ROI (either may be None, not both)."""
+    if surface_roi is None and vein_roi is None:
+        raise BadImage("no ROI given: pass the surface ROI, the vein ROI or both")
+    surface = None if surface_roi is None else encode_modality(surface_roi, SURFACE, name="surface_roi")
+    vein = None if vein_roi is None else encode_modality(vein_roi, VEIN, name="vein_roi")
+    return PalmTemplate(surface=surface, vein=vein)
+
+
+def encode_reference(surface_roi: np.ndarray | None, vein_roi: np.ndarray | None) -> PalmTemplate:
+    """:func:`encode` with the NumPy reference kernel (tests assert identical templates)."""
+    surface = None if surface_roi is None else encode_modality(surface_roi, SURFACE, reference=True, name="surface_roi")
+    vein = None if vein_roi is None else encode_modality(vein_roi, VEIN, reference=True, name="vein_roi")
+    return PalmTemplate(surface=surface, vein=vein)
+
+
+# ---------------------------------------------------------------- pre-filter signature
+#: agreement between orientations j and k: round(100 * cos(2 * 30° * (j - k))) (doubled angles,
+#: since orientation is periodic in 180°); a block's orientation is the argmax of the summed votes
+_AGREE = np.round(100 * np.cos(2 * np.pi / N_ORIENT * (np.arange(6)[:, None] - np.arange(6)[None, :]))).astype(np.int64)
+_DECODE = np.full(8, -1, np.int64)
+_DECODE[CIRCULAR_CODE] = np.arange(N_ORIENT)
+SIGNATURE_GRID = 8
+
+
+def _orientations(code: ModalityCode) -> tuple[np.ndarray, np.ndarray]:
+    planes = code.planes()
+    bits = ((planes[:, :, None] >> np.arange(code.rows, dtype=np.uint32)) & 1).astype(np.uint8)
+    value = bits[0] | (bits[1] << 1) | (bits[2] << 2)
+    return _DECODE[value], bits[3].astype(bool)
+
+
+def _coarse_word(code: ModalityCode | None) -> np.ndarray:
+    """4 uint64 words: an 8x8 coarse code (3 planes + mask) pooled from a modality's cells."""
+    out = np.zeros(4, np.uint64)
+    if code is None:
+        return out
+    orient, valid = _orientations(code)
+    b = code.rows // SIGNATURE_GRID
+    onehot = (orient[..., None] == np.arange(N_ORIENT)) & valid[..., None]
+    votes = onehot.reshape(SIGNATURE_GRID, b, SIGNATURE_GRID, b, N_ORIENT).sum(axis=(1, 3))
+    support = votes.sum(axis=2)
+    agree = votes @ _AGREE                                    # (8, 8, 6) integer
+    best = np.argmax(agree, axis=2)
+    # a block needs a quarter of its cells valid and a clear dominant orientation
+    block_valid = (support * 4 >= b * b) & (agree.max(axis=2) * 2 >= support * 100 // 2)
+    c = CIRCULAR_CODE[best].reshape(-1).astype(np.uint64)
+    w = np.uint64(1) << np.arange(64, dtype=np.uint64)
+    for p in range(3):
+        out[p] = np.bitwise_or.reduce(((c >> np.uint64(p)) & np.uint64(1)) * w)
+    out[3] = np.bitwise_or.reduce(block_valid.reshape(-1).astype(np.uint64) * w)
+    return out
+
+
+def signature(template: PalmTemplate) -> np.ndarray:
+    """The 64-byte pre-filter signature (uint64[8]) derived from a template's codes."""
+    return np.concatenate([_coarse_word(template.surface), _coarse_word(template.vein)])
+
+
+def shift_code(code: ModalityCode, dy: int, dx: int) -> ModalityCode:
+    """The code moved by (dy, dx) cells (cell (y, x) -> (y+dy, x+dx)); cells moved in are invalid."""
+    planes = code.planes()
+    rows = planes.shape[1]
+    moved = (planes << np.uint32(dx)) if dx >= 0 else (planes >> np.uint32(-dx))
+    if rows < 32:
+        moved &= np.uint32((1 << rows) - 1)
+    out = np.zeros_like(moved)
+    if abs(dy) < rows:
+        if dy >= 0:
+            out[:, dy:] = moved[:, :rows - dy]
+        else:
+            out[:, :rows + dy] = moved[:, -dy:]
+    return ModalityCode.from_planes(out)
+
+
+#: probe-side pre-filter variants, in vein cells (8 px): the unshifted signature and one
+#: signature-block half-step each way, so a capture misaligned by up to ~12 px still ranks well
+PROBE_OFFSETS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
+
+
+def signature_variants(template: PalmTemplate, offsets=PROBE_OFFSETS) -> np.ndarray:
+    """uint64 (len(offsets), 8): the probe's signature with its codes moved by each offset
+    (vein cells; surface cells move twice as far, same pixels)."""
+    out = []
+    for dy, dx in offsets:
+        s = None if template.surface is None else shift_code(template.surface, 2 * dy, 2 * dx)
+        v = None if template.vein is None else shift_code(template.vein, dy, dx)
+        out.append(signature(PalmTemplate(surface=s, vein=v)))
+    return np.stack(out)

@@ -1,0 +1,243 @@
+"""The 1:N gallery: packed templates in RAM, coarse-to-fine search, add/remove during searches.
+
+Layout per enrolled palm (see docs/engine.md): a 64-byte pre-filter signature (8x8 coarse
+codes of both modalities, features.signature), a 768-byte record (surface 4x32 uint32 rows,
+vein 4x16 uint32 rows), a live flag, a modality flag and a person/palm key: ~840 bytes.
+
+Search = (1) the pre-filter scan of every signature (native AVX2 popcount) against the
+probe's signature at a few grid offsets (features.PROBE_OFFSETS, minimum kept), (2) the
+``shortlist`` closest signatures, (3) the full shift-tolerant match of both modalities on
+the shortlist only, fused (matcher.fuse), best per person, top k.
+
+Concurrency: writers (add/remove) are serialised by a lock. Entries live in segments of
+packed arrays; a search snapshots (segment, filled count, live flags) for every segment under
+that lock (microseconds) and then runs without it, and a writer only ever (a) writes rows beyond every published count and
+then publishes the new count, (b) replaces a segment's live-flag array by a modified copy
+(remove), or (c) replaces a whole segment by a grown or compacted copy. A search therefore
+sees one consistent state, and never a half-written entry.
+"""
+from __future__ import annotations
+
+import threading
+
+import attrs
+import numpy as np
+
+from palmnode.biometrics import features, kernels
+from palmnode.biometrics.matcher import RECORD_WORDS, SURFACE_MATCH, VEIN_MATCH, Score, fuse, similarity
+from palmnode.biometrics.types import PalmTemplate
+
+#: shortlist after the pre-filter; recall loss measured in docs/engine.md
+SHORTLIST = 2000
+PALMS = ("left", "right", "unknown")
+_HAS_SURFACE, _HAS_VEIN = 1, 2
+
+
+@attrs.frozen
+class Candidate:
+    person_id: str
+    palm: str
+    score: Score
+
+
+class _Segment:
+    """Packed arrays for up to ``capacity`` entries; ``count`` rows are published."""
+
+    __slots__ = ("capacity", "count", "sigs", "records", "live", "flags", "person", "palm")
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.count = 0
+        self.sigs = np.zeros((capacity, kernels.SIGNATURE_WORDS), np.uint64)
+        self.records = np.zeros((capacity, RECORD_WORDS), np.uint32)
+        self.live = np.zeros(capacity, np.uint8)
+        self.flags = np.zeros(capacity, np.uint8)
+        self.person = np.zeros(capacity, np.int32)
+        self.palm = np.zeros(capacity, np.uint8)
+
+    def copy(self, capacity: int, rows: np.ndarray | None = None) -> _Segment:
+        """A new segment holding these rows (all published ones by default)."""
+        rows = np.arange(self.count) if rows is None else rows
+        new = _Segment(capacity)
+        n = rows.size
+        for name in ("sigs", "records", "live", "flags", "person", "palm"):
+            getattr(new, name)[:n] = getattr(self, name)[rows]
+        new.count = n
+        return new
+
+    def nbytes(self) -> int:
+        return sum(getattr(self, n).nbytes for n in ("sigs", "records", "live", "flags", "person", "palm"))
+
+
+def _record(template: PalmTemplate) -> tuple[np.ndarray, int]:
+    rec = np.zeros(RECORD_WORDS, np.uint32)
+    flags = 0
+    if template.surface is not None:
+        rec[SURFACE_MATCH.offset:SURFACE_MATCH.offset + 4 * SURFACE_MATCH.rows] = template.surface.planes().ravel()
+        flags |= _HAS_SURFACE
+    if template.vein is not None:
+        rec[VEIN_MATCH.offset:VEIN_MATCH.offset + 4 * VEIN_MATCH.rows] = template.vein.planes().ravel()
+        flags |= _HAS_VEIN
+    return rec, flags
+
+
+class Gallery:
+    """Enrolled palms, searchable 1:N while palms are added and removed.
+
+    ``add``/``remove`` may run in any thread while ``search`` runs in others (each search
+    sees a consistent snapshot, taken under the writers' lock). Native calls release the GIL.
+    """
+
+    def __init__(self, *, shortlist: int = SHORTLIST, probe_offsets=features.PROBE_OFFSETS,
+                 segment_size: int = 1 << 16, first_capacity: int = 256):
+        if shortlist < 1 or segment_size < 1 or first_capacity < 1 or not probe_offsets:
+            raise ValueError("shortlist, segment_size, first_capacity and probe_offsets must be positive/non-empty")
+        self.shortlist = shortlist
+        self.probe_offsets = tuple(probe_offsets)
+        self._segment_size = segment_size
+        self._first = min(first_capacity, segment_size)
+        self._segments: tuple[_Segment, ...] = ()
+        self._lock = threading.Lock()
+        self._person_ids: list[str] = []
+        self._person_key: dict[str, int] = {}
+        self._entries: dict[int, list[tuple[int, int]]] = {}  # person key -> (segment, row)
+        self._live = 0
+
+    # ---------------------------------------------------------------- writers
+    def add(self, person_id: str, palm: str, template: PalmTemplate) -> None:
+        """Enrol one template of ``person_id``'s ``palm`` ("left", "right" or "unknown")."""
+        if not isinstance(person_id, str) or not person_id:
+            raise ValueError("person_id must be a non-empty string")
+        if palm not in PALMS:
+            raise ValueError(f"palm must be one of {PALMS}, got {palm!r}")
+        if not isinstance(template, PalmTemplate) or (template.surface is None and template.vein is None):
+            raise ValueError("template must be a PalmTemplate with at least one modality")
+        rec, flags = _record(template)
+        sig = features.signature(template)
+        with self._lock:
+            key = self._person_key.get(person_id)
+            if key is None:
+                key = len(self._person_ids)
+                self._person_ids.append(person_id)
+                self._person_key[person_id] = key
+            segments = list(self._segments)
+            if not segments or segments[-1].count == segments[-1].capacity:
+                last = segments[-1] if segments else None
+                if last is not None and last.capacity < self._segment_size:
+                    segments[-1] = last.copy(min(2 * last.capacity, self._segment_size))
+                else:
+                    segments.append(_Segment(self._first))
+                self._segments = tuple(segments)      # publish the grown/new segment
+            seg = segments[-1]
+            row = seg.count
+            seg.sigs[row] = sig
+            seg.records[row] = rec
+            seg.flags[row] = flags
+            seg.person[row] = key
+            seg.palm[row] = PALMS.index(palm)
+            seg.live[row] = 1
+            seg.count = row + 1                       # publish the entry, fully written
+            self._entries.setdefault(key, []).append((len(segments) - 1, row))
+            self._live += 1
+
+    def remove(self, person_id: str) -> int:
+        """Forget every template of ``person_id``; returns how many were removed."""
+        with self._lock:
+            key = self._person_key.get(person_id)
+            entries = self._entries.pop(key, []) if key is not None else []
+            if not entries:
+                return 0
+            segments = list(self._segments)
+            by_segment: dict[int, list[int]] = {}
+            for s, r in entries:
+                by_segment.setdefault(s, []).append(r)
+            for s, rows in by_segment.items():
+                seg = segments[s]
+                live = seg.live.copy()
+                live[rows] = 0
+                if seg.count == seg.capacity and live[:seg.count].sum() * 2 < seg.count:
+                    segments[s] = self._compact(s, seg, live)
+                else:
+                    seg.live = live                   # copy-on-write: snapshots keep the old flags
+            self._segments = tuple(segments)
+            self._live -= len(entries)
+            return len(entries)
+
+    def _compact(self, s: int, seg: _Segment, live: np.ndarray) -> _Segment:
+        keep = np.flatnonzero(live[:seg.count])
+        new = seg.copy(seg.capacity, keep)
+        for row_new, row_old in enumerate(keep):
+            entries = self._entries[int(seg.person[row_old])]
+            entries[entries.index((s, int(row_old)))] = (s, row_new)
+        return new
+
+    # ---------------------------------------------------------------- readers
+    def __len__(self) -> int:
+        return self._live
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the packed arrays (the per-person id table is extra)."""
+        return sum(seg.nbytes() for seg in self._segments)
+
+    def _snapshot(self) -> list[tuple[_Segment, int, np.ndarray]]:
+        with self._lock:  # writers hold it only to write one row or swap arrays
+            return [(seg, seg.count, seg.live) for seg in self._segments]
+
+    def search(self, probe: PalmTemplate, k: int = 5) -> list[Candidate]:
+        """The ``k`` best-scoring people (best palm template each), highest fused score first."""
+        if not isinstance(probe, PalmTemplate) or (probe.surface is None and probe.vein is None):
+            raise ValueError("probe must be a PalmTemplate with at least one modality")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        snap = self._snapshot()
+        counts = np.array([n for _, n, _ in snap], np.int64)
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        total = int(starts[-1])
+        if total == 0:
+            return []
+        # (1)+(2) pre-filter scan and shortlist (every live entry when the gallery is small)
+        if total > self.shortlist:
+            psig = features.signature_variants(probe, self.probe_offsets)
+            scores = np.empty(total, np.uint16)
+            for (seg, n, live), a in zip(snap, starts[:-1]):
+                scores[a:a + n] = kernels.prefilter_scores(psig, seg.sigs[:n], live[:n])
+            chosen = kernels.select_smallest(scores, self.shortlist)
+        else:
+            chosen = np.concatenate([np.flatnonzero(live[:n]) + a for (_, n, live), a in zip(snap, starts[:-1])])
+        if chosen.size == 0:
+            return []
+        # (3) full shifted match of the shortlist, segment by segment
+        which = np.searchsorted(starts, chosen, side="right") - 1
+        surf = np.full(chosen.size, np.nan)
+        vein = np.full(chosen.size, np.nan)
+        person = np.empty(chosen.size, np.int32)
+        palm = np.empty(chosen.size, np.uint8)
+        for s in np.unique(which):
+            pos = np.flatnonzero(which == s)
+            seg = snap[s][0]
+            rows = (chosen[pos] - starts[s]).astype(np.int64)
+            flags = seg.flags[rows]
+            person[pos] = seg.person[rows]
+            palm[pos] = seg.palm[rows]
+            for code, spec, out, bit in ((probe.surface, SURFACE_MATCH, surf, _HAS_SURFACE),
+                                         (probe.vein, VEIN_MATCH, vein, _HAS_VEIN)):
+                if code is None:
+                    continue
+                hd, _, _ = kernels.match_shifted(code.planes(), seg.records, rows, offset=spec.offset,
+                                                 max_dx=spec.max_shift, max_dy=spec.max_shift, n_ref=spec.n_ref)
+                out[pos] = np.where(flags & bit, similarity(hd), np.nan)
+        fused = fuse(surf, vein)
+        fused = np.where(np.isnan(fused), -np.inf, fused)
+        order = np.lexsort((chosen, -fused))           # best first, ties by enrolment order
+        out: list[Candidate] = []
+        seen: set[int] = set()
+        for i in order:
+            p = int(person[i])
+            if p in seen:
+                continue
+            seen.add(p)
+            out.append(Candidate(person_id=self._person_ids[p], palm=PALMS[palm[i]],
+                                 score=Score(surface=float(surf[i]), vein=float(vein[i]), fused=float(fused[i]))))
+            if len(out) == k:
+                break
+        return out

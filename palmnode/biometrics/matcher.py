@@ -1,0 +1,153 @@
+"""1:1 matching, score fusion and FMR-calibrated thresholds (1:N search: gallery.py).
+
+Per modality the distance is the masked, shift-tolerant Hamming distance of the competitive
+codes (native/match.c): the fraction of differing code bits among the bits valid in both
+codes, minimised over shifts of up to ±3 cells (surface, 12 px) and ±2 cells (vein, 16 px)
+in x and y, each shift normalised for the number of bits it compares (Daugman 2007):
+
+    hd_n = 0.5 - (0.5 - D/V) * sqrt(V / n_ref)
+
+so a shift that overlaps few valid bits cannot produce a lucky low distance. The per-modality
+similarity is ``s = 1 - 2*hd_n`` = (1 - 2 D/V) * sqrt(V / n_ref): 0 at chance, 1 for identical
+codes with the reference number of valid bits; under the impostor (independent bits) model it
+is a z-score scaled by 1/sqrt(n_ref), which puts both modalities on one scale. The fused score
+is their weighted mean over the modalities both templates hold (weights FUSION_WEIGHTS, equal
+by default, fixed in code, not fitted to data). Thresholds are never guessed: build a
+:class:`Calibration` from impostor fused scores and ask it for the threshold of a target FMR.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import attrs
+import numpy as np
+
+from palmnode.biometrics import kernels
+from palmnode.biometrics.types import SURFACE_ROWS, VEIN_ROWS, ModalityCode, PalmTemplate
+
+
+@attrs.frozen
+class ModalityMatch:
+    """How one modality is matched: rows of its code, shift range, reference valid bits."""
+
+    rows: int
+    max_shift: int
+    n_ref: float
+    offset: int  # word offset in a gallery record
+
+
+#: n_ref ~ the jointly valid bits of a typical genuine comparison (3 bits x valid cells)
+SURFACE_MATCH = ModalityMatch(rows=SURFACE_ROWS, max_shift=3, n_ref=2400.0, offset=0)
+VEIN_MATCH = ModalityMatch(rows=VEIN_ROWS, max_shift=2, n_ref=600.0, offset=4 * SURFACE_ROWS)
+RECORD_WORDS = 4 * SURFACE_ROWS + 4 * VEIN_ROWS
+FUSION_WEIGHTS = {"surface": 1.0, "vein": 1.0}
+
+
+@attrs.frozen
+class Score:
+    """Similarities (higher = more alike, 0 = chance); NaN for a modality not in both templates."""
+
+    surface: float
+    vein: float
+    fused: float
+
+
+def similarity(hd: np.ndarray | float) -> np.ndarray | float:
+    """Per-modality similarity from a normalised distance."""
+    return 1.0 - 2.0 * hd
+
+
+def fuse(surface: np.ndarray | float, vein: np.ndarray | float) -> np.ndarray | float:
+    """Weighted mean of the per-modality similarities that are not NaN (NaN if both are)."""
+    s, v = np.asarray(surface, np.float64), np.asarray(vein, np.float64)
+    ws, wv = FUSION_WEIGHTS["surface"], FUSION_WEIGHTS["vein"]
+    has_s, has_v = ~np.isnan(s), ~np.isnan(v)
+    num = np.where(has_s, ws * np.nan_to_num(s), 0.0) + np.where(has_v, wv * np.nan_to_num(v), 0.0)
+    den = np.where(has_s, ws, 0.0) + np.where(has_v, wv, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    return float(out) if out.ndim == 0 else out
+
+
+def _one(a: ModalityCode | None, b: ModalityCode | None, spec: ModalityMatch) -> float:
+    if a is None or b is None:
+        return math.nan
+    hd, _, _ = kernels.match_shifted(a.planes(), b.planes().reshape(1, -1), np.zeros(1, np.int64),
+                                     max_dx=spec.max_shift, max_dy=spec.max_shift, n_ref=spec.n_ref)
+    return float(similarity(hd[0]))
+
+
+def match(a: PalmTemplate, b: PalmTemplate) -> Score:
+    """1:1 comparison of two templates (symmetric up to the shift direction)."""
+    if not isinstance(a, PalmTemplate) or not isinstance(b, PalmTemplate):
+        raise TypeError("match() compares two PalmTemplate objects")
+    s = _one(a.surface, b.surface, SURFACE_MATCH)
+    v = _one(a.vein, b.vein, VEIN_MATCH)
+    return Score(surface=s, vein=v, fused=fuse(s, v))
+
+
+# ------------------------------------------------------------------------ calibration
+@attrs.frozen(eq=False)
+class Calibration:
+    """Impostor score distribution -> decision thresholds for a target false-match rate.
+
+    Keeps the number of impostor comparisons and the highest ``keep`` impostor scores (the
+    tail that decides low FMRs), sorted high to low. A score is a match when score >= threshold.
+    """
+
+    n: int
+    tail: np.ndarray
+    KEEP = 100_000
+
+    @classmethod
+    def from_impostors(cls, scores: np.ndarray, *, keep: int = KEEP) -> Calibration:
+        s = np.asarray(scores, np.float64).ravel()
+        if s.size == 0 or not np.isfinite(s).all():
+            raise ValueError("calibration needs a non-empty array of finite impostor scores")
+        k = min(keep, s.size)
+        tail = np.sort(np.partition(s, s.size - k)[s.size - k:])[::-1].copy()
+        return cls(n=int(s.size), tail=tail)
+
+    @property
+    def min_fmr(self) -> float:
+        """The smallest FMR these impostor comparisons can support (one in n)."""
+        return 1.0 / self.n
+
+    def fmr_of(self, score: float) -> float:
+        """Fraction of impostor scores >= ``score`` (a lower bound below the kept tail)."""
+        count = int(np.searchsorted(-self.tail, -float(score), side="right"))
+        return count / self.n
+
+    def threshold_for(self, fmr: float) -> float:
+        """The lowest threshold whose impostor FMR is <= ``fmr``."""
+        if not (0.0 < fmr <= 1.0):
+            raise ValueError(f"fmr must be in (0, 1], got {fmr!r}")
+        allowed = int(math.floor(fmr * self.n + 1e-9))
+        if allowed < 1 and fmr < self.min_fmr:
+            raise ValueError(f"FMR {fmr:g} is below 1/{self.n} impostor comparisons: calibrate on at "
+                             f"least {math.ceil(1 / fmr)} impostor scores")
+        if allowed >= self.tail.size:
+            if self.tail.size < self.n:
+                raise ValueError(f"FMR {fmr:g} lies outside the kept tail of {self.tail.size} scores")
+            return -math.inf
+        return float(np.nextafter(self.tail[allowed], math.inf))
+
+    def to_dict(self) -> dict:
+        return {"version": 1, "n": self.n, "tail": self.tail.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Calibration:
+        if d.get("version") != 1:
+            raise ValueError(f"calibration version {d.get('version')!r} unknown")
+        tail = np.asarray(d["tail"], np.float64)
+        if tail.ndim != 1 or int(d["n"]) < tail.size or (tail.size > 1 and (np.diff(tail) > 0).any()):
+            raise ValueError("calibration data is inconsistent")
+        return cls(n=int(d["n"]), tail=tail)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str) -> Calibration:
+        return cls.from_dict(json.loads(text))

@@ -1,0 +1,160 @@
+"""Matcher, calibration and gallery: fused scores, FMR thresholds, 1:N search with the
+pre-filter, add/remove while searches run in worker threads."""
+import math
+import threading
+
+import numpy as np
+import pytest
+
+import fake_palms  # tests/biometrics is on sys.path (pytest rootdir import mode)
+from palmnode.biometrics import features, matcher
+from palmnode.biometrics.gallery import Gallery
+from palmnode.biometrics.matcher import Calibration, Score, match
+from palmnode.biometrics.types import ModalityCode, PalmTemplate
+
+N = 24
+
+
+@pytest.fixture(scope="module")
+def templates():
+    """N identities x 2 captures (enrol, probe)."""
+    return [[features.encode(*fake_palms.capture(fake_palms.identity(i), 100 * i + s)) for s in range(2)]
+            for i in range(N)]
+
+
+def _random_template(rng):
+    def code(rows):
+        planes = rng.integers(0, 2**32, (4, rows), dtype=np.uint64).astype(np.uint32)
+        if rows < 32:
+            planes &= np.uint32((1 << rows) - 1)
+        return ModalityCode.from_planes(planes)
+    return PalmTemplate(surface=code(32), vein=code(16))
+
+
+def test_match_identical_and_fusion(templates):
+    a = templates[0][0]
+    s = match(a, a)
+    assert s.surface > 0.5 and s.vein > 0.5
+    assert s.fused == pytest.approx((s.surface + s.vein) / 2)
+    only = match(PalmTemplate(surface=a.surface, vein=None), a)
+    assert math.isnan(only.vein) and only.fused == only.surface
+
+
+def test_match_is_the_gallery_score(templates):
+    g = Gallery(shortlist=1000)
+    for i, (enrol, _) in enumerate(templates):
+        g.add(f"p{i}", "left", enrol)
+    probe = templates[3][1]
+    found = {c.person_id: c.score for c in g.search(probe, k=N)}
+    for i, (enrol, _) in enumerate(templates):
+        assert found[f"p{i}"] == match(probe, enrol)
+
+
+def test_search_ranks_the_mate_first_with_and_without_prefilter(templates):
+    for shortlist in (1000, 4):
+        g = Gallery(shortlist=shortlist)
+        for i, (enrol, _) in enumerate(templates):
+            g.add(f"p{i}", "right", enrol)
+        hits = [g.search(probe, k=3)[0].person_id == f"p{i}" for i, (_, probe) in enumerate(templates)]
+        assert all(hits), shortlist
+
+
+def test_search_best_palm_per_person_and_remove(templates):
+    g = Gallery(first_capacity=2, segment_size=4, shortlist=3)
+    for i in range(6):
+        g.add(f"p{i}", "left", templates[i][0])
+        g.add(f"p{i}", "right", templates[i + 6][0])
+    assert len(g) == 12
+    res = g.search(templates[8][1], k=5)
+    assert res[0].person_id == "p2" and res[0].palm == "right"
+    assert len({c.person_id for c in res}) == len(res)
+    assert g.remove("p2") == 2 and g.remove("p2") == 0 and len(g) == 10
+    assert all(c.person_id != "p2" for c in g.search(templates[8][1], k=10))
+    for i in (0, 1, 3):      # compaction of full segments keeps the others findable
+        g.remove(f"p{i}")
+    assert g.search(templates[4][1], k=1)[0].person_id == "p4"
+    assert g.search(templates[11][1], k=1)[0].person_id == "p5"
+
+
+def test_empty_gallery_and_bad_arguments(templates):
+    g = Gallery()
+    assert g.search(templates[0][1]) == [] and len(g) == 0
+    with pytest.raises(ValueError):
+        g.add("", "left", templates[0][0])
+    with pytest.raises(ValueError):
+        g.add("x", "middle", templates[0][0])
+    with pytest.raises(ValueError):
+        g.search(PalmTemplate(surface=None, vein=None))
+    with pytest.raises(TypeError):
+        match(templates[0][0], "nope")
+
+
+def test_memory_is_linear_in_palms():
+    rng = np.random.default_rng(0)
+    g = Gallery(segment_size=1024, first_capacity=1024)
+    sizes = []
+    for n in range(1, 4097):
+        g.add(f"p{n}", "left", _random_template(rng))
+        if n % 1024 == 0:
+            sizes.append(g.memory_bytes())
+    per = np.diff([0] + sizes) / 1024
+    assert np.all(per == per[0]) and per[0] < 1024
+
+
+def test_searches_in_threads_never_see_half_written_entries(templates):
+    """Writers add and remove while worker threads search: every result names a person that
+    was enrolled at some point, and a probe's mate (never removed) is always found."""
+    g = Gallery(shortlist=8, first_capacity=2, segment_size=16)
+    g.add("mate", "left", templates[0][0])
+    rng = np.random.default_rng(1)
+    stop = threading.Event()
+    errors = []
+
+    def searcher():
+        try:
+            while not stop.is_set():
+                res = g.search(templates[0][1], k=3)
+                assert res[0].person_id == "mate"
+                assert all(c.person_id == "mate" or c.person_id.startswith("r") for c in res)
+        except Exception as e:  # noqa: BLE001 - handed to the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=searcher) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for n in range(300):
+            g.add(f"r{n}", "left", _random_template(rng))
+            if n % 3 == 0:
+                g.remove(f"r{n // 2}")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert not errors, errors[0]
+
+
+def test_calibration_thresholds_from_impostors():
+    rng = np.random.default_rng(3)
+    imp = rng.normal(0, 1, 10_000)
+    cal = Calibration.from_impostors(imp)
+    for fmr in (0.1, 0.01, 1e-3, 1e-4):
+        t = cal.threshold_for(fmr)
+        assert (imp >= t).mean() <= fmr
+        assert cal.fmr_of(t) <= fmr
+        assert (imp >= np.nextafter(np.sort(imp)[::-1][int(fmr * imp.size)], -np.inf)).mean() > fmr  # lowest such
+    with pytest.raises(ValueError, match="below 1/10000"):
+        cal.threshold_for(1e-5)
+    assert cal.fmr_of(imp.max() + 1) == 0 and cal.fmr_of(imp.min()) == 1.0
+    back = Calibration.from_json(cal.to_json())
+    assert back.threshold_for(1e-3) == cal.threshold_for(1e-3) and back.n == cal.n
+    small = Calibration.from_impostors(imp, keep=50)
+    assert small.threshold_for(1e-3) == cal.threshold_for(1e-3)
+    with pytest.raises(ValueError):
+        Calibration.from_impostors(np.array([np.nan]))
+
+
+def test_score_fields_are_floats(templates):
+    s = match(templates[0][0], templates[1][1])
+    assert isinstance(s, Score) and all(isinstance(x, float) for x in (s.surface, s.vein, s.fused))
+    assert matcher.fuse(np.nan, np.nan) != matcher.fuse(np.nan, np.nan)  # NaN
