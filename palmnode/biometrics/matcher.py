@@ -70,10 +70,13 @@ def fuse(surface: np.ndarray | float, vein: np.ndarray | float) -> np.ndarray | 
     return float(out) if out.ndim == 0 else out
 
 
+_ZERO = np.zeros(1, np.int64)
+
+
 def _one(a: ModalityCode | None, b: ModalityCode | None, spec: ModalityMatch) -> float:
     if a is None or b is None:
         return math.nan
-    hd, _, _ = kernels.match_shifted(a.planes(), b.planes().reshape(1, -1), np.zeros(1, np.int64),
+    hd, _, _ = kernels.match_shifted(a.planes(), b.planes().reshape(1, -1), _ZERO,
                                      max_dx=spec.max_shift, max_dy=spec.max_shift, n_ref=spec.n_ref)
     return float(similarity(hd[0]))
 
@@ -84,7 +87,12 @@ def match(a: PalmTemplate, b: PalmTemplate) -> Score:
         raise TypeError("match() compares two PalmTemplate objects")
     s = _one(a.surface, b.surface, SURFACE_MATCH)
     v = _one(a.vein, b.vein, VEIN_MATCH)
-    return Score(surface=s, vein=v, fused=fuse(s, v))
+    ws, wv = FUSION_WEIGHTS["surface"], FUSION_WEIGHTS["vein"]
+    if math.isnan(s) or math.isnan(v):      # scalar twin of fuse(), without array overhead
+        fused = v if math.isnan(s) else s
+    else:
+        fused = (ws * s + wv * v) / (ws + wv)
+    return Score(surface=s, vein=v, fused=fused)
 
 
 # ------------------------------------------------------------------------ calibration

@@ -125,14 +125,20 @@ class ModalityCode:
 
     bits: np.ndarray
     mask: np.ndarray
+    _planes: np.ndarray = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        planes = np.concatenate([self.bits.view(np.uint32), self.mask.view(np.uint32)]).reshape(4, -1)
+        planes.flags.writeable = False
+        object.__setattr__(self, "_planes", planes)
 
     @property
     def rows(self) -> int:
         return self.mask.size * 2
 
     def planes(self) -> np.ndarray:
-        """uint32 (4, rows): the 3 code planes then the mask (the kernels' layout)."""
-        return np.concatenate([self.bits.view(np.uint32), self.mask.view(np.uint32)]).reshape(4, self.rows)
+        """uint32 (4, rows), read-only: the 3 code planes then the mask (the kernels' layout)."""
+        return self._planes
 
     @classmethod
     def from_planes(cls, planes: np.ndarray) -> ModalityCode:
