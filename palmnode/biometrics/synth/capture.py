@@ -9,13 +9,13 @@ import numpy as np
 ROTATION_MODES = ("upright", "any")
 
 # within-session jitter (ARCHITECTURE.md: ~2° / ~3% / ~1.6 grey levels between two captures)
-CAPTURE_ROTATION_SD_DEG = 2.1
-CAPTURE_SCALE_SD = 0.031
+CAPTURE_ROTATION_SD_DEG = 1.8
+CAPTURE_SCALE_SD = 0.028
 CAPTURE_SHIFT_SD = 0.015       # fraction of frame height per axis (~7 px at 480)
 CAPTURE_EXPOSURE_SD = 0.0157
 UPRIGHT_SPREAD_SD_DEG = 0.0    # the person's habit already spreads rotations over ~±16°
 MOTION_BLUR_RATE = 0.08
-GLARE_RATE = 0.15
+GLARE_RATE = 0.25
 #: real captures are often JPEG-compressed at about this quality
 JPEG_QUALITY = 75
 

@@ -24,9 +24,9 @@ PERSON_ROTATION_SD_DEG = 6.0
 SESSION_ROTATION_SD_DEG = 4.8
 PERSON_SCALE_SD = 0.05
 SESSION_SCALE_SD = 0.028
-SESSION_SHIFT_SD = 0.05        # fraction of the frame height, per axis (~24 px at 480)
+SESSION_SHIFT_SD = 0.032       # fraction of the frame height, per axis (~15 px at 480)
 PERSON_EXPOSURE_SD = 0.03      # log gain: skin reflectance
-SESSION_EXPOSURE_SD = 0.115    # log gain: skin condition, sensor ageing, ambient
+SESSION_EXPOSURE_SD = 0.125    # log gain: skin condition, sensor ageing, ambient
 PERSON_SIZE_SD = 0.06          # palm width relative to the average adult palm
 
 
@@ -111,12 +111,12 @@ def _shape(seed: int) -> HandShape:
     size = float(np.clip(r.normal(1.0, PERSON_SIZE_SD), 0.85, 1.15))
     palm_length = float(r.normal(1.12, 0.05))
     long_fingers = float(r.normal(1.0, 0.05))  # people with long or short fingers overall
-    base = np.array([0.70, 0.90, 0.98, 0.86])
+    base = np.array([0.64, 0.82, 0.90, 0.79])
     lengths = base * long_fingers * (1 + r.normal(0, 0.03, 4))
     widths = np.array([0.195, 0.225, 0.245, 0.24]) * (1 + r.normal(0, 0.05)) * (1 + r.normal(0, 0.03, 4))
     base_x = np.array([-0.36, -0.12, 0.12, 0.36]) + r.normal(0, 0.012, 4)
-    together = np.array([3.0, 1.0, 0.0, -2.0, 22.0]) + r.normal(0, 1.5, 5)
-    spread = np.array([-30.0, -11.0, 1.0, 16.0, 58.0]) + r.normal(0, 4.0, 5)
+    together = np.array([3.0, 1.0, 0.0, -2.0, 24.0]) + r.normal(0, 1.5, 5)
+    spread = np.array([-30.0, -11.0, 1.0, 16.0, 52.0]) + r.normal(0, 4.0, 5)
     return HandShape(
         size=size,
         palm_length=palm_length,
@@ -124,7 +124,7 @@ def _shape(seed: int) -> HandShape:
         finger_width=tuple(float(v) for v in widths),
         finger_base_x=tuple(float(v) for v in base_x),
         top_slope=float(np.clip(r.normal(0.10, 0.025), 0.04, 0.16)),
-        thumb_length=float(r.normal(0.72, 0.04)),
+        thumb_length=float(r.normal(0.86, 0.04)),
         thumb_width=float(r.normal(0.30, 0.015)),
         wrist_width=float(r.normal(0.80, 0.04)),
         together_deg=tuple(float(v) for v in together),

@@ -18,14 +18,14 @@ from .capture import Capture
 from .identity import HandShape, Identity
 
 #: palm width in pixels at scale 1 for a 480-row frame (hand covers ~30% of a 640×480 frame)
-NOMINAL_PALM_PX = 180.0
+NOMINAL_PALM_PX = 205.0
 NOMINAL_HEIGHT = 480.0
 #: skin canvas: pixels per palm unit and the palm-unit window it covers
 CANVAS_PX = 224.0
 CANVAS_X0, CANVAS_Y0 = -1.35, -1.85
 CANVAS_W, CANVAS_H = 2.7, 3.15
 ARM_LENGTH = 6.0           # palm units beyond the wrist: always leaves the frame
-MAP_STEP = 4               # coarse grid step of the frame→skin map
+MAP_STEP = 8               # coarse grid step of the frame→skin map (exact for the palm: affine)
 BORDERS = ("top", "right", "bottom", "left")
 
 
@@ -80,19 +80,20 @@ def hand_model(shape: HandShape) -> HandModel:
     valley_lr, valley_mr, valley_im = ((x, top(x) + 0.015) for x in vx)
     thumb_valley = (0.49, -0.22 * L)
     ctrl = [
-        (-ww, 0.5 * L), (-0.45, 0.32 * L), (-0.49, 0.08 * L), (-0.50, -0.15 * L),
-        (-0.48, top(-0.48) + 0.06), (bx[0], top(bx[0]) - 0.01), valley_lr,
+        (-ww - 0.15, 0.5 * L + 0.45), (-ww - 0.02, 0.5 * L + 0.08), (-0.45, 0.34 * L), (-0.49, 0.12 * L),
+        (-0.50, -0.14 * L), (-0.48, top(-0.48) + 0.06), (bx[0], top(bx[0]) - 0.01), valley_lr,
         (bx[1], top(bx[1]) - 0.01), valley_mr, (bx[2], top(bx[2]) - 0.01), valley_im,
         (bx[3], top(bx[3]) - 0.01), (0.47, top(0.47) + 0.05), thumb_valley,
-        (0.53, 0.02 * L), (0.52, 0.26 * L), (ww + 0.02, 0.5 * L),
+        (0.53, 0.0 * L), (0.54, 0.2 * L), (ww + 0.06, 0.42 * L), (ww + 0.03, 0.5 * L + 0.08),
+        (ww + 0.15, 0.5 * L + 0.45),
     ]
     palm = _closed_spline(np.array(ctrl), 8)
-    # cut the spline between the two wrist points and run the arm out of the frame (straight)
-    arm = np.array([(ww + 0.05, 0.5 * L + 0.5), (ww + 0.12, 0.5 * L + ARM_LENGTH),
-                    (-ww - 0.12, 0.5 * L + ARM_LENGTH), (-ww - 0.05, 0.5 * L + 0.5)])
-    end = len(palm) - 8  # spline samples from the last control point (radial wrist) back to the first
-    palm = np.vstack([palm[:end + 1], arm])
-    bases = np.array([(bx[i], top(bx[i]) + 0.02) for i in range(4)] + [(0.36, -0.02 * L)])
+    # the spline's closing segment runs across the forearm; replace it by the arm leaving the frame
+    # the forearm slopes down toward the camera, so it widens on the way out of the frame
+    arm = np.array([(ww + 0.45, 0.5 * L + 1.5), (ww + 0.8, 0.5 * L + ARM_LENGTH),
+                    (-ww - 0.8, 0.5 * L + ARM_LENGTH), (-ww - 0.45, 0.5 * L + 1.5)])
+    palm = np.vstack([palm[:len(palm) - 7], arm])
+    bases = np.array([(bx[i], top(bx[i]) + 0.02) for i in range(4)] + [(0.30, 0.12 * L)])
     lengths = np.array(list(shape.finger_length) + [shape.thumb_length])
     widths = np.array(list(shape.finger_width) + [shape.thumb_width])
     canonical = (np.array(shape.together_deg) + np.array(shape.spread_deg)) / 2
@@ -107,10 +108,12 @@ def finger_polygon(base: np.ndarray, angle_deg: float, length: float, width: flo
     """Outline of one finger (palm units): from inside the palm to a rounded tip."""
     u = direction(angle_deg)
     n = np.array([-u[1], u[0]])  # to the finger's right (toward +x when pointing up)
-    start = -0.12 if not thumb else -0.25
+    start = -0.12 if not thumb else -0.2
     t = np.linspace(start, length - width * 0.42, 9)
     frac = np.clip(t / length, 0, 1)
     half = width / 2 * (1.0 - 0.16 * frac + 0.025 * np.sin(frac * math.pi * 3) ** 2)
+    if thumb:  # the thenar eminence: a broad base narrowing to the thumb
+        half = half * (1.0 + 0.55 * np.clip(1 - frac / 0.45, 0, 1) ** 2)
     tip_r = half[-1]
     left = base + t[:, None] * u - half[:, None] * n
     right = base + t[::-1, None] * u + half[::-1, None] * n
@@ -212,32 +215,43 @@ def skin_coordinates(pose: Pose, xy: np.ndarray) -> np.ndarray:
     q = xy @ pose.inverse[:, :2].T + pose.inverse[:, 2]
     q = q - pose.bend(q)  # first-order inverse of a small smooth field
     m = pose.model
-    best_w = np.zeros(q.shape[:-1])
+    shape = q.shape
+    q = q.reshape(-1, 2)
+    # only points beyond the palm's upper edge or out on the thumb side can belong to a finger
+    cand = np.nonzero((q[:, 1] < m.bases[:4, 1].max() + 0.05) | (q[:, 0] > 0.25))[0]
     out = q.copy()
-    best_lat = np.full(q.shape[:-1], np.inf)
+    qa = q
+    q = q[cand]
+    # each point beyond a finger's base follows the nearest finger (lateral distance), blending
+    # in over the first 0.12 palm units so the palm itself never moves
+    best = np.full(q.shape[:-1], -1, np.int8)
+    best_lat = np.full(q.shape[:-1], 0.15)
+    weight = np.zeros(q.shape[:-1])
     for i in range(5):
         u = direction(pose.angles_deg[i])
-        n = np.array([-u[1], u[0]])
         d = q - m.bases[i]
         t = d @ u
-        lat = np.abs(d @ n) - m.widths[i] / 2
-        ramp0 = 0.06 if i == 4 else -0.02
-        w = np.clip((t - ramp0) / 0.12, 0.0, 1.0)
-        take = (w > 0) & (lat < best_lat) & (lat < 0.15)
-        if not take.any():
+        lat = np.abs(d[..., 0] * -u[1] + d[..., 1] * u[0]) - m.widths[i] / 2
+        w = np.clip((t - (0.06 if i == 4 else -0.02)) / 0.12, 0.0, 1.0)
+        take = (w > 0) & (lat < best_lat)
+        best[take] = i
+        best_lat[take] = lat[take]
+        weight[take] = w[take]
+    for i in range(5):
+        sel = best == i
+        if not sel.any():
             continue
         delta = math.radians(m.canonical_deg[i] - pose.angles_deg[i])
         c, s = math.cos(delta), math.sin(delta)
-        rot = np.array([[c, -s], [s, c]])
-        moved = m.bases[i] + d @ rot.T
-        out = np.where(take[..., None], q + w[..., None] * (moved - q), out)
-        best_lat = np.where(take, lat, best_lat)
-        best_w = np.where(take, w, best_w)
-    return out
+        d = q[sel] - m.bases[i]
+        moved = m.bases[i] + d @ np.array([[c, -s], [s, c]]).T
+        out[cand[sel]] = q[sel] + weight[sel][:, None] * (moved - q[sel])
+    del qa
+    return out.reshape(shape)
 
 
 def canvas_map(pose: Pose) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Full-resolution (map_x, map_y) into the skin canvas, and the coarse canonical y grid."""
+    """Full-resolution (map_x, map_y) into the skin canvas, and the coarse canonical (x, y) grid."""
     w, h = pose.width, pose.height
     lw, lh = -(-w // MAP_STEP), -(-h // MAP_STEP)
     gx = (np.arange(lw) + 0.5) * (w / lw) - 0.5
@@ -249,7 +263,7 @@ def canvas_map(pose: Pose) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     import cv2
     mx = cv2.resize(cx, (w, h), interpolation=cv2.INTER_LINEAR)
     my = cv2.resize(cy, (w, h), interpolation=cv2.INTER_LINEAR)
-    return mx, my, q[..., 1].astype(np.float32)
+    return mx, my, q.astype(np.float32)
 
 
 @attrs.frozen(eq=False)
@@ -277,11 +291,11 @@ def truth(pose: Pose, hand: str) -> CaptureTruth:
     axis = centre - wrist
     up = axis / np.linalg.norm(axis)
     tips = tuple(pt(m.bases[i] + direction(pose.angles_deg[i]) * m.lengths[i]) for i in range(5))
-    # the border the arm crosses: follow the arm from the wrist until it leaves the frame
+    # the border the arm crosses: follow the arm from the palm centre until it leaves the frame
     d = -up
     ts = []
-    for name, num, den in (("left", -wrist[0], d[0]), ("right", pose.width - wrist[0], d[0]),
-                           ("top", -wrist[1], d[1]), ("bottom", pose.height - wrist[1], d[1])):
+    for name, num, den in (("left", -centre[0], d[0]), ("right", pose.width - centre[0], d[0]),
+                           ("top", -centre[1], d[1]), ("bottom", pose.height - centre[1], d[1])):
         if den != 0 and num / den > 0:
             ts.append((num / den, name))
     border = min(ts)[1] if ts else "bottom"

@@ -22,9 +22,10 @@ LIGHTINGS = ("nir", "surface", "dark")
 #: NIR-lit palm grey at exposure 1 before fall-off; measured palm median ~107 (ARCHITECTURE.md)
 PALM_LEVEL = 118.0
 #: the hand outline: a step blurred over ~6 px (10–90 %) → Gaussian sigma ≈ 6 / 2.56
-EDGE_SIGMA = 2.35
+EDGE_SIGMA = 2.0
 READ_NOISE = 0.9         # grey levels, dark sensor
 SHOT_NOISE = 0.02        # variance per grey level of signal
+DOME = 0.25              # the palm bulges toward the light: its centre is brightest
 DARK_OFFSET = 1.5        # the empty scene is a little brighter when the LEDs light the housing
 
 
@@ -56,24 +57,29 @@ def scene(identity: Identity, capture: Capture, width: int = 640, height: int = 
     polys = silhouette_polygons(pose)
     mask = cv2.GaussianBlur(_fill(polys, (width, height)), (0, 0), EDGE_SIGMA)
     mask = mask.astype(np.float32) * (1 / 255)
-    mx, my, qy = canvas_map(pose)
-    lh, lw = qy.shape
+    mx, my, q = canvas_map(pose)
+    mx, my = cv2.convertMaps(mx, my, cv2.CV_16SC2)  # fixed-point maps remap faster
+    lh, lw = q.shape[:2]
     step = width / lw
     # coarse light field: LED cone around the optical axis, darker toward the hand's edges
     # (the skin turns away from camera and light), and the arm falling away beyond the wrist
     coarse = _fill(polys, (lw, lh), 1.0 / step).astype(np.float32) * (1 / 255)
-    inner = cv2.GaussianBlur(coarse, (0, 0), 0.16 * pose.palm_px / step)
+    inner = cv2.GaussianBlur(coarse, (0, 0), 0.25 * pose.palm_px / step)
     ys, xs = np.mgrid[0:lh, 0:lw].astype(np.float32)
     xs = (xs + 0.5) * step - width / 2
     ys = (ys + 0.5) * (height / lh) - height / 2
     r2 = (xs * xs + ys * ys) / (0.25 * (width * width + height * height))
     cone = 1.0 - 0.28 * r2
-    edge = 0.55 + 0.45 * np.clip(inner / 0.85, 0, 1) ** 0.8
+    edge = 0.5 + 0.5 * np.clip(inner / 0.9, 0, 1)
+    # the palm is a shallow dome toward the camera: brightest at its centre
+    c = pose.matrix[:, 2]
+    r2p = ((xs + width / 2 - c[0]) ** 2 + (ys + height / 2 - c[1]) ** 2) / (pose.palm_px ** 2)
+    dome = (1.0 - DOME) + DOME * np.exp(-r2p / (2 * 0.45 ** 2))
     wrist = 0.5 * pose.model.palm_length
-    arm = np.exp(-np.clip(qy - wrist - 0.1, 0, None) / 1.6)
+    arm = np.exp(-np.clip(q[..., 1] - wrist - 0.1, 0, None) / 1.6)
     exposure = capture.exposure * (identity.habit(capture.session).exposure if capture.habitual else 1.0)
     habit = identity.habit(capture.session)
-    light = (PALM_LEVEL * exposure) * cone * edge * arm
+    light = (PALM_LEVEL * exposure) * cone * edge * dome * arm
     # the empty scene: black level plus a faint, smooth stray-light gradient
     g = np.random.default_rng([capture.noise_seed & 0xFFFFFFFF, 5]).normal(0, 0.6, 3)
     bg = habit.background + g[0] * xs / width * 2 + g[1] * ys / height * 2 + g[2] * (r2 - 0.3)
@@ -111,14 +117,14 @@ def _glare(frame: np.ndarray, capture: Capture, s: Scene, t: CaptureTruth) -> No
         cx = wx + k * ux
         cx += r.choice([-1, 1]) * (0.45 * s.pose.palm_px + r.uniform(10, 70))
         cy = edge_y + (1 if t.border == "top" else -1) * r.uniform(0.01, 0.08) * h
-        sa, sb = r.uniform(10, 26), r.uniform(3.5, 8)
+        sa, sb = r.uniform(15, 40), r.uniform(5, 12)
     else:
         edge_x = 0.0 if t.border == "left" else w - 1.0
         k = (edge_x - wx) / ux if ux else 0.0
         cy = wy + k * uy
         cy += r.choice([-1, 1]) * (0.45 * s.pose.palm_px + r.uniform(10, 70))
         cx = edge_x + (1 if t.border == "left" else -1) * r.uniform(0.01, 0.08) * w
-        sb, sa = r.uniform(10, 26), r.uniform(3.5, 8)
+        sb, sa = r.uniform(15, 40), r.uniform(5, 12)
         sa, sb = sb, sa
     sx, sy = (sa, sb) if horizontal else (sb, sa)
     x0, x1 = int(max(0, cx - 3 * sx)), int(min(w, cx + 3 * sx + 1))
@@ -183,7 +189,7 @@ def render(identity: Identity, capture: Capture, lighting: str = "nir", *, width
         return _sensor(frame, capture, LIGHTINGS.index(lighting))
     s = scene(identity, capture, width, height)
     canvas = channel_canvases(identity, capture.session)
-    reflect = cv2.remap(canvas[..., 0 if lighting == "nir" else 1], s.map_x, s.map_y,
+    reflect = cv2.remap(canvas[0 if lighting == "nir" else 1], s.map_x, s.map_y,
                         cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
     return _lit(s, reflect, capture, truth(s.pose, identity.hand), LIGHTINGS.index(lighting))
 
@@ -193,8 +199,8 @@ def render_pair(identity: Identity, capture: Capture, *, width: int = 640,
     """(nir, surface) frames of the same pose, as the gate captures them back to back."""
     s = scene(identity, capture, width, height)
     canvas = channel_canvases(identity, capture.session)
-    both = cv2.remap(canvas, s.map_x, s.map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-    nir, surface = cv2.split(both)
+    nir, surface = (cv2.remap(c, s.map_x, s.map_y, cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REFLECT_101) for c in canvas)
     t = truth(s.pose, identity.hand)
     return _lit(s, nir, capture, t, 0), _lit(s, surface, capture, t, 1)
 
