@@ -1,52 +1,61 @@
 """Finger-valley keypoints from the hand outline (radial profile about the palm circle).
 
 The outline is cut where the arm leaves the frame, leaving one path around the hand. Along it the
-distance to the palm centre rises to each fingertip and falls into each valley; the three valleys
-between the four fingers are the three consecutive minima whose spacing is most even (the
-thumb–index web sits much farther out), and the thumb lies on the side of the remaining outline.
+distance to the palm centre rises to each fingertip and falls into each valley. The four fingers
+are the four consecutive tips packed most tightly in angle about the palm centre (the thumb stands
+off at a wider angle than any two fingers, whatever the spread); the valleys are the lowest points
+between them, and the thumb is the tip beyond them on the wider-gap side. Fingers held together
+leave only a shallow notch between their tips: such a "valley" is marked as not deep.
 """
 from __future__ import annotations
 
 import attrs
+import cv2
 import numpy as np
 
 
 @attrs.frozen(eq=False)
-class Valleys:
-    """Valley points in working px: index–middle, middle–ring, ring–little (the thumb is beyond index)."""
+class Fingers:
+    """The four fingers found on the outline (working px), ordered index → little.
 
-    index_middle: np.ndarray
-    middle_ring: np.ndarray
-    ring_little: np.ndarray
-    depth: float             # shallowest of the three valleys' depth, in palm radii
+    ``valleys`` are the lowest outline points between neighbouring tips (index–middle,
+    middle–ring, ring–little); ``deep`` says which of them are real valleys rather than the
+    notch between two fingertips held together (a valley must sink well below both tips).
+    """
+
+    tips: np.ndarray          # (4, 2)
+    valleys: np.ndarray       # (3, 2)
+    deep: tuple[bool, bool, bool]
+    thumb_seen: bool          # the thumb's own tip was found (handedness is then reliable)
 
 
-def outline_path(contour: np.ndarray, shape: tuple[int, int], arm_dir: np.ndarray | None,
+def outline_path(contour: np.ndarray, shape: tuple[int, int], arm: np.ndarray | None,
                  centre: np.ndarray) -> np.ndarray:
     """The outline as one open path from one side of the arm round the hand to the other.
 
-    Points on the frame border (the arm's cut) are dropped; the longest remaining stretch is the
-    hand. Without an arm on the border, the path is opened at the point facing ``arm_dir`` or,
-    failing that, opposite the farthest point.
+    ``arm`` holds the (x, y) border pixels where the arm leaves the frame: outline points on or
+    next to them are the arm's cut and are dropped; the longest remaining stretch is the hand
+    (fingertips cut by another border stay in it). Without an arm, the path is opened at the
+    point opposite the farthest one (the middle fingertip).
     """
-    h, w = shape
-    x, y = contour[:, 0], contour[:, 1]
-    on_border = (x <= 1) | (y <= 1) | (x >= w - 2) | (y >= h - 2)
     n = len(contour)
-    if on_border.any() and not on_border.all():
-        shift = int(np.argmax(on_border))          # start on a border point: stretches never wrap
-        rolled = np.roll(~on_border, -shift)
-        edges = np.diff(np.concatenate([[0], rolled.astype(np.int8), [0]]))
-        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-        k = int(np.argmax(ends - starts))
-        idx = (np.arange(starts[k], ends[k]) + shift) % n
-        return contour[idx].astype(np.float64)
+    if arm is not None and len(arm):
+        zone = np.zeros(shape, np.uint8)
+        zone[arm[:, 1], arm[:, 0]] = 1
+        zone = cv2.dilate(zone, np.ones((5, 5), np.uint8))
+        cut = zone[contour[:, 1], contour[:, 0]].astype(bool)
+        if cut.any() and not cut.all():
+            shift = int(np.argmax(cut))          # start on a cut point: stretches never wrap
+            rolled = np.roll(~cut, -shift)
+            edges = np.diff(np.concatenate([[0], rolled.astype(np.int8), [0]]))
+            starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+            k = int(np.argmax(ends - starts))
+            idx = (np.arange(starts[k], ends[k]) + shift) % n
+            return contour[idx].astype(np.float64)
     pts = contour.astype(np.float64)
     rel = pts - centre
-    if arm_dir is None:
-        far = int(np.argmax((rel ** 2).sum(1)))
-        arm_dir = -rel[far] / (np.linalg.norm(rel[far]) + 1e-9)
-    start = int(np.argmax(rel @ arm_dir))
+    far = int(np.argmax((rel ** 2).sum(1)))
+    start = int(np.argmax(rel @ -rel[far]))
     return np.roll(pts, -start, axis=0)
 
 
@@ -90,53 +99,52 @@ def _extrema(r: np.ndarray, prominence: float) -> tuple[list[int], list[int]]:
     return peaks, mins
 
 
-def find_valleys(path: np.ndarray, centre: np.ndarray, radius: float) -> Valleys | None:
-    """The three inter-finger valleys along ``path`` (see module doc), or None."""
+#: degrees between the index and thumb tips (seen from the palm centre) beyond which it is no thumb
+MAX_THUMB_GAP = 100.0
+#: a valley sinks at least this far (palm radii) below the lower of its two fingertips
+MIN_VALLEY_DEPTH = 0.45
+
+
+def find_fingers(path: np.ndarray, centre: np.ndarray, radius: float,
+                 finger_dir: np.ndarray | None) -> Fingers | None:
+    """The four fingers along ``path`` (see module doc), or None.
+
+    ``finger_dir`` (unit, from the palm centre away from the arm) limits where tips may be.
+    """
     if len(path) < 20 or radius <= 0:
         return None
     rel = path - centre
     r = np.hypot(rel[:, 0], rel[:, 1])
-    r = _smooth(r, max(1.0, 0.04 * radius))
-    peaks, mins = _extrema(r, prominence=0.06 * radius)
-    # a valley sits between two fingertips
-    mins = [m for m in mins if peaks and peaks[0] < m < peaks[-1]]
-    if len(mins) < 3:
+    r = _smooth(r, max(1.0, 0.03 * radius))
+    peaks, _ = _extrema(r, prominence=0.04 * radius)
+    # a fingertip lies well outside the palm circle, on the side away from the arm
+    peaks = [p for p in peaks if r[p] > 1.3 * radius and
+             (finger_dir is None or float(rel[p] @ finger_dir) > -0.2 * r[p])]
+    if len(peaks) < 4:
         return None
-    best = None
-    for j in range(len(mins) - 2):
-        a, b, c = (path[mins[j + k]] for k in range(3))
-        d1, d2 = np.linalg.norm(b - a), np.linalg.norm(c - b)
-        span = d1 + d2
-        if span < 0.4 * radius or span > 3.0 * radius:
-            continue
-        # valleys of fingers are evenly spaced and about equally far from the palm centre
-        radii = r[[mins[j], mins[j + 1], mins[j + 2]]]
-        cost = abs(d1 - d2) / span + 0.5 * (radii.max() - radii.min()) / radius
-        if best is None or cost < best[0]:
-            best = (cost, j)
-    if best is None:
-        return None
-    j = best[1]
-    i0, i1, i2 = mins[j], mins[j + 1], mins[j + 2]
-    # the thumb side: beyond the index finger comes the thumb, a further tip; beyond the little
-    # finger only the hand's edge. With the thumb tucked in, the side whose outline runs longer
-    # near the palm (round the thumb's base) decides.
-    tips_before = sum(1 for p in peaks if p < i0)
-    tips_after = sum(1 for p in peaks if p > i2)
-    if tips_before != tips_after:
-        thumb_first = tips_before > tips_after
+    # tip directions seen from the palm centre, unwrapped along the path
+    tip_angle = np.unwrap(np.arctan2(rel[peaks, 1], rel[peaks, 0]))
+    gaps = np.degrees(np.abs(np.diff(tip_angle)))
+    # the four fingers are the four consecutive tips packed most tightly in angle: the thumb
+    # stands off at a much wider angle than any two fingers do
+    k = min(range(len(peaks) - 3), key=lambda k: float(gaps[k:k + 3].max()))
+    tips = peaks[k:k + 4]
+    valleys = [tips[j] + int(np.argmin(r[tips[j]:tips[j + 1] + 1])) for j in range(3)]
+    # the gap to a tip beyond the first / the last finger: a thumb stands within ~100° of its
+    # index finger; anything farther round is the arm's ragged edge, not a thumb
+    before = gaps[k - 1] if k > 0 and gaps[k - 1] < MAX_THUMB_GAP else None
+    after = gaps[k + 3] if k + 3 < len(gaps) and gaps[k + 3] < MAX_THUMB_GAP else None
+    if before is not None or after is not None:
+        thumb_first = (before or 0.0) > (after or 0.0)
     else:
+        # thumb tucked in: the outline runs longer near the palm on its side (round its base)
         near = r < 2.0 * radius
         steps = np.linalg.norm(np.diff(path, axis=0), axis=1) * near[1:]
-        thumb_first = float(steps[:i0].sum()) >= float(steps[i2:].sum())
-    first, last = path[i0], path[i2]
-    im, rl = (first, last) if thumb_first else (last, first)
-    # depth: how far each valley lies below the lower of its two neighbouring tips
-    depths = []
-    for m in (i0, i1, i2):
-        prev_peak = max(p for p in peaks if p < m)
-        next_peak = min(p for p in peaks if p > m)
-        depths.append(min(r[prev_peak], r[next_peak]) - r[m])
-    depth = float(min(depths) / radius)
-    return Valleys(index_middle=im.copy(), middle_ring=path[i1].copy(), ring_little=rl.copy(),
-                   depth=depth)
+        thumb_first = float(steps[:valleys[0]].sum()) >= float(steps[valleys[2]:].sum())
+    deep = tuple(bool(min(r[tips[j]], r[tips[j + 1]]) - r[valleys[j]] >= MIN_VALLEY_DEPTH * radius)
+                 for j in range(3))
+    tip_pts, valley_pts = path[tips].copy(), path[valleys].copy()
+    if not thumb_first:
+        tip_pts, valley_pts, deep = tip_pts[::-1].copy(), valley_pts[::-1].copy(), deep[::-1]
+    return Fingers(tips=tip_pts, valleys=valley_pts, deep=deep,
+                   thumb_seen=before is not None or after is not None)

@@ -43,10 +43,15 @@ class RoiLimits:
     min_palm_diameter: float = 0.16
     max_palm_diameter: float = 0.55
     #: the outline's edge width (px at full scale) above which the frame counts as motion-blurred
-    max_edge_width: float = 14.0
-    #: ROI side and the distance of its centre below the valley line, in valley distances D
-    side_per_valley_distance: float = 1.3
-    centre_below_valleys: float = 0.85
+    max_edge_width: float = 17.0
+    #: a border contact other than the arm nearer than this (palm radii) to the palm centre means
+    #: the hand is cut (farther out, only fingertips are)
+    min_tip_cut: float = 1.9
+    #: ROI side, and its centre from the palm circle's centre (towards the fingers, towards the
+    #: thumb), in palm-circle radii
+    side_per_palm_radius: float = 1.4
+    centre_up: float = 0.0
+    centre_thumbward: float = 0.0
 
 
 DEFAULT_LIMITS = RoiLimits()
@@ -114,35 +119,41 @@ def _locate(small: np.ndarray, factor: int, limits: RoiLimits) -> Roi | RoiFailu
 
     # the border: the arm leaves through one run, any other contact means the hand is cut
     runs = segment.border_runs(hand.mask, max_gap=int(0.3 * rad))
-    arm_dir = None
+    arm_dir, arm_pts = None, None
     if runs:
         runs.sort(key=lambda run: run[1], reverse=True)
         arm = runs[0]
-        others = [run for run in runs[1:] if run[1] >= max(3.0, 0.2 * rad)]
-        if others:
-            return _fail(FailureReason.PARTIAL_HAND, f"the hand touches the frame border in "
-                                                      f"{len(others) + 1} places")
+        # fingertips cut by another border are tolerated (the ROI does not need them): such a
+        # contact lies far out from the palm centre; anything nearer means the hand is cut
+        for run in runs[1:]:
+            if run[1] >= 3 and np.hypot(*(run[2] - c).T).min() < limits.min_tip_cut * rad:
+                return _fail(FailureReason.PARTIAL_HAND, "the hand is cut by the frame border")
         if arm[1] > 2.6 * rad:
             return _fail(FailureReason.PARTIAL_HAND, "the palm is cut by the frame border")
-        v = arm[2].mean(axis=0) - c
+        arm_pts = arm[2]
+        v = arm_pts.mean(axis=0) - c
         arm_dir = v / (np.linalg.norm(v) + 1e-9)
-    edge_gap = min(c[0], c[1], w - 1 - c[0], h - 1 - c[1])
-    if edge_gap < 1.15 * rad:
-        return _fail(FailureReason.PARTIAL_HAND, "the palm reaches the frame border")
     if diameter < limits.min_palm_diameter:
         return _fail(FailureReason.TOO_FAR, f"palm spans only {diameter:.0%} of the frame height")
 
-    path = keypoints.outline_path(hand.contour, (h, w), arm_dir, c)
-    valleys = keypoints.find_valleys(path, c, rad)
-    if valleys is None:
-        return _fail(FailureReason.PARTIAL_HAND, "the finger valleys are not visible")
-    width = _edge_width(small, hand, palm_grey) * factor
+    path = keypoints.outline_path(hand.contour, (h, w), arm_pts, c)
+    fingers = keypoints.find_fingers(path, c, rad, None if arm_dir is None else -arm_dir)
+    if fingers is None:
+        return _fail(FailureReason.PARTIAL_HAND, "four fingers are not visible")
+    width = _edge_width(small, hand) * factor
     if width > limits.max_edge_width:
         return _fail(FailureReason.MOTION_BLUR, f"hand outline smeared over {width:.0f} px")
-    return _palm_frame(valleys, hand, arm_dir, limits)
+    return _palm_frame(fingers, hand, arm_dir, limits)
 
 
 _NEIGHBOURS = np.mgrid[-1:2, -1:2].reshape(2, 1, 9)[::-1]  # (dx, dy) of a 3×3 neighbourhood
+
+
+_STEP_REACH = 8  # working px each side of the outline
+_CROSS = np.concatenate([
+    np.stack([np.arange(-_STEP_REACH, _STEP_REACH + 1), np.zeros(2 * _STEP_REACH + 1, int)]),
+    np.stack([np.zeros(2 * _STEP_REACH + 1, int), np.arange(-_STEP_REACH, _STEP_REACH + 1)])],
+    axis=1).reshape(2, 1, -1)
 
 
 def _disc_pixels(small: np.ndarray, centre: np.ndarray, radius: float) -> np.ndarray:
@@ -154,15 +165,16 @@ def _disc_pixels(small: np.ndarray, centre: np.ndarray, radius: float) -> np.nda
     return small[y0:y1, x0:x1][disc]
 
 
-def _edge_width(small: np.ndarray, hand: segment.HandMask, palm_grey: float) -> float:
+def _edge_width(small: np.ndarray, hand: segment.HandMask) -> float:
     """Typical width (working px) of the skin/background step along the outline.
 
-    Step height / steepest slope across it; motion smears the edges across the motion, so the
-    widest third of the outline is what counts.
+    Local step height (the grey range around each outline point) / the steepest slope there;
+    motion smears the edges across the motion, so the widest third of the outline is what counts.
     """
     pts = hand.contour[:: max(1, len(hand.contour) // 300)]
     h, w = small.shape
-    keep = (pts[:, 0] > 2) & (pts[:, 1] > 2) & (pts[:, 0] < w - 3) & (pts[:, 1] < h - 3)
+    m = _STEP_REACH + 1
+    keep = (pts[:, 0] >= m) & (pts[:, 1] >= m) & (pts[:, 0] < w - m) & (pts[:, 1] < h - m)
     pts = pts[keep]
     if len(pts) < 10:
         return 0.0
@@ -172,39 +184,72 @@ def _edge_width(small: np.ndarray, hand: segment.HandMask, palm_grey: float) -> 
     gx = small[y, x + 1].astype(np.int32) - small[y, x - 1]
     gy = small[y + 1, x].astype(np.int32) - small[y - 1, x]
     slope = np.sqrt(np.max(gx * gx + gy * gy, axis=1)) / 2
-    step = max(palm_grey - hand.background, 1.0)
-    widths = step / np.maximum(slope, 1e-3)
+    # the step: grey range along a cross of reach _STEP_REACH (covers a soft edge both sides)
+    x = pts[:, :1] + _CROSS[0]
+    y = pts[:, 1:] + _CROSS[1]
+    around = small[y, x]
+    step = around.max(axis=1).astype(np.float64) - around.min(axis=1)
+    widths = step / np.maximum(slope, 0.5)
     return float(np.percentile(widths, 67))
 
 
-def _palm_frame(valleys: keypoints.Valleys, hand: segment.HandMask, arm_dir: np.ndarray | None,
+def _heel_centroid(hand: segment.HandMask, up: np.ndarray) -> np.ndarray | None:
+    """Centroid (working px) of the hand inside 1.5 palm radii of the centre and more than 0.3
+    radii towards the wrist: the heel of the hand and the wrist, symmetric about the palm axis."""
+    c, reach = hand.centre, 1.5 * hand.radius
+    h, w = hand.mask.shape
+    x0, x1 = max(0, int(c[0] - reach)), min(w, int(c[0] + reach) + 1)
+    y0, y1 = max(0, int(c[1] - reach)), min(h, int(c[1] + reach) + 1)
+    ys, xs = np.nonzero(hand.mask[y0:y1, x0:x1])
+    px, py = xs + (x0 - c[0]), ys + (y0 - c[1])
+    keep = (px * px + py * py < reach * reach) & (px * up[0] + py * up[1] < -0.3 * hand.radius)
+    if keep.sum() < 20:
+        return None
+    return c + np.array([px[keep].mean(), py[keep].mean()])
+
+
+def _palm_frame(fingers: keypoints.Fingers, hand: segment.HandMask, arm_dir: np.ndarray | None,
                 limits: RoiLimits) -> Roi | RoiFailure:
     f = hand.factor
     to_frame = lambda p: (np.asarray(p, np.float64) + 0.5) * f - 0.5  # noqa: E731
-    im, mr, rl = (to_frame(p) for p in (valleys.index_middle, valleys.middle_ring, valleys.ring_little))
     centre = to_frame(hand.centre)
-    axis = rl - im
-    dist = float(np.linalg.norm(axis))
-    if dist < 1e-6:
-        return _fail(FailureReason.PARTIAL_HAND, "finger valleys coincide")
-    down = np.array([axis[1], -axis[0]]) / dist      # perpendicular to the valley line
-    mid = (im + rl) / 2
-    if np.dot(centre - mid, down) < 0:                # "down" points from the valleys to the palm
-        down = -down
-    if arm_dir is not None and np.dot(arm_dir, down) < 0:
+    radius = hand.radius * f
+    tips = to_frame(fingers.tips)
+    valleys = to_frame(fingers.valleys)
+    # "up" (towards the fingers): first roughly, the fingertips' mean direction from the palm
+    # centre; then the palm's own axis, from the middle of its wrist-side part to its centre
+    rel = tips - centre
+    up = (rel / np.linalg.norm(rel, axis=1, keepdims=True)).sum(axis=0)
+    up /= np.linalg.norm(up) + 1e-12
+    heel = _heel_centroid(hand, up)
+    if heel is not None:
+        axis = centre - to_frame(heel)
+        up = axis / (np.linalg.norm(axis) + 1e-12)
+    if arm_dir is not None and np.dot(arm_dir, up) > 0.5:
         return _fail(FailureReason.PARTIAL_HAND, "the fingers point towards the arm")
-    right = np.array([down[1], -down[0]])
-    side = limits.side_per_valley_distance * dist
-    roi_centre = mid + limits.centre_below_valleys * dist * down
+    # the side of the thumb (the index finger's side), across "up"
+    thumb = np.array([-up[1], up[0]])
+    if np.dot(tips[0] - tips[3], thumb) < 0:
+        thumb = -thumb
+    down = -up
+    right = np.array([down[1], -down[0]])   # image x of the ROI: a proper rotation of "down"
+    side = limits.side_per_palm_radius * radius
+    roi_centre = centre + (limits.centre_up * up + limits.centre_thumbward * thumb) * radius
+    h, w = (n * f for n in hand.mask.shape)
+    for sx, sy in ((-1, -1), (1, -1), (1, 1), (-1, 1)):
+        corner = roi_centre + (sx * right + sy * down) * side / 2
+        if not (-1 <= corner[0] <= w and -1 <= corner[1] <= h):
+            return _fail(FailureReason.PARTIAL_HAND, "the palm is not fully in view")
     scale = ROI_SIZE / side
     half = (ROI_SIZE - 1) / 2
     rows = np.stack([right, down]) * scale
     transform = np.empty((2, 3), np.float64)
     transform[:, :2] = rows
     transform[:, 2] = half - rows @ roi_centre
-    # the index finger lies on the thumb's side; which side that is in the palm frame tells the hand
-    thumb_right = float(np.dot(im - rl, right)) > 0
-    hand_name = "right" if thumb_right else "left"
+    # seen with the fingers up, a right palm has its thumb on the right
+    hand_name = "right" if np.dot(thumb, right) > 0 else "left"
+    if not fingers.thumb_seen and not all(fingers.deep):
+        hand_name = "unknown"
     return Roi(transform=transform, size=ROI_SIZE, hand=hand_name,
-               palm_width_px=float(2 * hand.radius * f),
-               keypoints=tuple((float(p[0]), float(p[1])) for p in (im, mr, rl)))
+               palm_width_px=float(2 * radius),
+               keypoints=tuple((float(p[0]), float(p[1])) for p in (*valleys, *tips)))

@@ -34,10 +34,10 @@ def downscale(frame: np.ndarray) -> tuple[np.ndarray, int]:
     """``frame`` area-averaged by an integer factor so its long side is about WORK_LONG_SIDE."""
     h, w = frame.shape
     factor = max(1, int(round(max(h, w) / WORK_LONG_SIDE)))
-    if factor == 1:
-        return frame, 1
-    small = cv2.resize(frame, (w // factor, h // factor), interpolation=cv2.INTER_AREA)
-    return small, factor
+    small = frame if factor == 1 else cv2.resize(frame, (w // factor, h // factor),
+                                                 interpolation=cv2.INTER_AREA)
+    # a light blur keeps the outline smooth where a dim arm fades into the background
+    return cv2.GaussianBlur(small, (5, 5), 1.0), factor
 
 
 def otsu_split(small: np.ndarray) -> tuple[float, float, float]:
