@@ -10,7 +10,7 @@ ROTATION_MODES = ("upright", "any")
 
 # within-session jitter (ARCHITECTURE.md: ~2° / ~3% / ~1.6 grey levels between two captures)
 CAPTURE_ROTATION_SD_DEG = 1.8
-CAPTURE_SCALE_SD = 0.028
+CAPTURE_SCALE_SD = 0.032
 CAPTURE_SHIFT_SD = 0.015       # fraction of frame height per axis (~7 px at 480)
 CAPTURE_EXPOSURE_SD = 0.0157
 UPRIGHT_SPREAD_SD_DEG = 0.0    # the person's habit already spreads rotations over ~±16°
@@ -36,6 +36,9 @@ class Capture:
     spread: float = 0.0                # added to the habit's finger spread (0 together .. 1 wide)
     exposure: float = 1.0              # light gain
     bend: float = 0.012                # non-rigid bend amplitude, palm units
+    wrist_deg: float = 0.0             # forearm's angle to the hand axis (wrist deviation)
+    tilt_deg: float = 0.0              # palm tilted out of the image plane (foreshortening, shading)
+    tilt_dir_deg: float = 0.0          # frame direction (degrees, x toward y) of the tilt
     pose_seed: int = 0                 # bend field and small per-finger angle jitter
     noise_seed: int = 0
     noise: float = 1.0                 # sensor noise multiplier
@@ -72,6 +75,9 @@ def sample_capture(rng: np.random.Generator | int, *, session: int = 1, rotation
         spread=float(rng.normal(0.0, 0.12)),
         exposure=float(math.exp(rng.normal(0.0, CAPTURE_EXPOSURE_SD))),
         bend=float(rng.uniform(0.005, 0.02)),
+        wrist_deg=float(rng.normal(0.0, 8.0)),
+        tilt_deg=float(abs(rng.normal(0.0, 9.0))),
+        tilt_dir_deg=float(rng.uniform(0.0, 360.0)),
         pose_seed=int(rng.integers(2**31)),
         noise_seed=int(rng.integers(2**31)),
         noise=float(rng.uniform(0.8, 1.3)),

@@ -18,7 +18,7 @@ from .capture import Capture
 from .identity import HandShape, Identity
 
 #: palm width in pixels at scale 1 for a 480-row frame (hand covers ~30% of a 640×480 frame)
-NOMINAL_PALM_PX = 205.0
+NOMINAL_PALM_PX = 211.0
 NOMINAL_HEIGHT = 480.0
 #: skin canvas: pixels per palm unit and the palm-unit window it covers
 CANVAS_PX = 224.0
@@ -80,18 +80,18 @@ def hand_model(shape: HandShape) -> HandModel:
     valley_lr, valley_mr, valley_im = ((x, top(x) + 0.015) for x in vx)
     thumb_valley = (0.49, -0.22 * L)
     ctrl = [
-        (-ww - 0.15, 0.5 * L + 0.45), (-ww - 0.02, 0.5 * L + 0.08), (-0.45, 0.34 * L), (-0.49, 0.12 * L),
+        (-ww - 0.08, 0.5 * L + 0.5), (-ww - 0.02, 0.5 * L + 0.08), (-0.45, 0.34 * L), (-0.49, 0.12 * L),
         (-0.50, -0.14 * L), (-0.48, top(-0.48) + 0.06), (bx[0], top(bx[0]) - 0.01), valley_lr,
         (bx[1], top(bx[1]) - 0.01), valley_mr, (bx[2], top(bx[2]) - 0.01), valley_im,
         (bx[3], top(bx[3]) - 0.01), (0.47, top(0.47) + 0.05), thumb_valley,
         (0.53, 0.0 * L), (0.54, 0.2 * L), (ww + 0.06, 0.42 * L), (ww + 0.03, 0.5 * L + 0.08),
-        (ww + 0.15, 0.5 * L + 0.45),
+        (ww + 0.08, 0.5 * L + 0.5),
     ]
     palm = _closed_spline(np.array(ctrl), 8)
     # the spline's closing segment runs across the forearm; replace it by the arm leaving the frame
     # the forearm slopes down toward the camera, so it widens on the way out of the frame
-    arm = np.array([(ww + 0.45, 0.5 * L + 1.5), (ww + 0.8, 0.5 * L + ARM_LENGTH),
-                    (-ww - 0.8, 0.5 * L + ARM_LENGTH), (-ww - 0.45, 0.5 * L + 1.5)])
+    arm = np.array([(ww + 0.35, 0.5 * L + 1.5), (ww + 0.8, 0.5 * L + ARM_LENGTH),
+                    (-ww - 0.8, 0.5 * L + ARM_LENGTH), (-ww - 0.35, 0.5 * L + 1.5)])
     palm = np.vstack([palm[:len(palm) - 7], arm])
     bases = np.array([(bx[i], top(bx[i]) + 0.02) for i in range(4)] + [(0.30, 0.12 * L)])
     lengths = np.array(list(shape.finger_length) + [shape.thumb_length])
@@ -138,6 +138,7 @@ class Pose:
     rotation_deg: float
     scale: float
     mirror: bool
+    wrist_deg: float
     width: int
     height: int
 
@@ -180,6 +181,10 @@ def make_pose(identity: Identity, capture: Capture, width: int, height: int) -> 
     rmat = np.array([[c, s], [-s, c]])  # counterclockwise on screen (y down)
     mirror = identity.hand == "left"
     lin = px * rmat @ (np.diag([-1.0, 1.0]) if mirror else np.eye(2))
+    if capture.tilt_deg:  # out-of-plane tilt: the palm is foreshortened along the tilt direction
+        t = math.radians(capture.tilt_dir_deg)
+        d = np.array([math.cos(t), math.sin(t)])
+        lin = (np.eye(2) - (1 - math.cos(math.radians(capture.tilt_deg))) * np.outer(d, d)) @ lin
     # fit: centre the wrist-to-fingertip span on the frame, pushed toward the arm if it is too long
     up = rmat @ np.array([0.0, -1.0])
     L = shape.palm_length
@@ -197,13 +202,21 @@ def make_pose(identity: Identity, capture: Capture, width: int, height: int) -> 
     inverse = np.hstack([inv_lin, (-inv_lin @ palm_c)[:, None]])
     return Pose(model=model, angles_deg=angles, matrix=matrix, inverse=inverse, palm_px=px,
                 bend_k=k, bend_phase=phase, bend_amp=amp, rotation_deg=float(rot),
-                scale=float(scale), mirror=mirror, width=width, height=height)
+                scale=float(scale), mirror=mirror, wrist_deg=float(capture.wrist_deg), width=width,
+                height=height)
 
 
 def silhouette_polygons(pose: Pose) -> list[np.ndarray]:
     """The hand's parts (palm+arm, four fingers, thumb) as frame-coordinate polygons."""
     m = pose.model
-    parts = [m.palm]
+    palm = m.palm
+    if pose.wrist_deg:  # the forearm is seldom in line with the hand: bend it at the wrist
+        pivot = np.array([0.0, 0.5 * m.palm_length])
+        d = palm - pivot
+        a = np.radians(pose.wrist_deg) * np.clip((d[:, 1] - 0.1) / 0.4, 0, 1)
+        c, s = np.cos(a), np.sin(a)
+        palm = pivot + np.stack([d[:, 0] * c - d[:, 1] * s, d[:, 0] * s + d[:, 1] * c], 1)
+    parts = [palm]
     for i in range(5):
         parts.append(finger_polygon(m.bases[i], pose.angles_deg[i], m.lengths[i], m.widths[i],
                                     thumb=i == 4))

@@ -26,6 +26,7 @@ EDGE_SIGMA = 2.0
 READ_NOISE = 0.9         # grey levels, dark sensor
 SHOT_NOISE = 0.02        # variance per grey level of signal
 DOME = 0.25              # the palm bulges toward the light: its centre is brightest
+TILT_SHADE = 0.5         # relative brightness change per palm width at sin(tilt) = 1
 DARK_OFFSET = 1.5        # the empty scene is a little brighter when the LEDs light the housing
 
 
@@ -79,7 +80,11 @@ def scene(identity: Identity, capture: Capture, width: int = 640, height: int = 
     arm = np.exp(-np.clip(q[..., 1] - wrist - 0.1, 0, None) / 1.6)
     exposure = capture.exposure * (identity.habit(capture.session).exposure if capture.habitual else 1.0)
     habit = identity.habit(capture.session)
-    light = (PALM_LEVEL * exposure) * cone * edge * dome * arm
+    # a tilted palm has one side nearer the LEDs: a gentle brightness gradient across it
+    t = math.radians(capture.tilt_dir_deg)
+    lean = 1.0 + TILT_SHADE * math.sin(math.radians(capture.tilt_deg)) * (
+        (math.cos(t) * (xs + width / 2 - c[0]) + math.sin(t) * (ys + height / 2 - c[1])) / pose.palm_px)
+    light = (PALM_LEVEL * exposure) * cone * edge * dome * arm * np.clip(lean, 0.7, 1.3)
     # the empty scene: black level plus a faint, smooth stray-light gradient
     g = np.random.default_rng([capture.noise_seed & 0xFFFFFFFF, 5]).normal(0, 0.6, 3)
     bg = habit.background + g[0] * xs / width * 2 + g[1] * ys / height * 2 + g[2] * (r2 - 0.3)

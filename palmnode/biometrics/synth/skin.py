@@ -22,7 +22,7 @@ CANVAS_CACHE = 24
 
 # contrast in reflectance units (× ~107 grey levels at the palm): ARCHITECTURE.md, real captures —
 # NIR veins ~6 levels deep, creases ~2–3 levels in surface light, principal lines deeper
-NIR_VEIN = 0.09
+NIR_VEIN = 0.083
 NIR_CREASE = 0.010
 SURFACE_CREASE = 0.05
 NIR_TEXTURE = (0.005, 0.007)      # fine, medium
@@ -209,19 +209,24 @@ def _draw_veins(rng: np.random.Generator, identity: Identity, size: tuple[int, i
                 k = rng.integers(len(pts) // 4, len(pts) - 2)
                 tan = pts[k + 1] - pts[k]
                 here = math.degrees(math.atan2(tan[0], -tan[1]))
-                grow(pts[k], here + rng.choice([-1, 1]) * rng.uniform(25, 60),
-                     length * rng.uniform(0.35, 0.7), level + 1)
+                side = rng.choice([-1, 1])
+                if abs(pts[k][0]) > 0.25:  # near the palm's edge, branch back inward
+                    side = -np.sign(pts[k][0]) * np.sign(math.cos(math.radians(here)) or 1)
+                grow(pts[k], here + side * rng.uniform(25, 60), length * rng.uniform(0.35, 0.7),
+                     level + 1)
 
-    n = int(rng.integers(3, 6))
-    xs = np.sort(rng.uniform(-0.34, 0.34, n))
+    # trunks come up from the forearm and run through the palm toward the finger bases
+    n = int(rng.integers(2, 6))
+    xs = rng.uniform(-0.35, 0.35, n)
     for x in xs:
-        start = np.array([x, 0.5 * L + rng.uniform(0.45, 0.8)])
-        grow(start, 30 * x / 0.34 + rng.normal(0, 8), rng.uniform(0.9, 1.5), 0)
-    for _ in range(rng.integers(1, 4)):  # connecting veins: from one vein across to another
-        pts, _, _ = segments[int(rng.integers(len(segments)))]
-        at = pts[int(rng.integers(len(pts)))]
-        if abs(at[0]) < 0.5 and abs(at[1]) < 0.6 * L:
-            grow(at, rng.choice([-1, 1]) * rng.uniform(50, 100), rng.uniform(0.25, 0.5), 1)
+        start = np.array([x, 0.5 * L + rng.uniform(0.3, 0.9)])
+        target = np.array([rng.uniform(-0.45, 0.45), rng.uniform(-0.55, 0.0) * L])
+        d = target - start
+        head = math.degrees(math.atan2(d[0], -d[1]))
+        grow(start, head, float(np.hypot(*d)) * rng.uniform(1.0, 1.15), 0)
+    for _ in range(rng.integers(2, 5)):  # veins lying within the palm, joining the network
+        start = np.array([rng.uniform(-0.4, 0.4), rng.uniform(-0.3, 0.4) * L])
+        grow(start, rng.uniform(-80, 80) + rng.choice([0, 180]), rng.uniform(0.3, 0.6), 1)
     thick = {0: 5, 1: 4, 2: 3}
     for pts, val, level in sorted(segments, key=lambda s: s[1]):
         fade = 0.65 + 0.35 * np.clip(np.convolve(rng.standard_normal(len(pts)), np.ones(15) / 4, "same") + 0.5, 0, 1)

@@ -26,6 +26,11 @@ def palm_grey(frame: np.ndarray, truth: CaptureTruth) -> float:
     return float(np.median(frame[palm_disk(truth, frame.shape)]))
 
 
+def palm_mean(frame: np.ndarray, truth: CaptureTruth) -> float:
+    """Mean grey of the central palm (finer than the median of 8-bit values, for differences)."""
+    return float(frame[palm_disk(truth, frame.shape)].mean())
+
+
 def palm_falloff(frame: np.ndarray, truth: CaptureTruth) -> float:
     """Brightest minus darkest (95th − 5th percentile) of the smoothed palm, edge to edge."""
     smooth = cv2.GaussianBlur(frame.astype(np.float32), (0, 0), 6.0)
@@ -96,5 +101,5 @@ def similarity(a: np.ndarray, b: np.ndarray) -> float:
     return float((band(a) * band(b)).mean())
 
 
-__all__ = ["background", "border_cover", "coverage", "edge_width", "glare_fraction", "hand_mask",
+__all__ = ["background", "border_cover", "palm_mean", "coverage", "edge_width", "glare_fraction", "hand_mask",
            "palm_disk", "palm_falloff", "palm_grey", "palm_patch", "similarity"]

@@ -105,7 +105,7 @@ def measure(n_identities: int = 34, rotation: str = "upright", seed: int = 1) ->
                     vd, cd, _pd = _depths(ident, cap)
                     rows["vein_depth"].append(vd)
                     rows["crease_depth_surface"].append(cd)
-                info[(s, k)] = (t, grey, stats.palm_patch(nir, t), stats.palm_patch(surface, t),
+                info[(s, k)] = (t, stats.palm_mean(nir, t), stats.palm_patch(nir, t), stats.palm_patch(surface, t),
                                 cap.motion_blur_px > 0)
         for a, b in itertools.combinations(sorted(info), 2):
             ta, ga, na, sa, ba = info[a]
