@@ -1,8 +1,10 @@
 """How usable a palm ROI is: sharpness, exposure and completeness, each 0..1, and one score.
 
-- sharpness: how much of the ROI's gradient energy survives a light blur is a contrast-free
-  measure of focus and motion: a sharp ROI loses much of its fine-scale energy when blurred, an
-  already-blurred one barely changes (ratio of gradient energy before/after a σ=1.5 blur).
+- sharpness: the width of the hand's outline edge (roi.outline_edge_width): a still, focused
+  hand has a soft but narrow step (~6-8 px at 640×480); motion and defocus widen it. The edge is
+  used rather than the palm's own texture because sensor noise dominates the palm's fine-scale
+  gradient energy, so texture measures barely move with blur, while the outline is a strong,
+  person-independent step.
 - exposure: the palm's median grey inside a good window, falling off linearly outside it, times
   the share of pixels that are not clipped.
 - completeness: the share of the ROI that is skin (above the frame's skin/background split) and
@@ -16,6 +18,7 @@ import attrs
 import cv2
 import numpy as np
 
+from palmnode.biometrics import roi as roi_module
 from palmnode.biometrics import segment
 from palmnode.biometrics.types import BadImage, Quality, Roi, check_frame
 
@@ -31,9 +34,9 @@ class QualityPolicy:
     exposure_bad_high: float = 235.0
     #: pixels at or above this grey count as clipped (their share lowers the exposure score)
     clip_level: int = 250
-    #: sharpness ratio (gradient energy / energy after a σ=1.5 blur) mapping to 0 and to 1
-    sharpness_blurred: float = 1.15
-    sharpness_sharp: float = 1.6
+    #: outline edge width (frame px) scoring 1 (sharp) and 0 (smeared)
+    edge_width_sharp: float = 9.0
+    edge_width_blurred: float = 17.0
     #: weights of the geometric mean
     weight_sharpness: float = 1.0
     weight_exposure: float = 1.0
@@ -66,7 +69,7 @@ def assess(frame: object, roi: Roi, roi_image: object, *,
     inside = _inside_frame(image.shape, roi)
     skin = (patch > threshold) & inside
     completeness = float(skin.mean())
-    sharpness = _sharpness(patch, skin, policy)
+    sharpness = _sharpness(image, policy)
     exposure = _exposure(patch, skin, policy)
     parts = np.array([sharpness, exposure, completeness])
     weights = np.array([policy.weight_sharpness, policy.weight_exposure, policy.weight_completeness])
@@ -91,21 +94,11 @@ def _ramp(x: float, zero: float, one: float) -> float:
     return float(np.clip((x - zero) / (one - zero), 0.0, 1.0))
 
 
-def _sharpness(patch: np.ndarray, skin: np.ndarray, policy: QualityPolicy) -> float:
-    core = cv2.erode(skin.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
-    if core.sum() < 64:
+def _sharpness(image: np.ndarray, policy: QualityPolicy) -> float:
+    width = roi_module.outline_edge_width(image)
+    if width is None:
         return 0.0
-    p = patch.astype(np.float32)
-    blurred = cv2.GaussianBlur(p, (0, 0), 1.5)
-    def energy(img: np.ndarray) -> float:
-        gx = cv2.Sobel(img, cv2.CV_32F, 1, 0, ksize=3)
-        gy = cv2.Sobel(img, cv2.CV_32F, 0, 1, ksize=3)
-        return float(np.mean((gx * gx + gy * gy)[core]))
-    sharp_e, soft_e = energy(p), energy(blurred)
-    if soft_e <= 1e-6:
-        return 0.0  # a flat ROI carries no pattern at all
-    ratio = float(np.sqrt(sharp_e / soft_e))
-    return _ramp(ratio, policy.sharpness_blurred, policy.sharpness_sharp)
+    return 1.0 - _ramp(width, policy.edge_width_sharp, policy.edge_width_blurred)
 
 
 def _exposure(patch: np.ndarray, skin: np.ndarray, policy: QualityPolicy) -> float:

@@ -37,13 +37,19 @@ class RoiLimits:
     max_clipped: float = 0.2
     #: hand area / frame area below this: nothing hand-sized in view
     min_hand_area: float = 0.03
+    #: skin/background cut, as a share of the way from the background mean to the skin mean
+    skin_cut: float = 0.4
     #: hand (and arm) area / frame area above this: too close
     max_hand_area: float = 0.5
+    #: a hand cut by the frame and covering more than this share of it is too close, not misplaced
+    cut_hand_too_close: float = 0.4
     #: palm-circle diameter / frame short side outside this range: too far / too close
-    min_palm_diameter: float = 0.16
-    max_palm_diameter: float = 0.55
+    min_palm_diameter: float = 0.28
+    max_palm_diameter: float = 0.75
     #: the outline's edge width (px at full scale) above which the frame counts as motion-blurred
     max_edge_width: float = 17.0
+    #: the arm's contact with the border longer than this (palm radii) means the palm is cut
+    max_arm_width: float = 3.2
     #: a border contact other than the arm nearer than this (palm radii) to the palm centre means
     #: the hand is cut (farther out, only fingertips are)
     min_tip_cut: float = 1.9
@@ -82,6 +88,13 @@ def _fail(reason: FailureReason, detail: str) -> RoiFailure:
     return RoiFailure(reason=reason, detail=detail)
 
 
+def _cut(hand: segment.HandMask, limits: RoiLimits, detail: str) -> RoiFailure:
+    """A hand cut by the frame: too close when it is also big (the fix is to move away)."""
+    if hand.area_fraction > limits.cut_hand_too_close:
+        return _fail(FailureReason.TOO_CLOSE, f"{detail}; the hand covers {hand.area_fraction:.0%}")
+    return _fail(FailureReason.PARTIAL_HAND, detail)
+
+
 def _locate(small: np.ndarray, factor: int, limits: RoiLimits) -> Roi | RoiFailure:
     lo, hi = int(small.min()), int(small.max())
     if hi - lo < limits.min_contrast:
@@ -90,9 +103,17 @@ def _locate(small: np.ndarray, factor: int, limits: RoiLimits) -> Roi | RoiFailu
         return _fail(FailureReason.NO_HAND, f"the frame is uniform (grey {lo}..{hi})")
     threshold, bg_mean, fg_mean = segment.otsu_split(small)
     if fg_mean - bg_mean < limits.min_contrast:
+        # a faint but hand-sized region: the light is too weak for this hand, not an empty scene
+        if fg_mean - bg_mean >= limits.min_contrast / 2.5 and fg_mean < limits.min_palm_grey:
+            faint = segment.segment(small, factor, threshold, bg_mean, fg_mean - bg_mean)
+            if faint is not None and faint.area_fraction >= limits.min_hand_area and faint.radius >= 8:
+                return _fail(FailureReason.UNDER_EXPOSED, f"the hand is only {fg_mean - bg_mean:.0f} "
+                                                          f"grey levels above the background")
         return _fail(FailureReason.NO_HAND, f"nothing stands out from the background "
                                             f"({fg_mean - bg_mean:.0f} grey levels)")
-    hand = segment.segment(small, factor, threshold, bg_mean, fg_mean - bg_mean)
+    # cut lower than Otsu's level: the dim far end of the arm stays whole (the background is flat)
+    cut = bg_mean + limits.skin_cut * (fg_mean - bg_mean)
+    hand = segment.segment(small, factor, cut, bg_mean, fg_mean - bg_mean)
     if hand is None or hand.area_fraction < limits.min_hand_area:
         area = 0.0 if hand is None else hand.area_fraction
         if bg_mean >= 200:
@@ -125,24 +146,29 @@ def _locate(small: np.ndarray, factor: int, limits: RoiLimits) -> Roi | RoiFailu
         arm = runs[0]
         # fingertips cut by another border are tolerated (the ROI does not need them): such a
         # contact lies far out from the palm centre; anything nearer means the hand is cut
+        # (contacts on the arm's side are the ragged edge of a dim arm, not a cut)
+        arm_side = arm[2].mean(axis=0) - c
+        arm_side /= np.linalg.norm(arm_side) + 1e-9
         for run in runs[1:]:
-            if run[1] >= 3 and np.hypot(*(run[2] - c).T).min() < limits.min_tip_cut * rad:
-                return _fail(FailureReason.PARTIAL_HAND, "the hand is cut by the frame border")
-        if arm[1] > 2.6 * rad:
-            return _fail(FailureReason.PARTIAL_HAND, "the palm is cut by the frame border")
+            rel = run[2] - c
+            if (run[1] >= 3 and np.hypot(*rel.T).min() < limits.min_tip_cut * rad
+                    and float(rel.mean(axis=0) @ arm_side) < 0.5 * float(np.linalg.norm(rel.mean(axis=0)))):
+                return _cut(hand, limits, "the hand is cut by the frame border")
+        if arm[1] > limits.max_arm_width * rad:
+            return _cut(hand, limits, "the palm is cut by the frame border")
         arm_pts = arm[2]
         v = arm_pts.mean(axis=0) - c
         arm_dir = v / (np.linalg.norm(v) + 1e-9)
     if diameter < limits.min_palm_diameter:
         return _fail(FailureReason.TOO_FAR, f"palm spans only {diameter:.0%} of the frame height")
 
+    width = _edge_width(small, hand) * factor
+    if width > limits.max_edge_width:
+        return _fail(FailureReason.MOTION_BLUR, f"hand outline smeared over {width:.0f} px")
     path = keypoints.outline_path(hand.contour, (h, w), arm_pts, c)
     fingers = keypoints.find_fingers(path, c, rad, None if arm_dir is None else -arm_dir)
     if fingers is None:
         return _fail(FailureReason.PARTIAL_HAND, "four fingers are not visible")
-    width = _edge_width(small, hand) * factor
-    if width > limits.max_edge_width:
-        return _fail(FailureReason.MOTION_BLUR, f"hand outline smeared over {width:.0f} px")
     return _palm_frame(fingers, hand, arm_dir, limits)
 
 
@@ -150,10 +176,24 @@ _NEIGHBOURS = np.mgrid[-1:2, -1:2].reshape(2, 1, 9)[::-1]  # (dx, dy) of a 3×3 
 
 
 _STEP_REACH = 8  # working px each side of the outline
-_CROSS = np.concatenate([
-    np.stack([np.arange(-_STEP_REACH, _STEP_REACH + 1), np.zeros(2 * _STEP_REACH + 1, int)]),
-    np.stack([np.zeros(2 * _STEP_REACH + 1, int), np.arange(-_STEP_REACH, _STEP_REACH + 1)])],
-    axis=1).reshape(2, 1, -1)
+_REACH = np.arange(-_STEP_REACH, _STEP_REACH + 1, 2)
+_CROSS = np.concatenate([np.stack([_REACH, 0 * _REACH]), np.stack([0 * _REACH, _REACH])],
+                        axis=1).reshape(2, 1, -1)
+
+
+def outline_edge_width(frame: object, *, limits: RoiLimits = DEFAULT_LIMITS) -> float | None:
+    """Width in frame px of the hand's outline edge (about 6 px when still; motion and defocus
+    widen it), or None without a hand. Used by quality.py for sharpness."""
+    image = check_frame(frame, name="frame")
+    small, factor = segment.downscale(image)
+    _, bg_mean, fg_mean = segment.otsu_split(small)
+    if fg_mean - bg_mean < limits.min_contrast / 2.5:
+        return None
+    cut = bg_mean + limits.skin_cut * (fg_mean - bg_mean)
+    hand = segment.segment(small, factor, cut, bg_mean, fg_mean - bg_mean)
+    if hand is None:
+        return None
+    return _edge_width(small, hand) * factor
 
 
 def _disc_pixels(small: np.ndarray, centre: np.ndarray, radius: float) -> np.ndarray:
@@ -171,7 +211,7 @@ def _edge_width(small: np.ndarray, hand: segment.HandMask) -> float:
     Local step height (the grey range around each outline point) / the steepest slope there;
     motion smears the edges across the motion, so the widest third of the outline is what counts.
     """
-    pts = hand.contour[:: max(1, len(hand.contour) // 300)]
+    pts = hand.contour[:: max(1, len(hand.contour) // 120)]
     h, w = small.shape
     m = _STEP_REACH + 1
     keep = (pts[:, 0] >= m) & (pts[:, 1] >= m) & (pts[:, 0] < w - m) & (pts[:, 1] < h - m)
@@ -196,16 +236,18 @@ def _edge_width(small: np.ndarray, hand: segment.HandMask) -> float:
 def _heel_centroid(hand: segment.HandMask, up: np.ndarray) -> np.ndarray | None:
     """Centroid (working px) of the hand inside 1.5 palm radii of the centre and more than 0.3
     radii towards the wrist: the heel of the hand and the wrist, symmetric about the palm axis."""
-    c, reach = hand.centre, 1.5 * hand.radius
-    h, w = hand.mask.shape
+    # on every other pixel: a centroid of thousands of pixels does not need them all
+    c, reach = hand.centre / 2, 1.5 * hand.radius / 2
+    mask = hand.mask[::2, ::2]
+    h, w = mask.shape
     x0, x1 = max(0, int(c[0] - reach)), min(w, int(c[0] + reach) + 1)
     y0, y1 = max(0, int(c[1] - reach)), min(h, int(c[1] + reach) + 1)
-    ys, xs = np.nonzero(hand.mask[y0:y1, x0:x1])
+    ys, xs = np.nonzero(mask[y0:y1, x0:x1])
     px, py = xs + (x0 - c[0]), ys + (y0 - c[1])
-    keep = (px * px + py * py < reach * reach) & (px * up[0] + py * up[1] < -0.3 * hand.radius)
-    if keep.sum() < 20:
+    keep = (px * px + py * py < reach * reach) & (px * up[0] + py * up[1] < -0.15 * hand.radius)
+    if keep.sum() < 10:
         return None
-    return c + np.array([px[keep].mean(), py[keep].mean()])
+    return 2 * (c + np.array([px[keep].mean(), py[keep].mean()]))
 
 
 def _palm_frame(fingers: keypoints.Fingers, hand: segment.HandMask, arm_dir: np.ndarray | None,
@@ -253,3 +295,28 @@ def _palm_frame(fingers: keypoints.Fingers, hand: segment.HandMask, arm_dir: np.
     return Roi(transform=transform, size=ROI_SIZE, hand=hand_name,
                palm_width_px=float(2 * radius),
                keypoints=tuple((float(p[0]), float(p[1])) for p in (*valleys, *tips)))
+
+
+def measure(frames: int = 60, repeats: int = 5) -> dict[str, float]:
+    """Median and 95th-percentile ms of ``extract_roi`` + ``warp`` on rendered 640×480 frames."""
+    import time
+
+    from palmnode.biometrics.synth import Identity, render, sample_capture
+
+    rng = np.random.default_rng(0)
+    images = [render(Identity.from_seed(i, ("left", "right")[i % 2]),
+                     sample_capture(rng, rotation=("upright", "any")[i % 2])) for i in range(frames)]
+    times = []
+    for _ in range(repeats):
+        for image in images:
+            start = time.perf_counter()
+            found = extract_roi(image)
+            if isinstance(found, Roi):
+                warp(image, found)
+            times.append(time.perf_counter() - start)
+    ms = np.array(times) * 1e3
+    return {"median_ms": float(np.median(ms)), "p95_ms": float(np.percentile(ms, 95)), "frames": frames}
+
+
+if __name__ == "__main__":  # python -m palmnode.biometrics.roi: the ROI stage's speed on one core
+    print(measure())

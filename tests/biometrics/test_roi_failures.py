@@ -146,7 +146,7 @@ def test_motion_blur():
     streak = np.zeros((1, 41), np.float32)
     streak[0, :] = 1 / 41
     smeared = cv2.filter2D(frame, -1, cv2.warpAffine(np.pad(streak, ((20, 20), (0, 0))),
-                                                     cv2.getRotationMatrix2D((20, 20), 70, 1.0), (41, 41)))
+                                                     cv2.getRotationMatrix2D((20, 20), 10, 1.0), (41, 41)))
     assert reason(roi.extract_roi(smeared)) is FailureReason.MOTION_BLUR
 
 
