@@ -18,7 +18,7 @@ from .capture import Capture
 from .identity import HandShape, Identity
 
 #: palm width in pixels at scale 1 for a 480-row frame (hand covers ~30% of a 640×480 frame)
-NOMINAL_PALM_PX = 211.0
+NOMINAL_PALM_PX = 217.0
 NOMINAL_HEIGHT = 480.0
 #: skin canvas: pixels per palm unit and the palm-unit window it covers
 CANVAS_PX = 224.0
@@ -103,24 +103,39 @@ def hand_model(shape: HandShape) -> HandModel:
                      palm_length=L)
 
 
-def finger_polygon(base: np.ndarray, angle_deg: float, length: float, width: float,
-                   *, thumb: bool = False) -> np.ndarray:
-    """Outline of one finger (palm units): from inside the palm to a rounded tip."""
+def finger_axis(base: np.ndarray, angle_deg: float, length: float, curve: float,
+                t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Points at ``t`` along a finger's (slightly curved) axis, and the local direction."""
     u = direction(angle_deg)
-    n = np.array([-u[1], u[0]])  # to the finger's right (toward +x when pointing up)
+    n = np.array([-u[1], u[0]])
+    f = np.clip(t / length, 0, None)
+    pts = base + t[:, None] * u + (curve * length * f ** 2)[:, None] * n
+    d = u + (2 * curve * f)[:, None] * n
+    return pts, d / np.linalg.norm(d, axis=1, keepdims=True)
+
+
+def finger_polygon(base: np.ndarray, angle_deg: float, length: float, width: float,
+                   *, curve: float = 0.0, thumb: bool = False) -> np.ndarray:
+    """Outline of one finger (palm units): from inside the palm to a rounded tip."""
     start = -0.12 if not thumb else -0.2
-    t = np.linspace(start, length - width * 0.42, 9)
+    t = np.linspace(start, length - width * 0.42, 11)
     frac = np.clip(t / length, 0, 1)
-    half = width / 2 * (1.0 - 0.16 * frac + 0.025 * np.sin(frac * math.pi * 3) ** 2)
+    half = width / 2 * (1.0 - 0.16 * frac + 0.03 * np.sin(frac * math.pi * 3) ** 2)
     if thumb:  # the thenar eminence: a broad base narrowing to the thumb
         half = half * (1.0 + 0.55 * np.clip(1 - frac / 0.45, 0, 1) ** 2)
-    tip_r = half[-1]
-    left = base + t[:, None] * u - half[:, None] * n
-    right = base + t[::-1, None] * u + half[::-1, None] * n
+    axis, d = finger_axis(base, angle_deg, length, curve, t)
+    n = np.stack([-d[:, 1], d[:, 0]], 1)  # to the finger's right (toward +x when pointing up)
+    left = axis - half[:, None] * n
+    right = (axis + half[:, None] * n)[::-1]
     a = np.linspace(math.pi, 0, 9)[1:-1]
-    tip_c = base + t[-1] * u
-    tip = tip_c + tip_r * (np.cos(a)[:, None] * n + np.sin(a)[:, None] * u)
+    tip = axis[-1] + half[-1] * (np.cos(a)[:, None] * n[-1] + np.sin(a)[:, None] * d[-1])
     return np.vstack([left, tip, right])
+
+
+def fingertip(model: "HandModel", pose: "Pose", i: int) -> np.ndarray:
+    pts, _ = finger_axis(model.bases[i], pose.angles_deg[i], pose.lengths[i], pose.curves[i],
+                         np.array([pose.lengths[i]]))
+    return pts[0]
 
 
 @attrs.frozen(eq=False)
@@ -129,6 +144,8 @@ class Pose:
 
     model: HandModel
     angles_deg: np.ndarray       # (5,) posed finger angles
+    lengths: np.ndarray          # (5,) visible finger lengths (curled fingers look shorter)
+    curves: np.ndarray           # (5,) sideways curvature of each finger (tip offset / length)
     matrix: np.ndarray           # 2×3: palm units → frame pixels
     inverse: np.ndarray          # 2×3: frame pixels → palm units
     palm_px: float               # palm width in frame pixels
@@ -167,6 +184,10 @@ def make_pose(identity: Identity, capture: Capture, width: int, height: int) -> 
     r = np.random.default_rng([capture.pose_seed & 0xFFFFFFFF, 17])
     together, wide = np.array(shape.together_deg), np.array(shape.spread_deg)
     angles = together + spread * (wide - together) + r.normal(0, 1.5, 5)
+    curl = np.clip(np.abs(r.normal(0, 0.06, 5)) + r.uniform(0, 0.04), 0, 0.2)  # fingers half-relaxed
+    lengths = model.lengths * (1 - curl)
+    # fingers lean a little toward the middle finger, more when held together
+    curves = np.array([0.05, 0.025, 0.0, -0.03, 0.0]) * (1.3 - spread) + r.normal(0, 0.012, 5)
     # bend: three smooth waves, wavelengths 1–2.5 palm widths, total amplitude ~capture.bend
     lam = r.uniform(1.0, 2.5, 3)
     th = r.uniform(0, 2 * math.pi, 3)
@@ -200,7 +221,7 @@ def make_pose(identity: Identity, capture: Capture, width: int, height: int) -> 
     matrix = np.hstack([lin, palm_c[:, None]])
     inv_lin = np.linalg.inv(lin)
     inverse = np.hstack([inv_lin, (-inv_lin @ palm_c)[:, None]])
-    return Pose(model=model, angles_deg=angles, matrix=matrix, inverse=inverse, palm_px=px,
+    return Pose(model=model, angles_deg=angles, lengths=lengths, curves=curves, matrix=matrix, inverse=inverse, palm_px=px,
                 bend_k=k, bend_phase=phase, bend_amp=amp, rotation_deg=float(rot),
                 scale=float(scale), mirror=mirror, wrist_deg=float(capture.wrist_deg), width=width,
                 height=height)
@@ -218,8 +239,8 @@ def silhouette_polygons(pose: Pose) -> list[np.ndarray]:
         palm = pivot + np.stack([d[:, 0] * c - d[:, 1] * s, d[:, 0] * s + d[:, 1] * c], 1)
     parts = [palm]
     for i in range(5):
-        parts.append(finger_polygon(m.bases[i], pose.angles_deg[i], m.lengths[i], m.widths[i],
-                                    thumb=i == 4))
+        parts.append(finger_polygon(m.bases[i], pose.angles_deg[i], pose.lengths[i], m.widths[i],
+                                    curve=pose.curves[i], thumb=i == 4))
     return [pose.to_frame(p) for p in parts]
 
 
@@ -303,7 +324,7 @@ def truth(pose: Pose, hand: str) -> CaptureTruth:
     wrist = np.array(pt((0.0, 0.5 * m.palm_length)))
     axis = centre - wrist
     up = axis / np.linalg.norm(axis)
-    tips = tuple(pt(m.bases[i] + direction(pose.angles_deg[i]) * m.lengths[i]) for i in range(5))
+    tips = tuple(pt(fingertip(m, pose, i)) for i in range(5))
     # the border the arm crosses: follow the arm from the palm centre until it leaves the frame
     d = -up
     ts = []

@@ -32,6 +32,7 @@ TARGETS = {
     "vein_depth": (6, None, None),
     "vein_width_%_valley": (8, None, None),
     "crease_depth_surface": (2.5, None, None),
+    "principal_line_depth_surface": (None, None, None),
     "crease_width_px": (3, None, None),
 }
 
@@ -102,9 +103,10 @@ def measure(n_identities: int = 34, rotation: str = "upright", seed: int = 1) ->
                 bg_px += int(bg.sum())
                 if cap.motion_blur_px == 0 and k == 0:
                     rows["edge_10_90_px"].append(stats.edge_width(nir, ident, cap))
-                    vd, cd, _pd = _depths(ident, cap)
+                    vd, cd, pd = _depths(ident, cap)
                     rows["vein_depth"].append(vd)
                     rows["crease_depth_surface"].append(cd)
+                    rows["principal_line_depth_surface"].append(pd)
                 info[(s, k)] = (t, stats.palm_mean(nir, t), stats.palm_patch(nir, t), stats.palm_patch(surface, t),
                                 cap.motion_blur_px > 0)
         for a, b in itertools.combinations(sorted(info), 2):
@@ -146,7 +148,7 @@ def main(argv=None) -> int:
     print(f"{'quantity':24s} {'measured median [5–95%]':28s} target", file=sys.stderr)
     for k, v in out["measured"].items():
         t = TARGETS[k]
-        tt = f"{t[0]}" + (f" [{t[1]}–{t[2]}]" if t[1] is not None else "")
+        tt = ("" if t[0] is None else f"{t[0]}") + (f" [{t[1]}–{t[2]}]" if t[1] is not None else "")
         print(f"{k:24s} {v[0]:7.2f} [{v[1]:.2f}–{v[2]:.2f}]{'':8s} {tt}", file=sys.stderr)
     print(json.dumps(out))
     return 0
