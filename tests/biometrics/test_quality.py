@@ -1,0 +1,65 @@
+"""Quality assessment: each factor moves the way it should, the score and policy behave."""
+from __future__ import annotations
+
+import attrs
+import numpy as np
+import pytest
+
+from palmnode.biometrics import quality, roi
+from palmnode.biometrics.synth import Identity, render, sample_capture
+from palmnode.biometrics.types import BadImage, Roi
+
+
+def placed(**changes):
+    ident = Identity.from_seed(31, "right")
+    cap = attrs.evolve(sample_capture(np.random.default_rng(4), session=1), habitual=False,
+                       rotation_deg=10.0, scale=1.0, shift=(0.0, 0.0), motion_blur_px=0.0, glare=0.0,
+                       spread=0.5)
+    return render(ident, attrs.evolve(cap, **changes), "nir")
+
+
+def assess(frame):
+    found = roi.extract_roi(frame)
+    assert isinstance(found, Roi), found
+    return found, quality.assess(frame, found, roi.warp(frame, found))
+
+
+def test_good_capture_scores_high_and_is_accepted():
+    _, q = assess(placed())
+    assert q.score > 0.8 and quality.DEFAULT_POLICY.accepts(q)
+    assert all(0.0 <= v <= 1.0 for v in (q.sharpness, q.exposure, q.completeness, q.score))
+
+
+def test_darker_exposure_lowers_the_exposure_factor():
+    _, good = assess(placed())
+    _, dim = assess(placed(exposure=0.55))
+    assert dim.exposure < good.exposure
+
+
+def test_motion_blur_lowers_sharpness():
+    _, still = assess(placed())
+    _, moving = assess(placed(motion_blur_px=14.0, motion_blur_deg=0.0))
+    assert moving.sharpness < still.sharpness
+
+
+def test_roi_hanging_out_of_the_frame_is_incomplete():
+    frame = placed()
+    found, _ = assess(frame)
+    moved = attrs.evolve(found, transform=found.transform + np.array([[0, 0, 60.0], [0, 0, 0]]))
+    q = quality.assess(frame, moved, roi.warp(frame, moved))
+    assert q.completeness < 0.8 and not quality.DEFAULT_POLICY.accepts(q)
+
+
+def test_policy_thresholds_come_from_config_values():
+    q = assess(placed())[1]
+    strict = quality.QualityPolicy(min_score=1.01)
+    assert not strict.accepts(q)
+
+
+def test_bad_roi_image_is_a_typed_error():
+    frame = placed()
+    found, _ = assess(frame)
+    with pytest.raises(BadImage):
+        quality.assess(frame, found, np.zeros((64, 64), np.uint8))
+    with pytest.raises(BadImage):
+        quality.assess(frame, found, np.full((128, 128), np.nan, np.float32))
