@@ -62,6 +62,7 @@ class SessionHabit:
     spread: float                 # typical finger spread 0 (together) .. 1 (wide)
     background: float             # grey level of the empty scene
     crease_gain: float            # skin condition: how marked the creases are today
+    vein_gain: float              # warm hands show fuller, darker veins than cold ones
 
 
 @attrs.frozen
@@ -103,6 +104,7 @@ class Identity:
             spread=float(np.clip(p_spread + s.normal(0.0, 0.15), 0.0, 1.0)),
             background=float(np.clip(s.normal(14.5, 1.2), 11.5, 16.5)),
             crease_gain=float(np.clip(s.normal(1.0, 0.1), 0.75, 1.3)),
+            vein_gain=float(np.clip(s.normal(1.0, 0.15), 0.7, 1.35)),
         )
 
 

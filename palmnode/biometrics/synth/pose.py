@@ -90,8 +90,9 @@ def hand_model(shape: HandShape) -> HandModel:
     palm = _closed_spline(np.array(ctrl), 8)
     # the spline's closing segment runs across the forearm; replace it by the arm leaving the frame
     # the forearm slopes down toward the camera, so it widens on the way out of the frame
-    arm = np.array([(ww + 0.35, 0.5 * L + 1.5), (ww + 0.8, 0.5 * L + ARM_LENGTH),
-                    (-ww - 0.8, 0.5 * L + ARM_LENGTH), (-ww - 0.35, 0.5 * L + 1.5)])
+    d = np.array([0.8, 1.2, 1.7, 2.3, 3.0, 4.0, ARM_LENGTH])
+    half = ww + 0.08 + 0.11 * (d - 0.5)
+    arm = np.vstack([np.stack([half, 0.5 * L + d], 1), np.stack([-half, 0.5 * L + d], 1)[::-1]])
     palm = np.vstack([palm[:len(palm) - 7], arm])
     bases = np.array([(bx[i], top(bx[i]) + 0.02) for i in range(4)] + [(0.30, 0.12 * L)])
     lengths = np.array(list(shape.finger_length) + [shape.thumb_length])
@@ -234,7 +235,7 @@ def silhouette_polygons(pose: Pose) -> list[np.ndarray]:
     if pose.wrist_deg:  # the forearm is seldom in line with the hand: bend it at the wrist
         pivot = np.array([0.0, 0.5 * m.palm_length])
         d = palm - pivot
-        a = np.radians(pose.wrist_deg) * np.clip((d[:, 1] - 0.1) / 0.4, 0, 1)
+        a = np.radians(pose.wrist_deg) * np.clip((d[:, 1] - 0.1) / 1.2, 0, 1) ** 1.5
         c, s = np.cos(a), np.sin(a)
         palm = pivot + np.stack([d[:, 0] * c - d[:, 1] * s, d[:, 0] * s + d[:, 1] * c], 1)
     parts = [palm]

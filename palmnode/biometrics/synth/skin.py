@@ -22,7 +22,7 @@ CANVAS_CACHE = 24
 
 # contrast in reflectance units (× ~107 grey levels at the palm): ARCHITECTURE.md, real captures —
 # NIR veins ~6 levels deep, creases ~2–3 levels in surface light, principal lines deeper
-NIR_VEIN = 0.083
+NIR_VEIN = 0.088
 NIR_CREASE = 0.010
 SURFACE_CREASE = 0.05
 NIR_TEXTURE = (0.005, 0.007)      # fine, medium
@@ -284,7 +284,7 @@ def channel_canvases(identity: Identity, session: int) -> np.ndarray:
     extra = _draw_creases(r, identity, size, count=int(r.integers(8, 25)), principal=False)
     crease = np.maximum(layers.crease, extra * 0.5) * habit.crease_gain
     nir = layers.shade * (1 + NIR_TEXTURE[0] * fine + NIR_TEXTURE[1] * layers.texture_mid) \
-        - NIR_VEIN * layers.vein - NIR_CREASE * crease
+        - (NIR_VEIN * habit.vein_gain) * layers.vein - NIR_CREASE * crease
     surface = SURFACE_LEVEL * (layers.shade * (1 + SURFACE_TEXTURE[0] * fine
                                                 + SURFACE_TEXTURE[1] * layers.texture_mid)
                                - SURFACE_CREASE * crease)

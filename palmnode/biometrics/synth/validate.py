@@ -46,7 +46,7 @@ def _depths(identity, capture) -> tuple[float, float, float]:
     vein, crease = m[..., 0], m[..., 1]
     inside = s.mask > 0.99
     gain = identity.habit(capture.session).crease_gain
-    vd = NIR_VEIN * s.light * vein
+    vd = NIR_VEIN * identity.habit(capture.session).vein_gain * s.light * vein
     cd = SURFACE_CREASE * SURFACE_LEVEL * gain * s.light * crease
     vsel = inside & (vein > 0.6) & (vein >= cv2.dilate(vein, np.ones((5, 5), np.uint8)) - 1e-4)
     csel = inside & (crease > 0.25) & (crease >= cv2.dilate(crease, np.ones((3, 3), np.uint8)) - 1e-4)
