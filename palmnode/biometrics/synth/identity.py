@@ -94,7 +94,7 @@ class Identity:
         p_rot = person.normal(0.0, PERSON_ROTATION_SD_DEG)
         p_scale = person.normal(0.0, PERSON_SCALE_SD)
         p_exp = person.normal(0.0, PERSON_EXPOSURE_SD)
-        p_spread = person.uniform(0.15, 0.85)
+        p_spread = person.uniform(0.2, 0.9)
         s = _rng(self.seed, HANDS.index(self.hand), 202, session)
         return SessionHabit(
             rotation_deg=float(p_rot + s.normal(0.0, SESSION_ROTATION_SD_DEG)),
@@ -115,9 +115,9 @@ def _shape(seed: int) -> HandShape:
     long_fingers = float(r.normal(1.0, 0.05))  # people with long or short fingers overall
     base = np.array([0.64, 0.82, 0.90, 0.79])
     lengths = base * long_fingers * (1 + r.normal(0, 0.03, 4))
-    widths = np.array([0.195, 0.225, 0.245, 0.24]) * (1 + r.normal(0, 0.05)) * (1 + r.normal(0, 0.03, 4))
+    widths = np.array([0.18, 0.205, 0.22, 0.215]) * (1 + r.normal(0, 0.05)) * (1 + r.normal(0, 0.03, 4))
     base_x = np.array([-0.36, -0.12, 0.12, 0.36]) + r.normal(0, 0.012, 4)
-    together = np.array([3.0, 1.0, 0.0, -2.0, 24.0]) + r.normal(0, 1.5, 5)
+    together = np.array([-1.0, -0.5, 0.0, 1.0, 24.0]) + r.normal(0, 1.5, 5)
     spread = np.array([-30.0, -11.0, 1.0, 16.0, 52.0]) + r.normal(0, 4.0, 5)
     return HandShape(
         size=size,

@@ -18,7 +18,7 @@ from .capture import Capture
 from .identity import HandShape, Identity
 
 #: palm width in pixels at scale 1 for a 480-row frame (hand covers ~30% of a 640×480 frame)
-NOMINAL_PALM_PX = 217.0
+NOMINAL_PALM_PX = 223.0
 NOMINAL_HEIGHT = 480.0
 #: skin canvas: pixels per palm unit and the palm-unit window it covers
 CANVAS_PX = 224.0
@@ -119,11 +119,14 @@ def finger_polygon(base: np.ndarray, angle_deg: float, length: float, width: flo
                    *, curve: float = 0.0, thumb: bool = False) -> np.ndarray:
     """Outline of one finger (palm units): from inside the palm to a rounded tip."""
     start = -0.12 if not thumb else -0.2
-    t = np.linspace(start, length - width * 0.42, 11)
+    t = np.concatenate([np.linspace(start, 0.0, 3)[:-1],
+                        np.linspace(0.0, length - width * 0.42, 12)])
     frac = np.clip(t / length, 0, 1)
     half = width / 2 * (1.0 - 0.16 * frac + 0.03 * np.sin(frac * math.pi * 3) ** 2)
     if thumb:  # the thenar eminence: a broad base narrowing to the thumb
         half = half * (1.0 + 0.55 * np.clip(1 - frac / 0.45, 0, 1) ** 2)
+    else:  # the sides curve in toward the web between fingers: the valley is a rounded notch
+        half = half * (0.8 + 0.2 * np.clip(t / (0.6 * width), 0, 1) ** 0.5)
     axis, d = finger_axis(base, angle_deg, length, curve, t)
     n = np.stack([-d[:, 1], d[:, 0]], 1)  # to the finger's right (toward +x when pointing up)
     left = axis - half[:, None] * n
@@ -188,7 +191,7 @@ def make_pose(identity: Identity, capture: Capture, width: int, height: int) -> 
     curl = np.clip(np.abs(r.normal(0, 0.06, 5)) + r.uniform(0, 0.04), 0, 0.2)  # fingers half-relaxed
     lengths = model.lengths * (1 - curl)
     # fingers lean a little toward the middle finger, more when held together
-    curves = np.array([0.05, 0.025, 0.0, -0.03, 0.0]) * (1.3 - spread) + r.normal(0, 0.012, 5)
+    curves = np.array([0.025, 0.012, 0.0, -0.015, 0.0]) * (1.3 - spread) + r.normal(0, 0.012, 5)
     # bend: three smooth waves, wavelengths 1–2.5 palm widths, total amplitude ~capture.bend
     lam = r.uniform(1.0, 2.5, 3)
     th = r.uniform(0, 2 * math.pi, 3)
