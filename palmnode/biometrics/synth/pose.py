@@ -81,9 +81,9 @@ def hand_model(shape: HandShape) -> HandModel:
     thumb_valley = (0.49, -0.22 * L)
     ctrl = [
         (-ww - 0.08, 0.5 * L + 0.5), (-ww - 0.02, 0.5 * L + 0.08), (-0.45, 0.34 * L), (-0.49, 0.12 * L),
-        (-0.50, -0.14 * L), (-0.48, top(-0.48) + 0.06), (bx[0], top(bx[0]) - 0.01), valley_lr,
+        (-0.50, -0.14 * L), (-0.47, top(-0.47) + 0.13), (bx[0], top(bx[0]) - 0.01), valley_lr,
         (bx[1], top(bx[1]) - 0.01), valley_mr, (bx[2], top(bx[2]) - 0.01), valley_im,
-        (bx[3], top(bx[3]) - 0.01), (0.47, top(0.47) + 0.05), thumb_valley,
+        (bx[3], top(bx[3]) - 0.01), (0.46, top(0.46) + 0.09), thumb_valley,
         (0.53, 0.0 * L), (0.54, 0.2 * L), (ww + 0.06, 0.42 * L), (ww + 0.03, 0.5 * L + 0.08),
         (ww + 0.08, 0.5 * L + 0.5),
     ]

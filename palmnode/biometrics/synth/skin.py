@@ -16,9 +16,9 @@ import numpy as np
 from .identity import Identity
 from .pose import CANVAS_PX, CANVAS_X0, CANVAS_Y0, canvas_size, direction, hand_model
 
-#: bounded caches: ~10 MB of layers per palm, ~3.4 MB of channel canvases per (palm, session)
-LAYER_CACHE = 8
-CANVAS_CACHE = 24
+#: bounded caches: ~8.5 MB of layers per palm, ~3.4 MB of channel canvases per (palm, session)
+LAYER_CACHE = 4
+CANVAS_CACHE = 16
 
 # contrast in reflectance units (× ~107 grey levels at the palm): ARCHITECTURE.md, real captures —
 # NIR veins ~6 levels deep, creases ~2–3 levels in surface light, principal lines deeper
