@@ -336,7 +336,11 @@ class Illuminator:
 
     def _temperature_text(self) -> str:
         t = self.temperature_c
-        return "an unknown temperature" if t is None else f"{t:.1f} °C"
+        if t is None:
+            return "an unknown temperature"
+        if not math.isfinite(t):  # the ADC sits at a rail
+            return "a thermistor reading " + ("short circuit" if t > 0 else "open circuit (disconnected?)")
+        return f"{t:.1f} °C"
 
     async def _send(self, data: bytes) -> None:
         # shielded: a cancelled caller must not leave half a message on the line
@@ -396,7 +400,7 @@ class Illuminator:
         if not self._hot and (not math.isfinite(t) or t >= self.max_temperature_c):  # open/short NTC trips too
             self._hot = True
             self.stats.over_temperature_trips += 1
-            log.warning("%s: %s over the %g °C limit, lights off", self._name,
+            log.warning("%s: %s (limit %g °C), lights off", self._name,
                         self._temperature_text(), self.max_temperature_c)
             await self.all_off()
             self._emit(OverTemperature(t, self.max_temperature_c, "driver"))
