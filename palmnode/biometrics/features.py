@@ -183,31 +183,55 @@ def _orientations(code: ModalityCode) -> tuple[np.ndarray, np.ndarray]:
     return _DECODE[value], bits[3].astype(bool)
 
 
+_BIT64 = np.uint64(1) << np.arange(64, dtype=np.uint64)
+
+
+def _coarse_words(orient: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """uint64 (P, 4): 8x8 coarse codes (3 planes + mask) pooled from P cell grids (P, R, R)."""
+    p, rows = valid.shape[0], valid.shape[1]
+    b = rows // SIGNATURE_GRID
+    onehot = (orient[..., None] == np.arange(N_ORIENT)) & valid[..., None]
+    votes = onehot.reshape(p, SIGNATURE_GRID, b, SIGNATURE_GRID, b, N_ORIENT).sum(axis=(2, 4))
+    support = votes.sum(axis=3)
+    agree = votes @ _AGREE                                    # (P, 8, 8, 6) integer
+    best = np.argmax(agree, axis=3)
+    # a block needs a quarter of its cells valid and a clear dominant orientation
+    block_valid = (support * 4 >= b * b) & (agree.max(axis=3) * 2 >= support * 100 // 2)
+    c = CIRCULAR_CODE[best].reshape(p, -1).astype(np.uint64)
+    out = np.empty((p, 4), np.uint64)
+    for q in range(3):
+        out[:, q] = np.bitwise_or.reduce(((c >> np.uint64(q)) & np.uint64(1)) * _BIT64, axis=1)
+    out[:, 3] = np.bitwise_or.reduce(block_valid.reshape(p, -1).astype(np.uint64) * _BIT64, axis=1)
+    return out
+
+
 def _coarse_word(code: ModalityCode | None) -> np.ndarray:
     """4 uint64 words: an 8x8 coarse code (3 planes + mask) pooled from a modality's cells."""
-    out = np.zeros(4, np.uint64)
     if code is None:
-        return out
+        return np.zeros(4, np.uint64)
     orient, valid = _orientations(code)
-    b = code.rows // SIGNATURE_GRID
-    onehot = (orient[..., None] == np.arange(N_ORIENT)) & valid[..., None]
-    votes = onehot.reshape(SIGNATURE_GRID, b, SIGNATURE_GRID, b, N_ORIENT).sum(axis=(1, 3))
-    support = votes.sum(axis=2)
-    agree = votes @ _AGREE                                    # (8, 8, 6) integer
-    best = np.argmax(agree, axis=2)
-    # a block needs a quarter of its cells valid and a clear dominant orientation
-    block_valid = (support * 4 >= b * b) & (agree.max(axis=2) * 2 >= support * 100 // 2)
-    c = CIRCULAR_CODE[best].reshape(-1).astype(np.uint64)
-    w = np.uint64(1) << np.arange(64, dtype=np.uint64)
-    for p in range(3):
-        out[p] = np.bitwise_or.reduce(((c >> np.uint64(p)) & np.uint64(1)) * w)
-    out[3] = np.bitwise_or.reduce(block_valid.reshape(-1).astype(np.uint64) * w)
-    return out
+    return _coarse_words(orient[None], valid[None])[0]
 
 
 def signature(template: PalmTemplate) -> np.ndarray:
     """The 64-byte pre-filter signature (uint64[8]) derived from a template's codes."""
     return np.concatenate([_coarse_word(template.surface), _coarse_word(template.vein)])
+
+
+def _shifted_cells(orient: np.ndarray, valid: np.ndarray, offsets, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """(P, R, R) orientation and validity grids moved like :func:`shift_code` by scale*offset."""
+    rows = valid.shape[0]
+    o_out = np.zeros((len(offsets), rows, rows), orient.dtype)
+    v_out = np.zeros((len(offsets), rows, rows), bool)
+    for i, (dy, dx) in enumerate(offsets):
+        dy, dx = scale * dy, scale * dx
+        if abs(dy) >= rows or abs(dx) >= rows:
+            continue
+        ys, yd = (slice(0, rows - dy), slice(dy, rows)) if dy >= 0 else (slice(-dy, rows), slice(0, rows + dy))
+        xs, xd = (slice(0, rows - dx), slice(dx, rows)) if dx >= 0 else (slice(-dx, rows), slice(0, rows + dx))
+        o_out[i, yd, xd] = orient[ys, xs]
+        v_out[i, yd, xd] = valid[ys, xs]
+    return o_out, v_out
 
 
 def shift_code(code: ModalityCode, dy: int, dx: int) -> ModalityCode:
@@ -233,10 +257,13 @@ PROBE_OFFSETS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
 
 def signature_variants(template: PalmTemplate, offsets=PROBE_OFFSETS) -> np.ndarray:
     """uint64 (len(offsets), 8): the probe's signature with its codes moved by each offset
-    (vein cells; surface cells move twice as far, same pixels)."""
-    out = []
-    for dy, dx in offsets:
-        s = None if template.surface is None else shift_code(template.surface, 2 * dy, 2 * dx)
-        v = None if template.vein is None else shift_code(template.vein, dy, dx)
-        out.append(signature(PalmTemplate(surface=s, vein=v)))
-    return np.stack(out)
+    (vein cells; surface cells move twice as far, same pixels) — equal to
+    ``signature(PalmTemplate(shift_code(surface, 2*dy, 2*dx), shift_code(vein, dy, dx)))``
+    per offset, computed for all offsets at once."""
+    offsets = tuple(offsets)
+    out = np.zeros((len(offsets), 8), np.uint64)
+    for half, code, scale in ((0, template.surface, 2), (1, template.vein, 1)):
+        if code is not None:
+            orient, valid = _orientations(code)
+            out[:, 4 * half:4 * half + 4] = _coarse_words(*_shifted_cells(orient, valid, offsets, scale))
+    return out

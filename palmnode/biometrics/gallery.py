@@ -27,8 +27,12 @@ from palmnode.biometrics import features, kernels
 from palmnode.biometrics.matcher import RECORD_WORDS, SURFACE_MATCH, VEIN_MATCH, Score, fuse, similarity
 from palmnode.biometrics.types import PalmTemplate
 
-#: shortlist after the pre-filter; recall loss measured in docs/engine.md
+#: shortlist after the pre-filter: SHORTLIST_FRACTION of the gallery, at least MIN_SHORTLIST and
+#: at most SHORTLIST entries (a fixed impostor quantile, so the recall loss does not depend on the
+#: gallery size up to SHORTLIST / SHORTLIST_FRACTION = 1M); recall loss measured in docs/engine.md
 SHORTLIST = 2000
+SHORTLIST_FRACTION = 0.002
+MIN_SHORTLIST = 200
 PALMS = ("left", "right", "unknown")
 _HAS_SURFACE, _HAS_VEIN = 1, 2
 
@@ -89,10 +93,15 @@ class Gallery:
     """
 
     def __init__(self, *, shortlist: int = SHORTLIST, probe_offsets=features.PROBE_OFFSETS,
-                 segment_size: int = 1 << 16, first_capacity: int = 256):
-        if shortlist < 1 or segment_size < 1 or first_capacity < 1 or not probe_offsets:
-            raise ValueError("shortlist, segment_size, first_capacity and probe_offsets must be positive/non-empty")
+                 segment_size: int = 1 << 16, first_capacity: int = 256,
+                 shortlist_fraction: float = SHORTLIST_FRACTION, min_shortlist: int = MIN_SHORTLIST):
+        if shortlist < 1 or segment_size < 1 or first_capacity < 1 or not probe_offsets or min_shortlist < 1:
+            raise ValueError("shortlist, min_shortlist, segment_size, first_capacity and probe_offsets must be positive/non-empty")
+        if not 0.0 < shortlist_fraction <= 1.0:
+            raise ValueError(f"shortlist_fraction must be in (0, 1], got {shortlist_fraction!r}")
         self.shortlist = shortlist
+        self.shortlist_fraction = shortlist_fraction
+        self.min_shortlist = min_shortlist
         self.probe_offsets = tuple(probe_offsets)
         self._segment_size = segment_size
         self._first = min(first_capacity, segment_size)
@@ -179,6 +188,12 @@ class Gallery:
         """Bytes held by the packed arrays (the per-person id table is extra)."""
         return sum(seg.nbytes() for seg in self._segments)
 
+    def shortlist_size(self, total: int) -> int:
+        """Entries fully matched after the pre-filter in a gallery of ``total`` live entries:
+        ``ceil(shortlist_fraction * total)`` clamped to [min(min_shortlist, shortlist), shortlist]."""
+        return int(min(self.shortlist, max(min(self.min_shortlist, self.shortlist),
+                                           -(-int(total * self.shortlist_fraction * 1e6) // 1_000_000))))
+
     def _snapshot(self) -> list[tuple[_Segment, int, np.ndarray]]:
         with self._lock:  # writers hold it only to write one row or swap arrays
             return [(seg, seg.count, seg.live) for seg in self._segments]
@@ -196,12 +211,13 @@ class Gallery:
         if total == 0:
             return []
         # (1)+(2) pre-filter scan and shortlist (every live entry when the gallery is small)
-        if total > self.shortlist:
+        size = self.shortlist_size(total)
+        if total > size:
             psig = features.signature_variants(probe, self.probe_offsets)
             scores = np.empty(total, np.uint16)
             for (seg, n, live), a in zip(snap, starts[:-1]):
                 scores[a:a + n] = kernels.prefilter_scores(psig, seg.sigs[:n], live[:n])
-            chosen = kernels.select_smallest(scores, self.shortlist)
+            chosen = kernels.select_smallest(scores, size)
         else:
             chosen = np.concatenate([np.flatnonzero(live[:n]) + a for (_, n, live), a in zip(snap, starts[:-1])])
         if chosen.size == 0:

@@ -162,3 +162,23 @@ def test_select_smallest_ties_by_index():
 def test_bad_arguments_are_typed_errors_before_c(call):
     with pytest.raises((TypeError, ValueError)):
         call()
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), rows=st.sampled_from([8, 16, 24, 32, 64]), max_dx=st.integers(0, 8),
+       max_dy=st.integers(0, 8), n_ref=st.sampled_from([0.5, 3.0, 600.0, 2400.0]))
+def test_match_shifted_avx2_rows_parity(seed, rows, max_dx, max_dy, n_ref):
+    """The AVX2 path (rows a multiple of 8): every shift range up to 8, large and tiny n_ref
+    (distances above 2.0 never win: shift 0, valid 0, like the scalar path)."""
+    rng = np.random.default_rng(seed)
+    probe = _code(rng, rows, 32, rng.random())
+    records = np.stack([_code(rng, rows, 32, rng.random()).ravel() for _ in range(9)])
+    records[2] = probe.ravel()
+    idx = rng.integers(0, 9, 15).astype(np.int64)
+    args = dict(max_dx=max_dx, max_dy=max_dy, n_ref=n_ref)
+    ref = kernels.match_shifted_reference(probe, records, idx, **args)
+    for lv in LEVELS:
+        kernels.dispatch_level(lv)
+        for g, r in zip(kernels.match_shifted(probe, records, idx, **args), ref):
+            assert np.array_equal(g, r)
+    kernels.dispatch_level(2)

@@ -158,3 +158,22 @@ def test_score_fields_are_floats(templates):
     s = match(templates[0][0], templates[1][1])
     assert isinstance(s, Score) and all(isinstance(x, float) for x in (s.surface, s.vein, s.fused))
     assert matcher.fuse(np.nan, np.nan) != matcher.fuse(np.nan, np.nan)  # NaN
+
+
+def test_signature_variants_equal_signatures_of_shifted_codes(templates):
+    offsets = features.PROBE_OFFSETS + ((2, -1), (-3, 2), (20, 0))
+    for enrol, probe in templates[:8]:
+        for t in (enrol, probe, PalmTemplate(surface=None, vein=probe.vein)):
+            ref = np.stack([features.signature(PalmTemplate(
+                surface=None if t.surface is None else features.shift_code(t.surface, 2 * dy, 2 * dx),
+                vein=features.shift_code(t.vein, dy, dx))) for dy, dx in offsets])
+            assert np.array_equal(features.signature_variants(t, offsets), ref)
+
+
+def test_shortlist_is_a_fixed_fraction_within_bounds():
+    g = Gallery()
+    assert g.shortlist_size(10_000) == 200 and g.shortlist_size(500_000) == 1000
+    assert g.shortlist_size(1_000_000) == 2000 and g.shortlist_size(5_000_000) == 2000
+    assert Gallery(shortlist=4).shortlist_size(10_000) == 4
+    with pytest.raises(ValueError):
+        Gallery(shortlist_fraction=0.0)
