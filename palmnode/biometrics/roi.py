@@ -59,8 +59,25 @@ class RoiLimits:
     min_tip_cut: float = 1.9
     #: ROI side, and its centre from the palm circle's centre (towards the fingers, towards the
     #: thumb), in palm-circle radii
-    side_per_palm_radius: float = 1.4
-    centre_up: float = 0.0
+    side_per_palm_radius: float = 1.27
+    #: valley frame (used when the index–middle and ring–little valleys are both open): ROI
+    #: centre from the valleys' midpoint (along the palm normal, towards the thumb) and ROI side,
+    #: in valley distances; the palm axis's lean from the valley line's normal towards the thumb.
+    #: Fitted on development renders (seed 0) to agree on average with the palm-circle frame.
+    valley_centre: tuple[float, float] = (-0.92, -0.155)
+    valley_side: float = 1.45
+    valley_lean_deg: float = 8.4
+    #: valley distance / palm radius outside this: not a valley pair
+    valley_span: tuple[float, float] = (0.7, 1.35)
+    #: the middle–ring valley's place along the pair's line (share of their distance, from the
+    #: ring–little valley) and its largest distance off the line: else a valley is misplaced
+    middle_valley_at: tuple[float, float] = (0.43, 0.56)
+    middle_valley_off: float = 0.12
+    middle_valley_mean: float = 0.484
+    #: how far (share of the ROI side) an ROI corner may lie outside the frame
+    corner_out: float = 0.12
+    valley_max_disagree_deg: float = 25.0
+    centre_up: float = 0.1
     centre_thumbward: float = 0.0
 
 
@@ -254,6 +271,62 @@ def _heel_centroid(hand: segment.HandMask, up: np.ndarray) -> np.ndarray | None:
     return 2 * (c + np.array([px[keep].mean(), py[keep].mean()]))
 
 
+def _valley_frame(valleys: np.ndarray, deep: tuple[bool, bool, bool], up: np.ndarray, radius: float,
+                  limits: RoiLimits) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """(ROI centre, up, side) anchored on the finger valleys, or None.
+
+    The finger webs are points of the skin itself, so where they are open they fix the palm's
+    position, orientation and size far more repeatably than the silhouette's bulk (palm circle,
+    heel axis), which moves with the thumb, the wrist and the spread (Zhang et al., "Online
+    palmprint identification", IEEE PAMI 2003, build the ROI on the index–middle and
+    ring–little valleys). The line is the one from the ring–little valley to the index–middle
+    one; where the index–middle valley is misplaced (the index finger held against the middle
+    one), the middle–ring valley, which lies about midway, stands in for the line's middle.
+    The frame is the valley line's, rotated and offset by the average relation of valleys and
+    palm centre, so that it agrees on average with the palm-circle frame used where valleys are
+    closed.
+    """
+    v1, v2, v3 = valleys
+    x, length = None, 0.0
+    if deep[0] and deep[2]:
+        x = v1 - v3                                # towards the index finger (thumb side)
+        length = float(np.linalg.norm(x))
+        x = x / max(length, 1e-9)
+        rel = v2 - v3       # the middle–ring valley sits about midway, close to the line
+        along, off = float(rel @ x) / length, abs(float(rel[0] * x[1] - rel[1] * x[0])) / length
+        if (not (limits.valley_span[0] * radius <= length <= limits.valley_span[1] * radius)
+                or not (limits.middle_valley_at[0] <= along <= limits.middle_valley_at[1])
+                or off > limits.middle_valley_off):
+            x = None
+    if x is None and deep[1] and deep[2]:
+        half = v2 - v3
+        length = float(np.linalg.norm(half)) / limits.middle_valley_mean
+        x = half / max(float(np.linalg.norm(half)), 1e-9)
+        if not (limits.valley_span[0] * radius <= length <= limits.valley_span[1] * radius):
+            return None
+        v1 = v3 + x * length
+    if x is None and deep[0] and deep[1]:    # the little finger held against the ring finger
+        half = v1 - v2
+        length = float(np.linalg.norm(half)) / (1.0 - limits.middle_valley_mean)
+        x = half / max(float(np.linalg.norm(half)), 1e-9)
+        if not (limits.valley_span[0] * radius <= length <= limits.valley_span[1] * radius):
+            return None
+        v3 = v1 - x * length
+    if x is None:
+        return None
+    normal = np.array([x[1], -x[0]])
+    if np.dot(normal, up) < 0:
+        normal = -normal
+    mid = 0.5 * (v1 + v3)
+    centre = mid + (limits.valley_centre[0] * normal + limits.valley_centre[1] * x) * length
+    a = np.radians(limits.valley_lean_deg)         # the palm axis leans towards the thumb
+    new_up = np.cos(a) * normal + np.sin(a) * x
+    # the frame must agree with the rough one: a wild valley pair is a mis-detection
+    if np.dot(new_up, up) < np.cos(np.radians(limits.valley_max_disagree_deg)):
+        return None
+    return centre, new_up, limits.valley_side * length
+
+
 def _palm_frame(fingers: keypoints.Fingers, hand: segment.HandMask, arm_dir: np.ndarray | None,
                 limits: RoiLimits) -> Roi | RoiFailure:
     f = hand.factor
@@ -277,14 +350,23 @@ def _palm_frame(fingers: keypoints.Fingers, hand: segment.HandMask, arm_dir: np.
     thumb = np.array([-up[1], up[0]])
     if np.dot(tips[0] - tips[3], thumb) < 0:
         thumb = -thumb
-    down = -up
-    right = np.array([down[1], -down[0]])   # image x of the ROI: a proper rotation of "down"
     side = limits.side_per_palm_radius * radius
     roi_centre = centre + (limits.centre_up * up + limits.centre_thumbward * thumb) * radius
+    anchored = _valley_frame(valleys, fingers.deep, up, radius, limits)
+    if anchored is not None:
+        roi_centre, up, side = anchored
+        thumb = np.array([-up[1], up[0]])
+        if np.dot(tips[0] - tips[3], thumb) < 0:
+            thumb = -thumb
+    down = -up
+    right = np.array([down[1], -down[0]])   # image x of the ROI: a proper rotation of "down"
     h, w = (n * f for n in hand.mask.shape)
     for sx, sy in ((-1, -1), (1, -1), (1, 1), (-1, 1)):
         corner = roi_centre + (sx * right + sy * down) * side / 2
-        if not (-1 <= corner[0] <= w and -1 <= corner[1] <= h):
+        # a corner a little outside the frame only loses background-coloured cells, which the
+        # features mask and the quality stage's completeness counts
+        margin = limits.corner_out * side
+        if not (-margin <= corner[0] <= w + margin and -margin <= corner[1] <= h + margin):
             return _fail(FailureReason.PARTIAL_HAND, "the palm is not fully in view")
     scale = ROI_SIZE / side
     half = (ROI_SIZE - 1) / 2

@@ -67,7 +67,9 @@ def test_drawn_hand_any_rotation_either_hand(angle, hand, spread):
     lin = result.transform[:, :2]
     up_in_frame = np.linalg.solve(lin, np.array([0.0, -1.0]))
     up_angle = np.degrees(np.arctan2(-up_in_frame[1], up_in_frame[0]))  # ccw from +x, y up
-    assert abs((up_angle - (90 + angle) + 180) % 360 - 180) < 6
+    # (within 10°: the frame is the valley line's normal leaned towards the thumb by the average
+    # anatomical lean, roi.RoiLimits.valley_lean_deg; these drawn fingers sit on a level line)
+    assert abs((up_angle - (90 + angle) + 180) % 360 - 180) < 12
     assert np.linalg.det(lin) > 0  # a rotation, never a mirror
     patch = roi.warp(frame, result)
     assert patch.shape == (128, 128) and patch.dtype == np.uint8
