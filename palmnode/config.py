@@ -23,6 +23,7 @@ class ProximityConfig:
     port: str
     baudrate: int = 115200
     frame_rate_hz: int = 100
+    read_interval_s: float = 0.02  # batch reads like a USB-serial latency timer: 2 frames a wakeup
     enabled: bool = True
 
 

@@ -216,3 +216,26 @@ async def test_emit_honours_stall_and_corruption_and_skips_slow_first_answer(nur
         emu.stall(0)
         assert emu.emit(b"back")
         assert await _read_until(port, b"back") == b"back"
+
+
+async def test_read_interval_batches_reads_and_still_sees_unplug(nursery, tmp_path):
+    emu = Echo(tmp_path / "echo")
+    await nursery.start(emu.run)
+    port = SerialPort.open(str(emu.link), 115200, read_interval_s=0.05)
+    with trio.fail_after(2):
+        await port.send_all(b"a")
+        first = await port.receive_some()
+        t_first = trio.current_time()
+        for c in (b"b", b"c", b"d"):
+            await port.send_all(c)
+        got = b""
+        while len(got) < 3:
+            got += await port.receive_some()
+    assert first == b"A" and got == b"BCD"
+    assert trio.current_time() - t_first >= 0.05  # no read before the interval is over
+    assert port.bytes_in == 4
+    nursery.start_soon(emu.unplug, 0.3)
+    with pytest.raises(DeviceLost):
+        with trio.fail_after(2):
+            await port.receive_some()
+    await port.aclose()

@@ -67,9 +67,11 @@ class ProximitySensor:
     @classmethod
     async def open(cls, path: str, *, baudrate: int = 115200, frame_rate_hz: int = 100,
                    unit: Literal["mm", "cm"] = "mm", timeout: float = 2.0,
-                   gap_timeout: float | None = None) -> "ProximitySensor":
+                   gap_timeout: float | None = None, read_interval_s: float = 0.0) -> "ProximitySensor":
         """Open ``path`` and configure the sensor; :class:`DeviceTimeout` if it does not answer
-        within ``timeout`` seconds, :class:`PortUnavailable` if the port cannot be opened."""
+        within ``timeout`` seconds, :class:`PortUnavailable` if the port cannot be opened.
+        ``read_interval_s`` batches reads like a USB-serial latency timer (see SerialPort.open):
+        a reading's ``at`` is then up to that much later than the frame's arrival."""
         if unit not in _UNITS:
             raise ValueError(f"proximity unit must be 'mm' or 'cm', not {unit!r}")
         if not 1 <= frame_rate_hz <= codec.MAX_FRAME_RATE_HZ:
@@ -77,7 +79,7 @@ class ProximitySensor:
                              f"not {frame_rate_hz}")
         if gap_timeout is None:
             gap_timeout = max(MIN_GAP_TIMEOUT_S, GAP_PERIODS / frame_rate_hz)
-        port = SerialPort.open(path, baudrate)
+        port = SerialPort.open(path, baudrate, read_interval_s=read_interval_s)
         sensor = cls(port, frame_rate_hz=frame_rate_hz, unit=unit, gap_timeout=gap_timeout)
         try:
             port.reset_input_buffer()
