@@ -151,10 +151,15 @@ def run(seconds: float = 20.0, warmup: float = 5.0) -> dict:
     }
 
 
-def main(seconds: float) -> int:
+def main(args) -> int:
     from palmnode import soak
+    from palmnode.biometrics import bench as engine_bench
 
-    idle = run(seconds)
-    bad_input = soak.main(seconds)
-    print(json.dumps({"node_idle_cpu": idle, "bad_input_soak": bad_input}))
+    report = {}
+    if args.suite in ("node", "all"):
+        report["node_idle_cpu"] = run(args.seconds)
+        report["bad_input_soak"] = soak.main(args.seconds)
+    if args.suite in ("engine", "all"):
+        report["engine"] = engine_bench.main(args)
+    print(json.dumps(report))
     return 0

@@ -63,7 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "100 Hz, camera at 30 fps) beside the emulators' own cost and a bare read loop, then "
                        "its memory and drop counters under bad input on every port; prints one JSON object "
                        "on stdout, progress on stderr.")
-    p.add_argument("--seconds", type=_positive, default=20.0, help="measurement window (default 20)")
+    p.add_argument("--suite", choices=("node", "engine", "all"), default="all",
+                   help="node: idle CPU and bad-input soak; engine: ROI, features, 1:1 and 1:N "
+                   "speed with baselines and pre-filter recall; all (default): both")
+    p.add_argument("--seconds", type=_positive, default=20.0, help="node measurement window (default 20)")
+    from palmnode.biometrics import bench as engine_bench
+
+    engine_bench.add_arguments(p)
     return parser
 
 

@@ -113,7 +113,7 @@ async def _serve_node(node) -> None:
 def bench(args: argparse.Namespace) -> int:
     from palmnode import bench as benchmod
 
-    return benchmod.main(args.seconds)
+    return benchmod.main(args)
 
 
 def demo(args: argparse.Namespace) -> int:

@@ -1,12 +1,14 @@
-"""Engine speed and pre-filter recall on rendered palms (a script, not a test).
+"""The engine part of ``palmnode bench``: speed and pre-filter recall on rendered palms.
 
-    .venv/bin/python tests/biometrics/bench_engine.py [--sizes 10000,100000,1000000] [--ids 300]
-        [--cache /tmp/palmnode-bench] [--no-faiss]
+    palmnode bench --suite engine [--sizes 10000,100000,1000000] [--ids 300]
+    python -m palmnode.biometrics.bench [the same options]
 
-Prints one JSON object on stdout (progress on stderr): 1:1 µs, 1:N ms at each size (median of
-repeated probes) beside faiss IndexBinaryFlat (exhaustive, no shifts, one thread) and a NumPy
-exhaustive masked-Hamming baseline (no shifts) on the same records, the ratios, and the
-pre-filter recall loss.
+One JSON object on stdout (progress on stderr): ROI and feature times per frame beside an
+OpenCV+NumPy pipeline baseline (Otsu + largest contour + min-area rectangle for the ROI; six
+full-image Gabor filters with cv2.filter2D, argmin and np.packbits for the codes), 1:1 µs,
+1:N ms at each size (median of repeated probes) beside faiss IndexBinaryFlat (exhaustive, no
+shifts, one thread) and a NumPy exhaustive masked-Hamming baseline (no shifts) on the same
+records, the ratios, and the pre-filter recall loss.
 
 Data. Genuine pairs: ``--ids`` identities rendered by palmnode.biometrics.synth (session 0
 enrols, two session-1 captures probe) through roi.extract_roi / roi.warp / features.encode,
@@ -31,9 +33,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from palmnode.biometrics import features, gallery as gal, kernels, matcher, roi, synth
@@ -180,17 +184,100 @@ def _split_record(recs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(bits), np.ascontiguousarray(masks)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", default="10000,100000,1000000")
+def baseline_roi(frame: np.ndarray) -> np.ndarray | None:
+    """The OpenCV+NumPy ROI baseline: Otsu mask, largest contour, its min-area rectangle's core."""
+    small = cv2.resize(frame, None, fx=0.25, fy=0.25, interpolation=cv2.INTER_AREA)
+    _, mask = cv2.threshold(cv2.GaussianBlur(small, (5, 5), 0), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return None
+    (cx, cy), (w, h), angle = cv2.minAreaRect(max(contours, key=cv2.contourArea))
+    side = 0.5 * min(w, h) * 4
+    m = cv2.getRotationMatrix2D((cx * 4, cy * 4), angle, 128 / side)
+    m[:, 2] += (64 - cx * 4, 64 - cy * 4)
+    return cv2.warpAffine(frame, m, (128, 128), flags=cv2.INTER_LINEAR)
+
+
+_GABOR = [cv2.getGaborKernel((17, 17), 4.0, np.pi * k / 6, 8.0, 0.5, 0, cv2.CV_32F) for k in range(6)]
+
+
+def baseline_features(surface_roi: np.ndarray, vein_roi: np.ndarray) -> tuple[bytes, bytes]:
+    """The OpenCV+NumPy feature baseline: full-image Gabor bank, winner orientation, packed bits."""
+    out = []
+    for img, step in ((surface_roi, 4), (cv2.resize(vein_roi, (64, 64)), 4)):
+        f = img.astype(np.float32)
+        resp = np.stack([cv2.filter2D(f, cv2.CV_32F, k) for k in _GABOR])
+        win = resp[:, ::step, ::step].argmin(axis=0).astype(np.uint8)
+        out.append(np.packbits(np.unpackbits(win[..., None], axis=-1)[..., -3:]).tobytes())
+    return out[0], out[1]
+
+
+def pipeline_timings(n: int, seed: int = 20_000) -> dict:
+    """Median per-frame ms of ROI (extract + two warps) and features (both modalities), ours
+    beside the OpenCV+NumPy baseline, over ``n`` rendered frame pairs."""
+    frames = []
+    for i in range(n):
+        ident = synth.Identity.from_seed(seed + i)
+        frames.append(synth.render_pair(ident, synth.sample_capture(np.random.default_rng(seed + i), session=1)))
+    rois, t_roi, t_feat, t_broi, t_bfeat = [], [], [], [], []
+    for nir, surface in frames:
+        t0 = time.perf_counter()
+        r = roi.extract_roi(nir)
+        if isinstance(r, RoiFailure):
+            continue
+        vein_roi, surface_roi = roi.warp(nir, r), roi.warp(surface, r)
+        t1 = time.perf_counter()
+        features.encode(surface_roi, vein_roi)
+        t2 = time.perf_counter()
+        t_roi.append(t1 - t0)
+        t_feat.append(t2 - t1)
+        t3 = time.perf_counter()
+        b = baseline_roi(nir)
+        t4 = time.perf_counter()
+        if b is not None:
+            t_broi.append(t4 - t3)
+            baseline_features(surface_roi, vein_roi)
+            t_bfeat.append(time.perf_counter() - t4)
+    ms = lambda xs: round(float(np.median(xs)) * 1e3, 3)  # noqa: E731
+    ours = {"roi_ms": ms(t_roi), "features_ms": ms(t_feat)}
+    ours["roi_plus_features_ms"] = round(ours["roi_ms"] + ours["features_ms"], 3)
+    base = {"roi_ms": ms(t_broi), "features_ms": ms(t_bfeat)}
+    return {"frames": len(t_roi), **ours, "baseline": "opencv_numpy", "baseline_roi_ms": base["roi_ms"],
+            "baseline_features_ms": base["features_ms"],
+            "ratio_roi": round(base["roi_ms"] / ours["roi_ms"], 2),
+            "ratio_features": round(base["features_ms"] / ours["features_ms"], 2),
+            "budget_roi_plus_features_ms": 4.0}
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    ap.add_argument("--sizes", default="10000,100000,1000000", help="gallery sizes for 1:N (comma-separated)")
     ap.add_argument("--ids", type=int, default=300, help="identities for genuine pairs (and as many as impostor sources)")
-    ap.add_argument("--cache", type=Path, default=Path("/tmp/palmnode-bench"))
-    ap.add_argument("--no-faiss", action="store_true")
+    ap.add_argument("--frames", type=int, default=200, help="rendered frames for the ROI and feature timings")
+    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "palmnode-bench",
+                    help="where rendered templates are cached between runs (never raw images)")
+    ap.add_argument("--no-faiss", action="store_true", help="skip the faiss IndexBinaryFlat baseline")
     ap.add_argument("--repeat", type=int, default=15, help="probes per 1:N timing")
-    args = ap.parse_args()
-    sizes = [int(x) for x in args.sizes.split(",") if x]
+    return ap
+
+
+def main(args: argparse.Namespace | None = None) -> dict:
+    if args is None:
+        args = add_arguments(argparse.ArgumentParser()).parse_args()
+    try:
+        sizes = [int(x) for x in args.sizes.split(",") if x]
+    except ValueError:
+        raise SystemExit(f"palmnode bench: --sizes must be comma-separated integers, got {args.sizes!r}") from None
+    if not args.no_faiss:
+        try:
+            import faiss  # noqa: F401
+        except ImportError:
+            raise SystemExit("palmnode bench: the faiss baseline needs faiss-cpu: "
+                             "pip install -e '.[bench]' (or pass --no-faiss)") from None
     rng = np.random.default_rng(0)
     out: dict = {"dispatch_level": kernels.dispatch_level()}
+    log(f"ROI and features on {args.frames} rendered frames ...")
+    out["pipeline"] = pipeline_timings(args.frames)
+    log("pipeline", json.dumps(out["pipeline"]))
 
     gen_t, gen_ids, gen_caps = render_set(10_000, args.ids, args.cache)
     src_t, _, _ = render_set(500_000, args.ids, args.cache)
@@ -296,8 +383,8 @@ def main() -> None:
         out["search"][str(n)] = row
         log(n, row)
         del g
-    print(json.dumps(out))
+    return out
 
 
 if __name__ == "__main__":
-    main()
+    print(json.dumps(main()))
