@@ -1,0 +1,27 @@
+"""`palmnode bench` runs end to end on small sizes (the numbers themselves are for the closing note)."""
+import json
+import subprocess
+import sys
+
+import trio
+
+from palmnode import soak
+
+
+def test_engine_suite_prints_one_json_object(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "palmnode.cli", "bench", "--suite", "engine", "--sizes", "3000", "--ids", "6",
+         "--frames", "6", "--repeat", "2", "--cache", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])["engine"]
+    assert report["pipeline"]["frames"] > 0 and report["pipeline"]["baseline"] == "opencv_numpy"
+    row = report["search"]["3000"]
+    assert row["ms"] > 0 and row["faiss_binaryflat_ms"] > 0 and row["numpy_ms"] > 0
+
+
+def test_bad_input_soak_keeps_the_gate_ready_and_counts_drops():
+    result = trio.run(soak.soak, 2.0)
+    assert result["gate_state_after"] == "ready"
+    assert all(sum(d.values()) > 0 for d in result["drops"].values()), result["drops"]
+    assert result["bytes_injected"] > 10_000
