@@ -1,4 +1,9 @@
-"""The PN532 card reader for trio: wake it, configure it, poll for cards, read payment cards.
+"""The PN532 card reader for trio: wake it, configure it, wait for cards, read payment cards.
+
+:meth:`CardReader.cards` lets the chip do the waiting: InListPassiveTarget with unbounded retries
+(RFConfiguration MxRtyPassiveActivation = 0xFF) answers only when a card enters the field. Every
+liveness period the host aborts it with an ACK and issues it again, so a dead chip is still
+noticed (its ACK to the new command is the sign of life).
 
 A payment card's number is turned into a :class:`CardToken` the moment it is read; the driver
 keeps no copy, logs none (the traffic ring redacts what the card says while a card is read),
@@ -31,8 +36,12 @@ DEFAULT_BAUDRATE = 115200  # UM0701 §6.2.2 / §7.2.8: HSU speed after power-on
 ACK_TIMEOUT_S = 0.1  # UM0701 §6.2.2: the PN532 ACKs within ~15 ms; nfcpy waits 100 ms too
 RESPONSE_TIMEOUT_S = 0.5
 POLL_TIMEOUT_S = 1.0  # InListPassiveTarget, bounded by POLL_RETRIES
+LIVENESS_S = 1.0  # cards(): the chip waits this long for a card before the host aborts and asks again
+ABORT_SETTLE_S = 0.05  # after an abort ACK: a response that crossed it arrives within this (UART + USB latency)
+STAYED_S = 0.15  # the same UID answering a new search this fast never left the field (nobody re-taps that fast)
 EXCHANGE_TIMEOUT_S = 1.5  # InDataExchange: the card's frame waiting time plus chip retries
 POLL_RETRIES = 0x01  # §7.3.1 item 5 MxRtyPassiveActivation: two attempts, so a poll ends quickly
+WAIT_RETRIES = c.RETRY_FOREVER  # §7.3.1 item 5: 0xFF, the chip retries until a card answers
 MAX_NACKS = 3  # §6.2.1.4: ask this many times for a response with a bad checksum
 _CHECKSUM_REASONS = ("length checksum error", "extended length checksum error", "data checksum error")
 _CARD_GONE = {c.Status.TIMEOUT, c.Status.CARD_DISAPPEARED, c.Status.RF_PROTOCOL, c.Status.CRC_ERROR,
@@ -49,7 +58,9 @@ class CardReaderStats:
     resends: int = 0  # commands sent again after a missing ACK
     timeouts: int = 0
     error_frames: int = 0
-    polls: int = 0
+    polls: int = 0  # InListPassiveTarget sent (bounded polls and chip-side waits)
+    aborts: int = 0  # chip-side waits aborted by the host (liveness period over, or cancelled)
+    crossed_responses: int = 0  # a response that crossed the host's abort ACK (used, not lost)
     badges: int = 0
     payment_cards: int = 0
     failed_reads: collections.Counter[str] = attrs.Factory(collections.Counter)  # by reason
@@ -87,6 +98,7 @@ class CardReader:
         self._lock = trio.Lock()
         self.stats = CardReaderStats()
         self.firmware: c.FirmwareVersion | None = None
+        self._passive_retries: int | None = None  # MxRtyPassiveActivation as last configured
 
     # ---- lifecycle -----------------------------------------------------------------------
     @classmethod
@@ -118,7 +130,12 @@ class CardReader:
         if self.firmware.ic != 0x32:
             raise ProtocolError(f"the reader on {self.path} is a PN5{self.firmware.ic:02x}, not a PN532")
         await self.call(c.set_parameters(c.PARAM_AUTOMATIC_RATS))  # §7.2.9: chip activates ISO-DEP
-        await self.call(c.rf_max_retries(atr=0xFF, psl=0x01, passive_activation=POLL_RETRIES))
+        await self._set_passive_retries(POLL_RETRIES)
+
+    async def _set_passive_retries(self, retries: int) -> None:
+        if self._passive_retries != retries:
+            await self.call(c.rf_max_retries(atr=0xFF, psl=0x01, passive_activation=retries))
+            self._passive_retries = retries
 
     async def aclose(self) -> None:
         """Switch the field off and close the port (best effort: the device may be gone)."""
@@ -144,22 +161,59 @@ class CardReader:
                    ack_timeout: float = ACK_TIMEOUT_S, wake: bool = False) -> bytes:
         """Send ``command``, wait for its ACK (sending once more if none comes) and return the
         response data. Raises DeviceTimeout, ProtocolError (error frame) or DeviceLost."""
+        data = await self._exchange(command, timeout=timeout, ack_timeout=ack_timeout, wake=wake)
+        if data is None:
+            self._timed_out(f"{self.device} on {self.path} did not answer {_name(command.code)} within {timeout:g}s")
+        return data
+
+    async def _exchange(self, command: codec.Command, *, timeout: float, ack_timeout: float = ACK_TIMEOUT_S,
+                        wake: bool = False, waiting: bool = False) -> bytes | None:
+        """One command: its response data, or ``None`` if none came within ``timeout`` (the
+        command is then aborted with an ACK). ``waiting``: the chip may legitimately take longer
+        (a chip-side wait); after the abort, listen :data:`ABORT_SETTLE_S` for a response that
+        crossed it, and return that. A missing ACK is DeviceTimeout either way."""
         name = _name(command.code)
         frame = codec.encode_command(command)
         if wake:
             frame = WAKE_UP_PREAMBLE + frame
         async with self._lock:
             self._drain_stale()
-            for attempt in range(2):
-                if attempt:
-                    self.stats.resends += 1
-                    log.debug("%s: no ACK for %s, sending it again", self.path, name)
-                await self._port.send_all(frame)
-                if await self._wait_ack(ack_timeout):
-                    break
-            else:
-                self._timed_out(f"{self.device} on {self.path} did not acknowledge {name}")
-            return await self._wait_response(command.code, name, timeout)
+            try:
+                for attempt in range(2):
+                    if attempt:
+                        self.stats.resends += 1
+                        log.debug("%s: no ACK for %s, sending it again", self.path, name)
+                    await self._port.send_all(frame)
+                    if await self._wait_ack(ack_timeout):
+                        break
+                else:
+                    self._timed_out(f"{self.device} on {self.path} did not acknowledge {name}")
+                data = await self._wait_response(command.code, name, timeout)
+            except trio.Cancelled:
+                await self._abort_shielded(name)  # the chip may be working on it: free it
+                raise
+            if data is not None:
+                return data
+            await self._port.send_all(codec.ACK_FRAME)  # §6.2.2 d): abort the command
+            if not waiting:
+                return None
+            self.stats.aborts += 1
+            # the chip may have answered just before our ACK reached it (it then ignores the ACK):
+            # that answer is real (a card was activated), so wait for it briefly and use it
+            data = await self._wait_response(command.code, name, ABORT_SETTLE_S)
+            if data is not None:
+                self.stats.crossed_responses += 1
+                log.debug("%s: %s answered as it was aborted; answer used", self.path, name)
+            return data
+
+    async def _abort_shielded(self, name: str) -> None:
+        """Cancelled while the chip works on a command: abort it so the chip is free (best effort)."""
+        with trio.CancelScope(shield=True), trio.move_on_after(ACK_TIMEOUT_S):
+            try:
+                await self._port.send_all(codec.ACK_FRAME)  # §6.2.2 d)
+                self.stats.aborts += 1
+            except Exception as exc:  # the port is gone: nothing to abort
+                log.debug("%s: could not abort %s: %s", self.path, name, exc)
 
     def _drain_stale(self) -> None:
         while (event := self._decoder.next_event()) is not None:
@@ -191,7 +245,7 @@ class CardReader:
             self._count(event, stale=not isinstance(event, Malformed))
         return False
 
-    async def _wait_response(self, code: int, name: str, timeout: float) -> bytes:
+    async def _wait_response(self, code: int, name: str, timeout: float) -> bytes | None:
         deadline = trio.current_time() + timeout
         nacks = 0
         while (event := await self._next_event(deadline)) is not None:
@@ -206,8 +260,7 @@ class CardReader:
                 nacks += 1
                 self.stats.nacks_sent += 1
                 await self._port.send_all(codec.NACK_FRAME)  # §6.2.1.4: send that response again
-        await self._port.send_all(codec.ACK_FRAME)  # §6.2.2 d): abort the command
-        self._timed_out(f"{self.device} on {self.path} did not answer {name} within {timeout:g}s")
+        return None
 
     def _timed_out(self, message: str) -> None:
         self.stats.timeouts += 1
@@ -228,48 +281,69 @@ class CardReader:
     async def poll(self) -> CardRead | None:
         """Look for one card (a bounded InListPassiveTarget) and read it; ``None`` if no card
         was there or it could not be read (``stats.failed_reads`` says why)."""
-        _, read = await self._poll(skip_uid=None)
+        await self._set_passive_retries(POLL_RETRIES)
+        self.stats.polls += 1
+        data = await self.call(c.in_list_passive_target(1, c.BrTy.TYPE_A_106), timeout=POLL_TIMEOUT_S)
+        target = self._first_target(data)
+        if target is None:
+            return None
+        _, read = await self._take(target, skip=False)
         return read
 
-    async def cards(self, interval: float = 0.1) -> AsyncIterator[CardRead]:
-        """Each card presented, once per presentation (not again while it stays on the reader)."""
+    async def cards(self, interval: float = 0.1, *, liveness: float = LIVENESS_S) -> AsyncIterator[CardRead]:
+        """Each card presented, once per presentation (not again while it stays on the reader).
+
+        The chip waits for the card (InListPassiveTarget, MxRtyPassiveActivation = 0xFF) and
+        answers as soon as one enters the field. After ``liveness`` seconds without a card the
+        host aborts the wait and starts another, so a dead chip raises DeviceTimeout (no ACK) at
+        most about ``liveness`` + 0.25 s after its last sign of life; an unplug raises DeviceLost
+        at once. After each card, ``interval`` seconds pass before the next wait: a card that
+        ignores HLTA/DESELECT and stays in the field is thus asked for at most once per interval.
+        """
         last_uid: bytes | None = None
         while True:
-            uid, read = await self._poll(skip_uid=last_uid)
-            if uid is None:
-                last_uid = None
-            elif read is not None:
-                last_uid = uid
+            await self._set_passive_retries(WAIT_RETRIES)
+            self.stats.polls += 1
+            started = trio.current_time()
+            data = await self._exchange(c.in_list_passive_target(1, c.BrTy.TYPE_A_106),
+                                        timeout=liveness, waiting=True)
+            target = self._first_target(data) if data is not None else None
+            if target is None:
+                last_uid = None  # nothing answered for a whole period: whatever was there left
+                continue
+            # a card that did not go quiet after InRelease answers again at once; one lifted
+            # and presented again cannot be back this fast
+            stayed = target.nfcid1 == last_uid and trio.current_time() - started < STAYED_S
+            gone, read = await self._take(target, skip=stayed)
+            last_uid = None if gone else target.nfcid1
+            if read is not None:
                 yield read
             await trio.sleep(interval)
 
-    async def _poll(self, *, skip_uid: bytes | None) -> tuple[bytes | None, CardRead | None]:
-        self.stats.polls += 1
-        data = await self.call(c.in_list_passive_target(1, c.BrTy.TYPE_A_106), timeout=POLL_TIMEOUT_S)
+    def _first_target(self, data: bytes) -> c.TargetA | None:
         try:
             targets = c.decode_passive_targets(data)
         except c.CommandFormatError as exc:
             raise ProtocolError(f"{self.device} on {self.path}: {exc}") from None
-        if not targets:
-            return None, None
-        target = targets[0]
-        if target.nfcid1 == skip_uid:
+        return targets[0] if targets else None
+
+    async def _take(self, target: c.TargetA, *, skip: bool) -> tuple[bool, CardRead | None]:
+        """Read ``target`` (unless ``skip``) and release it: (card taken away during the read, read)."""
+        if skip:
             await self._release(target.tg)
-            return target.nfcid1, None
+            return False, None
         try:
             read = await self._read(target)
         except _CardLeft:
             self.stats.failed_reads["card taken away during the read"] += 1
-            return None, None  # not "seen": read it again when it comes back
+            return True, None  # not "seen": read it again when it comes back
         finally:
             await self._release(target.tg)
-        if read is None:
-            return target.nfcid1, None
         if isinstance(read, BadgeRead):
             self.stats.badges += 1
-        else:
+        elif read is not None:
             self.stats.payment_cards += 1
-        return target.nfcid1, read
+        return False, read
 
     async def _release(self, tg: int) -> None:
         # InRelease (§7.3.11): DESELECT / HLTA, so the card stays quiet until it is presented again

@@ -7,6 +7,7 @@ from drivers.card_reader import (
     Badge, BadgeRead, CardReader, CardReaderEmulator, CardToken, EmvCard, MASTERCARD_AID, PaymentCardRead)
 from drivers.card_reader import codec
 from drivers.card_reader import commands as c
+from drivers.card_reader.cards import CardSession
 from drivers.errors import DeviceLost, DeviceTimeout, PortUnavailable, ProtocolError
 from drivers.serialport import SerialPort
 
@@ -68,14 +69,26 @@ async def test_iso_dep_card_without_payment_app_reads_as_badge(emu, reader):
     assert await reader.poll() == BadgeRead("08A0B0C0")
 
 
-async def test_cards_yields_once_per_presentation(emu, reader, nursery):
+def collect_cards(reader, nursery, **kwargs):
+    """Run ``reader.cards(**kwargs)`` in the nursery; the reads arrive on the returned channel."""
     send, receive = trio.open_memory_channel(10)
 
     async def collect():
-        async for card in reader.cards(interval=0.005):
+        async for card in reader.cards(**kwargs):
             await send.send(card)
 
     nursery.start_soon(collect)
+    return receive
+
+
+async def chip_is_waiting(emu, count=1):
+    """Until the chip has received its ``count``-th InListPassiveTarget and everyone is idle."""
+    await emu.wait_for_command(c.Code.IN_LIST_PASSIVE_TARGET, count)
+    await trio.testing.wait_all_tasks_blocked()
+
+
+async def test_cards_yields_once_per_presentation(emu, reader, nursery):
+    receive = collect_cards(reader, nursery, interval=0.005, liveness=0.05)
     with trio.fail_after(5):
         emu.place(BADGE)
         assert await receive.receive() == BadgeRead("DEADBEEF")
@@ -87,6 +100,175 @@ async def test_cards_yields_once_per_presentation(emu, reader, nursery):
         emu.place(VISA)
         assert isinstance(await receive.receive(), PaymentCardRead)
         emu.place(BADGE)  # presented again: read again
+        assert await receive.receive() == BadgeRead("DEADBEEF")
+    nursery.cancel_scope.cancel()
+
+
+async def test_cards_waits_on_the_chip_and_a_card_is_read_at_once(emu, reader, nursery):
+    receive = collect_cards(reader, nursery, liveness=10)
+    with trio.fail_after(5):
+        await chip_is_waiting(emu)
+        assert emu.max_retries[2] == c.RETRY_FOREVER  # MxRtyPassiveActivation 0xFF: the chip waits
+        frames = reader.stats.frames_ok
+        await trio.sleep(0.2)
+        assert reader.stats.frames_ok == frames  # nothing on the line while no card is there
+        started = trio.current_time()
+        emu.place(BADGE)
+        assert await receive.receive() == BadgeRead("DEADBEEF")
+        assert trio.current_time() - started < 0.25  # the pending command answered
+    assert emu.stats.commands["IN_LIST_PASSIVE_TARGET"] == 1 and emu.stats.aborts == 0
+    nursery.cancel_scope.cancel()
+
+
+async def test_liveness_period_aborts_and_issues_again(emu, reader, nursery):
+    receive = collect_cards(reader, nursery, liveness=0.05)
+    with trio.fail_after(5):
+        await chip_is_waiting(emu, 4)  # the ACKs came before it on the line
+        assert emu.stats.aborts >= 3 and reader.stats.aborts >= 3  # one ACK abort per period
+        assert reader.stats.timeouts == 0 and reader.stats.drops["stale frame"] == 0
+        emu.place(VISA)
+        assert isinstance(await receive.receive(), PaymentCardRead)
+    nursery.cancel_scope.cancel()
+
+
+async def test_cancelled_wait_is_aborted_and_poll_is_bounded_again(emu, reader):
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            collect_cards(reader, nursery, liveness=10)
+            await chip_is_waiting(emu)
+            nursery.cancel_scope.cancel()
+        assert await reader.poll() is None  # bounded retries again: an empty poll ends
+        assert emu.stats.aborts == 1  # the chip was not left waiting for a card
+        assert emu.max_retries[2] == 0x01
+        emu.place(BADGE)
+        assert await reader.poll() == BadgeRead("DEADBEEF")
+
+
+async def first_card(reader, **kwargs):
+    async for card in reader.cards(**kwargs):
+        return card
+
+
+async def test_unplug_while_the_chip_waits_is_device_lost(emu, reader, nursery):
+    async def unplug_while_waiting():
+        await chip_is_waiting(emu)
+        await emu.unplug(0.2)
+
+    nursery.start_soon(unplug_while_waiting)
+    with pytest.raises(DeviceLost):
+        with trio.fail_after(1):  # well before the 10 s liveness period
+            await first_card(reader, liveness=10)
+
+
+async def test_stall_while_the_chip_waits_is_device_timeout_within_the_period(emu, reader, nursery):
+    liveness, stalled_at = 0.2, []
+
+    async def stall_while_waiting():
+        await chip_is_waiting(emu)
+        emu.stall(5)
+        stalled_at.append(trio.current_time())
+
+    nursery.start_soon(stall_while_waiting)
+    with pytest.raises(DeviceTimeout, match="did not acknowledge InListPassiveTarget"):
+        # the period, the abort's settle time, then two ACK waits for the re-issued command
+        with trio.fail_after(liveness + 0.05 + 2 * 0.1 + 0.25):
+            await first_card(reader, liveness=liveness)
+    assert trio.current_time() - stalled_at[0] >= liveness - 0.01
+    assert reader.stats.resends == 1 and reader.stats.timeouts == 1
+
+
+class _SendHook:
+    """Runs ``before`` (or ``after``) the host's next ``frame`` (default: an abort ACK) is written."""
+
+    def __init__(self, reader, *, frame=codec.ACK_FRAME, before=None, after=None):
+        self.port, self.frame, self.before, self.after = reader._port, frame, before, after
+        self.real_send, self.port.send_all = self.port.send_all, self.send_all
+
+    async def send_all(self, data):
+        if data != self.frame:
+            return await self.real_send(data)
+        self.port.send_all = self.real_send  # once
+        if self.before:
+            await self.before()
+        await self.real_send(data)
+        if self.after:
+            await self.after()
+
+
+async def test_response_crossing_the_abort_is_used(emu, reader, nursery):
+    async def card_arrives_and_chip_answers():
+        emu.place(BADGE)
+        await trio.testing.wait_all_tasks_blocked()  # the chip has answered: the ACK finds it idle
+
+    _SendHook(reader, before=card_arrives_and_chip_answers)
+    receive = collect_cards(reader, nursery, liveness=0.1)
+    with trio.fail_after(5):
+        assert await receive.receive() == BadgeRead("DEADBEEF")
+    assert reader.stats.crossed_responses == 1 and reader.stats.aborts == 1
+    assert emu.stats.aborts == 0  # the ACK came after the answer: nothing to abort
+    assert emu.stats.commands["IN_LIST_PASSIVE_TARGET"] == 1  # the answer was used, not re-asked
+    assert reader.stats.drops["stale frame"] == 0
+    nursery.cancel_scope.cancel()
+
+
+async def test_card_arriving_while_aborting_is_read_by_the_next_wait(emu, reader, nursery):
+    async def card_arrives_after_the_abort():
+        while emu.stats.aborts < 1:  # the chip reads the ACK off the pty
+            await trio.sleep(0.001)
+        emu.place(BADGE)
+
+    _SendHook(reader, after=card_arrives_after_the_abort)
+    receive = collect_cards(reader, nursery, liveness=0.1)
+    with trio.fail_after(5):
+        assert await receive.receive() == BadgeRead("DEADBEEF")
+    assert reader.stats.crossed_responses == 0
+    assert emu.stats.commands["IN_LIST_PASSIVE_TARGET"] == 2  # found at once by the re-issued wait
+    nursery.cancel_scope.cancel()
+
+
+async def test_stale_answer_after_an_abort_is_drained_and_counted(emu, reader, nursery):
+    wait_command = codec.encode_command(c.in_list_passive_target())
+    late = codec.encode_response(c.Code.IN_LIST_PASSIVE_TARGET, c.encode_passive_targets(
+        [c.TargetA(1, 0x0004, 0x08, bytes.fromhex("0BADCAFE"))]))
+
+    async def late_answer_to_the_aborted_wait():
+        assert reader.stats.aborts == 1  # re-issuing after the abort and the settle time...
+        await emu.send(late)  # ...when an answer to the aborted command comes in after all
+        await trio.testing.wait_all_tasks_blocked()
+
+    receive = collect_cards(reader, nursery, liveness=0.1)
+    with trio.fail_after(5):
+        await chip_is_waiting(emu)
+        _SendHook(reader, frame=wait_command, before=late_answer_to_the_aborted_wait)
+        await chip_is_waiting(emu, 3)
+        assert reader.stats.drops["stale frame"] == 1  # drained and counted, not taken as a card
+        assert reader.stats.badges == 0 and reader.stats.timeouts == 0
+        emu.place(BADGE)
+        assert await receive.receive() == BadgeRead("DEADBEEF")
+    nursery.cancel_scope.cancel()
+
+
+class _StubbornSession(CardSession):
+    def halt(self):
+        """Ignores HLTA / DESELECT (some phones and cheap tags)."""
+
+
+class StubbornBadge(Badge):
+    def power_up(self):
+        return _StubbornSession(self)
+
+
+async def test_card_that_ignores_halt_is_not_read_again_while_it_stays(emu, reader, nursery):
+    receive = collect_cards(reader, nursery, interval=0.02, liveness=0.5)
+    with trio.fail_after(5):
+        emu.place(StubbornBadge(BADGE.uid))
+        assert await receive.receive() == BadgeRead("DEADBEEF")
+        await chip_is_waiting(emu, 6)  # it answers every search...
+        with pytest.raises(trio.WouldBlock):
+            receive.receive_nowait()  # ...but it stayed: not read again
+        emu.remove()
+        await trio.sleep(0.2)  # lifted, then presented again
+        emu.place(StubbornBadge(BADGE.uid))
         assert await receive.receive() == BadgeRead("DEADBEEF")
     nursery.cancel_scope.cancel()
 
