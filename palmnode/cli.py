@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from palmnode import cliargs
 from palmnode.config import DEFAULT_CONFIG
 
 DESCRIPTION = """\
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "then logs what the devices see as JSON lines on stderr.")
     p.add_argument("--run-dir", type=Path, default=None, help="folder for the device links "
                    "(default: /tmp/palmnode-sim, which config/sim.toml points at)")
-    p.add_argument("--camera-port", type=_port, default=None, help="camera TCP port on 127.0.0.1 (default 8554)")
+    p.add_argument("--camera-port", type=cliargs.port, default=None, help="camera TCP port on 127.0.0.1 (default 8554)")
     p.add_argument("--scenario", type=Path, help="TOML script of timed steps (see config/scenarios/)")
     p.add_argument("--exit-after-scenario", action="store_true", help="stop when the scenario ends")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice the devices make")
@@ -66,31 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", choices=("node", "engine", "all"), default="all",
                    help="node: idle CPU and bad-input soak; engine: ROI, features, 1:1 and 1:N "
                    "speed with baselines and pre-filter recall; all (default): both")
-    p.add_argument("--seconds", type=_positive, default=20.0, help="node measurement window (default 20)")
+    p.add_argument("--seconds", type=cliargs.positive, default=20.0, help="node measurement window (default 20)")
     from palmnode.biometrics import bench as engine_bench
 
     engine_bench.add_arguments(p)
     return parser
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {value}")
-    return value
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:

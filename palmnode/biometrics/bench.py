@@ -40,6 +40,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from palmnode.cliargs import count
 from palmnode.biometrics import features, gallery as gal, kernels, matcher, roi, synth
 from palmnode.biometrics.types import BadImage, PalmTemplate, RoiFailure
 
@@ -251,12 +252,12 @@ def pipeline_timings(n: int, seed: int = 20_000) -> dict:
 
 def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--sizes", default="10000,100000,1000000", help="gallery sizes for 1:N (comma-separated)")
-    ap.add_argument("--ids", type=int, default=300, help="identities for genuine pairs (and as many as impostor sources)")
-    ap.add_argument("--frames", type=int, default=200, help="rendered frames for the ROI and feature timings")
+    ap.add_argument("--ids", type=count, default=300, help="identities for genuine pairs (and as many as impostor sources)")
+    ap.add_argument("--frames", type=count, default=200, help="rendered frames for the ROI and feature timings")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "palmnode-bench",
                     help="where rendered templates are cached between runs (never raw images)")
     ap.add_argument("--no-faiss", action="store_true", help="skip the faiss IndexBinaryFlat baseline")
-    ap.add_argument("--repeat", type=int, default=15, help="probes per 1:N timing")
+    ap.add_argument("--repeat", type=count, default=15, help="probes per 1:N timing")
     return ap
 
 

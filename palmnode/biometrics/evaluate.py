@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import attrs
 import numpy as np
 
+from palmnode.cliargs import count
 from palmnode.progress import Progress
 from palmnode.biometrics import metrics
 from palmnode.biometrics.dataset import (IMAGE, NIR, SURFACE, Dataset, DatasetError, SampleKey,
@@ -500,7 +501,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="regex the file name (or path under FOLDER) must match fully; named groups: id "
                         "(required), session, sample, hand, channel or modality (nir/surface). "
                         f"Default: {DEFAULT_PATTERN}")
-    parser.add_argument("--synthetic", type=_count, metavar="N", help="evaluate on N rendered people instead "
+    parser.add_argument("--synthetic", type=count, metavar="N", help="evaluate on N rendered people instead "
                         "of a folder (rendered in memory, never written)")
     parser.add_argument("--roi-given", action="store_true", help="the images already are palm ROIs")
     parser.add_argument("--modality", choices=("vein", "surface", "both"), help="which modality to measure; "
@@ -510,8 +511,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="default auto: all-vs-all, plus cross-session when there are two sessions or more")
     parser.add_argument("--out", default="eval-out", help="folder for the DET plots and the ROI contact "
                         "sheet (default eval-out)")
-    parser.add_argument("--sessions", type=_count, default=2, help="synthetic: sessions per palm (default 2)")
-    parser.add_argument("--captures", type=_count, default=3, help="synthetic: captures per session (default 3)")
+    parser.add_argument("--sessions", type=count, default=2, help="synthetic: sessions per palm (default 2)")
+    parser.add_argument("--captures", type=count, default=3, help="synthetic: captures per session (default 3)")
     parser.add_argument("--rotation", choices=("upright", "any"), default="upright",
                         help="synthetic: hands upright (±small) or at any in-plane angle")
     parser.add_argument("--hands", choices=("left", "right", "both"), default="right",
@@ -523,16 +524,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "as PNG (raw palm images: only for debugging)")
     parser.add_argument("--sheet", type=int, default=48, help="ROIs on the contact sheet (default 48, 0 = none)")
     return parser
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def load_dataset(options: EvalOptions) -> Dataset:
