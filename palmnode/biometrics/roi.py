@@ -72,7 +72,7 @@ class RoiLimits:
     #: the middle–ring valley's place along the pair's line (share of their distance, from the
     #: ring–little valley) and its largest distance off the line: else a valley is misplaced
     middle_valley_at: tuple[float, float] = (0.43, 0.56)
-    middle_valley_off: float = 0.12
+    middle_valley_off: float = 0.06
     middle_valley_mean: float = 0.484
     #: how far (share of the ROI side) an ROI corner may lie outside the frame
     corner_out: float = 0.12
@@ -292,12 +292,22 @@ def _valley_frame(valleys: np.ndarray, deep: tuple[bool, bool, bool], up: np.nda
         x = v1 - v3                                # towards the index finger (thumb side)
         length = float(np.linalg.norm(x))
         x = x / max(length, 1e-9)
-        rel = v2 - v3       # the middle–ring valley sits about midway, close to the line
-        along, off = float(rel @ x) / length, abs(float(rel[0] * x[1] - rel[1] * x[0])) / length
-        if (not (limits.valley_span[0] * radius <= length <= limits.valley_span[1] * radius)
-                or not (limits.middle_valley_at[0] <= along <= limits.middle_valley_at[1])
-                or off > limits.middle_valley_off):
+        normal = np.array([x[1], -x[0]])
+        if np.dot(normal, up) < 0:
+            normal = -normal
+        # the middle–ring valley sits about midway on the line; a valley misplaced by touching
+        # fingers always lies too far towards the fingertips (up the seam), so the side on
+        # which the middle one leaves the line says which one is wrong
+        rel = v2 - v3
+        along, off = float(rel @ x) / length, float(rel @ normal) / length
+        if not (limits.valley_span[0] * radius <= length <= limits.valley_span[1] * radius):
             x = None
+        elif off < -limits.middle_valley_off:
+            x = None                               # an end valley sits too high: stand in below
+        elif deep[1] and off <= limits.middle_valley_off and not (
+                limits.middle_valley_at[0] <= along <= limits.middle_valley_at[1]):
+            x = None
+        # (the middle valley too far up, or shallow: the middle fingers touch; the pair stands)
     if x is None and deep[1] and deep[2]:
         half = v2 - v3
         length = float(np.linalg.norm(half)) / limits.middle_valley_mean
