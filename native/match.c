@@ -440,3 +440,192 @@ size_t pn_select_smallest(const uint16_t *scores, size_t n, size_t k, int64_t *o
     }
     return m;
 }
+
+/* ---------------------------------------------------------------- elastic (block-wise) match */
+#define PN_MAX_BLOCKS 64
+
+/* Per block, per window shift: V_b - 2*D_b into gain[s][b], (D_b, V_b) into bd/bv. */
+PN_INLINE void elastic_body(const uint32_t *probe, int rows, int bh, int bw, int radius,
+                            const uint32_t *records, size_t stride_words, size_t offset_words,
+                            const int64_t *idx, const int32_t *centre, size_t n, double n_ref,
+                            double *out_hd, int32_t *out_valid, int hw)
+{
+    const int nbx = 32 / bw, nby = rows / bh, nb = nbx * nby;
+    const uint32_t bmask = bw >= 32 ? 0xFFFFFFFFu : ((1u << bw) - 1u);
+    const int win = 2 * radius + 1;
+    for (size_t k = 0; k < n; k++) {
+        const uint32_t *rec = records + (size_t)idx[k] * stride_words + offset_words;
+        const int cdy = centre[k] / 32 - PN_MAX_SHIFT, cdx = centre[k] % 32 - PN_MAX_SHIFT;
+        int64_t best_gain[PN_MAX_BLOCKS], best_d[PN_MAX_BLOCKS], best_v[PN_MAX_BLOCKS];
+        for (int b = 0; b < nb; b++) { best_gain[b] = INT64_MIN; best_d[b] = 0; best_v[b] = 0; }
+        for (int ey = 0; ey < win; ey++) {
+            const int dy = cdy + ey - radius;
+            for (int ex = 0; ex < win; ex++) {
+                const int dx = cdx + ex - radius;
+                int64_t d[PN_MAX_BLOCKS], v[PN_MAX_BLOCKS];
+                for (int b = 0; b < nb; b++) { d[b] = 0; v[b] = 0; }
+                /* record row j meets probe row j - dy, probe cell x meets record cell x + dx */
+                for (int j = 0; j < rows; j++) {
+                    const int y = j - dy;
+                    if (y < 0 || y >= rows) continue;
+                    const uint32_t m = shift_row(probe[3 * rows + y], dx) & rec[3 * rows + j];
+                    if (!m) continue;
+                    const uint32_t x0 = (shift_row(probe[y], dx) ^ rec[j]) & m;
+                    const uint32_t x1 = (shift_row(probe[rows + y], dx) ^ rec[rows + j]) & m;
+                    const uint32_t x2 = (shift_row(probe[2 * rows + y], dx) ^ rec[2 * rows + j]) & m;
+                    const uint32_t ones = x0 ^ x1 ^ x2, twos = (x0 & x1) | (x2 & (x0 ^ x1));
+                    const int row_block = (j / bh) * nbx;
+                    for (int bx = 0; bx < nbx; bx++) {
+                        const uint32_t sel = bmask << (bx * bw);
+                        d[row_block + bx] += (int64_t)(PC(hw, ones & sel) + 2 * PC(hw, twos & sel));
+                        v[row_block + bx] += (int64_t)(3 * PC(hw, m & sel));
+                    }
+                }
+                for (int b = 0; b < nb; b++) {
+                    const int64_t g = v[b] - 2 * d[b];
+                    if (g > best_gain[b]) { best_gain[b] = g; best_d[b] = d[b]; best_v[b] = v[b]; }
+                }
+            }
+        }
+        int64_t dsum = 0, vsum = 0;
+        for (int b = 0; b < nb; b++) { dsum += best_d[b]; vsum += best_v[b]; }
+        double hd = 0.5;
+        if (vsum) {
+            const double vv = (double)vsum;
+            hd = 0.5 - (0.5 - (double)dsum / vv) * sqrt(vv / n_ref);
+        }
+        out_hd[k] = hd;
+        if (out_valid) out_valid[k] = (int32_t)vsum;
+    }
+}
+
+static void elastic_portable(const uint32_t *probe, int rows, int bh, int bw, int radius,
+                             const uint32_t *records, size_t stride_words, size_t offset_words,
+                             const int64_t *idx, const int32_t *centre, size_t n, double n_ref,
+                             double *out_hd, int32_t *out_valid)
+{
+    elastic_body(probe, rows, bh, bw, radius, records, stride_words, offset_words, idx, centre, n,
+                 n_ref, out_hd, out_valid, 0);
+}
+
+#if PN_X86
+__attribute__((target("popcnt")))
+static void elastic_popcnt(const uint32_t *probe, int rows, int bh, int bw, int radius,
+                           const uint32_t *records, size_t stride_words, size_t offset_words,
+                           const int64_t *idx, const int32_t *centre, size_t n, double n_ref,
+                           double *out_hd, int32_t *out_valid)
+{
+    elastic_body(probe, rows, bh, bw, radius, records, stride_words, offset_words, idx, centre, n,
+                 n_ref, out_hd, out_valid, 1);
+}
+#endif
+
+#if PN_X86
+/* AVX2, blocks of 8x8 cells (rows a multiple of 8): one vector = 8 code rows = one block row;
+ * byte b of a row word is column block b. Byte-wise popcounts of the differing bits (ones + 2
+ * twos, <= 24 per byte) and of the joint mask are summed over the 8 rows as bytes (<= 192), so
+ * each 8-row chunk yields the (D, V) of its 4 blocks; the per-block choice (V - 2D, strictly
+ * greater wins, same order) and the final sums equal the scalar path's. */
+__attribute__((target("avx2,popcnt"))) PN_INLINE __m128i rowsum8(__m256i x)
+{
+    x = _mm256_add_epi8(x, _mm256_srli_epi64(x, 32));
+    x = _mm256_add_epi8(x, _mm256_shuffle_epi32(x, 0x4E));
+    return _mm_add_epi8(_mm256_castsi256_si128(x), _mm256_extracti128_si256(x, 1)); /* low dword */
+}
+
+__attribute__((target("avx2,popcnt")))
+static void elastic_avx2(const uint32_t *probe, int rows, int radius,
+                         const uint32_t *records, size_t stride_words, size_t offset_words,
+                         const int64_t *idx, const int32_t *centre, size_t n, double n_ref,
+                         double *out_hd, int32_t *out_valid)
+{
+    shifted_probe_t sh;
+    build_shifted(probe, rows, PN_MAX_SHIFT, sh);
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    const int chunks = rows / 8, win = 2 * radius + 1;
+    for (size_t k = 0; k < n; k++) {
+        const uint32_t *rec = records + (size_t)idx[k] * stride_words + offset_words;
+        const int cdy = centre[k] / 32 - PN_MAX_SHIFT, cdx = centre[k] % 32 - PN_MAX_SHIFT;
+        __m128i bg[PN_MAX_ROWS / 8], bd[PN_MAX_ROWS / 8], bv[PN_MAX_ROWS / 8];
+        for (int c = 0; c < chunks; c++) {
+            bg[c] = _mm_set1_epi32(INT32_MIN);
+            bd[c] = _mm_setzero_si128();
+            bv[c] = _mm_setzero_si128();
+        }
+        for (int ey = 0; ey < win; ey++) {
+            const int dy = cdy + ey - radius, start = PN_MAX_SHIFT - dy;
+            for (int ex = 0; ex < win; ex++) {
+                const int dx = cdx + ex - radius;
+                const uint32_t *a0 = sh[dx + PN_MAX_SHIFT][0] + start;
+                const uint32_t *a1 = sh[dx + PN_MAX_SHIFT][1] + start;
+                const uint32_t *a2 = sh[dx + PN_MAX_SHIFT][2] + start;
+                const uint32_t *am = sh[dx + PN_MAX_SHIFT][3] + start;
+                for (int c = 0; c < chunks; c++) {
+                    const int o = 8 * c;
+                    __m256i m = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(am + o)),
+                                                 _mm256_loadu_si256((const __m256i *)(rec + 3 * rows + o)));
+                    __m256i x0 = _mm256_and_si256(_mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(a0 + o)),
+                                                                   _mm256_loadu_si256((const __m256i *)(rec + o))), m);
+                    __m256i x1 = _mm256_and_si256(_mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(a1 + o)),
+                                                                   _mm256_loadu_si256((const __m256i *)(rec + rows + o))), m);
+                    __m256i x2 = _mm256_and_si256(_mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(a2 + o)),
+                                                                   _mm256_loadu_si256((const __m256i *)(rec + 2 * rows + o))), m);
+                    __m256i x01 = _mm256_xor_si256(x0, x1);
+                    __m256i ones = _mm256_xor_si256(x01, x2);
+                    __m256i twos = _mm256_or_si256(_mm256_and_si256(x0, x1), _mm256_and_si256(x2, x01));
+                    __m256i pt = popcount8(twos, lut, low);
+                    __m256i cd = _mm256_add_epi8(popcount8(ones, lut, low), _mm256_add_epi8(pt, pt));
+                    __m256i cv = popcount8(m, lut, low);
+                    __m128i d = _mm_cvtepu8_epi32(rowsum8(cd));
+                    __m128i v = _mm_mullo_epi32(_mm_cvtepu8_epi32(rowsum8(cv)), _mm_set1_epi32(3));
+                    __m128i g = _mm_sub_epi32(v, _mm_add_epi32(d, d));
+                    __m128i better = _mm_cmpgt_epi32(g, bg[c]);
+                    bg[c] = _mm_blendv_epi8(bg[c], g, better);
+                    bd[c] = _mm_blendv_epi8(bd[c], d, better);
+                    bv[c] = _mm_blendv_epi8(bv[c], v, better);
+                }
+            }
+        }
+        __m128i sd = _mm_setzero_si128(), sv = _mm_setzero_si128();
+        for (int c = 0; c < chunks; c++) {
+            sd = _mm_add_epi32(sd, bd[c]);
+            sv = _mm_add_epi32(sv, bv[c]);
+        }
+        sd = _mm_add_epi32(sd, _mm_shuffle_epi32(sd, 0x4E));
+        sd = _mm_add_epi32(sd, _mm_shuffle_epi32(sd, 0xB1));
+        sv = _mm_add_epi32(sv, _mm_shuffle_epi32(sv, 0x4E));
+        sv = _mm_add_epi32(sv, _mm_shuffle_epi32(sv, 0xB1));
+        const int64_t dsum = _mm_cvtsi128_si32(sd), vsum = _mm_cvtsi128_si32(sv);
+        double hd = 0.5;
+        if (vsum) {
+            const double vv = (double)vsum;
+            hd = 0.5 - (0.5 - (double)dsum / vv) * sqrt(vv / n_ref);
+        }
+        out_hd[k] = hd;
+        if (out_valid) out_valid[k] = (int32_t)vsum;
+    }
+}
+#endif
+
+void pn_match_elastic(const uint32_t *probe, int rows, int bh, int bw, int radius,
+                      const uint32_t *records, size_t stride_words, size_t offset_words,
+                      const int64_t *idx, const int32_t *centre, size_t n, double n_ref,
+                      double *out_hd, int32_t *out_valid)
+{
+#if PN_X86
+    if (level() >= 2 && bh == 8 && bw == 8 && rows % 8 == 0) {
+        elastic_avx2(probe, rows, radius, records, stride_words, offset_words, idx, centre, n, n_ref,
+                     out_hd, out_valid);
+        return;
+    }
+    if (level() >= 1) {
+        elastic_popcnt(probe, rows, bh, bw, radius, records, stride_words, offset_words, idx, centre,
+                       n, n_ref, out_hd, out_valid);
+        return;
+    }
+#endif
+    elastic_portable(probe, rows, bh, bw, radius, records, stride_words, offset_words, idx, centre,
+                     n, n_ref, out_hd, out_valid);
+}

@@ -43,6 +43,19 @@ void pn_match_shifted(const uint32_t *probe, int rows, int max_dx, int max_dy,
                       const int64_t *idx, size_t n, double n_ref,
                       double *out_hd, int32_t *out_shift, int32_t *out_valid);
 
+/* Block-wise (elastic) refinement of a shifted match. The code grid (rows x 32 bit columns) is
+ * split into blocks of bh rows x bw columns (bh divides rows, bw divides 32; at most 64 blocks).
+ * For record k, centre[k] is a shift code (dy + 8) * 32 + (dx + 8) (e.g. pn_match_shifted's
+ * best shift); each block independently takes the shift (cdy, cdx) + (ey, ex), |ey|, |ex| <= radius
+ * (|cdy| + radius, |cdx| + radius <= 8), that maximises V_b - 2*D_b (agreeing minus differing
+ * code bits; D_b differing code bits, V_b = 3 * jointly valid cells of the block at that shift; first in
+ * ey-major, ex-minor order on ties). With D, V the sums over blocks:
+ *   out_hd[k] = V ? 0.5 - (0.5 - D/V) * sqrt(V / n_ref) : 0.5;  out_valid[k] (if not NULL) = V. */
+void pn_match_elastic(const uint32_t *probe, int rows, int bh, int bw, int radius,
+                      const uint32_t *records, size_t stride_words, size_t offset_words,
+                      const int64_t *idx, const int32_t *centre, size_t n, double n_ref,
+                      double *out_hd, int32_t *out_valid);
+
 /* Pre-filter scan over n 8-word signatures against n_probes >= 1 probe signatures (e.g. the
  * probe's signature at a few grid offsets: the minimum is kept) (64 bytes each: words 0-2 surface code planes,
  * 3 surface mask, 4-6 vein code planes, 7 vein mask; 8x8 cells per word).

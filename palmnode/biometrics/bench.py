@@ -134,9 +134,7 @@ def full_scores(probe: PalmTemplate, recs: np.ndarray, idx: np.ndarray | None = 
     idx = np.arange(len(recs), dtype=np.int64) if idx is None else idx.astype(np.int64)
     sims = []
     for code, spec in ((probe.surface, matcher.SURFACE_MATCH), (probe.vein, matcher.VEIN_MATCH)):
-        hd, _, _ = kernels.match_shifted(code.planes(), recs, idx, offset=spec.offset, max_dx=spec.max_shift,
-                                         max_dy=spec.max_shift, n_ref=spec.n_ref)
-        sims.append(matcher.similarity(hd))
+        sims.append(matcher.similarity(matcher.distances(code, recs, idx, spec)))   # rigid + elastic
     return matcher.fuse(*sims)
 
 

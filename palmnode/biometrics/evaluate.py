@@ -206,9 +206,12 @@ class _ShiftedKernel:
             sim = np.full(self.n, np.nan)
             code, idx = getattr(probe, name), self.index[name]
             if code is not None and idx.size:
-                hd, _, _ = self.m.kernels.match_shifted(code.planes(), self.records, idx, offset=spec.offset,
-                                                        max_dx=spec.max_shift, max_dy=spec.max_shift,
-                                                        n_ref=spec.n_ref)
+                if hasattr(self.m, "distances"):      # rigid + elastic, exactly as matcher.match
+                    hd = self.m.distances(code, self.records, idx, spec)
+                else:
+                    hd, _, _ = self.m.kernels.match_shifted(code.planes(), self.records, idx, offset=spec.offset,
+                                                            max_dx=spec.max_shift, max_dy=spec.max_shift,
+                                                            n_ref=spec.n_ref)
                 sim[idx] = self.m.similarity(hd)
             sims[name] = sim
         return types.SimpleNamespace(surface=sims["surface"], vein=sims["vein"],

@@ -24,7 +24,8 @@ import attrs
 import numpy as np
 
 from palmnode.biometrics import features, kernels
-from palmnode.biometrics.matcher import RECORD_WORDS, SURFACE_MATCH, VEIN_MATCH, Score, fuse, similarity
+from palmnode.biometrics.matcher import (RECORD_WORDS, SURFACE_MATCH, VEIN_MATCH, Score, elastic_distances, fuse,
+                                         rigid_distances, similarity)
 from palmnode.biometrics.types import PalmTemplate
 
 #: shortlist after the pre-filter: SHORTLIST_FRACTION of the gallery, at least MIN_SHORTLIST and
@@ -33,6 +34,9 @@ from palmnode.biometrics.types import PalmTemplate
 SHORTLIST = 2000
 SHORTLIST_FRACTION = 0.002
 MIN_SHORTLIST = 200
+#: the best RERANK shortlist entries by the rigid fused score (at least 8 per requested
+#: candidate) get the elastic block-wise match (matcher.distances), which gives the final scores
+RERANK = 64
 PALMS = ("left", "right", "unknown")
 _HAS_SURFACE, _HAS_VEIN = 1, 2
 
@@ -222,28 +226,47 @@ class Gallery:
             chosen = np.concatenate([np.flatnonzero(live[:n]) + a for (_, n, live), a in zip(snap, starts[:-1])])
         if chosen.size == 0:
             return []
-        # (3) full shifted match of the shortlist, segment by segment
+        # (3) rigid shifted match of the shortlist, segment by segment; (4) elastic match of the
+        # best entries, whose scores are then the matcher's (matcher.match) exactly
         which = np.searchsorted(starts, chosen, side="right") - 1
         surf = np.full(chosen.size, np.nan)
         vein = np.full(chosen.size, np.nan)
+        shifts = {"surface": np.zeros(chosen.size, np.int32), "vein": np.zeros(chosen.size, np.int32)}
         person = np.empty(chosen.size, np.int32)
         palm = np.empty(chosen.size, np.uint8)
+        segs = [snap[s][0] for s in range(len(snap))]
+        rows_all = (chosen - starts[which]).astype(np.int64)
+        specs = (("surface", probe.surface, SURFACE_MATCH, surf, _HAS_SURFACE),
+                 ("vein", probe.vein, VEIN_MATCH, vein, _HAS_VEIN))
         for s in np.unique(which):
             pos = np.flatnonzero(which == s)
-            seg = snap[s][0]
-            rows = (chosen[pos] - starts[s]).astype(np.int64)
+            seg = segs[s]
+            rows = rows_all[pos]
             flags = seg.flags[rows]
             person[pos] = seg.person[rows]
             palm[pos] = seg.palm[rows]
-            for code, spec, out, bit in ((probe.surface, SURFACE_MATCH, surf, _HAS_SURFACE),
-                                         (probe.vein, VEIN_MATCH, vein, _HAS_VEIN)):
+            for name, code, spec, out, bit in specs:
                 if code is None:
                     continue
-                hd, _, _ = kernels.match_shifted(code.planes(), seg.records, rows, offset=spec.offset,
-                                                 max_dx=spec.max_shift, max_dy=spec.max_shift, n_ref=spec.n_ref)
+                hd, shifts[name][pos] = rigid_distances(code, seg.records, rows, spec)
                 out[pos] = np.where(flags & bit, similarity(hd), np.nan)
         fused = fuse(surf, vein)
         fused = np.where(np.isnan(fused), -np.inf, fused)
+        keep = np.lexsort((chosen, -fused))[:max(RERANK, 8 * k)]
+        keep = keep[np.isfinite(fused[keep])]
+        for s in np.unique(which[keep]):
+            pos = keep[which[keep] == s]
+            seg = segs[s]
+            rows = rows_all[pos]
+            flags = seg.flags[rows]
+            for name, code, spec, out, bit in specs:
+                if code is None or spec.radius == 0:
+                    continue
+                hd = elastic_distances(code, seg.records, rows, shifts[name][pos], spec)
+                out[pos] = np.where(flags & bit, similarity(hd), np.nan)
+        fused = fuse(surf[keep], vein[keep])
+        fused = np.where(np.isnan(fused), -np.inf, fused)
+        surf, vein, person, palm, chosen = surf[keep], vein[keep], person[keep], palm[keep], chosen[keep]
         order = np.lexsort((chosen, -fused))           # best first, ties by enrolment order
         out: list[Candidate] = []
         seen: set[int] = set()

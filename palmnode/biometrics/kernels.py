@@ -200,6 +200,110 @@ def match_shifted_reference(probe: np.ndarray, records: np.ndarray, idx: np.ndar
     return best, best_shift, best_valid
 
 
+# --------------------------------------------------------------------- elastic (block-wise) match
+MAX_BLOCKS = 64
+
+
+def _check_elastic_args(probe, records, offset, idx, centre, bh, bw, radius, n_ref):
+    probe, records, idx = _check_match_args(probe, records, offset, idx, 0, 0, n_ref)
+    centre = _array(centre, np.int32, 1, "centre")
+    rows = probe.shape[1]
+    if centre.shape[0] != idx.shape[0]:
+        raise ValueError(f"centre has {centre.shape[0]} shifts for {idx.shape[0]} indices")
+    for name, v in (("bh", bh), ("bw", bw), ("radius", radius)):
+        if not isinstance(v, (int, np.integer)):
+            raise ValueError(f"{name} must be an int, got {v!r}")
+    if not (1 <= bh <= rows and rows % bh == 0 and 1 <= bw <= 32 and 32 % bw == 0):
+        raise ValueError(f"blocks must divide the {rows}x32 grid, got {bh}x{bw}")
+    if (rows // bh) * (32 // bw) > MAX_BLOCKS:
+        raise ValueError(f"at most {MAX_BLOCKS} blocks, got {(rows // bh) * (32 // bw)}")
+    if not 0 <= radius <= MAX_SHIFT:
+        raise ValueError(f"radius must be 0..{MAX_SHIFT}, got {radius}")
+    if centre.size and not (0 <= centre.min() and centre.max() < _CENTRES.shape[1] and _CENTRES[radius][centre].all()):
+        raise ValueError(f"centre shifts plus the radius must stay within ±{MAX_SHIFT} cells")
+    return probe, records, idx, centre
+
+
+def _valid_centres() -> np.ndarray:
+    """[radius, shift code] -> the code's (dy, dx) plus the radius stays within ±MAX_SHIFT."""
+    code = np.arange((2 * MAX_SHIFT + 1) * 32)
+    dy, dx = code // 32 - MAX_SHIFT, code % 32 - MAX_SHIFT
+    r = np.arange(MAX_SHIFT + 1)[:, None]
+    return (np.abs(dy) + r <= MAX_SHIFT) & (np.abs(dx) + r <= MAX_SHIFT) & (code % 32 <= 2 * MAX_SHIFT)
+
+
+_CENTRES = _valid_centres()
+
+
+def match_elastic(probe: np.ndarray, records: np.ndarray, idx: np.ndarray, centre: np.ndarray, *,
+                  offset: int = 0, bh: int, bw: int, radius: int, n_ref: float) -> tuple[np.ndarray, np.ndarray]:
+    """Block-wise (elastic) match of one probe modality against ``records[idx]``, in C.
+
+    The grid is cut into blocks of ``bh`` rows x ``bw`` columns; every block takes its own
+    shift within ``radius`` cells of ``centre[k]`` (a shift code as returned by
+    :func:`match_shifted`), the one with the most agreeing minus differing code bits. Returns
+    (hd, valid): the normalised distance of the summed (D, V) over blocks and V.
+    """
+    probe, records, idx, centre = _check_elastic_args(probe, records, offset, idx, centre, bh, bw, radius, n_ref)
+    n = idx.shape[0]
+    hd = np.empty(n, np.float64)
+    valid = np.empty(n, np.int32)
+    _lib.pn_match_elastic(_ptr("const uint32_t *", probe), probe.shape[1], int(bh), int(bw), int(radius),
+                          _ptr("const uint32_t *", records), records.shape[1], int(offset),
+                          _ptr("const int64_t *", idx), _ptr("const int32_t *", centre), n, float(n_ref),
+                          _ptr("double *", hd), _ptr("int32_t *", valid))
+    return hd, valid
+
+
+def _shift_planes(planes: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """Probe planes (..., rows) moved so that record row j meets probe row j - dy, cell x meets x + dx."""
+    a = (planes << np.uint32(dx)) if dx >= 0 else (planes >> np.uint32(-dx))
+    out = np.zeros_like(a)
+    rows = a.shape[-1]
+    if abs(dy) < rows:
+        if dy >= 0:
+            out[..., dy:] = a[..., :rows - dy]
+        else:
+            out[..., :rows + dy] = a[..., -dy:]
+    return out
+
+
+def match_elastic_reference(probe: np.ndarray, records: np.ndarray, idx: np.ndarray, centre: np.ndarray, *,
+                            offset: int = 0, bh: int, bw: int, radius: int,
+                            n_ref: float) -> tuple[np.ndarray, np.ndarray]:
+    """NumPy reference of :func:`match_elastic`."""
+    probe, records, idx, centre = _check_elastic_args(probe, records, offset, idx, centre, bh, bw, radius, n_ref)
+    rows = probe.shape[1]
+    rec = records[idx, offset:offset + 4 * rows].reshape(-1, 4, rows)
+    n = rec.shape[0]
+    nby, nbx = rows // bh, 32 // bw
+    sel = (np.uint64((1 << bw) - 1) << (np.arange(nbx, dtype=np.uint64) * np.uint64(bw))).astype(np.uint32)
+    best_g = np.full((n, nby * nbx), np.iinfo(np.int64).min, np.int64)
+    best_d = np.zeros((n, nby * nbx), np.int64)
+    best_v = np.zeros((n, nby * nbx), np.int64)
+    cdy, cdx = centre // 32 - MAX_SHIFT, centre % 32 - MAX_SHIFT
+    for ey in range(-radius, radius + 1):
+        for ex in range(-radius, radius + 1):
+            a = np.stack([_shift_planes(probe, int(y + ey), int(x + ex)) for y, x in zip(cdy, cdx)]) \
+                if n else np.zeros((0, 4, rows), np.uint32)
+            m = a[:, 3] & rec[:, 3]                                            # (n, rows)
+            x = (a[:, :3] ^ rec[:, :3]) & m[:, None]                           # (n, 3, rows)
+            d = _popcount(x[:, :, :, None] & sel).sum(axis=1)                 # (n, rows, nbx)
+            v = 3 * _popcount(m[:, :, None] & sel)
+            d = d.reshape(n, nby, bh, nbx).sum(axis=2).reshape(n, -1)
+            v = v.reshape(n, nby, bh, nbx).sum(axis=2).reshape(n, -1)
+            g = v - 2 * d
+            better = g > best_g
+            best_g = np.where(better, g, best_g)
+            best_d = np.where(better, d, best_d)
+            best_v = np.where(better, v, best_v)
+    dsum, vsum = best_d.sum(axis=1), best_v.sum(axis=1)
+    vv = vsum.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        hd = np.where(vsum > 0, 0.5 - (0.5 - dsum.astype(np.float64) / vv) * np.sqrt(vv / n_ref), 0.5)
+    return hd, vsum.astype(np.int32)
+
+
 # --------------------------------------------------------------------- pre-filter
 def _check_scan_args(probe_sig, sigs, live):
     if isinstance(probe_sig, np.ndarray) and probe_sig.ndim == 1:

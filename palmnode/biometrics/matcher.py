@@ -29,17 +29,23 @@ from palmnode.biometrics.types import SURFACE_ROWS, VEIN_ROWS, ModalityCode, Pal
 
 @attrs.frozen
 class ModalityMatch:
-    """How one modality is matched: rows of its code, shift range, reference valid bits."""
+    """How one modality is matched: rows of its code, global shift range, reference valid bits,
+    and the elastic refinement (blocks of ``block`` x ``block`` cells, each free to move
+    ``radius`` cells around the global best shift; radius 0 = rigid match only)."""
 
     rows: int
     max_shift: int
     n_ref: float
     offset: int  # word offset in a gallery record
+    block: int = 8
+    radius: int = 0
 
 
-#: n_ref ~ the jointly valid bits of a typical genuine comparison (3 bits x valid cells)
-SURFACE_MATCH = ModalityMatch(rows=SURFACE_ROWS, max_shift=3, n_ref=2400.0, offset=0)
-VEIN_MATCH = ModalityMatch(rows=VEIN_ROWS, max_shift=2, n_ref=600.0, offset=4 * SURFACE_ROWS)
+#: n_ref ~ the jointly valid bits of a typical genuine comparison (3 bits x valid cells).
+#: Elastic blocks: surface 4x4 blocks of 8x8 cells (32 px) moving ±2 cells (8 px), vein 2x2
+#: blocks of 8x8 cells (64 px) moving ±1 cell (8 px) — see docs/engine.md for the measurements.
+SURFACE_MATCH = ModalityMatch(rows=SURFACE_ROWS, max_shift=3, n_ref=2400.0, offset=0, block=8, radius=2)
+VEIN_MATCH = ModalityMatch(rows=VEIN_ROWS, max_shift=2, n_ref=600.0, offset=4 * SURFACE_ROWS, block=8, radius=1)
 RECORD_WORDS = 4 * SURFACE_ROWS + 4 * VEIN_ROWS
 FUSION_WEIGHTS = {"surface": 1.0, "vein": 1.0}
 
@@ -73,12 +79,38 @@ def fuse(surface: np.ndarray | float, vein: np.ndarray | float) -> np.ndarray | 
 _ZERO = np.zeros(1, np.int64)
 
 
+def rigid_distances(probe: ModalityCode, records: np.ndarray, idx: np.ndarray,
+                    spec: ModalityMatch) -> tuple[np.ndarray, np.ndarray]:
+    """(hd, best shift code) of the rigid shift-tolerant match of ``probe`` against ``records[idx]``."""
+    hd, shift, _ = kernels.match_shifted(probe.planes(), records, idx, offset=spec.offset,
+                                         max_dx=spec.max_shift, max_dy=spec.max_shift, n_ref=spec.n_ref)
+    return hd, shift
+
+
+def elastic_distances(probe: ModalityCode, records: np.ndarray, idx: np.ndarray, shift: np.ndarray,
+                      spec: ModalityMatch) -> np.ndarray:
+    """Block-wise refinement around each record's rigid best ``shift`` (kernels.match_elastic)."""
+    hd, _ = kernels.match_elastic(probe.planes(), records, idx, shift, offset=spec.offset,
+                                  bh=spec.block, bw=spec.block, radius=spec.radius, n_ref=spec.n_ref)
+    return hd
+
+
+def distances(probe: ModalityCode, records: np.ndarray, idx: np.ndarray, spec: ModalityMatch) -> np.ndarray:
+    """The matcher's normalised distance of ``probe`` to each of ``records[idx]`` (packed gallery
+    records, ``spec.offset`` the modality's words): the rigid shifted match, then, when
+    ``spec.radius`` > 0, the elastic block-wise refinement around its best shift."""
+    hd, shift = rigid_distances(probe, records, idx, spec)
+    if spec.radius > 0 and idx.size:
+        hd = elastic_distances(probe, records, idx, shift, spec)
+    return hd
+
+
 def _one(a: ModalityCode | None, b: ModalityCode | None, spec: ModalityMatch) -> float:
     if a is None or b is None:
         return math.nan
-    hd, _, _ = kernels.match_shifted(a.planes(), b.planes().reshape(1, -1), _ZERO,
-                                     max_dx=spec.max_shift, max_dy=spec.max_shift, n_ref=spec.n_ref)
-    return float(similarity(hd[0]))
+    rec = np.zeros((1, spec.offset + 4 * spec.rows), np.uint32)
+    rec[0, spec.offset:] = b.planes().ravel()
+    return float(similarity(distances(a, rec, _ZERO, spec)[0]))
 
 
 def match(a: PalmTemplate, b: PalmTemplate) -> Score:

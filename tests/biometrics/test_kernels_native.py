@@ -182,3 +182,64 @@ def test_match_shifted_avx2_rows_parity(seed, rows, max_dx, max_dy, n_ref):
         for g, r in zip(kernels.match_shifted(probe, records, idx, **args), ref):
             assert np.array_equal(g, r)
     kernels.dispatch_level(2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), rows=st.sampled_from([8, 16, 32]), cols=st.integers(1, 32),
+       block=st.sampled_from([(8, 8), (4, 4), (8, 16), (2, 32)]), radius=st.integers(0, 3),
+       valid=st.floats(0.0, 1.0))
+def test_match_elastic_parity(seed, rows, cols, block, radius, valid):
+    rng = np.random.default_rng(seed)
+    bh, bw = block
+    probe = _code(rng, rows, cols, valid)
+    n = 10
+    gallery = np.stack([_code(rng, rows, cols, valid).ravel() for _ in range(n)])
+    gallery[4] = probe.ravel()
+    idx = rng.integers(0, n, 14).astype(np.int64)
+    lim = kernels.MAX_SHIFT - radius
+    centre = ((rng.integers(-lim, lim + 1, 14) + 8) * 32 + rng.integers(-lim, lim + 1, 14) + 8).astype(np.int32)
+    args = dict(bh=min(bh, rows), bw=bw, radius=radius, n_ref=300.0)
+    want = kernels.match_elastic_reference(probe, gallery, idx, centre, **args)
+    for lv in LEVELS:
+        kernels.dispatch_level(lv)
+        got = kernels.match_elastic(probe, gallery, idx, centre, **args)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    kernels.dispatch_level(2)
+
+
+def test_match_elastic_follows_blocks_that_moved_apart():
+    """Each 8x8 block of a code moved by its own shift (±1 cell): the rigid match cannot align
+    them all, the elastic one (radius 1) finds every block: distance 0."""
+    rng = np.random.default_rng(3)
+    probe = _code(rng, 32, 32, 1.0)
+    bits = np.unpackbits(probe.view(np.uint8).reshape(4, 32, 4), axis=2, bitorder="little")  # (4, 32, 32)
+    moved = np.zeros_like(bits)
+    for by in range(4):
+        for bx in range(4):
+            dy, dx = rng.integers(-1, 2, 2)
+            ys, xs = slice(8 * by, 8 * by + 8), slice(8 * bx, 8 * bx + 8)
+            moved[:, ys, xs] = np.roll(np.roll(bits, dy, axis=1), dx, axis=2)[:, ys, xs]
+    rec = np.packbits(moved, axis=2, bitorder="little").view(np.uint32).reshape(1, -1)
+    idx = np.zeros(1, np.int64)
+    hd, shift, _ = kernels.match_shifted(probe, rec, idx, max_dx=3, max_dy=3, n_ref=3072.0)
+    assert hd[0] > 0.1
+    centre = np.array([(8 * 32) + 8], np.int32)
+    ehd, valid = kernels.match_elastic(probe, rec, idx, centre, bh=8, bw=8, radius=1, n_ref=3072.0)
+    assert ehd[0] < 0.05 and ehd[0] == kernels.match_elastic_reference(probe, rec, idx, centre, bh=8, bw=8,
+                                                                          radius=1, n_ref=3072.0)[0][0]
+
+
+def test_match_elastic_rejects_bad_arguments():
+    rng = np.random.default_rng(0)
+    probe = _code(rng, 16, 16)
+    rec = probe.reshape(1, -1)
+    idx = np.zeros(1, np.int64)
+    ok = np.array([8 * 32 + 8], np.int32)
+    with pytest.raises(ValueError):
+        kernels.match_elastic(probe, rec, idx, ok, bh=5, bw=8, radius=1, n_ref=1.0)
+    with pytest.raises(ValueError):
+        kernels.match_elastic(probe, rec, idx, np.array([16 * 32 + 8], np.int32), bh=8, bw=8, radius=1, n_ref=1.0)
+    with pytest.raises(ValueError):
+        kernels.match_elastic(probe, rec, idx, np.zeros(2, np.int32), bh=8, bw=8, radius=1, n_ref=1.0)
+    with pytest.raises(TypeError):
+        kernels.match_elastic(probe, rec, idx, ok.astype(np.int64), bh=8, bw=8, radius=1, n_ref=1.0)
