@@ -140,7 +140,7 @@ def run(seconds: float = 20.0, warmup: float = 5.0) -> dict:
         "benchmark": "node_idle_cpu",
         "window_s": seconds,
         "load": {"proximity_hz": 100, "camera_fps": 30, "camera_size": "640x480",
-                 "card_reader_polls_hz": 10},
+                 "card_reader": "chip waits for cards"},
         "node_cpu_pct_of_core": round(node["host"], 2),
         "emulators_cpu_pct_of_core": round(node["sim"], 2),
         "baseline": "bare_read_loop",

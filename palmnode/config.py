@@ -31,7 +31,7 @@ class ProximityConfig:
 class CardReaderConfig:
     port: str
     token_key_file: str
-    poll_interval_s: float = 0.1
+    pause_after_card_s: float = 0.1  # the chip itself waits for cards; this is the rest after one
     enabled: bool = True
 
 

@@ -51,6 +51,6 @@ async def serve(cfg: CardReaderConfig, key: bytes, health: HealthRegistry, bus: 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(mirror_stats, health, NAME,
                                lambda: (reader.stats.last_frame_at, reader.stats.drops))
-            async for card in reader.cards(interval=cfg.poll_interval_s):
+            async for card in reader.cards(interval=cfg.pause_after_card_s):
                 bus.publish(card)
             nursery.cancel_scope.cancel()
