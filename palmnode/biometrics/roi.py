@@ -43,8 +43,9 @@ class RoiLimits:
     min_hand_area: float = 0.03
     #: skin/background cut, as a share of the way from the background mean to the skin mean
     skin_cut: float = 0.4
-    #: hand (and arm) area / frame area above this: too close
-    max_hand_area: float = 0.5
+    #: hand (and arm) area / frame area above this: too close (a hand held across the frame at
+    #: the near end of the ±20% distance range covers up to ~58% and is still usable)
+    max_hand_area: float = 0.6
     #: a hand cut by the frame and covering more than this share of it is too close, not misplaced
     cut_hand_too_close: float = 0.4
     #: palm-circle diameter / frame short side outside this range: too far / too close
@@ -55,8 +56,9 @@ class RoiLimits:
     #: the arm's contact with the border longer than this (palm radii) means the palm is cut
     max_arm_width: float = 3.2
     #: a border contact other than the arm nearer than this (palm radii) to the palm centre means
-    #: the hand is cut (farther out, only fingertips are)
-    min_tip_cut: float = 1.9
+    #: the hand is cut (farther out, only fingers are: the valleys lie at ~1.0-1.2 radii, and a
+    #: palm that is itself cut is caught by the ROI corner check and the quality's completeness)
+    min_tip_cut: float = 1.3
     #: ROI side, and its centre from the palm circle's centre (towards the fingers, towards the
     #: thumb), in palm-circle radii
     side_per_palm_radius: float = 1.27
