@@ -24,6 +24,7 @@ class ProximityConfig:
     baudrate: int = 115200
     frame_rate_hz: int = 100
     read_interval_s: float = 0.02  # batch reads like a USB-serial latency timer: 2 frames a wakeup
+    stall_timeout_s: float = 0.5   # no valid frame this long: the sensor is reset (reopened)
     enabled: bool = True
 
 

@@ -21,7 +21,8 @@ async def serve(cfg: ProximityConfig, health: HealthRegistry, bus: EventBus,
     try:
         async with await ProximitySensor.open(cfg.port, baudrate=cfg.baudrate,
                                               frame_rate_hz=cfg.frame_rate_hz,
-                                              read_interval_s=cfg.read_interval_s) as sensor:
+                                              read_interval_s=cfg.read_interval_s,
+                                              gap_timeout=cfg.stall_timeout_s) as sensor:
             ready()
             async for reading in sensor.measurements():
                 health.seen(NAME, reading.at)
