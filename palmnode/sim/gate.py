@@ -17,6 +17,7 @@ import trio
 
 from drivers.camera.emulator import CameraEmulator, Lighting
 from drivers.card_reader.cards import Badge, EmvCard
+from drivers.card_reader.emv import MASTERCARD_AID, VISA_AID
 from drivers.card_reader.emulator import CardReaderEmulator
 from drivers.illuminator.emulator import IlluminatorEmulator
 from drivers.proximity.emulator import ProximityEmulator
@@ -163,8 +164,9 @@ def _ease(x: float) -> float:
 
 
 def _card(step: sc.Card) -> Badge | EmvCard:
-    if step.kind == "emv":
-        return EmvCard(pan=step.pan, expiry=step.expiry)
+    if step.kind == "emv":  # the card's application follows its number's scheme
+        aid = MASTERCARD_AID if step.pan[0] in "25" else VISA_AID
+        return EmvCard(pan=step.pan, expiry=step.expiry, aid=aid)
     return Badge(uid=bytes.fromhex(step.uid))
 
 
