@@ -105,6 +105,37 @@ MAX_THUMB_GAP = 100.0
 MIN_VALLEY_DEPTH = 0.45
 
 
+#: two fingers held together can show one tip: the four tips then take in the thumb, which is
+#: told by its wide angle from its neighbour (degrees) and its short reach (share of the longest)
+MERGED_THUMB_GAP = 25.0
+MERGED_THUMB_REACH = 0.735
+
+
+def _thumb_among(reach: np.ndarray, gaps: np.ndarray) -> int | None:
+    """0 or 3 when the tip at that end of the four is the thumb (two fingers showing one tip),
+    else None: the thumb stands off wider than fingers and reaches much less far."""
+    found = None
+    for end, gap in ((0, gaps[0]), (3, gaps[2])):
+        if gap > MERGED_THUMB_GAP and reach[end] < MERGED_THUMB_REACH * reach.max():
+            if found is None or reach[end] < reach[found]:
+                found = end
+    return found
+
+
+def _with_merged_pair(path: np.ndarray, r: np.ndarray, tips: list[int], thumb: int) -> Fingers:
+    """Three finger tips and the thumb: taken as index, middle and ring held together (one tip),
+    little; the index–middle and ring–little valleys are the ones on either side of the pair,
+    the middle–ring valley is hidden (not deep; placed midway between the other two)."""
+    three = tips[1:] if thumb == 0 else tips[:3]
+    valleys = [three[j] + int(np.argmin(r[three[j]:three[j + 1] + 1])) for j in range(2)]
+    if thumb == 3:                                     # order from the thumb's side
+        three, valleys = three[::-1], valleys[::-1]
+    tip_pts = path[[three[0], three[1], three[1], three[2]]].copy()
+    v = path[valleys]
+    valley_pts = np.stack([v[0], 0.5 * (v[0] + v[1]), v[1]])
+    return Fingers(tips=tip_pts, valleys=valley_pts, deep=(True, False, True), thumb_seen=True)
+
+
 def find_fingers(path: np.ndarray, centre: np.ndarray, radius: float,
                  finger_dir: np.ndarray | None) -> Fingers | None:
     """The four fingers along ``path`` (see module doc), or None.
@@ -129,6 +160,9 @@ def find_fingers(path: np.ndarray, centre: np.ndarray, radius: float,
     # stands off at a much wider angle than any two fingers do
     k = min(range(len(peaks) - 3), key=lambda k: float(gaps[k:k + 3].max()))
     tips = peaks[k:k + 4]
+    merged = _thumb_among(r[tips], gaps[k:k + 3])
+    if merged is not None:
+        return _with_merged_pair(path, r, tips, merged)
     valleys = [tips[j] + int(np.argmin(r[tips[j]:tips[j + 1] + 1])) for j in range(3)]
     # the gap to a tip beyond the first / the last finger: a thumb stands within ~100° of its
     # index finger; anything farther round is the arm's ragged edge, not a thumb

@@ -76,8 +76,9 @@ class RoiLimits:
     middle_valley_at: tuple[float, float] = (0.43, 0.56)
     middle_valley_off: float = 0.06
     middle_valley_mean: float = 0.484
-    #: how far (share of the ROI side) an ROI corner may lie outside the frame
-    corner_out: float = 0.12
+    #: how far (share of the ROI side) an ROI corner may lie outside the frame (the lost cells are
+    #: masked by the features; the quality's completeness >= 0.9 bounds how much may be lost)
+    corner_out: float = 0.2
     valley_max_disagree_deg: float = 25.0
     centre_up: float = 0.1
     centre_thumbward: float = 0.0
