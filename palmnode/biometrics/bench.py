@@ -317,30 +317,50 @@ def main(args: argparse.Namespace | None = None) -> dict:
     live = np.ones(n_max, np.uint8)
     rec_sizes = [n for n in (10_000, 100_000, 1_000_000) if n <= n_max]
     dropped = {n: [] for n in rec_sizes}
+    dropped_sig = {n: [] for n in rec_sizes}
     first = {n: [] for n in rec_sizes}
+    vein = matcher.VEIN_MATCH
+    zero = np.zeros(1, np.int64)
+
+    def vein_stage(p, recs_, idx):
+        hd, _, _ = kernels.match_shifted(p.vein.planes(), recs_, idx, offset=vein.offset, max_dx=gal.VEIN_STAGE_SHIFT,
+                                         max_dy=gal.VEIN_STAGE_SHIFT, n_ref=vein.n_ref)
+        return hd
     t0 = time.perf_counter()
     for j, (i, p) in enumerate(probes):
         mate_rec = gal._record(enrol[i])[0][None]
         mate_full = float(full_scores(p, mate_rec)[0])
         psig = features.signature_variants(p)
         mate_pf = int(kernels.prefilter_scores(psig, features.signature(enrol[i])[None], np.ones(1, np.uint8))[0])
+        mate_vein = float(vein_stage(p, mate_rec, zero)[0])
         pf = kernels.prefilter_scores(psig, sigs, live)
         exh_max = float(full_scores(p, recs[:n_exh]).max())
         for n in rec_sizes:
-            size = g_probe.shortlist_size(n + 1)
-            ahead = int(np.count_nonzero(pf[:n] <= mate_pf))      # ties against the mate
-            dropped[n].append(ahead >= size)
-            short = kernels.select_smallest(pf[:n], size)
+            # the Gallery's two pre-filter stages (Gallery._shortlist), ties counted against the mate
+            size, k1 = g_probe.shortlist_size(n + 1), g_probe.stage1_size(n + 1)
+            ahead = int(np.count_nonzero(pf[:n] <= mate_pf))
+            dropped_sig[n].append(ahead >= size)
+            if k1 <= size:
+                drop = ahead >= size
+                short = kernels.select_smallest(pf[:n], size)
+            else:
+                s1 = kernels.select_smallest(pf[:n], k1)
+                hd = vein_stage(p, recs, s1)
+                drop = ahead >= k1 or int(np.count_nonzero(hd <= mate_vein)) >= size
+                short = np.sort(s1[np.lexsort((s1, hd))[:size]])
+            dropped[n].append(drop)
             top = max(exh_max if n >= n_exh else -np.inf, float(full_scores(p, recs, short).max()))
             first[n].append(mate_full > top)
         if j % 100 == 99:
             log(f"recall: {j + 1}/{len(probes)} probes ({time.perf_counter() - t0:.0f} s)")
     out["recall"] = {"genuine_probes": len(probes), "by_gallery": {}}
     for n in rec_sizes:
-        d, f = np.array(dropped[n]), np.array(first[n])
+        d, f, ds = np.array(dropped[n]), np.array(first[n]), np.array(dropped_sig[n])
         out["recall"]["by_gallery"][str(n)] = {
-            "shortlist": g_probe.shortlist_size(n + 1), "full_match_first": int(f.sum()),
-            "recall_loss": float((d & f).sum() / max(f.sum(), 1)), "dropped_any": float(d.mean())}
+            "shortlist": g_probe.shortlist_size(n + 1), "stage1": g_probe.stage1_size(n + 1),
+            "full_match_first": int(f.sum()),
+            "recall_loss": float((d & f).sum() / max(f.sum(), 1)), "dropped_any": float(d.mean()),
+            "recall_loss_signature_only": float((ds & f).sum() / max(f.sum(), 1))}
 
     # 1:N timing: Gallery.search vs faiss IndexBinaryFlat vs NumPy, same records
     out["search"] = {}

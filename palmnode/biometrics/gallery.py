@@ -5,9 +5,11 @@ codes of both modalities, features.signature), a 768-byte record (surface 4x32 u
 vein 4x16 uint32 rows), a live flag, a modality flag and a person/palm key: ~840 bytes.
 
 Search = (1) the pre-filter scan of every signature (native AVX2 popcount) against the
-probe's signature at a few grid offsets (features.PROBE_OFFSETS, minimum kept), (2) the
-``shortlist`` closest signatures, (3) the full shift-tolerant match of both modalities on
-the shortlist only, fused (matcher.fuse), best per person, top k.
+probe's signature at a few grid offsets (features.PROBE_OFFSETS, minimum kept), keeping
+``stage1_size`` entries, (2) the rigid match of the full vein code (±VEIN_STAGE_SHIFT cells)
+on those, keeping the ``shortlist_size`` closest, (3) the full shift-tolerant match of both
+modalities on the shortlist, fused (matcher.fuse), (4) the elastic match (matcher.distances)
+of the best RERANK entries, whose fused scores are final; best per person, top k.
 
 Concurrency: writers (add/remove) are serialised by a lock. Entries live in segments of
 packed arrays; a search snapshots (segment, filled count, live flags) for every segment under
@@ -34,6 +36,13 @@ from palmnode.biometrics.types import PalmTemplate
 SHORTLIST = 2000
 SHORTLIST_FRACTION = 0.002
 MIN_SHORTLIST = 200
+#: two-stage pre-filter: the signature scan keeps STAGE1_FRACTION of the gallery (at least
+#: MIN_STAGE1, at most STAGE1 entries), then the rigid match of the full vein code at ±VEIN_STAGE_SHIFT
+#: cells ranks those and keeps shortlist_size(N) for the full match (probes without vein: one stage)
+STAGE1_FRACTION = 0.02
+MIN_STAGE1 = 2000
+STAGE1 = 20_000
+VEIN_STAGE_SHIFT = 1
 #: the best RERANK shortlist entries by the rigid fused score (at least 8 per requested
 #: candidate) get the elastic block-wise match (matcher.distances), which gives the final scores
 RERANK = 64
@@ -198,9 +207,44 @@ class Gallery:
         return int(min(self.shortlist, max(min(self.min_shortlist, self.shortlist),
                                            -(-int(total * self.shortlist_fraction * 1e6) // 1_000_000))))
 
+    def stage1_size(self, total: int) -> int:
+        """Entries the signature scan keeps for the vein stage in a gallery of ``total`` live entries."""
+        return int(min(STAGE1, max(MIN_STAGE1, -(-int(total * STAGE1_FRACTION * 1e6) // 1_000_000))))
+
     def _snapshot(self) -> list[tuple[_Segment, int, np.ndarray]]:
         with self._lock:  # writers hold it only to write one row or swap arrays
             return [(seg, seg.count, seg.live) for seg in self._segments]
+
+    def _shortlist(self, probe: PalmTemplate, snap, starts: np.ndarray) -> np.ndarray:
+        total = int(starts[-1])
+        size = self.shortlist_size(total)
+        if total <= size:
+            return np.concatenate([np.flatnonzero(live[:n]) + a for (_, n, live), a in zip(snap, starts[:-1])])
+        psig = features.signature_variants(probe, self.probe_offsets)
+        scores = np.empty(total, np.uint16)
+        for (seg, n, live), a in zip(snap, starts[:-1]):
+            scores[a:a + n] = kernels.prefilter_scores(psig, seg.sigs[:n], live[:n])
+        k1 = self.stage1_size(total)
+        if probe.vein is None or k1 <= size:
+            return kernels.select_smallest(scores, size)
+        first = kernels.select_smallest(scores, k1)
+        hd = self._vein_stage(probe, snap, starts, first)
+        return np.sort(first[np.lexsort((first, hd))[:size]])
+
+    @staticmethod
+    def _vein_stage(probe: PalmTemplate, snap, starts: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+        """Rigid vein distance (±VEIN_STAGE_SHIFT cells) of each chosen entry; 0.5 without vein."""
+        which = np.searchsorted(starts, chosen, side="right") - 1
+        hd = np.full(chosen.size, 0.5)
+        spec = VEIN_MATCH
+        for s in np.unique(which):
+            pos = np.flatnonzero(which == s)
+            seg = snap[s][0]
+            rows = (chosen[pos] - starts[s]).astype(np.int64)
+            h, _, _ = kernels.match_shifted(probe.vein.planes(), seg.records, rows, offset=spec.offset,
+                                            max_dx=VEIN_STAGE_SHIFT, max_dy=VEIN_STAGE_SHIFT, n_ref=spec.n_ref)
+            hd[pos] = np.where(seg.flags[rows] & _HAS_VEIN, h, 0.5)
+        return hd
 
     def search(self, probe: PalmTemplate, k: int = 5) -> list[Candidate]:
         """The ``k`` best-scoring people (best palm template each), highest fused score first."""
@@ -214,16 +258,8 @@ class Gallery:
         total = int(starts[-1])
         if total == 0:
             return []
-        # (1)+(2) pre-filter scan and shortlist (every live entry when the gallery is small)
-        size = self.shortlist_size(total)
-        if total > size:
-            psig = features.signature_variants(probe, self.probe_offsets)
-            scores = np.empty(total, np.uint16)
-            for (seg, n, live), a in zip(snap, starts[:-1]):
-                scores[a:a + n] = kernels.prefilter_scores(psig, seg.sigs[:n], live[:n])
-            chosen = kernels.select_smallest(scores, size)
-        else:
-            chosen = np.concatenate([np.flatnonzero(live[:n]) + a for (_, n, live), a in zip(snap, starts[:-1])])
+        # (1)+(2) pre-filter: signature scan, vein stage, shortlist (every live entry when small)
+        chosen = self._shortlist(probe, snap, starts)
         if chosen.size == 0:
             return []
         # (3) rigid shifted match of the shortlist, segment by segment; (4) elastic match of the

@@ -7,7 +7,11 @@ in x and y, each shift normalised for the number of bits it compares (Daugman 20
 
     hd_n = 0.5 - (0.5 - D/V) * sqrt(V / n_ref)
 
-so a shift that overlaps few valid bits cannot produce a lucky low distance. The per-modality
+so a shift that overlaps few valid bits cannot produce a lucky low distance. The rigid best
+shift is then refined elastically (native pn_match_elastic): the grid is cut into 8x8-cell
+blocks, each block takes its own shift within ``radius`` cells of the rigid one (most agreeing
+minus differing bits), and the summed (D, V) are normalised the same way — this absorbs the
+residual rotation / scale / bend between captures that one global shift cannot (docs/engine.md). The per-modality
 similarity is ``s = 1 - 2*hd_n`` = (1 - 2 D/V) * sqrt(V / n_ref): 0 at chance, 1 for identical
 codes with the reference number of valid bits; under the impostor (independent bits) model it
 is a z-score scaled by 1/sqrt(n_ref), which puts both modalities on one scale. The fused score

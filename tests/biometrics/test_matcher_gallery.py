@@ -177,3 +177,23 @@ def test_shortlist_is_a_fixed_fraction_within_bounds():
     assert Gallery(shortlist=4).shortlist_size(10_000) == 4
     with pytest.raises(ValueError):
         Gallery(shortlist_fraction=0.0)
+
+
+def test_two_stage_prefilter_keeps_the_closest_vein_codes(templates):
+    """Gallery._shortlist: the signature scan keeps stage1_size entries, the rigid vein match at
+    ±VEIN_STAGE_SHIFT ranks them and the shortlist_size closest (ties by index) go on."""
+    from palmnode.biometrics import gallery as gal, kernels
+
+    g = Gallery(shortlist=5)
+    for i, (enrol, _) in enumerate(templates):
+        g.add(f"p{i}", "left", enrol)
+    probe = templates[7][1]
+    snap = g._snapshot()
+    starts = np.concatenate([[0], np.cumsum([n for _, n, _ in snap])])
+    got = g._shortlist(probe, snap, starts)
+    recs = np.stack([gal._record(e)[0] for e, _ in templates])
+    spec = matcher.VEIN_MATCH
+    hd, _, _ = kernels.match_shifted(probe.vein.planes(), recs, np.arange(N, dtype=np.int64), offset=spec.offset,
+                                     max_dx=gal.VEIN_STAGE_SHIFT, max_dy=gal.VEIN_STAGE_SHIFT, n_ref=spec.n_ref)
+    want = np.sort(np.lexsort((np.arange(N), hd))[:5])
+    assert g.stage1_size(N) >= N and np.array_equal(got, want) and 7 in got
