@@ -243,3 +243,23 @@ def test_match_elastic_rejects_bad_arguments():
         kernels.match_elastic(probe, rec, idx, np.zeros(2, np.int32), bh=8, bw=8, radius=1, n_ref=1.0)
     with pytest.raises(TypeError):
         kernels.match_elastic(probe, rec, idx, ok.astype(np.int64), bh=8, bw=8, radius=1, n_ref=1.0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 23), variants=st.sampled_from([1, 2, 5, 64, 65]),
+       dead=st.floats(0.0, 1.0))
+def test_prefilter_parity_with_probe_variants(seed, n, variants, dead):
+    """Several probe variants (the 4-entries-per-register AVX2 scan up to 64, the per-entry one
+    beyond), entry counts that are not multiples of 4 (scalar tail): the reference's minimum."""
+    rng = np.random.default_rng(seed)
+    sigs = rng.integers(0, 2**64, (n, 8), dtype=np.uint64)
+    sigs[:, [3, 7]] &= rng.integers(0, 2**64, (n, 2), dtype=np.uint64)
+    live = (rng.random(n) >= dead).astype(np.uint8)
+    probes = rng.integers(0, 2**64, (variants, 8), dtype=np.uint64)
+    if n:
+        probes[-1] = sigs[rng.integers(0, n)]
+    ref = kernels.prefilter_scores_reference(probes, sigs, live)
+    for lv in LEVELS:
+        kernels.dispatch_level(lv)
+        assert np.array_equal(kernels.prefilter_scores(probes, sigs, live), ref)
+    kernels.dispatch_level(2)
