@@ -1,0 +1,93 @@
+"""The valley-line choice (roi._valley_lines / _valley_frame) and the thumb taken in among the
+four tips when two fingers show one tip (keypoints._thumb_among), on hand-made keypoints."""
+from __future__ import annotations
+
+import numpy as np
+
+from palmnode.biometrics import keypoints, roi
+
+LIMITS = roi.DEFAULT_LIMITS
+UP = np.array([0.0, -1.0])      # fingers towards the top of the frame
+RADIUS = 100.0
+# a right palm seen from the camera, fingers up: index on the right (x grows towards the thumb)
+IM, MR, RL = np.array([150.0, 100.0]), np.array([101.6, 100.0]), np.array([50.0, 100.0])
+
+
+def first_line(valleys, deep, tips=None):
+    return next(iter(roi._valley_lines(np.array(valleys), deep, UP, RADIUS, LIMITS, tips)), None)
+
+
+def test_all_three_valleys_on_a_line_give_the_index_little_pair():
+    x, v1, v3, length = first_line([IM, MR, RL], (True, True, True))
+    assert np.allclose(v1, IM) and np.allclose(v3, RL) and abs(length - 100.0) < 1e-9
+    assert np.allclose(x, [1.0, 0.0])
+
+
+def test_middle_valley_too_far_up_leaves_the_pair_standing():
+    # middle and ring fingers touching: their "valley" is a notch up the seam (smaller y = up)
+    x, v1, v3, length = first_line([IM, MR + [0.0, -30.0], RL], (True, True, True))
+    assert np.allclose(v1, IM) and np.allclose(v3, RL)
+
+
+def test_index_middle_valley_too_far_up_is_stood_in_for():
+    # index held against the middle finger: the index-middle notch sits up the seam, the middle
+    # valley then lies below the line, and the middle-ring valley stands in
+    high = IM + [-5.0, -25.0]
+    x, v1, v3, length = first_line([high, MR, RL], (True, True, True))
+    assert np.allclose(v3, RL)
+    assert abs(length - np.linalg.norm(MR - RL) / LIMITS.middle_valley_mean) < 1e-9
+    assert np.allclose(x, [1.0, 0.0])
+
+
+def test_shallow_middle_valley_does_not_veto_the_pair():
+    x, v1, v3, length = first_line([IM, MR + [0.0, -60.0], RL], (True, False, True))
+    assert np.allclose(v1, IM) and np.allclose(v3, RL)
+
+
+def test_only_ring_little_valley_uses_the_pressed_fingers_axis():
+    # index, middle and ring held together: notches high up the seams, straight fingers
+    im, mr = IM + [0.0, -70.0], MR + [0.0, -70.0]
+    tips = np.array([[175.0, -120.0], [125.0, -140.0], [75.0, -130.0], [25.0, -100.0]])
+    lines = list(roi._valley_lines(np.array([im, mr, RL]), (False, False, True), UP, RADIUS,
+                                   LIMITS, tips))
+    assert len(lines) == 1
+    x, v1, v3, length = lines[0]
+    assert np.allclose(v3, RL)
+    assert 90.0 < length < 110.0                 # the notches keep their place across the fingers
+    lean = np.degrees(np.arcsin(-x[1]))          # x leans back from the fingers' axis
+    assert abs(abs(lean) - LIMITS.finger_axis_lean_deg) < 3.0
+
+
+def test_frame_from_the_valleys_is_a_proper_scale_normalised_square():
+    centre, up, side = roi._valley_frame(np.array([IM, MR, RL]), (True, True, True), UP, RADIUS,
+                                         LIMITS)
+    assert abs(side - LIMITS.valley_side * 100.0) < 1e-9
+    assert centre[1] > 100.0                     # the ROI lies below the finger valleys
+    assert up @ UP > np.cos(np.radians(LIMITS.valley_lean_deg + 0.1))
+
+
+def test_no_trusted_valley_gives_no_valley_frame():
+    assert roi._valley_frame(np.array([IM, MR, RL]), (False, False, False), UP, RADIUS,
+                             LIMITS) is None
+
+
+def test_thumb_among_four_tips_is_told_by_wide_gap_and_short_reach():
+    # little, middle+ring (one tip), index, thumb: wide last gap, short reach
+    assert keypoints._thumb_among(np.array([2.15, 2.63, 2.6, 1.77]), np.array([25.3, 12.3, 34.7])) == 3
+    assert keypoints._thumb_among(np.array([1.6, 2.6, 2.6, 2.1]), np.array([40.0, 14.0, 20.0])) == 0
+    # four fingers spread wide, a short little finger: not a thumb
+    assert keypoints._thumb_among(np.array([3.25, 3.19, 2.82, 2.43]), np.array([18.5, 14.7, 30.7])) is None
+    assert keypoints._thumb_among(np.array([2.3, 2.6, 2.5, 2.2]), np.array([15.0, 15.0, 18.0])) is None
+
+
+def test_merged_pair_gives_index_middle_and_ring_little_valleys():
+    # a path over four bumps: thumb at the end, middle+ring showing one tip
+    t = np.linspace(0, 1, 400)
+    path = np.stack([t * 400, 50 + 0 * t], axis=1)
+    r = np.interp(t, [0, .1, .2, .35, .5, .65, .75, .9, 1], [1, 2.2, 1, 2.6, 1, 2.6, 1.2, 1.7, 1])
+    tips = [40, 140, 260, 360]
+    f = keypoints._with_merged_pair(path, r, tips, 3)
+    assert f.deep == (True, False, True) and f.thumb_seen
+    assert np.allclose(f.valleys[1], 0.5 * (f.valleys[0] + f.valleys[2]))
+    # ordered from the thumb's side: index first
+    assert f.tips[0][0] > f.tips[3][0] and f.valleys[0][0] > f.valleys[2][0]
