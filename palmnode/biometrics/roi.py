@@ -61,13 +61,14 @@ class RoiLimits:
     min_tip_cut: float = 1.3
     #: ROI side, and its centre from the palm circle's centre (towards the fingers, towards the
     #: thumb), in palm-circle radii
-    side_per_palm_radius: float = 1.27
+    side_per_palm_radius: float = 1.14
     #: valley frame (used when the index–middle and ring–little valleys are both open): ROI
     #: centre from the valleys' midpoint (along the palm normal, towards the thumb) and ROI side,
     #: in valley distances; the palm axis's lean from the valley line's normal towards the thumb.
-    #: Fitted on development renders (seed 0) to agree on average with the palm-circle frame.
+    #: Fitted on development renders (seed 0) to agree on average with the palm-circle frame;
+    #: the side (1.3 L, ~0.64 palm widths) measured best of 1.15/1.3/1.45/1.6 on them.
     valley_centre: tuple[float, float] = (-0.92, -0.155)
-    valley_side: float = 1.45
+    valley_side: float = 1.3
     valley_lean_deg: float = 8.4
     #: valley distance / palm radius outside this: not a valley pair
     valley_span: tuple[float, float] = (0.7, 1.35)
