@@ -98,6 +98,17 @@ def _record(template: PalmTemplate) -> tuple[np.ndarray, int]:
     return rec, flags
 
 
+def _smallest(values: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k smallest (value, position), ascending position (a partition, not a sort)."""
+    if k >= values.size:
+        return np.arange(values.size)
+    t = np.partition(values, k - 1)[k - 1]
+    below = values < t
+    ties = np.flatnonzero(values == t)[:k - int(np.count_nonzero(below))]
+    below[ties] = True
+    return np.flatnonzero(below)
+
+
 class Gallery:
     """Enrolled palms, searchable 1:N while palms are added and removed.
 
@@ -229,7 +240,7 @@ class Gallery:
             return kernels.select_smallest(scores, size)
         first = kernels.select_smallest(scores, k1)
         hd = self._vein_stage(probe, snap, starts, first)
-        return np.sort(first[np.lexsort((first, hd))[:size]])
+        return first[_smallest(hd, size)]
 
     @staticmethod
     def _vein_stage(probe: PalmTemplate, snap, starts: np.ndarray, chosen: np.ndarray) -> np.ndarray:

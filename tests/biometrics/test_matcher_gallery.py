@@ -197,3 +197,13 @@ def test_two_stage_prefilter_keeps_the_closest_vein_codes(templates):
                                      max_dx=gal.VEIN_STAGE_SHIFT, max_dy=gal.VEIN_STAGE_SHIFT, n_ref=spec.n_ref)
     want = np.sort(np.lexsort((np.arange(N), hd))[:5])
     assert g.stage1_size(N) >= N and np.array_equal(got, want) and 7 in got
+
+
+def test_smallest_by_partition_equals_a_stable_sort():
+    from palmnode.biometrics.gallery import _smallest
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n, k = int(rng.integers(0, 40)), int(rng.integers(1, 50))
+        v = rng.integers(0, 5, n).astype(np.float64)               # many ties
+        assert np.array_equal(_smallest(v, k), np.sort(np.lexsort((np.arange(n), v))[:k]))
