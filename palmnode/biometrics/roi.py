@@ -66,8 +66,10 @@ class RoiLimits:
     #: centre from the valleys' midpoint (along the palm normal, towards the thumb) and ROI side,
     #: in valley distances; the palm axis's lean from the valley line's normal towards the thumb.
     #: Fitted on development renders (seed 0) to agree on average with the palm-circle frame;
-    #: the side (1.3 L, ~0.64 palm widths) measured best of 1.15/1.3/1.45/1.6 on them.
-    valley_centre: tuple[float, float] = (-0.92, -0.155)
+    #: the side (1.3 L, ~0.64 palm widths) measured best of 1.15/1.3/1.45/1.6 on them, the
+    #: centre 0.8 L below the valleys best of 0.7/0.8/0.92/1.0 (nearer the valleys, an angle
+    #: error displaces the texture less).
+    valley_centre: tuple[float, float] = (-0.8, -0.155)
     valley_side: float = 1.3
     valley_lean_deg: float = 8.4
     #: valley distance / palm radius outside this: not a valley pair
@@ -84,7 +86,7 @@ class RoiLimits:
     #: masked by the features; the quality's completeness >= 0.9 bounds how much may be lost)
     corner_out: float = 0.2
     valley_max_disagree_deg: float = 25.0
-    centre_up: float = 0.1
+    centre_up: float = 0.22
     centre_thumbward: float = 0.0
 
 
