@@ -60,9 +60,26 @@ def median_ms(fn, repeat):
     return float(np.median(ts) * 1e3)
 
 
+def _pipeline_version() -> str:
+    """Hash of the renderer, ROI and feature sources: a cached template set is reused only
+    while the code that made it is unchanged."""
+    import hashlib
+
+    from palmnode.biometrics import keypoints, segment
+
+    h = hashlib.sha1()
+    for mod in (synth, roi, keypoints, segment, features):
+        files = [mod.__file__]
+        if mod.__file__.endswith("__init__.py"):
+            files = sorted(str(p) for p in Path(mod.__file__).parent.glob("*.py"))
+        for f in files:
+            h.update(Path(f).read_bytes())
+    return h.hexdigest()[:10]
+
+
 def render_set(first_seed: int, n_ids: int, cache: Path) -> tuple[list[PalmTemplate], np.ndarray, np.ndarray]:
     """Templates of n_ids rendered identities x (session 0, session 1, session 1), cached."""
-    path = cache / f"rendered_{first_seed}_{n_ids}.npz"
+    path = cache / f"rendered_{first_seed}_{n_ids}_{_pipeline_version()}.npz"
     if not path.exists():
         blobs, ids, caps = [], [], []
         t0 = time.perf_counter()
