@@ -1,18 +1,19 @@
 """Palm ROI extraction: from a whole-hand NIR frame to a scale- and rotation-normalised square.
 
 Pipeline (all on a frame area-downscaled to ~320 px, mapped back for the final warp; details and
-measurements in docs/engine.md):
+measurements in docs/roi.md):
 1. exposure sanity and an Otsu split between background and skin; glare cut out, seams between
    touching fingers cut in (segment.py);
 2. the largest region, holes filled; the palm circle = the largest inscribed disc;
 3. where the hand meets the frame border: the longest run is the arm; other contacts near the palm
-   mean the hand is cut (fingertips far out are tolerated);
+   mean the hand is cut (fingers far out are tolerated);
 4. the outline's edge width (motion blur), then the outline opened at the arm and its radial
    profile about the palm centre → the four fingertips, the valleys between them and the thumb
    side (keypoints.py);
-5. the palm frame: "up" along the palm axis (from the heel of the hand to the palm centre, seeded
-   by the fingertips' direction), centre at the palm circle, side 1.4 palm radii (so the ROI is
-   scale-normalised).
+5. the palm frame from the finger valleys (the index–middle to ring–little valley line, with
+   stand-ins where fingers held together misplace a valley; `_valley_lines`), the palm-circle
+   frame only where no valley line holds; the ROI is a square of 1.3 valley distances, so it is
+   scale-normalised.
 In the ROI image the fingers are at the top (row 0) and the wrist at the bottom; the frame is a
 proper rotation (never mirrored), so a left palm's ROI is a left palm as seen by the camera.
 """
