@@ -39,7 +39,7 @@ MIN_SHORTLIST = 200
 #: two-stage pre-filter: the signature scan keeps STAGE1_FRACTION of the gallery (at least
 #: MIN_STAGE1, at most STAGE1 entries), then the rigid match of the full vein code at ±VEIN_STAGE_SHIFT
 #: cells ranks those and keeps shortlist_size(N) for the full match (probes without vein: one stage)
-STAGE1_FRACTION = 0.02
+STAGE1_FRACTION = 0.05
 MIN_STAGE1 = 2000
 STAGE1 = 20_000
 VEIN_STAGE_SHIFT = 1
