@@ -513,6 +513,143 @@ size_t pn_select_smallest(const uint16_t *scores, size_t n, size_t k, int64_t *o
     return m;
 }
 
+/* ---------------------------------------------------------------- 16x16 shifted match (vein stage) */
+PN_INLINE void match16_body(const uint32_t *probe, int max_dx, int max_dy,
+                            const uint32_t *records, size_t stride_words, size_t offset_words,
+                            const int64_t *idx, size_t n, double n_ref, double *out_hd, int hw)
+{
+    shifted_probe_t sh;
+    build_shifted(probe, 16, max_dx, sh);
+    for (size_t k = 0; k < n; k++) {
+        const uint32_t *rec = records + (size_t)idx[k] * stride_words + offset_words;
+        double best = 2.0;
+        for (int dy = -max_dy; dy <= max_dy; dy++) {
+            for (int dx = -max_dx; dx <= max_dx; dx++) {
+                const int start = PN_MAX_SHIFT - dy;
+                const uint32_t *a0 = sh[dx + max_dx][0] + start, *a1 = sh[dx + max_dx][1] + start;
+                const uint32_t *a2 = sh[dx + max_dx][2] + start, *am = sh[dx + max_dx][3] + start;
+                uint64_t d = 0, v = 0;
+                for (int j = 0; j < 16; j++) {
+                    uint32_t m = am[j] & rec[48 + j] & 0xFFFFu;
+                    uint32_t x0 = (a0[j] ^ rec[j]) & m, x1 = (a1[j] ^ rec[16 + j]) & m, x2 = (a2[j] ^ rec[32 + j]) & m;
+                    uint32_t ones = x0 ^ x1 ^ x2, twos = (x0 & x1) | (x2 & (x0 ^ x1));
+                    d += PC(hw, ones) + 2 * PC(hw, twos);
+                    v += PC(hw, m);
+                }
+                double hd = 0.5;
+                if (v) {
+                    const double vv = (double)(3 * v);
+                    hd = 0.5 - (0.5 - (double)d / vv) * sqrt(vv / n_ref);
+                }
+                if (hd < best) best = hd;
+            }
+        }
+        out_hd[k] = best;
+    }
+}
+
+static void match16_portable(const uint32_t *probe, int max_dx, int max_dy, const uint32_t *records,
+                             size_t stride_words, size_t offset_words, const int64_t *idx, size_t n,
+                             double n_ref, double *out_hd)
+{
+    match16_body(probe, max_dx, max_dy, records, stride_words, offset_words, idx, n, n_ref, out_hd, 0);
+}
+
+#if PN_X86
+__attribute__((target("popcnt")))
+static void match16_popcnt(const uint32_t *probe, int max_dx, int max_dy, const uint32_t *records,
+                           size_t stride_words, size_t offset_words, const int64_t *idx, size_t n,
+                           double n_ref, double *out_hd)
+{
+    match16_body(probe, max_dx, max_dy, records, stride_words, offset_words, idx, n, n_ref, out_hd, 1);
+}
+
+/* 16 rows of 16 bits = one register per plane: rows packed from uint32 (masked to 16 bits, so
+ * the unsigned-saturating pack is exact), lanes put back in order by a 64-bit permute. */
+__attribute__((target("avx2,popcnt"))) PN_INLINE __m256i pack16(const uint32_t *rows, __m256i low16)
+{
+    __m256i a = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)rows), low16);
+    __m256i b = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(rows + 8)), low16);
+    return _mm256_permute4x64_epi64(_mm256_packus_epi32(a, b), 0xD8);
+}
+
+__attribute__((target("avx2,popcnt")))
+static void match16_avx2(const uint32_t *probe, int max_dx, int max_dy, const uint32_t *records,
+                         size_t stride_words, size_t offset_words, const int64_t *idx, size_t n,
+                         double n_ref, double *out_hd)
+{
+    shifted_probe_t sh;
+    build_shifted(probe, 16, max_dx, sh);
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low = _mm256_set1_epi8(0x0F), low16 = _mm256_set1_epi32(0xFFFF);
+    const __m256i zero = _mm256_setzero_si256();
+    const int nx = 2 * max_dx + 1, nshift = nx * (2 * max_dy + 1);
+    __m256i ps[(2 * PN_MAX_SHIFT + 1) * (2 * PN_MAX_SHIFT + 1)][4];
+    for (int dy = -max_dy, s = 0; dy <= max_dy; dy++) {
+        for (int dx = -max_dx; dx <= max_dx; dx++, s++) {
+            for (int p = 0; p < 4; p++) ps[s][p] = pack16(sh[dx + max_dx][p] + PN_MAX_SHIFT - dy, low16);
+        }
+    }
+    int64_t dd[(2 * PN_MAX_SHIFT + 1) * (2 * PN_MAX_SHIFT + 1) + 4];
+    int64_t vv[(2 * PN_MAX_SHIFT + 1) * (2 * PN_MAX_SHIFT + 1) + 4];
+    double hdv[(2 * PN_MAX_SHIFT + 1) * (2 * PN_MAX_SHIFT + 1) + 4];
+    const __m256d half = _mm256_set1_pd(0.5), nr = _mm256_set1_pd(n_ref);
+    for (size_t k = 0; k < n; k++) {
+        const uint32_t *rec = records + (size_t)idx[k] * stride_words + offset_words;
+        const __m256i r0 = pack16(rec, low16), r1 = pack16(rec + 16, low16);
+        const __m256i r2 = pack16(rec + 32, low16), rm = pack16(rec + 48, low16);
+        for (int s = 0; s < nshift; s++) {
+            __m256i m = _mm256_and_si256(ps[s][3], rm);
+            __m256i x0 = _mm256_and_si256(_mm256_xor_si256(ps[s][0], r0), m);
+            __m256i x1 = _mm256_and_si256(_mm256_xor_si256(ps[s][1], r1), m);
+            __m256i x2 = _mm256_and_si256(_mm256_xor_si256(ps[s][2], r2), m);
+            __m256i x01 = _mm256_xor_si256(x0, x1);
+            __m256i ones = _mm256_xor_si256(x01, x2);
+            __m256i twos = _mm256_or_si256(_mm256_and_si256(x0, x1), _mm256_and_si256(x2, x01));
+            __m256i pt = popcount8(twos, lut, low);
+            __m256i cd = _mm256_add_epi8(popcount8(ones, lut, low), _mm256_add_epi8(pt, pt));
+            __m256i cv = popcount8(m, lut, low);
+            __m256i sd = _mm256_sad_epu8(cd, zero), sv = _mm256_sad_epu8(cv, zero);
+            __m256i sum = _mm256_add_epi64(_mm256_unpacklo_epi64(sd, sv), _mm256_unpackhi_epi64(sd, sv));
+            __m128i t = _mm_add_epi64(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+            dd[s] = _mm_cvtsi128_si64(t);
+            vv[s] = 3 * _mm_extract_epi64(t, 1);
+        }
+        for (int j = nshift; j < nshift + 4; j++) { dd[j] = 0; vv[j] = 0; }
+        for (int j = 0; j < nshift; j += 4) {
+            __m128i d32 = _mm_setr_epi32((int)dd[j], (int)dd[j + 1], (int)dd[j + 2], (int)dd[j + 3]);
+            __m128i v32 = _mm_setr_epi32((int)vv[j], (int)vv[j + 1], (int)vv[j + 2], (int)vv[j + 3]);
+            __m256d d = _mm256_cvtepi32_pd(d32), v = _mm256_cvtepi32_pd(v32);
+            __m256d h = _mm256_sub_pd(half, _mm256_mul_pd(_mm256_sub_pd(half, _mm256_div_pd(d, v)),
+                                                         _mm256_sqrt_pd(_mm256_div_pd(v, nr))));
+            __m256d novalid = _mm256_cmp_pd(v, _mm256_setzero_pd(), _CMP_EQ_OQ);
+            _mm256_storeu_pd(hdv + j, _mm256_blendv_pd(h, half, novalid));
+        }
+        double best = 2.0;
+        for (int j = 0; j < nshift; j++) best = hdv[j] < best ? hdv[j] : best;
+        out_hd[k] = best;
+    }
+}
+#endif
+
+void pn_match_shifted16(const uint32_t *probe, int max_dx, int max_dy,
+                        const uint32_t *records, size_t stride_words, size_t offset_words,
+                        const int64_t *idx, size_t n, double n_ref, double *out_hd)
+{
+#if PN_X86
+    if (level() >= 2) {
+        match16_avx2(probe, max_dx, max_dy, records, stride_words, offset_words, idx, n, n_ref, out_hd);
+        return;
+    }
+    if (level() >= 1) {
+        match16_popcnt(probe, max_dx, max_dy, records, stride_words, offset_words, idx, n, n_ref, out_hd);
+        return;
+    }
+#endif
+    match16_portable(probe, max_dx, max_dy, records, stride_words, offset_words, idx, n, n_ref, out_hd);
+}
+
 /* ---------------------------------------------------------------- elastic (block-wise) match */
 #define PN_MAX_BLOCKS 64
 

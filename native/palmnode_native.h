@@ -43,6 +43,13 @@ void pn_match_shifted(const uint32_t *probe, int rows, int max_dx, int max_dy,
                       const int64_t *idx, size_t n, double n_ref,
                       double *out_hd, int32_t *out_shift, int32_t *out_valid);
 
+/* Pre-filter vein stage: pn_match_shifted restricted to the low 16 bit columns of exactly 16
+ * rows (vein codes; bits 16-31 of every row, probe after its shift and record, are ignored),
+ * same normalised distance and tie order, distance only. AVX2 holds one plane in one register. */
+void pn_match_shifted16(const uint32_t *probe, int max_dx, int max_dy,
+                        const uint32_t *records, size_t stride_words, size_t offset_words,
+                        const int64_t *idx, size_t n, double n_ref, double *out_hd);
+
 /* Block-wise (elastic) refinement of a shifted match. The code grid (rows x 32 bit columns) is
  * split into blocks of bh rows x bw columns (bh divides rows, bw divides 32; at most 64 blocks).
  * For record k, centre[k] is a shift code (dy + 8) * 32 + (dx + 8) (e.g. pn_match_shifted's

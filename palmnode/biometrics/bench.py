@@ -340,9 +340,8 @@ def main(args: argparse.Namespace | None = None) -> dict:
     zero = np.zeros(1, np.int64)
 
     def vein_stage(p, recs_, idx):
-        hd, _, _ = kernels.match_shifted(p.vein.planes(), recs_, idx, offset=vein.offset, max_dx=gal.VEIN_STAGE_SHIFT,
-                                         max_dy=gal.VEIN_STAGE_SHIFT, n_ref=vein.n_ref)
-        return hd
+        return kernels.match_shifted16(p.vein.planes(), recs_, idx, offset=vein.offset, max_dx=gal.VEIN_STAGE_SHIFT,
+                                       max_dy=gal.VEIN_STAGE_SHIFT, n_ref=vein.n_ref)
     t0 = time.perf_counter()
     for j, (i, p) in enumerate(probes):
         mate_rec = gal._record(enrol[i])[0][None]

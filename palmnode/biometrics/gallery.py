@@ -41,7 +41,7 @@ MIN_SHORTLIST = 200
 #: cells ranks those and keeps shortlist_size(N) for the full match (probes without vein: one stage)
 STAGE1_FRACTION = 0.05
 MIN_STAGE1 = 2000
-STAGE1 = 20_000
+STAGE1 = 50_000
 VEIN_STAGE_SHIFT = 1
 #: the best RERANK shortlist entries by the rigid fused score (at least 8 per requested
 #: candidate) get the elastic block-wise match (matcher.distances), which gives the final scores
@@ -244,7 +244,8 @@ class Gallery:
 
     @staticmethod
     def _vein_stage(probe: PalmTemplate, snap, starts: np.ndarray, chosen: np.ndarray) -> np.ndarray:
-        """Rigid vein distance (±VEIN_STAGE_SHIFT cells) of each chosen entry; 0.5 without vein."""
+        """Rigid vein distance (±VEIN_STAGE_SHIFT cells, kernels.match_shifted16 = match_shifted on
+    the 16x16 vein code) of each chosen entry; 0.5 without vein."""
         which = np.searchsorted(starts, chosen, side="right") - 1
         hd = np.full(chosen.size, 0.5)
         spec = VEIN_MATCH
@@ -252,8 +253,8 @@ class Gallery:
             pos = np.flatnonzero(which == s)
             seg = snap[s][0]
             rows = (chosen[pos] - starts[s]).astype(np.int64)
-            h, _, _ = kernels.match_shifted(probe.vein.planes(), seg.records, rows, offset=spec.offset,
-                                            max_dx=VEIN_STAGE_SHIFT, max_dy=VEIN_STAGE_SHIFT, n_ref=spec.n_ref)
+            h = kernels.match_shifted16(probe.vein.planes(), seg.records, rows, offset=spec.offset,
+                                        max_dx=VEIN_STAGE_SHIFT, max_dy=VEIN_STAGE_SHIFT, n_ref=spec.n_ref)
             hd[pos] = np.where(seg.flags[rows] & _HAS_VEIN, h, 0.5)
         return hd
 

@@ -263,3 +263,26 @@ def test_prefilter_parity_with_probe_variants(seed, n, variants, dead):
         kernels.dispatch_level(lv)
         assert np.array_equal(kernels.prefilter_scores(probes, sigs, live), ref)
     kernels.dispatch_level(2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), cols=st.integers(1, 32), max_dx=st.integers(0, 4),
+       max_dy=st.integers(0, 4), valid=st.floats(0.0, 1.0))
+def test_match_shifted16_parity(seed, cols, max_dx, max_dy, valid):
+    """The vein-stage kernel == its reference on every path (bits beyond column 16, in probe or
+    records, ignored), and == match_shifted's distance for codes of <= 16 columns."""
+    rng = np.random.default_rng(seed)
+    probe = _code(rng, 16, cols, valid)
+    n = 9
+    gallery = np.stack([np.concatenate([rng.integers(0, 2**32, 5, dtype=np.uint64).astype(np.uint32),
+                                        _code(rng, 16, cols, valid).ravel()]) for _ in range(n)])
+    gallery[2, 5:] = probe.ravel()
+    idx = rng.integers(0, n, 13).astype(np.int64)
+    args = dict(offset=5, max_dx=max_dx, max_dy=max_dy, n_ref=300.0)
+    want = kernels.match_shifted16_reference(probe, gallery, idx, **args)
+    for lv in LEVELS:
+        kernels.dispatch_level(lv)
+        assert np.array_equal(kernels.match_shifted16(probe, gallery, idx, **args), want)
+    kernels.dispatch_level(2)
+    if cols <= 16:
+        assert np.array_equal(want, kernels.match_shifted_reference(probe, gallery, idx, **args)[0])
