@@ -98,6 +98,7 @@ void pn_hamming_masked(const uint64_t *a, const uint64_t *b, const uint64_t *ma,
 #define PN_MAX_ROWS 64
 #define PN_MAX_SHIFT 8
 #define PN_PAD_ROWS (PN_MAX_ROWS + 2 * PN_MAX_SHIFT)
+#define PN_PREFETCH 8   /* entries ahead whose record the AVX2 loops prefetch */
 
 static inline uint32_t shift_row(uint32_t w, int dx)
 {
@@ -227,6 +228,10 @@ static void match_avx2(const uint32_t *probe, int rows, int max_dx, int max_dy,
     double hdv[(2 * PN_MAX_SHIFT + 1) * (2 * PN_MAX_SHIFT + 1) + 4];
     const __m256d half = _mm256_set1_pd(0.5), nr = _mm256_set1_pd(n_ref);
     for (size_t k = 0; k < n; k++) {
+        if (k + PN_PREFETCH < n) {
+            const char *f = (const char *)(records + (size_t)idx[k + PN_PREFETCH] * stride_words + offset_words);
+            for (int l = 0; l < 16 * rows; l += 64) _mm_prefetch(f + l, _MM_HINT_T0);
+        }
         const uint32_t *rec = records + (size_t)idx[k] * stride_words + offset_words;
         int s = 0;
         for (int dy = -max_dy; dy <= max_dy; dy++) {
@@ -596,6 +601,10 @@ static void match16_avx2(const uint32_t *probe, int max_dx, int max_dy, const ui
     double hdv[(2 * PN_MAX_SHIFT + 1) * (2 * PN_MAX_SHIFT + 1) + 4];
     const __m256d half = _mm256_set1_pd(0.5), nr = _mm256_set1_pd(n_ref);
     for (size_t k = 0; k < n; k++) {
+        if (k + PN_PREFETCH < n) {   /* scattered entries: fetch a few ahead (DRAM latency bound) */
+            const char *f = (const char *)(records + (size_t)idx[k + PN_PREFETCH] * stride_words + offset_words);
+            for (int l = 0; l < 256; l += 64) _mm_prefetch(f + l, _MM_HINT_T0);
+        }
         const uint32_t *rec = records + (size_t)idx[k] * stride_words + offset_words;
         const __m256i r0 = pack16(rec, low16), r1 = pack16(rec + 16, low16);
         const __m256i r2 = pack16(rec + 32, low16), rm = pack16(rec + 48, low16);

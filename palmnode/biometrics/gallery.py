@@ -109,6 +109,14 @@ def _smallest(values: np.ndarray, k: int) -> np.ndarray:
     return np.flatnonzero(below)
 
 
+def _by_segment(chosen: np.ndarray, starts: np.ndarray):
+    """(segment, positions in ``chosen``) for ascending global indices ``chosen``: slices, no sort."""
+    bounds = np.searchsorted(chosen, starts)
+    for s in range(len(starts) - 1):
+        if bounds[s + 1] > bounds[s]:
+            yield s, np.arange(bounds[s], bounds[s + 1])
+
+
 class Gallery:
     """Enrolled palms, searchable 1:N while palms are added and removed.
 
@@ -246,11 +254,9 @@ class Gallery:
     def _vein_stage(probe: PalmTemplate, snap, starts: np.ndarray, chosen: np.ndarray) -> np.ndarray:
         """Rigid vein distance (±VEIN_STAGE_SHIFT cells, kernels.match_shifted16 = match_shifted on
     the 16x16 vein code) of each chosen entry; 0.5 without vein."""
-        which = np.searchsorted(starts, chosen, side="right") - 1
         hd = np.full(chosen.size, 0.5)
         spec = VEIN_MATCH
-        for s in np.unique(which):
-            pos = np.flatnonzero(which == s)
+        for s, pos in _by_segment(chosen, starts):
             seg = snap[s][0]
             rows = (chosen[pos] - starts[s]).astype(np.int64)
             h = kernels.match_shifted16(probe.vein.planes(), seg.records, rows, offset=spec.offset,
@@ -286,8 +292,7 @@ class Gallery:
         rows_all = (chosen - starts[which]).astype(np.int64)
         specs = (("surface", probe.surface, SURFACE_MATCH, surf, _HAS_SURFACE),
                  ("vein", probe.vein, VEIN_MATCH, vein, _HAS_VEIN))
-        for s in np.unique(which):
-            pos = np.flatnonzero(which == s)
+        for s, pos in _by_segment(chosen, starts):
             seg = segs[s]
             rows = rows_all[pos]
             flags = seg.flags[rows]
