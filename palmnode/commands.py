@@ -5,7 +5,6 @@ import argparse
 import errno
 import fcntl
 import os
-import sys
 from pathlib import Path
 
 import trio

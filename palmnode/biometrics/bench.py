@@ -235,7 +235,7 @@ def pipeline_timings(n: int, seed: int = 20_000) -> dict:
     for i in range(n):
         ident = synth.Identity.from_seed(seed + i)
         frames.append(synth.render_pair(ident, synth.sample_capture(np.random.default_rng(seed + i), session=1)))
-    rois, t_roi, t_feat, t_broi, t_bfeat = [], [], [], [], []
+    t_roi, t_feat, t_broi, t_bfeat = [], [], [], []
     for nir, surface in frames:
         t0 = time.perf_counter()
         r = roi.extract_roi(nir)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 import traceback
@@ -33,7 +32,7 @@ from palmnode.cliargs import count
 from palmnode.progress import Progress
 from palmnode.biometrics import metrics
 from palmnode.biometrics.dataset import (IMAGE, NIR, SURFACE, Dataset, DatasetError, SampleKey,
-                                         UnreadableSample, scan_folder, sort_sessions, synthetic)
+                                         UnreadableSample, scan_folder, synthetic)
 
 DEFAULT_PATTERN = r"(?P<id>[^_/]+)_(?P<session>\d+)_(?P<sample>\d+)\.\w+"
 MODALITIES = ("surface", "vein", "fused")

@@ -15,7 +15,7 @@ from drivers.card_reader import Badge, CardReaderEmulator, EmvCard
 from drivers.card_reader.emv import PPSE, VISA_AID
 
 nfc = pytest.importorskip("nfc")
-import nfc.clf  # noqa: E402
+import nfc.clf  # noqa: E402,F811
 import nfc.tag  # noqa: E402
 import nfc.tag.tt4  # noqa: E402
 from adafruit_pn532.uart import PN532_UART  # noqa: E402

@@ -14,7 +14,7 @@ import numpy as np
 
 from .capture import Capture
 from .identity import Identity
-from .pose import MAP_STEP, CaptureTruth, Pose, canvas_map, make_pose, silhouette_polygons, truth
+from .pose import CaptureTruth, Pose, canvas_map, make_pose, silhouette_polygons, truth
 from .skin import channel_canvases
 
 LIGHTINGS = ("nir", "surface", "dark")
