@@ -155,6 +155,8 @@ def main(args) -> int:
     from palmnode import soak
     from palmnode.biometrics import bench as engine_bench
 
+    if args.suite in ("engine", "all"):
+        engine_bench.check_faiss(args)
     report = {}
     if args.suite in ("node", "all"):
         report["node_idle_cpu"] = run(args.seconds)

@@ -276,6 +276,16 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return ap
 
 
+def check_faiss(args: argparse.Namespace) -> None:
+    """Refuse at once, with the fix, when the faiss baseline is wanted but not installed."""
+    if not args.no_faiss:
+        try:
+            import faiss  # noqa: F401
+        except ImportError:
+            raise SystemExit("palmnode bench: the faiss baseline needs faiss-cpu: "
+                             "pip install -e '.[bench]' (or pass --no-faiss)") from None
+
+
 def main(args: argparse.Namespace | None = None) -> dict:
     if args is None:
         args = add_arguments(argparse.ArgumentParser()).parse_args()
@@ -283,12 +293,7 @@ def main(args: argparse.Namespace | None = None) -> dict:
         sizes = [int(x) for x in args.sizes.split(",") if x]
     except ValueError:
         raise SystemExit(f"palmnode bench: --sizes must be comma-separated integers, got {args.sizes!r}") from None
-    if not args.no_faiss:
-        try:
-            import faiss  # noqa: F401
-        except ImportError:
-            raise SystemExit("palmnode bench: the faiss baseline needs faiss-cpu: "
-                             "pip install -e '.[bench]' (or pass --no-faiss)") from None
+    check_faiss(args)
     rng = np.random.default_rng(0)
     out: dict = {"dispatch_level": kernels.dispatch_level()}
     log(f"ROI and features on {args.frames} rendered frames ...")
