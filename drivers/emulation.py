@@ -11,6 +11,7 @@ garbage on the line, stalls, corrupt checksums and a slow first answer after eac
 """
 from __future__ import annotations
 
+import abc
 import errno
 import logging
 import os
@@ -72,7 +73,7 @@ _SPEEDS = {getattr(termios, f"B{b}"): b for b in (
     if hasattr(termios, f"B{b}")}
 
 
-class SerialEmulator:
+class SerialEmulator(abc.ABC):
     """Base class of the pty device emulators. Run with ``nursery.start(emulator.run)``.
 
     Two tasks run the port: a watcher that notices a host opening it (a pty master reports HUP
@@ -104,9 +105,9 @@ class SerialEmulator:
         return self.endpoint.link
 
     # ---- to implement -------------------------------------------------------------------
+    @abc.abstractmethod
     async def on_receive(self, data: bytes) -> None:
         """Bytes from the host (never called while stalled)."""
-        raise NotImplementedError
 
     async def on_host_attached(self) -> None:
         """The host opened the port (after start, replug or a close/reopen), before it wrote

@@ -8,6 +8,7 @@ start code, and its buffer never grows past :data:`MAX_BUFFER`.
 """
 from __future__ import annotations
 
+import abc
 import attrs
 
 PREAMBLE = 0x00  # §6.2.1.1: optional, any number of 0x00 before the start code
@@ -102,7 +103,7 @@ def encode_response(command: int, data: bytes, *, preamble: bool = True) -> byte
 
 
 # ---- decoders ------------------------------------------------------------------------------
-class _FrameDecoder:
+class _FrameDecoder(abc.ABC):
     """Common frame parser; subclasses turn a checked TFI + payload into an event."""
 
     def __init__(self) -> None:
@@ -188,8 +189,9 @@ class _FrameDecoder:
         self.dropped_bytes += 2
         return Malformed(reason, 2)
 
+    @abc.abstractmethod
     def _event(self, tfi: int, payload: bytes) -> Event:
-        raise NotImplementedError
+        """The typed event of one checked frame (each direction has its own)."""
 
 
 class ChipFrameDecoder(_FrameDecoder):

@@ -18,6 +18,7 @@ malformed input becomes a :class:`Malformed` event, the decoder resynchronises o
 """
 from __future__ import annotations
 
+import abc
 import collections
 import enum
 import re
@@ -351,7 +352,7 @@ _PIXHAWK_LINE = re.compile(rb"-?\d{1,3}\.\d{1,3}\r\n")
 _PIXHAWK_START = frozenset(b"-0123456789")
 
 
-class _FrameDecoder:
+class _FrameDecoder(abc.ABC):
     """The resynchronising byte scanner both decoders share."""
 
     def __init__(self) -> None:
@@ -454,8 +455,9 @@ class _FrameDecoder:
             return frame
         return frame[2], frame[3:-1]
 
+    @abc.abstractmethod
     def _try_frame(self, buf: bytearray):
-        raise NotImplementedError
+        """The frame at buf[0] (each direction has its own framing)."""
 
 
 class SensorDecoder(_FrameDecoder):
