@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import errno
 import fcntl
+import logging
 import os
+import signal
 from pathlib import Path
 
 import trio
@@ -33,19 +35,21 @@ def sim(args: argparse.Namespace) -> int:
         gate = VirtualGate(run_dir, camera_port=port, seed=args.seed)
 
         async def main() -> None:
-            async with trio.open_nursery() as nursery:
-                try:
-                    endpoints = await nursery.start(gate.run)
-                except OSError as exc:
-                    if exc.errno == errno.EADDRINUSE:
-                        raise UserError(f"camera port {port} is in use: stop what holds it or pass "
-                                        "--camera-port") from None
-                    raise
-                print(endpoints.to_json(), flush=True)
-                if script is not None:
-                    await gate.play(script)
-                    if args.exit_after_scenario:
-                        nursery.cancel_scope.cancel()
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async with trio.open_nursery() as nursery:
+                    try:
+                        endpoints = await nursery.start(gate.run)
+                    except OSError as exc:
+                        if exc.errno == errno.EADDRINUSE:
+                            raise UserError(f"camera port {port} is in use: stop what holds it or pass "
+                                            "--camera-port") from None
+                        raise
+                    print(endpoints.to_json(), flush=True)
+                    nursery.start_soon(_cancel_on_signal, signals, nursery.cancel_scope)
+                    if script is not None:
+                        await gate.play(script)
+                        if args.exit_after_scenario:
+                            nursery.cancel_scope.cancel()
 
         run_trio(main)
     return 0
@@ -100,13 +104,29 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve_node(node) -> None:
+    """Run the node until Ctrl-C or SIGTERM (systemd's stop), then stop it in order, lights off."""
     from drivers.errors import DeviceError
 
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(node.run)
-    except DeviceError as exc:  # e.g. an unusable token key file, found before any device opens
-        raise UserError(str(exc)) from None
+    log = logging.getLogger("palmnode.node")
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(node.run)
+                signum = await _cancel_on_signal(signals, nursery.cancel_scope)
+                logs.event(log, "node stopping", signal=signal.Signals(signum).name)
+        except* DeviceError as group:  # e.g. an unusable token key file, found before any device opens
+            leaf = group
+            while isinstance(leaf, BaseExceptionGroup):
+                leaf = leaf.exceptions[0]
+            raise UserError(str(leaf)) from None
+    logs.event(log, "node stopped")
+
+
+async def _cancel_on_signal(signals, scope: trio.CancelScope) -> int:
+    """Wait for the first of ``signals`` (Ctrl-C, SIGTERM), cancel ``scope``, return the signal."""
+    async for signum in signals:
+        scope.cancel()
+        return signum
 
 
 def bench(args: argparse.Namespace) -> int:
