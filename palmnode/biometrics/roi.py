@@ -155,7 +155,7 @@ def _locate(small: np.ndarray, factor: int, limits: RoiLimits) -> Roi | RoiFailu
 
     # exposure of the palm itself (inside 0.8 of the palm circle)
     palm = _disc_pixels(small, c, 0.8 * rad)
-    palm_grey = float(np.median(palm)) if palm.size else 0.0
+    palm_grey = _median(palm) if palm.size else 0.0
     clipped = float(np.mean(palm >= 250)) if palm.size else 0.0
     if palm_grey > limits.max_palm_grey or clipped > limits.max_clipped:
         return _fail(FailureReason.OVER_EXPOSED, f"palm grey {palm_grey:.0f}, {clipped:.0%} clipped")
@@ -261,7 +261,24 @@ def _edge_width(small: np.ndarray, hand: segment.HandMask) -> float:
     around = small[y, x]
     step = around.max(axis=1).astype(np.float64) - around.min(axis=1)
     widths = step / np.maximum(slope, 0.5)
-    return float(np.percentile(widths, 67))
+    return _quantile(widths, 0.67)
+
+
+def _quantile(values: np.ndarray, q: float) -> float:
+    """``np.percentile(values, 100 q)`` (linear interpolation) by one partial sort: numpy's
+    percentile costs ~0.2 ms of overhead per call, a large share of the ROI stage."""
+    values = values.ravel()
+    pos = q * (values.size - 1)
+    lo = int(pos)
+    hi = min(lo + 1, values.size - 1)
+    part = np.partition(values, (lo, hi))
+    a, b = float(part[lo]), float(part[hi])
+    return a + (pos - lo) * (b - a)
+
+
+def _median(values: np.ndarray) -> float:
+    """``np.median(values)`` without its per-call overhead."""
+    return _quantile(values, 0.5)
 
 
 def _heel_centroid(hand: segment.HandMask, up: np.ndarray) -> np.ndarray | None:
