@@ -290,12 +290,16 @@ def _heel_centroid(hand: segment.HandMask, up: np.ndarray) -> np.ndarray | None:
     h, w = mask.shape
     x0, x1 = max(0, int(c[0] - reach)), min(w, int(c[0] + reach) + 1)
     y0, y1 = max(0, int(c[1] - reach)), min(h, int(c[1] + reach) + 1)
-    ys, xs = np.nonzero(mask[y0:y1, x0:x1])
-    px, py = xs + (x0 - c[0]), ys + (y0 - c[1])
-    keep = (px * px + py * py < reach * reach) & (px * up[0] + py * up[1] < -0.15 * hand.radius)
-    if keep.sum() < 10:
+    yy, xx = np.ogrid[y0:y1, x0:x1]
+    px, py = xx - c[0], yy - c[1]
+    keep = ((px * px + py * py < reach * reach) & (px * up[0] + py * up[1] < -0.15 * hand.radius)
+            & mask[y0:y1, x0:x1].view(bool))
+    count = np.count_nonzero(keep)
+    if count < 10:
         return None
-    return 2 * (c + np.array([px[keep].mean(), py[keep].mean()]))
+    # (the centroid of the kept pixels, with no index arrays: sums of the masked grids)
+    mean = np.array([np.dot(keep.sum(axis=0), px[0]), np.dot(keep.sum(axis=1), py[:, 0])]) / count
+    return 2 * (c + mean)
 
 
 def _valley_frame(valleys: np.ndarray, deep: tuple[bool, bool, bool], up: np.ndarray, radius: float,

@@ -5,6 +5,8 @@ keeps the whole ROI stage within ~2 ms while valleys of fingers held together st
 """
 from __future__ import annotations
 
+import functools
+
 import attrs
 import cv2
 import numpy as np
@@ -108,6 +110,19 @@ _GLARE_HALO = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))
 SEAM_DEPTH = 0.2
 
 
+@functools.lru_cache(maxsize=8)
+def _ring(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(xs, ys, flat index) of the ring 1 px in from the border of an h×w image, clockwise from
+    the top-left corner (the same few shapes come again and again: built once)."""
+    xs = np.concatenate([np.arange(1, w - 1), np.full(h - 2, w - 2), np.arange(w - 2, 0, -1), np.full(h - 2, 1)])
+    ys = np.concatenate([np.full(w - 2, 1), np.arange(1, h - 1), np.full(w - 2, h - 2), np.arange(h - 2, 0, -1)])
+    for a in (xs, ys):
+        a.flags.writeable = False
+    flat = ys * w + xs
+    flat.flags.writeable = False
+    return xs, ys, flat
+
+
 def border_runs(mask: np.ndarray, max_gap: int = 0) -> list[tuple[int, int, np.ndarray]]:
     """Stretches where the hand touches the frame border (row/col 1 in from the edge).
 
@@ -115,10 +130,8 @@ def border_runs(mask: np.ndarray, max_gap: int = 0) -> list[tuple[int, int, np.n
     top-left corner; ``points`` are the (x, y) working-px coordinates of the run. Gaps of up to
     ``max_gap`` px are bridged (a reflection cut out of the arm where it leaves the frame).
     """
-    h, w = mask.shape
-    xs = np.concatenate([np.arange(1, w - 1), np.full(h - 2, w - 2), np.arange(w - 2, 0, -1), np.full(h - 2, 1)])
-    ys = np.concatenate([np.full(w - 2, 1), np.arange(1, h - 1), np.full(w - 2, h - 2), np.arange(h - 2, 0, -1)])
-    ring = mask[ys, xs].astype(bool)
+    xs, ys, flat = _ring(*mask.shape)
+    ring = mask.ravel().take(flat).astype(bool) if mask.flags.c_contiguous else mask[ys, xs].astype(bool)
     n = ring.size
     if not ring.any():
         return []
