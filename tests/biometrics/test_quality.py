@@ -63,3 +63,18 @@ def test_bad_roi_image_is_a_typed_error():
         quality.assess(frame, found, np.zeros((64, 64), np.uint8))
     with pytest.raises(BadImage):
         quality.assess(frame, found, np.full((128, 128), np.nan, np.float32))
+
+
+def test_edge_width_reused_from_extract_roi_equals_a_fresh_measurement():
+    frames = [placed(), placed(motion_blur_px=6.0), placed(rotation_deg=120.0)]
+    for frame in frames:
+        roi._LAST_EDGE_WIDTH = None
+        fresh = roi.outline_edge_width(frame)
+        assert isinstance(roi.extract_roi(frame), Roi)
+        assert roi._LAST_EDGE_WIDTH is not None
+        assert roi.outline_edge_width(frame) == fresh
+    # a different frame after extract_roi is measured afresh, not given the last one's width
+    roi.extract_roi(frames[1])
+    roi._LAST_EDGE_WIDTH = (roi._LAST_EDGE_WIDTH[0], roi._LAST_EDGE_WIDTH[1], -1.0)
+    assert roi.outline_edge_width(frames[0]) != -1.0
+    assert roi.outline_edge_width(frames[1]) == -1.0   # (the same frame does take the stored one)
