@@ -490,13 +490,54 @@ void pn_prefilter_scores(const uint64_t *probe_sigs, size_t n_probes, const uint
 /* ---------------------------------------------------------------- shortlist select */
 #define PN_SCORE_BINS 1024
 
+#if PN_X86
+/* The collecting pass, 16 scores per compare: blocks without a score <= t (most of them) are
+ * skipped at once, the others visit their candidates in index order. Returns where it stopped. */
+__attribute__((target("avx2,bmi")))
+static size_t select_avx2(const uint16_t *scores, size_t n, size_t k, uint16_t t, size_t *ties_io,
+                          size_t *m_io, int64_t *out_idx)
+{
+    const __m256i tv = _mm256_set1_epi16((short)t);
+    size_t ties = *ties_io, m = *m_io, i = 0;
+    for (; i + 16 <= n && m < k; i += 16) {
+        const __m256i s = _mm256_loadu_si256((const __m256i *)(scores + i));
+        const __m256i le = _mm256_cmpeq_epi16(_mm256_min_epu16(s, tv), s);   /* s <= t */
+        uint32_t mask = (uint32_t)_mm256_movemask_epi8(le) & 0x55555555u;
+        while (mask && m < k) {
+            const unsigned j = (unsigned)__builtin_ctz(mask) >> 1;
+            mask &= mask - 1;
+            const uint16_t v = scores[i + j];
+            if (v < t) {
+                out_idx[m++] = (int64_t)(i + j);
+            } else if (ties) {
+                ties--;
+                out_idx[m++] = (int64_t)(i + j);
+            }
+        }
+    }
+    *ties_io = ties;
+    *m_io = m;
+    return m < k ? i : n;
+}
+#endif
+
 size_t pn_select_smallest(const uint16_t *scores, size_t n, size_t k, int64_t *out_idx)
 {
-    uint32_t hist[PN_SCORE_BINS];
-    memset(hist, 0, sizeof hist);
-    for (size_t i = 0; i < n; i++) {
-        if (scores[i] < PN_SCORE_BINS) hist[scores[i]]++;
+    /* four partial histograms (bin PN_SCORE_BINS collects the rest): the scores crowd into a
+     * few bins, and increments of one table's same bin would wait on each other */
+    uint32_t h4[4][PN_SCORE_BINS + 1];
+    memset(h4, 0, sizeof h4);
+    size_t i0 = 0;
+    for (; i0 + 4 <= n; i0 += 4) {
+        const uint16_t s0 = scores[i0], s1 = scores[i0 + 1], s2 = scores[i0 + 2], s3 = scores[i0 + 3];
+        h4[0][s0 < PN_SCORE_BINS ? s0 : PN_SCORE_BINS]++;
+        h4[1][s1 < PN_SCORE_BINS ? s1 : PN_SCORE_BINS]++;
+        h4[2][s2 < PN_SCORE_BINS ? s2 : PN_SCORE_BINS]++;
+        h4[3][s3 < PN_SCORE_BINS ? s3 : PN_SCORE_BINS]++;
     }
+    for (; i0 < n; i0++) h4[0][scores[i0] < PN_SCORE_BINS ? scores[i0] : PN_SCORE_BINS]++;
+    uint32_t hist[PN_SCORE_BINS];
+    for (int b = 0; b < PN_SCORE_BINS; b++) hist[b] = h4[0][b] + h4[1][b] + h4[2][b] + h4[3][b];
     /* threshold t: everything below t fits, ties at t fill up to k in index order */
     size_t below = 0;
     int t = 0;
@@ -505,8 +546,11 @@ size_t pn_select_smallest(const uint16_t *scores, size_t n, size_t k, int64_t *o
         below += hist[t];
     }
     size_t ties = t < PN_SCORE_BINS ? k - below : 0;
-    size_t m = 0;
-    for (size_t i = 0; i < n && m < k; i++) {
+    size_t m = 0, i = 0;
+#if PN_X86
+    if (level() >= 2) i = select_avx2(scores, n, k, (uint16_t)t, &ties, &m, out_idx);
+#endif
+    for (; i < n && m < k; i++) {
         uint16_t s = scores[i];
         if (s < t) {
             out_idx[m++] = (int64_t)i;

@@ -137,6 +137,20 @@ def test_prefilter_known_values(level):
     assert scores.tolist() == [0, 768, 384]   # identical, all bits differ, nothing known
 
 
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 3000), spread=st.integers(1, 40))
+def test_select_smallest_parity_crowded_scores(seed, n, spread):
+    # scores crowded into a few bins (many ties at the threshold), dead entries, n not a multiple of 16
+    rng = np.random.default_rng(seed)
+    scores = (340 + rng.integers(0, spread, n)).astype(np.uint16)
+    scores[rng.random(n) < 0.1] = 0xFFFF
+    for lv in LEVELS:
+        kernels.dispatch_level(lv)
+        for k in (0, 1, 15, 16, 17, n // 20, n // 2, n, n + 5):
+            assert np.array_equal(kernels.select_smallest(scores, k), kernels.select_smallest_reference(scores, k))
+    kernels.dispatch_level(2)
+
+
 def test_select_smallest_ties_by_index():
     scores = np.array([5, 3, 5, 3, 0xFFFF, 5, 1], np.uint16)
     assert kernels.select_smallest(scores, 4).tolist() == [0, 1, 3, 6]
