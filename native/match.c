@@ -406,6 +406,46 @@ static void scan_avx2(const uint64_t *probe, size_t n_probes, const uint64_t *si
  * entries at once, the minimum over the variants kept per 64-bit lane. Same integers as the
  * scalar path. */
 #define PN_SCAN_MAX_PROBES 64
+__attribute__((target("avx2,popcnt"))) PN_INLINE void scan_transpose4(const uint64_t *e, __m256i W[8])
+{
+    for (int h = 0; h < 2; h++) {
+        __m256i r0 = _mm256_loadu_si256((const __m256i *)(e + 4 * h));
+        __m256i r1 = _mm256_loadu_si256((const __m256i *)(e + 8 + 4 * h));
+        __m256i r2 = _mm256_loadu_si256((const __m256i *)(e + 16 + 4 * h));
+        __m256i r3 = _mm256_loadu_si256((const __m256i *)(e + 24 + 4 * h));
+        __m256i t0 = _mm256_unpacklo_epi64(r0, r1), t1 = _mm256_unpackhi_epi64(r0, r1);
+        __m256i t2 = _mm256_unpacklo_epi64(r2, r3), t3 = _mm256_unpackhi_epi64(r2, r3);
+        W[4 * h + 0] = _mm256_permute2x128_si256(t0, t2, 0x20);
+        W[4 * h + 1] = _mm256_permute2x128_si256(t1, t3, 0x20);
+        W[4 * h + 2] = _mm256_permute2x128_si256(t0, t2, 0x31);
+        W[4 * h + 3] = _mm256_permute2x128_si256(t1, t3, 0x31);
+    }
+}
+
+/* per-byte bit counts of D (differences, weights 1 and 2 from the carry-save adder) and V (cells) */
+__attribute__((target("avx2,popcnt"))) PN_INLINE __m256i scan_score4(const __m256i W[8], const __m256i P[8],
+                                                                    __m256i lut, __m256i low, __m256i zero,
+                                                                    __m256i base)
+{
+    __m256i ms = _mm256_and_si256(W[3], P[3]), mv = _mm256_and_si256(W[7], P[7]);
+    __m256i x0 = _mm256_and_si256(_mm256_xor_si256(W[0], P[0]), ms);
+    __m256i x1 = _mm256_and_si256(_mm256_xor_si256(W[1], P[1]), ms);
+    __m256i x2 = _mm256_and_si256(_mm256_xor_si256(W[2], P[2]), ms);
+    __m256i y0 = _mm256_and_si256(_mm256_xor_si256(W[4], P[4]), mv);
+    __m256i y1 = _mm256_and_si256(_mm256_xor_si256(W[5], P[5]), mv);
+    __m256i y2 = _mm256_and_si256(_mm256_xor_si256(W[6], P[6]), mv);
+    __m256i x01 = _mm256_xor_si256(x0, x1), y01 = _mm256_xor_si256(y0, y1);
+    __m256i ones_s = _mm256_xor_si256(x01, x2), ones_v = _mm256_xor_si256(y01, y2);
+    __m256i twos_s = _mm256_or_si256(_mm256_and_si256(x0, x1), _mm256_and_si256(x2, x01));
+    __m256i twos_v = _mm256_or_si256(_mm256_and_si256(y0, y1), _mm256_and_si256(y2, y01));
+    __m256i t = _mm256_add_epi8(popcount8(twos_s, lut, low), popcount8(twos_v, lut, low));
+    __m256i db = _mm256_add_epi8(_mm256_add_epi8(popcount8(ones_s, lut, low), popcount8(ones_v, lut, low)),
+                                 _mm256_add_epi8(t, t));
+    __m256i vb = _mm256_add_epi8(popcount8(ms, lut, low), popcount8(mv, lut, low));
+    __m256i d = _mm256_sad_epu8(db, zero), v = _mm256_sad_epu8(vb, zero);
+    return _mm256_sub_epi64(_mm256_add_epi64(base, _mm256_add_epi64(d, d)), _mm256_add_epi64(v, _mm256_add_epi64(v, v)));
+}
+
 __attribute__((target("avx2,popcnt")))
 static void scan_avx2_vertical(const uint64_t *probe, size_t n_probes, const uint64_t *sigs,
                                const uint8_t *live, size_t n, uint16_t *out)
@@ -420,44 +460,26 @@ static void scan_avx2_vertical(const uint64_t *probe, size_t n_probes, const uin
         for (int w = 0; w < 8; w++) pb[q][w] = _mm256_set1_epi64x((long long)probe[8 * q + w]);
     }
     size_t k = 0;
-    for (; k + 4 <= n; k += 4) {
-        const uint64_t *e = sigs + 8 * k;
-        __m256i W[8];
-        for (int h = 0; h < 2; h++) {
-            __m256i r0 = _mm256_loadu_si256((const __m256i *)(e + 4 * h));
-            __m256i r1 = _mm256_loadu_si256((const __m256i *)(e + 8 + 4 * h));
-            __m256i r2 = _mm256_loadu_si256((const __m256i *)(e + 16 + 4 * h));
-            __m256i r3 = _mm256_loadu_si256((const __m256i *)(e + 24 + 4 * h));
-            __m256i t0 = _mm256_unpacklo_epi64(r0, r1), t1 = _mm256_unpackhi_epi64(r0, r1);
-            __m256i t2 = _mm256_unpacklo_epi64(r2, r3), t3 = _mm256_unpackhi_epi64(r2, r3);
-            W[4 * h + 0] = _mm256_permute2x128_si256(t0, t2, 0x20);
-            W[4 * h + 1] = _mm256_permute2x128_si256(t1, t3, 0x20);
-            W[4 * h + 2] = _mm256_permute2x128_si256(t0, t2, 0x31);
-            W[4 * h + 3] = _mm256_permute2x128_si256(t1, t3, 0x31);
-        }
-        __m256i best = _mm256_set1_epi64x(0xFFFF);
+    /* two groups of 4 entries per pass over the probe variants (each variant's words loaded once) */
+    for (; k + 8 <= n; k += 8) {
+        __m256i W[8], X[8];
+        scan_transpose4(sigs + 8 * k, W);
+        scan_transpose4(sigs + 8 * k + 32, X);
+        __m256i best = _mm256_set1_epi64x(0xFFFF), best2 = best;
         for (size_t q = 0; q < n_probes; q++) {
-            const __m256i *P = pb[q];
-            __m256i ms = _mm256_and_si256(W[3], P[3]), mv = _mm256_and_si256(W[7], P[7]);
-            __m256i x0 = _mm256_and_si256(_mm256_xor_si256(W[0], P[0]), ms);
-            __m256i x1 = _mm256_and_si256(_mm256_xor_si256(W[1], P[1]), ms);
-            __m256i x2 = _mm256_and_si256(_mm256_xor_si256(W[2], P[2]), ms);
-            __m256i y0 = _mm256_and_si256(_mm256_xor_si256(W[4], P[4]), mv);
-            __m256i y1 = _mm256_and_si256(_mm256_xor_si256(W[5], P[5]), mv);
-            __m256i y2 = _mm256_and_si256(_mm256_xor_si256(W[6], P[6]), mv);
-            __m256i x01 = _mm256_xor_si256(x0, x1), y01 = _mm256_xor_si256(y0, y1);
-            __m256i ones_s = _mm256_xor_si256(x01, x2), ones_v = _mm256_xor_si256(y01, y2);
-            __m256i twos_s = _mm256_or_si256(_mm256_and_si256(x0, x1), _mm256_and_si256(x2, x01));
-            __m256i twos_v = _mm256_or_si256(_mm256_and_si256(y0, y1), _mm256_and_si256(y2, y01));
-            __m256i t = _mm256_add_epi8(popcount8(twos_s, lut, low), popcount8(twos_v, lut, low));
-            __m256i db = _mm256_add_epi8(_mm256_add_epi8(popcount8(ones_s, lut, low), popcount8(ones_v, lut, low)),
-                                         _mm256_add_epi8(t, t));
-            __m256i vb = _mm256_add_epi8(popcount8(ms, lut, low), popcount8(mv, lut, low));
-            __m256i d = _mm256_sad_epu8(db, zero), v = _mm256_sad_epu8(vb, zero);
-            __m256i sc = _mm256_sub_epi64(_mm256_add_epi64(base, _mm256_add_epi64(d, d)),
-                                          _mm256_add_epi64(v, _mm256_add_epi64(v, v)));
-            best = _mm256_min_epu32(best, sc);   /* lanes hold 0..768: upper halves stay 0 */
+            best = _mm256_min_epu32(best, scan_score4(W, pb[q], lut, low, zero, base));   /* lanes hold 0..768 */
+            best2 = _mm256_min_epu32(best2, scan_score4(X, pb[q], lut, low, zero, base));
         }
+        uint64_t b[8];
+        _mm256_storeu_si256((__m256i *)b, best);
+        _mm256_storeu_si256((__m256i *)(b + 4), best2);
+        for (int j = 0; j < 8; j++) out[k + j] = live[k + j] ? (uint16_t)b[j] : 0xFFFF;
+    }
+    for (; k + 4 <= n; k += 4) {
+        __m256i W[8];
+        scan_transpose4(sigs + 8 * k, W);
+        __m256i best = _mm256_set1_epi64x(0xFFFF);
+        for (size_t q = 0; q < n_probes; q++) best = _mm256_min_epu32(best, scan_score4(W, pb[q], lut, low, zero, base));
         uint64_t b[4];
         _mm256_storeu_si256((__m256i *)b, best);
         for (int j = 0; j < 4; j++) out[k + j] = live[k + j] ? (uint16_t)b[j] : 0xFFFF;
