@@ -242,7 +242,7 @@ class Gallery:
         psig = features.signature_variants(probe, self.probe_offsets)
         scores = np.empty(total, np.uint16)
         for (seg, n, live), a in zip(snap, starts[:-1]):
-            scores[a:a + n] = kernels.prefilter_scores(psig, seg.sigs[:n], live[:n])
+            kernels.prefilter_scores(psig, seg.sigs[:n], live[:n], out=scores[a:a + n])
         k1 = self.stage1_size(total)
         if probe.vein is None or k1 <= size:
             return kernels.select_smallest(scores, size)

@@ -346,7 +346,8 @@ def _check_scan_args(probe_sig, sigs, live):
     return probe_sig, sigs, live
 
 
-def prefilter_scores(probe_sig: np.ndarray, sigs: np.ndarray, live: np.ndarray) -> np.ndarray:
+def prefilter_scores(probe_sig: np.ndarray, sigs: np.ndarray, live: np.ndarray, *,
+                     out: np.ndarray | None = None) -> np.ndarray:
     """Pre-filter score of every signature (uint64 (N, 8)) against the probe's, in C.
 
     ``probe_sig``: uint64 (8,) or (P, 8) for P variants of the probe (e.g. at grid offsets):
@@ -354,10 +355,15 @@ def prefilter_scores(probe_sig: np.ndarray, sigs: np.ndarray, live: np.ndarray) 
 
     ``384 + 2*D - V`` over both modalities' 8x8 coarse codes (D differing bits where both are
     valid, V jointly valid bits: an unknown bit counts half a difference; lower = closer, 0..768);
-    entries with ``live == 0`` score 0xFFFF. Uses AVX2 where the CPU has it.
+    entries with ``live == 0`` score 0xFFFF. Uses AVX2 where the CPU has it. ``out``: an optional
+    writeable C-contiguous uint16 array of N scores to fill (e.g. a gallery-wide array's slice).
     """
     probe_sig, sigs, live = _check_scan_args(probe_sig, sigs, live)
-    out = np.empty(sigs.shape[0], np.uint16)
+    if out is None:
+        out = np.empty(sigs.shape[0], np.uint16)
+    elif (not isinstance(out, np.ndarray) or out.dtype != np.uint16 or out.shape != (sigs.shape[0],)
+          or not out.flags.c_contiguous or not out.flags.writeable):
+        raise ValueError(f"out must be a writeable C-contiguous uint16 array of {sigs.shape[0]} scores")
     _lib.pn_prefilter_scores(_ptr("const uint64_t *", probe_sig), probe_sig.shape[0], _ptr("const uint64_t *", sigs),
                              _ptr("const uint8_t *", live), sigs.shape[0], _ptr("uint16_t *", out))
     return out

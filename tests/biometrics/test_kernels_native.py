@@ -151,6 +151,21 @@ def test_select_smallest_parity_crowded_scores(seed, n, spread):
     kernels.dispatch_level(2)
 
 
+def test_prefilter_scores_into_out():
+    rng = np.random.default_rng(5)
+    sigs = rng.integers(0, 2**64, (37, 8), dtype=np.uint64)
+    live = np.ones(37, np.uint8)
+    probe = rng.integers(0, 2**64, (3, 8), dtype=np.uint64)
+    whole = np.zeros(50, np.uint16)
+    got = kernels.prefilter_scores(probe, sigs, live, out=whole[5:42])
+    assert np.shares_memory(got, whole)
+    assert np.array_equal(whole[5:42], kernels.prefilter_scores_reference(probe, sigs, live))
+    assert (whole[:5] == 0).all() and (whole[42:] == 0).all()
+    for bad in (np.zeros(36, np.uint16), np.zeros(37, np.int32), np.zeros(74, np.uint16)[::2]):
+        with pytest.raises(ValueError):
+            kernels.prefilter_scores(probe, sigs, live, out=bad)
+
+
 def test_select_smallest_ties_by_index():
     scores = np.array([5, 3, 5, 3, 0xFFFF, 5, 1], np.uint16)
     assert kernels.select_smallest(scores, 4).tolist() == [0, 1, 3, 6]
