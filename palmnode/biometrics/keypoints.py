@@ -109,6 +109,8 @@ MIN_VALLEY_DEPTH = 0.45
 #: told by its wide angle from its neighbour (degrees) and its short reach (share of the longest)
 MERGED_THUMB_GAP = 25.0
 MERGED_THUMB_REACH = 0.735
+#: valleys either side of the pair's tip nearer than this (palm radii) lie one finger apart
+MERGED_ONE_FINGER_SPAN = 0.7
 
 
 def _thumb_among(reach: np.ndarray, gaps: np.ndarray) -> int | None:
@@ -122,7 +124,8 @@ def _thumb_among(reach: np.ndarray, gaps: np.ndarray) -> int | None:
     return found
 
 
-def _with_merged_pair(path: np.ndarray, r: np.ndarray, tips: list[int], thumb: int) -> Fingers:
+def _with_merged_pair(path: np.ndarray, r: np.ndarray, tips: list[int], thumb: int,
+                      radius: float = np.inf) -> Fingers:
     """Three finger tips and the thumb: taken as index, middle and ring held together (one tip),
     little; the index–middle and ring–little valleys are the ones on either side of the pair,
     the middle–ring valley is hidden (not deep; placed midway between the other two)."""
@@ -130,8 +133,18 @@ def _with_merged_pair(path: np.ndarray, r: np.ndarray, tips: list[int], thumb: i
     valleys = [three[j] + int(np.argmin(r[three[j]:three[j + 1] + 1])) for j in range(2)]
     if thumb == 3:                                     # order from the thumb's side
         three, valleys = three[::-1], valleys[::-1]
-    tip_pts = path[[three[0], three[1], three[1], three[2]]].copy()
     v = path[valleys]
+    if (float(np.linalg.norm(v[0] - v[1])) < MERGED_ONE_FINGER_SPAN * radius
+            and r[three[0]] > r[three[1]]):
+        # the valleys either side of the middle tip lie one finger apart, not two, and the tip
+        # on the thumb's side reaches farther (the middle finger's reach): the pair held
+        # together is index and middle, the middle tip the ring finger, the two valleys the
+        # middle–ring and ring–little ones (the stand-in frame then takes over)
+        tip_pts = path[[three[0], three[0], three[1], three[2]]].copy()
+        far = v[0] + (v[0] - v[1])       # (an index–middle stand-in, not deep: never used as one)
+        return Fingers(tips=tip_pts, valleys=np.stack([far, v[0], v[1]]), deep=(False, True, True),
+                       thumb_seen=True)
+    tip_pts = path[[three[0], three[1], three[1], three[2]]].copy()
     valley_pts = np.stack([v[0], 0.5 * (v[0] + v[1]), v[1]])
     return Fingers(tips=tip_pts, valleys=valley_pts, deep=(True, False, True), thumb_seen=True)
 
@@ -162,7 +175,7 @@ def find_fingers(path: np.ndarray, centre: np.ndarray, radius: float,
     tips = peaks[k:k + 4]
     merged = _thumb_among(r[tips], gaps[k:k + 3])
     if merged is not None:
-        return _with_merged_pair(path, r, tips, merged)
+        return _with_merged_pair(path, r, tips, merged, radius)
     valleys = [tips[j] + int(np.argmin(r[tips[j]:tips[j + 1] + 1])) for j in range(3)]
     # the gap to a tip beyond the first / the last finger: a thumb stands within ~100° of its
     # index finger; anything farther round is the arm's ragged edge, not a thumb

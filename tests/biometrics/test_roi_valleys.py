@@ -91,3 +91,23 @@ def test_merged_pair_gives_index_middle_and_ring_little_valleys():
     assert np.allclose(f.valleys[1], 0.5 * (f.valleys[0] + f.valleys[2]))
     # ordered from the thumb's side: index first
     assert f.tips[0][0] > f.tips[3][0] and f.valleys[0][0] > f.valleys[2][0]
+
+
+def _merged_case(reach_first: float, radius: float):
+    path = np.stack([np.arange(50.0), np.zeros(50)], axis=1)
+    r = np.full(50, 20.0)
+    r[[10, 20, 30, 40]] = [30.0, reach_first, 35.0, 30.0]   # thumb, then three finger tips
+    r[25], r[35] = 5.0, 5.0                                  # the valleys between them
+    return keypoints._with_merged_pair(path, r, [10, 20, 30, 40], 0, radius)
+
+
+def test_merged_tip_one_finger_from_the_next_valley_reads_as_index_and_middle_together():
+    # valleys 10 apart, radius 20: one finger apart; the thumb-side tip reaches farthest
+    split = _merged_case(reach_first=40.0, radius=20.0)
+    assert split.deep == (False, True, True)
+    assert np.allclose(split.valleys[1:], [[25, 0], [35, 0]])
+    assert np.allclose(split.tips[:2], [[20, 0], [20, 0]]) and np.allclose(split.tips[2:], [[30, 0], [40, 0]])
+    # two fingers apart, or the thumb-side tip shorter: middle and ring together, as before
+    for fingers in (_merged_case(reach_first=40.0, radius=10.0), _merged_case(reach_first=32.0, radius=20.0)):
+        assert fingers.deep == (True, False, True)
+        assert np.allclose(fingers.tips[1], fingers.tips[2])
