@@ -144,6 +144,13 @@ def _with_merged_pair(path: np.ndarray, r: np.ndarray, tips: list[int], thumb: i
         far = v[0] + (v[0] - v[1])       # (an index–middle stand-in, not deep: never used as one)
         return Fingers(tips=tip_pts, valleys=np.stack([far, v[0], v[1]]), deep=(False, True, True),
                        thumb_seen=True)
+    if float(np.linalg.norm(v[0] - v[1])) < MERGED_ONE_FINGER_SPAN * radius:
+        # one finger apart with the thumb-side tip the shorter: index, middle, then ring and
+        # little held together; the valleys are the index–middle and middle–ring ones
+        tip_pts = path[[three[0], three[1], three[2], three[2]]].copy()
+        far = v[1] + (v[1] - v[0])       # (a ring–little stand-in, not deep: never used as one)
+        return Fingers(tips=tip_pts, valleys=np.stack([v[0], v[1], far]), deep=(True, True, False),
+                       thumb_seen=True)
     tip_pts = path[[three[0], three[1], three[1], three[2]]].copy()
     valley_pts = np.stack([v[0], 0.5 * (v[0] + v[1]), v[1]])
     return Fingers(tips=tip_pts, valleys=valley_pts, deep=(True, False, True), thumb_seen=True)

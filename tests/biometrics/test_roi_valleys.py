@@ -107,7 +107,12 @@ def test_merged_tip_one_finger_from_the_next_valley_reads_as_index_and_middle_to
     assert split.deep == (False, True, True)
     assert np.allclose(split.valleys[1:], [[25, 0], [35, 0]])
     assert np.allclose(split.tips[:2], [[20, 0], [20, 0]]) and np.allclose(split.tips[2:], [[30, 0], [40, 0]])
-    # two fingers apart, or the thumb-side tip shorter: middle and ring together, as before
-    for fingers in (_merged_case(reach_first=40.0, radius=10.0), _merged_case(reach_first=32.0, radius=20.0)):
-        assert fingers.deep == (True, False, True)
-        assert np.allclose(fingers.tips[1], fingers.tips[2])
+    # one finger apart but the thumb-side tip shorter: ring and little held together
+    ring_little = _merged_case(reach_first=32.0, radius=20.0)
+    assert ring_little.deep == (True, True, False)
+    assert np.allclose(ring_little.valleys[:2], [[25, 0], [35, 0]])
+    assert np.allclose(ring_little.tips[2], ring_little.tips[3])
+    # two fingers apart: middle and ring together, as before
+    fingers = _merged_case(reach_first=40.0, radius=10.0)
+    assert fingers.deep == (True, False, True)
+    assert np.allclose(fingers.tips[1], fingers.tips[2])
