@@ -125,10 +125,13 @@ def _thumb_among(reach: np.ndarray, gaps: np.ndarray) -> int | None:
 
 
 def _with_merged_pair(path: np.ndarray, r: np.ndarray, tips: list[int], thumb: int,
-                      radius: float = np.inf) -> Fingers:
+                      radius: float = 0.0) -> Fingers:
     """Three finger tips and the thumb: taken as index, middle and ring held together (one tip),
     little; the index–middle and ring–little valleys are the ones on either side of the pair,
-    the middle–ring valley is hidden (not deep; placed midway between the other two)."""
+    the middle–ring valley is hidden (not deep; placed midway between the other two).
+    When the two valleys lie one finger apart (< MERGED_ONE_FINGER_SPAN × ``radius``, the palm
+    radius in path px; 0 turns this off), the pair is index + middle or ring + little instead,
+    told by which of the thumb-side tips reaches farther."""
     three = tips[1:] if thumb == 0 else tips[:3]
     valleys = [three[j] + int(np.argmin(r[three[j]:three[j + 1] + 1])) for j in range(2)]
     if thumb == 3:                                     # order from the thumb's side
