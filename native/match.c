@@ -209,6 +209,35 @@ __attribute__((target("avx2"))) PN_INLINE __m256i popcount8(__m256i x, __m256i l
  * cells) are summed by vpsadbw; the (D, V) of all shifts are kept, then the distance of every
  * shift is computed 4 at a time with the same correctly rounded IEEE operations as the scalar
  * path (sub, div, sqrt, mul), and the first minimum taken in the same order: identical output. */
+/* The bit counts of one shift: differing bits (x3 planes summed in cd) and valid cells (cv). */
+__attribute__((target("avx2"))) PN_INLINE void count_totals(__m256i cd, __m256i cv, int64_t *d, int64_t *v)
+{
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i sd = _mm256_sad_epu8(cd, zero), sv = _mm256_sad_epu8(cv, zero);
+    __m256i sum = _mm256_add_epi64(_mm256_unpacklo_epi64(sd, sv), _mm256_unpackhi_epi64(sd, sv));
+    __m128i t = _mm_add_epi64(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+    *d = _mm_cvtsi128_si64(t);
+    *v = 3 * _mm_extract_epi64(t, 1);
+}
+
+/* Normalised distances of nshift shifts, four at a time (dd/vv have room for 4 more, zeroed);
+ * the same float64 operations in the same order as the scalar path and the NumPy reference. */
+__attribute__((target("avx2"))) PN_INLINE void normalised_hd(int64_t *dd, int64_t *vv, int nshift,
+                                                             __m256d half, __m256d nr, double *hdv)
+{
+    for (int j = nshift; j < nshift + 4; j++) { dd[j] = 0; vv[j] = 0; }
+    for (int j = 0; j < nshift; j += 4) {
+        /* int64 -> double exactly (values < 2^31) via int32 */
+        __m128i d32 = _mm_setr_epi32((int)dd[j], (int)dd[j + 1], (int)dd[j + 2], (int)dd[j + 3]);
+        __m128i v32 = _mm_setr_epi32((int)vv[j], (int)vv[j + 1], (int)vv[j + 2], (int)vv[j + 3]);
+        __m256d d = _mm256_cvtepi32_pd(d32), v = _mm256_cvtepi32_pd(v32);
+        __m256d h = _mm256_sub_pd(half, _mm256_mul_pd(_mm256_sub_pd(half, _mm256_div_pd(d, v)),
+                                                     _mm256_sqrt_pd(_mm256_div_pd(v, nr))));
+        __m256d novalid = _mm256_cmp_pd(v, _mm256_setzero_pd(), _CMP_EQ_OQ);
+        _mm256_storeu_pd(hdv + j, _mm256_blendv_pd(h, half, novalid));
+    }
+}
+
 __attribute__((target("avx2,popcnt")))
 static void match_avx2(const uint32_t *probe, int rows, int max_dx, int max_dy,
                        const uint32_t *records, size_t stride_words, size_t offset_words,
@@ -260,24 +289,10 @@ static void match_avx2(const uint32_t *probe, int rows, int max_dx, int max_dy,
                     cv = _mm256_add_epi8(cv, popcount8(m, lut, low));
                 }
                 /* bytes: cd <= 24 per chunk, cv <= 8 per chunk, chunks <= 8: no overflow */
-                __m256i sd = _mm256_sad_epu8(cd, zero), sv = _mm256_sad_epu8(cv, zero);
-                __m256i sum = _mm256_add_epi64(_mm256_unpacklo_epi64(sd, sv), _mm256_unpackhi_epi64(sd, sv));
-                __m128i t = _mm_add_epi64(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
-                dd[s] = _mm_cvtsi128_si64(t);
-                vv[s] = 3 * _mm_extract_epi64(t, 1);
+                count_totals(cd, cv, dd + s, vv + s);
             }
         }
-        for (int j = nshift; j < nshift + 4; j++) { dd[j] = 0; vv[j] = 0; }
-        for (int j = 0; j < nshift; j += 4) {
-            /* int64 -> double exactly (values < 2^31) via int32 */
-            __m128i d32 = _mm_setr_epi32((int)dd[j], (int)dd[j + 1], (int)dd[j + 2], (int)dd[j + 3]);
-            __m128i v32 = _mm_setr_epi32((int)vv[j], (int)vv[j + 1], (int)vv[j + 2], (int)vv[j + 3]);
-            __m256d d = _mm256_cvtepi32_pd(d32), v = _mm256_cvtepi32_pd(v32);
-            __m256d h = _mm256_sub_pd(half, _mm256_mul_pd(_mm256_sub_pd(half, _mm256_div_pd(d, v)),
-                                                         _mm256_sqrt_pd(_mm256_div_pd(v, nr))));
-            __m256d novalid = _mm256_cmp_pd(v, _mm256_setzero_pd(), _CMP_EQ_OQ);
-            _mm256_storeu_pd(hdv + j, _mm256_blendv_pd(h, half, novalid));
-        }
+        normalised_hd(dd, vv, nshift, half, nr, hdv);
         double best = 2.0;
         int bs = -1;
         for (int j = 0; j < nshift; j++) {
@@ -685,22 +700,9 @@ static void match16_avx2(const uint32_t *probe, int max_dx, int max_dy, const ui
             __m256i pt = popcount8(twos, lut, low);
             __m256i cd = _mm256_add_epi8(popcount8(ones, lut, low), _mm256_add_epi8(pt, pt));
             __m256i cv = popcount8(m, lut, low);
-            __m256i sd = _mm256_sad_epu8(cd, zero), sv = _mm256_sad_epu8(cv, zero);
-            __m256i sum = _mm256_add_epi64(_mm256_unpacklo_epi64(sd, sv), _mm256_unpackhi_epi64(sd, sv));
-            __m128i t = _mm_add_epi64(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
-            dd[s] = _mm_cvtsi128_si64(t);
-            vv[s] = 3 * _mm_extract_epi64(t, 1);
+            count_totals(cd, cv, dd + s, vv + s);
         }
-        for (int j = nshift; j < nshift + 4; j++) { dd[j] = 0; vv[j] = 0; }
-        for (int j = 0; j < nshift; j += 4) {
-            __m128i d32 = _mm_setr_epi32((int)dd[j], (int)dd[j + 1], (int)dd[j + 2], (int)dd[j + 3]);
-            __m128i v32 = _mm_setr_epi32((int)vv[j], (int)vv[j + 1], (int)vv[j + 2], (int)vv[j + 3]);
-            __m256d d = _mm256_cvtepi32_pd(d32), v = _mm256_cvtepi32_pd(v32);
-            __m256d h = _mm256_sub_pd(half, _mm256_mul_pd(_mm256_sub_pd(half, _mm256_div_pd(d, v)),
-                                                         _mm256_sqrt_pd(_mm256_div_pd(v, nr))));
-            __m256d novalid = _mm256_cmp_pd(v, _mm256_setzero_pd(), _CMP_EQ_OQ);
-            _mm256_storeu_pd(hdv + j, _mm256_blendv_pd(h, half, novalid));
-        }
+        normalised_hd(dd, vv, nshift, half, nr, hdv);
         double best = 2.0;
         for (int j = 0; j < nshift; j++) best = hdv[j] < best ? hdv[j] : best;
         out_hd[k] = best;
