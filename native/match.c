@@ -209,6 +209,29 @@ __attribute__((target("avx2"))) PN_INLINE __m256i popcount8(__m256i x, __m256i l
  * cells) are summed by vpsadbw; the (D, V) of all shifts are kept, then the distance of every
  * shift is computed 4 at a time with the same correctly rounded IEEE operations as the scalar
  * path (sub, div, sqrt, mul), and the first minimum taken in the same order: identical output. */
+__attribute__((target("avx2"))) PN_INLINE __m256i ld256(const uint32_t *p)
+{
+    return _mm256_loadu_si256((const __m256i *)p);
+}
+
+/* Per-byte bit counts of one 256-bit slice of a probe (planes p0..p2, mask pm) against a record
+ * (r0..r2, rm): differing code bits, the three planes summed (cd), and jointly valid cells (cv). */
+__attribute__((target("avx2"))) PN_INLINE void code_counts(__m256i p0, __m256i p1, __m256i p2, __m256i pm,
+                                                           __m256i r0, __m256i r1, __m256i r2, __m256i rm,
+                                                           __m256i lut, __m256i low, __m256i *cd, __m256i *cv)
+{
+    __m256i m = _mm256_and_si256(pm, rm);
+    __m256i x0 = _mm256_and_si256(_mm256_xor_si256(p0, r0), m);
+    __m256i x1 = _mm256_and_si256(_mm256_xor_si256(p1, r1), m);
+    __m256i x2 = _mm256_and_si256(_mm256_xor_si256(p2, r2), m);
+    __m256i x01 = _mm256_xor_si256(x0, x1);
+    __m256i ones = _mm256_xor_si256(x01, x2);             /* carry-save: bits differing in 1 or 3 planes */
+    __m256i twos = _mm256_or_si256(_mm256_and_si256(x0, x1), _mm256_and_si256(x2, x01));
+    __m256i pt = popcount8(twos, lut, low);
+    *cd = _mm256_add_epi8(popcount8(ones, lut, low), _mm256_add_epi8(pt, pt));
+    *cv = popcount8(m, lut, low);
+}
+
 /* The bit counts of one shift: differing bits (x3 planes summed in cd) and valid cells (cv). */
 __attribute__((target("avx2"))) PN_INLINE void count_totals(__m256i cd, __m256i cv, int64_t *d, int64_t *v)
 {
@@ -273,20 +296,12 @@ static void match_avx2(const uint32_t *probe, int rows, int max_dx, int max_dy,
                 __m256i cd = zero, cv = zero;
                 for (int c = 0; c < chunks; c++) {
                     const int o = 8 * c;
-                    __m256i m = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(am + o)),
-                                                 _mm256_loadu_si256((const __m256i *)(rec + 3 * rows + o)));
-                    __m256i x0 = _mm256_and_si256(_mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(a0 + o)),
-                                                                   _mm256_loadu_si256((const __m256i *)(rec + o))), m);
-                    __m256i x1 = _mm256_and_si256(_mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(a1 + o)),
-                                                                   _mm256_loadu_si256((const __m256i *)(rec + rows + o))), m);
-                    __m256i x2 = _mm256_and_si256(_mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(a2 + o)),
-                                                                   _mm256_loadu_si256((const __m256i *)(rec + 2 * rows + o))), m);
-                    __m256i x01 = _mm256_xor_si256(x0, x1);
-                    __m256i ones = _mm256_xor_si256(x01, x2);
-                    __m256i twos = _mm256_or_si256(_mm256_and_si256(x0, x1), _mm256_and_si256(x2, x01));
-                    __m256i pt = popcount8(twos, lut, low);
-                    cd = _mm256_add_epi8(cd, _mm256_add_epi8(popcount8(ones, lut, low), _mm256_add_epi8(pt, pt)));
-                    cv = _mm256_add_epi8(cv, popcount8(m, lut, low));
+                    __m256i bd, bv;
+                    code_counts(ld256(a0 + o), ld256(a1 + o), ld256(a2 + o), ld256(am + o),
+                                ld256(rec + o), ld256(rec + rows + o), ld256(rec + 2 * rows + o), ld256(rec + 3 * rows + o),
+                                lut, low, &bd, &bv);
+                    cd = _mm256_add_epi8(cd, bd);
+                    cv = _mm256_add_epi8(cv, bv);
                 }
                 /* bytes: cd <= 24 per chunk, cv <= 8 per chunk, chunks <= 8: no overflow */
                 count_totals(cd, cv, dd + s, vv + s);
@@ -690,16 +705,10 @@ static void match16_avx2(const uint32_t *probe, int max_dx, int max_dy, const ui
         const __m256i r0 = pack16(rec, low16), r1 = pack16(rec + 16, low16);
         const __m256i r2 = pack16(rec + 32, low16), rm = pack16(rec + 48, low16);
         for (int s = 0; s < nshift; s++) {
-            __m256i m = _mm256_and_si256(ps[s][3], rm);
-            __m256i x0 = _mm256_and_si256(_mm256_xor_si256(ps[s][0], r0), m);
-            __m256i x1 = _mm256_and_si256(_mm256_xor_si256(ps[s][1], r1), m);
-            __m256i x2 = _mm256_and_si256(_mm256_xor_si256(ps[s][2], r2), m);
-            __m256i x01 = _mm256_xor_si256(x0, x1);
-            __m256i ones = _mm256_xor_si256(x01, x2);
-            __m256i twos = _mm256_or_si256(_mm256_and_si256(x0, x1), _mm256_and_si256(x2, x01));
-            __m256i pt = popcount8(twos, lut, low);
-            __m256i cd = _mm256_add_epi8(popcount8(ones, lut, low), _mm256_add_epi8(pt, pt));
-            __m256i cv = popcount8(m, lut, low);
+            __m256i cd, cv;
+            code_counts(ps[s][0], ps[s][1], ps[s][2], ps[s][3],
+                        r0, r1, r2, rm,
+                        lut, low, &cd, &cv);
             count_totals(cd, cv, dd + s, vv + s);
         }
         normalised_hd(dd, vv, nshift, half, nr, hdv);
@@ -850,20 +859,10 @@ static void elastic_avx2(const uint32_t *probe, int rows, int radius,
                 const uint32_t *am = sh[dx + PN_MAX_SHIFT][3] + start;
                 for (int c = 0; c < chunks; c++) {
                     const int o = 8 * c;
-                    __m256i m = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(am + o)),
-                                                 _mm256_loadu_si256((const __m256i *)(rec + 3 * rows + o)));
-                    __m256i x0 = _mm256_and_si256(_mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(a0 + o)),
-                                                                   _mm256_loadu_si256((const __m256i *)(rec + o))), m);
-                    __m256i x1 = _mm256_and_si256(_mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(a1 + o)),
-                                                                   _mm256_loadu_si256((const __m256i *)(rec + rows + o))), m);
-                    __m256i x2 = _mm256_and_si256(_mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(a2 + o)),
-                                                                   _mm256_loadu_si256((const __m256i *)(rec + 2 * rows + o))), m);
-                    __m256i x01 = _mm256_xor_si256(x0, x1);
-                    __m256i ones = _mm256_xor_si256(x01, x2);
-                    __m256i twos = _mm256_or_si256(_mm256_and_si256(x0, x1), _mm256_and_si256(x2, x01));
-                    __m256i pt = popcount8(twos, lut, low);
-                    __m256i cd = _mm256_add_epi8(popcount8(ones, lut, low), _mm256_add_epi8(pt, pt));
-                    __m256i cv = popcount8(m, lut, low);
+                    __m256i cd, cv;
+                    code_counts(ld256(a0 + o), ld256(a1 + o), ld256(a2 + o), ld256(am + o),
+                                ld256(rec + o), ld256(rec + rows + o), ld256(rec + 2 * rows + o), ld256(rec + 3 * rows + o),
+                                lut, low, &cd, &cv);
                     __m128i d = _mm_cvtepu8_epi32(rowsum8(cd));
                     __m128i v = _mm_mullo_epi32(_mm_cvtepu8_epi32(rowsum8(cv)), _mm_set1_epi32(3));
                     __m128i g = _mm_sub_epi32(v, _mm_add_epi32(d, d));
