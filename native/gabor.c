@@ -5,13 +5,6 @@
  * compiled for AVX2 (level 2). */
 #include "palmnode_native.h"
 
-#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
-#define PN_X86 1
-#else
-#define PN_X86 0
-#endif
-
-#define PN_INLINE static inline __attribute__((always_inline))
 #define PN_MAX_ORIENT 16
 
 PN_INLINE void responses_body(const int16_t *img, size_t stride, const int16_t *bank,
@@ -43,7 +36,6 @@ PN_INLINE void responses_body(const int16_t *img, size_t stride, const int16_t *
 }
 
 #if PN_X86
-#include <immintrin.h>
 
 static inline int32_t hsum128(__m128i v)
 {

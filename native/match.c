@@ -7,14 +7,10 @@
 #include <math.h>
 #include <string.h>
 
-#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
-#define PN_X86 1
-#include <immintrin.h>
-#else
-#define PN_X86 0
-#endif
 
-#define PN_INLINE static inline __attribute__((always_inline))
+/* popcount of each nibble value, for the AVX2 nibble-table popcount (Mula et al.) */
+#define NIBBLE_POPCOUNT_LUT _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, \
+                                             0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4)
 
 static int pn_level = -1;
 
@@ -269,8 +265,7 @@ static void match_avx2(const uint32_t *probe, int rows, int max_dx, int max_dy,
 {
     shifted_probe_t sh;
     build_shifted(probe, rows, max_dx, sh);
-    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
-                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i lut = NIBBLE_POPCOUNT_LUT;
     const __m256i low = _mm256_set1_epi8(0x0F);
     const __m256i zero = _mm256_setzero_si256();
     const int chunks = rows / 8;
@@ -392,8 +387,7 @@ __attribute__((target("avx2,popcnt")))
 static void scan_avx2(const uint64_t *probe, size_t n_probes, const uint64_t *sigs,
                       const uint8_t *live, size_t n, uint16_t *out)
 {
-    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
-                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i lut = NIBBLE_POPCOUNT_LUT;
     const __m256i low = _mm256_set1_epi8(0x0F);
     const __m256i zero = _mm256_setzero_si256();
     for (size_t k = 0; k < n; k++) {
@@ -480,8 +474,7 @@ __attribute__((target("avx2,popcnt")))
 static void scan_avx2_vertical(const uint64_t *probe, size_t n_probes, const uint64_t *sigs,
                                const uint8_t *live, size_t n, uint16_t *out)
 {
-    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
-                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i lut = NIBBLE_POPCOUNT_LUT;
     const __m256i low = _mm256_set1_epi8(0x0F);
     const __m256i zero = _mm256_setzero_si256();
     const __m256i base = _mm256_set1_epi64x(384);
@@ -681,8 +674,7 @@ static void match16_avx2(const uint32_t *probe, int max_dx, int max_dy, const ui
 {
     shifted_probe_t sh;
     build_shifted(probe, 16, max_dx, sh);
-    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
-                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i lut = NIBBLE_POPCOUNT_LUT;
     const __m256i low = _mm256_set1_epi8(0x0F), low16 = _mm256_set1_epi32(0xFFFF);
     const __m256i zero = _mm256_setzero_si256();
     const int nx = 2 * max_dx + 1, nshift = nx * (2 * max_dy + 1);
@@ -836,8 +828,7 @@ static void elastic_avx2(const uint32_t *probe, int rows, int radius,
 {
     shifted_probe_t sh;
     build_shifted(probe, rows, PN_MAX_SHIFT, sh);
-    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
-                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i lut = NIBBLE_POPCOUNT_LUT;
     const __m256i low = _mm256_set1_epi8(0x0F);
     const int chunks = rows / 8, win = 2 * radius + 1;
     for (size_t k = 0; k < n; k++) {

@@ -78,4 +78,13 @@ void pn_prefilter_scores(const uint64_t *probe_sigs, size_t n_probes, const uint
 size_t pn_select_smallest(const uint16_t *scores, size_t n, size_t k, int64_t *out_idx);
 /* cdef-end */
 
+/* Shared by the kernel sources (not part of the Python-facing API above). */
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#define PN_X86 1
+#include <immintrin.h>
+#else
+#define PN_X86 0
+#endif
+#define PN_INLINE static inline __attribute__((always_inline))
+
 #endif
