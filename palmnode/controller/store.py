@@ -1,0 +1,582 @@
+"""The reference controller's system of record: one SQLite file (WAL, synchronous=FULL, 0600).
+
+What it holds:
+- ``nodes``: every node that said Hello, with its version and capabilities.
+- ``events``: every event a node delivered, applied exactly once: UNIQUE(node_id, key), and the
+  event row is written in the same transaction as its effect, so a redelivered event is only
+  recognised, never applied twice.
+- ``people``: the store's enrolled people. Templates are AES-256-GCM sealed with the controller's
+  key (associated data = table + person id); card and phone are the keyed digests the node made.
+- ``changes``: the replication log with a monotonic cursor (AUTOINCREMENT: never reused). It holds
+  at most one row per person, the latest: an upsert row names the person (their data stays in
+  ``people``), a remove row keeps only the person id. Either deletes every earlier row of that
+  person, so a node catching up from any cursor gets each person's final state once.
+- ``charges``: the reference payment ledger, idempotent per request key.
+- ``audit``: what was done, why and by whom; never biometric data, card or phone digests.
+
+A removal overwrites the person's bytes (``secure_delete``) and truncates the WAL, so nothing of
+them stays in the database, its ``-wal`` or its ``-shm`` file.
+
+The API is synchronous and thread-safe (one connection behind a lock); the server calls it
+through ``trio.to_thread.run_sync``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import msgpack
+
+from palmnode.vault import TamperedData, VaultKeys, open_, seal
+
+SCHEMA_VERSION = 1
+PALMS = ("left", "right", "unknown")
+MAX_ID = 128  # longest person/node id or idempotency key accepted (ids are uuids or "node:seq")
+MAX_TEMPLATES = 16  # per palm: enrolment keeps a handful of agreeing captures
+MAX_TEMPLATE_BYTES = 8192  # a PalmTemplate is 772 B; anything far larger is not one
+SYNC_BYTES = 512 * 1024  # one sync answer stays well under the link's 1 MiB frame cap
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS nodes (
+    node_id TEXT PRIMARY KEY,
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    version INTEGER NOT NULL,
+    capabilities TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    node_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    at REAL NOT NULL,
+    applied_at REAL NOT NULL,
+    effect TEXT NOT NULL,
+    data BLOB,
+    UNIQUE (node_id, key)
+);
+CREATE TABLE IF NOT EXISTS people (
+    person_id TEXT PRIMARY KEY,
+    card_digest BLOB,
+    card_last4 TEXT,
+    phone_digest BLOB,
+    palms BLOB NOT NULL,
+    enrolled_at REAL NOT NULL,
+    origin_node TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS people_card ON people (card_digest);
+CREATE TABLE IF NOT EXISTS changes (
+    cursor INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL CHECK (kind IN ('upsert', 'remove')),
+    person_id TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS changes_person ON changes (person_id);
+CREATE TABLE IF NOT EXISTS device_health (
+    node_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    error TEXT,
+    at REAL NOT NULL,
+    PRIMARY KEY (node_id, name)
+);
+CREATE TABLE IF NOT EXISTS charges (
+    request_key TEXT PRIMARY KEY,
+    reference TEXT NOT NULL UNIQUE,
+    node_id TEXT NOT NULL,
+    person_id TEXT NOT NULL,
+    amount_cents INTEGER NOT NULL,
+    currency TEXT NOT NULL,
+    approved INTEGER NOT NULL,
+    reason TEXT,
+    at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    fields TEXT NOT NULL
+);
+"""
+
+
+class StoreError(Exception):
+    """The controller's database cannot be used (unreadable, another program's file, newer schema)."""
+
+
+class BadRecord(ValueError):
+    """A person or event payload that does not have the documented shape (one-line reason)."""
+
+
+@attrs.frozen
+class StoredPalm:
+    """One enrolled palm as the controller keeps it: the node's templates, opaque bytes."""
+
+    palm: str
+    templates: tuple[bytes, ...]
+
+
+def _digest_repr(value: bytes | None) -> str:
+    return "None" if value is None else value[:4].hex() + "…"
+
+
+@attrs.frozen
+class PersonRecord:
+    """A person as the controller replicates them (the wire's ``person`` map, typed)."""
+
+    person_id: str
+    card_digest: bytes | None = attrs.field(repr=_digest_repr)
+    card_last4: str | None
+    phone_digest: bytes | None = attrs.field(repr=_digest_repr)
+    palms: tuple[StoredPalm, ...] = attrs.field(repr=lambda palms: f"<{len(palms)} palms>")
+    enrolled_at: float
+    origin_node: str
+
+    @classmethod
+    def from_wire(cls, data: object) -> PersonRecord:
+        """The record a wire ``person`` map describes, or :class:`BadRecord` naming what is wrong."""
+        if not isinstance(data, Mapping):
+            raise BadRecord(f"person is {type(data).__name__}, not a map")
+        person_id = _text(data, "person_id")
+        palms_in = data.get("palms")
+        if not isinstance(palms_in, (list, tuple)) or not palms_in or len(palms_in) > len(PALMS):
+            raise BadRecord(f"person.palms must be a list of 1 to {len(PALMS)} palms")
+        palms = []
+        for entry in palms_in:
+            if not isinstance(entry, Mapping) or entry.get("palm") not in PALMS:
+                raise BadRecord(f"person.palms[].palm must be one of {', '.join(PALMS)}")
+            templates = entry.get("templates")
+            if (not isinstance(templates, (list, tuple)) or not 1 <= len(templates) <= MAX_TEMPLATES
+                    or not all(isinstance(t, bytes) and 0 < len(t) <= MAX_TEMPLATE_BYTES for t in templates)):
+                raise BadRecord(f"person.palms[].templates must be 1 to {MAX_TEMPLATES} byte strings "
+                                f"of at most {MAX_TEMPLATE_BYTES} bytes")
+            palms.append(StoredPalm(entry["palm"], tuple(templates)))
+        enrolled_at = data.get("enrolled_at")
+        if not isinstance(enrolled_at, (int, float)) or isinstance(enrolled_at, bool):
+            raise BadRecord("person.enrolled_at must be a number (seconds since the epoch)")
+        last4 = data.get("card_last4")
+        if last4 is not None and not (isinstance(last4, str) and len(last4) == 4 and last4.isdigit()):
+            raise BadRecord("person.card_last4 must be 4 digits or null")
+        return cls(person_id=person_id, card_digest=_digest(data, "card_digest"), card_last4=last4,
+                   phone_digest=_digest(data, "phone_digest"), palms=tuple(palms),
+                   enrolled_at=float(enrolled_at), origin_node=_text(data, "origin_node"))
+
+    def to_wire(self) -> dict[str, Any]:
+        """The documented wire map (msgpack-ready)."""
+        return {"person_id": self.person_id, "card_digest": self.card_digest, "card_last4": self.card_last4,
+                "phone_digest": self.phone_digest,
+                "palms": [{"palm": p.palm, "templates": list(p.templates)} for p in self.palms],
+                "enrolled_at": self.enrolled_at, "origin_node": self.origin_node}
+
+
+def _text(data: Mapping, name: str) -> str:
+    value = data.get(name)
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID:
+        raise BadRecord(f"{name} must be a non-empty string of at most {MAX_ID} characters")
+    return value
+
+
+def _digest(data: Mapping, name: str) -> bytes | None:
+    value = data.get(name)
+    if value is not None and not (isinstance(value, bytes) and 16 <= len(value) <= 64):
+        raise BadRecord(f"person.{name} must be 16 to 64 bytes or null")
+    return value
+
+
+@attrs.frozen
+class Upsert:
+    """Replication: this person (new or changed) as of ``cursor``."""
+
+    cursor: int
+    person: PersonRecord
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"kind": "upsert", "person": self.person.to_wire()}
+
+
+@attrs.frozen
+class Remove:
+    """Replication: this person is gone as of ``cursor``; nothing but the id is kept."""
+
+    cursor: int
+    person_id: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"kind": "remove", "person_id": self.person_id}
+
+
+Change = Upsert | Remove
+
+
+@attrs.frozen
+class Applied:
+    """What applying one event did.
+
+    ``duplicate``: the (node, key) pair was applied before; nothing changed now.
+    ``change``: the replication change to push to the other nodes, if any.
+    ``to_origin``: push ``change`` to the sending node too (an enrolment of someone already removed
+    is refused and the node is told to forget them).
+    """
+
+    duplicate: bool
+    effect: str
+    change: Change | None = None
+    to_origin: bool = False
+
+
+@attrs.frozen
+class Charge:
+    """One decision of the reference payment ledger."""
+
+    approved: bool
+    reference: str
+    reason: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        result: dict[str, Any] = {"approved": self.approved, "reference": self.reference}
+        if self.reason is not None:
+            result["reason"] = self.reason
+        return result
+
+
+@attrs.frozen
+class NodeRecord:
+    """A node the controller has seen (from its Hello)."""
+
+    node_id: str
+    first_seen: float
+    last_seen: float
+    version: int
+    capabilities: tuple[str, ...]
+
+
+@attrs.frozen
+class EventRecord:
+    """One applied event as recorded (``data`` only for the non-biometric kinds)."""
+
+    node_id: str
+    key: str
+    seq: int
+    kind: str
+    at: float
+    effect: str
+    data: dict | None
+
+
+@attrs.frozen
+class DeviceHealthRecord:
+    """The last ``device_health`` a node reported for one of its devices."""
+
+    node_id: str
+    name: str
+    state: str
+    error: str | None
+    at: float
+
+
+class Store:
+    """The controller's SQLite record. Open with :meth:`open`; every method is one transaction."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, keys: VaultKeys) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+        self.path = path
+        self._key = keys.template_key
+
+    @classmethod
+    def open(cls, path: Path, keys: VaultKeys) -> Store:
+        """Open (creating, mode 0600) the database at ``path`` sealed under ``keys.template_key``."""
+        path = Path(path)
+        try:
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.close(os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600))
+            os.chmod(path, 0o600)  # -wal and -shm take the database file's mode
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open controller database {path}: {_reason(exc)}") from None
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")  # an acknowledged event survives a power cut
+            conn.execute("PRAGMA secure_delete=ON")  # a removed person's bytes are overwritten, not freed
+            conn.execute("PRAGMA foreign_keys=ON")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"controller database {path} has schema {version}, newer than this "
+                                 f"palmnode ({SCHEMA_VERSION}); upgrade palmnode")
+            conn.executescript(_SCHEMA)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StoreError(f"controller database {path} is not usable: {_reason(exc)}") from None
+        except StoreError:
+            conn.close()
+            raise
+        store = cls(conn, path, keys)
+        store._check_key()
+        return store
+
+    def _check_key(self) -> None:
+        row = self._conn.execute("SELECT person_id, palms FROM people LIMIT 1").fetchone()
+        if row is not None:
+            try:
+                open_(self._key, row[1], _aad(row[0]))
+            except TamperedData:
+                self.close()
+                raise StoreError(f"controller database {self.path} was sealed with another key; "
+                                 "use its key file") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # -- transactions --------------------------------------------------------------------------
+
+    def _write(self, fn, *args):
+        """Run ``fn(conn, *args)`` in one IMMEDIATE transaction (all or nothing)."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(self._conn, *args)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+            return result
+
+    def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    # -- nodes ---------------------------------------------------------------------------------
+
+    def node_seen(self, node_id: str, *, version: int, capabilities: tuple[str, ...],
+                  at: float | None = None) -> None:
+        """Record a Hello from ``node_id``."""
+        now = time.time() if at is None else at
+
+        def txn(conn):
+            conn.execute("INSERT INTO nodes VALUES (?, ?, ?, ?, ?) ON CONFLICT (node_id) DO UPDATE SET "
+                         "last_seen = excluded.last_seen, version = excluded.version, "
+                         "capabilities = excluded.capabilities",
+                         (node_id, now, now, version, json.dumps(list(capabilities))))
+        self._write(txn)
+
+    def nodes(self) -> list[NodeRecord]:
+        return [NodeRecord(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])))
+                for r in self._read("SELECT * FROM nodes ORDER BY node_id")]
+
+    # -- events --------------------------------------------------------------------------------
+
+    def apply_event(self, *, node_id: str, key: str, seq: int, kind: str, at: float,
+                    data: Mapping[str, Any]) -> Applied:
+        """Apply one delivered event exactly once: record it and its effect in one transaction.
+
+        A (node_id, key) already recorded returns ``Applied(duplicate=True)`` and changes nothing.
+        Raises :class:`BadRecord` (nothing written) when the payload lacks what its kind needs.
+        """
+        if not 0 < len(key) <= MAX_ID:
+            raise BadRecord(f"event key must be 1 to {MAX_ID} characters")
+        person = PersonRecord.from_wire(data.get("person")) if kind == "enrolled" else None
+        removed = _text(data, "person_id") if kind == "deleted" else None
+
+        def txn(conn):
+            if conn.execute("SELECT 1 FROM events WHERE node_id = ? AND key = ?", (node_id, key)).fetchone():
+                return Applied(duplicate=True, effect="duplicate")
+            applied = Applied(duplicate=False, effect="recorded")
+            kept: dict | None = None
+            if person is not None:
+                applied = self._upsert(conn, person, node_id)
+                kept = {"person_id": person.person_id}
+            elif removed is not None:
+                applied = self._remove(conn, removed, node_id, reason=f"deleted at {node_id}")
+                kept = {"person_id": removed}
+            elif kind == "device_health":
+                kept = _plain(data)
+                conn.execute("INSERT OR REPLACE INTO device_health VALUES (?, ?, ?, ?, ?)",
+                             (node_id, str(data.get("name", "?"))[:MAX_ID], str(data.get("state", "?"))[:32],
+                              None if data.get("error") is None else str(data["error"])[:500], at))
+            elif kind in ("identified", "unknown"):
+                kept = _plain(data)
+            else:
+                applied = Applied(duplicate=False, effect="unrecognised kind")
+            conn.execute("INSERT INTO events (node_id, key, seq, kind, at, applied_at, effect, data) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         (node_id, key, seq, kind, at, time.time(), applied.effect,
+                          None if kept is None else msgpack.packb(kept)))
+            return applied
+        applied = self._write(txn)
+        if isinstance(applied.change, Remove) and not applied.to_origin:
+            self.scrub()
+        return applied
+
+    def _upsert(self, conn: sqlite3.Connection, person: PersonRecord, node_id: str) -> Applied:
+        last = conn.execute("SELECT cursor, kind FROM changes WHERE person_id = ?",
+                            (person.person_id,)).fetchone()
+        if last is not None and last[1] == "remove":
+            # a removal is final: a late enrolment of the same person never brings them back
+            _audit(conn, "enrol_refused", person_id=person.person_id, node_id=node_id, reason="already removed")
+            return Applied(duplicate=False, effect="refused: removed", change=Remove(last[0], person.person_id),
+                           to_origin=True)
+        palms = msgpack.packb([[p.palm, list(p.templates)] for p in person.palms])
+        conn.execute("INSERT OR REPLACE INTO people VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     (person.person_id, person.card_digest, person.card_last4, person.phone_digest,
+                      seal(self._key, palms, _aad(person.person_id)), person.enrolled_at, person.origin_node))
+        cursor = _log_change(conn, "upsert", person.person_id)
+        _audit(conn, "enrolled", person_id=person.person_id, node_id=node_id,
+               palms=[p.palm for p in person.palms])
+        return Applied(duplicate=False, effect="enrolled", change=Upsert(cursor, person))
+
+    def _remove(self, conn: sqlite3.Connection, person_id: str, node_id: str, *, reason: str) -> Applied:
+        existed = conn.execute("DELETE FROM people WHERE person_id = ?", (person_id,)).rowcount > 0
+        cursor = _log_change(conn, "remove", person_id)
+        _audit(conn, "removed", person_id=person_id, node_id=node_id, reason=reason, existed=existed)
+        return Applied(duplicate=False, effect="removed" if existed else "removed (unknown)",
+                       change=Remove(cursor, person_id))
+
+    def remove_person(self, person_id: str, *, by: str, reason: str = "request") -> Remove:
+        """Remove a person outright (an operator's request at the controller); returns the change."""
+        applied = self._write(lambda conn: self._remove(conn, person_id, by, reason=reason))
+        self.scrub()
+        return applied.change
+
+    def scrub(self) -> None:
+        """Truncate the WAL so removed rows survive in no page image of the ``-wal`` file."""
+        with self._lock:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def events(self, node_id: str | None = None, kind: str | None = None) -> list[EventRecord]:
+        sql, params = "SELECT node_id, key, seq, kind, at, effect, data FROM events WHERE 1", []
+        if node_id is not None:
+            sql, params = sql + " AND node_id = ?", params + [node_id]
+        if kind is not None:
+            sql, params = sql + " AND kind = ?", params + [kind]
+        return [EventRecord(r[0], r[1], r[2], r[3], r[4], r[5], None if r[6] is None else msgpack.unpackb(r[6]))
+                for r in self._read(sql + " ORDER BY id", tuple(params))]
+
+    def device_health(self) -> list[DeviceHealthRecord]:
+        return [DeviceHealthRecord(*r) for r in self._read("SELECT * FROM device_health ORDER BY node_id, name")]
+
+    # -- people and replication ----------------------------------------------------------------
+
+    def get_person(self, person_id: str) -> PersonRecord | None:
+        rows = self._read("SELECT * FROM people WHERE person_id = ?", (person_id,))
+        return self._person(rows[0]) if rows else None
+
+    def people_count(self) -> int:
+        return self._read("SELECT count(*) FROM people")[0][0]
+
+    def _person(self, row: tuple) -> PersonRecord:
+        person_id, card, last4, phone, sealed, enrolled_at, origin = row
+        palms = msgpack.unpackb(open_(self._key, sealed, _aad(person_id)))
+        return PersonRecord(person_id=person_id, card_digest=card, card_last4=last4, phone_digest=phone,
+                            palms=tuple(StoredPalm(p, tuple(ts)) for p, ts in palms),
+                            enrolled_at=enrolled_at, origin_node=origin)
+
+    def head_cursor(self) -> int:
+        """The cursor of the newest change (0 when there is none)."""
+        return self._read("SELECT coalesce(max(cursor), 0) FROM changes")[0][0]
+
+    def changes_since(self, cursor: int, *, max_bytes: int = SYNC_BYTES) -> tuple[list[Change], int, bool]:
+        """Changes after ``cursor``, oldest first, about ``max_bytes`` of templates at most.
+
+        Returns (changes, the cursor to ask from next, more-to-come). A cursor beyond the newest
+        change (a node that knew another database) starts from the beginning.
+        """
+        with self._lock:
+            head = self._conn.execute("SELECT coalesce(max(cursor), 0) FROM changes").fetchone()[0]
+            if cursor > head:
+                cursor = 0
+            out: list[Change] = []
+            size, last = 0, cursor
+            rows = self._conn.execute(
+                "SELECT c.cursor, c.kind, c.person_id, p.* FROM changes c LEFT JOIN people p "
+                "ON c.kind = 'upsert' AND p.person_id = c.person_id WHERE c.cursor > ? ORDER BY c.cursor",
+                (cursor,))
+            for row in rows:
+                if out and size >= max_bytes:
+                    return out, last, True
+                if row[1] == "remove":
+                    out.append(Remove(row[0], row[2]))
+                    size += 64
+                else:
+                    person = self._person(row[3:])
+                    out.append(Upsert(row[0], person))
+                    size += 256 + sum(len(t) for p in person.palms for t in p.templates)
+                last = row[0]
+            return out, last if out else head, False
+
+    # -- charges -------------------------------------------------------------------------------
+
+    def charge(self, *, request_key: str, node_id: str, person_id: str, card_digest: bytes | None,
+               amount_cents: int, currency: str, limit_cents: int) -> Charge:
+        """Decide a charge: approved when the person exists, the card digest is theirs and the amount
+        is within ``limit_cents``. The same ``request_key`` always gets the first decision back."""
+
+        def txn(conn):
+            row = conn.execute("SELECT approved, reference, reason FROM charges WHERE request_key = ?",
+                               (request_key,)).fetchone()
+            if row is not None:
+                return Charge(bool(row[0]), row[1], row[2])
+            person = conn.execute("SELECT card_digest FROM people WHERE person_id = ?", (person_id,)).fetchone()
+            if person is None:
+                reason = "unknown person"
+            elif person[0] is None or card_digest is None or not secrets.compare_digest(person[0], card_digest):
+                reason = "card does not match"
+            elif amount_cents <= 0:
+                reason = "amount must be positive"
+            elif amount_cents > limit_cents:
+                reason = "over the per-transaction limit"
+            else:
+                reason = None
+            reference = "ch_" + secrets.token_hex(8)
+            conn.execute("INSERT INTO charges VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (request_key, reference, node_id, person_id, amount_cents, currency, reason is None,
+                          reason, time.time()))
+            return Charge(reason is None, reference, reason)
+        return self._write(txn)
+
+    # -- audit ---------------------------------------------------------------------------------
+
+    def audit(self, kind: str, **fields: object) -> None:
+        """Add an audit entry (plain values only: never templates, card or phone digests)."""
+        self._write(lambda conn: _audit(conn, kind, **fields))
+
+    def audit_entries(self) -> list[dict]:
+        return [{"at": r[0], "kind": r[1], **json.loads(r[2])}
+                for r in self._read("SELECT at, kind, fields FROM audit ORDER BY id")]
+
+
+def _aad(person_id: str) -> bytes:
+    return b"controller.people:" + person_id.encode()
+
+
+def _log_change(conn: sqlite3.Connection, kind: str, person_id: str) -> int:
+    # the log keeps only a person's latest change: no earlier upsert of theirs survives a remove
+    conn.execute("DELETE FROM changes WHERE person_id = ?", (person_id,))
+    return conn.execute("INSERT INTO changes (kind, person_id, at) VALUES (?, ?, ?)",
+                        (kind, person_id, time.time())).lastrowid
+
+
+def _audit(conn: sqlite3.Connection, kind: str, **fields: object) -> None:
+    conn.execute("INSERT INTO audit (at, kind, fields) VALUES (?, ?, ?)",
+                 (time.time(), kind, json.dumps(fields, default=str)))
+
+
+def _plain(data: Mapping[str, Any]) -> dict:
+    """The scalar fields of a non-biometric event (bytes and nested values are not kept)."""
+    return {str(k)[:64]: v for k, v in data.items()
+            if isinstance(v, (str, int, float, bool)) or v is None}
+
+
+def _reason(exc: BaseException) -> str:
+    return (getattr(exc, "strerror", None) or str(exc)).splitlines()[0]

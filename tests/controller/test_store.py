@@ -1,0 +1,256 @@
+"""The controller's SQLite record, on real database files."""
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import threading
+
+import pytest
+
+from palmnode.controller.store import (BadRecord, PersonRecord, Remove, Store, StoreError, StoredPalm,
+                                       Upsert)
+from palmnode.vault import VaultKeys
+
+KEYS = VaultKeys.from_secret(bytes(range(32)))
+
+
+def person_wire(person_id: str = "p-1", *, card: bytes | None = None, phone: bytes | None = None,
+                templates: int = 3, origin: str = "gate-a") -> dict:
+    return {"person_id": person_id, "card_digest": card or os.urandom(32), "card_last4": "4242",
+            "phone_digest": phone or os.urandom(32),
+            "palms": [{"palm": "right", "templates": [os.urandom(772) for _ in range(templates)]}],
+            "enrolled_at": 1_700_000_000.5, "origin_node": origin}
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = Store.open(tmp_path / "controller.db", KEYS)
+    yield store
+    store.close()
+
+
+def enrol(store: Store, person: dict, *, node="gate-a", key=None, seq=1):
+    return store.apply_event(node_id=node, key=key or f"{node}:{seq}", seq=seq, kind="enrolled", at=1.0,
+                             data={"person": person})
+
+
+def files_bytes(path) -> bytes:
+    out = b""
+    for suffix in ("", "-wal", "-shm"):
+        f = path.parent / (path.name + suffix)
+        if f.exists():
+            out += f.read_bytes()
+    return out
+
+
+def test_file_is_private_and_durable(store, tmp_path):
+    enrol(store, person_wire())
+    for suffix in ("", "-wal", "-shm"):
+        f = tmp_path / ("controller.db" + suffix)
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, suffix
+    conn = sqlite3.connect(tmp_path / "controller.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+
+def test_enrolled_person_round_trips_with_templates_sealed(store, tmp_path):
+    wire = person_wire()
+    applied = enrol(store, wire)
+    assert not applied.duplicate and isinstance(applied.change, Upsert)
+    got = store.get_person("p-1")
+    assert got == PersonRecord.from_wire(wire)
+    assert got.to_wire() == wire
+    raw = files_bytes(tmp_path / "controller.db")
+    for template in wire["palms"][0]["templates"]:
+        assert template[:64] not in raw  # only ciphertext on disk
+
+
+def test_duplicate_event_is_applied_once(store):
+    first = enrol(store, person_wire("p-1"), key="gate-a:7", seq=7)
+    again = enrol(store, person_wire("p-1"), key="gate-a:7", seq=7)
+    assert not first.duplicate and again.duplicate and again.change is None
+    assert len(store.events(kind="enrolled")) == 1
+    assert store.head_cursor() == first.change.cursor
+    # the same key from another node is another event
+    assert not enrol(store, person_wire("p-2"), node="gate-b", key="gate-a:7").duplicate
+    for _ in range(3):
+        store.apply_event(node_id="gate-a", key="gate-a:9", seq=9, kind="identified", at=2.0,
+                          data={"person_id": "p-1", "palm": "right", "score": 0.91, "latency_ms": 80.0,
+                                "mode": "entry"})
+    [ident] = store.events(kind="identified")
+    assert ident.data == {"person_id": "p-1", "palm": "right", "score": 0.91, "latency_ms": 80.0, "mode": "entry"}
+
+
+def test_bad_payload_writes_nothing(store):
+    bad = person_wire()
+    bad["palms"][0]["palm"] = "middle"
+    with pytest.raises(BadRecord, match="palm"):
+        enrol(store, bad)
+    with pytest.raises(BadRecord, match="person_id"):
+        store.apply_event(node_id="gate-a", key="k", seq=1, kind="deleted", at=1.0, data={})
+    assert store.events() == [] and store.head_cursor() == 0
+    # the key was not consumed: a corrected event under it still applies
+    assert not enrol(store, person_wire(), key="gate-a:1").duplicate
+
+
+def test_transaction_is_all_or_nothing(store, monkeypatch):
+    import palmnode.controller.store as mod
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk gone")
+    monkeypatch.setattr(mod, "_audit", boom)  # fails after the person and change rows are written
+    with pytest.raises(RuntimeError):
+        enrol(store, person_wire())
+    monkeypatch.undo()
+    assert store.get_person("p-1") is None and store.events() == [] and store.head_cursor() == 0
+
+
+def test_change_log_keeps_one_latest_row_per_person(store):
+    enrol(store, person_wire("p-1"), seq=1)
+    enrol(store, person_wire("p-2"), seq=2)
+    enrol(store, person_wire("p-1"), seq=3)  # re-enrolled: p-1's first upsert row goes
+    changes, cursor, more = store.changes_since(0)
+    assert [type(c).__name__ + ":" + (c.person.person_id if isinstance(c, Upsert) else c.person_id)
+            for c in changes] == ["Upsert:p-2", "Upsert:p-1"]
+    assert cursor == store.head_cursor() and not more
+    store.apply_event(node_id="gate-b", key="gate-b:1", seq=1, kind="deleted", at=3.0, data={"person_id": "p-1"})
+    changes, cursor2, _ = store.changes_since(0)
+    assert [c.to_wire()["kind"] for c in changes] == ["upsert", "remove"]
+    assert changes[1] == Remove(cursor2, "p-1")
+    # a node that was at `cursor` learns only the removal
+    assert store.changes_since(cursor)[0] == [Remove(cursor2, "p-1")]
+    assert store.changes_since(cursor2) == ([], cursor2, False)
+    # cursors are never reused, even after rows were deleted
+    assert enrol(store, person_wire("p-3"), seq=4).change.cursor > cursor2
+
+
+def test_sync_pages_by_size(store):
+    for i in range(10):
+        enrol(store, person_wire(f"p-{i}", templates=3), seq=i)
+    seen, cursor, pages = [], 0, 0
+    while True:
+        changes, cursor, more = store.changes_since(cursor, max_bytes=5000)
+        seen += [c.person.person_id for c in changes]
+        pages += 1
+        if not more:
+            break
+    assert seen == [f"p-{i}" for i in range(10)] and pages > 3
+    # a cursor from another database (beyond ours) starts over
+    assert len(store.changes_since(10_000)[0]) == 10
+
+
+def test_removal_is_final(store):
+    enrol(store, person_wire("p-1"), seq=1)
+    store.apply_event(node_id="gate-b", key="gate-b:1", seq=1, kind="deleted", at=3.0, data={"person_id": "p-1"})
+    late = enrol(store, person_wire("p-1"), node="gate-c", seq=1)
+    assert late.effect.startswith("refused") and late.to_origin and isinstance(late.change, Remove)
+    assert store.get_person("p-1") is None
+
+
+def test_delete_leaves_none_of_the_persons_bytes(store, tmp_path):
+    db = tmp_path / "controller.db"
+    card, phone = os.urandom(32), os.urandom(32)
+    wire = person_wire("victim-0001", card=card, phone=phone)
+    enrol(store, wire, seq=1)
+    enrol(store, person_wire("other-0002"), seq=2)
+    sealed = store._read("SELECT palms FROM people WHERE person_id = 'victim-0001'")[0][0]
+    raw = files_bytes(db)
+    assert card in raw and sealed[:32] in raw  # they were there
+    store.apply_event(node_id="gate-b", key="gate-b:1", seq=1, kind="deleted", at=3.0,
+                      data={"person_id": "victim-0001"})
+    for raw in (files_bytes(db),):
+        for secret in (card, phone, sealed[:32], sealed[-32:]):
+            assert secret not in raw
+    store.close()
+    raw = files_bytes(db)
+    for secret in (card, phone, sealed[:32], sealed[-32:]):
+        assert secret not in raw
+    reopened = Store.open(db, KEYS)
+    assert reopened.get_person("other-0002") is not None and reopened.get_person("victim-0001") is None
+    reopened.close()
+
+
+def test_charges(store):
+    card = os.urandom(32)
+    enrol(store, person_wire("p-1", card=card))
+
+    def charge(key, **kw):
+        args = dict(request_key=key, node_id="gate-a", person_id="p-1", card_digest=card, amount_cents=500,
+                    currency="EUR", limit_cents=10_000)
+        return store.charge(**{**args, **kw})
+    ok = charge("r1")
+    assert ok.approved and ok.reason is None and ok.reference.startswith("ch_")
+    assert charge("r1") == ok  # idempotent per request key
+    assert charge("r1", amount_cents=99_999) == ok
+    assert charge("r2", card_digest=os.urandom(32)).reason == "card does not match"
+    assert charge("r3", person_id="nobody").reason == "unknown person"
+    assert charge("r4", amount_cents=10_001).reason == "over the per-transaction limit"
+    assert charge("r5", amount_cents=0).reason == "amount must be positive"
+    assert charge("r6", amount_cents=10_000).approved
+    assert len({charge(k).reference for k in ("r1", "r2", "r3", "r4", "r5", "r6")}) == 6
+
+
+def test_nodes_health_and_audit(store):
+    store.node_seen("gate-a", version=1, capabilities=("identify", "enrol"), at=10.0)
+    store.node_seen("gate-a", version=1, capabilities=("identify",), at=20.0)
+    [node] = store.nodes()
+    assert (node.first_seen, node.last_seen, node.capabilities) == (10.0, 20.0, ("identify",))
+    store.apply_event(node_id="gate-a", key="h1", seq=1, kind="device_health", at=5.0,
+                      data={"name": "camera", "state": "lost", "error": "stream closed"})
+    [health] = store.device_health()
+    assert (health.name, health.state, health.error) == ("camera", "lost", "stream closed")
+    store.apply_event(node_id="gate-a", key="x1", seq=2, kind="future_kind", at=5.0, data={"a": 1})
+    assert store.events(kind="future_kind")[0].effect == "unrecognised kind"
+    card = os.urandom(32)
+    enrol(store, person_wire("p-1", card=card), seq=3)
+    store.audit("operator", note="hello")
+    entries = store.audit_entries()
+    assert [e["kind"] for e in entries] == ["enrolled", "operator"]
+    assert card.hex() not in repr(entries)
+
+
+def test_another_key_or_file_is_refused(tmp_path):
+    store = Store.open(tmp_path / "c.db", KEYS)
+    enrol(store, person_wire())
+    store.close()
+    with pytest.raises(StoreError, match="another key"):
+        Store.open(tmp_path / "c.db", VaultKeys.from_secret(bytes(32)))
+    (tmp_path / "junk.db").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="not usable"):
+        Store.open(tmp_path / "junk.db", KEYS)
+    with pytest.raises(StoreError, match="cannot open"):
+        Store.open(tmp_path / "junk.db" / "x.db", KEYS)
+
+
+def test_concurrent_duplicates_from_threads_apply_once(store):
+    wire = person_wire("p-1")
+    results = []
+
+    def deliver():
+        results.append(enrol(store, wire, key="gate-a:1"))
+    threads = [threading.Thread(target=deliver) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r.duplicate for r in results) == [False] + [True] * 7
+    assert len(store.changes_since(0)[0]) == 1
+
+
+def test_stored_palm_record_validation():
+    good = person_wire()
+    for mutate, match in [
+        (lambda d: d.update(person_id=""), "person_id"),
+        (lambda d: d.update(palms=[]), "palms"),
+        (lambda d: d["palms"][0].update(templates=["str"]), "templates"),
+        (lambda d: d.update(card_digest=b"short"), "card_digest"),
+        (lambda d: d.update(card_last4="12a4"), "last4"),
+        (lambda d: d.update(enrolled_at=True), "enrolled_at"),
+    ]:
+        bad = {**good, "palms": [dict(p) for p in good["palms"]]}
+        mutate(bad)
+        with pytest.raises(BadRecord, match=match):
+            PersonRecord.from_wire(bad)
+    assert PersonRecord.from_wire({**good, "card_digest": None, "phone_digest": None}).palms[0] == \
+        StoredPalm("right", tuple(good["palms"][0]["templates"]))
