@@ -489,6 +489,7 @@ class EvalOptions:
     min_quality: float | None = None
     debug_dir: str | None = None
     sheet: int = 48
+    calibration_out: str | None = None
 
     @classmethod
     def from_namespace(cls, ns: argparse.Namespace) -> EvalOptions:
@@ -525,6 +526,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--debug-dir", default=None, help="also write every loaded or rendered frame here "
                         "as PNG (raw palm images: only for debugging)")
     parser.add_argument("--sheet", type=int, default=48, help="ROIs on the contact sheet (default 48, 0 = none)")
+    parser.add_argument("--calibration-out", default=None, metavar="PATH",
+                        help="also write the impostor score calibration (JSON) a gate sets its decision "
+                        "threshold from: fused scores of the cross-session protocol (else all-vs-all)")
     return parser
 
 
@@ -614,6 +618,7 @@ def run(options: EvalOptions, *, pipeline: Pipeline | None = None, scorer: Score
         curves_by_protocol["all_vs_all"] = {}
         report["all_vs_all"] = _section(enc.keys, enc.outcomes, lambda k: True, keys, scores, mods,
                                         curves_by_protocol["all_vs_all"])
+        calibration_scores = scores.impostor[mods[-1]]
         del scores
     if run_cross:
         first = sessions[0]
@@ -624,6 +629,7 @@ def run(options: EvalOptions, *, pipeline: Pipeline | None = None, scorer: Score
         curves_by_protocol["cross_session"] = {}
         section = _section([k for k, _ in probe_side], [o for _, o in probe_side], lambda k: False,
                            pkeys, scores, mods, curves_by_protocol["cross_session"])
+        calibration_scores = scores.impostor[mods[-1]]
         del scores
         enrol_side = [(k, o) for k, o in zip(enc.keys, enc.outcomes) if k.session == first]
         enrol_fail = failure_report([k for k, _ in enrol_side], [o for _, o in enrol_side], lambda k: True)
@@ -652,8 +658,27 @@ def run(options: EvalOptions, *, pipeline: Pipeline | None = None, scorer: Score
                                             for label, o in tiles])
         plots["roi_contact_sheet"] = str(path)
     report["plots"] = plots
+    if options.calibration_out:
+        report["calibration"] = write_calibration(Path(options.calibration_out), calibration_scores, mods[-1])
     report["seconds"] = round(time.monotonic() - started, 2)
     return report
+
+
+CALIBRATION_KEEP = 20_000  # impostor tail kept: FMR down from ~1e-3 at a few million impostors
+
+
+def write_calibration(path: Path, impostor: np.ndarray, modality: str) -> dict:
+    """Save the impostor tail a gate turns into its decision threshold (``matcher.Calibration``)."""
+    from palmnode.biometrics.matcher import Calibration
+
+    if impostor.size == 0:
+        raise EvalError("no impostor scores to calibrate from: evaluate at least two palms")
+    cal = Calibration.from_impostors(impostor, keep=CALIBRATION_KEEP)
+    try:
+        path.write_text(cal.to_json())
+    except OSError as exc:
+        raise EvalError(f"cannot write the calibration {path}: {exc.strerror}") from None
+    return {"path": str(path), "modality": modality, "impostors": cal.n, "min_fmr": cal.min_fmr}
 
 
 def _section(keys, outcomes, enrol, usable_keys, scores: ProtocolScores, mods, det: dict) -> dict:

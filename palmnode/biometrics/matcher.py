@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 
 import attrs
 import numpy as np
@@ -176,6 +177,47 @@ class Calibration:
                 raise ValueError(f"FMR {fmr:g} lies outside the kept tail of {self.tail.size} scores")
             return -math.inf
         return float(np.nextafter(self.tail[allowed], math.inf))
+
+    def tail_fit(self) -> tuple[float, float]:
+        """``(a, b)`` of the probit line ``z = a + b * score`` through the measured impostor tail.
+
+        ``z = -Φ⁻¹(FMR)``: a straight line in these units is a Gaussian tail, what the sum of many
+        nearly independent code bits gives (the similarity is a scaled z-score under the
+        impostor model, see the module text). Fitted by least squares over the last measured
+        decades, FMR 1e-3 (or the kept tail) down to 20 impostors above the threshold: real tails
+        are a little heavier than Gaussian at the top, and these points see that.
+        """
+        top = min(self.tail.size, int(self.n * 1e-3))
+        counts = np.unique(np.geomspace(20, max(top, 21), 64).astype(np.int64))
+        counts = counts[counts <= self.tail.size]
+        if counts.size < 8:
+            raise ValueError(f"{self.n} impostor comparisons are too few to fit the tail: calibrate on at "
+                             "least 10,000")
+        inv = statistics.NormalDist().inv_cdf
+        z = np.array([-inv(c / self.n) for c in counts])
+        b, a = np.polyfit(self.tail[counts - 1], z, 1)
+        if b <= 0:
+            raise ValueError("the impostor tail does not fall with the score: the calibration data is unusable")
+        return float(a), float(b)
+
+    def threshold_beyond(self, fmr: float) -> float:
+        """The threshold for an FMR below what was measured, from the fitted Gaussian tail.
+
+        1:N needs per-comparison FMRs (1e-9 at a million palms) no affordable impostor set
+        measures; this extrapolates the tail fitted by :meth:`tail_fit`, and is never below
+        the highest impostor score seen.
+        """
+        if not (0.0 < fmr < 1.0):
+            raise ValueError(f"fmr must be in (0, 1), got {fmr!r}")
+        a, b = self.tail_fit()
+        z = -statistics.NormalDist().inv_cdf(fmr)
+        return max((z - a) / b, float(np.nextafter(self.tail[0], math.inf)))
+
+    def decision_threshold(self, fmr: float) -> float:
+        """:meth:`threshold_for` where the impostors measure ``fmr``, else :meth:`threshold_beyond`."""
+        if fmr * self.n >= 10:
+            return self.threshold_for(fmr)
+        return self.threshold_beyond(fmr)
 
     def to_dict(self) -> dict:
         return {"version": 1, "n": self.n, "tail": self.tail.tolist()}

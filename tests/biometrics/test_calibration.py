@@ -1,0 +1,60 @@
+"""Decision thresholds from impostor scores: measured where the impostors reach, extrapolated
+from the fitted tail beyond, and written by ``palmnode eval --calibration-out``."""
+from __future__ import annotations
+
+import json
+import statistics
+
+import numpy as np
+import pytest
+
+from palmnode.biometrics import evaluate as ev
+from palmnode.biometrics.matcher import Calibration
+from tests.biometrics.test_evaluate import run_main, write_folder
+
+
+def test_gaussian_tail_is_extrapolated_to_where_no_impostor_set_reaches():
+    imp = np.random.default_rng(5).normal(0.0, 1.0, 2_000_000)
+    cal = Calibration.from_impostors(imp, keep=20_000)
+    a, b = cal.tail_fit()
+    assert b == pytest.approx(1.0, rel=0.05) and a == pytest.approx(0.0, abs=0.1)
+    for fmr in (1e-7, 1e-9, 1e-12):
+        want = -statistics.NormalDist().inv_cdf(fmr)
+        assert cal.decision_threshold(fmr) == pytest.approx(want, abs=0.1)
+    assert cal.decision_threshold(1e-4) == cal.threshold_for(1e-4)  # measured where 200 impostors are above
+    assert cal.threshold_beyond(1e-30) > cal.threshold_beyond(1e-12) > imp.max()
+
+
+def test_extrapolation_never_goes_below_the_highest_impostor_seen():
+    imp = np.random.default_rng(6).normal(0.0, 1.0, 200_000)
+    imp[:3] = 50.0  # a heavy tail the fit cannot see
+    cal = Calibration.from_impostors(imp)
+    assert cal.threshold_beyond(1e-7) > 50.0
+
+
+def test_too_few_impostors_to_fit_is_a_clear_error():
+    cal = Calibration.from_impostors(np.random.default_rng(7).normal(size=1000))
+    with pytest.raises(ValueError, match="too few to fit the tail"):
+        cal.threshold_beyond(1e-9)
+    with pytest.raises(ValueError, match="fmr must be in"):
+        cal.threshold_beyond(0.0)
+
+
+def test_eval_writes_the_calibration_a_gate_loads(tmp_path, capsys):
+    folder = write_folder(tmp_path / "imgs")
+    out_path = tmp_path / "calibration.json"
+    rc, out, err = run_main(capsys, [str(folder), "--out", str(tmp_path / "out"), "--modality", "both",
+                                     "--calibration-out", str(out_path)])
+    assert rc == 0, err
+    report = json.loads(out.strip().splitlines()[-1])
+    cal = Calibration.from_json(out_path.read_text())
+    assert report["calibration"]["impostors"] == cal.n == report["cross_session"]["counts"]["impostor"]
+    assert report["calibration"]["modality"] == "fused"
+
+
+def test_unwritable_calibration_path_is_one_line(tmp_path, capsys):
+    folder = write_folder(tmp_path / "imgs")
+    rc, out, err = run_main(capsys, [str(folder), "--out", str(tmp_path / "out"),
+                                     "--calibration-out", str(tmp_path / "missing" / "c.json")])
+    assert rc == 1 and "cannot write the calibration" in err and "Traceback" not in err
+    assert ev.CALIBRATION_KEEP >= 10_000
