@@ -5,6 +5,7 @@ onto another row, another palm or another person fails to open just as an altere
 """
 from __future__ import annotations
 
+import functools
 import os
 
 from cryptography.exceptions import InvalidTag
@@ -17,10 +18,14 @@ TAG_BYTES = 16  # NIST SP 800-38D §5.2.1.2: full 128-bit tag
 KEY_BYTES = 32  # AES-256
 
 
+# one cipher object per key: building it costs more than sealing a template
+_cipher = functools.lru_cache(maxsize=8)(AESGCM)
+
+
 def seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
     """Encrypt and authenticate ``plaintext`` under ``key``, bound to ``aad``; a fresh random nonce each call."""
     nonce = os.urandom(NONCE_BYTES)
-    return nonce + AESGCM(key).encrypt(nonce, bytes(plaintext), aad)
+    return nonce + _cipher(bytes(key)).encrypt(nonce, bytes(plaintext), aad)
 
 
 def open_(key: bytes, blob: bytes, aad: bytes) -> bytes:
@@ -31,6 +36,6 @@ def open_(key: bytes, blob: bytes, aad: bytes) -> bytes:
     if len(blob) < NONCE_BYTES + TAG_BYTES:
         raise TamperedData(f"sealed value is {len(blob)} bytes, shorter than nonce and tag")
     try:
-        return AESGCM(key).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
+        return _cipher(bytes(key)).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
     except InvalidTag:
         raise TamperedData("sealed value fails authentication (altered, misplaced or another key)") from None

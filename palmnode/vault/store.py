@@ -1,0 +1,433 @@
+"""The vault proper: one SQLite file (WAL) holding people, their sealed templates, the outbox and the audit log.
+
+Synchronous and thread-safe: one connection, one lock; async callers use ``trio.to_thread.run_sync``.
+Every change that belongs together (a person and their outbox event; a removal, its audit entry and
+its event) is one transaction, so a crash at any instant leaves either all of it or none of it.
+"""
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import math
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from drivers.card_reader.cardtoken import CardToken
+from palmnode.biometrics.types import BadTemplate, PalmTemplate
+from palmnode.vault import schema
+from palmnode.vault.crypto import open_, seal
+from palmnode.vault.errors import (DuplicateCard, DuplicatePerson, DuplicatePhone, TamperedData, VaultError,
+                                   VaultKeyError)
+from palmnode.vault.keys import VaultKeys, load_keys
+from palmnode.vault.phone import normalise_phone
+from palmnode.vault.records import EnrolledPalm, OutboxEvent, Person, VaultConfig
+
+_KEY_CHECK = b"palmnode vault key check v1"
+_PEOPLE_BATCH = 256  # people() reads this many people per lock hold
+_AUDIT_SCALARS = (str, int, float, bool, type(None))
+
+
+def _aad(table: str, *parts: str | int | bytes) -> bytes:
+    """Associated data naming a sealed value's place; length-prefixed so no two places collide."""
+    out = bytearray()
+    for part in (table, *parts):
+        raw = part if isinstance(part, bytes) else str(part).encode("utf-8")
+        out += len(raw).to_bytes(4, "big") + raw
+    return bytes(out)
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` with mode 0600 (or narrow an existing one): SQLite gives -wal/-shm the same mode."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        side = Path(f"{path}{suffix}")
+        if side.exists():
+            os.chmod(side, 0o600)
+
+
+def _person_from_event(data: Mapping[str, Any]) -> str | None:
+    """The person an event's payload names (``person_id`` or ``person.person_id``), for purging with them."""
+    person_id = data.get("person_id")
+    if isinstance(person_id, str):
+        return person_id
+    person = data.get("person")
+    if isinstance(person, Mapping) and isinstance(person.get("person_id"), str):
+        return person["person_id"]
+    return None
+
+
+class Vault:
+    """The node's encrypted store of enrolled people, its event outbox and its audit log."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, keys: VaultKeys, instance: str,
+                 node_id: str, clock: Callable[[], float]) -> None:
+        self._conn = conn
+        self._path = path
+        self._keys = keys
+        self._lock = threading.RLock()
+        self._key_prefix = f"{node_id}/{instance}" if node_id else instance
+        self._clock = clock
+        self._closed = False
+
+    # --- opening and closing ---------------------------------------------------------------
+    @classmethod
+    def open(cls, path: Path, keys: VaultKeys, *, node_id: str = "",
+             clock: Callable[[], float] = time.time) -> Vault:
+        """Open (or create, mode 0600) the vault at ``path``; :class:`VaultKeyError` if ``keys`` are not its keys.
+
+        ``node_id`` prefixes the outbox's idempotency keys; ``clock`` stamps events and audit entries.
+        """
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _private_file(path)
+        except OSError as exc:
+            raise VaultError(f"cannot create vault {path}: {exc.strerror}") from None
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            instance = cls._prepare(conn, path, keys, clock)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise VaultError(f"{path} is not a usable palmnode vault ({exc}); restore it from a backup") from None
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, path, keys, instance, node_id, clock)
+
+    @staticmethod
+    def _prepare(conn: sqlite3.Connection, path: Path, keys: VaultKeys, clock: Callable[[], float]) -> str:
+        conn.execute("PRAGMA secure_delete = ON")  # deleted rows are zeroed, not just unlinked
+        conn.execute("PRAGMA temp_store = MEMORY")  # no temporary files holding rows
+        conn.execute("PRAGMA foreign_keys = ON")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise VaultError(f"{path}: SQLite refused WAL mode (got {mode}); put the vault on a local filesystem")
+        conn.execute("PRAGMA synchronous = FULL")  # a commit is on disk before add_person returns
+        check = keys.lookup(_KEY_CHECK)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = schema.stored_version(conn, path)
+            if version is None:
+                schema.create(conn)
+                instance = secrets.token_hex(8)
+                conn.execute("INSERT INTO vault (only_row, version, instance, key_check, created_at) "
+                             "VALUES (1, ?, ?, ?, ?)", (schema.SCHEMA_VERSION, instance, check, clock()))
+            else:
+                instance, stored_check = conn.execute("SELECT instance, key_check FROM vault").fetchone()
+                if not hmac.compare_digest(bytes(stored_check), check):
+                    raise VaultKeyError(f"vault {path} was created with a different key; "
+                                        f"use the key file or PALMNODE_VAULT_KEY it was made with")
+                schema.migrate(conn, version)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        _private_file(path)  # -wal and -shm exist now
+        return instance
+
+    def close(self) -> None:
+        """Checkpoint and close; the vault is then one file again. Safe to call twice."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._conn.close()
+
+    def __enter__(self) -> Vault:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._check_open()
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                if self._conn.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
+                    self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._check_open()
+            yield self._conn
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise VaultError(f"vault {self._path} is closed")
+
+    # --- digests ----------------------------------------------------------------------------
+    def phone_digest(self, phone: str) -> bytes:
+        """HMAC(lookup_key, the E.164 form of ``phone``); :class:`InvalidPhone` if it is not a phone number."""
+        return self._keys.lookup(b"phone\0" + normalise_phone(phone).encode("ascii"))
+
+    def audit_subject(self, person_id: str) -> str:
+        """How the audit log names ``person_id``: a keyed hash (hex), never the id itself."""
+        return self._keys.lookup(b"person\0" + person_id.encode("utf-8")).hex()
+
+    # --- people -----------------------------------------------------------------------------
+    def add_person(self, person: Person, *, event: tuple[str, dict] | None = None) -> OutboxEvent | None:
+        """Store ``person`` (sealed templates, card, phone) and ``event`` in ONE transaction.
+
+        Raises :class:`DuplicatePerson`, :class:`DuplicateCard` or :class:`DuplicatePhone` with
+        nothing written. Returns the outbox event when one was given.
+        """
+        pid = person.person_id
+        sealed = [(palm.palm, position, idx, seal(self._keys.template_key, template.to_bytes(),
+                                                  _aad("templates", pid, palm.palm, idx)))
+                  for position, palm in enumerate(person.palms) for idx, template in enumerate(palm.templates)]
+        with self._transaction() as conn:
+            if conn.execute("SELECT 1 FROM people WHERE person_id = ?", (pid,)).fetchone():
+                raise DuplicatePerson(f"person {pid} is already enrolled")
+            if person.card is not None:
+                row = conn.execute("SELECT person_id FROM cards WHERE card_digest = ?", (person.card.digest,)).fetchone()
+                if row:
+                    raise DuplicateCard(f"card …{person.card.last4} is already enrolled to person {row[0]}")
+            if person.phone_digest is not None:
+                row = conn.execute("SELECT person_id FROM phones WHERE phone_digest = ?", (person.phone_digest,)).fetchone()
+                if row:
+                    raise DuplicatePhone(f"phone number is already enrolled to person {row[0]}")
+            conn.execute("INSERT INTO people (person_id, enrolled_at, origin_node) VALUES (?, ?, ?)",
+                         (pid, float(person.enrolled_at), person.origin_node))
+            for position, palm in enumerate(person.palms):
+                conn.execute("INSERT INTO palms (person_id, palm, position) VALUES (?, ?, ?)", (pid, palm.palm, position))
+            conn.executemany("INSERT INTO templates (person_id, palm, idx, sealed) VALUES (?, ?, ?, ?)",
+                             [(pid, palm, idx, blob) for palm, _, idx, blob in sealed])
+            if person.card is not None:
+                digest = person.card.digest
+                conn.execute("INSERT INTO cards (card_digest, person_id, last4) VALUES (?, ?, ?)",
+                             (digest, pid, seal(self._keys.template_key, person.card.last4.encode("utf-8"),
+                                                _aad("cards", pid, digest))))
+            if person.phone_digest is not None:
+                conn.execute("INSERT INTO phones (phone_digest, person_id) VALUES (?, ?)", (person.phone_digest, pid))
+            self._audit(conn, "person_added", pid, {"origin_node": person.origin_node,
+                                                    "palms": ",".join(p.palm for p in person.palms)})
+            return self._append(conn, *event, person_id=pid) if event is not None else None
+
+    def remove_person(self, person_id: str, *, event: tuple[str, dict] | None = None,
+                      reason: str = "request") -> bool:
+        """Forget ``person_id``: every row of theirs (templates, card, phone, outbox events naming them),
+        an audit entry naming them only by keyed hash, and ``event``, in ONE transaction; then a WAL
+        checkpoint (TRUNCATE) so nothing of theirs is left in any vault file. False if they were absent
+        (their stray outbox events are purged all the same; no audit entry or event is written).
+        """
+        with self._transaction() as conn:
+            purged = conn.execute("DELETE FROM outbox WHERE person_id = ?", (person_id,)).rowcount
+            present = conn.execute("DELETE FROM people WHERE person_id = ?", (person_id,)).rowcount > 0
+            if present:
+                self._audit(conn, "person_removed", person_id, {"reason": reason})
+                if event is not None:
+                    # the event survives the purge on purpose: it tells the controller they are gone
+                    self._append(conn, *event, person_id=None)
+        if present or purged:
+            self.checkpoint()
+        return present
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it to zero bytes (no old page versions left)."""
+        with self._reading() as conn:
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            raise VaultError(f"vault {self._path}: WAL checkpoint blocked by another reader; "
+                             f"close other connections to the vault file")
+
+    def get(self, person_id: str) -> Person | None:
+        """The person with their templates decrypted, or None. :class:`TamperedData` names a bad row."""
+        with self._reading() as conn:
+            row = conn.execute("SELECT person_id, enrolled_at, origin_node FROM people WHERE person_id = ?",
+                               (person_id,)).fetchone()
+            if row is None:
+                return None
+            people = self._load(conn, [row])
+        return people[0]
+
+    def people(self) -> Iterator[Person]:
+        """Every enrolled person (ordered by id), read in batches so other threads are not held up."""
+        after = ""
+        while True:
+            with self._reading() as conn:
+                rows = conn.execute("SELECT person_id, enrolled_at, origin_node FROM people WHERE person_id > ? "
+                                    "ORDER BY person_id LIMIT ?", (after, _PEOPLE_BATCH)).fetchall()
+                batch = self._load(conn, rows)
+            yield from batch
+            if len(rows) < _PEOPLE_BATCH:
+                return
+            after = rows[-1][0]
+
+    def _load(self, conn: sqlite3.Connection, rows: list[tuple]) -> list[Person]:
+        ids = [r[0] for r in rows]
+        marks = ",".join("?" * len(ids))
+        cards = {pid: (bytes(d), bytes(l4)) for d, pid, l4 in
+                 conn.execute(f"SELECT card_digest, person_id, last4 FROM cards WHERE person_id IN ({marks})", ids)}
+        phones = {pid: bytes(d) for d, pid in
+                  conn.execute(f"SELECT phone_digest, person_id FROM phones WHERE person_id IN ({marks})", ids)}
+        palms: dict[str, list[tuple[str, list[PalmTemplate]]]] = {pid: [] for pid in ids}
+        current: dict[tuple[str, str], list[PalmTemplate]] = {}
+        for pid, palm in conn.execute(f"SELECT person_id, palm FROM palms WHERE person_id IN ({marks}) "
+                                      f"ORDER BY person_id, position", ids):
+            current[(pid, palm)] = []
+            palms[pid].append((palm, current[(pid, palm)]))
+        for pid, palm, idx, blob in conn.execute(
+                f"SELECT person_id, palm, idx, sealed FROM templates WHERE person_id IN ({marks}) "
+                f"ORDER BY person_id, palm, idx", ids):
+            current[(pid, palm)].append(self._open_template(pid, palm, idx, blob))
+        out = []
+        for pid, enrolled_at, origin in rows:
+            card = None
+            if pid in cards:
+                digest, sealed_last4 = cards[pid]
+                last4 = self._open(sealed_last4, _aad("cards", pid, digest), f"card of person {pid}")
+                card = CardToken(digest, last4.decode("utf-8", errors="replace"))
+            try:
+                enrolled = tuple(EnrolledPalm(name, tuple(templates)) for name, templates in palms[pid])
+            except ValueError as exc:
+                raise VaultError(f"person {pid} in vault {self._path} is incomplete: {exc}") from None
+            out.append(Person(pid, card, phones.get(pid), enrolled, enrolled_at, origin))
+        return out
+
+    def _open(self, blob: Any, aad: bytes, what: str) -> bytes:
+        try:
+            return open_(self._keys.template_key, blob, aad)
+        except TamperedData as exc:
+            raise TamperedData(f"{what} in vault {self._path}: {exc}") from None
+
+    def _open_template(self, pid: str, palm: str, idx: int, blob: Any) -> PalmTemplate:
+        what = f"template {palm}#{idx} of person {pid}"
+        data = self._open(blob, _aad("templates", pid, palm, idx), what)
+        try:
+            return PalmTemplate.from_bytes(data)
+        except BadTemplate as exc:
+            raise VaultError(f"{what} in vault {self._path} is not a template this build reads: {exc}") from None
+
+    def find_by_card(self, card_digest: bytes) -> str | None:
+        """The person enrolled with this card token digest, or None."""
+        with self._reading() as conn:
+            row = conn.execute("SELECT person_id FROM cards WHERE card_digest = ?", (bytes(card_digest),)).fetchone()
+        return row[0] if row else None
+
+    def find_by_phone(self, phone: str) -> str | None:
+        """The person enrolled with this phone number (any spelling of it), or None; :class:`InvalidPhone`."""
+        digest = self.phone_digest(phone)
+        with self._reading() as conn:
+            row = conn.execute("SELECT person_id FROM phones WHERE phone_digest = ?", (digest,)).fetchone()
+        return row[0] if row else None
+
+    def count(self) -> int:
+        """How many people are enrolled."""
+        with self._reading() as conn:
+            return conn.execute("SELECT count(*) FROM people").fetchone()[0]
+
+    # --- outbox -----------------------------------------------------------------------------
+    def append_event(self, kind: str, data: dict, *, person_id: str | None = None) -> OutboxEvent:
+        """Queue an event for the controller; ``person_id`` (default: the one ``data`` names) is purged with them."""
+        with self._transaction() as conn:
+            return self._append(conn, kind, data, person_id=person_id or _person_from_event(data))
+
+    def _append(self, conn: sqlite3.Connection, kind: str, data: dict, *, person_id: str | None) -> OutboxEvent:
+        if not isinstance(kind, str) or not kind:
+            raise ValueError("an outbox event needs a kind")
+        try:
+            payload = msgpack.packb(data, use_bin_type=True)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"outbox event {kind!r} data cannot be encoded: {exc}") from None
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+        seq = (row[0] if row else 0) + 1
+        key, at = f"{self._key_prefix}:{seq}", float(self._clock())
+        conn.execute("INSERT INTO outbox (seq, key, kind, at, person_id, sealed) VALUES (?, ?, ?, ?, ?, ?)",
+                     (seq, key, kind, at, person_id,
+                      seal(self._keys.template_key, payload, _aad("outbox", seq, key, kind))))
+        return OutboxEvent(seq, key, kind, at, msgpack.unpackb(payload, raw=False))
+
+    def pending_events(self, *, limit: int = 100) -> list[OutboxEvent]:
+        """Undelivered events, oldest first. :class:`TamperedData` names an event that fails to open."""
+        with self._reading() as conn:
+            rows = conn.execute("SELECT seq, key, kind, at, sealed FROM outbox WHERE delivered = 0 "
+                                "ORDER BY seq LIMIT ?", (int(limit),)).fetchall()
+        events = []
+        for seq, key, kind, at, blob in rows:
+            payload = self._open(blob, _aad("outbox", seq, key, kind), f"outbox event {seq}")
+            try:
+                data = msgpack.unpackb(payload, raw=False)
+            except (ValueError, msgpack.UnpackException) as exc:
+                raise VaultError(f"outbox event {seq} in vault {self._path} does not decode: {exc}") from None
+            events.append(OutboxEvent(seq, key, kind, at, data))
+        return events
+
+    def mark_delivered(self, seq: int) -> None:
+        """The controller acknowledged event ``seq``: it leaves the queue and its payload is erased."""
+        with self._transaction() as conn:
+            conn.execute("UPDATE outbox SET delivered = 1, sealed = NULL WHERE seq = ?", (int(seq),))
+
+    # --- audit and state --------------------------------------------------------------------
+    def audit(self, kind: str, **fields: Any) -> None:
+        """Record ``kind`` with plain scalar ``fields``; a ``person_id`` field is stored as its keyed hash."""
+        person_id = fields.pop("person_id", None)
+        with self._transaction() as conn:
+            self._audit(conn, kind, person_id, fields)
+
+    def _audit(self, conn: sqlite3.Connection, kind: str, person_id: str | None, fields: dict[str, Any]) -> None:
+        for name, value in fields.items():
+            if not isinstance(value, _AUDIT_SCALARS) or (isinstance(value, float) and not math.isfinite(value)):
+                raise ValueError(f"audit field {name!r} must be a plain scalar (no binary or biometric data), "
+                                 f"got {type(value).__name__}")
+        subject = self.audit_subject(person_id) if person_id is not None else None
+        conn.execute("INSERT INTO audit (at, kind, subject, fields) VALUES (?, ?, ?, ?)",
+                     (float(self._clock()), kind, subject, json.dumps(fields, sort_keys=True)))
+
+    def audit_entries(self) -> list[dict]:
+        """Every audit entry, oldest first: ``{"id", "at", "kind", "subject", **fields}``."""
+        with self._reading() as conn:
+            rows = conn.execute("SELECT id, at, kind, subject, fields FROM audit ORDER BY id").fetchall()
+        return [{**json.loads(fields), "id": id_, "at": at, "kind": kind, "subject": subject}
+                for id_, at, kind, subject, fields in rows]
+
+    def get_state(self, key: str) -> str | None:
+        with self._reading() as conn:
+            row = conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_state(self, key: str, value: str) -> None:
+        if not isinstance(value, str):
+            raise TypeError(f"state values are text, got {type(value).__name__}")
+        with self._transaction() as conn:
+            conn.execute("INSERT INTO state (key, value) VALUES (?, ?) "
+                         "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
+
+    def integrity_check(self) -> str:
+        """SQLite's ``PRAGMA integrity_check``: ``"ok"`` or the first problem found."""
+        with self._reading() as conn:
+            return conn.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+def open_vault(config: VaultConfig, *, env: Mapping[str, str] = os.environ, node_id: str = "",
+               create_key: bool = False, clock: Callable[[], float] = time.time) -> Vault:
+    """The vault ``config`` describes, its keys loaded from its key file or ``config.key_env``."""
+    keys = load_keys(Path(config.key_file) if config.key_file else None, env=env,
+                     env_name=config.key_env, create=create_key)
+    return Vault.open(Path(config.path), keys, node_id=node_id, clock=clock)

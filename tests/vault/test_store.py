@@ -1,0 +1,332 @@
+import os
+import sqlite3
+import stat
+import threading
+
+import pytest
+
+from palmnode.vault import (DuplicateCard, DuplicatePerson, DuplicatePhone, InvalidPhone, TamperedData, Vault,
+                            VaultConfig, VaultError, VaultKeyError, open_vault)
+from tests.vault.factories import KEYS, OTHER_KEYS, SECRET_HEX, card, person, phone, same_person, template_bytes
+
+
+@pytest.fixture
+def path(tmp_path):
+    return tmp_path / "vault.db"
+
+
+@pytest.fixture
+def vault(path):
+    with Vault.open(path, KEYS, node_id="node-a") as v:
+        yield v
+
+
+def vault_files(path):
+    return [p for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")) if p.exists()]
+
+
+def raw_bytes(path):
+    return b"".join(p.read_bytes() for p in vault_files(path))
+
+
+def sealed_templates(path, person_id):
+    conn = sqlite3.connect(path)
+    try:
+        return [bytes(r[0]) for r in conn.execute("SELECT sealed FROM templates WHERE person_id = ?", (person_id,))]
+    finally:
+        conn.close()
+
+
+def test_files_are_0600_and_pragmas_set(vault, path):
+    vault.set_state("mode", "entry")
+    files = vault_files(path)
+    assert {p.name for p in files} == {"vault.db", "vault.db-wal", "vault.db-shm"}
+    for p in files:
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+    conn = vault._conn
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA secure_delete").fetchone()[0] == 1
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+
+
+def test_existing_wide_file_is_narrowed_to_0600(path):
+    Vault.open(path, KEYS).close()
+    os.chmod(path, 0o644)
+    Vault.open(path, KEYS).close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("palms", [1, 2])
+def test_person_round_trip_survives_reopen(vault, path, palms):
+    p = person(1, vault, palms=palms)
+    assert vault.add_person(p) is None
+    assert same_person(vault.get(p.person_id), p)
+    assert len(vault.get(p.person_id).palms) == palms
+    assert all(len(palm.templates) == 3 for palm in vault.get(p.person_id).palms)
+    vault.close()
+    with Vault.open(path, KEYS) as again:
+        assert same_person(again.get(p.person_id), p)
+        assert again.count() == 1
+        assert again.get("nobody") is None
+
+
+def test_person_without_card_or_phone(vault):
+    p = person(2, vault)
+    p = type(p)(p.person_id, None, None, p.palms, p.enrolled_at, p.origin_node)
+    vault.add_person(p)
+    assert same_person(vault.get(p.person_id), p)
+
+
+def test_nothing_in_clear_on_disk(vault, path):
+    p = person(3, vault, palms=2)
+    vault.add_person(p, event=("enrolled", {"person_id": p.person_id, "payload_marker": "zq-marker-71"}))
+    vault.checkpoint()
+    data = raw_bytes(path)
+    for t in template_bytes(p):
+        assert t[4:68] not in data  # the template's code planes never touch the disk in clear
+    assert phone(3).encode() not in data and phone(3).replace(" ", "").encode() not in data
+    assert b"zq-marker-71" not in data and b"payload_marker" not in data  # outbox payloads are sealed
+
+
+def test_find_by_card_and_phone_in_any_spelling(vault):
+    p = person(4, vault)
+    vault.add_person(p)
+    assert vault.find_by_card(card(4).digest) == p.person_id
+    assert vault.find_by_card(card(5).digest) is None
+    assert vault.find_by_phone(phone(4)) == p.person_id
+    assert vault.find_by_phone("0044-7700-(9)00004") == p.person_id
+    assert vault.find_by_phone("+447700900005") is None
+    with pytest.raises(InvalidPhone):
+        vault.find_by_phone("call me")
+
+
+@pytest.mark.parametrize("clash, error", [("card", DuplicateCard), ("phone", DuplicatePhone), ("id", DuplicatePerson)])
+def test_duplicates_are_refused_with_nothing_written(vault, clash, error):
+    first = person(10, vault)
+    vault.add_person(first, event=("enrolled", {"person_id": first.person_id}))
+    other = person(11, vault)
+    changes = {"card": dict(card=first.card), "phone": dict(phone_digest=first.phone_digest),
+               "id": dict(person_id=first.person_id)}[clash]
+    import attrs
+    other = attrs.evolve(other, **changes)
+    before = (vault.count(), vault.pending_events(), vault.audit_entries())
+    with pytest.raises(error) as info:
+        vault.add_person(other, event=("enrolled", {"person_id": other.person_id}))
+    assert "\n" not in str(info.value)
+    assert (vault.count(), vault.pending_events(), vault.audit_entries()) == before
+    assert vault.find_by_card(card(11).digest) is None
+    assert vault.find_by_phone(phone(11)) is None
+
+
+def test_tampered_template_on_disk_names_the_row(path):
+    with Vault.open(path, KEYS) as v:
+        p = person(20, v, palms=2)
+        v.add_person(p)
+        other = person(21, v)
+        v.add_person(other)
+    conn = sqlite3.connect(path)
+    target = bytes(conn.execute("SELECT sealed FROM templates WHERE person_id = ? AND palm = 'left' AND idx = 1",
+                                (p.person_id,)).fetchone()[0])
+    conn.close()
+    data = bytearray(path.read_bytes())
+    at = data.find(target)
+    assert at > 0 and data.find(target, at + 1) < 0
+    data[at + 40] ^= 0x01
+    path.write_bytes(bytes(data))
+    with Vault.open(path, KEYS) as v:
+        with pytest.raises(TamperedData) as info:
+            v.get(p.person_id)
+        message = str(info.value)
+        assert "left#1" in message and p.person_id in message and "\n" not in message
+        with pytest.raises(TamperedData):
+            list(v.people())
+        assert same_person(v.get(other.person_id), other)  # the rest of the vault still reads
+
+
+def test_template_moved_to_another_row_fails_to_open(path):
+    with Vault.open(path, KEYS) as v:
+        a, b = person(30, v), person(31, v)
+        v.add_person(a)
+        v.add_person(b)
+    conn = sqlite3.connect(path)
+    blob = conn.execute("SELECT sealed FROM templates WHERE person_id = ? AND idx = 0", (a.person_id,)).fetchone()[0]
+    conn.execute("UPDATE templates SET sealed = ? WHERE person_id = ? AND idx = 0", (blob, b.person_id))
+    conn.commit()
+    conn.close()
+    with Vault.open(path, KEYS) as v:
+        with pytest.raises(TamperedData, match=f"#0 of person {b.person_id}"):
+            v.get(b.person_id)
+
+
+def test_wrong_key_is_a_typed_error(path):
+    Vault.open(path, KEYS).close()
+    with pytest.raises(VaultKeyError, match="different key"):
+        Vault.open(path, OTHER_KEYS)
+
+
+def test_not_a_vault(tmp_path):
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not sqlite" * 400)
+    with pytest.raises(VaultError, match="not a usable palmnode vault"):
+        Vault.open(junk, KEYS)
+    other = tmp_path / "other.db"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE t (x)")
+    conn.close()
+    with pytest.raises(VaultError, match="not a palmnode vault"):
+        Vault.open(other, KEYS)
+
+
+def test_newer_schema_is_refused(path):
+    Vault.open(path, KEYS).close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE vault SET version = 99")
+    conn.commit()
+    conn.close()
+    with pytest.raises(VaultError, match="upgrade palmnode"):
+        Vault.open(path, KEYS)
+
+
+def test_outbox_order_keys_delivery_and_reopen(path):
+    Vault.open(path, KEYS).close()
+    clock = iter(range(100, 200)).__next__
+    with Vault.open(path, KEYS, node_id="node-a", clock=clock) as v:
+        events = [v.append_event("unknown", {"latency_ms": float(i), "reason": "no match"}) for i in range(5)]
+        assert [e.seq for e in events] == [1, 2, 3, 4, 5]
+        assert len({e.key for e in events}) == 5 and all(e.key.startswith("node-a/") for e in events)
+        assert [e.at for e in events] == [100.0, 101.0, 102.0, 103.0, 104.0]
+        assert v.pending_events() == events
+        assert v.pending_events(limit=2) == events[:2]
+        v.mark_delivered(2)
+        v.mark_delivered(2)  # idempotent
+        v.mark_delivered(999)  # an event already purged is not an error
+    with Vault.open(path, KEYS, node_id="node-a") as v:
+        assert [e.seq for e in v.pending_events()] == [1, 3, 4, 5]
+        assert v.pending_events()[0] == events[0]
+        for e in events:
+            v.mark_delivered(e.seq)
+        assert v.pending_events() == []
+        later = v.append_event("unknown", {"reason": "x"})
+        assert later.seq == 6 and later.key not in {e.key for e in events}
+
+
+def test_outbox_payload_round_trips_bytes_and_nesting(vault):
+    data = {"person": {"person_id": "p1", "palms": [{"palm": "right", "templates": [b"\x00\x01"]}],
+                       "card_digest": b"\xff" * 32, "phone_digest": None}, "score": 0.5}
+    event = vault.add_person(person(40, vault), event=("enrolled", data))
+    assert vault.pending_events() == [event]
+    assert event.data == data
+
+
+def test_seqs_are_never_reused_after_a_purge(vault):
+    p = person(41, vault)
+    first = vault.add_person(p, event=("enrolled", {"person_id": p.person_id}))
+    vault.remove_person(p.person_id)
+    assert vault.pending_events() == []
+    assert vault.append_event("unknown", {}).seq == first.seq + 1
+
+
+def test_remove_person_leaves_no_trace_in_any_vault_file(vault, path):
+    keep, gone = person(50, vault, palms=2), person(51, vault, palms=2)
+    vault.add_person(keep, event=("enrolled", {"person_id": keep.person_id}))
+    vault.add_person(gone, event=("enrolled", {"person": {"person_id": gone.person_id}}))
+    vault.append_event("identified", {"person_id": gone.person_id, "score": 0.9})
+    delivered = vault.append_event("identified", {"person_id": gone.person_id, "score": 0.8})
+    vault.mark_delivered(delivered.seq)
+    vault.set_state("cursor", "17")
+    ciphertexts = sealed_templates(path, gone.person_id)
+    traces = [gone.person_id.encode(), gone.phone_digest, gone.card.digest, *ciphertexts]
+    before = raw_bytes(path)
+    assert all(t in before for t in traces)  # the scan can see them while they are enrolled
+
+    removal = vault.remove_person(gone.person_id, event=("deleted", {"person_id": gone.person_id}), reason="request")
+    assert removal is True
+    after = raw_bytes(path)
+    found = [i for i, t in enumerate(traces) if t in after]
+    assert found == []
+    for t in template_bytes(gone):
+        assert t[4:68] not in after
+    assert vault.get(gone.person_id) is None
+    assert vault.find_by_card(gone.card.digest) is None and vault.find_by_phone(phone(51)) is None
+    assert [e.kind for e in vault.pending_events()] == ["enrolled", "deleted"]
+    assert vault.pending_events()[1].data == {"person_id": gone.person_id}
+    assert same_person(vault.get(keep.person_id), keep)  # others untouched
+    assert vault.get_state("cursor") == "17"
+    entry = vault.audit_entries()[-1]
+    assert entry["kind"] == "person_removed" and entry["reason"] == "request"
+    assert entry["subject"] == vault.audit_subject(gone.person_id) != gone.person_id
+    assert gone.person_id not in repr(vault.audit_entries())
+    assert vault.integrity_check() == "ok"
+    assert vault.remove_person(gone.person_id) is False
+    assert len(vault.audit_entries()) == 3  # two enrolments and one removal
+
+
+def test_audit_refuses_binary_fields_and_hashes_person_ids(vault):
+    vault.audit("gate_mode", mode="payment", amount_cents=250, person_id="p-x")
+    entry = vault.audit_entries()[-1]
+    assert entry["mode"] == "payment" and entry["amount_cents"] == 250
+    assert entry["subject"] == vault.audit_subject("p-x") and "person_id" not in entry
+    with pytest.raises(ValueError, match="plain scalar"):
+        vault.audit("oops", template=b"\x00" * 10)
+    assert vault.audit_entries()[-1] == entry
+
+
+def test_state(vault, path):
+    assert vault.get_state("cursor") is None
+    vault.set_state("cursor", "1")
+    vault.set_state("cursor", "2")
+    vault.close()
+    with Vault.open(path, KEYS) as v:
+        assert v.get_state("cursor") == "2"
+    with pytest.raises(VaultError, match="closed"):
+        vault.get_state("cursor")
+
+
+def test_people_iterates_everyone_in_batches(vault):
+    people = [person(n, vault, templates=1) for n in range(600)]
+    for p in people:
+        vault.add_person(p)
+    loaded = list(vault.people())
+    assert [p.person_id for p in loaded] == sorted(p.person_id for p in people)
+    by_id = {p.person_id: p for p in people}
+    assert all(same_person(p, by_id[p.person_id]) for p in loaded)
+
+
+def test_concurrent_reader_during_writes(vault):
+    done = threading.Event()
+    seen, errors = [], []
+
+    def reader():
+        try:
+            while not done.is_set():
+                n = vault.count()
+                ids = [p.person_id for p in vault.people()]
+                assert len(ids) >= n  # people only ever get added here
+                seen.append(n)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for n in range(60):
+            vault.add_person(person(100 + n, vault, templates=1), event=("enrolled", {"n": n}))
+    finally:
+        done.set()
+        thread.join(timeout=30)
+    assert not errors and seen == sorted(seen)
+    assert vault.count() == 60 and len(vault.pending_events()) == 60
+
+
+def test_open_vault_from_config(tmp_path):
+    config = VaultConfig(path=str(tmp_path / "v.db"), key_file=str(tmp_path / "v.key"))
+    with open_vault(config, env={}, create_key=True) as v:
+        v.set_state("a", "b")
+    with open_vault(config, env={}) as v:
+        assert v.get_state("a") == "b"
+    env_config = VaultConfig(path=str(tmp_path / "e.db"))
+    with open_vault(env_config, env={"PALMNODE_VAULT_KEY": SECRET_HEX}) as v:
+        v.set_state("a", "c")
+    with Vault.open(tmp_path / "e.db", KEYS) as v:
+        assert v.get_state("a") == "c"
