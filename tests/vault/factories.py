@@ -30,12 +30,16 @@ def phone(n: int) -> str:
     return f"+44 7700 9{n:05d}"
 
 
+def person_id(n: int) -> str:
+    return f"p{n:06d}-{hashlib.sha256(b'id %d' % n).hexdigest()[:12]}"
+
+
 def person(n: int, vault, *, palms: int | None = None, templates: int = 3, seed: int = 0) -> Person:
     """Person ``p{n:06d}`` with 1 or 2 palms (alternating unless given) of ``templates`` templates each."""
     rng = random.Random(seed * 1_000_003 + n)
     palms = palms if palms is not None else 1 + n % 2
     names = ("right", "left")[:palms]
-    return Person(person_id=f"p{n:06d}-{hashlib.sha256(b'id %d' % n).hexdigest()[:12]}", card=card(n),
+    return Person(person_id=person_id(n), card=card(n),
                   phone_digest=vault.phone_digest(phone(n)),
                   palms=tuple(EnrolledPalm(name, tuple(template(rng) for _ in range(templates))) for name in names),
                   enrolled_at=1_700_000_000.0 + n, origin_node="node-a")

@@ -284,7 +284,7 @@ def test_state(vault, path):
 
 
 def test_people_iterates_everyone_in_batches(vault):
-    people = [person(n, vault, templates=1) for n in range(600)]
+    people = [person(n, vault, templates=1) for n in range(300)]  # more than one batch of people()
     for p in people:
         vault.add_person(p)
     loaded = list(vault.people())
