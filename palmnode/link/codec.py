@@ -67,7 +67,7 @@ def decode_body(body: bytes) -> Message | Malformed:
         )
     except msgpack.ExtraData:
         return Malformed("bytes after the msgpack object", DropReason.MSGPACK)
-    except Exception as exc:  # the msgpack boundary: any failure to unpack is a malformed frame
+    except Exception as exc:  # noqa: BLE001 - the msgpack boundary: any failure to unpack is malformed
         return Malformed(f"bad msgpack: {one_line(exc, 120)}", DropReason.MSGPACK)
     error = _shape_error(obj)
     if error is not None:

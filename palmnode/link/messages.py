@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal, TypeAlias, Union
+from typing import Any, ClassVar, Literal, TypeAlias
 
 import attrs
 
@@ -245,7 +245,7 @@ Event._CHECKS = {"seq": _int_error, "key": lambda v: _str_error(v, non_empty=Tru
 Ack._CHECKS = {"seq": _int_error, "key": lambda v: _str_error(v, non_empty=True)}
 Goodbye._CHECKS = {"reason": _str_error}
 
-Message: TypeAlias = Union[Hello, Request, Response, Event, Ack, Goodbye]
+Message: TypeAlias = Hello | Request | Response | Event | Ack | Goodbye
 MESSAGE_TYPES: dict[str, type] = {cls.TYPE: cls for cls in (Hello, Request, Response, Event, Ack, Goodbye)}
 
 

@@ -8,7 +8,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from palmnode.link.codec import HEADER, MAX_DEPTH, MAX_FRAME, Decoder, FrameTooLarge, decode_body, encode
+from palmnode.link.codec import (
+    HEADER,
+    MAX_DEPTH,
+    MAX_FRAME,
+    Decoder,
+    FrameTooLarge,
+    decode_body,
+    encode,
+)
 from palmnode.link.messages import (
     Ack,
     DropReason,

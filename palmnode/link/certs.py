@@ -1,0 +1,192 @@
+"""A development PKI for the link (docs/protocols/controller.md §9): one CA, a controller, nodes.
+
+``make_dev_pki(folder, nodes=["gate-1"])`` writes ``ca.pem``/``ca.key`` and ``<name>.pem``/
+``<name>.key`` for the controller and each node (EC P-256, keys 0600). An existing CA in the
+folder is reused, so nodes can be added later. ``palmnode certs --out DIR --node gate-1`` runs it.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import ipaddress
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import attrs
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+CA_NAME = "palmnode development CA"
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # a node id doubles as a file name
+CLOCK_SKEW = dt.timedelta(minutes=5)  # certificates are valid from a little before now
+
+
+class PkiError(ValueError):
+    """The PKI cannot be made or read; one line naming the file or name and the fix."""
+
+
+@attrs.frozen
+class CertPair:
+    """A certificate and its private key (PEM files)."""
+
+    cert: Path
+    key: Path
+
+
+@attrs.frozen
+class PkiPaths:
+    """Where :func:`make_dev_pki` put things."""
+
+    folder: Path
+    ca_cert: Path
+    ca_key: Path
+    controller: CertPair
+    nodes: Mapping[str, CertPair]
+
+    def pair(self, name: str) -> CertPair:
+        """The certificate and key for the controller's or a node's name."""
+        if name == self.controller.cert.stem:
+            return self.controller
+        try:
+            return self.nodes[name]
+        except KeyError:
+            raise PkiError(f"no certificate for {name!r} in {self.folder}; run palmnode certs --node {name}") from None
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(fd, mode)  # an existing file keeps its old mode through O_CREAT
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _make_ca(days: int) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(CA_NAME))
+        .issuer_name(_name(CA_NAME))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                     content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def _make_leaf(cn: str, *, server: bool, ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey,
+               days: int) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
+    if server:  # §1: only the controller may act as a TLS server
+        usages.insert(0, ExtendedKeyUsageOID.SERVER_AUTH)
+    sans = [x509.DNSName(cn), x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=False, crl_sign=False,
+                                     content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=True,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def _load_ca(cert_path: Path, key_path: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise PkiError(f"cannot read the CA in {cert_path.parent}: {exc}; remove ca.pem/ca.key to make a new one") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
+        raise PkiError(f"{key_path} is not the key of {cert_path}")
+    return cert, key
+
+
+def make_dev_pki(folder: Path, *, nodes: Sequence[str], controller: str = "controller",
+                 days: int = 365) -> PkiPaths:
+    """Write a CA (or reuse the one in ``folder``) and certificates for ``controller`` and ``nodes``."""
+    folder = Path(folder)
+    names = [controller, *nodes]
+    for name in names:
+        if not NAME_RE.fullmatch(name) or name == "ca":
+            raise PkiError(f"{name!r} is not a usable name: 1-64 of A-Z a-z 0-9 . _ -, not starting with . _ -, not 'ca'")
+    if len(set(names)) != len(names):
+        raise PkiError(f"names must be distinct, got {', '.join(names)}")
+    if days < 1:
+        raise PkiError(f"days must be >= 1, got {days}")
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ca_cert_path, ca_key_path = folder / "ca.pem", folder / "ca.key"
+    if ca_cert_path.exists() and ca_key_path.exists():
+        ca_cert, ca_key = _load_ca(ca_cert_path, ca_key_path)
+    else:
+        ca_cert, ca_key = _make_ca(days)
+        _write(ca_key_path, _key_pem(ca_key), 0o600)
+        _write(ca_cert_path, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    pairs = {}
+    for name in names:
+        cert, key = _make_leaf(name, server=name == controller, ca_cert=ca_cert, ca_key=ca_key, days=days)
+        pair = CertPair(folder / f"{name}.pem", folder / f"{name}.key")
+        _write(pair.key, _key_pem(key), 0o600)
+        _write(pair.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        pairs[name] = pair
+    return PkiPaths(folder=folder, ca_cert=ca_cert_path, ca_key=ca_key_path,
+                    controller=pairs.pop(controller), nodes=pairs)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``palmnode certs``."""
+    parser.add_argument("--out", required=True, type=Path, help="folder for ca.pem, <name>.pem/.key (made 0700)")
+    parser.add_argument("--node", action="append", default=[], metavar="ID",
+                        help="a node id to issue a certificate for (repeatable); the CN the controller sees")
+    parser.add_argument("--controller", default="controller", metavar="NAME",
+                        help="the controller's certificate name (default: controller)")
+    parser.add_argument("--days", type=int, default=365, help="validity in days (default: 365)")
+
+
+def main(args: argparse.Namespace) -> int:
+    """``palmnode certs``: make or extend a development PKI; prints what it wrote."""
+    try:
+        paths = make_dev_pki(args.out, nodes=args.node, controller=args.controller, days=args.days)
+    except (PkiError, OSError) as exc:
+        print(f"palmnode certs: {exc}", file=sys.stderr)
+        return 2
+    print(f"CA          {paths.ca_cert}  (key {paths.ca_key}: keep it off the gates)")
+    for name, pair in [(args.controller, paths.controller), *paths.nodes.items()]:
+        print(f"{name:<11} {pair.cert}  {pair.key}")
+    return 0
