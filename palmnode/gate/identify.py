@@ -1,0 +1,336 @@
+"""The identify flow: a hand arrives → lit captures → 1:N → decision → the mode's outcome.
+
+An explicit state machine (``IdentifyState``; every allowed move is in ``TRANSITIONS`` and made
+by ``IdentifyFlow._goto``; each state has its timeout in ``IdentifyPolicy``):
+
+    WAITING ──hand present──▶ CAPTURING ──probe──▶ MATCHING ──decisive──▶ DECIDED ──▶ LEAVING ──hand gone──▶ WAITING
+                                 ▲  │ failure/undecided │                   ▲
+                                 └──┴───────────────────┘── attempts, deadline, device down ─┘
+    (the hand leaving during CAPTURING/MATCHING ends the attempt: a "retry" decision, then WAITING)
+
+Evidence is fused across attempts: each person's score is the mean of their fused scores over
+the attempts that found them, so more attempts make an impostor's lucky score rarer rather than
+likelier (a max rule would raise the false-match rate with every attempt). The flow stops as
+soon as the best mean is ≥ ``threshold`` and ``margin`` above the runner-up (identified), or
+below ``threshold - unknown_margin`` (unknown), else after ``max_attempts`` or the deadline.
+
+Latency: ``Decision.latency_ms`` runs from ``PresenceChanged.at`` (the proximity reading that
+made the hand present: in the window, dwelled and still) to the decision (docs/flows.md).
+"""
+from __future__ import annotations
+
+import enum
+import logging
+import math
+
+import attrs
+import trio
+
+from drivers.proximity.driver import Distance
+from palmnode.actors import EventBus
+from palmnode.biometrics.gallery import Candidate, Gallery
+from palmnode.gate.capture import Capturer, CaptureUnavailable, Probe, ProbeFailure
+from palmnode.gate.events import Decision, Feedback, GateOpened, LoyaltyMember, PaymentResult
+from palmnode.gate.modes import Charge, ChargeResult, GateModes
+from palmnode.gate.presence import AdvicePolicy, PlacementAdvisor, PresenceChanged, PresencePolicy
+from palmnode.logs import event
+
+log = logging.getLogger("palmnode.gate")
+
+
+class IdentifyState(enum.Enum):
+    WAITING = "waiting"        # no hand (placement advice from the distance sensor)
+    CAPTURING = "capturing"    # taking a lit pair and making a probe of it
+    MATCHING = "matching"      # 1:N search of the probe, evidence fused
+    DECIDED = "decided"        # decision published; acting on the mode (open, charge, report)
+    LEAVING = "leaving"        # waiting for the hand to go before the next person
+
+
+S = IdentifyState
+TRANSITIONS: dict[IdentifyState, frozenset[IdentifyState]] = {
+    S.WAITING: frozenset({S.CAPTURING}),
+    S.CAPTURING: frozenset({S.CAPTURING, S.MATCHING, S.DECIDED, S.WAITING}),
+    S.MATCHING: frozenset({S.CAPTURING, S.DECIDED, S.WAITING}),
+    S.DECIDED: frozenset({S.LEAVING, S.WAITING}),
+    S.LEAVING: frozenset({S.WAITING}),
+}
+
+
+@attrs.frozen
+class IdentifyPolicy:
+    #: decision threshold on the fused score (matcher.Calibration.threshold_for(target FMR)); the
+    #: default is a placeholder from development renders: ship a calibrated value
+    threshold: float = 0.31
+    #: identified only this far above the runner-up's fused score
+    margin: float = 0.03
+    #: unknown at once when the best score is this far below the threshold
+    unknown_margin: float = 0.05
+    #: lit pairs per presented hand at most
+    max_attempts: int = 3
+    #: candidates asked of the gallery per attempt (best per person)
+    candidates: int = 3
+    #: CAPTURING: one pair and its probe; MATCHING: one search; the whole decision from presence
+    capture_timeout_s: float = 0.5
+    match_timeout_s: float = 0.3
+    decision_deadline_s: float = 1.2
+    #: DECIDED: the mode's outcome (the controller's answer to a charge)
+    charge_timeout_s: float = 3.0
+    #: LEAVING: how long a lingering hand waits before being asked to go (asked again as long)
+    leave_timeout_s: float = 3.0
+    presence: PresencePolicy = PresencePolicy()
+    advice: AdvicePolicy = AdvicePolicy()
+
+
+@attrs.frozen
+class Verdict:
+    outcome: str                  # "identified" | "unknown" | "undecided"
+    person_id: str | None = None
+    palm: str | None = None
+    score: float | None = None
+    reason: str | None = None
+
+
+class Evidence:
+    """Scores per person over the attempts of one presented hand (mean rule, see module doc)."""
+
+    def __init__(self, policy: IdentifyPolicy) -> None:
+        self.policy = policy
+        self.attempts = 0
+        self._scores: dict[str, list[float]] = {}
+        self._palm: dict[str, tuple[float, str]] = {}
+
+    def add(self, candidates: list[Candidate]) -> Verdict:
+        self.attempts += 1
+        for c in candidates:
+            fused = float(c.score.fused)
+            if not math.isfinite(fused):
+                continue
+            self._scores.setdefault(c.person_id, []).append(fused)
+            if fused > self._palm.get(c.person_id, (-math.inf, ""))[0]:
+                self._palm[c.person_id] = (fused, c.palm)
+        return self.verdict(final=False)
+
+    def ranking(self) -> list[tuple[str, float]]:
+        means = [(pid, sum(s) / len(s)) for pid, s in self._scores.items()]
+        return sorted(means, key=lambda x: (-x[1], x[0]))
+
+    def verdict(self, *, final: bool) -> Verdict:
+        p = self.policy
+        ranked = self.ranking()
+        if not ranked:
+            return Verdict("unknown" if final or self.attempts else "undecided", reason="no match")
+        (best, score), runner = ranked[0], (ranked[1][1] if len(ranked) > 1 else -math.inf)
+        if score >= p.threshold and score - runner >= p.margin:
+            return Verdict("identified", best, self._palm[best][1], score)
+        if score < p.threshold - p.unknown_margin:
+            return Verdict("unknown", score=score, reason="no match")
+        if final:
+            reason = "ambiguous match" if score >= p.threshold else "no match"
+            return Verdict("unknown", score=score, reason=reason)
+        return Verdict("undecided", score=score)
+
+
+class IdentifyFlow:
+    """The identify actor. ``await nursery.start(flow.run)``; reads ``PresenceChanged`` and the
+    proximity ``Distance`` readings from the bus, publishes ``Decision``, ``Feedback`` and the
+    mode's outcome (``GateOpened`` / ``PaymentResult`` / ``LoyaltyMember``)."""
+
+    def __init__(self, bus: EventBus, capturer: Capturer, gallery: Gallery, *, people=None,
+                 modes: GateModes | None = None, charge: Charge | None = None, metrics=None,
+                 policy: IdentifyPolicy = IdentifyPolicy()) -> None:
+        self.bus = bus
+        self.capturer = capturer
+        self.gallery = gallery
+        self.people = people
+        self.modes = modes if modes is not None else GateModes(bus)
+        self.charge = charge
+        self.metrics = metrics
+        self.policy = policy
+        self.state = IdentifyState.WAITING
+        self.state_since = 0.0
+        self.decisions = 0
+        self._present = False
+        self._arrival: PresenceChanged | None = None
+        self._arrived = trio.Event()
+        self._left = trio.Event()
+        self._attempt_scope: trio.CancelScope | None = None
+        self._advisor = PlacementAdvisor(policy.presence, policy.advice)
+
+    # ---- the actor ------------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with self.bus.subscribe(PresenceChanged, Distance, buffer=512) as events, \
+                trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch, events)
+            task_status.started()
+            await self._serve()
+
+    async def _watch(self, events) -> None:
+        """The hand as the sensor sees it: arrivals, departures, placement advice while waiting."""
+        async for ev in events:
+            if isinstance(ev, PresenceChanged):
+                self._present = ev.present
+                if ev.present:
+                    self._arrival = ev
+                    self._arrived.set()
+                else:
+                    self._left.set()
+                    if self._attempt_scope is not None:
+                        self._attempt_scope.cancel()
+            elif isinstance(ev, Distance):
+                advice = self._advisor.update(ev.distance_mm, ev.strength, ev.at)
+                if advice is not None and self.state is S.WAITING and self.capturer.reserved_by is None:
+                    self._say(advice)
+
+    async def _serve(self) -> None:
+        while True:
+            arrival = await self._next_arrival()
+            if self.capturer.reserved_by is not None:
+                continue  # an enrolment has the gate: its hands are not ours
+            self._left = trio.Event()
+            decision = await self._identify(arrival)
+            self.decisions += 1
+            if decision.outcome == "identified":
+                await self._act(decision)
+            if decision.reason == "hand removed":
+                self._goto(S.WAITING)
+                continue
+            self._goto(S.LEAVING)
+            await self._wait_leave()
+            self._goto(S.WAITING)
+
+    async def _next_arrival(self) -> PresenceChanged:
+        while True:
+            await self._arrived.wait()
+            self._arrived = trio.Event()
+            if self._present and self._arrival is not None:
+                return self._arrival
+
+    # ---- CAPTURING / MATCHING ---------------------------------------------------------------
+    async def _identify(self, arrival: PresenceChanged) -> Decision:
+        p = self.policy
+        evidence = Evidence(p)
+        verdict: Verdict | None = None
+        failure: str | None = None
+        with trio.move_on_after(p.decision_deadline_s - (trio.current_time() - arrival.at)) as deadline:
+            self._attempt_scope = deadline
+            for _ in range(p.max_attempts):
+                self._goto(S.CAPTURING)
+                result: Probe | ProbeFailure | None = None
+                with trio.move_on_after(p.capture_timeout_s):
+                    try:
+                        result = await self.capturer.capture_probe()
+                    except CaptureUnavailable as exc:
+                        failure = str(exc)
+                        self._count_retry("device")
+                        self._say("the gate is not ready, please try again")
+                        break
+                if result is None:
+                    failure = "capture timed out"
+                    self._count_retry("timeout")
+                    continue
+                if isinstance(result, ProbeFailure):
+                    failure = result.feedback
+                    self._count_retry(result.reason.value)
+                    self._say(result.feedback)
+                    continue
+                self._goto(S.MATCHING)
+                found = None
+                with trio.move_on_after(p.match_timeout_s):
+                    found = await trio.to_thread.run_sync(self.gallery.search, result.template, p.candidates,
+                                                          abandon_on_cancel=True)
+                if found is None:
+                    failure = "search timed out"
+                    self._count_retry("timeout")
+                    continue
+                verdict = evidence.add(found)
+                if verdict.outcome != "undecided":
+                    break
+        self._attempt_scope = None
+        left = not self._present or self._left.is_set()
+        if evidence.attempts and (verdict is None or verdict.outcome == "undecided"):
+            verdict = evidence.verdict(final=True)
+        if verdict is not None and verdict.outcome != "undecided":
+            return self._decide(arrival, verdict.outcome, verdict.person_id, verdict.palm, verdict.score,
+                                verdict.reason)
+        if left:
+            reason = "hand removed"
+        elif deadline.cancelled_caught:
+            reason = failure or "timed out"
+        else:
+            reason = failure or "no usable capture"
+        return self._decide(arrival, "retry", None, None, None, reason)
+
+    def _decide(self, arrival: PresenceChanged, outcome: str, person_id: str | None, palm: str | None,
+                score: float | None, reason: str | None) -> Decision:
+        self._goto(S.DECIDED)
+        now = trio.current_time()
+        latency_ms = (now - arrival.at) * 1e3
+        decision = Decision(outcome=outcome, person_id=person_id, palm=palm, score=score, reason=reason,
+                            latency_ms=latency_ms, mode=self.modes.current.mode, at=now)
+        self.bus.publish(decision)
+        if self.metrics is not None:
+            self.metrics.observe("palmnode_identify_latency_ms", latency_ms, outcome=outcome)
+            self.metrics.inc("palmnode_decisions_total", outcome=outcome)
+        event(log, "decision", outcome=outcome, person_id=person_id, score=score, reason=reason,
+              latency_ms=round(latency_ms, 1), mode=decision.mode)
+        if outcome == "unknown":
+            self._say("not recognised")
+        elif outcome == "retry" and reason == "hand removed":
+            self._say("hold your palm over the gate a little longer")
+        return decision
+
+    # ---- DECIDED: the mode's outcome ----------------------------------------------------------
+    async def _act(self, decision: Decision) -> None:
+        mode = self.modes.current
+        pid = decision.person_id
+        assert pid is not None
+        if mode.mode == "entry":
+            self.bus.publish(GateOpened(pid, trio.current_time()))
+        elif mode.mode == "loyalty":
+            self.bus.publish(LoyaltyMember(pid, trio.current_time()))
+        elif mode.mode == "payment":
+            result = await self._charge(pid, mode.amount_cents or 0, mode.currency or "")
+            self.bus.publish(PaymentResult(pid, result.approved, mode.amount_cents or 0, result.reference,
+                                           result.reason, trio.current_time()))
+            self._say("payment approved" if result.approved else f"payment declined: {result.reason}")
+
+    async def _charge(self, person_id: str, amount_cents: int, currency: str) -> ChargeResult:
+        if self.charge is None:
+            return ChargeResult(False, None, "payments are not set up on this gate")
+        digest = await self._card_of(person_id)
+        if digest is None:
+            return ChargeResult(False, None, "no card on file")
+        with trio.move_on_after(self.policy.charge_timeout_s):
+            try:
+                return await self.charge(person_id, digest, amount_cents, currency)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError) as exc:
+                event(log, "charge failed", person_id=person_id, error=str(exc))
+                return ChargeResult(False, None, "controller unavailable")
+        return ChargeResult(False, None, "controller unavailable")
+
+    async def _card_of(self, person_id: str) -> bytes | None:
+        if self.people is None:
+            return None
+        return await self.people.card_digest(person_id)
+
+    # ---- LEAVING ------------------------------------------------------------------------------
+    async def _wait_leave(self) -> None:
+        while self._present and not self._left.is_set():
+            with trio.move_on_after(self.policy.leave_timeout_s):
+                await self._left.wait()
+                return
+            self._say("please take your hand away")
+
+    # ---- helpers ------------------------------------------------------------------------------
+    def _goto(self, state: IdentifyState) -> None:
+        if state is not self.state and state not in TRANSITIONS[self.state]:
+            raise AssertionError(f"identify flow: no transition {self.state.value} -> {state.value}")
+        self.state = state
+        self.state_since = trio.current_time()
+
+    def _say(self, message: str) -> None:
+        self.bus.publish(Feedback(message, trio.current_time()))
+
+    def _count_retry(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.inc("palmnode_retries_total", reason=reason)

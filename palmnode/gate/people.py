@@ -1,0 +1,171 @@
+"""People: the only way people change on a node — the vault and the in-memory gallery together.
+
+Every change is one vault transaction (the person and their outbox event together) followed, in
+the same worker-thread call, by the gallery change, so a person is searchable (or gone) the moment
+the call returns and a crash in between leaves the vault, the source of truth, whole: the gallery
+is rebuilt from it at start (``load``). Changes are serialised by one lock.
+
+Outbox events (``enrolled {person}``, ``deleted {person_id}``) go to the store controller through
+the link; ``events_appended`` (settable: the link client's wake-up) is called after each append.
+Replicated changes from the controller (``apply_upsert`` / ``apply_remove``) write no outbox event
+(the controller already knows), a removal leaves its audit entry all the same.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Callable
+
+import trio
+
+from drivers.card_reader.cardtoken import CardToken
+from palmnode.actors import EventBus
+from palmnode.biometrics.gallery import Gallery
+from palmnode.biometrics.types import PalmTemplate
+from palmnode.gate.events import PersonDeleted, PersonEnrolled
+from palmnode.link.wire import person_to_wire
+from palmnode.logs import event
+from palmnode.vault import EnrolledPalm, Person, Vault
+
+log = logging.getLogger("palmnode.gate")
+
+
+class People:
+    def __init__(self, vault: Vault, gallery: Gallery, node_id: str, bus: EventBus, metrics=None, *,
+                 events_appended: Callable[[], None] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.vault = vault
+        self.gallery = gallery
+        self.node_id = node_id
+        self.bus = bus
+        self.metrics = metrics
+        self.events_appended = events_appended
+        self.clock = clock
+        self._lock = trio.Lock()
+
+    # ---- start -------------------------------------------------------------------------------
+    async def load(self) -> int:
+        """Fill the gallery from the vault (at start); returns the number of palms loaded."""
+        async with self._lock:
+            count = await trio.to_thread.run_sync(self._load)
+        self._gauge()
+        event(log, "gallery loaded", palms=count)
+        return count
+
+    def _load(self) -> int:
+        count = 0
+        for person in self.vault.people():
+            count += self._add_to_gallery(person)
+        return count
+
+    # ---- enrol / delete (this node) -----------------------------------------------------------
+    async def enrol(self, card: CardToken | None, phone: str | None,
+                    palms: dict[str, list[PalmTemplate]]) -> Person:
+        """Store a new person and make them searchable; the vault's typed errors pass through
+        (DuplicateCard, DuplicatePhone, InvalidPhone) with nothing written."""
+        async with self._lock:
+            person = await trio.to_thread.run_sync(self._enrol, card, phone, palms)
+        self._appended()
+        self._gauge()
+        self.bus.publish(PersonEnrolled(person.person_id, tuple(p.palm for p in person.palms), trio.current_time()))
+        if self.metrics is not None:
+            self.metrics.inc("palmnode_enrolments_total", result="enrolled")
+        event(log, "person enrolled", person_id=person.person_id, palms=",".join(p.palm for p in person.palms))
+        return person
+
+    def _enrol(self, card: CardToken | None, phone: str | None, palms: dict[str, list[PalmTemplate]]) -> Person:
+        phone_digest = self.vault.phone_digest(phone) if phone else None
+        person = Person(person_id=uuid.uuid4().hex, card=card, phone_digest=phone_digest,
+                        palms=tuple(EnrolledPalm(name, tuple(templates)) for name, templates in palms.items()),
+                        enrolled_at=self.clock(), origin_node=self.node_id)
+        self.vault.add_person(person, event=("enrolled", {"person": person_to_wire(person)}))
+        self._add_to_gallery(person)
+        return person
+
+    async def delete(self, *, person_id: str | None = None, card_digest: bytes | None = None,
+                     phone: str | None = None) -> bool:
+        """Forget a person named by id, card digest or phone: vault (with a ``deleted`` event and an
+        audit entry) and gallery at once. False when nobody matches."""
+        if sum(x is not None for x in (person_id, card_digest, phone)) != 1:
+            raise ValueError("delete needs exactly one of person_id, card_digest, phone")
+        async with self._lock:
+            pid = await trio.to_thread.run_sync(self._delete, person_id, card_digest, phone)
+        if pid is None:
+            return False
+        self._appended()
+        self._gauge()
+        self.bus.publish(PersonDeleted(pid, trio.current_time()))
+        if self.metrics is not None:
+            self.metrics.inc("palmnode_deletions_total")
+        event(log, "person deleted", person_id=pid)
+        return True
+
+    def _delete(self, person_id: str | None, card_digest: bytes | None, phone: str | None) -> str | None:
+        if card_digest is not None:
+            person_id = self.vault.find_by_card(card_digest)
+        elif phone is not None:
+            person_id = self.vault.find_by_phone(phone)
+        if person_id is None:
+            return None
+        present = self.vault.remove_person(person_id, event=("deleted", {"person_id": person_id}), reason="request")
+        removed = self.gallery.remove(person_id)
+        return person_id if present or removed else None
+
+    # ---- replication (from the controller) -----------------------------------------------------
+    async def apply_upsert(self, person: Person) -> None:
+        """A person enrolled elsewhere (or changed): stored and searchable here, no outbox event."""
+        async with self._lock:
+            await trio.to_thread.run_sync(self._upsert, person)
+        self._gauge()
+
+    def _upsert(self, person: Person) -> None:
+        current = self.vault.get(person.person_id)
+        if current is not None and person_to_wire(current) == person_to_wire(person):
+            self.gallery.remove(person.person_id)  # already here (e.g. our own enrolment coming back)
+            self._add_to_gallery(person)
+            return
+        if current is not None:  # replaced: the old rows go first (no event: the controller knows)
+            self.vault.remove_person(person.person_id, reason="replication")
+            self.gallery.remove(person.person_id)
+        self.vault.add_person(person)
+        self._add_to_gallery(person)
+
+    async def apply_remove(self, person_id: str) -> bool:
+        """A person deleted elsewhere: gone from vault (audit entry, no outbox event) and gallery."""
+        async with self._lock:
+            present = await trio.to_thread.run_sync(self._remove_replicated, person_id)
+        self._gauge()
+        if present:
+            self.bus.publish(PersonDeleted(person_id, trio.current_time()))
+        return present
+
+    def _remove_replicated(self, person_id: str) -> bool:
+        present = self.vault.remove_person(person_id, reason="replication")
+        removed = self.gallery.remove(person_id)
+        return present or removed > 0
+
+    # ---- look-ups ------------------------------------------------------------------------------
+    async def card_digest(self, person_id: str) -> bytes | None:
+        person = await trio.to_thread.run_sync(self.vault.get, person_id)
+        return None if person is None or person.card is None else person.card.digest
+
+    async def find_by_card(self, card_digest: bytes) -> str | None:
+        return await trio.to_thread.run_sync(self.vault.find_by_card, card_digest)
+
+    # ---- helpers -------------------------------------------------------------------------------
+    def _add_to_gallery(self, person: Person) -> int:
+        n = 0
+        for palm in person.palms:
+            for template in palm.templates:
+                self.gallery.add(person.person_id, palm.palm, template)
+                n += 1
+        return n
+
+    def _appended(self) -> None:
+        if self.events_appended is not None:
+            self.events_appended()
+
+    def _gauge(self) -> None:
+        if self.metrics is not None:
+            self.metrics.set("palmnode_gallery_palms", len(self.gallery))

@@ -1,0 +1,121 @@
+"""The real virtual gate and a node on it, with the gate's flows wired the way the node will.
+
+Hands are rendered people (``palmnode.biometrics.synth`` seeds): ``hover`` holds one over the
+emulated gate (proximity sensor and camera both see it) for a given session, so a person is
+enrolled with session-1 hands and recognised with session-2 hands, as a month apart.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import attrs
+import numpy as np
+import pytest
+import trio
+
+from drivers.camera.scene import Lighting
+from palmnode.actors import GateState
+from palmnode.biometrics import matcher
+from palmnode.biometrics.bench import render_set
+from palmnode.biometrics.gallery import Gallery
+from palmnode.demo import node_config
+from palmnode.gate.capture import Capturer, CapturePolicy
+from palmnode.gate.identify import IdentifyFlow, IdentifyPolicy
+from palmnode.gate.modes import GateModes
+from palmnode.gate.people import People
+from palmnode.metrics import Metrics
+from palmnode.node import Node
+from palmnode.sim.gate import VirtualGate
+from palmnode.vault import Vault, VaultKeys
+from tests.conftest import wait_for
+
+#: the decision threshold of these tests: impostor fused scores of rendered people at this FMR
+TARGET_FMR = 1e-3
+CALIBRATION_IDS = 60
+
+
+@pytest.fixture(scope="session")
+def threshold() -> float:
+    """The fused-score threshold at TARGET_FMR over impostor pairs of CALIBRATION_IDS rendered
+    people (templates cached between runs by the bench's cache, keyed by the pipeline's code)."""
+    cache = Path(os.environ.get("PALMNODE_BENCH_CACHE", "/tmp/palmnode-bench"))
+    templates, ids, _ = render_set(20_000, CALIBRATION_IDS, cache)
+    scores = [matcher.match(templates[a], templates[b]).fused
+              for a in range(len(templates)) for b in range(a + 1, len(templates)) if ids[a] != ids[b]]
+    return matcher.Calibration.from_impostors(np.array(scores)).threshold_for(TARGET_FMR)
+
+
+@attrs.define
+class Rig:
+    gate: VirtualGate
+    node: Node
+    vault: Vault
+    gallery: Gallery
+    people: People
+    capturer: Capturer
+    metrics: Metrics
+    modes: GateModes
+    identify: IdentifyFlow | None = None
+
+
+@pytest.fixture
+async def rig(nursery, tmp_path, threshold) -> Rig:
+    gate = VirtualGate(tmp_path / "sim", camera_port=0, seed=11)
+    endpoints = await nursery.start(gate.run)
+    node = Node(node_config(endpoints, tmp_path))
+    await nursery.start(node.run)
+    vault = Vault.open(tmp_path / "vault.db", VaultKeys.from_secret(os.urandom(32)), node_id="gate-1")
+    gallery = Gallery()
+    metrics = Metrics()
+    people = People(vault, gallery, "gate-1", node.bus, metrics)
+    capturer = Capturer(node.lights, node.frames, CapturePolicy())
+    modes = GateModes(node.bus)
+    await wait_for(lambda: node.health.gate is GateState.READY, timeout=5.0)
+    yield Rig(gate, node, vault, gallery, people, capturer, metrics, modes)
+    vault.close()
+
+
+async def start_identify(rig: Rig, nursery, threshold: float, **kw) -> IdentifyFlow:
+    flow = IdentifyFlow(rig.node.bus, rig.capturer, rig.gallery, people=rig.people, modes=rig.modes,
+                        metrics=rig.metrics, policy=IdentifyPolicy(threshold=threshold),
+                        **kw)
+    await nursery.start(flow.run)
+    rig.identify = flow
+    return flow
+
+
+def _ease(x: float) -> float:
+    x = min(max(x, 0.0), 1.0)
+    return x * x * (3 - 2 * x)
+
+
+async def hover(gate: VirtualGate, identity: int, *, session: int = 1, hand: str | None = "right",
+                distance_mm: float = 150.0, seconds: float = 1.0, approach_s: float = 0.3,
+                far_mm: float = 450.0) -> None:
+    """A rendered person's hand comes in from ``far_mm``, hovers (with a slight tremor), leaves.
+    The renderer is warmed first (the emulator renders in this process), so a new person's first
+    frame costs the camera no more than any other: a real camera has no render time."""
+    scene = gate.hand
+    scene.present(identity, session=session, hand=hand)
+    scene.distance_mm = distance_mm
+    await trio.to_thread.run_sync(scene.render, Lighting(ir=1.0), 0.0)
+    await trio.to_thread.run_sync(scene.render, Lighting(surface=1.0), 0.0)
+    scene.distance_mm = None
+    t0 = trio.current_time()
+    total = approach_s * 2 + seconds
+    try:
+        while (t := trio.current_time() - t0) < total:
+            if t < approach_s:
+                d = far_mm + (distance_mm - far_mm) * _ease(t / approach_s)
+            elif t < approach_s + seconds:
+                d = distance_mm + 3.0 * math.sin(2 * math.pi * 1.3 * t)
+            else:
+                d = distance_mm + (far_mm - distance_mm) * _ease((t - approach_s - seconds) / approach_s)
+            gate.proximity.set_target(d)
+            scene.distance_mm = d
+            await trio.sleep(0.01)
+    finally:
+        gate.proximity.set_target(None)
+        scene.absent()
