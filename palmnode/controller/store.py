@@ -225,12 +225,14 @@ class Applied:
     ``change``: the replication change to push to the other nodes, if any.
     ``to_origin``: push ``change`` to the sending node too (an enrolment of someone already removed
     is refused and the node is told to forget them).
+    ``rejected``: the payload lacked what its kind needs; recorded, nothing else changed.
     """
 
     duplicate: bool
     effect: str
     change: Change | None = None
     to_origin: bool = False
+    rejected: bool = False
 
 
 @attrs.frozen
@@ -382,19 +384,29 @@ class Store:
         """Apply one delivered event exactly once: record it and its effect in one transaction.
 
         A (node_id, key) already recorded returns ``Applied(duplicate=True)`` and changes nothing.
-        Raises :class:`BadRecord` (nothing written) when the payload lacks what its kind needs.
+        An ``enrolled``/``deleted`` payload without the documented shape is recorded as rejected
+        (``Applied.rejected``), changing nothing else, so it cannot block the node's outbox.
+        Raises :class:`BadRecord` (nothing written) only for an unusable key.
         """
         if not 0 < len(key) <= MAX_ID:
             raise BadRecord(f"event key must be 1 to {MAX_ID} characters")
-        person = PersonRecord.from_wire(data.get("person")) if kind == "enrolled" else None
-        removed = _text(data, "person_id") if kind == "deleted" else None
+        person = removed = rejected = None
+        try:
+            person = PersonRecord.from_wire(data.get("person")) if kind == "enrolled" else None
+            removed = _text(data, "person_id") if kind == "deleted" else None
+        except BadRecord as exc:
+            rejected = f"rejected: {exc}"
 
         def txn(conn):
             if conn.execute("SELECT 1 FROM events WHERE node_id = ? AND key = ?", (node_id, key)).fetchone():
                 return Applied(duplicate=True, effect="duplicate")
             applied = Applied(duplicate=False, effect="recorded")
             kept: dict | None = None
-            if person is not None:
+            if rejected is not None:
+                # recorded and acknowledged so it cannot block the node's outbox, but it changes nothing
+                applied = Applied(duplicate=False, effect=rejected, rejected=True)
+                _audit(conn, "event_rejected", node_id=node_id, key=key, event_kind=kind, reason=rejected)
+            elif person is not None:
                 applied = self._upsert(conn, person, node_id)
                 kept = {"person_id": person.person_id}
             elif removed is not None:
@@ -486,8 +498,9 @@ class Store:
         """The cursor of the newest change (0 when there is none)."""
         return self._read("SELECT coalesce(max(cursor), 0) FROM changes")[0][0]
 
-    def changes_since(self, cursor: int, *, max_bytes: int = SYNC_BYTES) -> tuple[list[Change], int, bool]:
-        """Changes after ``cursor``, oldest first, about ``max_bytes`` of templates at most.
+    def changes_since(self, cursor: int, *, limit: int = 100,
+                      max_bytes: int = SYNC_BYTES) -> tuple[list[Change], int, bool]:
+        """Changes after ``cursor``, oldest first: at most ``limit``, about ``max_bytes`` of templates.
 
         Returns (changes, the cursor to ask from next, more-to-come). A cursor beyond the newest
         change (a node that knew another database) starts from the beginning.
@@ -503,7 +516,7 @@ class Store:
                 "ON c.kind = 'upsert' AND p.person_id = c.person_id WHERE c.cursor > ? ORDER BY c.cursor",
                 (cursor,))
             for row in rows:
-                if out and size >= max_bytes:
+                if out and (size >= max_bytes or len(out) >= limit):
                     return out, last, True
                 if row[1] == "remove":
                     out.append(Remove(row[0], row[2]))

@@ -8,8 +8,15 @@ import threading
 
 import pytest
 
-from palmnode.controller.store import (BadRecord, PersonRecord, Remove, Store, StoreError, StoredPalm,
-                                       Upsert)
+from palmnode.controller.store import (
+    BadRecord,
+    PersonRecord,
+    Remove,
+    Store,
+    StoredPalm,
+    StoreError,
+    Upsert,
+)
 from palmnode.vault import VaultKeys
 
 KEYS = VaultKeys.from_secret(bytes(range(32)))
@@ -82,16 +89,18 @@ def test_duplicate_event_is_applied_once(store):
     assert ident.data == {"person_id": "p-1", "palm": "right", "score": 0.91, "latency_ms": 80.0, "mode": "entry"}
 
 
-def test_bad_payload_writes_nothing(store):
+def test_bad_payload_is_recorded_as_rejected_and_changes_nothing(store):
     bad = person_wire()
     bad["palms"][0]["palm"] = "middle"
-    with pytest.raises(BadRecord, match="palm"):
-        enrol(store, bad)
-    with pytest.raises(BadRecord, match="person_id"):
-        store.apply_event(node_id="gate-a", key="k", seq=1, kind="deleted", at=1.0, data={})
-    assert store.events() == [] and store.head_cursor() == 0
-    # the key was not consumed: a corrected event under it still applies
-    assert not enrol(store, person_wire(), key="gate-a:1").duplicate
+    applied = enrol(store, bad)
+    assert applied.rejected and "palm" in applied.effect and applied.change is None
+    deleted = store.apply_event(node_id="gate-a", key="k", seq=1, kind="deleted", at=1.0, data={})
+    assert deleted.rejected and "person_id" in deleted.effect
+    assert store.head_cursor() == 0 and store.people_count() == 0
+    assert [e.effect.split(":")[0] for e in store.events()] == ["rejected", "rejected"]
+    assert enrol(store, bad).duplicate  # applied once: a redelivery is only recognised
+    with pytest.raises(BadRecord, match="key"):
+        store.apply_event(node_id="gate-a", key="", seq=1, kind="unknown", at=1.0, data={})
 
 
 def test_transaction_is_all_or_nothing(store, monkeypatch):
@@ -136,6 +145,8 @@ def test_sync_pages_by_size(store):
         if not more:
             break
     assert seen == [f"p-{i}" for i in range(10)] and pages > 3
+    changes, cursor, more = store.changes_since(0, limit=4)
+    assert len(changes) == 4 and more and cursor == changes[-1].cursor
     # a cursor from another database (beyond ours) starts over
     assert len(store.changes_since(10_000)[0]) == 10
 
@@ -176,8 +187,8 @@ def test_charges(store):
     enrol(store, person_wire("p-1", card=card))
 
     def charge(key, **kw):
-        args = dict(request_key=key, node_id="gate-a", person_id="p-1", card_digest=card, amount_cents=500,
-                    currency="EUR", limit_cents=10_000)
+        args = {"request_key": key, "node_id": "gate-a", "person_id": "p-1", "card_digest": card, "amount_cents": 500,
+                    "currency": "EUR", "limit_cents": 10_000}
         return store.charge(**{**args, **kw})
     ok = charge("r1")
     assert ok.approved and ok.reason is None and ok.reference.startswith("ch_")

@@ -1,0 +1,505 @@
+"""The reference store controller: a TLS server for every node of a store (docs/controller.md).
+
+    controller = Controller(ControllerConfig(db_path=..., key_file=..., ca_file=..., ...))
+    port = await nursery.start(controller.run)
+    await controller.wait_node("gate-1")
+    result = await controller.request("gate-1", "mode.set", {"mode": "payment", ...})
+
+Per connection (docs/protocols/controller.md): mutual TLS, each end's Hello first (the node id
+must equal its certificate's CN), then a receive loop and a send queue. Events are applied exactly
+once by the :class:`~palmnode.controller.store.Store` and acknowledged; enrolments and deletions
+are pushed to every other connected node as ``person.upsert`` / ``person.remove``; nodes that were
+away catch up with ``sync``. A peer that breaks the protocol loses its own connection (one log
+line, counted in :attr:`Controller.stats`); every other node keeps being served.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import ssl
+import uuid
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from palmnode.controller.store import MAX_ID, Applied, Change, Store, StoreError, Upsert
+from palmnode.link import codec, tls
+from palmnode.link.channel import (
+    Channel,
+    ChannelStats,
+    LinkClosed,
+    LinkError,
+    LinkProtocolError,
+)
+from palmnode.link.messages import (
+    PROTOCOL_VERSION,
+    Ack,
+    Event,
+    Hello,
+    Message,
+    Request,
+    Response,
+    one_line,
+)
+from palmnode.vault import VaultKeyError, load_keys
+
+log = logging.getLogger("palmnode.controller")
+
+DEFAULT_PORT = 7443  # docs/protocols/controller.md §1
+CAPABILITIES = ("sync", "charge")  # §4: the ops this controller serves
+MAX_SYNC_LIMIT = 1000  # §5 sync: a node may ask for fewer changes a page, never more than this
+
+
+class ControllerError(Exception):
+    """The controller cannot start (key, database, certificates, address); one line naming the fix."""
+
+
+class NodeUnavailable(ControllerError):
+    """The node is not connected, or its connection ended before it answered."""
+
+
+class RequestFailed(ControllerError):
+    """The node answered ``ok: false``; the message is its one-line reason."""
+
+
+class RequestTimeout(ControllerError, TimeoutError):
+    """The node did not answer within the timeout."""
+
+
+@attrs.frozen
+class ControllerConfig:
+    """Where the reference controller listens and keeps its record.
+
+    ``key_file`` (hex secret, 0600) seals templates at rest; None reads ``key_env`` instead.
+    ``ca_file``/``cert_file``/``cert_key_file`` are the store CA and the controller's own
+    certificate and key (``palmnode certs`` makes them as ca.pem, controller.pem, controller.key).
+    """
+
+    db_path: str = "controller.db"
+    key_file: str | None = "controller.key.hex"
+    key_env: str = "PALMNODE_CONTROLLER_KEY"
+    ca_file: str = "certs/ca.pem"
+    cert_file: str = "certs/controller.pem"
+    cert_key_file: str = "certs/controller.key"
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT  # 0 = any free port
+    name: str = "controller"  # our Hello's node_id: the CN of cert_file
+    max_frame: int = codec.MAX_FRAME
+    charge_limit_cents: int = 10_000
+    hello_timeout_s: float = 10.0  # §4: TLS and the peer's Hello within this, from TCP accept
+    request_timeout_s: float = 10.0  # default for Controller.request
+    send_queue: int = 256  # frames queued per node; a node this far behind is dropped and resyncs
+    sync_limit: int = 100  # §5 sync: default changes per page
+
+    @classmethod
+    def from_certs_dir(cls, certs: Path | str, **kwargs: Any) -> ControllerConfig:
+        """The config with the three certificate paths of a ``palmnode certs`` folder."""
+        certs = Path(certs)
+        name = kwargs.get("name", "controller")
+        return cls(ca_file=str(certs / "ca.pem"), cert_file=str(certs / f"{name}.pem"),
+                   cert_key_file=str(certs / f"{name}.key"), **kwargs)
+
+
+@attrs.define
+class ControllerStats:
+    """Counters a health view or a test reads. ``dropped`` counts connections closed because of
+    the peer, by reason: tls, timeout, no hello, slow, error, and the link's own (protocol,
+    oversize, msgpack, shape, truncated, overflow); ``link`` is frames and bytes of every channel."""
+
+    connections: int = 0
+    sessions: int = 0
+    replaced: int = 0
+    dropped: dict[str, int] = attrs.field(factory=dict)
+    last_drop: str | None = None
+    events_applied: int = 0
+    events_duplicate: int = 0
+    events_rejected: int = 0
+    requests_served: int = 0
+    pushes: int = 0
+    pushes_failed: int = 0
+    link: ChannelStats = attrs.field(factory=ChannelStats)
+
+    def drop(self, reason: str, line: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        self.last_drop = line
+
+
+class _Ended(Exception):
+    """Why a session stopped without a protocol error of the peer's: ``goodbye`` is what we tell it
+    (None: nothing), ``drop`` the reason counted in :attr:`ControllerStats.dropped` (None: not a drop)."""
+
+    def __init__(self, detail: str, *, goodbye: str | None = None, drop: str | None = None) -> None:
+        super().__init__(detail)
+        self.goodbye = goodbye
+        self.drop = drop
+
+
+@attrs.define(eq=False)
+class _Pending:
+    op: str
+    done: trio.Event = attrs.field(factory=trio.Event)
+    response: Response | None = None
+
+
+@attrs.define(eq=False)
+class _Session:
+    """One node's live connection after the hellos."""
+
+    node_id: str
+    capabilities: tuple[str, ...]
+    version: int
+    peer: str
+    channel: Channel
+    outgoing: trio.MemorySendChannel
+    incoming: trio.MemoryReceiveChannel
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    pending: dict[int, _Pending] = attrs.field(factory=dict)
+    next_id: int = 1
+    ended: BaseException | None = None  # why the session stopped (the first reason wins)
+
+    def end(self, reason: BaseException) -> None:
+        if self.ended is None:
+            self.ended = reason
+        self.scope.cancel()
+
+    def new_id(self) -> int:
+        self.next_id += 1
+        return self.next_id - 1
+
+
+class Controller:
+    """The reference store controller. ``port = await nursery.start(controller.run)``."""
+
+    def __init__(self, config: ControllerConfig) -> None:
+        self.config = config
+        self.stats = ControllerStats()
+        self.store: Store | None = None
+        self.port: int | None = None
+        self._sessions: dict[str, _Session] = {}
+        self._changed = trio.Event()
+
+    # -- public API ----------------------------------------------------------------------------
+
+    def nodes(self) -> dict[str, tuple[str, ...]]:
+        """The connected nodes, each with the capabilities of its Hello."""
+        return {node_id: s.capabilities for node_id, s in self._sessions.items()}
+
+    async def wait_node(self, node_id: str, *, connected: bool = True) -> None:
+        """Return once ``node_id`` is connected (or, with ``connected=False``, is not)."""
+        while (node_id in self._sessions) != connected:
+            await self._changed.wait()
+
+    async def request(self, node_id: str, op: str, args: dict[str, Any] | None = None, *,
+                      timeout: float | None = None) -> dict[str, Any]:
+        """Ask ``node_id`` to run ``op`` (§5) and return its result.
+
+        Raises :class:`NodeUnavailable` (not connected, or gone before answering),
+        :class:`RequestTimeout`, or :class:`RequestFailed` with the node's reason.
+        """
+        session = self._sessions.get(node_id)
+        if session is None:
+            raise NodeUnavailable(f"node {node_id} is not connected")
+        timeout = self.config.request_timeout_s if timeout is None else timeout
+        request_id = session.new_id()
+        pending = session.pending[request_id] = _Pending(op)
+        try:
+            with trio.fail_after(timeout):
+                await session.outgoing.send(Request(id=request_id, op=op, args=dict(args or {})))
+                await pending.done.wait()
+        except trio.TooSlowError:
+            raise RequestTimeout(f"node {node_id} did not answer {op} within {timeout:g} s") from None
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise NodeUnavailable(f"node {node_id} disconnected before answering {op}") from None
+        finally:
+            session.pending.pop(request_id, None)
+        if pending.response is None:
+            raise NodeUnavailable(f"node {node_id} disconnected before answering {op}")
+        if not pending.response.ok:
+            raise RequestFailed(f"node {node_id} {op}: {pending.response.error}")
+        return pending.response.result
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Open the record, listen, report the bound port, serve until cancelled."""
+        context = server_ssl_context(self.config)
+        store = await trio.to_thread.run_sync(_open_store, self.config)
+        try:
+            try:
+                listeners = await trio.open_ssl_over_tcp_listeners(
+                    self.config.port, context, host=self.config.host, https_compatible=False)
+            except OSError as exc:
+                raise ControllerError(f"cannot listen on {self.config.host}:{self.config.port}: "
+                                      f"{exc.strerror or exc}; pick another --listen address") from None
+            self.store = store
+            self.port = listeners[0].transport_listener.socket.getsockname()[1]
+            log.info("controller listening", extra={"fields": {"host": self.config.host, "port": self.port}})
+            task_status.started(self.port)
+            await trio.serve_listeners(self._serve_connection, listeners)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(store.close)
+            self.store = None
+
+    # -- one connection ------------------------------------------------------------------------
+
+    async def _serve_connection(self, stream: trio.SSLStream) -> None:
+        self.stats.connections += 1
+        peer = _peer_address(stream)
+        channel = Channel(stream, max_frame=self.config.max_frame, stats=self.stats.link)
+        session: _Session | None = None
+        goodbye: str | None = None
+        try:
+            session = await self._greet(channel, peer)
+            await self._run_session(session)
+        except LinkProtocolError as exc:  # the channel has counted it, said goodbye and closed
+            self._drop(peer, session.node_id if session else channel.peer_name, exc.kind, str(exc))
+        except _Ended as ended:
+            if ended.drop is not None:
+                self._drop(peer, session.node_id if session else channel.peer_name, ended.drop, str(ended))
+            else:
+                log.info("node disconnected", extra={"fields": {"node": session and session.node_id,
+                                                                 "peer": peer, "reason": str(ended)}})
+            goodbye = ended.goodbye
+        except LinkClosed as exc:
+            log.info("node disconnected", extra={"fields": {"node": session and session.node_id, "peer": peer,
+                                                             "reason": str(exc)}})
+        except Exception as exc:  # a bug must cost one connection, never the controller
+            log.exception("connection failed", extra={"fields": {"peer": peer, "node": session and session.node_id}})
+            self.stats.drop("error", one_line(f"{type(exc).__name__}: {exc}"))
+            goodbye = "controller error"
+        finally:
+            if trio.current_effective_deadline() == -math.inf:
+                goodbye = "controller stopping"
+            if session is not None:
+                self._forget(session)
+            if not channel.closed:
+                with trio.CancelScope(shield=True):
+                    await channel.aclose(goodbye)
+
+    def _drop(self, peer: str, node: str | None, reason: str, detail: str) -> None:
+        self.stats.drop(reason, detail)
+        log.warning("connection dropped",
+                    extra={"fields": {"peer": peer, "node": node, "reason": reason, "detail": detail}})
+
+    async def _greet(self, channel: Channel, peer: str) -> _Session:
+        """TLS handshake, then the hellos (§4: the node id must be its certificate's CN)."""
+        deadline = trio.current_time() + self.config.hello_timeout_s
+        with trio.move_on_at(deadline):
+            try:
+                await channel.handshake()
+            except LinkClosed as exc:
+                raise _Ended(str(exc), drop="tls") from None
+        if channel.peer_name is None:
+            raise _Ended(f"no TLS handshake within {self.config.hello_timeout_s:g} s"
+                         if trio.current_time() >= deadline else "peer certificate has no common name",
+                         drop="timeout" if trio.current_time() >= deadline else "tls")
+        local = Hello(version=PROTOCOL_VERSION, node_id=self.config.name, role="controller",
+                      capabilities=CAPABILITIES)
+        try:
+            hello = await channel.hello(local, timeout=max(0.0, deadline - trio.current_time()))
+        except LinkClosed as exc:
+            raise _Ended(str(exc), drop="timeout" if trio.current_time() >= deadline else "no hello") from None
+        outgoing, incoming = trio.open_memory_channel[Message](self.config.send_queue)
+        return _Session(node_id=channel.peer_name, capabilities=hello.capabilities, version=channel.version,
+                        peer=peer, channel=channel, outgoing=outgoing, incoming=incoming)
+
+    async def _run_session(self, session: _Session) -> None:
+        old = self._sessions.get(session.node_id)
+        if old is not None:
+            old.end(_Ended("replaced by a new connection", goodbye="replaced by a new connection from this node"))
+            self.stats.replaced += 1
+        self._sessions[session.node_id] = session
+        self.stats.sessions += 1
+        self._notify()
+        await trio.to_thread.run_sync(functools.partial(
+            self.store.node_seen, session.node_id, version=session.version, capabilities=session.capabilities))
+        log.info("node connected", extra={"fields": {"node": session.node_id, "peer": session.peer,
+                                                      "version": session.version, "replaced": old is not None}})
+        with session.scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._until_ended, session, self._send_loop, session)
+                nursery.start_soon(self._until_ended, session, self._receive_loop, session, nursery)
+        if session.ended is not None:
+            raise session.ended
+
+    @staticmethod
+    async def _until_ended(session: _Session, fn, *args) -> None:
+        """Run a session loop; the first way it ends (refusal, peer gone) ends the whole session."""
+        try:
+            await fn(*args)
+        except (LinkError, _Ended) as exc:
+            session.end(exc)
+
+    def _forget(self, session: _Session) -> None:
+        if self._sessions.get(session.node_id) is session:
+            del self._sessions[session.node_id]
+            self._notify()
+        session.outgoing.close()
+        for pending in session.pending.values():
+            pending.done.set()  # response stays None: the caller gets NodeUnavailable
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def _send_loop(self, session: _Session) -> None:
+        async for msg in session.incoming:
+            await session.channel.send(msg)
+
+    async def _receive_loop(self, session: _Session, nursery: trio.Nursery) -> None:
+        while True:
+            msg = await session.channel.receive()  # the channel refuses hellos, acks, bad frames
+            if isinstance(msg, Event):
+                await self._on_event(session, msg)
+            elif isinstance(msg, Request):
+                nursery.start_soon(self._serve_request, session, msg)
+            elif isinstance(msg, Response):
+                self._on_response(session, msg)
+
+    # -- events --------------------------------------------------------------------------------
+
+    async def _on_event(self, session: _Session, event: Event) -> None:
+        if event.node_id != session.node_id:
+            await session.channel.fail(f"event of node {one_line(event.node_id, 64)} on the connection of "
+                                       f"{session.node_id}")
+        if len(event.key) > MAX_ID:
+            await session.channel.fail(f"event key longer than {MAX_ID} characters")
+        applied: Applied = await trio.to_thread.run_sync(functools.partial(
+            self.store.apply_event, node_id=session.node_id, key=event.key, seq=event.seq, kind=event.kind,
+            at=event.at, data=event.data))
+        if applied.duplicate:
+            self.stats.events_duplicate += 1
+        elif applied.rejected:
+            self.stats.events_rejected += 1
+            log.warning("event rejected", extra={"fields": {"node": session.node_id, "key": event.key,
+                                                             "kind": event.kind, "reason": applied.effect}})
+        else:
+            self.stats.events_applied += 1
+        await session.outgoing.send(Ack(seq=event.seq, key=event.key))
+        if applied.change is not None and not applied.duplicate:
+            self._replicate(applied.change, origin=None if applied.to_origin else session.node_id)
+
+    def _replicate(self, change: Change, *, origin: str | None) -> None:
+        """Push ``change`` to every connected node but ``origin`` (best effort: ``sync`` catches up)."""
+        if isinstance(change, Upsert):
+            op, args = "person.upsert", {"person": change.person.to_wire()}
+        else:
+            op, args = "person.remove", {"person_id": change.person_id}
+        args["cursor"] = change.cursor
+        for session in list(self._sessions.values()):
+            if session.node_id == origin:
+                continue
+            request_id = session.new_id()
+            try:
+                session.outgoing.send_nowait(Request(id=request_id, op=op, args=args))
+            except trio.WouldBlock:
+                reason = f"{self.config.send_queue} frames queued unsent; reconnect and sync"
+                session.end(_Ended(reason, goodbye=reason, drop="slow"))
+                continue
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                continue
+            session.pending[request_id] = _Pending(op)
+            self.stats.pushes += 1
+
+    def _on_response(self, session: _Session, response: Response) -> None:
+        pending = session.pending.get(response.id)
+        if pending is None:
+            return  # §5: its caller timed out
+        pending.response = response
+        pending.done.set()
+        if pending.op in ("person.upsert", "person.remove"):
+            del session.pending[response.id]  # nobody waits for a push
+            if not response.ok:
+                self.stats.pushes_failed += 1
+                log.warning("replication refused", extra={"fields": {"node": session.node_id, "op": pending.op,
+                                                                     "error": response.error}})
+
+    # -- requests from nodes -------------------------------------------------------------------
+
+    async def _serve_request(self, session: _Session, request: Request) -> None:
+        try:
+            if request.op == "sync":
+                result = await self._sync(request.args)
+            elif request.op == "charge":
+                result = await self._charge(session, request.args)
+            else:
+                raise _BadArgs(f"unknown op {request.op}")
+            response = Response.success(request.id, result)
+        except _BadArgs as exc:
+            response = Response.failure(request.id, exc)
+        self.stats.requests_served += 1
+        try:
+            await session.outgoing.send(response)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    async def _sync(self, args: dict[str, Any]) -> dict[str, Any]:
+        cursor = _cursor(args.get("cursor"))
+        limit = args.get("limit", self.config.sync_limit)
+        if type(limit) is not int or not 1 <= limit <= MAX_SYNC_LIMIT:
+            raise _BadArgs(f"sync limit must be 1 to {MAX_SYNC_LIMIT}")
+        changes, cursor, more = await trio.to_thread.run_sync(functools.partial(
+            self.store.changes_since, cursor, limit=limit, max_bytes=self.config.max_frame // 2))
+        return {"changes": [c.to_wire() for c in changes], "cursor": cursor, "more": more}
+
+    async def _charge(self, session: _Session, args: dict[str, Any]) -> dict[str, Any]:
+        person_id, card, amount, currency = (args.get(k) for k in ("person_id", "card_digest", "amount_cents",
+                                                                   "currency"))
+        if not isinstance(person_id, str) or not person_id:
+            raise _BadArgs("charge needs person_id (str)")
+        if card is not None and not isinstance(card, bytes):
+            raise _BadArgs("charge card_digest must be bytes")
+        if type(amount) is not int:
+            raise _BadArgs("charge needs amount_cents (int)")
+        if not isinstance(currency, str) or not (len(currency) == 3 and currency.isalpha()):
+            raise _BadArgs("charge needs currency (ISO 4217, 3 letters)")
+        key = args.get("key")
+        if key is not None and not (isinstance(key, str) and 0 < len(key) <= 128):
+            raise _BadArgs("charge key must be a string of 1 to 128 characters")
+        # with a key, a retried charge gets the first decision back; without one each is new
+        request_key = f"{session.node_id}/{key}" if key else f"{session.node_id}/{uuid.uuid4().hex}"
+        decision = await trio.to_thread.run_sync(functools.partial(
+            self.store.charge, request_key=request_key, node_id=session.node_id, person_id=person_id,
+            card_digest=card, amount_cents=amount, currency=currency.upper(),
+            limit_cents=self.config.charge_limit_cents))
+        return decision.to_wire()
+
+
+class _BadArgs(Exception):
+    """A node's request the controller answers ``ok: false``."""
+
+
+def _cursor(value: object) -> int:
+    if value is None:
+        return 0
+    if type(value) is int and value >= 0:
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    raise _BadArgs("sync cursor must be nil, an int >= 0 or the string a previous sync returned")
+
+
+def _open_store(config: ControllerConfig) -> Store:
+    try:
+        keys = load_keys(None if config.key_file is None else Path(config.key_file), env_name=config.key_env)
+        return Store.open(Path(config.db_path), keys)
+    except (VaultKeyError, StoreError) as exc:
+        raise ControllerError(str(exc).replace("vault key", "controller key")) from None
+
+
+def server_ssl_context(config: ControllerConfig) -> ssl.SSLContext:
+    """TLS 1.3 only, our certificate, and the store CA required of every client (§1)."""
+    try:
+        return tls.server_context(cert=config.cert_file, key=config.cert_key_file, ca=config.ca_file)
+    except tls.TlsConfigError as exc:
+        raise ControllerError(str(exc).replace("link ", "controller ", 1)) from None
+
+
+def _peer_address(stream: trio.SSLStream) -> str:
+    try:
+        host, port = stream.transport_stream.socket.getpeername()[:2]
+        return f"{host}:{port}"
+    except (AttributeError, OSError):
+        return "?"

@@ -1,0 +1,306 @@
+"""The controller over real sockets with real mutual TLS, driven by nodes on real link channels."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import trio
+
+from palmnode.controller.server import (
+    Controller,
+    ControllerError,
+    NodeUnavailable,
+    RequestFailed,
+    RequestTimeout,
+)
+from palmnode.link.certs import make_dev_pki
+from palmnode.link.channel import LinkClosed
+from palmnode.link.codec import HEADER
+from palmnode.link.messages import Event
+from tests.conftest import wait_for
+from tests.controller.harness import (
+    ChannelNode,
+    ControllerRunner,
+    controller_config,
+    dial,
+    person_wire,
+)
+
+NODES = ["gate-a", "gate-b", "gate-c"]
+
+
+@pytest.fixture
+def pki(tmp_path):
+    return make_dev_pki(tmp_path / "pki", nodes=NODES)
+
+
+@pytest.fixture
+async def runner(nursery, tmp_path, pki):
+    runner = ControllerRunner(nursery, controller_config(tmp_path, pki, hello_timeout_s=5.0))
+    await runner.start()
+    return runner
+
+
+@pytest.fixture
+def controller(runner) -> Controller:
+    return runner.controller
+
+
+async def connect(nursery, controller, pki, name) -> ChannelNode:
+    node = await ChannelNode.connect(nursery, controller.port, pki, name)
+    await controller.wait_node(name)
+    return node
+
+
+async def test_hello_and_nodes(nursery, controller, pki):
+    a = await connect(nursery, controller, pki, "gate-a")
+    assert a.channel.peer_hello.role == "controller" and a.channel.peer_hello.node_id == "controller"
+    assert set(a.channel.peer_hello.capabilities) == {"sync", "charge"}
+    assert controller.nodes() == {"gate-a": ("events", "person.upsert", "person.remove", "node.status")}
+    [seen] = await trio.to_thread.run_sync(controller.store.nodes)
+    assert seen.node_id == "gate-a" and seen.version == 1
+
+
+async def test_events_are_acked_and_applied_once(nursery, controller, pki):
+    a = await connect(nursery, controller, pki, "gate-a")
+    data = {"person_id": "p-1", "palm": "right", "score": 0.9, "latency_ms": 81.0, "mode": "entry"}
+    ack1 = await a.event("identified", data, key="gate-a:1", seq=1)
+    a.acks.clear()
+    ack2 = await a.event("identified", data, key="gate-a:1", seq=1)
+    assert ack1 == ack2 and (ack1.seq, ack1.key) == (1, "gate-a:1")
+    assert len(await trio.to_thread.run_sync(controller.store.events)) == 1
+    assert (controller.stats.events_applied, controller.stats.events_duplicate) == (1, 1)
+    # a malformed enrolment is acked (the outbox moves on), recorded as rejected, changes nothing
+    await a.event("enrolled", {"person": {"person_id": "x"}})
+    assert controller.stats.events_rejected == 1
+    assert await trio.to_thread.run_sync(controller.store.people_count) == 0
+
+
+async def test_enrolment_and_deletion_replicate_to_the_other_nodes(nursery, controller, pki):
+    a = await connect(nursery, controller, pki, "gate-a")
+    b = await connect(nursery, controller, pki, "gate-b")
+    c = await connect(nursery, controller, pki, "gate-c")
+    wire = person_wire("p-1")
+    await a.event("enrolled", {"person": wire})
+    for node in (b, c):
+        await node.wait_until(lambda node=node: len(node.pushes) == 1)
+        [push] = node.pushes
+        assert push.op == "person.upsert" and push.args["person"] == wire and push.args["cursor"] >= 1
+    with trio.fail_after(5):
+        await b.event("deleted", {"person_id": "p-1"})
+        await a.wait_until(lambda: len(a.pushes) == 1)
+        await c.wait_until(lambda: len(c.pushes) == 2)
+    assert a.pushes[0].op == "person.remove" and a.pushes[0].args["person_id"] == "p-1"
+    assert c.pushes[1].op == "person.remove"
+    assert len(b.pushes) == 1  # never its own change back
+    await wait_for(lambda: controller.stats.pushes == 4 and not any(
+        s.pending for s in controller._sessions.values()))
+    assert await trio.to_thread.run_sync(controller.store.get_person, "p-1") is None
+
+
+async def test_replication_refused_by_a_node_is_counted(nursery, controller, pki):
+    a = await connect(nursery, controller, pki, "gate-a")
+    b = await connect(nursery, controller, pki, "gate-b")
+
+    def refuse(args):
+        raise ValueError("vault full")
+    b.handlers["person.upsert"] = refuse
+    await a.event("enrolled", {"person": person_wire("p-1")})
+    await wait_for(lambda: controller.stats.pushes_failed == 1)
+
+
+async def test_sync_catches_up_an_offline_node_in_pages(nursery, controller, pki):
+    a = await connect(nursery, controller, pki, "gate-a")
+    for i in range(5):
+        await a.event("enrolled", {"person": person_wire(f"p-{i}")})
+    await a.event("deleted", {"person_id": "p-0"})
+    b = await connect(nursery, controller, pki, "gate-b")  # was away for all of it
+    seen, cursor = [], None
+    while True:
+        response = await b.request("sync", {"cursor": cursor, "limit": 2})
+        assert response.ok, response.error
+        seen += [(c["kind"], c.get("person_id") or c["person"]["person_id"]) for c in response.result["changes"]]
+        cursor = response.result["cursor"]
+        if not response.result["more"]:
+            break
+    assert seen == [("upsert", f"p-{i}") for i in range(1, 5)] + [("remove", "p-0")]
+    again = await b.request("sync", {"cursor": str(cursor)})
+    assert again.ok and again.result["changes"] == [] and again.result["cursor"] == cursor
+    bad = await b.request("sync", {"cursor": -3})
+    assert not bad.ok and "cursor" in bad.error
+    unknown = await b.request("gallery.dump", {})
+    assert not unknown.ok and unknown.error == "unknown op gallery.dump"
+
+
+async def test_charges(nursery, controller, pki):
+    a = await connect(nursery, controller, pki, "gate-a")
+    card = os.urandom(32)
+    await a.event("enrolled", {"person": person_wire("p-1", card=card)})
+    args = {"person_id": "p-1", "card_digest": card, "amount_cents": 450, "currency": "eur", "key": "sale-1"}
+    ok = await a.request("charge", args)
+    assert ok.ok and ok.result["approved"] and ok.result["reference"]
+    again = await a.request("charge", args)
+    assert again.result == ok.result  # same key: the first decision
+    over = await a.request("charge", {**args, "key": "sale-2", "amount_cents": 10_001})
+    assert over.result == {"approved": False, "reference": over.result["reference"],
+                           "reason": "over the per-transaction limit"}
+    wrong = await a.request("charge", {**args, "key": "sale-3", "card_digest": os.urandom(32)})
+    assert not wrong.result["approved"] and wrong.result["reason"] == "card does not match"
+    bad = await a.request("charge", {"person_id": "p-1"})
+    assert not bad.ok and "card_digest" in bad.error or "amount_cents" in bad.error
+
+
+async def test_controller_requests_to_a_node(nursery, controller, pki):
+    a = await connect(nursery, controller, pki, "gate-a")
+    a.handlers["node.status"] = lambda args: {"gate": "ready", "people": 3}
+    assert await controller.request("gate-a", "node.status", {}) == {"gate": "ready", "people": 3}
+
+    def refuse(args):
+        raise ValueError("no card reader")
+    a.handlers["enrol.begin"] = refuse
+    with pytest.raises(RequestFailed, match="gate-a enrol.begin: no card reader"):
+        await controller.request("gate-a", "enrol.begin", {"phone": "+4912345", "palms": ["right"]})
+    a.handlers["node.metrics"] = lambda args: None  # never answers
+    with pytest.raises(RequestTimeout, match="did not answer node.metrics within 0.2 s"):
+        await controller.request("gate-a", "node.metrics", {}, timeout=0.2)
+    with pytest.raises(NodeUnavailable, match="gate-z is not connected"):
+        await controller.request("gate-z", "node.status", {})
+    # concurrent requests each get their own answer
+    a.handlers["mode.set"] = lambda args: {"mode": args["mode"]}
+    results = {}
+
+    async def ask(mode):
+        results[mode] = await controller.request("gate-a", "mode.set", {"mode": mode})
+    async with trio.open_nursery() as inner:
+        for mode in ("entry", "payment", "loyalty"):
+            inner.start_soon(ask, mode)
+    assert results == {m: {"mode": m} for m in ("entry", "payment", "loyalty")}
+
+
+async def test_a_request_fails_when_the_node_goes_away(nursery, controller, pki):
+    a = await connect(nursery, controller, pki, "gate-a")
+    a.handlers["enrol.begin"] = lambda args: None
+
+    async def hang_up():
+        await a.wait_until(lambda: a.requests)
+        await a.channel.aclose()
+    nursery.start_soon(hang_up)
+    with pytest.raises(NodeUnavailable, match="disconnected before answering enrol.begin"):
+        await controller.request("gate-a", "enrol.begin", {}, timeout=5)
+    await controller.wait_node("gate-a", connected=False)
+
+
+async def test_reconnect_replaces_the_old_session(nursery, controller, pki):
+    first = await connect(nursery, controller, pki, "gate-a")
+    second = await ChannelNode.connect(nursery, controller.port, pki, "gate-a")
+    await first.wait_until(lambda: first.closed is not None)
+    assert "replaced" in first.closed
+    assert controller.stats.replaced == 1 and list(controller.nodes()) == ["gate-a"]
+    second.handlers["node.status"] = lambda args: {"which": "second"}
+    assert await controller.request("gate-a", "node.status") == {"which": "second"}
+
+
+async def test_events_of_a_stopped_controller_arrive_after_restart_once(nursery, runner, pki):
+    a = await connect(nursery, runner.controller, pki, "gate-a")
+    await a.event("enrolled", {"person": person_wire("p-1")}, key="gate-a:1", seq=1)
+    await a.event("deleted", {"person_id": "p-1"}, key="gate-a:2", seq=2)
+    port = runner.controller.port
+    await runner.stop()
+    await a.wait_until(lambda: a.closed is not None)
+    assert "controller stopping" in a.closed
+    controller = await runner.start(port=port)
+    a2 = await connect(nursery, controller, pki, "gate-a")
+    # the node resends what it was not sure of, and what happened while the controller was down
+    await a2.event("deleted", {"person_id": "p-1"}, key="gate-a:2", seq=2)
+    await a2.event("enrolled", {"person": person_wire("p-2")}, key="gate-a:3", seq=3)
+    assert (controller.stats.events_duplicate, controller.stats.events_applied) == (1, 1)
+    events = await trio.to_thread.run_sync(controller.store.events)
+    assert [e.key for e in events] == ["gate-a:1", "gate-a:2", "gate-a:3"]
+
+
+# -- bad peers: each loses its own connection, counted; the good node keeps being served ----------
+
+async def assert_still_served(good: ChannelNode, controller: Controller) -> None:
+    good.acks.clear()
+    ack = await good.event("unknown", {"latency_ms": 90.0, "reason": "no match"})
+    assert ack.key.startswith(good.name)
+    assert good.closed is None and good.name in controller.nodes()
+
+
+async def test_peer_from_another_ca_is_refused(nursery, controller, pki, tmp_path):
+    good = await connect(nursery, controller, pki, "gate-a")
+    other = make_dev_pki(tmp_path / "other", nodes=["gate-b"])
+    with pytest.raises(LinkClosed):
+        channel = await dial(controller.port, other, "gate-b", trust=pki)  # it trusts us; we do not trust it
+        await channel.receive()  # TLS 1.3: the client learns of its refusal on its first read
+    await wait_for(lambda: controller.stats.dropped.get("tls") == 1)
+    assert "gate-b" not in controller.nodes()
+    await assert_still_served(good, controller)
+
+
+async def test_hello_with_another_node_id_is_refused(nursery, controller, pki):
+    good = await connect(nursery, controller, pki, "gate-a")
+    with pytest.raises(LinkClosed, match="hello node_id gate-c does not match certificate CN gate-b"):
+        channel = await dial(controller.port, pki, "gate-b", hello_name="gate-c")
+        await channel.receive()
+    await wait_for(lambda: controller.stats.dropped.get("protocol") == 1)
+    assert set(controller.nodes()) == {"gate-a"}
+    await assert_still_served(good, controller)
+
+
+async def test_oversize_frame_is_refused(nursery, controller, pki):
+    good = await connect(nursery, controller, pki, "gate-a")
+    bad = await ChannelNode.connect(nursery, controller.port, pki, "gate-b")
+    await bad.channel.stream.send_all(HEADER.pack(controller.config.max_frame + 1))
+    await bad.wait_until(lambda: bad.closed is not None)
+    assert "exceeds" in bad.closed
+    await wait_for(lambda: controller.stats.dropped.get("oversize") == 1)
+    await controller.wait_node("gate-b", connected=False)
+    await assert_still_served(good, controller)
+
+
+async def test_malformed_msgpack_is_refused(nursery, controller, pki):
+    good = await connect(nursery, controller, pki, "gate-a")
+    bad = await ChannelNode.connect(nursery, controller.port, pki, "gate-b")
+    body = b"\xc1\xc1\xc1"  # 0xc1 is never used in msgpack
+    await bad.channel.stream.send_all(HEADER.pack(len(body)) + body)
+    await bad.wait_until(lambda: bad.closed is not None)
+    await wait_for(lambda: controller.stats.dropped.get("msgpack") == 1)
+    await assert_still_served(good, controller)
+
+
+async def test_event_for_another_node_is_refused(nursery, controller, pki):
+    good = await connect(nursery, controller, pki, "gate-a")
+    bad = await ChannelNode.connect(nursery, controller.port, pki, "gate-b")
+    await bad.channel.send(Event(seq=1, key="gate-a:99", kind="deleted", node_id="gate-a", at=1.0,
+                                 data={"person_id": "p-1"}))
+    await bad.wait_until(lambda: bad.closed is not None)
+    assert "event of node gate-a on the connection of gate-b" in bad.closed
+    assert await trio.to_thread.run_sync(controller.store.events) == []
+    await assert_still_served(good, controller)
+
+
+async def test_silent_peer_times_out(nursery, tmp_path, pki):
+    runner = ControllerRunner(nursery, controller_config(tmp_path, pki, hello_timeout_s=0.3))
+    controller = await runner.start()
+    good = await connect(nursery, controller, pki, "gate-a")
+    silent = await dial(controller.port, pki, "gate-b", hello=False)
+    await silent.handshake()
+    with pytest.raises(LinkClosed):
+        while True:
+            await silent.receive()  # the controller's hello, then its goodbye
+    await wait_for(lambda: controller.stats.dropped.get("timeout") == 1)
+    await assert_still_served(good, controller)
+
+
+async def test_bad_setup_is_one_line(tmp_path, pki):
+    config = controller_config(tmp_path, pki)
+    import attrs
+
+    with pytest.raises(ControllerError, match="controller certificate .* not found"):
+        await Controller(attrs.evolve(config, cert_file=str(tmp_path / "nope.pem"))).run()
+    with pytest.raises(ControllerError, match="controller key file .* is missing"):
+        await Controller(attrs.evolve(config, key_file=str(tmp_path / "nope.hex"))).run()
+    os.chmod(config.key_file, 0o644)
+    with pytest.raises(ControllerError, match="chmod 600"):
+        await Controller(config).run()
