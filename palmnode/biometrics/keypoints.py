@@ -30,13 +30,14 @@ class Fingers:
 
 
 def outline_path(contour: np.ndarray, shape: tuple[int, int], arm: np.ndarray | None,
-                 centre: np.ndarray) -> np.ndarray:
+                 centre: np.ndarray, arm_dir: np.ndarray | None = None) -> np.ndarray:
     """The outline as one open path from one side of the arm round the hand to the other.
 
     ``arm`` holds the (x, y) border pixels where the arm leaves the frame: outline points on or
     next to them are the arm's cut and are dropped; the longest remaining stretch is the hand
-    (fingertips cut by another border stay in it). Without an arm, the path is opened at the
-    point opposite the farthest one (the middle fingertip).
+    (fingertips cut by another border stay in it). Without them, the path is opened at the
+    outline point farthest along ``arm_dir`` (the forearm's end, when the arm fades out before
+    the border), else at the point opposite the farthest one (the middle fingertip).
     """
     n = len(contour)
     if arm is not None and len(arm):
@@ -54,8 +55,11 @@ def outline_path(contour: np.ndarray, shape: tuple[int, int], arm: np.ndarray | 
             return contour[idx].astype(np.float64)
     pts = contour.astype(np.float64)
     rel = pts - centre
-    far = int(np.argmax((rel ** 2).sum(1)))
-    start = int(np.argmax(rel @ -rel[far]))
+    if arm_dir is not None:
+        start = int(np.argmax(rel @ arm_dir))
+    else:
+        far = int(np.argmax((rel ** 2).sum(1)))
+        start = int(np.argmax(rel @ -rel[far]))
     return np.roll(pts, -start, axis=0)
 
 

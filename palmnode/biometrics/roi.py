@@ -190,6 +190,9 @@ def _locate(small: np.ndarray, factor: int, limits: RoiLimits) -> Roi | RoiFailu
         arm_pts = arm[2]
         v = arm_pts.mean(axis=0) - c
         arm_dir = v / (np.linalg.norm(v) + 1e-9)
+    if arm_dir is None:
+        # no border contact: a forearm fading out before the border still shows by its thickness
+        arm_dir = segment.arm_direction(hand)
     if diameter < limits.min_palm_diameter:
         return _fail(FailureReason.TOO_FAR, f"palm spans only {diameter:.0%} of the frame height")
 
@@ -197,7 +200,7 @@ def _locate(small: np.ndarray, factor: int, limits: RoiLimits) -> Roi | RoiFailu
     _remember_edge_width(small, limits, width)
     if width > limits.max_edge_width:
         return _fail(FailureReason.MOTION_BLUR, f"hand outline smeared over {width:.0f} px")
-    path = keypoints.outline_path(hand.contour, (h, w), arm_pts, c)
+    path = keypoints.outline_path(hand.contour, (h, w), arm_pts, c, arm_dir)
     fingers = keypoints.find_fingers(path, c, rad, None if arm_dir is None else -arm_dir)
     if fingers is None:
         return _fail(FailureReason.PARTIAL_HAND, "four fingers are not visible")

@@ -30,6 +30,7 @@ class HandMask:
     area_fraction: float       # hand pixels / frame pixels
     centre: np.ndarray         # (2,) float: the palm circle's centre (working px)
     radius: float              # the palm circle's radius (largest inscribed circle, working px)
+    inscribed: np.ndarray      # float32 distance to the outline on every other pixel (half-res px)
 
 
 def downscale(frame: np.ndarray) -> tuple[np.ndarray, int]:
@@ -99,7 +100,7 @@ def segment(small: np.ndarray, factor: int, threshold: float, background: float,
         small=small, mask=mask, contour=contour.reshape(-1, 2), factor=factor,
         threshold=threshold, background=background,
         area_fraction=float(cv2.countNonZero(mask)) / mask.size,
-        centre=np.array(loc, dtype=np.float64), radius=float(radius))
+        centre=np.array(loc, dtype=np.float64), radius=float(radius), inscribed=dist)
 
 
 _KERNEL3 = np.ones((3, 3), np.uint8)
@@ -108,6 +109,37 @@ _SEAM_KERNEL = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))
 _GLARE_HALO = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))
 #: a seam is at least this share of the skin/background contrast darker than its surroundings
 SEAM_DEPTH = 0.2
+
+
+#: a part of the hand this far out from the palm centre (palm radii) and this thick (distance to
+#: the outline, palm radii) is the forearm: fingers and the thumb are far thinner (half-widths
+#: ~0.2 R), the palm itself lies within ~1.2 R
+ARM_REACH = 1.3
+ARM_THICKNESS = 0.4
+
+
+def arm_direction(hand: HandMask) -> np.ndarray | None:
+    """Unit direction (working px) from the palm centre to the forearm, told by its thickness, or
+    None when nothing that thick lies beyond the palm (a hand held with the wrist out of view).
+
+    For a forearm that fades out before the frame border (dimly lit, far from the light) and so
+    leaves no border contact to name it."""
+    dist = hand.inscribed
+    h, w = dist.shape
+    c, rad = hand.centre / 2, hand.radius / 2              # in half-res px
+    yy, xx = np.ogrid[0:h, 0:w]
+    px, py = xx - c[0], yy - c[1]
+    r2 = px * px + py * py
+    keep = (r2 > (ARM_REACH * rad) ** 2) & (dist > ARM_THICKNESS * rad)
+    count = np.count_nonzero(keep)
+    if count < 10:
+        return None
+    r = np.sqrt(np.where(keep, r2, 1.0))
+    u = np.array([float(np.sum(np.where(keep, px / r, 0.0))), float(np.sum(np.where(keep, py / r, 0.0)))])
+    norm = float(np.linalg.norm(u))
+    if norm < 0.5 * count:                                 # thick parts on opposite sides: unclear
+        return None
+    return u / norm
 
 
 @functools.lru_cache(maxsize=8)
