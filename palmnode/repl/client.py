@@ -1,0 +1,512 @@
+"""``palmnode repl``: attach to a running node's REPL socket.
+
+Interactive on a terminal (readline history in ``~/.palmnode_repl_history``, Tab completes
+command names, event types and light channels); with stdin from a pipe it runs one command a line
+(``q`` on a line of its own ends a ``follow``); ``palmnode repl CMD ARGS`` runs one command.
+Plain blocking sockets: the client has nothing to do concurrently but watch stdin for ``q``.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import os
+import select
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, TextIO
+
+from palmnode.repl import protocol
+from palmnode.repl.protocol import split_line
+
+#: where to look for the socket when neither --socket nor $PALMNODE_REPL_SOCKET says
+#: (the systemd unit's RuntimeDirectory, then the virtual gate's run folder)
+DEFAULT_SOCKETS = ("/run/palmnode/repl.sock", "/tmp/palmnode-sim/repl.sock")
+SOCKET_ENV = "PALMNODE_REPL_SOCKET"
+HISTORY_FILE = "~/.palmnode_repl_history"
+HISTORY_LENGTH = 2000
+#: the node must greet within this long
+CONNECT_TIMEOUT_S = 5.0
+
+
+class ReplClientError(Exception):
+    """Cannot talk to the node (one line: which socket, why, what to do)."""
+
+
+def default_socket(env: dict[str, str] | None = None) -> Path:
+    env = dict(os.environ) if env is None else env
+    if env.get(SOCKET_ENV):
+        return Path(env[SOCKET_ENV])
+    for candidate in DEFAULT_SOCKETS:
+        if os.path.exists(candidate):
+            return Path(candidate)
+    return Path(DEFAULT_SOCKETS[0])
+
+
+class Connection:
+    """One session with the node: send requests, read reply lines."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buffer = bytearray()
+        self.hello: dict[str, Any] = {}
+
+    @classmethod
+    def open(cls, path: Path, timeout: float = CONNECT_TIMEOUT_S) -> Connection:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(path))
+        except FileNotFoundError:
+            sock.close()
+            raise ReplClientError(f"no REPL socket at {path}: is the node running? (--socket PATH or "
+                                  f"${SOCKET_ENV} names another)") from None
+        except ConnectionRefusedError:
+            sock.close()
+            raise ReplClientError(f"nobody serves {path} (left by a node that stopped): start the node") from None
+        except PermissionError:
+            sock.close()
+            raise ReplClientError(f"no permission to open {path}: run as the node's user "
+                                  "(the socket is 0600)") from None
+        except OSError as exc:
+            sock.close()
+            raise ReplClientError(f"cannot connect to {path}: {exc.strerror or exc}") from None
+        conn = cls(sock)
+        try:
+            first = conn.read()
+        except (OSError, ReplClientError) as exc:
+            sock.close()
+            raise ReplClientError(f"{path}: the node did not greet: {exc}") from None
+        if "hello" not in first:
+            sock.close()
+            raise ReplClientError(f"{path}: {first.get('error') or 'not a palmnode REPL'}")
+        conn.hello = first["hello"]
+        sock.settimeout(None)
+        return conn
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, cmd: str, *args: str) -> None:
+        self.sock.sendall(protocol.encode_request(cmd, *args))
+
+    def interrupt(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.sendall(protocol.encode_request(protocol.INTERRUPT))
+
+    def has_line(self) -> bool:
+        return b"\n" in self._buffer
+
+    def read(self) -> dict[str, Any]:
+        """The next reply line; ReplClientError when the node closed the connection."""
+        while b"\n" not in self._buffer:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ReplClientError("the node closed the connection")
+            self._buffer += data
+        line, _, rest = bytes(self._buffer).partition(b"\n")
+        self._buffer = bytearray(rest)
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            raise ReplClientError("the node sent something that is not a JSON line") from None
+        if not isinstance(reply, dict):
+            raise ReplClientError("the node sent a reply that is not a JSON object")
+        return reply
+
+
+class StdinLines:
+    """Lines from a non-terminal stdin, read with os.read so select() sees what is left."""
+
+    def __init__(self, fd: int = 0) -> None:
+        self.fd = fd
+        self._buffer = bytearray()
+        self.eof = False
+
+    def ready(self) -> bool:
+        return b"\n" in self._buffer or self.eof
+
+    def fill(self) -> None:
+        data = os.read(self.fd, 65536)
+        if data:
+            self._buffer += data
+        else:
+            self.eof = True
+
+    def peek(self) -> str | None:
+        """The next complete line, stripped and lower-cased, without taking it (None if none yet)."""
+        if b"\n" not in self._buffer:
+            return None
+        return self._buffer[:self._buffer.index(b"\n")].decode("utf-8", "replace").strip().lower()
+
+    def readline(self) -> str | None:
+        while b"\n" not in self._buffer and not self.eof:
+            self.fill()
+        if not self._buffer:
+            return None
+        line, sep, rest = bytes(self._buffer).partition(b"\n")
+        self._buffer = bytearray(rest)
+        return line.decode("utf-8", "replace")
+
+
+class Repl:
+    """Runs commands through a connection and prints their replies."""
+
+    def __init__(self, conn: Connection, out: TextIO = sys.stdout, *, interactive: bool,
+                 stdin: StdinLines | None = None) -> None:
+        self.conn = conn
+        self.out = out
+        self.interactive = interactive
+        self.stdin = stdin
+        self.errors = 0
+
+    # -- one command
+
+    def run(self, cmd: str, args: tuple[str, ...]) -> dict[str, Any]:
+        """Send one request, print every reply line, return the final one."""
+        self.conn.send(cmd, *args)
+        unbounded = cmd == "follow"
+        interrupted = False
+        with self._watch_keys(unbounded) as key_pressed:
+            while True:
+                try:
+                    if unbounded and not interrupted and not self.conn.has_line():
+                        if self._stop_requested(key_pressed):
+                            self.conn.interrupt()
+                            interrupted = True
+                            continue
+                    reply = self.conn.read()
+                except KeyboardInterrupt:
+                    if interrupted:
+                        raise
+                    self.conn.interrupt()
+                    interrupted = True
+                    continue
+                if "ok" in reply:
+                    self._final(cmd, args, reply)
+                    return reply
+                self._stream(reply)
+
+    def _stop_requested(self, key_pressed: Callable[[], bool] | None) -> bool:
+        """Wait until the node sends something (False) or the user asks to stop (True)."""
+        watched = [self.conn.sock]
+        stdin_fd = None
+        if key_pressed is not None:
+            stdin_fd = sys.stdin.fileno()
+        elif self.stdin is not None and not self.stdin.eof:
+            if self.stdin.ready():
+                return self._stdin_says_stop()
+            stdin_fd = self.stdin.fd
+        if stdin_fd is not None:
+            watched.append(stdin_fd)  # type: ignore[arg-type]
+        readable, _, _ = select.select(watched, [], [])
+        if stdin_fd is not None and stdin_fd in readable:
+            if key_pressed is not None:
+                return key_pressed()
+            self.stdin.fill()  # type: ignore[union-attr]
+            if self.stdin.ready():  # type: ignore[union-attr]
+                return self._stdin_says_stop()
+        return False
+
+    def _stdin_says_stop(self) -> bool:
+        """Piped stdin: the next line (or its end) stops a follow; a ``q`` line is used up by it,
+        any other line is kept and runs as the next command."""
+        assert self.stdin is not None
+        if self.stdin.peek() in ("q", "quit"):
+            self.stdin.readline()
+        return True
+
+    @contextlib.contextmanager
+    def _watch_keys(self, unbounded: bool) -> Iterator[Callable[[], bool] | None]:
+        """On a terminal during follow: single keys (cbreak mode), ``q`` stops."""
+        if not (unbounded and self.interactive and sys.stdin.isatty()):
+            yield None
+            return
+        import termios
+        import tty
+
+        fd = sys.stdin.fileno()
+        saved = termios.tcgetattr(fd)
+        tty.setcbreak(fd)
+        try:
+            yield lambda: os.read(fd, 1).lower() == b"q"
+        finally:
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+    def _stream(self, reply: dict[str, Any]) -> None:
+        if "text" in reply:
+            print(reply["text"], file=self.out, flush=True)
+        elif "event" in reply:
+            print(format_event(reply["event"]), file=self.out, flush=True)
+
+    def _final(self, cmd: str, args: tuple[str, ...], reply: dict[str, Any]) -> None:
+        if not reply.get("ok"):
+            self.errors += 1
+            print(f"error: {reply.get('error', 'unknown error')}", file=self.out, flush=True)
+            return
+        result = reply.get("result")
+        if cmd == "capture" and isinstance(result, dict) and "png_base64" in result:
+            self._save_capture(args, result, reply.get("text"))
+            return
+        text = reply.get("text")
+        if cmd == "py":
+            self.out.write(text or "")
+            self.out.flush()
+        elif text is not None:
+            print(text, file=self.out, flush=True)
+        elif result is not None:
+            print(json.dumps(result, indent=2), file=self.out, flush=True)
+
+    def _save_capture(self, args: tuple[str, ...], result: dict[str, Any], text: str | None) -> None:
+        path = Path(args[0] if args else time.strftime("palm-roi-%Y%m%d-%H%M%S.png")).expanduser()
+        data = base64.b64decode(result["png_base64"])
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            self.errors += 1
+            print(f"error: {path} exists: give capture another PATH (the image was not kept)", file=self.out)
+            return
+        except OSError as exc:
+            self.errors += 1
+            print(f"error: cannot write {path}: {exc.strerror} (the image was not kept)", file=self.out)
+            return
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        print(f"{text or 'ROI'} saved to {path}", file=self.out, flush=True)
+
+    # -- line by line
+
+    def handle_line(self, line: str, read_line: Callable[[str], str | None]) -> bool:
+        """One typed line; False when the user wants to leave."""
+        line = line.strip()
+        if not line or line.startswith("#"):
+            return True
+        if line in ("quit", "exit", "q"):
+            return False
+        try:
+            cmd, args = split_line(line)
+        except ValueError as exc:
+            self.errors += 1
+            print(f"error: {exc}", file=self.out)
+            return True
+        if cmd == "py" and not args:
+            self.python(read_line)
+            return True
+        self.run(cmd, args)
+        return True
+
+    def python(self, read_line: Callable[[str], str | None]) -> None:
+        """The node's Python console: ``>>>`` lines until Ctrl-D or exit()."""
+        first = self.run("py", ())
+        if not first.get("ok"):
+            return
+        lines: list[str] = []
+        with _python_keys(self.interactive):
+            while True:
+                try:
+                    line = read_line("... " if lines else ">>> ")
+                except KeyboardInterrupt:
+                    print("\nKeyboardInterrupt", file=self.out)
+                    lines = []
+                    continue
+                if line is None:
+                    if self.interactive:
+                        print(file=self.out)
+                    return
+                lines.append(line)
+                reply = self.run("py", ("\n".join(lines),))
+                result = reply.get("result") or {}
+                if reply.get("ok") and result.get("more"):
+                    continue
+                lines = []
+                if result.get("exit"):
+                    return
+
+
+def format_event(event: dict[str, Any]) -> str:
+    fields = " ".join(f"{k}={_short(v)}" for k, v in event.items() if k not in ("type", "at"))
+    now = time.time()
+    stamp = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
+    return f"{stamp}  {event.get('type', '?'):<18} {fields}".rstrip()
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}".rstrip("0").rstrip(".")
+    if isinstance(value, str) and (" " in value or not value):
+        return json.dumps(value)
+    return str(value) if not isinstance(value, (list, dict)) else json.dumps(value)
+
+
+@contextlib.contextmanager
+def _python_keys(interactive: bool) -> Iterator[None]:
+    """In the Python console Tab indents (instead of completing command names)."""
+    readline = _readline() if interactive else None
+    if readline is None:
+        yield
+        return
+    readline.parse_and_bind("tab: tab-insert")
+    try:
+        yield
+    finally:
+        readline.parse_and_bind("tab: complete")
+
+
+def _readline():
+    try:
+        import readline
+    except ImportError:  # pragma: no cover - readline ships with CPython on Linux
+        return None
+    return readline
+
+
+class Completer:
+    """Tab completion: command names, then per command its words (help: commands, follow: event
+    types, light: channels)."""
+
+    def __init__(self, hello: dict[str, Any]) -> None:
+        self.commands = sorted(hello.get("commands", [])) + ["quit"]
+        self.words = {
+            "help": sorted(hello.get("commands", [])),
+            "follow": sorted(set(hello.get("follow", [])) | {"devices", "cards", "presence", "gate"}),
+            "light": list(hello.get("lights", ["ir", "surface"])),
+        }
+        self._matches: list[str] = []
+
+    def options(self, before: str, text: str) -> list[str]:
+        words = before.split()
+        if not words:
+            pool = self.commands
+        elif words[0] == "light" and len(words) == 2:
+            pool = ["on", "off", "0", "0.5", "1"]
+        elif words[0] in ("help", "light") and len(words) > 1:
+            pool = []
+        else:
+            pool = self.words.get(words[0], [])
+        return [w + " " for w in pool if w.startswith(text)]
+
+    def __call__(self, text: str, state: int) -> str | None:
+        if state == 0:
+            import readline
+
+            line = readline.get_line_buffer()
+            self._matches = self.options(line[:readline.get_begidx()], text)
+        return self._matches[state] if state < len(self._matches) else None
+
+
+@contextlib.contextmanager
+def _history(hello: dict[str, Any]) -> Iterator[None]:
+    readline = _readline()
+    if readline is None:
+        yield
+        return
+    path = Path(HISTORY_FILE).expanduser()
+    with contextlib.suppress(OSError):
+        readline.read_history_file(path)
+    readline.set_history_length(HISTORY_LENGTH)
+    readline.set_completer(Completer(hello))
+    readline.set_completer_delims(" \t")
+    readline.parse_and_bind("tab: complete")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            readline.write_history_file(path)
+            os.chmod(path, 0o600)  # it may hold py source
+
+
+# -- the subcommand
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--socket", type=Path, default=None,
+                        help=f"the node's REPL socket (default ${SOCKET_ENV}, else the first of "
+                        f"{', '.join(DEFAULT_SOCKETS)} that exists)")
+    parser.add_argument("command", nargs=argparse.REMAINDER,
+                        help="run this one command and exit (e.g. `palmnode repl health`)")
+
+
+DESCRIPTION = ("Attach to a running node's diagnostics REPL (a unix socket, 0600): device health, the "
+               "supervision tree, live events, latency statistics, gallery size, one ROI capture to "
+               "PNG, illuminator levels, the running config, and (when the node's config allows it) "
+               "a Python console inside the node. Type help once attached. With stdin from a pipe "
+               "it runs one command a line.")
+
+
+def main(args: argparse.Namespace) -> int:
+    path = args.socket if args.socket is not None else default_socket()
+    try:
+        conn = Connection.open(path)
+    except ReplClientError as exc:
+        print(f"palmnode repl: {exc}", file=sys.stderr)
+        return 1
+    try:
+        if args.command:
+            return _one_shot(conn, args.command)
+        if sys.stdin.isatty():
+            return _interactive(conn)
+        return _piped(conn)
+    except ReplClientError as exc:
+        print(f"palmnode repl: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        conn.close()
+
+
+def _one_shot(conn: Connection, words: list[str]) -> int:
+    repl = Repl(conn, interactive=sys.stdin.isatty(), stdin=None if sys.stdin.isatty() else StdinLines())
+    if words and words[0] == "py" and len(words) > 1:
+        repl.run("py", (" ".join(words[1:]),))
+    else:
+        repl.run(words[0], tuple(words[1:]))
+    return 1 if repl.errors else 0
+
+
+def _interactive(conn: Connection) -> int:
+    hello = conn.hello
+    repl = Repl(conn, interactive=True)
+    print(f"palmnode REPL on node {hello.get('node_id')} ({hello.get('protocol')}): help lists the "
+          "commands, Tab completes, Ctrl-D leaves")
+
+    def read_line(prompt: str) -> str | None:
+        try:
+            return input(prompt)
+        except EOFError:
+            return None
+
+    with _history(hello):
+        prompt = f"{hello.get('node_id') or 'node'}> "
+        while True:
+            try:
+                line = read_line(prompt)
+            except KeyboardInterrupt:
+                print()
+                continue
+            if line is None:
+                print()
+                return 0
+            if not repl.handle_line(line, read_line):
+                return 0
+
+
+def _piped(conn: Connection) -> int:
+    stdin = StdinLines()
+    repl = Repl(conn, interactive=False, stdin=stdin)
+    while True:
+        line = stdin.readline()
+        if line is None or not repl.handle_line(line, lambda prompt: stdin.readline()):
+            return 1 if repl.errors else 0
+
+
+__all__ = ["Completer", "Connection", "DEFAULT_SOCKETS", "DESCRIPTION", "HISTORY_FILE", "Repl",
+           "ReplClientError", "StdinLines", "add_arguments", "default_socket", "format_event", "main"]
+
+
+if __name__ == "__main__":  # `python -m palmnode.repl.client`, as `palmnode repl` does
+    _parser = argparse.ArgumentParser(prog="palmnode repl", description=DESCRIPTION)
+    add_arguments(_parser)
+    sys.exit(main(_parser.parse_args()))

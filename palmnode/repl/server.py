@@ -1,0 +1,272 @@
+"""The node side of the REPL: a unix socket (0600) serving the line protocol to many clients.
+
+The socket is created atomically: bound inside a fresh 0700 folder next to it, set to 0600, then
+renamed into place — at no moment can another user connect. A lock file (``PATH.lock``, flock)
+tells whether another node serves the path: then we refuse; otherwise a socket left at the path
+by a node that died is stale and replaced.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from palmnode.logs import event
+from palmnode.repl import protocol
+from palmnode.repl.commands import (COMMANDS, CommandError, ReplTarget, Session, channels, followable,
+                                    run_command)
+from palmnode.repl.protocol import INTERRUPT, Line, LineDecoder, LineTooLong, Malformed, Request
+
+log = logging.getLogger("palmnode.repl")
+
+#: sessions served at once; one more is told so and closed
+MAX_SESSIONS = 8
+#: a client that does not take one reply line within this long is disconnected
+SEND_TIMEOUT_S = 2.0
+#: longest unix socket path (sun_path is 108 bytes with its NUL)
+MAX_PATH = 107
+
+
+@attrs.frozen
+class ReplConfig:
+    """The REPL socket. ``python_console`` opens ``py`` (Python inside the node) to anyone who can
+    open the socket (the node's own user: the socket is 0600) — keep it off on gates in service."""
+
+    socket_path: str = "/run/palmnode/repl.sock"
+    python_console: bool = False
+    enabled: bool = True
+    max_sessions: int = MAX_SESSIONS
+
+
+class ReplSocketError(Exception):
+    """The REPL socket cannot be served (one line: the path, why, and the fix)."""
+
+
+async def serve_repl(target: ReplTarget, path: str | os.PathLike[str], *, python_console: bool = False,
+                     max_sessions: int = MAX_SESSIONS,
+                     task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve the REPL at unix socket ``path`` until cancelled; ``task_status`` gets the path.
+
+    :class:`ReplSocketError` when another node serves the path, or it cannot be created. The
+    socket is removed on the way out (if it is still ours).
+    """
+    path = Path(path).absolute()
+    if len(os.fsencode(path)) > MAX_PATH:
+        raise ReplSocketError(f"REPL socket path {path} is longer than {MAX_PATH} bytes: choose a shorter one")
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReplSocketError(f"cannot create the REPL socket folder {path.parent}: {exc.strerror}") from None
+    lock_fd = _lock(path)
+    try:
+        sock, inode = _bind_atomically(path)
+        try:
+            listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+            sessions = _Sessions(target, python_console, max_sessions)
+            event(log, "REPL serving", socket=str(path), python_console=python_console)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(trio.serve_listeners, sessions.handle, [listener])
+                task_status.started(path)
+        finally:
+            sock.close()
+            _remove_if_ours(path, inode)
+    finally:
+        os.close(lock_fd)
+
+
+def _lock(path: Path) -> int:
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ReplSocketError(f"cannot open the REPL lock file {lock_path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise ReplSocketError(f"another node serves the REPL at {path}: stop it, or give this "
+                                  "node another [repl] socket_path") from None
+        raise ReplSocketError(f"cannot lock {lock_path}: {exc.strerror}") from None
+    return fd
+
+
+def _bind_atomically(path: Path) -> tuple[socket.socket, int]:
+    if path.exists() or path.is_symlink():
+        if not path.is_socket() or path.is_symlink():
+            raise ReplSocketError(f"{path} exists and is not a socket: remove it or choose another "
+                                  "[repl] socket_path")
+        # we hold the lock, so the node that made it is gone: stale, replaced by the rename below
+    folder = tempfile.mkdtemp(prefix=".r", dir=path.parent)  # 0700: nobody can reach the socket yet
+    temporary = os.path.join(folder, "s")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.bind(temporary)
+        os.chmod(temporary, 0o600)
+        sock.listen(16)
+        os.replace(temporary, path)
+        inode = os.stat(path).st_ino
+    except OSError as exc:
+        sock.close()
+        raise ReplSocketError(f"cannot create the REPL socket {path}: {exc.strerror or exc}") from None
+    finally:
+        if os.path.lexists(temporary):
+            os.unlink(temporary)
+        os.rmdir(folder)
+    return sock, inode
+
+
+def _remove_if_ours(path: Path, inode: int) -> None:
+    try:
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+class _Sessions:
+    def __init__(self, target: ReplTarget, python_console: bool, max_sessions: int) -> None:
+        self.target = target
+        self.python_console = python_console
+        self.max_sessions = max_sessions
+        self.active = 0
+        self.served = 0
+
+    def hello(self) -> dict[str, Any]:
+        node = getattr(self.target.config, "node", None)
+        commands = [c for c in COMMANDS if c != "py" or self.python_console]
+        return {"hello": {"protocol": protocol.VERSION, "node_id": getattr(node, "node_id", None),
+                          "commands": commands, "follow": sorted(followable()),
+                          "lights": list(channels(self.target)),
+                          "python_console": self.python_console}}
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            connection = _Connection(stream)
+            try:
+                if self.active >= self.max_sessions:
+                    await connection.send_line(protocol.encode_error(
+                        f"too many REPL sessions ({self.max_sessions}): close one and retry"))
+                    return
+                self.active += 1
+                self.served += 1
+                try:
+                    await connection.send(self.hello())
+                    session = Session(self.target, connection.send, self.python_console)
+                    await connection.serve(session)
+                finally:
+                    self.active -= 1
+            except (trio.BrokenResourceError, trio.ClosedResourceError, _ClientStuck):
+                pass  # the client went away (or stopped reading): the node keeps serving the others
+
+
+class _ClientStuck(Exception):
+    pass
+
+
+class _Connection:
+    """One client: a reader task (requests and interrupts) and this task running them in order."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.decoder = LineDecoder()
+        self.received = 0    # requests received so far (numbered from 1)
+        self.interrupt_upto = 0  # requests numbered up to this are cancelled
+        self.running: tuple[int, trio.CancelScope, bool] | None = None  # number, scope, unbounded
+        self.closed = False      # the client closed its sending side
+
+    async def send(self, obj: dict[str, Any]) -> None:
+        await self.send_line(protocol.encode(obj))
+
+    async def send_line(self, data: bytes) -> None:
+        # whole lines only: an interrupt never cuts a line in half (shielded, but bounded in time)
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(SEND_TIMEOUT_S):
+                await self.stream.send_all(data)
+                return
+        raise _ClientStuck
+
+    async def serve(self, session: Session) -> None:
+        send_requests, requests = trio.open_memory_channel[tuple[int, Request | Malformed | LineTooLong]](64)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._read, send_requests)
+            async with requests:
+                async for number, item in requests:
+                    await self._answer(session, number, item)
+            nursery.cancel_scope.cancel()
+
+    async def _read(self, send_requests: trio.MemorySendChannel) -> None:
+        async with send_requests:
+            while True:
+                try:
+                    data = await self.stream.receive_some(65536)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                if not data:
+                    # the client is gone or closed its side: nobody can interrupt anymore, so what
+                    # it sent is still answered, but a follow ends here
+                    self.closed = True
+                    if self.running is not None and self.running[2]:
+                        self.running[1].cancel()
+                    return
+                self.decoder.receive_data(data)
+                while (event := self.decoder.next_event()) is not None:
+                    if isinstance(event, Line):
+                        item = protocol.parse_request(event.data)
+                        if isinstance(item, Request) and item.cmd == INTERRUPT:
+                            self._interrupt()
+                            continue
+                        if isinstance(item, Malformed) and not event.data.strip():
+                            continue  # blank lines are nothing
+                    else:
+                        item = event
+                    self.received += 1
+                    await send_requests.send((self.received, item))
+
+    def _interrupt(self) -> None:
+        """Cancel every request received so far that has not finished."""
+        self.interrupt_upto = self.received
+        if self.running is not None and self.running[0] <= self.interrupt_upto:
+            self.running[1].cancel()
+
+    async def _answer(self, session: Session, number: int,
+                      item: Request | Malformed | LineTooLong) -> None:
+        if isinstance(item, LineTooLong):
+            await self.send_line(protocol.encode_error(
+                f"request line too long ({item.length} bytes, at most {protocol.MAX_LINE})"))
+            return
+        if isinstance(item, Malformed):
+            await self.send_line(protocol.encode_error(item.reason))
+            return
+        found = COMMANDS.get(item.cmd)
+        unbounded = found is not None and found.unbounded
+        with trio.CancelScope() as scope:
+            if number <= self.interrupt_upto or (unbounded and self.closed):
+                scope.cancel()
+            self.running = (number, scope, unbounded)
+            try:
+                reply = await run_command(session, item.cmd, item.args)
+            except CommandError as exc:
+                await self.send_line(protocol.encode_error(str(exc)))
+                return
+            except Exception as exc:  # a bug in a command must not end the session (or the node)
+                log.exception("REPL command %s failed", item.cmd)
+                await self.send_line(protocol.encode_error(
+                    f"{item.cmd} failed: {type(exc).__name__}: {exc}".splitlines()[0]))
+                return
+            finally:
+                self.running = None
+            await self.send_line(protocol.encode_ok(reply.result, reply.text))
+        if scope.cancelled_caught:
+            await self.send_line(protocol.encode_ok({"interrupted": True}, "interrupted"))
+
+
+__all__ = ["MAX_SESSIONS", "ReplConfig", "ReplSocketError", "serve_repl"]
