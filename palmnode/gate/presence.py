@@ -1,8 +1,8 @@
 """Presence from the proximity stream: a distance window, a dwell time, a stillness test and
 hysteresis (sans-IO); and placement advice (too close / too far / hold still) for the person.
 
-A hand becomes *present* once it has been inside ``[near_mm, far_mm]`` **and still** (the
-readings of the last ``still_window_s`` spread over at most ``still_mm``) for ``dwell_s``; it
+A hand becomes *present* once it has been inside ``[near_mm, far_mm]`` for ``dwell_s`` **and is
+still** (its readings of the last ``still_window_s`` spread over at most ``still_mm``); it
 stops being present once it has been outside ``[near_mm, release_mm]`` (or unreadable) for
 ``absent_s``. Movement never ends a presence: only leaving the window does. The identify
 flow's latency is measured from the moment a hand becomes present, so a hand still swinging
@@ -53,9 +53,11 @@ class PresenceDetector:
 
     def still(self, at: float) -> bool:
         """True when the in-window readings of the last ``still_window_s`` agree within ``still_mm``
-        (and span most of that window, so two readings a moment apart prove nothing)."""
+        (and span most of that window, or the dwell if shorter: two readings a moment apart prove
+        nothing)."""
         recent = self._recent
-        if not recent or at - recent[0][0] < self.policy.still_window_s * 0.8:
+        p = self.policy
+        if not recent or at - recent[0][0] < min(p.still_window_s * 0.8, p.dwell_s):
             return False
         values = [d for _, d in recent]
         return max(values) - min(values) <= self.policy.still_mm
@@ -76,14 +78,14 @@ class PresenceDetector:
             flipping = distance_mm is None or distance_mm > p.release_mm or distance_mm < p.near_mm
             hold = p.absent_s
         else:
-            flipping = distance_mm is not None and p.near_mm <= distance_mm <= p.far_mm and self.still(at)
+            flipping = distance_mm is not None and p.near_mm <= distance_mm <= p.far_mm
             hold = p.dwell_s
         if not flipping:
             self._since = None
             return None
         if self._since is None:
             self._since = at
-        if at - self._since < hold:
+        if at - self._since < hold or (not self.present and not self.still(at)):
             return None
         self.present = not self.present
         self._since = None

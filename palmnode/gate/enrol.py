@@ -1,0 +1,350 @@
+"""The enrol flow: card tap → palms (each from ≥ 3 agreeing captures) → duplicate check → persist.
+
+An explicit state machine (``EnrolState``, moves in ``TRANSITIONS``, made by ``EnrolFlow._goto``):
+
+    IDLE ──begin──▶ CARD ──card read──▶ PALM ──3 agreeing captures──▶ (next palm: PALM)
+                     │                   │                              │
+                     ▼ timeout/dup card  ▼ timeout/too many failures    ▼ last palm
+                   FAILED               FAILED                       CHECKING ──dup refused──▶ FAILED
+                                                                         │ new (or linked)
+                                                                         ▼
+                                                                      SAVING ──▶ DONE
+    any state ──cancel()──▶ CANCELLED;   the whole enrolment ──timeout_s──▶ FAILED ("timed out")
+
+Every step is an ``EnrolProgress`` event with words for the person. While an enrolment runs it
+holds the gate (``Capturer.reserve("enrol")``): the identify flow leaves its hands alone.
+
+Agreement: a palm is done when ``captures`` of its good captures agree pairwise (matcher.match
+fused ≥ ``agree_threshold``); a capture that disagrees is outvoted (the largest agreeing set
+wins), so one bad capture is replaced by the next rather than spoiling the palm.
+"""
+from __future__ import annotations
+
+import enum
+import itertools
+import logging
+from typing import Literal
+
+import attrs
+import trio
+
+from drivers.card_reader.cardtoken import CardToken
+from drivers.card_reader.reads import PaymentCardRead
+from palmnode.actors import EventBus
+from palmnode.biometrics import matcher
+from palmnode.biometrics.gallery import Gallery
+from palmnode.biometrics.types import PalmTemplate
+from palmnode.gate.capture import Capturer, CaptureUnavailable, Probe
+from palmnode.gate.events import EnrolProgress
+from palmnode.gate.presence import PresenceChanged
+from palmnode.logs import event
+from palmnode.vault import DuplicateCard, DuplicatePhone, InvalidPhone, VaultError
+
+log = logging.getLogger("palmnode.gate")
+
+
+#: the same progress words are not repeated within this many seconds
+REPEAT_S = 1.0
+
+
+class EnrolState(enum.Enum):
+    IDLE = "idle"
+    CARD = "card"          # waiting for a payment card tap
+    PALM = "palm"          # capturing one palm
+    CHECKING = "checking"  # 1:N duplicate check
+    SAVING = "saving"      # vault + gallery
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+E = EnrolState
+_ENDS = frozenset({E.FAILED, E.CANCELLED})
+TRANSITIONS: dict[EnrolState, frozenset[EnrolState]] = {
+    E.IDLE: frozenset({E.CARD, E.PALM}) | _ENDS,
+    E.CARD: frozenset({E.PALM}) | _ENDS,
+    E.PALM: frozenset({E.PALM, E.CHECKING}) | _ENDS,
+    E.CHECKING: frozenset({E.SAVING, E.DONE}) | _ENDS,
+    E.SAVING: frozenset({E.DONE}) | _ENDS,
+    E.DONE: frozenset({E.IDLE}),
+    E.FAILED: frozenset({E.IDLE}),
+    E.CANCELLED: frozenset({E.IDLE}),
+}
+
+
+@attrs.frozen
+class EnrolPolicy:
+    #: good captures per palm that must agree pairwise
+    captures: int = 3
+    #: captures taken in one hover before the person is asked to lift the hand and present it
+    #: again (1 = every capture from a fresh presentation, the most varied templates)
+    per_hover: int = 3
+    #: a palm fails after this many captures without enough agreeing ones
+    max_captures: int = 10
+    #: pairwise agreement and the duplicate check, on the fused score (the identify threshold)
+    agree_threshold: float = 0.31
+    duplicate_threshold: float = 0.31
+    #: a palm already enrolled: "refuse" the enrolment, or "link" it to the existing person
+    on_duplicate: Literal["refuse", "link"] = "refuse"
+    #: CARD: the card tap; PALM: each palm; the whole enrolment
+    card_timeout_s: float = 30.0
+    palm_timeout_s: float = 20.0
+    timeout_s: float = 90.0
+    capture_timeout_s: float = 0.6
+
+
+@attrs.frozen
+class EnrolResult:
+    """``ok`` with the new (or, linked, the existing) person's id, else why not."""
+
+    ok: bool
+    person_id: str | None = None
+    linked: bool = False
+    reason: str | None = None
+
+
+class EnrolBusy(Exception):
+    """An enrolment is already running on this gate."""
+
+
+@attrs.define(eq=False)
+class EnrolRequest:
+    phone: str | None
+    palms: tuple[str, ...]
+    card_required: bool = True
+    done: trio.Event = attrs.field(factory=trio.Event)
+    result: EnrolResult | None = None
+    scope: trio.CancelScope | None = None
+
+    async def wait(self) -> EnrolResult:
+        await self.done.wait()
+        assert self.result is not None
+        return self.result
+
+
+def agreeing(templates: list[PalmTemplate], threshold: float, want: int) -> list[int] | None:
+    """Indices of ``want`` templates that agree pairwise (newest first preferred), or None."""
+    n = len(templates)
+    if n < want:
+        return None
+    ok = {(i, j): matcher.match(templates[i], templates[j]).fused >= threshold
+          for i in range(n) for j in range(i + 1, n)}
+    for combo in itertools.combinations(range(n - 1, -1, -1), want):
+        if all(ok[(min(a, b), max(a, b))] for a, b in itertools.combinations(combo, 2)):
+            return sorted(combo)
+    return None
+
+
+class EnrolFlow:
+    """The enrolment actor: ``await nursery.start(flow.run)``, then ``flow.begin(...)`` (from the
+    controller's ``enrol.begin`` or locally) and ``flow.cancel()``."""
+
+    def __init__(self, bus: EventBus, capturer: Capturer, gallery: Gallery, people, *, metrics=None,
+                 policy: EnrolPolicy = EnrolPolicy()) -> None:
+        self.bus = bus
+        self.capturer = capturer
+        self.gallery = gallery
+        self.people = people
+        self.metrics = metrics
+        self.policy = policy
+        self.state = EnrolState.IDLE
+        self.current: EnrolRequest | None = None
+        self._send, self._receive = trio.open_memory_channel[EnrolRequest](1)
+        self._present = False
+        self._arrived = trio.Event()
+        self._left = trio.Event()
+        self._said: tuple[tuple[str, str], float] = (("", ""), 0.0)
+
+    # ---- API -------------------------------------------------------------------------------
+    def begin(self, phone: str | None, palms: tuple[str, ...] | list[str] = ("right",), *,
+              card_required: bool = True) -> EnrolRequest:
+        """Start an enrolment (answered through ``EnrolProgress`` events and the request's
+        ``wait()``); :class:`EnrolBusy` if one is running."""
+        palms = tuple(palms)
+        if not palms or any(p not in ("left", "right") for p in palms) or len(set(palms)) != len(palms):
+            raise ValueError(f"palms must be 'left' and/or 'right', each once, got {list(palms)}")
+        if self.current is not None:
+            raise EnrolBusy("an enrolment is already running on this gate: cancel it first")
+        request = EnrolRequest(phone, palms, card_required)
+        try:
+            self._send.send_nowait(request)
+        except trio.WouldBlock:
+            raise EnrolBusy("an enrolment is already waiting to start on this gate") from None
+        self.current = request
+        return request
+
+    def cancel(self) -> bool:
+        """Cancel the running enrolment; False if none runs."""
+        request = self.current
+        if request is None:
+            return False
+        if request.scope is None:  # not started yet: it will start cancelled
+            request.scope = trio.CancelScope()
+        request.scope.cancel()
+        return True
+
+    # ---- the actor ---------------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with self.bus.subscribe(PresenceChanged, buffer=64) as presence, trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch, presence)
+            task_status.started()
+            async for request in self._receive:
+                await self._serve(request)
+
+    async def _watch(self, events) -> None:
+        async for ev in events:
+            self._present = ev.present
+            (self._arrived if ev.present else self._left).set()
+
+    async def _serve(self, request: EnrolRequest) -> None:
+        if request.scope is None:
+            request.scope = trio.CancelScope()
+        result = EnrolResult(False, reason="cancelled")
+        started = trio.current_time()
+        try:
+            with request.scope, self.capturer.reserve("enrol"):
+                with trio.move_on_after(self.policy.timeout_s) as overall:
+                    result = await self._enrol(request)
+                if overall.cancelled_caught:
+                    result = EnrolResult(False, reason="timed out")
+        except RuntimeError as exc:  # the gate is reserved by someone else
+            result = EnrolResult(False, reason=str(exc))
+        if not result.ok:
+            self._goto(E.CANCELLED if result.reason == "cancelled" else E.FAILED)
+            self._progress("cancelled" if result.reason == "cancelled" else "failed", result.reason or "failed")
+            if self.metrics is not None:
+                self.metrics.inc("palmnode_enrolments_total", result="cancelled" if result.reason == "cancelled"
+                                 else "failed")
+        event(log, "enrolment", ok=result.ok, person_id=result.person_id, linked=result.linked,
+              reason=result.reason, seconds=round(trio.current_time() - started, 2))
+        self._goto(E.IDLE)
+        self.current = None
+        request.result = result
+        request.done.set()
+
+    async def _enrol(self, request: EnrolRequest) -> EnrolResult:
+        p = self.policy
+        card: CardToken | None = None
+        self._progress("started", "enrolment started")
+        if request.card_required:
+            self._goto(E.CARD)
+            self._progress("card", "tap your payment card on the reader")
+            with trio.move_on_after(p.card_timeout_s):
+                card = await self._card()
+            if card is None:
+                return EnrolResult(False, reason="no card")
+            if await self.people.find_by_card(card.digest) is not None:
+                return EnrolResult(False, reason="card already enrolled")
+            self._progress("card", f"card …{card.last4} read")
+        palms: dict[str, list[PalmTemplate]] = {}
+        for palm in request.palms:
+            self._goto(E.PALM)
+            templates = None
+            with trio.move_on_after(p.palm_timeout_s):
+                templates = await self._palm(palm)
+            if templates is None:
+                return EnrolResult(False, reason=f"{palm} palm not captured in time")
+            if isinstance(templates, str):
+                return EnrolResult(False, reason=templates)
+            palms[palm] = templates
+        self._goto(E.CHECKING)
+        duplicate = await self._duplicate(palms)
+        if duplicate is not None:
+            if p.on_duplicate == "link":
+                self._progress("duplicate", "this palm is already enrolled: linked to that enrolment")
+                self._goto(E.DONE)
+                self._progress("done", "already enrolled")
+                if self.metrics is not None:
+                    self.metrics.inc("palmnode_enrolments_total", result="linked")
+                return EnrolResult(True, person_id=duplicate, linked=True)
+            self._progress("duplicate", "this palm is already enrolled")
+            return EnrolResult(False, reason="palm already enrolled")
+        self._goto(E.SAVING)
+        try:
+            person = await self.people.enrol(card, request.phone, palms)
+        except DuplicateCard:
+            return EnrolResult(False, reason="card already enrolled")
+        except DuplicatePhone:
+            return EnrolResult(False, reason="phone number already enrolled")
+        except InvalidPhone:
+            return EnrolResult(False, reason="phone number is not valid")
+        except VaultError as exc:
+            return EnrolResult(False, reason=f"could not save: {exc}")
+        self._goto(E.DONE)
+        self._progress("done", "you are enrolled")
+        return EnrolResult(True, person_id=person.person_id)
+
+    async def _card(self) -> CardToken:
+        async with self.bus.subscribe(PaymentCardRead, buffer=8) as cards:
+            read = await cards.receive()
+            return read.token
+
+    async def _palm(self, palm: str) -> list[PalmTemplate] | str:
+        """Good captures of ``palm`` until ``captures`` agree; a string says why it failed."""
+        p = self.policy
+        good: list[PalmTemplate] = []
+        taken = 0
+        in_hover = 0
+        self._progress("palm", f"hold your {palm} palm over the gate")
+        while taken < p.max_captures:
+            if not self._present:
+                await self._wait_arrival()
+                in_hover = 0
+            result = None
+            with trio.move_on_after(p.capture_timeout_s):
+                try:
+                    result = await self.capturer.capture_probe()
+                except CaptureUnavailable as exc:
+                    self._progress("capture", "the gate is not ready, please wait")
+                    event(log, "enrol capture unavailable", error=str(exc))
+                    await trio.sleep(0.5)  # the device is being reopened by its supervisor
+                    continue
+            if result is None:
+                continue
+            if not isinstance(result, Probe):
+                self._progress("capture", result.feedback)
+                continue
+            taken += 1
+            in_hover += 1
+            good.append(result.template)
+            chosen = await trio.to_thread.run_sync(agreeing, good, p.agree_threshold, p.captures)
+            if chosen is not None:
+                self._progress("palm", f"{palm} palm captured")
+                return [good[i] for i in chosen]
+            self._progress("capture", f"{palm} palm: {len(good)} of {p.captures}")
+            if in_hover >= p.per_hover:
+                self._progress("again", f"lift your hand, then hold your {palm} palm over the gate again")
+                await self._wait_leave()
+                in_hover = 0
+        return f"{palm} palm: captures did not agree"
+
+    async def _duplicate(self, palms: dict[str, list[PalmTemplate]]) -> str | None:
+        for templates in palms.values():
+            for template in templates[:1]:
+                found = await trio.to_thread.run_sync(self.gallery.search, template, 1)
+                if found and found[0].score.fused >= self.policy.duplicate_threshold:
+                    return found[0].person_id
+        return None
+
+    async def _wait_arrival(self) -> None:
+        while not self._present:
+            self._arrived = trio.Event()
+            await self._arrived.wait()
+
+    async def _wait_leave(self) -> None:
+        while self._present:
+            self._left = trio.Event()
+            await self._left.wait()
+
+    # ---- helpers -----------------------------------------------------------------------------
+    def _goto(self, state: EnrolState) -> None:
+        if state is not self.state and state not in TRANSITIONS[self.state]:
+            raise AssertionError(f"enrol flow: no transition {self.state.value} -> {state.value}")
+        self.state = state
+
+    def _progress(self, step: str, detail: str) -> None:
+        now = trio.current_time()
+        if (step, detail) == self._said[0] and now - self._said[1] < REPEAT_S:
+            return  # the same words again and again (a hand held too far, say) are said once a while
+        self._said = ((step, detail), now)
+        self.bus.publish(EnrolProgress(step, detail, now))
