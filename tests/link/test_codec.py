@@ -1,6 +1,7 @@
 """The link's framing and messages (docs/protocols/controller.md §2, §3, §7), byte for byte and fuzzed."""
 from __future__ import annotations
 
+import itertools
 import struct
 
 import msgpack
@@ -186,7 +187,7 @@ def test_buffer_overflow_when_caller_does_not_drain():
         dec.receive_data(frame)
     dec.receive_data(frame)
     assert dec.buffered == 0
-    assert [m for m in drain(dec) if isinstance(m, Malformed)][0].kind == DropReason.OVERFLOW
+    assert next(m for m in drain(dec) if isinstance(m, Malformed)).kind == DropReason.OVERFLOW
 
 
 def test_constructing_a_bad_message_is_a_programming_error():
@@ -237,7 +238,7 @@ def test_fuzz_truncated_and_split_frames(msgs, data):
     cut = data.draw(st.integers(0, len(stream)))
     pieces = data.draw(st.lists(st.integers(0, cut), max_size=8))  # chunk bounds; empty chunks are dropped below
     bounds = sorted({0, cut, *pieces})
-    events = _check(Decoder(), [stream[a:b] for a, b in zip(bounds, bounds[1:])])
+    events = _check(Decoder(), [stream[a:b] for a, b in itertools.pairwise(bounds)])
     good = [e for e in events if not isinstance(e, Malformed)]
     ends = [sum(len(encode(m)) for m in msgs[: i + 1]) for i in range(len(msgs))]
     assert good == msgs[: sum(1 for e in ends if e <= cut)]

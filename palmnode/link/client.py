@@ -1,0 +1,407 @@
+"""The node side of the link (docs/protocols/controller.md): dial, hello, serve, pump the outbox.
+
+``client = LinkClient(config, outbox=vault, handler=serve_op)`` then
+``await nursery.start(client.run)``: it returns at once and keeps a connection to the controller
+in the background, reconnecting with exponential backoff. While connected it
+
+* serves the controller's requests, each in its own task, through ``handler(op, args) -> dict``
+  (an exception becomes ``ok: false`` with a one-line error; :class:`UnknownOp` "unknown op X");
+* sends every undelivered outbox event, oldest first, and marks it delivered on the matching ack
+  (unacked events are sent again after a reconnect: the controller drops duplicates by key);
+* answers ``await client.request(op, args)`` for node → controller calls (``sync``, ``charge``).
+
+Network failures never escape :meth:`LinkClient.run`; each state change is logged once.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import attrs
+import trio
+
+from palmnode.actors import Backoff
+from palmnode.link.channel import (
+    Channel,
+    ChannelStats,
+    LinkClosed,
+    LinkError,
+    LinkUnavailable,
+)
+from palmnode.link.codec import MAX_FRAME, FrameTooLarge
+from palmnode.link.messages import (
+    PROTOCOL_VERSION,
+    Ack,
+    Event,
+    Hello,
+    Request,
+    Response,
+    one_line,
+)
+from palmnode.link.tls import client_context
+from palmnode.logs import event as log_event
+
+log = logging.getLogger("palmnode.link")
+
+DEFAULT_PORT = 7443  # §1
+
+
+class UnknownOp(LinkError):
+    """Raised by a handler for an op it does not serve; answered ``unknown op <op>`` (§5)."""
+
+
+class RequestFailed(LinkError):
+    """The peer answered a request with ``ok: false``; ``str(exc)`` is its one-line error."""
+
+
+class LinkConfigError(ValueError):
+    """The link's configuration cannot work; one line naming the setting and the fix."""
+
+
+def _positive(instance: object, attribute: attrs.Attribute, value: float) -> None:
+    if not value > 0:
+        raise LinkConfigError(f"link.{attribute.name} must be > 0, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class LinkConfig:
+    """How a node reaches its controller. Paths are PEM files from ``palmnode certs``."""
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    ca: str
+    cert: str
+    key: str
+    node_id: str  # must equal the CN of ``cert`` (§1)
+    server_name: str = "controller"  # the name the controller's certificate must carry (§1)
+    connect_timeout_s: float = attrs.field(default=5.0, validator=_positive)
+    backoff_initial_s: float = attrs.field(default=0.2, validator=_positive)
+    backoff_max_s: float = attrs.field(default=30.0, validator=_positive)
+    hello_timeout_s: float = attrs.field(default=10.0, validator=_positive)
+    ack_timeout_s: float = attrs.field(default=30.0, validator=_positive)
+    request_timeout_s: float = attrs.field(default=10.0, validator=_positive)
+    max_frame: int = attrs.field(default=MAX_FRAME, validator=_positive)
+    outbox_batch: int = attrs.field(default=100, validator=_positive)  # events in flight at most
+    outbox_poll_s: float = attrs.field(default=1.0, validator=_positive)  # outbox re-read without a wake-up
+
+
+class Outbox(Protocol):
+    """What the client needs of the vault (sync, thread-safe; called via ``trio.to_thread``)."""
+
+    def pending_events(self, *, limit: int) -> list[Any]: ...
+
+    def mark_delivered(self, seq: int) -> None: ...
+
+
+Handler = Callable[[str, dict], Awaitable[dict]]
+
+
+@attrs.define
+class LinkStats:
+    """The client's counters (``client.stats``); ``channel`` sums every connection's frames."""
+
+    connects: int = 0
+    disconnects: int = 0
+    failed_attempts: int = 0
+    events_sent: int = 0
+    events_acked: int = 0
+    requests_served: int = 0
+    requests_sent: int = 0
+    last_error: str | None = None
+    channel: ChannelStats = attrs.field(factory=ChannelStats)
+
+    @property
+    def frames_in(self) -> int:
+        return self.channel.frames_in
+
+    @property
+    def frames_out(self) -> int:
+        return self.channel.frames_out
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        return self.channel.dropped
+
+
+@attrs.define
+class _Pending:
+    done: trio.Event = attrs.field(factory=trio.Event)
+    response: Response | None = None
+
+
+def _dial_error(exc: OSError) -> str:
+    """The first underlying reason of a failed dial (trio groups one error per address tried)."""
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        first = cause.exceptions[0]
+        if isinstance(first, OSError):
+            return first.strerror or str(first)
+    return exc.strerror or str(exc)
+
+
+async def _no_ops(op: str, args: dict) -> dict:
+    raise UnknownOp(op)
+
+
+class LinkClient:
+    """The node's connection to its controller. See the module docstring."""
+
+    def __init__(
+        self,
+        config: LinkConfig,
+        outbox: Outbox,
+        handler: Handler | None = None,
+        *,
+        on_connected: Callable[[], Awaitable[None]] | None = None,
+        capabilities: tuple[str, ...] = (),
+        rng: random.Random | None = None,
+    ) -> None:
+        for name in ("ca", "cert", "key"):
+            if not getattr(config, name):
+                raise LinkConfigError(f"link.{name} is not set; make certificates with: palmnode certs --out DIR")
+        if not config.node_id:
+            raise LinkConfigError("link.node_id is not set; it must be the CN of the node's certificate")
+        self.config = config
+        self._ssl_context = client_context(Path(config.cert), Path(config.key), Path(config.ca))
+        self._outbox = outbox
+        self._handler = handler or _no_ops
+        self._on_connected = on_connected
+        self._capabilities = tuple(capabilities) or ("events",)
+        self._rng = rng or random.Random()
+        self._backoff = Backoff(initial=config.backoff_initial_s, maximum=config.backoff_max_s)
+        self.stats = LinkStats()
+        self._channel: Channel | None = None
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, _Pending] = {}
+        self._inflight: dict[int, tuple[str, float]] = {}  # seq -> (key, sent at trio time)
+        self._acked: set[int] = set()
+        self._wake = trio.Event()
+        self._connected_changed = trio.Event()
+        self._last_logged: str | None = None
+
+    # ---- public ----------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """True while a connection has completed its hellos."""
+        return self._channel is not None
+
+    @property
+    def controller_hello(self) -> Hello | None:
+        """The controller's hello on the current connection."""
+        return self._channel.peer_hello if self._channel is not None else None
+
+    def events_appended(self) -> None:
+        """Tell the pump the outbox has something new (call from the trio thread)."""
+        self._wake.set()
+
+    async def wait_connected(self, connected: bool = True) -> None:
+        """Wait until :attr:`connected` equals ``connected``."""
+        while self.connected != connected:
+            await self._connected_changed.wait()
+
+    async def request(self, op: str, args: dict | None = None, *, timeout: float | None = None) -> dict:
+        """Ask the controller to run ``op``; its result map. Raises :class:`LinkUnavailable` (not
+        connected, connection lost, no answer within ``timeout``) or :class:`RequestFailed`."""
+        channel = self._channel
+        if channel is None:
+            raise LinkUnavailable(f"not connected to the controller ({op} not sent)")
+        timeout = self.config.request_timeout_s if timeout is None else timeout
+        request_id = next(self._ids)
+        pending = self._waiting[request_id] = _Pending()
+        try:
+            with trio.move_on_after(timeout):
+                try:
+                    await channel.send(Request(id=request_id, op=op, args=dict(args or {})))
+                except LinkClosed as exc:
+                    raise LinkUnavailable(f"{op} not sent: {exc}") from None
+                self.stats.requests_sent += 1
+                await pending.done.wait()
+        finally:
+            del self._waiting[request_id]
+        if not pending.done.is_set():
+            raise LinkUnavailable(f"no answer to {op} within {timeout:g} s")
+        if pending.response is None:
+            raise LinkUnavailable(f"connection to the controller lost before the answer to {op}")
+        if not pending.response.ok:
+            raise RequestFailed(pending.response.error or "failed")
+        return pending.response.result
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep a connection up until cancelled; started at once (the first dial is in the background)."""
+        task_status.started()
+        attempt = 0
+        while True:
+            if await self._session() is None:  # it got through its hellos: back off afresh
+                attempt = 0
+            delay = self._backoff.delay(attempt, self._rng)
+            attempt += 1
+            self._log_state("link down", reason=self.stats.last_error, retry_in_s=round(delay, 3))
+            await trio.sleep(delay)
+
+    # ---- one connection -----------------------------------------------------------------------
+
+    async def _session(self) -> str | None:
+        """Dial, hello and serve until the connection ends. Returns None after a connection that
+        got through its hellos, else the reason the attempt failed."""
+        cfg = self.config
+        try:
+            with trio.fail_after(cfg.connect_timeout_s):
+                tcp = await trio.open_tcp_stream(cfg.host, cfg.port)
+        except trio.TooSlowError:
+            return self._attempt_failed(f"cannot reach the controller at {cfg.host}:{cfg.port}: no answer "
+                                        f"within {cfg.connect_timeout_s:g} s")
+        except OSError as exc:
+            return self._attempt_failed(f"cannot reach the controller at {cfg.host}:{cfg.port}: {_dial_error(exc)}")
+        channel = Channel(trio.SSLStream(tcp, self._ssl_context, server_hostname=cfg.server_name),
+                          max_frame=cfg.max_frame, stats=self.stats.channel)
+        try:
+            try:
+                with trio.fail_after(cfg.connect_timeout_s):
+                    await channel.handshake()
+            except trio.TooSlowError:
+                return self._attempt_failed(f"TLS handshake with {cfg.host}:{cfg.port} took over "
+                                            f"{cfg.connect_timeout_s:g} s")
+            hello = Hello(version=PROTOCOL_VERSION, node_id=cfg.node_id, role="node",
+                          capabilities=self._capabilities)
+            await channel.hello(hello, timeout=cfg.hello_timeout_s)
+        except LinkError as exc:
+            await channel.aclose()
+            return self._attempt_failed(str(exc))
+        except BaseException:
+            await trio.aclose_forcefully(channel.stream)
+            raise
+        await self._serve(channel)
+        return None
+
+    def _attempt_failed(self, reason: str) -> str:
+        self.stats.failed_attempts += 1
+        self.stats.last_error = reason
+        log.debug("link attempt failed", extra={"fields": {"reason": reason}})
+        return reason
+
+    async def _serve(self, channel: Channel) -> None:
+        self._channel = channel
+        self._inflight.clear()
+        self._acked.clear()
+        self.stats.connects += 1
+        self.stats.last_error = None
+        self._set_changed()
+        peer = channel.peer_hello
+        self._log_state("link connected", controller=peer.node_id if peer else None, version=channel.version)
+        ended: list[str] = []
+        try:
+            async with trio.open_nursery() as nursery:
+                async def guard(fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+                    try:
+                        await fn(*args)
+                    except LinkError as exc:
+                        ended.append(str(exc))
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(guard, self._receive_loop, channel, nursery)
+                nursery.start_soon(guard, self._pump, channel)
+                if self._on_connected is not None:
+                    nursery.start_soon(self._run_hook)
+        finally:
+            self._channel = None
+            for pending in self._waiting.values():
+                pending.done.set()  # response None: lost
+            self.stats.disconnects += 1
+            self.stats.last_error = ended[0] if ended else "connection closed"
+            self._set_changed()
+            with trio.CancelScope(shield=True):
+                await channel.aclose()
+
+    async def _receive_loop(self, channel: Channel, nursery: trio.Nursery) -> None:
+        while True:
+            msg = await channel.receive()
+            if isinstance(msg, Request):
+                nursery.start_soon(self._answer, channel, msg)
+            elif isinstance(msg, Response):
+                pending = self._waiting.get(msg.id)
+                if pending is not None and not pending.done.is_set():
+                    pending.response = msg
+                    pending.done.set()
+            elif isinstance(msg, Ack):
+                sent = self._inflight.get(msg.seq)
+                if sent is not None and sent[0] == msg.key:
+                    await trio.to_thread.run_sync(self._outbox.mark_delivered, msg.seq)
+                    del self._inflight[msg.seq]
+                    self._acked.add(msg.seq)
+                    self.stats.events_acked += 1
+                    self._wake.set()
+            # a Hello/Event here was refused by the channel already
+
+    async def _answer(self, channel: Channel, request: Request) -> None:
+        try:
+            result = await self._handler(request.op, request.args)
+            if not isinstance(result, dict):
+                raise TypeError(f"handler for {request.op} returned {type(result).__name__}, not a map")
+            response = Response.success(request.id, result)
+        except UnknownOp:
+            response = Response.failure(request.id, f"unknown op {request.op}")
+        except Exception as exc:  # the handler boundary: the controller gets one line, the log the rest
+            log.warning("link request failed", exc_info=True, extra={"fields": {"op": request.op}})
+            response = Response.failure(request.id, str(exc) or type(exc).__name__)
+        self.stats.requests_served += 1
+        try:
+            try:
+                await channel.send(response)
+            except (FrameTooLarge, TypeError, ValueError, OverflowError) as exc:  # not encodable
+                await channel.send(Response.failure(request.id, f"{request.op} result cannot be sent: {exc}"))
+        except LinkClosed:
+            pass  # the receive loop ends the session
+
+    async def _pump(self, channel: Channel) -> None:
+        cfg = self.config
+        while True:
+            self._wake = trio.Event()
+            stale = set(self._acked)
+            events = await trio.to_thread.run_sync(lambda: self._outbox.pending_events(limit=cfg.outbox_batch))
+            for ev in events:
+                if ev.seq in self._inflight or ev.seq in self._acked:
+                    continue
+                await channel.send(Event(seq=ev.seq, key=ev.key, kind=ev.kind, node_id=cfg.node_id,
+                                         at=ev.at, data=dict(ev.data)))
+                self._inflight[ev.seq] = (ev.key, trio.current_time())
+                self.stats.events_sent += 1
+            self._acked -= stale  # acked before that read started: no later read returns them
+            if self._inflight:
+                oldest = min(at for _, at in self._inflight.values())
+                if trio.current_time() - oldest > cfg.ack_timeout_s:
+                    reason = f"no ack from the controller within {cfg.ack_timeout_s:g} s"
+                    await channel.aclose(reason)
+                    raise LinkClosed(reason)
+            with trio.move_on_after(cfg.outbox_poll_s):
+                await self._wake.wait()
+
+    async def _run_hook(self) -> None:
+        assert self._on_connected is not None
+        try:
+            await self._on_connected()
+        except LinkError as exc:
+            log_event(log, "link on_connected hook failed", error=one_line(exc))
+        except Exception:
+            log.warning("link on_connected hook failed", exc_info=True)
+
+    # ---- helpers ----------------------------------------------------------------------------------
+
+    def _set_changed(self) -> None:
+        self._connected_changed.set()
+        self._connected_changed = trio.Event()
+
+    def _log_state(self, msg: str, **fields: Any) -> None:
+        key = f"{msg}:{fields.get('reason')}"
+        if msg == "link down" and key == self._last_logged:
+            return  # the same failure again: one line per state change
+        self._last_logged = key
+        log_event(log, msg, node_id=self.config.node_id, **fields)
+
+
+__all__ = ["DEFAULT_PORT", "Handler", "LinkClient", "LinkConfig", "LinkConfigError", "LinkStats", "LinkUnavailable",
+           "Outbox", "RequestFailed", "UnknownOp"]

@@ -1,0 +1,250 @@
+"""LinkClient over real sockets and TLS against a stub controller, with a real Vault as its outbox."""
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+
+import pytest
+import trio
+import trio.testing
+
+from palmnode.link.channel import Channel, LinkClosed
+from palmnode.link.client import (
+    LinkClient,
+    LinkConfig,
+    LinkConfigError,
+    LinkUnavailable,
+    RequestFailed,
+    UnknownOp,
+)
+from palmnode.link.codec import HEADER, MAX_FRAME
+from palmnode.link.messages import PROTOCOL_VERSION, DropReason, Hello
+from palmnode.link.tls import TlsConfigError, client_context
+from palmnode.vault import Vault, load_keys
+
+from .stub import Changes, StubController
+
+
+@pytest.fixture
+def vault(tmp_path):
+    vault = Vault.open(tmp_path / "vault.db", load_keys(tmp_path / "vault.key", create=True), node_id="gate-1")
+    yield vault
+    vault.close()
+
+
+def config(pki, port: int, node: str = "gate-1", pki_for_node=None, **overrides) -> LinkConfig:
+    pair = (pki_for_node or pki).pair(node)
+    values = {"host": "127.0.0.1", "port": port, "ca": str(pki.ca_cert), "cert": str(pair.cert),
+              "key": str(pair.key), "node_id": node, "backoff_initial_s": 0.02, "backoff_max_s": 0.1,
+              "outbox_poll_s": 0.2}
+    return LinkConfig(**(values | overrides))
+
+
+async def serve(op: str, args: dict) -> dict:
+    if op == "node.status":
+        return {"node_id": "gate-1", "people": 3}
+    if op == "enrol.begin":
+        raise RuntimeError("no card tapped\nwithin 30 s")
+    raise UnknownOp(op)
+
+
+@pytest.fixture
+async def stub(nursery, pki):
+    server = StubController(pki)
+    await nursery.start(server.run)
+    return server
+
+
+async def pending(vault: Vault) -> list[int]:
+    return [e.seq for e in await trio.to_thread.run_sync(lambda: vault.pending_events(limit=1000))]
+
+
+async def test_requests_both_ways_and_the_connected_hook(stub, pki, vault, nursery):
+    synced = trio.Event()
+    client = LinkClient(config(pki, stub.port), vault, serve, capabilities=("events", "node.status"))
+
+    async def on_connected():
+        assert (await client.request("sync", {"cursor": None})) == {"changes": [], "cursor": 0}
+        synced.set()
+
+    client._on_connected = on_connected
+    await nursery.start(client.run)
+    with trio.fail_after(5):
+        await client.wait_connected()
+        await synced.wait()
+    assert client.controller_hello.node_id == "controller"
+    assert stub.hellos[0].capabilities == ("events", "node.status")
+
+    assert await client.request("echo", {"b": b"\x00", "n": 1}) == {"b": b"\x00", "n": 1}
+    with pytest.raises(RequestFailed, match="unknown op charge"):
+        await client.request("charge", {})
+    with pytest.raises(LinkUnavailable, match="no answer to slow within 0.1 s"):
+        await client.request("slow", {}, timeout=0.1)
+
+    ok = await stub.request("gate-1", "node.status", {})
+    assert (ok.ok, ok.result) == (True, {"node_id": "gate-1", "people": 3})
+    failed = await stub.request("gate-1", "enrol.begin", {"phone": "+441234"})
+    assert (failed.ok, failed.error) == (False, "no card tapped within 30 s")
+    unknown = await stub.request("gate-1", "mode.set", {"mode": "entry"})
+    assert (unknown.ok, unknown.error) == (False, "unknown op mode.set")
+    assert client.stats.requests_served == 3 and client.stats.requests_sent == 4
+
+
+async def test_events_are_acked_and_marked_delivered(stub, pki, vault, nursery):
+    for i in range(3):
+        vault.append_event("unknown", {"latency_ms": 10.0 + i, "reason": "no match"})
+    client = LinkClient(config(pki, stub.port), vault)
+    await nursery.start(client.run)
+    await stub.changes.wait_until(lambda: len(stub.applied) == 3)
+    for i in range(2):
+        vault.append_event("deleted", {"person_id": f"p{i}"})
+        client.events_appended()
+    await stub.changes.wait_until(lambda: len(stub.applied) == 5)
+    with trio.fail_after(5):
+        while await pending(vault) or client.stats.events_acked < 5:
+            await trio.sleep(0.01)
+    ev = stub.received[0]
+    assert (ev.kind, ev.node_id, ev.data["reason"]) == ("unknown", "gate-1", "no match")
+    assert [e.seq for e in stub.received] == sorted(e.seq for e in stub.received)
+    assert len(stub.received) == 5 and client.stats.events_sent == 5
+
+
+async def test_controller_restart_resends_unacked_events(pki, vault, nursery):
+    first = StubController(pki, ack=False)
+    await nursery.start(first.run)
+    keys = [vault.append_event("unknown", {"latency_ms": 1.0, "reason": "x"}).key for _ in range(2)]
+    client = LinkClient(config(pki, first.port), vault)
+    await nursery.start(client.run)
+    await first.changes.wait_until(lambda: len(first.received) == 2)
+    first.stop()
+    with trio.fail_after(5):
+        await client.wait_connected(False)
+    keys.append(vault.append_event("deleted", {"person_id": "p"}).key)  # while the controller is away
+    client.events_appended()
+    assert len(await pending(vault)) == 3
+
+    second = StubController(pki, port=first.port)
+    await nursery.start(second.run)
+    await second.changes.wait_until(lambda: set(second.applied) == set(keys))
+    with trio.fail_after(5):
+        while await pending(vault):
+            await trio.sleep(0.01)
+    assert client.stats.connects == 2 and client.stats.disconnects == 1
+
+
+async def test_missing_acks_end_the_connection_and_events_come_again(pki, vault, nursery):
+    stub = StubController(pki, ack=False)
+    await nursery.start(stub.run)
+    key = vault.append_event("unknown", {"latency_ms": 1.0, "reason": "x"}).key
+    client = LinkClient(config(pki, stub.port, ack_timeout_s=0.2, outbox_poll_s=0.05), vault)
+    await nursery.start(client.run)
+    await stub.changes.wait_until(lambda: len(stub.received) >= 2)  # sent, no ack, reconnect, sent again
+    assert {e.key for e in stub.received} == {key} and list(stub.applied) == [key]
+    assert any("no ack from the controller within 0.2 s" in e for e in stub.errors)
+
+
+async def test_foreign_certificate_refused_both_ways(pki, other_pki, stub, vault, nursery):
+    # a node whose certificate another CA issued: the controller refuses it
+    outsider = LinkClient(config(pki, stub.port, pki_for_node=other_pki), vault)
+    await nursery.start(outsider.run)
+    await stub.changes.wait_until(lambda: any("certificate verify failed" in e for e in stub.errors))
+    # a node that trusts only another CA: it refuses the controller
+    doubter = LinkClient(config(other_pki, stub.port, node="gate-2"), vault)
+    await nursery.start(doubter.run)
+    with trio.fail_after(5):
+        while doubter.stats.failed_attempts < 2 or outsider.stats.failed_attempts < 2:
+            await trio.sleep(0.01)
+    assert "certificate verify failed" in doubter.stats.last_error
+    assert not outsider.connected and not doubter.connected
+    assert stub.hellos == [] and outsider.stats.connects == doubter.stats.connects == 0
+
+
+@pytest.mark.parametrize("garbage, kind", [(HEADER.pack(MAX_FRAME + 1), DropReason.OVERSIZE),
+                                           (HEADER.pack(2) + b"\x92\xc1", DropReason.MSGPACK)],
+                         ids=["oversize", "bad msgpack"])
+async def test_a_bad_peer_does_not_disturb_a_good_client(stub, pki, vault, nursery, garbage, kind):
+    client = LinkClient(config(pki, stub.port), vault)
+    await nursery.start(client.run)
+    with trio.fail_after(5):
+        await client.wait_connected()
+
+    pair = pki.pair("gate-2")
+    tcp = await trio.open_tcp_stream("127.0.0.1", stub.port)
+    bad = Channel(trio.SSLStream(tcp, client_context(pair.cert, pair.key, pki.ca_cert), server_hostname="controller"))
+    await bad.hello(Hello(version=PROTOCOL_VERSION, node_id="gate-2", role="node"), timeout=5)
+    await bad.stream.send_all(garbage)
+    with pytest.raises(LinkClosed):
+        await bad.receive()
+    assert stub.stats.dropped == {kind: 1}
+
+    assert await client.request("echo", {"after": kind}) == {"after": kind}
+    vault.append_event("unknown", {"latency_ms": 1.0, "reason": "x"})
+    client.events_appended()
+    await stub.changes.wait_until(lambda: len(stub.applied) == 1)
+    assert client.connected and client.stats.connects == 1
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def mock_clock():
+    # jump virtual time once every task has waited 50 ms of real time (the refused dial is instant)
+    return trio.testing.MockClock(autojump_threshold=0.05)
+
+
+class AttemptTimes(logging.Handler):
+    """Records the trio time of each failed dial (the client logs one debug line per attempt)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.times: list[float] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage() == "link attempt failed":
+            self.times.append(trio.current_time())
+
+
+async def test_backoff_grows_to_its_cap_and_logs_once(mock_clock, pki, vault, nursery, caplog):
+    caplog.set_level(logging.DEBUG, logger="palmnode.link")
+    attempts = AttemptTimes()
+    logging.getLogger("palmnode.link").addHandler(attempts)
+    try:
+        client = LinkClient(config(pki, free_port(), backoff_initial_s=1.0, backoff_max_s=60.0), vault)
+        await nursery.start(client.run)
+        await trio.sleep(600)
+    finally:
+        logging.getLogger("palmnode.link").removeHandler(attempts)
+    gaps = [b - a for a, b in itertools.pairwise(attempts.times)]
+    # waits of 1, 2, 4, ... s capped at 60 s, each within the ±10% jitter
+    for i, gap in enumerate(gaps):
+        nominal = min(60.0, 2.0**i)
+        assert 0.9 * nominal - 1e-6 <= gap <= 1.1 * nominal + 1e-6, (i, gap)
+    assert 14 <= len(attempts.times) == client.stats.failed_attempts <= 17
+    assert "Connection refused" in client.stats.last_error
+    downs = [r for r in caplog.records if r.getMessage() == "link down"]
+    assert len(downs) == 1  # the same failure again and again is one state change
+
+
+async def test_not_connected_request_fails_at_once(pki, vault):
+    client = LinkClient(config(pki, 1), vault)
+    with pytest.raises(LinkUnavailable, match="not connected"):
+        await client.request("sync", {})
+
+
+def test_config_errors(pki, tmp_path, vault):
+    with pytest.raises(LinkConfigError, match="backoff_max_s"):
+        config(pki, 1, backoff_max_s=0)
+    with pytest.raises(LinkConfigError, match="link.cert is not set"):
+        LinkClient(config(pki, 1, cert=""), vault)
+    with pytest.raises(TlsConfigError, match="not found"):
+        LinkClient(config(pki, 1, ca=str(tmp_path / "none.pem")), vault)
+
+
+async def test_changes_helper_times_out():
+    with pytest.raises(trio.TooSlowError):
+        await Changes().wait_until(lambda: False, timeout=0.01)
