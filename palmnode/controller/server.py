@@ -486,7 +486,8 @@ def _open_store(config: ControllerConfig) -> Store:
         keys = load_keys(None if config.key_file is None else Path(config.key_file), env_name=config.key_env)
         return Store.open(Path(config.db_path), keys)
     except (VaultKeyError, StoreError) as exc:
-        raise ControllerError(str(exc).replace("vault key", "controller key")) from None
+        raise ControllerError(str(exc).replace("vault key", "controller key")
+                              .replace("configure a key file", "give a key file (--key-file)")) from None
 
 
 def server_ssl_context(config: ControllerConfig) -> ssl.SSLContext:
