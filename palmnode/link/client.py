@@ -87,6 +87,7 @@ class LinkConfig:
     max_frame: int = attrs.field(default=MAX_FRAME, validator=_positive)
     outbox_batch: int = attrs.field(default=100, validator=_positive)  # events in flight at most
     outbox_poll_s: float = attrs.field(default=1.0, validator=_positive)  # outbox re-read without a wake-up
+    stable_after_s: float = attrs.field(default=10.0, validator=_positive)  # a connection this old resets the backoff
 
 
 class Outbox(Protocol):
@@ -179,6 +180,7 @@ class LinkClient:
         self._waiting: dict[int, _Pending] = {}
         self._inflight: dict[int, tuple[str, float]] = {}  # seq -> (key, sent at trio time)
         self._acked: set[int] = set()
+        self._unsendable: set[int] = set()  # seqs whose event cannot be encoded: held back, logged once
         self._wake = trio.Event()
         self._connected_changed = trio.Event()
         self._last_logged: str | None = None
@@ -236,8 +238,10 @@ class LinkClient:
         task_status.started()
         attempt = 0
         while True:
-            if await self._session() is None:  # it got through its hellos: back off afresh
-                attempt = 0
+            started = trio.current_time()
+            if await self._session() is None and trio.current_time() - started >= self.config.stable_after_s:
+                attempt = 0  # it worked for a while: back off afresh (a controller refusing us right
+                # after the hellos keeps backing off)
             delay = self._backoff.delay(attempt, self._rng)
             attempt += 1
             self._log_state("link down", reason=self.stats.last_error, retry_in_s=round(delay, 3))
@@ -364,10 +368,17 @@ class LinkClient:
             stale = set(self._acked)
             events = await trio.to_thread.run_sync(lambda: self._outbox.pending_events(limit=cfg.outbox_batch))
             for ev in events:
-                if ev.seq in self._inflight or ev.seq in self._acked:
+                if ev.seq in self._inflight or ev.seq in self._acked or ev.seq in self._unsendable:
                     continue
-                await channel.send(Event(seq=ev.seq, key=ev.key, kind=ev.kind, node_id=cfg.node_id,
-                                         at=ev.at, data=dict(ev.data)))
+                try:
+                    await channel.send(Event(seq=ev.seq, key=ev.key, kind=ev.kind, node_id=cfg.node_id,
+                                             at=ev.at, data=dict(ev.data)))
+                except (FrameTooLarge, TypeError, ValueError, OverflowError) as exc:
+                    # a bug upstream; the event stays in the outbox, the others go on
+                    self._unsendable.add(ev.seq)
+                    log.error("link event cannot be sent, held back",
+                              extra={"fields": {"seq": ev.seq, "kind": ev.kind, "error": one_line(exc)}})
+                    continue
                 self._inflight[ev.seq] = (ev.key, trio.current_time())
                 self.stats.events_sent += 1
             self._acked -= stale  # acked before that read started: no later read returns them

@@ -185,6 +185,30 @@ async def test_a_bad_peer_does_not_disturb_a_good_client(stub, pki, vault, nurse
     assert client.connected and client.stats.connects == 1
 
 
+async def test_an_event_too_big_to_send_is_held_back_and_the_rest_go(stub, pki, vault, nursery, caplog):
+    big = vault.append_event("unknown", {"latency_ms": 1.0, "reason": "x" * 20_000}).seq
+    small = vault.append_event("unknown", {"latency_ms": 1.0, "reason": "x"}).key
+    client = LinkClient(config(pki, stub.port, max_frame=10_000), vault)
+    await nursery.start(client.run)
+    await stub.changes.wait_until(lambda: list(stub.applied) == [small])
+    assert await pending(vault) == [big]  # never dropped: still in the outbox
+    assert any(r.getMessage() == "link event cannot be sent, held back" for r in caplog.records)
+    assert client.connected
+
+
+async def test_refused_after_hello_keeps_backing_off(stub, pki, vault, nursery, caplog):
+    # the certificate says gate-1, the hello gate-2: the controller says goodbye right after the hellos
+    caplog.set_level(logging.INFO, logger="palmnode.link")
+    client = LinkClient(config(pki, stub.port, node_id="gate-2", backoff_initial_s=0.01, backoff_max_s=1.0), vault)
+    await nursery.start(client.run)
+    with trio.fail_after(5):
+        while client.stats.disconnects < 4:
+            await client.wait_connected(not client.connected)
+    waits = [r.fields["retry_in_s"] for r in caplog.records if r.getMessage() == "link down"][:4]
+    assert all(0.9 * 0.01 * 2**i - 1e-3 <= w <= 1.1 * 0.01 * 2**i + 1e-3 for i, w in enumerate(waits)), waits
+    assert "does not match certificate CN gate-1" in client.stats.last_error
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
