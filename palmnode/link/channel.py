@@ -18,6 +18,7 @@ Server side, per accepted connection::
 from __future__ import annotations
 
 import math
+import socket
 from typing import Literal, NoReturn
 
 import attrs
@@ -37,6 +38,7 @@ from palmnode.link.messages import (
 )
 from palmnode.link.tls import PeerIdentityError, peer_name
 
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 30, 10, 3  # §7: a silent dead peer is found in ~1 min
 GOODBYE_TIMEOUT_S = 1.0  # §7: a goodbye is best effort; never wait long on a peer we are dropping
 CLOSE_TIMEOUT_S = 1.0  # a TLS close_notify that cannot be sent in this time is skipped
 
@@ -73,6 +75,21 @@ class ChannelStats:
 
     def count_drop(self, kind: str) -> None:
         self.dropped[kind] = self.dropped.get(kind, 0) + 1
+
+
+def set_keepalive(stream: trio.abc.Stream, *, idle_s: int = KEEPALIVE_IDLE_S,
+                  interval_s: int = KEEPALIVE_INTERVAL_S, count: int = KEEPALIVE_COUNT) -> bool:
+    """Turn on TCP keepalive for ``stream`` (a SocketStream, or an SSLStream over one) so a peer
+    that vanished without a FIN is noticed (§7). False when the stream has no socket."""
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if not isinstance(stream, trio.SocketStream):
+        return False
+    stream.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", idle_s), ("TCP_KEEPINTVL", interval_s), ("TCP_KEEPCNT", count)):
+        if hasattr(socket, name):  # Linux; other systems keep their defaults
+            stream.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+    return True
 
 
 def _network_reason(what: str, exc: BaseException) -> str:

@@ -31,6 +31,7 @@ from palmnode.link.channel import (
     LinkClosed,
     LinkError,
     LinkUnavailable,
+    set_keepalive,
 )
 from palmnode.link.codec import MAX_FRAME, FrameTooLarge
 from palmnode.link.messages import (
@@ -261,6 +262,7 @@ class LinkClient:
                                         f"within {cfg.connect_timeout_s:g} s")
         except OSError as exc:
             return self._attempt_failed(f"cannot reach the controller at {cfg.host}:{cfg.port}: {_dial_error(exc)}")
+        set_keepalive(tcp)
         channel = Channel(trio.SSLStream(tcp, self._ssl_context, server_hostname=cfg.server_name),
                           max_frame=cfg.max_frame, stats=self.stats.channel)
         try:

@@ -74,6 +74,9 @@ async def test_requests_both_ways_and_the_connected_hook(stub, pki, vault, nurse
         await client.wait_connected()
         await synced.wait()
     assert client.controller_hello.node_id == "controller"
+    sock = client._channel.stream.transport_stream.socket
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 30
     assert stub.hellos[0].capabilities == ("events", "node.status")
 
     assert await client.request("echo", {"b": b"\x00", "n": 1}) == {"b": b"\x00", "n": 1}
