@@ -24,6 +24,8 @@ _cipher = functools.lru_cache(maxsize=8)(AESGCM)
 
 def seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
     """Encrypt and authenticate ``plaintext`` under ``key``, bound to ``aad``; a fresh random nonce each call."""
+    if not isinstance(plaintext, (bytes, bytearray, memoryview)):
+        raise TypeError(f"seal takes bytes, got {type(plaintext).__name__}")
     nonce = os.urandom(NONCE_BYTES)
     return nonce + _cipher(bytes(key)).encrypt(nonce, bytes(plaintext), aad)
 

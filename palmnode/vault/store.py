@@ -58,6 +58,12 @@ def _private_file(path: Path) -> None:
             os.chmod(side, 0o600)
 
 
+def _digest(value: object) -> bytes:
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise TypeError(f"a digest is bytes, got {type(value).__name__}")
+    return bytes(value)
+
+
 def _person_from_event(data: Mapping[str, Any]) -> str | None:
     """The person an event's payload names (``person_id`` or ``person.person_id``), for purging with them."""
     person_id = data.get("person_id")
@@ -127,7 +133,7 @@ class Vault:
                              "VALUES (1, ?, ?, ?, ?)", (schema.SCHEMA_VERSION, instance, check, clock()))
             else:
                 instance, stored_check = conn.execute("SELECT instance, key_check FROM vault").fetchone()
-                if not hmac.compare_digest(bytes(stored_check), check):
+                if not isinstance(stored_check, bytes) or not hmac.compare_digest(stored_check, check):
                     raise VaultKeyError(f"vault {path} was created with a different key; "
                                         f"use the key file or PALMNODE_VAULT_KEY it was made with")
                 schema.migrate(conn, version)
@@ -283,9 +289,9 @@ class Vault:
     def _load(self, conn: sqlite3.Connection, rows: list[tuple]) -> list[Person]:
         ids = [r[0] for r in rows]
         marks = ",".join("?" * len(ids))
-        cards = {pid: (bytes(d), bytes(l4)) for d, pid, l4 in
+        cards = {pid: (self._blob(d, f"card digest of person {pid}"), l4) for d, pid, l4 in
                  conn.execute(f"SELECT card_digest, person_id, last4 FROM cards WHERE person_id IN ({marks})", ids)}
-        phones = {pid: bytes(d) for d, pid in
+        phones = {pid: self._blob(d, f"phone digest of person {pid}") for d, pid in
                   conn.execute(f"SELECT phone_digest, person_id FROM phones WHERE person_id IN ({marks})", ids)}
         palms: dict[str, list[tuple[str, list[PalmTemplate]]]] = {pid: [] for pid in ids}
         current: dict[tuple[str, str], list[PalmTemplate]] = {}
@@ -311,6 +317,12 @@ class Vault:
             out.append(Person(pid, card, phones.get(pid), enrolled, enrolled_at, origin))
         return out
 
+    def _blob(self, value: Any, what: str) -> bytes:
+        # never bytes(value): on an int that would allocate value zero bytes
+        if not isinstance(value, bytes):
+            raise TamperedData(f"{what} in vault {self._path} is {type(value).__name__}, not a blob")
+        return value
+
     def _open(self, blob: Any, aad: bytes, what: str) -> bytes:
         try:
             return open_(self._keys.template_key, blob, aad)
@@ -328,7 +340,7 @@ class Vault:
     def find_by_card(self, card_digest: bytes) -> str | None:
         """The person enrolled with this card token digest, or None."""
         with self._reading() as conn:
-            row = conn.execute("SELECT person_id FROM cards WHERE card_digest = ?", (bytes(card_digest),)).fetchone()
+            row = conn.execute("SELECT person_id FROM cards WHERE card_digest = ?", (_digest(card_digest),)).fetchone()
         return row[0] if row else None
 
     def find_by_phone(self, phone: str) -> str | None:
