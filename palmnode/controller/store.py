@@ -40,8 +40,9 @@ from palmnode.vault import TamperedData, VaultKeys, open_, seal
 SCHEMA_VERSION = 1
 PALMS = ("left", "right", "unknown")
 MAX_ID = 128  # longest person/node id or idempotency key accepted (ids are uuids or "node:seq")
-MAX_TEMPLATES = 16  # per palm: enrolment keeps a handful of agreeing captures
-MAX_TEMPLATE_BYTES = 8192  # a PalmTemplate is 772 B; anything far larger is not one
+MAX_TEMPLATES = 32  # per palm, as the link's §8 person map allows (an enrolment keeps a handful)
+MAX_TEMPLATE_BYTES = 8192  # a PalmTemplate is at most 772 B; anything far larger is not one
+MAX_DIGEST = 64  # keyed digests are HMAC-SHA256 (32 B), as the link's §8 person map allows
 SYNC_BYTES = 512 * 1024  # one sync answer stays well under the link's 1 MiB frame cap
 
 _SCHEMA = """
@@ -164,8 +165,8 @@ class PersonRecord:
         if not isinstance(enrolled_at, (int, float)) or isinstance(enrolled_at, bool):
             raise BadRecord("person.enrolled_at must be a number (seconds since the epoch)")
         last4 = data.get("card_last4")
-        if last4 is not None and not (isinstance(last4, str) and len(last4) == 4 and last4.isdigit()):
-            raise BadRecord("person.card_last4 must be 4 digits or null")
+        if last4 is not None and not (isinstance(last4, str) and len(last4) <= 4 and (last4.isdigit() or not last4)):
+            raise BadRecord("person.card_last4 must be up to 4 digits or null")
         return cls(person_id=person_id, card_digest=_digest(data, "card_digest"), card_last4=last4,
                    phone_digest=_digest(data, "phone_digest"), palms=tuple(palms),
                    enrolled_at=float(enrolled_at), origin_node=_text(data, "origin_node"))
@@ -187,8 +188,8 @@ def _text(data: Mapping, name: str) -> str:
 
 def _digest(data: Mapping, name: str) -> bytes | None:
     value = data.get(name)
-    if value is not None and not (isinstance(value, bytes) and 16 <= len(value) <= 64):
-        raise BadRecord(f"person.{name} must be 16 to 64 bytes or null")
+    if value is not None and not (isinstance(value, bytes) and 1 <= len(value) <= MAX_DIGEST):
+        raise BadRecord(f"person.{name} must be 1 to {MAX_DIGEST} bytes or null")
     return value
 
 

@@ -161,3 +161,127 @@ def person_wire(person_id: str, *, origin: str = "gate-a", card: bytes | None = 
             "phone_digest": os.urandom(32),
             "palms": [{"palm": "right", "templates": [os.urandom(772) for _ in range(3)]}],
             "enrolled_at": 1.7e9, "origin_node": origin}
+
+
+def template_bytes() -> bytes:
+    """A well-formed PalmTemplate (both modalities, random codes) as the node stores it."""
+    import numpy as np
+
+    from palmnode.biometrics.types import (
+        SURFACE_ROWS,
+        VEIN_ROWS,
+        ModalityCode,
+        PalmTemplate,
+    )
+
+    rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
+    surface, vein = (ModalityCode.from_planes(rng.integers(0, 2**32, (4, rows), dtype=np.uint32))
+                     for rows in (SURFACE_ROWS, VEIN_ROWS))
+    return PalmTemplate(surface=surface, vein=vein).to_bytes()
+
+
+class VaultNode:
+    """A node as the product wires it, minus the flows: a real Vault as the outbox and a real
+    LinkClient that applies replication to the vault and syncs from its stored cursor on connect."""
+
+    CURSOR = "controller_cursor"
+
+    def __init__(self, tmp_path: Path, pki: PkiPaths, name: str, port: int) -> None:
+        from palmnode.link.client import LinkClient, LinkConfig
+        from palmnode.vault import Vault, VaultKeys
+
+        pair = pki.pair(name)
+        self.name = name
+        self.path = tmp_path / f"{name}.vault"
+        self.vault = Vault.open(self.path, VaultKeys.from_secret(os.urandom(32)), node_id=name)
+        self.config = LinkConfig(host="127.0.0.1", port=port, ca=str(pki.ca_cert), cert=str(pair.cert),
+                                 key=str(pair.key), node_id=name, backoff_initial_s=0.02, backoff_max_s=0.1,
+                                 hello_timeout_s=5.0)
+        self._client_class = LinkClient
+        self.client: LinkClient | None = None
+        self.synced = 0
+        self._scope: trio.CancelScope | None = None
+        self._stopped: trio.Event | None = None
+
+    async def start(self, nursery: trio.Nursery) -> VaultNode:
+        """Start (or restart) the node's link; returns at once, the link dials in the background."""
+        self.client = self._client_class(self.config, outbox=self.vault, handler=self._handle,
+                                         on_connected=self._sync,
+                                         capabilities=("events", "person.upsert", "person.remove"))
+        self._stopped = trio.Event()
+
+        async def run(task_status=trio.TASK_STATUS_IGNORED):
+            with trio.CancelScope() as self._scope:
+                try:
+                    await self.client.run(task_status=task_status)
+                finally:
+                    self._stopped.set()
+        await nursery.start(run)
+        return self
+
+    async def stop(self) -> None:
+        """Stop the link (the vault stays: events made now wait in its outbox)."""
+        self._scope.cancel()
+        await self._stopped.wait()
+
+    async def _handle(self, op: str, args: dict) -> dict:
+        from palmnode.link.client import UnknownOp
+        from palmnode.link.wire import person_from_wire
+
+        if op == "person.upsert":
+            await trio.to_thread.run_sync(self._upsert, person_from_wire(args["person"]))
+            return {}
+        if op == "person.remove":
+            removed = await trio.to_thread.run_sync(
+                lambda: self.vault.remove_person(args["person_id"], reason="replicated"))
+            return {"removed": removed}
+        raise UnknownOp(op)
+
+    def _upsert(self, person) -> None:
+        if self.vault.get(person.person_id) is None:
+            self.vault.add_person(person)
+
+    async def _sync(self) -> None:
+        from palmnode.link.wire import person_from_wire
+
+        cursor = self.vault.get_state(self.CURSOR)
+        while True:
+            result = await self.client.request("sync", {"cursor": None if cursor is None else int(cursor)})
+            for change in result["changes"]:
+                if change["kind"] == "upsert":
+                    await trio.to_thread.run_sync(self._upsert, person_from_wire(change["person"]))
+                else:
+                    await trio.to_thread.run_sync(
+                        lambda pid=change["person_id"]: self.vault.remove_person(pid, reason="replicated"))
+            cursor = str(result["cursor"])
+            self.vault.set_state(self.CURSOR, cursor)
+            if not result["more"]:
+                break
+        self.synced += 1
+
+    def person(self, person_id: str, *, card: bytes | None = None):
+        from drivers.card_reader.cardtoken import CardToken
+        from palmnode.biometrics.types import PalmTemplate
+        from palmnode.vault import EnrolledPalm, Person
+
+        return Person(person_id=person_id, card=CardToken(card or os.urandom(32), "4242"),
+                      phone_digest=os.urandom(32),
+                      palms=(EnrolledPalm("right", tuple(PalmTemplate.from_bytes(template_bytes())
+                                                         for _ in range(3))),),
+                      enrolled_at=1.7e9, origin_node=self.name)
+
+    async def enrol(self, person) -> None:
+        from palmnode.link.wire import person_to_wire
+
+        await trio.to_thread.run_sync(
+            lambda: self.vault.add_person(person, event=("enrolled", {"person": person_to_wire(person)})))
+        self.client.events_appended()
+
+    async def delete(self, person_id: str) -> None:
+        await trio.to_thread.run_sync(
+            lambda: self.vault.remove_person(person_id, event=("deleted", {"person_id": person_id})))
+        self.client.events_appended()
+
+    def file_bytes(self) -> bytes:
+        return b"".join(p.read_bytes() for p in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm"))
+                        if p.exists())

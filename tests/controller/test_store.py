@@ -255,7 +255,7 @@ def test_stored_palm_record_validation():
         (lambda d: d.update(person_id=""), "person_id"),
         (lambda d: d.update(palms=[]), "palms"),
         (lambda d: d["palms"][0].update(templates=["str"]), "templates"),
-        (lambda d: d.update(card_digest=b"short"), "card_digest"),
+        (lambda d: d.update(card_digest=b"x" * 65), "card_digest"),
         (lambda d: d.update(card_last4="12a4"), "last4"),
         (lambda d: d.update(enrolled_at=True), "enrolled_at"),
     ]:
