@@ -46,6 +46,10 @@ MAX_DIGEST = 64  # keyed digests are HMAC-SHA256 (32 B), as the link's §8 perso
 SYNC_BYTES = 512 * 1024  # one sync answer stays well under the link's 1 MiB frame cap
 
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS nodes (
     node_id TEXT PRIMARY KEY,
     first_seen REAL NOT NULL,
@@ -329,14 +333,18 @@ class Store:
         return store
 
     def _check_key(self) -> None:
-        row = self._conn.execute("SELECT person_id, palms FROM people LIMIT 1").fetchone()
-        if row is not None:
-            try:
-                open_(self._key, row[1], _aad(row[0]))
-            except TamperedData:
-                self.close()
-                raise StoreError(f"controller database {self.path} was sealed with another key; "
-                                 "use its key file") from None
+        """Refuse another key: a value sealed under the first key must open under this one."""
+        row = self._conn.execute("SELECT value FROM meta WHERE name = 'key_check'").fetchone()
+        if row is None:
+            self._conn.execute("INSERT INTO meta VALUES ('key_check', ?)",
+                               (seal(self._key, _KEY_CHECK, _KEY_CHECK_AAD),))
+            return
+        try:
+            open_(self._key, row[0], _KEY_CHECK_AAD)
+        except TamperedData:
+            self.close()
+            raise StoreError(f"controller database {self.path} was sealed with another key; "
+                             "use its key file") from None
 
     def close(self) -> None:
         with self._lock:
@@ -568,6 +576,10 @@ class Store:
     def audit_entries(self) -> list[dict]:
         return [{"at": r[0], "kind": r[1], **json.loads(r[2])}
                 for r in self._read("SELECT at, kind, fields FROM audit ORDER BY id")]
+
+
+_KEY_CHECK = b"palmnode controller key check"
+_KEY_CHECK_AAD = b"controller.meta:key_check"
 
 
 def _aad(person_id: str) -> bytes:

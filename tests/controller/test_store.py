@@ -222,6 +222,9 @@ def test_nodes_health_and_audit(store):
 
 
 def test_another_key_or_file_is_refused(tmp_path):
+    Store.open(tmp_path / "empty.db", KEYS).close()  # refused even before anyone is enrolled
+    with pytest.raises(StoreError, match="another key"):
+        Store.open(tmp_path / "empty.db", VaultKeys.from_secret(bytes(32)))
     store = Store.open(tmp_path / "c.db", KEYS)
     enrol(store, person_wire())
     store.close()
