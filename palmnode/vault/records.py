@@ -58,8 +58,8 @@ class Person:
     """An enrolled person. ``card``/``phone_digest`` are keyed digests; the clear numbers are never here."""
 
     person_id: str = attrs.field(validator=_person_id)
-    card: CardToken | None
-    phone_digest: bytes | None
+    card: CardToken | None = attrs.field(validator=attrs.validators.optional(attrs.validators.instance_of(CardToken)))
+    phone_digest: bytes | None = attrs.field(validator=attrs.validators.optional(attrs.validators.instance_of(bytes)))
     palms: tuple[EnrolledPalm, ...] = attrs.field(converter=tuple, validator=_palms)
     enrolled_at: float
     origin_node: str

@@ -15,7 +15,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -204,37 +204,62 @@ class Vault:
         Raises :class:`DuplicatePerson`, :class:`DuplicateCard` or :class:`DuplicatePhone` with
         nothing written. Returns the outbox event when one was given.
         """
-        pid = person.person_id
-        sealed = [(palm.palm, position, idx, seal(self._keys.template_key, template.to_bytes(),
-                                                  _aad("templates", pid, palm.palm, idx)))
-                  for position, palm in enumerate(person.palms) for idx, template in enumerate(palm.templates)]
+        sealed = self._seal_templates(person)  # outside the lock: other threads keep reading meanwhile
         with self._transaction() as conn:
-            if conn.execute("SELECT 1 FROM people WHERE person_id = ?", (pid,)).fetchone():
-                raise DuplicatePerson(f"person {pid} is already enrolled")
-            if person.card is not None:
-                row = conn.execute("SELECT person_id FROM cards WHERE card_digest = ?", (person.card.digest,)).fetchone()
-                if row:
-                    raise DuplicateCard(f"card …{person.card.last4} is already enrolled to person {row[0]}")
-            if person.phone_digest is not None:
-                row = conn.execute("SELECT person_id FROM phones WHERE phone_digest = ?", (person.phone_digest,)).fetchone()
-                if row:
-                    raise DuplicatePhone(f"phone number is already enrolled to person {row[0]}")
-            conn.execute("INSERT INTO people (person_id, enrolled_at, origin_node) VALUES (?, ?, ?)",
-                         (pid, float(person.enrolled_at), person.origin_node))
-            for position, palm in enumerate(person.palms):
-                conn.execute("INSERT INTO palms (person_id, palm, position) VALUES (?, ?, ?)", (pid, palm.palm, position))
-            conn.executemany("INSERT INTO templates (person_id, palm, idx, sealed) VALUES (?, ?, ?, ?)",
-                             [(pid, palm, idx, blob) for palm, _, idx, blob in sealed])
-            if person.card is not None:
-                digest = person.card.digest
-                conn.execute("INSERT INTO cards (card_digest, person_id, last4) VALUES (?, ?, ?)",
-                             (digest, pid, seal(self._keys.template_key, person.card.last4.encode("utf-8"),
-                                                _aad("cards", pid, digest))))
-            if person.phone_digest is not None:
-                conn.execute("INSERT INTO phones (phone_digest, person_id) VALUES (?, ?)", (person.phone_digest, pid))
-            self._audit(conn, "person_added", pid, {"origin_node": person.origin_node,
-                                                    "palms": ",".join(p.palm for p in person.palms)})
-            return self._append(conn, *event, person_id=pid) if event is not None else None
+            if conn.execute("SELECT 1 FROM people WHERE person_id = ?", (person.person_id,)).fetchone():
+                raise DuplicatePerson(f"person {person.person_id} is already enrolled")
+            self._insert(conn, person, sealed, audit="person_added")
+            return self._append(conn, *event, person_id=person.person_id) if event is not None else None
+
+    def upsert_people(self, people: Iterable[Person]) -> int:
+        """Store each of ``people``, replacing whoever has the same id, in ONE transaction (replication, sync).
+
+        A card or phone held by a different person id is :class:`DuplicateCard` / :class:`DuplicatePhone`
+        and nothing of the batch is written. No outbox events (the controller sent them); outbox events
+        already naming a replaced person stay. Pass chunks of a few thousand people. Returns how many.
+        """
+        count = 0
+        with self._transaction() as conn:
+            for person in people:
+                replaced = conn.execute("DELETE FROM people WHERE person_id = ?", (person.person_id,)).rowcount
+                self._insert(conn, person, self._seal_templates(person),
+                             audit="person_replaced" if replaced else "person_added")
+                count += 1
+        return count
+
+    def _seal_templates(self, person: Person) -> list[tuple[str, int, int, bytes]]:
+        pid = person.person_id
+        return [(palm.palm, position, idx, seal(self._keys.template_key, template.to_bytes(),
+                                                _aad("templates", pid, palm.palm, idx)))
+                for position, palm in enumerate(person.palms) for idx, template in enumerate(palm.templates)]
+
+    def _insert(self, conn: sqlite3.Connection, person: Person, sealed: list[tuple[str, int, int, bytes]],
+                *, audit: str) -> None:
+        """Insert a person absent from the vault; duplicates of card or phone raise before any write of theirs."""
+        pid = person.person_id
+        if person.card is not None:
+            row = conn.execute("SELECT person_id FROM cards WHERE card_digest = ?", (person.card.digest,)).fetchone()
+            if row:
+                raise DuplicateCard(f"card …{person.card.last4} is already enrolled to person {row[0]}")
+        if person.phone_digest is not None:
+            row = conn.execute("SELECT person_id FROM phones WHERE phone_digest = ?", (person.phone_digest,)).fetchone()
+            if row:
+                raise DuplicatePhone(f"phone number is already enrolled to person {row[0]}")
+        conn.execute("INSERT INTO people (person_id, enrolled_at, origin_node) VALUES (?, ?, ?)",
+                     (pid, float(person.enrolled_at), person.origin_node))
+        conn.executemany("INSERT INTO palms (person_id, palm, position) VALUES (?, ?, ?)",
+                         [(pid, palm.palm, position) for position, palm in enumerate(person.palms)])
+        conn.executemany("INSERT INTO templates (person_id, palm, idx, sealed) VALUES (?, ?, ?, ?)",
+                         [(pid, palm, idx, blob) for palm, _, idx, blob in sealed])
+        if person.card is not None:
+            digest = person.card.digest
+            conn.execute("INSERT INTO cards (card_digest, person_id, last4) VALUES (?, ?, ?)",
+                         (digest, pid, seal(self._keys.template_key, person.card.last4.encode("utf-8"),
+                                            _aad("cards", pid, digest))))
+        if person.phone_digest is not None:
+            conn.execute("INSERT INTO phones (phone_digest, person_id) VALUES (?, ?)", (person.phone_digest, pid))
+        self._audit(conn, audit, pid, {"origin_node": person.origin_node,
+                                       "palms": ",".join(p.palm for p in person.palms)})
 
     def remove_person(self, person_id: str, *, event: tuple[str, dict] | None = None,
                       reason: str = "request") -> bool:
@@ -396,6 +421,13 @@ class Vault:
         with self._transaction() as conn:
             conn.execute("UPDATE outbox SET delivered = 1, sealed = NULL WHERE seq = ?", (int(seq),))
 
+    def prune_delivered(self, *, keep: int = 1000) -> int:
+        """Delete delivered events but the newest ``keep`` (their payloads are already erased); how many went."""
+        with self._transaction() as conn:
+            return conn.execute("DELETE FROM outbox WHERE delivered = 1 AND seq NOT IN "
+                                "(SELECT seq FROM outbox WHERE delivered = 1 ORDER BY seq DESC LIMIT ?)",
+                                (max(0, int(keep)),)).rowcount
+
     # --- audit and state --------------------------------------------------------------------
     def audit(self, kind: str, **fields: Any) -> None:
         """Record ``kind`` with plain scalar ``fields``; a ``person_id`` field is stored as its keyed hash."""
@@ -430,6 +462,17 @@ class Vault:
         with self._transaction() as conn:
             conn.execute("INSERT INTO state (key, value) VALUES (?, ?) "
                          "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
+
+    def statistics(self) -> dict[str, int]:
+        """Row counts (no personal data): for ``palmnode vault check``, node.status and the REPL."""
+        with self._reading() as conn:
+            counts = {name: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for name, table in
+                      (("people", "people"), ("palms", "palms"), ("templates", "templates"), ("cards", "cards"),
+                       ("phones", "phones"), ("audit_entries", "audit"))}
+            counts["pending_events"] = conn.execute("SELECT count(*) FROM outbox WHERE delivered = 0").fetchone()[0]
+            counts["delivered_events"] = conn.execute("SELECT count(*) FROM outbox WHERE delivered = 1").fetchone()[0]
+            counts["schema_version"] = conn.execute("SELECT version FROM vault").fetchone()[0]
+        return counts
 
     def integrity_check(self) -> str:
         """SQLite's ``PRAGMA integrity_check``: ``"ok"`` or the first problem found."""

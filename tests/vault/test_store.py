@@ -330,3 +330,35 @@ def test_open_vault_from_config(tmp_path):
         v.set_state("a", "c")
     with Vault.open(tmp_path / "e.db", KEYS) as v:
         assert v.get_state("a") == "c"
+
+
+def test_upsert_people_inserts_and_replaces_in_one_transaction(vault):
+    import attrs
+    a, b = person(60, vault), person(61, vault)
+    vault.add_person(a, event=("enrolled", {"person_id": a.person_id}))
+    changed = attrs.evolve(person(62, vault, palms=2, seed=9), person_id=a.person_id, card=a.card,
+                           phone_digest=a.phone_digest)
+    assert vault.upsert_people([changed, b]) == 2
+    assert same_person(vault.get(a.person_id), changed) and same_person(vault.get(b.person_id), b)
+    assert vault.count() == 2 and len(vault.pending_events()) == 1  # no events for replication
+    assert [e["kind"] for e in vault.audit_entries()] == ["person_added", "person_replaced", "person_added"]
+    clash = attrs.evolve(person(63, vault), card=b.card)
+    with pytest.raises(DuplicateCard):
+        vault.upsert_people([person(64, vault), clash])
+    assert vault.count() == 2 and vault.find_by_card(card(64).digest) is None  # the whole batch rolled back
+
+
+def test_prune_delivered_keeps_pending_and_the_newest_delivered(vault):
+    events = [vault.append_event("unknown", {"i": i}) for i in range(6)]
+    for e in events[:4]:
+        vault.mark_delivered(e.seq)
+    assert vault.prune_delivered(keep=1) == 3
+    assert vault.pending_events() == events[4:]
+    assert vault.statistics()["delivered_events"] == 1
+    assert vault.append_event("unknown", {}).seq == 7
+
+
+def test_person_rejects_a_phone_that_is_not_a_digest(vault):
+    import attrs
+    with pytest.raises(TypeError):
+        attrs.evolve(person(70, vault), phone_digest="+447700900070")
