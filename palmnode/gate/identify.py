@@ -90,6 +90,19 @@ class Verdict:
     reason: str | None = None
 
 
+@attrs.frozen
+class AttemptTrace:
+    """Where one attempt's time went (ms): waits for the NIR and surface frames, processing after
+    the surface frame, the 1:N search; ``result`` is "probe", a failure reason or "unavailable"."""
+
+    started_ms: float  # since the hand became present
+    nir_wait_ms: float
+    surface_wait_ms: float
+    process_ms: float
+    search_ms: float
+    result: str
+
+
 class Evidence:
     """Scores per person over the attempts of one presented hand (mean rule, see module doc)."""
 
@@ -155,6 +168,8 @@ class IdentifyFlow:
         self._left = trio.Event()
         self._attempt_scope: trio.CancelScope | None = None
         self._advisor = PlacementAdvisor(policy.presence, policy.advice)
+        #: the attempts behind the last decision (for the REPL, the bench and docs/flows.md)
+        self.last_trace: tuple[AttemptTrace, ...] = ()
 
     # ---- the actor ------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -211,33 +226,47 @@ class IdentifyFlow:
         evidence = Evidence(p)
         verdict: Verdict | None = None
         failure: str | None = None
+        trace: list[AttemptTrace] = []
+
+        def note(result: str, search_ms: float = 0.0) -> None:
+            t = self.capturer.timings
+            trace.append(AttemptTrace(round((started - arrival.at) * 1e3, 1), round(t.nir_wait_ms, 1),
+                                      round(t.surface_wait_ms, 1), round(t.process_ms, 1), round(search_ms, 1),
+                                      result))
+
         with trio.move_on_after(p.decision_deadline_s - (trio.current_time() - arrival.at)) as deadline:
             self._attempt_scope = deadline
             for _ in range(p.max_attempts):
                 self._goto(S.CAPTURING)
+                started = trio.current_time()
                 result: Probe | ProbeFailure | None = None
                 with trio.move_on_after(p.capture_timeout_s):
                     try:
                         result = await self.capturer.capture_probe()
                     except CaptureUnavailable as exc:
                         failure = str(exc)
+                        note("unavailable")
                         self._count_retry("device")
                         self._say("the gate is not ready, please try again")
                         break
                 if result is None:
+                    note("timeout")
                     failure = "capture timed out"
                     self._count_retry("timeout")
                     continue
                 if isinstance(result, ProbeFailure):
                     failure = result.feedback
+                    note(result.reason.value)
                     self._count_retry(result.reason.value)
                     self._say(result.feedback)
                     continue
                 self._goto(S.MATCHING)
                 found = None
+                searched = trio.current_time()
                 with trio.move_on_after(p.match_timeout_s):
                     found = await trio.to_thread.run_sync(self.gallery.search, result.template, p.candidates,
                                                           abandon_on_cancel=True)
+                note("probe", (trio.current_time() - searched) * 1e3)
                 if found is None:
                     failure = "search timed out"
                     self._count_retry("timeout")
@@ -246,6 +275,7 @@ class IdentifyFlow:
                 if verdict.outcome != "undecided":
                     break
         self._attempt_scope = None
+        self.last_trace = tuple(trace)
         left = not self._present or self._left.is_set()
         if evidence.attempts and (verdict is None or verdict.outcome == "undecided"):
             verdict = evidence.verdict(final=True)

@@ -10,6 +10,7 @@ from palmnode.gate.events import (Decision, EnrolProgress, Feedback, GateOpened,
                                   PersonDeleted, PersonEnrolled)
 from palmnode.gate.modes import ChargeResult, GateMode
 from palmnode.sim import scenario as sc
+from tests.conftest import wait_for
 from tests.gate.conftest import hover, start_identify
 
 PERSON, STRANGER = 201, 377
@@ -104,3 +105,53 @@ async def test_enrolled_person_recognised_stranger_not_modes_and_delete(rig, nur
     print("decision latencies (ms):", [round(x) for x in latencies])
     # budgets are measured by the bench, not asserted here; a decision never takes a second
     assert max(latencies) < 1000
+
+
+async def test_misplaced_hands_get_feedback_and_no_silent_gate(rig, nursery, threshold):
+    await start_identify(rig, nursery, threshold)
+    async with rig.node.bus.subscribe(Decision, Feedback, buffer=1024) as events:
+        # too close: the sensor's blind zone saturates it; nothing is captured, the person is told
+        async with trio.open_nursery() as hands:
+            hands.start_soon(lambda: hover(rig.gate, PERSON, distance_mm=80, seconds=1.0))
+            said = await next_of(events, Feedback)
+        assert said.message == "move your hand a little higher"
+        # too far, above the window: told to come closer
+        async with trio.open_nursery() as hands:
+            hands.start_soon(lambda: hover(rig.gate, PERSON, distance_mm=420, seconds=1.0))
+            said = await next_of(events, Feedback)
+        assert said.message == "move your hand a little closer"
+        # in the window but too far for the camera: the ROI says so, and the decision is a retry
+        async with trio.open_nursery() as hands:
+            hands.start_soon(lambda: hover(rig.gate, PERSON, distance_mm=295, seconds=1.0))
+            said = await next_of(events, Feedback)
+            decision = await next_of(events, Decision)
+        assert said.message == "move your hand a little closer"
+        assert decision.outcome == "retry" and decision.reason == "move your hand a little closer"
+    assert rig.metrics.value("palmnode_retries_total", reason="too_far") >= 1
+
+
+async def test_camera_pulled_mid_capture_gives_a_retry_with_reason_then_the_gate_recovers(rig, nursery, threshold):
+    await enrol_person(rig, nursery, threshold, PERSON)
+    flow = await start_identify(rig, nursery, threshold)
+    real_lit_frame = rig.capturer._lit_frame
+    pulled = trio.Event()
+
+    async def pull_camera_after_the_nir_frame(channel, level, previous):
+        if channel == "surface" and not pulled.is_set():
+            pulled.set()
+            nursery.start_soon(rig.gate.camera.unplug, 1.0)
+            await rig.gate.camera._down.wait()  # the emulator has dropped the stream
+        return await real_lit_frame(channel, level, previous)
+
+    rig.capturer._lit_frame = pull_camera_after_the_nir_frame
+    async with rig.node.bus.subscribe(Decision, buffer=256) as events:
+        decision = await present(rig, events, PERSON)
+        assert pulled.is_set()
+        assert decision.outcome == "retry" and decision.reason.startswith("camera"), decision
+        assert "\n" not in decision.reason
+        rig.capturer._lit_frame = real_lit_frame
+        await rig.gate.camera.replugged()
+        await wait_for(lambda: rig.node.frames.camera is not None, timeout=5.0)
+        assert flow.state.value in ("waiting", "leaving")
+        decision = await present(rig, events, PERSON)
+        assert decision.outcome == "identified", decision
