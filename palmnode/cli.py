@@ -19,7 +19,11 @@ subcommands:
            scenario, ending with a summary
   eval     accuracy on a folder of palm images or on rendered synthetic hands (JSON, DET plot)
   bench    measure the node: idle CPU with devices streaming (beside a bare-loop baseline)
-           and memory and drop counts under bad input on every port; prints JSON
+           and memory and drop counts under bad input on every port; the engine's speed; the
+           gate's decision latency at 100k enrolled; prints JSON
+  controller  run the reference store controller (mutual TLS, SQLite system of record)
+  certs    make a development CA and certificates for a controller and its nodes
+  repl     attach to a running node's diagnostics REPL
 
 Run `palmnode <subcommand> --help` for its options."""
 
@@ -71,6 +75,26 @@ def build_parser() -> argparse.ArgumentParser:
     from palmnode.biometrics import bench as engine_bench
 
     engine_bench.add_arguments(p)
+
+    from palmnode.controller import command as controller_command
+
+    p = sub.add_parser("controller", help="run the reference store controller",
+                       description=controller_command.DESCRIPTION)
+    controller_command.add_arguments(p)
+
+    from palmnode.link import certs
+
+    p = sub.add_parser("certs", help="make a development CA and certificates",
+                       description="Make a development certificate authority and certificates for the "
+                       "store controller and each node (mutual TLS on the controller link). Keys are 0600; "
+                       "an existing CA in the folder is reused, so running it again adds nodes.")
+    certs.add_arguments(p)
+
+    from palmnode.repl import client as repl_client
+
+    p = sub.add_parser("repl", help="attach to a running node's diagnostics REPL",
+                       description=repl_client.DESCRIPTION)
+    repl_client.add_arguments(p)
     return parser
 
 

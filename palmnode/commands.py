@@ -106,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
 async def _serve_node(node) -> None:
     """Run the node until Ctrl-C or SIGTERM (systemd's stop), then stop it in order, lights off."""
     from drivers.errors import DeviceError
+    from palmnode.node import GateSetupError
 
     log = logging.getLogger("palmnode.node")
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -114,7 +115,7 @@ async def _serve_node(node) -> None:
                 await nursery.start(node.run)
                 signum = await _cancel_on_signal(signals, nursery.cancel_scope)
                 logs.event(log, "node stopping", signal=signal.Signals(signum).name)
-        except* DeviceError as group:  # e.g. an unusable token key file, found before any device opens
+        except* (DeviceError, GateSetupError) as group:  # e.g. an unusable token key file, found before any device opens
             leaf = group
             while isinstance(leaf, BaseExceptionGroup):
                 leaf = leaf.exceptions[0]
@@ -153,3 +154,21 @@ def eval(args: argparse.Namespace) -> int:  # noqa: A001 - the subcommand's name
     from palmnode.biometrics import evaluate
 
     return evaluate.main(args)
+
+
+def controller(args: argparse.Namespace) -> int:
+    from palmnode.controller import command
+
+    return command.main(args)
+
+
+def certs(args: argparse.Namespace) -> int:
+    from palmnode.link import certs as certsmod
+
+    return certsmod.main(args)
+
+
+def repl(args: argparse.Namespace) -> int:
+    from palmnode.repl import client
+
+    return client.main(args)

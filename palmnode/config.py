@@ -74,6 +74,52 @@ class NodeConfig:
 
 
 @attrs.frozen
+class GateConfig:
+    """What the gate does with a recognised person, and how sure it must be."""
+
+    mode: str = "entry"                # entry | payment | loyalty
+    amount_cents: int | None = None    # payment: what to charge, in minor units
+    currency: str | None = None        # payment: ISO 4217 code
+    #: impostor score tail (``palmnode eval --calibration-out``) the decision threshold comes from
+    calibration: str = str(Path(__file__).resolve().parent.parent / "config" / "calibration.json")
+    #: per-comparison false-match rate the threshold is set for (1e-9: a million palms, FPIR ~1e-3)
+    target_fmr: float = 1e-9
+    on_duplicate: str = "refuse"       # enrolling a palm already enrolled: refuse | link
+
+
+@attrs.frozen
+class VaultSection:
+    path: str
+    key_file: str | None = None
+
+
+@attrs.frozen
+class ControllerLink:
+    """The store controller this node dials (certificates from ``palmnode certs``)."""
+
+    host: str = "127.0.0.1"
+    port: int = 7443
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    server_name: str = "controller"
+
+
+@attrs.frozen
+class ReplSection:
+    socket_path: str = "/run/palmnode/repl.sock"
+    python_console: bool = False
+    enabled: bool = True
+
+
+@attrs.frozen
+class MetricsSection:
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 9464
+
+
+@attrs.frozen
 class Config:
     node: NodeConfig
     proximity: ProximityConfig
@@ -81,6 +127,11 @@ class Config:
     illuminator: IlluminatorConfig
     camera: CameraConfig
     supervision: SupervisionConfig = SupervisionConfig()
+    gate: GateConfig = GateConfig()
+    vault: VaultSection | None = None
+    controller: ControllerLink | None = None
+    repl: ReplSection = ReplSection(enabled=False)
+    metrics: MetricsSection = MetricsSection()
     source: Path | None = None
 
 
@@ -91,8 +142,15 @@ _SECTIONS: dict[str, type] = {
     "devices.illuminator": IlluminatorConfig,
     "devices.camera": CameraConfig,
     "supervision": SupervisionConfig,
+    "gate": GateConfig,
+    "vault": VaultSection,
+    "controller": ControllerLink,
+    "repl": ReplSection,
+    "metrics": MetricsSection,
 }
-_PATH_KEYS = {"port", "token_key_file"}
+_OPTIONAL = {"vault", "controller"}  # absent: a node without a vault (devices only) / without a controller
+_PATH_KEYS = {"port", "token_key_file", "calibration", "path", "key_file", "ca", "cert", "key",
+              "socket_path"}
 _SIGNED_KEYS = {"exposure", "gain"}  # V4L2 exposure is a log2 value, often negative
 
 
@@ -112,7 +170,7 @@ def load(path: str | Path) -> Config:
 
 def from_dict(raw: dict[str, Any], *, base: Path = Path("."), source: Path | None = None) -> Config:
     where = str(source) if source else "config"
-    known_top = {"node", "devices", "supervision"}
+    known_top = {name.split(".")[0] for name in _SECTIONS}
     for key in raw:
         if key not in known_top:
             raise ConfigError(f"{where}: unknown section [{key}] (known: {', '.join(sorted(known_top))})")
@@ -127,11 +185,36 @@ def from_dict(raw: dict[str, Any], *, base: Path = Path("."), source: Path | Non
         if table is None:
             if name.startswith("devices."):
                 raise ConfigError(f"{where}: missing section [{name}]")
-            table = {}
+            if name in _OPTIONAL:
+                values[name] = None
+                continue
+            table = {"enabled": False} if name == "repl" else {}
         values[name] = _build(cls, table, f"{where} [{name}]", base)
+    _check_gate(values["gate"], f"{where} [gate]")
+    link = values["controller"]
+    if link is not None:
+        for key in ("ca", "cert", "key"):
+            if not getattr(link, key):
+                raise ConfigError(f"{where} [controller]: missing key {key!r} (make certificates with "
+                                  "`palmnode certs --out DIR`)")
     return Config(node=values["node"], proximity=values["devices.proximity"],
                   card_reader=values["devices.card_reader"], illuminator=values["devices.illuminator"],
-                  camera=values["devices.camera"], supervision=values["supervision"], source=source)
+                  camera=values["devices.camera"], supervision=values["supervision"], gate=values["gate"],
+                  vault=values["vault"], controller=link, repl=values["repl"], metrics=values["metrics"],
+                  source=source)
+
+
+def _check_gate(gate: GateConfig, where: str) -> None:
+    from palmnode.gate.modes import GateMode
+
+    try:
+        GateMode(gate.mode, gate.amount_cents, gate.currency)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if not 0.0 < gate.target_fmr < 1.0:
+        raise ConfigError(f"{where} target_fmr: must be between 0 and 1, got {gate.target_fmr!r}")
+    if gate.on_duplicate not in ("refuse", "link"):
+        raise ConfigError(f"{where} on_duplicate: must be refuse or link, got {gate.on_duplicate!r}")
 
 
 def _build(cls: type, table: Any, where: str, base: Path) -> Any:
@@ -143,7 +226,7 @@ def _build(cls: type, table: Any, where: str, base: Path) -> Any:
         if key not in fields:
             raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(fields)})")
         kwargs[key] = _check(value, fields[key].type, f"{where} {key}", signed=key in _SIGNED_KEYS)
-        if key in _PATH_KEYS and not _is_url(value):
+        if key in _PATH_KEYS and isinstance(value, str) and not _is_url(value):
             kwargs[key] = str((base / value).resolve()) if not Path(value).is_absolute() else value
     missing = [n for n, f in fields.items() if f.default is attrs.NOTHING and n not in kwargs]
     if missing:
@@ -156,8 +239,8 @@ def _is_url(value: Any) -> bool:
 
 
 def _check(value: Any, typ: Any, where: str, *, signed: bool = False) -> Any:
-    expected = {"str": str, "int": int, "bool": bool, "float": (int, float),
-                "float | None": (int, float), "dict[str, int]": dict}.get(str(typ), object)
+    expected = {"str": str, "int": int, "bool": bool, "float": (int, float), "str | None": str,
+                "int | None": int, "float | None": (int, float), "dict[str, int]": dict}.get(str(typ), object)
     if isinstance(value, bool) and expected in (int, (int, float)):
         raise ConfigError(f"{where}: expected a number, got {value!r}")
     if not isinstance(value, expected):

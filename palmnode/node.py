@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Awaitable, Callable
 
 import attrs
 import trio
@@ -15,14 +16,31 @@ from palmnode.actors import (Backoff, ChildContext, ChildSpec, DeviceStateChange
 from palmnode.config import Config
 from palmnode.devices import camera, card_reader, illuminator, proximity
 from palmnode.devices.session import DeviceSession
+from palmnode.biometrics.gallery import Gallery
+from palmnode.biometrics.matcher import Calibration
+from palmnode.gate.capture import Capturer, CapturePolicy
+from palmnode.gate.enrol import EnrolFlow, EnrolPolicy
+from palmnode.gate.events import Decision, GateOpened, LoyaltyMember, PaymentResult, PersonDeleted, PersonEnrolled
+from palmnode.gate.identify import IdentifyFlow, IdentifyPolicy
+from palmnode.gate.modes import GateMode, GateModes, ModeChanged
+from palmnode.gate.people import People
 from palmnode.gate.presence import PresenceChanged
+from palmnode.link.client import LinkClient, LinkConfig
 from palmnode.logs import event
+from palmnode.metrics import Metrics, serve_metrics
+from palmnode.ops import NodeOps
+from palmnode.repl.server import serve_repl
+from palmnode.systemd import serve_systemd, tree_healthy
+from palmnode.vault import Vault, VaultConfig, VaultError, open_vault
 
 log = logging.getLogger("palmnode.node")
 
 #: what the node logs as it happens (nothing biometric; cards as token prefix and last four)
 LOGGED_EVENTS = (PresenceChanged, BadgeRead, PaymentCardRead, DeviceStateChanged, GateStateChanged,
-                 OverTemperature, Cooled, DeadmanTripped, BoardNotice)
+                 OverTemperature, Cooled, DeadmanTripped, BoardNotice, Decision, GateOpened, PaymentResult,
+                 LoyaltyMember, PersonEnrolled, PersonDeleted, ModeChanged)
+#: what this node offers the controller in its hello
+CAPABILITIES = ("events", "enrol", "delete", "replication", "modes", "status", "metrics")
 
 
 class Node:
@@ -33,8 +51,20 @@ class Node:
         self.bus = EventBus()
         self.lights = illuminator.Lights()
         self.frames = camera.FrameSource()
+        self.metrics = Metrics()
+        gate = config.gate
+        self.modes = GateModes(self.bus, GateMode(gate.mode, gate.amount_cents, gate.currency))
+        self.ops = NodeOps(self)
         self.health: HealthRegistry | None = None
         self.supervisor: Supervisor | None = None
+        # the working gate (with a [vault]): set up when the node runs
+        self.vault: Vault | None = None
+        self.gallery: Gallery | None = None
+        self.people: People | None = None
+        self.identify: IdentifyFlow | None = None
+        self.enrol: EnrolFlow | None = None
+        self.link: LinkClient | None = None
+        self.threshold: float | None = None
 
     def _device_specs(self, health: HealthRegistry, backoff: Backoff) -> list[ChildSpec]:
         cfg = self.config
@@ -58,27 +88,136 @@ class Node:
             specs.append(ChildSpec(name, _session_child(session, serve), device=name))
         return specs
 
+    async def _open_gate(self) -> list[ChildSpec]:
+        """Vault → gallery, the flows and the controller link (a node with a [vault] section)."""
+        cfg = self.config
+        node_id = cfg.node.node_id
+        try:
+            calibration = Calibration.from_json(Path(cfg.gate.calibration).read_text())
+            self.threshold = calibration.decision_threshold(cfg.gate.target_fmr)
+        except (OSError, ValueError) as exc:
+            raise GateSetupError(f"calibration {cfg.gate.calibration}: {exc}") from None
+        vault_cfg = VaultConfig(path=cfg.vault.path, key_file=cfg.vault.key_file)
+        try:
+            for path in (vault_cfg.path, vault_cfg.key_file):
+                if path is not None:
+                    Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.vault = await trio.to_thread.run_sync(
+                functools.partial(open_vault, vault_cfg, node_id=node_id, create_key=vault_cfg.key_file is not None))
+        except (VaultError, OSError) as exc:
+            raise GateSetupError(f"vault {cfg.vault.path}: {exc}") from None
+        self.gallery = Gallery()
+        if cfg.controller is not None:
+            link = cfg.controller
+            try:
+                self.link = LinkClient(
+                    LinkConfig(host=link.host, port=link.port, ca=link.ca, cert=link.cert, key=link.key,
+                               node_id=node_id, server_name=link.server_name),
+                    self.vault, self.ops.handle, on_connected=self.ops.sync, capabilities=CAPABILITIES)
+            except ValueError as exc:  # TlsConfigError, LinkConfigError: one line with the fix
+                raise GateSetupError(str(exc)) from None
+        self.people = People(self.vault, self.gallery, node_id, self.bus, self.metrics,
+                             events_appended=self.link.events_appended if self.link else None)
+        palms = await self.people.load()
+        capturer = Capturer(self.lights, self.frames, CapturePolicy())
+        self.identify = IdentifyFlow(self.bus, capturer, self.gallery, people=self.people, modes=self.modes,
+                                     charge=self.ops.charge, metrics=self.metrics,
+                                     policy=IdentifyPolicy(threshold=self.threshold))
+        self.enrol = EnrolFlow(self.bus, capturer, self.gallery, self.people, metrics=self.metrics,
+                               policy=EnrolPolicy(agree_threshold=calibration.decision_threshold(1e-4),
+                                                  duplicate_threshold=self.threshold,
+                                                  on_duplicate=cfg.gate.on_duplicate))
+        event(log, "gate ready to identify", palms=palms, threshold=round(self.threshold, 4),
+              target_fmr=cfg.gate.target_fmr, mode=self.modes.current.mode)
+        specs = [ChildSpec("report", self.ops.report, signals_started=True),
+                 ChildSpec("identify", _started(self.identify.run), signals_started=True),
+                 ChildSpec("enrol", _started(self.enrol.run), signals_started=True)]
+        if self.link is not None:
+            specs.append(ChildSpec("link", _started(self.link.run), signals_started=True))
+        return specs
+
+    def _service_specs(self) -> list[ChildSpec]:
+        cfg = self.config
+        specs = []
+        if cfg.repl.enabled:
+            specs.append(ChildSpec("repl", _started(functools.partial(
+                serve_repl, self, cfg.repl.socket_path, python_console=cfg.repl.python_console)),
+                signals_started=True))
+        if cfg.metrics.enabled:
+            specs.append(ChildSpec("metrics", _started(functools.partial(
+                serve_metrics, self.metrics, cfg.metrics.host, cfg.metrics.port)), signals_started=True))
+        specs.append(ChildSpec("systemd", _started(functools.partial(
+            serve_systemd, self.healthy, status=self.status_line)), signals_started=True))
+        return specs
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         sup = self.config.supervision
         self.health = HealthRegistry(self.bus)
         backoff = Backoff(initial=sup.backoff_initial_s, maximum=sup.backoff_max_s)
+        try:
+            gate_specs = await self._open_gate() if self.config.vault is not None else []
+            await self._supervise(gate_specs, backoff, task_status)
+        finally:
+            if self.vault is not None:
+                self.vault.close()
+
+    async def _supervise(self, gate_specs: list[ChildSpec], backoff: Backoff, task_status) -> None:
+        sup = self.config.supervision
         devices = Supervisor("devices", self._device_specs(self.health, backoff), strategy="one_for_one",
                              intensity=sup.intensity, period=sup.period_s, backoff=backoff,
                              health=self.health, bus=self.bus)
-        self.supervisor = Supervisor("node", [
-            ChildSpec("event-log", self._log_events, signals_started=True),
-            devices.as_child(id="devices"),
-        ], strategy="rest_for_one", intensity=sup.intensity, period=sup.period_s, backoff=backoff,
-            bus=self.bus)
+        children = [ChildSpec("event-log", self._log_events, signals_started=True),
+                    devices.as_child(id="devices")]
+        if gate_specs:
+            children.append(Supervisor("gate", gate_specs, strategy="one_for_one", intensity=sup.intensity,
+                                       period=sup.period_s, backoff=backoff, bus=self.bus).as_child(id="gate"))
+        children += self._service_specs()
+        self.supervisor = Supervisor("node", children, strategy="rest_for_one", intensity=sup.intensity,
+                                     period=sup.period_s, backoff=backoff, bus=self.bus)
         event(log, "node starting", node_id=self.config.node.node_id,
               config=str(self.config.source) if self.config.source else None)
         await self.supervisor.run(task_status=task_status)
+
+    # ---- views for the REPL, the controller's node.status and systemd ---------------------------
+    def healthy(self) -> bool:
+        return self.supervisor is not None and tree_healthy(self.supervisor.tree())
+
+    def status(self) -> dict[str, Any]:
+        health = self.health
+        return {
+            "node_id": self.config.node.node_id,
+            "gate": health.gate.value if health else "starting",
+            "devices": [{"name": d.name, "state": d.state.value, "restarts": d.restarts}
+                        for d in (health.snapshot() if health else ())],
+            "people": self.vault.count() if self.vault is not None else 0,
+            "gallery_palms": len(self.gallery) if self.gallery is not None else 0,
+            "mode": self.modes.current.mode,
+            "controller": None if self.link is None else ("connected" if self.link.connected else "away"),
+        }
+
+    def status_line(self) -> str:
+        s = self.status()
+        return f"gate {s['gate']}, {s['gallery_palms']} palms, mode {s['mode']}"
 
     async def _log_events(self, ctx: ChildContext) -> None:
         async with self.bus.subscribe(*LOGGED_EVENTS, buffer=256) as events:
             ctx.started()
             async for ev in events:
                 event(log, _EVENT_NAMES.get(type(ev), type(ev).__name__), **_fields(ev))
+
+
+class GateSetupError(Exception):
+    """The gate cannot start identifying (calibration or vault unusable); one line says why."""
+
+
+def _started(run: Callable[..., Awaitable[None]]) -> Callable[[ChildContext], Awaitable[None]]:
+    """A child for an actor whose ``run(task_status=...)`` reports when it serves."""
+    async def child(ctx: ChildContext) -> None:
+        class _Status:
+            def started(self, value: object = None) -> None:
+                ctx.started()
+        await run(task_status=_Status())
+    return child
 
 
 def _session_child(session: DeviceSession,
@@ -92,7 +231,9 @@ _EVENT_NAMES = {
     PresenceChanged: "presence", BadgeRead: "card read", PaymentCardRead: "card read",
     DeviceStateChanged: "device state", GateStateChanged: "gate state",
     OverTemperature: "over temperature", Cooled: "cooled", DeadmanTripped: "dead-man tripped",
-    BoardNotice: "board notice",
+    BoardNotice: "board notice", Decision: "decision", GateOpened: "gate opened", PaymentResult: "payment",
+    LoyaltyMember: "loyalty member", PersonEnrolled: "person enrolled", PersonDeleted: "person deleted",
+    ModeChanged: "gate mode",
 }
 
 

@@ -60,8 +60,10 @@ def test_sim_and_run_session_with_every_device_unplugged_in_turn(tmp_path):
                              "camera": f"http://127.0.0.1:{port}/stream.mjpg"}
         config = (Path(__file__).resolve().parent.parent / "config" / "sim.toml").read_text()
         config = config.replace("/tmp/palmnode-sim", str(tmp_path / "sim")).replace("8554", str(port))
-        config = config.replace("../run/keys/card_token.key", str(tmp_path / "keys" / "card.key"))
+        config = config.replace("../run/", str(tmp_path / "run") + "/")
         (tmp_path / "node.toml").write_text(config)
+        made = palmnode("certs", "--out", str(tmp_path / "run" / "certs"), "--node", "sim-gate-1")
+        assert made.wait(timeout=30) == 0
         node = palmnode("run", "--config", str(tmp_path / "node.toml"))
         time.sleep(17.0)  # the scenario's length: this test is about real processes in real time
         node.send_signal(signal.SIGTERM)  # how systemd stops it

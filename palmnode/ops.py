@@ -1,0 +1,185 @@
+"""The node's side of the store-controller link (docs/protocols/controller.md).
+
+* :meth:`NodeOps.handle` serves the controller's requests (enrol, delete, replication, mode,
+  status, metrics);
+* :meth:`NodeOps.sync` runs on every connect: the changes made while this node was away;
+* :meth:`NodeOps.charge` asks the controller to charge a person's card (payment mode);
+* :meth:`NodeOps.report` (an actor) turns gate decisions and device health into outbox events,
+  which the link delivers at least once.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from palmnode.actors import ChildContext, DeviceStateChanged
+from palmnode.gate.enrol import EnrolBusy
+from palmnode.gate.events import Decision
+from palmnode.gate.modes import ChargeResult, GateMode
+from palmnode.link.wire import WireError, person_from_wire
+from palmnode.logs import event
+
+if TYPE_CHECKING:
+    from palmnode.node import Node
+
+log = logging.getLogger("palmnode.ops")
+
+SYNC_STATE = "controller_sync_cursor"  # vault state key: where the last sync ended
+
+
+class OpError(Exception):
+    """A request the node refuses; its one-line message goes back as ``ok: false``."""
+
+
+class NodeOps:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    # ---- requests from the controller ----------------------------------------------------------
+    async def handle(self, op: str, args: dict) -> dict:
+        serve = _OPS.get(op)
+        if serve is None:
+            raise OpError(f"unknown op {op!r}")
+        return await serve(self, args)
+
+    async def _enrol_begin(self, args: dict) -> dict:
+        palms = args.get("palms", ["right"])
+        phone = args.get("phone")
+        if phone is not None and not isinstance(phone, str):
+            raise OpError("phone must be a string")
+        if not isinstance(palms, list):
+            raise OpError("palms must be a list of 'left'/'right'")
+        try:
+            request = self.node.enrol.begin(phone, palms, card_required=bool(args.get("card_required", True)))
+        except (EnrolBusy, ValueError) as exc:
+            raise OpError(str(exc)) from None
+        result = await request.wait()
+        if not result.ok:
+            raise OpError(result.reason or "enrolment failed")
+        return {"person_id": result.person_id, "palms": list(palms), "linked": result.linked}
+
+    async def _enrol_cancel(self, args: dict) -> dict:
+        return {"cancelled": self.node.enrol.cancel()}
+
+    async def _person_delete(self, args: dict) -> dict:
+        named = {k: args[k] for k in ("person_id", "card_digest", "phone") if args.get(k) is not None}
+        if len(named) != 1:
+            raise OpError("person.delete needs exactly one of person_id, card_digest, phone")
+        (key, value), = named.items()
+        if not isinstance(value, bytes if key == "card_digest" else str):
+            raise OpError(f"{key} has the wrong type")
+        try:
+            deleted = await self.node.people.delete(**named)
+        except ValueError as exc:  # e.g. an unusable phone number
+            raise OpError(str(exc)) from None
+        return {"deleted": deleted}
+
+    async def _person_upsert(self, args: dict) -> dict:
+        try:
+            person = person_from_wire(args.get("person"))
+        except WireError as exc:
+            raise OpError(f"bad person: {exc}") from None
+        await self.node.people.apply_upsert(person)
+        return {}
+
+    async def _person_remove(self, args: dict) -> dict:
+        person_id = args.get("person_id")
+        if not isinstance(person_id, str) or not person_id:
+            raise OpError("person_id must be a non-empty string")
+        return {"removed": await self.node.people.apply_remove(person_id)}
+
+    async def _mode_set(self, args: dict) -> dict:
+        try:
+            mode = GateMode(args.get("mode", ""), args.get("amount_cents"), args.get("currency"))
+        except (ValueError, TypeError) as exc:
+            raise OpError(str(exc)) from None
+        self.node.modes.set(mode, at=trio.current_time())
+        event(log, "gate mode", mode=mode.mode, amount_cents=mode.amount_cents, currency=mode.currency)
+        return {"mode": mode.mode}
+
+    async def _node_status(self, args: dict) -> dict:
+        return self.node.status()
+
+    async def _node_metrics(self, args: dict) -> dict:
+        return {"metrics": self.node.metrics.snapshot(), "prometheus": self.node.metrics.render_prometheus()}
+
+    # ---- node → controller ---------------------------------------------------------------------
+    async def sync(self) -> None:
+        """Apply every change the controller logged since our cursor (run on each connect)."""
+        link, vault, people = self.node.link, self.node.vault, self.node.people
+        stored = await trio.to_thread.run_sync(vault.get_state, SYNC_STATE)
+        cursor = None if stored is None else json.loads(stored)  # opaque: sent back verbatim
+        applied = 0
+        while True:
+            answer = await link.request("sync", {"cursor": cursor, "limit": 100})
+            for change in answer.get("changes", []):
+                if change.get("kind") == "upsert":
+                    try:
+                        person = person_from_wire(change.get("person"))
+                    except WireError as exc:
+                        event(log, "sync change dropped", level=logging.WARNING, reason=str(exc))
+                        continue
+                    await people.apply_upsert(person)
+                elif change.get("kind") == "remove" and isinstance(change.get("person_id"), str):
+                    await people.apply_remove(change["person_id"])
+                applied += 1
+            cursor = answer.get("cursor", cursor)
+            if cursor is not None:
+                await trio.to_thread.run_sync(vault.set_state, SYNC_STATE, json.dumps(cursor))
+            if not answer.get("more"):
+                break
+        event(log, "gallery synced", changes=applied, cursor=cursor)
+
+    async def charge(self, person_id: str, card_digest: bytes, amount_cents: int, currency: str) -> ChargeResult:
+        from palmnode.link.client import LinkError
+
+        if self.node.link is None:
+            return ChargeResult(False, reason="no controller configured")
+        try:
+            answer = await self.node.link.request("charge", {
+                "person_id": person_id, "card_digest": card_digest, "amount_cents": amount_cents,
+                "currency": currency})
+        except LinkError as exc:
+            return ChargeResult(False, reason=f"controller unavailable: {exc}")
+        return ChargeResult(bool(answer.get("approved")), answer.get("reference"), answer.get("reason"))
+
+    # ---- events for the controller -------------------------------------------------------------
+    async def report(self, ctx: ChildContext) -> None:
+        """Actor: decisions and device health → outbox events (delivered by the link)."""
+        async with self.node.bus.subscribe(Decision, DeviceStateChanged, buffer=1024) as events:
+            ctx.started()
+            async for ev in events:
+                kind_data = _event_for(ev)
+                if kind_data is None:
+                    continue
+                await trio.to_thread.run_sync(self.node.vault.append_event, *kind_data)
+                if self.node.link is not None:
+                    self.node.link.events_appended()
+
+
+def _event_for(ev: object) -> tuple[str, dict[str, Any]] | None:
+    match ev:
+        case Decision(outcome="identified"):
+            return "identified", {"person_id": ev.person_id, "palm": ev.palm, "score": ev.score,
+                                  "latency_ms": round(ev.latency_ms, 1), "mode": ev.mode}
+        case Decision(outcome="unknown"):
+            return "unknown", {"latency_ms": round(ev.latency_ms, 1), "reason": ev.reason, "mode": ev.mode}
+        case DeviceStateChanged():
+            return "device_health", {"name": ev.name, "state": ev.new.value,
+                                     **({"error": ev.error} if ev.error else {})}
+    return None
+
+
+_OPS = {
+    "enrol.begin": NodeOps._enrol_begin,
+    "enrol.cancel": NodeOps._enrol_cancel,
+    "person.delete": NodeOps._person_delete,
+    "person.upsert": NodeOps._person_upsert,
+    "person.remove": NodeOps._person_remove,
+    "mode.set": NodeOps._mode_set,
+    "node.status": NodeOps._node_status,
+    "node.metrics": NodeOps._node_metrics,
+}
