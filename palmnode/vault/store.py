@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
+import logging
 import math
 import os
 import secrets
@@ -30,6 +31,8 @@ from palmnode.vault.errors import (DuplicateCard, DuplicatePerson, DuplicatePhon
 from palmnode.vault.keys import VaultKeys, load_keys
 from palmnode.vault.phone import normalise_phone
 from palmnode.vault.records import EnrolledPalm, OutboxEvent, Person, VaultConfig
+
+log = logging.getLogger("palmnode.vault")
 
 _KEY_CHECK = b"palmnode vault key check v1"
 _PEOPLE_BATCH = 256  # people() reads this many people per lock hold
@@ -91,10 +94,11 @@ class Vault:
     # --- opening and closing ---------------------------------------------------------------
     @classmethod
     def open(cls, path: Path, keys: VaultKeys, *, node_id: str = "",
-             clock: Callable[[], float] = time.time) -> Vault:
+             clock: Callable[[], float] = time.time, busy_timeout: float = 5.0) -> Vault:
         """Open (or create, mode 0600) the vault at ``path``; :class:`VaultKeyError` if ``keys`` are not its keys.
 
-        ``node_id`` prefixes the outbox's idempotency keys; ``clock`` stamps events and audit entries.
+        ``node_id`` prefixes the outbox's idempotency keys; ``clock`` stamps events and audit entries;
+        ``busy_timeout`` is how long to wait for another process holding the file's write lock.
         """
         path = Path(path)
         try:
@@ -102,9 +106,12 @@ class Vault:
             _private_file(path)
         except OSError as exc:
             raise VaultError(f"cannot create vault {path}: {exc.strerror}") from None
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
         try:
             instance = cls._prepare(conn, path, keys, clock)
+        except sqlite3.OperationalError as exc:  # locked, unreadable, I/O: the file may well be fine
+            conn.close()
+            raise VaultError(f"cannot open vault {path}: {exc}") from None
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise VaultError(f"{path} is not a usable palmnode vault ({exc}); restore it from a backup") from None
@@ -167,22 +174,29 @@ class Vault:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the lock; SQLite's own errors become a one-line VaultError."""
         with self._lock:
             self._check_open()
-            self._conn.execute("BEGIN IMMEDIATE")
             try:
-                yield self._conn
-            except BaseException:
-                if self._conn.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
-                    self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    if self._conn.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
+                        self._conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise VaultError(f"vault {self._path}: {exc} (nothing was written)") from None
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             self._check_open()
-            yield self._conn
+            try:
+                yield self._conn
+            except sqlite3.Error as exc:
+                raise VaultError(f"vault {self._path}: {exc}") from None
 
     def _check_open(self) -> None:
         if self._closed:
@@ -276,17 +290,24 @@ class Vault:
                 if event is not None:
                     # the event survives the purge on purpose: it tells the controller they are gone
                     self._append(conn, *event, person_id=None)
-        if present or purged:
-            self.checkpoint()
+        if (present or purged) and not self.checkpoint():
+            # the removal stands (raising now would leave the caller's gallery out of step); the
+            # next removal or close() truncates the WAL once the other reader has let go
+            log.warning("vault WAL checkpoint blocked by another connection: old pages of a removed person "
+                        "stay in the WAL until the next checkpoint", extra={"fields": {"vault": str(self._path)}})
         return present
 
-    def checkpoint(self) -> None:
-        """Copy the WAL into the database and truncate it to zero bytes (no old page versions left)."""
-        with self._reading() as conn:
-            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        if busy:
-            raise VaultError(f"vault {self._path}: WAL checkpoint blocked by another reader; "
-                             f"close other connections to the vault file")
+    def checkpoint(self) -> bool:
+        """Copy the WAL into the database and truncate it to zero bytes (no old page versions left).
+
+        False when another connection to the file (another process) kept it from completing.
+        """
+        try:
+            with self._reading() as conn:
+                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except VaultError:
+            return False
+        return not busy
 
     def get(self, person_id: str) -> Person | None:
         """The person with their templates decrypted, or None. :class:`TamperedData` names a bad row."""
@@ -481,8 +502,9 @@ class Vault:
 
 
 def open_vault(config: VaultConfig, *, env: Mapping[str, str] = os.environ, node_id: str = "",
-               create_key: bool = False, clock: Callable[[], float] = time.time) -> Vault:
+               create_key: bool = False, clock: Callable[[], float] = time.time,
+               busy_timeout: float = 5.0) -> Vault:
     """The vault ``config`` describes, its keys loaded from its key file or ``config.key_env``."""
     keys = load_keys(Path(config.key_file) if config.key_file else None, env=env,
                      env_name=config.key_env, create=create_key)
-    return Vault.open(Path(config.path), keys, node_id=node_id, clock=clock)
+    return Vault.open(Path(config.path), keys, node_id=node_id, clock=clock, busy_timeout=busy_timeout)

@@ -362,3 +362,48 @@ def test_person_rejects_a_phone_that_is_not_a_digest(vault):
     import attrs
     with pytest.raises(TypeError):
         attrs.evolve(person(70, vault), phone_digest="+447700900070")
+
+
+def test_another_process_holding_the_lock_is_a_one_line_vault_error(path):
+    with Vault.open(path, KEYS, busy_timeout=0.05) as v:
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(VaultError, match="locked.*nothing was written") as info:
+                v.add_person(person(80, v))
+            assert "\n" not in str(info.value)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        v.add_person(person(80, v))
+        assert v.count() == 1
+
+
+def test_removal_stands_when_a_reader_blocks_the_checkpoint_and_close_truncates(path, caplog):
+    v = Vault.open(path, KEYS, busy_timeout=0.05)
+    gone = person(81, v)
+    v.add_person(gone)
+    ciphertexts = sealed_templates(path, gone.person_id)
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM people").fetchone()  # holds a read snapshot: TRUNCATE cannot finish
+    assert v.remove_person(gone.person_id) is True
+    assert v.get(gone.person_id) is None
+    assert "checkpoint blocked" in caplog.text
+    reader.execute("COMMIT")
+    reader.close()
+    v.close()
+    data = raw_bytes(path)
+    assert not any(t in data for t in [gone.person_id.encode(), gone.card.digest, gone.phone_digest, *ciphertexts])
+
+
+def test_opening_a_vault_another_process_has_locked(path):
+    Vault.open(path, KEYS).close()
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(VaultError, match="cannot open vault .*locked"):
+            Vault.open(path, KEYS, busy_timeout=0.05)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
