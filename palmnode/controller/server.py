@@ -51,6 +51,8 @@ log = logging.getLogger("palmnode.controller")
 DEFAULT_PORT = 7443  # docs/protocols/controller.md §1
 CAPABILITIES = ("sync", "charge")  # §4: the ops this controller serves
 MAX_SYNC_LIMIT = 1000  # §5 sync: a node may ask for fewer changes a page, never more than this
+MAX_NODE_REQUESTS = 16  # a node's requests served at once; more wait (backpressure on its connection)
+MAX_UNANSWERED_PUSHES = 1024  # pushes remembered for counting their answers; older ones are forgotten
 
 
 class ControllerError(Exception):
@@ -156,7 +158,9 @@ class _Session:
     outgoing: trio.MemorySendChannel
     incoming: trio.MemoryReceiveChannel
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    pending: dict[int, _Pending] = attrs.field(factory=dict)
+    pending: dict[int, _Pending] = attrs.field(factory=dict)  # our requests, awaited by a caller
+    pushes: dict[int, str] = attrs.field(factory=dict)  # replication pushes unanswered: id -> op
+    request_slots: trio.Semaphore = attrs.field(factory=lambda: trio.Semaphore(MAX_NODE_REQUESTS))
     next_id: int = 1
     ended: BaseException | None = None  # why the session stopped (the first reason wins)
 
@@ -354,6 +358,7 @@ class Controller:
             if isinstance(msg, Event):
                 await self._on_event(session, msg)
             elif isinstance(msg, Request):
+                await session.request_slots.acquire()  # released when served
                 nursery.start_soon(self._serve_request, session, msg)
             elif isinstance(msg, Response):
                 self._on_response(session, msg)
@@ -400,21 +405,23 @@ class Controller:
                 continue
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 continue
-            session.pending[request_id] = _Pending(op)
+            session.pushes[request_id] = op
+            if len(session.pushes) > MAX_UNANSWERED_PUSHES:
+                del session.pushes[next(iter(session.pushes))]
             self.stats.pushes += 1
 
     def _on_response(self, session: _Session, response: Response) -> None:
-        pending = session.pending.get(response.id)
-        if pending is None:
-            return  # §5: its caller timed out
-        pending.response = response
-        pending.done.set()
-        if pending.op in ("person.upsert", "person.remove"):
-            del session.pending[response.id]  # nobody waits for a push
+        op = session.pushes.pop(response.id, None)
+        if op is not None:  # nobody waits for a push: count a refusal
             if not response.ok:
                 self.stats.pushes_failed += 1
-                log.warning("replication refused", extra={"fields": {"node": session.node_id, "op": pending.op,
+                log.warning("replication refused", extra={"fields": {"node": session.node_id, "op": op,
                                                                      "error": response.error}})
+            return
+        pending = session.pending.get(response.id)
+        if pending is not None:  # else §5: its caller timed out
+            pending.response = response
+            pending.done.set()
 
     # -- requests from nodes -------------------------------------------------------------------
 
@@ -429,6 +436,8 @@ class Controller:
             response = Response.success(request.id, result)
         except _BadArgs as exc:
             response = Response.failure(request.id, exc)
+        finally:
+            session.request_slots.release()
         self.stats.requests_served += 1
         try:
             await session.outgoing.send(response)

@@ -94,7 +94,7 @@ async def test_enrolment_and_deletion_replicate_to_the_other_nodes(nursery, cont
     assert c.pushes[1].op == "person.remove"
     assert len(b.pushes) == 1  # never its own change back
     await wait_for(lambda: controller.stats.pushes == 4 and not any(
-        s.pending for s in controller._sessions.values()))
+        s.pushes for s in controller._sessions.values()))
     assert await trio.to_thread.run_sync(controller.store.get_person, "p-1") is None
 
 

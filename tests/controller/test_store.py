@@ -1,6 +1,7 @@
 """The controller's SQLite record, on real database files."""
 from __future__ import annotations
 
+import itertools
 import os
 import sqlite3
 import stat
@@ -268,3 +269,52 @@ def test_stored_palm_record_validation():
             PersonRecord.from_wire(bad)
     assert PersonRecord.from_wire({**good, "card_digest": None, "phone_digest": None}).palms[0] == \
         StoredPalm("right", tuple(good["palms"][0]["templates"]))
+
+
+# -- whatever a node sends, the record only ever says BadRecord or records it ---------------------
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+_scalars = st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.floats(allow_nan=False) \
+    | st.text(max_size=8) | st.binary(max_size=40)
+_values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4)
+                       | st.dictionaries(st.text(max_size=12), inner, max_size=4), max_leaves=12)
+_palm = st.fixed_dictionaries({"palm": st.sampled_from(["left", "right", "unknown", "x"]),
+                               "templates": st.lists(st.binary(min_size=0, max_size=20), max_size=3) | _values})
+_person = st.fixed_dictionaries(
+    {"person_id": st.text(max_size=10) | _values, "palms": st.lists(_palm, max_size=4) | _values,
+     "enrolled_at": st.floats(allow_nan=False) | _values, "origin_node": st.text(max_size=5) | _values,
+     "card_digest": st.binary(max_size=70) | st.none(), "phone_digest": st.binary(max_size=70) | _values,
+     "card_last4": st.text(max_size=5) | st.none()}) | _values
+
+
+@settings(max_examples=100, deadline=None)
+@given(person=_person)
+def test_person_records_from_any_data_only_fail_as_bad_record(person):
+    try:
+        record = PersonRecord.from_wire(person)
+    except BadRecord as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert PersonRecord.from_wire(record.to_wire()) == record
+
+
+@pytest.fixture(scope="module")
+def fuzz_store(tmp_path_factory):
+    store = Store.open(tmp_path_factory.mktemp("fuzz") / "c.db", KEYS)
+    yield store
+    store.close()
+
+
+_fuzz_keys = itertools.count()
+
+
+@settings(max_examples=60, deadline=None)
+@given(kind=st.sampled_from(["enrolled", "deleted", "identified", "unknown", "device_health", "other"]),
+       data=st.dictionaries(st.text(max_size=12), _values, max_size=4) | st.fixed_dictionaries({"person": _person}))
+def test_any_event_is_recorded_once(fuzz_store, kind, data):
+    key = f"k{next(_fuzz_keys)}"
+    first = fuzz_store.apply_event(node_id="gate-f", key=key, seq=1, kind=kind, at=1.0, data=data)
+    again = fuzz_store.apply_event(node_id="gate-f", key=key, seq=1, kind=kind, at=1.0, data=data)
+    assert not first.duplicate and again.duplicate
