@@ -15,8 +15,8 @@ subcommands:
   sim      start a virtual gate (every device emulated on a pty, the camera on loopback)
            and print its endpoints as one JSON line; --scenario plays a timed script
   run      start the node on the devices a config file names (default: config/sim.toml)
-  demo     the whole thing without hardware: a virtual gate, a node on it and a scripted
-           scenario, ending with a summary
+  demo     the whole thing without hardware: store controller, virtual gate and node; enrols
+           synthetic people, then shows live what the gate decides for a stream of arrivals
   eval     accuracy on a folder of palm images or on rendered synthetic hands (JSON, DET plot)
   bench    measure the node: idle CPU with devices streaming (beside a bare-loop baseline)
            and memory and drop counts under bad input on every port; the engine's speed; the
@@ -51,10 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "card reads and device health as JSON lines on stderr. Ctrl-C stops it with every light off.")
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="node config TOML (default: config/sim.toml)")
 
-    p = sub.add_parser("demo", help="virtual gate + node + scenario, with a summary",
-                       description="Run a virtual gate, a node on it and a scenario (hands hovering, cards "
-                       "tapped, a device unplugged and replugged), then print a summary.")
-    p.add_argument("--scenario", type=Path, default=None, help="scenario TOML (default: the built-in demo)")
+    p = sub.add_parser("demo", help="a store without hardware: controller, virtual gate, node, people",
+                       description="Start the reference store controller, a virtual gate and a node on it "
+                       "(mutual TLS, an encrypted vault in a temporary folder), enrol synthetic people through "
+                       "the real enrolment flow (card tap + palm), then play arrivals (enrolled people, strangers, "
+                       "an unknown card, the camera unplugged) showing each decision and its latency live, and "
+                       "end with a summary.")
+    p.add_argument("--people", type=cliargs.count, default=24, help="people to enrol (default 24)")
+    p.add_argument("--arrivals", type=cliargs.count, default=40, help="arrivals to play (default 40)")
+    p.add_argument("--no-unplug", action="store_true", help="keep the camera plugged in")
     p.add_argument("--seed", type=int, default=0)
 
     from palmnode.biometrics import evaluate

@@ -110,7 +110,7 @@ class VirtualGate:
         match step:
             case sc.Hand():
                 await self.hover(step.distance_mm, step.seconds, approach_s=step.approach_s,
-                                 identity=step.identity)
+                                 identity=step.identity, session=step.session, hand=step.hand)
             case sc.Card():
                 await self.tap(_card(step), step.seconds)
             case sc.Unplug():
@@ -129,9 +129,18 @@ class VirtualGate:
                 self.illuminator.set_ambient(step.celsius)
 
     async def hover(self, distance_mm: float, seconds: float, *, approach_s: float = 0.4,
-                    identity: int = 0, far_mm: float = 450.0) -> None:
-        """A hand comes in from ``far_mm``, hovers at ``distance_mm`` with a slight tremor, leaves."""
-        self.hand.present(identity)
+                    identity: int = 0, session: int = 1, hand: str | None = None,
+                    far_mm: float = 450.0) -> None:
+        """Person ``identity``'s ``hand`` (a renderer seed; ``session`` 1 or 2, as a month apart)
+        comes in from ``far_mm``, hovers at ``distance_mm`` with a slight tremor, and leaves.
+
+        The renderer is warmed first (it runs in this process), so a new person's first frame
+        costs the camera no more than any other: a real camera has no render time."""
+        self.hand.present(identity, session=session, hand=hand)
+        self.hand.distance_mm = distance_mm
+        for light in (Lighting(ir=1.0), Lighting(surface=1.0)):
+            await trio.to_thread.run_sync(self.hand.render, light, 0.0)
+        self.hand.distance_mm = None
         t0 = trio.current_time()
         total = approach_s * 2 + seconds
         try:

@@ -30,7 +30,9 @@ class Hand:
     distance_mm: float = 150.0
     seconds: float = 1.5
     approach_s: float = 0.4
-    identity: int = 0
+    identity: int = 0           # the person: a renderer seed
+    session: int = 1            # 1 or 2: captures of two sessions differ as if a month apart
+    hand: str | None = None     # "left" | "right"; unset: the person's own (from the seed)
 
 
 @attrs.frozen
@@ -152,6 +154,11 @@ def _step(table: Any, where: str) -> Step:
         raise ScenarioError(f"{where} ({action}): device must be one of {', '.join(DEVICES)}")
     if cls is Card:
         _check_card(table, where)
+    if cls is Hand:
+        if table.get("session", 1) not in (1, 2):
+            raise ScenarioError(f"{where} (hand): session must be 1 or 2, got {table['session']!r}")
+        if table.get("hand") not in (None, "left", "right"):
+            raise ScenarioError(f"{where} (hand): hand must be 'left' or 'right', got {table['hand']!r}")
     return cls(**table)
 
 
