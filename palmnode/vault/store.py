@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import msgpack
 
@@ -26,8 +26,14 @@ from drivers.card_reader.cardtoken import CardToken
 from palmnode.biometrics.types import BadTemplate, PalmTemplate
 from palmnode.vault import schema
 from palmnode.vault.crypto import open_, seal
-from palmnode.vault.errors import (DuplicateCard, DuplicatePerson, DuplicatePhone, TamperedData, VaultError,
-                                   VaultKeyError)
+from palmnode.vault.errors import (
+    DuplicateCard,
+    DuplicatePerson,
+    DuplicatePhone,
+    TamperedData,
+    VaultError,
+    VaultKeyError,
+)
 from palmnode.vault.keys import VaultKeys, load_keys
 from palmnode.vault.phone import normalise_phone
 from palmnode.vault.records import EnrolledPalm, OutboxEvent, Person, VaultConfig
@@ -162,7 +168,7 @@ class Vault:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._conn.close()
 
-    def __enter__(self) -> Vault:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -7,7 +7,12 @@ import random
 import numpy as np
 
 from drivers.card_reader.cardtoken import CardToken
-from palmnode.biometrics.types import SURFACE_ROWS, VEIN_ROWS, ModalityCode, PalmTemplate
+from palmnode.biometrics.types import (
+    SURFACE_ROWS,
+    VEIN_ROWS,
+    ModalityCode,
+    PalmTemplate,
+)
 from palmnode.vault import EnrolledPalm, Person, VaultKeys
 
 SECRET_HEX = "5a" * 32

@@ -1,6 +1,5 @@
 """Hypothesis: phone normalisation and the decrypt path never fail with anything but their typed errors."""
 import re
-import sqlite3
 import tempfile
 from pathlib import Path
 
@@ -8,7 +7,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from palmnode.vault import InvalidPhone, TamperedData, Vault, VaultError, normalise_phone, open_, seal
+from palmnode.vault import (
+    InvalidPhone,
+    TamperedData,
+    Vault,
+    VaultError,
+    normalise_phone,
+    open_,
+    seal,
+)
 from tests.vault.factories import KEYS, person
 
 CANONICAL = re.compile(r"\+[1-9][0-9]{6,14}")

@@ -3,7 +3,15 @@ import stat
 
 import pytest
 
-from palmnode.vault import TamperedData, VaultKeyError, VaultKeys, create_key_file, load_keys, open_, seal
+from palmnode.vault import (
+    TamperedData,
+    VaultKeyError,
+    VaultKeys,
+    create_key_file,
+    load_keys,
+    open_,
+    seal,
+)
 
 SECRET_HEX = "11" * 32
 

@@ -3,11 +3,31 @@ import sqlite3
 import stat
 import threading
 
+import attrs
 import pytest
 
-from palmnode.vault import (DuplicateCard, DuplicatePerson, DuplicatePhone, InvalidPhone, TamperedData, Vault,
-                            VaultConfig, VaultError, VaultKeyError, open_vault)
-from tests.vault.factories import KEYS, OTHER_KEYS, SECRET_HEX, card, person, phone, same_person, template_bytes
+from palmnode.vault import (
+    DuplicateCard,
+    DuplicatePerson,
+    DuplicatePhone,
+    InvalidPhone,
+    TamperedData,
+    Vault,
+    VaultConfig,
+    VaultError,
+    VaultKeyError,
+    open_vault,
+)
+from tests.vault.factories import (
+    KEYS,
+    OTHER_KEYS,
+    SECRET_HEX,
+    card,
+    person,
+    phone,
+    same_person,
+    template_bytes,
+)
 
 
 @pytest.fixture
@@ -106,9 +126,8 @@ def test_duplicates_are_refused_with_nothing_written(vault, clash, error):
     first = person(10, vault)
     vault.add_person(first, event=("enrolled", {"person_id": first.person_id}))
     other = person(11, vault)
-    changes = {"card": dict(card=first.card), "phone": dict(phone_digest=first.phone_digest),
-               "id": dict(person_id=first.person_id)}[clash]
-    import attrs
+    changes = {"card": {"card": first.card}, "phone": {"phone_digest": first.phone_digest},
+               "id": {"person_id": first.person_id}}[clash]
     other = attrs.evolve(other, **changes)
     before = (vault.count(), vault.pending_events(), vault.audit_entries())
     with pytest.raises(error) as info:
@@ -154,9 +173,8 @@ def test_template_moved_to_another_row_fails_to_open(path):
     conn.execute("UPDATE templates SET sealed = ? WHERE person_id = ? AND idx = 0", (blob, b.person_id))
     conn.commit()
     conn.close()
-    with Vault.open(path, KEYS) as v:
-        with pytest.raises(TamperedData, match=f"#0 of person {b.person_id}"):
-            v.get(b.person_id)
+    with Vault.open(path, KEYS) as v, pytest.raises(TamperedData, match=f"#0 of person {b.person_id}"):
+        v.get(b.person_id)
 
 
 def test_wrong_key_is_a_typed_error(path):
@@ -293,7 +311,7 @@ def test_people_iterates_everyone_in_batches(vault):
     assert all(same_person(p, by_id[p.person_id]) for p in loaded)
 
 
-def test_concurrent_reader_during_writes(vault):
+def test_concurrent_reader_during_writes_of_two_threads(vault):
     done = threading.Event()
     seen, errors = [], []
 
@@ -307,16 +325,26 @@ def test_concurrent_reader_during_writes(vault):
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
             errors.append(exc)
 
-    thread = threading.Thread(target=reader)
-    thread.start()
-    try:
-        for n in range(60):
-            vault.add_person(person(100 + n, vault, templates=1), event=("enrolled", {"n": n}))
-    finally:
-        done.set()
-        thread.join(timeout=30)
+    def writer(first):
+        try:
+            for n in range(first, first + 30):
+                vault.add_person(person(n, vault, templates=1), event=("enrolled", {"n": n}))
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader), threading.Thread(target=writer, args=(100,)),
+               threading.Thread(target=writer, args=(200,))]
+    for thread in threads:
+        thread.start()
+    for thread in threads[1:]:
+        thread.join(timeout=60)
+    done.set()
+    threads[0].join(timeout=60)
     assert not errors and seen == sorted(seen)
-    assert vault.count() == 60 and len(vault.pending_events()) == 60
+    assert vault.count() == 60 and vault.integrity_check() == "ok"
+    events = vault.pending_events()
+    assert [e.seq for e in events] == list(range(1, 61)) and sorted(e.data["n"] for e in events) == \
+        list(range(100, 130)) + list(range(200, 230))
 
 
 def test_open_vault_from_config(tmp_path):
@@ -333,7 +361,6 @@ def test_open_vault_from_config(tmp_path):
 
 
 def test_upsert_people_inserts_and_replaces_in_one_transaction(vault):
-    import attrs
     a, b = person(60, vault), person(61, vault)
     vault.add_person(a, event=("enrolled", {"person_id": a.person_id}))
     changed = attrs.evolve(person(62, vault, palms=2, seed=9), person_id=a.person_id, card=a.card,
@@ -359,7 +386,6 @@ def test_prune_delivered_keeps_pending_and_the_newest_delivered(vault):
 
 
 def test_person_rejects_a_phone_that_is_not_a_digest(vault):
-    import attrs
     with pytest.raises(TypeError):
         attrs.evolve(person(70, vault), phone_digest="+447700900070")
 
