@@ -77,9 +77,10 @@ async def rig(nursery, tmp_path, threshold) -> Rig:
     vault.close()
 
 
-async def start_identify(rig: Rig, nursery, threshold: float, **kw) -> IdentifyFlow:
+async def start_identify(rig: Rig, nursery, threshold: float, *, policy: dict | None = None,
+                         **kw) -> IdentifyFlow:
     flow = IdentifyFlow(rig.node.bus, rig.capturer, rig.gallery, people=rig.people, modes=rig.modes,
-                        metrics=rig.metrics, policy=IdentifyPolicy(threshold=threshold),
+                        metrics=rig.metrics, policy=IdentifyPolicy(threshold=threshold, **(policy or {})),
                         **kw)
     await nursery.start(flow.run)
     rig.identify = flow

@@ -23,7 +23,8 @@ async def next_of(events, kind, timeout=5.0, where=lambda ev: True):
                 return ev
 
 
-async def enrol_person(rig, nursery, threshold, seed, *, pan="4111111111111111", phone="+15551230001"):
+async def enrol_person(rig, nursery, threshold, seed, *, pan="4111111111111111", phone="+15551230001",
+                       expect_enrolled=True):
     enrol = EnrolFlow(rig.node.bus, rig.capturer, rig.gallery, rig.people, metrics=rig.metrics,
                       policy=EnrolPolicy(agree_threshold=threshold, duplicate_threshold=threshold))
     await nursery.start(enrol.run)
@@ -38,7 +39,7 @@ async def enrol_person(rig, nursery, threshold, seed, *, pan="4111111111111111",
             with trio.fail_after(10):
                 result = await request.wait()
             done_at = trio.current_time()
-        enrolled = await next_of(events, PersonEnrolled)
+        enrolled = await next_of(events, PersonEnrolled) if expect_enrolled else None
     return enrol, result, enrolled, done_at - prompt.at
 
 
@@ -58,12 +59,15 @@ async def test_enrolled_person_recognised_stranger_not_modes_and_delete(rig, nur
     assert [e.kind for e in rig.vault.pending_events()] == ["enrolled"]
 
     approved = []
+    controller_up = True
 
     async def charge(person_id, card_digest, amount_cents, currency):
+        if not controller_up:
+            await trio.sleep_forever()
         approved.append((person_id, card_digest, amount_cents, currency))
         return ChargeResult(True, "ref-1")
 
-    await start_identify(rig, nursery, threshold, charge=charge)
+    await start_identify(rig, nursery, threshold, charge=charge, policy={"charge_timeout_s": 0.3})
     async with rig.node.bus.subscribe(Decision, GateOpened, PaymentResult, LoyaltyMember, PersonDeleted,
                                       buffer=1024) as events:
         # entry: the session-2 hand (a month later) opens the gate
@@ -88,12 +92,23 @@ async def test_enrolled_person_recognised_stranger_not_modes_and_delete(rig, nur
         assert approved == [(result.person_id, rig.vault.get(result.person_id).card.digest, 250, "EUR")]
         latencies.append(decision.latency_ms)
 
+        # the controller does not answer: declined, and the person is told
+        controller_up = False
+        await present(rig, events, PERSON)
+        paid = await next_of(events, PaymentResult)
+        assert not paid.approved and paid.reason == "controller unavailable"
+
         # loyalty
         rig.modes.set(GateMode("loyalty"), at=trio.current_time())
         decision = await present(rig, events, PERSON)
         member = await next_of(events, LoyaltyMember)
         assert member.person_id == result.person_id
         latencies.append(decision.latency_ms)
+
+        # the same palm again with another card: refused by the duplicate check
+        _, again, _, _ = await enrol_person(rig, nursery, threshold, PERSON, pan="5555555555554444",
+                                            phone="+15551230002", expect_enrolled=False)
+        assert not again.ok and again.reason == "palm already enrolled"
 
         # deleted: gone from vault and gallery at once, then unknown
         assert await rig.people.delete(phone="+15551230001")

@@ -1,0 +1,110 @@
+"""People on a real vault file: enrol/delete with outbox events, replication, reload at start."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import attrs
+import pytest
+
+from drivers.card_reader.cardtoken import CardToken
+from palmnode.actors import EventBus
+from palmnode.biometrics.bench import render_set
+from palmnode.biometrics.gallery import Gallery
+from palmnode.gate.events import PersonDeleted, PersonEnrolled
+from palmnode.gate.people import People
+from palmnode.metrics import Metrics
+from palmnode.vault import DuplicateCard, EnrolledPalm, Person, Vault, VaultKeys
+
+
+@pytest.fixture
+def keys():
+    return VaultKeys.from_secret(os.urandom(32))
+
+
+@pytest.fixture
+def vault(tmp_path, keys):
+    v = Vault.open(tmp_path / "vault.db", keys, node_id="gate-1")
+    yield v
+    v.close()
+
+
+def card(n: int) -> CardToken:
+    return CardToken(bytes([n]) * 32, f"{n:04d}")
+
+
+async def test_enrol_is_searchable_at_once_with_its_outbox_event_and_hook(vault):
+    bus, gallery, metrics = EventBus(), Gallery(), Metrics()
+    hooked = []
+    people = People(vault, gallery, "gate-1", bus, metrics, events_appended=lambda: hooked.append(1))
+    async with bus.subscribe(PersonEnrolled) as events:
+        person = await people.enrol(card(1), "+44 20 7946 0000", {"right": templates_of(0)})
+        assert (await events.receive()).person_id == person.person_id
+    assert gallery.search(templates_of(0)[0], 1)[0].person_id == person.person_id
+    [ev] = vault.pending_events()
+    assert ev.kind == "enrolled" and ev.data["person"]["person_id"] == person.person_id
+    assert hooked == [1]
+    assert metrics.value("palmnode_gallery_palms") == 3
+    assert await people.card_digest(person.person_id) == card(1).digest
+    with pytest.raises(DuplicateCard):
+        await people.enrol(card(1), None, {"left": templates_of(1)})
+    assert len(gallery) == 3 and vault.count() == 1  # nothing of the refused one anywhere
+
+
+async def test_delete_by_card_or_phone_or_id_forgets_everywhere(vault):
+    bus, gallery = EventBus(), Gallery()
+    people = People(vault, gallery, "gate-1", bus)
+    a = await people.enrol(card(1), "+15550000001", {"right": templates_of(0)})
+    b = await people.enrol(card(2), "+15550000002", {"right": templates_of(1)})
+    c = await people.enrol(None, None, {"left": templates_of(2)})
+    async with bus.subscribe(PersonDeleted) as events:
+        assert await people.delete(card_digest=card(1).digest)
+        assert (await events.receive()).person_id == a.person_id
+    assert await people.delete(phone="+1 555 000 0002")
+    assert await people.delete(person_id=c.person_id)
+    assert not await people.delete(person_id=c.person_id)
+    assert len(gallery) == 0 and vault.count() == 0
+    assert [e.kind for e in vault.pending_events()] == ["deleted"] * 3
+    assert {e.data["person_id"] for e in vault.pending_events()} == {a.person_id, b.person_id, c.person_id}
+    assert [e["kind"] for e in vault.audit_entries()].count("person_removed") == 3
+    with pytest.raises(ValueError):
+        await people.delete()
+
+
+async def test_replication_writes_no_outbox_event_and_a_restart_reloads_the_gallery(tmp_path, vault, keys):
+    bus, gallery = EventBus(), Gallery()
+    people = People(vault, gallery, "gate-1", bus)
+    remote = Person("p-remote", card(7), None, (EnrolledPalm("right", tuple(templates_of(3))),), 1.0, "gate-2")
+    await people.apply_upsert(remote)
+    await people.apply_upsert(remote)  # the same person again (a re-sync): no change
+    assert vault.count() == 1 and len(gallery) == 3 and vault.pending_events() == []
+    changed = attrs.evolve(remote, palms=(EnrolledPalm("left", tuple(templates_of(4)[:1])),))
+    await people.apply_upsert(changed)
+    assert len(gallery) == 1 and vault.get("p-remote").palms[0].palm == "left"
+    local = await people.enrol(None, None, {"right": templates_of(5)})
+    # a restart: a new vault connection and an empty gallery, filled from the file
+    vault2 = Vault.open(tmp_path / "vault.db", keys, node_id="gate-1")
+    try:
+        fresh = People(vault2, Gallery(), "gate-1", EventBus())
+        assert await fresh.load() == 4
+        assert fresh.gallery.search(templates_of(5)[0], 1)[0].person_id == local.person_id
+        assert await fresh.apply_remove("p-remote")
+        assert not await fresh.apply_remove("p-remote")
+        assert len(fresh.gallery) == 3
+        assert [e.kind for e in vault2.pending_events()] == ["enrolled"]  # only the local enrolment
+        removed = [e for e in vault2.audit_entries() if e["kind"] == "person_removed"]
+        assert removed and removed[-1]["reason"] == "replication"
+        assert "p-remote" not in str(vault2.audit_entries())  # by keyed hash only
+    finally:
+        vault2.close()
+
+
+_TEMPLATES: list = []
+
+
+def templates_of(i: int):
+    """The templates of rendered person ``i`` (the threshold fixture's cached set)."""
+    if not _TEMPLATES:
+        ts, ids, _ = render_set(20_000, 60, Path(os.environ.get("PALMNODE_BENCH_CACHE", "/tmp/palmnode-bench")))
+        _TEMPLATES.extend((t, int(p)) for t, p in zip(ts, ids))
+    return [t for t, p in _TEMPLATES if p == i]

@@ -1,0 +1,113 @@
+"""Long timeouts of the flows under trio's MockClock (autojump): no card, cancel, a card already
+enrolled, a device down, a hand that lingers. The node parts are the real objects, idle: a
+``Lights`` whose board is not open and a ``FrameSource`` without a camera."""
+from __future__ import annotations
+
+import os
+
+import trio
+
+from drivers.card_reader.cardtoken import CardToken
+from drivers.card_reader.reads import PaymentCardRead
+from palmnode.actors import EventBus
+from palmnode.biometrics.gallery import Gallery
+from palmnode.devices.camera import FrameSource
+from palmnode.devices.illuminator import Lights
+from palmnode.gate.capture import Capturer
+from palmnode.gate.enrol import EnrolBusy, EnrolFlow, EnrolPolicy
+from palmnode.gate.events import Decision, EnrolProgress, Feedback
+from palmnode.gate.identify import IdentifyFlow, IdentifyPolicy, IdentifyState
+from palmnode.gate.people import People
+from palmnode.gate.presence import PresenceChanged
+from palmnode.vault import Vault, VaultKeys
+from tests.gate.test_people import card, templates_of
+
+
+def idle_capturer() -> Capturer:
+    return Capturer(Lights(), FrameSource())
+
+
+async def test_enrol_without_a_card_fails_after_the_card_timeout(nursery, autojump_clock):
+    bus = EventBus()
+    flow = EnrolFlow(bus, idle_capturer(), Gallery(), people=None, policy=EnrolPolicy(card_timeout_s=30.0))
+    await nursery.start(flow.run)
+    async with bus.subscribe(EnrolProgress, buffer=64) as events:
+        t0 = trio.current_time()
+        request = flow.begin("+15550000001", ["right"])
+        result = await request.wait()
+        steps = [ev.step async for ev in _drain(events)]
+    assert not result.ok and result.reason == "no card"
+    assert trio.current_time() - t0 >= 30.0
+    assert steps == ["started", "card", "failed"]
+    assert flow.state.value == "idle" and flow.current is None
+    assert flow.capturer.reserved_by is None
+
+
+async def test_cancel_ends_a_waiting_enrolment_and_one_at_a_time(nursery, autojump_clock):
+    bus = EventBus()
+    flow = EnrolFlow(bus, idle_capturer(), Gallery(), people=None)
+    await nursery.start(flow.run)
+    request = flow.begin(None, ["left", "right"])
+    try:
+        flow.begin(None, ["right"])
+    except EnrolBusy as exc:
+        assert "already running" in str(exc)
+    else:
+        raise AssertionError("a second enrolment started")
+    await trio.sleep(5)
+    assert flow.state.value == "card"
+    assert flow.cancel()
+    result = await request.wait()
+    assert not result.ok and result.reason == "cancelled"
+    assert not flow.cancel()
+    assert flow.capturer.reserved_by is None
+
+
+async def test_a_card_already_enrolled_is_refused(nursery, autojump_clock, tmp_path):
+    bus = EventBus()
+    vault = Vault.open(tmp_path / "vault.db", VaultKeys.from_secret(os.urandom(32)), node_id="g")
+    try:
+        people = People(vault, Gallery(), "g", bus)
+        await people.enrol(card(3), None, {"right": templates_of(0)})
+        flow = EnrolFlow(bus, idle_capturer(), people.gallery, people)
+        await nursery.start(flow.run)
+        async with bus.subscribe(EnrolProgress, buffer=64) as events:
+            request = flow.begin("+15550000009", ["right"])
+            async for ev in events:
+                if ev.step == "card":
+                    break
+            bus.publish(PaymentCardRead(token=card(3), last4="0003", expiry="2812", scheme="visa"))
+            result = await request.wait()
+        assert not result.ok and result.reason == "card already enrolled"
+        assert vault.count() == 1
+    finally:
+        vault.close()
+
+
+async def test_device_down_is_a_retry_with_reason_and_a_lingering_hand_is_asked_to_go(nursery, autojump_clock):
+    bus = EventBus()
+    flow = IdentifyFlow(bus, idle_capturer(), Gallery(), policy=IdentifyPolicy(leave_timeout_s=3.0))
+    await nursery.start(flow.run)
+    async with bus.subscribe(Decision, Feedback, buffer=64) as events:
+        bus.publish(PresenceChanged(True, 150, trio.current_time()))
+        said = await events.receive()
+        assert said.message == "the gate is not ready, please try again"
+        decision = await events.receive()
+        assert isinstance(decision, Decision) and decision.outcome == "retry"
+        assert decision.reason.startswith("illuminator") and "\n" not in decision.reason
+        await trio.sleep(1)
+        assert flow.state is IdentifyState.LEAVING
+        t0 = trio.current_time()
+        said = await events.receive()
+        assert said.message == "please take your hand away" and trio.current_time() - t0 >= 1.9
+        bus.publish(PresenceChanged(False, None, trio.current_time()))
+        await trio.sleep(0.1)
+        assert flow.state is IdentifyState.WAITING
+
+
+async def _drain(events):
+    while True:
+        try:
+            yield events.receive_nowait()
+        except trio.WouldBlock:
+            return
