@@ -163,5 +163,9 @@ def main(args) -> int:
         report["bad_input_soak"] = soak.main(args.seconds)
     if args.suite in ("engine", "all"):
         report["engine"] = engine_bench.main(args)
+    if args.suite in ("gate", "all"):
+        from palmnode import gate_bench
+
+        report["gate"] = gate_bench.main(args)
     print(json.dumps(report))
     return 0

@@ -23,6 +23,7 @@ subcommands:
            gate's decision latency at 100k enrolled; prints JSON
   controller  run the reference store controller (mutual TLS, SQLite system of record)
   certs    make a development CA and certificates for a controller and its nodes
+  vault    make a vault key; check a vault file's integrity (row counts, nothing personal)
   repl     attach to a running node's diagnostics REPL
 
 Run `palmnode <subcommand> --help` for its options."""
@@ -73,13 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
                        "100 Hz, camera at 30 fps) beside the emulators' own cost and a bare read loop, then "
                        "its memory and drop counters under bad input on every port; prints one JSON object "
                        "on stdout, progress on stderr.")
-    p.add_argument("--suite", choices=("node", "engine", "all"), default="all",
+    p.add_argument("--suite", choices=("node", "engine", "gate", "all"), default="all",
                    help="node: idle CPU and bad-input soak; engine: ROI, features, 1:1 and 1:N "
-                   "speed with baselines and pre-filter recall; all (default): both")
+                   "speed with baselines and pre-filter recall; gate: hand-present-to-decision latency, "
+                   "enrolment time and decisions at --enrolled palms; all (default): every suite")
     p.add_argument("--seconds", type=cliargs.positive, default=20.0, help="node measurement window (default 20)")
     from palmnode.biometrics import bench as engine_bench
 
     engine_bench.add_arguments(p)
+    from palmnode import gate_bench
+
+    gate_bench.add_arguments(p)
 
     from palmnode.controller import command as controller_command
 
@@ -94,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "store controller and each node (mutual TLS on the controller link). Keys are 0600; "
                        "an existing CA in the folder is reused, so running it again adds nodes.")
     certs.add_arguments(p)
+
+    from palmnode.vault import cli as vault_cli
+
+    p = sub.add_parser("vault", help="make a vault key; check a vault file", description=vault_cli.DESCRIPTION)
+    vault_cli.add_arguments(p)
 
     from palmnode.repl import client as repl_client
 

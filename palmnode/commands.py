@@ -168,3 +168,9 @@ def repl(args: argparse.Namespace) -> int:
     from palmnode.repl import client
 
     return client.main(args)
+
+
+def vault(args: argparse.Namespace) -> int:
+    from palmnode.vault import cli
+
+    return cli.main(args)

@@ -24,6 +24,7 @@ from drivers.card_reader.cardtoken import luhn_ok
 from drivers.card_reader.reads import PaymentCardRead
 from palmnode import config
 from palmnode.actors import DeviceState, DeviceStateChanged, GateState
+from palmnode.biometrics.gallery import Gallery
 from palmnode.controller.server import Controller, ControllerConfig
 from palmnode.gate.events import Decision, EnrolProgress, Feedback
 from palmnode.link.certs import make_dev_pki
@@ -83,6 +84,7 @@ class Summary:
         self.enrol_failed: list[str] = []
         self.counts: collections.Counter[str] = collections.Counter()
         self.latencies_ms: list[float] = []
+        self.frame_waits_ms: list[float] = []       # first attempt: waiting for the two lit frames
         self.recoveries: list[tuple[str, float]] = []
         self.errors: list[str] = []
         self.controller_events: collections.Counter[str] = collections.Counter()
@@ -92,8 +94,8 @@ class Summary:
 
 
 class Demo:
-    def __init__(self, plan: Plan, folder: Path, out: TextIO) -> None:
-        self.plan, self.folder, self.out = plan, folder, out
+    def __init__(self, plan: Plan, folder: Path, out: TextIO, *, gallery: Gallery | None = None) -> None:
+        self.plan, self.folder, self.out, self.gallery = plan, folder, out, gallery
         self.summary = Summary()
         self.t0 = trio.current_time()
         self.lost_at: dict[str, float] = {}
@@ -111,7 +113,8 @@ class Demo:
         async with trio.open_nursery() as store:
             port = await store.start(controller.run)
             endpoints = await store.start(gate.run)
-            node = Node(node_config(endpoints, self.folder, NODE_ID, controller_port=port, certs=certs, vault=True))
+            node = Node(node_config(endpoints, self.folder, NODE_ID, controller_port=port, certs=certs, vault=True),
+                        gallery=self.gallery)
             async with trio.open_nursery() as nursery, node.bus.subscribe(buffer=4096) as events:
                 nursery.start_soon(self._show, events)
                 await nursery.start(node.run)
@@ -223,6 +226,9 @@ class Demo:
         s.counts[key] += 1
         score = f" score {decision.score:.3f}" if decision.score is not None else ""
         name = "" if decision.person_id is None else f" {decision.person_id[:8]}…"
+        trace = node.identify.last_trace
+        if trace:
+            s.frame_waits_ms.append(trace[0].nir_wait_ms + trace[0].surface_wait_ms)
         self.say(f"{who:<11} → {decision.outcome}{name}{score} in {decision.latency_ms:.0f} ms  "
                  f"{'✓' if right else '✗ ' + key}")
         await trio.sleep(0.3)
@@ -262,9 +268,9 @@ async def _until(events, want, timeout: float):
                 return ev
 
 
-async def play(plan: Plan = Plan(), *, out: TextIO = sys.stdout) -> Summary:
+async def play(plan: Plan = Plan(), *, out: TextIO = sys.stdout, gallery: Gallery | None = None) -> Summary:
     with tempfile.TemporaryDirectory(prefix="palmnode-demo-") as tmp:
-        demo = Demo(plan, Path(tmp), out)
+        demo = Demo(plan, Path(tmp), out, gallery=gallery)
         return await demo.run()
 
 

@@ -46,7 +46,8 @@ CAPABILITIES = ("events", "enrol", "delete", "replication", "modes", "status", "
 class Node:
     """One gate's node. ``await nursery.start(node.run)`` returns once every actor has started."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, gallery: Gallery | None = None) -> None:
+        """``gallery``: start from these palms (the gate bench's synthetic crowd) plus the vault's."""
         self.config = config
         self.bus = EventBus()
         self.lights = illuminator.Lights()
@@ -59,7 +60,7 @@ class Node:
         self.supervisor: Supervisor | None = None
         # the working gate (with a [vault]): set up when the node runs
         self.vault: Vault | None = None
-        self.gallery: Gallery | None = None
+        self.gallery: Gallery | None = gallery
         self.people: People | None = None
         self.identify: IdentifyFlow | None = None
         self.enrol: EnrolFlow | None = None
@@ -106,7 +107,8 @@ class Node:
                 functools.partial(open_vault, vault_cfg, node_id=node_id, create_key=vault_cfg.key_file is not None))
         except (VaultError, OSError) as exc:
             raise GateSetupError(f"vault {cfg.vault.path}: {exc}") from None
-        self.gallery = Gallery()
+        if self.gallery is None:
+            self.gallery = Gallery()
         if cfg.controller is not None:
             link = cfg.controller
             try:
