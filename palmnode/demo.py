@@ -141,32 +141,9 @@ class Demo:
 
     async def _enrol_one(self, i: int, controller: Controller, gate: VirtualGate, node: Node) -> None:
         seed = FIRST_PERSON_SEED + i
-        answer: dict = {}
-        done = trio.Event()
-
-        async def ask() -> None:
-            try:
-                answer.update(await controller.request(NODE_ID, "enrol.begin", {
-                    "phone": f"+4930555{i:05d}", "palms": ["right"], "card_required": True}, timeout=60.0))
-            except Exception as exc:  # RequestFailed / timeout: the reason is the summary's
-                answer["error"] = str(exc)
-            done.set()
-
-        async with trio.open_nursery() as nursery, node.bus.subscribe(EnrolProgress, buffer=64) as progress:
-            nursery.start_soon(ask)
-            await _until(progress, lambda ev: ev.step == "card", 10.0)
-            nursery.start_soon(gate.apply, sc.Card(at=0, kind="emv", pan=card_number(i), seconds=0.8))
-            await _until(progress, lambda ev: ev.step == "palm", 10.0)
-            prompted = trio.current_time()
-            while not done.is_set():
-                async with trio.open_nursery() as hand:
-                    hand.start_soon(lambda: gate.hover(150.0, 1.2, approach_s=0.3, identity=seed, hand="right"))
-                    await done.wait()
-                    hand.cancel_scope.cancel()
-                if trio.current_time() - prompted > 30:
-                    break
+        answer, took = await enrol_person(controller, NODE_ID, gate, node, seed, pan=card_number(i),
+                                          phone=f"+4930555{i:05d}")
         if "person_id" in answer:
-            took = trio.current_time() - prompted
             self.summary.enrolled[seed] = answer["person_id"]
             self.summary.enrol_s.append(took)
             self.say(f"enrolled person {i + 1} as {answer['person_id'][:8]}… (card …{card_number(i)[-4:]}) "
@@ -199,14 +176,7 @@ class Demo:
 
     async def _arrive(self, gate: VirtualGate, node: Node, seed: int, expected: str | None) -> None:
         who = "stranger" if expected is None else f"person {seed - FIRST_PERSON_SEED + 1}"
-        async with node.bus.subscribe(Decision, buffer=16) as decisions, trio.open_nursery() as hand:
-            hand.start_soon(lambda: gate.hover(150.0, 1.5, approach_s=0.3, identity=seed, session=2, hand="right"))
-            decision = None
-            with trio.move_on_after(4.0):
-                async for ev in decisions:
-                    decision = ev
-                    if ev.outcome != "retry":
-                        break
+        decision = await arrive(gate, node, seed)
         s = self.summary
         if decision is None:
             s.counts["no decision"] += 1
@@ -259,6 +229,70 @@ class Demo:
                     self.summary.counts["feedback"] += 1
                 case EnrolProgress(step="failed" | "duplicate", detail=detail):
                     self.say(f"enrolment: {detail}")
+
+
+async def enrol_person(controller: Controller, node_id: str, gate: VirtualGate, node: Node, seed: int, *,
+                       pan: str, phone: str, palms: tuple[str, ...] = ("right",)) -> tuple[dict, float]:
+    """The controller asks ``node_id`` to enrol; person ``seed`` taps an EMV card ``pan`` and holds
+    each palm over ``gate`` (session 1) until the gate has enough. Returns the controller's answer
+    (``person_id`` or ``error``) and the seconds from the first palm prompt to the answer."""
+    answer: dict = {}
+    done = trio.Event()
+
+    async def ask() -> None:
+        try:
+            answer.update(await controller.request(node_id, "enrol.begin", {
+                "phone": phone, "palms": list(palms), "card_required": True}, timeout=60.0))
+        except Exception as exc:  # RequestFailed / NodeUnavailable / timeout: the caller reports it
+            answer["error"] = str(exc)
+        done.set()
+
+    async with trio.open_nursery() as nursery, node.bus.subscribe(EnrolProgress, buffer=64) as progress:
+        nursery.start_soon(ask)
+        await _until(progress, lambda ev: ev.step == "card", 10.0)
+        nursery.start_soon(gate.apply, sc.Card(at=0, kind="emv", pan=pan, seconds=0.8))
+        asked = [(await _until(progress, lambda ev: ev.step == "palm", 10.0)).detail]
+        prompted = trio.current_time()
+
+        async def listen() -> None:  # "hold your left palm ..." after the right one
+            async for ev in progress:
+                if ev.step == "palm":
+                    asked[0] = ev.detail
+
+        nursery.start_soon(listen)
+        while not done.is_set() and trio.current_time() - prompted < 30:
+            hand = "left" if "left" in asked[0] else "right"
+            async with trio.open_nursery() as hovering:
+                async def hover_once() -> None:
+                    await gate.hover(150.0, 1.2, approach_s=0.3, identity=seed, hand=hand)
+                    hovering.cancel_scope.cancel()
+
+                async def until_done() -> None:
+                    await done.wait()
+                    hovering.cancel_scope.cancel()
+
+                hovering.start_soon(hover_once)
+                hovering.start_soon(until_done)
+        await done.wait()
+        took = trio.current_time() - prompted
+        nursery.cancel_scope.cancel()
+    return answer, took
+
+
+async def arrive(gate: VirtualGate, node: Node, seed: int, *, session: int = 2, hand: str = "right",
+                 distance_mm: float = 150.0, timeout: float = 4.0) -> Decision | None:
+    """Person ``seed`` holds a hand over ``gate``; the node's first final decision (or the last
+    retry), None when the gate said nothing within ``timeout``."""
+    decision = None
+    async with node.bus.subscribe(Decision, buffer=16) as decisions, trio.open_nursery() as hovering:
+        hovering.start_soon(lambda: gate.hover(distance_mm, 1.5, approach_s=0.3, identity=seed, session=session,
+                                               hand=hand))
+        with trio.move_on_after(timeout):
+            async for ev in decisions:
+                decision = ev
+                if ev.outcome != "retry":
+                    break
+    return decision
 
 
 async def _until(events, want, timeout: float):

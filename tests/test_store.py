@@ -1,0 +1,102 @@
+"""A store: the reference controller and real nodes on virtual gates, over mutual TLS.
+
+A person enrolled at one gate is recognised at the other; deleted at one, gone from both within
+a second with nothing of them left in either vault file; events of a time the controller was
+away all arrive once it is back, none twice.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from palmnode.actors import GateState
+from palmnode.controller.server import Controller, ControllerConfig
+from palmnode.demo import arrive, card_number, enrol_person, node_config
+from palmnode.link.certs import make_dev_pki
+from palmnode.node import Node
+from palmnode.sim.gate import VirtualGate
+from palmnode.vault import create_key_file
+from tests.conftest import wait_for
+
+PERSON, STRANGER = 4_242, 61_001
+
+
+def controller_for(tmp_path: Path, port: int = 0) -> Controller:
+    key = tmp_path / "controller.key"
+    if not key.exists():
+        create_key_file(key)
+    return Controller(ControllerConfig.from_certs_dir(tmp_path / "certs", db_path=str(tmp_path / "controller.db"),
+                                                      key_file=str(key), port=port))
+
+
+async def gate_and_node(nursery, tmp_path: Path, node_id: str, port: int, seed: int) -> tuple[VirtualGate, Node]:
+    gate = VirtualGate(tmp_path / f"sim-{node_id}", camera_port=0, seed=seed)
+    endpoints = await nursery.start(gate.run)
+    node = Node(node_config(endpoints, tmp_path, node_id, controller_port=port, certs=tmp_path / "certs", vault=True))
+    await nursery.start(node.run)
+    await wait_for(lambda: node.health.gate is GateState.READY and node.link.connected, timeout=10.0)
+    return gate, node
+
+
+def vault_bytes(tmp_path: Path, node_id: str) -> bytes:
+    return b"".join(p.read_bytes() for p in tmp_path.glob(f"{node_id}.vault.db*"))
+
+
+async def test_enrolled_at_one_gate_recognised_at_the_other_and_deleted_from_both(nursery, tmp_path):
+    make_dev_pki(tmp_path / "certs", nodes=["gate-a", "gate-b"])
+    controller = controller_for(tmp_path)
+    port = await nursery.start(controller.run)
+    gate_a, node_a = await gate_and_node(nursery, tmp_path, "gate-a", port, seed=1)
+    gate_b, node_b = await gate_and_node(nursery, tmp_path, "gate-b", port, seed=2)
+
+    answer, took = await enrol_person(controller, "gate-a", gate_a, node_a, PERSON, pan=card_number(1),
+                                      phone="+4930555000001")
+    person_id = answer.get("person_id")
+    assert person_id, answer
+    assert took < 5.0  # one palm
+    await wait_for(lambda: len(node_b.gallery) == len(node_a.gallery) > 0, timeout=2.0)  # replicated
+
+    decision = await arrive(gate_b, node_b, PERSON)
+    assert decision is not None and decision.outcome == "identified" and decision.person_id == person_id
+    stranger = await arrive(gate_b, node_b, STRANGER)
+    assert stranger is not None and stranger.outcome == "unknown"
+
+    templates = [t.to_bytes() for p in node_a.vault.get(person_id).palms for t in p.templates]
+    assert node_b.vault.get(person_id) is not None
+    deleted_at = trio.current_time()
+    assert (await controller.request("gate-a", "person.delete", {"person_id": person_id}))["deleted"]
+    await wait_for(lambda: len(node_b.gallery) == 0 and node_b.vault.get(person_id) is None, timeout=1.0)
+    assert trio.current_time() - deleted_at < 1.0
+    assert len(node_a.gallery) == 0 and node_a.vault.get(person_id) is None
+    for node_id in ("gate-a", "gate-b"):
+        raw = vault_bytes(tmp_path, node_id)
+        assert person_id.encode() not in raw and person_id.encode().hex().encode() not in raw
+        assert not any(t[:64] in raw for t in templates)
+    gone = await arrive(gate_b, node_b, PERSON)
+    assert gone is not None and gone.outcome == "unknown"
+
+
+async def test_events_of_a_time_the_controller_was_away_arrive_once(nursery, tmp_path):
+    make_dev_pki(tmp_path / "certs", nodes=["gate-a"])
+    first = controller_for(tmp_path)
+    async with trio.open_nursery() as up:
+        port = await up.start(first.run)
+        gate, node = await gate_and_node(nursery, tmp_path, "gate-a", port, seed=3)
+        before = len(first.store.events())
+        up.cancel_scope.cancel()  # the controller goes away
+    await wait_for(lambda: not node.link.connected, timeout=5.0)
+
+    decisions = [await arrive(gate, node, STRANGER + k) for k in range(3)]
+    assert all(d is not None and d.outcome == "unknown" for d in decisions)
+    assert len(node.vault.pending_events(limit=100)) >= 3
+
+    second = controller_for(tmp_path, port=port)  # back on the same address, same record
+    await nursery.start(second.run)
+    await wait_for(lambda: node.link.connected, timeout=10.0)
+    await wait_for(lambda: not node.vault.pending_events(limit=100), timeout=10.0)
+    events = second.store.events(node_id="gate-a")
+    unknown = [e for e in events if e.kind == "unknown"]
+    assert len(unknown) == 3
+    assert len({e.key for e in events}) == len(events)  # applied exactly once
+    assert len(events) >= before + 3
