@@ -83,6 +83,11 @@ class RoiLimits:
     #: the middle and ring fingers' mean axis leans this far towards the thumb from the valley
     #: line's normal when they are held together (development renders: 8.3°, sd 3°)
     finger_axis_lean_deg: float = 8.0
+    #: the index–little pair is refused when that axis leans more than this from its normal
+    #: towards the index finger (the index–middle valley is then a notch up the seam)
+    #: (median 6°; pairs with the index–middle valley up a seam: 16–36°; 12/16/20 measured on
+    #: development renders, 16 and 20 alike, 12 worse)
+    pair_max_lean_deg: float = 16.0
     #: how far (share of the ROI side) an ROI corner may lie outside the frame (the lost cells are
     #: masked by the features; the quality's completeness >= 0.9 bounds how much may be lost)
     corner_out: float = 0.2
@@ -360,6 +365,8 @@ def _valley_lines(valleys: np.ndarray, deep: tuple[bool, bool, bool], up: np.nda
     """Candidate valley lines, best first: (unit x towards the index finger, index–middle valley,
     ring–little valley, their distance), the ends stood in for where a valley is misplaced."""
     v1, v2, v3 = valleys
+    axis = None if tips is None else _pressed_axis(valleys, tips)
+    skip_middle = index_high = False
     if deep[0] and deep[2]:
         x = v1 - v3                                # towards the index finger (thumb side)
         length = float(np.linalg.norm(x))
@@ -367,36 +374,39 @@ def _valley_lines(valleys: np.ndarray, deep: tuple[bool, bool, bool], up: np.nda
         normal = np.array([x[1], -x[0]])
         if np.dot(normal, up) < 0:
             normal = -normal
+        lean = 0.0 if axis is None else float(np.degrees(np.arctan2(axis @ x, axis @ normal)))
         # the middle–ring valley sits about midway on the line; a valley misplaced by touching
         # fingers always lies too far towards the fingertips (up the seam), so the side on
         # which the middle one leaves the line says which one is wrong: the middle one too far
         # up (or shallow) leaves the pair standing, an end one too far up does not
         rel = v2 - v3
         along, off = float(rel @ x) / length, float(rel @ normal) / length
-        if off > limits.middle_valley_off or not deep[1] or (
+        if lean > limits.pair_max_lean_deg:
+            # the line's normal turns away from the fingers' axis, towards the little finger:
+            # the index–middle valley is a notch up the seam (touching fingers pull a valley
+            # only ever towards the fingertips); with the middle–ring one above the line (or
+            # shallow) that one is a notch too, and only the ring–little one is trusted
+            index_high = True
+            skip_middle = off > limits.middle_valley_off or not deep[1]
+        elif off > limits.middle_valley_off or not deep[1] or (
                 off >= -limits.middle_valley_off
                 and limits.middle_valley_at[0] <= along <= limits.middle_valley_at[1]):
             yield x, v1, v3, length
-    if deep[1] and deep[2]:                        # the index finger held against the middle one
+    if deep[1] and deep[2] and not skip_middle:    # the index finger held against the middle one
         half = v2 - v3
         length = float(np.linalg.norm(half)) / limits.middle_valley_mean
         x = half / max(float(np.linalg.norm(half)), 1e-9)
         yield x, v3 + x * length, v3, length
-    if deep[0] and deep[1]:                        # the little finger held against the ring one
+    if deep[0] and deep[1] and not index_high:     # the little finger held against the ring one
         half = v1 - v2
         length = float(np.linalg.norm(half)) / (1.0 - limits.middle_valley_mean)
         x = half / max(float(np.linalg.norm(half)), 1e-9)
         yield x, v1, v1 - x * length, length
-    if deep[2] and tips is not None:
+    if deep[2] and axis is not None:
         # only the ring–little valley is trusted (index, middle and ring held together): the
         # notches between the pressed fingers lie up the seams, so they keep their place across
         # the fingers; the middle and ring fingers' axes (tip from between their side notches),
         # leaned back by their usual lean from the valley line's normal, give the direction
-        axis = np.zeros(2)
-        for tip, a, b in ((tips[1], v1, v2), (tips[2], v2, v3)):
-            d = tip - 0.5 * (a + b)
-            axis += d / max(float(np.linalg.norm(d)), 1e-9)
-        axis /= max(float(np.linalg.norm(axis)), 1e-9)
         across = np.array([axis[1], -axis[0]])
         if np.dot(across, v1 - v3) < 0:
             across = -across                       # towards the index finger
@@ -407,6 +417,16 @@ def _valley_lines(valleys: np.ndarray, deep: tuple[bool, bool, bool], up: np.nda
         if np.dot(x, across) < 0:
             x = -x
         yield x, v3 + x * length, v3, length
+
+
+def _pressed_axis(valleys: np.ndarray, tips: np.ndarray) -> np.ndarray:
+    """Unit mean axis of the middle and ring fingers (each tip from between its side valleys)."""
+    v1, v2, v3 = valleys
+    axis = np.zeros(2)
+    for tip, a, b in ((tips[1], v1, v2), (tips[2], v2, v3)):
+        d = tip - 0.5 * (a + b)
+        axis += d / max(float(np.linalg.norm(d)), 1e-9)
+    return axis / max(float(np.linalg.norm(axis)), 1e-9)
 
 
 def _palm_frame(fingers: keypoints.Fingers, hand: segment.HandMask, arm_dir: np.ndarray | None,

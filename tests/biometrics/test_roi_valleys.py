@@ -116,3 +116,28 @@ def test_merged_tip_one_finger_from_the_next_valley_reads_as_index_and_middle_to
     fingers = _merged_case(reach_first=40.0, radius=10.0)
     assert fingers.deep == (True, False, True)
     assert np.allclose(fingers.tips[1], fingers.tips[2])
+
+
+def test_pair_leaning_off_the_fingers_axis_trusts_only_the_ring_little_valley():
+    # index, middle and ring held together: both their notches up the seams, the middle one above
+    # the pair's line, so the middle-valley rule alone would leave the tilted pair standing
+    im, mr = IM + [0.0, -35.0], MR + [0.0, -30.0]
+    valleys = np.array([im, mr, RL])
+    x, v1, v3, length = first_line(valleys, (True, True, True))
+    assert np.allclose(v1, im)                   # (no fingertips: the old reading)
+    # the straight fingers' axis leans ~19° from the tilted pair's normal: refused, and neither
+    # stand-in built on a suspect notch is used, only the ring-little valley and the axis
+    tips = np.array([[175.0, -120.0], [0.5 * (im[0] + mr[0]), -140.0], [0.5 * (mr[0] + RL[0]), -130.0],
+                     [25.0, -100.0]])
+    lines = list(roi._valley_lines(valleys, (True, True, True), UP, RADIUS, LIMITS, tips))
+    assert len(lines) == 1
+    x, v1, v3, length = lines[0]
+    assert np.allclose(v3, RL) and abs(length - 100.0) < 1e-9
+    assert abs(abs(np.degrees(np.arcsin(-x[1]))) - LIMITS.finger_axis_lean_deg) < 1e-6
+
+
+def test_pair_along_the_fingers_axis_stands():
+    tips = np.array([[175.0, -120.0], [126.0, -140.0], [76.0, -130.0], [25.0, -100.0]])
+    x, v1, v3, length = next(iter(roi._valley_lines(np.array([IM, MR, RL]), (True, True, True), UP,
+                                                     RADIUS, LIMITS, tips)))
+    assert np.allclose(v1, IM) and np.allclose(v3, RL)
