@@ -33,7 +33,7 @@ Run `palmnode <subcommand> --help` for its options."""
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="palmnode", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
+    sub = parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
 
     p = sub.add_parser("sim", help="start a virtual gate and print its endpoints",
                        description="Start a virtual gate: a TFmini proximity sensor, a PN532 card reader "
@@ -116,17 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
+    if args.subcommand is None:
         parser.print_help()
         return 2
     from palmnode import commands
 
     try:
-        return getattr(commands, args.command)(args)
+        return getattr(commands, args.subcommand)(args)
     except KeyboardInterrupt:
         return 130
     except commands.UserError as exc:
-        print(f"palmnode {args.command}: {exc}", file=sys.stderr)
+        print(f"palmnode {args.subcommand}: {exc}", file=sys.stderr)
         return 1
 
 
