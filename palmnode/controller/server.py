@@ -310,6 +310,8 @@ class Controller:
                         peer=peer, channel=channel, outgoing=outgoing, incoming=incoming)
 
     async def _run_session(self, session: _Session) -> None:
+        await trio.to_thread.run_sync(functools.partial(
+            self.store.node_seen, session.node_id, version=session.version, capabilities=session.capabilities))
         old = self._sessions.get(session.node_id)
         if old is not None:
             old.end(_Ended("replaced by a new connection", goodbye="replaced by a new connection from this node"))
@@ -317,8 +319,6 @@ class Controller:
         self._sessions[session.node_id] = session
         self.stats.sessions += 1
         self._notify()
-        await trio.to_thread.run_sync(functools.partial(
-            self.store.node_seen, session.node_id, version=session.version, capabilities=session.capabilities))
         log.info("node connected", extra={"fields": {"node": session.node_id, "peer": session.peer,
                                                       "version": session.version, "replaced": old is not None}})
         with session.scope:
