@@ -225,6 +225,27 @@ class Controller:
             raise RequestFailed(f"node {node_id} {op}: {pending.response.error}")
         return pending.response.result
 
+    async def delete_person(self, *, person_id: str | None = None, card_digest: bytes | None = None,
+                            reason: str = "request at the controller") -> str | None:
+        """Forget a person store-wide (by id or card digest): removed from the record at once and
+        ``person.remove`` pushed to every connected gate (the others get it by ``sync``).
+        Returns the person id, or None when nobody matched."""
+        if (person_id is None) == (card_digest is None):
+            raise ValueError("delete_person needs exactly one of person_id, card_digest")
+        store = self.store
+        if store is None:
+            raise ControllerError("the controller is not running")
+        if card_digest is not None:
+            person_id = await trio.to_thread.run_sync(store.find_by_card, card_digest)
+            if person_id is None:
+                return None
+        elif await trio.to_thread.run_sync(store.get_person, person_id) is None:
+            return None
+        change = await trio.to_thread.run_sync(
+            functools.partial(store.remove_person, person_id, by=self.config.name, reason=reason))
+        self._replicate(change, origin=None)
+        return person_id
+
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Open the record, listen, report the bound port, serve until cancelled."""
         context = server_ssl_context(self.config)

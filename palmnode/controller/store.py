@@ -493,6 +493,11 @@ class Store:
         rows = self._read("SELECT * FROM people WHERE person_id = ?", (person_id,))
         return self._person(rows[0]) if rows else None
 
+    def find_by_card(self, card_digest: bytes) -> str | None:
+        """The person whose card digest this is, if any."""
+        rows = self._read("SELECT person_id FROM people WHERE card_digest = ?", (card_digest,))
+        return rows[0][0] if rows else None
+
     def people_count(self) -> int:
         return self._read("SELECT count(*) FROM people")[0][0]
 

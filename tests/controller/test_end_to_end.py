@@ -119,3 +119,17 @@ async def test_bad_peer_is_refused_while_the_gates_keep_working(nursery, tmp_pat
     await a.enrol(a.person("p-1"))
     await wait_for(lambda: b.vault.get("p-1") is not None)
     assert set(runner.controller.nodes()) == {"gate-a", "gate-b"}
+
+
+async def test_deleted_at_the_controller_is_gone_from_every_gate(nursery, tmp_path, pki, runner):
+    a = await start_node(nursery, tmp_path, pki, runner, "gate-a")
+    b = await start_node(nursery, tmp_path, pki, runner, "gate-b")
+    person = a.person("p-1")
+    await a.enrol(person)
+    await wait_for(lambda: b.vault.get("p-1") is not None)
+    assert await runner.controller.delete_person(card_digest=b"\x00" * 32) is None
+    assert await runner.controller.delete_person(card_digest=person.card.digest) == "p-1"
+    await wait_for(lambda: a.vault.get("p-1") is None and b.vault.get("p-1") is None, timeout=1.0)
+    assert await runner.controller.delete_person(person_id="p-1") is None
+    for raw in (a.file_bytes(), b.file_bytes(), controller_db(runner)):
+        assert person.card.digest not in raw
