@@ -13,8 +13,10 @@ import contextlib
 import json
 import os
 import select
+import signal
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
@@ -97,16 +99,23 @@ class Connection:
         with contextlib.suppress(OSError):
             self.sock.sendall(protocol.encode_request(protocol.INTERRUPT))
 
-    def has_line(self) -> bool:
-        return b"\n" in self._buffer
+    def fill(self) -> None:
+        """Receive what the node sent (waits for something); ReplClientError if it hung up."""
+        data = self.sock.recv(65536)
+        if not data:
+            raise ReplClientError("the node closed the connection")
+        self._buffer += data
 
     def read(self) -> dict[str, Any]:
-        """The next reply line; ReplClientError when the node closed the connection."""
-        while b"\n" not in self._buffer:
-            data = self.sock.recv(65536)
-            if not data:
-                raise ReplClientError("the node closed the connection")
-            self._buffer += data
+        """The next reply line (waiting for it); ReplClientError when the node hung up."""
+        while (reply := self.next_reply()) is None:
+            self.fill()
+        return reply
+
+    def next_reply(self) -> dict[str, Any] | None:
+        """The next complete reply line received so far, or None."""
+        if b"\n" not in self._buffer:
+            return None
         line, _, rest = bytes(self._buffer).partition(b"\n")
         self._buffer = bytearray(rest)
         try:
@@ -166,49 +175,54 @@ class Repl:
     # -- one command
 
     def run(self, cmd: str, args: tuple[str, ...]) -> dict[str, Any]:
-        """Send one request, print every reply line, return the final one."""
+        """Send one request, print every reply line, return the final one.
+
+        Ctrl-C (and, during follow, ``q``) sends an interrupt and keeps reading until the final
+        line; a second Ctrl-C gives up (KeyboardInterrupt).
+        """
         self.conn.send(cmd, *args)
-        unbounded = cmd == "follow"
+        watch_input = cmd == "follow"
         interrupted = False
-        with self._watch_keys(unbounded) as key_pressed:
+        with self._watch_keys(watch_input) as key_pressed, _SigintPipe() as sigint:
             while True:
-                try:
-                    if unbounded and not interrupted and not self.conn.has_line():
-                        if self._stop_requested(key_pressed):
-                            self.conn.interrupt()
-                            interrupted = True
-                            continue
-                    reply = self.conn.read()
-                except KeyboardInterrupt:
-                    if interrupted:
-                        raise
-                    self.conn.interrupt()
-                    interrupted = True
+                reply = self.conn.next_reply()
+                if reply is None:
+                    stop = self._wait(watch_input and not interrupted, key_pressed, sigint)
+                    if stop and not interrupted:
+                        self.conn.interrupt()
+                        interrupted = True
                     continue
                 if "ok" in reply:
                     self._final(cmd, args, reply)
                     return reply
                 self._stream(reply)
 
-    def _stop_requested(self, key_pressed: Callable[[], bool] | None) -> bool:
-        """Wait until the node sends something (False) or the user asks to stop (True)."""
-        watched = [self.conn.sock]
+    def _wait(self, watch_input: bool, key_pressed: Callable[[], bool] | None, sigint: _SigintPipe) -> bool:
+        """Wait for the node (then read what it sent: False) or for the user to ask to stop (True)."""
+        watched: list[Any] = [self.conn.sock]
+        if sigint.fd is not None:
+            watched.append(sigint.fd)
         stdin_fd = None
-        if key_pressed is not None:
+        if watch_input and key_pressed is not None:
             stdin_fd = sys.stdin.fileno()
-        elif self.stdin is not None and not self.stdin.eof:
+        elif watch_input and self.stdin is not None and not self.stdin.eof:
             if self.stdin.ready():
                 return self._stdin_says_stop()
             stdin_fd = self.stdin.fd
         if stdin_fd is not None:
-            watched.append(stdin_fd)  # type: ignore[arg-type]
+            watched.append(stdin_fd)
         readable, _, _ = select.select(watched, [], [])
+        if sigint.fd is not None and sigint.fd in readable and sigint.drain():
+            return True
         if stdin_fd is not None and stdin_fd in readable:
             if key_pressed is not None:
                 return key_pressed()
-            self.stdin.fill()  # type: ignore[union-attr]
-            if self.stdin.ready():  # type: ignore[union-attr]
+            assert self.stdin is not None
+            self.stdin.fill()
+            if self.stdin.ready():
                 return self._stdin_says_stop()
+        if self.conn.sock in readable:
+            self.conn.fill()
         return False
 
     def _stdin_says_stop(self) -> bool:
@@ -324,6 +338,46 @@ class Repl:
                 lines = []
                 if result.get("exit"):
                     return
+
+
+class _SigintPipe:
+    """While a command runs, Ctrl-C only wakes ``select`` (a handler and a wakeup pipe), so it can
+    never land between two statements; a second Ctrl-C raises KeyboardInterrupt (give up)."""
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        self._count = 0
+        self._seen = 0
+
+    def __enter__(self) -> _SigintPipe:
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signals reach the main thread only: plain KeyboardInterrupt there
+        self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._old_wakeup = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        self._old_handler = signal.signal(signal.SIGINT, self._handler)
+        self.fd = self._read
+        return self
+
+    def _handler(self, signum: int, frame: object) -> None:
+        self._count += 1
+        if self._count > 1:
+            raise KeyboardInterrupt
+
+    def drain(self) -> bool:
+        """True when a Ctrl-C arrived since the last call."""
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._read, 512):
+                pass
+        new, self._seen = self._count > self._seen, self._count
+        return new
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is None:
+            return
+        signal.signal(signal.SIGINT, self._old_handler)
+        signal.set_wakeup_fd(self._old_wakeup)
+        os.close(self._read)
+        os.close(self._write)
 
 
 def format_event(event: dict[str, Any]) -> str:

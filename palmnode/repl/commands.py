@@ -389,6 +389,12 @@ async def _light(session: Session, args: tuple[str, ...]) -> Reply:
     return Reply({"channel": channel, "level": level}, f"{channel} light at {level:g}")
 
 
+#: how long capture waits for each lit frame
+CAPTURE_FRAME_TIMEOUT_S = 3.0
+#: capture takes the first frame read this long after a light change
+CAPTURE_SETTLE_S = 0.15
+
+
 @command("capture", "capture [PATH]", "one lit frame pair → the palm ROI, saved as a PNG at PATH",
          "Lights on (NIR, then surface), one frame of each, lights off; the palm ROI is found in the "
          "NIR frame and both frames are warped to it. The client writes one PNG, NIR ROI left and "
@@ -399,12 +405,20 @@ async def _capture(session: Session, args: tuple[str, ...]) -> Reply:
     from palmnode.gate import capture
 
     target = session.target
-    capturer = capture.Capturer(target.lights, target.frames)
+    # an operator's capture is not timed like a gate decision: give the devices time
+    # (and a frame well after each light change: a loaded node's camera lags more than a gate's)
+    policy = attrs.evolve(capture.CapturePolicy(), frame_timeout_s=CAPTURE_FRAME_TIMEOUT_S,
+                          light_timeout_s=LIGHT_TIMEOUT_S, settle_s=CAPTURE_SETTLE_S)
+    capturer = capture.Capturer(target.lights, target.frames, policy)
     try:
+        for channel in (policy.ir_channel, policy.surface_channel):  # from dark, whatever `light` left on
+            await target.lights.set(channel, 0.0, timeout=LIGHT_TIMEOUT_S)
         pair = await capturer.capture_pair()
+    except (DeviceError, trio.TooSlowError) as exc:
+        raise CommandError(f"no capture: illuminator: {exc or 'too slow'}") from None
     except capture.CaptureUnavailable as exc:
         raise CommandError(f"no capture: {exc}") from None
-    found = await trio.to_thread.run_sync(capture.locate, pair.nir)
+    found = await trio.to_thread.run_sync(capture.locate, pair.nir, policy)
     if not hasattr(found, "transform"):
         raise CommandError(f"no palm in view ({found.reason.value}: {found.detail}); nothing saved")
     png, width, height = await trio.to_thread.run_sync(_roi_png, pair.nir, pair.surface, found)

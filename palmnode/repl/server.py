@@ -164,7 +164,7 @@ class _Sessions:
                     await connection.serve(session)
                 finally:
                     self.active -= 1
-            except (trio.BrokenResourceError, trio.ClosedResourceError, _ClientStuck):
+            except* (trio.BrokenResourceError, trio.ClosedResourceError, _ClientStuck):
                 pass  # the client went away (or stopped reading): the node keeps serving the others
 
 

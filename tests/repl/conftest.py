@@ -25,6 +25,7 @@ class NodeTarget:
         self.frames = node.frames
         self.metrics = metrics if metrics is not None else getattr(node, "metrics", None) or Metrics()
         self.gallery = gallery
+        self.supervisor_override = None
 
     @property
     def health(self):
@@ -32,7 +33,7 @@ class NodeTarget:
 
     @property
     def supervisor(self):
-        return self.node.supervisor
+        return self.supervisor_override or self.node.supervisor
 
 
 @pytest.fixture

@@ -1,0 +1,191 @@
+"""``palmnode repl`` as a real process: stdin from a pipe, and a terminal (pty) with readline."""
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+import cv2
+import pytest
+import trio
+
+from drivers.card_reader.reads import BadgeRead
+from palmnode.actors import GateState
+from palmnode.gate.events import Decision
+from palmnode.repl.client import Completer, default_socket
+from tests.conftest import wait_for
+
+
+class Output:
+    """Everything a process wrote, read as it comes."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.text = ""
+
+    async def wait_for(self, needle: str, timeout: float = 10.0) -> str:
+        with trio.move_on_after(timeout):
+            while needle not in self.text:
+                try:
+                    data = await self.stream.receive_some(65536)
+                except trio.BrokenResourceError:  # a pty master reads EIO once the slave side is gone
+                    data = b""
+                if not data:
+                    raise AssertionError(f"output ended before {needle!r}:\n{self.text}")
+                self.text += data.decode("utf-8", "replace")
+            return self.text
+        raise AssertionError(f"no {needle!r} within {timeout} s in:\n{self.text}")
+
+    async def prompt(self, prompt: str, number: int, timeout: float = 10.0) -> None:
+        """Wait for the ``number``-th prompt (readline has the terminal once it shows it)."""
+        with trio.fail_after(timeout):
+            while self.text.count(prompt) < number:
+                data = await self.stream.receive_some(65536)
+                if not data:
+                    raise AssertionError(f"output ended before prompt {number}:\n{self.text}")
+                self.text += data.decode("utf-8", "replace")
+
+    async def rest(self, timeout: float = 10.0) -> str:
+        with trio.fail_after(timeout):
+            while data := await self.stream.receive_some(65536):
+                self.text += data.decode("utf-8", "replace")
+        return self.text
+
+
+def client_command(path):
+    return [sys.executable, "-m", "palmnode.repl.client", "--socket", str(path)]
+
+
+async def test_piped_stdin_runs_one_command_a_line(node, gate, repl_path, tmp_path):
+    await wait_for(lambda: node.health is not None and node.health.gate is GateState.READY, timeout=5)
+    gate.hand.present(5)
+    gate.hand.distance_mm = 150.0
+    env = {**os.environ, "HOME": str(tmp_path)}
+    process = await trio.lowlevel.open_process(client_command(repl_path), stdin=subprocess.PIPE,
+                                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                               cwd=tmp_path, env=env)
+    out = Output(process.stdout)
+    try:
+        await process.stdin.send_all(b"health\nbogus one\ncapture roi.png\ncapture roi.png\n"
+                                     b"light surface 0.25\nfollow decision\n")
+        await out.wait_for("following Decision")
+        node.bus.publish(Decision("unknown", None, None, None, "no match", 88.0, "entry", 1.0))
+        await out.wait_for("Decision")
+        await process.stdin.send_all(b"q\nhelp light\n")
+        await process.stdin.aclose()
+        text = await out.rest()
+        assert await process.wait() == 1, text  # one command failed
+    finally:
+        process.kill()
+    lines = text.splitlines()
+    assert lines[0] == "gate READY"
+    assert "error: unknown command 'bogus': type help for the list" in lines
+    assert "surface light at 0.25" in lines
+    saved = [line for line in lines if line.endswith("saved to roi.png")]
+    assert len(saved) == 1 and saved[0].startswith("ROI ")
+    assert "error: roi.png exists: give capture another PATH (the image was not kept)" in lines
+    event = next(line for line in lines if "Decision  " in line)
+    assert "outcome=unknown" in event and 'reason="no match"' in event and "latency_ms=88" in event
+    assert "interrupted" in lines
+    assert "light CHANNEL LEVEL" in lines  # the line after q ran
+    png = tmp_path / "roi.png"
+    assert stat.S_IMODE(os.stat(png).st_mode) == 0o600
+    image = cv2.imread(str(png), cv2.IMREAD_UNCHANGED)
+    assert image.ndim == 2 and image.shape[1] == 2 * image.shape[0]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".png") == ["roi.png"]
+
+
+async def test_piped_python_console_and_one_shot(node, repl_path, tmp_path):
+    process = await trio.lowlevel.open_process(client_command(repl_path), stdin=subprocess.PIPE,
+                                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = Output(process.stdout)
+    try:
+        await process.stdin.send_all(b"py\nimport math\nfor i in range(2):\n    print(i)\n\n"
+                                     b"math.sqrt(16)\nnode.config.node.node_id\n")
+        await process.stdin.aclose()
+        text = await out.rest()
+        assert await process.wait() == 0
+    finally:
+        process.kill()
+    assert "Top-level await works" in text and "0\n1\n4.0\n'demo-gate'\n" in text
+
+    result = await trio.run_process(client_command(repl_path) + ["help", "tree"], capture_stdout=True,
+                                    stdin=subprocess.DEVNULL)
+    assert result.stdout.decode().startswith("tree\n  the supervision tree")
+    result = await trio.run_process(client_command(tmp_path / "nobody.sock") + ["health"],
+                                    capture_stderr=True, check=False)
+    assert result.returncode == 1
+    assert result.stderr.decode().startswith(f"palmnode repl: no REPL socket at {tmp_path / 'nobody.sock'}: ")
+
+
+async def test_terminal_session_with_completion_history_and_follow(node, repl_path, tmp_path):
+    await wait_for(lambda: node.health is not None and node.health.gate is GateState.READY, timeout=5)
+    master, slave = os.openpty()
+    env = {**os.environ, "HOME": str(tmp_path), "TERM": "dumb"}
+    process = await trio.lowlevel.open_process(client_command(repl_path), stdin=slave, stdout=slave,
+                                               stderr=slave, env=env, start_new_session=True,
+                                               preexec_fn=_controlling_terminal)
+    os.close(slave)
+    terminal = trio.lowlevel.FdStream(master)
+    out = Output(terminal)
+    try:
+        await out.prompt("demo-gate> ", 1)
+        await terminal.send_all(b"hea\t")
+        await out.wait_for("health ")  # Tab completed the command name
+        await terminal.send_all(b"\r")
+        await out.wait_for("gate READY")
+        await out.prompt("demo-gate> ", 2)
+        await terminal.send_all(b"follow car\t\r")
+        await out.wait_for("following BadgeRead, PaymentCardRead")
+        node.bus.publish(BadgeRead(uid_hex="04A1B2C3"))
+        await out.wait_for("uid_hex=04A1B2C3")
+        await terminal.send_all(b"q")  # one key, no Enter
+        await out.wait_for("interrupted")
+        await out.prompt("demo-gate> ", 3)
+        await terminal.send_all(b"follow devices\r")
+        await out.wait_for("following BoardNotice")
+        await terminal.send_all(b"\x03")  # Ctrl-C stops a follow too
+        await out.prompt("demo-gate> ", 4)
+        assert out.text.count("interrupted") == 2
+        await terminal.send_all(b"light ir 2\r")
+        await out.wait_for("error: level must be within 0..1, not 2")
+        await out.prompt("demo-gate> ", 5)
+        await terminal.send_all(b"\x04")  # Ctrl-D
+        with trio.fail_after(10):
+            assert await process.wait() == 0
+    finally:
+        process.kill()
+        await terminal.aclose()
+    history = [line.strip() for line in (tmp_path / ".palmnode_repl_history").read_text().splitlines()]
+    assert history[-4:] == ["health", "follow cards", "follow devices", "light ir 2"]
+    assert stat.S_IMODE(os.stat(tmp_path / ".palmnode_repl_history").st_mode) == 0o600
+
+
+def _controlling_terminal():
+    # in the child, after setsid(): the pty on stdin becomes its terminal, so Ctrl-C is SIGINT
+    import fcntl
+    import termios
+
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def test_completion_words():
+    completer = Completer({"commands": ["health", "help", "follow", "light"], "follow": ["decision"],
+                           "lights": ["ir", "surface"]})
+    assert completer.options("", "he") == ["health ", "help "]
+    assert completer.options("follow ", "d") == ["decision ", "devices "]
+    assert completer.options("light ", "") == ["ir ", "surface "]
+    assert completer.options("light ir ", "o") == ["on ", "off "]
+    assert completer.options("help ", "fo") == ["follow "]
+    assert completer.options("health ", "") == []
+
+
+def test_default_socket(tmp_path):
+    assert default_socket({"PALMNODE_REPL_SOCKET": "/x/y.sock"}) == type(tmp_path)("/x/y.sock")
+    assert str(default_socket({})) in ("/run/palmnode/repl.sock", "/tmp/palmnode-sim/repl.sock")
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_history(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
