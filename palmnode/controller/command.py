@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+import attrs
 import trio
 
 from palmnode import logs
@@ -65,9 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="folder made by `palmnode certs`: ca.pem, NAME.pem, NAME.key (default ./certs)")
     parser.add_argument("--name", default="controller",
                         help="the controller's certificate name in --certs (default controller)")
-    parser.add_argument("--charge-limit-cents", type=non_negative, default=ControllerConfig.charge_limit_cents,
-                        help="reference payment ledger: approve charges up to this amount "
-                        f"(default {ControllerConfig.charge_limit_cents})")
+    limit = attrs.fields(ControllerConfig).charge_limit_cents.default
+    parser.add_argument("--charge-limit-cents", type=non_negative, default=limit,
+                        help=f"reference payment ledger: approve charges up to this amount (default {limit})")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return parser
 
@@ -82,7 +83,11 @@ def config_from_args(args: argparse.Namespace) -> ControllerConfig:
 
 def main(args: argparse.Namespace) -> int:
     """``palmnode controller``: serve until Ctrl-C or SIGTERM (exit 0); a setup error is one line (exit 1)."""
-    config = config_from_args(args)
+    try:
+        config = config_from_args(args)
+    except ControllerError as exc:
+        print(f"palmnode controller: {exc}", file=sys.stderr)
+        return 1
     logs.setup(args.log_level)
     if config.key_file is not None and not Path(config.key_file).exists() and not Path(config.db_path).exists():
         from palmnode.vault import VaultKeyError, create_key_file

@@ -71,6 +71,26 @@ class RequestTimeout(ControllerError, TimeoutError):
     """The node did not answer within the timeout."""
 
 
+def _positive(instance: object, attribute: attrs.Attribute, value: float) -> None:
+    if not value > 0:
+        raise ControllerError(f"controller.{attribute.name} must be > 0, got {value!r}")
+
+
+def _port(instance: object, attribute: attrs.Attribute, value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise ControllerError(f"controller.port must be 0-65535 (0 = any free port), got {value!r}")
+
+
+def _cents(instance: object, attribute: attrs.Attribute, value: int) -> None:
+    if value < 0:
+        raise ControllerError(f"controller.charge_limit_cents must be 0 or more, got {value!r}")
+
+
+def _sync_limit(instance: object, attribute: attrs.Attribute, value: int) -> None:
+    if not 1 <= value <= MAX_SYNC_LIMIT:
+        raise ControllerError(f"controller.sync_limit must be 1 to {MAX_SYNC_LIMIT}, got {value!r}")
+
+
 @attrs.frozen
 class ControllerConfig:
     """Where the reference controller listens and keeps its record.
@@ -87,14 +107,15 @@ class ControllerConfig:
     cert_file: str = "certs/controller.pem"
     cert_key_file: str = "certs/controller.key"
     host: str = "127.0.0.1"
-    port: int = DEFAULT_PORT  # 0 = any free port
+    port: int = attrs.field(default=DEFAULT_PORT, validator=_port)  # 0 = any free port
     name: str = "controller"  # our Hello's node_id: the CN of cert_file
-    max_frame: int = codec.MAX_FRAME
-    charge_limit_cents: int = 10_000
-    hello_timeout_s: float = 10.0  # §4: TLS and the peer's Hello within this, from TCP accept
-    request_timeout_s: float = 10.0  # default for Controller.request
-    send_queue: int = 256  # frames queued per node; a node this far behind is dropped and resyncs
-    sync_limit: int = 100  # §5 sync: default changes per page
+    max_frame: int = attrs.field(default=codec.MAX_FRAME, validator=_positive)
+    charge_limit_cents: int = attrs.field(default=10_000, validator=_cents)
+    hello_timeout_s: float = attrs.field(default=10.0, validator=_positive)  # §4: TLS + hello from accept
+    request_timeout_s: float = attrs.field(default=10.0, validator=_positive)  # Controller.request default
+    send_queue: int = attrs.field(default=256, validator=_positive)  # frames queued per node; a node this
+    # far behind is dropped, reconnects and syncs
+    sync_limit: int = attrs.field(default=100, validator=_sync_limit)  # §5 sync: default changes per page
 
     @classmethod
     def from_certs_dir(cls, certs: Path | str, **kwargs: Any) -> ControllerConfig:

@@ -304,3 +304,13 @@ async def test_bad_setup_is_one_line(tmp_path, pki):
     os.chmod(config.key_file, 0o644)
     with pytest.raises(ControllerError, match="chmod 600"):
         await Controller(config).run()
+
+
+def test_config_refuses_impossible_values():
+    from palmnode.controller.server import ControllerConfig
+
+    for field, value, match in [("port", 70000, "port"), ("hello_timeout_s", 0, "hello_timeout_s"),
+                                ("charge_limit_cents", -1, "charge_limit_cents"), ("sync_limit", 5000, "sync_limit"),
+                                ("send_queue", 0, "send_queue")]:
+        with pytest.raises(ControllerError, match=match):
+            ControllerConfig(**{field: value})
