@@ -13,12 +13,16 @@ change falls just after an exposure and the next frame (one period later) is alr
 
 ``Capturer.capture_probe`` overlaps the work: the NIR frame's ROI is searched in a worker thread
 while the surface frame is awaited, and a NIR frame without a usable hand ends the attempt at
-once (no surface frame), with the reason and the words for the person.
+once (no surface frame), with the reason and the words for the person. ``Capturer.burst`` keeps
+the lights alternating (NIR, surface, NIR, ...) so that every further frame completes another
+pair with the one before it: the identify flow's second and third attempts cost one frame period
+each. The enrol flow takes independent captures (``capture_probe``) instead, since pairs of one
+burst share frames and would agree with each other too easily.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import AsyncIterator, Iterator
 
 import attrs
 import numpy as np
@@ -230,6 +234,81 @@ class Capturer:
             self.timings.process_ms = (trio.current_time() - t2) * 1e3
         self.timings.total_ms = (trio.current_time() - t0) * 1e3
         return result
+
+    @contextlib.asynccontextmanager
+    async def burst(self, pairs: int) -> AsyncIterator[trio.MemoryReceiveChannel[Probe | ProbeFailure | CaptureUnavailable]]:
+        """Up to ``pairs`` processed pairs from frames taken with the lights alternating
+        (NIR, surface, NIR, ...): every frame after the first completes a new pair with the frame
+        before it, so the second and later pairs cost one frame period each instead of two. Each
+        NIR frame's ROI (searched once, in a worker thread, while the next frame is awaited)
+        serves both pairs it is part of. Results arrive in order on the channel: a ``Probe``, a
+        ``ProbeFailure``, or a ``CaptureUnavailable`` (then nothing more). Leaving the block
+        stops the burst and turns the lights off::
+
+            async with capturer.burst(3) as results:
+                async for result in results: ...
+        """
+        send, receive = trio.open_memory_channel[Probe | ProbeFailure | CaptureUnavailable](pairs + 1)
+        async with self._lock:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._burst, send, pairs)
+                try:
+                    yield receive
+                finally:
+                    nursery.cancel_scope.cancel()
+
+    async def _burst(self, send: trio.MemorySendChannel, pairs: int) -> None:
+        p = self.policy
+        t0 = trio.current_time()
+        self.timings = CaptureTimings()
+        lanes = [(p.ir_channel, p.ir_level), (p.surface_channel, p.surface_level)]
+        async with send, trio.open_nursery() as workers:
+            try:
+                # ROI results of NIR frames, and the order in which pairs are handed out
+                rois: dict[int, trio.Event] = {}
+                found: dict[int, Roi | RoiFailure] = {}
+                turn = [trio.Event() for _ in range(pairs + 1)]
+                turn[0].set()
+                frames: list[tuple[np.ndarray, float]] = []
+                for k in range(pairs + 1):
+                    channel, level = lanes[k % 2]
+                    previous = lanes[(k + 1) % 2][0] if k else None
+                    t = trio.current_time()
+                    frames.append(await self._lit_frame(channel, level, previous))
+                    if k == 0:
+                        self.timings.nir_wait_ms = (trio.current_time() - t) * 1e3
+                    elif k == 1:
+                        self.timings.surface_wait_ms = (trio.current_time() - t) * 1e3
+                    if k % 2 == 0:
+                        rois[k] = trio.Event()
+                        workers.start_soon(self._locate_into, frames[k][0], k, found, rois[k])
+                    if k:
+                        nir_k = k if k % 2 == 0 else k - 1
+                        workers.start_soon(self._pair, frames[nir_k], frames[k if k % 2 else k - 1],
+                                           rois[nir_k], found, nir_k, turn[k - 1], turn[k], send)
+            except CaptureUnavailable as exc:
+                await send.send(exc)
+            finally:
+                await self._all_off()
+                self.timings.total_ms = (trio.current_time() - t0) * 1e3
+
+    async def _locate_into(self, nir: np.ndarray, k: int, found: dict, done: trio.Event) -> None:
+        found[k] = await trio.to_thread.run_sync(locate, nir, self.policy)
+        done.set()
+
+    async def _pair(self, nir: tuple[np.ndarray, float], surface: tuple[np.ndarray, float], located: trio.Event,
+                    found: dict, k: int, mine: trio.Event, next_turn: trio.Event, send: trio.MemorySendChannel) -> None:
+        await located.wait()
+        where = found[k]
+        t = trio.current_time()
+        if isinstance(where, RoiFailure):
+            result: Probe | ProbeFailure = ProbeFailure(where.reason, where.detail)
+        else:
+            result = await trio.to_thread.run_sync(finish, nir[0], surface[0], where, nir[1], self.policy)
+        self.timings.process_ms = (trio.current_time() - t) * 1e3
+        await mine.wait()  # hand results out in capture order
+        await send.send(result)
+        next_turn.set()
 
     async def _lit_frame(self, channel: str, level: float, previous: str | None) -> tuple[np.ndarray, float]:
         """Switch ``previous`` off and ``channel`` on, then the first frame read ``settle_s`` after."""

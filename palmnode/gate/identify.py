@@ -69,8 +69,9 @@ class IdentifyPolicy:
     max_attempts: int = 3
     #: candidates asked of the gallery per attempt (best per person)
     candidates: int = 3
-    #: CAPTURING: one pair and its probe; MATCHING: one search; the whole decision from presence
-    capture_timeout_s: float = 0.5
+    #: CAPTURING: one processed pair (≥ two frame timeouts of the capturer, which fire first);
+    #: MATCHING: one search; the whole decision from presence
+    capture_timeout_s: float = 0.9
     match_timeout_s: float = 0.3
     decision_deadline_s: float = 1.2
     #: DECIDED: the mode's outcome (the controller's answer to a charge)
@@ -92,13 +93,12 @@ class Verdict:
 
 @attrs.frozen
 class AttemptTrace:
-    """Where one attempt's time went (ms): waits for the NIR and surface frames, processing after
-    the surface frame, the 1:N search; ``result`` is "probe", a failure reason or "unavailable"."""
+    """Where one attempt's time went (ms): when it started (since the hand became present), the
+    wait for its processed pair, the 1:N search; ``result`` is "probe", a failure reason,
+    "timeout" or "unavailable". The capturer's ``timings`` split the first pair further."""
 
-    started_ms: float  # since the hand became present
-    nir_wait_ms: float
-    surface_wait_ms: float
-    process_ms: float
+    started_ms: float
+    waited_ms: float
     search_ms: float
     result: str
 
@@ -229,51 +229,52 @@ class IdentifyFlow:
         trace: list[AttemptTrace] = []
 
         def note(result: str, search_ms: float = 0.0) -> None:
-            t = self.capturer.timings
-            trace.append(AttemptTrace(round((started - arrival.at) * 1e3, 1), round(t.nir_wait_ms, 1),
-                                      round(t.surface_wait_ms, 1), round(t.process_ms, 1), round(search_ms, 1),
-                                      result))
+            trace.append(AttemptTrace(round((started - arrival.at) * 1e3, 1),
+                                      round((searched - started) * 1e3, 1), round(search_ms, 1), result))
 
         with trio.move_on_after(p.decision_deadline_s - (trio.current_time() - arrival.at)) as deadline:
             self._attempt_scope = deadline
-            for _ in range(p.max_attempts):
-                self._goto(S.CAPTURING)
-                started = trio.current_time()
-                result: Probe | ProbeFailure | None = None
-                with trio.move_on_after(p.capture_timeout_s):
-                    try:
-                        result = await self.capturer.capture_probe()
-                    except CaptureUnavailable as exc:
-                        failure = str(exc)
+            async with self.capturer.burst(p.max_attempts) as results:
+                while True:
+                    self._goto(S.CAPTURING)
+                    started = trio.current_time()
+                    result: Probe | ProbeFailure | CaptureUnavailable | None = None
+                    with trio.move_on_after(p.capture_timeout_s):
+                        try:
+                            result = await results.receive()
+                        except trio.EndOfChannel:
+                            break  # every pair of the burst was used
+                    searched = trio.current_time()
+                    if result is None:  # (the capturer's own frame timeout normally comes first)
+                        note("timeout")
+                        failure = f"camera: no lit pair within {p.capture_timeout_s:.2f} s"
+                        self._count_retry("timeout")
+                        break
+                    if isinstance(result, CaptureUnavailable):
+                        failure = str(result)
                         note("unavailable")
                         self._count_retry("device")
                         self._say("the gate is not ready, please try again")
                         break
-                if result is None:
-                    note("timeout")
-                    failure = "capture timed out"
-                    self._count_retry("timeout")
-                    continue
-                if isinstance(result, ProbeFailure):
-                    failure = result.feedback
-                    note(result.reason.value)
-                    self._count_retry(result.reason.value)
-                    self._say(result.feedback)
-                    continue
-                self._goto(S.MATCHING)
-                found = None
-                searched = trio.current_time()
-                with trio.move_on_after(p.match_timeout_s):
-                    found = await trio.to_thread.run_sync(self.gallery.search, result.template, p.candidates,
-                                                          abandon_on_cancel=True)
-                note("probe", (trio.current_time() - searched) * 1e3)
-                if found is None:
-                    failure = "search timed out"
-                    self._count_retry("timeout")
-                    continue
-                verdict = evidence.add(found)
-                if verdict.outcome != "undecided":
-                    break
+                    if isinstance(result, ProbeFailure):
+                        failure = result.feedback
+                        note(result.reason.value)
+                        self._count_retry(result.reason.value)
+                        self._say(result.feedback)
+                        continue
+                    self._goto(S.MATCHING)
+                    found = None
+                    with trio.move_on_after(p.match_timeout_s):
+                        found = await trio.to_thread.run_sync(self.gallery.search, result.template, p.candidates,
+                                                              abandon_on_cancel=True)
+                    note("probe", (trio.current_time() - searched) * 1e3)
+                    if found is None:
+                        failure = "search timed out"
+                        self._count_retry("timeout")
+                        continue
+                    verdict = evidence.add(found)
+                    if verdict.outcome != "undecided":
+                        break
         self._attempt_scope = None
         self.last_trace = tuple(trace)
         left = not self._present or self._left.is_set()

@@ -91,3 +91,19 @@ async def test_cancelled_capture_turns_lights_off(rig):
     with trio.move_on_after(0.01):
         await rig.capturer.capture_pair()
     assert await lights_off(rig)
+
+
+async def test_burst_alternates_lights_one_new_pair_per_frame_and_stops_clean(rig):
+    await hand_over(rig, 106)
+    results = []
+    async with rig.capturer.burst(3) as pairs:
+        async for result in pairs:
+            results.append(result)
+    assert len(results) == 3 and all(isinstance(r, Probe) for r in results), results
+    assert results[0].at < results[2].at  # NIR frames 0, 2, 2: in capture order
+    assert await lights_off(rig)
+    # leaving early stops the burst: lights off, nothing left running
+    async with rig.capturer.burst(5) as pairs:
+        first = await pairs.receive()
+    assert isinstance(first, Probe)
+    assert await lights_off(rig)
