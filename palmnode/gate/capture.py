@@ -22,6 +22,7 @@ burst share frames and would agree with each other too easily.
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import AsyncIterator, Iterator
 
 import attrs
@@ -315,14 +316,17 @@ class Capturer:
         p = self.policy
         t = trio.current_time()
         try:
-            if previous is not None:
-                await self.lights.set(previous, 0.0, timeout=p.light_timeout_s)
-            await self.lights.set(channel, level, timeout=p.light_timeout_s)
-        except trio.TooSlowError:
+            if previous is None:
+                await self.lights.set(channel, level, timeout=p.light_timeout_s)
+            else:  # both commands queued at once: the illuminator actor serves them in one wake-up
+                async with trio.open_nursery() as both:
+                    both.start_soon(functools.partial(self.lights.set, previous, 0.0, timeout=p.light_timeout_s))
+                    both.start_soon(functools.partial(self.lights.set, channel, level, timeout=p.light_timeout_s))
+        except* trio.TooSlowError:
             raise CaptureUnavailable(f"illuminator did not take the {channel} light within "
                                      f"{p.light_timeout_s:.2f} s") from None
-        except (DeviceError, ValueError) as exc:
-            raise CaptureUnavailable(f"illuminator: {exc}") from None
+        except* (DeviceError, ValueError) as group:
+            raise CaptureUnavailable(f"illuminator: {group.exceptions[0]}") from None
         changed = trio.current_time()
         self.timings.lights_ms += (changed - t) * 1e3
         deadline = changed + p.frame_timeout_s
