@@ -314,3 +314,19 @@ def test_config_refuses_impossible_values():
                                 ("send_queue", 0, "send_queue")]:
         with pytest.raises(ControllerError, match=match):
             ControllerConfig(**{field: value})
+
+
+async def test_a_node_too_slow_for_its_pushes_is_dropped_and_others_stay(nursery, tmp_path, pki):
+    runner = ControllerRunner(nursery, controller_config(tmp_path, pki, send_queue=1))
+    controller = await runner.start()
+    good = await connect(nursery, controller, pki, "gate-a")
+    slow = await connect(nursery, controller, pki, "gate-b")
+    from palmnode.controller.store import Remove
+
+    # three pushes without a checkpoint between them: more than one queued frame plus the one in hand
+    for cursor in range(3):
+        controller._replicate(Remove(cursor, f"p-{cursor}"), origin="gate-a")
+    await slow.wait_until(lambda: slow.closed is not None)
+    assert "queued unsent" in slow.closed
+    assert controller.stats.dropped == {"slow": 1}
+    await assert_still_served(good, controller)
