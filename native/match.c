@@ -336,6 +336,74 @@ void pn_match_shifted(const uint32_t *probe, int rows, int max_dx, int max_dy,
                    n_ref, out_hd, out_shift, out_valid);
 }
 
+/* ---------------------------------------------------------------- pre-filter signatures */
+/* circular code value (plane bits b0 | b1 << 1 | b2 << 2) -> orientation 0..5, -1 for 010 and 101 */
+static const int8_t sig_decode[8] = {0, 1, -1, 2, 5, -1, 4, 3};
+static const uint8_t sig_code[6] = {0, 1, 3, 7, 6, 4};
+/* round(100 * cos(2 * 30 deg * (j - k))) */
+static const int16_t sig_agree[6][6] = {
+    {100, 50, -50, -100, -50, 50}, {50, 100, 50, -50, -100, -50}, {-50, 50, 100, 50, -50, -100},
+    {-100, -50, 50, 100, 50, -50}, {-50, -100, -50, 50, 100, 50}, {50, -50, -100, -50, 50, 100}};
+
+void pn_vein_signatures(const uint32_t *planes, size_t n_codes, const int32_t *offsets,
+                        size_t n_offsets, uint64_t *out)
+{
+    for (size_t c = 0; c < n_codes; c++) {
+        const uint32_t *pl = planes + 64 * c;
+        int8_t orient[16][16];           /* -1: no vote (masked or not a code value) */
+        for (int y = 0; y < 16; y++) {
+            for (int x = 0; x < 16; x++) {
+                const unsigned v = ((pl[y] >> x) & 1u) | (((pl[16 + y] >> x) & 1u) << 1)
+                                 | (((pl[32 + y] >> x) & 1u) << 2);
+                orient[y][x] = ((pl[48 + y] >> x) & 1u) ? sig_decode[v] : -1;
+            }
+        }
+        for (size_t p = 0; p < n_offsets; p++) {
+            const int64_t dy = offsets[2 * p], dx = offsets[2 * p + 1];
+            uint64_t *o = out + (c * n_offsets + p) * 8;
+            for (int phase = 0; phase < 2; phase++) {
+                uint64_t w0 = 0, w1 = 0, w2 = 0, wm = 0;
+                for (int by = 0; by < 8; by++) {
+                    for (int bx = 0; bx < 8; bx++) {
+                        int votes[6] = {0, 0, 0, 0, 0, 0}, support = 0;
+                        for (int cy = 0; cy < 2; cy++) {
+                            for (int cx = 0; cx < 2; cx++) {
+                                const int64_t my = 2 * by + phase + cy, mx = 2 * bx + phase + cx;  /* moved cell */
+                                const int64_t sy = my - dy, sx = mx - dx;                           /* source cell */
+                                if (my > 15 || mx > 15 || sy < 0 || sy > 15 || sx < 0 || sx > 15) continue;
+                                const int k = orient[sy][sx];
+                                if (k >= 0) {
+                                    votes[k]++;
+                                    support++;
+                                }
+                            }
+                        }
+                        int best = 0, best_agree = 0;
+                        for (int k = 0; k < 6; k++) {
+                            int a = 0;
+                            for (int j = 0; j < 6; j++) a += votes[j] * sig_agree[j][k];
+                            if (k == 0 || a > best_agree) {
+                                best = k;
+                                best_agree = a;
+                            }
+                        }
+                        const uint64_t bit = 1ull << (8 * by + bx);
+                        const unsigned code = sig_code[best];
+                        if (code & 1u) w0 |= bit;
+                        if (code & 2u) w1 |= bit;
+                        if (code & 4u) w2 |= bit;
+                        if (support * 4 >= 4 && best_agree * 2 >= support * 100 / 2) wm |= bit;
+                    }
+                }
+                o[4 * phase + 0] = w0;
+                o[4 * phase + 1] = w1;
+                o[4 * phase + 2] = w2;
+                o[4 * phase + 3] = wm;
+            }
+        }
+    }
+}
+
 /* ---------------------------------------------------------------- pre-filter scan */
 PN_INLINE uint16_t sig_score(const uint64_t *p, const uint64_t *s, int hw)
 {

@@ -63,9 +63,21 @@ void pn_match_elastic(const uint32_t *probe, int rows, int bh, int bw, int radiu
                       const int64_t *idx, const int32_t *centre, size_t n, double n_ref,
                       double *out_hd, int32_t *out_valid);
 
+/* Pre-filter signatures of n_codes vein codes (16 rows x 16 cells, 4 planes of 16 uint32 rows
+ * each, as in pn_match_shifted; bits 16-31 ignored), each moved by n_offsets offsets
+ * (offsets[2*p] = dy, offsets[2*p+1] = dx cells: cell (y, x) -> (y+dy, x+dx), cells moved in are
+ * invalid, cells moved out are dropped). Per (code, offset) 8 words at out[(c*n_offsets + p)*8]:
+ * two 8x8 coarse codes (3 planes + block mask, bit 8*by + bx), words 0-3 of the 2x2-cell blocks
+ * at even cells of the moved code, words 4-7 at odd cells (rows/columns 2b+1, 2b+2). A block
+ * votes its valid cells' orientations (circular code -> 0..5; the 2 non-code values vote for
+ * nothing) with agreement round(100 cos(60 deg (j - k))); its code is the first best; it is valid
+ * when it holds a voting cell and best agreement * 2 >= (votes * 100) / 2. Plain C (tiny). */
+void pn_vein_signatures(const uint32_t *planes, size_t n_codes, const int32_t *offsets,
+                        size_t n_offsets, uint64_t *out);
+
 /* Pre-filter scan over n 8-word signatures against n_probes >= 1 probe signatures (e.g. the
- * probe's signature at a few grid offsets: the minimum is kept) (64 bytes each: words 0-2 surface code planes,
- * 3 surface mask, 4-6 vein code planes, 7 vein mask; 8x8 cells per word).
+ * probe's signature at a few grid offsets: the minimum is kept) (64 bytes each: two halves of
+ * 4 words [3 code planes, mask], 8x8 cells per word; pn_vein_signatures makes them).
  * score = 384 + 2*D - V  (D differing code bits where both valid, V = 3*jointly valid cells,
  * i.e. 2 x (D + unknown bits / 2): an unknown bit counts as half a difference); lower is
  * closer; 0..768.

@@ -15,18 +15,19 @@ enrols, two session-1 captures probe) through roi.extract_roi / roi.warp / featu
 i.e. cross-session pairs through the real ROI. Impostors at scale: another ``--ids`` rendered
 identities are the *source pool*; a gallery entry of any size is synthesised by taking each
 quadrant of each modality's code (surface 16x16 cells, vein 8x8 cells) from an independently
-drawn source template (same quadrant position). Quadrants align with the pre-filter's coarse
-blocks, so the synthesised entry's signature is the same quadrant mix of the sources'
-signatures (exact, no re-encoding). The source pool shares no identity with the probes. The
+drawn source template (same quadrant position); its pre-filter signature is computed from the
+synthesised vein code. The source pool shares no identity with the probes. The
 script prints the full-match and pre-filter impostor score distributions of synthesised entries
 beside those of the real rendered impostors so the two can be compared.
 
-Recall loss at gallery size N: among genuine probes whose mate the full shifted match ranks
-above every impostor, the fraction whose mate the pre-filter leaves out of the shortlist
-(Gallery.shortlist_size(N), ties counted against the mate). "Ranks above every impostor" is
-checked against the exhaustive full match over the first 10k synthesised entries plus the full
-match of the pre-filter's shortlist at N (the impostors most likely to beat the mate); the
-unconditional drop rate is printed as well.
+Recall at gallery size N: the gallery holds N synthesised impostors and then every enrolled
+template (the mates, last: index ties go against them). Among genuine probes whose mate the full
+match (matcher.match) ranks above every impostor, ``recall_loss`` is the fraction whose mate the
+pre-filter (Gallery._shortlist) leaves out of the shortlist and ``search_loss`` the fraction for
+which Gallery.search does not return the mate first (pre-filter plus the ranking before the
+elastic surface match). "Ranks above every impostor" is checked against the exhaustive full
+match over the first 10k synthesised entries and the other enrolled templates plus the full
+match of the gallery's shortlist (the impostors most likely to beat the mate).
 """
 from __future__ import annotations
 
@@ -107,8 +108,8 @@ def render_set(first_seed: int, n_ids: int, cache: Path) -> tuple[list[PalmTempl
 
 
 def _quadrant_masks():
-    """Per quadrant q (qy*2+qx): record word selector and per-row bit mask; signature bit masks."""
-    rec_rows, rec_bits, sig_bits = [], [], []
+    """Per quadrant q (qy*2+qx): record word selector and per-row bit mask."""
+    rec_rows, rec_bits = [], []
     for qy in (0, 1):
         for qx in (0, 1):
             rows = np.zeros(matcher.RECORD_WORDS, bool)
@@ -120,21 +121,16 @@ def _quadrant_masks():
                     a = spec.offset + p * spec.rows + qy * h
                     rows[a:a + h] = True
                     bits[a:a + h] = lo
-            sb = np.uint64(0)
-            for y in range(4 * qy, 4 * qy + 4):
-                for x in range(4 * qx, 4 * qx + 4):
-                    sb |= np.uint64(1) << np.uint64(8 * y + x)
             rec_rows.append(rows)
             rec_bits.append(bits)
-            sig_bits.append(sb)
-    return rec_rows, rec_bits, sig_bits
+    return rec_rows, rec_bits
 
 
-def synth_entries(src_recs: np.ndarray, src_sigs: np.ndarray, n: int, rng) -> tuple[np.ndarray, np.ndarray]:
-    """n synthesised (records, signatures): every modality quadrant from its own random source."""
-    rec_rows, rec_bits, sig_bits = _quadrant_masks()
+def synth_entries(src_recs: np.ndarray, n: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """n synthesised (records, signatures): every modality quadrant from its own random source;
+    the signatures are computed from the synthesised vein codes (features.signatures_of_codes)."""
+    rec_rows, rec_bits = _quadrant_masks()
     recs = np.zeros((n, matcher.RECORD_WORDS), np.uint32)
-    sigs = np.zeros((n, 8), np.uint64)
     for q in range(4):
         for half, spec in ((0, matcher.SURFACE_MATCH), (1, matcher.VEIN_MATCH)):
             src = rng.integers(0, len(src_recs), n)
@@ -143,8 +139,17 @@ def synth_entries(src_recs: np.ndarray, src_sigs: np.ndarray, n: int, rng) -> tu
             sel[other.offset:other.offset + 4 * other.rows] = False
             cols = np.flatnonzero(sel)
             recs[:, cols] |= src_recs[src][:, cols] & rec_bits[q][cols]
-            sigs[:, 4 * half:4 * half + 4] |= src_sigs[src, 4 * half:4 * half + 4] & sig_bits[q]
-    return recs, sigs
+    return recs, signatures_of(recs)
+
+
+def signatures_of(recs: np.ndarray) -> np.ndarray:
+    """Pre-filter signatures of packed records (their vein codes), in chunks."""
+    v = matcher.VEIN_MATCH
+    out = np.empty((len(recs), kernels.SIGNATURE_WORDS), np.uint64)
+    for a in range(0, len(recs), 1 << 16):
+        part = recs[a:a + (1 << 16), v.offset:v.offset + 4 * v.rows].reshape(-1, 4, v.rows)
+        out[a:a + len(part)] = features.signatures_of_codes(part)
+    return out
 
 
 def full_scores(probe: PalmTemplate, recs: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
@@ -309,9 +314,9 @@ def main(args: argparse.Namespace | None = None) -> dict:
     out["template_bytes"] = len(a.to_bytes())
 
     src_recs = np.stack([gal._record(t)[0] for t in src_t])
-    src_sigs = np.stack([features.signature(t) for t in src_t])
+    src_sigs = signatures_of(src_recs)
     n_max = max(sizes)
-    recs, sigs = synth_entries(src_recs, src_sigs, n_max, rng)
+    recs, sigs = synth_entries(src_recs, n_max, rng)
     log(f"synthesised {n_max} impostor entries from {len(src_t)} rendered templates")
 
     # impostor distributions: synthesised entries vs real rendered impostors (the source pool)
@@ -333,61 +338,51 @@ def main(args: argparse.Namespace | None = None) -> dict:
                         "prefilter_real": summary(real_pf), "prefilter_synthesised": summary(syn_pf)}
     log("impostors", json.dumps(out["impostors"]))
 
-    # pre-filter recall loss
-    g_probe = gal.Gallery()
+    # recall and 1:N timing per size: Gallery.search vs faiss IndexBinaryFlat vs NumPy, same records
+    enrol_ids = sorted(enrol)
+    enrol_recs = np.stack([gal._record(enrol[i])[0] for i in enrol_ids])
+    enrol_sigs = signatures_of(enrol_recs)
+    slot = {i: j for j, i in enumerate(enrol_ids)}
     n_exh = min(10_000, n_max)
-    live = np.ones(n_max, np.uint8)
-    rec_sizes = [n for n in (10_000, 100_000, 1_000_000) if n <= n_max]
-    dropped = {n: [] for n in rec_sizes}
-    dropped_sig = {n: [] for n in rec_sizes}
-    first = {n: [] for n in rec_sizes}
-    vein = matcher.VEIN_MATCH
-    zero = np.zeros(1, np.int64)
-
-    def vein_stage(p, recs_, idx):
-        return kernels.match_shifted16(p.vein.planes(), recs_, idx, offset=vein.offset, max_dx=gal.VEIN_STAGE_SHIFT,
-                                       max_dy=gal.VEIN_STAGE_SHIFT, n_ref=vein.n_ref)
-    t0 = time.perf_counter()
-    for j, (i, p) in enumerate(probes):
-        mate_rec = gal._record(enrol[i])[0][None]
-        mate_full = float(full_scores(p, mate_rec)[0])
-        psig = features.signature_variants(p)
-        mate_pf = int(kernels.prefilter_scores(psig, features.signature(enrol[i])[None], np.ones(1, np.uint8))[0])
-        mate_vein = float(vein_stage(p, mate_rec, zero)[0])
-        pf = kernels.prefilter_scores(psig, sigs, live)
-        exh_max = float(full_scores(p, recs[:n_exh]).max())
-        for n in rec_sizes:
-            # the Gallery's two pre-filter stages (Gallery._shortlist), ties counted against the mate
-            size, k1 = g_probe.shortlist_size(n + 1), g_probe.stage1_size(n + 1)
-            ahead = int(np.count_nonzero(pf[:n] <= mate_pf))
-            dropped_sig[n].append(ahead >= size)
-            if k1 <= size:
-                drop = ahead >= size
-                short = kernels.select_smallest(pf[:n], size)
-            else:
-                s1 = kernels.select_smallest(pf[:n], k1)
-                hd = vein_stage(p, recs, s1)
-                drop = ahead >= k1 or int(np.count_nonzero(hd <= mate_vein)) >= size
-                short = np.sort(s1[np.lexsort((s1, hd))[:size]])
-            dropped[n].append(drop)
-            top = max(exh_max if n >= n_exh else -np.inf, float(full_scores(p, recs, short).max()))
-            first[n].append(mate_full > top)
-        if j % 100 == 99:
-            log(f"recall: {j + 1}/{len(probes)} probes ({time.perf_counter() - t0:.0f} s)")
+    exh_max, mate_full = [], []
+    for i, p in probes:
+        others = np.array([j != slot[i] for j in range(len(enrol_ids))])
+        exh_max.append(max(float(full_scores(p, recs[:n_exh]).max()), float(full_scores(p, enrol_recs[others]).max())))
+        mate_full.append(float(full_scores(p, enrol_recs[slot[i]][None])[0]))
     out["recall"] = {"genuine_probes": len(probes), "by_gallery": {}}
-    for n in rec_sizes:
-        d, f, ds = np.array(dropped[n]), np.array(first[n]), np.array(dropped_sig[n])
-        out["recall"]["by_gallery"][str(n)] = {
-            "shortlist": g_probe.shortlist_size(n + 1), "stage1": g_probe.stage1_size(n + 1),
-            "full_match_first": int(f.sum()),
-            "recall_loss": float((d & f).sum() / max(f.sum(), 1)), "dropped_any": float(d.mean()),
-            "recall_loss_signature_only": float((ds & f).sum() / max(f.sum(), 1))}
-
-    # 1:N timing: Gallery.search vs faiss IndexBinaryFlat vs NumPy, same records
     out["search"] = {}
     test_probes = [p for _, p in probes[:args.repeat]]
     for n in sizes:
-        g = gallery_of(recs[:n], sigs[:n])
+        g = gallery_of(np.concatenate([recs[:n], enrol_recs]), np.concatenate([sigs[:n], enrol_sigs]))
+        g._person_ids[n:] = [f"mate{i}" for i in enrol_ids]
+        total = n + len(enrol_ids)
+        size, k1 = g.shortlist_size(total), g.stage1_size(total)
+        t0 = time.perf_counter()
+        first, dropped, missed, drop_stage1 = [], [], [], []
+        for j, (i, p) in enumerate(probes):
+            mate = n + slot[i]
+            snap = g._snapshot()
+            starts = np.concatenate([[0], np.cumsum([c for _, c, _ in snap])])
+            short = g._shortlist(p, snap, starts)
+            imp = short[short != mate]
+            top = max(exh_max[j], float(full_scores(p, np.concatenate([recs[:n], enrol_recs]), imp).max()) if imp.size else -np.inf)
+            first.append(mate_full[j] > top)
+            dropped.append(mate not in set(short.tolist()))
+            pf = np.concatenate([kernels.prefilter_scores(features.signature_variants(p, g.probe_offsets),
+                                                          seg.sigs[:c], live[:c]) for seg, c, live in snap])
+            drop_stage1.append(int(np.count_nonzero(pf[:mate] <= pf[mate])) + int(np.count_nonzero(pf[mate + 1:] < pf[mate])) >= k1)
+            res = g.search(p, k=1)
+            missed.append(not res or res[0].person_id != f"mate{i}")
+            if j % 100 == 99:
+                log(f"recall at {n}: {j + 1}/{len(probes)} probes ({time.perf_counter() - t0:.0f} s)")
+        f, d, m, d1 = (np.array(x) for x in (first, dropped, missed, drop_stage1))
+        out["recall"]["by_gallery"][str(n)] = {
+            "shortlist": size, "stage1": k1, "full_match_first": int(f.sum()),
+            "recall_loss": float((d & f).sum() / max(f.sum(), 1)), "dropped_any": float(d.mean()),
+            "recall_loss_stage1": float((d1 & f).sum() / max(f.sum(), 1)),
+            "search_loss": float((m & f).sum() / max(f.sum(), 1))}
+        log(n, out["recall"]["by_gallery"][str(n)])
+
         for p in test_probes[:2]:
             g.search(p, k=5)                          # warm
         ts = []
@@ -395,12 +390,13 @@ def main(args: argparse.Namespace | None = None) -> dict:
             t1 = time.perf_counter()
             g.search(p, k=5)
             ts.append(time.perf_counter() - t1)
-        row = {"ms": float(np.median(ts) * 1e3), "shortlist": g.shortlist_size(n),
-               "bytes_per_palm": g.memory_bytes() / n}
+        row = {"ms": float(np.median(ts) * 1e3), "entries": total, "shortlist": size,
+               "bytes_per_palm": g.memory_bytes() / total}
         psig0 = features.signature_variants(test_probes[0])          # once per search, as Gallery.search does
         row["prefilter_scan_ms"] = median_ms(lambda: [kernels.prefilter_scores(
             psig0, s.sigs[:s.count], s.live[:s.count]) for s in g._segments], 5)
-        bits, masks = _split_record(recs[:n])
+        all_recs = np.concatenate([recs[:n], enrol_recs])
+        bits, masks = _split_record(all_recs)
         qb, qm = _split_record(gal._record(test_probes[0])[0][None])
         row["numpy_ms"] = median_ms(lambda: numpy_search(qb[0], qm[0], bits, masks), 3)
         row["numpy_ratio"] = row["numpy_ms"] / row["ms"]
@@ -408,7 +404,7 @@ def main(args: argparse.Namespace | None = None) -> dict:
         if not args.no_faiss:
             import faiss
             faiss.omp_set_num_threads(1)
-            codes = recs[:n].view(np.uint8)
+            codes = all_recs.view(np.uint8)
             index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
             index.add(codes)
             qs = [np.ascontiguousarray(gal._record(p)[0].view(np.uint8)[None, :]) for p in test_probes]
@@ -423,7 +419,7 @@ def main(args: argparse.Namespace | None = None) -> dict:
             del index
         out["search"][str(n)] = row
         log(n, row)
-        del g
+        del g, all_recs
     return out
 
 

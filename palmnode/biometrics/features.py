@@ -174,6 +174,11 @@ _AGREE = np.round(100 * np.cos(2 * np.pi / N_ORIENT * (np.arange(6)[:, None] - n
 _DECODE = np.full(8, -1, np.int64)
 _DECODE[CIRCULAR_CODE] = np.arange(N_ORIENT)
 SIGNATURE_GRID = 8
+#: The signature is vein-only: two 8x8 coarse codes of the vein code's 2x2-cell blocks, words 0-3
+#: with blocks starting at even cells, words 4-7 at odd cells (the code moved by SIGNATURE_PHASE):
+#: overlapping blocks, so a misalignment of one cell still finds half the blocks in step. The
+#: surface's coarse code ranked mates barely better than chance (docs/engine.md) and is not used.
+SIGNATURE_PHASE = (-1, -1)
 
 
 def _orientations(code: ModalityCode) -> tuple[np.ndarray, np.ndarray]:
@@ -187,7 +192,8 @@ _BIT64 = np.uint64(1) << np.arange(64, dtype=np.uint64)
 
 
 def _coarse_words(orient: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """uint64 (P, 4): 8x8 coarse codes (3 planes + mask) pooled from P cell grids (P, R, R)."""
+    """uint64 (P, 4): 8x8 coarse codes (3 planes + mask) pooled from P cell grids (P, R, R)
+    (the reference formulation; :func:`_coarse_from_votes` is the same rule on block votes)."""
     p, rows = valid.shape[0], valid.shape[1]
     b = rows // SIGNATURE_GRID
     onehot = (orient[..., None] == np.arange(N_ORIENT)) & valid[..., None]
@@ -203,35 +209,6 @@ def _coarse_words(orient: np.ndarray, valid: np.ndarray) -> np.ndarray:
         out[:, q] = np.bitwise_or.reduce(((c >> np.uint64(q)) & np.uint64(1)) * _BIT64, axis=1)
     out[:, 3] = np.bitwise_or.reduce(block_valid.reshape(p, -1).astype(np.uint64) * _BIT64, axis=1)
     return out
-
-
-def _coarse_word(code: ModalityCode | None) -> np.ndarray:
-    """4 uint64 words: an 8x8 coarse code (3 planes + mask) pooled from a modality's cells."""
-    if code is None:
-        return np.zeros(4, np.uint64)
-    orient, valid = _orientations(code)
-    return _coarse_words(orient[None], valid[None])[0]
-
-
-def signature(template: PalmTemplate) -> np.ndarray:
-    """The 64-byte pre-filter signature (uint64[8]) derived from a template's codes."""
-    return np.concatenate([_coarse_word(template.surface), _coarse_word(template.vein)])
-
-
-def _shifted_cells(orient: np.ndarray, valid: np.ndarray, offsets, scale: int) -> tuple[np.ndarray, np.ndarray]:
-    """(P, R, R) orientation and validity grids moved like :func:`shift_code` by scale*offset."""
-    rows = valid.shape[0]
-    o_out = np.zeros((len(offsets), rows, rows), orient.dtype)
-    v_out = np.zeros((len(offsets), rows, rows), bool)
-    for i, (dy, dx) in enumerate(offsets):
-        dy, dx = scale * dy, scale * dx
-        if abs(dy) >= rows or abs(dx) >= rows:
-            continue
-        ys, yd = (slice(0, rows - dy), slice(dy, rows)) if dy >= 0 else (slice(-dy, rows), slice(0, rows + dy))
-        xs, xd = (slice(0, rows - dx), slice(dx, rows)) if dx >= 0 else (slice(-dx, rows), slice(0, rows + dx))
-        o_out[i, yd, xd] = orient[ys, xs]
-        v_out[i, yd, xd] = valid[ys, xs]
-    return o_out, v_out
 
 
 def shift_code(code: ModalityCode, dy: int, dx: int) -> ModalityCode:
@@ -250,20 +227,40 @@ def shift_code(code: ModalityCode, dy: int, dx: int) -> ModalityCode:
     return ModalityCode.from_planes(out)
 
 
+def signature_reference(template: PalmTemplate) -> np.ndarray:
+    """:func:`signature` by its definition (slow): the vein code's coarse code, then the coarse
+    code of the vein code moved by SIGNATURE_PHASE; zero (no valid block) without a vein code."""
+    if template.vein is None:
+        return np.zeros(8, np.uint64)
+    words = []
+    for code in (template.vein, shift_code(template.vein, *SIGNATURE_PHASE)):
+        orient, valid = _orientations(code)
+        words.append(_coarse_words(orient[None], valid[None])[0])
+    return np.concatenate(words)
+
+
+def signature(template: PalmTemplate) -> np.ndarray:
+    """The 64-byte pre-filter signature (uint64[8]) derived from a template's vein code
+    (equal to :func:`signature_reference`)."""
+    return signature_variants(template, ((0, 0),))[0]
+
+
+def signatures_of_codes(planes: np.ndarray) -> np.ndarray:
+    """uint64 (N, 8): the signatures of N vein codes given as uint32 planes (N, 4, 16)
+    (e.g. gallery records), vectorised; equal to :func:`signature` of each."""
+    return kernels.vein_signatures(planes, ((0, 0),))[:, 0]
+
+
 #: probe-side pre-filter variants, in vein cells (8 px): the unshifted signature and one
-#: signature-block half-step each way, so a capture misaligned by up to ~12 px still ranks well
+#: cell each way, so a capture misaligned by up to ~12 px still ranks well
 PROBE_OFFSETS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
 
 
 def signature_variants(template: PalmTemplate, offsets=PROBE_OFFSETS) -> np.ndarray:
-    """uint64 (len(offsets), 8): the probe's signature with its codes moved by each offset
-    (vein cells; surface cells move twice as far, same pixels) — equal to
-    ``signature(PalmTemplate(shift_code(surface, 2*dy, 2*dx), shift_code(vein, dy, dx)))``
-    per offset, computed for all offsets at once."""
+    """uint64 (len(offsets), 8): the probe's signature with its vein code moved by each offset
+    (vein cells) — equal to ``signature(PalmTemplate(None, shift_code(vein, dy, dx)))`` per
+    offset, computed for all offsets at once; zero rows (no valid block) without a vein code."""
     offsets = tuple(offsets)
-    out = np.zeros((len(offsets), 8), np.uint64)
-    for half, code, scale in ((0, template.surface, 2), (1, template.vein, 1)):
-        if code is not None:
-            orient, valid = _orientations(code)
-            out[:, 4 * half:4 * half + 4] = _coarse_words(*_shifted_cells(orient, valid, offsets, scale))
-    return out
+    if template.vein is None:
+        return np.zeros((len(offsets), 8), np.uint64)
+    return kernels.vein_signatures(template.vein.planes(), offsets)[0]

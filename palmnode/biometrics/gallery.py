@@ -237,14 +237,14 @@ class Gallery:
     def _shortlist(self, probe: PalmTemplate, snap, starts: np.ndarray) -> np.ndarray:
         total = int(starts[-1])
         size = self.shortlist_size(total)
-        if total <= size:
+        if total <= size or probe.vein is None:   # the signature is vein-only: no vein, no ranking
             return np.concatenate([np.flatnonzero(live[:n]) + a for (_, n, live), a in zip(snap, starts[:-1])])
         psig = features.signature_variants(probe, self.probe_offsets)
         scores = np.empty(total, np.uint16)
         for (seg, n, live), a in zip(snap, starts[:-1]):
             kernels.prefilter_scores(psig, seg.sigs[:n], live[:n], out=scores[a:a + n])
         k1 = self.stage1_size(total)
-        if probe.vein is None or k1 <= size:
+        if k1 <= size:
             return kernels.select_smallest(scores, size)
         first = kernels.select_smallest(scores, k1)
         hd = self._vein_stage(probe, snap, starts, first)
@@ -302,21 +302,22 @@ class Gallery:
                 if code is None:
                     continue
                 hd, shifts[name][pos] = rigid_distances(code, seg.records, rows, spec)
+                if name == "vein" and spec.radius > 0 and rows.size:   # cheap: final vein scores now
+                    hd = elastic_distances(code, seg.records, rows, shifts[name][pos], spec)
                 out[pos] = np.where(flags & bit, similarity(hd), np.nan)
+        # rank by rigid surface + elastic vein; the best RERANK get the elastic surface match
         fused = fuse(surf, vein)
         fused = np.where(np.isnan(fused), -np.inf, fused)
         keep = np.lexsort((chosen, -fused))[:max(RERANK, 8 * k)]
         keep = keep[np.isfinite(fused[keep])]
-        for s in np.unique(which[keep]):
-            pos = keep[which[keep] == s]
-            seg = segs[s]
-            rows = rows_all[pos]
-            flags = seg.flags[rows]
-            for name, code, spec, out, bit in specs:
-                if code is None or spec.radius == 0:
-                    continue
-                hd = elastic_distances(code, seg.records, rows, shifts[name][pos], spec)
-                out[pos] = np.where(flags & bit, similarity(hd), np.nan)
+        spec = SURFACE_MATCH
+        if probe.surface is not None and spec.radius > 0:
+            for s in np.unique(which[keep]):
+                pos = keep[which[keep] == s]
+                seg = segs[s]
+                rows = rows_all[pos]
+                hd = elastic_distances(probe.surface, seg.records, rows, shifts["surface"][pos], spec)
+                surf[pos] = np.where(seg.flags[rows] & _HAS_SURFACE, similarity(hd), np.nan)
         fused = fuse(surf[keep], vein[keep])
         fused = np.where(np.isnan(fused), -np.inf, fused)
         surf, vein, person, palm, chosen = surf[keep], vein[keep], person[keep], palm[keep], chosen[keep]

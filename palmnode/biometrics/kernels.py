@@ -332,6 +332,73 @@ def match_elastic_reference(probe: np.ndarray, records: np.ndarray, idx: np.ndar
     return hd, vsum.astype(np.int32)
 
 
+# --------------------------------------------------------------------- pre-filter signatures
+#: orientation index -> 3-bit circular code and back (features.CIRCULAR_CODE; -1: not a code value)
+_SIG_CODE = np.array([0b000, 0b001, 0b011, 0b111, 0b110, 0b100], np.uint8)
+_SIG_DECODE = np.full(8, -1, np.int64)
+_SIG_DECODE[_SIG_CODE] = np.arange(6)
+_SIG_AGREE = np.round(100 * np.cos(np.pi / 3 * (np.arange(6)[:, None] - np.arange(6)[None, :]))).astype(np.float32)
+
+
+def _check_signature_args(planes, offsets):
+    if isinstance(planes, np.ndarray) and planes.ndim == 2:
+        planes = planes[None]
+    planes = _array(planes, np.uint32, 3, "planes")
+    if planes.shape[1:] != (4, 16):
+        raise ValueError(f"vein codes are 4 planes x 16 rows, got shape {planes.shape[1:]}")
+    offsets = np.asarray(offsets)
+    if offsets.ndim != 2 or offsets.shape[1] != 2 or offsets.shape[0] < 1 or offsets.dtype.kind not in "iu":
+        raise ValueError("offsets must be a non-empty sequence of (dy, dx) integer pairs")
+    if np.abs(offsets.astype(np.int64)).max() > 1 << 20:
+        raise ValueError("offsets must be within ±2**20 cells")
+    return planes, np.ascontiguousarray(offsets, np.int32)
+
+
+def vein_signatures(planes: np.ndarray, offsets) -> np.ndarray:
+    """Pre-filter signatures (uint64 (N, P, 8)) of N vein codes ``planes`` uint32 (N, 4, 16) (or
+    one (4, 16)), each moved by P ``offsets`` (dy, dx) cells, in C (native pn_vein_signatures:
+    two 8x8 coarse codes of the moved code's 2x2-cell blocks at even and at odd cells)."""
+    planes, offsets = _check_signature_args(planes, offsets)
+    out = np.empty((planes.shape[0], offsets.shape[0], SIGNATURE_WORDS), np.uint64)
+    _lib.pn_vein_signatures(_ptr("const uint32_t *", planes), planes.shape[0], _ptr("const int32_t *", offsets),
+                            offsets.shape[0], _ptr("uint64_t *", out))
+    return out
+
+
+def _packed(bits: np.ndarray) -> np.ndarray:
+    """(..., 64) bool -> (...) uint64 with bit i = element i."""
+    return np.packbits(bits, axis=-1, bitorder="little").view("<u8")[..., 0].astype(np.uint64)
+
+
+def vein_signatures_reference(planes: np.ndarray, offsets) -> np.ndarray:
+    """NumPy reference of :func:`vein_signatures` (2x2 window vote sums over the moved grids)."""
+    planes, offsets = _check_signature_args(planes, offsets)
+    n, rows = planes.shape[0], 16
+    bits = ((planes[:, :, :, None] >> np.arange(rows, dtype=np.uint32)) & 1).astype(np.uint8)
+    orient = _SIG_DECODE[bits[:, 0] | (bits[:, 1] << 1) | (bits[:, 2] << 2)]
+    valid = bits[:, 3].astype(bool)
+    offs = [(max(-rows, min(rows, int(dy))), max(-rows, min(rows, int(dx)))) for dy, dx in offsets]
+    p = len(offs)
+    pad = max(max(abs(dy), abs(dx)) for dy, dx in offs)
+    onehot = np.zeros((n, rows + 2 * pad, rows + 2 * pad, 6), np.uint8)
+    onehot[:, pad:pad + rows, pad:pad + rows] = (orient[..., None] == np.arange(6)) & valid[..., None]
+    moved = np.zeros((n, p, rows + 1, rows + 1, 6), np.uint8)   # + one empty row/column
+    for i, (dy, dx) in enumerate(offs):
+        moved[:, i, :rows, :rows] = onehot[:, pad - dy:pad - dy + rows, pad - dx:pad - dx + rows]
+    win = moved[:, :, :-1, :-1] + moved[:, :, 1:, :-1] + moved[:, :, :-1, 1:] + moved[:, :, 1:, 1:]
+    votes = np.stack([win[:, :, 0::2, 0::2], win[:, :, 1::2, 1::2]], axis=2)     # (N, P, 2, 8, 8, 6)
+    support = votes.sum(axis=-1, dtype=np.int32)
+    agree = votes.astype(np.float32) @ _SIG_AGREE          # exact: |sums| <= 4 * 100
+    best = np.argmax(agree, axis=-1)
+    block_valid = (support * 4 >= 4) & (agree.max(axis=-1).astype(np.int32) * 2 >= support * 100 // 2)
+    c = _SIG_CODE[best].reshape(n, p, 2, 64)
+    out = np.empty((n, p, 2, 4), np.uint64)
+    for q in range(3):
+        out[..., q] = _packed(((c >> q) & 1).astype(bool))
+    out[..., 3] = _packed(block_valid.reshape(n, p, 2, 64))
+    return out.reshape(n, p, SIGNATURE_WORDS)
+
+
 # --------------------------------------------------------------------- pre-filter
 def _check_scan_args(probe_sig, sigs, live):
     if isinstance(probe_sig, np.ndarray) and probe_sig.ndim == 1:

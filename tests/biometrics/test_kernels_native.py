@@ -315,3 +315,48 @@ def test_match_shifted16_parity(seed, cols, max_dx, max_dy, valid):
     kernels.dispatch_level(2)
     if cols <= 16:
         assert np.array_equal(want, kernels.match_shifted_reference(probe, gallery, idx, **args)[0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 9), offsets=st.integers(1, 9),
+       valid=st.sampled_from([0.0, 0.3, 0.8, 1.0]), raw=st.booleans())
+def test_vein_signatures_parity(seed, n, offsets, valid, raw):
+    """pn_vein_signatures == its NumPy reference: codes from orientations or raw random planes
+    (non-code values 010/101, bits 16-31 set), offsets inside, across and beyond the grid."""
+    rng = np.random.default_rng(seed)
+    if raw:
+        planes = rng.integers(0, 2**32, (n, 4, 16), dtype=np.uint64).astype(np.uint32)
+    else:
+        planes = np.stack([_code(rng, 16, 16, valid) for _ in range(n)])
+    offs = rng.integers(-18, 19, (offsets, 2))
+    got = kernels.vein_signatures(planes, offs)
+    assert got.shape == (n, offsets, 8)
+    assert np.array_equal(got, kernels.vein_signatures_reference(planes, offs))
+
+
+def test_vein_signatures_follow_their_definition():
+    """The signature of a moved code = the coarse codes of the moved code at even and odd blocks
+    (features.signature_reference, by shift_code and the block pooling rule)."""
+    from palmnode.biometrics import features
+    from palmnode.biometrics.types import ModalityCode, PalmTemplate
+
+    rng = np.random.default_rng(3)
+    offs = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1), (2, -1), (-3, 2), (20, 0), (0, -16))
+    for _ in range(30):
+        code = ModalityCode.from_planes(_code(rng, 16, 16, rng.random()))
+        want = np.stack([features.signature_reference(PalmTemplate(None, features.shift_code(code, dy, dx)))
+                         for dy, dx in offs])
+        assert np.array_equal(kernels.vein_signatures(code.planes(), offs)[0], want)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: kernels.vein_signatures(np.zeros((4, 15), np.uint32), [(0, 0)]),
+    lambda: kernels.vein_signatures(np.zeros((2, 4, 16), np.int32), [(0, 0)]),
+    lambda: kernels.vein_signatures(np.zeros((4, 16), np.uint32), []),
+    lambda: kernels.vein_signatures(np.zeros((4, 16), np.uint32), [(0, 0, 0)]),
+    lambda: kernels.vein_signatures(np.zeros((4, 16), np.uint32), [(0.5, 0)]),
+    lambda: kernels.vein_signatures(np.zeros((4, 16), np.uint32), [(2**31, 0)]),
+])
+def test_vein_signatures_bad_arguments(call):
+    with pytest.raises((TypeError, ValueError)):
+        call()

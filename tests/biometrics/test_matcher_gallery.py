@@ -170,6 +170,23 @@ def test_signature_variants_equal_signatures_of_shifted_codes(templates):
             assert np.array_equal(features.signature_variants(t, offsets), ref)
 
 
+def test_signature_is_vein_only_and_a_probe_without_vein_is_matched_exhaustively(templates):
+    """The pre-filter signature comes from the vein code alone; a surface-only probe cannot be
+    ranked by it, so every live entry gets the full match (its scores are matcher.match's)."""
+    t = templates[0][0]
+    assert np.array_equal(features.signature(t), features.signature(PalmTemplate(surface=None, vein=t.vein)))
+    assert not features.signature(PalmTemplate(surface=t.surface, vein=None)).any()
+    g = Gallery(shortlist=4)
+    for i, (enrol, _) in enumerate(templates):
+        g.add(f"p{i}", "left", enrol)
+    probe = PalmTemplate(surface=templates[5][1].surface, vein=None)
+    found = g.search(probe, k=N)
+    assert found[0].person_id == "p5" and len(found) == N
+    for c in found:
+        want = match(probe, templates[int(c.person_id[1:])][0])
+        assert (c.score.surface, c.score.fused) == (want.surface, want.fused) and math.isnan(c.score.vein)
+
+
 def test_shortlist_is_a_fixed_fraction_within_bounds():
     g = Gallery()
     assert g.shortlist_size(10_000) == 200 and g.shortlist_size(500_000) == 1000
