@@ -84,7 +84,7 @@ class Summary:
         self.enrol_failed: list[str] = []
         self.counts: collections.Counter[str] = collections.Counter()
         self.latencies_ms: list[float] = []
-        self.frame_waits_ms: list[float] = []       # first attempt: waiting for the two lit frames
+        self.frame_waits_ms: list[float] = []       # a capture's wait for its two lit frames
         self.recoveries: list[tuple[str, float]] = []
         self.errors: list[str] = []
         self.controller_events: collections.Counter[str] = collections.Counter()
@@ -196,9 +196,9 @@ class Demo:
         s.counts[key] += 1
         score = f" score {decision.score:.3f}" if decision.score is not None else ""
         name = "" if decision.person_id is None else f" {decision.person_id[:8]}…"
-        trace = node.identify.last_trace
-        if trace:
-            s.frame_waits_ms.append(trace[0].nir_wait_ms + trace[0].surface_wait_ms)
+        timings = node.identify.capturer.timings  # the decision's last capture
+        if timings.nir_wait_ms and timings.surface_wait_ms:
+            s.frame_waits_ms.append(timings.nir_wait_ms + timings.surface_wait_ms)
         self.say(f"{who:<11} → {decision.outcome}{name}{score} in {decision.latency_ms:.0f} ms  "
                  f"{'✓' if right else '✗ ' + key}")
         await trio.sleep(0.3)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -141,7 +142,7 @@ class NodeOps:
         try:
             answer = await self.node.link.request("charge", {
                 "person_id": person_id, "card_digest": card_digest, "amount_cents": amount_cents,
-                "currency": currency})
+                "currency": currency, "key": uuid.uuid4().hex})  # a retried request gets the same answer
         except LinkError as exc:
             return ChargeResult(False, reason=f"controller unavailable: {exc}")
         return ChargeResult(bool(answer.get("approved")), answer.get("reference"), answer.get("reason"))

@@ -14,6 +14,9 @@ from palmnode.biometrics.synth import Capture, Identity, render, render_pair, sa
 #: the hover height at which the renderer's scale is 1 (the hand covers ~30% of the frame)
 NOMINAL_MM = 150.0
 BACKGROUND = 15.0  # grey level of the lit background (ARCHITECTURE.md: ~15)
+#: a hovering hand's slow drift: rotation amplitude (degrees), shift amplitude (fraction of the
+#: frame height, ~5 px at 480) and its rate
+DRIFT_DEG, DRIFT_SHIFT, DRIFT_HZ = 1.5, 0.01, 0.5
 
 
 class HandScene:
@@ -25,12 +28,18 @@ class HandScene:
         self.identity: Identity | None = None
         self._capture: Capture | None = None
         self._rng = np.random.default_rng(seed)
+        self._drift = np.zeros(3)
+        self._frames = 0
         self._noise = self._rng.normal(0.0, 1.2, size=(height * 2, width)).astype(np.float32)
 
     def present(self, identity: int = 0, *, session: int = 1, hand: str | None = None) -> None:
-        """Person ``identity`` (a renderer seed) holds a hand over the gate; one pose per hover."""
+        """Person ``identity`` (a renderer seed) holds a hand over the gate: one pose per hover,
+        which drifts a little while the hand hovers (a degree or two, a few pixels) under fresh
+        sensor noise in every frame, as a real hand in the air does."""
         self.identity = Identity.from_seed(identity, hand=hand)
         self._capture = sample_capture(self._rng, session=session)
+        self._drift = self._rng.uniform(0.0, 2 * np.pi, 3)
+        self._frames = 0
 
     def absent(self) -> None:
         self.distance_mm = None
@@ -42,7 +51,13 @@ class HandScene:
         capture = self._capture
         if capture is None or self.distance_mm is None or (ir <= 0 and surface <= 0):
             return self._background(ir + surface)
-        capture = attrs.evolve(capture, scale=capture.scale * NOMINAL_MM / max(self.distance_mm, 40.0))
+        self._frames += 1
+        a, b, c = self._drift + DRIFT_HZ * 2 * np.pi * t
+        capture = attrs.evolve(
+            capture, scale=capture.scale * NOMINAL_MM / max(self.distance_mm, 40.0),
+            rotation_deg=capture.rotation_deg + DRIFT_DEG * np.sin(a),
+            shift=(capture.shift[0] + DRIFT_SHIFT * np.sin(b), capture.shift[1] + DRIFT_SHIFT * np.sin(c)),
+            noise_seed=capture.noise_seed + self._frames)
         if ir > 0 and surface > 0:
             nir, surf = render_pair(self.identity, capture, width=self.width, height=self.height)
             mixed = ir * nir.astype(np.float32) + surface * surf.astype(np.float32)
