@@ -137,13 +137,18 @@ async def serve_systemd(healthy: Callable[[], bool], *, status: Callable[[], str
                         notifier: Notifier | None = None, interval: float | None = None,
                         env: Mapping[str, str] | None = None,
                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Tell systemd the node is ready, keep its watchdog fed while ``healthy()``, say when stopping.
+    """Tell systemd the node is ready and keep its watchdog fed while ``healthy()``.
 
     Start it once the node serves (``READY=1`` is sent at once). Then every ``interval`` seconds
     (default: half of ``$WATCHDOG_USEC``; without a watchdog, status updates only every 10 s):
     ``WATCHDOG=1`` if ``healthy()`` is true — nothing if not, so systemd's watchdog fires —
-    plus ``STATUS=status()`` when that text changed. Cancelled, it sends ``STOPPING=1``.
-    A no-op (it just waits) when ``$NOTIFY_SOCKET`` is unset.
+    plus ``STATUS=status()`` when that text changed (prefixed ``unhealthy …:`` while unhealthy). A no-op (it just waits) when
+    ``$NOTIFY_SOCKET`` is unset.
+
+    Being cancelled sends nothing: under a supervisor this task is restarted with its siblings
+    (``rest_for_one``), and a ``STOPPING=1`` then would tell systemd the whole service is going.
+    The process's own stop path calls :func:`notify_stopping` instead. Started again, it sends
+    ``READY=1`` again, which systemd ignores for an active service.
     """
     notifier = Notifier.from_env(env) if notifier is None else notifier
     if not notifier.enabled:
@@ -159,7 +164,9 @@ async def serve_systemd(healthy: Callable[[], bool], *, status: Callable[[], str
         while True:
             await trio.sleep(period if period is not None else 10.0)
             now_healthy = healthy()
-            text = status() if status is not None else ("serving" if now_healthy else "unhealthy")
+            text = status() if status is not None else "serving"
+            if not now_healthy:
+                text = f"unhealthy (supervision tree not running): {text}"
             if not now_healthy and was_healthy:
                 log.warning("supervision tree unhealthy: no more watchdog keep-alives")
             was_healthy = now_healthy
@@ -170,8 +177,17 @@ async def serve_systemd(healthy: Callable[[], bool], *, status: Callable[[], str
             elif update:
                 notifier.notify(**update)
     finally:
-        notifier.stopping("stopping")
         notifier.close()
 
 
-__all__ = ["Notifier", "serve_systemd", "tree_healthy", "watchdog_interval"]
+def notify_stopping(status: str = "stopping", *, env: Mapping[str, str] | None = None) -> bool:
+    """``STOPPING=1`` (and ``STATUS=status``): call it once, when the process begins to stop
+    (Ctrl-C, SIGTERM). A no-op outside systemd; True if delivered."""
+    notifier = Notifier.from_env(env)
+    try:
+        return notifier.stopping(status)
+    finally:
+        notifier.close()
+
+
+__all__ = ["Notifier", "notify_stopping", "serve_systemd", "tree_healthy", "watchdog_interval"]

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from palmnode.actors import ChildSpec, Supervisor, SupervisorEscalation
-from palmnode.systemd import Notifier, serve_systemd, tree_healthy, watchdog_interval
+from palmnode.systemd import Notifier, notify_stopping, serve_systemd, tree_healthy, watchdog_interval
 
 
 @pytest.fixture
@@ -29,8 +29,8 @@ def parse(data: bytes) -> dict[str, str]:
     return dict(line.split("=", 1) for line in data.decode().split("\n"))
 
 
-async def receive(sock) -> dict[str, str]:
-    with trio.fail_after(5):
+async def receive(sock, timeout: float = 5) -> dict[str, str]:
+    with trio.fail_after(timeout):
         return parse(await sock.recv(4096))
 
 
@@ -99,14 +99,27 @@ async def test_watchdog_pings_only_while_healthy(listener, autojump_clock):
         healthy = True
         await trio.sleep(12)  # 45, 50
         nursery.cancel_scope.cancel()
-    # the STOPPING datagram was sent as the task was cancelled; it is still in the socket
-    stopping = await receive(sock)
     assert received[0] == (0, {"READY": "1", "STATUS": "serving"})
     pings = [round(at) for at, message in received if message.get("WATCHDOG") == "1"]
     assert pings == [5, 10, 15, 20, 45, 50]
     statuses = [(round(at), m["STATUS"]) for at, m in received[1:] if "STATUS" in m]
-    assert statuses == [(25, "unhealthy"), (45, "serving")]
-    assert stopping == {"STOPPING": "1", "STATUS": "stopping"}
+    assert statuses == [(25, "unhealthy (supervision tree not running): serving"), (45, "serving")]
+    # cancelled (e.g. restarted with a supervisor sibling) it says nothing: no STOPPING=1
+    assert notify_stopping(env=env)
+    assert await receive(sock) == {"STOPPING": "1", "STATUS": "stopping"}
+    assert not notify_stopping(env={})
+
+
+async def test_status_text_follows_the_callable(listener, autojump_clock):
+    path, sock = listener
+    texts = iter(["gate starting", "gate ready, 3 palms", "gate ready, 3 palms", "gate degraded"])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: serve_systemd(
+            lambda: True, status=lambda: next(texts), env={"NOTIFY_SOCKET": path}, task_status=task_status))
+        assert await receive(sock) == {"READY": "1", "STATUS": "gate starting"}
+        assert await receive(sock, 11) == {"STATUS": "gate ready, 3 palms"}  # no watchdog: every 10 s
+        assert await receive(sock, 21) == {"STATUS": "gate degraded"}  # an unchanged text is not resent
+        nursery.cancel_scope.cancel()
 
 
 async def test_serve_systemd_without_notify_socket_just_waits(autojump_clock):

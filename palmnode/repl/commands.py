@@ -22,6 +22,7 @@ from drivers.errors import DeviceError
 from drivers.illuminator.driver import BoardNotice, Cooled, DeadmanTripped, OverTemperature
 from palmnode.actors import (ChildStateChanged, DeviceStateChanged, EventBus, GateStateChanged,
                              HealthRegistry, Supervisor, SupervisorSnapshot)
+from palmnode.biometrics.types import RoiFailure
 from palmnode.devices.camera import FrameSource
 from palmnode.devices.illuminator import Lights
 from palmnode.gate.presence import PresenceChanged
@@ -419,7 +420,7 @@ async def _capture(session: Session, args: tuple[str, ...]) -> Reply:
     except capture.CaptureUnavailable as exc:
         raise CommandError(f"no capture: {exc}") from None
     found = await trio.to_thread.run_sync(capture.locate, pair.nir, policy)
-    if not hasattr(found, "transform"):
+    if isinstance(found, RoiFailure):
         raise CommandError(f"no palm in view ({found.reason.value}: {found.detail}); nothing saved")
     png, width, height = await trio.to_thread.run_sync(_roi_png, pair.nir, pair.surface, found)
     result = {"png_base64": base64.b64encode(png).decode("ascii"), "width": width, "height": height,

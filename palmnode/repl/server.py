@@ -138,7 +138,6 @@ class _Sessions:
         self.python_console = python_console
         self.max_sessions = max_sessions
         self.active = 0
-        self.served = 0
 
     def hello(self) -> dict[str, Any]:
         node = getattr(self.target.config, "node", None)
@@ -157,7 +156,6 @@ class _Sessions:
                         f"too many REPL sessions ({self.max_sessions}): close one and retry"))
                     return
                 self.active += 1
-                self.served += 1
                 try:
                     await connection.send(self.hello())
                     session = Session(self.target, connection.send, self.python_console)
