@@ -445,7 +445,8 @@ def _roi_png(nir, surface, found) -> tuple[bytes, int, int]:
 
 # -- config
 
-#: config fields shown as "<hidden>" unless they name a place (…_file, …_path, …_env, …_dir)
+#: config fields shown as "<hidden>" unless they name a place (…_file, …_path, …_env, …_dir) or
+#: their value is a file path
 SECRET_WORDS = ("key", "secret", "password", "passphrase", "token", "credentials")
 _PLACE_SUFFIXES = ("_file", "_path", "_env", "_dir", "_folder")
 
@@ -466,7 +467,7 @@ def config_to_plain(value: Any, name: str = "") -> Any:
         return "<hidden>"
     lowered = name.lower()
     if (value is not None and any(w in lowered.split("_") for w in SECRET_WORDS)
-            and not lowered.endswith(_PLACE_SUFFIXES)):
+            and not lowered.endswith(_PLACE_SUFFIXES) and not _looks_like_path(value)):
         return "<hidden>"
     if isinstance(value, dict):
         return {str(k): config_to_plain(v, str(k)) for k, v in value.items()}
@@ -479,6 +480,14 @@ def config_to_plain(value: Any, name: str = "") -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)
+
+
+def _looks_like_path(value: Any) -> bool:
+    """A key *file* named by a secret-looking field (``key = "/etc/…/gate.key"``) is shown."""
+    if isinstance(value, PurePath):
+        return True
+    return (isinstance(value, str) and "/" in value and len(value) < 4096
+            and not any(c.isspace() for c in value) and "-----" not in value)
 
 
 def _render_config(config: Any, prefix: str, lines: list[str]) -> None:

@@ -162,12 +162,12 @@ class _Sessions:
                     await connection.serve(session)
                 finally:
                     self.active -= 1
-            except* (trio.BrokenResourceError, trio.ClosedResourceError, _ClientStuck):
+            except* _ClientGone:
                 pass  # the client went away (or stopped reading): the node keeps serving the others
 
 
-class _ClientStuck(Exception):
-    pass
+class _ClientGone(Exception):
+    """The client hung up, or took no reply line within SEND_TIMEOUT_S."""
 
 
 class _Connection:
@@ -188,9 +188,12 @@ class _Connection:
         # whole lines only: an interrupt never cuts a line in half (shielded, but bounded in time)
         with trio.CancelScope(shield=True):
             with trio.move_on_after(SEND_TIMEOUT_S):
-                await self.stream.send_all(data)
+                try:
+                    await self.stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    raise _ClientGone from None
                 return
-        raise _ClientStuck
+        raise _ClientGone
 
     async def serve(self, session: Session) -> None:
         send_requests, requests = trio.open_memory_channel[tuple[int, Request | Malformed | LineTooLong]](64)
@@ -255,6 +258,8 @@ class _Connection:
             except CommandError as exc:
                 await self.send_line(protocol.encode_error(str(exc)))
                 return
+            except _ClientGone:
+                raise
             except Exception as exc:  # a bug in a command must not end the session (or the node)
                 log.exception("REPL command %s failed", item.cmd)
                 await self.send_line(protocol.encode_error(

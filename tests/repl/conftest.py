@@ -9,31 +9,19 @@ import tempfile
 import pytest
 import trio
 
-from palmnode.metrics import Metrics
 from palmnode.repl import serve_repl
 from palmnode.repl.protocol import encode_request
 
 
-class NodeTarget:
-    """The node as a ReplTarget (until Node itself carries metrics and gallery)."""
+class OtherTree:
+    """The node as a ReplTarget, but showing another supervision tree."""
 
-    def __init__(self, node, metrics=None, gallery=None):
+    def __init__(self, node, supervisor):
         self.node = node
-        self.config = node.config
-        self.bus = node.bus
-        self.lights = node.lights
-        self.frames = node.frames
-        self.metrics = metrics if metrics is not None else getattr(node, "metrics", None) or Metrics()
-        self.gallery = gallery
-        self.supervisor_override = None
+        self.supervisor = supervisor
 
-    @property
-    def health(self):
-        return self.node.health
-
-    @property
-    def supervisor(self):
-        return self.supervisor_override or self.node.supervisor
+    def __getattr__(self, name):
+        return getattr(self.node, name)
 
 
 @pytest.fixture
@@ -46,7 +34,8 @@ def short_dir():
 
 @pytest.fixture
 def target(node):
-    return NodeTarget(node)
+    """The REPL's target is the node itself (palmnode.node.Node satisfies ReplTarget)."""
+    return node
 
 
 @pytest.fixture
