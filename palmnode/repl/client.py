@@ -24,9 +24,10 @@ from typing import Any, Callable, Iterator, TextIO
 from palmnode.repl import protocol
 from palmnode.repl.protocol import split_line
 
-#: where to look for the socket when neither --socket nor $PALMNODE_REPL_SOCKET says
-#: (the systemd unit's RuntimeDirectory, then the virtual gate's run folder)
-DEFAULT_SOCKETS = ("/run/palmnode/repl.sock", "/tmp/palmnode-sim/repl.sock")
+#: where to look for the socket when neither --socket nor $PALMNODE_REPL_SOCKET says: the
+#: systemd unit's RuntimeDirectory, then the checkout's run/ folder (config/sim.toml's socket_path)
+DEFAULT_SOCKETS = ("/run/palmnode/repl.sock",
+                   str(Path(__file__).resolve().parents[2] / "run" / "repl.sock"))
 SOCKET_ENV = "PALMNODE_REPL_SOCKET"
 HISTORY_FILE = "~/.palmnode_repl_history"
 HISTORY_LENGTH = 2000
@@ -266,7 +267,7 @@ class Repl:
             self._save_capture(args, result, reply.get("text"))
             return
         text = reply.get("text")
-        if cmd == "py":
+        if cmd == "py" and args:  # what the statement printed, exactly
             self.out.write(text or "")
             self.out.flush()
         elif text is not None:

@@ -13,7 +13,7 @@ import trio
 from drivers.card_reader.reads import BadgeRead
 from palmnode.actors import GateState
 from palmnode.gate.events import Decision
-from palmnode.repl.client import Completer, default_socket
+from palmnode.repl.client import DEFAULT_SOCKETS, Completer, default_socket
 from tests.conftest import wait_for
 
 
@@ -108,7 +108,7 @@ async def test_piped_python_console_and_one_shot(node, repl_path, tmp_path):
         assert await process.wait() == 0
     finally:
         process.kill()
-    assert "Top-level await works" in text and "0\n1\n4.0\n'demo-gate'\n" in text
+    assert "Ctrl-D leaves.\n0\n1\n4.0\n'demo-gate'\n" in text
 
     result = await trio.run_process(client_command(repl_path) + ["help", "tree"], capture_stdout=True,
                                     stdin=subprocess.DEVNULL)
@@ -183,7 +183,8 @@ def test_completion_words():
 
 def test_default_socket(tmp_path):
     assert default_socket({"PALMNODE_REPL_SOCKET": "/x/y.sock"}) == type(tmp_path)("/x/y.sock")
-    assert str(default_socket({})) in ("/run/palmnode/repl.sock", "/tmp/palmnode-sim/repl.sock")
+    assert str(default_socket({})) in DEFAULT_SOCKETS
+    assert DEFAULT_SOCKETS[1].endswith("/run/repl.sock")
 
 
 @pytest.fixture(autouse=True)
