@@ -973,3 +973,175 @@ void pn_match_elastic(const uint32_t *probe, int rows, int bh, int bw, int radiu
     elastic_portable(probe, rows, bh, bw, radius, records, stride_words, offset_words, idx, centre,
                      n, n_ref, out_hd, out_valid);
 }
+
+/* ---------------------------------------------------------------- 16x16 block-wise match (vein stage) */
+/* Row group q (rows 4q..4q+3) of a plane as one 64-bit word, 16 bits per row (bits 16-31 dropped):
+ * block (q, c) is then the word's bits 4c..4c+3 of every 16-bit field. */
+static inline uint64_t group16(const uint32_t *rows)
+{
+    return (uint64_t)(rows[0] & 0xFFFFu) | ((uint64_t)(rows[1] & 0xFFFFu) << 16)
+         | ((uint64_t)(rows[2] & 0xFFFFu) << 32) | ((uint64_t)(rows[3] & 0xFFFFu) << 48);
+}
+
+static inline double norm_hd(int64_t d, int64_t v, double n_ref)
+{
+    if (!v) return 0.5;
+    const double vv = (double)v;
+    return 0.5 - (0.5 - (double)d / vv) * sqrt(vv / n_ref);
+}
+
+PN_INLINE void elastic16_body(const uint32_t *probe, int radius, const uint32_t *records,
+                              size_t stride_words, size_t offset_words, const int64_t *idx, size_t n,
+                              double n_ref, double *out_hd, int hw)
+{
+    shifted_probe_t sh;
+    build_shifted(probe, 16, radius, sh);
+    for (size_t k = 0; k < n; k++) {
+        const uint32_t *rec = records + (size_t)idx[k] * stride_words + offset_words;
+        uint64_t r[4][4];
+        for (int p = 0; p < 4; p++) {
+            for (int q = 0; q < 4; q++) r[p][q] = group16(rec + 16 * p + 4 * q);
+        }
+        int best_g[16], best_d[16], best_v[16];
+        for (int b = 0; b < 16; b++) best_g[b] = INT32_MIN;
+        for (int dy = -radius; dy <= radius; dy++) {
+            for (int dx = -radius; dx <= radius; dx++) {
+                const int start = PN_MAX_SHIFT - dy;
+                for (int q = 0; q < 4; q++) {
+                    const uint64_t m = group16(sh[dx + radius][3] + start + 4 * q) & r[3][q];
+                    const uint64_t x0 = (group16(sh[dx + radius][0] + start + 4 * q) ^ r[0][q]) & m;
+                    const uint64_t x1 = (group16(sh[dx + radius][1] + start + 4 * q) ^ r[1][q]) & m;
+                    const uint64_t x2 = (group16(sh[dx + radius][2] + start + 4 * q) ^ r[2][q]) & m;
+                    for (int c = 0; c < 4; c++) {
+                        const uint64_t sel = 0x000F000F000F000FULL << (4 * c);
+                        const int d = (int)(PC(hw, x0 & sel) + PC(hw, x1 & sel) + PC(hw, x2 & sel));
+                        const int v = 3 * (int)PC(hw, m & sel);
+                        const int g = v - 2 * d, b = 4 * q + c;
+                        if (g > best_g[b]) {
+                            best_g[b] = g;
+                            best_d[b] = d;
+                            best_v[b] = v;
+                        }
+                    }
+                }
+            }
+        }
+        int64_t dsum = 0, vsum = 0;
+        for (int b = 0; b < 16; b++) {
+            dsum += best_d[b];
+            vsum += best_v[b];
+        }
+        out_hd[k] = norm_hd(dsum, vsum, n_ref);
+    }
+}
+
+static void elastic16_portable(const uint32_t *probe, int radius, const uint32_t *records, size_t stride_words,
+                               size_t offset_words, const int64_t *idx, size_t n, double n_ref, double *out_hd)
+{
+    elastic16_body(probe, radius, records, stride_words, offset_words, idx, n, n_ref, out_hd, 0);
+}
+
+#if PN_X86
+__attribute__((target("popcnt")))
+static void elastic16_popcnt(const uint32_t *probe, int radius, const uint32_t *records, size_t stride_words,
+                             size_t offset_words, const int64_t *idx, size_t n, double n_ref, double *out_hd)
+{
+    elastic16_body(probe, radius, records, stride_words, offset_words, idx, n, n_ref, out_hd, 1);
+}
+
+/* Sum of the 4 rows of each row group, per byte: byte 0 (1) of every 64-bit lane gets the sum of
+ * bytes 0, 2, 4, 6 (1, 3, 5, 7) (wrapping int8 adds: exact while the sums stay in int8). */
+__attribute__((target("avx2"))) PN_INLINE __m256i rows4(__m256i x)
+{
+    x = _mm256_add_epi8(x, _mm256_srli_epi64(x, 32));
+    return _mm256_add_epi8(x, _mm256_srli_epi64(x, 16));
+}
+
+/* AVX2: one register per plane (16 rows x 16 bits, row j = 16-bit element j, so lane q of 64 bits
+ * = row group q); per shift the nibble-table counts of the low and high nibble of every byte are
+ * the per-row counts of column blocks (0, 2) and (1, 3); rows4 sums them per row group. Every
+ * block's g = V - 2D, D (int8) and the best so far (strictly greater: first in order) are kept
+ * in bytes 0-1 of each lane of two registers (low / high nibbles). */
+__attribute__((target("avx2,popcnt")))
+static void elastic16_avx2(const uint32_t *probe, int radius, const uint32_t *records, size_t stride_words,
+                           size_t offset_words, const int64_t *idx, size_t n, double n_ref, double *out_hd)
+{
+    shifted_probe_t sh;
+    build_shifted(probe, 16, radius, sh);
+    const __m256i lut = NIBBLE_POPCOUNT_LUT;
+    const __m256i low = _mm256_set1_epi8(0x0F), low16 = _mm256_set1_epi32(0xFFFF);
+    const __m256i zero = _mm256_setzero_si256();
+    const __m256i keep = _mm256_set1_epi64x(0xFFFF);          /* bytes 0-1 of each lane hold blocks */
+    const int nshift = (2 * radius + 1) * (2 * radius + 1);
+    __m256i ps[(2 * PN_MAX_SHIFT + 1) * (2 * PN_MAX_SHIFT + 1)][4];
+    for (int dy = -radius, s = 0; dy <= radius; dy++) {
+        for (int dx = -radius; dx <= radius; dx++, s++) {
+            for (int p = 0; p < 4; p++) ps[s][p] = pack16(sh[dx + radius][p] + PN_MAX_SHIFT - dy, low16);
+        }
+    }
+    for (size_t k = 0; k < n; k++) {
+        if (k + PN_PREFETCH < n) {
+            const char *f = (const char *)(records + (size_t)idx[k + PN_PREFETCH] * stride_words + offset_words);
+            for (int l = 0; l < 256; l += 64) _mm_prefetch(f + l, _MM_HINT_T0);
+        }
+        const uint32_t *rec = records + (size_t)idx[k] * stride_words + offset_words;
+        const __m256i r0 = pack16(rec, low16), r1 = pack16(rec + 16, low16);
+        const __m256i r2 = pack16(rec + 32, low16), rm = pack16(rec + 48, low16);
+        __m256i bg_lo = _mm256_set1_epi8(-128), bg_hi = bg_lo, bd_lo = zero, bd_hi = zero;
+        for (int s = 0; s < nshift; s++) {
+            const __m256i m = _mm256_and_si256(ps[s][3], rm);
+            const __m256i x0 = _mm256_and_si256(_mm256_xor_si256(ps[s][0], r0), m);
+            const __m256i x1 = _mm256_and_si256(_mm256_xor_si256(ps[s][1], r1), m);
+            const __m256i x2 = _mm256_and_si256(_mm256_xor_si256(ps[s][2], r2), m);
+            const __m256i x01 = _mm256_xor_si256(x0, x1);
+            const __m256i ones = _mm256_xor_si256(x01, x2);
+            const __m256i twos = _mm256_or_si256(_mm256_and_si256(x0, x1), _mm256_and_si256(x2, x01));
+            const __m256i o_hi = _mm256_and_si256(_mm256_srli_epi16(ones, 4), low);
+            const __m256i t_hi = _mm256_and_si256(_mm256_srli_epi16(twos, 4), low);
+            const __m256i m_hi = _mm256_and_si256(_mm256_srli_epi16(m, 4), low);
+            /* per row and nibble: D = ones + 2 twos (<= 12), V = 3 cells (<= 12) */
+            const __m256i t_l = _mm256_shuffle_epi8(lut, _mm256_and_si256(twos, low));
+            const __m256i t_h = _mm256_shuffle_epi8(lut, t_hi);
+            const __m256i d_l = _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(ones, low)), _mm256_add_epi8(t_l, t_l));
+            const __m256i d_h = _mm256_add_epi8(_mm256_shuffle_epi8(lut, o_hi), _mm256_add_epi8(t_h, t_h));
+            const __m256i c_l = _mm256_shuffle_epi8(lut, _mm256_and_si256(m, low));
+            const __m256i c_h = _mm256_shuffle_epi8(lut, m_hi);
+            /* g = 3 cells - 2 D per row (>= -24), summed over 4 rows (-96..48): int8 */
+            const __m256i g_l = rows4(_mm256_sub_epi8(_mm256_add_epi8(c_l, _mm256_add_epi8(c_l, c_l)), _mm256_add_epi8(d_l, d_l)));
+            const __m256i g_h = rows4(_mm256_sub_epi8(_mm256_add_epi8(c_h, _mm256_add_epi8(c_h, c_h)), _mm256_add_epi8(d_h, d_h)));
+            const __m256i up_l = _mm256_cmpgt_epi8(g_l, bg_lo), up_h = _mm256_cmpgt_epi8(g_h, bg_hi);
+            bg_lo = _mm256_blendv_epi8(bg_lo, g_l, up_l);
+            bg_hi = _mm256_blendv_epi8(bg_hi, g_h, up_h);
+            bd_lo = _mm256_blendv_epi8(bd_lo, rows4(d_l), up_l);
+            bd_hi = _mm256_blendv_epi8(bd_hi, rows4(d_h), up_h);
+        }
+        /* D per block (0..48) and V = g + 2D (0..48) in bytes 0-1 of each lane: sum them */
+        const __m256i d = _mm256_and_si256(bd_lo, keep);
+        const __m256i dh = _mm256_and_si256(bd_hi, keep);
+        const __m256i v = _mm256_and_si256(_mm256_add_epi8(bg_lo, _mm256_add_epi8(bd_lo, bd_lo)), keep);
+        const __m256i vh = _mm256_and_si256(_mm256_add_epi8(bg_hi, _mm256_add_epi8(bd_hi, bd_hi)), keep);
+        const __m256i ds = _mm256_sad_epu8(_mm256_add_epi8(d, dh), zero);      /* <= 8 x 96 per lane: fits */
+        const __m256i vs = _mm256_sad_epu8(_mm256_add_epi8(v, vh), zero);
+        int64_t dl[4], vl[4];
+        _mm256_storeu_si256((__m256i *)dl, ds);
+        _mm256_storeu_si256((__m256i *)vl, vs);
+        out_hd[k] = norm_hd(dl[0] + dl[1] + dl[2] + dl[3], vl[0] + vl[1] + vl[2] + vl[3], n_ref);
+    }
+}
+#endif
+
+void pn_match_elastic16(const uint32_t *probe, int radius, const uint32_t *records, size_t stride_words,
+                        size_t offset_words, const int64_t *idx, size_t n, double n_ref, double *out_hd)
+{
+#if PN_X86
+    if (level() >= 2) {
+        elastic16_avx2(probe, radius, records, stride_words, offset_words, idx, n, n_ref, out_hd);
+        return;
+    }
+    if (level() >= 1) {
+        elastic16_popcnt(probe, radius, records, stride_words, offset_words, idx, n, n_ref, out_hd);
+        return;
+    }
+#endif
+    elastic16_portable(probe, radius, records, stride_words, offset_words, idx, n, n_ref, out_hd);
+}

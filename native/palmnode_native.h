@@ -50,6 +50,15 @@ void pn_match_shifted16(const uint32_t *probe, int max_dx, int max_dy,
                         const uint32_t *records, size_t stride_words, size_t offset_words,
                         const int64_t *idx, size_t n, double n_ref, double *out_hd);
 
+/* Pre-filter vein stage: block-wise match of 16x16 codes (bits 16-31 of every row ignored) around
+ * shift 0: the grid is cut into 16 blocks of 4x4 cells and every block takes the shift (ey, ex),
+ * |ey|, |ex| <= radius (<= 8), with the most agreeing minus differing code bits V_b - 2 D_b
+ * (first in ey-major, ex-minor order on ties); out_hd[k] = the normalised distance of the summed
+ * (D, V) as in pn_match_shifted. Equal to pn_match_elastic with bh = bw = 4, centre (0, 0) on the
+ * codes' low 16 columns. AVX2 keeps one plane in one register and 16 blocks in bytes. */
+void pn_match_elastic16(const uint32_t *probe, int radius, const uint32_t *records, size_t stride_words,
+                        size_t offset_words, const int64_t *idx, size_t n, double n_ref, double *out_hd);
+
 /* Block-wise (elastic) refinement of a shifted match. The code grid (rows x 32 bit columns) is
  * split into blocks of bh rows x bw columns (bh divides rows, bw divides 32; at most 64 blocks).
  * For record k, centre[k] is a shift code (dy + 8) * 32 + (dx + 8) (e.g. pn_match_shifted's

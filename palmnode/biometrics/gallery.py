@@ -6,8 +6,8 @@ vein 4x16 uint32 rows), a live flag, a modality flag and a person/palm key: ~840
 
 Search = (1) the pre-filter scan of every signature (native AVX2 popcount) against the
 probe's signature at a few grid offsets (features.PROBE_OFFSETS, minimum kept), keeping
-``stage1_size`` entries, (2) the rigid match of the full vein code (±VEIN_STAGE_SHIFT cells)
-on those, keeping the ``shortlist_size`` closest, (3) the full shift-tolerant match of both
+``stage1_size`` entries, (2) the block-wise match of the full vein code (4x4-cell blocks each
+free to move ±VEIN_STAGE_RADIUS cells) on those, keeping the ``shortlist_size`` closest, (3) the full shift-tolerant match of both
 modalities on the shortlist, fused (matcher.fuse), (4) the elastic match (matcher.distances)
 of the best RERANK entries, whose fused scores are final; best per person, top k.
 
@@ -37,12 +37,13 @@ SHORTLIST = 2000
 SHORTLIST_FRACTION = 0.002
 MIN_SHORTLIST = 200
 #: two-stage pre-filter: the signature scan keeps STAGE1_FRACTION of the gallery (at least
-#: MIN_STAGE1, at most STAGE1 entries), then the rigid match of the full vein code at ±VEIN_STAGE_SHIFT
-#: cells ranks those and keeps shortlist_size(N) for the full match (probes without vein: one stage)
+#: MIN_STAGE1, at most STAGE1 entries), then the block-wise match of the full vein code (4x4-cell
+#: blocks, each within ±VEIN_STAGE_RADIUS cells: kernels.match_elastic16) ranks those and keeps
+#: shortlist_size(N) for the full match
 STAGE1_FRACTION = 0.05
 MIN_STAGE1 = 2000
 STAGE1 = 50_000
-VEIN_STAGE_SHIFT = 1
+VEIN_STAGE_RADIUS = 2
 #: the best RERANK shortlist entries by the rigid fused score (at least 8 per requested
 #: candidate) get the elastic block-wise match (matcher.distances), which gives the final scores
 RERANK = 64
@@ -252,15 +253,15 @@ class Gallery:
 
     @staticmethod
     def _vein_stage(probe: PalmTemplate, snap, starts: np.ndarray, chosen: np.ndarray) -> np.ndarray:
-        """Rigid vein distance (±VEIN_STAGE_SHIFT cells, kernels.match_shifted16 = match_shifted on
-    the 16x16 vein code) of each chosen entry; 0.5 without vein."""
+        """Block-wise vein distance (kernels.match_elastic16: 4x4-cell blocks, each within
+        ±VEIN_STAGE_RADIUS cells of shift 0) of each chosen entry; 0.5 without vein."""
         hd = np.full(chosen.size, 0.5)
         spec = VEIN_MATCH
         for s, pos in _by_segment(chosen, starts):
             seg = snap[s][0]
             rows = (chosen[pos] - starts[s]).astype(np.int64)
-            h = kernels.match_shifted16(probe.vein.planes(), seg.records, rows, offset=spec.offset,
-                                        max_dx=VEIN_STAGE_SHIFT, max_dy=VEIN_STAGE_SHIFT, n_ref=spec.n_ref)
+            h = kernels.match_elastic16(probe.vein.planes(), seg.records, rows, offset=spec.offset,
+                                        radius=VEIN_STAGE_RADIUS, n_ref=spec.n_ref)
             hd[pos] = np.where(seg.flags[rows] & _HAS_VEIN, h, 0.5)
         return hd
 

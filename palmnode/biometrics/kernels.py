@@ -332,6 +332,45 @@ def match_elastic_reference(probe: np.ndarray, records: np.ndarray, idx: np.ndar
     return hd, vsum.astype(np.int32)
 
 
+# --------------------------------------------------------------------- 16x16 block-wise match (vein stage)
+_ORIGIN = (MAX_SHIFT * 32 + MAX_SHIFT)   # shift code of (dy, dx) = (0, 0)
+
+
+def _check_elastic16_args(probe, records, offset, idx, radius, n_ref):
+    probe, records, idx = _check_match_args(probe, records, offset, idx, 0, 0, n_ref)
+    if probe.shape[1] != 16:
+        raise ValueError(f"match_elastic16 takes 16-row codes, got {probe.shape[1]} rows")
+    if not isinstance(radius, (int, np.integer)) or not 0 <= radius <= MAX_SHIFT:
+        raise ValueError(f"radius must be an int 0..{MAX_SHIFT}, got {radius!r}")
+    return probe & np.uint32(0xFFFF), records, idx
+
+
+def match_elastic16(probe: np.ndarray, records: np.ndarray, idx: np.ndarray, *, offset: int = 0,
+                    radius: int, n_ref: float) -> np.ndarray:
+    """Block-wise match of a 16-row, 16-column code (the vein code) against ``records[idx]`` around
+    shift 0, in C: 16 blocks of 4x4 cells, each free to move ``radius`` cells (the pre-filter's
+    vein stage). Equal to :func:`match_elastic` with 4x4 blocks and centre (0, 0) on the codes'
+    low 16 columns; returns the normalised distances."""
+    probe, records, idx = _check_elastic16_args(probe, records, offset, idx, radius, n_ref)
+    hd = np.empty(idx.shape[0], np.float64)
+    _lib.pn_match_elastic16(_ptr("const uint32_t *", probe), int(radius), _ptr("const uint32_t *", records),
+                            records.shape[1], int(offset), _ptr("const int64_t *", idx), idx.shape[0],
+                            float(n_ref), _ptr("double *", hd))
+    return hd
+
+
+def match_elastic16_reference(probe: np.ndarray, records: np.ndarray, idx: np.ndarray, *, offset: int = 0,
+                              radius: int, n_ref: float) -> np.ndarray:
+    """NumPy reference of :func:`match_elastic16` (via :func:`match_elastic_reference`)."""
+    probe, records, idx = _check_elastic16_args(probe, records, offset, idx, radius, n_ref)
+    if idx.size == 0:
+        return np.empty(0, np.float64)
+    rec = records[:, offset:offset + 64] & np.uint32(0xFFFF)
+    centre = np.full(idx.shape[0], _ORIGIN, np.int32)
+    hd, _ = match_elastic_reference(probe, rec, idx, centre, bh=4, bw=4, radius=int(radius), n_ref=n_ref)
+    return hd
+
+
 # --------------------------------------------------------------------- pre-filter signatures
 #: orientation index -> 3-bit circular code and back (features.CIRCULAR_CODE; -1: not a code value)
 _SIG_CODE = np.array([0b000, 0b001, 0b011, 0b111, 0b110, 0b100], np.uint8)

@@ -360,3 +360,27 @@ def test_vein_signatures_follow_their_definition():
 def test_vein_signatures_bad_arguments(call):
     with pytest.raises((TypeError, ValueError)):
         call()
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), radius=st.integers(0, 8), valid=st.sampled_from([0.0, 0.3, 0.8, 1.0]),
+       raw=st.booleans(), n_ref=st.sampled_from([0.5, 600.0]))
+def test_match_elastic16_parity(seed, radius, valid, raw, n_ref):
+    """pn_match_elastic16 == match_elastic (4x4 blocks, centre 0) on the low 16 columns, every
+    path: codes from orientations or raw random words (bits 16-31 set), any radius up to 8."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 40))
+    if raw:
+        records = rng.integers(0, 2**32, (n, 72), dtype=np.uint64).astype(np.uint32)
+        probe = rng.integers(0, 2**32, (4, 16), dtype=np.uint64).astype(np.uint32)
+    else:
+        records = np.concatenate([rng.integers(0, 2**32, (n, 8), dtype=np.uint64).astype(np.uint32),
+                                  np.stack([_code(rng, 16, 16, valid).ravel() for _ in range(n)])], axis=1)
+        probe = _code(rng, 16, 16, valid)
+    idx = rng.integers(0, n, int(rng.integers(0, 30))).astype(np.int64)
+    args = dict(offset=8, radius=radius, n_ref=n_ref)
+    want = kernels.match_elastic16_reference(probe, records, idx, **args)
+    for lv in LEVELS:
+        kernels.dispatch_level(lv)
+        assert np.array_equal(kernels.match_elastic16(probe, records, idx, **args), want)
+    kernels.dispatch_level(2)

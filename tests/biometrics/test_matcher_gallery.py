@@ -198,7 +198,8 @@ def test_shortlist_is_a_fixed_fraction_within_bounds():
 
 def test_two_stage_prefilter_keeps_the_closest_vein_codes(templates):
     """Gallery._shortlist: the signature scan keeps stage1_size entries, the rigid vein match at
-    ±VEIN_STAGE_SHIFT ranks them and the shortlist_size closest (ties by index) go on."""
+    block-wise vein match (4x4-cell blocks within ±VEIN_STAGE_RADIUS) ranks them and the
+    shortlist_size closest (ties by index) go on."""
     from palmnode.biometrics import gallery as gal, kernels
 
     g = Gallery(shortlist=5)
@@ -210,8 +211,10 @@ def test_two_stage_prefilter_keeps_the_closest_vein_codes(templates):
     got = g._shortlist(probe, snap, starts)
     recs = np.stack([gal._record(e)[0] for e, _ in templates])
     spec = matcher.VEIN_MATCH
-    hd, _, _ = kernels.match_shifted(probe.vein.planes(), recs, np.arange(N, dtype=np.int64), offset=spec.offset,
-                                     max_dx=gal.VEIN_STAGE_SHIFT, max_dy=gal.VEIN_STAGE_SHIFT, n_ref=spec.n_ref)
+    centre = np.full(N, 8 * 32 + 8, np.int32)
+    hd, _ = kernels.match_elastic_reference(probe.vein.planes(), recs, np.arange(N, dtype=np.int64), centre,
+                                            offset=spec.offset, bh=4, bw=4, radius=gal.VEIN_STAGE_RADIUS,
+                                            n_ref=spec.n_ref)
     want = np.sort(np.lexsort((np.arange(N), hd))[:5])
     assert g.stage1_size(N) >= N and np.array_equal(got, want) and 7 in got
 
