@@ -267,7 +267,8 @@ class Repl:
             self._save_capture(args, result, reply.get("text"))
             return
         text = reply.get("text")
-        if cmd == "py" and args:  # what the statement printed, exactly
+        if cmd == "py" and args and not (isinstance(result, dict) and result.get("interrupted")):
+            # what the statement printed, exactly
             self.out.write(text or "")
             self.out.flush()
         elif text is not None:

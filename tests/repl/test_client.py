@@ -162,6 +162,47 @@ async def test_terminal_session_with_completion_history_and_follow(node, repl_pa
     assert stat.S_IMODE(os.stat(tmp_path / ".palmnode_repl_history").st_mode) == 0o600
 
 
+async def test_terminal_python_console(node, repl_path, tmp_path):
+    master, slave = os.openpty()
+    env = {**os.environ, "HOME": str(tmp_path), "TERM": "dumb"}
+    process = await trio.lowlevel.open_process(client_command(repl_path), stdin=slave, stdout=slave,
+                                               stderr=slave, env=env, start_new_session=True,
+                                               preexec_fn=_controlling_terminal)
+    os.close(slave)
+    terminal = trio.lowlevel.FdStream(master)
+    out = Output(terminal)
+    try:
+        await out.prompt("demo-gate> ", 1)
+        await terminal.send_all(b"py\r")
+        await out.prompt(">>> ", 1)
+        await terminal.send_all(b"x = 6\r")
+        await out.prompt(">>> ", 2)
+        await terminal.send_all(b"x * 7\r")
+        await out.wait_for("42")
+        await out.prompt(">>> ", 3)
+        await terminal.send_all(b"for i in range(2):\r")
+        await out.prompt("... ", 1)
+        await terminal.send_all(b"\tprint('i', i)\r")  # Tab indents here
+        await out.prompt("... ", 2)
+        await terminal.send_all(b"\r")
+        await out.wait_for("i 1")
+        await out.prompt(">>> ", 4)
+        await terminal.send_all(b"node.sleeping = True; await trio.sleep(1000)\r")
+        await wait_for(lambda: getattr(node, "sleeping", False), timeout=5)  # the node runs it now
+        await terminal.send_all(b"\x03")  # Ctrl-C cancels the statement in the node
+        await out.prompt(">>> ", 5)
+        assert "interrupted" in out.text
+        await terminal.send_all(b"\x04")  # Ctrl-D leaves the console, not the REPL
+        await out.prompt("demo-gate> ", 2)
+        await terminal.send_all(b"\x04")
+        with trio.fail_after(10):
+            assert await process.wait() == 0
+    finally:
+        process.kill()
+        await terminal.aclose()
+    assert "i 0" in out.text
+
+
 def _controlling_terminal():
     # in the child, after setsid(): the pty on stdin becomes its terminal, so Ctrl-C is SIGINT
     import fcntl
