@@ -26,7 +26,7 @@ from palmnode import config
 from palmnode.actors import DeviceState, DeviceStateChanged, GateState
 from palmnode.biometrics.gallery import Gallery
 from palmnode.controller.server import Controller, ControllerConfig
-from palmnode.gate.events import Decision, EnrolProgress, Feedback
+from palmnode.gate.events import Decision, EnrolProgress, Feedback, PaymentResult
 from palmnode.link.certs import make_dev_pki
 from palmnode.node import Node
 from palmnode.sim import scenario as sc
@@ -74,6 +74,7 @@ class Plan:
     arrivals: int = 40
     strangers: float = 0.25      # share of arrivals who were never enrolled
     unplug_camera: bool = True   # the camera is pulled for a few seconds mid-stream
+    payment: bool = True         # the last quarter of the arrivals pay (the controller charges their card)
     seed: int = 0
 
 
@@ -124,7 +125,7 @@ class Demo:
                     await controller.wait_node(NODE_ID)
                 self.say(f"store controller on 127.0.0.1:{port} (mutual TLS), gate {NODE_ID} ready and connected")
                 await self._enrol_all(controller, gate, node)
-                await self._arrivals(gate, node)
+                await self._arrivals(controller, gate, node)
                 await trio.sleep(1.0)  # the last events reach the controller
                 self.summary.health = node.health.snapshot()
                 nursery.cancel_scope.cancel()  # the node stops first: lights off, ports closed
@@ -154,7 +155,7 @@ class Demo:
         await trio.sleep(0.4)  # the hand is gone before the next person steps up
 
     # ---- arrivals ---------------------------------------------------------------------------------
-    async def _arrivals(self, gate: VirtualGate, node: Node) -> None:
+    async def _arrivals(self, controller: Controller, gate: VirtualGate, node: Node) -> None:
         rng = random.Random(self.plan.seed)
         people = list(self.summary.enrolled.items())
         n = self.plan.arrivals
@@ -167,6 +168,10 @@ class Demo:
                 await trio.sleep(1.0)
             if k == n // 3:
                 await self._unknown_card(gate, node)
+            if k == (3 * n) // 4 and self.plan.payment:
+                await controller.request(NODE_ID, "mode.set", {"mode": "payment", "amount_cents": 450,
+                                                               "currency": "EUR"})
+                self.say("the controller switches the gate to payment: EUR 4.50 per person")
             stranger = not people or rng.random() < self.plan.strangers
             if stranger:
                 seed, expected = FIRST_STRANGER_SEED + k, None
@@ -176,7 +181,18 @@ class Demo:
 
     async def _arrive(self, gate: VirtualGate, node: Node, seed: int, expected: str | None) -> None:
         who = "stranger" if expected is None else f"person {seed - FIRST_PERSON_SEED + 1}"
-        decision = await arrive(gate, node, seed)
+        async with node.bus.subscribe(PaymentResult, buffer=4) as payments:
+            decision = await arrive(gate, node, seed)
+            self._show_decision(node, who, expected, decision)
+            if decision is not None and decision.outcome == "identified" and node.modes.current.mode == "payment":
+                with trio.move_on_after(5.0):
+                    paid = await payments.receive()
+                    self.summary.counts["payments approved" if paid.approved else "payments declined"] += 1
+                    self.say(f"{'':<11}   payment of EUR {paid.amount_cents / 100:.2f} "
+                             f"{'approved, ref ' + str(paid.reference) if paid.approved else 'declined: ' + str(paid.reason)}")
+        await trio.sleep(0.3)
+
+    def _show_decision(self, node: Node, who: str, expected: str | None, decision: Decision | None) -> None:
         s = self.summary
         if decision is None:
             s.counts["no decision"] += 1
@@ -201,7 +217,6 @@ class Demo:
             s.frame_waits_ms.append(timings.nir_wait_ms + timings.surface_wait_ms)
         self.say(f"{who:<11} → {decision.outcome}{name}{score} in {decision.latency_ms:.0f} ms  "
                  f"{'✓' if right else '✗ ' + key}")
-        await trio.sleep(0.3)
 
     async def _unknown_card(self, gate: VirtualGate, node: Node) -> None:
         async with node.bus.subscribe(PaymentCardRead, buffer=4) as reads:
@@ -225,8 +240,9 @@ class Demo:
                     took = trio.current_time() - self.lost_at.pop(name)
                     self.summary.recoveries.append((name, took))
                     self.say(f"{name} READY again after {took:.2f} s")
-                case Feedback(message=message):
+                case Feedback():
                     self.summary.counts["feedback"] += 1
+
                 case EnrolProgress(step="failed" | "duplicate", detail=detail):
                     self.say(f"enrolment: {detail}")
 

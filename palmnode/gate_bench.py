@@ -43,7 +43,7 @@ def crowd(n: int, args: argparse.Namespace):
 def main(args: argparse.Namespace) -> dict:
     print(f"gate bench: building a gallery of {args.enrolled} synthetic palms", file=sys.stderr, flush=True)
     gallery = crowd(args.enrolled, args)
-    plan = demo.Plan(people=args.people, arrivals=args.arrivals, strangers=0.25, unplug_camera=False)
+    plan = demo.Plan(people=args.people, arrivals=args.arrivals, strangers=0.25, unplug_camera=False, payment=False)
     summary = trio.run(lambda: demo.play(plan, out=sys.stderr, gallery=gallery))
     counts = summary.counts
     enrolled_arrivals = sum(counts[k] for k in ("identified correctly", "wrong person", "enrolled not recognised")) \
