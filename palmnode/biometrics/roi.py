@@ -88,6 +88,8 @@ class RoiLimits:
     #: (median 6°; pairs with the index–middle valley up a seam: 16–36°; 12/16/20 measured on
     #: development renders, 16 and 20 alike, 12 worse)
     pair_max_lean_deg: float = 16.0
+    #: ... and when it leans less than this (the ring–little valley is then a notch up the seam)
+    pair_min_lean_deg: float = -10.0
     #: how far (share of the ROI side) an ROI corner may lie outside the frame (the lost cells are
     #: masked by the features; the quality's completeness >= 0.9 bounds how much may be lost)
     corner_out: float = 0.2
@@ -326,8 +328,19 @@ def _heel_centroid(hand: segment.HandMask, up: np.ndarray) -> np.ndarray | None:
     return 2 * (c + mean)
 
 
+def _heel_cut(hand: segment.HandMask, up: np.ndarray) -> bool:
+    """Whether the frame border cuts the region _heel_centroid averages (1.5 palm radii about the
+    centre, on the wrist side)."""
+    h, w = hand.mask.shape
+    a = np.linspace(-0.45 * np.pi, 0.45 * np.pi, 9)
+    down = -up
+    side = np.array([-down[1], down[0]])
+    pts = hand.centre + 1.5 * hand.radius * (np.cos(a)[:, None] * down + np.sin(a)[:, None] * side)
+    return bool(np.any((pts < 0) | (pts > [w - 1, h - 1])))
+
+
 def _valley_frame(valleys: np.ndarray, deep: tuple[bool, bool, bool], up: np.ndarray, radius: float,
-                  limits: RoiLimits, tips: np.ndarray | None = None
+                  limits: RoiLimits, tips: np.ndarray | None = None, also_up: np.ndarray | None = None
                   ) -> tuple[np.ndarray, np.ndarray, float] | None:
     """(ROI centre, up, side) anchored on the finger valleys, or None.
 
@@ -340,7 +353,9 @@ def _valley_frame(valleys: np.ndarray, deep: tuple[bool, bool, bool], up: np.nda
     one), the middle–ring valley, which lies about midway, stands in for the line's middle.
     The frame is the valley line's, rotated and offset by the average relation of valleys and
     palm centre, so that it agrees on average with the palm-circle frame used where valleys are
-    closed.
+    closed. The frame must agree with the rough ``up`` (the palm's heel axis) or, for the pair
+    of both open valleys only, with ``also_up`` (the fingertips' mean direction: the heel axis
+    leans where the frame cuts the heel of a hand held close).
     """
     for line in _valley_lines(valleys, deep, up, radius, limits, tips):
         x, v1, v3, length = line
@@ -353,8 +368,12 @@ def _valley_frame(valleys: np.ndarray, deep: tuple[bool, bool, bool], up: np.nda
         centre = mid + (limits.valley_centre[0] * normal + limits.valley_centre[1] * x) * length
         a = np.radians(limits.valley_lean_deg)     # the palm axis leans towards the thumb
         new_up = np.cos(a) * normal + np.sin(a) * x
-        # the frame must agree with the rough one: a wild valley pair is a mis-detection
-        if np.dot(new_up, up) < np.cos(np.radians(limits.valley_max_disagree_deg)):
+        # the frame must agree with a rough one: a wild valley pair is a mis-detection (only
+        # the pair of both open valleys may lean on the fingertips' direction, not a stand-in)
+        agree = np.dot(new_up, up)
+        if also_up is not None and np.array_equal(v1, valleys[0]) and np.array_equal(v3, valleys[2]):
+            agree = max(agree, np.dot(new_up, also_up))
+        if agree < np.cos(np.radians(limits.valley_max_disagree_deg)):
             continue
         return centre, new_up, limits.valley_side * length
     return None
@@ -366,7 +385,7 @@ def _valley_lines(valleys: np.ndarray, deep: tuple[bool, bool, bool], up: np.nda
     ring–little valley, their distance), the ends stood in for where a valley is misplaced."""
     v1, v2, v3 = valleys
     axis = None if tips is None else _pressed_axis(valleys, tips)
-    skip_middle = index_high = False
+    skip_middle = index_high = ring_high = False
     if deep[0] and deep[2]:
         x = v1 - v3                                # towards the index finger (thumb side)
         length = float(np.linalg.norm(x))
@@ -388,21 +407,38 @@ def _valley_lines(valleys: np.ndarray, deep: tuple[bool, bool, bool], up: np.nda
             # shallow) that one is a notch too, and only the ring–little one is trusted
             index_high = True
             skip_middle = off > limits.middle_valley_off or not deep[1]
+        elif lean < limits.pair_min_lean_deg:
+            # likewise the other way: the ring–little valley is a notch up the seam
+            ring_high = True
+            skip_middle = off > limits.middle_valley_off or not deep[1]
         elif off > limits.middle_valley_off or not deep[1] or (
                 off >= -limits.middle_valley_off
                 and limits.middle_valley_at[0] <= along <= limits.middle_valley_at[1]):
             yield x, v1, v3, length
-    if deep[1] and deep[2] and not skip_middle:    # the index finger held against the middle one
+    if deep[1] and deep[2] and not (skip_middle or ring_high):  # index held against middle
         half = v2 - v3
         length = float(np.linalg.norm(half)) / limits.middle_valley_mean
         x = half / max(float(np.linalg.norm(half)), 1e-9)
         yield x, v3 + x * length, v3, length
-    if deep[0] and deep[1] and not index_high:     # the little finger held against the ring one
+    if deep[0] and deep[1] and not (skip_middle or index_high):  # little held against ring
         half = v1 - v2
         length = float(np.linalg.norm(half)) / (1.0 - limits.middle_valley_mean)
         x = half / max(float(np.linalg.norm(half)), 1e-9)
         yield x, v1, v1 - x * length, length
-    if deep[2] and axis is not None:
+    if ring_high and axis is not None:
+        # only the index–middle valley is trusted (middle, ring and little held together):
+        # the mirror image of the case below
+        across = np.array([axis[1], -axis[0]])
+        if np.dot(across, v1 - v3) < 0:
+            across = -across                       # towards the index finger
+        length = float(np.dot(v1 - v3, across))
+        a = np.radians(limits.finger_axis_lean_deg)
+        normal = np.cos(a) * axis - np.sin(a) * across
+        x = np.array([-normal[1], normal[0]])
+        if np.dot(x, across) < 0:
+            x = -x
+        yield x, v1, v1 - x * length, length
+    if deep[2] and axis is not None and not ring_high:
         # only the ring–little valley is trusted (index, middle and ring held together): the
         # notches between the pressed fingers lie up the seams, so they keep their place across
         # the fingers; the middle and ring fingers' axes (tip from between their side notches),
@@ -442,6 +478,9 @@ def _palm_frame(fingers: keypoints.Fingers, hand: segment.HandMask, arm_dir: np.
     rel = tips - centre
     up = (rel / np.linalg.norm(rel, axis=1, keepdims=True)).sum(axis=0)
     up /= np.linalg.norm(up) + 1e-12
+    # (the fingertips' direction also vouches for a valley frame where the frame border cuts
+    # into the heel region, which then pulls the heel axis aside)
+    tips_up = up if _heel_cut(hand, up) else None
     heel = _heel_centroid(hand, up)
     if heel is not None:
         axis = centre - to_frame(heel)
@@ -454,7 +493,7 @@ def _palm_frame(fingers: keypoints.Fingers, hand: segment.HandMask, arm_dir: np.
         thumb = -thumb
     side = limits.side_per_palm_radius * radius
     roi_centre = centre + (limits.centre_up * up + limits.centre_thumbward * thumb) * radius
-    anchored = _valley_frame(valleys, fingers.deep, up, radius, limits, tips)
+    anchored = _valley_frame(valleys, fingers.deep, up, radius, limits, tips, tips_up)
     if anchored is not None:
         roi_centre, up, side = anchored
         thumb = np.array([-up[1], up[0]])

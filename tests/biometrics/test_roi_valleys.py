@@ -141,3 +141,33 @@ def test_pair_along_the_fingers_axis_stands():
     x, v1, v3, length = next(iter(roi._valley_lines(np.array([IM, MR, RL]), (True, True, True), UP,
                                                      RADIUS, LIMITS, tips)))
     assert np.allclose(v1, IM) and np.allclose(v3, RL)
+
+
+def test_pair_leaning_the_other_way_trusts_only_the_index_middle_valley():
+    # middle, ring and little held together: the middle-ring and ring-little notches up the seams
+    mr, rl = MR + [0.0, -30.0], RL + [0.0, -35.0]
+    valleys = np.array([IM, mr, rl])
+    tips = np.array([[175.0, -120.0], [0.5 * (IM[0] + mr[0]), -140.0], [0.5 * (mr[0] + rl[0]), -130.0],
+                     [25.0, -100.0]])
+    lines = list(roi._valley_lines(valleys, (True, True, True), UP, RADIUS, LIMITS, tips))
+    assert len(lines) == 1
+    x, v1, v3, length = lines[0]
+    assert np.allclose(v1, IM) and abs(length - 100.0) < 1e-9
+    assert np.allclose(v3, v1 - x * length)
+    assert abs(abs(np.degrees(np.arcsin(x[1]))) - LIMITS.finger_axis_lean_deg) < 1e-6
+
+
+def _turned(deg):
+    a = np.radians(deg)
+    return np.array([np.sin(a), -np.cos(a)])
+
+
+def test_fingertips_direction_vouches_only_for_the_pair_of_open_valleys():
+    valleys = np.array([IM, MR, RL])
+    off_up = _turned(-30.0)              # a heel axis pulled aside (the frame cuts the heel)
+    assert roi._valley_frame(valleys, (True, True, True), off_up, RADIUS, LIMITS) is None
+    centre, up, side = roi._valley_frame(valleys, (True, True, True), off_up, RADIUS, LIMITS,
+                                         also_up=UP)
+    assert abs(side - LIMITS.valley_side * 100.0) < 1e-9
+    # a stand-in line (index-middle valley not open) needs the heel axis itself
+    assert roi._valley_frame(valleys, (False, True, True), off_up, RADIUS, LIMITS, also_up=UP) is None
