@@ -246,7 +246,7 @@ async def test_light_sets_the_board_and_rejects_bad_arguments(node, gate, connec
 
 async def test_capture_returns_one_roi_png_and_writes_nothing(node, gate, connect, short_dir, tmp_path):
     await ready(node)
-    before = {p for folder in (short_dir, tmp_path, os.getcwd()) for p in _files(folder)}
+    before = _pngs(short_dir, tmp_path, os.getcwd())
     client = await connect()
     _, nothing = await client.call("capture")
     assert nothing["ok"] is False and nothing["error"].startswith("no palm in view (no_hand")
@@ -261,12 +261,16 @@ async def test_capture_returns_one_roi_png_and_writes_nothing(node, gate, connec
     nir, surface = image[:, :image.shape[0]], image[:, image.shape[0]:]
     assert nir.mean() > 40 and surface.mean() > 40  # both lit, both a palm
     assert gate.lighting().ir == 0 and gate.lighting().surface == 0  # lights off after
-    after = {p for folder in (short_dir, tmp_path, os.getcwd()) for p in _files(folder)}
-    assert after == before  # the node wrote no image anywhere
+    assert _pngs(short_dir, tmp_path, os.getcwd()) == before  # the node wrote no image
 
 
-def _files(folder):
-    return {os.path.join(root, name) for root, _, names in os.walk(folder) for name in names}
+def _pngs(*folders):
+    """PNG files in the test's folders (recursively) and in the current folder (top level: other
+    people's work may change the rest of a shared checkout meanwhile)."""
+    *private, cwd = folders
+    found = {os.path.join(root, name) for folder in private for root, _, names in os.walk(folder)
+             for name in names if name.endswith(".png")}
+    return found | {os.path.join(cwd, name) for name in os.listdir(cwd) if name.endswith(".png")}
 
 
 async def test_bad_requests_get_one_error_line_each_and_the_session_continues(node, connect):
