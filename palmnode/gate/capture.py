@@ -21,6 +21,7 @@ burst share frames and would agree with each other too easily.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 from typing import AsyncIterator, Iterator
@@ -38,6 +39,10 @@ from palmnode.devices.camera import FrameSource
 from palmnode.devices.illuminator import Lights
 
 
+#: camera latency observations kept (one per switch on that showed a still-dark frame)
+LATENCY_WINDOW = 32
+
+
 @attrs.frozen
 class CapturePolicy:
     ir_channel: str = "ir"
@@ -47,6 +52,10 @@ class CapturePolicy:
     #: a frame counts as lit when it reached the host this long after the light change (≥ the
     #: camera's exposure-to-host latency, < one frame period: see docs/flows.md)
     settle_s: float = 0.028
+    #: a frame whose mean grey (strided sample) is below this was taken with every light off
+    lit_min_grey: float = 8.0
+    #: added to the longest camera latency observed (see ``Capturer.settle_s``)
+    latency_margin_s: float = 0.006
     #: no lit frame within this long: the camera is stalled (the attempt fails, lights go off)
     frame_timeout_s: float = 0.4
     #: the illuminator must take a light command within this long
@@ -101,6 +110,7 @@ class CaptureTimings:
     process_ms: float = 0.0
     total_ms: float = 0.0
     skipped: int = 0
+    settle_ms: float = 0.0  # the settle time in use at the end (Capturer.settle_s)
 
 
 def locate(nir: np.ndarray, policy: CapturePolicy = CapturePolicy()) -> Roi | RoiFailure:
@@ -161,6 +171,8 @@ class Capturer:
         self.policy = policy
         self.timings = CaptureTimings()
         self.reserved_by: str | None = None
+        #: delays of frames seen still dark after a switch on (the camera's latency, lately)
+        self._delays: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
         self._lock = trio.Lock()  # one capture at a time: the lights are one resource
 
     @contextlib.contextmanager
@@ -329,6 +341,7 @@ class Capturer:
             raise CaptureUnavailable(f"illuminator: {group.exceptions[0]}") from None
         changed = trio.current_time()
         self.timings.lights_ms += (changed - t) * 1e3
+        self.timings.settle_ms = self.settle_s * 1e3
         deadline = changed + p.frame_timeout_s
         while True:
             left = deadline - trio.current_time()
@@ -341,9 +354,30 @@ class Capturer:
                                          f"{p.frame_timeout_s:.2f} s") from None
             except (DeviceError, trio.ClosedResourceError) as exc:
                 raise CaptureUnavailable(f"camera: {exc}") from None
-            if frame.captured_at >= changed + p.settle_s:
+            delay = frame.captured_at - changed
+            if previous is None and delay > 0 and not self._lit(frame.image):
+                # still dark although stamped after the switch: it was exposed before the light
+                # came on, so the camera's latency is at least this much (learned for later switches)
+                self._delays.append(delay)
+                self.timings.skipped += 1
+                continue
+            if delay >= self.settle_s and (previous is not None or self._lit(frame.image)):
                 return frame.image, frame.captured_at
             self.timings.skipped += 1
+
+    def _lit(self, image: np.ndarray) -> bool:
+        """A frame taken with a light on: the lit background alone is ~15 grey (ARCHITECTURE.md),
+        an unlit gate ~2; a strided sample is plenty to tell."""
+        return float(image[::8, ::8].mean()) >= self.policy.lit_min_grey
+
+    @property
+    def settle_s(self) -> float:
+        """The settle time in use: the policy's, or the camera latency observed lately (the longest
+        delay of a frame still dark after a switch on, over the last ``LATENCY_WINDOW`` captures)
+        plus ``latency_margin_s`` when that is longer — a loaded host or a slow camera stretches
+        it, and a frame stamped within it may still show the previous light."""
+        observed = max(self._delays, default=0.0) + self.policy.latency_margin_s
+        return max(self.policy.settle_s, observed if self._delays else 0.0)
 
     async def _all_off(self) -> None:
         p = self.policy
