@@ -34,10 +34,16 @@ from drivers.errors import DeviceError
 from palmnode.biometrics import features, quality, roi
 from palmnode.biometrics.quality import QualityPolicy
 from palmnode.biometrics.roi import RoiLimits
-from palmnode.biometrics.types import BadImage, FailureReason, PalmTemplate, Quality, Roi, RoiFailure
+from palmnode.biometrics.types import (
+    BadImage,
+    FailureReason,
+    PalmTemplate,
+    Quality,
+    Roi,
+    RoiFailure,
+)
 from palmnode.devices.camera import FrameSource
 from palmnode.devices.illuminator import Lights
-
 
 #: camera latency observations kept (one per switch on that showed a still-dark frame)
 LATENCY_WINDOW = 32

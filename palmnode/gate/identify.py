@@ -30,9 +30,20 @@ from drivers.proximity.driver import Distance
 from palmnode.actors import EventBus
 from palmnode.biometrics.gallery import Candidate, Gallery
 from palmnode.gate.capture import Capturer, CaptureUnavailable, Probe, ProbeFailure
-from palmnode.gate.events import Decision, Feedback, GateOpened, LoyaltyMember, PaymentResult
+from palmnode.gate.events import (
+    Decision,
+    Feedback,
+    GateOpened,
+    LoyaltyMember,
+    PaymentResult,
+)
 from palmnode.gate.modes import Charge, ChargeResult, GateModes
-from palmnode.gate.presence import AdvicePolicy, PlacementAdvisor, PresenceChanged, PresencePolicy
+from palmnode.gate.presence import (
+    AdvicePolicy,
+    PlacementAdvisor,
+    PresenceChanged,
+    PresencePolicy,
+)
 from palmnode.logs import event
 
 log = logging.getLogger("palmnode.gate")

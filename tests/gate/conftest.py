@@ -6,23 +6,21 @@ enrolled with session-1 hands and recognised with session-2 hands, as a month ap
 """
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
 import attrs
 import numpy as np
 import pytest
-import trio
 
-from drivers.camera.scene import Lighting
 from palmnode.actors import GateState
 from palmnode.biometrics import matcher
 from palmnode.biometrics.bench import render_set
 from palmnode.biometrics.gallery import Gallery
 from palmnode.demo import node_config
-from palmnode.gate.capture import Capturer, CapturePolicy
+from palmnode.gate.capture import CapturePolicy, Capturer
 from palmnode.gate.identify import IdentifyFlow, IdentifyPolicy
+from palmnode.gate.latency import hover  # noqa: F401 (the tests' hand)
 from palmnode.gate.modes import GateModes
 from palmnode.gate.people import People
 from palmnode.metrics import Metrics
@@ -85,38 +83,3 @@ async def start_identify(rig: Rig, nursery, threshold: float, *, policy: dict | 
     await nursery.start(flow.run)
     rig.identify = flow
     return flow
-
-
-def _ease(x: float) -> float:
-    x = min(max(x, 0.0), 1.0)
-    return x * x * (3 - 2 * x)
-
-
-async def hover(gate: VirtualGate, identity: int, *, session: int = 1, hand: str | None = "right",
-                distance_mm: float = 150.0, seconds: float = 1.0, approach_s: float = 0.3,
-                far_mm: float = 450.0) -> None:
-    """A rendered person's hand comes in from ``far_mm``, hovers (with a slight tremor), leaves.
-    The renderer is warmed first (the emulator renders in this process), so a new person's first
-    frame costs the camera no more than any other: a real camera has no render time."""
-    scene = gate.hand
-    scene.present(identity, session=session, hand=hand)
-    scene.distance_mm = distance_mm
-    await trio.to_thread.run_sync(scene.render, Lighting(ir=1.0), 0.0)
-    await trio.to_thread.run_sync(scene.render, Lighting(surface=1.0), 0.0)
-    scene.distance_mm = None
-    t0 = trio.current_time()
-    total = approach_s * 2 + seconds
-    try:
-        while (t := trio.current_time() - t0) < total:
-            if t < approach_s:
-                d = far_mm + (distance_mm - far_mm) * _ease(t / approach_s)
-            elif t < approach_s + seconds:
-                d = distance_mm + 3.0 * math.sin(2 * math.pi * 1.3 * t)
-            else:
-                d = distance_mm + (far_mm - distance_mm) * _ease((t - approach_s - seconds) / approach_s)
-            gate.proximity.set_target(d)
-            scene.distance_mm = d
-            await trio.sleep(0.01)
-    finally:
-        gate.proximity.set_target(None)
-        scene.absent()

@@ -6,8 +6,16 @@ from __future__ import annotations
 import trio
 
 from palmnode.gate.enrol import EnrolFlow, EnrolPolicy
-from palmnode.gate.events import (Decision, EnrolProgress, Feedback, GateOpened, LoyaltyMember, PaymentResult,
-                                  PersonDeleted, PersonEnrolled)
+from palmnode.gate.events import (
+    Decision,
+    EnrolProgress,
+    Feedback,
+    GateOpened,
+    LoyaltyMember,
+    PaymentResult,
+    PersonDeleted,
+    PersonEnrolled,
+)
 from palmnode.gate.modes import ChargeResult, GateMode
 from palmnode.sim import scenario as sc
 from tests.conftest import wait_for
@@ -51,7 +59,7 @@ async def present(rig, events, seed, *, session=2, **kw) -> Decision:
 
 
 async def test_enrolled_person_recognised_stranger_not_modes_and_delete(rig, nursery, threshold):
-    enrol, result, enrolled, palm_seconds = await enrol_person(rig, nursery, threshold, PERSON)
+    _, result, enrolled, palm_seconds = await enrol_person(rig, nursery, threshold, PERSON)
     assert result.ok and not result.linked, result
     assert enrolled.person_id == result.person_id and enrolled.palms == ("right",)
     assert palm_seconds <= 5.0  # one palm, from the prompt to the person stored

@@ -1,8 +1,14 @@
 """Presence with stillness, and placement advice (sans-IO: readings in, changes/advice out)."""
 from __future__ import annotations
 
-from palmnode.gate.presence import (SATURATED_STRENGTH, AdvicePolicy, Placement, PlacementAdvisor,
-                                    PresenceDetector, PresencePolicy)
+from palmnode.gate.presence import (
+    SATURATED_STRENGTH,
+    AdvicePolicy,
+    Placement,
+    PlacementAdvisor,
+    PresenceDetector,
+    PresencePolicy,
+)
 
 
 def run(detector, readings, t0=0.0, dt=0.01):

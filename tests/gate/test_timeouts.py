@@ -7,7 +7,6 @@ import os
 
 import trio
 
-from drivers.card_reader.cardtoken import CardToken
 from drivers.card_reader.reads import PaymentCardRead
 from palmnode.actors import EventBus
 from palmnode.biometrics.gallery import Gallery
