@@ -107,6 +107,7 @@ async def _serve_node(node) -> None:
     """Run the node until Ctrl-C or SIGTERM (systemd's stop), then stop it in order, lights off."""
     from drivers.errors import DeviceError
     from palmnode.node import GateSetupError
+    from palmnode.systemd import notify_stopping
 
     log = logging.getLogger("palmnode.node")
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -114,6 +115,7 @@ async def _serve_node(node) -> None:
             async with trio.open_nursery() as nursery:
                 await nursery.start(node.run)
                 signum = await _cancel_on_signal(signals, nursery.cancel_scope)
+                notify_stopping()  # systemd: this stop is ours, not a crash
                 logs.event(log, "node stopping", signal=signal.Signals(signum).name)
         except* (DeviceError, GateSetupError) as group:  # e.g. an unusable token key file, found before any device opens
             leaf = group
