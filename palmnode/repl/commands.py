@@ -580,3 +580,86 @@ def _plain(value: Any) -> Any:
 __all__ = ["COMMANDS", "Command", "CommandError", "FOLLOW_BUFFER", "GalleryView", "HIDDEN_FIELDS",
            "Reply", "channels", "ReplTarget", "Session", "config_to_plain", "event_to_plain", "follow_groups",
            "followable", "resolve_follow", "run_command"]
+
+
+# -- people and the gate's mode (a node with a [vault])
+
+def _gate(session: Session):
+    target = session.target
+    if getattr(target, "people", None) is None or getattr(target, "enrol", None) is None:
+        raise CommandError("this node has no people: give its config a [vault] section")
+    return target
+
+
+@command("enrol", "enrol PHONE [right|left|both]", "enrol a person here: card tap, then palms over the gate",
+         "Starts the enrolment flow locally (as the controller's enrol.begin does): the person taps a "
+         "payment card, then holds each palm over the gate until three captures agree. Progress is "
+         "shown as it happens; Ctrl-C cancels. Example: enrol +4930555000001 both", min_args=1, max_args=2)
+async def _enrol(session: Session, args: tuple[str, ...]) -> Reply:
+    from palmnode.gate.enrol import EnrolBusy
+    from palmnode.gate.events import EnrolProgress
+
+    target = _gate(session)
+    palms = {"right": ("right",), "left": ("left",), "both": ("right", "left")}.get(args[1] if len(args) > 1 else "right")
+    if palms is None:
+        raise CommandError(f"palms must be right, left or both, not {args[1]!r}")
+    async with target.bus.subscribe(EnrolProgress, buffer=64) as progress:
+        try:
+            request = target.enrol.begin(args[0], palms)
+        except (EnrolBusy, ValueError) as exc:
+            raise CommandError(str(exc)) from None
+        try:
+            async with trio.open_nursery() as nursery:
+                async def show() -> None:
+                    async for ev in progress:
+                        await session.send({"text": f"{ev.step}: {ev.detail}"})
+
+                nursery.start_soon(show)
+                result = await request.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            if not request.done.is_set():
+                target.enrol.cancel()  # interrupted: the person is not left half-enrolled
+    if not result.ok:
+        raise CommandError(f"enrolment failed: {result.reason}")
+    return Reply({"person_id": result.person_id, "linked": result.linked},
+                 f"enrolled as {result.person_id}" + (" (linked to an existing person)" if result.linked else ""))
+
+
+@command("delete", "delete id ID | card HEX | phone NUMBER", "forget a person: vault, gallery, every gate",
+         "Removes the person's templates, card and phone digests from this node's vault and gallery at "
+         "once, leaves an audit entry without biometric data, and tells the controller, which removes them "
+         "from every gate of the store.", min_args=2, max_args=2)
+async def _delete(session: Session, args: tuple[str, ...]) -> Reply:
+    target = _gate(session)
+    kind, value = args
+    if kind == "card":
+        try:
+            named = {"card_digest": bytes.fromhex(value)}
+        except ValueError:
+            raise CommandError("card must be the token's hex digest") from None
+    elif kind in ("id", "phone"):
+        named = {"person_id" if kind == "id" else "phone": value}
+    else:
+        raise CommandError(f"delete by id, card or phone, not {kind!r}")
+    try:
+        deleted = await target.people.delete(**named)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    return Reply({"deleted": deleted}, "deleted" if deleted else "nobody matches")
+
+
+@command("mode", "mode entry | payment AMOUNT_CENTS CURRENCY | loyalty", "set what the gate does for a person",
+         "entry opens the turnstile; payment asks the controller to charge the person's card; loyalty "
+         "reports the member to the point of sale. Example: mode payment 450 EUR", min_args=1, max_args=3)
+async def _mode(session: Session, args: tuple[str, ...]) -> Reply:
+    from palmnode.gate.modes import GateMode
+
+    target = _gate(session)
+    try:
+        amount = int(args[1]) if len(args) > 1 else None
+        mode = GateMode(args[0], amount, args[2].upper() if len(args) > 2 else None)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    target.modes.set(mode, at=trio.current_time())
+    return Reply({"mode": mode.mode}, f"gate mode {mode.mode}")

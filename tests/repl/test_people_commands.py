@@ -1,0 +1,54 @@
+"""The operator's people commands over the REPL socket, on a node with a real vault: enrol here
+(card tap + palm on the virtual gate), delete, and the gate's mode."""
+from __future__ import annotations
+
+import pytest
+import trio
+
+from palmnode.actors import GateState
+from palmnode.demo import card_number, node_config
+from palmnode.node import Node
+from palmnode.sim import scenario as sc
+from tests.conftest import wait_for
+
+
+@pytest.fixture
+async def node(nursery, gate, tmp_path):
+    """A node with a vault (the working gate) on the virtual gate."""
+    node = Node(node_config(gate.endpoints_, tmp_path, vault=True))
+    await nursery.start(node.run)
+    await wait_for(lambda: node.health is not None and node.health.gate is GateState.READY, timeout=10.0)
+    return node
+
+
+async def test_enrol_delete_and_mode_from_the_repl(connect, node, gate, nursery):
+    client = await connect()
+    _, reply = await client.call("mode", "payment", "450", "eur")
+    assert reply["ok"] and node.modes.current.amount_cents == 450 and node.modes.current.currency == "EUR"
+    _, reply = await client.call("mode", "payment")
+    assert not reply["ok"] and "amount" in reply["error"]
+    _, reply = await client.call("delete", "id", "nobody")
+    assert reply["ok"] and reply["result"] == {"deleted": False}
+    _, reply = await client.call("delete", "shoe", "x")
+    assert not reply["ok"] and "by id, card or phone" in reply["error"]
+
+    async def person_at_the_gate() -> None:
+        await trio.sleep(0.5)
+        await gate.apply(sc.Card(at=0, kind="emv", pan=card_number(7), seconds=0.8))
+        for _ in range(5):
+            await gate.hover(150.0, 1.2, approach_s=0.3, identity=4_343, hand="right")
+
+    async with trio.open_nursery() as hands:
+        hands.start_soon(person_at_the_gate)
+        streamed, reply = await client.call("enrol", "+4930555000007", "right", timeout=30)
+        hands.cancel_scope.cancel()
+    assert reply["ok"], reply
+    person_id = reply["result"]["person_id"]
+    steps = [line["text"].split(":")[0] for line in streamed]
+    assert "card" in steps and "palm" in steps
+    assert node.vault.get(person_id) is not None and len(node.gallery) >= 3
+
+    _, reply = await client.call("delete", "phone", "+49 30 555000007")
+    assert reply["ok"] and reply["result"] == {"deleted": True}
+    assert node.vault.get(person_id) is None and len(node.gallery) == 0
+    await client.aclose()
