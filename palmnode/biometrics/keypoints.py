@@ -195,8 +195,14 @@ def find_fingers(path: np.ndarray, centre: np.ndarray, radius: float,
     # index finger; anything farther round is the arm's ragged edge, not a thumb
     before = gaps[k - 1] if k > 0 and gaps[k - 1] < MAX_THUMB_GAP else None
     after = gaps[k + 3] if k + 3 < len(gaps) and gaps[k + 3] < MAX_THUMB_GAP else None
-    if before is not None or after is not None:
-        thumb_first = (before or 0.0) > (after or 0.0)
+    if before is not None and after is not None:
+        # a tip on both sides (the other one a bump of the palm's edge or the wrist): the thumb
+        # stands out from its web far more than a bump does from the little finger's base
+        stand_before = r[peaks[k - 1]] - float(r[peaks[k - 1]:peaks[k] + 1].min())
+        stand_after = r[peaks[k + 4]] - float(r[peaks[k + 3]:peaks[k + 4] + 1].min())
+        thumb_first = stand_before > stand_after
+    elif before is not None or after is not None:
+        thumb_first = before is not None
     else:
         # thumb tucked in: the outline runs longer near the palm on its side (round its base)
         near = r < 2.0 * radius

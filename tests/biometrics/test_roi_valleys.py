@@ -171,3 +171,17 @@ def test_fingertips_direction_vouches_only_for_the_pair_of_open_valleys():
     assert abs(side - LIMITS.valley_side * 100.0) < 1e-9
     # a stand-in line (index-middle valley not open) needs the heel axis itself
     assert roi._valley_frame(valleys, (False, True, True), off_up, RADIUS, LIMITS, also_up=UP) is None
+
+
+def test_thumb_is_the_side_tip_standing_out_most_not_the_one_beyond_the_wider_gap():
+    # radial profile round a palm: thumb (short, out from a deep web), four fingers, then a low
+    # bump of the palm's edge beyond the little finger at a wider angle than the thumb's
+    centre, radius = np.array([200.0, 200.0]), 50.0
+    theta = np.radians(np.arange(0.0, 200.0, 0.25))
+    bumps = [(30, 0.9), (63, 1.9), (90, 1.95), (103, 1.7), (118, 1.6), (157, 0.6)]  # (deg, height / R)
+    r = 0.95 + sum(h * np.exp(-0.5 * ((np.degrees(theta) - a) / 3.0) ** 2) for a, h in bumps)
+    path = centre + radius * r[:, None] * np.stack([np.cos(theta), np.sin(theta)], axis=1)
+    fingers = keypoints.find_fingers(path, centre, radius, None)
+    assert fingers is not None and fingers.thumb_seen
+    angles = np.degrees(np.arctan2(*(fingers.tips - centre).T[::-1]))
+    assert np.allclose(angles, [63, 90, 103, 118], atol=1.0)       # index first: the thumb's side
