@@ -51,6 +51,18 @@ async def enrol_person(rig, nursery, threshold, seed, *, pan="4111111111111111",
     return enrol, result, enrolled, done_at - prompt.at
 
 
+async def small_in_camera(gate, seed, *, sensor_mm=250, camera_mm=340, seconds=1.5):
+    """The distance sensor sees ``sensor_mm`` (in the window), the camera a hand at ``camera_mm``."""
+    gate.hand.present(seed, session=1, hand="right")
+    gate.hand.distance_mm = camera_mm
+    gate.proximity.set_target(sensor_mm)
+    try:
+        await trio.sleep(seconds)
+    finally:
+        gate.proximity.set_target(None)
+        gate.hand.absent()
+
+
 async def present(rig, events, seed, *, session=2, **kw) -> Decision:
     async with trio.open_nursery() as hands:
         hands.start_soon(lambda: hover(rig.gate, seed, session=session, **kw))
@@ -143,9 +155,10 @@ async def test_misplaced_hands_get_feedback_and_no_silent_gate(rig, nursery, thr
             hands.start_soon(lambda: hover(rig.gate, PERSON, distance_mm=420, seconds=1.0))
             said = await next_of(events, Feedback)
         assert said.message == "move your hand a little closer"
-        # in the window but too far for the camera: the ROI says so, and the decision is a retry
+        # in the sensor's window but too small for the camera (a hand held at the window's far
+        # edge, the sensor seeing the wrist): the ROI says so, and the decision is a retry
         async with trio.open_nursery() as hands:
-            hands.start_soon(lambda: hover(rig.gate, PERSON, distance_mm=295, seconds=1.0))
+            hands.start_soon(small_in_camera, rig.gate, PERSON)
             said = await next_of(events, Feedback)
             decision = await next_of(events, Decision)
         assert said.message == "move your hand a little closer"
