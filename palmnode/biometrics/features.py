@@ -251,9 +251,11 @@ def signatures_of_codes(planes: np.ndarray) -> np.ndarray:
     return kernels.vein_signatures(planes, ((0, 0),))[:, 0]
 
 
-#: probe-side pre-filter variants, in vein cells (8 px): the unshifted signature and one
-#: cell each way, so a capture misaligned by up to ~12 px still ranks well
-PROBE_OFFSETS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
+#: probe-side pre-filter variants, in vein cells (8 px): the unshifted signature, one cell each
+#: way and the two diagonal steps along the signature's second phase, so a capture misaligned
+#: by up to ~12 px still ranks well (dev: mates beyond the 5% quantile 1.0% with the first five,
+#: 0.5% with all seven, as with all nine neighbours)
+PROBE_OFFSETS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1))
 
 
 def signature_variants(template: PalmTemplate, offsets=PROBE_OFFSETS) -> np.ndarray:

@@ -26,8 +26,8 @@ import attrs
 import numpy as np
 
 from palmnode.biometrics import features, kernels
-from palmnode.biometrics.matcher import (RECORD_WORDS, SURFACE_MATCH, VEIN_MATCH, Score, elastic_distances, fuse,
-                                         rigid_distances, similarity)
+from palmnode.biometrics.matcher import (FUSION_WEIGHTS, RECORD_WORDS, SURFACE_MATCH, VEIN_MATCH, Score,
+                                         elastic_distances, rigid_distances, similarity)
 from palmnode.biometrics.types import PalmTemplate
 
 #: shortlist after the pre-filter: SHORTLIST_FRACTION of the gallery, at least MIN_SHORTLIST and
@@ -35,17 +35,17 @@ from palmnode.biometrics.types import PalmTemplate
 #: gallery size up to SHORTLIST / SHORTLIST_FRACTION = 1M); recall loss measured in docs/engine.md
 SHORTLIST = 2000
 SHORTLIST_FRACTION = 0.002
-MIN_SHORTLIST = 200
+MIN_SHORTLIST = 100
 #: two-stage pre-filter: the signature scan keeps STAGE1_FRACTION of the gallery (at least
 #: MIN_STAGE1, at most STAGE1 entries), then the block-wise match of the full vein code (4x4-cell
 #: blocks, each within ±VEIN_STAGE_RADIUS cells: kernels.match_elastic16) ranks those and keeps
 #: shortlist_size(N) for the full match
 STAGE1_FRACTION = 0.05
-MIN_STAGE1 = 2000
+MIN_STAGE1 = 1000
 STAGE1 = 50_000
 VEIN_STAGE_RADIUS = 2
-#: the best RERANK shortlist entries by the rigid fused score (at least 8 per requested
-#: candidate) get the elastic block-wise match (matcher.distances), which gives the final scores
+#: the best RERANK shortlist entries by rigid surface + elastic vein score (at least 8 per
+#: requested candidate) get the elastic surface match, which completes the final scores
 RERANK = 64
 PALMS = ("left", "right", "unknown")
 _HAS_SURFACE, _HAS_VEIN = 1, 2
@@ -97,6 +97,16 @@ def _record(template: PalmTemplate) -> tuple[np.ndarray, int]:
         rec[VEIN_MATCH.offset:VEIN_MATCH.offset + 4 * VEIN_MATCH.rows] = template.vein.planes().ravel()
         flags |= _HAS_VEIN
     return rec, flags
+
+
+def _fused(surface: np.ndarray, vein: np.ndarray) -> np.ndarray:
+    """matcher.fuse of similarity arrays (the same float operations, so equal values), -inf where
+    neither modality is present: without fuse's NaN cleaning, which costs more than the sum."""
+    ws, wv = FUSION_WEIGHTS["surface"], FUSION_WEIGHTS["vein"]
+    has_s, has_v = ~np.isnan(surface), ~np.isnan(vein)
+    num = np.where(has_s, ws * surface, 0.0) + np.where(has_v, wv * vein, 0.0)
+    den = np.where(has_s, ws, 0.0) + np.where(has_v, wv, 0.0)
+    return np.where(den > 0, num / np.where(den > 0, den, 1.0), -np.inf)
 
 
 def _smallest(values: np.ndarray, k: int) -> np.ndarray:
@@ -307,8 +317,7 @@ class Gallery:
                     hd = elastic_distances(code, seg.records, rows, shifts[name][pos], spec)
                 out[pos] = np.where(flags & bit, similarity(hd), np.nan)
         # rank by rigid surface + elastic vein; the best RERANK get the elastic surface match
-        fused = fuse(surf, vein)
-        fused = np.where(np.isnan(fused), -np.inf, fused)
+        fused = _fused(surf, vein)
         keep = np.lexsort((chosen, -fused))[:max(RERANK, 8 * k)]
         keep = keep[np.isfinite(fused[keep])]
         spec = SURFACE_MATCH
@@ -319,8 +328,7 @@ class Gallery:
                 rows = rows_all[pos]
                 hd = elastic_distances(probe.surface, seg.records, rows, shifts["surface"][pos], spec)
                 surf[pos] = np.where(seg.flags[rows] & _HAS_SURFACE, similarity(hd), np.nan)
-        fused = fuse(surf[keep], vein[keep])
-        fused = np.where(np.isnan(fused), -np.inf, fused)
+        fused = _fused(surf[keep], vein[keep])
         surf, vein, person, palm, chosen = surf[keep], vein[keep], person[keep], palm[keep], chosen[keep]
         order = np.lexsort((chosen, -fused))           # best first, ties by enrolment order
         out: list[Candidate] = []

@@ -189,7 +189,7 @@ def test_signature_is_vein_only_and_a_probe_without_vein_is_matched_exhaustively
 
 def test_shortlist_is_a_fixed_fraction_within_bounds():
     g = Gallery()
-    assert g.shortlist_size(10_000) == 200 and g.shortlist_size(500_000) == 1000
+    assert g.shortlist_size(10_000) == 100 and g.shortlist_size(100_000) == 200 and g.shortlist_size(500_000) == 1000
     assert g.shortlist_size(1_000_000) == 2000 and g.shortlist_size(5_000_000) == 2000
     assert Gallery(shortlist=4).shortlist_size(10_000) == 4
     with pytest.raises(ValueError):
@@ -227,3 +227,15 @@ def test_smallest_by_partition_equals_a_stable_sort():
         n, k = int(rng.integers(0, 40)), int(rng.integers(1, 50))
         v = rng.integers(0, 5, n).astype(np.float64)               # many ties
         assert np.array_equal(_smallest(v, k), np.sort(np.lexsort((np.arange(n), v))[:k]))
+
+
+def test_gallery_fusion_equals_matcher_fuse():
+    from palmnode.biometrics.gallery import _fused
+
+    rng = np.random.default_rng(2)
+    s, v = rng.normal(0.2, 0.1, 500), rng.normal(0.2, 0.1, 500)
+    s[rng.random(500) < 0.2] = np.nan
+    v[rng.random(500) < 0.2] = np.nan
+    want = matcher.fuse(s, v)
+    got = _fused(s, v)
+    assert np.array_equal(np.where(np.isnan(want), -np.inf, want), got)
