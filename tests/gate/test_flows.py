@@ -32,9 +32,10 @@ async def next_of(events, kind, timeout=5.0, where=lambda ev: True):
 
 
 async def enrol_person(rig, nursery, threshold, seed, *, pan="4111111111111111", phone="+15551230001",
-                       expect_enrolled=True):
+                       expect_enrolled=True, on_duplicate="refuse"):
     enrol = EnrolFlow(rig.node.bus, rig.capturer, rig.gallery, rig.people, metrics=rig.metrics,
-                      policy=EnrolPolicy(agree_threshold=threshold, duplicate_threshold=threshold))
+                      policy=EnrolPolicy(agree_threshold=threshold, duplicate_threshold=threshold,
+                                         on_duplicate=on_duplicate))
     await nursery.start(enrol.run)
     async with rig.node.bus.subscribe(EnrolProgress, PersonEnrolled, buffer=256) as events:
         request = enrol.begin(phone, ["right"])
@@ -75,6 +76,7 @@ async def test_enrolled_person_recognised_stranger_not_modes_and_delete(rig, nur
     assert result.ok and not result.linked, result
     assert enrolled.person_id == result.person_id and enrolled.palms == ("right",)
     assert palm_seconds <= 5.0  # one palm, from the prompt to the person stored
+    print(f"one palm enrolled in {palm_seconds:.2f} s (prompt to stored)")
     assert len(rig.gallery) == 3 and rig.vault.count() == 1
     assert [e.kind for e in rig.vault.pending_events()] == ["enrolled"]
 
@@ -129,6 +131,11 @@ async def test_enrolled_person_recognised_stranger_not_modes_and_delete(rig, nur
         _, again, _, _ = await enrol_person(rig, nursery, threshold, PERSON, pan="5555555555554444",
                                             phone="+15551230002", expect_enrolled=False)
         assert not again.ok and again.reason == "palm already enrolled"
+        # ...or linked to the existing person, per policy (nothing new stored)
+        _, linked, _, _ = await enrol_person(rig, nursery, threshold, PERSON, pan="5555555555554444",
+                                             phone="+15551230002", expect_enrolled=False, on_duplicate="link")
+        assert linked.ok and linked.linked and linked.person_id == result.person_id
+        assert rig.vault.count() == 1
 
         # deleted: gone from vault and gallery at once, then unknown
         assert await rig.people.delete(phone="+15551230001")

@@ -108,3 +108,12 @@ def templates_of(i: int):
         ts, ids, _ = render_set(20_000, 60, Path(os.environ.get("PALMNODE_BENCH_CACHE", "/tmp/palmnode-bench")))
         _TEMPLATES.extend((t, int(p)) for t, p in zip(ts, ids))
     return [t for t, p in _TEMPLATES if p == i]
+
+
+def test_agreeing_captures_outvote_a_bad_one():
+    from palmnode.gate.enrol import agreeing
+    mine, other = templates_of(10), templates_of(11)
+    threshold = 0.3  # these genuine pairs score ~0.5, the impostor pairs ~0.22
+    assert agreeing(mine[:2], threshold, 3) is None                       # too few
+    assert agreeing([mine[0], other[0], mine[1]], threshold, 3) is None  # one disagrees
+    assert agreeing([mine[0], other[0], mine[1], mine[2]], threshold, 3) == [0, 2, 3]  # replaced
