@@ -30,13 +30,14 @@ import trio
 
 from drivers.card_reader.cardtoken import CardToken
 from drivers.card_reader.reads import PaymentCardRead
+from drivers.proximity.driver import Distance
 from palmnode.actors import EventBus
 from palmnode.biometrics import matcher
 from palmnode.biometrics.gallery import Gallery
 from palmnode.biometrics.types import PalmTemplate
 from palmnode.gate.capture import Capturer, CaptureUnavailable, Probe
 from palmnode.gate.events import EnrolProgress
-from palmnode.gate.presence import PresenceChanged
+from palmnode.gate.presence import AdvicePolicy, PlacementAdvisor, PresenceChanged, PresencePolicy
 from palmnode.logs import event
 from palmnode.vault import DuplicateCard, DuplicatePhone, InvalidPhone, VaultError
 
@@ -91,6 +92,9 @@ class EnrolPolicy:
     palm_timeout_s: float = 20.0
     timeout_s: float = 90.0
     capture_timeout_s: float = 0.6
+    #: placement advice while a palm is wanted and no hand is in the window (as the identify flow)
+    presence: PresencePolicy = PresencePolicy()
+    advice: AdvicePolicy = AdvicePolicy()
 
 
 @attrs.frozen
@@ -154,6 +158,7 @@ class EnrolFlow:
         self._arrived = trio.Event()
         self._left = trio.Event()
         self._said: tuple[tuple[str, str], float] = (("", ""), 0.0)
+        self._advisor = PlacementAdvisor(policy.presence, policy.advice)
 
     # ---- API -------------------------------------------------------------------------------
     def begin(self, phone: str | None, palms: tuple[str, ...] | list[str] = ("right",), *,
@@ -185,16 +190,23 @@ class EnrolFlow:
 
     # ---- the actor ---------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with self.bus.subscribe(PresenceChanged, buffer=64) as presence, trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch, presence)
+        async with self.bus.subscribe(PresenceChanged, Distance, buffer=512) as sensor, \
+                trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch, sensor)
             task_status.started()
             async for request in self._receive:
                 await self._serve(request)
 
     async def _watch(self, events) -> None:
+        """The hand as the sensor sees it; while a palm is wanted, placement advice as progress."""
         async for ev in events:
-            self._present = ev.present
-            (self._arrived if ev.present else self._left).set()
+            if isinstance(ev, PresenceChanged):
+                self._present = ev.present
+                (self._arrived if ev.present else self._left).set()
+            else:
+                advice = self._advisor.update(ev.distance_mm, ev.strength, ev.at)
+                if advice is not None and self.state is E.PALM and not self._present:
+                    self._progress("capture", advice)
 
     async def _serve(self, request: EnrolRequest) -> None:
         if request.scope is None:

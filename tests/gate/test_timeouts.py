@@ -8,6 +8,7 @@ import os
 import trio
 
 from drivers.card_reader.reads import PaymentCardRead
+from drivers.proximity.driver import Distance
 from palmnode.actors import EventBus
 from palmnode.biometrics.gallery import Gallery
 from palmnode.devices.camera import FrameSource
@@ -17,7 +18,7 @@ from palmnode.gate.enrol import EnrolBusy, EnrolFlow, EnrolPolicy
 from palmnode.gate.events import Decision, EnrolProgress, Feedback
 from palmnode.gate.identify import IdentifyFlow, IdentifyPolicy, IdentifyState
 from palmnode.gate.people import People
-from palmnode.gate.presence import PresenceChanged
+from palmnode.gate.presence import SATURATED_STRENGTH, PresenceChanged
 from palmnode.vault import Vault, VaultKeys
 from tests.gate.test_people import card, templates_of
 
@@ -110,3 +111,22 @@ async def _drain(events):
             yield events.receive_nowait()
         except trio.WouldBlock:
             return
+
+
+async def test_enrolment_advises_a_hand_held_too_close_then_times_out_the_palm(nursery, autojump_clock):
+    bus = EventBus()
+    flow = EnrolFlow(bus, idle_capturer(), Gallery(), people=None, policy=EnrolPolicy(palm_timeout_s=20.0))
+    await nursery.start(flow.run)
+    async with bus.subscribe(EnrolProgress, buffer=64) as events:
+        request = flow.begin(None, ["left"], card_required=False)
+        async for ev in events:
+            if ev.step == "palm":
+                assert ev.detail == "hold your left palm over the gate"
+                break
+        for _ in range(50):  # the sensor's blind zone: saturated, no distance (what the actor publishes)
+            bus.publish(Distance(None, SATURATED_STRENGTH, 36.0, trio.current_time()))
+            await trio.sleep(0.01)
+        said = await events.receive()
+        assert (said.step, said.detail) == ("capture", "move your hand a little higher")
+        result = await request.wait()
+    assert not result.ok and result.reason == "left palm not captured in time"
