@@ -163,6 +163,20 @@ def _with_merged_pair(path: np.ndarray, r: np.ndarray, tips: list[int], thumb: i
     return Fingers(tips=tip_pts, valleys=valley_pts, deep=(True, False, True), thumb_seen=True)
 
 
+def _angle(a: np.ndarray, b: np.ndarray) -> float:
+    """Degrees between two directions."""
+    return float(np.degrees(abs(np.arctan2(a[0] * b[1] - a[1] * b[0], a @ b))))
+
+
+def _beyond(out: list[int], tips: list[int], rel: np.ndarray):
+    """(tip, degrees from the first finger) before the four along the path and likewise after
+    them, among all tips beyond the palm circle, each None when there is none."""
+    first, last = out.index(tips[0]), out.index(tips[3])
+    before = (out[first - 1], _angle(rel[out[first - 1]], rel[tips[0]])) if first > 0 else None
+    after = (out[last + 1], _angle(rel[tips[3]], rel[out[last + 1]])) if last + 1 < len(out) else None
+    return before, after
+
+
 def find_fingers(path: np.ndarray, centre: np.ndarray, radius: float,
                  finger_dir: np.ndarray | None) -> Fingers | None:
     """The four fingers along ``path`` (see module doc), or None.
@@ -175,9 +189,10 @@ def find_fingers(path: np.ndarray, centre: np.ndarray, radius: float,
     r = np.hypot(rel[:, 0], rel[:, 1])
     r = _smooth(r, max(1.0, 0.03 * radius))
     peaks, _ = _extrema(r, prominence=0.04 * radius)
-    # a fingertip lies well outside the palm circle, on the side away from the arm
-    peaks = [p for p in peaks if r[p] > 1.3 * radius and
-             (finger_dir is None or float(rel[p] @ finger_dir) > -0.2 * r[p])]
+    # a fingertip lies well outside the palm circle, on the side away from the arm (the thumb,
+    # held out sideways, may point towards the arm's side: it is looked for among all of them)
+    out = [p for p in peaks if r[p] > 1.3 * radius]
+    peaks = [p for p in out if finger_dir is None or float(rel[p] @ finger_dir) > -0.2 * r[p]]
     if len(peaks) < 4:
         return None
     # tip directions seen from the palm centre, unwrapped along the path
@@ -187,19 +202,25 @@ def find_fingers(path: np.ndarray, centre: np.ndarray, radius: float,
     # stands off at a much wider angle than any two fingers do
     k = min(range(len(peaks) - 3), key=lambda k: float(gaps[k:k + 3].max()))
     tips = peaks[k:k + 4]
+    # the tip just beyond the first / the last finger: a thumb stands within ~100° of its index
+    # finger; anything farther round is the arm's ragged edge, not a thumb
+    before = (peaks[k - 1], gaps[k - 1]) if k > 0 and gaps[k - 1] < MAX_THUMB_GAP else None
+    after = (peaks[k + 4], gaps[k + 3]) if k + 4 < len(peaks) and gaps[k + 3] < MAX_THUMB_GAP else None
     merged = _thumb_among(r[tips], gaps[k:k + 3])
-    if merged is not None:
+    # (unless a tip beyond the other end is the thumb: the short end finger is the little one)
+    if merged is not None and (before if merged == 3 else after) is None:
         return _with_merged_pair(path, r, tips, merged, radius)
+    if before is None and after is None:
+        # none on the fingers' side: a thumb held far out sideways can point towards the arm's
+        before, after = _beyond(out, tips, rel)
+        before = before if before is not None and before[1] < MAX_THUMB_GAP else None
+        after = after if after is not None and after[1] < MAX_THUMB_GAP else None
     valleys = [tips[j] + int(np.argmin(r[tips[j]:tips[j + 1] + 1])) for j in range(3)]
-    # the gap to a tip beyond the first / the last finger: a thumb stands within ~100° of its
-    # index finger; anything farther round is the arm's ragged edge, not a thumb
-    before = gaps[k - 1] if k > 0 and gaps[k - 1] < MAX_THUMB_GAP else None
-    after = gaps[k + 3] if k + 3 < len(gaps) and gaps[k + 3] < MAX_THUMB_GAP else None
     if before is not None and after is not None:
         # a tip on both sides (the other one a bump of the palm's edge or the wrist): the thumb
         # stands out from its web far more than a bump does from the little finger's base
-        stand_before = r[peaks[k - 1]] - float(r[peaks[k - 1]:peaks[k] + 1].min())
-        stand_after = r[peaks[k + 4]] - float(r[peaks[k + 3]:peaks[k + 4] + 1].min())
+        stand_before = r[before[0]] - float(r[before[0]:tips[0] + 1].min())
+        stand_after = r[after[0]] - float(r[tips[3]:after[0] + 1].min())
         thumb_first = stand_before > stand_after
     elif before is not None or after is not None:
         thumb_first = before is not None

@@ -185,3 +185,32 @@ def test_thumb_is_the_side_tip_standing_out_most_not_the_one_beyond_the_wider_ga
     assert fingers is not None and fingers.thumb_seen
     angles = np.degrees(np.arctan2(*(fingers.tips - centre).T[::-1]))
     assert np.allclose(angles, [63, 90, 103, 118], atol=1.0)       # index first: the thumb's side
+
+
+def _profile_path(bumps, start=0.0, stop=200.0):
+    """A path round a palm (centre (200, 200), radius 50) with Gaussian bumps (deg, height / R)."""
+    centre, radius = np.array([200.0, 200.0]), 50.0
+    theta = np.radians(np.arange(start, stop, 0.25))
+    r = 0.95 + sum(h * np.exp(-0.5 * ((np.degrees(theta) - a) / 3.0) ** 2) for a, h in bumps)
+    return centre + radius * r[:, None] * np.stack([np.cos(theta), np.sin(theta)], axis=1), centre, radius
+
+
+def _tip_angles(fingers, centre):
+    return np.degrees(np.arctan2(*(fingers.tips - centre).T[::-1]))
+
+
+def test_thumb_held_out_towards_the_arms_side_still_names_the_thumb_side():
+    # the fingers point along +y; the thumb points 110° away from them (towards the arm's side),
+    # and the outline runs on longer past the little finger than past the thumb
+    path, centre, radius = _profile_path([(-20, 0.9), (63, 1.9), (90, 1.95), (103, 1.7), (118, 1.6)],
+                                         start=-60.0, stop=260.0)
+    fingers = keypoints.find_fingers(path, centre, radius, np.array([0.0, 1.0]))
+    assert fingers is not None and fingers.thumb_seen
+    assert np.allclose(_tip_angles(fingers, centre), [63, 90, 103, 118], atol=1.0)
+
+
+def test_short_little_finger_beyond_a_wide_gap_is_no_thumb_when_the_thumb_shows_beyond_the_index():
+    path, centre, radius = _profile_path([(30, 0.9), (63, 1.9), (90, 1.95), (103, 1.7), (135, 0.9)])
+    fingers = keypoints.find_fingers(path, centre, radius, None)
+    assert fingers is not None and fingers.deep == (True, True, True)   # no merged-pair reading
+    assert np.allclose(_tip_angles(fingers, centre), [63, 90, 103, 135], atol=1.0)
