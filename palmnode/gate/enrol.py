@@ -118,6 +118,7 @@ class EnrolRequest:
     card_required: bool = True
     done: trio.Event = attrs.field(factory=trio.Event)
     result: EnrolResult | None = None
+    done_at: float | None = None
     scope: trio.CancelScope | None = None
 
     async def wait(self) -> EnrolResult:
@@ -232,6 +233,7 @@ class EnrolFlow:
         self._goto(E.IDLE)
         self.current = None
         request.result = result
+        request.done_at = trio.current_time()
         request.done.set()
 
     async def _enrol(self, request: EnrolRequest) -> EnrolResult:

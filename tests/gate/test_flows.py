@@ -43,11 +43,15 @@ async def enrol_person(rig, nursery, threshold, seed, *, pan="4111111111111111",
         nursery.start_soon(rig.gate.apply, sc.Card(at=0.0, kind="emv", pan=pan, seconds=1.0))
         prompt = await next_of(events, EnrolProgress, where=lambda ev: ev.step == "palm")
         assert prompt.detail == "hold your right palm over the gate"
-        async with trio.open_nursery() as hands:  # the hand has left when this block ends
-            hands.start_soon(lambda: hover(rig.gate, seed, session=1, seconds=1.0))
-            with trio.fail_after(10):
-                result = await request.wait()
-            done_at = trio.current_time()
+        # a rendered pose can be motion-blurred (8% of them, as real hands): the person is told
+        # "hold still" and presents the hand again, as many times as it takes (three at most here)
+        with trio.fail_after(15):
+            for _ in range(3):
+                await hover(rig.gate, seed, session=1, seconds=1.0)
+                if request.done.is_set():
+                    break
+            result = await request.wait()
+        done_at = request.done_at
         enrolled = await next_of(events, PersonEnrolled) if expect_enrolled else None
     return enrol, result, enrolled, done_at - prompt.at
 
@@ -64,10 +68,15 @@ async def small_in_camera(gate, seed, *, sensor_mm=250, camera_mm=340, seconds=1
         gate.hand.absent()
 
 
-async def present(rig, events, seed, *, session=2, **kw) -> Decision:
-    async with trio.open_nursery() as hands:
-        hands.start_soon(lambda: hover(rig.gate, seed, session=session, **kw))
-        decision = await next_of(events, Decision, timeout=5.0)
+async def present(rig, events, seed, *, session=2, times=3, **kw) -> Decision:
+    """Hold the hand over the gate until a decision other than retry (a blurred pose, say): at
+    most ``times`` times."""
+    for _ in range(times):
+        async with trio.open_nursery() as hands:
+            hands.start_soon(lambda: hover(rig.gate, seed, session=session, **kw))
+            decision = await next_of(events, Decision, timeout=5.0)
+        if decision.outcome != "retry":
+            break
     return decision
 
 
@@ -188,7 +197,7 @@ async def test_camera_pulled_mid_capture_gives_a_retry_with_reason_then_the_gate
 
     rig.capturer._lit_frame = pull_camera_after_the_nir_frame
     async with rig.node.bus.subscribe(Decision, buffer=256) as events:
-        decision = await present(rig, events, PERSON)
+        decision = await present(rig, events, PERSON, times=1)
         assert pulled.is_set()
         assert decision.outcome == "retry" and decision.reason.startswith("camera"), decision
         assert "\n" not in decision.reason
