@@ -217,6 +217,8 @@ class IdentifyFlow:
             self.decisions += 1
             if decision.outcome == "identified":
                 await self._act(decision)
+            if self.people is not None:  # to the controller through the outbox, after the person is served
+                await self.people.record_decision(decision)
             if decision.reason == "hand removed":
                 self._goto(S.WAITING)
                 continue

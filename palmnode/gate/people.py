@@ -5,7 +5,8 @@ the same worker-thread call, by the gallery change, so a person is searchable (o
 the call returns and a crash in between leaves the vault, the source of truth, whole: the gallery
 is rebuilt from it at start (``load``). Changes are serialised by one lock.
 
-Outbox events (``enrolled {person}``, ``deleted {person_id}``) go to the store controller through
+Outbox events (``enrolled {person}``, ``deleted {person_id}``, and the identify flow's decisions:
+``identified {person_id, palm, score, latency_ms, mode}``, ``unknown {latency_ms, reason}``) go to the store controller through
 the link; ``events_appended`` (settable: the link client's wake-up) is called after each append.
 Replicated changes from the controller (``apply_upsert`` / ``apply_remove``) write no outbox event
 (the controller already knows), a removal leaves its audit entry all the same.
@@ -23,7 +24,7 @@ from drivers.card_reader.cardtoken import CardToken
 from palmnode.actors import EventBus
 from palmnode.biometrics.gallery import Gallery
 from palmnode.biometrics.types import PalmTemplate
-from palmnode.gate.events import PersonDeleted, PersonEnrolled
+from palmnode.gate.events import Decision, PersonDeleted, PersonEnrolled
 from palmnode.link.wire import person_to_wire
 from palmnode.logs import event
 from palmnode.vault import EnrolledPalm, Person, Vault
@@ -144,6 +145,23 @@ class People:
         present = self.vault.remove_person(person_id, reason="replication")
         removed = self.gallery.remove(person_id)
         return present or removed > 0
+
+    # ---- decisions for the controller ----------------------------------------------------------
+    async def record_decision(self, decision: Decision) -> None:
+        """An ``identified`` or ``unknown`` decision as an outbox event for the store controller
+        (at least once, across restarts; a person's undelivered events go when they are deleted).
+        Retries are the gate's business only and are not recorded."""
+        if decision.outcome == "identified":
+            kind, data = "identified", {"person_id": decision.person_id, "palm": decision.palm,
+                                        "score": float(decision.score or 0.0),
+                                        "latency_ms": round(float(decision.latency_ms), 1), "mode": decision.mode}
+        elif decision.outcome == "unknown":
+            kind, data = "unknown", {"latency_ms": round(float(decision.latency_ms), 1),
+                                     "reason": decision.reason or "no match"}
+        else:
+            return
+        await trio.to_thread.run_sync(self.vault.append_event, kind, data)
+        self._appended()
 
     # ---- look-ups ------------------------------------------------------------------------------
     async def card_digest(self, person_id: str) -> bytes | None:

@@ -117,3 +117,18 @@ def test_agreeing_captures_outvote_a_bad_one():
     assert agreeing(mine[:2], threshold, 3) is None                       # too few
     assert agreeing([mine[0], other[0], mine[1]], threshold, 3) is None  # one disagrees
     assert agreeing([mine[0], other[0], mine[1], mine[2]], threshold, 3) == [0, 2, 3]  # replaced
+
+
+async def test_decisions_go_to_the_outbox_and_a_deleted_persons_undelivered_ones_with_them(vault):
+    from palmnode.gate.events import Decision
+    people = People(vault, Gallery(), "gate-1", EventBus())
+    a = await people.enrol(None, None, {"right": templates_of(0)})
+    for d in (Decision("identified", a.person_id, "right", 0.5, None, 120.0, "entry", 1.0),
+              Decision("unknown", None, None, 0.29, "no match", 230.0, "entry", 2.0),
+              Decision("retry", None, None, None, "hold still", 90.0, "entry", 3.0)):
+        await people.record_decision(d)
+    assert [e.kind for e in vault.pending_events()] == ["enrolled", "identified", "unknown"]
+    assert vault.pending_events()[1].data == {"person_id": a.person_id, "palm": "right", "score": 0.5,
+                                              "latency_ms": 120.0, "mode": "entry"}
+    await people.delete(person_id=a.person_id)
+    assert [e.kind for e in vault.pending_events()] == ["unknown", "deleted"]
