@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import sqlite3
 
 import attrs
 import trio
@@ -45,6 +46,7 @@ from palmnode.gate.presence import (
     PresencePolicy,
 )
 from palmnode.logs import event
+from palmnode.vault import VaultError
 
 log = logging.getLogger("palmnode.gate")
 
@@ -218,7 +220,10 @@ class IdentifyFlow:
             if decision.outcome == "identified":
                 await self._act(decision)
             if self.people is not None:  # to the controller through the outbox, after the person is served
-                await self.people.record_decision(decision)
+                try:
+                    await self.people.record_decision(decision)
+                except (VaultError, sqlite3.Error, OSError) as exc:  # the gate keeps serving without it
+                    event(log, "decision not recorded", outcome=decision.outcome, error=str(exc))
             if decision.reason == "hand removed":
                 self._goto(S.WAITING)
                 continue
@@ -341,7 +346,11 @@ class IdentifyFlow:
     async def _charge(self, person_id: str, amount_cents: int, currency: str) -> ChargeResult:
         if self.charge is None:
             return ChargeResult(False, None, "payments are not set up on this gate")
-        digest = await self._card_of(person_id)
+        try:
+            digest = await self._card_of(person_id)
+        except (VaultError, sqlite3.Error, OSError) as exc:
+            event(log, "card look-up failed", person_id=person_id, error=str(exc))
+            return ChargeResult(False, None, "card look-up failed")
         if digest is None:
             return ChargeResult(False, None, "no card on file")
         with trio.move_on_after(self.policy.charge_timeout_s):
