@@ -55,7 +55,7 @@ class RoiLimits:
     #: the outline's edge width (px at full scale) above which the frame counts as motion-blurred
     max_edge_width: float = 17.0
     #: the arm's contact with the border longer than this (palm radii) means the palm is cut
-    max_arm_width: float = 3.2
+    max_arm_width: float = 4.0
     #: a border contact other than the arm nearer than this (palm radii) to the palm centre means
     #: the hand is cut (farther out, only fingers are: the valleys lie at ~1.0-1.2 radii, and a
     #: palm that is itself cut is caught by the ROI corner check and the quality's completeness)
@@ -75,6 +75,9 @@ class RoiLimits:
     valley_lean_deg: float = 8.4
     #: valley distance / palm radius outside this: not a valley pair
     valley_span: tuple[float, float] = (0.7, 1.35)
+    #: ... widened by this factor for the pair of open valleys where the palm circle meets the
+    #: frame border (which stops it short of the palm's width)
+    cut_circle_span: float = 1.4
     #: the middle–ring valley's place along the pair's line (share of their distance, from the
     #: ring–little valley) and its largest distance off the line: else a valley is misplaced
     middle_valley_at: tuple[float, float] = (0.43, 0.56)
@@ -328,6 +331,13 @@ def _heel_centroid(hand: segment.HandMask, up: np.ndarray) -> np.ndarray | None:
     return 2 * (c + mean)
 
 
+def _circle_cut(hand: segment.HandMask) -> bool:
+    """Whether the palm circle reaches the frame border (which counts as outside the hand)."""
+    h, w = hand.mask.shape
+    (x, y), rad = hand.centre, hand.radius + 3.0
+    return bool(x - rad < 0 or y - rad < 0 or x + rad > w - 1 or y + rad > h - 1)
+
+
 def _heel_cut(hand: segment.HandMask, up: np.ndarray) -> bool:
     """Whether the frame border cuts the region _heel_centroid averages (1.5 palm radii about the
     centre, on the wrist side)."""
@@ -340,8 +350,8 @@ def _heel_cut(hand: segment.HandMask, up: np.ndarray) -> bool:
 
 
 def _valley_frame(valleys: np.ndarray, deep: tuple[bool, bool, bool], up: np.ndarray, radius: float,
-                  limits: RoiLimits, tips: np.ndarray | None = None, also_up: np.ndarray | None = None
-                  ) -> tuple[np.ndarray, np.ndarray, float] | None:
+                  limits: RoiLimits, tips: np.ndarray | None = None, also_up: np.ndarray | None = None,
+                  wide_span: bool = False) -> tuple[np.ndarray, np.ndarray, float] | None:
     """(ROI centre, up, side) anchored on the finger valleys, or None.
 
     The finger webs are points of the skin itself, so where they are open they fix the palm's
@@ -355,11 +365,15 @@ def _valley_frame(valleys: np.ndarray, deep: tuple[bool, bool, bool], up: np.nda
     palm centre, so that it agrees on average with the palm-circle frame used where valleys are
     closed. The frame must agree with the rough ``up`` (the palm's heel axis) or, for the pair
     of both open valleys only, with ``also_up`` (the fingertips' mean direction: the heel axis
-    leans where the frame cuts the heel of a hand held close).
+    leans where the frame cuts the heel of a hand held close). With ``wide_span`` (the frame
+    border stops the palm circle short of the palm's width, so ``radius`` is too small) that
+    pair may span up to ``cut_circle_span`` times more palm radii.
     """
     for line in _valley_lines(valleys, deep, up, radius, limits, tips):
         x, v1, v3, length = line
-        if not (limits.valley_span[0] * radius <= length <= limits.valley_span[1] * radius):
+        pair = np.array_equal(v1, valleys[0]) and np.array_equal(v3, valleys[2])
+        widest = limits.valley_span[1] * (limits.cut_circle_span if wide_span and pair else 1.0)
+        if not (limits.valley_span[0] * radius <= length <= widest * radius):
             continue
         normal = np.array([x[1], -x[0]])
         if np.dot(normal, up) < 0:
@@ -371,7 +385,7 @@ def _valley_frame(valleys: np.ndarray, deep: tuple[bool, bool, bool], up: np.nda
         # the frame must agree with a rough one: a wild valley pair is a mis-detection (only
         # the pair of both open valleys may lean on the fingertips' direction, not a stand-in)
         agree = np.dot(new_up, up)
-        if also_up is not None and np.array_equal(v1, valleys[0]) and np.array_equal(v3, valleys[2]):
+        if also_up is not None and pair:
             agree = max(agree, np.dot(new_up, also_up))
         if agree < np.cos(np.radians(limits.valley_max_disagree_deg)):
             continue
@@ -493,7 +507,12 @@ def _palm_frame(fingers: keypoints.Fingers, hand: segment.HandMask, arm_dir: np.
         thumb = -thumb
     side = limits.side_per_palm_radius * radius
     roi_centre = centre + (limits.centre_up * up + limits.centre_thumbward * thumb) * radius
-    anchored = _valley_frame(valleys, fingers.deep, up, radius, limits, tips, tips_up)
+    circle_cut = _circle_cut(hand)
+    anchored = _valley_frame(valleys, fingers.deep, up, radius, limits, tips, tips_up,
+                             wide_span=circle_cut)
+    if anchored is None and circle_cut:
+        # no valley frame, and the palm circle (the fallback) is cut short by the frame border
+        return _fail(FailureReason.PARTIAL_HAND, "the palm is not fully in view")
     if anchored is not None:
         roi_centre, up, side = anchored
         thumb = np.array([-up[1], up[0]])

@@ -2,6 +2,7 @@
 four tips when two fingers show one tip (keypoints._thumb_among), on hand-made keypoints."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from palmnode.biometrics import keypoints, roi
@@ -214,3 +215,23 @@ def test_short_little_finger_beyond_a_wide_gap_is_no_thumb_when_the_thumb_shows_
     fingers = keypoints.find_fingers(path, centre, radius, None)
     assert fingers is not None and fingers.deep == (True, True, True)   # no merged-pair reading
     assert np.allclose(_tip_angles(fingers, centre), [63, 90, 103, 135], atol=1.0)
+
+
+def test_pair_may_span_more_palm_radii_where_the_border_cuts_the_palm_circle():
+    valleys = np.array([IM, MR, RL])
+    small_radius = 100.0 / 1.6           # the circle stopped short by the frame border
+    assert roi._valley_frame(valleys, (True, True, True), UP, small_radius, LIMITS) is None
+    found = roi._valley_frame(valleys, (True, True, True), UP, small_radius, LIMITS, wide_span=True)
+    assert found is not None and abs(found[2] - LIMITS.valley_side * 100.0) < 1e-9
+    # a stand-in line keeps the usual span
+    assert roi._valley_frame(valleys, (False, True, True), UP, small_radius, LIMITS, wide_span=True) is None
+
+
+def test_palm_circle_meeting_the_frame_border_is_told():
+    from palmnode.biometrics import segment
+    small = np.full((240, 320), 15, np.uint8)
+    cv2.circle(small, (160, 120), 40, 120, -1)
+    assert not roi._circle_cut(segment.segment(small, 2, 60.0, 15.0, 105.0))
+    small[:] = 15
+    cv2.circle(small, (160, 215), 40, 120, -1)                 # a palm held low, cut by the border
+    assert roi._circle_cut(segment.segment(small, 2, 60.0, 15.0, 105.0))
