@@ -338,15 +338,23 @@ def _circle_cut(hand: segment.HandMask) -> bool:
     return bool(x - rad < 0 or y - rad < 0 or x + rad > w - 1 or y + rad > h - 1)
 
 
+#: (cos, sin) of directions across the wrist-side half of the heel region, from "down"
+_HEEL_ARC = tuple((float(np.cos(a)), float(np.sin(a))) for a in np.linspace(-0.45 * np.pi, 0.45 * np.pi, 9))
+
+
 def _heel_cut(hand: segment.HandMask, up: np.ndarray) -> bool:
     """Whether the frame border cuts the region _heel_centroid averages (1.5 palm radii about the
     centre, on the wrist side)."""
     h, w = hand.mask.shape
-    a = np.linspace(-0.45 * np.pi, 0.45 * np.pi, 9)
-    down = -up
-    side = np.array([-down[1], down[0]])
-    pts = hand.centre + 1.5 * hand.radius * (np.cos(a)[:, None] * down + np.sin(a)[:, None] * side)
-    return bool(np.any((pts < 0) | (pts > [w - 1, h - 1])))
+    cx, cy = float(hand.centre[0]), float(hand.centre[1])
+    reach = 1.5 * hand.radius
+    dx, dy = -float(up[0]), -float(up[1])            # "down", and across it
+    for c, s in _HEEL_ARC:
+        x = cx + reach * (c * dx - s * dy)
+        y = cy + reach * (c * dy + s * dx)
+        if x < 0 or y < 0 or x > w - 1 or y > h - 1:
+            return True
+    return False
 
 
 def _valley_frame(valleys: np.ndarray, deep: tuple[bool, bool, bool], up: np.ndarray, radius: float,
