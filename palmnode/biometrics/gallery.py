@@ -1,15 +1,17 @@
 """The 1:N gallery: packed templates in RAM, coarse-to-fine search, add/remove during searches.
 
-Layout per enrolled palm (see docs/engine.md): a 64-byte pre-filter signature (8x8 coarse
-codes of both modalities, features.signature), a 768-byte record (surface 4x32 uint32 rows,
+Layout per enrolled palm (see docs/engine.md): a 64-byte pre-filter signature (two 8x8 coarse
+codes of the vein code, features.signature), a 768-byte record (surface 4x32 uint32 rows,
 vein 4x16 uint32 rows), a live flag, a modality flag and a person/palm key: ~840 bytes.
 
 Search = (1) the pre-filter scan of every signature (native AVX2 popcount) against the
 probe's signature at a few grid offsets (features.PROBE_OFFSETS, minimum kept), keeping
 ``stage1_size`` entries, (2) the block-wise match of the full vein code (4x4-cell blocks each
-free to move ±VEIN_STAGE_RADIUS cells) on those, keeping the ``shortlist_size`` closest, (3) the full shift-tolerant match of both
-modalities on the shortlist, fused (matcher.fuse), (4) the elastic match (matcher.distances)
-of the best RERANK entries, whose fused scores are final; best per person, top k.
+free to move ±VEIN_STAGE_RADIUS cells) on those, keeping the ``shortlist_size`` closest, (3) on
+the shortlist the rigid shift-tolerant match of both modalities and the elastic vein match
+(the final vein score), ranked by their fused score, (4) the elastic surface match of the best
+RERANK entries, whose fused scores are then final (= matcher.match); best per person, top k.
+A probe without a vein code skips (1)-(2): every live entry gets (3)-(4).
 
 Concurrency: writers (add/remove) are serialised by a lock. Entries live in segments of
 packed arrays; a search snapshots (segment, filled count, live flags) for every segment under
