@@ -4,8 +4,8 @@
   status, metrics);
 * :meth:`NodeOps.sync` runs on every connect: the changes made while this node was away;
 * :meth:`NodeOps.charge` asks the controller to charge a person's card (payment mode);
-* :meth:`NodeOps.report` (an actor) turns gate decisions and device health into outbox events,
-  which the link delivers at least once.
+* :meth:`NodeOps.report` (an actor) turns device health into outbox events, which the link
+  delivers at least once (decisions go there from the identify flow).
 """
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ import trio
 
 from palmnode.actors import ChildContext, DeviceStateChanged
 from palmnode.gate.enrol import EnrolBusy
-from palmnode.gate.events import Decision
 from palmnode.gate.modes import ChargeResult, GateMode
 from palmnode.link.wire import WireError, person_from_wire
 from palmnode.logs import event
@@ -149,29 +148,17 @@ class NodeOps:
 
     # ---- events for the controller -------------------------------------------------------------
     async def report(self, ctx: ChildContext) -> None:
-        """Actor: decisions and device health → outbox events (delivered by the link)."""
-        async with self.node.bus.subscribe(Decision, DeviceStateChanged, buffer=1024) as events:
+        """Actor: device health → outbox events (delivered by the link). Decisions are recorded by
+        the identify flow itself (``People.record_decision``), in the same step that makes them."""
+        async with self.node.bus.subscribe(DeviceStateChanged, buffer=1024) as events:
             ctx.started()
             async for ev in events:
-                kind_data = _event_for(ev)
-                if kind_data is None:
-                    continue
-                await trio.to_thread.run_sync(self.node.vault.append_event, *kind_data)
+                data: dict[str, Any] = {"name": ev.name, "state": ev.new.value}
+                if ev.error:
+                    data["error"] = ev.error
+                await trio.to_thread.run_sync(self.node.vault.append_event, "device_health", data)
                 if self.node.link is not None:
                     self.node.link.events_appended()
-
-
-def _event_for(ev: object) -> tuple[str, dict[str, Any]] | None:
-    match ev:
-        case Decision(outcome="identified"):
-            return "identified", {"person_id": ev.person_id, "palm": ev.palm, "score": ev.score,
-                                  "latency_ms": round(ev.latency_ms, 1), "mode": ev.mode}
-        case Decision(outcome="unknown"):
-            return "unknown", {"latency_ms": round(ev.latency_ms, 1), "reason": ev.reason, "mode": ev.mode}
-        case DeviceStateChanged():
-            return "device_health", {"name": ev.name, "state": ev.new.value,
-                                     **({"error": ev.error} if ev.error else {})}
-    return None
 
 
 _OPS = {

@@ -126,10 +126,8 @@ class People:
             self.gallery.remove(person.person_id)  # already here (e.g. our own enrolment coming back)
             self._add_to_gallery(person)
             return
-        if current is not None:  # replaced: the old rows go first (no event: the controller knows)
-            self.vault.remove_person(person.person_id, reason="replication")
-            self.gallery.remove(person.person_id)
-        self.vault.add_person(person)
+        self.vault.upsert_people([person])  # one transaction: replaced or added, no outbox event
+        self.gallery.remove(person.person_id)
         self._add_to_gallery(person)
 
     async def apply_remove(self, person_id: str) -> bool:

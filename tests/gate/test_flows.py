@@ -4,6 +4,7 @@ delete; feedback for misplaced hands; a camera pulled mid-capture; every decisio
 from __future__ import annotations
 
 import trio
+import trio.testing
 
 from palmnode.gate.enrol import EnrolFlow, EnrolPolicy
 from palmnode.gate.events import (
@@ -70,7 +71,14 @@ async def small_in_camera(gate, seed, *, sensor_mm=250, camera_mm=340, seconds=1
 
 async def present(rig, events, seed, *, session=2, times=3, **kw) -> Decision:
     """Hold the hand over the gate until a decision other than retry (a blurred pose, say): at
-    most ``times`` times."""
+    most ``times`` times. Decisions about earlier hands still queued are dropped first (e.g. the
+    identify flow's decision on a hand that lingered after an enrolment released the gate)."""
+    await trio.testing.wait_all_tasks_blocked()
+    while True:
+        try:
+            events.receive_nowait()
+        except trio.WouldBlock:
+            break
     for _ in range(times):
         async with trio.open_nursery() as hands:
             hands.start_soon(lambda: hover(rig.gate, seed, session=session, **kw))
