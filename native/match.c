@@ -744,7 +744,6 @@ static void match16_avx2(const uint32_t *probe, int max_dx, int max_dy, const ui
     build_shifted(probe, 16, max_dx, sh);
     const __m256i lut = NIBBLE_POPCOUNT_LUT;
     const __m256i low = _mm256_set1_epi8(0x0F), low16 = _mm256_set1_epi32(0xFFFF);
-    const __m256i zero = _mm256_setzero_si256();
     const int nx = 2 * max_dx + 1, nshift = nx * (2 * max_dy + 1);
     __m256i ps[(2 * PN_MAX_SHIFT + 1) * (2 * PN_MAX_SHIFT + 1)][4];
     for (int dy = -max_dy, s = 0; dy <= max_dy; dy++) {

@@ -49,6 +49,8 @@ VEIN_STAGE_RADIUS = 2
 #: the best RERANK shortlist entries by rigid surface + elastic vein score (at least 8 per
 #: requested candidate) get the elastic surface match, which completes the final scores
 RERANK = 64
+#: shortlisted records gathered into one array per kernel call at most this many at a time
+_GATHER = 8192
 PALMS = ("left", "right", "unknown")
 _HAS_SURFACE, _HAS_VEIN = 1, 2
 
@@ -120,6 +122,21 @@ def _smallest(values: np.ndarray, k: int) -> np.ndarray:
     ties = np.flatnonzero(values == t)[:k - int(np.count_nonzero(below))]
     below[ties] = True
     return np.flatnonzero(below)
+
+
+def _gather(segs, which: np.ndarray, rows: np.ndarray, person: np.ndarray, palm: np.ndarray,
+            flags: np.ndarray) -> np.ndarray:
+    """Records (len(rows), RECORD_WORDS) of the entries (segment which[i], row rows[i]), which
+    ascending; their person keys, palms and modality flags into the given arrays."""
+    recs = np.empty((rows.size, RECORD_WORDS), np.uint32)
+    cuts = np.flatnonzero(np.diff(which)) + 1
+    for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), rows.size]):
+        seg, r = segs[which[a]], rows[a:b]
+        recs[a:b] = seg.records[r]
+        person[a:b] = seg.person[r]
+        palm[a:b] = seg.palm[r]
+        flags[a:b] = seg.flags[r]
+    return recs
 
 
 def _by_segment(chosen: np.ndarray, starts: np.ndarray):
@@ -295,41 +312,43 @@ class Gallery:
             return []
         # (3) rigid shifted match of the shortlist, segment by segment; (4) elastic match of the
         # best entries, whose scores are then the matcher's (matcher.match) exactly
+        n = chosen.size
         which = np.searchsorted(starts, chosen, side="right") - 1
-        surf = np.full(chosen.size, np.nan)
-        vein = np.full(chosen.size, np.nan)
-        shifts = {"surface": np.zeros(chosen.size, np.int32), "vein": np.zeros(chosen.size, np.int32)}
-        person = np.empty(chosen.size, np.int32)
-        palm = np.empty(chosen.size, np.uint8)
-        segs = [snap[s][0] for s in range(len(snap))]
         rows_all = (chosen - starts[which]).astype(np.int64)
+        segs = [seg for seg, _, _ in snap]
+        surf = np.full(n, np.nan)
+        vein = np.full(n, np.nan)
+        shifts = {"surface": np.zeros(n, np.int32), "vein": np.zeros(n, np.int32)}
+        person = np.empty(n, np.int32)
+        palm = np.empty(n, np.uint8)
+        flags = np.empty(n, np.uint8)
         specs = (("surface", probe.surface, SURFACE_MATCH, surf, _HAS_SURFACE),
                  ("vein", probe.vein, VEIN_MATCH, vein, _HAS_VEIN))
-        for s, pos in _by_segment(chosen, starts):
-            seg = segs[s]
-            rows = rows_all[pos]
-            flags = seg.flags[rows]
-            person[pos] = seg.person[rows]
-            palm[pos] = seg.palm[rows]
+        for a in range(0, n, _GATHER):       # one kernel call per chunk, not per segment
+            part = slice(a, min(n, a + _GATHER))
+            recs = _gather(segs, which[part], rows_all[part], person[part], palm[part], flags[part])
+            idx = np.arange(recs.shape[0], dtype=np.int64)
             for name, code, spec, out, bit in specs:
                 if code is None:
                     continue
-                hd, shifts[name][pos] = rigid_distances(code, seg.records, rows, spec)
-                if name == "vein" and spec.radius > 0 and rows.size:   # cheap: final vein scores now
-                    hd = elastic_distances(code, seg.records, rows, shifts[name][pos], spec)
-                out[pos] = np.where(flags & bit, similarity(hd), np.nan)
+                hd, shifts[name][part] = rigid_distances(code, recs, idx, spec)
+                if name == "vein" and spec.radius > 0 and idx.size:   # cheap: final vein scores now
+                    hd = elastic_distances(code, recs, idx, shifts[name][part], spec)
+                out[part] = np.where(flags[part] & bit, similarity(hd), np.nan)
         # rank by rigid surface + elastic vein; the best RERANK get the elastic surface match
         fused = _fused(surf, vein)
         keep = np.lexsort((chosen, -fused))[:max(RERANK, 8 * k)]
         keep = keep[np.isfinite(fused[keep])]
         spec = SURFACE_MATCH
-        if probe.surface is not None and spec.radius > 0:
-            for s in np.unique(which[keep]):
-                pos = keep[which[keep] == s]
-                seg = segs[s]
-                rows = rows_all[pos]
-                hd = elastic_distances(probe.surface, seg.records, rows, shifts["surface"][pos], spec)
-                surf[pos] = np.where(seg.flags[rows] & _HAS_SURFACE, similarity(hd), np.nan)
+        if probe.surface is not None and spec.radius > 0 and keep.size:
+            if n <= _GATHER:                 # the one chunk's records are still at hand
+                hd = elastic_distances(probe.surface, recs, keep.astype(np.int64), shifts["surface"][keep], spec)
+            else:
+                keep = np.sort(keep)
+                recs = _gather(segs, which[keep], rows_all[keep], *(np.empty(keep.size, t) for t in (np.int32, np.uint8, np.uint8)))
+                hd = elastic_distances(probe.surface, recs, np.arange(keep.size, dtype=np.int64),
+                                       shifts["surface"][keep], spec)
+            surf[keep] = np.where(flags[keep] & _HAS_SURFACE, similarity(hd), np.nan)
         fused = _fused(surf[keep], vein[keep])
         surf, vein, person, palm, chosen = surf[keep], vein[keep], person[keep], palm[keep], chosen[keep]
         order = np.lexsort((chosen, -fused))           # best first, ties by enrolment order

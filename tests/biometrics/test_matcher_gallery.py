@@ -239,3 +239,21 @@ def test_gallery_fusion_equals_matcher_fuse():
     want = matcher.fuse(s, v)
     got = _fused(s, v)
     assert np.array_equal(np.where(np.isnan(want), -np.inf, want), got)
+
+
+def test_scores_are_the_matchers_when_the_shortlist_is_gathered_in_chunks(templates, monkeypatch):
+    """The shortlist's records are gathered across segments in chunks of _GATHER (here 5): every
+    score is still matcher.match's, with and without the vein code in the probe."""
+    from palmnode.biometrics import gallery as gal
+
+    monkeypatch.setattr(gal, "_GATHER", 5)
+    g = Gallery(shortlist=1000, segment_size=4, first_capacity=2)
+    for i, (enrol, _) in enumerate(templates):
+        g.add(f"p{i}", "left", enrol)
+    for probe in (templates[9][1], PalmTemplate(surface=templates[9][1].surface, vein=None)):
+        found = g.search(probe, k=N)
+        assert found[0].person_id == "p9" and len(found) == N
+        for c in found:
+            want = match(probe, templates[int(c.person_id[1:])][0])
+            assert (c.score.surface, c.score.fused) == (want.surface, want.fused)
+            assert c.score.vein == want.vein or (math.isnan(c.score.vein) and math.isnan(want.vein))
