@@ -15,26 +15,26 @@ from palmnode.bench import free_port
 DEVICES = ("proximity", "card_reader", "illuminator", "camera")
 SCENARIO = """
 [[step]]
-at = 2.0
+at = 3.0
 action = "hand"
 distance_mm = 150
 seconds = 1.0
 
 [[step]]
-at = 2.5
+at = 3.5
 action = "card"
 kind = "emv"
 pan = "4111111111111111"
 expiry = "2812"
 """ + "".join(f"""
 [[step]]
-at = {4.0 + 2.5 * i}
+at = {5.0 + 2.5 * i}
 action = "unplug"
 device = "{device}"
 seconds = 1.0
 """ for i, device in enumerate(DEVICES)) + "".join(f"""
 [[step]]
-at = 14.5
+at = 15.5
 action = "garbage"
 device = "{device}"
 bytes = 64
@@ -49,6 +49,8 @@ def palmnode(*args: str, **kw) -> subprocess.Popen:
 def test_sim_and_run_session_with_every_device_unplugged_in_turn(tmp_path):
     port = free_port()
     (tmp_path / "scenario.toml").write_text(SCENARIO)
+    made = palmnode("certs", "--out", str(tmp_path / "run" / "certs"), "--node", "sim-gate-1")
+    assert made.wait(timeout=30) == 0
     sim = palmnode("sim", "--run-dir", str(tmp_path / "sim"), "--camera-port", str(port),
                    "--scenario", str(tmp_path / "scenario.toml"))
     node = None
@@ -62,8 +64,6 @@ def test_sim_and_run_session_with_every_device_unplugged_in_turn(tmp_path):
         config = config.replace("/tmp/palmnode-sim", str(tmp_path / "sim")).replace("8554", str(port))
         config = config.replace("../run/", str(tmp_path / "run") + "/")
         (tmp_path / "node.toml").write_text(config)
-        made = palmnode("certs", "--out", str(tmp_path / "run" / "certs"), "--node", "sim-gate-1")
-        assert made.wait(timeout=30) == 0
         node = palmnode("run", "--config", str(tmp_path / "node.toml"))
         time.sleep(17.0)  # the scenario's length: this test is about real processes in real time
         node.send_signal(signal.SIGTERM)  # how systemd stops it
