@@ -20,7 +20,6 @@ from palmnode.biometrics.gallery import Gallery
 from palmnode.demo import node_config
 from palmnode.gate.capture import CapturePolicy, Capturer
 from palmnode.gate.identify import IdentifyFlow, IdentifyPolicy
-from palmnode.gate.latency import hover  # noqa: F401 (the tests' hand)
 from palmnode.gate.modes import GateModes
 from palmnode.gate.people import People
 from palmnode.metrics import Metrics
@@ -83,3 +82,9 @@ async def start_identify(rig: Rig, nursery, threshold: float, *, policy: dict | 
     await nursery.start(flow.run)
     rig.identify = flow
     return flow
+
+
+async def hover(gate: VirtualGate, identity: int, *, session: int = 1, hand: str | None = "right",
+                seconds: float = 0.8, distance_mm: float = 150.0, approach_s: float = 0.3) -> None:
+    """A rendered person's hand over the gate (``VirtualGate.hover``: warmed renderer, drift)."""
+    await gate.hover(distance_mm, seconds, approach_s=approach_s, identity=identity, session=session, hand=hand)
