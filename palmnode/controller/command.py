@@ -12,6 +12,7 @@ import attrs
 import trio
 
 from palmnode import logs
+from palmnode.cliargs import non_negative
 from palmnode.controller.server import (
     DEFAULT_PORT,
     Controller,
@@ -41,16 +42,6 @@ def listen_address(text: str) -> tuple[str, int]:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"port must be 0-65535, got {value}")
     return host, value
-
-
-def non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

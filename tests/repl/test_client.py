@@ -119,8 +119,8 @@ async def test_piped_python_console_and_one_shot(node, repl_path, tmp_path):
     assert result.stderr.decode().startswith(f"palmnode repl: no REPL socket at {tmp_path / 'nobody.sock'}: ")
 
 
-async def test_terminal_session_with_completion_history_and_follow(node, repl_path, tmp_path):
-    await wait_for(lambda: node.health is not None and node.health.gate is GateState.READY, timeout=5)
+async def open_terminal(repl_path, tmp_path):
+    """``palmnode repl`` on a pseudo-terminal of its own (HOME in tmp_path for its history)."""
     master, slave = os.openpty()
     env = {**os.environ, "HOME": str(tmp_path), "TERM": "dumb"}
     process = await trio.lowlevel.open_process(client_command(repl_path), stdin=slave, stdout=slave,
@@ -128,7 +128,12 @@ async def test_terminal_session_with_completion_history_and_follow(node, repl_pa
                                                preexec_fn=_controlling_terminal)
     os.close(slave)
     terminal = trio.lowlevel.FdStream(master)
-    out = Output(terminal)
+    return process, terminal, Output(terminal)
+
+
+async def test_terminal_session_with_completion_history_and_follow(node, repl_path, tmp_path):
+    await wait_for(lambda: node.health is not None and node.health.gate is GateState.READY, timeout=5)
+    process, terminal, out = await open_terminal(repl_path, tmp_path)
     try:
         await out.prompt("demo-gate> ", 1)
         await terminal.send_all(b"hea\t")
@@ -163,14 +168,7 @@ async def test_terminal_session_with_completion_history_and_follow(node, repl_pa
 
 
 async def test_terminal_python_console(node, repl_path, tmp_path):
-    master, slave = os.openpty()
-    env = {**os.environ, "HOME": str(tmp_path), "TERM": "dumb"}
-    process = await trio.lowlevel.open_process(client_command(repl_path), stdin=slave, stdout=slave,
-                                               stderr=slave, env=env, start_new_session=True,
-                                               preexec_fn=_controlling_terminal)
-    os.close(slave)
-    terminal = trio.lowlevel.FdStream(master)
-    out = Output(terminal)
+    process, terminal, out = await open_terminal(repl_path, tmp_path)
     try:
         await out.prompt("demo-gate> ", 1)
         await terminal.send_all(b"py\r")
