@@ -182,7 +182,12 @@ class Demo:
     async def _arrive(self, gate: VirtualGate, node: Node, seed: int, expected: str | None) -> None:
         who = "stranger" if expected is None else f"person {seed - FIRST_PERSON_SEED + 1}"
         async with node.bus.subscribe(PaymentResult, buffer=4) as payments:
-            decision = await arrive(gate, node, seed)
+            shown = await arrive(gate, node, seed)
+            for retry in shown[:-1]:
+                self.summary.latencies_ms.append(retry.latency_ms)
+                self.summary.counts["retries"] += 1
+                self.say(f"{who:<11} → retry ({retry.reason}) in {retry.latency_ms:.0f} ms")
+            decision = shown[-1] if shown else None
             self._show_decision(node, who, expected, decision)
             if decision is not None and decision.outcome == "identified" and node.modes.current.mode == "payment":
                 with trio.move_on_after(5.0):
@@ -296,19 +301,24 @@ async def enrol_person(controller: Controller, node_id: str, gate: VirtualGate, 
 
 
 async def arrive(gate: VirtualGate, node: Node, seed: int, *, session: int = 2, hand: str = "right",
-                 distance_mm: float = 150.0, timeout: float = 4.0) -> Decision | None:
-    """Person ``seed`` holds a hand over ``gate``; the node's first final decision (or the last
-    retry), None when the gate said nothing within ``timeout``."""
-    decision = None
-    async with node.bus.subscribe(Decision, buffer=16) as decisions, trio.open_nursery() as hovering:
-        hovering.start_soon(lambda: gate.hover(distance_mm, 1.5, approach_s=0.3, identity=seed, session=session,
-                                               hand=hand))
-        with trio.move_on_after(timeout):
-            async for ev in decisions:
-                decision = ev
-                if ev.outcome != "retry":
-                    break
-    return decision
+                 distance_mm: float = 150.0, timeout: float = 4.0, presentations: int = 2) -> list[Decision]:
+    """Person ``seed`` holds a hand over ``gate`` and, asked to try again (a retry), presents it
+    again, as people do, up to ``presentations`` times. Every decision the gate showed, in order
+    (empty when it said nothing within ``timeout``)."""
+    shown: list[Decision] = []
+    for _ in range(presentations):
+        async with node.bus.subscribe(Decision, buffer=16) as decisions, trio.open_nursery() as hovering:
+            hovering.start_soon(lambda: gate.hover(distance_mm, 1.5, approach_s=0.3, identity=seed,
+                                                   session=session, hand=hand))
+            with trio.move_on_after(timeout):
+                async for ev in decisions:
+                    shown.append(ev)
+                    if ev.outcome != "retry":
+                        break
+        if not shown or shown[-1].outcome != "retry":
+            break
+        await trio.sleep(0.3)  # the hand has left; it comes back
+    return shown
 
 
 async def _until(events, want, timeout: float):

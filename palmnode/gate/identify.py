@@ -12,7 +12,9 @@ Evidence is fused across attempts: each person's score is the mean of their fuse
 the attempts that found them, so more attempts make an impostor's lucky score rarer rather than
 likelier (a max rule would raise the false-match rate with every attempt). The flow stops as
 soon as the best mean is ≥ ``threshold`` and ``margin`` above the runner-up (identified), or
-below ``threshold - unknown_margin`` (unknown), else after ``max_attempts`` or the deadline.
+below ``threshold - unknown_margin`` (unknown), else after ``max_attempts`` or the deadline:
+then a near miss (just below the threshold, or not clear of the runner-up) is a "retry" asking
+for a fresh presentation — never a guess either way.
 
 Latency: ``Decision.latency_ms`` runs from ``PresenceChanged.at`` (the proximity reading that
 made the hand present: in the window, dwelled and still) to the decision (docs/flows.md).
@@ -116,6 +118,11 @@ class AttemptTrace:
     result: str
 
 
+#: the reason of a near miss (the best person just below the threshold, or too close to the
+#: runner-up): a fresh presentation, in a new pose, usually settles it either way
+NOT_SURE = "not sure: present your palm again"
+
+
 class Evidence:
     """Scores per person over the attempts of one presented hand (mean rule, see module doc)."""
 
@@ -150,9 +157,8 @@ class Evidence:
             return Verdict("identified", best, self._palm[best][1], score)
         if score < p.threshold - p.unknown_margin:
             return Verdict("unknown", score=score, reason="no match")
-        if final:
-            reason = "ambiguous match" if score >= p.threshold else "no match"
-            return Verdict("unknown", score=score, reason=reason)
+        if final:  # close to a decision, not at one: the person is asked to present the palm again
+            return Verdict("retry", score=score, reason=NOT_SURE)
         return Verdict("undecided", score=score)
 
 
@@ -326,6 +332,8 @@ class IdentifyFlow:
             self._say("not recognised")
         elif outcome == "retry" and reason == "hand removed":
             self._say("hold your palm over the gate a little longer")
+        elif outcome == "retry" and reason == NOT_SURE:
+            self._say("please lift your hand and hold your palm over the gate again")
         return decision
 
     # ---- DECIDED: the mode's outcome ----------------------------------------------------------
