@@ -8,7 +8,7 @@ OpenCV+NumPy pipeline baseline (Otsu + largest contour + min-area rectangle for 
 full-image Gabor filters with cv2.filter2D, argmin and np.packbits for the codes), 1:1 µs,
 1:N ms at each size (median of repeated probes) beside faiss IndexBinaryFlat (exhaustive, no
 shifts, one thread) and a NumPy exhaustive masked-Hamming baseline (no shifts) on the same
-records, the ratios, and the pre-filter recall loss.
+records (the same gallery as for the recall), the ratios, and the recall losses.
 
 Data. Genuine pairs: ``--ids`` identities rendered by palmnode.biometrics.synth (session 0
 enrols, two session-1 captures probe) through roi.extract_roi / roi.warp / features.encode,
@@ -23,7 +23,8 @@ beside those of the real rendered impostors so the two can be compared.
 Recall at gallery size N: the gallery holds N synthesised impostors and then every enrolled
 template (the mates, last: index ties go against them). Among genuine probes whose mate the full
 match (matcher.match) ranks above every impostor, ``recall_loss`` is the fraction whose mate the
-pre-filter (Gallery._shortlist) leaves out of the shortlist and ``search_loss`` the fraction for
+pre-filter (Gallery._shortlist) leaves out of the shortlist (``recall_loss_stage1``: the part
+the signature stage alone drops, ties counted against the mate) and ``search_loss`` the fraction for
 which Gallery.search does not return the mate first (pre-filter plus the ranking before the
 elastic surface match). "Ranks above every impostor" is checked against the exhaustive full
 match over the first 10k synthesised entries and the other enrolled templates plus the full
