@@ -394,12 +394,12 @@ def main(args: argparse.Namespace | None = None) -> dict:
         row = {"ms": float(np.median(ts) * 1e3), "entries": total, "shortlist": size,
                "bytes_per_palm": g.memory_bytes() / total}
         psig0 = features.signature_variants(test_probes[0])          # once per search, as Gallery.search does
-        row["prefilter_scan_ms"] = median_ms(lambda: [kernels.prefilter_scores(
+        row["prefilter_scan_ms"] = median_ms(lambda g=g, psig0=psig0: [kernels.prefilter_scores(
             psig0, s.sigs[:s.count], s.live[:s.count]) for s in g._segments], 5)
         all_recs = np.concatenate([recs[:n], enrol_recs])
         bits, masks = _split_record(all_recs)
         qb, qm = _split_record(gal._record(test_probes[0])[0][None])
-        row["numpy_ms"] = median_ms(lambda: numpy_search(qb[0], qm[0], bits, masks), 3)
+        row["numpy_ms"] = median_ms(lambda q=(qb[0], qm[0], bits, masks): numpy_search(*q), 3)
         row["numpy_ratio"] = row["numpy_ms"] / row["ms"]
         del bits, masks
         if not args.no_faiss:
