@@ -212,7 +212,8 @@ class Gallery:
             self._live += 1
 
     def remove(self, person_id: str) -> int:
-        """Forget every template of ``person_id``; returns how many were removed."""
+        """Forget every template of ``person_id`` — codes zeroed, id dropped — at once; returns
+        how many were removed."""
         with self._lock:
             key = self._person_key.get(person_id)
             entries = self._entries.pop(key, []) if key is not None else []
@@ -222,8 +223,12 @@ class Gallery:
             by_segment: dict[int, list[int]] = {}
             for s, r in entries:
                 by_segment.setdefault(s, []).append(r)
+            self._person_key.pop(person_id)
+            self._person_ids[key] = ""               # nothing of them stays in memory: not even the id
             for s, rows in by_segment.items():
                 seg = segments[s]
+                seg.records[rows] = 0                 # nor their codes (a search running on a snapshot
+                seg.sigs[rows] = 0                    # that still holds them finds no valid bits)
                 live = seg.live.copy()
                 live[rows] = 0
                 if seg.count == seg.capacity and live[:seg.count].sum() * 2 < seg.count:
@@ -356,10 +361,11 @@ class Gallery:
         seen: set[int] = set()
         for i in order:
             p = int(person[i])
-            if p in seen:
+            person_id = self._person_ids[p]
+            if p in seen or not person_id:            # "": removed while this search ran
                 continue
             seen.add(p)
-            out.append(Candidate(person_id=self._person_ids[p], palm=PALMS[palm[i]],
+            out.append(Candidate(person_id=person_id, palm=PALMS[palm[i]],
                                  score=Score(surface=float(surf[i]), vein=float(vein[i]), fused=float(fused[i]))))
             if len(out) == k:
                 break

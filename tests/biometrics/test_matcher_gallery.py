@@ -8,6 +8,7 @@ import pytest
 
 import fake_palms  # tests/biometrics is on sys.path (pytest rootdir import mode)
 from palmnode.biometrics import features, matcher
+from palmnode.biometrics import gallery as gal
 from palmnode.biometrics.gallery import Gallery
 from palmnode.biometrics.matcher import Calibration, Score, match
 from palmnode.biometrics.types import ModalityCode, PalmTemplate
@@ -257,3 +258,18 @@ def test_scores_are_the_matchers_when_the_shortlist_is_gathered_in_chunks(templa
             want = match(probe, templates[int(c.person_id[1:])][0])
             assert (c.score.surface, c.score.fused) == (want.surface, want.fused)
             assert c.score.vein == want.vein or (math.isnan(c.score.vein) and math.isnan(want.vein))
+
+
+def test_removed_person_leaves_no_codes_or_id_in_memory(templates):
+    g = Gallery()
+    for i in range(3):
+        g.add(f"person-{i}", "right", templates[i][0])
+    rec = gal._record(templates[1][0])[0]
+    def holds(record) -> bool:
+        return any((seg.records[:seg.count] == record).all(axis=1).any() for seg in g._segments)
+    assert holds(rec)
+    assert g.remove("person-1") == 1
+    assert not holds(rec) and "person-1" not in g._person_ids
+    assert all(c.person_id != "person-1" for c in g.search(templates[1][1], k=3))
+    g.add("person-1", "right", templates[1][0])  # the same id can come back (replication)
+    assert g.search(templates[1][1], k=1)[0].person_id == "person-1"
