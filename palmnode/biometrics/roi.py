@@ -93,6 +93,9 @@ class RoiLimits:
     pair_max_lean_deg: float = 16.0
     #: ... and when it leans less than this (the ring–little valley is then a notch up the seam)
     pair_min_lean_deg: float = -10.0
+    #: a stand-in line (half as long, so twice as tilted by the same error) is refused when the
+    #: axis leans outside this from its normal (its middle–ring valley is a notch up the seam)
+    standin_lean_deg: tuple[float, float] = (-18.0, 24.0)
     #: how far (share of the ROI side) an ROI corner may lie outside the frame (the lost cells are
     #: masked by the features; the quality's completeness >= 0.9 bounds how much may be lost)
     corner_out: float = 0.2
@@ -415,7 +418,7 @@ def _valley_lines(valleys: np.ndarray, deep: tuple[bool, bool, bool], up: np.nda
         normal = np.array([x[1], -x[0]])
         if np.dot(normal, up) < 0:
             normal = -normal
-        lean = 0.0 if axis is None else float(np.degrees(np.arctan2(axis @ x, axis @ normal)))
+        lean = _lean(axis, x, normal)
         # the middle–ring valley sits about midway on the line; a valley misplaced by touching
         # fingers always lies too far towards the fingertips (up the seam), so the side on
         # which the middle one leaves the line says which one is wrong: the middle one too far
@@ -441,12 +444,14 @@ def _valley_lines(valleys: np.ndarray, deep: tuple[bool, bool, bool], up: np.nda
         half = v2 - v3
         length = float(np.linalg.norm(half)) / limits.middle_valley_mean
         x = half / max(float(np.linalg.norm(half)), 1e-9)
-        yield x, v3 + x * length, v3, length
+        if _leans_in_bounds(axis, x, up, limits):  # (a middle notch up the seam tilts it too)
+            yield x, v3 + x * length, v3, length
     if deep[0] and deep[1] and not (skip_middle or index_high):  # little held against ring
         half = v1 - v2
         length = float(np.linalg.norm(half)) / (1.0 - limits.middle_valley_mean)
         x = half / max(float(np.linalg.norm(half)), 1e-9)
-        yield x, v1, v1 - x * length, length
+        if _leans_in_bounds(axis, x, up, limits):
+            yield x, v1, v1 - x * length, length
     if ring_high and axis is not None:
         # only the index–middle valley is trusted (middle, ring and little held together):
         # the mirror image of the case below
@@ -475,6 +480,19 @@ def _valley_lines(valleys: np.ndarray, deep: tuple[bool, bool, bool], up: np.nda
         if np.dot(x, across) < 0:
             x = -x
         yield x, v3 + x * length, v3, length
+
+
+def _lean(axis: np.ndarray | None, x: np.ndarray, normal: np.ndarray) -> float:
+    """Degrees the fingers' ``axis`` leans from a valley line's ``normal`` towards ``x`` (the
+    index finger); 0 without an axis."""
+    return 0.0 if axis is None else float(np.degrees(np.arctan2(axis @ x, axis @ normal)))
+
+
+def _leans_in_bounds(axis: np.ndarray | None, x: np.ndarray, up: np.ndarray, limits: RoiLimits) -> bool:
+    normal = np.array([x[1], -x[0]])
+    if np.dot(normal, up) < 0:
+        normal = -normal
+    return limits.standin_lean_deg[0] <= _lean(axis, x, normal) <= limits.standin_lean_deg[1]
 
 
 def _pressed_axis(valleys: np.ndarray, tips: np.ndarray) -> np.ndarray:

@@ -235,3 +235,17 @@ def test_palm_circle_meeting_the_frame_border_is_told():
     small[:] = 15
     cv2.circle(small, (160, 215), 40, 120, -1)                 # a palm held low, cut by the border
     assert roi._circle_cut(segment.segment(small, 2, 60.0, 15.0, 105.0))
+
+
+def test_middle_stand_in_tilted_far_off_the_fingers_axis_is_refused():
+    # index held against the middle finger (its valley shallow) and the middle-ring notch far up
+    # its seam too: the stand-in line from it leans ~38° off the straight fingers' axis
+    im, mr = IM + [0.0, -70.0], MR + [0.0, -40.0]
+    valleys = np.array([im, mr, RL])
+    tips = np.array([[175.0, -120.0], [0.5 * (im[0] + mr[0]), -140.0], [0.5 * (mr[0] + RL[0]), -130.0],
+                     [25.0, -100.0]])
+    assert np.allclose(first_line(valleys, (False, True, True))[2], RL)      # (no tips: the stand-in)
+    lines = list(roi._valley_lines(valleys, (False, True, True), UP, RADIUS, LIMITS, tips))
+    assert len(lines) == 1
+    x, v1, v3, length = lines[0]
+    assert np.allclose(v3, RL) and abs(length - 100.0) < 1e-9         # the ring-little valley + axis
