@@ -139,7 +139,7 @@ def test_pair_leaning_off_the_fingers_axis_trusts_only_the_ring_little_valley():
 
 def test_pair_along_the_fingers_axis_stands():
     tips = np.array([[175.0, -120.0], [126.0, -140.0], [76.0, -130.0], [25.0, -100.0]])
-    x, v1, v3, length = next(iter(roi._valley_lines(np.array([IM, MR, RL]), (True, True, True), UP,
+    _, v1, v3, _ = next(iter(roi._valley_lines(np.array([IM, MR, RL]), (True, True, True), UP,
                                                      RADIUS, LIMITS, tips)))
     assert np.allclose(v1, IM) and np.allclose(v3, RL)
 
@@ -167,7 +167,7 @@ def test_fingertips_direction_vouches_only_for_the_pair_of_open_valleys():
     valleys = np.array([IM, MR, RL])
     off_up = _turned(-30.0)              # a heel axis pulled aside (the frame cuts the heel)
     assert roi._valley_frame(valleys, (True, True, True), off_up, RADIUS, LIMITS) is None
-    centre, up, side = roi._valley_frame(valleys, (True, True, True), off_up, RADIUS, LIMITS,
+    _, _, side = roi._valley_frame(valleys, (True, True, True), off_up, RADIUS, LIMITS,
                                          also_up=UP)
     assert abs(side - LIMITS.valley_side * 100.0) < 1e-9
     # a stand-in line (index-middle valley not open) needs the heel axis itself
@@ -247,5 +247,5 @@ def test_middle_stand_in_tilted_far_off_the_fingers_axis_is_refused():
     assert np.allclose(first_line(valleys, (False, True, True))[2], RL)      # (no tips: the stand-in)
     lines = list(roi._valley_lines(valleys, (False, True, True), UP, RADIUS, LIMITS, tips))
     assert len(lines) == 1
-    x, v1, v3, length = lines[0]
+    _, _, v3, length = lines[0]
     assert np.allclose(v3, RL) and abs(length - 100.0) < 1e-9         # the ring-little valley + axis
