@@ -455,31 +455,30 @@ def _valley_lines(valleys: np.ndarray, deep: tuple[bool, bool, bool], up: np.nda
     if ring_high and axis is not None:
         # only the index–middle valley is trusted (middle, ring and little held together):
         # the mirror image of the case below
-        across = np.array([axis[1], -axis[0]])
-        if np.dot(across, v1 - v3) < 0:
-            across = -across                       # towards the index finger
-        length = float(np.dot(v1 - v3, across))
-        a = np.radians(limits.finger_axis_lean_deg)
-        normal = np.cos(a) * axis - np.sin(a) * across
-        x = np.array([-normal[1], normal[0]])
-        if np.dot(x, across) < 0:
-            x = -x
+        x, length = _line_from_axis(axis, v1, v3, limits)
         yield x, v1, v1 - x * length, length
     if deep[2] and axis is not None and not ring_high:
         # only the ring–little valley is trusted (index, middle and ring held together): the
         # notches between the pressed fingers lie up the seams, so they keep their place across
         # the fingers; the middle and ring fingers' axes (tip from between their side notches),
         # leaned back by their usual lean from the valley line's normal, give the direction
-        across = np.array([axis[1], -axis[0]])
-        if np.dot(across, v1 - v3) < 0:
-            across = -across                       # towards the index finger
-        length = float(np.dot(v1 - v3, across))
-        a = np.radians(limits.finger_axis_lean_deg)
-        normal = np.cos(a) * axis - np.sin(a) * across
-        x = np.array([-normal[1], normal[0]])
-        if np.dot(x, across) < 0:
-            x = -x
+        x, length = _line_from_axis(axis, v1, v3, limits)
         yield x, v3 + x * length, v3, length
+
+
+def _line_from_axis(axis: np.ndarray, v1: np.ndarray, v3: np.ndarray, limits: RoiLimits) -> tuple[np.ndarray, float]:
+    """The valley line's direction (towards the index finger) from the fingers' axis leaned back
+    by their usual lean, and its length between the outer valleys."""
+    across = np.array([axis[1], -axis[0]])
+    if np.dot(across, v1 - v3) < 0:
+        across = -across                           # towards the index finger
+    length = float(np.dot(v1 - v3, across))
+    a = np.radians(limits.finger_axis_lean_deg)
+    normal = np.cos(a) * axis - np.sin(a) * across
+    x = np.array([-normal[1], normal[0]])
+    if np.dot(x, across) < 0:
+        x = -x
+    return x, length
 
 
 def _lean(axis: np.ndarray | None, x: np.ndarray, normal: np.ndarray) -> float:
