@@ -89,6 +89,7 @@ class Summary:
         self.recoveries: list[tuple[str, float]] = []
         self.errors: list[str] = []
         self.controller_events: collections.Counter[str] = collections.Counter()
+        self.health: tuple = ()                     # each device's health at the end
 
     def percentile(self, q: float) -> float | None:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else None
@@ -353,7 +354,7 @@ def report(summary: Summary, out: TextIO = sys.stdout) -> None:
     if s.controller_events:
         print("  controller received " + ", ".join(f"{k} {v}" for k, v in sorted(s.controller_events.items())),
               file=out)
-    for h in getattr(s, "health", ()):
+    for h in s.health:
         dropped = sum(v for k, v in h.counters.items() if k.startswith("dropped_"))
         print(f"  {h.name:<12} {h.state.value:<8} restarts {h.restarts:<3} dropped {dropped}", file=out)
     for line in s.errors:
