@@ -11,6 +11,8 @@ from typing import Any
 
 import attrs
 
+from palmnode.vault.records import VaultConfig
+
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "sim.toml"
 
 
@@ -88,12 +90,6 @@ class GateConfig:
 
 
 @attrs.frozen
-class VaultSection:
-    path: str
-    key_file: str | None = None
-
-
-@attrs.frozen
 class ControllerLink:
     """The store controller this node dials (certificates from ``palmnode certs``)."""
 
@@ -106,14 +102,21 @@ class ControllerLink:
 
 
 @attrs.frozen
-class ReplSection:
+class ReplConfig:
+    """The diagnostics socket (0600). ``python_console`` opens ``py`` (Python inside the node) to
+    anyone who can open the socket — keep it off on gates in service."""
+
     socket_path: str = "/run/palmnode/repl.sock"
     python_console: bool = False
     enabled: bool = True
+    max_sessions: int = 8  # clients at once (as palmnode.repl.server.MAX_SESSIONS)
 
 
 @attrs.frozen
-class MetricsSection:
+class MetricsConfig:
+    """The Prometheus scrape endpoint; off by default (two nodes on one host would share the port),
+    on loopback by default (a fleet scraper reaches it through the host's own exporter/proxy)."""
+
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = 9464
@@ -128,10 +131,10 @@ class Config:
     camera: CameraConfig
     supervision: SupervisionConfig = SupervisionConfig()
     gate: GateConfig = GateConfig()
-    vault: VaultSection | None = None
+    vault: VaultConfig | None = None
     controller: ControllerLink | None = None
-    repl: ReplSection = ReplSection(enabled=False)
-    metrics: MetricsSection = MetricsSection()
+    repl: ReplConfig | None = None
+    metrics: MetricsConfig = MetricsConfig()
     source: Path | None = None
 
 
@@ -143,12 +146,13 @@ _SECTIONS: dict[str, type] = {
     "devices.camera": CameraConfig,
     "supervision": SupervisionConfig,
     "gate": GateConfig,
-    "vault": VaultSection,
+    "vault": VaultConfig,
     "controller": ControllerLink,
-    "repl": ReplSection,
-    "metrics": MetricsSection,
+    "repl": ReplConfig,
+    "metrics": MetricsConfig,
 }
-_OPTIONAL = {"vault", "controller"}  # absent: a node without a vault (devices only) / without a controller
+#: absent: a node without a vault (devices only) / without a controller / without a REPL socket
+_OPTIONAL = {"vault", "controller", "repl"}
 _PATH_KEYS = {"port", "token_key_file", "calibration", "path", "key_file", "ca", "cert", "key",
               "socket_path"}
 _SIGNED_KEYS = {"exposure", "gain"}  # V4L2 exposure is a log2 value, often negative
@@ -188,7 +192,7 @@ def from_dict(raw: dict[str, Any], *, base: Path = Path("."), source: Path | Non
             if name in _OPTIONAL:
                 values[name] = None
                 continue
-            table = {"enabled": False} if name == "repl" else {}
+            table = {}
         values[name] = _build(cls, table, f"{where} [{name}]", base)
     _check_gate(values["gate"], f"{where} [gate]")
     link = values["controller"]

@@ -50,15 +50,6 @@ _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 LabelKey = tuple[tuple[str, str], ...]
 
 
-@attrs.frozen
-class MetricsConfig:
-    """The scrape endpoint. Off by default: two nodes on one host would fight over the port."""
-
-    enabled: bool = False
-    host: str = "127.0.0.1"
-    """Loopback by default; a fleet scraper reaches it through the host's own exporter/proxy."""
-    port: int = 9464
-
 
 @attrs.define
 class _Histogram:
@@ -388,5 +379,5 @@ async def _respond(stream: trio.SocketStream, status: int, body: str) -> None:
     await stream.send_all(head.encode("ascii") + data)
 
 
-__all__ = ["DEFAULT_BUCKETS", "KNOWN", "MAX_SERIES", "RECENT_WINDOW", "Metrics", "MetricsConfig",
+__all__ = ["DEFAULT_BUCKETS", "KNOWN", "MAX_SERIES", "RECENT_WINDOW", "Metrics",
            "serve_metrics"]

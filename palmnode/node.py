@@ -31,7 +31,7 @@ from palmnode.metrics import Metrics, serve_metrics
 from palmnode.ops import NodeOps
 from palmnode.repl.server import serve_repl
 from palmnode.systemd import serve_systemd, tree_healthy
-from palmnode.vault import Vault, VaultConfig, VaultError, open_vault
+from palmnode.vault import Vault, VaultError, open_vault
 
 log = logging.getLogger("palmnode.node")
 
@@ -98,7 +98,7 @@ class Node:
             self.threshold = calibration.decision_threshold(cfg.gate.target_fmr)
         except (OSError, ValueError) as exc:
             raise GateSetupError(f"calibration {cfg.gate.calibration}: {exc}") from None
-        vault_cfg = VaultConfig(path=cfg.vault.path, key_file=cfg.vault.key_file)
+        vault_cfg = cfg.vault
         try:
             for path in (vault_cfg.path, vault_cfg.key_file):
                 if path is not None:
@@ -141,10 +141,10 @@ class Node:
     def _service_specs(self) -> list[ChildSpec]:
         cfg = self.config
         specs = []
-        if cfg.repl.enabled:
+        if cfg.repl is not None and cfg.repl.enabled:
             specs.append(ChildSpec("repl", _started(functools.partial(
-                serve_repl, self, cfg.repl.socket_path, python_console=cfg.repl.python_console)),
-                signals_started=True))
+                serve_repl, self, cfg.repl.socket_path, python_console=cfg.repl.python_console,
+                max_sessions=cfg.repl.max_sessions)), signals_started=True))
         if cfg.metrics.enabled:
             specs.append(ChildSpec("metrics", _started(functools.partial(
                 serve_metrics, self.metrics, cfg.metrics.host, cfg.metrics.port)), signals_started=True))

@@ -2,7 +2,7 @@
 
 - :mod:`palmnode.repl.protocol` — the JSON-lines protocol, sans-IO (docs/protocols/repl.md)
 - :mod:`palmnode.repl.commands` — the commands and :class:`ReplTarget`, what a node must provide
-- :mod:`palmnode.repl.server` — :func:`serve_repl` and :class:`ReplConfig`
+- :mod:`palmnode.repl.server` — :func:`serve_repl` (its config: ``palmnode.config.ReplConfig``)
 - :mod:`palmnode.repl.client` — ``palmnode repl`` (``add_arguments`` / ``main``)
 - :mod:`palmnode.repl.console` — the opt-in Python console (``py``)
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-_EXPORTS = {"ReplConfig": "server", "ReplSocketError": "server", "serve_repl": "server",
+_EXPORTS = {"ReplSocketError": "server", "serve_repl": "server",
             "ReplTarget": "commands"}
 
 
@@ -24,4 +24,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'palmnode.repl' has no attribute {name!r}")
 
 
-__all__ = ["ReplConfig", "ReplSocketError", "ReplTarget", "serve_repl"]
+__all__ = ["ReplSocketError", "ReplTarget", "serve_repl"]

@@ -16,7 +16,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import attrs
 import trio
 
 from palmnode.logs import event
@@ -33,17 +32,6 @@ MAX_SESSIONS = 8
 SEND_TIMEOUT_S = 2.0
 #: longest unix socket path (sun_path is 108 bytes with its NUL)
 MAX_PATH = 107
-
-
-@attrs.frozen
-class ReplConfig:
-    """The REPL socket. ``python_console`` opens ``py`` (Python inside the node) to anyone who can
-    open the socket (the node's own user: the socket is 0600) — keep it off on gates in service."""
-
-    socket_path: str = "/run/palmnode/repl.sock"
-    python_console: bool = False
-    enabled: bool = True
-    max_sessions: int = MAX_SESSIONS
 
 
 class ReplSocketError(Exception):
@@ -272,4 +260,4 @@ class _Connection:
             await self.send_line(protocol.encode_ok({"interrupted": True}, "interrupted"))
 
 
-__all__ = ["MAX_SESSIONS", "ReplConfig", "ReplSocketError", "serve_repl"]
+__all__ = ["MAX_SESSIONS", "ReplSocketError", "serve_repl"]
