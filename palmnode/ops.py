@@ -115,17 +115,18 @@ class NodeOps:
         applied = 0
         while True:
             answer = await link.request("sync", {"cursor": cursor, "limit": 100})
+            upserts = []  # a page names each person once (the log keeps their latest change)
             for change in answer.get("changes", []):
                 if change.get("kind") == "upsert":
                     try:
-                        person = person_from_wire(change.get("person"))
+                        upserts.append(person_from_wire(change.get("person")))
                     except WireError as exc:
                         event(log, "sync change dropped", level=logging.WARNING, reason=str(exc))
                         continue
-                    await people.apply_upsert(person)
                 elif change.get("kind") == "remove" and isinstance(change.get("person_id"), str):
                     await people.apply_remove(change["person_id"])
                 applied += 1
+            await people.apply_upserts(upserts)  # one vault transaction per page
             cursor = answer.get("cursor", cursor)
             if cursor is not None:
                 await trio.to_thread.run_sync(vault.set_state, SYNC_STATE, json.dumps(cursor))

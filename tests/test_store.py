@@ -100,3 +100,17 @@ async def test_events_of_a_time_the_controller_was_away_arrive_once(nursery, tmp
     assert len(unknown) == 3
     assert len({e.key for e in events}) == len(events)  # applied exactly once
     assert len(events) >= before + 3
+
+
+async def test_a_gate_that_was_away_catches_up_by_sync(nursery, tmp_path):
+    make_dev_pki(tmp_path / "certs", nodes=["gate-a", "gate-b"])
+    controller = controller_for(tmp_path)
+    port = await nursery.start(controller.run)
+    gate_a, node_a = await gate_and_node(nursery, tmp_path, "gate-a", port, seed=1)
+    answer, _ = await enrol_person(controller, "gate-a", gate_a, node_a, PERSON, pan=card_number(2),
+                                   phone="+4930555000002")
+    assert answer.get("person_id"), answer
+    gate_b, node_b = await gate_and_node(nursery, tmp_path, "gate-b", port, seed=2)  # starts after the enrolment
+    await wait_for(lambda: node_b.vault.get(answer["person_id"]) is not None, timeout=5.0)
+    assert len(node_b.gallery) == len(node_a.gallery)
+    assert node_b.vault.get_state("controller_sync_cursor") is not None

@@ -8,7 +8,7 @@ is rebuilt from it at start (``load``). Changes are serialised by one lock.
 Outbox events (``enrolled {person}``, ``deleted {person_id}``, and the identify flow's decisions:
 ``identified {person_id, palm, score, latency_ms, mode}``, ``unknown {latency_ms, reason}``) go to the store controller through
 the link; ``events_appended`` (settable: the link client's wake-up) is called after each append.
-Replicated changes from the controller (``apply_upsert`` / ``apply_remove``) write no outbox event
+Replicated changes from the controller (``apply_upsert(s)`` / ``apply_remove``) write no outbox event
 (the controller already knows), a removal leaves its audit entry all the same.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Callable
+from typing import Callable, Sequence
 
 import trio
 
@@ -116,19 +116,25 @@ class People:
     # ---- replication (from the controller) -----------------------------------------------------
     async def apply_upsert(self, person: Person) -> None:
         """A person enrolled elsewhere (or changed): stored and searchable here, no outbox event."""
+        await self.apply_upserts([person])
+
+    async def apply_upserts(self, people: Sequence[Person]) -> None:
+        """Many of them (a sync page): one vault transaction for all, then searchable here."""
         async with self._lock:
-            await trio.to_thread.run_sync(self._upsert, person)
+            await trio.to_thread.run_sync(self._upsert, people)
         self._gauge()
 
-    def _upsert(self, person: Person) -> None:
-        current = self.vault.get(person.person_id)
-        if current is not None and person_to_wire(current) == person_to_wire(person):
-            self.gallery.remove(person.person_id)  # already here (e.g. our own enrolment coming back)
+    def _upsert(self, people: Sequence[Person]) -> None:
+        changed = [p for p in people if not self._stored_as(p)]  # e.g. our own enrolment coming back
+        if changed:
+            self.vault.upsert_people(changed)  # replaced or added, no outbox event
+        for person in people:
+            self.gallery.remove(person.person_id)
             self._add_to_gallery(person)
-            return
-        self.vault.upsert_people([person])  # one transaction: replaced or added, no outbox event
-        self.gallery.remove(person.person_id)
-        self._add_to_gallery(person)
+
+    def _stored_as(self, person: Person) -> bool:
+        current = self.vault.get(person.person_id)
+        return current is not None and person_to_wire(current) == person_to_wire(person)
 
     async def apply_remove(self, person_id: str) -> bool:
         """A person deleted elsewhere: gone from vault (audit entry, no outbox event) and gallery."""
