@@ -153,29 +153,28 @@ class Node:
         return specs
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        sup = self.config.supervision
         self.health = HealthRegistry(self.bus)
-        backoff = Backoff(initial=sup.backoff_initial_s, maximum=sup.backoff_max_s)
         try:
             gate_specs = await self._open_gate() if self.config.vault is not None else []
-            await self._supervise(gate_specs, backoff, task_status)
+            await self._supervise(gate_specs, task_status)
         finally:
             if self.vault is not None:
                 self.vault.close()
 
-    async def _supervise(self, gate_specs: list[ChildSpec], backoff: Backoff, task_status) -> None:
+    async def _supervise(self, gate_specs: list[ChildSpec], task_status) -> None:
         sup = self.config.supervision
-        devices = Supervisor("devices", self._device_specs(self.health, backoff), strategy="one_for_one",
-                             intensity=sup.intensity, period=sup.period_s, backoff=backoff,
-                             health=self.health, bus=self.bus)
+        backoff = Backoff(initial=sup.backoff_initial_s, maximum=sup.backoff_max_s)
+
+        def supervisor(name: str, specs: list[ChildSpec], strategy: str, **kw) -> Supervisor:
+            return Supervisor(name, specs, strategy=strategy, intensity=sup.intensity, period=sup.period_s,
+                              backoff=backoff, bus=self.bus, **kw)
+
         children = [ChildSpec("event-log", self._log_events, signals_started=True),
-                    devices.as_child(id="devices")]
+                    supervisor("devices", self._device_specs(self.health, backoff), "one_for_one",
+                               health=self.health).as_child(id="devices")]
         if gate_specs:
-            children.append(Supervisor("gate", gate_specs, strategy="one_for_one", intensity=sup.intensity,
-                                       period=sup.period_s, backoff=backoff, bus=self.bus).as_child(id="gate"))
-        children += self._service_specs()
-        self.supervisor = Supervisor("node", children, strategy="rest_for_one", intensity=sup.intensity,
-                                     period=sup.period_s, backoff=backoff, bus=self.bus)
+            children.append(supervisor("gate", gate_specs, "one_for_one").as_child(id="gate"))
+        self.supervisor = supervisor("node", children + self._service_specs(), "rest_for_one")
         event(log, "node starting", node_id=self.config.node.node_id,
               config=str(self.config.source) if self.config.source else None)
         await self.supervisor.run(task_status=task_status)
