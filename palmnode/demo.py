@@ -41,7 +41,7 @@ FIRST_STRANGER_SEED = 60_000  # and of people never enrolled
 
 def node_config(endpoints: Endpoints, folder: Path, node_id: str = "demo-gate", *,
                 controller_port: int | None = None, certs: Path | None = None,
-                vault: bool = False, mode: str = "entry") -> config.Config:
+                vault: bool = False) -> config.Config:
     """A node config for the given endpoints, the same shape as config/sim.toml; with ``vault``
     the working gate (vault, flows), with ``controller_port`` and ``certs`` the controller link."""
     raw: dict = {
@@ -52,7 +52,6 @@ def node_config(endpoints: Endpoints, folder: Path, node_id: str = "demo-gate", 
             "illuminator": {"port": endpoints.illuminator},
             "camera": {"source": endpoints.camera},
         },
-        "gate": {"mode": mode},
     }
     if vault:
         raw["vault"] = {"path": str(folder / f"{node_id}.vault.db"), "key_file": str(folder / f"{node_id}.vault.key")}

@@ -86,10 +86,9 @@ async def test_node_killed_mid_enrolment_restarts_consistent(nursery, tmp_path, 
                 pass  # killed before it answered
 
         async with trio.open_nursery() as n:
-            n.start_soon(enrol)
-            await trio.sleep(0.5)
-            n.start_soon(gate.apply, sc.Card(at=0, kind="emv", pan=card_number(42), seconds=0.8))
-            await trio.sleep(1.0)
+            n.start_soon(enrol)  # the card is held until the enrolment reads it, then the palm comes
+            n.start_soon(gate.apply, sc.Card(at=0, kind="emv", pan=card_number(42), seconds=1.5))
+            await trio.sleep(1.5)
             n.start_soon(lambda: gate.hover(150.0, 3.0, approach_s=0.3, identity=777, hand="right"))
             await trio.sleep(kill_after_s + rng.uniform(0.0, 0.3))
             node.send_signal(signal.SIGKILL)
@@ -107,8 +106,7 @@ async def test_node_killed_mid_enrolment_restarts_consistent(nursery, tmp_path, 
 
         async with trio.open_nursery() as n:  # and it still enrols (a new card: nothing half-written blocks it)
             async def tap_and_hover() -> None:
-                await trio.sleep(0.5)
-                await gate.apply(sc.Card(at=0, kind="emv", pan=card_number(43), seconds=0.8))
+                await gate.apply(sc.Card(at=0, kind="emv", pan=card_number(43), seconds=1.5))
                 for _ in range(4):
                     await gate.hover(150.0, 1.2, approach_s=0.3, identity=778, hand="right")
             n.start_soon(tap_and_hover)

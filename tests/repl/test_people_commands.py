@@ -33,8 +33,8 @@ async def test_enrol_delete_and_mode_from_the_repl(connect, node, gate, nursery)
     assert not reply["ok"] and "by id, card or phone" in reply["error"]
 
     async def person_at_the_gate() -> None:
-        await trio.sleep(0.5)
-        await gate.apply(sc.Card(at=0, kind="emv", pan=card_number(7), seconds=0.8))
+        # the card stays in the field until the enrolment has read it (the reader reads it again and again)
+        await gate.apply(sc.Card(at=0, kind="emv", pan=card_number(7), seconds=1.5))
         for _ in range(5):
             await gate.hover(150.0, 1.2, approach_s=0.3, identity=4_343, hand="right")
 
