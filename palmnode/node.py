@@ -183,22 +183,26 @@ class Node:
     def healthy(self) -> bool:
         return self.supervisor is not None and tree_healthy(self.supervisor.tree())
 
-    def status(self) -> dict[str, Any]:
+    async def status(self) -> dict[str, Any]:
+        """The controller's ``node.status`` (the vault is counted in a worker thread)."""
         health = self.health
+        people = await trio.to_thread.run_sync(self.vault.count) if self.vault is not None else 0
         return {
             "node_id": self.config.node.node_id,
             "gate": health.gate.value if health else "starting",
             "devices": [{"name": d.name, "state": d.state.value, "restarts": d.restarts}
                         for d in (health.snapshot() if health else ())],
-            "people": self.vault.count() if self.vault is not None else 0,
+            "people": people,
             "gallery_palms": len(self.gallery) if self.gallery is not None else 0,
             "mode": self.modes.current.mode,
             "controller": None if self.link is None else ("connected" if self.link.connected else "away"),
         }
 
     def status_line(self) -> str:
-        s = self.status()
-        return f"gate {s['gate']}, {s['gallery_palms']} palms, mode {s['mode']}"
+        """systemd's STATUS= (read on the event loop: no I/O)."""
+        gate = self.health.gate.value if self.health else "starting"
+        palms = len(self.gallery) if self.gallery is not None else 0
+        return f"gate {gate}, {palms} palms, mode {self.modes.current.mode}"
 
     async def _log_events(self, ctx: ChildContext) -> None:
         async with self.bus.subscribe(*LOGGED_EVENTS, buffer=256) as events:

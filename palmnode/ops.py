@@ -101,7 +101,7 @@ class NodeOps:
         return {"mode": mode.mode}
 
     async def _node_status(self, args: dict) -> dict:
-        return self.node.status()
+        return await self.node.status()
 
     async def _node_metrics(self, args: dict) -> dict:
         return {"metrics": self.node.metrics.snapshot(), "prometheus": self.node.metrics.render_prometheus()}
