@@ -23,7 +23,7 @@ beside those of the real rendered impostors so the two can be compared.
 Recall at gallery size N: the gallery holds N synthesised impostors and then every enrolled
 template (the mates, last: index ties go against them). Among genuine probes whose mate the full
 match (matcher.match) ranks above every impostor, ``recall_loss`` is the fraction whose mate the
-pre-filter (Gallery._shortlist) leaves out of the shortlist (``recall_loss_stage1``: the part
+pre-filter (Prefilter.select) leaves out of the shortlist (``recall_loss_stage1``: the part
 the signature stage alone drops, ties counted against the mate) and ``search_loss`` the fraction for
 which Gallery.search does not return the mate first (pre-filter plus the ranking before the
 elastic surface match). "Ranks above every impostor" is checked against the exhaustive full
@@ -43,7 +43,7 @@ import cv2
 import numpy as np
 
 from palmnode.cliargs import count
-from palmnode.biometrics import features, gallery as gal, kernels, matcher, roi, synth
+from palmnode.biometrics import features, gallery as gal, kernels, matcher, prefilter as pf, roi, synth
 from palmnode.biometrics.types import BadImage, PalmTemplate, RoiFailure
 
 S_ROWS, V_ROWS = matcher.SURFACE_MATCH.rows, matcher.VEIN_MATCH.rows
@@ -129,7 +129,7 @@ def _quadrant_masks():
 
 def synth_entries(src_recs: np.ndarray, n: int, rng) -> tuple[np.ndarray, np.ndarray]:
     """n synthesised (records, signatures): every modality quadrant from its own random source;
-    the signatures are computed from the synthesised vein codes (features.signatures_of_codes)."""
+    the signatures are computed from the synthesised vein codes (pf.signatures_of_codes)."""
     rec_rows, rec_bits = _quadrant_masks()
     recs = np.zeros((n, matcher.RECORD_WORDS), np.uint32)
     for q in range(4):
@@ -149,7 +149,7 @@ def signatures_of(recs: np.ndarray) -> np.ndarray:
     out = np.empty((len(recs), kernels.SIGNATURE_WORDS), np.uint64)
     for a in range(0, len(recs), 1 << 16):
         part = recs[a:a + (1 << 16), v.offset:v.offset + 4 * v.rows].reshape(-1, 4, v.rows)
-        out[a:a + len(part)] = features.signatures_of_codes(part)
+        out[a:a + len(part)] = pf.signatures_of_codes(part)
     return out
 
 
@@ -170,7 +170,7 @@ def gallery_of(recs: np.ndarray, sigs: np.ndarray) -> gal.Gallery:
     for start in range(0, n, seg_size):
         m = min(seg_size, n - start)
         seg = gal._Segment(seg_size)
-        seg.records[:m], seg.sigs[:m], seg.live[:m], seg.flags[:m] = recs[start:start + m], sigs[start:start + m], 1, 3
+        seg.records[:m], seg.index[:m], seg.live[:m], seg.flags[:m] = recs[start:start + m], sigs[start:start + m], 1, 3
         seg.person[:m] = np.arange(start, start + m)
         seg.count = m
         segs.append(seg)
@@ -327,7 +327,7 @@ def main(args: argparse.Namespace | None = None) -> dict:
     for _, p in probes[:100]:
         real_imp.append(full_scores(p, src_recs))
         syn_imp.append(full_scores(p, recs[:n_chk]))
-        psig = features.signature_variants(p)
+        psig = pf.signature_variants(p)
         real_pf.append(kernels.prefilter_scores(psig, src_sigs, live_src))
         syn_pf.append(kernels.prefilter_scores(psig, sigs[:n_chk], np.ones(n_chk, np.uint8)))
 
@@ -357,20 +357,20 @@ def main(args: argparse.Namespace | None = None) -> dict:
         g = gallery_of(np.concatenate([recs[:n], enrol_recs]), np.concatenate([sigs[:n], enrol_sigs]))
         g._person_ids[n:] = [f"mate{i}" for i in enrol_ids]
         total = n + len(enrol_ids)
-        size, k1 = g.shortlist_size(total), g.stage1_size(total)
+        size, k1 = g.prefilter.shortlist_size(total), g.prefilter.stage1_size(total)
         t0 = time.perf_counter()
         first, dropped, missed, drop_stage1 = [], [], [], []
         for j, (i, p) in enumerate(probes):
             mate = n + slot[i]
             snap = g._snapshot()
             starts = np.concatenate([[0], np.cumsum([c for _, c, _ in snap])])
-            short = g._shortlist(p, snap, starts)
+            short = g.prefilter.select(p, snap, starts)
             imp = short[short != mate]
             top = max(exh_max[j], float(full_scores(p, np.concatenate([recs[:n], enrol_recs]), imp).max()) if imp.size else -np.inf)
             first.append(mate_full[j] > top)
             dropped.append(mate not in set(short.tolist()))
-            pf = np.concatenate([kernels.prefilter_scores(features.signature_variants(p, g.probe_offsets),
-                                                          seg.sigs[:c], live[:c]) for seg, c, live in snap])
+            pf = np.concatenate([kernels.prefilter_scores(pf.signature_variants(p, g.prefilter.probe_offsets),
+                                                          seg.index[:c], live[:c]) for seg, c, live in snap])
             drop_stage1.append(int(np.count_nonzero(pf[:mate] <= pf[mate])) + int(np.count_nonzero(pf[mate + 1:] < pf[mate])) >= k1)
             res = g.search(p, k=1)
             missed.append(not res or res[0].person_id != f"mate{i}")
@@ -393,9 +393,9 @@ def main(args: argparse.Namespace | None = None) -> dict:
             ts.append(time.perf_counter() - t1)
         row = {"ms": float(np.median(ts) * 1e3), "entries": total, "shortlist": size,
                "bytes_per_palm": g.memory_bytes() / total}
-        psig0 = features.signature_variants(test_probes[0])          # once per search, as Gallery.search does
+        psig0 = pf.signature_variants(test_probes[0])          # once per search, as Gallery.search does
         row["prefilter_scan_ms"] = median_ms(lambda g=g, psig0=psig0: [kernels.prefilter_scores(
-            psig0, s.sigs[:s.count], s.live[:s.count]) for s in g._segments], 5)
+            psig0, s.index[:s.count], s.live[:s.count]) for s in g._segments], 5)
         all_recs = np.concatenate([recs[:n], enrol_recs])
         bits, masks = _split_record(all_recs)
         qb, qm = _split_record(gal._record(test_probes[0])[0][None])

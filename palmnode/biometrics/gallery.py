@@ -1,17 +1,14 @@
 """The 1:N gallery: packed templates in RAM, coarse-to-fine search, add/remove during searches.
 
-Layout per enrolled palm (see docs/engine.md): a 64-byte pre-filter signature (two 8x8 coarse
-codes of the vein code, features.signature), a 768-byte record (surface 4x32 uint32 rows,
-vein 4x16 uint32 rows), a live flag, a modality flag and a person/palm key: ~840 bytes.
+Layout per enrolled palm (see docs/engine.md): a pre-filter index row (prefilter.index_row:
+today the 64-byte vein signature), a 768-byte record (surface 4x32 uint32 rows, vein 4x16
+uint32 rows), a live flag, a modality flag and a person/palm key: ~840 bytes.
 
-Search = (1) the pre-filter scan of every signature (native AVX2 popcount) against the
-probe's signature at a few grid offsets (features.PROBE_OFFSETS, minimum kept), keeping
-``stage1_size`` entries, (2) the block-wise match of the full vein code (4x4-cell blocks each
-free to move ±VEIN_STAGE_RADIUS cells) on those, keeping the ``shortlist_size`` closest, (3) on
-the shortlist the rigid shift-tolerant match of both modalities and the elastic vein match
-(the final vein score), ranked by their fused score, (4) the elastic surface match of the best
-RERANK entries, whose fused scores are then final (= matcher.match); best per person, top k.
-A probe without a vein code skips (1)-(2): every live entry gets (3)-(4).
+Search = (1)-(2) the pre-filter (prefilter.Prefilter.select: signature scan, vein stage) keeps
+``shortlist_size`` entries, (3) on those the rigid shift-tolerant match of both modalities and
+the elastic vein match (the final vein score), ranked by their fused score, (4) the elastic
+surface match of the best RERANK entries, whose fused scores are then final (= matcher.match);
+best per person, top k. A probe without a vein code skips (1)-(2): every live entry gets (3)-(4).
 
 Concurrency: writers (add/remove) are serialised by a lock. Entries live in segments of
 packed arrays; a search snapshots (segment, filled count, live flags) for every segment under
@@ -27,32 +24,17 @@ import threading
 import attrs
 import numpy as np
 
-from palmnode.biometrics import features, kernels
+from palmnode.biometrics import prefilter as pf
 from palmnode.biometrics.matcher import (FUSION_WEIGHTS, RECORD_WORDS, SURFACE_MATCH, VEIN_MATCH, Score,
                                          elastic_distances, rigid_distances, similarity)
 from palmnode.biometrics.types import PalmTemplate
 
-#: shortlist after the pre-filter: SHORTLIST_FRACTION of the gallery, at least MIN_SHORTLIST and
-#: at most SHORTLIST entries (a fixed impostor quantile, so the recall loss does not depend on the
-#: gallery size up to SHORTLIST / SHORTLIST_FRACTION = 1M); recall loss measured in docs/engine.md
-SHORTLIST = 2000
-SHORTLIST_FRACTION = 0.002
-MIN_SHORTLIST = 100
-#: two-stage pre-filter: the signature scan keeps STAGE1_FRACTION of the gallery (at least
-#: MIN_STAGE1, at most STAGE1 entries), then the block-wise match of the full vein code (4x4-cell
-#: blocks, each within ±VEIN_STAGE_RADIUS cells: kernels.match_elastic16) ranks those and keeps
-#: shortlist_size(N) for the full match
-STAGE1_FRACTION = 0.05
-MIN_STAGE1 = 1000
-STAGE1 = 50_000
-VEIN_STAGE_RADIUS = 2
 #: the best RERANK shortlist entries by rigid surface + elastic vein score (at least 8 per
 #: requested candidate) get the elastic surface match, which completes the final scores
 RERANK = 64
 #: shortlisted records gathered into one array per kernel call at most this many at a time
 _GATHER = 8192
 PALMS = ("left", "right", "unknown")
-_HAS_SURFACE, _HAS_VEIN = 1, 2
 
 
 @attrs.frozen
@@ -65,12 +47,12 @@ class Candidate:
 class _Segment:
     """Packed arrays for up to ``capacity`` entries; ``count`` rows are published."""
 
-    __slots__ = ("capacity", "count", "sigs", "records", "live", "flags", "person", "palm")
+    __slots__ = ("capacity", "count", "index", "records", "live", "flags", "person", "palm")
 
     def __init__(self, capacity: int):
         self.capacity = capacity
         self.count = 0
-        self.sigs = np.zeros((capacity, kernels.SIGNATURE_WORDS), np.uint64)
+        self.index = np.zeros((capacity, pf.INDEX_WORDS), np.uint64)
         self.records = np.zeros((capacity, RECORD_WORDS), np.uint32)
         self.live = np.zeros(capacity, np.uint8)
         self.flags = np.zeros(capacity, np.uint8)
@@ -82,13 +64,13 @@ class _Segment:
         rows = np.arange(self.count) if rows is None else rows
         new = _Segment(capacity)
         n = rows.size
-        for name in ("sigs", "records", "live", "flags", "person", "palm"):
+        for name in ("index", "records", "live", "flags", "person", "palm"):
             getattr(new, name)[:n] = getattr(self, name)[rows]
         new.count = n
         return new
 
     def nbytes(self) -> int:
-        return sum(getattr(self, n).nbytes for n in ("sigs", "records", "live", "flags", "person", "palm"))
+        return sum(getattr(self, n).nbytes for n in ("index", "records", "live", "flags", "person", "palm"))
 
 
 def _record(template: PalmTemplate) -> tuple[np.ndarray, int]:
@@ -96,10 +78,10 @@ def _record(template: PalmTemplate) -> tuple[np.ndarray, int]:
     flags = 0
     if template.surface is not None:
         rec[SURFACE_MATCH.offset:SURFACE_MATCH.offset + 4 * SURFACE_MATCH.rows] = template.surface.planes().ravel()
-        flags |= _HAS_SURFACE
+        flags |= pf.HAS_SURFACE
     if template.vein is not None:
         rec[VEIN_MATCH.offset:VEIN_MATCH.offset + 4 * VEIN_MATCH.rows] = template.vein.planes().ravel()
-        flags |= _HAS_VEIN
+        flags |= pf.HAS_VEIN
     return rec, flags
 
 
@@ -111,17 +93,6 @@ def _fused(surface: np.ndarray, vein: np.ndarray) -> np.ndarray:
     num = np.where(has_s, ws * surface, 0.0) + np.where(has_v, wv * vein, 0.0)
     den = np.where(has_s, ws, 0.0) + np.where(has_v, wv, 0.0)
     return np.where(den > 0, num / np.where(den > 0, den, 1.0), -np.inf)
-
-
-def _smallest(values: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the k smallest (value, position), ascending position (a partition, not a sort)."""
-    if k >= values.size:
-        return np.arange(values.size)
-    t = np.partition(values, k - 1)[k - 1]
-    below = values < t
-    ties = np.flatnonzero(values == t)[:k - int(np.count_nonzero(below))]
-    below[ties] = True
-    return np.flatnonzero(below)
 
 
 def _gather(segs, which: np.ndarray, rows: np.ndarray, person: np.ndarray, palm: np.ndarray,
@@ -139,14 +110,6 @@ def _gather(segs, which: np.ndarray, rows: np.ndarray, person: np.ndarray, palm:
     return recs
 
 
-def _by_segment(chosen: np.ndarray, starts: np.ndarray):
-    """(segment, positions in ``chosen``) for ascending global indices ``chosen``: slices, no sort."""
-    bounds = np.searchsorted(chosen, starts)
-    for s in range(len(starts) - 1):
-        if bounds[s + 1] > bounds[s]:
-            yield s, np.arange(bounds[s], bounds[s + 1])
-
-
 class Gallery:
     """Enrolled palms, searchable 1:N while palms are added and removed.
 
@@ -154,17 +117,12 @@ class Gallery:
     sees a consistent snapshot, taken under the writers' lock). Native calls release the GIL.
     """
 
-    def __init__(self, *, shortlist: int = SHORTLIST, probe_offsets=features.PROBE_OFFSETS,
-                 segment_size: int = 1 << 16, first_capacity: int = 256,
-                 shortlist_fraction: float = SHORTLIST_FRACTION, min_shortlist: int = MIN_SHORTLIST):
-        if shortlist < 1 or segment_size < 1 or first_capacity < 1 or not probe_offsets or min_shortlist < 1:
-            raise ValueError("shortlist, min_shortlist, segment_size, first_capacity and probe_offsets must be positive/non-empty")
-        if not 0.0 < shortlist_fraction <= 1.0:
-            raise ValueError(f"shortlist_fraction must be in (0, 1], got {shortlist_fraction!r}")
-        self.shortlist = shortlist
-        self.shortlist_fraction = shortlist_fraction
-        self.min_shortlist = min_shortlist
-        self.probe_offsets = tuple(probe_offsets)
+    def __init__(self, *, segment_size: int = 1 << 16, first_capacity: int = 256, **prefilter):
+        """``prefilter``: :class:`prefilter.Prefilter` fields (shortlist, shortlist_fraction,
+        min_shortlist, probe_offsets)."""
+        if segment_size < 1 or first_capacity < 1:
+            raise ValueError("segment_size and first_capacity must be positive")
+        self.prefilter = pf.Prefilter(**prefilter)
         self._segment_size = segment_size
         self._first = min(first_capacity, segment_size)
         self._segments: tuple[_Segment, ...] = ()
@@ -184,7 +142,7 @@ class Gallery:
         if not isinstance(template, PalmTemplate) or (template.surface is None and template.vein is None):
             raise ValueError("template must be a PalmTemplate with at least one modality")
         rec, flags = _record(template)
-        sig = features.signature(template)
+        index = pf.index_row(template)
         with self._lock:
             key = self._person_key.get(person_id)
             if key is None:
@@ -201,7 +159,7 @@ class Gallery:
                 self._segments = tuple(segments)      # publish the grown/new segment
             seg = segments[-1]
             row = seg.count
-            seg.sigs[row] = sig
+            seg.index[row] = index
             seg.records[row] = rec
             seg.flags[row] = flags
             seg.person[row] = key
@@ -228,7 +186,7 @@ class Gallery:
             for s, rows in by_segment.items():
                 seg = segments[s]
                 seg.records[rows] = 0                 # nor their codes (a search running on a snapshot
-                seg.sigs[rows] = 0                    # that still holds them finds no valid bits)
+                seg.index[rows] = 0                   # that still holds them finds no valid bits)
                 live = seg.live.copy()
                 live[rows] = 0
                 if seg.count == seg.capacity and live[:seg.count].sum() * 2 < seg.count:
@@ -255,49 +213,9 @@ class Gallery:
         """Bytes held by the packed arrays (the per-person id table is extra)."""
         return sum(seg.nbytes() for seg in self._segments)
 
-    def shortlist_size(self, total: int) -> int:
-        """Entries fully matched after the pre-filter in a gallery of ``total`` live entries:
-        ``ceil(shortlist_fraction * total)`` clamped to [min(min_shortlist, shortlist), shortlist]."""
-        return int(min(self.shortlist, max(min(self.min_shortlist, self.shortlist),
-                                           -(-int(total * self.shortlist_fraction * 1e6) // 1_000_000))))
-
-    def stage1_size(self, total: int) -> int:
-        """Entries the signature scan keeps for the vein stage in a gallery of ``total`` live entries."""
-        return int(min(STAGE1, max(MIN_STAGE1, -(-int(total * STAGE1_FRACTION * 1e6) // 1_000_000))))
-
     def _snapshot(self) -> list[tuple[_Segment, int, np.ndarray]]:
         with self._lock:  # writers hold it only to write one row or swap arrays
             return [(seg, seg.count, seg.live) for seg in self._segments]
-
-    def _shortlist(self, probe: PalmTemplate, snap, starts: np.ndarray) -> np.ndarray:
-        total = int(starts[-1])
-        size = self.shortlist_size(total)
-        if total <= size or probe.vein is None:   # the signature is vein-only: no vein, no ranking
-            return np.concatenate([np.flatnonzero(live[:n]) + a for (_, n, live), a in zip(snap, starts[:-1])])
-        psig = features.signature_variants(probe, self.probe_offsets)
-        scores = np.empty(total, np.uint16)
-        for (seg, n, live), a in zip(snap, starts[:-1]):
-            kernels.prefilter_scores(psig, seg.sigs[:n], live[:n], out=scores[a:a + n])
-        k1 = self.stage1_size(total)
-        if k1 <= size:
-            return kernels.select_smallest(scores, size)
-        first = kernels.select_smallest(scores, k1)
-        hd = self._vein_stage(probe, snap, starts, first)
-        return first[_smallest(hd, size)]
-
-    @staticmethod
-    def _vein_stage(probe: PalmTemplate, snap, starts: np.ndarray, chosen: np.ndarray) -> np.ndarray:
-        """Block-wise vein distance (kernels.match_elastic16: 4x4-cell blocks, each within
-        ±VEIN_STAGE_RADIUS cells of shift 0) of each chosen entry; 0.5 without vein."""
-        hd = np.full(chosen.size, 0.5)
-        spec = VEIN_MATCH
-        for s, pos in _by_segment(chosen, starts):
-            seg = snap[s][0]
-            rows = (chosen[pos] - starts[s]).astype(np.int64)
-            h = kernels.match_elastic16(probe.vein.planes(), seg.records, rows, offset=spec.offset,
-                                        radius=VEIN_STAGE_RADIUS, n_ref=spec.n_ref)
-            hd[pos] = np.where(seg.flags[rows] & _HAS_VEIN, h, 0.5)
-        return hd
 
     def search(self, probe: PalmTemplate, k: int = 5) -> list[Candidate]:
         """The ``k`` best-scoring people (best palm template each), highest fused score first."""
@@ -312,7 +230,7 @@ class Gallery:
         if total == 0:
             return []
         # (1)+(2) pre-filter: signature scan, vein stage, shortlist (every live entry when small)
-        chosen = self._shortlist(probe, snap, starts)
+        chosen = self.prefilter.select(probe, snap, starts)
         if chosen.size == 0:
             return []
         # (3) rigid shifted match of the shortlist, segment by segment; (4) elastic match of the
@@ -327,8 +245,8 @@ class Gallery:
         person = np.empty(n, np.int32)
         palm = np.empty(n, np.uint8)
         flags = np.empty(n, np.uint8)
-        specs = (("surface", probe.surface, SURFACE_MATCH, surf, _HAS_SURFACE),
-                 ("vein", probe.vein, VEIN_MATCH, vein, _HAS_VEIN))
+        specs = (("surface", probe.surface, SURFACE_MATCH, surf, pf.HAS_SURFACE),
+                 ("vein", probe.vein, VEIN_MATCH, vein, pf.HAS_VEIN))
         for a in range(0, n, _GATHER):       # one kernel call per chunk, not per segment
             part = slice(a, min(n, a + _GATHER))
             recs = _gather(segs, which[part], rows_all[part], person[part], palm[part], flags[part])
@@ -353,7 +271,7 @@ class Gallery:
                 recs = _gather(segs, which[keep], rows_all[keep], *(np.empty(keep.size, t) for t in (np.int32, np.uint8, np.uint8)))
                 hd = elastic_distances(probe.surface, recs, np.arange(keep.size, dtype=np.int64),
                                        shifts["surface"][keep], spec)
-            surf[keep] = np.where(flags[keep] & _HAS_SURFACE, similarity(hd), np.nan)
+            surf[keep] = np.where(flags[keep] & pf.HAS_SURFACE, similarity(hd), np.nan)
         fused = _fused(surf[keep], vein[keep])
         surf, vein, person, palm, chosen = surf[keep], vein[keep], person[keep], palm[keep], chosen[keep]
         order = np.lexsort((chosen, -fused))           # best first, ties by enrolment order

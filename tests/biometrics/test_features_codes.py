@@ -3,7 +3,7 @@ separates the same palm from other palms on ROI-like images."""
 import numpy as np
 import pytest
 
-from palmnode.biometrics import features, kernels
+from palmnode.biometrics import features, kernels, prefilter as pf
 from palmnode.biometrics.types import BadImage, BadTemplate, PalmTemplate
 
 import fake_palms  # tests/biometrics is on sys.path (pytest rootdir import mode)
@@ -89,9 +89,9 @@ def test_encode_needs_one_roi():
 
 def test_signature_is_stable_and_shift_variants_include_it(captures):
     t = features.encode(*captures[0][0])
-    sig = features.signature(t)
+    sig = pf.signature(t)
     assert sig.dtype == np.uint64 and sig.shape == (8,)
-    var = features.signature_variants(t)
-    assert np.array_equal(var[0], sig) and var.shape == (len(features.PROBE_OFFSETS), 8)
-    moved = features.shift_code(features.shift_code(t.vein, 1, -1), -1, 1)
+    var = pf.signature_variants(t)
+    assert np.array_equal(var[0], sig) and var.shape == (len(pf.PROBE_OFFSETS), 8)
+    moved = pf.shift_code(pf.shift_code(t.vein, 1, -1), -1, 1)
     assert moved.valid_cells() < t.vein.valid_cells()

@@ -336,15 +336,15 @@ def test_vein_signatures_parity(seed, n, offsets, valid, raw):
 
 def test_vein_signatures_follow_their_definition():
     """The signature of a moved code = the coarse codes of the moved code at even and odd blocks
-    (features.signature_reference, by shift_code and the block pooling rule)."""
-    from palmnode.biometrics import features
+    (pf.signature_reference, by shift_code and the block pooling rule)."""
+    from palmnode.biometrics import prefilter as pf
     from palmnode.biometrics.types import ModalityCode, PalmTemplate
 
     rng = np.random.default_rng(3)
     offs = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1), (2, -1), (-3, 2), (20, 0), (0, -16))
     for _ in range(30):
         code = ModalityCode.from_planes(_code(rng, 16, 16, rng.random()))
-        want = np.stack([features.signature_reference(PalmTemplate(None, features.shift_code(code, dy, dx)))
+        want = np.stack([pf.signature_reference(PalmTemplate(None, pf.shift_code(code, dy, dx)))
                          for dy, dx in offs])
         assert np.array_equal(kernels.vein_signatures(code.planes(), offs)[0], want)
 

@@ -9,6 +9,7 @@ import pytest
 import fake_palms  # tests/biometrics is on sys.path (pytest rootdir import mode)
 from palmnode.biometrics import features, matcher
 from palmnode.biometrics import gallery as gal
+from palmnode.biometrics import prefilter as pf
 from palmnode.biometrics.gallery import Gallery
 from palmnode.biometrics.matcher import Calibration, Score, match
 from palmnode.biometrics.types import ModalityCode, PalmTemplate
@@ -162,21 +163,21 @@ def test_score_fields_are_floats(templates):
 
 
 def test_signature_variants_equal_signatures_of_shifted_codes(templates):
-    offsets = features.PROBE_OFFSETS + ((2, -1), (-3, 2), (20, 0))
+    offsets = pf.PROBE_OFFSETS + ((2, -1), (-3, 2), (20, 0))
     for enrol, probe in templates[:8]:
         for t in (enrol, probe, PalmTemplate(surface=None, vein=probe.vein)):
-            ref = np.stack([features.signature(PalmTemplate(
-                surface=None if t.surface is None else features.shift_code(t.surface, 2 * dy, 2 * dx),
-                vein=features.shift_code(t.vein, dy, dx))) for dy, dx in offsets])
-            assert np.array_equal(features.signature_variants(t, offsets), ref)
+            ref = np.stack([pf.signature(PalmTemplate(
+                surface=None if t.surface is None else pf.shift_code(t.surface, 2 * dy, 2 * dx),
+                vein=pf.shift_code(t.vein, dy, dx))) for dy, dx in offsets])
+            assert np.array_equal(pf.signature_variants(t, offsets), ref)
 
 
 def test_signature_is_vein_only_and_a_probe_without_vein_is_matched_exhaustively(templates):
     """The pre-filter signature comes from the vein code alone; a surface-only probe cannot be
     ranked by it, so every live entry gets the full match (its scores are matcher.match's)."""
     t = templates[0][0]
-    assert np.array_equal(features.signature(t), features.signature(PalmTemplate(surface=None, vein=t.vein)))
-    assert not features.signature(PalmTemplate(surface=t.surface, vein=None)).any()
+    assert np.array_equal(pf.signature(t), pf.signature(PalmTemplate(surface=None, vein=t.vein)))
+    assert not pf.signature(PalmTemplate(surface=t.surface, vein=None)).any()
     g = Gallery(shortlist=4)
     for i, (enrol, _) in enumerate(templates):
         g.add(f"p{i}", "left", enrol)
@@ -190,15 +191,15 @@ def test_signature_is_vein_only_and_a_probe_without_vein_is_matched_exhaustively
 
 def test_shortlist_is_a_fixed_fraction_within_bounds():
     g = Gallery()
-    assert g.shortlist_size(10_000) == 100 and g.shortlist_size(100_000) == 200 and g.shortlist_size(500_000) == 1000
-    assert g.shortlist_size(1_000_000) == 2000 and g.shortlist_size(5_000_000) == 2000
-    assert Gallery(shortlist=4).shortlist_size(10_000) == 4
+    assert g.prefilter.shortlist_size(10_000) == 100 and g.prefilter.shortlist_size(100_000) == 200 and g.prefilter.shortlist_size(500_000) == 1000
+    assert g.prefilter.shortlist_size(1_000_000) == 2000 and g.prefilter.shortlist_size(5_000_000) == 2000
+    assert Gallery(shortlist=4).prefilter.shortlist_size(10_000) == 4
     with pytest.raises(ValueError):
         Gallery(shortlist_fraction=0.0)
 
 
 def test_two_stage_prefilter_keeps_the_closest_vein_codes(templates):
-    """Gallery._shortlist: the signature scan keeps stage1_size entries, the rigid vein match at
+    """Prefilter.select: the signature scan keeps stage1_size entries, the rigid vein match at
     block-wise vein match (4x4-cell blocks within ±VEIN_STAGE_RADIUS) ranks them and the
     shortlist_size closest (ties by index) go on."""
     from palmnode.biometrics import gallery as gal, kernels
@@ -209,19 +210,19 @@ def test_two_stage_prefilter_keeps_the_closest_vein_codes(templates):
     probe = templates[7][1]
     snap = g._snapshot()
     starts = np.concatenate([[0], np.cumsum([n for _, n, _ in snap])])
-    got = g._shortlist(probe, snap, starts)
+    got = g.prefilter.select(probe, snap, starts)
     recs = np.stack([gal._record(e)[0] for e, _ in templates])
     spec = matcher.VEIN_MATCH
     centre = np.full(N, 8 * 32 + 8, np.int32)
     hd, _ = kernels.match_elastic_reference(probe.vein.planes(), recs, np.arange(N, dtype=np.int64), centre,
-                                            offset=spec.offset, bh=4, bw=4, radius=gal.VEIN_STAGE_RADIUS,
+                                            offset=spec.offset, bh=4, bw=4, radius=pf.VEIN_STAGE_RADIUS,
                                             n_ref=spec.n_ref)
     want = np.sort(np.lexsort((np.arange(N), hd))[:5])
-    assert g.stage1_size(N) >= N and np.array_equal(got, want) and 7 in got
+    assert g.prefilter.stage1_size(N) >= N and np.array_equal(got, want) and 7 in got
 
 
 def test_smallest_by_partition_equals_a_stable_sort():
-    from palmnode.biometrics.gallery import _smallest
+    from palmnode.biometrics.prefilter import smallest as _smallest
 
     rng = np.random.default_rng(0)
     for _ in range(300):

@@ -1,0 +1,232 @@
+"""The 1:N pre-filter: which few gallery entries get the full match.
+
+Every enrolled palm has a pre-filter index row (:func:`index_row`, kept by the gallery beside
+its record). A search (docs/engine.md, "1:N search") narrows the gallery in two stages before
+the full match:
+
+1. the signature scan: every entry's 64-byte vein signature (two 8x8 coarse codes of the vein
+   code) against the probe's signature at a few grid offsets (PROBE_OFFSETS, minimum kept;
+   native AVX2 popcount), keeping ``stage1_size`` entries;
+2. the vein stage: the block-wise match of the full vein code (4x4-cell blocks, each free to
+   move ±VEIN_STAGE_RADIUS cells: kernels.match_elastic16) on those, keeping the
+   ``shortlist_size`` closest.
+
+:meth:`Prefilter.select` runs both over a gallery snapshot; the gallery does the rest.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import attrs
+import numpy as np
+
+from palmnode.biometrics import kernels
+from palmnode.biometrics.features import CIRCULAR_CODE, N_ORIENT
+from palmnode.biometrics.matcher import VEIN_MATCH
+from palmnode.biometrics.types import ModalityCode, PalmTemplate
+
+#: shortlist after the pre-filter: SHORTLIST_FRACTION of the gallery, at least MIN_SHORTLIST and
+#: at most SHORTLIST entries (a fixed impostor quantile, so the recall loss does not depend on the
+#: gallery size up to SHORTLIST / SHORTLIST_FRACTION = 1M); recall loss measured in docs/engine.md
+SHORTLIST = 2000
+SHORTLIST_FRACTION = 0.002
+MIN_SHORTLIST = 100
+#: the signature scan keeps STAGE1_FRACTION of the gallery (at least MIN_STAGE1, at most STAGE1
+#: entries) for the vein stage
+STAGE1_FRACTION = 0.05
+MIN_STAGE1 = 1000
+STAGE1 = 50_000
+VEIN_STAGE_RADIUS = 2
+#: uint64 words of one entry's pre-filter index row
+INDEX_WORDS = kernels.SIGNATURE_WORDS
+#: an entry's modality flags (the gallery's ``flags`` array)
+HAS_SURFACE, HAS_VEIN = 1, 2
+
+
+# ---------------------------------------------------------------- signature
+#: agreement between orientations j and k: round(100 * cos(2 * 30° * (j - k))) (doubled angles,
+#: since orientation is periodic in 180°); a block's orientation is the argmax of the summed votes
+_AGREE = np.round(100 * np.cos(2 * np.pi / N_ORIENT * (np.arange(6)[:, None] - np.arange(6)[None, :]))).astype(np.int64)
+_DECODE = np.full(8, -1, np.int64)
+_DECODE[CIRCULAR_CODE] = np.arange(N_ORIENT)
+SIGNATURE_GRID = 8
+#: The signature is vein-only: two 8x8 coarse codes of the vein code's 2x2-cell blocks, words 0-3
+#: with blocks starting at even cells, words 4-7 at odd cells (the code moved by SIGNATURE_PHASE):
+#: overlapping blocks, so a misalignment of one cell still finds half the blocks in step. The
+#: surface's coarse code ranked mates barely better than chance (docs/engine.md) and is not used.
+SIGNATURE_PHASE = (-1, -1)
+
+
+def _orientations(code: ModalityCode) -> tuple[np.ndarray, np.ndarray]:
+    planes = code.planes()
+    bits = ((planes[:, :, None] >> np.arange(code.rows, dtype=np.uint32)) & 1).astype(np.uint8)
+    value = bits[0] | (bits[1] << 1) | (bits[2] << 2)
+    return _DECODE[value], bits[3].astype(bool)
+
+
+_BIT64 = np.uint64(1) << np.arange(64, dtype=np.uint64)
+
+
+def _coarse_words(orient: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """uint64 (P, 4): 8x8 coarse codes (3 planes + mask) pooled from P cell grids (P, R, R)
+    (the reference formulation; :func:`_coarse_from_votes` is the same rule on block votes)."""
+    p, rows = valid.shape[0], valid.shape[1]
+    b = rows // SIGNATURE_GRID
+    onehot = (orient[..., None] == np.arange(N_ORIENT)) & valid[..., None]
+    votes = onehot.reshape(p, SIGNATURE_GRID, b, SIGNATURE_GRID, b, N_ORIENT).sum(axis=(2, 4))
+    support = votes.sum(axis=3)
+    agree = votes @ _AGREE                                    # (P, 8, 8, 6) integer
+    best = np.argmax(agree, axis=3)
+    # a block needs a quarter of its cells valid and a clear dominant orientation
+    block_valid = (support * 4 >= b * b) & (agree.max(axis=3) * 2 >= support * 100 // 2)
+    c = CIRCULAR_CODE[best].reshape(p, -1).astype(np.uint64)
+    out = np.empty((p, 4), np.uint64)
+    for q in range(3):
+        out[:, q] = np.bitwise_or.reduce(((c >> np.uint64(q)) & np.uint64(1)) * _BIT64, axis=1)
+    out[:, 3] = np.bitwise_or.reduce(block_valid.reshape(p, -1).astype(np.uint64) * _BIT64, axis=1)
+    return out
+
+
+def shift_code(code: ModalityCode, dy: int, dx: int) -> ModalityCode:
+    """The code moved by (dy, dx) cells (cell (y, x) -> (y+dy, x+dx)); cells moved in are invalid."""
+    planes = code.planes()
+    rows = planes.shape[1]
+    moved = (planes << np.uint32(dx)) if dx >= 0 else (planes >> np.uint32(-dx))
+    if rows < 32:
+        moved &= np.uint32((1 << rows) - 1)
+    out = np.zeros_like(moved)
+    if abs(dy) < rows:
+        if dy >= 0:
+            out[:, dy:] = moved[:, :rows - dy]
+        else:
+            out[:, :rows + dy] = moved[:, -dy:]
+    return ModalityCode.from_planes(out)
+
+
+def signature_reference(template: PalmTemplate) -> np.ndarray:
+    """:func:`signature` by its definition (slow): the vein code's coarse code, then the coarse
+    code of the vein code moved by SIGNATURE_PHASE; zero (no valid block) without a vein code."""
+    if template.vein is None:
+        return np.zeros(8, np.uint64)
+    words = []
+    for code in (template.vein, shift_code(template.vein, *SIGNATURE_PHASE)):
+        orient, valid = _orientations(code)
+        words.append(_coarse_words(orient[None], valid[None])[0])
+    return np.concatenate(words)
+
+
+def signature(template: PalmTemplate) -> np.ndarray:
+    """The 64-byte pre-filter signature (uint64[8]) derived from a template's vein code
+    (equal to :func:`signature_reference`)."""
+    return signature_variants(template, ((0, 0),))[0]
+
+
+def signatures_of_codes(planes: np.ndarray) -> np.ndarray:
+    """uint64 (N, 8): the signatures of N vein codes given as uint32 planes (N, 4, 16)
+    (e.g. gallery records), vectorised; equal to :func:`signature` of each."""
+    return kernels.vein_signatures(planes, ((0, 0),))[:, 0]
+
+
+#: probe-side pre-filter variants, in vein cells (8 px): the unshifted signature, one cell each
+#: way and the two diagonal steps along the signature's second phase, so a capture misaligned
+#: by up to ~12 px still ranks well (dev: mates beyond the 5% quantile 1.0% with the first five,
+#: 0.5% with all seven, as with all nine neighbours)
+PROBE_OFFSETS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1))
+
+
+def signature_variants(template: PalmTemplate, offsets=PROBE_OFFSETS) -> np.ndarray:
+    """uint64 (len(offsets), 8): the probe's signature with its vein code moved by each offset
+    (vein cells) — equal to ``signature(PalmTemplate(None, shift_code(vein, dy, dx)))`` per
+    offset, computed for all offsets at once; zero rows (no valid block) without a vein code."""
+    offsets = tuple(offsets)
+    if template.vein is None:
+        return np.zeros((len(offsets), 8), np.uint64)
+    return kernels.vein_signatures(template.vein.planes(), offsets)[0]
+
+
+def index_row(template: PalmTemplate) -> np.ndarray:
+    """uint64[INDEX_WORDS]: what the pre-filter keeps of one enrolled template (its signature)."""
+    return signature(template)
+
+
+def smallest(values: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k smallest (value, position), ascending position (a partition, not a sort)."""
+    if k >= values.size:
+        return np.arange(values.size)
+    t = np.partition(values, k - 1)[k - 1]
+    below = values < t
+    ties = np.flatnonzero(values == t)[:k - int(np.count_nonzero(below))]
+    below[ties] = True
+    return np.flatnonzero(below)
+
+
+def by_segment(chosen: np.ndarray, starts: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """(segment, positions in ``chosen``) for ascending global indices ``chosen``: slices, no sort."""
+    bounds = np.searchsorted(chosen, starts)
+    for s in range(len(starts) - 1):
+        if bounds[s + 1] > bounds[s]:
+            yield s, np.arange(bounds[s], bounds[s + 1])
+
+
+@attrs.frozen
+class Prefilter:
+    """Sizes and probe offsets of the two pre-filter stages.
+
+    ``select`` reads a gallery snapshot: a sequence of (segment, published count, live flags)
+    whose segments have ``index`` (rows of :func:`index_row`), ``records`` (the matcher's
+    packed codes) and ``flags`` (bit 2: has a vein code) arrays; ``starts`` are the segments'
+    first global indices plus the total.
+    """
+
+    shortlist: int = SHORTLIST
+    shortlist_fraction: float = SHORTLIST_FRACTION
+    min_shortlist: int = MIN_SHORTLIST
+    probe_offsets: tuple[tuple[int, int], ...] = attrs.field(default=PROBE_OFFSETS, converter=tuple)
+
+    def __attrs_post_init__(self) -> None:
+        if self.shortlist < 1 or self.min_shortlist < 1 or not self.probe_offsets:
+            raise ValueError("shortlist and min_shortlist must be positive, probe_offsets non-empty")
+        if not 0.0 < self.shortlist_fraction <= 1.0:
+            raise ValueError(f"shortlist_fraction must be in (0, 1], got {self.shortlist_fraction!r}")
+
+    def shortlist_size(self, total: int) -> int:
+        """Entries fully matched after the pre-filter in a gallery of ``total`` live entries:
+        ``ceil(shortlist_fraction * total)`` clamped to [min(min_shortlist, shortlist), shortlist]."""
+        return int(min(self.shortlist, max(min(self.min_shortlist, self.shortlist),
+                                           -(-int(total * self.shortlist_fraction * 1e6) // 1_000_000))))
+
+    def stage1_size(self, total: int) -> int:
+        """Entries the signature scan keeps for the vein stage in a gallery of ``total`` live entries."""
+        return int(min(STAGE1, max(MIN_STAGE1, -(-int(total * STAGE1_FRACTION * 1e6) // 1_000_000))))
+
+    def select(self, probe: PalmTemplate, snap: Sequence, starts: np.ndarray) -> np.ndarray:
+        """Ascending global indices of the entries that get the full match (every live entry
+        when the gallery is no bigger than the shortlist or the probe has no vein code)."""
+        total = int(starts[-1])
+        size = self.shortlist_size(total)
+        if total <= size or probe.vein is None:   # the signature is vein-only: no vein, no ranking
+            return np.concatenate([np.flatnonzero(live[:n]) + a for (_, n, live), a in zip(snap, starts[:-1])])
+        psig = signature_variants(probe, self.probe_offsets)
+        scores = np.empty(total, np.uint16)
+        for (seg, n, live), a in zip(snap, starts[:-1]):
+            kernels.prefilter_scores(psig, seg.index[:n], live[:n], out=scores[a:a + n])
+        k1 = self.stage1_size(total)
+        if k1 <= size:
+            return kernels.select_smallest(scores, size)
+        first = kernels.select_smallest(scores, k1)
+        hd = vein_stage(probe, snap, starts, first)
+        return first[smallest(hd, size)]
+
+
+def vein_stage(probe: PalmTemplate, snap: Sequence, starts: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """Block-wise vein distance (kernels.match_elastic16: 4x4-cell blocks, each within
+    ±VEIN_STAGE_RADIUS cells of shift 0) of each chosen entry; 0.5 without vein."""
+    hd = np.full(chosen.size, 0.5)
+    spec = VEIN_MATCH
+    for s, pos in by_segment(chosen, starts):
+        seg = snap[s][0]
+        rows = (chosen[pos] - starts[s]).astype(np.int64)
+        h = kernels.match_elastic16(probe.vein.planes(), seg.records, rows, offset=spec.offset,
+                                    radius=VEIN_STAGE_RADIUS, n_ref=spec.n_ref)
+        hd[pos] = np.where(seg.flags[rows] & HAS_VEIN, h, 0.5)
+    return hd
