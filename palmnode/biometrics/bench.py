@@ -369,9 +369,9 @@ def main(args: argparse.Namespace | None = None) -> dict:
             top = max(exh_max[j], float(full_scores(p, np.concatenate([recs[:n], enrol_recs]), imp).max()) if imp.size else -np.inf)
             first.append(mate_full[j] > top)
             dropped.append(mate not in set(short.tolist()))
-            pf = np.concatenate([kernels.prefilter_scores(pf.signature_variants(p, g.prefilter.probe_offsets),
+            scan = np.concatenate([kernels.prefilter_scores(pf.signature_variants(p, g.prefilter.probe_offsets),
                                                           seg.index[:c], live[:c]) for seg, c, live in snap])
-            drop_stage1.append(int(np.count_nonzero(pf[:mate] <= pf[mate])) + int(np.count_nonzero(pf[mate + 1:] < pf[mate])) >= k1)
+            drop_stage1.append(int(np.count_nonzero(scan[:mate] <= scan[mate])) + int(np.count_nonzero(scan[mate + 1:] < scan[mate])) >= k1)
             res = g.search(p, k=1)
             missed.append(not res or res[0].person_id != f"mate{i}")
             if j % 100 == 99:
