@@ -24,12 +24,14 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from collections.abc import Sequence
 
 import attrs
 import numpy as np
 
 from palmnode.biometrics import kernels
 from palmnode.biometrics.types import SURFACE_ROWS, VEIN_ROWS, ModalityCode, PalmTemplate
+from palmnode.biometrics.variants import ProbeTemplates
 
 
 @attrs.frozen
@@ -52,6 +54,8 @@ class ModalityMatch:
 SURFACE_MATCH = ModalityMatch(rows=SURFACE_ROWS, max_shift=3, n_ref=2400.0, offset=0, block=8, radius=2)
 VEIN_MATCH = ModalityMatch(rows=VEIN_ROWS, max_shift=2, n_ref=600.0, offset=4 * SURFACE_ROWS, block=8, radius=1)
 RECORD_WORDS = 4 * SURFACE_ROWS + 4 * VEIN_ROWS
+#: bits of a record's modality flags (``match_probe_records``; the gallery's own flags use the same)
+HAS_SURFACE, HAS_VEIN = 1, 2
 FUSION_WEIGHTS = {"surface": 1.0, "vein": 1.0}
 
 
@@ -118,18 +122,94 @@ def _one(a: ModalityCode | None, b: ModalityCode | None, spec: ModalityMatch) ->
     return float(similarity(distances(a, rec, _ZERO, spec)[0]))
 
 
+def _fused_of(s: float, v: float) -> float:
+    ws, wv = FUSION_WEIGHTS["surface"], FUSION_WEIGHTS["vein"]
+    if math.isnan(s) or math.isnan(v):      # scalar twin of fuse(), without array overhead
+        return v if math.isnan(s) else s
+    return (ws * s + wv * v) / (ws + wv)
+
+
 def match(a: PalmTemplate, b: PalmTemplate) -> Score:
     """1:1 comparison of two templates (symmetric up to the shift direction)."""
     if not isinstance(a, PalmTemplate) or not isinstance(b, PalmTemplate):
         raise TypeError("match() compares two PalmTemplate objects")
     s = _one(a.surface, b.surface, SURFACE_MATCH)
     v = _one(a.vein, b.vein, VEIN_MATCH)
+    return Score(surface=s, vein=v, fused=_fused_of(s, v))
+
+
+# ------------------------------------------------------------------------ probe variants
+def match_probe(probe: ProbeTemplates, template: PalmTemplate) -> Score:
+    """The probe's variant (variants.py) that matches ``template`` best: the :func:`match` score
+    with the highest fused value, the first variant (the base) on ties; a NaN fused score (no
+    modality in common) ranks below every number."""
+    if not isinstance(probe, ProbeTemplates):
+        raise TypeError("match_probe() compares a ProbeTemplates (variants.py) with a PalmTemplate")
+    best: Score | None = None
+    for t in probe.templates:
+        score = match(t, template)
+        if best is None or score.fused > best.fused or (math.isnan(best.fused) and not math.isnan(score.fused)):
+            best = score
+    assert best is not None
+    return best
+
+
+def _record_sims(code: ModalityCode | None, records: np.ndarray, idx: np.ndarray, present: np.ndarray,
+                 spec: ModalityMatch) -> np.ndarray:
+    out = np.full(idx.size, np.nan)
+    if code is not None and idx.size:
+        out[:] = np.where(present, similarity(distances(code, records, idx, spec)), np.nan)
+    return out
+
+
+def pack_records(templates: Sequence[PalmTemplate]) -> tuple[np.ndarray, np.ndarray]:
+    """``(records, flags)`` of templates in the gallery's packed layout, for
+    :func:`match_probe_records` and :func:`distances` (a missing modality: zero words, flag clear)."""
+    records = np.zeros((len(templates), RECORD_WORDS), np.uint32)
+    flags = np.zeros(len(templates), np.uint8)
+    for i, t in enumerate(templates):
+        for code, spec, bit in ((t.surface, SURFACE_MATCH, HAS_SURFACE), (t.vein, VEIN_MATCH, HAS_VEIN)):
+            if code is not None:
+                records[i, spec.offset:spec.offset + 4 * spec.rows] = code.planes().ravel()
+                flags[i] |= bit
+    return records, flags
+
+
+def match_probe_records(probe: ProbeTemplates, records: np.ndarray, idx: np.ndarray,
+                        flags: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`match_probe` of ``probe`` against many packed records at once.
+
+    ``records``: uint32 (n, RECORD_WORDS) in the gallery's layout (surface planes at
+    ``SURFACE_MATCH.offset``, vein planes at ``VEIN_MATCH.offset``); ``idx``: int64 rows to score;
+    ``flags``: uint8 (n,) modality flags per record (``HAS_SURFACE | HAS_VEIN``: which codes the
+    record holds). Returns float64 ``(surface, vein, fused)`` arrays of ``len(idx)``, equal to
+    ``match_probe(probe, template of records[idx[i]])`` entry by entry (same kernels, same float
+    operations): per variant one rigid + elastic kernel call per modality over all the rows.
+    """
+    if not isinstance(probe, ProbeTemplates):
+        raise TypeError("match_probe_records() takes a ProbeTemplates (variants.py)")
+    idx = np.asarray(idx, np.int64)
+    flags = np.asarray(flags)
+    if flags.shape != (records.shape[0],):
+        raise ValueError(f"flags must hold one entry per record ({records.shape[0]}), got shape {flags.shape}")
+    f = flags[idx]
+    has_s, has_v = (f & HAS_SURFACE) != 0, (f & HAS_VEIN) != 0
     ws, wv = FUSION_WEIGHTS["surface"], FUSION_WEIGHTS["vein"]
-    if math.isnan(s) or math.isnan(v):      # scalar twin of fuse(), without array overhead
-        fused = v if math.isnan(s) else s
-    else:
-        fused = (ws * s + wv * v) / (ws + wv)
-    return Score(surface=s, vein=v, fused=fused)
+    best_s = best_v = best_f = None
+    for t in probe.templates:
+        s = _record_sims(t.surface, records, idx, has_s, SURFACE_MATCH)
+        v = _record_sims(t.vein, records, idx, has_v, VEIN_MATCH)
+        nan_s, nan_v = np.isnan(s), np.isnan(v)
+        with np.errstate(invalid="ignore"):
+            fused = np.where(nan_s, v, np.where(nan_v, s, (ws * s + wv * v) / (ws + wv)))  # as match()
+        if best_f is None:
+            best_s, best_v, best_f = s, v, fused
+            continue
+        better = (fused > best_f) | (np.isnan(best_f) & ~np.isnan(fused))     # first variant on ties
+        best_s = np.where(better, s, best_s)
+        best_v = np.where(better, v, best_v)
+        best_f = np.where(better, fused, best_f)
+    return best_s, best_v, best_f
 
 
 # ------------------------------------------------------------------------ calibration
