@@ -3,8 +3,11 @@
 Three layers, so everything but the engine itself is testable with fakes:
 - the *pipeline* (:class:`EnginePipeline`): one sample's frames -> a template, or a failure with a
   reason (ROI not found, quality too low, unreadable image) that counts as a failure to acquire;
-- the *scorer* (:class:`MatcherScorer`): a block of probe templates × a block of gallery templates
-  -> one float32 score matrix per modality (``surface``, ``vein``, ``fused``);
+- the *scorer* (:class:`MatcherScorer`): a block of probes × a block of gallery templates
+  -> one float32 score matrix per modality (``surface``, ``vein``, ``fused``); a probe is a
+  template or, by default, the template's probe variants (variants.py: the ROI re-cut at small
+  rotations and scales), scored as the best variant (``matcher.match_probe``) for genuine and
+  impostor pairs alike;
 - the *protocols* (:func:`all_vs_all`, :func:`cross_session`) stream the blocks into genuine and
   impostor score arrays and one search outcome per probe, and :func:`report` turns them into the
   JSON sections with :mod:`palmnode.biometrics.metrics`.
@@ -50,10 +53,17 @@ class EvalError(Exception):
 
 @attrs.frozen(eq=False)
 class Encoded:
-    """A usable sample: its template and, when asked for, its ROI images by modality (for the sheet)."""
+    """A usable sample: its template, when asked for its ROI images by modality (for the sheet),
+    and, for a sample used as a probe when probe variants are on, its ``variants.ProbeTemplates``."""
 
     template: Any
     rois: dict[str, np.ndarray] = attrs.field(factory=dict)
+    probe: Any = None
+
+    @property
+    def as_probe(self) -> Any:
+        """What this sample is matched as when it is the probe: its variants, else its template."""
+        return self.template if self.probe is None else self.probe
 
 
 @attrs.frozen
@@ -65,6 +75,9 @@ class Failed:
 
 
 class Pipeline(Protocol):
+    """Frames -> :class:`Encoded` | :class:`Failed`. A pipeline with a true ``makes_probe_variants``
+    also takes ``probe=True`` and then fills ``Encoded.probe``."""
+
     def __call__(self, vein_frame: np.ndarray | None, surface_frame: np.ndarray | None) -> Encoded | Failed: ...
 
 
@@ -80,16 +93,25 @@ class EnginePipeline:
     Whole-hand frames: ROI from the NIR frame (the surface frame when there is none), the same ROI
     warped out of both frames, quality on the frame the ROI came from, then features. With
     ``roi_given`` the frames already are ROIs: resized to 128×128 and encoded, no ROI or quality step.
+    Called with ``probe=True`` it also encodes the probe variants ``variants`` (re-cut from the frames
+    with the ROI, or from the given ROIs) into ``Encoded.probe``; ``variant_seconds`` sums their time.
     """
 
-    def __init__(self, *, roi_given: bool = False, min_quality: float | None = None) -> None:
+    makes_probe_variants = True
+
+    def __init__(self, *, roi_given: bool = False, min_quality: float | None = None,
+                 variants: Sequence[Any] | None = None) -> None:
         try:
             from palmnode.biometrics import features, quality, roi
+            from palmnode.biometrics import variants as probe_variants
         except ImportError as exc:
             raise EvalError(f"the biometric pipeline is not complete yet ({exc})") from None
         from palmnode.biometrics import types
 
         self.roi, self.quality, self.features, self.types = roi, quality, features, types
+        self.probe_variants = probe_variants
+        self.variants = tuple(probe_variants.VARIANTS if variants is None else variants)
+        self.variant_seconds = 0.0
         self.roi_given = roi_given
         self.policy = quality.QualityPolicy() if hasattr(quality, "QualityPolicy") else None
         self.min_quality = min_quality
@@ -105,7 +127,7 @@ class EnginePipeline:
             return q.score >= self.policy.min_score, f"quality {q.score:.2f} below {self.policy.min_score:.2f}"
         return True, ""
 
-    def __call__(self, vein_frame, surface_frame):
+    def __call__(self, vein_frame, surface_frame, *, probe: bool = False):
         import cv2
 
         try:
@@ -130,7 +152,15 @@ class EnginePipeline:
                 return Failed("low_quality", why)
         template = self.features.encode(surface_roi, vein_roi)
         rois = {k: v for k, v in (("vein", vein_roi), ("surface", surface_roi)) if v is not None}
-        return Encoded(template, rois)
+        variants = None
+        if probe:
+            t0 = time.perf_counter()
+            if self.roi_given:
+                variants = self.probe_variants.from_rois(surface_roi, vein_roi, self.variants, base=template)
+            else:
+                variants = self.probe_variants.from_frames(surface, vein, found, self.variants, base=template)
+            self.variant_seconds += time.perf_counter() - t0
+        return Encoded(template, rois, variants)
 
 
 class MatcherScorer:
@@ -138,7 +168,11 @@ class MatcherScorer:
 
     Uses, in this order, whichever the matcher offers: ``match_matrix(probes, gallery)`` (an object
     with ``surface``/``vein``/``fused`` arrays of shape P×G), ``match_many(probe, gallery)`` (the
-    same with arrays of length G, one probe at a time), else ``match(a, b)`` pair by pair.
+    same with arrays of length G, one probe at a time), ``match_probe_records`` over the gallery
+    packed once per block (``pack_records``: the matcher's 1:N kernels, one call per probe variant
+    and modality, no Python per pair), else ``match(a, b)`` (``match_probe`` for a probe with
+    variants) pair by pair. A probe is a template or a ``variants.ProbeTemplates``: then each
+    score is its best variant's (the same rule for genuine and impostor pairs).
     """
 
     def __init__(self, modalities: tuple[str, ...], matcher: Any = None) -> None:
@@ -159,62 +193,42 @@ class MatcherScorer:
                     for m in self.modalities}
         out = {m: np.empty((len(probes), len(gallery)), dtype=np.float32) for m in self.modalities}
         many = getattr(self.matcher, "match_many", None)
-        if many is None and _has_shifted_kernel(self.matcher):
-            many = _ShiftedKernel(self.matcher, gallery)
-            gallery = None
+        if many is None and all(hasattr(self.matcher, n) for n in ("match_probe_records", "pack_records")):
+            many = _RecordsKernel(self.matcher, gallery)
         for i, p in enumerate(probes):
             if many is not None:
                 row = many(p, gallery)
                 for m in self.modalities:
                     out[m][i] = np.asarray(getattr(row, m), dtype=np.float32)
                 continue
+            one = self.matcher.match_probe if _has_variants(p) else self.matcher.match
             for j, g in enumerate(gallery):
-                s = self.matcher.match(p, g)
+                s = one(p, g)
                 for m in self.modalities:
                     out[m][i, j] = getattr(s, m)
         return out
 
 
-def _has_shifted_kernel(matcher: Any) -> bool:
-    return all(hasattr(matcher, n) for n in ("SURFACE_MATCH", "VEIN_MATCH", "RECORD_WORDS", "similarity",
-                                             "fuse", "kernels"))
+def _has_variants(probe: Any) -> bool:
+    return hasattr(probe, "templates") and hasattr(probe, "variants")
 
 
-class _ShiftedKernel:
-    """One probe against many templates with the matcher's own 1:N kernel (``kernels.match_shifted``
-    over packed records, the gallery's layout) — the same numbers as ``matcher.match``, without a
-    Python call per pair."""
+class _RecordsKernel:
+    """One probe (template or probe variants) against many templates with the matcher's own 1:N
+    kernels over packed records (the gallery's layout): ``matcher.match_probe``'s numbers exactly."""
 
     def __init__(self, matcher: Any, gallery: Sequence[Any]) -> None:
+        from palmnode.biometrics.variants import ProbeTemplates
+
         self.m = matcher
-        self.n = len(gallery)
-        self.records = np.zeros((max(1, self.n), matcher.RECORD_WORDS), np.uint32)
-        self.index = {}
-        for name, spec in (("surface", matcher.SURFACE_MATCH), ("vein", matcher.VEIN_MATCH)):
-            rows = []
-            for i, t in enumerate(gallery):
-                code = getattr(t, name)
-                if code is not None:
-                    self.records[i, spec.offset:spec.offset + 4 * spec.rows] = code.planes().ravel()
-                    rows.append(i)
-            self.index[name] = np.array(rows, np.int64)
+        self.single = ProbeTemplates.single
+        self.records, self.flags = matcher.pack_records(gallery)
+        self.idx = np.arange(len(gallery), dtype=np.int64)
 
     def __call__(self, probe: Any, _gallery: Any) -> Any:
-        sims = {}
-        for name, spec in (("surface", self.m.SURFACE_MATCH), ("vein", self.m.VEIN_MATCH)):
-            sim = np.full(self.n, np.nan)
-            code, idx = getattr(probe, name), self.index[name]
-            if code is not None and idx.size:
-                if hasattr(self.m, "distances"):      # rigid + elastic, exactly as matcher.match
-                    hd = self.m.distances(code, self.records, idx, spec)
-                else:
-                    hd, _, _ = self.m.kernels.match_shifted(code.planes(), self.records, idx, offset=spec.offset,
-                                                            max_dx=spec.max_shift, max_dy=spec.max_shift,
-                                                            n_ref=spec.n_ref)
-                sim[idx] = self.m.similarity(hd)
-            sims[name] = sim
-        return types.SimpleNamespace(surface=sims["surface"], vein=sims["vein"],
-                                      fused=np.asarray(self.m.fuse(sims["surface"], sims["vein"]), np.float64))
+        probe = probe if _has_variants(probe) else self.single(probe)
+        s, v, f = self.m.match_probe_records(probe, self.records, self.idx, self.flags)
+        return types.SimpleNamespace(surface=s, vein=v, fused=f)
 
 
 # ------------------------------------------------------------------------------------ encoding
@@ -231,6 +245,11 @@ class Encodings:
         pairs = [(k, o.template) for k, o in zip(self.keys, self.outcomes) if isinstance(o, Encoded) and keep(k)]
         return [k for k, _ in pairs], [t for _, t in pairs]
 
+    def probes(self, keep: Callable[[SampleKey], bool] = lambda k: True) -> tuple[list[SampleKey], list[Any]]:
+        """Like :meth:`usable`, each sample as a probe: its variants where they were made."""
+        pairs = [(k, o.as_probe) for k, o in zip(self.keys, self.outcomes) if isinstance(o, Encoded) and keep(k)]
+        return [k for k, _ in pairs], [p for _, p in pairs]
+
 
 def frames_for(modality: str, channels: tuple[str, ...]) -> tuple[tuple[str, ...], Callable]:
     """(channels to load, loaded -> (vein frame, surface frame)) for ``modality`` over a dataset's channels."""
@@ -246,8 +265,10 @@ def frames_for(modality: str, channels: tuple[str, ...]) -> tuple[tuple[str, ...
 
 
 def encode_all(dataset: Dataset, pipeline: Pipeline, modality: str, *, keep_rois: set[SampleKey] = frozenset(),
-               debug_dir: Path | None = None, stream=None) -> Encodings:
-    """Run ``pipeline`` over every sample; an unreadable sample or a pipeline error is a :class:`Failed`."""
+               debug_dir: Path | None = None, stream=None,
+               probe_variants: Callable[[SampleKey], bool] | None = None) -> Encodings:
+    """Run ``pipeline`` over every sample; an unreadable sample or a pipeline error is a :class:`Failed`.
+    ``probe_variants``: the samples that are probes somewhere (their variants are encoded too)."""
     stream = sys.stderr if stream is None else stream
     channels, views = frames_for(modality, dataset.channels)
     progress = Progress("encoding", len(dataset.samples), stream=stream)
@@ -258,7 +279,10 @@ def encode_all(dataset: Dataset, pipeline: Pipeline, modality: str, *, keep_rois
             loaded = sample.load(channels)
             if debug_dir is not None:
                 _write_debug(debug_dir, sample.key, loaded)
-            outcome = pipeline(*views(loaded))
+            if probe_variants is not None and probe_variants(sample.key):
+                outcome = pipeline(*views(loaded), probe=True)
+            else:
+                outcome = pipeline(*views(loaded))
         except UnreadableSample as exc:
             outcome = Failed("unreadable", str(exc))
         except Exception as exc:  # an engine bug must not lose the whole run: count it, show it once
@@ -268,7 +292,7 @@ def encode_all(dataset: Dataset, pipeline: Pipeline, modality: str, *, keep_rois
                              f"further ones are only counted):\n{traceback.format_exc()}")
             outcome = Failed("engine_error", f"{type(exc).__name__}: {exc}")
         if isinstance(outcome, Encoded) and sample.key not in keep_rois:
-            outcome = Encoded(outcome.template)
+            outcome = Encoded(outcome.template, probe=outcome.probe)
         keys.append(sample.key)
         outcomes.append(outcome)
         progress.update()
@@ -306,10 +330,15 @@ def _labels(keys: Sequence[SampleKey]) -> np.ndarray:
     return np.array([index.setdefault(k.subject, len(index)) for k in keys], dtype=np.int64)
 
 
-def all_vs_all(keys: Sequence[SampleKey], templates: Sequence[Any], scorer: Scorer, *, stream=None) -> ProtocolScores:
-    """Every unordered pair of usable samples once (i < j); each sample also searched against all
-    the others (its mates = the other samples of its subject)."""
+def all_vs_all(keys: Sequence[SampleKey], templates: Sequence[Any], scorer: Scorer, *, stream=None,
+               probes: Sequence[Any] | None = None) -> ProtocolScores:
+    """Every unordered pair of usable samples once (i < j), scored as sample i (the row: as the
+    probe, ``probes[i]`` when given, e.g. its variants) against sample j's template; each sample
+    also searched against all the others (its mates = the other samples of its subject)."""
     n = len(templates)
+    rows_as = templates if probes is None else probes
+    if len(rows_as) != n:
+        raise ValueError("all_vs_all: one probe per template")
     mods = scorer.modalities
     if n == 0:
         return _empty(mods)
@@ -322,7 +351,7 @@ def all_vs_all(keys: Sequence[SampleKey], templates: Sequence[Any], scorer: Scor
     progress = Progress("all-vs-all", n * (n - 1) // 2, stream=stream)
     for a in range(0, n, rows):
         b = min(n, a + rows)
-        block = scorer.score_block(templates[a:b], templates[a:])
+        block = scorer.score_block(rows_as[a:b], templates[a:])
         upper = np.arange(a, n)[None, :] > np.arange(a, b)[:, None]
         same = lab[a:b, None] == lab[None, a:]
         mated, nonmated = upper & same, upper & ~same
@@ -490,6 +519,7 @@ class EvalOptions:
     debug_dir: str | None = None
     sheet: int = 48
     calibration_out: str | None = None
+    probe_variants: bool = True
 
     @classmethod
     def from_namespace(cls, ns: argparse.Namespace) -> EvalOptions:
@@ -529,6 +559,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--calibration-out", default=None, metavar="PATH",
                         help="also write the impostor score calibration (JSON) a gate sets its decision "
                         "threshold from: fused scores of the cross-session protocol (else all-vs-all)")
+    parser.add_argument("--probe-variants", action=argparse.BooleanOptionalAction, default=True,
+                        help="match each probe as its best variant: its ROI re-cut at small rotations and "
+                        "scales (palmnode.biometrics.variants.VARIANTS), the same for genuine and impostor "
+                        "pairs, as the gate searches (default on; --no-probe-variants: the ROI as found only)")
     return parser
 
 
@@ -598,33 +632,42 @@ def run(options: EvalOptions, *, pipeline: Pipeline | None = None, scorer: Score
         raise EvalError(f"cannot create the output folder {out}: {exc.strerror}") from None
     pipeline = pipeline if pipeline is not None else EnginePipeline(roi_given=options.roi_given,
                                                                      min_quality=options.min_quality)
+    first = sessions[0]
+    with_variants = options.probe_variants and bool(getattr(pipeline, "makes_probe_variants", False))
+    # probes: every sample in all-vs-all (the row side), the later sessions' in cross-session
+    is_probe = (lambda k: True) if run_avsa else (lambda k: k.session != first)
     scorer = scorer if scorer is not None else MatcherScorer(mods)
     stream.write(f"eval: {len(dataset.samples)} samples of {len(dataset.subjects)} palms, sessions "
                  f"{', '.join(sessions)}, modality {modality} ({dataset.source})\n")
     keys_all = [s.key for s in dataset.samples]
     wanted_rois = sheet_keys(keys_all, options.sheet)
     enc = encode_all(dataset, pipeline, modality, keep_rois=wanted_rois,
-                     debug_dir=Path(options.debug_dir) if options.debug_dir else None, stream=stream)
+                     debug_dir=Path(options.debug_dir) if options.debug_dir else None, stream=stream,
+                     probe_variants=is_probe if with_variants else None)
     report: dict[str, Any] = {
         "dataset": {"source": dataset.source, "samples": len(dataset.samples), "palms": len(dataset.subjects),
                     "sessions": sessions, "channels": list(dataset.channels), "modality": modality,
                     "roi_given": options.roi_given, "skipped_files": dataset.skipped_files},
     }
+    stages = {"encode": round(time.monotonic() - started, 2)}
+    report["probe_variants"] = _variants_report(pipeline, enc) if with_variants else None
     plots: dict[str, str] = {}
     curves_by_protocol = {}
     if run_avsa:
         keys, templates = enc.usable()
-        scores = all_vs_all(keys, templates, scorer, stream=stream)
+        scores = all_vs_all(keys, templates, scorer, stream=stream, probes=enc.probes()[1])
         curves_by_protocol["all_vs_all"] = {}
         report["all_vs_all"] = _section(enc.keys, enc.outcomes, lambda k: True, keys, scores, mods,
                                         curves_by_protocol["all_vs_all"])
         calibration_scores = scores.impostor[mods[-1]]
         del scores
+        stages["all_vs_all"] = round(time.monotonic() - started - sum(stages.values()), 2)
     if run_cross:
-        first = sessions[0]
         gkeys, gallery = enc.usable(lambda k: k.session == first)
-        pkeys, probes = enc.usable(lambda k: k.session != first)
+        pkeys, probes = enc.probes(lambda k: k.session != first)
+        t_scoring = time.monotonic()
         scores = cross_session(gkeys, gallery, pkeys, probes, scorer, stream=stream)
+        stages["cross_session_scoring"] = round(time.monotonic() - t_scoring, 2)
         probe_side = [(k, o) for k, o in zip(enc.keys, enc.outcomes) if k.session != first]
         curves_by_protocol["cross_session"] = {}
         section = _section([k for k, _ in probe_side], [o for _, o in probe_side], lambda k: False,
@@ -661,7 +704,21 @@ def run(options: EvalOptions, *, pipeline: Pipeline | None = None, scorer: Score
     if options.calibration_out:
         report["calibration"] = write_calibration(Path(options.calibration_out), calibration_scores, mods[-1])
     report["seconds"] = round(time.monotonic() - started, 2)
+    report["seconds_by_stage"] = stages
     return report
+
+
+def _variants_report(pipeline: Any, enc: Encodings) -> dict:
+    """The probe variants in use, how many each probe kept, and what encoding them cost."""
+    made = [o.probe for o in enc.outcomes if isinstance(o, Encoded) and o.probe is not None]
+    kept = Counter(len(p.templates) for p in made)
+    seconds = getattr(pipeline, "variant_seconds", None)
+    return {
+        "variants": [[v.angle_deg, v.scale] for v in getattr(pipeline, "variants", ())],
+        "probes": len(made),
+        "templates_per_probe": {str(n): c for n, c in sorted(kept.items())},
+        "encode_ms_per_probe": _num(1e3 * seconds / len(made), 3) if made and seconds is not None else None,
+    }
 
 
 CALIBRATION_KEEP = 20_000  # impostor tail kept: FMR down from ~1e-3 at a few million impostors
