@@ -19,7 +19,6 @@ import cv2
 import numpy as np
 
 from palmnode.biometrics import roi as roi_module
-from palmnode.biometrics import segment
 from palmnode.biometrics.types import BadImage, Quality, Roi, check_frame
 
 
@@ -65,7 +64,7 @@ def assess(frame: object, roi: Roi, roi_image: object, *,
     if patch.shape != (roi.size, roi.size):
         raise BadImage(f"roi_image is {patch.shape[1]}×{patch.shape[0]}, expected {roi.size}×{roi.size}")
     # the skin/background split of the frame (a strided sample is plenty for a histogram)
-    threshold, _, _ = segment.otsu_split(image[::4, ::4])
+    threshold, _ = cv2.threshold(np.ascontiguousarray(image[::4, ::4]), 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     inside = _inside_frame(image.shape, roi)
     skin = (patch > threshold) & inside
     completeness = float(skin.mean())
@@ -84,7 +83,7 @@ def _inside_frame(shape: tuple[int, int], roi: Roi) -> np.ndarray:
     h, w = shape
     inv = cv2.invertAffineTransform(roi.transform)
     idx = np.arange(roi.size, dtype=np.float64)
-    u, v = np.meshgrid(idx, idx)
+    u, v = idx[None, :], idx[:, None]      # (broadcast: the same sums as over a meshgrid)
     x = inv[0, 0] * u + inv[0, 1] * v + inv[0, 2]
     y = inv[1, 0] * u + inv[1, 1] * v + inv[1, 2]
     return (x >= 0) & (y >= 0) & (x <= w - 1) & (y <= h - 1)
@@ -102,15 +101,20 @@ def _sharpness(image: np.ndarray, policy: QualityPolicy) -> float:
 
 
 def _exposure(patch: np.ndarray, skin: np.ndarray, policy: QualityPolicy) -> float:
-    values = patch[skin]
-    if values.size == 0:
+    # the median and the clipped share from the skin's grey histogram (exact: np.median's and
+    # np.mean's values, without sorting)
+    hist = np.bincount(patch[skin], minlength=256)
+    n = int(hist.sum())
+    if n == 0:
         return 0.0
-    grey = float(np.median(values))
+    ranks = np.cumsum(hist)
+    lo, hi = np.searchsorted(ranks, [(n - 1) // 2, n // 2], side="right")
+    grey = float(lo) + 0.5 * (float(hi) - float(lo))
     if grey < policy.exposure_good_low:
         level = _ramp(grey, policy.exposure_bad_low, policy.exposure_good_low)
     elif grey > policy.exposure_good_high:
         level = 1.0 - _ramp(grey, policy.exposure_good_high, policy.exposure_bad_high)
     else:
         level = 1.0
-    clipped = float(np.mean(values >= policy.clip_level))
+    clipped = float(hist[min(max(int(np.ceil(policy.clip_level)), 0), 256):].sum()) / n
     return level * (1.0 - clipped)

@@ -114,11 +114,8 @@ def extract_roi(frame: object, *, limits: RoiLimits = DEFAULT_LIMITS) -> Roi | R
     (empty, wrong dtype, NaN, huge); every image gives a ``Roi`` or a typed ``RoiFailure``.
     """
     image = check_frame(frame, name="frame")
-    small, factor = segment.downscale(image)
-    found = _locate(small, factor, limits)
-    if isinstance(found, RoiFailure):
-        return found
-    return found
+    resized, factor = segment.area_downscale(image)
+    return _locate(segment.smooth(resized), factor, limits, resized)
 
 
 def warp(frame: object, roi: Roi) -> np.ndarray:
@@ -139,7 +136,9 @@ def _cut(hand: segment.HandMask, limits: RoiLimits, detail: str) -> RoiFailure:
     return _fail(FailureReason.PARTIAL_HAND, detail)
 
 
-def _locate(small: np.ndarray, factor: int, limits: RoiLimits) -> Roi | RoiFailure:
+def _locate(small: np.ndarray, factor: int, limits: RoiLimits, key: np.ndarray) -> Roi | RoiFailure:
+    """(``key``: the area-downscaled frame before its blur, under which the edge width is kept;
+    the caller's own frame at factor 1)"""
     lo, hi = int(small.min()), int(small.max())
     if hi - lo < limits.min_contrast:
         if lo >= 200:
@@ -210,7 +209,7 @@ def _locate(small: np.ndarray, factor: int, limits: RoiLimits) -> Roi | RoiFailu
         return _fail(FailureReason.TOO_FAR, f"palm spans only {diameter:.0%} of the frame height")
 
     width = _edge_width(small, hand) * factor
-    _remember_edge_width(small, limits, width)
+    _remember_edge_width(key if factor > 1 else key.copy(), limits, width)
     if width > limits.max_edge_width:
         return _fail(FailureReason.MOTION_BLUR, f"hand outline smeared over {width:.0f} px")
     path = keypoints.outline_path(hand.contour, (h, w), arm_pts, c, arm_dir)
@@ -233,10 +232,11 @@ def outline_edge_width(frame: object, *, limits: RoiLimits = DEFAULT_LIMITS) -> 
     """Width in frame px of the hand's outline edge (about 6 px when still; motion and defocus
     widen it), or None without a hand. Used by quality.py for sharpness."""
     image = check_frame(frame, name="frame")
-    small, factor = segment.downscale(image)
+    resized, factor = segment.area_downscale(image)
     known = _LAST_EDGE_WIDTH
-    if known is not None and known[1] is limits and np.array_equal(known[0], small):
+    if known is not None and known[1] is limits and np.array_equal(known[0], resized):
         return known[2]          # the frame extract_roi just measured (quality.assess after it)
+    small = segment.smooth(resized)
     _, bg_mean, fg_mean = segment.otsu_split(small)
     if fg_mean - bg_mean < limits.min_contrast / 2.5:
         return None
@@ -247,16 +247,17 @@ def outline_edge_width(frame: object, *, limits: RoiLimits = DEFAULT_LIMITS) -> 
     return _edge_width(small, hand) * factor
 
 
-#: (working image, limits, edge width) of the last frame extract_roi measured: quality.assess
-#: asks for the same frame's edge width right after, and the width is a function of the working
-#: image alone, so an equal working image gives it without segmenting again (~0.5 ms).
-#: One entry, replaced whole (safe across threads).
+#: (area-downscaled frame before its blur, limits, edge width) of the last frame extract_roi
+#: measured: quality.assess asks for the same frame's edge width right after, and the width is a
+#: function of that image and the limits alone, so an equal one gives it without blurring and
+#: segmenting again (~0.6 ms). One entry, replaced whole (safe across threads); at factor 1 the
+#: key is a copy (the area-downscaled frame would be the caller's own array).
 _LAST_EDGE_WIDTH: tuple[np.ndarray, RoiLimits, float] | None = None
 
 
-def _remember_edge_width(small: np.ndarray, limits: RoiLimits, width: float) -> None:
+def _remember_edge_width(key: np.ndarray, limits: RoiLimits, width: float) -> None:
     global _LAST_EDGE_WIDTH
-    _LAST_EDGE_WIDTH = (small, limits, width)
+    _LAST_EDGE_WIDTH = (key, limits, width)
 
 
 def _disc_pixels(small: np.ndarray, centre: np.ndarray, radius: float) -> np.ndarray:

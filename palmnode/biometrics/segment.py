@@ -35,12 +35,24 @@ class HandMask:
 
 def downscale(frame: np.ndarray) -> tuple[np.ndarray, int]:
     """``frame`` area-averaged by an integer factor so its long side is about WORK_LONG_SIDE."""
+    resized, factor = area_downscale(frame)
+    return smooth(resized), factor
+
+
+def area_downscale(frame: np.ndarray) -> tuple[np.ndarray, int]:
+    """The first half of :func:`downscale`: the area-averaged frame (``frame`` itself when the
+    factor is 1) and the factor."""
     h, w = frame.shape
     factor = max(1, int(round(max(h, w) / WORK_LONG_SIDE)))
     small = frame if factor == 1 else cv2.resize(frame, (w // factor, h // factor),
                                                  interpolation=cv2.INTER_AREA)
-    # a light blur keeps the outline smooth where a dim arm fades into the background
-    return cv2.GaussianBlur(small, (5, 5), 1.0), factor
+    return small, factor
+
+
+def smooth(resized: np.ndarray) -> np.ndarray:
+    """The second half of :func:`downscale`: a light blur keeps the outline smooth where a dim
+    arm fades into the background."""
+    return cv2.GaussianBlur(resized, (5, 5), 1.0)
 
 
 def otsu_split(small: np.ndarray) -> tuple[float, float, float]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import attrs
+import cv2
 import numpy as np
 import pytest
 
@@ -78,3 +79,17 @@ def test_edge_width_reused_from_extract_roi_equals_a_fresh_measurement():
     roi._LAST_EDGE_WIDTH = (roi._LAST_EDGE_WIDTH[0], roi._LAST_EDGE_WIDTH[1], -1.0)
     assert roi.outline_edge_width(frames[0]) != -1.0
     assert roi.outline_edge_width(frames[1]) == -1.0   # (the same frame does take the stored one)
+
+
+def test_edge_width_kept_for_a_working_size_frame_is_a_copy():
+    # at 320×240 the area downscale is the frame itself: the kept key must not follow the
+    # caller's array when it is changed in place afterwards
+    frame = np.ascontiguousarray(cv2.resize(placed(), (320, 240), interpolation=cv2.INTER_AREA))
+    roi._LAST_EDGE_WIDTH = None
+    assert isinstance(roi.extract_roi(frame), Roi)
+    kept = roi._LAST_EDGE_WIDTH
+    assert kept is not None and kept[0] is not frame
+    roi._LAST_EDGE_WIDTH = (kept[0], kept[1], -1.0)
+    assert roi.outline_edge_width(frame) == -1.0
+    frame[:, :] = 0
+    assert roi.outline_edge_width(frame) is None
