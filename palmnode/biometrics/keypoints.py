@@ -9,6 +9,8 @@ leave only a shallow notch between their tips: such a "valley" is marked as not 
 """
 from __future__ import annotations
 
+import math
+
 import attrs
 import cv2
 import numpy as np
@@ -47,7 +49,7 @@ def outline_path(contour: np.ndarray, shape: tuple[int, int], arm: np.ndarray | 
         cut = zone[contour[:, 1], contour[:, 0]].astype(bool)
         if cut.any() and not cut.all():
             shift = int(np.argmax(cut))          # start on a cut point: stretches never wrap
-            rolled = np.roll(~cut, -shift)
+            rolled = ~np.concatenate([cut[shift:], cut[:shift]])   # (np.roll, cheaper)
             edges = np.diff(np.concatenate([[0], rolled.astype(np.int8), [0]]))
             starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
             k = int(np.argmax(ends - starts))
@@ -67,7 +69,7 @@ def _smooth(values: np.ndarray, sigma: float) -> np.ndarray:
     radius = max(1, int(3 * sigma))
     k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
     k /= k.sum()
-    padded = np.pad(values, radius, mode="edge")
+    padded = np.concatenate([np.full(radius, values[0]), values, np.full(radius, values[-1])])  # edge pad
     return np.convolve(padded, k, mode="valid")
 
 
@@ -177,6 +179,22 @@ def _beyond(out: list[int], tips: list[int], rel: np.ndarray):
     return before, after
 
 
+def _unwrapped_gaps(angles: list[float]) -> list[float]:
+    """``np.degrees(np.abs(np.diff(np.unwrap(angles))))`` for a handful of angles, in plain
+    floats (the same operations in the same order: numpy's per-call overhead was the cost)."""
+    out, prev, correction = [], angles[0], 0.0
+    for i in range(1, len(angles)):
+        dd = angles[i] - angles[i - 1]
+        ddmod = (dd + np.pi) % (2 * np.pi) - np.pi
+        if ddmod == -np.pi and dd > 0:
+            ddmod = np.pi
+        correction += 0.0 if abs(dd) < np.pi else ddmod - dd
+        cur = angles[i] + correction
+        out.append(math.degrees(abs(cur - prev)))
+        prev = cur
+    return out
+
+
 def find_fingers(path: np.ndarray, centre: np.ndarray, radius: float,
                  finger_dir: np.ndarray | None) -> Fingers | None:
     """The four fingers along ``path`` (see module doc), or None.
@@ -196,11 +214,10 @@ def find_fingers(path: np.ndarray, centre: np.ndarray, radius: float,
     if len(peaks) < 4:
         return None
     # tip directions seen from the palm centre, unwrapped along the path
-    tip_angle = np.unwrap(np.arctan2(rel[peaks, 1], rel[peaks, 0]))
-    gaps = np.degrees(np.abs(np.diff(tip_angle)))
+    gaps = _unwrapped_gaps(np.arctan2(rel[peaks, 1], rel[peaks, 0]).tolist())
     # the four fingers are the four consecutive tips packed most tightly in angle: the thumb
     # stands off at a much wider angle than any two fingers do
-    k = min(range(len(peaks) - 3), key=lambda k: float(gaps[k:k + 3].max()))
+    k = min(range(len(peaks) - 3), key=lambda k: max(gaps[k:k + 3]))
     tips = peaks[k:k + 4]
     # the tip just beyond the first / the last finger: a thumb stands within ~100° of its index
     # finger; anything farther round is the arm's ragged edge, not a thumb

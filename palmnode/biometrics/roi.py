@@ -264,7 +264,7 @@ def _disc_pixels(small: np.ndarray, centre: np.ndarray, radius: float) -> np.nda
     h, w = small.shape
     x0, x1 = max(0, int(centre[0] - radius)), min(w, int(centre[0] + radius) + 1)
     y0, y1 = max(0, int(centre[1] - radius)), min(h, int(centre[1] + radius) + 1)
-    yy, xx = np.ogrid[y0:y1, x0:x1]
+    yy, xx = np.arange(y0, y1)[:, None], np.arange(x0, x1)[None, :]   # (np.ogrid, cheaper)
     disc = (xx - centre[0]) ** 2 + (yy - centre[1]) ** 2 <= radius ** 2
     return small[y0:y1, x0:x1][disc]
 
@@ -323,7 +323,7 @@ def _heel_centroid(hand: segment.HandMask, up: np.ndarray) -> np.ndarray | None:
     h, w = mask.shape
     x0, x1 = max(0, int(c[0] - reach)), min(w, int(c[0] + reach) + 1)
     y0, y1 = max(0, int(c[1] - reach)), min(h, int(c[1] + reach) + 1)
-    yy, xx = np.ogrid[y0:y1, x0:x1]
+    yy, xx = np.arange(y0, y1)[:, None], np.arange(x0, x1)[None, :]   # (np.ogrid, cheaper)
     px, py = xx - c[0], yy - c[1]
     keep = ((px * px + py * py < reach * reach) & (px * up[0] + py * up[1] < -0.15 * hand.radius)
             & mask[y0:y1, x0:x1].view(bool))

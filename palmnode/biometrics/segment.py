@@ -77,15 +77,18 @@ def segment(small: np.ndarray, factor: int, threshold: float, background: float,
     None when nothing of any size stands above the threshold.
     """
     h, w = small.shape
+    # (uint8 0/1 images from cv2.threshold: a uint8 image is above a float level exactly when
+    # it is above that level's floor, which is how cv2.threshold reads a float threshold)
+    skin = cv2.threshold(small, threshold, 1, cv2.THRESH_BINARY)[1]
     seams = cv2.morphologyEx(small, cv2.MORPH_BLACKHAT, _SEAM_KERNEL)
-    skin = small > threshold
-    glare = small >= GLARE_LEVEL
-    raw = skin & (seams <= SEAM_DEPTH * contrast)
-    n_glare = cv2.countNonZero(glare.view(np.uint8))
-    if n_glare and n_glare < 0.2 * cv2.countNonZero(skin.view(np.uint8)):
+    # seams <= SEAM_DEPTH × contrast (the floor again: seams are whole grey levels)
+    raw = cv2.threshold(seams, SEAM_DEPTH * contrast, 1, cv2.THRESH_BINARY_INV)[1]
+    raw &= skin
+    glare = cv2.threshold(small, GLARE_LEVEL - 1, 1, cv2.THRESH_BINARY)[1]
+    n_glare = cv2.countNonZero(glare)
+    if n_glare and n_glare < 0.2 * cv2.countNonZero(skin):
         # housing reflections (not a saturated hand): cut them out with their halo
-        raw &= ~cv2.dilate(glare.view(np.uint8), _GLARE_HALO).astype(bool)
-    raw = raw.astype(np.uint8)
+        raw &= 1 - cv2.dilate(glare, _GLARE_HALO)
     raw[0, :] = raw[-1, :] = 0
     raw[:, 0] = raw[:, -1] = 0
     # opening cuts thin bridges (a glare halo touching the arm, a speck of noise)
@@ -139,7 +142,7 @@ def arm_direction(hand: HandMask) -> np.ndarray | None:
     dist = hand.inscribed
     h, w = dist.shape
     c, rad = hand.centre / 2, hand.radius / 2              # in half-res px
-    yy, xx = np.ogrid[0:h, 0:w]
+    yy, xx = np.arange(h)[:, None], np.arange(w)[None, :]   # (np.ogrid, cheaper)
     px, py = xx - c[0], yy - c[1]
     r2 = px * px + py * py
     keep = (r2 > (ARM_REACH * rad) ** 2) & (dist > ARM_THICKNESS * rad)
@@ -190,7 +193,7 @@ def border_runs(mask: np.ndarray, max_gap: int = 0) -> list[tuple[int, int, np.n
             return [(0, n, np.stack([xs, ys], 1))]
     # rotate so the ring starts on an off pixel: runs then never wrap
     shift = int(np.argmin(ring))
-    rolled = np.roll(ring, -shift)
+    rolled = np.concatenate([ring[shift:], ring[:shift]])     # (np.roll, cheaper)
     edges = np.diff(np.concatenate([[0], rolled.astype(np.int8), [0]]))
     starts = np.flatnonzero(edges == 1)
     ends = np.flatnonzero(edges == -1)
