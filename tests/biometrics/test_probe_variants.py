@@ -141,11 +141,11 @@ def test_match_probe_first_variant_on_ties_and_nan_ranks_last(enrolled):
 
 
 def test_variants_recover_a_rotated_capture(rois, enrolled):
-    """A probe turned 4 deg (and 6% larger) against its enrolment: the search finds it back."""
+    """A probe turned by one variant step against its enrolment: the search finds it back."""
     gains = []
     for i in range(N):
         surface_roi, vein_roi = rois[i][0]
-        turn = cv2.getRotationMatrix2D((63.5, 63.5), -4.0, 1.0 / 1.06)
+        turn = cv2.getRotationMatrix2D((63.5, 63.5), -VARIANTS[1].angle_deg, 1.0)
         probe = [cv2.warpAffine(r, turn, (128, 128), borderMode=cv2.BORDER_REFLECT) for r in (surface_roi, vein_roi)]
         p = variants.from_rois(*probe)
         gains.append(match_probe(p, enrolled[i]).fused - match(p.base, enrolled[i]).fused)
