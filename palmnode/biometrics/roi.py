@@ -19,6 +19,8 @@ proper rotation (never mirrored), so a left palm's ROI is a left palm as seen by
 """
 from __future__ import annotations
 
+import math
+
 import attrs
 import cv2
 import numpy as np
@@ -381,51 +383,91 @@ def _valley_frame(valleys: np.ndarray, deep: tuple[bool, bool, bool], up: np.nda
     border stops the palm circle short of the palm's width, so ``radius`` is too small) that
     pair may span up to ``cut_circle_span`` times more palm radii.
     """
-    for line in _valley_lines(valleys, deep, up, radius, limits, tips):
-        x, v1, v3, length = line
-        pair = np.array_equal(v1, valleys[0]) and np.array_equal(v3, valleys[2])
+    # (2-vectors as float pairs here and below: numpy's per-call overhead on two numbers was most
+    # of this stage's cost; every expression keeps numpy's operations and their order, so the
+    # results are the same to the bit — its 2-vector dot and norm are x0 y0 + x1 y1 and the
+    # square root of that)
+    found = _frame_from_valleys(valleys, deep, (float(up[0]), float(up[1])), radius, limits, tips,
+                                None if also_up is None else (float(also_up[0]), float(also_up[1])), wide_span)
+    return None if found is None else (np.array(found[0]), np.array(found[1]), found[2])
+
+
+def _frame_from_valleys(valleys: np.ndarray, deep: tuple[bool, bool, bool], up_t: tuple[float, float],
+                        radius: float, limits: RoiLimits, tips: np.ndarray | None,
+                        also: tuple[float, float] | None, wide_span: bool):
+    """:func:`_valley_frame` with float pairs for the directions and the result."""
+    vs = [(float(v[0]), float(v[1])) for v in valleys]
+    a = np.radians(limits.valley_lean_deg)     # the palm axis leans towards the thumb
+    cos_a, sin_a = float(np.cos(a)), float(np.sin(a))
+    min_agree = float(np.cos(np.radians(limits.valley_max_disagree_deg)))
+    for x, v1, v3, length in _lines(vs, deep, up_t, radius, limits, tips):
+        pair = v1 == vs[0] and v3 == vs[2]
         widest = limits.valley_span[1] * (limits.cut_circle_span if wide_span and pair else 1.0)
         if not (limits.valley_span[0] * radius <= length <= widest * radius):
             continue
-        normal = np.array([x[1], -x[0]])
-        if np.dot(normal, up) < 0:
-            normal = -normal
-        mid = 0.5 * (v1 + v3)
-        centre = mid + (limits.valley_centre[0] * normal + limits.valley_centre[1] * x) * length
-        a = np.radians(limits.valley_lean_deg)     # the palm axis leans towards the thumb
-        new_up = np.cos(a) * normal + np.sin(a) * x
+        normal = _normal(x, up_t)
+        mid = (0.5 * (v1[0] + v3[0]), 0.5 * (v1[1] + v3[1]))
+        c0, c1 = limits.valley_centre
+        centre = (mid[0] + (c0 * normal[0] + c1 * x[0]) * length, mid[1] + (c0 * normal[1] + c1 * x[1]) * length)
+        new_up = (cos_a * normal[0] + sin_a * x[0], cos_a * normal[1] + sin_a * x[1])
         # the frame must agree with a rough one: a wild valley pair is a mis-detection (only
         # the pair of both open valleys may lean on the fingertips' direction, not a stand-in)
-        agree = np.dot(new_up, up)
-        if also_up is not None and pair:
-            agree = max(agree, np.dot(new_up, also_up))
-        if agree < np.cos(np.radians(limits.valley_max_disagree_deg)):
+        agree = _dot(new_up, up_t)
+        if also is not None and pair:
+            agree = max(agree, _dot(new_up, also))
+        if agree < min_agree:
             continue
         return centre, new_up, limits.valley_side * length
     return None
+
+
+def _dot(a: tuple[float, float], b: tuple[float, float]) -> float:
+    return a[0] * b[0] + a[1] * b[1]
+
+
+def _unit(a: tuple[float, float], floor: float) -> tuple[tuple[float, float], float]:
+    """(``a`` / max(|a|, floor), |a|)"""
+    n = math.sqrt(a[0] * a[0] + a[1] * a[1])
+    d = max(n, floor)
+    return (a[0] / d, a[1] / d), n
+
+
+def _normal(x: tuple[float, float], up: tuple[float, float]) -> tuple[float, float]:
+    """The normal of a line along ``x``, on the side of ``up``."""
+    return _towards((x[1], -x[0]), up)
+
+
+def _towards(v: tuple[float, float], ref: tuple[float, float]) -> tuple[float, float]:
+    """``v`` or ``-v``, whichever does not point away from ``ref``."""
+    return (-v[0], -v[1]) if _dot(v, ref) < 0 else v
 
 
 def _valley_lines(valleys: np.ndarray, deep: tuple[bool, bool, bool], up: np.ndarray, radius: float,
                   limits: RoiLimits, tips: np.ndarray | None):
     """Candidate valley lines, best first: (unit x towards the index finger, index–middle valley,
     ring–little valley, their distance), the ends stood in for where a valley is misplaced."""
+    vs = [(float(v[0]), float(v[1])) for v in valleys]
+    for x, v1, v3, length in _lines(vs, deep, (float(up[0]), float(up[1])), radius, limits, tips):
+        yield np.array(x), np.array(v1), np.array(v3), length
+
+
+def _lines(valleys: list[tuple[float, float]], deep: tuple[bool, bool, bool], up: tuple[float, float],
+           radius: float, limits: RoiLimits, tips: np.ndarray | None):
+    """:func:`_valley_lines` on float pairs."""
     v1, v2, v3 = valleys
     axis = None if tips is None else _pressed_axis(valleys, tips)
     skip_middle = index_high = ring_high = False
     if deep[0] and deep[2]:
-        x = v1 - v3                                # towards the index finger (thumb side)
-        length = float(np.linalg.norm(x))
-        x = x / max(length, 1e-9)
-        normal = np.array([x[1], -x[0]])
-        if np.dot(normal, up) < 0:
-            normal = -normal
+        # towards the index finger (thumb side)
+        x, length = _unit((v1[0] - v3[0], v1[1] - v3[1]), 1e-9)
+        normal = _normal(x, up)
         lean = _lean(axis, x, normal)
         # the middle–ring valley sits about midway on the line; a valley misplaced by touching
         # fingers always lies too far towards the fingertips (up the seam), so the side on
         # which the middle one leaves the line says which one is wrong: the middle one too far
         # up (or shallow) leaves the pair standing, an end one too far up does not
-        rel = v2 - v3
-        along, off = float(rel @ x) / length, float(rel @ normal) / length
+        rel = (v2[0] - v3[0], v2[1] - v3[1])
+        along, off = _dot(rel, x) / length, _dot(rel, normal) / length
         if lean > limits.pair_max_lean_deg:
             # the line's normal turns away from the fingers' axis, towards the little finger:
             # the index–middle valley is a notch up the seam (touching fingers pull a valley
@@ -442,126 +484,130 @@ def _valley_lines(valleys: np.ndarray, deep: tuple[bool, bool, bool], up: np.nda
                 and limits.middle_valley_at[0] <= along <= limits.middle_valley_at[1]):
             yield x, v1, v3, length
     if deep[1] and deep[2] and not (skip_middle or ring_high):  # index held against middle
-        half = v2 - v3
-        length = float(np.linalg.norm(half)) / limits.middle_valley_mean
-        x = half / max(float(np.linalg.norm(half)), 1e-9)
+        x, n = _unit((v2[0] - v3[0], v2[1] - v3[1]), 1e-9)
+        length = n / limits.middle_valley_mean
         if _leans_in_bounds(axis, x, up, limits):  # (a middle notch up the seam tilts it too)
-            yield x, v3 + x * length, v3, length
+            yield x, (v3[0] + x[0] * length, v3[1] + x[1] * length), v3, length
     if deep[0] and deep[1] and not (skip_middle or index_high):  # little held against ring
-        half = v1 - v2
-        length = float(np.linalg.norm(half)) / (1.0 - limits.middle_valley_mean)
-        x = half / max(float(np.linalg.norm(half)), 1e-9)
+        x, n = _unit((v1[0] - v2[0], v1[1] - v2[1]), 1e-9)
+        length = n / (1.0 - limits.middle_valley_mean)
         if _leans_in_bounds(axis, x, up, limits):
-            yield x, v1, v1 - x * length, length
+            yield x, v1, (v1[0] - x[0] * length, v1[1] - x[1] * length), length
     if ring_high and axis is not None:
         # only the index–middle valley is trusted (middle, ring and little held together):
         # the mirror image of the case below
         x, length = _line_from_axis(axis, v1, v3, limits)
-        yield x, v1, v1 - x * length, length
+        yield x, v1, (v1[0] - x[0] * length, v1[1] - x[1] * length), length
     if deep[2] and axis is not None and not ring_high:
         # only the ring–little valley is trusted (index, middle and ring held together): the
         # notches between the pressed fingers lie up the seams, so they keep their place across
         # the fingers; the middle and ring fingers' axes (tip from between their side notches),
         # leaned back by their usual lean from the valley line's normal, give the direction
         x, length = _line_from_axis(axis, v1, v3, limits)
-        yield x, v3 + x * length, v3, length
+        yield x, (v3[0] + x[0] * length, v3[1] + x[1] * length), v3, length
 
 
-def _line_from_axis(axis: np.ndarray, v1: np.ndarray, v3: np.ndarray, limits: RoiLimits) -> tuple[np.ndarray, float]:
+def _line_from_axis(axis: tuple[float, float], v1: tuple[float, float], v3: tuple[float, float],
+                    limits: RoiLimits) -> tuple[tuple[float, float], float]:
     """The valley line's direction (towards the index finger) from the fingers' axis leaned back
     by their usual lean, and its length between the outer valleys."""
-    across = np.array([axis[1], -axis[0]])
-    if np.dot(across, v1 - v3) < 0:
-        across = -across                           # towards the index finger
-    length = float(np.dot(v1 - v3, across))
+    span = (v1[0] - v3[0], v1[1] - v3[1])
+    across = (axis[1], -axis[0])
+    if _dot(across, span) < 0:
+        across = (-across[0], -across[1])          # towards the index finger
+    length = _dot(span, across)
     a = np.radians(limits.finger_axis_lean_deg)
-    normal = np.cos(a) * axis - np.sin(a) * across
-    x = np.array([-normal[1], normal[0]])
-    if np.dot(x, across) < 0:
-        x = -x
+    c, s = float(np.cos(a)), float(np.sin(a))
+    normal = (c * axis[0] - s * across[0], c * axis[1] - s * across[1])
+    x = (-normal[1], normal[0])
+    if _dot(x, across) < 0:
+        x = (-x[0], -x[1])
     return x, length
 
 
-def _lean(axis: np.ndarray | None, x: np.ndarray, normal: np.ndarray) -> float:
+def _lean(axis: tuple[float, float] | None, x: tuple[float, float], normal: tuple[float, float]) -> float:
     """Degrees the fingers' ``axis`` leans from a valley line's ``normal`` towards ``x`` (the
     index finger); 0 without an axis."""
-    return 0.0 if axis is None else float(np.degrees(np.arctan2(axis @ x, axis @ normal)))
+    return 0.0 if axis is None else math.degrees(math.atan2(_dot(axis, x), _dot(axis, normal)))
 
 
-def _leans_in_bounds(axis: np.ndarray | None, x: np.ndarray, up: np.ndarray, limits: RoiLimits) -> bool:
-    normal = np.array([x[1], -x[0]])
-    if np.dot(normal, up) < 0:
-        normal = -normal
-    return limits.standin_lean_deg[0] <= _lean(axis, x, normal) <= limits.standin_lean_deg[1]
+def _leans_in_bounds(axis: tuple[float, float] | None, x: tuple[float, float], up: tuple[float, float],
+                     limits: RoiLimits) -> bool:
+    return limits.standin_lean_deg[0] <= _lean(axis, x, _normal(x, up)) <= limits.standin_lean_deg[1]
 
 
-def _pressed_axis(valleys: np.ndarray, tips: np.ndarray) -> np.ndarray:
+def _pressed_axis(valleys: list[tuple[float, float]], tips: np.ndarray) -> tuple[float, float]:
     """Unit mean axis of the middle and ring fingers (each tip from between its side valleys)."""
     v1, v2, v3 = valleys
-    axis = np.zeros(2)
+    ax, ay = 0.0, 0.0
     for tip, a, b in ((tips[1], v1, v2), (tips[2], v2, v3)):
-        d = tip - 0.5 * (a + b)
-        axis += d / max(float(np.linalg.norm(d)), 1e-9)
-    return axis / max(float(np.linalg.norm(axis)), 1e-9)
+        d, _ = _unit((float(tip[0]) - 0.5 * (a[0] + b[0]), float(tip[1]) - 0.5 * (a[1] + b[1])), 1e-9)
+        ax, ay = ax + d[0], ay + d[1]
+    return _unit((ax, ay), 1e-9)[0]
 
 
 def _palm_frame(fingers: keypoints.Fingers, hand: segment.HandMask, arm_dir: np.ndarray | None,
                 limits: RoiLimits) -> Roi | RoiFailure:
+    # (2-vectors as float pairs, as in _valley_frame: the same operations in the same order)
     f = hand.factor
     to_frame = lambda p: (np.asarray(p, np.float64) + 0.5) * f - 0.5  # noqa: E731
-    centre = to_frame(hand.centre)
+    centre = ((float(hand.centre[0]) + 0.5) * f - 0.5, (float(hand.centre[1]) + 0.5) * f - 0.5)
     radius = hand.radius * f
     tips = to_frame(fingers.tips)
     valleys = to_frame(fingers.valleys)
     # "up" (towards the fingers): first roughly, the fingertips' mean direction from the palm
     # centre; then the palm's own axis, from the middle of its wrist-side part to its centre
-    rel = tips - centre
-    up = (rel / np.linalg.norm(rel, axis=1, keepdims=True)).sum(axis=0)
-    up /= np.linalg.norm(up) + 1e-12
+    ux = uy = None
+    for tx, ty in tips.tolist():
+        rx, ry = tx - centre[0], ty - centre[1]
+        n = math.sqrt(rx * rx + ry * ry)
+        ux, uy = (rx / n, ry / n) if ux is None else (ux + rx / n, uy + ry / n)
+    n = math.sqrt(ux * ux + uy * uy) + 1e-12
+    up = (ux / n, uy / n)
     # (the fingertips' direction also vouches for a valley frame where the frame border cuts
     # into the heel region, which then pulls the heel axis aside)
     tips_up = up if _heel_cut(hand, up) else None
     heel = _heel_centroid(hand, up)
     if heel is not None:
-        axis = centre - to_frame(heel)
-        up = axis / (np.linalg.norm(axis) + 1e-12)
-    if arm_dir is not None and np.dot(arm_dir, up) > 0.5:
+        axis = (centre[0] - ((float(heel[0]) + 0.5) * f - 0.5), centre[1] - ((float(heel[1]) + 0.5) * f - 0.5))
+        n = math.sqrt(axis[0] * axis[0] + axis[1] * axis[1]) + 1e-12
+        up = (axis[0] / n, axis[1] / n)
+    if arm_dir is not None and float(arm_dir[0]) * up[0] + float(arm_dir[1]) * up[1] > 0.5:
         return _fail(FailureReason.PARTIAL_HAND, "the fingers point towards the arm")
     # the side of the thumb (the index finger's side), across "up"
-    thumb = np.array([-up[1], up[0]])
-    if np.dot(tips[0] - tips[3], thumb) < 0:
-        thumb = -thumb
+    spread = (float(tips[0, 0] - tips[3, 0]), float(tips[0, 1] - tips[3, 1]))
+    thumb = _towards((-up[1], up[0]), spread)
     side = limits.side_per_palm_radius * radius
-    roi_centre = centre + (limits.centre_up * up + limits.centre_thumbward * thumb) * radius
+    cu, ct = limits.centre_up, limits.centre_thumbward
+    roi_centre = (centre[0] + (cu * up[0] + ct * thumb[0]) * radius, centre[1] + (cu * up[1] + ct * thumb[1]) * radius)
     circle_cut = _circle_cut(hand)
-    anchored = _valley_frame(valleys, fingers.deep, up, radius, limits, tips, tips_up,
-                             wide_span=circle_cut)
+    anchored = _frame_from_valleys(valleys, fingers.deep, up, radius, limits, tips, tips_up,
+                                   wide_span=circle_cut)
     if anchored is None and circle_cut:
         # no valley frame, and the palm circle (the fallback) is cut short by the frame border
         return _fail(FailureReason.PARTIAL_HAND, "the palm is not fully in view")
     if anchored is not None:
         roi_centre, up, side = anchored
-        thumb = np.array([-up[1], up[0]])
-        if np.dot(tips[0] - tips[3], thumb) < 0:
-            thumb = -thumb
-    down = -up
-    right = np.array([down[1], -down[0]])   # image x of the ROI: a proper rotation of "down"
+        thumb = _towards((-up[1], up[0]), spread)
+    down = (-up[0], -up[1])
+    right = (down[1], -down[0])   # image x of the ROI: a proper rotation of "down"
     h, w = (n * f for n in hand.mask.shape)
+    # a corner a little outside the frame only loses background-coloured cells, which the
+    # features mask and the quality stage's completeness counts
+    margin = limits.corner_out * side
     for sx, sy in ((-1, -1), (1, -1), (1, 1), (-1, 1)):
-        corner = roi_centre + (sx * right + sy * down) * side / 2
-        # a corner a little outside the frame only loses background-coloured cells, which the
-        # features mask and the quality stage's completeness counts
-        margin = limits.corner_out * side
-        if not (-margin <= corner[0] <= w + margin and -margin <= corner[1] <= h + margin):
+        corner_x = roi_centre[0] + (sx * right[0] + sy * down[0]) * side / 2
+        corner_y = roi_centre[1] + (sx * right[1] + sy * down[1]) * side / 2
+        if not (-margin <= corner_x <= w + margin and -margin <= corner_y <= h + margin):
             return _fail(FailureReason.PARTIAL_HAND, "the palm is not fully in view")
     scale = ROI_SIZE / side
     half = (ROI_SIZE - 1) / 2
-    rows = np.stack([right, down]) * scale
+    rows = np.array([right, down]) * scale
     transform = np.empty((2, 3), np.float64)
     transform[:, :2] = rows
-    transform[:, 2] = half - rows @ roi_centre
+    transform[:, 2] = half - rows @ np.array(roi_centre)
     # seen with the fingers up, a right palm has its thumb on the right
-    hand_name = "right" if np.dot(thumb, right) > 0 else "left"
+    hand_name = "right" if _dot(thumb, right) > 0 else "left"
     if not fingers.thumb_seen and not all(fingers.deep):
         hand_name = "unknown"
     return Roi(transform=transform, size=ROI_SIZE, hand=hand_name,
