@@ -31,6 +31,9 @@ class Fingers:
     thumb_seen: bool          # the thumb's own tip was found (handedness is then reliable)
 
 
+_KERNEL5 = np.ones((5, 5), np.uint8)
+
+
 def outline_path(contour: np.ndarray, shape: tuple[int, int], arm: np.ndarray | None,
                  centre: np.ndarray, arm_dir: np.ndarray | None = None) -> np.ndarray:
     """The outline as one open path from one side of the arm round the hand to the other.
@@ -43,18 +46,20 @@ def outline_path(contour: np.ndarray, shape: tuple[int, int], arm: np.ndarray | 
     """
     n = len(contour)
     if arm is not None and len(arm):
+        # (flat indices: cheaper than 2-D fancy indexing for these ~1,500 points)
+        w = shape[1]
         zone = np.zeros(shape, np.uint8)
-        zone[arm[:, 1], arm[:, 0]] = 1
-        zone = cv2.dilate(zone, np.ones((5, 5), np.uint8))
-        cut = zone[contour[:, 1], contour[:, 0]].astype(bool)
+        zone.ravel()[arm[:, 1] * w + arm[:, 0]] = 1
+        zone = cv2.dilate(zone, _KERNEL5)
+        cut = zone.ravel().take(contour[:, 1] * w + contour[:, 0]).view(bool)
         if cut.any() and not cut.all():
             shift = int(np.argmax(cut))          # start on a cut point: stretches never wrap
             rolled = ~np.concatenate([cut[shift:], cut[:shift]])   # (np.roll, cheaper)
             edges = np.diff(np.concatenate([[0], rolled.astype(np.int8), [0]]))
             starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
             k = int(np.argmax(ends - starts))
-            idx = (np.arange(starts[k], ends[k]) + shift) % n
-            return contour[idx].astype(np.float64)
+            # (the stretch [starts[k], ends[k]) of the outline rolled by `shift`)
+            return np.concatenate([contour, contour])[starts[k] + shift:ends[k] + shift].astype(np.float64)
     pts = contour.astype(np.float64)
     rel = pts - centre
     if arm_dir is not None:

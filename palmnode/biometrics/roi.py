@@ -141,7 +141,8 @@ def _cut(hand: segment.HandMask, limits: RoiLimits, detail: str) -> RoiFailure:
 def _locate(small: np.ndarray, factor: int, limits: RoiLimits, key: np.ndarray) -> Roi | RoiFailure:
     """(``key``: the area-downscaled frame before its blur, under which the edge width is kept;
     the caller's own frame at factor 1)"""
-    lo, hi = int(small.min()), int(small.max())
+    lo, hi, _, _ = cv2.minMaxLoc(small)
+    lo, hi = int(lo), int(hi)
     if hi - lo < limits.min_contrast:
         if lo >= 200:
             return _fail(FailureReason.OVER_EXPOSED, f"the frame is uniformly bright (grey {lo}..{hi})")
@@ -170,7 +171,7 @@ def _locate(small: np.ndarray, factor: int, limits: RoiLimits, key: np.ndarray) 
     # exposure of the palm itself (inside 0.8 of the palm circle)
     palm = _disc_pixels(small, c, 0.8 * rad)
     palm_grey = _median(palm) if palm.size else 0.0
-    clipped = float(np.mean(palm >= 250)) if palm.size else 0.0
+    clipped = np.count_nonzero(palm >= 250) / palm.size if palm.size else 0.0   # (np.mean's value)
     if palm_grey > limits.max_palm_grey or clipped > limits.max_clipped:
         return _fail(FailureReason.OVER_EXPOSED, f"palm grey {palm_grey:.0f}, {clipped:.0%} clipped")
     if palm_grey < limits.min_palm_grey:

@@ -197,8 +197,16 @@ def border_runs(mask: np.ndarray, max_gap: int = 0) -> list[tuple[int, int, np.n
     edges = np.diff(np.concatenate([[0], rolled.astype(np.int8), [0]]))
     starts = np.flatnonzero(edges == 1)
     ends = np.flatnonzero(edges == -1)
-    runs = []
-    for s, e in zip(starts, ends):
-        idx = (np.arange(s, e) + shift) % n
-        runs.append((int((s + shift) % n), int(e - s), np.stack([xs[idx], ys[idx]], 1)))
-    return runs
+    # (the ring's points twice over: a run that wraps past the start is one slice)
+    xy2 = _ring_points_twice(*mask.shape)
+    return [(int((s + shift) % n), int(e - s), xy2[s + shift:e + shift]) for s, e in zip(starts.tolist(), ends.tolist())]
+
+
+@functools.lru_cache(maxsize=8)
+def _ring_points_twice(h: int, w: int) -> np.ndarray:
+    """(2n, 2) int: the (x, y) points of :func:`_ring`, the ring walked twice, read-only."""
+    xs, ys, _ = _ring(h, w)
+    xy = np.stack([xs, ys], 1)
+    xy2 = np.concatenate([xy, xy])
+    xy2.flags.writeable = False
+    return xy2
