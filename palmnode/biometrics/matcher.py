@@ -18,6 +18,10 @@ is a z-score scaled by 1/sqrt(n_ref), which puts both modalities on one scale. T
 is their weighted mean over the modalities both templates hold (weights FUSION_WEIGHTS, equal
 by default, fixed in code, not fitted to data). Thresholds are never guessed: build a
 :class:`Calibration` from impostor fused scores and ask it for the threshold of a target FMR.
+
+A probe is matched as its best variant (variants.py: its ROI re-cut at small rotations and
+scales): :func:`match_probe` 1:1, :func:`match_probe_records` against many packed records; the
+calibration's impostor scores are taken the same way (``palmnode eval``'s default).
 """
 from __future__ import annotations
 
