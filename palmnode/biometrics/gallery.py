@@ -44,6 +44,18 @@ class Candidate:
     score: Score
 
 
+@attrs.frozen
+class _Ranked:
+    """The entries whose scores are final (global ``index``), with their scores and keys."""
+
+    surface: np.ndarray
+    vein: np.ndarray
+    fused: np.ndarray
+    person: np.ndarray
+    palm: np.ndarray
+    index: np.ndarray
+
+
 class _Segment:
     """Packed arrays for up to ``capacity`` entries; ``count`` rows are published."""
 
@@ -219,6 +231,11 @@ class Gallery:
 
     def search(self, probe: PalmTemplate, k: int = 5) -> list[Candidate]:
         """The ``k`` best-scoring people (best palm template each), highest fused score first."""
+        return self.search_with_shortlist(probe, k)[0]
+
+    def search_with_shortlist(self, probe: PalmTemplate, k: int = 5) -> tuple[list[Candidate], np.ndarray, bool]:
+        """:meth:`search`, plus the ascending global indices of the entries that got the full
+        match and whether the fast pass sufficed (for the bench's recall)."""
         if not isinstance(probe, PalmTemplate) or (probe.surface is None and probe.vein is None):
             raise ValueError("probe must be a PalmTemplate with at least one modality")
         if k < 1:
@@ -228,13 +245,23 @@ class Gallery:
         starts = np.concatenate([[0], np.cumsum(counts)])
         total = int(starts[-1])
         if total == 0:
-            return []
-        # (1)+(2) pre-filter: signature scan, vein stage, shortlist (every live entry when small)
-        chosen = self.prefilter.select(probe, snap, starts)
-        if chosen.size == 0:
-            return []
-        # (3) rigid shifted match of the shortlist, segment by segment; (4) elastic match of the
-        # best entries, whose scores are then the matcher's (matcher.match) exactly
+            return [], np.empty(0, np.int64), False
+        pre = self.prefilter
+        # (1)+(2) pre-filter: the fast pass first; it is enough when its best final score
+        # reaches exit_score, else the full pre-filter's shortlist joins it
+        fast = pre.has_fast_pass(probe, total)
+        chosen = pre.select(probe, snap, starts, fast=fast)
+        ranked = self._rank(probe, snap, starts, chosen, k)
+        if fast and not (ranked.fused.size and ranked.fused.max() >= pre.exit_score):
+            chosen = np.union1d(chosen, pre.select(probe, snap, starts))
+            ranked = self._rank(probe, snap, starts, chosen, k)
+            fast = False
+        return self._candidates(ranked, k), chosen, fast
+
+    def _rank(self, probe: PalmTemplate, snap, starts: np.ndarray, chosen: np.ndarray, k: int) -> _Ranked:
+        """(3) rigid shifted match of the chosen entries and the elastic vein match (final vein
+        scores), ranked by rigid surface + elastic vein; (4) the final stage on the best
+        max(RERANK, 8k) of them (:meth:`_final`)."""
         n = chosen.size
         which = np.searchsorted(starts, chosen, side="right") - 1
         rows_all = (chosen - starts[which]).astype(np.int64)
@@ -247,6 +274,7 @@ class Gallery:
         flags = np.empty(n, np.uint8)
         specs = (("surface", probe.surface, SURFACE_MATCH, surf, pf.HAS_SURFACE),
                  ("vein", probe.vein, VEIN_MATCH, vein, pf.HAS_VEIN))
+        recs = np.empty((0, RECORD_WORDS), np.uint32)
         for a in range(0, n, _GATHER):       # one kernel call per chunk, not per segment
             part = slice(a, min(n, a + _GATHER))
             recs = _gather(segs, which[part], rows_all[part], person[part], palm[part], flags[part])
@@ -258,33 +286,44 @@ class Gallery:
                 if name == "vein" and spec.radius > 0 and idx.size:   # cheap: final vein scores now
                     hd = elastic_distances(code, recs, idx, shifts[name][part], spec)
                 out[part] = np.where(flags[part] & bit, similarity(hd), np.nan)
-        # rank by rigid surface + elastic vein; the best RERANK get the elastic surface match
         fused = _fused(surf, vein)
         keep = np.lexsort((chosen, -fused))[:max(RERANK, 8 * k)]
         keep = keep[np.isfinite(fused[keep])]
+        if n > _GATHER:                      # the last chunk's records are not all of them
+            keep = np.sort(keep)
+            recs = _gather(segs, which[keep], rows_all[keep], *(np.empty(keep.size, t) for t in (np.int32, np.uint8, np.uint8)))
+            at = np.arange(keep.size, dtype=np.int64)
+        else:
+            at = keep.astype(np.int64)
+        return self._final(probe, recs, at, shifts["surface"][keep], surf[keep], vein[keep], person[keep],
+                           palm[keep], flags[keep], chosen[keep])
+
+    @staticmethod
+    def _final(probe: PalmTemplate, recs: np.ndarray, at: np.ndarray, surface_shift: np.ndarray, surf: np.ndarray,
+               vein: np.ndarray, person: np.ndarray, palm: np.ndarray, flags: np.ndarray, index: np.ndarray) -> _Ranked:
+        """(4) the final stage: the elastic surface match of the kept entries (records
+        ``recs[at]``, rigid best shift ``surface_shift``) completes their fused scores, which are
+        then matcher.match's exactly."""
         spec = SURFACE_MATCH
-        if probe.surface is not None and spec.radius > 0 and keep.size:
-            if n <= _GATHER:                 # the one chunk's records are still at hand
-                hd = elastic_distances(probe.surface, recs, keep.astype(np.int64), shifts["surface"][keep], spec)
-            else:
-                keep = np.sort(keep)
-                recs = _gather(segs, which[keep], rows_all[keep], *(np.empty(keep.size, t) for t in (np.int32, np.uint8, np.uint8)))
-                hd = elastic_distances(probe.surface, recs, np.arange(keep.size, dtype=np.int64),
-                                       shifts["surface"][keep], spec)
-            surf[keep] = np.where(flags[keep] & pf.HAS_SURFACE, similarity(hd), np.nan)
-        fused = _fused(surf[keep], vein[keep])
-        surf, vein, person, palm, chosen = surf[keep], vein[keep], person[keep], palm[keep], chosen[keep]
-        order = np.lexsort((chosen, -fused))           # best first, ties by enrolment order
+        surf = surf.copy()
+        if probe.surface is not None and spec.radius > 0 and at.size:
+            hd = elastic_distances(probe.surface, recs, at, surface_shift, spec)
+            surf = np.where(flags & pf.HAS_SURFACE, similarity(hd), np.nan)
+        return _Ranked(surf, vein, _fused(surf, vein), person, palm, index)
+
+    def _candidates(self, r: _Ranked, k: int) -> list[Candidate]:
+        """Best entry per person, top k, highest fused score first (ties by enrolment order)."""
+        order = np.lexsort((r.index, -r.fused))
         out: list[Candidate] = []
         seen: set[int] = set()
         for i in order:
-            p = int(person[i])
+            p = int(r.person[i])
             person_id = self._person_ids[p]
             if p in seen or not person_id:            # "": removed while this search ran
                 continue
             seen.add(p)
-            out.append(Candidate(person_id=person_id, palm=PALMS[palm[i]],
-                                 score=Score(surface=float(surf[i]), vein=float(vein[i]), fused=float(fused[i]))))
+            out.append(Candidate(person_id=person_id, palm=PALMS[r.palm[i]],
+                                 score=Score(surface=float(r.surface[i]), vein=float(r.vein[i]), fused=float(r.fused[i]))))
             if len(out) == k:
                 break
         return out

@@ -37,6 +37,17 @@ STAGE1_FRACTION = 0.05
 MIN_STAGE1 = 1000
 STAGE1 = 50_000
 VEIN_STAGE_RADIUS = 2
+#: The fast pass (docs/engine.md, "1:N search"): the probe's signature at FAST_OFFSETS only, a
+#: stage 1 of FAST_STAGE1_FRACTION (within [MIN_STAGE1, FAST_STAGE1]) and a shortlist of
+#: FAST_SHORTLIST_FRACTION (within [min_shortlist, FAST_SHORTLIST]). Gallery.search stops there
+#: when its best final score reaches EXIT_SCORE, a fused score above every impostor score seen;
+#: otherwise it runs the full pre-filter (PROBE_OFFSETS, stage1_size, shortlist_size).
+FAST_OFFSETS = ((0, 0),)
+FAST_STAGE1_FRACTION = 0.01
+FAST_STAGE1 = 10_000
+FAST_SHORTLIST_FRACTION = 0.0005
+FAST_SHORTLIST = 500
+EXIT_SCORE = 0.38
 #: uint64 words of one entry's pre-filter index row
 INDEX_WORDS = kernels.SIGNATURE_WORDS
 #: an entry's modality flags (the gallery's ``flags`` array)
@@ -182,10 +193,13 @@ class Prefilter:
     shortlist_fraction: float = SHORTLIST_FRACTION
     min_shortlist: int = MIN_SHORTLIST
     probe_offsets: tuple[tuple[int, int], ...] = attrs.field(default=PROBE_OFFSETS, converter=tuple)
+    fast_offsets: tuple[tuple[int, int], ...] = attrs.field(default=FAST_OFFSETS, converter=tuple)
+    #: None: no fast pass (every search runs the full pre-filter)
+    exit_score: float | None = EXIT_SCORE
 
     def __attrs_post_init__(self) -> None:
-        if self.shortlist < 1 or self.min_shortlist < 1 or not self.probe_offsets:
-            raise ValueError("shortlist and min_shortlist must be positive, probe_offsets non-empty")
+        if self.shortlist < 1 or self.min_shortlist < 1 or not self.probe_offsets or not self.fast_offsets:
+            raise ValueError("shortlist and min_shortlist must be positive, probe_offsets and fast_offsets non-empty")
         if not 0.0 < self.shortlist_fraction <= 1.0:
             raise ValueError(f"shortlist_fraction must be in (0, 1], got {self.shortlist_fraction!r}")
 
@@ -199,18 +213,36 @@ class Prefilter:
         """Entries the signature scan keeps for the vein stage in a gallery of ``total`` live entries."""
         return int(min(STAGE1, max(MIN_STAGE1, -(-int(total * STAGE1_FRACTION * 1e6) // 1_000_000))))
 
-    def select(self, probe: PalmTemplate, snap: Sequence, starts: np.ndarray) -> np.ndarray:
+    def fast_sizes(self, total: int) -> tuple[int, int]:
+        """(stage 1, shortlist) of the fast pass in a gallery of ``total`` live entries (never
+        more than the full pass's)."""
+        k1 = min(self.stage1_size(total), max(MIN_STAGE1, -(-int(total * FAST_STAGE1_FRACTION * 1e6) // 1_000_000)),
+                 FAST_STAGE1)
+        full = self.shortlist_size(total)
+        size = min(full, max(min(self.min_shortlist, full),
+                             -(-int(total * FAST_SHORTLIST_FRACTION * 1e6) // 1_000_000)), FAST_SHORTLIST)
+        return int(k1), int(size)
+
+    def has_fast_pass(self, probe: PalmTemplate, total: int) -> bool:
+        """Whether a search may stop after the fast pass (exit_score set, a vein code to rank
+        by, a gallery larger than the full shortlist)."""
+        return self.exit_score is not None and probe.vein is not None and total > self.shortlist_size(total)
+
+    def select(self, probe: PalmTemplate, snap: Sequence, starts: np.ndarray, *, fast: bool = False) -> np.ndarray:
         """Ascending global indices of the entries that get the full match (every live entry
-        when the gallery is no bigger than the shortlist or the probe has no vein code)."""
+        when the gallery is no bigger than the shortlist or the probe has no vein code);
+        ``fast``: the fast pass's (fast_offsets, fast_sizes)."""
         total = int(starts[-1])
         size = self.shortlist_size(total)
         if total <= size or probe.vein is None:   # the signature is vein-only: no vein, no ranking
             return np.concatenate([np.flatnonzero(live[:n]) + a for (_, n, live), a in zip(snap, starts[:-1])])
-        psig = signature_variants(probe, self.probe_offsets)
+        psig = signature_variants(probe, self.fast_offsets if fast else self.probe_offsets)
         scores = np.empty(total, np.uint16)
         for (seg, n, live), a in zip(snap, starts[:-1]):
             kernels.prefilter_scores(psig, seg.index[:n], live[:n], out=scores[a:a + n])
         k1 = self.stage1_size(total)
+        if fast:
+            k1, size = self.fast_sizes(total)
         if k1 <= size:
             return kernels.select_smallest(scores, size)
         first = kernels.select_smallest(scores, k1)

@@ -274,3 +274,33 @@ def test_removed_person_leaves_no_codes_or_id_in_memory(templates):
     assert all(c.person_id != "person-1" for c in g.search(templates[1][1], k=3))
     g.add("person-1", "right", templates[1][0])  # the same id can come back (replication)
     assert g.search(templates[1][1], k=1)[0].person_id == "person-1"
+
+
+def test_fast_pass_stops_at_exit_score_else_the_full_prefilter_joins(templates):
+    """Gallery.search runs the fast pass (fast_offsets, fast_sizes) and stops when its best final
+    score reaches exit_score; otherwise the full pre-filter's shortlist joins the fast one. The
+    scores are matcher.match's either way; exit_score=None is the full pre-filter alone."""
+    probe = templates[6][1]
+    chosen_by = {}
+    for exit_score in (-1.0, 2.0, None):
+        g = Gallery(shortlist=6, exit_score=exit_score)
+        for i, (enrol, _) in enumerate(templates):
+            g.add(f"p{i}", "left", enrol)
+        snap = g._snapshot()
+        starts = np.concatenate([[0], np.cumsum([n for _, n, _ in snap])])
+        found, chosen, fast = g.search_with_shortlist(probe, k=3)
+        assert found[0].person_id == "p6"
+        for c in found:
+            assert c.score == match(probe, templates[int(c.person_id[1:])][0])
+        fast_sel = g.prefilter.select(probe, snap, starts, fast=True)
+        full_sel = g.prefilter.select(probe, snap, starts)
+        assert fast_sel.size == g.prefilter.fast_sizes(N)[1] <= full_sel.size == 6
+        if exit_score == -1.0:
+            assert fast and np.array_equal(chosen, fast_sel)
+        elif exit_score == 2.0:
+            assert not fast and np.array_equal(chosen, np.union1d(fast_sel, full_sel))
+        else:
+            assert not fast and np.array_equal(chosen, full_sel)
+        chosen_by[exit_score] = chosen
+    assert not g.prefilter.has_fast_pass(probe, N) and not Gallery().prefilter.has_fast_pass(probe, 10)
+    assert not Gallery(shortlist=6).prefilter.has_fast_pass(PalmTemplate(surface=probe.surface, vein=None), N)
