@@ -215,7 +215,13 @@ def find_fingers(path: np.ndarray, centre: np.ndarray, radius: float,
     # a fingertip lies well outside the palm circle, on the side away from the arm (the thumb,
     # held out sideways, may point towards the arm's side: it is looked for among all of them)
     out = [p for p in peaks if r[p] > 1.3 * radius]
-    peaks = [p for p in out if finger_dir is None or float(rel[p] @ finger_dir) > -0.2 * r[p]]
+    if finger_dir is not None:
+        # (rel[p] @ finger_dir in plain floats: numpy's 2-vector dot is fx x + fy y)
+        fx, fy = float(finger_dir[0]), float(finger_dir[1])
+        out_rel = rel[out].tolist() if out else []
+        peaks = [p for p, (x, y) in zip(out, out_rel) if x * fx + y * fy > -0.2 * r[p]]
+    else:
+        peaks = list(out)
     if len(peaks) < 4:
         return None
     # tip directions seen from the palm centre, unwrapped along the path

@@ -286,16 +286,17 @@ def _edge_width(small: np.ndarray, hand: segment.HandMask) -> float:
     if len(pts) < 10:
         return 0.0
     # steepest central-difference slope within each outline point's 3×3 neighbourhood
-    # (flat indices and take(): far cheaper than 2-D fancy indexing for these few points)
+    # (flat indices and take(): far cheaper than 2-D fancy indexing for these few points; the
+    # neighbours along the first axis, so the max and min are element-wise passes)
     flat = np.ascontiguousarray(small).ravel()
-    at = (pts[:, 1:] * w + pts[:, :1]).astype(np.intp)
-    i = at + (_NEIGHBOURS[1] * w + _NEIGHBOURS[0])
+    at = (pts[:, 1] * w + pts[:, 0]).astype(np.intp)[None, :]
+    i = (_NEIGHBOURS[1] * w + _NEIGHBOURS[0]).reshape(-1, 1) + at
     gx = flat.take(i + 1).astype(np.int32) - flat.take(i - 1)
     gy = flat.take(i + w).astype(np.int32) - flat.take(i - w)
-    slope = np.sqrt(np.max(gx * gx + gy * gy, axis=1)) / 2
+    slope = np.sqrt(np.maximum.reduce(gx * gx + gy * gy, axis=0)) / 2
     # the step: grey range along a cross of reach _STEP_REACH (covers a soft edge both sides)
-    around = flat.take(at + (_CROSS[1] * w + _CROSS[0]))
-    step = around.max(axis=1).astype(np.float64) - around.min(axis=1)
+    around = flat.take((_CROSS[1] * w + _CROSS[0]).reshape(-1, 1) + at)
+    step = np.maximum.reduce(around, axis=0).astype(np.float64) - np.minimum.reduce(around, axis=0)
     widths = step / np.maximum(slope, 0.5)
     return _quantile(widths, 0.67)
 
