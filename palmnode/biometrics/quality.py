@@ -82,11 +82,22 @@ def _inside_frame(shape: tuple[int, int], roi: Roi) -> np.ndarray:
     """ROI pixels whose source lies inside the frame."""
     h, w = shape
     inv = cv2.invertAffineTransform(roi.transform)
+    # the source of every ROI pixel lies between those of the four corner pixels (an affine
+    # map); with the corners inside by more than float rounding, so is every pixel
+    last = float(roi.size - 1)
+    xs = [inv[0, 0] * u + inv[0, 1] * v + inv[0, 2] for u in (0.0, last) for v in (0.0, last)]
+    ys = [inv[1, 0] * u + inv[1, 1] * v + inv[1, 2] for u in (0.0, last) for v in (0.0, last)]
+    if min(xs) >= _MARGIN and min(ys) >= _MARGIN and max(xs) <= w - 1 - _MARGIN and max(ys) <= h - 1 - _MARGIN:
+        return np.ones((roi.size, roi.size), bool)
     idx = np.arange(roi.size, dtype=np.float64)
     u, v = idx[None, :], idx[:, None]      # (broadcast: the same sums as over a meshgrid)
     x = inv[0, 0] * u + inv[0, 1] * v + inv[0, 2]
     y = inv[1, 0] * u + inv[1, 1] * v + inv[1, 2]
     return (x >= 0) & (y >= 0) & (x <= w - 1) & (y <= h - 1)
+
+
+#: frame px: far more than the rounding of an ROI pixel's source position (~1e-12)
+_MARGIN = 1e-6
 
 
 def _ramp(x: float, zero: float, one: float) -> float:
