@@ -87,22 +87,24 @@ def _extrema(r: np.ndarray, prominence: float) -> tuple[list[int], list[int]]:
     if nz.size == 0:
         return [], []
     turns = nz[1:][d[nz[1:]] != d[nz[:-1]]]
-    cand = np.concatenate([[0], turns, [len(r) - 1]]).tolist()
+    cand = np.concatenate([[0], turns, [len(r) - 1]])
+    value = dict(zip(cand.tolist(), r[cand].tolist()))   # (plain floats: the walk reads them often)
+    cand = cand.tolist()
     peaks: list[int] = []
     mins: list[int] = []
     mode = "up"
     best_i = cand[0]
     for i in cand[1:]:
         if mode == "up":
-            if r[i] > r[best_i]:
+            if value[i] > value[best_i]:
                 best_i = i
-            elif r[best_i] - r[i] >= prominence:
+            elif value[best_i] - value[i] >= prominence:
                 peaks.append(best_i)
                 mode, best_i = "down", i
         else:
-            if r[i] < r[best_i]:
+            if value[i] < value[best_i]:
                 best_i = i
-            elif r[i] - r[best_i] >= prominence:
+            elif value[i] - value[best_i] >= prominence:
                 mins.append(best_i)
                 mode, best_i = "up", i
     # the path's ends are where the arm leaves the frame, not fingertips

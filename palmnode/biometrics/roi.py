@@ -322,21 +322,22 @@ def _heel_centroid(hand: segment.HandMask, up: np.ndarray) -> np.ndarray | None:
     """Centroid (working px) of the hand inside 1.5 palm radii of the centre and more than 0.3
     radii towards the wrist: the heel of the hand and the wrist, symmetric about the palm axis."""
     # on every other pixel: a centroid of thousands of pixels does not need them all
-    c, reach = hand.centre / 2, 1.5 * hand.radius / 2
+    # (plain floats for the centre and direction, as numpy computes them on their arrays)
+    cx, cy, reach = float(hand.centre[0]) / 2, float(hand.centre[1]) / 2, 1.5 * hand.radius / 2
     mask = hand.mask[::2, ::2]
     h, w = mask.shape
-    x0, x1 = max(0, int(c[0] - reach)), min(w, int(c[0] + reach) + 1)
-    y0, y1 = max(0, int(c[1] - reach)), min(h, int(c[1] + reach) + 1)
-    yy, xx = np.arange(y0, y1)[:, None], np.arange(x0, x1)[None, :]   # (np.ogrid, cheaper)
-    px, py = xx - c[0], yy - c[1]
-    keep = ((px * px + py * py < reach * reach) & (px * up[0] + py * up[1] < -0.15 * hand.radius)
+    x0, x1 = max(0, int(cx - reach)), min(w, int(cx + reach) + 1)
+    y0, y1 = max(0, int(cy - reach)), min(h, int(cy + reach) + 1)
+    px, py = np.arange(x0, x1) - cx, np.arange(y0, y1) - cy       # the grid's columns and rows
+    pxr, pyc = px[None, :], py[:, None]
+    keep = ((pxr * pxr + pyc * pyc < reach * reach) & (pxr * up[0] + pyc * up[1] < -0.15 * hand.radius)
             & mask[y0:y1, x0:x1].view(bool))
     count = np.count_nonzero(keep)
     if count < 10:
         return None
     # (the centroid of the kept pixels, with no index arrays: sums of the masked grids)
-    mean = np.array([np.dot(keep.sum(axis=0), px[0]), np.dot(keep.sum(axis=1), py[:, 0])]) / count
-    return 2 * (c + mean)
+    mx, my = np.dot(keep.sum(axis=0), px) / count, np.dot(keep.sum(axis=1), py) / count
+    return np.array([2 * (cx + mx), 2 * (cy + my)])
 
 
 def _circle_cut(hand: segment.HandMask) -> bool:
