@@ -126,6 +126,11 @@ def _responses(padded: np.ndarray, spec: CodeSpec, reference: bool) -> np.ndarra
 
 def code_from_responses(resp: np.ndarray, bad_fraction: np.ndarray, spec: CodeSpec) -> ModalityCode:
     """Pack responses (grid, grid, 6) int32 into a :class:`ModalityCode` (exact integer rules)."""
+    return _code(resp, bad_fraction, spec)[0]
+
+
+def _code(resp: np.ndarray, bad_fraction: np.ndarray, spec: CodeSpec) -> tuple[ModalityCode, int]:
+    """:func:`code_from_responses` and its number of valid cells."""
     g = spec.grid
     orient = np.argmin(resp, axis=2)                              # first minimum on ties
     # (max and min over the orientations as element-wise passes over a transposed copy: a
@@ -141,7 +146,7 @@ def code_from_responses(resp: np.ndarray, bad_fraction: np.ndarray, spec: CodeSp
     nibble = CIRCULAR_CODE[orient] | (valid.view(np.uint8) << 3)
     bits = np.unpackbits(nibble[None], axis=0, count=4, bitorder="little")
     planes = np.packbits(bits, axis=-1, bitorder="little").view(f"<u{g // 8}").reshape(4, g)
-    return ModalityCode.from_planes(planes)
+    return ModalityCode.from_planes(planes), int(np.count_nonzero(valid))
 
 
 def _median(values: np.ndarray) -> float:
@@ -162,9 +167,9 @@ def encode_modality(roi: object, spec: CodeSpec, *, reference: bool = False, nam
     """
     img = _check_roi(roi, name)
     padded, bad = _prepare(img, spec)
-    code = code_from_responses(_responses(padded, spec, reference), bad, spec)
-    if code.valid_cells() < MIN_VALID_FRACTION * spec.grid * spec.grid:
-        raise BadImage(f"{name} has too little palm texture to code ({code.valid_cells()} of "
+    code, n_valid = _code(_responses(padded, spec, reference), bad, spec)   # (n_valid = code.valid_cells())
+    if n_valid < MIN_VALID_FRACTION * spec.grid * spec.grid:
+        raise BadImage(f"{name} has too little palm texture to code ({n_valid} of "
                        f"{spec.grid * spec.grid} {spec.name} cells usable): dark, saturated or flat")
     return code
 

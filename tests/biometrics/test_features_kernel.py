@@ -56,3 +56,15 @@ def test_random_banks_every_level(seed, kh, kwb, n_orient, step, gh, gw, extreme
             assert np.array_equal(kernels.gabor_responses(img, bank, **args), want)
     finally:
         kernels.dispatch_level(2)
+
+
+def test_valid_count_is_the_codes_valid_cells():
+    rng = np.random.default_rng(9)
+    for spec in (features.SURFACE, features.VEIN):
+        for trial in range(20):
+            g = spec.grid
+            resp = (rng.integers(-50, 50, (g, g, 6)) * int(rng.integers(0, 1000))).astype(np.int32)
+            bad = (rng.random((g, g)) * rng.random() * 0.6).astype(np.float32)
+            code, n_valid = features._code(resp, bad, spec)
+            assert n_valid == code.valid_cells()
+            assert code.planes().tobytes() == features.code_from_responses(resp, bad, spec).planes().tobytes()
