@@ -194,7 +194,7 @@ def _locate(small: np.ndarray, factor: int, limits: RoiLimits, key: np.ndarray) 
         # contact lies far out from the palm centre; anything nearer means the hand is cut
         # (contacts on the arm's side are the ragged edge of a dim arm, not a cut)
         arm_side = arm[2].mean(axis=0) - c
-        arm_side /= np.linalg.norm(arm_side) + 1e-9
+        arm_side /= np.linalg.norm(arm_side) + 1e-9       # (also the arm's direction, below)
         for run in runs[1:]:
             rel = run[2] - c
             if (run[1] >= 3 and np.hypot(*rel.T).min() < limits.min_tip_cut * rad
@@ -203,8 +203,7 @@ def _locate(small: np.ndarray, factor: int, limits: RoiLimits, key: np.ndarray) 
         if arm[1] > limits.max_arm_width * rad:
             return _cut(hand, limits, "the palm is cut by the frame border")
         arm_pts = arm[2]
-        v = arm_pts.mean(axis=0) - c
-        arm_dir = v / (np.linalg.norm(v) + 1e-9)
+        arm_dir = arm_side
     if arm_dir is None:
         # no border contact: a forearm fading out before the border still shows by its thickness
         arm_dir = segment.arm_direction(hand)
