@@ -47,7 +47,9 @@ def outputs(pairs) -> dict[str, np.ndarray]:
     """Per frame: the transform (NaN when refused), the failure reason, sha256 of both ROI
     images, the quality (4 floats) and the template bytes (sha256)."""
     transforms, reasons, roi_hash, quals, templates = [], [], [], [], []
+    frames = hashlib.sha256()
     for nir, surface in pairs:
+        frames.update(nir.tobytes() + surface.tobytes())
         found = roi.extract_roi(nir)
         if not isinstance(found, Roi):
             transforms.append(np.full((2, 3), np.nan))
@@ -68,11 +70,15 @@ def outputs(pairs) -> dict[str, np.ndarray]:
             tpl = f"BadImage {e}".encode()
         templates.append(hashlib.sha256(tpl).hexdigest())
     return {"transforms": np.array(transforms), "reasons": np.array(reasons), "roi_hash": np.array(roi_hash),
-            "quality": np.array(quals), "templates": np.array(templates)}
+            "quality": np.array(quals), "templates": np.array(templates), "frames": np.array(frames.hexdigest())}
 
 
 def differences(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> list[str]:
     """Human-readable list of frames whose outputs differ (empty: identical to the bit)."""
+    if str(got["frames"]) != str(want.get("frames", got["frames"])):
+        return ["the rendered frames themselves differ from the golden file's (the renderer or OpenCV "
+                "changed, not this stage): write the golden file anew at the revision before the "
+                "change under test, then compare (python -m tests.biometrics.roi_golden --write)"]
     out = []
     for key in ("transforms", "quality"):
         a, b = got[key], want[key]
