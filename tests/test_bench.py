@@ -17,7 +17,9 @@ def test_engine_suite_prints_one_json_object(tmp_path):
     report = json.loads(proc.stdout.strip().splitlines()[-1])["engine"]
     assert report["pipeline"]["frames"] > 0 and report["pipeline"]["baseline"] == "opencv_numpy"
     row = report["search"]["3000"]
-    assert row["ms"] > 0 and row["faiss_binaryflat_ms"] > 0 and row["numpy_ms"] > 0
+    assert row["ms"] > 0 and row["faiss_binaryflat_ms"] > 0 and row["numpy_ms"] > 0 and row["stranger_ms"] > 0
+    recall = report["recall"]["by_gallery"]["3000"]
+    assert 0.0 <= recall["fast_pass_sufficed"] <= 1.0 and 0.0 <= recall["recall_loss"] <= 1.0
 
 
 def test_bad_input_soak_keeps_the_gate_ready_and_counts_drops():

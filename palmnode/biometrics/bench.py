@@ -22,11 +22,14 @@ beside those of the real rendered impostors so the two can be compared.
 
 Recall at gallery size N: the gallery holds N synthesised impostors and then every enrolled
 template (the mates, last: index ties go against them). Among genuine probes whose mate the full
-match (matcher.match) ranks above every impostor, ``recall_loss`` is the fraction whose mate the
-pre-filter (Prefilter.select) leaves out of the shortlist (``recall_loss_stage1``: the part
-the signature stage alone drops, ties counted against the mate) and ``search_loss`` the fraction for
-which Gallery.search does not return the mate first (pre-filter plus the ranking before the
-elastic surface match). "Ranks above every impostor" is checked against the exhaustive full
+match (matcher.match) ranks above every impostor, ``recall_loss`` is the fraction whose mate
+Gallery.search never fully matched (not in the fast pass's shortlist, nor in the full pass's when
+the fast pass was not enough: ``Gallery.search_with_shortlist``; ``recall_loss_stage1``: the part
+the full pass's signature stage alone drops, ties counted against the mate) and ``search_loss``
+the fraction for which Gallery.search does not return the mate first (pre-filter plus the ranking
+before the elastic surface match); ``fast_pass_sufficed``: the fraction of genuine probes whose
+search stopped after the fast pass. ``ms`` times genuine probes, ``stranger_ms`` the same probes
+with their mates removed (they always run the full pass). "Ranks above every impostor" is checked against the exhaustive full
 match over the first 10k synthesised entries and the other enrolled templates plus the full
 match of the gallery's shortlist (the impostors most likely to beat the mate).
 """

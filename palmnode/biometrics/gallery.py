@@ -5,10 +5,13 @@ today the 64-byte vein signature), a 768-byte record (surface 4x32 uint32 rows, 
 uint32 rows), a live flag, a modality flag and a person/palm key: ~840 bytes.
 
 Search = (1)-(2) the pre-filter (prefilter.Prefilter.select: signature scan, vein stage) keeps
-``shortlist_size`` entries, (3) on those the rigid shift-tolerant match of both modalities and
-the elastic vein match (the final vein score), ranked by their fused score, (4) the elastic
-surface match of the best RERANK entries, whose fused scores are then final (= matcher.match);
-best per person, top k. A probe without a vein code skips (1)-(2): every live entry gets (3)-(4).
+a shortlist, (3) on those the rigid shift-tolerant match of both modalities and the elastic vein
+match (the final vein score), ranked by their fused score, (4) the final stage (Gallery._final):
+the elastic surface match of the best RERANK entries, whose fused scores are then final
+(= matcher.match); best per person, top k. (1)-(4) run first on the fast pass's small shortlist;
+when its best final score stays below ``Prefilter.exit_score``, the full pass's shortlist joins
+it and (3)-(4) run again on both. A probe without a vein code skips (1)-(2): every live entry
+gets (3)-(4).
 
 Concurrency: writers (add/remove) are serialised by a lock. Entries live in segments of
 packed arrays; a search snapshots (segment, filled count, live flags) for every segment under
