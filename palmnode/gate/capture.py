@@ -32,6 +32,7 @@ import trio
 
 from drivers.errors import DeviceError
 from palmnode.biometrics import features, quality, roi
+from palmnode.biometrics import variants as probe_variants
 from palmnode.biometrics.quality import QualityPolicy
 from palmnode.biometrics.roi import RoiLimits
 from palmnode.biometrics.types import (
@@ -42,6 +43,7 @@ from palmnode.biometrics.types import (
     Roi,
     RoiFailure,
 )
+from palmnode.biometrics.variants import ProbeTemplates, Variant
 from palmnode.devices.camera import FrameSource
 from palmnode.devices.illuminator import Lights
 
@@ -68,6 +70,9 @@ class CapturePolicy:
     light_timeout_s: float = 0.3
     quality: QualityPolicy = QualityPolicy()
     roi_limits: RoiLimits = roi.DEFAULT_LIMITS
+    #: the probe is also encoded at these re-cuts of its ROI and searched as its best variant
+    #: (variants.py; the gate's calibration is made under the same search); (IDENTITY,) = off
+    probe_variants: tuple[Variant, ...] = probe_variants.VARIANTS
 
 
 @attrs.frozen(eq=False)
@@ -82,12 +87,19 @@ class FramePair:
 
 @attrs.frozen(eq=False)
 class Probe:
-    """A usable capture: the template to match, its quality, the ROI, when the pair was taken."""
+    """A usable capture: its template (the ROI as found: what enrolment stores), the probe
+    variants the identify flow searches with (``variants.base`` is ``template``), its quality,
+    the ROI, when the pair was taken."""
 
     template: PalmTemplate
     quality: Quality
     roi: Roi
     at: float
+    variants: ProbeTemplates = attrs.field()
+
+    @variants.default
+    def _single(self) -> ProbeTemplates:
+        return ProbeTemplates.single(self.template)
 
 
 @attrs.frozen
@@ -129,16 +141,18 @@ def locate(nir: np.ndarray, policy: CapturePolicy = CapturePolicy()) -> Roi | Ro
 
 def finish(nir: np.ndarray, surface: np.ndarray, found: Roi, at: float,
            policy: CapturePolicy = CapturePolicy()) -> Probe | ProbeFailure:
-    """Warp both frames to the ROI, judge the quality, encode (sync: run it in a worker thread)."""
+    """Warp both frames to the ROI, judge the quality, encode the template and the probe variants
+    (``policy.probe_variants``, ~1.2 ms each) (sync: run it in a worker thread)."""
     try:
         vein_roi = roi.warp(nir, found)
         q = quality.assess(nir, found, vein_roi, policy=policy.quality)
         if not policy.quality.accepts(q):
             return _quality_failure(q, vein_roi, policy.quality)
         template = features.encode(roi.warp(surface, found), vein_roi)
+        probe = probe_variants.from_frames(surface, nir, found, policy.probe_variants, base=template)
     except BadImage as exc:
         return ProbeFailure(FailureReason.NO_HAND, str(exc))
-    return Probe(template=template, quality=q, roi=found, at=at)
+    return Probe(template=template, quality=q, roi=found, at=at, variants=probe)
 
 
 def process_pair(pair: FramePair, policy: CapturePolicy = CapturePolicy()) -> Probe | ProbeFailure:

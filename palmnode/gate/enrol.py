@@ -14,9 +14,13 @@ An explicit state machine (``EnrolState``, moves in ``TRANSITIONS``, made by ``E
 Every step is an ``EnrolProgress`` event with words for the person. While an enrolment runs it
 holds the gate (``Capturer.reserve("enrol")``): the identify flow leaves its hands alone.
 
-Agreement: a palm is done when ``captures`` of its good captures agree pairwise (matcher.match
-fused ≥ ``agree_threshold``); a capture that disagrees is outvoted (the largest agreeing set
-wins), so one bad capture is replaced by the next rather than spoiling the palm.
+Agreement: a palm is done when ``captures`` of its good captures agree pairwise (the later
+capture's probe variants against the earlier one's template, ``matcher.match_probe`` fused ≥
+``agree_threshold``: the comparison the calibrated thresholds are made for); a capture that
+disagrees is outvoted (the largest agreeing set wins), so one bad capture is replaced by the next
+rather than spoiling the palm. The stored templates are the captures' own (the ROI as found, no
+variants); the duplicate check searches the gallery with a chosen capture's probe variants, as
+the identify flow does.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ from palmnode.actors import EventBus
 from palmnode.biometrics import matcher
 from palmnode.biometrics.gallery import Gallery
 from palmnode.biometrics.types import PalmTemplate
+from palmnode.biometrics.variants import ProbeTemplates
 from palmnode.gate.capture import Capturer, CaptureUnavailable, Probe
 from palmnode.gate.events import EnrolProgress
 from palmnode.gate.presence import AdvicePolicy, PlacementAdvisor, PresenceChanged, PresencePolicy
@@ -127,12 +132,15 @@ class EnrolRequest:
         return self.result
 
 
-def agreeing(templates: list[PalmTemplate], threshold: float, want: int) -> list[int] | None:
-    """Indices of ``want`` templates that agree pairwise (newest first preferred), or None."""
-    n = len(templates)
+def agreeing(captures: list[ProbeTemplates | PalmTemplate], threshold: float, want: int) -> list[int] | None:
+    """Indices of ``want`` captures (in capture order; a bare template is a probe without
+    variants) that agree pairwise (newest first preferred), or None. A pair is scored as the
+    later capture's variants against the earlier capture's template (``.base``)."""
+    probes = [c if isinstance(c, ProbeTemplates) else ProbeTemplates.single(c) for c in captures]
+    n = len(probes)
     if n < want:
         return None
-    ok = {(i, j): matcher.match(templates[i], templates[j]).fused >= threshold
+    ok = {(i, j): matcher.match_probe(probes[j], probes[i].base).fused >= threshold
           for i in range(n) for j in range(i + 1, n)}
     for combo in itertools.combinations(range(n - 1, -1, -1), want):
         if all(ok[(min(a, b), max(a, b))] for a, b in itertools.combinations(combo, 2)):
@@ -251,6 +259,7 @@ class EnrolFlow:
                 return EnrolResult(False, reason="card already enrolled")
             self._progress("card", f"card …{card.last4} read")
         palms: dict[str, list[PalmTemplate]] = {}
+        probes: list[ProbeTemplates] = []  # one per palm, for the duplicate check
         for palm in request.palms:
             self._goto(E.PALM)
             templates = None
@@ -260,9 +269,10 @@ class EnrolFlow:
                 return EnrolResult(False, reason=f"{palm} palm not captured in time")
             if isinstance(templates, str):
                 return EnrolResult(False, reason=templates)
-            palms[palm] = templates
+            palms[palm] = [c.base for c in templates]
+            probes.append(templates[0])
         self._goto(E.CHECKING)
-        duplicate = await self._duplicate(palms)
+        duplicate = await self._duplicate(probes)
         if duplicate is not None:
             if p.on_duplicate == "link":
                 self._progress("duplicate", "this palm is already enrolled: linked to that enrolment")
@@ -293,10 +303,11 @@ class EnrolFlow:
             read = await cards.receive()
             return read.token
 
-    async def _palm(self, palm: str) -> list[PalmTemplate] | str:
-        """Good captures of ``palm`` until ``captures`` agree; a string says why it failed."""
+    async def _palm(self, palm: str) -> list[ProbeTemplates] | str:
+        """Good captures of ``palm`` (each as its probe variants, ``.base`` the template to store)
+        until ``captures`` agree; a string says why it failed."""
         p = self.policy
-        good: list[PalmTemplate] = []
+        good: list[ProbeTemplates] = []
         taken = 0
         in_hover = 0
         self._progress("palm", f"hold your {palm} palm over the gate")
@@ -320,7 +331,7 @@ class EnrolFlow:
                 continue
             taken += 1
             in_hover += 1
-            good.append(result.template)
+            good.append(result.variants)
             chosen = await trio.to_thread.run_sync(agreeing, good, p.agree_threshold, p.captures)
             if chosen is not None:
                 self._progress("palm", f"{palm} palm captured")
@@ -332,12 +343,13 @@ class EnrolFlow:
                 in_hover = 0
         return f"{palm} palm: captures did not agree"
 
-    async def _duplicate(self, palms: dict[str, list[PalmTemplate]]) -> str | None:
-        for templates in palms.values():
-            for template in templates[:1]:
-                found = await trio.to_thread.run_sync(self.gallery.search, template, 1)
-                if found and found[0].score.fused >= self.policy.duplicate_threshold:
-                    return found[0].person_id
+    async def _duplicate(self, probes: list[ProbeTemplates]) -> str | None:
+        """The person already enrolled with one of these palms (each searched as a probe, with its
+        variants: Gallery.search), or None."""
+        for probe in probes:
+            found = await trio.to_thread.run_sync(self.gallery.search, probe, 1)
+            if found and found[0].score.fused >= self.policy.duplicate_threshold:
+                return found[0].person_id
         return None
 
     async def _wait_arrival(self) -> None:

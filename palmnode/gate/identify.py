@@ -289,7 +289,9 @@ class IdentifyFlow:
                     self._goto(S.MATCHING)
                     found = None
                     with trio.move_on_after(p.match_timeout_s):
-                        found = await trio.to_thread.run_sync(self.gallery.search, result.template, p.candidates,
+                        # the probe's variants (capture.finish): each candidate scored as its best
+                        # variant, as the calibration that set the threshold was
+                        found = await trio.to_thread.run_sync(self.gallery.search, result.variants, p.candidates,
                                                               abandon_on_cancel=True)
                     note("probe", (trio.current_time() - searched) * 1e3)
                     if found is None:
