@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from palmnode.actors import GateState
-from palmnode.biometrics import features, matcher, roi, synth, variants
+from palmnode.biometrics import matcher, roi, synth, variants
 from palmnode.biometrics.bench import _pipeline_version
 from palmnode.biometrics.types import BadImage, PalmTemplate, RoiFailure
 from palmnode.biometrics.gallery import Gallery
