@@ -29,8 +29,9 @@ import numpy as np
 
 from palmnode.biometrics import prefilter as pf
 from palmnode.biometrics.matcher import (FUSION_WEIGHTS, RECORD_WORDS, SURFACE_MATCH, VEIN_MATCH, Score,
-                                         elastic_distances, rigid_distances, similarity)
+                                         elastic_distances, match_probe_records, rigid_distances, similarity)
 from palmnode.biometrics.types import PalmTemplate
+from palmnode.biometrics.variants import ProbeTemplates
 
 #: the best RERANK shortlist entries by rigid surface + elastic vein score (at least 8 per
 #: requested candidate) get the elastic surface match, which completes the final scores
@@ -232,15 +233,23 @@ class Gallery:
         with self._lock:  # writers hold it only to write one row or swap arrays
             return [(seg, seg.count, seg.live) for seg in self._segments]
 
-    def search(self, probe: PalmTemplate, k: int = 5) -> list[Candidate]:
-        """The ``k`` best-scoring people (best palm template each), highest fused score first."""
+    def search(self, probe: PalmTemplate | ProbeTemplates, k: int = 5) -> list[Candidate]:
+        """The ``k`` best-scoring people (best palm template each), highest fused score first.
+
+        A probe with variants (:class:`~palmnode.biometrics.variants.ProbeTemplates`, the gate's
+        probes) is ranked by its base (pre-filter, shortlist) and the final stage's scores are its
+        best variant's: ``matcher.match_probe`` exactly."""
         return self.search_with_shortlist(probe, k)[0]
 
-    def search_with_shortlist(self, probe: PalmTemplate, k: int = 5) -> tuple[list[Candidate], np.ndarray, bool]:
+    def search_with_shortlist(self, probe: PalmTemplate | ProbeTemplates,
+                              k: int = 5) -> tuple[list[Candidate], np.ndarray, bool]:
         """:meth:`search`, plus the ascending global indices of the entries that got the full
         match and whether the fast pass sufficed (for the bench's recall)."""
+        variants = probe if isinstance(probe, ProbeTemplates) and len(probe) > 1 else None
+        if isinstance(probe, ProbeTemplates):
+            probe = probe.base
         if not isinstance(probe, PalmTemplate) or (probe.surface is None and probe.vein is None):
-            raise ValueError("probe must be a PalmTemplate with at least one modality")
+            raise ValueError("probe must be a PalmTemplate (or ProbeTemplates) with at least one modality")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         snap = self._snapshot()
@@ -254,14 +263,15 @@ class Gallery:
         # reaches exit_score, else the full pre-filter's shortlist joins it
         fast = pre.has_fast_pass(probe, total)
         chosen = pre.select(probe, snap, starts, fast=fast)
-        ranked = self._rank(probe, snap, starts, chosen, k)
+        ranked = self._rank(probe, snap, starts, chosen, k, variants)
         if fast and not (ranked.fused.size and ranked.fused.max() >= pre.exit_score):
             chosen = np.union1d(chosen, pre.select(probe, snap, starts))
-            ranked = self._rank(probe, snap, starts, chosen, k)
+            ranked = self._rank(probe, snap, starts, chosen, k, variants)
             fast = False
         return self._candidates(ranked, k), chosen, fast
 
-    def _rank(self, probe: PalmTemplate, snap, starts: np.ndarray, chosen: np.ndarray, k: int) -> _Ranked:
+    def _rank(self, probe: PalmTemplate, snap, starts: np.ndarray, chosen: np.ndarray, k: int,
+              variants: ProbeTemplates | None = None) -> _Ranked:
         """(3) rigid shifted match of the chosen entries and the elastic vein match (final vein
         scores), ranked by rigid surface + elastic vein; (4) the final stage on the best
         max(RERANK, 8k) of them (:meth:`_final`)."""
@@ -298,6 +308,11 @@ class Gallery:
             at = np.arange(keep.size, dtype=np.int64)
         else:
             at = keep.astype(np.int64)
+        if variants is not None:             # the final scores: the best variant's (matcher.match_probe)
+            rflags = np.zeros(recs.shape[0], np.uint8)
+            rflags[at] = flags[keep]
+            s, v, _ = match_probe_records(variants, recs, at, rflags)
+            return _Ranked(s, v, _fused(s, v), person[keep], palm[keep], chosen[keep])
         return self._final(probe, recs, at, shifts["surface"][keep], surf[keep], vein[keep], person[keep],
                            palm[keep], flags[keep], chosen[keep])
 
