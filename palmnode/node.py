@@ -107,8 +107,8 @@ class Node:
                 functools.partial(open_vault, vault_cfg, node_id=node_id, create_key=vault_cfg.key_file is not None))
         except (VaultError, OSError) as exc:
             raise GateSetupError(f"vault {cfg.vault.path}: {exc}") from None
-        if self.gallery is None:
-            self.gallery = Gallery()
+        if self.gallery is None:   # a search may stop early at a candidate the gate would accept
+            self.gallery = Gallery(exit_score=self.threshold)
         if cfg.controller is not None:
             link = cfg.controller
             try:

@@ -46,8 +46,9 @@ import cv2
 import numpy as np
 
 from palmnode.cliargs import count
-from palmnode.biometrics import features, gallery as gal, kernels, matcher, prefilter as pf, roi, synth
+from palmnode.biometrics import features, gallery as gal, kernels, matcher, prefilter as pf, roi, synth, variants
 from palmnode.biometrics.types import BadImage, PalmTemplate, RoiFailure
+from palmnode.biometrics.variants import ProbeTemplates
 
 S_ROWS, V_ROWS = matcher.SURFACE_MATCH.rows, matcher.VEIN_MATCH.rows
 #: entries per gallery segment in the bench's galleries
@@ -75,7 +76,7 @@ def _pipeline_version() -> str:
     from palmnode.biometrics import keypoints, segment
 
     h = hashlib.sha1()
-    for mod in (synth, roi, keypoints, segment, features):
+    for mod in (synth, roi, keypoints, segment, features, variants):
         files = [mod.__file__]
         if mod.__file__.endswith("__init__.py"):
             files = sorted(str(p) for p in Path(mod.__file__).parent.glob("*.py"))
@@ -84,11 +85,13 @@ def _pipeline_version() -> str:
     return h.hexdigest()[:10]
 
 
-def render_set(first_seed: int, n_ids: int, cache: Path) -> tuple[list[PalmTemplate], np.ndarray, np.ndarray]:
-    """Templates of n_ids rendered identities x (session 0, session 1, session 1), cached."""
+def render_set(first_seed: int, n_ids: int, cache: Path) -> tuple[list[PalmTemplate], np.ndarray, np.ndarray,
+                                                                   list[ProbeTemplates | None]]:
+    """Templates of n_ids rendered identities x (session 0, session 1, session 1), cached; the
+    session-1 captures (probes) also as their probe variants (variants.from_frames, as the gate)."""
     path = cache / f"rendered_{first_seed}_{n_ids}_{_pipeline_version()}.npz"
     if not path.exists():
-        blobs, ids, caps = [], [], []
+        blobs, ids, caps, vblobs, vowner = [], [], [], [], []
         t0 = time.perf_counter()
         for i in range(n_ids):
             ident = synth.Identity.from_seed(first_seed + i)
@@ -102,15 +105,36 @@ def render_set(first_seed: int, n_ids: int, cache: Path) -> tuple[list[PalmTempl
                     t = features.encode(roi.warp(surface, r), roi.warp(nir, r))
                 except BadImage:
                     continue
+                if session == 1:
+                    for v in variants.from_frames(surface, nir, r, base=t).templates[1:]:
+                        vblobs.append(v.to_bytes())
+                        vowner.append(len(blobs))
                 blobs.append(np.frombuffer(t.to_bytes(), np.uint8))
                 ids.append(i)
                 caps.append(k)
             if i % 50 == 49:
                 log(f"rendered {i + 1}/{n_ids} identities ({time.perf_counter() - t0:.0f} s)")
         cache.mkdir(parents=True, exist_ok=True)
-        np.savez(path, blobs=np.stack(blobs), ids=np.array(ids), caps=np.array(caps))
+        np.savez(path, blobs=np.stack(blobs), ids=np.array(ids), caps=np.array(caps),
+                 vbytes=np.frombuffer(b"".join(vblobs), np.uint8),
+                 vlen=np.array([len(b) for b in vblobs], np.int64), vowner=np.array(vowner, np.int64))
     d = np.load(path)
-    return [PalmTemplate.from_bytes(b.tobytes()) for b in d["blobs"]], d["ids"], d["caps"]
+    templates = [PalmTemplate.from_bytes(b.tobytes()) for b in d["blobs"]]
+    extra: dict[int, list[PalmTemplate]] = {}
+    at = 0
+    for n, owner in zip(d["vlen"].tolist(), d["vowner"].tolist()):
+        extra.setdefault(owner, []).append(PalmTemplate.from_bytes(d["vbytes"][at:at + n].tobytes()))
+        at += n
+    probes = [None if c == 0 else _probe(t, extra.get(j, [])) for j, (t, c) in enumerate(zip(templates, d["caps"]))]
+    return templates, d["ids"], d["caps"], probes
+
+
+def _probe(base: PalmTemplate, others: list[PalmTemplate]) -> ProbeTemplates:
+    """The cached variants back as a ProbeTemplates (a variant whose encoding failed is absent:
+    its Variant is told by position only when all are present)."""
+    if len(others) == len(variants.VARIANTS) - 1:
+        return ProbeTemplates((base, *others), variants.VARIANTS)
+    return ProbeTemplates.single(base)
 
 
 def _quadrant_masks():
@@ -158,12 +182,12 @@ def signatures_of(recs: np.ndarray) -> np.ndarray:
     return out
 
 
-def full_scores(probe: PalmTemplate, recs: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
+def full_scores(probe: ProbeTemplates, recs: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
+    """The full fused score (the best variant's, as Gallery.search) of the probe against records
+    holding both modalities."""
     idx = np.arange(len(recs), dtype=np.int64) if idx is None else idx.astype(np.int64)
-    sims = []
-    for code, spec in ((probe.surface, matcher.SURFACE_MATCH), (probe.vein, matcher.VEIN_MATCH)):
-        sims.append(matcher.similarity(matcher.distances(code, recs, idx, spec)))   # rigid + elastic
-    return matcher.fuse(*sims)
+    flags = np.full(len(recs), matcher.HAS_SURFACE | matcher.HAS_VEIN, np.uint8)
+    return matcher.match_probe_records(probe, recs, idx, flags)[2]
 
 
 def gallery_of(recs: np.ndarray, sigs: np.ndarray) -> gal.Gallery:
@@ -311,13 +335,15 @@ def main(args: argparse.Namespace | None = None) -> dict:
     out["pipeline"] = pipeline_timings(args.frames)
     log("pipeline", json.dumps(out["pipeline"]))
 
-    gen_t, gen_ids, gen_caps = render_set(10_000, args.ids, args.cache)
-    src_t, _, _ = render_set(500_000, args.ids, args.cache)
+    gen_t, gen_ids, gen_caps, gen_probes = render_set(10_000, args.ids, args.cache)
+    src_t, _, _, _ = render_set(500_000, args.ids, args.cache)
     enrol = {int(i): t for t, i, c in zip(gen_t, gen_ids, gen_caps) if c == 0}
-    probes = [(int(i), t) for t, i, c in zip(gen_t, gen_ids, gen_caps) if c > 0 and int(i) in enrol]
+    probes = [(int(i), p) for p, i in zip(gen_probes, gen_ids) if p is not None and int(i) in enrol]
     a, b = probes[0][1], enrol[probes[0][0]]
-    out["match_1to1_us"] = median_ms(lambda: matcher.match(a, b), 3000) * 1e3
-    out["template_bytes"] = len(a.to_bytes())
+    out["match_1to1_us"] = median_ms(lambda: matcher.match(a.base, b), 3000) * 1e3
+    out["match_probe_1to1_us"] = median_ms(lambda: matcher.match_probe(a, b), 1000) * 1e3
+    out["probe_variants"] = len(a)
+    out["template_bytes"] = len(a.base.to_bytes())
 
     src_recs = np.stack([gal._record(t)[0] for t in src_t])
     src_sigs = signatures_of(src_recs)
@@ -332,7 +358,7 @@ def main(args: argparse.Namespace | None = None) -> dict:
     for _, p in probes[:100]:
         real_imp.append(full_scores(p, src_recs))
         syn_imp.append(full_scores(p, recs[:n_chk]))
-        psig = pf.signature_variants(p)
+        psig = pf.signature_variants(p.base)
         real_pf.append(kernels.prefilter_scores(psig, src_sigs, live_src))
         syn_pf.append(kernels.prefilter_scores(psig, sigs[:n_chk], np.ones(n_chk, np.uint8)))
 
@@ -374,7 +400,7 @@ def main(args: argparse.Namespace | None = None) -> dict:
             first.append(mate_full[j] > top)
             dropped.append(mate not in set(short.tolist()))
             fast.append(was_fast)
-            scan = np.concatenate([kernels.prefilter_scores(pf.signature_variants(p, g.prefilter.probe_offsets),
+            scan = np.concatenate([kernels.prefilter_scores(pf.signature_variants(p.base, g.prefilter.probe_offsets),
                                                           seg.index[:c], live[:c]) for seg, c, live in snap])
             drop_stage1.append(int(np.count_nonzero(scan[:mate] <= scan[mate])) + int(np.count_nonzero(scan[mate + 1:] < scan[mate])) >= k1)
             missed.append(not res or res[0].person_id != f"mate{i}")
@@ -412,12 +438,12 @@ def main(args: argparse.Namespace | None = None) -> dict:
         row["stranger_ms"] = float(np.median(ts) * 1e3)
         for seg, live in zip(g._segments, kept):
             seg.live = live
-        psig0 = pf.signature_variants(test_probes[0])          # once per search, as Gallery.search does
+        psig0 = pf.signature_variants(test_probes[0].base)          # once per search, as Gallery.search does
         row["prefilter_scan_ms"] = median_ms(lambda g=g, psig0=psig0: [kernels.prefilter_scores(
             psig0, s.index[:s.count], s.live[:s.count]) for s in g._segments], 5)
         all_recs = np.concatenate([recs[:n], enrol_recs])
         bits, masks = _split_record(all_recs)
-        qb, qm = _split_record(gal._record(test_probes[0])[0][None])
+        qb, qm = _split_record(gal._record(test_probes[0].base)[0][None])
         row["numpy_ms"] = median_ms(lambda q=(qb[0], qm[0], bits, masks): numpy_search(*q), 3)
         row["numpy_ratio"] = row["numpy_ms"] / row["ms"]
         del bits, masks
@@ -427,7 +453,7 @@ def main(args: argparse.Namespace | None = None) -> dict:
             codes = all_recs.view(np.uint8)
             index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
             index.add(codes)
-            qs = [np.ascontiguousarray(gal._record(p)[0].view(np.uint8)[None, :]) for p in test_probes]
+            qs = [np.ascontiguousarray(gal._record(p.base)[0].view(np.uint8)[None, :]) for p in test_probes]
             fts = []
             for q in qs:
                 t1 = time.perf_counter()

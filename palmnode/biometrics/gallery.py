@@ -28,8 +28,9 @@ import attrs
 import numpy as np
 
 from palmnode.biometrics import prefilter as pf
-from palmnode.biometrics.matcher import (FUSION_WEIGHTS, RECORD_WORDS, SURFACE_MATCH, VEIN_MATCH, Score,
-                                         elastic_distances, match_probe_records, rigid_distances, similarity)
+from palmnode.biometrics.matcher import (FUSION_WEIGHTS, HAS_SURFACE, HAS_VEIN, RECORD_WORDS, SURFACE_MATCH,
+                                         VEIN_MATCH, Score, elastic_distances, match_probe_records,
+                                         rigid_distances, similarity)
 from palmnode.biometrics.types import PalmTemplate
 from palmnode.biometrics.variants import ProbeTemplates
 
@@ -94,10 +95,10 @@ def _record(template: PalmTemplate) -> tuple[np.ndarray, int]:
     flags = 0
     if template.surface is not None:
         rec[SURFACE_MATCH.offset:SURFACE_MATCH.offset + 4 * SURFACE_MATCH.rows] = template.surface.planes().ravel()
-        flags |= pf.HAS_SURFACE
+        flags |= HAS_SURFACE
     if template.vein is not None:
         rec[VEIN_MATCH.offset:VEIN_MATCH.offset + 4 * VEIN_MATCH.rows] = template.vein.planes().ravel()
-        flags |= pf.HAS_VEIN
+        flags |= HAS_VEIN
     return rec, flags
 
 
@@ -285,8 +286,8 @@ class Gallery:
         person = np.empty(n, np.int32)
         palm = np.empty(n, np.uint8)
         flags = np.empty(n, np.uint8)
-        specs = (("surface", probe.surface, SURFACE_MATCH, surf, pf.HAS_SURFACE),
-                 ("vein", probe.vein, VEIN_MATCH, vein, pf.HAS_VEIN))
+        specs = (("surface", probe.surface, SURFACE_MATCH, surf, HAS_SURFACE),
+                 ("vein", probe.vein, VEIN_MATCH, vein, HAS_VEIN))
         recs = np.empty((0, RECORD_WORDS), np.uint32)
         for a in range(0, n, _GATHER):       # one kernel call per chunk, not per segment
             part = slice(a, min(n, a + _GATHER))
@@ -326,7 +327,7 @@ class Gallery:
         surf = surf.copy()
         if probe.surface is not None and spec.radius > 0 and at.size:
             hd = elastic_distances(probe.surface, recs, at, surface_shift, spec)
-            surf = np.where(flags & pf.HAS_SURFACE, similarity(hd), np.nan)
+            surf = np.where(flags & HAS_SURFACE, similarity(hd), np.nan)
         return _Ranked(surf, vein, _fused(surf, vein), person, palm, index)
 
     def _candidates(self, r: _Ranked, k: int) -> list[Candidate]:

@@ -24,7 +24,7 @@ import numpy as np
 
 from palmnode.biometrics import kernels
 from palmnode.biometrics.features import CIRCULAR_CODE, N_ORIENT
-from palmnode.biometrics.matcher import VEIN_MATCH
+from palmnode.biometrics.matcher import HAS_VEIN, VEIN_MATCH
 from palmnode.biometrics.types import ModalityCode, PalmTemplate
 
 #: shortlist after the full pre-filter pass: SHORTLIST_FRACTION of the gallery, at least
@@ -57,8 +57,6 @@ FAST_SHORTLIST = 150
 EXIT_SCORE = 0.39
 #: uint64 words of one entry's pre-filter index row
 INDEX_WORDS = kernels.SIGNATURE_WORDS
-#: an entry's modality flags (the gallery's ``flags`` array)
-HAS_SURFACE, HAS_VEIN = 1, 2
 
 
 # ---------------------------------------------------------------- signature
