@@ -105,7 +105,7 @@ _TEMPLATES: list = []
 def templates_of(i: int):
     """The templates of rendered person ``i`` (the threshold fixture's cached set)."""
     if not _TEMPLATES:
-        ts, ids, _ = render_set(20_000, 60, Path(os.environ.get("PALMNODE_BENCH_CACHE", "/tmp/palmnode-bench")))
+        ts, ids, _, _ = render_set(20_000, 60, Path(os.environ.get("PALMNODE_BENCH_CACHE", "/tmp/palmnode-bench")))
         _TEMPLATES.extend((t, int(p)) for t, p in zip(ts, ids))
     return [t for t, p in _TEMPLATES if p == i]
 
