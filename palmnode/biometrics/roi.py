@@ -95,6 +95,12 @@ class RoiLimits:
     pair_max_lean_deg: float = 16.0
     #: ... and when it leans less than this (the ring–little valley is then a notch up the seam)
     pair_min_lean_deg: float = -10.0
+    #: ... with middle and ring held together (one tip, keypoints._with_merged_pair) the axis
+    #: from that tip to the midpoint of the pair's valleys leans more loosely: refused beyond
+    #: this (development renders, seeds 0, 2, 3: pairs whose frame is right lean 5–21°, those
+    #: with a notch up a seam 27–40°; with 16°, 20 right ones fell to the pressed fingers'
+    #: axis, 5–15° off their palm's median frame, now 0–5°)
+    merged_pair_max_lean_deg: float = 24.0
     #: a stand-in line (half as long, so twice as tilted by the same error) is refused when the
     #: axis leans outside this from its normal (its middle–ring valley is a notch up the seam)
     standin_lean_deg: tuple[float, float] = (-18.0, 24.0)
@@ -102,8 +108,24 @@ class RoiLimits:
     #: masked by the features; the quality's completeness >= 0.9 bounds how much may be lost)
     corner_out: float = 0.2
     valley_max_disagree_deg: float = 25.0
+    #: a valley frame's ROI centre lies at least this far along its "up" from the palm circle's
+    #: centre (palm radii): two estimates of the palm's middle, one from the finger webs, one from
+    #: the silhouette's bulk. The circle can sit too low (a wrist as wide as the palm, even in the
+    #: forearm), never too high (the fingers are thinner than the palm), so an ROI centre well
+    #: below it means misread keypoints (a long adducted thumb taken for the index finger, the
+    #: hand mirrored) and the capture is refused. Not where the frame border cuts the circle.
+    #: (Development renders, seeds 2 and 3, 7,200 captures: good frames -0.14 and above, 99%
+    #: above 0.03; misreads -0.6..-0.25.)
+    min_valley_centre_up: float = -0.2
     centre_up: float = 0.22
     centre_thumbward: float = 0.0
+    #: without a valley frame, fall back on the palm-circle frame (above) instead of refusing the
+    #: capture. Off: that frame lies 5–12% of the side and a few degrees from a palm's valley
+    #: frames (genuine pairs mixing the two failed ~80% at FMR 1e-3), and without any open web
+    #: the fingers themselves are often misread (development renders, seeds 0, 2, 3 after the
+    #: middle–ring line: 3 of 12,600 captures, two of them with fingertips found on the arm's
+    #: end, 170° off)
+    palm_circle_fallback: bool = True
 
 
 DEFAULT_LIMITS = RoiLimits()
@@ -459,6 +481,9 @@ def _lines(valleys: list[tuple[float, float]], deep: tuple[bool, bool, bool], up
     v1, v2, v3 = valleys
     axis = None if tips is None else _pressed_axis(valleys, tips)
     skip_middle = index_high = ring_high = False
+    # (middle and ring held together show one tip, taken for both: the axis from that tip leans
+    # more loosely, see RoiLimits.merged_pair_max_lean_deg)
+    merged = tips is not None and bool(np.all(tips[1] == tips[2]))
     if deep[0] and deep[2]:
         # towards the index finger (thumb side)
         x, length = _unit((v1[0] - v3[0], v1[1] - v3[1]), 1e-9)
@@ -470,7 +495,7 @@ def _lines(valleys: list[tuple[float, float]], deep: tuple[bool, bool, bool], up
         # up (or shallow) leaves the pair standing, an end one too far up does not
         rel = (v2[0] - v3[0], v2[1] - v3[1])
         along, off = _dot(rel, x) / length, _dot(rel, normal) / length
-        if lean > limits.pair_max_lean_deg:
+        if lean > (limits.merged_pair_max_lean_deg if merged else limits.pair_max_lean_deg):
             # the line's normal turns away from the fingers' axis, towards the little finger:
             # the index–middle valley is a notch up the seam (touching fingers pull a valley
             # only ever towards the fingertips); with the middle–ring one above the line (or
@@ -507,6 +532,13 @@ def _lines(valleys: list[tuple[float, float]], deep: tuple[bool, bool, bool], up
         # leaned back by their usual lean from the valley line's normal, give the direction
         x, length = _line_from_axis(axis, v1, v3, limits)
         yield x, (v3[0] + x[0] * length, v3[1] + x[1] * length), v3, length
+    if deep[1] and not deep[2] and axis is not None and not merged:
+        # only the middle–ring valley is trusted (index and middle, ring and little held
+        # together): as above, with the line through it at its average share
+        x, length = _line_from_axis(axis, v1, v3, limits)
+        m = limits.middle_valley_mean * length
+        r3 = (v2[0] - x[0] * m, v2[1] - x[1] * m)
+        yield x, (r3[0] + x[0] * length, r3[1] + x[1] * length), r3, length
 
 
 def _line_from_axis(axis: tuple[float, float], v1: tuple[float, float], v3: tuple[float, float],
@@ -588,8 +620,15 @@ def _palm_frame(fingers: keypoints.Fingers, hand: segment.HandMask, arm_dir: np.
     if anchored is None and circle_cut:
         # no valley frame, and the palm circle (the fallback) is cut short by the frame border
         return _fail(FailureReason.PARTIAL_HAND, "the palm is not fully in view")
+    if anchored is None and not limits.palm_circle_fallback:
+        # no finger web to anchor on: the palm-circle frame does not match valley frames
+        return _fail(FailureReason.PARTIAL_HAND, "the fingers are not clear: spread them a little")
     if anchored is not None:
         roi_centre, up, side = anchored
+        along = ((roi_centre[0] - centre[0]) * up[0] + (roi_centre[1] - centre[1]) * up[1]) / radius
+        if not circle_cut and along < limits.min_valley_centre_up:
+            # the webs put the palm below its bulk: misread fingers
+            return _fail(FailureReason.PARTIAL_HAND, "the fingers are not clear: spread them a little")
         thumb = _towards((-up[1], up[0]), spread)
     down = (-up[0], -up[1])
     right = (down[1], -down[0])   # image x of the ROI: a proper rotation of "down"

@@ -249,3 +249,69 @@ def test_middle_stand_in_tilted_far_off_the_fingers_axis_is_refused():
     assert len(lines) == 1
     _, _, v3, length = lines[0]
     assert np.allclose(v3, RL) and abs(length - 100.0) < 1e-9         # the ring-little valley + axis
+
+
+def test_merged_middle_and_ring_lean_more_loosely():
+    # middle and ring held together show one tip, taken for both (keypoints._with_merged_pair):
+    # the axis from that tip to the midpoint of the pair's valleys leans ~20° towards the index
+    # finger, which refuses a pair of separate fingers (> 16°) but not a merged one (<= 24°)
+    valleys = np.array([IM, 0.5 * (IM + RL), RL])
+    mid = 0.5 * (IM + RL)
+
+    def tips_leaning(deg, merged=True):
+        tip = [mid[0] + 220.0 * np.tan(np.radians(deg)), -120.0]
+        other = tip if merged else [tip[0] - 2.0, tip[1]]
+        return np.array([[175.0, -120.0], tip, other, [25.0, -100.0]])
+
+    _, v1, v3, _ = first_line(valleys, (True, False, True), tips_leaning(20.0))
+    assert np.allclose(v1, IM) and np.allclose(v3, RL)
+    _, v1, v3, _ = first_line(valleys, (True, False, True), tips_leaning(20.0, merged=False))
+    assert not (np.allclose(v1, IM) and np.allclose(v3, RL))
+    # leaning 30°: a notch up a seam, refused for merged fingers too
+    _, v1, v3, _ = first_line(valleys, (True, False, True), tips_leaning(30.0))
+    assert not (np.allclose(v1, IM) and np.allclose(v3, RL))
+
+
+def test_only_middle_ring_valley_gives_a_line_through_it_from_the_fingers_axis():
+    # index and middle held together, ring and little held together: both side notches up the
+    # seams, only the middle-ring web open; straight fingers
+    im, rl = IM + [0.0, -70.0], RL + [0.0, -70.0]
+    tips = np.array([[175.0, -120.0], [125.0, -140.0], [75.0, -130.0], [25.0, -100.0]])
+    lines = list(roi._valley_lines(np.array([im, MR, rl]), (False, True, False), UP, RADIUS,
+                                   LIMITS, tips))
+    assert len(lines) == 1
+    x, v1, v3, length = lines[0]
+    assert 90.0 < length < 110.0                 # the notches keep their place across the fingers
+    # the line passes through the middle-ring valley at its average share from the ring-little end
+    assert np.allclose(v3 + x * LIMITS.middle_valley_mean * length, MR)
+    assert abs(abs(np.degrees(np.arcsin(-x[1]))) - LIMITS.finger_axis_lean_deg) < 3.0
+    # without the fingers' axis there is no such line
+    assert first_line([im, MR, rl], (False, True, False)) is None
+
+
+def _disc_hand():
+    from palmnode.biometrics import segment
+    small = np.full((240, 320), 15, np.uint8)
+    cv2.circle(small, (160, 140), 40, 120, -1)
+    return segment.segment(small, 2, 60.0, 15.0, 105.0)
+
+
+def _fingers(valley_y: float) -> keypoints.Fingers:
+    # working px; a right palm, fingers up, the valleys 40 px (one palm radius) apart
+    valleys = np.array([[180.0, valley_y], [160.0, valley_y], [140.0, valley_y]])
+    tips = np.array([[190.0, valley_y - 50], [170.0, valley_y - 60], [150.0, valley_y - 58],
+                     [130.0, valley_y - 45]])
+    return keypoints.Fingers(tips=tips, valleys=valleys, deep=(True, True, True), thumb_seen=True)
+
+
+def test_valley_frame_below_the_palm_circle_is_refused():
+    from palmnode.biometrics.types import FailureReason, Roi, RoiFailure
+    hand = _disc_hand()
+    assert abs(hand.radius - 40) < 3 and not roi._circle_cut(hand)
+    # webs ~1.1 radii above the palm circle's centre: the ROI centre lies just above it
+    assert isinstance(roi._palm_frame(_fingers(95.0), hand, None, LIMITS), Roi)
+    # "webs" at the level of the circle's centre (a thumb web read as a finger's, say): the ROI
+    # centre would lie 0.8 radii below the palm's bulk
+    found = roi._palm_frame(_fingers(140.0), hand, None, LIMITS)
+    assert isinstance(found, RoiFailure) and found.reason is FailureReason.PARTIAL_HAND
+    assert "fingers" in found.detail
