@@ -101,6 +101,11 @@ class RoiLimits:
     #: with a notch up a seam 27–40°; with 16°, 20 right ones fell to the pressed fingers'
     #: axis, 5–15° off their palm's median frame, now 0–5°)
     merged_pair_max_lean_deg: float = 24.0
+    #: where only one web is trusted, a ring–little valley lying more than this (palm radii)
+    #: beyond the middle–ring one along the fingers' axis is a notch up the seam (ring and little
+    #: held together), and the middle–ring valley anchors the line instead (development renders,
+    #: seeds 2 and 3: right ones -0.06 R and below, notches +0.17..+0.6 R)
+    ring_web_above: float = 0.05
     #: a stand-in line (half as long, so twice as tilted by the same error) is refused when the
     #: axis leans outside this from its normal (its middle–ring valley is a notch up the seam)
     standin_lean_deg: tuple[float, float] = (-18.0, 24.0)
@@ -125,7 +130,7 @@ class RoiLimits:
     #: the fingers themselves are often misread (development renders, seeds 0, 2, 3 after the
     #: middle–ring line: 3 of 12,600 captures, two of them with fingertips found on the arm's
     #: end, 170° off)
-    palm_circle_fallback: bool = True
+    palm_circle_fallback: bool = False
 
 
 DEFAULT_LIMITS = RoiLimits()
@@ -525,14 +530,18 @@ def _lines(valleys: list[tuple[float, float]], deep: tuple[bool, bool, bool], up
         # the mirror image of the case below
         x, length = _line_from_axis(axis, v1, v3, limits)
         yield x, v1, (v1[0] - x[0] * length, v1[1] - x[1] * length), length
-    if deep[2] and axis is not None and not ring_high:
+    # the ring–little web lies below the middle–ring one along the fingers (the palm's edge
+    # slopes down to the little finger): one above it is a notch up the seam
+    ring_notch = (deep[1] and axis is not None
+                  and _dot((v3[0] - v2[0], v3[1] - v2[1]), axis) > limits.ring_web_above * radius)
+    if deep[2] and axis is not None and not ring_high and not ring_notch:
         # only the ring–little valley is trusted (index, middle and ring held together): the
         # notches between the pressed fingers lie up the seams, so they keep their place across
         # the fingers; the middle and ring fingers' axes (tip from between their side notches),
         # leaned back by their usual lean from the valley line's normal, give the direction
         x, length = _line_from_axis(axis, v1, v3, limits)
         yield x, (v3[0] + x[0] * length, v3[1] + x[1] * length), v3, length
-    if deep[1] and not deep[2] and axis is not None and not merged:
+    if deep[1] and (not deep[2] or ring_notch) and axis is not None and not merged:
         # only the middle–ring valley is trusted (index and middle, ring and little held
         # together): as above, with the line through it at its average share
         x, length = _line_from_axis(axis, v1, v3, limits)

@@ -315,3 +315,21 @@ def test_valley_frame_below_the_palm_circle_is_refused():
     found = roi._palm_frame(_fingers(140.0), hand, None, LIMITS)
     assert isinstance(found, RoiFailure) and found.reason is FailureReason.PARTIAL_HAND
     assert "fingers" in found.detail
+
+
+def test_ring_little_notch_above_the_middle_ring_web_gives_way_to_it():
+    # index, middle and ring held together and ring and little too: the ring-little "valley" is
+    # a notch up its seam, above the open middle-ring web along the fingers; the line goes
+    # through the middle-ring web instead of the notch
+    im, rl = IM + [0.0, -70.0], RL + [0.0, -40.0]
+    tips = np.array([[175.0, -120.0], [125.0, -140.0], [75.0, -130.0], [25.0, -100.0]])
+    lines = list(roi._valley_lines(np.array([im, MR, rl]), (False, True, True), UP, RADIUS,
+                                   LIMITS, tips))
+    x, v1, v3, length = lines[-1]
+    assert np.allclose(v3 + x * LIMITS.middle_valley_mean * length, MR)
+    assert not any(np.allclose(line[2], rl) for line in lines)
+    # the ring-little web below the middle-ring one: it anchors the line as before
+    low = RL + [0.0, 10.0]
+    lines = list(roi._valley_lines(np.array([im, MR, low]), (False, True, True), UP, RADIUS,
+                                   LIMITS, tips))
+    assert np.allclose(lines[-1][2], low)
