@@ -119,8 +119,8 @@ class RoiLimits:
     #: forearm), never too high (the fingers are thinner than the palm), so an ROI centre well
     #: below it means misread keypoints (a long adducted thumb taken for the index finger, the
     #: hand mirrored) and the capture is refused. Not where the frame border cuts the circle.
-    #: (Development renders, seeds 2 and 3, 7,200 captures: good frames -0.14 and above, 99%
-    #: above 0.03; misreads -0.6..-0.25.)
+    #: (Development renders, seeds 0, 2 and 3: right frames with the circle not cut all above
+    #: -0.2, 99% above +0.03; misreads -0.6..-0.25.)
     min_valley_centre_up: float = -0.2
     centre_up: float = 0.22
     centre_thumbward: float = 0.0
