@@ -631,13 +631,13 @@ def _palm_frame(fingers: keypoints.Fingers, hand: segment.HandMask, arm_dir: np.
         return _fail(FailureReason.PARTIAL_HAND, "the palm is not fully in view")
     if anchored is None and not limits.palm_circle_fallback:
         # no finger web to anchor on: the palm-circle frame does not match valley frames
-        return _fail(FailureReason.PARTIAL_HAND, "the fingers are not clear: spread them a little")
+        return _fail(FailureReason.FINGERS_UNCLEAR, "the fingers are not clear: no finger web to anchor the palm on")
     if anchored is not None:
         roi_centre, up, side = anchored
         along = ((roi_centre[0] - centre[0]) * up[0] + (roi_centre[1] - centre[1]) * up[1]) / radius
         if not circle_cut and along < limits.min_valley_centre_up:
             # the webs put the palm below its bulk: misread fingers
-            return _fail(FailureReason.PARTIAL_HAND, "the fingers are not clear: spread them a little")
+            return _fail(FailureReason.FINGERS_UNCLEAR, "the fingers are not clear: the finger webs put the palm below its bulk")
         thumb = _towards((-up[1], up[0]), spread)
     down = (-up[0], -up[1])
     right = (down[1], -down[0])   # image x of the ROI: a proper rotation of "down"

@@ -19,6 +19,7 @@ class FailureReason(enum.Enum):
 
     NO_HAND = "no_hand"
     PARTIAL_HAND = "partial_hand"
+    FINGERS_UNCLEAR = "fingers_unclear"
     TOO_CLOSE = "too_close"
     TOO_FAR = "too_far"
     MOTION_BLUR = "motion_blur"
@@ -33,6 +34,7 @@ class FailureReason(enum.Enum):
 _FEEDBACK = {
     FailureReason.NO_HAND: "hold your palm over the gate",
     FailureReason.PARTIAL_HAND: "move your hand into view",
+    FailureReason.FINGERS_UNCLEAR: "spread your fingers a little",
     FailureReason.TOO_CLOSE: "move your hand a little higher",
     FailureReason.TOO_FAR: "move your hand a little closer",
     FailureReason.MOTION_BLUR: "hold still",

@@ -313,7 +313,7 @@ def test_valley_frame_below_the_palm_circle_is_refused():
     # "webs" at the level of the circle's centre (a thumb web read as a finger's, say): the ROI
     # centre would lie 0.8 radii below the palm's bulk
     found = roi._palm_frame(_fingers(140.0), hand, None, LIMITS)
-    assert isinstance(found, RoiFailure) and found.reason is FailureReason.PARTIAL_HAND
+    assert isinstance(found, RoiFailure) and found.reason is FailureReason.FINGERS_UNCLEAR
     assert "fingers" in found.detail
 
 
