@@ -28,7 +28,10 @@ the fast pass was not enough: ``Gallery.search_with_shortlist``; ``recall_loss_s
 the full pass's signature stage alone drops, ties counted against the mate) and ``search_loss``
 the fraction for which Gallery.search does not return the mate first (pre-filter plus the ranking
 before the elastic surface match); ``fast_pass_sufficed``: the fraction of genuine probes whose
-search stopped after the fast pass. ``ms`` times genuine probes, ``stranger_ms`` the same probes
+search stopped after the fast pass. ``recall_loss_accepted`` / ``search_loss_accepted``: the same
+among the mates whose full score also reaches the gate's decision threshold
+(``decision_threshold``: config/calibration.json at the target FMR 1e-9 per comparison; the gate
+identifies nobody below it). ``ms`` times genuine probes, ``stranger_ms`` the same probes
 with their mates removed (they always run the full pass). "Ranks above every impostor" is checked against the exhaustive full
 match over the first 10k synthesised entries and the other enrolled templates plus the full
 match of the gallery's shortlist (the impostors most likely to beat the mate).
@@ -180,6 +183,15 @@ def signatures_of(recs: np.ndarray) -> np.ndarray:
         part = recs[a:a + (1 << 16), v.offset:v.offset + 4 * v.rows].reshape(-1, 4, v.rows)
         out[a:a + len(part)] = pf.signatures_of_codes(part)
     return out
+
+
+def decision_threshold(fmr: float = 1e-9) -> float | None:
+    """The gate's decision threshold from the repository's config/calibration.json (None without it)."""
+    path = Path(__file__).resolve().parents[2] / "config" / "calibration.json"
+    try:
+        return matcher.Calibration.from_json(path.read_text()).decision_threshold(fmr)
+    except OSError:
+        return None
 
 
 def full_scores(probe: ProbeTemplates, recs: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
@@ -381,7 +393,8 @@ def main(args: argparse.Namespace | None = None) -> dict:
         others = np.array([j != slot[i] for j in range(len(enrol_ids))])
         exh_max.append(max(float(full_scores(p, recs[:n_exh]).max()), float(full_scores(p, enrol_recs[others]).max())))
         mate_full.append(float(full_scores(p, enrol_recs[slot[i]][None])[0]))
-    out["recall"] = {"genuine_probes": len(probes), "by_gallery": {}}
+    threshold = decision_threshold()
+    out["recall"] = {"genuine_probes": len(probes), "decision_threshold": threshold, "by_gallery": {}}
     out["search"] = {}
     test_probes = [p for _, p in probes[:args.repeat]]
     for n in sizes:
@@ -407,12 +420,16 @@ def main(args: argparse.Namespace | None = None) -> dict:
             if j % 100 == 99:
                 log(f"recall at {n}: {j + 1}/{len(probes)} probes ({time.perf_counter() - t0:.0f} s)")
         f, d, m, d1 = (np.array(x) for x in (first, dropped, missed, drop_stage1))
+        acc = f & (np.array(mate_full) >= threshold) if threshold is not None else None
         out["recall"]["by_gallery"][str(n)] = {
             "shortlist": size, "stage1": k1, "full_match_first": int(f.sum()),
             "recall_loss": float((d & f).sum() / max(f.sum(), 1)), "dropped_any": float(d.mean()),
             "recall_loss_stage1": float((d1 & f).sum() / max(f.sum(), 1)),
             "search_loss": float((m & f).sum() / max(f.sum(), 1)),
-            "fast_pass_sufficed": float(np.mean(fast))}
+            "fast_pass_sufficed": float(np.mean(fast)),
+            "accepted_mates": None if acc is None else int(acc.sum()),
+            "recall_loss_accepted": None if acc is None else float((d & acc).sum() / max(acc.sum(), 1)),
+            "search_loss_accepted": None if acc is None else float((m & acc).sum() / max(acc.sum(), 1))}
         log(n, out["recall"]["by_gallery"][str(n)])
 
         for p in test_probes[:2]:
