@@ -6,7 +6,6 @@ enrolled with session-1 hands and recognised with session-2 hands, as a month ap
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -15,9 +14,8 @@ import numpy as np
 import pytest
 
 from palmnode.actors import GateState
-from palmnode.biometrics import matcher, roi, synth, variants
-from palmnode.biometrics.bench import _pipeline_version
-from palmnode.biometrics.types import BadImage, PalmTemplate, RoiFailure
+from palmnode.biometrics import matcher
+from palmnode.biometrics.bench import render_set
 from palmnode.biometrics.gallery import Gallery
 from palmnode.demo import node_config
 from palmnode.gate.capture import CapturePolicy, Capturer
@@ -35,51 +33,17 @@ TARGET_FMR = 1e-3
 CALIBRATION_IDS = 60
 
 
-def _probe_set(first_seed: int, n_ids: int, cache: Path) -> tuple[list[variants.ProbeTemplates], np.ndarray]:
-    """Rendered people x 3 captures as the gate makes its probes (base + ``variants.VARIANTS``),
-    cached by the pipeline's code and the variant set."""
-    tag = hashlib.sha1(repr(variants.VARIANTS).encode()).hexdigest()[:8]
-    path = cache / f"probes_{first_seed}_{n_ids}_{_pipeline_version()}_{tag}.npz"
-    if not path.exists():
-        blobs, owner, ids, kinds = [], [], [], []
-        for i in range(n_ids):
-            ident = synth.Identity.from_seed(first_seed + i)
-            for session, k in ((0, 0), (1, 1), (1, 2)):
-                cap = synth.sample_capture(np.random.default_rng([first_seed + i, k]), session=session)
-                nir, surface = synth.render_pair(ident, cap)
-                found = roi.extract_roi(nir)
-                if isinstance(found, RoiFailure):
-                    continue
-                try:
-                    probe = variants.from_frames(surface, nir, found)
-                except BadImage:
-                    continue
-                for t, v in zip(probe.templates, probe.variants):
-                    blobs.append(np.frombuffer(t.to_bytes(), np.uint8))
-                    owner.append(len(ids))
-                    kinds.append(variants.VARIANTS.index(v))
-                ids.append(i)
-        cache.mkdir(parents=True, exist_ok=True)
-        np.savez(path, blobs=np.stack(blobs), owner=np.array(owner), ids=np.array(ids), kinds=np.array(kinds))
-    d = np.load(path)
-    groups: dict[int, list] = {}
-    for b, o, k in zip(d["blobs"], d["owner"], d["kinds"]):
-        groups.setdefault(int(o), []).append((PalmTemplate.from_bytes(b.tobytes()), variants.VARIANTS[int(k)]))
-    probes = [variants.ProbeTemplates([t for t, _ in g], [v for _, v in g]) for _, g in sorted(groups.items())]
-    return probes, d["ids"]
-
-
 @pytest.fixture(scope="session")
 def threshold() -> float:
     """The fused-score threshold at TARGET_FMR over impostor pairs of CALIBRATION_IDS rendered
-    people, scored as the gate scores: each capture's probe variants against the other people's
-    templates (``matcher.match_probe``), as config/calibration.json is made (probe sets cached
-    between runs, keyed by the pipeline's code and the variant set)."""
+    people, scored as the gate scores: each later-session capture's probe variants against the
+    other people's templates (``matcher.match_probe_records``), as config/calibration.json is made
+    (renders cached between runs by the engine bench's ``render_set``)."""
     cache = Path(os.environ.get("PALMNODE_BENCH_CACHE", "/tmp/palmnode-bench"))
-    probes, ids = _probe_set(20_000, CALIBRATION_IDS, cache)
-    records, flags = matcher.pack_records([p.base for p in probes])
+    templates, ids, _, probes = render_set(20_000, CALIBRATION_IDS, cache)
+    records, flags = matcher.pack_records(templates)
     scores = [matcher.match_probe_records(p, records, np.flatnonzero(ids != ids[a]), flags)[2]
-              for a, p in enumerate(probes)]
+              for a, p in enumerate(probes) if p is not None]
     return matcher.Calibration.from_impostors(np.concatenate(scores)).threshold_for(TARGET_FMR)
 
 
