@@ -92,9 +92,9 @@ def render_set(first_seed: int, n_ids: int, cache: Path) -> tuple[list[PalmTempl
                                                                    list[ProbeTemplates | None]]:
     """Templates of n_ids rendered identities x (session 0, session 1, session 1), cached; the
     session-1 captures (probes) also as their probe variants (variants.from_frames, as the gate)."""
-    path = cache / f"rendered_{first_seed}_{n_ids}_{_pipeline_version()}.npz"
+    path = cache / f"rendered_{first_seed}_{n_ids}_{_pipeline_version()}_variants.npz"
     if not path.exists():
-        blobs, ids, caps, vblobs, vowner = [], [], [], [], []
+        blobs, ids, caps, vblobs, vowner, vkind = [], [], [], [], [], []
         t0 = time.perf_counter()
         for i in range(n_ids):
             ident = synth.Identity.from_seed(first_seed + i)
@@ -109,9 +109,11 @@ def render_set(first_seed: int, n_ids: int, cache: Path) -> tuple[list[PalmTempl
                 except BadImage:
                     continue
                 if session == 1:
-                    for v in variants.from_frames(surface, nir, r, base=t).templates[1:]:
+                    probe = variants.from_frames(surface, nir, r, base=t)
+                    for v, kind in zip(probe.templates[1:], probe.variants[1:]):
                         vblobs.append(v.to_bytes())
                         vowner.append(len(blobs))
+                        vkind.append(variants.VARIANTS.index(kind))
                 blobs.append(np.frombuffer(t.to_bytes(), np.uint8))
                 ids.append(i)
                 caps.append(k)
@@ -120,24 +122,20 @@ def render_set(first_seed: int, n_ids: int, cache: Path) -> tuple[list[PalmTempl
         cache.mkdir(parents=True, exist_ok=True)
         np.savez(path, blobs=np.stack(blobs), ids=np.array(ids), caps=np.array(caps),
                  vbytes=np.frombuffer(b"".join(vblobs), np.uint8),
-                 vlen=np.array([len(b) for b in vblobs], np.int64), vowner=np.array(vowner, np.int64))
+                 vlen=np.array([len(b) for b in vblobs], np.int64), vowner=np.array(vowner, np.int64),
+                 vkind=np.array(vkind, np.int64))
     d = np.load(path)
     templates = [PalmTemplate.from_bytes(b.tobytes()) for b in d["blobs"]]
-    extra: dict[int, list[PalmTemplate]] = {}
+    extra: dict[int, list[tuple[PalmTemplate, variants.Variant]]] = {}
     at = 0
-    for n, owner in zip(d["vlen"].tolist(), d["vowner"].tolist()):
-        extra.setdefault(owner, []).append(PalmTemplate.from_bytes(d["vbytes"][at:at + n].tobytes()))
+    for n, owner, kind in zip(d["vlen"].tolist(), d["vowner"].tolist(), d["vkind"].tolist()):
+        extra.setdefault(owner, []).append((PalmTemplate.from_bytes(d["vbytes"][at:at + n].tobytes()),
+                                            variants.VARIANTS[kind]))
         at += n
-    probes = [None if c == 0 else _probe(t, extra.get(j, [])) for j, (t, c) in enumerate(zip(templates, d["caps"]))]
+    probes = [None if c == 0 else ProbeTemplates((t, *(v for v, _ in extra.get(j, []))),
+                                                 (variants.IDENTITY, *(k for _, k in extra.get(j, []))))
+              for j, (t, c) in enumerate(zip(templates, d["caps"]))]
     return templates, d["ids"], d["caps"], probes
-
-
-def _probe(base: PalmTemplate, others: list[PalmTemplate]) -> ProbeTemplates:
-    """The cached variants back as a ProbeTemplates (a variant whose encoding failed is absent:
-    its Variant is told by position only when all are present)."""
-    if len(others) == len(variants.VARIANTS) - 1:
-        return ProbeTemplates((base, *others), variants.VARIANTS)
-    return ProbeTemplates.single(base)
 
 
 def _quadrant_masks():
