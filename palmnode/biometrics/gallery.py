@@ -29,7 +29,7 @@ import numpy as np
 
 from palmnode.biometrics import prefilter as pf
 from palmnode.biometrics.matcher import (FUSION_WEIGHTS, HAS_SURFACE, HAS_VEIN, RECORD_WORDS, SURFACE_MATCH,
-                                         VEIN_MATCH, Score, elastic_distances, match_probe_records,
+                                         VEIN_MATCH, Score, elastic_distances, match_probe_records, pack_records,
                                          rigid_distances, similarity)
 from palmnode.biometrics.types import PalmTemplate
 from palmnode.biometrics.variants import ProbeTemplates
@@ -91,15 +91,9 @@ class _Segment:
 
 
 def _record(template: PalmTemplate) -> tuple[np.ndarray, int]:
-    rec = np.zeros(RECORD_WORDS, np.uint32)
-    flags = 0
-    if template.surface is not None:
-        rec[SURFACE_MATCH.offset:SURFACE_MATCH.offset + 4 * SURFACE_MATCH.rows] = template.surface.planes().ravel()
-        flags |= HAS_SURFACE
-    if template.vein is not None:
-        rec[VEIN_MATCH.offset:VEIN_MATCH.offset + 4 * VEIN_MATCH.rows] = template.vein.planes().ravel()
-        flags |= HAS_VEIN
-    return rec, flags
+    """One template's packed record and modality flags (matcher.pack_records' layout)."""
+    records, flags = pack_records((template,))
+    return records[0], int(flags[0])
 
 
 def _fused(surface: np.ndarray, vein: np.ndarray) -> np.ndarray:
