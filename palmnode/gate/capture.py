@@ -87,19 +87,17 @@ class FramePair:
 
 @attrs.frozen(eq=False)
 class Probe:
-    """A usable capture: its template (the ROI as found: what enrolment stores), the probe
-    variants the identify flow searches with (``variants.base`` is ``template``), its quality,
-    the ROI, when the pair was taken."""
+    """A usable capture: the probe variants the identify flow searches with (their base, the ROI
+    as found, is ``template``: what enrolment stores), its quality, the ROI, when the pair was taken."""
 
-    template: PalmTemplate
+    variants: ProbeTemplates
     quality: Quality
     roi: Roi
     at: float
-    variants: ProbeTemplates = attrs.field()
 
-    @variants.default
-    def _single(self) -> ProbeTemplates:
-        return ProbeTemplates.single(self.template)
+    @property
+    def template(self) -> PalmTemplate:
+        return self.variants.base
 
 
 @attrs.frozen
@@ -152,7 +150,7 @@ def finish(nir: np.ndarray, surface: np.ndarray, found: Roi, at: float,
         probe = probe_variants.from_frames(surface, nir, found, policy.probe_variants, base=template)
     except BadImage as exc:
         return ProbeFailure(FailureReason.NO_HAND, str(exc))
-    return Probe(template=template, quality=q, roi=found, at=at, variants=probe)
+    return Probe(variants=probe, quality=q, roi=found, at=at)
 
 
 def process_pair(pair: FramePair, policy: CapturePolicy = CapturePolicy()) -> Probe | ProbeFailure:
