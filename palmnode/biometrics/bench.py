@@ -411,8 +411,9 @@ def main(args: argparse.Namespace | None = None) -> dict:
             first.append(mate_full[j] > top)
             dropped.append(mate not in set(short.tolist()))
             fast.append(was_fast)
-            scan = np.concatenate([kernels.prefilter_scores(pf.signature_variants(p.base, g.prefilter.probe_offsets),
-                                                          seg.index[:c], live[:c]) for seg, c, live in snap])
+            psig = pf.probe_signatures([t for t in p.templates if t.vein is not None], g.prefilter.probe_offsets)
+            scan = np.concatenate([kernels.prefilter_scores(psig.reshape(-1, pf.INDEX_WORDS), seg.index[:c], live[:c])
+                                   for seg, c, live in snap])
             drop_stage1.append(int(np.count_nonzero(scan[:mate] <= scan[mate])) + int(np.count_nonzero(scan[mate + 1:] < scan[mate])) >= k1)
             missed.append(not res or res[0].person_id != f"mate{i}")
             if j % 100 == 99:

@@ -256,11 +256,12 @@ class Gallery:
         pre = self.prefilter
         # (1)+(2) pre-filter: the fast pass first; it is enough when its best final score
         # reaches exit_score, else the full pre-filter's shortlist joins it
+        others = variants.templates[1:] if variants is not None else ()
         fast = pre.has_fast_pass(probe, total)
-        chosen = pre.select(probe, snap, starts, fast=fast)
+        chosen = pre.select(probe, snap, starts, fast=fast, variants=others)
         ranked = self._rank(probe, snap, starts, chosen, k, variants)
         if fast and not (ranked.fused.size and ranked.fused.max() >= pre.exit_score):
-            chosen = np.union1d(chosen, pre.select(probe, snap, starts))
+            chosen = np.union1d(chosen, pre.select(probe, snap, starts, variants=others))
             ranked = self._rank(probe, snap, starts, chosen, k, variants)
             fast = False
         return self._candidates(ranked, k), chosen, fast

@@ -161,6 +161,12 @@ def signature_variants(template: PalmTemplate, offsets=PROBE_OFFSETS) -> np.ndar
     return kernels.vein_signatures(template.vein.planes(), offsets)[0]
 
 
+def probe_signatures(templates: Sequence[PalmTemplate], offsets=PROBE_OFFSETS) -> np.ndarray:
+    """uint64 (len(templates), len(offsets), 8): :func:`signature_variants` of each template
+    (a probe and its re-cuts, each with a vein code); the scan keeps each entry's minimum."""
+    return np.stack([signature_variants(t, offsets) for t in templates])
+
+
 def index_row(template: PalmTemplate) -> np.ndarray:
     """uint64[INDEX_WORDS]: what the pre-filter keeps of one enrolled template (its signature)."""
     return signature(template)
@@ -234,18 +240,23 @@ class Prefilter:
         by, a gallery larger than the full shortlist)."""
         return self.exit_score is not None and probe.vein is not None and total > self.shortlist_size(total)
 
-    def select(self, probe: PalmTemplate, snap: Sequence, starts: np.ndarray, *, fast: bool = False) -> np.ndarray:
+    def select(self, probe: PalmTemplate, snap: Sequence, starts: np.ndarray, *, fast: bool = False,
+               variants: Sequence[PalmTemplate] = ()) -> np.ndarray:
         """Ascending global indices of the entries that get the full match (every live entry
         when the gallery is no bigger than the shortlist or the probe has no vein code);
-        ``fast``: the fast pass's (fast_offsets, fast_sizes)."""
+        ``fast``: the fast pass's (fast_offsets, fast_sizes), the probe alone. ``variants``:
+        the probe's other re-cuts (variants.ProbeTemplates), which the full pass also ranks by:
+        an entry's signature score is its best over the probe and its variants at every
+        probe offset, and its vein stage uses the variant that gave it (:func:`owners`)."""
         total = int(starts[-1])
         size = self.shortlist_size(total)
         if total <= size or probe.vein is None:   # the signature is vein-only: no vein, no ranking
             return np.concatenate([np.flatnonzero(live[:n]) + a for (_, n, live), a in zip(snap, starts[:-1])])
-        psig = signature_variants(probe, self.fast_offsets if fast else self.probe_offsets)
+        probes = [probe] if fast else [probe, *(t for t in variants if t.vein is not None)]
+        psig = probe_signatures(probes, self.fast_offsets if fast else self.probe_offsets)
         scores = np.empty(total, np.uint16)
         for (seg, n, live), a in zip(snap, starts[:-1]):
-            kernels.prefilter_scores(psig, seg.index[:n], live[:n], out=scores[a:a + n])
+            kernels.prefilter_scores(psig.reshape(-1, INDEX_WORDS), seg.index[:n], live[:n], out=scores[a:a + n])
         k1 = self.stage1_size(total)
         if fast:
             k1, size = self.fast_sizes(total)
@@ -253,7 +264,30 @@ class Prefilter:
             return kernels.select_smallest(scores, size)
         first = kernels.select_smallest(scores, k1)
         hd = vein_stage(probe, snap, starts, first)
+        owner = owners(psig, snap, starts, first)
+        for v, template in enumerate(probes[1:], start=1):
+            mine = np.flatnonzero(owner == v)
+            if mine.size:
+                hd[mine] = np.minimum(hd[mine], vein_stage(template, snap, starts, first[mine]))
         return first[smallest(hd, size)]
+
+
+def owners(psig: np.ndarray, snap: Sequence, starts: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """For each chosen entry, which probe template's signatures (``psig``: (templates, offsets,
+    words)) score it best (the first on ties, so the probe itself before its variants)."""
+    if psig.shape[0] == 1:
+        return np.zeros(chosen.size, np.int64)
+    best = np.full(chosen.size, 0xFFFF, np.int64)
+    owner = np.zeros(chosen.size, np.int64)
+    for s, pos in by_segment(chosen, starts):
+        rows = snap[s][0].index[chosen[pos] - starts[s]]
+        live = np.ones(pos.size, np.uint8)
+        for v in range(psig.shape[0]):
+            sc = kernels.prefilter_scores(psig[v], rows, live).astype(np.int64)
+            better = sc < best[pos]
+            best[pos] = np.where(better, sc, best[pos])
+            owner[pos] = np.where(better, v, owner[pos])
+    return owner
 
 
 def vein_stage(probe: PalmTemplate, snap: Sequence, starts: np.ndarray, chosen: np.ndarray) -> np.ndarray:

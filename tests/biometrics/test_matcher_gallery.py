@@ -306,3 +306,44 @@ def test_fast_pass_stops_at_exit_score_else_the_full_prefilter_joins(templates):
         chosen_by[exit_score] = chosen
     assert not g.prefilter.has_fast_pass(probe, N) and not Gallery().prefilter.has_fast_pass(probe, 10)
     assert not Gallery(shortlist=6).prefilter.has_fast_pass(PalmTemplate(surface=probe.surface, vein=None), N)
+
+
+def test_full_pass_ranks_by_the_probes_variants_too(templates):
+    """The full pre-filter pass scores every entry by its best over the probe and its variants
+    (each at every probe offset) and gives the vein stage the better of the probe and the variant
+    that scored it best: a mate only a re-cut matches is shortlisted, and not without the re-cut."""
+    from palmnode.biometrics.variants import IDENTITY, ProbeTemplates, Variant
+
+    g = Gallery(shortlist=3, exit_score=None)
+    for i, (enrol, _) in enumerate(templates):
+        g.add(f"p{i}", "left", enrol)
+    snap = g._snapshot()
+    starts = np.concatenate([[0], np.cumsum([n for _, n, _ in snap])])
+    base, recut = templates[2][1], templates[11][1]        # the "re-cut" matches p11, the base p2
+    assert 11 not in g.prefilter.select(base, snap, starts)
+    assert 11 in g.prefilter.select(base, snap, starts, variants=[recut])
+    assert 2 in g.prefilter.select(base, snap, starts, variants=[recut])
+    probe = ProbeTemplates((base, recut), (IDENTITY, Variant(6, 1)))
+    assert {c.person_id for c in g.search(probe, k=3)} >= {"p2", "p11"}
+
+
+def test_owners_is_the_best_scoring_template_first_on_ties(templates):
+    g = Gallery()
+    for i, (enrol, _) in enumerate(templates):
+        g.add(f"p{i}", "left", enrol)
+    snap = g._snapshot()
+    starts = np.concatenate([[0], np.cumsum([n for _, n, _ in snap])])
+    probes = [templates[4][1], templates[4][1], templates[9][0]]
+    psig = pf.probe_signatures(probes)
+    chosen = np.arange(N)
+    owner = pf.owners(psig, snap, starts, chosen)
+    scores = np.stack([kernels_scores(psig[v], snap) for v in range(3)])
+    want = np.argmin(scores, axis=0)                         # argmin: the first of equal minima
+    assert np.array_equal(owner, want) and owner[9] == 2 and 1 not in owner
+    assert np.array_equal(pf.owners(psig[:1], snap, starts, chosen), np.zeros(N, np.int64))
+
+
+def kernels_scores(psig, snap):
+    from palmnode.biometrics import kernels
+
+    return np.concatenate([kernels.prefilter_scores_reference(psig, seg.index[:n], live[:n]) for seg, n, live in snap])
