@@ -1,6 +1,6 @@
 """The engine part of ``palmnode bench``: speed and pre-filter recall on rendered palms.
 
-    palmnode bench --suite engine [--sizes 10000,100000,1000000] [--ids 300]
+    palmnode bench --suite engine [--sizes 10000,100000,1000000] [--ids 300] [--genuine-seed 10000]
     python -m palmnode.biometrics.bench [the same options]
 
 One JSON object on stdout (progress on stderr): ROI and feature times per frame beside an
@@ -10,10 +10,11 @@ full-image Gabor filters with cv2.filter2D, argmin and np.packbits for the codes
 shifts, one thread) and a NumPy exhaustive masked-Hamming baseline (no shifts) on the same
 records (the same gallery as for the recall), the ratios, and the recall losses.
 
-Data. Genuine pairs: ``--ids`` identities rendered by palmnode.biometrics.synth (session 0
+Data. Genuine pairs: ``--ids`` identities rendered by palmnode.biometrics.synth from seed
+``--genuine-seed`` on (10000: the reported set; others are held-out sets) (session 0
 enrols, two session-1 captures probe) through roi.extract_roi / roi.warp / features.encode,
 i.e. cross-session pairs through the real ROI. Impostors at scale: another ``--ids`` rendered
-identities are the *source pool*; a gallery entry of any size is synthesised by taking each
+identities (seeds from SOURCE_SEED) are the *source pool*; a gallery entry of any size is synthesised by taking each
 quadrant of each modality's code (surface 16x16 cells, vein 8x8 cells) from an independently
 drawn source template (same quadrant position); its pre-filter signature is computed from the
 synthesised vein code. The source pool shares no identity with the probes. The
@@ -56,6 +57,8 @@ from palmnode.biometrics.variants import ProbeTemplates
 S_ROWS, V_ROWS = matcher.SURFACE_MATCH.rows, matcher.VEIN_MATCH.rows
 #: entries per gallery segment in the bench's galleries
 SEGMENT = 1 << 16
+#: seed of the first identity of the impostor source pool (never a genuine identity)
+SOURCE_SEED = 500_000
 
 
 def log(*a):
@@ -313,6 +316,8 @@ def pipeline_timings(n: int, seed: int = 20_000) -> dict:
 def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--sizes", default="10000,100000,1000000", help="gallery sizes for 1:N (comma-separated)")
     ap.add_argument("--ids", type=count, default=300, help="identities for genuine pairs (and as many as impostor sources)")
+    ap.add_argument("--genuine-seed", type=count, default=10_000,
+                    help="seed of the first genuine identity (10000: the reported set; another for development)")
     ap.add_argument("--frames", type=count, default=200, help="rendered frames for the ROI and feature timings")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "palmnode-bench",
                     help="where rendered templates are cached between runs (never raw images)")
@@ -339,14 +344,18 @@ def main(args: argparse.Namespace | None = None) -> dict:
     except ValueError:
         raise SystemExit(f"palmnode bench: --sizes must be comma-separated integers, got {args.sizes!r}") from None
     check_faiss(args)
+    if args.genuine_seed < SOURCE_SEED + args.ids and SOURCE_SEED < args.genuine_seed + args.ids:
+        raise SystemExit(f"palmnode bench: --genuine-seed {args.genuine_seed} with --ids {args.ids} overlaps the "
+                         f"impostor source pool (seeds {SOURCE_SEED}..{SOURCE_SEED + args.ids - 1})")
     rng = np.random.default_rng(0)
     out: dict = {"dispatch_level": kernels.dispatch_level()}
     log(f"ROI and features on {args.frames} rendered frames ...")
     out["pipeline"] = pipeline_timings(args.frames)
     log("pipeline", json.dumps(out["pipeline"]))
 
-    gen_t, gen_ids, gen_caps, gen_probes = render_set(10_000, args.ids, args.cache)
-    src_t, _, _, _ = render_set(500_000, args.ids, args.cache)
+    gen_t, gen_ids, gen_caps, gen_probes = render_set(args.genuine_seed, args.ids, args.cache)
+    out["genuine_seed"] = args.genuine_seed
+    src_t, _, _, _ = render_set(SOURCE_SEED, args.ids, args.cache)
     enrol = {int(i): t for t, i, c in zip(gen_t, gen_ids, gen_caps) if c == 0}
     probes = [(int(i), p) for p, i in zip(gen_probes, gen_ids) if p is not None and int(i) in enrol]
     a, b = probes[0][1], enrol[probes[0][0]]

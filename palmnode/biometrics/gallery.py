@@ -232,8 +232,9 @@ class Gallery:
         """The ``k`` best-scoring people (best palm template each), highest fused score first.
 
         A probe with variants (:class:`~palmnode.biometrics.variants.ProbeTemplates`, the gate's
-        probes) is ranked by its base (pre-filter, shortlist) and the final stage's scores are its
-        best variant's: ``matcher.match_probe`` exactly."""
+        probes) is ranked by its base in the fast pass and the shortlist ranking, by the base and
+        its variants in the full pre-filter pass, and the final stage's scores are its best
+        variant's: ``matcher.match_probe`` exactly."""
         return self.search_with_shortlist(probe, k)[0]
 
     def search_with_shortlist(self, probe: PalmTemplate | ProbeTemplates,

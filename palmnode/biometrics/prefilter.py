@@ -10,10 +10,14 @@ the full match:
 2. the vein stage: the block-wise match of the full vein code (4x4-cell blocks, each free to
    move ±VEIN_STAGE_RADIUS cells: kernels.match_elastic16) on those, keeping a shortlist.
 
-Both run in two passes: the fast pass (FAST_OFFSETS, ``fast_sizes``: small) and the full pass
-(PROBE_OFFSETS, ``stage1_size`` / ``shortlist_size``), which the gallery runs only when the fast
-pass's best final score stays below ``exit_score``. :meth:`Prefilter.select` runs one pass over
-a gallery snapshot; the gallery does the rest.
+Both run in two passes: the fast pass (the probe as found at FAST_OFFSETS, ``fast_sizes``:
+small) and the full pass (``stage1_size`` / ``shortlist_size``), which the gallery runs only when
+the fast pass's best final score stays below ``exit_score``. The full pass also ranks by the
+probe's re-cuts (variants.ProbeTemplates): the scan keeps each entry's best score over the probe
+and its re-cuts at every PROBE_OFFSETS offset, and the vein stage the better of the probe's
+distance and that of the re-cut whose signature scored the entry best, so a capture whose ROI
+is off in rotation or scale is not lost to the signature it cannot match.
+:meth:`Prefilter.select` runs one pass over a gallery snapshot; the gallery does the rest.
 """
 from __future__ import annotations
 
@@ -247,47 +251,32 @@ class Prefilter:
         ``fast``: the fast pass's (fast_offsets, fast_sizes), the probe alone. ``variants``:
         the probe's other re-cuts (variants.ProbeTemplates), which the full pass also ranks by:
         an entry's signature score is its best over the probe and its variants at every
-        probe offset, and its vein stage uses the variant that gave it (:func:`owners`)."""
+        probe offset, and its vein-stage distance the better of the probe's and that of the
+        re-cut that scored it best (the probe itself on ties)."""
         total = int(starts[-1])
         size = self.shortlist_size(total)
         if total <= size or probe.vein is None:   # the signature is vein-only: no vein, no ranking
             return np.concatenate([np.flatnonzero(live[:n]) + a for (_, n, live), a in zip(snap, starts[:-1])])
         probes = [probe] if fast else [probe, *(t for t in variants if t.vein is not None)]
         psig = probe_signatures(probes, self.fast_offsets if fast else self.probe_offsets)
-        scores = np.empty(total, np.uint16)
+        scores = np.empty((len(probes), total), np.uint16)     # per template: its best offset
         for (seg, n, live), a in zip(snap, starts[:-1]):
-            kernels.prefilter_scores(psig.reshape(-1, INDEX_WORDS), seg.index[:n], live[:n], out=scores[a:a + n])
+            for v in range(len(probes)):
+                kernels.prefilter_scores(psig[v], seg.index[:n], live[:n], out=scores[v, a:a + n])
+        best = scores[0] if len(probes) == 1 else scores.min(axis=0)
         k1 = self.stage1_size(total)
         if fast:
             k1, size = self.fast_sizes(total)
         if k1 <= size:
-            return kernels.select_smallest(scores, size)
-        first = kernels.select_smallest(scores, k1)
+            return kernels.select_smallest(best, size)
+        first = kernels.select_smallest(best, k1)
         hd = vein_stage(probe, snap, starts, first)
-        owner = owners(psig, snap, starts, first)
-        for v, template in enumerate(probes[1:], start=1):
+        owner = np.argmin(scores[:, first], axis=0)          # the template that scored it best
+        for v in range(1, len(probes)):
             mine = np.flatnonzero(owner == v)
             if mine.size:
-                hd[mine] = np.minimum(hd[mine], vein_stage(template, snap, starts, first[mine]))
+                hd[mine] = np.minimum(hd[mine], vein_stage(probes[v], snap, starts, first[mine]))
         return first[smallest(hd, size)]
-
-
-def owners(psig: np.ndarray, snap: Sequence, starts: np.ndarray, chosen: np.ndarray) -> np.ndarray:
-    """For each chosen entry, which probe template's signatures (``psig``: (templates, offsets,
-    words)) score it best (the first on ties, so the probe itself before its variants)."""
-    if psig.shape[0] == 1:
-        return np.zeros(chosen.size, np.int64)
-    best = np.full(chosen.size, 0xFFFF, np.int64)
-    owner = np.zeros(chosen.size, np.int64)
-    for s, pos in by_segment(chosen, starts):
-        rows = snap[s][0].index[chosen[pos] - starts[s]]
-        live = np.ones(pos.size, np.uint8)
-        for v in range(psig.shape[0]):
-            sc = kernels.prefilter_scores(psig[v], rows, live).astype(np.int64)
-            better = sc < best[pos]
-            best[pos] = np.where(better, sc, best[pos])
-            owner[pos] = np.where(better, v, owner[pos])
-    return owner
 
 
 def vein_stage(probe: PalmTemplate, snap: Sequence, starts: np.ndarray, chosen: np.ndarray) -> np.ndarray:

@@ -326,24 +326,3 @@ def test_full_pass_ranks_by_the_probes_variants_too(templates):
     probe = ProbeTemplates((base, recut), (IDENTITY, Variant(6, 1)))
     assert {c.person_id for c in g.search(probe, k=3)} >= {"p2", "p11"}
 
-
-def test_owners_is_the_best_scoring_template_first_on_ties(templates):
-    g = Gallery()
-    for i, (enrol, _) in enumerate(templates):
-        g.add(f"p{i}", "left", enrol)
-    snap = g._snapshot()
-    starts = np.concatenate([[0], np.cumsum([n for _, n, _ in snap])])
-    probes = [templates[4][1], templates[4][1], templates[9][0]]
-    psig = pf.probe_signatures(probes)
-    chosen = np.arange(N)
-    owner = pf.owners(psig, snap, starts, chosen)
-    scores = np.stack([kernels_scores(psig[v], snap) for v in range(3)])
-    want = np.argmin(scores, axis=0)                         # argmin: the first of equal minima
-    assert np.array_equal(owner, want) and owner[9] == 2 and 1 not in owner
-    assert np.array_equal(pf.owners(psig[:1], snap, starts, chosen), np.zeros(N, np.int64))
-
-
-def kernels_scores(psig, snap):
-    from palmnode.biometrics import kernels
-
-    return np.concatenate([kernels.prefilter_scores_reference(psig, seg.index[:n], live[:n]) for seg, n, live in snap])
