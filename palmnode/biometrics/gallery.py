@@ -257,21 +257,25 @@ class Gallery:
         pre = self.prefilter
         # (1)+(2) pre-filter: the fast pass first; it is enough when its best final score
         # reaches exit_score, else the full pre-filter's shortlist joins it
-        others = variants.templates[1:] if variants is not None else ()
-        fast = pre.has_fast_pass(probe, total)
-        chosen = pre.select(probe, snap, starts, fast=fast, variants=others)
-        ranked = self._rank(probe, snap, starts, chosen, k, variants)
-        if fast and not (ranked.fused.size and ranked.fused.max() >= pre.exit_score):
-            chosen = np.union1d(chosen, pre.select(probe, snap, starts, variants=others))
+        chosen = np.empty(0, np.int64)
+        if pre.has_fast_pass(probe, total):
+            chosen = pre.select(probe, snap, starts, fast=True)
             ranked = self._rank(probe, snap, starts, chosen, k, variants)
-            fast = False
-        return self._candidates(ranked, k), chosen, fast
+            if ranked.fused.size and ranked.fused.max() >= pre.exit_score:
+                return self._candidates(ranked, k), chosen, True
+        full = pre.select(probe, snap, starts, variants=variants.templates[1:] if variants is not None else (),
+                          ranked=True)
+        chosen = np.union1d(chosen, full)
+        ranked = self._rank(probe, snap, starts, chosen, k, variants, also=full[:RERANK])
+        return self._candidates(ranked, k), chosen, False
 
     def _rank(self, probe: PalmTemplate, snap, starts: np.ndarray, chosen: np.ndarray, k: int,
-              variants: ProbeTemplates | None = None) -> _Ranked:
+              variants: ProbeTemplates | None = None, also: np.ndarray | None = None) -> _Ranked:
         """(3) rigid shifted match of the chosen entries and the elastic vein match (final vein
         scores), ranked by rigid surface + elastic vein; (4) the final stage on the best
-        max(RERANK, 8k) of them (:meth:`_final`)."""
+        max(RERANK, 8k) of them (:meth:`_final`) and on the chosen entries ``also`` names (the
+        full pre-filter pass's best: its vein stage also ranks by the probe's variants, which
+        this ranking does not)."""
         n = chosen.size
         which = np.searchsorted(starts, chosen, side="right") - 1
         rows_all = (chosen - starts[which]).astype(np.int64)
@@ -298,6 +302,8 @@ class Gallery:
                 out[part] = np.where(flags[part] & bit, similarity(hd), np.nan)
         fused = _fused(surf, vein)
         keep = np.lexsort((chosen, -fused))[:max(RERANK, 8 * k)]
+        if also is not None:
+            keep = np.union1d(keep, np.searchsorted(chosen, also))
         keep = keep[np.isfinite(fused[keep])]
         if n > _GATHER:                      # the last chunk's records are not all of them
             keep = np.sort(keep)

@@ -245,14 +245,16 @@ class Prefilter:
         return self.exit_score is not None and probe.vein is not None and total > self.shortlist_size(total)
 
     def select(self, probe: PalmTemplate, snap: Sequence, starts: np.ndarray, *, fast: bool = False,
-               variants: Sequence[PalmTemplate] = ()) -> np.ndarray:
+               variants: Sequence[PalmTemplate] = (), ranked: bool = False) -> np.ndarray:
         """Ascending global indices of the entries that get the full match (every live entry
         when the gallery is no bigger than the shortlist or the probe has no vein code);
         ``fast``: the fast pass's (fast_offsets, fast_sizes), the probe alone. ``variants``:
         the probe's other re-cuts (variants.ProbeTemplates), which the full pass also ranks by:
         an entry's signature score is its best over the probe and its variants at every
         probe offset, and its vein-stage distance the better of the probe's and that of the
-        re-cut that scored it best (the probe itself on ties)."""
+        re-cut that scored it best (the probe itself on ties). ``ranked``: the entries best
+        first by the pass's own last ranking (vein-stage distance, or signature score without a
+        vein stage; ties by index) instead of by index."""
         total = int(starts[-1])
         size = self.shortlist_size(total)
         if total <= size or probe.vein is None:   # the signature is vein-only: no vein, no ranking
@@ -268,7 +270,8 @@ class Prefilter:
         if fast:
             k1, size = self.fast_sizes(total)
         if k1 <= size:
-            return kernels.select_smallest(best, size)
+            chosen = kernels.select_smallest(best, size)
+            return chosen[np.lexsort((chosen, best[chosen]))] if ranked else chosen
         first = kernels.select_smallest(best, k1)
         hd = vein_stage(probe, snap, starts, first)
         owner = np.argmin(scores[:, first], axis=0)          # the template that scored it best
@@ -276,7 +279,8 @@ class Prefilter:
             mine = np.flatnonzero(owner == v)
             if mine.size:
                 hd[mine] = np.minimum(hd[mine], vein_stage(probes[v], snap, starts, first[mine]))
-        return first[smallest(hd, size)]
+        keep = smallest(hd, size)
+        return first[keep[np.lexsort((keep, hd[keep]))]] if ranked else first[keep]
 
 
 def vein_stage(probe: PalmTemplate, snap: Sequence, starts: np.ndarray, chosen: np.ndarray) -> np.ndarray:

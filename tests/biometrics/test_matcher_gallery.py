@@ -326,3 +326,22 @@ def test_full_pass_ranks_by_the_probes_variants_too(templates):
     probe = ProbeTemplates((base, recut), (IDENTITY, Variant(6, 1)))
     assert {c.person_id for c in g.search(probe, k=3)} >= {"p2", "p11"}
 
+
+
+def test_the_full_passs_best_reach_the_final_stage(templates, monkeypatch):
+    """The shortlist ranking sees the probe as found; the full pre-filter pass also ranks by its
+    re-cuts. Its best entries get the final (variant) scores even when the shortlist ranking
+    would not keep them: a mate only a re-cut matches is found."""
+    from palmnode.biometrics.variants import IDENTITY, ProbeTemplates, Variant
+
+    monkeypatch.setattr(gal, "RERANK", 1)                   # the final stage: 8 entries for k=1
+    g = Gallery(shortlist=20, exit_score=None)
+    for i, (enrol, _) in enumerate(templates):
+        g.add(f"p{i}", "left", enrol)
+    base, recut = templates[2][1], templates[11][1]
+    by_base = [c.person_id for c in g.search(base, k=N)]
+    assert by_base.index("p11") >= 8                         # the probe as found ranks 8 others higher
+    found = g.search(ProbeTemplates((base, recut), (IDENTITY, Variant(6, 1))), k=1)
+    assert found[0].person_id == "p11"
+    assert found[0].score == matcher.match_probe(ProbeTemplates((base, recut), (IDENTITY, Variant(6, 1))),
+                                                 templates[11][0])
