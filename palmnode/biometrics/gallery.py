@@ -7,11 +7,12 @@ uint32 rows), a live flag, a modality flag and a person/palm key: ~840 bytes.
 Search = (1)-(2) the pre-filter (prefilter.Prefilter.select: signature scan, vein stage) keeps
 a shortlist, (3) on those the rigid shift-tolerant match of both modalities and the elastic vein
 match (the final vein score), ranked by their fused score, (4) the final stage (Gallery._final):
-the elastic surface match of the best RERANK entries, whose fused scores are then final
-(= matcher.match); best per person, top k. (1)-(4) run first on the fast pass's small shortlist;
+the elastic surface match of the best RERANK entries (with a probe's variants: every variant's
+match, matcher.match_probe_records), whose fused scores are then final (= matcher.match /
+match_probe); best per person, top k. (1)-(4) run first on the fast pass's small shortlist;
 when its best final score stays below ``Prefilter.exit_score``, the full pass's shortlist joins
-it and (3)-(4) run again on both. A probe without a vein code skips (1)-(2): every live entry
-gets (3)-(4).
+it and (3)-(4) run again on both, the full pass's own best RERANK also reaching (4). A probe
+without a vein code skips (1)-(2): every live entry gets (3)-(4).
 
 Concurrency: writers (add/remove) are serialised by a lock. Entries live in segments of
 packed arrays; a search snapshots (segment, filled count, live flags) for every segment under

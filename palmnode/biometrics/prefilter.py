@@ -35,16 +35,16 @@ from palmnode.biometrics.types import ModalityCode, PalmTemplate
 #: MIN_SHORTLIST and at most SHORTLIST entries (a fixed impostor quantile, so the recall loss does
 #: not depend on the gallery size up to SHORTLIST / SHORTLIST_FRACTION = 1M); recall loss measured
 #: in docs/engine.md. The full pass runs for strangers and poorly aligned mates only (the fast
-#: pass is enough for the others), so it is sized for recall: at 1M, 0.6% / 15% kept the 3 bench
-#: mates that 0.2% / 5% lost
-SHORTLIST = 6000
-SHORTLIST_FRACTION = 0.006
+#: pass is enough for the others), so it is sized for recall: on three genuine sets at 100k
+#: (docs/engine.md, "1:N search"), 15% / 0.6% lost 4 mates scoring 0.33-0.38, 25% / 2% none
+SHORTLIST = 20_000
+SHORTLIST_FRACTION = 0.02
 MIN_SHORTLIST = 100
 #: the signature scan keeps STAGE1_FRACTION of the gallery (at least MIN_STAGE1, at most STAGE1
 #: entries) for the vein stage
-STAGE1_FRACTION = 0.15
+STAGE1_FRACTION = 0.25
 MIN_STAGE1 = 1000
-STAGE1 = 150_000
+STAGE1 = 250_000
 VEIN_STAGE_RADIUS = 2
 #: The fast pass (docs/engine.md, "1:N search"): the probe's signature at FAST_OFFSETS only, a
 #: stage 1 of FAST_STAGE1_FRACTION (within [MIN_STAGE1, FAST_STAGE1]) and a shortlist of
