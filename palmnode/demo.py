@@ -211,9 +211,9 @@ class Demo:
         elif decision.outcome == "unknown":
             right = expected is None
             key = "stranger refused" if right else "enrolled not recognised"
-        else:
+        else:                                  # still asked to try again when the person gave up
             right = False
-            key = f"retry ({decision.reason})"
+            key = f"{'stranger ' if expected is None else ''}retry ({decision.reason})"
         s.counts[key] += 1
         score = f" score {decision.score:.3f}" if decision.score is not None else ""
         name = "" if decision.person_id is None else f" {decision.person_id[:8]}…"

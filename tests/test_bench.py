@@ -27,3 +27,12 @@ def test_bad_input_soak_keeps_the_gate_ready_and_counts_drops():
     assert result["gate_state_after"] == "ready"
     assert all(sum(d.values()) > 0 for d in result["drops"].values()), result["drops"]
     assert result["bytes_injected"] > 10_000
+
+
+def test_gate_bench_counts_a_final_retry_for_whoever_was_asked():
+    from palmnode.gate_bench import arrivals
+
+    counts = {"identified correctly": 148, "retry (not sure: present your palm again)": 1,
+              "stranger retry (not sure: present your palm again)": 2, "stranger refused": 50,
+              "stranger admitted": 0, "feedback": 56, "retries": 4, "unknown card": 1}
+    assert arrivals(counts) == (149, 52)
