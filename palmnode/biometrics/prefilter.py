@@ -254,7 +254,8 @@ class Prefilter:
         probe offset, and its vein-stage distance the better of the probe's and that of the
         re-cut that scored it best (the probe itself on ties). ``ranked``: the entries best
         first by the pass's own last ranking (vein-stage distance, or signature score without a
-        vein stage; ties by index) instead of by index."""
+        vein stage; ties by index) instead of by index (by index still when every live entry is
+        kept: nothing was ranked)."""
         total = int(starts[-1])
         size = self.shortlist_size(total)
         if total <= size or probe.vein is None:   # the signature is vein-only: no vein, no ranking

@@ -325,6 +325,9 @@ def test_full_pass_ranks_by_the_probes_variants_too(templates):
     assert 11 not in g.prefilter.select(base, snap, starts)
     assert 11 in g.prefilter.select(base, snap, starts, variants=[recut])
     assert 2 in g.prefilter.select(base, snap, starts, variants=[recut])
+    best_first = g.prefilter.select(base, snap, starts, variants=[recut], ranked=True)
+    assert np.array_equal(np.sort(best_first), g.prefilter.select(base, snap, starts, variants=[recut]))
+    assert best_first[0] in (2, 11) and not np.array_equal(best_first, np.sort(best_first))
     probe = ProbeTemplates((base, recut), (IDENTITY, Variant(6, 1)))
     assert {c.person_id for c in g.search(probe, k=3)} >= {"p2", "p11"}
 
