@@ -82,12 +82,14 @@ def test_sim_and_run_session_with_every_device_unplugged_in_turn(tmp_path):
     states = [(round(l["ts"] - t0, 2), l["name"], l["new"]) for l in lines if l["msg"] == "device state"]
     for device in DEVICES:
         mine = [(t, new) for t, name, new in states if name == device]
+        # on failure, the node's own lines about the device (a rare CI failure left too little to go on)
+        said = [l for l in err.splitlines() if device in l and '"device state"' not in l][-12:]
         first_ready = next(t for t, new in mine if new == "ready")
-        assert first_ready < 3.0, (device, mine)
+        assert first_ready < 3.0, (device, mine, said)
         lost = [t for t, new in mine if new == "lost"]
-        assert lost, (device, mine)
+        assert lost, (device, mine, said)
         back = [t for t, new in mine if new == "ready" and t > lost[0]]
-        assert back and back[0] - lost[0] < 1.0 + 2.0 + 0.5, (device, mine)  # 1 s unplugged + 2 s
+        assert back and back[0] - lost[0] < 1.0 + 2.0 + 0.5, (device, mine, said)  # 1 s unplugged + 2 s
     gates = [l["new"] for l in lines if l["msg"] == "gate state"]
     assert gates.count("degraded") >= 4 and gates[-1] == "ready", gates
     cards = [l for l in lines if l["msg"] == "card read"]
