@@ -75,6 +75,10 @@ class NodeConfig:
     log_level: str = "info"
 
 
+#: the calibration the repository ships (made by ``palmnode eval --calibration-out``)
+SHIPPED_CALIBRATION = Path(__file__).resolve().parent.parent / "config" / "calibration.json"
+
+
 @attrs.frozen
 class GateConfig:
     """What the gate does with a recognised person, and how sure it must be."""
@@ -83,7 +87,7 @@ class GateConfig:
     amount_cents: int | None = None    # payment: what to charge, in minor units
     currency: str | None = None        # payment: ISO 4217 code
     #: impostor score tail (``palmnode eval --calibration-out``) the decision threshold comes from
-    calibration: str = str(Path(__file__).resolve().parent.parent / "config" / "calibration.json")
+    calibration: str = str(SHIPPED_CALIBRATION)
     #: per-comparison false-match rate the threshold is set for (1e-9: a million palms, FPIR ~1e-3)
     target_fmr: float = 1e-9
     on_duplicate: str = "refuse"       # enrolling a palm already enrolled: refuse | link

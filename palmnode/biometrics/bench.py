@@ -50,6 +50,7 @@ import cv2
 import numpy as np
 
 from palmnode.cliargs import count
+from palmnode.config import SHIPPED_CALIBRATION, GateConfig
 from palmnode.biometrics import features, gallery as gal, kernels, matcher, prefilter as pf, roi, synth, variants
 from palmnode.biometrics.types import BadImage, PalmTemplate, RoiFailure
 from palmnode.biometrics.variants import ProbeTemplates
@@ -186,11 +187,11 @@ def signatures_of(recs: np.ndarray) -> np.ndarray:
     return out
 
 
-def decision_threshold(fmr: float = 1e-9) -> float | None:
-    """The gate's decision threshold from the repository's config/calibration.json (None without it)."""
-    path = Path(__file__).resolve().parents[2] / "config" / "calibration.json"
+def decision_threshold() -> float | None:
+    """The gate's decision threshold: the shipped calibration at the gate's default target FMR
+    (None without the file)."""
     try:
-        return matcher.Calibration.from_json(path.read_text()).decision_threshold(fmr)
+        return matcher.Calibration.from_json(SHIPPED_CALIBRATION.read_text()).decision_threshold(GateConfig().target_fmr)
     except OSError:
         return None
 

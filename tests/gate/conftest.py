@@ -7,7 +7,6 @@ enrolled with session-1 hands and recognised with session-2 hands, as a month ap
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import attrs
 import pytest
@@ -15,6 +14,7 @@ import pytest
 from palmnode.actors import GateState
 from palmnode.biometrics import matcher
 from palmnode.biometrics.gallery import Gallery
+from palmnode.config import SHIPPED_CALIBRATION
 from palmnode.demo import node_config
 from palmnode.gate.capture import CapturePolicy, Capturer
 from palmnode.gate.identify import IdentifyFlow, IdentifyPolicy
@@ -29,14 +29,13 @@ from tests.conftest import wait_for
 #: the decision threshold of these tests: the product's calibration (config/calibration.json, 8.9M
 #: impostor pairs of rendered people scored as the gate scores) at this FMR per comparison
 TARGET_FMR = 1e-4
-CALIBRATION = Path(__file__).resolve().parents[2] / "config" / "calibration.json"
 
 
 @pytest.fixture(scope="session")
 def threshold() -> float:
     """The fused-score threshold at TARGET_FMR (at 1e-3, from 60 rendered people, a stranger's
     best score fell in the near-miss band below it often enough to make "unknown" a coin toss)."""
-    return matcher.Calibration.from_json(CALIBRATION.read_text()).decision_threshold(TARGET_FMR)
+    return matcher.Calibration.from_json(SHIPPED_CALIBRATION.read_text()).decision_threshold(TARGET_FMR)
 
 
 @attrs.define
