@@ -14,8 +14,27 @@ RADIUS = 100.0
 IM, MR, RL = np.array([150.0, 100.0]), np.array([101.6, 100.0]), np.array([50.0, 100.0])
 
 
+#: fingertips of straight fingers over those valleys (index, middle, ring, little)
+STRAIGHT_TIPS = np.array([[175.0, -120.0], [125.0, -140.0], [75.0, -130.0], [25.0, -100.0]])
+
+
+def all_lines(valleys, deep, tips=None):
+    return list(roi._valley_lines(np.array(valleys), deep, UP, RADIUS, LIMITS, tips))
+
+
 def first_line(valleys, deep, tips=None):
-    return next(iter(roi._valley_lines(np.array(valleys), deep, UP, RADIUS, LIMITS, tips)), None)
+    return next(iter(all_lines(valleys, deep, tips)), None)
+
+
+def axis_line(valleys, deep):
+    """The one line straight fingers give when a single web is open: as long as a full line (the
+    notches keep their place across the fingers), leaned back by the fingers' usual lean."""
+    lines = all_lines(valleys, deep, STRAIGHT_TIPS)
+    assert len(lines) == 1
+    x, v1, v3, length = lines[0]
+    assert 90.0 < length < 110.0
+    assert abs(abs(np.degrees(np.arcsin(-x[1]))) - LIMITS.finger_axis_lean_deg) < 3.0
+    return lines[0]
 
 
 def test_all_three_valleys_on_a_line_give_the_index_little_pair():
@@ -48,15 +67,8 @@ def test_shallow_middle_valley_does_not_veto_the_pair():
 def test_only_ring_little_valley_uses_the_pressed_fingers_axis():
     # index, middle and ring held together: notches high up the seams, straight fingers
     im, mr = IM + [0.0, -70.0], MR + [0.0, -70.0]
-    tips = np.array([[175.0, -120.0], [125.0, -140.0], [75.0, -130.0], [25.0, -100.0]])
-    lines = list(roi._valley_lines(np.array([im, mr, RL]), (False, False, True), UP, RADIUS,
-                                   LIMITS, tips))
-    assert len(lines) == 1
-    x, v1, v3, length = lines[0]
+    x, v1, v3, length = axis_line([im, mr, RL], (False, False, True))
     assert np.allclose(v3, RL)
-    assert 90.0 < length < 110.0                 # the notches keep their place across the fingers
-    lean = np.degrees(np.arcsin(-x[1]))          # x leans back from the fingers' axis
-    assert abs(abs(lean) - LIMITS.finger_axis_lean_deg) < 3.0
 
 
 def test_frame_from_the_valleys_is_a_proper_scale_normalised_square():
@@ -130,7 +142,7 @@ def test_pair_leaning_off_the_fingers_axis_trusts_only_the_ring_little_valley():
     # stand-in built on a suspect notch is used, only the ring-little valley and the axis
     tips = np.array([[175.0, -120.0], [0.5 * (im[0] + mr[0]), -140.0], [0.5 * (mr[0] + RL[0]), -130.0],
                      [25.0, -100.0]])
-    lines = list(roi._valley_lines(valleys, (True, True, True), UP, RADIUS, LIMITS, tips))
+    lines = all_lines(valleys, (True, True, True), tips)
     assert len(lines) == 1
     x, v1, v3, length = lines[0]
     assert np.allclose(v3, RL) and abs(length - 100.0) < 1e-9
@@ -139,8 +151,7 @@ def test_pair_leaning_off_the_fingers_axis_trusts_only_the_ring_little_valley():
 
 def test_pair_along_the_fingers_axis_stands():
     tips = np.array([[175.0, -120.0], [126.0, -140.0], [76.0, -130.0], [25.0, -100.0]])
-    _, v1, v3, _ = next(iter(roi._valley_lines(np.array([IM, MR, RL]), (True, True, True), UP,
-                                                     RADIUS, LIMITS, tips)))
+    _, v1, v3, _ = first_line([IM, MR, RL], (True, True, True), tips)
     assert np.allclose(v1, IM) and np.allclose(v3, RL)
 
 
@@ -150,7 +161,7 @@ def test_pair_leaning_the_other_way_trusts_only_the_index_middle_valley():
     valleys = np.array([IM, mr, rl])
     tips = np.array([[175.0, -120.0], [0.5 * (IM[0] + mr[0]), -140.0], [0.5 * (mr[0] + rl[0]), -130.0],
                      [25.0, -100.0]])
-    lines = list(roi._valley_lines(valleys, (True, True, True), UP, RADIUS, LIMITS, tips))
+    lines = all_lines(valleys, (True, True, True), tips)
     assert len(lines) == 1
     x, v1, v3, length = lines[0]
     assert np.allclose(v1, IM) and abs(length - 100.0) < 1e-9
@@ -245,7 +256,7 @@ def test_middle_stand_in_tilted_far_off_the_fingers_axis_is_refused():
     tips = np.array([[175.0, -120.0], [0.5 * (im[0] + mr[0]), -140.0], [0.5 * (mr[0] + RL[0]), -130.0],
                      [25.0, -100.0]])
     assert np.allclose(first_line(valleys, (False, True, True))[2], RL)      # (no tips: the stand-in)
-    lines = list(roi._valley_lines(valleys, (False, True, True), UP, RADIUS, LIMITS, tips))
+    lines = all_lines(valleys, (False, True, True), tips)
     assert len(lines) == 1
     _, _, v3, length = lines[0]
     assert np.allclose(v3, RL) and abs(length - 100.0) < 1e-9         # the ring-little valley + axis
@@ -276,15 +287,9 @@ def test_only_middle_ring_valley_gives_a_line_through_it_from_the_fingers_axis()
     # index and middle held together, ring and little held together: both side notches up the
     # seams, only the middle-ring web open; straight fingers
     im, rl = IM + [0.0, -70.0], RL + [0.0, -70.0]
-    tips = np.array([[175.0, -120.0], [125.0, -140.0], [75.0, -130.0], [25.0, -100.0]])
-    lines = list(roi._valley_lines(np.array([im, MR, rl]), (False, True, False), UP, RADIUS,
-                                   LIMITS, tips))
-    assert len(lines) == 1
-    x, v1, v3, length = lines[0]
-    assert 90.0 < length < 110.0                 # the notches keep their place across the fingers
+    x, v1, v3, length = axis_line([im, MR, rl], (False, True, False))
     # the line passes through the middle-ring valley at its average share from the ring-little end
     assert np.allclose(v3 + x * LIMITS.middle_valley_mean * length, MR)
-    assert abs(abs(np.degrees(np.arcsin(-x[1]))) - LIMITS.finger_axis_lean_deg) < 3.0
     # without the fingers' axis there is no such line
     assert first_line([im, MR, rl], (False, True, False)) is None
 
@@ -322,14 +327,11 @@ def test_ring_little_notch_above_the_middle_ring_web_gives_way_to_it():
     # a notch up its seam, above the open middle-ring web along the fingers; the line goes
     # through the middle-ring web instead of the notch
     im, rl = IM + [0.0, -70.0], RL + [0.0, -40.0]
-    tips = np.array([[175.0, -120.0], [125.0, -140.0], [75.0, -130.0], [25.0, -100.0]])
-    lines = list(roi._valley_lines(np.array([im, MR, rl]), (False, True, True), UP, RADIUS,
-                                   LIMITS, tips))
+    lines = all_lines([im, MR, rl], (False, True, True), STRAIGHT_TIPS)
     x, v1, v3, length = lines[-1]
     assert np.allclose(v3 + x * LIMITS.middle_valley_mean * length, MR)
     assert not any(np.allclose(line[2], rl) for line in lines)
     # the ring-little web below the middle-ring one: it anchors the line as before
     low = RL + [0.0, 10.0]
-    lines = list(roi._valley_lines(np.array([im, MR, low]), (False, True, True), UP, RADIUS,
-                                   LIMITS, tips))
+    lines = all_lines([im, MR, low], (False, True, True), STRAIGHT_TIPS)
     assert np.allclose(lines[-1][2], low)
