@@ -69,6 +69,9 @@ def test_sim_and_run_session_with_every_device_unplugged_in_turn(tmp_path):
         node.send_signal(signal.SIGTERM)  # how systemd stops it
         out, err = node.communicate(timeout=15)
         assert node.returncode == 0, err
+        if sim.poll() is not None:  # a crashed sim looks like devices that never come back: say so
+            raise AssertionError(f"palmnode sim exited ({sim.returncode}) during the session:\n"
+                                 + sim.communicate(timeout=15)[1][-4000:])
     finally:
         for p in (node, sim):
             if p is not None and p.poll() is None:

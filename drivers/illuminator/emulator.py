@@ -253,12 +253,18 @@ class IlluminatorEmulator(SerialEmulator):
             interval = self._sampling_ms / 1000.0
             if self._next_sample is None:
                 self._next_sample = now + interval
+            # Every send below is a checkpoint, and meanwhile the other tasks may reset the board
+            # (unplug, a host open, SYSTEM_RESET, a new sampling interval: _next_sample is None
+            # again) or boot it: after an await, start over instead of going on with what was read
+            # before it. (The real firmware's loop() cannot be interrupted like that.)
             if now >= self._next_sample:
                 # loop(): "if (currentMillis - previousMillis > samplingInterval)": catch up, never burst
                 self._next_sample = max(self._next_sample + interval, now)
                 await self._sample()
+                continue
             if self._deadman_ms and now >= self._deadman_deadline():
                 await self._trip(fc.TRIP_DEADMAN)
+                continue
             deadline = self._next_sample
             if self._deadman_ms:
                 deadline = min(deadline, self._deadman_deadline())
@@ -291,7 +297,8 @@ class IlluminatorEmulator(SerialEmulator):
             await self.send(fc.safety_clear(fc.TRIP_OVER_TEMPERATURE))
             await self._notice(NOTICE_COOLED)
         for channel in sorted(self._report_analog):
-            if self._mode.get(self._analog_pin(channel)) == fc.MODE_ANALOG:
+            # re-checked per channel: a reset during an earlier report's send turns reporting off
+            if channel in self._report_analog and self._mode.get(self._analog_pin(channel)) == fc.MODE_ANALOG:
                 await self.send(fc.analog_message(channel, self._analog_read(channel)))
         self._notify()
 

@@ -326,3 +326,50 @@ async def test_emulator_speaks_standardfirmata(emu):
         # the dead-man extension acknowledges arming and disarming
         assert await raw.ask(fc.deadman_arm(300), fc.DeadmanAck) == fc.DeadmanAck(300)
         assert await raw.ask(fc.deadman_arm(0), fc.DeadmanAck) == fc.DeadmanAck(0)
+
+
+class _SampledThermistor(Thermistor):
+    """Lets a test act at the moment the firmware loop reads the thermistor for its report."""
+
+    def __init__(self, sampled) -> None:
+        super().__init__()
+        object.__setattr__(self, "sampled", sampled)  # a frozen attrs class
+
+    def adc(self, celsius: float) -> int:
+        self.sampled()
+        return super().adc(celsius)
+
+
+@pytest.mark.parametrize("reset", ["unplug", "restart", "sampling interval"])
+async def test_a_reset_while_the_board_is_reporting_leaves_its_firmware_loop_running(nursery, tmp_path, reset):
+    # The loop sends one report per reporting channel, each send a checkpoint. A reset in
+    # between (the cable pulled, a board restart, a new sampling interval from the host) clears
+    # the next sampling time; the loop used to carry on with it as its deadline (None) and crash,
+    # taking down the emulator and, in `palmnode sim`, the whole virtual gate: every device
+    # vanished for good right after the scenario unplugged the illuminator.
+    armed: list[trio.Event] = []
+    emu = IlluminatorEmulator(tmp_path / "illuminator", seed=7,
+                              thermistor=_SampledThermistor(lambda: armed and armed[-1].set()))
+    await nursery.start(emu.run)
+    async with SerialPort.open(str(emu.link), 57600) as port:
+        await RawHost(port).ask(b"", fc.FirmwareReport)  # booted: the board listens
+        await port.send_all(fc.sampling_interval(10) + b"".join(fc.report_analog(ch, True) for ch in range(6)))
+        with trio.fail_after(2):
+            await emu.wait_until(lambda: emu.reporting_channels == frozenset(range(6)))
+            armed.append(trio.Event())
+            await armed[-1].wait()  # the loop has read A0 and sends six reports from here
+        if reset == "unplug":
+            await emu.unplug(0.1)
+        elif reset == "restart":
+            await emu.on_host_attached()
+        else:
+            await emu.on_receive(fc.sampling_interval(20))
+    with trio.fail_after(2):
+        await emu.replugged()
+        await emu.wait_until(lambda: not emu.host_attached)  # so that it boots again on the next open
+    async with SerialPort.open(str(emu.link), 57600) as port:  # the board still samples and reports
+        raw = RawHost(port)
+        await raw.ask(b"", fc.FirmwareReport)
+        await port.send_all(fc.sampling_interval(10))
+        for ask in (fc.report_analog(0, True), b"", b""):  # the answer to enabling, then the loop's reports
+            assert (await raw.ask(ask, fc.AnalogMessage)).pin == 0
