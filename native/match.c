@@ -418,14 +418,24 @@ PN_INLINE uint16_t sig_score(const uint64_t *p, const uint64_t *s, int hw)
     return (uint16_t)(384 + 2 * d - v);
 }
 
-PN_INLINE void scan_body(const uint64_t *probe, size_t n_probes, const uint64_t *sigs,
+/* probe q's score after its normalisation (pn_prefilter_scores) */
+PN_INLINE uint16_t scan_norm(uint16_t s, const int32_t *norm, size_t q)
+{
+    if (!norm) return s;
+    int64_t t = (int64_t)s * norm[2 * q] + norm[2 * q + 1];
+    if (t < 0) return 0;
+    t >>= PN_NORM_SHIFT;
+    return t > PN_NORM_MAX ? PN_NORM_MAX : (uint16_t)t;
+}
+
+PN_INLINE void scan_body(const uint64_t *probe, size_t n_probes, const int32_t *norm, const uint64_t *sigs,
                          const uint8_t *live, size_t n, uint16_t *out, int hw)
 {
     for (size_t k = 0; k < n; k++) {
         uint16_t best = 0xFFFF;
         if (live[k]) {
             for (size_t q = 0; q < n_probes; q++) {
-                uint16_t s = sig_score(probe + 8 * q, sigs + 8 * k, hw);
+                uint16_t s = scan_norm(sig_score(probe + 8 * q, sigs + 8 * k, hw), norm, q);
                 best = s < best ? s : best;
             }
         }
@@ -433,18 +443,18 @@ PN_INLINE void scan_body(const uint64_t *probe, size_t n_probes, const uint64_t 
     }
 }
 
-static void scan_portable(const uint64_t *probe, size_t n_probes, const uint64_t *sigs,
+static void scan_portable(const uint64_t *probe, size_t n_probes, const int32_t *norm, const uint64_t *sigs,
                           const uint8_t *live, size_t n, uint16_t *out)
 {
-    scan_body(probe, n_probes, sigs, live, n, out, 0);
+    scan_body(probe, n_probes, norm, sigs, live, n, out, 0);
 }
 
 #if PN_X86
 __attribute__((target("popcnt")))
-static void scan_popcnt(const uint64_t *probe, size_t n_probes, const uint64_t *sigs,
+static void scan_popcnt(const uint64_t *probe, size_t n_probes, const int32_t *norm, const uint64_t *sigs,
                         const uint8_t *live, size_t n, uint16_t *out)
 {
-    scan_body(probe, n_probes, sigs, live, n, out, 1);
+    scan_body(probe, n_probes, norm, sigs, live, n, out, 1);
 }
 
 /* One 64-byte signature is two 256-bit lanes groups [c0 c1 c2 mask] (surface, vein).
@@ -452,7 +462,7 @@ static void scan_popcnt(const uint64_t *probe, size_t n_probes, const uint64_t *
  * a nibble-table popcount of both groups, summed per 64-bit word with vpsadbw, gives
  * [D0 D1 D2 cells]; score = 384 + 2*(D0+D1+D2) - 3*cells. */
 __attribute__((target("avx2,popcnt")))
-static void scan_avx2(const uint64_t *probe, size_t n_probes, const uint64_t *sigs,
+static void scan_avx2(const uint64_t *probe, size_t n_probes, const int32_t *norm, const uint64_t *sigs,
                       const uint8_t *live, size_t n, uint16_t *out)
 {
     const __m256i lut = NIBBLE_POPCOUNT_LUT;
@@ -482,7 +492,7 @@ static void scan_avx2(const uint64_t *probe, size_t n_probes, const uint64_t *si
             uint64_t d = (uint64_t)_mm_cvtsi128_si64(lo) + (uint64_t)_mm_extract_epi64(lo, 1)
                        + (uint64_t)_mm_cvtsi128_si64(hi);
             uint64_t v = (uint64_t)_mm_extract_epi64(hi, 1);
-            uint16_t sc = (uint16_t)(384 + 2 * d - 3 * v);
+            uint16_t sc = scan_norm((uint16_t)(384 + 2 * d - 3 * v), norm, q);
             best = sc < best ? sc : best;
         }
         out[k] = best;
@@ -538,17 +548,29 @@ __attribute__((target("avx2,popcnt"))) PN_INLINE __m256i scan_score4(const __m25
     return _mm256_sub_epi64(_mm256_add_epi64(base, _mm256_add_epi64(d, d)), _mm256_add_epi64(v, _mm256_add_epi64(v, v)));
 }
 
+/* scan_norm on 4 scores (64-bit lanes holding 0..768): (s * m + c) >> PN_NORM_SHIFT in [0, PN_NORM_MAX] */
+__attribute__((target("avx2,popcnt"))) PN_INLINE __m256i scan_norm4(__m256i s, __m256i m, __m256i c, __m256i zero,
+                                                                   __m256i top)
+{
+    __m256i t = _mm256_add_epi64(_mm256_mul_epu32(s, m), c);
+    t = _mm256_andnot_si256(_mm256_cmpgt_epi64(zero, t), t);
+    return _mm256_min_epu32(_mm256_srli_epi64(t, PN_NORM_SHIFT), top);     /* < 2^32 after the shift */
+}
+
 __attribute__((target("avx2,popcnt")))
-static void scan_avx2_vertical(const uint64_t *probe, size_t n_probes, const uint64_t *sigs,
+static void scan_avx2_vertical(const uint64_t *probe, size_t n_probes, const int32_t *norm, const uint64_t *sigs,
                                const uint8_t *live, size_t n, uint16_t *out)
 {
     const __m256i lut = NIBBLE_POPCOUNT_LUT;
     const __m256i low = _mm256_set1_epi8(0x0F);
     const __m256i zero = _mm256_setzero_si256();
     const __m256i base = _mm256_set1_epi64x(384);
-    __m256i pb[PN_SCAN_MAX_PROBES][8];
+    const __m256i top = _mm256_set1_epi64x(PN_NORM_MAX);
+    __m256i pb[PN_SCAN_MAX_PROBES][8], nm[PN_SCAN_MAX_PROBES], nc[PN_SCAN_MAX_PROBES];
     for (size_t q = 0; q < n_probes; q++) {
         for (int w = 0; w < 8; w++) pb[q][w] = _mm256_set1_epi64x((long long)probe[8 * q + w]);
+        nm[q] = _mm256_set1_epi64x(norm ? norm[2 * q] : 0);
+        nc[q] = _mm256_set1_epi64x(norm ? norm[2 * q + 1] : 0);
     }
     size_t k = 0;
     /* two groups of 4 entries per pass over the probe variants (each variant's words loaded once) */
@@ -558,8 +580,13 @@ static void scan_avx2_vertical(const uint64_t *probe, size_t n_probes, const uin
         scan_transpose4(sigs + 8 * k + 32, X);
         __m256i best = _mm256_set1_epi64x(0xFFFF), best2 = best;
         for (size_t q = 0; q < n_probes; q++) {
-            best = _mm256_min_epu32(best, scan_score4(W, pb[q], lut, low, zero, base));   /* lanes hold 0..768 */
-            best2 = _mm256_min_epu32(best2, scan_score4(X, pb[q], lut, low, zero, base));
+            __m256i s = scan_score4(W, pb[q], lut, low, zero, base), s2 = scan_score4(X, pb[q], lut, low, zero, base);
+            if (norm) {                                                                  /* lanes hold 0..768 */
+                s = scan_norm4(s, nm[q], nc[q], zero, top);
+                s2 = scan_norm4(s2, nm[q], nc[q], zero, top);
+            }
+            best = _mm256_min_epu32(best, s);
+            best2 = _mm256_min_epu32(best2, s2);
         }
         uint64_t b[8];
         _mm256_storeu_si256((__m256i *)b, best);
@@ -570,34 +597,37 @@ static void scan_avx2_vertical(const uint64_t *probe, size_t n_probes, const uin
         __m256i W[8];
         scan_transpose4(sigs + 8 * k, W);
         __m256i best = _mm256_set1_epi64x(0xFFFF);
-        for (size_t q = 0; q < n_probes; q++) best = _mm256_min_epu32(best, scan_score4(W, pb[q], lut, low, zero, base));
+        for (size_t q = 0; q < n_probes; q++) {
+            __m256i s = scan_score4(W, pb[q], lut, low, zero, base);
+            best = _mm256_min_epu32(best, norm ? scan_norm4(s, nm[q], nc[q], zero, top) : s);
+        }
         uint64_t b[4];
         _mm256_storeu_si256((__m256i *)b, best);
         for (int j = 0; j < 4; j++) out[k + j] = live[k + j] ? (uint16_t)b[j] : 0xFFFF;
     }
-    if (k < n) scan_popcnt(probe, n_probes, sigs + 8 * k, live + k, n - k, out + k);
+    if (k < n) scan_popcnt(probe, n_probes, norm, sigs + 8 * k, live + k, n - k, out + k);
 }
 #endif
 
-void pn_prefilter_scores(const uint64_t *probe_sigs, size_t n_probes, const uint64_t *sigs,
+void pn_prefilter_scores(const uint64_t *probe_sigs, size_t n_probes, const int32_t *norm, const uint64_t *sigs,
                          const uint8_t *live, size_t n, uint16_t *out)
 {
 #if PN_X86
     int lv = level();
     if (lv >= 2) {
         if (n_probes <= PN_SCAN_MAX_PROBES) {
-            scan_avx2_vertical(probe_sigs, n_probes, sigs, live, n, out);
+            scan_avx2_vertical(probe_sigs, n_probes, norm, sigs, live, n, out);
         } else {
-            scan_avx2(probe_sigs, n_probes, sigs, live, n, out);
+            scan_avx2(probe_sigs, n_probes, norm, sigs, live, n, out);
         }
         return;
     }
     if (lv >= 1) {
-        scan_popcnt(probe_sigs, n_probes, sigs, live, n, out);
+        scan_popcnt(probe_sigs, n_probes, norm, sigs, live, n, out);
         return;
     }
 #endif
-    scan_portable(probe_sigs, n_probes, sigs, live, n, out);
+    scan_portable(probe_sigs, n_probes, norm, sigs, live, n, out);
 }
 
 /* ---------------------------------------------------------------- shortlist select */

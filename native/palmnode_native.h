@@ -89,9 +89,13 @@ void pn_vein_signatures(const uint32_t *planes, size_t n_codes, const int32_t *o
  * 4 words [3 code planes, mask], 8x8 cells per word; pn_vein_signatures makes them).
  * score = 384 + 2*D - V  (D differing code bits where both valid, V = 3*jointly valid cells,
  * i.e. 2 x (D + unknown bits / 2): an unknown bit counts as half a difference); lower is
- * closer; 0..768.
+ * closer; 0..768. norm (NULL: none) puts the probes' scores on one scale before the minimum:
+ * probe q's score s becomes clamp((s * norm[2q] + norm[2q+1]) >> PN_NORM_SHIFT, 0, PN_NORM_MAX)
+ * (norm[2q] in 1..65535; e.g. its standardised score, the pre-filter's pair normalisation).
  * out[k] = the minimum score over the probes; live[k] == 0 marks a removed entry: 0xFFFF. */
-void pn_prefilter_scores(const uint64_t *probe_sigs, size_t n_probes, const uint64_t *sigs,
+#define PN_NORM_SHIFT 10
+#define PN_NORM_MAX 1023
+void pn_prefilter_scores(const uint64_t *probe_sigs, size_t n_probes, const int32_t *norm, const uint64_t *sigs,
                          const uint8_t *live, size_t n, uint16_t *out);
 
 /* The k entries with the smallest (score, index) among scores < 1024, written to out_idx in

@@ -452,7 +452,24 @@ def _check_scan_args(probe_sig, sigs, live):
     return probe_sig, sigs, live
 
 
-def prefilter_scores(probe_sig: np.ndarray, sigs: np.ndarray, live: np.ndarray, *,
+#: pair normalisation of :func:`prefilter_scores` (native/palmnode_native.h): a probe's score s
+#: becomes clamp((s * m + c) >> NORM_SHIFT, 0, NORM_MAX)
+NORM_SHIFT = 10
+NORM_MAX = 1023
+
+
+def _check_norm(norm, n_probes: int) -> np.ndarray | None:
+    if norm is None:
+        return None
+    norm = _array(norm, np.int32, 2, "norm")
+    if norm.shape != (n_probes, 2):
+        raise ValueError(f"norm must be int32 ({n_probes}, 2): a multiplier and an offset per probe signature")
+    if norm[:, 0].min() < 1 or norm[:, 0].max() > 65535:
+        raise ValueError("norm's multipliers must be in 1..65535")
+    return norm
+
+
+def prefilter_scores(probe_sig: np.ndarray, sigs: np.ndarray, live: np.ndarray, *, norm: np.ndarray | None = None,
                      out: np.ndarray | None = None) -> np.ndarray:
     """Pre-filter score of every signature (uint64 (N, 8)) against the probe's, in C.
 
@@ -461,31 +478,40 @@ def prefilter_scores(probe_sig: np.ndarray, sigs: np.ndarray, live: np.ndarray, 
 
     ``384 + 2*D - V`` over both modalities' 8x8 coarse codes (D differing bits where both are
     valid, V jointly valid bits: an unknown bit counts half a difference; lower = closer, 0..768);
-    entries with ``live == 0`` score 0xFFFF. Uses AVX2 where the CPU has it. ``out``: an optional
+    entries with ``live == 0`` score 0xFFFF. ``norm``: int32 (P, 2), variant q's score s counts
+    as ``clamp((s * norm[q, 0] + norm[q, 1]) >> NORM_SHIFT, 0, NORM_MAX)`` (puts the variants on
+    one scale: prefilter.pair_norms). Uses AVX2 where the CPU has it. ``out``: an optional
     writeable C-contiguous uint16 array of N scores to fill (e.g. a gallery-wide array's slice).
     """
     probe_sig, sigs, live = _check_scan_args(probe_sig, sigs, live)
+    norm = _check_norm(norm, probe_sig.shape[0])
     if out is None:
         out = np.empty(sigs.shape[0], np.uint16)
     elif (not isinstance(out, np.ndarray) or out.dtype != np.uint16 or out.shape != (sigs.shape[0],)
           or not out.flags.c_contiguous or not out.flags.writeable):
         raise ValueError(f"out must be a writeable C-contiguous uint16 array of {sigs.shape[0]} scores")
-    _lib.pn_prefilter_scores(_ptr("const uint64_t *", probe_sig), probe_sig.shape[0], _ptr("const uint64_t *", sigs),
+    _lib.pn_prefilter_scores(_ptr("const uint64_t *", probe_sig), probe_sig.shape[0],
+                             _ffi.NULL if norm is None else _ptr("const int32_t *", norm), _ptr("const uint64_t *", sigs),
                              _ptr("const uint8_t *", live), sigs.shape[0], _ptr("uint16_t *", out))
     return out
 
 
-def prefilter_scores_reference(probe_sig: np.ndarray, sigs: np.ndarray, live: np.ndarray) -> np.ndarray:
+def prefilter_scores_reference(probe_sig: np.ndarray, sigs: np.ndarray, live: np.ndarray, *,
+                               norm: np.ndarray | None = None) -> np.ndarray:
     """NumPy reference of :func:`prefilter_scores`."""
     probe_sig, sigs, live = _check_scan_args(probe_sig, sigs, live)
+    norm = _check_norm(norm, probe_sig.shape[0])
     s = sigs.reshape(-1, 2, 4)
     score = np.full(sigs.shape[0], 0xFFFF, np.int64)
-    for variant in probe_sig:
+    for q, variant in enumerate(probe_sig):
         p = variant.reshape(2, 4)
         m = s[:, :, 3] & p[:, 3]
         d = _popcount((s[:, :, :3] ^ p[:, :3]) & m[:, :, None]).sum(axis=(1, 2))
         v = 3 * _popcount(m).sum(axis=1)
-        score = np.minimum(score, 384 + 2 * d - v)
+        mine = 384 + 2 * d - v
+        if norm is not None:
+            mine = np.clip((mine * int(norm[q, 0]) + int(norm[q, 1])) >> NORM_SHIFT, 0, NORM_MAX)
+        score = np.minimum(score, mine)
     score = score.astype(np.uint16)
     return np.where(live != 0, score, np.uint16(0xFFFF)).astype(np.uint16)
 

@@ -14,7 +14,8 @@ Both run in two passes: the fast pass (the probe as found at FAST_OFFSETS, ``fas
 small) and the full pass (``stage1_size`` / ``shortlist_size``), which the gallery runs only when
 the fast pass's best final score stays below ``exit_score``. The full pass also ranks by the
 probe's re-cuts (variants.ProbeTemplates): the scan keeps each entry's best score over the probe
-and its re-cuts at every PROBE_OFFSETS offset, and the vein stage the better of the probe's
+and its re-cuts at every PROBE_OFFSETS offset, each such pair's scores first standardised to
+the gallery's (:func:`pair_norms`), and the vein stage the better of the probe's
 distance and that of the re-cut whose signature scored the entry best, so a capture whose ROI
 is off in rotation or scale is not lost to the signature it cannot match.
 :meth:`Prefilter.select` runs one pass over a gallery snapshot; the gallery does the rest.
@@ -35,16 +36,16 @@ from palmnode.biometrics.types import ModalityCode, PalmTemplate
 #: MIN_SHORTLIST and at most SHORTLIST entries (a fixed impostor quantile, so the recall loss does
 #: not depend on the gallery size up to SHORTLIST / SHORTLIST_FRACTION = 1M); recall loss measured
 #: in docs/engine.md. The full pass runs for strangers and poorly aligned mates only (the fast
-#: pass is enough for the others), so it is sized for recall: on three genuine sets at 100k
-#: (docs/engine.md, "1:N search"), 15% / 0.6% lost 4 mates scoring 0.33-0.38, 25% / 2% none
+#: pass is enough for the others), so it is sized for recall (docs/engine.md, "1:N search":
+#: with standardised pairs a 10% stage 1 loses fewer mates than 25% did with raw scores)
 SHORTLIST = 20_000
 SHORTLIST_FRACTION = 0.02
 MIN_SHORTLIST = 100
 #: the signature scan keeps STAGE1_FRACTION of the gallery (at least MIN_STAGE1, at most STAGE1
 #: entries) for the vein stage
-STAGE1_FRACTION = 0.25
+STAGE1_FRACTION = 0.10
 MIN_STAGE1 = 1000
-STAGE1 = 250_000
+STAGE1 = 100_000
 VEIN_STAGE_RADIUS = 2
 #: The fast pass (docs/engine.md, "1:N search"): the probe's signature at FAST_OFFSETS only, a
 #: stage 1 of FAST_STAGE1_FRACTION (within [MIN_STAGE1, FAST_STAGE1]) and a shortlist of
@@ -59,6 +60,15 @@ FAST_STAGE1 = 3000
 FAST_SHORTLIST_FRACTION = 0.00015
 FAST_SHORTLIST = 150
 EXIT_SCORE = 0.39
+#: The full pass's (template, offset) pairs score on one scale (:func:`pair_norms`): each pair's
+#: scores standardised to the gallery's (NORM_STEP score units per standard deviation about
+#: NORM_CENTRE, measured on NORM_SAMPLE entries spread over the gallery). Raw scores favour the
+#: pairs with the lowest typical score (an offset moves cells out, and an unknown bit counts half
+#: a difference): a mate whose best pair is another lost to impostors' chances on those
+#: (docs/engine.md, "1:N search")
+NORM_STEP = 32
+NORM_CENTRE = 512
+NORM_SAMPLE = 4096
 #: uint64 words of one entry's pre-filter index row
 INDEX_WORDS = kernels.SIGNATURE_WORDS
 
@@ -147,12 +157,12 @@ def signatures_of_codes(planes: np.ndarray) -> np.ndarray:
     return kernels.vein_signatures(planes, ((0, 0),))[:, 0]
 
 
-#: probe-side pre-filter variants of the full pass, in vein cells (8 px): the unshifted signature,
-#: one cell each way, the two diagonal steps along the signature's second phase (dev: mates
-#: beyond the 5% quantile 1.0% with the first five, 0.5% with these seven), and two cells along
-#: each axis (the bench's lost mates are misaligned by 2 cells; only the full pass, which runs
-#: when the fast pass is not enough, pays for them: at 1M it keeps 3 of 13 more of those mates)
-PROBE_OFFSETS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1), (0, 2), (0, -2), (2, 0), (-2, 0))
+#: probe-side pre-filter variants of the full pass, in vein cells (8 px): the 3x3 neighbourhood
+#: and two cells along each axis (the bench's lost mates were misaligned by up to 2 cells). Each
+#: (template, offset) pair is standardised (pair_norms), so more pairs no longer favour the
+#: impostors: with raw scores the anti-diagonals (1, -1), (-1, 1) lost more mates than they
+#: found, standardised they keep a mate at 0.398 that needed (-2, -1) (docs/engine.md)
+PROBE_OFFSETS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1), (0, 2), (0, -2), (2, 0), (-2, 0))
 
 
 def signature_variants(template: PalmTemplate, offsets=PROBE_OFFSETS) -> np.ndarray:
@@ -251,7 +261,8 @@ class Prefilter:
         ``fast``: the fast pass's (fast_offsets, fast_sizes), the probe alone. ``variants``:
         the probe's other re-cuts (variants.ProbeTemplates), which the full pass also ranks by:
         an entry's signature score is its best over the probe and its variants at every
-        probe offset, and its vein-stage distance the better of the probe's and that of the
+        probe offset (with more than one such pair each pair's scores standardised first:
+        :func:`pair_norms`), and its vein-stage distance the better of the probe's and that of the
         re-cut that scored it best (the probe itself on ties). ``ranked``: the entries best
         first by the pass's own last ranking (vein-stage distance, or signature score without a
         vein stage; ties by index) instead of by index (by index still when every live entry is
@@ -262,10 +273,13 @@ class Prefilter:
             return np.concatenate([np.flatnonzero(live[:n]) + a for (_, n, live), a in zip(snap, starts[:-1])])
         probes = [probe] if fast else [probe, *(t for t in variants if t.vein is not None)]
         psig = probe_signatures(probes, self.fast_offsets if fast else self.probe_offsets)
+        # one pair alone needs no common scale: the fast pass ranks by its raw scores
+        norms = None if psig.shape[0] * psig.shape[1] == 1 else pair_norms(psig, snap, starts)
         scores = np.empty((len(probes), total), np.uint16)     # per template: its best offset
         for (seg, n, live), a in zip(snap, starts[:-1]):
             for v in range(len(probes)):
-                kernels.prefilter_scores(psig[v], seg.index[:n], live[:n], out=scores[v, a:a + n])
+                kernels.prefilter_scores(psig[v], seg.index[:n], live[:n], out=scores[v, a:a + n],
+                                         norm=None if norms is None else norms[v])
         best = scores[0] if len(probes) == 1 else scores.min(axis=0)
         k1 = self.stage1_size(total)
         if fast:
@@ -282,6 +296,36 @@ class Prefilter:
                 hd[mine] = np.minimum(hd[mine], vein_stage(probes[v], snap, starts, first[mine]))
         keep = smallest(hd, size)
         return first[keep[np.lexsort((keep, hd[keep]))]] if ranked else first[keep]
+
+
+def sample_signatures(snap: Sequence, starts: np.ndarray, size: int = NORM_SAMPLE) -> np.ndarray:
+    """Index rows of up to ``size`` live entries spread evenly over the gallery snapshot."""
+    total = int(starts[-1])
+    at = np.arange(0, total, max(1, total // size))
+    parts = []
+    for s, pos in by_segment(at, starts):
+        seg, n, live = snap[s]
+        rows = at[pos] - starts[s]
+        parts.append(seg.index[rows[live[rows] != 0]])
+    return np.concatenate(parts) if parts else np.zeros((0, INDEX_WORDS), np.uint64)
+
+
+def pair_norms(psig: np.ndarray, snap: Sequence, starts: np.ndarray) -> np.ndarray:
+    """int32 (T, O, 2): kernels.prefilter_scores' ``norm`` for each (template, offset) pair of
+    probe signatures (T, O, 8): its score standardised against the gallery's, NORM_CENTRE +
+    NORM_STEP * (score - mean) / std, the mean and standard deviation measured on
+    :func:`sample_signatures` (almost all impostors)."""
+    sample = sample_signatures(snap, starts)
+    flat = psig.reshape(-1, INDEX_WORDS)
+    norms = np.empty((flat.shape[0], 2), np.int32)
+    live = np.ones(sample.shape[0], np.uint8)
+    one = 1 << kernels.NORM_SHIFT
+    for q, sig in enumerate(flat):
+        scores = kernels.prefilter_scores(sig, sample, live).astype(np.float64)
+        mean = float(scores.mean()) if scores.size else 384.0
+        std = max(float(scores.std()) if scores.size else 1.0, 1.0)
+        norms[q] = (round(NORM_STEP * one / std), round((NORM_CENTRE - NORM_STEP * mean / std) * one))
+    return norms.reshape(*psig.shape[:2], 2)
 
 
 def vein_stage(probe: PalmTemplate, snap: Sequence, starts: np.ndarray, chosen: np.ndarray) -> np.ndarray:

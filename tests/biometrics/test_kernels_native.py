@@ -294,6 +294,44 @@ def test_prefilter_parity_with_probe_variants(seed, n, variants, dead):
     kernels.dispatch_level(2)
 
 
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 23), variants=st.sampled_from([1, 2, 5, 64, 65]),
+       dead=st.floats(0.0, 1.0))
+def test_prefilter_parity_with_normalised_variants(seed, n, variants, dead):
+    """Each variant's score on its own scale (norm: multipliers 1..65535, offsets of either sign,
+    results clamped to 0..NORM_MAX): every CPU path equals the reference."""
+    rng = np.random.default_rng(seed)
+    sigs = rng.integers(0, 2**64, (n, 8), dtype=np.uint64)
+    sigs[:, [3, 7]] &= rng.integers(0, 2**64, (n, 2), dtype=np.uint64)
+    live = (rng.random(n) >= dead).astype(np.uint8)
+    probes = rng.integers(0, 2**64, (variants, 8), dtype=np.uint64)
+    norm = np.stack([rng.integers(1, 65536, variants), rng.integers(-2**31, 2**31, variants)], 1).astype(np.int32)
+    norm[0] = (1 << kernels.NORM_SHIFT, 0)                # the identity
+    ref = kernels.prefilter_scores_reference(probes, sigs, live, norm=norm)
+    assert (ref[live == 1] <= kernels.NORM_MAX).all()
+    for lv in LEVELS:
+        kernels.dispatch_level(lv)
+        assert np.array_equal(kernels.prefilter_scores(probes, sigs, live, norm=norm), ref)
+    kernels.dispatch_level(2)
+
+
+def test_prefilter_norm_known_values(level):
+    probe = np.zeros((2, 8), np.uint64)
+    probe[:, [3, 7]] = np.uint64(2**64 - 1)
+    opposite = probe[0].copy()
+    opposite[[0, 1, 2, 4, 5, 6]] = np.uint64(2**64 - 1)
+    sigs, live = np.stack([probe[0], opposite]), np.ones(2, np.uint8)
+    one = 1 << kernels.NORM_SHIFT
+    # variant 0 halved and moved up by 100, variant 1 doubled: min(100, 0) for the same, min(484, 1536 -> 1023)
+    norm = np.array([[one // 2, 100 * one], [2 * one, 0]], np.int32)
+    assert kernels.prefilter_scores(probe, sigs, live, norm=norm).tolist() == [0, 484]
+    assert kernels.prefilter_scores(probe[1], sigs, live, norm=norm[1:]).tolist() == [0, 1023]
+    assert kernels.prefilter_scores(probe[:1], sigs, live, norm=np.array([[one, -500 * one]], np.int32)).tolist() == [0, 268]
+    for bad in ([[0, 0], [one, 0]], [[one, 0]], [[70000, 0], [one, 0]]):
+        with pytest.raises(ValueError):
+            kernels.prefilter_scores(probe, sigs, live, norm=np.array(bad, np.int32))
+
+
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), cols=st.integers(1, 32), max_dx=st.integers(0, 4),
        max_dy=st.integers(0, 4), valid=st.floats(0.0, 1.0))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import fake_palms  # tests/biometrics is on sys.path (pytest rootdir import mode)
-from palmnode.biometrics import features, matcher
+from palmnode.biometrics import features, kernels, matcher
 from palmnode.biometrics import gallery as gal
 from palmnode.biometrics import prefilter as pf
 from palmnode.biometrics.gallery import Gallery
@@ -194,8 +194,8 @@ def test_shortlist_is_a_fixed_fraction_within_bounds():
     assert g.prefilter.shortlist_size(1_000) == 100 and g.prefilter.shortlist_size(10_000) == 200
     assert g.prefilter.shortlist_size(100_000) == 2000 and g.prefilter.shortlist_size(500_000) == 10_000
     assert g.prefilter.shortlist_size(1_000_000) == 20_000 and g.prefilter.shortlist_size(5_000_000) == 20_000
-    assert g.prefilter.stage1_size(10_000) == 2500 and g.prefilter.stage1_size(1_000_000) == 250_000
-    assert g.prefilter.stage1_size(2_000) == 1000 and g.prefilter.stage1_size(5_000_000) == 250_000
+    assert g.prefilter.stage1_size(20_000) == 2000 and g.prefilter.stage1_size(1_000_000) == 100_000
+    assert g.prefilter.stage1_size(2_000) == 1000 and g.prefilter.stage1_size(5_000_000) == 100_000
     assert g.prefilter.fast_sizes(10_000) == (1000, 100) and g.prefilter.fast_sizes(1_000_000) == (3000, 150)
     assert Gallery(shortlist=4).prefilter.shortlist_size(10_000) == 4
     with pytest.raises(ValueError):
@@ -206,8 +206,6 @@ def test_two_stage_prefilter_keeps_the_closest_vein_codes(templates):
     """Prefilter.select: the signature scan keeps stage1_size entries, the rigid vein match at
     block-wise vein match (4x4-cell blocks within ±VEIN_STAGE_RADIUS) ranks them and the
     shortlist_size closest (ties by index) go on."""
-    from palmnode.biometrics import gallery as gal, kernels
-
     g = Gallery(shortlist=5)
     for i, (enrol, _) in enumerate(templates):
         g.add(f"p{i}", "left", enrol)
@@ -250,8 +248,6 @@ def test_gallery_fusion_equals_matcher_fuse():
 def test_scores_are_the_matchers_when_the_shortlist_is_gathered_in_chunks(templates, monkeypatch):
     """The shortlist's records are gathered across segments in chunks of _GATHER (here 5): every
     score is still matcher.match's, with and without the vein code in the probe."""
-    from palmnode.biometrics import gallery as gal
-
     monkeypatch.setattr(gal, "_GATHER", 5)
     g = Gallery(shortlist=1000, segment_size=4, first_capacity=2)
     for i, (enrol, _) in enumerate(templates):
@@ -331,6 +327,53 @@ def test_full_pass_ranks_by_the_probes_variants_too(templates):
     probe = ProbeTemplates((base, recut), (IDENTITY, Variant(6, 1)))
     assert {c.person_id for c in g.search(probe, k=3)} >= {"p2", "p11"}
 
+
+
+@pytest.fixture(scope="module")
+def crowded(templates):
+    """A gallery of 1,500 random palms then the N identities' enrolments (more than the stage 1)."""
+    rng = np.random.default_rng(9)
+    g = Gallery(shortlist=1200, shortlist_fraction=1.0, exit_score=None)
+    for i in range(1500):
+        g.add(f"r{i}", "left", _random_template(rng))
+    for i, (enrol, _) in enumerate(templates):
+        g.add(f"p{i}", "left", enrol)
+    snap = g._snapshot()
+    return g, snap, np.concatenate([[0], np.cumsum([n for _, n, _ in snap])])
+
+
+def test_pair_norms_standardise_every_pair_on_the_gallery(crowded, templates):
+    g, snap, starts = crowded
+    psig = pf.probe_signatures([templates[4][1], templates[9][1]])
+    norms = pf.pair_norms(psig, snap, starts)
+    sample = pf.sample_signatures(snap, starts)
+    assert norms.shape == (2, len(pf.PROBE_OFFSETS), 2) and len(sample) == len(g)   # < NORM_SAMPLE: all
+    live = np.ones(len(sample), np.uint8)
+    for t in range(2):
+        for o in range(len(pf.PROBE_OFFSETS)):
+            z = kernels.prefilter_scores(psig[t, o], sample, live, norm=norms[t, o][None]).astype(float)
+            assert abs(z.mean() - pf.NORM_CENTRE) < 1.0 and abs(z.std() - pf.NORM_STEP) < 1.0
+
+
+def test_full_pass_stage1_is_the_minimum_of_standardised_pairs(crowded, templates):
+    """Every (template, offset) pair's scores standardised before the minimum
+    (kernels.prefilter_scores' norm from pf.pair_norms): the stage 1 is the reference's, and not
+    the one raw scores would keep."""
+    g, snap, starts = crowded
+    probe, recut = templates[4][1], templates[9][1]
+    total = int(starts[-1])
+    k = g.prefilter.shortlist_size(total)
+    assert g.prefilter.stage1_size(total) <= k < total    # the scan's selection is the output
+    got = g.prefilter.select(probe, snap, starts, variants=[recut])
+    psig = pf.probe_signatures([probe, recut])
+    norms = pf.pair_norms(psig, snap, starts)
+    sigs = np.concatenate([seg.index[:n] for seg, n, _ in snap])
+    live = np.ones(total, np.uint8)
+    best = np.minimum(*(kernels.prefilter_scores_reference(psig[t], sigs, live, norm=norms[t]) for t in range(2)))
+    raw = np.minimum(*(kernels.prefilter_scores_reference(psig[t], sigs, live) for t in range(2)))
+    assert np.array_equal(got, kernels.select_smallest_reference(best, k))
+    assert not np.array_equal(got, kernels.select_smallest_reference(raw, k))
+    assert {1504, 1509} <= set(got.tolist())               # the two mates
 
 
 def test_the_full_passs_best_reach_the_final_stage(templates, monkeypatch):
