@@ -43,9 +43,9 @@ SHORTLIST_FRACTION = 0.02
 MIN_SHORTLIST = 100
 #: the signature scan keeps STAGE1_FRACTION of the gallery (at least MIN_STAGE1, at most STAGE1
 #: entries) for the vein stage
-STAGE1_FRACTION = 0.10
+STAGE1_FRACTION = 0.15
 MIN_STAGE1 = 1000
-STAGE1 = 100_000
+STAGE1 = 150_000
 VEIN_STAGE_RADIUS = 2
 #: The fast pass (docs/engine.md, "1:N search"): the probe's signature at FAST_OFFSETS only, a
 #: stage 1 of FAST_STAGE1_FRACTION (within [MIN_STAGE1, FAST_STAGE1]) and a shortlist of

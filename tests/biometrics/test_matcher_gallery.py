@@ -194,8 +194,8 @@ def test_shortlist_is_a_fixed_fraction_within_bounds():
     assert g.prefilter.shortlist_size(1_000) == 100 and g.prefilter.shortlist_size(10_000) == 200
     assert g.prefilter.shortlist_size(100_000) == 2000 and g.prefilter.shortlist_size(500_000) == 10_000
     assert g.prefilter.shortlist_size(1_000_000) == 20_000 and g.prefilter.shortlist_size(5_000_000) == 20_000
-    assert g.prefilter.stage1_size(20_000) == 2000 and g.prefilter.stage1_size(1_000_000) == 100_000
-    assert g.prefilter.stage1_size(2_000) == 1000 and g.prefilter.stage1_size(5_000_000) == 100_000
+    assert g.prefilter.stage1_size(20_000) == 3000 and g.prefilter.stage1_size(1_000_000) == 150_000
+    assert g.prefilter.stage1_size(2_000) == 1000 and g.prefilter.stage1_size(5_000_000) == 150_000
     assert g.prefilter.fast_sizes(10_000) == (1000, 100) and g.prefilter.fast_sizes(1_000_000) == (3000, 150)
     assert Gallery(shortlist=4).prefilter.shortlist_size(10_000) == 4
     with pytest.raises(ValueError):
