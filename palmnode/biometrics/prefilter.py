@@ -317,15 +317,14 @@ def pair_norms(psig: np.ndarray, snap: Sequence, starts: np.ndarray) -> np.ndarr
     :func:`sample_signatures` (almost all impostors)."""
     sample = sample_signatures(snap, starts)
     flat = psig.reshape(-1, INDEX_WORDS)
-    norms = np.empty((flat.shape[0], 2), np.int32)
+    scores = np.full((flat.shape[0], max(sample.shape[0], 1)), 384, np.uint16)   # no live sample: chance
     live = np.ones(sample.shape[0], np.uint8)
-    one = 1 << kernels.NORM_SHIFT
     for q, sig in enumerate(flat):
-        scores = kernels.prefilter_scores(sig, sample, live).astype(np.float64)
-        mean = float(scores.mean()) if scores.size else 384.0
-        std = max(float(scores.std()) if scores.size else 1.0, 1.0)
-        norms[q] = (round(NORM_STEP * one / std), round((NORM_CENTRE - NORM_STEP * mean / std) * one))
-    return norms.reshape(*psig.shape[:2], 2)
+        kernels.prefilter_scores(sig, sample, live, out=scores[q, :sample.shape[0]])
+    mean, std = scores.mean(axis=1), np.maximum(scores.std(axis=1), 1.0)
+    one = 1 << kernels.NORM_SHIFT
+    norms = np.stack([np.round(NORM_STEP * one / std), np.round((NORM_CENTRE - NORM_STEP * mean / std) * one)], axis=1)
+    return norms.astype(np.int32).reshape(*psig.shape[:2], 2)
 
 
 def vein_stage(probe: PalmTemplate, snap: Sequence, starts: np.ndarray, chosen: np.ndarray) -> np.ndarray:
