@@ -516,6 +516,19 @@ def prefilter_scores_reference(probe_sig: np.ndarray, sigs: np.ndarray, live: np
     return np.where(live != 0, score, np.uint16(0xFFFF)).astype(np.uint16)
 
 
+def prefilter_scores_each(probe_sigs: np.ndarray, sigs: np.ndarray, live: np.ndarray) -> np.ndarray:
+    """uint16 (P, N): :func:`prefilter_scores` of each of P probe signatures on its own (no
+    minimum, no norm), in C, validated once (e.g. many probe variants on a small sample)."""
+    probe_sigs, sigs, live = _check_scan_args(probe_sigs, sigs, live)
+    n, p = sigs.shape[0], probe_sigs.shape[0]
+    out = np.empty((p, n), np.uint16)
+    probe_ptr, out_ptr = _ptr("const uint64_t *", probe_sigs), _ptr("uint16_t *", out)
+    sigs_ptr, live_ptr = _ptr("const uint64_t *", sigs), _ptr("const uint8_t *", live)
+    for q in range(p):
+        _lib.pn_prefilter_scores(probe_ptr + SIGNATURE_WORDS * q, 1, _ffi.NULL, sigs_ptr, live_ptr, n, out_ptr + n * q)
+    return out
+
+
 def select_smallest(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k smallest (score, index) among scores < 1024, ascending index, in C."""
     scores = _array(scores, np.uint16, 1, "scores")

@@ -37,7 +37,7 @@ from palmnode.biometrics.types import ModalityCode, PalmTemplate
 #: not depend on the gallery size up to SHORTLIST / SHORTLIST_FRACTION = 1M); recall loss measured
 #: in docs/engine.md. The full pass runs for strangers and poorly aligned mates only (the fast
 #: pass is enough for the others), so it is sized for recall (docs/engine.md, "1:N search":
-#: with standardised pairs a 10% stage 1 loses fewer mates than 25% did with raw scores)
+#: with standardised pairs a 15% stage 1 loses fewer mates than 25% did with raw scores)
 SHORTLIST = 20_000
 SHORTLIST_FRACTION = 0.02
 MIN_SHORTLIST = 100
@@ -317,10 +317,10 @@ def pair_norms(psig: np.ndarray, snap: Sequence, starts: np.ndarray) -> np.ndarr
     :func:`sample_signatures` (almost all impostors)."""
     sample = sample_signatures(snap, starts)
     flat = psig.reshape(-1, INDEX_WORDS)
-    scores = np.full((flat.shape[0], max(sample.shape[0], 1)), 384, np.uint16)   # no live sample: chance
-    live = np.ones(sample.shape[0], np.uint8)
-    for q, sig in enumerate(flat):
-        kernels.prefilter_scores(sig, sample, live, out=scores[q, :sample.shape[0]])
+    if sample.shape[0]:
+        scores = kernels.prefilter_scores_each(flat, sample, np.ones(sample.shape[0], np.uint8))
+    else:                                                        # no live entry sampled: chance
+        scores = np.full((flat.shape[0], 1), 384, np.uint16)
     mean, std = scores.mean(axis=1), np.maximum(scores.std(axis=1), 1.0)
     one = 1 << kernels.NORM_SHIFT
     norms = np.stack([np.round(NORM_STEP * one / std), np.round((NORM_CENTRE - NORM_STEP * mean / std) * one)], axis=1)

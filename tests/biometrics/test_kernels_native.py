@@ -315,6 +315,20 @@ def test_prefilter_parity_with_normalised_variants(seed, n, variants, dead):
     kernels.dispatch_level(2)
 
 
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 23), variants=st.integers(1, 70))
+def test_prefilter_scores_each_is_every_variant_alone(seed, n, variants):
+    rng = np.random.default_rng(seed)
+    sigs = rng.integers(0, 2**64, (n, 8), dtype=np.uint64)
+    live = (rng.random(n) >= 0.2).astype(np.uint8)
+    probes = rng.integers(0, 2**64, (variants, 8), dtype=np.uint64)
+    want = np.stack([kernels.prefilter_scores_reference(p, sigs, live) for p in probes])
+    for lv in LEVELS:
+        kernels.dispatch_level(lv)
+        assert np.array_equal(kernels.prefilter_scores_each(probes, sigs, live), want)
+    kernels.dispatch_level(2)
+
+
 def test_prefilter_norm_known_values(level):
     probe = np.zeros((2, 8), np.uint64)
     probe[:, [3, 7]] = np.uint64(2**64 - 1)
