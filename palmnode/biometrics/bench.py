@@ -421,11 +421,8 @@ def main(args: argparse.Namespace | None = None) -> dict:
             first.append(mate_full[j] > top)
             dropped.append(mate not in set(short.tolist()))
             fast.append(was_fast)
-            psig = pf.probe_signatures([t for t in p.templates if t.vein is not None], g.prefilter.probe_offsets)
             starts = np.concatenate([[0], np.cumsum([c for _, c, _ in snap])])
-            norm = pf.pair_norms(psig, snap, starts).reshape(-1, 2)
-            scan = np.concatenate([kernels.prefilter_scores(psig.reshape(-1, pf.INDEX_WORDS), seg.index[:c], live[:c],
-                                                            norm=norm) for seg, c, live in snap])
+            scan = g.prefilter.signature_scores([t for t in p.templates if t.vein is not None], snap, starts).min(axis=0)
             drop_stage1.append(int(np.count_nonzero(scan[:mate] <= scan[mate])) + int(np.count_nonzero(scan[mate + 1:] < scan[mate])) >= k1)
             missed.append(not res or res[0].person_id != f"mate{i}")
             if j % 100 == 99:

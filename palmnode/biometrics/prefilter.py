@@ -254,6 +254,22 @@ class Prefilter:
         by, a gallery larger than the full shortlist)."""
         return self.exit_score is not None and probe.vein is not None and total > self.shortlist_size(total)
 
+    def signature_scores(self, probes: Sequence[PalmTemplate], snap: Sequence, starts: np.ndarray, *,
+                         fast: bool = False) -> np.ndarray:
+        """uint16 (len(probes), total): every entry's signature score by each probe template (each
+        with a vein code) at its best offset (fast_offsets when ``fast``, else probe_offsets), the
+        (template, offset) pairs standardised first when there is more than one
+        (:func:`pair_norms`); the stage-1 score is the minimum over the templates."""
+        psig = probe_signatures(probes, self.fast_offsets if fast else self.probe_offsets)
+        # one pair alone needs no common scale: the fast pass ranks by its raw scores
+        norms = None if psig.shape[0] * psig.shape[1] == 1 else pair_norms(psig, snap, starts)
+        scores = np.empty((len(probes), int(starts[-1])), np.uint16)
+        for (seg, n, live), a in zip(snap, starts[:-1]):
+            for v in range(len(probes)):
+                kernels.prefilter_scores(psig[v], seg.index[:n], live[:n], out=scores[v, a:a + n],
+                                         norm=None if norms is None else norms[v])
+        return scores
+
     def select(self, probe: PalmTemplate, snap: Sequence, starts: np.ndarray, *, fast: bool = False,
                variants: Sequence[PalmTemplate] = (), ranked: bool = False) -> np.ndarray:
         """Ascending global indices of the entries that get the full match (every live entry
@@ -272,14 +288,7 @@ class Prefilter:
         if total <= size or probe.vein is None:   # the signature is vein-only: no vein, no ranking
             return np.concatenate([np.flatnonzero(live[:n]) + a for (_, n, live), a in zip(snap, starts[:-1])])
         probes = [probe] if fast else [probe, *(t for t in variants if t.vein is not None)]
-        psig = probe_signatures(probes, self.fast_offsets if fast else self.probe_offsets)
-        # one pair alone needs no common scale: the fast pass ranks by its raw scores
-        norms = None if psig.shape[0] * psig.shape[1] == 1 else pair_norms(psig, snap, starts)
-        scores = np.empty((len(probes), total), np.uint16)     # per template: its best offset
-        for (seg, n, live), a in zip(snap, starts[:-1]):
-            for v in range(len(probes)):
-                kernels.prefilter_scores(psig[v], seg.index[:n], live[:n], out=scores[v, a:a + n],
-                                         norm=None if norms is None else norms[v])
+        scores = self.signature_scores(probes, snap, starts, fast=fast)
         best = scores[0] if len(probes) == 1 else scores.min(axis=0)
         k1 = self.stage1_size(total)
         if fast:
