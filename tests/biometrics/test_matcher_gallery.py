@@ -328,7 +328,6 @@ def test_full_pass_ranks_by_the_probes_variants_too(templates):
     assert {c.person_id for c in g.search(probe, k=3)} >= {"p2", "p11"}
 
 
-
 @pytest.fixture(scope="module")
 def crowded(templates):
     """A gallery of 1,500 random palms then the N identities' enrolments (more than the stage 1)."""
@@ -389,7 +388,7 @@ def test_the_full_passs_best_reach_the_final_stage(templates, monkeypatch):
     base, recut = templates[2][1], templates[11][1]
     by_base = [c.person_id for c in g.search(base, k=N)]
     assert by_base.index("p11") >= 8                         # the probe as found ranks 8 others higher
-    found = g.search(ProbeTemplates((base, recut), (IDENTITY, Variant(6, 1))), k=1)
+    probe = ProbeTemplates((base, recut), (IDENTITY, Variant(6, 1)))
+    found = g.search(probe, k=1)
     assert found[0].person_id == "p11"
-    assert found[0].score == matcher.match_probe(ProbeTemplates((base, recut), (IDENTITY, Variant(6, 1))),
-                                                 templates[11][0])
+    assert found[0].score == matcher.match_probe(probe, templates[11][0])
