@@ -51,6 +51,7 @@ import numpy as np
 
 from palmnode.cliargs import count
 from palmnode.config import SHIPPED_CALIBRATION, GateConfig
+from palmnode.progress import Progress
 from palmnode.biometrics import features, gallery as gal, kernels, matcher, prefilter as pf, roi, synth, variants
 from palmnode.biometrics.types import BadImage, PalmTemplate, RoiFailure
 from palmnode.biometrics.variants import ProbeTemplates
@@ -99,7 +100,7 @@ def render_set(first_seed: int, n_ids: int, cache: Path) -> tuple[list[PalmTempl
     path = cache / f"rendered_{first_seed}_{n_ids}_{_pipeline_version()}_variants.npz"
     if not path.exists():
         blobs, ids, caps, vblobs, vowner, vkind = [], [], [], [], [], []
-        t0 = time.perf_counter()
+        progress = Progress(f"rendering {n_ids} identities from seed {first_seed}", n_ids)
         for i in range(n_ids):
             ident = synth.Identity.from_seed(first_seed + i)
             for session, k in ((0, 0), (1, 1), (1, 2)):
@@ -121,8 +122,8 @@ def render_set(first_seed: int, n_ids: int, cache: Path) -> tuple[list[PalmTempl
                 blobs.append(np.frombuffer(t.to_bytes(), np.uint8))
                 ids.append(i)
                 caps.append(k)
-            if i % 50 == 49:
-                log(f"rendered {i + 1}/{n_ids} identities ({time.perf_counter() - t0:.0f} s)")
+            progress.update()
+        progress.close()
         cache.mkdir(parents=True, exist_ok=True)
         np.savez(path, blobs=np.stack(blobs), ids=np.array(ids), caps=np.array(caps),
                  vbytes=np.frombuffer(b"".join(vblobs), np.uint8),
@@ -166,14 +167,17 @@ def synth_entries(src_recs: np.ndarray, n: int, rng) -> tuple[np.ndarray, np.nda
     the signatures are computed from the synthesised vein codes (pf.signatures_of_codes)."""
     rec_rows, rec_bits = _quadrant_masks()
     recs = np.zeros((n, matcher.RECORD_WORDS), np.uint32)
+    progress = Progress(f"synthesising {n} entries", 8)
     for q in range(4):
         for half, spec in ((0, matcher.SURFACE_MATCH), (1, matcher.VEIN_MATCH)):
+            progress.update()
             src = rng.integers(0, len(src_recs), n)
             sel = rec_rows[q].copy()
             other = matcher.VEIN_MATCH if half == 0 else matcher.SURFACE_MATCH
             sel[other.offset:other.offset + 4 * other.rows] = False
             cols = np.flatnonzero(sel)
             recs[:, cols] |= src_recs[src][:, cols] & rec_bits[q][cols]
+    progress.close()
     return recs, signatures_of(recs)
 
 
@@ -181,9 +185,12 @@ def signatures_of(recs: np.ndarray) -> np.ndarray:
     """Pre-filter signatures of packed records (their vein codes), in chunks."""
     v = matcher.VEIN_MATCH
     out = np.empty((len(recs), kernels.SIGNATURE_WORDS), np.uint64)
+    progress = Progress(f"signatures of {len(recs)} entries", len(recs))
     for a in range(0, len(recs), 1 << 16):
         part = recs[a:a + (1 << 16), v.offset:v.offset + 4 * v.rows].reshape(-1, 4, v.rows)
         out[a:a + len(part)] = pf.signatures_of_codes(part)
+        progress.update(len(part))
+    progress.close()
     return out
 
 
@@ -281,11 +288,14 @@ def pipeline_timings(n: int, seed: int = 20_000) -> dict:
     """Median per-frame ms of ROI (extract + two warps) and features (both modalities), ours
     beside the OpenCV+NumPy baseline, over ``n`` rendered frame pairs."""
     frames = []
+    progress = Progress("ROI and features", 2 * n)
     for i in range(n):
         ident = synth.Identity.from_seed(seed + i)
         frames.append(synth.render_pair(ident, synth.sample_capture(np.random.default_rng(seed + i), session=1)))
+        progress.update()
     t_roi, t_feat, t_broi, t_bfeat = [], [], [], []
     for nir, surface in frames:
+        progress.update()
         t0 = time.perf_counter()
         r = roi.extract_roi(nir)
         if isinstance(r, RoiFailure):
@@ -303,6 +313,7 @@ def pipeline_timings(n: int, seed: int = 20_000) -> dict:
             t_broi.append(t4 - t3)
             baseline_features(surface_roi, vein_roi)
             t_bfeat.append(time.perf_counter() - t4)
+    progress.close()
     ms = lambda xs: round(float(np.median(xs)) * 1e3, 3)  # noqa: E731
     ours = {"roi_ms": ms(t_roi), "features_ms": ms(t_feat)}
     ours["roi_plus_features_ms"] = round(ours["roi_ms"] + ours["features_ms"], 3)
@@ -375,12 +386,15 @@ def main(args: argparse.Namespace | None = None) -> dict:
     n_chk = min(5000, n_max)
     real_imp, syn_imp, real_pf, syn_pf = [], [], [], []
     live_src = np.ones(len(src_t), np.uint8)
+    progress = Progress("impostor distributions", min(100, len(probes)))
     for _, p in probes[:100]:
+        progress.update()
         real_imp.append(full_scores(p, src_recs))
         syn_imp.append(full_scores(p, recs[:n_chk]))
         psig = pf.signature_variants(p.base)
         real_pf.append(kernels.prefilter_scores(psig, src_sigs, live_src))
         syn_pf.append(kernels.prefilter_scores(psig, sigs[:n_chk], np.ones(n_chk, np.uint8)))
+    progress.close()
 
     def summary(x):
         x = np.concatenate(x).astype(np.float64)
@@ -397,10 +411,13 @@ def main(args: argparse.Namespace | None = None) -> dict:
     slot = {i: j for j, i in enumerate(enrol_ids)}
     n_exh = min(10_000, n_max)
     exh_max, mate_full = [], []
+    progress = Progress(f"mates and {n_exh} impostors fully matched", len(probes))
     for i, p in probes:
+        progress.update()
         others = np.array([j != slot[i] for j in range(len(enrol_ids))])
         exh_max.append(max(float(full_scores(p, recs[:n_exh]).max()), float(full_scores(p, enrol_recs[others]).max())))
         mate_full.append(float(full_scores(p, enrol_recs[slot[i]][None])[0]))
+    progress.close()
     threshold = decision_threshold()
     out["recall"] = {"genuine_probes": len(probes), "decision_threshold": threshold, "by_gallery": {}}
     out["search"] = {}
@@ -410,7 +427,7 @@ def main(args: argparse.Namespace | None = None) -> dict:
         g._person_ids[n:] = [f"mate{i}" for i in enrol_ids]
         total = n + len(enrol_ids)
         size, k1 = g.prefilter.shortlist_size(total), g.prefilter.stage1_size(total)
-        t0 = time.perf_counter()
+        progress = Progress(f"recall at {n}", len(probes))
         first, dropped, missed, drop_stage1, fast = [], [], [], [], []
         for j, (i, p) in enumerate(probes):
             mate = n + slot[i]
@@ -425,8 +442,8 @@ def main(args: argparse.Namespace | None = None) -> dict:
             scan = g.prefilter.signature_scores([t for t in p.templates if t.vein is not None], snap, starts).min(axis=0)
             drop_stage1.append(int(np.count_nonzero(scan[:mate] <= scan[mate])) + int(np.count_nonzero(scan[mate + 1:] < scan[mate])) >= k1)
             missed.append(not res or res[0].person_id != f"mate{i}")
-            if j % 100 == 99:
-                log(f"recall at {n}: {j + 1}/{len(probes)} probes ({time.perf_counter() - t0:.0f} s)")
+            progress.update()
+        progress.close()
         f, d, m, d1 = (np.array(x) for x in (first, dropped, missed, drop_stage1))
         acc = f & (np.array(mate_full) >= threshold) if threshold is not None else None
         out["recall"]["by_gallery"][str(n)] = {
@@ -440,6 +457,7 @@ def main(args: argparse.Namespace | None = None) -> dict:
             "search_loss_accepted": None if acc is None else float((m & acc).sum() / max(acc.sum(), 1))}
         log(n, out["recall"]["by_gallery"][str(n)])
 
+        progress = Progress(f"1:N timing at {n}", 2 * len(test_probes))
         for p in test_probes[:2]:
             g.search(p, k=5)                          # warm
         ts = []
@@ -447,6 +465,7 @@ def main(args: argparse.Namespace | None = None) -> dict:
             t1 = time.perf_counter()
             g.search(p, k=5)
             ts.append(time.perf_counter() - t1)
+            progress.update()
         row = {"ms": float(np.median(ts) * 1e3), "entries": total, "shortlist": size,
                "bytes_per_palm": g.memory_bytes() / total}
         # the same probes as strangers: their mates' entries removed (live flags of copies)
@@ -460,6 +479,8 @@ def main(args: argparse.Namespace | None = None) -> dict:
             t1 = time.perf_counter()
             g.search(p, k=5)
             ts.append(time.perf_counter() - t1)
+            progress.update()
+        progress.close()
         row["stranger_ms"] = float(np.median(ts) * 1e3)
         for seg, live in zip(g._segments, kept):
             seg.live = live
