@@ -170,13 +170,13 @@ def synth_entries(src_recs: np.ndarray, n: int, rng) -> tuple[np.ndarray, np.nda
     progress = Progress(f"synthesising {n} entries", 8)
     for q in range(4):
         for half, spec in ((0, matcher.SURFACE_MATCH), (1, matcher.VEIN_MATCH)):
-            progress.update()
             src = rng.integers(0, len(src_recs), n)
             sel = rec_rows[q].copy()
             other = matcher.VEIN_MATCH if half == 0 else matcher.SURFACE_MATCH
             sel[other.offset:other.offset + 4 * other.rows] = False
             cols = np.flatnonzero(sel)
             recs[:, cols] |= src_recs[src][:, cols] & rec_bits[q][cols]
+            progress.update()
     progress.close()
     return recs, signatures_of(recs)
 
@@ -388,12 +388,12 @@ def main(args: argparse.Namespace | None = None) -> dict:
     live_src = np.ones(len(src_t), np.uint8)
     progress = Progress("impostor distributions", min(100, len(probes)))
     for _, p in probes[:100]:
-        progress.update()
         real_imp.append(full_scores(p, src_recs))
         syn_imp.append(full_scores(p, recs[:n_chk]))
         psig = pf.signature_variants(p.base)
         real_pf.append(kernels.prefilter_scores(psig, src_sigs, live_src))
         syn_pf.append(kernels.prefilter_scores(psig, sigs[:n_chk], np.ones(n_chk, np.uint8)))
+        progress.update()
     progress.close()
 
     def summary(x):
@@ -413,10 +413,10 @@ def main(args: argparse.Namespace | None = None) -> dict:
     exh_max, mate_full = [], []
     progress = Progress(f"mates and {n_exh} impostors fully matched", len(probes))
     for i, p in probes:
-        progress.update()
         others = np.array([j != slot[i] for j in range(len(enrol_ids))])
         exh_max.append(max(float(full_scores(p, recs[:n_exh]).max()), float(full_scores(p, enrol_recs[others]).max())))
         mate_full.append(float(full_scores(p, enrol_recs[slot[i]][None])[0]))
+        progress.update()
     progress.close()
     threshold = decision_threshold()
     out["recall"] = {"genuine_probes": len(probes), "decision_threshold": threshold, "by_gallery": {}}
