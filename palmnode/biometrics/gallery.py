@@ -11,7 +11,7 @@ the elastic surface match of the best RERANK entries (with a probe's variants: e
 match, matcher.match_probe_records), whose fused scores are then final (= matcher.match /
 match_probe); best per person, top k. (1)-(4) run first on the fast pass's small shortlist;
 when its best final score stays below ``Prefilter.exit_score``, the full pass's shortlist joins
-it and (3)-(4) run again on both, the full pass's own best FULL_RERANK also reaching (4). A probe
+it and (3)-(4) run again on both, the full pass's own best also reaching (4). A probe
 without a vein code skips (1)-(2): every live entry gets (3)-(4).
 
 Concurrency: writers (add/remove) are serialised by a lock. Entries live in segments of
@@ -23,6 +23,7 @@ sees one consistent state, and never a half-written entry.
 """
 from __future__ import annotations
 
+import math
 import threading
 
 import attrs
@@ -38,11 +39,12 @@ from palmnode.biometrics.variants import ProbeTemplates
 #: the best RERANK shortlist entries by rigid surface + elastic vein score (at least 8 per
 #: requested candidate) get the elastic surface match, which completes the final scores
 RERANK = 64
-#: the full pre-filter pass's best FULL_RERANK entries by its own vein stage (which also ranks by
-#: the probe's re-cuts) reach the final stage too: the shortlist ranking sees the probe as found
-#: only, so a mate only a re-cut matches can rank far down in it (one accepted mate at 1M ranked
-#: 1,795th there and 356th by the vein stage; docs/engine.md, "1:N search" step 5)
-FULL_RERANK = 512
+#: the full pre-filter pass's best FULL_RERANK_FRACTION of its shortlist (at least RERANK) by its
+#: own vein stage (which also ranks by the probe's re-cuts) reach the final stage too: the
+#: shortlist ranking sees the probe as found only, so a mate only a re-cut matches can rank far
+#: down in it (one accepted mate at 1M ranked 1,795th there and 356th of 20,000 by the vein stage;
+#: docs/engine.md, "1:N search" step 5). A fraction, as ranks grow with the gallery
+FULL_RERANK_FRACTION = 0.025
 #: shortlisted records gathered into one array per kernel call at most this many at a time
 _GATHER = 8192
 PALMS = ("left", "right", "unknown")
@@ -272,7 +274,8 @@ class Gallery:
         full = pre.select(probe, snap, starts, variants=variants.templates[1:] if variants is not None else (),
                           ranked=True)
         chosen = np.union1d(chosen, full)
-        ranked = self._rank(probe, snap, starts, chosen, k, variants, also=full[:FULL_RERANK])
+        best = max(RERANK, math.ceil(FULL_RERANK_FRACTION * full.size))
+        ranked = self._rank(probe, snap, starts, chosen, k, variants, also=full[:best])
         return self._candidates(ranked, k), chosen, False
 
     def _rank(self, probe: PalmTemplate, snap, starts: np.ndarray, chosen: np.ndarray, k: int,

@@ -382,7 +382,7 @@ def test_the_full_passs_best_reach_the_final_stage(templates, monkeypatch):
     from palmnode.biometrics.variants import IDENTITY, ProbeTemplates, Variant
 
     monkeypatch.setattr(gal, "RERANK", 1)                   # the final stage: 8 entries for k=1
-    monkeypatch.setattr(gal, "FULL_RERANK", 1)              # and the full pass's best one
+    monkeypatch.setattr(gal, "FULL_RERANK_FRACTION", 0.0)   # and the full pass's best one
     g = Gallery(shortlist=20, exit_score=None)
     for i, (enrol, _) in enumerate(templates):
         g.add(f"p{i}", "left", enrol)
