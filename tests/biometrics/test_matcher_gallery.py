@@ -393,3 +393,24 @@ def test_the_full_passs_best_reach_the_final_stage(templates, monkeypatch):
     found = g.search(probe, k=1)
     assert found[0].person_id == "p11"
     assert found[0].score == matcher.match_probe(probe, templates[11][0])
+
+
+def test_the_full_passs_second_group_is_a_fraction_of_its_shortlist(templates, monkeypatch):
+    """Ranks grow with the gallery: the full pass's best FULL_RERANK_FRACTION of its shortlist
+    reach the final stage, and never fewer than RERANK."""
+    g = Gallery(shortlist=20, exit_score=None)
+    for i, (enrol, _) in enumerate(templates):
+        g.add(f"p{i}", "left", enrol)
+    seen = []
+    rank = Gallery._rank
+
+    def spy(self, *args, also=None, **kwargs):
+        seen.append(also.size)
+        return rank(self, *args, also=also, **kwargs)
+    monkeypatch.setattr(Gallery, "_rank", spy)
+    monkeypatch.setattr(gal, "RERANK", 1)
+    for fraction, size in ((0.25, 5), (0.01, 1)):            # ceil(0.25 * 20); at least RERANK
+        monkeypatch.setattr(gal, "FULL_RERANK_FRACTION", fraction)
+        seen.clear()
+        g.search(templates[0][1], k=1)
+        assert seen == [size]
