@@ -118,25 +118,28 @@ class BadTemplate(ValueError):
 
 @attrs.frozen(eq=False)
 class ModalityCode:
-    """One modality's competitive code: bit-planes of uint32 grid rows, viewed as uint64.
+    """One modality's competitive code: 3 bit-planes and a validity mask of uint32 grid rows.
 
-    ``bits``: 3 code planes x rows uint32 words (bit x of word y = cell (y, x); a cell's
-    orientation k in 0..5 is the 3-bit circular code 000,001,011,111,110,100 spread over the
-    planes, so Hamming distance = angular distance). ``mask``: rows uint32 words, 1 = valid.
+    ``planes()``: uint32 (4, rows), read-only. Planes 0-2 are the code (bit x of word y = cell
+    (y, x); a cell's orientation k in 0..5 is the 3-bit circular code 000,001,011,111,110,100
+    spread over the planes, so Hamming distance = angular distance), plane 3 the mask (1 = valid).
+    ``bits`` / ``mask``: the code planes / the mask viewed as uint64 words. Made by
+    :meth:`from_planes`, which copies.
     """
 
-    bits: np.ndarray
-    mask: np.ndarray
-    _planes: np.ndarray = attrs.field(init=False, repr=False)
+    _planes: np.ndarray = attrs.field(repr=False)
 
-    def __attrs_post_init__(self) -> None:
-        planes = np.concatenate([self.bits.view(np.uint32), self.mask.view(np.uint32)]).reshape(4, -1)
-        planes.flags.writeable = False
-        object.__setattr__(self, "_planes", planes)
+    @property
+    def bits(self) -> np.ndarray:
+        return self._planes[:3].reshape(-1).view(np.uint64)
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self._planes[3].view(np.uint64)
 
     @property
     def rows(self) -> int:
-        return self.mask.size * 2
+        return self._planes.shape[1]
 
     def planes(self) -> np.ndarray:
         """uint32 (4, rows), read-only: the 3 code planes then the mask (the kernels' layout)."""
@@ -144,9 +147,11 @@ class ModalityCode:
 
     @classmethod
     def from_planes(cls, planes: np.ndarray) -> ModalityCode:
-        planes = np.ascontiguousarray(planes, dtype=np.uint32)
-        return cls(bits=planes[:3].reshape(-1).view(np.uint64).copy(),
-                   mask=planes[3].reshape(-1).view(np.uint64).copy())
+        planes = np.array(planes, dtype=np.uint32, order="C")      # a copy the code owns
+        if planes.ndim != 2 or planes.shape[0] != 4 or planes.shape[1] % 2:
+            raise ValueError(f"a code is 4 planes of an even number of rows, got shape {planes.shape}")
+        planes.flags.writeable = False
+        return cls(planes)
 
     def valid_cells(self) -> int:
         return int(np.bitwise_count(self.mask).sum())
@@ -186,8 +191,7 @@ class PalmTemplate:
             size = 4 * rows * 4
             if len(data) < pos + size:
                 raise BadTemplate(f"palm template truncated at byte {len(data)}")
-            planes = np.frombuffer(data, "<u4", 4 * rows, pos).reshape(4, rows).astype(np.uint32)
-            codes.append(ModalityCode.from_planes(planes))
+            codes.append(ModalityCode.from_planes(np.frombuffer(data, "<u4", 4 * rows, pos).reshape(4, rows)))
             pos += size
         if pos != len(data):
             raise BadTemplate(f"palm template has {len(data) - pos} trailing bytes")

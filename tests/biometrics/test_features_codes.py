@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from palmnode.biometrics import features, kernels, prefilter as pf
-from palmnode.biometrics.types import BadImage, BadTemplate, PalmTemplate
+from palmnode.biometrics.types import BadImage, BadTemplate, ModalityCode, PalmTemplate
 
 import fake_palms  # tests/biometrics is on sys.path (pytest rootdir import mode)
 
@@ -29,6 +29,20 @@ def test_circular_code_hamming_is_angular_distance():
     for i in range(6):
         for j in range(6):
             assert bin(int(code[i] ^ code[j])).count("1") == min((i - j) % 6, (j - i) % 6)
+
+
+def test_a_code_owns_its_planes_read_only():
+    planes = np.random.default_rng(0).integers(0, 2**32, (4, 16), dtype=np.uint64)
+    code = ModalityCode.from_planes(planes)
+    planes[0, 0] ^= 1                                          # the caller's array is not the code's
+    assert code.planes()[0, 0] != planes[0, 0] and code.planes().dtype == np.uint32 and code.rows == 16
+    with pytest.raises(ValueError):
+        code.planes()[0, 0] = 0
+    assert np.array_equal(code.mask.view(np.uint32), code.planes()[3]) and code.bits.shape == (24,)
+    assert code.valid_cells() == int(np.bitwise_count(code.planes()[3]).sum())
+    for shape in ((3, 16), (4, 15), (64,)):
+        with pytest.raises(ValueError, match="4 planes of an even number of rows"):
+            ModalityCode.from_planes(np.zeros(shape, np.uint32))
 
 
 def test_template_layout_and_size(captures):
