@@ -1,6 +1,6 @@
 """The 1:N gallery: packed templates in RAM, coarse-to-fine search, add/remove during searches.
 
-Layout per enrolled palm (see docs/engine.md): a pre-filter index row (prefilter.index_row:
+Layout per enrolled palm (see docs/engine.md): a pre-filter index row (prefilter.index_rows:
 today the 64-byte vein signature), a 768-byte record (surface 4x32 uint32 rows, vein 4x16
 uint32 rows), a live flag, a modality flag and a person/palm key: ~840 bytes.
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Iterable
 
 import attrs
 import numpy as np
@@ -154,39 +155,60 @@ class Gallery:
     # ---------------------------------------------------------------- writers
     def add(self, person_id: str, palm: str, template: PalmTemplate) -> None:
         """Enrol one template of ``person_id``'s ``palm`` ("left", "right" or "unknown")."""
-        if not isinstance(person_id, str) or not person_id:
-            raise ValueError("person_id must be a non-empty string")
-        if palm not in PALMS:
-            raise ValueError(f"palm must be one of {PALMS}, got {palm!r}")
-        if not isinstance(template, PalmTemplate) or (template.surface is None and template.vein is None):
-            raise ValueError("template must be a PalmTemplate with at least one modality")
-        rec, flags = _record(template)
-        index = pf.index_row(template)
+        self.add_many([(person_id, palm, template)])
+
+    def add_many(self, entries: Iterable[tuple[str, str, PalmTemplate]]) -> int:
+        """:meth:`add` of many (person_id, palm, template) entries at once (the gallery filled
+        from the vault at start): records and signatures computed together, rows written a
+        segment's worth at a time. Every entry is checked before any is added; returns how many."""
+        entries = list(entries)
+        for person_id, palm, template in entries:
+            if not isinstance(person_id, str) or not person_id:
+                raise ValueError("person_id must be a non-empty string")
+            if palm not in PALMS:
+                raise ValueError(f"palm must be one of {PALMS}, got {palm!r}")
+            if not isinstance(template, PalmTemplate) or (template.surface is None and template.vein is None):
+                raise ValueError("template must be a PalmTemplate with at least one modality")
+        templates = [t for _, _, t in entries]
+        records, flags = pack_records(templates)
+        index = pf.index_rows(templates)
+        palms = np.array([PALMS.index(palm) for _, palm, _ in entries], np.uint8)
         with self._lock:
-            key = self._person_key.get(person_id)
-            if key is None:
-                key = len(self._person_ids)
-                self._person_ids.append(person_id)
-                self._person_key[person_id] = key
+            keys = np.array([self._key(person_id) for person_id, _, _ in entries], np.int32)
             segments = list(self._segments)
-            if not segments or segments[-1].count == segments[-1].capacity:
-                last = segments[-1] if segments else None
-                if last is not None and last.capacity < self._segment_size:
-                    segments[-1] = last.copy(min(2 * last.capacity, self._segment_size))
-                else:
-                    segments.append(_Segment(self._first))
-                self._segments = tuple(segments)      # publish the grown/new segment
-            seg = segments[-1]
-            row = seg.count
-            seg.index[row] = index
-            seg.records[row] = rec
-            seg.flags[row] = flags
-            seg.person[row] = key
-            seg.palm[row] = PALMS.index(palm)
-            seg.live[row] = 1
-            seg.count = row + 1                       # publish the entry, fully written
-            self._entries.setdefault(key, []).append((len(segments) - 1, row))
-            self._live += 1
+            done = 0
+            while done < len(entries):
+                if not segments or segments[-1].count == segments[-1].capacity:
+                    last = segments[-1] if segments else None
+                    if last is not None and last.capacity < self._segment_size:
+                        segments[-1] = last.copy(min(2 * last.capacity, self._segment_size))
+                    else:
+                        segments.append(_Segment(self._first))
+                    self._segments = tuple(segments)      # publish the grown/new segment
+                seg, first = segments[-1], segments[-1].count
+                take = min(len(entries) - done, seg.capacity - first)
+                rows, part = slice(first, first + take), slice(done, done + take)
+                seg.index[rows] = index[part]
+                seg.records[rows] = records[part]
+                seg.flags[rows] = flags[part]
+                seg.person[rows] = keys[part]
+                seg.palm[rows] = palms[part]
+                seg.live[rows] = 1
+                seg.count = first + take                  # publish the entries, fully written
+                for row, key in enumerate(keys[part].tolist(), first):
+                    self._entries.setdefault(key, []).append((len(segments) - 1, row))
+                done += take
+            self._live += len(entries)
+        return len(entries)
+
+    def _key(self, person_id: str) -> int:
+        """The person's key; a new one for a new person (under the writers' lock)."""
+        key = self._person_key.get(person_id)
+        if key is None:
+            key = len(self._person_ids)
+            self._person_ids.append(person_id)
+            self._person_key[person_id] = key
+        return key
 
     def remove(self, person_id: str) -> int:
         """Forget every template of ``person_id`` — codes zeroed, id dropped — at once; returns

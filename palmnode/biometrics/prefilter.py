@@ -1,6 +1,6 @@
 """The 1:N pre-filter: which few gallery entries get the full match.
 
-Every enrolled palm has a pre-filter index row (:func:`index_row`, kept by the gallery beside
+Every enrolled palm has a pre-filter index row (:func:`index_rows`, kept by the gallery beside
 its record). A search (docs/engine.md, "1:N search") narrows the gallery in two stages before
 the full match:
 
@@ -181,9 +181,14 @@ def probe_signatures(templates: Sequence[PalmTemplate], offsets=PROBE_OFFSETS) -
     return np.stack([signature_variants(t, offsets) for t in templates])
 
 
-def index_row(template: PalmTemplate) -> np.ndarray:
-    """uint64[INDEX_WORDS]: what the pre-filter keeps of one enrolled template (its signature)."""
-    return signature(template)
+def index_rows(templates: Sequence[PalmTemplate]) -> np.ndarray:
+    """uint64 (len(templates), INDEX_WORDS): what the pre-filter keeps of each enrolled template
+    (its :func:`signature`), in one native call."""
+    out = np.zeros((len(templates), INDEX_WORDS), np.uint64)
+    veined = [i for i, t in enumerate(templates) if t.vein is not None]
+    if veined:
+        out[veined] = signatures_of_codes(np.stack([templates[i].vein.planes() for i in veined]))
+    return out
 
 
 def smallest(values: np.ndarray, k: int) -> np.ndarray:
@@ -210,7 +215,7 @@ class Prefilter:
     """Sizes and probe offsets of the two pre-filter stages.
 
     ``select`` reads a gallery snapshot: a sequence of (segment, published count, live flags)
-    whose segments have ``index`` (rows of :func:`index_row`), ``records`` (the matcher's
+    whose segments have ``index`` (rows of :func:`index_rows`), ``records`` (the matcher's
     packed codes) and ``flags`` (bit 2: has a vein code) arrays; ``starts`` are the segments'
     first global indices plus the total.
     """

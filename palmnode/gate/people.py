@@ -13,6 +13,7 @@ Replicated changes from the controller (``apply_upsert(s)`` / ``apply_remove``) 
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
@@ -30,6 +31,8 @@ from palmnode.logs import event
 from palmnode.vault import EnrolledPalm, Person, Vault
 
 log = logging.getLogger("palmnode.gate")
+#: people added to the gallery in one batch when it is filled from the vault at start
+_LOAD_BATCH = 1024
 
 
 class People:
@@ -55,9 +58,9 @@ class People:
         return count
 
     def _load(self) -> int:
-        count = 0
-        for person in self.vault.people():
-            count += self._add_to_gallery(person)
+        count, people = 0, iter(self.vault.people())
+        while batch := list(itertools.islice(people, _LOAD_BATCH)):
+            count += self._add_to_gallery(*batch)
         return count
 
     # ---- enrol / delete (this node) -----------------------------------------------------------
@@ -130,7 +133,7 @@ class People:
             self.vault.upsert_people(changed)  # replaced or added, no outbox event
         for person in people:
             self.gallery.remove(person.person_id)
-            self._add_to_gallery(person)
+        self._add_to_gallery(*{person.person_id: person for person in people}.values())  # the last of each
 
     def _stored_as(self, person: Person) -> bool:
         current = self.vault.get(person.person_id)
@@ -176,13 +179,9 @@ class People:
         return await trio.to_thread.run_sync(self.vault.find_by_card, card_digest)
 
     # ---- helpers -------------------------------------------------------------------------------
-    def _add_to_gallery(self, person: Person) -> int:
-        n = 0
-        for palm in person.palms:
-            for template in palm.templates:
-                self.gallery.add(person.person_id, palm.palm, template)
-                n += 1
-        return n
+    def _add_to_gallery(self, *people: Person) -> int:
+        return self.gallery.add_many((person.person_id, palm.palm, template) for person in people
+                                     for palm in person.palms for template in palm.templates)
 
     def _appended(self) -> None:
         if self.events_appended is not None:

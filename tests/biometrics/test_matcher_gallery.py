@@ -91,6 +91,35 @@ def test_empty_gallery_and_bad_arguments(templates):
         match(templates[0][0], "nope")
 
 
+def test_add_many_is_add_one_by_one(templates):
+    """The batch the node fills its gallery with at start: the same rows, keys and searches as
+    add() per entry, across segment growth and new segments; a bad entry anywhere adds nothing."""
+    rng = np.random.default_rng(1)
+    veinless = PalmTemplate(surface=templates[0][0].surface, vein=None)
+    entries = [(f"p{i % 7}", gal.PALMS[i % 3], _random_template(rng)) for i in range(40)]
+    entries += [(f"q{i}", "left", t) for i, (t, _) in enumerate(templates)] + [("q0", "right", veinless)]
+    one, many = (Gallery(segment_size=16, first_capacity=4) for _ in range(2))
+    for e in entries:
+        one.add(*e)
+    assert many.add_many(entries[:5]) == 5 and many.add_many(entries[5:]) == len(entries) - 5
+    assert len(many) == len(one) == len(entries) and len(many._segments) == len(one._segments) > 2
+    for a, b in zip(one._segments, many._segments):
+        assert a.count == b.count and a.capacity == b.capacity
+        for name in ("index", "records", "live", "flags", "person", "palm"):
+            assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert one._person_ids == many._person_ids and one._entries == many._entries
+    assert np.array_equal(pf.index_rows([veinless, templates[1][0]]),
+                          np.stack([np.zeros(pf.INDEX_WORDS, np.uint64), pf.signature(templates[1][0])]))
+    probe = templates[3][1]
+    assert many.search(probe, k=3) == one.search(probe, k=3)
+    assert many.remove("q3") == one.remove("q3") == 1
+    with pytest.raises(ValueError, match="palm must be one of"):
+        many.add_many([("r1", "left", templates[5][0]), ("r2", "middle", templates[6][0])])
+    with pytest.raises(ValueError, match="at least one modality"):
+        many.add_many([("r1", "left", templates[5][0]), ("r2", "left", PalmTemplate(None, None))])
+    assert len(many) == len(entries) - 1 and "r1" not in many._person_key
+
+
 def test_memory_is_linear_in_palms():
     rng = np.random.default_rng(0)
     g = Gallery(segment_size=1024, first_capacity=1024)
