@@ -452,10 +452,10 @@ def _check_scan_args(probe_sig, sigs, live):
     return probe_sig, sigs, live
 
 
-#: pair normalisation of :func:`prefilter_scores` (native/palmnode_native.h): a probe's score s
-#: becomes clamp((s * m + c) >> NORM_SHIFT, 0, NORM_MAX)
-NORM_SHIFT = 10
-NORM_MAX = 1023
+#: pair normalisation of :func:`prefilter_scores` (the header's PN_NORM_SHIFT / PN_NORM_MAX): a
+#: probe's score s becomes clamp((s * m + c) >> NORM_SHIFT, 0, NORM_MAX)
+NORM_SHIFT = int(_lib.PN_NORM_SHIFT)
+NORM_MAX = int(_lib.PN_NORM_MAX)
 
 
 def _check_norm(norm, n_probes: int) -> np.ndarray | None:
