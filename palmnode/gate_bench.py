@@ -20,7 +20,7 @@ import trio
 
 from palmnode import demo
 from palmnode.biometrics import bench as engine_bench
-from palmnode.biometrics import gallery
+from palmnode.biometrics import matcher
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
@@ -36,7 +36,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 def crowd(n: int, args: argparse.Namespace):
     """A gallery of ``n`` synthetic palms, quadrant-mixed from rendered people (cached renders)."""
     templates, _, _, _ = engine_bench.render_set(30_000, args.ids, args.cache)
-    recs = np.stack([gallery._record(t)[0] for t in templates])
+    recs = matcher.pack_records(templates)[0]
     mixed, sigs = engine_bench.synth_entries(recs, n, np.random.default_rng(3))
     return engine_bench.gallery_of(mixed, sigs)
 

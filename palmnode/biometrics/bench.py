@@ -376,7 +376,7 @@ def main(args: argparse.Namespace | None = None) -> dict:
     out["probe_variants"] = len(a)
     out["template_bytes"] = len(a.base.to_bytes())
 
-    src_recs = np.stack([gal._record(t)[0] for t in src_t])
+    src_recs = matcher.pack_records(src_t)[0]
     src_sigs = signatures_of(src_recs)
     n_max = max(sizes)
     recs, sigs = synth_entries(src_recs, n_max, rng)
@@ -406,7 +406,7 @@ def main(args: argparse.Namespace | None = None) -> dict:
 
     # recall and 1:N timing per size: Gallery.search vs faiss IndexBinaryFlat vs NumPy, same records
     enrol_ids = sorted(enrol)
-    enrol_recs = np.stack([gal._record(enrol[i])[0] for i in enrol_ids])
+    enrol_recs = matcher.pack_records([enrol[i] for i in enrol_ids])[0]
     enrol_sigs = signatures_of(enrol_recs)
     slot = {i: j for j, i in enumerate(enrol_ids)}
     n_exh = min(10_000, n_max)
@@ -489,7 +489,7 @@ def main(args: argparse.Namespace | None = None) -> dict:
             psig0, s.index[:s.count], s.live[:s.count]) for s in g._segments], 5)
         all_recs = np.concatenate([recs[:n], enrol_recs])
         bits, masks = _split_record(all_recs)
-        qb, qm = _split_record(gal._record(test_probes[0].base)[0][None])
+        qb, qm = _split_record(matcher.pack_records([test_probes[0].base])[0])
         row["numpy_ms"] = median_ms(lambda q=(qb[0], qm[0], bits, masks): numpy_search(*q), 3)
         row["numpy_ratio"] = row["numpy_ms"] / row["ms"]
         del bits, masks
@@ -499,7 +499,7 @@ def main(args: argparse.Namespace | None = None) -> dict:
             codes = all_recs.view(np.uint8)
             index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
             index.add(codes)
-            qs = [np.ascontiguousarray(gal._record(p.base)[0].view(np.uint8)[None, :]) for p in test_probes]
+            qs = [matcher.pack_records([p.base])[0].view(np.uint8) for p in test_probes]
             fts = []
             for q in qs:
                 t1 = time.perf_counter()

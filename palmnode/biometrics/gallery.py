@@ -99,12 +99,6 @@ class _Segment:
         return sum(getattr(self, n).nbytes for n in ("index", "records", "live", "flags", "person", "palm"))
 
 
-def _record(template: PalmTemplate) -> tuple[np.ndarray, int]:
-    """One template's packed record and modality flags (matcher.pack_records' layout)."""
-    records, flags = pack_records((template,))
-    return records[0], int(flags[0])
-
-
 def _fused(surface: np.ndarray, vein: np.ndarray) -> np.ndarray:
     """matcher.fuse of similarity arrays (the same float operations, so equal values), -inf where
     neither modality is present: without fuse's NaN cleaning, which costs more than the sum."""

@@ -242,7 +242,7 @@ def test_two_stage_prefilter_keeps_the_closest_vein_codes(templates):
     snap = g._snapshot()
     starts = np.concatenate([[0], np.cumsum([n for _, n, _ in snap])])
     got = g.prefilter.select(probe, snap, starts)
-    recs = np.stack([gal._record(e)[0] for e, _ in templates])
+    recs = matcher.pack_records([e for e, _ in templates])[0]
     spec = matcher.VEIN_MATCH
     centre = np.full(N, 8 * 32 + 8, np.int32)
     hd, _ = kernels.match_elastic_reference(probe.vein.planes(), recs, np.arange(N, dtype=np.int64), centre,
@@ -294,7 +294,7 @@ def test_removed_person_leaves_no_codes_or_id_in_memory(templates):
     g = Gallery()
     for i in range(3):
         g.add(f"person-{i}", "right", templates[i][0])
-    rec = gal._record(templates[1][0])[0]
+    rec = matcher.pack_records([templates[1][0]])[0][0]
     def holds(record) -> bool:
         return any((seg.records[:seg.count] == record).all(axis=1).any() for seg in g._segments)
     assert holds(rec)
@@ -362,10 +362,8 @@ def crowded(templates):
     """A gallery of 1,500 random palms then the N identities' enrolments (more than the stage 1)."""
     rng = np.random.default_rng(9)
     g = Gallery(shortlist=1200, shortlist_fraction=1.0, exit_score=None)
-    for i in range(1500):
-        g.add(f"r{i}", "left", _random_template(rng))
-    for i, (enrol, _) in enumerate(templates):
-        g.add(f"p{i}", "left", enrol)
+    g.add_many([(f"r{i}", "left", _random_template(rng)) for i in range(1500)]
+               + [(f"p{i}", "left", enrol) for i, (enrol, _) in enumerate(templates)])
     snap = g._snapshot()
     return g, snap, np.concatenate([[0], np.cumsum([n for _, n, _ in snap])])
 
