@@ -195,6 +195,7 @@ class Node:
             "people": people,
             "gallery_palms": len(self.gallery) if self.gallery is not None else 0,
             "mode": self.modes.current.mode,
+            "enrolment": self.enrol.state.value if self.enrol is not None else "idle",
             "controller": None if self.link is None else ("connected" if self.link.connected else "away"),
         }
 

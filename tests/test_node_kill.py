@@ -58,6 +58,14 @@ def check_vault(tmp_path: Path) -> tuple[int, int]:
         return len(people), sum(len(p.templates) for person in people for p in person.palms)
 
 
+async def until_status(controller: Controller, key: str, value: str) -> None:
+    """Poll ``node.status`` until ``key`` reads ``value`` (a card tapped before the enrolment
+    waits for one is, as on a real gate, not taken for it)."""
+    with trio.fail_after(20):
+        while (await controller.request(NODE, "node.status", {}))[key] != value:
+            await trio.sleep(0.05)
+
+
 @pytest.mark.parametrize("kill_after_s", [0.4, 1.1])
 async def test_node_killed_mid_enrolment_restarts_consistent(nursery, tmp_path, kill_after_s):
     make_dev_pki(tmp_path / "certs", nodes=[NODE])
@@ -77,6 +85,7 @@ async def test_node_killed_mid_enrolment_restarts_consistent(nursery, tmp_path, 
     try:
         with trio.fail_after(20):
             await controller.wait_node(NODE)
+        await until_status(controller, "gate", "ready")
 
         async def enrol() -> None:
             try:
@@ -86,7 +95,8 @@ async def test_node_killed_mid_enrolment_restarts_consistent(nursery, tmp_path, 
                 pass  # killed before it answered
 
         async with trio.open_nursery() as n:
-            n.start_soon(enrol)  # the card is held until the enrolment reads it, then the palm comes
+            n.start_soon(enrol)  # the card is tapped once the enrolment asks for it, then the palm comes
+            await until_status(controller, "enrolment", "card")
             n.start_soon(gate.apply, sc.Card(at=0, kind="emv", pan=card_number(42), seconds=1.5))
             await trio.sleep(1.5)
             n.start_soon(lambda: gate.hover(150.0, 3.0, approach_s=0.3, identity=777, hand="right"))
@@ -103,9 +113,12 @@ async def test_node_killed_mid_enrolment_restarts_consistent(nursery, tmp_path, 
             await controller.wait_node(NODE)
         status = await controller.request(NODE, "node.status", {})
         assert status["people"] == people and status["gallery_palms"] == templates
+        assert status["enrolment"] == "idle"  # the killed enrolment is not resumed
+        await until_status(controller, "gate", "ready")
 
         async with trio.open_nursery() as n:  # and it still enrols (a new card: nothing half-written blocks it)
             async def tap_and_hover() -> None:
+                await until_status(controller, "enrolment", "card")
                 await gate.apply(sc.Card(at=0, kind="emv", pan=card_number(43), seconds=1.5))
                 for _ in range(4):
                     await gate.hover(150.0, 1.2, approach_s=0.3, identity=778, hand="right")

@@ -7,6 +7,7 @@ import trio
 
 from palmnode.actors import GateState
 from palmnode.demo import card_number, node_config
+from palmnode.gate.enrol import EnrolState
 from palmnode.node import Node
 from palmnode.sim import scenario as sc
 from tests.conftest import wait_for
@@ -33,7 +34,9 @@ async def test_enrol_delete_and_mode_from_the_repl(connect, node, gate, nursery)
     assert not reply["ok"] and "by id, card or phone" in reply["error"]
 
     async def person_at_the_gate() -> None:
-        # the card stays in the field until the enrolment has read it (the reader reads it again and again)
+        # the card is tapped once the enrolment asks for it (one read per presentation: a card
+        # tapped before that is not taken for it)
+        await wait_for(lambda: node.enrol.state is EnrolState.CARD, timeout=10.0)
         await gate.apply(sc.Card(at=0, kind="emv", pan=card_number(7), seconds=1.5))
         for _ in range(5):
             await gate.hover(150.0, 1.2, approach_s=0.3, identity=4_343, hand="right")
