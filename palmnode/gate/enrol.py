@@ -1,4 +1,4 @@
-"""The enrol flow: card tap → palms (each from ≥ 3 agreeing captures) → duplicate check → persist.
+"""The enrol flow: card tap → palms (each the most central of 3 agreeing captures) → duplicate check → persist.
 
 An explicit state machine (``EnrolState``, moves in ``TRANSITIONS``, made by ``EnrolFlow._goto``):
 
@@ -18,9 +18,10 @@ Agreement: a palm is done when ``captures`` of its good captures agree pairwise 
 capture's probe variants against the earlier one's template, ``matcher.match_probe`` fused ≥
 ``agree_threshold``: the comparison the calibrated thresholds are made for); a capture that
 disagrees is outvoted (the largest agreeing set wins), so one bad capture is replaced by the next
-rather than spoiling the palm. The stored templates are the captures' own (the ROI as found, no
-variants); the duplicate check searches the gallery with a chosen capture's probe variants, as
-the identify flow does.
+rather than spoiling the palm. A palm keeps one template, so the gallery holds one entry per
+enrolled palm (the 1 KiB per palm and 1:N budgets are per palm): that of the agreeing capture the
+others match best (``most_central``), the ROI as found, no variants. The duplicate check
+searches the gallery with that capture's probe variants, as the identify flow does.
 """
 from __future__ import annotations
 
@@ -130,6 +131,15 @@ class EnrolRequest:
         await self.done.wait()
         assert self.result is not None
         return self.result
+
+
+def most_central(probes: list[ProbeTemplates]) -> int:
+    """Index of the capture whose template the others match best (the highest sum of the other
+    captures' ``match_probe`` scores against its ``.base``, as a search would score them): the
+    one template a palm keeps."""
+    totals = [sum(matcher.match_probe(other, probe.base).fused for j, other in enumerate(probes) if j != i)
+              for i, probe in enumerate(probes)]
+    return max(range(len(probes)), key=totals.__getitem__)
 
 
 def agreeing(captures: list[ProbeTemplates | PalmTemplate], threshold: float, want: int) -> list[int] | None:
@@ -262,15 +272,15 @@ class EnrolFlow:
         probes: list[ProbeTemplates] = []  # one per palm, for the duplicate check
         for palm in request.palms:
             self._goto(E.PALM)
-            templates = None
+            captured = None
             with trio.move_on_after(p.palm_timeout_s):
-                templates = await self._palm(palm)
-            if templates is None:
+                captured = await self._palm(palm)
+            if captured is None:
                 return EnrolResult(False, reason=f"{palm} palm not captured in time")
-            if isinstance(templates, str):
-                return EnrolResult(False, reason=templates)
-            palms[palm] = [c.base for c in templates]
-            probes.append(templates[0])
+            if isinstance(captured, str):
+                return EnrolResult(False, reason=captured)
+            palms[palm] = [captured.base]
+            probes.append(captured)
         self._goto(E.CHECKING)
         duplicate = await self._duplicate(probes)
         if duplicate is not None:
@@ -303,9 +313,9 @@ class EnrolFlow:
             read = await cards.receive()
             return read.token
 
-    async def _palm(self, palm: str) -> list[ProbeTemplates] | str:
-        """Good captures of ``palm`` (each as its probe variants, ``.base`` the template to store)
-        until ``captures`` agree; a string says why it failed."""
+    async def _palm(self, palm: str) -> ProbeTemplates | str:
+        """Good captures of ``palm`` until ``captures`` agree, then the most central of those (its
+        probe variants; ``.base`` is the template stored); a string says why it failed."""
         p = self.policy
         good: list[ProbeTemplates] = []
         taken = 0
@@ -334,8 +344,10 @@ class EnrolFlow:
             good.append(result.variants)
             chosen = await trio.to_thread.run_sync(agreeing, good, p.agree_threshold, p.captures)
             if chosen is not None:
+                agreed = [good[i] for i in chosen]
+                central = await trio.to_thread.run_sync(most_central, agreed)
                 self._progress("palm", f"{palm} palm captured")
-                return [good[i] for i in chosen]
+                return agreed[central]
             self._progress("capture", f"{palm} palm: {len(good)} of {p.captures}")
             if in_hover >= p.per_hover:
                 self._progress("again", f"lift your hand, then hold your {palm} palm over the gate again")

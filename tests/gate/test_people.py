@@ -119,6 +119,22 @@ def test_agreeing_captures_outvote_a_bad_one():
     assert agreeing([mine[0], other[0], mine[1], mine[2]], threshold, 3) == [0, 2, 3]  # replaced
 
 
+def test_a_palm_keeps_the_capture_the_others_match_best():
+    from itertools import permutations
+
+    from palmnode.biometrics.variants import ProbeTemplates
+    from palmnode.gate.enrol import most_central
+    mine = [ProbeTemplates.single(t) for t in templates_of(10)]
+    stranger = ProbeTemplates.single(templates_of(11)[0])
+    kept = mine[most_central(mine)]
+    for order in permutations(mine):  # whichever order the captures came in
+        assert order[most_central(list(order))] is kept
+    for at in range(3):  # a capture the others do not match is never the one kept
+        captures = mine[:2]
+        captures.insert(at, stranger)
+        assert captures[most_central(captures)] is not stranger
+
+
 async def test_decisions_go_to_the_outbox_and_a_deleted_persons_undelivered_ones_with_them(vault):
     from palmnode.gate.events import Decision
     people = People(vault, Gallery(), "gate-1", EventBus())
