@@ -1,4 +1,4 @@
-"""The enrol flow: card tap → palms (each the most central of 3 agreeing captures) → duplicate check → persist.
+"""The enrol flow: card tap → palms (each from ≥ 3 agreeing captures) → duplicate check → persist.
 
 An explicit state machine (``EnrolState``, moves in ``TRANSITIONS``, made by ``EnrolFlow._goto``):
 
@@ -18,10 +18,12 @@ Agreement: a palm is done when ``captures`` of its good captures agree pairwise 
 capture's probe variants against the earlier one's template, ``matcher.match_probe`` fused ≥
 ``agree_threshold``: the comparison the calibrated thresholds are made for); a capture that
 disagrees is outvoted (the largest agreeing set wins), so one bad capture is replaced by the next
-rather than spoiling the palm. A palm keeps one template, so the gallery holds one entry per
-enrolled palm (the 1 KiB per palm and 1:N budgets are per palm): that of the agreeing capture the
-others match best (``most_central``), the ROI as found, no variants. The duplicate check
-searches the gallery with that capture's probe variants, as the identify flow does.
+rather than spoiling the palm. The palm's templates are the agreeing captures' own (the ROI as
+found, no variants), the one the others match best first (``most_central``): the first is the
+palm's search template, the only one in the gallery (one entry per enrolled palm, as the 1 KiB
+per palm and 1:N budgets count); the others stay in the vault for the identify flow's second
+look at a near miss. The duplicate check searches the gallery with the first capture's probe
+variants, as the identify flow does.
 """
 from __future__ import annotations
 
@@ -136,7 +138,7 @@ class EnrolRequest:
 def most_central(probes: list[ProbeTemplates]) -> int:
     """Index of the capture whose template the others match best (the highest sum of the other
     captures' ``match_probe`` scores against its ``.base``, as a search would score them): the
-    one template a palm keeps."""
+    palm's search template."""
     totals = [sum(matcher.match_probe(other, probe.base).fused for j, other in enumerate(probes) if j != i)
               for i, probe in enumerate(probes)]
     return max(range(len(probes)), key=totals.__getitem__)
@@ -279,8 +281,8 @@ class EnrolFlow:
                 return EnrolResult(False, reason=f"{palm} palm not captured in time")
             if isinstance(captured, str):
                 return EnrolResult(False, reason=captured)
-            palms[palm] = [captured.base]
-            probes.append(captured)
+            palms[palm] = [c.base for c in captured]
+            probes.append(captured[0])
         self._goto(E.CHECKING)
         duplicate = await self._duplicate(probes)
         if duplicate is not None:
@@ -313,9 +315,9 @@ class EnrolFlow:
             read = await cards.receive()
             return read.token
 
-    async def _palm(self, palm: str) -> ProbeTemplates | str:
-        """Good captures of ``palm`` until ``captures`` agree, then the most central of those (its
-        probe variants; ``.base`` is the template stored); a string says why it failed."""
+    async def _palm(self, palm: str) -> list[ProbeTemplates] | str:
+        """Good captures of ``palm`` (each as its probe variants, ``.base`` the template to store)
+        until ``captures`` agree, the most central first; a string says why it failed."""
         p = self.policy
         good: list[ProbeTemplates] = []
         taken = 0
@@ -347,7 +349,7 @@ class EnrolFlow:
                 agreed = [good[i] for i in chosen]
                 central = await trio.to_thread.run_sync(most_central, agreed)
                 self._progress("palm", f"{palm} palm captured")
-                return agreed[central]
+                return [agreed[central], *agreed[:central], *agreed[central + 1:]]
             self._progress("capture", f"{palm} palm: {len(good)} of {p.captures}")
             if in_hover >= p.per_hover:
                 self._progress("again", f"lift your hand, then hold your {palm} palm over the gate again")

@@ -10,7 +10,10 @@ by ``IdentifyFlow._goto``; each state has its timeout in ``IdentifyPolicy``):
 
 Evidence is fused across attempts: each person's score is the mean of their fused scores over
 the attempts that found them, so more attempts make an impostor's lucky score rarer rather than
-likelier (a max rule would raise the false-match rate with every attempt). The flow stops as
+likelier (a max rule would raise the false-match rate with every attempt). The gallery holds one
+template per palm (its search template); an attempt whose best is below the threshold takes a
+second look (``second_look``): its few candidates are scored against their palm's other stored
+templates too, from the vault, the best counting. The flow stops as
 soon as the best mean is ≥ ``threshold`` and ``margin`` above the runner-up (identified), or
 below ``threshold - unknown_margin`` (unknown), else after ``max_attempts`` or the deadline:
 then a near miss (just below the threshold, or not clear of the runner-up) is a "retry" asking
@@ -25,13 +28,17 @@ import enum
 import logging
 import math
 import sqlite3
+from typing import Callable, Sequence
 
 import attrs
 import trio
 
 from drivers.proximity.driver import Distance
 from palmnode.actors import EventBus
+from palmnode.biometrics import matcher
 from palmnode.biometrics.gallery import Candidate, Gallery
+from palmnode.biometrics.types import PalmTemplate
+from palmnode.biometrics.variants import ProbeTemplates
 from palmnode.gate.capture import Capturer, CaptureUnavailable, Probe, ProbeFailure
 from palmnode.gate.events import (
     Decision,
@@ -84,6 +91,9 @@ class IdentifyPolicy:
     max_attempts: int = 3
     #: candidates asked of the gallery per attempt (best per person)
     candidates: int = 3
+    #: when an attempt's best is below the threshold, score its candidates against all their palm's
+    #: stored templates too (the gallery holds only each palm's first: ``second_look``)
+    second_look: bool = True
     #: CAPTURING: one processed pair (≥ two frame timeouts of the capturer, which fire first);
     #: MATCHING: one search; the whole decision from presence
     capture_timeout_s: float = 0.9
@@ -121,6 +131,23 @@ class AttemptTrace:
 #: the reason of a near miss (the best person just below the threshold, or too close to the
 #: runner-up): a fresh presentation, in a new pose, usually settles it either way
 NOT_SURE = "not sure: present your palm again"
+
+
+def second_look(probe: ProbeTemplates, found: list[Candidate],
+                stored: Callable[[str, str], Sequence[PalmTemplate]]) -> list[Candidate]:
+    """``found`` rescored, best first: each candidate as its best over all of its palm's stored
+    templates (``stored(person_id, palm)``, the search template first), not just the search
+    template the gallery holds. Only the few candidates of one attempt get it, so an impostor's
+    extra chances stay with them; blocking (vault reads): run it in a worker thread."""
+    rescored = []
+    for c in found:
+        score = c.score
+        for template in stored(c.person_id, c.palm)[1:]:
+            other = matcher.match_probe(probe, template)
+            if other.fused > score.fused:
+                score = other
+        rescored.append(attrs.evolve(c, score=score))
+    return sorted(rescored, key=lambda c: -c.score.fused)
 
 
 class Evidence:
@@ -298,6 +325,9 @@ class IdentifyFlow:
                         failure = "search timed out"
                         self._count_retry("timeout")
                         continue
+                    if p.second_look and self.people is not None and found and found[0].score.fused < p.threshold:
+                        found = await trio.to_thread.run_sync(second_look, result.variants, found,
+                                                              self.people.stored_templates)
                     verdict = evidence.add(found)
                     if verdict.outcome != "undecided":
                         break

@@ -3,7 +3,8 @@
 Every change is one vault transaction (the person and their outbox event together) followed, in
 the same worker-thread call, by the gallery change, so a person is searchable (or gone) the moment
 the call returns and a crash in between leaves the vault, the source of truth, whole: the gallery
-is rebuilt from it at start (``load``). Changes are serialised by one lock.
+is rebuilt from it at start (``load``). Changes are serialised by one lock. The gallery holds
+each palm's search template (its first); the others stay in the vault (``stored_templates``).
 
 Outbox events (``enrolled {person}``, ``deleted {person_id}``, and the identify flow's decisions:
 ``identified {person_id, palm, score, latency_ms, mode}``, ``unknown {latency_ms, reason}``) go to the store controller through
@@ -178,10 +179,18 @@ class People:
     async def find_by_card(self, card_digest: bytes) -> str | None:
         return await trio.to_thread.run_sync(self.vault.find_by_card, card_digest)
 
+    def stored_templates(self, person_id: str, palm: str) -> tuple[PalmTemplate, ...]:
+        """All the stored templates of ``person_id``'s ``palm``, the search template (the gallery's)
+        first; () when they are gone. Blocking (a vault read): call it from a worker thread."""
+        person = self.vault.get(person_id)
+        found = [p.templates for p in person.palms if p.palm == palm] if person is not None else []
+        return found[0] if found else ()
+
     # ---- helpers -------------------------------------------------------------------------------
     def _add_to_gallery(self, *people: Person) -> int:
-        return self.gallery.add_many((person.person_id, palm.palm, template) for person in people
-                                     for palm in person.palms for template in palm.templates)
+        """Each palm's search template (its first): one gallery entry per enrolled palm."""
+        return self.gallery.add_many((person.person_id, palm.palm, palm.templates[0]) for person in people
+                                     for palm in person.palms if palm.templates)
 
     def _appended(self) -> None:
         if self.events_appended is not None:

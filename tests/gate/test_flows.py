@@ -94,7 +94,8 @@ async def test_enrolled_person_recognised_stranger_not_modes_and_delete(rig, nur
     assert enrolled.person_id == result.person_id and enrolled.palms == ("right",)
     assert palm_seconds <= 5.0  # one palm, from the prompt to the person stored
     print(f"one palm enrolled in {palm_seconds:.2f} s (prompt to stored)")
-    assert len(rig.gallery) == 1 and rig.vault.count() == 1  # one template per enrolled palm
+    assert len(rig.gallery) == 1 and rig.vault.count() == 1  # one search template per enrolled palm
+    assert len(rig.vault.get(result.person_id).palms[0].templates) == 3  # the others for a second look
     assert [e.kind for e in rig.vault.pending_events()] == ["enrolled"]
 
     approved = []

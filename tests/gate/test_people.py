@@ -11,6 +11,7 @@ from drivers.card_reader.cardtoken import CardToken
 from palmnode.actors import EventBus
 from palmnode.biometrics.bench import render_set
 from palmnode.biometrics.gallery import Gallery
+from palmnode.biometrics.variants import ProbeTemplates
 from palmnode.gate.events import PersonDeleted, PersonEnrolled
 from palmnode.gate.people import People
 from palmnode.metrics import Metrics
@@ -44,11 +45,14 @@ async def test_enrol_is_searchable_at_once_with_its_outbox_event_and_hook(vault)
     [ev] = vault.pending_events()
     assert ev.kind == "enrolled" and ev.data["person"]["person_id"] == person.person_id
     assert hooked == [1]
-    assert metrics.value("palmnode_gallery_palms") == 3
+    assert metrics.value("palmnode_gallery_palms") == 1  # the palm's search template; all 3 in the vault
+    assert [t.to_bytes() for t in people.stored_templates(person.person_id, "right")] == \
+        [t.to_bytes() for t in templates_of(0)]
+    assert people.stored_templates(person.person_id, "left") == () and people.stored_templates("nobody", "right") == ()
     assert await people.card_digest(person.person_id) == card(1).digest
     with pytest.raises(DuplicateCard):
         await people.enrol(card(1), None, {"left": templates_of(1)})
-    assert len(gallery) == 3 and vault.count() == 1  # nothing of the refused one anywhere
+    assert len(gallery) == 1 and vault.count() == 1  # nothing of the refused one anywhere
 
 
 async def test_delete_by_card_or_phone_or_id_forgets_everywhere(vault):
@@ -77,7 +81,7 @@ async def test_replication_writes_no_outbox_event_and_a_restart_reloads_the_gall
     remote = Person("p-remote", card(7), None, (EnrolledPalm("right", tuple(templates_of(3))),), 1.0, "gate-2")
     await people.apply_upsert(remote)
     await people.apply_upsert(remote)  # the same person again (a re-sync): no change
-    assert vault.count() == 1 and len(gallery) == 3 and vault.pending_events() == []
+    assert vault.count() == 1 and len(gallery) == 1 and vault.pending_events() == []
     changed = attrs.evolve(remote, palms=(EnrolledPalm("left", tuple(templates_of(4)[:1])),))
     await people.apply_upsert(changed)
     assert len(gallery) == 1 and vault.get("p-remote").palms[0].palm == "left"
@@ -86,11 +90,11 @@ async def test_replication_writes_no_outbox_event_and_a_restart_reloads_the_gall
     vault2 = Vault.open(tmp_path / "vault.db", keys, node_id="gate-1")
     try:
         fresh = People(vault2, Gallery(), "gate-1", EventBus())
-        assert await fresh.load() == 4
+        assert await fresh.load() == 2  # one entry per palm
         assert fresh.gallery.search(templates_of(5)[0], 1)[0].person_id == local.person_id
         assert await fresh.apply_remove("p-remote")
         assert not await fresh.apply_remove("p-remote")
-        assert len(fresh.gallery) == 3
+        assert len(fresh.gallery) == 1
         assert [e.kind for e in vault2.pending_events()] == ["enrolled"]  # only the local enrolment
         removed = [e for e in vault2.audit_entries() if e["kind"] == "person_removed"]
         assert removed and removed[-1]["reason"] == "replication"
@@ -119,10 +123,9 @@ def test_agreeing_captures_outvote_a_bad_one():
     assert agreeing([mine[0], other[0], mine[1], mine[2]], threshold, 3) == [0, 2, 3]  # replaced
 
 
-def test_a_palm_keeps_the_capture_the_others_match_best():
+def test_a_palms_search_template_is_the_capture_the_others_match_best():
     from itertools import permutations
 
-    from palmnode.biometrics.variants import ProbeTemplates
     from palmnode.gate.enrol import most_central
     mine = [ProbeTemplates.single(t) for t in templates_of(10)]
     stranger = ProbeTemplates.single(templates_of(11)[0])
@@ -133,6 +136,25 @@ def test_a_palm_keeps_the_capture_the_others_match_best():
         captures = mine[:2]
         captures.insert(at, stranger)
         assert captures[most_central(captures)] is not stranger
+
+
+def test_second_look_scores_candidates_against_all_their_stored_templates():
+    from palmnode.biometrics import matcher
+    from palmnode.biometrics.gallery import Candidate
+    from palmnode.gate.identify import second_look
+    probe = ProbeTemplates.single(templates_of(10)[1])
+    mine, others = templates_of(10), templates_of(11)
+    stored = {("me", "right"): (others[0], mine[0]),   # a poor search template, a good second one
+              ("you", "left"): tuple(others)}
+    found = [Candidate("you", "left", matcher.match_probe(probe, others[0])),
+             Candidate("me", "right", matcher.match_probe(probe, others[0])),
+             Candidate("gone", "right", matcher.match_probe(probe, others[1]))]
+    looked = second_look(probe, found, lambda pid, palm: stored.get((pid, palm), ()))
+    assert [c.person_id for c in looked][0] == "me"                          # best first
+    assert looked[0].score == matcher.match_probe(probe, mine[0])            # its best template counts
+    assert {c.person_id: c.score for c in looked}["gone"] == found[2].score  # nothing stored: as found
+    you = max(matcher.match_probe(probe, t).fused for t in others)
+    assert {c.person_id: c.score.fused for c in looked}["you"] == pytest.approx(you)
 
 
 async def test_decisions_go_to_the_outbox_and_a_deleted_persons_undelivered_ones_with_them(vault):
