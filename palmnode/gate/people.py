@@ -32,7 +32,7 @@ from palmnode.logs import event
 from palmnode.vault import EnrolledPalm, Person, Vault
 
 log = logging.getLogger("palmnode.gate")
-#: people added to the gallery in one batch when it is filled from the vault at start
+#: palms added to the gallery in one batch when it is filled from the vault at start
 _LOAD_BATCH = 1024
 
 
@@ -59,9 +59,9 @@ class People:
         return count
 
     def _load(self) -> int:
-        count, people = 0, iter(self.vault.people())
-        while batch := list(itertools.islice(people, _LOAD_BATCH)):
-            count += self._add_to_gallery(*batch)
+        count, palms = 0, iter(self.vault.search_templates())
+        while batch := list(itertools.islice(palms, _LOAD_BATCH)):
+            count += self.gallery.add_many(batch)
         return count
 
     # ---- enrol / delete (this node) -----------------------------------------------------------

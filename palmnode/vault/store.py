@@ -42,6 +42,7 @@ log = logging.getLogger("palmnode.vault")
 
 _KEY_CHECK = b"palmnode vault key check v1"
 _PEOPLE_BATCH = 256  # people() reads this many people per lock hold
+_TEMPLATE_BATCH = 1024  # search_templates() reads this many per lock hold
 _AUDIT_SCALARS = (str, int, float, bool, type(None))
 
 
@@ -337,6 +338,22 @@ class Vault:
             if len(rows) < _PEOPLE_BATCH:
                 return
             after = rows[-1][0]
+
+    def search_templates(self) -> Iterator[tuple[str, str, PalmTemplate]]:
+        """(person id, palm, template) of every enrolled palm's first template, its search template
+        (what a gallery holds), ordered by person and palm and read in batches: a node's start opens
+        no other template and no card."""
+        after: tuple[str, str] = ("", "")
+        while True:
+            with self._reading() as conn:
+                rows = conn.execute("SELECT person_id, palm, sealed FROM templates WHERE idx = 0 "
+                                    "AND (person_id, palm) > (?, ?) ORDER BY person_id, palm LIMIT ?",
+                                    (*after, _TEMPLATE_BATCH)).fetchall()
+                batch = [(pid, palm, self._open_template(pid, palm, 0, blob)) for pid, palm, blob in rows]
+            yield from batch
+            if len(rows) < _TEMPLATE_BATCH:
+                return
+            after = rows[-1][0], rows[-1][1]
 
     def _load(self, conn: sqlite3.Connection, rows: list[tuple]) -> list[Person]:
         ids = [r[0] for r in rows]

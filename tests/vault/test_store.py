@@ -311,6 +311,17 @@ def test_people_iterates_everyone_in_batches(vault):
     assert all(same_person(p, by_id[p.person_id]) for p in loaded)
 
 
+def test_search_templates_are_every_palms_first_in_batches(vault, monkeypatch):
+    import palmnode.vault.store as store
+    monkeypatch.setattr(store, "_TEMPLATE_BATCH", 7)  # batches end between a person's two palms too
+    people = [person(n, vault) for n in range(20)]  # 1 or 2 palms of 3 templates each
+    for p in people:
+        vault.add_person(p)
+    loaded = [(pid, palm, t.to_bytes()) for pid, palm, t in vault.search_templates()]
+    assert loaded == sorted((p.person_id, palm.palm, palm.templates[0].to_bytes()) for p in people for palm in p.palms)
+    assert len(loaded) == 30
+
+
 def test_concurrent_reader_during_writes_of_two_threads(vault):
     done = threading.Event()
     seen, errors = [], []
