@@ -190,7 +190,7 @@ class People:
     def _add_to_gallery(self, *people: Person) -> int:
         """Each palm's search template (its first): one gallery entry per enrolled palm."""
         return self.gallery.add_many((person.person_id, palm.palm, palm.templates[0]) for person in people
-                                     for palm in person.palms if palm.templates)
+                                     for palm in person.palms)
 
     def _appended(self) -> None:
         if self.events_appended is not None:

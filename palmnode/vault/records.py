@@ -36,7 +36,8 @@ def _templates(instance: Any, attribute: Any, value: tuple) -> None:
 
 @attrs.frozen
 class EnrolledPalm:
-    """One palm of a person and the templates captured of it (in capture order)."""
+    """One palm of a person and the templates captured of it; the first is its search template
+    (the one a gallery holds: the enrol flow puts the capture the others match best first)."""
 
     palm: str = attrs.field(validator=_palm_name)
     templates: tuple[PalmTemplate, ...] = attrs.field(converter=tuple, validator=_templates)
