@@ -182,9 +182,7 @@ class People:
     def stored_templates(self, person_id: str, palm: str) -> tuple[PalmTemplate, ...]:
         """All the stored templates of ``person_id``'s ``palm``, the search template (the gallery's)
         first; () when they are gone. Blocking (a vault read): call it from a worker thread."""
-        person = self.vault.get(person_id)
-        found = [p.templates for p in person.palms if p.palm == palm] if person is not None else []
-        return found[0] if found else ()
+        return self.vault.palm_templates(person_id, palm)
 
     # ---- helpers -------------------------------------------------------------------------------
     def _add_to_gallery(self, *people: Person) -> int:

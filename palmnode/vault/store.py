@@ -326,6 +326,14 @@ class Vault:
             people = self._load(conn, [row])
         return people[0]
 
+    def palm_templates(self, person_id: str, palm: str) -> tuple[PalmTemplate, ...]:
+        """The templates of one enrolled palm, decrypted, the search template first; () when the
+        person or palm is not enrolled. Opens nothing else of the person."""
+        with self._reading() as conn:
+            rows = conn.execute("SELECT idx, sealed FROM templates WHERE person_id = ? AND palm = ? ORDER BY idx",
+                                (person_id, palm)).fetchall()
+            return tuple(self._open_template(person_id, palm, idx, blob) for idx, blob in rows)
+
     def people(self) -> Iterator[Person]:
         """Every enrolled person (ordered by id), read in batches so other threads are not held up."""
         after = ""

@@ -311,7 +311,7 @@ def test_people_iterates_everyone_in_batches(vault):
     assert all(same_person(p, by_id[p.person_id]) for p in loaded)
 
 
-def test_search_templates_are_every_palms_first_in_batches(vault, monkeypatch):
+def test_search_templates_are_every_palms_first_in_batches_and_palm_templates_all_of_one(vault, monkeypatch):
     import palmnode.vault.store as store
     monkeypatch.setattr(store, "_TEMPLATE_BATCH", 7)  # batches end between a person's two palms too
     people = [person(n, vault) for n in range(20)]  # 1 or 2 palms of 3 templates each
@@ -320,6 +320,11 @@ def test_search_templates_are_every_palms_first_in_batches(vault, monkeypatch):
     loaded = [(pid, palm, t.to_bytes()) for pid, palm, t in vault.search_templates()]
     assert loaded == sorted((p.person_id, palm.palm, palm.templates[0].to_bytes()) for p in people for palm in p.palms)
     assert len(loaded) == 30
+    two = people[1]  # both palms
+    for palm in two.palms:
+        assert [t.to_bytes() for t in vault.palm_templates(two.person_id, palm.palm)] == \
+            [t.to_bytes() for t in palm.templates]
+    assert vault.palm_templates(people[0].person_id, "left") == () and vault.palm_templates("nobody", "right") == ()
 
 
 def test_concurrent_reader_during_writes_of_two_threads(vault):
