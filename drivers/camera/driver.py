@@ -715,7 +715,9 @@ class Camera:
 
     def _fail(self, error: DeviceError) -> None:
         if self._error is None and not self._closed:
-            log.warning("%s", error)
+            # debug only: the error reaches the caller as the exception of its next read, and a
+            # node retrying an absent camera every second would log a warning every second
+            log.debug("%s", error)
             self._error = error
         self._wake()  # waiting takers get the frame already read, then the error
         self._ended.set()

@@ -1,4 +1,5 @@
 """The camera driver against the emulator over real loopback sockets (OpenCV FFmpeg backend)."""
+import logging
 import threading
 
 import cv2
@@ -88,7 +89,8 @@ async def test_slow_consumer_gets_newest_frame_and_drops_are_counted(emu):
         assert nxt.dropped_before == 0 and nxt.seq == fresh.seq + 1
 
 
-async def test_unplug_is_device_lost_then_reopen_at_same_url(emu, nursery):
+async def test_unplug_is_device_lost_then_reopen_at_same_url(emu, nursery, caplog):
+    caplog.set_level(logging.DEBUG, logger="drivers.camera.driver")
     cam = await Camera.open(emu.url)
     await cam.next_frame(timeout=2)
     nursery.start_soon(emu.unplug, 0.5)
@@ -107,6 +109,10 @@ async def test_unplug_is_device_lost_then_reopen_at_same_url(emu, nursery):
         await emu.replugged()
     async with await Camera.open(emu.url) as again:
         assert (await again.next_frame(timeout=2)).image.shape == (480, 640)
+    # the errors reach the caller as exceptions; the driver logs them at debug level only (a node
+    # reopening an absent camera every second must not log a warning every second)
+    camera_logs = [r for r in caplog.records if r.name == "drivers.camera.driver"]
+    assert camera_logs and all(r.levelno == logging.DEBUG for r in camera_logs)
 
 
 async def test_stall_is_timeout_then_stream_resumes(emu):
