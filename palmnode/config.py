@@ -127,6 +127,17 @@ class MetricsConfig:
 
 
 @attrs.frozen
+class DebugConfig:
+    """Debugging aids an operator turns on explicitly; off by default."""
+
+    #: a folder for every lit frame the gate takes (raw palm images: docs/flows.md, "Debug capture
+    #: folder"); "" keeps every palm image off the disk
+    capture_dir: str = ""
+    #: the folder keeps at most this many frames, the oldest removed first
+    capture_max_files: int = 500
+
+
+@attrs.frozen
 class Config:
     node: NodeConfig
     proximity: ProximityConfig
@@ -139,6 +150,7 @@ class Config:
     controller: ControllerLink | None = None
     repl: ReplConfig | None = None
     metrics: MetricsConfig = MetricsConfig()
+    debug: DebugConfig = DebugConfig()
     source: Path | None = None
 
 
@@ -154,11 +166,12 @@ _SECTIONS: dict[str, type] = {
     "controller": ControllerLink,
     "repl": ReplConfig,
     "metrics": MetricsConfig,
+    "debug": DebugConfig,
 }
 #: absent: a node without a vault (devices only) / without a controller / without a REPL socket
 _OPTIONAL = {"vault", "controller", "repl"}
 _PATH_KEYS = {"port", "token_key_file", "calibration", "path", "key_file", "ca", "cert", "key",
-              "socket_path"}
+              "socket_path", "capture_dir"}
 _SIGNED_KEYS = {"exposure", "gain"}  # V4L2 exposure is a log2 value, often negative
 
 
@@ -199,6 +212,9 @@ def from_dict(raw: dict[str, Any], *, base: Path = Path("."), source: Path | Non
             table = {}
         values[name] = _build(cls, table, f"{where} [{name}]", base)
     _check_gate(values["gate"], f"{where} [gate]")
+    if values["debug"].capture_max_files < 1:
+        raise ConfigError(f"{where} [debug] capture_max_files: must be at least 1, "
+                          f"got {values['debug'].capture_max_files}")
     link = values["controller"]
     if link is not None:
         for key in ("ca", "cert", "key"):
@@ -209,7 +225,7 @@ def from_dict(raw: dict[str, Any], *, base: Path = Path("."), source: Path | Non
                   card_reader=values["devices.card_reader"], illuminator=values["devices.illuminator"],
                   camera=values["devices.camera"], supervision=values["supervision"], gate=values["gate"],
                   vault=values["vault"], controller=link, repl=values["repl"], metrics=values["metrics"],
-                  source=source)
+                  debug=values["debug"], source=source)
 
 
 def _check_gate(gate: GateConfig, where: str) -> None:
@@ -234,7 +250,7 @@ def _build(cls: type, table: Any, where: str, base: Path) -> Any:
         if key not in fields:
             raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(fields)})")
         kwargs[key] = _check(value, fields[key].type, f"{where} {key}", signed=key in _SIGNED_KEYS)
-        if key in _PATH_KEYS and isinstance(value, str) and not _is_url(value):
+        if key in _PATH_KEYS and isinstance(value, str) and value and not _is_url(value):
             kwargs[key] = str((base / value).resolve()) if not Path(value).is_absolute() else value
     missing = [n for n, f in fields.items() if f.default is attrs.NOTHING and n not in kwargs]
     if missing:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -19,6 +20,7 @@ from palmnode.devices.session import DeviceSession
 from palmnode.biometrics.gallery import Gallery
 from palmnode.biometrics.matcher import Calibration
 from palmnode.gate.capture import Capturer, CapturePolicy
+from palmnode.gate.debug_captures import DebugCaptures
 from palmnode.gate.enrol import EnrolFlow, EnrolPolicy
 from palmnode.gate.events import Decision, GateOpened, LoyaltyMember, PaymentResult, PersonDeleted, PersonEnrolled
 from palmnode.gate.identify import IdentifyFlow, IdentifyPolicy
@@ -64,6 +66,7 @@ class Node:
         self.people: People | None = None
         self.identify: IdentifyFlow | None = None
         self.enrol: EnrolFlow | None = None
+        self.debug_captures: DebugCaptures | None = None
         self.link: LinkClient | None = None
         self.threshold: float | None = None
 
@@ -122,6 +125,13 @@ class Node:
                              events_appended=self.link.events_appended if self.link else None)
         palms = await self.people.load()
         capturer = Capturer(self.lights, self.frames, CapturePolicy())
+        if cfg.debug.capture_dir:  # an operator's explicit choice: raw palm images on disk
+            try:
+                self.debug_captures = capturer.debug = DebugCaptures(
+                    cfg.debug.capture_dir, cfg.debug.capture_max_files,
+                    clock_offset=time.time() - trio.current_time())
+            except OSError as exc:
+                raise GateSetupError(f"debug capture folder {cfg.debug.capture_dir}: {exc}") from None
         self.identify = IdentifyFlow(self.bus, capturer, self.gallery, people=self.people, modes=self.modes,
                                      charge=self.ops.charge, metrics=self.metrics,
                                      policy=IdentifyPolicy(threshold=self.threshold))
@@ -158,6 +168,8 @@ class Node:
             gate_specs = await self._open_gate() if self.config.vault is not None else []
             await self._supervise(gate_specs, task_status)
         finally:
+            if self.debug_captures is not None:
+                self.debug_captures.close()
             if self.vault is not None:
                 self.vault.close()
 

@@ -46,6 +46,7 @@ from palmnode.biometrics.types import (
 from palmnode.biometrics.variants import ProbeTemplates, Variant
 from palmnode.devices.camera import FrameSource
 from palmnode.devices.illuminator import Lights
+from palmnode.gate.debug_captures import DebugCaptures
 
 #: camera latency observations kept (one per switch on that showed a still-dark frame)
 LATENCY_WINDOW = 32
@@ -192,6 +193,8 @@ class Capturer:
         #: delays of frames seen still dark after a switch on (the camera's latency, lately)
         self._delays: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
         self._lock = trio.Lock()  # one capture at a time: the lights are one resource
+        #: the operator's debug capture folder (node config [debug]): every lit frame offered to it
+        self.debug: DebugCaptures | None = None
 
     @contextlib.contextmanager
     def reserve(self, owner: str) -> Iterator[None]:
@@ -380,6 +383,8 @@ class Capturer:
                 self.timings.skipped += 1
                 continue
             if delay >= self.settle_s and (previous is not None or self._lit(frame.image)):
+                if self.debug is not None:
+                    self.debug.offer(channel, frame.image, frame.captured_at)
                 return frame.image, frame.captured_at
             self.timings.skipped += 1
 
