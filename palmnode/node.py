@@ -208,6 +208,7 @@ class Node:
             "gallery_palms": len(self.gallery) if self.gallery is not None else 0,
             "mode": self.modes.current.mode,
             "enrolment": self.enrol.state.value if self.enrol is not None else "idle",
+            "debug_capture_dir": str(self.debug_captures.folder) if self.debug_captures is not None else None,
             "controller": None if self.link is None else ("connected" if self.link.connected else "away"),
         }
 

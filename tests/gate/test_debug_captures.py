@@ -71,11 +71,13 @@ async def identify_once(nursery, gate, tmp_path, **debug) -> Node:
 async def test_off_no_palm_image_reaches_the_disk(nursery, gate, tmp_path):
     node = await identify_once(nursery, gate, tmp_path)
     assert node.debug_captures is None and node.identify.capturer.debug is None
+    assert (await node.status())["debug_capture_dir"] is None
     assert images_under(tmp_path / "node") == []
 
 
 async def test_on_every_lit_frame_is_written(nursery, gate, tmp_path):
     node = await identify_once(nursery, gate, tmp_path, capture_dir=str(tmp_path / "debug"), capture_max_files=50)
     await wait_for(lambda: node.debug_captures.written >= 2, timeout=5.0)
+    assert (await node.status())["debug_capture_dir"] == str(tmp_path / "debug")  # shown to the controller
     names = [p.name for p in images_under(tmp_path / "debug")]
     assert any(n.endswith("-ir.png") for n in names) and any(n.endswith("-surface.png") for n in names)
