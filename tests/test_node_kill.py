@@ -4,7 +4,8 @@ The node runs as a real ``palmnode run`` process on a virtual gate and the refer
 (both in this test's trio loop). The controller asks it to enrol a person, the card is tapped,
 the palm hovers, and the node is SIGKILLed at seeded instants of that; restarted, it must come
 back with a vault that passes SQLite's integrity check, every person whole (card, phone, three
-templates) or absent, a gallery holding exactly the vault's palms (one search template each), and it must enrol again.
+templates) or absent, a gallery holding exactly the vault's palms (one search template each),
+and it must enrol again.
 """
 from __future__ import annotations
 

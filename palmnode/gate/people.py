@@ -14,7 +14,6 @@ Replicated changes from the controller (``apply_upsert(s)`` / ``apply_remove``) 
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 import uuid
@@ -32,8 +31,6 @@ from palmnode.logs import event
 from palmnode.vault import EnrolledPalm, Person, Vault
 
 log = logging.getLogger("palmnode.gate")
-#: palms added to the gallery in one batch when it is filled from the vault at start
-_LOAD_BATCH = 1024
 
 
 class People:
@@ -59,10 +56,7 @@ class People:
         return count
 
     def _load(self) -> int:
-        count, palms = 0, iter(self.vault.search_templates())
-        while batch := list(itertools.islice(palms, _LOAD_BATCH)):
-            count += self.gallery.add_many(batch)
-        return count
+        return sum(self.gallery.add_many(batch) for batch in self.vault.search_templates())
 
     # ---- enrol / delete (this node) -----------------------------------------------------------
     async def enrol(self, card: CardToken | None, phone: str | None,

@@ -347,10 +347,10 @@ class Vault:
                 return
             after = rows[-1][0]
 
-    def search_templates(self) -> Iterator[tuple[str, str, PalmTemplate]]:
-        """(person id, palm, template) of every enrolled palm's first template, its search template
-        (what a gallery holds), ordered by person and palm and read in batches: a node's start opens
-        no other template and no card."""
+    def search_templates(self) -> Iterator[list[tuple[str, str, PalmTemplate]]]:
+        """Batches of (person id, palm, template): every enrolled palm's first template, its search
+        template (what a gallery holds), ordered by person and palm, _TEMPLATE_BATCH per read (and
+        per ``Gallery.add_many`` at a node's start, which opens no other template and no card)."""
         after: tuple[str, str] = ("", "")
         while True:
             with self._reading() as conn:
@@ -358,7 +358,8 @@ class Vault:
                                     "AND (person_id, palm) > (?, ?) ORDER BY person_id, palm LIMIT ?",
                                     (*after, _TEMPLATE_BATCH)).fetchall()
                 batch = [(pid, palm, self._open_template(pid, palm, 0, blob)) for pid, palm, blob in rows]
-            yield from batch
+            if batch:
+                yield batch
             if len(rows) < _TEMPLATE_BATCH:
                 return
             after = rows[-1][0], rows[-1][1]

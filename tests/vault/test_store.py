@@ -317,7 +317,9 @@ def test_search_templates_are_every_palms_first_in_batches_and_palm_templates_al
     people = [person(n, vault) for n in range(20)]  # 1 or 2 palms of 3 templates each
     for p in people:
         vault.add_person(p)
-    loaded = [(pid, palm, t.to_bytes()) for pid, palm, t in vault.search_templates()]
+    batches = list(vault.search_templates())
+    assert [len(b) for b in batches] == [7, 7, 7, 7, 2]
+    loaded = [(pid, palm, t.to_bytes()) for batch in batches for pid, palm, t in batch]
     assert loaded == sorted((p.person_id, palm.palm, palm.templates[0].to_bytes()) for p in people for palm in p.palms)
     assert len(loaded) == 30
     two = people[1]  # both palms
