@@ -12,7 +12,7 @@ import attrs
 import trio
 
 from palmnode import logs
-from palmnode.cliargs import non_negative
+from palmnode.cliargs import non_negative, positive
 from palmnode.controller.server import (
     DEFAULT_PORT,
     Controller,
@@ -60,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     limit = attrs.fields(ControllerConfig).charge_limit_cents.default
     parser.add_argument("--charge-limit-cents", type=non_negative, default=limit,
                         help=f"reference payment ledger: approve charges up to this amount (default {limit})")
+    retention = attrs.fields(ControllerConfig).event_retention_days.default
+    parser.add_argument("--event-retention-days", type=positive, default=retention, metavar="DAYS",
+                        help=f"keep applied events this long, then prune them (default {retention:g})")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return parser
 
@@ -69,7 +72,7 @@ def config_from_args(args: argparse.Namespace) -> ControllerConfig:
     return ControllerConfig.from_certs_dir(
         args.certs, name=args.name, db_path=str(args.db),
         key_file=None if args.key_file is None else str(args.key_file), host=host, port=port,
-        charge_limit_cents=args.charge_limit_cents)
+        charge_limit_cents=args.charge_limit_cents, event_retention_days=args.event_retention_days)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ import functools
 import logging
 import math
 import ssl
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ CAPABILITIES = ("sync", "charge")  # §4: the ops this controller serves
 MAX_SYNC_LIMIT = 1000  # §5 sync: a node may ask for fewer changes a page, never more than this
 MAX_NODE_REQUESTS = 16  # a node's requests served at once; more wait (backpressure on its connection)
 MAX_UNANSWERED_PUSHES = 1024  # pushes remembered for counting their answers; older ones are forgotten
+PRUNE_EVERY_S = 3600.0  # how often events older than the retention are pruned
 
 
 class ControllerError(Exception):
@@ -116,6 +118,8 @@ class ControllerConfig:
     send_queue: int = attrs.field(default=256, validator=_positive)  # frames queued per node; a node this
     # far behind is dropped, reconnects and syncs
     sync_limit: int = attrs.field(default=100, validator=_sync_limit)  # §5 sync: default changes per page
+    event_retention_days: float = attrs.field(default=90.0, validator=_positive)  # applied events kept this
+    # long, then pruned (at start and every PRUNE_EVERY_S)
 
     @classmethod
     def from_certs_dir(cls, certs: Path | str, **kwargs: Any) -> ControllerConfig:
@@ -282,11 +286,24 @@ class Controller:
             self.port = listeners[0].transport_listener.socket.getsockname()[1]
             log.info("controller listening", extra={"fields": {"host": self.config.host, "port": self.port}})
             task_status.started(self.port)
-            await trio.serve_listeners(self._serve_connection, listeners)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._prune_events, store)
+                await trio.serve_listeners(self._serve_connection, listeners)
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(store.close)
             self.store = None
+
+    async def _prune_events(self, store: Store) -> None:
+        """Forget applied events older than the retention, now and every PRUNE_EVERY_S."""
+        keep_s = self.config.event_retention_days * 86400.0
+        while True:
+            pruned = await trio.to_thread.run_sync(
+                functools.partial(store.prune_events, before=time.time() - keep_s))
+            if pruned:
+                log.info("events pruned", extra={"fields": {"events": pruned,
+                                                           "retention_days": self.config.event_retention_days}})
+            await trio.sleep(PRUNE_EVERY_S)
 
     # -- one connection ------------------------------------------------------------------------
 

@@ -4,7 +4,9 @@ What it holds:
 - ``nodes``: every node that said Hello, with its version and capabilities.
 - ``events``: every event a node delivered, applied exactly once: UNIQUE(node_id, key), and the
   event row is written in the same transaction as its effect, so a redelivered event is only
-  recognised, never applied twice.
+  recognised, never applied twice. Rows older than the retention are pruned
+  (:meth:`Store.prune_events`); a person's removal erases what their rows said (the person id, the
+  visit's fields) and keeps the (node, key) that makes a redelivery a duplicate.
 - ``people``: the store's enrolled people. Templates are AES-256-GCM sealed with the controller's
   key (associated data = table + person id); card and phone are the keyed digests the node made.
 - ``changes``: the replication log with a monotonic cursor (AUTOINCREMENT: never reused). It holds
@@ -37,7 +39,7 @@ import msgpack
 
 from palmnode.vault import TamperedData, VaultKeys, open_, seal
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: events.person_id (a removal erases the person's events)
 PALMS = ("left", "right", "unknown")
 MAX_ID = 128  # longest person/node id or idempotency key accepted (ids are uuids or "node:seq")
 MAX_TEMPLATES = 32  # per palm, as the link's §8 person map allows (an enrolment keeps a handful)
@@ -67,8 +69,11 @@ CREATE TABLE IF NOT EXISTS events (
     applied_at REAL NOT NULL,
     effect TEXT NOT NULL,
     data BLOB,
+    person_id TEXT,
     UNIQUE (node_id, key)
 );
+CREATE INDEX IF NOT EXISTS events_person ON events (person_id) WHERE person_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_applied ON events (applied_at);
 CREATE TABLE IF NOT EXISTS people (
     person_id TEXT PRIMARY KEY,
     card_digest BLOB,
@@ -320,6 +325,8 @@ class Store:
             if version > SCHEMA_VERSION:
                 raise StoreError(f"controller database {path} has schema {version}, newer than this "
                                  f"palmnode ({SCHEMA_VERSION}); upgrade palmnode")
+            if version == 1:
+                _migrate_from_1(conn)
             conn.executescript(_SCHEMA)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
@@ -428,12 +435,15 @@ class Store:
                               None if data.get("error") is None else str(data["error"])[:500], at))
             elif kind in ("identified", "unknown"):
                 kept = _plain(data)
+                if _removed(conn, _person_named(kind, kept)):
+                    # a visit reported after the person's removal (the gate had not heard yet)
+                    kept, applied = None, Applied(duplicate=False, effect="recorded (person removed)")
             else:
                 applied = Applied(duplicate=False, effect="unrecognised kind")
-            conn.execute("INSERT INTO events (node_id, key, seq, kind, at, applied_at, effect, data) "
-                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            conn.execute("INSERT INTO events (node_id, key, seq, kind, at, applied_at, effect, data, person_id) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          (node_id, key, seq, kind, at, time.time(), applied.effect,
-                          None if kept is None else msgpack.packb(kept)))
+                          None if kept is None else msgpack.packb(kept), _person_named(kind, kept)))
             return applied
         applied = self._write(txn)
         if isinstance(applied.change, Remove) and not applied.to_origin:
@@ -459,6 +469,8 @@ class Store:
 
     def _remove(self, conn: sqlite3.Connection, person_id: str, node_id: str, *, reason: str) -> Applied:
         existed = conn.execute("DELETE FROM people WHERE person_id = ?", (person_id,)).rowcount > 0
+        # their visits and enrolments stay only as the (node, key) that keeps redeliveries duplicates
+        conn.execute("UPDATE events SET data = NULL, person_id = NULL WHERE person_id = ?", (person_id,))
         cursor = _log_change(conn, "remove", person_id)
         _audit(conn, "removed", person_id=person_id, node_id=node_id, reason=reason, existed=existed)
         return Applied(duplicate=False, effect="removed" if existed else "removed (unknown)",
@@ -483,6 +495,19 @@ class Store:
             sql, params = sql + " AND kind = ?", params + [kind]
         return [EventRecord(r[0], r[1], r[2], r[3], r[4], r[5], None if r[6] is None else msgpack.unpackb(r[6]))
                 for r in self._read(sql + " ORDER BY id", tuple(params))]
+
+    def prune_events(self, *, before: float) -> int:
+        """Delete the events applied before ``before`` (seconds since the epoch); how many went.
+
+        An event is redelivered only while its node lacks the ack, so a pruned key comes back
+        only from a node that lost the ack and stayed away for the whole retention: then it is
+        applied again (harmless for enrolments and deletions; a second visit row otherwise).
+        """
+        removed = self._write(lambda conn: conn.execute("DELETE FROM events WHERE applied_at < ?",
+                                                        (float(before),)).rowcount)
+        if removed:
+            self.scrub()
+        return removed
 
     def device_health(self) -> list[DeviceHealthRecord]:
         return [DeviceHealthRecord(*r) for r in self._read("SELECT * FROM device_health ORDER BY node_id, name")]
@@ -601,6 +626,42 @@ def _log_change(conn: sqlite3.Connection, kind: str, person_id: str) -> int:
 def _audit(conn: sqlite3.Connection, kind: str, **fields: object) -> None:
     conn.execute("INSERT INTO audit (at, kind, fields) VALUES (?, ?, ?)",
                  (time.time(), kind, json.dumps(fields, default=str)))
+
+
+def _removed(conn: sqlite3.Connection, person_id: str | None) -> bool:
+    """Whether ``person_id`` was removed (their latest change is a remove)."""
+    if person_id is None:
+        return False
+    row = conn.execute("SELECT kind FROM changes WHERE person_id = ?", (person_id,)).fetchone()
+    return row is not None and row[0] == "remove"
+
+
+def _person_named(kind: str, kept: Mapping[str, Any] | None) -> str | None:
+    """The person an event row names (``identified``, ``enrolled``, ``deleted``), if any."""
+    if kept is None or kind not in ("identified", "enrolled", "deleted"):
+        return None
+    person_id = kept.get("person_id")
+    return person_id if isinstance(person_id, str) else None
+
+
+def _migrate_from_1(conn: sqlite3.Connection) -> None:
+    """Schema 1 -> 2: events name their person in a column, filled from the rows' data."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("ALTER TABLE events ADD COLUMN person_id TEXT")
+        rows = conn.execute("SELECT id, kind, data FROM events WHERE data IS NOT NULL").fetchall()
+        for row_id, kind, data in rows:
+            try:
+                kept = msgpack.unpackb(data)
+            except (ValueError, msgpack.UnpackException):
+                continue
+            if isinstance(kept, dict) and (person_id := _person_named(kind, kept)) is not None:
+                conn.execute("UPDATE events SET person_id = ? WHERE id = ?", (person_id, row_id))
+        conn.execute("PRAGMA user_version=2")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def _plain(data: Mapping[str, Any]) -> dict:

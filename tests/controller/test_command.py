@@ -86,9 +86,12 @@ def test_setup_errors_are_one_line(tmp_path, monkeypatch, capsys, keep_logging, 
 
 def test_arguments():
     parser = add_arguments(argparse.ArgumentParser())
-    args = parser.parse_args(["--listen", "[::1]:0", "--certs", "pki", "--charge-limit-cents", "500"])
+    args = parser.parse_args(["--listen", "[::1]:0", "--certs", "pki", "--charge-limit-cents", "500",
+                              "--event-retention-days", "7.5"])
     config = config_from_args(args)
     assert (config.host, config.port, config.charge_limit_cents) == ("::1", 0, 500)
+    assert config.event_retention_days == 7.5
+    assert config_from_args(parser.parse_args([])).event_retention_days == 90
     assert (config.ca_file, config.cert_file, config.cert_key_file) == ("pki/ca.pem", "pki/controller.pem",
                                                                         "pki/controller.key")
     assert config.key_file is None

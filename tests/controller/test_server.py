@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 
+import attrs
 import pytest
 import trio
 
@@ -218,6 +220,20 @@ async def test_events_of_a_stopped_controller_arrive_after_restart_once(nursery,
     assert [e.key for e in events] == ["gate-a:1", "gate-a:2", "gate-a:3"]
 
 
+
+async def test_events_older_than_the_retention_are_pruned_at_start(nursery, runner, pki, tmp_path):
+    a = await connect(nursery, runner.controller, pki, "gate-a")
+    await a.event("unknown", {"latency_ms": 90.0, "reason": "no match"}, key="gate-a:1", seq=1)
+    await a.event("unknown", {"latency_ms": 80.0, "reason": "no match"}, key="gate-a:2", seq=2)
+    await runner.stop()
+    conn = sqlite3.connect(tmp_path / "controller.db")
+    with conn:  # the first was applied 31 days ago
+        conn.execute("UPDATE events SET applied_at = applied_at - 31 * 86400 WHERE key = 'gate-a:1'")
+    conn.close()
+    runner.config = attrs.evolve(runner.config, event_retention_days=30)
+    controller = await runner.start()
+    await wait_for(lambda: [e.key for e in controller.store.events()] == ["gate-a:2"])
+
 # -- bad peers: each loses its own connection, counted; the good node keeps being served ----------
 
 async def assert_still_served(good: ChannelNode, controller: Controller) -> None:
@@ -311,7 +327,8 @@ def test_config_refuses_impossible_values():
 
     for field, value, match in [("port", 70000, "port"), ("hello_timeout_s", 0, "hello_timeout_s"),
                                 ("charge_limit_cents", -1, "charge_limit_cents"), ("sync_limit", 5000, "sync_limit"),
-                                ("send_queue", 0, "send_queue")]:
+                                ("send_queue", 0, "send_queue"),
+                                ("event_retention_days", 0, "event_retention_days")]:
         with pytest.raises(ControllerError, match=match):
             ControllerConfig(**{field: value})
 

@@ -318,3 +318,65 @@ def test_any_event_is_recorded_once(fuzz_store, kind, data):
     first = fuzz_store.apply_event(node_id="gate-f", key=key, seq=1, kind=kind, at=1.0, data=data)
     again = fuzz_store.apply_event(node_id="gate-f", key=key, seq=1, kind=kind, at=1.0, data=data)
     assert not first.duplicate and again.duplicate
+
+
+def visit(store: Store, person_id: str, seq: int, *, node="gate-a"):
+    return store.apply_event(node_id=node, key=f"{node}:v{seq}", seq=seq, kind="identified", at=2.0,
+                             data={"person_id": person_id, "palm": "right", "score": 0.42, "latency_ms": 95.0,
+                                   "mode": "entry"})
+
+
+def test_removal_erases_the_persons_events_and_keeps_them_duplicates(store, tmp_path):
+    enrol(store, person_wire("victim-0001"), seq=1)
+    enrol(store, person_wire("other-0002"), seq=2)
+    visit(store, "victim-0001", 3)
+    visit(store, "other-0002", 4)
+    store.apply_event(node_id="gate-b", key="gate-b:1", seq=1, kind="deleted", at=3.0,
+                      data={"person_id": "victim-0001"})
+    named = [e for e in store.events() if e.data and "victim-0001" in e.data.values()]
+    assert [(e.node_id, e.kind) for e in named] == [("gate-b", "deleted")]  # the removal's own record
+    assert [e.data for e in store.events(node_id="gate-a")][:1] == [None]  # their enrolment, erased
+    assert store.events(kind="identified")[0].data is None
+    assert store.events(kind="identified")[1].data["person_id"] == "other-0002"
+    assert visit(store, "victim-0001", 3).duplicate  # a redelivery is still only recognised
+    late = visit(store, "victim-0001", 5)  # the gate had not heard of the removal yet
+    assert late.effect == "recorded (person removed)" and store.events(kind="identified")[-1].data is None
+    store.close()
+    conn = sqlite3.connect(tmp_path / "controller.db")
+    rows = conn.execute("SELECT kind, node_id FROM events WHERE person_id = 'victim-0001'").fetchall()
+    conn.close()
+    assert rows == [("deleted", "gate-b")]
+
+
+def test_prune_events_forgets_only_the_old(store, tmp_path):
+    for seq in (1, 2, 3):
+        visit(store, "p-1", seq)
+    conn = sqlite3.connect(tmp_path / "controller.db")
+    with conn:
+        conn.execute("UPDATE events SET applied_at = 1000 WHERE key != 'gate-a:v3'")
+    conn.close()
+    assert store.prune_events(before=2000) == 2
+    assert [e.key for e in store.events()] == ["gate-a:v3"]
+    assert store.prune_events(before=2000) == 0
+    assert not visit(store, "p-1", 1).duplicate  # beyond the retention a redelivery counts again
+    assert visit(store, "p-1", 3).duplicate
+
+
+def test_schema_1_database_is_migrated(tmp_path):
+    db = tmp_path / "controller.db"
+    store = Store.open(db, KEYS)
+    enrol(store, person_wire("p-1"), seq=1)
+    visit(store, "p-1", 2)
+    store.apply_event(node_id="gate-a", key="h1", seq=3, kind="device_health", at=5.0,
+                      data={"name": "camera", "state": "ok"})
+    store.close()
+    conn = sqlite3.connect(db)  # back to schema 1: events had no person column
+    conn.executescript("DROP INDEX events_person; ALTER TABLE events DROP COLUMN person_id; PRAGMA user_version=1;")
+    conn.close()
+    store = Store.open(db, KEYS)
+    store.apply_event(node_id="gate-b", key="gate-b:1", seq=1, kind="deleted", at=3.0, data={"person_id": "p-1"})
+    assert [e.data for e in store.events(node_id="gate-a")] == [None, None, {"name": "camera", "state": "ok"}]
+    store.close()
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    conn.close()
