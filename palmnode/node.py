@@ -23,7 +23,7 @@ from palmnode.gate.capture import Capturer, CapturePolicy
 from palmnode.gate.debug_captures import DebugCaptures
 from palmnode.gate.enrol import EnrolFlow, EnrolPolicy
 from palmnode.gate.events import Decision, GateOpened, LoyaltyMember, PaymentResult, PersonDeleted, PersonEnrolled
-from palmnode.gate.identify import IdentifyFlow, IdentifyPolicy
+from palmnode.gate.identify import IdentifyFlow, IdentifyPolicy, second_look_penalty
 from palmnode.gate.modes import GateMode, GateModes, ModeChanged
 from palmnode.gate.people import People
 from palmnode.gate.presence import PresenceChanged
@@ -99,6 +99,7 @@ class Node:
         try:
             calibration = Calibration.from_json(Path(cfg.gate.calibration).read_text())
             self.threshold = calibration.decision_threshold(cfg.gate.target_fmr)
+            look_penalty = second_look_penalty(calibration.decision_threshold, cfg.gate.target_fmr)
         except (OSError, ValueError) as exc:
             raise GateSetupError(f"calibration {cfg.gate.calibration}: {exc}") from None
         vault_cfg = cfg.vault
@@ -134,12 +135,14 @@ class Node:
                 raise GateSetupError(f"debug capture folder {cfg.debug.capture_dir}: {exc}") from None
         self.identify = IdentifyFlow(self.bus, capturer, self.gallery, people=self.people, modes=self.modes,
                                      charge=self.ops.charge, metrics=self.metrics,
-                                     policy=IdentifyPolicy(threshold=self.threshold))
+                                     policy=IdentifyPolicy(threshold=self.threshold,
+                                                           second_look_penalty=look_penalty))
         self.enrol = EnrolFlow(self.bus, capturer, self.gallery, self.people, metrics=self.metrics,
                                policy=EnrolPolicy(agree_threshold=calibration.decision_threshold(1e-4),
                                                   duplicate_threshold=self.threshold,
                                                   on_duplicate=cfg.gate.on_duplicate))
         event(log, "gate ready to identify", palms=palms, threshold=round(self.threshold, 4),
+              second_look_penalty=round(look_penalty, 4),
               target_fmr=cfg.gate.target_fmr, mode=self.modes.current.mode)
         specs = [ChildSpec("report", self.ops.report, signals_started=True),
                  ChildSpec("identify", _started(self.identify.run), signals_started=True),

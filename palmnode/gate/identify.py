@@ -13,7 +13,7 @@ the attempts that found them, so more attempts make an impostor's lucky score ra
 likelier (a max rule would raise the false-match rate with every attempt). The gallery holds one
 template per palm (its search template); an attempt whose best is below the threshold takes a
 second look (``second_look``): its few candidates are scored against their palm's other stored
-templates too, from the vault, the best counting. The flow stops as
+templates too, from the vault, the best counting, less ``second_look_penalty``. The flow stops as
 soon as the best mean is ≥ ``threshold`` and ``margin`` above the runner-up (identified), or
 below ``threshold - unknown_margin`` (unknown), else after ``max_attempts`` or the deadline:
 then a near miss (just below the threshold, or not clear of the runner-up) is a "retry" asking
@@ -91,9 +91,13 @@ class IdentifyPolicy:
     max_attempts: int = 3
     #: candidates asked of the gallery per attempt (best per person)
     candidates: int = 3
-    #: when an attempt's best is below the threshold, score its candidates against all their palm's
-    #: stored templates too (the gallery holds only each palm's first: ``second_look``)
+    #: when an attempt's best is below the threshold, score its candidates against their palm's
+    #: other stored templates too (the gallery holds only each palm's first: ``second_look``)
     second_look: bool = True
+    #: a second-look score counts this much less: the calibration's threshold at the target FMR
+    #: divided by SECOND_LOOK_TEMPLATES, minus the threshold (``second_look_penalty``), so a
+    #: candidate's other templates together pass no more often than one comparison does
+    second_look_penalty: float = 0.005
     #: CAPTURING: one processed pair (≥ two frame timeouts of the capturer, which fire first);
     #: MATCHING: one search; the whole decision from presence
     capture_timeout_s: float = 0.9
@@ -133,19 +137,33 @@ class AttemptTrace:
 NOT_SURE = "not sure: present your palm again"
 
 
+#: templates of a palm the second look compares: the search template and the next two stored
+#: (an enrolment keeps three: EnrolPolicy.captures)
+SECOND_LOOK_TEMPLATES = 3
+
+
+def second_look_penalty(threshold_at: Callable[[float], float], target_fmr: float) -> float:
+    """What a second-look score is marked down by: ``threshold_at(FMR)`` is the calibration's
+    threshold for a per-comparison FMR. Each of the SECOND_LOOK_TEMPLATES - 1 other templates then
+    passes at FMR / SECOND_LOOK_TEMPLATES at most, so a candidate passes at under twice the
+    target FMR even if its templates were all alike impostors (union bound; docs/flows.md)."""
+    return max(0.0, threshold_at(target_fmr / SECOND_LOOK_TEMPLATES) - threshold_at(target_fmr))
+
+
 def second_look(probe: ProbeTemplates, found: list[Candidate],
-                stored: Callable[[str, str], Sequence[PalmTemplate]]) -> list[Candidate]:
-    """``found`` rescored, best first: each candidate as its best over all of its palm's stored
-    templates (``stored(person_id, palm)``, the search template first), not just the search
-    template the gallery holds. Only the few candidates of one attempt get it, so an impostor's
-    extra chances stay with them; blocking (vault reads): run it in a worker thread."""
+                stored: Callable[[str, str], Sequence[PalmTemplate]], penalty: float) -> list[Candidate]:
+    """``found`` rescored, best first: each candidate as its best over its palm's stored templates
+    (``stored(person_id, palm)``, the search template first, then up to SECOND_LOOK_TEMPLATES - 1
+    others, each fused score less ``penalty``), not just the search template the gallery holds.
+    Only the few candidates of one attempt get it, so an impostor's extra chances stay with them;
+    blocking (vault reads): run it in a worker thread."""
     rescored = []
     for c in found:
         score = c.score
-        for template in stored(c.person_id, c.palm)[1:]:
+        for template in stored(c.person_id, c.palm)[1:SECOND_LOOK_TEMPLATES]:
             other = matcher.match_probe(probe, template)
-            if other.fused > score.fused:
-                score = other
+            if other.fused - penalty > score.fused:
+                score = attrs.evolve(other, fused=other.fused - penalty)
         rescored.append(attrs.evolve(c, score=score))
     return sorted(rescored, key=lambda c: -c.score.fused)
 
@@ -327,7 +345,8 @@ class IdentifyFlow:
                         continue
                     if p.second_look and self.people is not None and found and found[0].score.fused < p.threshold:
                         found = await trio.to_thread.run_sync(second_look, result.variants, found,
-                                                              self.people.stored_templates)
+                                                              self.people.stored_templates,
+                                                              p.second_look_penalty)
                     verdict = evidence.add(found)
                     if verdict.outcome != "undecided":
                         break

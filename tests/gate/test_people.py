@@ -138,23 +138,41 @@ def test_a_palms_search_template_is_the_capture_the_others_match_best():
         assert captures[most_central(captures)] is not stranger
 
 
-def test_second_look_scores_candidates_against_all_their_stored_templates():
+def test_second_look_scores_candidates_against_their_other_stored_templates_marked_down():
     from palmnode.biometrics import matcher
     from palmnode.biometrics.gallery import Candidate
     from palmnode.gate.identify import second_look
     probe = ProbeTemplates.single(templates_of(10)[1])
     mine, others = templates_of(10), templates_of(11)
     stored = {("me", "right"): (others[0], mine[0]),   # a poor search template, a good second one
-              ("you", "left"): tuple(others)}
+              ("you", "left"): (*others[:3], mine[0])}      # a fourth template is never compared
     found = [Candidate("you", "left", matcher.match_probe(probe, others[0])),
              Candidate("me", "right", matcher.match_probe(probe, others[0])),
              Candidate("gone", "right", matcher.match_probe(probe, others[1]))]
-    looked = second_look(probe, found, lambda pid, palm: stored.get((pid, palm), ()))
+    looked = second_look(probe, found, lambda pid, palm: stored.get((pid, palm), ()), 0.0)
     assert [c.person_id for c in looked][0] == "me"                          # best first
     assert looked[0].score == matcher.match_probe(probe, mine[0])            # its best template counts
     assert {c.person_id: c.score for c in looked}["gone"] == found[2].score  # nothing stored: as found
-    you = max(matcher.match_probe(probe, t).fused for t in others)
+    you = max(matcher.match_probe(probe, t).fused for t in others[:3])       # the search template + 2
     assert {c.person_id: c.score.fused for c in looked}["you"] == pytest.approx(you)
+    marked = second_look(probe, found, lambda pid, palm: stored.get((pid, palm), ()), 0.02)
+    assert marked[0].person_id == "me"
+    assert marked[0].score.fused == pytest.approx(matcher.match_probe(probe, mine[0]).fused - 0.02)
+    hopeless = second_look(probe, found, lambda pid, palm: stored.get((pid, palm), ()), 1.0)
+    assert [c.score for c in hopeless] == sorted([c.score for c in found], key=lambda s: -s.fused)
+
+
+def test_second_look_penalty_keeps_a_candidates_other_templates_at_the_target_fmr():
+    from palmnode.biometrics.matcher import Calibration
+    from palmnode.config import SHIPPED_CALIBRATION
+    from palmnode.gate.enrol import EnrolPolicy
+    from palmnode.gate.identify import SECOND_LOOK_TEMPLATES, second_look_penalty
+    calibration = Calibration.from_json(SHIPPED_CALIBRATION.read_text())
+    penalty = second_look_penalty(calibration.decision_threshold, 1e-9)
+    assert SECOND_LOOK_TEMPLATES == EnrolPolicy().captures
+    assert penalty == pytest.approx(calibration.decision_threshold(1e-9 / 3) - calibration.decision_threshold(1e-9))
+    assert 0.002 < penalty < 0.01  # the shipped calibration's tail: ~0.005 at 1e-9
+    assert second_look_penalty(lambda fmr: 0.4, 1e-9) == 0.0  # never a bonus
 
 
 async def test_decisions_go_to_the_outbox_and_a_deleted_persons_undelivered_ones_with_them(vault):
