@@ -99,9 +99,11 @@ class IdentifyPolicy:
     #: candidate's other templates together pass no more often than one comparison does
     second_look_penalty: float = 0.005
     #: CAPTURING: one processed pair (≥ two frame timeouts of the capturer, which fire first);
-    #: MATCHING: one search; the whole decision from presence
+    #: MATCHING: one search, a guard against a stuck one rather than a budget (a search that
+    #: times out is retried on a fresh pair, from the start: a stranger's full search over 1M
+    #: palms takes 0.3-0.4 s on one core, docs/flows.md); the whole decision from presence
     capture_timeout_s: float = 0.9
-    match_timeout_s: float = 0.3
+    match_timeout_s: float = 1.0
     decision_deadline_s: float = 1.2
     #: DECIDED: the mode's outcome (the controller's answer to a charge)
     charge_timeout_s: float = 3.0
