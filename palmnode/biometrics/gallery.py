@@ -252,17 +252,19 @@ class Gallery:
         with self._lock:  # writers hold it only to write one row or swap arrays
             return [(seg, seg.count, seg.live) for seg in self._segments]
 
-    def search(self, probe: PalmTemplate | ProbeTemplates, k: int = 5) -> list[Candidate]:
+    def search(self, probe: PalmTemplate | ProbeTemplates, k: int = 5, *,
+               stop: threading.Event | None = None) -> list[Candidate]:
         """The ``k`` best-scoring people (best palm template each), highest fused score first.
 
         A probe with variants (:class:`~palmnode.biometrics.variants.ProbeTemplates`, the gate's
         probes) is ranked by its base in the fast pass and the shortlist ranking, by the base and
         its variants in the full pre-filter pass, and the final stage's scores are its best
-        variant's: ``matcher.match_probe`` exactly."""
-        return self.search_with_shortlist(probe, k)[0]
+        variant's: ``matcher.match_probe`` exactly. ``stop`` set (by the caller, from another
+        thread) makes the search raise ``prefilter.SearchCancelled`` at its next C call."""
+        return self.search_with_shortlist(probe, k, stop=stop)[0]
 
-    def search_with_shortlist(self, probe: PalmTemplate | ProbeTemplates,
-                              k: int = 5) -> tuple[list[Candidate], np.ndarray, bool]:
+    def search_with_shortlist(self, probe: PalmTemplate | ProbeTemplates, k: int = 5, *,
+                              stop: threading.Event | None = None) -> tuple[list[Candidate], np.ndarray, bool]:
         """:meth:`search`, plus the ascending global indices of the entries that got the full
         match and whether the fast pass sufficed (for the bench's recall)."""
         variants = probe if isinstance(probe, ProbeTemplates) and len(probe) > 1 else None
@@ -283,19 +285,20 @@ class Gallery:
         # reaches exit_score, else the full pre-filter's shortlist joins it
         chosen = np.empty(0, np.int64)
         if pre.has_fast_pass(probe, total):
-            chosen = pre.select(probe, snap, starts, fast=True)
-            ranked = self._rank(probe, snap, starts, chosen, k, variants)
+            chosen = pre.select(probe, snap, starts, fast=True, stop=stop)
+            ranked = self._rank(probe, snap, starts, chosen, k, variants, stop=stop)
             if ranked.fused.size and ranked.fused.max() >= pre.exit_score:
                 return self._candidates(ranked, k), chosen, True
         full = pre.select(probe, snap, starts, variants=variants.templates[1:] if variants is not None else (),
-                          ranked=True)
+                          ranked=True, stop=stop)
         chosen = np.union1d(chosen, full)
         best = max(RERANK, math.ceil(FULL_RERANK_FRACTION * full.size))
-        ranked = self._rank(probe, snap, starts, chosen, k, variants, also=full[:best])
+        ranked = self._rank(probe, snap, starts, chosen, k, variants, also=full[:best], stop=stop)
         return self._candidates(ranked, k), chosen, False
 
     def _rank(self, probe: PalmTemplate, snap, starts: np.ndarray, chosen: np.ndarray, k: int,
-              variants: ProbeTemplates | None = None, also: np.ndarray | None = None) -> _Ranked:
+              variants: ProbeTemplates | None = None, also: np.ndarray | None = None,
+              stop: threading.Event | None = None) -> _Ranked:
         """(3) rigid shifted match of the chosen entries and the elastic vein match (final vein
         scores), ranked by rigid surface + elastic vein; (4) the final stage on the best
         max(RERANK, 8k) of them (:meth:`_final`) and on the chosen entries ``also`` names (the
@@ -315,6 +318,7 @@ class Gallery:
                  ("vein", probe.vein, VEIN_MATCH, vein, HAS_VEIN))
         recs = np.empty((0, RECORD_WORDS), np.uint32)
         for a in range(0, n, _GATHER):       # one kernel call per chunk, not per segment
+            pf.check(stop)
             part = slice(a, min(n, a + _GATHER))
             recs = _gather(segs, which[part], rows_all[part], person[part], palm[part], flags[part])
             idx = np.arange(recs.shape[0], dtype=np.int64)
@@ -336,6 +340,7 @@ class Gallery:
             at = np.arange(keep.size, dtype=np.int64)
         else:
             at = keep.astype(np.int64)
+        pf.check(stop)
         if variants is not None:             # the final scores: the best variant's (matcher.match_probe)
             rflags = np.zeros(recs.shape[0], np.uint8)
             rflags[at] = flags[keep]

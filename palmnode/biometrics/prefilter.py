@@ -22,6 +22,7 @@ is off in rotation or scale is not lost to the signature it cannot match.
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 
 import attrs
@@ -71,6 +72,17 @@ NORM_CENTRE = 512
 NORM_SAMPLE = 4096
 #: uint64 words of one entry's pre-filter index row
 INDEX_WORDS = kernels.SIGNATURE_WORDS
+
+
+class SearchCancelled(Exception):
+    """A search stopped at its caller's request (``stop`` set): its caller gave up on it."""
+
+
+def check(stop: threading.Event | None) -> None:
+    """Raise :class:`SearchCancelled` if ``stop`` is set: a search calls this between its C
+    calls, so one its caller abandoned (a timeout, the hand gone) frees the core within one call."""
+    if stop is not None and stop.is_set():
+        raise SearchCancelled("search cancelled")
 
 
 # ---------------------------------------------------------------- signature
@@ -260,7 +272,7 @@ class Prefilter:
         return self.exit_score is not None and probe.vein is not None and total > self.shortlist_size(total)
 
     def signature_scores(self, probes: Sequence[PalmTemplate], snap: Sequence, starts: np.ndarray, *,
-                         fast: bool = False) -> np.ndarray:
+                         fast: bool = False, stop: threading.Event | None = None) -> np.ndarray:
         """uint16 (len(probes), total): every entry's signature score by each probe template (each
         with a vein code) at its best offset (fast_offsets when ``fast``, else probe_offsets), the
         (template, offset) pairs standardised first when there is more than one
@@ -270,13 +282,15 @@ class Prefilter:
         norms = None if psig.shape[0] * psig.shape[1] == 1 else pair_norms(psig, snap, starts)
         scores = np.empty((len(probes), int(starts[-1])), np.uint16)
         for (seg, n, live), a in zip(snap, starts[:-1]):
+            check(stop)
             for v in range(len(probes)):
                 kernels.prefilter_scores(psig[v], seg.index[:n], live[:n], out=scores[v, a:a + n],
                                          norm=None if norms is None else norms[v])
         return scores
 
     def select(self, probe: PalmTemplate, snap: Sequence, starts: np.ndarray, *, fast: bool = False,
-               variants: Sequence[PalmTemplate] = (), ranked: bool = False) -> np.ndarray:
+               variants: Sequence[PalmTemplate] = (), ranked: bool = False,
+               stop: threading.Event | None = None) -> np.ndarray:
         """Ascending global indices of the entries that get the full match (every live entry
         when the gallery is no bigger than the shortlist or the probe has no vein code);
         ``fast``: the fast pass's (fast_offsets, fast_sizes), the probe alone. ``variants``:
@@ -287,13 +301,13 @@ class Prefilter:
         re-cut that scored it best (the probe itself on ties). ``ranked``: the entries best
         first by the pass's own last ranking (vein-stage distance, or signature score without a
         vein stage; ties by index) instead of by index (by index still when every live entry is
-        kept: nothing was ranked)."""
+        kept: nothing was ranked). ``stop``: checked between C calls (:func:`check`)."""
         total = int(starts[-1])
         size = self.shortlist_size(total)
         if total <= size or probe.vein is None:   # the signature is vein-only: no vein, no ranking
             return np.concatenate([np.flatnonzero(live[:n]) + a for (_, n, live), a in zip(snap, starts[:-1])])
         probes = [probe] if fast else [probe, *(t for t in variants if t.vein is not None)]
-        scores = self.signature_scores(probes, snap, starts, fast=fast)
+        scores = self.signature_scores(probes, snap, starts, fast=fast, stop=stop)
         best = scores[0] if len(probes) == 1 else scores.min(axis=0)
         k1 = self.stage1_size(total)
         if fast:
@@ -302,11 +316,13 @@ class Prefilter:
             chosen = kernels.select_smallest(best, size)
             return chosen[np.lexsort((chosen, best[chosen]))] if ranked else chosen
         first = kernels.select_smallest(best, k1)
+        check(stop)
         hd = vein_stage(probe, snap, starts, first)
         owner = np.argmin(scores[:, first], axis=0)          # the template that scored it best
         for v in range(1, len(probes)):
             mine = np.flatnonzero(owner == v)
             if mine.size:
+                check(stop)
                 hd[mine] = np.minimum(hd[mine], vein_stage(probes[v], snap, starts, first[mine]))
         keep = smallest(hd, size)
         return first[keep[np.lexsort((keep, hd[keep]))]] if ranked else first[keep]

@@ -25,9 +25,11 @@ made the hand present: in the window, dwelled and still) to the decision (docs/f
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import math
 import sqlite3
+import threading
 from typing import Callable, Sequence
 
 import attrs
@@ -334,12 +336,16 @@ class IdentifyFlow:
                         self._say(result.feedback)
                         continue
                     self._goto(S.MATCHING)
-                    found = None
-                    with trio.move_on_after(p.match_timeout_s):
-                        # the probe's variants (capture.finish): each candidate scored as its best
-                        # variant, as the calibration that set the threshold was
-                        found = await trio.to_thread.run_sync(self.gallery.search, result.variants, p.candidates,
-                                                              abandon_on_cancel=True)
+                    found, stop = None, threading.Event()
+                    try:
+                        with trio.move_on_after(p.match_timeout_s):
+                            # the probe's variants (capture.finish): each candidate scored as its
+                            # best variant, as the calibration that set the threshold was
+                            found = await trio.to_thread.run_sync(
+                                functools.partial(self.gallery.search, result.variants, p.candidates, stop=stop),
+                                abandon_on_cancel=True)
+                    finally:
+                        stop.set()  # a search given up on (timeout, deadline, hand gone) frees its core
                     note("probe", (trio.current_time() - searched) * 1e3)
                     if found is None:
                         failure = "search timed out"

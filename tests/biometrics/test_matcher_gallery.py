@@ -441,3 +441,37 @@ def test_the_full_passs_second_group_is_a_fraction_of_its_shortlist(templates, m
         seen.clear()
         g.search(templates[0][1], k=1)
         assert seen == [size]
+
+
+class _StopAfter(threading.Event):
+    """A stop flag that reads as set from its ``after``-th check on, counting the checks."""
+
+    def __init__(self, after: float = math.inf) -> None:
+        super().__init__()
+        self.after, self.checks = after, 0
+
+    def is_set(self) -> bool:
+        self.checks += 1
+        return self.checks > self.after
+
+
+def test_a_search_stops_at_its_next_c_call_once_its_caller_gives_up(templates):
+    """The identify flow sets ``stop`` when it gives up on a search (match timeout, deadline, hand
+    gone): the worker thread it abandoned raises SearchCancelled at its next check instead of
+    finishing a full pass nobody waits for. Checked per segment of the signature scan, before
+    the vein stages, per gathered chunk and before the final stage."""
+    rng = np.random.default_rng(4)
+    g = Gallery(segment_size=512, exit_score=2.0)   # the full pass always runs, over 7 segments
+    g.add_many([(f"r{i}", "left", _random_template(rng)) for i in range(3000)]
+               + [(f"p{i}", "left", enrol) for i, (enrol, _) in enumerate(templates)])
+    probe = templates[5][1]
+    never = _StopAfter()
+    found = g.search(probe, k=3, stop=never)
+    assert found == g.search(probe, k=3) and found[0].person_id == "p5"
+    assert never.checks >= 2 * len(g._segments)       # both passes' scans, per segment
+    for after in range(never.checks):
+        stop = _StopAfter(after)
+        with pytest.raises(pf.SearchCancelled):
+            g.search(probe, k=3, stop=stop)
+        assert stop.checks == after + 1                # it stopped at that very check
+    assert g.search(probe, k=3) == found               # the gallery is untouched
