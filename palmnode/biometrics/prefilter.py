@@ -316,14 +316,12 @@ class Prefilter:
             chosen = kernels.select_smallest(best, size)
             return chosen[np.lexsort((chosen, best[chosen]))] if ranked else chosen
         first = kernels.select_smallest(best, k1)
-        check(stop)
-        hd = vein_stage(probe, snap, starts, first)
+        hd = vein_stage(probe, snap, starts, first, stop)
         owner = np.argmin(scores[:, first], axis=0)          # the template that scored it best
         for v in range(1, len(probes)):
             mine = np.flatnonzero(owner == v)
             if mine.size:
-                check(stop)
-                hd[mine] = np.minimum(hd[mine], vein_stage(probes[v], snap, starts, first[mine]))
+                hd[mine] = np.minimum(hd[mine], vein_stage(probes[v], snap, starts, first[mine], stop))
         keep = smallest(hd, size)
         return first[keep[np.lexsort((keep, hd[keep]))]] if ranked else first[keep]
 
@@ -357,12 +355,14 @@ def pair_norms(psig: np.ndarray, snap: Sequence, starts: np.ndarray) -> np.ndarr
     return norms.astype(np.int32).reshape(*psig.shape[:2], 2)
 
 
-def vein_stage(probe: PalmTemplate, snap: Sequence, starts: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+def vein_stage(probe: PalmTemplate, snap: Sequence, starts: np.ndarray, chosen: np.ndarray,
+               stop: threading.Event | None = None) -> np.ndarray:
     """Block-wise vein distance (kernels.match_elastic16: 4x4-cell blocks, each within
     ±VEIN_STAGE_RADIUS cells of shift 0) of each chosen entry; 0.5 without vein."""
     hd = np.full(chosen.size, 0.5)
     spec = VEIN_MATCH
     for s, pos in by_segment(chosen, starts):
+        check(stop)
         seg = snap[s][0]
         rows = (chosen[pos] - starts[s]).astype(np.int64)
         h = kernels.match_elastic16(probe.vein.planes(), seg.records, rows, offset=spec.offset,
