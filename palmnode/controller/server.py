@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import sqlite3
 import ssl
 import time
 import uuid
@@ -298,11 +299,15 @@ class Controller:
         """Forget applied events older than the retention, now and every PRUNE_EVERY_S."""
         keep_s = self.config.event_retention_days * 86400.0
         while True:
-            pruned = await trio.to_thread.run_sync(
-                functools.partial(store.prune_events, before=time.time() - keep_s))
-            if pruned:
-                log.info("events pruned", extra={"fields": {"events": pruned,
-                                                           "retention_days": self.config.event_retention_days}})
+            try:
+                pruned = await trio.to_thread.run_sync(
+                    functools.partial(store.prune_events, before=time.time() - keep_s))
+            except sqlite3.Error as exc:  # the record stays as it was; serving goes on, next hour again
+                log.warning("events not pruned", extra={"fields": {"error": one_line(str(exc))}})
+            else:
+                if pruned:
+                    log.info("events pruned", extra={"fields": {
+                        "events": pruned, "retention_days": self.config.event_retention_days}})
             await trio.sleep(PRUNE_EVERY_S)
 
     # -- one connection ------------------------------------------------------------------------

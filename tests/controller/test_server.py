@@ -234,6 +234,21 @@ async def test_events_older_than_the_retention_are_pruned_at_start(nursery, runn
     controller = await runner.start()
     await wait_for(lambda: [e.key for e in controller.store.events()] == ["gate-a:2"])
 
+
+async def test_a_failed_prune_is_logged_and_the_controller_keeps_serving(nursery, tmp_path, pki, monkeypatch, caplog):
+    from palmnode.controller.store import Store
+
+    def disk_full(self, *, before):
+        raise sqlite3.OperationalError("database or disk is full")
+    monkeypatch.setattr(Store, "prune_events", disk_full)
+    runner = ControllerRunner(nursery, controller_config(tmp_path, pki))
+    controller = await runner.start()
+    a = await connect(nursery, controller, pki, "gate-a")
+    await a.event("unknown", {"latency_ms": 90.0, "reason": "no match"}, key="gate-a:1", seq=1)
+    await wait_for(lambda: any(r.getMessage() == "events not pruned" for r in caplog.records))
+    await a.event("unknown", {"latency_ms": 80.0, "reason": "no match"}, key="gate-a:2", seq=2)
+    assert [e.key for e in controller.store.events()] == ["gate-a:1", "gate-a:2"]
+
 # -- bad peers: each loses its own connection, counted; the good node keeps being served ----------
 
 async def assert_still_served(good: ChannelNode, controller: Controller) -> None:
