@@ -435,7 +435,7 @@ class Store:
                               None if data.get("error") is None else str(data["error"])[:500], at))
             elif kind in ("identified", "unknown"):
                 kept = _plain(data)
-                if _removed(conn, _person_named(kind, kept)):
+                if _removal(conn, _person_named(kind, kept)) is not None:
                     # a visit reported after the person's removal (the gate had not heard yet)
                     kept, applied = None, Applied(duplicate=False, effect="recorded (person removed)")
             else:
@@ -451,12 +451,11 @@ class Store:
         return applied
 
     def _upsert(self, conn: sqlite3.Connection, person: PersonRecord, node_id: str) -> Applied:
-        last = conn.execute("SELECT cursor, kind FROM changes WHERE person_id = ?",
-                            (person.person_id,)).fetchone()
-        if last is not None and last[1] == "remove":
+        removed_at = _removal(conn, person.person_id)
+        if removed_at is not None:
             # a removal is final: a late enrolment of the same person never brings them back
             _audit(conn, "enrol_refused", person_id=person.person_id, node_id=node_id, reason="already removed")
-            return Applied(duplicate=False, effect="refused: removed", change=Remove(last[0], person.person_id),
+            return Applied(duplicate=False, effect="refused: removed", change=Remove(removed_at, person.person_id),
                            to_origin=True)
         palms = msgpack.packb([[p.palm, list(p.templates)] for p in person.palms])
         conn.execute("INSERT OR REPLACE INTO people VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -628,12 +627,12 @@ def _audit(conn: sqlite3.Connection, kind: str, **fields: object) -> None:
                  (time.time(), kind, json.dumps(fields, default=str)))
 
 
-def _removed(conn: sqlite3.Connection, person_id: str | None) -> bool:
-    """Whether ``person_id`` was removed (their latest change is a remove)."""
+def _removal(conn: sqlite3.Connection, person_id: str | None) -> int | None:
+    """The cursor of ``person_id``'s removal, if their latest change is one."""
     if person_id is None:
-        return False
-    row = conn.execute("SELECT kind FROM changes WHERE person_id = ?", (person_id,)).fetchone()
-    return row is not None and row[0] == "remove"
+        return None
+    row = conn.execute("SELECT cursor, kind FROM changes WHERE person_id = ?", (person_id,)).fetchone()
+    return row[0] if row is not None and row[1] == "remove" else None
 
 
 def _person_named(kind: str, kept: Mapping[str, Any] | None) -> str | None:
