@@ -27,6 +27,7 @@ from palmnode.actors import DeviceState, DeviceStateChanged, GateState
 from palmnode.biometrics.gallery import Gallery
 from palmnode.controller.server import Controller, ControllerConfig
 from palmnode.gate.events import Decision, EnrolProgress, Feedback, PaymentResult
+from palmnode.gate.presence import PresenceChanged
 from palmnode.link.certs import make_dev_pki
 from palmnode.node import Node
 from palmnode.sim import scenario as sc
@@ -272,32 +273,55 @@ async def enrol_person(controller: Controller, node_id: str, gate: VirtualGate, 
         nursery.start_soon(ask)
         await _until(progress, lambda ev: ev.step == "card", 10.0)
         nursery.start_soon(gate.apply, sc.Card(at=0, kind="emv", pan=pan, seconds=0.8))
-        asked = [(await _until(progress, lambda ev: ev.step == "palm", 10.0)).detail]
+        asked = (await _until(progress, lambda ev: ev.step == "palm", 10.0)).detail
         prompted = trio.current_time()
-
-        async def listen() -> None:  # "hold your left palm ..." after the right one
-            async for ev in progress:
-                if ev.step == "palm":
-                    asked[0] = ev.detail
-
-        nursery.start_soon(listen)
-        while not done.is_set() and trio.current_time() - prompted < 30:
-            hand = "left" if "left" in asked[0] else "right"
-            async with trio.open_nursery() as hovering:
-                async def hover_once() -> None:
-                    await gate.hover(150.0, 1.2, approach_s=0.3, identity=seed, hand=hand)
-                    hovering.cancel_scope.cancel()
-
-                async def until_done() -> None:
-                    await done.wait()
-                    hovering.cancel_scope.cancel()
-
-                hovering.start_soon(hover_once)
-                hovering.start_soon(until_done)
+        with trio.move_on_after(30):
+            await hold_palms(gate, node.bus, seed, done, hand="left" if "left" in asked else "right")
         await done.wait()
         took = trio.current_time() - prompted
         nursery.cancel_scope.cancel()
     return answer, took
+
+
+async def hold_palms(gate: VirtualGate, bus, seed: int, done: trio.Event, *, hand: str = "right",
+                     seconds: float = 1.2) -> None:
+    """Person ``seed`` at ``gate`` while an enrolment on ``bus`` wants palms, until ``done``: holds
+    the palm it asks for (``hand`` first, then the one each "hold your ... palm" prompt names),
+    lifts it as soon as it is asked to present it again (step "again"), and presents it again
+    once the gate has seen it go, as it does after a hover of ``seconds`` that brought nothing
+    (a blurred pose, say)."""
+    asked = [hand]
+    lift, gone = trio.Event(), trio.Event()
+    async with bus.subscribe(EnrolProgress, PresenceChanged, buffer=64) as events, \
+            trio.open_nursery() as nursery:
+        async def listen() -> None:
+            async for ev in events:
+                if isinstance(ev, PresenceChanged):
+                    if not ev.present:
+                        gone.set()
+                elif ev.step == "palm":
+                    asked[0] = "left" if "left" in ev.detail else "right"
+                elif ev.step == "again":
+                    lift.set()
+
+        nursery.start_soon(listen)
+        while not done.is_set():
+            lift, gone = trio.Event(), trio.Event()
+            async with trio.open_nursery() as hovering:
+                async def hover_once() -> None:
+                    await gate.hover(150.0, seconds, approach_s=0.3, identity=seed, hand=asked[0])
+                    hovering.cancel_scope.cancel()
+
+                async def until(event: trio.Event) -> None:
+                    await event.wait()
+                    hovering.cancel_scope.cancel()
+
+                hovering.start_soon(hover_once)
+                hovering.start_soon(until, done)
+                hovering.start_soon(until, lift)
+            with trio.move_on_after(1.0):  # away until the gate has seen the hand go
+                await gone.wait()
+        nursery.cancel_scope.cancel()
 
 
 async def arrive(gate: VirtualGate, node: Node, seed: int, *, session: int = 2, hand: str = "right",

@@ -121,7 +121,7 @@ async def test_node_killed_mid_enrolment_restarts_consistent(nursery, tmp_path, 
             async def tap_and_hover() -> None:
                 await until_status(controller, "enrolment", "card")
                 await gate.apply(sc.Card(at=0, kind="emv", pan=card_number(43), seconds=1.5))
-                for _ in range(4):
+                for _ in range(8):  # one capture per presentation (the node's bus is in another process)
                     await gate.hover(150.0, 1.2, approach_s=0.3, identity=778, hand="right")
             n.start_soon(tap_and_hover)
             answer = await controller.request(NODE, "enrol.begin", {"phone": "+4930555000043", "palms": ["right"]},

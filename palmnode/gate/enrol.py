@@ -86,8 +86,10 @@ class EnrolPolicy:
     #: good captures per palm that must agree pairwise
     captures: int = 3
     #: captures taken in one hover before the person is asked to lift the hand and present it
-    #: again (1 = every capture from a fresh presentation, the most varied templates)
-    per_hover: int = 3
+    #: again. 1: every capture from a fresh presentation, the most varied templates: a later
+    #: visit's attempt then falls below the threshold about a third as often as against
+    #: templates from one hover (docs/flows.md, "Enrol")
+    per_hover: int = 1
     #: a palm fails after this many captures without enough agreeing ones
     max_captures: int = 10
     #: pairwise agreement and the duplicate check, on the fused score (the identify threshold)

@@ -3,9 +3,12 @@
 delete; feedback for misplaced hands; a camera pulled mid-capture; every decision in time."""
 from __future__ import annotations
 
+import functools
+
 import trio
 import trio.testing
 
+from palmnode.demo import hold_palms
 from palmnode.gate.enrol import EnrolFlow, EnrolPolicy
 from palmnode.gate.events import (
     Decision,
@@ -44,14 +47,13 @@ async def enrol_person(rig, nursery, threshold, seed, *, pan="4111111111111111",
         nursery.start_soon(rig.gate.apply, sc.Card(at=0.0, kind="emv", pan=pan, seconds=1.0))
         prompt = await next_of(events, EnrolProgress, where=lambda ev: ev.step == "palm")
         assert prompt.detail == "hold your right palm over the gate"
-        # a rendered pose can be motion-blurred (8% of them, as real hands): the person is told
-        # "hold still" and presents the hand again, as many times as it takes (three at most here)
+        # one capture per presentation (EnrolPolicy.per_hover): asked, the person lifts the hand
+        # and presents it again; after a blurred pose (8% of them, as real hands) too
         with trio.fail_after(15):
-            for _ in range(3):
-                await hover(rig.gate, seed, session=1, seconds=1.0)
-                if request.done.is_set():
-                    break
-            result = await request.wait()
+            async with trio.open_nursery() as hands:
+                hands.start_soon(functools.partial(hold_palms, rig.gate, rig.node.bus, seed, request.done,
+                                                   seconds=1.0))
+                result = await request.wait()
         done_at = request.done_at
         enrolled = await next_of(events, PersonEnrolled) if expect_enrolled else None
     return enrol, result, enrolled, done_at - prompt.at

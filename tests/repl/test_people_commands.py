@@ -6,7 +6,7 @@ import pytest
 import trio
 
 from palmnode.actors import GateState
-from palmnode.demo import card_number, node_config
+from palmnode.demo import card_number, hold_palms, node_config
 from palmnode.gate.enrol import EnrolState
 from palmnode.node import Node
 from palmnode.sim import scenario as sc
@@ -38,8 +38,7 @@ async def test_enrol_delete_and_mode_from_the_repl(connect, node, gate, nursery)
         # tapped before that is not taken for it)
         await wait_for(lambda: node.enrol.state is EnrolState.CARD, timeout=10.0)
         await gate.apply(sc.Card(at=0, kind="emv", pan=card_number(7), seconds=1.5))
-        for _ in range(5):
-            await gate.hover(150.0, 1.2, approach_s=0.3, identity=4_343, hand="right")
+        await hold_palms(gate, node.bus, 4_343, trio.Event())  # until the enrolment answers
 
     async with trio.open_nursery() as hands:
         hands.start_soon(person_at_the_gate)
