@@ -23,7 +23,7 @@ import trio
 from drivers.card_reader.cardtoken import luhn_ok
 from drivers.card_reader.reads import PaymentCardRead
 from palmnode import config
-from palmnode.actors import DeviceState, DeviceStateChanged, GateState
+from palmnode.actors import DeviceState, DeviceStateChanged, EventBus, GateState
 from palmnode.biometrics.gallery import Gallery
 from palmnode.controller.server import Controller, ControllerConfig
 from palmnode.gate.events import Decision, EnrolProgress, Feedback, PaymentResult
@@ -283,7 +283,7 @@ async def enrol_person(controller: Controller, node_id: str, gate: VirtualGate, 
     return answer, took
 
 
-async def hold_palms(gate: VirtualGate, bus, seed: int, done: trio.Event, *, hand: str = "right",
+async def hold_palms(gate: VirtualGate, bus: EventBus, seed: int, done: trio.Event, *, hand: str = "right",
                      seconds: float = 1.2) -> None:
     """Person ``seed`` at ``gate`` while an enrolment on ``bus`` wants palms, until ``done``: holds
     the palm it asks for (``hand`` first, then the one each "hold your ... palm" prompt names),
