@@ -3,8 +3,6 @@
 delete; feedback for misplaced hands; a camera pulled mid-capture; every decision in time."""
 from __future__ import annotations
 
-import functools
-
 import trio
 import trio.testing
 
@@ -51,8 +49,7 @@ async def enrol_person(rig, nursery, threshold, seed, *, pan="4111111111111111",
         # and presents it again; after a blurred pose (8% of them, as real hands) too
         with trio.fail_after(15):
             async with trio.open_nursery() as hands:
-                hands.start_soon(functools.partial(hold_palms, rig.gate, rig.node.bus, seed, request.done,
-                                                   seconds=1.0))
+                hands.start_soon(lambda: hold_palms(rig.gate, rig.node.bus, seed, request.done, seconds=1.0))
                 result = await request.wait()
         done_at = request.done_at
         enrolled = await next_of(events, PersonEnrolled) if expect_enrolled else None
