@@ -377,7 +377,7 @@ def report(summary: Summary, out: TextIO = sys.stdout) -> None:
     if s.controller_events:
         print("  controller received " + ", ".join(f"{k} {v}" for k, v in sorted(s.controller_events.items())),
               file=out)
-    for h in s.health:  # drops by reason; the camera's "stale" are frames passed over for a lit one
+    for h in s.health:  # drops by reason (the camera's frames passed over for a lit one are not drops)
         dropped = ", ".join(f"{k.removeprefix('dropped_')} {v}" for k, v in sorted(h.counters.items())
                             if k.startswith("dropped_") and v) or "none"
         print(f"  {h.name:<12} {h.state.value:<8} restarts {h.restarts:<3} dropped: {dropped}", file=out)

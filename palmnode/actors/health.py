@@ -58,7 +58,8 @@ class DeviceHealth:
     since: float
     """trio time of the last state change."""
     counters: dict[str, int] = attrs.field(hash=False)
-    """Named event counters, mostly drops by reason (e.g. ``"checksum"``)."""
+    """Named event counters: drops by reason (``"dropped_checksum"``) and the like (the camera's
+    ``"frames_skipped"``: frames passed over for a newer one, not lost)."""
 
 
 @attrs.frozen

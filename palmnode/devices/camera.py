@@ -14,7 +14,7 @@ import trio
 from drivers.camera.driver import Camera, Frame
 from palmnode.actors import EventBus, HealthRegistry
 from palmnode.config import CameraConfig
-from palmnode.devices.session import DropCounter
+from palmnode.devices.session import CounterMirror
 
 NAME = "camera"
 #: how often the actor copies the driver's stats (last frame time, drop counters) into health
@@ -52,7 +52,10 @@ def _source(text: str) -> int | str:
 
 async def serve(cfg: CameraConfig, health: HealthRegistry, bus: EventBus, frames: FrameSource,
                 ready: Callable[[], None]) -> None:
-    drops = DropCounter(health, NAME)
+    drops = CounterMirror(health, NAME)
+    # frames read while the capture waited for a lit one and passed over (the newest is taken):
+    # by design, not lost, so not counted as drops
+    skipped = CounterMirror(health, NAME, prefix="frames_")
     async with await Camera.open(_source(cfg.source), width=cfg.width, height=cfg.height, fps=cfg.fps,
                                  exposure=cfg.exposure, gain=cfg.gain) as camera:
         ready()
@@ -62,7 +65,8 @@ async def serve(cfg: CameraConfig, health: HealthRegistry, bus: EventBus, frames
                 stats = camera.stats
                 if stats.last_frame_at is not None:
                     health.seen(NAME, stats.last_frame_at)
-                drops.update({"stale": stats.drops, "decode": stats.decode_errors})
+                drops.update({"decode": stats.decode_errors})
+                skipped.update({"skipped": stats.drops})
                 with trio.move_on_after(HEALTH_PERIOD_S) as period:
                     await camera.watch(STALL_TIMEOUT_S)  # raises DeviceLost / DeviceTimeout
                 if not period.cancelled_caught:

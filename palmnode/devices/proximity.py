@@ -8,7 +8,7 @@ import trio
 from drivers.proximity.driver import ProximitySensor
 from palmnode.actors import EventBus, HealthRegistry
 from palmnode.config import ProximityConfig
-from palmnode.devices.session import DropCounter
+from palmnode.devices.session import CounterMirror
 from palmnode.gate.presence import PresenceDetector
 
 NAME = "proximity"
@@ -17,7 +17,7 @@ NAME = "proximity"
 async def serve(cfg: ProximityConfig, health: HealthRegistry, bus: EventBus,
                 ready: Callable[[], None]) -> None:
     presence = PresenceDetector()
-    drops = DropCounter(health, NAME)
+    drops = CounterMirror(health, NAME)
     try:
         async with await ProximitySensor.open(cfg.port, baudrate=cfg.baudrate,
                                               frame_rate_hz=cfg.frame_rate_hz,

@@ -67,20 +67,22 @@ def _first_leaf(group: BaseExceptionGroup) -> BaseException:
     return leaf
 
 
-class DropCounter:
-    """Mirrors a driver's drop counters (by reason) into the health registry as they grow."""
+class CounterMirror:
+    """Mirrors a driver's growing counters into the health registry as ``prefix + key``: its
+    drops by reason as ``dropped_<reason>`` by default."""
 
-    def __init__(self, health: HealthRegistry, name: str) -> None:
+    def __init__(self, health: HealthRegistry, name: str, prefix: str = "dropped_") -> None:
         self.health = health
         self.name = name
+        self.prefix = prefix
         self._seen: dict[str, int] = {}
 
-    def update(self, drops: Mapping[str, int]) -> None:
-        for reason, total in drops.items():
-            new = total - self._seen.get(reason, 0)
+    def update(self, counts: Mapping[str, int]) -> None:
+        for key, total in counts.items():
+            new = total - self._seen.get(key, 0)
             if new > 0:
-                self.health.count(self.name, f"dropped_{reason}", new)
-                self._seen[reason] = total
+                self.health.count(self.name, self.prefix + key, new)
+                self._seen[key] = total
 
 
 #: how often device actors copy their driver's counters into the health registry
@@ -90,7 +92,7 @@ HEALTH_PERIOD_S = 0.5
 async def mirror_stats(health: HealthRegistry, name: str,
                        read: Callable[[], tuple[float | None, Mapping[str, int]]]) -> None:
     """Every ``HEALTH_PERIOD_S``, copy (last frame time, drops by reason) from ``read()`` into health."""
-    drops = DropCounter(health, name)
+    drops = CounterMirror(health, name)
     while True:
         last_seen, counts = read()
         if last_seen is not None:

@@ -1,11 +1,14 @@
 """Enrol and identify on the real virtual gate: a rendered person enrolled through the enrol flow
 (card tap + session-1 hands) is recognised from session-2 hands; a stranger is unknown; modes;
-delete; feedback for misplaced hands; a camera pulled mid-capture; every decision in time."""
+delete; feedback for misplaced hands; a camera pulled mid-capture; a search that hangs; every decision
+in time."""
 from __future__ import annotations
 
 import trio
 import trio.testing
 
+from palmnode.biometrics.gallery import Gallery
+from palmnode.biometrics.prefilter import SearchCancelled
 from palmnode.demo import hold_palms
 from palmnode.gate.enrol import EnrolFlow, EnrolPolicy
 from palmnode.gate.events import (
@@ -217,3 +220,34 @@ async def test_camera_pulled_mid_capture_gives_a_retry_with_reason_then_the_gate
         assert flow.state.value in ("waiting", "leaving")
         decision = await present(rig, events, PERSON)
         assert decision.outcome == "identified", decision
+
+
+class StuckGallery(Gallery):
+    """A gallery whose searches hang (a stuck search, as a wedged core would) until their caller
+    gives up on them, while ``stuck``: then they run as the real gallery's do."""
+
+    def __init__(self):
+        super().__init__()
+        self.stuck = True
+        self.given_up = 0
+
+    def search(self, probe, k=5, *, stop=None):
+        if self.stuck:
+            if not stop.wait(timeout=10.0):   # never woken: the flow lost the search
+                raise AssertionError("the flow never stopped a search it gave up on")
+            self.given_up += 1
+            raise SearchCancelled("search cancelled")
+        return super().search(probe, k, stop=stop)
+
+
+async def test_a_search_that_hangs_is_a_retry_and_stopped_then_the_gate_serves_on(rig, nursery, threshold):
+    rig.gallery = StuckGallery()
+    await start_identify(rig, nursery, threshold, policy={"match_timeout_s": 0.2})
+    async with rig.node.bus.subscribe(Decision, buffer=256) as events:
+        decision = await present(rig, events, STRANGER, session=1, times=1)
+        assert decision.outcome == "retry" and decision.reason == "search timed out", decision
+        await wait_for(lambda: rig.gallery.given_up >= 1, timeout=5.0)  # a search given up on was told to stop
+        assert rig.metrics.value("palmnode_retries_total", reason="timeout") >= 1
+        rig.gallery.stuck = False
+        decision = await present(rig, events, STRANGER, session=1)
+        assert decision.outcome == "unknown", decision
