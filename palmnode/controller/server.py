@@ -20,7 +20,6 @@ import math
 import sqlite3
 import ssl
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -529,13 +528,12 @@ class Controller:
         if not isinstance(currency, str) or not (len(currency) == 3 and currency.isalpha()):
             raise _BadArgs("charge needs currency (ISO 4217, 3 letters)")
         key = args.get("key")
-        if key is not None and not (isinstance(key, str) and 0 < len(key) <= 128):
-            raise _BadArgs("charge key must be a string of 1 to 128 characters")
-        # with a key, a retried charge gets the first decision back; without one each is new
-        request_key = f"{session.node_id}/{key}" if key else f"{session.node_id}/{uuid.uuid4().hex}"
+        if not (isinstance(key, str) and 0 < len(key) <= MAX_ID):
+            raise _BadArgs(f"charge needs key (str of 1 to {MAX_ID} characters: one per sale)")
+        # a retried charge (the same key) gets the first decision back: never charged twice
         decision = await trio.to_thread.run_sync(functools.partial(
-            self.store.charge, request_key=request_key, node_id=session.node_id, person_id=person_id,
-            card_digest=card, amount_cents=amount, currency=currency.upper(),
+            self.store.charge, request_key=f"{session.node_id}/{key}", node_id=session.node_id,
+            person_id=person_id, card_digest=card, amount_cents=amount, currency=currency.upper(),
             limit_cents=self.config.charge_limit_cents))
         return decision.to_wire()
 
