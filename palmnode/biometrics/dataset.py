@@ -25,7 +25,7 @@ IMAGE = "image"
 #: accepted spellings of a ``channel`` / ``modality`` group value
 CHANNEL_NAMES = {
     **{v: NIR for v in ("nir", "ir", "infrared", "vein", "veins", "850", "940", "850nm", "940nm")},
-    **{v: SURFACE for v in ("surface", "white", "vis", "visible", "rgb", "colour", "color", "line",
+    **{v: SURFACE for v in ("surface", "white", "wht", "vis", "visible", "rgb", "colour", "color", "line",
                             "lines", "print", "palmprint")},
 }
 _HANDS = {"l": "left", "left": "left", "r": "right", "right": "right"}
@@ -89,16 +89,63 @@ def sort_sessions(values: Iterable[str]) -> list[str]:
 # ------------------------------------------------------------------------------------ folder
 
 
-def compile_pattern(pattern: str) -> re.Pattern[str]:
+@attrs.frozen
+class Numbering:
+    """How a dataset numbers what its file names leave out (``palmnode eval`` options; both count
+    from the pattern's numeric ``sample`` group, 1 first).
+
+    ``samples_per_id`` N: the files carry no id, only a running number within their session
+    (Tongji: ``session1/00001.bmp`` … ``06000.bmp``, 10 per palm): number n is palm (n−1)//N + 1,
+    sample (n−1)%N + 1. ``samples_per_session`` K: the files carry no session, the first K samples
+    of a palm are session 1, the next K session 2, … (CASIA-MS: samples 01–03, then 04–06).
+    """
+
+    samples_per_id: int | None = None
+    samples_per_session: int | None = None
+
+    def check(self, rx: re.Pattern[str]) -> None:
+        for option, value, group in (("--samples-per-id", self.samples_per_id, "id"),
+                                     ("--samples-per-session", self.samples_per_session, "session")):
+            if value is None:
+                continue
+            if value < 1:
+                raise DatasetError(f"{option} must be at least 1, got {value}")
+            if group in rx.groupindex:
+                raise DatasetError(f"{option} derives the {group} from the sample number: drop the "
+                                   f"(?P<{group}>...) group from --pattern")
+            if "sample" not in rx.groupindex:
+                raise DatasetError(f"{option} needs a (?P<sample>\\d+) group in --pattern: the number it counts from")
+
+    def apply(self, groups: dict[str, str], rel: str) -> dict[str, str]:
+        """The groups with the id / session derived from the sample number."""
+        if self.samples_per_id is None and self.samples_per_session is None:
+            return groups
+        text = groups.get("sample", "")
+        if not text.isdigit() or int(text) < 1:
+            raise DatasetError(f"{rel}: sample {text!r} is not a number from 1 (needed to derive the "
+                               f"{'id' if self.samples_per_id else 'session'})")
+        n, out = int(text) - 1, dict(groups)
+        if self.samples_per_id is not None:
+            out["id"] = str(n // self.samples_per_id + 1)
+            n %= self.samples_per_id
+        if self.samples_per_session is not None:
+            out["session"] = str(n // self.samples_per_session + 1)
+            n %= self.samples_per_session
+        out["sample"] = str(n + 1)
+        return out
+
+
+def compile_pattern(pattern: str, numbering: Numbering = Numbering()) -> re.Pattern[str]:
     try:
         rx = re.compile(pattern)
     except re.error as exc:
         raise DatasetError(f"--pattern {pattern!r} is not a valid regular expression: {exc}") from None
-    if "id" not in rx.groupindex:
+    if "id" not in rx.groupindex and numbering.samples_per_id is None:
         raise DatasetError(f"--pattern {pattern!r} has no (?P<id>...) group: name the part of the file "
-                           "name that tells whose palm it is")
+                           "name that tells whose palm it is (or number palms with --samples-per-id)")
     if "channel" in rx.groupindex and "modality" in rx.groupindex:
         raise DatasetError("--pattern has both a channel and a modality group: keep one")
+    numbering.check(rx)
     return rx
 
 
@@ -138,15 +185,15 @@ def _list_files(root: Path) -> list[str]:
     return found
 
 
-def scan_folder(folder: str | os.PathLike, pattern: str) -> Dataset:
+def scan_folder(folder: str | os.PathLike, pattern: str, numbering: Numbering = Numbering()) -> Dataset:
     """Every file under ``folder`` whose relative path (or bare file name) matches ``pattern`` fully.
 
-    Groups: ``id`` (required), ``session`` (default "1"), ``sample`` (default: the file's order
-    within its subject and session), ``hand`` (l/left/r/right; part of the subject), and one of
-    ``channel`` / ``modality`` (values in :data:`CHANNEL_NAMES`) to pair NIR and surface images of
-    one sample.
+    Groups: ``id`` (required unless ``numbering`` derives it), ``session`` (default "1"),
+    ``sample`` (default: the file's order within its subject and session), ``hand``
+    (l/left/r/right; part of the subject), and one of ``channel`` / ``modality`` (values in
+    :data:`CHANNEL_NAMES`) to pair NIR and surface images of one sample.
     """
-    rx = compile_pattern(pattern)
+    rx = compile_pattern(pattern, numbering)
     root = Path(folder)
     if not root.exists():
         raise DatasetError(f"{root}: no such folder")
@@ -164,7 +211,7 @@ def scan_folder(folder: str | os.PathLike, pattern: str) -> Dataset:
         if match is None:
             skipped += 1
             continue
-        g = {k: v for k, v in match.groupdict().items() if v is not None}
+        g = numbering.apply({k: v for k, v in match.groupdict().items() if v is not None}, rel)
         if not g.get("id"):
             raise DatasetError(f"{rel}: the id group matched nothing; make it match at least one character")
         subject = g["id"]

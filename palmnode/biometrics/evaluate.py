@@ -34,7 +34,7 @@ import numpy as np
 from palmnode.cliargs import count
 from palmnode.progress import Progress
 from palmnode.biometrics import metrics
-from palmnode.biometrics.dataset import (IMAGE, NIR, SURFACE, Dataset, DatasetError, SampleKey,
+from palmnode.biometrics.dataset import (IMAGE, NIR, SURFACE, Dataset, DatasetError, Numbering, SampleKey,
                                          UnreadableSample, scan_folder, synthetic)
 
 DEFAULT_PATTERN = r"(?P<id>[^_/]+)_(?P<session>\d+)_(?P<sample>\d+)\.\w+"
@@ -505,6 +505,8 @@ def _counts(keys: Sequence[SampleKey], scores: ProtocolScores, modality: str, te
 class EvalOptions:
     folder: str | None = None
     pattern: str = DEFAULT_PATTERN
+    samples_per_id: int | None = None
+    samples_per_session: int | None = None
     synthetic: int | None = None
     roi_given: bool = False
     modality: str | None = None  # vein | surface | both; None: both when the data has both lights
@@ -534,6 +536,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="regex the file name (or path under FOLDER) must match fully; named groups: id "
                         "(required), session, sample, hand, channel or modality (nir/surface). "
                         f"Default: {DEFAULT_PATTERN}")
+    parser.add_argument("--samples-per-id", type=count, metavar="N", help="the files number their samples "
+                        "without an id (Tongji: session1/00001.bmp ...): sample n of a session is palm (n-1)//N+1")
+    parser.add_argument("--samples-per-session", type=count, metavar="K", help="the files carry no session: "
+                        "a palm's samples 1..K are session 1, K+1..2K session 2, ... (CASIA-MS: 3)")
     parser.add_argument("--synthetic", type=count, metavar="N", help="evaluate on N rendered people instead "
                         "of a folder (rendered in memory, never written)")
     parser.add_argument("--roi-given", action="store_true", help="the images already are palm ROIs")
@@ -576,7 +582,7 @@ def load_dataset(options: EvalOptions) -> Dataset:
                          rotation=options.rotation, hands=options.hands, seed=options.seed)
     if options.folder is None:
         raise EvalError("give a FOLDER of images (with --pattern) or --synthetic N")
-    return scan_folder(options.folder, options.pattern)
+    return scan_folder(options.folder, options.pattern, Numbering(options.samples_per_id, options.samples_per_session))
 
 
 def choose_modality(options: EvalOptions, dataset: Dataset) -> str:

@@ -1,6 +1,7 @@
 """Datasets: a folder named by a regex (groups, pairing, errors) and the synthetic source."""
 from __future__ import annotations
 
+import re
 import sys
 import types
 
@@ -86,6 +87,46 @@ def test_folder_errors(tmp_path):
         ds.scan_folder(tmp_path / "f.png", r"(?P<id>.+)")
     with pytest.raises(ds.DatasetError, match=r"none of the 1 files .* \(first file: f.png\)"):
         ds.scan_folder(tmp_path, r"(?P<id>\d+)\.jpg")
+
+
+def test_tongji_numbering_derives_palm_and_sample_from_the_running_number(tmp_path):
+    # Tongji: 10 images per palm, numbered through each session folder, palm i the same in both
+    touch_images(tmp_path, [f"session{s}/{n:05d}.bmp" for s in (1, 2) for n in range(1, 31)])
+    d = ds.scan_folder(tmp_path, r"session(?P<session>\d)/(?P<sample>\d+)\.bmp", ds.Numbering(samples_per_id=10))
+    assert d.subjects == ["1", "2", "3"] and d.sessions == ["1", "2"] and len(d.samples) == 60
+    by_file = {f.rsplit("/", 2)[-2] + "/" + f.rsplit("/", 1)[-1]: s.key.label for s in d.samples for f in s.files}
+    assert by_file["session1/00001.bmp"] == "1 s1 #1" and by_file["session1/00010.bmp"] == "1 s1 #10"
+    assert by_file["session2/00011.bmp"] == "2 s2 #1" and by_file["session2/00030.bmp"] == "3 s2 #10"
+
+
+def test_casia_numbering_splits_a_palms_samples_into_sessions(tmp_path):
+    # CASIA-MS: six samples per palm and light, 01-03 of the first session, 04-06 of the second
+    touch_images(tmp_path, [f"007_{h}_{c}_{n:02d}.jpg" for h in "lr" for c in ("940", "WHT") for n in range(1, 7)])
+    d = ds.scan_folder(tmp_path, r"(?P<id>\d+)_(?P<hand>[lr])_(?P<channel>940|WHT)_(?P<sample>\d+)\.jpg",
+                       ds.Numbering(samples_per_session=3))
+    assert d.subjects == ["007/left", "007/right"] and d.sessions == ["1", "2"]
+    assert d.channels == (ds.NIR, ds.SURFACE) and len(d.samples) == 12  # NIR and white paired
+    assert [s.key.label for s in d.samples if s.key.subject == "007/left"] == [
+        "007/left s1 #1", "007/left s1 #2", "007/left s1 #3", "007/left s2 #1", "007/left s2 #2", "007/left s2 #3"]
+
+
+@pytest.mark.parametrize("pattern,numbering,message", [
+    (r"(?P<id>\d+)_(?P<sample>\d+)\.png", ds.Numbering(samples_per_id=10), "drop the (?P<id>...) group"),
+    (r"(?P<id>\d+)_(?P<session>\d)_(?P<sample>\d+)\.png", ds.Numbering(samples_per_session=3),
+     "drop the (?P<session>...) group"),
+    (r"s(?P<session>\d)/\d+\.png", ds.Numbering(samples_per_id=10), "needs a (?P<sample>\\d+) group"),
+    (r"(?P<sample>\d+)\.png", ds.Numbering(samples_per_id=0), "--samples-per-id must be at least 1"),
+])
+def test_numbering_errors(tmp_path, pattern, numbering, message):
+    touch_images(tmp_path, ["1_1_1.png"])
+    with pytest.raises(ds.DatasetError, match=re.escape(message)):
+        ds.scan_folder(tmp_path, pattern, numbering)
+
+
+def test_numbering_needs_a_number(tmp_path):
+    touch_images(tmp_path, ["s1/a.png"])
+    with pytest.raises(ds.DatasetError, match=r"s1/a.png: sample 'a' is not a number from 1"):
+        ds.scan_folder(tmp_path, r"s(?P<session>\d)/(?P<sample>\w)\.png", ds.Numbering(samples_per_id=10))
 
 
 def test_sessions_sort_naturally():

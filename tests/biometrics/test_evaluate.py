@@ -200,6 +200,18 @@ def test_folder_with_paired_channels(tmp_path, capsys):
     assert report["all_vs_all"]["failures"]["fta_count"] == 0
 
 
+def test_sessions_from_the_sample_number(tmp_path, capsys):
+    # a dataset without a session in its names (CASIA-MS): samples 1-3 one session, 4-6 the next
+    folder = write_folder(tmp_path / "imgs", subjects=3, sessions=1, samples=6)
+    rc, out, err = run_main(capsys, [str(folder), "--pattern", r"(?P<id>\d+)_1_(?P<sample>\d+)\.png",
+                                     "--samples-per-session", "3", "--out", str(tmp_path / "o")])
+    assert rc == 0, err
+    report = json.loads(out.splitlines()[-1])
+    cross = report["cross_session"]
+    assert cross["enrol_session"] == "1" and cross["probe_sessions"] == ["2"]
+    assert cross["counts"]["identities"] == 3 and cross["counts"]["images"] == 9 and cross["counts"]["genuine"] == 27
+
+
 @pytest.mark.parametrize("argv, message", [
     (["{folder}", "--pattern", r"(?P<person>\d+)_\d_\d+\.png"], "has no (?P<id>...) group"),
     (["{folder}", "--pattern", r"(?P<id>\d+"], "is not a valid regular expression"),
@@ -212,6 +224,7 @@ def test_folder_with_paired_channels(tmp_path, capsys):
     (["{folder}", "--pattern", r"(?P<id>\d+)_(?P<channel>\w+)_\d+\.png"], "is neither NIR nor surface"),
     (["{folder}", "--synthetic", "3"], "either a FOLDER or --synthetic"),
     (["{folder}", "--pattern", r"(?P<id>\d+)_\d_(?P<sample>\d+)\.png"], "000_1_1.png and 000_2_1.png are the same"),
+    (["{folder}", "--samples-per-id", "10"], "--samples-per-id derives the id from the sample number: drop"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, argv, message):
     folder = write_folder(tmp_path / "imgs", subjects=2, sessions=2, samples=3)
