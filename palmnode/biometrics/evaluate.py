@@ -534,7 +534,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("folder", nargs="?", help="folder of images (searched recursively)")
     parser.add_argument("--pattern", default=DEFAULT_PATTERN,
                         help="regex the file name (or path under FOLDER) must match fully; named groups: id "
-                        "(required), session, sample, hand, channel or modality (nir/surface). "
+                        "(required unless --samples-per-id), session, sample, hand, channel or modality (nir/surface). "
                         f"Default: {DEFAULT_PATTERN}")
     parser.add_argument("--samples-per-id", type=count, metavar="N", help="the files number their samples "
                         "without an id (Tongji: session1/00001.bmp ...): sample n of a session is palm (n-1)//N+1")
