@@ -57,8 +57,11 @@ async def test_enrolled_at_one_gate_recognised_at_the_other_and_deleted_from_bot
     print(f"one palm enrolled in {took:.2f} s")  # the budget is the gate bench's
     await wait_for(lambda: len(node_b.gallery) == len(node_a.gallery) > 0, timeout=2.0)  # replicated
 
-    decision = (await arrive(gate_b, node_b, PERSON))[-1]
-    assert decision.outcome == "identified" and decision.person_id == person_id
+    for _ in range(3):  # told "unknown" (one attempt in a few hundred: the FNIR), a person comes back
+        decision = (await arrive(gate_b, node_b, PERSON))[-1]
+        if decision.outcome == "identified":
+            break
+    assert decision.outcome == "identified" and decision.person_id == person_id, decision
     stranger = (await arrive(gate_b, node_b, STRANGER))[-1]
     assert stranger.outcome == "unknown"
 

@@ -70,10 +70,13 @@ async def small_in_camera(gate, seed, *, sensor_mm=250, camera_mm=340, seconds=1
         gate.hand.absent()
 
 
-async def present(rig, events, seed, *, session=2, times=3, **kw) -> Decision:
-    """Hold the hand over the gate until a decision other than retry (a blurred pose, say): at
-    most ``times`` times. Decisions about earlier hands still queued are dropped first (e.g. the
-    identify flow's decision on a hand that lingered after an enrolment released the gate)."""
+async def present(rig, events, seed, *, session=2, times=3, until=None, **kw) -> Decision:
+    """Hold the hand over the gate until a decision other than retry (a blurred pose, say), or
+    until one whose outcome is ``until``: at most ``times`` times. An enrolled person presents
+    again when told "unknown", as people do: one attempt in a few hundred misses (FNIR, measured by
+    eval and the gate bench), and a step that needs the person identified is not a test of that.
+    Decisions about earlier hands still queued are dropped first (e.g. the identify flow's
+    decision on a hand that lingered after an enrolment released the gate)."""
     await trio.testing.wait_all_tasks_blocked()
     while True:
         try:
@@ -84,7 +87,7 @@ async def present(rig, events, seed, *, session=2, times=3, **kw) -> Decision:
         async with trio.open_nursery() as hands:
             hands.start_soon(lambda: hover(rig.gate, seed, session=session, **kw))
             decision = await next_of(events, Decision, timeout=5.0)
-        if decision.outcome != "retry":
+        if (decision.outcome == until) if until else (decision.outcome != "retry"):
             break
     return decision
 
@@ -112,7 +115,7 @@ async def test_enrolled_person_recognised_stranger_not_modes_and_delete(rig, nur
     async with rig.node.bus.subscribe(Decision, GateOpened, PaymentResult, LoyaltyMember, PersonDeleted,
                                       buffer=1024) as events:
         # entry: the session-2 hand (a month later) opens the gate
-        decision = await present(rig, events, PERSON)
+        decision = await present(rig, events, PERSON, until="identified")
         assert decision.outcome == "identified", decision
         assert decision.person_id == result.person_id and decision.palm == "right"
         assert decision.score >= threshold and decision.mode == "entry"
@@ -127,7 +130,8 @@ async def test_enrolled_person_recognised_stranger_not_modes_and_delete(rig, nur
 
         # payment: the person's card token is charged the pending amount
         rig.modes.set(GateMode("payment", 250, "EUR"), at=trio.current_time())
-        decision = await present(rig, events, PERSON)
+        decision = await present(rig, events, PERSON, until="identified")
+        assert decision.outcome == "identified", decision
         paid = await next_of(events, PaymentResult)
         assert decision.mode == "payment" and paid.approved and paid.reference == "ref-1"
         assert approved == [(result.person_id, rig.vault.get(result.person_id).card.digest, 250, "EUR")]
@@ -135,13 +139,14 @@ async def test_enrolled_person_recognised_stranger_not_modes_and_delete(rig, nur
 
         # the controller does not answer: declined, and the person is told
         controller_up = False
-        await present(rig, events, PERSON)
+        assert (await present(rig, events, PERSON, until="identified")).outcome == "identified"
         paid = await next_of(events, PaymentResult)
         assert not paid.approved and paid.reason == "controller unavailable"
 
         # loyalty
         rig.modes.set(GateMode("loyalty"), at=trio.current_time())
-        decision = await present(rig, events, PERSON)
+        decision = await present(rig, events, PERSON, until="identified")
+        assert decision.outcome == "identified", decision
         member = await next_of(events, LoyaltyMember)
         assert member.person_id == result.person_id
         latencies.append(decision.latency_ms)
@@ -216,7 +221,7 @@ async def test_camera_pulled_mid_capture_gives_a_retry_with_reason_then_the_gate
         await rig.gate.camera.replugged()
         await wait_for(lambda: rig.node.frames.camera is not None, timeout=5.0)
         assert flow.state.value in ("waiting", "leaving")
-        decision = await present(rig, events, PERSON)
+        decision = await present(rig, events, PERSON, until="identified")
         assert decision.outcome == "identified", decision
 
 
