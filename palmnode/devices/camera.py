@@ -52,10 +52,7 @@ def _source(text: str) -> int | str:
 
 async def serve(cfg: CameraConfig, health: HealthRegistry, bus: EventBus, frames: FrameSource,
                 ready: Callable[[], None]) -> None:
-    drops = CounterMirror(health, NAME)
-    # frames read while the capture waited for a lit one and passed over (the newest is taken):
-    # by design, not lost, so not counted as drops
-    skipped = CounterMirror(health, NAME, prefix="frames_")
+    counters = CounterMirror(health, NAME, prefix="")
     async with await Camera.open(_source(cfg.source), width=cfg.width, height=cfg.height, fps=cfg.fps,
                                  exposure=cfg.exposure, gain=cfg.gain) as camera:
         ready()
@@ -65,8 +62,9 @@ async def serve(cfg: CameraConfig, health: HealthRegistry, bus: EventBus, frames
                 stats = camera.stats
                 if stats.last_frame_at is not None:
                     health.seen(NAME, stats.last_frame_at)
-                drops.update({"decode": stats.decode_errors})
-                skipped.update({"skipped": stats.drops})
+                # stats.drops: frames passed over while the capture waited for a lit one (the newest
+                # is taken), by design: not lost, so not counted as drops
+                counters.update({"dropped_decode": stats.decode_errors, "frames_skipped": stats.drops})
                 with trio.move_on_after(HEALTH_PERIOD_S) as period:
                     await camera.watch(STALL_TIMEOUT_S)  # raises DeviceLost / DeviceTimeout
                 if not period.cancelled_caught:
