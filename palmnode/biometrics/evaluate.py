@@ -578,6 +578,10 @@ def load_dataset(options: EvalOptions) -> Dataset:
             raise EvalError("give either a FOLDER or --synthetic N, not both")
         if options.roi_given:
             raise EvalError("--roi-given does not apply to --synthetic (the renderer draws whole hands)")
+        for flag, value in (("--samples-per-id", options.samples_per_id),
+                            ("--samples-per-session", options.samples_per_session)):
+            if value is not None:
+                raise EvalError(f"{flag} numbers the files of a FOLDER; it does not apply to --synthetic")
         return synthetic(options.synthetic, sessions=options.sessions, captures=options.captures,
                          rotation=options.rotation, hands=options.hands, seed=options.seed)
     if options.folder is None:
