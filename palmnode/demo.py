@@ -276,11 +276,16 @@ async def enrol_person(controller: Controller, node_id: str, gate: VirtualGate, 
         asked = (await _until(progress, lambda ev: ev.step == "palm", 10.0)).detail
         prompted = trio.current_time()
         with trio.move_on_after(30):
-            await hold_palms(gate, node.bus, seed, done, hand="left" if "left" in asked else "right")
+            await hold_palms(gate, node.bus, seed, done, hand=_palm_asked(asked))
         await done.wait()
         took = trio.current_time() - prompted
         nursery.cancel_scope.cancel()
     return answer, took
+
+
+def _palm_asked(prompt: str) -> str:
+    """The palm an enrolment prompt ("hold your left palm over the gate") asks for."""
+    return "left" if "left" in prompt else "right"
 
 
 async def hold_palms(gate: VirtualGate, bus: EventBus, seed: int, done: trio.Event, *, hand: str = "right",
@@ -300,7 +305,7 @@ async def hold_palms(gate: VirtualGate, bus: EventBus, seed: int, done: trio.Eve
                     if not ev.present:
                         gone.set()
                 elif ev.step == "palm":
-                    asked[0] = "left" if "left" in ev.detail else "right"
+                    asked[0] = _palm_asked(ev.detail)
                 elif ev.step == "again":
                     lift.set()
 

@@ -96,8 +96,8 @@ class IdentifyPolicy:
     #: when an attempt's best is below the threshold, score its candidates against their palm's
     #: other stored templates too (the gallery holds only each palm's first: ``second_look``)
     second_look: bool = True
-    #: a second-look score counts this much less: the calibration's threshold at the target FMR
-    #: divided by SECOND_LOOK_TEMPLATES, minus the threshold (``second_look_penalty``), so a
+    #: a second-look score counts this much less: the calibration's threshold at the target FMR /
+    #: SECOND_LOOK_TEMPLATES minus its threshold at the target FMR (``second_look_penalty``), so a
     #: candidate's other templates together pass no more often than one comparison does
     second_look_penalty: float = 0.005
     #: CAPTURING: one processed pair (≥ two frame timeouts of the capturer, which fire first);
@@ -149,8 +149,8 @@ SECOND_LOOK_TEMPLATES = 3
 def second_look_penalty(threshold_at: Callable[[float], float], target_fmr: float) -> float:
     """What a second-look score is marked down by: ``threshold_at(FMR)`` is the calibration's
     threshold for a per-comparison FMR. Each of the SECOND_LOOK_TEMPLATES - 1 other templates then
-    passes at FMR / SECOND_LOOK_TEMPLATES at most, so a candidate passes at under twice the
-    target FMR even if its templates were all alike impostors (union bound; docs/flows.md)."""
+    passes at FMR / SECOND_LOOK_TEMPLATES at most, so a candidate passes at under 5/3 of the
+    target FMR (three templates) whatever its templates are (union bound; docs/flows.md)."""
     return max(0.0, threshold_at(target_fmr / SECOND_LOOK_TEMPLATES) - threshold_at(target_fmr))
 
 
