@@ -112,7 +112,7 @@ class Node:
         except (VaultError, OSError) as exc:
             raise GateSetupError(f"vault {cfg.vault.path}: {exc}") from None
         if self.gallery is None:   # a search may stop early at a candidate the gate would accept
-            self.gallery = Gallery(exit_score=self.threshold)
+            self.gallery = Gallery(exit_score=self.threshold, threads=cfg.gate.search_threads)
         if cfg.controller is not None:
             link = cfg.controller
             try:

@@ -11,10 +11,11 @@ from palmnode import soak
 def test_engine_suite_prints_one_json_object(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "palmnode.cli", "bench", "--suite", "engine", "--sizes", "3000", "--ids", "6",
-         "--genuine-seed", "20000", "--frames", "6", "--repeat", "2", "--cache", str(tmp_path)],
+         "--genuine-seed", "20000", "--frames", "6", "--repeat", "2", "--threads", "2", "--cache", str(tmp_path)],
         capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])["engine"]
+    assert report["search_threads"] == 2
     assert report["genuine_seed"] == 20000 and report["pipeline"]["frames"] > 0 and report["pipeline"]["baseline"] == "opencv_numpy"
     row = report["search"]["3000"]
     assert row["ms"] > 0 and row["faiss_binaryflat_ms"] > 0 and row["numpy_ms"] > 0 and row["stranger_ms"] > 0

@@ -50,3 +50,20 @@ def test_device_section_errors(tmp_path):
         config.load(path)
     with pytest.raises(config.ConfigError, match="does not exist"):
         config.load(tmp_path / "none.toml")
+
+
+@pytest.mark.parametrize("value, message", [
+    ("0", "search_threads: must be 1 to 16, got 0"),
+    ("17", "search_threads: must be 1 to 16, got 17"),
+    ("'two'", "search_threads: expected an integer, got 'two'"),
+    ("1.5", "search_threads: expected an integer, got 1.5"),
+])
+def test_gate_search_threads(tmp_path, value, message):
+    base = (ROOT / "config" / "sim.toml").read_text()
+    assert config.load(ROOT / "config" / "sim.toml").gate.search_threads == 1
+    assert config.load(ROOT / "config" / "gate.example.toml").gate.search_threads == 2
+    path = tmp_path / "c.toml"
+    path.write_text(base.replace("search_threads = 1", f"search_threads = {value}"))
+    with pytest.raises(config.ConfigError) as info:
+        config.load(path)
+    assert message in str(info.value) and "\n" not in str(info.value)

@@ -1,13 +1,13 @@
 """The engine part of ``palmnode bench``: speed and pre-filter recall on rendered palms.
 
-    palmnode bench --suite engine [--sizes 10000,100000,1000000] [--ids 300] [--genuine-seed 10000]
+    palmnode bench --suite engine [--sizes 10000,100000,1000000] [--ids 300] [--genuine-seed 10000] [--threads 1]
     python -m palmnode.biometrics.bench [the same options]
 
 One JSON object on stdout (progress on stderr): ROI and feature times per frame beside an
 OpenCV+NumPy pipeline baseline (Otsu + largest contour + min-area rectangle for the ROI; six
 full-image Gabor filters with cv2.filter2D, argmin and np.packbits for the codes), 1:1 µs,
 1:N ms at each size (median of repeated probes) beside faiss IndexBinaryFlat (exhaustive, no
-shifts, one thread) and a NumPy exhaustive masked-Hamming baseline (no shifts) on the same
+shifts, as many threads as the search: ``--threads``, 1 by default) and a NumPy exhaustive masked-Hamming baseline (no shifts) on the same
 records (the same gallery as for the recall), the ratios, and the recall losses.
 
 Data. Genuine pairs: ``--ids`` identities rendered by palmnode.biometrics.synth from seed
@@ -211,11 +211,11 @@ def full_scores(probe: ProbeTemplates, recs: np.ndarray, idx: np.ndarray | None 
     return matcher.match_probe_records(probe, recs, idx, flags)[2]
 
 
-def gallery_of(recs: np.ndarray, sigs: np.ndarray) -> gal.Gallery:
+def gallery_of(recs: np.ndarray, sigs: np.ndarray, threads: int = 1) -> gal.Gallery:
     """A Gallery holding these packed entries (filled directly: add() per entry would take minutes)."""
     n = len(recs)
     seg_size = SEGMENT
-    g = gal.Gallery(segment_size=seg_size, first_capacity=seg_size)
+    g = gal.Gallery(segment_size=seg_size, first_capacity=seg_size, threads=threads)
     segs = []
     for start in range(0, n, seg_size):
         m = min(seg_size, n - start)
@@ -335,6 +335,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
                     help="where rendered templates are cached between runs (never raw images)")
     ap.add_argument("--no-faiss", action="store_true", help="skip the faiss IndexBinaryFlat baseline")
     ap.add_argument("--repeat", type=count, default=15, help="probes per 1:N timing")
+    ap.add_argument("--threads", type=count, default=1,
+                    help="threads a 1:N search is split over, and faiss's (1: the one-core budget)")
     return ap
 
 
@@ -360,7 +362,7 @@ def main(args: argparse.Namespace | None = None) -> dict:
         raise SystemExit(f"palmnode bench: --genuine-seed {args.genuine_seed} with --ids {args.ids} overlaps the "
                          f"impostor source pool (seeds {SOURCE_SEED}..{SOURCE_SEED + args.ids - 1})")
     rng = np.random.default_rng(0)
-    out: dict = {"dispatch_level": kernels.dispatch_level()}
+    out: dict = {"dispatch_level": kernels.dispatch_level(), "search_threads": args.threads}
     log(f"ROI and features on {args.frames} rendered frames ...")
     out["pipeline"] = pipeline_timings(args.frames)
     log("pipeline", json.dumps(out["pipeline"]))
@@ -423,7 +425,7 @@ def main(args: argparse.Namespace | None = None) -> dict:
     out["search"] = {}
     test_probes = [p for _, p in probes[:args.repeat]]
     for n in sizes:
-        g = gallery_of(np.concatenate([recs[:n], enrol_recs]), np.concatenate([sigs[:n], enrol_sigs]))
+        g = gallery_of(np.concatenate([recs[:n], enrol_recs]), np.concatenate([sigs[:n], enrol_sigs]), args.threads)
         g._person_ids[n:] = [f"mate{i}" for i in enrol_ids]
         total = n + len(enrol_ids)
         size, k1 = g.prefilter.shortlist_size(total), g.prefilter.stage1_size(total)
@@ -495,7 +497,7 @@ def main(args: argparse.Namespace | None = None) -> dict:
         del bits, masks
         if not args.no_faiss:
             import faiss
-            faiss.omp_set_num_threads(1)
+            faiss.omp_set_num_threads(args.threads)
             codes = all_recs.view(np.uint8)
             index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
             index.add(codes)

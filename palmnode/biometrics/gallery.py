@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 import attrs
 import numpy as np
@@ -131,12 +132,18 @@ class Gallery:
     sees a consistent snapshot, taken under the writers' lock). Native calls release the GIL.
     """
 
-    def __init__(self, *, segment_size: int = 1 << 16, first_capacity: int = 256, **prefilter):
-        """``prefilter``: :class:`prefilter.Prefilter` fields (shortlist, shortlist_fraction,
-        min_shortlist, probe_offsets)."""
+    def __init__(self, *, segment_size: int = 1 << 16, first_capacity: int = 256, threads: int = 1, **prefilter):
+        """``threads``: how many threads one search's scan, vein stage and shortlist ranking are
+        split over (segments and chunks; 1: the caller's thread alone). ``prefilter``:
+        :class:`prefilter.Prefilter` fields (shortlist, shortlist_fraction, min_shortlist,
+        probe_offsets)."""
         if segment_size < 1 or first_capacity < 1:
             raise ValueError("segment_size and first_capacity must be positive")
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+            raise ValueError(f"threads must be a positive integer, got {threads!r}")
         self.prefilter = pf.Prefilter(**prefilter)
+        self.threads = threads
+        self._map: pf.Mapper = map if threads == 1 else ThreadPoolExecutor(threads, "gallery-search").map
         self._segment_size = segment_size
         self._first = min(first_capacity, segment_size)
         self._segments: tuple[_Segment, ...] = ()
@@ -285,12 +292,12 @@ class Gallery:
         # reaches exit_score, else the full pre-filter's shortlist joins it
         chosen = np.empty(0, np.int64)
         if pre.has_fast_pass(probe, total):
-            chosen = pre.select(probe, snap, starts, fast=True, stop=stop)
+            chosen = pre.select(probe, snap, starts, fast=True, stop=stop, map_=self._map)
             ranked = self._rank(probe, snap, starts, chosen, k, variants, stop=stop)
             if ranked.fused.size and ranked.fused.max() >= pre.exit_score:
                 return self._candidates(ranked, k), chosen, True
         full = pre.select(probe, snap, starts, variants=variants.templates[1:] if variants is not None else (),
-                          ranked=True, stop=stop)
+                          ranked=True, stop=stop, map_=self._map)
         chosen = np.union1d(chosen, full)
         best = max(RERANK, math.ceil(FULL_RERANK_FRACTION * full.size))
         ranked = self._rank(probe, snap, starts, chosen, k, variants, also=full[:best], stop=stop)
@@ -316,10 +323,9 @@ class Gallery:
         flags = np.empty(n, np.uint8)
         specs = (("surface", probe.surface, SURFACE_MATCH, surf, HAS_SURFACE),
                  ("vein", probe.vein, VEIN_MATCH, vein, HAS_VEIN))
-        recs = np.empty((0, RECORD_WORDS), np.uint32)
-        for a in range(0, n, _GATHER):       # one kernel call per chunk, not per segment
+
+        def chunk(part: slice) -> np.ndarray:    # one kernel call per chunk, not per segment
             pf.check(stop)
-            part = slice(a, min(n, a + _GATHER))
             recs = _gather(segs, which[part], rows_all[part], person[part], palm[part], flags[part])
             idx = np.arange(recs.shape[0], dtype=np.int64)
             for name, code, spec, out, bit in specs:
@@ -329,12 +335,19 @@ class Gallery:
                 if name == "vein" and spec.radius > 0 and idx.size:   # cheap: final vein scores now
                     hd = elastic_distances(code, recs, idx, shifts[name][part], spec)
                 out[part] = np.where(flags[part] & bit, similarity(hd), np.nan)
+            return recs
+        # at most _GATHER entries a chunk, as many chunks as make every thread's share equal
+        chunks = self.threads * max(1, math.ceil(n / (self.threads * _GATHER)))
+        size = max(1, math.ceil(n / chunks))
+        parts = [slice(a, min(n, a + size)) for a in range(0, n, size)]
+        done = list(self._map(chunk, parts))
+        recs = done[-1] if done else np.empty((0, RECORD_WORDS), np.uint32)
         fused = _fused(surf, vein)
         keep = np.lexsort((chosen, -fused))[:max(RERANK, 8 * k)]
         if also is not None:
             keep = np.union1d(keep, np.searchsorted(chosen, also))
         keep = keep[np.isfinite(fused[keep])]
-        if n > _GATHER:                      # the last chunk's records are not all of them
+        if len(parts) > 1:                   # the last chunk's records are not all of them
             keep = np.sort(keep)
             recs = _gather(segs, which[keep], rows_all[keep], *(np.empty(keep.size, t) for t in (np.int32, np.uint8, np.uint8)))
             at = np.arange(keep.size, dtype=np.int64)

@@ -23,7 +23,7 @@ is off in rotation or scale is not lost to the signature it cannot match.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import attrs
 import numpy as np
@@ -72,6 +72,12 @@ NORM_CENTRE = 512
 NORM_SAMPLE = 4096
 #: uint64 words of one entry's pre-filter index row
 INDEX_WORDS = kernels.SIGNATURE_WORDS
+
+
+#: how a search runs its per-segment (or per-chunk) work: the builtin ``map`` runs it in the
+#: caller's thread, a thread pool's ``map`` on several cores (Gallery(threads=...)); the C calls
+#: release the GIL and every task writes its own slice of the results
+Mapper = Callable[[Callable, Iterable], Iterable]
 
 
 class SearchCancelled(Exception):
@@ -272,25 +278,29 @@ class Prefilter:
         return self.exit_score is not None and probe.vein is not None and total > self.shortlist_size(total)
 
     def signature_scores(self, probes: Sequence[PalmTemplate], snap: Sequence, starts: np.ndarray, *,
-                         fast: bool = False, stop: threading.Event | None = None) -> np.ndarray:
+                         fast: bool = False, stop: threading.Event | None = None, map_: Mapper = map) -> np.ndarray:
         """uint16 (len(probes), total): every entry's signature score by each probe template (each
         with a vein code) at its best offset (fast_offsets when ``fast``, else probe_offsets), the
         (template, offset) pairs standardised first when there is more than one
-        (:func:`pair_norms`); the stage-1 score is the minimum over the templates."""
+        (:func:`pair_norms`); the stage-1 score is the minimum over the templates. One task per
+        segment through ``map_``."""
         psig = probe_signatures(probes, self.fast_offsets if fast else self.probe_offsets)
         # one pair alone needs no common scale: the fast pass ranks by its raw scores
         norms = None if psig.shape[0] * psig.shape[1] == 1 else pair_norms(psig, snap, starts)
         scores = np.empty((len(probes), int(starts[-1])), np.uint16)
-        for (seg, n, live), a in zip(snap, starts[:-1]):
+
+        def scan(s: int) -> None:
             check(stop)
+            (seg, n, live), a = snap[s], starts[s]
             for v in range(len(probes)):
                 kernels.prefilter_scores(psig[v], seg.index[:n], live[:n], out=scores[v, a:a + n],
                                          norm=None if norms is None else norms[v])
+        list(map_(scan, range(len(snap))))
         return scores
 
     def select(self, probe: PalmTemplate, snap: Sequence, starts: np.ndarray, *, fast: bool = False,
                variants: Sequence[PalmTemplate] = (), ranked: bool = False,
-               stop: threading.Event | None = None) -> np.ndarray:
+               stop: threading.Event | None = None, map_: Mapper = map) -> np.ndarray:
         """Ascending global indices of the entries that get the full match (every live entry
         when the gallery is no bigger than the shortlist or the probe has no vein code);
         ``fast``: the fast pass's (fast_offsets, fast_sizes), the probe alone. ``variants``:
@@ -301,13 +311,14 @@ class Prefilter:
         re-cut that scored it best (the probe itself on ties). ``ranked``: the entries best
         first by the pass's own last ranking (vein-stage distance, or signature score without a
         vein stage; ties by index) instead of by index (by index still when every live entry is
-        kept: nothing was ranked). ``stop``: checked between C calls (:func:`check`)."""
+        kept: nothing was ranked). ``stop``: checked between C calls (:func:`check`); ``map_`` runs
+        the per-segment work of the scan and the vein stage (:data:`Mapper`)."""
         total = int(starts[-1])
         size = self.shortlist_size(total)
         if total <= size or probe.vein is None:   # the signature is vein-only: no vein, no ranking
             return np.concatenate([np.flatnonzero(live[:n]) + a for (_, n, live), a in zip(snap, starts[:-1])])
         probes = [probe] if fast else [probe, *(t for t in variants if t.vein is not None)]
-        scores = self.signature_scores(probes, snap, starts, fast=fast, stop=stop)
+        scores = self.signature_scores(probes, snap, starts, fast=fast, stop=stop, map_=map_)
         best = scores[0] if len(probes) == 1 else scores.min(axis=0)
         k1 = self.stage1_size(total)
         if fast:
@@ -316,12 +327,12 @@ class Prefilter:
             chosen = kernels.select_smallest(best, size)
             return chosen[np.lexsort((chosen, best[chosen]))] if ranked else chosen
         first = kernels.select_smallest(best, k1)
-        hd = vein_stage(probe, snap, starts, first, stop)
+        hd = vein_stage(probe, snap, starts, first, stop, map_)
         owner = np.argmin(scores[:, first], axis=0)          # the template that scored it best
         for v in range(1, len(probes)):
             mine = np.flatnonzero(owner == v)
             if mine.size:
-                hd[mine] = np.minimum(hd[mine], vein_stage(probes[v], snap, starts, first[mine], stop))
+                hd[mine] = np.minimum(hd[mine], vein_stage(probes[v], snap, starts, first[mine], stop, map_))
         keep = smallest(hd, size)
         return first[keep[np.lexsort((keep, hd[keep]))]] if ranked else first[keep]
 
@@ -356,16 +367,21 @@ def pair_norms(psig: np.ndarray, snap: Sequence, starts: np.ndarray) -> np.ndarr
 
 
 def vein_stage(probe: PalmTemplate, snap: Sequence, starts: np.ndarray, chosen: np.ndarray,
-               stop: threading.Event | None = None) -> np.ndarray:
+               stop: threading.Event | None = None, map_: Mapper = map) -> np.ndarray:
     """Block-wise vein distance (kernels.match_elastic16: 4x4-cell blocks, each within
-    ±VEIN_STAGE_RADIUS cells of shift 0) of each chosen entry; 0.5 without vein."""
+    ±VEIN_STAGE_RADIUS cells of shift 0) of each chosen entry; 0.5 without vein. One task per
+    segment through ``map_``."""
     hd = np.full(chosen.size, 0.5)
     spec = VEIN_MATCH
-    for s, pos in by_segment(chosen, starts):
+    planes = probe.vein.planes()
+
+    def stage(part: tuple[int, np.ndarray]) -> None:
         check(stop)
+        s, pos = part
         seg = snap[s][0]
         rows = (chosen[pos] - starts[s]).astype(np.int64)
-        h = kernels.match_elastic16(probe.vein.planes(), seg.records, rows, offset=spec.offset,
+        h = kernels.match_elastic16(planes, seg.records, rows, offset=spec.offset,
                                     radius=VEIN_STAGE_RADIUS, n_ref=spec.n_ref)
         hd[pos] = np.where(seg.flags[rows] & HAS_VEIN, h, 0.5)
+    list(map_(stage, by_segment(chosen, starts)))
     return hd

@@ -18,11 +18,11 @@ def people():
     return [(features.encode(*r[0]), variants.from_rois(*r[1])) for r in rois]
 
 
-@pytest.mark.parametrize("chunk", [None, 5])
-def test_search_with_variants_scores_are_match_probe(people, monkeypatch, chunk):
+@pytest.mark.parametrize("chunk, threads", [(None, 1), (5, 1), (5, 2)])
+def test_search_with_variants_scores_are_match_probe(people, monkeypatch, chunk, threads):
     if chunk is not None:
         monkeypatch.setattr(gal, "_GATHER", chunk)
-    g = Gallery(segment_size=4, first_capacity=2)
+    g = Gallery(segment_size=4, first_capacity=2, threads=threads)
     for i, (t, _) in enumerate(people):
         g.add(f"p{i}", "right", t)
     for i, (_, probe) in enumerate(people):

@@ -89,6 +89,9 @@ def test_empty_gallery_and_bad_arguments(templates):
         g.search(PalmTemplate(surface=None, vein=None))
     with pytest.raises(TypeError):
         match(templates[0][0], "nope")
+    for threads in (0, -1, 1.5, "2", True):
+        with pytest.raises(ValueError, match="threads must be a positive integer"):
+            Gallery(threads=threads)
 
 
 def test_add_many_is_add_one_by_one(templates):
@@ -475,3 +478,38 @@ def test_a_search_stops_at_its_next_c_call_once_its_caller_gives_up(templates):
             g.search(probe, k=3, stop=stop)
         assert stop.checks == after + 1                # it stopped at that very check
     assert g.search(probe, k=3) == found               # the gallery is untouched
+
+
+@pytest.mark.parametrize("exit_score", [pf.EXIT_SCORE, 2.0])
+def test_a_search_split_over_threads_finds_what_one_thread_finds(templates, monkeypatch, exit_score):
+    """Gallery(threads=2) runs the signature scans and vein stages per segment and the shortlist
+    ranking per chunk in its thread pool: the same candidates and scores as one thread (the fast
+    pass, and with exit_score 2.0 the full pass always), strangers too; a stop still cancels it."""
+    rng = np.random.default_rng(5)
+    entries = ([(f"r{i}", "left", _random_template(rng)) for i in range(3000)]
+               + [(f"p{i}", "left", enrol) for i, (enrol, _) in enumerate(templates)])
+    one = Gallery(segment_size=512, exit_score=exit_score)
+    two = Gallery(segment_size=512, exit_score=exit_score, threads=2)
+    one.add_many(entries)
+    two.add_many(entries)
+    scanned_in = set()
+    scan = kernels.prefilter_scores
+
+    def watched(*args, **kwargs):
+        scanned_in.add(threading.current_thread().name)
+        return scan(*args, **kwargs)
+    monkeypatch.setattr(kernels, "prefilter_scores", watched)
+    probes = [templates[i][1] for i in range(0, N, 3)] + [_random_template(rng) for _ in range(2)]
+    for probe in probes:
+        found = two.search(probe, k=5)
+        assert {name.split("_")[0] for name in scanned_in} == {"gallery-search"}   # the pool's threads
+        scanned_in.clear()
+        assert found == one.search(probe, k=5)
+        assert scanned_in == {threading.current_thread().name}
+        scanned_in.clear()
+    assert found[0].person_id.startswith("r")                       # a stranger: the full pass ran
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(pf.SearchCancelled):
+        two.search(probes[0], k=5, stop=stop)
+    assert two.search(probes[0], k=5) == one.search(probes[0], k=5)
