@@ -38,7 +38,7 @@ def crowd(n: int, args: argparse.Namespace):
     templates, _, _, _ = engine_bench.render_set(30_000, args.ids, args.cache)
     recs = matcher.pack_records(templates)[0]
     mixed, sigs = engine_bench.synth_entries(recs, n, np.random.default_rng(3))
-    return engine_bench.gallery_of(mixed, sigs)
+    return engine_bench.gallery_of(mixed, sigs, args.threads)
 
 
 def arrivals(counts: Mapping[str, int]) -> tuple[int, int]:
@@ -65,6 +65,7 @@ def main(args: argparse.Namespace) -> dict:
     return {
         "benchmark": "gate_identify",
         "gallery_palms": args.enrolled + len(summary.enrolled),
+        "search_threads": args.threads,
         "enrolled_through_flow": len(summary.enrolled),
         "enrol_one_palm_s": {"median": _r(np.median(summary.enrol_s)) if summary.enrol_s else None,
                              "max": _r(max(summary.enrol_s)) if summary.enrol_s else None, "budget": 5.0},

@@ -336,7 +336,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--no-faiss", action="store_true", help="skip the faiss IndexBinaryFlat baseline")
     ap.add_argument("--repeat", type=count, default=15, help="probes per 1:N timing")
     ap.add_argument("--threads", type=count, default=1,
-                    help="threads a 1:N search is split over, and faiss's (1: the one-core budget)")
+                    help="threads a 1:N search is split over (engine and gate suites) and faiss's (1: the one-core budget)")
     return ap
 
 
