@@ -19,6 +19,7 @@ import trio
 from palmnode.actors import ChildContext, DeviceStateChanged
 from palmnode.gate.enrol import EnrolBusy
 from palmnode.gate.modes import ChargeResult, GateMode
+from palmnode.link.client import RequestRefused
 from palmnode.link.wire import WireError, person_from_wire
 from palmnode.logs import event
 
@@ -30,8 +31,9 @@ log = logging.getLogger("palmnode.ops")
 SYNC_STATE = "controller_sync_cursor"  # vault state key: where the last sync ended
 
 
-class OpError(Exception):
-    """A request the node refuses; its one-line message goes back as ``ok: false``."""
+class OpError(RequestRefused):
+    """A request the node refuses; its one-line message goes back as ``ok: false`` (logged as
+    one line: a refusal, not a fault)."""
 
 
 class NodeOps:

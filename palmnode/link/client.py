@@ -5,7 +5,8 @@
 in the background, reconnecting with exponential backoff. While connected it
 
 * serves the controller's requests, each in its own task, through ``handler(op, args) -> dict``
-  (an exception becomes ``ok: false`` with a one-line error; :class:`UnknownOp` "unknown op X");
+  (an exception becomes ``ok: false`` with a one-line error; :class:`UnknownOp` "unknown op X";
+  a :class:`RequestRefused` is logged as one line, any other exception with its traceback);
 * sends every undelivered outbox event, oldest first, and marks it delivered on the matching ack
   (unacked events are sent again after a reconnect: the controller drops duplicates by key);
 * answers ``await client.request(op, args)`` for node → controller calls (``sync``, ``charge``).
@@ -53,6 +54,11 @@ DEFAULT_PORT = 7443  # §1
 
 class UnknownOp(LinkError):
     """Raised by a handler for an op it does not serve; answered ``unknown op <op>`` (§5)."""
+
+
+class RequestRefused(LinkError):
+    """Raised by a handler for a request it refuses (a bad argument, a palm already enrolled):
+    answered ``ok: false`` with its one-line message and logged as one line, not as a fault."""
 
 
 class RequestFailed(LinkError):
@@ -351,6 +357,9 @@ class LinkClient:
             response = Response.success(request.id, result)
         except UnknownOp:
             response = Response.failure(request.id, f"unknown op {request.op}")
+        except RequestRefused as exc:
+            log.info("link request refused: %s", exc, extra={"fields": {"op": request.op}})
+            response = Response.failure(request.id, str(exc))
         except Exception as exc:  # the handler boundary: the controller gets one line, the log the rest
             log.warning("link request failed", exc_info=True, extra={"fields": {"op": request.op}})
             response = Response.failure(request.id, str(exc) or type(exc).__name__)
@@ -417,4 +426,4 @@ class LinkClient:
 
 
 __all__ = ["DEFAULT_PORT", "Handler", "LinkClient", "LinkConfig", "LinkConfigError", "LinkStats", "LinkUnavailable",
-           "Outbox", "RequestFailed", "UnknownOp"]
+           "Outbox", "RequestFailed", "RequestRefused", "UnknownOp"]

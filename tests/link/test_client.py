@@ -16,6 +16,7 @@ from palmnode.link.client import (
     LinkConfigError,
     LinkUnavailable,
     RequestFailed,
+    RequestRefused,
     UnknownOp,
 )
 from palmnode.link.codec import HEADER, MAX_FRAME
@@ -46,6 +47,8 @@ async def serve(op: str, args: dict) -> dict:
         return {"node_id": "gate-1", "people": 3}
     if op == "enrol.begin":
         raise RuntimeError("no card tapped\nwithin 30 s")
+    if op == "person.delete":
+        raise RequestRefused("no such person")
     raise UnknownOp(op)
 
 
@@ -92,6 +95,20 @@ async def test_requests_both_ways_and_the_connected_hook(stub, pki, vault, nurse
     unknown = await stub.request("gate-1", "mode.set", {"mode": "entry"})
     assert (unknown.ok, unknown.error) == (False, "unknown op mode.set")
     assert client.stats.requests_served == 3 and client.stats.requests_sent == 4
+
+
+async def test_a_refused_request_is_one_log_line_and_a_fault_keeps_its_traceback(stub, pki, vault, nursery, caplog):
+    client = LinkClient(config(pki, stub.port), vault, serve)
+    await nursery.start(client.run)
+    with trio.fail_after(5):
+        await client.wait_connected()
+    with caplog.at_level(logging.INFO, logger="palmnode.link"):
+        refused = await stub.request("gate-1", "person.delete", {"person_id": "x"})
+        failed = await stub.request("gate-1", "enrol.begin", {})
+    assert (refused.ok, refused.error, failed.ok) == (False, "no such person", False)
+    records = {r.getMessage(): r for r in caplog.records if r.name == "palmnode.link" and "request" in r.getMessage()}
+    assert records["link request refused: no such person"].exc_info is None
+    assert records["link request failed"].exc_info is not None
 
 
 async def test_events_are_acked_and_marked_delivered(stub, pki, vault, nursery):
