@@ -1,4 +1,6 @@
-"""Structured logs: one JSON object a line on stderr, never biometric data, card or phone numbers."""
+"""Structured logs: one JSON object a line on stderr, never biometric data, card or phone numbers,
+nor person ids: a log outlives a deletion (journald keeps it on disk), so a person id there would
+keep their visits after they deleted themselves."""
 from __future__ import annotations
 
 import json

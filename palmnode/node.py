@@ -260,8 +260,12 @@ _EVENT_NAMES = {
 
 
 def _fields(ev: object) -> dict[str, object]:
+    """An event's fields for its log line, without ``person_id``: the log outlives a deletion
+    (palmnode/logs.py)."""
     fields = {}
     for key, value in attrs.asdict(ev, recurse=False).items():
+        if key == "person_id":
+            continue
         if hasattr(value, "value") and not isinstance(value, (int, float, str)):
             value = value.value  # enums
         elif not isinstance(value, (int, float, str, bool, type(None))):

@@ -250,7 +250,7 @@ class EnrolFlow:
             if self.metrics is not None:
                 self.metrics.inc("palmnode_enrolments_total", result="cancelled" if result.reason == "cancelled"
                                  else "failed")
-        event(log, "enrolment", ok=result.ok, person_id=result.person_id, linked=result.linked,
+        event(log, "enrolment", ok=result.ok, linked=result.linked,
               reason=result.reason, seconds=round(trio.current_time() - started, 2))
         self._goto(E.IDLE)
         self.current = None

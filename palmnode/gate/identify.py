@@ -385,7 +385,7 @@ class IdentifyFlow:
         if self.metrics is not None:
             self.metrics.observe("palmnode_identify_latency_ms", latency_ms, outcome=outcome)
             self.metrics.inc("palmnode_decisions_total", outcome=outcome)
-        event(log, "decision", outcome=outcome, person_id=person_id, score=score, reason=reason,
+        event(log, "decision", outcome=outcome, score=score, reason=reason,
               latency_ms=round(latency_ms, 1), mode=decision.mode)
         if outcome == "unknown":
             self._say("not recognised")
@@ -416,7 +416,7 @@ class IdentifyFlow:
         try:
             digest = await self._card_of(person_id)
         except (VaultError, sqlite3.Error, OSError) as exc:
-            event(log, "card look-up failed", person_id=person_id, error=str(exc))
+            event(log, "card look-up failed", error=str(exc))
             return ChargeResult(False, None, "card look-up failed")
         if digest is None:
             return ChargeResult(False, None, "no card on file")
@@ -424,7 +424,7 @@ class IdentifyFlow:
             try:
                 return await self.charge(person_id, digest, amount_cents, currency)
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError) as exc:
-                event(log, "charge failed", person_id=person_id, error=str(exc))
+                event(log, "charge failed", error=str(exc))
                 return ChargeResult(False, None, "controller unavailable")
         return ChargeResult(False, None, "controller unavailable")
 

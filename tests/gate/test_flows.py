@@ -3,6 +3,8 @@
 delete; feedback for misplaced hands; a camera pulled mid-capture; a search that hangs."""
 from __future__ import annotations
 
+import logging
+
 import trio
 import trio.testing
 
@@ -21,6 +23,7 @@ from palmnode.gate.events import (
     PersonEnrolled,
 )
 from palmnode.gate.modes import ChargeResult, GateMode
+from palmnode.logs import JsonFormatter
 from palmnode.sim import scenario as sc
 from tests.conftest import wait_for
 from tests.gate.conftest import hover, start_identify
@@ -92,7 +95,8 @@ async def present(rig, events, seed, *, session=2, times=3, until=None, **kw) ->
     return decision
 
 
-async def test_enrolled_person_recognised_stranger_not_modes_and_delete(rig, nursery, threshold):
+async def test_enrolled_person_recognised_stranger_not_modes_and_delete(rig, nursery, threshold, caplog):
+    caplog.set_level(logging.INFO)
     _, result, enrolled, palm_seconds = await enrol_person(rig, nursery, threshold, PERSON)
     assert result.ok and not result.linked, result
     assert enrolled.person_id == result.person_id and enrolled.palms == ("right",)
@@ -169,6 +173,11 @@ async def test_enrolled_person_recognised_stranger_not_modes_and_delete(rig, nur
         assert kinds.count("unknown") >= 1  # the stranger's decision is still owed to the controller
         decision = await present(rig, events, PERSON)
         assert decision.outcome == "unknown"
+    # the log outlives the deletion (on disk, in journald): it never named the person
+    lines = [JsonFormatter().format(r) for r in caplog.records]
+    logged = {r.getMessage() for r in caplog.records}
+    assert {"person enrolled", "enrolment", "decision", "person deleted"} <= logged
+    assert not [line for line in lines if result.person_id in line]
     assert rig.metrics.percentiles("palmnode_identify_latency_ms", outcome="identified")[50] > 0
     # the latency budgets are the gate bench's, not timed assertions here
     print("decision latencies (ms):", [round(x) for x in latencies])
