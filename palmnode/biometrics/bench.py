@@ -7,8 +7,9 @@ One JSON object on stdout (progress on stderr): ROI and feature times per frame 
 OpenCV+NumPy pipeline baseline (Otsu + largest contour + min-area rectangle for the ROI; six
 full-image Gabor filters with cv2.filter2D, argmin and np.packbits for the codes), 1:1 µs,
 1:N ms at each size (median of repeated probes) beside faiss IndexBinaryFlat (exhaustive, no
-shifts, as many threads as the search: ``--threads``, 1 by default) and a NumPy exhaustive masked-Hamming baseline (no shifts) on the same
-records (the same gallery as for the recall), the ratios, and the recall losses.
+shifts, as many threads as the search: ``--threads``, 1 by default) and a NumPy exhaustive
+masked-Hamming baseline (no shifts) on the same records (the same gallery as for the recall),
+the ratios, and the recall losses.
 
 Data. Genuine pairs: ``--ids`` identities rendered by palmnode.biometrics.synth from seed
 ``--genuine-seed`` on (10000: the reported set; others are held-out sets) (session 0
