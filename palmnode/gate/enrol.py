@@ -365,6 +365,8 @@ class EnrolFlow:
         for probe in probes:
             found = await trio.to_thread.run_sync(self.gallery.search, probe, 1)
             if found and found[0].score.fused >= self.policy.duplicate_threshold:
+                event(log, "enrolment found the palm enrolled", score=round(found[0].score.fused, 4),
+                      threshold=round(self.policy.duplicate_threshold, 4))
                 return found[0].person_id
         return None
 

@@ -176,7 +176,7 @@ async def test_enrolled_person_recognised_stranger_not_modes_and_delete(rig, nur
     # the log outlives the deletion (on disk, in journald): it never named the person
     lines = [JsonFormatter().format(r) for r in caplog.records]
     logged = {r.getMessage() for r in caplog.records}
-    assert {"person enrolled", "enrolment", "decision", "person deleted"} <= logged
+    assert {"person enrolled", "enrolment", "enrolment found the palm enrolled", "decision", "person deleted"} <= logged
     assert not [line for line in lines if result.person_id in line]
     assert rig.metrics.percentiles("palmnode_identify_latency_ms", outcome="identified")[50] > 0
     # the latency budgets are the gate bench's, not timed assertions here
