@@ -123,7 +123,7 @@ class NodeOps:
                     try:
                         upserts.append(person_from_wire(change.get("person")))
                     except WireError as exc:
-                        event(log, "sync change dropped", level=logging.WARNING, reason=str(exc))
+                        log.warning("sync change dropped", extra={"fields": {"reason": str(exc)}})
                         continue
                 elif change.get("kind") == "remove" and isinstance(change.get("person_id"), str):
                     await people.apply_remove(change["person_id"])
