@@ -385,8 +385,6 @@ class IdentifyFlow:
         if self.metrics is not None:
             self.metrics.observe("palmnode_identify_latency_ms", latency_ms, outcome=outcome)
             self.metrics.inc("palmnode_decisions_total", outcome=outcome)
-        event(log, "decision", outcome=outcome, score=score, reason=reason,
-              latency_ms=round(latency_ms, 1), mode=decision.mode)
         if outcome == "unknown":
             self._say("not recognised")
         elif outcome == "retry" and reason == "hand removed":

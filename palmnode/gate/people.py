@@ -70,7 +70,6 @@ class People:
         self.bus.publish(PersonEnrolled(person.person_id, tuple(p.palm for p in person.palms), trio.current_time()))
         if self.metrics is not None:
             self.metrics.inc("palmnode_enrolments_total", result="enrolled")
-        event(log, "person enrolled", palms=",".join(p.palm for p in person.palms))
         return person
 
     def _enrol(self, card: CardToken | None, phone: str | None, palms: dict[str, list[PalmTemplate]]) -> Person:
@@ -97,7 +96,6 @@ class People:
         self.bus.publish(PersonDeleted(pid, trio.current_time()))
         if self.metrics is not None:
             self.metrics.inc("palmnode_deletions_total")
-        event(log, "person deleted")
         return True
 
     def _delete(self, person_id: str | None, card_digest: bytes | None, phone: str | None) -> str | None:
