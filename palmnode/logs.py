@@ -3,10 +3,20 @@ nor person ids: a log outlives a deletion (journald keeps it on disk), so a pers
 keep their visits after they deleted themselves."""
 from __future__ import annotations
 
+import enum
 import json
 import logging
+import math
 import sys
 import time
+from typing import Any
+
+import attrs
+
+#: event fields never shown, in the REPL or the log, whatever their type (card tokens, expiry,
+#: anything biometric or personal)
+HIDDEN_FIELDS = frozenset({"token", "expiry", "digest", "card_digest", "phone", "phone_digest",
+                           "template", "templates", "image", "images", "nir", "surface", "roi"})
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -37,3 +47,30 @@ def setup(level: str = "info", stream=sys.stderr) -> None:
 def event(logger: logging.Logger, msg: str, **fields: object) -> None:
     """Log one structured line: ``msg`` plus typed fields."""
     logger.info(msg, extra={"fields": fields})
+
+
+def event_to_plain(event: object) -> dict[str, Any]:
+    """An event as plain fields: scalars and enums only, never HIDDEN_FIELDS, arrays or bytes."""
+    out: dict[str, Any] = {"type": type(event).__name__}
+    for field in attrs.fields(type(event)):
+        if field.name in HIDDEN_FIELDS:
+            continue
+        value = _scalar(getattr(event, field.name))
+        if value is not _SKIP:
+            out[field.name] = value
+    return out
+
+
+_SKIP = object()
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (tuple, list)) and all(isinstance(v, (bool, int, float, str)) for v in value):
+        return list(value)
+    return _SKIP

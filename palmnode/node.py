@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-import attrs
 import trio
 
 from drivers.card_reader.reads import BadgeRead, PaymentCardRead
@@ -28,7 +27,7 @@ from palmnode.gate.modes import GateMode, GateModes, ModeChanged
 from palmnode.gate.people import People
 from palmnode.gate.presence import PresenceChanged
 from palmnode.link.client import LinkClient, LinkConfig
-from palmnode.logs import event
+from palmnode.logs import event, event_to_plain
 from palmnode.metrics import Metrics, serve_metrics
 from palmnode.ops import NodeOps
 from palmnode.repl.server import serve_repl
@@ -260,17 +259,11 @@ _EVENT_NAMES = {
 
 
 def _fields(ev: object) -> dict[str, object]:
-    """An event's fields for its log line, without ``person_id``: the log outlives a deletion
-    (palmnode/logs.py)."""
-    fields = {}
-    for key, value in attrs.asdict(ev, recurse=False).items():
-        if key == "person_id":
-            continue
-        if hasattr(value, "value") and not isinstance(value, (int, float, str)):
-            value = value.value  # enums
-        elif not isinstance(value, (int, float, str, bool, type(None))):
-            value = str(value)
-        fields[key] = value
+    """An event's fields for its log line: what the REPL shows of it (logs.event_to_plain, no
+    card token or expiry) without ``person_id``, since the log outlives a deletion."""
+    fields = event_to_plain(ev)
+    del fields["type"]
+    fields.pop("person_id", None)
     if isinstance(ev, PaymentCardRead):
         fields["kind"] = "payment"
     elif isinstance(ev, BadgeRead):

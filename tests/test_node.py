@@ -75,6 +75,8 @@ async def test_card_reads_are_tokenised_and_logged_without_the_number(node, gate
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     reads = [line for line in lines if line["msg"] == "card read"]
     assert {r["kind"] for r in reads} == {"payment", "badge"}
+    payment_line = next(r for r in reads if r["kind"] == "payment")
+    assert payment_line["last4"] == "4444" and "token" not in payment_line and "expiry" not in payment_line
     assert "5555555555554444" not in stream.getvalue() and "555555555555" not in stream.getvalue()
 
 

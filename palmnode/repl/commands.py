@@ -26,6 +26,7 @@ from palmnode.biometrics.types import RoiFailure
 from palmnode.devices.camera import FrameSource
 from palmnode.devices.illuminator import Lights
 from palmnode.gate.presence import PresenceChanged
+from palmnode.logs import event_to_plain
 from palmnode.metrics import Metrics
 from palmnode.repl.console import Console, banner
 
@@ -207,9 +208,6 @@ def _render_tree(tree: SupervisorSnapshot, indent: str, lines: list[str], now: f
 
 #: events a subscriber may hold before the oldest are dropped (a slow terminal never grows memory)
 FOLLOW_BUFFER = 512
-#: event fields never sent, whatever their type (card tokens, expiry, anything biometric or personal)
-HIDDEN_FIELDS = frozenset({"token", "expiry", "digest", "card_digest", "phone", "phone_digest",
-                           "template", "templates", "image", "images", "nir", "surface", "roi"})
 
 
 def followable() -> dict[str, type]:
@@ -254,33 +252,6 @@ def resolve_follow(args: tuple[str, ...]) -> tuple[type, ...]:
             raise CommandError(f"no event type {arg!r}: use {', '.join(groups)} or one of "
                                f"{', '.join(sorted(names))}")
     return tuple(chosen.values())
-
-
-def event_to_plain(event: object) -> dict[str, Any]:
-    """An event as plain fields: scalars and enums only, never HIDDEN_FIELDS, arrays or bytes."""
-    out: dict[str, Any] = {"type": type(event).__name__}
-    for field in attrs.fields(type(event)):
-        if field.name in HIDDEN_FIELDS:
-            continue
-        value = _scalar(getattr(event, field.name))
-        if value is not _SKIP:
-            out[field.name] = value
-    return out
-
-
-_SKIP = object()
-
-
-def _scalar(value: Any) -> Any:
-    if isinstance(value, enum.Enum):
-        return value.value
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, (tuple, list)) and all(isinstance(v, (bool, int, float, str)) for v in value):
-        return list(value)
-    return _SKIP
 
 
 @command("follow", "follow [TYPES]", "live events from the node's bus until Ctrl-C or q",
@@ -577,8 +548,8 @@ def _plain(value: Any) -> Any:
     return value
 
 
-__all__ = ["COMMANDS", "Command", "CommandError", "FOLLOW_BUFFER", "GalleryView", "HIDDEN_FIELDS",
-           "Reply", "channels", "ReplTarget", "Session", "config_to_plain", "event_to_plain", "follow_groups",
+__all__ = ["COMMANDS", "Command", "CommandError", "FOLLOW_BUFFER", "GalleryView",
+           "Reply", "channels", "ReplTarget", "Session", "config_to_plain", "follow_groups",
            "followable", "resolve_follow", "run_command"]
 
 

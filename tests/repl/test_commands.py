@@ -10,7 +10,8 @@ from drivers.card_reader.cardtoken import CardToken
 from drivers.card_reader.reads import PaymentCardRead
 from palmnode.actors import DeviceState, DeviceStateChanged
 from palmnode.gate.events import Decision, PersonEnrolled
-from palmnode.repl.commands import COMMANDS, CommandError, config_to_plain, event_to_plain, resolve_follow
+from palmnode.logs import event_to_plain
+from palmnode.repl.commands import COMMANDS, CommandError, config_to_plain, resolve_follow
 
 
 @attrs.frozen
