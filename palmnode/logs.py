@@ -18,6 +18,7 @@ import attrs
 HIDDEN_FIELDS = frozenset({"token", "expiry", "digest", "card_digest", "phone", "phone_digest",
                            "template", "templates", "image", "images", "nir", "surface", "roi"})
 
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
