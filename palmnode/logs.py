@@ -17,6 +17,8 @@ import attrs
 #: anything biometric or personal)
 HIDDEN_FIELDS = frozenset({"token", "expiry", "digest", "card_digest", "phone", "phone_digest",
                            "template", "templates", "image", "images", "nir", "surface", "roi"})
+#: and in the log, which outlives a deletion, no person id either (the REPL is live: it may)
+LOG_HIDDEN_FIELDS = HIDDEN_FIELDS | {"person_id"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -50,11 +52,11 @@ def event(logger: logging.Logger, msg: str, **fields: object) -> None:
     logger.info(msg, extra={"fields": fields})
 
 
-def event_to_plain(event: object) -> dict[str, Any]:
-    """An event as plain fields: scalars and enums only, never HIDDEN_FIELDS, arrays or bytes."""
+def event_to_plain(event: object, hidden: frozenset[str] = HIDDEN_FIELDS) -> dict[str, Any]:
+    """An event as plain fields: scalars and enums only, never ``hidden`` fields, arrays or bytes."""
     out: dict[str, Any] = {"type": type(event).__name__}
     for field in attrs.fields(type(event)):
-        if field.name in HIDDEN_FIELDS:
+        if field.name in hidden:
             continue
         value = _scalar(getattr(event, field.name))
         if value is not _SKIP:

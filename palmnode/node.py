@@ -27,7 +27,7 @@ from palmnode.gate.modes import GateMode, GateModes, ModeChanged
 from palmnode.gate.people import People
 from palmnode.gate.presence import PresenceChanged
 from palmnode.link.client import LinkClient, LinkConfig
-from palmnode.logs import event, event_to_plain
+from palmnode.logs import LOG_HIDDEN_FIELDS, event, event_to_plain
 from palmnode.metrics import Metrics, serve_metrics
 from palmnode.ops import NodeOps
 from palmnode.repl.server import serve_repl
@@ -259,11 +259,9 @@ _EVENT_NAMES = {
 
 
 def _fields(ev: object) -> dict[str, object]:
-    """An event's fields for its log line: what the REPL shows of it (logs.event_to_plain, no
-    card token or expiry) without ``person_id``, since the log outlives a deletion."""
-    fields = event_to_plain(ev)
+    """An event's fields for its log line (logs.LOG_HIDDEN_FIELDS left out)."""
+    fields = event_to_plain(ev, LOG_HIDDEN_FIELDS)
     del fields["type"]
-    fields.pop("person_id", None)
     if isinstance(ev, PaymentCardRead):
         fields["kind"] = "payment"
     elif isinstance(ev, BadgeRead):

@@ -1,12 +1,17 @@
-"""``palmnode demo`` as a user runs it: to its summary, and stopped by Ctrl-C half-way."""
+"""``palmnode demo`` as a user runs it: to its summary, and stopped by Ctrl-C half-way; what its
+summary reports as a device's drops."""
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
 import sys
 import time
 
+from palmnode.actors import HealthRegistry
+from palmnode.demo import Summary, report
+from palmnode.devices.session import CounterMirror
 
 def demo(*args: str, tmp) -> subprocess.Popen:
     env = dict(os.environ, TMPDIR=str(tmp))  # the demo's temporary folder lands where we can look
@@ -41,3 +46,22 @@ def test_ctrl_c_mid_demo_leaves_nothing_behind(tmp_path):
     assert proc.returncode in (0, 130), err
     assert "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_mirrored_counters_grow_by_the_drivers_totals_and_only_drops_are_reported_as_drops() -> None:
+    health = HealthRegistry()
+    health.register("camera")
+    drops, counters = CounterMirror(health, "camera"), CounterMirror(health, "camera", prefix="")
+    counters.update({"frames_skipped": 40})       # frames passed over for a lit one: by design
+    summary = Summary()
+    summary.health = health.snapshot()
+    out = io.StringIO()
+    report(summary, out)
+    assert "dropped: none" in out.getvalue()
+    for total in (2, 2, 5):                        # a driver's running totals, mirrored as they grow
+        drops.update({"decode": total})
+    assert health.device("camera").counters == {"frames_skipped": 40, "dropped_decode": 5}
+    summary.health = health.snapshot()
+    out = io.StringIO()
+    report(summary, out)
+    assert "dropped: decode 5" in out.getvalue()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import trio
 import trio.testing
@@ -16,8 +14,6 @@ from palmnode.actors import (
     GateStateChanged,
     HealthRegistry,
 )
-from palmnode.demo import Summary, report
-from palmnode.devices.session import CounterMirror
 
 
 async def test_device_transitions_and_gate_state(autojump_clock: trio.testing.MockClock) -> None:
@@ -118,22 +114,3 @@ async def test_unknown_and_duplicate_devices() -> None:
         health.register("camera")
     with pytest.raises(KeyError, match="register"):
         health.set_state("card", DeviceState.READY)
-
-
-async def test_mirrored_counters_grow_by_the_drivers_totals_and_only_drops_are_reported_as_drops() -> None:
-    health = HealthRegistry()
-    health.register("camera")
-    drops, counters = CounterMirror(health, "camera"), CounterMirror(health, "camera", prefix="")
-    counters.update({"frames_skipped": 40})       # frames passed over for a lit one: by design
-    summary = Summary()
-    summary.health = health.snapshot()
-    out = io.StringIO()
-    report(summary, out)
-    assert "dropped: none" in out.getvalue()
-    for total in (2, 2, 5):                        # a driver's running totals, mirrored as they grow
-        drops.update({"decode": total})
-    assert health.device("camera").counters == {"frames_skipped": 40, "dropped_decode": 5}
-    summary.health = health.snapshot()
-    out = io.StringIO()
-    report(summary, out)
-    assert "dropped: decode 5" in out.getvalue()
