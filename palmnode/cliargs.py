@@ -36,6 +36,14 @@ def non_negative(text: str) -> int:
     return _whole(text, 0)
 
 
+def bit_depth(text: str) -> int:
+    """The bits per pixel a sensor gives, 8 to 16."""
+    value = _whole(text, 8)
+    if value > 16:
+        raise argparse.ArgumentTypeError(f"must be at most 16, got {value}")
+    return value
+
+
 def _whole(text: str, minimum: int) -> int:
     try:
         value = int(text)

@@ -106,6 +106,7 @@ def test_sim_and_run_session_with_every_device_unplugged_in_turn(tmp_path):
     (["sim", "--scenario", "/nonexistent.toml"], "scenario file /nonexistent.toml does not exist"),
     (["sim", "--camera-port", "99999"], "port must be 0-65535"),
     (["bench", "--seconds", "-3"], "must be greater than 0"),
+    (["eval", "--bit-depth", "17"], "must be at most 16"),
     (["fly"], "invalid choice: 'fly'"),
 ])
 def test_bad_arguments_are_one_line_errors(args, message):

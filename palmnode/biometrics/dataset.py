@@ -17,6 +17,8 @@ from pathlib import Path
 import attrs
 import numpy as np
 
+from palmnode.biometrics.types import BadImage, check_frame, sixteen_to_8bit
+
 #: the two lit channels of a sample: NIR light (the vein modality) and surface light (the line modality)
 NIR, SURFACE = "nir", "surface"
 #: the one channel of a folder without a channel/modality group; ``--modality`` says what it is
@@ -149,28 +151,42 @@ def compile_pattern(pattern: str, numbering: Numbering = Numbering()) -> re.Patt
     return rx
 
 
-def read_grey(path: str) -> np.ndarray:
-    """``path`` as an 8-bit grey array, or :class:`UnreadableSample` naming the file."""
+def read_grey(path: str, bit_depth: int | None = None) -> np.ndarray:
+    """``path`` as an 8-bit grey array, or :class:`UnreadableSample` naming the file.
+
+    16-bit images (machine-vision NIR cameras save 10/12/14-bit data so) keep the top 8 of
+    ``bit_depth`` bits; ``bit_depth`` None: of the bits the image's largest value needs
+    (:func:`~palmnode.biometrics.types.sixteen_to_8bit`). Float images in 0..1 or 0..255 are scaled."""
     import cv2
 
+    name = os.path.basename(path)
     try:
-        image = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+        image = cv2.imread(path, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
     except cv2.error as exc:  # pragma: no cover - cv2 returns None for most bad files
-        raise UnreadableSample(f"{os.path.basename(path)}: cannot be read as an image ({exc})") from None
+        raise UnreadableSample(f"{name}: cannot be read as an image ({exc})") from None
     if image is None:
         if not os.access(path, os.R_OK):
-            raise UnreadableSample(f"{os.path.basename(path)}: not readable (permissions?)")
-        raise UnreadableSample(f"{os.path.basename(path)}: cannot be read as an image")
-    return image
+            raise UnreadableSample(f"{name}: not readable (permissions?)")
+        raise UnreadableSample(f"{name}: cannot be read as an image")
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16 and bit_depth is not None:
+        if (top := int(image.max())) >> bit_depth:
+            raise UnreadableSample(f"{name}: a value of {top} does not fit in --bit-depth {bit_depth} bits")
+        return sixteen_to_8bit(image, bit_depth)
+    try:
+        return check_frame(image, name=name)
+    except BadImage as exc:
+        raise UnreadableSample(str(exc)) from None
 
 
-def _folder_loader(files: dict[str, str]) -> Callable[[tuple[str, ...]], dict[str, np.ndarray]]:
+def _folder_loader(files: dict[str, str], bit_depth: int | None) -> Callable[[tuple[str, ...]], dict[str, np.ndarray]]:
     def load(channels: tuple[str, ...]) -> dict[str, np.ndarray]:
         out = {}
         for channel in channels:
             if channel not in files:
                 raise UnreadableSample(f"missing {channel} image (have only {', '.join(sorted(files))})")
-            out[channel] = read_grey(files[channel])
+            out[channel] = read_grey(files[channel], bit_depth)
         return out
     return load
 
@@ -185,8 +201,10 @@ def _list_files(root: Path) -> list[str]:
     return found
 
 
-def scan_folder(folder: str | os.PathLike, pattern: str, numbering: Numbering = Numbering()) -> Dataset:
-    """Every file under ``folder`` whose relative path (or bare file name) matches ``pattern`` fully.
+def scan_folder(folder: str | os.PathLike, pattern: str, numbering: Numbering = Numbering(),
+                bit_depth: int | None = None) -> Dataset:
+    """Every file under ``folder`` whose relative path (or bare file name) matches ``pattern`` fully;
+    16-bit images are read with ``bit_depth`` (:func:`read_grey`).
 
     Groups: ``id`` (required unless ``numbering`` derives it), ``session`` (default "1"),
     ``sample`` (default: the file's order within its subject and session), ``hand``
@@ -240,7 +258,7 @@ def scan_folder(folder: str | os.PathLike, pattern: str, numbering: Numbering = 
         raise DatasetError(f"none of the {len(files)} files in {root} matches --pattern {pattern!r} "
                            f"(first file: {files[0]}); the pattern must match the whole file name")
     samples = tuple(
-        Sample(key=SampleKey(subject, session, sample), loader=_folder_loader(chan), files=tuple(chan.values()))
+        Sample(key=SampleKey(subject, session, sample), loader=_folder_loader(chan, bit_depth), files=tuple(chan.values()))
         for (subject, session, sample), chan in sorted(grouped.items(), key=lambda kv: _natural(kv[0])))
     channels = (IMAGE,) if channel_group is None else tuple(
         c for c in (NIR, SURFACE) if any(c in slot for slot in grouped.values()))

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import attrs
 import numpy as np
 
-from palmnode.cliargs import count
+from palmnode.cliargs import bit_depth, count
 from palmnode.progress import Progress
 from palmnode.biometrics import metrics
 from palmnode.biometrics.dataset import (IMAGE, NIR, SURFACE, Dataset, DatasetError, Numbering, SampleKey,
@@ -509,6 +509,7 @@ class EvalOptions:
     samples_per_session: int | None = None
     synthetic: int | None = None
     roi_given: bool = False
+    bit_depth: int | None = None  # of 16-bit images; None: from each image's largest value
     modality: str | None = None  # vein | surface | both; None: both when the data has both lights
     protocol: str = "auto"  # auto | all_vs_all | cross_session | both
     out: str = "eval-out"
@@ -543,6 +544,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--synthetic", type=count, metavar="N", help="evaluate on N rendered people instead "
                         "of a folder (rendered in memory, never written)")
     parser.add_argument("--roi-given", action="store_true", help="the images already are palm ROIs")
+    parser.add_argument("--bit-depth", type=bit_depth, metavar="BITS", help="16-bit images: the bits the camera "
+                        "gives (12 for values 0..4095); their top 8 are used. Default: as many as each image's "
+                        "largest value needs")
     parser.add_argument("--modality", choices=("vein", "surface", "both"), help="which modality to measure; "
                         "with one image per sample, what that image is (vein = NIR). Default: both when the "
                         "pattern pairs NIR and surface images or with --synthetic, else vein")
@@ -579,14 +583,16 @@ def load_dataset(options: EvalOptions) -> Dataset:
         if options.roi_given:
             raise EvalError("--roi-given does not apply to --synthetic (the renderer draws whole hands)")
         for flag, value in (("--samples-per-id", options.samples_per_id),
-                            ("--samples-per-session", options.samples_per_session)):
+                            ("--samples-per-session", options.samples_per_session),
+                            ("--bit-depth", options.bit_depth)):
             if value is not None:
-                raise EvalError(f"{flag} numbers the files of a FOLDER; it does not apply to --synthetic")
+                raise EvalError(f"{flag} describes the files of a FOLDER; it does not apply to --synthetic")
         return synthetic(options.synthetic, sessions=options.sessions, captures=options.captures,
                          rotation=options.rotation, hands=options.hands, seed=options.seed)
     if options.folder is None:
         raise EvalError("give a FOLDER of images (with --pattern) or --synthetic N")
-    return scan_folder(options.folder, options.pattern, Numbering(options.samples_per_id, options.samples_per_session))
+    return scan_folder(options.folder, options.pattern, Numbering(options.samples_per_id, options.samples_per_session),
+                       options.bit_depth)
 
 
 def choose_modality(options: EvalOptions, dataset: Dataset) -> str:

@@ -183,3 +183,48 @@ def test_synthetic_layout_and_determinism(fake_synth):
 def test_synthetic_errors(fake_synth, kwargs, message):
     with pytest.raises(ds.DatasetError, match=message):
         ds.synthetic(**kwargs)
+
+
+def hand_frame() -> np.ndarray:
+    """An 8-bit frame with the range of a lit hand (dark background, palm up to ~230)."""
+    y, x = np.mgrid[0:60, 0:80]
+    return (15 + (x * 3 + y) % 216).astype(np.uint8)
+
+
+@pytest.mark.parametrize("ext", ["png", "tif"])
+def test_sixteen_bit_images_keep_the_sensors_top_bits(tmp_path, ext):
+    """A 12-bit camera's frame saved as 16-bit comes back as its top 8 bits whether the values sit
+    low (0..4095) or at the top of the 16 bits, not nearly black (cv2's own 16 -> 8 keeps the
+    top byte of 16)."""
+    frame = hand_frame()
+    rng = np.random.default_rng(0)
+    low = (frame.astype(np.uint16) << 4) | rng.integers(0, 16, frame.shape).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / f"low.{ext}"), low)
+    cv2.imwrite(str(tmp_path / f"top.{ext}"), low << 4)
+    for name in ("low", "top"):
+        assert np.array_equal(ds.read_grey(str(tmp_path / f"{name}.{ext}")), frame), name
+    assert np.array_equal(ds.read_grey(str(tmp_path / f"low.{ext}"), bit_depth=12), frame)
+    # the bit depth given: a 12-bit frame read as 16-bit data is as dark as it is
+    assert np.array_equal(ds.read_grey(str(tmp_path / f"low.{ext}"), bit_depth=16), frame >> 4)
+    with pytest.raises(ds.UnreadableSample, match=rf"low.{ext}: a value of \d+ does not fit in --bit-depth 10 bits"):
+        ds.read_grey(str(tmp_path / f"low.{ext}"), bit_depth=10)
+
+
+def test_float_images_are_scaled_and_nan_is_named(tmp_path):
+    frame = hand_frame()
+    cv2.imwrite(str(tmp_path / "unit.tif"), frame.astype(np.float32) / 255.0)
+    assert np.abs(ds.read_grey(str(tmp_path / "unit.tif")).astype(int) - frame).max() <= 1
+    nan = frame.astype(np.float32)
+    nan[5, 5] = np.nan
+    cv2.imwrite(str(tmp_path / "nan.tif"), nan)
+    with pytest.raises(ds.UnreadableSample, match="nan.tif holds NaN or infinite values"):
+        ds.read_grey(str(tmp_path / "nan.tif"))
+
+
+def test_a_folder_reads_its_sixteen_bit_images_with_the_bit_depth_given(tmp_path):
+    cv2.imwrite(str(tmp_path / "1_1_1.png"), hand_frame().astype(np.uint16) << 2)  # 10-bit values
+    pattern = r"(?P<id>\d)_(?P<session>\d)_(?P<sample>\d)\.png"
+    sample = ds.scan_folder(tmp_path, pattern).samples[0]
+    assert np.array_equal(sample.load((ds.IMAGE,))[ds.IMAGE], hand_frame())
+    sample = ds.scan_folder(tmp_path, pattern, bit_depth=12).samples[0]
+    assert np.array_equal(sample.load((ds.IMAGE,))[ds.IMAGE], hand_frame() >> 2)

@@ -225,7 +225,8 @@ def test_sessions_from_the_sample_number(tmp_path, capsys):
     (["{folder}", "--synthetic", "3"], "either a FOLDER or --synthetic"),
     (["{folder}", "--pattern", r"(?P<id>\d+)_\d_(?P<sample>\d+)\.png"], "000_1_1.png and 000_2_1.png are the same"),
     (["{folder}", "--samples-per-id", "10"], "--samples-per-id derives the id from the sample number: drop"),
-    (["--synthetic", "3", "--samples-per-session", "3"], "--samples-per-session numbers the files of a FOLDER"),
+    (["--synthetic", "3", "--samples-per-session", "3"], "--samples-per-session describes the files of a FOLDER"),
+    (["--synthetic", "3", "--bit-depth", "12"], "--bit-depth describes the files of a FOLDER"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, argv, message):
     folder = write_folder(tmp_path / "imgs", subjects=2, sessions=2, samples=3)
