@@ -11,6 +11,8 @@ from typing import Any
 
 import attrs
 
+from palmnode.biometrics.quality import QualityPolicy
+from palmnode.biometrics.roi import DEFAULT_LIMITS, OPERATOR_LIMITS, RoiLimits
 from palmnode.vault.records import VaultConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "sim.toml"
@@ -156,6 +158,10 @@ class Config:
     repl: ReplConfig | None = None
     metrics: MetricsConfig = MetricsConfig()
     debug: DebugConfig = DebugConfig()
+    #: when a capture is used (docs/roi.md, "Thresholds"): its quality, and when a frame is
+    #: refused before any ROI (too close, too far, badly exposed, blurred)
+    quality: QualityPolicy = QualityPolicy()
+    roi: RoiLimits = DEFAULT_LIMITS
     source: Path | None = None
 
 
@@ -172,6 +178,7 @@ _SECTIONS: dict[str, type] = {
     "repl": ReplConfig,
     "metrics": MetricsConfig,
     "debug": DebugConfig,
+    "quality": QualityPolicy,
 }
 #: absent: a node without a vault (devices only) / without a controller / without a REPL socket
 _OPTIONAL = {"vault", "controller", "repl"}
@@ -183,20 +190,23 @@ _SIGNED_KEYS = {"exposure", "gain"}  # V4L2 exposure is a log2 value, often nega
 def load(path: str | Path) -> Config:
     """Read and validate a TOML config file."""
     path = Path(path)
+    return from_dict(_read(path), base=path.parent, source=path)
+
+
+def _read(path: Path) -> dict[str, Any]:
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return from_dict(raw, base=path.parent, source=path)
 
 
 def from_dict(raw: dict[str, Any], *, base: Path = Path("."), source: Path | None = None) -> Config:
     where = str(source) if source else "config"
-    known_top = {name.split(".")[0] for name in _SECTIONS}
+    known_top = {name.split(".")[0] for name in _SECTIONS} | {"roi"}
     for key in raw:
         if key not in known_top:
             raise ConfigError(f"{where}: unknown section [{key}] (known: {', '.join(sorted(known_top))})")
@@ -205,7 +215,7 @@ def from_dict(raw: dict[str, Any], *, base: Path = Path("."), source: Path | Non
         if f"devices.{key}" not in _SECTIONS:
             raise ConfigError(f"{where}: unknown device [devices.{key}] "
                               "(known: proximity, card_reader, illuminator, camera)")
-    values = {}
+    values: dict[str, Any] = {"roi": roi_limits(raw.get("roi", {}), f"{where} [roi]")}
     for name, cls in _SECTIONS.items():
         table = raw.get(name) if "." not in name else devices.get(name.split(".", 1)[1])
         if table is None:
@@ -230,7 +240,35 @@ def from_dict(raw: dict[str, Any], *, base: Path = Path("."), source: Path | Non
                   card_reader=values["devices.card_reader"], illuminator=values["devices.illuminator"],
                   camera=values["devices.camera"], supervision=values["supervision"], gate=values["gate"],
                   vault=values["vault"], controller=link, repl=values["repl"], metrics=values["metrics"],
-                  debug=values["debug"], source=source)
+                  debug=values["debug"], quality=values["quality"], roi=values["roi"], source=source)
+
+
+def capture_thresholds(path: str | Path) -> tuple[QualityPolicy, RoiLimits]:
+    """The ``[quality]`` and ``[roi]`` tables of a TOML file (a gate's config, or a file of just
+    those): ``palmnode eval --config`` measures with a gate's thresholds."""
+    raw = _read(Path(path))
+    where = str(path)
+    if "quality" not in raw and "roi" not in raw:
+        raise ConfigError(f"{where}: no [quality] or [roi] table (the capture thresholds) to use")
+    return (_build(QualityPolicy, raw.get("quality", {}), f"{where} [quality]", Path(".")),
+            roi_limits(raw.get("roi", {}), f"{where} [roi]"))
+
+
+def roi_limits(table: Any, where: str) -> RoiLimits:
+    """``[roi]``: the default limits with those of :data:`~palmnode.biometrics.roi.OPERATOR_LIMITS`
+    the table sets (the others place the ROI in the hand: no key for them)."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: must be a table")
+    fields = attrs.fields_dict(RoiLimits)
+    for key in table:
+        if key not in OPERATOR_LIMITS:
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(OPERATOR_LIMITS)})")
+    if not table:
+        return DEFAULT_LIMITS
+    try:
+        return attrs.evolve(DEFAULT_LIMITS, **{k: _check(v, fields[k].type, f"{where} {k}") for k, v in table.items()})
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _check_gate(gate: GateConfig, where: str) -> None:
@@ -262,7 +300,10 @@ def _build(cls: type, table: Any, where: str, base: Path) -> Any:
     missing = [n for n, f in fields.items() if f.default is attrs.NOTHING and n not in kwargs]
     if missing:
         raise ConfigError(f"{where}: missing key {missing[0]!r}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # the value's own rules (QualityPolicy: good below bad, ...)
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _is_url(value: Any) -> bool:

@@ -124,7 +124,7 @@ class Node:
         self.people = People(self.vault, self.gallery, node_id, self.bus, self.metrics,
                              events_appended=self.link.events_appended if self.link else None)
         palms = await self.people.load()
-        capturer = Capturer(self.lights, self.frames, CapturePolicy())
+        capturer = Capturer(self.lights, self.frames, CapturePolicy(quality=cfg.quality, roi_limits=cfg.roi))
         if cfg.debug.capture_dir:  # an operator's explicit choice: raw palm images on disk
             try:
                 self.debug_captures = capturer.debug = DebugCaptures(

@@ -1,9 +1,11 @@
 """Config files: the shipped ones load; every mistake is one line naming file, key and fix."""
+import re
 from pathlib import Path
 
 import pytest
 
 from palmnode import config
+from palmnode.biometrics import quality, roi
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,3 +69,52 @@ def test_gate_search_threads(tmp_path, value, message):
     with pytest.raises(config.ConfigError) as info:
         config.load(path)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_capture_thresholds_reach_the_node_config(tmp_path):
+    base = (ROOT / "config" / "sim.toml").read_text()
+    assert config.load(ROOT / "config" / "sim.toml").roi is roi.DEFAULT_LIMITS
+    path = tmp_path / "c.toml"
+    path.write_text(base + "\n[quality]\nmin_score = 0.6\nclip_level = 240\n"
+                    "\n[roi]\nmin_palm_diameter = 0.2\nmax_palm_diameter = 0.9\n")
+    cfg = config.load(path)
+    assert (cfg.quality.min_score, cfg.quality.clip_level, cfg.quality.min_sharpness) == (0.6, 240, 0.25)
+    assert (cfg.roi.min_palm_diameter, cfg.roi.max_palm_diameter) == (0.2, 0.9)
+    assert cfg.roi.valley_side == roi.DEFAULT_LIMITS.valley_side
+    # the same tables alone, as palmnode eval --config reads them
+    alone = tmp_path / "t.toml"
+    alone.write_text("[roi]\nmax_hand_area = 0.8\n")
+    policy, limits = config.capture_thresholds(alone)
+    assert policy == quality.QualityPolicy() and limits.max_hand_area == 0.8
+
+
+@pytest.mark.parametrize("table, message", [
+    ("[quality]\nmin_score = 1.5\n", "[quality]: min_score, min_sharpness, min_exposure and min_completeness "
+                                     "must be 0 to 1"),
+    ("[quality]\nexposure_good_low = 200.0\n", "[quality]: exposure_bad_low < exposure_good_low <= "
+                                               "exposure_good_high < exposure_bad_high"),
+    ("[quality]\nclip_level = 250.5\n", "[quality] clip_level: expected an integer, got 250.5"),
+    ("[quality]\nsharpness = 1\n", "[quality]: unknown key 'sharpness'"),
+    ("[roi]\nmin_palm_diameter = 0.8\n", "[roi]: min_palm_diameter must be above 0 and below max_palm_diameter"),
+    ("[roi]\nmax_hand_area = 'big'\n", "[roi] max_hand_area: expected a number, got 'big'"),
+    ("[roi]\nvalley_side = 1.5\n", "[roi]: unknown key 'valley_side' (known: min_contrast, "),
+    ("[roi]\nmin_contrast = -3\n", "[roi] min_contrast: must not be negative"),
+    ("roi = 3\n", "[roi]: must be a table"),
+])
+def test_capture_threshold_mistakes(tmp_path, table, message):
+    path = tmp_path / "c.toml"
+    path.write_text(table + (ROOT / "config" / "sim.toml").read_text())
+    with pytest.raises(config.ConfigError) as info:
+        config.load(path)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    alone = tmp_path / "t.toml"
+    alone.write_text(table)
+    with pytest.raises(config.ConfigError, match=re.escape(message)):
+        config.capture_thresholds(alone)
+
+
+def test_a_thresholds_file_needs_a_table(tmp_path):
+    path = tmp_path / "t.toml"
+    path.write_text("[gate]\nmode = 'entry'\n")
+    with pytest.raises(config.ConfigError, match=r"no \[quality\] or \[roi\] table"):
+        config.capture_thresholds(path)

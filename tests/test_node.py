@@ -120,3 +120,27 @@ async def test_garbage_on_every_port_is_dropped_and_counted(node, gate):
     for device in DEVICES:
         await wait_for(lambda: any(k.startswith("dropped_") for k in node.health.device(device).counters))
     await wait_for(lambda: node.health.gate is GateState.READY, timeout=3.0)
+
+
+async def test_the_configs_capture_thresholds_reach_the_gate(gate, tmp_path):
+    """[roi] of the node's config is what its gate refuses frames by: with a palm-size window
+    that a hand at the usual height overfills, the person is asked to hold it higher."""
+    import attrs
+
+    from palmnode import config
+    from palmnode.demo import node_config
+    from palmnode.gate.events import Decision
+    from palmnode.node import Node
+
+    cfg = node_config(gate.endpoints_, tmp_path, vault=True)
+    cfg = attrs.evolve(cfg, roi=config.roi_limits({"min_palm_diameter": 0.05, "max_palm_diameter": 0.1}, "test"))
+    node = Node(cfg)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        await wait_for(lambda: node.health.gate is GateState.READY, timeout=5.0)
+        async with node.bus.subscribe(Decision, buffer=16) as decisions:
+            nursery.start_soon(lambda: gate.hover(150.0, 1.5, identity=3))
+            with trio.fail_after(10):
+                decision = await decisions.receive()
+        assert (decision.outcome, decision.reason) == ("retry", "move your hand a little higher")
+        nursery.cancel_scope.cancel()

@@ -100,32 +100,25 @@ class EnginePipeline:
     makes_probe_variants = True
 
     def __init__(self, *, roi_given: bool = False, min_quality: float | None = None,
-                 variants: Sequence[Any] | None = None) -> None:
-        try:
-            from palmnode.biometrics import features, quality, roi
-            from palmnode.biometrics import variants as probe_variants
-        except ImportError as exc:
-            raise EvalError(f"the biometric pipeline is not complete yet ({exc})") from None
-        from palmnode.biometrics import types
+                 variants: Sequence[Any] | None = None, policy: Any = None, limits: Any = None) -> None:
+        from palmnode.biometrics import features, quality, roi, types
+        from palmnode.biometrics import variants as probe_variants
 
         self.roi, self.quality, self.features, self.types = roi, quality, features, types
         self.probe_variants = probe_variants
         self.variants = tuple(probe_variants.VARIANTS if variants is None else variants)
         self.variant_seconds = 0.0
         self.roi_given = roi_given
-        self.policy = quality.QualityPolicy() if hasattr(quality, "QualityPolicy") else None
+        #: the gate's quality policy and ROI limits (a gate config's [quality] / [roi]: --config)
+        self.policy = quality.DEFAULT_POLICY if policy is None else policy
+        self.limits = roi.DEFAULT_LIMITS if limits is None else limits
         self.min_quality = min_quality
 
     def _accept(self, q) -> tuple[bool, str]:
         if self.min_quality is not None:
             return q.score >= self.min_quality, f"quality {q.score:.2f} below {self.min_quality:.2f}"
-        if self.policy is not None and hasattr(self.policy, "accepts"):
-            return bool(self.policy.accepts(q)), (f"quality {q.score:.2f} (sharpness {q.sharpness:.2f}, exposure "
-                                                  f"{q.exposure:.2f}, completeness {q.completeness:.2f}) "
-                                                  "below the quality policy")
-        if self.policy is not None and hasattr(self.policy, "min_score"):
-            return q.score >= self.policy.min_score, f"quality {q.score:.2f} below {self.policy.min_score:.2f}"
-        return True, ""
+        return self.policy.accepts(q), (f"quality {q.score:.2f} (sharpness {q.sharpness:.2f}, exposure "
+                                        f"{q.exposure:.2f}, completeness {q.completeness:.2f}) below the quality policy")
 
     def __call__(self, vein_frame, surface_frame, *, probe: bool = False):
         import cv2
@@ -141,12 +134,13 @@ class EnginePipeline:
             surface_roi = None if surface is None else cv2.resize(surface, size, interpolation=cv2.INTER_AREA)
         else:
             base = vein if vein is not None else surface
-            found = self.roi.extract_roi(base)
+            found = self.roi.extract_roi(base, limits=self.limits)
             if isinstance(found, self.types.RoiFailure):
                 return Failed(found.reason.value, found.detail)
             vein_roi = None if vein is None else self.roi.warp(vein, found)
             surface_roi = None if surface is None else self.roi.warp(surface, found)
-            q = self.quality.assess(base, found, vein_roi if vein is not None else surface_roi)
+            q = self.quality.assess(base, found, vein_roi if vein is not None else surface_roi,
+                                    policy=self.policy, limits=self.limits)
             ok, why = self._accept(q)
             if not ok:
                 return Failed("low_quality", why)
@@ -510,6 +504,7 @@ class EvalOptions:
     synthetic: int | None = None
     roi_given: bool = False
     bit_depth: int | None = None  # of 16-bit images; None: from each image's largest value
+    config: str | None = None  # a gate config whose [quality] / [roi] thresholds to use
     modality: str | None = None  # vein | surface | both; None: both when the data has both lights
     protocol: str = "auto"  # auto | all_vs_all | cross_session | both
     out: str = "eval-out"
@@ -544,6 +539,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--synthetic", type=count, metavar="N", help="evaluate on N rendered people instead "
                         "of a folder (rendered in memory, never written)")
     parser.add_argument("--roi-given", action="store_true", help="the images already are palm ROIs")
+    parser.add_argument("--config", metavar="TOML", help="use the capture thresholds ([quality] and [roi] "
+                        "tables) of this gate config instead of the engine's defaults")
     parser.add_argument("--bit-depth", type=bit_depth, metavar="BITS", help="16-bit images: the bits the camera "
                         "gives (12 for values 0..4095); their top 8 are used. Default: as many as each image's "
                         "largest value needs")
@@ -593,6 +590,20 @@ def load_dataset(options: EvalOptions) -> Dataset:
         raise EvalError("give a FOLDER of images (with --pattern) or --synthetic N")
     return scan_folder(options.folder, options.pattern, Numbering(options.samples_per_id, options.samples_per_session),
                        options.bit_depth)
+
+
+def capture_thresholds(options: EvalOptions) -> tuple[Any, Any]:
+    """(quality policy, ROI limits) of ``--config``; (None, None): the engine's defaults."""
+    if options.config is None:
+        return None, None
+    if options.roi_given:
+        raise EvalError("--config's thresholds do not apply to --roi-given (no ROI or quality step)")
+    from palmnode import config
+
+    try:
+        return config.capture_thresholds(options.config)
+    except config.ConfigError as exc:
+        raise EvalError(str(exc)) from None
 
 
 def choose_modality(options: EvalOptions, dataset: Dataset) -> str:
@@ -646,8 +657,10 @@ def run(options: EvalOptions, *, pipeline: Pipeline | None = None, scorer: Score
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise EvalError(f"cannot create the output folder {out}: {exc.strerror}") from None
-    pipeline = pipeline if pipeline is not None else EnginePipeline(roi_given=options.roi_given,
-                                                                     min_quality=options.min_quality)
+    policy, limits = capture_thresholds(options)
+    if pipeline is None:
+        pipeline = EnginePipeline(roi_given=options.roi_given, min_quality=options.min_quality,
+                                  policy=policy, limits=limits)
     first = sessions[0]
     with_variants = options.probe_variants and bool(getattr(pipeline, "makes_probe_variants", False))
     # probes: every sample in all-vs-all (the row side), the later sessions' in cross-session
@@ -663,7 +676,8 @@ def run(options: EvalOptions, *, pipeline: Pipeline | None = None, scorer: Score
     report: dict[str, Any] = {
         "dataset": {"source": dataset.source, "samples": len(dataset.samples), "palms": len(dataset.subjects),
                     "sessions": sessions, "channels": list(dataset.channels), "modality": modality,
-                    "roi_given": options.roi_given, "skipped_files": dataset.skipped_files},
+                    "roi_given": options.roi_given, "skipped_files": dataset.skipped_files,
+                    "capture_thresholds": options.config or "engine defaults"},
     }
     stages = {"encode": round(time.monotonic() - started, 2)}
     report["probe_variants"] = _variants_report(pipeline, enc) if with_variants else None

@@ -46,6 +46,25 @@ class QualityPolicy:
     min_exposure: float = 0.25
     min_completeness: float = 0.9
 
+    def __attrs_post_init__(self) -> None:
+        rules = (
+            (0 <= self.exposure_bad_low < self.exposure_good_low <= self.exposure_good_high
+             < self.exposure_bad_high <= 255,
+             "exposure_bad_low < exposure_good_low <= exposure_good_high < exposure_bad_high, all 0 to 255"),
+            (0 < self.clip_level <= 255, "clip_level must be 1 to 255"),
+            (0 < self.edge_width_sharp < self.edge_width_blurred,
+             "edge_width_sharp must be above 0 and below edge_width_blurred"),
+            (min(self.weight_sharpness, self.weight_exposure, self.weight_completeness) >= 0
+             and self.weight_sharpness + self.weight_exposure + self.weight_completeness > 0,
+             "the weights must not be negative, and not all 0"),
+            (all(0 <= v <= 1 for v in (self.min_score, self.min_sharpness, self.min_exposure,
+                                        self.min_completeness)),
+             "min_score, min_sharpness, min_exposure and min_completeness must be 0 to 1"),
+        )
+        for ok, problem in rules:
+            if not ok:
+                raise ValueError(problem)
+
     def accepts(self, quality: Quality) -> bool:
         """True when ``quality`` is good enough to encode and match."""
         return (quality.score >= self.min_score and quality.sharpness >= self.min_sharpness
@@ -56,9 +75,10 @@ class QualityPolicy:
 DEFAULT_POLICY = QualityPolicy()
 
 
-def assess(frame: object, roi: Roi, roi_image: object, *,
-           policy: QualityPolicy = DEFAULT_POLICY) -> Quality:
-    """Quality of ``roi_image`` (the ROI warped from ``frame``, the NIR frame ``roi`` came from)."""
+def assess(frame: object, roi: Roi, roi_image: object, *, policy: QualityPolicy = DEFAULT_POLICY,
+           limits: roi_module.RoiLimits = roi_module.DEFAULT_LIMITS) -> Quality:
+    """Quality of ``roi_image`` (the ROI warped from ``frame``, the NIR frame ``roi`` came from
+    with ``limits``)."""
     image = check_frame(frame, name="frame")
     patch = check_frame(roi_image, name="roi_image")
     if patch.shape != (roi.size, roi.size):
@@ -68,7 +88,7 @@ def assess(frame: object, roi: Roi, roi_image: object, *,
     inside = _inside_frame(image.shape, roi)
     skin = (patch > threshold) & inside
     completeness = float(skin.mean())
-    sharpness = _sharpness(image, policy)
+    sharpness = _sharpness(image, policy, limits)
     exposure = _exposure(patch, skin, policy)
     parts = np.array([sharpness, exposure, completeness])
     weights = np.array([policy.weight_sharpness, policy.weight_exposure, policy.weight_completeness])
@@ -104,8 +124,8 @@ def _ramp(x: float, zero: float, one: float) -> float:
     return float(np.clip((x - zero) / (one - zero), 0.0, 1.0))
 
 
-def _sharpness(image: np.ndarray, policy: QualityPolicy) -> float:
-    width = roi_module.outline_edge_width(image)
+def _sharpness(image: np.ndarray, policy: QualityPolicy, limits: roi_module.RoiLimits) -> float:
+    width = roi_module.outline_edge_width(image, limits=limits)
     if width is None:
         return 0.0
     return 1.0 - _ramp(width, policy.edge_width_sharp, policy.edge_width_blurred)

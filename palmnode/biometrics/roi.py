@@ -132,7 +132,30 @@ class RoiLimits:
     #: end, 170° off)
     palm_circle_fallback: bool = False
 
+    def __attrs_post_init__(self) -> None:
+        rules = (
+            (0 < self.min_contrast <= 255, "min_contrast must be 1 to 255 grey levels"),
+            (0 <= self.min_palm_grey < self.max_palm_grey <= 255,
+             "min_palm_grey must be below max_palm_grey, both 0 to 255"),
+            (0 < self.max_clipped <= 1, "max_clipped must be a share above 0, at most 1"),
+            (0 < self.min_hand_area < self.max_hand_area <= 1,
+             "min_hand_area must be below max_hand_area, both shares of the frame above 0, at most 1"),
+            (0 < self.cut_hand_too_close <= 1, "cut_hand_too_close must be a share above 0, at most 1"),
+            (0 < self.min_palm_diameter < self.max_palm_diameter,
+             "min_palm_diameter must be above 0 and below max_palm_diameter"),
+            (self.max_edge_width > 0, "max_edge_width must be above 0"),
+        )
+        for ok, problem in rules:
+            if not ok:
+                raise ValueError(problem)
 
+
+#: the limits a gate's config may set (``[roi]``: docs/roi.md): when a frame is refused as too
+#: close, too far, badly exposed or blurred. The others place the ROI in the hand: changing them
+#: would move every ROI, and no enrolled template would match.
+OPERATOR_LIMITS = ("min_contrast", "min_palm_grey", "max_palm_grey", "max_clipped", "min_hand_area",
+                   "max_hand_area", "cut_hand_too_close", "min_palm_diameter", "max_palm_diameter",
+                   "max_edge_width")
 DEFAULT_LIMITS = RoiLimits()
 
 

@@ -144,7 +144,7 @@ def finish(nir: np.ndarray, surface: np.ndarray, found: Roi, at: float,
     (``policy.probe_variants``, ~1.2 ms each) (sync: run it in a worker thread)."""
     try:
         vein_roi = roi.warp(nir, found)
-        q = quality.assess(nir, found, vein_roi, policy=policy.quality)
+        q = quality.assess(nir, found, vein_roi, policy=policy.quality, limits=policy.roi_limits)
         if not policy.quality.accepts(q):
             return _quality_failure(q, vein_roi, policy.quality)
         template = features.encode(roi.warp(surface, found), vein_roi)

@@ -227,14 +227,21 @@ def test_sessions_from_the_sample_number(tmp_path, capsys):
     (["{folder}", "--samples-per-id", "10"], "--samples-per-id derives the id from the sample number: drop"),
     (["--synthetic", "3", "--samples-per-session", "3"], "--samples-per-session describes the files of a FOLDER"),
     (["--synthetic", "3", "--bit-depth", "12"], "--bit-depth describes the files of a FOLDER"),
+    (["{folder}", "--roi-given", "--config", "{gate}"], "--config's thresholds do not apply to --roi-given"),
+    (["{folder}", "--config", "{missing}"], "config file {missing} does not exist"),
+    (["{folder}", "--config", "{badgate}"], "[roi]: unknown key 'valley_side'"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, argv, message):
     folder = write_folder(tmp_path / "imgs", subjects=2, sessions=2, samples=3)
     (tmp_path / "empty").mkdir()
-    names = {"folder": folder, "empty": tmp_path / "empty", "missing": tmp_path / "nope"}
+    (tmp_path / "gate.toml").write_text("[roi]\nmax_hand_area = 0.8\n")
+    (tmp_path / "bad.toml").write_text("[roi]\nvalley_side = 1.5\n")
+    names = {"folder": folder, "empty": tmp_path / "empty", "missing": tmp_path / "nope",
+             "gate": tmp_path / "gate.toml", "badgate": tmp_path / "bad.toml"}
     argv = [a.format(**names) for a in argv] + ["--out", str(tmp_path / "o")]
     rc, out, err = run_main(capsys, argv)
     assert rc == 1 and out == ""
+    message = message.format(**names)
     assert len(err.strip().splitlines()) == 1 and message in err and err.startswith("palmnode eval: ")
 
 
@@ -406,3 +413,17 @@ def test_matcher_scorer_kernel_path_equals_match():
             for m in ("surface", "vein", "fused"):
                 w = np.float32(getattr(want, m))
                 assert (np.isnan(w) and np.isnan(got[m][i, j])) or got[m][i, j] == w, (m, i, j)
+
+
+def test_engine_pipeline_measures_with_a_gate_configs_thresholds(tmp_path):
+    from palmnode import config
+    from palmnode.biometrics import synth
+
+    nir, surface = synth.render_pair(synth.Identity.from_seed(5),
+                                     synth.sample_capture(np.random.default_rng(1), session=1))
+    assert isinstance(ev.EnginePipeline()(nir, surface), ev.Encoded)
+    path = tmp_path / "gate.toml"
+    path.write_text("[roi]\nmin_palm_diameter = 0.05\nmax_palm_diameter = 0.1\n")  # optics that see hands small
+    policy, limits = config.capture_thresholds(path)
+    failed = ev.EnginePipeline(policy=policy, limits=limits)(nir, surface)
+    assert isinstance(failed, ev.Failed) and failed.reason == "too_close", failed

@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
+from palmnode import config
 from palmnode.biometrics import quality, roi
 from palmnode.biometrics.synth import Identity, render, sample_capture
 from palmnode.biometrics.types import BadImage, Roi
@@ -51,10 +52,16 @@ def test_roi_hanging_out_of_the_frame_is_incomplete():
     assert q.completeness < 0.8 and not quality.DEFAULT_POLICY.accepts(q)
 
 
-def test_policy_thresholds_come_from_config_values():
-    q = assess(placed())[1]
-    strict = quality.QualityPolicy(min_score=1.01)
-    assert not strict.accepts(q)
+def test_policy_thresholds_come_from_config_values(tmp_path):
+    """A gate whose optics blur the outline less sets a stricter sharpness ramp in its config."""
+    frame = placed()
+    found, q = assess(frame)
+    assert quality.DEFAULT_POLICY.accepts(q)
+    path = tmp_path / "gate.toml"
+    path.write_text("[quality]\nedge_width_sharp = 1.0\nedge_width_blurred = 2.0\n")
+    policy, limits = config.capture_thresholds(path)
+    strict = quality.assess(frame, found, roi.warp(frame, found), policy=policy, limits=limits)
+    assert strict.sharpness == 0.0 and not policy.accepts(strict)
 
 
 def test_bad_roi_image_is_a_typed_error():
