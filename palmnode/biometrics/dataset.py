@@ -155,7 +155,7 @@ def read_grey(path: str, bit_depth: int | None = None) -> np.ndarray:
     """``path`` as an 8-bit grey array, or :class:`UnreadableSample` naming the file.
 
     16-bit images (machine-vision NIR cameras save 10/12/14-bit data so) keep the top 8 of
-    ``bit_depth`` bits; ``bit_depth`` None: of the bits the image's largest value needs
+    ``bit_depth`` bits; ``bit_depth`` None: of the sensor depth its largest value suggests
     (:func:`~palmnode.biometrics.types.sixteen_to_8bit`). Float images in 0..1 or 0..255 are scaled."""
     import cv2
 

@@ -503,7 +503,7 @@ class EvalOptions:
     samples_per_session: int | None = None
     synthetic: int | None = None
     roi_given: bool = False
-    bit_depth: int | None = None  # of 16-bit images; None: from each image's largest value
+    bit_depth: int | None = None  # of 16-bit images; None: from each image's largest value (types.sensor_bits)
     config: str | None = None  # a gate config whose [quality] / [roi] thresholds to use
     modality: str | None = None  # vein | surface | both; None: both when the data has both lights
     protocol: str = "auto"  # auto | all_vs_all | cross_session | both

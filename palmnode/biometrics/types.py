@@ -74,7 +74,7 @@ def check_frame(image: object, *, name: str = "image") -> np.ndarray:
     """``image`` as a 2-D uint8 array, or :class:`BadImage` saying what is wrong with it.
 
     Colour (H×W×3) is converted to grey; float images in 0..1 or 0..255 are converted when finite;
-    16-bit images keep the top 8 of their significant bits (:func:`sixteen_to_8bit`).
+    16-bit images keep the top 8 of their sensor's bits (:func:`sixteen_to_8bit`).
     """
     if not isinstance(image, np.ndarray):
         raise BadImage(f"{name} must be a numpy array, got {type(image).__name__}")
@@ -103,19 +103,22 @@ def check_frame(image: object, *, name: str = "image") -> np.ndarray:
     raise BadImage(f"{name} has dtype {image.dtype}; use uint8 (or uint16, float)")
 
 
-def significant_bits(image: np.ndarray) -> int:
-    """The fewest bits, 8 to 16, that hold ``image``'s largest value."""
-    return min(max(int(image.max()).bit_length(), 8), 16)
+def sensor_bits(image: np.ndarray) -> int:
+    """The bit depth of the sensor a 16-bit image likely came from: the fewest of 8, 10, 12, 14
+    and 16 bits that hold its largest value (sensors come in even depths, and a frame rarely
+    reaches its top bit: a 12-bit frame whose brightest pixel is 1,500 is still 12-bit)."""
+    bits = int(image.max()).bit_length()
+    return min(max(bits + bits % 2, 8), 16)
 
 
 def sixteen_to_8bit(image: np.ndarray, bits: int | None = None) -> np.ndarray:
     """A 16-bit grey image (negative values count as 0) as 8-bit: the top 8 of its ``bits``
-    significant bits. ``bits`` None: :func:`significant_bits`, so a 12-bit sensor's 0..4095 and
-    the same data moved to the top of 16 bits both come out as the sensor's top 8 bits (keeping
-    the top 8 of 16 would leave the first nearly black). Given, it is the sensor's bit depth and
-    exposure keeps its meaning: a dark 12-bit frame stays dark."""
+    bits. ``bits`` None: :func:`sensor_bits`, so a 12-bit sensor's 0..4095 and the same data
+    moved to the top of 16 bits both come out as the sensor's top 8 bits (keeping the top 8 of
+    16 would leave the first nearly black). Given, it is the sensor's bit depth and exposure
+    keeps its meaning: a dark 12-bit frame stays dark."""
     values = np.clip(image, 0, None).astype(np.uint16, copy=False)
-    bits = significant_bits(values) if bits is None else bits
+    bits = sensor_bits(values) if bits is None else bits
     return np.minimum(values >> (bits - 8), 255).astype(np.uint8)  # values above ``bits``: white
 
 

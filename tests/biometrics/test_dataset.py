@@ -194,15 +194,17 @@ def hand_frame() -> np.ndarray:
 @pytest.mark.parametrize("ext", ["png", "tif"])
 def test_sixteen_bit_images_keep_the_sensors_top_bits(tmp_path, ext):
     """A 12-bit camera's frame saved as 16-bit comes back as its top 8 bits whether the values sit
-    low (0..4095) or at the top of the 16 bits, not nearly black (cv2's own 16 -> 8 keeps the
-    top byte of 16)."""
+    low (0..4095) or at the top of the 16 bits, and dim or not; not nearly black (cv2's own
+    16 -> 8 keeps the top byte of 16)."""
     frame = hand_frame()
     rng = np.random.default_rng(0)
     low = (frame.astype(np.uint16) << 4) | rng.integers(0, 16, frame.shape).astype(np.uint16)
     cv2.imwrite(str(tmp_path / f"low.{ext}"), low)
     cv2.imwrite(str(tmp_path / f"top.{ext}"), low << 4)
-    for name in ("low", "top"):
-        assert np.array_equal(ds.read_grey(str(tmp_path / f"{name}.{ext}")), frame), name
+    dim = frame // 2  # brightest pixel 115: its 12-bit values need 11 bits, the sensor has 12
+    cv2.imwrite(str(tmp_path / f"dim.{ext}"), dim.astype(np.uint16) << 4)
+    for name, expected in (("low", frame), ("top", frame), ("dim", dim)):
+        assert np.array_equal(ds.read_grey(str(tmp_path / f"{name}.{ext}")), expected), name
     assert np.array_equal(ds.read_grey(str(tmp_path / f"low.{ext}"), bit_depth=12), frame)
     # the bit depth given: a 12-bit frame read as 16-bit data is as dark as it is
     assert np.array_equal(ds.read_grey(str(tmp_path / f"low.{ext}"), bit_depth=16), frame >> 4)
