@@ -542,8 +542,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="TOML", help="use the capture thresholds ([quality] and [roi] "
                         "tables) of this gate config instead of the engine's defaults")
     parser.add_argument("--bit-depth", type=bit_depth, metavar="BITS", help="16-bit images: the bits the camera "
-                        "gives (12 for values 0..4095); their top 8 are used. Default: as many as each image's "
-                        "largest value needs")
+                        "gives (12 for values 0..4095); their top 8 are used. Default: the fewest of 8, 10, 12, 14, 16 "
+                        "that hold each image's largest value")
     parser.add_argument("--modality", choices=("vein", "surface", "both"), help="which modality to measure; "
                         "with one image per sample, what that image is (vein = NIR). Default: both when the "
                         "pattern pairs NIR and surface images or with --synthetic, else vein")
