@@ -133,6 +133,10 @@ class EnginePipeline:
             vein_roi = None if vein is None else cv2.resize(vein, size, interpolation=cv2.INTER_AREA)
             surface_roi = None if surface is None else cv2.resize(surface, size, interpolation=cv2.INTER_AREA)
         else:
+            if vein is not None and surface is not None and vein.shape != surface.shape:
+                return Failed("bad_image", f"NIR image is {vein.shape[1]}×{vein.shape[0]}, surface image "
+                              f"{surface.shape[1]}×{surface.shape[0]}: the ROI found in one is cut from the "
+                              "other, so a pair must be one camera's frames (or give --roi-given ROIs)")
             base = vein if vein is not None else surface
             found = self.roi.extract_roi(base, limits=self.limits)
             if isinstance(found, self.types.RoiFailure):
@@ -144,7 +148,10 @@ class EnginePipeline:
             ok, why = self._accept(q)
             if not ok:
                 return Failed("low_quality", why)
-        template = self.features.encode(surface_roi, vein_roi)
+        try:
+            template = self.features.encode(surface_roi, vein_roi)
+        except self.types.BadImage as exc:  # too little palm texture: a failure to acquire, as at the gate
+            return Failed("bad_image", str(exc))
         rois = {k: v for k, v in (("vein", vein_roi), ("surface", surface_roi)) if v is not None}
         variants = None
         if probe:

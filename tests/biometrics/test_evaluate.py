@@ -427,3 +427,23 @@ def test_engine_pipeline_measures_with_a_gate_configs_thresholds(tmp_path):
     policy, limits = config.capture_thresholds(path)
     failed = ev.EnginePipeline(policy=policy, limits=limits)(nir, surface)
     assert isinstance(failed, ev.Failed) and failed.reason == "too_close", failed
+
+
+def test_a_pair_from_two_cameras_is_refused_with_both_sizes():
+    from palmnode.biometrics import roi, synth
+
+    nir, surface = synth.render_pair(synth.Identity.from_seed(5),
+                                     synth.sample_capture(np.random.default_rng(1), session=1))
+    failed = ev.EnginePipeline()(nir, cv2.resize(surface, (800, 600)))
+    assert isinstance(failed, ev.Failed) and failed.reason == "bad_image"
+    assert failed.detail.startswith("NIR image is 640×480, surface image 800×600: ")
+    found = roi.extract_roi(nir)
+    vein_roi, surface_roi = roi.warp(nir, found), cv2.resize(roi.warp(surface, found), (200, 200))
+    assert isinstance(ev.EnginePipeline(roi_given=True)(vein_roi, surface_roi), ev.Encoded)  # each resized
+
+
+def test_an_roi_without_palm_texture_is_a_failure_to_acquire_not_an_engine_error():
+    flat = np.full((128, 128), 120, np.uint8)
+    failed = ev.EnginePipeline(roi_given=True)(flat, None)
+    assert isinstance(failed, ev.Failed) and failed.reason == "bad_image"
+    assert "too little palm texture" in failed.detail
