@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 from palmnode import cliargs
-from palmnode.config import DEFAULT_CONFIG
 
 DESCRIPTION = """\
 palmnode: the software inside a contactless palm-identity gate.
@@ -30,7 +29,16 @@ Run `palmnode <subcommand> --help` for its options."""
 
 
 
-def build_parser() -> argparse.ArgumentParser:
+SUBCOMMANDS = ("sim", "run", "demo", "eval", "bench", "controller", "certs", "vault", "repl")
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; ``only``: the options of that subcommand alone ("" none), so a
+    command imports only the modules it runs (``palmnode repl`` on a gate's small CPU starts in a
+    fraction of the time the engine's and the benches' imports would take)."""
+    def wanted(name: str) -> bool:
+        return only is None or only == name
+
     parser = argparse.ArgumentParser(prog="palmnode", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
@@ -50,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="start the node",
                        description="Start the node: supervise every device the config names, log presence, "
                        "card reads and device health as JSON lines on stderr. Ctrl-C stops it with every light off.")
-    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="node config TOML (default: config/sim.toml)")
+    p.add_argument("--config", type=Path, help="node config TOML (default: config/sim.toml)")
 
     p = sub.add_parser("demo", help="a store without hardware: controller, virtual gate, node, people",
                        description="Start the reference store controller, a virtual gate and a node on it "
@@ -63,11 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-unplug", action="store_true", help="keep the camera plugged in")
     p.add_argument("--seed", type=int, default=0)
 
-    from palmnode.biometrics import evaluate
-
     p = sub.add_parser("eval", help="accuracy on a folder of images or rendered hands (JSON)",
-                       description=evaluate.DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    evaluate.add_arguments(p)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    if wanted("eval"):
+        from palmnode.biometrics import evaluate
+
+        p.description = evaluate.DESCRIPTION
+        evaluate.add_arguments(p)
 
     p = sub.add_parser("bench", help="measure the node's cost and print JSON",
                        description="Measure the node's CPU while the virtual gate streams (proximity at "
@@ -79,42 +89,49 @@ def build_parser() -> argparse.ArgumentParser:
                    "speed with baselines and pre-filter recall; gate: hand-present-to-decision latency, "
                    "enrolment time and decisions at --enrolled palms; all (default): every suite")
     p.add_argument("--seconds", type=cliargs.positive, default=20.0, help="node measurement window (default 20)")
-    from palmnode.biometrics import bench as engine_bench
+    if wanted("bench"):
+        from palmnode import gate_bench
+        from palmnode.biometrics import bench as engine_bench
 
-    engine_bench.add_arguments(p)
-    from palmnode import gate_bench
+        engine_bench.add_arguments(p)
+        gate_bench.add_arguments(p)
 
-    gate_bench.add_arguments(p)
+    p = sub.add_parser("controller", help="run the reference store controller")
+    if wanted("controller"):
+        from palmnode.controller import command as controller_command
 
-    from palmnode.controller import command as controller_command
-
-    p = sub.add_parser("controller", help="run the reference store controller",
-                       description=controller_command.DESCRIPTION)
-    controller_command.add_arguments(p)
-
-    from palmnode.link import certs
+        p.description = controller_command.DESCRIPTION
+        controller_command.add_arguments(p)
 
     p = sub.add_parser("certs", help="make a development CA and certificates",
                        description="Make a development certificate authority and certificates for the "
                        "store controller and each node (mutual TLS on the controller link). Keys are 0600; "
                        "an existing CA in the folder is reused, so running it again adds nodes.")
-    certs.add_arguments(p)
+    if wanted("certs"):
+        from palmnode.link import certs
 
-    from palmnode.vault import cli as vault_cli
+        certs.add_arguments(p)
 
-    p = sub.add_parser("vault", help="make a vault key; check a vault file", description=vault_cli.DESCRIPTION)
-    vault_cli.add_arguments(p)
+    p = sub.add_parser("vault", help="make a vault key; check a vault file")
+    if wanted("vault"):
+        from palmnode.vault import cli as vault_cli
 
-    from palmnode.repl import client as repl_client
+        p.description = vault_cli.DESCRIPTION
+        vault_cli.add_arguments(p)
 
-    p = sub.add_parser("repl", help="attach to a running node's diagnostics REPL",
-                       description=repl_client.DESCRIPTION)
-    repl_client.add_arguments(p)
+    p = sub.add_parser("repl", help="attach to a running node's diagnostics REPL")
+    if wanted("repl"):
+        from palmnode.repl import client as repl_client
+
+        p.description = repl_client.DESCRIPTION
+        repl_client.add_arguments(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    first = next((a for a in argv if not a.startswith("-")), "")
+    parser = build_parser(first if first in SUBCOMMANDS else "")
     args = parser.parse_args(argv)
     if args.subcommand is None:
         parser.print_help()

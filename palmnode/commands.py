@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from palmnode import config as cfgmod
 
     try:
-        cfg = cfgmod.load(args.config)
+        cfg = cfgmod.load(args.config or cfgmod.DEFAULT_CONFIG)
     except cfgmod.ConfigError as exc:
         raise UserError(str(exc)) from None
     from palmnode.node import Node

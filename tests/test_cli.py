@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from palmnode import cli
 from palmnode.bench import free_port
 
 DEVICES = ("proximity", "card_reader", "illuminator", "camera")
@@ -120,3 +121,26 @@ def test_help_explains_every_subcommand():
     proc = subprocess.run([sys.executable, "-m", "palmnode.cli", "--help"], capture_output=True, text=True)
     for sub in ("sim", "run", "demo", "bench"):
         assert f"\n  {sub} " in proc.stdout
+
+
+@pytest.mark.parametrize("name", cli.SUBCOMMANDS)
+def test_a_subcommand_built_alone_parses_as_in_the_whole_parser(name, capsys):
+    helps = []
+    for parser in (cli.build_parser(), cli.build_parser(name)):
+        with pytest.raises(SystemExit):
+            parser.parse_args([name, "--help"])
+        helps.append(capsys.readouterr().out)
+    assert helps[0] == helps[1] and "--help" in helps[0]
+    with pytest.raises(SystemExit):
+        cli.build_parser("").parse_args(["fly"])
+    assert "(choose from " + ", ".join(f"'{n}'" for n in cli.SUBCOMMANDS) + ")" in capsys.readouterr().err
+
+
+def test_the_repl_command_line_does_not_import_the_engine():
+    """An operator's `palmnode repl` on a gate starts without the engine's, OpenCV's or the
+    benches' imports (they take ~1 s, more on a gate's small CPU)."""
+    code = ("import sys; from palmnode import cli; cli.build_parser('repl'); "
+            "print(sorted(m for m in ('cv2', 'palmnode.biometrics.evaluate', 'palmnode.demo', 'palmnode.config') "
+            "if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
