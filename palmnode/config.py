@@ -178,8 +178,9 @@ _SECTIONS: dict[str, type] = {
     "repl": ReplConfig,
     "metrics": MetricsConfig,
     "debug": DebugConfig,
-    "quality": QualityPolicy,
 }
+#: the capture thresholds' tables: also read alone (``palmnode eval --config``: capture_thresholds)
+_CAPTURE_TABLES = ("quality", "roi")
 #: absent: a node without a vault (devices only) / without a controller / without a REPL socket
 _OPTIONAL = {"vault", "controller", "repl"}
 _PATH_KEYS = {"port", "token_key_file", "calibration", "path", "key_file", "ca", "cert", "key",
@@ -206,7 +207,7 @@ def _read(path: Path) -> dict[str, Any]:
 
 def from_dict(raw: dict[str, Any], *, base: Path = Path("."), source: Path | None = None) -> Config:
     where = str(source) if source else "config"
-    known_top = {name.split(".")[0] for name in _SECTIONS} | {"roi"}
+    known_top = {name.split(".")[0] for name in _SECTIONS} | set(_CAPTURE_TABLES)
     for key in raw:
         if key not in known_top:
             raise ConfigError(f"{where}: unknown section [{key}] (known: {', '.join(sorted(known_top))})")
@@ -215,7 +216,7 @@ def from_dict(raw: dict[str, Any], *, base: Path = Path("."), source: Path | Non
         if f"devices.{key}" not in _SECTIONS:
             raise ConfigError(f"{where}: unknown device [devices.{key}] "
                               "(known: proximity, card_reader, illuminator, camera)")
-    values: dict[str, Any] = {"roi": roi_limits(raw.get("roi", {}), f"{where} [roi]")}
+    values: dict[str, Any] = {}
     for name, cls in _SECTIONS.items():
         table = raw.get(name) if "." not in name else devices.get(name.split(".", 1)[1])
         if table is None:
@@ -230,6 +231,7 @@ def from_dict(raw: dict[str, Any], *, base: Path = Path("."), source: Path | Non
     if values["debug"].capture_max_files < 1:
         raise ConfigError(f"{where} [debug] capture_max_files: must be at least 1, "
                           f"got {values['debug'].capture_max_files}")
+    quality, roi = _capture(raw, where)
     link = values["controller"]
     if link is not None:
         for key in ("ca", "cert", "key"):
@@ -240,16 +242,20 @@ def from_dict(raw: dict[str, Any], *, base: Path = Path("."), source: Path | Non
                   card_reader=values["devices.card_reader"], illuminator=values["devices.illuminator"],
                   camera=values["devices.camera"], supervision=values["supervision"], gate=values["gate"],
                   vault=values["vault"], controller=link, repl=values["repl"], metrics=values["metrics"],
-                  debug=values["debug"], quality=values["quality"], roi=values["roi"], source=source)
+                  debug=values["debug"], quality=quality, roi=roi, source=source)
 
 
 def capture_thresholds(path: str | Path) -> tuple[QualityPolicy, RoiLimits]:
     """The ``[quality]`` and ``[roi]`` tables of a TOML file (a gate's config, or a file of just
     those): ``palmnode eval --config`` measures with a gate's thresholds."""
     raw = _read(Path(path))
-    where = str(path)
-    if "quality" not in raw and "roi" not in raw:
-        raise ConfigError(f"{where}: no [quality] or [roi] table (the capture thresholds) to use")
+    if not any(name in raw for name in _CAPTURE_TABLES):
+        raise ConfigError(f"{path}: no [quality] or [roi] table (the capture thresholds) to use")
+    return _capture(raw, str(path))
+
+
+def _capture(raw: dict[str, Any], where: str) -> tuple[QualityPolicy, RoiLimits]:
+    """``[quality]`` (every QualityPolicy field) and ``[roi]`` (:func:`roi_limits`), each optional."""
     return (_build(QualityPolicy, raw.get("quality", {}), f"{where} [quality]", Path(".")),
             roi_limits(raw.get("roi", {}), f"{where} [roi]"))
 
