@@ -156,7 +156,7 @@ def main(args) -> int:
     from palmnode.biometrics import bench as engine_bench
 
     if args.suite in ("engine", "all"):
-        engine_bench.check_faiss(args)
+        engine_bench.check_arguments(args)
     report = {}
     if args.suite in ("node", "all"):
         report["node_idle_cpu"] = run(args.seconds)

@@ -36,6 +36,14 @@ def non_negative(text: str) -> int:
     return _whole(text, 0)
 
 
+def counts(text: str) -> tuple[int, ...]:
+    """Comma-separated whole numbers of at least 1 (``10000,100000``)."""
+    parts = text.split(",")
+    if not text or not all(part.strip() for part in parts):
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of whole numbers: {text!r}")
+    return tuple(count(part.strip()) for part in parts)
+
+
 def bit_depth(text: str) -> int:
     """The bits per pixel a sensor gives, 8 to 16."""
     value = _whole(text, 8)

@@ -37,3 +37,28 @@ def test_gate_bench_counts_a_final_retry_for_whoever_was_asked():
               "stranger retry (not sure: present your palm again)": 2, "stranger refused": 50,
               "stranger admitted": 0, "feedback": 56, "retries": 4, "unknown card": 1}
     assert arrivals(counts) == (149, 52)
+
+
+def _bench_refusal(*args: str) -> subprocess.CompletedProcess:
+    """`palmnode bench` with every suite and bad arguments: refused before the node suite's
+    virtual gate starts (the timeout is far below that suite's 20 s window)."""
+    return subprocess.run([sys.executable, "-m", "palmnode.cli", "bench", *args], capture_output=True, text=True,
+                          timeout=15, stdin=subprocess.DEVNULL)
+
+
+def test_bad_sizes_are_refused_before_any_suite_runs():
+    for sizes, reason in (("x", "not a whole number: 'x'"), ("1000,,2000", "not a comma-separated list"),
+                          ("0", "must be at least 1, got 0"), ("", "not a comma-separated list")):
+        proc = _bench_refusal("--sizes", sizes)
+        assert proc.returncode == 2 and proc.stdout == ""
+        assert f"argument --sizes: {reason}" in proc.stderr.splitlines()[-1], proc.stderr
+
+
+def test_a_genuine_seed_overlapping_the_impostor_pool_is_refused_before_any_suite_runs():
+    from palmnode.biometrics.bench import SOURCE_SEED
+
+    proc = _bench_refusal("--genuine-seed", str(SOURCE_SEED + 5), "--no-faiss")
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        f"palmnode bench: --genuine-seed {SOURCE_SEED + 5} with --ids 300 overlaps the impostor source pool "
+        f"(seeds {SOURCE_SEED}..{SOURCE_SEED + 299})"]

@@ -50,7 +50,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from palmnode.cliargs import count
+from palmnode.cliargs import count, counts
 from palmnode.config import SHIPPED_CALIBRATION, GateConfig
 from palmnode.progress import Progress
 from palmnode.biometrics import features, gallery as gal, kernels, matcher, prefilter as pf, roi, synth, variants
@@ -327,7 +327,8 @@ def pipeline_timings(n: int, seed: int = 20_000) -> dict:
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    ap.add_argument("--sizes", default="10000,100000,1000000", help="gallery sizes for 1:N (comma-separated)")
+    ap.add_argument("--sizes", type=counts, default="10000,100000,1000000",
+                    help="gallery sizes for 1:N (comma-separated)")
     ap.add_argument("--ids", type=count, default=300, help="identities for genuine pairs (and as many as impostor sources)")
     ap.add_argument("--genuine-seed", type=count, default=10_000,
                     help="seed of the first genuine identity (10000: the reported set; another for development)")
@@ -341,8 +342,12 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return ap
 
 
-def check_faiss(args: argparse.Namespace) -> None:
-    """Refuse at once, with the fix, when the faiss baseline is wanted but not installed."""
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse at once, before any suite runs: a --genuine-seed whose identities overlap the
+    impostor source pool, or the faiss baseline wanted but not installed (with the fix)."""
+    if args.genuine_seed < SOURCE_SEED + args.ids and SOURCE_SEED < args.genuine_seed + args.ids:
+        raise SystemExit(f"palmnode bench: --genuine-seed {args.genuine_seed} with --ids {args.ids} overlaps the "
+                         f"impostor source pool (seeds {SOURCE_SEED}..{SOURCE_SEED + args.ids - 1})")
     if not args.no_faiss:
         try:
             import faiss  # noqa: F401
@@ -354,14 +359,8 @@ def check_faiss(args: argparse.Namespace) -> None:
 def main(args: argparse.Namespace | None = None) -> dict:
     if args is None:
         args = add_arguments(argparse.ArgumentParser()).parse_args()
-    try:
-        sizes = [int(x) for x in args.sizes.split(",") if x]
-    except ValueError:
-        raise SystemExit(f"palmnode bench: --sizes must be comma-separated integers, got {args.sizes!r}") from None
-    check_faiss(args)
-    if args.genuine_seed < SOURCE_SEED + args.ids and SOURCE_SEED < args.genuine_seed + args.ids:
-        raise SystemExit(f"palmnode bench: --genuine-seed {args.genuine_seed} with --ids {args.ids} overlaps the "
-                         f"impostor source pool (seeds {SOURCE_SEED}..{SOURCE_SEED + args.ids - 1})")
+    sizes = list(args.sizes)
+    check_arguments(args)
     rng = np.random.default_rng(0)
     out: dict = {"dispatch_level": kernels.dispatch_level(), "search_threads": args.threads}
     log(f"ROI and features on {args.frames} rendered frames ...")
