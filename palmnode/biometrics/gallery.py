@@ -136,7 +136,7 @@ class Gallery:
         """``threads``: how many threads one search's scan, vein stage and shortlist ranking are
         split over (segments and chunks; 1: the caller's thread alone). ``prefilter``:
         :class:`prefilter.Prefilter` fields (shortlist, shortlist_fraction, min_shortlist,
-        probe_offsets)."""
+        probe_offsets, fast_offsets, exit_score)."""
         if segment_size < 1 or first_capacity < 1:
             raise ValueError("segment_size and first_capacity must be positive")
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
