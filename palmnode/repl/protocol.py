@@ -109,8 +109,12 @@ def parse_request(line: bytes) -> Request | Malformed:
         obj = json.loads(line.decode("utf-8"))
     except UnicodeDecodeError:
         return Malformed("request is not UTF-8")
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         return Malformed(f"request is not JSON ({exc.msg} at column {exc.colno})")
+    except ValueError as exc:          # e.g. an integer of more digits than int() converts
+        return Malformed(f"request is not usable JSON ({exc})")
+    except RecursionError:
+        return Malformed("request is nested too deeply")
     if not isinstance(obj, dict):
         return Malformed('a request is a JSON object: {"cmd": "health", "args": []}')
     cmd = obj.get("cmd")

@@ -87,6 +87,17 @@ def test_parse_request(line, expected):
     assert parse_request(line) == expected
 
 
+@pytest.mark.parametrize("line, reason", [
+    (b'{"cmd": "health", "x": ' + b"1" * 5000 + b"}", "request is not usable JSON (Exceeds the limit (4300 digits)"),
+    (b"[" * 30000 + b"]" * 30000, "request is nested too deeply"),
+])
+def test_a_request_json_cannot_convert_is_malformed_not_an_exception(line, reason):
+    """Within MAX_LINE yet beyond what json.loads converts (it raises a plain ValueError or a
+    RecursionError, not a JSONDecodeError): a one-line reason, the session goes on."""
+    got = parse_request(line)
+    assert isinstance(got, Malformed) and got.reason.startswith(reason) and "\n" not in got.reason
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200))
 def test_parse_request_fuzz_never_raises(data):
