@@ -123,7 +123,10 @@ class Node:
                 raise GateSetupError(str(exc)) from None
         self.people = People(self.vault, self.gallery, node_id, self.bus, self.metrics,
                              events_appended=self.link.events_appended if self.link else None)
-        palms = await self.people.load()
+        try:
+            palms = await self.people.load()
+        except VaultError as exc:
+            raise GateSetupError(f"vault {cfg.vault.path}: {exc}") from None
         capturer = Capturer(self.lights, self.frames, CapturePolicy(quality=cfg.quality, roi_limits=cfg.roi))
         if cfg.debug.capture_dir:  # an operator's explicit choice: raw palm images on disk
             try:

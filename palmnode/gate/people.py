@@ -56,7 +56,12 @@ class People:
         return count
 
     def _load(self) -> int:
-        return sum(self.gallery.add_many(batch) for batch in self.vault.search_templates())
+        unreadable: list[str] = []
+        count = sum(self.gallery.add_many(batch) for batch in self.vault.search_templates(unreadable))
+        if unreadable:   # the messages name people: the log gives the count, `palmnode vault check` the rows
+            log.warning("%d enrolled palm(s) unreadable in the vault (a sealed template fails to open): not "
+                        "searchable; palmnode vault check names them", len(unreadable))
+        return count
 
     # ---- enrol / delete (this node) -----------------------------------------------------------
     async def enrol(self, card: CardToken | None, phone: str | None,

@@ -57,9 +57,13 @@ def main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
         config = VaultConfig(path=args.vault, key_file=args.key_file, key_env=args.key_env)
         with open_vault(config, env=os.environ) as vault:
             integrity = vault.integrity_check()
-            report = {"vault": str(args.vault), "integrity": integrity, **vault.statistics()}
+            unreadable = vault.unreadable()
+            report = {"vault": str(args.vault), "integrity": integrity, "unreadable": len(unreadable),
+                      **vault.statistics()}
+        for problem in unreadable:
+            print(f"palmnode vault: {problem}", file=sys.stderr)
         print(json.dumps(report), flush=True)
-        return 0 if integrity == "ok" else 1
+        return 0 if integrity == "ok" and not unreadable else 1
     except VaultError as exc:
         print(f"palmnode vault: {exc}", file=sys.stderr)
         return 1

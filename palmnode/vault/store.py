@@ -347,17 +347,26 @@ class Vault:
                 return
             after = rows[-1][0]
 
-    def search_templates(self) -> Iterator[list[tuple[str, str, PalmTemplate]]]:
+    def search_templates(self, unreadable: list[str] | None = None) -> Iterator[list[tuple[str, str, PalmTemplate]]]:
         """Batches of (person id, palm, template): every enrolled palm's first template, its search
         template (what a gallery holds), ordered by person and palm, _TEMPLATE_BATCH per read (and
-        per ``Gallery.add_many`` at a node's start, which opens no other template and no card)."""
+        per ``Gallery.add_many`` at a node's start, which opens no other template and no card).
+        A template that fails to open raises its :class:`VaultError`, or with ``unreadable`` given
+        is left out and its error message appended there."""
         after: tuple[str, str] = ("", "")
         while True:
             with self._reading() as conn:
                 rows = conn.execute("SELECT person_id, palm, sealed FROM templates WHERE idx = 0 "
                                     "AND (person_id, palm) > (?, ?) ORDER BY person_id, palm LIMIT ?",
                                     (*after, _TEMPLATE_BATCH)).fetchall()
-                batch = [(pid, palm, self._open_template(pid, palm, 0, blob)) for pid, palm, blob in rows]
+                batch = []
+                for pid, palm, blob in rows:
+                    try:
+                        batch.append((pid, palm, self._open_template(pid, palm, 0, blob)))
+                    except VaultError as exc:
+                        if unreadable is None:
+                            raise
+                        unreadable.append(str(exc))
             if batch:
                 yield batch
             if len(rows) < _TEMPLATE_BATCH:
@@ -526,6 +535,29 @@ class Vault:
             counts["delivered_events"] = conn.execute("SELECT count(*) FROM outbox WHERE delivered = 1").fetchone()[0]
             counts["schema_version"] = conn.execute("SELECT version FROM vault").fetchone()[0]
         return counts
+
+    def unreadable(self) -> list[str]:
+        """Every sealed value that fails to open (templates, cards, undelivered events), one
+        message each naming its row: what ``palmnode vault check`` adds to SQLite's own check."""
+        problems = []
+        with self._reading() as conn:
+            for pid, palm, idx, blob in conn.execute("SELECT person_id, palm, idx, sealed FROM templates"):
+                try:
+                    self._open_template(pid, palm, idx, blob)
+                except VaultError as exc:
+                    problems.append(str(exc))
+            for digest, pid, last4 in conn.execute("SELECT card_digest, person_id, last4 FROM cards"):
+                try:
+                    self._open(last4, _aad("cards", pid, self._blob(digest, f"card digest of person {pid}")),
+                               f"card of person {pid}")
+                except VaultError as exc:
+                    problems.append(str(exc))
+            for seq, key, kind, blob in conn.execute("SELECT seq, key, kind, sealed FROM outbox WHERE delivered = 0"):
+                try:
+                    self._open(blob, _aad("outbox", seq, key, kind), f"outbox event {seq}")
+                except VaultError as exc:
+                    problems.append(str(exc))
+        return problems
 
     def integrity_check(self) -> str:
         """SQLite's ``PRAGMA integrity_check``: ``"ok"`` or the first problem found."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
 import attrs
@@ -188,3 +189,27 @@ async def test_decisions_go_to_the_outbox_and_a_deleted_persons_undelivered_ones
                                               "latency_ms": 120.0, "mode": "entry"}
     await people.delete(person_id=a.person_id)
     assert [e.kind for e in vault.pending_events()] == ["unknown", "deleted"]
+
+
+async def test_a_restart_loads_everyone_but_a_palm_whose_template_fails_to_open(tmp_path, vault, keys, caplog):
+    people = People(vault, Gallery(), "gate-1", EventBus())
+    kept = await people.enrol(None, None, {"right": templates_of(5)})
+    bad = await people.enrol(None, None, {"left": templates_of(6)})
+    conn = sqlite3.connect(tmp_path / "vault.db")
+    blob = bytearray(conn.execute("SELECT sealed FROM templates WHERE person_id = ? AND idx = 0",
+                                  (bad.person_id,)).fetchone()[0])
+    blob[40] ^= 0x01
+    conn.execute("UPDATE templates SET sealed = ? WHERE person_id = ? AND idx = 0", (bytes(blob), bad.person_id))
+    conn.commit()
+    conn.close()
+    vault2 = Vault.open(tmp_path / "vault.db", keys, node_id="gate-1")
+    try:
+        fresh = People(vault2, Gallery(), "gate-1", EventBus())
+        assert await fresh.load() == 1
+        assert fresh.gallery.search(templates_of(5)[0], 1)[0].person_id == kept.person_id
+    finally:
+        vault2.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["1 enrolled palm(s) unreadable in the vault (a sealed template fails to open): not "
+                        "searchable; palmnode vault check names them"]
+    assert bad.person_id not in caplog.text

@@ -1,5 +1,6 @@
 import json
 import os
+import sqlite3
 import stat
 
 import pytest
@@ -36,6 +37,31 @@ def test_check_reports_problems_in_one_line(tmp_path, capsys):
     assert main(["check", "--vault", str(db), "--key-file", str(key)]) == 1
     err = capsys.readouterr().err
     assert "chmod 600" in err and err.count("\n") == 1
+
+
+def test_check_opens_every_sealed_value_and_names_the_ones_that_fail(tmp_path, capsys):
+    """SQLite's integrity check passes a blob altered in place; the check opens every sealed value."""
+    key = tmp_path / "vault.key"
+    main(["keygen", str(key)])
+    db = tmp_path / "vault.db"
+    with Vault.open(db, load_keys(key, env={})) as vault:
+        target = person(1, vault)
+        vault.add_person(target, event=("enrolled", {"n": 1}))
+        vault.add_person(person(2, vault))
+    conn = sqlite3.connect(db)
+    where = "WHERE person_id = ? AND palm = 'right' AND idx = 1"
+    blob = bytearray(conn.execute(f"SELECT sealed FROM templates {where}", (target.person_id,)).fetchone()[0])
+    blob[-1] ^= 0x01
+    conn.execute(f"UPDATE templates SET sealed = ? {where}", (bytes(blob), target.person_id))
+    conn.commit()
+    conn.close()
+    capsys.readouterr()
+    assert main(["check", "--vault", str(db), "--key-file", str(key)]) == 1
+    out = capsys.readouterr()
+    report = json.loads(out.out)
+    assert report["integrity"] == "ok" and report["unreadable"] == 1 and report["people"] == 2
+    assert out.err.count("\n") == 1 and "right#1 of person " + target.person_id in out.err
+    assert "fails authentication" in out.err
 
 
 def test_parser_requires_an_action():

@@ -158,9 +158,35 @@ def test_tampered_template_on_disk_names_the_row(path):
             v.get(p.person_id)
         message = str(info.value)
         assert "left#1" in message and p.person_id in message and "\n" not in message
+        assert v.unreadable() == [message]
         with pytest.raises(TamperedData):
             list(v.people())
         assert same_person(v.get(other.person_id), other)  # the rest of the vault still reads
+
+
+def test_a_tampered_search_template_is_left_out_of_the_search_batches_when_asked(path):
+    """At a node's start (People.load) one bad search template must not keep everyone else out
+    of the gallery: with a list given it is left out and its message appended; without, it raises."""
+    with Vault.open(path, KEYS) as v:
+        people = [person(30 + i, v) for i in range(3)]
+        for p in people:
+            v.add_person(p)
+    conn = sqlite3.connect(path)
+    where = "WHERE person_id = ? AND palm = 'right' AND idx = 0"
+    blob = bytearray(conn.execute(f"SELECT sealed FROM templates {where}", (people[1].person_id,)).fetchone()[0])
+    blob[40] ^= 0x01
+    conn.execute(f"UPDATE templates SET sealed = ? {where}", (bytes(blob), people[1].person_id))
+    conn.commit()
+    conn.close()
+    with Vault.open(path, KEYS) as v:
+        with pytest.raises(TamperedData):
+            list(v.search_templates())
+        unreadable: list[str] = []
+        got = [(pid, palm) for batch in v.search_templates(unreadable) for pid, palm, _ in batch]
+        assert sorted(got) == sorted((p.person_id, e.palm) for p in people for e in p.palms
+                                     if (p.person_id, e.palm) != (people[1].person_id, "right"))
+        assert len(unreadable) == 1 and f"right#0 of person {people[1].person_id}" in unreadable[0]
+        assert v.unreadable() == unreadable
 
 
 def test_template_moved_to_another_row_fails_to_open(path):
