@@ -32,9 +32,17 @@ class JsonFormatter(logging.Formatter):
         for key, value in getattr(record, "fields", {}).items():
             entry[key + "_" if key in entry else key] = value  # never shadow ts/level/logger/msg
         if record.exc_info and record.exc_info[1] is not None:
-            exc = record.exc_info[1]
-            entry["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            entry["error"] = error_text(record.exc_info[1])
         return json.dumps(entry, default=str)
+
+
+def error_text(exc: BaseException) -> str:
+    """An exception as one log line, ``Type: message``; the type alone when its message may name a
+    person (``exc.names_person``, e.g. the vault's errors: "card …0001 is already enrolled to
+    person p…"), which the log must not keep."""
+    if getattr(exc, "names_person", False):
+        return f"{type(exc).__name__} (its message names a person: not logged)"
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
 
 
 def setup(level: str = "info", stream=sys.stderr) -> None:

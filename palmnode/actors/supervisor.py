@@ -54,6 +54,7 @@ from palmnode.actors.tree import (
     SupervisorSnapshot,
     SupervisorState,
 )
+from palmnode.logs import error_text
 
 log = logging.getLogger(__name__)
 
@@ -405,7 +406,7 @@ class Supervisor:
         spec = slot.spec
         now = trio.current_time()
         if error is not None:
-            log.warning("supervisor %r: child %r failed: %s", self.name, spec.id, one_line(error), exc_info=error)
+            log.warning("supervisor %r: child %r failed: %s", self.name, spec.id, error_text(error), exc_info=error)
         wants_restart = spec.restart == "permanent" or (spec.restart == "transient" and error is not None)
         if not wants_restart:
             self._set_child_state(slot, ChildState.FAILED if error else ChildState.STOPPED, error)
@@ -422,7 +423,7 @@ class Supervisor:
             self._report_device(slot, DeviceState.FAILED, error)
             reason = (
                 f"{len(self._restart_times)} restarts within {self.period:g} s "
-                f"(intensity {self.intensity}); last exit: {one_line(error) if error else 'normal'}"
+                f"(intensity {self.intensity}); last exit: {error_text(error) if error else 'normal'}"
             )
             raise SupervisorEscalation(self.name, spec.id, reason) from error
         if error is not None:

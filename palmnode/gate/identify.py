@@ -56,7 +56,7 @@ from palmnode.gate.presence import (
     PresenceChanged,
     PresencePolicy,
 )
-from palmnode.logs import event
+from palmnode.logs import error_text, event
 from palmnode.vault import VaultError
 
 log = logging.getLogger("palmnode.gate")
@@ -278,7 +278,7 @@ class IdentifyFlow:
                 try:
                     await self.people.record_decision(decision)
                 except (VaultError, sqlite3.Error, OSError) as exc:  # the gate keeps serving without it
-                    event(log, "decision not recorded", outcome=decision.outcome, error=str(exc))
+                    event(log, "decision not recorded", outcome=decision.outcome, error=error_text(exc))
             if decision.reason == "hand removed":
                 self._goto(S.WAITING)
                 continue
@@ -414,7 +414,7 @@ class IdentifyFlow:
         try:
             digest = await self._card_of(person_id)
         except (VaultError, sqlite3.Error, OSError) as exc:
-            event(log, "card look-up failed", error=str(exc))
+            event(log, "card look-up failed", error=error_text(exc))
             return ChargeResult(False, None, "card look-up failed")
         if digest is None:
             return ChargeResult(False, None, "no card on file")

@@ -5,9 +5,14 @@ from __future__ import annotations
 class VaultError(Exception):
     """Base of every error the vault raises on purpose."""
 
+    #: the message may name a person (a row, a card's owner): logs.error_text leaves it out
+    names_person = True
+
 
 class VaultKeyError(VaultError):
     """The vault key is missing, unreadable, too open (not 0600), malformed or not this vault's key."""
+
+    names_person = False
 
 
 class TamperedData(VaultError):
