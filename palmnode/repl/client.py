@@ -453,12 +453,25 @@ class Completer:
         return self._matches[state] if state < len(self._matches) else None
 
 
+#: commands never kept in the history file: they carry a phone number, a card digest or a person
+#: id, which must not outlive a deletion on the operator's disk
+UNRECORDED_COMMANDS = frozenset({"enrol", "delete"})
+
+
 @contextlib.contextmanager
-def _history(hello: dict[str, Any]) -> Iterator[None]:
+def _history(hello: dict[str, Any]) -> Iterator[Callable[[str], None]]:
+    """Readline history and completion for an interactive session; yields ``entered(line)``, to be
+    called with each line read at the prompt: it takes UNRECORDED_COMMANDS back out of the history."""
     readline = _readline()
     if readline is None:
-        yield
+        yield lambda line: None
         return
+
+    def entered(line: str) -> None:
+        words = line.split()
+        length = readline.get_current_history_length()
+        if words and words[0] in UNRECORDED_COMMANDS and length:
+            readline.remove_history_item(length - 1)
     path = Path(HISTORY_FILE).expanduser()
     with contextlib.suppress(OSError):
         readline.read_history_file(path)
@@ -467,7 +480,7 @@ def _history(hello: dict[str, Any]) -> Iterator[None]:
     readline.set_completer_delims(" \t")
     readline.parse_and_bind("tab: complete")
     try:
-        yield
+        yield entered
     finally:
         with contextlib.suppress(OSError):
             readline.write_history_file(path)
@@ -534,7 +547,7 @@ def _interactive(conn: Connection) -> int:
         except EOFError:
             return None
 
-    with _history(hello):
+    with _history(hello) as entered:
         prompt = f"{hello.get('node_id') or 'node'}> "
         while True:
             try:
@@ -545,6 +558,7 @@ def _interactive(conn: Connection) -> int:
             if line is None:
                 print()
                 return 0
+            entered(line)
             if not repl.handle_line(line, read_line):
                 return 0
 

@@ -156,6 +156,10 @@ async def test_terminal_session_with_completion_history_and_follow(node, repl_pa
         await terminal.send_all(b"light ir 2\r")
         await out.wait_for("error: level must be within 0..1, not 2")
         await out.prompt("demo-gate> ", 5)
+        await terminal.send_all(b"delete phone +447700900123\r")   # answered, never kept in the history
+        await out.prompt("demo-gate> ", 6)
+        await terminal.send_all(b"enrol +447700900124 both\r")
+        await out.prompt("demo-gate> ", 7)
         await terminal.send_all(b"\x04")  # Ctrl-D
         with trio.fail_after(10):
             assert await process.wait() == 0
@@ -164,6 +168,7 @@ async def test_terminal_session_with_completion_history_and_follow(node, repl_pa
         await terminal.aclose()
     history = [line.strip() for line in (tmp_path / ".palmnode_repl_history").read_text().splitlines()]
     assert history[-4:] == ["health", "follow cards", "follow devices", "light ir 2"]
+    assert "+4477009001" not in (tmp_path / ".palmnode_repl_history").read_text()
     assert stat.S_IMODE(os.stat(tmp_path / ".palmnode_repl_history").st_mode) == 0o600
 
 
