@@ -14,6 +14,7 @@ Replicated changes from the controller (``apply_upsert(s)`` / ``apply_remove``) 
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
@@ -165,8 +166,11 @@ class People:
                                      "reason": decision.reason or "no match"}
         else:
             return
-        await trio.to_thread.run_sync(self.vault.append_event, kind, data)
-        self._appended()
+        # a person deleted while they were being served (a payment waits for the controller) is
+        # not written back: their decision is dropped
+        queued = await trio.to_thread.run_sync(functools.partial(self.vault.append_event, kind, data, enrolled_only=True))
+        if queued is not None:
+            self._appended()
 
     # ---- look-ups ------------------------------------------------------------------------------
     async def card_digest(self, person_id: str) -> bytes | None:

@@ -43,6 +43,8 @@ log = logging.getLogger("palmnode.vault")
 _KEY_CHECK = b"palmnode vault key check v1"
 _PEOPLE_BATCH = 256  # people() reads this many people per lock hold
 _TEMPLATE_BATCH = 1024  # search_templates() reads this many per lock hold
+#: delivered outbox rows (payload erased) kept behind the newest acknowledged event
+DELIVERED_KEPT = 1000
 _AUDIT_SCALARS = (str, int, float, bool, type(None))
 
 
@@ -443,10 +445,18 @@ class Vault:
             return conn.execute("SELECT count(*) FROM people").fetchone()[0]
 
     # --- outbox -----------------------------------------------------------------------------
-    def append_event(self, kind: str, data: dict, *, person_id: str | None = None) -> OutboxEvent:
-        """Queue an event for the controller; ``person_id`` (default: the one ``data`` names) is purged with them."""
+    def append_event(self, kind: str, data: dict, *, person_id: str | None = None,
+                     enrolled_only: bool = False) -> OutboxEvent | None:
+        """Queue an event for the controller; ``person_id`` (default: the one ``data`` names) is purged with them.
+        ``enrolled_only``: not queued (None) when that person is no longer enrolled, checked in the
+        same transaction: a decision about someone deleted while it was being served must not
+        write their id back after the purge."""
+        person_id = person_id or _person_from_event(data)
         with self._transaction() as conn:
-            return self._append(conn, kind, data, person_id=person_id or _person_from_event(data))
+            if (enrolled_only and person_id is not None and
+                    conn.execute("SELECT 1 FROM people WHERE person_id = ?", (person_id,)).fetchone() is None):
+                return None
+            return self._append(conn, kind, data, person_id=person_id)
 
     def _append(self, conn: sqlite3.Connection, kind: str, data: dict, *, person_id: str | None) -> OutboxEvent:
         if not isinstance(kind, str) or not kind:
@@ -479,16 +489,12 @@ class Vault:
         return events
 
     def mark_delivered(self, seq: int) -> None:
-        """The controller acknowledged event ``seq``: it leaves the queue and its payload is erased."""
+        """The controller acknowledged event ``seq``: it leaves the queue and its payload is erased.
+        Delivered rows DELIVERED_KEPT or more events older are deleted with it, so the outbox of a
+        gate that records a decision a second stays bounded."""
         with self._transaction() as conn:
             conn.execute("UPDATE outbox SET delivered = 1, sealed = NULL WHERE seq = ?", (int(seq),))
-
-    def prune_delivered(self, *, keep: int = 1000) -> int:
-        """Delete delivered events but the newest ``keep`` (their payloads are already erased); how many went."""
-        with self._transaction() as conn:
-            return conn.execute("DELETE FROM outbox WHERE delivered = 1 AND seq NOT IN "
-                                "(SELECT seq FROM outbox WHERE delivered = 1 ORDER BY seq DESC LIMIT ?)",
-                                (max(0, int(keep)),)).rowcount
+            conn.execute("DELETE FROM outbox WHERE delivered = 1 AND seq <= ?", (int(seq) - DELIVERED_KEPT,))
 
     # --- audit and state --------------------------------------------------------------------
     def audit(self, kind: str, **fields: Any) -> None:

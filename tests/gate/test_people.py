@@ -189,6 +189,12 @@ async def test_decisions_go_to_the_outbox_and_a_deleted_persons_undelivered_ones
                                               "latency_ms": 120.0, "mode": "entry"}
     await people.delete(person_id=a.person_id)
     assert [e.kind for e in vault.pending_events()] == ["unknown", "deleted"]
+    # a decision that ends after its person was deleted (a payment waiting for the controller)
+    # is dropped: their id is not written back into the vault after the purge
+    await people.record_decision(Decision("identified", a.person_id, "right", 0.5, None, 120.0, "payment", 4.0))
+    assert [e.kind for e in vault.pending_events()] == ["unknown", "deleted"]
+    vault.checkpoint()
+    assert a.person_id.encode() not in b"".join(p.read_bytes() for p in vault.path.parent.glob("vault.db*"))
 
 
 async def test_a_restart_loads_everyone_but_a_palm_whose_template_fails_to_open(tmp_path, vault, keys, caplog):

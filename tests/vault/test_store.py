@@ -6,6 +6,7 @@ import threading
 import attrs
 import pytest
 
+from palmnode.vault import store
 from palmnode.vault import (
     DuplicateCard,
     DuplicatePerson,
@@ -419,12 +420,15 @@ def test_upsert_people_inserts_and_replaces_in_one_transaction(vault):
     assert vault.count() == 2 and vault.find_by_card(card(64).digest) is None  # the whole batch rolled back
 
 
-def test_prune_delivered_keeps_pending_and_the_newest_delivered(vault):
+def test_delivered_events_older_than_the_kept_window_are_deleted(vault, monkeypatch):
+    monkeypatch.setattr(store, "DELIVERED_KEPT", 2)
     events = [vault.append_event("unknown", {"i": i}) for i in range(6)]
     for e in events[:4]:
         vault.mark_delivered(e.seq)
-    assert vault.prune_delivered(keep=1) == 3
     assert vault.pending_events() == events[4:]
+    assert vault.statistics()["delivered_events"] == 2         # seq 3 and 4: 1 and 2 went
+    vault.mark_delivered(events[5].seq)                         # seq 6: 3 and 4 go, 5 is still pending
+    assert vault.pending_events() == events[4:5]
     assert vault.statistics()["delivered_events"] == 1
     assert vault.append_event("unknown", {}).seq == 7
 
