@@ -547,7 +547,7 @@ def _cursor(value: object) -> int:
         return 0
     if type(value) is int and value >= 0:
         return value
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit():   # not "²": int() refuses it
         return int(value)
     raise _BadArgs("sync cursor must be nil, an int >= 0 or the string a previous sync returned")
 

@@ -50,6 +50,8 @@ def _shape_error(obj: object) -> str | None:
         if isinstance(value, (dict, list)):
             if depth > MAX_DEPTH:
                 return f"nesting deeper than {MAX_DEPTH}"
+            if isinstance(value, dict) and not all(type(k) is str for k in value):
+                return "map keys must be strings"   # strict_map_key lets bytes keys through
             items = value.values() if isinstance(value, dict) else value
             stack.extend((item, depth + 1) for item in items)
         elif value is not None and type(value) not in (bool, int, float, str, bytes):

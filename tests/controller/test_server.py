@@ -128,8 +128,10 @@ async def test_sync_catches_up_an_offline_node_in_pages(nursery, controller, pki
     assert seen == [("upsert", f"p-{i}") for i in range(1, 5)] + [("remove", "p-0")]
     again = await b.request("sync", {"cursor": str(cursor)})
     assert again.ok and again.result["changes"] == [] and again.result["cursor"] == cursor
-    bad = await b.request("sync", {"cursor": -3})
-    assert not bad.ok and "cursor" in bad.error
+    for cursor in (-3, "²", "-1"):         # "²".isdigit(), yet int() refuses it
+        bad = await b.request("sync", {"cursor": cursor})
+        assert not bad.ok and "cursor" in bad.error
+    assert (await b.request("sync", {"cursor": None})).ok  # the same connection goes on
     unknown = await b.request("gallery.dump", {})
     assert not unknown.ok and unknown.error == "unknown op gallery.dump"
 

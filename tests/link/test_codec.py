@@ -131,6 +131,10 @@ def test_frame_exactly_at_cap_decodes():
         (msgpack.packb({"type": "event", "seq": 1, "key": "k", "kind": "x", "node_id": "n", "at": float("nan"),
                         "data": {}}), DropReason.SHAPE),
         (msgpack.packb({"type": "request", "id": 1, "op": "x", "args": []}), DropReason.SHAPE),
+        # strict_map_key lets bytes keys through; the link's maps have str keys only
+        (msgpack.packb({"type": "ack", "seq": 1, "key": "k", b"k": 1}, use_bin_type=True), DropReason.MSGPACK),
+        (msgpack.packb({"type": "event", "seq": 1, "key": "k", "kind": "x", "node_id": "n", "at": 1.0,
+                        "data": {"extra": {b"k": 1}}}, use_bin_type=True), DropReason.MSGPACK),
     ],
 )
 def test_malformed_bodies(body, kind):
