@@ -152,6 +152,8 @@ class _Sessions:
                     self.active -= 1
             except* _ClientGone:
                 pass  # the client went away (or stopped reading): the node keeps serving the others
+            except* Exception:  # a bug reading one client's lines ends its session only, not every
+                log.exception("REPL session ended by an error")  # operator's (nor, restarted, the node)
 
 
 class _ClientGone(Exception):

@@ -285,6 +285,8 @@ async def test_bad_requests_get_one_error_line_each_and_the_session_continues(no
         (b'[1, 2]\n', "a request is a JSON object"),
         (b"\xff\xfe\n", "request is not UTF-8"),
         (b"x" * (MAX_LINE + 10) + b"\n", f"request line too long ({MAX_LINE + 10} bytes"),
+        (b'{"cmd": "health", "x": ' + b"1" * 5000 + b"}\n", "request is not usable JSON"),
+        (b"[" * 30000 + b"]" * 30000 + b"\n", "request is nested too deeply"),
     ]:
         await client.stream.send_all(line)
         reply = await client.line()
@@ -292,6 +294,24 @@ async def test_bad_requests_get_one_error_line_each_and_the_session_continues(no
     await client.stream.send_all(b"\n\n")  # blank lines are nothing
     _, reply = await client.call("help", "stats")
     assert reply["ok"] and reply["text"].startswith("stats\n")
+
+
+async def test_an_error_reading_one_session_ends_that_session_only(node, connect, monkeypatch, caplog):
+    from palmnode.repl import protocol
+
+    other = await connect()
+    broken = await connect()
+    real = protocol.parse_request
+    monkeypatch.setattr(protocol, "parse_request",
+                        lambda line: (_ for _ in ()).throw(RuntimeError("bug")) if b"boom" in line else real(line))
+    await broken.stream.send_all(b'{"cmd": "boom"}\n')
+    assert await broken.stream.receive_some(100) == b""              # that session ends
+    _, reply = await other.call("health")                             # the other one goes on
+    assert reply["ok"]
+    assert "REPL session ended by an error" in caplog.text
+    third = await connect()                                            # and the REPL takes new ones
+    _, reply = await third.call("health")
+    assert reply["ok"]
 
 
 async def test_many_clients_at_once_and_one_too_many(node, connect, repl_path):
