@@ -100,7 +100,7 @@ class LinkConfig:
 class Outbox(Protocol):
     """What the client needs of the vault (sync, thread-safe; called via ``trio.to_thread``)."""
 
-    def pending_events(self, *, limit: int) -> list[Any]: ...
+    def pending_events(self, *, limit: int, unreadable: list[str]) -> list[Any]: ...
 
     def mark_delivered(self, seq: int) -> None: ...
 
@@ -117,6 +117,8 @@ class LinkStats:
     failed_attempts: int = 0
     events_sent: int = 0
     events_acked: int = 0
+    #: outbox events the vault could not open: dropped from the queue, never sent
+    events_unreadable: int = 0
     requests_served: int = 0
     requests_sent: int = 0
     last_error: str | None = None
@@ -377,7 +379,13 @@ class LinkClient:
         while True:
             self._wake = trio.Event()
             stale = set(self._acked)
-            events = await trio.to_thread.run_sync(lambda: self._outbox.pending_events(limit=cfg.outbox_batch))
+            unreadable: list[str] = []
+            events = await trio.to_thread.run_sync(
+                lambda: self._outbox.pending_events(limit=cfg.outbox_batch, unreadable=unreadable))
+            if unreadable:
+                log.warning("%d outbox event(s) unreadable in the vault (a sealed payload fails to open): dropped, "
+                            "not sent; the vault's audit log has their seq", len(unreadable))
+                self.stats.events_unreadable += len(unreadable)
             for ev in events:
                 if ev.seq in self._inflight or ev.seq in self._acked or ev.seq in self._unsendable:
                     continue

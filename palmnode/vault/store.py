@@ -473,19 +473,34 @@ class Vault:
                       seal(self._keys.template_key, payload, _aad("outbox", seq, key, kind))))
         return OutboxEvent(seq, key, kind, at, msgpack.unpackb(payload, raw=False))
 
-    def pending_events(self, *, limit: int = 100) -> list[OutboxEvent]:
-        """Undelivered events, oldest first. :class:`TamperedData` names an event that fails to open."""
+    def pending_events(self, *, limit: int = 100, unreadable: list[str] | None = None) -> list[OutboxEvent]:
+        """Undelivered events, oldest first. :class:`TamperedData` names an event that fails to open;
+        with ``unreadable`` given such an event leaves the queue instead (it can never be sent:
+        marked delivered, its payload erased, an audit entry with its seq) and its error message is
+        appended there, so one damaged row does not hold back every event after it."""
         with self._reading() as conn:
             rows = conn.execute("SELECT seq, key, kind, at, sealed FROM outbox WHERE delivered = 0 "
                                 "ORDER BY seq LIMIT ?", (int(limit),)).fetchall()
-        events = []
+        events, dropped = [], []
         for seq, key, kind, at, blob in rows:
-            payload = self._open(blob, _aad("outbox", seq, key, kind), f"outbox event {seq}")
             try:
-                data = msgpack.unpackb(payload, raw=False)
-            except (ValueError, msgpack.UnpackException) as exc:
-                raise VaultError(f"outbox event {seq} in vault {self._path} does not decode: {exc}") from None
+                payload = self._open(blob, _aad("outbox", seq, key, kind), f"outbox event {seq}")
+                try:
+                    data = msgpack.unpackb(payload, raw=False)
+                except (ValueError, msgpack.UnpackException) as exc:
+                    raise VaultError(f"outbox event {seq} in vault {self._path} does not decode: {exc}") from None
+            except VaultError as exc:
+                if unreadable is None:
+                    raise
+                unreadable.append(str(exc))
+                dropped.append(seq)
+                continue
             events.append(OutboxEvent(seq, key, kind, at, data))
+        if dropped:
+            with self._transaction() as conn:
+                for seq in dropped:
+                    conn.execute("UPDATE outbox SET delivered = 1, sealed = NULL WHERE seq = ?", (seq,))
+                    self._audit(conn, "outbox_event_dropped", None, {"seq": seq, "reason": "unreadable"})
         return events
 
     def mark_delivered(self, seq: int) -> None:

@@ -130,6 +130,24 @@ async def test_events_are_acked_and_marked_delivered(stub, pki, vault, nursery):
     assert len(stub.received) == 5 and client.stats.events_sent == 5
 
 
+async def test_an_unreadable_event_is_dropped_and_the_ones_after_it_are_delivered(stub, pki, vault, nursery, caplog):
+    """A damaged outbox row can never be sent: it leaves the queue (audited by seq) instead of
+    failing the link every time it is read and holding back every event after it."""
+    seqs = [vault.append_event("unknown", {"latency_ms": float(i), "reason": "no match"}).seq for i in range(3)]
+    vault._conn.execute("UPDATE outbox SET sealed = ? WHERE seq = ?", (b"\0" * 40, seqs[1]))
+    client = LinkClient(config(pki, stub.port), vault)
+    with caplog.at_level(logging.WARNING, logger="palmnode.link"):
+        await nursery.start(client.run)
+        await stub.changes.wait_until(lambda: len(stub.applied) == 2)
+        with trio.fail_after(5):
+            while await pending(vault):
+                await trio.sleep(0.01)
+    assert [e.seq for e in stub.received] == [seqs[0], seqs[2]]
+    assert client.stats.events_unreadable == 1 and client.stats.disconnects == 0
+    assert "1 outbox event(s) unreadable in the vault" in caplog.text
+    assert [(e["kind"], e["seq"]) for e in vault.audit_entries()] == [("outbox_event_dropped", seqs[1])]
+
+
 async def test_controller_restart_resends_unacked_events(pki, vault, nursery):
     first = StubController(pki, ack=False)
     await nursery.start(first.run)
