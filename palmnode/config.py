@@ -11,6 +11,9 @@ from typing import Any
 
 import attrs
 
+from drivers.camera.source import parse_source, source_kind
+from drivers.illuminator.driver import check_settings as check_illuminator
+from drivers.proximity.codec import MAX_FRAME_RATE_HZ
 from palmnode.biometrics.quality import QualityPolicy
 from palmnode.biometrics.roi import DEFAULT_LIMITS, OPERATOR_LIMITS, RoiLimits
 from palmnode.vault.records import VaultConfig
@@ -22,6 +25,22 @@ class ConfigError(Exception):
     """A config file that cannot be used; the message says where and why."""
 
 
+#: the illuminator channels the gate's captures light (gate.capture.CapturePolicy)
+GATE_CHANNELS = ("ir", "surface")
+
+
+def _positive(**values: float) -> None:
+    """A section's own rule (ValueError, one line): these values must be above zero."""
+    for name, value in values.items():
+        if not value > 0:
+            raise ValueError(f"{name} must be greater than 0, got {value!r}")
+
+
+def _port(port: int) -> None:
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port must be 1..65535, got {port}")
+
+
 @attrs.frozen
 class ProximityConfig:
     port: str
@@ -30,6 +49,11 @@ class ProximityConfig:
     read_interval_s: float = 0.02  # batch reads like a USB-serial latency timer: 2 frames a wakeup
     stall_timeout_s: float = 0.5   # no valid frame this long: the sensor is reset (reopened)
     enabled: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        if not 1 <= self.frame_rate_hz <= MAX_FRAME_RATE_HZ:
+            raise ValueError(f"frame_rate_hz must be 1..{MAX_FRAME_RATE_HZ}, got {self.frame_rate_hz}")
+        _positive(baudrate=self.baudrate, stall_timeout_s=self.stall_timeout_s)
 
 
 @attrs.frozen
@@ -51,6 +75,14 @@ class IlluminatorConfig:
     baudrate: int = 57600
     enabled: bool = True
 
+    def __attrs_post_init__(self) -> None:
+        check_illuminator(self.channels, self.thermistor_pin, self.deadman_ms, self.max_temperature_c, 0.0,
+                          self.sampling_interval_ms)
+        missing = [name for name in GATE_CHANNELS if name not in self.channels]
+        if missing:
+            raise ValueError(f"channels: the gate lights {' and '.join(GATE_CHANNELS)}, missing {missing[0]!r}")
+        _positive(baudrate=self.baudrate)
+
 
 @attrs.frozen
 class CameraConfig:
@@ -62,6 +94,10 @@ class CameraConfig:
     gain: float | None = None
     enabled: bool = True
 
+    def __attrs_post_init__(self) -> None:
+        source_kind(parse_source(self.source))
+        _positive(width=self.width, height=self.height, fps=self.fps)
+
 
 @attrs.frozen
 class SupervisionConfig:
@@ -70,11 +106,26 @@ class SupervisionConfig:
     backoff_initial_s: float = 0.1
     backoff_max_s: float = 1.0
 
+    def __attrs_post_init__(self) -> None:
+        _positive(period_s=self.period_s, backoff_initial_s=self.backoff_initial_s)
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError(f"backoff_max_s ({self.backoff_max_s}) must be at least backoff_initial_s "
+                             f"({self.backoff_initial_s})")
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
 
 @attrs.frozen
 class NodeConfig:
     node_id: str = "gate-1"
     log_level: str = "info"
+
+    def __attrs_post_init__(self) -> None:
+        if not self.node_id:
+            raise ValueError("node_id must not be empty")
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
 
 
 #: the calibration the repository ships (made by ``palmnode eval --calibration-out``)
@@ -111,6 +162,9 @@ class ControllerLink:
     key: str = ""
     server_name: str = "controller"
 
+    def __attrs_post_init__(self) -> None:
+        _port(self.port)
+
 
 @attrs.frozen
 class ReplConfig:
@@ -122,6 +176,9 @@ class ReplConfig:
     enabled: bool = True
     max_sessions: int = 8  # clients at once (as palmnode.repl.server.MAX_SESSIONS)
 
+    def __attrs_post_init__(self) -> None:
+        _positive(max_sessions=self.max_sessions)
+
 
 @attrs.frozen
 class MetricsConfig:
@@ -131,6 +188,9 @@ class MetricsConfig:
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = 9464
+
+    def __attrs_post_init__(self) -> None:
+        _port(self.port)
 
 
 @attrs.frozen

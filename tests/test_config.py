@@ -58,6 +58,30 @@ def test_device_section_errors(tmp_path):
         config.load(tmp_path / "none.toml")
 
 
+@pytest.mark.parametrize("old, new, message", [
+    # values a device or the runtime refuses only once running: the node would restart the device
+    # (and the devices beside it) in a loop, or stop with a traceback
+    ("deadman_ms = 1000 ", "deadman_ms = 20000 ", "[devices.illuminator]: illuminator deadman_ms must be 0..16383, got 20000"),
+    ("sampling_interval_ms = 250 ", "sampling_interval_ms = 0 ", "illuminator sampling_interval_ms must be 1..16383"),
+    ("max_temperature_c = 70.0", "max_temperature_c = nan", "illuminator max_temperature_c must be finite"),
+    ("channels = { ir = 9, surface = 10 }", "channels = {}", "illuminator needs at least one channel"),
+    ("channels = { ir = 9, surface = 10 }", "channels = { ir = 9, surface = 9 }", "illuminator channels share a pin"),
+    ("channels = { ir = 9, surface = 10 }", "channels = { ir = 9, uv = 10 }", "channels: the gate lights ir and surface, missing 'surface'"),
+    ("frame_rate_hz = 100", "frame_rate_hz = 0", "[devices.proximity]: frame_rate_hz must be 1..1000, got 0"),
+    ("frame_rate_hz = 100", "frame_rate_hz = 5000", "frame_rate_hz must be 1..1000, got 5000"),
+    ('source = "http://127.0.0.1:8554/stream.mjpg"', 'source = ""', "[devices.camera]: camera source '' is not a device index"),
+    ('source = "http://127.0.0.1:8554/stream.mjpg"', 'source = "cam0"', "camera source 'cam0' is not a device index"),
+    ("period_s = 30.0", "period_s = 0", "[supervision]: period_s must be greater than 0, got 0"),
+    ('log_level = "info"', 'log_level = "verbose"', "[node]: log_level must be one of debug, info, warning, error, got 'verbose'"),
+    ("port = 9464", "port = 70000", "[metrics]: port must be 1..65535, got 70000"),
+    ("port = 7443", "port = 0", "[controller]: port must be 1..65535, got 0"),
+])
+def test_values_a_device_or_the_runtime_would_refuse_are_refused_at_load(tmp_path, old, new, message):
+    base = (ROOT / "config" / "sim.toml").read_text()
+    assert old in base
+    assert message in refusal(tmp_path / "c.toml", base.replace(old, new, 1))
+
+
 @pytest.mark.parametrize("value, message", [
     ("0", "search_threads: must be 1 to 16, got 0"),
     ("17", "search_threads: must be 1 to 16, got 17"),

@@ -61,6 +61,7 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # errors only:
 import numpy as np
 import trio
 
+from drivers.camera.source import source_kind
 from drivers.errors import DeviceError, DeviceLost, DeviceTimeout, PortUnavailable
 
 log = logging.getLogger(__name__)
@@ -173,15 +174,8 @@ class _Newest:
 
 def _classify(source: int | str) -> tuple[str, int]:
     """(kind, OpenCV API preference) of a source."""
-    if isinstance(source, int) and not isinstance(source, bool):
-        return "device", cv2.CAP_V4L2
-    if isinstance(source, str):
-        if "://" in source:
-            return "stream", cv2.CAP_FFMPEG
-        if source.startswith("/dev/"):
-            return "device", cv2.CAP_V4L2
-    raise ValueError(f"camera source {source!r} is not a device index, a /dev/videoN path or a "
-                     f"stream URL such as http://127.0.0.1:8080/stream.mjpg")
+    kind = source_kind(source)
+    return kind, cv2.CAP_V4L2 if kind == "device" else cv2.CAP_FFMPEG
 
 
 def jpeg_looks_whole(data: np.ndarray) -> bool:

@@ -150,8 +150,8 @@ class Illuminator:
         leaves it disarmed). Raises PortUnavailable, DeviceTimeout (no answer within ``timeout``
         per step), ProtocolError, PinCapabilityError.
         """
-        _validate(channels, thermistor_pin, deadman_ms, max_temperature_c, hysteresis_c,
-                  sampling_interval_ms)
+        check_settings(channels, thermistor_pin, deadman_ms, max_temperature_c, hysteresis_c,
+                       sampling_interval_ms)
         port = SerialPort.open(path, baudrate)
         self = cls(port, channels=channels, thermistor_pin=thermistor_pin, deadman_ms=deadman_ms,
                    max_temperature_c=max_temperature_c, hysteresis_c=hysteresis_c,
@@ -447,8 +447,9 @@ def _version(version: tuple[int, int] | None) -> str:
     return "?" if version is None else f"{version[0]}.{version[1]}"
 
 
-def _validate(channels: Mapping[str, int], thermistor_pin: int, deadman_ms: int,
-              max_temperature_c: float, hysteresis_c: float, sampling_interval_ms: int) -> None:
+def check_settings(channels: Mapping[str, int], thermistor_pin: int, deadman_ms: int,
+                   max_temperature_c: float, hysteresis_c: float, sampling_interval_ms: int) -> None:
+    """ValueError naming the first setting :meth:`Illuminator.open` cannot use."""
     if not channels:
         raise ValueError("illuminator needs at least one channel, e.g. channels={'ir': 9}")
     for name, pin in channels.items():

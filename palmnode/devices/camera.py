@@ -12,6 +12,7 @@ from typing import Callable
 import trio
 
 from drivers.camera.driver import Camera, Frame
+from drivers.camera.source import parse_source
 from palmnode.actors import EventBus, HealthRegistry
 from palmnode.config import CameraConfig
 from palmnode.devices.session import CounterMirror
@@ -46,14 +47,10 @@ class FrameSource:
         return self.camera
 
 
-def _source(text: str) -> int | str:
-    return int(text) if text.isdigit() else text
-
-
 async def serve(cfg: CameraConfig, health: HealthRegistry, bus: EventBus, frames: FrameSource,
                 ready: Callable[[], None]) -> None:
     counters = CounterMirror(health, NAME, prefix="")
-    async with await Camera.open(_source(cfg.source), width=cfg.width, height=cfg.height, fps=cfg.fps,
+    async with await Camera.open(parse_source(cfg.source), width=cfg.width, height=cfg.height, fps=cfg.fps,
                                  exposure=cfg.exposure, gain=cfg.gain) as camera:
         ready()
         frames.camera = camera
