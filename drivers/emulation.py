@@ -12,6 +12,9 @@ garbage on the line, stalls, corrupt checksums and a slow first answer after eac
 from __future__ import annotations
 
 import abc
+import contextlib
+import ctypes
+import ctypes.util
 import errno
 import logging
 import os
@@ -20,13 +23,29 @@ import select
 import termios
 import tty
 from pathlib import Path
+from typing import Any
 
 import trio
 
 log = logging.getLogger(__name__)
 
-#: how often a master with no host attached is polled for an open (HUP cannot be waited away)
+#: how long a master with no host attached waits for an open before it looks again (HUP cannot
+#: be waited away): an inotify watch on the slave wakes it at once; without inotify, a poll
 IDLE_POLL_S = 0.02
+
+_IN_OPEN = 0x20
+
+
+def _inotify() -> Any:
+    """libc's inotify functions, or None (not Linux): hosts opening the port are then polled for."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return libc if hasattr(libc, "inotify_init1") else None
+    except OSError:
+        return None
+
+
+_LIBC = _inotify()
 
 
 class PtyEndpoint:
@@ -36,6 +55,7 @@ class PtyEndpoint:
         self.link = Path(link)
         self.master: int | None = None
         self.tty_name: str | None = None
+        self._opens: int | None = None  # an inotify fd watching the slave for opens
 
     @property
     def plugged(self) -> bool:
@@ -48,6 +68,7 @@ class PtyEndpoint:
         os.close(slave)
         os.set_blocking(master, False)
         self.master = master
+        self._watch_opens()  # before the link exists: no host can open the port unseen
         tmp = self.link.with_name(self.link.name + ".new")
         tmp.unlink(missing_ok=True)
         os.symlink(self.tty_name, tmp)
@@ -55,10 +76,38 @@ class PtyEndpoint:
 
     def unplug(self) -> None:
         self.link.unlink(missing_ok=True)
-        if self.master is not None:
-            trio.lowlevel.notify_closing(self.master)
-            os.close(self.master)
-            self.master = None
+        for fd in (self.master, self._opens):
+            if fd is not None:
+                trio.lowlevel.notify_closing(fd)
+                os.close(fd)
+        self.master = self._opens = None
+
+    def _watch_opens(self) -> None:
+        if _LIBC is None:
+            return
+        fd = _LIBC.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            return
+        if _LIBC.inotify_add_watch(fd, os.fsencode(self.tty_name), _IN_OPEN) < 0:
+            os.close(fd)
+            return
+        self._opens = fd
+
+    async def wait_open(self) -> None:
+        """Return when a host may have opened the port since the last call: at its open (inotify),
+        else after :data:`IDLE_POLL_S`, or once unplugged."""
+        fd = self._opens
+        if fd is None:
+            await trio.sleep(IDLE_POLL_S)
+            return
+        with trio.move_on_after(IDLE_POLL_S * 25):   # a look now and then, whatever inotify says
+            try:
+                await trio.lowlevel.wait_readable(fd)
+            except trio.ClosedResourceError:
+                return
+        with contextlib.suppress(BlockingIOError, OSError):
+            while os.read(fd, 4096):
+                pass
 
     def host_baudrate(self) -> int | None:
         """The baud rate the host configured on its end (ptys ignore it, but it tells intent)."""
@@ -77,9 +126,11 @@ class SerialEmulator(abc.ABC):
     """Base class of the pty device emulators. Run with ``nursery.start(emulator.run)``.
 
     Two tasks run the port: a watcher that notices a host opening it (a pty master reports HUP
-    while no host has the slave open, so it is polled every :data:`IDLE_POLL_S`, and only while
-    nobody is attached) and a reader that feeds :meth:`on_receive` and notices the host leaving
-    (its wait wakes on HUP, so an attached host costs no polling).
+    while no host has the slave open, and HUP cannot be waited away, so while nobody is attached
+    an inotify watch on the slave wakes it at the open: a host that writes a command the moment
+    it opens the port is answered within a millisecond, as by a UART that always listens) and a
+    reader that feeds :meth:`on_receive` and notices the host leaving (its wait wakes on HUP, so
+    an attached host costs no polling).
     """
 
     #: name used in logs and by the virtual gate
@@ -178,7 +229,7 @@ class SerialEmulator(abc.ABC):
                 self._notify_host_changed()
                 await self.on_host_attached()
             else:
-                await trio.sleep(IDLE_POLL_S)
+                await self.endpoint.wait_open()
 
     def _host_present(self) -> bool:
         poller = select.poll()

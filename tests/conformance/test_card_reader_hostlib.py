@@ -90,3 +90,39 @@ async def test_adafruit_pn532_uart_reads_firmware_and_uid(nursery, tmp_path):
     assert version == (0x32, 1, 6, 7)
     assert bytes(uid) == BADGE.uid and bytes(again) == BADGE.uid
     assert bytes(visa_uid) == VISA.uid
+
+
+async def test_pn532pi_hsu_reads_firmware_sam_and_uid_right_after_opening(nursery, tmp_path):
+    """pn532pi (a port of Seeed's Arduino PN532 library) waits only 10 ms for the ACK of a command
+    it writes the moment it opens the port; a real PN532 on a UART hears bytes at all times. The
+    emulator notices the open through inotify (it polled every 20 ms, and this failed 10 times
+    in 10); the ACK comes in ~0.6 ms. Each round is a fresh open: its first command is at stake."""
+    pytest.importorskip("pn532pi")
+    from pn532pi import Pn532, Pn532Hsu
+    from pn532pi.nfc.pn532 import PN532_MIFARE_ISO14443A_106KBPS
+
+    class Hsu(Pn532Hsu):   # the library opens /dev/serial0 or 1 only: the same class on our port
+        def __init__(self, path: str) -> None:
+            self._serial = serial.Serial(path, baudrate=115200, timeout=100)
+            self._serial.close()
+            self.command = 0
+
+    emu = CardReaderEmulator(tmp_path / "pn532", seed=5)
+    await nursery.start(emu.run)
+    emu.place(BADGE)
+
+    def host_side():
+        rounds = []
+        for _ in range(3):
+            hsu = Hsu(str(emu.link))
+            nfc = Pn532(hsu)
+            nfc.begin()
+            try:
+                rounds.append((nfc.getFirmwareVersion(), nfc.SAMConfig(),
+                               nfc.readPassiveTargetID(PN532_MIFARE_ISO14443A_106KBPS)))
+            finally:
+                hsu._serial.close()
+        return rounds
+
+    for version, sam, (found, uid) in await trio.to_thread.run_sync(host_side):
+        assert (version, sam, found, bytes(uid)) == (0x32010607, True, True, BADGE.uid)
