@@ -397,8 +397,7 @@ class Vault:
             card = None
             if pid in cards:
                 digest, sealed_last4 = cards[pid]
-                last4 = self._open(sealed_last4, _aad("cards", pid, digest), f"card of person {pid}")
-                card = CardToken(digest, last4.decode("utf-8", errors="replace"))
+                card = CardToken(digest, self._open_last4(pid, digest, sealed_last4))
             try:
                 enrolled = tuple(EnrolledPalm(name, tuple(templates)) for name, templates in palms[pid])
             except ValueError as exc:
@@ -417,6 +416,9 @@ class Vault:
             return open_(self._keys.template_key, blob, aad)
         except TamperedData as exc:
             raise TamperedData(f"{what} in vault {self._path}: {exc}") from None
+
+    def _open_last4(self, pid: str, digest: bytes, sealed: Any) -> str:
+        return self._open(sealed, _aad("cards", pid, digest), f"card of person {pid}").decode("utf-8", errors="replace")
 
     def _open_template(self, pid: str, palm: str, idx: int, blob: Any) -> PalmTemplate:
         what = f"template {palm}#{idx} of person {pid}"
@@ -484,11 +486,7 @@ class Vault:
         events, dropped = [], []
         for seq, key, kind, at, blob in rows:
             try:
-                payload = self._open(blob, _aad("outbox", seq, key, kind), f"outbox event {seq}")
-                try:
-                    data = msgpack.unpackb(payload, raw=False)
-                except (ValueError, msgpack.UnpackException) as exc:
-                    raise VaultError(f"outbox event {seq} in vault {self._path} does not decode: {exc}") from None
+                data = self._open_event(seq, key, kind, blob)
             except VaultError as exc:
                 if unreadable is None:
                     raise
@@ -502,6 +500,13 @@ class Vault:
                     conn.execute("UPDATE outbox SET delivered = 1, sealed = NULL WHERE seq = ?", (seq,))
                     self._audit(conn, "outbox_event_dropped", None, {"seq": seq, "reason": "unreadable"})
         return events
+
+    def _open_event(self, seq: int, key: str, kind: str, blob: Any) -> Any:
+        payload = self._open(blob, _aad("outbox", seq, key, kind), f"outbox event {seq}")
+        try:
+            return msgpack.unpackb(payload, raw=False)
+        except (ValueError, msgpack.UnpackException) as exc:
+            raise VaultError(f"outbox event {seq} in vault {self._path} does not decode: {exc}") from None
 
     def mark_delivered(self, seq: int) -> None:
         """The controller acknowledged event ``seq``: it leaves the queue and its payload is erased.
@@ -569,13 +574,12 @@ class Vault:
                     problems.append(str(exc))
             for digest, pid, last4 in conn.execute("SELECT card_digest, person_id, last4 FROM cards"):
                 try:
-                    self._open(last4, _aad("cards", pid, self._blob(digest, f"card digest of person {pid}")),
-                               f"card of person {pid}")
+                    self._open_last4(pid, self._blob(digest, f"card digest of person {pid}"), last4)
                 except VaultError as exc:
                     problems.append(str(exc))
             for seq, key, kind, blob in conn.execute("SELECT seq, key, kind, sealed FROM outbox WHERE delivered = 0"):
                 try:
-                    self._open(blob, _aad("outbox", seq, key, kind), f"outbox event {seq}")
+                    self._open_event(seq, key, kind, blob)
                 except VaultError as exc:
                     problems.append(str(exc))
         return problems
