@@ -16,6 +16,7 @@ from drivers.illuminator.driver import check_settings as check_illuminator
 from drivers.proximity.codec import MAX_FRAME_RATE_HZ
 from palmnode.biometrics.quality import QualityPolicy
 from palmnode.biometrics.roi import DEFAULT_LIMITS, OPERATOR_LIMITS, RoiLimits
+from palmnode.logs import LOG_LEVELS
 from palmnode.vault.records import VaultConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "sim.toml"
@@ -111,9 +112,6 @@ class SupervisionConfig:
         if self.backoff_max_s < self.backoff_initial_s:
             raise ValueError(f"backoff_max_s ({self.backoff_max_s}) must be at least backoff_initial_s "
                              f"({self.backoff_initial_s})")
-
-
-LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @attrs.frozen

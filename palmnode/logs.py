@@ -19,6 +19,8 @@ HIDDEN_FIELDS = frozenset({"token", "expiry", "digest", "card_digest", "phone", 
                            "template", "templates", "image", "images", "nir", "surface", "roi"})
 #: and in the log, which outlives a deletion, no person id either (the REPL is live: it may)
 LOG_HIDDEN_FIELDS = HIDDEN_FIELDS | {"person_id"}
+#: the levels a node or controller logs at (config ``[node] log_level``, ``--log-level``)
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class JsonFormatter(logging.Formatter):

@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     retention = attrs.fields(ControllerConfig).event_retention_days.default
     parser.add_argument("--event-retention-days", type=positive, default=retention, metavar="DAYS",
                         help=f"keep applied events this long, then prune them (default {retention:g})")
-    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--log-level", default="info", choices=logs.LOG_LEVELS)
     return parser
 
 

@@ -472,6 +472,7 @@ def _history(hello: dict[str, Any]) -> Iterator[Callable[[str], None]]:
         length = readline.get_current_history_length()
         if words and words[0] in UNRECORDED_COMMANDS and length:
             readline.remove_history_item(length - 1)
+
     path = Path(HISTORY_FILE).expanduser()
     with contextlib.suppress(OSError):
         readline.read_history_file(path)
