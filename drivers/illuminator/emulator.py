@@ -42,6 +42,11 @@ MINIMUM_SAMPLING_MS = 1
 FIRMWARE_VERSION = (2, 5)
 #: Firmata.cpp setFirmwareNameAndVersion keeps the sketch's __FILE__ basename (".ino" is not stripped)
 FIRMWARE_NAME = "StandardFirmata.ino"
+#: from the DTR reset of a host's open to setup()'s announcement. A real Uno takes ~1.6 s
+#: (optiboot waits for an upload first); the emulator takes 50 ms, enough for any host to finish
+#: opening the port (pyserial flushes its input then, which would eat an earlier announcement)
+#: and short enough for tests that reopen the board
+BOOT_S = 0.05
 #: FirmataConstants.h FIRMATA_PROTOCOL_MAJOR_VERSION / _MINOR_VERSION
 PROTOCOL_VERSION = (2, 5)
 #: the board's own over-temperature cutoff (docs/protocols/illuminator.md "Safety")
@@ -71,6 +76,7 @@ class IlluminatorEmulator(SerialEmulator):
         thermal_time_constant_s: float = 60.0,
         board_max_temperature_c: float = BOARD_MAX_TEMPERATURE_C,
         reset_on_open: bool = True,
+        boot_s: float = BOOT_S,
     ) -> None:
         super().__init__(link, seed=seed)
         self.pwm_pins = tuple(sorted(set(pwm_pins)))
@@ -85,6 +91,7 @@ class IlluminatorEmulator(SerialEmulator):
         self.thermal_time_constant_s = thermal_time_constant_s
         self.board_max_temperature_c = board_max_temperature_c
         self.reset_on_open = reset_on_open
+        self.boot_s = boot_s
         self.decoder = fc.HostToBoardDecoder()
         #: malformed input from the host, by reason
         self.malformed: dict[str, int] = {}
@@ -226,6 +233,7 @@ class IlluminatorEmulator(SerialEmulator):
                 self._reset_state()
                 self.boots += 1
                 self._notify()
+                await trio.sleep(self.boot_s)   # the bootloader, then setup()
             await self.send(fc.protocol_version(*PROTOCOL_VERSION))
             await self.send(fc.firmware_report(*FIRMWARE_VERSION, FIRMWARE_NAME))
         finally:
