@@ -266,11 +266,14 @@ class IdentifyFlow:
 
     async def _serve(self) -> None:
         while True:
+            free_at = trio.current_time()
             arrival = await self._next_arrival()
             if self.capturer.reserved_by is not None:
                 continue  # an enrolment has the gate: its hands are not ours
             self._left = trio.Event()
-            decision = await self._identify(arrival)
+            # a hand that came while the gate was busy (a charge waiting for the controller) gets
+            # the whole deadline from when the gate is free for it
+            decision = await self._identify(arrival, since=max(arrival.at, free_at))
             self.decisions += 1
             if decision.outcome == "identified":
                 await self._act(decision)
@@ -294,7 +297,7 @@ class IdentifyFlow:
                 return self._arrival
 
     # ---- CAPTURING / MATCHING ---------------------------------------------------------------
-    async def _identify(self, arrival: PresenceChanged) -> Decision:
+    async def _identify(self, arrival: PresenceChanged, since: float) -> Decision:
         p = self.policy
         evidence = Evidence(p)
         verdict: Verdict | None = None
@@ -305,7 +308,8 @@ class IdentifyFlow:
             trace.append(AttemptTrace(round((started - arrival.at) * 1e3, 1),
                                       round((searched - started) * 1e3, 1), round(search_ms, 1), result))
 
-        with trio.move_on_after(p.decision_deadline_s - (trio.current_time() - arrival.at)) as deadline:
+        self._goto(S.CAPTURING)   # before the deadline: one already past still decides from here
+        with trio.move_on_at(since + p.decision_deadline_s) as deadline:
             self._attempt_scope = deadline
             async with self.capturer.burst(p.max_attempts) as results:
                 while True:

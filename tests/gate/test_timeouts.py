@@ -105,6 +105,27 @@ async def test_device_down_is_a_retry_with_reason_and_a_lingering_hand_is_asked_
         assert flow.state is IdentifyState.WAITING
 
 
+async def test_a_hand_that_waited_while_the_gate_was_busy_gets_a_decision(nursery, autojump_clock):
+    """A hand placed while the gate still served someone else (a payment waiting up to
+    charge_timeout_s for the controller) is older than the decision deadline once the gate is
+    free: it gets the whole deadline from then (trio.move_on_after of a negative time raised,
+    and the identify actor crashed without a word to that customer)."""
+    bus = EventBus()
+    flow = IdentifyFlow(bus, idle_capturer(), Gallery())
+    await nursery.start(flow.run)
+    async with bus.subscribe(Decision, buffer=64) as events:
+        await trio.sleep(5)
+        bus.publish(PresenceChanged(True, 150, trio.current_time() - 3.0))   # arrived 3 s ago
+        late = await events.receive()
+        bus.publish(PresenceChanged(False, None, trio.current_time()))
+        await trio.sleep(1)
+        bus.publish(PresenceChanged(True, 150, trio.current_time()))         # the next one is served too
+        decision = await events.receive()
+    assert late.outcome == "retry" and "\n" not in late.reason
+    assert decision.outcome == "retry" and decision.reason.startswith("illuminator")
+    assert flow.decisions == 2
+
+
 async def _drain(events):
     while True:
         try:
