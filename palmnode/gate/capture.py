@@ -257,6 +257,8 @@ class Capturer:
 
                 nursery.start_soon(find)
                 nursery.start_soon(take_surface)
+        except* CaptureUnavailable as group:   # a device went away mid-pair: as from the NIR frame
+            raise group.exceptions[0] from None
         finally:
             await self._all_off()
         if isinstance(found, RoiFailure):

@@ -244,6 +244,9 @@ class EnrolFlow:
                     result = EnrolResult(False, reason="timed out")
         except RuntimeError as exc:  # the gate is reserved by someone else
             result = EnrolResult(False, reason=str(exc))
+        except Exception:  # a bug must not leave the request unanswered and the gate refusing the next
+            log.exception("enrolment ended by an error")
+            result = EnrolResult(False, reason="the gate had an error: please start again")
         if not result.ok:
             self._goto(E.CANCELLED if result.reason == "cancelled" else E.FAILED)
             self._progress("cancelled" if result.reason == "cancelled" else "failed", result.reason or "failed")

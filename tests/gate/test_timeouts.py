@@ -4,7 +4,10 @@ enrolled, a device down, a hand that lingers. The node parts are the real object
 from __future__ import annotations
 
 import os
+import time
 
+import numpy as np
+import pytest
 import trio
 
 from drivers.card_reader.reads import PaymentCardRead
@@ -13,7 +16,8 @@ from palmnode.actors import EventBus
 from palmnode.biometrics.gallery import Gallery
 from palmnode.devices.camera import FrameSource
 from palmnode.devices.illuminator import Lights
-from palmnode.gate.capture import Capturer
+from palmnode.gate import capture
+from palmnode.gate.capture import CaptureUnavailable, Capturer
 from palmnode.gate.enrol import EnrolBusy, EnrolFlow, EnrolPolicy
 from palmnode.gate.events import Decision, EnrolProgress, Feedback
 from palmnode.gate.identify import IdentifyFlow, IdentifyPolicy, IdentifyState
@@ -124,6 +128,39 @@ async def test_a_hand_that_waited_while_the_gate_was_busy_gets_a_decision(nurser
     assert late.outcome == "retry" and "\n" not in late.reason
     assert decision.outcome == "retry" and decision.reason.startswith("illuminator")
     assert flow.decisions == 2
+
+
+async def test_a_device_lost_while_the_surface_frame_is_awaited_is_a_plain_capture_unavailable(monkeypatch):
+    """The surface frame is awaited beside the NIR frame's ROI search (a nursery): a camera or
+    illuminator lost then is the same CaptureUnavailable the flows handle, not an ExceptionGroup
+    that ended the enrol actor."""
+    capturer = idle_capturer()
+
+    async def lit_frame(channel, level, previous):
+        if previous is None:
+            return np.zeros((480, 640), np.uint8), trio.current_time()
+        raise CaptureUnavailable("camera: unplugged")
+    monkeypatch.setattr(capturer, "_lit_frame", lit_frame)
+    monkeypatch.setattr(capture, "locate", lambda nir, policy: time.sleep(0.05))
+    with pytest.raises(CaptureUnavailable, match="camera: unplugged"):
+        await capturer.capture_probe()
+
+
+async def test_an_enrolment_ended_by_an_error_answers_and_frees_the_gate(nursery, autojump_clock, monkeypatch):
+    bus = EventBus()
+    flow = EnrolFlow(bus, idle_capturer(), Gallery(), people=None)
+
+    async def broken():
+        raise ValueError("a bug")
+    monkeypatch.setattr(flow.capturer, "capture_probe", broken)
+    await nursery.start(flow.run)
+    request = flow.begin(None, ["right"], card_required=False)
+    await trio.sleep(0.1)
+    bus.publish(PresenceChanged(True, 150, trio.current_time()))   # a hand: the palm step captures
+    result = await request.wait()
+    assert not result.ok and result.reason == "the gate had an error: please start again"
+    assert flow.state.value == "idle" and flow.current is None and flow.capturer.reserved_by is None
+    assert not (await flow.begin(None, ["right"], card_required=False).wait()).ok   # the next one is taken
 
 
 async def _drain(events):
