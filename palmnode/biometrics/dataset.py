@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -151,6 +152,11 @@ def compile_pattern(pattern: str, numbering: Numbering = Numbering()) -> re.Patt
     return rx
 
 
+def display_name(name: str) -> str:
+    """A file name as printable text: bytes that are not UTF-8 escaped (``caf\\xe9.png``)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def read_grey(path: str, bit_depth: int | None = None) -> np.ndarray:
     """``path`` as an 8-bit grey array, or :class:`UnreadableSample` naming the file.
 
@@ -159,14 +165,20 @@ def read_grey(path: str, bit_depth: int | None = None) -> np.ndarray:
     (:func:`~palmnode.biometrics.types.sixteen_to_8bit`). Float images in 0..1 or 0..255 are scaled."""
     import cv2
 
-    name = os.path.basename(path)
+    name = display_name(os.path.basename(path))
+    # read by Python, decoded by OpenCV: cv2.imread takes the path as UTF-8 text and crashes on a
+    # name that is not UTF-8; and a FIFO or device named like a sample would block the run
     try:
-        image = cv2.imread(path, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise UnreadableSample(f"{name}: not a regular file")
+        data = np.fromfile(path, np.uint8)
+    except OSError as exc:
+        raise UnreadableSample(f"{name}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH) if data.size else None
     except cv2.error as exc:  # pragma: no cover - cv2 returns None for most bad files
         raise UnreadableSample(f"{name}: cannot be read as an image ({exc})") from None
     if image is None:
-        if not os.access(path, os.R_OK):
-            raise UnreadableSample(f"{name}: not readable (permissions?)")
         raise UnreadableSample(f"{name}: cannot be read as an image")
     if image.dtype == np.uint8:
         return image

@@ -67,12 +67,14 @@ def write_det(path: str | Path, curves: Mapping[str, DetCurve], *, title: str = 
             x = int(round(to_px(np.array([t]), np.array([y_lo]))[0, 0]))
             cv2.line(img, (x, top), (x, top + h), GRID, 1)
             label = tick_label(t)
+            label = _ascii(label)
             (tw, _), _ = cv2.getTextSize(label, _FONT, 0.42, 1)
             cv2.putText(img, label, (x - tw // 2, top + h + 18), _FONT, 0.42, BLACK, 1, cv2.LINE_AA)
         if y_lo <= t <= hi:
             y = int(round(to_px(np.array([x_lo]), np.array([t]))[0, 1]))
             cv2.line(img, (left, y), (left + w, y), GRID, 1)
             label = tick_label(t)
+            label = _ascii(label)
             (tw, th), _ = cv2.getTextSize(label, _FONT, 0.42, 1)
             cv2.putText(img, label, (left - tw - 8, y + th // 2), _FONT, 0.42, BLACK, 1, cv2.LINE_AA)
     # FMR = FNMR: where each curve meets it is its EER
@@ -96,13 +98,27 @@ def write_det(path: str | Path, curves: Mapping[str, DetCurve], *, title: str = 
     ylabel = np.full((30, h, 3), 255, np.uint8)
     _centred(ylabel, "false non-match rate (FNMR)", h // 2, 21, 0.55)
     img[top:top + h, 18:48] = cv2.rotate(ylabel, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    return _write_png(path, img)
+
+
+def _ascii(text: str) -> str:
+    """What OpenCV's Hershey fonts draw: ASCII, anything else escaped. A file name that is not
+    UTF-8 reaches Python with surrogates, on which cv2.putText and getTextSize crash the process."""
+    return text.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+
+
+def _write_png(path: str | Path, img: np.ndarray) -> Path:
+    """``img`` as a PNG at ``path``, written by Python (cv2.imwrite takes the path as UTF-8 text)."""
     path = Path(path)
-    if not cv2.imwrite(str(path), img):
-        raise OSError(f"cannot write {path}")
+    ok, data = cv2.imencode(".png", img)
+    if not ok:
+        raise OSError(f"cannot encode {path}")
+    path.write_bytes(data.tobytes())
     return path
 
 
 def _centred(img: np.ndarray, text: str, cx: int, baseline: int, scale: float) -> None:
+    text = _ascii(text)
     (tw, _), _ = cv2.getTextSize(text, _FONT, scale, 1)
     cv2.putText(img, text, (cx - tw // 2, baseline), _FONT, scale, BLACK, 1, cv2.LINE_AA)
 
@@ -110,6 +126,7 @@ def _centred(img: np.ndarray, text: str, cx: int, baseline: int, scale: float) -
 def _legend(img: np.ndarray, entries: Sequence[tuple[str, tuple]], right_x: int, top_y: int) -> None:
     if not entries:
         return
+    entries = [(_ascii(name), colour) for name, colour in entries]
     widths = [cv2.getTextSize(name, _FONT, 0.5, 1)[0][0] for name, _ in entries]
     box_w, line_h = max(widths) + 50, 22
     x0 = right_x - box_w
@@ -141,7 +158,7 @@ def write_contact_sheet(path: str | Path, tiles: Sequence[tuple[str, Mapping[str
         x, y = (i % cols) * tw, (i // cols) * (th + strip)
         if isinstance(rois, str):
             sheet[y + 2:y + 2 + roi_size, x + 2:x + tw - 2] = 90
-            for j, word in enumerate(_wrap(rois.replace("_", " "), 16)):
+            for j, word in enumerate(_wrap(_ascii(rois).replace("_", " "), 16)):
                 cv2.putText(sheet, word, (x + 8, y + 30 + 18 * j), _FONT, 0.45, (80, 80, 255), 1, cv2.LINE_AA)
         else:
             for j, m in enumerate(mm for mm in ROI_ORDER if mm in rois):
@@ -153,11 +170,8 @@ def write_contact_sheet(path: str | Path, tiles: Sequence[tuple[str, Mapping[str
                 x0 = x + 2 + j * roi_size
                 sheet[y + 2:y + 2 + roi_size, x0:x0 + roi_size] = roi
                 cv2.putText(sheet, m[0].upper(), (x0 + 3, y + 14), _FONT, 0.4, (0, 200, 255), 1, cv2.LINE_AA)
-        cv2.putText(sheet, label[: tw // 7], (x + 3, y + th + 12), _FONT, 0.38, BLACK, 1, cv2.LINE_AA)
-    path = Path(path)
-    if not cv2.imwrite(str(path), sheet):
-        raise OSError(f"cannot write {path}")
-    return path
+        cv2.putText(sheet, _ascii(label)[: tw // 7], (x + 3, y + th + 12), _FONT, 0.38, BLACK, 1, cv2.LINE_AA)
+    return _write_png(path, sheet)
 
 
 def _wrap(text: str, width: int) -> list[str]:

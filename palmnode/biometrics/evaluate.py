@@ -265,6 +265,10 @@ def frames_for(modality: str, channels: tuple[str, ...]) -> tuple[tuple[str, ...
     return need, lambda f: (f.get(NIR), f.get(SURFACE))
 
 
+#: failures to acquire named on stderr, one line each (the JSON counts them all by reason)
+MAX_FAILURES_LISTED = 50
+
+
 def encode_all(dataset: Dataset, pipeline: Pipeline, modality: str, *, keep_rois: set[SampleKey] = frozenset(),
                debug_dir: Path | None = None, stream=None,
                probe_variants: Callable[[SampleKey], bool] | None = None) -> Encodings:
@@ -298,6 +302,12 @@ def encode_all(dataset: Dataset, pipeline: Pipeline, modality: str, *, keep_rois
         outcomes.append(outcome)
         progress.update()
     progress.close()
+    failed = [(k, o) for k, o in zip(keys, outcomes) if isinstance(o, Failed)]
+    for key, outcome in failed[:MAX_FAILURES_LISTED]:   # which files, so a user can find them
+        stream.write(f"eval: failed to acquire {key.label}: {outcome.reason}"
+                     f"{': ' + outcome.detail if outcome.detail else ''}\n")
+    if len(failed) > MAX_FAILURES_LISTED:
+        stream.write(f"eval: ... and {len(failed) - MAX_FAILURES_LISTED} more failures to acquire\n")
     return Encodings(keys, outcomes)
 
 

@@ -1,6 +1,7 @@
 """Datasets: a folder named by a regex (groups, pairing, errors) and the synthetic source."""
 from __future__ import annotations
 
+import os
 import re
 import sys
 import types
@@ -61,6 +62,24 @@ def test_unreadable_image_names_the_file(tmp_path):
     d = ds.scan_folder(tmp_path, r"(?P<id>\d)_(?P<session>\d)_(?P<sample>\d)\.png")
     with pytest.raises(ds.UnreadableSample, match=r"1_1_1.png: cannot be read as an image"):
         d.samples[0].load((ds.IMAGE,))
+
+
+def test_a_file_name_that_is_not_utf8_is_read_and_a_fifo_is_refused(tmp_path):
+    """cv2.imread took the path as UTF-8 text and crashed the process (a segfault) on a name
+    unpacked from a Latin-1 zip; a FIFO named like a sample blocked the run forever."""
+    import cv2
+
+    frame = np.full((48, 64), 77, np.uint8)
+    latin = os.path.join(os.fsencode(tmp_path), b"caf\xe9_1_1.png")
+    ok, png = cv2.imencode(".png", frame)
+    with open(latin, "wb") as f:
+        f.write(png.tobytes())
+    path = os.fsdecode(latin)                      # as os.walk gives it: with a surrogate
+    assert np.array_equal(ds.read_grey(path), frame)
+    assert ds.display_name(os.path.basename(path)) == "caf\\xe9_1_1.png"
+    os.mkfifo(tmp_path / "9_1_1.png")
+    with pytest.raises(ds.UnreadableSample, match=r"^9_1_1.png: not a regular file$"):
+        ds.read_grey(str(tmp_path / "9_1_1.png"))
 
 
 @pytest.mark.parametrize("pattern, message", [

@@ -266,6 +266,8 @@ def test_engine_error_counts_as_failure_and_is_shown_once(tmp_path, capsys):
     assert report["all_vs_all"]["failures"]["reasons"] == {"engine_error": 4}
     assert report["all_vs_all"]["modalities"]["vein"]["error"].startswith("no genuine comparisons")
     assert err.count("Traceback") == 1
+    named = [line for line in err.splitlines() if line.startswith("eval: failed to acquire ")]
+    assert len(named) == 4 and all(line.endswith(": engine_error: RuntimeError: kaput") for line in named)
 
 
 def test_add_arguments_builds_a_subcommand(tmp_path, capsys):
