@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import attrs
 import numpy as np
 
-from palmnode.cliargs import bit_depth, count
+from palmnode.cliargs import bit_depth, count, non_negative
 from palmnode.progress import Progress
 from palmnode.biometrics import metrics
 from palmnode.biometrics.dataset import (IMAGE, NIR, SURFACE, Dataset, DatasetError, Numbering, SampleKey,
@@ -574,7 +574,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="synthetic: hands upright (±small) or at any in-plane angle")
     parser.add_argument("--hands", choices=("left", "right", "both"), default="right",
                         help="synthetic: which palms each person presents (both = two subjects per person)")
-    parser.add_argument("--seed", type=int, default=0, help="synthetic: seed of every identity and capture")
+    parser.add_argument("--seed", type=non_negative, default=0,
+                        help="synthetic: seed of every identity and capture (0 or more)")
     parser.add_argument("--min-quality", type=float, default=None,
                         help="refuse samples whose quality score is below this (default: the engine's policy)")
     parser.add_argument("--debug-dir", default=None, help="also write every loaded or rendered frame here "

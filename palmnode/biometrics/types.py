@@ -8,6 +8,9 @@ import numpy as np
 
 #: frames larger than this (pixels) are refused rather than processed slowly
 MAX_FRAME_PIXELS = 4096 * 4096
+#: a frame longer than this many times its width (a line-scan strip, a mis-set stride) is refused:
+#: the hand segmentation downscales by the long side and would leave the short one no pixels
+MAX_FRAME_ASPECT = 8
 
 
 class BadImage(ValueError):
@@ -90,6 +93,9 @@ def check_frame(image: object, *, name: str = "image") -> np.ndarray:
                        f"{MAX_FRAME_PIXELS} pixels the engine accepts")
     if image.shape[0] < 16 or image.shape[1] < 16:
         raise BadImage(f"{name} is {image.shape[1]}×{image.shape[0]}: too small to hold a palm")
+    if max(image.shape[:2]) > MAX_FRAME_ASPECT * min(image.shape[:2]):
+        raise BadImage(f"{name} is {image.shape[1]}×{image.shape[0]}: too elongated to hold a hand "
+                       f"(more than {MAX_FRAME_ASPECT}:1)")
     if image.dtype == np.uint8:
         return np.ascontiguousarray(image)
     if image.dtype.kind == "f":

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from palmnode.biometrics import quality, roi
-from palmnode.biometrics.types import BadImage, FailureReason, Roi, RoiFailure
+from palmnode.biometrics.types import MAX_FRAME_ASPECT, BadImage, FailureReason, Roi, RoiFailure
 
 W, H = 640, 480
 
@@ -93,6 +93,8 @@ def test_fingers_together_give_the_same_roi_as_spread():
     (np.full((480, 640), np.nan, np.float32), "NaN"),
     (np.zeros((2, 480, 640), np.uint8), "2-D"),
     (np.zeros((8, 8), np.uint8), "too small"),
+    (np.zeros((20, 8000), np.uint8), "too elongated"),    # the segmentation's resize had no pixels left
+    (np.zeros((10000, 16), np.uint8), "too elongated"),
     ([[1, 2], [3, 4]], "numpy"),
 ])
 def test_unusable_arrays_raise_bad_image(bad, words):
@@ -176,6 +178,10 @@ def test_random_arrays_never_crash(h, w, kind, seed):
         base = ((base > 128) * 110 + 15).astype(np.uint8)
     frame = {"u8": base, "f32": base.astype(np.float32), "f64": base / 255.0,
              "u16": base.astype(np.uint16) * 257}[kind]
+    if max(h, w) > MAX_FRAME_ASPECT * min(h, w):
+        with pytest.raises(BadImage, match="too elongated"):
+            roi.extract_roi(frame)
+        return
     result = roi.extract_roi(frame)
     assert isinstance(result, (Roi, RoiFailure))
     if isinstance(result, Roi):
