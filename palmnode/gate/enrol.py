@@ -47,7 +47,7 @@ from palmnode.gate.capture import Capturer, CaptureUnavailable, Probe
 from palmnode.gate.events import EnrolProgress
 from palmnode.gate.presence import AdvicePolicy, PlacementAdvisor, PresenceChanged, PresencePolicy
 from palmnode.logs import event
-from palmnode.vault import DuplicateCard, DuplicatePhone, InvalidPhone, VaultError
+from palmnode.vault import DuplicateCard, DuplicatePhone, InvalidPhone, VaultError, normalise_phone
 
 log = logging.getLogger("palmnode.gate")
 
@@ -191,6 +191,8 @@ class EnrolFlow:
         palms = tuple(palms)
         if not palms or any(p not in ("left", "right") for p in palms) or len(set(palms)) != len(palms):
             raise ValueError(f"palms must be 'left' and/or 'right', each once, got {list(palms)}")
+        if phone is not None:
+            normalise_phone(phone)   # InvalidPhone (a ValueError) now, not after the card and the palms
         if self.current is not None:
             raise EnrolBusy("an enrolment is already running on this gate: cancel it first")
         request = EnrolRequest(phone, palms, card_required)
@@ -275,6 +277,9 @@ class EnrolFlow:
             if await self.people.find_by_card(card.digest) is not None:
                 return EnrolResult(False, reason="card already enrolled")
             self._progress("card", f"card …{card.last4} read")
+        if request.phone is not None and self.people is not None and \
+                await self.people.find_by_phone(request.phone) is not None:
+            return EnrolResult(False, reason="phone number already enrolled")   # before any palm is asked
         palms: dict[str, list[PalmTemplate]] = {}
         probes: list[ProbeTemplates] = []  # one per palm, for the duplicate check
         for palm in request.palms:

@@ -180,6 +180,9 @@ class People:
     async def find_by_card(self, card_digest: bytes) -> str | None:
         return await trio.to_thread.run_sync(self.vault.find_by_card, card_digest)
 
+    async def find_by_phone(self, phone: str) -> str | None:
+        return await trio.to_thread.run_sync(self.vault.find_by_phone, phone)
+
     def stored_templates(self, person_id: str, palm: str) -> tuple[PalmTemplate, ...]:
         """All the stored templates of ``person_id``'s ``palm``, the search template (the gallery's)
         first; () when they are gone. Blocking (a vault read): call it from a worker thread."""

@@ -109,6 +109,37 @@ async def test_device_down_is_a_retry_with_reason_and_a_lingering_hand_is_asked_
         assert flow.state is IdentifyState.WAITING
 
 
+async def test_a_phone_number_is_checked_before_the_card_and_the_palms(nursery, tmp_path):
+    """A mistyped number is refused when the enrolment is asked for, and one already enrolled
+    right after the card, before the customer holds any palm (they used to go through the card
+    tap and every palm capture first). On the real clock: the vault's look-ups run in threads,
+    which trio's autojump clock does not wait for."""
+    from palmnode.vault import InvalidPhone
+
+    bus = EventBus()
+    vault = Vault.open(tmp_path / "vault.db", VaultKeys.from_secret(os.urandom(32)), node_id="g")
+    try:
+        people = People(vault, Gallery(), "g", bus)
+        await people.enrol(card(3), "+442079460000", {"right": templates_of(0)})
+        flow = EnrolFlow(bus, idle_capturer(), people.gallery, people)
+        await nursery.start(flow.run)
+        with pytest.raises(InvalidPhone):
+            flow.begin("020 7946 0000", ["right"])            # national form: not E.164
+        assert flow.current is None
+        async with bus.subscribe(EnrolProgress, buffer=64) as events:
+            request = flow.begin("+44 20 7946 0000", ["right"])   # the same number, spelt otherwise
+            async for ev in events:
+                if ev.step == "card":
+                    break
+            bus.publish(PaymentCardRead(token=card(4), last4="0004", expiry="2812", scheme="visa"))
+            result = await request.wait()
+            steps = [ev.step async for ev in _drain(events)]
+        assert not result.ok and result.reason == "phone number already enrolled"
+        assert "palm" not in steps and vault.count() == 1
+    finally:
+        vault.close()
+
+
 async def test_a_hand_that_waited_while_the_gate_was_busy_gets_a_decision(nursery, autojump_clock):
     """A hand placed while the gate still served someone else (a payment waiting up to
     charge_timeout_s for the controller) is older than the decision deadline once the gate is
