@@ -204,8 +204,16 @@ def _folder_loader(files: dict[str, str], bit_depth: int | None) -> Callable[[tu
 
 
 def _list_files(root: Path) -> list[str]:
+    """Relative paths of the files under ``root``, sorted, hidden ones left out; linked folders
+    are followed (a dataset's sessions often are links), each real folder once (no link loops)."""
     found = []
-    for folder, dirs, names in os.walk(root):
+    seen: set[str] = set()
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(names):
             if not name.startswith("."):

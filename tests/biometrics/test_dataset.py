@@ -64,6 +64,15 @@ def test_unreadable_image_names_the_file(tmp_path):
         d.samples[0].load((ds.IMAGE,))
 
 
+def test_linked_folders_are_followed_once(tmp_path):
+    touch_images(tmp_path / "store" / "s2", ["1_2_1.png"])
+    touch_images(tmp_path / "data" / "s1", ["1_1_1.png"])
+    (tmp_path / "data" / "s2").symlink_to(tmp_path / "store" / "s2")     # a session kept elsewhere
+    (tmp_path / "data" / "s1" / "loop").symlink_to(tmp_path / "data")    # and a loop
+    d = ds.scan_folder(tmp_path / "data", r"s\d/(?P<id>\d)_(?P<session>\d)_(?P<sample>\d)\.png")
+    assert [(s.key.session, s.files[0].split("/")[-2]) for s in d.samples] == [("1", "s1"), ("2", "s2")]
+
+
 def test_a_file_name_that_is_not_utf8_is_read_and_a_fifo_is_refused(tmp_path):
     """cv2.imread took the path as UTF-8 text and crashed the process (a segfault) on a name
     unpacked from a Latin-1 zip; a FIFO named like a sample blocked the run forever."""
