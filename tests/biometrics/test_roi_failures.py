@@ -93,6 +93,8 @@ def test_fingers_together_give_the_same_roi_as_spread():
     (np.full((480, 640), np.nan, np.float32), "NaN"),
     (np.zeros((2, 480, 640), np.uint8), "2-D"),
     (np.zeros((8, 8), np.uint8), "too small"),
+    (np.zeros((480, 640, 3), np.int64), "dtype int64"),   # colour: refused as grey is, not averaged to float
+    (np.zeros((480, 640, 3), bool), "dtype bool"),
     (np.zeros((20, 8000), np.uint8), "too elongated"),    # the segmentation's resize had no pixels left
     (np.zeros((10000, 16), np.uint8), "too elongated"),
     ([[1, 2], [3, 4]], "numpy"),
@@ -100,6 +102,17 @@ def test_fingers_together_give_the_same_roi_as_spread():
 def test_unusable_arrays_raise_bad_image(bad, words):
     with pytest.raises(BadImage, match=words):
         roi.extract_roi(bad)
+
+
+def test_a_colour_frame_is_its_grey_whatever_the_dtype():
+    """A 12-bit colour frame (three equal channels) is the 12-bit grey frame: its mean keeps the
+    sensor's bits, as the grey rules do (it was averaged to float and clipped white)."""
+    from palmnode.biometrics.types import check_frame
+
+    grey = (np.arange(480 * 640, dtype=np.uint32).reshape(480, 640) % 4096).astype(np.uint16)
+    for frame in (grey, grey.astype(np.float32) / 4095):
+        assert np.array_equal(check_frame(np.dstack([frame] * 3)), check_frame(frame))
+    assert np.array_equal(check_frame(np.dstack([grey] * 4)), check_frame(grey))      # alpha ignored
 
 
 @pytest.mark.parametrize("frame, expected", [
