@@ -196,15 +196,18 @@ class PalmTemplate:
     surface: ModalityCode | None
     vein: ModalityCode | None
 
+    def __attrs_post_init__(self) -> None:
+        for name, code, rows in (("surface", self.surface, SURFACE_ROWS), ("vein", self.vein, VEIN_ROWS)):
+            if code is not None and code.rows != rows:   # a matcher would score it against the wrong grid
+                raise BadTemplate(f"a {name} code of {code.rows} rows where {rows} are expected")
+
     def to_bytes(self) -> bytes:
         """``PT``, version, flags (1 surface, 2 vein), then each present modality's 4 planes of
         uint32 little-endian rows (surface 512 bytes, vein 256 bytes): at most 772 bytes."""
         flags = (1 if self.surface is not None else 0) | (2 if self.vein is not None else 0)
         parts = [_TEMPLATE_MAGIC, bytes([_TEMPLATE_VERSION, flags])]
-        for code, rows in ((self.surface, SURFACE_ROWS), (self.vein, VEIN_ROWS)):
+        for code in (self.surface, self.vein):
             if code is not None:
-                if code.rows != rows:
-                    raise BadTemplate(f"a code of {code.rows} rows where {rows} are expected")
                 parts.append(code.planes().astype("<u4").tobytes())
         return b"".join(parts)
 

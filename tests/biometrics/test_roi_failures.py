@@ -104,6 +104,20 @@ def test_unusable_arrays_raise_bad_image(bad, words):
         roi.extract_roi(bad)
 
 
+def test_a_template_holds_codes_of_its_modalitys_grid_only():
+    """A 16-row code in the surface slot was matched against the 32-row gallery (scores with no
+    meaning, ranked by the search); only to_bytes refused it."""
+    from palmnode.biometrics.types import BadTemplate, ModalityCode, PalmTemplate
+
+    sixteen = ModalityCode.from_planes(np.zeros((4, 16), np.uint32))
+    thirty_two = ModalityCode.from_planes(np.zeros((4, 32), np.uint32))
+    with pytest.raises(BadTemplate, match="a surface code of 16 rows where 32 are expected"):
+        PalmTemplate(surface=sixteen, vein=None)
+    with pytest.raises(BadTemplate, match="a vein code of 32 rows where 16 are expected"):
+        PalmTemplate(surface=None, vein=thirty_two)
+    assert PalmTemplate(surface=thirty_two, vein=sixteen).to_bytes()[:2] == b"PT"
+
+
 def test_a_colour_frame_is_its_grey_whatever_the_dtype():
     """A 12-bit colour frame (three equal channels) is the 12-bit grey frame: its mean keeps the
     sensor's bits, as the grey rules do (it was averaged to float and clipped white)."""
