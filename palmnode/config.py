@@ -26,8 +26,9 @@ class ConfigError(Exception):
     """A config file that cannot be used; the message says where and why."""
 
 
-#: the illuminator channels the gate's captures light (gate.capture.CapturePolicy)
-GATE_CHANNELS = ("ir", "surface")
+#: the illuminator channels the gate's captures light (gate.capture.CapturePolicy's defaults)
+IR_CHANNEL, SURFACE_CHANNEL = "ir", "surface"
+GATE_CHANNELS = (IR_CHANNEL, SURFACE_CHANNEL)
 
 
 def _positive(**values: float) -> None:

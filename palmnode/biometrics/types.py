@@ -84,7 +84,10 @@ def check_frame(image: object, *, name: str = "image") -> np.ndarray:
     if image.size == 0:
         raise BadImage(f"{name} is empty (shape {image.shape})")
     if image.ndim == 3 and image.shape[2] in (3, 4):
-        image = _colour_to_grey(image[..., :3], name)
+        # the channels' mean in the frame's own dtype: the grey rules below then apply as to a grey
+        # frame (a 16-bit colour frame keeps its sensor's bits; an int64 one is refused as grey is)
+        exact = np.float64 if image.dtype.kind in "uif" else None   # (complex stays complex: refused)
+        image = image[..., :3].mean(axis=2, dtype=exact).astype(image.dtype)
     if image.ndim != 2:
         raise BadImage(f"{name} must be 2-D grey (or H×W×3), got shape {image.shape}")
     if image.shape[0] * image.shape[1] > MAX_FRAME_PIXELS:
@@ -106,15 +109,6 @@ def check_frame(image: object, *, name: str = "image") -> np.ndarray:
     if image.dtype.kind in "ui" and image.dtype.itemsize == 2:
         return sixteen_to_8bit(image)
     raise BadImage(f"{name} has dtype {image.dtype}; use uint8 (or uint16, float)")
-
-
-def _colour_to_grey(colour: np.ndarray, name: str) -> np.ndarray:
-    """The channels' mean in the frame's own dtype, so the grey rules apply to it as to a grey
-    frame (a 16-bit colour frame keeps its sensor's bits instead of clipping to white)."""
-    if colour.dtype.kind == "f" or colour.dtype == np.uint8 or \
-            (colour.dtype.kind in "ui" and colour.dtype.itemsize == 2):
-        return colour.mean(axis=2, dtype=np.float64).astype(colour.dtype)
-    raise BadImage(f"{name} has dtype {colour.dtype}; use uint8 (or uint16, float)")
 
 
 def sensor_bits(image: np.ndarray) -> int:

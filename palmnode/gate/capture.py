@@ -44,6 +44,7 @@ from palmnode.biometrics.types import (
     RoiFailure,
 )
 from palmnode.biometrics.variants import ProbeTemplates, Variant
+from palmnode.config import IR_CHANNEL, SURFACE_CHANNEL
 from palmnode.devices.camera import FrameSource
 from palmnode.devices.illuminator import Lights
 from palmnode.gate.debug_captures import DebugCaptures
@@ -54,8 +55,8 @@ LATENCY_WINDOW = 32
 
 @attrs.frozen
 class CapturePolicy:
-    ir_channel: str = "ir"
-    surface_channel: str = "surface"
+    ir_channel: str = IR_CHANNEL
+    surface_channel: str = SURFACE_CHANNEL
     ir_level: float = 1.0
     surface_level: float = 1.0
     #: a frame counts as lit when it reached the host this long after the light change (≥ the

@@ -7,6 +7,7 @@ its event) is one transaction, so a crash at any instant leaves either all of it
 from __future__ import annotations
 
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -497,7 +498,7 @@ class Vault:
         if dropped:
             with self._transaction() as conn:
                 for seq in dropped:
-                    conn.execute("UPDATE outbox SET delivered = 1, sealed = NULL WHERE seq = ?", (seq,))
+                    self._delivered(conn, seq)
                     self._audit(conn, "outbox_event_dropped", None, {"seq": seq, "reason": "unreadable"})
         return events
 
@@ -513,8 +514,13 @@ class Vault:
         Delivered rows DELIVERED_KEPT or more events older are deleted with it, so the outbox of a
         gate that records a decision a second stays bounded."""
         with self._transaction() as conn:
-            conn.execute("UPDATE outbox SET delivered = 1, sealed = NULL WHERE seq = ?", (int(seq),))
+            self._delivered(conn, int(seq))
             conn.execute("DELETE FROM outbox WHERE delivered = 1 AND seq <= ?", (int(seq) - DELIVERED_KEPT,))
+
+    @staticmethod
+    def _delivered(conn: sqlite3.Connection, seq: int) -> None:
+        """Event ``seq`` leaves the queue, its payload erased."""
+        conn.execute("UPDATE outbox SET delivered = 1, sealed = NULL WHERE seq = ?", (seq,))
 
     # --- audit and state --------------------------------------------------------------------
     def audit(self, kind: str, **fields: Any) -> None:
@@ -566,22 +572,19 @@ class Vault:
         """Every sealed value that fails to open (templates, cards, undelivered events), one
         message each naming its row: what ``palmnode vault check`` adds to SQLite's own check."""
         problems = []
+
+        def attempt(open_: Callable[[], object]) -> None:
+            try:
+                open_()
+            except VaultError as exc:
+                problems.append(str(exc))
         with self._reading() as conn:
             for pid, palm, idx, blob in conn.execute("SELECT person_id, palm, idx, sealed FROM templates"):
-                try:
-                    self._open_template(pid, palm, idx, blob)
-                except VaultError as exc:
-                    problems.append(str(exc))
+                attempt(functools.partial(self._open_template, pid, palm, idx, blob))
             for digest, pid, last4 in conn.execute("SELECT card_digest, person_id, last4 FROM cards"):
-                try:
-                    self._open_last4(pid, self._blob(digest, f"card digest of person {pid}"), last4)
-                except VaultError as exc:
-                    problems.append(str(exc))
+                attempt(lambda: self._open_last4(pid, self._blob(digest, f"card digest of person {pid}"), last4))
             for seq, key, kind, blob in conn.execute("SELECT seq, key, kind, sealed FROM outbox WHERE delivered = 0"):
-                try:
-                    self._open_event(seq, key, kind, blob)
-                except VaultError as exc:
-                    problems.append(str(exc))
+                attempt(functools.partial(self._open_event, seq, key, kind, blob))
         return problems
 
     def integrity_check(self) -> str:
