@@ -4,7 +4,6 @@ enrolled, a device down, a hand that lingers. The node parts are the real object
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 import pytest
@@ -172,7 +171,7 @@ async def test_a_device_lost_while_the_surface_frame_is_awaited_is_a_plain_captu
             return np.zeros((480, 640), np.uint8), trio.current_time()
         raise CaptureUnavailable("camera: unplugged")
     monkeypatch.setattr(capturer, "_lit_frame", lit_frame)
-    monkeypatch.setattr(capture, "locate", lambda nir, policy: time.sleep(0.05))
+    monkeypatch.setattr(capture, "locate", lambda nir, policy: None)   # a hand found: the surface frame is needed
     with pytest.raises(CaptureUnavailable, match="camera: unplugged"):
         await capturer.capture_probe()
 
