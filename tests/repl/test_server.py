@@ -175,6 +175,8 @@ async def test_stats_from_metrics_and_gallery(node, connect, target):
 
 
 async def test_follow_streams_events_without_secrets_until_interrupted(node, connect):
+    # every device open first: a device turning ready mid-follow is an event of its own
+    await wait_for(lambda: node.health is not None and node.health.gate is GateState.READY, timeout=5)
     client = await connect()
     await client.send("follow")
     first = await client.line()
