@@ -66,7 +66,9 @@ async def test_cancel_ends_a_waiting_enrolment_and_one_at_a_time(nursery, autoju
     assert flow.capturer.reserved_by is None
 
 
-async def test_a_card_already_enrolled_is_refused(nursery, autojump_clock, tmp_path):
+async def test_a_card_already_enrolled_is_refused(nursery, tmp_path):
+    """On the real clock: the card's look-up runs in a vault thread, and an autojump clock would
+    jump to the enrolment's deadlines while that thread runs."""
     bus = EventBus()
     vault = Vault.open(tmp_path / "vault.db", VaultKeys.from_secret(os.urandom(32)), node_id="g")
     try:
