@@ -1,5 +1,5 @@
-"""Long timeouts of the flows under trio's MockClock (autojump): no card, cancel, a card already
-enrolled, a device down, a hand that lingers. The node parts are the real objects, idle: a
+"""Long timeouts of the flows under trio's MockClock (autojump): no card, cancel, a device down, a
+hand that lingers; and, on the real clock, the refusals that need the vault's threads. The node parts are the real objects, idle: a
 ``Lights`` whose board is not open and a ``FrameSource`` without a camera."""
 from __future__ import annotations
 
