@@ -215,7 +215,10 @@ def jpeg_looks_whole(data: np.ndarray) -> bool:
 def _to_grey(data: np.ndarray, raw: bool) -> np.ndarray | None:
     """Grey image of a raw JPEG (None when it does not decode) or of a backend-decoded image."""
     if raw:
-        image = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)  # None when the JPEG is corrupt
+        try:
+            image = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)  # None when the JPEG is corrupt
+        except cv2.error:  # it refuses some instead (more pixels than CV_IO_MAX_IMAGE_PIXELS)
+            image = None
     elif data.ndim == 2:
         image = data
     elif data.shape[2] == 1:

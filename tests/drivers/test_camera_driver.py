@@ -1,5 +1,8 @@
 """The camera driver against the emulator over real loopback sockets (OpenCV FFmpeg backend)."""
+import functools
+import itertools
 import logging
+import struct
 import threading
 
 import cv2
@@ -7,7 +10,7 @@ import numpy as np
 import pytest
 import trio
 
-from drivers.camera import DARK, FULL_IR, Camera, CameraEmulator, DiscScene, Lighting
+from drivers.camera import DARK, FULL_IR, Camera, CameraEmulator, DiscScene, Lighting, codec
 from drivers.camera import driver as camera_driver
 from drivers.camera.driver import jpeg_looks_whole
 from drivers.errors import DeviceLost, DeviceTimeout, PortUnavailable
@@ -18,6 +21,31 @@ PERIOD = 1 / 30  # the emulator's default frame rate
 
 def reader_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("camera-reader") and t.is_alive()]
+
+
+def sof_sized(jpeg: np.ndarray, width: int, height: int) -> bytes:
+    """``jpeg`` with its SOF0 header declaring ``width`` x ``height`` (the scan data unchanged)."""
+    data = bytearray(jpeg.tobytes())
+    at = data.find(b"\xff\xc0")
+    data[at + 5:at + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+async def serve_parts(nursery, part) -> str:
+    """A minimal hostile MJPEG camera on loopback: ``part(k)`` is the k-th JPEG sent, 30 a second,
+    each well framed by the codec. Returns its stream URL."""
+    async def handler(stream):
+        try:
+            await stream.receive_some()  # the request head (one read on loopback)
+            await stream.send_all(codec.stream_response_head())
+            for k in itertools.count():
+                await stream.send_all(codec.mjpeg_part(part(k)))
+                await trio.sleep(PERIOD)
+        except trio.BrokenResourceError:
+            pass
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+    return f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}/stream.mjpg"
 
 
 @pytest.fixture
@@ -330,3 +358,18 @@ def test_jpeg_structure_check():
     noise = np.frombuffer(b"\xff\xd8" + np.random.default_rng(1).bytes(5000) + b"\xff\xd9", np.uint8)
     for bad in (grey[:-200], grey[:300], grey[2:], noise, np.zeros(0, np.uint8), grey[:3]):
         assert not jpeg_looks_whole(bad)
+
+
+async def test_jpeg_imdecode_refuses_is_counted_and_the_stream_goes_on(nursery):
+    good = cv2.imencode(".jpg", DiscScene()(FULL_IR, 0.5))[1]
+    huge = sof_sized(good, 60000, 60000)  # more than CV_IO_MAX_IMAGE_PIXELS: imdecode raises
+    assert camera_driver._to_grey(np.frombuffer(huge, np.uint8), True) is None
+    url = await serve_parts(nursery, lambda k: huge if k == 3 else good.tobytes())
+    async with await Camera.open(url) as cam:
+        with trio.fail_after(3):
+            async for frame in cam.frames():  # a consumer: every part is decoded as it is read
+                assert frame.image.shape == (480, 640)
+                if cam.stats.decode_errors:
+                    break
+        assert (await cam.next_frame(timeout=2)).image.shape == (480, 640)
+        assert cam.stats.decode_errors == 1
