@@ -90,6 +90,9 @@ _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _EOI_SLACK = 16
 #: header segments walked before giving up on finding SOS (real files have ~10)
 _MAX_SEGMENTS = 64
+#: largest frame a part may declare in its SOF (width x height): a 16 MiB grey image, far above
+#: any palm camera; a few header bytes would otherwise make imdecode allocate and fill GBs
+MAX_FRAME_PIXELS = 4096 * 4096
 
 #: properties the driver may set, by the name reported in :class:`PropertyResult`
 PROPERTIES = {
@@ -181,7 +184,8 @@ def _classify(source: int | str) -> tuple[str, int]:
 def jpeg_looks_whole(data: np.ndarray) -> bool:
     """Cheap structure check of one JPEG (no entropy decoding): SOI, then length-framed marker
     segments including a SOF up to SOS (T.81 B.2.1: frame = SOI, tables/misc, SOF, scan), and an
-    EOI at the end (allowing ``_EOI_SLACK`` bytes of padding)."""
+    EOI at the end (allowing ``_EOI_SLACK`` bytes of padding). The SOF must declare a non-empty
+    frame of at most ``MAX_FRAME_PIXELS`` (T.81 B.2.2: P, Y, X after the length)."""
     b = memoryview(np.ascontiguousarray(data).reshape(-1))
     n = len(b)
     if n < 4 or b[0] != 0xFF or b[1] != _SOI:
@@ -207,7 +211,13 @@ def jpeg_looks_whole(data: np.ndarray) -> bool:
             return False
         if marker == _SOS:
             return sof
-        sof = sof or marker in _SOF
+        if marker in _SOF:
+            if length < 8:
+                return False
+            height, width = (b[i + 5] << 8) | b[i + 6], (b[i + 7] << 8) | b[i + 8]
+            if not 0 < width * height <= MAX_FRAME_PIXELS:
+                return False
+            sof = True
         i += 2 + length
     return False
 

@@ -358,6 +358,10 @@ def test_jpeg_structure_check():
     noise = np.frombuffer(b"\xff\xd8" + np.random.default_rng(1).bytes(5000) + b"\xff\xd9", np.uint8)
     for bad in (grey[:-200], grey[:300], grey[2:], noise, np.zeros(0, np.uint8), grey[:3]):
         assert not jpeg_looks_whole(bad)
+    limit = camera_driver.MAX_FRAME_PIXELS
+    assert jpeg_looks_whole(np.frombuffer(sof_sized(grey, limit // 4096, 4096), np.uint8))
+    for width, height in ((limit // 4096 + 1, 4096), (30000, 30000), (0, 480), (640, 0)):
+        assert not jpeg_looks_whole(np.frombuffer(sof_sized(grey, width, height), np.uint8))
 
 
 async def test_jpeg_imdecode_refuses_is_counted_and_the_stream_goes_on(nursery):
@@ -373,3 +377,22 @@ async def test_jpeg_imdecode_refuses_is_counted_and_the_stream_goes_on(nursery):
                     break
         assert (await cam.next_frame(timeout=2)).image.shape == (480, 640)
         assert cam.stats.decode_errors == 1
+
+
+async def test_part_declaring_a_huge_frame_is_counted_and_never_decoded(nursery, monkeypatch):
+    decoded = []
+    to_grey = camera_driver._to_grey
+    monkeypatch.setattr(camera_driver, "_to_grey", lambda data, raw: decoded.append(len(data))
+                        or to_grey(data, raw))
+    good = cv2.imencode(".jpg", DiscScene()(FULL_IR, 0.5))[1]
+    # 30000x30000 in a 10 KB part: imdecode would fill a 900 MB image (~3 s of CPU) with grey
+    huge = sof_sized(good, 30000, 30000)
+    url = await serve_parts(nursery, lambda k: huge if k == 3 else good.tobytes())
+    async with await Camera.open(url) as cam:
+        with trio.fail_after(3):
+            async for frame in cam.frames():
+                assert frame.image.shape == (480, 640)
+                if cam.stats.decode_errors:
+                    break
+        assert (await cam.next_frame(timeout=2)).image.shape == (480, 640)
+        assert cam.stats.decode_errors == 1 and len(huge) not in decoded
