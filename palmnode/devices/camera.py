@@ -54,17 +54,22 @@ async def serve(cfg: CameraConfig, health: HealthRegistry, bus: EventBus, frames
                                  exposure=cfg.exposure, gain=cfg.gain) as camera:
         ready()
         frames.camera = camera
+
+        def mirror() -> None:
+            stats = camera.stats
+            if stats.last_frame_at is not None:
+                health.seen(NAME, stats.last_frame_at)
+            # stats.drops: frames passed over while the capture waited for a lit one (the newest
+            # is taken), by design: not lost, so not counted as drops
+            counters.update({"dropped_decode": stats.decode_errors, "frames_skipped": stats.drops})
+
         try:
             while True:
-                stats = camera.stats
-                if stats.last_frame_at is not None:
-                    health.seen(NAME, stats.last_frame_at)
-                # stats.drops: frames passed over while the capture waited for a lit one (the newest
-                # is taken), by design: not lost, so not counted as drops
-                counters.update({"dropped_decode": stats.decode_errors, "frames_skipped": stats.drops})
+                mirror()
                 with trio.move_on_after(HEALTH_PERIOD_S) as period:
                     await camera.watch(STALL_TIMEOUT_S)  # raises DeviceLost / DeviceTimeout
                 if not period.cancelled_caught:
                     return  # the camera was closed
         finally:
+            mirror()  # what happened since the last period, e.g. the bad parts that ended the session
             frames.camera = None
