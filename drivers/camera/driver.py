@@ -335,7 +335,7 @@ class _Reader:
                 return
             if not ok or (raw and data is None):
                 if raw or bad_in_a_row + 1 >= MAX_CONSECUTIVE_READ_FAILURES:
-                    self.post(camera._fail, self._lost(read_at - started))
+                    self.post(camera._fail, self._lost(read_at - started, first=seq == 0))
                     return
                 bad_in_a_row += 1
                 camera._count_error()
@@ -367,10 +367,14 @@ class _Reader:
             if wake and not self.post(camera._wake):
                 return
 
-    def _lost(self, read_took: float) -> DeviceLost:
+    def _lost(self, read_took: float, first: bool) -> DeviceLost:
         if self.kind == "stream" and read_took >= 0.9 * self.read_timeout:
             return DeviceLost(f"camera {self.source}: no frame for {self.read_timeout:.1f}s, stream "
                               f"dropped; reopen it (check the camera if this repeats)")
+        if self.kind == "stream" and first:
+            return DeviceLost(f"camera {self.source}: stream ended before its first frame (not "
+                              f"multipart parts of Content-Type image/jpeg, or the server closed it); "
+                              f"check the URL and the camera's stream format")
         return DeviceLost(f"camera {self.source}: stream ended (camera unplugged or server gone); "
                           f"reopen it")
 

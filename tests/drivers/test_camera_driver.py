@@ -31,15 +31,15 @@ def sof_sized(jpeg: np.ndarray, width: int, height: int) -> bytes:
     return bytes(data)
 
 
-async def serve_parts(nursery, part) -> str:
+async def serve_parts(nursery, part, framing=codec.mjpeg_part) -> str:
     """A minimal hostile MJPEG camera on loopback: ``part(k)`` is the k-th JPEG sent, 30 a second,
-    each well framed by the codec. Returns its stream URL."""
+    each framed by ``framing`` (well framed by the codec by default). Returns its stream URL."""
     async def handler(stream):
         try:
             await stream.receive_some()  # the request head (one read on loopback)
             await stream.send_all(codec.stream_response_head())
             for k in itertools.count():
-                await stream.send_all(codec.mjpeg_part(part(k)))
+                await stream.send_all(framing(part(k)))
                 await trio.sleep(PERIOD)
         except trio.BrokenResourceError:
             pass
@@ -396,3 +396,12 @@ async def test_part_declaring_a_huge_frame_is_counted_and_never_decoded(nursery,
                     break
         assert (await cam.next_frame(timeout=2)).image.shape == (480, 640)
         assert cam.stats.decode_errors == 1 and len(huge) not in decoded
+
+
+async def test_stream_of_parts_that_are_not_jpeg_is_named_not_called_unplugged(nursery):
+    jpeg = cv2.imencode(".jpg", DiscScene()(FULL_IR, 0.5))[1].tobytes()
+    url = await serve_parts(nursery, lambda k: jpeg, framing=lambda data: codec.mjpeg_part(
+        data).replace(b"Content-Type: image/jpeg", b"Content-Type: text/plain"))
+    with trio.fail_after(5), pytest.raises(DeviceLost, match="before its first frame .*image/jpeg"):
+        async with await Camera.open(url) as cam:  # the first read fails during or just after open
+            await cam.next_frame(timeout=2)
