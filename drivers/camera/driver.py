@@ -28,8 +28,8 @@ MJPEG sources (every IP camera stream, and the emulator) are read in the backend
 FFmpeg backend hands over each JPEG as bytes and the driver decodes it with ``cv2.imdecode`` straight
 to grey (libjpeg decodes only the luma plane), which is cheaper than a BGR decode plus conversion
 and makes a corrupt JPEG visible instead of being silently concealed. Every part read gets a cheap
-structure check (SOI, marker segments up to SOS, EOI: microseconds, no decoding), so a broken part
-is counted in ``stats.decode_errors`` even when nobody decodes. Other sources (V4L2) are
+structure check (SOI, marker segments up to SOS, frame size, scan count, EOI: microseconds, no
+decoding), so a broken part is counted in ``stats.decode_errors`` even when nobody decodes. Other sources (V4L2) are
 ``grab()``-bed every frame and ``retrieve()``-d (decoded by the backend, converted to grey if
 needed) only on demand; there a first ask waits for the next frame (≤ one frame period).
 
@@ -93,6 +93,10 @@ _MAX_SEGMENTS = 64
 #: largest frame a part may declare in its SOF (width x height): a 16 MiB grey image, far above
 #: any palm camera; a few header bytes would otherwise make imdecode allocate and fill GBs
 MAX_FRAME_PIXELS = 4096 * 4096
+#: most scans a part may carry: baseline has one per component at most, libjpeg's progressive
+#: script 6 (grey) or 10 (colour). Every scan costs libjpeg a pass over the whole frame, so a
+#: 100 KB part repeating one tiny scan 1000 times took 11 s to decode at 4096x4096
+MAX_SCANS = 32
 
 #: properties the driver may set, by the name reported in :class:`PropertyResult`
 PROPERTIES = {
@@ -185,8 +189,11 @@ def jpeg_looks_whole(data: np.ndarray) -> bool:
     """Cheap structure check of one JPEG (no entropy decoding): SOI, then length-framed marker
     segments including a SOF up to SOS (T.81 B.2.1: frame = SOI, tables/misc, SOF, scan), and an
     EOI at the end (allowing ``_EOI_SLACK`` bytes of padding). The SOF must declare a non-empty
-    frame of at most ``MAX_FRAME_PIXELS`` (T.81 B.2.2: P, Y, X after the length)."""
-    b = memoryview(np.ascontiguousarray(data).reshape(-1))
+    frame of at most ``MAX_FRAME_PIXELS`` (T.81 B.2.2: P, Y, X after the length), and the part
+    may hold at most ``MAX_SCANS`` SOS markers (entropy-coded data stuffs every FF byte, B.1.1.5,
+    so each FF DA after the first SOS is another scan)."""
+    flat = np.ascontiguousarray(data).reshape(-1)
+    b = memoryview(flat)
     n = len(b)
     if n < 4 or b[0] != 0xFF or b[1] != _SOI:
         return False
@@ -210,7 +217,8 @@ def jpeg_looks_whole(data: np.ndarray) -> bool:
         if length < 2 or i + 2 + length > n:
             return False
         if marker == _SOS:
-            return sof
+            before_da = np.flatnonzero(flat[i + 1:] == _SOS) + i  # where an FF DA would start
+            return sof and np.count_nonzero(flat[before_da] == 0xFF) <= MAX_SCANS
         if marker in _SOF:
             if length < 8:
                 return False

@@ -31,6 +31,13 @@ def sof_sized(jpeg: np.ndarray, width: int, height: int) -> bytes:
     return bytes(data)
 
 
+def with_scans(jpeg: np.ndarray, scans: int) -> bytes:
+    """``jpeg`` (progressive) with its last scan repeated until it has ``scans`` of them."""
+    data = jpeg.tobytes()
+    last, end = data.rfind(b"\xff\xda"), data.rfind(b"\xff\xd9")
+    return data[:end] + data[last:end] * (scans - data.count(b"\xff\xda")) + data[end:]
+
+
 async def serve_parts(nursery, part, framing=codec.mjpeg_part) -> str:
     """A minimal hostile MJPEG camera on loopback: ``part(k)`` is the k-th JPEG sent, 30 a second,
     each framed by ``framing`` (well framed by the codec by default). Returns its stream URL."""
@@ -362,6 +369,10 @@ def test_jpeg_structure_check():
     assert jpeg_looks_whole(np.frombuffer(sof_sized(grey, limit // 4096, 4096), np.uint8))
     for width, height in ((limit // 4096 + 1, 4096), (30000, 30000), (0, 480), (640, 0)):
         assert not jpeg_looks_whole(np.frombuffer(sof_sized(grey, width, height), np.uint8))
+    scans = colour.tobytes().count(b"\xff\xda")  # libjpeg's progressive script for colour: 10
+    assert scans == 10 and jpeg_looks_whole(np.frombuffer(with_scans(colour, camera_driver.MAX_SCANS),
+                                                           np.uint8))
+    assert not jpeg_looks_whole(np.frombuffer(with_scans(colour, camera_driver.MAX_SCANS + 1), np.uint8))
 
 
 async def test_jpeg_imdecode_refuses_is_counted_and_the_stream_goes_on(nursery):
@@ -405,3 +416,24 @@ async def test_stream_of_parts_that_are_not_jpeg_is_named_not_called_unplugged(n
     with trio.fail_after(5), pytest.raises(DeviceLost, match="before its first frame .*image/jpeg"):
         async with await Camera.open(url) as cam:  # the first read fails during or just after open
             await cam.next_frame(timeout=2)
+
+
+async def test_part_with_a_thousand_scans_is_counted_and_never_decoded(nursery, monkeypatch):
+    decoded = []
+    to_grey = camera_driver._to_grey
+    monkeypatch.setattr(camera_driver, "_to_grey", lambda data, raw: decoded.append(len(data))
+                        or to_grey(data, raw))
+    good = cv2.imencode(".jpg", DiscScene()(FULL_IR, 0.5))[1]
+    # a progressive 4096x4096 grey part of ~100 KB repeating its last scan: libjpeg makes a pass
+    # over the whole frame per scan, 11 s of CPU for this one part
+    bomb = with_scans(cv2.imencode(".jpg", np.full((4096, 4096), 128, np.uint8),
+                                   [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1], 1000)
+    url = await serve_parts(nursery, lambda k: bomb if k == 3 else good.tobytes())
+    async with await Camera.open(url) as cam:
+        with trio.fail_after(3):
+            async for frame in cam.frames():
+                assert frame.image.shape == (480, 640)
+                if cam.stats.decode_errors:
+                    break
+        assert (await cam.next_frame(timeout=2)).image.shape == (480, 640)
+        assert cam.stats.decode_errors == 1 and len(bomb) not in decoded
