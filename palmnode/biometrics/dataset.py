@@ -18,7 +18,7 @@ from pathlib import Path
 import attrs
 import numpy as np
 
-from palmnode.biometrics.types import BadImage, check_frame, sixteen_to_8bit
+from palmnode.biometrics.types import MAX_FRAME_PIXELS, BadImage, check_frame, sixteen_to_8bit
 
 #: the two lit channels of a sample: NIR light (the vein modality) and surface light (the line modality)
 NIR, SURFACE = "nir", "surface"
@@ -176,8 +176,12 @@ def read_grey(path: str, bit_depth: int | None = None) -> np.ndarray:
         raise UnreadableSample(f"{name}: cannot be read ({exc.strerror or exc})") from None
     try:
         image = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH) if data.size else None
-    except cv2.error as exc:  # pragma: no cover - cv2 returns None for most bad files
-        raise UnreadableSample(f"{name}: cannot be read as an image ({exc})") from None
+    except cv2.error as exc:  # cv2 returns None for most bad files, and raises for a few
+        if "CV_IO_MAX_IMAGE_PIXELS" in str(exc):
+            raise UnreadableSample(f"{name}: larger than the {MAX_FRAME_PIXELS} pixels the engine "
+                                   f"accepts (not decoded)") from None
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise UnreadableSample(f"{name}: cannot be read as an image ({reason})") from None
     if image is None:
         raise UnreadableSample(f"{name}: cannot be read as an image")
     if image.dtype == np.uint8:

@@ -6,8 +6,8 @@ import enum
 import attrs
 import numpy as np
 
-#: frames larger than this (pixels) are refused rather than processed slowly
-MAX_FRAME_PIXELS = 4096 * 4096
+from palmnode import MAX_FRAME_PIXELS  # frames larger are refused rather than processed slowly
+
 #: a frame longer than this many times its width (a line-scan strip, a mis-set stride) is refused:
 #: the hand segmentation downscales by the long side and would leave the short one no pixels
 MAX_FRAME_ASPECT = 8

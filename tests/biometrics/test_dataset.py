@@ -91,6 +91,24 @@ def test_a_file_name_that_is_not_utf8_is_read_and_a_fifo_is_refused(tmp_path):
         ds.read_grey(str(tmp_path / "9_1_1.png"))
 
 
+def test_an_image_over_the_engines_size_is_refused_before_it_is_decoded(tmp_path):
+    """OpenCV refuses a header declaring more than OPENCV_IO_MAX_IMAGE_PIXELS before allocating,
+    but reads that limit when cv2 is first imported: palmnode sets it to the engine's limit. With
+    OpenCV's default (2^30) a few-KB 30000x30000 PNG was decoded into 900 MB, for 14 s. In a fresh
+    process, as `palmnode eval` reads a folder."""
+    import subprocess
+
+    path = tmp_path / "1_1_1.png"
+    cv2.imwrite(str(path), np.zeros((4097, 4096), np.uint8))         # one row over 4096 x 4096
+    read = subprocess.run(
+        [sys.executable, "-c", "import sys; from palmnode.biometrics.dataset import read_grey\n"
+                               "try: read_grey(sys.argv[1])\n"
+                               "except Exception as exc: print(type(exc).__name__, exc)", str(path)],
+        capture_output=True, text=True, timeout=60)
+    assert read.stdout.strip() == ("UnreadableSample 1_1_1.png: larger than the 16777216 pixels the "
+                                   "engine accepts (not decoded)"), read
+
+
 @pytest.mark.parametrize("pattern, message", [
     (r"(?P<who>\d)_\d_\d\.png", "no (?P<id>...) group"),
     (r"(?P<id>\d", "not a valid regular expression"),
