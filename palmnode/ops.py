@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,8 @@ from palmnode.gate.enrol import EnrolBusy
 from palmnode.gate.modes import ChargeResult, GateMode
 from palmnode.link.client import RequestRefused
 from palmnode.link.wire import WireError, person_from_wire
-from palmnode.logs import event
+from palmnode.logs import error_text, event
+from palmnode.vault import VaultError
 
 if TYPE_CHECKING:
     from palmnode.node import Node
@@ -141,13 +143,31 @@ class NodeOps:
 
         if self.node.link is None:
             return ChargeResult(False, reason="no controller configured")
+        key, answer = uuid.uuid4().hex, None  # a retried request gets the same answer
         try:
             answer = await self.node.link.request("charge", {
                 "person_id": person_id, "card_digest": card_digest, "amount_cents": amount_cents,
-                "currency": currency, "key": uuid.uuid4().hex})  # a retried request gets the same answer
+                "currency": currency, "key": key})
         except LinkError as exc:
             return ChargeResult(False, reason=f"controller unavailable: {exc}")
+        finally:
+            if answer is None:  # failed, lost, timed out or given up: the customer hears "declined"
+                with trio.CancelScope(shield=True):
+                    await self._abandon_charge(key, amount_cents, currency)
         return ChargeResult(bool(answer.get("approved")), answer.get("reference"), answer.get("reason"))
+
+    async def _abandon_charge(self, key: str, amount_cents: int, currency: str) -> None:
+        """Tell the controller, through the outbox, that this charge's decision never reached the
+        gate: it voids an approval made after all, or declines the request if it comes late
+        (docs/protocols/controller.md §6), so a customer told "declined" is never charged."""
+        try:
+            await trio.to_thread.run_sync(self.node.vault.append_event, "charge_abandoned",
+                                          {"key": key, "amount_cents": amount_cents, "currency": currency})
+        except (VaultError, sqlite3.Error, OSError, ValueError) as exc:
+            event(log, "charge not abandoned", key=key, error=error_text(exc))
+            return
+        if self.node.link is not None:
+            self.node.link.events_appended()
 
     # ---- events for the controller -------------------------------------------------------------
     async def report(self, ctx: ChildContext) -> None:

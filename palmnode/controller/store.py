@@ -406,10 +406,11 @@ class Store:
         """
         if not 0 < len(key) <= MAX_ID:
             raise BadRecord(f"event key must be 1 to {MAX_ID} characters")
-        person = removed = rejected = None
+        person = removed = abandoned = rejected = None
         try:
             person = PersonRecord.from_wire(data.get("person")) if kind == "enrolled" else None
             removed = _text(data, "person_id") if kind == "deleted" else None
+            abandoned = _text(data, "key") if kind == "charge_abandoned" else None
         except BadRecord as exc:
             rejected = f"rejected: {exc}"
 
@@ -428,6 +429,9 @@ class Store:
             elif removed is not None:
                 applied = self._remove(conn, removed, node_id, reason=f"deleted at {node_id}")
                 kept = {"person_id": removed}
+            elif abandoned is not None:
+                applied = _abandon_charge(conn, f"{node_id}/{abandoned}", node_id, data)
+                kept = {"key": abandoned}
             elif kind == "device_health":
                 kept = _plain(data)
                 conn.execute("INSERT OR REPLACE INTO device_health VALUES (?, ?, ?, ?, ?)",
@@ -620,6 +624,25 @@ def _log_change(conn: sqlite3.Connection, kind: str, person_id: str) -> int:
     conn.execute("DELETE FROM changes WHERE person_id = ?", (person_id,))
     return conn.execute("INSERT INTO changes (kind, person_id, at) VALUES (?, ?, ?)",
                         (kind, person_id, time.time())).lastrowid
+
+
+def _abandon_charge(conn: sqlite3.Connection, request_key: str, node_id: str, data: Mapping[str, Any]) -> Applied:
+    """A charge whose decision never reached its gate (the customer was told it failed): an
+    approval is voided, and a request still to come is declined (its key gets this decision)."""
+    reason = "abandoned by the gate: no answer in time"
+    row = conn.execute("SELECT approved, reference FROM charges WHERE request_key = ?", (request_key,)).fetchone()
+    if row is None:
+        amount, currency = data.get("amount_cents"), data.get("currency")
+        conn.execute("INSERT INTO charges VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     (request_key, "ch_" + secrets.token_hex(8), node_id, "",
+                      amount if type(amount) is int else 0, currency[:3] if isinstance(currency, str) else "",
+                      False, reason, time.time()))
+        return Applied(duplicate=False, effect="charge declined before its request")
+    if not row[0]:
+        return Applied(duplicate=False, effect="charge was declined")
+    conn.execute("UPDATE charges SET approved = 0, reason = ? WHERE request_key = ?", (reason, request_key))
+    _audit(conn, "charge_voided", reference=row[1], node_id=node_id, reason=reason)
+    return Applied(duplicate=False, effect="charge voided")
 
 
 def _audit(conn: sqlite3.Connection, kind: str, **fields: object) -> None:

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import collections
+import sqlite3
+import threading
+import types
 from pathlib import Path
 
 import pytest
@@ -9,6 +12,7 @@ import trio
 
 from palmnode.link.certs import make_dev_pki
 from palmnode.link.wire import person_to_wire
+from palmnode.ops import NodeOps
 from tests.conftest import wait_for
 from tests.controller.harness import (
     ControllerRunner,
@@ -133,3 +137,26 @@ async def test_deleted_at_the_controller_is_gone_from_every_gate(nursery, tmp_pa
     assert await runner.controller.delete_person(person_id="p-1") is None
     for raw in (a.file_bytes(), b.file_bytes(), controller_db(runner)):
         assert person.card.digest not in raw
+
+
+async def test_a_charge_the_gate_gave_up_on_is_never_made(nursery, tmp_path, pki, runner):
+    """The controller decides after the gate stopped waiting (its database held by another program
+    past the gate's charge timeout): the customer heard "declined", so the approval is voided."""
+    a = await start_node(nursery, tmp_path, pki, runner, "gate-a")
+    person = a.person("p-1")
+    await a.enrol(person)
+    await wait_for(lambda: not a.vault.pending_events())
+    ops = NodeOps(types.SimpleNamespace(link=a.client, vault=a.vault))
+    other = sqlite3.connect(runner.config.db_path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # e.g. a backup holding the write lock
+    released = threading.Timer(1.0, other.execute, ("COMMIT",))
+    released.start()
+    with trio.move_on_after(0.5):  # the identify flow's charge timeout
+        await ops.charge("p-1", person.card.digest, 450, "EUR")
+        raise AssertionError("the charge was answered while the database was locked")
+    await wait_for(lambda: not a.vault.pending_events())  # the abandonment is delivered
+    again = await ops.charge("p-1", person.card.digest, 450, "EUR")  # the customer presents again
+    assert again.approved
+    released.join()
+    ledger = sqlite3.connect(runner.config.db_path).execute("SELECT approved, reason FROM charges").fetchall()
+    assert sorted(ledger) == [(0, "abandoned by the gate: no answer in time"), (1, None)]  # charged once

@@ -380,3 +380,23 @@ def test_schema_1_database_is_migrated(tmp_path):
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
     conn.close()
+
+
+def test_an_abandoned_charge_is_voided_or_declined_when_it_comes(store):
+    card = os.urandom(32)
+    enrol(store, person_wire("p-1", card=card))
+    args = dict(node_id="gate-a", person_id="p-1", card_digest=card, amount_cents=450, currency="EUR",
+                limit_cents=10_000)
+    approved = store.charge(request_key="gate-a/k1", **args)
+    assert approved.approved
+    applied = store.apply_event(node_id="gate-a", key="gate-a:50", seq=50, kind="charge_abandoned", at=1.7e9,
+                                data={"key": "k1", "amount_cents": 450, "currency": "EUR"})
+    assert applied.effect == "charge voided"
+    again = store.charge(request_key="gate-a/k1", **args)  # a retry of it gets the voided decision
+    assert not again.approved and again.reference == approved.reference
+    # abandoned before the request is decided (it comes late): the request is declined
+    store.apply_event(node_id="gate-a", key="gate-a:51", seq=51, kind="charge_abandoned", at=1.7e9,
+                      data={"key": "k2", "amount_cents": 450, "currency": "EUR"})
+    late = store.charge(request_key="gate-a/k2", **args)
+    assert not late.approved and late.reason == "abandoned by the gate: no answer in time"
+    assert [e["kind"] for e in store.audit_entries()].count("charge_voided") == 1
