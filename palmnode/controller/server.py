@@ -188,6 +188,7 @@ class _Session:
     request_slots: trio.Semaphore = attrs.field(factory=lambda: trio.Semaphore(MAX_NODE_REQUESTS))
     next_id: int = 1
     ended: BaseException | None = None  # why the session stopped (the first reason wins)
+    events_held: bool = False  # an event could not be recorded: none after it is applied on this connection
 
     def end(self, reason: BaseException) -> None:
         if self.ended is None:
@@ -373,8 +374,11 @@ class Controller:
                         peer=peer, channel=channel, outgoing=outgoing, incoming=incoming)
 
     async def _run_session(self, session: _Session) -> None:
-        await trio.to_thread.run_sync(functools.partial(
-            self.store.node_seen, session.node_id, version=session.version, capabilities=session.capabilities))
+        try:
+            await trio.to_thread.run_sync(functools.partial(
+                self.store.node_seen, session.node_id, version=session.version, capabilities=session.capabilities))
+        except sqlite3.Error as exc:  # bookkeeping only: the gate is served all the same
+            _database_trouble("node not recorded", session, exc)
         old = self._sessions.get(session.node_id)
         if old is not None:
             old.end(_Ended("replaced by a new connection", goodbye="replaced by a new connection from this node"))
@@ -434,9 +438,16 @@ class Controller:
                                        f"{session.node_id}")
         if len(event.key) > MAX_ID:
             await session.channel.fail(f"event key longer than {MAX_ID} characters")
-        applied: Applied = await trio.to_thread.run_sync(functools.partial(
-            self.store.apply_event, node_id=session.node_id, key=event.key, seq=event.seq, kind=event.kind,
-            at=event.at, data=event.data))
+        if session.events_held:
+            return  # in order or not at all: the node resends them (its ack timeout reconnects it)
+        try:
+            applied: Applied = await trio.to_thread.run_sync(functools.partial(
+                self.store.apply_event, node_id=session.node_id, key=event.key, seq=event.seq, kind=event.kind,
+                at=event.at, data=event.data))
+        except sqlite3.Error as exc:  # nothing applied, no ack: it stays in the gate's outbox
+            session.events_held = True
+            _database_trouble("events not applied", session, exc)
+            return
         if applied.duplicate:
             self.stats.events_duplicate += 1
         elif applied.rejected:
@@ -499,6 +510,9 @@ class Controller:
             response = Response.success(request.id, result)
         except _BadArgs as exc:
             response = Response.failure(request.id, exc)
+        except sqlite3.Error as exc:  # nothing was decided (the transaction rolled back)
+            _database_trouble("request not served", session, exc, op=request.op)
+            response = Response.failure(request.id, f"controller database unavailable: {one_line(str(exc))}")
         finally:
             session.request_slots.release()
         self.stats.requests_served += 1
@@ -540,6 +554,11 @@ class Controller:
 
 class _BadArgs(Exception):
     """A node's request the controller answers ``ok: false``."""
+
+
+def _database_trouble(what: str, session: _Session, exc: sqlite3.Error, **fields: Any) -> None:
+    """One log line for a database error that costs a gate one step, never its connection."""
+    log.warning(what, extra={"fields": {"node": session.node_id, "error": one_line(str(exc)), **fields}})
 
 
 def _cursor(value: object) -> int:

@@ -18,7 +18,7 @@ from palmnode.controller.server import (
 from palmnode.link.certs import make_dev_pki
 from palmnode.link.channel import LinkClosed
 from palmnode.link.codec import HEADER
-from palmnode.link.messages import Event
+from palmnode.link.messages import Event, Response
 from tests.conftest import wait_for
 from tests.controller.harness import (
     ChannelNode,
@@ -366,3 +366,32 @@ async def test_a_node_too_slow_for_its_pushes_is_dropped_and_others_stay(nursery
     assert "queued unsent" in slow.closed
     assert controller.stats.dropped == {"slow": 1}
     await assert_still_served(good, controller)
+
+
+async def test_a_locked_database_costs_a_node_the_step_not_its_connection(nursery, controller, pki, runner):
+    a = await connect(nursery, controller, pki, "gate-a")
+    card = os.urandom(32)
+    await a.event("enrolled", {"person": person_wire("p-1", card=card)})
+    a.handlers["enrol.begin"] = lambda args: None  # an enrolment the operator started, in progress
+    enrolment = {}
+
+    async def operator():
+        enrolment["result"] = await controller.request("gate-a", "enrol.begin", {}, timeout=10)
+    nursery.start_soon(operator)
+    await a.wait_until(lambda: a.requests)
+    controller.store._conn.execute("PRAGMA busy_timeout = 100")  # give up on the lock at once, not in 10 s
+    other = sqlite3.connect(runner.config.db_path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another program holds the write lock
+    args = {"person_id": "p-1", "card_digest": card, "amount_cents": 450, "currency": "EUR", "key": "k1"}
+    refused = await a.request("charge", args)
+    assert not refused.ok and refused.error == "controller database unavailable: database is locked"
+    await a.channel.send(Event(seq=7, key="gate-a:7", kind="unknown", node_id="gate-a", at=1.7e9,
+                               data={"latency_ms": 1.0, "reason": "no match"}))
+    await wait_for(lambda: controller._sessions["gate-a"].events_held)
+    assert not any(ack.key == "gate-a:7" for ack in a.acks)  # not recorded, not acked: still in its outbox
+    assert a.closed is None and "gate-a" in controller.nodes() and controller.stats.dropped == {}
+    await a.channel.send(Response.success(a.requests[0].id, {"person_id": "p-2"}))
+    await wait_for(lambda: enrolment)
+    assert enrolment["result"] == {"person_id": "p-2"}
+    other.execute("COMMIT")
+    assert (await a.request("charge", args)).result["approved"]  # nothing was decided while locked
