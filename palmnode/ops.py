@@ -41,6 +41,9 @@ class OpError(RequestRefused):
 class NodeOps:
     def __init__(self, node: Node) -> None:
         self.node = node
+        #: a sync page (asked, then applied) and a replication push are applied one at a time: a
+        #: push sent after the controller read the page then lands after it, never under it
+        self._replication = trio.Lock()
 
     # ---- requests from the controller ----------------------------------------------------------
     async def handle(self, op: str, args: dict) -> dict:
@@ -86,14 +89,16 @@ class NodeOps:
             person = person_from_wire(args.get("person"))
         except WireError as exc:
             raise OpError(f"bad person: {exc}") from None
-        await self.node.people.apply_upsert(person)
+        async with self._replication:
+            await self.node.people.apply_upsert(person)
         return {}
 
     async def _person_remove(self, args: dict) -> dict:
         person_id = args.get("person_id")
         if not isinstance(person_id, str) or not person_id:
             raise OpError("person_id must be a non-empty string")
-        return {"removed": await self.node.people.apply_remove(person_id)}
+        async with self._replication:
+            return {"removed": await self.node.people.apply_remove(person_id)}
 
     async def _mode_set(self, args: dict) -> dict:
         try:
@@ -118,22 +123,23 @@ class NodeOps:
         cursor = None if stored is None else json.loads(stored)  # opaque: sent back verbatim
         applied = 0
         while True:
-            answer = await link.request("sync", {"cursor": cursor, "limit": 100})
-            upserts = []  # a page names each person once (the log keeps their latest change)
-            for change in answer.get("changes", []):
-                if change.get("kind") == "upsert":
-                    try:
-                        upserts.append(person_from_wire(change.get("person")))
-                    except WireError as exc:
-                        log.warning("sync change dropped", extra={"fields": {"reason": str(exc)}})
-                        continue
-                elif change.get("kind") == "remove" and isinstance(change.get("person_id"), str):
-                    await people.apply_remove(change["person_id"])
-                applied += 1
-            await people.apply_upserts(upserts)  # one vault transaction per page
-            cursor = answer.get("cursor", cursor)
-            if cursor is not None:
-                await trio.to_thread.run_sync(vault.set_state, SYNC_STATE, json.dumps(cursor))
+            async with self._replication:  # the page asked and applied before any push after it
+                answer = await link.request("sync", {"cursor": cursor, "limit": 100})
+                upserts = []  # a page names each person once (the log keeps their latest change)
+                for change in answer.get("changes", []):
+                    if change.get("kind") == "upsert":
+                        try:
+                            upserts.append(person_from_wire(change.get("person")))
+                        except WireError as exc:
+                            log.warning("sync change dropped", extra={"fields": {"reason": str(exc)}})
+                            continue
+                    elif change.get("kind") == "remove" and isinstance(change.get("person_id"), str):
+                        await people.apply_remove(change["person_id"])
+                    applied += 1
+                await people.apply_upserts(upserts)  # one vault transaction per page
+                cursor = answer.get("cursor", cursor)
+                if cursor is not None:
+                    await trio.to_thread.run_sync(vault.set_state, SYNC_STATE, json.dumps(cursor))
             if not answer.get("more"):
                 break
         event(log, "gallery synced", changes=applied, cursor=cursor)

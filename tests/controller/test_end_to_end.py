@@ -10,9 +10,13 @@ from pathlib import Path
 import pytest
 import trio
 
+from palmnode.actors import EventBus
+from palmnode.biometrics.gallery import Gallery
+from palmnode.gate.people import People
 from palmnode.link.certs import make_dev_pki
+from palmnode.link.client import LinkClient
 from palmnode.link.wire import person_to_wire
-from palmnode.ops import NodeOps
+from palmnode.ops import SYNC_STATE, NodeOps
 from tests.conftest import wait_for
 from tests.controller.harness import (
     ControllerRunner,
@@ -160,3 +164,29 @@ async def test_a_charge_the_gate_gave_up_on_is_never_made(nursery, tmp_path, pki
     released.join()
     ledger = sqlite3.connect(runner.config.db_path).execute("SELECT approved, reason FROM charges").fetchall()
     assert sorted(ledger) == [(0, "abandoned by the gate: no answer in time"), (1, None)]  # charged once
+
+
+async def test_a_deletion_during_a_gates_catch_up_is_not_undone_by_it(nursery, tmp_path, pki, runner):
+    """The desk deletes a person after the controller read the sync page that enrols them, before
+    it answered: the push arrives first and the page, applied after it, must not bring them back."""
+    a = await start_node(nursery, tmp_path, pki, runner, "gate-a")
+    await a.enrol(a.person("p-1"))
+    await wait_for(lambda: not a.vault.pending_events())
+    controller = runner.controller
+    read_sync = controller._sync
+
+    async def delete_while_answering(args):
+        answer = await read_sync(args)
+        if any(change["kind"] == "upsert" for change in answer["changes"]):
+            await controller.delete_person(person_id="p-1")  # committed and pushed before this answer
+        return answer
+    controller._sync = delete_while_answering
+    b = VaultNode(tmp_path, pki, "gate-b", controller.port)
+    people = People(b.vault, Gallery(), "gate-b", EventBus())
+    ops = NodeOps(types.SimpleNamespace(link=None, vault=b.vault, people=people))
+    ops.node.link = LinkClient(b.config, b.vault, ops.handle, on_connected=ops.sync,
+                               capabilities=("events", "person.upsert", "person.remove"))
+    nursery.start_soon(ops.node.link.run)
+    await wait_for(lambda: b.vault.get_state(SYNC_STATE) is not None)
+    await wait_for(lambda: controller.stats.pushes == 2 and not controller._sessions["gate-b"].pushes)  # answered
+    assert b.vault.get("p-1") is None and len(people.gallery) == 0
