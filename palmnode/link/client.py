@@ -10,6 +10,8 @@ in the background, reconnecting with exponential backoff. While connected it
 * sends every undelivered outbox event, oldest first, and marks it delivered on the matching ack
   (unacked events are sent again after a reconnect: the controller drops duplicates by key);
 * answers ``await client.request(op, args)`` for node → controller calls (``sync``, ``charge``).
+* runs ``on_connected()`` (the node's ``sync``) after each hello, again after a backoff delay
+  while it fails with a :class:`LinkError` and the connection lasts.
 
 Network failures never escape :meth:`LinkClient.run`; each state change is logged once.
 """
@@ -411,13 +413,20 @@ class LinkClient:
                 await self._wake.wait()
 
     async def _run_hook(self) -> None:
+        """``on_connected`` (the node's sync) until it succeeds: after a LinkError (refused, no answer
+        in time) again after the backoff delay, for as long as this connection lasts."""
         assert self._on_connected is not None
-        try:
-            await self._on_connected()
-        except LinkError as exc:
-            log_event(log, "link on_connected hook failed", error=one_line(exc))
-        except Exception:
-            log.warning("link on_connected hook failed", exc_info=True)
+        for attempt in itertools.count():
+            try:
+                await self._on_connected()
+                return
+            except LinkError as exc:
+                delay = self._backoff.delay(attempt, self._rng)
+                log_event(log, "link on_connected hook failed", error=one_line(exc), retry_in_s=round(delay, 3))
+            except Exception:
+                log.warning("link on_connected hook failed", exc_info=True)
+                return
+            await trio.sleep(delay)
 
     # ---- helpers ----------------------------------------------------------------------------------
 

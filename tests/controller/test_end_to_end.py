@@ -7,6 +7,7 @@ import threading
 import types
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 
@@ -190,3 +191,27 @@ async def test_a_deletion_during_a_gates_catch_up_is_not_undone_by_it(nursery, t
     await wait_for(lambda: b.vault.get_state(SYNC_STATE) is not None)
     await wait_for(lambda: controller.stats.pushes == 2 and not controller._sessions["gate-b"].pushes)  # answered
     assert b.vault.get("p-1") is None and len(people.gallery) == 0
+
+
+async def test_a_catch_up_that_fails_is_tried_again_while_connected(nursery, tmp_path, pki, runner):
+    """A gate that comes back while another program holds the controller's database gets no answer
+    to its sync in time; it asks again while the connection stays up, and a deletion made while it
+    was away reaches it."""
+    a = await start_node(nursery, tmp_path, pki, runner, "gate-a")
+    b = await start_node(nursery, tmp_path, pki, runner, "gate-b")
+    await a.enrol(a.person("p-1"))
+    await wait_for(lambda: b.vault.get("p-1") is not None)
+    await b.stop()
+    await runner.controller.wait_node("gate-b", connected=False)
+    await a.delete("p-1")
+    await wait_for(lambda: not a.vault.pending_events())
+    runner.controller.store._conn.execute("PRAGMA busy_timeout = 1000")  # 1 s, not 10, for the test
+    other = sqlite3.connect(runner.config.db_path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another program holds the write lock: recording the hello waits
+    b.config = attrs.evolve(b.config, request_timeout_s=0.5)
+    await b.start(nursery)
+    await runner.controller.wait_node("gate-b")
+    await wait_for(lambda: b.client.stats.requests_sent >= 1 and b.client._waiting == {})  # its sync, given up
+    other.execute("COMMIT")
+    await wait_for(lambda: b.synced == 2)
+    assert b.vault.get("p-1") is None
