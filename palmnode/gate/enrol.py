@@ -249,6 +249,12 @@ class EnrolFlow:
         except Exception:  # a bug must not leave the request unanswered and the gate refusing the next
             log.exception("enrolment ended by an error")
             result = EnrolResult(False, reason="the gate had an error: please start again")
+        except BaseException:  # the actor stopped (a supervisor restart): answered, and the restarted gate free
+            self._answer(request, EnrolResult(False, reason="the gate restarted: please start again"), started)
+            raise
+        self._answer(request, result, started)
+
+    def _answer(self, request: EnrolRequest, result: EnrolResult, started: float) -> None:
         if not result.ok:
             self._goto(E.CANCELLED if result.reason == "cancelled" else E.FAILED)
             self._progress("cancelled" if result.reason == "cancelled" else "failed", result.reason or "failed")

@@ -66,6 +66,28 @@ async def test_cancel_ends_a_waiting_enrolment_and_one_at_a_time(nursery, autoju
     assert flow.capturer.reserved_by is None
 
 
+async def test_an_enrolment_stopped_by_a_restart_is_answered_and_frees_the_gate(nursery, autojump_clock):
+    """The supervisor restarts the gate's actors while an enrolment the controller began waits for
+    the card: it is answered, and the restarted gate takes the next enrolment."""
+    bus = EventBus()
+    flow = EnrolFlow(bus, idle_capturer(), Gallery(), people=None)
+    with trio.CancelScope() as actor:
+        async with trio.open_nursery() as supervised:
+            await supervised.start(flow.run)
+            request = flow.begin(None, ["right"])
+            await trio.sleep(5)
+            actor.cancel()
+    with trio.fail_after(60):  # never answered before: the controller's enrol.begin waited for its timeout
+        result = await request.wait()
+    assert not result.ok and result.reason == "the gate restarted: please start again"
+    assert flow.state.value == "idle" and flow.capturer.reserved_by is None
+    await nursery.start(flow.run)  # restarted
+    request = flow.begin(None, ["right"])  # refused "already running" before, until the node restarted
+    await trio.sleep(5)
+    assert flow.state.value == "card" and flow.cancel()
+    assert (await request.wait()).reason == "cancelled"
+
+
 async def test_a_card_already_enrolled_is_refused(nursery, tmp_path):
     """On the real clock: the card's look-up runs in a vault thread, and an autojump clock would
     jump to the enrolment's deadlines while that thread runs."""
