@@ -241,6 +241,8 @@ class IdentifyFlow:
 
     # ---- the actor ------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # a restart (the supervisor's) starts afresh, whatever state the stopped run was in
+        self.state, self.state_since, self._attempt_scope = S.WAITING, trio.current_time(), None
         async with self.bus.subscribe(PresenceChanged, Distance, buffer=512) as events, \
                 trio.open_nursery() as nursery:
             nursery.start_soon(self._watch, events)

@@ -132,6 +132,29 @@ async def test_device_down_is_a_retry_with_reason_and_a_lingering_hand_is_asked_
         assert flow.state is IdentifyState.WAITING
 
 
+async def test_an_identify_flow_restarted_mid_decision_serves_the_next_hand(nursery, autojump_clock):
+    """The supervisor restarts the gate's actors while a hand lingers after its decision (or while
+    a charge is awaited): the restarted flow starts from WAITING and decides the next hand."""
+    bus = EventBus()
+    flow = IdentifyFlow(bus, idle_capturer(), Gallery(), policy=IdentifyPolicy(leave_timeout_s=3.0))
+    with trio.CancelScope() as actor:
+        async with trio.open_nursery() as supervised:
+            await supervised.start(flow.run)
+            bus.publish(PresenceChanged(True, 150, trio.current_time()))
+            await trio.sleep(1)
+            assert flow.state is IdentifyState.LEAVING
+            actor.cancel()
+    await nursery.start(flow.run)  # restarted
+    assert flow.state is IdentifyState.WAITING
+    bus.publish(PresenceChanged(False, None, trio.current_time()))
+    async with bus.subscribe(Decision, buffer=64) as events:
+        await trio.sleep(0.5)
+        bus.publish(PresenceChanged(True, 150, trio.current_time()))
+        with trio.fail_after(5):  # the flow crashed "no transition leaving -> capturing" before
+            decision = await events.receive()
+    assert decision.outcome == "retry"
+
+
 async def test_a_phone_number_is_checked_before_the_card_and_the_palms(nursery, tmp_path):
     """A mistyped number is refused when the enrolment is asked for, and one already enrolled
     right after the card, before the customer holds any palm (they used to go through the card
