@@ -41,8 +41,8 @@ class OpError(RequestRefused):
 class NodeOps:
     def __init__(self, node: Node) -> None:
         self.node = node
-        #: a sync page (asked, then applied) and a replication push are applied one at a time: a
-        #: push sent after the controller read the page then lands after it, never under it
+        #: a sync page (asked, then applied), a replication push and a person.delete are applied one
+        #: at a time: one that comes after the controller read the page lands after it, never under it
         self._replication = trio.Lock()
 
     # ---- requests from the controller ----------------------------------------------------------
@@ -79,7 +79,8 @@ class NodeOps:
         if not isinstance(value, bytes if key == "card_digest" else str):
             raise OpError(f"{key} has the wrong type")
         try:
-            deleted = await self.node.people.delete(**named)
+            async with self._replication:  # after a sync page asked before it, never under it
+                deleted = await self.node.people.delete(**named)
         except ValueError as exc:  # e.g. an unusable phone number
             raise OpError(str(exc)) from None
         return {"deleted": deleted}

@@ -215,3 +215,35 @@ async def test_a_catch_up_that_fails_is_tried_again_while_connected(nursery, tmp
     other.execute("COMMIT")
     await wait_for(lambda: b.synced == 2)
     assert b.vault.get("p-1") is None
+
+
+async def test_a_deletion_at_a_gate_during_its_catch_up_is_not_undone_by_it(nursery, tmp_path, pki, runner):
+    """The operator deletes a person at a gate (person.delete) while the controller's answer to the
+    gate's sync, read before and enrolling them, is on its way: the gate keeps them deleted."""
+    a = await start_node(nursery, tmp_path, pki, runner, "gate-a")
+    await a.enrol(a.person("p-1"))
+    await wait_for(lambda: not a.vault.pending_events())
+    controller = runner.controller
+    b = VaultNode(tmp_path, pki, "gate-b", controller.port)
+    people = People(b.vault, Gallery(), "gate-b", EventBus())
+    await people.apply_upsert(a.person("p-1"))  # known at gate-b from before; its cursor is older
+    ops = NodeOps(types.SimpleNamespace(link=None, vault=b.vault, people=people))
+    link = ops.node.link = LinkClient(b.config, b.vault, ops.handle, on_connected=ops.sync,
+                                      capabilities=("events", "person.delete"))
+    read_sync, deleted = controller._sync, []
+
+    async def delete_at_the_gate():
+        deleted.append(await controller.request("gate-b", "person.delete", {"person_id": "p-1"}))
+
+    async def delete_while_answering(args):
+        answer = await read_sync(args)
+        if args.get("cursor") is None:
+            frames_in = link.stats.frames_in
+            nursery.start_soon(delete_at_the_gate)
+            await wait_for(lambda: link.stats.frames_in > frames_in)  # the gate has it before this answer
+        return answer
+    controller._sync = delete_while_answering
+    nursery.start_soon(link.run)
+    await wait_for(lambda: deleted and b.vault.get_state(SYNC_STATE) is not None)
+    assert deleted == [{"deleted": True}]
+    assert b.vault.get("p-1") is None and len(people.gallery) == 0
