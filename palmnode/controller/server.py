@@ -26,7 +26,7 @@ from typing import Any
 import attrs
 import trio
 
-from palmnode.controller.store import MAX_ID, Applied, Change, Store, StoreError, Upsert
+from palmnode.controller.store import MAX_ID, SQL_INT, Applied, Change, Store, StoreError, Upsert
 from palmnode.link import codec, tls
 from palmnode.link.channel import (
     Channel,
@@ -537,8 +537,8 @@ class Controller:
             raise _BadArgs("charge needs person_id (str)")
         if card is not None and not isinstance(card, bytes):
             raise _BadArgs("charge card_digest must be bytes")
-        if type(amount) is not int:
-            raise _BadArgs("charge needs amount_cents (int)")
+        if type(amount) is not int or amount not in SQL_INT:
+            raise _BadArgs("charge needs amount_cents (a 64-bit int)")
         if not isinstance(currency, str) or not (len(currency) == 3 and currency.isalpha()):
             raise _BadArgs("charge needs currency (ISO 4217, 3 letters)")
         key = args.get("key")

@@ -45,6 +45,7 @@ MAX_ID = 128  # longest person/node id or idempotency key accepted (ids are uuid
 MAX_TEMPLATES = 32  # per palm, as the link's §8 person map allows (an enrolment keeps a handful)
 MAX_TEMPLATE_BYTES = 8192  # a PalmTemplate is at most 772 B; anything far larger is not one
 MAX_DIGEST = 64  # keyed digests are HMAC-SHA256 (32 B), as the link's §8 person map allows
+SQL_INT = range(-2**63, 2**63)  # SQLite's INTEGER: a larger int cannot even be bound
 SYNC_BYTES = 512 * 1024  # one sync answer stays well under the link's 1 MiB frame cap
 
 _SCHEMA = """
@@ -635,7 +636,7 @@ def _abandon_charge(conn: sqlite3.Connection, request_key: str, node_id: str, da
         amount, currency = data.get("amount_cents"), data.get("currency")
         conn.execute("INSERT INTO charges VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                      (request_key, "ch_" + secrets.token_hex(8), node_id, "",
-                      amount if type(amount) is int else 0, currency[:3] if isinstance(currency, str) else "",
+                      amount if type(amount) is int and amount in SQL_INT else 0, currency[:3] if isinstance(currency, str) else "",
                       False, reason, time.time()))
         return Applied(duplicate=False, effect="charge declined before its request")
     if not row[0]:

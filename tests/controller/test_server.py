@@ -154,6 +154,11 @@ async def test_charges(nursery, controller, pki):
     assert not bad.ok and "amount_cents" in bad.error
     keyless = await a.request("charge", {k: v for k, v in args.items() if k != "key"})
     assert not keyless.ok and keyless.error.startswith("charge needs key")  # else a retry charges twice
+    for amount in (2**63, 2**64 - 1):        # msgpack sends up to 2**64 - 1, SQLite binds < 2**63
+        huge = await a.request("charge", {**args, "key": "sale-4", "amount_cents": amount})
+        assert not huge.ok and "amount_cents" in huge.error
+    await a.event("charge_abandoned", {"key": "sale-5", "amount_cents": 2**64 - 1, "currency": "EUR"})
+    assert (await a.request("charge", {**args, "key": "sale-6"})).result["approved"]  # still connected
 
 
 async def test_controller_requests_to_a_node(nursery, controller, pki):
