@@ -125,6 +125,7 @@ class Node:
                              events_appended=self.link.events_appended if self.link else None)
         try:
             palms = await self.people.load()
+            await self.ops.abandon_interrupted_charge()
         except VaultError as exc:
             raise GateSetupError(f"vault {cfg.vault.path}: {exc}") from None
         capturer = Capturer(self.lights, self.frames, CapturePolicy(quality=cfg.quality, roi_limits=cfg.roi))

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("palmnode.ops")
 
 SYNC_STATE = "controller_sync_cursor"  # vault state key: where the last sync ended
+CHARGE_STATE = "charge_in_flight"  # vault state key: the charge awaiting its answer ("" when none)
 
 
 class OpError(RequestRefused):
@@ -150,30 +151,55 @@ class NodeOps:
 
         if self.node.link is None:
             return ChargeResult(False, reason="no controller configured")
-        key, answer = uuid.uuid4().hex, None  # a retried request gets the same answer
+        # a retried request gets the same answer; kept in the vault before it is asked, so a node
+        # that dies while it waits abandons it when it starts again (abandon_interrupted_charge)
+        pending = {"key": uuid.uuid4().hex, "amount_cents": amount_cents, "currency": currency}
         try:
-            answer = await self.node.link.request("charge", {
-                "person_id": person_id, "card_digest": card_digest, "amount_cents": amount_cents,
-                "currency": currency, "key": key})
+            await trio.to_thread.run_sync(self.node.vault.set_state, CHARGE_STATE, json.dumps(pending))
+        except (VaultError, sqlite3.Error, OSError) as exc:
+            return ChargeResult(False, reason=f"vault unavailable: {error_text(exc)}")
+        answer = None
+        try:
+            answer = await self.node.link.request("charge", {"person_id": person_id, "card_digest": card_digest,
+                                                             **pending})
         except LinkError as exc:
             return ChargeResult(False, reason=f"controller unavailable: {exc}")
-        finally:
-            if answer is None:  # failed, lost, timed out or given up: the customer hears "declined"
-                with trio.CancelScope(shield=True):
-                    await self._abandon_charge(key, amount_cents, currency)
+        finally:  # failed, lost, timed out or given up: the customer hears "declined", so abandon it
+            with trio.CancelScope(shield=True):
+                await self._settle_charge(pending, abandoned=answer is None)
         return ChargeResult(bool(answer.get("approved")), answer.get("reference"), answer.get("reason"))
 
-    async def _abandon_charge(self, key: str, amount_cents: int, currency: str) -> None:
-        """Tell the controller, through the outbox, that this charge's decision never reached the
-        gate: it voids an approval made after all, or declines the request if it comes late
-        (docs/protocols/controller.md §6), so a customer told "declined" is never charged."""
-        try:
-            await trio.to_thread.run_sync(self.node.vault.append_event, "charge_abandoned",
-                                          {"key": key, "amount_cents": amount_cents, "currency": currency})
-        except (VaultError, sqlite3.Error, OSError, ValueError) as exc:
-            event(log, "charge not abandoned", key=key, error=error_text(exc))
+    async def abandon_interrupted_charge(self) -> None:
+        """At start: the charge the last run asked for and never heard back about (it died while it
+        waited) is abandoned, as one given up on is."""
+        stored = await trio.to_thread.run_sync(self.node.vault.get_state, CHARGE_STATE)
+        if not stored:
             return
-        if self.node.link is not None:
+        try:
+            pending = json.loads(stored)
+            event(log, "charge interrupted by a restart: abandoned", key=pending["key"])
+        except (ValueError, TypeError, KeyError):  # not what charge() writes: nothing to tell
+            pending = {"key": None}
+            log.warning("unreadable charge_in_flight state cleared")
+        await self._settle_charge(pending, abandoned=pending["key"] is not None)
+
+    async def _settle_charge(self, pending: dict, *, abandoned: bool) -> None:
+        """The charge is no longer in flight. Abandoned: the controller is told, through the outbox,
+        that its decision never reached the gate; it voids an approval made after all, or declines
+        the request if it comes late (docs/protocols/controller.md §6), so a customer told
+        "declined" is never charged."""
+        vault = self.node.vault
+
+        def settle() -> None:
+            if abandoned:
+                vault.append_event("charge_abandoned", pending)
+            vault.set_state(CHARGE_STATE, "")
+        try:
+            await trio.to_thread.run_sync(settle)
+        except (VaultError, sqlite3.Error, OSError, ValueError) as exc:
+            event(log, "charge not settled", key=pending["key"], abandoned=abandoned, error=error_text(exc))
+            return
+        if abandoned and self.node.link is not None:
             self.node.link.events_appended()
 
     # ---- events for the controller -------------------------------------------------------------

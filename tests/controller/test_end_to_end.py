@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import sqlite3
 import threading
 import types
@@ -17,7 +18,7 @@ from palmnode.gate.people import People
 from palmnode.link.certs import make_dev_pki
 from palmnode.link.client import LinkClient
 from palmnode.link.wire import person_to_wire
-from palmnode.ops import SYNC_STATE, NodeOps
+from palmnode.ops import CHARGE_STATE, SYNC_STATE, NodeOps
 from tests.conftest import wait_for
 from tests.controller.harness import (
     ControllerRunner,
@@ -165,6 +166,32 @@ async def test_a_charge_the_gate_gave_up_on_is_never_made(nursery, tmp_path, pki
     released.join()
     ledger = sqlite3.connect(runner.config.db_path).execute("SELECT approved, reason FROM charges").fetchall()
     assert sorted(ledger) == [(0, "abandoned by the gate: no answer in time"), (1, None)]  # charged once
+
+
+async def test_a_charge_left_in_flight_by_a_dead_node_is_abandoned_when_it_starts_again(nursery, tmp_path, pki,
+                                                                                       runner):
+    """The gate's process dies while its charge waits for the answer (nothing is left to abandon
+    it), and the controller approves it after all: the node noted the charge in its vault before
+    asking, so started again it abandons it, and the approval is voided."""
+    a = await start_node(nursery, tmp_path, pki, runner, "gate-a")
+    person = a.person("p-1")
+    await a.enrol(person)
+    await wait_for(lambda: not a.vault.pending_events())
+    other = sqlite3.connect(runner.config.db_path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # the charge waits at the controller
+    async with trio.open_nursery() as dying:
+        dying.start_soon(NodeOps(types.SimpleNamespace(link=a.client, vault=a.vault)).charge,
+                         "p-1", person.card.digest, 450, "EUR")
+        await wait_for(lambda: a.vault.get_state(CHARGE_STATE))
+        key = json.loads(a.vault.get_state(CHARGE_STATE))["key"]
+        # the process dies here, before any answer; started again, the node reads its vault
+        await NodeOps(types.SimpleNamespace(link=a.client, vault=a.vault)).abandon_interrupted_charge()
+        assert a.vault.get_state(CHARGE_STATE) == ""
+        other.execute("COMMIT")  # the controller decides the charge (the dead node never hears it)
+    await wait_for(lambda: not a.vault.pending_events())  # the abandonment is delivered
+    ledger = sqlite3.connect(runner.config.db_path).execute(
+        "SELECT approved, reason FROM charges WHERE request_key = ?", (f"gate-a/{key}",)).fetchall()
+    assert ledger == [(0, "abandoned by the gate: no answer in time")]
 
 
 async def test_a_deletion_during_a_gates_catch_up_is_not_undone_by_it(nursery, tmp_path, pki, runner):
