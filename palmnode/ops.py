@@ -42,9 +42,6 @@ class OpError(RequestRefused):
 class NodeOps:
     def __init__(self, node: Node) -> None:
         self.node = node
-        #: a sync page (asked, then applied), a replication push and a person.delete are applied one
-        #: at a time: one that comes after the controller read the page lands after it, never under it
-        self._replication = trio.Lock()
 
     # ---- requests from the controller ----------------------------------------------------------
     async def handle(self, op: str, args: dict) -> dict:
@@ -80,8 +77,7 @@ class NodeOps:
         if not isinstance(value, bytes if key == "card_digest" else str):
             raise OpError(f"{key} has the wrong type")
         try:
-            async with self._replication:  # after a sync page asked before it, never under it
-                deleted = await self.node.people.delete(**named)
+            deleted = await self.node.people.delete(**named)  # after a sync page asked before it
         except ValueError as exc:  # e.g. an unusable phone number
             raise OpError(str(exc)) from None
         return {"deleted": deleted}
@@ -91,7 +87,7 @@ class NodeOps:
             person = person_from_wire(args.get("person"))
         except WireError as exc:
             raise OpError(f"bad person: {exc}") from None
-        async with self._replication:
+        async with self.node.people.replication:
             await self.node.people.apply_upsert(person)
         return {}
 
@@ -99,7 +95,7 @@ class NodeOps:
         person_id = args.get("person_id")
         if not isinstance(person_id, str) or not person_id:
             raise OpError("person_id must be a non-empty string")
-        async with self._replication:
+        async with self.node.people.replication:
             return {"removed": await self.node.people.apply_remove(person_id)}
 
     async def _mode_set(self, args: dict) -> dict:
@@ -125,7 +121,7 @@ class NodeOps:
         cursor = None if stored is None else json.loads(stored)  # opaque: sent back verbatim
         applied = 0
         while True:
-            async with self._replication:  # the page asked and applied before any push after it
+            async with people.replication:  # the page asked and applied before any push after it
                 answer = await link.request("sync", {"cursor": cursor, "limit": 100})
                 upserts = []  # a page names each person once (the log keeps their latest change)
                 for change in answer.get("changes", []):

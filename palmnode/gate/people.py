@@ -46,6 +46,9 @@ class People:
         self.events_appended = events_appended
         self.clock = clock
         self._lock = trio.Lock()
+        #: held while a sync page is asked and applied (NodeOps.sync); replication pushes and
+        #: deletions wait for it, so a page the controller read before them never undoes them
+        self.replication = trio.Lock()
 
     # ---- start -------------------------------------------------------------------------------
     async def load(self) -> int:
@@ -93,7 +96,7 @@ class People:
         audit entry) and gallery at once. False when nobody matches."""
         if sum(x is not None for x in (person_id, card_digest, phone)) != 1:
             raise ValueError("delete needs exactly one of person_id, card_digest, phone")
-        async with self._lock:
+        async with self.replication, self._lock:
             pid = await trio.to_thread.run_sync(self._delete, person_id, card_digest, phone)
         if pid is None:
             return False

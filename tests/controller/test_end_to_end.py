@@ -244,9 +244,11 @@ async def test_a_catch_up_that_fails_is_tried_again_while_connected(nursery, tmp
     assert b.vault.get("p-1") is None
 
 
-async def test_a_deletion_at_a_gate_during_its_catch_up_is_not_undone_by_it(nursery, tmp_path, pki, runner):
-    """The operator deletes a person at a gate (person.delete) while the controller's answer to the
-    gate's sync, read before and enrolling them, is on its way: the gate keeps them deleted."""
+@pytest.mark.parametrize("asked_by", ["controller", "console"])
+async def test_a_deletion_at_a_gate_during_its_catch_up_is_not_undone_by_it(nursery, tmp_path, pki, runner, asked_by):
+    """The operator deletes a person at a gate (the controller's person.delete, or the REPL's
+    delete) while the controller's answer to the gate's sync, read before and enrolling them, is on
+    its way: the gate keeps them deleted."""
     a = await start_node(nursery, tmp_path, pki, runner, "gate-a")
     await a.enrol(a.person("p-1"))
     await wait_for(lambda: not a.vault.pending_events())
@@ -260,14 +262,16 @@ async def test_a_deletion_at_a_gate_during_its_catch_up_is_not_undone_by_it(nurs
     read_sync, deleted = controller._sync, []
 
     async def delete_at_the_gate():
-        deleted.append(await controller.request("gate-b", "person.delete", {"person_id": "p-1"}))
+        if asked_by == "controller":
+            deleted.append(await controller.request("gate-b", "person.delete", {"person_id": "p-1"}))
+        else:
+            deleted.append({"deleted": await people.delete(person_id="p-1")})
 
     async def delete_while_answering(args):
         answer = await read_sync(args)
         if args.get("cursor") is None:
-            frames_in = link.stats.frames_in
-            nursery.start_soon(delete_at_the_gate)
-            await wait_for(lambda: link.stats.frames_in > frames_in)  # the gate has it before this answer
+            nursery.start_soon(delete_at_the_gate)  # done, or waiting for the page, before this answer
+            await wait_for(lambda: deleted or people.replication.statistics().tasks_waiting)
         return answer
     controller._sync = delete_while_answering
     nursery.start_soon(link.run)
