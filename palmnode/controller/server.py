@@ -114,6 +114,9 @@ class ControllerConfig:
     max_frame: int = attrs.field(default=codec.MAX_FRAME, validator=_positive)
     charge_limit_cents: int = attrs.field(default=10_000, validator=_cents)
     hello_timeout_s: float = attrs.field(default=10.0, validator=_positive)  # §4: TLS + hello from accept
+    max_greeting: int = attrs.field(default=128, validator=_positive)  # connections in their TLS handshake
+    # and hello at once; more are closed at accept (a flood of idle sockets costs ~50 KB each until
+    # their hello timeout), and a gate among them retries with its backoff
     request_timeout_s: float = attrs.field(default=10.0, validator=_positive)  # Controller.request default
     send_queue: int = attrs.field(default=256, validator=_positive)  # frames queued per node; a node this
     # far behind is dropped, reconnects and syncs
@@ -133,7 +136,8 @@ class ControllerConfig:
 @attrs.define
 class ControllerStats:
     """Counters a health view or a test reads. ``dropped`` counts connections closed because of
-    the peer, by reason: tls, timeout, no hello, slow, error, and the link's own (protocol,
+    the peer, by reason: tls, timeout, no hello, slow, error, busy (refused at accept: too many
+    connections in their hello), and the link's own (protocol,
     oversize, msgpack, shape, truncated, overflow); ``link`` is frames and bytes of every channel."""
 
     connections: int = 0
@@ -210,6 +214,7 @@ class Controller:
         self.port: int | None = None
         self._sessions: dict[str, _Session] = {}
         self._changed = trio.Event()
+        self._greeting = 0  # connections in _greet now
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -315,11 +320,23 @@ class Controller:
     async def _serve_connection(self, stream: trio.SSLStream) -> None:
         self.stats.connections += 1
         peer = _peer_address(stream)
+        if self._greeting >= self.config.max_greeting:
+            self.stats.drop("busy", f"{peer}: {self._greeting} connections already in their hello")
+            if self.stats.dropped["busy"] % 1000 == 1:  # the first of a flood, then one line per 1000
+                log.warning("connection refused", extra={"fields": {
+                    "peer": peer, "reason": "busy", "refused": self.stats.dropped["busy"],
+                    "greeting": self._greeting}})
+            await trio.aclose_forcefully(stream)
+            return
         channel = Channel(stream, max_frame=self.config.max_frame, stats=self.stats.link)
         session: _Session | None = None
         goodbye: str | None = None
         try:
-            session = await self._greet(channel, peer)
+            self._greeting += 1
+            try:
+                session = await self._greet(channel, peer)
+            finally:
+                self._greeting -= 1
             await self._run_session(session)
         except LinkProtocolError as exc:  # the channel has counted it, said goodbye and closed
             self._drop(peer, session.node_id if session else channel.peer_name, exc.kind, str(exc))

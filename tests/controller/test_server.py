@@ -333,6 +333,23 @@ async def test_silent_peer_times_out(nursery, tmp_path, pki):
     await assert_still_served(good, controller)
 
 
+async def test_a_flood_of_idle_connections_is_capped_and_the_gates_still_connect(nursery, tmp_path, pki):
+    """Connections that never say hello held ~50 KB each until their hello timeout, without limit.
+    Beyond max_greeting they are closed at accept; a gate connects once the flood has gone."""
+    runner = ControllerRunner(nursery, controller_config(tmp_path, pki, hello_timeout_s=5.0, max_greeting=3))
+    controller = await runner.start()
+    idle = [await trio.open_tcp_stream("127.0.0.1", controller.port) for _ in range(3)]
+    await wait_for(lambda: controller.stats.connections == 3)
+    refused = await trio.open_tcp_stream("127.0.0.1", controller.port)
+    with trio.fail_after(2):  # at once, not after the 5 s hello timeout
+        assert await refused.receive_some(1024) == b""
+    assert controller.stats.dropped == {"busy": 1}
+    for stream in idle:
+        await stream.aclose()
+    await wait_for(lambda: controller._greeting == 0)
+    await assert_still_served(await connect(nursery, controller, pki, "gate-a"), controller)
+
+
 async def test_bad_setup_is_one_line(tmp_path, pki):
     config = controller_config(tmp_path, pki)
     import attrs
@@ -349,7 +366,7 @@ async def test_bad_setup_is_one_line(tmp_path, pki):
 def test_config_refuses_impossible_values():
     from palmnode.controller.server import ControllerConfig
 
-    for field, value, match in [("port", 70000, "port"), ("hello_timeout_s", 0, "hello_timeout_s"),
+    for field, value, match in [("port", 70000, "port"), ("hello_timeout_s", 0, "hello_timeout_s"), ("max_greeting", 0, "max_greeting"),
                                 ("charge_limit_cents", -1, "charge_limit_cents"), ("sync_limit", 5000, "sync_limit"),
                                 ("send_queue", 0, "send_queue"),
                                 ("event_retention_days", 0, "event_retention_days")]:
