@@ -143,6 +143,10 @@ def finish(nir: np.ndarray, surface: np.ndarray, found: Roi, at: float,
            policy: CapturePolicy = CapturePolicy()) -> Probe | ProbeFailure:
     """Warp both frames to the ROI, judge the quality, encode the template and the probe variants
     (``policy.probe_variants``, ~1.2 ms each) (sync: run it in a worker thread)."""
+    if surface.shape[:2] != nir.shape[:2]:  # the ROI found in the NIR frame would be cut elsewhere
+        (h, w), (sh, sw) = nir.shape[:2], surface.shape[:2]
+        return ProbeFailure(FailureReason.NO_HAND, f"the NIR frame is {w}×{h} and the surface frame {sw}×{sh}: "
+                            "the camera changed resolution between them")
     try:
         vein_roi = roi.warp(nir, found)
         q = quality.assess(nir, found, vein_roi, policy=policy.quality, limits=policy.roi_limits)

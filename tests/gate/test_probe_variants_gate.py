@@ -6,7 +6,7 @@ import cv2
 from drivers.camera.scene import Lighting
 from palmnode.biometrics import features, matcher, variants
 from palmnode.biometrics.variants import IDENTITY
-from palmnode.gate.capture import CapturePolicy, FramePair, Probe, process_pair
+from palmnode.gate.capture import CapturePolicy, FramePair, Probe, ProbeFailure, process_pair
 from palmnode.gate.enrol import agreeing
 from tests.biometrics import fake_palms
 from tests.gate.test_capture import hand_over
@@ -31,6 +31,10 @@ async def test_a_probe_carries_its_variants_and_its_template_is_the_base(rig):
     # variants off: a single template
     off = process_pair(pair, CapturePolicy(probe_variants=(IDENTITY,)))
     assert len(off.variants) == 1 and off.variants.base is off.template
+    # a camera that changed resolution between the two frames: the ROI would be cut elsewhere
+    small = cv2.resize(surface, (surface.shape[1] // 2, surface.shape[0] // 2))
+    mixed = process_pair(FramePair(nir=nir, surface=small, at=0.0, surface_at=0.0))
+    assert isinstance(mixed, ProbeFailure) and "the camera changed resolution between them" in mixed.detail
 
 
 def test_enrol_agreement_scores_the_later_capture_as_its_variants():
