@@ -112,7 +112,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
         certs.add_arguments(p)
 
-    p = sub.add_parser("vault", help="make a vault key; check a vault file")
+    p = sub.add_parser("vault", help="make a vault key; check a vault file",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     if wanted("vault"):
         from palmnode.vault import cli as vault_cli
 
