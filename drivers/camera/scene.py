@@ -35,7 +35,7 @@ FULL_IR = Lighting(ir=1.0)
 
 Scene = Callable[[Lighting, float], np.ndarray]
 
-#: grey levels of a lit scene, from real 940 nm captures (ARCHITECTURE.md, "Real captures to design for"):
+#: grey levels of a lit scene, from real 940 nm captures (docs/synthetic-hands.md, "Measured against the real-capture targets"):
 #: palm ~107 with ~20 levels of fall-off towards its edge, background ~15
 PALM_IR = 107.0
 BACKGROUND_IR = 12.0

@@ -396,7 +396,7 @@ class Capturer:
             self.timings.skipped += 1
 
     def _lit(self, image: np.ndarray) -> bool:
-        """A frame taken with a light on: the lit background alone is ~15 grey (ARCHITECTURE.md),
+        """A frame taken with a light on: the lit background alone is ~15 grey (docs/synthetic-hands.md),
         an unlit gate ~2; a strided sample is plenty to tell."""
         return float(image[::8, ::8].mean()) >= self.policy.lit_min_grey
 

@@ -13,7 +13,7 @@ from palmnode.biometrics.synth import Capture, Identity, render, render_pair, sa
 
 #: the hover height at which the renderer's scale is 1 (the hand covers ~30% of the frame)
 NOMINAL_MM = 150.0
-BACKGROUND = 15.0  # grey level of the lit background (ARCHITECTURE.md: ~15)
+BACKGROUND = 15.0  # grey level of the lit background (docs/synthetic-hands.md: ~15)
 #: a hovering hand's slow drift: rotation amplitude (degrees), shift amplitude (fraction of the
 #: frame height, ~5 px at 480) and its rate
 DRIFT_DEG, DRIFT_SHIFT, DRIFT_HZ = 1.5, 0.01, 0.5

@@ -152,7 +152,7 @@ def test_scene_is_deterministic_per_seed_and_follows_light():
     assert lit.dtype == np.uint8 and lit.shape == (480, 640)
     centre = (slice(250, 280), slice(300, 340))
     assert 100 < lit[centre].mean() < 120 and 45 < half[centre].mean() < 65
-    assert 10 < lit[:20, :20].mean() < 20  # background ~15 (ARCHITECTURE.md, real captures)
+    assert 10 < lit[:20, :20].mean() < 20  # background ~15 (docs/synthetic-hands.md, real-capture targets)
     assert dark.mean() < 5 and dark.std() > 0.5  # sensor noise only
     with pytest.raises(ValueError, match="within 0..1"):
         Lighting(ir=1.5)

@@ -8,7 +8,7 @@ import numpy as np
 
 ROTATION_MODES = ("upright", "any")
 
-# within-session jitter (ARCHITECTURE.md: ~2° / ~3% / ~1.6 grey levels between two captures)
+# within-session jitter (docs/synthetic-hands.md: ~2° / ~3% / ~1.6 grey levels between two captures)
 CAPTURE_ROTATION_SD_DEG = 1.8
 CAPTURE_SCALE_SD = 0.032
 CAPTURE_SHIFT_SD = 0.015       # fraction of frame height per axis (~7 px at 480)

@@ -19,7 +19,7 @@ FINGERS = ("little", "ring", "middle", "index")
 
 # person-level posture habits (persist across sessions), then session-level deviations; chosen so
 # that two sessions a month apart differ by ~5° / ~4% / ~40 px / ~13 grey levels (median) while
-# captures within a session differ by ~2° / ~3% / ~1.6 levels (ARCHITECTURE.md, real captures)
+# captures within a session differ by ~2° / ~3% / ~1.6 levels (docs/synthetic-hands.md, real captures)
 PERSON_ROTATION_SD_DEG = 6.0
 SESSION_ROTATION_SD_DEG = 4.8
 PERSON_SCALE_SD = 0.05

@@ -19,7 +19,7 @@ from .skin import channel_canvases
 
 LIGHTINGS = ("nir", "surface", "dark")
 
-#: NIR-lit palm grey at exposure 1 before fall-off; measured palm median ~107 (ARCHITECTURE.md)
+#: NIR-lit palm grey at exposure 1 before fall-off; measured palm median ~107 (docs/synthetic-hands.md)
 PALM_LEVEL = 118.0
 #: the hand outline: a step blurred over ~6 px (10–90 %) → Gaussian sigma ≈ 6 / 2.56
 EDGE_SIGMA = 2.0

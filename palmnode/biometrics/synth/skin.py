@@ -20,7 +20,7 @@ from .pose import CANVAS_PX, CANVAS_X0, CANVAS_Y0, canvas_size, direction, hand_
 LAYER_CACHE = 4
 CANVAS_CACHE = 16
 
-# contrast in reflectance units (× ~107 grey levels at the palm): ARCHITECTURE.md, real captures —
+# contrast in reflectance units (× ~107 grey levels at the palm): docs/synthetic-hands.md, real captures —
 # NIR veins ~6 levels deep, creases ~2–3 levels in surface light, principal lines deeper
 NIR_VEIN = 0.088
 NIR_CREASE = 0.010

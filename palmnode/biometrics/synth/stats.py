@@ -1,4 +1,4 @@
-"""Measure rendered captures the way ARCHITECTURE.md describes real ones (used by tests and validate)."""
+"""Measure rendered captures the way the real-capture targets of docs/synthetic-hands.md describe real ones (used by tests and validate)."""
 from __future__ import annotations
 
 import math

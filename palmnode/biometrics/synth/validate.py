@@ -1,4 +1,4 @@
-"""Measure rendered captures against the real-capture targets of ARCHITECTURE.md.
+"""Measure rendered captures against the real-capture targets in docs/synthetic-hands.md.
 
     python -m palmnode.biometrics.synth.validate [--identities 34] [--rotation upright|any]
 
