@@ -77,10 +77,10 @@ class NodeOps:
         if not isinstance(value, bytes if key == "card_digest" else str):
             raise OpError(f"{key} has the wrong type")
         try:
-            deleted = await self.node.people.delete(**named)  # after a sync page asked before it
+            person_id = await self.node.people.delete(**named)  # after a sync page asked before it
         except ValueError as exc:  # e.g. an unusable phone number
             raise OpError(str(exc)) from None
-        return {"deleted": deleted}
+        return {"deleted": person_id is not None, "person_id": person_id}
 
     async def _person_upsert(self, args: dict) -> dict:
         try:

@@ -68,7 +68,8 @@ async def test_enrolled_at_one_gate_recognised_at_the_other_and_deleted_from_bot
     templates = [t.to_bytes() for p in node_a.vault.get(person_id).palms for t in p.templates]
     assert node_b.vault.get(person_id) is not None
     deleted_at = trio.current_time()
-    assert (await controller.request("gate-a", "person.delete", {"person_id": person_id}))["deleted"]
+    answer = await controller.request("gate-a", "person.delete", {"person_id": person_id})
+    assert answer == {"deleted": True, "person_id": person_id}
     await wait_for(lambda: len(node_b.gallery) == 0 and node_b.vault.get(person_id) is None, timeout=1.0)
     assert trio.current_time() - deleted_at < 1.0
     assert len(node_a.gallery) == 0 and node_a.vault.get(person_id) is None

@@ -91,21 +91,21 @@ class People:
         return person
 
     async def delete(self, *, person_id: str | None = None, card_digest: bytes | None = None,
-                     phone: str | None = None) -> bool:
+                     phone: str | None = None) -> str | None:
         """Forget a person named by id, card digest or phone: vault (with a ``deleted`` event and an
-        audit entry) and gallery at once. False when nobody matches."""
+        audit entry) and gallery at once. Their person id; None when nobody matches."""
         if sum(x is not None for x in (person_id, card_digest, phone)) != 1:
             raise ValueError("delete needs exactly one of person_id, card_digest, phone")
         async with self.replication, self._lock:
             pid = await trio.to_thread.run_sync(self._delete, person_id, card_digest, phone)
         if pid is None:
-            return False
+            return None
         self._appended()
         self._gauge()
         self.bus.publish(PersonDeleted(pid, trio.current_time()))
         if self.metrics is not None:
             self.metrics.inc("palmnode_deletions_total")
-        return True
+        return pid
 
     def _delete(self, person_id: str | None, card_digest: bytes | None, phone: str | None) -> str | None:
         if card_digest is not None:

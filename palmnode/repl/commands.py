@@ -614,7 +614,7 @@ async def _delete(session: Session, args: tuple[str, ...]) -> Reply:
     else:
         raise CommandError(f"delete by id, card or phone, not {kind!r}")
     try:
-        deleted = await target.people.delete(**named)
+        deleted = await target.people.delete(**named) is not None
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     return Reply({"deleted": deleted}, "deleted" if deleted else "nobody matches")
