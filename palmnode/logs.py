@@ -63,12 +63,17 @@ def event(logger: logging.Logger, msg: str, **fields: object) -> None:
 
 
 def event_to_plain(event: object, hidden: frozenset[str] = HIDDEN_FIELDS) -> dict[str, Any]:
-    """An event as plain fields: scalars and enums only, never ``hidden`` fields, arrays or bytes."""
+    """An event as plain fields: scalars and enums only, never ``hidden`` fields, arrays or bytes;
+    a value object inside it (a ``ModeChanged``'s ``GateMode``) as a map of its own plain fields."""
     out: dict[str, Any] = {"type": type(event).__name__}
     for field in attrs.fields(type(event)):
         if field.name in hidden:
             continue
-        value = _scalar(getattr(event, field.name))
+        value = getattr(event, field.name)
+        if attrs.has(type(value)):
+            value = {k: v for k, v in event_to_plain(value, hidden).items() if k != "type"}
+        else:
+            value = _scalar(value)
         if value is not _SKIP:
             out[field.name] = value
     return out

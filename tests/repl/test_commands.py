@@ -10,6 +10,7 @@ from drivers.card_reader.cardtoken import CardToken
 from drivers.card_reader.reads import PaymentCardRead
 from palmnode.actors import DeviceState, DeviceStateChanged
 from palmnode.gate.events import Decision, PersonEnrolled
+from palmnode.gate.modes import GateMode, ModeChanged
 from palmnode.logs import event_to_plain
 from palmnode.repl.commands import COMMANDS, CommandError, config_to_plain, resolve_follow
 
@@ -50,6 +51,9 @@ def test_events_lose_tokens_expiry_and_anything_not_scalar():
                                       "new": "lost", "error": "DeviceLost: gone", "at": 7.5}
     decision = Decision("retry", None, None, float("nan"), "hold still", 40.0, "entry", 1.0)
     assert event_to_plain(decision)["score"] is None
+    mode = ModeChanged(GateMode("payment", 450, "EUR"), at=2.0)  # its mode was left out of the log line
+    assert event_to_plain(mode) == {"type": "ModeChanged", "at": 2.0,
+                                    "mode": {"mode": "payment", "amount_cents": 450, "currency": "EUR"}}
 
 
 def test_follow_names_and_groups():
