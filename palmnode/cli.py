@@ -80,10 +80,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         evaluate.add_arguments(p)
 
     p = sub.add_parser("bench", help="measure the node's cost and print JSON",
-                       description="Measure the node's CPU while the virtual gate streams (proximity at "
-                       "100 Hz, camera at 30 fps) beside the emulators' own cost and a bare read loop, then "
-                       "its memory and drop counters under bad input on every port; prints one JSON object "
-                       "on stdout, progress on stderr.")
+                       description="Measure the node, each number beside a baseline measured in the same "
+                       "run; prints one JSON object on stdout, progress on stderr. Suites: node (CPU while "
+                       "the virtual gate streams, beside the emulators' own cost and a bare read loop, then "
+                       "memory and drop counters under bad input on every port), engine (ROI, features, 1:1 "
+                       "and 1:N at --sizes, default up to 1M palms: the longest suite, its rendered templates "
+                       "cached in --cache), gate (decision latency at --enrolled "
+                       "palms). Give --suite to run one.")
     p.add_argument("--suite", choices=("node", "engine", "gate", "all"), default="all",
                    help="node: idle CPU and bad-input soak; engine: ROI, features, 1:1 and 1:N "
                    "speed with baselines and pre-filter recall; gate: hand-present-to-decision latency, "
