@@ -18,6 +18,7 @@ async def serve(cfg: ProximityConfig, health: HealthRegistry, bus: EventBus,
                 ready: Callable[[], None]) -> None:
     presence = PresenceDetector()
     drops = CounterMirror(health, NAME)
+    sensor: ProximitySensor | None = None
     try:
         async with await ProximitySensor.open(cfg.port, baudrate=cfg.baudrate,
                                               frame_rate_hz=cfg.frame_rate_hz,
@@ -32,6 +33,8 @@ async def serve(cfg: ProximityConfig, health: HealthRegistry, bus: EventBus,
                     bus.publish(change)
                 drops.update(sensor.stats.drops)
     finally:
+        if sensor is not None:  # the bad frames since the last reading, e.g. all those that ended it
+            drops.update(sensor.stats.drops)
         drops_left = presence.reset(trio.current_time())  # the hand may be there; we cannot tell
         if drops_left is not None:
             bus.publish(drops_left)

@@ -1,0 +1,26 @@
+"""Device actors (palmnode/devices/*.py) against their emulators over real ptys."""
+import pytest
+import trio
+
+from drivers.errors import DeviceTimeout
+from drivers.proximity.emulator import ProximityEmulator
+from palmnode.actors import EventBus, HealthRegistry
+from palmnode.config import ProximityConfig
+from palmnode.devices import proximity
+
+
+async def test_proximity_drops_that_end_the_session_are_counted_in_health(nursery, tmp_path):
+    emu = ProximityEmulator(tmp_path / "tfmini", seed=7)
+    await nursery.start(emu.run)
+    emu.set_target(200)
+    health = HealthRegistry()
+    health.register(proximity.NAME)
+    bus = EventBus()
+
+    def ready() -> None:
+        emu.corrupt_next(10_000)  # from now on every frame has a bad checksum: no reading at all
+
+    cfg = ProximityConfig(port=str(emu.link), stall_timeout_s=0.3)
+    with trio.fail_after(5), pytest.raises(DeviceTimeout, match="no data frame"):
+        await proximity.serve(cfg, health, bus, ready)
+    assert health.device(proximity.NAME).counters.get("dropped_checksum", 0) > 10
