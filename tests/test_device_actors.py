@@ -6,7 +6,7 @@ from drivers.errors import DeviceTimeout
 from drivers.proximity.emulator import ProximityEmulator
 from palmnode.actors import EventBus, HealthRegistry
 from palmnode.config import ProximityConfig
-from palmnode.devices import proximity
+from palmnode.devices import proximity, session
 
 
 async def test_proximity_drops_that_end_the_session_are_counted_in_health(nursery, tmp_path):
@@ -24,3 +24,15 @@ async def test_proximity_drops_that_end_the_session_are_counted_in_health(nurser
     with trio.fail_after(5), pytest.raises(DeviceTimeout, match="no data frame"):
         await proximity.serve(cfg, health, bus, ready)
     assert health.device(proximity.NAME).counters.get("dropped_checksum", 0) > 10
+
+
+async def test_mirror_stats_copies_the_drops_once_more_when_cancelled(autojump_clock):
+    health = HealthRegistry()
+    health.register("card_reader")
+    drops: dict[str, int] = {}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(session.mirror_stats, health, "card_reader", lambda: (None, drops))
+        await trio.sleep(0.1)  # just after a mirror: the bad frames that end the session come now
+        drops["garbage"] = 7
+        nursery.cancel_scope.cancel()  # what the card reader and illuminator actors do at the end
+    assert health.device("card_reader").counters == {"dropped_garbage": 7}

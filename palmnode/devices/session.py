@@ -91,11 +91,19 @@ HEALTH_PERIOD_S = 0.5
 
 async def mirror_stats(health: HealthRegistry, name: str,
                        read: Callable[[], tuple[float | None, Mapping[str, int]]]) -> None:
-    """Every ``HEALTH_PERIOD_S``, copy (last frame time, drops by reason) from ``read()`` into health."""
+    """Every ``HEALTH_PERIOD_S``, copy (last frame time, drops by reason) from ``read()`` into health;
+    once more when cancelled (the session's end), so the bad frames that ended it are counted."""
     drops = CounterMirror(health, name)
-    while True:
+
+    def mirror() -> None:
         last_seen, counts = read()
         if last_seen is not None:
             health.seen(name, last_seen)
         drops.update(counts)
-        await trio.sleep(HEALTH_PERIOD_S)
+
+    try:
+        while True:
+            mirror()
+            await trio.sleep(HEALTH_PERIOD_S)
+    finally:
+        mirror()
