@@ -101,6 +101,7 @@ class _Device:
     last_seen: float | None = None
     counters: dict[str, int] = attrs.field(factory=dict)
     been_ready: bool = False
+    been_lost: bool = False
 
 
 class HealthRegistry:
@@ -138,6 +139,7 @@ class HealthRegistry:
         old, device.state = device.state, state
         device.since = trio.current_time()
         device.been_ready = device.been_ready or state is DeviceState.READY
+        device.been_lost = device.been_lost or state in (DeviceState.LOST, DeviceState.FAILED)
         if self._bus is not None:
             self._bus.publish(
                 DeviceStateChanged(name, old, state, one_line(error) if error else None, device.since)
@@ -202,7 +204,7 @@ class HealthRegistry:
             return GateState.READY
         first_opening = any(not d.been_ready and d.state in (DeviceState.INIT, DeviceState.OPENING)
                             for d in enabled)
-        lost = any(d.state in (DeviceState.LOST, DeviceState.FAILED) for d in enabled)
+        lost = any(d.been_lost for d in enabled)  # now or before: reopening is not starting
         if first_opening and not lost:
             return GateState.STARTING
         return GateState.DEGRADED if ready else GateState.DOWN

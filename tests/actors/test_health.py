@@ -114,3 +114,17 @@ async def test_unknown_and_duplicate_devices() -> None:
         health.register("camera")
     with pytest.raises(KeyError, match="register"):
         health.set_state("card", DeviceState.READY)
+
+
+async def test_a_device_reopened_after_a_loss_is_not_starting_again() -> None:
+    """A device lost before it was ever ready, then OPENING again (its actor restarted by the
+    supervisor after a crash, or the devices subtree restarted) keeps the gate DEGRADED."""
+    health = HealthRegistry()
+    health.register("camera")
+    health.register("card")
+    health.set_state("camera", DeviceState.READY)
+    health.set_state("card", DeviceState.OPENING)
+    health.set_state("card", DeviceState.LOST, "no such port")
+    assert health.gate is GateState.DEGRADED
+    health.set_state("card", DeviceState.OPENING)
+    assert health.gate is GateState.DEGRADED
