@@ -3,10 +3,11 @@ import pytest
 import trio
 
 from drivers.errors import DeviceTimeout
+from drivers.illuminator.emulator import IlluminatorEmulator
 from drivers.proximity.emulator import ProximityEmulator
 from palmnode.actors import EventBus, HealthRegistry
-from palmnode.config import ProximityConfig
-from palmnode.devices import proximity, session
+from palmnode.config import IlluminatorConfig, ProximityConfig
+from palmnode.devices import illuminator, proximity, session
 
 
 async def test_proximity_drops_that_end_the_session_are_counted_in_health(nursery, tmp_path):
@@ -36,3 +37,24 @@ async def test_mirror_stats_copies_the_drops_once_more_when_cancelled(autojump_c
         drops["garbage"] = 7
         nursery.cancel_scope.cancel()  # what the card reader and illuminator actors do at the end
     assert health.device("card_reader").counters == {"dropped_garbage": 7}
+
+
+async def test_a_light_request_its_caller_gave_up_on_is_not_served_later(nursery, tmp_path):
+    emu = IlluminatorEmulator(tmp_path / "board", seed=7)
+    await nursery.start(emu.run)
+    lights = illuminator.Lights()
+    lights.online = True  # the board was open when the capture asked (it was lost before serving it)
+    with trio.move_on_after(0.05):
+        await lights.set("ir", 1.0)
+    lights.online = False  # the capture, told the light failed, asks nothing more of a board away
+    health = HealthRegistry()
+    health.register(illuminator.NAME)
+    opened = trio.Event()
+    async with trio.open_nursery() as actor:
+        actor.start_soon(illuminator.serve, IlluminatorConfig(port=str(emu.link)), health, EventBus(),
+                         lights, opened.set)
+        with trio.fail_after(5):
+            await opened.wait()
+        await lights.set("surface", 0.0)  # served after anything queued before it
+        assert not emu.lights_on  # the stale 'ir on' would have lit the gate for nobody
+        actor.cancel_scope.cancel()

@@ -182,6 +182,11 @@ class Call(Generic[Req, Resp]):
     request: Req
     _reply_to: trio.MemorySendChannel[_Outcome[Resp]] = attrs.field(repr=False)
 
+    @property
+    def abandoned(self) -> bool:
+        """The caller has given up (timed out or cancelled): an answer would reach nobody."""
+        return self._reply_to.statistics().open_receive_channels == 0
+
     def reply(self, value: Resp) -> None:
         """Send ``value`` back to the caller."""
         self._answer(_Reply(value))

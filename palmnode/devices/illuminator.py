@@ -68,6 +68,8 @@ async def _forward_events(board: Illuminator, bus: EventBus) -> None:
 
 async def _serve_requests(board: Illuminator, lights: Lights) -> None:
     async for call in lights.mailbox:
+        if call.abandoned:  # its caller was told it failed (e.g. queued before the board was lost)
+            continue
         try:
             await board.set_level(call.request.channel, call.request.level)
         except (ValueError, DeviceError) as exc:
