@@ -42,6 +42,7 @@ KNOWN: dict[str, tuple[Kind, str]] = {
     "palmnode_gallery_palms": ("gauge", "Enrolled palms in the in-memory gallery."),
     "palmnode_retries_total": ("counter", "Identify attempts ended with a retry, by reason."),
     "palmnode_metrics_dropped_total": ("counter", "Observations dropped: too many label sets for one metric name."),
+    "palmnode_metrics_refused_total": ("counter", "Scrape connections closed at accept: too many open at once."),
 }
 
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
@@ -295,6 +296,9 @@ def _escape_help(text: str) -> str:
 MAX_REQUEST_HEAD = 8192
 #: a client must send its whole request head within this many seconds
 REQUEST_TIMEOUT = 10.0
+#: connections served at once (a scraper needs one); more are closed at accept and counted in
+#: palmnode_metrics_refused_total, so a flood of idle sockets cannot take the node's file descriptors
+MAX_CONNECTIONS = 16
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # exposition format 0.0.4
 
 
@@ -304,6 +308,7 @@ async def serve_metrics(metrics: Metrics, host: str = "127.0.0.1", port: int = 9
 
     One request per connection (answered with ``Connection: close``). Other paths → 404, other
     methods → 405 (with ``Allow: GET``), a malformed, oversized or too slow request head → 400, then the connection closes.
+    Beyond ``MAX_CONNECTIONS`` open at once, a new connection is closed at accept (counted).
     Port 0 binds a free port (the started value tells which).
     """
     listeners = await trio.open_tcp_listeners(port, host=host)
@@ -316,8 +321,20 @@ async def serve_metrics(metrics: Metrics, host: str = "127.0.0.1", port: int = 9
 class _MetricsHandler:
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
+        self._open = 0
 
     async def __call__(self, stream: trio.SocketStream) -> None:
+        if self._open >= MAX_CONNECTIONS:
+            self._metrics.inc("palmnode_metrics_refused_total")
+            await trio.aclose_forcefully(stream)
+            return
+        self._open += 1
+        try:
+            await self._serve(stream)
+        finally:
+            self._open -= 1
+
+    async def _serve(self, stream: trio.SocketStream) -> None:
         async with stream:
             try:
                 with trio.move_on_after(REQUEST_TIMEOUT) as timer:

@@ -10,6 +10,7 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import palmnode.metrics as metrics_module
 from palmnode.metrics import DEFAULT_BUCKETS, MAX_SERIES, RECENT_WINDOW, Metrics, serve_metrics
 
 # -- a small independent parser of the text exposition format 0.0.4
@@ -232,3 +233,19 @@ async def test_slow_request_head_times_out_with_400(nursery, autojump_clock):
             while chunk := await stream.receive_some(65536):
                 data += chunk
     assert data.startswith(b"HTTP/1.1 400 ")
+
+
+async def test_connections_beyond_the_limit_are_closed_at_accept(nursery, monkeypatch):
+    monkeypatch.setattr(metrics_module, "MAX_CONNECTIONS", 4, raising=False)
+    m = Metrics()
+    _, port = await nursery.start(serve_metrics, m, "127.0.0.1", 0)
+    idle = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(4)]  # each held up to 10 s
+    extra = await trio.open_tcp_stream("127.0.0.1", port)
+    with trio.fail_after(1):  # closed at once, not after the others' request timeout
+        assert await extra.receive_some(65536) == b""
+    assert m.value("palmnode_metrics_refused_total") == 1
+    for stream in idle:
+        await stream.aclose()
+    await trio.sleep(0.1)
+    status, _, _ = await _http(port, b"GET /metrics HTTP/1.1\r\n\r\n")
+    assert status == 200
