@@ -7,6 +7,9 @@ A :class:`Supervisor` runs its children (:class:`ChildSpec`) as tasks in its own
   ``signals_started=True`` must call ``ctx.started()`` (like ``task_status.started()`` of
   ``nursery.start``) and the supervisor waits for that. A child that raises before it has
   started fails the supervisor's start (it raises :class:`SupervisorEscalation`), as in OTP.
+  So does one that has not signalled within its ``start_timeout`` (it is cancelled): the
+  supervisor handles nothing else while a child starts, so a start that hung would leave its
+  siblings' exits unhandled, and their restarts undone, for good.
   So a device actor should signal started *before* it blocks on hardware that may be
   missing, and report OPENING/LOST in the health registry instead.
 * **Restart** when a child exits: ``permanent`` always, ``transient`` only after an exception,
@@ -82,7 +85,9 @@ class ChildSpec:
     ``start`` is the child's body, called as ``await start(ctx)`` with a :class:`ChildContext`;
     use ``functools.partial`` for more arguments. ``device`` names the device this child drives
     in the supervisor's health registry: the supervisor then marks it LOST when the child fails,
-    FAILED when it will not restart it, and counts its restarts.
+    FAILED when it will not restart it, and counts its restarts. A child with
+    ``signals_started=True`` that has not called ``ctx.started()`` within ``start_timeout``
+    seconds is cancelled and counts as failing to start.
     """
 
     id: str = attrs.field(validator=attrs.validators.min_len(1))
@@ -92,6 +97,7 @@ class ChildSpec:
     )
     shutdown_timeout: float = attrs.field(default=5.0, validator=attrs.validators.ge(0.0))
     signals_started: bool = False
+    start_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0.0))
     device: str | None = None
 
 
@@ -278,7 +284,8 @@ class Supervisor:
         """A :class:`ChildSpec` running this supervisor under another one.
 
         The default ``shutdown_timeout`` is infinite: this supervisor bounds its own stop by
-        its children's timeouts, as OTP does for supervisor children. ``restart="temporary"``
+        its children's timeouts, as OTP does for supervisor children; so is its
+        ``start_timeout`` (a child that hangs in start fails this supervisor's start). ``restart="temporary"``
         with a ``device`` makes a device that keeps failing end up FAILED in the parent's
         health registry (gate DEGRADED) instead of taking its siblings down.
         """
@@ -288,6 +295,7 @@ class Supervisor:
             restart=restart,
             shutdown_timeout=shutdown_timeout,
             signals_started=True,
+            start_timeout=math.inf,
             device=device,
         )
 
@@ -361,7 +369,11 @@ class Supervisor:
             inc.started_at = trio.current_time()
             inc.settled.set()
         self._nursery.start_soon(self._child_main, inc, name=f"{self.name}/{slot.spec.id}")
-        await inc.settled.wait()
+        with trio.move_on_after(slot.spec.start_timeout):
+            await inc.settled.wait()
+        if not inc.settled.is_set():
+            inc.error = TimeoutError(f"did not signal started within {slot.spec.start_timeout:g} s")
+            await self._stop_child(slot, then=ChildState.STARTING)
         if inc.started_at is None:
             return False
         self._set_child_state(slot, ChildState.RUNNING)

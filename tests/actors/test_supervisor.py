@@ -535,3 +535,37 @@ async def test_failing_optional_device_degrades_the_gate_without_stopping_the_re
         assert [c.state for c in node.tree().children] == [ChildState.RUNNING, ChildState.FAILED]
         assert set(h.live) == {"camera"}
         await node.stop()
+
+
+async def test_child_hanging_in_start_is_cancelled_after_its_start_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A restart that never signals started is a failed start: the supervisor goes on handling
+    its other children (a crash of 'a' used to stay unhandled, 'a' shown RUNNING, for good)."""
+    h = Harness()
+    runs: list[float] = []
+
+    async def b(ctx) -> None:
+        runs.append(trio.current_time())
+        if len(runs) == 1:
+            ctx.started()
+            await trio.sleep(1)
+            raise RuntimeError("b crashed")
+        if len(runs) == 2:
+            await trio.sleep_forever()  # hangs before it has started
+        ctx.started()
+        await trio.sleep_forever()
+
+    children = [ChildSpec("a", h.body("a")), ChildSpec("b", b, signals_started=True, start_timeout=10.0)]
+    sup = Supervisor("node", children, intensity=10, backoff=EXACT)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        await trio.sleep(2)
+        h.crash("a")
+        await trio.sleep(100)
+        assert h.starts["a"] == 2
+        assert runs == [0.0, pytest.approx(1.1), pytest.approx(11.3)]  # 10 s start timeout, backoff 0.2 s
+        a, b_child = sup.tree().children
+        assert (a.state, b_child.state, b_child.restarts) == (ChildState.RUNNING, ChildState.RUNNING, 2)
+        assert b_child.last_error == "TimeoutError: did not signal started within 10 s"
+        await sup.stop()
