@@ -26,7 +26,9 @@ A :class:`Supervisor` runs its children (:class:`ChildSpec`) as tasks in its own
   child is cancelled and given ``shutdown_timeout`` seconds; a child still running then is
   *abandoned*: an error is logged, it shows as FAILED, and the others are stopped without waiting
   for it. trio cannot end a task that ignores cancellation, so ``run()`` itself returns when that
-  task finally exits; ``stop()`` returns as soon as the ordered stop is done.
+  task finally exits; ``stop()`` returns as soon as the ordered stop is done. A child abandoned
+  when stopped for a restart is started again only once that task has ended (never two at once),
+  and so are the members of its restart group after it.
 
 Children are shielded from outside cancellation: only the supervisor cancels them, so stopping
 always happens in reverse order. Run with ``await nursery.start(sup.run)``, which returns once
@@ -153,6 +155,7 @@ class _Incarnation:
     error: Exception | None = None
     finished: bool = False
     handled: bool = False  # the supervisor has dealt with (or asked for) its exit
+    abandoned: bool = False  # still running after its shutdown_timeout: no restart until it ends
 
 
 def _nested_supervisor(spec: ChildSpec) -> Supervisor | None:
@@ -356,7 +359,7 @@ class Supervisor:
                 inc.started_at = trio.current_time()
             inc.done.set()
             inc.settled.set()
-            if inc.started_at is not None and not inc.handled:
+            if (inc.started_at is not None and not inc.handled) or inc.abandoned:
                 inc.exits.send_nowait(inc)
 
     async def _spawn(self, slot: _Slot) -> bool:
@@ -382,7 +385,8 @@ class Supervisor:
     async def _supervise(self) -> None:
         while True:
             await self._restart_due()
-            deadline = min(self._pending.values(), default=math.inf)
+            deadline = min((at for index, at in self._pending.items() if self._can_restart(index)),
+                           default=math.inf)
             inc: _Incarnation | None = None
             with trio.move_on_at(deadline):
                 inc = await self._exits_receive.receive()
@@ -392,7 +396,7 @@ class Supervisor:
     async def _restart_due(self) -> None:
         while True:
             now = trio.current_time()
-            due = [index for index, at in self._pending.items() if at <= now]
+            due = [index for index, at in self._pending.items() if at <= now and self._can_restart(index)]
             if not due:
                 return
             slot = self._slots[min(due)]
@@ -403,6 +407,13 @@ class Supervisor:
             if not await self._spawn(slot):
                 assert slot.current is not None
                 await self._on_exit(slot.current)
+
+    def _can_restart(self, index: int) -> bool:
+        """False while the slot's last incarnation, abandoned, still runs (never two at once), or
+        that of a slot before it in its restart group (due at the same time): start order holds."""
+        at = self._pending[index]
+        return all(s.current is None or s.current.finished
+                   for s in self._slots[: index + 1] if self._pending.get(s.index) == at)
 
     def _restart_group(self, slot: _Slot) -> list[_Slot]:
         if self.strategy == "one_for_one":
@@ -469,6 +480,7 @@ class Supervisor:
         if inc.finished:
             self._set_child_state(slot, then, inc.error)
             return
+        inc.abandoned = True  # its exit (when it comes) wakes _supervise for a restart now due
         message = f"did not stop within {slot.spec.shutdown_timeout:g} s of cancellation; abandoned"
         log.error("supervisor %r: child %r %s", self.name, slot.spec.id, message)
         self._set_child_state(slot, ChildState.FAILED, message)

@@ -569,3 +569,40 @@ async def test_child_hanging_in_start_is_cancelled_after_its_start_timeout(
         assert (a.state, b_child.state, b_child.restarts) == (ChildState.RUNNING, ChildState.RUNNING, 2)
         assert b_child.last_error == "TimeoutError: did not signal started within 10 s"
         await sup.stop()
+
+
+async def test_an_abandoned_child_is_restarted_only_once_it_has_ended(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A sibling stopped for a restart that outlives its shutdown_timeout is not run twice at once."""
+    h = Harness()
+    running: list[int] = []
+    starts: list[float] = []
+
+    async def stuck(ctx) -> None:
+        starts.append(trio.current_time())
+        running.append(1)
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(100 if len(starts) == 1 else 0)  # the first ignores cancellation 100 s
+            running.pop()
+
+    children = [ChildSpec("a", h.body("a")), ChildSpec("stuck", stuck, shutdown_timeout=1.0),
+                ChildSpec("c", h.body("c"))]
+    sup = Supervisor("node", children, strategy="rest_for_one", backoff=EXACT)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        await trio.sleep(1)
+        h.crash("a")
+        await trio.sleep(50)
+        assert len(running) == 1 and starts == [0.0]  # the first still runs: no second one yet
+        assert h.starts["a"] == 2  # 'a', before it, was restarted after its backoff; 'c' waits
+        assert h.starts["c"] == 1
+        assert [c.state for c in sup.tree().children][1:] == [ChildState.RESTARTING] * 2
+        await trio.sleep(100)
+        assert len(running) == 1 and starts == [0.0, pytest.approx(101.0)]  # once it ended
+        assert h.start_times("c") == [0.0, pytest.approx(101.0)]
+        assert [c.state for c in sup.tree().children] == [ChildState.RUNNING] * 3
+        await sup.stop()
