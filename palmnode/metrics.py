@@ -296,6 +296,8 @@ def _escape_help(text: str) -> str:
 MAX_REQUEST_HEAD = 8192
 #: a client must send its whole request head within this many seconds
 REQUEST_TIMEOUT = 10.0
+#: a client must take the whole answer within this many seconds; one that stops reading is cut off
+RESPONSE_TIMEOUT = 10.0
 #: connections served at once (a scraper needs one); more are closed at accept and counted in
 #: palmnode_metrics_refused_total, so a flood of idle sockets cannot take the node's file descriptors
 MAX_CONNECTIONS = 16
@@ -308,6 +310,7 @@ async def serve_metrics(metrics: Metrics, host: str = "127.0.0.1", port: int = 9
 
     One request per connection (answered with ``Connection: close``). Other paths → 404, other
     methods → 405 (with ``Allow: GET``), a malformed, oversized or too slow request head → 400, then the connection closes.
+    A client that has not taken the whole answer within ``RESPONSE_TIMEOUT`` is cut off.
     Beyond ``MAX_CONNECTIONS`` open at once, a new connection is closed at accept (counted).
     Port 0 binds a free port (the started value tells which).
     """
@@ -341,7 +344,10 @@ class _MetricsHandler:
                     status, body = await self._answer(stream)
                 if timer.cancelled_caught:
                     status, body = 400, "request too slow\n"
-                await _respond(stream, status, body)
+                with trio.move_on_after(RESPONSE_TIMEOUT) as timer:
+                    await _respond(stream, status, body)
+                if timer.cancelled_caught:
+                    return  # the scraper stopped reading: the connection closes
                 if status != 200:
                     await _linger(stream)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):

@@ -249,3 +249,18 @@ async def test_connections_beyond_the_limit_are_closed_at_accept(nursery, monkey
     await trio.sleep(0.1)
     status, _, _ = await _http(port, b"GET /metrics HTTP/1.1\r\n\r\n")
     assert status == 200
+
+
+async def test_a_scraper_that_stops_reading_is_cut_off(nursery, monkeypatch):
+    monkeypatch.setattr(metrics_module, "MAX_CONNECTIONS", 1)
+    monkeypatch.setattr(metrics_module, "RESPONSE_TIMEOUT", 0.5, raising=False)
+    m = Metrics()
+    for i in range(1000):  # MAX_SERIES label sets: a 1.2 MB answer, more than the socket buffers hold
+        m.observe("palmnode_identify_latency_ms", 5, outcome=f"o{i}")
+    _, port = await nursery.start(serve_metrics, m, "127.0.0.1", 0)
+    stalled = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stalled:
+        await stalled.send_all(b"GET /metrics HTTP/1.1\r\n\r\n")  # and never reads the answer
+        await trio.sleep(1.0)
+        status, _, body = await _http(port, b"GET /metrics HTTP/1.1\r\n\r\n")  # its slot is free again
+        assert status == 200 and len(body) > 1_000_000
