@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from palmnode.actors import ChildContext, DeviceStateChanged
+from palmnode.actors import ChildContext, DeviceState, DeviceStateChanged
 from palmnode.gate.enrol import EnrolBusy
 from palmnode.gate.modes import ChargeResult, GateMode
 from palmnode.link.client import RequestRefused
@@ -201,16 +201,27 @@ class NodeOps:
     # ---- events for the controller -------------------------------------------------------------
     async def report(self, ctx: ChildContext) -> None:
         """Actor: device health → outbox events (delivered by the link). Decisions are recorded by
-        the identify flow itself (``People.record_decision``), in the same step that makes them."""
+        the identify flow itself (``People.record_decision``), in the same step that makes them.
+
+        It starts by recording every device's state as it is (a change before it subscribed, at
+        boot or while it restarted, would never reach the controller), then each change."""
         async with self.node.bus.subscribe(DeviceStateChanged, buffer=1024) as events:
             ctx.started()
+            health = self.node.health
+            for device in health.snapshot() if health is not None else ():
+                if device.state is not DeviceState.INIT:
+                    lost = device.state in (DeviceState.LOST, DeviceState.FAILED)
+                    await self._report_health(device.name, device.state, device.last_error if lost else None)
             async for ev in events:
-                data: dict[str, Any] = {"name": ev.name, "state": ev.new.value}
-                if ev.error:
-                    data["error"] = ev.error
-                await trio.to_thread.run_sync(self.node.vault.append_event, "device_health", data)
-                if self.node.link is not None:
-                    self.node.link.events_appended()
+                await self._report_health(ev.name, ev.new, ev.error)
+
+    async def _report_health(self, name: str, state: DeviceState, error: str | None) -> None:
+        data: dict[str, Any] = {"name": name, "state": state.value}
+        if error:
+            data["error"] = error
+        await trio.to_thread.run_sync(self.node.vault.append_event, "device_health", data)
+        if self.node.link is not None:
+            self.node.link.events_appended()
 
 
 _OPS = {

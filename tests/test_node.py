@@ -144,3 +144,25 @@ async def test_the_configs_capture_thresholds_reach_the_gate(gate, tmp_path):
                 decision = await decisions.receive()
         assert (decision.outcome, decision.reason) == ("retry", "move your hand a little higher")
         nursery.cancel_scope.cancel()
+
+
+async def test_a_device_lost_before_the_report_actor_started_reaches_the_outbox(nursery, gate, tmp_path):
+    """The card reader's port is missing at boot: LOST before the gate's report actor subscribed,
+    and LOST it stays (no further change), yet the controller must hear of it."""
+    import attrs
+
+    from palmnode.demo import node_config
+    from palmnode.node import Node
+
+    cfg = node_config(gate.endpoints_, tmp_path, vault=True)
+    cfg = attrs.evolve(cfg, card_reader=attrs.evolve(cfg.card_reader, port=str(tmp_path / "no-such-port")))
+    node = Node(cfg)
+    await nursery.start(node.run)
+
+    def reported() -> list[dict]:
+        return [e.data for e in node.vault.pending_events(limit=100) if e.kind == "device_health"]
+
+    await wait_for(lambda: {"camera", "illuminator", "proximity"} <= {
+        d["name"] for d in reported() if d["state"] == "ready"})
+    card = [d for d in reported() if d["name"] == "card_reader"]
+    assert card and card[-1]["state"] == "lost" and "no-such-port" in card[-1]["error"]
