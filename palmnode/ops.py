@@ -219,7 +219,11 @@ class NodeOps:
         data: dict[str, Any] = {"name": name, "state": state.value}
         if error:
             data["error"] = error
-        await trio.to_thread.run_sync(self.node.vault.append_event, "device_health", data)
+        try:
+            await trio.to_thread.run_sync(self.node.vault.append_event, "device_health", data)
+        except (VaultError, sqlite3.Error, OSError) as exc:  # e.g. disk full: the gate keeps serving
+            event(log, "device health not recorded", name=name, state=state.value, error=error_text(exc))
+            return
         if self.node.link is not None:
             self.node.link.events_appended()
 

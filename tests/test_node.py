@@ -166,3 +166,26 @@ async def test_a_device_lost_before_the_report_actor_started_reaches_the_outbox(
         d["name"] for d in reported() if d["state"] == "ready"})
     card = [d for d in reported() if d["name"] == "card_reader"]
     assert card and card[-1]["state"] == "lost" and "no-such-port" in card[-1]["error"]
+
+
+async def test_a_vault_refusing_device_health_does_not_restart_the_report_actor(nursery, gate, tmp_path):
+    """Disk full: device health is not recorded, and the report actor keeps going (it crashed at
+    every device change, and a flapping device made the gate's supervisor give up)."""
+    from palmnode.demo import node_config
+    from palmnode.node import Node
+    from palmnode.vault import VaultError
+
+    node = Node(node_config(gate.endpoints_, tmp_path, vault=True))
+    await nursery.start(node.run)
+    await wait_for(lambda: node.health.gate is GateState.READY, timeout=3.0)
+
+    def full(*args, **kwargs):
+        raise VaultError("database or disk is full")
+
+    node.vault.append_event = full
+    for _ in range(3):
+        await gate.devices["card_reader"].unplug(0.3)
+        await wait_for(lambda: state(node, "card_reader") is DeviceState.READY, timeout=3.0)
+    gate_tree = next(c for c in node.supervisor.tree().children if c.id == "gate").subtree
+    report = next(c for c in gate_tree.children if c.id == "report")
+    assert report.restarts == 0 and report.last_error is None
