@@ -22,6 +22,8 @@ from typing import Iterable, Literal
 import attrs
 import trio
 
+from palmnode.actors.health import DeviceState, GateState, HealthRegistry
+
 Kind = Literal["counter", "gauge", "histogram"]
 
 #: histogram bucket upper bounds (ms) unless :meth:`Metrics.describe` gives others; chosen
@@ -43,7 +45,31 @@ KNOWN: dict[str, tuple[Kind, str]] = {
     "palmnode_retries_total": ("counter", "Identify attempts ended with a retry, by reason."),
     "palmnode_metrics_dropped_total": ("counter", "Observations dropped: too many label sets for one metric name."),
     "palmnode_metrics_refused_total": ("counter", "Scrape connections closed at accept: too many open at once."),
+    "palmnode_gate_state": ("gauge", "1 for the gate's state now (starting, ready, degraded, down), 0 for the others."),
+    "palmnode_device_state": ("gauge", "1 for each device's state now, 0 for its other states."),
+    "palmnode_device_restarts_total": ("counter", "Restarts of each device's actor."),
+    "palmnode_device_events_total": ("counter", "Each device's counted events by kind: drops by reason, frames skipped."),
+    "palmnode_link_connected": ("gauge", "1 while the link to the store controller is up."),
 }
+
+def record_health(metrics: "Metrics", health: HealthRegistry, *, link_connected: bool | None = None) -> None:
+    """Copy the gate's and every device's health (and the link's state, when there is a link) into
+    ``metrics``: states as 0/1 gauges, one per state; the registry's restarts and counted events
+    (monotonic totals) as counters. Call it in the trio thread that owns ``health``."""
+    for state in GateState:
+        metrics.set("palmnode_gate_state", float(health.gate is state), state=state.value)
+    for device in health.snapshot():
+        for state in DeviceState:
+            metrics.set("palmnode_device_state", float(device.state is state), device=device.name, state=state.value)
+        totals = {("palmnode_device_restarts_total", None): device.restarts}
+        totals.update({("palmnode_device_events_total", kind): n for kind, n in device.counters.items()})
+        for (name, kind), total in totals.items():
+            labels = {"device": device.name} if kind is None else {"device": device.name, "kind": kind}
+            if (delta := total - metrics.value(name, **labels)) > 0:
+                metrics.inc(name, delta, **labels)
+    if link_connected is not None:
+        metrics.set("palmnode_link_connected", float(link_connected))
+
 
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")

@@ -28,7 +28,7 @@ from palmnode.gate.people import People
 from palmnode.gate.presence import PresenceChanged
 from palmnode.link.client import LinkClient, LinkConfig
 from palmnode.logs import LOG_HIDDEN_FIELDS, event, event_to_plain
-from palmnode.metrics import Metrics, serve_metrics
+from palmnode.metrics import Metrics, record_health, serve_metrics
 from palmnode.ops import NodeOps
 from palmnode.repl.server import serve_repl
 from palmnode.systemd import serve_systemd, tree_healthy
@@ -41,6 +41,7 @@ LOGGED_EVENTS = (PresenceChanged, BadgeRead, PaymentCardRead, DeviceStateChanged
                  OverTemperature, Cooled, DeadmanTripped, BoardNotice, Decision, GateOpened, PaymentResult,
                  LoyaltyMember, PersonEnrolled, PersonDeleted, ModeChanged)
 #: what this node offers the controller in its hello
+HEALTH_METRICS_PERIOD_S = 1.0  # how stale a scrape of device health may be
 CAPABILITIES = ("events", "enrol", "delete", "replication", "modes", "status", "metrics")
 
 
@@ -192,7 +193,8 @@ class Node:
                                health=self.health).as_child(id="devices")]
         if gate_specs:
             children.append(supervisor("gate", gate_specs, "one_for_one").as_child(id="gate"))
-        self.supervisor = supervisor("node", children + self._service_specs(), "rest_for_one")
+        last = [ChildSpec("health-metrics", self._health_metrics, signals_started=True)]  # restarts nothing else
+        self.supervisor = supervisor("node", children + self._service_specs() + last, "rest_for_one")
         event(log, "node starting", node_id=self.config.node.node_id,
               config=str(self.config.source) if self.config.source else None)
         await self.supervisor.run(task_status=task_status)
@@ -229,6 +231,15 @@ class Node:
             ctx.started()
             async for ev in events:
                 event(log, _EVENT_NAMES.get(type(ev), type(ev).__name__), **_fields(ev))
+
+
+    async def _health_metrics(self, ctx: ChildContext) -> None:
+        """Every HEALTH_METRICS_PERIOD_S, the health registry (and the link) into the metrics."""
+        ctx.started()
+        while True:
+            record_health(self.metrics, self.health,
+                          link_connected=None if self.link is None else self.link.connected)
+            await trio.sleep(HEALTH_METRICS_PERIOD_S)
 
 
 class GateSetupError(Exception):

@@ -264,3 +264,31 @@ async def test_a_scraper_that_stops_reading_is_cut_off(nursery, monkeypatch):
         await trio.sleep(1.0)
         status, _, body = await _http(port, b"GET /metrics HTTP/1.1\r\n\r\n")  # its slot is free again
         assert status == 200 and len(body) > 1_000_000
+
+
+async def test_device_health_is_scraped_as_states_restarts_and_counted_events():
+    """A fleet's scraper saw decisions and latencies but not whether a gate's devices worked."""
+    from palmnode.actors.health import DeviceState, HealthRegistry
+    from palmnode.metrics import record_health
+
+    health, metrics = HealthRegistry(), Metrics()
+    for name in ("camera", "card_reader"):
+        health.register(name)
+    health.set_state("camera", DeviceState.READY)
+    health.set_state("card_reader", DeviceState.LOST, "port gone")
+    health.count("card_reader", "dropped_checksum", 3)
+    health.note_restart("card_reader")
+    record_health(metrics, health, link_connected=False)
+    health.count("card_reader", "dropped_checksum", 2)
+    record_health(metrics, health, link_connected=True)   # again: totals are not added twice
+    assert metrics.value("palmnode_gate_state", state="degraded") == 1
+    assert metrics.value("palmnode_gate_state", state="ready") == 0
+    assert metrics.value("palmnode_device_state", device="camera", state="ready") == 1
+    assert metrics.value("palmnode_device_state", device="card_reader", state="lost") == 1
+    assert metrics.value("palmnode_device_state", device="card_reader", state="ready") == 0
+    assert metrics.value("palmnode_device_restarts_total", device="card_reader") == 1
+    assert metrics.value("palmnode_device_events_total", device="card_reader", kind="dropped_checksum") == 5
+    assert metrics.value("palmnode_link_connected") == 1
+    text = metrics.render_prometheus()
+    assert "# TYPE palmnode_device_events_total counter" in text
+    assert 'palmnode_device_state{device="card_reader",state="lost"} 1' in text
