@@ -50,25 +50,32 @@ KNOWN: dict[str, tuple[Kind, str]] = {
     "palmnode_device_restarts_total": ("counter", "Restarts of each device's actor."),
     "palmnode_device_events_total": ("counter", "Each device's counted events by kind: drops by reason, frames skipped."),
     "palmnode_link_connected": ("gauge", "1 while the link to the store controller is up."),
+    "palmnode_bus_dropped_total": ("counter", "Events a subscriber of the node's event bus fell too far behind to get."),
 }
 
-def record_health(metrics: "Metrics", health: HealthRegistry, *, link_connected: bool | None = None) -> None:
-    """Copy the gate's and every device's health (and the link's state, when there is a link) into
-    ``metrics``: states as 0/1 gauges, one per state; the registry's restarts and counted events
-    (monotonic totals) as counters. Call it in the trio thread that owns ``health``."""
+def record_health(metrics: "Metrics", health: HealthRegistry, *, link_connected: bool | None = None,
+                  bus_dropped: int = 0) -> None:
+    """Copy the gate's and every device's health (and the link's state, when there is a link, and
+    the event bus's drops) into ``metrics``: states as 0/1 gauges, one per state; the registry's
+    restarts and counted events (monotonic totals) as counters. Call it in the trio thread that
+    owns ``health``."""
     for state in GateState:
         metrics.set("palmnode_gate_state", float(health.gate is state), state=state.value)
     for device in health.snapshot():
         for state in DeviceState:
             metrics.set("palmnode_device_state", float(device.state is state), device=device.name, state=state.value)
-        totals = {("palmnode_device_restarts_total", None): device.restarts}
-        totals.update({("palmnode_device_events_total", kind): n for kind, n in device.counters.items()})
-        for (name, kind), total in totals.items():
-            labels = {"device": device.name} if kind is None else {"device": device.name, "kind": kind}
-            if (delta := total - metrics.value(name, **labels)) > 0:
-                metrics.inc(name, delta, **labels)
+        _total(metrics, "palmnode_device_restarts_total", device.restarts, device=device.name)
+        for kind, n in device.counters.items():
+            _total(metrics, "palmnode_device_events_total", n, device=device.name, kind=kind)
+    _total(metrics, "palmnode_bus_dropped_total", bus_dropped)
     if link_connected is not None:
         metrics.set("palmnode_link_connected", float(link_connected))
+
+
+def _total(metrics: "Metrics", name: str, total: float, **labels: str) -> None:
+    """The counter ``name`` brought up to a monotonic ``total`` kept elsewhere."""
+    if (delta := total - metrics.value(name, **labels)) > 0:
+        metrics.inc(name, delta, **labels)
 
 
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")

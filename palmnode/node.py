@@ -237,7 +237,7 @@ class Node:
         """Every HEALTH_METRICS_PERIOD_S, the health registry (and the link) into the metrics."""
         ctx.started()
         while True:
-            record_health(self.metrics, self.health,
+            record_health(self.metrics, self.health, bus_dropped=self.bus.statistics().dropped,
                           link_connected=None if self.link is None else self.link.connected)
             await trio.sleep(HEALTH_METRICS_PERIOD_S)
 

@@ -280,7 +280,7 @@ async def test_device_health_is_scraped_as_states_restarts_and_counted_events():
     health.note_restart("card_reader")
     record_health(metrics, health, link_connected=False)
     health.count("card_reader", "dropped_checksum", 2)
-    record_health(metrics, health, link_connected=True)   # again: totals are not added twice
+    record_health(metrics, health, link_connected=True, bus_dropped=7)   # again: totals are not added twice
     assert metrics.value("palmnode_gate_state", state="degraded") == 1
     assert metrics.value("palmnode_gate_state", state="ready") == 0
     assert metrics.value("palmnode_device_state", device="camera", state="ready") == 1
@@ -288,7 +288,7 @@ async def test_device_health_is_scraped_as_states_restarts_and_counted_events():
     assert metrics.value("palmnode_device_state", device="card_reader", state="ready") == 0
     assert metrics.value("palmnode_device_restarts_total", device="card_reader") == 1
     assert metrics.value("palmnode_device_events_total", device="card_reader", kind="dropped_checksum") == 5
-    assert metrics.value("palmnode_link_connected") == 1
+    assert metrics.value("palmnode_link_connected") == 1 and metrics.value("palmnode_bus_dropped_total") == 7
     text = metrics.render_prometheus()
     assert "# TYPE palmnode_device_events_total counter" in text
     assert 'palmnode_device_state{device="card_reader",state="lost"} 1' in text
