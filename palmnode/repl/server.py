@@ -160,6 +160,13 @@ class _ClientGone(Exception):
     """The client hung up, or took no reply line within SEND_TIMEOUT_S."""
 
 
+def _client_gone(exc: Exception) -> bool:
+    """Whether ``exc`` is _ClientGone, or a group of nothing else."""
+    if isinstance(exc, ExceptionGroup):
+        return exc.split(_ClientGone)[1] is None
+    return isinstance(exc, _ClientGone)
+
+
 class _Connection:
     """One client: a reader task (requests and interrupts) and this task running them in order."""
 
@@ -248,9 +255,9 @@ class _Connection:
             except CommandError as exc:
                 await self.send_line(protocol.encode_error(str(exc)))
                 return
-            except _ClientGone:
-                raise
             except Exception as exc:  # a bug in a command must not end the session (or the node)
+                if _client_gone(exc):  # also from inside a command's own nursery (enrol's progress)
+                    raise
                 log.exception("REPL command %s failed", item.cmd)
                 await self.send_line(protocol.encode_error(
                     f"{item.cmd} failed: {type(exc).__name__}: {exc}".splitlines()[0]))

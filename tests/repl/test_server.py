@@ -430,3 +430,47 @@ async def test_a_client_that_stops_reading_is_dropped(short_dir, autojump_clock)
         other = Client(await trio.open_unix_socket(path))
         assert "hello" in await other.line()
         nursery.cancel_scope.cancel()
+
+
+class _WaitingEnrol:
+    """An enrolment flow that waits for a person forever (until cancelled)."""
+
+    class Request:
+        def __init__(self):
+            self.done = trio.Event()
+
+        async def wait(self):
+            await self.done.wait()
+
+    def __init__(self):
+        self.cancelled = False
+
+    def begin(self, phone, palms):
+        return self.Request()
+
+    def cancel(self):
+        self.cancelled = True
+        return True
+
+
+async def test_a_client_gone_mid_enrol_cancels_it_without_an_error(short_dir, caplog):
+    from palmnode.gate.events import EnrolProgress
+
+    target = BareTarget()
+    target.people, target.enrol = object(), _WaitingEnrol()
+    path = os.path.join(short_dir, "enrol.sock")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_repl, target, path)
+        client = Client(await trio.open_unix_socket(path))
+        await client.line()
+        await client.send("enrol", "+4930555000001")
+        await wait_for(lambda: target.bus.statistics().subscribers == 1, timeout=5)
+        target.bus.publish(EnrolProgress("card", "tap a card", 0.0))
+        assert (await client.line())["text"] == "card: tap a card"
+        await client.stream.aclose()  # the operator's terminal is gone
+        await trio.sleep(0.1)
+        target.bus.publish(EnrolProgress("palm", "hold your right palm over the gate", 0.0))  # finds nobody
+        await wait_for(lambda: target.enrol.cancelled, timeout=5)
+        await wait_for(lambda: target.bus.statistics().subscribers == 0, timeout=5)
+        assert "REPL command enrol failed" not in caplog.text
+        nursery.cancel_scope.cancel()
