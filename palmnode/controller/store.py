@@ -45,6 +45,10 @@ MAX_ID = 128  # longest person/node id or idempotency key accepted (ids are uuid
 MAX_TEMPLATES = 32  # per palm, as the link's §8 person map allows (an enrolment keeps a handful)
 MAX_TEMPLATE_BYTES = 8192  # a PalmTemplate is at most 772 B; anything far larger is not one
 MAX_DIGEST = 64  # keyed digests are HMAC-SHA256 (32 B), as the link's §8 person map allows
+#: each node's newest applied events are kept whatever their age: a gate resends at most its
+#: unacked outbox batch (100), so its redeliveries stay recognised even after the controller's
+#: clock jumps forward (a board without a real-time clock, set by NTP) and ages every row at once
+KEEP_PER_NODE = 1000
 SQL_INT = range(-2**63, 2**63)  # SQLite's INTEGER: a larger int cannot even be bound
 SYNC_BYTES = 512 * 1024  # one sync answer stays well under the link's 1 MiB frame cap
 
@@ -500,15 +504,18 @@ class Store:
         return [EventRecord(r[0], r[1], r[2], r[3], r[4], r[5], None if r[6] is None else msgpack.unpackb(r[6]))
                 for r in self._read(sql + " ORDER BY id", tuple(params))]
 
-    def prune_events(self, *, before: float) -> int:
-        """Delete the events applied before ``before`` (seconds since the epoch); how many went.
+    def prune_events(self, *, before: float, keep_per_node: int = KEEP_PER_NODE) -> int:
+        """Delete the events applied before ``before`` (seconds since the epoch) but each node's
+        newest ``keep_per_node``; how many went.
 
         An event is redelivered only while its node lacks the ack, so a pruned key comes back
         only from a node that lost the ack and stayed away for the whole retention: then it is
         applied again (harmless for enrolments and deletions; a second visit row otherwise).
         """
-        removed = self._write(lambda conn: conn.execute("DELETE FROM events WHERE applied_at < ?",
-                                                        (float(before),)).rowcount)
+        removed = self._write(lambda conn: conn.execute(
+            "DELETE FROM events WHERE applied_at < ? AND id NOT IN (SELECT id FROM ("
+            "SELECT id, row_number() OVER (PARTITION BY node_id ORDER BY id DESC) AS newest FROM events) "
+            "WHERE newest <= ?)", (float(before), keep_per_node)).rowcount)
         if removed:
             self.scrub()
         return removed

@@ -6,6 +6,7 @@ import os
 import sqlite3
 import stat
 import threading
+import time
 
 import pytest
 
@@ -355,10 +356,21 @@ def test_prune_events_forgets_only_the_old(store, tmp_path):
     with conn:
         conn.execute("UPDATE events SET applied_at = 1000 WHERE key != 'gate-a:v3'")
     conn.close()
-    assert store.prune_events(before=2000) == 2
+    assert store.prune_events(before=2000, keep_per_node=1) == 2
     assert [e.key for e in store.events()] == ["gate-a:v3"]
-    assert store.prune_events(before=2000) == 0
+    assert store.prune_events(before=2000, keep_per_node=1) == 0
     assert not visit(store, "p-1", 1).duplicate  # beyond the retention a redelivery counts again
+    assert visit(store, "p-1", 3).duplicate
+
+
+def test_a_clock_jump_keeps_each_nodes_newest_events(store):
+    """A controller whose clock jumps forward (no real-time clock, then NTP) sees every row as
+    old at once: each node's newest events stay, so a redelivery is still a duplicate."""
+    for seq in (1, 2, 3):
+        visit(store, "p-1", seq)
+    visit(store, "p-1", 1, node="gate-b")
+    assert store.prune_events(before=time.time() + 10 * 365 * 86400, keep_per_node=2) == 1
+    assert [e.key for e in store.events()] == ["gate-a:v2", "gate-a:v3", "gate-b:v1"]
     assert visit(store, "p-1", 3).duplicate
 
 
