@@ -91,19 +91,20 @@ class Command:
     run: Callable[[Session, tuple[str, ...]], Awaitable[Reply]]
     min_args: int = 0
     max_args: int = 0
-    unbounded: bool = False
-    """Runs until interrupted (follow): ended when the client closes its sending side."""
+    ends_with_client: bool = False
+    """Needs its client to stop it or to be there (follow runs until interrupted; enrol waits on a
+    person): ended when the client closes its sending side, since nobody could interrupt it then."""
 
 
 COMMANDS: dict[str, Command] = {}
 
 
 def command(name: str, usage: str, summary: str, details: str = "", *, min_args: int = 0,
-            max_args: int = 0, unbounded: bool = False) -> Callable[[Callable[[Session, tuple[str, ...]], Awaitable[Reply]]],
+            max_args: int = 0, ends_with_client: bool = False) -> Callable[[Callable[[Session, tuple[str, ...]], Awaitable[Reply]]],
                                            Callable[[Session, tuple[str, ...]], Awaitable[Reply]]]:
     def register(run: Callable[[Session, tuple[str, ...]], Awaitable[Reply]]):
         COMMANDS[name] = Command(name, usage, summary, " ".join(details.split()), run, min_args, max_args,
-                                 unbounded)
+                                 ends_with_client)
         return run
     return register
 
@@ -258,7 +259,7 @@ def resolve_follow(args: tuple[str, ...]) -> tuple[type, ...]:
          "TYPES: any of the groups devices, cards, presence, gate, or event names (decision, "
          "feedback, devicestatechanged, ...; comma or space separated). Default: everything. "
          "Events show ids, states and scores, never images, templates, card tokens or phone numbers.",
-         max_args=32, unbounded=True)
+         max_args=32, ends_with_client=True)
 async def _follow(session: Session, args: tuple[str, ...]) -> Reply:
     types = resolve_follow(args)
     names = sorted(t.__name__ for t in types)
@@ -565,7 +566,8 @@ def _gate(session: Session):
 @command("enrol", "enrol PHONE [right|left|both]", "enrol a person here: card tap, then palms over the gate",
          "Starts the enrolment flow locally (as the controller's enrol.begin does): the person taps a "
          "payment card, then holds each palm over the gate until three captures agree. Progress is "
-         "shown as it happens; Ctrl-C cancels. Example: enrol +4930555000001 both", min_args=1, max_args=2)
+         "shown as it happens; Ctrl-C cancels, and so does the client going away. Example: "
+         "enrol +4930555000001 both", min_args=1, max_args=2, ends_with_client=True)
 async def _enrol(session: Session, args: tuple[str, ...]) -> Reply:
     from palmnode.gate.enrol import EnrolBusy
     from palmnode.gate.events import EnrolProgress

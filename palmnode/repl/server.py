@@ -175,7 +175,7 @@ class _Connection:
         self.decoder = LineDecoder()
         self.received = 0    # requests received so far (numbered from 1)
         self.interrupt_upto = 0  # requests numbered up to this are cancelled
-        self.running: tuple[int, trio.CancelScope, bool] | None = None  # number, scope, unbounded
+        self.running: tuple[int, trio.CancelScope, bool] | None = None  # number, scope, ends_with_client
         self.closed = False      # the client closed its sending side
 
     async def send(self, obj: dict[str, Any]) -> None:
@@ -210,7 +210,7 @@ class _Connection:
                     data = b""
                 if not data:
                     # the client is gone or closed its side: nobody can interrupt anymore, so what
-                    # it sent is still answered, but a follow ends here
+                    # it sent is still answered, but a follow or an enrol ends here (ends_with_client)
                     self.closed = True
                     if self.running is not None and self.running[2]:
                         self.running[1].cancel()
@@ -245,11 +245,11 @@ class _Connection:
             await self.send_line(protocol.encode_error(item.reason))
             return
         found = COMMANDS.get(item.cmd)
-        unbounded = found is not None and found.unbounded
+        ends_with_client = found is not None and found.ends_with_client
         with trio.CancelScope() as scope:
-            if number <= self.interrupt_upto or (unbounded and self.closed):
+            if number <= self.interrupt_upto or (ends_with_client and self.closed):
                 scope.cancel()
-            self.running = (number, scope, unbounded)
+            self.running = (number, scope, ends_with_client)
             try:
                 reply = await run_command(session, item.cmd, item.args)
             except CommandError as exc:
