@@ -128,7 +128,7 @@ class NodeConfig:
 
 
 #: the calibration the repository ships (made by ``palmnode eval --calibration-out``)
-SHIPPED_CALIBRATION = Path(__file__).resolve().parent.parent / "config" / "calibration.json"
+SHIPPED_CALIBRATION = Path(__file__).resolve().parent / "biometrics" / "calibration.json"  # package data
 #: ``[gate] search_threads`` at most
 MAX_SEARCH_THREADS = 16
 

@@ -32,7 +32,7 @@ the fraction for which Gallery.search does not return the mate first (pre-filter
 before the elastic surface match); ``fast_pass_sufficed``: the fraction of genuine probes whose
 search stopped after the fast pass. ``recall_loss_accepted`` / ``search_loss_accepted``: the same
 among the mates whose full score also reaches the gate's decision threshold
-(``decision_threshold``: config/calibration.json at the target FMR 1e-9 per comparison; the gate
+(``decision_threshold``: palmnode/biometrics/calibration.json at the target FMR 1e-9 per comparison; the gate
 identifies nobody below it). ``ms`` times genuine probes, ``stranger_ms`` the same probes
 with their mates removed (they always run the full pass). "Ranks above every impostor" is checked against the exhaustive full
 match over the first 10k synthesised entries and the other enrolled templates plus the full

@@ -26,7 +26,7 @@ from palmnode.sim.gate import VirtualGate
 from palmnode.vault import Vault, VaultKeys
 from tests.conftest import wait_for
 
-#: the decision threshold of these tests: the product's calibration (config/calibration.json, 8.9M
+#: the decision threshold of these tests: the product's calibration (palmnode/biometrics/calibration.json, 8.9M
 #: impostor pairs of rendered people scored as the gate scores) at this FMR per comparison
 TARGET_FMR = 1e-4
 
