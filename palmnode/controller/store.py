@@ -641,10 +641,11 @@ def _abandon_charge(conn: sqlite3.Connection, request_key: str, node_id: str, da
     row = conn.execute("SELECT approved, reference FROM charges WHERE request_key = ?", (request_key,)).fetchone()
     if row is None:
         amount, currency = data.get("amount_cents"), data.get("currency")
+        amount = amount if type(amount) is int and amount in SQL_INT else 0
+        currency = currency[:3] if isinstance(currency, str) else ""
         conn.execute("INSERT INTO charges VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                     (request_key, "ch_" + secrets.token_hex(8), node_id, "",
-                      amount if type(amount) is int and amount in SQL_INT else 0, currency[:3] if isinstance(currency, str) else "",
-                      False, reason, time.time()))
+                     (request_key, "ch_" + secrets.token_hex(8), node_id, "", amount, currency, False, reason,
+                      time.time()))
         return Applied(duplicate=False, effect="charge declined before its request")
     if not row[0]:
         return Applied(duplicate=False, effect="charge was declined")
