@@ -26,7 +26,7 @@ from typing import Any
 import attrs
 import trio
 
-from palmnode.controller.store import MAX_ID, SQL_INT, Applied, Change, Store, StoreError, Upsert
+from palmnode.controller.store import KEEP_PER_NODE, MAX_ID, SQL_INT, Applied, Change, Store, StoreError, Upsert
 from palmnode.link import codec, tls
 from palmnode.link.channel import (
     Channel,
@@ -123,6 +123,8 @@ class ControllerConfig:
     sync_limit: int = attrs.field(default=100, validator=_sync_limit)  # §5 sync: default changes per page
     event_retention_days: float = attrs.field(default=90.0, validator=_positive)  # applied events kept this
     # long, then pruned (at start and every PRUNE_EVERY_S)
+    events_kept_per_node: int = attrs.field(default=KEEP_PER_NODE, validator=_positive)  # each gate's newest
+    # events are kept whatever their age (a clock jumping forward must not forget keys a gate may resend)
 
     @classmethod
     def from_certs_dir(cls, certs: Path | str, **kwargs: Any) -> ControllerConfig:
@@ -306,7 +308,8 @@ class Controller:
         while True:
             try:
                 pruned = await trio.to_thread.run_sync(
-                    functools.partial(store.prune_events, before=time.time() - keep_s))
+                    functools.partial(store.prune_events, before=time.time() - keep_s,
+                                      keep_per_node=self.config.events_kept_per_node))
             except sqlite3.Error as exc:  # the record stays as it was; serving goes on, next hour again
                 log.warning("events not pruned", extra={"fields": {"error": one_line(str(exc))}})
             else:

@@ -239,7 +239,7 @@ async def test_events_older_than_the_retention_are_pruned_at_start(nursery, runn
     with conn:  # the first was applied 31 days ago
         conn.execute("UPDATE events SET applied_at = applied_at - 31 * 86400 WHERE key = 'gate-a:1'")
     conn.close()
-    runner.config = attrs.evolve(runner.config, event_retention_days=30)
+    runner.config = attrs.evolve(runner.config, event_retention_days=30, events_kept_per_node=1)
     controller = await runner.start()
     await wait_for(lambda: [e.key for e in controller.store.events()] == ["gate-a:2"])
 
@@ -247,7 +247,7 @@ async def test_events_older_than_the_retention_are_pruned_at_start(nursery, runn
 async def test_a_failed_prune_is_logged_and_the_controller_keeps_serving(nursery, tmp_path, pki, monkeypatch, caplog):
     from palmnode.controller.store import Store
 
-    def disk_full(self, *, before):
+    def disk_full(self, *, before, keep_per_node):
         raise sqlite3.OperationalError("database or disk is full")
     monkeypatch.setattr(Store, "prune_events", disk_full)
     runner = ControllerRunner(nursery, controller_config(tmp_path, pki))
