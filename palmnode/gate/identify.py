@@ -272,24 +272,29 @@ class IdentifyFlow:
             arrival = await self._next_arrival()
             if self.capturer.reserved_by is not None:
                 continue  # an enrolment has the gate: its hands are not ours
-            self._left = trio.Event()
-            # a hand that came while the gate was busy (a charge waiting for the controller) gets
-            # the whole deadline from when the gate is free for it
-            decision = await self._identify(arrival, since=max(arrival.at, free_at))
-            self.decisions += 1
-            if decision.outcome == "identified":
-                await self._act(decision)
-            if self.people is not None:  # to the controller through the outbox, after the person is served
-                try:
-                    await self.people.record_decision(decision)
-                except (VaultError, sqlite3.Error, OSError) as exc:  # the gate keeps serving without it
-                    event(log, "decision not recorded", outcome=decision.outcome, error=error_text(exc))
-            if decision.reason == "hand removed":
-                self._goto(S.WAITING)
-                continue
-            self._goto(S.LEAVING)
-            await self._wait_leave()
+            await self._serve_arrival(arrival, free_at)
+
+    async def _serve_arrival(self, arrival: PresenceChanged, free_at: float) -> None:
+        """One hand, from its arrival to its leaving. The decision (a person id) is a local of this
+        call only: nothing of the last person served stays while the gate waits for the next."""
+        self._left = trio.Event()
+        # a hand that came while the gate was busy (a charge waiting for the controller) gets
+        # the whole deadline from when the gate is free for it
+        decision = await self._identify(arrival, since=max(arrival.at, free_at))
+        self.decisions += 1
+        if decision.outcome == "identified":
+            await self._act(decision)
+        if self.people is not None:  # to the controller through the outbox, after the person is served
+            try:
+                await self.people.record_decision(decision)
+            except (VaultError, sqlite3.Error, OSError) as exc:  # the gate keeps serving without it
+                event(log, "decision not recorded", outcome=decision.outcome, error=error_text(exc))
+        if decision.reason == "hand removed":
             self._goto(S.WAITING)
+            return
+        self._goto(S.LEAVING)
+        await self._wait_leave()
+        self._goto(S.WAITING)
 
     async def _next_arrival(self) -> PresenceChanged:
         while True:
