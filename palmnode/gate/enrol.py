@@ -221,6 +221,7 @@ class EnrolFlow:
             task_status.started()
             async for request in self._receive:
                 await self._serve(request)
+                del request  # the last one served (their phone number, their person id) is not kept until the next
 
     async def _watch(self, events) -> None:
         """The hand as the sensor sees it; while a palm is wanted, placement advice as progress."""
