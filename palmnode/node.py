@@ -231,6 +231,7 @@ class Node:
             ctx.started()
             async for ev in events:
                 event(log, _EVENT_NAMES.get(type(ev), type(ev).__name__), **_fields(ev))
+                del ev  # the last event logged (a person id) is not kept while the gate is quiet
 
 
     async def _health_metrics(self, ctx: ChildContext) -> None:
