@@ -318,6 +318,7 @@ class CardReader:
             last_uid = None if gone else target.nfcid1
             if read is not None:
                 yield read
+            del read  # the card read (a person's card token) is not kept while the reader waits for the next
             await trio.sleep(interval)
 
     def _first_target(self, data: bytes) -> c.TargetA | None:

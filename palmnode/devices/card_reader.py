@@ -53,4 +53,5 @@ async def serve(cfg: CardReaderConfig, key: bytes, health: HealthRegistry, bus: 
                                lambda: (reader.stats.last_frame_at, reader.stats.drops))
             async for card in reader.cards(interval=cfg.pause_after_card_s):
                 bus.publish(card)
+                del card  # the last card read (a person's card token) is not kept until the next tap
             nursery.cancel_scope.cancel()
