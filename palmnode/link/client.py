@@ -388,20 +388,8 @@ class LinkClient:
                 log.warning("%d outbox event(s) unreadable in the vault (a sealed payload fails to open): dropped, "
                             "not sent; the vault's audit log has their seq", len(unreadable))
                 self.stats.events_unreadable += len(unreadable)
-            for ev in events:
-                if ev.seq in self._inflight or ev.seq in self._acked or ev.seq in self._unsendable:
-                    continue
-                try:
-                    await channel.send(Event(seq=ev.seq, key=ev.key, kind=ev.kind, node_id=cfg.node_id,
-                                             at=ev.at, data=dict(ev.data)))
-                except (FrameTooLarge, TypeError, ValueError, OverflowError) as exc:
-                    # a bug upstream; the event stays in the outbox, the others go on
-                    self._unsendable.add(ev.seq)
-                    log.error("link event cannot be sent, held back",
-                              extra={"fields": {"seq": ev.seq, "kind": ev.kind, "error": one_line(exc)}})
-                    continue
-                self._inflight[ev.seq] = (ev.key, trio.current_time())
-                self.stats.events_sent += 1
+            await self._send_events(channel, events)
+            del events  # read again next time: none is kept while the pump waits (a person deleted meanwhile)
             self._acked -= stale  # acked before that read started: no later read returns them
             if self._inflight:
                 oldest = min(at for _, at in self._inflight.values())
@@ -411,6 +399,23 @@ class LinkClient:
                     raise LinkClosed(reason)
             with trio.move_on_after(cfg.outbox_poll_s):
                 await self._wake.wait()
+
+    async def _send_events(self, channel: Channel, events: list) -> None:
+        """The outbox events read that are not in flight, acked or held back, sent in order."""
+        for ev in events:
+            if ev.seq in self._inflight or ev.seq in self._acked or ev.seq in self._unsendable:
+                continue
+            try:
+                await channel.send(Event(seq=ev.seq, key=ev.key, kind=ev.kind, node_id=self.config.node_id,
+                                         at=ev.at, data=dict(ev.data)))
+            except (FrameTooLarge, TypeError, ValueError, OverflowError) as exc:
+                # a bug upstream; the event stays in the outbox, the others go on
+                self._unsendable.add(ev.seq)
+                log.error("link event cannot be sent, held back",
+                          extra={"fields": {"seq": ev.seq, "kind": ev.kind, "error": one_line(exc)}})
+                continue
+            self._inflight[ev.seq] = (ev.key, trio.current_time())
+            self.stats.events_sent += 1
 
     async def _run_hook(self) -> None:
         """``on_connected`` (the node's sync) until it succeeds: after a LinkError (refused, no answer
