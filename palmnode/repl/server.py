@@ -199,6 +199,7 @@ class _Connection:
             async with requests:
                 async for number, item in requests:
                     await self._answer(session, number, item)
+                    del item  # the last request (a person id, a phone number) is not kept until the next
             nursery.cancel_scope.cancel()
 
     async def _read(self, send_requests: trio.MemorySendChannel) -> None:
@@ -216,18 +217,23 @@ class _Connection:
                         self.running[1].cancel()
                     return
                 self.decoder.receive_data(data)
-                while (event := self.decoder.next_event()) is not None:
-                    if isinstance(event, Line):
-                        item = protocol.parse_request(event.data)
-                        if isinstance(item, Request) and item.cmd == INTERRUPT:
-                            self._interrupt()
-                            continue
-                        if isinstance(item, Malformed) and not event.data.strip():
-                            continue  # blank lines are nothing
-                    else:
-                        item = event
-                    self.received += 1
-                    await send_requests.send((self.received, item))
+                del data  # what the client sent (a person id, a phone number) is not kept until it sends again
+                await self._queue_lines(send_requests)
+
+    async def _queue_lines(self, send_requests: trio.MemorySendChannel) -> None:
+        """The decoder's complete lines as numbered requests (interrupts served at once)."""
+        while (event := self.decoder.next_event()) is not None:
+            if isinstance(event, Line):
+                item = protocol.parse_request(event.data)
+                if isinstance(item, Request) and item.cmd == INTERRUPT:
+                    self._interrupt()
+                    continue
+                if isinstance(item, Malformed) and not event.data.strip():
+                    continue  # blank lines are nothing
+            else:
+                item = event
+            self.received += 1
+            await send_requests.send((self.received, item))
 
     def _interrupt(self) -> None:
         """Cancel every request received so far that has not finished."""
