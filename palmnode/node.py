@@ -123,7 +123,8 @@ class Node:
             except ValueError as exc:  # TlsConfigError, LinkConfigError: one line with the fix
                 raise GateSetupError(str(exc)) from None
         self.people = People(self.vault, self.gallery, node_id, self.bus, self.metrics,
-                             events_appended=self.link.events_appended if self.link else None)
+                             events_appended=self.link.events_appended if self.link else None,
+                             forget_frames=self.frames.forget_frames)
         try:
             palms = await self.people.load()
             await self.ops.abandon_interrupted_charge()

@@ -33,7 +33,7 @@ from tests.test_store import controller_for
 PERSON = 4_747
 
 #: the holders checked (the name of the function or class that held them)
-CHECKED = ("palmnode.gate.identify.", "palmnode.gate.enrol.", "palmnode.node.", "palmnode.devices.card_reader.", "drivers.card_reader.", "palmnode.link.", "palmnode.repl.",)
+CHECKED = ("palmnode.gate.identify.", "palmnode.gate.enrol.", "palmnode.node.", "palmnode.devices.card_reader.", "drivers.card_reader.", "palmnode.link.", "palmnode.repl.", "drivers.camera.", "palmnode.devices.camera.",)
 
 
 @pytest.fixture

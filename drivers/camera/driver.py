@@ -537,10 +537,11 @@ class Camera:
         raise trio.ClosedResourceError(f"camera {self.source} is closed")
 
     def latest(self) -> Frame | None:
-        """The newest frame decoded so far, taken or not (None before the first decode). Never
-        decodes on the calling (trio) thread: while frames are being asked for it is the newest
-        frame read or the one before; after an idle spell it can be old, and it restarts decoding,
-        so call it again a frame period later, or use :meth:`newest` for a fresh frame."""
+        """The newest frame decoded so far, taken or not (None before the first decode, and after
+        :meth:`forget_frames`). Never decodes on the calling (trio) thread: while frames are being
+        asked for it is the newest frame read or the one before; after an idle spell it can be old,
+        and it restarts decoding, so call it again a frame period later, or use :meth:`newest` for
+        a fresh frame."""
         self._ask()
         with self._lock:
             newest = self._newest
@@ -548,6 +549,11 @@ class Camera:
                 self._latest is None or self._latest.seq < newest.seq):
             self._latest = Frame(newest.image, newest.seq, self._trio_time(newest.read_at))
         return self._latest
+
+    def forget_frames(self) -> None:
+        """Drop the decoded frame kept for :meth:`latest` (after a capture, a palm image of whoever
+        was last at the gate, kept until the next decode): :meth:`latest` is None again until then."""
+        self._latest = None
 
     def frames(self, *, timeout: float | None = None) -> AsyncIterator[Frame]:
         """``async for frame in camera.frames()``: each new frame (newest wins) until the camera is

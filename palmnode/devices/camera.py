@@ -38,6 +38,11 @@ class FrameSource:
     async def next_frame(self, timeout: float | None = 1.0) -> Frame:
         return await self._camera().next_frame(timeout)
 
+    def forget_frames(self) -> None:
+        """The open camera drops the decoded frame it keeps (a palm image: People.delete)."""
+        if self.camera is not None:
+            self.camera.forget_frames()
+
     async def newest(self, timeout: float | None = 1.0) -> Frame:
         return await self._camera().newest(timeout)
 

@@ -10,7 +10,9 @@ Outbox events (``enrolled {person}``, ``deleted {person_id}``, and the identify 
 ``identified {person_id, palm, score, latency_ms, mode}``, ``unknown {latency_ms, reason}``) go to the store controller through
 the link; ``events_appended`` (settable: the link client's wake-up) is called after each append.
 Replicated changes from the controller (``apply_upsert(s)`` / ``apply_remove``) write no outbox event
-(the controller already knows), a removal leaves its audit entry all the same.
+(the controller already knows), a removal leaves its audit entry all the same. A removal also calls
+``forget_frames`` (settable: the camera's, which keeps the last decoded frame, a palm image of
+whoever was last at the gate, until the next capture).
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ log = logging.getLogger("palmnode.gate")
 class People:
     def __init__(self, vault: Vault, gallery: Gallery, node_id: str, bus: EventBus, metrics=None, *,
                  events_appended: Callable[[], None] | None = None,
+                 forget_frames: Callable[[], None] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.vault = vault
         self.gallery = gallery
@@ -44,6 +47,7 @@ class People:
         self.bus = bus
         self.metrics = metrics
         self.events_appended = events_appended
+        self.forget_frames = forget_frames
         self.clock = clock
         self._lock = trio.Lock()
         #: held while a sync page is asked and applied (NodeOps.sync); replication pushes and
@@ -100,6 +104,7 @@ class People:
             pid = await trio.to_thread.run_sync(self._delete, person_id, card_digest, phone)
         if pid is None:
             return None
+        self._forget_frames()
         self._appended()
         self._gauge()
         self.bus.publish(PersonDeleted(pid, trio.current_time()))
@@ -147,6 +152,7 @@ class People:
             present = await trio.to_thread.run_sync(self._remove_replicated, person_id)
         self._gauge()
         if present:
+            self._forget_frames()
             self.bus.publish(PersonDeleted(person_id, trio.current_time()))
         return present
 
@@ -196,6 +202,10 @@ class People:
         """Each palm's search template (its first): one gallery entry per enrolled palm."""
         return self.gallery.add_many((person.person_id, palm.palm, palm.templates[0]) for person in people
                                      for palm in person.palms)
+
+    def _forget_frames(self) -> None:
+        if self.forget_frames is not None:
+            self.forget_frames()
 
     def _appended(self) -> None:
         if self.events_appended is not None:
