@@ -449,6 +449,7 @@ class Controller:
                 nursery.start_soon(self._serve_request, session, msg)
             elif isinstance(msg, Response):
                 self._on_response(session, msg)
+            del msg  # the last message (a deleted person's id, say) is not kept until the next
 
     # -- events --------------------------------------------------------------------------------
 
