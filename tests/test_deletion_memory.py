@@ -28,7 +28,7 @@ from palmnode.node import Node
 from palmnode.repl.protocol import encode_request
 from palmnode.sim.gate import VirtualGate
 from tests.conftest import wait_for
-from tests.test_store import controller_for
+from tests.test_store import controller_for, gate_and_node
 
 PERSON = 4_747
 
@@ -167,3 +167,28 @@ async def test_a_deleted_person_leaves_no_live_object_in_the_node(nursery, short
     left = holders(needles)
     assert not left, left
     await session.aclose()
+
+
+async def test_a_person_deleted_at_another_gate_leaves_no_live_object_in_this_one(nursery, short_dir):
+    make_dev_pki(short_dir / "certs", nodes=["gate-a", "gate-b"])
+    controller = controller_for(short_dir)
+    port = await nursery.start(controller.run)
+    gate_a, node_a = await gate_and_node(nursery, short_dir, "gate-a", port, seed=1)
+    answer, _ = await enrol_person(controller, "gate-a", gate_a, node_a, PERSON, pan=card_number(48),
+                                   phone="+4930555000048")
+    _, node_b = await gate_and_node(nursery, short_dir, "gate-b", port, seed=2)  # gets them by sync
+    await wait_for(lambda: len(node_b.gallery) == 1, timeout=5.0)
+    person = node_b.vault.get(answer["person_id"])
+    needles = {
+        "person id": "".join(answer["person_id"]), "phone": "".join("+4930555000048"),
+        "card digest": _copy(person.card.digest), "phone digest": _copy(person.phone_digest),
+        "template": [s for p in person.palms for t in p.templates for code in (t.surface, t.vein)
+                     for s in _slices(code.planes()[:3].tobytes())],
+        "palm image": [],
+    }
+    del person
+    assert (await controller.request("gate-a", "person.delete", {"person_id": "".join(answer["person_id"])}))["deleted"]
+    del answer
+    await wait_for(lambda: len(node_b.gallery) == 0, timeout=5.0)
+    await trio.sleep(2.0)  # every event delivered and acknowledged
+    assert not [h for h in holders(needles) if h.startswith("palmnode.link.")]

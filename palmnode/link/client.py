@@ -335,23 +335,27 @@ class LinkClient:
 
     async def _receive_loop(self, channel: Channel, nursery: trio.Nursery) -> None:
         while True:
-            msg = await channel.receive()
-            if isinstance(msg, Request):
-                nursery.start_soon(self._answer, channel, msg)
-            elif isinstance(msg, Response):
-                pending = self._waiting.get(msg.id)
-                if pending is not None and not pending.done.is_set():
-                    pending.response = msg
-                    pending.done.set()
-            elif isinstance(msg, Ack):
-                sent = self._inflight.get(msg.seq)
-                if sent is not None and sent[0] == msg.key:
-                    await trio.to_thread.run_sync(self._outbox.mark_delivered, msg.seq)
-                    del self._inflight[msg.seq]
-                    self._acked.add(msg.seq)
-                    self.stats.events_acked += 1
-                    self._wake.set()
-            # a Hello/Event here was refused by the channel already
+            await self._take(await channel.receive(), channel, nursery)
+
+    async def _take(self, msg: Any, channel: Channel, nursery: trio.Nursery) -> None:
+        """One message of the controller. Nothing of it is kept once it is handled (its locals go
+        when this returns): not a replicated removal's person id, nor a sync page's people."""
+        if isinstance(msg, Request):
+            nursery.start_soon(self._answer, channel, msg)
+        elif isinstance(msg, Response):
+            pending = self._waiting.get(msg.id)
+            if pending is not None and not pending.done.is_set():
+                pending.response = msg
+                pending.done.set()
+        elif isinstance(msg, Ack):
+            sent = self._inflight.get(msg.seq)
+            if sent is not None and sent[0] == msg.key:
+                await trio.to_thread.run_sync(self._outbox.mark_delivered, msg.seq)
+                del self._inflight[msg.seq]
+                self._acked.add(msg.seq)
+                self.stats.events_acked += 1
+                self._wake.set()
+        # a Hello/Event here was refused by the channel already
 
     async def _answer(self, channel: Channel, request: Request) -> None:
         try:
