@@ -438,6 +438,7 @@ class Controller:
     async def _send_loop(self, session: _Session) -> None:
         async for msg in session.incoming:
             await session.channel.send(msg)
+            del msg  # the last message sent (a removal pushed to a gate, say) is not kept until the next
 
     async def _receive_loop(self, session: _Session, nursery: trio.Nursery) -> None:
         while True:
