@@ -23,6 +23,7 @@ import trio
 from palmnode import config
 from palmnode.actors import GateState
 from palmnode.demo import arrive, card_number, enrol_person
+from palmnode.gate.identify import IdentifyState
 from palmnode.link.certs import make_dev_pki
 from palmnode.node import Node
 from palmnode.repl.protocol import encode_request
@@ -85,7 +86,9 @@ async def _served_then_deleted(nursery, folder: Path) -> tuple[Node, dict, trio.
         "palm image": [_copy(row[a:a + 64].tobytes()) for a in range(row.size // 2 - 64, row.size // 2 + 64, 64)],
     }
     del answer, person, frame, row
-    await trio.sleep(2.0)  # the hand has gone: the deletion is the last thing the gate sees
+    # the hand has gone and its decision reached the controller: the deletion is the last thing
+    await wait_for(lambda: node.identify.state is IdentifyState.WAITING and not node.vault.pending_events(),
+                   timeout=10.0)
     session = await trio.open_unix_socket(str(folder / "repl.sock"))
     await session.send_all(encode_request("delete", "id", "".join(person_id)))
     del person_id
@@ -94,7 +97,7 @@ async def _served_then_deleted(nursery, folder: Path) -> tuple[Node, dict, trio.
         while b'"deleted":true' not in seen.replace(b" ", b""):
             seen += await session.receive_some(65536)
     del seen
-    await trio.sleep(2.0)  # the deletion delivered to the controller and acknowledged
+    await wait_for(lambda: not node.vault.pending_events(), timeout=10.0)  # the deletion delivered and acked
     return node, needles, session
 
 
@@ -190,5 +193,6 @@ async def test_a_person_deleted_at_another_gate_leaves_no_live_object_in_this_on
     assert (await controller.request("gate-a", "person.delete", {"person_id": "".join(answer["person_id"])}))["deleted"]
     del answer
     await wait_for(lambda: len(node_b.gallery) == 0, timeout=5.0)
-    await trio.sleep(2.0)  # every event delivered and acknowledged
+    await wait_for(lambda: not node_a.vault.pending_events() and not node_b.vault.pending_events(),
+                   timeout=10.0)  # every event delivered and acknowledged
     assert holders(needles) == []
