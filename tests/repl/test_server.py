@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import stat
 
@@ -453,11 +454,9 @@ class _WaitingEnrol:
         return True
 
 
-async def test_a_client_gone_mid_enrol_ends_it_at_once(short_dir, caplog):
-    """The operator's terminal is gone while the enrolment waits for a card: nobody can cancel it
-    any more, so it ends (it went on up to its card timeout, and the next card tapped joined it)."""
-    from palmnode.gate.events import EnrolProgress
-
+@contextlib.asynccontextmanager
+async def _enrolling(short_dir):
+    """A REPL serving a gate whose enrolment waits for a person, and a client that began one."""
     target = BareTarget()
     target.people, target.enrol = object(), _WaitingEnrol()
     path = os.path.join(short_dir, "enrol.sock")
@@ -467,6 +466,15 @@ async def test_a_client_gone_mid_enrol_ends_it_at_once(short_dir, caplog):
         await client.line()
         await client.send("enrol", "+4930555000001")
         await wait_for(lambda: target.bus.statistics().subscribers == 1, timeout=5)
+        yield target, client, nursery
+
+
+async def test_a_client_gone_mid_enrol_ends_it_at_once(short_dir, caplog):
+    """The operator's terminal is gone while the enrolment waits for a card: nobody can cancel it
+    any more, so it ends (it went on up to its card timeout, and the next card tapped joined it)."""
+    from palmnode.gate.events import EnrolProgress
+
+    async with _enrolling(short_dir) as (target, client, nursery):
         target.bus.publish(EnrolProgress("card", "tap a card", 0.0))
         assert (await client.line())["text"] == "card: tap a card"
         await client.stream.aclose()
@@ -483,15 +491,7 @@ async def test_a_client_that_stops_reading_mid_enrol_is_dropped_without_an_error
     (it was logged as 'REPL command enrol failed' with a traceback)."""
     from palmnode.gate.events import EnrolProgress
 
-    target = BareTarget()
-    target.people, target.enrol = object(), _WaitingEnrol()
-    path = os.path.join(short_dir, "enrol.sock")
-    async with trio.open_nursery() as nursery:
-        await nursery.start(serve_repl, target, path)
-        client = Client(await trio.open_unix_socket(path))
-        await client.line()
-        await client.send("enrol", "+4930555000001")
-        await wait_for(lambda: target.bus.statistics().subscribers == 1, timeout=5)
+    async with _enrolling(short_dir) as (target, client, nursery):
         started = trio.current_time()
         while not target.enrol.cancelled:  # the client reads nothing more
             for _ in range(60):
