@@ -44,7 +44,6 @@ def outline_path(contour: np.ndarray, shape: tuple[int, int], arm: np.ndarray | 
     outline point farthest along ``arm_dir`` (the forearm's end, when the arm fades out before
     the border), else at the point opposite the farthest one (the middle fingertip).
     """
-    n = len(contour)
     if arm is not None and len(arm):
         # (flat indices: cheaper than 2-D fancy indexing for these ~1,500 points)
         w = shape[1]

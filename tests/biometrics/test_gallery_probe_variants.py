@@ -1,5 +1,4 @@
 """Gallery.search with probe variants: the final scores are matcher.match_probe's."""
-import numpy as np
 import pytest
 
 import fake_palms  # tests/biometrics is on sys.path (pytest rootdir import mode)
