@@ -209,6 +209,7 @@ class Illuminator:
         self._ready = True
         log.info("%s: %s, protocol %s, channels %s, deadman %d ms", self._name, self.firmware,
                  _version(self.protocol_version), dict(self.channels), self.deadman_ms)
+        await self._check_temperature()  # a board already too hot locks lights out from the start
 
     async def _until(self, done, what: str, *, ask: bytes, hint: str = "",
                      first_ask_after: float = 0.0, error: type[DeviceError] = DeviceTimeout) -> None:

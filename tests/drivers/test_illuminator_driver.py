@@ -373,3 +373,17 @@ async def test_a_reset_while_the_board_is_reporting_leaves_its_firmware_loop_run
         await port.send_all(fc.sampling_interval(10))
         for ask in (fc.report_analog(0, True), b"", b""):  # the answer to enabling, then the loop's reports
             assert (await raw.ask(ask, fc.AnalogMessage)).pin == 0
+
+
+async def test_a_board_already_too_hot_when_opened_refuses_lights_at_once(nursery, emu):
+    # hot from the last session (or the sun): the handshake's own reading must lock lights out,
+    # not the next report one sampling interval later
+    emu.heat(40.0)  # 25 -> 65 degC, over the driver's 60 degC but under the board's 80 degC
+    lights = await open_lights(emu, max_temperature_c=60.0, sampling_interval_ms=5000)
+    nursery.start_soon(lights.run)
+    assert lights.over_temperature
+    with pytest.raises(OverTemperatureLockout):
+        await lights.set_level("ir", 1.0)
+    assert not emu.lights_on
+    await next_event(lights, OverTemperature)
+    await lights.aclose()
