@@ -262,8 +262,10 @@ class Illuminator:
             with trio.move_on_at(min(next_feed, silent_since + self.timeout)):
                 data = await self._port.receive_some()
             if data:
-                silent_since = trio.current_time()
+                frames = self.stats.frames_ok
                 await self._receive(data)
+                if self.stats.frames_ok > frames:  # garbage is not a sign of life: it carries no reading
+                    silent_since = trio.current_time()
 
     # ---- lights -------------------------------------------------------------------------
     @property

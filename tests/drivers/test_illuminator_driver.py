@@ -387,3 +387,19 @@ async def test_a_board_already_too_hot_when_opened_refuses_lights_at_once(nurser
     assert not emu.lights_on
     await next_event(lights, OverTemperature)
     await lights.aclose()
+
+
+async def test_a_board_whose_every_answer_is_garbled_is_device_timeout_and_goes_dark(nursery, emu):
+    # the board still hears the host (so the dead-man timer is fed) but everything it says is
+    # broken: the driver is blind to the thermistor, so that must not pass for a live board
+    lights = await open_lights(emu, timeout=0.5)
+    await lights.set_level("ir", 1.0)
+    emu.corrupt_next(10**9)
+    emu.heat(40.0)  # 65 degC: over the driver's 60 degC, which it cannot see
+    with pytest.raises(DeviceTimeout, match="board silent for 0.5 s"):
+        with trio.fail_after(2):
+            await lights.run()
+    assert sum(lights.stats.drops.values()) > 0
+    await lights.aclose()  # as the illuminator actor does when run() fails
+    with trio.fail_after(1):
+        await emu.wait_until(lambda: not emu.lights_on)
