@@ -83,7 +83,9 @@ class IlluminatorConfig:
         missing = [name for name in GATE_CHANNELS if name not in self.channels]
         if missing:
             raise ValueError(f"channels: the gate lights {' and '.join(GATE_CHANNELS)}, missing {missing[0]!r}")
-        _positive(baudrate=self.baudrate)
+        # 0 would leave the board's dead-man timer disarmed: a killed or hung node would leave
+        # the lights burning (the driver allows it, the gate must not)
+        _positive(baudrate=self.baudrate, deadman_ms=self.deadman_ms)
 
 
 @attrs.frozen

@@ -82,6 +82,14 @@ def test_values_a_device_or_the_runtime_would_refuse_are_refused_at_load(tmp_pat
     assert message in refusal(tmp_path / "c.toml", base.replace(old, new, 1))
 
 
+def test_a_disarmed_deadman_timer_is_refused(tmp_path):
+    # the driver accepts 0 (no dead-man), but then a killed or hung node leaves the lights on
+    base = (ROOT / "config" / "sim.toml").read_text()
+    assert "deadman_ms = 1000 " in base
+    assert "[devices.illuminator]: deadman_ms must be greater than 0, got 0" in refusal(
+        tmp_path / "c.toml", base.replace("deadman_ms = 1000 ", "deadman_ms = 0 ", 1))
+
+
 @pytest.mark.parametrize("value, message", [
     ("0", "search_threads: must be 1 to 16, got 0"),
     ("17", "search_threads: must be 1 to 16, got 17"),
