@@ -209,7 +209,7 @@ class Illuminator:
         self._ready = True
         log.info("%s: %s, protocol %s, channels %s, deadman %d ms", self._name, self.firmware,
                  _version(self.protocol_version), dict(self.channels), self.deadman_ms)
-        await self._check_temperature()  # a board already too hot locks lights out from the start
+        await self._check_temperature(opening=True)  # a board already too hot locks lights out from the start
 
     async def _until(self, done, what: str, *, ask: bytes, hint: str = "",
                      first_ask_after: float = 0.0, error: type[DeviceError] = DeviceTimeout) -> None:
@@ -398,9 +398,12 @@ class Illuminator:
             case _:
                 pass
 
-    async def _check_temperature(self) -> None:
+    async def _check_temperature(self, *, opening: bool = False) -> None:
         t = self.temperature_c
-        if not self._hot and (not math.isfinite(t) or t >= self.max_temperature_c):  # open/short NTC trips too
+        # a board just opened may be cooling from a trip this driver did not see (a reconnect, a
+        # node restart): then the hysteresis band counts as too hot, as it would have here
+        limit = self.max_temperature_c - (self.hysteresis_c if opening else 0.0)
+        if not self._hot and (not math.isfinite(t) or t >= limit):  # open/short NTC trips too
             self._hot = True
             self.stats.over_temperature_trips += 1
             log.warning("%s: %s (limit %g °C), lights off", self._name,

@@ -403,3 +403,26 @@ async def test_a_board_whose_every_answer_is_garbled_is_device_timeout_and_goes_
     await lights.aclose()  # as the illuminator actor does when run() fails
     with trio.fail_after(1):
         await emu.wait_until(lambda: not emu.lights_on)
+
+
+async def test_a_board_reopened_while_cooling_stays_locked_out_until_it_has_cooled(nursery, emu):
+    # over the limit, then cooling inside the hysteresis band when the board is reopened (a
+    # reconnect after DeviceLost, a node restart): the new driver must not take it for cool
+    lights = await open_lights(emu, max_temperature_c=60.0, hysteresis_c=5.0)
+    nursery.start_soon(lights.run)
+    emu.heat(40.0)  # 65 degC
+    await next_event(lights, OverTemperature)
+    emu.heat(-8.0)  # 57 degC: under the limit, not yet cooled below 55 degC
+    await lights.aclose()
+    again = await open_lights(emu, max_temperature_c=60.0, hysteresis_c=5.0)
+    nursery.start_soon(again.run)
+    assert again.over_temperature
+    with pytest.raises(OverTemperatureLockout, match=r"below 55 °C"):
+        await again.set_level("ir", 1.0)
+    assert not emu.lights_on
+    emu.heat(-10.0)
+    await next_event(again, Cooled)
+    await again.set_level("ir", 1.0)
+    with trio.fail_after(1):
+        await emu.wait_until(lambda: emu.lights_on)
+    await again.aclose()
