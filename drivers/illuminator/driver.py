@@ -119,6 +119,7 @@ class Illuminator:
         self._levels = {name: 0.0 for name in self.channels}
         self._pin_states: dict[int, fc.PinStateResponse] = {}
         self._deadman_ack: int | None = None
+        self._unacked_feed_at: float | None = None  # trio time of the oldest feed not yet acknowledged
         self._adc: int | None = None
         self._hot = False         # this driver's limit is exceeded (latched until cooled)
         self._board_hot = False   # the board reported its own cutoff (latched until it clears it)
@@ -248,18 +249,26 @@ class Illuminator:
         period = self.deadman_ms / 1000.0 / FEEDS_PER_TIMEOUT if self.deadman_ms else math.inf
         next_feed = trio.current_time() if self.deadman_ms else math.inf
         silent_since = trio.current_time()
+        self._unacked_feed_at = None
         while True:
             now = trio.current_time()
             if now >= next_feed:
                 await self._send(fc.deadman_arm(self.deadman_ms))  # feeds, and re-arms after a trip
                 self.stats.deadman_feeds += 1
+                if self._unacked_feed_at is None:
+                    self._unacked_feed_at = now
                 next_feed = now + period
             if now - silent_since >= self.timeout:
                 self._log_traffic()
                 raise DeviceTimeout(f"{self._name}: board silent for {self.timeout:g} s "
                                     f"(it reports the thermistor every {self.sampling_interval_ms} ms)")
+            if self._unacked_feed_at is not None and now - self._unacked_feed_at >= self.timeout:
+                # talking, but no longer confirming its dead-man timer: it may not switch off for a dead host
+                raise ProtocolError(f"{self._name}: dead-man feed not acknowledged within {self.timeout:g} s; "
+                                    f"reset the board")
             data = b""
-            with trio.move_on_at(min(next_feed, silent_since + self.timeout)):
+            unacked_until = math.inf if self._unacked_feed_at is None else self._unacked_feed_at + self.timeout
+            with trio.move_on_at(min(next_feed, silent_since + self.timeout, unacked_until)):
                 data = await self._port.receive_some()
             if data:
                 frames = self.stats.frames_ok
@@ -374,6 +383,10 @@ class Illuminator:
             case fc.DeadmanAck(timeout_ms):
                 self._deadman_ack = timeout_ms
                 self.stats.deadman_acks += 1
+                if self._ready and timeout_ms != self.deadman_ms:  # it would not switch off for a dead host
+                    raise ProtocolError(f"{self._name}: the board armed its dead-man timer for {timeout_ms} ms, "
+                                        f"not {self.deadman_ms} ms; reset the board")
+                self._unacked_feed_at = None
             case fc.SafetyTrip(cause):
                 await self._board_tripped(cause)
             case fc.SafetyClear(fc.TRIP_OVER_TEMPERATURE):

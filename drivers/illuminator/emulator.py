@@ -98,6 +98,9 @@ class IlluminatorEmulator(SerialEmulator):
         #: STRING_DATA notices the board sent (newest last)
         self.notices: collections.deque[str] = collections.deque(maxlen=32)
         self.deadman_trips = 0
+        #: a fault to inject: "disarm" (the board arms and acknowledges 0 ms whatever the host
+        #: asks, as a firmware misreading the 14-bit timeout would), "no_ack" (it arms, silently)
+        self.deadman_fault: str | None = None
         self.overtemp_trips = 0
         self.boots = 0
         self._ambient_c = ambient_c
@@ -384,8 +387,9 @@ class IlluminatorEmulator(SerialEmulator):
             case fc.SystemReset():
                 self._reset_state()
             case fc.DeadmanArm(timeout_ms):
-                self._deadman_ms = timeout_ms
-                await self.send(fc.deadman_ack(timeout_ms))
+                self._deadman_ms = 0 if self.deadman_fault == "disarm" else timeout_ms
+                if self.deadman_fault != "no_ack":
+                    await self.send(fc.deadman_ack(self._deadman_ms))
             case _:
                 pass  # StandardFirmata ignores sysex it does not know (and STRING_DATA from a host)
 

@@ -4,7 +4,7 @@ import math
 import pytest
 import trio
 
-from drivers.errors import DeviceLost, DeviceTimeout
+from drivers.errors import DeviceLost, DeviceTimeout, ProtocolError
 from drivers.illuminator import (
     Cooled, DeadmanTripped, Illuminator, IlluminatorEmulator, OverTemperature,
     OverTemperatureLockout, PinCapabilityError, Thermistor,
@@ -400,6 +400,23 @@ async def test_a_board_whose_every_answer_is_garbled_is_device_timeout_and_goes_
         with trio.fail_after(2):
             await lights.run()
     assert sum(lights.stats.drops.values()) > 0
+    await lights.aclose()  # as the illuminator actor does when run() fails
+    with trio.fail_after(1):
+        await emu.wait_until(lambda: not emu.lights_on)
+
+
+@pytest.mark.parametrize("fault, message", [("disarm", "armed its dead-man timer for 0 ms, not 300 ms"),
+                                            ("no_ack", "dead-man feed not acknowledged within 0.5 s")])
+async def test_a_board_that_no_longer_confirms_its_deadman_timer_is_reset_and_goes_dark(nursery, emu, fault,
+                                                                                      message):
+    # the board still reports its thermistor, so it is not silent; but a board that armed 0 ms,
+    # or no longer says what it armed, may not switch the lights off when the host dies
+    lights = await open_lights(emu, deadman_ms=300, timeout=0.5)
+    await lights.set_level("ir", 1.0)
+    emu.deadman_fault = fault
+    with pytest.raises(ProtocolError, match=message):
+        with trio.fail_after(2):
+            await lights.run()
     await lights.aclose()  # as the illuminator actor does when run() fails
     with trio.fail_after(1):
         await emu.wait_until(lambda: not emu.lights_on)
