@@ -31,6 +31,7 @@ import numpy as np
 import trio
 
 from drivers.errors import DeviceError
+from drivers.illuminator.driver import OverTemperatureLockout
 from palmnode.biometrics import features, quality, roi
 from palmnode.biometrics import variants as probe_variants
 from palmnode.biometrics.quality import QualityPolicy
@@ -115,7 +116,12 @@ class ProbeFailure:
 
 
 class CaptureUnavailable(Exception):
-    """The camera or the illuminator cannot take a capture now (one-line reason)."""
+    """The camera or the illuminator cannot take a capture now (one-line reason); ``cooling``: the
+    illuminator refuses light until it has cooled (what the person is told differs)."""
+
+    def __init__(self, reason: str, *, cooling: bool = False) -> None:
+        super().__init__(reason)
+        self.cooling = cooling
 
 
 @attrs.define
@@ -366,7 +372,8 @@ class Capturer:
             raise CaptureUnavailable(f"illuminator did not take the {channel} light within "
                                      f"{p.light_timeout_s:.2f} s") from None
         except* (DeviceError, ValueError) as group:
-            raise CaptureUnavailable(f"illuminator: {group.exceptions[0]}") from None
+            raise CaptureUnavailable(f"illuminator: {group.exceptions[0]}",
+                                     cooling=group.subgroup(OverTemperatureLockout) is not None) from None
         changed = trio.current_time()
         self.timings.lights_ms += (changed - t) * 1e3
         self.timings.settle_ms = self.settle_s * 1e3

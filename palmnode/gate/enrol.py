@@ -349,7 +349,8 @@ class EnrolFlow:
                 try:
                     result = await self.capturer.capture_probe()
                 except CaptureUnavailable as exc:
-                    self._progress("capture", "the gate is not ready, please wait")
+                    self._progress("capture", "the gate is cooling down, please wait" if exc.cooling
+                                   else "the gate is not ready, please wait")
                     event(log, "enrol capture unavailable", error=str(exc))
                     await trio.sleep(0.5)  # the device is being reopened by its supervisor
                     continue

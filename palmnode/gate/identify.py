@@ -338,7 +338,8 @@ class IdentifyFlow:
                         failure = str(result)
                         note("unavailable")
                         self._count_retry("device")
-                        self._say("the gate is not ready, please try again")
+                        self._say("the gate is cooling down, please try again in a minute" if result.cooling
+                                  else "the gate is not ready, please try again")
                         break
                     if isinstance(result, ProbeFailure):
                         failure = result.feedback

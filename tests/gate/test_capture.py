@@ -107,3 +107,20 @@ async def test_burst_alternates_lights_one_new_pair_per_frame_and_stops_clean(ri
         first = await pairs.receive()
     assert isinstance(first, Probe)
     assert await lights_off(rig)
+
+
+async def test_an_overheated_illuminator_is_a_capture_unavailable_while_it_cools(rig):
+    """The person was told 'the gate is not ready', as for a device lost; the flows now say it is
+    cooling down (the lights stay refused until the board is below its limit less hysteresis)."""
+    await hand_over(rig, 106)
+    rig.gate.illuminator.heat(50.0)  # ~75 degC against the node's 70 degC limit
+    refused = None
+    with trio.fail_after(5):
+        while refused is None:  # the driver locks out at the board's next thermistor report
+            try:
+                await rig.capturer.capture_probe()
+            except CaptureUnavailable as exc:
+                refused = exc
+    assert refused.cooling and str(refused).startswith("illuminator")
+    assert await lights_off(rig)
+    rig.gate.illuminator.heat(-50.0)
