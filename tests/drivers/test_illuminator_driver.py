@@ -389,6 +389,16 @@ async def test_a_board_already_too_hot_when_opened_refuses_lights_at_once(nurser
     await lights.aclose()
 
 
+async def fails_then_goes_dark(lights, emu, error, message):
+    """``run()`` fails with ``error``; closed then, as the illuminator actor does, the board goes dark."""
+    with pytest.raises(error, match=message):
+        with trio.fail_after(2):
+            await lights.run()
+    await lights.aclose()
+    with trio.fail_after(1):
+        await emu.wait_until(lambda: not emu.lights_on)
+
+
 async def test_a_board_whose_every_answer_is_garbled_is_device_timeout_and_goes_dark(nursery, emu):
     # the board still hears the host (so the dead-man timer is fed) but everything it says is
     # broken: the driver is blind to the thermistor, so that must not pass for a live board
@@ -396,13 +406,8 @@ async def test_a_board_whose_every_answer_is_garbled_is_device_timeout_and_goes_
     await lights.set_level("ir", 1.0)
     emu.corrupt_next(10**9)
     emu.heat(40.0)  # 65 degC: over the driver's 60 degC, which it cannot see
-    with pytest.raises(DeviceTimeout, match="board silent for 0.5 s"):
-        with trio.fail_after(2):
-            await lights.run()
+    await fails_then_goes_dark(lights, emu, DeviceTimeout, "board silent for 0.5 s")
     assert sum(lights.stats.drops.values()) > 0
-    await lights.aclose()  # as the illuminator actor does when run() fails
-    with trio.fail_after(1):
-        await emu.wait_until(lambda: not emu.lights_on)
 
 
 @pytest.mark.parametrize("fault, message", [("disarm", "armed its dead-man timer for 0 ms, not 300 ms"),
@@ -414,12 +419,7 @@ async def test_a_board_that_no_longer_confirms_its_deadman_timer_is_reset_and_go
     lights = await open_lights(emu, deadman_ms=300, timeout=0.5)
     await lights.set_level("ir", 1.0)
     emu.deadman_fault = fault
-    with pytest.raises(ProtocolError, match=message):
-        with trio.fail_after(2):
-            await lights.run()
-    await lights.aclose()  # as the illuminator actor does when run() fails
-    with trio.fail_after(1):
-        await emu.wait_until(lambda: not emu.lights_on)
+    await fails_then_goes_dark(lights, emu, ProtocolError, message)
 
 
 async def test_a_board_reopened_while_cooling_stays_locked_out_until_it_has_cooled(nursery, emu):
