@@ -18,9 +18,13 @@ static int pn_detect(void)
 {
 #if PN_X86
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("popcnt")) {
-        return __builtin_cpu_supports("avx2") ? 2 : 1;
+    if (!__builtin_cpu_supports("popcnt")) return 0;
+    if (!__builtin_cpu_supports("avx2")) return 1;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl")
+        && __builtin_cpu_supports("avx512vpopcntdq") && __builtin_cpu_supports("avx512bitalg")) {
+        return 3;
     }
+    return 2;
 #endif
     return 0;
 }
@@ -508,6 +512,7 @@ static void scan_avx2(const uint64_t *probe, size_t n_probes, const int32_t *nor
  * entries at once, the minimum over the variants kept per 64-bit lane. Same integers as the
  * scalar path. */
 #define PN_SCAN_MAX_PROBES 64
+#define PN_SCAN_MAX_PAIRS 256  /* the AVX-512 scan: probe signatures over all groups */
 __attribute__((target("avx2,popcnt"))) PN_INLINE void scan_transpose4(const uint64_t *e, __m256i W[8])
 {
     for (int h = 0; h < 2; h++) {
@@ -609,25 +614,137 @@ static void scan_avx2_vertical(const uint64_t *probe, size_t n_probes, const int
 }
 #endif
 
-void pn_prefilter_scores(const uint64_t *probe_sigs, size_t n_probes, const int32_t *norm, const uint64_t *sigs,
-                         const uint8_t *live, size_t n, uint16_t *out)
+#if PN_X86
+#define PN_AVX512 "avx512f,avx512bw,avx512vl,avx512vpopcntdq,avx512bitalg,popcnt"
+/* 2 D - 3 cells (-384..384) of 8 entries (W: word w of each) against probe words p (broadcast
+ * from memory: the probes stay in L1) */
+__attribute__((target(PN_AVX512))) PN_INLINE __m512i scan_u8(const __m512i W[8], const uint64_t *p)
+{
+    const __m512i ms = _mm512_and_si512(W[3], _mm512_set1_epi64((long long)p[3]));
+    const __m512i mv = _mm512_and_si512(W[7], _mm512_set1_epi64((long long)p[7]));
+    /* 0x28: (a ^ b) & c;  0x96: a ^ b ^ c;  0xE8: majority(a, b, c) */
+    const __m512i x0 = _mm512_ternarylogic_epi64(W[0], _mm512_set1_epi64((long long)p[0]), ms, 0x28);
+    const __m512i x1 = _mm512_ternarylogic_epi64(W[1], _mm512_set1_epi64((long long)p[1]), ms, 0x28);
+    const __m512i x2 = _mm512_ternarylogic_epi64(W[2], _mm512_set1_epi64((long long)p[2]), ms, 0x28);
+    const __m512i y0 = _mm512_ternarylogic_epi64(W[4], _mm512_set1_epi64((long long)p[4]), mv, 0x28);
+    const __m512i y1 = _mm512_ternarylogic_epi64(W[5], _mm512_set1_epi64((long long)p[5]), mv, 0x28);
+    const __m512i y2 = _mm512_ternarylogic_epi64(W[6], _mm512_set1_epi64((long long)p[6]), mv, 0x28);
+    const __m512i ones = _mm512_add_epi64(_mm512_popcnt_epi64(_mm512_ternarylogic_epi64(x0, x1, x2, 0x96)),
+                                          _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(y0, y1, y2, 0x96)));
+    const __m512i twos = _mm512_add_epi64(_mm512_popcnt_epi64(_mm512_ternarylogic_epi64(x0, x1, x2, 0xE8)),
+                                          _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(y0, y1, y2, 0xE8)));
+    const __m512i cells = _mm512_add_epi64(_mm512_popcnt_epi64(ms), _mm512_popcnt_epi64(mv));
+    return _mm512_sub_epi64(_mm512_slli_epi64(_mm512_add_epi64(ones, _mm512_add_epi64(twos, twos)), 1),
+                            _mm512_add_epi64(cells, _mm512_add_epi64(cells, cells)));
+}
+
+/* W[w] = word w of the 8 signatures at e (an 8x8 transpose of 64-bit words) */
+__attribute__((target(PN_AVX512))) PN_INLINE void scan_transpose8(const uint64_t *e, __m512i W[8])
+{
+    __m512i r[8], t[8];
+    for (int i = 0; i < 8; i++) r[i] = _mm512_loadu_si512((const void *)(e + 8 * i));
+    for (int i = 0; i < 8; i += 2) {          /* t[i] = r_i0 r_(i+1)0 r_i2 r_(i+1)2 ..., t[i+1] the odd words */
+        t[i] = _mm512_unpacklo_epi64(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi64(r[i], r[i + 1]);
+    }
+    /* 128-bit lane l of t[i] holds words 2l (+1) of entries i, i+1; gather lane l of t[0], t[2],
+     * t[4], t[6] (entries 0-7) into one register per word */
+    const __m512i lo = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11), hi = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
+    for (int odd = 0; odd < 2; odd++) {
+        const __m512i a = _mm512_permutex2var_epi64(t[odd], lo, t[2 + odd]);      /* lanes 0, 1 */
+        const __m512i b = _mm512_permutex2var_epi64(t[4 + odd], lo, t[6 + odd]);
+        const __m512i c = _mm512_permutex2var_epi64(t[odd], hi, t[2 + odd]);      /* lanes 2, 3 */
+        const __m512i d = _mm512_permutex2var_epi64(t[4 + odd], hi, t[6 + odd]);
+        /* a = [e0w(0) e1w(0) e2w(0) e3w(0) | e0w(2) e1w(2) e2w(2) e3w(2)] (w(l) = 2l + odd), b: entries 4-7 */
+        W[0 + odd] = _mm512_shuffle_i64x2(a, b, 0x44);
+        W[2 + odd] = _mm512_shuffle_i64x2(a, b, 0xEE);
+        W[4 + odd] = _mm512_shuffle_i64x2(c, d, 0x44);
+        W[6 + odd] = _mm512_shuffle_i64x2(c, d, 0xEE);
+    }
+}
+
+/* AVX-512 (VPOPCNTDQ), 8 entries per register: word w of 8 entries transposed into one register,
+ * per probe variant x = (e ^ p) & joint mask by one ternary-logic op per code word, the carry-save
+ * adder in two more, vpopcntq per 64-bit lane. The standardisation is affine and the clamp and
+ * shift after it monotonic, so only t = u * m + (384 m + c) is formed per variant (m = 1 <<
+ * PN_NORM_SHIFT, c = 0 without norm) and the minimum over variants is clamped and shifted once.
+ * Two groups of 8 entries per pass over the variants. Same integers as the scalar path. */
+__attribute__((target(PN_AVX512)))
+static void scan_avx512(const uint64_t *probe, size_t n_groups, size_t n_probes, const int32_t *norm,
+                        const uint64_t *sigs, const uint8_t *live, size_t n, uint16_t *out, size_t out_stride)
+{
+    const __m512i zero = _mm512_setzero_si512(), top = _mm512_set1_epi64(PN_NORM_MAX);
+    const __m512i dead_score = _mm512_set1_epi64(0xFFFF);
+    const size_t total = n_groups * n_probes;
+    int64_t nm[PN_SCAN_MAX_PAIRS], nc[PN_SCAN_MAX_PAIRS];
+    for (size_t q = 0; q < total; q++) {
+        nm[q] = norm ? norm[2 * q] : 1 << PN_NORM_SHIFT;
+        nc[q] = 384 * nm[q] + (norm ? norm[2 * q + 1] : 0);
+    }
+    size_t k = 0;
+    for (; k + 16 <= n; k += 16) {
+        __m512i W[8], X[8];
+        scan_transpose8(sigs + 8 * k, W);
+        scan_transpose8(sigs + 8 * k + 64, X);
+        const __m128i lv = _mm_loadu_si128((const __m128i *)(live + k));
+        const __mmask8 dead = _mm512_cmpeq_epi64_mask(_mm512_cvtepu8_epi64(lv), zero);
+        const __mmask8 dead2 = _mm512_cmpeq_epi64_mask(_mm512_cvtepu8_epi64(_mm_srli_si128(lv, 8)), zero);
+        for (size_t g = 0, q = 0; g < n_groups; g++) {
+            __m512i best = _mm512_set1_epi64(INT64_MAX), best2 = best;
+            for (size_t end = q + n_probes; q < end; q++) {
+                const __m512i m = _mm512_set1_epi64(nm[q]), c = _mm512_set1_epi64(nc[q]);
+                best = _mm512_min_epi64(best, _mm512_add_epi64(_mm512_mul_epi32(scan_u8(W, probe + 8 * q), m), c));
+                best2 = _mm512_min_epi64(best2, _mm512_add_epi64(_mm512_mul_epi32(scan_u8(X, probe + 8 * q), m), c));
+            }
+            best = _mm512_min_epi64(_mm512_srai_epi64(_mm512_max_epi64(best, zero), PN_NORM_SHIFT), top);
+            best2 = _mm512_min_epi64(_mm512_srai_epi64(_mm512_max_epi64(best2, zero), PN_NORM_SHIFT), top);
+            uint16_t *o = out + g * out_stride + k;
+            _mm_storeu_si128((__m128i *)o, _mm512_cvtepi64_epi16(_mm512_mask_mov_epi64(best, dead, dead_score)));
+            _mm_storeu_si128((__m128i *)(o + 8), _mm512_cvtepi64_epi16(_mm512_mask_mov_epi64(best2, dead2, dead_score)));
+        }
+    }
+    for (size_t g = 0; k < n && g < n_groups; g++) {
+        const size_t q = g * n_probes;
+        scan_avx2_vertical(probe + 8 * q, n_probes, norm ? norm + 2 * q : NULL, sigs + 8 * k, live + k, n - k,
+                           out + g * out_stride + k);
+    }
+}
+#endif
+
+/* one group at a time through the AVX2 / POPCNT / portable paths */
+static void scan_groups(const uint64_t *probe, size_t n_groups, size_t n_probes, const int32_t *norm,
+                        const uint64_t *sigs, const uint8_t *live, size_t n, uint16_t *out, size_t out_stride)
+{
+    for (size_t g = 0; g < n_groups; g++) {
+        const uint64_t *p = probe + 8 * g * n_probes;
+        const int32_t *nrm = norm ? norm + 2 * g * n_probes : NULL;
+        uint16_t *o = out + g * out_stride;
+#if PN_X86
+        const int lv = level();
+        if (lv >= 2 && n_probes <= PN_SCAN_MAX_PROBES) {
+            scan_avx2_vertical(p, n_probes, nrm, sigs, live, n, o);
+        } else if (lv >= 2) {
+            scan_avx2(p, n_probes, nrm, sigs, live, n, o);
+        } else if (lv >= 1) {
+            scan_popcnt(p, n_probes, nrm, sigs, live, n, o);
+        } else
+#endif
+        {
+            scan_portable(p, n_probes, nrm, sigs, live, n, o);
+        }
+    }
+}
+
+void pn_prefilter_scores(const uint64_t *probe_sigs, size_t n_groups, size_t n_probes, const int32_t *norm,
+                         const uint64_t *sigs, const uint8_t *live, size_t n, uint16_t *out, size_t out_stride)
 {
 #if PN_X86
-    int lv = level();
-    if (lv >= 2) {
-        if (n_probes <= PN_SCAN_MAX_PROBES) {
-            scan_avx2_vertical(probe_sigs, n_probes, norm, sigs, live, n, out);
-        } else {
-            scan_avx2(probe_sigs, n_probes, norm, sigs, live, n, out);
-        }
-        return;
-    }
-    if (lv >= 1) {
-        scan_popcnt(probe_sigs, n_probes, norm, sigs, live, n, out);
+    if (level() >= 3 && n_groups * n_probes <= PN_SCAN_MAX_PAIRS && n_probes <= PN_SCAN_MAX_PROBES) {
+        scan_avx512(probe_sigs, n_groups, n_probes, norm, sigs, live, n, out, out_stride);
         return;
     }
 #endif
-    scan_portable(probe_sigs, n_probes, norm, sigs, live, n, out);
+    scan_groups(probe_sigs, n_groups, n_probes, norm, sigs, live, n, out, out_stride);
 }
 
 /* ---------------------------------------------------------------- shortlist select */

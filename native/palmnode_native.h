@@ -8,7 +8,8 @@
 #include <stddef.h>
 
 /* cdef-begin: native/build.py hands the declarations up to cdef-end to cffi */
-/* CPU path used by the popcount kernels: 0 portable (SWAR), 1 POPCNT, 2 AVX2 (+POPCNT).
+/* CPU path used by the popcount kernels: 0 portable (SWAR), 1 POPCNT, 2 AVX2 (+POPCNT),
+ * 3 AVX-512 (F, BW, VL, VPOPCNTDQ, BITALG).
  * request < 0 only reports the level (detected on first use); request >= 0 selects
  * min(request, best the CPU supports) for all later calls (tests use it to check every path). */
 int pn_dispatch_level(int request);
@@ -84,19 +85,22 @@ void pn_match_elastic(const uint32_t *probe, int rows, int bh, int bw, int radiu
 void pn_vein_signatures(const uint32_t *planes, size_t n_codes, const int32_t *offsets,
                         size_t n_offsets, uint64_t *out);
 
-/* Pre-filter scan over n 8-word signatures against n_probes >= 1 probe signatures (e.g. the
- * probe's signature at a few grid offsets: the minimum is kept) (64 bytes each: two halves of
- * 4 words [3 code planes, mask], 8x8 cells per word; pn_vein_signatures makes them).
+/* Pre-filter scan over n 8-word signatures against n_groups groups of n_probes >= 1 probe
+ * signatures each (e.g. a probe template's signature at a few grid offsets per group, one group
+ * per template; probe q of group g at probe_sigs[8 * (g * n_probes + q)]) (64 bytes each: two
+ * halves of 4 words [3 code planes, mask], 8x8 cells per word; pn_vein_signatures makes them).
  * score = 384 + 2*D - V  (D differing code bits where both valid, V = 3*jointly valid cells,
  * i.e. 2 x (D + unknown bits / 2): an unknown bit counts as half a difference); lower is
- * closer; 0..768. norm (NULL: none) puts the probes' scores on one scale before the minimum:
- * probe q's score s becomes clamp((s * norm[2q] + norm[2q+1]) >> PN_NORM_SHIFT, 0, PN_NORM_MAX)
+ * closer; 0..768. norm (NULL: none; indexed like the probes) puts the probes' scores on one
+ * scale before the minimum: probe q's score s becomes
+ * clamp((s * norm[2q] + norm[2q+1]) >> PN_NORM_SHIFT, 0, PN_NORM_MAX)
  * (norm[2q] in 1..65535; e.g. its standardised score, the pre-filter's pair normalisation).
- * out[k] = the minimum score over the probes; live[k] == 0 marks a removed entry: 0xFFFF. */
+ * out[g * out_stride + k] = the minimum score over group g's probes; live[k] == 0 marks a
+ * removed entry: 0xFFFF. One pass over the signatures for all groups on AVX-512. */
 #define PN_NORM_SHIFT 10
 #define PN_NORM_MAX 1023
-void pn_prefilter_scores(const uint64_t *probe_sigs, size_t n_probes, const int32_t *norm, const uint64_t *sigs,
-                         const uint8_t *live, size_t n, uint16_t *out);
+void pn_prefilter_scores(const uint64_t *probe_sigs, size_t n_groups, size_t n_probes, const int32_t *norm,
+                         const uint64_t *sigs, const uint8_t *live, size_t n, uint16_t *out, size_t out_stride);
 
 /* The k entries with the smallest (score, index) among scores < 1024, written to out_idx in
  * increasing index order; returns how many were written (< k when fewer qualify). */

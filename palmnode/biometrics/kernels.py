@@ -25,14 +25,18 @@ SCORE_BINS = 1024
 SIGNATURE_WORDS = 8
 
 
+#: the CPU paths of the popcount kernels: portable, POPCNT, AVX2, AVX-512 (VPOPCNTDQ + BITALG)
+LEVELS = (0, 1, 2, 3)
+
+
 def dispatch_level(request: int | None = None) -> int:
-    """The CPU path the popcount kernels use: 0 portable, 1 POPCNT, 2 AVX2.
+    """The CPU path the popcount kernels use: 0 portable, 1 POPCNT, 2 AVX2, 3 AVX-512.
 
     ``request`` selects min(request, what the CPU has) for all later calls (tests use it to
     check every path against the reference); None only reports.
     """
-    if request is not None and request not in (0, 1, 2):
-        raise ValueError(f"dispatch level must be 0, 1 or 2, got {request!r}")
+    if request is not None and request not in LEVELS:
+        raise ValueError(f"dispatch level must be one of {LEVELS}, got {request!r}")
     return int(_lib.pn_dispatch_level(-1 if request is None else request))
 
 
@@ -440,12 +444,14 @@ def vein_signatures_reference(planes: np.ndarray, offsets) -> np.ndarray:
 
 # --------------------------------------------------------------------- pre-filter
 def _check_scan_args(probe_sig, sigs, live):
-    if isinstance(probe_sig, np.ndarray) and probe_sig.ndim == 1:
-        probe_sig = probe_sig.reshape(1, -1)
-    probe_sig = _array(probe_sig, np.uint64, 2, "probe_sig")
+    """probe_sig as uint64 (G, P, 8), G groups of P probe signatures (1-D: one signature, 2-D: one group)."""
+    if isinstance(probe_sig, np.ndarray) and probe_sig.ndim in (1, 2):
+        probe_sig = probe_sig.reshape((1,) * (3 - probe_sig.ndim) + probe_sig.shape)
+    probe_sig = _array(probe_sig, np.uint64, 3, "probe_sig")
     sigs = _array(sigs, np.uint64, 2, "sigs")
     live = _array(live, np.uint8, 1, "live")
-    if probe_sig.shape[0] < 1 or probe_sig.shape[1] != SIGNATURE_WORDS or sigs.shape[1] != SIGNATURE_WORDS:
+    if probe_sig.shape[0] < 1 or probe_sig.shape[1] < 1 or probe_sig.shape[2] != SIGNATURE_WORDS \
+            or sigs.shape[1] != SIGNATURE_WORDS:
         raise ValueError(f"signatures are {SIGNATURE_WORDS} uint64 words")
     if live.shape[0] != sigs.shape[0]:
         raise ValueError(f"live has {live.shape[0]} flags for {sigs.shape[0]} signatures")
@@ -458,13 +464,15 @@ NORM_SHIFT = int(_lib.PN_NORM_SHIFT)
 NORM_MAX = int(_lib.PN_NORM_MAX)
 
 
-def _check_norm(norm, n_probes: int) -> np.ndarray | None:
+def _check_norm(norm, shape: tuple[int, int]) -> np.ndarray | None:
+    """norm as int32 (G, P, 2) for probe signatures of shape (G, P)."""
     if norm is None:
         return None
-    norm = _array(norm, np.int32, 2, "norm")
-    if norm.shape != (n_probes, 2):
-        raise ValueError(f"norm must be int32 ({n_probes}, 2): a multiplier and an offset per probe signature")
-    if norm[:, 0].min() < 1 or norm[:, 0].max() > 65535:
+    norm = _array(norm, np.int32, norm.ndim if isinstance(norm, np.ndarray) and norm.ndim in (2, 3) else 3, "norm")
+    norm = norm.reshape((1,) * (3 - norm.ndim) + norm.shape)
+    if norm.shape != (*shape, 2):
+        raise ValueError(f"norm must be int32 {(*shape, 2)}: a multiplier and an offset per probe signature")
+    if norm[..., 0].min() < 1 or norm[..., 0].max() > 65535:
         raise ValueError("norm's multipliers must be in 1..65535")
     return norm
 
@@ -474,58 +482,70 @@ def prefilter_scores(probe_sig: np.ndarray, sigs: np.ndarray, live: np.ndarray, 
     """Pre-filter score of every signature (uint64 (N, 8)) against the probe's, in C.
 
     ``probe_sig``: uint64 (8,) or (P, 8) for P variants of the probe (e.g. at grid offsets):
-    each entry scores the minimum over the variants.
+    each entry scores the minimum over the variants, uint16 (N,); or (G, P, 8), G groups of
+    variants (e.g. one per probe template): uint16 (G, N), the minimum within each group, all
+    groups in one pass over the signatures.
 
-    ``384 + 2*D - V`` over both modalities' 8x8 coarse codes (D differing bits where both are
+    ``384 + 2*D - V`` over both halves' 8x8 coarse codes (D differing bits where both are
     valid, V jointly valid bits: an unknown bit counts half a difference; lower = closer, 0..768);
-    entries with ``live == 0`` score 0xFFFF. ``norm``: int32 (P, 2), variant q's score s counts
-    as ``clamp((s * norm[q, 0] + norm[q, 1]) >> NORM_SHIFT, 0, NORM_MAX)`` (puts the variants on
-    one scale: prefilter.pair_norms). Uses AVX2 where the CPU has it. ``out``: an optional
-    writeable C-contiguous uint16 array of N scores to fill (e.g. a gallery-wide array's slice).
+    entries with ``live == 0`` score 0xFFFF. ``norm``: int32 (P, 2) or (G, P, 2), variant q's
+    score s counts as ``clamp((s * norm[q, 0] + norm[q, 1]) >> NORM_SHIFT, 0, NORM_MAX)`` (puts
+    the variants on one scale: prefilter.pair_norms). Uses AVX-512 or AVX2 where the CPU has
+    them. ``out``: an optional writeable uint16 array of the result's shape to fill, its scores
+    contiguous along N (e.g. a slice of a gallery-wide array).
     """
+    grouped = isinstance(probe_sig, np.ndarray) and probe_sig.ndim == 3
     probe_sig, sigs, live = _check_scan_args(probe_sig, sigs, live)
-    norm = _check_norm(norm, probe_sig.shape[0])
+    g, p, n = probe_sig.shape[0], probe_sig.shape[1], sigs.shape[0]
+    norm = _check_norm(norm, (g, p))
+    shape = (g, n) if grouped else (n,)
     if out is None:
-        out = np.empty(sigs.shape[0], np.uint16)
-    elif (not isinstance(out, np.ndarray) or out.dtype != np.uint16 or out.shape != (sigs.shape[0],)
-          or not out.flags.c_contiguous or not out.flags.writeable):
-        raise ValueError(f"out must be a writeable C-contiguous uint16 array of {sigs.shape[0]} scores")
-    _lib.pn_prefilter_scores(_ptr("const uint64_t *", probe_sig), probe_sig.shape[0],
-                             _ffi.NULL if norm is None else _ptr("const int32_t *", norm), _ptr("const uint64_t *", sigs),
-                             _ptr("const uint8_t *", live), sigs.shape[0], _ptr("uint16_t *", out))
+        out = np.empty(shape, np.uint16)
+    elif (not isinstance(out, np.ndarray) or out.dtype != np.uint16 or out.shape != shape or not out.flags.writeable
+          or out.strides[-1] != 2 or (grouped and (out.strides[0] < 0 or out.strides[0] % 2))):
+        raise ValueError(f"out must be a writeable uint16 array of shape {shape}, contiguous along its last axis")
+    _scan(probe_sig, norm, sigs, live, out, out.strides[0] // 2 if grouped else n)
     return out
+
+
+def _scan(probe_sig: np.ndarray, norm: np.ndarray | None, sigs: np.ndarray, live: np.ndarray, out: np.ndarray,
+          out_stride: int) -> None:
+    g, p, _ = probe_sig.shape
+    _lib.pn_prefilter_scores(_ptr("const uint64_t *", probe_sig), g, p,
+                             _ffi.NULL if norm is None else _ptr("const int32_t *", norm),
+                             _ptr("const uint64_t *", sigs), _ptr("const uint8_t *", live), sigs.shape[0],
+                             _ffi.cast("uint16_t *", out.ctypes.data), out_stride)
 
 
 def prefilter_scores_reference(probe_sig: np.ndarray, sigs: np.ndarray, live: np.ndarray, *,
                                norm: np.ndarray | None = None) -> np.ndarray:
     """NumPy reference of :func:`prefilter_scores`."""
+    grouped = isinstance(probe_sig, np.ndarray) and probe_sig.ndim == 3
     probe_sig, sigs, live = _check_scan_args(probe_sig, sigs, live)
-    norm = _check_norm(norm, probe_sig.shape[0])
+    norm = _check_norm(norm, probe_sig.shape[:2])
     s = sigs.reshape(-1, 2, 4)
-    score = np.full(sigs.shape[0], 0xFFFF, np.int64)
-    for q, variant in enumerate(probe_sig):
-        p = variant.reshape(2, 4)
-        m = s[:, :, 3] & p[:, 3]
-        d = _popcount((s[:, :, :3] ^ p[:, :3]) & m[:, :, None]).sum(axis=(1, 2))
-        v = 3 * _popcount(m).sum(axis=1)
-        mine = 384 + 2 * d - v
-        if norm is not None:
-            mine = np.clip((mine * int(norm[q, 0]) + int(norm[q, 1])) >> NORM_SHIFT, 0, NORM_MAX)
-        score = np.minimum(score, mine)
-    score = score.astype(np.uint16)
-    return np.where(live != 0, score, np.uint16(0xFFFF)).astype(np.uint16)
+    rows = []
+    for g, group in enumerate(probe_sig):
+        score = np.full(sigs.shape[0], 0xFFFF, np.int64)
+        for q, variant in enumerate(group):
+            p = variant.reshape(2, 4)
+            m = s[:, :, 3] & p[:, 3]
+            d = _popcount((s[:, :, :3] ^ p[:, :3]) & m[:, :, None]).sum(axis=(1, 2))
+            v = 3 * _popcount(m).sum(axis=1)
+            mine = 384 + 2 * d - v
+            if norm is not None:
+                mine = np.clip((mine * int(norm[g, q, 0]) + int(norm[g, q, 1])) >> NORM_SHIFT, 0, NORM_MAX)
+            score = np.minimum(score, mine)
+        rows.append(np.where(live != 0, score, 0xFFFF).astype(np.uint16))
+    return np.stack(rows) if grouped else rows[0]
 
 
 def prefilter_scores_each(probe_sigs: np.ndarray, sigs: np.ndarray, live: np.ndarray) -> np.ndarray:
-    """uint16 (P, N): :func:`prefilter_scores` of each of P probe signatures on its own (no
-    minimum, no norm), in C, validated once (e.g. many probe variants on a small sample)."""
-    probe_sigs, sigs, live = _check_scan_args(probe_sigs, sigs, live)
-    n, p = sigs.shape[0], probe_sigs.shape[0]
-    out = np.empty((p, n), np.uint16)
-    probe_ptr, out_ptr = _ptr("const uint64_t *", probe_sigs), _ptr("uint16_t *", out)
-    sigs_ptr, live_ptr = _ptr("const uint64_t *", sigs), _ptr("const uint8_t *", live)
-    for q in range(p):
-        _lib.pn_prefilter_scores(probe_ptr + SIGNATURE_WORDS * q, 1, _ffi.NULL, sigs_ptr, live_ptr, n, out_ptr + n * q)
+    """uint16 (P, N): :func:`prefilter_scores` of each of P probe signatures (uint64 (P, 8)) on
+    its own (no minimum, no norm): P groups of one."""
+    probe_sigs, sigs, live = _check_scan_args(_array(probe_sigs, np.uint64, 2, "probe_sigs")[:, None], sigs, live)
+    out = np.empty((probe_sigs.shape[0], sigs.shape[0]), np.uint16)
+    _scan(probe_sigs, None, sigs, live, out, sigs.shape[0])
     return out
 
 

@@ -292,9 +292,7 @@ class Prefilter:
         def scan(s: int) -> None:
             check(stop)
             (seg, n, live), a = snap[s], starts[s]
-            for v in range(len(probes)):
-                kernels.prefilter_scores(psig[v], seg.index[:n], live[:n], out=scores[v, a:a + n],
-                                         norm=None if norms is None else norms[v])
+            kernels.prefilter_scores(psig, seg.index[:n], live[:n], out=scores[:, a:a + n], norm=norms)
         list(map_(scan, range(len(snap))))
         return scores
 

@@ -17,11 +17,11 @@ def captures():
 def test_c_and_reference_templates_are_identical(captures):
     for pair in captures:
         for s, v in pair:
-            for lv in sorted({kernels.dispatch_level(x) for x in (0, 1, 2)}):
+            for lv in sorted({kernels.dispatch_level(x) for x in kernels.LEVELS}):
                 kernels.dispatch_level(lv)
                 got = features.encode(s, v).to_bytes()
                 assert got == features.encode_reference(s, v).to_bytes()
-    kernels.dispatch_level(2)
+    kernels.dispatch_level(kernels.LEVELS[-1])
 
 
 def test_circular_code_hamming_is_angular_distance():

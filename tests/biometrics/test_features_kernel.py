@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 from palmnode.biometrics import features, kernels
 
-LEVELS = sorted({kernels.dispatch_level(lv) for lv in (0, 1, 2)})
+LEVELS = sorted({kernels.dispatch_level(lv) for lv in kernels.LEVELS})
 
 
 def _padded(img: np.ndarray, spec: features.CodeSpec) -> np.ndarray:
@@ -31,7 +31,7 @@ def test_real_banks_every_level():
                     kernels.dispatch_level(lv)
                     assert np.array_equal(kernels.gabor_responses(padded, bank, **args), want), (spec.name, lv)
     finally:
-        kernels.dispatch_level(2)
+        kernels.dispatch_level(kernels.LEVELS[-1])
 
 
 @settings(max_examples=60, deadline=None)
@@ -55,7 +55,7 @@ def test_random_banks_every_level(seed, kh, kwb, n_orient, step, gh, gw, extreme
             kernels.dispatch_level(lv)
             assert np.array_equal(kernels.gabor_responses(img, bank, **args), want)
     finally:
-        kernels.dispatch_level(2)
+        kernels.dispatch_level(kernels.LEVELS[-1])
 
 
 def test_valid_count_is_the_codes_valid_cells():

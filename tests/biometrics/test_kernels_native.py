@@ -5,15 +5,15 @@ from hypothesis import given, settings, strategies as st
 
 from palmnode.biometrics import kernels
 
-LEVELS = sorted({kernels.dispatch_level(lv) for lv in (0, 1, 2)})
-kernels.dispatch_level(2)
+LEVELS = sorted({kernels.dispatch_level(lv) for lv in kernels.LEVELS})
+kernels.dispatch_level(kernels.LEVELS[-1])
 
 
 @pytest.fixture(params=LEVELS, ids=lambda lv: f"level{lv}")
 def level(request):
     kernels.dispatch_level(request.param)
     yield request.param
-    kernels.dispatch_level(2)
+    kernels.dispatch_level(kernels.LEVELS[-1])
 
 
 def _code(rng, rows, cols, valid=0.8):
@@ -38,7 +38,7 @@ def test_hamming_parity_all_levels(seed, n):
     for lv in LEVELS:
         kernels.dispatch_level(lv)
         assert kernels.hamming_masked(a, b, ma, mb) == kernels.hamming_masked_reference(a, b, ma, mb)
-    kernels.dispatch_level(2)
+    kernels.dispatch_level(kernels.LEVELS[-1])
 
 
 @settings(max_examples=30, deadline=None)
@@ -55,7 +55,7 @@ def test_gabor_responses_parity(seed, kh, kwb, n_orient, step, gh, gw):
         kernels.dispatch_level(lv)
         got = kernels.gabor_responses(img, bank, **args)
         assert np.array_equal(got, kernels.gabor_responses_reference(img, bank, **args))
-    kernels.dispatch_level(2)
+    kernels.dispatch_level(kernels.LEVELS[-1])
 
 
 def test_gabor_responses_known_value():
@@ -88,7 +88,7 @@ def test_match_shifted_parity(seed, rows, cols, max_dx, max_dy, valid):
         got = kernels.match_shifted(probe, records, idx, **args)
         for g, r in zip(got, ref):
             assert np.array_equal(g, r)
-    kernels.dispatch_level(2)
+    kernels.dispatch_level(kernels.LEVELS[-1])
 
 
 def test_match_shifted_finds_the_shift(level):
@@ -121,7 +121,7 @@ def test_prefilter_and_select_parity(seed, n, dead):
     for lv in LEVELS:
         kernels.dispatch_level(lv)
         assert np.array_equal(kernels.prefilter_scores(probe, sigs, live), ref)
-    kernels.dispatch_level(2)
+    kernels.dispatch_level(kernels.LEVELS[-1])
     for k in (0, 1, 7, n // 2, n, n + 5):
         assert np.array_equal(kernels.select_smallest(ref, k), kernels.select_smallest_reference(ref, k))
 
@@ -148,7 +148,7 @@ def test_select_smallest_parity_crowded_scores(seed, n, spread):
         kernels.dispatch_level(lv)
         for k in (0, 1, 15, 16, 17, n // 20, n // 2, n, n + 5):
             assert np.array_equal(kernels.select_smallest(scores, k), kernels.select_smallest_reference(scores, k))
-    kernels.dispatch_level(2)
+    kernels.dispatch_level(kernels.LEVELS[-1])
 
 
 def test_prefilter_scores_into_out():
@@ -186,7 +186,7 @@ def test_select_smallest_ties_by_index():
     lambda: kernels.prefilter_scores(np.zeros(7, np.uint64), np.zeros((3, 8), np.uint64), np.ones(3, np.uint8)),
     lambda: kernels.select_smallest(np.zeros(3, np.int32), 1),
     lambda: kernels.select_smallest(np.zeros(3, np.uint16), -1),
-    lambda: kernels.dispatch_level(3),
+    lambda: kernels.dispatch_level(4),
 ])
 def test_bad_arguments_are_typed_errors_before_c(call):
     with pytest.raises((TypeError, ValueError)):
@@ -210,7 +210,7 @@ def test_match_shifted_avx2_rows_parity(seed, rows, max_dx, max_dy, n_ref):
         kernels.dispatch_level(lv)
         for g, r in zip(kernels.match_shifted(probe, records, idx, **args), ref):
             assert np.array_equal(g, r)
-    kernels.dispatch_level(2)
+    kernels.dispatch_level(kernels.LEVELS[-1])
 
 
 @settings(max_examples=40, deadline=None)
@@ -233,7 +233,7 @@ def test_match_elastic_parity(seed, rows, cols, block, radius, valid):
         kernels.dispatch_level(lv)
         got = kernels.match_elastic(probe, gallery, idx, centre, **args)
         assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
-    kernels.dispatch_level(2)
+    kernels.dispatch_level(kernels.LEVELS[-1])
 
 
 def test_match_elastic_follows_blocks_that_moved_apart():
@@ -291,7 +291,7 @@ def test_prefilter_parity_with_probe_variants(seed, n, variants, dead):
     for lv in LEVELS:
         kernels.dispatch_level(lv)
         assert np.array_equal(kernels.prefilter_scores(probes, sigs, live), ref)
-    kernels.dispatch_level(2)
+    kernels.dispatch_level(kernels.LEVELS[-1])
 
 
 @settings(max_examples=30, deadline=None)
@@ -312,7 +312,36 @@ def test_prefilter_parity_with_normalised_variants(seed, n, variants, dead):
     for lv in LEVELS:
         kernels.dispatch_level(lv)
         assert np.array_equal(kernels.prefilter_scores(probes, sigs, live, norm=norm), ref)
-    kernels.dispatch_level(2)
+    kernels.dispatch_level(kernels.LEVELS[-1])
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 50), groups=st.integers(1, 6), variants=st.integers(1, 14),
+       normed=st.booleans())
+def test_prefilter_parity_with_groups_into_strided_rows(seed, n, groups, variants, normed):
+    """Groups of variants (one pass over the signatures on AVX-512: 16 entries at a time, then the
+    tail), each group's minimum written into its row of a wider array: the reference's rows."""
+    rng = np.random.default_rng(seed)
+    sigs = rng.integers(0, 2**64, (n, 8), dtype=np.uint64)
+    sigs[:, [3, 7]] &= rng.integers(0, 2**64, (n, 2), dtype=np.uint64)
+    live = (rng.random(n) >= 0.2).astype(np.uint8)
+    probes = rng.integers(0, 2**64, (groups, variants, 8), dtype=np.uint64)
+    norm = None
+    if normed:
+        norm = np.stack([rng.integers(1, 65536, (groups, variants)),
+                         rng.integers(-2**31, 2**31, (groups, variants))], -1).astype(np.int32)
+    ref = kernels.prefilter_scores_reference(probes, sigs, live, norm=norm)
+    assert ref.shape == (groups, n)
+    for g in range(groups):
+        assert np.array_equal(ref[g], kernels.prefilter_scores_reference(probes[g], sigs, live,
+                                                                         norm=None if norm is None else norm[g]))
+    for lv in LEVELS:
+        kernels.dispatch_level(lv)
+        whole = np.full((groups, n + 9), 7, np.uint16)
+        got = kernels.prefilter_scores(probes, sigs, live, norm=norm, out=whole[:, 4:4 + n])
+        assert got.base is whole and np.array_equal(whole[:, 4:4 + n], ref)
+        assert (whole[:, :4] == 7).all() and (whole[:, 4 + n:] == 7).all()
+    kernels.dispatch_level(kernels.LEVELS[-1])
 
 
 @settings(max_examples=20, deadline=None)
@@ -326,7 +355,7 @@ def test_prefilter_scores_each_is_every_variant_alone(seed, n, variants):
     for lv in LEVELS:
         kernels.dispatch_level(lv)
         assert np.array_equal(kernels.prefilter_scores_each(probes, sigs, live), want)
-    kernels.dispatch_level(2)
+    kernels.dispatch_level(kernels.LEVELS[-1])
 
 
 def test_prefilter_norm_known_values(level):
@@ -364,7 +393,7 @@ def test_match_shifted16_parity(seed, cols, max_dx, max_dy, valid):
     for lv in LEVELS:
         kernels.dispatch_level(lv)
         assert np.array_equal(kernels.match_shifted16(probe, gallery, idx, **args), want)
-    kernels.dispatch_level(2)
+    kernels.dispatch_level(kernels.LEVELS[-1])
     if cols <= 16:
         assert np.array_equal(want, kernels.match_shifted_reference(probe, gallery, idx, **args)[0])
 
@@ -435,4 +464,4 @@ def test_match_elastic16_parity(seed, radius, valid, raw, n_ref):
     for lv in LEVELS:
         kernels.dispatch_level(lv)
         assert np.array_equal(kernels.match_elastic16(probe, records, idx, **args), want)
-    kernels.dispatch_level(2)
+    kernels.dispatch_level(kernels.LEVELS[-1])
