@@ -1276,10 +1276,102 @@ static void elastic16_avx2(const uint32_t *probe, int radius, const uint32_t *re
 }
 #endif
 
+#if PN_X86
+/* A plane of 16 rows x 16 bits (row j = 16-bit element j, row group q = 64-bit lane q) made
+ * block-major: in every lane the 4x4 nibbles (row r, column block c) are transposed by two delta
+ * swaps of the nibble index bits, so 16-bit element 4q + c holds block (q, c)'s 16 cells. The
+ * same permutation of probe and record leaves every XOR, AND and count unchanged. */
+__attribute__((target(PN_AVX512))) PN_INLINE __m256i blocks16(__m256i x)
+{
+    __m256i t = _mm256_and_si256(_mm256_xor_si256(x, _mm256_srli_epi64(x, 12)), _mm256_set1_epi64x(0x0000F0F00000F0F0LL));
+    x = _mm256_ternarylogic_epi64(x, t, _mm256_slli_epi64(t, 12), 0x96);
+    t = _mm256_and_si256(_mm256_xor_si256(x, _mm256_srli_epi64(x, 24)), _mm256_set1_epi64x(0x00000000FF00FF00LL));
+    return _mm256_ternarylogic_epi64(x, t, _mm256_slli_epi64(t, 24), 0x96);
+}
+
+__attribute__((target(PN_AVX512))) PN_INLINE __m256i pack16_512(const uint32_t *rows)
+{
+    return _mm512_cvtepi32_epi16(_mm512_loadu_si512((const void *)rows));   /* low 16 bits of each row */
+}
+
+/* AVX-512: block-major planes (blocks16), so a block's counts are one vpopcntw each; two shifts
+ * per register (the low half runs the first half of the shifts in order, the high half the rest,
+ * padded with a repeat of the last shift that never wins), every block's g = V - 2D and D kept in
+ * 16-bit elements (strictly greater: first in order), and the halves merged at the end with the
+ * low half winning ties (its shifts come first). */
+__attribute__((target(PN_AVX512)))
+static void elastic16_avx512(const uint32_t *probe, int radius, const uint32_t *records, size_t stride_words,
+                             size_t offset_words, const int64_t *idx, size_t n, double n_ref, double *out_hd)
+{
+    shifted_probe_t sh;
+    build_shifted(probe, 16, radius, sh);
+    const int nshift = (2 * radius + 1) * (2 * radius + 1), half = (nshift + 1) / 2;
+    __m256i ps[(2 * PN_MAX_SHIFT + 1) * (2 * PN_MAX_SHIFT + 1) + 1][4];
+    for (int dy = -radius, s = 0; dy <= radius; dy++) {
+        for (int dx = -radius; dx <= radius; dx++, s++) {
+            for (int p = 0; p < 4; p++) ps[s][p] = blocks16(pack16_512(sh[dx + radius][p] + PN_MAX_SHIFT - dy));
+        }
+    }
+    for (int p = 0; p < 4; p++) ps[nshift][p] = ps[nshift - 1][p];
+    __m512i pz[((2 * PN_MAX_SHIFT + 1) * (2 * PN_MAX_SHIFT + 1) + 1) / 2][4];
+    for (int j = 0; j < half; j++) {
+        for (int p = 0; p < 4; p++) pz[j][p] = _mm512_inserti64x4(_mm512_castsi256_si512(ps[j][p]), ps[half + j][p], 1);
+    }
+    const __m512i floor16 = _mm512_set1_epi16(INT16_MIN);
+    for (size_t k = 0; k < n; k++) {
+        if (k + PN_PREFETCH < n) {
+            const char *f = (const char *)(records + (size_t)idx[k + PN_PREFETCH] * stride_words + offset_words);
+            for (int l = 0; l < 256; l += 64) _mm_prefetch(f + l, _MM_HINT_T0);
+        }
+        const uint32_t *rec = records + (size_t)idx[k] * stride_words + offset_words;
+        const __m512i r0 = _mm512_broadcast_i64x4(blocks16(pack16_512(rec)));
+        const __m512i r1 = _mm512_broadcast_i64x4(blocks16(pack16_512(rec + 16)));
+        const __m512i r2 = _mm512_broadcast_i64x4(blocks16(pack16_512(rec + 32)));
+        const __m512i rm = _mm512_broadcast_i64x4(blocks16(pack16_512(rec + 48)));
+        __m512i bg = floor16, bd = _mm512_setzero_si512();
+        for (int j = 0; j < half; j++) {
+            const __m512i m = _mm512_and_si512(pz[j][3], rm);
+            const __m512i x0 = _mm512_ternarylogic_epi64(pz[j][0], r0, m, 0x28);     /* (a ^ b) & c */
+            const __m512i x1 = _mm512_ternarylogic_epi64(pz[j][1], r1, m, 0x28);
+            const __m512i x2 = _mm512_ternarylogic_epi64(pz[j][2], r2, m, 0x28);
+            const __m512i twos = _mm512_popcnt_epi16(_mm512_ternarylogic_epi64(x0, x1, x2, 0xE8));
+            const __m512i d = _mm512_add_epi16(_mm512_popcnt_epi16(_mm512_ternarylogic_epi64(x0, x1, x2, 0x96)),
+                                               _mm512_add_epi16(twos, twos));
+            const __m512i c = _mm512_popcnt_epi16(m);
+            /* g = 3 cells - 2 D (-96..48) */
+            const __m512i g = _mm512_sub_epi16(_mm512_add_epi16(c, _mm512_add_epi16(c, c)), _mm512_add_epi16(d, d));
+            const __mmask32 up = _mm512_cmpgt_epi16_mask(g, bg);
+            bg = _mm512_mask_mov_epi16(bg, up, g);
+            bd = _mm512_mask_mov_epi16(bd, up, d);
+        }
+        const __m256i g_lo = _mm512_castsi512_si256(bg), g_hi = _mm512_extracti64x4_epi64(bg, 1);
+        const __mmask16 later = _mm256_cmpgt_epi16_mask(g_hi, g_lo);
+        const __m256i g = _mm256_mask_mov_epi16(g_lo, later, g_hi);
+        const __m256i d = _mm256_mask_mov_epi16(_mm512_castsi512_si256(bd), later, _mm512_extracti64x4_epi64(bd, 1));
+        const __m256i v = _mm256_add_epi16(g, _mm256_add_epi16(d, d));                 /* V = g + 2D (0..48) */
+        const __m256i ones = _mm256_set1_epi16(1);
+        const __m256i dsum = _mm256_madd_epi16(d, ones), vsum = _mm256_madd_epi16(v, ones);
+        int32_t dl[8], vl[8];
+        _mm256_storeu_si256((__m256i *)dl, dsum);
+        _mm256_storeu_si256((__m256i *)vl, vsum);
+        int64_t dt = 0, vt = 0;
+        for (int i = 0; i < 8; i++) {
+            dt += dl[i];
+            vt += vl[i];
+        }
+        out_hd[k] = norm_hd(dt, vt, n_ref);
+    }
+}
+#endif
+
 void pn_match_elastic16(const uint32_t *probe, int radius, const uint32_t *records, size_t stride_words,
                         size_t offset_words, const int64_t *idx, size_t n, double n_ref, double *out_hd)
 {
 #if PN_X86
+    if (level() >= 3) {
+        elastic16_avx512(probe, radius, records, stride_words, offset_words, idx, n, n_ref, out_hd);
+        return;
+    }
     if (level() >= 2) {
         elastic16_avx2(probe, radius, records, stride_words, offset_words, idx, n, n_ref, out_hd);
         return;
