@@ -1,7 +1,8 @@
 /* Popcount kernels: masked Hamming, shift-tolerant match, pre-filter scan, shortlist select.
- * Each hot loop exists in up to three builds selected at run time (pn_dispatch_level):
- * portable SWAR popcount, hardware POPCNT, and AVX2 (nibble-table popcount, Mula et al.),
- * compiled with target attributes so the extension also runs on CPUs without them. */
+ * Each hot loop exists in up to four builds selected at run time (pn_dispatch_level):
+ * portable SWAR popcount, hardware POPCNT, AVX2 (nibble-table popcount, Mula et al.) and, for the
+ * search's hot loops, AVX-512 (VPOPCNTDQ / BITALG popcounts, ternary logic), compiled with
+ * target attributes so the extension also runs on CPUs without them. */
 #include "palmnode_native.h"
 
 #include <math.h>
@@ -11,6 +12,9 @@
 /* popcount of each nibble value, for the AVX2 nibble-table popcount (Mula et al.) */
 #define NIBBLE_POPCOUNT_LUT _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, \
                                              0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4)
+
+/* target of the AVX-512 paths (dispatch level 3) */
+#define PN_AVX512 "avx512f,avx512bw,avx512vl,avx512vpopcntdq,avx512bitalg,popcnt"
 
 static int pn_level = -1;
 
@@ -319,12 +323,82 @@ static void match_avx2(const uint32_t *probe, int rows, int max_dx, int max_dy,
 }
 #endif
 
+#if PN_X86
+/* AVX-512: 16 rows per register, per chunk x = (p ^ r) & joint mask by ternary logic, the
+ * carry-save adder in two more ops, vpopcntq per 64-bit lane; each shift's (D, V) reduced from
+ * the lanes, then the distances and the first minimum exactly as in match_avx2. */
+__attribute__((target(PN_AVX512)))
+static void match_avx512(const uint32_t *probe, int rows, int max_dx, int max_dy,
+                         const uint32_t *records, size_t stride_words, size_t offset_words,
+                         const int64_t *idx, size_t n, double n_ref,
+                         double *out_hd, int32_t *out_shift, int32_t *out_valid)
+{
+    shifted_probe_t sh;
+    build_shifted(probe, rows, max_dx, sh);
+    const int chunks = rows / 16;
+    const int nx = 2 * max_dx + 1, nshift = nx * (2 * max_dy + 1);
+    int64_t dd[(2 * PN_MAX_SHIFT + 1) * (2 * PN_MAX_SHIFT + 1) + 4];
+    int64_t vv[(2 * PN_MAX_SHIFT + 1) * (2 * PN_MAX_SHIFT + 1) + 4];
+    double hdv[(2 * PN_MAX_SHIFT + 1) * (2 * PN_MAX_SHIFT + 1) + 4];
+    const __m256d half = _mm256_set1_pd(0.5), nr = _mm256_set1_pd(n_ref);
+    for (size_t k = 0; k < n; k++) {
+        if (k + PN_PREFETCH < n) {
+            const char *f = (const char *)(records + (size_t)idx[k + PN_PREFETCH] * stride_words + offset_words);
+            for (int l = 0; l < 16 * rows; l += 64) _mm_prefetch(f + l, _MM_HINT_T0);
+        }
+        const uint32_t *rec = records + (size_t)idx[k] * stride_words + offset_words;
+        int s = 0;
+        for (int dy = -max_dy; dy <= max_dy; dy++) {
+            const int start = PN_MAX_SHIFT - dy;
+            for (int dx = -max_dx; dx <= max_dx; dx++, s++) {
+                const uint32_t *a = sh[dx + max_dx][0] + start;
+                __m512i cd = _mm512_setzero_si512(), cv = cd;
+                for (int c = 0; c < chunks; c++) {
+                    const int o = 16 * c;
+                    const __m512i m = _mm512_and_si512(_mm512_loadu_si512((const void *)(a + 3 * PN_PAD_ROWS + o)),
+                                                       _mm512_loadu_si512((const void *)(rec + 3 * rows + o)));
+                    __m512i x[3];
+                    for (int p = 0; p < 3; p++) {
+                        x[p] = _mm512_ternarylogic_epi64(_mm512_loadu_si512((const void *)(a + p * PN_PAD_ROWS + o)),
+                                                         _mm512_loadu_si512((const void *)(rec + p * rows + o)), m, 0x28);
+                    }
+                    const __m512i twos = _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(x[0], x[1], x[2], 0xE8));
+                    cd = _mm512_add_epi64(cd, _mm512_add_epi64(_mm512_popcnt_epi64(_mm512_ternarylogic_epi64(x[0], x[1], x[2], 0x96)),
+                                                               _mm512_add_epi64(twos, twos)));
+                    cv = _mm512_add_epi64(cv, _mm512_popcnt_epi64(m));
+                }
+                /* lanes of (D, cells) pairs, folded to one pair */
+                __m512i t = _mm512_add_epi64(_mm512_unpacklo_epi64(cd, cv), _mm512_unpackhi_epi64(cd, cv));
+                __m256i u = _mm256_add_epi64(_mm512_castsi512_si256(t), _mm512_extracti64x4_epi64(t, 1));
+                __m128i w = _mm_add_epi64(_mm256_castsi256_si128(u), _mm256_extracti128_si256(u, 1));
+                dd[s] = _mm_cvtsi128_si64(w);
+                vv[s] = 3 * _mm_extract_epi64(w, 1);
+            }
+        }
+        normalised_hd(dd, vv, nshift, half, nr, hdv);
+        double best = 2.0;
+        int bs = -1;
+        for (int j = 0; j < nshift; j++) {
+            if (hdv[j] < best) { best = hdv[j]; bs = j; }
+        }
+        out_hd[k] = best;
+        if (out_shift) out_shift[k] = bs < 0 ? 0 : (bs / nx - max_dy + PN_MAX_SHIFT) * 32 + (bs % nx - max_dx + PN_MAX_SHIFT);
+        if (out_valid) out_valid[k] = bs < 0 ? 0 : (int32_t)vv[bs];
+    }
+}
+#endif
+
 void pn_match_shifted(const uint32_t *probe, int rows, int max_dx, int max_dy,
                       const uint32_t *records, size_t stride_words, size_t offset_words,
                       const int64_t *idx, size_t n, double n_ref,
                       double *out_hd, int32_t *out_shift, int32_t *out_valid)
 {
 #if PN_X86
+    if (level() >= 3 && rows % 16 == 0) {
+        match_avx512(probe, rows, max_dx, max_dy, records, stride_words, offset_words, idx, n,
+                     n_ref, out_hd, out_shift, out_valid);
+        return;
+    }
     if (level() >= 2 && rows % 8 == 0) {
         match_avx2(probe, rows, max_dx, max_dy, records, stride_words, offset_words, idx, n,
                    n_ref, out_hd, out_shift, out_valid);
@@ -615,7 +689,6 @@ static void scan_avx2_vertical(const uint64_t *probe, size_t n_probes, const int
 #endif
 
 #if PN_X86
-#define PN_AVX512 "avx512f,avx512bw,avx512vl,avx512vpopcntdq,avx512bitalg,popcnt"
 /* 2 D - 3 cells (-384..384) of 8 entries (W: word w of each) against probe words p (broadcast
  * from memory: the probes stay in L1) */
 __attribute__((target(PN_AVX512))) PN_INLINE __m512i scan_u8(const __m512i W[8], const uint64_t *p)
