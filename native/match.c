@@ -14,7 +14,7 @@
                                              0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4)
 
 /* target of the AVX-512 paths (dispatch level 3) */
-#define PN_AVX512 "avx512f,avx512bw,avx512vl,avx512vpopcntdq,avx512bitalg,popcnt"
+#define PN_AVX512 "avx512f,avx512bw,avx512vl,avx512vbmi,avx512vpopcntdq,avx512bitalg,popcnt"
 
 static int pn_level = -1;
 
@@ -25,7 +25,8 @@ static int pn_detect(void)
     if (!__builtin_cpu_supports("popcnt")) return 0;
     if (!__builtin_cpu_supports("avx2")) return 1;
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl")
-        && __builtin_cpu_supports("avx512vpopcntdq") && __builtin_cpu_supports("avx512bitalg")) {
+        && __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vpopcntdq")
+        && __builtin_cpu_supports("avx512bitalg")) {
         return 3;
     }
     return 2;
@@ -1172,12 +1173,91 @@ static void elastic_avx2(const uint32_t *probe, int rows, int radius,
 }
 #endif
 
+#if PN_X86
+/* 16 rows of 32 cells (row r = bytes 4r..4r+3, byte b = column block b) made block-major: block
+ * (r / 8, b) = 64-bit lane 4 (r / 8) + b, byte r % 8 of it, so vpopcntq counts a whole 8x8 block.
+ * The same permutation of probe and record leaves every XOR, AND and count unchanged. */
+__attribute__((target(PN_AVX512))) PN_INLINE __m512i blocks8x8(__m512i x)
+{
+    const __m512i to = _mm512_set_epi8(63, 59, 55, 51, 47, 43, 39, 35, 62, 58, 54, 50, 46, 42, 38, 34,
+                                       61, 57, 53, 49, 45, 41, 37, 33, 60, 56, 52, 48, 44, 40, 36, 32,
+                                       31, 27, 23, 19, 15, 11, 7, 3, 30, 26, 22, 18, 14, 10, 6, 2,
+                                       29, 25, 21, 17, 13, 9, 5, 1, 28, 24, 20, 16, 12, 8, 4, 0);
+    return _mm512_permutexvar_epi8(to, x);
+}
+
+/* AVX-512, blocks of 8x8 cells (rows a multiple of 16): per 16-row register and window shift
+ * the probe's rows are made block-major (blocks8x8; the record's once), each block's D, cells
+ * and g = V - 2D are one 64-bit lane, the best kept per lane (strictly greater: first in order).
+ * The same integers as the scalar path. */
+__attribute__((target(PN_AVX512)))
+static void elastic_avx512(const uint32_t *probe, int rows, int radius,
+                           const uint32_t *records, size_t stride_words, size_t offset_words,
+                           const int64_t *idx, const int32_t *centre, size_t n, double n_ref,
+                           double *out_hd, int32_t *out_valid)
+{
+    shifted_probe_t sh;
+    build_shifted(probe, rows, PN_MAX_SHIFT, sh);
+    const int regs = rows / 16, win = 2 * radius + 1;
+    for (size_t k = 0; k < n; k++) {
+        const uint32_t *rec = records + (size_t)idx[k] * stride_words + offset_words;
+        const int cdy = centre[k] / 32 - PN_MAX_SHIFT, cdx = centre[k] % 32 - PN_MAX_SHIFT;
+        __m512i r[PN_MAX_ROWS / 16][4], bg[PN_MAX_ROWS / 16], bd[PN_MAX_ROWS / 16];
+        for (int c = 0; c < regs; c++) {
+            for (int p = 0; p < 4; p++) r[c][p] = blocks8x8(_mm512_loadu_si512((const void *)(rec + p * rows + 16 * c)));
+            bg[c] = _mm512_set1_epi64(INT64_MIN);
+            bd[c] = _mm512_setzero_si512();
+        }
+        for (int ey = 0; ey < win; ey++) {
+            const int dy = cdy + ey - radius, start = PN_MAX_SHIFT - dy;
+            for (int ex = 0; ex < win; ex++) {
+                const uint32_t *a = sh[cdx + ex - radius + PN_MAX_SHIFT][0] + start;
+                for (int c = 0; c < regs; c++) {
+                    const int o = 16 * c;
+                    const __m512i m = _mm512_and_si512(blocks8x8(_mm512_loadu_si512((const void *)(a + 3 * PN_PAD_ROWS + o))), r[c][3]);
+                    __m512i x[3];
+                    for (int p = 0; p < 3; p++) {
+                        x[p] = _mm512_ternarylogic_epi64(blocks8x8(_mm512_loadu_si512((const void *)(a + p * PN_PAD_ROWS + o))),
+                                                         r[c][p], m, 0x28);
+                    }
+                    const __m512i twos = _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(x[0], x[1], x[2], 0xE8));
+                    const __m512i d = _mm512_add_epi64(_mm512_popcnt_epi64(_mm512_ternarylogic_epi64(x[0], x[1], x[2], 0x96)),
+                                                       _mm512_add_epi64(twos, twos));
+                    const __m512i cells = _mm512_popcnt_epi64(m);
+                    const __m512i g = _mm512_sub_epi64(_mm512_add_epi64(cells, _mm512_add_epi64(cells, cells)), _mm512_add_epi64(d, d));
+                    const __mmask8 up = _mm512_cmpgt_epi64_mask(g, bg[c]);
+                    bg[c] = _mm512_mask_mov_epi64(bg[c], up, g);
+                    bd[c] = _mm512_mask_mov_epi64(bd[c], up, d);
+                }
+            }
+        }
+        int64_t dsum = 0, vsum = 0;
+        for (int c = 0; c < regs; c++) {
+            dsum += _mm512_reduce_add_epi64(bd[c]);
+            vsum += _mm512_reduce_add_epi64(_mm512_add_epi64(bg[c], _mm512_add_epi64(bd[c], bd[c])));   /* V = g + 2D */
+        }
+        double hd = 0.5;
+        if (vsum) {
+            const double vv = (double)vsum;
+            hd = 0.5 - (0.5 - (double)dsum / vv) * sqrt(vv / n_ref);
+        }
+        out_hd[k] = hd;
+        if (out_valid) out_valid[k] = (int32_t)vsum;
+    }
+}
+#endif
+
 void pn_match_elastic(const uint32_t *probe, int rows, int bh, int bw, int radius,
                       const uint32_t *records, size_t stride_words, size_t offset_words,
                       const int64_t *idx, const int32_t *centre, size_t n, double n_ref,
                       double *out_hd, int32_t *out_valid)
 {
 #if PN_X86
+    if (level() >= 3 && bh == 8 && bw == 8 && rows % 16 == 0) {
+        elastic_avx512(probe, rows, radius, records, stride_words, offset_words, idx, centre, n, n_ref,
+                       out_hd, out_valid);
+        return;
+    }
     if (level() >= 2 && bh == 8 && bw == 8 && rows % 8 == 0) {
         elastic_avx2(probe, rows, radius, records, stride_words, offset_words, idx, centre, n, n_ref,
                      out_hd, out_valid);

@@ -214,7 +214,7 @@ def test_match_shifted_avx2_rows_parity(seed, rows, max_dx, max_dy, n_ref):
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), rows=st.sampled_from([8, 16, 32]), cols=st.integers(1, 32),
+@given(seed=st.integers(0, 2**32 - 1), rows=st.sampled_from([8, 16, 32, 64]), cols=st.integers(1, 32),
        block=st.sampled_from([(8, 8), (4, 4), (8, 16), (2, 32)]), radius=st.integers(0, 3),
        valid=st.floats(0.0, 1.0))
 def test_match_elastic_parity(seed, rows, cols, block, radius, valid):
