@@ -1458,17 +1458,15 @@ static void elastic16_avx512(const uint32_t *probe, int radius, const uint32_t *
 {
     shifted_probe_t sh;
     build_shifted(probe, 16, radius, sh);
-    const int nshift = (2 * radius + 1) * (2 * radius + 1), half = (nshift + 1) / 2;
-    __m256i ps[(2 * PN_MAX_SHIFT + 1) * (2 * PN_MAX_SHIFT + 1) + 1][4];
-    for (int dy = -radius, s = 0; dy <= radius; dy++) {
-        for (int dx = -radius; dx <= radius; dx++, s++) {
-            for (int p = 0; p < 4; p++) ps[s][p] = blocks16(pack16_512(sh[dx + radius][p] + PN_MAX_SHIFT - dy));
-        }
-    }
-    for (int p = 0; p < 4; p++) ps[nshift][p] = ps[nshift - 1][p];
+    const int win = 2 * radius + 1, nshift = win * win, half = (nshift + 1) / 2;
     __m512i pz[((2 * PN_MAX_SHIFT + 1) * (2 * PN_MAX_SHIFT + 1) + 1) / 2][4];
     for (int j = 0; j < half; j++) {
-        for (int p = 0; p < 4; p++) pz[j][p] = _mm512_inserti64x4(_mm512_castsi256_si512(ps[j][p]), ps[half + j][p], 1);
+        const int s = half + j < nshift ? half + j : nshift - 1;        /* shift s = (dy + radius) * win + dx + radius */
+        for (int p = 0; p < 4; p++) {
+            const __m256i lo = blocks16(pack16_512(sh[j % win][p] + PN_MAX_SHIFT - (j / win - radius)));
+            const __m256i hi = blocks16(pack16_512(sh[s % win][p] + PN_MAX_SHIFT - (s / win - radius)));
+            pz[j][p] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+        }
     }
     const __m512i floor16 = _mm512_set1_epi16(INT16_MIN);
     for (size_t k = 0; k < n; k++) {
