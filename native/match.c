@@ -689,6 +689,59 @@ static void scan_avx2_vertical(const uint64_t *probe, size_t n_probes, const int
 }
 #endif
 
+/* One group at a time through the AVX2 / POPCNT / portable paths (out_stride 0: each group's
+ * scores of a block of entries into a stack buffer, merged into the running minimum). */
+#define PN_SCAN_BLOCK 512
+static void scan_one(const uint64_t *p, size_t n_probes, const int32_t *nrm, const uint64_t *sigs,
+                     const uint8_t *live, size_t n, uint16_t *o)
+{
+#if PN_X86
+    const int lv = level();
+    if (lv >= 2 && n_probes <= PN_SCAN_MAX_PROBES) {
+        scan_avx2_vertical(p, n_probes, nrm, sigs, live, n, o);
+        return;
+    }
+    if (lv >= 2) {
+        scan_avx2(p, n_probes, nrm, sigs, live, n, o);
+        return;
+    }
+    if (lv >= 1) {
+        scan_popcnt(p, n_probes, nrm, sigs, live, n, o);
+        return;
+    }
+#endif
+    scan_portable(p, n_probes, nrm, sigs, live, n, o);
+}
+
+static void scan_groups(const uint64_t *probe, size_t n_groups, size_t n_probes, const int32_t *norm,
+                        const uint64_t *sigs, const uint8_t *live, size_t n, uint16_t *out, size_t out_stride,
+                        uint8_t *owner)
+{
+    if (out_stride) {
+        for (size_t g = 0; g < n_groups; g++) {
+            scan_one(probe + 8 * g * n_probes, n_probes, norm ? norm + 2 * g * n_probes : NULL, sigs, live, n,
+                     out + g * out_stride);
+        }
+        return;
+    }
+    uint16_t part[PN_SCAN_BLOCK];
+    for (size_t a = 0; a < n; a += PN_SCAN_BLOCK) {
+        const size_t m = n - a < PN_SCAN_BLOCK ? n - a : PN_SCAN_BLOCK;
+        scan_one(probe, n_probes, norm, sigs + 8 * a, live + a, m, out + a);
+        if (owner) memset(owner + a, 0, m);
+        for (size_t g = 1; g < n_groups; g++) {
+            scan_one(probe + 8 * g * n_probes, n_probes, norm ? norm + 2 * g * n_probes : NULL, sigs + 8 * a,
+                     live + a, m, part);
+            for (size_t j = 0; j < m; j++) {
+                if (part[j] < out[a + j]) {
+                    out[a + j] = part[j];
+                    if (owner) owner[a + j] = (uint8_t)g;
+                }
+            }
+        }
+    }
+}
+
 #if PN_X86
 /* 2 D - 3 cells (-384..384) of 8 entries (W: word w of each) against probe words p (broadcast
  * from memory: the probes stay in L1) */
@@ -745,7 +798,8 @@ __attribute__((target(PN_AVX512))) PN_INLINE void scan_transpose8(const uint64_t
  * Two groups of 8 entries per pass over the variants. Same integers as the scalar path. */
 __attribute__((target(PN_AVX512)))
 static void scan_avx512(const uint64_t *probe, size_t n_groups, size_t n_probes, const int32_t *norm,
-                        const uint64_t *sigs, const uint8_t *live, size_t n, uint16_t *out, size_t out_stride)
+                        const uint64_t *sigs, const uint8_t *live, size_t n, uint16_t *out, size_t out_stride,
+                        uint8_t *owner)
 {
     const __m512i zero = _mm512_setzero_si512(), top = _mm512_set1_epi64(PN_NORM_MAX);
     const __m512i dead_score = _mm512_set1_epi64(0xFFFF);
@@ -763,6 +817,7 @@ static void scan_avx512(const uint64_t *probe, size_t n_groups, size_t n_probes,
         const __m128i lv = _mm_loadu_si128((const __m128i *)(live + k));
         const __mmask8 dead = _mm512_cmpeq_epi64_mask(_mm512_cvtepu8_epi64(lv), zero);
         const __mmask8 dead2 = _mm512_cmpeq_epi64_mask(_mm512_cvtepu8_epi64(_mm_srli_si128(lv, 8)), zero);
+        __m512i low = zero, low2 = zero, own = zero, own2 = zero;    /* out_stride 0: over the groups */
         for (size_t g = 0, q = 0; g < n_groups; g++) {
             __m512i best = _mm512_set1_epi64(INT64_MAX), best2 = best;
             for (size_t end = q + n_probes; q < end; q++) {
@@ -772,53 +827,47 @@ static void scan_avx512(const uint64_t *probe, size_t n_groups, size_t n_probes,
             }
             best = _mm512_min_epi64(_mm512_srai_epi64(_mm512_max_epi64(best, zero), PN_NORM_SHIFT), top);
             best2 = _mm512_min_epi64(_mm512_srai_epi64(_mm512_max_epi64(best2, zero), PN_NORM_SHIFT), top);
-            uint16_t *o = out + g * out_stride + k;
-            _mm_storeu_si128((__m128i *)o, _mm512_cvtepi64_epi16(_mm512_mask_mov_epi64(best, dead, dead_score)));
-            _mm_storeu_si128((__m128i *)(o + 8), _mm512_cvtepi64_epi16(_mm512_mask_mov_epi64(best2, dead2, dead_score)));
+            if (out_stride) {
+                uint16_t *o = out + g * out_stride + k;
+                _mm_storeu_si128((__m128i *)o, _mm512_cvtepi64_epi16(_mm512_mask_mov_epi64(best, dead, dead_score)));
+                _mm_storeu_si128((__m128i *)(o + 8), _mm512_cvtepi64_epi16(_mm512_mask_mov_epi64(best2, dead2, dead_score)));
+            } else if (g == 0) {
+                low = best;
+                low2 = best2;
+            } else {                                         /* strictly lower: the first group on ties */
+                const __m512i gv = _mm512_set1_epi64((long long)g);
+                const __mmask8 lt = _mm512_cmplt_epi64_mask(best, low), lt2 = _mm512_cmplt_epi64_mask(best2, low2);
+                low = _mm512_mask_mov_epi64(low, lt, best);
+                low2 = _mm512_mask_mov_epi64(low2, lt2, best2);
+                own = _mm512_mask_mov_epi64(own, lt, gv);
+                own2 = _mm512_mask_mov_epi64(own2, lt2, gv);
+            }
+        }
+        if (!out_stride) {
+            _mm_storeu_si128((__m128i *)(out + k), _mm512_cvtepi64_epi16(_mm512_mask_mov_epi64(low, dead, dead_score)));
+            _mm_storeu_si128((__m128i *)(out + k + 8), _mm512_cvtepi64_epi16(_mm512_mask_mov_epi64(low2, dead2, dead_score)));
+            if (owner) {
+                _mm_storel_epi64((__m128i *)(owner + k), _mm512_cvtepi64_epi8(_mm512_maskz_mov_epi64((__mmask8)~dead, own)));
+                _mm_storel_epi64((__m128i *)(owner + k + 8), _mm512_cvtepi64_epi8(_mm512_maskz_mov_epi64((__mmask8)~dead2, own2)));
+            }
         }
     }
-    for (size_t g = 0; k < n && g < n_groups; g++) {
-        const size_t q = g * n_probes;
-        scan_avx2_vertical(probe + 8 * q, n_probes, norm ? norm + 2 * q : NULL, sigs + 8 * k, live + k, n - k,
-                           out + g * out_stride + k);
-    }
+    if (k < n) scan_groups(probe, n_groups, n_probes, norm, sigs + 8 * k, live + k, n - k, out + k, out_stride,
+                           owner ? owner + k : NULL);
 }
 #endif
-
-/* one group at a time through the AVX2 / POPCNT / portable paths */
-static void scan_groups(const uint64_t *probe, size_t n_groups, size_t n_probes, const int32_t *norm,
-                        const uint64_t *sigs, const uint8_t *live, size_t n, uint16_t *out, size_t out_stride)
-{
-    for (size_t g = 0; g < n_groups; g++) {
-        const uint64_t *p = probe + 8 * g * n_probes;
-        const int32_t *nrm = norm ? norm + 2 * g * n_probes : NULL;
-        uint16_t *o = out + g * out_stride;
-#if PN_X86
-        const int lv = level();
-        if (lv >= 2 && n_probes <= PN_SCAN_MAX_PROBES) {
-            scan_avx2_vertical(p, n_probes, nrm, sigs, live, n, o);
-        } else if (lv >= 2) {
-            scan_avx2(p, n_probes, nrm, sigs, live, n, o);
-        } else if (lv >= 1) {
-            scan_popcnt(p, n_probes, nrm, sigs, live, n, o);
-        } else
-#endif
-        {
-            scan_portable(p, n_probes, nrm, sigs, live, n, o);
-        }
-    }
-}
 
 void pn_prefilter_scores(const uint64_t *probe_sigs, size_t n_groups, size_t n_probes, const int32_t *norm,
-                         const uint64_t *sigs, const uint8_t *live, size_t n, uint16_t *out, size_t out_stride)
+                         const uint64_t *sigs, const uint8_t *live, size_t n, uint16_t *out, size_t out_stride,
+                         uint8_t *owner)
 {
 #if PN_X86
     if (level() >= 3 && n_groups * n_probes <= PN_SCAN_MAX_PAIRS && n_probes <= PN_SCAN_MAX_PROBES) {
-        scan_avx512(probe_sigs, n_groups, n_probes, norm, sigs, live, n, out, out_stride);
+        scan_avx512(probe_sigs, n_groups, n_probes, norm, sigs, live, n, out, out_stride, owner);
         return;
     }
 #endif
-    scan_groups(probe_sigs, n_groups, n_probes, norm, sigs, live, n, out, out_stride);
+    scan_groups(probe_sigs, n_groups, n_probes, norm, sigs, live, n, out, out_stride, owner);
 }
 
 /* ---------------------------------------------------------------- shortlist select */

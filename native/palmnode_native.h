@@ -96,11 +96,14 @@ void pn_vein_signatures(const uint32_t *planes, size_t n_codes, const int32_t *o
  * clamp((s * norm[2q] + norm[2q+1]) >> PN_NORM_SHIFT, 0, PN_NORM_MAX)
  * (norm[2q] in 1..65535; e.g. its standardised score, the pre-filter's pair normalisation).
  * out[g * out_stride + k] = the minimum score over group g's probes; live[k] == 0 marks a
- * removed entry: 0xFFFF. One pass over the signatures for all groups on AVX-512. */
+ * removed entry: 0xFFFF. out_stride == 0: one row, out[k] = the minimum over all groups, and
+ * owner[k] (owner may be NULL; n_groups <= 256) the first group attaining it (0 for removed
+ * entries). One pass over the signatures for all groups on AVX-512. */
 #define PN_NORM_SHIFT 10
 #define PN_NORM_MAX 1023
 void pn_prefilter_scores(const uint64_t *probe_sigs, size_t n_groups, size_t n_probes, const int32_t *norm,
-                         const uint64_t *sigs, const uint8_t *live, size_t n, uint16_t *out, size_t out_stride);
+                         const uint64_t *sigs, const uint8_t *live, size_t n, uint16_t *out, size_t out_stride,
+                         uint8_t *owner);
 
 /* The k entries with the smallest (score, index) among scores < 1024, written to out_idx in
  * increasing index order; returns how many were written (< k when fewer qualify). */

@@ -441,7 +441,7 @@ def main(args: argparse.Namespace | None = None) -> dict:
             dropped.append(mate not in set(short.tolist()))
             fast.append(was_fast)
             starts = np.concatenate([[0], np.cumsum([c for _, c, _ in snap])])
-            scan = g.prefilter.signature_scores([t for t in p.templates if t.vein is not None], snap, starts).min(axis=0)
+            scan = g.prefilter.signature_scores([t for t in p.templates if t.vein is not None], snap, starts)[0]
             drop_stage1.append(int(np.count_nonzero(scan[:mate] <= scan[mate])) + int(np.count_nonzero(scan[mate + 1:] < scan[mate])) >= k1)
             missed.append(not res or res[0].person_id != f"mate{i}")
             progress.update()

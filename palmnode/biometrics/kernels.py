@@ -509,12 +509,46 @@ def prefilter_scores(probe_sig: np.ndarray, sigs: np.ndarray, live: np.ndarray, 
 
 
 def _scan(probe_sig: np.ndarray, norm: np.ndarray | None, sigs: np.ndarray, live: np.ndarray, out: np.ndarray,
-          out_stride: int) -> None:
+          out_stride: int, owner: np.ndarray | None = None) -> None:
     g, p, _ = probe_sig.shape
     _lib.pn_prefilter_scores(_ptr("const uint64_t *", probe_sig), g, p,
                              _ffi.NULL if norm is None else _ptr("const int32_t *", norm),
                              _ptr("const uint64_t *", sigs), _ptr("const uint8_t *", live), sigs.shape[0],
-                             _ffi.cast("uint16_t *", out.ctypes.data), out_stride)
+                             _ffi.cast("uint16_t *", out.ctypes.data), out_stride,
+                             _ffi.NULL if owner is None else _ffi.cast("uint8_t *", owner.ctypes.data))
+
+
+def _check_out(a, dtype: type, n: int, name: str) -> np.ndarray:
+    if a is None:
+        return np.empty(n, dtype)
+    if not isinstance(a, np.ndarray) or a.dtype != dtype or a.shape != (n,) or not a.flags.writeable \
+            or a.strides[0] != a.itemsize:
+        raise ValueError(f"{name} must be a writeable contiguous {np.dtype(dtype).name} array of {n} entries")
+    return a
+
+
+def prefilter_best(probe_sig: np.ndarray, sigs: np.ndarray, live: np.ndarray, *, norm: np.ndarray | None = None,
+                   out: np.ndarray | None = None, owner: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(uint16 (N,), uint8 (N,)): each entry's minimum of :func:`prefilter_scores` over the G
+    groups of ``probe_sig`` (uint64 (G, P, 8), G <= 256) and the first group attaining it (0 for
+    removed entries), in C, in one pass and without the (G, N) rows. ``out`` / ``owner``:
+    optional writeable contiguous arrays to fill (e.g. slices of gallery-wide arrays)."""
+    probe_sig = _array(probe_sig, np.uint64, 3, "probe_sig")
+    probe_sig, sigs, live = _check_scan_args(probe_sig, sigs, live)
+    if probe_sig.shape[0] > 256:
+        raise ValueError(f"at most 256 groups, got {probe_sig.shape[0]}")
+    norm = _check_norm(norm, probe_sig.shape[:2])
+    n = sigs.shape[0]
+    out, owner = _check_out(out, np.uint16, n, "out"), _check_out(owner, np.uint8, n, "owner")
+    _scan(probe_sig, norm, sigs, live, out, 0, owner)
+    return out, owner
+
+
+def prefilter_best_reference(probe_sig: np.ndarray, sigs: np.ndarray, live: np.ndarray, *,
+                             norm: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """NumPy reference of :func:`prefilter_best`."""
+    rows = prefilter_scores_reference(_array(probe_sig, np.uint64, 3, "probe_sig"), sigs, live, norm=norm)
+    return rows.min(axis=0), rows.argmin(axis=0).astype(np.uint8)
 
 
 def prefilter_scores_reference(probe_sig: np.ndarray, sigs: np.ndarray, live: np.ndarray, *,

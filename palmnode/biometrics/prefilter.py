@@ -278,23 +278,25 @@ class Prefilter:
         return self.exit_score is not None and probe.vein is not None and total > self.shortlist_size(total)
 
     def signature_scores(self, probes: Sequence[PalmTemplate], snap: Sequence, starts: np.ndarray, *,
-                         fast: bool = False, stop: threading.Event | None = None, map_: Mapper = map) -> np.ndarray:
-        """uint16 (len(probes), total): every entry's signature score by each probe template (each
-        with a vein code) at its best offset (fast_offsets when ``fast``, else probe_offsets), the
-        (template, offset) pairs standardised first when there is more than one
-        (:func:`pair_norms`); the stage-1 score is the minimum over the templates. One task per
-        segment through ``map_``."""
+                         fast: bool = False, stop: threading.Event | None = None,
+                         map_: Mapper = map) -> tuple[np.ndarray, np.ndarray]:
+        """(uint16 (total,), uint8 (total,)): every entry's stage-1 score, its best signature
+        score over the probe templates (each with a vein code) at every offset (fast_offsets
+        when ``fast``, else probe_offsets), the (template, offset) pairs standardised first when
+        there is more than one (:func:`pair_norms`), and the template that scored it best (its
+        *owner*, the first on ties). One task per segment through ``map_``."""
         psig = probe_signatures(probes, self.fast_offsets if fast else self.probe_offsets)
         # one pair alone needs no common scale: the fast pass ranks by its raw scores
         norms = None if psig.shape[0] * psig.shape[1] == 1 else pair_norms(psig, snap, starts)
-        scores = np.empty((len(probes), int(starts[-1])), np.uint16)
+        total = int(starts[-1])
+        best, owner = np.empty(total, np.uint16), np.empty(total, np.uint8)
 
         def scan(s: int) -> None:
             check(stop)
             (seg, n, live), a = snap[s], starts[s]
-            kernels.prefilter_scores(psig, seg.index[:n], live[:n], out=scores[:, a:a + n], norm=norms)
+            kernels.prefilter_best(psig, seg.index[:n], live[:n], norm=norms, out=best[a:a + n], owner=owner[a:a + n])
         list(map_(scan, range(len(snap))))
-        return scores
+        return best, owner
 
     def select(self, probe: PalmTemplate, snap: Sequence, starts: np.ndarray, *, fast: bool = False,
                variants: Sequence[PalmTemplate] = (), ranked: bool = False,
@@ -316,8 +318,7 @@ class Prefilter:
         if total <= size or probe.vein is None:   # the signature is vein-only: no vein, no ranking
             return np.concatenate([np.flatnonzero(live[:n]) + a for (_, n, live), a in zip(snap, starts[:-1])])
         probes = [probe] if fast else [probe, *(t for t in variants if t.vein is not None)]
-        scores = self.signature_scores(probes, snap, starts, fast=fast, stop=stop, map_=map_)
-        best = scores[0] if len(probes) == 1 else scores.min(axis=0)
+        best, owner = self.signature_scores(probes, snap, starts, fast=fast, stop=stop, map_=map_)
         k1 = self.stage1_size(total)
         if fast:
             k1, size = self.fast_sizes(total)
@@ -326,7 +327,7 @@ class Prefilter:
             return chosen[np.lexsort((chosen, best[chosen]))] if ranked else chosen
         first = kernels.select_smallest(best, k1)
         hd = vein_stage(probe, snap, starts, first, stop, map_)
-        owner = np.argmin(scores[:, first], axis=0)          # the template that scored it best
+        owner = owner[first]                                   # the template that scored it best
         for v in range(1, len(probes)):
             mine = np.flatnonzero(owner == v)
             if mine.size:

@@ -184,6 +184,12 @@ def test_select_smallest_ties_by_index():
     lambda: kernels.match_shifted(np.zeros((4, 2), np.uint32), np.zeros((2, 8), np.uint32), np.array([0]), max_dx=1, max_dy=1, n_ref=float("nan")),
     lambda: kernels.prefilter_scores(np.zeros(8, np.uint64), np.zeros((3, 8), np.uint64), np.ones(2, np.uint8)),
     lambda: kernels.prefilter_scores(np.zeros(7, np.uint64), np.zeros((3, 8), np.uint64), np.ones(3, np.uint8)),
+    lambda: kernels.prefilter_best(np.zeros((1, 1, 8), np.uint64), np.zeros((3, 8), np.uint64), np.ones(3, np.uint8),
+                                   out=np.zeros(2, np.uint16)),
+    lambda: kernels.prefilter_best(np.zeros((1, 1, 8), np.uint64), np.zeros((3, 8), np.uint64), np.ones(3, np.uint8),
+                                   owner=np.zeros(6, np.uint8)[::2]),
+    lambda: kernels.prefilter_best(np.zeros((257, 1, 8), np.uint64), np.zeros((3, 8), np.uint64), np.ones(3, np.uint8)),
+    lambda: kernels.prefilter_best(np.zeros((1, 8), np.uint64), np.zeros((3, 8), np.uint64), np.ones(3, np.uint8)),
     lambda: kernels.select_smallest(np.zeros(3, np.int32), 1),
     lambda: kernels.select_smallest(np.zeros(3, np.uint16), -1),
     lambda: kernels.dispatch_level(4),
@@ -342,6 +348,42 @@ def test_prefilter_parity_with_groups_into_strided_rows(seed, n, groups, variant
         got = kernels.prefilter_scores(probes, sigs, live, norm=norm, out=whole[:, 4:4 + n])
         assert got.base is whole and np.array_equal(whole[:, 4:4 + n], ref)
         assert (whole[:, :4] == 7).all() and (whole[:, 4 + n:] == 7).all()
+    kernels.dispatch_level(kernels.LEVELS[-1])
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 50), groups=st.integers(1, 6), variants=st.integers(1, 14),
+       normed=st.booleans(), repeat=st.booleans())
+def test_prefilter_best_is_the_minimum_over_groups_and_its_first_group(seed, n, groups, variants, normed, repeat):
+    """prefilter_best (one row: the minimum over the groups, and the first group attaining it)
+    equals the minimum and argmin of the groups' rows on every path; a repeated group never owns
+    an entry (ties go to the first), removed entries score 0xFFFF owned by group 0."""
+    rng = np.random.default_rng(seed)
+    sigs = rng.integers(0, 2**64, (n, 8), dtype=np.uint64)
+    sigs[:, [3, 7]] &= rng.integers(0, 2**64, (n, 2), dtype=np.uint64)
+    live = (rng.random(n) >= 0.2).astype(np.uint8)
+    probes = rng.integers(0, 2**64, (groups, variants, 8), dtype=np.uint64)
+    norm = None
+    if normed:
+        norm = np.stack([rng.integers(1, 65536, (groups, variants)),
+                         rng.integers(-2**31, 2**31, (groups, variants))], -1).astype(np.int32)
+    if repeat and groups > 1:
+        probes[-1] = probes[0]
+        if norm is not None:
+            norm[-1] = norm[0]
+    rows = kernels.prefilter_scores_reference(probes, sigs, live, norm=norm)
+    want = kernels.prefilter_best_reference(probes, sigs, live, norm=norm)
+    assert np.array_equal(want[0], rows.min(axis=0)) and np.array_equal(want[1], rows.argmin(axis=0))
+    if repeat and groups > 1:
+        assert not (want[1] == groups - 1).any()
+    assert (want[0][live == 0] == 0xFFFF).all() and (want[1][live == 0] == 0).all()
+    for lv in LEVELS:
+        kernels.dispatch_level(lv)
+        best = np.full(n + 3, 7, np.uint16)
+        owner = np.full(n + 3, 9, np.uint8)
+        got = kernels.prefilter_best(probes, sigs, live, norm=norm, out=best[1:n + 1], owner=owner[1:n + 1])
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+        assert best[0] == best[-2] == best[-1] == 7 and owner[0] == owner[-2] == owner[-1] == 9
     kernels.dispatch_level(kernels.LEVELS[-1])
 
 

@@ -493,12 +493,12 @@ def test_a_search_split_over_threads_finds_what_one_thread_finds(templates, monk
     one.add_many(entries)
     two.add_many(entries)
     scanned_in = set()
-    scan = kernels.prefilter_scores
+    scan = kernels.prefilter_best
 
     def watched(*args, **kwargs):
         scanned_in.add(threading.current_thread().name)
         return scan(*args, **kwargs)
-    monkeypatch.setattr(kernels, "prefilter_scores", watched)
+    monkeypatch.setattr(kernels, "prefilter_best", watched)
     probes = [templates[i][1] for i in range(0, N, 3)] + [_random_template(rng) for _ in range(2)]
     for probe in probes:
         found = two.search(probe, k=5)
