@@ -468,8 +468,9 @@ def _check_norm(norm, shape: tuple[int, int]) -> np.ndarray | None:
     """norm as int32 (G, P, 2) for probe signatures of shape (G, P)."""
     if norm is None:
         return None
-    norm = _array(norm, np.int32, norm.ndim if isinstance(norm, np.ndarray) and norm.ndim in (2, 3) else 3, "norm")
-    norm = norm.reshape((1,) * (3 - norm.ndim) + norm.shape)
+    if isinstance(norm, np.ndarray) and norm.ndim == 2:
+        norm = norm[None]
+    norm = _array(norm, np.int32, 3, "norm")
     if norm.shape != (*shape, 2):
         raise ValueError(f"norm must be int32 {(*shape, 2)}: a multiplier and an offset per probe signature")
     if norm[..., 0].min() < 1 or norm[..., 0].max() > 65535:
@@ -482,29 +483,54 @@ def prefilter_scores(probe_sig: np.ndarray, sigs: np.ndarray, live: np.ndarray, 
     """Pre-filter score of every signature (uint64 (N, 8)) against the probe's, in C.
 
     ``probe_sig``: uint64 (8,) or (P, 8) for P variants of the probe (e.g. at grid offsets):
-    each entry scores the minimum over the variants, uint16 (N,); or (G, P, 8), G groups of
-    variants (e.g. one per probe template): uint16 (G, N), the minimum within each group, all
-    groups in one pass over the signatures.
+    each entry scores the minimum over the variants.
 
     ``384 + 2*D - V`` over both halves' 8x8 coarse codes (D differing bits where both are
     valid, V jointly valid bits: an unknown bit counts half a difference; lower = closer, 0..768);
-    entries with ``live == 0`` score 0xFFFF. ``norm``: int32 (P, 2) or (G, P, 2), variant q's
-    score s counts as ``clamp((s * norm[q, 0] + norm[q, 1]) >> NORM_SHIFT, 0, NORM_MAX)`` (puts
-    the variants on one scale: prefilter.pair_norms). Uses AVX-512 or AVX2 where the CPU has
-    them. ``out``: an optional writeable uint16 array of the result's shape to fill, its scores
-    contiguous along N (e.g. a slice of a gallery-wide array).
+    entries with ``live == 0`` score 0xFFFF. ``norm``: int32 (P, 2), variant q's score s counts
+    as ``clamp((s * norm[q, 0] + norm[q, 1]) >> NORM_SHIFT, 0, NORM_MAX)`` (puts the variants on
+    one scale: prefilter.pair_norms). Uses AVX-512 or AVX2 where the CPU has them. ``out``: an
+    optional writeable contiguous uint16 array of N scores to fill (e.g. a gallery-wide array's slice).
     """
+    if isinstance(probe_sig, np.ndarray) and probe_sig.ndim == 3:
+        raise ValueError("probe_sig must be uint64 (8,) or (P, 8); groups of variants: prefilter_best")
+    probe_sig, sigs, live = _check_scan_args(probe_sig, sigs, live)
+    norm = _check_norm(norm, probe_sig.shape[:2])
+    out = _check_out(out, np.uint16, sigs.shape[0], "out")
+    _scan(probe_sig, norm, sigs, live, out, sigs.shape[0])
+    return out
+
+
+def prefilter_scores_reference(probe_sig: np.ndarray, sigs: np.ndarray, live: np.ndarray, *,
+                               norm: np.ndarray | None = None) -> np.ndarray:
+    """NumPy reference of :func:`prefilter_scores`; uint16 (G, N) for G groups of variants
+    (uint64 (G, P, 8)), the minimum within each group."""
     grouped = isinstance(probe_sig, np.ndarray) and probe_sig.ndim == 3
     probe_sig, sigs, live = _check_scan_args(probe_sig, sigs, live)
-    g, p, n = probe_sig.shape[0], probe_sig.shape[1], sigs.shape[0]
-    norm = _check_norm(norm, (g, p))
-    shape = (g, n) if grouped else (n,)
-    if out is None:
-        out = np.empty(shape, np.uint16)
-    elif (not isinstance(out, np.ndarray) or out.dtype != np.uint16 or out.shape != shape or not out.flags.writeable
-          or out.strides[-1] != 2 or (grouped and (out.strides[0] < 0 or out.strides[0] % 2))):
-        raise ValueError(f"out must be a writeable uint16 array of shape {shape}, contiguous along its last axis")
-    _scan(probe_sig, norm, sigs, live, out, out.strides[0] // 2 if grouped else n)
+    norm = _check_norm(norm, probe_sig.shape[:2])
+    s = sigs.reshape(-1, 2, 4)
+    rows = []
+    for g, group in enumerate(probe_sig):
+        score = np.full(sigs.shape[0], 0xFFFF, np.int64)
+        for q, variant in enumerate(group):
+            p = variant.reshape(2, 4)
+            m = s[:, :, 3] & p[:, 3]
+            d = _popcount((s[:, :, :3] ^ p[:, :3]) & m[:, :, None]).sum(axis=(1, 2))
+            v = 3 * _popcount(m).sum(axis=1)
+            mine = 384 + 2 * d - v
+            if norm is not None:
+                mine = np.clip((mine * int(norm[g, q, 0]) + int(norm[g, q, 1])) >> NORM_SHIFT, 0, NORM_MAX)
+            score = np.minimum(score, mine)
+        rows.append(np.where(live != 0, score, 0xFFFF).astype(np.uint16))
+    return np.stack(rows) if grouped else rows[0]
+
+
+def prefilter_scores_each(probe_sigs: np.ndarray, sigs: np.ndarray, live: np.ndarray) -> np.ndarray:
+    """uint16 (P, N): :func:`prefilter_scores` of each of P probe signatures (uint64 (P, 8)) on
+    its own (no minimum, no norm), in one C call: P groups of one, a row each."""
+    probe_sigs, sigs, live = _check_scan_args(_array(probe_sigs, np.uint64, 2, "probe_sigs")[:, None], sigs, live)
+    out = np.empty((probe_sigs.shape[0], sigs.shape[0]), np.uint16)
+    _scan(probe_sigs, None, sigs, live, out, sigs.shape[0])
     return out
 
 
@@ -549,38 +575,6 @@ def prefilter_best_reference(probe_sig: np.ndarray, sigs: np.ndarray, live: np.n
     """NumPy reference of :func:`prefilter_best`."""
     rows = prefilter_scores_reference(_array(probe_sig, np.uint64, 3, "probe_sig"), sigs, live, norm=norm)
     return rows.min(axis=0), rows.argmin(axis=0).astype(np.uint8)
-
-
-def prefilter_scores_reference(probe_sig: np.ndarray, sigs: np.ndarray, live: np.ndarray, *,
-                               norm: np.ndarray | None = None) -> np.ndarray:
-    """NumPy reference of :func:`prefilter_scores`."""
-    grouped = isinstance(probe_sig, np.ndarray) and probe_sig.ndim == 3
-    probe_sig, sigs, live = _check_scan_args(probe_sig, sigs, live)
-    norm = _check_norm(norm, probe_sig.shape[:2])
-    s = sigs.reshape(-1, 2, 4)
-    rows = []
-    for g, group in enumerate(probe_sig):
-        score = np.full(sigs.shape[0], 0xFFFF, np.int64)
-        for q, variant in enumerate(group):
-            p = variant.reshape(2, 4)
-            m = s[:, :, 3] & p[:, 3]
-            d = _popcount((s[:, :, :3] ^ p[:, :3]) & m[:, :, None]).sum(axis=(1, 2))
-            v = 3 * _popcount(m).sum(axis=1)
-            mine = 384 + 2 * d - v
-            if norm is not None:
-                mine = np.clip((mine * int(norm[g, q, 0]) + int(norm[g, q, 1])) >> NORM_SHIFT, 0, NORM_MAX)
-            score = np.minimum(score, mine)
-        rows.append(np.where(live != 0, score, 0xFFFF).astype(np.uint16))
-    return np.stack(rows) if grouped else rows[0]
-
-
-def prefilter_scores_each(probe_sigs: np.ndarray, sigs: np.ndarray, live: np.ndarray) -> np.ndarray:
-    """uint16 (P, N): :func:`prefilter_scores` of each of P probe signatures (uint64 (P, 8)) on
-    its own (no minimum, no norm): P groups of one."""
-    probe_sigs, sigs, live = _check_scan_args(_array(probe_sigs, np.uint64, 2, "probe_sigs")[:, None], sigs, live)
-    out = np.empty((probe_sigs.shape[0], sigs.shape[0]), np.uint16)
-    _scan(probe_sigs, None, sigs, live, out, sigs.shape[0])
-    return out
 
 
 def select_smallest(scores: np.ndarray, k: int) -> np.ndarray:
