@@ -121,6 +121,7 @@ class Illuminator:
         self._deadman_ack: int | None = None
         self._unacked_feed_at: float | None = None  # trio time of the oldest feed not yet acknowledged
         self._adc: int | None = None
+        self._adc_at: float | None = None  # trio time of the last thermistor reading
         self._hot = False         # this driver's limit is exceeded (latched until cooled)
         self._board_hot = False   # the board reported its own cutoff (latched until it clears it)
         self._ready = False
@@ -266,9 +267,15 @@ class Illuminator:
                 # talking, but no longer confirming its dead-man timer: it may not switch off for a dead host
                 raise ProtocolError(f"{self._name}: dead-man feed not acknowledged within {self.timeout:g} s; "
                                     f"reset the board")
+            # talking, but its temperature no longer known: lights could burn on unwatched (twice the
+            # timeout, so that a board gone silent altogether is the DeviceTimeout above first)
+            reading_until = self._adc_at + 2 * self.timeout
+            if now >= reading_until:
+                raise ProtocolError(f"{self._name}: no thermistor reading for {2 * self.timeout:g} s (it should "
+                                    f"report every {self.sampling_interval_ms} ms); reset the board")
             data = b""
             unacked_until = math.inf if self._unacked_feed_at is None else self._unacked_feed_at + self.timeout
-            with trio.move_on_at(min(next_feed, silent_since + self.timeout, unacked_until)):
+            with trio.move_on_at(min(next_feed, silent_since + self.timeout, unacked_until, reading_until)):
                 data = await self._port.receive_some()
             if data:
                 frames = self.stats.frames_ok
@@ -378,6 +385,7 @@ class Illuminator:
         match event:
             case fc.AnalogMessage(channel, value) if channel == self.thermistor_pin:
                 self._adc = value
+                self._adc_at = trio.current_time()
                 if self._ready:
                     await self._check_temperature()
             case fc.DeadmanAck(timeout_ms):

@@ -101,6 +101,9 @@ class IlluminatorEmulator(SerialEmulator):
         #: a fault to inject: "disarm" (the board arms and acknowledges 0 ms whatever the host
         #: asks, as a firmware misreading the 14-bit timeout would), "no_ack" (it arms, silently)
         self.deadman_fault: str | None = None
+        #: a fault to inject: the board stops reporting its analog channels while everything else
+        #: (acks, pin states, its own cutoff) goes on, as a firmware whose sampling loop stalled
+        self.analog_silent = False
         self.overtemp_trips = 0
         self.boots = 0
         self._ambient_c = ambient_c
@@ -309,6 +312,8 @@ class IlluminatorEmulator(SerialEmulator):
             await self._notice(NOTICE_COOLED)
         for channel in sorted(self._report_analog):
             # re-checked per channel: a reset during an earlier report's send turns reporting off
+            if self.analog_silent:
+                break
             if channel in self._report_analog and self._mode.get(self._analog_pin(channel)) == fc.MODE_ANALOG:
                 await self.send(fc.analog_message(channel, self._analog_read(channel)))
         self._notify()

@@ -422,6 +422,17 @@ async def test_a_board_that_no_longer_confirms_its_deadman_timer_is_reset_and_go
     await fails_then_goes_dark(lights, emu, ProtocolError, message)
 
 
+async def test_a_board_that_stops_reporting_its_thermistor_is_reset_and_goes_dark(nursery, emu):
+    # still acknowledging every dead-man feed, so not silent; but the driver no longer knows the
+    # temperature, and the board heats past the limit unwatched
+    lights = await open_lights(emu, deadman_ms=300, timeout=0.5)
+    await lights.set_level("ir", 1.0)
+    emu.analog_silent = True
+    emu.heat(40.0)
+    await fails_then_goes_dark(lights, emu, ProtocolError, "no thermistor reading for 1 s")
+    assert lights.stats.deadman_acks > 0
+
+
 async def test_a_board_reopened_while_cooling_stays_locked_out_until_it_has_cooled(nursery, emu):
     # over the limit, then cooling inside the hysteresis band when the board is reopened (a
     # reconnect after DeviceLost, a node restart): the new driver must not take it for cool
