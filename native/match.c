@@ -105,6 +105,18 @@ void pn_hamming_masked(const uint64_t *a, const uint64_t *b, const uint64_t *ma,
 #define PN_PAD_ROWS (PN_MAX_ROWS + 2 * PN_MAX_SHIFT)
 #define PN_PREFETCH 8   /* entries ahead whose record the AVX2 loops prefetch */
 
+#if PN_X86
+/* Scattered entries (DRAM latency bound): fetch the record PN_PREFETCH entries ahead of entry k. */
+PN_INLINE void prefetch_ahead(const uint32_t *records, const int64_t *idx, size_t k, size_t n,
+                              size_t stride_words, size_t offset_words, int bytes)
+{
+    if (k + PN_PREFETCH < n) {
+        const char *f = (const char *)(records + (size_t)idx[k + PN_PREFETCH] * stride_words + offset_words);
+        for (int l = 0; l < bytes; l += 64) _mm_prefetch(f + l, _MM_HINT_T0);
+    }
+}
+#endif
+
 static inline uint32_t shift_row(uint32_t w, int dx)
 {
     return dx >= 0 ? (uint32_t)(w << dx) : (w >> (-dx));
@@ -266,6 +278,24 @@ __attribute__((target("avx2"))) PN_INLINE void normalised_hd(int64_t *dd, int64_
     }
 }
 
+/* Entry k's outputs from the (D, V) of its nshift shifts (dd/vv with room for 4 more): the
+ * first minimum of the normalised distances, its shift code and V. */
+__attribute__((target("avx2"))) PN_INLINE void store_best(int64_t *dd, int64_t *vv, int nshift, int nx, int max_dx,
+                                                          int max_dy, double n_ref, size_t k, double *out_hd,
+                                                          int32_t *out_shift, int32_t *out_valid)
+{
+    double hdv[(2 * PN_MAX_SHIFT + 1) * (2 * PN_MAX_SHIFT + 1) + 4];
+    normalised_hd(dd, vv, nshift, _mm256_set1_pd(0.5), _mm256_set1_pd(n_ref), hdv);
+    double best = 2.0;
+    int bs = -1;
+    for (int j = 0; j < nshift; j++) {
+        if (hdv[j] < best) { best = hdv[j]; bs = j; }
+    }
+    out_hd[k] = best;
+    if (out_shift) out_shift[k] = bs < 0 ? 0 : (bs / nx - max_dy + PN_MAX_SHIFT) * 32 + (bs % nx - max_dx + PN_MAX_SHIFT);
+    if (out_valid) out_valid[k] = bs < 0 ? 0 : (int32_t)vv[bs];
+}
+
 __attribute__((target("avx2,popcnt")))
 static void match_avx2(const uint32_t *probe, int rows, int max_dx, int max_dy,
                        const uint32_t *records, size_t stride_words, size_t offset_words,
@@ -281,13 +311,8 @@ static void match_avx2(const uint32_t *probe, int rows, int max_dx, int max_dy,
     const int nx = 2 * max_dx + 1, nshift = nx * (2 * max_dy + 1);
     int64_t dd[(2 * PN_MAX_SHIFT + 1) * (2 * PN_MAX_SHIFT + 1) + 4];
     int64_t vv[(2 * PN_MAX_SHIFT + 1) * (2 * PN_MAX_SHIFT + 1) + 4];
-    double hdv[(2 * PN_MAX_SHIFT + 1) * (2 * PN_MAX_SHIFT + 1) + 4];
-    const __m256d half = _mm256_set1_pd(0.5), nr = _mm256_set1_pd(n_ref);
     for (size_t k = 0; k < n; k++) {
-        if (k + PN_PREFETCH < n) {
-            const char *f = (const char *)(records + (size_t)idx[k + PN_PREFETCH] * stride_words + offset_words);
-            for (int l = 0; l < 16 * rows; l += 64) _mm_prefetch(f + l, _MM_HINT_T0);
-        }
+        prefetch_ahead(records, idx, k, n, stride_words, offset_words, 16 * rows);
         const uint32_t *rec = records + (size_t)idx[k] * stride_words + offset_words;
         int s = 0;
         for (int dy = -max_dy; dy <= max_dy; dy++) {
@@ -311,15 +336,7 @@ static void match_avx2(const uint32_t *probe, int rows, int max_dx, int max_dy,
                 count_totals(cd, cv, dd + s, vv + s);
             }
         }
-        normalised_hd(dd, vv, nshift, half, nr, hdv);
-        double best = 2.0;
-        int bs = -1;
-        for (int j = 0; j < nshift; j++) {
-            if (hdv[j] < best) { best = hdv[j]; bs = j; }
-        }
-        out_hd[k] = best;
-        if (out_shift) out_shift[k] = bs < 0 ? 0 : (bs / nx - max_dy + PN_MAX_SHIFT) * 32 + (bs % nx - max_dx + PN_MAX_SHIFT);
-        if (out_valid) out_valid[k] = bs < 0 ? 0 : (int32_t)vv[bs];
+        store_best(dd, vv, nshift, nx, max_dx, max_dy, n_ref, k, out_hd, out_shift, out_valid);
     }
 }
 #endif
@@ -340,13 +357,8 @@ static void match_avx512(const uint32_t *probe, int rows, int max_dx, int max_dy
     const int nx = 2 * max_dx + 1, nshift = nx * (2 * max_dy + 1);
     int64_t dd[(2 * PN_MAX_SHIFT + 1) * (2 * PN_MAX_SHIFT + 1) + 4];
     int64_t vv[(2 * PN_MAX_SHIFT + 1) * (2 * PN_MAX_SHIFT + 1) + 4];
-    double hdv[(2 * PN_MAX_SHIFT + 1) * (2 * PN_MAX_SHIFT + 1) + 4];
-    const __m256d half = _mm256_set1_pd(0.5), nr = _mm256_set1_pd(n_ref);
     for (size_t k = 0; k < n; k++) {
-        if (k + PN_PREFETCH < n) {
-            const char *f = (const char *)(records + (size_t)idx[k + PN_PREFETCH] * stride_words + offset_words);
-            for (int l = 0; l < 16 * rows; l += 64) _mm_prefetch(f + l, _MM_HINT_T0);
-        }
+        prefetch_ahead(records, idx, k, n, stride_words, offset_words, 16 * rows);
         const uint32_t *rec = records + (size_t)idx[k] * stride_words + offset_words;
         int s = 0;
         for (int dy = -max_dy; dy <= max_dy; dy++) {
@@ -376,15 +388,7 @@ static void match_avx512(const uint32_t *probe, int rows, int max_dx, int max_dy
                 vv[s] = 3 * _mm_extract_epi64(w, 1);
             }
         }
-        normalised_hd(dd, vv, nshift, half, nr, hdv);
-        double best = 2.0;
-        int bs = -1;
-        for (int j = 0; j < nshift; j++) {
-            if (hdv[j] < best) { best = hdv[j]; bs = j; }
-        }
-        out_hd[k] = best;
-        if (out_shift) out_shift[k] = bs < 0 ? 0 : (bs / nx - max_dy + PN_MAX_SHIFT) * 32 + (bs % nx - max_dx + PN_MAX_SHIFT);
-        if (out_valid) out_valid[k] = bs < 0 ? 0 : (int32_t)vv[bs];
+        store_best(dd, vv, nshift, nx, max_dx, max_dy, n_ref, k, out_hd, out_shift, out_valid);
     }
 }
 #endif
@@ -1026,10 +1030,7 @@ static void match16_avx2(const uint32_t *probe, int max_dx, int max_dy, const ui
     double hdv[(2 * PN_MAX_SHIFT + 1) * (2 * PN_MAX_SHIFT + 1) + 4];
     const __m256d half = _mm256_set1_pd(0.5), nr = _mm256_set1_pd(n_ref);
     for (size_t k = 0; k < n; k++) {
-        if (k + PN_PREFETCH < n) {   /* scattered entries: fetch a few ahead (DRAM latency bound) */
-            const char *f = (const char *)(records + (size_t)idx[k + PN_PREFETCH] * stride_words + offset_words);
-            for (int l = 0; l < 256; l += 64) _mm_prefetch(f + l, _MM_HINT_T0);
-        }
+        prefetch_ahead(records, idx, k, n, stride_words, offset_words, 256);
         const uint32_t *rec = records + (size_t)idx[k] * stride_words + offset_words;
         const __m256i r0 = pack16(rec, low16), r1 = pack16(rec + 16, low16);
         const __m256i r2 = pack16(rec + 32, low16), rm = pack16(rec + 48, low16);
@@ -1428,10 +1429,7 @@ static void elastic16_avx2(const uint32_t *probe, int radius, const uint32_t *re
         }
     }
     for (size_t k = 0; k < n; k++) {
-        if (k + PN_PREFETCH < n) {
-            const char *f = (const char *)(records + (size_t)idx[k + PN_PREFETCH] * stride_words + offset_words);
-            for (int l = 0; l < 256; l += 64) _mm_prefetch(f + l, _MM_HINT_T0);
-        }
+        prefetch_ahead(records, idx, k, n, stride_words, offset_words, 256);
         const uint32_t *rec = records + (size_t)idx[k] * stride_words + offset_words;
         const __m256i r0 = pack16(rec, low16), r1 = pack16(rec + 16, low16);
         const __m256i r2 = pack16(rec + 32, low16), rm = pack16(rec + 48, low16);
@@ -1519,10 +1517,7 @@ static void elastic16_avx512(const uint32_t *probe, int radius, const uint32_t *
     }
     const __m512i floor16 = _mm512_set1_epi16(INT16_MIN);
     for (size_t k = 0; k < n; k++) {
-        if (k + PN_PREFETCH < n) {
-            const char *f = (const char *)(records + (size_t)idx[k + PN_PREFETCH] * stride_words + offset_words);
-            for (int l = 0; l < 256; l += 64) _mm_prefetch(f + l, _MM_HINT_T0);
-        }
+        prefetch_ahead(records, idx, k, n, stride_words, offset_words, 256);
         const uint32_t *rec = records + (size_t)idx[k] * stride_words + offset_words;
         const __m512i r0 = _mm512_broadcast_i64x4(blocks16(pack16_512(rec)));
         const __m512i r1 = _mm512_broadcast_i64x4(blocks16(pack16_512(rec + 16)));
