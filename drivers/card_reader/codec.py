@@ -183,6 +183,15 @@ class _FrameDecoder(abc.ABC):
         del buf[:header + length + 1]
         return self._event(body[0], body[1:])
 
+    def give_up(self) -> Malformed | None:
+        """The caller's deadline passed inside a frame (its body never came: the chip reset
+        mid-answer, or noise shaped like a header): drop that frame's start code as a bad
+        checksum does, so the bytes held as its body are searched again. ``None`` when no frame
+        is in progress."""
+        if not self._buf.startswith(START_CODE):
+            return None
+        return self._resync("truncated frame")
+
     def _resync(self, reason: str) -> Malformed:
         # drop only the start code: a real frame may begin inside what looked like this one
         del self._buf[:2]

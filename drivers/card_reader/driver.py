@@ -216,7 +216,8 @@ class CardReader:
                 log.debug("%s: could not abort %s: %s", self.path, name, exc)
 
     def _drain_stale(self) -> None:
-        while (event := self._decoder.next_event()) is not None:
+        # half duplex: whatever is buffered before a command, a frame cut short too, is stale
+        while (event := self._decoder.next_event() or self._decoder.give_up()) is not None:
             self._count(event, stale=True)
 
     def _count(self, event: codec.Event, *, stale: bool = False) -> None:
@@ -228,17 +229,23 @@ class CardReader:
             self.stats.frames_ok += 1
             self.stats.last_frame_at = trio.current_time()
 
-    async def _next_event(self, deadline: float) -> codec.Event | None:
+    async def _next_event(self, deadline: float, *, give_up: bool = False) -> codec.Event | None:
+        """The next event before ``deadline``, else ``None``. ``give_up``: a frame still
+        incomplete at the deadline is cut short, and the frames it held as its body (which
+        arrived in time) are decoded before ``None``. Not while a response may be on its way:
+        one that crosses an abort is completed after it."""
         while (event := self._decoder.next_event()) is None:
             with trio.move_on_at(deadline):
                 self._decoder.receive_data(await self._port.receive_some())
                 continue
-            return None
+            return self._decoder.give_up() if give_up else None
         return event
 
     async def _wait_ack(self, timeout: float) -> bool:
+        # an ACK is 6 bytes and comes within ~15 ms: a longer frame still open at the deadline
+        # has swallowed it (a header whose body never came)
         deadline = trio.current_time() + timeout
-        while (event := await self._next_event(deadline)) is not None:
+        while (event := await self._next_event(deadline, give_up=True)) is not None:
             if isinstance(event, Ack):
                 self._count(event)
                 return True

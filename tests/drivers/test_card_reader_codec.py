@@ -124,3 +124,15 @@ def test_response_parsers():
         c.set_serial_baudrate(12345)
     with pytest.raises(c.CommandFormatError):
         c.rf_configuration(c.RfItem.MAX_RETRIES, b"\x01")
+
+
+def test_a_frame_cut_short_is_given_up_and_what_came_after_it_decodes():
+    # a header whose body never comes (the chip reset mid-answer, or noise shaped like a header)
+    # holds the frames after it as its body; the caller's deadline gives it up
+    decoder = ChipFrameDecoder()
+    assert events(decoder, H("0000FF8080D5") + codec.ACK_FRAME) == []
+    assert decoder.give_up() == Malformed("truncated frame", 2)
+    assert events(decoder, b"") == [Malformed("garbage before start code", 3), Ack()]
+    assert decoder.give_up() is None  # nothing in progress: nothing to give up
+    decoder.receive_data(b"\x00\x00")  # preamble zeros are not a frame either
+    assert decoder.give_up() is None

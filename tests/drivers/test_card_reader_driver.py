@@ -307,6 +307,18 @@ async def test_garbage_is_dropped_and_counted(emu, reader):
     assert sum(reader.stats.drops.values()) >= 1
 
 
+async def test_a_frame_cut_short_does_not_swallow_the_answers_after_it(emu, reader):
+    # a header whose body never comes (the chip reset mid-answer, or noise shaped like one):
+    # before, the ACK and answer of the next commands filled its 128-byte body, two polls
+    # timed out and the node would have closed and reopened the reader
+    emu.place(BADGE)
+    emu.inject_garbage(bytes.fromhex("0000FF8080D5"))
+    with trio.fail_after(2):
+        assert await reader.poll() == BadgeRead("DEADBEEF")
+    assert reader.stats.drops["truncated frame"] == 1
+    assert reader.stats.resends == 0 and reader.stats.timeouts == 0
+
+
 async def test_checksum_error_gets_a_nack_and_the_answer_again(emu, reader):
     emu.place(BADGE)
     emu.corrupt_next(1)
