@@ -56,6 +56,7 @@ class CardReaderStats:
     drops: collections.Counter[str] = attrs.Factory(collections.Counter)  # malformed input by reason
     nacks_sent: int = 0
     resends: int = 0  # commands sent again after a missing ACK
+    reconfigured: int = 0  # setups sent again after a resend (the chip may have reset)
     timeouts: int = 0
     error_frames: int = 0
     polls: int = 0  # InListPassiveTarget sent (bounded polls and chip-side waits)
@@ -99,6 +100,7 @@ class CardReader:
         self.stats = CardReaderStats()
         self.firmware: c.FirmwareVersion | None = None
         self._passive_retries: int | None = None  # MxRtyPassiveActivation as last configured
+        self._setup_lost = False  # a command was ACKed only when sent again: the chip may have reset
 
     # ---- lifecycle -----------------------------------------------------------------------
     @classmethod
@@ -131,6 +133,22 @@ class CardReader:
             raise ProtocolError(f"the reader on {self.path} is a PN5{self.firmware.ic:02x}, not a PN532")
         await self.call(c.set_parameters(c.PARAM_AUTOMATIC_RATS))  # §7.2.9: chip activates ISO-DEP
         await self._set_passive_retries(POLL_RETRIES)
+        self._setup_lost = False
+
+    async def _restore_setup(self) -> None:
+        """A command went unacknowledged until sent again: the chip may have reset behind a port
+        that stayed (brown-out), back in LowVbat (asleep after every command, §7.2.10) with its
+        reset parameters and MxRtyPassiveActivation 0xFF. Configure it again (harmless if the
+        ACK was merely lost)."""
+        if not self._setup_lost:
+            return
+        self._setup_lost = False
+        self.stats.reconfigured += 1
+        log.warning("%s: the PN532 acknowledged a command only when sent again (a reset?); "
+                    "configuring it again", self.path)
+        self._passive_retries = None
+        await self.call(c.sam_configuration(c.SamMode.NORMAL), wake=True)
+        await self.call(c.set_parameters(c.PARAM_AUTOMATIC_RATS))
 
     async def _set_passive_retries(self, retries: int) -> None:
         if self._passive_retries != retries:
@@ -185,6 +203,7 @@ class CardReader:
                         log.debug("%s: no ACK for %s, sending it again", self.path, name)
                     await self._port.send_all(frame)
                     if await self._wait_ack(ack_timeout):
+                        self._setup_lost = self._setup_lost or attempt > 0
                         break
                 else:
                     self._timed_out(f"{self.device} on {self.path} did not acknowledge {name}")
@@ -288,6 +307,7 @@ class CardReader:
     async def poll(self) -> CardRead | None:
         """Look for one card (a bounded InListPassiveTarget) and read it; ``None`` if no card
         was there or it could not be read (``stats.failed_reads`` says why)."""
+        await self._restore_setup()
         await self._set_passive_retries(POLL_RETRIES)
         self.stats.polls += 1
         data = await self.call(c.in_list_passive_target(1, c.BrTy.TYPE_A_106), timeout=POLL_TIMEOUT_S)
@@ -309,6 +329,7 @@ class CardReader:
         """
         last_uid: bytes | None = None
         while True:
+            await self._restore_setup()
             await self._set_passive_retries(WAIT_RETRIES)
             self.stats.polls += 1
             started = trio.current_time()

@@ -101,6 +101,12 @@ class CardReaderEmulator(SerialEmulator):
         self._power_on()
         await super().unplug(seconds)
 
+    def reset(self) -> None:
+        """Fault: the chip resets (brown-out, ESD) while the port stays: it is back in its
+        power-on state (LowVbat, asleep, default parameters, field off) and tells no one."""
+        self._abort()
+        self._power_on()
+
     @property
     def baudrate(self) -> int:
         return self.hsu.baudrate

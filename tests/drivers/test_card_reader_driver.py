@@ -342,6 +342,27 @@ async def test_stall_is_device_timeout_then_recovery(emu, reader):
                 continue
 
 
+async def test_chip_reset_mid_session_is_configured_again(emu, reader):
+    # a brown-out resets the chip but not the port: LowVbat (asleep after every command), no
+    # automatic RATS... and MxRtyPassiveActivation back to 0xFF. Before, the driver never
+    # configured it again: every command needed its resend, and an empty poll waited on the
+    # chip until DeviceTimeout, again and again
+    emu.reset()
+    emu.place(BADGE)
+    with trio.fail_after(3):
+        # its frames woke the chip, but it slept again after each: InListPassiveTarget and
+        # InRelease were ACKed only when sent again
+        assert await reader.poll() == BadgeRead("DEADBEEF")
+        assert reader.stats.resends == 2
+        emu.remove()
+        assert await reader.poll() is None  # configured again first, so bounded again
+        assert not emu.low_vbat and emu.parameters & c.PARAM_AUTOMATIC_RATS
+        assert emu.max_retries[2] == 0x01
+        emu.place(VISA)
+        assert isinstance(await reader.poll(), PaymentCardRead)
+    assert reader.stats.resends == 2 and reader.stats.reconfigured == 1 and reader.stats.timeouts == 0
+
+
 async def test_slow_first_answer(emu):
     emu.slow_first_answer(0.3)
     with pytest.raises(DeviceTimeout, match="no PN532 answered"):
