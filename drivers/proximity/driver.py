@@ -24,6 +24,9 @@ DEVICE = "proximity sensor (TFmini)"
 ATTEMPT_S = 0.25  # a command unanswered this long is sent again (the sensor answers in ms)
 MIN_GAP_TIMEOUT_S = 0.2
 GAP_PERIODS = 10  # frames that may go missing before the stream counts as stalled
+#: the output unit is sent again this often while streaming: a sensor reset behind a port that
+#: stays (brown-out) reloads its saved unit (cm from the factory), which no frame shows
+REASSERT_S = 5.0
 _UNITS = {"mm": (codec.OutputFormat.STANDARD_MM, 1), "cm": (codec.OutputFormat.STANDARD_CM, 10)}
 
 
@@ -48,13 +51,16 @@ class ProximityStats:
     drops: collections.Counter[str] = attrs.Factory(collections.Counter)  # by DropReason value
     last_frame_at: float | None = None
     timeouts: int = 0
+    reasserts: int = 0  # output unit sent again while streaming (REASSERT_S)
 
 
 class ProximitySensor:
     """An open TFmini. Use :meth:`open`; close with :meth:`aclose` (or ``async with``)."""
 
-    def __init__(self, port: SerialPort, *, frame_rate_hz: int, unit: str, gap_timeout: float) -> None:
+    def __init__(self, port: SerialPort, *, frame_rate_hz: int, unit: str, gap_timeout: float,
+                 reassert_s: float = REASSERT_S) -> None:
         self._port = port
+        self.reassert_s = reassert_s
         self._decoder = codec.SensorDecoder()
         self.path = port.path
         self.frame_rate_hz = frame_rate_hz
@@ -67,11 +73,14 @@ class ProximitySensor:
     @classmethod
     async def open(cls, path: str, *, baudrate: int = 115200, frame_rate_hz: int = 100,
                    unit: Literal["mm", "cm"] = "mm", timeout: float = 2.0,
-                   gap_timeout: float | None = None, read_interval_s: float = 0.0) -> "ProximitySensor":
+                   gap_timeout: float | None = None, read_interval_s: float = 0.0,
+                   reassert_s: float = REASSERT_S) -> "ProximitySensor":
         """Open ``path`` and configure the sensor; :class:`DeviceTimeout` if it does not answer
         within ``timeout`` seconds, :class:`PortUnavailable` if the port cannot be opened.
         ``read_interval_s`` batches reads like a USB-serial latency timer (see SerialPort.open):
-        a reading's ``at`` is then up to that much later than the frame's arrival."""
+        a reading's ``at`` is then up to that much later than the frame's arrival. While streaming,
+        the output unit is sent again every ``reassert_s`` (a sensor that reset behind the port
+        would otherwise report in its saved unit, unseen)."""
         if unit not in _UNITS:
             raise ValueError(f"proximity unit must be 'mm' or 'cm', not {unit!r}")
         if not 1 <= frame_rate_hz <= codec.MAX_FRAME_RATE_HZ:
@@ -80,7 +89,7 @@ class ProximitySensor:
         if gap_timeout is None:
             gap_timeout = max(MIN_GAP_TIMEOUT_S, GAP_PERIODS / frame_rate_hz)
         port = SerialPort.open(path, baudrate, read_interval_s=read_interval_s)
-        sensor = cls(port, frame_rate_hz=frame_rate_hz, unit=unit, gap_timeout=gap_timeout)
+        sensor = cls(port, frame_rate_hz=frame_rate_hz, unit=unit, gap_timeout=gap_timeout, reassert_s=reassert_s)
         try:
             port.reset_input_buffer()
             await sensor._handshake(timeout)
@@ -146,6 +155,7 @@ class ProximitySensor:
         :class:`DeviceLost` when the port vanishes (the port is closed then)."""
         try:
             deadline = trio.current_time() + self.gap_timeout
+            reassert_at = trio.current_time() + self.reassert_s
             while True:
                 event = None
                 with trio.move_on_at(deadline):
@@ -158,6 +168,10 @@ class ProximitySensor:
                         "the sensor stalled; reset or power-cycle it"))
                 now = trio.current_time()
                 deadline = now + self.gap_timeout
+                if now >= reassert_at:  # RAM only (no flash wear); the reply is counted and skipped
+                    await self._port.send_all(codec.encode_command(codec.SetOutputFormat(_UNITS[self.unit][0])))
+                    self.stats.reasserts += 1
+                    reassert_at = now + self.reassert_s
                 distance = event.distance * self._scale if event.reliable and event.distance > 0 else None
                 yield Distance(distance, event.strength, event.temperature_c, now)
         except DeviceLost:

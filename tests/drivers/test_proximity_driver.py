@@ -79,6 +79,20 @@ async def test_cm_unit_is_converted_to_mm(emu):
         assert all(d.distance_mm % 10 == 0 and abs(d.distance_mm - 437) <= 15 for d in got)
 
 
+async def test_a_sensor_reset_behind_the_port_is_brought_back_to_mm(emu):
+    # a brown-out resets the sensor to its saved settings (cm) while the port stays: nothing in
+    # the frames says so, and without the unit sent again every distance would read 10x too short
+    emu.set_target(300)
+    async with await ProximitySensor.open(str(emu.link), reassert_s=0.3) as sensor:
+        assert abs((await take(sensor, 3))[-1].distance_mm - 300) <= 12
+        emu.power_cycle()
+        assert emu.settings.fmt == codec.OutputFormat.STANDARD_CM
+        got = await take(sensor, 100)  # 1 s at 100 Hz
+        assert any(d.distance_mm is not None and d.distance_mm < 60 for d in got)   # read as mm: 30
+        assert all(abs(d.distance_mm - 300) <= 12 for d in got[-20:])
+        assert emu.settings.fmt == codec.OutputFormat.STANDARD_MM and sensor.stats.reasserts >= 1
+
+
 async def test_unplug_is_device_lost_then_reopen(emu, nursery):
     emu.set_target(300)
     sensor = await ProximitySensor.open(str(emu.link))
