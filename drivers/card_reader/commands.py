@@ -276,8 +276,10 @@ def decode_passive_targets(data: bytes) -> list[TargetA]:
             raise CommandFormatError("InListPassiveTarget answer is truncated")
         tg, sens_res, sel_res, uid_len = data[pos], (data[pos + 1] << 8) | data[pos + 2], data[pos + 3], data[pos + 4]
         pos += 5
-        if uid_len not in (4, 7, 10) or len(data) < pos + uid_len:
+        if uid_len not in (4, 7, 10):
             raise CommandFormatError(f"InListPassiveTarget NFCID1 length {uid_len} is not 4, 7 or 10")
+        if len(data) < pos + uid_len:
+            raise CommandFormatError(f"InListPassiveTarget NFCID1 is truncated ({len(data) - pos} of {uid_len} bytes)")
         uid = bytes(data[pos:pos + uid_len])
         pos += uid_len
         ats = b""

@@ -115,6 +115,8 @@ def test_response_parsers():
     for bad in (b"", H("0101"), H("01010004080308"), H("0101000408040102030499")):
         with pytest.raises(c.CommandFormatError):
             c.decode_passive_targets(bad)
+    with pytest.raises(c.CommandFormatError, match=r"NFCID1 is truncated \(2 of 7 bytes\)"):
+        c.decode_passive_targets(H("01010044000704A1"))   # a valid length, the UID cut short
     result = c.ExchangeResult.decode(H("41" "9000"))
     assert result.error == 0x01 and result.more and result.data == H("9000")
     status = c.GeneralStatus(0, True, ((1, 0, 0, 0),), 0)
