@@ -106,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
 async def _serve_node(node) -> None:
     """Run the node until Ctrl-C or SIGTERM (systemd's stop), then stop it in order, lights off."""
     from drivers.errors import DeviceError
+    from palmnode.actors import SupervisorEscalation
     from palmnode.node import GateSetupError
     from palmnode.systemd import notify_stopping
 
@@ -118,11 +119,32 @@ async def _serve_node(node) -> None:
                 notify_stopping()  # systemd: this stop is ours, not a crash
                 logs.event(log, "node stopping", signal=signal.Signals(signum).name)
         except* (DeviceError, GateSetupError) as group:  # e.g. an unusable token key file, found before any device opens
-            leaf = group
-            while isinstance(leaf, BaseExceptionGroup):
-                leaf = leaf.exceptions[0]
-            raise UserError(str(leaf)) from None
+            raise UserError(str(_leaf(group))) from None
+        except* SupervisorEscalation as group:  # a service that cannot start: the REPL socket, the metrics port
+            raise _service_error(node, _leaf(group)) from None
     logs.event(log, "node stopped")
+
+
+def _leaf(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
+def _service_error(node, escalation: BaseException) -> BaseException:
+    """A service that failed to start (its socket or port) as one line; anything else as it is."""
+    from palmnode.repl import ReplSocketError
+
+    cause = _leaf(escalation.__cause__) if escalation.__cause__ is not None else None
+    if getattr(escalation, "reason", None) != "failed to start":
+        return escalation
+    if isinstance(cause, ReplSocketError):
+        return UserError(str(cause))
+    if escalation.child == "metrics" and isinstance(cause, OSError):
+        metrics = node.config.metrics
+        return UserError(f"cannot serve metrics on {metrics.host}:{metrics.port}: {cause.strerror or cause} "
+                         "(stop what holds it or change [metrics] port)")
+    return escalation
 
 
 async def _cancel_on_signal(signals, scope: trio.CancelScope) -> int:

@@ -145,3 +145,39 @@ def test_the_repl_command_line_does_not_import_the_engine():
             "if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def node_config(tmp_path: Path, *changes: tuple[str, str]) -> Path:
+    """config/sim.toml with its files in ``tmp_path``, no controller link, and ``changes`` made."""
+    text = (Path(__file__).resolve().parent.parent / "config" / "sim.toml").read_text()
+    text = text.replace("../run/", str(tmp_path / "run") + "/").replace("/tmp/palmnode-sim", str(tmp_path / "sim"))
+    text = text[:text.index("[controller]")] + text[text.index("[repl]"):]
+    for old, new in changes:
+        assert old in text
+        text = text.replace(old, new, 1)
+    (tmp_path / "node.toml").write_text(text)
+    return tmp_path / "node.toml"
+
+
+def test_a_service_that_cannot_start_is_a_one_line_error(tmp_path):
+    """The REPL socket (a path too long for AF_UNIX) and the metrics port (in use) are set up by
+    the running node's tree; a failure there is the user's to fix, not a traceback."""
+    import socket
+
+    long_path = str(tmp_path / ("d" * 120) / "repl.sock")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for change, message in [
+            ((f'socket_path = "{tmp_path}/run/repl.sock"', f'socket_path = "{long_path}"'),
+             f"palmnode run: REPL socket path {long_path} is longer than 107 bytes"),
+            (("enabled = false ", "enabled = true "), f"palmnode run: cannot serve metrics on 127.0.0.1:{port}: "),
+        ]:
+            config = node_config(tmp_path, change, ("port = 9464", f"port = {port}"))
+            proc = subprocess.run([sys.executable, "-m", "palmnode.cli", "run", "--config", str(config)],
+                                  capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+            assert proc.returncode == 1, proc.stderr
+            assert "Traceback" not in proc.stderr
+            last = proc.stderr.splitlines()[-1]
+            assert last.startswith(message), proc.stderr[-2000:]
