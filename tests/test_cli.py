@@ -181,3 +181,28 @@ def test_a_service_that_cannot_start_is_a_one_line_error(tmp_path):
             assert "Traceback" not in proc.stderr
             last = proc.stderr.splitlines()[-1]
             assert last.startswith(message), proc.stderr[-2000:]
+
+
+def certs(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "palmnode.cli", "certs", *args], capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL)
+
+
+def test_certs_days_beyond_any_date_is_a_one_line_error(tmp_path):
+    proc = certs("--out", str(tmp_path / "pki"), "--days", "99999999")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr == "palmnode certs: days must be 1 to 36500, got 99999999\n"
+
+
+@pytest.mark.parametrize("kept", ["ca.key", "ca.pem"])
+def test_certs_never_overwrites_half_a_ca(tmp_path, kept):
+    """A folder holding only the CA's key (its certificate lost, or the other way round): making a
+    new CA would overwrite the half that is left, the CA key with it."""
+    assert certs("--out", str(tmp_path / "pki")).returncode == 0
+    (tmp_path / "pki" / ({"ca.key", "ca.pem"} - {kept}).pop()).unlink()
+    before = (tmp_path / "pki" / kept).read_bytes()
+    proc = certs("--out", str(tmp_path / "pki"), "--node", "gate-1")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and f"{tmp_path / 'pki' / kept} is there but" in proc.stderr
+    assert (tmp_path / "pki" / kept).read_bytes() == before
+    assert not (tmp_path / "pki" / "gate-1.pem").exists()

@@ -24,6 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 CA_NAME = "palmnode development CA"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # a node id doubles as a file name
 CLOCK_SKEW = dt.timedelta(minutes=5)  # certificates are valid from a little before now
+MAX_DAYS = 36500  # --days at most (a century); a validity end past 9999 cannot be written at all
 
 
 class PkiError(ValueError):
@@ -148,12 +149,16 @@ def make_dev_pki(folder: Path, *, nodes: Sequence[str], controller: str = "contr
             raise PkiError(f"{name!r} is not a usable name: 1-64 of A-Z a-z 0-9 . _ -, not starting with . _ -, not 'ca'")
     if len(set(names)) != len(names):
         raise PkiError(f"names must be distinct, got {', '.join(names)}")
-    if days < 1:
-        raise PkiError(f"days must be >= 1, got {days}")
+    if not 1 <= days <= MAX_DAYS:
+        raise PkiError(f"days must be 1 to {MAX_DAYS}, got {days}")
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     ca_cert_path, ca_key_path = folder / "ca.pem", folder / "ca.key"
     if ca_cert_path.exists() and ca_key_path.exists():
         ca_cert, ca_key = _load_ca(ca_cert_path, ca_key_path)
+    elif ca_cert_path.exists() or ca_key_path.exists():  # half a CA: a new one would overwrite the other half
+        there, gone = (ca_cert_path, ca_key_path) if ca_cert_path.exists() else (ca_key_path, ca_cert_path)
+        raise PkiError(f"{there} is there but {gone} is not: restore {gone.name}, or move {there.name} "
+                       "away to make a new CA")
     else:
         ca_cert, ca_key = _make_ca(days)
         _write(ca_key_path, _key_pem(ca_key), 0o600)
