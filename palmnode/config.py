@@ -5,6 +5,7 @@ the key and the fix. Relative paths are resolved against the config file's folde
 """
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -246,6 +247,7 @@ _CAPTURE_TABLES = ("quality", "roi")
 _OPTIONAL = {"vault", "controller", "repl"}
 _PATH_KEYS = {"port", "token_key_file", "calibration", "path", "key_file", "ca", "cert", "key",
               "socket_path", "capture_dir"}
+_OFF_WHEN_EMPTY = {"capture_dir"}  # "" turns it off; every other path must name something
 _SIGNED_KEYS = {"exposure", "gain"}  # V4L2 exposure is a log2 value, often negative
 
 
@@ -362,15 +364,21 @@ def _build(cls: type, table: Any, where: str, base: Path) -> Any:
         if key not in fields:
             raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(fields)})")
         kwargs[key] = _check(value, fields[key].type, f"{where} {key}", signed=key in _SIGNED_KEYS)
+        if key in _PATH_KEYS and value == "" and key not in _OFF_WHEN_EMPTY:
+            raise ConfigError(f"{where} {key}: must not be empty (a path; relative to the config file's folder)")
         if key in _PATH_KEYS and isinstance(value, str) and value and not _is_url(value):
             kwargs[key] = str((base / value).resolve()) if not Path(value).is_absolute() else value
     missing = [n for n, f in fields.items() if f.default is attrs.NOTHING and n not in kwargs]
     if missing:
         raise ConfigError(f"{where}: missing key {missing[0]!r}")
     try:
-        return cls(**kwargs)
+        built = cls(**kwargs)
     except ValueError as exc:  # the value's own rules (QualityPolicy: good below bad, ...)
         raise ConfigError(f"{where}: {exc}") from None
+    for key, value in kwargs.items():  # nan or inf: a sleep, a backoff or a setting that never works
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where} {key}: must be a finite number, got {value!r}")
+    return built
 
 
 def _is_url(value: Any) -> bool:

@@ -141,3 +141,37 @@ def test_capture_threshold_mistakes(tmp_path, table, message):
 def test_a_thresholds_file_needs_a_table(tmp_path):
     assert "no [quality] or [roi] table" in refusal(tmp_path / "t.toml", "[gate]\nmode = 'entry'\n",
                                                     config.capture_thresholds)
+
+
+@pytest.mark.parametrize("old, new, message", [
+    # an empty path used to pass and then meant "." (the node's working folder) or nothing at all:
+    # a vault at ".", a REPL lock file beside the working folder, the key read from the environment
+    ('path = "../run/vault.db"', 'path = ""', "[vault] path: must not be empty"),
+    ('key_file = "../run/keys/vault.key"', 'key_file = ""', "[vault] key_file: must not be empty"),
+    ('socket_path = "../run/repl.sock"', 'socket_path = ""', "[repl] socket_path: must not be empty"),
+    ('token_key_file = "../run/keys/card_token.key"', 'token_key_file = ""',
+     "[devices.card_reader] token_key_file: must not be empty"),
+    ('port = "/tmp/palmnode-sim/proximity"', 'port = ""', "[devices.proximity] port: must not be empty"),
+    ('search_threads = 1', 'search_threads = 1\ncalibration = ""', "[gate] calibration: must not be empty"),
+    # nan or inf passed every check and reached a sleep or a backoff: an actor that crashes or never wakes
+    ("frame_rate_hz = 100", "frame_rate_hz = 100\nread_interval_s = nan",
+     "[devices.proximity] read_interval_s: must be a finite number, got nan"),
+    ("frame_rate_hz = 100", "frame_rate_hz = 100\nstall_timeout_s = inf",
+     "[devices.proximity] stall_timeout_s: must be a finite number, got inf"),
+    ('token_key_file = "../run/keys/card_token.key"',
+     'token_key_file = "../run/keys/card_token.key"\npause_after_card_s = inf',
+     "[devices.card_reader] pause_after_card_s: must be a finite number, got inf"),
+    ("backoff_max_s = 1.0", "backoff_max_s = nan", "[supervision] backoff_max_s: must be a finite number, got nan"),
+    ("period_s = 30.0", "period_s = inf", "[supervision] period_s: must be a finite number, got inf"),
+    ("fps = 30", "fps = 30\ngain = nan", "[devices.camera] gain: must be a finite number, got nan"),
+])
+def test_empty_paths_and_non_finite_numbers_are_refused_at_load(tmp_path, old, new, message):
+    base = (ROOT / "config" / "sim.toml").read_text()
+    assert old in base
+    assert message in refusal(tmp_path / "c.toml", base.replace(old, new, 1))
+
+
+def test_an_empty_capture_dir_still_means_off(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text((ROOT / "config" / "sim.toml").read_text() + '\n[debug]\ncapture_dir = ""\n')
+    assert config.load(path).debug.capture_dir == ""
