@@ -25,6 +25,13 @@ def test_shipped_scenarios_parse(path):
     ({"at": 1, "action": "card", "kind": "emv", "pan": "12ab"}, "pan must be 12-19 digits"),
     ({"at": 1, "action": "card", "uid": "zz"}, "uid must be 4, 7 or 10 bytes"),
     ({"at": 1, "action": "card", "expiry": "2913"}, "expiry must be YYMM"),
+    # these passed and broke the virtual gate once played: a traceback (nan, 1.5 bytes) or a
+    # gate busy for hours making random bytes
+    ({"at": float("nan"), "action": "hand"}, "at must be a finite number, got nan"),
+    ({"at": 1, "action": "stall", "device": "camera", "seconds": float("inf")}, "seconds must be a finite number"),
+    ({"at": 1, "action": "garbage", "device": "proximity", "bytes": 1.5}, "bytes must be a whole number, got 1.5"),
+    ({"at": 1, "action": "hand", "identity": 2.5}, "identity must be a whole number"),
+    ({"at": 1, "action": "garbage", "device": "proximity", "bytes": 10**11}, "bytes must be at most 1048576"),
 ])
 def test_mistakes_name_the_step(step, message):
     with pytest.raises(sc.ScenarioError) as info:

@@ -10,6 +10,7 @@ Every mistake is a :class:`ScenarioError` naming the file, the step and the fix.
 """
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
 from typing import Any, Union
@@ -17,6 +18,8 @@ from typing import Any, Union
 import attrs
 
 DEVICES = ("proximity", "card_reader", "illuminator", "camera")
+#: a garbage step's bytes at most (they are made and written at once, blocking the virtual gate meanwhile)
+MAX_GARBAGE_BYTES = 1 << 20
 
 
 class ScenarioError(Exception):
@@ -146,8 +149,14 @@ def _step(table: Any, where: str) -> Step:
             raise ScenarioError(f"{where} ({action}): {key} must be a number, got {value!r}")
         if want == "str" and not isinstance(value, str):
             raise ScenarioError(f"{where} ({action}): {key} must be a string, got {value!r}")
+        if want == "int" and not isinstance(value, int):
+            raise ScenarioError(f"{where} ({action}): {key} must be a whole number, got {value!r}")
+        if want == "float" and not math.isfinite(value):
+            raise ScenarioError(f"{where} ({action}): {key} must be a finite number, got {value!r}")
         if want in ("float", "int") and value < 0:
             raise ScenarioError(f"{where} ({action}): {key} must not be negative, got {value!r}")
+    if cls is Garbage and table.get("bytes", 0) > MAX_GARBAGE_BYTES:
+        raise ScenarioError(f"{where} (garbage): bytes must be at most {MAX_GARBAGE_BYTES}, got {table['bytes']}")
     if "at" not in table:
         raise ScenarioError(f"{where} ({action}): missing 'at' (seconds after start)")
     if "device" in fields and table.get("device") not in DEVICES:
