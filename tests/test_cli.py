@@ -107,6 +107,7 @@ def test_sim_and_run_session_with_every_device_unplugged_in_turn(tmp_path):
     (["sim", "--scenario", "/nonexistent.toml"], "scenario file /nonexistent.toml does not exist"),
     (["sim", "--camera-port", "99999"], "port must be 0-65535"),
     (["bench", "--seconds", "-3"], "must be greater than 0"),
+    (["bench", "--seconds", "inf"], "must be a finite number, got inf"),
     (["eval", "--bit-depth", "17"], "must be at most 16"),
     (["eval", "--synthetic", "2", "--seed", "-1"], "argument --seed: must be at least 0, got -1"),
     (["fly"], "invalid choice: 'fly'"),
@@ -118,8 +119,9 @@ def test_bad_arguments_are_one_line_errors(args, message):
     assert message in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_help_explains_every_subcommand():
-    proc = subprocess.run([sys.executable, "-m", "palmnode.cli", "--help"], capture_output=True, text=True)
+@pytest.mark.parametrize("module", ["palmnode.cli", "palmnode"])
+def test_help_explains_every_subcommand(module):
+    proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
     for sub in ("sim", "run", "demo", "bench"):
         assert f"\n  {sub} " in proc.stdout
 

@@ -52,8 +52,13 @@ def main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
             print(f"palmnode vault: wrote a new key to {args.key_file} (mode 0600); keep a copy somewhere safe: "
                   f"without it the vault's templates cannot be read")
             return 0
-        if not Path(args.vault).exists():
+        vault_file = Path(args.vault)
+        if not vault_file.exists():
             raise VaultError(f"vault {args.vault} does not exist")
+        if not vault_file.is_file():
+            raise VaultError(f"vault {args.vault} is not a file (a folder?); name the vault's database file")
+        if vault_file.stat().st_size == 0:   # opening it would make a new, empty vault: a check creates nothing
+            raise VaultError(f"vault {args.vault} is empty (0 bytes), not a vault; restore it from a backup")
         config = VaultConfig(path=args.vault, key_file=args.key_file, key_env=args.key_env)
         with open_vault(config, env=os.environ) as vault:
             integrity = vault.integrity_check()

@@ -31,12 +31,28 @@ def test_check_reports_problems_in_one_line(tmp_path, capsys):
     main(["keygen", str(key)])
     assert main(["check", "--vault", str(tmp_path / "absent.db"), "--key-file", str(key)]) == 1
     assert capsys.readouterr().err.count("\n") == 1
-    os.chmod(key, 0o644)
     db = tmp_path / "vault.db"
-    db.touch()
+    with Vault.open(db, load_keys(key, env={})):
+        pass
+    os.chmod(key, 0o644)
     assert main(["check", "--vault", str(db), "--key-file", str(key)]) == 1
     err = capsys.readouterr().err
     assert "chmod 600" in err and err.count("\n") == 1
+
+
+def test_check_creates_nothing_from_an_empty_file_or_a_folder(tmp_path, capsys):
+    """An emptied vault file is reported as such, not made into a new vault that checks 'ok'."""
+    key = tmp_path / "vault.key"
+    main(["keygen", str(key)])
+    empty = tmp_path / "vault.db"
+    empty.touch()
+    capsys.readouterr()
+    assert main(["check", "--vault", str(empty), "--key-file", str(key)]) == 1
+    err = capsys.readouterr().err
+    assert "is empty (0 bytes), not a vault" in err and err.count("\n") == 1
+    assert empty.stat().st_size == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["vault.db", "vault.key"]
+    assert main(["check", "--vault", str(tmp_path), "--key-file", str(key)]) == 1
+    assert "is not a file" in capsys.readouterr().err
 
 
 def test_check_opens_every_sealed_value_and_names_the_ones_that_fail(tmp_path, capsys):
