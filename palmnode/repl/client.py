@@ -15,6 +15,7 @@ import os
 import select
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
@@ -49,6 +50,13 @@ def default_socket(env: dict[str, str] | None = None) -> Path:
     return Path(DEFAULT_SOCKETS[0])
 
 
+def _is_socket(path: Path) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 class Connection:
     """One session with the node: send requests, read reply lines."""
 
@@ -69,6 +77,9 @@ class Connection:
                                   f"${SOCKET_ENV} names another)") from None
         except ConnectionRefusedError:
             sock.close()
+            if not _is_socket(path):
+                raise ReplClientError(f"{path} is not a socket: --socket (or ${SOCKET_ENV}) names the node's "
+                                      "REPL socket") from None
             raise ReplClientError(f"nobody serves {path} (left by a node that stopped): start the node") from None
         except PermissionError:
             sock.close()

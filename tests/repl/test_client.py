@@ -13,7 +13,7 @@ import trio
 from drivers.card_reader.reads import BadgeRead
 from palmnode.actors import GateState
 from palmnode.gate.events import Decision
-from palmnode.repl.client import DEFAULT_SOCKETS, Completer, default_socket
+from palmnode.repl.client import DEFAULT_SOCKETS, Completer, Connection, ReplClientError, default_socket
 from tests.conftest import wait_for
 
 
@@ -234,3 +234,10 @@ def test_default_socket(tmp_path):
 @pytest.fixture(autouse=True)
 def _no_stray_history(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
+
+
+def test_a_socket_path_that_is_a_file_or_a_folder_is_named_as_such(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    for path in (tmp_path / "notes.txt", tmp_path):
+        with pytest.raises(ReplClientError, match="is not a socket: --socket"):
+            Connection.open(path)
