@@ -34,6 +34,10 @@ CHANNEL_NAMES = {
 _HANDS = {"l": "left", "left": "left", "r": "right", "right": "right"}
 _KNOWN_GROUPS = {"id", "session", "sample", "hand", "channel", "modality"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".webp", ".jp2"}
+#: a file larger is refused unread: more than the engine's largest frame takes in any format OpenCV
+#: decodes, uncompressed (4 channels of 8 bytes a pixel), plus room for metadata; a file is read
+#: whole before it is decoded, so a video or disk image named like a sample would take its size in memory
+MAX_FILE_BYTES = 32 * MAX_FRAME_PIXELS + (16 << 20)
 
 
 class DatasetError(ValueError):
@@ -169,8 +173,12 @@ def read_grey(path: str, bit_depth: int | None = None) -> np.ndarray:
     # read by Python, decoded by OpenCV: cv2.imread takes the path as UTF-8 text and crashes on a
     # name that is not UTF-8; and a FIFO or device named like a sample would block the run
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
             raise UnreadableSample(f"{name}: not a regular file")
+        if info.st_size > MAX_FILE_BYTES:
+            raise UnreadableSample(f"{name}: {info.st_size} bytes, more than an image of the {MAX_FRAME_PIXELS} "
+                                   f"pixels the engine accepts can take (not read)")
         data = np.fromfile(path, np.uint8)
     except OSError as exc:
         raise UnreadableSample(f"{name}: cannot be read ({exc.strerror or exc})") from None

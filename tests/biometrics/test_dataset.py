@@ -109,6 +109,18 @@ def test_an_image_over_the_engines_size_is_refused_before_it_is_decoded(tmp_path
                                    "engine accepts (not decoded)"), read
 
 
+def test_a_file_larger_than_any_image_is_refused_unread(tmp_path):
+    """A file was read whole before it was decoded: a video or disk image named like a sample took
+    its size in memory (1.5 GB of RSS for a 1.5 GB file, more than the machine for a larger one)."""
+    path = tmp_path / "1_1_1.png"
+    with open(path, "wb") as f:
+        f.truncate(ds.MAX_FILE_BYTES + 1)          # sparse: no disk, but too big to read
+    assert ds.MAX_FILE_BYTES >= 4096 * 4096 * 4 * 8  # any image the engine accepts still fits
+    with pytest.raises(ds.UnreadableSample, match=rf"^1_1_1.png: {ds.MAX_FILE_BYTES + 1} bytes, more than an "
+                                                  r"image of the 16777216 pixels the engine accepts can take \(not read\)$"):
+        ds.read_grey(str(path))
+
+
 @pytest.mark.parametrize("pattern, message", [
     (r"(?P<who>\d)_\d_\d\.png", "no (?P<id>...) group"),
     (r"(?P<id>\d", "not a valid regular expression"),
