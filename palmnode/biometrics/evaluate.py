@@ -740,20 +740,28 @@ def run(options: EvalOptions, *, pipeline: Pipeline | None = None, scorer: Score
             curves[m if eer is None else f"{m} (EER {100 * eer:.3g}%)"] = curve
         if curves:
             path = out / f"det_{name}.png"
-            det_plot.write_det(path, curves, title=f"DET, {name.replace('_', '-')} ({dataset.source})")
-            plots[f"det_{name}"] = str(path)
+            plots[f"det_{name}"] = _write_plot(det_plot.write_det, path, curves,
+                                               title=f"DET, {name.replace('_', '-')} ({dataset.source})")
     if wanted_rois:
         tiles = [(k.label, o) for k, o in zip(enc.keys, enc.outcomes) if k in wanted_rois]
         path = out / "roi_contact_sheet.png"
-        det_plot.write_contact_sheet(path, [(label, o.rois if isinstance(o, Encoded) else o.reason)
-                                            for label, o in tiles])
-        plots["roi_contact_sheet"] = str(path)
+        plots["roi_contact_sheet"] = _write_plot(det_plot.write_contact_sheet, path, [
+            (label, o.rois if isinstance(o, Encoded) else o.reason) for label, o in tiles])
     report["plots"] = plots
     if options.calibration_out:
         report["calibration"] = write_calibration(Path(options.calibration_out), calibration_scores, mods[-1])
     report["seconds"] = round(time.monotonic() - started, 2)
     report["seconds_by_stage"] = stages
     return report
+
+
+def _write_plot(write: Callable[..., Any], path: Path, *args: Any, **kwargs: Any) -> str:
+    """``write(path, ...)``; a folder that cannot be written is a one-line :class:`EvalError`."""
+    try:
+        write(path, *args, **kwargs)
+    except OSError as exc:
+        raise EvalError(f"cannot write the plot {path}: {exc.strerror or exc}") from None
+    return str(path)
 
 
 def _variants_report(pipeline: Any, enc: Encodings) -> dict:

@@ -253,6 +253,18 @@ def test_real_entry_point_reports_errors_without_traceback(tmp_path):
     assert proc.stderr.strip() == f"palmnode eval: {tmp_path / 'empty'} is empty: no image files to evaluate"
 
 
+def test_an_out_folder_whose_plots_cannot_be_written_is_one_line(tmp_path, capsys):
+    """The plots are written after the run: an --out folder that exists but cannot be written
+    (read-only, or a plot's name taken by a folder) ended the run with a traceback."""
+    folder = write_folder(tmp_path / "imgs", subjects=2, sessions=2, samples=2)
+    (tmp_path / "o" / "det_all_vs_all.png").mkdir(parents=True)
+    rc, out, err = run_main(capsys, [str(folder), "--out", str(tmp_path / "o")])
+    assert rc == 1 and out == ""
+    assert err.splitlines()[-1] == (f"palmnode eval: cannot write the plot {tmp_path / 'o' / 'det_all_vs_all.png'}: "
+                                    "Is a directory")
+    assert "Traceback" not in err
+
+
 def test_engine_error_counts_as_failure_and_is_shown_once(tmp_path, capsys):
     folder = write_folder(tmp_path / "imgs", subjects=2, sessions=1, samples=2)
 
