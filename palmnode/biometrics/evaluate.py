@@ -675,6 +675,12 @@ def run(options: EvalOptions, *, pipeline: Pipeline | None = None, scorer: Score
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise EvalError(f"cannot create the output folder {out}: {exc.strerror}") from None
+    debug_dir = Path(options.debug_dir) if options.debug_dir else None
+    if debug_dir is not None:
+        try:
+            debug_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EvalError(f"cannot create the debug folder {debug_dir}: {exc.strerror}") from None
     policy, limits = capture_thresholds(options)
     if pipeline is None:
         pipeline = EnginePipeline(roi_given=options.roi_given, min_quality=options.min_quality,
@@ -689,7 +695,7 @@ def run(options: EvalOptions, *, pipeline: Pipeline | None = None, scorer: Score
     keys_all = [s.key for s in dataset.samples]
     wanted_rois = sheet_keys(keys_all, options.sheet)
     enc = encode_all(dataset, pipeline, modality, keep_rois=wanted_rois,
-                     debug_dir=Path(options.debug_dir) if options.debug_dir else None, stream=stream,
+                     debug_dir=debug_dir, stream=stream,
                      probe_variants=is_probe if with_variants else None)
     report: dict[str, Any] = {
         "dataset": {"source": dataset.source, "samples": len(dataset.samples), "palms": len(dataset.subjects),

@@ -265,6 +265,16 @@ def test_an_out_folder_whose_plots_cannot_be_written_is_one_line(tmp_path, capsy
     assert "Traceback" not in err
 
 
+def test_a_debug_folder_that_cannot_be_created_is_one_line(tmp_path, capsys):
+    """It was created at the first sample's write: every sample failed on it, counted as an
+    engine_error failure to acquire (FTA 1.0 in the JSON, exit 0) after a traceback."""
+    folder = write_folder(tmp_path / "imgs", subjects=2, sessions=1, samples=2)
+    (tmp_path / "taken").write_text("a file where the folder should go")
+    rc, out, err = run_main(capsys, [str(folder), "--out", str(tmp_path / "o"), "--debug-dir", str(tmp_path / "taken")])
+    assert rc == 1 and out == ""
+    assert err == f"palmnode eval: cannot create the debug folder {tmp_path / 'taken'}: File exists\n"
+
+
 def test_engine_error_counts_as_failure_and_is_shown_once(tmp_path, capsys):
     folder = write_folder(tmp_path / "imgs", subjects=2, sessions=1, samples=2)
 
