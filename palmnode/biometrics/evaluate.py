@@ -35,7 +35,7 @@ from palmnode.cliargs import bit_depth, count, non_negative
 from palmnode.progress import Progress
 from palmnode.biometrics import metrics
 from palmnode.biometrics.dataset import (IMAGE, NIR, SURFACE, Dataset, DatasetError, Numbering, SampleKey,
-                                         UnreadableSample, scan_folder, synthetic)
+                                         UnreadableSample, display_name, scan_folder, synthetic)
 
 DEFAULT_PATTERN = r"(?P<id>[^_/]+)_(?P<session>\d+)_(?P<sample>\d+)\.\w+"
 MODALITIES = ("surface", "vein", "fused")
@@ -290,6 +290,8 @@ def encode_all(dataset: Dataset, pipeline: Pipeline, modality: str, *, keep_rois
                 outcome = pipeline(*views(loaded))
         except UnreadableSample as exc:
             outcome = Failed("unreadable", str(exc))
+        except EvalError:  # a debug frame that cannot be written: the run's problem, not the sample's
+            raise
         except Exception as exc:  # an engine bug must not lose the whole run: count it, show it once
             if not reported_error:
                 reported_error = True
@@ -317,7 +319,15 @@ def _write_debug(folder: Path, key: SampleKey, frames: dict[str, np.ndarray]) ->
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"{key.subject.replace('/', '_')}_{key.session}_{key.sample}"
     for channel, image in frames.items():
-        cv2.imwrite(str(folder / f"{stem}_{channel}.png"), image)
+        # written by Python: cv2.imwrite takes the path as UTF-8 text and crashes on a name that is not
+        path = folder / f"{stem}_{channel}.png"
+        try:
+            ok, png = cv2.imencode(".png", image)
+            if not ok:
+                raise OSError(f"cannot encode {path}")
+            path.write_bytes(png.tobytes())
+        except OSError as exc:
+            raise EvalError(f"cannot write the debug frame {display_name(str(path))}: {exc.strerror or exc}") from None
 
 
 # ------------------------------------------------------------------------------------ protocols

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -273,6 +274,18 @@ def test_a_debug_folder_that_cannot_be_created_is_one_line(tmp_path, capsys):
     rc, out, err = run_main(capsys, [str(folder), "--out", str(tmp_path / "o"), "--debug-dir", str(tmp_path / "taken")])
     assert rc == 1 and out == ""
     assert err == f"palmnode eval: cannot create the debug folder {tmp_path / 'taken'}: File exists\n"
+
+
+def test_debug_frames_of_a_name_that_is_not_utf8_are_written(tmp_path):
+    """cv2.imwrite took the debug frame's path, named after the sample, as UTF-8 text: a Latin-1
+    file name (unpacked from a zip) crashed the process with a segfault. In a fresh process."""
+    folder = write_folder(tmp_path / "imgs", subjects=2, sessions=1, samples=1)
+    os.rename(folder / "000_1_1.png", os.path.join(os.fsencode(folder), b"caf\xe9_1_1.png"))
+    proc = subprocess.run([sys.executable, "-m", "palmnode.biometrics.evaluate", str(folder), "--out",
+                           str(tmp_path / "o"), "--debug-dir", str(tmp_path / "debug")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(os.fsencode(tmp_path / "debug"))) == [b"001_1_1_image.png", b"caf\xe9_1_1_image.png"]
 
 
 def test_engine_error_counts_as_failure_and_is_shown_once(tmp_path, capsys):
