@@ -317,7 +317,8 @@ def _write_debug(folder: Path, key: SampleKey, frames: dict[str, np.ndarray]) ->
     import cv2
 
     folder.mkdir(parents=True, exist_ok=True)
-    stem = f"{key.subject.replace('/', '_')}_{key.session}_{key.sample}"
+    # one flat name: a pattern's session or sample group can span folders as the subject's hand does
+    stem = "_".join(part.replace("/", "_") for part in (key.subject, key.session, key.sample))
     for channel, image in frames.items():
         # written by Python: cv2.imwrite takes the path as UTF-8 text and crashes on a name that is not
         path = folder / f"{stem}_{channel}.png"

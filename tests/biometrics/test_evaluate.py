@@ -288,6 +288,18 @@ def test_debug_frames_of_a_name_that_is_not_utf8_are_written(tmp_path):
     assert sorted(os.listdir(os.fsencode(tmp_path / "debug"))) == [b"001_1_1_image.png", b"caf\xe9_1_1_image.png"]
 
 
+def test_debug_frames_of_a_session_spanning_folders_are_written_flat(tmp_path, capsys):
+    """A session group that spans a folder (day1/s1) put a '/' in the frame's name: it was written
+    into a sub-folder that did not exist, i.e. not at all, without a word."""
+    for session in ("s1", "s2"):
+        (tmp_path / "imgs" / "day1").mkdir(parents=True, exist_ok=True)
+        write_folder(tmp_path / "imgs" / "day1" / session, subjects=2, sessions=1, samples=1)
+    rc, out, err = run_main(capsys, [str(tmp_path / "imgs"), "--pattern", r"(?P<session>\w+/\w+)/(?P<id>\d+)_1_1\.png",
+                                     "--out", str(tmp_path / "o"), "--debug-dir", str(tmp_path / "debug")])
+    assert rc == 0, err
+    assert sorted(os.listdir(tmp_path / "debug")) == [f"{i:03d}_day1_{s}_1_image.png" for i in (0, 1) for s in ("s1", "s2")]
+
+
 def test_engine_error_counts_as_failure_and_is_shown_once(tmp_path, capsys):
     folder = write_folder(tmp_path / "imgs", subjects=2, sessions=1, samples=2)
 
