@@ -56,7 +56,7 @@ class SampleKey:
 
     @property
     def label(self) -> str:
-        return f"{self.subject} s{self.session} #{self.sample}"
+        return f"{display_name(self.subject)} s{display_name(self.session)} #{display_name(self.sample)}"
 
 
 @attrs.frozen(eq=False)
@@ -129,7 +129,7 @@ class Numbering:
             return groups
         text = groups.get("sample", "")
         if not text.isdigit() or int(text) < 1:
-            raise DatasetError(f"{rel}: sample {text!r} is not a number from 1 (needed to derive the "
+            raise DatasetError(f"{display_name(rel)}: sample {text!r} is not a number from 1 (needed to derive the "
                                f"{'id' if self.samples_per_id else 'session'})")
         n, out = int(text) - 1, dict(groups)
         if self.samples_per_id is not None:
@@ -157,8 +157,10 @@ def compile_pattern(pattern: str, numbering: Numbering = Numbering()) -> re.Patt
 
 
 def display_name(name: str) -> str:
-    """A file name as printable text: bytes that are not UTF-8 escaped (``caf\\xe9.png``)."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """A file name as one line of printable text: bytes that are not UTF-8 escaped (``caf\\xe9.png``),
+    and control characters (``a\\nb.png``: a newline in a name split a message over two lines)."""
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def read_grey(path: str, bit_depth: int | None = None) -> np.ndarray:
@@ -263,7 +265,7 @@ def scan_folder(folder: str | os.PathLike, pattern: str, numbering: Numbering = 
             continue
         g = numbering.apply({k: v for k, v in match.groupdict().items() if v is not None}, rel)
         if not g.get("id"):
-            raise DatasetError(f"{rel}: the id group matched nothing; make it match at least one character")
+            raise DatasetError(f"{display_name(rel)}: the id group matched nothing; make it match at least one character")
         subject = g["id"]
         if "hand" in g:
             subject = f"{subject}/{_HANDS.get(g['hand'].lower(), g['hand'])}"
@@ -274,7 +276,7 @@ def scan_folder(folder: str | os.PathLike, pattern: str, numbering: Numbering = 
             value = g.get(channel_group, "")
             channel = CHANNEL_NAMES.get(value.lower())
             if channel is None:
-                raise DatasetError(f"{rel}: {channel_group} {value!r} is neither NIR nor surface "
+                raise DatasetError(f"{display_name(rel)}: {channel_group} {value!r} is neither NIR nor surface "
                                    f"(use one of {', '.join(sorted(CHANNEL_NAMES))})")
         sample = g.get("sample")
         if sample is None:  # order within (subject, session, channel) pairs the channels up
@@ -283,12 +285,13 @@ def scan_folder(folder: str | os.PathLike, pattern: str, numbering: Numbering = 
             sample = str(n + 1)
         slot = grouped.setdefault((subject, session, sample), {})
         if channel in slot:
-            raise DatasetError(f"{os.path.relpath(slot[channel], root)} and {rel} are the same sample ({subject} session {session} "
-                               f"sample {sample} {channel}); add a sample group to --pattern")
+            raise DatasetError(f"{display_name(os.path.relpath(slot[channel], root))} and {display_name(rel)} are the same "
+                               f"sample ({display_name(subject)} session {display_name(session)} sample {display_name(sample)} "
+                               f"{channel}); add a sample group to --pattern")
         slot[channel] = str(root / rel)
     if not grouped:
         raise DatasetError(f"none of the {len(files)} files in {root} matches --pattern {pattern!r} "
-                           f"(first file: {files[0]}); the pattern must match the whole file name")
+                           f"(first file: {display_name(files[0])}); the pattern must match the whole file name")
     samples = tuple(
         Sample(key=SampleKey(subject, session, sample), loader=_folder_loader(chan, bit_depth), files=tuple(chan.values()))
         for (subject, session, sample), chan in sorted(grouped.items(), key=lambda kv: _natural(kv[0])))

@@ -91,6 +91,21 @@ def test_a_file_name_that_is_not_utf8_is_read_and_a_fifo_is_refused(tmp_path):
         ds.read_grey(str(tmp_path / "9_1_1.png"))
 
 
+def test_a_control_character_in_a_name_is_shown_escaped_on_one_line(tmp_path):
+    """A newline (or an escape sequence) in a file name went into the messages as it was: the
+    one-line failure to acquire and the one-line errors were split over two lines."""
+    (tmp_path / "new\nline_1_1.png").write_text("not an image")
+    (tmp_path / "x\x1b[31m_1_1.png").write_text("not an image")
+    d = ds.scan_folder(tmp_path, r"(?P<id>[^_]+)_(?P<session>\d)_(?P<sample>\d)\.png")
+    assert [s.key.label for s in d.samples] == ["new\\nline s1 #1", "x\\x1b[31m s1 #1"]
+    with pytest.raises(ds.UnreadableSample) as exc:
+        d.samples[0].load((ds.IMAGE,))
+    assert str(exc.value) == "new\\nline_1_1.png: cannot be read as an image"
+    with pytest.raises(ds.DatasetError) as exc:
+        ds.scan_folder(tmp_path, r"(?P<id>\d+)\.jpg")
+    assert "(first file: new\\nline_1_1.png)" in str(exc.value) and "\n" not in str(exc.value)
+
+
 def test_an_image_over_the_engines_size_is_refused_before_it_is_decoded(tmp_path):
     """OpenCV refuses a header declaring more than OPENCV_IO_MAX_IMAGE_PIXELS before allocating,
     but reads that limit when cv2 is first imported: palmnode sets it to the engine's limit. With
