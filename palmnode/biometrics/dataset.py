@@ -219,10 +219,11 @@ def _folder_loader(files: dict[str, str], bit_depth: int | None) -> Callable[[tu
 
 def _list_files(root: Path) -> list[str]:
     """Relative paths of the files under ``root``, sorted, hidden ones left out; linked folders
-    are followed (a dataset's sessions often are links), each real folder once (no link loops)."""
+    are followed (a dataset's sessions often are links), each real folder once (no link loops).
+    A folder that cannot be listed is a :class:`DatasetError` (its images would be left out unseen)."""
     found = []
     seen: set[str] = set()
-    for folder, dirs, names in os.walk(root, followlinks=True):
+    for folder, dirs, names in os.walk(root, followlinks=True, onerror=_unlistable):
         real = os.path.realpath(folder)
         if real in seen:
             dirs[:] = []
@@ -233,6 +234,11 @@ def _list_files(root: Path) -> list[str]:
             if not name.startswith("."):
                 found.append(os.path.relpath(os.path.join(folder, name), root).replace(os.sep, "/"))
     return found
+
+
+def _unlistable(exc: OSError) -> None:
+    raise DatasetError(f"{display_name(str(exc.filename))}: the folder cannot be listed ({exc.strerror or exc}), "
+                       "so its images would be left out: make it readable or move it out of the dataset")
 
 
 def scan_folder(folder: str | os.PathLike, pattern: str, numbering: Numbering = Numbering(),

@@ -73,6 +73,25 @@ def test_linked_folders_are_followed_once(tmp_path):
     assert [(s.key.session, s.files[0].split("/")[-2]) for s in d.samples] == [("1", "s1"), ("2", "s2")]
 
 
+def test_a_folder_that_cannot_be_listed_is_an_error_not_left_out(tmp_path, monkeypatch):
+    """os.walk passed over a folder it could not list (another user's, mode 0700): its samples were
+    left out of the counts without a word (a session dropped), and an unreadable dataset folder
+    was reported 'empty'. (Permissions do not stop root, so the listing fails by hand here.)"""
+    touch_images(tmp_path / "data" / "s1", ["1_1_1.png"])
+    touch_images(tmp_path / "data" / "s2", ["1_2_1.png"])
+    scandir = os.scandir
+
+    def denied(path="."):
+        if os.fspath(path).endswith("s2"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+    monkeypatch.setattr(os, "scandir", denied)
+    with pytest.raises(ds.DatasetError) as exc:
+        ds.scan_folder(tmp_path / "data", r"s\d/(?P<id>\d)_(?P<session>\d)_(?P<sample>\d)\.png")
+    assert str(exc.value) == (f"{tmp_path / 'data' / 's2'}: the folder cannot be listed (Permission denied), so its "
+                              "images would be left out: make it readable or move it out of the dataset")
+
+
 def test_a_file_name_that_is_not_utf8_is_read_and_a_fifo_is_refused(tmp_path):
     """cv2.imread took the path as UTF-8 text and crashed the process (a segfault) on a name
     unpacked from a Latin-1 zip; a FIFO named like a sample blocked the run forever."""
