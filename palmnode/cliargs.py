@@ -29,6 +29,17 @@ def positive(text: str) -> float:
     return value
 
 
+def finite(text: str) -> float:
+    """A finite number (nan and inf refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
 def count(text: str) -> int:
     """A whole number of at least 1."""
     return _whole(text, 1)

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import attrs
 import numpy as np
 
-from palmnode.cliargs import bit_depth, count, non_negative
+from palmnode.cliargs import bit_depth, count, finite, non_negative
 from palmnode.progress import Progress
 from palmnode.biometrics import metrics
 from palmnode.biometrics.dataset import (IMAGE, NIR, SURFACE, Dataset, DatasetError, Numbering, SampleKey,
@@ -587,7 +587,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="synthetic: which palms each person presents (both = two subjects per person)")
     parser.add_argument("--seed", type=non_negative, default=0,
                         help="synthetic: seed of every identity and capture (0 or more)")
-    parser.add_argument("--min-quality", type=float, default=None,
+    parser.add_argument("--min-quality", type=finite, default=None,
                         help="refuse samples whose quality score is below this (default: the engine's policy)")
     parser.add_argument("--debug-dir", default=None, help="also write every loaded or rendered frame here "
                         "as PNG (raw palm images: only for debugging)")

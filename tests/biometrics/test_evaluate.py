@@ -300,6 +300,15 @@ def test_debug_frames_of_a_session_spanning_folders_are_written_flat(tmp_path, c
     assert sorted(os.listdir(tmp_path / "debug")) == [f"{i:03d}_day1_{s}_1_image.png" for i in (0, 1) for s in ("s1", "s2")]
 
 
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_min_quality_must_be_a_finite_number(capsys, value):
+    """--min-quality nan refused every sample ('quality 1.00 below nan'): FTA 1.0, exit 0."""
+    with pytest.raises(SystemExit) as exc:
+        ev.build_parser().parse_args(["--synthetic", "2", "--min-quality", value])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"argument --min-quality: must be a finite number, got {value}")
+
+
 def test_engine_error_counts_as_failure_and_is_shown_once(tmp_path, capsys):
     folder = write_folder(tmp_path / "imgs", subjects=2, sessions=1, samples=2)
 
