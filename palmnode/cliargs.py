@@ -16,19 +16,6 @@ def port(text: str) -> int:
     return value
 
 
-def positive(text: str) -> float:
-    """A finite number greater than zero."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
-
-
 def finite(text: str) -> float:
     """A finite number (nan and inf refused)."""
     try:
@@ -37,6 +24,14 @@ def finite(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def positive(text: str) -> float:
+    """A finite number greater than zero."""
+    value = finite(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
     return value
 
 
