@@ -128,7 +128,11 @@ class Vault:
         except BaseException:
             conn.close()
             raise
-        return cls(conn, path, keys, instance, node_id, clock)
+        vault = cls(conn, path, keys, instance, node_id, clock)
+        # a process killed after a removal committed but before its checkpoint left the removed
+        # person's old pages in the WAL: truncate it now, not at the next removal or close()
+        vault.checkpoint()
+        return vault
 
     @staticmethod
     def _prepare(conn: sqlite3.Connection, path: Path, keys: VaultKeys, clock: Callable[[], float]) -> str:

@@ -110,3 +110,38 @@ def test_kill_9_at_random_instants_leaves_every_person_whole_or_absent(tmp_path)
         done = run_until_killed(path, round_ * STRIDE, lines=rng.randint(1, 10), extra_delay=rng.uniform(0, 0.004))
         total |= check_consistent(path, done)
     assert len(total) >= ROUNDS  # the child really enrolled people each round
+
+
+# The child enrols two people and removes the second; the kill lands after the removal committed
+# and before its WAL checkpoint (Vault.checkpoint is where it dies), so the WAL still holds the old
+# pages of the person it removed.
+CHILD_REMOVAL = """
+import os, signal, sys
+from palmnode.vault import Vault
+from tests.vault.factories import KEYS, person
+vault = Vault.open(sys.argv[1], KEYS, node_id="kill")
+Vault.checkpoint = lambda self: os.kill(os.getpid(), signal.SIGKILL)
+keep, gone = person(1, vault), person(2, vault)
+vault.add_person(keep)
+vault.add_person(gone)
+vault.remove_person(gone.person_id, event=("deleted", {"person_id": gone.person_id}), reason="test")
+"""
+
+
+def test_kill_9_between_a_removal_and_its_checkpoint_leaves_no_trace_once_reopened(tmp_path):
+    path = tmp_path / "vault.db"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    child = subprocess.run([sys.executable, "-c", CHILD_REMOVAL, str(path)], cwd=REPO, env=env,
+                           capture_output=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode(errors="replace")[-800:]
+    with Vault.open(tmp_path / "scratch.db", KEYS) as scratch:
+        gone = person(2, scratch)
+    traces = [gone.person_id.encode(), gone.card.digest, gone.phone_digest]
+
+    def raw() -> bytes:
+        return b"".join(p.read_bytes() for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists())
+    assert all(t in raw() for t in traces)  # the crash left their old pages in the WAL
+    with Vault.open(path, KEYS, node_id="check") as vault:
+        assert vault.get(gone.person_id) is None and vault.count() == 1  # the removal had committed
+        assert [t for t in traces if t in raw()] == []  # gone from every file as soon as the vault is open
+        assert vault.integrity_check() == "ok"
