@@ -87,7 +87,8 @@ def create_key_file(path: Path) -> None:
 
 def _read_key_file(path: Path) -> bytes:
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        # O_NONBLOCK: a FIFO would otherwise wait for a writer here, before fstat can refuse it
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     except FileNotFoundError:
         raise VaultKeyError(f"vault key file {path} is missing; create it (mode 0600) or set "
                             f"{DEFAULT_ENV}") from None

@@ -1,5 +1,8 @@
 import os
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +17,7 @@ from palmnode.vault import (
 )
 
 SECRET_HEX = "11" * 32
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_create_key_file_is_0600_hex_and_refuses_to_overwrite(tmp_path):
@@ -83,3 +87,16 @@ def test_seal_round_trip_binds_aad_and_detects_tampering():
         open_(keys.template_key, bytes(flipped), b"templates:p1:left:0")
     with pytest.raises(TamperedData, match="shorter"):
         open_(keys.template_key, blob[:20], b"")
+
+
+def test_a_fifo_as_key_file_is_refused_instead_of_waiting_for_a_writer(tmp_path):
+    # os.open of a FIFO without O_NONBLOCK waits for a writer forever: run it in a child, so a
+    # regression fails on the timeout instead of hanging the test session
+    path = tmp_path / "vault.key"
+    os.mkfifo(path, 0o600)
+    code = ("import sys\nfrom palmnode.vault import VaultKeyError, load_keys\n"
+            "try:\n    load_keys(sys.argv[1], env={})\nexcept VaultKeyError as exc:\n    print(exc)\n")
+    child = subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO, capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    assert child.stdout.strip() == f"vault key file {path} is not a regular file", child.stderr[-800:]
+
