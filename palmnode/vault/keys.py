@@ -7,6 +7,7 @@ HMAC lookups (phone numbers, the audit log's person references), so neither can 
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import os
@@ -93,6 +94,9 @@ def _read_key_file(path: Path) -> bytes:
         raise VaultKeyError(f"vault key file {path} is missing; create it (mode 0600) or set "
                             f"{DEFAULT_ENV}") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP and os.path.islink(path):  # O_NOFOLLOW's refusal, not a loop
+            raise VaultKeyError(f"vault key file {path} is a symbolic link; name the key file itself "
+                                f"(mode 0600) in the configuration") from None
         raise VaultKeyError(f"cannot read vault key file {path}: {exc.strerror}") from None
     try:
         st = os.fstat(fd)

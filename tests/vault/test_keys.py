@@ -100,3 +100,13 @@ def test_a_fifo_as_key_file_is_refused_instead_of_waiting_for_a_writer(tmp_path)
                            env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
     assert child.stdout.strip() == f"vault key file {path} is not a regular file", child.stderr[-800:]
 
+
+def test_a_symlinked_key_file_is_refused_naming_the_symlink(tmp_path):
+    target = tmp_path / "real.key"
+    create_key_file(target)
+    link = tmp_path / "vault.key"
+    link.symlink_to(target)
+    with pytest.raises(VaultKeyError) as info:
+        load_keys(link, env={})
+    assert str(info.value) == (f"vault key file {link} is a symbolic link; name the key file itself "
+                               f"(mode 0600) in the configuration")
