@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import os
 import stat
+import string
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -60,6 +61,9 @@ def _parse_secret(text: str, source: str) -> bytes:
     try:
         secret = bytes.fromhex(text)
     except ValueError:
+        digits = "".join(text.split())
+        if digits and all(c in string.hexdigits for c in digits):  # an odd count: cut short, not garbled
+            raise VaultKeyError(f"{source} holds {len(digits)} hex digits; it must hold {SECRET_BYTES * 2}") from None
         raise VaultKeyError(f"{source} is not hex; it must hold {SECRET_BYTES * 2} hex digits "
                             f"(make one with `python -c 'import secrets; print(secrets.token_hex(32))'`)") from None
     if len(secret) != SECRET_BYTES:

@@ -54,7 +54,8 @@ def test_group_readable_key_file_is_refused_naming_file_and_fix(tmp_path):
     assert str(path) in message and "chmod 600" in message and "\n" not in message
 
 
-@pytest.mark.parametrize("content, reason", [("zz" * 32, "not hex"), ("11" * 16, "16 bytes"), ("", "0 bytes")])
+@pytest.mark.parametrize("content, reason", [("zz" * 32, "not hex"), ("11" * 16, "16 bytes"), ("", "0 bytes"),
+                                             ("11" * 31 + "1\n", "holds 63 hex digits; it must hold 64")])
 def test_malformed_key_file(tmp_path, content, reason):
     path = tmp_path / "vault.key"
     path.write_text(content)
