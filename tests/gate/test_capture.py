@@ -120,7 +120,8 @@ async def test_an_overheated_illuminator_is_a_capture_unavailable_while_it_cools
             try:
                 await rig.capturer.capture_probe()
             except CaptureUnavailable as exc:
-                refused = exc
-    assert refused.cooling and str(refused).startswith("illuminator")
+                if not str(exc).startswith("camera"):  # a late frame on a loaded machine is not this test's
+                    refused = exc
+    assert refused.cooling and str(refused).startswith("illuminator"), str(refused)
     assert await lights_off(rig)
     rig.gate.illuminator.heat(-50.0)
