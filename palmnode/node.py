@@ -108,7 +108,8 @@ class Node:
                 if path is not None:
                     Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.vault = await trio.to_thread.run_sync(
-                functools.partial(open_vault, vault_cfg, node_id=node_id, create_key=vault_cfg.key_file is not None))
+                functools.partial(open_vault, vault_cfg, node_id=node_id, create_key=vault_cfg.key_file is not None,
+                                  exclusive=True))
         except (VaultError, OSError) as exc:
             raise GateSetupError(f"vault {cfg.vault.path}: {exc}") from None
         if self.gallery is None:   # a search may stop early at a candidate the gate would accept

@@ -7,6 +7,7 @@ its event) is one transaction, so a crash at any instant leaves either all of it
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import hmac
 import json
@@ -92,8 +93,9 @@ class Vault:
     """The node's encrypted store of enrolled people, its event outbox and its audit log."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path, keys: VaultKeys, instance: str,
-                 node_id: str, clock: Callable[[], float]) -> None:
+                 node_id: str, clock: Callable[[], float], holder: int | None = None) -> None:
         self._conn = conn
+        self._holder = holder  # the open lock file of the node that holds the vault (exclusive)
         self._path = path
         self._keys = keys
         self._lock = threading.RLock()
@@ -104,11 +106,14 @@ class Vault:
     # --- opening and closing ---------------------------------------------------------------
     @classmethod
     def open(cls, path: Path, keys: VaultKeys, *, node_id: str = "",
-             clock: Callable[[], float] = time.time, busy_timeout: float = 5.0) -> Vault:
+             clock: Callable[[], float] = time.time, busy_timeout: float = 5.0, exclusive: bool = False) -> Vault:
         """Open (or create, mode 0600) the vault at ``path``; :class:`VaultKeyError` if ``keys`` are not its keys.
 
         ``node_id`` prefixes the outbox's idempotency keys; ``clock`` stamps events and audit entries;
         ``busy_timeout`` is how long to wait for another process holding the file's write lock.
+        ``exclusive`` (a node): hold ``<path>.lock`` until closed, and refuse the vault while
+        another holder has it: a second node on the same file would keep recognising the people
+        the first deletes, from its own gallery. ``palmnode vault check`` opens without it.
         """
         path = Path(path)
         try:
@@ -116,6 +121,17 @@ class Vault:
             _private_file(path)
         except OSError as exc:
             raise VaultError(f"cannot create vault {path}: {exc.strerror}") from None
+        holder = _hold(path) if exclusive else None
+        try:
+            return cls._connect(path, keys, node_id, clock, busy_timeout, holder)
+        except BaseException:
+            if holder is not None:
+                os.close(holder)
+            raise
+
+    @classmethod
+    def _connect(cls, path: Path, keys: VaultKeys, node_id: str, clock: Callable[[], float], busy_timeout: float,
+              holder: int | None) -> Vault:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
         try:
             instance = cls._prepare(conn, path, keys, clock)
@@ -128,7 +144,7 @@ class Vault:
         except BaseException:
             conn.close()
             raise
-        vault = cls(conn, path, keys, instance, node_id, clock)
+        vault = cls(conn, path, keys, instance, node_id, clock, holder)
         # a process killed after a removal committed but before its checkpoint left the removed
         # person's old pages in the WAL: truncate it now, not at the next removal or close()
         vault.checkpoint()
@@ -175,6 +191,8 @@ class Vault:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._conn.close()
+            if self._holder is not None:
+                os.close(self._holder)
 
     def __enter__(self) -> Self:
         return self
@@ -599,8 +617,25 @@ class Vault:
 
 def open_vault(config: VaultConfig, *, env: Mapping[str, str] = os.environ, node_id: str = "",
                create_key: bool = False, clock: Callable[[], float] = time.time,
-               busy_timeout: float = 5.0) -> Vault:
+               busy_timeout: float = 5.0, exclusive: bool = False) -> Vault:
     """The vault ``config`` describes, its keys loaded from its key file or ``config.key_env``."""
     keys = load_keys(Path(config.key_file) if config.key_file else None, env=env,
                      env_name=config.key_env, create=create_key)
-    return Vault.open(Path(config.path), keys, node_id=node_id, clock=clock, busy_timeout=busy_timeout)
+    return Vault.open(Path(config.path), keys, node_id=node_id, clock=clock, busy_timeout=busy_timeout,
+                      exclusive=exclusive)
+
+
+def _hold(path: Path) -> int:
+    """An exclusive lock on ``<path>.lock`` (0600, empty), as an open file descriptor."""
+    lock = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise VaultError(f"cannot create the vault's lock file {lock}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise VaultError(f"vault {path} is in use by another node (it holds {lock.name}): "
+                         "one vault, one node; stop the other or give this one its own vault") from None
+    return fd

@@ -71,6 +71,21 @@ def test_files_are_0600_and_pragmas_set(vault, path):
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
 
 
+def test_one_vault_one_node(path):
+    """A node opens its vault exclusively: a second node on the same file is refused in one line
+    (it would go on recognising the people the first one deletes), a check still opens it, and
+    the vault is free again once the first node closes it."""
+    with Vault.open(path, KEYS, exclusive=True) as first:
+        first.add_person(person(1, first))
+        with pytest.raises(VaultError, match=r"in use by another node \(it holds vault.db.lock\)"):
+            Vault.open(path, KEYS, exclusive=True)
+        with Vault.open(path, KEYS) as check:
+            assert check.statistics()["people"] == 1
+    assert stat.S_IMODE((path.with_name("vault.db.lock")).stat().st_mode) == 0o600
+    with Vault.open(path, KEYS, exclusive=True) as again:
+        assert again.statistics()["people"] == 1
+
+
 def test_existing_wide_file_is_narrowed_to_0600(path):
     Vault.open(path, KEYS).close()
     os.chmod(path, 0o644)
