@@ -162,6 +162,16 @@ def agreeing(captures: list[ProbeTemplates | PalmTemplate], threshold: float, wa
     return None
 
 
+def same_palm(probe: ProbeTemplates, earlier: dict[str, list[PalmTemplate]], threshold: float) -> str | None:
+    """The palm of this enrolment already captured (``earlier``: each palm's templates) that
+    ``probe`` matches (fused ≥ ``threshold`` against any of its templates), or None: the same
+    hand held up again when the other one was asked for."""
+    for name, templates in earlier.items():
+        if any(matcher.match_probe(probe, t).fused >= threshold for t in templates):
+            return name
+    return None
+
+
 class EnrolFlow:
     """The enrolment actor: ``await nursery.start(flow.run)``, then ``flow.begin(...)`` (from the
     controller's ``enrol.begin`` or locally) and ``flow.cancel()``."""
@@ -293,7 +303,7 @@ class EnrolFlow:
             self._goto(E.PALM)
             captured = None
             with trio.move_on_after(p.palm_timeout_s):
-                captured = await self._palm(palm)
+                captured = await self._palm(palm, palms)
             if captured is None:
                 return EnrolResult(False, reason=f"{palm} palm not captured in time")
             if isinstance(captured, str):
@@ -332,9 +342,10 @@ class EnrolFlow:
             read = await cards.receive()
             return read.token
 
-    async def _palm(self, palm: str) -> list[ProbeTemplates] | str:
+    async def _palm(self, palm: str, earlier: dict[str, list[PalmTemplate]]) -> list[ProbeTemplates] | str:
         """Good captures of ``palm`` (each as its probe variants, ``.base`` the template to store)
-        until ``captures`` agree, the most central first; a string says why it failed."""
+        until ``captures`` agree, the most central first; a string says why it failed. A capture
+        of a palm already captured in this enrolment (``earlier``) is refused with words."""
         p = self.policy
         good: list[ProbeTemplates] = []
         taken = 0
@@ -361,14 +372,18 @@ class EnrolFlow:
                 continue
             taken += 1
             in_hover += 1
-            good.append(result.variants)
-            chosen = await trio.to_thread.run_sync(agreeing, good, p.agree_threshold, p.captures)
-            if chosen is not None:
-                agreed = [good[i] for i in chosen]
-                central = await trio.to_thread.run_sync(most_central, agreed)
-                self._progress("palm", f"{palm} palm captured")
-                return [agreed[central], *agreed[:central], *agreed[central + 1:]]
-            self._progress("capture", f"{palm} palm: {len(good)} of {p.captures}")
+            same = await trio.to_thread.run_sync(same_palm, result.variants, earlier, p.agree_threshold)
+            if same is not None:
+                self._progress("capture", f"that is your {same} palm: hold your {palm} palm over the gate")
+            else:
+                good.append(result.variants)
+                chosen = await trio.to_thread.run_sync(agreeing, good, p.agree_threshold, p.captures)
+                if chosen is not None:
+                    agreed = [good[i] for i in chosen]
+                    central = await trio.to_thread.run_sync(most_central, agreed)
+                    self._progress("palm", f"{palm} palm captured")
+                    return [agreed[central], *agreed[:central], *agreed[central + 1:]]
+                self._progress("capture", f"{palm} palm: {len(good)} of {p.captures}")
             if in_hover >= p.per_hover:
                 self._progress("again", f"lift your hand, then hold your {palm} palm over the gate again")
                 await self._wait_leave()

@@ -8,6 +8,7 @@ import logging
 import trio
 import trio.testing
 
+from palmnode.biometrics import matcher
 from palmnode.biometrics.gallery import Gallery
 from palmnode.biometrics.prefilter import SearchCancelled
 from palmnode.demo import hold_palms
@@ -263,3 +264,54 @@ async def test_a_search_that_hangs_is_a_retry_and_stopped_then_the_gate_serves_o
         rig.gallery.stuck = False
         decision = await present(rig, events, STRANGER, session=1)
         assert decision.outcome == "unknown", decision
+
+
+async def test_the_first_palm_held_up_again_for_the_second_is_refused_with_words(rig, nursery, threshold):
+    """Asked for the left palm after the right, the person holds up the right one again: those
+    captures are refused ("that is your right palm") rather than stored as the left palm (the
+    enrolment completed before with the right palm under both names), and the left palm, once
+    presented, is enrolled."""
+    enrol = EnrolFlow(rig.node.bus, rig.capturer, rig.gallery, rig.people, metrics=rig.metrics,
+                      policy=EnrolPolicy(agree_threshold=threshold, duplicate_threshold=threshold))
+    await nursery.start(enrol.run)
+    hand, told = ["right"], []
+    lift = trio.Event()
+
+    async def person(request, events) -> None:
+        nonlocal lift
+
+        async def listen() -> None:
+            async for ev in events:
+                if ev.step == "capture" and ev.detail.startswith("that is your"):
+                    told.append(ev.detail)
+                    hand[0] = "left"        # corrected, the person holds up the other hand
+                if ev.step == "again" or ev.detail.endswith("palm captured"):
+                    lift.set()
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(listen)
+            while not request.done.is_set():
+                lift = trio.Event()
+                with trio.move_on_after(5):
+                    async with trio.open_nursery() as hovering:
+                        hovering.start_soon(lambda: hover(rig.gate, PERSON, hand=hand[0], seconds=1.2))
+                        await lift.wait()
+                        hovering.cancel_scope.cancel()
+                await trio.sleep(0.4)   # away until the gate has seen the hand go
+            inner.cancel_scope.cancel()
+
+    async with rig.node.bus.subscribe(EnrolProgress, buffer=1024) as events:
+        request = enrol.begin("+15551230001", ["right", "left"])
+        await next_of(events, EnrolProgress, where=lambda ev: ev.step == "card")
+        nursery.start_soon(rig.gate.apply, sc.Card(at=0.0, kind="emv", pan="4111111111111111", seconds=1.0))
+        with trio.fail_after(40):
+            async with trio.open_nursery() as hands:
+                hands.start_soon(person, request, events)
+                result = await request.wait()
+    assert result.ok, result
+    assert told and told[0] == "that is your right palm: hold your left palm over the gate", told
+    stored = {palm.palm: palm.templates for palm in rig.vault.get(result.person_id).palms}
+    right, left = stored["right"], stored["left"]
+    assert max(matcher.match(r, l).fused for r in right for l in left) < threshold
+    assert len(rig.gallery) == 2
+
