@@ -36,7 +36,7 @@ import attrs
 import trio
 
 from drivers.card_reader.cardtoken import CardToken
-from drivers.card_reader.reads import PaymentCardRead
+from drivers.card_reader.reads import BadgeRead, PaymentCardRead
 from drivers.proximity.driver import Distance
 from palmnode.actors import EventBus
 from palmnode.biometrics import matcher
@@ -338,9 +338,13 @@ class EnrolFlow:
         return EnrolResult(True, person_id=person.person_id)
 
     async def _card(self) -> CardToken:
-        async with self.bus.subscribe(PaymentCardRead, buffer=8) as cards:
-            read = await cards.receive()
-            return read.token
+        async with self.bus.subscribe(PaymentCardRead, BadgeRead, buffer=8) as cards:
+            while True:
+                read = await cards.receive()
+                if isinstance(read, PaymentCardRead):
+                    return read.token
+                # a badge (an access or loyalty card): the person is told, not left waiting for the timeout
+                self._progress("card", "that is not a payment card: tap your payment card on the reader")
 
     async def _palm(self, palm: str, earlier: dict[str, list[PalmTemplate]]) -> list[ProbeTemplates] | str:
         """Good captures of ``palm`` (each as its probe variants, ``.base`` the template to store)

@@ -315,3 +315,23 @@ async def test_the_first_palm_held_up_again_for_the_second_is_refused_with_words
     assert max(matcher.match(r, l).fused for r in right for l in left) < threshold
     assert len(rig.gallery) == 2
 
+
+async def test_a_badge_tapped_for_the_payment_card_is_told_so(rig, nursery, threshold):
+    """Asked for a payment card, the person taps a badge (an access or loyalty card, no payment
+    application): told it is not a payment card at once (it was ignored in silence, the person
+    left waiting for "no card" after card_timeout_s), and the payment card tapped next is read."""
+    enrol = EnrolFlow(rig.node.bus, rig.capturer, rig.gallery, rig.people, metrics=rig.metrics,
+                      policy=EnrolPolicy(agree_threshold=threshold, duplicate_threshold=threshold))
+    await nursery.start(enrol.run)
+    async with rig.node.bus.subscribe(EnrolProgress, buffer=256) as events:
+        request = enrol.begin("+15551230001", ["right"])
+        await next_of(events, EnrolProgress, where=lambda ev: ev.step == "card")
+        nursery.start_soon(rig.gate.apply, sc.Card(at=0.0, kind="badge", seconds=0.5))
+        said = await next_of(events, EnrolProgress, where=lambda ev: ev.step != "capture")
+        assert (said.step, said.detail) == ("card", "that is not a payment card: tap your payment card on the reader")
+        assert enrol.state.value == "card"
+        nursery.start_soon(rig.gate.apply, sc.Card(at=0.0, kind="emv", pan="4111111111111111", seconds=0.5))
+        said = await next_of(events, EnrolProgress, where=lambda ev: ev.step != "capture")
+        assert (said.step, said.detail) == ("card", "card …1111 read")
+        assert enrol.cancel()
+        assert (await request.wait()).reason == "cancelled"
