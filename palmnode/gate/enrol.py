@@ -102,6 +102,10 @@ class EnrolPolicy:
     palm_timeout_s: float = 20.0
     timeout_s: float = 90.0
     capture_timeout_s: float = 0.6
+    #: asked to lift the hand and present it again, a hand still in the window is reminded this
+    #: often (as the identify flow's ``leave_timeout_s``): lifted a little, it stays present
+    #: (hysteresis) and the enrolment would wait in silence for the palm timeout
+    lift_reminder_s: float = 3.0
     #: placement advice while a palm is wanted and no hand is in the window (as the identify flow)
     presence: PresencePolicy = PresencePolicy()
     advice: AdvicePolicy = AdvicePolicy()
@@ -390,7 +394,7 @@ class EnrolFlow:
                 self._progress("capture", f"{palm} palm: {len(good)} of {p.captures}")
             if in_hover >= p.per_hover:
                 self._progress("again", f"lift your hand, then hold your {palm} palm over the gate again")
-                await self._wait_leave()
+                await self._wait_leave(f"lift your hand higher, then hold your {palm} palm over the gate again")
                 in_hover = 0
         return f"{palm} palm: captures did not agree"
 
@@ -410,10 +414,13 @@ class EnrolFlow:
             self._arrived = trio.Event()
             await self._arrived.wait()
 
-    async def _wait_leave(self) -> None:
+    async def _wait_leave(self, reminder: str) -> None:
         while self._present:
             self._left = trio.Event()
-            await self._left.wait()
+            with trio.move_on_after(self.policy.lift_reminder_s):
+                await self._left.wait()
+            if self._present:
+                self._progress("again", reminder)
 
     # ---- helpers -----------------------------------------------------------------------------
     def _goto(self, state: EnrolState) -> None:

@@ -335,3 +335,30 @@ async def test_a_badge_tapped_for_the_payment_card_is_told_so(rig, nursery, thre
         assert (said.step, said.detail) == ("card", "card …1111 read")
         assert enrol.cancel()
         assert (await request.wait()).reason == "cancelled"
+
+
+async def test_a_hand_lifted_too_little_after_again_is_reminded(rig, nursery, threshold):
+    """Asked to lift the hand and present it again, the person lifts it a little, to where the
+    sensor still counts it present (between far_mm and release_mm): reminded to lift it higher
+    (the enrolment waited in silence until the palm timeout failed it, "not captured in time")."""
+    enrol = EnrolFlow(rig.node.bus, rig.capturer, rig.gallery, rig.people, metrics=rig.metrics,
+                      policy=EnrolPolicy(agree_threshold=threshold, duplicate_threshold=threshold,
+                                         lift_reminder_s=1.0, palm_timeout_s=6.0))
+    await nursery.start(enrol.run)
+    gate = rig.gate
+    async with rig.node.bus.subscribe(EnrolProgress, buffer=1024) as events:
+        request = enrol.begin(None, ["right"], card_required=False)
+        gate.hand.present(PERSON, session=1, hand="right")
+        try:
+            gate.hand.distance_mm = 150
+            gate.proximity.set_target(150)
+            asked = await next_of(events, EnrolProgress, where=lambda ev: ev.step == "again")
+            gate.hand.distance_mm = 325     # lifted, but not out of the window (release_mm 340)
+            gate.proximity.set_target(325)
+            said = await next_of(events, EnrolProgress, where=lambda ev: ev.step != "capture")
+        finally:
+            gate.proximity.set_target(None)
+            gate.hand.absent()
+    assert (said.step, said.detail) == ("again", "lift your hand higher, then hold your right palm over the gate again")
+    assert said.at - asked.at < 2.0 and enrol.state.value == "palm"
+    assert enrol.cancel() and (await request.wait()).reason == "cancelled"
