@@ -449,7 +449,8 @@ class IdentifyFlow:
             with trio.move_on_after(self.policy.leave_timeout_s):
                 await self._left.wait()
                 return
-            self._say("please take your hand away")
+            if self.capturer.reserved_by is None:  # an enrolment has the gate: its words, not ours
+                self._say("please take your hand away")
 
     # ---- helpers ------------------------------------------------------------------------------
     def _goto(self, state: IdentifyState) -> None:

@@ -265,3 +265,29 @@ async def test_enrolment_advises_a_hand_held_too_close_then_times_out_the_palm(n
         assert (said.step, said.detail) == ("capture", "move your hand a little higher")
         result = await request.wait()
     assert not result.ok and result.reason == "left palm not captured in time"
+
+
+async def test_a_lingering_hand_is_not_sent_away_while_an_enrolment_has_the_gate(nursery, autojump_clock):
+    """A stranger's hand lingers after its decision and the staff start an enrolment for them: the
+    identify flow leaves the person to the enrolment's words (it said "please take your hand away"
+    every leave_timeout_s, while the enrolment asked for the card and then for that very palm)."""
+    bus = EventBus()
+    capturer = idle_capturer()
+    identify = IdentifyFlow(bus, capturer, Gallery(), policy=IdentifyPolicy(leave_timeout_s=3.0))
+    enrol = EnrolFlow(bus, capturer, Gallery(), people=None)
+    await nursery.start(identify.run)
+    await nursery.start(enrol.run)
+    async with bus.subscribe(Decision, Feedback, buffer=64) as events:
+        bus.publish(PresenceChanged(True, 150, trio.current_time()))
+        while not isinstance(await events.receive(), Decision):
+            pass
+        await trio.sleep(1)
+        assert identify.state is IdentifyState.LEAVING
+        request = enrol.begin(None, ["right"])          # waits for the card: the hand stays
+        await trio.sleep(10)
+        said = [ev.message async for ev in _drain(events) if isinstance(ev, Feedback)]
+        assert "please take your hand away" not in said, said
+        assert enrol.cancel() and (await request.wait()).reason == "cancelled"
+        await trio.sleep(3.5)                           # the gate is the identify flow's again
+        said = [ev.message async for ev in _drain(events) if isinstance(ev, Feedback)]
+    assert said == ["please take your hand away"]
