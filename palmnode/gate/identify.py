@@ -309,6 +309,7 @@ class IdentifyFlow:
         evidence = Evidence(p)
         verdict: Verdict | None = None
         failure: str | None = None
+        told = False  # the person has heard words for the last failure
         trace: list[AttemptTrace] = []
 
         def note(result: str, search_ms: float = 0.0) -> None:
@@ -332,17 +333,18 @@ class IdentifyFlow:
                     if result is None:  # (the capturer's own frame timeout normally comes first)
                         note("timeout")
                         failure = f"camera: no lit pair within {p.capture_timeout_s:.2f} s"
+                        told = False
                         self._count_retry("timeout")
                         break
                     if isinstance(result, CaptureUnavailable):
-                        failure = str(result)
+                        failure, told = str(result), True
                         note("unavailable")
                         self._count_retry("device")
                         self._say("the gate is cooling down, please try again in a minute" if result.cooling
                                   else "the gate is not ready, please try again")
                         break
                     if isinstance(result, ProbeFailure):
-                        failure = result.feedback
+                        failure, told = result.feedback, True
                         note(result.reason.value)
                         self._count_retry(result.reason.value)
                         self._say(result.feedback)
@@ -360,7 +362,7 @@ class IdentifyFlow:
                         stop.set()  # a search given up on (timeout, deadline, hand gone) frees its core
                     note("probe", (trio.current_time() - searched) * 1e3)
                     if found is None:
-                        failure = "search timed out"
+                        failure, told = "search timed out", False
                         self._count_retry("timeout")
                         continue
                     if p.second_look and self.people is not None and found and found[0].score.fused < p.threshold:
@@ -384,7 +386,10 @@ class IdentifyFlow:
             reason = failure or "timed out"
         else:
             reason = failure or "no usable capture"
-        return self._decide(arrival, "retry", None, None, None, reason)
+        decision = self._decide(arrival, "retry", None, None, None, reason)
+        if not left and not told:  # a timeout (search, camera, deadline): nothing said to the person yet
+            self._say("please lift your hand and hold your palm over the gate again")
+        return decision
 
     def _decide(self, arrival: PresenceChanged, outcome: str, person_id: str | None, palm: str | None,
                 score: float | None, reason: str | None) -> Decision:

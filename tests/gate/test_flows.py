@@ -362,3 +362,19 @@ async def test_a_hand_lifted_too_little_after_again_is_reminded(rig, nursery, th
     assert (said.step, said.detail) == ("again", "lift your hand higher, then hold your right palm over the gate again")
     assert said.at - asked.at < 2.0 and enrol.state.value == "palm"
     assert enrol.cancel() and (await request.wait()).reason == "cancelled"
+
+
+async def test_a_retry_after_a_search_that_timed_out_asks_the_person_to_present_again(rig, nursery, threshold):
+    """A decision that ends in a retry because the search timed out (or no lit pair came) had no
+    words for the person: the gate fell silent, then said "please take your hand away" after
+    leave_timeout_s. Now they are asked to present the palm again, as after a near miss."""
+    rig.gallery = StuckGallery()
+    await start_identify(rig, nursery, threshold, policy={"match_timeout_s": 0.2})
+    async with rig.node.bus.subscribe(Decision, Feedback, buffer=256) as events:
+        async with trio.open_nursery() as hands:
+            hands.start_soon(lambda: hover(rig.gate, STRANGER, session=1, seconds=1.5))
+            decision = await next_of(events, Decision)
+            said = await next_of(events, Feedback, where=lambda ev: ev.message != "hold still")
+    assert decision.outcome == "retry" and decision.reason == "search timed out", decision
+    assert said.message == "please lift your hand and hold your palm over the gate again"
+    assert said.at - decision.at < 0.5
