@@ -9,7 +9,7 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
-from drivers.card_reader.reads import BadgeRead, PaymentCardRead
+from drivers.card_reader.reads import BadgeRead, CardNotRead, PaymentCardRead
 from drivers.illuminator.driver import BoardNotice, Cooled, DeadmanTripped, OverTemperature
 from palmnode.actors import (Backoff, ChildContext, ChildSpec, DeviceStateChanged, EventBus,
                              GateStateChanged, HealthRegistry, Supervisor)
@@ -37,7 +37,7 @@ from palmnode.vault import Vault, VaultError, open_vault
 log = logging.getLogger("palmnode.node")
 
 #: what the node logs as it happens (nothing biometric; cards as token prefix and last four)
-LOGGED_EVENTS = (PresenceChanged, BadgeRead, PaymentCardRead, DeviceStateChanged, GateStateChanged,
+LOGGED_EVENTS = (PresenceChanged, BadgeRead, PaymentCardRead, CardNotRead, DeviceStateChanged, GateStateChanged,
                  OverTemperature, Cooled, DeadmanTripped, BoardNotice, Decision, GateOpened, PaymentResult,
                  LoyaltyMember, PersonEnrolled, PersonDeleted, ModeChanged)
 #: what this node offers the controller in its hello
@@ -267,7 +267,7 @@ def _session_child(session: DeviceSession,
 
 
 _EVENT_NAMES = {
-    PresenceChanged: "presence", BadgeRead: "card read", PaymentCardRead: "card read",
+    PresenceChanged: "presence", BadgeRead: "card read", PaymentCardRead: "card read", CardNotRead: "card not read",
     DeviceStateChanged: "device state", GateStateChanged: "gate state",
     OverTemperature: "over temperature", Cooled: "cooled", DeadmanTripped: "dead-man tripped",
     BoardNotice: "board notice", Decision: "decision", GateOpened: "gate opened", PaymentResult: "payment",

@@ -9,7 +9,7 @@ from drivers.card_reader.cards import Badge, EmvCard
 from drivers.card_reader.driver import CardReader, CardReaderStats
 from drivers.card_reader.emulator import CardReaderEmulator
 from drivers.card_reader.emv import MASTERCARD_AID, VISA_AID, EmvError, Terminal
-from drivers.card_reader.reads import BadgeRead, CardRead, PaymentCardRead
+from drivers.card_reader.reads import BadgeRead, CardNotRead, CardRead, PaymentCardRead
 from drivers.card_reader.tlv import TlvError
 
 __all__ = [

@@ -25,7 +25,7 @@ from drivers.card_reader import commands as c
 from drivers.card_reader.cardtoken import MIN_KEY_BYTES, CardToken, InvalidCardNumber
 from drivers.card_reader.codec import Ack, ErrorFrame, Malformed, Nack, Response
 from drivers.card_reader.hsu import WAKE_UP_PREAMBLE
-from drivers.card_reader.reads import BadgeRead, CardRead, PaymentCardRead
+from drivers.card_reader.reads import BadgeRead, CardNotRead, CardRead, PaymentCardRead
 from drivers.errors import DeviceTimeout, ProtocolError
 from drivers.serialport import SerialPort
 from drivers.traffic import TrafficLog
@@ -315,10 +315,12 @@ class CardReader:
         if target is None:
             return None
         _, read = await self._take(target, skip=False)
-        return read
+        return None if isinstance(read, CardNotRead) else read
 
-    async def cards(self, interval: float = 0.1, *, liveness: float = LIVENESS_S) -> AsyncIterator[CardRead]:
-        """Each card presented, once per presentation (not again while it stays on the reader).
+    async def cards(self, interval: float = 0.1, *,
+                    liveness: float = LIVENESS_S) -> AsyncIterator[CardRead | CardNotRead]:
+        """Each card presented, once per presentation (not again while it stays on the reader);
+        a :class:`CardNotRead` for one presented but not read (``stats.failed_reads`` counts why).
 
         The chip waits for the card (InListPassiveTarget, MxRtyPassiveActivation = 0xFF) and
         answers as soon as one enters the field. After ``liveness`` seconds without a card the
@@ -356,21 +358,20 @@ class CardReader:
             raise ProtocolError(f"{self.device} on {self.path}: {exc}") from None
         return targets[0] if targets else None
 
-    async def _take(self, target: c.TargetA, *, skip: bool) -> tuple[bool, CardRead | None]:
-        """Read ``target`` (unless ``skip``) and release it: (card taken away during the read, read)."""
+    async def _take(self, target: c.TargetA, *, skip: bool) -> tuple[bool, CardRead | CardNotRead | None]:
+        """Read ``target`` (unless ``skip``: None) and release it: (card taken away during the read, read)."""
         if skip:
             await self._release(target.tg)
             return False, None
         try:
             read = await self._read(target)
         except _CardLeft:
-            self.stats.failed_reads["card taken away during the read"] += 1
-            return True, None  # not "seen": read it again when it comes back
+            return True, self._not_read("card taken away during the read")  # not "seen": read again when back
         finally:
             await self._release(target.tg)
         if isinstance(read, BadgeRead):
             self.stats.badges += 1
-        elif read is not None:
+        elif isinstance(read, PaymentCardRead):
             self.stats.payment_cards += 1
         return False, read
 
@@ -378,7 +379,7 @@ class CardReader:
         # InRelease (§7.3.11): DESELECT / HLTA, so the card stays quiet until it is presented again
         await self.call(c.in_release(tg))
 
-    async def _read(self, target: c.TargetA) -> CardRead | None:
+    async def _read(self, target: c.TargetA) -> CardRead | CardNotRead:
         badge = BadgeRead(target.nfcid1.hex().upper())
         if not (target.iso_dep and target.ats):
             return badge
@@ -387,12 +388,15 @@ class CardReader:
         except emv.EmvError as exc:
             if exc.step == "SELECT PPSE":
                 return badge  # ISO-DEP but no payment application (e.g. a DESFire access badge)
-            self.stats.failed_reads[exc.step] += 1
             log.warning("%s: payment card not read: %s", self.path, exc)
+            return self._not_read(exc.step)
         except InvalidCardNumber as exc:
-            self.stats.failed_reads["invalid card number"] += 1
             log.warning("%s: payment card not read: %s", self.path, exc)
-        return None
+            return self._not_read("invalid card number")
+
+    def _not_read(self, reason: str) -> CardNotRead:
+        self.stats.failed_reads[reason] += 1
+        return CardNotRead(reason)
 
     async def _read_payment_card(self, tg: int) -> PaymentCardRead:
         self._traffic.sensitive = True

@@ -23,4 +23,12 @@ class PaymentCardRead:
     scheme: str
 
 
+@attrs.frozen
+class CardNotRead:
+    """A card was presented but could not be read (taken away too soon, an EMV step failed, an
+    invalid card number): the person should tap it again. ``reason`` names no card data."""
+
+    reason: str
+
+
 CardRead = BadgeRead | PaymentCardRead

@@ -36,7 +36,7 @@ import attrs
 import trio
 
 from drivers.card_reader.cardtoken import CardToken
-from drivers.card_reader.reads import BadgeRead, PaymentCardRead
+from drivers.card_reader.reads import BadgeRead, CardNotRead, PaymentCardRead
 from drivers.proximity.driver import Distance
 from palmnode.actors import EventBus
 from palmnode.biometrics import matcher
@@ -342,13 +342,16 @@ class EnrolFlow:
         return EnrolResult(True, person_id=person.person_id)
 
     async def _card(self) -> CardToken:
-        async with self.bus.subscribe(PaymentCardRead, BadgeRead, buffer=8) as cards:
+        async with self.bus.subscribe(PaymentCardRead, BadgeRead, CardNotRead, buffer=8) as cards:
             while True:
                 read = await cards.receive()
                 if isinstance(read, PaymentCardRead):
                     return read.token
-                # a badge (an access or loyalty card): the person is told, not left waiting for the timeout
-                self._progress("card", "that is not a payment card: tap your payment card on the reader")
+                # told at once, not left waiting for the card timeout
+                if isinstance(read, CardNotRead):
+                    self._progress("card", "the card was not read: tap it again and hold it still on the reader")
+                else:  # a badge: an access or loyalty card
+                    self._progress("card", "that is not a payment card: tap your payment card on the reader")
 
     async def _palm(self, palm: str, earlier: dict[str, list[PalmTemplate]]) -> list[ProbeTemplates] | str:
         """Good captures of ``palm`` (each as its probe variants, ``.base`` the template to store)

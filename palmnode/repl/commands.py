@@ -17,7 +17,7 @@ from typing import Any, Awaitable, Callable, Protocol
 import attrs
 import trio
 
-from drivers.card_reader.reads import BadgeRead, PaymentCardRead
+from drivers.card_reader.reads import BadgeRead, CardNotRead, PaymentCardRead
 from drivers.errors import DeviceError
 from drivers.illuminator.driver import BoardNotice, Cooled, DeadmanTripped, OverTemperature
 from palmnode.actors import (ChildStateChanged, DeviceStateChanged, EventBus, GateStateChanged,
@@ -213,7 +213,7 @@ FOLLOW_BUFFER = 512
 
 def followable() -> dict[str, type]:
     """Event types ``follow`` can show, by lower-case name."""
-    types: list[type] = [PresenceChanged, BadgeRead, PaymentCardRead, DeviceStateChanged,
+    types: list[type] = [PresenceChanged, BadgeRead, PaymentCardRead, CardNotRead, DeviceStateChanged,
                          GateStateChanged, ChildStateChanged, OverTemperature, Cooled, DeadmanTripped,
                          BoardNotice]
     if gate_events is not None:
@@ -231,7 +231,7 @@ def follow_groups() -> dict[str, tuple[str, ...]]:
     return {
         "devices": ("devicestatechanged", "gatestatechanged", "childstatechanged", "overtemperature",
                     "cooled", "deadmantripped", "boardnotice"),
-        "cards": ("badgeread", "paymentcardread"),
+        "cards": ("badgeread", "paymentcardread", "cardnotread"),
         "presence": ("presencechanged",),
         "gate": gate,
     }

@@ -337,6 +337,27 @@ async def test_a_badge_tapped_for_the_payment_card_is_told_so(rig, nursery, thre
         assert (await request.wait()).reason == "cancelled"
 
 
+async def test_a_card_taken_away_before_it_was_read_is_told_to_tap_again(rig, nursery, threshold):
+    """The payment card leaves the field halfway through its read: the person is asked to tap it
+    again at once (nothing was said, and the enrolment waited for "no card" after card_timeout_s),
+    and the card tapped again is read."""
+    enrol = EnrolFlow(rig.node.bus, rig.capturer, rig.gallery, rig.people, metrics=rig.metrics,
+                      policy=EnrolPolicy(agree_threshold=threshold, duplicate_threshold=threshold))
+    await nursery.start(enrol.run)
+    async with rig.node.bus.subscribe(EnrolProgress, buffer=256) as events:
+        request = enrol.begin("+15551230002", ["right"])
+        await next_of(events, EnrolProgress, where=lambda ev: ev.step == "card")
+        rig.gate.card_reader.remove_card_after(2)   # gone after PPSE and SELECT AID
+        await rig.gate.apply(sc.Card(at=0.0, kind="emv", pan="4111111111111111", seconds=0.5))  # tapped, lifted
+        said = await next_of(events, EnrolProgress, where=lambda ev: ev.step != "capture")
+        assert (said.step, said.detail) == ("card", "the card was not read: tap it again and hold it still on the reader")
+        nursery.start_soon(rig.gate.apply, sc.Card(at=0.0, kind="emv", pan="4111111111111111", seconds=0.5))
+        said = await next_of(events, EnrolProgress, where=lambda ev: ev.step != "capture")
+        assert (said.step, said.detail) == ("card", "card …1111 read")
+        assert enrol.cancel()
+        assert (await request.wait()).reason == "cancelled"
+
+
 async def test_a_hand_lifted_too_little_after_again_is_reminded(rig, nursery, threshold):
     """Asked to lift the hand and present it again, the person lifts it a little, to where the
     sensor still counts it present (between far_mm and release_mm): reminded to lift it higher

@@ -141,8 +141,8 @@ async def test_terminal_session_with_completion_history_and_follow(node, repl_pa
         await terminal.send_all(b"\r")
         await out.wait_for("gate READY")
         await out.prompt("demo-gate> ", 2)
-        await terminal.send_all(b"follow car\t\r")
-        await out.wait_for("following BadgeRead, PaymentCardRead")
+        await terminal.send_all(b"follow cards\r")
+        await out.wait_for("following BadgeRead, CardNotRead, PaymentCardRead")
         node.bus.publish(BadgeRead(uid_hex="04A1B2C3"))
         await out.wait_for("uid_hex=04A1B2C3")
         await terminal.send_all(b"q")  # one key, no Enter
