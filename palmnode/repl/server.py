@@ -7,8 +7,6 @@ by a node that died is stale and replaced.
 """
 from __future__ import annotations
 
-import errno
-import fcntl
 import logging
 import os
 import socket
@@ -18,6 +16,7 @@ from typing import Any
 
 import trio
 
+from palmnode import lockfile
 from palmnode.logs import event
 from palmnode.repl import protocol
 from palmnode.repl.commands import (COMMANDS, CommandError, ReplTarget, Session, channels, followable,
@@ -71,19 +70,13 @@ async def serve_repl(target: ReplTarget, path: str | os.PathLike[str], *, python
 
 
 def _lock(path: Path) -> int:
-    lock_path = path.with_name(path.name + ".lock")
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = lockfile.hold(path)
     except OSError as exc:
-        raise ReplSocketError(f"cannot open the REPL lock file {lock_path}: {exc.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise ReplSocketError(f"another node serves the REPL at {path}: stop it, or give this "
-                                  "node another [repl] socket_path") from None
-        raise ReplSocketError(f"cannot lock {lock_path}: {exc.strerror}") from None
+        raise ReplSocketError(f"cannot lock {lockfile.lock_path(path)}: {exc.strerror}") from None
+    if fd is None:
+        raise ReplSocketError(f"another node serves the REPL at {path}: stop it, or give this "
+                              "node another [repl] socket_path")
     return fd
 
 

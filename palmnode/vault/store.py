@@ -7,7 +7,6 @@ its event) is one transaction, so a crash at any instant leaves either all of it
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import hmac
 import json
@@ -25,6 +24,7 @@ from typing import Any, Self
 import msgpack
 
 from drivers.card_reader.cardtoken import CardToken
+from palmnode import lockfile
 from palmnode.biometrics.types import BadTemplate, PalmTemplate
 from palmnode.vault import schema
 from palmnode.vault.crypto import open_, seal
@@ -626,16 +626,12 @@ def open_vault(config: VaultConfig, *, env: Mapping[str, str] = os.environ, node
 
 
 def _hold(path: Path) -> int:
-    """An exclusive lock on ``<path>.lock`` (0600, empty), as an open file descriptor."""
-    lock = path.with_name(path.name + ".lock")
+    """The node's exclusive lock on the vault (``<path>.lock``), as an open file descriptor."""
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = lockfile.hold(path)
     except OSError as exc:
-        raise VaultError(f"cannot create the vault's lock file {lock}: {exc.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise VaultError(f"vault {path} is in use by another node (it holds {lock.name}): "
-                         "one vault, one node; stop the other or give this one its own vault") from None
+        raise VaultError(f"cannot lock {lockfile.lock_path(path)}: {exc.strerror}") from None
+    if fd is None:
+        raise VaultError(f"vault {path} is in use by another node (it holds {lockfile.lock_path(path).name}): "
+                         "one vault, one node; stop the other or give this one its own vault")
     return fd
