@@ -6,8 +6,8 @@ liveness period the host aborts it with an ACK and issues it again, so a dead ch
 noticed (its ACK to the new command is the sign of life).
 
 A payment card's number is turned into a :class:`CardToken` the moment it is read; the driver
-keeps no copy, logs none (the traffic ring redacts what the card says while a card is read),
-and its exceptions never carry card data.
+keeps no copy, logs none (the traffic ring redacts what the card says from the start of its read
+until it is released) and its exceptions never carry card data.
 """
 from __future__ import annotations
 
@@ -368,7 +368,12 @@ class CardReader:
         except _CardLeft:
             return True, self._not_read("card taken away during the read")  # not "seen": read again when back
         finally:
-            await self._release(target.tg)
+            try:
+                await self._release(target.tg)
+            finally:
+                # redacted until the card is released: an answer that crossed the host's abort of a
+                # read that timed out arrives before the release's, and is the card's data as well
+                self._traffic.sensitive = False
         if isinstance(read, BadgeRead):
             self.stats.badges += 1
         elif isinstance(read, PaymentCardRead):
@@ -399,29 +404,26 @@ class CardReader:
         return CardNotRead(reason)
 
     async def _read_payment_card(self, tg: int) -> PaymentCardRead:
-        self._traffic.sensitive = True
+        self._traffic.sensitive = True  # until _take has released the card
+        ppse = emv.check("SELECT PPSE", await self._apdu(tg, emv.select(emv.PPSE)))
+        aid = emv.ppse_applications(ppse)[0]
+        fci = emv.check("SELECT AID", await self._apdu(tg, emv.select(aid)))
+        values = self.terminal.values(datetime.date.today(), secrets.token_bytes(4))
+        pdol_data = emv.fill_dol(emv.application_pdol(fci), values)
+        answer = await self._apdu(tg, emv.get_processing_options(pdol_data))
+        options = emv.processing_options(emv.check("GET PROCESSING OPTIONS", answer))
+        collector = emv.CardDataCollector()
+        collector.add(options.objects)
+        for sfi, record in emv.afl_records(options.afl):  # Book 3 §10.2: every record the AFL lists
+            answer = await self._apdu(tg, emv.read_record(sfi, record))
+            collector.add(emv.check("READ RECORD", answer))
+        del answer, options
+        pan, expiry = collector.take()
         try:
-            ppse = emv.check("SELECT PPSE", await self._apdu(tg, emv.select(emv.PPSE)))
-            aid = emv.ppse_applications(ppse)[0]
-            fci = emv.check("SELECT AID", await self._apdu(tg, emv.select(aid)))
-            values = self.terminal.values(datetime.date.today(), secrets.token_bytes(4))
-            pdol_data = emv.fill_dol(emv.application_pdol(fci), values)
-            answer = await self._apdu(tg, emv.get_processing_options(pdol_data))
-            options = emv.processing_options(emv.check("GET PROCESSING OPTIONS", answer))
-            collector = emv.CardDataCollector()
-            collector.add(options.objects)
-            for sfi, record in emv.afl_records(options.afl):  # Book 3 §10.2: every record the AFL lists
-                answer = await self._apdu(tg, emv.read_record(sfi, record))
-                collector.add(emv.check("READ RECORD", answer))
-            del answer, options
-            pan, expiry = collector.take()
-            try:
-                token = CardToken.from_pan(pan, self._token_key)
-            finally:
-                del pan  # the clear number goes no further than this line
-            return PaymentCardRead(token, token.last4, expiry, emv.scheme_for(aid))
+            token = CardToken.from_pan(pan, self._token_key)
         finally:
-            self._traffic.sensitive = False
+            del pan  # the clear number goes no further than this line
+        return PaymentCardRead(token, token.last4, expiry, emv.scheme_for(aid))
 
     async def _apdu(self, tg: int, apdu: emv.Apdu) -> emv.ResponseApdu:
         data = await self.call(c.in_data_exchange(tg, apdu.encode()), timeout=EXCHANGE_TIMEOUT_S)

@@ -8,6 +8,7 @@ from drivers.card_reader import (
 from drivers.card_reader import codec
 from drivers.card_reader import commands as c
 from drivers.card_reader.cards import CardSession
+from drivers.card_reader.driver import EXCHANGE_TIMEOUT_S
 from drivers.errors import DeviceLost, DeviceTimeout, PortUnavailable, ProtocolError
 from drivers.serialport import SerialPort
 
@@ -281,6 +282,44 @@ async def test_card_removed_mid_read(emu, reader):
     assert emu.last_error == c.Status.OK  # InRelease after the failure was accepted
     emu.place(VISA)
     assert isinstance(await reader.poll(), PaymentCardRead)
+
+
+class _LateRecordChip(CardReaderEmulator):
+    """A PN532 whose card answers the first READ RECORD (the track-2 data) only after the host's
+    exchange timeout, like a real chip: the answer crosses the host's abort ACK (which it then
+    ignores) and goes out before the chip takes the next command."""
+
+    exchanges = 0
+
+    async def _dispatch(self, command):
+        if command.code == c.Code.IN_DATA_EXCHANGE:
+            self.exchanges += 1
+            if self.exchanges == 4:  # PPSE, AID, GPO, then the record holding 57
+                with trio.CancelScope(shield=True):
+                    await trio.sleep(EXCHANGE_TIMEOUT_S + 0.03)
+        return await super()._dispatch(command)
+
+    async def _on_event(self, event):
+        while self._running is not None:  # one command at a time: the late answer first
+            await trio.sleep(0.005)
+        await super()._on_event(event)
+
+
+async def test_a_card_answer_arriving_after_a_failed_read_is_redacted_in_the_traffic_ring(tmp_path):
+    """The traffic ring is dumped in the log on the next timeout: an answer the card sends after
+    the host gave up (the track-2 data: card number, expiry) must be as redacted as the others."""
+    emu = _LateRecordChip(tmp_path / "pn532", seed=7)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(emu.run)
+        async with await CardReader.open(str(emu.link), token_key=KEY) as reader:
+            emu.place(VISA)
+            with pytest.raises(DeviceTimeout):
+                await reader.poll()
+            await reader.general_status()  # whatever was still on the line has been read
+            dump = "\n".join(reader._port.traffic.dump(limit=1000))
+        nursery.cancel_scope.cancel()
+    assert emu.stats.commands["IN_RELEASE"] == 1  # the late answer came before the release's
+    assert "41 11 11 11" not in dump and "d2 81 2" not in dump, dump
 
 
 async def test_unplug_is_device_lost_and_reopen_works(emu, reader, nursery):
