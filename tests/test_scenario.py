@@ -45,3 +45,23 @@ def test_unknown_top_level_and_missing_file(tmp_path):
         sc.parse({"steps": []})
     with pytest.raises(sc.ScenarioError, match="does not exist"):
         sc.load(tmp_path / "nope.toml")
+
+
+async def test_a_played_card_step_logs_neither_its_number_nor_its_expiry(gate):
+    """The virtual gate logs each step it plays; a card's number and expiry are what the node
+    itself never logs of a card (README), so the simulated gate does not either."""
+    import io
+    import logging
+
+    from palmnode import logs
+
+    stream = io.StringIO()
+    logs.setup("debug", stream=stream)
+    try:
+        await gate.play(sc.parse({"step": [{"at": 0, "action": "card", "kind": "emv", "pan": "4000000000001018",
+                                             "expiry": "2711", "seconds": 0.05}]}, where="s.toml"))
+    finally:
+        logging.getLogger().handlers.clear()
+    lines = [line for line in stream.getvalue().splitlines() if "scenario step" in line]
+    assert len(lines) == 1 and '"kind": "emv"' in lines[0]
+    assert "4000000000001018" not in lines[0] and "2711" not in lines[0], lines[0]

@@ -181,5 +181,6 @@ def _card(step: sc.Card) -> Badge | EmvCard:
 
 def _describe(step: sc.Step) -> dict[str, object]:
     fields = attrs.asdict(step)
-    fields.pop("pan", None)  # a card number never reaches a log, even a simulated one
+    fields.pop("pan", None)  # a card number never reaches a log, even a simulated one,
+    fields.pop("expiry", None)  # nor its expiry (the node logs neither of a card read)
     return fields
