@@ -83,8 +83,12 @@ class GateStateChanged:
 
 
 def one_line(error: BaseException | str) -> str:
-    """``"Type: message"`` on a single line, for health and tree displays."""
+    """``"Type: message"`` on a single line, for health and tree displays; the type alone when its
+    message may name a person (``exc.names_person``, as in logs.error_text): a last error is kept
+    until the next one, past that person's deletion."""
     if isinstance(error, BaseException):
+        if getattr(error, "names_person", False):
+            return f"{type(error).__name__} (its message names a person: not kept)"
         text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
     else:
         text = error

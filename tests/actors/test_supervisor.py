@@ -606,3 +606,42 @@ async def test_an_abandoned_child_is_restarted_only_once_it_has_ended(
         assert h.start_times("c") == [0.0, pytest.approx(101.0)]
         assert [c.state for c in sup.tree().children] == [ChildState.RUNNING] * 3
         await sup.stop()
+
+
+async def test_a_crash_whose_message_names_a_person_is_kept_by_its_type_alone(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A vault error names a person (the identify flow's second look reading a tampered template:
+    "template right#1 of person p…"). The tree keeps a child's last error until its next one —
+    past that person's deletion, in memory and in the REPL's `tree` — so, like the log
+    (logs.error_text), it keeps the type alone; so does the ChildStateChanged on the bus."""
+    from palmnode.vault import TamperedData
+
+    person = "p000001-cd3d"
+    runs = 0
+
+    async def identify(ctx) -> None:
+        nonlocal runs
+        runs += 1
+        ctx.started()
+        if runs == 1:
+            raise TamperedData(f"template right#1 of person {person} in vault v.db: sealed value fails authentication")
+        await trio.sleep_forever()
+
+    bus = EventBus()
+    sup = Supervisor("gate", [ChildSpec("identify", identify, signals_started=True)], backoff=EXACT, bus=bus)
+    async with bus.subscribe(ChildStateChanged, buffer=100) as events, trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        await trio.sleep(1)
+        child = sup.tree().children[0]
+        assert (child.state, child.restarts) == (ChildState.RUNNING, 1)
+        assert child.last_error == "TamperedData (its message names a person: not kept)"
+        await sup.stop()
+        errors = []
+        while True:
+            try:
+                errors.append(events.receive_nowait().error)
+            except trio.WouldBlock:
+                break
+    assert "TamperedData (its message names a person: not kept)" in errors
+    assert not any(person in (e or "") for e in errors), errors
