@@ -194,8 +194,14 @@ class People:
 
     def stored_templates(self, person_id: str, palm: str) -> tuple[PalmTemplate, ...]:
         """All the stored templates of ``person_id``'s ``palm``, the search template (the gallery's)
-        first; () when they are gone. Blocking (a vault read): call it from a worker thread."""
-        return self.vault.palm_templates(person_id, palm)
+        first; () when they are gone. One that fails to open is left out with a warning (that names
+        no one), not raised into the identify flow. Blocking (a vault read): call it from a worker thread."""
+        unreadable: list[str] = []
+        templates = self.vault.palm_templates(person_id, palm, unreadable)
+        if unreadable:
+            log.warning("%d stored template(s) of a candidate fail to open (tampered?): left out of its second "
+                        "look; palmnode vault check names them", len(unreadable))
+        return templates
 
     # ---- helpers -------------------------------------------------------------------------------
     def _add_to_gallery(self, *people: Person) -> int:

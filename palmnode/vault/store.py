@@ -351,13 +351,25 @@ class Vault:
             people = self._load(conn, [row])
         return people[0]
 
-    def palm_templates(self, person_id: str, palm: str) -> tuple[PalmTemplate, ...]:
+    def palm_templates(self, person_id: str, palm: str, unreadable: list[str] | None = None) -> tuple[PalmTemplate, ...]:
         """The templates of one enrolled palm, decrypted, the search template first; () when the
-        person or palm is not enrolled. Opens nothing else of the person."""
+        person or palm is not enrolled. Opens nothing else of the person. A template that fails to
+        open raises its :class:`VaultError`, or with ``unreadable`` given is left out (the search
+        template: then all of them, as for a palm not enrolled) and its message appended there."""
         with self._reading() as conn:
             rows = conn.execute("SELECT idx, sealed FROM templates WHERE person_id = ? AND palm = ? ORDER BY idx",
                                 (person_id, palm)).fetchall()
-            return tuple(self._open_template(person_id, palm, idx, blob) for idx, blob in rows)
+        opened = []
+        for n, (idx, blob) in enumerate(rows):
+            try:
+                opened.append(self._open_template(person_id, palm, idx, blob))
+            except VaultError as exc:
+                if unreadable is None:
+                    raise
+                unreadable.append(str(exc))
+                if n == 0:
+                    return ()
+        return tuple(opened)
 
     def people(self) -> Iterator[Person]:
         """Every enrolled person (ordered by id), read in batches so other threads are not held up."""

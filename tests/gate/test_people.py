@@ -219,3 +219,26 @@ async def test_a_restart_loads_everyone_but_a_palm_whose_template_fails_to_open(
     assert warnings == ["1 enrolled palm(s) unreadable in the vault (a sealed template fails to open): not "
                         "searchable; palmnode vault check names them"]
     assert bad.person_id not in caplog.text
+
+
+async def test_a_stored_template_that_fails_to_open_is_left_out_of_the_second_look(tmp_path, vault, caplog):
+    """A tampered non-search template: the second look uses the others (it raised into the
+    identify flow and crashed it); a tampered search template: none, as for a palm gone."""
+    people = People(vault, Gallery(), "gate-1", EventBus())
+    person = await people.enrol(None, None, {"right": templates_of(7)})
+    conn = sqlite3.connect(tmp_path / "vault.db")
+    for idx in (1, 0):
+        blob = bytearray(conn.execute("SELECT sealed FROM templates WHERE person_id = ? AND idx = ?",
+                                      (person.person_id, idx)).fetchone()[0])
+        blob[40] ^= 0x01
+        conn.execute("UPDATE templates SET sealed = ? WHERE person_id = ? AND idx = ?",
+                     (bytes(blob), person.person_id, idx))
+        conn.commit()
+        got = people.stored_templates(person.person_id, "right")
+        want = [templates_of(7)[0], *templates_of(7)[2:]] if idx == 1 else []
+        assert [t.to_bytes() for t in got] == [t.to_bytes() for t in want]
+    conn.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2 and "left out of its second look" in warnings[0]
+    assert person.person_id not in caplog.text
+
