@@ -208,3 +208,24 @@ def test_certs_never_overwrites_half_a_ca(tmp_path, kept):
     assert len(proc.stderr.splitlines()) == 1 and f"{tmp_path / 'pki' / kept} is there but" in proc.stderr
     assert (tmp_path / "pki" / kept).read_bytes() == before
     assert not (tmp_path / "pki" / "gate-1.pem").exists()
+
+
+@pytest.mark.parametrize("where, message", [
+    ("folder", "cannot read token key file {path}: Is a directory"),   # or not the node's user's to read
+    ("under a file", "cannot create token key file {path}: "),          # or a read-only /etc/palmnode
+])
+def test_an_unusable_token_key_file_is_a_one_line_error(tmp_path, where, message):
+    """The card token key file is read (or made) as the node starts; under systemd it lives in a
+    folder the node may only read, so one it cannot read or create is the operator's to fix."""
+    if where == "folder":
+        path = tmp_path / "keys" / "card_token.key"
+        path.mkdir(parents=True, mode=0o700)
+    else:
+        (tmp_path / "keys").write_text("not a folder")
+        path = tmp_path / "keys" / "card_token.key"
+    config = node_config(tmp_path, (f'token_key_file = "{tmp_path}/run/keys/card_token.key"',
+                                    f'token_key_file = "{path}"'))
+    proc = subprocess.run([sys.executable, "-m", "palmnode.cli", "run", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.splitlines()[-1].startswith("palmnode run: " + message.format(path=path)), proc.stderr[-2000:]

@@ -31,14 +31,20 @@ def load_token_key(path: str | Path) -> bytes:
     anyone but the owner may read it."""
     path = Path(path)
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(secrets.token_bytes(KEY_BYTES))
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        raise KeyFileError(f"token key file {path} is readable by others (mode {mode:o}): chmod 600 it")
-    key = path.read_bytes()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(KEY_BYTES))
+        except OSError as exc:  # a read-only /etc/palmnode, a folder owned by someone else
+            raise KeyFileError(f"cannot create token key file {path}: {exc.strerror or exc}") from None
+    try:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise KeyFileError(f"token key file {path} is readable by others (mode {mode:o}): chmod 600 it")
+        key = path.read_bytes()
+    except OSError as exc:  # not the node's user's to read, a folder
+        raise KeyFileError(f"cannot read token key file {path}: {exc.strerror or exc}") from None
     if len(key) < 16:
         raise KeyFileError(f"token key file {path} holds {len(key)} bytes; it needs at least 16")
     return key
