@@ -104,7 +104,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve_node(node) -> None:
-    """Run the node until Ctrl-C or SIGTERM (systemd's stop), then stop it in order, lights off."""
+    """Run the node until Ctrl-C or SIGTERM (systemd's stop), then stop it in order, lights off.
+
+    Another Ctrl-C or SIGTERM while it stops is taken and logged: the stop goes on to its end and
+    the exit is 0. Left to trio, it would be redelivered as the signal receiver closes: Ctrl-C's
+    130 (systemd: the unit failed) or a SIGTERM's death, without the "node stopped" line."""
     from drivers.errors import DeviceError
     from palmnode.actors import SupervisorEscalation
     from palmnode.node import GateSetupError
@@ -113,16 +117,24 @@ async def _serve_node(node) -> None:
     log = logging.getLogger("palmnode.node")
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(node.run)
-                signum = await _cancel_on_signal(signals, nursery.cancel_scope)
-                notify_stopping()  # systemd: this stop is ours, not a crash
-                logs.event(log, "node stopping", signal=signal.Signals(signum).name)
+            async with trio.open_nursery() as stopping:  # outlives the node's stop
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(node.run)
+                    signum = await _cancel_on_signal(signals, nursery.cancel_scope)
+                    notify_stopping()  # systemd: this stop is ours, not a crash
+                    logs.event(log, "node stopping", signal=signal.Signals(signum).name)
+                    stopping.start_soon(_already_stopping, signals, log)
+                stopping.cancel_scope.cancel()
         except* (DeviceError, GateSetupError) as group:  # e.g. an unusable token key file, found before any device opens
             raise UserError(str(_leaf(group))) from None
         except* SupervisorEscalation as group:  # a service that cannot start: the REPL socket, the metrics port
             raise _service_error(node, _leaf(group)) from None
     logs.event(log, "node stopped")
+
+
+async def _already_stopping(signals, log: logging.Logger) -> None:
+    async for signum in signals:
+        logs.event(log, "node already stopping", signal=signal.Signals(signum).name)
 
 
 def _leaf(error: BaseException) -> BaseException:

@@ -229,3 +229,42 @@ def test_an_unusable_token_key_file_is_a_one_line_error(tmp_path, where, message
                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.stderr.splitlines()[-1].startswith("palmnode run: " + message.format(path=path)), proc.stderr[-2000:]
+
+
+def test_a_second_signal_while_the_node_stops_changes_nothing(tmp_path):
+    """systemd's SIGTERM, then a Ctrl-C (or another SIGTERM) while the node stops: the stop goes on
+    to its end (lights off, vault closed) and the exit is 0 with "node stopped" last. The board is
+    made silent (the sim stopped) so the stop takes long enough to be interrupted."""
+    port = free_port()
+    sim = palmnode("sim", "--run-dir", str(tmp_path / "sim"), "--camera-port", str(port))
+    node = None
+    try:
+        json.loads(sim.stdout.readline())
+        config = node_config(tmp_path, ("8554", str(port)))
+        node = palmnode("run", "--config", str(config))
+        seen = []
+        for line in node.stderr:  # until every device is open
+            seen.append(line)
+            if '"gate state"' in line and '"new": "ready"' in line:
+                break
+        sim.send_signal(signal.SIGSTOP)  # the illuminator's close now waits for a silent board
+        node.send_signal(signal.SIGTERM)
+        for line in node.stderr:
+            seen.append(line)
+            if '"node stopping"' in line:
+                break
+        node.send_signal(signal.SIGINT)
+        node.send_signal(signal.SIGTERM)
+        out, err = node.communicate(timeout=15)
+        err = "".join(seen) + err
+    finally:
+        sim.send_signal(signal.SIGCONT)
+        for p in (node, sim):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGINT)
+                p.communicate(timeout=15)
+    assert node.returncode == 0, err[-3000:]
+    assert "Traceback" not in err
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert [l["msg"] for l in lines][-1] == "node stopped", err[-3000:]
+    assert any(l["msg"] == "node already stopping" for l in lines), err[-3000:]
