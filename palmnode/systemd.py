@@ -24,6 +24,9 @@ from palmnode.actors.tree import SupervisorSnapshot, SupervisorState
 
 log = logging.getLogger("palmnode.systemd")
 
+#: how stale systemd's STATUS= may be (`systemctl status` shows a gate state change this late at most)
+STATUS_CHECK_S = 1.0
+
 
 class Notifier:
     """Sends sd_notify(3) datagrams to one address; does nothing when the address is None.
@@ -140,9 +143,9 @@ async def serve_systemd(healthy: Callable[[], bool], *, status: Callable[[], str
     """Tell systemd the node is ready and keep its watchdog fed while ``healthy()``.
 
     Start it once the node serves (``READY=1`` is sent at once). Then every ``interval`` seconds
-    (default: half of ``$WATCHDOG_USEC``; without a watchdog, status updates only every 10 s):
-    ``WATCHDOG=1`` if ``healthy()`` is true — nothing if not, so systemd's watchdog fires —
-    plus ``STATUS=status()`` when that text changed (prefixed ``unhealthy …:`` while unhealthy). A no-op (it just waits) when
+    (default: half of ``$WATCHDOG_USEC``): ``WATCHDOG=1`` if ``healthy()`` is true — nothing if
+    not, so systemd's watchdog fires; and within ``STATUS_CHECK_S`` of a change of ``status()``
+    (prefixed ``unhealthy …:`` while unhealthy), ``STATUS=`` that text. A no-op (it just waits) when
     ``$NOTIFY_SOCKET`` is unset.
 
     Being cancelled sends nothing: under a supervisor this task is restarted with its siblings
@@ -161,8 +164,10 @@ async def serve_systemd(healthy: Callable[[], bool], *, status: Callable[[], str
     task_status.started()
     try:
         was_healthy = True
-        while True:
-            await trio.sleep(period if period is not None else 10.0)
+        beat = period if period is not None else 10.0
+        next_beat = trio.current_time() + beat
+        while True:  # the status is looked at every STATUS_CHECK_S, the watchdog fed every beat
+            await trio.sleep_until(min(next_beat, trio.current_time() + STATUS_CHECK_S))
             now_healthy = healthy()
             text = status() if status is not None else "serving"
             if not now_healthy:
@@ -172,7 +177,10 @@ async def serve_systemd(healthy: Callable[[], bool], *, status: Callable[[], str
             was_healthy = now_healthy
             update = {"STATUS": text} if text != shown else {}
             shown = text
-            if watchdog and now_healthy:
+            ping = watchdog and now_healthy and trio.current_time() >= next_beat
+            if trio.current_time() >= next_beat:
+                next_beat += beat
+            if ping:
                 notifier.notify(WATCHDOG="1", **update)
             elif update:
                 notifier.notify(**update)
