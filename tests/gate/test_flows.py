@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 import trio
 import trio.testing
 
@@ -316,42 +317,31 @@ async def test_the_first_palm_held_up_again_for_the_second_is_refused_with_words
     assert len(rig.gallery) == 2
 
 
-async def test_a_badge_tapped_for_the_payment_card_is_told_so(rig, nursery, threshold):
+@pytest.mark.parametrize("first, answer", [
+    ("badge", "that is not a payment card: tap your payment card on the reader"),
+    ("taken away", "the card was not read: tap it again and hold it still on the reader"),
+])
+async def test_a_wrong_first_tap_is_answered_and_the_payment_card_tapped_next_is_read(rig, nursery, threshold,
+                                                                                     first, answer):
     """Asked for a payment card, the person taps a badge (an access or loyalty card, no payment
-    application): told it is not a payment card at once (it was ignored in silence, the person
-    left waiting for "no card" after card_timeout_s), and the payment card tapped next is read."""
+    application), or takes the payment card away halfway through its read: told so at once
+    (nothing was said, the person left waiting for "no card" after card_timeout_s), and the
+    payment card tapped next is read."""
     enrol = EnrolFlow(rig.node.bus, rig.capturer, rig.gallery, rig.people, metrics=rig.metrics,
                       policy=EnrolPolicy(agree_threshold=threshold, duplicate_threshold=threshold))
     await nursery.start(enrol.run)
+    visa = sc.Card(at=0.0, kind="emv", pan="4111111111111111", seconds=0.5)
     async with rig.node.bus.subscribe(EnrolProgress, buffer=256) as events:
         request = enrol.begin("+15551230001", ["right"])
         await next_of(events, EnrolProgress, where=lambda ev: ev.step == "card")
-        nursery.start_soon(rig.gate.apply, sc.Card(at=0.0, kind="badge", seconds=0.5))
+        if first == "badge":
+            await rig.gate.apply(sc.Card(at=0.0, kind="badge", seconds=0.5))   # tapped, lifted
+        else:
+            rig.gate.card_reader.remove_card_after(2)   # gone after PPSE and SELECT AID
+            await rig.gate.apply(visa)
         said = await next_of(events, EnrolProgress, where=lambda ev: ev.step != "capture")
-        assert (said.step, said.detail) == ("card", "that is not a payment card: tap your payment card on the reader")
-        assert enrol.state.value == "card"
-        nursery.start_soon(rig.gate.apply, sc.Card(at=0.0, kind="emv", pan="4111111111111111", seconds=0.5))
-        said = await next_of(events, EnrolProgress, where=lambda ev: ev.step != "capture")
-        assert (said.step, said.detail) == ("card", "card …1111 read")
-        assert enrol.cancel()
-        assert (await request.wait()).reason == "cancelled"
-
-
-async def test_a_card_taken_away_before_it_was_read_is_told_to_tap_again(rig, nursery, threshold):
-    """The payment card leaves the field halfway through its read: the person is asked to tap it
-    again at once (nothing was said, and the enrolment waited for "no card" after card_timeout_s),
-    and the card tapped again is read."""
-    enrol = EnrolFlow(rig.node.bus, rig.capturer, rig.gallery, rig.people, metrics=rig.metrics,
-                      policy=EnrolPolicy(agree_threshold=threshold, duplicate_threshold=threshold))
-    await nursery.start(enrol.run)
-    async with rig.node.bus.subscribe(EnrolProgress, buffer=256) as events:
-        request = enrol.begin("+15551230002", ["right"])
-        await next_of(events, EnrolProgress, where=lambda ev: ev.step == "card")
-        rig.gate.card_reader.remove_card_after(2)   # gone after PPSE and SELECT AID
-        await rig.gate.apply(sc.Card(at=0.0, kind="emv", pan="4111111111111111", seconds=0.5))  # tapped, lifted
-        said = await next_of(events, EnrolProgress, where=lambda ev: ev.step != "capture")
-        assert (said.step, said.detail) == ("card", "the card was not read: tap it again and hold it still on the reader")
-        nursery.start_soon(rig.gate.apply, sc.Card(at=0.0, kind="emv", pan="4111111111111111", seconds=0.5))
+        assert (said.step, said.detail) == ("card", answer) and enrol.state.value == "card"
+        nursery.start_soon(rig.gate.apply, visa)
         said = await next_of(events, EnrolProgress, where=lambda ev: ev.step != "capture")
         assert (said.step, said.detail) == ("card", "card …1111 read")
         assert enrol.cancel()
