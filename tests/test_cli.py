@@ -108,6 +108,7 @@ def test_sim_and_run_session_with_every_device_unplugged_in_turn(tmp_path):
     (["sim", "--camera-port", "99999"], "port must be 0-65535"),
     (["bench", "--seconds", "-3"], "must be greater than 0"),
     (["bench", "--seconds", "inf"], "must be a finite number, got inf"),
+    (["bench", "--cpu-path", "7"], "argument --cpu-path: invalid choice: 7"),
     (["eval", "--bit-depth", "17"], "must be at most 16"),
     (["eval", "--synthetic", "2", "--seed", "-1"], "argument --seed: must be at least 0, got -1"),
     (["fly"], "invalid choice: 'fly'"),

@@ -339,6 +339,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--repeat", type=count, default=15, help="probes per 1:N timing")
     ap.add_argument("--threads", type=count, default=1,
                     help="threads a 1:N search is split over (engine and gate suites) and faiss's (1: the one-core budget)")
+    ap.add_argument("--cpu-path", type=int, choices=kernels.LEVELS, default=None,
+                    help="the kernels' CPU path at most (0 portable, 1 POPCNT, 2 AVX2, 3 AVX-512; default: "
+                         "the best this CPU has), e.g. 2 to compare with AVX-512 on the same machine")
     return ap
 
 
@@ -362,6 +365,8 @@ def main(args: argparse.Namespace | None = None) -> dict:
     sizes = list(args.sizes)
     check_arguments(args)
     rng = np.random.default_rng(0)
+    if args.cpu_path is not None:
+        kernels.dispatch_level(args.cpu_path)
     out: dict = {"dispatch_level": kernels.dispatch_level(), "search_threads": args.threads}
     log(f"ROI and features on {args.frames} rendered frames ...")
     out["pipeline"] = pipeline_timings(args.frames)
