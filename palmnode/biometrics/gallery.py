@@ -18,7 +18,8 @@ Concurrency: writers (add/remove) are serialised by a lock. Entries live in segm
 packed arrays; a search snapshots (segment, filled count, live flags) for every segment under
 that lock (microseconds) and then runs without it, and a writer only ever (a) writes rows beyond every published count and
 then publishes the new count, (b) replaces a segment's live-flag array by a modified copy
-(remove), or (c) replaces a whole segment by a grown or compacted copy. A search therefore
+(remove), or (c) replaces a whole segment by a grown or compacted copy, or drops one whose
+entries are all removed (a new tuple of segments). A search therefore
 sees one consistent state, and never a half-written entry.
 """
 from __future__ import annotations
@@ -225,23 +226,32 @@ class Gallery:
                 by_segment.setdefault(s, []).append(r)
             self._person_key.pop(person_id)
             self._person_ids[key] = ""               # nothing of them stays in memory: not even the id
+            last = len(segments) - 1
             for s, rows in by_segment.items():
                 seg = segments[s]
                 seg.records[rows] = 0                 # nor their codes (a search running on a snapshot
                 seg.index[rows] = 0                   # that still holds them finds no valid bits)
                 live = seg.live.copy()
                 live[rows] = 0
-                if seg.count == seg.capacity and live[:seg.count].sum() * 2 < seg.count:
-                    segments[s] = self._compact(s, seg, live)
+                if live[:seg.count].sum() * 2 < seg.count:   # mostly removed rows: compact, so that
+                    segments[s] = self._compact(s, seg, live, open_=s == last)   # churn stays bounded
                 else:
                     seg.live = live                   # copy-on-write: snapshots keep the old flags
+            empty = [s for s in by_segment if s != last and segments[s].count == 0]
+            if empty:                                 # a closed segment with no entry left: dropped
+                new_index = np.cumsum([s not in empty for s in range(len(segments))]) - 1
+                segments = [seg for s, seg in enumerate(segments) if s not in empty]
+                for held in self._entries.values():
+                    held[:] = [(int(new_index[s]), r) for s, r in held]
             self._segments = tuple(segments)
             self._live -= len(entries)
             return len(entries)
 
-    def _compact(self, s: int, seg: _Segment, live: np.ndarray) -> _Segment:
+    def _compact(self, s: int, seg: _Segment, live: np.ndarray, open_: bool) -> _Segment:
+        """A copy of segment ``s`` holding its live rows only: the open (last) segment keeps its
+        capacity for the entries to come, a closed one shrinks to its live rows (never added to)."""
         keep = np.flatnonzero(live[:seg.count])
-        new = seg.copy(seg.capacity, keep)
+        new = seg.copy(seg.capacity if open_ else max(1, keep.size), keep)
         for row_new, row_old in enumerate(keep):
             entries = self._entries[int(seg.person[row_old])]
             entries[entries.index((s, int(row_old)))] = (s, row_new)

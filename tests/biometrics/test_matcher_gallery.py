@@ -513,3 +513,43 @@ def test_a_search_split_over_threads_finds_what_one_thread_finds(templates, monk
     with pytest.raises(pf.SearchCancelled):
         two.search(probes[0], k=5, stop=stop)
     assert two.search(probes[0], k=5) == one.search(probes[0], k=5)
+
+
+def _check_entries(g: Gallery) -> None:
+    """Every live row is some person's entry, and every entry a live row of that person."""
+    held = {(s, r) for rows in g._entries.values() for s, r in rows}
+    live = {(s, r) for s, seg in enumerate(g._segments) for r in np.flatnonzero(seg.live[:seg.count]).tolist()}
+    assert held == live and len(live) == len(g)
+    for key, rows in g._entries.items():
+        assert all(int(g._segments[s].person[r]) == key for s, r in rows)
+
+
+def test_memory_stays_bounded_under_add_remove_churn(templates):
+    """The node's people come and go: with a steady number of enrolled palms, memory, segments
+    and searched rows stay bounded however many were ever added and removed (removed rows are
+    compacted away in every segment, emptied closed segments dropped), and removing everything
+    and adding again starts from a small gallery."""
+    rng = np.random.default_rng(6)
+    pool = [_random_template(rng) for _ in range(64)]
+    g = Gallery(segment_size=16, first_capacity=4)
+    for i in range(10):
+        g.add(f"staff{i}", "left", pool[i])
+    sizes = []
+    for n in range(1200):
+        g.add(f"v{n}", gal.PALMS[n % 3], pool[n % 64])
+        if n >= 30:
+            assert g.remove(f"v{n - 30}") == 1
+        if n % 200 == 199:
+            _check_entries(g)
+            sizes.append((g.memory_bytes(), len(g._segments), sum(seg.count for seg in g._segments)))
+    assert len(g) == 40 and max(sizes) == max(sizes[:2])
+    assert sum(seg.count for seg in g._segments) <= 2 * len(g) + 16
+    assert g.search(pool[5], k=1)[0].person_id == "staff5"
+    for i in range(10):
+        g.remove(f"staff{i}")
+    for n in range(1170, 1200):
+        g.remove(f"v{n}")
+    assert len(g) == 0 and len(g._segments) == 1 and g._segments[0].count == 0 and g.search(pool[0]) == []
+    g.add_many([(f"w{i}", "right", pool[i]) for i in range(40)])
+    _check_entries(g)
+    assert g.search(pool[7], k=1)[0].person_id == "w7"
