@@ -566,15 +566,18 @@ class Store:
                 "ON c.kind = 'upsert' AND p.person_id = c.person_id WHERE c.cursor > ? ORDER BY c.cursor",
                 (cursor,))
             for row in rows:
-                if out and (size >= max_bytes or len(out) >= limit):
-                    return out, last, True
                 if row[1] == "remove":
-                    out.append(Remove(row[0], row[2]))
-                    size += 64
+                    change, cost = Remove(row[0], row[2]), 64
                 else:
                     person = self._person(row[3:])
-                    out.append(Upsert(row[0], person))
-                    size += 256 + sum(len(t) for p in person.palms for t in p.templates)
+                    change = Upsert(row[0], person)
+                    cost = 256 + sum(len(t) for p in person.palms for t in p.templates)
+                # a change that would take the page past max_bytes starts the next one (a page
+                # of several large people must still fit the link's frame cap)
+                if out and (size + cost > max_bytes or len(out) >= limit):
+                    return out, last, True
+                out.append(change)
+                size += cost
                 last = row[0]
             return out, last if out else head, False
 

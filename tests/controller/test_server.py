@@ -136,6 +136,28 @@ async def test_sync_catches_up_an_offline_node_in_pages(nursery, controller, pki
     assert not unknown.ok and unknown.error == "unknown op gallery.dump"
 
 
+async def test_a_sync_page_of_large_people_still_fits_one_frame(nursery, controller, pki):
+    def large(person_id: str, templates: int) -> dict:  # 3 palms of 8 KiB templates, as the §8 map allows
+        return {**person_wire(person_id),
+                "palms": [{"palm": palm, "templates": [os.urandom(8192) for _ in range(templates)]}
+                          for palm in ("left", "right", "unknown")]}
+
+    a = await connect(nursery, controller, pki, "gate-a")
+    await a.event("enrolled", {"person": large("p-1", 20)})  # ~480 KiB: under half a frame
+    await a.event("enrolled", {"person": large("p-2", 30)})  # ~720 KiB: the two together exceed a frame
+    b = await connect(nursery, controller, pki, "gate-b")
+    seen, cursor = [], None
+    while True:
+        response = await b.request("sync", {"cursor": cursor})
+        assert response.ok, response.error
+        seen += [c["person"]["person_id"] for c in response.result["changes"]]
+        cursor = response.result["cursor"]
+        if not response.result["more"]:
+            break
+    assert seen == ["p-1", "p-2"]
+    assert controller.stats.dropped == {}
+
+
 async def test_charges(nursery, controller, pki):
     a = await connect(nursery, controller, pki, "gate-a")
     card = os.urandom(32)
