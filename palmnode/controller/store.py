@@ -24,6 +24,7 @@ through ``trio.to_thread.run_sync``.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -303,8 +304,9 @@ class DeviceHealthRecord:
 class Store:
     """The controller's SQLite record. Open with :meth:`open`; every method is one transaction."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path, keys: VaultKeys) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path, keys: VaultKeys, lock_fd: int | None = None) -> None:
         self._conn = conn
+        self._lock_fd = lock_fd  # flock'd: the one controller using this database
         self._lock = threading.Lock()
         self.path = path
         self._key = keys.template_key
@@ -318,8 +320,13 @@ class Store:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 os.close(os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600))
             os.chmod(path, 0o600)  # -wal and -shm take the database file's mode
+            lock_fd = _lock(path)
+        except OSError as exc:
+            raise StoreError(f"cannot open controller database {path}: {_reason(exc)}") from None
+        try:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
-        except (OSError, sqlite3.Error) as exc:
+        except sqlite3.Error as exc:
+            os.close(lock_fd)
             raise StoreError(f"cannot open controller database {path}: {_reason(exc)}") from None
         try:
             conn.execute("PRAGMA journal_mode=WAL")
@@ -336,11 +343,13 @@ class Store:
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             conn.close()
+            os.close(lock_fd)
             raise StoreError(f"controller database {path} is not usable: {_reason(exc)}") from None
         except StoreError:
             conn.close()
+            os.close(lock_fd)
             raise
-        store = cls(conn, path, keys)
+        store = cls(conn, path, keys, lock_fd)
         store._check_key()
         return store
 
@@ -361,6 +370,9 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            if self._lock_fd is not None:  # after SQLite's own descriptors: closing it first drops their locks
+                os.close(self._lock_fd)
+                self._lock_fd = None
 
     # -- transactions --------------------------------------------------------------------------
 
@@ -676,6 +688,21 @@ def _person_named(kind: str, kept: Mapping[str, Any] | None) -> str | None:
         return None
     person_id = kept.get("person_id")
     return person_id if isinstance(person_id, str) else None
+
+
+def _lock(path: Path) -> int:
+    """An open descriptor holding an exclusive flock on ``path``: a second controller on the same
+    database (its gates would miss the first's pushes) is refused instead of serving beside it."""
+    fd = os.open(path, os.O_RDONLY)  # a symlinked database (on another disk) is locked where it is
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreError(f"controller database {path} is in use by another controller; stop it first") from None
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _migrate_from_1(conn: sqlite3.Connection) -> None:

@@ -385,6 +385,18 @@ async def test_bad_setup_is_one_line(tmp_path, pki):
         await Controller(config).run()
 
 
+async def test_a_second_controller_on_the_same_database_is_refused(nursery, runner, pki):
+    a = await connect(nursery, runner.controller, pki, "gate-a")
+    async with trio.open_nursery() as other:
+        with pytest.raises(ControllerError, match="controller database .* is in use by another controller"):
+            await other.start(Controller(runner.config).run)  # another port, the same file
+        other.cancel_scope.cancel()
+    await assert_still_served(a, runner.controller)
+    await runner.stop()
+    second = await runner.start()  # the first one stopped: the database is free again
+    await assert_still_served(await connect(nursery, second, pki, "gate-b"), second)
+
+
 def test_config_refuses_impossible_values():
     from palmnode.controller.server import ControllerConfig
 
