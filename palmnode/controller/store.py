@@ -24,7 +24,6 @@ through ``trio.to_thread.run_sync``.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import secrets
@@ -38,6 +37,7 @@ from typing import Any
 import attrs
 import msgpack
 
+from palmnode import lockfile
 from palmnode.vault import TamperedData, VaultKeys, open_, seal
 
 SCHEMA_VERSION = 2  # 2: events.person_id (a removal erases the person's events)
@@ -306,7 +306,7 @@ class Store:
 
     def __init__(self, conn: sqlite3.Connection, path: Path, keys: VaultKeys, lock_fd: int | None = None) -> None:
         self._conn = conn
-        self._lock_fd = lock_fd  # flock'd: the one controller using this database
+        self._lock_fd = lock_fd  # the one controller using this database (lockfile)
         self._lock = threading.Lock()
         self.path = path
         self._key = keys.template_key
@@ -370,7 +370,7 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
-            if self._lock_fd is not None:  # after SQLite's own descriptors: closing it first drops their locks
+            if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
 
@@ -691,17 +691,14 @@ def _person_named(kind: str, kept: Mapping[str, Any] | None) -> str | None:
 
 
 def _lock(path: Path) -> int:
-    """An open descriptor holding an exclusive flock on ``path``: a second controller on the same
-    database (its gates would miss the first's pushes) is refused instead of serving beside it."""
-    fd = os.open(path, os.O_RDONLY)  # a symlinked database (on another disk) is locked where it is
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise StoreError(f"controller database {path} is in use by another controller; stop it first") from None
-    except OSError:
-        os.close(fd)
-        raise
+    """The controller's exclusive lock on its database (``<path>.lock``), as an open descriptor: a
+    second controller on the same database (its gates would miss the first's pushes) is refused
+    instead of serving beside it."""
+    real = path.resolve()  # a database symlinked onto another disk is locked where it is
+    fd = lockfile.hold(real)
+    if fd is None:
+        raise StoreError(f"controller database {path} is in use by another controller "
+                         f"(it holds {lockfile.lock_path(real)}); stop it first")
     return fd
 
 
