@@ -695,11 +695,8 @@ def _lock(path: Path) -> int:
     second controller on the same database (its gates would miss the first's pushes) is refused
     instead of serving beside it."""
     real = path.resolve()  # a database symlinked onto another disk is locked where it is
-    fd = lockfile.hold(real)
-    if fd is None:
-        raise StoreError(f"controller database {path} is in use by another controller "
+    return lockfile.hold(real, StoreError, f"controller database {path} is in use by another controller "
                          f"(it holds {lockfile.lock_path(real)}); stop it first")
-    return fd
 
 
 def _migrate_from_1(conn: sqlite3.Connection) -> None:

@@ -70,14 +70,8 @@ async def serve_repl(target: ReplTarget, path: str | os.PathLike[str], *, python
 
 
 def _lock(path: Path) -> int:
-    try:
-        fd = lockfile.hold(path)
-    except OSError as exc:
-        raise ReplSocketError(f"cannot lock {lockfile.lock_path(path)}: {exc.strerror}") from None
-    if fd is None:
-        raise ReplSocketError(f"another node serves the REPL at {path}: stop it, or give this "
-                              "node another [repl] socket_path")
-    return fd
+    return lockfile.hold(path, ReplSocketError, f"another node serves the REPL at {path}: stop it, or give "
+                         "this node another [repl] socket_path")
 
 
 def _bind_atomically(path: Path) -> tuple[socket.socket, int]:

@@ -639,11 +639,6 @@ def open_vault(config: VaultConfig, *, env: Mapping[str, str] = os.environ, node
 
 def _hold(path: Path) -> int:
     """The node's exclusive lock on the vault (``<path>.lock``), as an open file descriptor."""
-    try:
-        fd = lockfile.hold(path)
-    except OSError as exc:
-        raise VaultError(f"cannot lock {lockfile.lock_path(path)}: {exc.strerror}") from None
-    if fd is None:
-        raise VaultError(f"vault {path} is in use by another node (it holds {lockfile.lock_path(path).name}): "
-                         "one vault, one node; stop the other or give this one its own vault")
-    return fd
+    return lockfile.hold(path, VaultError, f"vault {path} is in use by another node (it holds "
+                         f"{lockfile.lock_path(path).name}): one vault, one node; stop the other or give "
+                         "this one its own vault")
