@@ -314,9 +314,9 @@ def encode_all(dataset: Dataset, pipeline: Pipeline, modality: str, *, keep_rois
 
 
 def _write_debug(folder: Path, key: SampleKey, frames: dict[str, np.ndarray]) -> None:
+    """One sample's frames as PNGs in ``folder`` (made once, before the run: :func:`run`)."""
     import cv2
 
-    folder.mkdir(parents=True, exist_ok=True)
     # one flat name: a pattern's session or sample group can span folders as the subject's hand does
     stem = "_".join(part.replace("/", "_") for part in (key.subject, key.session, key.sample))
     for channel, image in frames.items():
