@@ -261,6 +261,11 @@ class Gallery:
     def __len__(self) -> int:
         return self._live
 
+    def __contains__(self, person_id: object) -> bool:
+        """Whether ``person_id`` has a palm in the gallery now (not removed)."""
+        with self._lock:
+            return person_id in self._person_key
+
     def memory_bytes(self) -> int:
         """Bytes held by the packed arrays (the per-person id table is extra)."""
         return sum(seg.nbytes() for seg in self._segments)

@@ -377,6 +377,11 @@ class IdentifyFlow:
         left = not self._present or self._left.is_set()
         if evidence.attempts and (verdict is None or verdict.outcome == "undecided"):
             verdict = evidence.verdict(final=True)
+        if verdict is not None and verdict.outcome == "identified" and verdict.person_id not in self.gallery:
+            # deleted while this hand was searched (the search's snapshot still held them): a
+            # person who asked to be forgotten is not recognised a moment later, nor is the
+            # runner-up taken in their place (it scored below the palm's likely owner)
+            verdict = Verdict("unknown", reason="no match")
         if verdict is not None and verdict.outcome != "undecided":
             return self._decide(arrival, verdict.outcome, verdict.person_id, verdict.palm, verdict.score,
                                 verdict.reason)

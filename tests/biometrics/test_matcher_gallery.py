@@ -70,7 +70,9 @@ def test_search_best_palm_per_person_and_remove(templates):
     res = g.search(templates[8][1], k=5)
     assert res[0].person_id == "p2" and res[0].palm == "right"
     assert len({c.person_id for c in res}) == len(res)
+    assert "p2" in g and "nobody" not in g
     assert g.remove("p2") == 2 and g.remove("p2") == 0 and len(g) == 10
+    assert "p2" not in g and "p3" in g
     assert all(c.person_id != "p2" for c in g.search(templates[8][1], k=10))
     for i in (0, 1, 3):      # compaction of full segments keeps the others findable
         g.remove(f"p{i}")

@@ -389,3 +389,32 @@ async def test_a_retry_after_a_search_that_timed_out_asks_the_person_to_present_
     assert decision.outcome == "retry" and decision.reason == "search timed out", decision
     assert said.message == "please lift your hand and hold your palm over the gate again"
     assert said.at - decision.at < 0.5
+
+
+async def test_a_person_deleted_while_their_hand_is_searched_is_not_recognised(rig, nursery, threshold, monkeypatch):
+    """The delete lands after the search has found the person (its snapshot still held them) and
+    before the decision: the gate must not open for someone who has just asked to be forgotten."""
+    _, result, _, _ = await enrol_person(rig, nursery, threshold, PERSON)
+    search, deleted = rig.gallery.search, []
+
+    def search_then_delete(probe, k=5, *, stop=None):
+        found = search(probe, k, stop=stop)
+        if not deleted and any(c.person_id == result.person_id for c in found):  # found: now deleted
+            deleted.append(trio.from_thread.run(lambda: rig.people.delete(person_id=result.person_id)))
+        return found
+
+    monkeypatch.setattr(rig.gallery, "search", search_then_delete)
+    await start_identify(rig, nursery, threshold)
+    async with rig.node.bus.subscribe(Decision, GateOpened, buffer=256) as events:
+        decision = await present(rig, events, PERSON)     # the first decision other than a retry
+        await trio.testing.wait_all_tasks_blocked()
+        opened = []
+        while True:
+            try:
+                opened.append(events.receive_nowait())
+            except trio.WouldBlock:
+                break
+    assert deleted == [result.person_id], "the search never found the person: the test did not run its race"
+    assert decision.outcome == "unknown" and decision.person_id is None, decision
+    assert not [ev for ev in opened if isinstance(ev, GateOpened)]
+    assert len(rig.gallery) == 0 and rig.vault.count() == 0
