@@ -65,3 +65,17 @@ async def test_a_played_card_step_logs_neither_its_number_nor_its_expiry(gate):
     lines = [line for line in stream.getvalue().splitlines() if "scenario step" in line]
     assert len(lines) == 1 and '"kind": "emv"' in lines[0]
     assert "4000000000001018" not in lines[0] and "2711" not in lines[0], lines[0]
+
+
+def test_a_card_step_without_expiry_plays_a_card_valid_for_years():
+    """A fixed default ("2812") would make every scenario's, the demo's and the tests' cards
+    expired one day, and the enrol flow refuses an expired card."""
+    import datetime
+
+    from palmnode.gate.enrol import card_expired
+
+    step = sc.parse({"step": [{"at": 0, "action": "card", "kind": "emv"}]}).steps[0]
+    today = datetime.date.today()
+    assert step.expiry == sc.Card(at=0).expiry == sc.valid_expiry()
+    assert card_expired(step.expiry, today) is False
+    assert card_expired(step.expiry, today.replace(year=today.year + 2, day=1)) is False

@@ -11,7 +11,9 @@ An explicit state machine (``EnrolState``, moves in ``TRANSITIONS``, made by ``E
                                                                       SAVING ──▶ DONE
     any state ──cancel()──▶ CANCELLED;   the whole enrolment ──timeout_s──▶ FAILED ("timed out")
 
-Every step is an ``EnrolProgress`` event with words for the person. While an enrolment runs it
+In CARD a badge, a card not read, or a payment card past its expiry month (``card_expired``, on
+the gate's local date: ``today``) is answered with words and the next tap is awaited; nothing of a
+refused card is kept. Every step is an ``EnrolProgress`` event with words for the person. While an enrolment runs it
 holds the gate (``Capturer.reserve("enrol")``): the identify flow leaves its hands alone.
 
 Agreement: a palm is done when ``captures`` of its good captures agree pairwise (the later
@@ -27,10 +29,11 @@ variants, as the identify flow does.
 """
 from __future__ import annotations
 
+import datetime
 import enum
 import itertools
 import logging
-from typing import Literal
+from typing import Callable, Literal
 
 import attrs
 import trio
@@ -166,6 +169,16 @@ def agreeing(captures: list[ProbeTemplates | PalmTemplate], threshold: float, wa
     return None
 
 
+def card_expired(expiry: str, today: datetime.date) -> bool | None:
+    """Whether a card of ``expiry`` (``YYMM``, as the card reader reports it) has expired on
+    ``today``: a card is valid through the last day of its expiry month, so it has expired once
+    ``today`` is in a later month. None when ``expiry`` is not a date (a month 00 or 13). Years
+    are 20YY (EMV's two digits)."""
+    if len(expiry) != 4 or not expiry.isdigit() or not 1 <= int(expiry[2:]) <= 12:
+        return None
+    return (2000 + int(expiry[:2]), int(expiry[2:])) < (today.year, today.month)
+
+
 def same_palm(probe: ProbeTemplates, earlier: dict[str, list[PalmTemplate]], threshold: float) -> str | None:
     """The palm of this enrolment already captured (``earlier``: each palm's templates) that
     ``probe`` matches (fused ≥ ``threshold`` against any of its templates), or None: the same
@@ -181,13 +194,15 @@ class EnrolFlow:
     controller's ``enrol.begin`` or locally) and ``flow.cancel()``."""
 
     def __init__(self, bus: EventBus, capturer: Capturer, gallery: Gallery, people, *, metrics=None,
-                 policy: EnrolPolicy = EnrolPolicy()) -> None:
+                 policy: EnrolPolicy = EnrolPolicy(),
+                 today: Callable[[], datetime.date] = datetime.date.today) -> None:
         self.bus = bus
         self.capturer = capturer
         self.gallery = gallery
         self.people = people
         self.metrics = metrics
         self.policy = policy
+        self.today = today  # the gate's local date: a card past its expiry month is refused
         self.state = EnrolState.IDLE
         self.current: EnrolRequest | None = None
         self._send, self._receive = trio.open_memory_channel[EnrolRequest](1)
@@ -346,9 +361,16 @@ class EnrolFlow:
             while True:
                 read = await cards.receive()
                 if isinstance(read, PaymentCardRead):
-                    return read.token
+                    expired = card_expired(read.expiry, self.today())
+                    if expired is False:
+                        return read.token
+                    # refused, and nothing of it kept while the person taps another (nor logged: no expiry)
+                    del read
+                    event(log, "enrolment card refused", reason="expired" if expired else "expiry not a date")
+                    self._progress("card", "that card has expired: tap another payment card" if expired else
+                                   "that card's expiry date cannot be read: tap another payment card")
                 # told at once, not left waiting for the card timeout
-                if isinstance(read, CardNotRead):
+                elif isinstance(read, CardNotRead):
                     self._progress("card", "the card was not read: tap it again and hold it still on the reader")
                 else:  # a badge: an access or loyalty card
                     self._progress("card", "that is not a payment card: tap your payment card on the reader")

@@ -10,6 +10,7 @@ Every mistake is a :class:`ScenarioError` naming the file, the step and the fix.
 """
 from __future__ import annotations
 
+import datetime
 import math
 import tomllib
 from pathlib import Path
@@ -38,14 +39,21 @@ class Hand:
     hand: str | None = None     # "left" | "right"; unset: the person's own (from the seed)
 
 
+def valid_expiry() -> str:
+    """An expiry (``YYMM``) a card still has for years: December, three years from today. A fixed
+    default would make every simulated card expired one day, and the enrol flow refuses those."""
+    return f"{(datetime.date.today().year + 3) % 100:02d}12"
+
+
 @attrs.frozen
 class Card:
-    """A card held in the reader's field for ``seconds``: a plain badge or an EMV payment card."""
+    """A card held in the reader's field for ``seconds``: a plain badge or an EMV payment card.
+    ``expiry`` (``YYMM``; default :func:`valid_expiry`): a month already past plays an expired card."""
     at: float
     kind: str = "badge"
     uid: str = "04a1b2c3"
     pan: str = "4111111111111111"
-    expiry: str = "2812"
+    expiry: str = attrs.field(factory=valid_expiry)
     seconds: float = 1.0
 
 
@@ -181,7 +189,7 @@ def _check_card(table: dict[str, Any], where: str) -> None:
             raise ValueError
     except ValueError:
         raise ScenarioError(f"{where} (card): uid must be 4, 7 or 10 bytes of hex, got {uid!r}") from None
-    pan, expiry = table.get("pan", "4111111111111111"), table.get("expiry", "2812")
+    pan, expiry = table.get("pan", "4111111111111111"), table.get("expiry", valid_expiry())
     if not (pan.isdigit() and 12 <= len(pan) <= 19):
         raise ScenarioError(f"{where} (card): pan must be 12-19 digits")
     if not (expiry.isdigit() and len(expiry) == 4 and 1 <= int(expiry[2:]) <= 12):

@@ -3,12 +3,14 @@
 delete; feedback for misplaced hands; a camera pulled mid-capture; a search that hangs."""
 from __future__ import annotations
 
+import datetime
 import logging
 
 import pytest
 import trio
 import trio.testing
 
+from drivers.card_reader.reads import PaymentCardRead
 from palmnode.biometrics import matcher
 from palmnode.biometrics.gallery import Gallery
 from palmnode.biometrics.prefilter import SearchCancelled
@@ -346,6 +348,39 @@ async def test_a_wrong_first_tap_is_answered_and_the_payment_card_tapped_next_is
         assert (said.step, said.detail) == ("card", "card …1111 read")
         assert enrol.cancel()
         assert (await request.wait()).reason == "cancelled"
+
+
+async def test_an_expired_card_is_refused_with_words_and_the_person_enrols_with_another(rig, nursery, threshold):
+    """Enrolment took any payment card the reader read, one past its expiry month too (the reader
+    reads the expiry, YYMM). Now, on the gate's local date, a card expired is refused with words
+    and the flow waits for another tap; the person enrols with the card tapped next, and nothing
+    of the refused card is stored. The last day of the expiry month is still valid."""
+    today = datetime.date(2027, 3, 1)
+    enrol = EnrolFlow(rig.node.bus, rig.capturer, rig.gallery, rig.people, metrics=rig.metrics,
+                      policy=EnrolPolicy(agree_threshold=threshold, duplicate_threshold=threshold),
+                      today=lambda: today)
+    await nursery.start(enrol.run)
+    expired = sc.Card(at=0.0, kind="emv", pan="5555555555554444", expiry="2702", seconds=0.5)
+    valid = sc.Card(at=0.0, kind="emv", pan="4111111111111111", expiry="2703", seconds=0.5)
+    async with rig.node.bus.subscribe(EnrolProgress, PaymentCardRead, buffer=256) as events:
+        request = enrol.begin("+15551230001", ["right"])
+        await next_of(events, EnrolProgress, where=lambda ev: ev.step == "card")
+        await rig.gate.apply(expired)                         # played as a scenario's card step
+        refused = await next_of(events, PaymentCardRead)
+        said = await next_of(events, EnrolProgress, where=lambda ev: ev.step != "capture")
+        assert (said.step, said.detail) == ("card", "that card has expired: tap another payment card")
+        assert enrol.state.value == "card"
+        nursery.start_soon(rig.gate.apply, valid)
+        taken = await next_of(events, PaymentCardRead)
+        said = await next_of(events, EnrolProgress, where=lambda ev: ev.step != "capture")
+        assert (said.step, said.detail) == ("card", "card …1111 read")
+        with trio.fail_after(15):
+            async with trio.open_nursery() as hands:
+                hands.start_soon(lambda: hold_palms(rig.gate, rig.node.bus, PERSON, request.done, seconds=1.0))
+                result = await request.wait()
+    assert result.ok, result
+    assert rig.vault.get(result.person_id).card.digest == taken.token.digest
+    assert rig.vault.find_by_card(refused.token.digest) is None and rig.vault.count() == 1
 
 
 async def test_a_hand_lifted_too_little_after_again_is_reminded(rig, nursery, threshold):

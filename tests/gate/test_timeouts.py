@@ -3,6 +3,7 @@ hand that lingers; and, on the real clock, the refusals that need the vault's th
 ``Lights`` whose board is not open and a ``FrameSource`` without a camera."""
 from __future__ import annotations
 
+import datetime
 import os
 
 import numpy as np
@@ -17,11 +18,12 @@ from palmnode.devices.camera import FrameSource
 from palmnode.devices.illuminator import Lights
 from palmnode.gate import capture
 from palmnode.gate.capture import CaptureUnavailable, Capturer
-from palmnode.gate.enrol import EnrolBusy, EnrolFlow, EnrolPolicy
+from palmnode.gate.enrol import EnrolBusy, EnrolFlow, EnrolPolicy, card_expired
 from palmnode.gate.events import Decision, EnrolProgress, Feedback
 from palmnode.gate.identify import IdentifyFlow, IdentifyPolicy, IdentifyState
 from palmnode.gate.people import People
 from palmnode.gate.presence import SATURATED_STRENGTH, PresenceChanged
+from palmnode.sim.scenario import valid_expiry
 from palmnode.vault import Vault, VaultKeys
 from tests.gate.test_people import card, templates_of
 
@@ -66,6 +68,35 @@ async def test_cancel_ends_a_waiting_enrolment_and_one_at_a_time(nursery, autoju
     assert flow.capturer.reserved_by is None
 
 
+def test_a_card_is_valid_through_the_last_day_of_its_expiry_month():
+    day = datetime.date
+    assert card_expired("2812", day(2028, 12, 31)) is False
+    assert card_expired("2812", day(2029, 1, 1)) is True
+    assert card_expired("2901", day(2028, 12, 31)) is False
+    assert card_expired("2811", day(2028, 12, 1)) is True
+    for not_a_date in ("2800", "2813", "281", "28x2"):   # as a card's track-2 data can say
+        assert card_expired(not_a_date, day(2028, 12, 1)) is None
+
+
+async def test_a_card_whose_expiry_is_not_a_date_is_refused_with_words(nursery, autojump_clock):
+    """The reader checks the expiry's digits, not its month: a month 13 is not taken as valid."""
+    bus = EventBus()
+    flow = EnrolFlow(bus, idle_capturer(), Gallery(), people=None, today=lambda: datetime.date(2027, 3, 1))
+    await nursery.start(flow.run)
+    async with bus.subscribe(EnrolProgress, buffer=64) as events:
+        request = flow.begin(None, ["right"])
+        await trio.sleep(1)
+        for expiry in ("2713", "2702"):
+            bus.publish(PaymentCardRead(token=card(5), last4="0005", expiry=expiry, scheme="visa"))
+            await trio.sleep(1)
+        assert flow.state.value == "card" and flow.cancel()
+        assert (await request.wait()).reason == "cancelled"
+        said = [ev.detail async for ev in _drain(events) if ev.step == "card"]
+    assert said == ["tap your payment card on the reader",
+                    "that card's expiry date cannot be read: tap another payment card",
+                    "that card has expired: tap another payment card"]
+
+
 async def test_an_enrolment_stopped_by_a_restart_is_answered_and_frees_the_gate(nursery, autojump_clock):
     """The supervisor restarts the gate's actors while an enrolment the controller began waits for
     the card: it is answered, and the restarted gate takes the next enrolment."""
@@ -103,7 +134,7 @@ async def test_a_card_already_enrolled_is_refused(nursery, tmp_path):
             async for ev in events:
                 if ev.step == "card":
                     break
-            bus.publish(PaymentCardRead(token=card(3), last4="0003", expiry="2812", scheme="visa"))
+            bus.publish(PaymentCardRead(token=card(3), last4="0003", expiry=valid_expiry(), scheme="visa"))
             result = await request.wait()
         assert not result.ok and result.reason == "card already enrolled"
         assert vault.count() == 1
@@ -177,7 +208,7 @@ async def test_a_phone_number_is_checked_before_the_card_and_the_palms(nursery, 
             async for ev in events:
                 if ev.step == "card":
                     break
-            bus.publish(PaymentCardRead(token=card(4), last4="0004", expiry="2812", scheme="visa"))
+            bus.publish(PaymentCardRead(token=card(4), last4="0004", expiry=valid_expiry(), scheme="visa"))
             result = await request.wait()
             steps = [ev.step async for ev in _drain(events)]
         assert not result.ok and result.reason == "phone number already enrolled"
