@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except commands.UserError as exc:
         print(f"palmnode {args.subcommand}: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
 
 
 if __name__ == "__main__":

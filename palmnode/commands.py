@@ -14,8 +14,21 @@ import trio
 from palmnode import logs
 
 
+#: exit status of a config file that cannot be used (sysexits.h EX_CONFIG): systemd's unit does not
+#: restart on it (RestartPreventExitStatus=78), as a retry would meet the same file
+EX_CONFIG = 78
+
+
 class UserError(Exception):
-    """A mistake a user can fix (bad file, busy port); printed as one line, no traceback."""
+    """A mistake a user can fix (bad file, busy port); printed as one line, no traceback, exit 1."""
+
+    exit_code = 1
+
+
+class ConfigFileError(UserError):
+    """The node's config file is missing, unreadable, not TOML, or has an unknown key or a bad value."""
+
+    exit_code = EX_CONFIG
 
 
 def sim(args: argparse.Namespace) -> int:
@@ -95,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = cfgmod.load(args.config or cfgmod.DEFAULT_CONFIG)
     except cfgmod.ConfigError as exc:
-        raise UserError(str(exc)) from None
+        raise ConfigFileError(str(exc)) from None
     from palmnode.node import Node
 
     logs.setup(cfg.node.log_level)

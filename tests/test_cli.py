@@ -103,7 +103,6 @@ def test_sim_and_run_session_with_every_device_unplugged_in_turn(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["run", "--config", "/nonexistent.toml"], "config file /nonexistent.toml does not exist"),
     (["sim", "--scenario", "/nonexistent.toml"], "scenario file /nonexistent.toml does not exist"),
     (["sim", "--camera-port", "99999"], "port must be 0-65535"),
     (["bench", "--seconds", "-3"], "must be greater than 0"),
@@ -184,6 +183,35 @@ def test_a_service_that_cannot_start_is_a_one_line_error(tmp_path):
             assert "Traceback" not in proc.stderr
             last = proc.stderr.splitlines()[-1]
             assert last.startswith(message), proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("mistake, message", [
+    ("missing", "config file {path} does not exist"),
+    ("not toml", "{path}: not valid TOML: "),
+    ("unknown key", "{path}: unknown section [controlerr]"),
+    ("bad value", "{path} [gate] on_duplicate: must be refuse or link, got 'merge'"),
+])
+def test_a_config_file_that_cannot_be_used_exits_78_which_systemd_does_not_restart(tmp_path, mistake, message):
+    """Every failure exited 1, so the unit's Restart=on-failure retried a broken config file (five
+    times, then gave up with StartLimitBurst). Now the config's mistakes exit EX_CONFIG (78), which
+    the unit names in RestartPreventExitStatus; other failures to start still exit 1."""
+    config = node_config(tmp_path)
+    text = config.read_text()
+    if mistake == "missing":
+        config = tmp_path / "gone.toml"
+    elif mistake == "not toml":
+        config.write_text(text + "\n[gate\n")
+    elif mistake == "unknown key":
+        config.write_text(text + "\n[controlerr]\nhost = 'x'\n")
+    else:
+        config.write_text(text.replace('on_duplicate = "refuse"', 'on_duplicate = "merge"'))
+    proc = subprocess.run([sys.executable, "-m", "palmnode", "run", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 78, proc.stderr[-2000:]
+    assert len(proc.stderr.splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("palmnode run: " + message.format(path=config)), proc.stderr
+    unit = (Path(__file__).resolve().parent.parent / "config" / "palmnode.service").read_text()
+    assert "\nRestartPreventExitStatus=78\n" in unit and "\nRestart=on-failure\n" in unit
 
 
 def certs(*args: str) -> subprocess.CompletedProcess:
