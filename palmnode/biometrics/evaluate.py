@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 import traceback
@@ -313,8 +314,18 @@ def encode_all(dataset: Dataset, pipeline: Pipeline, modality: str, *, keep_rois
     return Encodings(keys, outcomes)
 
 
+def make_debug_folder(folder: Path) -> None:
+    """The debug folder, 0700 whatever the umask (tightened if it exists): raw palm images go there."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(folder, 0o700)
+    except OSError as exc:
+        raise EvalError(f"cannot create the debug folder {folder}: {exc.strerror}") from None
+
+
 def _write_debug(folder: Path, key: SampleKey, frames: dict[str, np.ndarray]) -> None:
-    """One sample's frames as PNGs in ``folder`` (made once, before the run: :func:`run`)."""
+    """One sample's frames as PNGs in ``folder`` (made once, before the run: :func:`run`), each
+    0600 whatever the umask (a raw palm image), a file of an earlier run too."""
     import cv2
 
     # one flat name: a pattern's session or sample group can span folders as the subject's hand does
@@ -326,7 +337,10 @@ def _write_debug(folder: Path, key: SampleKey, frames: dict[str, np.ndarray]) ->
             ok, png = cv2.imencode(".png", image)
             if not ok:
                 raise OSError(f"cannot encode {path}")
-            path.write_bytes(png.tobytes())
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), 0o600)   # the umask may take from 0600, an earlier run's file kept its mode
+                f.write(png.tobytes())
         except OSError as exc:
             raise EvalError(f"cannot write the debug frame {display_name(str(path))}: {exc.strerror or exc}") from None
 
@@ -590,7 +604,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--min-quality", type=finite, default=None,
                         help="refuse samples whose quality score is below this (default: the engine's policy)")
     parser.add_argument("--debug-dir", default=None, help="also write every loaded or rendered frame here "
-                        "as PNG (raw palm images: only for debugging)")
+                        "as PNG (raw palm images: only for debugging; the folder 0700, each file 0600)")
     parser.add_argument("--sheet", type=int, default=48, help="ROIs on the contact sheet (default 48, 0 = none)")
     parser.add_argument("--calibration-out", default=None, metavar="PATH",
                         help="also write the impostor score calibration (JSON) a gate sets its decision "
@@ -688,10 +702,7 @@ def run(options: EvalOptions, *, pipeline: Pipeline | None = None, scorer: Score
         raise EvalError(f"cannot create the output folder {out}: {exc.strerror}") from None
     debug_dir = Path(options.debug_dir) if options.debug_dir else None
     if debug_dir is not None:
-        try:
-            debug_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise EvalError(f"cannot create the debug folder {debug_dir}: {exc.strerror}") from None
+        make_debug_folder(debug_dir)
     policy, limits = capture_thresholds(options)
     if pipeline is None:
         pipeline = EnginePipeline(roi_given=options.roi_given, min_quality=options.min_quality,

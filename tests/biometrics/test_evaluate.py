@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -298,6 +299,32 @@ def test_debug_frames_of_a_session_spanning_folders_are_written_flat(tmp_path, c
                                      "--out", str(tmp_path / "o"), "--debug-dir", str(tmp_path / "debug")])
     assert rc == 0, err
     assert sorted(os.listdir(tmp_path / "debug")) == [f"{i:03d}_day1_{s}_1_image.png" for i in (0, 1) for s in ("s1", "s2")]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o277], ids=["umask022", "umask277"])
+@pytest.mark.parametrize("earlier_run", [False, True], ids=["new", "earlier-run"])
+def test_debug_frames_are_private_whatever_the_umask(tmp_path, capsys, umask, earlier_run):
+    """--debug-dir writes raw palm images: they were written with the umask's modes (0644 files in
+    a 0755 folder under the usual 022), readable by every user of the machine. Now the folder is
+    0700 and each frame 0600, a folder and a frame left by an earlier run tightened too."""
+    folder = write_folder(tmp_path / "imgs", subjects=2, sessions=1, samples=1)
+    debug = tmp_path / "debug"
+    if earlier_run:
+        debug.mkdir(mode=0o755)
+        (debug / "000_1_1_image.png").write_bytes(b"an earlier run's frame")
+        os.chmod(debug, 0o755)
+        os.chmod(debug / "000_1_1_image.png", 0o644)
+    before = os.umask(umask)
+    try:
+        rc, _, err = run_main(capsys, [str(folder), "--out", str(tmp_path / "o"), "--debug-dir", str(debug)])
+    finally:
+        os.umask(before)
+    assert rc == 0, err
+    assert stat.S_IMODE(debug.stat().st_mode) == 0o700
+    frames = sorted(debug.iterdir())
+    assert [p.name for p in frames] == ["000_1_1_image.png", "001_1_1_image.png"]
+    assert [stat.S_IMODE(p.stat().st_mode) for p in frames] == [0o600, 0o600]
+    assert cv2.imread(str(frames[0])) is not None   # the frame, not what the earlier run left
 
 
 @pytest.mark.parametrize("value", ["nan", "inf"])
