@@ -4,7 +4,7 @@ Off by default (``[debug] capture_dir = ""``): then no palm image ever reaches t
 operator sets a folder, every lit frame the capturer takes (NIR and surface, as the camera gave
 them) is written there as a lossless PNG named ``<UTC time>-<seq>-<channel>.png`` — the time is
 the frame's capture time on the node's clock, so the log's decisions can be matched to it. The
-folder is made 0700 (and tightened to it if it exists), each file 0600. At most ``max_files`` are
+folder is made 0700 (and tightened to it if it exists), each file 0600, whatever the umask. At most ``max_files`` are
 kept: the oldest go first. Frames are written by one background thread from a small queue; a
 frame that finds the queue full is dropped and counted, so the gate never waits for the disk.
 
@@ -77,8 +77,9 @@ class DebugCaptures:
         ok, png = cv2.imencode(".png", image)
         if not ok:
             raise OSError(f"could not encode the {channel} frame as PNG")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)   # exactly: a umask may take from the 0600 above
             f.write(png.tobytes())
         self.written += 1
         self._files.append(path)

@@ -1,6 +1,7 @@
 """The debug capture folder: off, no palm image reaches the disk; on, every lit frame, bounded and private."""
 from __future__ import annotations
 
+import os
 import stat
 import tomllib
 from pathlib import Path
@@ -43,6 +44,22 @@ def test_frames_are_written_lossless_private_and_bounded(tmp_path):
         assert np.array_equal(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), frame)
     with pytest.raises(ValueError, match="at least 1"):
         DebugCaptures(folder, max_files=0)
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o277], ids=["umask000", "umask277"])
+def test_the_folder_and_frames_are_private_whatever_the_umask(tmp_path, umask):
+    """The folder is 0700 and each frame 0600 as documented under any umask: a permissive one (000)
+    does not open them, a strict one (277: the frames came out 0400) does not change them either."""
+    folder = tmp_path / "a" / "captures"
+    before = os.umask(umask)
+    try:
+        debug = DebugCaptures(folder, max_files=5)
+        debug.offer("ir", np.zeros((8, 8), np.uint8), 1_000.0)
+        debug.close()
+    finally:
+        os.umask(before)
+    assert debug.written == 1 and stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert [stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()] == [0o600]
 
 
 def test_config_section_is_off_by_default_and_checked(tmp_path):
