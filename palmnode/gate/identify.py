@@ -4,9 +4,15 @@ An explicit state machine (``IdentifyState``; every allowed move is in ``TRANSIT
 by ``IdentifyFlow._goto``; each state has its timeout in ``IdentifyPolicy``):
 
     WAITING ──hand present──▶ CAPTURING ──probe──▶ MATCHING ──decisive──▶ DECIDED ──▶ LEAVING ──hand gone──▶ WAITING
-                                 ▲  │ failure/undecided │                   ▲
-                                 └──┴───────────────────┘── attempts, deadline, device down ─┘
+                                 ▲  │ failure/undecided │                   ▲ │
+                                 └──┴───────────────────┘── attempts, deadline, device down ─┘ │
+                                 └──── a misplaced hand still there (placement_rounds) ───────────┘
     (the hand leaving during CAPTURING/MATCHING ends the attempt: a "retry" decision, then WAITING)
+
+A "retry" whose captures were all refused for the hand's placement (too close, too far, moving,
+partly out of view, badly lit: the person was told how to hold it) is followed by another round
+(fresh burst and deadline) while the hand stays, up to ``placement_rounds`` times: a person who
+moves the hand as told is served without lifting it first.
 
 Evidence is fused across attempts: each person's score is the mean of their fused scores over
 the attempts that found them, so more attempts make an impostor's lucky score rarer rather than
@@ -39,7 +45,7 @@ from drivers.proximity.driver import Distance
 from palmnode.actors import EventBus
 from palmnode.biometrics import matcher
 from palmnode.biometrics.gallery import Candidate, Gallery
-from palmnode.biometrics.types import PalmTemplate
+from palmnode.biometrics.types import FailureReason, PalmTemplate
 from palmnode.biometrics.variants import ProbeTemplates
 from palmnode.gate.capture import Capturer, CaptureUnavailable, Probe, ProbeFailure
 from palmnode.gate.events import (
@@ -75,7 +81,7 @@ TRANSITIONS: dict[IdentifyState, frozenset[IdentifyState]] = {
     S.WAITING: frozenset({S.CAPTURING}),
     S.CAPTURING: frozenset({S.CAPTURING, S.MATCHING, S.DECIDED, S.WAITING}),
     S.MATCHING: frozenset({S.CAPTURING, S.DECIDED, S.WAITING}),
-    S.DECIDED: frozenset({S.LEAVING, S.WAITING}),
+    S.DECIDED: frozenset({S.CAPTURING, S.LEAVING, S.WAITING}),
     S.LEAVING: frozenset({S.WAITING}),
 }
 
@@ -103,7 +109,7 @@ class IdentifyPolicy:
     #: CAPTURING: one processed pair (≥ two frame timeouts of the capturer, which fire first);
     #: MATCHING: one search, a guard against a stuck one rather than a budget (a search that
     #: times out is retried on a fresh pair, from the start: a stranger's full search over 1M
-    #: palms takes 0.3-0.4 s on one core, docs/flows.md); the whole decision from presence
+    #: palms takes ~0.1 s on one core, docs/engine.md); the whole decision from presence
     capture_timeout_s: float = 0.9
     match_timeout_s: float = 1.0
     decision_deadline_s: float = 1.2
@@ -111,6 +117,9 @@ class IdentifyPolicy:
     charge_timeout_s: float = 3.0
     #: LEAVING: how long a lingering hand waits before being asked to go (asked again as long)
     leave_timeout_s: float = 3.0
+    #: after a retry for the hand's placement (every capture refused as too close, too far,
+    #: moving...; the person was told how to hold it), more rounds for the hand still there
+    placement_rounds: int = 2
     presence: PresencePolicy = PresencePolicy()
     advice: AdvicePolicy = AdvicePolicy()
 
@@ -139,6 +148,8 @@ class AttemptTrace:
 #: the reason of a near miss (the best person just below the threshold, or too close to the
 #: runner-up): a fresh presentation, in a new pose, usually settles it either way
 NOT_SURE = "not sure: present your palm again"
+#: the reasons of a retry for the hand's placement (the words the person was told)
+PLACEMENT_FEEDBACK = frozenset(r.feedback for r in FailureReason)
 
 
 #: templates of a palm the second look compares: the search template and the next two stored
@@ -281,6 +292,12 @@ class IdentifyFlow:
         # a hand that came while the gate was busy (a charge waiting for the controller) gets
         # the whole deadline from when the gate is free for it
         decision = await self._identify(arrival, since=max(arrival.at, free_at))
+        for _ in range(self.policy.placement_rounds):
+            if not (decision.outcome == "retry" and decision.reason in PLACEMENT_FEEDBACK and self._present
+                    and not self._left.is_set() and self.capturer.reserved_by is None):
+                break
+            self.decisions += 1   # the hand is still there: a moved hand is served without leaving
+            decision = await self._identify(arrival, since=trio.current_time())
         self.decisions += 1
         if decision.outcome == "identified":
             await self._act(decision)

@@ -26,6 +26,7 @@ from palmnode.gate.events import (
     PersonDeleted,
     PersonEnrolled,
 )
+from palmnode.gate.identify import IdentifyPolicy
 from palmnode.gate.modes import ChargeResult, GateMode
 from palmnode.logs import JsonFormatter
 from palmnode.sim import scenario as sc
@@ -453,3 +454,26 @@ async def test_a_person_deleted_while_their_hand_is_searched_is_not_recognised(r
     assert decision.outcome == "unknown" and decision.person_id is None, decision
     assert not [ev for ev in opened if isinstance(ev, GateOpened)]
     assert len(rig.gallery) == 0 and rig.vault.count() == 0
+
+
+async def test_a_hand_moved_as_told_after_a_placement_retry_is_served_without_lifting_it(rig, nursery, threshold):
+    """Told "move your hand a little closer" (every capture of the round too small), the person
+    moves it without lifting it: the gate serves the moved hand. It used to wait for the hand to
+    leave, then ask the person to take it away."""
+    await start_identify(rig, nursery, threshold)
+    gate = rig.gate
+    async with rig.node.bus.subscribe(Decision, buffer=256) as events:
+        gate.hand.present(STRANGER, session=1, hand="right")
+        gate.hand.distance_mm = 340              # the sensor sees the hand in its window, the
+        gate.proximity.set_target(250)           # camera a hand too small: small_in_camera's scene
+        try:
+            first = await next_of(events, Decision)
+            gate.hand.distance_mm = 150          # moved as told, never out of the sensor's window
+            decisions = [await next_of(events, Decision)]
+            while decisions[-1].outcome == "retry" and len(decisions) < IdentifyPolicy.placement_rounds:
+                decisions.append(await next_of(events, Decision))
+        finally:
+            gate.proximity.set_target(None)
+            gate.hand.absent()
+    assert first.outcome == "retry" and first.reason == "move your hand a little closer", first
+    assert decisions[-1].outcome == "unknown", decisions
