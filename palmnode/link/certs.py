@@ -103,9 +103,9 @@ def _make_leaf(cn: str, *, server: bool, ca_cert: x509.Certificate, ca_key: ec.E
                days: int) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
-    usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
-    if server:  # §1: only the controller may act as a TLS server
-        usages.insert(0, ExtendedKeyUsageOID.SERVER_AUTH)
+    # §1: only the controller may act as a TLS server, and only a node as a client (the controller
+    # never dials anyone, so its key need not, and must not, pass for a gate's)
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
     sans = [x509.DNSName(cn), x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
     cert = (
         x509.CertificateBuilder()

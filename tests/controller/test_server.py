@@ -300,6 +300,19 @@ async def test_peer_from_another_ca_is_refused(nursery, controller, pki, tmp_pat
     await assert_still_served(good, controller)
 
 
+async def test_the_controllers_certificate_is_refused_as_a_gates(nursery, controller, pki):
+    # the controller's certificate carries serverAuth only: its key cannot pose as a gate
+    # (a client certificate needs clientAuth), so nothing can connect as a node named "controller"
+    good = await connect(nursery, controller, pki, "gate-a")
+    with trio.fail_after(5), pytest.raises(LinkClosed):
+        channel = await dial(controller.port, pki, "controller")
+        await channel.receive()  # TLS 1.3: the client learns of its refusal on its first read
+    await wait_for(lambda: controller.stats.dropped.get("tls") == 1)
+    assert "unsuitable certificate purpose" in controller.stats.last_drop
+    assert set(controller.nodes()) == {"gate-a"}
+    await assert_still_served(good, controller)
+
+
 async def test_hello_with_another_node_id_is_refused(nursery, controller, pki):
     good = await connect(nursery, controller, pki, "gate-a")
     with pytest.raises(LinkClosed, match="hello node_id gate-c does not match certificate CN gate-b"):
