@@ -17,7 +17,10 @@ What it holds:
 - ``audit``: what was done, why and by whom; never biometric data, card or phone digests.
 
 A removal overwrites the person's bytes (``secure_delete``) and truncates the WAL, so nothing of
-them stays in the database, its ``-wal`` or its ``-shm`` file.
+them stays in the database, its ``-wal`` or its ``-shm`` file. The truncation never waits: when
+another connection to the file (a backup, an ``sqlite3`` shell) holds a read transaction it cannot
+finish, :attr:`Store.scrub_pending` says so and the caller tries :meth:`Store.scrub` again (the
+server does, in the background, with a backoff) until it succeeds.
 
 The API is synchronous and thread-safe (one connection behind a lock); the server calls it
 through ``trio.to_thread.run_sync``.
@@ -52,6 +55,7 @@ MAX_DIGEST = 64  # keyed digests are HMAC-SHA256 (32 B), as the link's §8 perso
 KEEP_PER_NODE = 1000
 SQL_INT = range(-2**63, 2**63)  # SQLite's INTEGER: a larger int cannot even be bound
 SYNC_BYTES = 512 * 1024  # one sync answer stays well under the link's 1 MiB frame cap
+BUSY_TIMEOUT_S = 10.0  # how long a transaction waits for another program holding the write lock
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -310,6 +314,12 @@ class Store:
         self._lock = threading.Lock()
         self.path = path
         self._key = keys.template_key
+        #: the WAL may still hold page images of removed rows: the last :meth:`scrub` could not
+        #: truncate it (another connection held a read transaction), so call it again
+        self.scrub_pending = False
+        self._closed = False
+        #: why the last scrub failed, one line (None after a success)
+        self.scrub_blocked: str | None = None
 
     @classmethod
     def open(cls, path: Path, keys: VaultKeys) -> Store:
@@ -324,7 +334,7 @@ class Store:
         except OSError as exc:
             raise StoreError(f"cannot open controller database {path}: {_reason(exc)}") from None
         try:
-            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
         except sqlite3.Error as exc:
             os.close(lock_fd)
             raise StoreError(f"cannot open controller database {path}: {_reason(exc)}") from None
@@ -351,6 +361,9 @@ class Store:
             raise
         store = cls(conn, path, keys, lock_fd)
         store._check_key()
+        # a controller stopped after a removal committed but before its WAL was truncated (killed,
+        # or a reader held the file) left the removed rows' old pages in the WAL: truncate it now
+        store.scrub()
         return store
 
     def _check_key(self) -> None:
@@ -368,7 +381,12 @@ class Store:
                              "use its key file") from None
 
     def close(self) -> None:
+        """Close (a last try at truncating the WAL first; ``scrub_pending`` says if it failed)."""
         with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._scrub_locked()
             self._conn.close()
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
@@ -502,10 +520,37 @@ class Store:
         self.scrub()
         return applied.change
 
-    def scrub(self) -> None:
-        """Truncate the WAL so removed rows survive in no page image of the ``-wal`` file."""
+    def scrub(self) -> bool:
+        """Truncate the WAL so removed rows survive in no page image of the ``-wal`` file: True when
+        it is empty now.
+
+        One attempt that never waits (a checkpoint that waited for another connection's read
+        transaction to end would hold the store for its whole busy timeout, stalling every gate):
+        when it cannot finish, :attr:`scrub_pending` stays True and :attr:`scrub_blocked` says
+        why; call it again later.
+        """
         with self._lock:
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return self._scrub_locked()
+
+    def _scrub_locked(self) -> bool:
+        conn = self._conn
+        try:
+            waited = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                busy, log_frames, moved = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(waited)}")
+        except sqlite3.Error as exc:
+            blocked = f"checkpoint failed: {_reason(exc)}"
+        else:
+            # TRUNCATE reports (0, 0, 0) once every frame is in the database and the WAL is empty
+            blocked = None if busy == 0 and log_frames == 0 else (
+                f"another connection to the database holds a read transaction (checkpoint busy: "
+                f"{moved} of {log_frames} WAL frames copied, the WAL not truncated)")
+        self.scrub_pending = blocked is not None
+        self.scrub_blocked = blocked
+        return blocked is None
 
     def events(self, node_id: str | None = None, kind: str | None = None) -> list[EventRecord]:
         sql, params = "SELECT node_id, key, seq, kind, at, effect, data FROM events WHERE 1", []

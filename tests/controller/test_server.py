@@ -1,7 +1,9 @@
 """The controller over real sockets with real mutual TLS, driven by nodes on real link channels."""
 from __future__ import annotations
 
+import logging
 import os
+import time
 import sqlite3
 
 import attrs
@@ -279,6 +281,85 @@ async def test_a_failed_prune_is_logged_and_the_controller_keeps_serving(nursery
     await wait_for(lambda: any(r.getMessage() == "events not pruned" for r in caplog.records))
     await a.event("unknown", {"latency_ms": 80.0, "reason": "no match"}, key="gate-a:2", seq=2)
     assert [e.key for e in controller.store.events()] == ["gate-a:1", "gate-a:2"]
+
+def _files(path) -> bytes:
+    return b"".join(open(f, "rb").read() for f in (path, f"{path}-wal", f"{path}-shm") if os.path.exists(f))
+
+
+async def test_a_blocked_wal_truncation_does_not_stall_the_gates(nursery, controller, pki, runner):
+    """A backup's read transaction blocks the WAL truncation after a removal: the removal and
+    every other gate's traffic go on at once (the checkpoint waited out its 10 s busy timeout
+    holding the store), and the truncation happens once the reader lets go."""
+    a = await connect(nursery, controller, pki, "gate-a")
+    b = await connect(nursery, controller, pki, "gate-b")
+    card = os.urandom(32)
+    await a.event("enrolled", {"person": person_wire("victim", card=card)})
+    reader = sqlite3.connect(runner.config.db_path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM people").fetchone()
+    with trio.fail_after(3):
+        await b.event("deleted", {"person_id": "victim"})
+        await assert_still_served(a, controller)
+    await a.wait_until(lambda: any(p.args.get("person_id") == "victim" for p in a.pushes))
+    assert controller.store.scrub_pending and card in _files(runner.config.db_path)
+    reader.execute("COMMIT")
+    await wait_for(lambda: not controller.store.scrub_pending, timeout=15)
+    assert card not in _files(runner.config.db_path)
+    reader.close()
+
+
+async def _settle() -> None:
+    """Run every task that is due, and wait for the worker threads they started (the mock clock
+    stands still meanwhile)."""
+    limiter = trio.to_thread.current_default_thread_limiter()
+    give_up = time.monotonic() + 10
+    await trio.testing.wait_all_tasks_blocked()
+    while limiter.borrowed_tokens:
+        assert time.monotonic() < give_up, "a worker thread did not finish"
+        await trio.sleep(0)
+        await trio.testing.wait_all_tasks_blocked()
+
+
+async def test_a_blocked_wal_truncation_is_retried_until_done_and_logged(nursery, tmp_path, pki, caplog, mock_clock):
+    from palmnode.controller.server import SCRUB_RETRY, SCRUB_WARN_EVERY_S
+
+    async def advance(seconds: float) -> None:
+        for _ in range(int(seconds)):  # a second at a time, each due task run before the next
+            mock_clock.jump(1.0)
+            await _settle()
+
+    def lines(message: str) -> list:
+        return [r for r in caplog.records if r.getMessage() == "controller WAL " + message]
+    blocked = "not truncated: a removed person's old pages stay in the -wal file until the other connection lets go; retrying"
+    caplog.set_level(logging.INFO, logger="palmnode.controller")
+    runner = ControllerRunner(nursery, controller_config(tmp_path, pki))
+    controller = await runner.start()
+    db = runner.config.db_path
+    card = os.urandom(32)
+    await trio.to_thread.run_sync(lambda: controller.store.apply_event(
+        node_id="gate-a", key="gate-a:1", seq=1, kind="enrolled", at=1.7e9,
+        data={"person": person_wire("victim", card=card)}))
+    reader = sqlite3.connect(db, isolation_level=None)  # a backup's read transaction
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM people").fetchone()
+    assert await controller.delete_person(person_id="victim") == "victim"
+    await _settle()
+    [warning] = lines(blocked)
+    assert warning.levelname == "WARNING" and "read transaction" in warning.fields["reason"]
+
+    await advance(2 * SCRUB_WARN_EVERY_S + 2 * SCRUB_RETRY.maximum)  # ten minutes of it
+    assert controller.store.scrub_pending and card in _files(db)
+    reminders = lines("still " + blocked)
+    assert len(reminders) == 2  # one every five minutes, not a line per try
+    assert reminders[0].fields["attempts"] >= SCRUB_WARN_EVERY_S / SCRUB_RETRY.maximum  # it kept trying
+
+    reader.execute("COMMIT")
+    await advance(SCRUB_RETRY.maximum + 1)  # the backoff is bounded: the next try comes soon and succeeds
+    assert not controller.store.scrub_pending and card not in _files(db)
+    [done] = lines("truncated")
+    assert done.fields["blocked_s"] >= 2 * SCRUB_WARN_EVERY_S
+    reader.close()
+
 
 # -- bad peers: each loses its own connection, counted; the good node keeps being served ----------
 

@@ -184,6 +184,50 @@ def test_delete_leaves_none_of_the_persons_bytes(store, tmp_path):
     reopened.close()
 
 
+def test_a_wal_truncation_a_reader_blocks_neither_waits_nor_is_forgotten(store, tmp_path):
+    """Another connection's read transaction (a backup, an sqlite3 shell) keeps the WAL from being
+    truncated after a removal: the removal must not wait out the busy timeout holding the store
+    (every gate's traffic), and the store must say the WAL still needs truncating."""
+    db = tmp_path / "controller.db"
+    card = os.urandom(32)
+    enrol(store, person_wire("victim-0001", card=card), seq=1)
+    enrol(store, person_wire("other-0002"), seq=2)
+    reader = sqlite3.connect(db, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM people").fetchone()  # a snapshot from before the removal
+    started = time.monotonic()
+    store.apply_event(node_id="gate-b", key="gate-b:1", seq=1, kind="deleted", at=3.0,
+                      data={"person_id": "victim-0001"})
+    assert time.monotonic() - started < 2.0  # the busy timeout is 10 s: it was waited out before
+    assert store.get_person("victim-0001") is None  # the removal stands
+    assert store.scrub_pending and "read transaction" in store.scrub_blocked
+    assert card in files_bytes(db)  # the enrolment's page images are still in the -wal
+    assert not store.scrub() and store.scrub_pending  # again: still blocked, still not waiting
+    reader.execute("COMMIT")
+    assert store.scrub()
+    assert not store.scrub_pending and store.scrub_blocked is None
+    assert os.path.getsize(f"{db}-wal") == 0 and card not in files_bytes(db)
+    reader.close()
+
+
+def test_opening_truncates_a_wal_a_stopped_controller_could_not(tmp_path):
+    db = tmp_path / "controller.db"
+    store = Store.open(db, KEYS)
+    card = os.urandom(32)
+    enrol(store, person_wire("victim-0001", card=card), seq=1)
+    reader = sqlite3.connect(db, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM people").fetchone()
+    store.remove_person("victim-0001", by="controller")
+    store.close()  # its last try is blocked too: the WAL outlives this controller
+    assert store.scrub_pending and card in files_bytes(db)
+    reader.execute("COMMIT")  # the reader lets go but keeps the file open (the WAL stays)
+    reopened = Store.open(db, KEYS)
+    assert not reopened.scrub_pending and card not in files_bytes(db)
+    reopened.close()
+    reader.close()
+
+
 def test_charges(store):
     card = os.urandom(32)
     enrol(store, person_wire("p-1", card=card))
