@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections import deque
 import math
 import random
 import sqlite3
@@ -137,11 +138,18 @@ class ControllerConfig:
     request_timeout_s: float = attrs.field(default=10.0, validator=_positive)  # Controller.request default
     send_queue: int = attrs.field(default=256, validator=_positive)  # frames queued per node; a node this
     # far behind is dropped, reconnects and syncs
+    send_queue_bytes: int = attrs.field(default=4 * codec.MAX_FRAME, validator=_positive)  # and bytes: a frame
+    # may be up to max_frame, so 256 of them could pin 256 MiB for one slow node; at least max_frame
     sync_limit: int = attrs.field(default=100, validator=_sync_limit)  # §5 sync: default changes per page
     event_retention_days: float = attrs.field(default=90.0, validator=_positive)  # applied events kept this
     # long, then pruned (at start and every PRUNE_EVERY_S)
     events_kept_per_node: int = attrs.field(default=KEEP_PER_NODE, validator=_positive)  # each gate's newest
     # events are kept whatever their age (a clock jumping forward must not forget keys a gate may resend)
+
+    def __attrs_post_init__(self) -> None:
+        if self.send_queue_bytes < self.max_frame:
+            raise ControllerError(f"controller.send_queue_bytes must be at least max_frame ({self.max_frame}) so "
+                                  f"the largest frame fits, got {self.send_queue_bytes!r}")
 
     @classmethod
     def from_certs_dir(cls, certs: Path | str, **kwargs: Any) -> ControllerConfig:
@@ -194,6 +202,84 @@ class _Pending:
     response: Response | None = None
 
 
+class _SendQueue:
+    """A node's frames waiting for its send loop, encoded, so they are bounded by bytes as well as by
+    count: at most ``max_frames`` frames and ``max_bytes`` bytes (besides the frame being written;
+    a frame into an empty queue always fits). :meth:`put_nowait` raises :class:`trio.WouldBlock`
+    when a frame does not fit (or others wait before it); :meth:`put` waits for room, first come
+    first served, like a trio memory channel."""
+
+    def __init__(self, max_frames: int, max_bytes: int) -> None:
+        self.max_frames = max_frames
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._frames: deque[bytes] = deque()
+        self._waiting: deque[list] = deque()  # [frame, admitted: trio.Event] of blocked put()s, in order
+        self._arrived = trio.Event()
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def _fits(self, size: int) -> bool:
+        return not self._frames or (len(self._frames) < self.max_frames and self.bytes + size <= self.max_bytes)
+
+    def _append(self, frame: bytes) -> None:
+        self._frames.append(frame)
+        self.bytes += len(frame)
+        self._arrived.set()
+
+    def put_nowait(self, frame: bytes) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("send queue closed")
+        if self._waiting or not self._fits(len(frame)):
+            raise trio.WouldBlock
+        self._append(frame)
+
+    async def put(self, frame: bytes) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            self.put_nowait(frame)
+            return
+        except trio.WouldBlock:
+            pass
+        waiter = [frame, trio.Event()]
+        self._waiting.append(waiter)
+        try:
+            await waiter[1].wait()
+        finally:
+            if not waiter[1].is_set():  # cancelled while waiting: it never went in
+                self._waiting.remove(waiter)
+        if waiter[0] is None:
+            raise trio.ClosedResourceError("send queue closed")
+
+    async def get(self) -> bytes:
+        """The oldest frame; :class:`trio.EndOfChannel` once closed."""
+        while not self._frames:
+            if self._closed:
+                raise trio.EndOfChannel
+            self._arrived = trio.Event()
+            await self._arrived.wait()
+        frame = self._frames.popleft()
+        self.bytes -= len(frame)
+        while self._waiting and self._fits(len(self._waiting[0][0])):
+            waiter = self._waiting.popleft()
+            self._append(waiter[0])
+            waiter[1].set()
+        return frame
+
+    def close(self) -> None:
+        """Drop what is queued; blocked and later puts raise :class:`trio.ClosedResourceError`."""
+        self._closed = True
+        self._frames.clear()
+        self.bytes = 0
+        for waiter in self._waiting:
+            waiter[0] = None
+            waiter[1].set()
+        self._waiting.clear()
+        self._arrived.set()
+
+
 @attrs.define(eq=False)
 class _Session:
     """One node's live connection after the hellos."""
@@ -203,8 +289,7 @@ class _Session:
     version: int
     peer: str
     channel: Channel
-    outgoing: trio.MemorySendChannel
-    incoming: trio.MemoryReceiveChannel
+    queue: _SendQueue  # frames for the send loop
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     pending: dict[int, _Pending] = attrs.field(factory=dict)  # our requests, awaited by a caller
     pushes: dict[int, str] = attrs.field(factory=dict)  # replication pushes unanswered: id -> op
@@ -221,6 +306,10 @@ class _Session:
     def new_id(self) -> int:
         self.next_id += 1
         return self.next_id - 1
+
+    async def send(self, msg: Message, max_frame: int) -> None:
+        """Queue ``msg`` for the send loop, waiting for room (ClosedResourceError once it ended)."""
+        await self.queue.put(codec.encode(msg, max_frame=max_frame))
 
 
 class Controller:
@@ -263,7 +352,7 @@ class Controller:
         pending = session.pending[request_id] = _Pending(op)
         try:
             with trio.fail_after(timeout):
-                await session.outgoing.send(Request(id=request_id, op=op, args=dict(args or {})))
+                await session.send(Request(id=request_id, op=op, args=dict(args or {})), self.config.max_frame)
                 await pending.done.wait()
         except trio.TooSlowError:
             raise RequestTimeout(f"node {node_id} did not answer {op} within {timeout:g} s") from None
@@ -453,9 +542,9 @@ class Controller:
             hello = await channel.hello(local, timeout=max(0.0, deadline - trio.current_time()))
         except LinkClosed as exc:
             raise _Ended(str(exc), drop="timeout" if trio.current_time() >= deadline else "no hello") from None
-        outgoing, incoming = trio.open_memory_channel[Message](self.config.send_queue)
+        queue = _SendQueue(self.config.send_queue, self.config.send_queue_bytes)
         return _Session(node_id=channel.peer_name, capabilities=hello.capabilities, version=channel.version,
-                        peer=peer, channel=channel, outgoing=outgoing, incoming=incoming)
+                        peer=peer, channel=channel, queue=queue)
 
     async def _run_session(self, session: _Session) -> None:
         try:
@@ -491,7 +580,7 @@ class Controller:
         if self._sessions.get(session.node_id) is session:
             del self._sessions[session.node_id]
             self._notify()
-        session.outgoing.close()
+        session.queue.close()
         for pending in session.pending.values():
             pending.done.set()  # response stays None: the caller gets NodeUnavailable
 
@@ -500,9 +589,13 @@ class Controller:
         self._changed = trio.Event()
 
     async def _send_loop(self, session: _Session) -> None:
-        async for msg in session.incoming:
-            await session.channel.send(msg)
-            del msg  # the last message sent (a removal pushed to a gate, say) is not kept until the next
+        while True:
+            try:
+                frame = await session.queue.get()
+            except trio.EndOfChannel:
+                return
+            await session.channel.send_frame(frame)
+            del frame  # the last frame sent (a removal pushed to a gate, say) is not kept until the next
 
     async def _receive_loop(self, session: _Session, nursery: trio.Nursery) -> None:
         while True:
@@ -544,7 +637,7 @@ class Controller:
             self.stats.events_applied += 1
         if isinstance(applied.change, Remove):
             self._scrub_if_pending(self.store)
-        await session.outgoing.send(Ack(seq=event.seq, key=event.key))
+        await session.send(Ack(seq=event.seq, key=event.key), self.config.max_frame)
         if applied.change is not None and not applied.duplicate:
             self._replicate(applied.change, origin=None if applied.to_origin else session.node_id)
 
@@ -560,12 +653,19 @@ class Controller:
                 continue
             request_id = session.new_id()
             try:
-                session.outgoing.send_nowait(Request(id=request_id, op=op, args=args))
+                frame = codec.encode(Request(id=request_id, op=op, args=args), max_frame=self.config.max_frame)
+            except codec.FrameTooLarge as exc:  # the same for every node: none gets it (sync cannot either)
+                log.error("replication not pushed", extra={"fields": {"op": op, "error": one_line(str(exc))}})
+                return
+            try:
+                session.queue.put_nowait(frame)
             except trio.WouldBlock:
-                reason = f"{self.config.send_queue} frames queued unsent; reconnect and sync"
+                queue = session.queue
+                reason = (f"{len(queue)} frames of {queue.bytes} bytes queued unsent (at most {queue.max_frames} "
+                          f"frames, {queue.max_bytes} bytes); reconnect and sync")
                 session.end(_Ended(reason, goodbye=reason, drop="slow"))
                 continue
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
+            except trio.ClosedResourceError:
                 continue
             session.pushes[request_id] = op
             if len(session.pushes) > MAX_UNANSWERED_PUSHES:
@@ -605,8 +705,12 @@ class Controller:
             session.request_slots.release()
         self.stats.requests_served += 1
         try:
-            await session.outgoing.send(response)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            try:
+                await session.send(response, self.config.max_frame)
+            except codec.FrameTooLarge as exc:
+                await session.send(Response.failure(request.id, f"{request.op} result cannot be sent: {exc}"),
+                                   self.config.max_frame)
+        except trio.ClosedResourceError:
             pass
 
     async def _sync(self, args: dict[str, Any]) -> dict[str, Any]:

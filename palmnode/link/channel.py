@@ -137,7 +137,11 @@ class Channel:
 
     async def send(self, msg: Message) -> None:
         """Send one message; raises :class:`LinkClosed` when the connection is gone."""
-        frame = encode(msg, max_frame=self.max_frame)
+        await self.send_frame(encode(msg, max_frame=self.max_frame))
+
+    async def send_frame(self, frame: bytes) -> None:
+        """Send one frame :func:`~palmnode.link.codec.encode` made (a sender that queues frames,
+        to count their bytes, encodes them itself); raises :class:`LinkClosed` like :meth:`send`."""
         async with self._send_lock:
             if self.closed:
                 raise LinkClosed("connection already closed")

@@ -497,6 +497,7 @@ def test_config_refuses_impossible_values():
     for field, value, match in [("port", 70000, "port"), ("hello_timeout_s", 0, "hello_timeout_s"), ("max_greeting", 0, "max_greeting"),
                                 ("charge_limit_cents", -1, "charge_limit_cents"), ("sync_limit", 5000, "sync_limit"),
                                 ("send_queue", 0, "send_queue"),
+                                ("send_queue_bytes", 1000, "send_queue_bytes must be at least max_frame"),
                                 ("event_retention_days", 0, "event_retention_days")]:
         with pytest.raises(ControllerError, match=match):
             ControllerConfig(**{field: value})
@@ -516,6 +517,65 @@ async def test_a_node_too_slow_for_its_pushes_is_dropped_and_others_stay(nursery
     assert "queued unsent" in slow.closed
     assert controller.stats.dropped == {"slow": 1}
     await assert_still_served(good, controller)
+
+
+async def test_a_node_too_slow_for_large_pushes_is_dropped_by_bytes(nursery, tmp_path, pki):
+    # a few large people overflow the bytes long before the frame count (256 frames of up to a
+    # frame each would pin 256 MiB for one slow gate)
+    from palmnode.controller.store import PersonRecord, Upsert
+
+    limit = 128 * 1024
+    runner = ControllerRunner(nursery, controller_config(tmp_path, pki, max_frame=limit, send_queue_bytes=limit))
+    controller = await runner.start()
+    good = await connect(nursery, controller, pki, "gate-a")
+    slow = await connect(nursery, controller, pki, "gate-b")
+    session = controller._sessions["gate-b"]
+    queue = session.queue
+    large = person_wire("p-large")
+    large["palms"][0]["templates"] = [os.urandom(772) for _ in range(32)]  # ~25 KB on the wire
+    person = PersonRecord.from_wire(large)
+    pushed = 0
+    while session.ended is None and pushed < 20:  # no checkpoint between them: nothing is sent
+        controller._replicate(Upsert(pushed, person), origin="gate-a")
+        pushed += 1
+        assert queue.bytes <= limit
+    assert 5 <= pushed < 10 < controller.config.send_queue  # dropped by bytes, far below the frame limit
+    await slow.wait_until(lambda: slow.closed is not None)
+    assert "bytes queued unsent" in slow.closed and f"{limit} bytes" in slow.closed
+    assert controller.stats.dropped == {"slow": 1}
+    await assert_still_served(good, controller)
+
+
+async def test_the_send_queue_makes_answers_wait_for_room_in_order():
+    from palmnode.controller.server import _SendQueue
+
+    queue = _SendQueue(max_frames=10, max_bytes=100)
+    queue.put_nowait(b"a" * 60)
+    with pytest.raises(trio.WouldBlock):
+        queue.put_nowait(b"b" * 50)  # a push that does not fit is refused (the caller drops the node)
+    done = []
+
+    async def answer(frame):
+        await queue.put(frame)  # an ack or a response waits for room instead
+        done.append(frame[:1])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(answer, b"b" * 50)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(answer, b"c" * 10)
+        await trio.testing.wait_all_tasks_blocked()
+        assert done == [] and queue.bytes == 60
+        with pytest.raises(trio.WouldBlock):
+            queue.put_nowait(b"d")  # fits, but others wait before it
+        assert await queue.get() == b"a" * 60
+        await trio.testing.wait_all_tasks_blocked()
+    assert sorted(done) == [b"b", b"c"] and queue.bytes == 60 and len(queue) == 2  # both let in, in order:
+    assert await queue.get() == b"b" * 50 and await queue.get() == b"c" * 10
+    queue.put_nowait(b"x" * 500)  # alone in an empty queue, any frame fits
+    queue.close()
+    with pytest.raises(trio.ClosedResourceError):
+        await queue.put(b"y")
+    with pytest.raises(trio.EndOfChannel):
+        await queue.get()
 
 
 async def test_a_locked_database_costs_a_node_the_step_not_its_connection(nursery, controller, pki, runner):
