@@ -546,6 +546,23 @@ async def test_a_node_too_slow_for_large_pushes_is_dropped_by_bytes(nursery, tmp
     await assert_still_served(good, controller)
 
 
+async def test_a_push_too_large_for_a_frame_is_logged_and_costs_no_connection(nursery, tmp_path, pki, caplog):
+    from palmnode.controller.store import PersonRecord, Upsert
+
+    runner = ControllerRunner(nursery, controller_config(tmp_path, pki, max_frame=64 * 1024,
+                                                         send_queue_bytes=64 * 1024))
+    controller = await runner.start()
+    a = await connect(nursery, controller, pki, "gate-a")
+    b = await connect(nursery, controller, pki, "gate-b")
+    huge = person_wire("p-huge")
+    huge["palms"][0]["templates"] = [os.urandom(8192) for _ in range(16)]  # 128 KiB: over the frame cap
+    controller._replicate(Upsert(1, PersonRecord.from_wire(huge)), origin=None)
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == ["replication not pushed"]
+    await assert_still_served(a, controller)
+    await assert_still_served(b, controller)
+    assert controller.stats.dropped == {} and controller.stats.pushes == 0
+
+
 async def test_the_send_queue_makes_answers_wait_for_room_in_order():
     from palmnode.controller.server import _SendQueue
 
