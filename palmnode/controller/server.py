@@ -136,6 +136,9 @@ class ControllerConfig:
     # and hello at once; more are closed at accept (a flood of idle sockets costs ~50 KB each until
     # their hello timeout), and a gate among them retries with its backoff
     request_timeout_s: float = attrs.field(default=10.0, validator=_positive)  # Controller.request default
+    probe_timeout_s: float = attrs.field(default=5.0, validator=_positive)  # a second connection naming a
+    # connected node: the first is asked node.status; answering within this keeps it (the newcomer is
+    # refused), else it is taken for dead and replaced
     send_queue: int = attrs.field(default=256, validator=_positive)  # frames queued per node; a node this
     # far behind is dropped, reconnects and syncs
     send_queue_bytes: int = attrs.field(default=4 * codec.MAX_FRAME, validator=_positive)  # and bytes: a frame
@@ -164,7 +167,8 @@ class ControllerConfig:
 class ControllerStats:
     """Counters a health view or a test reads. ``dropped`` counts connections closed because of
     the peer, by reason: tls, timeout, no hello, slow, error, busy (refused at accept: too many
-    connections in their hello), and the link's own (protocol,
+    connections in their hello), duplicate (a node id already connected and answering), and the
+    link's own (protocol,
     oversize, msgpack, shape, truncated, overflow); ``link`` is frames and bytes of every channel."""
 
     connections: int = 0
@@ -547,16 +551,13 @@ class Controller:
                         peer=peer, channel=channel, queue=queue)
 
     async def _run_session(self, session: _Session) -> None:
+        old = await self._claim(session)
+        self._sessions[session.node_id] = session
         try:
             await trio.to_thread.run_sync(functools.partial(
                 self.store.node_seen, session.node_id, version=session.version, capabilities=session.capabilities))
         except sqlite3.Error as exc:  # bookkeeping only: the gate is served all the same
             _database_trouble("node not recorded", session, exc)
-        old = self._sessions.get(session.node_id)
-        if old is not None:
-            old.end(_Ended("replaced by a new connection", goodbye="replaced by a new connection from this node"))
-            self.stats.replaced += 1
-        self._sessions[session.node_id] = session
         self.stats.sessions += 1
         self._notify()
         log.info("node connected", extra={"fields": {"node": session.node_id, "peer": session.peer,
@@ -567,6 +568,47 @@ class Controller:
                 nursery.start_soon(self._until_ended, session, self._receive_loop, session, nursery)
         if session.ended is not None:
             raise session.ended
+
+    async def _claim(self, session: _Session) -> _Session | None:
+        """Make way for ``session``: the node's old session if it is dead (ended now; returned), else
+        :class:`_Ended` refusing the newcomer.
+
+        One node id, one connection. A connected node keeps its session while it answers: the
+        newcomer is then a second gate with the same certificate (a copied one), and replacing the
+        first would only make the two take turns for ever, each seeing half the pushes. An old
+        session that does not answer ``node.status`` within ``probe_timeout_s`` (a gate that
+        rebooted, its connection gone without a FIN) or that ends meanwhile is replaced.
+        """
+        replaced = None
+        while (old := self._sessions.get(session.node_id)) is not None:
+            if await self._answers(old):
+                refusal = (f"node id {session.node_id} is already connected (from {old.peer}) and answering; "
+                           f"each gate needs its own certificate")
+                raise _Ended(f"{refusal}: refused the second connection from {session.peer}", goodbye=refusal,
+                             drop="duplicate")
+            if self._sessions.get(session.node_id) is old:  # else another newcomer took its place meanwhile
+                old.end(_Ended("replaced by a new connection", goodbye=(
+                    f"replaced by a new connection from this node (no answer within {self.config.probe_timeout_s:g} s)")))
+                self.stats.replaced += 1
+                self._sessions.pop(session.node_id)
+                replaced = old
+        return replaced
+
+    async def _answers(self, session: _Session) -> bool:
+        """Whether ``session``'s node answers a request (any answer) within ``probe_timeout_s``."""
+        if session.ended is not None:
+            return False
+        request_id = session.new_id()
+        pending = session.pending[request_id] = _Pending("node.status")
+        try:
+            with trio.move_on_after(self.config.probe_timeout_s):
+                await session.send(Request(id=request_id, op="node.status", args={}), self.config.max_frame)
+                await pending.done.wait()
+        except trio.ClosedResourceError:
+            return False
+        finally:
+            session.pending.pop(request_id, None)
+        return pending.response is not None and session.ended is None
 
     @staticmethod
     async def _until_ended(session: _Session, fn, *args) -> None:

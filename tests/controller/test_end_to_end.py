@@ -131,6 +131,24 @@ async def test_bad_peer_is_refused_while_the_gates_keep_working(nursery, tmp_pat
     assert set(runner.controller.nodes()) == {"gate-a", "gate-b"}
 
 
+async def test_a_second_gate_with_the_same_certificate_is_refused_and_the_first_keeps_working(
+        nursery, tmp_path, pki, runner):
+    a = await start_node(nursery, tmp_path, pki, runner, "gate-a")
+    b = await start_node(nursery, tmp_path, pki, runner, "gate-b")
+    (tmp_path / "copy").mkdir()
+    copy = await VaultNode(tmp_path / "copy", pki, "gate-a", runner.controller.port).start(nursery)  # a copied cert
+    await wait_for(lambda: runner.controller.stats.dropped.get("duplicate", 0) >= 3)  # it keeps trying, refused
+    assert "node id gate-a is already connected" in copy.client.stats.last_error
+    assert "each gate needs its own certificate" in copy.client.stats.last_error
+    assert a.client.connected and a.client.stats.disconnects == 0 and runner.controller.stats.replaced == 0
+    await a.enrol(a.person("p-1"))
+    await wait_for(lambda: b.vault.get("p-1") is not None)  # the first gate-a is served throughout
+    await copy.enrol(copy.person("p-2"))  # the copy's events wait in its outbox: nothing is applied
+    await wait_for(lambda: runner.controller.stats.dropped["duplicate"] >= 6)
+    assert runner.controller.store.get_person("p-2") is None and copy.vault.pending_events()
+    await copy.stop()
+
+
 async def test_deleted_at_the_controller_is_gone_from_every_gate(nursery, tmp_path, pki, runner):
     a = await start_node(nursery, tmp_path, pki, runner, "gate-a")
     b = await start_node(nursery, tmp_path, pki, runner, "gate-b")

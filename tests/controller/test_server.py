@@ -225,12 +225,53 @@ async def test_a_request_fails_when_the_node_goes_away(nursery, controller, pki)
     await controller.wait_node("gate-a", connected=False)
 
 
-async def test_reconnect_replaces_the_old_session(nursery, controller, pki):
+async def test_a_second_gate_with_a_connected_node_id_is_refused(nursery, controller, pki, caplog):
+    # two gates with one certificate: the connected one answers, so it keeps its session (they took
+    # turns replacing each other for ever, each seeing half the pushes)
     first = await connect(nursery, controller, pki, "gate-a")
-    second = await ChannelNode.connect(nursery, controller.port, pki, "gate-a")
-    await first.wait_until(lambda: first.closed is not None)
-    assert "replaced" in first.closed
-    assert controller.stats.replaced == 1 and list(controller.nodes()) == ["gate-a"]
+    first.handlers["node.status"] = lambda args: {"which": "first"}
+    with trio.fail_after(5), pytest.raises(LinkClosed, match="node id gate-a is already connected .* and "
+                                           "answering; each gate needs its own certificate"):
+        second = await dial(controller.port, pki, "gate-a")
+        await second.receive()
+    assert controller.stats.dropped == {"duplicate": 1} and controller.stats.replaced == 0
+    [line] = [r for r in caplog.records if r.getMessage() == "connection dropped"]
+    assert line.fields["node"] == "gate-a" and line.fields["reason"] == "duplicate"
+    assert "refused the second connection from 127.0.0.1:" in line.fields["detail"]
+    assert first.closed is None and list(controller.nodes()) == ["gate-a"]
+    assert await controller.request("gate-a", "node.status") == {"which": "first"}
+    await assert_still_served(first, controller)
+
+
+async def test_a_gate_reconnecting_replaces_its_dead_connection(nursery, tmp_path, pki):
+    runner = ControllerRunner(nursery, controller_config(tmp_path, pki, probe_timeout_s=0.5))
+    controller = await runner.start()
+    dead = await dial(controller.port, pki, "gate-a")  # its hello done, then nothing: a gate that lost power
+    await controller.wait_node("gate-a")
+    with trio.fail_after(5):
+        second = await ChannelNode.connect(nursery, controller.port, pki, "gate-a")
+        await wait_for(lambda: controller.stats.replaced == 1)  # no answer in 0.5 s: the dead one goes
+    assert list(controller.nodes()) == ["gate-a"] and controller.stats.dropped == {}
+    second.handlers["node.status"] = lambda args: {"which": "second"}
+    assert await controller.request("gate-a", "node.status") == {"which": "second"}
+    await assert_still_served(second, controller)
+    with pytest.raises(LinkClosed, match="replaced by a new connection from this node"):
+        while True:
+            await dead.receive()  # the probe it never answered, then the goodbye
+
+
+async def test_a_gate_whose_old_connection_closes_meanwhile_gets_in_at_once(nursery, controller, pki):
+    first = await connect(nursery, controller, pki, "gate-a")
+    first.handlers["node.status"] = lambda args: None  # busy: would not answer before the probe's timeout
+
+    async def close_first():
+        await first.wait_until(lambda: first.requests)  # the probe came: the old connection closes now
+        await first.channel.aclose()
+    nursery.start_soon(close_first)
+    with trio.fail_after(2):  # well inside the 5 s probe timeout
+        second = await ChannelNode.connect(nursery, controller.port, pki, "gate-a")
+        await wait_for(lambda: controller.stats.sessions == 2 and "gate-a" in controller.nodes())
+    assert controller.stats.dropped == {}
     second.handlers["node.status"] = lambda args: {"which": "second"}
     assert await controller.request("gate-a", "node.status") == {"which": "second"}
 
