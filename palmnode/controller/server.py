@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections import deque
 import math
 import random
 import sqlite3
 import ssl
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 

@@ -546,8 +546,9 @@ class Store:
         else:
             # TRUNCATE reports (0, 0, 0) once every frame is in the database and the WAL is empty
             blocked = None if busy == 0 and log_frames == 0 else (
-                f"another connection to the database holds a read transaction (checkpoint busy: "
-                f"{moved} of {log_frames} WAL frames copied, the WAL not truncated)")
+                f"another connection to the database holds a read transaction (a backup, an sqlite3 shell) "
+                f"or the write lock: checkpoint busy, {moved} of {log_frames} WAL frames copied, the WAL not "
+                f"truncated")
         self.scrub_pending = blocked is not None
         self.scrub_blocked = blocked
         return blocked is None
