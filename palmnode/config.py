@@ -177,9 +177,16 @@ class ReplConfig:
     python_console: bool = False
     enabled: bool = True
     max_sessions: int = 8  # clients at once (as palmnode.repl.server.MAX_SESSIONS)
+    #: a session with no command this long is told why and closed (a running command is not
+    #: idle); there is no "never": 0 would close every session at once (as ...server.IDLE_TIMEOUT_S)
+    idle_timeout_s: float = 900.0
 
     def __attrs_post_init__(self) -> None:
         _positive(max_sessions=self.max_sessions)
+        if self.idle_timeout_s <= 0:  # (nan passes here: refused as not finite)
+            raise ValueError(f"idle_timeout_s must be greater than 0 (seconds without a command before a "
+                             f"session is closed; a larger value keeps idle sessions longer), got "
+                             f"{self.idle_timeout_s!r}")
 
 
 @attrs.frozen

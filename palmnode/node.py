@@ -163,7 +163,8 @@ class Node:
         if cfg.repl is not None and cfg.repl.enabled:
             specs.append(ChildSpec("repl", _started(functools.partial(
                 serve_repl, self, cfg.repl.socket_path, python_console=cfg.repl.python_console,
-                max_sessions=cfg.repl.max_sessions)), signals_started=True))
+                max_sessions=cfg.repl.max_sessions, idle_timeout_s=cfg.repl.idle_timeout_s)),
+                signals_started=True))
         if cfg.metrics.enabled:
             specs.append(ChildSpec("metrics", _started(functools.partial(
                 serve_metrics, self.metrics, cfg.metrics.host, cfg.metrics.port)), signals_started=True))

@@ -175,3 +175,30 @@ def test_an_empty_capture_dir_still_means_off(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text((ROOT / "config" / "sim.toml").read_text() + '\n[debug]\ncapture_dir = ""\n')
     assert config.load(path).debug.capture_dir == ""
+
+
+def test_repl_idle_timeout(tmp_path):
+    """Absent: 15 minutes; the example gate config sets it; a value is seconds, above 0."""
+    base = (ROOT / "config" / "sim.toml").read_text()
+    assert config.load(ROOT / "config" / "sim.toml").repl.idle_timeout_s == 900
+    assert config.load(ROOT / "config" / "gate.example.toml").repl.idle_timeout_s == 900
+    path = tmp_path / "c.toml"
+    path.write_text(base.replace("python_console = false", "python_console = false\nidle_timeout_s = 120", 1))
+    assert config.load(path).repl.idle_timeout_s == 120
+
+
+@pytest.mark.parametrize("value, message", [
+    # 0 would close every session at once: there is no "never" (a running follow is not idle)
+    ("0", "[repl]: idle_timeout_s must be greater than 0 (seconds without a command before a session is "
+          "closed; a larger value keeps idle sessions longer), got 0"),
+    ("-5", "[repl] idle_timeout_s: must not be negative, got -5"),
+    ("nan", "[repl] idle_timeout_s: must be a finite number, got nan"),
+    ("inf", "[repl] idle_timeout_s: must be a finite number, got inf"),
+    ("'15m'", "[repl] idle_timeout_s: expected a number, got '15m'"),
+    ("true", "[repl] idle_timeout_s: expected a number, got True"),
+])
+def test_repl_idle_timeout_mistakes(tmp_path, value, message):
+    base = (ROOT / "config" / "sim.toml").read_text()
+    assert "python_console = false" in base
+    assert message in refusal(tmp_path / "c.toml", base.replace(
+        "python_console = false", f"python_console = false\nidle_timeout_s = {value}", 1))

@@ -151,6 +151,19 @@ def encode_error(reason: str) -> bytes:
     return encode({"ok": False, "error": " ".join(str(reason).split())})
 
 
+def encode_closing(reason: str, text: str) -> bytes:
+    """The line the node sends, unasked, before it closes a session (``reason``: why, one word)."""
+    return encode({"closing": reason, "text": " ".join(str(text).split())})
+
+
+def duration(seconds: float) -> str:
+    """``900`` → ``15 min``, ``90`` → ``90 s``, ``7200`` → ``2 h`` (for one-line messages)."""
+    for unit, size in (("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"
+
+
 def split_line(line: str) -> tuple[str, tuple[str, ...]]:
     """A typed line → (command, args) with shell-like quoting; ``py`` keeps the rest of the line
     whole (it is Python source). ValueError (one line) for unbalanced quotes."""
@@ -176,5 +189,5 @@ def _finite(value: Any) -> Any:
 
 
 __all__ = ["INTERRUPT", "MAX_ARGS", "MAX_LINE", "VERSION", "Line", "LineDecoder", "LineTooLong",
-           "Malformed", "Request", "encode", "encode_error", "encode_ok", "encode_request",
-           "parse_request", "split_line"]
+           "Malformed", "Request", "duration", "encode", "encode_closing", "encode_error", "encode_ok",
+           "encode_request", "parse_request", "split_line"]

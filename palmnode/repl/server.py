@@ -29,6 +29,8 @@ log = logging.getLogger("palmnode.repl")
 MAX_SESSIONS = 8
 #: a client that does not take one reply line within this long is disconnected
 SEND_TIMEOUT_S = 2.0
+#: a session with no command this long is told why and closed ([repl] idle_timeout_s)
+IDLE_TIMEOUT_S = 15 * 60.0
 #: longest unix socket path (sun_path is 108 bytes with its NUL)
 MAX_PATH = 107
 
@@ -38,13 +40,17 @@ class ReplSocketError(Exception):
 
 
 async def serve_repl(target: ReplTarget, path: str | os.PathLike[str], *, python_console: bool = False,
-                     max_sessions: int = MAX_SESSIONS,
+                     max_sessions: int = MAX_SESSIONS, idle_timeout_s: float = IDLE_TIMEOUT_S,
                      task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the REPL at unix socket ``path`` until cancelled; ``task_status`` gets the path.
 
     :class:`ReplSocketError` when another node serves the path, or it cannot be created. The
-    socket is removed on the way out (if it is still ours).
+    socket is removed on the way out (if it is still ours). A session whose last command
+    finished ``idle_timeout_s`` ago (and that sent none since) gets one ``closing`` line and is
+    closed: an operator who walked away leaves neither a console nor a session slot open.
     """
+    if not idle_timeout_s > 0:
+        raise ValueError(f"idle_timeout_s must be greater than 0, got {idle_timeout_s!r}")
     path = Path(path).absolute()
     if len(os.fsencode(path)) > MAX_PATH:
         raise ReplSocketError(f"REPL socket path {path} is longer than {MAX_PATH} bytes: choose a shorter one")
@@ -57,7 +63,7 @@ async def serve_repl(target: ReplTarget, path: str | os.PathLike[str], *, python
         sock, inode = _bind_atomically(path)
         try:
             listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-            sessions = _Sessions(target, python_console, max_sessions)
+            sessions = _Sessions(target, python_console, max_sessions, idle_timeout_s)
             event(log, "REPL serving", socket=str(path), python_console=python_console)
             async with trio.open_nursery() as nursery:
                 await nursery.start(trio.serve_listeners, sessions.handle, [listener])
@@ -108,10 +114,12 @@ def _remove_if_ours(path: Path, inode: int) -> None:
 
 
 class _Sessions:
-    def __init__(self, target: ReplTarget, python_console: bool, max_sessions: int) -> None:
+    def __init__(self, target: ReplTarget, python_console: bool, max_sessions: int,
+                 idle_timeout_s: float) -> None:
         self.target = target
         self.python_console = python_console
         self.max_sessions = max_sessions
+        self.idle_timeout_s = idle_timeout_s
         self.active = 0
 
     def hello(self) -> dict[str, Any]:
@@ -124,11 +132,12 @@ class _Sessions:
 
     async def handle(self, stream: trio.SocketStream) -> None:
         async with stream:
-            connection = _Connection(stream)
+            connection = _Connection(stream, self.idle_timeout_s)
             try:
                 if self.active >= self.max_sessions:
                     await connection.send_line(protocol.encode_error(
-                        f"too many REPL sessions ({self.max_sessions}): close one and retry"))
+                        f"too many REPL sessions ({self.max_sessions}): close one and retry (an idle "
+                        f"one is closed after {protocol.duration(self.idle_timeout_s)})"))
                     return
                 self.active += 1
                 try:
@@ -157,8 +166,9 @@ def _client_gone(exc: Exception) -> bool:
 class _Connection:
     """One client: a reader task (requests and interrupts) and this task running them in order."""
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.SocketStream, idle_timeout_s: float) -> None:
         self.stream = stream
+        self.idle_timeout_s = idle_timeout_s
         self.decoder = LineDecoder()
         self.received = 0    # requests received so far (numbered from 1)
         self.interrupt_upto = 0  # requests numbered up to this are cancelled
@@ -184,10 +194,28 @@ class _Connection:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._read, send_requests)
             async with requests:
-                async for number, item in requests:
+                while True:
+                    # idle: waiting here, for the next request (a running command is not idle;
+                    # interrupts and blank lines are not commands and do not keep a session open)
+                    received = None
+                    with trio.move_on_after(self.idle_timeout_s):
+                        try:
+                            received = await requests.receive()
+                        except trio.EndOfChannel:
+                            break
+                    if received is None:
+                        await self._close_idle()
+                        break
+                    number, item = received
                     await self._answer(session, number, item)
-                    del item  # the last request (a person id, a phone number) is not kept until the next
+                    del item, received  # the last request (a person id, a phone number) is not kept
             nursery.cancel_scope.cancel()
+
+    async def _close_idle(self) -> None:
+        event(log, "REPL session closed: idle", idle_timeout_s=self.idle_timeout_s)
+        await self.send_line(protocol.encode_closing(
+            "idle", f"no command for {protocol.duration(self.idle_timeout_s)}: the node closed this "
+            "session ([repl] idle_timeout_s); connect again to go on"))
 
     async def _read(self, send_requests: trio.MemorySendChannel) -> None:
         async with send_requests:
@@ -262,4 +290,4 @@ class _Connection:
             await self.send_line(protocol.encode_ok({"interrupted": True}, "interrupted"))
 
 
-__all__ = ["MAX_SESSIONS", "ReplSocketError", "serve_repl"]
+__all__ = ["IDLE_TIMEOUT_S", "MAX_SESSIONS", "ReplSocketError", "serve_repl"]

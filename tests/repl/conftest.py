@@ -24,6 +24,25 @@ class OtherTree:
         return getattr(self.node, name)
 
 
+class BareTarget:
+    """A target made of the real parts, without devices (for MockClock tests)."""
+
+    def __init__(self):
+        from palmnode.actors import EventBus
+        from palmnode.devices.camera import FrameSource
+        from palmnode.devices.illuminator import Lights
+        from palmnode.metrics import Metrics
+
+        self.config = None
+        self.bus = EventBus()
+        self.health = None
+        self.supervisor = None
+        self.metrics = Metrics()
+        self.lights = Lights()
+        self.frames = FrameSource()
+        self.gallery = None
+
+
 @pytest.fixture
 def short_dir():
     """A folder with a short path (a unix socket path is at most 107 bytes)."""

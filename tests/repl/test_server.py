@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
+import logging
 import os
 import stat
 
@@ -18,9 +20,9 @@ from palmnode.biometrics.gallery import Gallery
 from palmnode.gate.events import Decision, PersonEnrolled
 from palmnode.repl import ReplSocketError, serve_repl
 from palmnode.repl.protocol import MAX_LINE
-from palmnode.repl.server import MAX_SESSIONS
+from palmnode.repl.server import IDLE_TIMEOUT_S, MAX_SESSIONS
 from tests.conftest import wait_for
-from tests.repl.conftest import Client, OtherTree
+from tests.repl.conftest import BareTarget, Client, OtherTree
 
 
 async def ready(node):
@@ -388,25 +390,6 @@ async def test_python_console_is_off_unless_enabled(target, short_dir):
         nursery.cancel_scope.cancel()
 
 
-class BareTarget:
-    """A target made of the real parts, without devices (for MockClock tests)."""
-
-    def __init__(self):
-        from palmnode.actors import EventBus
-        from palmnode.devices.camera import FrameSource
-        from palmnode.devices.illuminator import Lights
-        from palmnode.metrics import Metrics
-
-        self.config = None
-        self.bus = EventBus()
-        self.health = None
-        self.supervisor = None
-        self.metrics = Metrics()
-        self.lights = Lights()
-        self.frames = FrameSource()
-        self.gallery = None
-
-
 async def test_a_client_that_stops_reading_is_dropped(short_dir, autojump_clock):
     target = BareTarget()
     path = os.path.join(short_dir, "stuck.sock")
@@ -501,3 +484,91 @@ async def test_a_client_that_stops_reading_mid_enrol_is_dropped_without_an_error
         await wait_for(lambda: target.bus.statistics().subscribers == 0, timeout=5)
         assert "REPL command enrol failed" not in caplog.text
         nursery.cancel_scope.cancel()
+
+
+# -- idle sessions
+
+@contextlib.asynccontextmanager
+async def _bare_repl(short_dir, **options):
+    """A REPL on a BareTarget (for MockClock tests), and a function connecting a client."""
+    target = BareTarget()
+    path = os.path.join(short_dir, "idle.sock")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(serve_repl, target, path, **options))
+
+        async def connect():
+            client = Client(await trio.open_unix_socket(path))
+            client.hello = await client.line()
+            return client
+        yield target, connect
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_idle_session_is_told_why_and_closed(short_dir, autojump_clock, caplog):
+    """An operator who walked away: 15 minutes (IDLE_TIMEOUT_S) after the last command the node
+    sends one closing line and closes (it kept the session, and a live console, open forever)."""
+    assert IDLE_TIMEOUT_S == 15 * 60
+    caplog.set_level(logging.INFO, logger="palmnode.repl")
+    async with _bare_repl(short_dir) as (target, connect):
+        client = await connect()
+        await trio.sleep(IDLE_TIMEOUT_S - 1)
+        _, reply = await client.call("help", "light", timeout=1)  # a command restarts the wait
+        answered = trio.current_time()
+        await client.stream.send_all(b"\n\n" + b'{"cmd": "interrupt"}\n')  # neither is a command
+        closing = await client.line(timeout=IDLE_TIMEOUT_S + 60)
+        assert trio.current_time() - answered == pytest.approx(IDLE_TIMEOUT_S, abs=0.01)
+        assert closing == {"closing": "idle", "text": "no command for 15 min: the node closed this session "
+                                                      "([repl] idle_timeout_s); connect again to go on"}
+        with pytest.raises(EOFError):
+            await client.line(timeout=1)
+        assert "REPL session closed: idle" in caplog.text
+
+
+async def test_a_running_command_is_not_idle(short_dir, autojump_clock):
+    """A follow watched for an hour, a py statement awaiting longer than the timeout: both run on;
+    the wait for the next command starts when they end."""
+    idle = 90.0
+    async with _bare_repl(short_dir, python_console=True, idle_timeout_s=idle) as (target, connect):
+        client = await connect()
+        await client.send("follow", "cards")
+        assert "following" in (await client.line(timeout=1))["text"]
+        await trio.sleep(3600)
+        target.bus.publish(BadgeRead(uid_hex="04A1B2C3"))
+        assert (await client.line(timeout=1))["event"]["uid_hex"] == "04A1B2C3"
+        await client.send("interrupt")
+        _, reply = await client.until_final(timeout=1)
+        assert reply["result"] == {"interrupted": True}
+
+        started = trio.current_time()
+        _, reply = await client.call("py", "await trio.sleep(600); print('done')", timeout=700)
+        assert reply["text"] == "done\n" and trio.current_time() - started == pytest.approx(600, abs=0.01)
+        answered = trio.current_time()
+        closing = await client.line(timeout=idle + 60)
+        assert closing["closing"] == "idle" and closing["text"].startswith("no command for 90 s: ")
+        assert trio.current_time() - answered == pytest.approx(idle, abs=0.01)
+
+
+async def test_an_idle_session_frees_its_slot(short_dir, autojump_clock):
+    """At the session limit a newcomer is refused in one line that says the idle ones close; once
+    the idle one is closed the newcomer gets in."""
+    async with _bare_repl(short_dir, max_sessions=1, idle_timeout_s=300) as (target, connect):
+        first = await connect()
+        refused = await connect()
+        assert refused.hello == {"ok": False, "error": "too many REPL sessions (1): close one and retry "
+                                                       "(an idle one is closed after 5 min)"}
+        with pytest.raises(EOFError):
+            await refused.line(timeout=1)
+        assert (await first.line(timeout=400))["closing"] == "idle"
+        with pytest.raises(EOFError):  # closed: its slot was freed just before
+            await first.line(timeout=1)
+        newcomer = await connect()
+        assert "hello" in newcomer.hello
+        _, reply = await newcomer.call("help", timeout=1)
+        assert reply["ok"]
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("nan")])
+async def test_serve_repl_refuses_a_timeout_that_is_not_positive(short_dir, value):
+    with pytest.raises(ValueError, match="idle_timeout_s must be greater than 0"), trio.fail_after(5):
+        await serve_repl(BareTarget(), os.path.join(short_dir, "t.sock"), idle_timeout_s=value)
+    assert not os.path.exists(os.path.join(short_dir, "t.sock"))
