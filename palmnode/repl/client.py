@@ -3,7 +3,9 @@
 Interactive on a terminal (readline history in ``~/.palmnode_repl_history``, Tab completes
 command names, event types and light channels); with stdin from a pipe it runs one command a line
 (``q`` on a line of its own ends a ``follow``); ``palmnode repl CMD ARGS`` runs one command.
-Plain blocking sockets: the client has nothing to do concurrently but watch stdin for ``q``.
+Plain blocking sockets: the client has nothing to do concurrently but watch stdin for ``q``, and
+(at the prompt, or waiting for piped stdin) the socket for the node's closing line: an idle
+session closed by the node prints why and exits with status 0.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, TextIO
+from typing import Any, Callable, Iterator, NoReturn, TextIO
 
 from palmnode.repl import protocol
 from palmnode.repl.protocol import split_line
@@ -38,6 +40,11 @@ CONNECT_TIMEOUT_S = 5.0
 
 class ReplClientError(Exception):
     """Cannot talk to the node (one line: which socket, why, what to do)."""
+
+
+class SessionClosed(Exception):
+    """The node closed the session and said why (its ``closing`` line: e.g. no command for its
+    ``[repl] idle_timeout_s``). Not an error: the client prints the reason and exits."""
 
 
 def default_socket(env: dict[str, str] | None = None) -> Path:
@@ -105,7 +112,10 @@ class Connection:
         self.sock.close()
 
     def send(self, cmd: str, *args: str) -> None:
-        self.sock.sendall(protocol.encode_request(cmd, *args))
+        try:
+            self.sock.sendall(protocol.encode_request(cmd, *args))
+        except OSError:  # the node closed the session: its closing line says why, if it sent one
+            self.unasked()
 
     def interrupt(self) -> None:
         with contextlib.suppress(OSError):
@@ -113,7 +123,10 @@ class Connection:
 
     def fill(self) -> None:
         """Receive what the node sent (waits for something); ReplClientError if it hung up."""
-        data = self.sock.recv(65536)
+        try:
+            data = self.sock.recv(65536)
+        except ConnectionResetError:  # it closed with our request unread (after its last line)
+            data = b""
         if not data:
             raise ReplClientError("the node closed the connection")
         self._buffer += data
@@ -123,6 +136,19 @@ class Connection:
         while (reply := self.next_reply()) is None:
             self.fill()
         return reply
+
+    def unasked(self) -> NoReturn:
+        """What the node sent while no command ran: its closing line (SessionClosed), or it hung
+        up (ReplClientError). The node sends nothing else unasked."""
+        reply = self.read()
+        if "closing" in reply:
+            raise SessionClosed(str(reply.get("text") or f"the node closed the session ({reply['closing']})"))
+        raise ReplClientError("the node sent a line no command asked for")
+
+    def check_unasked(self) -> None:
+        """:meth:`unasked` if the node has sent something (without waiting for it)."""
+        if b"\n" in self._buffer or select.select([self.sock], [], [], 0)[0]:
+            self.unasked()
 
     def next_reply(self) -> dict[str, Any] | None:
         """The next complete reply line received so far, or None."""
@@ -207,6 +233,8 @@ class Repl:
                 if "ok" in reply:
                     self._final(cmd, args, reply)
                     return reply
+                if "closing" in reply:  # it closed the session as the request went out
+                    raise SessionClosed(str(reply.get("text") or "the node closed the session"))
                 self._stream(reply)
 
     def _wait(self, watch_input: bool, key_pressed: Callable[[], bool] | None, sigint: _SigintPipe) -> bool:
@@ -351,6 +379,56 @@ class Repl:
                 lines = []
                 if result.get("exit"):
                     return
+
+
+class _NodeSpoke(Exception):
+    """Raised at the prompt (by :func:`_prompt`'s signal) when the node sent something unasked."""
+
+
+#: sent to the main thread by :func:`_prompt`'s watcher (nothing else in the client uses it)
+_WAKE_SIGNAL = signal.SIGUSR1
+#: a wake signal that lands just before readline's own select() is taken but does not wake it:
+#: the watcher sends it again this often until the prompt has returned
+_WAKE_AGAIN_S = 0.2
+
+
+def _prompt(conn: Connection, prompt: str) -> str:
+    """``input(prompt)`` that also returns — raising :class:`_NodeSpoke` — when the node sends
+    something unasked (its closing line, or its hang-up) while the operator is away: a thread
+    watches the socket and signals this (the main) thread, which readline lets interrupt it."""
+    if threading.current_thread() is not threading.main_thread():
+        return input(prompt)
+    stop_read, stop_write = os.pipe2(os.O_CLOEXEC)
+    main = threading.get_ident()
+    prompting = False
+
+    def wake(signum: int, frame: object) -> None:
+        nonlocal prompting
+        if prompting:  # once, and only while input() may be waiting
+            prompting = False
+            raise _NodeSpoke
+
+    def watch() -> None:
+        readable, _, _ = select.select([conn.sock, stop_read], [], [])
+        while stop_read not in readable:
+            signal.pthread_kill(main, _WAKE_SIGNAL)
+            readable, _, _ = select.select([stop_read], [], [], _WAKE_AGAIN_S)
+
+    previous = signal.signal(_WAKE_SIGNAL, wake)
+    watcher = threading.Thread(target=watch, name="repl-node-watch", daemon=True)
+    try:
+        watcher.start()
+        try:
+            prompting = True
+            return input(prompt)
+        finally:
+            prompting = False
+    finally:
+        os.write(stop_write, b"x")
+        watcher.join()  # every wake signal sent has been taken (by a no-op) before it returns
+        signal.signal(_WAKE_SIGNAL, previous)
+        os.close(stop_read)
+        os.close(stop_write)
 
 
 class _SigintPipe:
@@ -538,12 +616,19 @@ def main(args: argparse.Namespace) -> int:
         conn.close()
 
 
+def _closed(exc: SessionClosed) -> None:
+    print(f"palmnode repl: {exc}", file=sys.stderr, flush=True)
+
+
 def _one_shot(conn: Connection, words: list[str]) -> int:
     repl = Repl(conn, interactive=sys.stdin.isatty(), stdin=None if sys.stdin.isatty() else StdinLines())
-    if words and words[0] == "py" and len(words) > 1:
-        repl.run("py", (" ".join(words[1:]),))
-    else:
-        repl.run(words[0], tuple(words[1:]))
+    try:
+        if words and words[0] == "py" and len(words) > 1:
+            repl.run("py", (" ".join(words[1:]),))
+        else:
+            repl.run(words[0], tuple(words[1:]))
+    except SessionClosed as exc:
+        _closed(exc)
     return 1 if repl.errors else 0
 
 
@@ -554,11 +639,25 @@ def _interactive(conn: Connection) -> int:
           "commands, Tab completes, Ctrl-D leaves")
 
     def read_line(prompt: str) -> str | None:
-        try:
-            return input(prompt)
-        except EOFError:
-            return None
+        while True:
+            conn.check_unasked()  # (it may have spoken while the last command's output printed)
+            try:
+                return _prompt(conn, prompt)
+            except EOFError:
+                return None
+            except _NodeSpoke:  # its closing line (SessionClosed), or it hung up (ReplClientError)
+                conn.check_unasked()
 
+    try:
+        return _prompt_loop(conn, repl, read_line)
+    except SessionClosed as exc:
+        print(flush=True)  # off the prompt's line
+        _closed(exc)
+        return 0
+
+
+def _prompt_loop(conn: Connection, repl: Repl, read_line: Callable[[str], str | None]) -> int:
+    hello = conn.hello
     with _history(hello) as entered:
         prompt = f"{hello.get('node_id') or 'node'}> "
         while True:
@@ -578,14 +677,29 @@ def _interactive(conn: Connection) -> int:
 def _piped(conn: Connection) -> int:
     stdin = StdinLines()
     repl = Repl(conn, interactive=False, stdin=stdin)
-    while True:
-        line = stdin.readline()
-        if line is None or not repl.handle_line(line, lambda prompt: stdin.readline()):
-            return 1 if repl.errors else 0
+
+    def read_line(prompt: str = "") -> str | None:
+        """The next line of stdin; meanwhile, the node's closing line (or hang-up) ends the session."""
+        while not stdin.ready():
+            readable, _, _ = select.select([stdin.fd, conn.sock], [], [])
+            if conn.sock in readable:
+                conn.unasked()
+            stdin.fill()
+        return stdin.readline()
+
+    try:
+        while True:
+            line = read_line()
+            if line is None or not repl.handle_line(line, read_line):
+                break
+    except SessionClosed as exc:
+        _closed(exc)
+    return 1 if repl.errors else 0
 
 
 __all__ = ["Completer", "Connection", "DEFAULT_SOCKETS", "DESCRIPTION", "HISTORY_FILE", "Repl",
-           "ReplClientError", "StdinLines", "add_arguments", "default_socket", "format_event", "main"]
+           "ReplClientError", "SessionClosed", "StdinLines", "add_arguments", "default_socket", "format_event",
+           "main"]
 
 
 if __name__ == "__main__":  # `python -m palmnode.repl.client`, as `palmnode repl` does

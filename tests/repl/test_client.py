@@ -1,10 +1,14 @@
 """``palmnode repl`` as a real process: stdin from a pipe, and a terminal (pty) with readline."""
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import os
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import pytest
@@ -13,8 +17,12 @@ import trio
 from drivers.card_reader.reads import BadgeRead
 from palmnode.actors import GateState
 from palmnode.gate.events import Decision
-from palmnode.repl.client import DEFAULT_SOCKETS, Completer, Connection, ReplClientError, default_socket
+from palmnode.repl import serve_repl
+from palmnode.repl.client import (DEFAULT_SOCKETS, Completer, Connection, Repl, ReplClientError, SessionClosed,
+                                  default_socket)
+from palmnode.repl.server import IDLE_TIMEOUT_S
 from tests.conftest import wait_for
+from tests.repl.conftest import BareTarget
 
 
 class Output:
@@ -241,3 +249,88 @@ def test_a_socket_path_that_is_a_file_or_a_folder_is_named_as_such(tmp_path):
     for path in (tmp_path / "notes.txt", tmp_path):
         with pytest.raises(ReplClientError, match="is not a socket: --socket"):
             Connection.open(path)
+
+
+# -- a session the node closes
+
+@pytest.fixture
+def jump_clock():
+    """Virtual time at real speed (a test's guards stay real seconds), jumped past the idle timeout."""
+    return trio.testing.MockClock(rate=1.0)
+
+
+@contextlib.asynccontextmanager
+async def _bare_repl(short_dir, **options):
+    path = os.path.join(short_dir, "idle.sock")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(serve_repl, BareTarget(), path, **options))
+        yield path
+        nursery.cancel_scope.cancel()
+
+
+CLOSED = ("palmnode repl: no command for 15 min: the node closed this session ([repl] idle_timeout_s); "
+          "connect again to go on")
+
+
+async def test_terminal_left_at_the_prompt_is_told_why_and_exits_cleanly(short_dir, tmp_path, jump_clock):
+    """The operator walked away from the prompt: when the node closes the idle session the client
+    says why at once (not at the next key) and exits with status 0."""
+    async with _bare_repl(short_dir) as path:
+        process, terminal, out = await open_terminal(path, tmp_path)
+        try:
+            await out.prompt("node> ", 1)
+            await terminal.send_all(b"help light\r")
+            await out.wait_for("Example: light ir 0.5")
+            await out.prompt("node> ", 2)                 # readline waits for a key
+            await trio.testing.wait_all_tasks_blocked()  # the session waits for the next command
+            jump_clock.jump(IDLE_TIMEOUT_S)
+            text = await out.wait_for(CLOSED)
+            with trio.fail_after(10):
+                assert await process.wait() == 0
+        finally:
+            process.kill()
+            await terminal.aclose()
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text
+
+
+async def test_piped_client_waiting_for_stdin_is_told_why_and_exits_cleanly(short_dir, jump_clock):
+    async with _bare_repl(short_dir) as path:
+        process = await trio.lowlevel.open_process(client_command(path), stdin=subprocess.PIPE,
+                                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = Output(process.stdout), Output(process.stderr)
+        try:
+            await process.stdin.send_all(b"help light\n")
+            await out.wait_for("Example: light ir 0.5")
+            await trio.testing.wait_all_tasks_blocked()  # the session waits for the next command
+            jump_clock.jump(IDLE_TIMEOUT_S)                # stdin stays open, silent
+            assert (await err.rest()).strip() == CLOSED
+            with trio.fail_after(10):
+                assert await process.wait() == 0
+        finally:
+            process.kill()
+            await process.stdin.aclose()
+
+
+async def test_a_command_sent_as_the_node_closes_the_session_gets_the_reason(short_dir, autojump_clock):
+    """The request crosses the closing line: the reason, not a broken pipe traceback."""
+    async with _bare_repl(short_dir, idle_timeout_s=60) as path:
+        conn = await trio.to_thread.run_sync(Connection.open, Path(path))
+        try:
+            await trio.sleep(61)  # the node has sent its closing line and closed
+            with pytest.raises(SessionClosed, match=r"^no command for 1 min: the node closed this session"):
+                Repl(conn, io.StringIO(), interactive=False).run("help", ())
+        finally:
+            conn.close()
+
+
+async def test_one_session_too_many_is_refused_in_one_line(short_dir, tmp_path):
+    async with _bare_repl(short_dir, max_sessions=1) as path:
+        first = await trio.to_thread.run_sync(Connection.open, Path(path))
+        try:
+            result = await trio.run_process(client_command(path) + ["help"], capture_stdout=True,
+                                            capture_stderr=True, stdin=subprocess.DEVNULL, check=False)
+        finally:
+            first.close()
+    assert result.returncode == 1 and result.stdout == b""
+    assert result.stderr.decode() == (f"palmnode repl: {path}: too many REPL sessions (1): close one and "
+                                      "retry (an idle one is closed after 15 min)\n")
