@@ -334,3 +334,22 @@ async def test_one_session_too_many_is_refused_in_one_line(short_dir, tmp_path):
     assert result.returncode == 1 and result.stdout == b""
     assert result.stderr.decode() == (f"palmnode repl: {path}: too many REPL sessions (1): close one and "
                                       "retry (an idle one is closed after 15 min)\n")
+
+
+def test_a_node_that_hangs_up_with_a_request_unread_is_a_one_line_error():
+    """The kernel answers a unix socket closed with data unread with ECONNRESET (after what the node
+    sent): that is the node hanging up, not a ConnectionResetError traceback."""
+    import socket
+
+    node, client = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn = Connection(client)
+    try:
+        node.sendall(b'{"closing": "idle", "text": "no command for 15 min"}\n')
+        conn.send("health")  # never read by the node
+        node.close()
+        with pytest.raises(SessionClosed, match="^no command for 15 min$"):
+            conn.check_unasked()
+        with pytest.raises(ReplClientError, match="^the node closed the connection$"):
+            conn.read()
+    finally:
+        conn.close()
