@@ -4,8 +4,8 @@ Interactive on a terminal (readline history in ``~/.palmnode_repl_history``, Tab
 command names, event types and light channels); with stdin from a pipe it runs one command a line
 (``q`` on a line of its own ends a ``follow``); ``palmnode repl CMD ARGS`` runs one command.
 Plain blocking sockets: the client has nothing to do concurrently but watch stdin for ``q``, and
-(at the prompt, or waiting for piped stdin) the socket for the node's closing line: an idle
-session closed by the node prints why and exits with status 0.
+(waiting for piped stdin) the socket for the node's closing line. An idle session closed by the
+node prints why and exits with status 0: at once when piped, at the next line entered at a prompt.
 """
 from __future__ import annotations
 
@@ -381,56 +381,6 @@ class Repl:
                     return
 
 
-class _NodeSpoke(Exception):
-    """Raised at the prompt (by :func:`_prompt`'s signal) when the node sent something unasked."""
-
-
-#: sent to the main thread by :func:`_prompt`'s watcher (nothing else in the client uses it)
-_WAKE_SIGNAL = signal.SIGUSR1
-#: a wake signal that lands just before readline's own select() is taken but does not wake it:
-#: the watcher sends it again this often until the prompt has returned
-_WAKE_AGAIN_S = 0.2
-
-
-def _prompt(conn: Connection, prompt: str) -> str:
-    """``input(prompt)`` that also returns — raising :class:`_NodeSpoke` — when the node sends
-    something unasked (its closing line, or its hang-up) while the operator is away: a thread
-    watches the socket and signals this (the main) thread, which readline lets interrupt it."""
-    if threading.current_thread() is not threading.main_thread():
-        return input(prompt)
-    stop_read, stop_write = os.pipe2(os.O_CLOEXEC)
-    main = threading.get_ident()
-    prompting = False
-
-    def wake(signum: int, frame: object) -> None:
-        nonlocal prompting
-        if prompting:  # once, and only while input() may be waiting
-            prompting = False
-            raise _NodeSpoke
-
-    def watch() -> None:
-        readable, _, _ = select.select([conn.sock, stop_read], [], [])
-        while stop_read not in readable:
-            signal.pthread_kill(main, _WAKE_SIGNAL)
-            readable, _, _ = select.select([stop_read], [], [], _WAKE_AGAIN_S)
-
-    previous = signal.signal(_WAKE_SIGNAL, wake)
-    watcher = threading.Thread(target=watch, name="repl-node-watch", daemon=True)
-    try:
-        watcher.start()
-        try:
-            prompting = True
-            return input(prompt)
-        finally:
-            prompting = False
-    finally:
-        os.write(stop_write, b"x")
-        watcher.join()  # every wake signal sent has been taken (by a no-op) before it returns
-        signal.signal(_WAKE_SIGNAL, previous)
-        os.close(stop_read)
-        os.close(stop_write)
-
-
 class _SigintPipe:
     """While a command runs, Ctrl-C only wakes ``select`` (a handler and a wakeup pipe), so it can
     never land between two statements; a second Ctrl-C raises KeyboardInterrupt (give up)."""
@@ -639,14 +589,13 @@ def _interactive(conn: Connection) -> int:
           "commands, Tab completes, Ctrl-D leaves")
 
     def read_line(prompt: str) -> str | None:
-        while True:
-            conn.check_unasked()  # (it may have spoken while the last command's output printed)
-            try:
-                return _prompt(conn, prompt)
-            except EOFError:
-                return None
-            except _NodeSpoke:  # its closing line (SessionClosed), or it hung up (ReplClientError)
-                conn.check_unasked()
+        conn.check_unasked()  # it closed the session while the operator was away: say why
+        try:
+            line = input(prompt)
+        except EOFError:
+            return None
+        conn.check_unasked()  # ...or while the prompt waited: said before the line is sent
+        return line
 
     try:
         return _prompt_loop(conn, repl, read_line)

@@ -273,8 +273,8 @@ CLOSED = ("palmnode repl: no command for 15 min: the node closed this session ([
 
 
 async def test_terminal_left_at_the_prompt_is_told_why_and_exits_cleanly(short_dir, tmp_path, jump_clock):
-    """The operator walked away from the prompt: when the node closes the idle session the client
-    says why at once (not at the next key) and exits with status 0."""
+    """The operator walked away from the prompt: the node closes the idle session, and the next
+    line they enter gets why (the line is not sent) and the client exits with status 0."""
     async with _bare_repl(short_dir) as path:
         process, terminal, out = await open_terminal(path, tmp_path)
         try:
@@ -284,6 +284,8 @@ async def test_terminal_left_at_the_prompt_is_told_why_and_exits_cleanly(short_d
             await out.prompt("node> ", 2)                 # readline waits for a key
             await trio.testing.wait_all_tasks_blocked()  # the session waits for the next command
             jump_clock.jump(IDLE_TIMEOUT_S)
+            await trio.testing.wait_all_tasks_blocked()  # the node has sent its closing line, and closed
+            await terminal.send_all(b"health\r")
             text = await out.wait_for(CLOSED)
             with trio.fail_after(10):
                 assert await process.wait() == 0
