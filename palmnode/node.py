@@ -152,7 +152,9 @@ class Node:
               target_fmr=cfg.gate.target_fmr, mode=self.modes.current.mode)
         specs = [ChildSpec("report", self.ops.report, signals_started=True),
                  ChildSpec("identify", _started(self.identify.run), signals_started=True),
-                 ChildSpec("enrol", _started(self.enrol.run), signals_started=True)]
+                 ChildSpec("enrol", _started(self.enrol.run), signals_started=True),
+                 # retries a WAL truncation another connection to the vault blocked (a removal's, the opening's)
+                 ChildSpec("wal-scrub", _started(self.people.keep_wal_truncated), signals_started=True)]
         if self.link is not None:
             specs.append(ChildSpec("link", _started(self.link.run), signals_started=True))
         return specs
@@ -182,6 +184,10 @@ class Node:
                 self.debug_captures.close()
             if self.vault is not None:
                 self.vault.close()
+                if self.vault.scrub_pending:
+                    log.warning("node stopped with its vault's WAL not truncated: a removed person's old pages "
+                                "stay in the -wal file until its next start", extra={"fields": {
+                                    "vault": str(self.vault.path), "reason": self.vault.scrub_blocked}})
 
     async def _supervise(self, gate_specs: list[ChildSpec], task_status) -> None:
         sup = self.config.supervision

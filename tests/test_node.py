@@ -189,3 +189,50 @@ async def test_a_vault_refusing_device_health_does_not_restart_the_report_actor(
     gate_tree = next(c for c in node.supervisor.tree().children if c.id == "gate").subtree
     report = next(c for c in gate_tree.children if c.id == "report")
     assert report.restarts == 0 and report.last_error is None
+
+
+async def test_a_wal_truncation_a_reader_blocks_is_retried_by_the_node_and_logged_at_stop(gate, tmp_path, caplog):
+    """The node retries, in its gate supervisor's wal-scrub child, a WAL truncation another
+    connection to its vault blocked after a removal; stopped while it is blocked, it says so."""
+    import random
+    import sqlite3
+
+    from drivers.card_reader.cardtoken import CardToken
+    from palmnode.demo import node_config
+    from palmnode.node import Node
+    from tests.vault.factories import template
+
+    caplog.set_level(logging.INFO, logger="palmnode")
+    node = Node(node_config(gate.endpoints_, tmp_path, vault=True))
+    rng = random.Random(5)
+
+    def messages(start: str) -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith(start)]
+
+    def wal() -> bytes:
+        return open(f"{node.vault.path}-wal", "rb").read()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        gate_tree = next(c for c in node.supervisor.tree().children if c.id == "gate").subtree
+        assert "wal-scrub" in [c.id for c in gate_tree.children]
+        cards = [CardToken(bytes([n]) * 32, f"{n:04d}") for n in (1, 2)]
+        first, second = [await node.people.enrol(c, None, {"right": [template(rng)]}) for c in cards]
+        reader = sqlite3.connect(node.vault.path, isolation_level=None)  # a backup's read transaction
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM people").fetchone()
+        assert await node.people.delete(person_id=first.person_id) == first.person_id
+        await wait_for(lambda: messages("vault WAL not truncated"))
+        assert node.vault.scrub_pending and cards[0].digest in wal()
+        reader.execute("COMMIT")
+        await wait_for(lambda: not node.vault.scrub_pending, timeout=15)  # the next try, within 10 s
+        assert cards[0].digest not in wal() and len(messages("vault WAL truncated")) == 1
+
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM people").fetchone()
+        assert await node.people.delete(person_id=second.person_id) == second.person_id
+        assert node.vault.scrub_pending
+        nursery.cancel_scope.cancel()
+    [stopped] = [r for r in caplog.records if r.getMessage().startswith("node stopped with its vault's WAL not")]
+    assert stopped.levelname == "WARNING" and "read transaction" in stopped.fields["reason"]
+    reader.close()
+    assert first.person_id not in caplog.text and second.person_id not in caplog.text

@@ -3,6 +3,12 @@
 Synchronous and thread-safe: one connection, one lock; async callers use ``trio.to_thread.run_sync``.
 Every change that belongs together (a person and their outbox event; a removal, its audit entry and
 its event) is one transaction, so a crash at any instant leaves either all of it or none of it.
+
+A removal overwrites the person's bytes (``secure_delete``) and truncates the WAL, so no page image
+of them stays in the ``-wal`` file. The truncation never waits: when another connection to the file
+(an ``sqlite3`` shell, a backup, ``palmnode vault check``) holds a read transaction it cannot finish,
+:attr:`Vault.scrub_pending` says so and the vault's owner tries :meth:`Vault.scrub` again (a node
+does, in the background, with a backoff: ``People.keep_wal_truncated``) until it succeeds.
 """
 from __future__ import annotations
 
@@ -10,7 +16,6 @@ import contextlib
 import functools
 import hmac
 import json
-import logging
 import math
 import os
 import secrets
@@ -39,8 +44,6 @@ from palmnode.vault.errors import (
 from palmnode.vault.keys import VaultKeys, load_keys
 from palmnode.vault.phone import normalise_phone
 from palmnode.vault.records import EnrolledPalm, OutboxEvent, Person, VaultConfig
-
-log = logging.getLogger("palmnode.vault")
 
 _KEY_CHECK = b"palmnode vault key check v1"
 _PEOPLE_BATCH = 256  # people() reads this many people per lock hold
@@ -102,6 +105,11 @@ class Vault:
         self._key_prefix = f"{node_id}/{instance}" if node_id else instance
         self._clock = clock
         self._closed = False
+        #: the WAL may still hold page images of removed rows: the last :meth:`scrub` could not
+        #: truncate it (another connection held a read transaction), so call it again
+        self.scrub_pending = False
+        #: why the last scrub failed, one line (None after a success)
+        self.scrub_blocked: str | None = None
 
     # --- opening and closing ---------------------------------------------------------------
     @classmethod
@@ -110,7 +118,8 @@ class Vault:
         """Open (or create, mode 0600) the vault at ``path``; :class:`VaultKeyError` if ``keys`` are not its keys.
 
         ``node_id`` prefixes the outbox's idempotency keys; ``clock`` stamps events and audit entries;
-        ``busy_timeout`` is how long to wait for another process holding the file's write lock.
+        ``busy_timeout`` is how long a transaction waits for another process holding the file's
+        write lock (a WAL truncation never waits: :meth:`scrub`).
         ``exclusive`` (a node): hold ``<path>.lock`` until closed, and refuse the vault while
         another holder has it: a second node on the same file would keep recognising the people
         the first deletes, from its own gallery. ``palmnode vault check`` opens without it.
@@ -145,9 +154,10 @@ class Vault:
             conn.close()
             raise
         vault = cls(conn, path, keys, instance, node_id, clock, holder)
-        # a process killed after a removal committed but before its checkpoint left the removed
-        # person's old pages in the WAL: truncate it now, not at the next removal or close()
-        vault.checkpoint()
+        # a process killed after a removal committed but before its checkpoint (or stopped while a
+        # reader blocked it) left the removed person's old pages in the WAL: truncate it now; when a
+        # reader blocks this too, scrub_pending tells the owner to try again
+        vault.scrub()
         return vault
 
     @staticmethod
@@ -183,13 +193,15 @@ class Vault:
         return instance
 
     def close(self) -> None:
-        """Checkpoint and close; the vault is then one file again. Safe to call twice."""
+        """Truncate the WAL and close; the vault is then one file again. Safe to call twice.
+
+        The truncation is one last :meth:`scrub` that does not wait: when another connection
+        blocks it, :attr:`scrub_pending` stays True and the next opening truncates the WAL."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._scrub_locked()
             self._conn.close()
             if self._holder is not None:
                 os.close(self._holder)
@@ -311,8 +323,9 @@ class Vault:
                       reason: str = "request") -> bool:
         """Forget ``person_id``: every row of theirs (templates, card, phone, outbox events naming them),
         an audit entry naming them only by keyed hash, and ``event``, in ONE transaction; then a WAL
-        checkpoint (TRUNCATE) so nothing of theirs is left in any vault file. False if they were absent
-        (their stray outbox events are purged all the same; no audit entry or event is written).
+        checkpoint (TRUNCATE) so nothing of theirs is left in any vault file (:meth:`scrub`: when
+        another connection blocks it, :attr:`scrub_pending` is True afterwards). False if they were
+        absent (their stray outbox events are purged all the same; no audit entry or event is written).
         """
         with self._transaction() as conn:
             purged = conn.execute("DELETE FROM outbox WHERE person_id = ?", (person_id,)).rowcount
@@ -322,24 +335,46 @@ class Vault:
                 if event is not None:
                     # the event survives the purge on purpose: it tells the controller they are gone
                     self._append(conn, *event, person_id=None)
-        if (present or purged) and not self.checkpoint():
-            # the removal stands (raising now would leave the caller's gallery out of step); the
-            # next removal or close() truncates the WAL once the other reader has let go
-            log.warning("vault WAL checkpoint blocked by another connection: old pages of a removed person "
-                        "stay in the WAL until the next checkpoint", extra={"fields": {"vault": str(self._path)}})
+        if present or purged:
+            # the removal stands whatever this says (raising now would leave the caller's gallery out
+            # of step); when another connection blocks the truncation, scrub_pending tells the
+            # caller to try again
+            self.scrub()
         return present
 
-    def checkpoint(self) -> bool:
-        """Copy the WAL into the database and truncate it to zero bytes (no old page versions left).
+    def scrub(self) -> bool:
+        """Copy the WAL into the database and truncate it to zero bytes, so no old page version of
+        a removed row is left in the ``-wal`` file: True when it is empty now.
 
-        False when another connection to the file (another process) kept it from completing.
+        One attempt that never waits: a checkpoint waiting for another connection's read
+        transaction to end would hold the vault (every identify, enrolment and decision of the gate)
+        for the whole busy timeout. When it cannot finish, :attr:`scrub_pending` stays True and
+        :attr:`scrub_blocked` says why; call it again later.
         """
+        with self._lock:
+            self._check_open()
+            return self._scrub_locked()
+
+    def _scrub_locked(self) -> bool:
+        conn = self._conn
         try:
-            with self._reading() as conn:
-                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        except VaultError:
-            return False
-        return not busy
+            waits = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                busy, log_frames, moved = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(waits)}")
+        except sqlite3.Error as exc:
+            blocked: str | None = f"checkpoint failed: {exc}"
+        else:
+            # TRUNCATE reports (0, 0, 0) once every frame is in the database and the WAL is empty
+            blocked = None if busy == 0 and log_frames == 0 else (
+                f"another connection to the vault holds a read transaction (a backup, an sqlite3 shell, "
+                f"palmnode vault check) or the write lock: checkpoint busy, {moved} of {log_frames} WAL "
+                f"frames copied, the WAL not truncated")
+        self.scrub_pending = blocked is not None
+        self.scrub_blocked = blocked
+        return blocked is None
 
     def get(self, person_id: str) -> Person | None:
         """The person with their templates decrypted, or None. :class:`TamperedData` names a bad row."""

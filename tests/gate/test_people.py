@@ -1,12 +1,16 @@
 """People on a real vault file: enrol/delete with outbox events, replication, reload at start."""
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 import attrs
 import pytest
+import trio
+import trio.testing
 
 from drivers.card_reader.cardtoken import CardToken
 from palmnode.actors import EventBus
@@ -14,7 +18,7 @@ from palmnode.biometrics.bench import render_set
 from palmnode.biometrics.gallery import Gallery
 from palmnode.biometrics.variants import ProbeTemplates
 from palmnode.gate.events import PersonDeleted, PersonEnrolled
-from palmnode.gate.people import People
+from palmnode.gate.people import SCRUB_RETRY, People
 from palmnode.metrics import Metrics
 from palmnode.vault import DuplicateCard, EnrolledPalm, Person, Vault, VaultKeys
 
@@ -193,7 +197,7 @@ async def test_decisions_go_to_the_outbox_and_a_deleted_persons_undelivered_ones
     # is dropped: their id is not written back into the vault after the purge
     await people.record_decision(Decision("identified", a.person_id, "right", 0.5, None, 120.0, "payment", 4.0))
     assert [e.kind for e in vault.pending_events()] == ["unknown", "deleted"]
-    vault.checkpoint()
+    vault.scrub()
     assert a.person_id.encode() not in b"".join(p.read_bytes() for p in vault.path.parent.glob("vault.db*"))
 
 
@@ -242,3 +246,122 @@ async def test_a_stored_template_that_fails_to_open_is_left_out_of_the_second_lo
     assert len(warnings) == 2 and "left out of its second look" in warnings[0]
     assert person.person_id not in caplog.text
 
+
+
+# -- the vault's WAL after a removal another connection blocks -------------------------------------
+
+def read_transaction(path):
+    """Another connection to the vault holding a read transaction (a backup, an sqlite3 shell)."""
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM people").fetchone()
+    return reader
+
+
+async def settle(reader) -> None:
+    """Run every task that is due and wait for the worker threads they started (the mock clock
+    stands still meanwhile). The vaults here wait an hour for a lock (busy_timeout): a thread not
+    done within 30 s is waiting for ``reader``, which then lets go so that the test ends."""
+    limiter = trio.to_thread.current_default_thread_limiter()
+    give_up = time.monotonic() + 30
+    await trio.testing.wait_all_tasks_blocked()
+    while limiter.borrowed_tokens:
+        if time.monotonic() > give_up:
+            reader.close()
+            raise AssertionError("a vault call waited for another connection's read transaction")
+        await trio.sleep(0)
+        await trio.testing.wait_all_tasks_blocked()
+
+
+def wal_lines(caplog, message: str) -> list:
+    return [r for r in caplog.records if r.getMessage().startswith("vault WAL " + message)]
+
+
+@pytest.mark.parametrize("removal", ["delete", "replication"])
+async def test_a_removal_a_reader_blocks_returns_at_once_and_the_wal_is_truncated_once_it_lets_go(
+        tmp_path, keys, caplog, mock_clock, removal):
+    """A backup's read transaction blocks the WAL truncation after a removal. The removal returns
+    at once (the checkpoint waited out the vault's busy timeout holding the vault: the gate's
+    identify, enrol and decisions stalled with it), and the truncation, tried again only at the
+    next removal or stop (weeks on a gate), is retried until it succeeds, with a warning line
+    every 5 minutes meanwhile."""
+    from palmnode.gate.people import SCRUB_WARN_EVERY_S
+
+    async def advance(seconds: float) -> None:
+        for _ in range(int(seconds)):  # a second at a time, each due task run before the next
+            mock_clock.jump(1.0)
+            await settle(reader)
+    caplog.set_level(logging.INFO, logger="palmnode.gate")
+    vault = Vault.open(tmp_path / "vault.db", keys, node_id="gate-1", busy_timeout=3600)
+    wal = Path(f"{vault.path}-wal")
+    people = People(vault, Gallery(), "gate-1", EventBus())
+    victim = await people.enrol(card(1), "+15550000001", {"right": templates_of(0)})
+    kept = await people.enrol(card(2), None, {"left": templates_of(1)})
+    traces = [card(1).digest, *(bytes(b) for (b,) in sqlite3.connect(vault.path).execute(
+        "SELECT sealed FROM templates WHERE person_id = ?", (victim.person_id,)))]
+    reader = read_transaction(vault.path)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(people.keep_wal_truncated)
+            done = []
+
+            async def remove() -> None:
+                if removal == "delete":
+                    done.append(await people.delete(person_id=victim.person_id) == victim.person_id)
+                else:
+                    done.append(await people.apply_remove(victim.person_id))
+            nursery.start_soon(remove)
+            await settle(reader)
+            assert done == [True] and vault.get(victim.person_id) is None and len(people.gallery) == 1
+            assert vault.scrub_pending and all(t in wal.read_bytes() for t in traces)  # their old pages
+            [warning] = wal_lines(caplog, "not truncated")
+            assert warning.levelname == "WARNING" and "read transaction" in warning.fields["reason"]
+            assert victim.person_id not in caplog.text
+
+            await advance(2 * SCRUB_WARN_EVERY_S + 2 * SCRUB_RETRY.maximum)  # ten minutes of it
+            assert vault.scrub_pending and all(t in wal.read_bytes() for t in traces)
+            reminders = wal_lines(caplog, "still not truncated")
+            assert len(reminders) == 2  # one every five minutes, not a line per try
+            assert reminders[0].fields["attempts"] >= SCRUB_WARN_EVERY_S / SCRUB_RETRY.maximum  # it kept trying
+
+            reader.execute("COMMIT")
+            await advance(SCRUB_RETRY.maximum + 1)  # the backoff is bounded: the next try comes soon
+            assert not vault.scrub_pending and wal.read_bytes() == b""
+            assert not any(t in p.read_bytes() for t in traces for p in tmp_path.glob("vault.db*"))
+            [done_line] = wal_lines(caplog, "truncated")
+            assert done_line.levelname == "INFO" and done_line.fields["blocked_s"] >= 2 * SCRUB_WARN_EVERY_S
+            assert vault.get(kept.person_id) is not None
+            nursery.cancel_scope.cancel()
+    finally:
+        reader.close()
+        vault.close()
+
+
+async def test_a_truncation_the_vaults_opening_could_not_finish_is_retried(tmp_path, keys, caplog, mock_clock):
+    """A node stopped while a reader blocked its WAL truncation, started again while it still does:
+    the retrying starts with the node, not at its first removal."""
+    caplog.set_level(logging.INFO, logger="palmnode.gate")
+    path = tmp_path / "vault.db"
+    vault = Vault.open(path, keys, node_id="gate-1", busy_timeout=3600)
+    people = People(vault, Gallery(), "gate-1", EventBus())
+    victim = await people.enrol(card(1), None, {"right": templates_of(0)})
+    reader = read_transaction(path)
+    try:
+        await people.delete(person_id=victim.person_id)
+        vault.close()
+        vault = Vault.open(path, keys, node_id="gate-1", busy_timeout=3600)
+        assert vault.scrub_pending
+        people = People(vault, Gallery(), "gate-1", EventBus())
+        async with trio.open_nursery() as nursery:
+            await nursery.start(people.keep_wal_truncated)
+            await settle(reader)
+            assert len(wal_lines(caplog, "not truncated")) == 1
+            reader.execute("COMMIT")
+            mock_clock.jump(SCRUB_RETRY.maximum + 1)
+            await settle(reader)
+            assert not vault.scrub_pending and card(1).digest not in Path(f"{path}-wal").read_bytes()
+            assert len(wal_lines(caplog, "truncated")) == 1
+            nursery.cancel_scope.cancel()
+    finally:
+        reader.close()
+        vault.close()

@@ -113,14 +113,14 @@ def test_kill_9_at_random_instants_leaves_every_person_whole_or_absent(tmp_path)
 
 
 # The child enrols two people and removes the second; the kill lands after the removal committed
-# and before its WAL checkpoint (Vault.checkpoint is where it dies), so the WAL still holds the old
+# and before its WAL checkpoint (Vault.scrub is where it dies), so the WAL still holds the old
 # pages of the person it removed.
 CHILD_REMOVAL = """
 import os, signal, sys
 from palmnode.vault import Vault
 from tests.vault.factories import KEYS, person
 vault = Vault.open(sys.argv[1], KEYS, node_id="kill")
-Vault.checkpoint = lambda self: os.kill(os.getpid(), signal.SIGKILL)
+Vault.scrub = lambda self: os.kill(os.getpid(), signal.SIGKILL)
 keep, gone = person(1, vault), person(2, vault)
 vault.add_person(keep)
 vault.add_person(gone)

@@ -1,3 +1,4 @@
+import functools
 import os
 import sqlite3
 import stat
@@ -117,7 +118,7 @@ def test_person_without_card_or_phone(vault):
 def test_nothing_in_clear_on_disk(vault, path):
     p = person(3, vault, palms=2)
     vault.add_person(p, event=("enrolled", {"person_id": p.person_id, "payload_marker": "zq-marker-71"}))
-    vault.checkpoint()
+    vault.scrub()
     data = raw_bytes(path)
     for t in template_bytes(p):
         assert t[4:68] not in data  # the template's code planes never touch the disk in clear
@@ -468,22 +469,75 @@ def test_another_process_holding_the_lock_is_a_one_line_vault_error(path):
         assert v.count() == 1
 
 
-def test_removal_stands_when_a_reader_blocks_the_checkpoint_and_close_truncates(path, caplog):
-    v = Vault.open(path, KEYS, busy_timeout=0.05)
-    gone = person(81, v)
-    v.add_person(gone)
-    ciphertexts = sealed_templates(path, gone.person_id)
+def read_transaction(path):
+    """Another connection to the vault holding a read transaction (an sqlite3 shell, a backup)."""
     reader = sqlite3.connect(path, isolation_level=None)
     reader.execute("BEGIN")
-    reader.execute("SELECT count(*) FROM people").fetchone()  # holds a read snapshot: TRUNCATE cannot finish
-    assert v.remove_person(gone.person_id) is True
-    assert v.get(gone.person_id) is None
-    assert "checkpoint blocked" in caplog.text
-    reader.execute("COMMIT")
-    reader.close()
-    v.close()
-    data = raw_bytes(path)
-    assert not any(t in data for t in [gone.person_id.encode(), gone.card.digest, gone.phone_digest, *ciphertexts])
+    reader.execute("SELECT count(*) FROM people").fetchone()  # a snapshot: TRUNCATE cannot finish
+    return reader
+
+
+def returns_at_once(call, reader):
+    """``call()``'s result, failing if it does not return within 30 s: the vaults here wait an hour
+    for a lock (busy_timeout), so a checkpoint that waited for ``reader`` would stall for that
+    hour. On a failure the reader lets go, so the stalled call ends and the test does not hang."""
+    result = []
+    worker = threading.Thread(target=lambda: result.append(call()), daemon=True)
+    worker.start()
+    worker.join(30)
+    if worker.is_alive():
+        reader.close()
+        worker.join()
+        name = getattr(getattr(call, "func", call), "__qualname__", repr(call))
+        raise AssertionError(f"{name} waited for the reader's read transaction (more than 30 s)")
+    return result[0]
+
+
+def wal_bytes(path):
+    return path.with_name(path.name + "-wal").read_bytes()
+
+
+def test_a_removal_a_reader_blocks_neither_waits_nor_forgets_its_truncation(path):
+    """Another connection's read transaction keeps the WAL from being truncated after a removal:
+    the removal must not wait out the busy timeout holding the vault (every identify, enrolment
+    and decision of the gate), and the vault must say the WAL still needs truncating."""
+    v = Vault.open(path, KEYS, busy_timeout=3600)
+    gone, keep = person(81, v), person(82, v)
+    v.add_person(gone)
+    v.add_person(keep)
+    traces = [gone.person_id.encode(), gone.card.digest, gone.phone_digest, *sealed_templates(path, gone.person_id)]
+    reader = read_transaction(path)
+    try:
+        assert returns_at_once(functools.partial(v.remove_person, gone.person_id), reader) is True
+        assert v.get(gone.person_id) is None and same_person(v.get(keep.person_id), keep)  # the removal stands
+        assert v.scrub_pending and "read transaction" in v.scrub_blocked and "WAL not truncated" in v.scrub_blocked
+        assert all(t in wal_bytes(path) for t in traces)  # the enrolment's page images are still in the -wal
+        assert returns_at_once(v.scrub, reader) is False and v.scrub_pending  # again: blocked, not waiting
+        reader.execute("COMMIT")
+        assert v.scrub() and not v.scrub_pending and v.scrub_blocked is None
+        assert wal_bytes(path) == b"" and not any(t in raw_bytes(path) for t in traces)
+    finally:
+        reader.close()
+        v.close()
+
+
+def test_opening_truncates_a_wal_a_closed_vault_could_not(path):
+    v = Vault.open(path, KEYS, busy_timeout=3600)
+    gone = person(83, v)
+    v.add_person(gone)
+    reader = read_transaction(path)
+    try:
+        returns_at_once(functools.partial(v.remove_person, gone.person_id), reader)
+        returns_at_once(v.close, reader)  # its last try is blocked too: the WAL outlives this vault
+        assert v.scrub_pending and gone.card.digest in wal_bytes(path)
+        again = returns_at_once(functools.partial(Vault.open, path, KEYS, busy_timeout=3600), reader)
+        assert again.scrub_pending and gone.card.digest in wal_bytes(path)  # still blocked at the opening
+        again.close()
+        reader.execute("COMMIT")  # the reader lets go but keeps the file open (the WAL stays)
+        with Vault.open(path, KEYS) as reopened:
+            assert not reopened.scrub_pending and gone.card.digest not in raw_bytes(path)
+    finally:
+        reader.close()
 
 
 def test_opening_a_vault_another_process_has_locked(path):
