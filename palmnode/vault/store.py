@@ -47,7 +47,7 @@ from palmnode.vault.records import EnrolledPalm, OutboxEvent, Person, VaultConfi
 
 _KEY_CHECK = b"palmnode vault key check v1"
 _PEOPLE_BATCH = 256  # people() reads this many people per lock hold
-_TEMPLATE_BATCH = 1024  # search_templates() reads this many per lock hold
+_TEMPLATE_BATCH = 1024  # search_templates() and unreadable() read this many per lock hold
 #: delivered outbox rows (payload erased) kept behind the newest acknowledged event
 DELIVERED_KEPT = 1000
 _AUDIT_SCALARS = (str, int, float, bool, type(None))
@@ -639,7 +639,11 @@ class Vault:
 
     def unreadable(self) -> list[str]:
         """Every sealed value that fails to open (templates, cards, undelivered events), one
-        message each naming its row: what ``palmnode vault check`` adds to SQLite's own check."""
+        message each naming its row: what ``palmnode vault check`` adds to SQLite's own check.
+
+        Rows are read _TEMPLATE_BATCH at a time and opened between reads: a read transaction held
+        while a whole vault is decrypted (seconds) would keep a running node from truncating its
+        WAL after a removal all that time."""
         problems = []
 
         def attempt(open_: Callable[[], object]) -> None:
@@ -647,19 +651,35 @@ class Vault:
                 open_()
             except VaultError as exc:
                 problems.append(str(exc))
-        with self._reading() as conn:
-            for pid, palm, idx, blob in conn.execute("SELECT person_id, palm, idx, sealed FROM templates"):
-                attempt(functools.partial(self._open_template, pid, palm, idx, blob))
-            for digest, pid, last4 in conn.execute("SELECT card_digest, person_id, last4 FROM cards"):
-                attempt(lambda: self._open_last4(pid, self._blob(digest, f"card digest of person {pid}"), last4))
-            for seq, key, kind, blob in conn.execute("SELECT seq, key, kind, sealed FROM outbox WHERE delivered = 0"):
-                attempt(functools.partial(self._open_event, seq, key, kind, blob))
+        for pid, palm, idx, blob in self._scan("templates", "person_id, palm, idx, sealed"):
+            attempt(functools.partial(self._open_template, pid, palm, idx, blob))
+        for digest, pid, last4 in self._scan("cards", "card_digest, person_id, last4"):
+            attempt(lambda: self._open_last4(pid, self._blob(digest, f"card digest of person {pid}"), last4))
+        for seq, key, kind, blob in self._scan("outbox", "seq, key, kind, sealed", where="delivered = 0"):
+            attempt(functools.partial(self._open_event, seq, key, kind, blob))
         return problems
 
+    def _scan(self, table: str, columns: str, *, where: str = "1") -> Iterator[tuple]:
+        """Every row of ``table`` (its ``columns``) in rowid order, _TEMPLATE_BATCH rows per read;
+        neither the lock nor a read transaction is held between reads."""
+        last: int | None = None
+        while True:
+            after = "" if last is None else " AND rowid > ?"
+            with self._reading() as conn:
+                rows = conn.execute(f"SELECT rowid, {columns} FROM {table} WHERE ({where}){after} "
+                                    f"ORDER BY rowid LIMIT ?", (*(() if last is None else (last,)),
+                                                                _TEMPLATE_BATCH)).fetchall()
+            for row in rows:
+                yield row[1:]
+            if len(rows) < _TEMPLATE_BATCH:
+                return
+            last = rows[-1][0]
+
     def integrity_check(self) -> str:
-        """SQLite's ``PRAGMA integrity_check``: ``"ok"`` or the first problem found."""
+        """SQLite's ``PRAGMA integrity_check``: ``"ok"`` or the first problem found (its read
+        transaction ends with it: every row is fetched)."""
         with self._reading() as conn:
-            return conn.execute("PRAGMA integrity_check").fetchone()[0]
+            return conn.execute("PRAGMA integrity_check").fetchall()[0][0]
 
 
 def open_vault(config: VaultConfig, *, env: Mapping[str, str] = os.environ, node_id: str = "",

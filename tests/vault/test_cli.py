@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from palmnode.vault import Vault, load_keys
+from palmnode.vault import Vault, load_keys, store
 from palmnode.vault.cli import main
 from tests.vault.factories import person
 
@@ -78,6 +78,48 @@ def test_check_opens_every_sealed_value_and_names_the_ones_that_fail(tmp_path, c
     assert report["integrity"] == "ok" and report["unreadable"] == 1 and report["people"] == 2
     assert out.err.count("\n") == 1 and "right#1 of person " + target.person_id in out.err
     assert "fails authentication" in out.err
+
+
+def test_check_holds_no_read_transaction_while_it_opens_sealed_values(tmp_path, capsys, monkeypatch):
+    """The node removes someone while ``palmnode vault check`` opens the vault's sealed values
+    (seconds on a large vault): the node's WAL truncation succeeds at once. The check read each
+    table in one read transaction held across all the decryption, so the removed person's old
+    pages stayed in the node's -wal file for as long as it ran."""
+    key = tmp_path / "vault.key"
+    main(["keygen", str(key)])
+    db = tmp_path / "vault.db"
+    node = Vault.open(db, load_keys(key, env={}), node_id="gate-1", exclusive=True)  # the running node's
+    enrolled = [person(n, node, palms=2) for n in range(1, 5)]
+    for p in enrolled:
+        node.add_person(p)
+    conn = sqlite3.connect(db)  # a tampered template far from the first page: the check still names it
+    where = "WHERE person_id = ? AND palm = 'left' AND idx = 2"
+    blob = bytearray(conn.execute(f"SELECT sealed FROM templates {where}", (enrolled[-1].person_id,)).fetchone()[0])
+    blob[-1] ^= 0x01
+    conn.execute(f"UPDATE templates SET sealed = ? {where}", (bytes(blob), enrolled[-1].person_id))
+    conn.commit()
+    conn.close()
+    monkeypatch.setattr(store, "_TEMPLATE_BATCH", 5)  # 24 templates: several pages
+    removed = []
+    real_open = store.open_
+
+    def opening(*args):
+        if not removed:  # the check opens its first sealed value: the node removes someone meanwhile
+            assert node.remove_person(enrolled[0].person_id)
+            removed.append((node.scrub_pending, node.scrub_blocked))
+        return real_open(*args)
+    monkeypatch.setattr(store, "open_", opening)
+    capsys.readouterr()
+    try:
+        assert main(["check", "--vault", str(db), "--key-file", str(key)]) == 1
+        out = capsys.readouterr()
+        assert removed == [(False, None)]  # truncated at once: no read transaction of the check in the way
+        report = json.loads(out.out)
+        assert report["people"] == 3 and report["unreadable"] == 1
+        assert "left#2 of person " + enrolled[-1].person_id in out.err
+        assert not any(enrolled[0].card.digest in f.read_bytes() for f in tmp_path.glob("vault.db*"))
+    finally:
+        node.close()
 
 
 def test_parser_requires_an_action():
