@@ -154,7 +154,7 @@ class Node:
                  ChildSpec("identify", _started(self.identify.run), signals_started=True),
                  ChildSpec("enrol", _started(self.enrol.run), signals_started=True),
                  # retries a WAL truncation another connection to the vault blocked (a removal's, the opening's)
-                 ChildSpec("wal-scrub", _started(self.people.keep_wal_truncated), signals_started=True)]
+                 ChildSpec("wal-scrub", _started(self.people.wal.run), signals_started=True)]
         if self.link is not None:
             specs.append(ChildSpec("link", _started(self.link.run), signals_started=True))
         return specs

@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import random
 import sqlite3
 import ssl
 import time
@@ -28,7 +27,6 @@ from typing import Any
 import attrs
 import trio
 
-from palmnode.actors.backoff import Backoff
 from palmnode.controller.store import (
     KEEP_PER_NODE,
     MAX_ID,
@@ -59,6 +57,7 @@ from palmnode.link.messages import (
     one_line,
 )
 from palmnode.vault import VaultKeyError, load_keys
+from palmnode.walscrub import WalKeeper
 
 log = logging.getLogger("palmnode.controller")
 
@@ -68,11 +67,6 @@ MAX_SYNC_LIMIT = 1000  # §5 sync: a node may ask for fewer changes a page, neve
 MAX_NODE_REQUESTS = 16  # a node's requests served at once; more wait (backpressure on its connection)
 MAX_UNANSWERED_PUSHES = 1024  # pushes remembered for counting their answers; older ones are forgotten
 PRUNE_EVERY_S = 3600.0  # how often events older than the retention are pruned
-#: a WAL truncation another connection blocked is tried again after these delays (each attempt is
-#: instant: it never waits for the reader), so a removed person's pages leave the -wal within
-#: SCRUB_RETRY.maximum of the reader letting go
-SCRUB_RETRY = Backoff(initial=0.25, maximum=10.0)
-SCRUB_WARN_EVERY_S = 300.0  # while the WAL stays untruncated, the warning is repeated this often
 
 
 class ControllerError(Exception):
@@ -327,8 +321,7 @@ class Controller:
         self._sessions: dict[str, _Session] = {}
         self._changed = trio.Event()
         self._greeting = 0  # connections in _greet now
-        self._scrub_wanted = trio.Event()  # set when the store's WAL truncation must be tried again
-        self._rng = random.Random()
+        self._wal: WalKeeper | None = None  # retries a WAL truncation another connection blocked
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -388,7 +381,7 @@ class Controller:
             return None
         change = await trio.to_thread.run_sync(
             functools.partial(store.remove_person, person_id, by=self.config.name, reason=reason))
-        self._scrub_if_pending(store)
+        self._wal.poke()
         self._replicate(change, origin=None)
         return person_id
 
@@ -407,9 +400,9 @@ class Controller:
             self.port = listeners[0].transport_listener.socket.getsockname()[1]
             log.info("controller listening", extra={"fields": {"host": self.config.host, "port": self.port}})
             task_status.started(self.port)
+            self._wal = WalKeeper(store, "controller", log)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._scrub_wal, store)
-                self._scrub_if_pending(store)  # opening could not truncate what a stopped controller left
+                nursery.start_soon(self._wal.run)  # (also what the opening could not truncate)
                 nursery.start_soon(self._prune_events, store)
                 await trio.serve_listeners(self._serve_connection, listeners)
         finally:
@@ -435,45 +428,8 @@ class Controller:
                 if pruned:
                     log.info("events pruned", extra={"fields": {
                         "events": pruned, "retention_days": self.config.event_retention_days}})
-                    self._scrub_if_pending(store)
+                    self._wal.poke()
             await trio.sleep(PRUNE_EVERY_S)
-
-    def _scrub_if_pending(self, store: Store) -> None:
-        """Hand a WAL truncation the store could not finish to :meth:`_scrub_wal`."""
-        if store.scrub_pending:
-            self._scrub_wanted.set()
-
-    async def _scrub_wal(self, store: Store) -> None:
-        """Truncate the WAL once another connection stops blocking it, trying with a backoff.
-
-        A removal truncates the WAL at once (no page image of the person left in the -wal file),
-        but never waits for it: another connection's read transaction (a backup, an ``sqlite3``
-        shell) would hold the store, and every gate's traffic, for its whole busy timeout. Until a
-        try succeeds, a warning line says so (again every SCRUB_WARN_EVERY_S).
-        """
-        while True:
-            await self._scrub_wanted.wait()
-            self._scrub_wanted = trio.Event()
-            if not store.scrub_pending:  # a later try (this task's last, a removal's) succeeded
-                continue
-            since = warned = trio.current_time()
-            log.warning("controller WAL not truncated: a removed person's old pages stay in the -wal file until "
-                        "the other connection lets go; retrying", extra={"fields": {
-                            "db": str(store.path), "reason": store.scrub_blocked}})
-            attempt = 0
-            while True:
-                await trio.sleep(SCRUB_RETRY.delay(attempt, self._rng))
-                attempt += 1
-                if await trio.to_thread.run_sync(store.scrub):
-                    break
-                if trio.current_time() - warned >= SCRUB_WARN_EVERY_S:
-                    warned = trio.current_time()
-                    log.warning("controller WAL still not truncated: a removed person's old pages stay in the -wal "
-                                "file until the other connection lets go; retrying", extra={"fields": {
-                                    "db": str(store.path), "reason": store.scrub_blocked,
-                                    "blocked_s": round(warned - since), "attempts": attempt}})
-            log.info("controller WAL truncated", extra={"fields": {
-                "db": str(store.path), "blocked_s": round(trio.current_time() - since, 1), "attempts": attempt}})
 
     # -- one connection ------------------------------------------------------------------------
 
@@ -678,7 +634,7 @@ class Controller:
         else:
             self.stats.events_applied += 1
         if isinstance(applied.change, Remove):
-            self._scrub_if_pending(self.store)
+            self._wal.poke()
         await session.send(Ack(seq=event.seq, key=event.key), self.config.max_frame)
         if applied.change is not None and not applied.duplicate:
             self._replicate(applied.change, origin=None if applied.to_origin else session.node_id)

@@ -40,7 +40,7 @@ from typing import Any
 import attrs
 import msgpack
 
-from palmnode import lockfile
+from palmnode import lockfile, walscrub
 from palmnode.vault import TamperedData, VaultKeys, open_, seal
 
 SCHEMA_VERSION = 2  # 2: events.person_id (a removal erases the person's events)
@@ -533,24 +533,8 @@ class Store:
             return self._scrub_locked()
 
     def _scrub_locked(self) -> bool:
-        conn = self._conn
-        try:
-            waited = conn.execute("PRAGMA busy_timeout").fetchone()[0]
-            conn.execute("PRAGMA busy_timeout = 0")
-            try:
-                busy, log_frames, moved = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            finally:
-                conn.execute(f"PRAGMA busy_timeout = {int(waited)}")
-        except sqlite3.Error as exc:
-            blocked = f"checkpoint failed: {_reason(exc)}"
-        else:
-            # TRUNCATE reports (0, 0, 0) once every frame is in the database and the WAL is empty
-            blocked = None if busy == 0 and log_frames == 0 else (
-                f"another connection to the database holds a read transaction (a backup, an sqlite3 shell) "
-                f"or the write lock: checkpoint busy, {moved} of {log_frames} WAL frames copied, the WAL not "
-                f"truncated")
-        self.scrub_pending = blocked is not None
-        self.scrub_blocked = blocked
+        blocked = walscrub.truncate(self._conn, "a backup, an sqlite3 shell")
+        self.scrub_pending, self.scrub_blocked = blocked is not None, blocked
         return blocked is None
 
     def events(self, node_id: str | None = None, kind: str | None = None) -> list[EventRecord]:

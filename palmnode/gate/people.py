@@ -16,14 +16,13 @@ whoever was last at the gate, until the next capture).
 
 A removal truncates the vault's WAL without waiting (docs/vault.md). When another connection to the
 vault file (a backup, an ``sqlite3`` shell, ``palmnode vault check``) blocks that, the removal stands
-and ``keep_wal_truncated`` (a child of the node's gate supervisor) tries again in the background with
-a backoff until the WAL is empty, with a warning line while it cannot.
+and ``wal`` (a ``walscrub.WalKeeper``, the gate supervisor's ``wal-scrub`` child) tries again in
+the background with a backoff until the WAL is empty, with a warning line while it cannot.
 """
 from __future__ import annotations
 
 import functools
 import logging
-import random
 import time
 import uuid
 from typing import Callable, Sequence
@@ -31,21 +30,17 @@ from typing import Callable, Sequence
 import trio
 
 from drivers.card_reader.cardtoken import CardToken
-from palmnode.actors import Backoff, EventBus
+from palmnode.actors import EventBus
 from palmnode.biometrics.gallery import Gallery
 from palmnode.biometrics.types import PalmTemplate
 from palmnode.gate.events import Decision, PersonDeleted, PersonEnrolled
 from palmnode.link.wire import person_to_wire
 from palmnode.logs import event
 from palmnode.vault import EnrolledPalm, Person, Vault
+from palmnode.walscrub import WalKeeper
 
 log = logging.getLogger("palmnode.gate")
 
-#: a WAL truncation another connection blocked is tried again after these delays (each try is
-#: instant: it never waits for the reader), so a removed person's old pages leave the -wal file
-#: within SCRUB_RETRY.maximum of the reader letting go
-SCRUB_RETRY = Backoff(initial=0.25, maximum=10.0)
-SCRUB_WARN_EVERY_S = 300.0  # while the WAL stays untruncated, the warning is repeated this often
 
 
 class People:
@@ -65,8 +60,9 @@ class People:
         #: held while a sync page is asked and applied (NodeOps.sync); replication pushes and
         #: deletions wait for it, so a page the controller read before them never undoes them
         self.replication = trio.Lock()
-        self._scrub_wanted = trio.Event()  # set when a removal left the vault's WAL untruncated
-        self._rng = random.Random()
+        #: retries a WAL truncation another connection to the vault blocked (the node runs
+        #: ``wal.run`` as the gate supervisor's ``wal-scrub`` child)
+        self.wal = WalKeeper(vault, "vault", log)
 
     # ---- start -------------------------------------------------------------------------------
     async def load(self) -> int:
@@ -116,7 +112,7 @@ class People:
             raise ValueError("delete needs exactly one of person_id, card_digest, phone")
         async with self.replication, self._lock:
             pid = await trio.to_thread.run_sync(self._delete, person_id, card_digest, phone)
-        self._scrub_if_pending()
+        self.wal.poke()
         if pid is None:
             return None
         self._forget_frames()
@@ -137,47 +133,6 @@ class People:
         present = self.vault.remove_person(person_id, event=("deleted", {"person_id": person_id}), reason="request")
         removed = self.gallery.remove(person_id)
         return person_id if present or removed else None
-
-    # ---- the vault's WAL after a removal ---------------------------------------------------------
-    def _scrub_if_pending(self) -> None:
-        """Hand a WAL truncation the vault could not finish to :meth:`keep_wal_truncated`."""
-        if self.vault.scrub_pending:
-            self._scrub_wanted.set()
-
-    async def keep_wal_truncated(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Truncate the vault's WAL once another connection stops blocking it, trying with a backoff.
-
-        A removal truncates the WAL at once (no page image of the person left in the -wal file) but
-        never waits for it: another connection's read transaction (a backup, an ``sqlite3`` shell,
-        ``palmnode vault check``) would hold the vault, and with it the gate's identify, enrol and
-        decisions, for its whole busy timeout. Until a try succeeds, a warning line says so (again
-        every SCRUB_WARN_EVERY_S). Also picks up a truncation the vault's opening could not finish.
-        """
-        vault = self.vault
-        task_status.started()
-        while True:
-            self._scrub_wanted = trio.Event()
-            if not vault.scrub_pending:  # nothing left behind, or a later try (a removal's) succeeded
-                await self._scrub_wanted.wait()
-                continue
-            since = warned = trio.current_time()
-            log.warning("vault WAL not truncated: a removed person's old pages stay in the -wal file until the "
-                        "other connection lets go; retrying", extra={"fields": {
-                            "vault": str(vault.path), "reason": vault.scrub_blocked}})
-            attempt = 0
-            while True:
-                await trio.sleep(SCRUB_RETRY.delay(attempt, self._rng))
-                attempt += 1
-                if await trio.to_thread.run_sync(vault.scrub):
-                    break
-                if trio.current_time() - warned >= SCRUB_WARN_EVERY_S:
-                    warned = trio.current_time()
-                    log.warning("vault WAL still not truncated: a removed person's old pages stay in the -wal "
-                                "file until the other connection lets go; retrying", extra={"fields": {
-                                    "vault": str(vault.path), "reason": vault.scrub_blocked,
-                                    "blocked_s": round(warned - since), "attempts": attempt}})
-            event(log, "vault WAL truncated", vault=str(vault.path),
-                  blocked_s=round(trio.current_time() - since, 1), attempts=attempt)
 
     # ---- replication (from the controller) -----------------------------------------------------
     async def apply_upsert(self, person: Person) -> None:
@@ -206,7 +161,7 @@ class People:
         """A person deleted elsewhere: gone from vault (audit entry, no outbox event) and gallery."""
         async with self._lock:
             present = await trio.to_thread.run_sync(self._remove_replicated, person_id)
-        self._scrub_if_pending()
+        self.wal.poke()
         self._gauge()
         if present:
             self._forget_frames()

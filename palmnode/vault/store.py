@@ -8,7 +8,7 @@ A removal overwrites the person's bytes (``secure_delete``) and truncates the WA
 of them stays in the ``-wal`` file. The truncation never waits: when another connection to the file
 (an ``sqlite3`` shell, a backup, ``palmnode vault check``) holds a read transaction it cannot finish,
 :attr:`Vault.scrub_pending` says so and the vault's owner tries :meth:`Vault.scrub` again (a node
-does, in the background, with a backoff: ``People.keep_wal_truncated``) until it succeeds.
+does, in the background, with a backoff: ``walscrub.WalKeeper``) until it succeeds.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from typing import Any, Self
 import msgpack
 
 from drivers.card_reader.cardtoken import CardToken
-from palmnode import lockfile
+from palmnode import lockfile, walscrub
 from palmnode.biometrics.types import BadTemplate, PalmTemplate
 from palmnode.vault import schema
 from palmnode.vault.crypto import open_, seal
@@ -356,24 +356,8 @@ class Vault:
             return self._scrub_locked()
 
     def _scrub_locked(self) -> bool:
-        conn = self._conn
-        try:
-            waits = conn.execute("PRAGMA busy_timeout").fetchone()[0]
-            conn.execute("PRAGMA busy_timeout = 0")
-            try:
-                busy, log_frames, moved = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            finally:
-                conn.execute(f"PRAGMA busy_timeout = {int(waits)}")
-        except sqlite3.Error as exc:
-            blocked: str | None = f"checkpoint failed: {exc}"
-        else:
-            # TRUNCATE reports (0, 0, 0) once every frame is in the database and the WAL is empty
-            blocked = None if busy == 0 and log_frames == 0 else (
-                f"another connection to the vault holds a read transaction (a backup, an sqlite3 shell, "
-                f"palmnode vault check) or the write lock: checkpoint busy, {moved} of {log_frames} WAL "
-                f"frames copied, the WAL not truncated")
-        self.scrub_pending = blocked is not None
-        self.scrub_blocked = blocked
+        blocked = walscrub.truncate(self._conn, "a backup, an sqlite3 shell, palmnode vault check")
+        self.scrub_pending, self.scrub_blocked = blocked is not None, blocked
         return blocked is None
 
     def get(self, person_id: str) -> Person | None:

@@ -362,7 +362,7 @@ async def _settle() -> None:
 
 
 async def test_a_blocked_wal_truncation_is_retried_until_done_and_logged(nursery, tmp_path, pki, caplog, mock_clock):
-    from palmnode.controller.server import SCRUB_RETRY, SCRUB_WARN_EVERY_S
+    from palmnode.walscrub import RETRY as SCRUB_RETRY, WARN_EVERY_S as SCRUB_WARN_EVERY_S
 
     async def advance(seconds: float) -> None:
         for _ in range(int(seconds)):  # a second at a time, each due task run before the next

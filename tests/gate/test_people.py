@@ -18,7 +18,8 @@ from palmnode.biometrics.bench import render_set
 from palmnode.biometrics.gallery import Gallery
 from palmnode.biometrics.variants import ProbeTemplates
 from palmnode.gate.events import PersonDeleted, PersonEnrolled
-from palmnode.gate.people import SCRUB_RETRY, People
+from palmnode.gate.people import People
+from palmnode.walscrub import RETRY as SCRUB_RETRY
 from palmnode.metrics import Metrics
 from palmnode.vault import DuplicateCard, EnrolledPalm, Person, Vault, VaultKeys
 
@@ -285,7 +286,7 @@ async def test_a_removal_a_reader_blocks_returns_at_once_and_the_wal_is_truncate
     identify, enrol and decisions stalled with it), and the truncation, tried again only at the
     next removal or stop (weeks on a gate), is retried until it succeeds, with a warning line
     every 5 minutes meanwhile."""
-    from palmnode.gate.people import SCRUB_WARN_EVERY_S
+    from palmnode.walscrub import WARN_EVERY_S as SCRUB_WARN_EVERY_S
 
     async def advance(seconds: float) -> None:
         for _ in range(int(seconds)):  # a second at a time, each due task run before the next
@@ -302,7 +303,7 @@ async def test_a_removal_a_reader_blocks_returns_at_once_and_the_wal_is_truncate
     reader = read_transaction(vault.path)
     try:
         async with trio.open_nursery() as nursery:
-            await nursery.start(people.keep_wal_truncated)
+            await nursery.start(people.wal.run)
             done = []
 
             async def remove() -> None:
@@ -353,7 +354,7 @@ async def test_a_truncation_the_vaults_opening_could_not_finish_is_retried(tmp_p
         assert vault.scrub_pending
         people = People(vault, Gallery(), "gate-1", EventBus())
         async with trio.open_nursery() as nursery:
-            await nursery.start(people.keep_wal_truncated)
+            await nursery.start(people.wal.run)
             await settle(reader)
             assert len(wal_lines(caplog, "not truncated")) == 1
             reader.execute("COMMIT")

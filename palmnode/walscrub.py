@@ -1,0 +1,106 @@
+"""Truncating an SQLite WAL after a removal: one try that never waits, then retries until done.
+
+A removal overwrites a person's rows (``secure_delete``), but the ``-wal`` file keeps page images
+of them until a checkpoint copies it into the database and truncates it. Another connection's read
+transaction (a backup, an ``sqlite3`` shell, ``palmnode vault check``) keeps that checkpoint from
+finishing, and waiting for it would hold the store, and everything waiting on it, for the whole
+busy timeout. So a store tries once without waiting (:func:`truncate`) and says whether it is
+done (:class:`Scrubbable`); its owner runs a :class:`WalKeeper` that tries again with a backoff
+until the WAL is empty. Used by the gate's vault (with ``People``) and the reference controller.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import sqlite3
+from typing import Protocol
+
+import trio
+
+from palmnode.actors.backoff import Backoff
+
+#: a blocked truncation is tried again after these delays (each try is instant: it never waits for
+#: the reader), so a removed person's old pages leave the -wal within RETRY.maximum of the reader
+#: letting go
+RETRY = Backoff(initial=0.25, maximum=10.0)
+WARN_EVERY_S = 300.0  # while the WAL stays untruncated, the warning is repeated this often
+
+
+def truncate(conn: sqlite3.Connection, holders: str) -> str | None:
+    """One ``wal_checkpoint(TRUNCATE)`` on ``conn`` that never waits (busy timeout 0 around it):
+    None when the WAL is empty now, else why not in one line (``holders``: who may hold the file,
+    for that line). The caller holds its store's lock."""
+    try:
+        waits = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            busy, log_frames, moved = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(waits)}")
+    except sqlite3.Error as exc:
+        return f"checkpoint failed: {' '.join(str(exc).split())}"
+    if busy == 0 and log_frames == 0:  # TRUNCATE reports (0, 0, 0) once the WAL is empty
+        return None
+    return (f"another connection to the database holds a read transaction ({holders}) or the write "
+            f"lock: checkpoint busy, {moved} of {log_frames} WAL frames copied, the WAL not truncated")
+
+
+class Scrubbable(Protocol):
+    """A store whose WAL truncation may be blocked: ``scrub()`` tries once (thread-safe, never
+    waits; True when done) and sets ``scrub_pending`` and ``scrub_blocked`` (why not, one line)."""
+
+    path: object
+    scrub_pending: bool
+    scrub_blocked: str | None
+
+    def scrub(self) -> bool: ...
+
+
+class WalKeeper:
+    """Keeps a store's WAL truncated: after a removal, :meth:`poke`; :meth:`run` (a background
+    task) tries again with a backoff while the store's last try was blocked, with a warning line
+    (again every WARN_EVERY_S) until it succeeds, then an info line. ``what`` names the store in
+    those lines ("vault", "controller")."""
+
+    def __init__(self, store: Scrubbable, what: str, log: logging.Logger) -> None:
+        self.store = store
+        self.what = what
+        self.log = log
+        self._wanted = trio.Event()
+        self._rng = random.Random()
+
+    def poke(self) -> None:
+        """Wake :meth:`run` if the store's last truncation was blocked (call after a removal)."""
+        if self.store.scrub_pending:
+            self._wanted.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Until cancelled; also picks up a truncation the store's opening could not finish."""
+        store, what = self.store, self.what
+        task_status.started()
+        while True:
+            self._wanted = trio.Event()
+            if not store.scrub_pending:  # nothing left behind, or a later try (a removal's) succeeded
+                await self._wanted.wait()
+                continue
+            since = warned = trio.current_time()
+            self.log.warning(f"{what} WAL not truncated: a removed person's old pages stay in the -wal file until "
+                             "the other connection lets go; retrying", extra={"fields": {
+                                 "db": str(store.path), "reason": store.scrub_blocked}})
+            attempt = 0
+            while True:
+                await trio.sleep(RETRY.delay(attempt, self._rng))
+                attempt += 1
+                if await trio.to_thread.run_sync(store.scrub):
+                    break
+                if trio.current_time() - warned >= WARN_EVERY_S:
+                    warned = trio.current_time()
+                    self.log.warning(f"{what} WAL still not truncated: a removed person's old pages stay in the -wal "
+                                     "file until the other connection lets go; retrying", extra={"fields": {
+                                         "db": str(store.path), "reason": store.scrub_blocked,
+                                         "blocked_s": round(warned - since), "attempts": attempt}})
+            self.log.info(f"{what} WAL truncated", extra={"fields": {
+                "db": str(store.path), "blocked_s": round(trio.current_time() - since, 1), "attempts": attempt}})
+
+
+__all__ = ["RETRY", "WARN_EVERY_S", "Scrubbable", "WalKeeper", "truncate"]
