@@ -1,6 +1,8 @@
 """Shared fixtures: a virtual gate in a temporary folder, and a node wired to it."""
 from __future__ import annotations
 
+import threading
+
 import pytest
 import trio
 
@@ -42,3 +44,20 @@ def _source(fn) -> str:
         return inspect.getsource(fn).strip()
     except (OSError, TypeError):
         return repr(fn)
+
+
+def returns_at_once(call, reader):
+    """``call()``'s result (an SQLite store's call, its busy timeout an hour), failing if it does
+    not return within 30 s: a WAL checkpoint that waited for ``reader`` (another connection holding
+    a read transaction) would stall for that hour. On a failure the reader lets go, so the stalled
+    call ends and the test does not hang."""
+    result = []
+    worker = threading.Thread(target=lambda: result.append(call()), daemon=True)
+    worker.start()
+    worker.join(30)
+    if worker.is_alive():
+        reader.close()
+        worker.join()
+        name = getattr(getattr(call, "func", call), "__qualname__", repr(call))
+        raise AssertionError(f"{name} waited for the reader's read transaction (more than 30 s)")
+    return result[0]

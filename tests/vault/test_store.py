@@ -20,6 +20,7 @@ from palmnode.vault import (
     VaultKeyError,
     open_vault,
 )
+from tests.conftest import returns_at_once
 from tests.vault.factories import (
     KEYS,
     OTHER_KEYS,
@@ -475,22 +476,6 @@ def read_transaction(path):
     reader.execute("BEGIN")
     reader.execute("SELECT count(*) FROM people").fetchone()  # a snapshot: TRUNCATE cannot finish
     return reader
-
-
-def returns_at_once(call, reader):
-    """``call()``'s result, failing if it does not return within 30 s: the vaults here wait an hour
-    for a lock (busy_timeout), so a checkpoint that waited for ``reader`` would stall for that
-    hour. On a failure the reader lets go, so the stalled call ends and the test does not hang."""
-    result = []
-    worker = threading.Thread(target=lambda: result.append(call()), daemon=True)
-    worker.start()
-    worker.join(30)
-    if worker.is_alive():
-        reader.close()
-        worker.join()
-        name = getattr(getattr(call, "func", call), "__qualname__", repr(call))
-        raise AssertionError(f"{name} waited for the reader's read transaction (more than 30 s)")
-    return result[0]
 
 
 def wal_bytes(path):
