@@ -78,6 +78,17 @@ async def small_in_camera(gate, seed, *, sensor_mm=250, camera_mm=340, seconds=1
         gate.hand.absent()
 
 
+async def drained(events) -> list:
+    """The events published so far (every task run until blocked) and not yet received."""
+    await trio.testing.wait_all_tasks_blocked()
+    out = []
+    while True:
+        try:
+            out.append(events.receive_nowait())
+        except trio.WouldBlock:
+            return out
+
+
 async def present(rig, events, seed, *, session=2, times=3, until=None, **kw) -> Decision:
     """Hold the hand over the gate until a decision other than retry (a blurred pose, say), or
     until one whose outcome is ``until``: at most ``times`` times. An enrolled person presents
@@ -85,12 +96,7 @@ async def present(rig, events, seed, *, session=2, times=3, until=None, **kw) ->
     eval and the gate bench), and a step that needs the person identified is not a test of that.
     Decisions about earlier hands still queued are dropped first (e.g. the identify flow's
     decision on a hand that lingered after an enrolment released the gate)."""
-    await trio.testing.wait_all_tasks_blocked()
-    while True:
-        try:
-            events.receive_nowait()
-        except trio.WouldBlock:
-            break
+    await drained(events)
     for _ in range(times):
         async with trio.open_nursery() as hands:
             hands.start_soon(lambda: hover(rig.gate, seed, session=session, **kw))
@@ -443,13 +449,7 @@ async def test_a_person_deleted_while_their_hand_is_searched_is_not_recognised(r
     await start_identify(rig, nursery, threshold)
     async with rig.node.bus.subscribe(Decision, GateOpened, buffer=256) as events:
         decision = await present(rig, events, PERSON)     # the first decision other than a retry
-        await trio.testing.wait_all_tasks_blocked()
-        opened = []
-        while True:
-            try:
-                opened.append(events.receive_nowait())
-            except trio.WouldBlock:
-                break
+        opened = await drained(events)
     assert deleted == [result.person_id], "the search never found the person: the test did not run its race"
     assert decision.outcome == "unknown" and decision.person_id is None, decision
     assert not [ev for ev in opened if isinstance(ev, GateOpened)]
