@@ -36,12 +36,12 @@ from palmnode.vault import Vault, VaultError, open_vault
 
 log = logging.getLogger("palmnode.node")
 
-#: what the node logs as it happens (nothing biometric; cards as token prefix and last four)
+#: what the node logs as it happens (nothing biometric, no person id; a payment card as its scheme and last four)
 LOGGED_EVENTS = (PresenceChanged, BadgeRead, PaymentCardRead, CardNotRead, DeviceStateChanged, GateStateChanged,
                  OverTemperature, Cooled, DeadmanTripped, BoardNotice, Decision, GateOpened, PaymentResult,
                  LoyaltyMember, PersonEnrolled, PersonDeleted, ModeChanged)
-#: what this node offers the controller in its hello
 HEALTH_METRICS_PERIOD_S = 1.0  # how stale a scrape of device health may be
+#: what this node offers the controller in its hello
 CAPABILITIES = ("events", "enrol", "delete", "replication", "modes", "status", "metrics")
 
 
