@@ -23,6 +23,8 @@ from palmnode.link.messages import DropReason, Malformed, Message, from_wire, on
 MAX_FRAME = 1 << 20  # §2: a body is at most 1 MiB
 HEADER = struct.Struct(">I")  # §2: 4-byte big-endian unsigned length of the body
 MAX_DEPTH = 32  # §2: maps/arrays nest at most this deep
+MAX_CONTAINERS = 65536  # §2: maps and arrays in one frame at most: what a 1 MiB body may unpack to is
+# bounded (a body of 1M empty arrays is ~100 MB of Python lists); a page of 1000 people needs ~7000
 RECEIVE_CHUNK = 65536  # bytes a reader asks the stream for at a time; part of the buffer bound
 
 
@@ -42,20 +44,44 @@ def encode(msg: Message, *, max_frame: int = MAX_FRAME) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
+class _TooManyContainers(Exception):
+    pass
+
+
+def _container_counter():
+    """A msgpack list/object hook that stops the unpacking at the (MAX_CONTAINERS + 1)th container,
+    before the rest of the body is turned into objects."""
+    count = 0
+
+    def hook(value):
+        nonlocal count
+        count += 1
+        if count > MAX_CONTAINERS:
+            raise _TooManyContainers
+        return value
+    return hook
+
+
+_SCALARS = (bool, int, float, str, bytes)
+
+
 def _shape_error(obj: object) -> str | None:
-    """Why ``obj`` holds a type the link does not carry (or nests too deep); None when fine."""
-    stack: list[tuple[object, int]] = [(obj, 1)]
+    """Why ``obj`` holds a type the link does not carry (or nests too deep); None when fine.
+    Walks with one iterator per level (memory bounded by the depth, not the number of values)."""
+    stack = [iter((obj,))]
     while stack:
-        value, depth = stack.pop()
-        if isinstance(value, (dict, list)):
-            if depth > MAX_DEPTH:
-                return f"nesting deeper than {MAX_DEPTH}"
-            if isinstance(value, dict) and not all(type(k) is str for k in value):
-                return "map keys must be strings"   # strict_map_key lets bytes keys through
-            items = value.values() if isinstance(value, dict) else value
-            stack.extend((item, depth + 1) for item in items)
-        elif value is not None and type(value) not in (bool, int, float, str, bytes):
-            return f"{type(value).__name__} values are not allowed"
+        for value in stack[-1]:
+            if isinstance(value, (dict, list)):
+                if len(stack) > MAX_DEPTH:
+                    return f"nesting deeper than {MAX_DEPTH}"
+                if isinstance(value, dict) and not all(type(k) is str for k in value):
+                    return "map keys must be strings"   # strict_map_key lets bytes keys through
+                stack.append(iter(value.values() if isinstance(value, dict) else value))
+                break
+            if value is not None and type(value) not in _SCALARS:
+                return f"{type(value).__name__} values are not allowed"
+        else:
+            stack.pop()
     return None
 
 
@@ -63,14 +89,20 @@ def decode_body(body: bytes) -> Message | Malformed:
     """The message in one frame body, or :class:`Malformed` (never raises)."""
     if not body:
         return Malformed("empty frame", DropReason.MSGPACK)
+    count = _container_counter()
     try:
         obj = msgpack.unpackb(
-            body, raw=False, strict_map_key=True, use_list=True, ext_hook=_reject_ext, timestamp=0
+            body, raw=False, strict_map_key=True, use_list=True, ext_hook=_reject_ext, timestamp=0,
+            list_hook=count, object_hook=count,
         )
     except msgpack.ExtraData:
         return Malformed("bytes after the msgpack object", DropReason.MSGPACK)
+    except _TooManyContainers:
+        return Malformed(f"more than {MAX_CONTAINERS} maps and arrays", DropReason.MSGPACK)
+    except msgpack.StackError:  # msgpack's own nesting limit (its message is empty)
+        return Malformed(f"nesting deeper than {MAX_DEPTH}", DropReason.MSGPACK)
     except Exception as exc:  # noqa: BLE001 - the msgpack boundary: any failure to unpack is malformed
-        return Malformed(f"bad msgpack: {one_line(exc, 120)}", DropReason.MSGPACK)
+        return Malformed(f"bad msgpack: {one_line(exc, 120) or type(exc).__name__}", DropReason.MSGPACK)
     error = _shape_error(obj)
     if error is not None:
         return Malformed(error, DropReason.MSGPACK)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import struct
+import tracemalloc
 
 import msgpack
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from palmnode.link.codec import (
     HEADER,
+    MAX_CONTAINERS,
     MAX_DEPTH,
     MAX_FRAME,
     Decoder,
@@ -153,6 +155,51 @@ def test_deep_nesting_within_the_limit_is_fine():
         cur["a"] = {}
         cur = cur["a"]
     assert decode_body(encode(Request(id=1, op="x", args=args))[4:]) == Request(id=1, op="x", args=args)
+
+
+def peak_decoding(body: bytes) -> tuple[object, float]:
+    """What ``decode_body`` makes of ``body`` and the most memory it held meanwhile (MB)."""
+    tracemalloc.start()
+    try:
+        result = decode_body(body)
+        return result, tracemalloc.get_traced_memory()[1] / 1e6
+    finally:
+        tracemalloc.stop()
+
+
+def array32(count: int, item: bytes) -> bytes:
+    return b"\xdd" + count.to_bytes(4, "big") + item * count
+
+
+def request_body(args_value: bytes) -> bytes:
+    """A request frame body whose args map holds ``{"a": <args_value, raw msgpack>}``."""
+    return b"\x84\xa4type\xa7request\xa2id\x01\xa2op\xa1x\xa4args\x81\xa1a" + args_value
+
+
+@pytest.mark.parametrize("item", [b"\x90", b"\x80"], ids=["empty arrays", "empty maps"])
+def test_a_frame_of_many_small_containers_is_refused_before_it_is_all_unpacked(item):
+    # a 1 MiB body of a million empty arrays is ~100 MB of Python lists: the decoder stops counting
+    # at MAX_CONTAINERS instead of unpacking it all and then looking at it
+    body = request_body(array32(MAX_FRAME - 64, item))
+    assert len(body) <= MAX_FRAME
+    bad, peak_mb = peak_decoding(body)
+    assert bad == Malformed(f"more than {MAX_CONTAINERS} maps and arrays", DropReason.MSGPACK)
+    assert peak_mb < 16, peak_mb
+    many = request_body(array32(MAX_CONTAINERS - 3, b"\x90"))  # + the body's map, args and the array
+    assert isinstance(decode_body(many), Request)
+
+
+def test_checking_a_frame_of_a_million_values_takes_no_memory_per_value():
+    # a valid request whose args hold a million nils: its list is 8 MB; looking at every value for
+    # its type must not cost another object per value
+    message, peak_mb = peak_decoding(request_body(array32(MAX_FRAME - 64, b"\xc0")))
+    assert isinstance(message, Request) and len(message.args["a"]) == MAX_FRAME - 64
+    assert peak_mb < 20, peak_mb
+
+
+def test_nesting_past_msgpacks_own_limit_is_named():
+    bad = decode_body(b"\x91" * 5000 + b"\xc0")
+    assert bad == Malformed(f"nesting deeper than {MAX_DEPTH}", DropReason.MSGPACK)
 
 
 def test_unknown_fields_are_ignored():
