@@ -103,13 +103,20 @@ class Channel:
     from one."""
 
     def __init__(self, stream: trio.abc.Stream, *, max_frame: int = MAX_FRAME,
-                 stats: ChannelStats | None = None) -> None:
+                 stats: ChannelStats | None = None, frame_timeout: float = math.inf) -> None:
         self.stream = stream
         self.max_frame = max_frame
         self.stats = stats if stats is not None else ChannelStats()
+        #: §7: a frame begun by the peer must be finished, and a frame sent must be taken by the
+        #: peer, within this many seconds; else the connection is dropped as ``stalled``
+        self.frame_timeout = frame_timeout
         self._decoder = Decoder(max_frame=max_frame)
         self._send_lock = trio.Lock()
         self._eof = False
+        self._partial_since: float | None = None  # when receive() first waited on a frame's rest
+        self._broken: str | None = None  # why a send closed the stream at once (_break)
+        #: bytes (header and body) of the frame :meth:`receive` last returned
+        self.last_frame_size = 0
         self.closed = False
         #: set by :meth:`hello`
         self.local_hello: Hello | None = None
@@ -146,10 +153,23 @@ class Channel:
             if self.closed:
                 raise LinkClosed("connection already closed")
             try:
-                await self.stream.send_all(frame)
+                with trio.move_on_after(self.frame_timeout) as scope:
+                    await self.stream.send_all(frame)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self.closed = True
-                raise LinkClosed(_network_reason("connection lost while sending", exc)) from None
+                raise LinkClosed(self._broken or _network_reason("connection lost while sending", exc)) from None
+            except BaseException:
+                # cancelled from outside (a caller's timeout, the session ending) with the frame
+                # perhaps half sent: its rest can never follow, so nothing more can be said on this
+                # stream (trio's SSLStream is broken too). Closing it at once also ends a receive()
+                # waiting on it, so the connection does not linger half dead.
+                await self._break("a frame's sending was cut short")
+                raise
+            if scope.cancelled_caught:
+                self.stats.count_drop(DropReason.STALLED)
+                reason = f"the peer took no frame for {self.frame_timeout:g} s (not reading)"
+                await self._break(reason)
+                raise LinkClosed(reason)
         self.stats.frames_out += 1
         self.stats.bytes_out += len(frame)
 
@@ -161,15 +181,27 @@ class Channel:
                 if self._eof:
                     self.closed = True
                     raise LinkClosed("peer closed the connection")
-                try:
-                    data = await self.stream.receive_some(RECEIVE_CHUNK)
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    self.closed = True
-                    raise LinkClosed(_network_reason("connection lost", exc)) from None
+                deadline = math.inf  # between frames the peer may be silent as long as it likes (§7)
+                if self._decoder.buffered:
+                    if self._partial_since is None:
+                        self._partial_since = trio.current_time()
+                    deadline = self._partial_since + self.frame_timeout
+                with trio.move_on_at(deadline):
+                    try:
+                        data = await self.stream.receive_some(RECEIVE_CHUNK)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        self.closed = True
+                        raise LinkClosed(self._broken or _network_reason("connection lost", exc)) from None
+                    deadline = None
+                if deadline is not None:
+                    await self.fail(f"a frame begun {self.frame_timeout:g} s ago is not finished "
+                                    f"({self._decoder.buffered} bytes of it received)", DropReason.STALLED)
                 self.stats.bytes_in += len(data)
                 self._eof = not data
                 self._decoder.receive_data(data)
                 continue
+            self._partial_since = None
+            self.last_frame_size = self._decoder.last_size
             if isinstance(ev, Malformed):
                 await self.fail(ev.reason, ev.kind)
             self.stats.frames_in += 1
@@ -239,6 +271,13 @@ class Channel:
                     pass
         await self.aclose()
         raise LinkProtocolError(reason, kind)
+
+    async def _break(self, reason: str) -> None:
+        """Close the stream at once, without a goodbye or a TLS close_notify (nothing more can be
+        sent); a task waiting in :meth:`receive` gets :class:`LinkClosed` with ``reason``."""
+        self.closed = True
+        self._broken = self._broken or reason
+        await trio.aclose_forcefully(self.stream)
 
     async def aclose(self, reason: str | None = None) -> None:
         """Close the connection, first sending ``goodbye {reason}`` when a reason is given."""

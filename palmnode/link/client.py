@@ -97,6 +97,8 @@ class LinkConfig:
     outbox_batch: int = attrs.field(default=100, validator=_positive)  # events in flight at most
     outbox_poll_s: float = attrs.field(default=1.0, validator=_positive)  # outbox re-read without a wake-up
     stable_after_s: float = attrs.field(default=10.0, validator=_positive)  # a connection this old resets the backoff
+    #: §7: a frame the controller begins must end, and one the node sends must be taken, within this
+    frame_timeout_s: float = attrs.field(default=30.0, validator=_positive)
 
 
 class Outbox(Protocol):
@@ -274,7 +276,7 @@ class LinkClient:
             return self._attempt_failed(f"cannot reach the controller at {cfg.host}:{cfg.port}: {_dial_error(exc)}")
         set_keepalive(tcp)
         channel = Channel(trio.SSLStream(tcp, self._ssl_context, server_hostname=cfg.server_name),
-                          max_frame=cfg.max_frame, stats=self.stats.channel)
+                          max_frame=cfg.max_frame, stats=self.stats.channel, frame_timeout=cfg.frame_timeout_s)
         try:
             try:
                 with trio.fail_after(cfg.connect_timeout_s):

@@ -124,6 +124,7 @@ class Decoder:
         self.failed: Malformed | None = None
         self._failure_reported = False
         self.frames = 0  # frames decoded into messages
+        self.last_size = 0  # bytes (header and body) of the frame next_event last returned
 
     @property
     def buffered(self) -> int:
@@ -160,6 +161,7 @@ class Decoder:
             body = bytes(self._buffer[HEADER.size:end])
             del self._buffer[:end]
             self._body_len = None
+            self.last_size = end
             event = decode_body(body)
             if isinstance(event, Malformed):
                 self._fail(event)

@@ -29,6 +29,7 @@ class DropReason:
     TRUNCATED = "truncated"  # the stream ended inside a frame
     OVERFLOW = "overflow"  # the caller fed the decoder more than its buffer bound
     PROTOCOL = "protocol"  # a well-formed message out of order (hello rules, direction)
+    STALLED = "stalled"  # a frame not finished, or not taken by the peer, within the channel's frame timeout
 
 
 def one_line(text: object, limit: int = MAX_REASON) -> str:

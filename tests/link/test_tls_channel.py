@@ -254,3 +254,62 @@ async def test_hello_timeout(pki, nursery):
     channel = await dial(pki, port)
     with pytest.raises(LinkClosed, match="no hello from the peer within 0.2 s"):
         await channel.hello(node_hello(), timeout=0.2)
+
+
+async def deaf_controller(pki, nursery) -> int:
+    """A controller that says hello and then reads nothing (its receive buffer kept small)."""
+    import socket
+
+    ctx = server_context(pki.controller.cert, pki.controller.key, pki.ca_cert)
+    listeners = await trio.open_ssl_over_tcp_listeners(0, ctx, host="127.0.0.1")
+    listeners[0].transport_listener.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+
+    async def deaf(stream):
+        channel = Channel(stream)
+        await channel.hello(Hello(version=1, node_id="controller", role="controller"), timeout=5)
+        await trio.sleep_forever()
+
+    await nursery.start(trio.serve_listeners, deaf, listeners)
+    return listeners[0].transport_listener.socket.getsockname()[1]
+
+
+async def test_a_send_the_peer_does_not_take_ends_the_connection_after_the_frame_timeout(pki, nursery):
+    port = await deaf_controller(pki, nursery)
+    channel = await dial(pki, port)
+    channel.frame_timeout = 0.2
+    await channel.hello(node_hello(), timeout=5)
+    big = Request(id=1, op="x", args={"pad": b"\x00" * 1_000_000})
+    with trio.fail_after(10), pytest.raises(LinkClosed, match=r"the peer took no frame for 0.2 s \(not reading\)"):
+        for _ in range(64):  # enough to fill every socket buffer on the way
+            await channel.send(big)
+    assert channel.closed and channel.stats.dropped == {DropReason.STALLED: 1}
+    with pytest.raises(LinkClosed, match="not reading"):  # a receive after it says why too
+        await channel.receive()
+
+
+async def test_a_send_cut_short_by_its_caller_closes_the_connection_at_once(pki, nursery):
+    """A frame half sent can never be finished (the peer would read the next frame's bytes as its
+    rest): the channel closes, and a task waiting to receive hears it at once instead of waiting
+    on a peer that may never speak again."""
+    port = await deaf_controller(pki, nursery)
+    channel = await dial(pki, port)
+    await channel.hello(node_hello(), timeout=5)
+    big = Request(id=1, op="x", args={"pad": b"\x00" * 1_000_000})
+    ended = []
+
+    async def receiving():
+        try:
+            await channel.receive()
+        except LinkClosed as exc:
+            ended.append(str(exc))
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(receiving)
+        with trio.move_on_after(0.2) as scope:  # e.g. a request's own timeout
+            for _ in range(64):
+                await channel.send(big)
+        assert scope.cancelled_caught
+        with trio.fail_after(1):
+            while not ended:
+                await trio.sleep(0.01)
+    assert channel.closed and ended == ["a frame's sending was cut short"]
