@@ -20,10 +20,12 @@ import trio
 from palmnode.actors import ChildContext, DeviceState, DeviceStateChanged
 from palmnode.gate.enrol import EnrolBusy
 from palmnode.gate.modes import ChargeResult, GateMode
-from palmnode.link.client import RequestRefused
+from palmnode.link.client import BadAnswer, RequestRefused, UnknownOp
+from palmnode.link.messages import MAX_ID, one_line
 from palmnode.link.wire import WireError, person_from_wire
 from palmnode.logs import error_text, event
 from palmnode.vault import VaultError
+from palmnode.vault.records import MAX_PERSON_ID
 
 if TYPE_CHECKING:
     from palmnode.node import Node
@@ -32,6 +34,88 @@ log = logging.getLogger("palmnode.ops")
 
 SYNC_STATE = "controller_sync_cursor"  # vault state key: where the last sync ended
 CHARGE_STATE = "charge_in_flight"  # vault state key: the charge awaiting its answer ("" when none)
+SYNC_LIMIT = 100  # §5 sync: changes asked for a page
+MAX_CURSOR = 1024  # §5 sync: a string cursor's characters at most (it is stored in the vault)
+
+
+def _person_id_error(value: object) -> str | None:
+    """Why ``value`` is not a person id (a non-empty string of at most 128 characters), or None."""
+    if not isinstance(value, str) or not value:
+        return "person_id must be a non-empty string"
+    if len(value) > MAX_PERSON_ID:
+        return f"person_id must be a non-empty string of at most {MAX_PERSON_ID} characters"
+    return None
+
+
+def _cursor_error(value: object) -> str | None:
+    if value is None or (type(value) is int and 0 <= value <= MAX_ID):
+        return None
+    if isinstance(value, str):
+        return None if len(value) <= MAX_CURSOR else f"a cursor of {len(value)} characters (at most {MAX_CURSOR})"
+    got = one_line(repr(value), 40) if type(value) is int else type(value).__name__
+    return f"the cursor must be nil, an int 0..2**63-1 or a string, got {got}"
+
+
+def _shown(cursor: object) -> str:
+    return one_line(repr(cursor), 40)
+
+
+class _SyncRun:
+    """The pages of one catch-up, checked before any of a page is applied (docs/protocols/controller.md
+    §5 sync): a page that contradicts the ones before it is refused, so a lying controller can
+    neither loop the gate for ever nor take its cursor backwards within a catch-up."""
+
+    def __init__(self) -> None:
+        self.pages = 0
+        self.previous: object = None
+        self.seen: set[object] = set()  # the cursors this catch-up's pages answered
+
+    def check(self, answer: dict, asked: object) -> tuple[list, object, bool]:
+        """(changes, cursor, more) of a page; :class:`BadAnswer` when it cannot be used."""
+        changes, more = answer.get("changes"), answer.get("more", False)
+        if not isinstance(changes, list):
+            raise BadAnswer(f"sync page refused: changes must be an array, got {type(changes).__name__}")
+        if "cursor" not in answer:
+            raise BadAnswer("sync page refused: no cursor")
+        cursor = answer["cursor"]
+        error = _cursor_error(cursor)
+        if error is not None:
+            raise BadAnswer(f"sync page refused: {error}")
+        if type(more) is not bool:
+            raise BadAnswer(f"sync page refused: more must be true or false, got {type(more).__name__}")
+        if self.pages and type(cursor) is int and type(self.previous) is int and cursor < self.previous:
+            raise BadAnswer(f"sync page refused: the cursor went back from {self.previous} to {cursor}")
+        if more:
+            if not changes:
+                raise BadAnswer("sync page refused: no changes, yet more to come")
+            if cursor is None or cursor == asked:
+                raise BadAnswer(f"sync page refused: the cursor did not move from {_shown(asked)}")
+            if cursor in self.seen:
+                raise BadAnswer(f"sync page refused: the cursor came back to {_shown(cursor)}")
+        self.pages += 1
+        self.previous = cursor
+        if cursor is not None:
+            self.seen.add(cursor)
+        return changes, cursor, more
+
+
+def _change(index: int, change: object) -> tuple[str, str, object]:
+    """(kind, person id, Person or None) of a page's change; WireError saying why it is unusable."""
+    if not isinstance(change, dict):
+        raise WireError(f"changes[{index}]: a change must be a map, got {type(change).__name__}")
+    kind = change.get("kind")
+    if kind == "upsert":
+        try:
+            person = person_from_wire(change.get("person"))
+        except WireError as exc:
+            raise WireError(f"changes[{index}]: {exc}") from None
+        return kind, person.person_id, person
+    if kind == "remove":
+        error = _person_id_error(change.get("person_id"))
+        if error is not None:
+            raise WireError(f"changes[{index}]: {error}")
+        return kind, change["person_id"], None
+    raise WireError(f"changes[{index}]: unknown kind {one_line(repr(kind), 40)}")
 
 
 class OpError(RequestRefused):
@@ -47,7 +131,7 @@ class NodeOps:
     async def handle(self, op: str, args: dict) -> dict:
         serve = _OPS.get(op)
         if serve is None:
-            raise OpError(f"unknown op {op!r}")
+            raise UnknownOp(op)  # answered "unknown op <op>" (§5)
         return await serve(self, args)
 
     async def _enrol_begin(self, args: dict) -> dict:
@@ -115,30 +199,46 @@ class NodeOps:
 
     # ---- node → controller ---------------------------------------------------------------------
     async def sync(self) -> None:
-        """Apply every change the controller logged since our cursor (run on each connect)."""
+        """Apply every change the controller logged since our cursor (run on each connect).
+
+        Each page is checked whole before any of it is applied (:class:`_SyncRun`; a page that
+        cannot be used raises :class:`BadAnswer`, and the link asks again after its backoff); a
+        change it cannot use is dropped (one warning line a page, naming no one), the others are
+        applied. The page is asked without holding anything: a push or deletion that comes
+        meanwhile is applied at once and is newer than the page, which skips that person."""
         link, vault, people = self.node.link, self.node.vault, self.node.people
         stored = await trio.to_thread.run_sync(vault.get_state, SYNC_STATE)
         cursor = None if stored is None else json.loads(stored)  # opaque: sent back verbatim
-        applied = 0
+        run, applied = _SyncRun(), 0
         while True:
-            async with people.replication:  # the page asked and applied before any push after it
-                answer = await link.request("sync", {"cursor": cursor, "limit": 100})
-                upserts = []  # a page names each person once (the log keeps their latest change)
-                for change in answer.get("changes", []):
-                    if change.get("kind") == "upsert":
-                        try:
-                            upserts.append(person_from_wire(change.get("person")))
-                        except WireError as exc:
-                            log.warning("sync change dropped", extra={"fields": {"reason": str(exc)}})
-                            continue
-                    elif change.get("kind") == "remove" and isinstance(change.get("person_id"), str):
-                        await people.apply_remove(change["person_id"])
-                    applied += 1
-                await people.apply_upserts(upserts)  # one vault transaction per page
-                cursor = answer.get("cursor", cursor)
-                if cursor is not None:
-                    await trio.to_thread.run_sync(vault.set_state, SYNC_STATE, json.dumps(cursor))
-            if not answer.get("more"):
+            with people.changes_since() as newer:
+                answer = await link.request("sync", {"cursor": cursor, "limit": SYNC_LIMIT})
+                changes, next_cursor, more = run.check(answer, cursor)
+                latest: dict[str, tuple[str, object]] = {}  # the last change of each person wins
+                dropped: list[str] = []
+                for index, change in enumerate(changes):
+                    try:
+                        kind, person_id, person = _change(index, change)
+                    except WireError as exc:
+                        dropped.append(str(exc))
+                        continue
+                    latest.pop(person_id, None)
+                    latest[person_id] = (kind, person)
+                async with people.replication:  # applied before any push or deletion after it
+                    latest = {pid: c for pid, c in latest.items() if not people.changed_since(newer, pid)}
+                    for person_id, (kind, _) in latest.items():
+                        if kind == "remove":
+                            await people.apply_remove(person_id)
+                    upserts = [person for kind, person in latest.values() if kind == "upsert"]
+                    await people.apply_upserts(upserts)  # one vault transaction per page
+                    applied += len(latest)
+                    if next_cursor is not None:
+                        cursor = next_cursor
+                        await trio.to_thread.run_sync(vault.set_state, SYNC_STATE, json.dumps(cursor))
+                del latest, upserts  # nothing of the page is kept while the next is asked
+            if dropped:
+                log.warning("sync changes dropped", extra={"fields": {"count": len(dropped), "first": dropped[0]}})
+            if not more:
                 break
         event(log, "gallery synced", changes=applied, cursor=cursor)
 

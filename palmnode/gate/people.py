@@ -21,11 +21,14 @@ the background with a backoff until the WAL is empty, with a warning line while 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import logging
+import os
 import time
 import uuid
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import trio
 
@@ -57,9 +60,11 @@ class People:
         self.forget_frames = forget_frames
         self.clock = clock
         self._lock = trio.Lock()
-        #: held while a sync page is asked and applied (NodeOps.sync); replication pushes and
-        #: deletions wait for it, so a page the controller read before them never undoes them
+        #: held while a sync page is applied (NodeOps.sync), and by each replication push and
+        #: deletion; with :meth:`changes_since` a page the controller read before them never undoes them
         self.replication = trio.Lock()
+        self._watches: list[set[bytes]] = []  # changes_since's: keyed tags of the people changed
+        self._tag_key = os.urandom(16)
         #: retries a WAL truncation another connection to the vault blocked (the node runs
         #: ``wal.run`` as the gate supervisor's ``wal-scrub`` child)
         self.wal = WalKeeper(vault, "vault", log)
@@ -112,6 +117,7 @@ class People:
             raise ValueError("delete needs exactly one of person_id, card_digest, phone")
         async with self.replication, self._lock:
             pid = await trio.to_thread.run_sync(self._delete, person_id, card_digest, phone)
+            self._changed(pid)
         self.wal.poke()
         if pid is None:
             return None
@@ -135,6 +141,28 @@ class People:
         return person_id if present or removed else None
 
     # ---- replication (from the controller) -----------------------------------------------------
+    @contextlib.contextmanager
+    def changes_since(self) -> Iterator[set[bytes]]:
+        """Within the block, every person a deletion, push or page changes is noted (as a keyed
+        tag, never the id): a sync page asked at its start and applied at its end skips them
+        (:meth:`changed_since`), since what came meanwhile is newer than what the page says."""
+        watch: set[bytes] = set()
+        self._watches.append(watch)
+        try:
+            yield watch
+        finally:
+            self._watches.remove(watch)
+
+    def changed_since(self, watch: set[bytes], person_id: str) -> bool:
+        return self._tag(person_id) in watch
+
+    def _tag(self, person_id: str) -> bytes:
+        return hashlib.blake2b(person_id.encode("utf-8", "surrogatepass"), key=self._tag_key, digest_size=16).digest()
+
+    def _changed(self, *person_ids: str | None) -> None:
+        for watch in self._watches:
+            watch.update(self._tag(pid) for pid in person_ids if pid is not None)
+
     async def apply_upsert(self, person: Person) -> None:
         """A person enrolled elsewhere (or changed): stored and searchable here, no outbox event."""
         await self.apply_upserts([person])
@@ -143,6 +171,7 @@ class People:
         """Many of them (a sync page): one vault transaction for all, then searchable here."""
         async with self._lock:
             await trio.to_thread.run_sync(self._upsert, people)
+            self._changed(*(person.person_id for person in people))
         self._gauge()
 
     def _upsert(self, people: Sequence[Person]) -> None:
@@ -161,6 +190,7 @@ class People:
         """A person deleted elsewhere: gone from vault (audit entry, no outbox event) and gallery."""
         async with self._lock:
             present = await trio.to_thread.run_sync(self._remove_replicated, person_id)
+            self._changed(person_id)
         self.wal.poke()
         self._gauge()
         if present:

@@ -52,6 +52,8 @@ from palmnode.logs import event as log_event
 log = logging.getLogger("palmnode.link")
 
 DEFAULT_PORT = 7443  # §1
+MAX_SERVING = 16  # §5: the controller's requests served at once; the next waits, unread (backpressure)
+MAX_SERVING_BYTES = 4 << 20  # §5: ... and their frames at most this many bytes (one alone always goes)
 
 
 class UnknownOp(LinkError):
@@ -65,6 +67,11 @@ class RequestRefused(LinkError):
 
 class RequestFailed(LinkError):
     """The peer answered a request with ``ok: false``; ``str(exc)`` is its one-line error."""
+
+
+class BadAnswer(LinkError):
+    """The peer answered a request ``ok: true`` with a result the op cannot use (a field missing or
+    of the wrong type, a sync page that contradicts the ones before it); one line saying what."""
 
 
 class LinkConfigError(ValueError):
@@ -125,6 +132,13 @@ class LinkStats:
     events_unreadable: int = 0
     requests_served: int = 0
     requests_sent: int = 0
+    #: the controller's requests being served now, and their frames' bytes (MAX_SERVING, MAX_SERVING_BYTES)
+    requests_in_progress: int = 0
+    request_bytes_in_progress: int = 0
+    #: responses to no request waiting (late: its caller gave up; duplicated; an id never sent): ignored
+    responses_unmatched: int = 0
+    #: acks of no event in flight (a duplicate, another connection's, a wrong key): ignored
+    acks_unmatched: int = 0
     last_error: str | None = None
     channel: ChannelStats = attrs.field(factory=ChannelStats)
 
@@ -196,6 +210,7 @@ class LinkClient:
         self._unsendable: set[int] = set()  # seqs whose event cannot be encoded: held back, logged once
         self._wake = trio.Event()
         self._connected_changed = trio.Event()
+        self._slot_freed = trio.Event()
         self._last_logged: str | None = None
 
     # ---- public ----------------------------------------------------------------------------
@@ -310,7 +325,8 @@ class LinkClient:
         self.stats.last_error = None
         self._set_changed()
         peer = channel.peer_hello
-        self._log_state("link connected", controller=peer.node_id if peer else None, version=channel.version)
+        self._log_state("link connected", controller=one_line(peer.node_id, 64) if peer else None,
+                        version=channel.version)
         ended: list[str] = []
         try:
             async with trio.open_nursery() as nursery:
@@ -343,12 +359,16 @@ class LinkClient:
         """One message of the controller. Nothing of it is kept once it is handled (its locals go
         when this returns): not a replicated removal's person id, nor a sync page's people."""
         if isinstance(msg, Request):
-            nursery.start_soon(self._answer, channel, msg)
+            size = channel.last_frame_size
+            await self._admit(size)  # at most MAX_SERVING / MAX_SERVING_BYTES: else stop reading meanwhile
+            nursery.start_soon(self._answer, channel, msg, size)
         elif isinstance(msg, Response):
             pending = self._waiting.get(msg.id)
             if pending is not None and not pending.done.is_set():
                 pending.response = msg
                 pending.done.set()
+            else:
+                self.stats.responses_unmatched += 1
         elif isinstance(msg, Ack):
             sent = self._inflight.get(msg.seq)
             if sent is not None and sent[0] == msg.key:
@@ -357,28 +377,53 @@ class LinkClient:
                 self._acked.add(msg.seq)
                 self.stats.events_acked += 1
                 self._wake.set()
+            else:
+                self.stats.acks_unmatched += 1
         # a Hello/Event here was refused by the channel already
 
-    async def _answer(self, channel: Channel, request: Request) -> None:
+    async def _admit(self, size: int) -> None:
+        """Wait for room to serve one more request of ``size`` bytes (a request alone always fits):
+        a controller pushing faster than the gate applies is held back by TCP, not by memory."""
+        stats = self.stats
+        while stats.requests_in_progress >= MAX_SERVING or (
+                stats.request_bytes_in_progress and stats.request_bytes_in_progress + size > MAX_SERVING_BYTES):
+            await self._slot_freed.wait()
+        stats.requests_in_progress += 1
+        stats.request_bytes_in_progress += size
+
+    def _release(self, size: int) -> None:
+        self.stats.requests_in_progress -= 1
+        self.stats.request_bytes_in_progress -= size
+        self._slot_freed.set()
+        self._slot_freed = trio.Event()
+
+    async def _answer(self, channel: Channel, request: Request, size: int) -> None:
+        try:
+            await self._serve_request(channel, request)
+        finally:
+            self._release(size)
+
+    async def _serve_request(self, channel: Channel, request: Request) -> None:
+        op = one_line(request.op, 64)  # for the log: the controller chose its length
         try:
             result = await self._handler(request.op, request.args)
             if not isinstance(result, dict):
-                raise TypeError(f"handler for {request.op} returned {type(result).__name__}, not a map")
+                raise TypeError(f"handler for {op} returned {type(result).__name__}, not a map")
             response = Response.success(request.id, result)
         except UnknownOp:
             response = Response.failure(request.id, f"unknown op {request.op}")
         except RequestRefused as exc:
-            log.info("link request refused: %s", exc, extra={"fields": {"op": request.op}})
+            log.info("link request refused: %s", one_line(exc), extra={"fields": {"op": op}})
             response = Response.failure(request.id, str(exc))
         except Exception as exc:  # the handler boundary: the controller gets one line, the log the rest
-            log.warning("link request failed", exc_info=True, extra={"fields": {"op": request.op}})
+            log.warning("link request failed", exc_info=True, extra={"fields": {"op": op}})
             response = Response.failure(request.id, str(exc) or type(exc).__name__)
         self.stats.requests_served += 1
         try:
             try:
                 await channel.send(response)
             except (FrameTooLarge, TypeError, ValueError, OverflowError) as exc:  # not encodable
-                await channel.send(Response.failure(request.id, f"{request.op} result cannot be sent: {exc}"))
+                await channel.send(Response.failure(request.id, f"{op} result cannot be sent: {exc}"))
         except LinkClosed:
             pass  # the receive loop ends the session
 
@@ -453,5 +498,5 @@ class LinkClient:
         log_event(log, msg, node_id=self.config.node_id, **fields)
 
 
-__all__ = ["DEFAULT_PORT", "Handler", "LinkClient", "LinkConfig", "LinkConfigError", "LinkStats", "LinkUnavailable",
-           "Outbox", "RequestFailed", "RequestRefused", "UnknownOp"]
+__all__ = ["DEFAULT_PORT", "MAX_SERVING", "MAX_SERVING_BYTES", "BadAnswer", "Handler", "LinkClient", "LinkConfig",
+           "LinkConfigError", "LinkStats", "LinkUnavailable", "Outbox", "RequestFailed", "RequestRefused", "UnknownOp"]

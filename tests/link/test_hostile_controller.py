@@ -1,0 +1,459 @@
+"""The node's side of the link against a hostile or buggy controller, over real TLS sockets: a real
+LinkClient serving NodeOps, applying replication to a real People (vault + gallery)."""
+from __future__ import annotations
+
+import json
+import logging
+
+import msgpack
+import pytest
+import trio
+import trio.testing
+
+from palmnode.link.client import MAX_SERVING, MAX_SERVING_BYTES
+from palmnode.link.codec import HEADER, MAX_FRAME, encode
+from palmnode.link.messages import (
+    PROTOCOL_VERSION,
+    DropReason,
+    Event,
+    Hello,
+    Response,
+)
+from palmnode.ops import SYNC_STATE
+
+from tests.conftest import wait_for
+
+from .hostile import Conn, Gate, Hostile, person, wire
+
+
+def framed(obj: object) -> bytes:
+    body = msgpack.packb(obj, use_bin_type=True)
+    return HEADER.pack(len(body)) + body
+
+
+def array32(count: int, item: bytes) -> bytes:
+    return b"\xdd" + count.to_bytes(4, "big") + item * count
+
+
+def many_containers() -> bytes:
+    body = b"\x84\xa4type\xa7request\xa2id\x01\xa2op\xa1x\xa4args\x81\xa1a" + array32(MAX_FRAME - 64, b"\x90")
+    return HEADER.pack(len(body)) + body
+
+
+@pytest.fixture
+async def make(nursery, tmp_path, pki):
+    """``await make(script, **link_config)``: a hostile controller running ``script`` and a gate
+    dialling it; returns (hostile, gate)."""
+    gates = []
+
+    async def make(script, *, rcvbuf=None, **link):
+        hostile = Hostile(pki, script, rcvbuf=rcvbuf)
+        await nursery.start(hostile.run)
+        gate = Gate(tmp_path, pki, hostile.port, **link)
+        gates.append(gate)
+        await gate.start(nursery)
+        return hostile, gate
+
+    yield make
+    for gate in gates:
+        await gate.stop()
+
+
+async def serving(conn: Conn) -> None:
+    """A well-behaved controller: hello, ack events, answer sync."""
+    await conn.hello()
+    conn.serve()
+    await trio.sleep_forever()
+
+
+def link_down_lines(caplog) -> list[str]:
+    return [r.fields["reason"] for r in caplog.records if r.getMessage() == "link down"]
+
+
+async def still_serving(hostile: Hostile, gate: Gate, number: int) -> None:
+    """The gate answers the controller on connection ``number``: a mode change and back."""
+    conn = await hostile.connection(number)
+    await gate.client.wait_connected()
+    answer = await conn.request("mode.set", {"mode": "loyalty"})
+    assert (answer.ok, answer.result) == (True, {"mode": "loyalty"})
+    assert (await conn.request("mode.set", {"mode": "entry"})).ok
+
+
+# ---- malformed frames ---------------------------------------------------------------------------
+
+GARBAGE = {
+    "bad msgpack": (HEADER.pack(2) + b"\x92\xc1", DropReason.MSGPACK, "bad msgpack"),
+    "zero length": (HEADER.pack(0), DropReason.MSGPACK, "empty frame"),
+    "trailing bytes": (HEADER.pack(3) + b"\x80\x80\x80", DropReason.MSGPACK, "bytes after the msgpack object"),
+    "oversize length": (HEADER.pack(MAX_FRAME + 1), DropReason.OVERSIZE, "exceeds the 1048576-byte cap"),
+    "length 2**32-1": (b"\xff\xff\xff\xff", DropReason.OVERSIZE, "frame of 4294967295 bytes"),
+    "not a map": (framed([1, 2]), DropReason.SHAPE, "a frame must hold a map, got list"),
+    "unknown type": (framed({"type": "invoice"}), DropReason.SHAPE, "unknown message type 'invoice'"),
+    "no type": (framed({"id": 1}), DropReason.SHAPE, "unknown message type None"),
+    "wrong field type": (framed({"type": "request", "id": "1", "op": "x", "args": {}}), DropReason.SHAPE,
+                         "request.id: expected an int, got str"),
+    "id below range": (framed({"type": "response", "id": -1, "ok": True, "result": {}, "error": None}),
+                       DropReason.SHAPE, "response.id: -1 out of range"),
+    "id above range": (framed({"type": "request", "id": 2**64 - 1, "op": "x", "args": {}}), DropReason.SHAPE,
+                       "out of range 0..2**63-1"),
+    "ack seq NaN": (framed({"type": "ack", "seq": float("nan"), "key": "k"}), DropReason.SHAPE,
+                    "ack.seq: expected an int, got float"),
+    "ok not a bool": (framed({"type": "response", "id": 1, "ok": 1, "result": {}, "error": None}),
+                      DropReason.SHAPE, "response.ok: expected a bool"),
+    "ext type": (framed({"type": "ack", "x": msgpack.ExtType(1, b"z")}), DropReason.MSGPACK, "ext type 1"),
+    "nested 33 deep": (HEADER.pack(34) + b"\x91" * 33 + b"\xc0", DropReason.MSGPACK, "nesting deeper than 32"),
+    "nested 100000 deep": (HEADER.pack(100_001) + b"\x91" * 100_000 + b"\xc0", DropReason.MSGPACK,
+                           "nesting deeper than 32"),
+    "a million arrays": (many_containers(), DropReason.MSGPACK, "more than 65536 maps and arrays"),
+    "an event to the node": (encode(Event(seq=1, key="k", kind="x", node_id="controller", at=0.0, data={})),
+                             DropReason.PROTOCOL, "an event sent to a node"),
+    "a second hello": (encode(Hello(version=PROTOCOL_VERSION, node_id="controller", role="controller")),
+                       DropReason.PROTOCOL, "a second hello"),
+}
+
+
+@pytest.mark.parametrize("garbage, kind, reason", GARBAGE.values(), ids=GARBAGE.keys())
+async def test_a_malformed_frame_resets_the_connection_and_the_gate_comes_back(make, caplog, garbage, kind, reason):
+    caplog.set_level(logging.INFO, logger="palmnode.link")
+
+    async def script(conn: Conn) -> None:
+        await conn.hello()
+        conn.serve()
+        if conn.number == 0:
+            await conn.raw(garbage)
+        await trio.sleep_forever()
+
+    hostile, gate = await make(script)
+    gate.vault.upsert_people([person("p-1")])
+    before = gate.state()
+    first = await hostile.connection(0)
+    said = await first.until_ended()
+    assert said.startswith("peer closed the connection: ") and reason in said, said  # its goodbye
+    await still_serving(hostile, gate, 1)
+    assert gate.client.stats.dropped == {kind: 1}
+    lines = link_down_lines(caplog)
+    assert len(lines) == 1 and reason in lines[0] and "\n" not in lines[0] and len(lines[0]) <= 200
+    assert gate.state() == before
+
+
+async def test_a_frame_cut_short_by_the_end_of_the_stream(make):
+    async def script(conn: Conn) -> None:
+        await conn.hello()
+        if conn.number == 0:
+            await conn.raw(HEADER.pack(100) + b"\x81\xa4type")
+            await conn.stream.aclose()  # TLS close_notify: the stream ends inside the frame
+            return
+        conn.serve()
+        await trio.sleep_forever()
+
+    hostile, gate = await make(script)
+    await still_serving(hostile, gate, 1)
+    assert gate.client.stats.dropped == {DropReason.TRUNCATED: 1}
+    assert gate.client.stats.disconnects == 1
+
+
+# ---- slow-loris and floods ----------------------------------------------------------------------
+
+
+async def test_a_frame_never_finished_is_dropped_after_the_frame_timeout(make, caplog):
+    caplog.set_level(logging.INFO, logger="palmnode.link")
+
+    async def script(conn: Conn) -> None:
+        await conn.hello()
+        conn.serve()
+        if conn.number == 0:
+            await conn.raw(HEADER.pack(100) + b"\x81")  # 1 byte of 100, and never the rest
+        await trio.sleep_forever()
+
+    hostile, gate = await make(script, frame_timeout_s=0.3)
+    said = await (await hostile.connection(0)).until_ended()
+    assert "a frame begun 0.3 s ago is not finished (" in said and "bytes of it received)" in said
+    await still_serving(hostile, gate, 1)
+    assert gate.client.stats.dropped == {DropReason.STALLED: 1}
+    assert any("is not finished" in line for line in link_down_lines(caplog))
+
+
+async def test_a_controller_that_never_says_hello_is_left_and_dialled_again(make):
+    async def script(conn: Conn) -> None:
+        await conn.stream.do_handshake()
+        await trio.sleep_forever()
+
+    hostile, gate = await make(script, hello_timeout_s=0.2)
+    await hostile.connection(2)
+    assert gate.client.stats.connects == 0 and gate.client.stats.failed_attempts >= 2
+    assert gate.client.stats.last_error == "no hello from the peer within 0.2 s"
+
+
+async def test_a_controller_that_stops_reading_is_dropped_and_the_events_go_after(make, caplog):
+    """The controller takes the hellos and then reads nothing: the gate's sends fill the socket
+    buffers and block. It drops the connection after the frame timeout (the ack timeout is never
+    reached, the pump being stuck in a send) and delivers everything on the next one."""
+    caplog.set_level(logging.INFO, logger="palmnode.link")
+
+    async def script(conn: Conn) -> None:
+        await conn.hello()
+        if conn.number > 0:
+            conn.serve()
+        await trio.sleep_forever()
+
+    hostile, gate = await make(script, rcvbuf=4096, frame_timeout_s=0.5, ack_timeout_s=3600)
+    keys = {gate.vault.append_event("unknown", {"latency_ms": 1.0, "reason": "x" * 200_000}).key for _ in range(60)}
+    gate.client.events_appended()
+    second = await hostile.connection(1, timeout=10)
+    await hostile.changes.wait_until(lambda: {e.key for e in second.events} == keys, timeout=20)
+    assert gate.client.stats.dropped == {DropReason.STALLED: 1}, link_down_lines(caplog)
+    assert any("the peer took no frame for 0.5 s (not reading)" in line for line in link_down_lines(caplog))
+    with trio.fail_after(5):
+        while gate.vault.pending_events():
+            await trio.sleep(0.02)
+
+
+async def test_a_flood_of_pushes_is_served_a_bounded_number_at_a_time_and_none_is_lost(make):
+    """Pushes arrive faster than the gate applies them (a sync page holds them): the gate serves
+    at most MAX_SERVING at once and stops reading meanwhile (TCP pushes back on the controller),
+    then applies every one."""
+    flood = 200
+
+    async def script(conn: Conn) -> None:
+        await conn.hello()
+        conn.serve()
+        for i in range(flood):
+            await conn.send_request("person.upsert", {"person": wire(f"p-{i}", i)})
+        await trio.sleep_forever()
+
+    hostile, gate = await make(script, outbox_poll_s=60)  # nothing wakes up on its own meanwhile
+    async with gate.people.replication:  # a sync page being applied: every push waits for it
+        await hostile.connection(0)
+        await trio.testing.wait_all_tasks_blocked(cushion=0.1)
+        waiting = gate.people.replication.statistics().tasks_waiting  # the pushes (and the sync on connect's page)
+        assert gate.client.stats.requests_in_progress == MAX_SERVING and waiting in (MAX_SERVING, MAX_SERVING + 1)
+    conn = hostile.connections[0]
+    await hostile.changes.wait_until(lambda: len(conn.responses) == flood, timeout=30)
+    assert all(r.ok for r in conn.responses.values())
+    assert gate.vault.count() == flood and len(gate.people.gallery) == flood
+    assert gate.client.stats.requests_in_progress == 0 and gate.client.stats.request_bytes_in_progress == 0
+
+
+async def test_big_requests_are_served_within_a_byte_budget(make):
+    """Requests of nearly a frame each: the gate holds at most MAX_SERVING_BYTES of them (one
+    alone always goes), whatever their number."""
+    pad = b"\x00" * 900_000
+
+    async def script(conn: Conn) -> None:
+        await conn.hello()
+        conn.serve()
+        for i in range(12):
+            await conn.send_request("person.remove", {"person_id": f"p-{i}", "pad": pad})
+        await trio.sleep_forever()
+
+    hostile, gate = await make(script, outbox_poll_s=60)  # nothing wakes up on its own meanwhile
+    async with gate.people.replication:
+        conn = await hostile.connection(0)
+        await trio.testing.wait_all_tasks_blocked(cushion=0.1)
+        assert 0 < gate.client.stats.request_bytes_in_progress <= MAX_SERVING_BYTES
+        assert gate.client.stats.requests_in_progress == MAX_SERVING_BYTES // len(pad)
+        assert gate.people.replication.statistics().tasks_waiting - MAX_SERVING_BYTES // len(pad) in (0, 1)  # + sync
+    await hostile.changes.wait_until(lambda: len(conn.responses) == 12, timeout=30)
+    assert all(r.ok and r.result == {"removed": False} for r in conn.responses.values())
+
+
+# ---- requests with bad arguments ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("op, args, reason", [
+    ("no.such.op", {}, "unknown op no.such.op"),
+    ("x" * 100_000, {}, "unknown op xxx"),
+])
+async def test_a_request_with_bad_args_is_refused_in_one_line_and_changes_nothing(make, caplog, op, args, reason):
+    caplog.set_level(logging.INFO)
+    hostile, gate = await make(serving)
+    await gate.people.apply_upsert(person("p-1"))
+    before = gate.state()
+    answer = await (await hostile.connection(0)).request(op, args)
+    assert not answer.ok and reason in answer.error and "\n" not in answer.error, answer.error
+    assert len(answer.error) <= 200
+    assert gate.state() == before and gate.enrol.current is None
+    assert all(len(r.getMessage()) <= 300 and len(str(getattr(r, "fields", ""))) <= 300 for r in caplog.records)
+    await still_serving(hostile, gate, 0)
+
+
+async def test_a_controller_naming_itself_at_length_gets_a_short_log_line(make, caplog):
+    caplog.set_level(logging.INFO, logger="palmnode.link")
+
+    async def script(conn: Conn) -> None:
+        await conn.hello(name="c" * 100_000)
+        conn.serve()
+        await trio.sleep_forever()
+
+    hostile, gate = await make(script)
+    await gate.client.wait_connected()
+    [connected] = [r for r in caplog.records if r.getMessage() == "link connected"]
+    assert len(connected.fields["controller"]) <= 64
+
+
+# ---- sync pages that lie ------------------------------------------------------------------------
+
+
+def pages(*answers: dict):
+    """A sync handler answering with ``answers`` in turn, the last one for ever after."""
+    asked: list[dict] = []
+
+    async def sync(args: dict) -> dict:
+        asked.append(args)
+        return answers[min(len(asked), len(answers)) - 1]
+    sync.asked = asked
+    return sync
+
+
+def up(person_id: str, seed: int = 0) -> dict:
+    return {"kind": "upsert", "person": wire(person_id, seed)}
+
+
+def syncing(handler):
+    async def script(conn: Conn) -> None:
+        conn.handlers["sync"] = handler
+        await serving(conn)
+    return script
+
+
+def hook_failures(caplog) -> list[str]:
+    return [r.fields["error"] for r in caplog.records if r.getMessage() == "link on_connected hook failed"]
+
+
+@pytest.mark.parametrize("answers, applied, cursor, reason", [
+    pytest.param([{"changes": [up("p-1")], "cursor": 10, "more": True},
+                  {"changes": [up("p-2", 1)], "cursor": 5, "more": True}],
+                 {"p-1"}, 10, "sync page refused: the cursor went back from 10 to 5", id="cursor goes back"),
+    pytest.param([{"changes": [up("p-1")], "cursor": 10, "more": True}],
+                 {"p-1"}, 10, "sync page refused: the cursor did not move from 10", id="cursor stays"),
+    pytest.param([{"changes": [up("p-1")], "cursor": "a", "more": True},
+                  {"changes": [up("p-2", 1)], "cursor": "b", "more": True},
+                  {"changes": [up("p-3", 2)], "cursor": "a", "more": True}],
+                 {"p-1", "p-2"}, "b", "sync page refused: the cursor came back to 'a'", id="cursor cycles"),
+    pytest.param([{"changes": [], "cursor": 7, "more": True}],
+                 set(), None, "sync page refused: no changes, yet more to come", id="page never ends"),
+    pytest.param([{"changes": {"kind": "upsert"}, "cursor": 7, "more": False}],
+                 set(), None, "sync page refused: changes must be an array, got dict", id="changes not an array"),
+    pytest.param([{"changes": [up("p-1")], "more": False}],
+                 set(), None, "sync page refused: no cursor", id="no cursor"),
+    pytest.param([{"changes": [up("p-1")], "cursor": b"\x07", "more": False}],
+                 set(), None, "sync page refused: the cursor must be nil, an int 0..2**63-1 or a string, got bytes",
+                 id="cursor bytes"),
+    pytest.param([{"changes": [up("p-1")], "cursor": -1, "more": False}],
+                 set(), None, "sync page refused: the cursor must be", id="cursor negative"),
+    pytest.param([{"changes": [up("p-1")], "cursor": "c" * 2000, "more": False}],
+                 set(), None, "sync page refused: a cursor of 2000 characters", id="cursor huge"),
+    pytest.param([{"changes": [up("p-1")], "cursor": 7, "more": "yes"}],
+                 set(), None, "sync page refused: more must be true or false, got str", id="more not a bool"),
+])
+async def test_a_sync_page_that_lies_is_refused_and_nothing_of_it_is_applied(make, caplog, answers, applied,
+                                                                             cursor, reason):
+    caplog.set_level(logging.INFO)
+    sync = pages(*answers)
+    hostile, gate = await make(syncing(sync), backoff_initial_s=0.5)  # tried again 0.45 to 0.55 s later
+    await wait_for(lambda: hook_failures(caplog))
+    assert hook_failures(caplog)[0].startswith(reason), hook_failures(caplog)
+    assert {p.person_id for p in gate.vault.people()} == applied  # the pages before it stand, whole
+    assert len(gate.people.gallery) == len(applied)
+    assert gate.vault.get_state(SYNC_STATE) == (None if cursor is None else json.dumps(cursor))
+    asked = len(sync.asked)
+    await still_serving(hostile, gate, 0)
+    await wait_for(lambda: len(hook_failures(caplog)) >= 2)  # asked again after the backoff, not in a loop
+    assert len(sync.asked) <= 2 * asked
+
+
+async def test_a_sync_page_that_names_a_person_twice_applies_their_last_change(make, caplog):
+    async def script(conn: Conn) -> None:
+        conn.handlers["sync"] = pages({"changes": [up("p-1"), {"kind": "remove", "person_id": "p-1"},
+                                                   {"kind": "remove", "person_id": "p-2"}, up("p-2", 2)],
+                                       "cursor": 4, "more": False})
+        await serving(conn)
+
+    hostile, gate = await make(script)
+    await gate.people.apply_upsert(person("p-1"))
+    with trio.fail_after(5):
+        while gate.vault.get_state(SYNC_STATE) != "4":
+            await trio.sleep(0.02)
+    gate_people = {p.person_id for p in gate.vault.people()}
+    assert gate_people == {"p-2"} and len(gate.people.gallery) == 1
+
+
+async def test_unusable_changes_of_a_page_are_dropped_in_one_line_and_the_rest_applied(make, caplog):
+    caplog.set_level(logging.INFO)
+
+    async def script(conn: Conn) -> None:
+        conn.handlers["sync"] = pages({"changes": [{"kind": "remove", "person_id": "p-1"}, "junk",
+                                                   {"kind": "rename"}, {"kind": "remove", "person_id": 5},
+                                                   {"kind": "upsert", "person": wire("p-3", person_id="")},
+                                                   up("p-2", 2)],
+                                       "cursor": 6, "more": False})
+        await serving(conn)
+
+    hostile, gate = await make(script)
+    await gate.people.apply_upsert(person("p-1"))
+    with trio.fail_after(5):
+        while gate.vault.get_state(SYNC_STATE) != "6":
+            await trio.sleep(0.02)
+    assert {p.person_id for p in gate.vault.people()} == {"p-2"}
+    dropped = [r for r in caplog.records if r.getMessage() == "sync changes dropped"]
+    assert len(dropped) == 1 and dropped[0].fields["count"] == 4
+    assert dropped[0].fields["first"] == "changes[1]: a change must be a map, got str"
+    assert "p-1" not in caplog.text and "p-3" not in caplog.text
+
+
+# ---- charges ------------------------------------------------------------------------------------
+
+
+async def charge_gate(make, handler, **link):
+    async def script(conn: Conn) -> None:
+        conn.handlers["charge"] = handler
+        await serving(conn)
+
+    hostile, gate = await make(script, **link)
+    await gate.client.wait_connected()
+    return hostile, gate
+
+
+def abandoned(conn: Conn) -> list[dict]:
+    return [e.data for e in conn.events if e.kind == "charge_abandoned"]
+
+
+async def test_a_late_charge_answer_is_ignored_counted_and_the_charge_abandoned(make):
+    release = trio.Event()
+
+    async def late(args: dict) -> dict:
+        await release.wait()
+        return {"approved": True, "reference": "R-1"}
+
+    hostile, gate = await charge_gate(make, late, request_timeout_s=0.3)
+    result = await gate.ops.charge("p-1", b"\x01" * 32, 450, "EUR")
+    assert not result.approved and result.reason == "controller unavailable: no answer to charge within 0.3 s"
+    conn = await hostile.connection(0)
+    await hostile.changes.wait_until(lambda: abandoned(conn))
+    release.set()
+    with trio.fail_after(5):
+        while gate.client.stats.responses_unmatched < 1:
+            await trio.sleep(0.01)
+    assert abandoned(conn)[0]["amount_cents"] == 450 and gate.client.connected
+
+
+async def test_a_duplicated_or_stray_charge_answer_is_ignored_and_counted(make):
+    conns: list[Conn] = []
+
+    async def twice(args: dict) -> dict:
+        conn = conns[0]
+        request = next(r for r in reversed(conn.requests) if r.op == "charge")
+        answer = Response.success(request.id, {"approved": True, "reference": "R-1"})
+        await conn.channel.send(answer)
+        await conn.channel.send(Response.success(request.id, {"approved": False, "reason": "no"}))
+        await conn.channel.send(Response.success(99_999, {"approved": True}))
+        return None  # answered above
+
+    hostile, gate = await charge_gate(make, twice)
+    conns.append(await hostile.connection(0))
+    result = await gate.ops.charge("p-1", b"\x01" * 32, 450, "EUR")
+    assert (result.approved, result.reference) == (True, "R-1")
+    with trio.fail_after(5):
+        while gate.client.stats.responses_unmatched < 2:
+            await trio.sleep(0.01)
+    assert gate.client.connected and not abandoned(conns[0])
