@@ -22,7 +22,7 @@ from palmnode.gate.enrol import EnrolBusy
 from palmnode.gate.modes import ChargeResult, GateMode
 from palmnode.link.client import BadAnswer, RequestRefused, UnknownOp
 from palmnode.link.messages import MAX_ID, one_line
-from palmnode.link.wire import WireError, person_from_wire
+from palmnode.link.wire import DIGEST_SIZE, WireError, person_from_wire
 from palmnode.logs import error_text, event
 from palmnode.vault import VaultError
 from palmnode.vault.records import MAX_PERSON_ID
@@ -158,8 +158,13 @@ class NodeOps:
         if len(named) != 1:
             raise OpError("person.delete needs exactly one of person_id, card_digest, phone")
         (key, value), = named.items()
-        if not isinstance(value, bytes if key == "card_digest" else str):
-            raise OpError(f"{key} has the wrong type")
+        if key == "card_digest" and not (isinstance(value, bytes) and len(value) == DIGEST_SIZE):
+            got = f"{len(value)} bytes" if isinstance(value, bytes) else type(value).__name__
+            raise OpError(f"card_digest must be {DIGEST_SIZE} bytes, got {got}")
+        if key == "person_id" and _person_id_error(value) is not None:
+            raise OpError(_person_id_error(value))
+        if key == "phone" and not isinstance(value, str):
+            raise OpError(f"phone must be a string, got {type(value).__name__}")
         try:
             person_id = await self.node.people.delete(**named)  # after a sync page asked before it
         except ValueError as exc:  # e.g. an unusable phone number
@@ -172,13 +177,16 @@ class NodeOps:
         except WireError as exc:
             raise OpError(f"bad person: {exc}") from None
         async with self.node.people.replication:
-            await self.node.people.apply_upsert(person)
+            refused = await self.node.people.apply_upsert(person)
+        if refused is not None:
+            raise OpError(f"person.upsert refused: {refused}")
         return {}
 
     async def _person_remove(self, args: dict) -> dict:
         person_id = args.get("person_id")
-        if not isinstance(person_id, str) or not person_id:
-            raise OpError("person_id must be a non-empty string")
+        error = _person_id_error(person_id)
+        if error is not None:
+            raise OpError(error)
         async with self.node.people.replication:
             return {"removed": await self.node.people.apply_remove(person_id)}
 
@@ -230,8 +238,9 @@ class NodeOps:
                         if kind == "remove":
                             await people.apply_remove(person_id)
                     upserts = [person for kind, person in latest.values() if kind == "upsert"]
-                    await people.apply_upserts(upserts)  # one vault transaction per page
-                    applied += len(latest)
+                    refused = await people.apply_upserts(upserts)  # one vault transaction per page
+                    dropped += refused
+                    applied += len(latest) - len(refused)
                     if next_cursor is not None:
                         cursor = next_cursor
                         await trio.to_thread.run_sync(vault.set_state, SYNC_STATE, json.dumps(cursor))

@@ -10,7 +10,8 @@ Outbox events (``enrolled {person}``, ``deleted {person_id}``, and the identify 
 ``identified {person_id, palm, score, latency_ms, mode}``, ``unknown {latency_ms, reason}``) go to the store controller through
 the link; ``events_appended`` (settable: the link client's wake-up) is called after each append.
 Replicated changes from the controller (``apply_upsert(s)`` / ``apply_remove``) write no outbox event
-(the controller already knows), a removal leaves its audit entry all the same. A removal also calls
+(the controller already knows), a removal leaves its audit entry all the same, and a removal is
+final: an upsert of someone this vault removed before is refused. A removal also calls
 ``forget_frames`` (settable: the camera's, which keeps the last decoded frame, a palm image of
 whoever was last at the gate, until the next capture).
 
@@ -39,7 +40,7 @@ from palmnode.biometrics.types import PalmTemplate
 from palmnode.gate.events import Decision, PersonDeleted, PersonEnrolled
 from palmnode.link.wire import person_to_wire
 from palmnode.logs import event
-from palmnode.vault import EnrolledPalm, Person, Vault
+from palmnode.vault import DuplicateCard, DuplicatePhone, EnrolledPalm, Person, Vault
 from palmnode.walscrub import WalKeeper
 
 log = logging.getLogger("palmnode.gate")
@@ -163,24 +164,49 @@ class People:
         for watch in self._watches:
             watch.update(self._tag(pid) for pid in person_ids if pid is not None)
 
-    async def apply_upsert(self, person: Person) -> None:
-        """A person enrolled elsewhere (or changed): stored and searchable here, no outbox event."""
-        await self.apply_upserts([person])
+    async def apply_upsert(self, person: Person) -> str | None:
+        """A person enrolled elsewhere (or changed): stored and searchable here, no outbox event.
+        None, or why it was refused (naming no one): see :meth:`apply_upserts`."""
+        refused = await self.apply_upserts([person])
+        return refused[0] if refused else None
 
-    async def apply_upserts(self, people: Sequence[Person]) -> None:
-        """Many of them (a sync page): one vault transaction for all, then searchable here."""
+    async def apply_upserts(self, people: Sequence[Person]) -> list[str]:
+        """Many of them (a sync page): one vault transaction for all, then searchable here. A person
+        this vault removed before is refused (a removal is final: a late or replayed upsert never
+        brings them back), and so is one whose card or phone another person holds here, each with
+        nothing of theirs written; the others are stored. Returns one reason per person refused."""
         async with self._lock:
-            await trio.to_thread.run_sync(self._upsert, people)
+            refused = await trio.to_thread.run_sync(self._upsert, people)
             self._changed(*(person.person_id for person in people))
         self._gauge()
+        return refused
 
-    def _upsert(self, people: Sequence[Person]) -> None:
-        changed = [p for p in people if not self._stored_as(p)]  # e.g. our own enrolment coming back
-        if changed:
-            self.vault.upsert_people(changed)  # replaced or added, no outbox event
-        for person in people:
+    def _upsert(self, people: Sequence[Person]) -> list[str]:
+        latest = {person.person_id: person for person in people}  # the last of each
+        removed = self.vault.removed(latest)
+        refused = ["this person was removed here; a removal is final"] * len(removed)
+        fresh = [p for p in latest.values() if p.person_id not in removed]
+        changed = [p for p in fresh if not self._stored_as(p)]  # e.g. our own enrolment coming back
+        stored = fresh
+        try:
+            if changed:
+                self.vault.upsert_people(changed)  # replaced or added, no outbox event
+        except (DuplicateCard, DuplicatePhone):
+            unchanged = {id(p) for p in fresh} - {id(p) for p in changed}
+            stored = [p for p in fresh if id(p) in unchanged]  # one of them clashes: each alone, the rest go
+            for person in changed:
+                try:
+                    self.vault.upsert_people([person])
+                except DuplicateCard:
+                    refused.append("its card is enrolled to another person here")
+                except DuplicatePhone:
+                    refused.append("its phone is enrolled to another person here")
+                else:
+                    stored.append(person)
+        for person in stored:
             self.gallery.remove(person.person_id)
-        self._add_to_gallery(*{person.person_id: person for person in people}.values())  # the last of each
+        self._add_to_gallery(*stored)
+        return refused
 
     def _stored_as(self, person: Person) -> bool:
         current = self.vault.get(person.person_id)

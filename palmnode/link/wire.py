@@ -12,8 +12,9 @@ from palmnode.biometrics.types import PalmTemplate
 from palmnode.link.messages import one_line
 from palmnode.vault.records import EnrolledPalm, Person
 
-MAX_DIGEST = 64  # §8: keyed digests are HMAC-SHA256 (32 bytes); anything much longer is not one
+DIGEST_SIZE = 32  # §8: keyed digests are HMAC-SHA256; one of another length never matches a card or phone
 MAX_TEMPLATES = 32  # §8: templates per palm; an enrolment keeps a handful
+MAX_NAME = 128  # §8: an origin node's name (a certificate CN is at most 64 characters)
 
 
 class WireError(ValueError):
@@ -49,9 +50,19 @@ def _field(wire: dict, name: str, types: tuple[type, ...], *, optional: bool = F
 
 def _digest(wire: dict, name: str) -> bytes | None:
     value = _field(wire, name, (bytes,), optional=True)
-    if value is not None and not 1 <= len(value) <= MAX_DIGEST:
-        raise WireError(f"person.{name}: a digest of {len(value)} bytes")
+    if value is not None and len(value) != DIGEST_SIZE:
+        raise WireError(f"person.{name}: a digest of {len(value)} bytes ({DIGEST_SIZE} expected)")
     return value
+
+
+def _template(data: bytes) -> PalmTemplate:
+    try:
+        template = PalmTemplate.from_bytes(data)
+    except ValueError as exc:
+        raise WireError(f"person.palms.templates: {one_line(exc)}") from None
+    if template.surface is None and template.vein is None:  # matches nothing; a gallery refuses it
+        raise WireError("person.palms.templates: a template with neither modality")
+    return template
 
 
 def person_from_wire(wire: object) -> Person:
@@ -61,23 +72,27 @@ def person_from_wire(wire: object) -> Person:
     person_id = _field(wire, "person_id", (str,))
     card_digest = _digest(wire, "card_digest")
     card_last4 = _field(wire, "card_last4", (str,), optional=True)
+    if card_last4 is not None and not (len(card_last4) <= 4 and card_last4.isascii()
+                                       and (card_last4.isdigit() or not card_last4)):
+        raise WireError("person.card_last4: up to 4 digits expected")
     phone_digest = _digest(wire, "phone_digest")
     enrolled_at = float(_field(wire, "enrolled_at", (int, float)))
     if not math.isfinite(enrolled_at):
         raise WireError("person.enrolled_at: must be finite")
     origin_node = _field(wire, "origin_node", (str,))
+    if len(origin_node) > MAX_NAME:
+        raise WireError(f"person.origin_node: at most {MAX_NAME} characters")
     palms = []
-    for entry in _field(wire, "palms", (list,)):
+    entries = _field(wire, "palms", (list,))
+    if not entries:
+        raise WireError("person.palms: at least one palm")
+    for entry in entries:
         if not isinstance(entry, dict):
             raise WireError("person.palms: each palm must be a map")
         templates = _field(entry, "templates", (list,))
         if not 1 <= len(templates) <= MAX_TEMPLATES or not all(type(t) is bytes for t in templates):
             raise WireError(f"person.palms.templates: 1 to {MAX_TEMPLATES} byte strings expected")
-        try:
-            decoded = tuple(PalmTemplate.from_bytes(t) for t in templates)
-        except ValueError as exc:
-            raise WireError(f"person.palms.templates: {one_line(exc)}") from None
-        palms.append((_field(entry, "palm", (str,)), decoded))
+        palms.append((_field(entry, "palm", (str,)), tuple(_template(t) for t in templates)))
     card = None
     if card_digest is not None:
         card = CardToken(card_digest, card_last4 if card_last4 is not None else "")

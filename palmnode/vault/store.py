@@ -495,6 +495,20 @@ class Vault:
             row = conn.execute("SELECT person_id FROM phones WHERE phone_digest = ?", (digest,)).fetchone()
         return row[0] if row else None
 
+    def removed(self, person_ids: Iterable[str]) -> set[str]:
+        """Which of ``person_ids`` this vault has removed before (their ``person_removed`` audit
+        entry, found by keyed hash): a removal is final, a replicated upsert of them is refused."""
+        subjects = {self.audit_subject(pid): pid for pid in person_ids}
+        found: set[str] = set()
+        keys = list(subjects)
+        with self._reading() as conn:
+            for start in range(0, len(keys), 500):  # SQLite's bound-parameter limit
+                chunk = keys[start:start + 500]
+                rows = conn.execute(f"SELECT DISTINCT subject FROM audit WHERE kind = 'person_removed' AND subject IN "
+                                    f"({','.join('?' * len(chunk))})", chunk)
+                found.update(subjects[subject] for (subject,) in rows)
+        return found
+
     def count(self) -> int:
         """How many people are enrolled."""
         with self._reading() as conn:

@@ -23,7 +23,7 @@ from palmnode.ops import SYNC_STATE
 
 from tests.conftest import wait_for
 
-from .hostile import Conn, Gate, Hostile, person, wire
+from .hostile import Conn, Gate, Hostile, person, template_bytes, wire
 
 
 def framed(obj: object) -> bytes:
@@ -257,10 +257,107 @@ async def test_big_requests_are_served_within_a_byte_budget(make):
     assert all(r.ok and r.result == {"removed": False} for r in conn.responses.values())
 
 
+# ---- replication pushes with bad person records --------------------------------------------------
+
+NO_MODALITY = b"PT\x01\x00"  # a template header naming neither modality: matches nothing, breaks the gallery
+
+BAD_PEOPLE = {
+    "not a map": ([1], "person: expected a map, got list"),
+    "no person": (None, "person: expected a map, got NoneType"),
+    "template not a template": (wire("p-9", palms=[{"palm": "right", "templates": [b"\x00" * 772]}]),
+                                "not a palm template (bad magic)"),
+    "template truncated": (wire("p-9", palms=[{"palm": "right", "templates": [template_bytes(1)[:700]]}]),
+                           "palm template truncated"),
+    "template too long": (wire("p-9", palms=[{"palm": "right", "templates": [template_bytes(1) + b"\x00"]}]),
+                          "trailing bytes"),
+    "template of no modality": (wire("p-9", palms=[{"palm": "right", "templates": [NO_MODALITY]}]),
+                                "a template with neither modality"),
+    "no templates": (wire("p-9", palms=[{"palm": "right", "templates": []}]), "1 to 32 byte strings"),
+    "a palm twice": (wire("p-9", palms=[{"palm": "right", "templates": [template_bytes(1)]}] * 2),
+                     "each palm once"),
+    "palm named wrongly": (wire("p-9", palms=[{"palm": "middle", "templates": [template_bytes(1)]}]),
+                           "palm must be one of"),
+    "person id empty": (wire("p-9", person_id=""), "person_id must be a non-empty string"),
+    "person id too long": (wire("p-9", person_id="p" * 129), "person_id must be a non-empty string of at most 128"),
+    "person id not a string": (wire("p-9", person_id=9), "person.person_id: expected str, got int"),
+    "card digest short": (wire("p-9", card_digest=b"\x01" * 5), "person.card_digest: a digest of 5 bytes"),
+    "card digest long": (wire("p-9", card_digest=b"\x01" * 33), "person.card_digest: a digest of 33 bytes"),
+    "phone digest long": (wire("p-9", phone_digest=b"\x01" * 64), "person.phone_digest: a digest of 64 bytes"),
+    "card last4 not digits": (wire("p-9", card_last4="x" * 100_000), "person.card_last4: up to 4 digits expected"),
+    "origin node huge": (wire("p-9", origin_node="g" * 100_000), "person.origin_node: at most 128 characters"),
+    "enrolled at NaN": (wire("p-9", enrolled_at=float("nan")), "person.enrolled_at: must be finite"),
+    "no palms": (wire("p-9", palms=[]), "person.palms: at least one palm"),
+}
+
+
+@pytest.mark.parametrize("bad, reason", BAD_PEOPLE.values(), ids=BAD_PEOPLE.keys())
+async def test_a_bad_person_push_is_refused_in_one_line_and_changes_nothing(make, caplog, bad, reason):
+    caplog.set_level(logging.INFO)
+    hostile, gate = await make(serving)
+    await gate.people.apply_upsert(person("p-1"))
+    before = gate.state()
+    conn = await hostile.connection(0)
+    answer = await conn.request("person.upsert", {"person": bad} if bad is not None else {})
+    assert not answer.ok and reason in answer.error and "\n" not in answer.error, answer.error
+    assert gate.state() == before
+    refused = [r for r in caplog.records if r.getMessage().startswith("link request refused")]
+    assert len(refused) == 1 and refused[0].exc_info is None
+    await still_serving(hostile, gate, 0)
+
+
+async def test_a_push_whose_card_is_another_persons_is_refused_naming_no_one(make, caplog):
+    caplog.set_level(logging.INFO)
+    hostile, gate = await make(serving)
+    known = person("p-1")
+    await gate.people.apply_upsert(known)
+    before = gate.state()
+    conn = await hostile.connection(0)
+    answer = await conn.request("person.upsert", {"person": wire("p-2", 5, card_digest=known.card.digest)})
+    assert not answer.ok and answer.error == "person.upsert refused: its card is enrolled to another person here"
+    answer = await conn.request("person.upsert", {"person": wire("p-2", 5, phone_digest=known.phone_digest)})
+    assert not answer.ok and answer.error == "person.upsert refused: its phone is enrolled to another person here"
+    assert gate.state() == before
+    assert "p-1" not in caplog.text
+    assert all(r.exc_info is None for r in caplog.records)
+
+
+async def test_an_upsert_replayed_after_the_removal_does_not_bring_the_person_back(make):
+    hostile, gate = await make(serving)
+    conn = await hostile.connection(0)
+    old = wire("p-1")
+    assert (await conn.request("person.upsert", {"person": old})).ok
+    assert (await conn.request("person.remove", {"person_id": "p-1"})).result == {"removed": True}
+    replay = await conn.request("person.upsert", {"person": old})  # late, out of order
+    assert not replay.ok and replay.error == "person.upsert refused: this person was removed here; a removal is final"
+    assert gate.vault.get("p-1") is None and len(gate.people.gallery) == 0
+
+
+@pytest.mark.parametrize("args, answer", [
+    ({"person_id": "nobody"}, {"removed": False}),
+], ids=["unknown person"])
+async def test_a_remove_for_an_unknown_person_is_answered_false(make, args, answer):
+    hostile, gate = await make(serving)
+    await gate.people.apply_upsert(person("p-1"))
+    before = gate.state()
+    response = await (await hostile.connection(0)).request("person.remove", args)
+    assert (response.ok, response.result) == (True, answer)
+    assert gate.state() == before
+
+
 # ---- requests with bad arguments ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize("op, args, reason", [
+    ("person.remove", {}, "person_id must be a non-empty string"),
+    ("person.remove", {"person_id": ""}, "person_id must be a non-empty string"),
+    ("person.remove", {"person_id": 7}, "person_id must be a non-empty string"),
+    ("person.remove", {"person_id": "p" * 129}, "of at most 128 characters"),
+    ("person.delete", {"person_id": ""}, "person_id must be a non-empty string"),
+    ("person.delete", {"person_id": "p" * 129}, "of at most 128 characters"),
+    ("person.delete", {"card_digest": b"\x01" * 5}, "card_digest must be 32 bytes"),
+    ("person.delete", {"card_digest": "ab" * 16}, "card_digest must be 32 bytes"),
+    ("person.delete", {"person_id": "p-1", "phone": "+441234567890"}, "exactly one of"),
+    ("person.delete", {"phone": "not a phone"}, "phone"),
     ("no.such.op", {}, "unknown op no.such.op"),
     ("x" * 100_000, {}, "unknown op xxx"),
 ])
@@ -398,6 +495,28 @@ async def test_unusable_changes_of_a_page_are_dropped_in_one_line_and_the_rest_a
     dropped = [r for r in caplog.records if r.getMessage() == "sync changes dropped"]
     assert len(dropped) == 1 and dropped[0].fields["count"] == 4
     assert dropped[0].fields["first"] == "changes[1]: a change must be a map, got str"
+    assert "p-1" not in caplog.text and "p-3" not in caplog.text
+
+
+async def test_a_sync_page_with_a_card_conflict_applies_everyone_else(make, caplog):
+    caplog.set_level(logging.INFO)
+    known = person("p-1")
+
+    async def script(conn: Conn) -> None:
+        conn.handlers["sync"] = pages({"changes": [up("p-2", 2),
+                                                   {"kind": "upsert", "person": wire("p-3", 3,
+                                                                                     card_digest=known.card.digest)},
+                                                   up("p-4", 4)],
+                                       "cursor": 3, "more": False})
+        await serving(conn)
+
+    hostile, gate = await make(script)
+    await gate.people.apply_upsert(known)
+    with trio.fail_after(5):
+        while gate.vault.get_state(SYNC_STATE) != "3":
+            await trio.sleep(0.02)
+    assert {p.person_id for p in gate.vault.people()} == {"p-1", "p-2", "p-4"}
+    assert len(gate.people.gallery) == 3
     assert "p-1" not in caplog.text and "p-3" not in caplog.text
 
 
