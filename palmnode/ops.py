@@ -99,6 +99,18 @@ class _SyncRun:
         return changes, cursor, more
 
 
+def _charge_result(answer: dict) -> ChargeResult:
+    """The controller's answer to ``charge`` (§5); :class:`BadAnswer` when it cannot be read for sure."""
+    approved, reference, reason = answer.get("approved"), answer.get("reference"), answer.get("reason")
+    if type(approved) is not bool:
+        raise BadAnswer(f"approved must be true or false, got {type(approved).__name__}")
+    for name, value in (("reference", reference), ("reason", reason)):
+        if value is not None and not isinstance(value, str):
+            raise BadAnswer(f"{name} must be a string or nil, got {type(value).__name__}")
+    return ChargeResult(approved, None if reference is None else one_line(reference),
+                        None if reason is None else one_line(reason))
+
+
 def _change(index: int, change: object) -> tuple[str, str, object]:
     """(kind, person id, Person or None) of a page's change; WireError saying why it is unusable."""
     if not isinstance(change, dict):
@@ -263,16 +275,19 @@ class NodeOps:
             await trio.to_thread.run_sync(self.node.vault.set_state, CHARGE_STATE, json.dumps(pending))
         except (VaultError, sqlite3.Error, OSError) as exc:
             return ChargeResult(False, reason=f"vault unavailable: {error_text(exc)}")
-        answer = None
+        result = None
         try:
             answer = await self.node.link.request("charge", {"person_id": person_id, "card_digest": card_digest,
                                                              **pending})
+            result = _charge_result(answer)
+        except BadAnswer as exc:  # it may have charged: abandoned, so an approval is voided
+            return ChargeResult(False, reason=f"controller's charge answer unusable: {exc}")
         except LinkError as exc:
             return ChargeResult(False, reason=f"controller unavailable: {exc}")
-        finally:  # failed, lost, timed out or given up: the customer hears "declined", so abandon it
+        finally:  # failed, lost, timed out, unusable or given up: the customer hears "declined", so abandon it
             with trio.CancelScope(shield=True):
-                await self._settle_charge(pending, abandoned=answer is None)
-        return ChargeResult(bool(answer.get("approved")), answer.get("reference"), answer.get("reason"))
+                await self._settle_charge(pending, abandoned=result is None)
+        return result
 
     async def abandon_interrupted_charge(self) -> None:
         """At start: the charge the last run asked for and never heard back about (it died while it

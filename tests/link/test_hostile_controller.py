@@ -576,3 +576,30 @@ async def test_a_duplicated_or_stray_charge_answer_is_ignored_and_counted(make):
         while gate.client.stats.responses_unmatched < 2:
             await trio.sleep(0.01)
     assert gate.client.connected and not abandoned(conns[0])
+
+
+@pytest.mark.parametrize("answer, reason", [
+    ({"approved": "yes", "reference": "R-1"}, "approved must be true or false, got str"),
+    ({"approved": 1}, "approved must be true or false, got int"),
+    ({}, "approved must be true or false, got NoneType"),
+    ({"approved": True, "reference": 5}, "reference must be a string or nil, got int"),
+    ({"approved": False, "reason": ["no"]}, "reason must be a string or nil, got list"),
+])
+async def test_a_malformed_charge_answer_is_a_failed_charge_and_abandoned(make, answer, reason):
+    async def handler(args: dict) -> dict:
+        return answer
+
+    hostile, gate = await charge_gate(make, handler)
+    result = await gate.ops.charge("p-1", b"\x01" * 32, 450, "EUR")
+    assert not result.approved and result.reason == f"controller's charge answer unusable: {reason}"
+    conn = await hostile.connection(0)
+    await hostile.changes.wait_until(lambda: abandoned(conn))
+
+
+async def test_a_charge_answers_reason_is_one_short_line(make):
+    async def handler(args: dict) -> dict:
+        return {"approved": False, "reason": "declined\n" + "x" * 100_000}
+
+    hostile, gate = await charge_gate(make, handler)
+    result = await gate.ops.charge("p-1", b"\x01" * 32, 450, "EUR")
+    assert not result.approved and "\n" not in result.reason and len(result.reason) <= 200
