@@ -46,11 +46,12 @@ async def make(nursery, tmp_path, pki):
     dialling it; returns (hostile, gate)."""
     gates = []
 
-    async def make(script, *, rcvbuf=None, **link):
+    async def make(script, *, rcvbuf=None, people=(), **link):
         hostile = Hostile(pki, script, rcvbuf=rcvbuf)
         await nursery.start(hostile.run)
         gate = Gate(tmp_path, pki, hostile.port, **link)
         gates.append(gate)
+        await gate.people.apply_upserts(people)  # known before the link starts (and syncs)
         await gate.start(nursery)
         return hostile, gate
 
@@ -466,8 +467,7 @@ async def test_a_sync_page_that_names_a_person_twice_applies_their_last_change(m
                                        "cursor": 4, "more": False})
         await serving(conn)
 
-    hostile, gate = await make(script)
-    await gate.people.apply_upsert(person("p-1"))
+    hostile, gate = await make(script, people=[person("p-1")])
     with trio.fail_after(5):
         while gate.vault.get_state(SYNC_STATE) != "4":
             await trio.sleep(0.02)
@@ -486,8 +486,7 @@ async def test_unusable_changes_of_a_page_are_dropped_in_one_line_and_the_rest_a
                                        "cursor": 6, "more": False})
         await serving(conn)
 
-    hostile, gate = await make(script)
-    await gate.people.apply_upsert(person("p-1"))
+    hostile, gate = await make(script, people=[person("p-1")])
     with trio.fail_after(5):
         while gate.vault.get_state(SYNC_STATE) != "6":
             await trio.sleep(0.02)
@@ -510,8 +509,7 @@ async def test_a_sync_page_with_a_card_conflict_applies_everyone_else(make, capl
                                        "cursor": 3, "more": False})
         await serving(conn)
 
-    hostile, gate = await make(script)
-    await gate.people.apply_upsert(known)
+    hostile, gate = await make(script, people=[known])
     with trio.fail_after(5):
         while gate.vault.get_state(SYNC_STATE) != "3":
             await trio.sleep(0.02)
