@@ -149,12 +149,15 @@ class NodeOps:
     async def _enrol_begin(self, args: dict) -> dict:
         palms = args.get("palms", ["right"])
         phone = args.get("phone")
+        card_required = args.get("card_required", True)
         if phone is not None and not isinstance(phone, str):
             raise OpError("phone must be a string")
         if not isinstance(palms, list):
             raise OpError("palms must be a list of 'left'/'right'")
+        if type(card_required) is not bool:
+            raise OpError(f"card_required must be true or false, got {type(card_required).__name__}")
         try:
-            request = self.node.enrol.begin(phone, palms, card_required=bool(args.get("card_required", True)))
+            request = self.node.enrol.begin(phone, palms, card_required=card_required)
         except (EnrolBusy, ValueError) as exc:
             raise OpError(str(exc)) from None
         result = await request.wait()

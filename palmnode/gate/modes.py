@@ -17,8 +17,8 @@ Mode = Literal["entry", "payment", "loyalty"]
 
 
 def _check_mode(instance: object, attribute: attrs.Attribute, value: str) -> None:
-    if value not in MODES:
-        raise ValueError(f"gate mode must be one of {', '.join(MODES)}, got {value!r}")
+    if not isinstance(value, str) or value not in MODES:
+        raise ValueError(f"gate mode must be one of {', '.join(MODES)}, got {_shown(value)}")
 
 
 @attrs.frozen
@@ -31,10 +31,18 @@ class GateMode:
 
     def __attrs_post_init__(self) -> None:
         if self.mode == "payment":
-            if not isinstance(self.amount_cents, int) or self.amount_cents <= 0:
-                raise ValueError(f"payment mode needs a positive amount_cents, got {self.amount_cents!r}")
-            if not (isinstance(self.currency, str) and len(self.currency) == 3 and self.currency.isalpha()):
-                raise ValueError(f"payment mode needs a 3-letter currency code, got {self.currency!r}")
+            # an int (not a bool) the charge can carry: the link's ints stop below 2**63
+            if type(self.amount_cents) is not int or not 0 < self.amount_cents < 2**63:
+                raise ValueError(f"payment mode needs a positive amount_cents below 2**63, got "
+                                 f"{_shown(self.amount_cents)}")
+            if not (isinstance(self.currency, str) and len(self.currency) == 3 and self.currency.isascii()
+                    and self.currency.isalpha()):
+                raise ValueError(f"payment mode needs a 3-letter currency code, got {_shown(self.currency)}")
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:39] + "…"
 
 
 @attrs.frozen

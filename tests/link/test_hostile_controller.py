@@ -359,6 +359,24 @@ async def test_a_remove_for_an_unknown_person_is_answered_false(make, args, answ
     ("person.delete", {"card_digest": "ab" * 16}, "card_digest must be 32 bytes"),
     ("person.delete", {"person_id": "p-1", "phone": "+441234567890"}, "exactly one of"),
     ("person.delete", {"phone": "not a phone"}, "phone"),
+    ("enrol.begin", {"card_required": "no"}, "card_required must be true or false"),
+    ("enrol.begin", {"phone": 441234567890}, "phone must be a string"),
+    ("enrol.begin", {"palms": "right"}, "palms must be a list"),
+    ("enrol.begin", {"palms": ["right", "right"]}, "each once"),
+    ("enrol.begin", {"palms": [["right"]]}, "palms must be 'left' and/or 'right'"),
+    ("mode.set", {}, "gate mode must be one of"),
+    ("mode.set", {"mode": 5}, "gate mode must be one of"),
+    ("mode.set", {"mode": "PAYMENT", "amount_cents": 450, "currency": "EUR"}, "gate mode must be one of"),
+    ("mode.set", {"mode": "payment", "currency": "EUR"}, "positive amount_cents"),
+    ("mode.set", {"mode": "payment", "amount_cents": True, "currency": "EUR"}, "positive amount_cents"),
+    ("mode.set", {"mode": "payment", "amount_cents": 4.5, "currency": "EUR"}, "positive amount_cents"),
+    ("mode.set", {"mode": "payment", "amount_cents": float("nan"), "currency": "EUR"}, "positive amount_cents"),
+    ("mode.set", {"mode": "payment", "amount_cents": -450, "currency": "EUR"}, "positive amount_cents"),
+    ("mode.set", {"mode": "payment", "amount_cents": 2**63, "currency": "EUR"}, "below 2**63"),
+    ("mode.set", {"mode": "payment", "amount_cents": 2**64 - 1, "currency": "EUR"}, "below 2**63"),
+    ("mode.set", {"mode": "payment", "amount_cents": 450, "currency": "ÄÖÜ"}, "3-letter currency code"),
+    ("mode.set", {"mode": "payment", "amount_cents": 450, "currency": "EURO"}, "3-letter currency code"),
+    ("mode.set", {"mode": "payment", "amount_cents": 450, "currency": b"EUR"}, "3-letter currency code"),
     ("no.such.op", {}, "unknown op no.such.op"),
     ("x" * 100_000, {}, "unknown op xxx"),
 ])
@@ -387,6 +405,24 @@ async def test_a_controller_naming_itself_at_length_gets_a_short_log_line(make, 
     await gate.client.wait_connected()
     [connected] = [r for r in caplog.records if r.getMessage() == "link connected"]
     assert len(connected.fields["controller"]) <= 64
+
+
+async def test_a_flood_of_enrolment_requests_starts_one_and_refuses_the_rest(make):
+    async def script(conn: Conn) -> None:
+        await conn.hello()
+        conn.serve()
+        for _ in range(300):
+            await conn.send_request("enrol.begin", {"palms": ["right"], "card_required": True})
+        await trio.sleep_forever()
+
+    hostile, gate = await make(script)
+    conn = await hostile.connection(0)
+    await hostile.changes.wait_until(lambda: len(conn.responses) == 299, timeout=20)
+    errors = {r.error for r in conn.responses.values()}
+    assert errors == {"an enrolment is already running on this gate: cancel it first"}
+    assert gate.client.stats.requests_in_progress == 1  # the first, waiting for its enrolment
+    assert (await conn.request("enrol.cancel", {})).result == {"cancelled": True}
+    await still_serving(hostile, gate, 0)
 
 
 # ---- sync pages that lie ------------------------------------------------------------------------
