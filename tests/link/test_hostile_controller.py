@@ -504,9 +504,7 @@ async def test_a_sync_page_that_names_a_person_twice_applies_their_last_change(m
         await serving(conn)
 
     hostile, gate = await make(script, people=[person("p-1")])
-    with trio.fail_after(5):
-        while gate.vault.get_state(SYNC_STATE) != "4":
-            await trio.sleep(0.02)
+    await wait_for(lambda: gate.vault.get_state(SYNC_STATE) == "4")
     gate_people = {p.person_id for p in gate.vault.people()}
     assert gate_people == {"p-2"} and len(gate.people.gallery) == 1
 
@@ -523,9 +521,7 @@ async def test_unusable_changes_of_a_page_are_dropped_in_one_line_and_the_rest_a
         await serving(conn)
 
     hostile, gate = await make(script, people=[person("p-1")])
-    with trio.fail_after(5):
-        while gate.vault.get_state(SYNC_STATE) != "6":
-            await trio.sleep(0.02)
+    await wait_for(lambda: gate.vault.get_state(SYNC_STATE) == "6")
     assert {p.person_id for p in gate.vault.people()} == {"p-2"}
     dropped = [r for r in caplog.records if r.getMessage() == "sync changes dropped"]
     assert len(dropped) == 1 and dropped[0].fields["count"] == 4
@@ -546,9 +542,7 @@ async def test_a_sync_page_with_a_card_conflict_applies_everyone_else(make, capl
         await serving(conn)
 
     hostile, gate = await make(script, people=[known])
-    with trio.fail_after(5):
-        while gate.vault.get_state(SYNC_STATE) != "3":
-            await trio.sleep(0.02)
+    await wait_for(lambda: gate.vault.get_state(SYNC_STATE) == "3")
     assert {p.person_id for p in gate.vault.people()} == {"p-1", "p-2", "p-4"}
     assert len(gate.people.gallery) == 3
     assert "p-1" not in caplog.text and "p-3" not in caplog.text
