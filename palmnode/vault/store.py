@@ -407,8 +407,8 @@ class Vault:
         """Batches of (person id, palm, template): every enrolled palm's first template, its search
         template (what a gallery holds), ordered by person and palm, _TEMPLATE_BATCH per read (and
         per ``Gallery.add_many`` at a node's start, which opens no other template and no card).
-        A template that fails to open raises its :class:`VaultError`, or with ``unreadable`` given
-        is left out and its error message appended there."""
+        A template that fails to open (or holds neither modality) raises its :class:`VaultError`,
+        or with ``unreadable`` given is left out and its error message appended there."""
         after: tuple[str, str] = ("", "")
         while True:
             with self._reading() as conn:
@@ -418,7 +418,11 @@ class Vault:
                 batch = []
                 for pid, palm, blob in rows:
                     try:
-                        batch.append((pid, palm, self._open_template(pid, palm, 0, blob)))
+                        template = self._open_template(pid, palm, 0, blob)
+                        if template.surface is None and template.vein is None:  # (older builds stored such)
+                            raise VaultError(f"template {palm}#0 of person {pid} in vault {self._path} holds "
+                                             "neither modality: it cannot be searched")
+                        batch.append((pid, palm, template))
                     except VaultError as exc:
                         if unreadable is None:
                             raise

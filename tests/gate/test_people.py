@@ -16,6 +16,7 @@ from drivers.card_reader.cardtoken import CardToken
 from palmnode.actors import EventBus
 from palmnode.biometrics.bench import render_set
 from palmnode.biometrics.gallery import Gallery
+from palmnode.biometrics.types import PalmTemplate
 from palmnode.biometrics.variants import ProbeTemplates
 from palmnode.gate.events import PersonDeleted, PersonEnrolled
 from palmnode.gate.people import People
@@ -224,6 +225,25 @@ async def test_a_restart_loads_everyone_but_a_palm_whose_template_fails_to_open(
     assert warnings == ["1 enrolled palm(s) unreadable in the vault (a sealed template fails to open): not "
                         "searchable; palmnode vault check names them"]
     assert bad.person_id not in caplog.text
+
+
+async def test_a_restart_leaves_out_a_search_template_that_holds_neither_modality(tmp_path, vault, keys, caplog):
+    """Older builds stored a replicated template with no modality; the gallery refuses one, and
+    the whole start-up load failed with it: the gate could not start again."""
+    people = People(vault, Gallery(), "gate-1", EventBus())
+    kept = await people.enrol(None, None, {"right": templates_of(5)})
+    empty = PalmTemplate(surface=None, vein=None)
+    vault.upsert_people([Person("old-replica", None, None, (EnrolledPalm("left", (empty,)),), 1.0, "gate-2")])
+    vault2 = Vault.open(tmp_path / "vault.db", keys, node_id="gate-1")
+    try:
+        fresh = People(vault2, Gallery(), "gate-1", EventBus())
+        assert await fresh.load() == 1
+        assert fresh.gallery.search(templates_of(5)[0], 1)[0].person_id == kept.person_id
+    finally:
+        vault2.close()
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "1 enrolled palm(s) unreadable in the vault (a sealed template fails to open): not searchable; "
+        "palmnode vault check names them"]
 
 
 async def test_a_stored_template_that_fails_to_open_is_left_out_of_the_second_look(tmp_path, vault, caplog):
