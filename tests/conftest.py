@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
@@ -61,3 +62,24 @@ def returns_at_once(call, reader):
         name = getattr(getattr(call, "func", call), "__qualname__", repr(call))
         raise AssertionError(f"{name} waited for the reader's read transaction (more than 30 s)")
     return result[0]
+
+
+async def start_stoppable(nursery: trio.Nursery, run) -> Callable[[], Awaitable[None]]:
+    """Start ``run(task_status=...)`` in ``nursery`` under its own cancel scope (a restartable
+    part of a test's world: a controller, a node's link); returns ``stop``, which cancels it and
+    waits until it has ended."""
+    scope, stopped = trio.CancelScope(), trio.Event()
+
+    async def task(task_status=trio.TASK_STATUS_IGNORED):
+        try:
+            with scope:
+                await run(task_status=task_status)
+        finally:
+            stopped.set()
+
+    async def stop() -> None:
+        scope.cancel()
+        await stopped.wait()
+
+    await nursery.start(task)
+    return stop

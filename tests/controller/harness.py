@@ -4,6 +4,7 @@ from __future__ import annotations
 import itertools
 import os
 from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -21,6 +22,7 @@ from palmnode.link.messages import (
     Response,
 )
 from palmnode.vault import create_key_file
+from tests.conftest import start_stoppable
 
 
 def controller_config(tmp_path: Path, pki: PkiPaths, **kwargs: Any) -> ControllerConfig:
@@ -39,27 +41,14 @@ class ControllerRunner:
         self.nursery = nursery
         self.config = config
         self.controller: Controller | None = None
-        self._scope: trio.CancelScope | None = None
-        self._stopped: trio.Event | None = None
+        self.stop: Callable[[], Awaitable[None]] | None = None  # set by start
 
     async def start(self, port: int = 0) -> Controller:
         import attrs
 
         self.controller = Controller(attrs.evolve(self.config, port=port))
-        self._stopped = trio.Event()
-
-        async def run(task_status=trio.TASK_STATUS_IGNORED):
-            with trio.CancelScope() as self._scope:
-                try:
-                    await self.controller.run(task_status=task_status)
-                finally:
-                    self._stopped.set()
-        await self.nursery.start(run)
+        self.stop = await start_stoppable(self.nursery, self.controller.run)
         return self.controller
-
-    async def stop(self) -> None:
-        self._scope.cancel()
-        await self._stopped.wait()
 
 
 async def dial(port: int, pki: PkiPaths, name: str, *, trust: PkiPaths | None = None,
@@ -200,29 +189,19 @@ class VaultNode:
         self._client_class = LinkClient
         self.client: LinkClient | None = None
         self.synced = 0
-        self._scope: trio.CancelScope | None = None
-        self._stopped: trio.Event | None = None
+        self._stop: Callable[[], Awaitable[None]] | None = None
 
     async def start(self, nursery: trio.Nursery) -> VaultNode:
         """Start (or restart) the node's link; returns at once, the link dials in the background."""
         self.client = self._client_class(self.config, outbox=self.vault, handler=self._handle,
                                          on_connected=self._sync,
                                          capabilities=("events", "person.upsert", "person.remove"))
-        self._stopped = trio.Event()
-
-        async def run(task_status=trio.TASK_STATUS_IGNORED):
-            with trio.CancelScope() as self._scope:
-                try:
-                    await self.client.run(task_status=task_status)
-                finally:
-                    self._stopped.set()
-        await nursery.start(run)
+        self._stop = await start_stoppable(nursery, self.client.run)
         return self
 
     async def stop(self) -> None:
         """Stop the link (the vault stays: events made now wait in its outbox)."""
-        self._scope.cancel()
-        await self._stopped.wait()
+        await self._stop()
 
     async def _handle(self, op: str, args: dict) -> dict:
         from palmnode.link.client import UnknownOp

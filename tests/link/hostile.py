@@ -34,6 +34,8 @@ from palmnode.link.wire import person_to_wire
 from palmnode.ops import SYNC_STATE, NodeOps
 from palmnode.vault import EnrolledPalm, Person, Vault, VaultKeys
 
+from tests.conftest import start_stoppable
+
 from .stub import Changes
 
 OpHandler = Callable[[dict], Awaitable[dict | None]]  # None: never answered
@@ -227,22 +229,12 @@ class Gate:
         self.people.events_appended = self.client.events_appended
 
     async def start(self, nursery: trio.Nursery) -> Gate:
-        self._scope = trio.CancelScope()
-        self._stopped = trio.Event()
-
-        async def run(task_status=trio.TASK_STATUS_IGNORED):
-            try:
-                with self._scope:
-                    await self.client.run(task_status=task_status)
-            finally:
-                self._stopped.set()
-        await nursery.start(run)
+        self._stop = await start_stoppable(nursery, self.client.run)
         return self
 
     async def stop(self) -> None:
         """Stop the link, then close the vault."""
-        self._scope.cancel()
-        await self._stopped.wait()
+        await self._stop()
         self.vault.close()
 
     def state(self) -> tuple:
