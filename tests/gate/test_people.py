@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +25,8 @@ from palmnode.gate.people import People
 from palmnode.walscrub import RETRY as SCRUB_RETRY
 from palmnode.metrics import Metrics
 from palmnode.vault import DuplicateCard, EnrolledPalm, Person, Vault, VaultKeys
+from tests.conftest import wait_for
+from tests.vault import factories
 
 
 @pytest.fixture
@@ -241,6 +245,61 @@ async def test_a_restart_leaves_out_a_search_template_that_holds_neither_modalit
     empty = PalmTemplate(surface=None, vein=None)
     vault.upsert_people([Person("old-replica", None, None, (EnrolledPalm("left", (empty,)),), 1.0, "gate-2")])
     await restart_loads_only(tmp_path, keys, kept, caplog)
+
+
+class HeldGallery(Gallery):
+    """A real gallery whose first ``add_many`` (a load's first batch, in its worker thread) waits,
+    once done, until ``release`` is set: a start-up load held part-way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holding, self.release = threading.Event(), threading.Event()
+        self.batches = 0
+
+    def add_many(self, entries):
+        added = super().add_many(entries)
+        self.batches += 1
+        if self.batches == 1:
+            self.holding.set()
+            self.release.wait(60)  # the test sets it in a finally: never left hanging
+        return added
+
+
+def a_vault_of(path: Path, keys, palms: int) -> bytes:
+    """A vault file of ``palms`` people with one palm (of one template) each; its bytes."""
+    rng = random.Random(3)
+    with Vault.open(path, keys, node_id="gate-1") as v:
+        v.upsert_people([Person(f"p{n:05d}", None, None, (EnrolledPalm("right", (factories.template(rng),)),),
+                                1.0, "gate-2") for n in range(palms)])
+    return path.read_bytes()
+
+
+async def test_a_load_cancelled_part_way_ends_with_the_batch_in_hand_and_leaves_the_vault_as_it_was(
+        tmp_path, keys):
+    """A stop (systemd's SIGTERM) while the gallery loads at start: the load was one worker-thread
+    call over the whole vault, which trio cannot cancel, so the stop waited for every palm to be
+    decrypted (tens of seconds at a million people). Now it ends with the batch in hand."""
+    path = tmp_path / "vault.db"
+    before = a_vault_of(path, keys, 2 * 1024 + 52)  # three batches
+    vault = Vault.open(path, keys, node_id="gate-1")
+    gallery = HeldGallery()
+    people = People(vault, gallery, "gate-1", EventBus())
+    try:
+        with trio.CancelScope() as stop:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(people.load)
+                await wait_for(gallery.holding.is_set)
+                stop.cancel()   # mid-batch: its worker thread is running
+                gallery.release.set()
+        assert gallery.batches == 1 and len(gallery) == 1024  # no batch after the stop
+        assert stop.cancelled_caught
+        assert not people._lock.locked()
+    finally:
+        gallery.release.set()
+        vault.close()
+    assert path.read_bytes() == before  # only read
+    with Vault.open(path, keys) as again:
+        assert again.count() == 2 * 1024 + 52
 
 
 async def test_a_stored_template_that_fails_to_open_is_left_out_of_the_second_look(tmp_path, vault, caplog):
