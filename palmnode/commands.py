@@ -119,30 +119,39 @@ def run(args: argparse.Namespace) -> int:
 async def _serve_node(node) -> None:
     """Run the node until Ctrl-C or SIGTERM (systemd's stop), then stop it in order, lights off.
 
-    Another Ctrl-C or SIGTERM while it stops is taken and logged: the stop goes on to its end and
-    the exit is 0. Left to trio, it would be redelivered as the signal receiver closes: Ctrl-C's
-    130 (systemd: the unit failed) or a SIGTERM's death, without the "node stopped" line."""
+    The signals are watched from the start: one while the node starts (its gallery loading from
+    the vault, tens of seconds at a million people) cancels the start. Another Ctrl-C or SIGTERM
+    while it stops is taken and logged: the stop goes on to its end and the exit is 0. Left to
+    trio, it would be redelivered as the signal receiver closes: Ctrl-C's 130 (systemd: the unit
+    failed) or a SIGTERM's death, without the "node stopped" line."""
     from drivers.errors import DeviceError
     from palmnode.actors import SupervisorEscalation
     from palmnode.node import GateSetupError
-    from palmnode.systemd import notify_stopping
 
     log = logging.getLogger("palmnode.node")
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         try:
             async with trio.open_nursery() as stopping:  # outlives the node's stop
                 async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope, stopping, log)
                     await nursery.start(node.run)
-                    signum = await _cancel_on_signal(signals, nursery.cancel_scope)
-                    notify_stopping()  # systemd: this stop is ours, not a crash
-                    logs.event(log, "node stopping", signal=signal.Signals(signum).name)
-                    stopping.start_soon(_already_stopping, signals, log)
                 stopping.cancel_scope.cancel()
         except* (DeviceError, GateSetupError) as group:  # e.g. an unusable token key file, found before any device opens
             raise UserError(str(_leaf(group))) from None
         except* SupervisorEscalation as group:  # a service that cannot start: the REPL socket, the metrics port
             raise _service_error(node, _leaf(group)) from None
     logs.event(log, "node stopped")
+
+
+async def _stop_on_signal(signals, scope: trio.CancelScope, stopping: trio.Nursery, log: logging.Logger) -> None:
+    """The first Ctrl-C or SIGTERM cancels ``scope`` (the node, started or still starting); the
+    ones after it are only logged (``stopping``: a nursery that outlives the node's stop)."""
+    from palmnode.systemd import notify_stopping
+
+    signum = await _cancel_on_signal(signals, scope)
+    notify_stopping()  # systemd: this stop is ours, not a crash
+    logs.event(log, "node stopping", signal=signal.Signals(signum).name)
+    stopping.start_soon(_already_stopping, signals, log)
 
 
 async def _already_stopping(signals, log: logging.Logger) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import trio
@@ -238,3 +239,60 @@ async def test_a_wal_truncation_a_reader_blocks_is_retried_by_the_node_and_logge
     assert stopped.levelname == "WARNING" and "read transaction" in stopped.fields["reason"]
     reader.close()
     assert first.person_id not in caplog.text and second.person_id not in caplog.text
+
+
+async def test_a_sigterm_while_the_gallery_loads_at_start_stops_the_node_within_the_batch_in_hand(tmp_path, caplog):
+    """systemd's stop while the node loads its gallery from the vault (tens of seconds at a
+    million people): `palmnode run` watched its signals only once the node had started, and the
+    load was one worker-thread call trio could not cancel, so the stop came after the whole load
+    (and the whole start). Now the load ends with the batch in hand and the node stops, its vault
+    as it was and free for the next start. A real SIGTERM to this process, the load held part-way."""
+    import os
+    import signal
+
+    from palmnode.commands import _serve_node
+    from palmnode.demo import node_config
+    from palmnode.node import Node
+    from palmnode.sim.gate import Endpoints
+    from palmnode.vault import Vault, create_key_file, load_keys
+    from tests.gate.test_people import HeldGallery, a_vault_of
+
+    caplog.set_level(logging.INFO, logger="palmnode")
+    missing = str(tmp_path / "no-device")  # never opened: the node stops before its devices start
+    cfg = node_config(Endpoints(missing, missing, missing, "http://127.0.0.1:9/none"), tmp_path, vault=True)
+    path = Path(cfg.vault.path)
+    create_key_file(Path(cfg.vault.key_file))
+    keys = load_keys(Path(cfg.vault.key_file))
+    before = a_vault_of(path, keys, 2 * 1024 + 52)  # three batches
+    gallery = HeldGallery()
+    node = Node(cfg, gallery=gallery)
+
+    def said(message: str) -> bool:
+        return any(r.getMessage() == message for r in caplog.records)
+    # a SIGTERM left over (before the fix: still queued when the node's receiver closes) is
+    # redelivered to the handler in place before it, this one, instead of ending pytest
+    leftover = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        async with trio.open_nursery() as nursery:
+            served = trio.Event()
+
+            async def serve() -> None:
+                await _serve_node(node)
+                served.set()
+            nursery.start_soon(serve)
+            try:
+                await wait_for(gallery.holding.is_set)
+                os.kill(os.getpid(), signal.SIGTERM)
+                await wait_for(lambda: said("node stopping"))  # seen while the load holds
+            finally:
+                gallery.release.set()
+            with trio.fail_after(10):
+                await served.wait()
+    finally:
+        signal.signal(signal.SIGTERM, leftover)
+    assert gallery.batches == 1 and len(gallery) == 1024  # no batch after the stop
+    assert said("gallery loading") and not said("gallery loaded") and said("node stopped")
+    assert node.supervisor is None  # nothing of the tree started
+    assert path.read_bytes() == before
+    with Vault.open(path, keys, exclusive=True) as again:  # the lock is free
+        assert again.count() == 2 * 1024 + 52
