@@ -17,7 +17,7 @@ import collections
 import math
 import re
 import threading
-from typing import Iterable, Literal
+from typing import Any, Iterable, Literal, Mapping
 
 import attrs
 import trio
@@ -51,6 +51,10 @@ KNOWN: dict[str, tuple[Kind, str]] = {
     "palmnode_device_events_total": ("counter", "Each device's counted events by kind: drops by reason, frames skipped."),
     "palmnode_link_connected": ("gauge", "1 while the link to the store controller is up."),
     "palmnode_bus_dropped_total": ("counter", "Events a subscriber of the node's event bus fell too far behind to get."),
+    "palmnode_vault_wal_blocked": ("gauge", "1 while the vault's WAL stays untruncated after a removal: another "
+                                            "connection to the file (a backup, an sqlite3 shell) blocks it."),
+    "palmnode_vault_wal_blocked_seconds": ("gauge", "How long the vault's WAL has stayed untruncated (0 when it is)."),
+    "palmnode_vault_wal_retries_total": ("counter", "Retries of a vault WAL truncation another connection blocked."),
 }
 
 def record_health(metrics: "Metrics", health: HealthRegistry, *, link_connected: bool | None = None,
@@ -70,6 +74,15 @@ def record_health(metrics: "Metrics", health: HealthRegistry, *, link_connected:
     _total(metrics, "palmnode_bus_dropped_total", bus_dropped)
     if link_connected is not None:
         metrics.set("palmnode_link_connected", float(link_connected))
+
+
+def record_vault_wal(metrics: "Metrics", state: Mapping[str, Any], retries_total: int) -> None:
+    """The vault's WAL truncation into ``metrics``: ``state`` is ``walscrub.WalKeeper.state()``
+    (blocked or not, for how long), ``retries_total`` its retries so far."""
+    blocked = not state["truncated"]
+    metrics.set("palmnode_vault_wal_blocked", float(blocked))
+    metrics.set("palmnode_vault_wal_blocked_seconds", float(state["blocked_s"]) if blocked else 0.0)
+    _total(metrics, "palmnode_vault_wal_retries_total", retries_total)
 
 
 def _total(metrics: "Metrics", name: str, total: float, **labels: str) -> None:

@@ -28,7 +28,7 @@ from palmnode.gate.people import People
 from palmnode.gate.presence import PresenceChanged
 from palmnode.link.client import LinkClient, LinkConfig
 from palmnode.logs import LOG_HIDDEN_FIELDS, event, event_to_plain
-from palmnode.metrics import Metrics, record_health, serve_metrics
+from palmnode.metrics import Metrics, record_health, record_vault_wal, serve_metrics
 from palmnode.ops import NodeOps
 from palmnode.repl.server import serve_repl
 from palmnode.systemd import serve_systemd, tree_healthy
@@ -227,13 +227,20 @@ class Node:
             "enrolment": self.enrol.state.value if self.enrol is not None else "idle",
             "debug_capture_dir": str(self.debug_captures.folder) if self.debug_captures is not None else None,
             "controller": None if self.link is None else ("connected" if self.link.connected else "away"),
+            # a removal's WAL truncation another connection blocks: since when, retries, why
+            "vault_wal": self.people.wal.state() if self.people is not None else None,
         }
 
     def status_line(self) -> str:
         """systemd's STATUS= (read on the event loop: no I/O)."""
         gate = self.health.gate.value if self.health else "starting"
         palms = len(self.gallery) if self.gallery is not None else 0
-        return f"gate {gate}, {palms} palms, mode {self.modes.current.mode}"
+        line = f"gate {gate}, {palms} palms, mode {self.modes.current.mode}"
+        wal = self.people.wal.state() if self.people is not None else {"truncated": True}
+        if not wal["truncated"]:  # the same text all along (STATUS= is sent again only when it changes)
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(wal["blocked_since"]))
+            line += f", vault WAL not truncated since {since} (another connection holds the file)"
+        return line
 
     async def _log_events(self, ctx: ChildContext) -> None:
         async with self.bus.subscribe(*LOGGED_EVENTS, buffer=256) as events:
@@ -244,11 +251,14 @@ class Node:
 
 
     async def _health_metrics(self, ctx: ChildContext) -> None:
-        """Every HEALTH_METRICS_PERIOD_S, the health registry (and the link) into the metrics."""
+        """Every HEALTH_METRICS_PERIOD_S, the health registry (and the link, and the vault's WAL
+        truncation) into the metrics."""
         ctx.started()
         while True:
             record_health(self.metrics, self.health, bus_dropped=self.bus.statistics().dropped,
                           link_connected=None if self.link is None else self.link.connected)
+            if self.people is not None:
+                record_vault_wal(self.metrics, self.people.wal.state(), self.people.wal.retries_total)
             await trio.sleep(HEALTH_METRICS_PERIOD_S)
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import random
 import sqlite3
-from typing import Protocol
+import time
+from typing import Any, Callable, Protocol
 
 import trio
 
@@ -59,20 +60,48 @@ class Scrubbable(Protocol):
 class WalKeeper:
     """Keeps a store's WAL truncated: after a removal, :meth:`poke`; :meth:`run` (a background
     task) tries again with a backoff while the store's last try was blocked, with a warning line
-    (again every WARN_EVERY_S) until it succeeds, then an info line. ``what`` names the store in
-    those lines ("vault", "controller")."""
+    (again every WARN_EVERY_S) until it succeeds, then an info line; :meth:`state` says where it
+    is (blocked since when, retries) for the node's status and metrics. ``what`` names the store
+    in those lines ("vault", "controller")."""
 
-    def __init__(self, store: Scrubbable, what: str, log: logging.Logger) -> None:
+    def __init__(self, store: Scrubbable, what: str, log: logging.Logger, *,
+                 clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.what = what
         self.log = log
+        self.clock = clock  # the wall clock of ``blocked_since``
         self._wanted = trio.Event()
         self._rng = random.Random()
+        self._blocked_since: float | None = None  # when the untruncated WAL was first seen (wall clock)
+        self._blocked_at = 0.0  # the same on trio's clock
+        self._attempts = 0  # retries since then
+        #: retries of a blocked truncation over the keeper's life (a counter for the metrics)
+        self.retries_total = 0
 
     def poke(self) -> None:
         """Wake :meth:`run` if the store's last truncation was blocked (call after a removal)."""
-        if self.store.scrub_pending:
+        if self._observe():
             self._wanted.set()
+
+    def state(self) -> dict[str, Any]:
+        """For an operator (the node's status): ``{"truncated": True}``, or while the store's WAL
+        stays untruncated ``truncated`` False, ``blocked_since`` (Unix time it was first seen),
+        ``blocked_s`` (for how long), ``attempts`` (retries since) and ``reason`` (one line, the
+        store's ``scrub_blocked``). Names no one. Call it in the trio thread."""
+        if not self._observe():
+            return {"truncated": True}
+        return {"truncated": False, "blocked_since": round(self._blocked_since, 3),
+                "blocked_s": round(trio.current_time() - self._blocked_at, 1), "attempts": self._attempts,
+                "reason": self.store.scrub_blocked}
+
+    def _observe(self) -> bool:
+        """Whether the store's WAL is untruncated now; the time it was first seen so is kept until
+        it is truncated."""
+        if not self.store.scrub_pending:
+            self._blocked_since = None
+        elif self._blocked_since is None:
+            self._blocked_since, self._blocked_at, self._attempts = self.clock(), trio.current_time(), 0
+        return self.store.scrub_pending
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Until cancelled; also picks up a truncation the store's opening could not finish."""
@@ -80,10 +109,10 @@ class WalKeeper:
         task_status.started()
         while True:
             self._wanted = trio.Event()
-            if not store.scrub_pending:  # nothing left behind, or a later try (a removal's) succeeded
+            if not self._observe():  # nothing left behind, or a later try (a removal's) succeeded
                 await self._wanted.wait()
                 continue
-            since = warned = trio.current_time()
+            since, warned = self._blocked_at, trio.current_time()
             self.log.warning(f"{what} WAL not truncated: a removed person's old pages stay in the -wal file until "
                              "the other connection lets go; retrying", extra={"fields": {
                                  "db": str(store.path), "reason": store.scrub_blocked}})
@@ -91,6 +120,8 @@ class WalKeeper:
             while True:
                 await trio.sleep(RETRY.delay(attempt, self._rng))
                 attempt += 1
+                self._attempts = attempt
+                self.retries_total += 1
                 if await trio.to_thread.run_sync(store.scrub):
                     break
                 if trio.current_time() - warned >= WARN_EVERY_S:
@@ -99,6 +130,7 @@ class WalKeeper:
                                      "file until the other connection lets go; retrying", extra={"fields": {
                                          "db": str(store.path), "reason": store.scrub_blocked,
                                          "blocked_s": round(warned - since), "attempts": attempt}})
+            self._blocked_since = None
             self.log.info(f"{what} WAL truncated", extra={"fields": {
                 "db": str(store.path), "blocked_s": round(trio.current_time() - since, 1), "attempts": attempt}})
 

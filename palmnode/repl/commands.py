@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import enum
 import math
+import time
 from pathlib import PurePath
 from typing import Any, Awaitable, Callable, Protocol
 
@@ -169,6 +170,34 @@ async def _health_cmd(session: Session, args: tuple[str, ...]) -> Reply:
         if d["counters"]:
             counts = ", ".join(f"{k} {v}" for k, v in sorted(d["counters"].items()))
             lines.append(f"  {d['name']} counters: {counts}")
+    return Reply(result, "\n".join(lines))
+
+
+@command("status", "status", "the node's status, as the store controller's node.status sees it",
+         "The gate state, people enrolled, palms in the gallery, the gate's mode, the enrolment's "
+         "step, the debug capture folder, the controller link, and the vault's WAL: truncated, or "
+         "since when another connection to the vault file (a backup, an sqlite3 shell, palmnode "
+         "vault check) keeps a removed person's old pages in the -wal file, with the retries so far.")
+async def _status(session: Session, args: tuple[str, ...]) -> Reply:
+    status = getattr(session.target, "status", None)
+    if status is None:
+        raise CommandError("this node has no status to show")
+    result = await status()
+    mode = result["mode"]
+    lines = [f"node {result['node_id']}: gate {result['gate'].upper()}, mode {mode}",
+             f"people {result['people']}, gallery {result['gallery_palms']} palms, enrolment {result['enrolment']}",
+             f"controller {result['controller'] or 'none (no [controller] in the config)'}"]
+    if result.get("debug_capture_dir"):
+        lines.append(f"debug captures ON: palm images written to {result['debug_capture_dir']}")
+    wal = result.get("vault_wal")
+    if wal is None:
+        lines.append("vault: none (no [vault] in the config)")
+    elif wal["truncated"]:
+        lines.append("vault WAL: truncated")
+    else:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(wal["blocked_since"]))
+        lines.append(f"vault WAL NOT TRUNCATED since {since} ({wal['blocked_s']:.0f} s, {wal['attempts']} "
+                     f"retries): a removed person's old pages stay in the -wal file; {wal['reason']}")
     return Reply(result, "\n".join(lines))
 
 

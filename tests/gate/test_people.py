@@ -387,6 +387,8 @@ async def test_a_removal_a_reader_blocks_returns_at_once_and_the_wal_is_truncate
                     done.append(await people.delete(person_id=victim.person_id) == victim.person_id)
                 else:
                     done.append(await people.apply_remove(victim.person_id))
+            assert people.wal.state() == {"truncated": True}
+            before = time.time()
             nursery.start_soon(remove)
             await settle(reader)
             assert done == [True] and vault.get(victim.person_id) is None and len(people.gallery) == 1
@@ -394,16 +396,24 @@ async def test_a_removal_a_reader_blocks_returns_at_once_and_the_wal_is_truncate
             [warning] = wal_lines(caplog, "not truncated")
             assert warning.levelname == "WARNING" and "read transaction" in warning.fields["reason"]
             assert victim.person_id not in caplog.text
+            state = people.wal.state()  # what the node's status shows an operator
+            assert state["truncated"] is False and before <= state["blocked_since"] <= time.time()
+            assert (state["blocked_s"], state["attempts"]) == (0, 0) and "read transaction" in state["reason"]
 
             await advance(2 * SCRUB_WARN_EVERY_S + 2 * SCRUB_RETRY.maximum)  # ten minutes of it
             assert vault.scrub_pending and all(t in wal.read_bytes() for t in traces)
             reminders = wal_lines(caplog, "still not truncated")
             assert len(reminders) == 2  # one every five minutes, not a line per try
             assert reminders[0].fields["attempts"] >= SCRUB_WARN_EVERY_S / SCRUB_RETRY.maximum  # it kept trying
+            later = people.wal.state()
+            assert later["blocked_since"] == state["blocked_since"]
+            assert later["blocked_s"] == 2 * SCRUB_WARN_EVERY_S + 2 * SCRUB_RETRY.maximum
+            assert later["attempts"] == people.wal.retries_total >= reminders[-1].fields["attempts"]
 
             reader.execute("COMMIT")
             await advance(SCRUB_RETRY.maximum + 1)  # the backoff is bounded: the next try comes soon
             assert not vault.scrub_pending and wal.read_bytes() == b""
+            assert people.wal.state() == {"truncated": True} and people.wal.retries_total > later["attempts"]
             assert not any(t in p.read_bytes() for t in traces for p in tmp_path.glob("vault.db*"))
             [done_line] = wal_lines(caplog, "truncated")
             assert done_line.levelname == "INFO" and done_line.fields["blocked_s"] >= 2 * SCRUB_WARN_EVERY_S

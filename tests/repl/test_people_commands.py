@@ -54,3 +54,56 @@ async def test_enrol_delete_and_mode_from_the_repl(connect, node, gate, nursery)
     assert reply["ok"] and reply["result"] == {"deleted": True}
     assert node.vault.get(person_id) is None and len(node.gallery) == 0
     await client.aclose()
+
+
+async def test_a_wal_truncation_another_reader_blocks_shows_in_status_node_status_and_metrics(connect, node):
+    """A removal whose WAL truncation a second SQLite connection blocks (a backup's read
+    transaction on the real vault file): the only sign was a warning line every 5 minutes. The
+    REPL's status, the controller's node.status, the metrics and systemd's STATUS now say since
+    when, how many retries and why, until the reader lets go."""
+    import random
+    import sqlite3
+    import time
+
+    from drivers.card_reader.cardtoken import CardToken
+    from tests.vault.factories import template
+
+    client = await connect()
+    person = await node.people.enrol(CardToken(b"\x01" * 32, "0001"), None, {"right": [template(random.Random(1))]})
+    _, reply = await client.call("status")
+    assert reply["ok"] and reply["result"]["vault_wal"] == {"truncated": True}
+    assert "vault WAL: truncated" in reply["text"] and "vault WAL" not in node.status_line()
+
+    reader = sqlite3.connect(node.vault.path, isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM people").fetchone()
+        before = time.time()
+        _, reply = await client.call("delete", "id", person.person_id)
+        assert reply["result"] == {"deleted": True} and node.vault.scrub_pending
+        await wait_for(lambda: node.people.wal.state()["attempts"] >= 2)  # the keeper keeps trying
+
+        _, reply = await client.call("status")
+        wal = reply["result"]["vault_wal"]
+        assert wal["truncated"] is False and before <= wal["blocked_since"] <= time.time()
+        assert wal["blocked_s"] >= 0 and wal["attempts"] >= 2 and "read transaction" in wal["reason"]
+        assert "vault WAL NOT TRUNCATED since" in reply["text"] and "retries" in reply["text"]
+        from_controller = (await node.ops.handle("node.status", {}))["vault_wal"]  # what node.status answers
+        assert from_controller["truncated"] is False and from_controller["blocked_since"] == wal["blocked_since"]
+        assert "vault WAL not truncated since" in node.status_line()
+        await wait_for(lambda: node.metrics.value("palmnode_vault_wal_blocked") == 1
+                       and node.metrics.value("palmnode_vault_wal_retries_total") >= 2, timeout=3.0)
+        assert node.metrics.value("palmnode_vault_wal_blocked_seconds") > 0
+        assert "\npalmnode_vault_wal_blocked 1" in node.metrics.render_prometheus()
+        assert person.person_id not in reply["text"] + str(wal)
+
+        reader.execute("COMMIT")  # the reader lets go: the next try (within 10 s) truncates
+        await wait_for(lambda: node.people.wal.state() == {"truncated": True}, timeout=15.0)
+    finally:
+        reader.close()
+    _, reply = await client.call("status")
+    assert reply["result"]["vault_wal"] == {"truncated": True} and "vault WAL: truncated" in reply["text"]
+    assert "vault WAL" not in node.status_line()
+    await wait_for(lambda: node.metrics.value("palmnode_vault_wal_blocked") == 0, timeout=3.0)
+    assert node.metrics.value("palmnode_vault_wal_blocked_seconds") == 0
+    await client.aclose()
