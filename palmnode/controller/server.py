@@ -56,6 +56,7 @@ from palmnode.link.messages import (
     Response,
     one_line,
 )
+from palmnode.link.wire import DIGEST_SIZE
 from palmnode.vault import VaultKeyError, load_keys
 from palmnode.walscrub import WalKeeper
 
@@ -367,9 +368,16 @@ class Controller:
                             reason: str = "request at the controller") -> str | None:
         """Forget a person store-wide (by id or card digest): removed from the record at once and
         ``person.remove`` pushed to every connected gate (the others get it by ``sync``).
-        Returns the person id, or None when nobody matched."""
+        Returns the person id, or None when nobody matched. :class:`ValueError` (one line) for a
+        card digest that is not 32 bytes or an id that is not 1 to 128 characters, as a gate refuses."""
         if (person_id is None) == (card_digest is None):
             raise ValueError("delete_person needs exactly one of person_id, card_digest")
+        if card_digest is not None and not (type(card_digest) is bytes and len(card_digest) == DIGEST_SIZE):
+            got = f"{len(card_digest)} bytes" if isinstance(card_digest, bytes) else type(card_digest).__name__
+            raise ValueError(f"delete_person card_digest must be {DIGEST_SIZE} bytes (the gates' keyed digest), "
+                             f"got {got}")
+        if person_id is not None and not (isinstance(person_id, str) and 0 < len(person_id) <= MAX_ID):
+            raise ValueError(f"delete_person person_id must be a string of 1 to {MAX_ID} characters")
         store = self.store
         if store is None:
             raise ControllerError("the controller is not running")

@@ -41,14 +41,12 @@ import attrs
 import msgpack
 
 from palmnode import lockfile, walscrub
+from palmnode.link.messages import one_line
+from palmnode.link.wire import WireError, person_from_wire
 from palmnode.vault import TamperedData, VaultKeys, open_, seal
 
 SCHEMA_VERSION = 2  # 2: events.person_id (a removal erases the person's events)
-PALMS = ("left", "right", "unknown")
 MAX_ID = 128  # longest person/node id or idempotency key accepted (ids are uuids or "node:seq")
-MAX_TEMPLATES = 32  # per palm, as the link's §8 person map allows (an enrolment keeps a handful)
-MAX_TEMPLATE_BYTES = 8192  # a PalmTemplate is at most 772 B; anything far larger is not one
-MAX_DIGEST = 64  # keyed digests are HMAC-SHA256 (32 B), as the link's §8 person map allows
 #: each node's newest applied events are kept whatever their age: a gate resends at most its
 #: unacked outbox batch (100), so its redeliveries stay recognised even after the controller's
 #: clock jumps forward (a board without a real-time clock, set by NTP) and ages every row at once
@@ -163,32 +161,26 @@ class PersonRecord:
 
     @classmethod
     def from_wire(cls, data: object) -> PersonRecord:
-        """The record a wire ``person`` map describes, or :class:`BadRecord` naming what is wrong."""
+        """The record a wire ``person`` map describes, or :class:`BadRecord` naming what is wrong.
+
+        It takes exactly the people a gate takes (:func:`palmnode.link.wire.person_from_wire`, §8:
+        32-byte digests, a last four of ASCII digits, at most 128 characters of origin, a finite
+        time, each palm once, real templates holding a modality, ...): a person stored here is pushed
+        and synced to every gate, so one a gate refuses would be refused by each, on every sync.
+        The templates are kept as the gate sent them (opaque bytes)."""
         if not isinstance(data, Mapping):
             raise BadRecord(f"person is {type(data).__name__}, not a map")
-        person_id = _text(data, "person_id")
-        palms_in = data.get("palms")
-        if not isinstance(palms_in, (list, tuple)) or not palms_in or len(palms_in) > len(PALMS):
-            raise BadRecord(f"person.palms must be a list of 1 to {len(PALMS)} palms")
-        palms = []
-        for entry in palms_in:
-            if not isinstance(entry, Mapping) or entry.get("palm") not in PALMS:
-                raise BadRecord(f"person.palms[].palm must be one of {', '.join(PALMS)}")
-            templates = entry.get("templates")
-            if (not isinstance(templates, (list, tuple)) or not 1 <= len(templates) <= MAX_TEMPLATES
-                    or not all(isinstance(t, bytes) and 0 < len(t) <= MAX_TEMPLATE_BYTES for t in templates)):
-                raise BadRecord(f"person.palms[].templates must be 1 to {MAX_TEMPLATES} byte strings "
-                                f"of at most {MAX_TEMPLATE_BYTES} bytes")
-            palms.append(StoredPalm(entry["palm"], tuple(templates)))
-        enrolled_at = data.get("enrolled_at")
-        if not isinstance(enrolled_at, (int, float)) or isinstance(enrolled_at, bool):
-            raise BadRecord("person.enrolled_at must be a number (seconds since the epoch)")
-        last4 = data.get("card_last4")
-        if last4 is not None and not (isinstance(last4, str) and len(last4) <= 4 and (last4.isdigit() or not last4)):
-            raise BadRecord("person.card_last4 must be up to 4 digits or null")
-        return cls(person_id=person_id, card_digest=_digest(data, "card_digest"), card_last4=last4,
-                   phone_digest=_digest(data, "phone_digest"), palms=tuple(palms),
-                   enrolled_at=float(enrolled_at), origin_node=_text(data, "origin_node"))
+        data = dict(data)
+        try:
+            person_from_wire(data)
+        except WireError as exc:
+            raise BadRecord(one_line(exc)) from None
+        if not data["origin_node"]:
+            raise BadRecord("person.origin_node: the enrolling gate's name expected, got an empty string")
+        return cls(person_id=data["person_id"], card_digest=data["card_digest"], card_last4=data["card_last4"],
+                   phone_digest=data["phone_digest"],
+                   palms=tuple(StoredPalm(p["palm"], tuple(p["templates"])) for p in data["palms"]),
+                   enrolled_at=float(data["enrolled_at"]), origin_node=data["origin_node"])
 
     def to_wire(self) -> dict[str, Any]:
         """The documented wire map (msgpack-ready)."""
@@ -202,13 +194,6 @@ def _text(data: Mapping, name: str) -> str:
     value = data.get(name)
     if not isinstance(value, str) or not 0 < len(value) <= MAX_ID:
         raise BadRecord(f"{name} must be a non-empty string of at most {MAX_ID} characters")
-    return value
-
-
-def _digest(data: Mapping, name: str) -> bytes | None:
-    value = data.get(name)
-    if value is not None and not (isinstance(value, bytes) and 1 <= len(value) <= MAX_DIGEST):
-        raise BadRecord(f"person.{name} must be 1 to {MAX_DIGEST} bytes or null")
     return value
 
 

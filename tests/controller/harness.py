@@ -148,7 +148,7 @@ class ChannelNode:
 def person_wire(person_id: str, *, origin: str = "gate-a", card: bytes | None = None) -> dict:
     return {"person_id": person_id, "card_digest": card or os.urandom(32), "card_last4": "4242",
             "phone_digest": os.urandom(32),
-            "palms": [{"palm": "right", "templates": [os.urandom(772) for _ in range(3)]}],
+            "palms": [{"palm": "right", "templates": [template_bytes() for _ in range(3)]}],
             "enrolled_at": 1.7e9, "origin_node": origin}
 
 

@@ -156,6 +156,12 @@ async def test_deleted_at_the_controller_is_gone_from_every_gate(nursery, tmp_pa
     await a.enrol(person)
     await wait_for(lambda: b.vault.get("p-1") is not None)
     assert await runner.controller.delete_person(card_digest=b"\x00" * 32) is None
+    for bad, words in ((dict(card_digest=person.card.digest[:16]), "card_digest must be 32 bytes .* got 16 bytes"),
+                       (dict(card_digest=person.card.digest.hex()), "card_digest must be 32 bytes .* got str"),
+                       (dict(person_id=""), "person_id must be a string of 1 to 128"),
+                       (dict(person_id="p" * 129), "person_id must be a string of 1 to 128")):
+        with pytest.raises(ValueError, match=words):  # as a gate refuses them: one line, nothing removed
+            await runner.controller.delete_person(**bad)
     assert await runner.controller.delete_person(card_digest=person.card.digest) == "p-1"
     await wait_for(lambda: a.vault.get("p-1") is None and b.vault.get("p-1") is None, timeout=1.0)
     assert await runner.controller.delete_person(person_id="p-1") is None

@@ -28,6 +28,7 @@ from tests.controller.harness import (
     controller_config,
     dial,
     person_wire,
+    template_bytes,
 )
 
 NODES = ["gate-a", "gate-b", "gate-c"]
@@ -102,6 +103,26 @@ async def test_enrolment_and_deletion_replicate_to_the_other_nodes(nursery, cont
     assert await trio.to_thread.run_sync(controller.store.get_person, "p-1") is None
 
 
+async def test_an_enrolment_a_gate_would_refuse_is_rejected_in_one_line_and_never_pushed(nursery, controller, pki,
+                                                                                          caplog):
+    a = await connect(nursery, controller, pki, "gate-a")
+    b = await connect(nursery, controller, pki, "gate-b")
+    short = {**person_wire("p-short"), "card_digest": os.urandom(16)}   # every gate refuses it (§8)
+    nan = {**person_wire("p-nan"), "enrolled_at": float("nan")}       # failed the controller's transaction
+    await a.event("enrolled", {"person": short})
+    await a.event("enrolled", {"person": nan})
+    await a.event("enrolled", {"person": person_wire("p-good")})  # the outbox moves on behind them
+    assert (controller.stats.events_rejected, controller.stats.events_applied) == (2, 1)
+    await b.wait_until(lambda: len(b.pushes) == 1)
+    assert b.pushes[0].args["person"]["person_id"] == "p-good"
+    assert [p.person_id for p in [await trio.to_thread.run_sync(controller.store.get_person, i)
+                                  for i in ("p-short", "p-nan", "p-good")] if p] == ["p-good"]
+    lines = [r for r in caplog.records if r.getMessage() == "event rejected"]
+    assert [line.fields["reason"] for line in lines] == [
+        "rejected: person.card_digest: a digest of 16 bytes (32 expected)",
+        "rejected: person.enrolled_at: must be finite"]
+
+
 async def test_replication_refused_by_a_node_is_counted(nursery, controller, pki):
     a = await connect(nursery, controller, pki, "gate-a")
     b = await connect(nursery, controller, pki, "gate-b")
@@ -138,15 +159,18 @@ async def test_sync_catches_up_an_offline_node_in_pages(nursery, controller, pki
     assert not unknown.ok and unknown.error == "unknown op gallery.dump"
 
 
-async def test_a_sync_page_of_large_people_still_fits_one_frame(nursery, controller, pki):
-    def large(person_id: str, templates: int) -> dict:  # 3 palms of 8 KiB templates, as the §8 map allows
+async def test_a_sync_page_of_large_people_still_fits_one_frame(nursery, tmp_path, pki):
+    def large(person_id: str, templates: int) -> dict:  # 3 palms of up to 32 templates, as §8 allows
         return {**person_wire(person_id),
-                "palms": [{"palm": palm, "templates": [os.urandom(8192) for _ in range(templates)]}
+                "palms": [{"palm": palm, "templates": [template_bytes() for _ in range(templates)]}
                           for palm in ("left", "right", "unknown")]}
 
+    frame = 100_000
+    runner = ControllerRunner(nursery, controller_config(tmp_path, pki, max_frame=frame))
+    controller = await runner.start()
     a = await connect(nursery, controller, pki, "gate-a")
-    await a.event("enrolled", {"person": large("p-1", 20)})  # ~480 KiB: under half a frame
-    await a.event("enrolled", {"person": large("p-2", 30)})  # ~720 KiB: the two together exceed a frame
+    await a.event("enrolled", {"person": large("p-1", 20)})  # ~46 kB: under half a frame
+    await a.event("enrolled", {"person": large("p-2", 32)})  # ~74 kB: the two together exceed a frame
     b = await connect(nursery, controller, pki, "gate-b")
     seen, cursor = [], None
     while True:
@@ -573,7 +597,7 @@ async def test_a_node_too_slow_for_large_pushes_is_dropped_by_bytes(nursery, tmp
     session = controller._sessions["gate-b"]
     queue = session.queue
     large = person_wire("p-large")
-    large["palms"][0]["templates"] = [os.urandom(772) for _ in range(32)]  # ~25 KB on the wire
+    large["palms"][0]["templates"] = [template_bytes() for _ in range(32)]  # ~25 KB on the wire
     person = PersonRecord.from_wire(large)
     pushed = 0
     while session.ended is None and pushed < 20:  # no checkpoint between them: nothing is sent
@@ -596,7 +620,8 @@ async def test_a_push_too_large_for_a_frame_is_logged_and_costs_no_connection(nu
     a = await connect(nursery, controller, pki, "gate-a")
     b = await connect(nursery, controller, pki, "gate-b")
     huge = person_wire("p-huge")
-    huge["palms"][0]["templates"] = [os.urandom(8192) for _ in range(16)]  # 128 KiB: over the frame cap
+    huge["palms"] = [{"palm": palm, "templates": [template_bytes() for _ in range(32)]}
+                     for palm in ("left", "right", "unknown")]  # ~74 kB, the largest person: over the frame cap
     controller._replicate(Upsert(1, PersonRecord.from_wire(huge)), origin=None)
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == ["replication not pushed"]
     await assert_still_served(a, controller)

@@ -20,8 +20,10 @@ from palmnode.controller.store import (
     StoreError,
     Upsert,
 )
+from palmnode.link.wire import WireError, person_from_wire
 from palmnode.vault import VaultKeys
 from tests.conftest import returns_at_once
+from tests.controller.harness import template_bytes
 
 KEYS = VaultKeys.from_secret(bytes(range(32)))
 
@@ -30,7 +32,7 @@ def person_wire(person_id: str = "p-1", *, card: bytes | None = None, phone: byt
                 templates: int = 3, origin: str = "gate-a") -> dict:
     return {"person_id": person_id, "card_digest": card or os.urandom(32), "card_last4": "4242",
             "phone_digest": phone or os.urandom(32),
-            "palms": [{"palm": "right", "templates": [os.urandom(772) for _ in range(templates)]}],
+            "palms": [{"palm": "right", "templates": [template_bytes() for _ in range(templates)]}],
             "enrolled_at": 1_700_000_000.5, "origin_node": origin}
 
 
@@ -105,6 +107,40 @@ def test_bad_payload_is_recorded_as_rejected_and_changes_nothing(store):
     assert enrol(store, bad).duplicate  # applied once: a redelivery is only recognised
     with pytest.raises(BadRecord, match="key"):
         store.apply_event(node_id="gate-a", key="", seq=1, kind="unknown", at=1.0, data={})
+
+
+NO_MODALITY = b"PT\x01\x00"  # a template header naming neither modality: a gallery refuses it
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda d: d.update(card_digest=os.urandom(16)), "card_digest"),
+    (lambda d: d.update(card_digest=os.urandom(64)), "card_digest"),
+    (lambda d: d.update(phone_digest=b"x"), "phone_digest"),
+    (lambda d: d.update(card_last4="²"), "card_last4"),       # str.isdigit(), yet not an ASCII digit
+    (lambda d: d.update(card_last4="12345"), "card_last4"),
+    (lambda d: d.update(origin_node="g" * 129), "origin_node"),
+    (lambda d: d.update(enrolled_at=float("nan")), "enrolled_at"),
+    (lambda d: d.update(enrolled_at=float("inf")), "enrolled_at"),
+    (lambda d: d.update(palms=[]), "palms"),
+    (lambda d: d.update(palms=d["palms"] * 2), "palm"),     # the right palm twice
+    (lambda d: d["palms"][0].update(templates=[os.urandom(772)]), "templates"),   # not a template
+    (lambda d: d["palms"][0].update(templates=[NO_MODALITY]), "neither modality"),
+    (lambda d: d["palms"][0].update(templates=[template_bytes()] * 33), "templates"),
+])
+def test_a_person_a_gate_would_refuse_is_rejected_at_the_controller(store, mutate, field):
+    """The record takes only people every gate takes (docs/protocols/controller.md §8): one it
+    stored that a gate refuses would be pushed and synced to every gate, refused by each, for ever
+    (and a NaN enrolment time failed the transaction itself, holding the gate's outbox behind it)."""
+    bad = person_wire("p-1")
+    bad["palms"] = [dict(p) for p in bad["palms"]]
+    mutate(bad)
+    with pytest.raises(WireError):
+        person_from_wire(bad)  # what a gate does with it
+    applied = enrol(store, bad)
+    assert applied.rejected and applied.change is None
+    assert field in applied.effect and "\n" not in applied.effect
+    assert store.people_count() == 0 and store.head_cursor() == 0
+    assert enrol(store, person_wire("p-1"), seq=2).change is not None  # the same person, well formed
 
 
 def test_transaction_is_all_or_nothing(store, monkeypatch):
