@@ -56,6 +56,7 @@ from palmnode.link.messages import (
     Response,
     one_line,
 )
+from palmnode.link.refusals import RefusalLog
 from palmnode.link.wire import DIGEST_SIZE
 from palmnode.vault import VaultKeyError, load_keys
 from palmnode.walscrub import WalKeeper
@@ -323,6 +324,9 @@ class Controller:
         self._changed = trio.Event()
         self._greeting = 0  # connections in _greet now
         self._wal: WalKeeper | None = None  # retries a WAL truncation another connection blocked
+        # a gate sending bad events or refusing every push logs a few lines and a summary an interval
+        self._rejected_events = RefusalLog(log, "events rejected", level=logging.WARNING)
+        self._refused_pushes = RefusalLog(log, "replications refused", level=logging.WARNING)
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -411,6 +415,8 @@ class Controller:
             self._wal = WalKeeper(store, "controller", log)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._wal.run)  # (also what the opening could not truncate)
+                nursery.start_soon(self._rejected_events.run)
+                nursery.start_soon(self._refused_pushes.run)
                 nursery.start_soon(self._prune_events, store)
                 await trio.serve_listeners(self._serve_connection, listeners)
         finally:
@@ -637,8 +643,9 @@ class Controller:
             self.stats.events_duplicate += 1
         elif applied.rejected:
             self.stats.events_rejected += 1
-            log.warning("event rejected", extra={"fields": {"node": session.node_id, "key": event.key,
-                                                             "kind": event.kind, "reason": applied.effect}})
+            if self._rejected_events.note(applied.effect):  # a flood: a few lines, then a summary
+                log.warning("event rejected", extra={"fields": {"node": session.node_id, "key": event.key,
+                                                                 "kind": event.kind, "reason": applied.effect}})
         else:
             self.stats.events_applied += 1
         if isinstance(applied.change, Remove):
@@ -683,8 +690,10 @@ class Controller:
         if op is not None:  # nobody waits for a push: count a refusal
             if not response.ok:
                 self.stats.pushes_failed += 1
-                log.warning("replication refused", extra={"fields": {"node": session.node_id, "op": op,
-                                                                     "error": response.error}})
+                error = one_line(response.error)  # the node's text: a line of at most 200 characters
+                if self._refused_pushes.note(f"{op}: {error}"):  # a flood: a few lines, then a summary
+                    log.warning("replication refused", extra={"fields": {"node": session.node_id, "op": op,
+                                                                         "error": error}})
             return
         pending = session.pending.get(response.id)
         if pending is not None:  # else §5: its caller timed out

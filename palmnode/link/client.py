@@ -46,6 +46,7 @@ from palmnode.link.messages import (
     Response,
     one_line,
 )
+from palmnode.link.refusals import RefusalLog
 from palmnode.link.tls import client_context
 from palmnode.logs import event as log_event
 
@@ -131,6 +132,9 @@ class LinkStats:
     #: outbox events the vault could not open: dropped from the queue, never sent
     events_unreadable: int = 0
     requests_served: int = 0
+    #: of those, refused by the handler (RequestRefused): every one, though a flood of them is
+    #: logged as a few lines and a summary an interval (palmnode.link.refusals)
+    requests_refused: int = 0
     requests_sent: int = 0
     #: the controller's requests being served now, and their frames' bytes (MAX_SERVING, MAX_SERVING_BYTES)
     requests_in_progress: int = 0
@@ -212,6 +216,8 @@ class LinkClient:
         self._connected_changed = trio.Event()
         self._slot_freed = trio.Event()
         self._last_logged: str | None = None
+        #: "link request refused" lines: the first few of an interval, then one summary (a flood)
+        self._refusals = RefusalLog(log, "link requests refused")
 
     # ---- public ----------------------------------------------------------------------------
 
@@ -263,17 +269,19 @@ class LinkClient:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep a connection up until cancelled; started at once (the first dial is in the background)."""
-        task_status.started()
-        attempt = 0
-        while True:
-            started = trio.current_time()
-            if await self._session() is None and trio.current_time() - started >= self.config.stable_after_s:
-                attempt = 0  # it worked for a while: back off afresh (a controller refusing us right
-                # after the hellos keeps backing off)
-            delay = self._backoff.delay(attempt, self._rng)
-            attempt += 1
-            self._log_state("link down", reason=self.stats.last_error, retry_in_s=round(delay, 3))
-            await trio.sleep(delay)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._refusals.run)
+            task_status.started()
+            attempt = 0
+            while True:
+                started = trio.current_time()
+                if await self._session() is None and trio.current_time() - started >= self.config.stable_after_s:
+                    attempt = 0  # it worked for a while: back off afresh (a controller refusing us right
+                    # after the hellos keeps backing off)
+                delay = self._backoff.delay(attempt, self._rng)
+                attempt += 1
+                self._log_state("link down", reason=self.stats.last_error, retry_in_s=round(delay, 3))
+                await trio.sleep(delay)
 
     # ---- one connection -----------------------------------------------------------------------
 
@@ -413,7 +421,9 @@ class LinkClient:
         except UnknownOp:
             response = Response.failure(request.id, f"unknown op {request.op}")
         except RequestRefused as exc:
-            log.info("link request refused: %s", one_line(exc), extra={"fields": {"op": op}})
+            self.stats.requests_refused += 1
+            if self._refusals.note(str(exc)):  # a flood of them: the first few lines, then a summary
+                log.info("link request refused: %s", one_line(exc), extra={"fields": {"op": op}})
             response = Response.failure(request.id, str(exc))
         except Exception as exc:  # the handler boundary: the controller gets one line, the log the rest
             log.warning("link request failed", exc_info=True, extra={"fields": {"op": op}})

@@ -123,6 +123,44 @@ async def test_an_enrolment_a_gate_would_refuse_is_rejected_in_one_line_and_neve
         "rejected: person.enrolled_at: must be finite"]
 
 
+async def test_floods_of_rejected_events_and_refused_pushes_log_a_few_lines_then_summaries(nursery, tmp_path, pki,
+                                                                                           caplog, mock_clock):
+    """A gate sending bad enrolments, and one refusing every push: each counted, but the log gets
+    the first few lines of an interval and then one summary line with the count per reason."""
+    from palmnode.link.refusals import BURST, INTERVAL_S
+
+    caplog.set_level(logging.INFO, logger="palmnode.controller")
+    runner = ControllerRunner(nursery, controller_config(tmp_path, pki))
+    controller = await runner.start()
+    a = await connect(nursery, controller, pki, "gate-a")
+    b = await connect(nursery, controller, pki, "gate-b")
+
+    def refuse(args):
+        raise ValueError("person.upsert refused: its card is enrolled to another person here")
+    b.handlers["person.upsert"] = refuse
+    for i in range(30):
+        await a.event("enrolled", {"person": person_wire(f"p-{i}")})
+        await a.event("enrolled", {"person": {**person_wire(f"bad-{i}"), "card_digest": b"x"}})
+    await b.wait_until(lambda: len(b.pushes) == 30)
+    await _settle()
+    assert (controller.stats.events_rejected, controller.stats.pushes_failed) == (30, 30)  # every one
+
+    def logged(message: str) -> list:
+        return [r for r in caplog.records if r.getMessage() == message]
+    assert len(logged("event rejected")) == BURST and len(logged("replication refused")) == BURST
+    assert logged("events rejected") == logged("replications refused") == []
+    mock_clock.jump(INTERVAL_S)
+    await _settle()
+    [events] = logged("events rejected")
+    [pushes] = logged("replications refused")
+    assert events.levelname == pushes.levelname == "WARNING"
+    assert events.fields["count"] == pushes.fields["count"] == 30 - BURST
+    assert events.fields["reasons"] == {"rejected: person.card_digest: a digest of 1 bytes (32 expected)": 25}
+    assert pushes.fields["reasons"] == {
+        "person.upsert: person.upsert refused: its card is enrolled to another person here": 25}
+    assert len(logged("event rejected")) == BURST and len(logged("replication refused")) == BURST
+
+
 async def test_replication_refused_by_a_node_is_counted(nursery, controller, pki):
     a = await connect(nursery, controller, pki, "gate-a")
     b = await connect(nursery, controller, pki, "gate-b")

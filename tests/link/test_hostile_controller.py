@@ -425,6 +425,66 @@ async def test_a_flood_of_enrolment_requests_starts_one_and_refuses_the_rest(mak
     await still_serving(hostile, gate, 0)
 
 
+async def test_a_flood_of_refused_requests_logs_a_few_lines_then_a_summary_an_interval(make, caplog, mock_clock):
+    """A controller asking for what the gate refuses, thousands of times: every one is refused and
+    counted, but the log gets the first few lines of an interval and then one summary line per
+    interval with the count per reason, not a line each (time is trio's MockClock)."""
+    from palmnode.link.refusals import BURST, INTERVAL_S
+
+    caplog.set_level(logging.INFO, logger="palmnode.link")
+    bad_mode = {"mode": "bogus"}
+    bad_amount = {"mode": "payment", "amount_cents": True, "currency": "EUR"}
+    flood: list[tuple[dict, int]] = []
+
+    async def script(conn: Conn) -> None:
+        await conn.hello()
+        conn.serve()
+        await trio.sleep_forever()
+
+    hostile, gate = await make(script)
+    conn = await hostile.connection(0)
+    await gate.client.wait_connected()
+
+    async def refused(*batches: tuple[dict, int]) -> None:
+        ids = [await conn.send_request("mode.set", args) for args, count in batches for _ in range(count)]
+        await hostile.changes.wait_until(lambda: all(i in conn.responses for i in ids), timeout=30)
+        assert not any(conn.responses.pop(i).ok for i in ids)
+        await trio.testing.wait_all_tasks_blocked()
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("link request refused")]
+
+    def summaries() -> list[dict]:
+        return [r.fields for r in caplog.records if r.getMessage() == "link requests refused"]
+
+    await refused((bad_mode, 200), (bad_amount, 100))
+    assert gate.client.stats.requests_refused == 300  # every one counted
+    assert len(lines()) == BURST and summaries() == []  # the first few lines; the rest held back
+    mock_clock.jump(INTERVAL_S)
+    await trio.testing.wait_all_tasks_blocked()
+    [summary] = summaries()  # the interval is over: one line for the 295 held back
+    assert summary["count"] == 300 - BURST and sum(summary["reasons"].values()) == 300 - BURST
+    assert sorted((n, "amount_cents" in reason) for reason, n in summary["reasons"].items()) == [
+        (100, True), (200 - BURST, False)]  # per reason
+    assert all(len(reason) <= 120 and "\n" not in reason for reason in summary["reasons"])
+
+    await refused((bad_mode, 40))  # the flood goes on: no more lines, a summary at the interval's end
+    mock_clock.jump(INTERVAL_S / 2)
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(lines()) == BURST and len(summaries()) == 1
+    mock_clock.jump(INTERVAL_S / 2)
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(lines()) == BURST and summaries()[1]["count"] == 40
+    assert gate.client.stats.requests_refused == 340
+
+    mock_clock.jump(2 * INTERVAL_S)  # a quiet interval: nothing to sum up, and lines come one by one again
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(summaries()) == 2
+    await refused((bad_amount, 1))
+    assert len(lines()) == BURST + 1 and gate.client.stats.requests_refused == 341
+    await still_serving(hostile, gate, 0)
+
+
 # ---- sync pages that lie ------------------------------------------------------------------------
 
 
