@@ -134,7 +134,8 @@ class ControllerConfig:
     request_timeout_s: float = attrs.field(default=10.0, validator=_positive)  # Controller.request default
     probe_timeout_s: float = attrs.field(default=5.0, validator=_positive)  # a second connection naming a
     # connected node: the first is asked node.status; answering within this keeps it (the newcomer is
-    # refused), else it is taken for dead and replaced
+    # refused), else it is taken for dead and replaced. Asked before our hello (§4), so keep it well
+    # under the gates' hello_timeout_s (10 s)
     send_queue: int = attrs.field(default=256, validator=_positive)  # frames queued per node; a node this
     # far behind is dropped, reconnects and syncs
     send_queue_bytes: int = attrs.field(default=4 * codec.MAX_FRAME, validator=_positive)  # and bytes: a frame
@@ -297,6 +298,7 @@ class _Session:
     next_id: int = 1
     ended: BaseException | None = None  # why the session stopped (the first reason wins)
     events_held: bool = False  # an event could not be recorded: none after it is applied on this connection
+    replaced: _Session | None = None  # the node's dead session this one took the place of (§4)
 
     def end(self, reason: BaseException) -> None:
         if self.ended is None:
@@ -510,18 +512,25 @@ class Controller:
             raise _Ended(f"no TLS handshake within {self.config.hello_timeout_s:g} s"
                          if trio.current_time() >= deadline else "peer certificate has no common name",
                          drop="timeout" if trio.current_time() >= deadline else "tls")
+        # §4: one connection per node id, decided before our hello: a refused gate gets a goodbye as
+        # our first frame, so it never has a session (no sync, no events sent for nothing). The probe
+        # of the connected one does not count against the newcomer's hello time.
+        remaining = deadline - trio.current_time()
+        replaced = await self._claim(channel.peer_name, peer)
         local = Hello(version=PROTOCOL_VERSION, node_id=self.config.name, role="controller",
                       capabilities=CAPABILITIES)
+        deadline = trio.current_time() + remaining
         try:
-            hello = await channel.hello(local, timeout=max(0.0, deadline - trio.current_time()))
+            hello = await channel.hello(local, timeout=max(0.0, remaining))
         except LinkClosed as exc:
             raise _Ended(str(exc), drop="timeout" if trio.current_time() >= deadline else "no hello") from None
         queue = _SendQueue(self.config.send_queue, self.config.send_queue_bytes)
         return _Session(node_id=channel.peer_name, capabilities=hello.capabilities, version=channel.version,
-                        peer=peer, channel=channel, queue=queue)
+                        peer=peer, channel=channel, queue=queue, replaced=replaced)
 
     async def _run_session(self, session: _Session) -> None:
-        old = await self._claim(session)
+        # another connection of this node may have come through its hello while ours was under way
+        old = await self._claim(session.node_id, session.peer) or session.replaced
         self._sessions[session.node_id] = session
         try:
             await trio.to_thread.run_sync(functools.partial(
@@ -539,9 +548,9 @@ class Controller:
         if session.ended is not None:
             raise session.ended
 
-    async def _claim(self, session: _Session) -> _Session | None:
-        """Make way for ``session``: the node's old session if it is dead (ended now; returned), else
-        :class:`_Ended` refusing the newcomer.
+    async def _claim(self, node_id: str, peer: str) -> _Session | None:
+        """Make way for a new connection of ``node_id`` from ``peer``: the node's old session if it is
+        dead (ended now; returned), else :class:`_Ended` refusing the newcomer.
 
         One node id, one connection. A connected node keeps its session while it answers: the
         newcomer is then a second gate with the same certificate (a copied one), and replacing the
@@ -550,17 +559,18 @@ class Controller:
         rebooted, its connection gone without a FIN) or that ends meanwhile is replaced.
         """
         replaced = None
-        while (old := self._sessions.get(session.node_id)) is not None:
+        while (old := self._sessions.get(node_id)) is not None:
             if await self._answers(old):
-                refusal = (f"node id {session.node_id} is already connected (from {old.peer}) and answering; "
+                refusal = (f"node id {node_id} is already connected (from {old.peer}) and answering; "
                            f"each gate needs its own certificate")
-                raise _Ended(f"{refusal}: refused the second connection from {session.peer}", goodbye=refusal,
+                raise _Ended(f"{refusal}: refused the second connection from {peer}", goodbye=refusal,
                              drop="duplicate")
-            if self._sessions.get(session.node_id) is old:  # else another newcomer took its place meanwhile
+            if self._sessions.get(node_id) is old:  # else another newcomer took its place meanwhile
                 old.end(_Ended("replaced by a new connection", goodbye=(
                     f"replaced by a new connection from this node (no answer within {self.config.probe_timeout_s:g} s)")))
                 self.stats.replaced += 1
-                self._sessions.pop(session.node_id)
+                self._sessions.pop(node_id)
+                self._notify()
                 replaced = old
         return replaced
 

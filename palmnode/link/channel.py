@@ -207,6 +207,10 @@ class Channel:
             self.stats.frames_in += 1
             if isinstance(ev, Goodbye):
                 await self.aclose()
+                if self.peer_hello is None and self.local_hello is not None:
+                    # §4: a goodbye instead of the peer's hello: it refuses this connection
+                    other = "controller" if self.local_hello.role == "node" else "node"
+                    raise LinkClosed(f"refused by the {other}: {ev.reason}")
                 raise LinkClosed(f"peer closed the connection: {ev.reason}")
             if self.peer_hello is not None:
                 violation = self._violation(ev)

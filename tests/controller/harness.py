@@ -256,6 +256,13 @@ class VaultNode:
             lambda: self.vault.add_person(person, event=("enrolled", {"person": person_to_wire(person)})))
         self.client.events_appended()
 
+    async def enrol_offline(self, person) -> None:
+        """Enrol ``person`` in the vault (its event in the outbox) before the link starts."""
+        from palmnode.link.wire import person_to_wire
+
+        await trio.to_thread.run_sync(
+            lambda: self.vault.add_person(person, event=("enrolled", {"person": person_to_wire(person)})))
+
     async def delete(self, person_id: str) -> None:
         await trio.to_thread.run_sync(
             lambda: self.vault.remove_person(person_id, event=("deleted", {"person_id": person_id})))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import sqlite3
 import threading
 import types
@@ -132,20 +133,33 @@ async def test_bad_peer_is_refused_while_the_gates_keep_working(nursery, tmp_pat
 
 
 async def test_a_second_gate_with_the_same_certificate_is_refused_and_the_first_keeps_working(
-        nursery, tmp_path, pki, runner):
+        nursery, tmp_path, pki, runner, caplog):
+    """The copy is refused before the controller's hello: it never looks connected (no sync, no
+    event sent, no 'link connected'), logs the reason once and backs off."""
+    caplog.set_level(logging.INFO, logger="palmnode.link")
     a = await start_node(nursery, tmp_path, pki, runner, "gate-a")
     b = await start_node(nursery, tmp_path, pki, runner, "gate-b")
     (tmp_path / "copy").mkdir()
-    copy = await VaultNode(tmp_path / "copy", pki, "gate-a", runner.controller.port).start(nursery)  # a copied cert
+    copy = VaultNode(tmp_path / "copy", pki, "gate-a", runner.controller.port)  # a copied certificate
+    await copy.enrol_offline(copy.person("p-2"))  # an event waiting in its outbox
+    await copy.start(nursery)
     await wait_for(lambda: runner.controller.stats.dropped.get("duplicate", 0) >= 3)  # it keeps trying, refused
-    assert "node id gate-a is already connected" in copy.client.stats.last_error
-    assert "each gate needs its own certificate" in copy.client.stats.last_error
+    assert copy.client.stats.last_error.startswith("refused by the controller: node id gate-a is already "
+                                                   "connected (from 127.0.0.1:")
+    assert copy.client.stats.last_error.endswith("and answering; each gate needs its own certificate")
     assert a.client.connected and a.client.stats.disconnects == 0 and runner.controller.stats.replaced == 0
     await a.enrol(a.person("p-1"))
     await wait_for(lambda: b.vault.get("p-1") is not None)  # the first gate-a is served throughout
-    await copy.enrol(copy.person("p-2"))  # the copy's events wait in its outbox: nothing is applied
     await wait_for(lambda: runner.controller.stats.dropped["duplicate"] >= 6)
     assert runner.controller.store.get_person("p-2") is None and copy.vault.pending_events()
+    stats = copy.client.stats
+    assert (stats.connects, stats.disconnects, stats.events_sent, stats.requests_sent, copy.synced) == (0, 0, 0, 0, 0)
+    assert stats.failed_attempts >= 6  # each attempt: its hello out, the goodbye in, nothing else
+    assert stats.channel.frames_in <= stats.failed_attempts + 1 and stats.channel.frames_out <= stats.failed_attempts + 1
+    assert len([r for r in caplog.records if r.getMessage() == "link connected"
+                and r.fields["node_id"] == "gate-a"]) == 1  # the first gate-a, never the copy
+    [down] = [r for r in caplog.records if r.getMessage() == "link down"]  # one line, not one per attempt
+    assert down.fields["reason"] == stats.last_error and "\n" not in down.fields["reason"]
     await copy.stop()
 
 

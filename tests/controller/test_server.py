@@ -292,10 +292,9 @@ async def test_a_second_gate_with_a_connected_node_id_is_refused(nursery, contro
     # turns replacing each other for ever, each seeing half the pushes)
     first = await connect(nursery, controller, pki, "gate-a")
     first.handlers["node.status"] = lambda args: {"which": "first"}
-    with trio.fail_after(5), pytest.raises(LinkClosed, match="node id gate-a is already connected .* and "
-                                           "answering; each gate needs its own certificate"):
-        second = await dial(controller.port, pki, "gate-a")
-        await second.receive()
+    with trio.fail_after(5), pytest.raises(LinkClosed, match="^refused by the controller: node id gate-a is already "
+                                           "connected .* and answering; each gate needs its own certificate$"):
+        await dial(controller.port, pki, "gate-a")  # a goodbye instead of the controller's hello (§4)
     assert controller.stats.dropped == {"duplicate": 1} and controller.stats.replaced == 0
     [line] = [r for r in caplog.records if r.getMessage() == "connection dropped"]
     assert line.fields["node"] == "gate-a" and line.fields["reason"] == "duplicate"
@@ -313,6 +312,7 @@ async def test_a_gate_reconnecting_replaces_its_dead_connection(nursery, tmp_pat
     with trio.fail_after(5):
         second = await ChannelNode.connect(nursery, controller.port, pki, "gate-a")
         await wait_for(lambda: controller.stats.replaced == 1)  # no answer in 0.5 s: the dead one goes
+        await controller.wait_node("gate-a")  # and the newcomer, its hello done after that, is served
     assert list(controller.nodes()) == ["gate-a"] and controller.stats.dropped == {}
     second.handlers["node.status"] = lambda args: {"which": "second"}
     assert await controller.request("gate-a", "node.status") == {"which": "second"}

@@ -16,9 +16,11 @@ from palmnode.link.messages import (
     PROTOCOL_VERSION,
     DropReason,
     Event,
+    Goodbye,
     Hello,
     Response,
 )
+from palmnode.link.wire import person_to_wire
 from palmnode.ops import SYNC_STATE
 
 from tests.conftest import wait_for
@@ -183,6 +185,35 @@ async def test_a_controller_that_never_says_hello_is_left_and_dialled_again(make
     await hostile.connection(2)
     assert gate.client.stats.connects == 0 and gate.client.stats.failed_attempts >= 2
     assert gate.client.stats.last_error == "no hello from the peer within 0.2 s"
+
+
+async def test_a_controller_refusing_the_gate_instead_of_its_hello_is_one_line_and_backed_off_from(make, caplog):
+    """§4: a goodbye as the controller's first frame (a node id already connected) refuses the
+    connection: the gate never looks connected (no sync, no event sent), says why in one line and
+    dials again after a growing backoff, never faster (no flapping)."""
+    caplog.set_level(logging.INFO, logger="palmnode.link")
+    reason = "node id gate-1 is already connected (from 10.0.0.5:40112) and answering; each gate needs its own certificate"
+    dialled: list[float] = []
+
+    async def script(conn: Conn) -> None:
+        dialled.append(trio.current_time())
+        await conn.stream.do_handshake()
+        await conn.raw(encode(Goodbye(reason=reason)))
+        await conn.stream.aclose()
+
+    hostile, gate = await make(script, backoff_initial_s=0.05, backoff_max_s=0.4)
+    enrolled = person("p-1")
+    gate.vault.add_person(enrolled, event=("enrolled", {"person": person_to_wire(enrolled)}))  # waits in the outbox
+    gate.client.events_appended()
+    await hostile.connection(6, timeout=10)
+    stats = gate.client.stats
+    assert (stats.connects, stats.disconnects, stats.events_sent, stats.requests_sent) == (0, 0, 0, 0)
+    assert not gate.client.connected and stats.last_error == f"refused by the controller: {reason}"
+    assert link_down_lines(caplog) == [stats.last_error]  # one line, not one per attempt
+    assert not [r for r in caplog.records if r.getMessage() == "link connected"]
+    gaps = [b - a for a, b in zip(dialled, dialled[1:])]
+    for i, gap in enumerate(gaps[:5]):  # 0.05, 0.1, 0.2, 0.4, 0.4 s (±10%): never sooner
+        assert gap >= 0.9 * min(0.4, 0.05 * 2**i) - 0.01, (i, gaps)
 
 
 async def test_a_controller_that_stops_reading_is_dropped_and_the_events_go_after(make, caplog):
@@ -434,7 +465,6 @@ async def test_a_flood_of_refused_requests_logs_a_few_lines_then_a_summary_an_in
     caplog.set_level(logging.INFO, logger="palmnode.link")
     bad_mode = {"mode": "bogus"}
     bad_amount = {"mode": "payment", "amount_cents": True, "currency": "EUR"}
-    flood: list[tuple[dict, int]] = []
 
     async def script(conn: Conn) -> None:
         await conn.hello()
