@@ -51,6 +51,7 @@ MAX_ID = 128  # longest person/node id or idempotency key accepted (ids are uuid
 #: unacked outbox batch (100), so its redeliveries stay recognised even after the controller's
 #: clock jumps forward (a board without a real-time clock, set by NTP) and ages every row at once
 KEEP_PER_NODE = 1000
+LIVE_PERSON_CHANGED = "rejected: person already enrolled with other data (a live person never changes)"
 SQL_INT = range(-2**63, 2**63)  # SQLite's INTEGER: a larger int cannot even be bound
 SYNC_BYTES = 512 * 1024  # one sync answer stays well under the link's 1 MiB frame cap
 BUSY_TIMEOUT_S = 10.0  # how long a transaction waits for another program holding the write lock
@@ -420,8 +421,9 @@ class Store:
         """Apply one delivered event exactly once: record it and its effect in one transaction.
 
         A (node_id, key) already recorded returns ``Applied(duplicate=True)`` and changes nothing.
-        An ``enrolled``/``deleted`` payload without the documented shape is recorded as rejected
-        (``Applied.rejected``), changing nothing else, so it cannot block the node's outbox.
+        An ``enrolled``/``deleted`` payload without the documented shape, or an ``enrolled`` naming a
+        live person with other data than theirs (a live person never changes), is recorded as
+        rejected (``Applied.rejected``), changing nothing else, so it cannot block the node's outbox.
         Raises :class:`BadRecord` (nothing written) only for an unusable key.
         """
         if not 0 < len(key) <= MAX_ID:
@@ -445,7 +447,10 @@ class Store:
                 _audit(conn, "event_rejected", node_id=node_id, key=key, event_kind=kind, reason=rejected)
             elif person is not None:
                 applied = self._upsert(conn, person, node_id)
-                kept = {"person_id": person.person_id}
+                if applied.rejected:
+                    _audit(conn, "event_rejected", node_id=node_id, key=key, event_kind=kind, reason=applied.effect)
+                else:
+                    kept = {"person_id": person.person_id}
             elif removed is not None:
                 applied = self._remove(conn, removed, node_id, reason=f"deleted at {node_id}")
                 kept = {"person_id": removed}
@@ -481,6 +486,12 @@ class Store:
             _audit(conn, "enrol_refused", person_id=person.person_id, node_id=node_id, reason="already removed")
             return Applied(duplicate=False, effect="refused: removed", change=Remove(removed_at, person.person_id),
                            to_origin=True)
+        row = conn.execute("SELECT * FROM people WHERE person_id = ?", (person.person_id,)).fetchone()
+        if row is not None and self._differs(row, person):
+            # an enrolment is made once, under a new id: a live person's record never changes, so
+            # every upsert of them a gate gets is the same and their order cannot matter. Other data
+            # under a live id is a buggy gate, or one taking someone over (their card, their palms).
+            return Applied(duplicate=False, effect=LIVE_PERSON_CHANGED, rejected=True)
         palms = msgpack.packb([[p.palm, list(p.templates)] for p in person.palms])
         conn.execute("INSERT OR REPLACE INTO people VALUES (?, ?, ?, ?, ?, ?, ?)",
                      (person.person_id, person.card_digest, person.card_last4, person.phone_digest,
@@ -489,6 +500,14 @@ class Store:
         _audit(conn, "enrolled", person_id=person.person_id, node_id=node_id,
                palms=[p.palm for p in person.palms])
         return Applied(duplicate=False, effect="enrolled", change=Upsert(cursor, person))
+
+    def _differs(self, row: tuple, person: PersonRecord) -> bool:
+        """Whether the stored ``row`` holds other data than ``person`` (one whose templates no
+        longer open, a damaged record, is replaced by the enrolment instead)."""
+        try:
+            return self._person(row) != person
+        except TamperedData:
+            return False
 
     def _remove(self, conn: sqlite3.Connection, person_id: str, node_id: str, *, reason: str) -> Applied:
         existed = conn.execute("DELETE FROM people WHERE person_id = ?", (person_id,)).rowcount > 0

@@ -156,9 +156,10 @@ def test_transaction_is_all_or_nothing(store, monkeypatch):
 
 
 def test_change_log_keeps_one_latest_row_per_person(store):
-    enrol(store, person_wire("p-1"), seq=1)
+    p1 = person_wire("p-1")
+    enrol(store, p1, seq=1)
     enrol(store, person_wire("p-2"), seq=2)
-    enrol(store, person_wire("p-1"), seq=3)  # re-enrolled: p-1's first upsert row goes
+    enrol(store, p1, seq=3)  # the same enrolment again, under another key: p-1's first upsert row goes
     changes, cursor, more = store.changes_since(0)
     assert [type(c).__name__ + ":" + (c.person.person_id if isinstance(c, Upsert) else c.person_id)
             for c in changes] == ["Upsert:p-2", "Upsert:p-1"]
@@ -189,6 +190,32 @@ def test_sync_pages_by_size(store):
     assert len(changes) == 4 and more and cursor == changes[-1].cursor
     # a cursor from another database (beyond ours) starts over
     assert len(store.changes_since(10_000)[0]) == 10
+
+
+def test_a_live_persons_record_never_changes(store):
+    """An enrolment is made once, with a new id (a linked enrolment changes nobody), so every
+    upsert of a live person the gates get carries the same data and their order cannot matter. An
+    enrolled event naming a live person with other data (a buggy gate, or one taking someone over:
+    their card, their palms) is rejected, and the record, the log and the gates keep the first."""
+    first = person_wire("p-1")
+    applied = enrol(store, first, seq=1)
+    head = store.head_cursor()
+    for other in ({**first, "card_digest": os.urandom(32)},
+                  {**first, "palms": [{"palm": "right", "templates": [template_bytes()]}]},
+                  {**first, "enrolled_at": first["enrolled_at"] + 1}):
+        taken = enrol(store, other, node="gate-b", seq=len(store.events()) + 1)
+        assert taken.rejected and taken.change is None
+        assert taken.effect == "rejected: person already enrolled with other data (a live person never changes)"
+        assert "p-1" not in taken.effect
+    assert store.get_person("p-1") == PersonRecord.from_wire(first) and store.head_cursor() == head
+    again = enrol(store, first, node="gate-c", seq=1)  # the same data again: applied as before
+    assert not again.rejected and again.change.person == applied.change.person
+    audit = [e for e in store.audit_entries() if e["kind"] == "event_rejected"]
+    assert len(audit) == 3 and all("already enrolled" in e["reason"] for e in audit)
+    store._write(lambda conn: conn.execute("UPDATE people SET palms = zeroblob(64)"))  # damaged on disk
+    repaired = {**first, "card_digest": os.urandom(32)}
+    assert not enrol(store, repaired, node="gate-d", seq=1).rejected  # a record that no longer opens is replaced
+    assert store.get_person("p-1") == PersonRecord.from_wire(repaired)
 
 
 def test_removal_is_final(store):
