@@ -221,8 +221,30 @@ def certs(*args: str) -> subprocess.CompletedProcess:
 
 def test_certs_days_beyond_any_date_is_a_one_line_error(tmp_path):
     proc = certs("--out", str(tmp_path / "pki"), "--days", "99999999")
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr == "palmnode certs: days must be 1 to 36500, got 99999999\n"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--days", "0"], "palmnode certs: days must be 1 to 36500, got 0\n"),
+    (["--node", "../gate"], "palmnode certs: '../gate' is not a usable name"),
+    (["--out", "{file}/pki"], "palmnode certs: cannot create folder {file}/pki: Not a directory\n"),
+])
+def test_certs_exits_1_on_its_own_errors_as_every_subcommand_does(tmp_path, capsys, args, message):
+    """`palmnode certs` exited 2 on its own errors (a bad name, --days, a folder it cannot make),
+    the status argparse gives a malformed command line, while every other subcommand exits 1 on
+    a mistake in what it was given. Now 1; a usage error is still argparse's 2."""
+    (tmp_path / "file").write_text("")
+    args = [a.format(file=tmp_path / "file") for a in args]
+    message = message.format(file=tmp_path / "file")
+    if "--out" not in args:
+        args = ["--out", str(tmp_path / "pki"), *args]
+    assert cli.main(["certs", *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(message) and len(err.splitlines()) == 1, err
+    with pytest.raises(SystemExit) as usage:
+        cli.main(["certs", "--out", str(tmp_path / "pki"), "--days", "many"])
+    assert usage.value.code == 2
 
 
 @pytest.mark.parametrize("kept", ["ca.key", "ca.pem"])
@@ -233,7 +255,7 @@ def test_certs_never_overwrites_half_a_ca(tmp_path, kept):
     (tmp_path / "pki" / ({"ca.key", "ca.pem"} - {kept}).pop()).unlink()
     before = (tmp_path / "pki" / kept).read_bytes()
     proc = certs("--out", str(tmp_path / "pki"), "--node", "gate-1")
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert len(proc.stderr.splitlines()) == 1 and f"{tmp_path / 'pki' / kept} is there but" in proc.stderr
     assert (tmp_path / "pki" / kept).read_bytes() == before
     assert not (tmp_path / "pki" / "gate-1.pem").exists()

@@ -60,12 +60,15 @@ class PkiPaths:
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        os.fchmod(fd, mode)  # an existing file keeps its old mode through O_CREAT
-        os.write(fd, data)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            os.fchmod(fd, mode)  # an existing file keeps its old mode through O_CREAT
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise PkiError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -151,7 +154,10 @@ def make_dev_pki(folder: Path, *, nodes: Sequence[str], controller: str = "contr
         raise PkiError(f"names must be distinct, got {', '.join(names)}")
     if not 1 <= days <= MAX_DAYS:
         raise PkiError(f"days must be 1 to {MAX_DAYS}, got {days}")
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise PkiError(f"cannot create folder {folder}: {exc.strerror or exc}") from None
     ca_cert_path, ca_key_path = folder / "ca.pem", folder / "ca.key"
     if ca_cert_path.exists() and ca_key_path.exists():
         ca_cert, ca_key = _load_ca(ca_cert_path, ca_key_path)
@@ -188,9 +194,9 @@ def main(args: argparse.Namespace) -> int:
     """``palmnode certs``: make or extend a development PKI; prints what it wrote."""
     try:
         paths = make_dev_pki(args.out, nodes=args.node, controller=args.controller, days=args.days)
-    except (PkiError, OSError) as exc:
+    except (PkiError, OSError) as exc:  # 1, as every subcommand's own errors (argparse's usage errors: 2)
         print(f"palmnode certs: {exc}", file=sys.stderr)
-        return 2
+        return 1
     print(f"CA          {paths.ca_cert}  (key {paths.ca_key}: keep it off the gates)")
     for name, pair in [(args.controller, paths.controller), *paths.nodes.items()]:
         print(f"{name:<11} {pair.cert}  {pair.key}")

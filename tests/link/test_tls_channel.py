@@ -76,7 +76,7 @@ def test_certs_subcommand(tmp_path, capsys):
     assert certs.main(args) == 0
     out = capsys.readouterr().out
     assert "gate-2" in out and (tmp_path / "pki" / "gate-2.key").exists()
-    assert certs.main(parser.parse_args(["--out", str(tmp_path / "pki"), "--node", "bad/name"])) == 2
+    assert certs.main(parser.parse_args(["--out", str(tmp_path / "pki"), "--node", "bad/name"])) == 1
     assert "not a usable name" in capsys.readouterr().err
 
 
