@@ -109,7 +109,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("certs", help="make a development CA and certificates",
                        description="Make a development certificate authority and certificates for the "
                        "store controller and each node (mutual TLS on the controller link). Keys are 0600; "
-                       "an existing CA in the folder is reused, so running it again adds nodes.")
+                       "an existing CA in the folder is reused, so running it again adds nodes, and an "
+                       "existing key and certificate are kept (a gate may use them) unless --renew names them.")
     if wanted("certs"):
         from palmnode.link import certs
 

@@ -319,3 +319,83 @@ def test_a_second_signal_while_the_node_stops_changes_nothing(tmp_path):
     lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert [l["msg"] for l in lines][-1] == "node stopped", err[-3000:]
     assert any(l["msg"] == "node already stopping" for l in lines), err[-3000:]
+
+
+def pair_bytes(folder: Path, name: str) -> tuple[bytes, bytes]:
+    return (folder / f"{name}.pem").read_bytes(), (folder / f"{name}.key").read_bytes()
+
+
+def test_certs_run_again_keeps_every_existing_pair_unless_renewed(tmp_path, capsys):
+    """Running `palmnode certs` again for a node already issued (to add another, or by mistake)
+    re-issued its key and certificate, and the controller's: a gate holding the old files went on
+    with a pair its folder no longer had. Now an existing pair is kept and stdout says so;
+    --renew NAME re-issues that one alone."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    pki = tmp_path / "pki"
+    assert cli.main(["certs", "--out", str(pki), "--node", "gate-1"]) == 0
+    capsys.readouterr()
+    gate, controller = pair_bytes(pki, "gate-1"), pair_bytes(pki, "controller")
+
+    assert cli.main(["certs", "--out", str(pki), "--node", "gate-1", "--node", "gate-2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert pair_bytes(pki, "gate-1") == gate and pair_bytes(pki, "controller") == controller
+    kept = {line.split()[0] for line in out if "(kept: it exists" in line}
+    assert kept == {"gate-1", "controller"}, out
+    assert any(line.startswith("gate-1 ") and "--renew gate-1 issues a new pair" in line for line in out)
+    assert (pki / "gate-2.pem").exists() and not any("kept" in l for l in out if l.startswith("gate-2 "))
+
+    assert cli.main(["certs", "--out", str(pki), "--renew", "gate-1"]) == 0
+    out = capsys.readouterr().out
+    new = pair_bytes(pki, "gate-1")
+    assert new[0] != gate[0] and new[1] != gate[1] and pair_bytes(pki, "controller") == controller
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    assert "kept" not in lines["gate-1"] and "(kept: it exists" in lines["controller"], out
+    ca = x509.load_pem_x509_certificate((pki / "ca.pem").read_bytes())
+    cert = x509.load_pem_x509_certificate(new[0])
+    cert.verify_directly_issued_by(ca)
+    assert load_pem_private_key(new[1], None).public_key() == cert.public_key()
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("no cert", "{pki}/gate-1.key is there but {pki}/gate-1.pem is not: restore gate-1.pem, "
+                "or pass --renew gate-1 to issue a new pair"),
+    ("no key", "{pki}/gate-1.pem is there but {pki}/gate-1.key is not: restore gate-1.key, "
+               "or pass --renew gate-1 to issue a new pair"),
+    ("other key", "{pki}/gate-1.key is not the key of {pki}/gate-1.pem: pass --renew gate-1 to issue a new pair"),
+    ("not pem", "cannot read {pki}/gate-1.pem: "),
+    ("new ca", "{pki}/gate-1.pem was not issued by the CA in {pki}: pass --renew gate-1 to issue a new pair"),
+])
+def test_certs_refuses_an_existing_pair_it_cannot_keep_and_writes_nothing(tmp_path, capsys, damage, message):
+    pki = tmp_path / "pki"
+    assert cli.main(["certs", "--out", str(pki), "--node", "gate-1"]) == 0
+    if damage == "no cert":
+        (pki / "gate-1.pem").unlink()
+    elif damage == "no key":
+        (pki / "gate-1.key").unlink()
+    elif damage == "other key":
+        (pki / "gate-1.key").write_bytes((pki / "controller.key").read_bytes())
+    elif damage == "not pem":
+        (pki / "gate-1.pem").write_text("not a certificate\n")
+    else:  # the CA moved away to make a new one: the old leaves would not pass the new CA
+        for name in ("ca.pem", "ca.key", "controller.pem", "controller.key"):
+            (pki / name).unlink()
+    before = {p.name: p.read_bytes() for p in pki.iterdir()}
+    capsys.readouterr()
+    assert cli.main(["certs", "--out", str(pki), "--node", "gate-1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("palmnode certs: " + message.format(pki=pki)) and len(err.splitlines()) == 1, err
+    assert {p.name: p.read_bytes() for p in pki.iterdir()} == before
+    assert cli.main(["certs", "--out", str(pki), "--renew", "gate-1"]) == 0
+    assert "gate-1.pem" in {p.name for p in pki.iterdir()}
+
+
+def test_certs_renew_of_a_pair_it_cannot_write_is_a_one_line_error(tmp_path, capsys):
+    pki = tmp_path / "pki"
+    assert cli.main(["certs", "--out", str(pki), "--node", "gate-1"]) == 0
+    (pki / "gate-1.key").unlink()
+    (pki / "gate-1.key").mkdir()
+    capsys.readouterr()
+    assert cli.main(["certs", "--out", str(pki), "--renew", "gate-1"]) == 1
+    assert capsys.readouterr().err == f"palmnode certs: cannot write {pki}/gate-1.key: Is a directory\n"

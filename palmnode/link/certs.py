@@ -2,7 +2,8 @@
 
 ``make_dev_pki(folder, nodes=["gate-1"])`` writes ``ca.pem``/``ca.key`` and ``<name>.pem``/
 ``<name>.key`` for the controller and each node (EC P-256, keys 0600). An existing CA in the
-folder is reused, so nodes can be added later. ``palmnode certs --out DIR --node gate-1`` runs it.
+folder is reused, so nodes can be added later; an existing pair is kept (a gate may be using it)
+unless ``renew`` names it. ``palmnode certs --out DIR --node gate-1 [--renew NAME]`` runs it.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import attrs
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -48,6 +50,8 @@ class PkiPaths:
     ca_key: Path
     controller: CertPair
     nodes: Mapping[str, CertPair]
+    #: the names whose pair was already there and was left as it was, each with its certificate's end
+    kept: Mapping[str, dt.datetime] = attrs.field(factory=dict)
 
     def pair(self, name: str) -> CertPair:
         """The certificate and key for the controller's or a node's name."""
@@ -142,11 +146,38 @@ def _load_ca(cert_path: Path, key_path: Path) -> tuple[x509.Certificate, ec.Elli
     return cert, key
 
 
+def _check_kept(pair: CertPair, name: str, ca_cert: x509.Certificate) -> dt.datetime:
+    """An existing pair that may be kept: its certificate issued by ``ca_cert``, its key the
+    certificate's. Its validity end; :class:`PkiError` naming the file otherwise."""
+    renew = f"pass --renew {name} to issue a new pair"
+    try:
+        cert = x509.load_pem_x509_certificate(pair.cert.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise PkiError(f"cannot read {pair.cert}: {exc}; {renew}") from None
+    try:
+        key = serialization.load_pem_private_key(pair.key.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise PkiError(f"cannot read {pair.key}: {exc}; {renew}") from None
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature):
+        raise PkiError(f"{pair.cert} was not issued by the CA in {pair.cert.parent}: {renew}") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
+        raise PkiError(f"{pair.key} is not the key of {pair.cert}: {renew}")
+    return cert.not_valid_after_utc
+
+
 def make_dev_pki(folder: Path, *, nodes: Sequence[str], controller: str = "controller",
-                 days: int = 365) -> PkiPaths:
-    """Write a CA (or reuse the one in ``folder``) and certificates for ``controller`` and ``nodes``."""
+                 days: int = 365, renew: Sequence[str] = ()) -> PkiPaths:
+    """Write a CA (or reuse the one in ``folder``) and certificates for ``controller`` and ``nodes``.
+
+    A name whose ``<name>.pem`` and ``<name>.key`` are already there keeps them (a gate or the
+    controller may be using them): they are checked against the CA, not rewritten. The names in
+    ``renew`` (a node not in ``nodes`` is added) get a new key and certificate. Nothing is written
+    when any name is refused."""
     folder = Path(folder)
     names = [controller, *nodes]
+    names += [name for name in dict.fromkeys(renew) if name not in names]
     for name in names:
         if not NAME_RE.fullmatch(name) or name == "ca":
             raise PkiError(f"{name!r} is not a usable name: 1-64 of A-Z a-z 0-9 . _ -, not starting with . _ -, not 'ca'")
@@ -159,6 +190,7 @@ def make_dev_pki(folder: Path, *, nodes: Sequence[str], controller: str = "contr
     except OSError as exc:
         raise PkiError(f"cannot create folder {folder}: {exc.strerror or exc}") from None
     ca_cert_path, ca_key_path = folder / "ca.pem", folder / "ca.key"
+    new_ca = False
     if ca_cert_path.exists() and ca_key_path.exists():
         ca_cert, ca_key = _load_ca(ca_cert_path, ca_key_path)
     elif ca_cert_path.exists() or ca_key_path.exists():  # half a CA: a new one would overwrite the other half
@@ -167,17 +199,28 @@ def make_dev_pki(folder: Path, *, nodes: Sequence[str], controller: str = "contr
                        "away to make a new CA")
     else:
         ca_cert, ca_key = _make_ca(days)
+        new_ca = True
+    pairs = {name: CertPair(folder / f"{name}.pem", folder / f"{name}.key") for name in names}
+    kept = {}
+    for name, pair in pairs.items():  # every refusal before anything is written
+        if name in renew or not (pair.cert.exists() or pair.key.exists()):
+            continue
+        if not (pair.cert.exists() and pair.key.exists()):  # half a pair: its other half may be in use
+            there, gone = (pair.cert, pair.key) if pair.cert.exists() else (pair.key, pair.cert)
+            raise PkiError(f"{there} is there but {gone} is not: restore {gone.name}, or pass --renew {name} "
+                           "to issue a new pair")
+        kept[name] = _check_kept(pair, name, ca_cert)
+    if new_ca:
         _write(ca_key_path, _key_pem(ca_key), 0o600)
         _write(ca_cert_path, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
-    pairs = {}
-    for name in names:
+    for name, pair in pairs.items():
+        if name in kept:
+            continue
         cert, key = _make_leaf(name, server=name == controller, ca_cert=ca_cert, ca_key=ca_key, days=days)
-        pair = CertPair(folder / f"{name}.pem", folder / f"{name}.key")
         _write(pair.key, _key_pem(key), 0o600)
         _write(pair.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
-        pairs[name] = pair
     return PkiPaths(folder=folder, ca_cert=ca_cert_path, ca_key=ca_key_path,
-                    controller=pairs.pop(controller), nodes=pairs)
+                    controller=pairs.pop(controller), nodes=pairs, kept=kept)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -188,16 +231,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--controller", default="controller", metavar="NAME",
                         help="the controller's certificate name (default: controller)")
     parser.add_argument("--days", type=int, default=365, help="validity in days (default: 365)")
+    parser.add_argument("--renew", action="append", default=[], metavar="NAME",
+                        help="issue a new key and certificate for this node id or the controller's name, "
+                        "replacing the ones in --out (repeatable); without it an existing pair is kept")
 
 
 def main(args: argparse.Namespace) -> int:
     """``palmnode certs``: make or extend a development PKI; prints what it wrote."""
     try:
-        paths = make_dev_pki(args.out, nodes=args.node, controller=args.controller, days=args.days)
+        paths = make_dev_pki(args.out, nodes=args.node, controller=args.controller, days=args.days,
+                             renew=args.renew)
     except (PkiError, OSError) as exc:  # 1, as every subcommand's own errors (argparse's usage errors: 2)
         print(f"palmnode certs: {exc}", file=sys.stderr)
         return 1
     print(f"CA          {paths.ca_cert}  (key {paths.ca_key}: keep it off the gates)")
+    now = dt.datetime.now(dt.UTC)
     for name, pair in [(args.controller, paths.controller), *paths.nodes.items()]:
-        print(f"{name:<11} {pair.cert}  {pair.key}")
+        note = ""
+        if name in paths.kept:
+            end = paths.kept[name]
+            valid = f"valid until {end:%Y-%m-%d}" if end > now else f"EXPIRED on {end:%Y-%m-%d}"
+            note = f"  (kept: it exists, {valid}; --renew {name} issues a new pair)"
+        print(f"{name:<11} {pair.cert}  {pair.key}{note}")
     return 0
