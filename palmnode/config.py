@@ -168,6 +168,10 @@ class ControllerLink:
         _port(self.port)
 
 
+#: ``[repl] max_sessions`` at most (as palmnode.repl.server.SESSIONS_LIMIT)
+MAX_REPL_SESSIONS = 64
+
+
 @attrs.frozen
 class ReplConfig:
     """The diagnostics socket (0600). ``python_console`` opens ``py`` (Python inside the node) to
@@ -182,7 +186,9 @@ class ReplConfig:
     idle_timeout_s: float = 900.0
 
     def __attrs_post_init__(self) -> None:
-        _positive(max_sessions=self.max_sessions)
+        if not 1 <= self.max_sessions <= MAX_REPL_SESSIONS:
+            raise ValueError(f"max_sessions must be 1 to {MAX_REPL_SESSIONS} (REPL clients served at once), "
+                             f"got {self.max_sessions!r}")
         if self.idle_timeout_s <= 0:  # (nan passes here: refused as not finite)
             raise ValueError(f"idle_timeout_s must be greater than 0 (seconds without a command before a "
                              f"session is closed; a larger value keeps idle sessions longer), got "

@@ -202,3 +202,26 @@ def test_repl_idle_timeout_mistakes(tmp_path, value, message):
     assert "python_console = false" in base
     assert message in refusal(tmp_path / "c.toml", base.replace(
         "python_console = false", f"python_console = false\nidle_timeout_s = {value}", 1))
+
+
+@pytest.mark.parametrize("value, message", [
+    ("0", "[repl]: max_sessions must be 1 to 64 (REPL clients served at once), got 0"),
+    ("65", "[repl]: max_sessions must be 1 to 64 (REPL clients served at once), got 65"),
+    ("100000", "[repl]: max_sessions must be 1 to 64 (REPL clients served at once), got 100000"),
+    ("-1", "[repl] max_sessions: must not be negative, got -1"),
+    ("8.5", "[repl] max_sessions: expected an integer, got 8.5"),
+])
+def test_repl_max_sessions_is_bounded(tmp_path, value, message):
+    """max_sessions had no upper bound: a million let that many clients hold a session (a task,
+    a socket, a console) each in the gate's node. Now 1 to 64, as the server itself takes."""
+    from palmnode.repl.server import SESSIONS_LIMIT
+
+    assert config.MAX_REPL_SESSIONS == SESSIONS_LIMIT == 64
+    base = (ROOT / "config" / "sim.toml").read_text()
+    def text(sessions: str) -> str:
+        return base.replace("python_console = false", f"python_console = false\nmax_sessions = {sessions}", 1)
+
+    got = refusal(tmp_path / "c.toml", text(value))
+    assert got == f"{tmp_path / 'c.toml'} {message}", got
+    (tmp_path / "ok.toml").write_text(text("64"))
+    assert config.load(tmp_path / "ok.toml").repl.max_sessions == 64

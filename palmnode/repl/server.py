@@ -27,6 +27,9 @@ log = logging.getLogger("palmnode.repl")
 
 #: sessions served at once; one more is told so and closed
 MAX_SESSIONS = 8
+#: ``max_sessions`` at most: each session holds a socket, a task and maybe a console in the node,
+#: and a gate's operators are a handful ([repl] max_sessions, config.MAX_REPL_SESSIONS)
+SESSIONS_LIMIT = 64
 #: a client that does not take one reply line within this long is disconnected
 SEND_TIMEOUT_S = 2.0
 #: a session with no command this long is told why and closed ([repl] idle_timeout_s)
@@ -51,6 +54,8 @@ async def serve_repl(target: ReplTarget, path: str | os.PathLike[str], *, python
     """
     if not idle_timeout_s > 0:
         raise ValueError(f"idle_timeout_s must be greater than 0, got {idle_timeout_s!r}")
+    if not 1 <= max_sessions <= SESSIONS_LIMIT:
+        raise ValueError(f"max_sessions must be 1 to {SESSIONS_LIMIT}, got {max_sessions!r}")
     path = Path(path).absolute()
     if len(os.fsencode(path)) > MAX_PATH:
         raise ReplSocketError(f"REPL socket path {path} is longer than {MAX_PATH} bytes: choose a shorter one")
@@ -290,4 +295,4 @@ class _Connection:
             await self.send_line(protocol.encode_ok({"interrupted": True}, "interrupted"))
 
 
-__all__ = ["IDLE_TIMEOUT_S", "MAX_SESSIONS", "ReplSocketError", "serve_repl"]
+__all__ = ["IDLE_TIMEOUT_S", "MAX_SESSIONS", "SESSIONS_LIMIT", "ReplSocketError", "serve_repl"]

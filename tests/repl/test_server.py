@@ -20,7 +20,7 @@ from palmnode.biometrics.gallery import Gallery
 from palmnode.gate.events import Decision, PersonEnrolled
 from palmnode.repl import ReplSocketError, serve_repl
 from palmnode.repl.protocol import MAX_LINE
-from palmnode.repl.server import IDLE_TIMEOUT_S, MAX_SESSIONS
+from palmnode.repl.server import IDLE_TIMEOUT_S, MAX_SESSIONS, SESSIONS_LIMIT
 from tests.conftest import wait_for
 from tests.repl.conftest import BareTarget, Client, OtherTree
 
@@ -572,3 +572,11 @@ async def test_serve_repl_refuses_a_timeout_that_is_not_positive(short_dir, valu
     with pytest.raises(ValueError, match="idle_timeout_s must be greater than 0"), trio.fail_after(5):
         await serve_repl(BareTarget(), os.path.join(short_dir, "t.sock"), idle_timeout_s=value)
     assert not os.path.exists(os.path.join(short_dir, "t.sock"))
+
+
+@pytest.mark.parametrize("sessions", [0, SESSIONS_LIMIT + 1])
+async def test_serve_repl_refuses_a_session_count_beyond_its_bounds(short_dir, sessions):
+    path = os.path.join(short_dir, "bound.sock")
+    with pytest.raises(ValueError, match=f"max_sessions must be 1 to {SESSIONS_LIMIT}, got {sessions}"):
+        await serve_repl(BareTarget(), path, max_sessions=sessions)
+    assert not os.path.exists(path)
