@@ -14,8 +14,8 @@ import trio
 from palmnode import logs
 
 
-#: exit status of a config file that cannot be used (sysexits.h EX_CONFIG): systemd's unit does not
-#: restart on it (RestartPreventExitStatus=78), as a retry would meet the same file
+#: exit status of a configuration that cannot be used (sysexits.h EX_CONFIG): systemd's unit does not
+#: restart on it (RestartPreventExitStatus=78), as a retry would meet the same files
 EX_CONFIG = 78
 
 
@@ -26,7 +26,11 @@ class UserError(Exception):
 
 
 class ConfigFileError(UserError):
-    """The node's config file is missing, unreadable, not TOML, or has an unknown key or a bad value."""
+    """The node's configuration cannot work as it stands, so a restart would fail the same way: the
+    config file (missing, unreadable, not TOML, an unknown key, a bad value) or a file it names (the
+    card token key file, the vault key, the link's certificates, the calibration: missing, unreadable,
+    too open, invalid). Exit 78, which the systemd unit does not restart; what another process holds
+    (a vault, a REPL socket, a port) may be free at the next start, and stays a UserError (1)."""
 
     exit_code = EX_CONFIG
 
@@ -137,7 +141,7 @@ async def _serve_node(node) -> None:
                     await nursery.start(node.run)
                 stopping.cancel_scope.cancel()
         except* (DeviceError, GateSetupError) as group:  # e.g. an unusable token key file, found before any device opens
-            raise UserError(str(_leaf(group))) from None
+            raise _setup_error(_leaf(group)) from None
         except* SupervisorEscalation as group:  # a service that cannot start: the REPL socket, the metrics port
             raise _service_error(node, _leaf(group)) from None
     logs.event(log, "node stopped")
@@ -163,6 +167,17 @@ def _leaf(error: BaseException) -> BaseException:
     while isinstance(error, BaseExceptionGroup):
         error = error.exceptions[0]
     return error
+
+
+def _setup_error(error: BaseException) -> UserError:
+    """A failure to set the node up, as one line: 78 when a file the config names can never work
+    (the token key file; a GateSetupError that says so), 1 when a restart may find it usable.
+    (A device that is absent or fails does not end the node: it is LOST and reopened.)"""
+    from palmnode.devices.card_reader import KeyFileError
+
+    if isinstance(error, KeyFileError) or getattr(error, "config", False):
+        return ConfigFileError(str(error))
+    return UserError(str(error))
 
 
 def _service_error(node, escalation: BaseException) -> BaseException:

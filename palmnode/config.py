@@ -6,6 +6,7 @@ the key and the fix. Relative paths are resolved against the config file's folde
 from __future__ import annotations
 
 import math
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,8 @@ class ControllerLink:
 
 #: ``[repl] max_sessions`` at most (as palmnode.repl.server.SESSIONS_LIMIT)
 MAX_REPL_SESSIONS = 64
+#: a unix socket path's bytes at most (sun_path is 108 with its NUL; as palmnode.repl.server.MAX_PATH)
+MAX_SOCKET_PATH = 107
 
 
 @attrs.frozen
@@ -186,6 +189,9 @@ class ReplConfig:
     idle_timeout_s: float = 900.0
 
     def __attrs_post_init__(self) -> None:
+        if self.enabled and len(os.fsencode(self.socket_path)) > MAX_SOCKET_PATH:  # no node could ever bind it
+            raise ValueError(f"socket_path {self.socket_path} is longer than {MAX_SOCKET_PATH} bytes (a unix "
+                             "socket's limit): choose a shorter one")
         if not 1 <= self.max_sessions <= MAX_REPL_SESSIONS:
             raise ValueError(f"max_sessions must be 1 to {MAX_REPL_SESSIONS} (REPL clients served at once), "
                              f"got {self.max_sessions!r}")

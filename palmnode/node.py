@@ -1,6 +1,7 @@
 """The node: config → supervision tree of device actors, health, event bus and structured logs."""
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import time
@@ -32,7 +33,7 @@ from palmnode.metrics import Metrics, record_health, record_vault_wal, serve_met
 from palmnode.ops import NodeOps
 from palmnode.repl.server import serve_repl
 from palmnode.systemd import serve_systemd, tree_healthy
-from palmnode.vault import Vault, VaultError, open_vault
+from palmnode.vault import Vault, VaultError, VaultKeyError, open_vault
 
 log = logging.getLogger("palmnode.node")
 
@@ -101,17 +102,24 @@ class Node:
             self.threshold = calibration.decision_threshold(cfg.gate.target_fmr)
             look_penalty = second_look_penalty(calibration.decision_threshold, cfg.gate.target_fmr)
         except (OSError, ValueError) as exc:
-            raise GateSetupError(f"calibration {cfg.gate.calibration}: {exc}") from None
+            why = (exc.strerror or exc) if isinstance(exc, OSError) else exc
+            raise GateSetupError(f"calibration {cfg.gate.calibration}: {why}", config=True) from None
         vault_cfg = cfg.vault
+        for path in (vault_cfg.path, vault_cfg.key_file):
+            folder = Path(path).parent if path is not None else None
+            try:
+                if folder is not None:
+                    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as exc:  # a file in the way, a read-only or foreign folder: as the config says
+                why = "a file is in the way" if isinstance(exc, FileExistsError) else (exc.strerror or exc)
+                raise GateSetupError(f"vault {vault_cfg.path}: cannot create folder {folder}: {why}",
+                                     config=exc.errno in _PATH_ERRNOS) from None
         try:
-            for path in (vault_cfg.path, vault_cfg.key_file):
-                if path is not None:
-                    Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.vault = await trio.to_thread.run_sync(
                 functools.partial(open_vault, vault_cfg, node_id=node_id, create_key=vault_cfg.key_file is not None,
                                   exclusive=True))
-        except (VaultError, OSError) as exc:
-            raise GateSetupError(f"vault {cfg.vault.path}: {exc}") from None
+        except (VaultError, OSError) as exc:  # the key can never work; a vault another node holds may be free later
+            raise GateSetupError(f"vault {cfg.vault.path}: {exc}", config=isinstance(exc, VaultKeyError)) from None
         if self.gallery is None:   # a search may stop early at a candidate the gate would accept
             self.gallery = Gallery(exit_score=self.threshold, threads=cfg.gate.search_threads)
         if cfg.controller is not None:
@@ -122,7 +130,7 @@ class Node:
                                node_id=node_id, server_name=link.server_name),
                     self.vault, self.ops.handle, on_connected=self.ops.sync, capabilities=CAPABILITIES)
             except ValueError as exc:  # TlsConfigError, LinkConfigError: one line with the fix
-                raise GateSetupError(str(exc)) from None
+                raise GateSetupError(str(exc), config=True) from None
         self.people = People(self.vault, self.gallery, node_id, self.bus, self.metrics,
                              events_appended=self.link.events_appended if self.link else None,
                              forget_frames=self.frames.forget_frames)
@@ -138,7 +146,7 @@ class Node:
                     cfg.debug.capture_dir, cfg.debug.capture_max_files,
                     clock_offset=time.time() - trio.current_time())
             except OSError as exc:
-                raise GateSetupError(f"debug capture folder {cfg.debug.capture_dir}: {exc}") from None
+                raise GateSetupError(f"debug capture folder {cfg.debug.capture_dir}: {exc}", config=True) from None
         self.identify = IdentifyFlow(self.bus, capturer, self.gallery, people=self.people, modes=self.modes,
                                      charge=self.ops.charge, metrics=self.metrics,
                                      policy=IdentifyPolicy(threshold=self.threshold,
@@ -262,8 +270,19 @@ class Node:
             await trio.sleep(HEALTH_METRICS_PERIOD_S)
 
 
+#: what a path's creation meets until its folder or the config is changed (not a full disk, an I/O error)
+_PATH_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR,
+                          errno.ELOOP, errno.ENAMETOOLONG})
+
+
 class GateSetupError(Exception):
-    """The gate cannot start identifying (calibration or vault unusable); one line says why."""
+    """The gate cannot start identifying (calibration or vault unusable); one line says why.
+    ``config``: a file or folder the config names can never work as it is (a restart would fail
+    the same way: ``palmnode run`` exits 78); otherwise a restart may succeed (exit 1)."""
+
+    def __init__(self, message: str, *, config: bool = False) -> None:
+        super().__init__(message)
+        self.config = config
 
 
 def _started(run: Callable[..., Awaitable[None]]) -> Callable[[ChildContext], Awaitable[None]]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -149,11 +150,13 @@ def test_the_repl_command_line_does_not_import_the_engine():
     assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
 
 
-def node_config(tmp_path: Path, *changes: tuple[str, str]) -> Path:
-    """config/sim.toml with its files in ``tmp_path``, no controller link, and ``changes`` made."""
+def node_config(tmp_path: Path, *changes: tuple[str, str], link: bool = False) -> Path:
+    """config/sim.toml with its files in ``tmp_path``, no controller link (``link``: its link kept,
+    certificates in tmp_path/run/certs), and ``changes`` made."""
     text = (Path(__file__).resolve().parent.parent / "config" / "sim.toml").read_text()
     text = text.replace("../run/", str(tmp_path / "run") + "/").replace("/tmp/palmnode-sim", str(tmp_path / "sim"))
-    text = text[:text.index("[controller]")] + text[text.index("[repl]"):]
+    if not link:
+        text = text[:text.index("[controller]")] + text[text.index("[repl]"):]
     for old, new in changes:
         assert old in text
         text = text.replace(old, new, 1)
@@ -166,20 +169,24 @@ def test_a_service_that_cannot_start_is_a_one_line_error(tmp_path):
     the running node's tree; a failure there is the user's to fix, not a traceback."""
     import socket
 
-    long_path = str(tmp_path / ("d" * 120) / "repl.sock")
+    from palmnode import lockfile
+
+    (tmp_path / "run").mkdir()
+    held = lockfile.hold(tmp_path / "run" / "repl.sock", RuntimeError, "held by the test")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         for change, message in [
-            ((f'socket_path = "{tmp_path}/run/repl.sock"', f'socket_path = "{long_path}"'),
-             f"palmnode run: REPL socket path {long_path} is longer than 107 bytes"),
+            (("enabled = false ", "enabled = false "),
+             f"palmnode run: another node serves the REPL at {tmp_path}/run/repl.sock: "),
             (("enabled = false ", "enabled = true "), f"palmnode run: cannot serve metrics on 127.0.0.1:{port}: "),
         ]:
+            if "metrics" in message:
+                os.close(held)
             config = node_config(tmp_path, change, ("port = 9464", f"port = {port}"))
-            proc = subprocess.run([sys.executable, "-m", "palmnode.cli", "run", "--config", str(config)],
-                                  capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-            assert proc.returncode == 1, proc.stderr
+            proc = run_node(config)
+            assert proc.returncode == 1, proc.stderr  # a restart may find them free: systemd retries
             assert "Traceback" not in proc.stderr
             last = proc.stderr.splitlines()[-1]
             assert last.startswith(message), proc.stderr[-2000:]
@@ -261,25 +268,100 @@ def test_certs_never_overwrites_half_a_ca(tmp_path, kept):
     assert not (tmp_path / "pki" / "gate-1.pem").exists()
 
 
-@pytest.mark.parametrize("where, message", [
-    ("folder", "cannot read token key file {path}: Is a directory"),   # or not the node's user's to read
-    ("under a file", "cannot create token key file {path}: "),          # or a read-only /etc/palmnode
-])
-def test_an_unusable_token_key_file_is_a_one_line_error(tmp_path, where, message):
-    """The card token key file is read (or made) as the node starts; under systemd it lives in a
-    folder the node may only read, so one it cannot read or create is the operator's to fix."""
-    if where == "folder":
-        path = tmp_path / "keys" / "card_token.key"
-        path.mkdir(parents=True, mode=0o700)
-    else:
-        (tmp_path / "keys").write_text("not a folder")
-        path = tmp_path / "keys" / "card_token.key"
-    config = node_config(tmp_path, (f'token_key_file = "{tmp_path}/run/keys/card_token.key"',
-                                    f'token_key_file = "{path}"'))
-    proc = subprocess.run([sys.executable, "-m", "palmnode.cli", "run", "--config", str(config)],
+def run_node(config: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "palmnode.cli", "run", "--config", str(config)],
                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+def _damage(tmp_path: Path, what: str) -> tuple[tuple[str, str], ...]:
+    """Spoil the file (or setting) ``what`` of node_config(tmp_path, link=True); the config changes."""
+    from palmnode.link.certs import make_dev_pki
+    from palmnode.vault import open_vault
+    from palmnode.vault.records import VaultConfig
+
+    run, token = tmp_path / "run", tmp_path / "run" / "keys" / "card_token.key"
+    certs = make_dev_pki(run / "certs", nodes=["sim-gate-1"])
+    gate = certs.nodes["sim-gate-1"]
+    (run / "keys").mkdir(mode=0o700)
+    if what == "token key is a folder":
+        token.mkdir(mode=0o700)
+    elif what == "token key under a file":
+        (tmp_path / "etc").write_text("not a folder")
+        return ((f'token_key_file = "{token}"', f'token_key_file = "{tmp_path}/etc/card_token.key"'),)
+    elif what == "vault key folder is a file":
+        (tmp_path / "etc").write_text("not a folder")
+        return ((f'key_file = "{run}/keys/vault.key"', f'key_file = "{tmp_path}/etc/vault.key"'),)
+    elif what in ("token key readable by others", "token key too short"):
+        token.write_bytes(b"k" * (32 if "others" in what else 8))
+        token.chmod(0o644 if "others" in what else 0o600)
+    elif what == "link certificate missing":
+        gate.cert.unlink()
+    elif what == "link certificate not PEM":
+        gate.cert.write_text("not a certificate\n")
+    elif what == "link key of another":
+        gate.key.write_bytes(certs.controller.key.read_bytes())
+    elif what == "link CA not PEM":
+        certs.ca_cert.write_text("not a certificate\n")
+    elif what in ("vault key readable by others", "vault key not hex"):
+        (run / "keys" / "vault.key").write_text("ab" * 32 if "others" in what else "not hex\n")
+        (run / "keys" / "vault.key").chmod(0o644 if "others" in what else 0o600)
+    elif what == "vault key of another vault":
+        open_vault(VaultConfig(path=str(run / "vault.db"), key_file=str(run / "keys" / "vault.key")),
+                   create_key=True).close()
+        (run / "keys" / "vault.key").write_text("cd" * 32 + "\n")
+    elif what == "debug capture folder under a file":
+        (tmp_path / "var").write_text("not a folder")
+        return (("[metrics]", f'[debug]\ncapture_dir = "{tmp_path}/var/captures"\n\n[metrics]'),)
+    elif what == "calibration missing":
+        return (('on_duplicate = "refuse"', f'on_duplicate = "refuse"\ncalibration = "{tmp_path}/none.json"'),)
+    elif what == "REPL socket path too long":
+        return ((f'socket_path = "{run}/repl.sock"', f'socket_path = "{tmp_path / ("d" * 120) / "repl.sock"}"'),)
+    else:
+        raise AssertionError(what)
+    return ()
+
+
+@pytest.mark.parametrize("what, message", [
+    ("token key is a folder", "cannot read token key file {run}/keys/card_token.key: Is a directory"),
+    ("token key under a file", "cannot create token key file {tmp}/etc/card_token.key: "),
+    ("token key readable by others", "token key file {run}/keys/card_token.key is readable by others (mode 644)"),
+    ("token key too short", "token key file {run}/keys/card_token.key holds 8 bytes; it needs at least 16"),
+    ("link certificate missing", "link certificate {run}/certs/sim-gate-1.pem not found"),
+    ("link certificate not PEM", "cannot use link certificate {run}/certs/sim-gate-1.pem with key "),
+    ("link key of another", "cannot use link certificate {run}/certs/sim-gate-1.pem with key "),
+    ("link CA not PEM", "cannot use link CA certificate {run}/certs/ca.pem: "),
+    ("vault key readable by others", "vault {run}/vault.db: vault key file {run}/keys/vault.key has mode 0644"),
+    ("vault key not hex", "vault {run}/vault.db: vault key file {run}/keys/vault.key is not hex"),
+    ("vault key folder is a file", "vault {run}/vault.db: cannot create folder {tmp}/etc: a file is in the way"),
+    ("vault key of another vault", "vault {run}/vault.db: vault {run}/vault.db was created with a different key"),
+    ("calibration missing", "calibration {tmp}/none.json: No such file or directory"),
+    ("debug capture folder under a file", "debug capture folder {tmp}/var/captures: "),
+    ("REPL socket path too long", "{tmp}/node.toml [repl]: socket_path {tmp}/ddd"),
+])
+def test_a_file_the_config_names_that_cannot_be_used_exits_78_too(tmp_path, what, message):
+    """Only a config file's own mistakes exited 78 (EX_CONFIG, not restarted by the unit); a key
+    file, certificate, calibration or socket path the config names that can never work exited 1,
+    and systemd started the node five more times to meet the same file. Those exit 78 now; what a
+    restart may cure (a vault, a REPL socket or a port another process holds) still exits 1."""
+    changes = _damage(tmp_path, what)
+    proc = run_node(node_config(tmp_path, *changes, link=True))
+    assert proc.returncode == 78, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    expected = "palmnode run: " + message.format(run=tmp_path / "run", tmp=tmp_path)
+    assert proc.stderr.splitlines()[-1].startswith(expected), proc.stderr[-2000:]
+
+
+def test_a_vault_another_node_holds_exits_1_which_systemd_retries(tmp_path):
+    """A vault held by another node (one stopping, say) may be free at the next start: not 78."""
+    from palmnode import lockfile
+
+    (tmp_path / "run").mkdir()
+    lockfile.hold(tmp_path / "run" / "vault.db", RuntimeError, "held by the test")
+    proc = run_node(node_config(tmp_path))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert proc.stderr.splitlines()[-1].startswith("palmnode run: " + message.format(path=path)), proc.stderr[-2000:]
+    vault = tmp_path / "run" / "vault.db"
+    assert proc.stderr.splitlines()[-1].startswith(f"palmnode run: vault {vault}: vault {vault} is in use by "
+                                                   "another node"), proc.stderr[-2000:]
 
 
 def test_a_second_signal_while_the_node_stops_changes_nothing(tmp_path):

@@ -225,3 +225,18 @@ def test_repl_max_sessions_is_bounded(tmp_path, value, message):
     assert got == f"{tmp_path / 'c.toml'} {message}", got
     (tmp_path / "ok.toml").write_text(text("64"))
     assert config.load(tmp_path / "ok.toml").repl.max_sessions == 64
+
+
+def test_a_repl_socket_path_no_node_could_bind_is_refused_at_load(tmp_path):
+    """sun_path holds 107 bytes: a longer [repl] socket_path failed only once the node ran (exit 1,
+    retried by systemd); now the config is refused (78). A disabled REPL's path is not used."""
+    base = (ROOT / "config" / "sim.toml").read_text()
+    long = "/run/" + "d" * 100 + "/repl.sock"
+    text = base.replace('socket_path = "../run/repl.sock"', f'socket_path = "{long}"')
+    assert refusal(tmp_path / "c.toml", text) == (f"{tmp_path / 'c.toml'} [repl]: socket_path {long} is longer "
+                                                  "than 107 bytes (a unix socket's limit): choose a shorter one")
+    (tmp_path / "off.toml").write_text(text.replace("python_console = false", "python_console = false\nenabled = false"))
+    assert config.load(tmp_path / "off.toml").repl.socket_path == long
+    from palmnode.repl.server import MAX_PATH
+
+    assert config.MAX_SOCKET_PATH == MAX_PATH
