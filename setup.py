@@ -1,4 +1,22 @@
 # The C kernels in native/ are compiled by cffi (API mode) as part of every install.
-from setuptools import setup
+from pathlib import Path
 
-setup(cffi_modules=["native/build.py:ffibuilder"])
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+#: the default config (`palmnode run` without --config); config/sim.toml stays its one source
+SIM_CONFIG = Path("config") / "sim.toml"
+
+
+class BuildPyWithSimConfig(build_py):
+    """Also ship config/sim.toml as palmnode/sim.toml, so an installed (non-editable) palmnode has
+    its default config (palmnode.config.load_default); a checkout reads config/sim.toml itself."""
+
+    def run(self) -> None:
+        super().run()
+        if not SIM_CONFIG.is_file():  # an install without the default config would fail only at `palmnode run`
+            raise FileNotFoundError(f"{SIM_CONFIG} is missing: build palmnode from a full checkout")
+        self.copy_file(str(SIM_CONFIG), str(Path(self.build_lib) / "palmnode" / "sim.toml"))
+
+
+setup(cffi_modules=["native/build.py:ffibuilder"], cmdclass={"build_py": BuildPyWithSimConfig})

@@ -58,7 +58,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="start the node",
                        description="Start the node: supervise every device the config names, log presence, "
                        "card reads and device health as JSON lines on stderr. Ctrl-C stops it with every light off.")
-    p.add_argument("--config", type=Path, help="node config TOML (default: config/sim.toml)")
+    p.add_argument("--config", type=Path, help="node config TOML (default: config/sim.toml; an installed "
+                   "palmnode ships a copy, its files in ./run of the current folder)")
 
     p = sub.add_parser("demo", help="a store without hardware: controller, virtual gate, node, people",
                        description="Start the reference store controller, a virtual gate and a node on it "

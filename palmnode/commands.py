@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from palmnode import config as cfgmod
 
     try:
-        cfg = cfgmod.load(args.config or cfgmod.DEFAULT_CONFIG)
+        cfg = cfgmod.load(args.config) if args.config else cfgmod.load_default()
     except cfgmod.ConfigError as exc:
         raise ConfigFileError(str(exc)) from None
     from palmnode.node import Node

@@ -21,7 +21,10 @@ from palmnode.biometrics.roi import DEFAULT_LIMITS, OPERATOR_LIMITS, RoiLimits
 from palmnode.logs import LOG_LEVELS
 from palmnode.vault.records import VaultConfig
 
+#: the default config (`palmnode run` without --config) in a checkout: the one source of it
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "sim.toml"
+#: its copy in an installed palmnode (setup.py's build_py ships config/sim.toml as package data)
+PACKAGED_CONFIG = Path(__file__).resolve().parent / "sim.toml"
 
 
 class ConfigError(Exception):
@@ -274,6 +277,16 @@ def load(path: str | Path) -> Config:
     """Read and validate a TOML config file."""
     path = Path(path)
     return from_dict(_read(path), base=path.parent, source=path)
+
+
+def load_default() -> Config:
+    """The default config: config/sim.toml of a checkout (an editable install), or the copy an
+    installed palmnode ships. Its paths (``../run/…``, relative to the config/ folder) then name
+    ``./run/…`` of the current folder, as in a checkout run from its root, never a folder inside
+    the installed package."""
+    if PACKAGED_CONFIG.is_file():
+        return from_dict(_read(PACKAGED_CONFIG), base=Path.cwd() / "config", source=PACKAGED_CONFIG)
+    return load(DEFAULT_CONFIG)
 
 
 def _read(path: Path) -> dict[str, Any]:

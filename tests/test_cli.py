@@ -481,3 +481,46 @@ def test_certs_renew_of_a_pair_it_cannot_write_is_a_one_line_error(tmp_path, cap
     capsys.readouterr()
     assert cli.main(["certs", "--out", str(pki), "--renew", "gate-1"]) == 1
     assert capsys.readouterr().err == f"palmnode certs: cannot write {pki}/gate-1.key: Is a directory\n"
+
+
+def test_an_installed_palmnode_runs_its_packaged_default_config(tmp_path):
+    """`palmnode run` without --config read <package>/../config/sim.toml, which only a checkout has:
+    installed from a wheel it exited 78 ('config file …/site-packages/config/sim.toml does not
+    exist'). The build now ships config/sim.toml as palmnode/sim.toml; an installed palmnode (here:
+    setup.py's build_py output on the path, as a wheel lays it out) runs that, its ../run/ paths
+    naming ./run/ of the current folder, never a folder beside the package."""
+    import shutil
+
+    import palmnode as source_package
+
+    root = Path(__file__).resolve().parent.parent
+    site = tmp_path / "site"
+    build = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "-d", str(site)], cwd=root,
+                           capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert build.returncode == 0, build.stderr[-2000:]
+    assert (site / "palmnode" / "sim.toml").read_bytes() == (root / "config" / "sim.toml").read_bytes()
+    assert not (site / "config").exists()
+    for native in Path(source_package.__file__).parent.glob("_native*.so"):  # built by the install
+        shutil.copy(native, site / "palmnode")
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+
+    def installed(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *args], cwd=work, env=env, capture_output=True, text=True,
+                              timeout=120, stdin=subprocess.DEVNULL)
+
+    where = installed("-c", "import json, palmnode.config as c; cfg = c.load_default(); print(json.dumps("
+                            "[c.__file__, str(cfg.source), cfg.vault.path, cfg.repl.socket_path, cfg.controller.cert]))")
+    assert where.returncode == 0, where.stderr[-2000:]
+    module, source, vault, socket_path, cert = json.loads(where.stdout)
+    assert module == str(site / "palmnode" / "config.py") and source == str(site / "palmnode" / "sim.toml")
+    assert (vault, socket_path, cert) == (str(work / "run" / "vault.db"), str(work / "run" / "repl.sock"),
+                                          str(work / "run" / "certs" / "sim-gate-1.pem"))
+    # the command itself: the vault is made in ./run, then the link wants the certificates the
+    # README's `palmnode certs --out run/certs --node sim-gate-1` makes
+    proc = installed("-m", "palmnode", "run")
+    assert proc.returncode == 78, proc.stderr[-2000:]
+    assert proc.stderr.splitlines()[-1].startswith(
+        f"palmnode run: link certificate {work}/run/certs/sim-gate-1.pem not found"), proc.stderr[-2000:]
+    assert (work / "run" / "vault.db").is_file() and not (site / "run").exists()

@@ -25,6 +25,15 @@ def test_shipped_configs_load(name):
     assert Path(cfg.card_reader.token_key_file).is_absolute()
 
 
+def test_the_default_config_of_a_checkout_is_config_sim_toml():
+    """A checkout (an editable install) has no packaged copy: config/sim.toml itself, its paths
+    relative to config/ (an installed palmnode: tests/test_cli.py, the packaged default config)."""
+    assert not config.PACKAGED_CONFIG.exists()
+    cfg = config.load_default()
+    assert cfg == config.load(ROOT / "config" / "sim.toml") and cfg.source == ROOT / "config" / "sim.toml"
+    assert cfg.vault.path == str(ROOT / "run" / "vault.db")
+
+
 def test_sim_config_points_at_the_virtual_gate():
     cfg = config.load(config.DEFAULT_CONFIG)
     assert cfg.proximity.port == "/tmp/palmnode-sim/proximity"
