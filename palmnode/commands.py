@@ -29,8 +29,9 @@ class ConfigFileError(UserError):
     """The node's configuration cannot work as it stands, so a restart would fail the same way: the
     config file (missing, unreadable, not TOML, an unknown key, a bad value) or a file it names (the
     card token key file, the vault key, the link's certificates, the calibration: missing, unreadable,
-    too open, invalid). Exit 78, which the systemd unit does not restart; what another process holds
-    (a vault, a REPL socket, a port) may be free at the next start, and stays a UserError (1)."""
+    too open, invalid; the vault file: damaged, not writable). Exit 78, which the systemd unit does
+    not restart; what another process holds (a vault, a REPL socket, a port) may be free at the next
+    start, and stays a UserError (1)."""
 
     exit_code = EX_CONFIG
 

@@ -33,7 +33,7 @@ from palmnode.metrics import Metrics, record_health, record_vault_wal, serve_met
 from palmnode.ops import NodeOps
 from palmnode.repl.server import serve_repl
 from palmnode.systemd import serve_systemd, tree_healthy
-from palmnode.vault import Vault, VaultError, VaultKeyError, open_vault
+from palmnode.vault import Vault, VaultError, open_vault
 
 log = logging.getLogger("palmnode.node")
 
@@ -118,8 +118,8 @@ class Node:
             self.vault = await trio.to_thread.run_sync(
                 functools.partial(open_vault, vault_cfg, node_id=node_id, create_key=vault_cfg.key_file is not None,
                                   exclusive=True))
-        except (VaultError, OSError) as exc:  # the key can never work; a vault another node holds may be free later
-            raise GateSetupError(f"vault {cfg.vault.path}: {exc}", config=isinstance(exc, VaultKeyError)) from None
+        except (VaultError, OSError) as exc:  # lasting: the key, a damaged or unwritable file; a held vault: not
+            raise GateSetupError(f"vault {cfg.vault.path}: {exc}", config=_lasting(exc)) from None
         if self.gallery is None:   # a search may stop early at a candidate the gate would accept
             self.gallery = Gallery(exit_score=self.threshold, threads=cfg.gate.search_threads)
         if cfg.controller is not None:
@@ -137,8 +137,8 @@ class Node:
         try:
             palms = await self.people.load()
             await self.ops.abandon_interrupted_charge()
-        except VaultError as exc:
-            raise GateSetupError(f"vault {cfg.vault.path}: {exc}") from None
+        except VaultError as exc:  # damaged pages met by the load: lasting; an I/O error: may pass
+            raise GateSetupError(f"vault {cfg.vault.path}: {exc}", config=exc.lasting) from None
         capturer = Capturer(self.lights, self.frames, CapturePolicy(quality=cfg.quality, roi_limits=cfg.roi))
         if cfg.debug.capture_dir:  # an operator's explicit choice: raw palm images on disk
             try:
@@ -273,6 +273,12 @@ class Node:
 #: what a path's creation meets until its folder or the config is changed (not a full disk, an I/O error)
 _PATH_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR,
                           errno.ELOOP, errno.ENAMETOOLONG})
+
+
+def _lasting(exc: VaultError | OSError) -> bool:
+    """The vault's error meets a restart unchanged (VaultError.reason: damaged, unknown schema, not
+    writable, the key), so only an operator can cure it."""
+    return exc.lasting if isinstance(exc, VaultError) else exc.errno in _PATH_ERRNOS
 
 
 class GateSetupError(Exception):

@@ -309,6 +309,11 @@ def _damage(tmp_path: Path, what: str) -> tuple[tuple[str, str], ...]:
         open_vault(VaultConfig(path=str(run / "vault.db"), key_file=str(run / "keys" / "vault.key")),
                    create_key=True).close()
         (run / "keys" / "vault.key").write_text("cd" * 32 + "\n")
+    elif what in ("vault not a database", "vault of another program", "vault schema newer",
+                  "vault schema no palmnode makes", "vault pages damaged"):
+        _spoil_vault(run, what)
+    elif what == "vault is a folder":
+        (run / "vault.db").mkdir()
     elif what == "debug capture folder under a file":
         (tmp_path / "var").write_text("not a folder")
         return (("[metrics]", f'[debug]\ncapture_dir = "{tmp_path}/var/captures"\n\n[metrics]'),)
@@ -319,6 +324,40 @@ def _damage(tmp_path: Path, what: str) -> tuple[tuple[str, str], ...]:
     else:
         raise AssertionError(what)
     return ()
+
+
+def _spoil_vault(run: Path, what: str) -> None:
+    """A vault file at run/vault.db that no restart can use: its contents, not the configuration."""
+    import sqlite3
+
+    from palmnode.vault import open_vault
+    from palmnode.vault.records import VaultConfig
+    from tests.vault.factories import person
+    from tests.vault.test_store import damage_page_of
+
+    path = run / "vault.db"
+    if what == "vault not a database":
+        path.write_bytes(b"not a database " * 300)
+        return
+    if what == "vault of another program":
+        with sqlite3.connect(path) as conn:
+            conn.execute("CREATE TABLE notes (text)")
+        conn.close()
+        return
+    with open_vault(VaultConfig(path=str(path), key_file=str(run / "keys" / "vault.key")), create_key=True) as vault:
+        people = [person(i, vault) for i in range(12)]
+        for someone in people:
+            vault.add_person(someone)
+    conn = sqlite3.connect(path)
+    if what == "vault pages damaged":  # the header pages are intact: the gallery's load meets it
+        blob = conn.execute("SELECT sealed FROM templates WHERE person_id = ? AND idx = 0",
+                            (people[5].person_id,)).fetchone()[0]
+        conn.close()
+        damage_page_of(path, bytes(blob))
+        return
+    with conn:
+        conn.execute("UPDATE vault SET version = ?", (9 if what == "vault schema newer" else 0,))
+    conn.close()
 
 
 @pytest.mark.parametrize("what, message", [
@@ -334,6 +373,16 @@ def _damage(tmp_path: Path, what: str) -> tuple[tuple[str, str], ...]:
     ("vault key not hex", "vault {run}/vault.db: vault key file {run}/keys/vault.key is not hex"),
     ("vault key folder is a file", "vault {run}/vault.db: cannot create folder {tmp}/etc: a file is in the way"),
     ("vault key of another vault", "vault {run}/vault.db: vault {run}/vault.db was created with a different key"),
+    ("vault not a database", "vault {run}/vault.db: {run}/vault.db is not a usable palmnode vault (file is not a "
+                             "database); restore it from a backup"),
+    ("vault of another program", "vault {run}/vault.db: {run}/vault.db is an SQLite database but not a palmnode vault"),
+    ("vault schema newer", "vault {run}/vault.db: {run}/vault.db has vault schema 9, newer than this palmnode (1); "
+                           "upgrade palmnode"),
+    ("vault schema no palmnode makes",
+     "vault {run}/vault.db: {run}/vault.db has vault schema 0, which no palmnode makes"),
+    ("vault pages damaged", "vault {run}/vault.db: vault {run}/vault.db: database disk image is malformed; the file is "
+                            "damaged: restore it from a backup"),
+    ("vault is a folder", "vault {run}/vault.db: vault {run}/vault.db is a folder, not a file"),
     ("calibration missing", "calibration {tmp}/none.json: No such file or directory"),
     ("debug capture folder under a file", "debug capture folder {tmp}/var/captures: "),
     ("REPL socket path too long", "{tmp}/node.toml [repl]: socket_path {tmp}/ddd"),
@@ -349,6 +398,52 @@ def test_a_file_the_config_names_that_cannot_be_used_exits_78_too(tmp_path, what
     assert "Traceback" not in proc.stderr
     expected = "palmnode run: " + message.format(run=tmp_path / "run", tmp=tmp_path)
     assert proc.stderr.splitlines()[-1].startswith(expected), proc.stderr[-2000:]
+
+
+def unprivileged() -> list[str]:
+    """A command prefix under which file modes bind this process as they bind the node's user:
+    none for a normal user; for root, setpriv dropping the capabilities that override them."""
+    import shutil
+
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: file modes would not bind the node")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--inh-caps=-all"]
+
+
+@pytest.mark.parametrize("what, message", [
+    ("vault file read-only", "vault {vault}: cannot open vault {vault} for writing: Permission denied"),
+    ("vault folder read-only, new vault", "vault {vault}: cannot create vault {vault}: Permission denied"),
+    ("vault folder read-only", "vault {vault}: cannot lock {vault}.lock: Permission denied"),
+    ("vault folder read-only, lock made", "vault {vault}: cannot open vault {vault}: attempt to write a readonly "
+                                          "database; the node's user must be able to write its folder {folder} "
+                                          "(SQLite keeps vault.db-wal and vault.db-shm beside it)"),
+])
+def test_a_vault_the_node_cannot_write_exits_78(tmp_path, what, message):
+    """A vault file or folder the node's user cannot write (its mode, a read-only filesystem)
+    exited 1, and systemd started the node five more times to meet the same file: the vault's
+    errors did not say why. They carry a reason now; this one exits 78. Nothing is changed."""
+    from palmnode.vault import open_vault
+    from palmnode.vault.records import VaultConfig
+
+    folder = tmp_path / ("run" if what == "vault file read-only" else "ro")
+    vault = folder / "vault.db"
+    (tmp_path / "run" / "keys").mkdir(parents=True, mode=0o700)
+    folder.mkdir(exist_ok=True)
+    if what != "vault folder read-only, new vault":
+        open_vault(VaultConfig(path=str(vault), key_file=str(tmp_path / "run" / "keys" / "vault.key")),
+                   create_key=True, exclusive=what.endswith("lock made")).close()
+    (vault if what == "vault file read-only" else folder).chmod(0o400 if what == "vault file read-only" else 0o500)
+    before = sorted((p.name, p.read_bytes()) for p in folder.iterdir() if p.is_file())
+    config = node_config(tmp_path, (f'path = "{tmp_path}/run/vault.db"', f'path = "{vault}"'))
+    proc = subprocess.run([*unprivileged(), sys.executable, "-m", "palmnode.cli", "run", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    folder.chmod(0o700)
+    assert proc.returncode == 78, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines()[-1] == "palmnode run: " + message.format(vault=vault, folder=folder)
+    assert sorted((p.name, p.read_bytes()) for p in folder.iterdir() if p.is_file()) == before
 
 
 def test_a_vault_another_node_holds_exits_1_which_systemd_retries(tmp_path):

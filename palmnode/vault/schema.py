@@ -4,7 +4,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 
-from palmnode.vault.errors import VaultError
+from palmnode.vault.errors import DAMAGED, UNKNOWN_SCHEMA, VaultError
 
 SCHEMA_VERSION = 1
 
@@ -102,13 +102,18 @@ def stored_version(conn: sqlite3.Connection, path: object) -> int | None:
     if not names:
         return None
     if "vault" not in names:
-        raise VaultError(f"{path} is an SQLite database but not a palmnode vault")
+        raise VaultError(f"{path} is an SQLite database but not a palmnode vault", reason=DAMAGED)
     row = conn.execute("SELECT version FROM vault").fetchone()
     if row is None:
-        raise VaultError(f"{path} is a palmnode vault without its header row; restore it from a backup")
-    version = int(row[0])
+        raise VaultError(f"{path} is a palmnode vault without its header row; restore it from a backup",
+                         reason=DAMAGED)
+    version = row[0]
+    if type(version) is not int or version < 1:  # (SQLite keeps what a column is given)
+        raise VaultError(f"{path} has vault schema {version!r}, which no palmnode makes; restore it from a backup",
+                         reason=DAMAGED)
     if version > SCHEMA_VERSION:
-        raise VaultError(f"{path} has vault schema {version}, newer than this palmnode ({SCHEMA_VERSION}); upgrade palmnode")
+        raise VaultError(f"{path} has vault schema {version}, newer than this palmnode ({SCHEMA_VERSION}); "
+                         "upgrade palmnode", reason=UNKNOWN_SCHEMA)
     return version
 
 

@@ -13,6 +13,7 @@ does, in the background, with a backoff: ``walscrub.WalKeeper``) until it succee
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hmac
 import json
@@ -34,6 +35,9 @@ from palmnode.biometrics.types import BadTemplate, PalmTemplate
 from palmnode.vault import schema
 from palmnode.vault.crypto import open_, seal
 from palmnode.vault.errors import (
+    DAMAGED,
+    NOT_WRITABLE,
+    UNAVAILABLE,
     DuplicateCard,
     DuplicatePerson,
     DuplicatePhone,
@@ -51,6 +55,42 @@ _TEMPLATE_BATCH = 1024  # search_templates() and unreadable() read this many per
 #: delivered outbox rows (payload erased) kept behind the newest acknowledged event
 DELIVERED_KEPT = 1000
 _AUDIT_SCALARS = (str, int, float, bool, type(None))
+#: what creating or writing a path meets until its folder, its mode or the config changes (not a
+#: full disk or an I/O error, which may pass)
+NOT_WRITABLE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST,
+                                 errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG})
+
+
+def _os_reason(exc: OSError) -> str:
+    """VaultError.reason of a file operation's error."""
+    return NOT_WRITABLE if exc.errno in NOT_WRITABLE_ERRNOS else UNAVAILABLE
+
+
+def _sqlite_reason(exc: sqlite3.Error) -> str:
+    """VaultError.reason of SQLite's error: its pages are damaged (not a database, corrupt); it
+    cannot write the file or the -wal/-shm beside it (read-only file, folder or filesystem);
+    otherwise busy, locked, an I/O error, a full disk, which may pass."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        return UNAVAILABLE
+    if code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return DAMAGED
+    if code & 0xFF in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM) and code != sqlite3.SQLITE_READONLY_DBMOVED:
+        return NOT_WRITABLE
+    return UNAVAILABLE
+
+
+def _sqlite_hint(exc: sqlite3.Error, path: Path) -> str:
+    """What to do about SQLite's error, when it is lasting (appended to its one line)."""
+    reason = _sqlite_reason(exc)
+    if reason == DAMAGED:
+        return "; the file is damaged: restore it from a backup (palmnode vault check names what it can)"
+    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_READONLY_DIRECTORY:
+        return (f"; the node's user must be able to write its folder {path.parent} (SQLite keeps "
+                f"{path.name}-wal and {path.name}-shm beside it)")
+    if reason == NOT_WRITABLE:
+        return f"; the node's user must be able to write {path}, its -wal and -shm files and their folder"
+    return ""
 
 
 def _aad(table: str, *parts: str | int | bytes) -> bytes:
@@ -127,9 +167,20 @@ class Vault:
         path = Path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:  # a file in the way, a read-only or foreign folder
+            why = "a file is in the way" if exc.errno in (errno.EEXIST, errno.ENOTDIR) else exc.strerror
+            raise VaultError(f"cannot create vault {path}: cannot create its folder {path.parent}: {why}",
+                             reason=_os_reason(exc)) from None
+        try:
             _private_file(path)
         except OSError as exc:
-            raise VaultError(f"cannot create vault {path}: {exc.strerror}") from None
+            if exc.errno == errno.EISDIR:
+                message = f"vault {path} is a folder, not a file: name the vault's database file"
+            elif os.path.lexists(path):
+                message = f"cannot open vault {path} for writing: {exc.strerror}"
+            else:
+                message = f"cannot create vault {path}: {exc.strerror}"
+            raise VaultError(message, reason=_os_reason(exc)) from None
         holder = _hold(path) if exclusive else None
         try:
             return cls._connect(path, keys, node_id, clock, busy_timeout, holder)
@@ -144,12 +195,14 @@ class Vault:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
         try:
             instance = cls._prepare(conn, path, keys, clock)
-        except sqlite3.OperationalError as exc:  # locked, unreadable, I/O: the file may well be fine
-            conn.close()
-            raise VaultError(f"cannot open vault {path}: {exc}") from None
         except sqlite3.DatabaseError as exc:
             conn.close()
-            raise VaultError(f"{path} is not a usable palmnode vault ({exc}); restore it from a backup") from None
+            reason = _sqlite_reason(exc)
+            if isinstance(exc, sqlite3.OperationalError) and reason != DAMAGED:
+                # locked, busy, I/O: the file may well be fine; or it cannot be written
+                raise VaultError(f"cannot open vault {path}: {exc}{_sqlite_hint(exc, path)}", reason=reason) from None
+            raise VaultError(f"{path} is not a usable palmnode vault ({exc}); restore it from a backup",
+                             reason=DAMAGED) from None
         except BaseException:
             conn.close()
             raise
@@ -167,7 +220,8 @@ class Vault:
         conn.execute("PRAGMA foreign_keys = ON")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode.lower() != "wal":
-            raise VaultError(f"{path}: SQLite refused WAL mode (got {mode}); put the vault on a local filesystem")
+            raise VaultError(f"{path}: SQLite refused WAL mode (got {mode}); put the vault on a local filesystem",
+                             reason=NOT_WRITABLE)
         conn.execute("PRAGMA synchronous = FULL")  # a commit is on disk before add_person returns
         check = keys.lookup(_KEY_CHECK)
         conn.execute("BEGIN IMMEDIATE")
@@ -231,7 +285,8 @@ class Vault:
                         self._conn.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
-                raise VaultError(f"vault {self._path}: {exc} (nothing was written)") from None
+                raise VaultError(f"vault {self._path}: {exc} (nothing was written){_sqlite_hint(exc, self._path)}",
+                                 reason=_sqlite_reason(exc)) from None
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
@@ -240,7 +295,8 @@ class Vault:
             try:
                 yield self._conn
             except sqlite3.Error as exc:
-                raise VaultError(f"vault {self._path}: {exc}") from None
+                raise VaultError(f"vault {self._path}: {exc}{_sqlite_hint(exc, self._path)}",
+                                 reason=_sqlite_reason(exc)) from None
 
     def _check_open(self) -> None:
         if self._closed:
@@ -698,4 +754,5 @@ def _hold(path: Path) -> int:
     """The node's exclusive lock on the vault (``<path>.lock``), as an open file descriptor."""
     return lockfile.hold(path, VaultError, f"vault {path} is in use by another node (it holds "
                          f"{lockfile.lock_path(path).name}): one vault, one node; stop the other or give "
-                         "this one its own vault")
+                         "this one its own vault",
+                         cannot_lock=lambda message, exc: VaultError(message, reason=_os_reason(exc)))

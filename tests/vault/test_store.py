@@ -7,7 +7,7 @@ import threading
 import attrs
 import pytest
 
-from palmnode.vault import store
+from palmnode.vault import errors, store
 from palmnode.vault import (
     DuplicateCard,
     DuplicatePerson,
@@ -79,8 +79,9 @@ def test_one_vault_one_node(path):
     the vault is free again once the first node closes it."""
     with Vault.open(path, KEYS, exclusive=True) as first:
         first.add_person(person(1, first))
-        with pytest.raises(VaultError, match=r"in use by another node \(it holds vault.db.lock\)"):
+        with pytest.raises(VaultError, match=r"in use by another node \(it holds vault.db.lock\)") as held:
             Vault.open(path, KEYS, exclusive=True)
+        assert held.value.reason == errors.UNAVAILABLE and not held.value.lasting  # a later start may find it free
         with Vault.open(path, KEYS) as check:
             assert check.statistics()["people"] == 1
     assert stat.S_IMODE((path.with_name("vault.db.lock")).stat().st_mode) == 0o600
@@ -230,14 +231,16 @@ def test_wrong_key_is_a_typed_error(path):
 def test_not_a_vault(tmp_path):
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"this is not sqlite" * 400)
-    with pytest.raises(VaultError, match="not a usable palmnode vault"):
+    with pytest.raises(VaultError, match="not a usable palmnode vault") as info:
         Vault.open(junk, KEYS)
+    assert info.value.reason == errors.DAMAGED and info.value.lasting
     other = tmp_path / "other.db"
     conn = sqlite3.connect(other)
     conn.execute("CREATE TABLE t (x)")
     conn.close()
-    with pytest.raises(VaultError, match="not a palmnode vault"):
+    with pytest.raises(VaultError, match="not a palmnode vault") as info:
         Vault.open(other, KEYS)
+    assert info.value.reason == errors.DAMAGED
 
 
 def test_newer_schema_is_refused(path):
@@ -246,8 +249,79 @@ def test_newer_schema_is_refused(path):
     conn.execute("UPDATE vault SET version = 99")
     conn.commit()
     conn.close()
-    with pytest.raises(VaultError, match="upgrade palmnode"):
+    with pytest.raises(VaultError, match="upgrade palmnode") as info:
         Vault.open(path, KEYS)
+    assert info.value.reason == errors.UNKNOWN_SCHEMA and info.value.lasting
+
+
+@pytest.mark.parametrize("version", [0, -3, "one", 1.5, b"\x01"])
+def test_a_schema_version_no_palmnode_makes_is_a_one_line_vault_error(path, version):
+    """A header row whose version is not one palmnode writes (0: no migration from it; text, a
+    float, a blob) escaped the opening as a KeyError or ValueError, a traceback at a node's start."""
+    Vault.open(path, KEYS).close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE vault SET version = ?", (version,))
+    conn.commit()
+    conn.close()
+    with pytest.raises(VaultError) as info:
+        Vault.open(path, KEYS)
+    assert str(info.value) == f"{path} has vault schema {version!r}, which no palmnode makes; restore it from a backup"
+    assert info.value.reason == errors.DAMAGED
+
+
+def test_a_vault_path_that_is_a_folder_says_so(tmp_path):
+    (tmp_path / "vault.db").mkdir()
+    with pytest.raises(VaultError) as info:
+        Vault.open(tmp_path / "vault.db", KEYS, exclusive=True)
+    assert str(info.value) == f"vault {tmp_path}/vault.db is a folder, not a file: name the vault's database file"
+    assert info.value.reason == errors.NOT_WRITABLE
+    (tmp_path / "etc").write_text("not a folder")
+    with pytest.raises(VaultError) as info:
+        Vault.open(tmp_path / "etc" / "vault.db", KEYS)
+    assert str(info.value) == (f"cannot create vault {tmp_path}/etc/vault.db: cannot create its folder "
+                               f"{tmp_path}/etc: a file is in the way")
+    assert info.value.reason == errors.NOT_WRITABLE
+
+
+def damage_page_of(path, blob: bytes) -> None:
+    """Overwrite the b-tree page header of the page holding ``blob`` in the (closed) vault file:
+    what a failing disk or a stray write leaves, SQLite's "database disk image is malformed"."""
+    data = bytearray(path.read_bytes())
+    page_size = int.from_bytes(data[16:18], "big")
+    at = data.find(blob)
+    assert at > page_size and data.find(blob, at + 1) < 0
+    start = at - at % page_size
+    data[start:start + 12] = b"\xff" * 12
+    path.write_bytes(bytes(data))
+
+
+def test_damaged_pages_met_while_reading_are_a_lasting_vault_error(path):
+    """The file opens (its header pages are intact) but the templates' pages are not: the gallery's
+    load at a node's start meets it; no restart cures it (reason damaged), the message says what to do."""
+    with Vault.open(path, KEYS) as v:
+        people = [person(90 + i, v) for i in range(12)]
+        for p in people:
+            v.add_person(p)
+    conn = sqlite3.connect(path)
+    blob = bytes(conn.execute("SELECT sealed FROM templates WHERE person_id = ? AND idx = 0",
+                              (people[5].person_id,)).fetchone()[0])  # one the search reads
+    conn.close()
+    damage_page_of(path, blob)
+    with Vault.open(path, KEYS) as v:
+        with pytest.raises(VaultError) as info:
+            for _ in v.search_templates([]):
+                pass
+    message = str(info.value)
+    assert message == (f"vault {path}: database disk image is malformed; the file is damaged: restore it from "
+                       "a backup (palmnode vault check names what it can)")
+    assert info.value.reason == errors.DAMAGED and info.value.lasting
+
+
+def test_a_tampered_sealed_value_is_damage():
+    assert TamperedData("x").reason == errors.DAMAGED and VaultKeyError("x").lasting
+    assert not VaultError("x").lasting and not DuplicateCard("x").lasting
+    with pytest.raises(ValueError, match="unknown VaultError reason"):
+        VaultError("x", reason="bad luck")
 
 
 def test_outbox_order_keys_delivery_and_reopen(path):
@@ -530,8 +604,9 @@ def test_opening_a_vault_another_process_has_locked(path):
     other = sqlite3.connect(path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
     try:
-        with pytest.raises(VaultError, match="cannot open vault .*locked"):
+        with pytest.raises(VaultError, match="cannot open vault .*locked") as info:
             Vault.open(path, KEYS, busy_timeout=0.05)
+        assert info.value.reason == errors.UNAVAILABLE and str(info.value).endswith("database is locked")
     finally:
         other.execute("ROLLBACK")
         other.close()
