@@ -29,9 +29,9 @@ class ConfigFileError(UserError):
     """The node's configuration cannot work as it stands, so a restart would fail the same way: the
     config file (missing, unreadable, not TOML, an unknown key, a bad value) or a file it names (the
     card token key file, the vault key, the link's certificates, the calibration: missing, unreadable,
-    too open, invalid; the vault file: damaged, not writable). Exit 78, which the systemd unit does
-    not restart; what another process holds (a vault, a REPL socket, a port) may be free at the next
-    start, and stays a UserError (1)."""
+    too open, invalid; the vault file: damaged, not writable; the REPL socket path: not a socket).
+    Exit 78, which the systemd unit does not restart; what another process holds (a vault, a REPL
+    socket, a port) may be free at the next start, and stays a UserError (1)."""
 
     exit_code = EX_CONFIG
 
@@ -188,8 +188,8 @@ def _service_error(node, escalation: BaseException) -> BaseException:
     cause = _leaf(escalation.__cause__) if escalation.__cause__ is not None else None
     if getattr(escalation, "reason", None) != "failed to start":
         return escalation
-    if isinstance(cause, ReplSocketError):
-        return UserError(str(cause))
+    if isinstance(cause, ReplSocketError):  # 78 for what the config names (not a socket, a folder it cannot write)
+        return (ConfigFileError if cause.config else UserError)(str(cause))
     if escalation.child == "metrics" and isinstance(cause, OSError):
         metrics = node.config.metrics
         return UserError(f"cannot serve metrics on {metrics.host}:{metrics.port}: {cause.strerror or cause} "

@@ -446,6 +446,46 @@ def test_a_vault_the_node_cannot_write_exits_78(tmp_path, what, message):
     assert sorted((p.name, p.read_bytes()) for p in folder.iterdir() if p.is_file()) == before
 
 
+@pytest.mark.parametrize("what", ["a regular file", "a folder"])
+def test_a_repl_socket_path_that_is_not_a_socket_exits_78_and_is_left_alone(tmp_path, what):
+    """A [repl] socket_path where a file or a folder is exited 1 (systemd restarted the node five
+    times to meet it): only an operator can move it, or change the config. Now 78, one line
+    naming it; it is never removed."""
+    (tmp_path / "run").mkdir()
+    sock = tmp_path / "run" / "repl.sock"
+    if what == "a regular file":
+        sock.write_text("precious")
+    else:
+        sock.mkdir()
+        (sock / "inside").write_text("precious")
+    proc = run_node(node_config(tmp_path))
+    assert proc.returncode == 78, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines()[-1] == (f"palmnode run: REPL socket path {sock} is {what}, not a socket: "
+                                            "move it away or choose another [repl] socket_path")
+    assert (sock if what == "a regular file" else sock / "inside").read_text() == "precious"
+
+
+@pytest.mark.parametrize("lock_made", [False, True])
+def test_a_repl_socket_folder_the_node_cannot_write_exits_78(tmp_path, lock_made):
+    """A socket folder the node's user cannot write: its lock file cannot be made, or (made by an
+    earlier run) the socket cannot, which escaped as a PermissionError. 78 now, one line."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if lock_made:
+        (folder / "repl.sock.lock").touch(mode=0o600)
+    folder.chmod(0o500)
+    config = node_config(tmp_path, (f'socket_path = "{tmp_path}/run/repl.sock"', f'socket_path = "{folder}/repl.sock"'))
+    proc = subprocess.run([*unprivileged(), sys.executable, "-m", "palmnode.cli", "run", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    folder.chmod(0o700)
+    assert proc.returncode == 78, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    expected = (f"cannot create the REPL socket {folder}/repl.sock: Permission denied" if lock_made
+                else f"cannot lock {folder}/repl.sock.lock: Permission denied")
+    assert proc.stderr.splitlines()[-1] == "palmnode run: " + expected, proc.stderr[-2000:]
+
+
 def test_a_vault_another_node_holds_exits_1_which_systemd_retries(tmp_path):
     """A vault held by another node (one stopping, say) may be free at the next start: not 78."""
     from palmnode import lockfile

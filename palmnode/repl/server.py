@@ -7,9 +7,11 @@ by a node that died is stale and replaced.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -36,10 +38,22 @@ SEND_TIMEOUT_S = 2.0
 IDLE_TIMEOUT_S = 15 * 60.0
 #: longest unix socket path (sun_path is 108 bytes with its NUL)
 MAX_PATH = 107
+#: what making the socket (its folder, lock file, socket file) meets until its folder's mode or
+#: the config changes (not a full disk or too many open files, which may pass)
+_NOT_WRITABLE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST,
+                                  errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG})
 
 
 class ReplSocketError(Exception):
-    """The REPL socket cannot be served (one line: the path, why, and the fix)."""
+    """The REPL socket cannot be served (one line: the path, why, and the fix).
+
+    ``config``: a restart would meet it unchanged, as the config names it (a path too long,
+    something that is not a socket in its place, a folder the node cannot write): ``palmnode run``
+    exits 78; otherwise (another node serves it) 1."""
+
+    def __init__(self, message: str, *, config: bool = False) -> None:
+        super().__init__(message)
+        self.config = config
 
 
 async def serve_repl(target: ReplTarget, path: str | os.PathLike[str], *, python_console: bool = False,
@@ -58,11 +72,14 @@ async def serve_repl(target: ReplTarget, path: str | os.PathLike[str], *, python
         raise ValueError(f"max_sessions must be 1 to {SESSIONS_LIMIT}, got {max_sessions!r}")
     path = Path(path).absolute()
     if len(os.fsencode(path)) > MAX_PATH:
-        raise ReplSocketError(f"REPL socket path {path} is longer than {MAX_PATH} bytes: choose a shorter one")
+        raise ReplSocketError(f"REPL socket path {path} is longer than {MAX_PATH} bytes: choose a shorter one",
+                              config=True)
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
-        raise ReplSocketError(f"cannot create the REPL socket folder {path.parent}: {exc.strerror}") from None
+        why = "a file is in the way" if exc.errno in (errno.EEXIST, errno.ENOTDIR) else exc.strerror
+        raise ReplSocketError(f"cannot create the REPL socket folder {path.parent}: {why}",
+                              config=exc.errno in _NOT_WRITABLE_ERRNOS) from None
     lock_fd = _lock(path)
     try:
         sock, inode = _bind_atomically(path)
@@ -82,16 +99,35 @@ async def serve_repl(target: ReplTarget, path: str | os.PathLike[str], *, python
 
 def _lock(path: Path) -> int:
     return lockfile.hold(path, ReplSocketError, f"another node serves the REPL at {path}: stop it, or give "
-                         "this node another [repl] socket_path")
+                         "this node another [repl] socket_path",
+                         cannot_lock=lambda message, exc: ReplSocketError(
+                             message, config=exc.errno in _NOT_WRITABLE_ERRNOS))
+
+
+def _not_a_socket(path: Path) -> str | None:
+    """What is at ``path`` when it is not a socket (a folder, a regular file, a symbolic link…);
+    None when nothing is there or a socket is (a dead node's: replaced)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISSOCK(mode):
+        return None
+    return ("a folder" if stat.S_ISDIR(mode) else "a regular file" if stat.S_ISREG(mode)
+            else "a symbolic link" if stat.S_ISLNK(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device file")
 
 
 def _bind_atomically(path: Path) -> tuple[socket.socket, int]:
-    if path.exists() or path.is_symlink():
-        if not path.is_socket() or path.is_symlink():
-            raise ReplSocketError(f"{path} exists and is not a socket: remove it or choose another "
-                                  "[repl] socket_path")
-        # we hold the lock, so the node that made it is gone: stale, replaced by the rename below
-    folder = tempfile.mkdtemp(prefix=".r", dir=path.parent)  # 0700: nobody can reach the socket yet
+    kind = _not_a_socket(path)
+    if kind is not None:  # never removed: an operator's file, or a folder of them
+        raise ReplSocketError(f"REPL socket path {path} is {kind}, not a socket: move it away or choose "
+                              "another [repl] socket_path", config=True)
+    # a socket there: we hold the lock, so the node that made it is gone: stale, replaced by the rename below
+    try:
+        folder = tempfile.mkdtemp(prefix=".r", dir=path.parent)  # 0700: nobody can reach the socket yet
+    except OSError as exc:
+        raise ReplSocketError(f"cannot create the REPL socket {path}: {exc.strerror or exc}",
+                              config=exc.errno in _NOT_WRITABLE_ERRNOS) from None
     temporary = os.path.join(folder, "s")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
@@ -102,7 +138,8 @@ def _bind_atomically(path: Path) -> tuple[socket.socket, int]:
         inode = os.stat(path).st_ino
     except OSError as exc:
         sock.close()
-        raise ReplSocketError(f"cannot create the REPL socket {path}: {exc.strerror or exc}") from None
+        raise ReplSocketError(f"cannot create the REPL socket {path}: {exc.strerror or exc}",
+                              config=exc.errno in _NOT_WRITABLE_ERRNOS) from None
     finally:
         if os.path.lexists(temporary):
             os.unlink(temporary)

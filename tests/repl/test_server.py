@@ -66,16 +66,54 @@ async def test_second_node_is_refused_stale_socket_replaced_and_socket_removed(t
         nursery.cancel_scope.cancel()
 
 
-async def test_refuses_to_replace_a_file_that_is_not_a_socket(target, short_dir):
+@pytest.mark.parametrize("kind", ["a regular file", "a folder", "a symbolic link", "a FIFO"])
+async def test_refuses_to_replace_a_file_that_is_not_a_socket(target, short_dir, kind):
+    """Something that is not a socket at the path is never removed; the error names it and what it
+    is, and is the config's to fix (``config``: `palmnode run` exits 78, a restart would meet it)."""
     path = os.path.join(short_dir, "repl.sock")
-    with open(path, "w") as f:
-        f.write("precious")
-    with pytest.raises(ReplSocketError, match="exists and is not a socket"):
+    if kind == "a regular file":
+        with open(path, "w") as f:
+            f.write("precious")
+    elif kind == "a folder":
+        os.mkdir(path)
+        with open(os.path.join(path, "inside"), "w") as f:
+            f.write("precious")
+    elif kind == "a symbolic link":
+        os.symlink(os.path.join(short_dir, "elsewhere"), path)
+    else:
+        os.mkfifo(path)
+    before = os.lstat(path)
+    with pytest.raises(ReplSocketError) as info:
         await serve_repl(target, path)
-    with open(path) as f:
-        assert f.read() == "precious"
-    with pytest.raises(ReplSocketError, match="longer than 107 bytes"):
+    assert str(info.value) == (f"REPL socket path {path} is {kind}, not a socket: move it away or choose another "
+                               "[repl] socket_path")
+    assert info.value.config
+    after = os.lstat(path)
+    assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
+    if kind == "a regular file":
+        with open(path) as f:
+            assert f.read() == "precious"
+    if kind == "a folder":
+        assert os.listdir(path) == ["inside"]
+
+
+async def test_a_socket_path_error_says_whether_a_restart_could_cure_it(target, short_dir):
+    with pytest.raises(ReplSocketError, match="longer than 107 bytes") as info:
         await serve_repl(target, os.path.join(short_dir, "x" * 120))
+    assert info.value.config
+    with open(os.path.join(short_dir, "file"), "w"):
+        pass
+    with pytest.raises(ReplSocketError) as info:
+        await serve_repl(target, os.path.join(short_dir, "file", "repl.sock"))
+    assert str(info.value) == f"cannot create the REPL socket folder {short_dir}/file: a file is in the way"
+    assert info.value.config
+    path = os.path.join(short_dir, "repl.sock")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_repl, target, path)
+        with pytest.raises(ReplSocketError, match="another node serves the REPL at") as info:
+            await serve_repl(target, path)
+        assert not info.value.config  # the other node may be stopping: a restart may find it free
+        nursery.cancel_scope.cancel()
 
 
 # -- commands
