@@ -285,9 +285,10 @@ def _damage(tmp_path: Path, what: str) -> tuple[tuple[str, str], ...]:
     (run / "keys").mkdir(mode=0o700)
     if what == "token key is a folder":
         token.mkdir(mode=0o700)
-    elif what == "token key under a file":
+    elif what in ("token key under a file", "token key two folders under a file"):
         (tmp_path / "etc").write_text("not a folder")
-        return ((f'token_key_file = "{token}"', f'token_key_file = "{tmp_path}/etc/card_token.key"'),)
+        under = "etc" if what == "token key under a file" else "etc/palmnode"
+        return ((f'token_key_file = "{token}"', f'token_key_file = "{tmp_path}/{under}/card_token.key"'),)
     elif what == "vault key folder is a file":
         (tmp_path / "etc").write_text("not a folder")
         return ((f'key_file = "{run}/keys/vault.key"', f'key_file = "{tmp_path}/etc/vault.key"'),)
@@ -362,7 +363,10 @@ def _spoil_vault(run: Path, what: str) -> None:
 
 @pytest.mark.parametrize("what, message", [
     ("token key is a folder", "cannot read token key file {run}/keys/card_token.key: Is a directory"),
-    ("token key under a file", "cannot create token key file {tmp}/etc/card_token.key: "),
+    ("token key under a file", "cannot create token key file {tmp}/etc/card_token.key: {tmp}/etc is a file, "
+                               "not a folder"),
+    ("token key two folders under a file", "cannot create token key file {tmp}/etc/palmnode/card_token.key: "
+                                           "{tmp}/etc is a file, not a folder"),
     ("token key readable by others", "token key file {run}/keys/card_token.key is readable by others (mode 644)"),
     ("token key too short", "token key file {run}/keys/card_token.key holds 8 bytes; it needs at least 16"),
     ("link certificate missing", "link certificate {run}/certs/sim-gate-1.pem not found"),

@@ -58,3 +58,17 @@ async def test_a_light_request_its_caller_gave_up_on_is_not_served_later(nursery
         await lights.set("surface", 0.0)  # served after anything queued before it
         assert not emu.lights_on  # the stale 'ir on' would have lit the gate for nobody
         actor.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("under", ["keys", "keys/palmnode"])
+def test_a_token_key_file_whose_folder_is_a_file_says_so(tmp_path, under):
+    """The token key file's folder (or one above it) is a file: mkdir's "File exists" or "Not a
+    directory" said nothing of which; now the file in the way is named. Nothing is written."""
+    from palmnode.devices.card_reader import KeyFileError, load_token_key
+
+    (tmp_path / "keys").write_bytes(b"someone's file")
+    path = tmp_path / under / "card_token.key"
+    with pytest.raises(KeyFileError) as info:
+        load_token_key(path)
+    assert str(info.value) == f"cannot create token key file {path}: {tmp_path}/keys is a file, not a folder"
+    assert (tmp_path / "keys").read_bytes() == b"someone's file" and sorted(tmp_path.iterdir()) == [tmp_path / "keys"]

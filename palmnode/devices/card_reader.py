@@ -5,8 +5,10 @@ the clear card number never reaches the node.
 """
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import stat
 from pathlib import Path
 from typing import Callable
 
@@ -36,8 +38,10 @@ def load_token_key(path: str | Path) -> bytes:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(secrets.token_bytes(KEY_BYTES))
-        except OSError as exc:  # a read-only /etc/palmnode, a folder owned by someone else
-            raise KeyFileError(f"cannot create token key file {path}: {exc.strerror or exc}") from None
+        except OSError as exc:  # a read-only /etc/palmnode, a folder owned by someone else, a file in the way
+            blocker = _file_in_the_way(path.parent) if exc.errno in (errno.EEXIST, errno.ENOTDIR) else None
+            why = f"{blocker} is a file, not a folder" if blocker is not None else (exc.strerror or exc)
+            raise KeyFileError(f"cannot create token key file {path}: {why}") from None
     try:
         mode = path.stat().st_mode & 0o777
         if mode & 0o077:
@@ -48,6 +52,19 @@ def load_token_key(path: str | Path) -> bytes:
     if len(key) < 16:
         raise KeyFileError(f"token key file {path} holds {len(key)} bytes; it needs at least 16")
     return key
+
+
+def _file_in_the_way(folder: Path) -> Path | None:
+    """The first of ``folder`` and the folders above it that exists and is not a folder."""
+    for candidate in (folder, *folder.parents):
+        try:
+            mode = candidate.stat().st_mode
+        except (FileNotFoundError, NotADirectoryError):  # not there, or under the file in the way
+            continue
+        except OSError:
+            return None
+        return None if stat.S_ISDIR(mode) else candidate
+    return None
 
 
 async def serve(cfg: CardReaderConfig, key: bytes, health: HealthRegistry, bus: EventBus,
