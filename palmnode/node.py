@@ -1,7 +1,6 @@
 """The node: config → supervision tree of device actors, health, event bus and structured logs."""
 from __future__ import annotations
 
-import errno
 import functools
 import logging
 import time
@@ -17,6 +16,7 @@ from palmnode.actors import (Backoff, ChildContext, ChildSpec, DeviceStateChange
 from palmnode.config import Config
 from palmnode.devices import camera, card_reader, illuminator, proximity
 from palmnode.devices.session import DeviceSession
+from palmnode.fserrors import lasting
 from palmnode.biometrics.gallery import Gallery
 from palmnode.biometrics.matcher import Calibration
 from palmnode.gate.capture import Capturer, CapturePolicy
@@ -113,7 +113,7 @@ class Node:
             except OSError as exc:  # a file in the way, a read-only or foreign folder: as the config says
                 why = "a file is in the way" if isinstance(exc, FileExistsError) else (exc.strerror or exc)
                 raise GateSetupError(f"vault {vault_cfg.path}: cannot create folder {folder}: {why}",
-                                     config=exc.errno in _PATH_ERRNOS) from None
+                                     config=lasting(exc)) from None
         try:
             self.vault = await trio.to_thread.run_sync(
                 functools.partial(open_vault, vault_cfg, node_id=node_id, create_key=vault_cfg.key_file is not None,
@@ -270,15 +270,12 @@ class Node:
             await trio.sleep(HEALTH_METRICS_PERIOD_S)
 
 
-#: what a path's creation meets until its folder or the config is changed (not a full disk, an I/O error)
-_PATH_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR,
-                          errno.ELOOP, errno.ENAMETOOLONG})
 
 
 def _lasting(exc: VaultError | OSError) -> bool:
     """The vault's error meets a restart unchanged (VaultError.reason: damaged, unknown schema, not
     writable, the key), so only an operator can cure it."""
-    return exc.lasting if isinstance(exc, VaultError) else exc.errno in _PATH_ERRNOS
+    return exc.lasting if isinstance(exc, VaultError) else lasting(exc)
 
 
 class GateSetupError(Exception):

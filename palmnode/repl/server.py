@@ -19,6 +19,7 @@ from typing import Any
 import trio
 
 from palmnode import lockfile
+from palmnode.fserrors import lasting
 from palmnode.logs import event
 from palmnode.repl import protocol
 from palmnode.repl.commands import (COMMANDS, CommandError, ReplTarget, Session, channels, followable,
@@ -38,10 +39,6 @@ SEND_TIMEOUT_S = 2.0
 IDLE_TIMEOUT_S = 15 * 60.0
 #: longest unix socket path (sun_path is 108 bytes with its NUL)
 MAX_PATH = 107
-#: what making the socket (its folder, lock file, socket file) meets until its folder's mode or
-#: the config changes (not a full disk or too many open files, which may pass)
-_NOT_WRITABLE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST,
-                                  errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG})
 
 
 class ReplSocketError(Exception):
@@ -79,7 +76,7 @@ async def serve_repl(target: ReplTarget, path: str | os.PathLike[str], *, python
     except OSError as exc:
         why = "a file is in the way" if exc.errno in (errno.EEXIST, errno.ENOTDIR) else exc.strerror
         raise ReplSocketError(f"cannot create the REPL socket folder {path.parent}: {why}",
-                              config=exc.errno in _NOT_WRITABLE_ERRNOS) from None
+                              config=lasting(exc)) from None
     lock_fd = _lock(path)
     try:
         sock, inode = _bind_atomically(path)
@@ -101,7 +98,7 @@ def _lock(path: Path) -> int:
     return lockfile.hold(path, ReplSocketError, f"another node serves the REPL at {path}: stop it, or give "
                          "this node another [repl] socket_path",
                          cannot_lock=lambda message, exc: ReplSocketError(
-                             message, config=exc.errno in _NOT_WRITABLE_ERRNOS))
+                             message, config=lasting(exc)))
 
 
 def _not_a_socket(path: Path) -> str | None:
@@ -127,7 +124,7 @@ def _bind_atomically(path: Path) -> tuple[socket.socket, int]:
         folder = tempfile.mkdtemp(prefix=".r", dir=path.parent)  # 0700: nobody can reach the socket yet
     except OSError as exc:
         raise ReplSocketError(f"cannot create the REPL socket {path}: {exc.strerror or exc}",
-                              config=exc.errno in _NOT_WRITABLE_ERRNOS) from None
+                              config=lasting(exc)) from None
     temporary = os.path.join(folder, "s")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
@@ -139,7 +136,7 @@ def _bind_atomically(path: Path) -> tuple[socket.socket, int]:
     except OSError as exc:
         sock.close()
         raise ReplSocketError(f"cannot create the REPL socket {path}: {exc.strerror or exc}",
-                              config=exc.errno in _NOT_WRITABLE_ERRNOS) from None
+                              config=lasting(exc)) from None
     finally:
         if os.path.lexists(temporary):
             os.unlink(temporary)

@@ -31,6 +31,7 @@ import msgpack
 
 from drivers.card_reader.cardtoken import CardToken
 from palmnode import lockfile, walscrub
+from palmnode.fserrors import lasting
 from palmnode.biometrics.types import BadTemplate, PalmTemplate
 from palmnode.vault import schema
 from palmnode.vault.crypto import open_, seal
@@ -55,15 +56,11 @@ _TEMPLATE_BATCH = 1024  # search_templates() and unreadable() read this many per
 #: delivered outbox rows (payload erased) kept behind the newest acknowledged event
 DELIVERED_KEPT = 1000
 _AUDIT_SCALARS = (str, int, float, bool, type(None))
-#: what creating or writing a path meets until its folder, its mode or the config changes (not a
-#: full disk or an I/O error, which may pass)
-NOT_WRITABLE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST,
-                                 errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG})
 
 
 def _os_reason(exc: OSError) -> str:
     """VaultError.reason of a file operation's error."""
-    return NOT_WRITABLE if exc.errno in NOT_WRITABLE_ERRNOS else UNAVAILABLE
+    return NOT_WRITABLE if lasting(exc) else UNAVAILABLE
 
 
 def _sqlite_reason(exc: sqlite3.Error) -> str:
