@@ -19,4 +19,6 @@ class BuildPyWithSimConfig(build_py):
         self.copy_file(str(SIM_CONFIG), str(Path(self.build_lib) / "palmnode" / "sim.toml"))
 
 
-setup(cffi_modules=["native/build.py:ffibuilder"], cmdclass={"build_py": BuildPyWithSimConfig})
+# cffi builds the kernels against the stable ABI (_native.abi3.so): one wheel serves every CPython >= 3.11
+setup(cffi_modules=["native/build.py:ffibuilder"], cmdclass={"build_py": BuildPyWithSimConfig},
+      options={"bdist_wheel": {"py_limited_api": "cp311"}})
