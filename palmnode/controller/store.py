@@ -421,9 +421,11 @@ class Store:
         """Apply one delivered event exactly once: record it and its effect in one transaction.
 
         A (node_id, key) already recorded returns ``Applied(duplicate=True)`` and changes nothing.
-        An ``enrolled``/``deleted`` payload without the documented shape, or an ``enrolled`` naming a
-        live person with other data than theirs (a live person never changes), is recorded as
-        rejected (``Applied.rejected``), changing nothing else, so it cannot block the node's outbox.
+        An ``enrolled``/``deleted`` payload without the documented shape, an ``enrolled`` whose
+        person's ``origin_node`` is not ``node_id`` (the sending gate, as its certificate names it:
+        no gate enrols in another's name), or one naming a live person with other data than theirs
+        (a live person never changes), is recorded as rejected (``Applied.rejected``), changing
+        nothing else, so it cannot block the node's outbox.
         Raises :class:`BadRecord` (nothing written) only for an unusable key.
         """
         if not 0 < len(key) <= MAX_ID:
@@ -431,10 +433,14 @@ class Store:
         person = removed = abandoned = rejected = None
         try:
             person = PersonRecord.from_wire(data.get("person")) if kind == "enrolled" else None
+            if person is not None and person.origin_node != node_id:
+                # a gate is its certificate's CN (the server's session): it enrols in its own name only
+                raise BadRecord(f"person.origin_node {one_line(person.origin_node, 64)} is not the sending "
+                                f"gate {node_id}")
             removed = _text(data, "person_id") if kind == "deleted" else None
             abandoned = _text(data, "key") if kind == "charge_abandoned" else None
         except BadRecord as exc:
-            rejected = f"rejected: {exc}"
+            person, rejected = None, f"rejected: {exc}"
 
         def txn(conn):
             if conn.execute("SELECT 1 FROM events WHERE node_id = ? AND key = ?", (node_id, key)).fetchone():

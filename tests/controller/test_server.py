@@ -123,6 +123,32 @@ async def test_an_enrolment_a_gate_would_refuse_is_rejected_in_one_line_and_neve
         "rejected: person.enrolled_at: must be finite"]
 
 
+async def test_an_enrolment_in_another_gates_name_is_rejected(nursery, controller, pki, caplog):
+    """A gate's identity is its certificate's CN: gate-b sending an enrolment whose origin_node is
+    gate-a (enrolling people in another gate's name) is recorded as rejected, acked, audited, and
+    neither stored nor pushed; the same person from gate-a itself is then enrolled as usual."""
+    a = await connect(nursery, controller, pki, "gate-a")
+    b = await connect(nursery, controller, pki, "gate-b")
+    c = await connect(nursery, controller, pki, "gate-c")
+    wire = person_wire("p-1", origin="gate-a")
+    ack = await b.event("enrolled", {"person": wire}, key="gate-b:1", seq=1)  # acked: b's outbox moves on
+    assert ack.key == "gate-b:1"
+    assert (controller.stats.events_rejected, controller.stats.events_applied) == (1, 0)
+    assert await trio.to_thread.run_sync(controller.store.get_person, "p-1") is None
+    assert await trio.to_thread.run_sync(controller.store.head_cursor) == 0  # nothing for a sync either
+    [event] = await trio.to_thread.run_sync(lambda: controller.store.events(node_id="gate-b"))
+    assert event.effect == "rejected: person.origin_node gate-a is not the sending gate gate-b"
+    [audit] = [e for e in controller.store.audit_entries() if e["kind"] == "event_rejected"]
+    assert (audit["node_id"], audit["key"], audit["reason"]) == ("gate-b", "gate-b:1", event.effect)
+    [line] = [r for r in caplog.records if r.getMessage() == "event rejected"]
+    assert line.fields["node"] == "gate-b" and line.fields["reason"] == event.effect
+    await a.event("enrolled", {"person": wire}, key="gate-a:1", seq=1)  # its own gate: enrolled, pushed
+    await c.wait_until(lambda: len(c.pushes) == 1)
+    await b.wait_until(lambda: len(b.pushes) == 1)
+    assert [p.args["person"]["origin_node"] for p in c.pushes + b.pushes] == ["gate-a", "gate-a"]
+    assert a.pushes == [] and controller.stats.events_applied == 1
+
+
 async def test_floods_of_rejected_events_and_refused_pushes_log_a_few_lines_then_summaries(nursery, tmp_path, pki,
                                                                                            caplog, mock_clock):
     """A gate sending bad enrolments, and one refusing every push: each counted, but the log gets

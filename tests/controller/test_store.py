@@ -203,25 +203,43 @@ def test_a_live_persons_record_never_changes(store):
     for other in ({**first, "card_digest": os.urandom(32)},
                   {**first, "palms": [{"palm": "right", "templates": [template_bytes()]}]},
                   {**first, "enrolled_at": first["enrolled_at"] + 1}):
-        taken = enrol(store, other, node="gate-b", seq=len(store.events()) + 1)
+        taken = enrol(store, {**other, "origin_node": "gate-b"}, node="gate-b", seq=len(store.events()) + 1)
         assert taken.rejected and taken.change is None
         assert taken.effect == "rejected: person already enrolled with other data (a live person never changes)"
         assert "p-1" not in taken.effect
     assert store.get_person("p-1") == PersonRecord.from_wire(first) and store.head_cursor() == head
-    again = enrol(store, first, node="gate-c", seq=1)  # the same data again: applied as before
+    again = enrol(store, first, seq=9)  # the same data again (its gate, another key): applied as before
     assert not again.rejected and again.change.person == applied.change.person
     audit = [e for e in store.audit_entries() if e["kind"] == "event_rejected"]
     assert len(audit) == 3 and all("already enrolled" in e["reason"] for e in audit)
     store._write(lambda conn: conn.execute("UPDATE people SET palms = zeroblob(64)"))  # damaged on disk
     repaired = {**first, "card_digest": os.urandom(32)}
-    assert not enrol(store, repaired, node="gate-d", seq=1).rejected  # a record that no longer opens is replaced
+    assert not enrol(store, repaired, seq=10).rejected  # a record that no longer opens is replaced
     assert store.get_person("p-1") == PersonRecord.from_wire(repaired)
+
+
+def test_an_enrolment_is_taken_only_from_its_origin_gate(store):
+    """The sending gate (the server's authenticated node id) must be the person's origin_node: a
+    gate enrolling in another's name is rejected (recorded, audited, acked by the server) and
+    changes nothing, whatever the person; the origin gate's own enrolment is applied."""
+    wire = person_wire("p-1", origin="gate-a")
+    forged = enrol(store, wire, node="gate-b")
+    assert forged.rejected and not forged.duplicate and forged.change is None
+    assert forged.effect == "rejected: person.origin_node gate-a is not the sending gate gate-b"
+    long_name = enrol(store, person_wire("p-2", origin="g" * 128), node="gate-b", seq=2)
+    assert long_name.effect == f"rejected: person.origin_node {'g' * 63}… is not the sending gate gate-b"
+    assert store.get_person("p-1") is None and store.people_count() == 0 and store.head_cursor() == 0
+    assert [(e["kind"], e["node_id"], e["event_kind"]) for e in store.audit_entries()] == [
+        ("event_rejected", "gate-b", "enrolled")] * 2
+    assert enrol(store, wire, node="gate-b").duplicate  # recorded: a redelivery is only recognised
+    assert enrol(store, wire, node="gate-a").effect == "enrolled"
+    assert store.get_person("p-1").origin_node == "gate-a"
 
 
 def test_removal_is_final(store):
     enrol(store, person_wire("p-1"), seq=1)
     store.apply_event(node_id="gate-b", key="gate-b:1", seq=1, kind="deleted", at=3.0, data={"person_id": "p-1"})
-    late = enrol(store, person_wire("p-1"), node="gate-c", seq=1)
+    late = enrol(store, person_wire("p-1"), seq=2)  # its gate's enrolment, delivered late
     assert late.effect.startswith("refused") and late.to_origin and isinstance(late.change, Remove)
     assert store.get_person("p-1") is None
 
