@@ -56,6 +56,7 @@ from palmnode.link.messages import (
     Response,
     one_line,
 )
+from palmnode.link.client import HELLO_TIMEOUT_S
 from palmnode.link.refusals import RefusalLog
 from palmnode.link.wire import DIGEST_SIZE
 from palmnode.vault import VaultKeyError, load_keys
@@ -69,6 +70,9 @@ MAX_SYNC_LIMIT = 1000  # §5 sync: a node may ask for fewer changes a page, neve
 MAX_NODE_REQUESTS = 16  # a node's requests served at once; more wait (backpressure on its connection)
 MAX_UNANSWERED_PUSHES = 1024  # pushes remembered for counting their answers; older ones are forgotten
 PRUNE_EVERY_S = 3600.0  # how often events older than the retention are pruned
+#: our hello waits for the probe of a connected node id (§4), and a gate gives it HELLO_TIMEOUT_S from its
+#: TLS handshake: the probe ends 2 s before that (the handshake's last flight, the network, our hello)
+MAX_PROBE_TIMEOUT_S = HELLO_TIMEOUT_S - 2.0
 
 
 class ControllerError(Exception):
@@ -102,6 +106,13 @@ def _cents(instance: object, attribute: attrs.Attribute, value: int) -> None:
         raise ControllerError(f"controller.charge_limit_cents must be 0 or more, got {value!r}")
 
 
+def _probe_timeout(instance: object, attribute: attrs.Attribute, value: float) -> None:
+    if not value <= MAX_PROBE_TIMEOUT_S:
+        raise ControllerError(f"controller.probe_timeout_s must be at most {MAX_PROBE_TIMEOUT_S:g} s, below the "
+                              f"gates' {HELLO_TIMEOUT_S:g} s hello timeout (the controller's hello waits for the "
+                              f"probe), got {value!r}")
+
+
 def _sync_limit(instance: object, attribute: attrs.Attribute, value: int) -> None:
     if not 1 <= value <= MAX_SYNC_LIMIT:
         raise ControllerError(f"controller.sync_limit must be 1 to {MAX_SYNC_LIMIT}, got {value!r}")
@@ -132,10 +143,10 @@ class ControllerConfig:
     # and hello at once; more are closed at accept (a flood of idle sockets costs ~50 KB each until
     # their hello timeout), and a gate among them retries with its backoff
     request_timeout_s: float = attrs.field(default=10.0, validator=_positive)  # Controller.request default
-    probe_timeout_s: float = attrs.field(default=5.0, validator=_positive)  # a second connection naming a
-    # connected node: the first is asked node.status; answering within this keeps it (the newcomer is
-    # refused), else it is taken for dead and replaced. Asked before our hello (§4), so keep it well
-    # under the gates' hello_timeout_s (10 s)
+    probe_timeout_s: float = attrs.field(default=5.0, validator=[_positive, _probe_timeout])  # a second
+    # connection naming a connected node: the first is asked node.status; answering within this keeps it
+    # (the newcomer is refused), else it is taken for dead and replaced. Asked before our hello (§4), so at
+    # most MAX_PROBE_TIMEOUT_S, under the gates' hello timeout (10 s)
     send_queue: int = attrs.field(default=256, validator=_positive)  # frames queued per node; a node this
     # far behind is dropped, reconnects and syncs
     send_queue_bytes: int = attrs.field(default=4 * codec.MAX_FRAME, validator=_positive)  # and bytes: a frame

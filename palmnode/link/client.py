@@ -55,6 +55,7 @@ log = logging.getLogger("palmnode.link")
 DEFAULT_PORT = 7443  # §1
 MAX_SERVING = 16  # §5: the controller's requests served at once; the next waits, unread (backpressure)
 MAX_SERVING_BYTES = 4 << 20  # §5: ... and their frames at most this many bytes (one alone always goes)
+HELLO_TIMEOUT_S = 10.0  # §4: the controller's hello must come within this of the TLS handshake
 
 
 class UnknownOp(LinkError):
@@ -98,7 +99,7 @@ class LinkConfig:
     connect_timeout_s: float = attrs.field(default=5.0, validator=_positive)
     backoff_initial_s: float = attrs.field(default=0.2, validator=_positive)
     backoff_max_s: float = attrs.field(default=30.0, validator=_positive)
-    hello_timeout_s: float = attrs.field(default=10.0, validator=_positive)
+    hello_timeout_s: float = attrs.field(default=HELLO_TIMEOUT_S, validator=_positive)
     ack_timeout_s: float = attrs.field(default=30.0, validator=_positive)
     request_timeout_s: float = attrs.field(default=10.0, validator=_positive)
     max_frame: int = attrs.field(default=MAX_FRAME, validator=_positive)
@@ -508,5 +509,5 @@ class LinkClient:
         log_event(log, msg, node_id=self.config.node_id, **fields)
 
 
-__all__ = ["DEFAULT_PORT", "MAX_SERVING", "MAX_SERVING_BYTES", "BadAnswer", "Handler", "LinkClient", "LinkConfig",
+__all__ = ["DEFAULT_PORT", "HELLO_TIMEOUT_S", "MAX_SERVING", "MAX_SERVING_BYTES", "BadAnswer", "Handler", "LinkClient", "LinkConfig",
            "LinkConfigError", "LinkStats", "LinkUnavailable", "Outbox", "RequestFailed", "RequestRefused", "UnknownOp"]

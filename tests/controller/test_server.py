@@ -632,6 +632,24 @@ def test_config_refuses_impossible_values():
             ControllerConfig(**{field: value})
 
 
+def test_the_probe_timeout_stays_below_the_gates_hello_timeout():
+    """The controller holds its hello back while it probes a connected node id (§4): a probe
+    timeout near the gates' 10 s hello timeout would make every reconnecting gate give up its
+    hello first, and never get in while its dead connection is being probed."""
+    from palmnode.controller.server import MAX_PROBE_TIMEOUT_S, ControllerConfig
+    from palmnode.link.client import HELLO_TIMEOUT_S, LinkConfig
+
+    assert attrs.fields(LinkConfig).hello_timeout_s.default == HELLO_TIMEOUT_S == 10
+    assert MAX_PROBE_TIMEOUT_S <= HELLO_TIMEOUT_S - 2  # room for the TLS handshake's end and the network
+    assert ControllerConfig(probe_timeout_s=MAX_PROBE_TIMEOUT_S).probe_timeout_s == MAX_PROBE_TIMEOUT_S
+    for value in (MAX_PROBE_TIMEOUT_S + 0.5, HELLO_TIMEOUT_S, 30.0):
+        with pytest.raises(ControllerError) as caught:
+            ControllerConfig(probe_timeout_s=value)
+        assert str(caught.value) == (
+            f"controller.probe_timeout_s must be at most {MAX_PROBE_TIMEOUT_S:g} s, below the gates' "
+            f"{HELLO_TIMEOUT_S:g} s hello timeout (the controller's hello waits for the probe), got {value!r}")
+
+
 async def test_a_node_too_slow_for_its_pushes_is_dropped_and_others_stay(nursery, tmp_path, pki):
     runner = ControllerRunner(nursery, controller_config(tmp_path, pki, send_queue=1))
     controller = await runner.start()
