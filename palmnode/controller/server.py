@@ -188,6 +188,8 @@ class ControllerStats:
     events_duplicate: int = 0
     events_rejected: int = 0
     requests_served: int = 0
+    probes: int = 0  # node.status probes of a connected node id another connection named (§4)
+    probes_shared: int = 0  # newcomers that waited for a probe already running instead of asking again
     pushes: int = 0
     pushes_failed: int = 0
     link: ChannelStats = attrs.field(factory=ChannelStats)
@@ -293,6 +295,15 @@ class _SendQueue:
 
 
 @attrs.define(eq=False)
+class _Probe:
+    """A ``node.status`` probe of a connected node running now (§4), shared by the newcomers
+    naming that node id that arrive meanwhile."""
+
+    done: trio.Event = attrs.field(factory=trio.Event)
+    answered: bool | None = None  # None: the task probing was cancelled before it knew
+
+
+@attrs.define(eq=False)
 class _Session:
     """One node's live connection after the hellos."""
 
@@ -310,6 +321,7 @@ class _Session:
     ended: BaseException | None = None  # why the session stopped (the first reason wins)
     events_held: bool = False  # an event could not be recorded: none after it is applied on this connection
     replaced: _Session | None = None  # the node's dead session this one took the place of (§4)
+    probe: _Probe | None = None  # the node.status probe of this session running now, if any
 
     def end(self, reason: BaseException) -> None:
         if self.ended is None:
@@ -586,7 +598,26 @@ class Controller:
         return replaced
 
     async def _answers(self, session: _Session) -> bool:
-        """Whether ``session``'s node answers a request (any answer) within ``probe_timeout_s``."""
+        """Whether ``session``'s node answers a request (any answer) within ``probe_timeout_s``.
+
+        One probe at a time per session: newcomers arriving while one runs (copies of a certificate
+        connecting at once, up to ``max_greeting``) wait for its answer instead of asking again."""
+        while (probe := session.probe) is not None:
+            self.stats.probes_shared += 1
+            await probe.done.wait()
+            if probe.answered is not None:
+                return probe.answered and session.ended is None
+            # else the newcomer probing was cancelled before it knew: probe again
+        probe = session.probe = _Probe()
+        self.stats.probes += 1
+        try:
+            probe.answered = await self._probe(session)
+        finally:
+            session.probe = None
+            probe.done.set()
+        return probe.answered
+
+    async def _probe(self, session: _Session) -> bool:
         if session.ended is not None:
             return False
         request_id = session.new_id()

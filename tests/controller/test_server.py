@@ -330,6 +330,39 @@ async def test_a_second_gate_with_a_connected_node_id_is_refused(nursery, contro
     await assert_still_served(first, controller)
 
 
+async def test_a_flood_of_one_node_id_shares_one_probe_of_the_connected_gate(nursery, tmp_path, pki):
+    """Copies of one certificate connecting at once: each newcomer made its own node.status probe
+    of the connected gate (up to max_greeting, 128, at once); those arriving while a probe runs now
+    wait for its answer, and all are refused on it."""
+    runner = ControllerRunner(nursery, controller_config(tmp_path, pki, probe_timeout_s=8.0))
+    controller = await runner.start()
+    first = await connect(nursery, controller, pki, "gate-a")
+    first.handlers["node.status"] = lambda args: None  # answered below, once every newcomer waits
+    copies = 12
+    refused: list[str] = []
+
+    async def copy() -> None:
+        with pytest.raises(LinkClosed) as caught:
+            await dial(controller.port, pki, "gate-a")
+        refused.append(str(caught.value))
+    for _ in range(copies):
+        nursery.start_soon(copy)
+    # every newcomer is past its TLS handshake: probing the connected gate, or waiting for that probe
+    await wait_for(lambda: len(first.requests) + controller.stats.probes_shared == copies, timeout=10)
+    for request in list(first.requests):
+        await first.channel.send(Response.success(request.id, {"which": "first"}))
+    await wait_for(lambda: len(refused) == copies, timeout=10)
+    assert len(first.requests) == 1 and controller.stats.probes == 1 and controller.stats.probes_shared == copies - 1
+    assert all("node id gate-a is already connected" in reason for reason in refused)
+    assert controller.stats.dropped == {"duplicate": copies} and controller.stats.replaced == 0
+    await assert_still_served(first, controller)
+    # a newcomer after that probe ended gets a probe of its own
+    first.handlers["node.status"] = lambda args: {"which": "first"}
+    with pytest.raises(LinkClosed, match="already connected"):
+        await dial(controller.port, pki, "gate-a")
+    assert len(first.requests) == 2 and controller.stats.probes == 2
+
+
 async def test_a_gate_reconnecting_replaces_its_dead_connection(nursery, tmp_path, pki):
     runner = ControllerRunner(nursery, controller_config(tmp_path, pki, probe_timeout_s=0.5))
     controller = await runner.start()
