@@ -359,6 +359,19 @@ class Controller:
         """The connected nodes, each with the capabilities of its Hello."""
         return {node_id: s.capabilities for node_id, s in self._sessions.items()}
 
+    def status(self) -> dict[str, Any]:
+        """What the controller reports of itself, as plain data naming no one: ``port`` (None while
+        not listening), ``nodes`` (the connected node ids), ``stats`` (:attr:`stats` as a map) and
+        ``wal``, its database's WAL truncation after a removal (``walscrub.WalKeeper.state()``:
+        ``{truncated: true}``, or while another connection to the file blocks it ``truncated`` false,
+        ``blocked_since`` (Unix time), ``blocked_s``, ``attempts`` (retries since) and ``reason``;
+        None while not running), with ``wal_retries_total`` (retries over the controller's life).
+        Call it in the controller's trio thread."""
+        wal = self._wal
+        return {"port": self.port, "nodes": sorted(self._sessions), "stats": attrs.asdict(self.stats),
+                "wal": None if wal is None else wal.state(),
+                "wal_retries_total": 0 if wal is None else wal.retries_total}
+
     async def wait_node(self, node_id: str, *, connected: bool = True) -> None:
         """Return once ``node_id`` is connected (or, with ``connected=False``, is not)."""
         while (node_id in self._sessions) != connected:
@@ -435,9 +448,9 @@ class Controller:
                                       f"{exc.strerror or exc}; pick another --listen address") from None
             self.store = store
             self.port = listeners[0].transport_listener.socket.getsockname()[1]
+            self._wal = WalKeeper(store, "controller", log)
             log.info("controller listening", extra={"fields": {"host": self.config.host, "port": self.port}})
             task_status.started(self.port)
-            self._wal = WalKeeper(store, "controller", log)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._wal.run)  # (also what the opening could not truncate)
                 nursery.start_soon(self._rejected_events.run)
@@ -451,7 +464,7 @@ class Controller:
                 log.warning("controller stopped with its WAL not truncated: a removed person's old pages stay in "
                             "the -wal file until its next start", extra={"fields": {
                                 "db": str(store.path), "reason": store.scrub_blocked}})
-            self.store = None
+            self.store = self.port = self._wal = None
 
     async def _prune_events(self, store: Store) -> None:
         """Forget applied events older than the retention, now and every PRUNE_EVERY_S."""

@@ -1,6 +1,7 @@
 """The controller over real sockets with real mutual TLS, driven by nodes on real link channels."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -64,6 +65,10 @@ async def test_hello_and_nodes(nursery, controller, pki):
     assert controller.nodes() == {"gate-a": ("events", "person.upsert", "person.remove", "node.status")}
     [seen] = await trio.to_thread.run_sync(controller.store.nodes)
     assert seen.node_id == "gate-a" and seen.version == 1
+    status = controller.status()
+    assert json.loads(json.dumps(status)) == status  # plain data
+    assert (status["port"], status["nodes"], status["stats"]["sessions"]) == (controller.port, ["gate-a"], 1)
+    assert status["wal"] == {"truncated": True}
 
 
 async def test_events_are_acked_and_applied_once(nursery, controller, pki):
@@ -504,22 +509,31 @@ async def test_a_blocked_wal_truncation_is_retried_until_done_and_logged(nursery
     reader = sqlite3.connect(db, isolation_level=None)  # a backup's read transaction
     reader.execute("BEGIN")
     reader.execute("SELECT count(*) FROM people").fetchone()
+    assert controller.status()["wal"] == {"truncated": True} and controller.status()["wal_retries_total"] == 0
     assert await controller.delete_person(person_id="victim") == "victim"
     await _settle()
     [warning] = lines(blocked)
     assert warning.levelname == "WARNING" and "read transaction" in warning.fields["reason"]
+    wal = controller.status()["wal"]  # where the controller reports its state: since when, retries, why
+    assert (wal["truncated"], wal["attempts"], wal["reason"]) == (False, 0, controller.store.scrub_blocked)
+    assert abs(wal["blocked_since"] - time.time()) < 60 and "read transaction" in wal["reason"]
 
     await advance(2 * SCRUB_WARN_EVERY_S + 2 * SCRUB_RETRY.maximum)  # ten minutes of it
     assert controller.store.scrub_pending and card in _files(db)
     reminders = lines("still " + blocked)
     assert len(reminders) == 2  # one every five minutes, not a line per try
     assert reminders[0].fields["attempts"] >= SCRUB_WARN_EVERY_S / SCRUB_RETRY.maximum  # it kept trying
+    status = controller.status()
+    assert status["wal"]["blocked_s"] >= 2 * SCRUB_WARN_EVERY_S and status["wal"]["blocked_since"] == wal["blocked_since"]
+    assert status["wal"]["attempts"] == status["wal_retries_total"] >= reminders[-1].fields["attempts"]
 
     reader.execute("COMMIT")
     await advance(SCRUB_RETRY.maximum + 1)  # the backoff is bounded: the next try comes soon and succeeds
     assert not controller.store.scrub_pending and card not in _files(db)
     [done] = lines("truncated")
     assert done.fields["blocked_s"] >= 2 * SCRUB_WARN_EVERY_S
+    assert controller.status()["wal"] == {"truncated": True}
+    assert controller.status()["wal_retries_total"] == done.fields["attempts"]
     reader.close()
 
 
