@@ -431,7 +431,8 @@ class Controller:
             return None
         change = await trio.to_thread.run_sync(
             functools.partial(store.remove_person, person_id, by=self.config.name, reason=reason))
-        self._wal.poke()
+        if self._wal is not None:  # else the controller stopped meanwhile (its next start truncates)
+            self._wal.poke()
         self._replicate(change, origin=None)
         return person_id
 
