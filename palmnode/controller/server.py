@@ -441,6 +441,7 @@ class Controller:
         context = server_ssl_context(self.config)
         store = await trio.to_thread.run_sync(_open_store, self.config)
         try:
+            await self._retire_unusable_people(store)
             try:
                 listeners = await trio.open_ssl_over_tcp_listeners(
                     self.config.port, context, host=self.config.host, https_compatible=False)
@@ -466,6 +467,20 @@ class Controller:
                             "the -wal file until its next start", extra={"fields": {
                                 "db": str(store.path), "reason": store.scrub_blocked}})
             self.store = self.port = self._wal = None
+
+    async def _retire_unusable_people(self, store: Store) -> None:
+        """Before serving: people an older controller stored that every gate refuses are removed
+        store-wide, with one line (Store.retire_unusable_people; once per database)."""
+        try:
+            reasons = await trio.to_thread.run_sync(functools.partial(
+                store.retire_unusable_people, by=self.config.name))
+        except sqlite3.Error as exc:  # the record stays as it was; serving goes on, the next start tries again
+            log.warning("unusable people not retired", extra={"fields": {"error": one_line(str(exc))}})
+            return
+        if reasons:
+            log.warning("unusable people retired: records an older controller took that every gate refuses, removed "
+                        "store-wide (audited; enrol those people again)", extra={"fields": {
+                            "count": sum(reasons.values()), "reasons": reasons}})
 
     async def _prune_events(self, store: Store) -> None:
         """Forget applied events older than the retention, now and every PRUNE_EVERY_S."""

@@ -530,6 +530,41 @@ class Store:
         self.scrub()
         return applied.change
 
+    def retire_unusable_people(self, *, by: str) -> dict[str, int] | None:
+        """Remove every stored person a gate would refuse, once per database; ``{reason: count}``
+        (empty when none), or None when this database was checked before.
+
+        A controller before the record took enrolments by the gates' rules (§8, :meth:`PersonRecord.from_wire`)
+        may have stored people every gate refuses (a digest of another length than 32 bytes, a
+        template holding neither modality, ...): each sync pushed them and every gate dropped them.
+        Such a person is removed as a removal is (the row overwritten, their events erased, a
+        ``remove`` in the change log so every gate, their origin's included, forgets them; an audit
+        ``removed`` entry by ``by``, its reason naming the field). Records accepted since are checked
+        when they come, so this runs once (``meta`` row ``people_checked``). A record whose templates
+        no longer open is left alone (its gate's next enrolment of them replaces it)."""
+
+        def txn(conn):
+            if conn.execute("SELECT 1 FROM meta WHERE name = ?", (_PEOPLE_CHECKED,)).fetchone():
+                return None
+            unusable: list[tuple[str, str]] = []
+            for row in conn.execute("SELECT * FROM people ORDER BY rowid"):  # one at a time: ids kept only
+                try:
+                    PersonRecord.from_wire(self._person(row).to_wire())
+                except TamperedData:
+                    continue
+                except BadRecord as exc:
+                    unusable.append((row[0], str(exc)))
+            reasons: dict[str, int] = {}
+            for person_id, reason in unusable:
+                self._remove(conn, person_id, by, reason=f"retired at start: every gate refuses this record ({reason})")
+                reasons[reason] = reasons.get(reason, 0) + 1
+            conn.execute("INSERT INTO meta VALUES (?, ?)", (_PEOPLE_CHECKED, b"1"))
+            return reasons
+        reasons = self._write(txn)
+        if reasons:
+            self.scrub()
+        return reasons
+
     def scrub(self) -> bool:
         """Truncate the WAL so removed rows survive in no page image of the ``-wal`` file: True when
         it is empty now.
@@ -675,6 +710,7 @@ class Store:
 
 
 _KEY_CHECK = b"palmnode controller key check"
+_PEOPLE_CHECKED = "people_checked"  # meta: every stored person was checked by the gates' rules (once)
 _KEY_CHECK_AAD = b"controller.meta:key_check"
 
 

@@ -509,5 +509,6 @@ class LinkClient:
         log_event(log, msg, node_id=self.config.node_id, **fields)
 
 
-__all__ = ["DEFAULT_PORT", "HELLO_TIMEOUT_S", "MAX_SERVING", "MAX_SERVING_BYTES", "BadAnswer", "Handler", "LinkClient", "LinkConfig",
-           "LinkConfigError", "LinkStats", "LinkUnavailable", "Outbox", "RequestFailed", "RequestRefused", "UnknownOp"]
+__all__ = ["DEFAULT_PORT", "HELLO_TIMEOUT_S", "MAX_SERVING", "MAX_SERVING_BYTES", "BadAnswer", "Handler", "LinkClient",
+           "LinkConfig", "LinkConfigError", "LinkStats", "LinkUnavailable", "Outbox", "RequestFailed", "RequestRefused",
+           "UnknownOp"]

@@ -6,6 +6,7 @@ import logging
 import os
 import time
 import sqlite3
+from pathlib import Path
 
 import attrs
 import pytest
@@ -435,6 +436,69 @@ async def test_events_older_than_the_retention_are_pruned_at_start(nursery, runn
     await wait_for(lambda: [e.key for e in controller.store.events()] == ["gate-a:2"])
 
 
+def _stored_unchecked(store, wire: dict) -> None:
+    """``wire`` stored as a controller did before it took enrolments by the gates' rules (§8)."""
+    import msgpack
+
+    from palmnode.controller.store import _aad, _log_change
+    from palmnode.vault import seal
+
+    palms = msgpack.packb([[p["palm"], list(p["templates"])] for p in wire["palms"]])
+
+    def txn(conn):
+        conn.execute("INSERT INTO people VALUES (?, ?, ?, ?, ?, ?, ?)", (
+            wire["person_id"], wire["card_digest"], wire["card_last4"], wire["phone_digest"],
+            seal(store._key, palms, _aad(wire["person_id"])), wire["enrolled_at"], wire["origin_node"]))
+        _log_change(conn, "upsert", wire["person_id"])
+    store._write(txn)
+
+
+async def test_people_an_older_controller_stored_that_every_gate_refuses_are_retired_at_start(
+        nursery, tmp_path, pki, caplog):
+    """A database written before the record checked enrolments by the gates' rules may hold people
+    every gate refuses: each sync pushed them and every gate dropped them with a warning. The
+    controller's first start on it removes them (record, change log, audit) with one line."""
+    from palmnode.controller.store import Store
+    from palmnode.vault import load_keys
+
+    config = controller_config(tmp_path, pki)
+    store = Store.open(Path(config.db_path), load_keys(Path(config.key_file)))
+    store.apply_event(node_id="gate-a", key="gate-a:1", seq=1, kind="enrolled", at=1.7e9,
+                      data={"person": person_wire("good")})
+    no_modality = person_wire("no-modality")
+    no_modality["palms"][0]["templates"] = [b"PT\x01\x00"]   # a template holding neither modality
+    for wire in ({**person_wire("short-card"), "card_digest": os.urandom(16)},
+                 {**person_wire("short-phone"), "phone_digest": os.urandom(8)}, no_modality):
+        _stored_unchecked(store, wire)
+    store.close()
+
+    runner = ControllerRunner(nursery, config)
+    controller = await runner.start()
+    [line] = [r for r in caplog.records if r.getMessage().startswith("unusable people retired")]
+    assert line.levelname == "WARNING" and line.fields["count"] == 3
+    assert line.fields["reasons"] == {"person.card_digest: a digest of 16 bytes (32 expected)": 1,
+                                      "person.phone_digest: a digest of 8 bytes (32 expected)": 1,
+                                      "person.palms.templates: a template with neither modality": 1}
+    assert not any(name in line.getMessage() + str(line.fields) for name in ("short-card", "no-modality"))
+    assert await trio.to_thread.run_sync(controller.store.people_count) == 1
+    retired = [e for e in controller.store.audit_entries() if e["kind"] == "removed"]
+    assert sorted(e["person_id"] for e in retired) == ["no-modality", "short-card", "short-phone"]
+    assert all(e["node_id"] == "controller" and e["reason"].startswith("retired at start: every gate refuses")
+               for e in retired)
+    # a gate catching up gets the good person and the others' removal: none it must refuse
+    b = await connect(nursery, controller, pki, "gate-b")
+    page = await b.request("sync", {"cursor": None})
+    assert page.ok and not page.result["more"]
+    assert [(c["kind"], c.get("person_id") or c["person"]["person_id"]) for c in page.result["changes"]] == [
+        ("upsert", "good"), ("remove", "short-card"), ("remove", "short-phone"), ("remove", "no-modality")]
+    await assert_still_served(b, controller)
+    await runner.stop()
+    caplog.clear()
+    controller = await runner.start()  # once: the record is clean now, nothing to say
+    assert not [r for r in caplog.records if "retired" in r.getMessage()]
+    assert await trio.to_thread.run_sync(controller.store.people_count) == 1
+
+
 async def test_a_failed_prune_is_logged_and_the_controller_keeps_serving(nursery, tmp_path, pki, monkeypatch, caplog):
     from palmnode.controller.store import Store
 
@@ -524,7 +588,8 @@ async def test_a_blocked_wal_truncation_is_retried_until_done_and_logged(nursery
     assert len(reminders) == 2  # one every five minutes, not a line per try
     assert reminders[0].fields["attempts"] >= SCRUB_WARN_EVERY_S / SCRUB_RETRY.maximum  # it kept trying
     status = controller.status()
-    assert status["wal"]["blocked_s"] >= 2 * SCRUB_WARN_EVERY_S and status["wal"]["blocked_since"] == wal["blocked_since"]
+    assert status["wal"]["blocked_s"] >= 2 * SCRUB_WARN_EVERY_S
+    assert status["wal"]["blocked_since"] == wal["blocked_since"]
     assert status["wal"]["attempts"] == status["wal_retries_total"] >= reminders[-1].fields["attempts"]
 
     reader.execute("COMMIT")

@@ -9,6 +9,7 @@ import stat
 import threading
 import time
 
+import msgpack
 import pytest
 
 from palmnode.controller.store import (
@@ -141,6 +142,38 @@ def test_a_person_a_gate_would_refuse_is_rejected_at_the_controller(store, mutat
     assert field in applied.effect and "\n" not in applied.effect
     assert store.people_count() == 0 and store.head_cursor() == 0
     assert enrol(store, person_wire("p-1"), seq=2).change is not None  # the same person, well formed
+
+
+def test_people_a_gate_refuses_stored_by_an_older_controller_are_retired_once(store, tmp_path):
+    from palmnode.controller.store import _aad, _log_change
+    from palmnode.vault import seal
+
+    def stored_unchecked(wire):  # as a controller stored it before it checked enrolments by §8
+        palms = msgpack.packb([[p["palm"], list(p["templates"])] for p in wire["palms"]])
+        store._write(lambda conn: (conn.execute("INSERT INTO people VALUES (?, ?, ?, ?, ?, ?, ?)", (
+            wire["person_id"], wire["card_digest"], wire["card_last4"], wire["phone_digest"],
+            seal(store._key, palms, _aad(wire["person_id"])), wire["enrolled_at"], wire["origin_node"])),
+            _log_change(conn, "upsert", wire["person_id"])))
+    card = os.urandom(24)
+    enrol(store, person_wire("good"))
+    enrol(store, person_wire("damaged"), seq=2)
+    store._write(lambda conn: conn.execute("UPDATE people SET palms = zeroblob(64) WHERE person_id = 'damaged'"))
+    stored_unchecked({**person_wire("bad-card"), "card_digest": card})
+    stored_unchecked({**person_wire("bad-last4"), "card_last4": "²"})
+    enrol(store, person_wire("p-1", origin="gate-b"), node="gate-b", seq=3)
+    store.apply_event(node_id="gate-a", key="gate-a:v", seq=4, kind="identified", at=2.0,  # a visit of theirs
+                      data={"person_id": "bad-card", "palm": "right", "score": 0.5, "latency_ms": 90.0, "mode": "entry"})
+    head = store.head_cursor()
+    assert store.retire_unusable_people(by="controller") == {
+        "person.card_digest: a digest of 24 bytes (32 expected)": 1, "person.card_last4: up to 4 digits expected": 1}
+    assert store.get_person("bad-card") is None and store.get_person("bad-last4") is None
+    assert store.get_person("good") is not None and store.people_count() == 3  # the damaged record is left alone
+    changes, _, _ = store.changes_since(head)
+    assert [(type(c).__name__, c.person_id) for c in changes] == [("Remove", "bad-card"), ("Remove", "bad-last4")]
+    assert store.events(kind="identified")[0].data is None  # their events erased, as a removal's
+    assert card not in files_bytes(tmp_path / "controller.db")  # overwritten, the WAL truncated
+    assert store.retire_unusable_people(by="controller") is None  # once per database
+    assert [e["person_id"] for e in store.audit_entries() if e["kind"] == "removed"] == ["bad-card", "bad-last4"]
 
 
 def test_transaction_is_all_or_nothing(store, monkeypatch):
