@@ -50,6 +50,19 @@ KNOWN: dict[str, tuple[Kind, str]] = {
     "palmnode_device_restarts_total": ("counter", "Restarts of each device's actor."),
     "palmnode_device_events_total": ("counter", "Each device's counted events by kind: drops by reason, frames skipped."),
     "palmnode_link_connected": ("gauge", "1 while the link to the store controller is up."),
+    "palmnode_link_connects_total": ("counter", "Connections to the store controller that got through their hellos."),
+    "palmnode_link_failed_attempts_total": ("counter", "Attempts to reach the store controller that failed (dial, "
+                                                       "TLS, hello, refused by it)."),
+    "palmnode_link_dropped_total": ("counter", "Connections to the store controller dropped for its broken frames, "
+                                               "by reason."),
+    "palmnode_link_events_total": ("counter", "Outbox events sent to the store controller, acked by it, or unreadable "
+                                              "in the vault, by result."),
+    "palmnode_link_requests_served_total": ("counter", "The store controller's requests this node answered (its "
+                                                       "pushes among them), refused ones included."),
+    "palmnode_link_requests_refused_total": ("counter", "The store controller's requests this node refused (a push of "
+                                                        "a person it cannot take, a bad argument)."),
+    "palmnode_link_unmatched_total": ("counter", "Responses and acks from the store controller that matched nothing "
+                                                 "in flight, by kind."),
     "palmnode_bus_dropped_total": ("counter", "Events a subscriber of the node's event bus fell too far behind to get."),
     "palmnode_vault_wal_blocked": ("gauge", "1 while the vault's WAL stays untruncated after a removal: another "
                                             "connection to the file (a backup, an sqlite3 shell) blocks it."),
@@ -74,6 +87,23 @@ def record_health(metrics: "Metrics", health: HealthRegistry, *, link_connected:
     _total(metrics, "palmnode_bus_dropped_total", bus_dropped)
     if link_connected is not None:
         metrics.set("palmnode_link_connected", float(link_connected))
+
+
+def record_link(metrics: "Metrics", stats: Any) -> None:
+    """The link's counters (``palmnode.link.client.LinkStats``, monotonic totals) into ``metrics``:
+    connects, failed attempts, drops by reason, outbox events by result, the controller's requests
+    served and refused, unmatched answers by kind. Call it in the trio thread that owns the link."""
+    _total(metrics, "palmnode_link_connects_total", stats.connects)
+    _total(metrics, "palmnode_link_failed_attempts_total", stats.failed_attempts)
+    for reason, n in list(stats.dropped.items()):
+        _total(metrics, "palmnode_link_dropped_total", n, reason=reason)
+    for result, n in (("sent", stats.events_sent), ("acked", stats.events_acked),
+                      ("unreadable", stats.events_unreadable)):
+        _total(metrics, "palmnode_link_events_total", n, result=result)
+    _total(metrics, "palmnode_link_requests_served_total", stats.requests_served)
+    _total(metrics, "palmnode_link_requests_refused_total", stats.requests_refused)
+    for kind, n in (("response", stats.responses_unmatched), ("ack", stats.acks_unmatched)):
+        _total(metrics, "palmnode_link_unmatched_total", n, kind=kind)
 
 
 def record_vault_wal(metrics: "Metrics", state: Mapping[str, Any], retries_total: int) -> None:

@@ -29,7 +29,7 @@ from palmnode.gate.people import People
 from palmnode.gate.presence import PresenceChanged
 from palmnode.link.client import LinkClient, LinkConfig
 from palmnode.logs import LOG_HIDDEN_FIELDS, event, event_to_plain
-from palmnode.metrics import Metrics, record_health, record_vault_wal, serve_metrics
+from palmnode.metrics import Metrics, record_health, record_link, record_vault_wal, serve_metrics
 from palmnode.ops import NodeOps
 from palmnode.repl.server import serve_repl
 from palmnode.systemd import serve_systemd, tree_healthy
@@ -235,6 +235,8 @@ class Node:
             "enrolment": self.enrol.state.value if self.enrol is not None else "idle",
             "debug_capture_dir": str(self.debug_captures.folder) if self.debug_captures is not None else None,
             "controller": None if self.link is None else ("connected" if self.link.connected else "away"),
+            # the link's counters: connects, events sent/acked, the controller's requests served/refused, drops
+            "link": None if self.link is None else self.link.stats.snapshot(),
             # a removal's WAL truncation another connection blocks: since when, retries, why
             "vault_wal": self.people.wal.state() if self.people is not None else None,
         }
@@ -259,12 +261,14 @@ class Node:
 
 
     async def _health_metrics(self, ctx: ChildContext) -> None:
-        """Every HEALTH_METRICS_PERIOD_S, the health registry (and the link, and the vault's WAL
-        truncation) into the metrics."""
+        """Every HEALTH_METRICS_PERIOD_S, the health registry (and the link's state and counters,
+        and the vault's WAL truncation) into the metrics."""
         ctx.started()
         while True:
             record_health(self.metrics, self.health, bus_dropped=self.bus.statistics().dropped,
                           link_connected=None if self.link is None else self.link.connected)
+            if self.link is not None:
+                record_link(self.metrics, self.link.stats)
             if self.people is not None:
                 record_vault_wal(self.metrics, self.people.wal.state(), self.people.wal.retries_total)
             await trio.sleep(HEALTH_METRICS_PERIOD_S)

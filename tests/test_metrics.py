@@ -300,3 +300,31 @@ async def test_device_health_is_scraped_as_states_restarts_and_counted_events():
     text = metrics.render_prometheus()
     assert "# TYPE palmnode_device_events_total counter" in text
     assert 'palmnode_device_state{device="card_reader",state="lost"} 1' in text
+
+
+def test_the_links_counters_are_copied_as_monotonic_totals():
+    from palmnode.link.client import LinkStats
+    from palmnode.metrics import record_link
+
+    stats, metrics = LinkStats(), Metrics()
+    stats.connects, stats.failed_attempts, stats.events_sent, stats.events_acked = 1, 3, 10, 9
+    stats.requests_served, stats.requests_refused, stats.acks_unmatched = 5, 2, 1
+    stats.channel.count_drop("stalled")
+    record_link(metrics, stats)
+    stats.connects, stats.events_acked, stats.requests_refused = 2, 10, 4
+    stats.channel.count_drop("stalled")
+    stats.channel.count_drop("oversize")
+    record_link(metrics, stats)
+    record_link(metrics, stats)  # again: totals are not added twice
+    assert metrics.value("palmnode_link_connects_total") == 2
+    assert metrics.value("palmnode_link_failed_attempts_total") == 3
+    assert metrics.value("palmnode_link_events_total", result="sent") == 10
+    assert metrics.value("palmnode_link_events_total", result="acked") == 10
+    assert metrics.value("palmnode_link_requests_served_total") == 5
+    assert metrics.value("palmnode_link_requests_refused_total") == 4
+    assert metrics.value("palmnode_link_unmatched_total", kind="ack") == 1
+    assert metrics.value("palmnode_link_dropped_total", reason="stalled") == 2
+    assert metrics.value("palmnode_link_dropped_total", reason="oversize") == 1
+    text = metrics.render_prometheus()
+    assert "# HELP palmnode_link_dropped_total Connections to the store controller dropped for its broken frames" in text
+    assert 'palmnode_link_dropped_total{reason="stalled"} 2' in text

@@ -296,3 +296,43 @@ async def test_a_sigterm_while_the_gallery_loads_at_start_stops_the_node_within_
     assert path.read_bytes() == before
     with Vault.open(path, keys, exclusive=True) as again:  # the lock is free
         assert again.count() == 2 * 1024 + 52
+
+
+async def test_the_links_counters_are_in_node_status_and_the_metrics(nursery, gate, tmp_path):
+    """The link's counters (connects, events sent and acked, the controller's requests served and
+    refused, drops by reason) were in LinkStats only: neither the controller's node.status nor a
+    scraper saw a gate refusing every push or its connection dropping for broken frames."""
+    from palmnode.controller.server import Controller, ControllerConfig, RequestFailed
+    from palmnode.demo import node_config
+    from palmnode.link.certs import make_dev_pki
+    from palmnode.node import Node
+    from palmnode.vault import create_key_file
+
+    pki = make_dev_pki(tmp_path / "certs", nodes=["demo-gate"])
+    create_key_file(tmp_path / "controller.key")
+    controller = Controller(ControllerConfig.from_certs_dir(
+        pki.folder, db_path=str(tmp_path / "controller.db"), key_file=str(tmp_path / "controller.key"), port=0))
+    port = await nursery.start(controller.run)
+    node = Node(node_config(gate.endpoints_, tmp_path, vault=True, controller_port=port, certs=pki.folder))
+    await nursery.start(node.run)
+    await controller.wait_node("demo-gate")
+    for _ in range(2):  # refused at the gate: a person that is no person (§8)
+        with pytest.raises(RequestFailed, match="bad person"):
+            await controller.request("demo-gate", "person.upsert", {"person": {"person_id": "x"}})
+    await wait_for(lambda: node.link.stats.events_acked >= 4)  # the devices' health, reported at start
+
+    answered = (await controller.request("demo-gate", "node.status"))["link"]  # what the controller sees
+    assert (answered["connects"], answered["requests_refused"]) == (1, 2)
+    link = (await node.status())["link"]
+    assert (link["connects"], link["disconnects"], link["requests_refused"], link["dropped"]) == (1, 0, 2, {})
+    assert link["requests_served"] >= 2 and link["events_sent"] >= link["events_acked"] >= 4
+    assert link["last_error"] is None and link["events_unreadable"] == 0
+
+    metrics = node.metrics
+    await wait_for(lambda: metrics.value("palmnode_link_requests_refused_total") == 2)  # the health-metrics tick
+    assert metrics.value("palmnode_link_connects_total") == 1
+    assert metrics.value("palmnode_link_events_total", result="acked") >= 4
+    assert metrics.value("palmnode_link_requests_served_total") >= 2
+    text = metrics.render_prometheus()
+    assert "# TYPE palmnode_link_requests_refused_total counter" in text
+    assert "\npalmnode_link_requests_refused_total 2\n" in text

@@ -147,6 +147,19 @@ class LinkStats:
     last_error: str | None = None
     channel: ChannelStats = attrs.field(factory=ChannelStats)
 
+    def snapshot(self) -> dict[str, Any]:
+        """The counters an operator reads (the node's ``node.status``), as plain data: connects,
+        disconnects, failed attempts and the last error; outbox events sent, acked, unreadable; the
+        controller's requests served and refused (pushes a gate refuses among them), ours sent;
+        responses and acks that matched nothing; connections dropped for the controller's broken
+        frames, by reason (§7)."""
+        return {"connects": self.connects, "disconnects": self.disconnects, "failed_attempts": self.failed_attempts,
+                "last_error": self.last_error, "events_sent": self.events_sent, "events_acked": self.events_acked,
+                "events_unreadable": self.events_unreadable, "requests_served": self.requests_served,
+                "requests_refused": self.requests_refused, "requests_sent": self.requests_sent,
+                "responses_unmatched": self.responses_unmatched, "acks_unmatched": self.acks_unmatched,
+                "dropped": dict(self.dropped)}
+
     @property
     def frames_in(self) -> int:
         return self.channel.frames_in
