@@ -635,12 +635,14 @@ class Store:
         """The cursor of the newest change (0 when there is none)."""
         return self._read("SELECT coalesce(max(cursor), 0) FROM changes")[0][0]
 
-    def changes_since(self, cursor: int, *, limit: int = 100,
-                      max_bytes: int = SYNC_BYTES) -> tuple[list[Change], int, bool]:
+    def changes_since(self, cursor: int, *, limit: int = 100, max_bytes: int = SYNC_BYTES,
+                      damaged: list[int] | None = None) -> tuple[list[Change], int, bool]:
         """Changes after ``cursor``, oldest first: at most ``limit``, about ``max_bytes`` of templates.
 
         Returns (changes, the cursor to ask from next, more-to-come). A cursor beyond the newest
-        change (a node that knew another database) starts from the beginning.
+        change (a node that knew another database) starts from the beginning. An upsert whose
+        record no longer opens (damaged on disk) is skipped, its cursor added to ``damaged``: the
+        gates get everyone else (it failed the whole sync of every gate, for good).
         """
         with self._lock:
             head = self._conn.execute("SELECT coalesce(max(cursor), 0) FROM changes").fetchone()[0]
@@ -656,7 +658,13 @@ class Store:
                 if row[1] == "remove":
                     change, cost = Remove(row[0], row[2]), 64
                 else:
-                    person = self._person(row[3:])
+                    try:
+                        person = self._person(row[3:])
+                    except TamperedData:
+                        if damaged is not None:
+                            damaged.append(row[0])
+                        last = row[0]
+                        continue
                     change = Upsert(row[0], person)
                     cost = 256 + sum(len(t) for p in person.palms for t in p.templates)
                 # a change that would take the page past max_bytes starts the next one (a page

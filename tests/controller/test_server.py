@@ -229,6 +229,32 @@ async def test_sync_catches_up_an_offline_node_in_pages(nursery, controller, pki
     assert not unknown.ok and unknown.error == "unknown op gallery.dump"
 
 
+async def test_a_record_damaged_on_disk_is_skipped_by_sync_and_costs_no_gate_its_catch_up(nursery, controller, pki,
+                                                                                            caplog):
+    """A person whose sealed templates no longer open (damaged on disk) failed every sync that
+    reached them: the gate's connection was dropped ("controller error", a traceback logged), and
+    the gate asked the same page again on every reconnect, never catching up."""
+    a = await connect(nursery, controller, pki, "gate-a")
+    for person_id in ("p-1", "damaged", "p-3"):
+        await a.event("enrolled", {"person": person_wire(person_id)})
+    await trio.to_thread.run_sync(lambda: controller.store._write(
+        lambda conn: conn.execute("UPDATE people SET palms = zeroblob(64) WHERE person_id = 'damaged'")))
+    b = await connect(nursery, controller, pki, "gate-b")
+    seen, cursor = [], None
+    while True:
+        page = await b.request("sync", {"cursor": cursor, "limit": 1})
+        assert page.ok, page.error
+        seen += [c["person"]["person_id"] for c in page.result["changes"]]
+        cursor = page.result["cursor"]
+        if not page.result["more"]:
+            break
+    assert seen == ["p-1", "p-3"] and cursor == await trio.to_thread.run_sync(controller.store.head_cursor)
+    assert controller.stats.dropped == {} and b.closed is None
+    lines = [r for r in caplog.records if r.getMessage().startswith("sync skipped damaged records")]
+    assert len(lines) == 1 and lines[0].fields["count"] == 1 and lines[0].levelname == "WARNING"
+    await assert_still_served(b, controller)
+
+
 async def test_a_sync_page_of_large_people_still_fits_one_frame(nursery, tmp_path, pki):
     def large(person_id: str, templates: int) -> dict:  # 3 palms of up to 32 templates, as §8 allows
         return {**person_wire(person_id),
