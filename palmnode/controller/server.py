@@ -46,6 +46,7 @@ from palmnode.link.channel import (
     LinkError,
     LinkProtocolError,
 )
+from palmnode.link.client import HELLO_TIMEOUT_S
 from palmnode.link.messages import (
     PROTOCOL_VERSION,
     Ack,
@@ -56,7 +57,6 @@ from palmnode.link.messages import (
     Response,
     one_line,
 )
-from palmnode.link.client import HELLO_TIMEOUT_S
 from palmnode.link.refusals import RefusalLog
 from palmnode.link.wire import DIGEST_SIZE
 from palmnode.vault import VaultKeyError, load_keys

@@ -534,9 +534,10 @@ class Store:
         """Remove every stored person a gate would refuse, once per database; ``{reason: count}``
         (empty when none), or None when this database was checked before.
 
-        A controller before the record took enrolments by the gates' rules (§8, :meth:`PersonRecord.from_wire`)
-        may have stored people every gate refuses (a digest of another length than 32 bytes, a
-        template holding neither modality, ...): each sync pushed them and every gate dropped them.
+        A controller before the record took enrolments by the gates' rules (§8,
+        :meth:`PersonRecord.from_wire`) may have stored people every gate refuses (a digest of
+        another length than 32 bytes, a template holding neither modality, ...): each sync pushed
+        them and every gate dropped them.
         Such a person is removed as a removal is (the row overwritten, their events erased, a
         ``remove`` in the change log so every gate, their origin's included, forgets them; an audit
         ``removed`` entry by ``by``, its reason naming the field). Records accepted since are checked
@@ -556,7 +557,8 @@ class Store:
                     unusable.append((row[0], str(exc)))
             reasons: dict[str, int] = {}
             for person_id, reason in unusable:
-                self._remove(conn, person_id, by, reason=f"retired at start: every gate refuses this record ({reason})")
+                self._remove(conn, person_id, by,
+                             reason=f"retired at start: every gate refuses this record ({reason})")
                 reasons[reason] = reasons.get(reason, 0) + 1
             conn.execute("INSERT INTO meta VALUES (?, ?)", (_PEOPLE_CHECKED, b"1"))
             return reasons
@@ -718,8 +720,8 @@ class Store:
 
 
 _KEY_CHECK = b"palmnode controller key check"
-_PEOPLE_CHECKED = "people_checked"  # meta: every stored person was checked by the gates' rules (once)
 _KEY_CHECK_AAD = b"controller.meta:key_check"
+_PEOPLE_CHECKED = "people_checked"  # meta: every stored person was checked by the gates' rules (once)
 
 
 def _aad(person_id: str) -> bytes:
