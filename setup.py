@@ -16,7 +16,9 @@ class BuildPyWithSimConfig(build_py):
         super().run()
         if not SIM_CONFIG.is_file():  # an install without the default config would fail only at `palmnode run`
             raise FileNotFoundError(f"{SIM_CONFIG} is missing: build palmnode from a full checkout")
-        self.copy_file(str(SIM_CONFIG), str(Path(self.build_lib) / "palmnode" / "sim.toml"))
+        package = Path(self.build_lib) / "palmnode"
+        self.mkpath(str(package))  # an editable build copies no module there, so it may not exist
+        self.copy_file(str(SIM_CONFIG), str(package / "sim.toml"))
 
 
 # cffi builds the kernels against the stable ABI (_native.abi3.so): one wheel serves every CPython >= 3.11
