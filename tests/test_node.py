@@ -327,6 +327,12 @@ async def test_the_links_counters_are_in_node_status_and_the_metrics(nursery, ga
     assert (link["connects"], link["disconnects"], link["requests_refused"], link["dropped"]) == (1, 0, 2, {})
     assert link["requests_served"] >= 2 and link["events_sent"] >= link["events_acked"] >= 4
     assert link["last_error"] is None and link["events_unreadable"] == 0
+    from palmnode.repl.commands import Session, run_command
+
+    async def no_streaming(line) -> None:
+        raise AssertionError(f"status streams nothing: {line}")
+    reply = await run_command(Session(target=node, send=no_streaming), "status", ())  # the REPL's view of it
+    assert "link: 1 connects, 0 failed attempts" in reply.text and "/ 2 refused, dropped: none" in reply.text
 
     metrics = node.metrics
     await wait_for(lambda: metrics.value("palmnode_link_requests_refused_total") == 2)  # the health-metrics tick

@@ -175,7 +175,7 @@ async def _health_cmd(session: Session, args: tuple[str, ...]) -> Reply:
 
 @command("status", "status", "the node's status, as the store controller's node.status sees it",
          "The gate state, people enrolled, palms in the gallery, the gate's mode, the enrolment's "
-         "step, the debug capture folder, the controller link, and the vault's WAL: truncated, or "
+         "step, the debug capture folder, the controller link and its counters, and the vault's WAL: truncated, or "
          "since when another connection to the vault file (a backup, an sqlite3 shell, palmnode "
          "vault check) keeps a removed person's old pages in the -wal file, with the retries so far.")
 async def _status(session: Session, args: tuple[str, ...]) -> Reply:
@@ -187,6 +187,13 @@ async def _status(session: Session, args: tuple[str, ...]) -> Reply:
     lines = [f"node {result['node_id']}: gate {result['gate'].upper()}, mode {mode}",
              f"people {result['people']}, gallery {result['gallery_palms']} palms, enrolment {result['enrolment']}",
              f"controller {result['controller'] or 'none (no [controller] in the config)'}"]
+    if (link := result.get("link")) is not None:
+        dropped = ", ".join(f"{reason} {n}" for reason, n in sorted(link["dropped"].items())) or "none"
+        lines.append(f"link: {link['connects']} connects, {link['failed_attempts']} failed attempts, events "
+                     f"{link['events_sent']} sent / {link['events_acked']} acked, requests {link['requests_served']} "
+                     f"served / {link['requests_refused']} refused, dropped: {dropped}")
+        if link["last_error"]:
+            lines.append(f"link last error: {link['last_error']}")
     if result.get("debug_capture_dir"):
         lines.append(f"debug captures ON: palm images written to {result['debug_capture_dir']}")
     wal = result.get("vault_wal")
