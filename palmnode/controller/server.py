@@ -427,7 +427,7 @@ class Controller:
             person_id = await trio.to_thread.run_sync(store.find_by_card, card_digest)
             if person_id is None:
                 return None
-        elif await trio.to_thread.run_sync(store.get_person, person_id) is None:
+        elif not await trio.to_thread.run_sync(store.has_person, person_id):  # (a damaged record too)
             return None
         change = await trio.to_thread.run_sync(
             functools.partial(store.remove_person, person_id, by=self.config.name, reason=reason))

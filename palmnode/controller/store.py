@@ -618,6 +618,10 @@ class Store:
         rows = self._read("SELECT * FROM people WHERE person_id = ?", (person_id,))
         return self._person(rows[0]) if rows else None
 
+    def has_person(self, person_id: str) -> bool:
+        """Whether the record holds ``person_id`` (opens nothing: true for a damaged record too)."""
+        return bool(self._read("SELECT 1 FROM people WHERE person_id = ?", (person_id,)))
+
     def find_by_card(self, card_digest: bytes) -> str | None:
         """The person whose card digest this is, if any."""
         rows = self._read("SELECT person_id FROM people WHERE card_digest = ?", (card_digest,))

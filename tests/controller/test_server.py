@@ -255,6 +255,18 @@ async def test_a_record_damaged_on_disk_is_skipped_by_sync_and_costs_no_gate_its
     await assert_still_served(b, controller)
 
 
+async def test_a_person_whose_record_is_damaged_on_disk_can_still_be_deleted(nursery, controller, pki):
+    """Deleting by id looked the person up by opening their sealed templates: for a record damaged
+    on disk that raised TamperedData, so that person could never be forgotten."""
+    a = await connect(nursery, controller, pki, "gate-a")
+    await a.event("enrolled", {"person": person_wire("damaged")})
+    await trio.to_thread.run_sync(lambda: controller.store._write(
+        lambda conn: conn.execute("UPDATE people SET palms = zeroblob(64) WHERE person_id = 'damaged'")))
+    assert await controller.delete_person(person_id="damaged") == "damaged"
+    assert await trio.to_thread.run_sync(controller.store.people_count) == 0
+    assert await controller.delete_person(person_id="damaged") is None  # gone: nobody matches now
+
+
 async def test_a_sync_page_of_large_people_still_fits_one_frame(nursery, tmp_path, pki):
     def large(person_id: str, templates: int) -> dict:  # 3 palms of up to 32 templates, as §8 allows
         return {**person_wire(person_id),
