@@ -181,10 +181,12 @@ class NodeOps:
         if key == "phone" and not isinstance(value, str):
             raise OpError(f"phone must be a string, got {type(value).__name__}")
         try:
-            person_id = await self.node.people.delete(**named)  # after a sync page asked before it
+            forgotten = await self.node.people.forget(**named)  # after a sync page asked before it
         except ValueError as exc:  # e.g. an unusable phone number
             raise OpError(str(exc)) from None
-        return {"deleted": person_id is not None, "person_id": person_id}
+        # an enrolment in progress of this card or phone is cancelled too, nothing of it kept
+        return {"deleted": forgotten.person_id is not None, "person_id": forgotten.person_id,
+                "enrolment_cancelled": forgotten.enrolment_cancelled}
 
     async def _person_upsert(self, args: dict) -> dict:
         try:

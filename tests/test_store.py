@@ -12,7 +12,12 @@ import trio
 
 from palmnode.actors import GateState
 from palmnode.controller.server import Controller, ControllerConfig
-from palmnode.demo import arrive, card_number, enrol_person, node_config
+from drivers.card_reader.reads import PaymentCardRead
+from palmnode.controller.server import RequestFailed
+from palmnode.demo import arrive, card_number, enrol_person, hold_palms, node_config
+from palmnode.gate.enrol import CANCELLED_BY_DELETION, EnrolState
+from palmnode.gate.events import EnrolProgress
+from palmnode.sim import scenario as sc
 from palmnode.link.certs import make_dev_pki
 from palmnode.node import Node
 from palmnode.sim.gate import VirtualGate
@@ -69,7 +74,7 @@ async def test_enrolled_at_one_gate_recognised_at_the_other_and_deleted_from_bot
     assert node_b.vault.get(person_id) is not None
     deleted_at = trio.current_time()
     answer = await controller.request("gate-a", "person.delete", {"person_id": person_id})
-    assert answer == {"deleted": True, "person_id": person_id}
+    assert answer == {"deleted": True, "person_id": person_id, "enrolment_cancelled": False}
     await wait_for(lambda: len(node_b.gallery) == 0 and node_b.vault.get(person_id) is None, timeout=1.0)
     assert trio.current_time() - deleted_at < 1.0
     assert len(node_a.gallery) == 0 and node_a.vault.get(person_id) is None
@@ -119,3 +124,46 @@ async def test_a_gate_that_was_away_catches_up_by_sync(nursery, tmp_path):
     assert len(node_b.gallery) == len(node_a.gallery)
     # the cursor is stored once the page is applied (a crash between the two re-applies the page)
     await wait_for(lambda: node_b.vault.get_state("controller_sync_cursor") is not None, timeout=5.0)
+
+
+async def test_the_controllers_deletion_of_an_enrolment_in_progress_cancels_it_and_says_so(nursery, tmp_path):
+    """The controller asks a gate to delete a person by phone (then, another time, by card) while
+    that person's enrolment, which it began, is still at the palms: the deletion answered "deleted:
+    false" (nobody stored yet) and the enrolment then stored them. Now the enrolment is cancelled,
+    enrol.begin answers why, person.delete says it cancelled one, and nothing is stored anywhere."""
+    make_dev_pki(tmp_path / "certs", nodes=["gate-a"])
+    controller = controller_for(tmp_path)
+    port = await nursery.start(controller.run)
+    gate, node = await gate_and_node(nursery, tmp_path, "gate-a", port, seed=5)
+    for n, named_by in enumerate(["phone", "card"]):
+        phone, begun = f"+493055500010{n}", {}
+
+        async def begin() -> None:
+            try:
+                begun["answer"] = await controller.request("gate-a", "enrol.begin", {
+                    "phone": phone, "palms": ["right"], "card_required": True}, timeout=60.0)
+            except RequestFailed as exc:
+                begun["error"] = str(exc)
+
+        async with trio.open_nursery() as inner, \
+                node.bus.subscribe(EnrolProgress, PaymentCardRead, buffer=256) as events:
+            inner.start_soon(begin)
+            await wait_for(lambda: node.enrol.state is EnrolState.CARD, timeout=10.0)
+            inner.start_soon(gate.apply, sc.Card(at=0, kind="emv", pan=card_number(10 + n), seconds=0.8))
+            async for ev in events:
+                if isinstance(ev, PaymentCardRead):
+                    digest = ev.token.digest
+                elif ev.step == "palm":
+                    break
+            done = trio.Event()
+            inner.start_soon(lambda: hold_palms(gate, node.bus, PERSON + n, done))   # still at the palms
+            await wait_for(lambda: node.enrol.state is EnrolState.PALM, timeout=5.0)
+            named = {"phone": phone} if named_by == "phone" else {"card_digest": digest}
+            answer = await controller.request("gate-a", "person.delete", named)
+            await wait_for(lambda: bool(begun), timeout=5.0)
+            done.set()
+        assert answer == {"deleted": False, "person_id": None, "enrolment_cancelled": True}, named_by
+        assert begun == {"error": f"node gate-a enrol.begin: {CANCELLED_BY_DELETION}"}, named_by
+        assert node.vault.count() == 0 and len(node.gallery) == 0
+    await wait_for(lambda: not node.vault.pending_events(limit=100), timeout=10.0)   # all delivered
+    assert not [e for e in controller.store.events(node_id="gate-a") if e.kind == "enrolled"]

@@ -10,10 +10,14 @@ An explicit state machine (``EnrolState``, moves in ``TRANSITIONS``, made by ``E
                                                                          ▼
                                                                       SAVING ──▶ DONE
     any state ──cancel()──▶ CANCELLED;   the whole enrolment ──timeout_s──▶ FAILED ("timed out")
+    any state ──a deletion of its phone or card (People.forget)──▶ CANCELLED (CANCELLED_BY_DELETION)
 
 In CARD a badge, a card not read, or a payment card past its expiry month (``card_expired``, on
 the gate's local date: ``today``) is answered with words and the next tap is awaited; nothing of a
-refused card is kept. Every step is an ``EnrolProgress`` event with words for the person. While an enrolment runs it
+refused card is kept. From ``begin`` the enrolment is registered with People
+(``enrolment_started``): a deletion that names its phone, or its card once read, cancels it, and
+its commit is refused under People's lock, so the person who asked to be forgotten is never
+stored. Every step is an ``EnrolProgress`` event with words for the person. While an enrolment runs it
 holds the gate (``Capturer.reserve("enrol")``): the identify flow leaves its hands alone.
 
 Agreement: a palm is done when ``captures`` of its good captures agree pairwise (the later
@@ -48,6 +52,7 @@ from palmnode.biometrics.types import PalmTemplate
 from palmnode.biometrics.variants import ProbeTemplates
 from palmnode.gate.capture import Capturer, CaptureUnavailable, Probe
 from palmnode.gate.events import EnrolProgress
+from palmnode.gate.people import EnrolmentCancelled, PendingEnrolment
 from palmnode.gate.presence import AdvicePolicy, PlacementAdvisor, PresenceChanged, PresencePolicy
 from palmnode.logs import event
 from palmnode.vault import DuplicateCard, DuplicatePhone, InvalidPhone, VaultError, normalise_phone
@@ -57,6 +62,10 @@ log = logging.getLogger("palmnode.gate")
 
 #: the same progress words are not repeated within this many seconds
 REPEAT_S = 1.0
+
+#: the answer to an enrolment a deletion of its card or phone cancelled (``People.forget``)
+CANCELLED_BY_DELETION = ("cancelled: a deletion was asked for this card or phone number; "
+                         "nothing of the enrolment was kept")
 
 
 class EnrolState(enum.Enum):
@@ -137,6 +146,8 @@ class EnrolRequest:
     result: EnrolResult | None = None
     done_at: float | None = None
     scope: trio.CancelScope | None = None
+    #: registered with People while it runs: a deletion of its phone or card cancels it
+    pending: PendingEnrolment | None = None
 
     async def wait(self) -> EnrolResult:
         await self.done.wait()
@@ -230,6 +241,8 @@ class EnrolFlow:
         except trio.WouldBlock:
             raise EnrolBusy("an enrolment is already waiting to start on this gate") from None
         self.current = request
+        if self.people is not None:  # from now on a deletion of this phone (then card) cancels it
+            request.pending = self.people.enrolment_started(phone, lambda: self._cancel(request))
         return request
 
     def cancel(self) -> bool:
@@ -237,10 +250,14 @@ class EnrolFlow:
         request = self.current
         if request is None:
             return False
+        self._cancel(request)
+        return True
+
+    @staticmethod
+    def _cancel(request: EnrolRequest) -> None:
         if request.scope is None:  # not started yet: it will start cancelled
             request.scope = trio.CancelScope()
         request.scope.cancel()
-        return True
 
     # ---- the actor ---------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -285,12 +302,17 @@ class EnrolFlow:
         self._answer(request, result, started)
 
     def _answer(self, request: EnrolRequest, result: EnrolResult, started: float) -> None:
+        pending, request.pending = request.pending, None
+        if pending is not None:
+            if pending.cancelled and not result.ok:  # however it stopped, a deletion asked for it
+                result = EnrolResult(False, reason=CANCELLED_BY_DELETION)
+            self.people.enrolment_ended(pending)
         if not result.ok:
-            self._goto(E.CANCELLED if result.reason == "cancelled" else E.FAILED)
-            self._progress("cancelled" if result.reason == "cancelled" else "failed", result.reason or "failed")
+            cancelled = (result.reason or "").startswith("cancelled")
+            self._goto(E.CANCELLED if cancelled else E.FAILED)
+            self._progress("cancelled" if cancelled else "failed", result.reason or "failed")
             if self.metrics is not None:
-                self.metrics.inc("palmnode_enrolments_total", result="cancelled" if result.reason == "cancelled"
-                                 else "failed")
+                self.metrics.inc("palmnode_enrolments_total", result="cancelled" if cancelled else "failed")
         event(log, "enrolment", ok=result.ok, linked=result.linked,
               reason=result.reason, seconds=round(trio.current_time() - started, 2))
         self._goto(E.IDLE)
@@ -310,6 +332,8 @@ class EnrolFlow:
                 card = await self._card()
             if card is None:
                 return EnrolResult(False, reason="no card")
+            if request.pending is not None:  # from now on a deletion of this card cancels it
+                request.pending.card_digest = card.digest
             if await self.people.find_by_card(card.digest) is not None:
                 return EnrolResult(False, reason="card already enrolled")
             self._progress("card", f"card …{card.last4} read")
@@ -331,6 +355,9 @@ class EnrolFlow:
             probes.append(captured[0])
         self._goto(E.CHECKING)
         duplicate = await self._duplicate(probes)
+        if request.pending is not None and request.pending.cancelled:
+            # a deletion landed during the search (a thread: no checkpoint after it on the way to "linked")
+            return EnrolResult(False, reason=CANCELLED_BY_DELETION)
         if duplicate is not None:
             if p.on_duplicate == "link":
                 self._progress("duplicate", "this palm is already enrolled: linked to that enrolment")
@@ -343,7 +370,9 @@ class EnrolFlow:
             return EnrolResult(False, reason="palm already enrolled")
         self._goto(E.SAVING)
         try:
-            person = await self.people.enrol(card, request.phone, palms)
+            person = await self.people.enrol(card, request.phone, palms, pending=request.pending)
+        except EnrolmentCancelled:  # a deletion came just before the commit: nothing was written
+            return EnrolResult(False, reason=CANCELLED_BY_DELETION)
         except DuplicateCard:
             return EnrolResult(False, reason="card already enrolled")
         except DuplicatePhone:

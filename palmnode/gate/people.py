@@ -19,6 +19,15 @@ A removal truncates the vault's WAL without waiting (docs/vault.md). When anothe
 vault file (a backup, an ``sqlite3`` shell, ``palmnode vault check``) blocks that, the removal stands
 and ``wal`` (a ``walscrub.WalKeeper``, the gate supervisor's ``wal-scrub`` child) tries again in
 the background with a backoff until the WAL is empty, with a warning line while it cannot.
+
+An enrolment in progress at this gate is not a person yet, but a deletion that names its phone or
+card must not let it become one: the enrol flow registers it (``enrolment_started``: the keyed
+digest of its phone, then of its card once tapped), a deletion (``forget``) cancels every
+registered enrolment it names, under the same lock as the vault change, and ``enrol`` of a
+cancelled one is refused (``EnrolmentCancelled``) with nothing written. So either the deletion
+comes first (the enrolment is cancelled, nothing of it kept) or the enrolment's commit does (the
+deletion then finds the stored person and removes them); never a person stored after their
+deletion was answered.
 """
 from __future__ import annotations
 
@@ -31,6 +40,7 @@ import time
 import uuid
 from typing import Callable, Iterator, Sequence
 
+import attrs
 import trio
 
 from drivers.card_reader.cardtoken import CardToken
@@ -45,6 +55,30 @@ from palmnode.walscrub import WalKeeper
 
 log = logging.getLogger("palmnode.gate")
 
+
+class EnrolmentCancelled(Exception):
+    """``People.enrol`` of an enrolment a deletion cancelled: nothing was written."""
+
+
+@attrs.define(eq=False)
+class PendingEnrolment:
+    """An enrolment in progress at this gate, as a deletion sees it (``People.enrolment_started``):
+    the keyed digests of its phone and, once tapped, its card; ``on_cancel`` stops the flow."""
+
+    phone_digest: bytes | None
+    on_cancel: Callable[[], None] = attrs.field(repr=False)
+    card_digest: bytes | None = None
+    #: a deletion named it: it must store nothing (its flow answers "cancelled")
+    cancelled: bool = False
+
+
+@attrs.frozen
+class Forgotten:
+    """What a deletion (``People.forget``) did: the stored person it removed (None: nobody stored
+    matched) and whether it cancelled an enrolment in progress that its card or phone named."""
+
+    person_id: str | None
+    enrolment_cancelled: bool = False
 
 
 class People:
@@ -65,6 +99,7 @@ class People:
         #: deletion; with :meth:`changes_since` a page the controller read before them never undoes them
         self.replication = trio.Lock()
         self._watches: list[set[bytes]] = []  # changes_since's: keyed tags of the people changed
+        self._pending: list[PendingEnrolment] = []  # enrolments in progress (enrolment_started)
         self._tag_key = os.urandom(16)
         #: retries a WAL truncation another connection to the vault blocked (the node runs
         #: ``wal.run`` as the gate supervisor's ``wal-scrub`` child)
@@ -102,12 +137,30 @@ class People:
         return None if batch is None else self.gallery.add_many(batch)
 
     # ---- enrol / delete (this node) -----------------------------------------------------------
+    def enrolment_started(self, phone: str | None, on_cancel: Callable[[], None]) -> PendingEnrolment:
+        """Register an enrolment in progress (its phone; set ``card_digest`` once the card is read):
+        a deletion naming either cancels it (``on_cancel``). ``enrolment_ended`` when it is answered.
+        InvalidPhone for a number that is not one."""
+        pending = PendingEnrolment(self.vault.phone_digest(phone) if phone is not None else None, on_cancel)
+        self._pending.append(pending)
+        return pending
+
+    def enrolment_ended(self, pending: PendingEnrolment) -> None:
+        if pending in self._pending:
+            self._pending.remove(pending)
+
     async def enrol(self, card: CardToken | None, phone: str | None,
-                    palms: dict[str, list[PalmTemplate]]) -> Person:
+                    palms: dict[str, list[PalmTemplate]], *, pending: PendingEnrolment | None = None) -> Person:
         """Store a new person and make them searchable; the vault's typed errors pass through
-        (DuplicateCard, DuplicatePhone, InvalidPhone) with nothing written."""
+        (DuplicateCard, DuplicatePhone, InvalidPhone) with nothing written, and so does
+        :class:`EnrolmentCancelled` when a deletion cancelled ``pending`` (checked under the lock
+        deletions hold: a deletion after this commit finds the person stored)."""
         async with self._lock:
+            if pending is not None and pending.cancelled:
+                raise EnrolmentCancelled("a deletion cancelled this enrolment")
             person = await trio.to_thread.run_sync(self._enrol, card, phone, palms)
+            if pending is not None:
+                self.enrolment_ended(pending)  # a person now: a deletion finds them in the vault
         self._appended()
         self._gauge()
         self.bus.publish(PersonEnrolled(person.person_id, tuple(p.palm for p in person.palms), trio.current_time()))
@@ -126,23 +179,48 @@ class People:
 
     async def delete(self, *, person_id: str | None = None, card_digest: bytes | None = None,
                      phone: str | None = None) -> str | None:
+        """:meth:`forget`, answered with the removed person's id only (None: nobody stored matched;
+        an enrolment in progress it names is cancelled all the same)."""
+        return (await self.forget(person_id=person_id, card_digest=card_digest, phone=phone)).person_id
+
+    async def forget(self, *, person_id: str | None = None, card_digest: bytes | None = None,
+                     phone: str | None = None) -> Forgotten:
         """Forget a person named by id, card digest or phone: vault (with a ``deleted`` event and an
-        audit entry) and gallery at once. Their person id; None when nobody matches."""
+        audit entry) and gallery at once; and cancel any enrolment in progress here whose card or
+        phone it names (nothing of it is stored: ``enrol`` refuses it). InvalidPhone for a phone
+        that is not a number."""
         if sum(x is not None for x in (person_id, card_digest, phone)) != 1:
             raise ValueError("delete needs exactly one of person_id, card_digest, phone")
         async with self.replication, self._lock:
+            cancelled = self._cancel_enrolments(card_digest, phone)  # first: even if the vault then fails
             pid = await trio.to_thread.run_sync(self._delete, person_id, card_digest, phone)
             self._changed(pid)
         self.wal.poke()
+        if cancelled:
+            event(log, "enrolment cancelled by a deletion", enrolments=cancelled)
         if pid is None:
-            return None
+            return Forgotten(None, cancelled > 0)
         self._forget_frames()
         self._appended()
         self._gauge()
         self.bus.publish(PersonDeleted(pid, trio.current_time()))
         if self.metrics is not None:
             self.metrics.inc("palmnode_deletions_total")
-        return pid
+        return Forgotten(pid, cancelled > 0)
+
+    def _cancel_enrolments(self, card_digest: bytes | None, phone: str | None) -> int:
+        """Cancel the enrolments in progress that ``card_digest`` or ``phone`` names (under the
+        lock: none of them can be committing); how many."""
+        if card_digest is None and phone is None:
+            return 0
+        digest = self.vault.phone_digest(phone) if phone is not None else None
+        named = [p for p in self._pending if not p.cancelled and (
+            (card_digest is not None and p.card_digest == card_digest) or
+            (digest is not None and p.phone_digest == digest))]
+        for pending in named:
+            pending.cancelled = True
+            pending.on_cancel()
+        return len(named)
 
     def _delete(self, person_id: str | None, card_digest: bytes | None, phone: str | None) -> str | None:
         if card_digest is not None:

@@ -638,7 +638,8 @@ async def _enrol(session: Session, args: tuple[str, ...]) -> Reply:
 @command("delete", "delete id ID | card HEX | phone NUMBER", "forget a person: vault, gallery, every gate",
          "Removes the person's templates, card and phone digests from this node's vault and gallery at "
          "once, leaves an audit entry without biometric data, and tells the controller, which removes them "
-         "from every gate of the store.", min_args=2, max_args=2)
+         "from every gate of the store. An enrolment in progress here with that card or phone is cancelled, "
+         "nothing of it kept.", min_args=2, max_args=2)
 async def _delete(session: Session, args: tuple[str, ...]) -> Reply:
     target = _gate(session)
     kind, value = args
@@ -652,10 +653,16 @@ async def _delete(session: Session, args: tuple[str, ...]) -> Reply:
     else:
         raise CommandError(f"delete by id, card or phone, not {kind!r}")
     try:
-        deleted = await target.people.delete(**named) is not None
+        forgotten = await target.people.forget(**named)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    return Reply({"deleted": deleted}, "deleted" if deleted else "nobody matches")
+    deleted, cancelled = forgotten.person_id is not None, forgotten.enrolment_cancelled
+    text = "deleted" if deleted else "nobody stored matches"
+    if cancelled:
+        text += "; the enrolment in progress with this card or phone was cancelled, nothing of it kept"
+    elif not deleted:
+        text = "nobody matches"
+    return Reply({"deleted": deleted, "enrolment_cancelled": cancelled}, text)
 
 
 @command("mode", "mode entry | payment AMOUNT_CENTS CURRENCY | loyalty", "set what the gate does for a person",

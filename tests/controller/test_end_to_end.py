@@ -304,7 +304,8 @@ async def test_a_deletion_at_a_gate_during_its_catch_up_is_not_undone_by_it(nurs
         if asked_by == "controller":
             deleted.append(await controller.request("gate-b", "person.delete", {"person_id": "p-1"}))
         else:
-            deleted.append({"deleted": True, "person_id": await people.delete(person_id="p-1")})
+            deleted.append({"deleted": True, "person_id": await people.delete(person_id="p-1"),
+                            "enrolment_cancelled": False})
 
     async def delete_while_answering(args):
         answer = await read_sync(args)
@@ -315,5 +316,5 @@ async def test_a_deletion_at_a_gate_during_its_catch_up_is_not_undone_by_it(nurs
     controller._sync = delete_while_answering
     nursery.start_soon(link.run)
     await wait_for(lambda: deleted and b.vault.get_state(SYNC_STATE) is not None)
-    assert deleted == [{"deleted": True, "person_id": "p-1"}]
+    assert deleted == [{"deleted": True, "person_id": "p-1", "enrolment_cancelled": False}]
     assert b.vault.get("p-1") is None and len(people.gallery) == 0

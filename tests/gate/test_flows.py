@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import threading
 
 import pytest
 import trio
@@ -15,7 +16,7 @@ from palmnode.biometrics import matcher
 from palmnode.biometrics.gallery import Gallery
 from palmnode.biometrics.prefilter import SearchCancelled
 from palmnode.demo import hold_palms
-from palmnode.gate.enrol import EnrolFlow, EnrolPolicy
+from palmnode.gate.enrol import CANCELLED_BY_DELETION, EnrolFlow, EnrolPolicy
 from palmnode.gate.events import (
     Decision,
     EnrolProgress,
@@ -28,6 +29,7 @@ from palmnode.gate.events import (
 )
 from palmnode.gate.identify import IdentifyPolicy
 from palmnode.gate.modes import ChargeResult, GateMode
+from palmnode.gate.people import Forgotten
 from palmnode.logs import JsonFormatter
 from palmnode.sim import scenario as sc
 from tests.conftest import wait_for
@@ -454,6 +456,69 @@ async def test_a_person_deleted_while_their_hand_is_searched_is_not_recognised(r
     assert decision.outcome == "unknown" and decision.person_id is None, decision
     assert not [ev for ev in opened if isinstance(ev, GateOpened)]
     assert len(rig.gallery) == 0 and rig.vault.count() == 0
+
+
+@pytest.mark.parametrize("named_by", ["card", "phone"])
+async def test_deleting_the_card_or_phone_of_an_enrolment_in_progress_cancels_it(rig, nursery, threshold, named_by):
+    """An operator deletes a person by card or phone while that person's enrolment runs at the
+    gate: the deletion found no one (not stored yet), the enrolment went on and stored them, the
+    person who asked to be forgotten enrolled. Now the enrolment is cancelled at once, the person
+    told so, nothing of it kept, and the deletion says it cancelled an enrolment."""
+    enrol = EnrolFlow(rig.node.bus, rig.capturer, rig.gallery, rig.people, metrics=rig.metrics,
+                      policy=EnrolPolicy(agree_threshold=threshold, duplicate_threshold=threshold))
+    await nursery.start(enrol.run)
+    async with rig.node.bus.subscribe(EnrolProgress, PaymentCardRead, buffer=256) as events:
+        request = enrol.begin("+15551230001", ["right"])
+        await next_of(events, EnrolProgress, where=lambda ev: ev.step == "card")
+        nursery.start_soon(rig.gate.apply, sc.Card(at=0.0, kind="emv", pan="4111111111111111", seconds=1.0))
+        tapped = await next_of(events, PaymentCardRead)
+        await next_of(events, EnrolProgress, where=lambda ev: ev.step == "palm")
+        with trio.fail_after(15):
+            async with trio.open_nursery() as hands:   # the person goes on holding the palm
+                hands.start_soon(lambda: hold_palms(rig.gate, rig.node.bus, PERSON, request.done, seconds=1.0))
+                await next_of(events, EnrolProgress, where=lambda ev: ev.step in ("capture", "again"))
+                named = {"card_digest": tapped.token.digest} if named_by == "card" else {"phone": "+1 555 123 0001"}
+                asked_at = trio.current_time()
+                forgotten = await rig.people.forget(**named)
+                result = await request.wait()
+        told = await next_of(events, EnrolProgress, where=lambda ev: ev.step not in ("capture", "again", "palm"))
+    assert forgotten == Forgotten(None, enrolment_cancelled=True)
+    assert not result.ok and result.reason == CANCELLED_BY_DELETION, result
+    assert request.done_at - asked_at < 0.5
+    assert (told.step, told.detail) == ("cancelled", CANCELLED_BY_DELETION)
+    assert rig.vault.count() == 0 and len(rig.gallery) == 0 and rig.vault.pending_events() == []
+    assert rig.metrics.value("palmnode_enrolments_total", result="cancelled") == 1
+    assert enrol.state.value == "idle"
+    again = enrol.begin("+15551230001", ["right"])       # the gate is free, the next one not cancelled by it
+    assert await rig.people.forget(phone="+15551230002") == Forgotten(None, False)
+    assert enrol.cancel() and (await again.wait()).reason == "cancelled"
+
+
+async def test_a_deletion_during_the_duplicate_check_cancels_a_linking_enrolment(rig, nursery, threshold, monkeypatch):
+    """The deletion lands while the enrolment's duplicate check runs (a worker thread: the flow
+    reaches its "linked" answer without another checkpoint): the enrolment is cancelled, not
+    answered as linked to the existing person."""
+    _, first, _, _ = await enrol_person(rig, nursery, threshold, PERSON)
+    assert first.ok, first
+    search, deleted, answered = rig.gallery.search, [], threading.Event()
+
+    async def delete() -> None:   # the operator's request: a task of its own, as the link's or the REPL's
+        deleted.append(await rig.people.forget(phone="+15551230002"))
+        answered.set()
+
+    def search_then_delete(probe, k=5, *, stop=None):
+        found = search(probe, k, stop=stop)
+        if not answered.is_set():
+            trio.from_thread.run_sync(nursery.start_soon, delete)
+            assert answered.wait(5.0)
+        return found
+
+    monkeypatch.setattr(rig.gallery, "search", search_then_delete)
+    _, again, _, _ = await enrol_person(rig, nursery, threshold, PERSON, pan="5555555555554444",
+                                        phone="+15551230002", expect_enrolled=False, on_duplicate="link")
+    assert deleted == [Forgotten(None, enrolment_cancelled=True)], "the duplicate check never ran"
+    assert not again.ok and not again.linked and again.reason == CANCELLED_BY_DELETION, again
+    assert rig.vault.count() == 1 and rig.vault.get(first.person_id) is not None   # the other person stays
 
 
 async def test_a_hand_moved_as_told_after_a_placement_retry_is_served_without_lifting_it(rig, nursery, threshold):

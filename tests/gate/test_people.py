@@ -21,7 +21,7 @@ from palmnode.biometrics.gallery import Gallery
 from palmnode.biometrics.types import PalmTemplate
 from palmnode.biometrics.variants import ProbeTemplates
 from palmnode.gate.events import PersonDeleted, PersonEnrolled
-from palmnode.gate.people import People
+from palmnode.gate.people import EnrolmentCancelled, Forgotten, People
 from palmnode.walscrub import RETRY as SCRUB_RETRY
 from palmnode.metrics import Metrics
 from palmnode.vault import DuplicateCard, EnrolledPalm, Person, Vault, VaultKeys
@@ -84,6 +84,51 @@ async def test_delete_by_card_or_phone_or_id_forgets_everywhere(vault):
     assert [e["kind"] for e in vault.audit_entries()].count("person_removed") == 3
     with pytest.raises(ValueError):
         await people.delete()
+
+
+@pytest.mark.parametrize("named_by", ["card", "phone"])
+async def test_a_deletion_of_an_enrolment_in_progress_cancels_it_and_its_commit_is_refused(vault, named_by):
+    """The enrolment at the gate is not stored yet when the deletion of its card or phone comes:
+    the deletion found nobody and the enrolment then stored the person who had asked to be
+    forgotten. Now the deletion cancels it, says so, and its commit is refused with nothing
+    written. (Deletions of another card or phone, or by a person id, leave it alone.)"""
+    people = People(vault, Gallery(), "gate-1", EventBus())
+    stopped = []
+    pending = people.enrolment_started("+15550000001", lambda: stopped.append(1))
+    pending.card_digest = card(1).digest                      # the card was tapped
+    assert await people.forget(card_digest=card(2).digest) == Forgotten(None, False)
+    assert await people.forget(phone="+15550000002") == Forgotten(None, False)
+    assert await people.forget(person_id="p-1") == Forgotten(None, False)
+    assert not stopped and not pending.cancelled
+    named = {"card_digest": card(1).digest} if named_by == "card" else {"phone": "+1 555 000 0001"}
+    assert await people.forget(**named) == Forgotten(None, True)
+    assert stopped == [1] and pending.cancelled
+    with pytest.raises(EnrolmentCancelled):                   # the flow was past its last checkpoint
+        await people.enrol(card(1), "+15550000001", {"right": templates_of(0)}, pending=pending)
+    assert vault.count() == 0 and len(people.gallery) == 0 and vault.pending_events() == []
+    assert await people.delete(**named) is None               # answered once: it is not cancelled again
+    assert stopped == [1]
+
+
+async def test_a_deletion_just_after_an_enrolments_commit_removes_the_stored_person(vault):
+    """The other order: the enrolment commits first (under the lock deletions take), so the
+    deletion finds the stored person and removes them; there is no enrolment left to cancel."""
+    people = People(vault, Gallery(), "gate-1", EventBus())
+    stopped = []
+    pending = people.enrolment_started("+15550000001", lambda: stopped.append(1))
+    pending.card_digest = card(1).digest
+    enrolled, answers = [], []
+    async with trio.open_nursery() as nursery:
+        async def enrol() -> None:
+            enrolled.append(await people.enrol(card(1), "+15550000001", {"right": templates_of(0)}, pending=pending))
+
+        nursery.start_soon(enrol)
+        await trio.testing.wait_all_tasks_blocked()   # the commit holds the lock (its vault thread), or is done
+        answers.append(await people.forget(card_digest=card(1).digest))
+    [person] = enrolled
+    assert answers == [Forgotten(person.person_id, False)] and not stopped
+    assert vault.count() == 0 and len(people.gallery) == 0
+    assert [e.kind for e in vault.pending_events()] == ["deleted"]
 
 
 async def test_replication_writes_no_outbox_event_and_a_restart_reloads_the_gallery(tmp_path, vault, keys):

@@ -29,7 +29,8 @@ async def test_enrol_delete_and_mode_from_the_repl(connect, node, gate, nursery)
     _, reply = await client.call("mode", "payment")
     assert not reply["ok"] and "amount" in reply["error"]
     _, reply = await client.call("delete", "id", "nobody")
-    assert reply["ok"] and reply["result"] == {"deleted": False}
+    assert reply["ok"] and reply["result"] == {"deleted": False, "enrolment_cancelled": False}
+    assert reply["text"] == "nobody matches"
     _, reply = await client.call("delete", "shoe", "x")
     assert not reply["ok"] and "by id, card or phone" in reply["error"]
 
@@ -51,7 +52,7 @@ async def test_enrol_delete_and_mode_from_the_repl(connect, node, gate, nursery)
     assert node.vault.get(person_id) is not None and len(node.gallery) == 1
 
     _, reply = await client.call("delete", "phone", "+49 30 555000007")
-    assert reply["ok"] and reply["result"] == {"deleted": True}
+    assert reply["ok"] and reply["result"] == {"deleted": True, "enrolment_cancelled": False}
     assert node.vault.get(person_id) is None and len(node.gallery) == 0
     await client.aclose()
 
@@ -80,7 +81,7 @@ async def test_a_wal_truncation_another_reader_blocks_shows_in_status_node_statu
         reader.execute("SELECT count(*) FROM people").fetchone()
         before = time.time()
         _, reply = await client.call("delete", "id", person.person_id)
-        assert reply["result"] == {"deleted": True} and node.vault.scrub_pending
+        assert reply["result"] == {"deleted": True, "enrolment_cancelled": False} and node.vault.scrub_pending
         await wait_for(lambda: node.people.wal.state()["attempts"] >= 2)  # the keeper keeps trying
 
         _, reply = await client.call("status")
@@ -107,3 +108,32 @@ async def test_a_wal_truncation_another_reader_blocks_shows_in_status_node_statu
     await wait_for(lambda: node.metrics.value("palmnode_vault_wal_blocked") == 0, timeout=3.0)
     assert node.metrics.value("palmnode_vault_wal_blocked_seconds") == 0
     await client.aclose()
+
+
+async def test_deleting_from_the_repl_the_phone_of_an_enrolment_in_progress_cancels_it(connect, node, gate, nursery):
+    """One operator enrols a person at the gate; another deletes that person's phone number while
+    the palms are being captured: "nobody matches" before, and the enrolment then stored them.
+    Now the deletion says it cancelled the enrolment, and the enrolling operator is told why."""
+    from palmnode.gate.enrol import CANCELLED_BY_DELETION
+
+    enrolling, deleting = await connect(), await connect()
+    done = trio.Event()
+
+    async def person_at_the_gate() -> None:
+        await wait_for(lambda: node.enrol.state is EnrolState.CARD, timeout=10.0)
+        await gate.apply(sc.Card(at=0, kind="emv", pan=card_number(8), seconds=1.5))
+        await hold_palms(gate, node.bus, 4_344, done)
+
+    async with trio.open_nursery() as hands:
+        hands.start_soon(person_at_the_gate)
+        await enrolling.send("enrol", "+4930555000008", "right")
+        await wait_for(lambda: node.enrol.state is EnrolState.PALM, timeout=15.0)
+        _, deleted = await deleting.call("delete", "phone", "+49 30 555000008")
+        _, reply = await enrolling.until_final(timeout=5.0)
+        done.set()
+    assert deleted["ok"] and deleted["result"] == {"deleted": False, "enrolment_cancelled": True}, deleted
+    assert "cancelled" in deleted["text"], deleted
+    assert not reply["ok"] and reply["error"] == f"enrolment failed: {CANCELLED_BY_DELETION}", reply
+    assert node.vault.count() == 0 and len(node.gallery) == 0
+    await enrolling.aclose()
+    await deleting.aclose()
