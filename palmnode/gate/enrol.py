@@ -28,8 +28,9 @@ rather than spoiling the palm. The palm's templates are the agreeing captures' o
 found, no variants), the one the others match best first (``most_central``): the first is the
 palm's search template, the only one in the gallery (one entry per enrolled palm, as the 1 KiB
 per palm and 1:N budgets count); the others stay in the vault for the identify flow's second
-look at a near miss. The duplicate check searches the gallery with the first capture's probe
-variants, as the identify flow does.
+look at a near miss. The duplicate check searches the gallery with every agreeing capture's probe
+variants, as the identify flow searches (``duplicate_of``): the palm is already enrolled when the
+best of them reaches ``duplicate_threshold``.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ from drivers.card_reader.reads import BadgeRead, CardNotRead, PaymentCardRead
 from drivers.proximity.driver import Distance
 from palmnode.actors import EventBus
 from palmnode.biometrics import matcher
-from palmnode.biometrics.gallery import Gallery
+from palmnode.biometrics.gallery import Candidate, Gallery
 from palmnode.biometrics.types import PalmTemplate
 from palmnode.biometrics.variants import ProbeTemplates
 from palmnode.gate.capture import Capturer, CaptureUnavailable, Probe
@@ -188,6 +189,26 @@ def card_expired(expiry: str, today: datetime.date) -> bool | None:
     if len(expiry) != 4 or not expiry.isdigit() or not 1 <= int(expiry[2:]) <= 12:
         return None
     return (2000 + int(expiry[:2]), int(expiry[2:])) < (today.year, today.month)
+
+
+def duplicate_of(gallery: Gallery, probes: list[ProbeTemplates], threshold: float) -> Candidate | None:
+    """The enrolled palm one of ``probes`` (an enrolment's agreeing captures, each with its
+    variants, searched as the identify flow searches, in order: each palm's most central first)
+    scores at or above ``threshold`` with, or None: the palm is a duplicate when the best of its
+    captures reaches the threshold. One capture alone missed a re-enrolling person's palm about
+    six times as often (docs/flows.md, "Enrol"). Blocking: call it from a worker thread."""
+    for probe in probes:
+        found = gallery.search(probe, 1)
+        if found and found[0].score.fused >= threshold:
+            return found[0]   # found: the other captures need not be searched
+    return None
+
+
+def links(probes: list[ProbeTemplates], template: PalmTemplate, threshold: float) -> bool:
+    """Whether an enrolment's agreeing captures of a palm match an enrolled palm's search template
+    well enough to link the two: the mean of their fused scores reaches ``threshold`` (the
+    identify flow's mean rule: the best of several captures is likelier to reach it by chance)."""
+    return sum(matcher.match_probe(probe, template).fused for probe in probes) / len(probes) >= threshold
 
 
 def same_palm(probe: ProbeTemplates, earlier: dict[str, list[PalmTemplate]], threshold: float) -> str | None:
@@ -341,7 +362,7 @@ class EnrolFlow:
                 await self.people.find_by_phone(request.phone) is not None:
             return EnrolResult(False, reason="phone number already enrolled")   # before any palm is asked
         palms: dict[str, list[PalmTemplate]] = {}
-        probes: list[ProbeTemplates] = []  # one per palm, for the duplicate check
+        captures: dict[str, list[ProbeTemplates]] = {}  # every agreeing capture of each palm: the duplicate check
         for palm in request.palms:
             self._goto(E.PALM)
             captured = None
@@ -352,20 +373,21 @@ class EnrolFlow:
             if isinstance(captured, str):
                 return EnrolResult(False, reason=captured)
             palms[palm] = [c.base for c in captured]
-            probes.append(captured[0])
+            captures[palm] = captured
         self._goto(E.CHECKING)
-        duplicate = await self._duplicate(probes)
+        duplicate = await self._duplicate(captures)
+        link = duplicate is not None and p.on_duplicate == "link" and await self._same_person(duplicate, captures)
         if request.pending is not None and request.pending.cancelled:
-            # a deletion landed during the search (a thread: no checkpoint after it on the way to "linked")
+            # a deletion landed during the search (threads: no checkpoint after them on the way to "linked")
             return EnrolResult(False, reason=CANCELLED_BY_DELETION)
         if duplicate is not None:
-            if p.on_duplicate == "link":
+            if link:
                 self._progress("duplicate", "this palm is already enrolled: linked to that enrolment")
                 self._goto(E.DONE)
                 self._progress("done", "already enrolled")
                 if self.metrics is not None:
                     self.metrics.inc("palmnode_enrolments_total", result="linked")
-                return EnrolResult(True, person_id=duplicate, linked=True)
+                return EnrolResult(True, person_id=duplicate[1].person_id, linked=True)
             self._progress("duplicate", "this palm is already enrolled")
             return EnrolResult(False, reason="palm already enrolled")
         self._goto(E.SAVING)
@@ -452,16 +474,27 @@ class EnrolFlow:
                 in_hover = 0
         return f"{palm} palm: captures did not agree"
 
-    async def _duplicate(self, probes: list[ProbeTemplates]) -> str | None:
-        """The person already enrolled with one of these palms (each searched as a probe, with its
-        variants: Gallery.search), or None."""
-        for probe in probes:
-            found = await trio.to_thread.run_sync(self.gallery.search, probe, 1)
-            if found and found[0].score.fused >= self.policy.duplicate_threshold:
-                event(log, "enrolment found the palm enrolled", score=round(found[0].score.fused, 4),
+    async def _duplicate(self, captures: dict[str, list[ProbeTemplates]]) -> tuple[str, Candidate] | None:
+        """(the palm of this enrolment, the enrolled palm it matched) when one of these palms is
+        already enrolled (the best of its agreeing captures: ``duplicate_of``), or None."""
+        for palm, probes in captures.items():
+            found = await trio.to_thread.run_sync(duplicate_of, self.gallery, probes, self.policy.duplicate_threshold)
+            if found is not None:
+                event(log, "enrolment found the palm enrolled", score=round(found.score.fused, 4),
                       threshold=round(self.policy.duplicate_threshold, 4))
-                return found[0].person_id
+                return palm, found
         return None
+
+    async def _same_person(self, duplicate: tuple[str, Candidate], captures: dict[str, list[ProbeTemplates]]) -> bool:
+        """Whether a duplicate may be linked: linking says "this is that person", so it takes the
+        identify flow's rule (the mean over the captures reaches the threshold: ``links``), not the
+        best capture alone, which is enough to refuse."""
+        palm, found = duplicate
+        stored = await trio.to_thread.run_sync(self.people.stored_templates, found.person_id, found.palm)
+        if stored and await trio.to_thread.run_sync(links, captures[palm], stored[0], self.policy.duplicate_threshold):
+            return True
+        event(log, "enrolment not linked: its captures' mean is below the threshold (refused instead)")
+        return False
 
     async def _wait_arrival(self) -> None:
         while not self._present:

@@ -521,6 +521,22 @@ async def test_a_deletion_during_the_duplicate_check_cancels_a_linking_enrolment
     assert rig.vault.count() == 1 and rig.vault.get(first.person_id) is not None   # the other person stays
 
 
+async def test_the_duplicate_check_searches_with_every_agreeing_capture(rig, nursery, threshold, monkeypatch):
+    """The duplicate check searched the gallery with the palm's first capture only; it searches
+    with all three agreeing captures now (a new person: each of them, none found)."""
+    search, searched = rig.gallery.search, []
+
+    def recording(probe, k=5, *, stop=None):
+        searched.append(probe.base.to_bytes())
+        return search(probe, k, stop=stop)
+
+    monkeypatch.setattr(rig.gallery, "search", recording)
+    _, result, _, _ = await enrol_person(rig, nursery, threshold, PERSON)
+    assert result.ok, result
+    stored = [t.to_bytes() for t in rig.vault.get(result.person_id).palms[0].templates]
+    assert searched == stored   # the central capture first, then the other two
+
+
 async def test_a_hand_moved_as_told_after_a_placement_retry_is_served_without_lifting_it(rig, nursery, threshold):
     """Told "move your hand a little closer" (every capture of the round too small), the person
     moves it without lifting it: the gate serves the moved hand. It used to wait for the hand to

@@ -16,6 +16,7 @@ import trio.testing
 
 from drivers.card_reader.cardtoken import CardToken
 from palmnode.actors import EventBus
+from palmnode.biometrics import matcher
 from palmnode.biometrics.bench import render_set
 from palmnode.biometrics.gallery import Gallery
 from palmnode.biometrics.types import PalmTemplate
@@ -162,6 +163,12 @@ async def test_replication_writes_no_outbox_event_and_a_restart_reloads_the_gall
 _TEMPLATES: list = []
 
 
+def probes_of(i: int) -> list[ProbeTemplates]:
+    """The session-1 captures of rendered person ``i`` as the gate's probes (with variants)."""
+    _, ids, caps, probes = render_set(20_000, 60, Path(os.environ.get("PALMNODE_BENCH_CACHE", "/tmp/palmnode-bench")))
+    return [p for p, who, c in zip(probes, ids, caps) if int(who) == i and c != 0]
+
+
 def templates_of(i: int):
     """The templates of rendered person ``i`` (the threshold fixture's cached set)."""
     if not _TEMPLATES:
@@ -177,6 +184,39 @@ def test_agreeing_captures_outvote_a_bad_one():
     assert agreeing(mine[:2], threshold, 3) is None                       # too few
     assert agreeing([mine[0], other[0], mine[1]], threshold, 3) is None  # one disagrees
     assert agreeing([mine[0], other[0], mine[1], mine[2]], threshold, 3) == [0, 2, 3]  # replaced
+
+
+def test_the_duplicate_check_is_the_best_of_every_agreeing_capture():
+    """An enrolment's duplicate check searched with its first (most central) capture only: a
+    re-enrolling person whose central capture happened to score below the threshold against
+    their old palm was stored a second time (two identities for one palm) although another of
+    their agreeing captures reached it. Every capture is searched now; a stranger is still new."""
+    from palmnode.gate.enrol import duplicate_of
+    probes = probes_of(12)
+    gallery = Gallery()
+    gallery.add_many([(f"p-{i}", "right", templates_of(i)[0]) for i in range(12, 24)])
+    low, high = sorted(probes, key=lambda p: matcher.match_probe(p, templates_of(12)[0]).fused)
+    scores = [matcher.match_probe(p, templates_of(12)[0]).fused for p in (low, high)]
+    assert scores[0] < scores[1]
+    threshold = sum(scores) / 2
+    assert duplicate_of(gallery, [low], threshold) is None                  # the first capture alone: missed
+    found = duplicate_of(gallery, [low, high], threshold)
+    assert found is not None and found.person_id == "p-12" and found.score.fused == pytest.approx(scores[1])
+    stranger = probes_of(30)
+    assert duplicate_of(gallery, stranger, threshold) is None
+
+
+def test_a_duplicate_is_linked_only_when_the_mean_of_its_captures_reaches_the_threshold():
+    """Refusing a duplicate takes the best capture; linking says "this is that person", so it
+    takes the identify flow's mean rule: the best of several captures reaches a threshold by
+    chance about three times as often as one capture does."""
+    from palmnode.gate.enrol import links
+    probes, enrolled = probes_of(12), templates_of(12)[0]
+    scores = sorted(matcher.match_probe(p, enrolled).fused for p in probes)
+    mean = sum(scores) / len(scores)
+    assert links(probes, enrolled, mean) and links(probes, enrolled, scores[0])
+    assert not links(probes, enrolled, (mean + scores[-1]) / 2)      # the best reaches it, the mean does not
+    assert not links(probes_of(30), enrolled, 0.33)                   # a stranger's captures (FMR 1e-4: 0.33)
 
 
 def test_a_palms_search_template_is_the_capture_the_others_match_best():
