@@ -621,7 +621,9 @@ async def _enrol(session: Session, args: tuple[str, ...]) -> Reply:
             async with trio.open_nursery() as nursery:
                 async def show() -> None:
                     async for ev in progress:
-                        await session.send({"text": f"{ev.step}: {ev.detail}"})
+                        # (a detail that says its step already, "cancelled: …", is not prefixed again)
+                        text = ev.detail if ev.detail.startswith(ev.step) else f"{ev.step}: {ev.detail}"
+                        await session.send({"text": text})
 
                 nursery.start_soon(show)
                 result = await request.wait()

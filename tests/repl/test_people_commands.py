@@ -129,8 +129,9 @@ async def test_deleting_from_the_repl_the_phone_of_an_enrolment_in_progress_canc
         await enrolling.send("enrol", "+4930555000008", "right")
         await wait_for(lambda: node.enrol.state is EnrolState.PALM, timeout=15.0)
         _, deleted = await deleting.call("delete", "phone", "+49 30 555000008")
-        _, reply = await enrolling.until_final(timeout=5.0)
+        streamed, reply = await enrolling.until_final(timeout=5.0)
         done.set()
+    assert {"text": CANCELLED_BY_DELETION} in streamed, streamed  # once, not "cancelled: cancelled: …"
     assert deleted["ok"] and deleted["result"] == {"deleted": False, "enrolment_cancelled": True}, deleted
     assert "cancelled" in deleted["text"], deleted
     assert not reply["ok"] and reply["error"] == f"enrolment failed: {CANCELLED_BY_DELETION}", reply
