@@ -9,6 +9,12 @@ LASTING_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDI
                             errno.ELOOP, errno.ENAMETOOLONG})
 
 
+def folder_error(exc: OSError) -> str:
+    """Why a folder could not be made, in a few words: a file where the folder (or one above it)
+    should be, or the system's words."""
+    return "a file is in the way" if exc.errno in (errno.EEXIST, errno.ENOTDIR) else (exc.strerror or str(exc))
+
+
 def lasting(exc: OSError) -> bool:
     """Whether ``exc`` (creating or writing a path the config names) will meet a restart unchanged."""
     return exc.errno in LASTING_ERRNOS

@@ -16,7 +16,7 @@ from palmnode.actors import (Backoff, ChildContext, ChildSpec, DeviceStateChange
 from palmnode.config import Config
 from palmnode.devices import camera, card_reader, illuminator, proximity
 from palmnode.devices.session import DeviceSession
-from palmnode.fserrors import lasting
+from palmnode.fserrors import folder_error, lasting
 from palmnode.biometrics.gallery import Gallery
 from palmnode.biometrics.matcher import Calibration
 from palmnode.gate.capture import Capturer, CapturePolicy
@@ -111,7 +111,7 @@ class Node:
                 if folder is not None:
                     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             except OSError as exc:  # a file in the way, a read-only or foreign folder: as the config says
-                why = "a file is in the way" if isinstance(exc, FileExistsError) else (exc.strerror or exc)
+                why = folder_error(exc)
                 raise GateSetupError(f"vault {vault_cfg.path}: cannot create folder {folder}: {why}",
                                      config=lasting(exc)) from None
         try:

@@ -268,8 +268,9 @@ def test_certs_never_overwrites_half_a_ca(tmp_path, kept):
     assert not (tmp_path / "pki" / "gate-1.pem").exists()
 
 
-def run_node(config: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "palmnode.cli", "run", "--config", str(config)],
+def run_node(config: Path, *, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """``palmnode run --config config`` to its end (``prefix``: e.g. unprivileged())."""
+    return subprocess.run([*prefix, sys.executable, "-m", "palmnode.cli", "run", "--config", str(config)],
                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
 
 
@@ -404,16 +405,16 @@ def test_a_file_the_config_names_that_cannot_be_used_exits_78_too(tmp_path, what
     assert proc.stderr.splitlines()[-1].startswith(expected), proc.stderr[-2000:]
 
 
-def unprivileged() -> list[str]:
+def unprivileged() -> tuple[str, ...]:
     """A command prefix under which file modes bind this process as they bind the node's user:
     none for a normal user; for root, setpriv dropping the capabilities that override them."""
     import shutil
 
     if os.geteuid() != 0:
-        return []
+        return ()
     if shutil.which("setpriv") is None:
         pytest.skip("running as root without setpriv: file modes would not bind the node")
-    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--inh-caps=-all"]
+    return ("setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--inh-caps=-all")
 
 
 @pytest.mark.parametrize("what, message", [
@@ -441,8 +442,7 @@ def test_a_vault_the_node_cannot_write_exits_78(tmp_path, what, message):
     (vault if what == "vault file read-only" else folder).chmod(0o400 if what == "vault file read-only" else 0o500)
     before = sorted((p.name, p.read_bytes()) for p in folder.iterdir() if p.is_file())
     config = node_config(tmp_path, (f'path = "{tmp_path}/run/vault.db"', f'path = "{vault}"'))
-    proc = subprocess.run([*unprivileged(), sys.executable, "-m", "palmnode.cli", "run", "--config", str(config)],
-                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    proc = run_node(config, prefix=unprivileged())
     folder.chmod(0o700)
     assert proc.returncode == 78, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
@@ -480,8 +480,7 @@ def test_a_repl_socket_folder_the_node_cannot_write_exits_78(tmp_path, lock_made
         (folder / "repl.sock.lock").touch(mode=0o600)
     folder.chmod(0o500)
     config = node_config(tmp_path, (f'socket_path = "{tmp_path}/run/repl.sock"', f'socket_path = "{folder}/repl.sock"'))
-    proc = subprocess.run([*unprivileged(), sys.executable, "-m", "palmnode.cli", "run", "--config", str(config)],
-                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    proc = run_node(config, prefix=unprivileged())
     folder.chmod(0o700)
     assert proc.returncode == 78, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr

@@ -7,7 +7,6 @@ by a node that died is stale and replaced.
 """
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import socket
@@ -19,7 +18,7 @@ from typing import Any
 import trio
 
 from palmnode import lockfile
-from palmnode.fserrors import lasting
+from palmnode.fserrors import folder_error, lasting
 from palmnode.logs import event
 from palmnode.repl import protocol
 from palmnode.repl.commands import (COMMANDS, CommandError, ReplTarget, Session, channels, followable,
@@ -74,7 +73,7 @@ async def serve_repl(target: ReplTarget, path: str | os.PathLike[str], *, python
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
-        why = "a file is in the way" if exc.errno in (errno.EEXIST, errno.ENOTDIR) else exc.strerror
+        why = folder_error(exc)
         raise ReplSocketError(f"cannot create the REPL socket folder {path.parent}: {why}",
                               config=lasting(exc)) from None
     lock_fd = _lock(path)

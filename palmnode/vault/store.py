@@ -31,7 +31,7 @@ import msgpack
 
 from drivers.card_reader.cardtoken import CardToken
 from palmnode import lockfile, walscrub
-from palmnode.fserrors import lasting
+from palmnode.fserrors import folder_error, lasting
 from palmnode.biometrics.types import BadTemplate, PalmTemplate
 from palmnode.vault import schema
 from palmnode.vault.crypto import open_, seal
@@ -165,7 +165,7 @@ class Vault:
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:  # a file in the way, a read-only or foreign folder
-            why = "a file is in the way" if exc.errno in (errno.EEXIST, errno.ENOTDIR) else exc.strerror
+            why = folder_error(exc)
             raise VaultError(f"cannot create vault {path}: cannot create its folder {path.parent}: {why}",
                              reason=_os_reason(exc)) from None
         try:
