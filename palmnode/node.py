@@ -232,6 +232,8 @@ class Node:
             "people": people,
             "gallery_palms": len(self.gallery) if self.gallery is not None else 0,
             "mode": self.modes.current.mode,
+            # payment: the amount charged, and whether one person pays it (a basket) or everyone
+            "payment": self.modes.pending_payment(),
             "enrolment": self.enrol.state.value if self.enrol is not None else "idle",
             "debug_capture_dir": str(self.debug_captures.folder) if self.debug_captures is not None else None,
             "controller": None if self.link is None else ("connected" if self.link.connected else "away"),

@@ -209,12 +209,15 @@ class NodeOps:
 
     async def _mode_set(self, args: dict) -> dict:
         try:
-            mode = GateMode(args.get("mode", ""), args.get("amount_cents"), args.get("currency"))
+            mode = GateMode(args.get("mode", ""), args.get("amount_cents"), args.get("currency"),
+                            once=args.get("once", False))
         except (ValueError, TypeError) as exc:
             raise OpError(str(exc)) from None
         self.node.modes.set(mode, at=trio.current_time())
-        event(log, "gate mode", mode=mode.mode, amount_cents=mode.amount_cents, currency=mode.currency)
-        return {"mode": mode.mode}
+        event(log, "gate mode", mode=mode.mode, amount_cents=mode.amount_cents, currency=mode.currency,
+              once=mode.once)
+        # once echoed: a node that predates it would ignore the arg and charge every person
+        return {"mode": mode.mode, "once": mode.once}
 
     async def _node_status(self, args: dict) -> dict:
         return await self.node.status()

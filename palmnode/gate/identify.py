@@ -434,7 +434,8 @@ class IdentifyFlow:
 
     # ---- DECIDED: the mode's outcome ----------------------------------------------------------
     async def _act(self, decision: Decision) -> None:
-        mode = self.modes.current
+        # the mode as decided (no checkpoint since the decision); a mode set after this stands
+        mode, serial = self.modes.current, self.modes.serial
         pid = decision.person_id
         assert pid is not None
         if mode.mode == "entry":
@@ -445,6 +446,8 @@ class IdentifyFlow:
             result = await self._charge(pid, mode.amount_cents or 0, mode.currency or "")
             self.bus.publish(PaymentResult(pid, result.approved, mode.amount_cents or 0, result.reference,
                                            result.reason, trio.current_time()))
+            if result.approved and mode.once:  # a basket: paid by this person, not the next one
+                self.modes.paid(serial, at=trio.current_time())
             self._say("payment approved" if result.approved else f"payment declined: {result.reason}")
 
     async def _charge(self, person_id: str, amount_cents: int, currency: str) -> ChargeResult:

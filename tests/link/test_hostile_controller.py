@@ -78,7 +78,7 @@ async def still_serving(hostile: Hostile, gate: Gate, number: int) -> None:
     conn = await hostile.connection(number)
     await gate.client.wait_connected()
     answer = await conn.request("mode.set", {"mode": "loyalty"})
-    assert (answer.ok, answer.result) == (True, {"mode": "loyalty"})
+    assert (answer.ok, answer.result) == (True, {"mode": "loyalty", "once": False})
     assert (await conn.request("mode.set", {"mode": "entry"})).ok
 
 
@@ -408,6 +408,13 @@ async def test_a_remove_for_an_unknown_person_is_answered_false(make, args, answ
     ("mode.set", {"mode": "payment", "amount_cents": 450, "currency": "ÄÖÜ"}, "3-letter currency code"),
     ("mode.set", {"mode": "payment", "amount_cents": 450, "currency": "EURO"}, "3-letter currency code"),
     ("mode.set", {"mode": "payment", "amount_cents": 450, "currency": b"EUR"}, "3-letter currency code"),
+    ("mode.set", {"mode": "payment", "amount_cents": 450, "currency": "EUR", "once": "yes"},
+     "once must be true or false, got str"),
+    ("mode.set", {"mode": "payment", "amount_cents": 450, "currency": "EUR", "once": 1},
+     "once must be true or false, got int"),
+    ("mode.set", {"mode": "payment", "amount_cents": 450, "currency": "EUR", "once": None},
+     "once must be true or false, got NoneType"),
+    ("mode.set", {"mode": "entry", "once": True}, "once is for payment mode only, not entry"),
     ("no.such.op", {}, "unknown op no.such.op"),
     ("x" * 100_000, {}, "unknown op xxx"),
 ])

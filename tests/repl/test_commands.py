@@ -52,8 +52,9 @@ def test_events_lose_tokens_expiry_and_anything_not_scalar():
     decision = Decision("retry", None, None, float("nan"), "hold still", 40.0, "entry", 1.0)
     assert event_to_plain(decision)["score"] is None
     mode = ModeChanged(GateMode("payment", 450, "EUR"), at=2.0)  # its mode was left out of the log line
-    assert event_to_plain(mode) == {"type": "ModeChanged", "at": 2.0,
-                                    "mode": {"mode": "payment", "amount_cents": 450, "currency": "EUR"}}
+    assert event_to_plain(mode) == {"type": "ModeChanged", "at": 2.0, "reason": "set",
+                                    "mode": {"mode": "payment", "amount_cents": 450, "currency": "EUR",
+                                             "once": False}}
 
 
 def test_follow_names_and_groups():
