@@ -184,6 +184,8 @@ async def _status(session: Session, args: tuple[str, ...]) -> Reply:
         raise CommandError("this node has no status to show")
     result = await status()
     mode = result["mode"]
+    if (payment := result.get("payment")) is not None:
+        mode += " " + _payment_text(payment)
     lines = [f"node {result['node_id']}: gate {result['gate'].upper()}, mode {mode}",
              f"people {result['people']}, gallery {result['gallery_palms']} palms, enrolment {result['enrolment']}",
              f"controller {result['controller'] or 'none (no [controller] in the config)'}"]
@@ -253,9 +255,11 @@ def followable() -> dict[str, type]:
                          GateStateChanged, ChildStateChanged, OverTemperature, Cooled, DeadmanTripped,
                          BoardNotice]
     if gate_events is not None:
+        from palmnode.gate.modes import ModeChanged
+
         types += [gate_events.Decision, gate_events.Feedback, gate_events.GateOpened,
                   gate_events.PaymentResult, gate_events.LoyaltyMember, gate_events.PersonEnrolled,
-                  gate_events.PersonDeleted, gate_events.EnrolProgress]
+                  gate_events.PersonDeleted, gate_events.EnrolProgress, ModeChanged]
     return {t.__name__.lower(): t for t in types}
 
 
@@ -263,7 +267,7 @@ def follow_groups() -> dict[str, tuple[str, ...]]:
     """Short names for sets of event types."""
     names = followable()
     gate = tuple(n for n in ("decision", "feedback", "gateopened", "paymentresult", "loyaltymember",
-                             "personenrolled", "persondeleted", "enrolprogress") if n in names)
+                             "personenrolled", "persondeleted", "enrolprogress", "modechanged") if n in names)
     return {
         "devices": ("devicestatechanged", "gatestatechanged", "childstatechanged", "overtemperature",
                     "cooled", "deadmantripped", "boardnotice"),
@@ -667,17 +671,41 @@ async def _delete(session: Session, args: tuple[str, ...]) -> Reply:
     return Reply({"deleted": deleted, "enrolment_cancelled": cancelled}, text)
 
 
-@command("mode", "mode entry | payment AMOUNT_CENTS CURRENCY | loyalty", "set what the gate does for a person",
-         "entry opens the turnstile; payment asks the controller to charge the person's card; loyalty "
-         "reports the member to the point of sale. Example: mode payment 450 EUR", min_args=1, max_args=3)
+def _payment_text(payment: dict) -> str:
+    """node.status's ``payment`` in words: who pays how much."""
+    amount = f"{payment['amount_cents']} {payment['currency']}"
+    if payment["once"]:
+        return f"{amount} from the next person identified, then {payment['returns_to']}"
+    return f"{amount} from each person identified"
+
+
+@command("mode", "mode entry | payment AMOUNT_CENTS CURRENCY [once] | loyalty", "set what the gate does for a person",
+         "entry opens the turnstile; payment asks the controller to charge the person's card, every "
+         "person identified (a fare) or, with once, only the next one whose charge is approved (a "
+         "basket; the gate then returns to its mode before); loyalty reports the member to the point "
+         "of sale. Example: mode payment 450 EUR once", min_args=1, max_args=4)
 async def _mode(session: Session, args: tuple[str, ...]) -> Reply:
     from palmnode.gate.modes import GateMode
 
     target = _gate(session)
+    name, words = args[0], args[1:]
     try:
-        amount = int(args[1]) if len(args) > 1 else None
-        mode = GateMode(args[0], amount, args[2].upper() if len(args) > 2 else None)
+        if name != "payment":
+            mode = GateMode(name)  # an unknown mode: GateMode names the ones there are
+            if words and words != ("once",):
+                raise CommandError(f"{name} takes no amount or currency")
+            mode = GateMode(name, once=bool(words))
+        else:
+            if len(words) > 2 and words[2] != "once":
+                raise CommandError(f"after the currency only 'once', not {words[2]!r}")
+            amount = words[0] if words else None
+            if amount is not None and not (amount.isascii() and amount.isdigit()):
+                raise CommandError(f"amount must be a whole number of minor units, got {amount!r}")
+            mode = GateMode(name, None if amount is None else int(amount),
+                            words[1].upper() if len(words) > 1 else None, once=len(words) > 2)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     target.modes.set(mode, at=trio.current_time())
-    return Reply({"mode": mode.mode}, f"gate mode {mode.mode}")
+    payment = target.modes.pending_payment()
+    text = f"gate mode {mode.mode}" + (f": {_payment_text(payment)}" if payment is not None else "")
+    return Reply({"mode": mode.mode, "once": mode.once}, text)

@@ -60,6 +60,7 @@ def test_events_lose_tokens_expiry_and_anything_not_scalar():
 def test_follow_names_and_groups():
     assert resolve_follow(("Decision",)) == (Decision,)
     assert PersonEnrolled in resolve_follow(("gate",)) and Decision in resolve_follow(("gate",))
+    assert ModeChanged in resolve_follow(("gate",)) and resolve_follow(("modechanged",)) == (ModeChanged,)
     assert set(resolve_follow(("decision,personenrolled",))) == {Decision, PersonEnrolled}
     assert len(resolve_follow(())) >= 18
     with pytest.raises(CommandError, match="no event type 'x'"):

@@ -57,6 +57,47 @@ async def test_enrol_delete_and_mode_from_the_repl(connect, node, gate, nursery)
     await client.aclose()
 
 
+async def test_a_basket_from_the_repl_shows_in_status_and_follow(connect, node):
+    """`mode payment AMOUNT CURRENCY once`: one person pays, then the gate returns to its mode
+    before; status shows the pending basket, follow shows each mode change (it did not list
+    ModeChanged, so an operator never saw the gate return after a basket was paid)."""
+    from palmnode.gate.modes import GateMode
+
+    watching, client = await connect(), await connect()
+    await watching.send("follow", "modechanged")
+    assert (await watching.line())["text"] == "following ModeChanged (Ctrl-C or q stops)"
+    _, reply = await client.call("mode", "loyalty")
+    assert reply["ok"] and reply["result"] == {"mode": "loyalty", "once": False}
+    _, reply = await client.call("mode", "payment", "1299", "eur", "once")
+    assert reply["ok"] and reply["result"] == {"mode": "payment", "once": True}, reply
+    assert reply["text"] == "gate mode payment: 1299 EUR from the next person identified, then loyalty"
+    assert node.modes.current == GateMode("payment", 1299, "EUR", once=True)
+    _, reply = await client.call("status")
+    assert reply["result"]["payment"] == {"amount_cents": 1299, "currency": "EUR", "once": True,
+                                          "returns_to": "loyalty"}
+    assert "payment 1299 EUR from the next person identified, then loyalty" in reply["text"]
+    for args, error in [(("payment", "1299", "EUR", "twice"), "after the currency only 'once', not 'twice'"),
+                        (("entry", "once"), "once is for payment mode only, not entry"),
+                        (("loyalty", "450"), "loyalty takes no amount or currency"),
+                        (("payment", "12.99", "EUR"), "amount must be a whole number of minor units, got '12.99'"),
+                        (("payment", "1299"), "payment mode needs a 3-letter currency code, got None")]:
+        _, reply = await client.call("mode", *args)
+        assert not reply["ok"] and reply["error"] == error, (args, reply)
+    assert node.modes.current.once  # refusals changed nothing
+    node.modes.paid(node.modes.serial, at=trio.current_time())  # what an approved charge does
+    _, reply = await client.call("status")
+    assert reply["result"]["mode"] == "loyalty" and reply["result"]["payment"] is None
+    _, reply = await client.call("mode", "payment", "450", "EUR")
+    assert reply["text"] == "gate mode payment: 450 EUR from each person identified"
+    _, reply = await client.call("status")
+    assert "payment 450 EUR from each person identified" in reply["text"]
+    seen = [(await watching.line())["event"] for _ in range(4)]
+    assert [(e["mode"]["mode"], e["mode"]["once"], e["reason"]) for e in seen] == [
+        ("loyalty", False, "set"), ("payment", True, "set"), ("loyalty", False, "paid"), ("payment", False, "set")]
+    await watching.aclose()
+    await client.aclose()
+
+
 async def test_a_wal_truncation_another_reader_blocks_shows_in_status_node_status_and_metrics(connect, node):
     """A removal whose WAL truncation a second SQLite connection blocks (a backup's read
     transaction on the real vault file): the only sign was a warning line every 5 minutes. The
