@@ -24,6 +24,7 @@ sees one consistent state, and never a half-written entry.
 """
 from __future__ import annotations
 
+import collections
 import math
 import threading
 from collections.abc import Iterable
@@ -149,10 +150,17 @@ class Gallery:
         self._first = min(first_capacity, segment_size)
         self._segments: tuple[_Segment, ...] = ()
         self._lock = threading.Lock()
-        self._person_ids: list[str] = []
+        self._person_ids: list[str] = []   # person key -> id; "" for a free key
         self._person_key: dict[str, int] = {}
         self._entries: dict[int, list[tuple[int, int]]] = {}  # person key -> (segment, row)
         self._live = 0
+        # A removed person's key is given to a newcomer only once no search that may still hold
+        # their entries runs (one that began before the removal would name the newcomer for
+        # them), so the id table follows the people held at once, not every person ever added.
+        self._free_keys: list[int] = []
+        self._retired: collections.deque[tuple[int, int]] = collections.deque()  # (searches begun then, key)
+        self._searches_begun = 0
+        self._searching: set[int] = set()  # the ordinal of each search running
 
     # ---------------------------------------------------------------- writers
     def add(self, person_id: str, palm: str, template: PalmTemplate) -> None:
@@ -204,11 +212,19 @@ class Gallery:
         return len(entries)
 
     def _key(self, person_id: str) -> int:
-        """The person's key; a new one for a new person (under the writers' lock)."""
+        """The person's key; for a new person a removed person's key that no running search can
+        still hold, else a new one (under the writers' lock)."""
         key = self._person_key.get(person_id)
         if key is None:
-            key = len(self._person_ids)
-            self._person_ids.append(person_id)
+            oldest = min(self._searching, default=self._searches_begun)
+            while self._retired and self._retired[0][0] <= oldest:  # every search holding it has ended
+                self._free_keys.append(self._retired.popleft()[1])
+            if self._free_keys:
+                key = self._free_keys.pop()
+                self._person_ids[key] = person_id
+            else:
+                key = len(self._person_ids)
+                self._person_ids.append(person_id)
             self._person_key[person_id] = key
         return key
 
@@ -226,6 +242,7 @@ class Gallery:
                 by_segment.setdefault(s, []).append(r)
             self._person_key.pop(person_id)
             self._person_ids[key] = ""               # nothing of them stays in memory: not even the id
+            self._retired.append((self._searches_begun, key))  # free once the searches begun so far end
             last = len(segments) - 1
             for s, rows in by_segment.items():
                 seg = segments[s]
@@ -296,6 +313,18 @@ class Gallery:
             raise ValueError("probe must be a PalmTemplate (or ProbeTemplates) with at least one modality")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        with self._lock:  # registered before its snapshot: no key its entries name is reused meanwhile
+            ordinal = self._searches_begun
+            self._searches_begun += 1
+            self._searching.add(ordinal)
+        try:
+            return self._search(probe, variants, k, stop)
+        finally:
+            with self._lock:
+                self._searching.discard(ordinal)
+
+    def _search(self, probe: PalmTemplate, variants: ProbeTemplates | None, k: int,
+                stop: threading.Event | None) -> tuple[list[Candidate], np.ndarray, bool]:
         snap = self._snapshot()
         counts = np.array([n for _, n, _ in snap], np.int64)
         starts = np.concatenate([[0], np.cumsum(counts)])

@@ -555,3 +555,70 @@ def test_memory_stays_bounded_under_add_remove_churn(templates):
     g.add_many([(f"w{i}", "right", pool[i]) for i in range(40)])
     _check_entries(g)
     assert g.search(pool[7], k=1)[0].person_id == "w7"
+
+
+def test_person_table_follows_the_people_enrolled_not_those_ever_added(templates):
+    """A gate's people come and go, and a sync gives back people it holds (removed, then added
+    again): the table of person ids stays the size of the most people held at once, not of
+    every person ever added (it grew by one per addition, for the gallery's whole life)."""
+    rng = np.random.default_rng(8)
+    pool = [_random_template(rng) for _ in range(16)]
+    g = Gallery(segment_size=16, first_capacity=4)
+    for i in range(10):
+        g.add(f"staff{i}", "left", pool[i])
+    for n in range(1000):
+        g.add(f"v{n}", "right", pool[n % 16])
+        if n >= 5:
+            assert g.remove(f"v{n - 5}") == 1
+        g.remove(f"staff{n % 10}")          # a sync's upsert of someone held: removed, added again
+        g.add(f"staff{n % 10}", "left", pool[n % 10])
+    assert len(g) == 15
+    assert len(g._person_ids) <= 17, len(g._person_ids)
+    _check_entries(g)
+    assert g.search(pool[3], k=1)[0].person_id == "staff3"
+    assert {c.person_id for c in g.search(pool[0], k=20)} == {f"staff{i}" for i in range(10)} | {
+        f"v{n}" for n in range(995, 1000)}
+
+
+class _PauseAt:
+    """A search's ``stop`` that holds the search at its ``at``-th check (the searching thread
+    waits there until released) and never stops it; counts the checks."""
+
+    def __init__(self, at: int | None = None) -> None:
+        self.at, self.calls = at, 0
+        self.reached, self.release = threading.Event(), threading.Event()
+
+    def is_set(self) -> bool:
+        self.calls += 1
+        if self.calls == self.at:
+            self.reached.set()
+            assert self.release.wait(10)
+        return False
+
+
+def test_a_search_never_names_a_newcomer_for_a_person_removed_while_it_ran(templates):
+    """A search that read a person's entry before their removal finds it removed and names no
+    one for it, even when a newcomer is enrolled meanwhile: the newcomer never takes the removed
+    person's key while such a search runs (it does once none does, so the table stays small)."""
+    g = Gallery()
+    for i in range(4):
+        g.add(f"p{i}", "right", templates[i][0])
+    probe = templates[1][1]
+    dry = _PauseAt()
+    assert g.search(probe, k=1, stop=dry)[0].person_id == "p1"
+    pause = _PauseAt(at=dry.calls)          # its last check: every entry's record read already
+    found = []
+    searcher = threading.Thread(target=lambda: found.extend(g.search(probe, k=4, stop=pause)))
+    searcher.start()
+    try:
+        assert pause.reached.wait(10)
+        assert g.remove("p1") == 1
+        g.add("newcomer", "right", templates[9][0])
+    finally:
+        pause.release.set()
+        searcher.join(10)
+    assert found and all(c.person_id not in ("p1", "newcomer") for c in found), found
+    assert g.search(templates[9][1], k=1)[0].person_id == "newcomer"
+    g.remove("newcomer")
+    g.add("later", "right", templates[10][0])   # no search runs now: a freed key is taken again
+    assert len(g._person_ids) == 5 and g.search(templates[10][1], k=1)[0].person_id == "later"
