@@ -83,3 +83,21 @@ async def start_stoppable(nursery: trio.Nursery, run) -> Callable[[], Awaitable[
 
     await nursery.start(task)
     return stop
+
+
+async def controller_and_node(nursery: trio.Nursery, gate: VirtualGate, folder) -> tuple:
+    """A reference store controller (a dev CA in ``folder``/certs, mutual TLS) and a working node
+    (vault) on ``gate``, named demo-gate, connected to it: (controller, node)."""
+    from palmnode.controller.server import Controller, ControllerConfig
+    from palmnode.link.certs import make_dev_pki
+    from palmnode.vault import create_key_file
+
+    pki = make_dev_pki(folder / "certs", nodes=["demo-gate"])
+    create_key_file(folder / "controller.key")
+    controller = Controller(ControllerConfig.from_certs_dir(
+        pki.folder, db_path=str(folder / "controller.db"), key_file=str(folder / "controller.key"), port=0))
+    port = await nursery.start(controller.run)
+    node = Node(node_config(gate.endpoints_, folder, vault=True, controller_port=port, certs=pki.folder))
+    await nursery.start(node.run)
+    await controller.wait_node("demo-gate")
+    return controller, node

@@ -14,7 +14,7 @@ from drivers.card_reader.reads import BadgeRead, PaymentCardRead
 from palmnode import logs
 from palmnode.actors import DeviceState, DeviceStateChanged, GateState
 from palmnode.gate.presence import PresenceChanged
-from tests.conftest import wait_for
+from tests.conftest import controller_and_node, wait_for
 
 DEVICES = ("proximity", "card_reader", "illuminator", "camera")
 
@@ -302,20 +302,9 @@ async def test_the_links_counters_are_in_node_status_and_the_metrics(nursery, ga
     """The link's counters (connects, events sent and acked, the controller's requests served and
     refused, drops by reason) were in LinkStats only: neither the controller's node.status nor a
     scraper saw a gate refusing every push or its connection dropping for broken frames."""
-    from palmnode.controller.server import Controller, ControllerConfig, RequestFailed
-    from palmnode.demo import node_config
-    from palmnode.link.certs import make_dev_pki
-    from palmnode.node import Node
-    from palmnode.vault import create_key_file
+    from palmnode.controller.server import RequestFailed
 
-    pki = make_dev_pki(tmp_path / "certs", nodes=["demo-gate"])
-    create_key_file(tmp_path / "controller.key")
-    controller = Controller(ControllerConfig.from_certs_dir(
-        pki.folder, db_path=str(tmp_path / "controller.db"), key_file=str(tmp_path / "controller.key"), port=0))
-    port = await nursery.start(controller.run)
-    node = Node(node_config(gate.endpoints_, tmp_path, vault=True, controller_port=port, certs=pki.folder))
-    await nursery.start(node.run)
-    await controller.wait_node("demo-gate")
+    controller, node = await controller_and_node(nursery, gate, tmp_path)
     for _ in range(2):  # refused at the gate: a person that is no person (§8)
         with pytest.raises(RequestFailed, match="bad person"):
             await controller.request("demo-gate", "person.upsert", {"person": {"person_id": "x"}})

@@ -11,7 +11,7 @@ import trio
 
 from palmnode.gate.events import Decision, GateOpened, LoyaltyMember, PaymentResult
 from palmnode.gate.modes import ChargeResult, GateMode, GateModes, ModeChanged
-from tests.conftest import wait_for
+from tests.conftest import controller_and_node, wait_for
 from tests.gate.conftest import start_identify
 from tests.gate.test_flows import PERSON, enrol_person, next_of, present
 
@@ -127,20 +127,9 @@ async def test_a_basket_set_by_the_controller_is_charged_once_over_the_link(nurs
     declined at the gate and abandoned, the basket still pending; the next approved charge returns
     the gate to entry, and the next person identified walks through without a charge. The
     controller's ledger holds one approved charge, the abandoned one voided."""
-    from palmnode.controller.server import Controller, ControllerConfig
-    from palmnode.demo import arrive, card_number, enrol_person as enrol_at, node_config
-    from palmnode.link.certs import make_dev_pki
-    from palmnode.node import Node
-    from palmnode.vault import create_key_file
+    from palmnode.demo import arrive, card_number, enrol_person as enrol_at
 
-    pki = make_dev_pki(tmp_path / "certs", nodes=["demo-gate"])
-    create_key_file(tmp_path / "controller.key")
-    controller = Controller(ControllerConfig.from_certs_dir(
-        pki.folder, db_path=str(tmp_path / "controller.db"), key_file=str(tmp_path / "controller.key"), port=0))
-    port = await nursery.start(controller.run)
-    node = Node(node_config(gate.endpoints_, tmp_path, vault=True, controller_port=port, certs=pki.folder))
-    await nursery.start(node.run)
-    await controller.wait_node("demo-gate")
+    controller, node = await controller_and_node(nursery, gate, tmp_path)
     answer, _ = await enrol_at(controller, "demo-gate", gate, node, PERSON, pan=card_number(1), phone="+15551230001")
     assert "person_id" in answer, answer
 
