@@ -154,6 +154,7 @@ class Node:
         self.enrol = EnrolFlow(self.bus, capturer, self.gallery, self.people, metrics=self.metrics,
                                policy=EnrolPolicy(agree_threshold=calibration.decision_threshold(1e-4),
                                                   duplicate_threshold=self.threshold,
+                                                  second_look_penalty=look_penalty,
                                                   on_duplicate=cfg.gate.on_duplicate))
         event(log, "gate ready to identify", palms=palms, threshold=round(self.threshold, 4),
               second_look_penalty=round(look_penalty, 4),

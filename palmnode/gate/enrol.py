@@ -30,15 +30,18 @@ palm's search template, the only one in the gallery (one entry per enrolled palm
 per palm and 1:N budgets count); the others stay in the vault for the identify flow's second
 look at a near miss. The duplicate check searches the gallery with every agreeing capture's probe
 variants, as the identify flow searches (``duplicate_of``): the palm is already enrolled when the
-best of them reaches ``duplicate_threshold``.
+best of them reaches ``duplicate_threshold``; when none does, each capture's few best candidates
+get the identify flow's second look (``identify.second_look``: their palm's other stored
+templates too, marked down by ``second_look_penalty``), and the best of those counts the same.
 """
 from __future__ import annotations
 
 import datetime
 import enum
+import functools
 import itertools
 import logging
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import attrs
 import trio
@@ -53,6 +56,7 @@ from palmnode.biometrics.types import PalmTemplate
 from palmnode.biometrics.variants import ProbeTemplates
 from palmnode.gate.capture import Capturer, CaptureUnavailable, Probe
 from palmnode.gate.events import EnrolProgress
+from palmnode.gate.identify import second_look
 from palmnode.gate.people import EnrolmentCancelled, PendingEnrolment
 from palmnode.gate.presence import AdvicePolicy, PlacementAdvisor, PresenceChanged, PresencePolicy
 from palmnode.logs import event
@@ -108,6 +112,12 @@ class EnrolPolicy:
     #: pairwise agreement and the duplicate check, on the fused score (the identify threshold)
     agree_threshold: float = 0.31
     duplicate_threshold: float = 0.31
+    #: the duplicate check's second look: each capture's best ``duplicate_candidates`` palms are
+    #: scored against their other stored templates too, less ``second_look_penalty`` (the
+    #: identify flow's: ``identify.second_look_penalty``, set by the node from the calibration;
+    #: the default is a placeholder as IdentifyPolicy's)
+    duplicate_candidates: int = 3
+    second_look_penalty: float = 0.005
     #: a palm already enrolled: "refuse" the enrolment, or "link" it to the existing person
     on_duplicate: Literal["refuse", "link"] = "refuse"
     #: CARD: the card tap; PALM: each palm; the whole enrolment
@@ -191,16 +201,36 @@ def card_expired(expiry: str, today: datetime.date) -> bool | None:
     return (2000 + int(expiry[:2]), int(expiry[2:])) < (today.year, today.month)
 
 
-def duplicate_of(gallery: Gallery, probes: list[ProbeTemplates], threshold: float) -> Candidate | None:
+def duplicate_of(gallery: Gallery, probes: list[ProbeTemplates], threshold: float, *,
+                 stored: Callable[[str, str], Sequence[PalmTemplate]] | None = None, penalty: float = 0.0,
+                 candidates: int = 3) -> Candidate | None:
     """The enrolled palm one of ``probes`` (an enrolment's agreeing captures, each with its
     variants, searched as the identify flow searches, in order: each palm's most central first)
     scores at or above ``threshold`` with, or None: the palm is a duplicate when the best of its
     captures reaches the threshold. One capture alone missed a re-enrolling person's palm about
-    six times as often (docs/flows.md, "Enrol"). Blocking: call it from a worker thread."""
+    six times as often (docs/flows.md, "Enrol").
+
+    When no capture's search reaches it and ``stored`` is given (``People.stored_templates``),
+    each capture's best ``candidates`` palms get the identify flow's second look (``second_look``:
+    also scored against their palm's other stored templates, each less ``penalty``), and the
+    best rescored candidate counts the same way: an old palm whose search template happens to
+    score low against every new capture is found through its other templates (the searches
+    alone missed 4 of 5,999 rendered re-enrolments, with the look none: docs/flows.md, "Enrol").
+    Each candidate palm's templates are read once. Blocking (searches, vault reads): call it
+    from a worker thread."""
+    searched: list[tuple[ProbeTemplates, list[Candidate]]] = []
     for probe in probes:
-        found = gallery.search(probe, 1)
+        found = gallery.search(probe, candidates)
         if found and found[0].score.fused >= threshold:
-            return found[0]   # found: the other captures need not be searched
+            return found[0]   # found: the other captures need not be searched, nor anything read
+        searched.append((probe, found))
+    if stored is None:
+        return None
+    read = functools.cache(stored)   # a palm several captures found is read from the vault once
+    for probe, found in searched:
+        rescored = second_look(probe, found, read, penalty)
+        if rescored and rescored[0].score.fused >= threshold:
+            return rescored[0]
     return None
 
 
@@ -476,12 +506,17 @@ class EnrolFlow:
 
     async def _duplicate(self, captures: dict[str, list[ProbeTemplates]]) -> tuple[str, Candidate] | None:
         """(the palm of this enrolment, the enrolled palm it matched) when one of these palms is
-        already enrolled (the best of its agreeing captures: ``duplicate_of``), or None."""
+        already enrolled (the best of its agreeing captures, then their candidates' second look:
+        ``duplicate_of``), or None."""
+        p = self.policy
+        stored = self.people.stored_templates if self.people is not None else None
         for palm, probes in captures.items():
-            found = await trio.to_thread.run_sync(duplicate_of, self.gallery, probes, self.policy.duplicate_threshold)
+            found = await trio.to_thread.run_sync(functools.partial(
+                duplicate_of, self.gallery, probes, p.duplicate_threshold, stored=stored,
+                penalty=p.second_look_penalty, candidates=p.duplicate_candidates))
             if found is not None:
                 event(log, "enrolment found the palm enrolled", score=round(found.score.fused, 4),
-                      threshold=round(self.policy.duplicate_threshold, 4))
+                      threshold=round(p.duplicate_threshold, 4))
                 return palm, found
         return None
 

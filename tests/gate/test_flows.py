@@ -7,15 +7,20 @@ import datetime
 import logging
 import threading
 
+import attrs
+import numpy as np
 import pytest
 import trio
 import trio.testing
 
 from drivers.card_reader.reads import PaymentCardRead
-from palmnode.biometrics import matcher
+from palmnode.biometrics import matcher, synth
 from palmnode.biometrics.gallery import Gallery
 from palmnode.biometrics.prefilter import SearchCancelled
+from palmnode.biometrics.types import PalmTemplate
+from palmnode.config import SHIPPED_CALIBRATION
 from palmnode.demo import hold_palms
+from palmnode.gate.capture import FramePair, Probe, process_pair
 from palmnode.gate.enrol import CANCELLED_BY_DELETION, EnrolFlow, EnrolPolicy
 from palmnode.gate.events import (
     Decision,
@@ -27,13 +32,14 @@ from palmnode.gate.events import (
     PersonDeleted,
     PersonEnrolled,
 )
-from palmnode.gate.identify import IdentifyPolicy
+from palmnode.gate.identify import IdentifyPolicy, second_look_penalty
 from palmnode.gate.modes import ChargeResult, GateMode
 from palmnode.gate.people import Forgotten
 from palmnode.logs import JsonFormatter
 from palmnode.sim import scenario as sc
+from palmnode.vault import EnrolledPalm
 from tests.conftest import wait_for
-from tests.gate.conftest import hover, start_identify
+from tests.gate.conftest import TARGET_FMR, hover, start_identify
 
 PERSON, STRANGER = 201, 377
 
@@ -46,10 +52,10 @@ async def next_of(events, kind, timeout=5.0, where=lambda ev: True):
 
 
 async def enrol_person(rig, nursery, threshold, seed, *, pan="4111111111111111", phone="+15551230001",
-                       expect_enrolled=True, on_duplicate="refuse"):
+                       expect_enrolled=True, on_duplicate="refuse", policy: dict | None = None):
     enrol = EnrolFlow(rig.node.bus, rig.capturer, rig.gallery, rig.people, metrics=rig.metrics,
                       policy=EnrolPolicy(agree_threshold=threshold, duplicate_threshold=threshold,
-                                         on_duplicate=on_duplicate))
+                                         on_duplicate=on_duplicate, **(policy or {})))
     await nursery.start(enrol.run)
     async with rig.node.bus.subscribe(EnrolProgress, PersonEnrolled, buffer=256) as events:
         request = enrol.begin(phone, ["right"])
@@ -533,6 +539,39 @@ async def test_the_duplicate_check_searches_with_every_agreeing_capture(rig, nur
     assert result.ok, result
     stored = [t.to_bytes() for t in rig.vault.get(result.person_id).palms[0].templates]
     assert searched == stored   # the central capture first, then the other two
+
+
+def rendered_template(seed: int) -> PalmTemplate:
+    """A session-1 capture of rendered person ``seed`` as the gate makes its template."""
+    nir, surface = synth.render_pair(synth.Identity.from_seed(seed),
+                                     synth.sample_capture(np.random.default_rng(seed), session=1))
+    probe = process_pair(FramePair(nir, surface, 0.0, 0.0))
+    assert isinstance(probe, Probe), probe
+    return probe.variants.base
+
+
+async def test_the_duplicate_check_takes_a_second_look_at_its_candidates_other_templates(rig, nursery, threshold):
+    """A palm enrolled before whose search template (the only one of its three in the gallery)
+    scores low against every new capture, while its other two stored templates match them: the
+    duplicate check only searched the gallery, found nothing and stored the palm a second time
+    (two identities for one palm). It now takes the identify flow's second look at each
+    capture's candidates (their other templates, read from the vault, less the calibrated
+    penalty) and refuses the enrolment. Here the enrolled palm's search template is replaced by
+    someone else's capture, so only the second look can find it."""
+    _, first, _, _ = await enrol_person(rig, nursery, threshold, PERSON)
+    assert first.ok, first
+    person = rig.vault.get(first.person_id)
+    mine, stranger = person.palms[0].templates, rendered_template(STRANGER)
+    assert all(matcher.match(stranger, t).fused < threshold for t in mine)   # the search cannot find it
+    assert await rig.people.apply_upsert(
+        attrs.evolve(person, palms=(EnrolledPalm("right", (stranger, *mine[1:])),))) is None
+    penalty = second_look_penalty(matcher.Calibration.from_json(SHIPPED_CALIBRATION.read_text()).decision_threshold,
+                                  TARGET_FMR)
+    _, again, _, _ = await enrol_person(rig, nursery, threshold, PERSON, pan="5555555555554444",
+                                        phone="+15551230002", expect_enrolled=False,
+                                        policy={"second_look_penalty": penalty})
+    assert not again.ok and again.reason == "palm already enrolled", again
+    assert rig.vault.count() == 1 and len(rig.gallery) == 1
 
 
 async def test_a_hand_moved_as_told_after_a_placement_retry_is_served_without_lifting_it(rig, nursery, threshold):

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import attrs
+import numpy as np
 import pytest
 import trio
 import trio.testing
@@ -204,6 +205,60 @@ def test_the_duplicate_check_is_the_best_of_every_agreeing_capture():
     assert found is not None and found.person_id == "p-12" and found.score.fused == pytest.approx(scores[1])
     stranger = probes_of(30)
     assert duplicate_of(gallery, stranger, threshold) is None
+
+
+def enrolment_of(seed: int, session: int) -> list[ProbeTemplates]:
+    """Rendered person ``seed`` enrolled in ``session`` as the gate does: one capture a
+    presentation until three agree at the enrolment's agreement threshold (the shipped
+    calibration at 1e-4), the most central first; each capture with its probe variants (the
+    protocol of docs/flows.md's duplicate-check measurement)."""
+    from palmnode.biometrics import synth
+    from palmnode.config import SHIPPED_CALIBRATION
+    from palmnode.gate.capture import FramePair, Probe, process_pair
+    from palmnode.gate.enrol import agreeing, most_central
+    agree = matcher.Calibration.from_json(SHIPPED_CALIBRATION.read_text()).decision_threshold(1e-4)
+    good: list[ProbeTemplates] = []
+    for k in range(20):
+        capture = synth.sample_capture(np.random.default_rng([seed, session, k]), session=session)
+        result = process_pair(FramePair(*synth.render_pair(synth.Identity.from_seed(seed), capture), 0.0, 0.0))
+        if isinstance(result, Probe):
+            good.append(result.variants)
+            chosen = agreeing(good, agree, 3)
+            if chosen is not None:
+                agreed = [good[i] for i in chosen]
+                central = most_central(agreed)
+                return [agreed[central], *agreed[:central], *agreed[central + 1:]]
+    raise AssertionError(f"rendered person {seed} not enrolled in session {session}")
+
+
+async def test_the_duplicate_check_takes_a_second_look_at_each_captures_candidates(vault):
+    """Rendered person 900073 enrolled (session 1) and back to enrol again (session 2): each of
+    the three new captures scores below the identify threshold (the shipped calibration at
+    1e-9) against the old palm's search template, the only one of its three in the gallery, so
+    the duplicate check (the best of the three captures' searches) found nothing and the palm
+    was stored a second time: two identities for one palm (4 of 5,999 such rendered
+    re-enrolments, docs/flows.md). The old palm's other stored templates match the new captures:
+    the identify flow's second look at each capture's candidates (read from the vault, marked
+    down by the calibrated penalty) finds it. Other rendered people's enrolments stay new."""
+    from palmnode.config import SHIPPED_CALIBRATION
+    from palmnode.gate.enrol import duplicate_of
+    from palmnode.gate.identify import second_look_penalty
+    calibration = matcher.Calibration.from_json(SHIPPED_CALIBRATION.read_text())
+    threshold = calibration.decision_threshold(1e-9)
+    penalty = second_look_penalty(calibration.decision_threshold, 1e-9)
+    people = People(vault, Gallery(exit_score=threshold), "gate-1", EventBus())
+    before = await people.enrol(None, None, {"right": [p.base for p in enrolment_of(900_073, 1)]})
+    for i in range(12, 24):                                             # other people in the gallery
+        await people.enrol(None, None, {"right": templates_of(i)})
+    again = enrolment_of(900_073, 2)
+    search_template = people.stored_templates(before.person_id, "right")[0]
+    assert max(matcher.match_probe(p, search_template).fused for p in again) < threshold
+    assert duplicate_of(people.gallery, again, threshold) is None       # the search alone: missed
+    found = duplicate_of(people.gallery, again, threshold, stored=people.stored_templates, penalty=penalty)
+    assert found is not None and found.person_id == before.person_id and found.score.fused >= threshold
+    for stranger in (900_000, 900_001, 900_002):
+        assert duplicate_of(people.gallery, enrolment_of(stranger, 2), threshold, stored=people.stored_templates,
+                            penalty=penalty) is None
 
 
 def test_a_duplicate_is_linked_only_when_the_mean_of_its_captures_reaches_the_threshold():

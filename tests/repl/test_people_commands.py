@@ -23,6 +23,8 @@ async def node(nursery, gate, tmp_path):
 
 
 async def test_enrol_delete_and_mode_from_the_repl(connect, node, gate, nursery):
+    # the enrolment's duplicate check takes the identify flow's second look, calibrated alike
+    assert node.enrol.policy.second_look_penalty == node.identify.policy.second_look_penalty > 0
     client = await connect()
     _, reply = await client.call("mode", "payment", "450", "eur")
     assert reply["ok"] and node.modes.current.amount_cents == 450 and node.modes.current.currency == "EUR"
