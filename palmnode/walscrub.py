@@ -90,7 +90,7 @@ class WalKeeper:
         store's ``scrub_blocked``). Names no one. Call it in the trio thread."""
         if not self._observe():
             return {"truncated": True}
-        return {"truncated": False, "blocked_since": round(self._blocked_since, 3),
+        return {"truncated": False, "blocked_since": self._blocked_since,
                 "blocked_s": round(trio.current_time() - self._blocked_at, 1), "attempts": self._attempts,
                 "reason": self.store.scrub_blocked}
 
