@@ -100,7 +100,7 @@ class Node:
         try:
             calibration = Calibration.from_json(Path(cfg.gate.calibration).read_text())
             self.threshold = calibration.decision_threshold(cfg.gate.target_fmr)
-            look_penalty = second_look_penalty(calibration.decision_threshold, cfg.gate.target_fmr)
+            look_penalty = second_look_penalty(calibration, cfg.gate.target_fmr)
         except (OSError, ValueError) as exc:
             why = (exc.strerror or exc) if isinstance(exc, OSError) else exc
             raise GateSetupError(f"calibration {cfg.gate.calibration}: {why}", config=True) from None

@@ -35,6 +35,7 @@ import functools
 import logging
 import math
 import sqlite3
+import statistics
 import threading
 from typing import Callable, Sequence
 
@@ -157,12 +158,21 @@ PLACEMENT_FEEDBACK = frozenset(r.feedback for r in FailureReason)
 SECOND_LOOK_TEMPLATES = 3
 
 
-def second_look_penalty(threshold_at: Callable[[float], float], target_fmr: float) -> float:
-    """What a second-look score is marked down by: ``threshold_at(FMR)`` is the calibration's
-    threshold for a per-comparison FMR. Each of the SECOND_LOOK_TEMPLATES - 1 other templates then
-    passes at FMR / SECOND_LOOK_TEMPLATES at most, so a candidate passes at under 5/3 of the
-    target FMR (three templates) whatever its templates are (union bound; docs/flows.md)."""
-    return max(0.0, threshold_at(target_fmr / SECOND_LOOK_TEMPLATES) - threshold_at(target_fmr))
+def second_look_penalty(calibration: matcher.Calibration, target_fmr: float) -> float:
+    """What a second-look score is marked down by: the calibration's threshold at a third of the
+    target FMR less its threshold at the target. Each of the SECOND_LOOK_TEMPLATES - 1 other
+    templates then passes at FMR / SECOND_LOOK_TEMPLATES at most, so a candidate passes at under
+    5/3 of the target FMR (three templates) whatever its templates are (union bound;
+    docs/flows.md). Where a threshold is extrapolated, the step is at least the fitted tail's for
+    that factor: both thresholds can sit at the floor of the highest impostor seen (1e-6 and 1e-7
+    with the shipped calibration), and a step of 0 there would give the other templates 3x."""
+    lower = target_fmr / SECOND_LOOK_TEMPLATES
+    step = calibration.decision_threshold(lower) - calibration.decision_threshold(target_fmr)
+    if lower * calibration.n < 10:      # decision_threshold extrapolates
+        a, b = calibration.tail_fit()
+        z = statistics.NormalDist().inv_cdf
+        step = max(step, (z(target_fmr) - z(lower)) / b)
+    return max(0.0, step)
 
 
 def second_look(probe: ProbeTemplates, found: list[Candidate],

@@ -565,8 +565,7 @@ async def test_the_duplicate_check_takes_a_second_look_at_its_candidates_other_t
     assert all(matcher.match(stranger, t).fused < threshold for t in mine)   # the search cannot find it
     assert await rig.people.apply_upsert(
         attrs.evolve(person, palms=(EnrolledPalm("right", (stranger, *mine[1:])),))) is None
-    penalty = second_look_penalty(matcher.Calibration.from_json(SHIPPED_CALIBRATION.read_text()).decision_threshold,
-                                  TARGET_FMR)
+    penalty = second_look_penalty(matcher.Calibration.from_json(SHIPPED_CALIBRATION.read_text()), TARGET_FMR)
     _, again, _, _ = await enrol_person(rig, nursery, threshold, PERSON, pan="5555555555554444",
                                         phone="+15551230002", expect_enrolled=False,
                                         policy={"second_look_penalty": penalty})

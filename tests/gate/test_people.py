@@ -245,7 +245,7 @@ async def test_the_duplicate_check_takes_a_second_look_at_each_captures_candidat
     from palmnode.gate.identify import second_look_penalty
     calibration = matcher.Calibration.from_json(SHIPPED_CALIBRATION.read_text())
     threshold = calibration.decision_threshold(1e-9)
-    penalty = second_look_penalty(calibration.decision_threshold, 1e-9)
+    penalty = second_look_penalty(calibration, 1e-9)
     people = People(vault, Gallery(exit_score=threshold), "gate-1", EventBus())
     before = await people.enrol(None, None, {"right": [p.base for p in enrolment_of(900_073, 1)]})
     for i in range(12, 24):                                             # other people in the gallery
@@ -319,11 +319,13 @@ def test_second_look_penalty_keeps_a_candidates_other_templates_at_the_target_fm
     from palmnode.gate.enrol import EnrolPolicy
     from palmnode.gate.identify import SECOND_LOOK_TEMPLATES, second_look_penalty
     calibration = Calibration.from_json(SHIPPED_CALIBRATION.read_text())
-    penalty = second_look_penalty(calibration.decision_threshold, 1e-9)
+    penalty = second_look_penalty(calibration, 1e-9)
     assert SECOND_LOOK_TEMPLATES == EnrolPolicy().captures
     assert penalty == pytest.approx(calibration.decision_threshold(1e-9 / 3) - calibration.decision_threshold(1e-9))
     assert 0.002 < penalty < 0.01  # the shipped calibration's tail: ~0.005 at 1e-9
-    assert second_look_penalty(lambda fmr: 0.4, 1e-9) == 0.0  # never a bonus
+    for fmr in (1e-6, 1e-7):  # both thresholds at the highest impostor: the fitted tail's step
+        assert calibration.decision_threshold(fmr / 3) == calibration.decision_threshold(fmr)
+        assert 0.004 < second_look_penalty(calibration, fmr) < 0.01
 
 
 async def test_decisions_go_to_the_outbox_and_a_deleted_persons_undelivered_ones_with_them(vault):
