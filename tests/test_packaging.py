@@ -65,7 +65,7 @@ def test_the_sdist_holds_every_file_a_wheel_is_built_from(sdist):
     shipped = {name.removeprefix(top) for name in names}
     missing = sorted(set(files) - NOT_SHIPPED - shipped)
     assert not missing, f"not in the sdist: {missing}"
-    for needed in ("native/build.py", "native/palmnode_native.h", "native/gabor.c", "native/match.c",
+    for needed in ("LICENSE", "native/build.py", "native/palmnode_native.h", "native/gabor.c", "native/match.c",
                    "config/sim.toml", "setup.py", "pyproject.toml", "palmnode/biometrics/calibration.json"):
         assert needed in shipped
     extra = sorted(name for name in shipped - set(files) - GENERATED if not name.startswith("palmnode.egg-info/"))
@@ -90,6 +90,9 @@ def test_a_wheel_builds_from_the_sdist_and_its_native_kernels_load(sdist, tmp_pa
         names = set(zipped.namelist())
         zipped.extractall(tmp_path / "site")
     assert "palmnode/sim.toml" in names and "palmnode/biometrics/calibration.json" in names
+    (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+    assert "License-Expression: Apache-2.0" in (tmp_path / "site" / metadata).read_text().splitlines()
+    assert [n for n in names if n.endswith(".dist-info/licenses/LICENSE")], sorted(names)
     assert [n for n in names if n.startswith("palmnode/_native") and n.endswith(".so")], sorted(names)
     packaged = {n for n in files if n.startswith(("palmnode/", "drivers/")) and n.endswith(".py")}
     assert packaged <= names, sorted(packaged - names)
