@@ -28,6 +28,8 @@ import attrs
 import trio
 
 from palmnode.controller.store import (
+    CARD_FORGOTTEN,
+    FORGET_WINDOW_S,
     KEEP_PER_NODE,
     MAX_ID,
     SQL_INT,
@@ -156,6 +158,10 @@ class ControllerConfig:
     # long, then pruned (at start and every PRUNE_EVERY_S)
     events_kept_per_node: int = attrs.field(default=KEEP_PER_NODE, validator=_positive)  # each gate's newest
     # events are kept whatever their age (a clock jumping forward must not forget keys a gate may resend)
+    forget_window_s: float = attrs.field(default=FORGET_WINDOW_S, validator=_positive)  # a card deleted
+    # store-wide at D: an enrolment of it that a gate made (its enrolled_at) up to D + this is refused
+    # when it arrives (begun before the deletion, at a gate it could not reach; a gate's longest
+    # enrolment, 90 s by default, plus clock skew); one made later is a new enrolment, taken
 
     def __attrs_post_init__(self) -> None:
         if self.send_queue_bytes < self.max_frame:
@@ -197,6 +203,31 @@ class ControllerStats:
     def drop(self, reason: str, line: str) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
         self.last_drop = line
+
+
+@attrs.frozen
+class Deletion:
+    """What :meth:`Controller.delete_person` did.
+
+    ``person_id``: the person removed from the record (None: it held nobody so named). By card
+    (empty by id): ``asked``, the gates connected then, each sent ``person.delete {card_digest}``;
+    ``enrolments_cancelled``, those where an enrolment in progress of that card was cancelled;
+    ``removed_at``, those that removed a person they held with that card when asked (one the
+    record did not know yet, or before the record's ``person.remove`` push reached them);
+    ``unreached``, the gates that did not answer (gone, no answer in time, refused): node id -> one
+    line. A gate not connected has no enrolment to stop: an enrolment of the card it made before
+    the deletion is refused when it arrives (docs/controller.md)."""
+
+    person_id: str | None
+    asked: tuple[str, ...] = ()
+    enrolments_cancelled: tuple[str, ...] = ()
+    removed_at: tuple[str, ...] = ()
+    unreached: dict[str, str] = attrs.field(factory=dict)
+
+    @property
+    def found(self) -> bool:
+        """Whether anything was forgotten: a record, a gate's person, an enrolment in progress."""
+        return self.person_id is not None or bool(self.enrolments_cancelled or self.removed_at)
 
 
 class _Ended(Exception):
@@ -407,11 +438,18 @@ class Controller:
         return pending.response.result
 
     async def delete_person(self, *, person_id: str | None = None, card_digest: bytes | None = None,
-                            reason: str = "request at the controller") -> str | None:
+                            reason: str = "request at the controller") -> Deletion:
         """Forget a person store-wide (by id or card digest): removed from the record at once and
         ``person.remove`` pushed to every connected gate (the others get it by ``sync``).
-        Returns the person id, or None when nobody matched. :class:`ValueError` (one line) for a
-        card digest that is not 32 bytes or an id that is not 1 to 128 characters, as a gate refuses."""
+
+        By card it also reaches the enrolments in progress: every connected gate is sent
+        ``person.delete {card_digest}`` (at once, each within ``request_timeout_s``), which cancels
+        an enrolment of that card there (nothing of it kept; the person is told) and removes a
+        person the gate holds with it whose enrolment has not reached the record yet; and the card
+        is remembered (``Store.forget_card``), so an enrolment of it made before now at a gate not
+        connected is refused when it arrives. What happened is returned (:class:`Deletion`) and
+        audited (``card_deleted``). :class:`ValueError` (one line) for a card digest that is not 32
+        bytes or an id that is not 1 to 128 characters, as a gate refuses."""
         if (person_id is None) == (card_digest is None):
             raise ValueError("delete_person needs exactly one of person_id, card_digest")
         if card_digest is not None and not (type(card_digest) is bytes and len(card_digest) == DIGEST_SIZE):
@@ -424,17 +462,50 @@ class Controller:
         if store is None:
             raise ControllerError("the controller is not running")
         if card_digest is not None:
-            person_id = await trio.to_thread.run_sync(store.find_by_card, card_digest)
-            if person_id is None:
-                return None
-        elif not await trio.to_thread.run_sync(store.has_person, person_id):  # (a damaged record too)
-            return None
-        change = await trio.to_thread.run_sync(
-            functools.partial(store.remove_person, person_id, by=self.config.name, reason=reason))
-        if self._wal is not None:  # else the controller stopped meanwhile (its next start truncates)
-            self._wal.poke()
-        self._replicate(change, origin=None)
-        return person_id
+            change = await trio.to_thread.run_sync(
+                functools.partial(store.forget_card, card_digest, by=self.config.name, reason=reason))
+        elif await trio.to_thread.run_sync(store.has_person, person_id):  # (a damaged record too)
+            change = await trio.to_thread.run_sync(
+                functools.partial(store.remove_person, person_id, by=self.config.name, reason=reason))
+        else:
+            return Deletion(None)
+        if change is not None:
+            if self._wal is not None:  # else the controller stopped meanwhile (its next start truncates)
+                self._wal.poke()
+            self._replicate(change, origin=None)
+        if card_digest is None:
+            return Deletion(person_id)
+        deletion = await self._delete_card_at_gates(None if change is None else change.person_id, card_digest)
+        await trio.to_thread.run_sync(functools.partial(
+            store.audit, "card_deleted", by=self.config.name, reason=reason, person_id=deletion.person_id,
+            gates_asked=list(deletion.asked), enrolments_cancelled=list(deletion.enrolments_cancelled),
+            removed_at=list(deletion.removed_at), unreached=dict(deletion.unreached)))
+        log.info("card deleted store-wide", extra={"fields": {
+            "in_record": deletion.person_id is not None, "gates_asked": len(deletion.asked),
+            "enrolments_cancelled": list(deletion.enrolments_cancelled), "unreached": dict(deletion.unreached)}})
+        return deletion
+
+    async def _delete_card_at_gates(self, person_id: str | None, card_digest: bytes) -> Deletion:
+        """Send ``person.delete {card_digest}`` to every connected gate at once; what they said."""
+        answers: dict[str, dict[str, Any] | str] = {}
+
+        async def ask(node_id: str) -> None:
+            try:
+                answers[node_id] = await self.request(node_id, "person.delete", {"card_digest": card_digest})
+            except ControllerError as exc:  # NodeUnavailable, RequestTimeout, RequestFailed: one line
+                answers[node_id] = one_line(str(exc))
+
+        async with trio.open_nursery() as nursery:
+            for node_id in sorted(self._sessions):
+                nursery.start_soon(ask, node_id)
+        asked = tuple(sorted(answers))
+        said = {n: a for n, a in answers.items() if isinstance(a, dict)}
+
+        def gates(field: str) -> tuple[str, ...]:
+            return tuple(n for n in asked if n in said and said[n].get(field) is True)
+        return Deletion(person_id, asked=asked, enrolments_cancelled=gates("enrolment_cancelled"),
+                        removed_at=gates("deleted"),
+                        unreached={n: a for n, a in sorted(answers.items()) if isinstance(a, str)})
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Open the record, listen, report the bound port, serve until cancelled."""
@@ -729,6 +800,9 @@ class Controller:
                                                                  "kind": event.kind, "reason": applied.effect}})
         else:
             self.stats.events_applied += 1
+            if applied.effect == CARD_FORGOTTEN:  # the person asked to be forgotten before it arrived
+                log.warning("enrolment refused: its card was deleted store-wide before it", extra={"fields": {
+                    "node": session.node_id, "key": event.key}})
         if isinstance(applied.change, Remove):
             self._wal.poke()
         await session.send(Ack(seq=event.seq, key=event.key), self.config.max_frame)
@@ -866,7 +940,9 @@ def _cursor(value: object) -> int:
 def _open_store(config: ControllerConfig) -> Store:
     try:
         keys = load_keys(None if config.key_file is None else Path(config.key_file), env_name=config.key_env)
-        return Store.open(Path(config.db_path), keys)
+        store = Store.open(Path(config.db_path), keys)
+        store.forget_window_s = config.forget_window_s
+        return store
     except (VaultKeyError, StoreError) as exc:
         raise ControllerError(str(exc).replace("vault key", "controller key")
                               .replace("configure a key file", "give a key file (--key-file)")) from None

@@ -15,6 +15,10 @@ What it holds:
   person, so a node catching up from any cursor gets each person's final state once.
 - ``charges``: the reference payment ledger, idempotent per request key.
 - ``audit``: what was done, why and by whom; never biometric data, card or phone digests.
+- ``forgotten_cards``: the cards deleted store-wide at the controller (``forget_card``), with when,
+  so an enrolment of that card made before the deletion (at a gate the deletion could not reach)
+  is refused whenever it arrives; pruned with the events (``prune_events``). Not the digest: a
+  tag keyed with the controller's key (HMAC), so the file alone links no card to a deletion.
 
 A removal overwrites the person's bytes (``secure_delete``) and truncates the WAL, so nothing of
 them stays in the database, its ``-wal`` or its ``-shm`` file. The truncation never waits: when
@@ -55,6 +59,11 @@ LIVE_PERSON_CHANGED = "rejected: person already enrolled with other data (a live
 SQL_INT = range(-2**63, 2**63)  # SQLite's INTEGER: a larger int cannot even be bound
 SYNC_BYTES = 512 * 1024  # one sync answer stays well under the link's 1 MiB frame cap
 BUSY_TIMEOUT_S = 10.0  # how long a transaction waits for another program holding the write lock
+#: a card deleted store-wide at time D: an enrolment of it whose enrolled_at (the gate's clock) is
+#: at most D + this was begun before the deletion, or within a gate's longest enrolment (its
+#: ``[enrol] timeout_s``, 90 s by default) plus clock skew, and is refused (``forget_card``)
+FORGET_WINDOW_S = 600.0
+CARD_FORGOTTEN = "refused: its card was deleted store-wide"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -117,6 +126,10 @@ CREATE TABLE IF NOT EXISTS charges (
     currency TEXT NOT NULL,
     approved INTEGER NOT NULL,
     reason TEXT,
+    at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS forgotten_cards (
+    card_tag BLOB PRIMARY KEY,
     at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS audit (
@@ -295,11 +308,15 @@ class Store:
     """The controller's SQLite record. Open with :meth:`open`; every method is one transaction."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path, keys: VaultKeys, lock_fd: int | None = None) -> None:
+        #: how long after a card's store-wide deletion an enrolment of it still counts as one made
+        #: before the deletion (FORGET_WINDOW_S; the controller sets its config's)
+        self.forget_window_s = FORGET_WINDOW_S
         self._conn = conn
         self._lock_fd = lock_fd  # the one controller using this database (lockfile)
         self._lock = threading.Lock()
         self.path = path
         self._key = keys.template_key
+        self._keys = keys
         #: the WAL may still hold page images of removed rows: the last :meth:`scrub` could not
         #: truncate it (another connection held a read transaction), so call it again
         self.scrub_pending = False
@@ -492,6 +509,17 @@ class Store:
             _audit(conn, "enrol_refused", person_id=person.person_id, node_id=node_id, reason="already removed")
             return Applied(duplicate=False, effect="refused: removed", change=Remove(removed_at, person.person_id),
                            to_origin=True)
+        forgotten = None if person.card_digest is None else conn.execute(
+            "SELECT at FROM forgotten_cards WHERE card_tag = ?", (self._card_tag(person.card_digest),)).fetchone()
+        if forgotten is not None and person.enrolled_at <= forgotten[0] + self.forget_window_s:
+            # made before the card's store-wide deletion (at a gate it could not reach): the person
+            # asked to be forgotten, so they are, at their gate too (to_origin) and on every gate that
+            # syncs (a remove in the log); nothing of theirs is written
+            cursor = _log_change(conn, "remove", person.person_id)
+            _audit(conn, "enrol_refused", person_id=person.person_id, node_id=node_id,
+                   reason="its card was deleted store-wide before this enrolment")
+            return Applied(duplicate=False, effect=CARD_FORGOTTEN, change=Remove(cursor, person.person_id),
+                           to_origin=True)
         row = conn.execute("SELECT * FROM people WHERE person_id = ?", (person.person_id,)).fetchone()
         if row is not None and self._differs(row, person):
             # an enrolment is made once, under a new id: a live person's record never changes, so
@@ -529,6 +557,29 @@ class Store:
         applied = self._write(lambda conn: self._remove(conn, person_id, by, reason=reason))
         self.scrub()
         return applied.change
+
+    def forget_card(self, card_digest: bytes, *, by: str, reason: str = "request",
+                    at: float | None = None) -> Remove | None:
+        """Delete a card store-wide (an operator's request at the controller), in one transaction:
+        the person the record holds with it is removed (their change returned; None: nobody), and
+        the card is remembered (``forgotten_cards``, at ``at``, now by default) so an enrolment of it
+        made before the deletion, at a gate the deletion could not reach, is refused when it arrives
+        (:attr:`forget_window_s`; pruned with the events)."""
+        now = time.time() if at is None else at
+
+        def txn(conn):
+            row = conn.execute("SELECT person_id FROM people WHERE card_digest = ?", (card_digest,)).fetchone()
+            applied = None if row is None else self._remove(conn, row[0], by, reason=reason)
+            conn.execute("INSERT INTO forgotten_cards VALUES (?, ?) ON CONFLICT (card_tag) DO UPDATE SET "
+                         "at = max(at, excluded.at)", (self._card_tag(card_digest), now))
+            return None if applied is None else applied.change
+        change = self._write(txn)
+        self.scrub()
+        return change
+
+    def _card_tag(self, card_digest: bytes) -> bytes:
+        """What ``forgotten_cards`` keeps of a card: keyed, so the file alone names no card."""
+        return self._keys.lookup(b"controller.forgotten_cards:" + card_digest)
 
     def retire_unusable_people(self, *, by: str) -> dict[str, int] | None:
         """Remove every stored person a gate would refuse, once per database; ``{reason: count}``
@@ -595,16 +646,22 @@ class Store:
 
     def prune_events(self, *, before: float, keep_per_node: int = KEEP_PER_NODE) -> int:
         """Delete the events applied before ``before`` (seconds since the epoch) but each node's
-        newest ``keep_per_node``; how many went.
+        newest ``keep_per_node``; how many went. The cards deleted store-wide before ``before``
+        (``forget_card``) are forgotten too.
 
         An event is redelivered only while its node lacks the ack, so a pruned key comes back
         only from a node that lost the ack and stayed away for the whole retention: then it is
         applied again (harmless for enrolments and deletions; a second visit row otherwise).
         """
-        removed = self._write(lambda conn: conn.execute(
-            "DELETE FROM events WHERE applied_at < ? AND id NOT IN (SELECT id FROM ("
-            "SELECT id, row_number() OVER (PARTITION BY node_id ORDER BY id DESC) AS newest FROM events) "
-            "WHERE newest <= ?)", (float(before), keep_per_node)).rowcount)
+        def txn(conn):
+            # a forgotten card is remembered as long as the events (an enrolment made before its
+            # deletion can arrive as late as a redelivered event)
+            conn.execute("DELETE FROM forgotten_cards WHERE at < ?", (float(before),))
+            return conn.execute(
+                "DELETE FROM events WHERE applied_at < ? AND id NOT IN (SELECT id FROM ("
+                "SELECT id, row_number() OVER (PARTITION BY node_id ORDER BY id DESC) AS newest FROM events) "
+                "WHERE newest <= ?)", (float(before), keep_per_node)).rowcount
+        removed = self._write(txn)
         if removed:
             self.scrub()
         return removed

@@ -15,6 +15,7 @@ import trio
 
 from palmnode.actors import EventBus
 from palmnode.biometrics.gallery import Gallery
+from palmnode.controller.server import Deletion
 from palmnode.gate.people import People
 from palmnode.link.certs import make_dev_pki
 from palmnode.link.client import LinkClient
@@ -170,16 +171,18 @@ async def test_deleted_at_the_controller_is_gone_from_every_gate(nursery, tmp_pa
     person = a.person("p-1")
     await a.enrol(person)
     await wait_for(lambda: b.vault.get("p-1") is not None)
-    assert await runner.controller.delete_person(card_digest=b"\x00" * 32) is None
+    assert await runner.controller.delete_person(card_digest=b"\x00" * 32) == Deletion(
+        None, asked=("gate-a", "gate-b"), unreached={  # these test gates serve replication only
+            g: f"node {g} person.delete: unknown op person.delete" for g in ("gate-a", "gate-b")})
     for bad, words in ((dict(card_digest=person.card.digest[:16]), "card_digest must be 32 bytes .* got 16 bytes"),
                        (dict(card_digest=person.card.digest.hex()), "card_digest must be 32 bytes .* got str"),
                        (dict(person_id=""), "person_id must be a string of 1 to 128"),
                        (dict(person_id="p" * 129), "person_id must be a string of 1 to 128")):
         with pytest.raises(ValueError, match=words):  # as a gate refuses them: one line, nothing removed
             await runner.controller.delete_person(**bad)
-    assert await runner.controller.delete_person(card_digest=person.card.digest) == "p-1"
+    assert (await runner.controller.delete_person(card_digest=person.card.digest)).person_id == "p-1"
     await wait_for(lambda: a.vault.get("p-1") is None and b.vault.get("p-1") is None, timeout=1.0)
-    assert await runner.controller.delete_person(person_id="p-1") is None
+    assert await runner.controller.delete_person(person_id="p-1") == Deletion(None)
     for raw in (a.file_bytes(), b.file_bytes(), controller_db(runner)):
         assert person.card.digest not in raw
 
@@ -318,3 +321,67 @@ async def test_a_deletion_at_a_gate_during_its_catch_up_is_not_undone_by_it(nurs
     await wait_for(lambda: deleted and b.vault.get_state(SYNC_STATE) is not None)
     assert deleted == [{"deleted": True, "person_id": "p-1", "enrolment_cancelled": False}]
     assert b.vault.get("p-1") is None and len(people.gallery) == 0
+
+
+async def test_a_card_deleted_at_the_controller_cancels_its_enrolment_in_progress_at_a_gate(nursery, gate, tmp_path):
+    """The desk deletes a card store-wide while its holder is enrolling at a gate (card tapped,
+    palm asked): the controller looked only in its record, found nobody, and the enrolment then
+    stored the person who asked to be forgotten. Now every connected gate is asked, the enrolment
+    is cancelled there (nothing of it kept, the person told), and the answer and the audit say so."""
+    from palmnode.controller.server import RequestFailed
+    from palmnode.demo import card_number
+    from palmnode.gate.enrol import CANCELLED_BY_DELETION
+    from drivers.card_reader.reads import PaymentCardRead
+    from palmnode.gate.events import EnrolProgress
+    from palmnode.sim import scenario as sc
+    from tests.conftest import controller_and_node
+    from tests.gate.test_flows import next_of
+
+    controller, node = await controller_and_node(nursery, gate, tmp_path)
+    answered: list = []
+
+    async def enrol() -> None:  # the enrolment the gate runs for the controller
+        try:
+            answered.append(await controller.request("demo-gate", "enrol.begin", {
+                "phone": "+15551230001", "palms": ["right"], "card_required": True}, timeout=60))
+        except RequestFailed as exc:
+            answered.append(str(exc))
+
+    async with node.bus.subscribe(EnrolProgress, PaymentCardRead, buffer=256) as events:
+        nursery.start_soon(enrol)
+        await next_of(events, EnrolProgress, where=lambda ev: ev.step == "card")
+        nursery.start_soon(gate.apply, sc.Card(at=0.0, kind="emv", pan=card_number(1), seconds=0.8))
+        tapped = await next_of(events, PaymentCardRead)
+        await next_of(events, EnrolProgress, where=lambda ev: ev.step == "palm")
+        deletion = await controller.delete_person(card_digest=tapped.token.digest)
+        told = await next_of(events, EnrolProgress, where=lambda ev: ev.step == "cancelled")
+    assert deletion == Deletion(None, asked=("demo-gate",), enrolments_cancelled=("demo-gate",))
+    assert deletion.found
+    await wait_for(lambda: answered)
+    assert answered == [f"node demo-gate enrol.begin: {CANCELLED_BY_DELETION}"]
+    assert told.detail == CANCELLED_BY_DELETION
+    assert node.vault.count() == 0 and await trio.to_thread.run_sync(controller.store.people_count) == 0
+    [audit] = [e for e in controller.store.audit_entries() if e["kind"] == "card_deleted"]
+    assert (audit["person_id"], audit["gates_asked"], audit["enrolments_cancelled"], audit["unreached"]) == (
+        None, ["demo-gate"], ["demo-gate"], {})
+
+
+async def test_an_enrolment_a_gate_made_away_before_its_cards_deletion_is_forgotten_when_it_connects(
+        nursery, tmp_path, pki, runner):
+    """A gate that is away enrolled a card; the desk then deletes that card store-wide. The
+    controller could not reach the gate (nor find the person in its record), and the enrolment,
+    delivered when the gate came back, was stored and replicated to every gate. It is refused
+    now, and the gate that made it told to forget the person."""
+    a = await start_node(nursery, tmp_path, pki, runner, "gate-a")
+    b = VaultNode(tmp_path, pki, "gate-b", runner.controller.port)
+    person = b.person("p-1")
+    await b.enrol_offline(person)   # made before the deletion, its event in the outbox
+    deletion = await runner.controller.delete_person(card_digest=person.card.digest)
+    assert (deletion.person_id, deletion.asked) == (None, ("gate-a",))  # gate-b is away
+    await b.start(nursery)
+    await runner.controller.wait_node("gate-b")
+    await wait_for(lambda: not b.vault.pending_events() and b.vault.get("p-1") is None)
+    assert runner.controller.store.get_person("p-1") is None and a.vault.get("p-1") is None
+    [event] = runner.controller.store.events(node_id="gate-b", kind="enrolled")
+    assert event.effect == "refused: its card was deleted store-wide"
+    assert person.card.digest not in controller_db(runner)

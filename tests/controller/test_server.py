@@ -262,9 +262,9 @@ async def test_a_person_whose_record_is_damaged_on_disk_can_still_be_deleted(nur
     await a.event("enrolled", {"person": person_wire("damaged")})
     await trio.to_thread.run_sync(lambda: controller.store._write(
         lambda conn: conn.execute("UPDATE people SET palms = zeroblob(64) WHERE person_id = 'damaged'")))
-    assert await controller.delete_person(person_id="damaged") == "damaged"
+    assert (await controller.delete_person(person_id="damaged")).person_id == "damaged"
     assert await trio.to_thread.run_sync(controller.store.people_count) == 0
-    assert await controller.delete_person(person_id="damaged") is None  # gone: nobody matches now
+    assert (await controller.delete_person(person_id="damaged")).person_id is None  # gone: nobody matches now
 
 
 async def test_a_sync_page_of_large_people_still_fits_one_frame(nursery, tmp_path, pki):
@@ -612,7 +612,7 @@ async def test_a_blocked_wal_truncation_is_retried_until_done_and_logged(nursery
     reader.execute("BEGIN")
     reader.execute("SELECT count(*) FROM people").fetchone()
     assert controller.status()["wal"] == {"truncated": True} and controller.status()["wal_retries_total"] == 0
-    assert await controller.delete_person(person_id="victim") == "victim"
+    assert (await controller.delete_person(person_id="victim")).person_id == "victim"
     await _settle()
     [warning] = lines(blocked)
     assert warning.levelname == "WARNING" and "read transaction" in warning.fields["reason"]

@@ -277,6 +277,36 @@ def test_removal_is_final(store):
     assert store.get_person("p-1") is None
 
 
+def test_an_enrolment_made_before_its_cards_store_wide_deletion_is_refused_when_it_arrives(store, tmp_path):
+    """The desk deletes a card store-wide while a gate that is away has (or is finishing) an
+    enrolment of it: the record held nobody, so the enrolment arriving later was stored and
+    replicated, the person who asked to be forgotten enrolled everywhere. An enrolment of the card
+    made before the deletion (plus the window) is now refused and its gate told to forget them; one
+    made after the window is a new enrolment and taken. The file keeps no digest of the card."""
+    card, deleted_at = os.urandom(32), 1_700_000_000.0
+    enrol(store, person_wire("p-0", card=card), seq=1)
+    assert store.forget_card(card, by="controller", at=deleted_at).person_id == "p-0"  # what the record held
+    made_before = {**person_wire("p-1", card=card, origin="gate-b"), "enrolled_at": deleted_at - 3600.0}
+    finishing = {**person_wire("p-2", card=card, origin="gate-b"), "enrolled_at": deleted_at + store.forget_window_s}
+    for seq, wire in ((2, made_before), (3, finishing)):
+        refused = enrol(store, wire, node="gate-b", seq=seq)
+        assert (refused.effect, refused.to_origin, refused.rejected) == (
+            "refused: its card was deleted store-wide", True, False)
+        assert refused.change == Remove(store.head_cursor(), wire["person_id"])  # a gate that syncs forgets them
+        assert store.get_person(wire["person_id"]) is None
+    assert store.people_count() == 0
+    assert [e["reason"] for e in store.audit_entries() if e["kind"] == "enrol_refused"] == [
+        "its card was deleted store-wide before this enrolment"] * 2
+    later = {**person_wire("p-3", card=card, origin="gate-b"), "enrolled_at": deleted_at + store.forget_window_s + 1.0}
+    assert enrol(store, later, node="gate-b", seq=4).effect == "enrolled"  # asked again after: taken
+    assert store.forget_card(card, by="controller", at=deleted_at + 7200.0).person_id == "p-3"  # deleted again
+    assert store._read("SELECT at FROM forgotten_cards") == [(deleted_at + 7200.0,)]  # one row, the later time
+    store.prune_events(before=deleted_at + 7201.0)  # the card is remembered as long as the events
+    assert store._read("SELECT count(*) FROM forgotten_cards") == [(0,)]
+    assert enrol(store, made_before, node="gate-b", seq=5).effect == "refused: removed"  # p-1's removal stands
+    assert card not in files_bytes(tmp_path / "controller.db")
+
+
 def test_delete_leaves_none_of_the_persons_bytes(store, tmp_path):
     db = tmp_path / "controller.db"
     card, phone = os.urandom(32), os.urandom(32)
