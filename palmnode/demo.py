@@ -194,7 +194,7 @@ class Demo:
                 with trio.move_on_after(5.0):
                     paid = await payments.receive()
                     self.summary.counts["payments approved" if paid.approved else "payments declined"] += 1
-                    self.say(f"{'':<11}   payment of EUR {paid.amount_cents / 100:.2f} "
+                    self.say(f"{'':<11}   payment of {paid.currency} {paid.amount_cents / 100:.2f} "
                              f"{'approved, ref ' + str(paid.reference) if paid.approved else 'declined: ' + str(paid.reason)}")
         await trio.sleep(0.3)
 

@@ -99,11 +99,17 @@ class _SyncRun:
         return changes, cursor, more
 
 
-def _charge_result(answer: dict) -> ChargeResult:
-    """The controller's answer to ``charge`` (§5); :class:`BadAnswer` when it cannot be read for sure."""
+def _charge_result(answer: dict, currency: str) -> ChargeResult:
+    """The controller's answer to ``charge`` (§5) of an amount in ``currency``; :class:`BadAnswer`
+    when it cannot be read for sure, or names another currency than the one asked."""
     approved, reference, reason = answer.get("approved"), answer.get("reference"), answer.get("reason")
     if type(approved) is not bool:
         raise BadAnswer(f"approved must be true or false, got {type(approved).__name__}")
+    charged = answer.get("currency", currency)  # optional (an addition): a controller may not say
+    if not isinstance(charged, str):
+        raise BadAnswer(f"currency must be a string, got {type(charged).__name__}")
+    if charged.upper() != currency.upper():
+        raise BadAnswer(f"charged in {one_line(repr(charged), 16)}, not the {currency} asked")
     for name, value in (("reference", reference), ("reason", reason)):
         if value is not None and not isinstance(value, str):
             raise BadAnswer(f"{name} must be a string or nil, got {type(value).__name__}")
@@ -287,7 +293,7 @@ class NodeOps:
         try:
             answer = await self.node.link.request("charge", {"person_id": person_id, "card_digest": card_digest,
                                                              **pending})
-            result = _charge_result(answer)
+            result = _charge_result(answer, currency)
         except BadAnswer as exc:  # it may have charged: abandoned, so an approval is voided
             return ChargeResult(False, reason=f"controller's charge answer unusable: {exc}")
         except LinkError as exc:

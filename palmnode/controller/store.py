@@ -256,14 +256,17 @@ class Applied:
 
 @attrs.frozen
 class Charge:
-    """One decision of the reference payment ledger."""
+    """One decision of the reference payment ledger (``currency``: the ledger's, ISO 4217 upper case)."""
 
     approved: bool
     reference: str
     reason: str | None = None
+    currency: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         result: dict[str, Any] = {"approved": self.approved, "reference": self.reference}
+        if self.currency is not None:
+            result["currency"] = self.currency
         if self.reason is not None:
             result["reason"] = self.reason
         return result
@@ -747,10 +750,10 @@ class Store:
         is within ``limit_cents``. The same ``request_key`` always gets the first decision back."""
 
         def txn(conn):
-            row = conn.execute("SELECT approved, reference, reason FROM charges WHERE request_key = ?",
+            row = conn.execute("SELECT approved, reference, reason, currency FROM charges WHERE request_key = ?",
                                (request_key,)).fetchone()
             if row is not None:
-                return Charge(bool(row[0]), row[1], row[2])
+                return Charge(bool(row[0]), row[1], row[2], row[3])
             person = conn.execute("SELECT card_digest FROM people WHERE person_id = ?", (person_id,)).fetchone()
             if person is None:
                 reason = "unknown person"
@@ -766,7 +769,7 @@ class Store:
             conn.execute("INSERT INTO charges VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          (request_key, reference, node_id, person_id, amount_cents, currency, reason is None,
                           reason, time.time()))
-            return Charge(reason is None, reference, reason)
+            return Charge(reason is None, reference, reason, currency)
         return self._write(txn)
 
     # -- audit ---------------------------------------------------------------------------------

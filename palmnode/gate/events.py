@@ -45,11 +45,13 @@ class GateOpened:
 
 @attrs.frozen
 class PaymentResult:
-    """Payment mode: the controller's answer to charging ``person_id``'s card."""
+    """Payment mode: the controller's answer to charging ``person_id``'s card ``amount_cents`` of
+    ``currency`` (ISO 4217, as the mode set it)."""
 
     person_id: str
     approved: bool
     amount_cents: int
+    currency: str
     reference: str | None
     reason: str | None
     at: float

@@ -454,8 +454,8 @@ class IdentifyFlow:
             self.bus.publish(LoyaltyMember(pid, trio.current_time()))
         elif mode.mode == "payment":
             result = await self._charge(pid, mode.amount_cents or 0, mode.currency or "")
-            self.bus.publish(PaymentResult(pid, result.approved, mode.amount_cents or 0, result.reference,
-                                           result.reason, trio.current_time()))
+            self.bus.publish(PaymentResult(pid, result.approved, mode.amount_cents or 0, mode.currency or "",
+                                           result.reference, result.reason, trio.current_time()))
             if result.approved and mode.once:  # a basket: paid by this person, not the next one
                 self.modes.paid(serial, at=trio.current_time())
             self._say("payment approved" if result.approved else f"payment declined: {result.reason}")

@@ -385,3 +385,32 @@ async def test_an_enrolment_a_gate_made_away_before_its_cards_deletion_is_forgot
     [event] = runner.controller.store.events(node_id="gate-b", kind="enrolled")
     assert event.effect == "refused: its card was deleted store-wide"
     assert person.card.digest not in controller_db(runner)
+
+
+async def test_a_charge_answer_says_its_currency_and_one_in_another_is_not_taken(nursery, tmp_path, pki, runner):
+    """The charge answer named no currency, so a gate could not tell that what was approved was
+    the amount it asked in the currency it showed. The controller's answer carries its ledger's
+    currency; an answer in another currency is unusable at the gate: declined there, abandoned
+    (the approval voided), never taken as paid."""
+    a = await start_node(nursery, tmp_path, pki, runner, "gate-a")
+    person = a.person("p-1")
+    await a.enrol(person)
+    await wait_for(lambda: not a.vault.pending_events())
+    ops = NodeOps(types.SimpleNamespace(link=a.client, vault=a.vault))
+    answer = await a.client.request("charge", {"person_id": "p-1", "card_digest": person.card.digest,
+                                               "amount_cents": 450, "currency": "eur", "key": "sale-1"})
+    assert answer["approved"] and answer["currency"] == "EUR"
+    assert (await ops.charge("p-1", person.card.digest, 450, "eur")).approved  # the ledger's EUR is eur
+    controller = runner.controller
+    decide = controller._charge
+
+    async def in_dollars(session, args):  # a controller that charges in another currency than asked
+        return {**await decide(session, args), "currency": "USD"}
+    controller._charge = in_dollars
+    declined = await ops.charge("p-1", person.card.digest, 450, "EUR")
+    assert not declined.approved
+    assert declined.reason == "controller's charge answer unusable: charged in 'USD', not the EUR asked"
+    await wait_for(lambda: not a.vault.pending_events())  # the abandonment is delivered
+    ledger = sqlite3.connect(runner.config.db_path).execute(
+        "SELECT approved, currency, reason FROM charges ORDER BY at").fetchall()
+    assert ledger == [(1, "EUR", None), (1, "EUR", None), (0, "EUR", "abandoned by the gate: no answer in time")]

@@ -303,7 +303,7 @@ async def test_charges(nursery, controller, pki):
     assert again.result == ok.result  # same key: the first decision
     over = await a.request("charge", {**args, "key": "sale-2", "amount_cents": 10_001})
     assert over.result == {"approved": False, "reference": over.result["reference"],
-                           "reason": "over the per-transaction limit"}
+                           "reason": "over the per-transaction limit", "currency": args["currency"].upper()}
     wrong = await a.request("charge", {**args, "key": "sale-3", "card_digest": os.urandom(32)})
     assert not wrong.result["approved"] and wrong.result["reason"] == "card does not match"
     bad = await a.request("charge", {"person_id": "p-1"})

@@ -157,6 +157,7 @@ async def test_enrolled_person_recognised_stranger_not_modes_and_delete(rig, nur
         assert decision.outcome == "identified", decision
         paid = await next_of(events, PaymentResult)
         assert decision.mode == "payment" and paid.approved and paid.reference == "ref-1"
+        assert (paid.amount_cents, paid.currency) == (250, "EUR")  # what was paid, in what
         assert approved == [(result.person_id, rig.vault.get(result.person_id).card.digest, 250, "EUR")]
         latencies.append(decision.latency_ms)
 
