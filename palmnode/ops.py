@@ -219,9 +219,7 @@ class NodeOps:
                             once=args.get("once", False))
         except (ValueError, TypeError) as exc:
             raise OpError(str(exc)) from None
-        self.node.modes.set(mode, at=trio.current_time())
-        event(log, "gate mode", mode=mode.mode, amount_cents=mode.amount_cents, currency=mode.currency,
-              once=mode.once)
+        self.node.modes.set(mode, at=trio.current_time())  # its ModeChanged is the event log's "gate mode" line
         # once echoed: a node that predates it would ignore the arg and charge every person
         return {"mode": mode.mode, "once": mode.once}
 

@@ -331,3 +331,23 @@ async def test_the_links_counters_are_in_node_status_and_the_metrics(nursery, ga
     text = metrics.render_prometheus()
     assert "# TYPE palmnode_link_requests_refused_total counter" in text
     assert "\npalmnode_link_requests_refused_total 2\n" in text
+
+
+async def test_a_mode_set_by_the_controller_is_one_gate_mode_line(nursery, gate, tmp_path, caplog):
+    """Each mode.set over the link logged two "gate mode" lines, the op's own and the event log's
+    of its ModeChanged: one change read as two. Now one line a change, the event log's (it has
+    the whole mode and why: set, or paid when a basket returns)."""
+    caplog.set_level(logging.INFO, logger="palmnode")
+    controller, node = await controller_and_node(nursery, gate, tmp_path)
+
+    def lines() -> list:
+        return [r for r in caplog.records if r.getMessage() == "gate mode"]
+    await controller.request("demo-gate", "mode.set", {"mode": "payment", "amount_cents": 450, "currency": "EUR"})
+    await controller.request("demo-gate", "mode.set", {"mode": "loyalty"})
+    # the event log's line of the last change: every line of both changes is in by then (the op's
+    # own before its answer, the event log's in order)
+    await wait_for(lambda: any(r.fields.get("reason") == "set" and r.fields["mode"]["mode"] == "loyalty"
+                               for r in lines()))
+    assert [(r.fields["mode"], r.fields["reason"]) for r in lines()] == [
+        ({"mode": "payment", "amount_cents": 450, "currency": "EUR", "once": False}, "set"),
+        ({"mode": "loyalty", "amount_cents": None, "currency": None, "once": False}, "set")]
