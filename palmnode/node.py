@@ -24,7 +24,7 @@ from palmnode.gate.debug_captures import DebugCaptures
 from palmnode.gate.enrol import EnrolFlow, EnrolPolicy
 from palmnode.gate.events import Decision, GateOpened, LoyaltyMember, PaymentResult, PersonDeleted, PersonEnrolled
 from palmnode.gate.identify import IdentifyFlow, IdentifyPolicy, second_look_penalty
-from palmnode.gate.modes import GateMode, GateModes, ModeChanged
+from palmnode.gate.modes import GateMode, GateModes, ModeChanged, payment_words
 from palmnode.gate.people import People
 from palmnode.gate.presence import PresenceChanged
 from palmnode.link.client import LinkClient, LinkConfig
@@ -249,6 +249,9 @@ class Node:
         gate = self.health.gate.value if self.health else "starting"
         palms = len(self.gallery) if self.gallery is not None else 0
         line = f"gate {gate}, {palms} palms, mode {self.modes.current.mode}"
+        payment = self.modes.pending_payment()
+        if payment is not None:  # as node.status and the REPL's status: how much, in what, who pays
+            line += f": {payment_words(payment)}"
         wal = self.people.wal.state() if self.people is not None else {"truncated": True}
         if not wal["truncated"]:  # the same text all along (STATUS= is sent again only when it changes)
             since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(wal["blocked_since"]))

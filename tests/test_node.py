@@ -351,3 +351,45 @@ async def test_a_mode_set_by_the_controller_is_one_gate_mode_line(nursery, gate,
     assert [(r.fields["mode"], r.fields["reason"]) for r in lines()] == [
         ({"mode": "payment", "amount_cents": 450, "currency": "EUR", "once": False}, "set"),
         ({"mode": "loyalty", "amount_cents": None, "currency": None, "once": False}, "set")]
+
+
+async def test_systemds_status_line_shows_the_pending_payment(nursery, gate, tmp_path, monkeypatch):
+    """`systemctl status` said only "mode payment": not how much, in what, nor whether one basket
+    or every person. STATUS= now says it as node.status and the REPL's status do, over a real
+    notify socket."""
+    import os
+    import socket
+    import tempfile
+
+    from palmnode.gate.modes import GateMode
+    from palmnode.node import Node
+    from palmnode.demo import node_config
+
+    folder = tempfile.mkdtemp(prefix="sd-", dir="/tmp")  # sun_path is 108 bytes
+    path = os.path.join(folder, "notify")
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    await sock.bind(path)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+
+    async def status_with(words: str) -> str:
+        with trio.fail_after(10):
+            while True:
+                sent = dict(line.split("=", 1) for line in (await sock.recv(4096)).decode().split("\n"))
+                if words in sent.get("STATUS", ""):
+                    return sent["STATUS"]
+    try:
+        node = Node(node_config(gate.endpoints_, tmp_path))
+        await nursery.start(node.run)
+        await status_with("mode entry")
+        node.modes.set(GateMode("payment", 1299, "EUR", once=True), at=trio.current_time())
+        assert (await status_with("mode payment")).endswith(
+            ", mode payment: 1299 EUR from the next person identified, then entry")
+        node.modes.set(GateMode("payment", 450, "EUR"), at=trio.current_time())
+        assert (await status_with("450")).endswith(", mode payment: 450 EUR from each person identified")
+        node.modes.set(GateMode("loyalty"), at=trio.current_time())
+        assert (await status_with("mode loyalty")).endswith(", mode loyalty")
+    finally:
+        sock.close()
+        os.unlink(path)
+        os.rmdir(folder)

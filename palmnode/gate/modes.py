@@ -79,6 +79,15 @@ class ChargeResult:
 Charge = Callable[[str, bytes, int, str], Awaitable[ChargeResult]]
 
 
+def payment_words(payment: dict) -> str:
+    """A pending payment (``GateModes.pending_payment()``, ``node.status``'s ``payment``) in words:
+    how much, in what, and who pays it (the REPL's ``status``, systemd's STATUS=)."""
+    amount = f"{payment['amount_cents']} {payment['currency']}"
+    if payment["once"]:
+        return f"{amount} from the next person identified, then {payment['returns_to']}"
+    return f"{amount} from each person identified"
+
+
 class GateModes:
     """Holds the current mode; ``set`` changes it and tells the bus; ``paid`` ends a one-shot
     payment. ``serial`` counts the changes: a charge notes it when it starts, so its approval

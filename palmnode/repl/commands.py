@@ -673,10 +673,9 @@ async def _delete(session: Session, args: tuple[str, ...]) -> Reply:
 
 def _payment_text(payment: dict) -> str:
     """node.status's ``payment`` in words: who pays how much."""
-    amount = f"{payment['amount_cents']} {payment['currency']}"
-    if payment["once"]:
-        return f"{amount} from the next person identified, then {payment['returns_to']}"
-    return f"{amount} from each person identified"
+    from palmnode.gate.modes import payment_words
+
+    return payment_words(payment)
 
 
 @command("mode", "mode entry | payment AMOUNT_CENTS CURRENCY [once] | loyalty", "set what the gate does for a person",
