@@ -33,7 +33,7 @@ from palmnode.metrics import Metrics, record_health, record_link, record_vault_w
 from palmnode.ops import NodeOps
 from palmnode.repl.server import serve_repl
 from palmnode.systemd import serve_systemd, tree_healthy
-from palmnode.vault import Vault, VaultError, open_vault
+from palmnode.vault import Vault, VaultBusy, VaultError, open_vault
 
 log = logging.getLogger("palmnode.node")
 
@@ -42,6 +42,10 @@ LOGGED_EVENTS = (PresenceChanged, BadgeRead, PaymentCardRead, CardNotRead, Devic
                  OverTemperature, Cooled, DeadmanTripped, BoardNotice, Decision, GateOpened, PaymentResult,
                  LoyaltyMember, PersonEnrolled, PersonDeleted, ModeChanged)
 HEALTH_METRICS_PERIOD_S = 1.0  # how stale a scrape of device health may be
+#: how long the start waits for another process holding the vault's write lock (and every vault
+#: transaction after it), and the step of that wait at start: a stop meanwhile is served within one step
+VAULT_BUSY_TIMEOUT_S = 5.0
+VAULT_OPEN_STEP_S = 0.1
 #: what this node offers the controller in its hello
 CAPABILITIES = ("events", "enrol", "delete", "replication", "modes", "status", "metrics")
 
@@ -93,6 +97,24 @@ class Node:
             specs.append(ChildSpec(name, _session_child(session, serve), device=name))
         return specs
 
+    async def _open_vault(self, node_id: str) -> Vault:
+        """Open the vault, waiting up to VAULT_BUSY_TIMEOUT_S for another process holding its write
+        lock (a backup, an ``sqlite3`` shell) in steps of VAULT_OPEN_STEP_S, each a short wait in
+        SQLite: a stop meanwhile ends it within a step (one wait of the whole timeout in a worker
+        thread could not be cancelled, and held a stop up to 5 s). Past the timeout it raises the
+        last VaultBusy, as one long wait would have ("database is locked": exit 1, retried)."""
+        vault_cfg = self.config.vault
+        deadline = trio.current_time() + VAULT_BUSY_TIMEOUT_S
+        while True:
+            try:
+                return await trio.to_thread.run_sync(functools.partial(
+                    open_vault, vault_cfg, node_id=node_id, create_key=vault_cfg.key_file is not None,
+                    exclusive=True, busy_timeout=VAULT_BUSY_TIMEOUT_S, open_busy_timeout=VAULT_OPEN_STEP_S))
+            except VaultBusy:
+                if trio.current_time() >= deadline:
+                    raise
+            await trio.lowlevel.checkpoint()  # a stop asked during that step ends the opening here
+
     async def _open_gate(self) -> list[ChildSpec]:
         """Vault → gallery, the flows and the controller link (a node with a [vault] section)."""
         cfg = self.config
@@ -115,9 +137,7 @@ class Node:
                 raise GateSetupError(f"vault {vault_cfg.path}: cannot create folder {folder}: {why}",
                                      config=lasting(exc)) from None
         try:
-            self.vault = await trio.to_thread.run_sync(
-                functools.partial(open_vault, vault_cfg, node_id=node_id, create_key=vault_cfg.key_file is not None,
-                                  exclusive=True))
+            self.vault = await self._open_vault(node_id)
         except (VaultError, OSError) as exc:  # lasting: the key, a damaged or unwritable file; a held vault: not
             raise GateSetupError(f"vault {cfg.vault.path}: {exc}", config=_lasting(exc)) from None
         if self.gallery is None:   # a search may stop early at a candidate the gate would accept

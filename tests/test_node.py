@@ -393,3 +393,92 @@ async def test_systemds_status_line_shows_the_pending_payment(nursery, gate, tmp
         sock.close()
         os.unlink(path)
         os.rmdir(folder)
+
+
+def _held_vault(tmp_path):
+    """A node config (devices absent: the node stops before they start) and its vault, created,
+    with another process's connection holding the vault's write lock (a backup, an sqlite3 shell)."""
+    import sqlite3
+
+    from palmnode.demo import node_config
+    from palmnode.sim.gate import Endpoints
+    from palmnode.vault import Vault, create_key_file, load_keys
+
+    missing = str(tmp_path / "no-device")
+    cfg = node_config(Endpoints(missing, missing, missing, "http://127.0.0.1:9/none"), tmp_path, vault=True)
+    create_key_file(Path(cfg.vault.key_file))
+    Vault.open(Path(cfg.vault.path), load_keys(Path(cfg.vault.key_file))).close()
+    other = sqlite3.connect(cfg.vault.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    return cfg, other
+
+
+async def test_a_sigterm_while_the_vault_waits_for_another_process_stops_the_node_at_once(tmp_path, caplog,
+                                                                                          monkeypatch):
+    """Another process holds the vault's write lock at start: the opening waited out SQLite's 5 s
+    busy timeout in a worker thread trio cannot cancel, so systemd's stop meanwhile came up to 5 s
+    late. The wait is now short steps in SQLite with the loop between them, and the stop is served
+    within a step. A real SIGTERM to this process, a real second connection holding the lock."""
+    import os
+    import signal
+    import threading
+
+    from palmnode import node as node_module
+    from palmnode.commands import _serve_node
+    from palmnode.node import Node
+    from palmnode.vault import Vault, load_keys
+
+    caplog.set_level(logging.INFO, logger="palmnode")
+    cfg, other = _held_vault(tmp_path)
+    opening, real_open = threading.Event(), node_module.open_vault
+
+    def open_vault(*args, **kwargs):  # the real opening; the test learns when the node is in it
+        opening.set()
+        return real_open(*args, **kwargs)
+    monkeypatch.setattr(node_module, "open_vault", open_vault)
+    node = Node(cfg)
+    leftover = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        async with trio.open_nursery() as nursery:
+            served = trio.Event()
+
+            async def serve() -> None:
+                await _serve_node(node)
+                served.set()
+            nursery.start_soon(serve)
+            await wait_for(opening.is_set)
+            os.kill(os.getpid(), signal.SIGTERM)
+            with trio.fail_after(2.5):  # half the busy timeout the stop used to wait out
+                await served.wait()
+    finally:
+        signal.signal(signal.SIGTERM, leftover)
+        other.execute("COMMIT")
+        other.close()
+    said = [r.getMessage() for r in caplog.records]
+    assert "node stopping" in said and "node stopped" in said
+    assert node.vault is None and node.supervisor is None  # nothing of the gate started
+    with Vault.open(Path(cfg.vault.path), load_keys(Path(cfg.vault.key_file)), exclusive=True):
+        pass  # its lock is free for the next start
+
+
+async def test_a_vault_another_process_holds_past_the_busy_timeout_is_a_setup_error_a_restart_may_cure(
+        tmp_path, monkeypatch):
+    """Waited out in steps, the busy timeout still ends the start as one wait did: one line,
+    "database is locked", not config (palmnode run exits 1, systemd retries: docs/repl.md)."""
+    from palmnode import node as node_module
+    from palmnode.node import GateSetupError, Node
+
+    monkeypatch.setattr(node_module, "VAULT_BUSY_TIMEOUT_S", 0.5)
+    cfg, other = _held_vault(tmp_path)
+    try:
+        with pytest.raises(BaseException) as info:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(Node(cfg).run)
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    error = info.value
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    assert isinstance(error, GateSetupError) and not error.config, repr(error)
+    assert str(error) == f"vault {cfg.vault.path}: cannot open vault {cfg.vault.path}: database is locked"

@@ -6,6 +6,7 @@ from palmnode.vault.errors import (
                                    DuplicatePhone,
                                    InvalidPhone,
                                    TamperedData,
+                                   VaultBusy,
                                    VaultError,
                                    VaultKeyError,
 )
@@ -15,5 +16,5 @@ from palmnode.vault.records import EnrolledPalm, OutboxEvent, Person, VaultConfi
 from palmnode.vault.store import Vault, open_vault
 
 __all__ = ["DuplicateCard", "DuplicatePerson", "DuplicatePhone", "EnrolledPalm", "InvalidPhone", "OutboxEvent",
-           "Person", "TamperedData", "Vault", "VaultConfig", "VaultError", "VaultKeyError", "VaultKeys",
+           "Person", "TamperedData", "Vault", "VaultBusy", "VaultConfig", "VaultError", "VaultKeyError", "VaultKeys",
            "create_key_file", "load_keys", "normalise_phone", "open_", "open_vault", "seal"]

@@ -39,6 +39,13 @@ class VaultError(Exception):
         return self.reason != UNAVAILABLE
 
 
+class VaultBusy(VaultError):
+    """Another connection to the vault file holds its write lock (SQLite busy or locked) past the
+    busy timeout: it may well let go (reason UNAVAILABLE)."""
+
+    names_person = False
+
+
 class VaultKeyError(VaultError):
     """The vault key is missing, unreadable, too open (not 0600), malformed or not this vault's key."""
 

@@ -43,6 +43,7 @@ from palmnode.vault.errors import (
     DuplicatePerson,
     DuplicatePhone,
     TamperedData,
+    VaultBusy,
     VaultError,
     VaultKeyError,
 )
@@ -151,12 +152,16 @@ class Vault:
     # --- opening and closing ---------------------------------------------------------------
     @classmethod
     def open(cls, path: Path, keys: VaultKeys, *, node_id: str = "",
-             clock: Callable[[], float] = time.time, busy_timeout: float = 5.0, exclusive: bool = False) -> Vault:
+             clock: Callable[[], float] = time.time, busy_timeout: float = 5.0, exclusive: bool = False,
+             open_busy_timeout: float | None = None) -> Vault:
         """Open (or create, mode 0600) the vault at ``path``; :class:`VaultKeyError` if ``keys`` are not its keys.
 
         ``node_id`` prefixes the outbox's idempotency keys; ``clock`` stamps events and audit entries;
         ``busy_timeout`` is how long a transaction waits for another process holding the file's
-        write lock (a WAL truncation never waits: :meth:`scrub`).
+        write lock (a WAL truncation never waits: :meth:`scrub`); ``open_busy_timeout`` (default:
+        ``busy_timeout``) how long the opening itself waits for it, :class:`VaultBusy` after that
+        (a caller in an event loop opens with a short one and tries again while it may be stopped:
+        a thread waiting in SQLite cannot be cancelled).
         ``exclusive`` (a node): hold ``<path>.lock`` until closed, and refuse the vault while
         another holder has it: a second node on the same file would keep recognising the people
         the first deletes, from its own gallery. ``palmnode vault check`` opens without it.
@@ -180,7 +185,7 @@ class Vault:
             raise VaultError(message, reason=_os_reason(exc)) from None
         holder = _hold(path) if exclusive else None
         try:
-            return cls._connect(path, keys, node_id, clock, busy_timeout, holder)
+            return cls._connect(path, keys, node_id, clock, busy_timeout, holder, open_busy_timeout)
         except BaseException:
             if holder is not None:
                 os.close(holder)
@@ -188,13 +193,18 @@ class Vault:
 
     @classmethod
     def _connect(cls, path: Path, keys: VaultKeys, node_id: str, clock: Callable[[], float], busy_timeout: float,
-              holder: int | None) -> Vault:
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
+              holder: int | None, open_busy_timeout: float | None = None) -> Vault:
+        opening = busy_timeout if open_busy_timeout is None else open_busy_timeout
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=opening)
         try:
             instance = cls._prepare(conn, path, keys, clock)
+            if opening != busy_timeout:  # what every transaction after the opening waits
+                conn.execute(f"PRAGMA busy_timeout = {round(busy_timeout * 1000)}")
         except sqlite3.DatabaseError as exc:
             conn.close()
             reason = _sqlite_reason(exc)
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise VaultBusy(f"cannot open vault {path}: {exc}") from None
             if isinstance(exc, sqlite3.OperationalError) and reason != DAMAGED:
                 # locked, busy, I/O: the file may well be fine; or it cannot be written
                 raise VaultError(f"cannot open vault {path}: {exc}{_sqlite_hint(exc, path)}", reason=reason) from None
@@ -739,12 +749,12 @@ class Vault:
 
 def open_vault(config: VaultConfig, *, env: Mapping[str, str] = os.environ, node_id: str = "",
                create_key: bool = False, clock: Callable[[], float] = time.time,
-               busy_timeout: float = 5.0, exclusive: bool = False) -> Vault:
+               busy_timeout: float = 5.0, exclusive: bool = False, open_busy_timeout: float | None = None) -> Vault:
     """The vault ``config`` describes, its keys loaded from its key file or ``config.key_env``."""
     keys = load_keys(Path(config.key_file) if config.key_file else None, env=env,
                      env_name=config.key_env, create=create_key)
     return Vault.open(Path(config.path), keys, node_id=node_id, clock=clock, busy_timeout=busy_timeout,
-                      exclusive=exclusive)
+                      exclusive=exclusive, open_busy_timeout=open_busy_timeout)
 
 
 def _hold(path: Path) -> int:

@@ -3,6 +3,7 @@ import os
 import sqlite3
 import stat
 import threading
+import time
 
 import attrs
 import pytest
@@ -607,6 +608,13 @@ def test_opening_a_vault_another_process_has_locked(path):
         with pytest.raises(VaultError, match="cannot open vault .*locked") as info:
             Vault.open(path, KEYS, busy_timeout=0.05)
         assert info.value.reason == errors.UNAVAILABLE and str(info.value).endswith("database is locked")
+        assert isinstance(info.value, errors.VaultBusy) and not info.value.lasting  # a caller may try again
+        began = time.monotonic()
+        with pytest.raises(errors.VaultBusy):  # the opening waits its own timeout, not the transactions'
+            Vault.open(path, KEYS, busy_timeout=60, open_busy_timeout=0.05)
+        assert time.monotonic() - began < 30
     finally:
         other.execute("ROLLBACK")
         other.close()
+    with Vault.open(path, KEYS, busy_timeout=7.5, open_busy_timeout=0.05) as v:  # after it, busy_timeout holds
+        assert v._conn.execute("PRAGMA busy_timeout").fetchone()[0] == 7500
