@@ -489,6 +489,49 @@ def test_a_repl_socket_folder_the_node_cannot_write_exits_78(tmp_path, lock_made
     assert proc.stderr.splitlines()[-1] == "palmnode run: " + expected, proc.stderr[-2000:]
 
 
+@pytest.mark.parametrize("what, message", [
+    ("token key", "cannot read token key file {locked}/card_token.key: Permission denied"),
+    ("vault key", "vault {run}/vault.db: cannot read vault key file {locked}/vault.key: Permission denied"),
+    ("link certificate", "cannot read link certificate {locked}/sim-gate-1.pem: Permission denied"),
+    ("link key", "cannot read link key {locked}/sim-gate-1.key: Permission denied"),
+    ("link CA", "cannot read link CA certificate {locked}/ca.pem: Permission denied"),
+])
+def test_a_key_or_certificate_in_a_folder_the_node_cannot_enter_exits_78(tmp_path, what, message):
+    """An operator's first start under the unit: the keys and certificates made by root in a 0700
+    folder the node's user cannot enter. The token key and the link's files escaped as a
+    PermissionError traceback, exit 1 (systemd retried it five times); the vault key was said
+    "cannot create" though it was there. Each is one line now, naming the file, exit 78, and the
+    files are left as they were."""
+    from palmnode.link.certs import make_dev_pki
+    from palmnode.vault import create_key_file
+
+    run, locked = tmp_path / "run", tmp_path / "locked"
+    certs = make_dev_pki(run / "certs", nodes=["sim-gate-1"])
+    (run / "keys").mkdir(mode=0o700)
+    locked.mkdir(mode=0o700)
+    (locked / "card_token.key").write_bytes(b"k" * 32)
+    (locked / "card_token.key").chmod(0o600)
+    create_key_file(locked / "vault.key")
+    for name in ("ca.pem", "sim-gate-1.pem", "sim-gate-1.key"):
+        (locked / name).write_bytes((run / "certs" / name).read_bytes())
+        (locked / name).chmod(0o600)
+    old = {"token key": f'token_key_file = "{run}/keys/card_token.key"',
+           "vault key": f'key_file = "{run}/keys/vault.key"',
+           "link certificate": f'cert = "{certs.nodes["sim-gate-1"].cert}"',
+           "link key": f'key = "{certs.nodes["sim-gate-1"].key}"',
+           "link CA": f'ca = "{certs.ca_cert}"'}[what]
+    key, _, path = old.partition(" = ")
+    config = node_config(tmp_path, (old, f'{key} = "{locked}/{Path(path.strip(chr(34))).name}"'), link=True)
+    before = sorted((p.name, p.read_bytes()) for p in locked.iterdir())
+    locked.chmod(0o600)  # no search permission: the node's user cannot reach what is inside
+    proc = run_node(config, prefix=unprivileged())
+    locked.chmod(0o700)
+    assert proc.returncode == 78, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines()[-1] == "palmnode run: " + message.format(run=run, locked=locked)
+    assert sorted((p.name, p.read_bytes()) for p in locked.iterdir()) == before
+
+
 def test_a_vault_another_node_holds_exits_1_which_systemd_retries(tmp_path):
     """A vault held by another node (one stopping, say) may be free at the next start: not 78."""
     from palmnode import lockfile

@@ -32,7 +32,11 @@ def load_token_key(path: str | Path) -> bytes:
     """The HMAC key that turns card numbers into tokens: created (0600) if missing; refused if
     anyone but the owner may read it."""
     path = Path(path)
-    if not path.exists():
+    try:
+        missing = not path.exists()
+    except OSError as exc:  # a folder on the way the node's user cannot enter: it is not missing
+        raise KeyFileError(f"cannot read token key file {path}: {exc.strerror or exc}") from None
+    if missing:
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -23,7 +23,11 @@ def _load(context: ssl.SSLContext, cert: os.PathLike | str, key: os.PathLike | s
     context.minimum_version = MIN_TLS
     context.verify_mode = ssl.CERT_REQUIRED
     for what, path in (("certificate", cert), ("key", key), ("CA certificate", ca)):
-        if not Path(path).is_file():
+        try:
+            found = Path(path).is_file()
+        except OSError as exc:  # a folder on the way the node's user cannot enter (a 0700 one of root's)
+            raise TlsConfigError(f"cannot read link {what} {path}: {exc.strerror or exc}") from None
+        if not found:
             raise TlsConfigError(f"link {what} {path} not found; make a development set with: palmnode certs --out DIR")
     try:
         context.load_cert_chain(certfile=os.fspath(cert), keyfile=os.fspath(key))

@@ -115,6 +115,18 @@ def _read_key_file(path: Path) -> bytes:
     return _parse_secret(text, f"vault key file {path}")
 
 
+def _exists(path: Path) -> bool:
+    """Whether ``path`` is there, True when that cannot be known (a folder on the way the user cannot
+    enter): then reading it says why, where creating it would claim it missing."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def load_keys(key_file: Path | None, *, env: Mapping[str, str] = os.environ,
               env_name: str = DEFAULT_ENV, create: bool = False) -> VaultKeys:
     """The vault keys from ``key_file`` (mode 0600, hex) or, when it is None, from ``env[env_name]``.
@@ -124,7 +136,7 @@ def load_keys(key_file: Path | None, *, env: Mapping[str, str] = os.environ,
     """
     if key_file is not None:
         key_file = Path(key_file)
-        if create and not os.path.lexists(key_file):
+        if create and not _exists(key_file):
             create_key_file(key_file)
         return VaultKeys.from_secret(_read_key_file(key_file))
     text = env.get(env_name)
