@@ -177,7 +177,10 @@ class StdinLines:
         return b"\n" in self._buffer or self.eof
 
     def fill(self) -> None:
-        data = os.read(self.fd, 65536)
+        try:
+            data = os.read(self.fd, 65536)
+        except OSError:  # a stdin that cannot be read (nohup's, opened write-only) holds no lines
+            data = b""
         if data:
             self._buffer += data
         else:
@@ -185,8 +188,8 @@ class StdinLines:
 
     def peek(self) -> str | None:
         """The next complete line, stripped and lower-cased, without taking it (None if none yet)."""
-        if b"\n" not in self._buffer:
-            return None
+        if b"\n" not in self._buffer:  # at the end, what is left is the last line
+            return self._buffer.decode("utf-8", "replace").strip().lower() if self.eof and self._buffer else None
         return self._buffer[:self._buffer.index(b"\n")].decode("utf-8", "replace").strip().lower()
 
     def readline(self) -> str | None:
@@ -203,11 +206,14 @@ class Repl:
     """Runs commands through a connection and prints their replies."""
 
     def __init__(self, conn: Connection, out: TextIO = sys.stdout, *, interactive: bool,
-                 stdin: StdinLines | None = None) -> None:
+                 stdin: StdinLines | None = None, stop_at_end_of_input: bool = True) -> None:
         self.conn = conn
         self.out = out
         self.interactive = interactive
         self.stdin = stdin
+        #: piped commands: the end of stdin stops a follow (the script is done); a one-shot command's
+        #: stdin carries no commands, and its end (/dev/null, nohup) asks nothing
+        self.stop_at_end_of_input = stop_at_end_of_input
         self.errors = 0
 
     # -- one command
@@ -266,10 +272,14 @@ class Repl:
         return False
 
     def _stdin_says_stop(self) -> bool:
-        """Piped stdin: the next line (or its end) stops a follow; a ``q`` line is used up by it,
-        any other line is kept and runs as the next command."""
+        """Piped stdin: the next line (or its end, unless ``stop_at_end_of_input`` is off: a one-shot
+        command) stops a follow; a ``q`` line is used up by it, any other line is kept and runs as
+        the next command."""
         assert self.stdin is not None
-        if self.stdin.peek() in ("q", "quit"):
+        line = self.stdin.peek()
+        if line is None and not self.stop_at_end_of_input:
+            return False
+        if line in ("q", "quit"):
             self.stdin.readline()
         return True
 
@@ -571,7 +581,8 @@ def _closed(exc: SessionClosed) -> None:
 
 
 def _one_shot(conn: Connection, words: list[str]) -> int:
-    repl = Repl(conn, interactive=sys.stdin.isatty(), stdin=None if sys.stdin.isatty() else StdinLines())
+    repl = Repl(conn, interactive=sys.stdin.isatty(), stdin=None if sys.stdin.isatty() else StdinLines(),
+                stop_at_end_of_input=False)
     try:
         if words and words[0] == "py" and len(words) > 1:
             repl.run("py", (" ".join(words[1:]),))

@@ -5,6 +5,7 @@ import contextlib
 import functools
 import io
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -125,6 +126,37 @@ async def test_piped_python_console_and_one_shot(node, repl_path, tmp_path):
                                     capture_stderr=True, check=False)
     assert result.returncode == 1
     assert result.stderr.decode().startswith(f"palmnode repl: no REPL socket at {tmp_path / 'nobody.sock'}: ")
+
+
+@pytest.mark.parametrize("stdin", ["/dev/null", "unreadable (nohup)", "q line"])
+async def test_one_shot_follow_runs_until_asked_to_stop_whatever_its_stdin(node, repl_path, tmp_path, stdin):
+    """`palmnode repl follow gate >> events.log &` (stdin /dev/null) stopped at once, "interrupted",
+    showing nothing; under nohup (stdin an unreadable file) it was a traceback. The end of a
+    one-shot's stdin asks nothing: it follows until Ctrl-C (SIGINT) or a ``q`` line."""
+    if stdin == "q line":
+        given = subprocess.PIPE
+    else:
+        given = os.open(os.devnull, os.O_RDONLY if stdin == "/dev/null" else os.O_WRONLY)
+    process = await trio.lowlevel.open_process(client_command(repl_path) + ["follow", "decision"], stdin=given,
+                                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if stdin != "q line":
+        os.close(given)
+    out = Output(process.stdout)
+    try:
+        await out.wait_for("following Decision")
+        await trio.sleep(0.3)  # the client has met its stdin's end by now (it stopped here)
+        node.bus.publish(Decision("unknown", None, None, None, "no match", 88.0, "entry", 1.0))
+        await out.wait_for("outcome=unknown")
+        if stdin == "q line":
+            await process.stdin.send_all(b"q\n")
+        else:
+            process.send_signal(signal.SIGINT)
+        text = await out.rest()
+        assert await process.wait() == 0, text
+    finally:
+        process.kill()
+    assert text.splitlines()[-1] == "interrupted", text
+    assert "Traceback" not in text
 
 
 async def open_terminal(repl_path, tmp_path):
