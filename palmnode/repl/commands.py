@@ -650,10 +650,16 @@ async def _delete(session: Session, args: tuple[str, ...]) -> Reply:
     target = _gate(session)
     kind, value = args
     if kind == "card":
+        from palmnode.link.wire import DIGEST_SIZE
+
         try:
-            named = {"card_digest": bytes.fromhex(value)}
+            digest = bytes.fromhex(value)
         except ValueError:
-            raise CommandError("card must be the token's hex digest") from None
+            digest = b""
+        if len(digest) != DIGEST_SIZE:  # another length would match no one: a person's is always this long
+            raise CommandError(f"card must be the card token's digest, {DIGEST_SIZE * 2} hex digits: got "
+                               f"{len(value)} characters{'' if digest else ', not all hex'}")
+        named = {"card_digest": digest}
     elif kind in ("id", "phone"):
         named = {"person_id" if kind == "id" else "phone": value}
     else:
@@ -698,7 +704,7 @@ async def _mode(session: Session, args: tuple[str, ...]) -> Reply:
             if len(words) > 2 and words[2] != "once":
                 raise CommandError(f"after the currency only 'once', not {words[2]!r}")
             amount = words[0] if words else None
-            if amount is not None and not (amount.isascii() and amount.isdigit()):
+            if amount is not None and not (amount.isascii() and amount.removeprefix("-").isdigit()):
                 raise CommandError(f"amount must be a whole number of minor units, got {amount!r}")
             mode = GateMode(name, None if amount is None else int(amount),
                             words[1].upper() if len(words) > 1 else None, once=len(words) > 2)

@@ -35,6 +35,11 @@ async def test_enrol_delete_and_mode_from_the_repl(connect, node, gate, nursery)
     assert reply["text"] == "nobody matches"
     _, reply = await client.call("delete", "shoe", "x")
     assert not reply["ok"] and "by id, card or phone" in reply["error"]
+    # a card digest of another length matches no one: it was searched for, "nobody matches"
+    for value, error in [("00", "got 2 characters"), ("zz", "got 2 characters, not all hex"),
+                         ("ab" * 33, "got 66 characters")]:
+        _, reply = await client.call("delete", "card", value)
+        assert not reply["ok"] and reply["error"] == "card must be the card token's digest, 64 hex digits: " + error
 
     async def person_at_the_gate() -> None:
         # the card is tapped once the enrolment asks for it (one read per presentation: a card
@@ -82,6 +87,8 @@ async def test_a_basket_from_the_repl_shows_in_status_and_follow(connect, node):
                         (("entry", "once"), "once is for payment mode only, not entry"),
                         (("loyalty", "450"), "loyalty takes no amount or currency"),
                         (("payment", "12.99", "EUR"), "amount must be a whole number of minor units, got '12.99'"),
+                        # a negative amount was said not to be "a whole number"
+                        (("payment", "-5", "EUR"), "payment mode needs a positive amount_cents below 2**63, got -5"),
                         (("payment", "1299"), "payment mode needs a 3-letter currency code, got None")]:
         _, reply = await client.call("mode", *args)
         assert not reply["ok"] and reply["error"] == error, (args, reply)
