@@ -70,7 +70,8 @@ def main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
         print(json.dumps(report), flush=True)
         return 0 if integrity == "ok" and not unreadable else 1
     except VaultError as exc:
-        print(f"palmnode vault: {exc}", file=sys.stderr)
+        print(f"palmnode vault: {str(exc).replace('configure a key file', 'give a key file (--key-file)')}",
+              file=sys.stderr)
         return 1
 
 

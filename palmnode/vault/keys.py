@@ -65,7 +65,7 @@ def _parse_secret(text: str, source: str) -> bytes:
         if digits and all(c in string.hexdigits for c in digits):  # an odd count: cut short, not garbled
             raise VaultKeyError(f"{source} holds {len(digits)} hex digits; it must hold {SECRET_BYTES * 2}") from None
         raise VaultKeyError(f"{source} is not hex; it must hold {SECRET_BYTES * 2} hex digits "
-                            f"(make one with `python -c 'import secrets; print(secrets.token_hex(32))'`)") from None
+                            f"(make one with `palmnode vault keygen FILE`)") from None
     if len(secret) != SECRET_BYTES:
         raise VaultKeyError(f"{source} holds {len(secret)} bytes; it must hold {SECRET_BYTES} "
                             f"({SECRET_BYTES * 2} hex digits)")

@@ -125,3 +125,23 @@ def test_check_holds_no_read_transaction_while_it_opens_sealed_values(tmp_path, 
 def test_parser_requires_an_action():
     with pytest.raises(SystemExit):
         main([])
+
+
+def test_check_without_a_key_names_the_option_and_a_bad_key_names_keygen(tmp_path, capsys, monkeypatch):
+    """`palmnode vault check --vault F` with no key said "configure a key file", which a command
+    line has no way to do; a key file that is not hex pointed at a python one-liner instead of
+    `palmnode vault keygen`."""
+    monkeypatch.delenv("PALMNODE_VAULT_KEY", raising=False)
+    key = tmp_path / "vault.key"
+    main(["keygen", str(key)])
+    db = tmp_path / "vault.db"
+    with Vault.open(db, load_keys(key, env={})):
+        pass
+    capsys.readouterr()
+    assert main(["check", "--vault", str(db)]) == 1
+    assert capsys.readouterr().err == ("palmnode vault: no vault key: set PALMNODE_VAULT_KEY (64 hex digits) or "
+                                       "give a key file (--key-file)\n")
+    key.write_text("not hex\n")
+    assert main(["check", "--vault", str(db), "--key-file", str(key)]) == 1
+    assert capsys.readouterr().err == (f"palmnode vault: vault key file {key} is not hex; it must hold 64 hex "
+                                       "digits (make one with `palmnode vault keygen FILE`)\n")
