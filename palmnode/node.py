@@ -166,7 +166,8 @@ class Node:
                     cfg.debug.capture_dir, cfg.debug.capture_max_files,
                     clock_offset=time.time() - trio.current_time())
             except OSError as exc:
-                raise GateSetupError(f"debug capture folder {cfg.debug.capture_dir}: {exc}", config=True) from None
+                raise GateSetupError(f"debug capture folder {cfg.debug.capture_dir}: {exc.strerror or exc}",
+                                     config=True) from None
         self.identify = IdentifyFlow(self.bus, capturer, self.gallery, people=self.people, modes=self.modes,
                                      charge=self.ops.charge, metrics=self.metrics,
                                      policy=IdentifyPolicy(threshold=self.threshold,

@@ -197,6 +197,7 @@ def test_a_service_that_cannot_start_is_a_one_line_error(tmp_path):
     ("not toml", "{path}: not valid TOML: "),
     ("unknown key", "{path}: unknown section [controlerr]"),
     ("bad value", "{path} [gate] on_duplicate: must be refuse or link, got 'merge'"),
+    ("a folder", "cannot read config file {path}: Is a directory\n"),  # was "[Errno 21] Is a directory: '{path}'"
 ])
 def test_a_config_file_that_cannot_be_used_exits_78_which_systemd_does_not_restart(tmp_path, mistake, message):
     """Every failure exited 1, so the unit's Restart=on-failure retried a broken config file (five
@@ -206,6 +207,9 @@ def test_a_config_file_that_cannot_be_used_exits_78_which_systemd_does_not_resta
     text = config.read_text()
     if mistake == "missing":
         config = tmp_path / "gone.toml"
+    elif mistake == "a folder":
+        config = tmp_path / "etc"
+        config.mkdir()
     elif mistake == "not toml":
         config.write_text(text + "\n[gate\n")
     elif mistake == "unknown key":
@@ -389,7 +393,7 @@ def _spoil_vault(run: Path, what: str) -> None:
                             "damaged: restore it from a backup"),
     ("vault is a folder", "vault {run}/vault.db: vault {run}/vault.db is a folder, not a file"),
     ("calibration missing", "calibration {tmp}/none.json: No such file or directory"),
-    ("debug capture folder under a file", "debug capture folder {tmp}/var/captures: "),
+    ("debug capture folder under a file", "debug capture folder {tmp}/var/captures: Not a directory"),
     ("REPL socket path too long", "{tmp}/node.toml [repl]: socket_path {tmp}/ddd"),
 ])
 def test_a_file_the_config_names_that_cannot_be_used_exits_78_too(tmp_path, what, message):
