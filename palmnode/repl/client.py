@@ -548,10 +548,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 DESCRIPTION = ("Attach to a running node's diagnostics REPL (a unix socket, 0600): device health, the "
-               "supervision tree, live events, latency statistics, gallery size, one ROI capture to "
-               "PNG, illuminator levels, the running config, and (when the node's config allows it) "
-               "a Python console inside the node. Type help once attached. With stdin from a pipe "
-               "it runs one command a line.")
+               "node's status, the supervision tree, live events, latency statistics, gallery size, one "
+               "ROI capture to PNG, illuminator levels, the running config, enrolling and deleting "
+               "people, the gate's mode, and (when the node's config allows it) a Python console "
+               "inside the node. Type help once attached. With stdin from a pipe it runs one command "
+               "a line.")
 
 
 def main(args: argparse.Namespace) -> int:

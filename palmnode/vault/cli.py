@@ -16,8 +16,8 @@ from palmnode.vault.store import open_vault
 DESCRIPTION = """\
 The node's vault: an encrypted SQLite file of enrolled people, the event outbox and the audit log.
 
-  palmnode vault keygen /etc/palmnode/vault.key      a new 32-byte key, hex, mode 0600 (never overwrites)
-  palmnode vault check --vault node.db --key-file /etc/palmnode/vault.key
+  palmnode vault keygen /etc/palmnode/keys/vault.key a new 32-byte key, hex, mode 0600 (never overwrites)
+  palmnode vault check --vault /var/lib/palmnode/vault.db --key-file /etc/palmnode/keys/vault.key
                                                      open it with the key, run SQLite's integrity check,
                                                      print row counts as one JSON line
 """
