@@ -603,22 +603,30 @@ def _gate(session: Session):
     return target
 
 
+#: the words a phone number may be written in ("+49 30 555 000 01"): E.164 has at most 15 digits
+_PHONE_WORDS = 16
+
+
 @command("enrol", "enrol PHONE [right|left|both]", "enrol a person here: card tap, then palms over the gate",
          "Starts the enrolment flow locally (as the controller's enrol.begin does): the person taps a "
          "payment card, then holds each palm over the gate until three captures agree. Progress is "
          "shown as it happens; Ctrl-C cancels, and so does the client going away. Example: "
-         "enrol +4930555000001 both", min_args=1, max_args=2, ends_with_client=True)
+         "enrol +4930555000001 both (the number may be written in groups: +49 30 555000001)", min_args=1,
+         max_args=_PHONE_WORDS + 1, ends_with_client=True)
 async def _enrol(session: Session, args: tuple[str, ...]) -> Reply:
     from palmnode.gate.enrol import EnrolBusy
     from palmnode.gate.events import EnrolProgress
 
     target = _gate(session)
-    palms = {"right": ("right",), "left": ("left",), "both": ("right", "left")}.get(args[1] if len(args) > 1 else "right")
-    if palms is None:
-        raise CommandError(f"palms must be right, left or both, not {args[1]!r}")
+    choices = {"right": ("right",), "left": ("left",), "both": ("right", "left")}
+    named = len(args) > 1 and args[-1].isalpha()  # a number's groups are digits ("+49 30 555000001")
+    if named and args[-1].lower() not in choices:
+        raise CommandError(f"palms must be right, left or both, not {args[-1]!r}")
+    palms = choices[args[-1].lower() if named else "right"]
+    phone = " ".join(args[:-1] if named else args)  # spaces are ignored in a number (normalise_phone)
     async with target.bus.subscribe(EnrolProgress, buffer=64) as progress:
         try:
-            request = target.enrol.begin(args[0], palms)
+            request = target.enrol.begin(phone, palms)
         except (EnrolBusy, ValueError) as exc:
             raise CommandError(str(exc)) from None
         try:
@@ -645,10 +653,13 @@ async def _enrol(session: Session, args: tuple[str, ...]) -> Reply:
          "Removes the person's templates, card and phone digests from this node's vault and gallery at "
          "once, leaves an audit entry without biometric data, and tells the controller, which removes them "
          "from every gate of the store. An enrolment in progress here with that card or phone is cancelled, "
-         "nothing of it kept.", min_args=2, max_args=2)
+         "nothing of it kept. A phone number may be written in groups: delete phone +49 30 555000001",
+         min_args=2, max_args=_PHONE_WORDS + 1)
 async def _delete(session: Session, args: tuple[str, ...]) -> Reply:
     target = _gate(session)
-    kind, value = args
+    kind, value = args[0], " ".join(args[1:])
+    if kind != "phone" and len(args) > 2:
+        raise CommandError(f"delete {kind} takes one value, got {len(args) - 1}")
     if kind == "card":
         from palmnode.link.wire import DIGEST_SIZE
 

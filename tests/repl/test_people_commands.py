@@ -35,6 +35,13 @@ async def test_enrol_delete_and_mode_from_the_repl(connect, node, gate, nursery)
     assert reply["text"] == "nobody matches"
     _, reply = await client.call("delete", "shoe", "x")
     assert not reply["ok"] and "by id, card or phone" in reply["error"]
+    # a number typed in groups, as on a form, was a usage error, or its second group taken for the palms
+    _, reply = await client.call("enrol", "+49", "30", "5", "both")
+    assert not reply["ok"] and reply["error"].startswith("phone number has 5 digits"), reply
+    _, reply = await client.call("enrol", "+49", "30555000007", "rigth")
+    assert not reply["ok"] and reply["error"] == "palms must be right, left or both, not 'rigth'"
+    _, reply = await client.call("delete", "id", "a", "b")
+    assert not reply["ok"] and reply["error"] == "delete id takes one value, got 2"
     # a card digest of another length matches no one: it was searched for, "nobody matches"
     for value, error in [("00", "got 2 characters"), ("zz", "got 2 characters, not all hex"),
                          ("ab" * 33, "got 66 characters")]:
@@ -58,7 +65,7 @@ async def test_enrol_delete_and_mode_from_the_repl(connect, node, gate, nursery)
     assert "card" in steps and "palm" in steps
     assert node.vault.get(person_id) is not None and len(node.gallery) == 1
 
-    _, reply = await client.call("delete", "phone", "+49 30 555000007")
+    _, reply = await client.call("delete", "phone", "+49", "30", "555000007")  # as typed at the prompt
     assert reply["ok"] and reply["result"] == {"deleted": True, "enrolment_cancelled": False}
     assert node.vault.get(person_id) is None and len(node.gallery) == 0
     await client.aclose()
