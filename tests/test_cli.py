@@ -658,6 +658,29 @@ def test_certs_refuses_an_existing_pair_it_cannot_keep_and_writes_nothing(tmp_pa
     assert "gate-1.pem" in {p.name for p in pki.iterdir()}
 
 
+@pytest.mark.parametrize("args", [["--renew", "gate-7"], ["--node", "gate-7", "--renew", "gate-7"],
+                                  ["--renew", "gate-1", "--renew", "gate-7"]])
+def test_certs_renew_of_a_name_without_a_pair_is_refused_and_writes_nothing(tmp_path, capsys, args):
+    """`--renew TYPO` quietly issued a new pair for a name that never existed (and `--out WRONG
+    --renew gate-1` a whole new CA): now one line naming it and the pairs there, exit 1."""
+    pki = tmp_path / "pki"
+    assert cli.main(["certs", "--out", str(pki), "--node", "gate-1"]) == 0
+    before = {p.name: p.read_bytes() for p in pki.iterdir()}
+    capsys.readouterr()
+    assert cli.main(["certs", "--out", str(pki), *args]) == 1
+    assert capsys.readouterr().err == (f"palmnode certs: --renew gate-7: {pki} has no gate-7.pem or gate-7.key "
+                                       "to renew (pairs there: controller, gate-1); --node gate-7 issues a "
+                                       "first pair\n")
+    assert {p.name: p.read_bytes() for p in pki.iterdir()} == before
+
+    elsewhere = tmp_path / "elsewhere"
+    assert cli.main(["certs", "--out", str(elsewhere), "--renew", "gate-1"]) == 1
+    assert capsys.readouterr().err == (f"palmnode certs: --renew gate-1: {elsewhere} has no gate-1.pem or "
+                                       "gate-1.key to renew (pairs there: none); --node gate-1 issues a first "
+                                       "pair\n")
+    assert not elsewhere.exists()
+
+
 def test_certs_renew_of_a_pair_it_cannot_write_is_a_one_line_error(tmp_path, capsys):
     pki = tmp_path / "pki"
     assert cli.main(["certs", "--out", str(pki), "--node", "gate-1"]) == 0

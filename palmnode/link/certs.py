@@ -167,14 +167,24 @@ def _check_kept(pair: CertPair, name: str, ca_cert: x509.Certificate) -> dt.date
     return cert.not_valid_after_utc
 
 
+def existing_names(folder: Path) -> list[str]:
+    """The names with a certificate or a key in ``folder`` (the CA's aside), sorted."""
+    try:
+        files = [p for p in Path(folder).iterdir() if p.suffix in (".pem", ".key")]
+    except OSError:  # no folder (or not one): no pairs
+        return []
+    return sorted({p.stem for p in files if p.stem != "ca" and NAME_RE.fullmatch(p.stem)})
+
+
 def make_dev_pki(folder: Path, *, nodes: Sequence[str], controller: str = "controller",
                  days: int = 365, renew: Sequence[str] = ()) -> PkiPaths:
     """Write a CA (or reuse the one in ``folder``) and certificates for ``controller`` and ``nodes``.
 
     A name whose ``<name>.pem`` and ``<name>.key`` are already there keeps them (a gate or the
     controller may be using them): they are checked against the CA, not rewritten. The names in
-    ``renew`` (a node not in ``nodes`` is added) get a new key and certificate. Nothing is written
-    when any name is refused."""
+    ``renew`` get a new key and certificate over their old ones; a name there with neither file in
+    ``folder`` is refused (a misspelt name, or the wrong folder). Nothing is written when any name
+    is refused."""
     folder = Path(folder)
     names = [controller, *nodes]
     names += [name for name in dict.fromkeys(renew) if name not in names]
@@ -185,6 +195,11 @@ def make_dev_pki(folder: Path, *, nodes: Sequence[str], controller: str = "contr
         raise PkiError(f"names must be distinct, got {', '.join(names)}")
     if not 1 <= days <= MAX_DAYS:
         raise PkiError(f"days must be 1 to {MAX_DAYS}, got {days}")
+    for name in dict.fromkeys(renew):  # a misspelt name, or the wrong folder, would get a new pair
+        if not ((folder / f"{name}.pem").exists() or (folder / f"{name}.key").exists()):
+            there = ", ".join(existing_names(folder)) or "none"
+            raise PkiError(f"--renew {name}: {folder} has no {name}.pem or {name}.key to renew (pairs there: "
+                           f"{there}); --node {name} issues a first pair")
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
@@ -233,7 +248,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--days", type=int, default=365, help="validity in days (default: 365)")
     parser.add_argument("--renew", action="append", default=[], metavar="NAME",
                         help="issue a new key and certificate for this node id or the controller's name, "
-                        "replacing the ones in --out (repeatable); without it an existing pair is kept")
+                        "replacing the ones in --out, which must be there (repeatable); without it an "
+                        "existing pair is kept")
 
 
 def main(args: argparse.Namespace) -> int:
