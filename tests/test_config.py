@@ -1,4 +1,5 @@
 """Config files: the shipped ones load; every mistake is one line naming file, key and fix."""
+import math
 from pathlib import Path
 
 import pytest
@@ -71,8 +72,8 @@ def test_device_section_errors(tmp_path):
     # values a device or the runtime refuses only once running: the node would restart the device
     # (and the devices beside it) in a loop, or stop with a traceback
     ("deadman_ms = 1000 ", "deadman_ms = 20000 ", "[devices.illuminator]: illuminator deadman_ms must be 0..16383, got 20000"),
-    ("sampling_interval_ms = 250 ", "sampling_interval_ms = 0 ", "illuminator sampling_interval_ms must be 1..16383"),
-    ("max_temperature_c = 70.0", "max_temperature_c = nan", "illuminator max_temperature_c must be finite"),
+    ("sampling_interval_ms = 250 ", "sampling_interval_ms = 0 ", "illuminator sampling_interval_ms must be 1..16383, got 0"),
+    ("max_temperature_c = 70.0", "max_temperature_c = nan", "illuminator max_temperature_c must be a finite number, got nan"),
     ("channels = { ir = 9, surface = 10 }", "channels = {}", "illuminator needs at least one channel"),
     ("channels = { ir = 9, surface = 10 }", "channels = { ir = 9, surface = 9 }", "illuminator channels share a pin"),
     ("channels = { ir = 9, surface = 10 }", "channels = { ir = 9, uv = 10 }", "channels: the gate lights ir and surface, missing 'surface'"),
@@ -130,13 +131,13 @@ def test_capture_thresholds_reach_the_node_config(tmp_path):
 
 
 @pytest.mark.parametrize("table, message", [
-    ("[quality]\nmin_score = 1.5\n", "[quality]: min_score, min_sharpness, min_exposure and min_completeness "
-                                     "must be 0 to 1"),
-    ("[quality]\nexposure_good_low = 200.0\n", "[quality]: exposure_bad_low < exposure_good_low <= "
-                                               "exposure_good_high < exposure_bad_high"),
+    ("[quality]\nmin_score = 1.5\n", "[quality]: min_score must be 0 to 1, got 1.5"),
+    ("[quality]\nexposure_good_low = 200.0\n", "[quality]: exposure_good_low (200.0) must be at most "
+                                               "exposure_good_high (170.0): exposure_bad_low < exposure_good_low "
+                                               "<= exposure_good_high < exposure_bad_high"),
     ("[quality]\nclip_level = 250.5\n", "[quality] clip_level: expected an integer, got 250.5"),
     ("[quality]\nsharpness = 1\n", "[quality]: unknown key 'sharpness'"),
-    ("[roi]\nmin_palm_diameter = 0.8\n", "[roi]: min_palm_diameter must be above 0 and below max_palm_diameter"),
+    ("[roi]\nmin_palm_diameter = 0.8\n", "[roi]: min_palm_diameter (0.8) must be below max_palm_diameter (0.75)"),
     ("[roi]\nmax_hand_area = 'big'\n", "[roi] max_hand_area: expected a number, got 'big'"),
     ("[roi]\nvalley_side = 1.5\n", "[roi]: unknown key 'valley_side' (known: min_contrast, "),
     ("[roi]\nmin_contrast = -3\n", "[roi] min_contrast: must not be negative"),
@@ -145,6 +146,64 @@ def test_capture_thresholds_reach_the_node_config(tmp_path):
 def test_capture_threshold_mistakes(tmp_path, table, message):
     assert message in refusal(tmp_path / "c.toml", table + (ROOT / "config" / "sim.toml").read_text())
     assert message in refusal(tmp_path / "t.toml", table, config.capture_thresholds)
+
+
+#: a value out of range for every numeric key of every table (``[gate] amount_cents``: in payment mode)
+BAD_VALUES = {
+    "devices.proximity": {"baudrate": 0, "frame_rate_hz": 1001, "read_interval_s": -0.5, "stall_timeout_s": 0},
+    "devices.card_reader": {"pause_after_card_s": -1},
+    "devices.illuminator": {"thermistor_pin": 16, "deadman_ms": 16384, "max_temperature_c": math.nan,
+                            "sampling_interval_ms": 0, "baudrate": 0},
+    "devices.camera": {"width": 0, "height": -480, "fps": 0, "exposure": math.inf, "gain": math.nan},
+    "supervision": {"intensity": -1, "period_s": 0, "backoff_initial_s": 0, "backoff_max_s": 0.05},
+    "gate": {"amount_cents": 0, "target_fmr": 1.5, "search_threads": 17},
+    "controller": {"port": 70000},
+    "repl": {"max_sessions": 65, "idle_timeout_s": 0},
+    "metrics": {"port": 0},
+    "debug": {"capture_max_files": 0},
+    "quality": {"exposure_bad_low": 80, "exposure_good_low": 200, "exposure_good_high": 60,
+                "exposure_bad_high": 300, "clip_level": 256, "edge_width_sharp": 0, "edge_width_blurred": 5,
+                "weight_sharpness": -1, "weight_exposure": math.nan, "weight_completeness": -0.5,
+                "min_score": 1.5, "min_sharpness": 2, "min_exposure": math.nan, "min_completeness": 1.01},
+    "roi": {"min_contrast": 300, "min_palm_grey": 230, "max_palm_grey": 256, "max_clipped": 1.2,
+            "min_hand_area": 0, "max_hand_area": 0.02, "cut_hand_too_close": 2, "min_palm_diameter": 0.8,
+            "max_palm_diameter": 0.1, "max_edge_width": 0},
+}
+
+
+def numeric_keys() -> set[tuple[str, str]]:
+    import attrs
+
+    tables = {**config._SECTIONS, "quality": quality.QualityPolicy}
+    keys = {(name, f.name) for name, cls in tables.items() for f in attrs.fields(cls)
+            if str(f.type) in ("int", "float", "int | None", "float | None")}
+    return keys | {("roi", key) for key in roi.OPERATOR_LIMITS}
+
+
+def test_the_bad_value_table_covers_every_numeric_key():
+    assert {(table, key) for table, keys in BAD_VALUES.items() for key in keys} == numeric_keys()
+
+
+@pytest.mark.parametrize("table, key, value", [(t, k, v) for t, keys in BAD_VALUES.items() for k, v in keys.items()])
+def test_every_numeric_key_with_a_bad_value_is_named_with_its_value(tmp_path, table, key, value):
+    """A [quality] value out of range said what the rule was but not which key or value broke it
+    ('[quality]: min_score, min_sharpness, min_exposure and min_completeness must be 0 to 1'),
+    as did [roi] and [devices.illuminator] sampling_interval_ms. Every refusal names the table,
+    the key, the value and what is allowed."""
+    import tomllib
+
+    raw = tomllib.loads((ROOT / "config" / "sim.toml").read_text())
+    section = raw["devices"][table.split(".")[1]] if table.startswith("devices.") else raw.setdefault(table, {})
+    section[key] = value
+    if key == "amount_cents":
+        section.update(mode="payment", currency="EUR")
+    source = tmp_path / "c.toml"
+    with pytest.raises(config.ConfigError) as info:
+        config.from_dict(raw, base=ROOT / "config", source=source)
+    message = str(info.value)
+    assert message.startswith(f"{source} [{table}]") and "\n" not in message, message
+    assert key in message and repr(value) in message, message
+    assert any(word in message for word in (" must ", " needs ", "expected")), message
 
 
 def test_a_thresholds_file_needs_a_table(tmp_path):

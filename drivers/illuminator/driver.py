@@ -487,10 +487,12 @@ def check_settings(channels: Mapping[str, int], thermistor_pin: int, deadman_ms:
     if len(set(channels.values())) != len(channels):
         raise ValueError(f"illuminator channels share a pin: {dict(channels)}")
     if not isinstance(thermistor_pin, int) or not 0 <= thermistor_pin <= 15:
-        raise ValueError(f"illuminator thermistor_pin is an analog channel 0..15, got {thermistor_pin!r}")
+        raise ValueError(f"illuminator thermistor_pin must be an analog channel 0..15, got {thermistor_pin!r}")
     if not isinstance(deadman_ms, int) or not 0 <= deadman_ms <= fc.MAX_14BIT:
         raise ValueError(f"illuminator deadman_ms must be 0..{fc.MAX_14BIT}, got {deadman_ms!r}")
-    if not math.isfinite(max_temperature_c) or not hysteresis_c >= 0:
-        raise ValueError("illuminator max_temperature_c must be finite and hysteresis_c >= 0")
+    if not math.isfinite(max_temperature_c):
+        raise ValueError(f"illuminator max_temperature_c must be a finite number, got {max_temperature_c!r}")
+    if not hysteresis_c >= 0:
+        raise ValueError(f"illuminator hysteresis_c must be 0 or more, got {hysteresis_c!r}")
     if not isinstance(sampling_interval_ms, int) or not 1 <= sampling_interval_ms <= fc.MAX_14BIT:
-        raise ValueError(f"illuminator sampling_interval_ms must be 1..{fc.MAX_14BIT}")
+        raise ValueError(f"illuminator sampling_interval_ms must be 1..{fc.MAX_14BIT}, got {sampling_interval_ms!r}")

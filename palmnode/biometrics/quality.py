@@ -47,23 +47,39 @@ class QualityPolicy:
     min_completeness: float = 0.9
 
     def __attrs_post_init__(self) -> None:
-        rules = (
-            (0 <= self.exposure_bad_low < self.exposure_good_low <= self.exposure_good_high
-             < self.exposure_bad_high <= 255,
-             "exposure_bad_low < exposure_good_low <= exposure_good_high < exposure_bad_high, all 0 to 255"),
-            (0 < self.clip_level <= 255, "clip_level must be 1 to 255"),
-            (0 < self.edge_width_sharp < self.edge_width_blurred,
-             "edge_width_sharp must be above 0 and below edge_width_blurred"),
-            (min(self.weight_sharpness, self.weight_exposure, self.weight_completeness) >= 0
-             and self.weight_sharpness + self.weight_exposure + self.weight_completeness > 0,
-             "the weights must not be negative, and not all 0"),
-            (all(0 <= v <= 1 for v in (self.min_score, self.min_sharpness, self.min_exposure,
-                                        self.min_completeness)),
-             "min_score, min_sharpness, min_exposure and min_completeness must be 0 to 1"),
-        )
-        for ok, problem in rules:
-            if not ok:
-                raise ValueError(problem)
+        problem = self._problem()
+        if problem:
+            raise ValueError(problem)
+
+    def _problem(self) -> str | None:
+        """The first rule a value breaks, in one line naming the key, its value and what is allowed
+        (the node's config shows it as ``[quality]: …``); None when every value is usable."""
+        exposure = ("exposure_bad_low", "exposure_good_low", "exposure_good_high", "exposure_bad_high")
+        for name in exposure:
+            if not 0 <= getattr(self, name) <= 255:
+                return f"{name} must be 0 to 255 (a grey level), got {getattr(self, name)!r}"
+        order = "exposure_bad_low < exposure_good_low <= exposure_good_high < exposure_bad_high"
+        for low, high, strict in zip(exposure, exposure[1:], (True, False, True)):
+            a, b = getattr(self, low), getattr(self, high)
+            if not (a < b if strict else a <= b):
+                return f"{low} ({a!r}) must be {'below' if strict else 'at most'} {high} ({b!r}): {order}"
+        if not 0 < self.clip_level <= 255:
+            return f"clip_level must be 1 to 255 (a grey level), got {self.clip_level!r}"
+        if not self.edge_width_sharp > 0:
+            return f"edge_width_sharp must be above 0 (px), got {self.edge_width_sharp!r}"
+        if not self.edge_width_sharp < self.edge_width_blurred:
+            return (f"edge_width_sharp ({self.edge_width_sharp!r}) must be below edge_width_blurred "
+                    f"({self.edge_width_blurred!r})")
+        weights = ("weight_sharpness", "weight_exposure", "weight_completeness")
+        for name in weights:
+            if not getattr(self, name) >= 0:
+                return f"{name} must not be negative, got {getattr(self, name)!r}"
+        if not sum(getattr(self, name) for name in weights) > 0:
+            return "weight_sharpness, weight_exposure and weight_completeness are all 0: at least one must be above 0"
+        for name in ("min_score", "min_sharpness", "min_exposure", "min_completeness"):
+            if not 0 <= getattr(self, name) <= 1:
+                return f"{name} must be 0 to 1, got {getattr(self, name)!r}"
+        return None
 
     def accepts(self, quality: Quality) -> bool:
         """True when ``quality`` is good enough to encode and match."""

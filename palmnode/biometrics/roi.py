@@ -133,21 +133,34 @@ class RoiLimits:
     palm_circle_fallback: bool = False
 
     def __attrs_post_init__(self) -> None:
-        rules = (
-            (0 < self.min_contrast <= 255, "min_contrast must be 1 to 255 grey levels"),
-            (0 <= self.min_palm_grey < self.max_palm_grey <= 255,
-             "min_palm_grey must be below max_palm_grey, both 0 to 255"),
-            (0 < self.max_clipped <= 1, "max_clipped must be a share above 0, at most 1"),
-            (0 < self.min_hand_area < self.max_hand_area <= 1,
-             "min_hand_area must be below max_hand_area, both shares of the frame above 0, at most 1"),
-            (0 < self.cut_hand_too_close <= 1, "cut_hand_too_close must be a share above 0, at most 1"),
-            (0 < self.min_palm_diameter < self.max_palm_diameter,
-             "min_palm_diameter must be above 0 and below max_palm_diameter"),
-            (self.max_edge_width > 0, "max_edge_width must be above 0"),
+        problem = self._problem()
+        if problem:
+            raise ValueError(problem)
+
+    def _problem(self) -> str | None:
+        """The first rule an operator's limit breaks, in one line naming the key, its value and
+        what is allowed (the node's config shows it as ``[roi]: …``); None when all are usable."""
+        ranges = (  # (key, above, at most, unit): each value alone
+            ("min_contrast", 0, 255, "grey levels"), ("min_palm_grey", None, 255, "a grey level"),
+            ("max_palm_grey", None, 255, "a grey level"), ("max_clipped", 0, 1, "a share of the palm"),
+            ("min_hand_area", 0, 1, "a share of the frame"), ("max_hand_area", 0, 1, "a share of the frame"),
+            ("cut_hand_too_close", 0, 1, "a share of the frame"),
+            ("min_palm_diameter", 0, None, "a share of the frame's short side"),
+            ("max_palm_diameter", 0, None, "a share of the frame's short side"),
+            ("max_edge_width", 0, None, "px"),
         )
-        for ok, problem in rules:
-            if not ok:
-                raise ValueError(problem)
+        for name, above, at_most, unit in ranges:
+            value = getattr(self, name)
+            low_ok = value >= 0 if above is None else value > above
+            if not (low_ok and (at_most is None or value <= at_most)):
+                allowed = ("0" if above is None else f"above {above}") + (
+                    f" to {at_most}" if above is None else f", at most {at_most}" if at_most is not None else "")
+                return f"{name} must be {allowed} ({unit}), got {value!r}"
+        for low, high in (("min_palm_grey", "max_palm_grey"), ("min_hand_area", "max_hand_area"),
+                          ("min_palm_diameter", "max_palm_diameter")):
+            if not getattr(self, low) < getattr(self, high):
+                return f"{low} ({getattr(self, low)!r}) must be below {high} ({getattr(self, high)!r})"
+        return None
 
 
 #: the limits a gate's config may set (``[roi]``: docs/roi.md): when a frame is refused as too
