@@ -473,10 +473,10 @@ class Camera:
             error = camera._error
             await camera.aclose()
             raise _fresh(error)
-        for result in camera._settings.values():
-            if not result.accepted:
-                log.info("camera %s: backend %s did not accept %s=%s", source, camera.backend,
-                         result.name, result.requested)
+        refused = [r for r in camera.settings if not r.accepted]
+        if refused:  # one line; what to tell an operator is the caller's (the node: once per run)
+            log.debug("camera %s: backend %s did not accept %s", source, camera.backend,
+                      ", ".join(f"{r.name}={r.requested:g}" for r in refused))
         return camera
 
     # ---- frames -------------------------------------------------------------------------

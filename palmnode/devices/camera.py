@@ -3,10 +3,13 @@
 The driver reads every frame but decodes only on demand (see drivers/camera/driver.py), so this
 actor takes no frames: it watches the stream (``Camera.watch``: DeviceLost when it ends,
 DeviceTimeout when it stalls, both end the session and the supervisor reopens) and every
-``HEALTH_PERIOD_S`` copies the driver's stats into the health registry.
+``HEALTH_PERIOD_S`` copies the driver's stats into the health registry. The settings the
+camera's backend did not accept (all of them on a stream URL) are logged in one line the first
+time in a node run, not at every reopen.
 """
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import trio
@@ -16,6 +19,8 @@ from drivers.camera.source import parse_source
 from palmnode.actors import EventBus, HealthRegistry
 from palmnode.config import CameraConfig
 from palmnode.devices.session import CounterMirror
+
+log = logging.getLogger("palmnode.devices")
 
 NAME = "camera"
 #: how often the actor copies the driver's stats (last frame time, drop counters) into health
@@ -31,6 +36,9 @@ class FrameSource:
 
     def __init__(self) -> None:
         self.camera: Camera | None = None
+        #: the settings (config name → value asked) a camera's backend did not accept in this
+        #: node run: each is logged the first time only, not again at every reopen
+        self.not_accepted: dict[str, float] = {}
 
     def latest(self) -> Frame | None:
         return None if self.camera is None else self.camera.latest()
@@ -52,11 +60,24 @@ class FrameSource:
         return self.camera
 
 
+def _report_settings(camera: Camera, reported: dict[str, float]) -> None:
+    """One line for the settings the backend did not accept that this node run has not yet told of
+    (a stream URL accepts none: the camera decides its own format); none at a reopen that changes
+    nothing."""
+    new = [r for r in camera.settings if not r.accepted and reported.get(r.name) != r.requested]
+    if not new:
+        return
+    reported.update((r.name, r.requested) for r in new)
+    log.info("camera %s: backend %s did not accept %s (logged once a run)", camera.source,
+             camera.backend, ", ".join(f"{r.name}={r.requested:g}" for r in new))
+
+
 async def serve(cfg: CameraConfig, health: HealthRegistry, bus: EventBus, frames: FrameSource,
                 ready: Callable[[], None]) -> None:
     counters = CounterMirror(health, NAME, prefix="")
     async with await Camera.open(parse_source(cfg.source), width=cfg.width, height=cfg.height, fps=cfg.fps,
                                  exposure=cfg.exposure, gain=cfg.gain) as camera:
+        _report_settings(camera, frames.not_accepted)
         ready()
         frames.camera = camera
 
