@@ -375,6 +375,10 @@ async def test_systemds_status_line_shows_the_pending_payment(nursery, gate, tmp
             ", mode payment: 1299 EUR from the next person identified, then entry")
         node.modes.set(GateMode("payment", 450, "EUR"), at=trio.current_time())
         assert (await status_with("450")).endswith(", mode payment: 450 EUR from each person identified")
+        node.modes.set(GateMode("payment", 1299, "EUR", once=True), at=trio.current_time())
+        assert (await status_with("1299")).endswith(  # it returns to the fare: which one
+            ", mode payment: 1299 EUR from the next person identified, then payment (450 EUR from each "
+            "person identified)")
         node.modes.set(GateMode("loyalty"), at=trio.current_time())
         assert (await status_with("mode loyalty")).endswith(", mode loyalty")
     finally:

@@ -81,10 +81,14 @@ Charge = Callable[[str, bytes, int, str], Awaitable[ChargeResult]]
 
 def payment_words(payment: dict) -> str:
     """A pending payment (``GateModes.pending_payment()``, ``node.status``'s ``payment``) in words:
-    how much, in what, and who pays it (the REPL's ``status``, systemd's STATUS=)."""
+    how much, in what, who pays it and, for a basket, what the gate returns to in full (a fare:
+    its amount too) (the REPL's ``status``, systemd's STATUS=)."""
     amount = f"{payment['amount_cents']} {payment['currency']}"
     if payment["once"]:
-        return f"{amount} from the next person identified, then {payment['returns_to']}"
+        back = payment["returns_to"]
+        if (fare := payment.get("returns_to_fare")) is not None:
+            back += f" ({fare['amount_cents']} {fare['currency']} from each person identified)"
+        return f"{amount} from the next person identified, then {back}"
     return f"{amount} from each person identified"
 
 
@@ -124,8 +128,13 @@ class GateModes:
         mode = self.current
         if mode.mode != "payment":
             return None
+        back = self.returns_to
         return {"amount_cents": mode.amount_cents, "currency": mode.currency, "once": mode.once,
-                "returns_to": self.returns_to.mode if self.returns_to is not None else None}
+                "returns_to": back.mode if back is not None else None,
+                # a basket set over a fare returns to that fare: its amount (the mode's name alone
+                # said "then payment", not how much)
+                "returns_to_fare": ({"amount_cents": back.amount_cents, "currency": back.currency}
+                                    if back is not None and back.mode == "payment" else None)}
 
     def _change(self, mode: GateMode, at: float, reason: str) -> None:
         self.current = mode

@@ -60,6 +60,25 @@ async def test_a_basket_returns_to_the_mode_before_it_and_a_stale_approval_chang
     modes.set(GateMode("payment", 450, "EUR"), at=7.0)  # a fare: no basket pending any more
     assert modes.returns_to is None and not modes.paid(modes.serial, at=8.0)
     assert modes.current == GateMode("payment", 450, "EUR")
+    assert modes.pending_payment() == {"amount_cents": 450, "currency": "EUR", "once": False,
+                                       "returns_to": None, "returns_to_fare": None}
+
+
+def test_a_basket_over_a_fare_says_the_fare_it_returns_to():
+    """node.status carried only the previous mode's name: a basket set over a fare read '1299 EUR
+    from the next person identified, then payment', without the fare's amount."""
+    from palmnode.gate.modes import payment_words
+
+    modes = GateModes(None, GateMode("payment", 450, "USD"))
+    modes.set(BASKET, at=1.0)
+    payment = modes.pending_payment()
+    assert payment == {"amount_cents": 1299, "currency": "EUR", "once": True, "returns_to": "payment",
+                       "returns_to_fare": {"amount_cents": 450, "currency": "USD"}}
+    assert payment_words(payment) == ("1299 EUR from the next person identified, then payment "
+                                      "(450 USD from each person identified)")
+    modes.set(GateMode("entry"), at=2.0)
+    modes.set(BASKET, at=3.0)
+    assert payment_words(modes.pending_payment()) == "1299 EUR from the next person identified, then entry"
 
 
 # ---- the identify flow on the virtual gate ------------------------------------------------------------
@@ -146,7 +165,8 @@ async def test_a_basket_set_by_the_controller_is_charged_once_over_the_link(nurs
     assert set_answer == {"mode": "payment", "once": True}
     status = await controller.request("demo-gate", "node.status")
     assert status["mode"] == "payment"
-    assert status["payment"] == {"amount_cents": 1299, "currency": "EUR", "once": True, "returns_to": "entry"}
+    assert status["payment"] == {"amount_cents": 1299, "currency": "EUR", "once": True, "returns_to": "entry",
+                                 "returns_to_fare": None}
 
     async with node.bus.subscribe(PaymentResult, GateOpened, ModeChanged, buffer=256) as events:
         other = sqlite3.connect(controller.config.db_path, isolation_level=None)

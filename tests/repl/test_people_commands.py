@@ -88,7 +88,7 @@ async def test_a_basket_from_the_repl_shows_in_status_and_follow(connect, node):
     assert node.modes.current == GateMode("payment", 1299, "EUR", once=True)
     _, reply = await client.call("status")
     assert reply["result"]["payment"] == {"amount_cents": 1299, "currency": "EUR", "once": True,
-                                          "returns_to": "loyalty"}
+                                          "returns_to": "loyalty", "returns_to_fare": None}
     assert "payment 1299 EUR from the next person identified, then loyalty" in reply["text"]
     for args, error in [(("payment", "1299", "EUR", "twice"), "after the currency only 'once', not 'twice'"),
                         (("entry", "once"), "once is for payment mode only, not entry"),
@@ -107,6 +107,14 @@ async def test_a_basket_from_the_repl_shows_in_status_and_follow(connect, node):
     assert reply["text"] == "gate mode payment: 450 EUR from each person identified"
     _, reply = await client.call("status")
     assert "payment 450 EUR from each person identified" in reply["text"]
+    # a basket over a fare said "then payment", not which fare: the gate returns to it in full
+    _, reply = await client.call("mode", "payment", "1299", "EUR", "once")
+    assert reply["text"] == ("gate mode payment: 1299 EUR from the next person identified, then payment "
+                             "(450 EUR from each person identified)")
+    _, reply = await client.call("status")
+    assert reply["result"]["payment"]["returns_to_fare"] == {"amount_cents": 450, "currency": "EUR"}
+    assert ("mode payment 1299 EUR from the next person identified, then payment (450 EUR from each "
+            "person identified)") in reply["text"]
     seen = [(await watching.line())["event"] for _ in range(4)]
     assert [(e["mode"]["mode"], e["mode"]["once"], e["reason"]) for e in seen] == [
         ("loyalty", False, "set"), ("payment", True, "set"), ("loyalty", False, "paid"), ("payment", False, "set")]
