@@ -11,7 +11,7 @@ from pathlib import Path
 
 import trio
 
-from palmnode import logs
+from palmnode import logs, malloc
 
 
 #: exit status of a configuration that cannot be used (sysexits.h EX_CONFIG): systemd's unit does not
@@ -41,6 +41,7 @@ def sim(args: argparse.Namespace) -> int:
     from palmnode.sim.gate import DEFAULT_CAMERA_PORT, DEFAULT_RUN_DIR, VirtualGate
 
     logs.setup("info")
+    malloc.configure(malloc.RENDERER_THRESHOLD)  # the renderer's arrays: palmnode/malloc.py
     script = None
     if args.scenario is not None:
         try:
@@ -117,6 +118,9 @@ def run(args: argparse.Namespace) -> int:
     from palmnode.node import Node
 
     logs.setup(cfg.node.log_level)
+    # large arrays get their own mappings, given back when freed: palmnode/malloc.py
+    threshold = malloc.configure(malloc.NODE_THRESHOLD)
+    logs.event(logging.getLogger("palmnode.node"), "allocator", mmap_threshold=threshold)
     run_trio(_serve_node, Node(cfg))
     return 0
 
@@ -213,6 +217,7 @@ def bench(args: argparse.Namespace) -> int:
 def demo(args: argparse.Namespace) -> int:
     from palmnode import demo as demomod
 
+    malloc.configure(malloc.RENDERER_THRESHOLD)  # palmnode/malloc.py
     logs.setup("error")  # the demo shows what happens itself; a device's reconnect warnings are noise here
     plan = demomod.Plan(people=args.people, arrivals=args.arrivals, unplug_camera=not args.no_unplug, seed=args.seed)
     summary = run_trio(lambda: demomod.play(plan))

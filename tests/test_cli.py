@@ -95,6 +95,8 @@ def test_sim_and_run_session_with_every_device_unplugged_in_turn(tmp_path):
         assert lost, (device, mine, said)
         back = [t for t, new in mine if new == "ready" and t > lost[0]]
         assert back and back[0] - lost[0] < 1.0 + 2.0 + 0.5, (device, mine, said)  # 1 s unplugged + 2 s
+    from palmnode import malloc
+    assert [l["mmap_threshold"] for l in lines if l["msg"] == "allocator"] == [malloc.NODE_THRESHOLD]  # palmnode/malloc.py
     gates = [l["new"] for l in lines if l["msg"] == "gate state"]
     assert gates.count("degraded") >= 4 and gates[-1] == "ready", gates
     cards = [l for l in lines if l["msg"] == "card read"]
