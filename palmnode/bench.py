@@ -1,5 +1,6 @@
 """``palmnode bench``: the node's idle cost while the virtual gate streams, beside a baseline,
-and a bad-input soak (palmnode/soak.py).
+a bad-input soak (palmnode/soak.py) and the node's memory at ``--enrolled`` people
+(palmnode/memory_bench.py).
 
 Two phases in one run, each a virtual gate (proximity at 100 Hz, camera at 30 fps) and one host
 process on it, measured from /proc CPU counters over the same window:
@@ -161,6 +162,9 @@ def main(args) -> int:
     if args.suite in ("node", "all"):
         report["node_idle_cpu"] = run(args.seconds)
         report["bad_input_soak"] = soak.main(args.seconds)
+        from palmnode import memory_bench
+
+        report["node_memory"] = memory_bench.run(memory_bench.TRAFFIC_WINDOWS * args.seconds, args.enrolled)
     if args.suite in ("engine", "all"):
         report["engine"] = engine_bench.main(args)
     if args.suite in ("gate", "all"):

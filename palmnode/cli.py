@@ -84,12 +84,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                        description="Measure the node, each number beside a baseline measured in the same "
                        "run; prints one JSON object on stdout, progress on stderr. Suites: node (CPU while "
                        "the virtual gate streams, beside the emulators' own cost and a bare read loop, then "
-                       "memory and drop counters under bad input on every port), engine (ROI, features, 1:1 "
+                       "memory and drop counters under bad input on every port, then the node's memory with --enrolled "
+                       "people, beside a bare interpreter with its imports), engine (ROI, features, 1:1 "
                        "and 1:N at --sizes, default up to 1M palms: the longest suite, its rendered templates "
                        "cached in --cache), gate (decision latency at --enrolled "
                        "palms). Give --suite to run one.")
     p.add_argument("--suite", choices=("node", "engine", "gate", "all"), default="all",
-                   help="node: idle CPU and bad-input soak; engine: ROI, features, 1:1 and 1:N "
+                   help="node: idle CPU, bad-input soak and memory; engine: ROI, features, 1:1 and 1:N "
                    "speed with baselines and pre-filter recall; gate: hand-present-to-decision latency, "
                    "enrolment time and decisions at --enrolled palms; all (default): every suite")
     p.add_argument("--seconds", type=cliargs.positive, default=20.0, help="node measurement window (default 20)")

@@ -27,7 +27,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     from palmnode import cliargs
 
     ap.add_argument("--enrolled", type=cliargs.count, default=100_000,
-                    help="gate suite: synthetic palms in the gallery before the run (default 100000)")
+                    help="gate suite: synthetic palms in the gallery before the run; node suite: people in the "
+                    "vault of the node whose memory is measured (default 100000)")
     ap.add_argument("--people", type=cliargs.count, default=20,
                     help="gate suite: people enrolled through the enrol flow (default 20)")
     ap.add_argument("--arrivals", type=cliargs.count, default=150, help="gate suite: arrivals (default 150)")
