@@ -10,10 +10,10 @@ holes those leave between longer-lived objects stay resident: the process grows 
 holds does not (glibc's ``mallinfo2`` "free" grows, "used" stays flat).
 
 Measured (docs/architecture.md, "Memory"): a node that loaded 100k people from its vault held
-276 MB, 63 MB of it free heap space; 223 MB (9 MB free) with the threshold fixed at 4 MiB
-(:data:`NODE_THRESHOLD`). At 128 KiB it held 215 MB, but each stranger's search at 100k then paid
+270 MiB, 62 MiB of it free heap space; 218 MiB (9 MiB free) with the threshold fixed at 4 MiB
+(:data:`NODE_THRESHOLD`). At 128 KiB it held 210 MiB, but each stranger's search at 100k then paid
 ~2 ms (30%) for mapping fresh pages for its score arrays; at 4 MiB it pays nothing measurable. The
-virtual gate's renderer grew by ~100 MB in five minutes of arrivals and enrolments, and stays
+virtual gate's renderer grew by ~100 MiB in five minutes of arrivals and enrolments, and stays
 flat with the threshold fixed at 128 KiB (:data:`RENDERER_THRESHOLD`: its frames are 1-2 MB).
 Setting the threshold explicitly also turns its adjustment off (mallopt(3)).
 
