@@ -13,11 +13,16 @@ from typing import Any
 
 import attrs
 
+from drivers.camera.driver import DEFAULT_READ_TIMEOUT_S as CAMERA_READ_TIMEOUT_S
 from drivers.camera.source import parse_source, source_kind
+from drivers.illuminator.codec import BOARD_MAX_TEMPERATURE_C
+from drivers.illuminator.driver import DEFAULT_TIMEOUT_S as ILLUMINATOR_TIMEOUT_S
 from drivers.illuminator.driver import check_settings as check_illuminator
 from drivers.proximity.codec import MAX_FRAME_RATE_HZ
+from drivers.proximity.driver import ATTEMPT_S as PROXIMITY_ATTEMPT_S
 from palmnode.biometrics.quality import QualityPolicy
 from palmnode.biometrics.roi import DEFAULT_LIMITS, OPERATOR_LIMITS, RoiLimits
+from palmnode.biometrics.types import MAX_FRAME_ASPECT, MAX_FRAME_PIXELS, MIN_FRAME_SIDE
 from palmnode.logs import LOG_LEVELS
 from palmnode.vault.records import VaultConfig
 
@@ -48,6 +53,29 @@ def _port(port: int) -> None:
         raise ValueError(f"port must be 1..65535, got {port}")
 
 
+def _within(name: str, value: float, low: float, high: float, what: str) -> None:
+    """A section's own rule (ValueError, one line): ``low <= value <= high``; ``what`` says what the
+    value is and why the range (nan and inf never get here: :func:`_build` refuses them first)."""
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be {_number(low)} to {_number(high)} ({what}), got {value!r}")
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+#: a duration no flow of the gate waits for: a longer timeout, period or backoff is a typo
+DAY_S = 86400.0
+
+
+#: the TFmini's UART rates (SetBaudRate, docs/protocols/proximity.md; Benewake's sensors take 9600
+#: to 921600): 9600 is also the slowest to carry its 9-byte frames at 100 Hz
+PROXIMITY_BAUDRATES = (9600, 921600)
+#: a stalled sensor is reset after stall_timeout_s; the gate cannot see a hand meanwhile, yet is not
+#: DEGRADED: longer than this is a typo (the default is 0.5 s)
+MAX_STALL_TIMEOUT_S = 10.0
+
+
 @attrs.frozen
 class ProximityConfig:
     port: str
@@ -60,7 +88,22 @@ class ProximityConfig:
     def __attrs_post_init__(self) -> None:
         if not 1 <= self.frame_rate_hz <= MAX_FRAME_RATE_HZ:
             raise ValueError(f"frame_rate_hz must be 1..{MAX_FRAME_RATE_HZ}, got {self.frame_rate_hz}")
-        _positive(baudrate=self.baudrate, stall_timeout_s=self.stall_timeout_s)
+        _within("baudrate", self.baudrate, *PROXIMITY_BAUDRATES, "the TFmini's UART rates")
+        # the sensor's handshake resends each command every ATTEMPT_S: reads rarer than that miss
+        # the answers' window (and a reading is up to read_interval_s late)
+        _within("read_interval_s", self.read_interval_s, 0, PROXIMITY_ATTEMPT_S,
+                "seconds between reads of the port; 0 reads each byte as it comes")
+        # one late frame is not a stall: at least two frame periods
+        _within("stall_timeout_s", self.stall_timeout_s, 2 / self.frame_rate_hz, MAX_STALL_TIMEOUT_S,
+                f"seconds without a frame before the sensor is reset; at least two frame periods at "
+                f"frame_rate_hz {self.frame_rate_hz}")
+        if not self.read_interval_s < self.stall_timeout_s:  # every wait between reads would be a stall
+            raise ValueError(f"read_interval_s ({self.read_interval_s!r}) must be below stall_timeout_s "
+                             f"({self.stall_timeout_s!r}): a read that late finds the sensor stalled")
+
+
+#: the reader is deaf to the next card this long after each one: longer is a typo
+MAX_PAUSE_AFTER_CARD_S = 5.0
 
 
 @attrs.frozen
@@ -69,6 +112,23 @@ class CardReaderConfig:
     token_key_file: str
     pause_after_card_s: float = 0.1  # the chip itself waits for cards; this is the rest after one
     enabled: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        _within("pause_after_card_s", self.pause_after_card_s, 0, MAX_PAUSE_AFTER_CARD_S,
+                "seconds the reader rests after a card before it waits for the next")
+
+
+#: the board's UART: 9600 up to 2 Mbaud, an Uno's 16 MHz ATmega328P at its fastest (and its USB
+#: bridge's); StandardFirmata runs at 57600
+ILLUMINATOR_BAUDRATES = (9600, 2_000_000)
+#: max_temperature_c: lights are allowed below it less the driver's 5 °C hysteresis, so a board at
+#: 35 °C (a warm shop) must be able to light; at most the board's own fixed cutoff, above which the
+#: board trips first and this limit never acts (docs/protocols/illuminator.md)
+ILLUMINATOR_TEMPERATURES_C = (40.0, BOARD_MAX_TEMPERATURE_C)
+#: sampling_interval_ms at most: the driver counts a board silent after its timeout (2 s) and the
+#: temperature unknown after twice it, each time reopening the board (5000 ms: LOST every 4 s);
+#: reports come at least twice a timeout, so one lost report is not yet silence
+MAX_SAMPLING_INTERVAL_MS = int(ILLUMINATOR_TIMEOUT_S * 1000 // 2)
 
 
 @attrs.frozen
@@ -90,7 +150,25 @@ class IlluminatorConfig:
             raise ValueError(f"channels: the gate lights {' and '.join(GATE_CHANNELS)}, missing {missing[0]!r}")
         # 0 would leave the board's dead-man timer disarmed: a killed or hung node would leave
         # the lights burning (the driver allows it, the gate must not)
-        _positive(baudrate=self.baudrate, deadman_ms=self.deadman_ms)
+        _positive(deadman_ms=self.deadman_ms)
+        _within("sampling_interval_ms", self.sampling_interval_ms, 1, MAX_SAMPLING_INTERVAL_MS,
+                "ms between thermistor reports; at most half the driver's timeout, after which a silent "
+                "board is reset")
+        _within("max_temperature_c", self.max_temperature_c, *ILLUMINATOR_TEMPERATURES_C,
+                "°C; above the board's own cutoff it never acts, below it a warm board never lights")
+        _within("baudrate", self.baudrate, *ILLUMINATOR_BAUDRATES, "the board's UART rates")
+
+
+#: a frame side at most: the engine's largest frame (MAX_FRAME_PIXELS) at its most elongated
+MAX_FRAME_SIDE = math.isqrt(MAX_FRAME_ASPECT * MAX_FRAME_PIXELS)
+#: a gate camera runs 15-60 fps; this leaves room for a high-speed one, more is a typo
+MAX_CAMERA_FPS = 240
+#: exposure is passed to the backend as it is: OpenCV's log2 seconds on some (-6 = 1/64 s), V4L2's
+#: exposure_time_absolute in 100 µs units on others; -20 is ~1 µs, and 100 µs × 20000 = 2 s, the
+#: driver's read timeout: a frame exposed longer never arrives in time
+CAMERA_EXPOSURES = (-20, int(CAMERA_READ_TIMEOUT_S * 10_000))
+#: UVC's gain control is 16 bits unsigned (wGain); V4L2 passes it on
+MAX_CAMERA_GAIN = 65535
 
 
 @attrs.frozen
@@ -105,7 +183,31 @@ class CameraConfig:
 
     def __attrs_post_init__(self) -> None:
         source_kind(parse_source(self.source))
-        _positive(width=self.width, height=self.height, fps=self.fps)
+        # the frames must be ones the engine takes (biometrics.types.check_frame)
+        for name in ("width", "height"):
+            _within(name, getattr(self, name), MIN_FRAME_SIDE, MAX_FRAME_SIDE,
+                    f"px; frames the engine takes: a side of at least {MIN_FRAME_SIDE} px, at most "
+                    f"{MAX_FRAME_PIXELS} pixels, at most {MAX_FRAME_ASPECT}:1")
+        if self.width * self.height > MAX_FRAME_PIXELS:
+            raise ValueError(f"width ({self.width}) x height ({self.height}) must be at most {MAX_FRAME_PIXELS} "
+                             f"pixels (the engine refuses larger frames), got {self.width * self.height}")
+        if max(self.width, self.height) > MAX_FRAME_ASPECT * min(self.width, self.height):
+            raise ValueError(f"width ({self.width}) and height ({self.height}) must be at most "
+                             f"{MAX_FRAME_ASPECT}:1 (the engine refuses more elongated frames)")
+        # a frame every 1/fps s must come within the driver's read timeout: 1 fps at least
+        _within("fps", self.fps, 1, MAX_CAMERA_FPS, "frames a second")
+        if self.exposure is not None:
+            _within("exposure", self.exposure, *CAMERA_EXPOSURES,
+                    "log2 seconds, or 100 µs units up to the driver's 2 s read timeout")
+        if self.gain is not None:
+            _within("gain", self.gain, 0, MAX_CAMERA_GAIN, "UVC's 16-bit gain")
+
+
+#: restarts within period_s before a supervisor gives up: more is a crash loop, not a fault to ride out
+MAX_INTENSITY = 100
+#: a lost device that returns is reopened within about backoff_max_s (README: within 2 s with the
+#: default 1 s); more than a minute leaves a gate DEGRADED long after a replug
+MAX_BACKOFF_S = 60.0
 
 
 @attrs.frozen
@@ -117,6 +219,11 @@ class SupervisionConfig:
 
     def __attrs_post_init__(self) -> None:
         _positive(period_s=self.period_s, backoff_initial_s=self.backoff_initial_s)
+        _within("intensity", self.intensity, 0, MAX_INTENSITY,
+                "restarts of a supervisor's children within period_s before it gives up")
+        _within("period_s", self.period_s, 0, DAY_S, "seconds over which restarts are counted")
+        for name in ("backoff_initial_s", "backoff_max_s"):
+            _within(name, getattr(self, name), 0, MAX_BACKOFF_S, "seconds before a lost device is reopened")
         if self.backoff_max_s < self.backoff_initial_s:
             raise ValueError(f"backoff_max_s ({self.backoff_max_s}) must be at least backoff_initial_s "
                              f"({self.backoff_initial_s})")
@@ -138,6 +245,10 @@ class NodeConfig:
 SHIPPED_CALIBRATION = Path(__file__).resolve().parent / "biometrics" / "calibration.json"  # package data
 #: ``[gate] search_threads`` at most
 MAX_SEARCH_THREADS = 16
+#: ``[gate] target_fmr`` (per comparison): 1e-3 at 1,000 palms already matches most strangers to
+#: someone; below 1e-15 (FPIR 1e-6 at a billion palms) the threshold lies decades beyond any
+#: impostor score a calibration measured (the shipped one: 1 in 8.9M)
+TARGET_FMRS = (1e-15, 1e-3)
 
 
 @attrs.frozen
@@ -202,6 +313,8 @@ class ReplConfig:
             raise ValueError(f"idle_timeout_s must be greater than 0 (seconds without a command before a "
                              f"session is closed; a larger value keeps idle sessions longer), got "
                              f"{self.idle_timeout_s!r}")
+        _within("idle_timeout_s", self.idle_timeout_s, 0, DAY_S,
+                "seconds without a command before a session is closed; at most a day")
 
 
 @attrs.frozen
@@ -217,6 +330,10 @@ class MetricsConfig:
         _port(self.port)
 
 
+#: debug frames kept at most: ~3 GB of 640x480 PNGs (~300 KB each), not a gate's whole disk
+MAX_CAPTURE_FILES = 10_000
+
+
 @attrs.frozen
 class DebugConfig:
     """Debugging aids an operator turns on explicitly; off by default."""
@@ -226,6 +343,10 @@ class DebugConfig:
     capture_dir: str = ""
     #: the folder keeps at most this many frames, the oldest removed first
     capture_max_files: int = 500
+
+    def __attrs_post_init__(self) -> None:
+        _within("capture_max_files", self.capture_max_files, 1, MAX_CAPTURE_FILES,
+                "frames kept in the debug capture folder")
 
 
 @attrs.frozen
@@ -270,7 +391,7 @@ _OPTIONAL = {"vault", "controller", "repl"}
 _PATH_KEYS = {"port", "token_key_file", "calibration", "path", "key_file", "ca", "cert", "key",
               "socket_path", "capture_dir"}
 _OFF_WHEN_EMPTY = {"capture_dir"}  # "" turns it off; every other path must name something
-_SIGNED_KEYS = {"exposure", "gain"}  # V4L2 exposure is a log2 value, often negative
+_SIGNED_KEYS = {"exposure"}  # OpenCV's exposure is often log2 seconds: negative
 
 
 def load(path: str | Path) -> Config:
@@ -323,9 +444,6 @@ def from_dict(raw: dict[str, Any], *, base: Path = Path("."), source: Path | Non
             table = {}
         values[name] = _build(cls, table, f"{where} [{name}]", base)
     _check_gate(values["gate"], f"{where} [gate]")
-    if values["debug"].capture_max_files < 1:
-        raise ConfigError(f"{where} [debug] capture_max_files: must be at least 1, "
-                          f"got {values['debug'].capture_max_files}")
     quality, roi = _capture(raw, where)
     link = values["controller"]
     if link is not None:
@@ -379,8 +497,9 @@ def _check_gate(gate: GateConfig, where: str) -> None:
         GateMode(gate.mode, gate.amount_cents, gate.currency)
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    if not 0.0 < gate.target_fmr < 1.0:
-        raise ConfigError(f"{where} target_fmr: must be between 0 and 1, got {gate.target_fmr!r}")
+    if not TARGET_FMRS[0] <= gate.target_fmr <= TARGET_FMRS[1]:
+        raise ConfigError(f"{where} target_fmr: must be {TARGET_FMRS[0]:g} to {TARGET_FMRS[1]:g} (false matches "
+                          f"per comparison), got {gate.target_fmr!r}")
     if gate.on_duplicate not in ("refuse", "link"):
         raise ConfigError(f"{where} on_duplicate: must be refuse or link, got {gate.on_duplicate!r}")
     if not 1 <= gate.search_threads <= MAX_SEARCH_THREADS:
@@ -403,14 +522,13 @@ def _build(cls: type, table: Any, where: str, base: Path) -> Any:
     missing = [n for n, f in fields.items() if f.default is attrs.NOTHING and n not in kwargs]
     if missing:
         raise ConfigError(f"{where}: missing key {missing[0]!r}")
-    try:
-        built = cls(**kwargs)
-    except ValueError as exc:  # the value's own rules (QualityPolicy: good below bad, ...)
-        raise ConfigError(f"{where}: {exc}") from None
     for key, value in kwargs.items():  # nan or inf: a sleep, a backoff or a setting that never works
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{where} {key}: must be a finite number, got {value!r}")
-    return built
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # the value's own rules (ranges; QualityPolicy: good below bad, ...)
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _is_url(value: Any) -> bool:

@@ -199,6 +199,9 @@ def test_a_service_that_cannot_start_is_a_one_line_error(tmp_path):
     ("not toml", "{path}: not valid TOML: "),
     ("unknown key", "{path}: unknown section [controlerr]"),
     ("bad value", "{path} [gate] on_duplicate: must be refuse or link, got 'merge'"),
+    # loaded before: a pty (the sim) takes any rate; a USB adapter refuses it or garbles the line
+    ("absurd value", "{path} [devices.proximity]: baudrate must be 9600 to 921600 (the TFmini's UART rates), "
+                     "got 1000000000\n"),
     ("a folder", "cannot read config file {path}: Is a directory\n"),  # was "[Errno 21] Is a directory: '{path}'"
 ])
 def test_a_config_file_that_cannot_be_used_exits_78_which_systemd_does_not_restart(tmp_path, mistake, message):
@@ -216,6 +219,8 @@ def test_a_config_file_that_cannot_be_used_exits_78_which_systemd_does_not_resta
         config.write_text(text + "\n[gate\n")
     elif mistake == "unknown key":
         config.write_text(text + "\n[controlerr]\nhost = 'x'\n")
+    elif mistake == "absurd value":
+        config.write_text(text.replace("frame_rate_hz = 100", "frame_rate_hz = 100\nbaudrate = 1000000000", 1))
     else:
         config.write_text(text.replace('on_duplicate = "refuse"', 'on_duplicate = "merge"'))
     proc = subprocess.run([sys.executable, "-m", "palmnode", "run", "--config", str(config)],

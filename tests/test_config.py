@@ -73,7 +73,7 @@ def test_device_section_errors(tmp_path):
     # (and the devices beside it) in a loop, or stop with a traceback
     ("deadman_ms = 1000 ", "deadman_ms = 20000 ", "[devices.illuminator]: illuminator deadman_ms must be 0..16383, got 20000"),
     ("sampling_interval_ms = 250 ", "sampling_interval_ms = 0 ", "illuminator sampling_interval_ms must be 1..16383, got 0"),
-    ("max_temperature_c = 70.0", "max_temperature_c = nan", "illuminator max_temperature_c must be a finite number, got nan"),
+    ("max_temperature_c = 70.0", "max_temperature_c = nan", "[devices.illuminator] max_temperature_c: must be a finite number, got nan"),
     ("channels = { ir = 9, surface = 10 }", "channels = {}", "illuminator needs at least one channel"),
     ("channels = { ir = 9, surface = 10 }", "channels = { ir = 9, surface = 9 }", "illuminator channels share a pin"),
     ("channels = { ir = 9, surface = 10 }", "channels = { ir = 9, uv = 10 }", "channels: the gate lights ir and surface, missing 'surface'"),
@@ -204,6 +204,105 @@ def test_every_numeric_key_with_a_bad_value_is_named_with_its_value(tmp_path, ta
     assert message.startswith(f"{source} [{table}]") and "\n" not in message, message
     assert key in message and repr(value) in message, message
     assert any(word in message for word in (" must ", " needs ", "expected")), message
+
+
+#: a value too large for every numeric key of every table: typos that loaded and failed only once
+#: running (a port that never opens at 1e9 baud, a camera frame no engine takes, a sleep of years)
+TOO_LARGE = {
+    "devices.proximity": {"baudrate": 1_000_000_000, "frame_rate_hz": 100_000, "read_interval_s": 1e9,
+                          "stall_timeout_s": 86400},
+    "devices.card_reader": {"pause_after_card_s": 3600},
+    "devices.illuminator": {"thermistor_pin": 99, "deadman_ms": 60_000, "max_temperature_c": 500.0,
+                            "sampling_interval_ms": 10_000, "baudrate": 1_000_000_000},
+    "devices.camera": {"width": 1_000_000_000, "height": 1_000_000_000, "fps": 100_000, "exposure": 1e9,
+                       "gain": 1e9},
+    "supervision": {"intensity": 1_000_000_000, "period_s": 1e9, "backoff_initial_s": 1e9, "backoff_max_s": 1e9},
+    "gate": {"amount_cents": 2**63, "target_fmr": 0.01, "search_threads": 1000},
+    "controller": {"port": 70000},
+    "repl": {"max_sessions": 100_000, "idle_timeout_s": 1e9},
+    "metrics": {"port": 65536},
+    "debug": {"capture_max_files": 10**9},
+    "quality": {"exposure_bad_low": 1000, "exposure_good_low": 256, "exposure_good_high": 256,
+                "exposure_bad_high": 1e9, "clip_level": 256, "edge_width_sharp": 1e9, "edge_width_blurred": 1e9,
+                "weight_sharpness": 1e300, "weight_exposure": 1e9, "weight_completeness": 1e9,
+                "min_score": 2, "min_sharpness": 2, "min_exposure": 2, "min_completeness": 2},
+    "roi": {"min_contrast": 1e9, "min_palm_grey": 256, "max_palm_grey": 1e9, "max_clipped": 2,
+            "min_hand_area": 2, "max_hand_area": 2, "cut_hand_too_close": 2, "min_palm_diameter": 1.5,
+            "max_palm_diameter": 1e9, "max_edge_width": 1e9},
+}
+
+
+def test_the_too_large_table_covers_every_numeric_key():
+    """A new numeric key fails here until it has a too-large value below, which fails in the next
+    test until the key has an upper bound."""
+    assert {(table, key) for table, keys in TOO_LARGE.items() for key in keys} == numeric_keys()
+
+
+@pytest.mark.parametrize("table, key, value", [(t, k, v) for t, keys in TOO_LARGE.items() for k, v in keys.items()])
+def test_every_numeric_key_with_a_too_large_value_is_refused_naming_it(tmp_path, table, key, value):
+    """Absurd non-negative values loaded (baudrate = 1000000000, a camera width of 1000000000,
+    read_interval_s = 1e9, ...) and failed only once running: a device that never opened, a node
+    that slept for years. Each is refused at load in one line naming the table, the key, the value
+    and what is allowed."""
+    test_every_numeric_key_with_a_bad_value_is_named_with_its_value(tmp_path, table, key, value)
+
+
+@pytest.mark.parametrize("old, new, message", [
+    # the lower ends and the rules between keys: values that load and cannot work either
+    ("frame_rate_hz = 100", "frame_rate_hz = 100\nbaudrate = 4800",
+     "[devices.proximity]: baudrate must be 9600 to 921600 (the TFmini's UART rates), got 4800"),
+    ("frame_rate_hz = 100", "frame_rate_hz = 100\nread_interval_s = 0.3",
+     "[devices.proximity]: read_interval_s must be 0 to 0.25 (seconds between reads of the port; 0 reads "
+     "each byte as it comes), got 0.3"),
+    ("frame_rate_hz = 100", "frame_rate_hz = 100\nstall_timeout_s = 0.015",
+     "[devices.proximity]: stall_timeout_s must be 0.02 to 10 (seconds without a frame before the sensor is "
+     "reset; at least two frame periods at frame_rate_hz 100), got 0.015"),
+    ("frame_rate_hz = 100", "frame_rate_hz = 100\nread_interval_s = 0.2\nstall_timeout_s = 0.2",
+     "[devices.proximity]: read_interval_s (0.2) must be below stall_timeout_s (0.2): a read that late finds "
+     "the sensor stalled"),
+    ("max_temperature_c = 70.0", "max_temperature_c = 25.0",
+     "[devices.illuminator]: max_temperature_c must be 40 to 80 (°C; above the board's own cutoff it never "
+     "acts, below it a warm board never lights), got 25.0"),
+    ("sampling_interval_ms = 250 ", "sampling_interval_ms = 5000 ",
+     "[devices.illuminator]: sampling_interval_ms must be 1 to 1000 (ms between thermistor reports; at most "
+     "half the driver's timeout, after which a silent board is reset), got 5000"),
+    ("width = 640", "width = 8",
+     "[devices.camera]: width must be 16 to 11585 (px; frames the engine takes: a side of at least 16 px, at "
+     "most 16777216 pixels, at most 8:1), got 8"),
+    ("width = 640\nheight = 480", "width = 8000\nheight = 8000",
+     "[devices.camera]: width (8000) x height (8000) must be at most 16777216 pixels (the engine refuses "
+     "larger frames), got 64000000"),
+    ("width = 640\nheight = 480", "width = 4000\nheight = 400",
+     "[devices.camera]: width (4000) and height (400) must be at most 8:1 (the engine refuses more elongated "
+     "frames)"),
+    ("fps = 30", "fps = 30\nexposure = -100",
+     "[devices.camera]: exposure must be -20 to 20000 (log2 seconds, or 100 µs units up to the driver's 2 s "
+     "read timeout), got -100"),
+    ("fps = 30", "fps = 30\ngain = -1", "[devices.camera] gain: must not be negative, got -1"),
+    ('target_fmr = 1e-9 ', 'target_fmr = 1e-20 ',
+     "[gate] target_fmr: must be 1e-15 to 0.001 (false matches per comparison), got 1e-20"),
+])
+def test_lower_bounds_and_rules_between_keys(tmp_path, old, new, message):
+    base = (ROOT / "config" / "sim.toml").read_text()
+    assert old in base
+    assert message in refusal(tmp_path / "c.toml", base.replace(old, new, 1))
+
+
+def test_the_bounds_are_inclusive(tmp_path):
+    """The edge values themselves load: the largest camera frame, the slowest and fastest lines."""
+    base = (ROOT / "config" / "sim.toml").read_text()
+    path = tmp_path / "c.toml"
+    path.write_text(base.replace("width = 640\nheight = 480\nfps = 30",
+                                 "width = 4096\nheight = 4096\nfps = 240\nexposure = 20000\ngain = 65535")
+                    .replace("frame_rate_hz = 100", "frame_rate_hz = 100\nbaudrate = 921600\nread_interval_s = 0.25")
+                    .replace("max_temperature_c = 70.0", "max_temperature_c = 80.0\nbaudrate = 2000000")
+                    .replace("sampling_interval_ms = 250 ", "sampling_interval_ms = 1000 ")
+                    .replace("backoff_max_s = 1.0", "backoff_max_s = 60")
+                    + "\n[debug]\ncapture_max_files = 10000\n[roi]\nmax_palm_diameter = 1\n")
+    cfg = config.load(path)
+    assert (cfg.camera.width, cfg.camera.height, cfg.camera.gain) == (4096, 4096, 65535)
+    assert (cfg.proximity.baudrate, cfg.illuminator.baudrate, cfg.illuminator.max_temperature_c) == (921600, 2_000_000, 80)
+    assert (cfg.debug.capture_max_files, cfg.roi.max_palm_diameter) == (10_000, 1)
 
 
 def test_a_thresholds_file_needs_a_table(tmp_path):

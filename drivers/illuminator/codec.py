@@ -54,6 +54,8 @@ SAFETY_TRIP = 0x03   # board -> host: F0 0D 03 <cause> F7 (the board switched ev
 SAFETY_CLEAR = 0x04  # board -> host: F0 0D 04 <cause> F7 (a latched cause has cleared)
 TRIP_DEADMAN = 0x01  # cause: the host was silent longer than the armed timeout
 TRIP_OVER_TEMPERATURE = 0x02  # cause: the board's own thermistor cutoff
+#: the extension's fixed cutoff: at or above it the board switches every light off (TRIP_OVER_TEMPERATURE)
+BOARD_MAX_TEMPERATURE_C = 80.0
 
 # ---- pin modes: protocol.md "Capability Query / Supported Modes" -----------------------------
 MODE_INPUT = 0x00

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 #: StandardFirmata.ino: Firmata.begin(57600)
 DEFAULT_BAUDRATE = 57600
+#: open()'s default timeout: a handshake step, a silent board (and twice it: no thermistor reading)
+DEFAULT_TIMEOUT_S = 2.0
 #: a board that announced nothing by then is asked (an Uno talks ~1.6 s after the DTR reset)
 FIRST_ASK_AFTER_S = 0.15
 #: re-ask an unanswered query this often during the handshake
@@ -141,7 +143,7 @@ class Illuminator:
         max_temperature_c: float,
         hysteresis_c: float = 5.0,
         baudrate: int = DEFAULT_BAUDRATE,
-        timeout: float = 2.0,
+        timeout: float = DEFAULT_TIMEOUT_S,
         sampling_interval_ms: int = 50,
         thermistor: Thermistor = Thermistor(),
     ) -> "Illuminator":

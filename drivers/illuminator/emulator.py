@@ -50,7 +50,7 @@ BOOT_S = 0.05
 #: FirmataConstants.h FIRMATA_PROTOCOL_MAJOR_VERSION / _MINOR_VERSION
 PROTOCOL_VERSION = (2, 5)
 #: the board's own over-temperature cutoff (docs/protocols/illuminator.md "Safety")
-BOARD_MAX_TEMPERATURE_C = 80.0
+BOARD_MAX_TEMPERATURE_C = fc.BOARD_MAX_TEMPERATURE_C
 BOARD_COOLED_HYSTERESIS_C = 10.0
 #: notices the board sends with STRING_DATA (protocol.md String: at most 30 chars on an Arduino)
 NOTICE_DEADMAN = "deadman: lights off"

@@ -22,6 +22,11 @@ from palmnode.biometrics import roi as roi_module
 from palmnode.biometrics.types import BadImage, Quality, Roi, check_frame
 
 
+#: a factor's weight at most: only their ratios count, and 100:1 already ignores the other factors
+#: (a weight near the float limit would make the score nan: no capture ever used)
+MAX_WEIGHT = 100.0
+
+
 @attrs.frozen
 class QualityPolicy:
     """Thresholds of the quality stage (grey levels are 8-bit)."""
@@ -67,6 +72,10 @@ class QualityPolicy:
             return f"clip_level must be 1 to 255 (a grey level), got {self.clip_level!r}"
         if not self.edge_width_sharp > 0:
             return f"edge_width_sharp must be above 0 (px), got {self.edge_width_sharp!r}"
+        for name in ("edge_width_sharp", "edge_width_blurred"):  # (a wider edge is never measured)
+            if not getattr(self, name) <= roi_module.MAX_EDGE_WIDTH_PX:
+                return (f"{name} must be at most {roi_module.MAX_EDGE_WIDTH_PX:g} (px at full scale), "
+                        f"got {getattr(self, name)!r}")
         if not self.edge_width_sharp < self.edge_width_blurred:
             return (f"edge_width_sharp ({self.edge_width_sharp!r}) must be below edge_width_blurred "
                     f"({self.edge_width_blurred!r})")
@@ -74,6 +83,9 @@ class QualityPolicy:
         for name in weights:
             if not getattr(self, name) >= 0:
                 return f"{name} must not be negative, got {getattr(self, name)!r}"
+            if not getattr(self, name) <= MAX_WEIGHT:
+                return (f"{name} must be 0 to {MAX_WEIGHT:g} (only the weights' ratios count), "
+                        f"got {getattr(self, name)!r}")
         if not sum(getattr(self, name) for name in weights) > 0:
             return "weight_sharpness, weight_exposure and weight_completeness are all 0: at least one must be above 0"
         for name in ("min_score", "min_sharpness", "min_exposure", "min_completeness"):

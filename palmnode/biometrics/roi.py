@@ -29,6 +29,10 @@ from palmnode.biometrics import keypoints, segment
 from palmnode.biometrics.types import FailureReason, Roi, RoiFailure, check_frame
 
 ROI_SIZE = 128
+#: an outline edge width (px at full scale) at most, as a limit: the width is measured across ±8
+#: working px (``_STEP_REACH``), so a smooth ramp reads ~17 of them, ~221 px at the largest frame's
+#: 13x downscale (4096 px / segment.WORK_LONG_SIDE); a larger limit is never reached (the check is off)
+MAX_EDGE_WIDTH_PX = 255.0
 
 
 @attrs.frozen
@@ -145,9 +149,10 @@ class RoiLimits:
             ("max_palm_grey", None, 255, "a grey level"), ("max_clipped", 0, 1, "a share of the palm"),
             ("min_hand_area", 0, 1, "a share of the frame"), ("max_hand_area", 0, 1, "a share of the frame"),
             ("cut_hand_too_close", 0, 1, "a share of the frame"),
-            ("min_palm_diameter", 0, None, "a share of the frame's short side"),
-            ("max_palm_diameter", 0, None, "a share of the frame's short side"),
-            ("max_edge_width", 0, None, "px"),
+            # the palm circle lies inside the hand, inside the frame: 1 at most (min 1: always too far)
+            ("min_palm_diameter", 0, 1, "a share of the frame's short side"),
+            ("max_palm_diameter", 0, 1, "a share of the frame's short side"),
+            ("max_edge_width", 0, MAX_EDGE_WIDTH_PX, "px at full scale"),
         )
         for name, above, at_most, unit in ranges:
             value = getattr(self, name)

@@ -11,6 +11,8 @@ from palmnode import MAX_FRAME_PIXELS  # frames larger are refused rather than p
 #: a frame longer than this many times its width (a line-scan strip, a mis-set stride) is refused:
 #: the hand segmentation downscales by the long side and would leave the short one no pixels
 MAX_FRAME_ASPECT = 8
+#: a frame narrower than this (either side) cannot hold a palm
+MIN_FRAME_SIDE = 16
 
 
 class BadImage(ValueError):
@@ -93,7 +95,7 @@ def check_frame(image: object, *, name: str = "image") -> np.ndarray:
     if image.shape[0] * image.shape[1] > MAX_FRAME_PIXELS:
         raise BadImage(f"{name} is {image.shape[1]}×{image.shape[0]}: larger than the "
                        f"{MAX_FRAME_PIXELS} pixels the engine accepts")
-    if image.shape[0] < 16 or image.shape[1] < 16:
+    if image.shape[0] < MIN_FRAME_SIDE or image.shape[1] < MIN_FRAME_SIDE:
         raise BadImage(f"{name} is {image.shape[1]}×{image.shape[0]}: too small to hold a palm")
     if max(image.shape[:2]) > MAX_FRAME_ASPECT * min(image.shape[:2]):
         raise BadImage(f"{name} is {image.shape[1]}×{image.shape[0]}: too elongated to hold a hand "

@@ -67,7 +67,8 @@ def test_config_section_is_off_by_default_and_checked(tmp_path):
     assert from_dict(base).debug == DebugConfig(capture_dir="", capture_max_files=500)
     on = from_dict({**base, "debug": {"capture_dir": "caps"}}, base=tmp_path)
     assert on.debug.capture_dir == str(tmp_path / "caps")
-    with pytest.raises(ConfigError, match=r"\[debug\] capture_max_files: must be at least 1"):
+    with pytest.raises(ConfigError, match=r"\[debug\]: capture_max_files must be 1 to 10000 \(frames kept in "
+                                          r"the debug capture folder\), got 0"):
         from_dict({**base, "debug": {"capture_dir": "caps", "capture_max_files": 0}})
     with pytest.raises(ConfigError, match="unknown key 'folder'"):
         from_dict({**base, "debug": {"folder": "caps"}})
