@@ -83,11 +83,13 @@ async def test_card_reads_are_tokenised_and_logged_without_the_number(node, gate
 
 
 async def test_hand_hover_gives_presence_and_absence(node, gate):
-    await wait_for(lambda: node.health.gate is GateState.READY, timeout=3.0)
+    # what is tested is the two events, not how soon (the 3 s start is the test above's): bounds
+    # that a loaded 2-core machine cannot miss (3 s each, before, timed out once under load)
+    await wait_for(lambda: node.health.gate is GateState.READY, timeout=15.0)
     async with node.bus.subscribe(PresenceChanged) as presence:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(gate.hover, 150.0, 0.5)
-            with trio.fail_after(3):
+            with trio.fail_after(15):
                 arrived = await presence.receive()
                 left = await presence.receive()
     assert arrived.present and 60 <= arrived.distance_mm <= 300
