@@ -21,6 +21,7 @@ import contextlib
 import itertools
 import json
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -328,7 +329,7 @@ async def _measure(folder: Path, seconds: float, idle_s: float) -> dict:
             async with repl.stream:
                 result["gallery"] = await repl.call("gallery")
         finally:
-            proc.send_signal(2)
+            proc.send_signal(signal.SIGINT)
             with trio.move_on_after(15):
                 await proc.wait()
             if proc.returncode is None:
@@ -367,7 +368,7 @@ def run(seconds: float, enrolled: int, *, idle_s: float = 5.0) -> dict:
         "node_minus_gallery_over_baseline_mb": mb(node_kb - base["VmRSS"]),
         "budget_mb": BUDGET_MB,
         "budget_gallery_bytes_per_palm": GALLERY_BUDGET_B_PER_PALM,
-        "node_within_budget": node_kb / 1024 <= BUDGET_MB,
+        "node_within_budget": node_kb * 1024 <= BUDGET_MB * 1e6,  # the budget is in MB, the RSS in MiB
         "gallery_within_budget": (gallery["bytes_per_palm"] or 0) <= GALLERY_BUDGET_B_PER_PALM,
     }
 
