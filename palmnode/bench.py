@@ -73,23 +73,32 @@ def _start_sim(run_dir: Path, port: int) -> subprocess.Popen:
     return proc
 
 
-def _node_config(folder: Path, run_dir: Path, port: int) -> Path:
+def node_toml(folder: Path, node_id: str, endpoints, more: str = "") -> Path:
+    """``folder``/node.toml: a node on the devices at ``endpoints`` (a virtual gate's
+    ``Endpoints``), warnings only, its card token key in ``folder``; ``more``: further tables."""
     path = folder / "node.toml"
     path.write_text(f"""
 [node]
-node_id = "bench"
+node_id = "{node_id}"
 log_level = "warning"
 [devices.proximity]
-port = "{run_dir}/proximity"
+port = "{endpoints.proximity}"
 [devices.card_reader]
-port = "{run_dir}/card_reader"
+port = "{endpoints.card_reader}"
 token_key_file = "{folder}/card_token.key"
 [devices.illuminator]
-port = "{run_dir}/illuminator"
+port = "{endpoints.illuminator}"
 [devices.camera]
-source = "http://127.0.0.1:{port}/stream.mjpg"
-""")
+source = "{endpoints.camera}"
+{more}""")
     return path
+
+
+def _node_config(folder: Path, run_dir: Path, port: int) -> Path:
+    from palmnode.sim.gate import Endpoints
+
+    return node_toml(folder, "bench", Endpoints(f"{run_dir}/proximity", f"{run_dir}/card_reader",
+                                                f"{run_dir}/illuminator", f"http://127.0.0.1:{port}/stream.mjpg"))
 
 
 def measure(procs: dict[str, subprocess.Popen], seconds: float) -> dict[str, float]:

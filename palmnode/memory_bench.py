@@ -246,21 +246,9 @@ class _Traffic:
 
 
 def _node_toml(folder: Path, endpoints, controller_port: int, certs: Path) -> Path:
-    path = folder / "node.toml"
-    path.write_text(f"""
-[node]
-node_id = "{NODE_ID}"
-log_level = "warning"
-[devices.proximity]
-port = "{endpoints.proximity}"
-[devices.card_reader]
-port = "{endpoints.card_reader}"
-token_key_file = "{folder}/card_token.key"
-[devices.illuminator]
-port = "{endpoints.illuminator}"
-[devices.camera]
-source = "{endpoints.camera}"
-[gate]
+    from palmnode.bench import node_toml
+
+    return node_toml(folder, NODE_ID, endpoints, f"""[gate]
 search_threads = 1
 [vault]
 path = "{folder}/vault.db"
@@ -274,7 +262,6 @@ key = "{certs}/{NODE_ID}.key"
 [repl]
 socket_path = "{folder}/repl.sock"
 """)
-    return path
 
 
 async def _measure(folder: Path, seconds: float, idle_s: float) -> dict:
