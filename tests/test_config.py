@@ -68,6 +68,13 @@ def test_device_section_errors(tmp_path):
         config.load(tmp_path / "none.toml")
 
 
+def assert_refused_in_sim_toml(tmp_path, old, new, message):
+    """config/sim.toml with ``old`` replaced by ``new`` is refused, and the refusal says ``message``."""
+    base = (ROOT / "config" / "sim.toml").read_text()
+    assert old in base
+    assert message in refusal(tmp_path / "c.toml", base.replace(old, new, 1))
+
+
 @pytest.mark.parametrize("old, new, message", [
     # values a device or the runtime refuses only once running: the node would restart the device
     # (and the devices beside it) in a loop, or stop with a traceback
@@ -87,9 +94,7 @@ def test_device_section_errors(tmp_path):
     ("port = 7443", "port = 0", "[controller]: port must be 1..65535, got 0"),
 ])
 def test_values_a_device_or_the_runtime_would_refuse_are_refused_at_load(tmp_path, old, new, message):
-    base = (ROOT / "config" / "sim.toml").read_text()
-    assert old in base
-    assert message in refusal(tmp_path / "c.toml", base.replace(old, new, 1))
+    assert_refused_in_sim_toml(tmp_path, old, new, message)
 
 
 def test_a_disarmed_deadman_timer_is_refused(tmp_path):
@@ -283,9 +288,7 @@ def test_every_numeric_key_with_a_too_large_value_is_refused_naming_it(tmp_path,
      "[gate] target_fmr: must be 1e-15 to 0.001 (false matches per comparison), got 1e-20"),
 ])
 def test_lower_bounds_and_rules_between_keys(tmp_path, old, new, message):
-    base = (ROOT / "config" / "sim.toml").read_text()
-    assert old in base
-    assert message in refusal(tmp_path / "c.toml", base.replace(old, new, 1))
+    assert_refused_in_sim_toml(tmp_path, old, new, message)
 
 
 def test_the_bounds_are_inclusive(tmp_path):
