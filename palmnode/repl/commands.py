@@ -26,6 +26,7 @@ from palmnode.actors import (ChildStateChanged, DeviceStateChanged, EventBus, Ga
 from palmnode.biometrics.types import RoiFailure
 from palmnode.devices.camera import FrameSource
 from palmnode.devices.illuminator import Lights
+from palmnode.gate.modes import payment_words
 from palmnode.gate.presence import PresenceChanged
 from palmnode.logs import event_to_plain
 from palmnode.metrics import Metrics
@@ -185,7 +186,7 @@ async def _status(session: Session, args: tuple[str, ...]) -> Reply:
     result = await status()
     mode = result["mode"]
     if (payment := result.get("payment")) is not None:
-        mode += " " + _payment_text(payment)
+        mode += " " + payment_words(payment)
     lines = [f"node {result['node_id']}: gate {result['gate'].upper()}, mode {mode}",
              f"people {result['people']}, gallery {result['gallery_palms']} palms, enrolment {result['enrolment']}",
              f"controller {result['controller'] or 'none (no [controller] in the config)'}"]
@@ -688,13 +689,6 @@ async def _delete(session: Session, args: tuple[str, ...]) -> Reply:
     return Reply({"deleted": deleted, "enrolment_cancelled": cancelled}, text)
 
 
-def _payment_text(payment: dict) -> str:
-    """node.status's ``payment`` in words: who pays how much."""
-    from palmnode.gate.modes import payment_words
-
-    return payment_words(payment)
-
-
 @command("mode", "mode entry | payment AMOUNT_CENTS CURRENCY [once] | loyalty", "set what the gate does for a person",
          "entry opens the turnstile; payment asks the controller to charge the person's card, every "
          "person identified (a fare) or, with once, only the next one whose charge is approved (a "
@@ -723,5 +717,5 @@ async def _mode(session: Session, args: tuple[str, ...]) -> Reply:
         raise CommandError(str(exc)) from None
     target.modes.set(mode, at=trio.current_time())
     payment = target.modes.pending_payment()
-    text = f"gate mode {mode.mode}" + (f": {_payment_text(payment)}" if payment is not None else "")
+    text = f"gate mode {mode.mode}" + (f": {payment_words(payment)}" if payment is not None else "")
     return Reply({"mode": mode.mode, "once": mode.once}, text)
