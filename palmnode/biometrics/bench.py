@@ -212,8 +212,9 @@ def full_scores(probe: ProbeTemplates, recs: np.ndarray, idx: np.ndarray | None 
     return matcher.match_probe_records(probe, recs, idx, flags)[2]
 
 
-def gallery_of(recs: np.ndarray, sigs: np.ndarray, threads: int = 1) -> gal.Gallery:
-    """A Gallery holding these packed entries (filled directly: add() per entry would take minutes)."""
+def gallery_of(recs: np.ndarray, sigs: np.ndarray, threads: int = 1, ids: list[str] | None = None) -> gal.Gallery:
+    """A Gallery holding these packed entries, one person each, ``ids`` (default p0, p1, ...) (filled
+    directly: add() per entry would take minutes)."""
     n = len(recs)
     seg_size = SEGMENT
     g = gal.Gallery(segment_size=seg_size, first_capacity=seg_size, threads=threads)
@@ -226,7 +227,8 @@ def gallery_of(recs: np.ndarray, sigs: np.ndarray, threads: int = 1) -> gal.Gall
         seg.count = m
         segs.append(seg)
     g._segments = tuple(segs)
-    g._person_ids = [f"p{i}" for i in range(n)]
+    for key, person_id in enumerate(ids if ids is not None else (f"p{i}" for i in range(n))):
+        g._people.set(key, person_id)
     g._live = n
     return g
 
@@ -430,8 +432,8 @@ def main(args: argparse.Namespace | None = None) -> dict:
     out["search"] = {}
     test_probes = [p for _, p in probes[:args.repeat]]
     for n in sizes:
-        g = gallery_of(np.concatenate([recs[:n], enrol_recs]), np.concatenate([sigs[:n], enrol_sigs]), args.threads)
-        g._person_ids[n:] = [f"mate{i}" for i in enrol_ids]
+        g = gallery_of(np.concatenate([recs[:n], enrol_recs]), np.concatenate([sigs[:n], enrol_sigs]), args.threads,
+                       [f"p{i}" for i in range(n)] + [f"mate{i}" for i in enrol_ids])
         total = n + len(enrol_ids)
         size, k1 = g.prefilter.shortlist_size(total), g.prefilter.stage1_size(total)
         progress = Progress(f"recall at {n}", len(probes))

@@ -37,6 +37,7 @@ from palmnode.biometrics import prefilter as pf
 from palmnode.biometrics.matcher import (FUSION_WEIGHTS, HAS_SURFACE, HAS_VEIN, RECORD_WORDS, SURFACE_MATCH,
                                          VEIN_MATCH, Score, elastic_distances, match_probe_records, pack_records,
                                          rigid_distances, similarity)
+from palmnode.biometrics.person_table import PersonTable
 from palmnode.biometrics.types import PalmTemplate
 from palmnode.biometrics.variants import ProbeTemplates
 
@@ -155,8 +156,7 @@ class Gallery:
         self._first = min(first_capacity, segment_size)
         self._segments: tuple[_Segment, ...] = ()
         self._lock = threading.Lock()
-        self._person_ids: list[str] = []   # person key -> id; "" for a free key
-        self._person_key: dict[str, int] = {}
+        self._people = PersonTable()        # person id <-> key
         self._live = 0
         # A removed person's key is given to a newcomer only once no search that may still hold
         # their entries runs (one that began before the removal would name the newcomer for
@@ -217,25 +217,20 @@ class Gallery:
     def _key(self, person_id: str) -> int:
         """The person's key; for a new person a removed person's key that no running search can
         still hold, else a new one (under the writers' lock)."""
-        key = self._person_key.get(person_id)
+        key = self._people.key_of(person_id)
         if key is None:
             oldest = min(self._searching, default=self._searches_begun)
             while self._retired and self._retired[0][0] <= oldest:  # every search holding it has ended
                 self._free_keys.append(self._retired.popleft()[1])
-            if self._free_keys:
-                key = self._free_keys.pop()
-                self._person_ids[key] = person_id
-            else:
-                key = len(self._person_ids)
-                self._person_ids.append(person_id)
-            self._person_key[person_id] = key
+            key = self._free_keys.pop() if self._free_keys else self._people.keys
+            self._people.set(key, person_id)
         return key
 
     def remove(self, person_id: str) -> int:
         """Forget every template of ``person_id`` — codes zeroed, id dropped — at once; returns
         how many were removed."""
         with self._lock:
-            key = self._person_key.get(person_id)
+            key = self._people.drop(person_id)   # nothing of them stays in memory: not even the id
             if key is None:
                 return 0
             segments = list(self._segments)
@@ -247,8 +242,6 @@ class Gallery:
                 if rows.size:
                     by_segment[s] = rows
             removed = sum(rows.size for rows in by_segment.values())
-            self._person_key.pop(person_id)
-            self._person_ids[key] = ""               # nothing of them stays in memory: not even the id
             self._retired.append((self._searches_begun, key))  # free once the searches begun so far end
             last = len(segments) - 1
             for s, rows in by_segment.items():
@@ -282,11 +275,11 @@ class Gallery:
     def __contains__(self, person_id: object) -> bool:
         """Whether ``person_id`` has a palm in the gallery now (not removed)."""
         with self._lock:
-            return person_id in self._person_key
+            return person_id in self._people
 
     def memory_bytes(self) -> int:
-        """Bytes held by the packed arrays (the per-person id table is extra)."""
-        return sum(seg.nbytes() for seg in self._segments)
+        """Bytes held: the packed arrays and the table of person ids."""
+        return sum(seg.nbytes() for seg in self._segments) + self._people.nbytes()
 
     def _snapshot(self) -> list[tuple[_Segment, int, np.ndarray]]:
         with self._lock:  # writers hold it only to write one row or swap arrays
@@ -427,7 +420,8 @@ class Gallery:
         seen: set[int] = set()
         for i in order:
             p = int(r.person[i])
-            person_id = self._person_ids[p]
+            with self._lock:                          # the table may be rewritten by a writer
+                person_id = self._people.id_of(p)
             if p in seen or not person_id:            # "": removed while this search ran
                 continue
             seen.add(p)

@@ -112,7 +112,7 @@ def test_add_many_is_add_one_by_one(templates):
         assert a.count == b.count and a.capacity == b.capacity
         for name in ("index", "records", "live", "flags", "person", "palm"):
             assert np.array_equal(getattr(a, name), getattr(b, name)), name
-    assert one._person_ids == many._person_ids
+    assert one._people.ids() == many._people.ids()
     assert np.array_equal(pf.index_rows([veinless, templates[1][0]]),
                           np.stack([np.zeros(pf.INDEX_WORDS, np.uint64), pf.signature(templates[1][0])]))
     probe = templates[3][1]
@@ -122,7 +122,7 @@ def test_add_many_is_add_one_by_one(templates):
         many.add_many([("r1", "left", templates[5][0]), ("r2", "middle", templates[6][0])])
     with pytest.raises(ValueError, match="at least one modality"):
         many.add_many([("r1", "left", templates[5][0]), ("r2", "left", PalmTemplate(None, None))])
-    assert len(many) == len(entries) - 1 and "r1" not in many._person_key
+    assert len(many) == len(entries) - 1 and "r1" not in many._people
 
 
 def test_memory_is_linear_in_palms():
@@ -132,9 +132,11 @@ def test_memory_is_linear_in_palms():
     for n in range(1, 4097):
         g.add(f"p{n}", "left", _random_template(rng))
         if n % 1024 == 0:
-            sizes.append(g.memory_bytes())
+            sizes.append(sum(seg.nbytes() for seg in g._segments))
     per = np.diff([0] + sizes) / 1024
     assert np.all(per == per[0]) and per[0] < 1024
+    # the person table (ids in an arena, a hash index): ~60 B a person, growing by doubling
+    assert g._people.nbytes() / len(g) < 128 and g.memory_bytes() == sizes[-1] + g._people.nbytes()
 
 
 def test_the_open_segment_holds_at_most_an_eighth_idle_so_a_palm_stays_under_1_kib():
@@ -144,16 +146,20 @@ def test_the_open_segment_holds_at_most_an_eighth_idle_so_a_palm_stays_under_1_k
     size, a palm costs at most 9/8 of its row beyond the first segment's floor."""
     rng = np.random.default_rng(0)
     g = Gallery(segment_size=4096, first_capacity=64)
+
+    def packed() -> int:
+        return sum(seg.nbytes() for seg in g._segments)
     row = None
     for n in range(1, 3 * 4096 + 1):
         g.add(f"p{n}", "left", _random_template(rng))
-        row = row or g.memory_bytes() // 64
+        row = row or packed() // 64
         if n >= 64:
-            assert g.memory_bytes() <= row * (n + n // 8 + 1), n
+            assert packed() <= row * (n + n // 8 + 1), n
     assert row < 1024 * 8 / 9
     for n in range(3 * 4096, 3 * 4096 + 5000, 1024):   # the node loads its vault in batches of 1,024
         g.add_many([(f"q{n}-{i}", "left", _random_template(rng)) for i in range(1024)])
-        assert g.memory_bytes() <= row * (len(g) + len(g) // 8 + 1024)
+        assert packed() <= row * (len(g) + len(g) // 8 + 1024)
+    assert g.memory_bytes() / len(g) < 1024   # the person table too
 
 
 def test_searches_in_threads_never_see_half_written_entries(templates):
@@ -323,7 +329,7 @@ def test_removed_person_leaves_no_codes_or_id_in_memory(templates):
         return any((seg.records[:seg.count] == record).all(axis=1).any() for seg in g._segments)
     assert holds(rec)
     assert g.remove("person-1") == 1
-    assert not holds(rec) and "person-1" not in g._person_ids
+    assert not holds(rec) and "person-1" not in g._people and b"person-1" not in g._people._arena
     assert all(c.person_id != "person-1" for c in g.search(templates[1][1], k=3))
     g.add("person-1", "right", templates[1][0])  # the same id can come back (replication)
     assert g.search(templates[1][1], k=1)[0].person_id == "person-1"
@@ -540,8 +546,9 @@ def _check_entries(g: Gallery) -> None:
     """Every live row belongs to a person held, and every person held has a live row."""
     keys = [int(k) for seg in g._segments for k in seg.person[:seg.count][seg.live[:seg.count] != 0]]
     assert len(keys) == len(g)
-    assert set(keys) == set(g._person_key.values())
-    assert all(g._person_ids[key] == pid for pid, key in g._person_key.items())
+    held = g._people.ids()
+    assert set(keys) == set(held.values()) and len(held) == g._people.live
+    assert all(g._people.key_of(pid) == key for pid, key in held.items())
 
 
 def test_memory_stays_bounded_under_add_remove_churn(templates):
@@ -561,7 +568,10 @@ def test_memory_stays_bounded_under_add_remove_churn(templates):
             assert g.remove(f"v{n - 30}") == 1
         if n % 200 == 199:
             _check_entries(g)
-            sizes.append((g.memory_bytes(), len(g._segments), sum(seg.count for seg in g._segments)))
+            sizes.append((sum(seg.nbytes() for seg in g._segments), len(g._segments),
+                          sum(seg.count for seg in g._segments)))
+            assert len(g._people._arena) <= 2 * sum(len(p) for p in g._people.ids()) + 64  # holes compacted
+            assert g._people._slots.size <= 8 * g._people.live  # the index too
     assert len(g) == 40 and max(sizes) == max(sizes[:2])
     assert sum(seg.count for seg in g._segments) <= 2 * len(g) + 16
     assert g.search(pool[5], k=1)[0].person_id == "staff5"
@@ -591,7 +601,7 @@ def test_person_table_follows_the_people_enrolled_not_those_ever_added(templates
         g.remove(f"staff{n % 10}")          # a sync's upsert of someone held: removed, added again
         g.add(f"staff{n % 10}", "left", pool[n % 10])
     assert len(g) == 15
-    assert len(g._person_ids) <= 17, len(g._person_ids)
+    assert g._people.keys <= 17, g._people.keys
     _check_entries(g)
     assert g.search(pool[3], k=1)[0].person_id == "staff3"
     assert {c.person_id for c in g.search(pool[0], k=20)} == {f"staff{i}" for i in range(10)} | {
@@ -639,4 +649,4 @@ def test_a_search_never_names_a_newcomer_for_a_person_removed_while_it_ran(templ
     assert g.search(templates[9][1], k=1)[0].person_id == "newcomer"
     g.remove("newcomer")
     g.add("later", "right", templates[10][0])   # no search runs now: a freed key is taken again
-    assert len(g._person_ids) == 5 and g.search(templates[10][1], k=1)[0].person_id == "later"
+    assert g._people.keys == 5 and g.search(templates[10][1], k=1)[0].person_id == "later"
