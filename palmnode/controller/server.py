@@ -554,9 +554,20 @@ class Controller:
                             "count": sum(reasons.values()), "reasons": reasons}})
 
     async def _prune_events(self, store: Store) -> None:
-        """Forget applied events older than the retention, now and every PRUNE_EVERY_S."""
+        """Forget applied events older than the retention, now and every PRUNE_EVERY_S; and the
+        cards deleted store-wide that no gate can still deliver an enrolment of made before their
+        deletion (as each event does: here for a database that has such cards already, a window
+        made shorter)."""
         keep_s = self.config.event_retention_days * 86400.0
         while True:
+            try:
+                released = await trio.to_thread.run_sync(store.forget_settled_cards)
+            except sqlite3.Error as exc:  # kept as they were; the next event or hour tries again
+                log.warning("deleted cards not released", extra={"fields": {"error": one_line(str(exc))}})
+            else:
+                if released:
+                    _cards_released(released)
+                    self._wal.poke()
             try:
                 pruned = await trio.to_thread.run_sync(
                     functools.partial(store.prune_events, before=time.time() - keep_s,
@@ -567,7 +578,7 @@ class Controller:
                 if pruned:
                     log.info("events pruned", extra={"fields": {
                         "events": pruned, "retention_days": self.config.event_retention_days}})
-                    self._wal.poke()
+                self._wal.poke()  # (cards past the retention may have gone without an event)
             await trio.sleep(PRUNE_EVERY_S)
 
     # -- one connection ------------------------------------------------------------------------
@@ -803,7 +814,9 @@ class Controller:
             if applied.effect == CARD_FORGOTTEN:  # the person asked to be forgotten before it arrived
                 log.warning("enrolment refused: its card was deleted store-wide before it", extra={"fields": {
                     "node": session.node_id, "key": event.key}})
-        if isinstance(applied.change, Remove):
+        if applied.cards_released:
+            _cards_released(applied.cards_released)
+        if isinstance(applied.change, Remove) or applied.cards_released:
             self._wal.poke()
         await session.send(Ack(seq=event.seq, key=event.key), self.config.max_frame)
         if applied.change is not None and not applied.duplicate:
@@ -920,6 +933,11 @@ class Controller:
 
 class _BadArgs(Exception):
     """A node's request the controller answers ``ok: false``."""
+
+
+def _cards_released(count: int) -> None:
+    log.info("deleted cards released: every gate known has delivered past their window, no enrolment of "
+             "them made before their deletion can still come", extra={"fields": {"cards": count}})
 
 
 def _database_trouble(what: str, session: _Session, exc: sqlite3.Error, **fields: Any) -> None:

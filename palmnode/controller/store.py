@@ -17,8 +17,12 @@ What it holds:
 - ``audit``: what was done, why and by whom; never biometric data, card or phone digests.
 - ``forgotten_cards``: the cards deleted store-wide at the controller (``forget_card``), with when,
   so an enrolment of that card made before the deletion (at a gate the deletion could not reach)
-  is refused whenever it arrives; pruned with the events (``prune_events``). Not the digest: a
-  tag keyed with the controller's key (HMAC), so the file alone links no card to a deletion.
+  is refused whenever it arrives. Not the digest: a tag keyed with the controller's key (HMAC), so
+  the file alone links no card to a deletion. Kept only while such an enrolment can still arrive
+  (:meth:`Store.forget_settled_cards`: every gate known has delivered an event stamped past the
+  window), and never longer than the events (``prune_events``).
+- ``node_progress``: each gate's ``at`` of the event it delivered last, which tells when a
+  remembered card can go (a gate delivers its events oldest first).
 
 A removal overwrites the person's bytes (``secure_delete``) and truncates the WAL, so nothing of
 them stays in the database, its ``-wal`` or its ``-shm`` file. The truncation never waits: when
@@ -32,6 +36,7 @@ through ``trio.to_thread.run_sync``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import sqlite3
@@ -63,6 +68,13 @@ BUSY_TIMEOUT_S = 10.0  # how long a transaction waits for another program holdin
 #: at most D + this was begun before the deletion, or within a gate's longest enrolment (its
 #: ``[enrol] timeout_s``, 90 s by default) plus clock skew, and is refused (``forget_card``)
 FORGET_WINDOW_S = 600.0
+#: a gate reads its clock for a person's enrolled_at, then writes the ``enrolled`` event to its
+#: outbox (which stamps the event's ``at`` and its seq): an event written in between (another
+#: thread's, while the enrolment waited for the vault's lock or its 5 s busy timeout) comes before
+#: the enrolment yet is stamped later than its enrolled_at, by seconds at most. A remembered card
+#: goes once every gate has delivered an event stamped this much past the window
+#: (``Store._release_cards``)
+FORGET_SLACK_S = 60.0
 CARD_FORGOTTEN = "refused: its card was deleted store-wide"
 
 _SCHEMA = """
@@ -131,6 +143,11 @@ CREATE TABLE IF NOT EXISTS charges (
 CREATE TABLE IF NOT EXISTS forgotten_cards (
     card_tag BLOB PRIMARY KEY,
     at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS forgotten_cards_at ON forgotten_cards (at);
+CREATE TABLE IF NOT EXISTS node_progress (
+    node_id TEXT PRIMARY KEY,
+    last_at REAL NOT NULL  -- the at (its clock) of the event applied last from this node
 );
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY,
@@ -245,6 +262,8 @@ class Applied:
     ``to_origin``: push ``change`` to the sending node too (an enrolment of someone already removed
     is refused and the node is told to forget them).
     ``rejected``: the payload lacked what its kind needs; recorded, nothing else changed.
+    ``cards_released``: remembered cards (``forget_card``) this event let go: every gate known has
+    now delivered past their window (the WAL was truncated after, or :attr:`Store.scrub_pending`).
     """
 
     duplicate: bool
@@ -252,6 +271,7 @@ class Applied:
     change: Change | None = None
     to_origin: bool = False
     rejected: bool = False
+    cards_released: int = 0
 
 
 @attrs.frozen
@@ -356,6 +376,7 @@ class Store:
             if version == 1:
                 _migrate_from_1(conn)
             conn.executescript(_SCHEMA)
+            _fill_progress(conn)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             conn.close()
@@ -499,9 +520,14 @@ class Store:
                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          (node_id, key, seq, kind, at, time.time(), applied.effect,
                           None if kept is None else msgpack.packb(kept), _person_named(kind, kept)))
-            return applied
+            # the last event of this gate, not its latest stamp: one that comes out of order (or after
+            # its clock stepped back) holds the remembered cards again until a later one passes
+            conn.execute("INSERT INTO node_progress VALUES (?, ?) ON CONFLICT (node_id) DO UPDATE SET "
+                         "last_at = excluded.last_at", (node_id, at))
+            released = self._release_cards(conn, at)
+            return attrs.evolve(applied, cards_released=released) if released else applied
         applied = self._write(txn)
-        if isinstance(applied.change, Remove) and not applied.to_origin:
+        if (isinstance(applied.change, Remove) and not applied.to_origin) or applied.cards_released:
             self.scrub()
         return applied
 
@@ -567,7 +593,8 @@ class Store:
         the person the record holds with it is removed (their change returned; None: nobody), and
         the card is remembered (``forgotten_cards``, at ``at``, now by default) so an enrolment of it
         made before the deletion, at a gate the deletion could not reach, is refused when it arrives
-        (:attr:`forget_window_s`; pruned with the events)."""
+        (:attr:`forget_window_s`), until no such enrolment can still arrive
+        (:meth:`forget_settled_cards`) or at the latest with the events (:meth:`prune_events`)."""
         now = time.time() if at is None else at
 
         def txn(conn):
@@ -579,6 +606,39 @@ class Store:
         change = self._write(txn)
         self.scrub()
         return change
+
+    def forget_settled_cards(self) -> int:
+        """Let go of the remembered cards no enrolment made before their deletion can still reach
+        (below); how many went (the WAL truncated after, or :attr:`scrub_pending`). The server calls
+        it at start (and hourly, with the pruning); :meth:`apply_event` does the same for each event."""
+        released = self._write(lambda conn: self._release_cards(conn, math.inf))
+        if released:
+            self.scrub()
+        return released
+
+    def _release_cards(self, conn: sqlite3.Connection, stamp: float) -> int:
+        """Delete the remembered cards (deleted at D) that no gate can still deliver an enrolment of
+        made by D + :attr:`forget_window_s`; ``stamp``: the event just applied (inf: any).
+
+        A gate delivers its events oldest first (its outbox, in seq order; a redelivery after a lost
+        ack is a duplicate, which moves nothing), so once the event it delivered last is stamped
+        (its clock) past D + window + FORGET_SLACK_S, any enrolment it delivers later was made after
+        that window. A card goes when that holds for every gate the controller knows of: each that
+        said hello (``nodes``) or delivered an event (``node_progress``). A gate known but silent
+        keeps it, up to the retention (``prune_events``). A gate never heard of cannot be waited
+        for: it is indistinguishable from one installed later."""
+        settled = stamp - self.forget_window_s - FORGET_SLACK_S
+        row = conn.execute("SELECT min(at) FROM forgotten_cards").fetchone()
+        if row[0] is None or not row[0] < settled:
+            return 0  # none remembered, or this gate has not passed even the oldest one's window
+        if conn.execute("SELECT 1 FROM nodes WHERE node_id NOT IN (SELECT node_id FROM node_progress) "
+                        "LIMIT 1").fetchone():
+            return 0  # a gate known that has delivered nothing yet
+        low = conn.execute("SELECT min(last_at) FROM node_progress").fetchone()[0]
+        if low is None:
+            return 0  # no gate known: any may still come
+        return conn.execute("DELETE FROM forgotten_cards WHERE at < ?",
+                            (low - self.forget_window_s - FORGET_SLACK_S,)).rowcount
 
     def _card_tag(self, card_digest: bytes) -> bytes:
         """What ``forgotten_cards`` keeps of a card: keyed, so the file alone names no card."""
@@ -650,22 +710,23 @@ class Store:
     def prune_events(self, *, before: float, keep_per_node: int = KEEP_PER_NODE) -> int:
         """Delete the events applied before ``before`` (seconds since the epoch) but each node's
         newest ``keep_per_node``; how many went. The cards deleted store-wide before ``before``
-        (``forget_card``) are forgotten too.
+        (``forget_card``) are forgotten too: the upper bound of their keeping, for a gate known
+        that never delivers past their window (gone for good) (:meth:`forget_settled_cards`).
 
         An event is redelivered only while its node lacks the ack, so a pruned key comes back
         only from a node that lost the ack and stayed away for the whole retention: then it is
         applied again (harmless for enrolments and deletions; a second visit row otherwise).
         """
         def txn(conn):
-            # a forgotten card is remembered as long as the events (an enrolment made before its
-            # deletion can arrive as late as a redelivered event)
-            conn.execute("DELETE FROM forgotten_cards WHERE at < ?", (float(before),))
-            return conn.execute(
+            # a forgotten card is remembered at most as long as the events (an enrolment made before
+            # its deletion can arrive as late as a redelivered event)
+            dropped = conn.execute("DELETE FROM forgotten_cards WHERE at < ?", (float(before),)).rowcount
+            return dropped, conn.execute(
                 "DELETE FROM events WHERE applied_at < ? AND id NOT IN (SELECT id FROM ("
                 "SELECT id, row_number() OVER (PARTITION BY node_id ORDER BY id DESC) AS newest FROM events) "
                 "WHERE newest <= ?)", (float(before), keep_per_node)).rowcount
-        removed = self._write(txn)
-        if removed:
+        dropped, removed = self._write(txn)
+        if removed or dropped:
             self.scrub()
         return removed
 
@@ -838,6 +899,14 @@ def _person_named(kind: str, kept: Mapping[str, Any] | None) -> str | None:
         return None
     person_id = kept.get("person_id")
     return person_id if isinstance(person_id, str) else None
+
+
+def _fill_progress(conn: sqlite3.Connection) -> None:
+    """A database from before ``node_progress`` (or a new one): each gate's last applied event
+    (the newest of its events: pruning keeps each gate's newest) stands for its progress."""
+    if conn.execute("SELECT 1 FROM node_progress LIMIT 1").fetchone() is None:
+        conn.execute("INSERT INTO node_progress SELECT node_id, at FROM events WHERE id IN "
+                     "(SELECT max(id) FROM events GROUP BY node_id)")
 
 
 def _lock(path: Path) -> int:

@@ -1,6 +1,7 @@
 """The controller over real sockets with real mutual TLS, driven by nodes on real link channels."""
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -535,6 +536,49 @@ async def test_people_an_older_controller_stored_that_every_gate_refuses_are_ret
     controller = await runner.start()  # once: the record is clean now, nothing to say
     assert not [r for r in caplog.records if "retired" in r.getMessage()]
     assert await trio.to_thread.run_sync(controller.store.people_count) == 1
+
+
+async def test_deleted_cards_no_gate_can_still_enrol_are_released_at_start_and_by_events(
+        nursery, tmp_path, pki, caplog):
+    """A card deleted store-wide is remembered only until every gate known has delivered an event
+    stamped past its window: at start for what the record allows already (here a window made
+    shorter), then by each event. One line says how many went (naming no card); the tag leaves the
+    file at once."""
+    from palmnode.controller.store import Store
+    from palmnode.vault import load_keys
+
+    caplog.set_level(logging.INFO, logger="palmnode.controller")
+    config = controller_config(tmp_path, pki)
+    db = Path(config.db_path)
+    first, second = os.urandom(32), os.urandom(32)
+    store = Store.open(db, load_keys(Path(config.key_file)))
+    store.forget_window_s = 86400.0  # a window of a day then: gate-a's event is not past it
+    store.forget_card(first, by="controller", at=1.7e9 - 7200.0)
+    store.apply_event(node_id="gate-a", key="gate-a:1", seq=1, kind="unknown", at=1.7e9,
+                      data={"latency_ms": 90.0, "reason": "no match"})
+    tags = store._card_tag(first), store._card_tag(second)
+    assert tags[0] in _files(db)
+    store.close()
+
+    def released() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage().startswith("deleted cards released")]
+
+    runner = ControllerRunner(nursery, config)  # the default window (600 s): gate-a's event is past it
+    controller = await runner.start()
+    await wait_for(lambda: released())
+    [line] = released()
+    assert line.fields == {"cards": 1}
+    assert tags[0] not in _files(db)
+    caplog.clear()
+    await trio.to_thread.run_sync(functools.partial(
+        controller.store.forget_card, second, by="controller", at=1.7e9 - 7200.0))
+    assert tags[1] in _files(db)
+    a = await connect(nursery, controller, pki, "gate-a")
+    await a.event("unknown", {"latency_ms": 80.0, "reason": "no match"}, key="gate-a:2", seq=2)  # 1.7e9
+    [line] = released()
+    assert line.fields == {"cards": 1}
+    assert tags[1] not in _files(db)
+    assert not await trio.to_thread.run_sync(controller.store._read, "SELECT * FROM forgotten_cards")
 
 
 async def test_a_failed_prune_is_logged_and_the_controller_keeps_serving(nursery, tmp_path, pki, monkeypatch, caplog):

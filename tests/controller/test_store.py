@@ -13,6 +13,7 @@ import msgpack
 import pytest
 
 from palmnode.controller.store import (
+    FORGET_SLACK_S,
     BadRecord,
     PersonRecord,
     Remove,
@@ -305,6 +306,135 @@ def test_an_enrolment_made_before_its_cards_store_wide_deletion_is_refused_when_
     assert store._read("SELECT count(*) FROM forgotten_cards") == [(0,)]
     assert enrol(store, made_before, node="gate-b", seq=5).effect == "refused: removed"  # p-1's removal stands
     assert card not in files_bytes(tmp_path / "controller.db")
+
+
+DELETED_AT = 1_700_000_000.0
+
+
+def unknown(store: Store, node: str, seq: int, at: float, *, key: str | None = None):
+    """A gate's ``unknown`` event (nobody in it), stamped ``at`` by the gate's clock."""
+    return store.apply_event(node_id=node, key=key or f"{node}:{seq}", seq=seq, kind="unknown", at=at,
+                             data={"latency_ms": 90.0, "reason": "no match"})
+
+
+def enrol_card(store: Store, node: str, seq: int, person_id: str, card: bytes, enrolled_at: float):
+    """``node``'s enrolment of ``card``, its event written right after (stamped a second later)."""
+    wire = {**person_wire(person_id, card=card, origin=node), "enrolled_at": enrolled_at}
+    return store.apply_event(node_id=node, key=f"{node}:{seq}", seq=seq, kind="enrolled", at=enrolled_at + 1.0,
+                             data={"person": wire})
+
+
+def remembered(store: Store, card: bytes) -> bool:
+    return bool(store._read("SELECT 1 FROM forgotten_cards WHERE card_tag = ?", (store._card_tag(card),)))
+
+
+def test_a_deleted_card_is_remembered_until_every_known_gate_has_delivered_past_its_window(store, tmp_path):
+    """The tag of a card deleted store-wide is a trace of someone who asked to be forgotten: it
+    stays only while an enrolment of that card made before the deletion (plus the window) can
+    still arrive. A gate delivers its events oldest first, so that is until every gate the
+    controller knows of (a hello, an event) has delivered one stamped past the window; then the
+    tag leaves the file (and its WAL) at once, not with the events 90 days later."""
+    db = tmp_path / "controller.db"
+    card = os.urandom(32)
+    past = DELETED_AT + store.forget_window_s + FORGET_SLACK_S + 1.0  # a stamp past the window
+    store.node_seen("gate-c", version=1, capabilities=())  # said hello, delivered nothing yet
+    unknown(store, "gate-a", 1, DELETED_AT - 500.0)
+    unknown(store, "gate-b", 1, DELETED_AT - 400.0)
+    store.forget_card(card, by="controller", at=DELETED_AT)
+    tag = store._card_tag(card)
+    assert tag in files_bytes(db)  # it is there (the database or its WAL)
+
+    assert unknown(store, "gate-a", 2, past).cards_released == 0  # gate-a is past; b and c are not
+    assert remembered(store, card)
+    refused = enrol_card(store, "gate-b", 2, "p-1", card, DELETED_AT + store.forget_window_s)
+    assert refused.effect == "refused: its card was deleted store-wide"  # still refused
+    assert unknown(store, "gate-b", 3, past).cards_released == 0  # a and b are past; c (silent) is not
+    assert enrol_card(store, "gate-c", 1, "p-2", card, DELETED_AT - 60.0).effect == (
+        "refused: its card was deleted store-wide")  # what the silent gate made before the deletion
+    # past the window but within the slack: gate-c may have read its clock for an enrolment of the
+    # card (enrolled_at within the window) before it wrote this event, and write that enrolment next
+    assert unknown(store, "gate-c", 2, DELETED_AT + store.forget_window_s + 30.0).cards_released == 0  # slack 60 s
+    assert enrol_card(store, "gate-c", 3, "p-4", card, DELETED_AT + store.forget_window_s - 1.0).effect == (
+        "refused: its card was deleted store-wide")
+    assert remembered(store, card)
+
+    released = unknown(store, "gate-c", 4, past)  # every known gate has delivered past the window
+    assert released.cards_released == 1 and not remembered(store, card)
+    raw = files_bytes(db)  # scrubbed at once: no page image of the tag left in the WAL either
+    assert tag not in raw and card not in raw
+    assert not store.scrub_pending
+    assert unknown(store, "gate-c", 4, past).duplicate  # nothing left to release
+    # a gate never heard of before (it cannot be told from one installed since): its enrolment of
+    # the card made before the deletion is taken now, as one delivered after the retention was
+    assert enrol_card(store, "gate-d", 1, "p-3", card, DELETED_AT - 30.0).effect == "enrolled"
+    store.close()
+    assert tag not in files_bytes(db)
+
+
+def test_redelivered_or_out_of_order_events_do_not_release_a_deleted_card_early(store):
+    """What counts is each gate's event applied last. One that comes after an event stamped later
+    (out of order: held back, then sent; or the gate's clock stepped back) holds the card again,
+    so an enrolment that may follow it is still refused; a redelivered event (its key applied
+    before: the ack was lost) moves nothing, whatever it is stamped."""
+    card = os.urandom(32)
+    past = DELETED_AT + store.forget_window_s + FORGET_SLACK_S + 1.0
+    unknown(store, "gate-a", 1, DELETED_AT - 200.0)
+    unknown(store, "gate-b", 1, DELETED_AT - 200.0)
+    store.forget_card(card, by="controller", at=DELETED_AT)
+    assert unknown(store, "gate-a", 3, past).cards_released == 0  # gate-b is not past yet
+    assert unknown(store, "gate-a", 2, DELETED_AT - 100.0).cards_released == 0  # gate-a's seq 2, late
+    assert unknown(store, "gate-b", 2, past).cards_released == 0  # gate-a's last event is not past now
+    assert remembered(store, card)
+    assert enrol_card(store, "gate-a", 4, "p-1", card, DELETED_AT - 50.0).effect == (
+        "refused: its card was deleted store-wide")
+    for redelivered in (3, 1):  # gate-a lost the acks: duplicates, stamped past or not
+        again = unknown(store, "gate-a", redelivered, past + 100.0)
+        assert again.duplicate and again.cards_released == 0
+    assert remembered(store, card)
+    assert store._read("SELECT last_at FROM node_progress WHERE node_id = 'gate-a'") == [(DELETED_AT - 49.0,)]
+    assert unknown(store, "gate-a", 5, past).cards_released == 1  # now every gate's last event is past
+    assert not remembered(store, card)
+
+
+def test_the_retention_still_bounds_a_deleted_card_that_a_known_gate_never_releases(store):
+    """A gate known to the controller that never delivers past the window (taken out of the store,
+    never to come back) would keep the card for ever: the retention still prunes it."""
+    card = os.urandom(32)
+    store.node_seen("gate-gone", version=1, capabilities=())
+    store.forget_card(card, by="controller", at=DELETED_AT)
+    unknown(store, "gate-a", 1, DELETED_AT + 86400.0)
+    assert store.forget_settled_cards() == 0 and remembered(store, card)
+    store.prune_events(before=DELETED_AT + 1.0)
+    assert not remembered(store, card)
+
+
+def test_forget_settled_cards_releases_what_the_events_applied_already_allow(tmp_path):
+    """At start (a database with cards its events already allow to go: a window made shorter, or
+    one written before node_progress, whose gates' progress is taken from their last events)."""
+    db = tmp_path / "controller.db"
+    card = os.urandom(32)
+    store = Store.open(db, KEYS)
+    store.forget_window_s = 86400.0
+    store.forget_card(card, by="controller", at=DELETED_AT)
+    unknown(store, "gate-a", 1, DELETED_AT + 7200.0)
+    unknown(store, "gate-b", 1, DELETED_AT - 10.0)
+    unknown(store, "gate-b", 2, DELETED_AT + 7200.0)
+    assert remembered(store, card)
+    store.close()
+    conn = sqlite3.connect(db)
+    with conn:  # as a controller before node_progress left it
+        conn.execute("DROP TABLE node_progress")
+    conn.close()
+    store = Store.open(db, KEYS)  # the default window, 600 s
+    try:
+        assert store._read("SELECT node_id, last_at FROM node_progress ORDER BY node_id") == [
+            ("gate-a", DELETED_AT + 7200.0), ("gate-b", DELETED_AT + 7200.0)]
+        tag = store._card_tag(card)
+        assert store.forget_settled_cards() == 1 and not remembered(store, card)
+        assert store.forget_settled_cards() == 0
+        assert tag not in files_bytes(db)
+    finally:
+        store.close()
 
 
 def test_delete_leaves_none_of_the_persons_bytes(store, tmp_path):
