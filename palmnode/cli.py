@@ -138,6 +138,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     first = next((a for a in argv if not a.startswith("-")), "")
+    if first == "run":  # a stop asked during the imports is the node's to serve: palmnode/stopsignals.py
+        from palmnode import stopsignals
+
+        stopsignals.hold()
     parser = build_parser(first if first in SUBCOMMANDS else "")
     args = parser.parse_args(argv)
     if args.subcommand is None:

@@ -129,16 +129,20 @@ async def _serve_node(node) -> None:
     """Run the node until Ctrl-C or SIGTERM (systemd's stop), then stop it in order, lights off.
 
     The signals are watched from the start: one while the node starts (its gallery loading from
-    the vault, tens of seconds at a million people) cancels the start. Another Ctrl-C or SIGTERM
+    the vault, tens of seconds at a million people) cancels the start, and so does one that came
+    before trio ran, while `palmnode run` imported the engine (noted by palmnode/stopsignals.py,
+    raised again here). Another Ctrl-C or SIGTERM
     while it stops is taken and logged: the stop goes on to its end and the exit is 0. Left to
     trio, it would be redelivered as the signal receiver closes: Ctrl-C's 130 (systemd: the unit
     failed) or a SIGTERM's death, without the "node stopped" line."""
     from drivers.errors import DeviceError
     from palmnode.actors import SupervisorEscalation
+    from palmnode import stopsignals
     from palmnode.node import GateSetupError
 
     log = logging.getLogger("palmnode.node")
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        stopsignals.release()  # one that came while `palmnode run` started, before this receiver
         try:
             async with trio.open_nursery() as stopping:  # outlives the node's stop
                 async with trio.open_nursery() as nursery:
