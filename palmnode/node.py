@@ -42,8 +42,9 @@ LOGGED_EVENTS = (PresenceChanged, BadgeRead, PaymentCardRead, CardNotRead, Devic
                  OverTemperature, Cooled, DeadmanTripped, BoardNotice, Decision, GateOpened, PaymentResult,
                  LoyaltyMember, PersonEnrolled, PersonDeleted, ModeChanged)
 HEALTH_METRICS_PERIOD_S = 1.0  # how stale a scrape of device health may be
-#: how long the start waits for another process holding the vault's write lock (and every vault
-#: transaction after it), and the step of that wait at start: a stop meanwhile is served within one step
+#: how long the start waits for another process holding the vault's write lock (to open it, then to
+#: abandon a charge the last run left in flight; and every vault transaction after it), and the step
+#: of those waits at start: a stop meanwhile is served within one step
 VAULT_BUSY_TIMEOUT_S = 5.0
 VAULT_OPEN_STEP_S = 0.1
 #: what this node offers the controller in its hello
@@ -156,7 +157,7 @@ class Node:
                              forget_frames=self.frames.forget_frames)
         try:
             palms = await self.people.load()
-            await self.ops.abandon_interrupted_charge()
+            await self.ops.abandon_interrupted_charge(timeout_s=VAULT_BUSY_TIMEOUT_S, step_s=VAULT_OPEN_STEP_S)
         except VaultError as exc:  # damaged pages met by the load: lasting; an I/O error: may pass
             raise GateSetupError(f"vault {cfg.vault.path}: {exc}", config=exc.lasting) from None
         capturer = Capturer(self.lights, self.frames, CapturePolicy(quality=cfg.quality, roi_limits=cfg.roi))

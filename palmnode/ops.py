@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sqlite3
@@ -24,7 +25,7 @@ from palmnode.link.client import BadAnswer, RequestRefused, UnknownOp
 from palmnode.link.messages import MAX_ID, one_line
 from palmnode.link.wire import DIGEST_SIZE, WireError, person_from_wire
 from palmnode.logs import error_text, event
-from palmnode.vault import VaultError
+from palmnode.vault import VaultBusy, VaultError
 from palmnode.vault.records import MAX_PERSON_ID
 
 if TYPE_CHECKING:
@@ -301,19 +302,49 @@ class NodeOps:
                 await self._settle_charge(pending, abandoned=result is None)
         return result
 
-    async def abandon_interrupted_charge(self) -> None:
+    async def abandon_interrupted_charge(self, *, timeout_s: float, step_s: float) -> None:
         """At start: the charge the last run asked for and never heard back about (it died while it
-        waited) is abandoned, as one given up on is."""
-        stored = await trio.to_thread.run_sync(self.node.vault.get_state, CHARGE_STATE)
+        waited) is abandoned, as one given up on is.
+
+        Another process holding the vault's write lock (an ``sqlite3`` shell, a script) is waited
+        for in steps of ``step_s``, each a short wait in SQLite, and said once: a stop meanwhile
+        ends it within a step (one wait of the vault's busy timeout in a worker thread could not be
+        cancelled, held a stop up to 5 s, and was silent). Past ``timeout_s`` it raises VaultBusy:
+        the start fails as when the opening meets the held vault (exit 1, retried), and the charge
+        stays noted for the next start (the start used to go on without abandoning it, and the
+        run's next charge overwrote the note: never abandoned)."""
+        vault = self.node.vault
+        stored = await trio.to_thread.run_sync(vault.get_state, CHARGE_STATE)
         if not stored:
             return
         try:
             pending = json.loads(stored)
-            event(log, "charge interrupted by a restart: abandoned", key=pending["key"])
+            key = pending["key"]
         except (ValueError, TypeError, KeyError):  # not what charge() writes: nothing to tell
-            pending = {"key": None}
+            pending, key = None, None
+        abandoned = pending is not None and key is not None
+        settle = functools.partial(vault.set_state, CHARGE_STATE, "", wait=step_s,
+                                   event=("charge_abandoned", pending) if abandoned else None)
+        deadline = trio.current_time() + timeout_s
+        waiting = False
+        while True:
+            try:
+                await trio.to_thread.run_sync(settle)
+                break
+            except VaultBusy as exc:
+                if trio.current_time() >= deadline:
+                    raise VaultBusy(f"cannot abandon the charge the last run left in flight: {exc}") from None
+                if not waiting:
+                    waiting = True
+                    log.warning("charge interrupted by a restart: waiting for the vault, another process holds "
+                                "its write lock", extra={"fields": {"key": key, "for_s": timeout_s}})
+            await trio.lowlevel.checkpoint()  # a stop asked during that step ends the wait here
+        if not abandoned:
             log.warning("unreadable charge_in_flight state cleared")
-        await self._settle_charge(pending, abandoned=pending["key"] is not None)
+            return
+        event(log, "charge interrupted by a restart: abandoned", key=key)
+        if self.node.link is not None:
+            self.node.link.events_appended()
 
     async def _settle_charge(self, pending: dict, *, abandoned: bool) -> None:
         """The charge is no longer in flight. Abandoned: the controller is told, through the outbox,
@@ -321,13 +352,10 @@ class NodeOps:
         the request if it comes late (docs/protocols/controller.md §6), so a customer told
         "declined" is never charged."""
         vault = self.node.vault
-
-        def settle() -> None:
-            if abandoned:
-                vault.append_event("charge_abandoned", pending)
-            vault.set_state(CHARGE_STATE, "")
+        settle = functools.partial(vault.set_state, CHARGE_STATE, "",
+                                   event=("charge_abandoned", pending) if abandoned else None)
         try:
-            await trio.to_thread.run_sync(settle)
+            await trio.to_thread.run_sync(settle)  # one transaction: the event and the state together
         except (VaultError, sqlite3.Error, OSError, ValueError) as exc:
             event(log, "charge not settled", key=pending["key"], abandoned=abandoned, error=error_text(exc))
             return

@@ -278,11 +278,17 @@ class Vault:
         return self._path
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction under the lock; SQLite's own errors become a one-line VaultError."""
+    def _transaction(self, wait: float | None = None) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the lock; SQLite's own errors become a one-line VaultError,
+        :class:`VaultBusy` when another connection holds the write lock past the busy timeout
+        (``wait``: this transaction's, in seconds, instead of the vault's)."""
         with self._lock:
             self._check_open()
+            previous = None
             try:
+                if wait is not None:
+                    previous = self._conn.execute("PRAGMA busy_timeout").fetchone()[0]
+                    self._conn.execute(f"PRAGMA busy_timeout = {round(wait * 1000)}")
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
                     yield self._conn
@@ -292,8 +298,13 @@ class Vault:
                         self._conn.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
-                raise VaultError(f"vault {self._path}: {exc} (nothing was written){_sqlite_hint(exc, self._path)}",
-                                 reason=_sqlite_reason(exc)) from None
+                message = f"vault {self._path}: {exc} (nothing was written){_sqlite_hint(exc, self._path)}"
+                if getattr(exc, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                    raise VaultBusy(message) from None
+                raise VaultError(message, reason=_sqlite_reason(exc)) from None
+            finally:
+                if previous is not None:
+                    self._conn.execute(f"PRAGMA busy_timeout = {int(previous)}")
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
@@ -684,10 +695,16 @@ class Vault:
             row = conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
-    def set_state(self, key: str, value: str) -> None:
+    def set_state(self, key: str, value: str, *, event: tuple[str, dict] | None = None,
+                  wait: float | None = None) -> None:
+        """Set state ``key``; ``event``: an outbox event ``(kind, data)`` queued in the same
+        transaction; ``wait``: how long to wait for another connection's write lock (default the
+        vault's busy timeout), :class:`VaultBusy` after that with nothing written."""
         if not isinstance(value, str):
             raise TypeError(f"state values are text, got {type(value).__name__}")
-        with self._transaction() as conn:
+        with self._transaction(wait) as conn:
+            if event is not None:
+                self._append(conn, *event, person_id=None)
             conn.execute("INSERT INTO state (key, value) VALUES (?, ?) "
                          "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
 

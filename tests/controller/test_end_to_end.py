@@ -227,7 +227,8 @@ async def test_a_charge_left_in_flight_by_a_dead_node_is_abandoned_when_it_start
         await wait_for(lambda: a.vault.get_state(CHARGE_STATE))
         key = json.loads(a.vault.get_state(CHARGE_STATE))["key"]
         # the process dies here, before any answer; started again, the node reads its vault
-        await NodeOps(types.SimpleNamespace(link=a.client, vault=a.vault)).abandon_interrupted_charge()
+        restarted = NodeOps(types.SimpleNamespace(link=a.client, vault=a.vault))
+        await restarted.abandon_interrupted_charge(timeout_s=5.0, step_s=0.1)
         assert a.vault.get_state(CHARGE_STATE) == ""
         other.execute("COMMIT")  # the controller decides the charge (the dead node never hears it)
     await wait_for(lambda: not a.vault.pending_events())  # the abandonment is delivered
