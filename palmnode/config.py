@@ -18,6 +18,7 @@ from drivers.camera.source import parse_source, source_kind
 from drivers.illuminator.codec import BOARD_MAX_TEMPERATURE_C
 from drivers.illuminator.driver import DEFAULT_TIMEOUT_S as ILLUMINATOR_TIMEOUT_S
 from drivers.illuminator.driver import check_settings as check_illuminator
+from drivers.proximity.codec import DATA_FRAME_LEN as PROXIMITY_FRAME_BYTES
 from drivers.proximity.codec import MAX_FRAME_RATE_HZ
 from drivers.proximity.driver import ATTEMPT_S as PROXIMITY_ATTEMPT_S
 from palmnode.biometrics.quality import QualityPolicy
@@ -71,6 +72,9 @@ DAY_S = 86400.0
 #: the TFmini's UART rates (SetBaudRate, docs/protocols/proximity.md; Benewake's sensors take 9600
 #: to 921600): 9600 is also the slowest to carry its 9-byte frames at 100 Hz
 PROXIMITY_BAUDRATES = (9600, 921600)
+#: the line bits of one TFmini data frame: 9 bytes of 10 bits each on the wire (8N1: a start bit,
+#: 8 data bits, a stop bit); frame_rate_hz times this must fit in the baud rate
+PROXIMITY_FRAME_BITS = PROXIMITY_FRAME_BYTES * 10
 #: a stalled sensor is reset after stall_timeout_s; the gate cannot see a hand meanwhile, yet is not
 #: DEGRADED: longer than this is a typo (the default is 0.5 s)
 MAX_STALL_TIMEOUT_S = 10.0
@@ -89,6 +93,14 @@ class ProximityConfig:
         if not 1 <= self.frame_rate_hz <= MAX_FRAME_RATE_HZ:
             raise ValueError(f"frame_rate_hz must be 1..{MAX_FRAME_RATE_HZ}, got {self.frame_rate_hz}")
         _within("baudrate", self.baudrate, *PROXIMITY_BAUDRATES, "the TFmini's UART rates")
+        needed = self.frame_rate_hz * PROXIMITY_FRAME_BITS
+        if self.baudrate < needed:  # the sensor's frames would queue in it and the driver fall behind
+            raise ValueError(
+                f"baudrate {self.baudrate} is too slow for frame_rate_hz {self.frame_rate_hz}: "
+                f"{self.frame_rate_hz} of the TFmini's {PROXIMITY_FRAME_BYTES}-byte frames a second need "
+                f"{needed} baud (10 bits a byte on the line); "
+                f"raise baudrate to at least {needed} or lower frame_rate_hz to at most "
+                f"{self.baudrate // PROXIMITY_FRAME_BITS}")
         # the sensor's handshake resends each command every ATTEMPT_S: reads rarer than that miss
         # the answers' window (and a reading is up to read_interval_s late)
         _within("read_interval_s", self.read_interval_s, 0, PROXIMITY_ATTEMPT_S,

@@ -203,6 +203,10 @@ def test_a_service_that_cannot_start_is_a_one_line_error(tmp_path):
     ("absurd value", "{path} [devices.proximity]: baudrate must be 9600 to 921600 (the TFmini's UART rates), "
                      "got 1000000000\n"),
     ("a folder", "cannot read config file {path}: Is a directory\n"),  # was "[Errno 21] Is a directory: '{path}'"
+    # loaded before, and the driver fell behind the sensor: 200 frames of 90 bits a second on a 9600 baud line
+    ("a line too slow", "{path} [devices.proximity]: baudrate 9600 is too slow for frame_rate_hz 200: 200 of "
+                        "the TFmini's 9-byte frames a second need 18000 baud (10 bits a byte on the line); raise "
+                        "baudrate to at least 18000 or lower frame_rate_hz to at most 106\n"),
 ])
 def test_a_config_file_that_cannot_be_used_exits_78_which_systemd_does_not_restart(tmp_path, mistake, message):
     """Every failure exited 1, so the unit's Restart=on-failure retried a broken config file (five
@@ -221,6 +225,8 @@ def test_a_config_file_that_cannot_be_used_exits_78_which_systemd_does_not_resta
         config.write_text(text + "\n[controlerr]\nhost = 'x'\n")
     elif mistake == "absurd value":
         config.write_text(text.replace("frame_rate_hz = 100", "frame_rate_hz = 100\nbaudrate = 1000000000", 1))
+    elif mistake == "a line too slow":
+        config.write_text(text.replace("frame_rate_hz = 100", "frame_rate_hz = 200\nbaudrate = 9600", 1))
     else:
         config.write_text(text.replace('on_duplicate = "refuse"', 'on_duplicate = "merge"'))
     proc = subprocess.run([sys.executable, "-m", "palmnode", "run", "--config", str(config)],

@@ -265,6 +265,15 @@ def test_every_numeric_key_with_a_too_large_value_is_refused_naming_it(tmp_path,
     ("frame_rate_hz = 100", "frame_rate_hz = 100\nread_interval_s = 0.2\nstall_timeout_s = 0.2",
      "[devices.proximity]: read_interval_s (0.2) must be below stall_timeout_s (0.2): a read that late finds "
      "the sensor stalled"),
+    # a line too slow for the frames asked for: loaded, and the driver fell behind the sensor unsaid
+    ("frame_rate_hz = 100", "frame_rate_hz = 107\nbaudrate = 9600",
+     "[devices.proximity]: baudrate 9600 is too slow for frame_rate_hz 107: 107 of the TFmini's 9-byte frames "
+     "a second need 9630 baud (10 bits a byte on the line); raise baudrate to at least 9630 or lower "
+     "frame_rate_hz to at most 106"),
+    ("frame_rate_hz = 100", "frame_rate_hz = 1000\nbaudrate = 57600",
+     "[devices.proximity]: baudrate 57600 is too slow for frame_rate_hz 1000: 1000 of the TFmini's 9-byte "
+     "frames a second need 90000 baud (10 bits a byte on the line); raise baudrate to at least 90000 or lower "
+     "frame_rate_hz to at most 640"),
     ("max_temperature_c = 70.0", "max_temperature_c = 25.0",
      "[devices.illuminator]: max_temperature_c must be 40 to 80 (°C; above the board's own cutoff it never "
      "acts, below it a warm board never lights), got 25.0"),
@@ -306,6 +315,16 @@ def test_the_bounds_are_inclusive(tmp_path):
     assert (cfg.camera.width, cfg.camera.height, cfg.camera.gain) == (4096, 4096, 65535)
     assert (cfg.proximity.baudrate, cfg.illuminator.baudrate, cfg.illuminator.max_temperature_c) == (921600, 2_000_000, 80)
     assert (cfg.debug.capture_max_files, cfg.roi.max_palm_diameter) == (10_000, 1)
+
+
+@pytest.mark.parametrize("baudrate, frame_rate_hz", [(9600, 106), (90000, 1000), (115200, 1000), (9600, 100)])
+def test_a_line_just_fast_enough_for_the_proximity_frames_loads(tmp_path, baudrate, frame_rate_hz):
+    """The edge of the rule above: frame_rate_hz x 90 bits (9 bytes, 10 bits each) = baudrate loads."""
+    path = tmp_path / "c.toml"
+    path.write_text((ROOT / "config" / "sim.toml").read_text().replace(
+        "frame_rate_hz = 100", f"frame_rate_hz = {frame_rate_hz}\nbaudrate = {baudrate}"))
+    cfg = config.load(path)
+    assert (cfg.proximity.baudrate, cfg.proximity.frame_rate_hz) == (baudrate, frame_rate_hz)
 
 
 def test_a_thresholds_file_needs_a_table(tmp_path):
