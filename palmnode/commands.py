@@ -200,9 +200,26 @@ def _service_error(node, escalation: BaseException) -> BaseException:
         return (ConfigFileError if cause.config else UserError)(str(cause))
     if escalation.child == "metrics" and isinstance(cause, OSError):
         metrics = node.config.metrics
-        return UserError(f"cannot serve metrics on {metrics.host}:{metrics.port}: {cause.strerror or cause} "
-                         "(stop what holds it or change [metrics] port)")
+        where = f"cannot serve metrics on {metrics.host}:{metrics.port}: {cause.strerror or cause}"
+        if cause.errno == errno.EACCES:  # the node's user may not bind it: a restart meets the same (78)
+            start = _unprivileged_port_start()
+            if metrics.port < start:
+                return ConfigFileError(f"{where}: a port below {start} needs root or CAP_NET_BIND_SERVICE, which "
+                                       f"the systemd unit does not give: set [metrics] port to {start} or above")
+            return ConfigFileError(f"{where}: the node's user may not bind it: change [metrics] port")
+        if cause.errno == errno.EADDRINUSE:
+            return UserError(f"{where} (stop what holds it or change [metrics] port)")
+        return UserError(f"{where} (check [metrics] host and port)")
     return escalation
+
+
+def _unprivileged_port_start() -> int:
+    """The lowest port a process without CAP_NET_BIND_SERVICE may bind (Linux's
+    net.ipv4.ip_unprivileged_port_start; 1024 where it cannot be read)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    except (OSError, ValueError):
+        return 1024
 
 
 async def _cancel_on_signal(signals, scope: trio.CancelScope) -> int:

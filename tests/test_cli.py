@@ -795,3 +795,30 @@ def test_a_stop_asked_while_the_node_starts_ends_it_as_one_asked_later(tmp_path,
     if (run / "vault.db").exists():  # made whole or not at all, and free for the next start
         with Vault.open(run / "vault.db", load_keys(run / "keys" / "vault.key"), exclusive=True) as vault:
             assert vault.count() == 0
+
+
+def test_a_metrics_port_the_nodes_user_may_not_bind_is_one_line_naming_it_and_why(tmp_path):
+    """A [metrics] port below 1024 loads (root or CAP_NET_BIND_SERVICE may serve it), and an
+    unprivileged node cannot bind it: that was one line, but it said "stop what holds it" (nothing
+    holds it) and exited 1, so systemd started the node five more times to meet the same refusal.
+    Now it names the port and the reason, and exits 78. Run without CAP_NET_BIND_SERVICE (as root:
+    setpriv drops it, as the unit's empty CapabilityBoundingSet does)."""
+    import shutil
+
+    start = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    if start <= 1:
+        pytest.skip(f"net.ipv4.ip_unprivileged_port_start is {start}: every port is bindable here")
+    prefix: tuple[str, ...] = ()
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: the node could bind any port")
+        prefix = ("setpriv", "--bounding-set=-net_bind_service", "--inh-caps=-all")
+    port = start - 1
+    config = node_config(tmp_path, ("enabled = false ", "enabled = true "), ("port = 9464", f"port = {port}"))
+    proc = run_node(config, prefix=prefix)
+    assert proc.returncode == 78, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines()[-1] == (
+        f"palmnode run: cannot serve metrics on 127.0.0.1:{port}: Permission denied: a port below {start} needs "
+        f"root or CAP_NET_BIND_SERVICE, which the systemd unit does not give: set [metrics] port to {start} or "
+        "above"), proc.stderr[-2000:]
