@@ -145,6 +145,9 @@ class OpError(RequestRefused):
 class NodeOps:
     def __init__(self, node: Node) -> None:
         self.node = node
+        #: a charge given up on whose abandonment the vault did not take (another process held it):
+        #: its note stays in the vault, and no new charge is asked until it is recorded
+        self._unsettled: dict | None = None
 
     # ---- requests from the controller ----------------------------------------------------------
     async def handle(self, op: str, args: dict) -> dict:
@@ -281,6 +284,11 @@ class NodeOps:
 
         if self.node.link is None:
             return ChargeResult(False, reason="no controller configured")
+        if self._unsettled is not None:  # its note would be overwritten, and it never abandoned
+            await self._settle_charge(self._unsettled, abandoned=True)
+            if self._unsettled is not None:
+                return ChargeResult(False, reason="vault unavailable: the last charge given up on is not "
+                                    "recorded as abandoned yet")
         # a retried request gets the same answer; kept in the vault before it is asked, so a node
         # that dies while it waits abandons it when it starts again (abandon_interrupted_charge)
         pending = {"key": uuid.uuid4().hex, "amount_cents": amount_cents, "currency": currency}
@@ -358,7 +366,10 @@ class NodeOps:
             await trio.to_thread.run_sync(settle)  # one transaction: the event and the state together
         except (VaultError, sqlite3.Error, OSError, ValueError) as exc:
             event(log, "charge not settled", key=pending["key"], abandoned=abandoned, error=error_text(exc))
+            if abandoned:
+                self._unsettled = pending  # recorded before the next charge (or at the next start)
             return
+        self._unsettled = None
         if abandoned and self.node.link is not None:
             self.node.link.events_appended()
 

@@ -209,9 +209,11 @@ class Gate:
     (vault + gallery), gate modes, an enrolment flow (its actor not running: a begun enrolment
     waits), NodeOps serving the controller and syncing on connect, and a real LinkClient."""
 
-    def __init__(self, tmp_path: Path, pki: PkiPaths, port: int, **link: Any) -> None:
+    def __init__(self, tmp_path: Path, pki: PkiPaths, port: int, *, vault_busy_timeout: float = 5.0,
+                 **link: Any) -> None:
         pair = pki.pair("gate-1")
-        self.vault = Vault.open(tmp_path / "gate-1.vault", VaultKeys.from_secret(os.urandom(32)), node_id="gate-1")
+        self.vault = Vault.open(tmp_path / "gate-1.vault", VaultKeys.from_secret(os.urandom(32)), node_id="gate-1",
+                                busy_timeout=vault_busy_timeout)
         bus = EventBus()
         self.people = People(self.vault, Gallery(), "gate-1", bus)
         self.modes = GateModes(bus)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 
 import msgpack
 import pytest
@@ -680,6 +681,39 @@ async def test_a_late_charge_answer_is_ignored_counted_and_the_charge_abandoned(
         while gate.client.stats.responses_unmatched < 1:
             await trio.sleep(0.01)
     assert abandoned(conn)[0]["amount_cents"] == 450 and gate.client.connected
+
+
+async def test_a_charge_whose_abandonment_the_vault_refused_is_recorded_before_the_next_is_asked(make):
+    """A charge given up on while another process held the vault's write lock stayed noted, not
+    abandoned ("charge not settled"), and the next charge overwrote the note: the controller never
+    heard of it, so an approval made after all stood while the customer had been told "declined".
+    No charge is now asked until the abandonment is recorded."""
+    gate_of: list[Gate] = []
+    other: list[sqlite3.Connection] = []
+
+    async def handler(args: dict) -> dict:
+        if not other:  # the first charge: a backup takes the vault's write lock, the answer never comes
+            other.append(sqlite3.connect(gate_of[0].vault.path, isolation_level=None))
+            other[0].execute("BEGIN IMMEDIATE")
+            await trio.sleep_forever()
+        return {"approved": True, "reference": "R-2"}
+
+    hostile, gate = await charge_gate(make, handler, request_timeout_s=0.3, vault_busy_timeout=0.2)
+    gate_of.append(gate)
+    conn = await hostile.connection(0)
+    first = await gate.ops.charge("p-1", b"\x01" * 32, 450, "EUR")
+    assert not first.approved and first.reason.startswith("controller unavailable")
+    held = await gate.ops.charge("p-1", b"\x01" * 32, 500, "EUR")  # the lock still held: not asked
+    assert not held.approved and held.reason.startswith("vault unavailable")
+    assert [r.args["amount_cents"] for r in conn.requests if r.op == "charge"] == [450]
+    other[0].execute("COMMIT")
+    other[0].close()
+    paid = await gate.ops.charge("p-1", b"\x01" * 32, 600, "EUR")
+    assert paid.approved
+    await hostile.changes.wait_until(lambda: abandoned(conn))
+    asked = [r.args for r in conn.requests if r.op == "charge"]
+    assert [a["amount_cents"] for a in asked] == [450, 600]
+    assert [(a["key"], a["amount_cents"]) for a in abandoned(conn)] == [(asked[0]["key"], 450)]
 
 
 async def test_a_duplicated_or_stray_charge_answer_is_ignored_and_counted(make):
