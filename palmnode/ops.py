@@ -145,8 +145,8 @@ class OpError(RequestRefused):
 class NodeOps:
     def __init__(self, node: Node) -> None:
         self.node = node
-        #: a charge given up on whose abandonment the vault did not take (another process held it):
-        #: its note stays in the vault, and no new charge is asked until it is recorded
+        #: a charge whose end the vault did not take (another process held it): its note stays in the
+        #: vault, and no new charge is asked until its abandonment is recorded
         self._unsettled: dict | None = None
 
     # ---- requests from the controller ----------------------------------------------------------
@@ -307,7 +307,10 @@ class NodeOps:
             return ChargeResult(False, reason=f"controller unavailable: {exc}")
         finally:  # failed, lost, timed out, unusable or given up: the customer hears "declined", so abandon it
             with trio.CancelScope(shield=True):
-                await self._settle_charge(pending, abandoned=result is None)
+                settled = await self._settle_charge(pending, abandoned=result is None)
+        if not settled:  # the note stays, to be abandoned (an approval voided): the customer must hear "declined"
+            return ChargeResult(False, reason="vault unavailable: the answer could not be recorded, so the charge "
+                                "is abandoned")
         return result
 
     async def abandon_interrupted_charge(self, *, timeout_s: float, step_s: float) -> None:
@@ -354,11 +357,13 @@ class NodeOps:
         if self.node.link is not None:
             self.node.link.events_appended()
 
-    async def _settle_charge(self, pending: dict, *, abandoned: bool) -> None:
+    async def _settle_charge(self, pending: dict, *, abandoned: bool) -> bool:
         """The charge is no longer in flight. Abandoned: the controller is told, through the outbox,
         that its decision never reached the gate; it voids an approval made after all, or declines
         the request if it comes late (docs/protocols/controller.md §6), so a customer told
-        "declined" is never charged."""
+        "declined" is never charged. False when the vault did not take it: the charge stays noted,
+        and is abandoned before the next one is asked (or at the next start), even an approved one
+        (then told "declined")."""
         vault = self.node.vault
         settle = functools.partial(vault.set_state, CHARGE_STATE, "",
                                    event=("charge_abandoned", pending) if abandoned else None)
@@ -366,12 +371,12 @@ class NodeOps:
             await trio.to_thread.run_sync(settle)  # one transaction: the event and the state together
         except (VaultError, sqlite3.Error, OSError, ValueError) as exc:
             event(log, "charge not settled", key=pending["key"], abandoned=abandoned, error=error_text(exc))
-            if abandoned:
-                self._unsettled = pending  # recorded before the next charge (or at the next start)
-            return
+            self._unsettled = pending  # abandoned before the next charge (or at the next start)
+            return False
         self._unsettled = None
         if abandoned and self.node.link is not None:
             self.node.link.events_appended()
+        return True
 
     # ---- events for the controller -------------------------------------------------------------
     async def report(self, ctx: ChildContext) -> None:

@@ -716,6 +716,33 @@ async def test_a_charge_whose_abandonment_the_vault_refused_is_recorded_before_t
     assert [(a["key"], a["amount_cents"]) for a in abandoned(conn)] == [(asked[0]["key"], 450)]
 
 
+async def test_an_approval_the_vault_cannot_record_is_declined_at_the_gate_and_abandoned(make):
+    """An approved charge whose note the vault would not clear (another process holding it) was
+    told "approved" with the note left: abandoned at the next start, the payment the customer had
+    was voided. The customer is now told "declined" and the charge abandoned before the next one."""
+    gate_of: list[Gate] = []
+    other: list[sqlite3.Connection] = []
+
+    async def handler(args: dict) -> dict:
+        if not other:  # the first charge: approved, while a backup takes the vault's write lock
+            other.append(sqlite3.connect(gate_of[0].vault.path, isolation_level=None))
+            other[0].execute("BEGIN IMMEDIATE")
+        return {"approved": True, "reference": f"R-{args['amount_cents']}"}
+
+    hostile, gate = await charge_gate(make, handler, vault_busy_timeout=0.2)
+    gate_of.append(gate)
+    conn = await hostile.connection(0)
+    first = await gate.ops.charge("p-1", b"\x01" * 32, 450, "EUR")
+    assert not first.approved and first.reason.startswith("vault unavailable")
+    other[0].execute("COMMIT")
+    other[0].close()
+    paid = await gate.ops.charge("p-1", b"\x01" * 32, 600, "EUR")
+    assert paid.approved and paid.reference == "R-600"
+    await hostile.changes.wait_until(lambda: abandoned(conn))
+    asked = [r.args for r in conn.requests if r.op == "charge"]
+    assert [(a["key"], a["amount_cents"]) for a in abandoned(conn)] == [(asked[0]["key"], 450)]
+
+
 async def test_a_duplicated_or_stray_charge_answer_is_ignored_and_counted(make):
     conns: list[Conn] = []
 
