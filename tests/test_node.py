@@ -517,14 +517,25 @@ def _charge_left_in_flight(tmp_path):
     return Node(cfg, gallery=gallery), gallery, path, keys, pending
 
 
-async def _lock_the_vault_once_opened(gallery, path):
-    """Another process's connection (an sqlite3 shell) takes the vault's write lock while the start loads."""
+@contextlib.asynccontextmanager
+async def _vault_held_from_the_load(gallery, path):
+    """Another process's connection (an sqlite3 shell) takes the vault's write lock while the start
+    loads the gallery, and lets it go on leaving."""
     import sqlite3
 
-    await wait_for(gallery.holding.is_set)
-    other = sqlite3.connect(path, isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")
-    return other
+    other = None
+    try:
+        try:
+            await wait_for(gallery.holding.is_set)
+            other = sqlite3.connect(path, isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")
+        finally:
+            gallery.release.set()
+        yield
+    finally:
+        if other is not None:
+            other.execute("COMMIT")
+            other.close()
 
 
 def _charge_and_outbox(path, keys):
@@ -545,23 +556,13 @@ async def test_a_sigterm_while_a_charge_left_in_flight_waits_for_the_vault_stops
 
     caplog.set_level(logging.INFO, logger="palmnode")
     node, gallery, path, keys, pending = _charge_left_in_flight(tmp_path)
-    other = None
-    try:
-        async with serving(node) as served:
-            try:
-                other = await _lock_the_vault_once_opened(gallery, path)
-            finally:
-                gallery.release.set()
-            # at the charge (its line: before the write until now, as the wait begins now)
-            await wait_for(lambda: any(r.getMessage().startswith("charge interrupted by a restart")
-                                       for r in caplog.records), timeout=2.5)
-            os.kill(os.getpid(), signal.SIGTERM)
-            with trio.fail_after(2.5):  # half the busy timeout the stop used to wait out
-                await served.wait()
-    finally:
-        if other is not None:
-            other.execute("COMMIT")
-            other.close()
+    async with serving(node) as served, _vault_held_from_the_load(gallery, path):
+        # at the charge (its line: before the write until now, as the wait begins now)
+        await wait_for(lambda: any(r.getMessage().startswith("charge interrupted by a restart")
+                                   for r in caplog.records), timeout=2.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+        with trio.fail_after(2.5):  # half the busy timeout the stop used to wait out
+            await served.wait()
     said = [r.getMessage() for r in caplog.records]
     assert "node stopping" in said and said[-1] == "node stopped", said
     assert "charge interrupted by a restart: abandoned" not in said and node.supervisor is None
@@ -578,19 +579,10 @@ async def test_a_charge_left_in_flight_is_abandoned_once_the_other_process_lets_
     caplog.set_level(logging.INFO, logger="palmnode")
     node, gallery, path, keys, pending = _charge_left_in_flight(tmp_path)
     async with serving(node) as served:
-        other = None
-        try:
-            try:
-                other = await _lock_the_vault_once_opened(gallery, path)
-            finally:
-                gallery.release.set()
+        async with _vault_held_from_the_load(gallery, path):
             await wait_for(lambda: any(r.getMessage().startswith("charge interrupted by a restart: waiting")
                                        for r in caplog.records), timeout=2.5)
             assert node.supervisor is None  # the start waits for it
-        finally:
-            if other is not None:
-                other.execute("COMMIT")
-                other.close()
         await wait_for(lambda: node.supervisor is not None, timeout=5)
         [waiting] = [r for r in caplog.records if r.getMessage().startswith("charge interrupted by a restart: waiting")]
         assert waiting.levelname == "WARNING" and waiting.fields["key"] == pending["key"]
@@ -615,19 +607,11 @@ async def test_a_charge_left_in_flight_that_the_vault_refuses_past_the_busy_time
 
     monkeypatch.setattr(node_module, "VAULT_BUSY_TIMEOUT_S", 0.5)
     node, gallery, path, keys, pending = _charge_left_in_flight(tmp_path)
-    other = None
-    try:
-        with pytest.raises(BaseException) as info, trio.fail_after(10):  # it went on starting
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(node.run)
-                try:
-                    other = await _lock_the_vault_once_opened(gallery, path)
-                finally:
-                    gallery.release.set()
-    finally:
-        if other is not None:
-            other.execute("COMMIT")
-            other.close()
+    with pytest.raises(BaseException) as info, trio.fail_after(10):  # it went on starting
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(node.run)
+            async with _vault_held_from_the_load(gallery, path):
+                await trio.sleep_forever()  # until the start fails
     error = info.value
     while isinstance(error, BaseExceptionGroup):
         error = error.exceptions[0]
