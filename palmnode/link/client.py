@@ -480,16 +480,19 @@ class LinkClient:
         for ev in events:
             if ev.seq in self._inflight or ev.seq in self._acked or ev.seq in self._unsendable:
                 continue
+            # in flight before it is sent: the controller's ack can come back (and be read) before
+            # this task resumes from the send, and an ack of no event in flight is ignored
+            self._inflight[ev.seq] = (ev.key, trio.current_time())
             try:
                 await channel.send(Event(seq=ev.seq, key=ev.key, kind=ev.kind, node_id=self.config.node_id,
                                          at=ev.at, data=dict(ev.data)))
             except (FrameTooLarge, TypeError, ValueError, OverflowError) as exc:
                 # a bug upstream; the event stays in the outbox, the others go on
+                del self._inflight[ev.seq]
                 self._unsendable.add(ev.seq)
                 log.error("link event cannot be sent, held back",
                           extra={"fields": {"seq": ev.seq, "kind": ev.kind, "error": one_line(exc)}})
                 continue
-            self._inflight[ev.seq] = (ev.key, trio.current_time())
             self.stats.events_sent += 1
 
     async def _run_hook(self) -> None:

@@ -244,3 +244,50 @@ class Gate:
         people = sorted((person_to_wire(p) for p in self.vault.people()), key=lambda p: p["person_id"])
         return people, len(self.people.gallery), self.vault.get_state(SYNC_STATE), self.modes.current
 
+
+
+class ThreadController:
+    """A controller outside the gate's event loop, as a store's own one is (another process): on
+    its own thread, over blocking TLS sockets, it sends its hello, reads the node's frames, acks
+    each event the moment it is read and answers ``sync`` with an empty page. An ack can then reach
+    the node while the node's loop is still busy after sending that event, which a controller on
+    the test's own trio loop cannot do (it runs only when the node's loop lets it)."""
+
+    def __init__(self, pki: PkiPaths) -> None:
+        import socket
+        import threading
+
+        pair = pki.pair("controller")
+        self.context = server_context(pair.cert, pair.key, pki.ca_cert)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.acked: list[int] = []
+        self.error: str | None = None
+        self._thread = threading.Thread(target=self._serve, daemon=True, name="thread-controller")
+        self._thread.start()
+
+    def _serve(self) -> None:
+        from palmnode.link.codec import Decoder, encode
+
+        try:
+            raw, _ = self.listener.accept()
+            with self.context.wrap_socket(raw, server_side=True) as tls:
+                tls.sendall(encode(Hello(version=PROTOCOL_VERSION, node_id="controller", role="controller",
+                                         capabilities=("sync", "charge"))))
+                decoder = Decoder()
+                while True:
+                    data = tls.recv(65536)
+                    decoder.receive_data(data)
+                    while (msg := decoder.next_event()) is not None:
+                        if isinstance(msg, Event):
+                            tls.sendall(encode(Ack(seq=msg.seq, key=msg.key)))
+                            self.acked.append(msg.seq)
+                        elif isinstance(msg, Request) and msg.op == "sync":
+                            tls.sendall(encode(Response.success(msg.id, {"changes": [], "cursor": None})))
+                    if not data:
+                        return
+        except OSError as exc:  # the test ended (the listener or the connection closed)
+            self.error = str(exc)
+
+    def close(self) -> None:
+        self.listener.close()

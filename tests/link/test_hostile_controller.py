@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import time
 
 import msgpack
 import pytest
@@ -26,7 +27,7 @@ from palmnode.ops import SYNC_STATE
 
 from tests.conftest import wait_for
 
-from .hostile import Conn, Gate, Hostile, person, template_bytes, wire
+from .hostile import Conn, Gate, Hostile, ThreadController, person, template_bytes, wire
 
 
 def framed(obj: object) -> bytes:
@@ -81,6 +82,43 @@ async def still_serving(hostile: Hostile, gate: Gate, number: int) -> None:
     answer = await conn.request("mode.set", {"mode": "loyalty"})
     assert (answer.ok, answer.result) == (True, {"mode": "loyalty", "once": False})
     assert (await conn.request("mode.set", {"mode": "entry"})).ok
+
+
+# ---- acks ---------------------------------------------------------------------------------------
+
+
+async def test_an_ack_that_comes_back_at_once_is_matched_to_its_event(nursery, tmp_path, pki):
+    """A store's controller in another process acks an event as soon as it reads it: the ack can
+    reach the gate while its loop is still busy after sending that event (camera, matching). The
+    gate noted an event as in flight only once its send returned, so such an ack was taken for one
+    of no event in flight (``acks_unmatched``) and the event stayed unacked: after ack_timeout_s
+    (30 s) the gate dropped a working connection and sent its outbox again (seen against a
+    controller written from docs/protocols/controller.md: its first event, every start)."""
+    controller = ThreadController(pki)
+    gate = Gate(tmp_path, pki, controller.port, ack_timeout_s=3600)
+    busy = True
+
+    async def busy_loop():
+        while busy:
+            time.sleep(0.003)  # the gate's loop busy elsewhere between two steps of its tasks
+            await trio.lowlevel.checkpoint()
+
+    nursery.start_soon(busy_loop)
+    await gate.start(nursery)
+    stats = gate.client.stats
+    try:
+        for n in range(1, 31):  # one at a time: each ack finds the gate's receiving task idle
+            gate.vault.append_event("device_health", {"name": "camera", "state": "ready"})
+            gate.client.events_appended()
+            await wait_for(lambda: len(controller.acked) == n)
+            await wait_for(lambda: stats.events_acked + stats.acks_unmatched == n)
+            assert stats.acks_unmatched == 0, f"the ack of event {n} was taken for one of no event in flight"
+        assert (stats.events_acked, stats.connects) == (30, 1)
+        assert gate.vault.pending_events() == []
+    finally:
+        busy = False
+        await gate.stop()
+        controller.close()
 
 
 # ---- malformed frames ---------------------------------------------------------------------------
