@@ -65,8 +65,8 @@ SQL_INT = range(-2**63, 2**63)  # SQLite's INTEGER: a larger int cannot even be 
 SYNC_BYTES = 512 * 1024  # one sync answer stays well under the link's 1 MiB frame cap
 BUSY_TIMEOUT_S = 10.0  # how long a transaction waits for another program holding the write lock
 #: a card deleted store-wide at time D: an enrolment of it whose enrolled_at (the gate's clock) is
-#: at most D + this was begun before the deletion, or within a gate's longest enrolment (its
-#: ``[enrol] timeout_s``, 90 s by default) plus clock skew, and is refused (``forget_card``)
+#: at most D + this was begun before the deletion, or within a gate's longest enrolment
+#: (``EnrolPolicy.timeout_s``, 90 s) plus clock skew, and is refused (``forget_card``)
 FORGET_WINDOW_S = 600.0
 #: a gate reads its clock for a person's enrolled_at, then writes the ``enrolled`` event to its
 #: outbox (which stamps the event's ``at`` and its seq): an event written in between (another

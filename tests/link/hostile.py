@@ -245,7 +245,6 @@ class Gate:
         return people, len(self.people.gallery), self.vault.get_state(SYNC_STATE), self.modes.current
 
 
-
 class ThreadController:
     """A controller outside the gate's event loop, as a store's own one is (another process): on
     its own thread, over blocking TLS sockets, it sends its hello, reads the node's frames, acks
