@@ -317,6 +317,8 @@ def _damage(tmp_path: Path, what: str) -> tuple[tuple[str, str], ...]:
         gate.cert.unlink()
     elif what == "link certificate not PEM":
         gate.cert.write_text("not a certificate\n")
+    elif what == "link key readable by others":
+        gate.key.chmod(0o640)
     elif what == "link key of another":
         gate.key.write_bytes(certs.controller.key.read_bytes())
     elif what == "link CA not PEM":
@@ -390,6 +392,8 @@ def _spoil_vault(run: Path, what: str) -> None:
     ("link certificate missing", "link certificate {run}/certs/sim-gate-1.pem not found"),
     ("link certificate not PEM", "cannot use link certificate {run}/certs/sim-gate-1.pem with key "),
     ("link key of another", "cannot use link certificate {run}/certs/sim-gate-1.pem with key "),
+    ("link key readable by others", "link key {run}/certs/sim-gate-1.key has mode 0640, readable beyond its "
+                                    "owner; run `chmod 600 {run}/certs/sim-gate-1.key`"),
     ("link CA not PEM", "cannot use link CA certificate {run}/certs/ca.pem: "),
     ("vault key readable by others", "vault {run}/vault.db: vault key file {run}/keys/vault.key has mode 0644"),
     ("vault key not hex", "vault {run}/vault.db: vault key file {run}/keys/vault.key is not hex"),

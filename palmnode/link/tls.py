@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import stat
 from pathlib import Path
 
 import trio
@@ -29,6 +30,7 @@ def _load(context: ssl.SSLContext, cert: os.PathLike | str, key: os.PathLike | s
             raise TlsConfigError(f"cannot read link {what} {path}: {exc.strerror or exc}") from None
         if not found:
             raise TlsConfigError(f"link {what} {path} not found; make a development set with: palmnode certs --out DIR")
+    _check_key_mode(key)
     try:
         context.load_cert_chain(certfile=os.fspath(cert), keyfile=os.fspath(key))
     except (ssl.SSLError, OSError) as exc:
@@ -38,6 +40,17 @@ def _load(context: ssl.SSLContext, cert: os.PathLike | str, key: os.PathLike | s
     except (ssl.SSLError, OSError) as exc:
         raise TlsConfigError(f"cannot use link CA certificate {ca}: {exc.args[-1]}") from None
     return context
+
+
+def _check_key_mode(key: os.PathLike | str) -> None:
+    """Refuse a private key its group or others may read or write (as the vault's and the card
+    token's keys): whoever reads it can pose as this gate, or as the controller."""
+    try:
+        mode = stat.S_IMODE(os.stat(key).st_mode)
+    except OSError as exc:
+        raise TlsConfigError(f"cannot read link key {key}: {exc.strerror or exc}") from None
+    if mode & 0o077:
+        raise TlsConfigError(f"link key {key} has mode {mode:04o}, readable beyond its owner; run `chmod 600 {key}`")
 
 
 def server_context(cert: os.PathLike | str, key: os.PathLike | str, ca: os.PathLike | str) -> ssl.SSLContext:

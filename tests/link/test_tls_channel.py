@@ -87,6 +87,22 @@ def test_missing_files_are_one_line_config_errors(pki, tmp_path):
         server_context(pki.controller.cert, pki.nodes["gate-1"].key, pki.ca_cert)
 
 
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o660])
+def test_a_private_key_others_may_read_is_refused(pki, tmp_path, mode):
+    """A gate's or the controller's TLS key readable by its group or others was loaded: whoever read
+    it could speak as that gate (events, deletions, charges) or pose as the controller. Refused now,
+    as the vault's and the card token's keys are."""
+    for make, pair in ((client_context, pki.nodes["gate-1"]), (server_context, pki.controller)):
+        key = tmp_path / f"{pair.key.stem}.key"
+        key.write_bytes(pair.key.read_bytes())
+        key.chmod(mode)
+        with pytest.raises(TlsConfigError, match=f"link key {key} has mode {mode:04o}, readable beyond its owner; "
+                                                 f"run `chmod 600 {key}`"):
+            make(pair.cert, key, pki.ca_cert)
+        key.chmod(0o600)
+        make(pair.cert, key, pki.ca_cert)
+
+
 def test_contexts_are_tls13_with_certificates_both_ways(pki):
     for ctx in (server_context(pki.controller.cert, pki.controller.key, pki.ca_cert),
                 client_context(pki.nodes["gate-1"].cert, pki.nodes["gate-1"].key, pki.ca_cert)):
