@@ -76,6 +76,7 @@ async def serve_repl(target: ReplTarget, path: str | os.PathLike[str], *, python
         why = folder_error(exc)
         raise ReplSocketError(f"cannot create the REPL socket folder {path.parent}: {why}",
                               config=lasting(exc)) from None
+    _check_folder(path.parent)
     lock_fd = _lock(path)
     try:
         sock, inode = _bind_atomically(path)
@@ -91,6 +92,26 @@ async def serve_repl(target: ReplTarget, path: str | os.PathLike[str], *, python
             _remove_if_ours(path, inode)
     finally:
         os.close(lock_fd)
+
+
+def _check_folder(folder: Path) -> None:
+    """Refuse a socket folder another user may write (world-writable, /tmp's sticky bit or not) or
+    that another user owns (root aside): they could plant ``PATH.lock`` or a socket of their own
+    before the node starts, or (without the sticky bit) rename the node's socket away and put theirs
+    in its place, which the operator's ``palmnode repl`` would then talk to. The 0600 socket
+    keeps other users out only in a folder they cannot change."""
+    try:
+        st = os.stat(folder)
+    except OSError as exc:
+        raise ReplSocketError(f"cannot use the REPL socket folder {folder}: {folder_error(exc)}",
+                              config=lasting(exc)) from None
+    fix = "choose a [repl] socket_path in a folder only the node's user can write (e.g. /run/palmnode)"
+    if st.st_mode & stat.S_IWOTH:
+        raise ReplSocketError(f"REPL socket folder {folder} is writable by others (mode "
+                              f"{stat.S_IMODE(st.st_mode):04o}): {fix}", config=True)
+    if st.st_uid not in (os.geteuid(), 0):
+        raise ReplSocketError(f"REPL socket folder {folder} belongs to uid {st.st_uid}, not to the node's "
+                              f"user (uid {os.geteuid()}) nor root: {fix}", config=True)
 
 
 def _lock(path: Path) -> int:

@@ -97,6 +97,43 @@ async def test_refuses_to_replace_a_file_that_is_not_a_socket(target, short_dir,
         assert os.listdir(path) == ["inside"]
 
 
+@pytest.mark.parametrize("mode", [0o777, 0o1777, 0o703])
+async def test_refuses_a_socket_folder_others_may_write(target, short_dir, mode):
+    """The node served in a world-writable folder (a socket_path under /tmp): another user could
+    plant the lock or a socket of their own before it started, or rename its socket away and put
+    theirs in its place for the operator's `palmnode repl` to talk to. Refused now, before anything
+    is created there."""
+    os.chmod(short_dir, mode)
+    async with trio.open_nursery() as nursery:  # a node that served would be cancelled, not hang the test
+        with pytest.raises(ReplSocketError) as info:
+            await nursery.start(serve_repl, target, os.path.join(short_dir, "repl.sock"))
+    assert str(info.value) == (f"REPL socket folder {short_dir} is writable by others (mode {mode:04o}): choose a "
+                               "[repl] socket_path in a folder only the node's user can write (e.g. /run/palmnode)")
+    assert info.value.config
+    assert os.listdir(short_dir) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a folder to another user needs root")
+async def test_refuses_a_socket_folder_another_user_owns(target, short_dir):
+    os.chmod(short_dir, 0o755)
+    os.chown(short_dir, 65534, 65534)
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(ReplSocketError) as info:
+            await nursery.start(serve_repl, target, os.path.join(short_dir, "repl.sock"))
+    assert str(info.value) == (f"REPL socket folder {short_dir} belongs to uid 65534, not to the node's user (uid 0) "
+                               "nor root: choose a [repl] socket_path in a folder only the node's user can write "
+                               "(e.g. /run/palmnode)")
+    assert info.value.config
+    assert os.listdir(short_dir) == []
+    os.chown(short_dir, 0, 0)  # a root-owned 0755 folder is fine
+    path = os.path.join(short_dir, "repl.sock")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_repl, target, path)
+        stream = await trio.open_unix_socket(path)
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_socket_path_error_says_whether_a_restart_could_cure_it(target, short_dir):
     with pytest.raises(ReplSocketError, match="longer than 107 bytes") as info:
         await serve_repl(target, os.path.join(short_dir, "x" * 120))
