@@ -17,6 +17,7 @@ Output: one JSON object on the last line of stdout; progress on stderr.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
@@ -337,12 +338,16 @@ def _write_debug(folder: Path, key: SampleKey, frames: dict[str, np.ndarray]) ->
             ok, png = cv2.imencode(".png", image)
             if not ok:
                 raise OSError(f"cannot encode {path}")
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            # O_NOFOLLOW: a link planted at a frame's name (a folder others could write before it was
+            # made 0700) would have the run overwrite whatever file it points to
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "wb") as f:
                 os.fchmod(f.fileno(), 0o600)   # the umask may take from 0600, an earlier run's file kept its mode
                 f.write(png.tobytes())
         except OSError as exc:
-            raise EvalError(f"cannot write the debug frame {display_name(str(path))}: {exc.strerror or exc}") from None
+            why = ("a symbolic link is in its place: remove it" if exc.errno == errno.ELOOP and os.path.islink(path)
+                   else exc.strerror or exc)
+            raise EvalError(f"cannot write the debug frame {display_name(str(path))}: {why}") from None
 
 
 # ------------------------------------------------------------------------------------ protocols

@@ -301,6 +301,23 @@ def test_debug_frames_of_a_session_spanning_folders_are_written_flat(tmp_path, c
     assert sorted(os.listdir(tmp_path / "debug")) == [f"{i:03d}_day1_{s}_1_image.png" for i in (0, 1) for s in ("s1", "s2")]
 
 
+def test_a_link_planted_at_a_debug_frame_name_is_not_followed(tmp_path, capsys):
+    """A frame's file was opened with O_TRUNC through a symbolic link at its name (one planted in
+    a debug folder another user could write before the run made it 0700): the run overwrote the
+    file it pointed to, whoever's it was. The link is refused now; its target is untouched."""
+    folder = write_folder(tmp_path / "imgs", subjects=2, sessions=1, samples=1)
+    debug = tmp_path / "debug"
+    debug.mkdir()
+    precious = tmp_path / "precious"
+    precious.write_text("not a palm")
+    os.symlink(precious, debug / "000_1_1_image.png")
+    rc, out, err = run_main(capsys, [str(folder), "--out", str(tmp_path / "o"), "--debug-dir", str(debug)])
+    assert rc == 1
+    assert err.splitlines()[-1] == (f"palmnode eval: cannot write the debug frame {debug / '000_1_1_image.png'}: "
+                                    "a symbolic link is in its place: remove it")
+    assert precious.read_text() == "not a palm"
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o277], ids=["umask022", "umask277"])
 @pytest.mark.parametrize("earlier_run", [False, True], ids=["new", "earlier-run"])
 def test_debug_frames_are_private_whatever_the_umask(tmp_path, capsys, umask, earlier_run):
