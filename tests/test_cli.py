@@ -698,6 +698,71 @@ def test_certs_renew_of_a_name_without_a_pair_is_refused_and_writes_nothing(tmp_
     assert not elsewhere.exists()
 
 
+def test_certs_replaces_a_link_at_a_key_name_and_never_writes_through_it(tmp_path, capsys):
+    """`palmnode certs` opened each file with O_TRUNC at its name: a symbolic link planted at a
+    key's name had --renew (or a first issue) write the new key into the file it pointed to (root
+    running it overwrote whatever that was), or create it. Each file is now written new beside
+    its name, 0600 from the start, and renamed over it: the link is replaced, its target untouched."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    pki, victim, absent = tmp_path / "pki", tmp_path / "victim", tmp_path / "absent"
+    assert cli.main(["certs", "--out", str(pki), "--node", "gate-1"]) == 0
+    victim.write_text("precious\n")
+    os.chmod(victim, 0o644)
+    (pki / "gate-1.key").unlink()
+    (pki / "gate-1.key").symlink_to(victim)
+    (pki / "gate-2.key").symlink_to(absent)  # dangling: O_CREAT through it made the target
+    assert cli.main(["certs", "--out", str(pki), "--renew", "gate-1", "--node", "gate-2"]) == 0, capsys.readouterr()
+    assert victim.read_text() == "precious\n" and os.stat(victim).st_mode & 0o777 == 0o644
+    assert not absent.exists() and not os.path.lexists(absent)
+    for name in ("gate-1", "gate-2"):
+        key = pki / f"{name}.key"
+        assert not key.is_symlink() and os.stat(key).st_mode & 0o777 == 0o600
+        cert = x509.load_pem_x509_certificate((pki / f"{name}.pem").read_bytes())
+        assert load_pem_private_key(key.read_bytes(), None).public_key() == cert.public_key()
+    assert sorted(p.name for p in pki.iterdir()) == ["ca.key", "ca.pem", "controller.key", "controller.pem",
+                                                     "gate-1.key", "gate-1.pem", "gate-2.key", "gate-2.pem"]
+
+
+def test_certs_tightens_an_existing_out_folder_to_0700(tmp_path):
+    """An --out folder made beforehand (mkdir: 0755) kept its mode: every user could list it and
+    read the certificates, and a later chmod of a key was all that stood between them and it. It
+    is now made 0700, as a folder `palmnode certs` creates is."""
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    os.chmod(pki, 0o755)
+    assert certs("--out", str(pki), "--node", "gate-1").returncode == 0
+    assert os.stat(pki).st_mode & 0o7777 == 0o700
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o1777, 0o703])
+def test_certs_refuses_an_out_folder_others_may_write(tmp_path, mode):
+    """In a folder others may write, the CA found there (reused to sign) or a link at a key's name
+    may be theirs, and a key written there theirs to take: refused, nothing written or changed."""
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    os.chmod(pki, mode)
+    proc = certs("--out", str(pki), "--node", "gate-1")
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr == (f"palmnode certs: folder {pki} is writable by others (mode {mode:04o}): its files may "
+                           "not be yours and the keys written there would not be private; choose an --out folder "
+                           "only you can write\n")
+    assert os.listdir(pki) == [] and os.stat(pki).st_mode & 0o7777 == mode
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a folder to another user needs root")
+def test_certs_refuses_an_out_folder_another_user_owns(tmp_path, capsys):
+    pki = tmp_path / "pki"
+    pki.mkdir(mode=0o700)
+    os.chown(pki, 65534, 65534)
+    assert cli.main(["certs", "--out", str(pki), "--node", "gate-1"]) == 1
+    assert capsys.readouterr().err == (f"palmnode certs: folder {pki} belongs to uid 65534, not to you (uid 0) nor "
+                                       "root: its files may not be yours and the keys written there would not be "
+                                       "private; choose an --out folder only you can write\n")
+    assert os.listdir(pki) == []
+
+
 def test_certs_renew_of_a_pair_it_cannot_write_is_a_one_line_error(tmp_path, capsys):
     pki = tmp_path / "pki"
     assert cli.main(["certs", "--out", str(pki), "--node", "gate-1"]) == 0

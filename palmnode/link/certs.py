@@ -1,7 +1,9 @@
 """A development PKI for the link (docs/protocols/controller.md §9): one CA, a controller, nodes.
 
 ``make_dev_pki(folder, nodes=["gate-1"])`` writes ``ca.pem``/``ca.key`` and ``<name>.pem``/
-``<name>.key`` for the controller and each node (EC P-256, keys 0600). An existing CA in the
+``<name>.key`` for the controller and each node (EC P-256, keys 0600; each file written new and
+renamed into place, so a link at its name is replaced, not followed) in a folder only its user
+can change (made or tightened to 0700; one others may write is refused). An existing CA in the
 folder is reused, so nodes can be added later; an existing pair is kept (a gate may be using it)
 unless ``renew`` names it. ``palmnode certs --out DIR --node gate-1 [--renew NAME]`` runs it.
 """
@@ -12,6 +14,7 @@ import datetime as dt
 import ipaddress
 import os
 import re
+import stat
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +25,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from palmnode.private_files import others_may_change, replace_file
 
 CA_NAME = "palmnode development CA"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # a node id doubles as a file name
@@ -64,15 +69,29 @@ class PkiPaths:
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        try:
-            os.fchmod(fd, mode)  # an existing file keeps its old mode through O_CREAT
-            os.write(fd, data)
-        finally:
-            os.close(fd)
+    try:  # a new file renamed over the name: a link planted there is replaced, not written through
+        replace_file(path, data, mode)
     except OSError as exc:
         raise PkiError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _private_folder(folder: Path) -> None:
+    """Refuse an --out folder others may write or another user owns (root aside): what is in it
+    (a CA to reuse, a link at a key's name) may be theirs, and they could read or swap what is
+    written. Tighten one others may read or enter to its owner alone (0700): it holds ca.key."""
+    try:
+        st = os.stat(folder)
+    except OSError as exc:
+        raise PkiError(f"cannot use folder {folder}: {exc.strerror or exc}") from None
+    why = others_may_change(st, os.geteuid(), "you")
+    if why is not None:
+        raise PkiError(f"folder {folder} {why}: its files may not be yours and the keys written there would not "
+                       "be private; choose an --out folder only you can write")
+    if st.st_mode & 0o077:
+        try:
+            os.chmod(folder, stat.S_IMODE(st.st_mode) & 0o7700)
+        except OSError as exc:
+            raise PkiError(f"cannot make folder {folder} 0700 (it holds ca.key): {exc.strerror or exc}") from None
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -204,6 +223,7 @@ def make_dev_pki(folder: Path, *, nodes: Sequence[str], controller: str = "contr
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
         raise PkiError(f"cannot create folder {folder}: {exc.strerror or exc}") from None
+    _private_folder(folder)
     ca_cert_path, ca_key_path = folder / "ca.pem", folder / "ca.key"
     new_ca = False
     if ca_cert_path.exists() and ca_key_path.exists():
@@ -240,7 +260,9 @@ def make_dev_pki(folder: Path, *, nodes: Sequence[str], controller: str = "contr
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``palmnode certs``."""
-    parser.add_argument("--out", required=True, type=Path, help="folder for ca.pem, <name>.pem/.key (made 0700)")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="folder for ca.pem, <name>.pem/.key (made or tightened to 0700; one others may "
+                        "write is refused)")
     parser.add_argument("--node", action="append", default=[], metavar="ID",
                         help="a node id to issue a certificate for (repeatable); the CN the controller sees")
     parser.add_argument("--controller", default="controller", metavar="NAME",
