@@ -19,11 +19,13 @@ import signal
 import socket
 import stat
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, NoReturn, TextIO
 
+from palmnode.private_files import replace_file
 from palmnode.repl import protocol
 from palmnode.repl.protocol import split_line
 
@@ -533,8 +535,21 @@ def _history(hello: dict[str, Any]) -> Iterator[Callable[[str], None]]:
         yield entered
     finally:
         with contextlib.suppress(OSError):
-            readline.write_history_file(path)
-            os.chmod(path, 0o600)  # it may hold py source
+            _save_history(readline, path)
+
+
+def _save_history(readline: Any, path: Path) -> None:
+    """Write the history to ``path``, 0600 from its first byte (it may hold py source), without
+    following a symbolic link at its name (readline writes through one: run as root with another
+    user's HOME, a link they planted would have root overwrite the file it names).
+
+    readline writes only by name, so it writes into a private 0700 folder of our own; the bytes
+    then go into a new file beside ``path`` and are renamed over it (private_files.replace_file)."""
+    with tempfile.TemporaryDirectory(prefix="palmnode-repl-") as private:
+        staged = os.path.join(private, "history")
+        readline.write_history_file(staged)
+        data = Path(staged).read_bytes()
+    replace_file(path, data, 0o600)
 
 
 # -- the subcommand

@@ -212,6 +212,41 @@ async def test_terminal_session_with_completion_history_and_follow(node, repl_pa
     assert stat.S_IMODE(os.stat(tmp_path / ".palmnode_repl_history").st_mode) == 0o600
 
 
+@pytest.mark.parametrize("target", ["a file", "nothing"])
+async def test_history_replaces_a_link_at_its_name_and_never_writes_through_it(short_dir, tmp_path, target):
+    """readline wrote the history through a symbolic link at its name (into the file it named, or
+    creating it): run as root with another user's HOME (sudo keeping it), a link they planted had
+    root overwrite any file. Its 0600 was a chmod after the write (GNU readline 8 creates the file
+    0600 itself; a libedit build with the umask's mode). The history is now written into a new
+    0600 file, renamed over the link; what the link named is untouched."""
+    victim = tmp_path / "victim"
+    if target == "a file":
+        victim.write_text("precious\n")
+        os.chmod(victim, 0o644)
+    (tmp_path / ".palmnode_repl_history").symlink_to(victim)
+    async with _bare_repl(short_dir) as path:
+        process, terminal, out = await open_terminal(path, tmp_path)
+        try:
+            await out.prompt("node> ", 1)
+            await terminal.send_all(b"help light\r")
+            await out.wait_for("Example: light ir 0.5")
+            await out.prompt("node> ", 2)
+            await terminal.send_all(b"\x04")  # Ctrl-D
+            with trio.fail_after(10):
+                assert await process.wait() == 0
+        finally:
+            process.kill()
+            await terminal.aclose()
+    if target == "a file":
+        assert victim.read_text() == "precious\n" and stat.S_IMODE(os.stat(victim).st_mode) == 0o644
+    else:
+        assert not os.path.lexists(victim)
+    history = tmp_path / ".palmnode_repl_history"
+    assert not history.is_symlink() and stat.S_IMODE(os.stat(history).st_mode) == 0o600
+    assert history.read_text().splitlines()[-1] == "help light"
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
+
+
 async def test_terminal_python_console(node, repl_path, tmp_path):
     process, terminal, out = await open_terminal(repl_path, tmp_path)
     try:
