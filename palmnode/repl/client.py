@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, NoReturn, TextIO
 
-from palmnode.private_files import replace_file
+from palmnode.private_files import others_may_change, replace_file
 from palmnode.repl import protocol
 from palmnode.repl.protocol import split_line
 
@@ -66,6 +66,27 @@ def _is_socket(path: Path) -> bool:
         return False
 
 
+def check_socket_folder(path: Path, uid: int | None = None) -> None:
+    """ReplClientError when the socket's folder (the one named, and the one a link there leads to)
+    is one another user may change: writable by others, or owned by another user than ``uid``
+    (default: ours) or root. The node refuses to serve in such a folder (server._check_folder), so
+    a socket there is not a node's: it may be another user's, there to read what the operator
+    types (phone numbers, py source). Root's client accepts any owner: it attaches to the node's
+    user's socket (``sudo palmnode repl``). A folder that cannot be looked at is left to connect()."""
+    uid = os.geteuid() if uid is None else uid
+    folders = dict.fromkeys([Path(os.path.abspath(path)).parent, Path(os.path.realpath(path)).parent])
+    for folder in folders:
+        try:
+            st = os.stat(folder)
+        except OSError:
+            continue
+        why = others_may_change(st, None if uid == 0 else uid, "you")
+        if why is not None:
+            raise ReplClientError(f"REPL socket folder {folder} {why}: the socket there may be another user's (a "
+                                  f"node refuses such a folder); --socket (or ${SOCKET_ENV}) names the node's "
+                                  "[repl] socket_path")
+
+
 class Connection:
     """One session with the node: send requests, read reply lines."""
 
@@ -76,6 +97,7 @@ class Connection:
 
     @classmethod
     def open(cls, path: Path, timeout: float = CONNECT_TIMEOUT_S) -> Connection:
+        check_socket_folder(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         sock.settimeout(timeout)
         try:
@@ -673,7 +695,7 @@ def _piped(conn: Connection) -> int:
     return 1 if repl.errors else 0
 
 
-__all__ = ["Completer", "Connection", "DEFAULT_SOCKETS", "DESCRIPTION", "HISTORY_FILE", "Repl",
+__all__ = ["Completer", "Connection", "check_socket_folder", "DEFAULT_SOCKETS", "DESCRIPTION", "HISTORY_FILE", "Repl",
            "ReplClientError", "SessionClosed", "StdinLines", "add_arguments", "default_socket", "format_event",
            "main"]
 

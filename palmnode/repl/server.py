@@ -20,6 +20,7 @@ import trio
 from palmnode import lockfile
 from palmnode.fserrors import folder_error, lasting
 from palmnode.logs import event
+from palmnode.private_files import others_may_change
 from palmnode.repl import protocol
 from palmnode.repl.commands import (COMMANDS, CommandError, ReplTarget, Session, channels, followable,
                                     run_command)
@@ -105,13 +106,10 @@ def _check_folder(folder: Path) -> None:
     except OSError as exc:
         raise ReplSocketError(f"cannot use the REPL socket folder {folder}: {folder_error(exc)}",
                               config=lasting(exc)) from None
-    fix = "choose a [repl] socket_path in a folder only the node's user can write (e.g. /run/palmnode)"
-    if st.st_mode & stat.S_IWOTH:
-        raise ReplSocketError(f"REPL socket folder {folder} is writable by others (mode "
-                              f"{stat.S_IMODE(st.st_mode):04o}): {fix}", config=True)
-    if st.st_uid not in (os.geteuid(), 0):
-        raise ReplSocketError(f"REPL socket folder {folder} belongs to uid {st.st_uid}, not to the node's "
-                              f"user (uid {os.geteuid()}) nor root: {fix}", config=True)
+    why = others_may_change(st, os.geteuid(), "the node's user")
+    if why is not None:
+        raise ReplSocketError(f"REPL socket folder {folder} {why}: choose a [repl] socket_path in a folder only "
+                              "the node's user can write (e.g. /run/palmnode)", config=True)
 
 
 def _lock(path: Path) -> int:

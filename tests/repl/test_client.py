@@ -20,7 +20,7 @@ from palmnode.actors import GateState
 from palmnode.gate.events import Decision
 from palmnode.repl import serve_repl
 from palmnode.repl.client import (DEFAULT_SOCKETS, Completer, Connection, Repl, ReplClientError, SessionClosed,
-                                  default_socket)
+                                  check_socket_folder, default_socket)
 from palmnode.repl.server import IDLE_TIMEOUT_S
 from tests.conftest import wait_for
 from tests.repl.conftest import BareTarget
@@ -403,6 +403,54 @@ async def test_one_session_too_many_is_refused_in_one_line(short_dir, tmp_path):
     assert result.returncode == 1 and result.stdout == b""
     assert result.stderr.decode() == (f"palmnode repl: {path}: too many REPL sessions (1): close one and "
                                       "retry (an idle one is closed after 15 min)\n")
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o1777, 0o703])
+async def test_client_refuses_a_socket_in_a_folder_others_may_write(short_dir, tmp_path, mode):
+    """The client connected to whatever socket it was pointed at: in a folder others may write
+    (the node refuses to serve in one; this one became so after it started) the socket may be
+    another user's, there to read what the operator types. One line naming the folder, exit 1 as
+    for the client's other errors, nothing sent; a link to the socket from a safe folder too."""
+    async with _bare_repl(short_dir) as path:
+        link = tmp_path / "gate.sock"
+        link.symlink_to(path)
+        os.chmod(short_dir, mode)
+        try:
+            for named in (path, link):
+                result = await trio.run_process(client_command(named) + ["help"], capture_stdout=True,
+                                                capture_stderr=True, stdin=subprocess.DEVNULL, check=False)
+                assert result.returncode == 1 and result.stdout == b""
+                assert result.stderr.decode() == (
+                    f"palmnode repl: REPL socket folder {short_dir} is writable by others (mode {mode:04o}): the "
+                    "socket there may be another user's (a node refuses such a folder); --socket (or "
+                    "$PALMNODE_REPL_SOCKET) names the node's [repl] socket_path\n")
+        finally:
+            os.chmod(short_dir, 0o700)
+        result = await trio.run_process(client_command(path) + ["help"], capture_stdout=True,
+                                        stdin=subprocess.DEVNULL)
+        assert b"help" in result.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a folder to another user needs root")
+async def test_client_refuses_a_socket_folder_another_user_owns_unless_root(short_dir):
+    """Another user than the client's (nor root) owns the folder: refused, as the node would. Root's
+    client attaches to the node's user's socket (`sudo palmnode repl` on /run/palmnode)."""
+    async with _bare_repl(short_dir) as path:
+        os.chmod(short_dir, 0o755)
+        os.chown(short_dir, 65534, 65534)
+        try:
+            with pytest.raises(ReplClientError) as info:
+                check_socket_folder(Path(path), uid=1000)
+            assert str(info.value) == (
+                f"REPL socket folder {short_dir} belongs to uid 65534, not to you (uid 1000) nor root: the socket "
+                "there may be another user's (a node refuses such a folder); --socket (or $PALMNODE_REPL_SOCKET) "
+                "names the node's [repl] socket_path")
+            check_socket_folder(Path(path), uid=65534)
+            result = await trio.run_process(client_command(path) + ["help"], capture_stdout=True,
+                                            stdin=subprocess.DEVNULL)  # as root
+            assert b"help" in result.stdout
+        finally:
+            os.chown(short_dir, 0, 0)
 
 
 def test_a_node_that_hangs_up_with_a_request_unread_is_a_one_line_error():
