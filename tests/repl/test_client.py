@@ -159,8 +159,10 @@ async def test_one_shot_follow_runs_until_asked_to_stop_whatever_its_stdin(node,
     assert "Traceback" not in text
 
 
+@contextlib.asynccontextmanager
 async def open_terminal(repl_path, tmp_path):
-    """``palmnode repl`` on a pseudo-terminal of its own (HOME in tmp_path for its history)."""
+    """``palmnode repl`` on a pseudo-terminal of its own (HOME in tmp_path for its history):
+    yields (process, terminal, its output); killed and closed on leaving."""
     master, slave = os.openpty()
     env = {**os.environ, "HOME": str(tmp_path), "TERM": "dumb"}
     process = await trio.lowlevel.open_process(client_command(repl_path), stdin=slave, stdout=slave,
@@ -168,13 +170,21 @@ async def open_terminal(repl_path, tmp_path):
                                                preexec_fn=_controlling_terminal)
     os.close(slave)
     terminal = trio.lowlevel.FdStream(master)
-    return process, terminal, Output(terminal)
+    try:
+        yield process, terminal, Output(terminal)
+    finally:
+        process.kill()
+        await terminal.aclose()
+
+
+async def exits_cleanly(process) -> None:
+    with trio.fail_after(10):
+        assert await process.wait() == 0
 
 
 async def test_terminal_session_with_completion_history_and_follow(node, repl_path, tmp_path):
     await wait_for(lambda: node.health is not None and node.health.gate is GateState.READY, timeout=5)
-    process, terminal, out = await open_terminal(repl_path, tmp_path)
-    try:
+    async with open_terminal(repl_path, tmp_path) as (process, terminal, out):
         await out.prompt("demo-gate> ", 1)
         await terminal.send_all(b"hea\t")
         await out.wait_for("health ")  # Tab completed the command name
@@ -201,11 +211,7 @@ async def test_terminal_session_with_completion_history_and_follow(node, repl_pa
         await terminal.send_all(b"enrol +447700900124 both\r")
         await out.prompt("demo-gate> ", 7)
         await terminal.send_all(b"\x04")  # Ctrl-D
-        with trio.fail_after(10):
-            assert await process.wait() == 0
-    finally:
-        process.kill()
-        await terminal.aclose()
+        await exits_cleanly(process)
     history = [line.strip() for line in (tmp_path / ".palmnode_repl_history").read_text().splitlines()]
     assert history[-4:] == ["health", "follow cards", "follow devices", "light ir 2"]
     assert "+4477009001" not in (tmp_path / ".palmnode_repl_history").read_text()
@@ -225,18 +231,13 @@ async def test_history_replaces_a_link_at_its_name_and_never_writes_through_it(s
         os.chmod(victim, 0o644)
     (tmp_path / ".palmnode_repl_history").symlink_to(victim)
     async with _bare_repl(short_dir) as path:
-        process, terminal, out = await open_terminal(path, tmp_path)
-        try:
+        async with open_terminal(path, tmp_path) as (process, terminal, out):
             await out.prompt("node> ", 1)
             await terminal.send_all(b"help light\r")
             await out.wait_for("Example: light ir 0.5")
             await out.prompt("node> ", 2)
             await terminal.send_all(b"\x04")  # Ctrl-D
-            with trio.fail_after(10):
-                assert await process.wait() == 0
-        finally:
-            process.kill()
-            await terminal.aclose()
+            await exits_cleanly(process)
     if target == "a file":
         assert victim.read_text() == "precious\n" and stat.S_IMODE(os.stat(victim).st_mode) == 0o644
     else:
@@ -248,8 +249,7 @@ async def test_history_replaces_a_link_at_its_name_and_never_writes_through_it(s
 
 
 async def test_terminal_python_console(node, repl_path, tmp_path):
-    process, terminal, out = await open_terminal(repl_path, tmp_path)
-    try:
+    async with open_terminal(repl_path, tmp_path) as (process, terminal, out):
         await out.prompt("demo-gate> ", 1)
         await terminal.send_all(b"py\r")
         await out.prompt(">>> ", 1)
@@ -273,11 +273,7 @@ async def test_terminal_python_console(node, repl_path, tmp_path):
         await terminal.send_all(b"\x04")  # Ctrl-D leaves the console, not the REPL
         await out.prompt("demo-gate> ", 2)
         await terminal.send_all(b"\x04")
-        with trio.fail_after(10):
-            assert await process.wait() == 0
-    finally:
-        process.kill()
-        await terminal.aclose()
+        await exits_cleanly(process)
     assert "i 0" in out.text
 
 
@@ -343,8 +339,7 @@ async def test_terminal_left_at_the_prompt_is_told_why_and_exits_cleanly(short_d
     """The operator walked away from the prompt: the node closes the idle session, and the next
     line they enter gets why (the line is not sent) and the client exits with status 0."""
     async with _bare_repl(short_dir) as path:
-        process, terminal, out = await open_terminal(path, tmp_path)
-        try:
+        async with open_terminal(path, tmp_path) as (process, terminal, out):
             await out.prompt("node> ", 1)
             await terminal.send_all(b"help light\r")
             await out.wait_for("Example: light ir 0.5")
@@ -354,11 +349,7 @@ async def test_terminal_left_at_the_prompt_is_told_why_and_exits_cleanly(short_d
             await trio.testing.wait_all_tasks_blocked()  # the node has sent its closing line, and closed
             await terminal.send_all(b"health\r")
             text = await out.wait_for(CLOSED)
-            with trio.fail_after(10):
-                assert await process.wait() == 0
-        finally:
-            process.kill()
-            await terminal.aclose()
+            await exits_cleanly(process)
     assert "Traceback" not in text and "KeyboardInterrupt" not in text
 
 
@@ -373,8 +364,7 @@ async def test_piped_client_waiting_for_stdin_is_told_why_and_exits_cleanly(shor
             await trio.testing.wait_all_tasks_blocked()  # the session waits for the next command
             jump_clock.jump(IDLE_TIMEOUT_S)                # stdin stays open, silent
             assert (await err.rest()).strip() == CLOSED
-            with trio.fail_after(10):
-                assert await process.wait() == 0
+            await exits_cleanly(process)
         finally:
             process.kill()
             await process.stdin.aclose()
