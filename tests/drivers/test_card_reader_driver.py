@@ -11,6 +11,7 @@ from drivers.card_reader.cards import CardSession
 from drivers.card_reader.driver import EXCHANGE_TIMEOUT_S
 from drivers.errors import DeviceLost, DeviceTimeout, PortUnavailable, ProtocolError
 from drivers.serialport import SerialPort
+from tests.conftest import wait_for
 
 KEY = b"\x01" * 32
 PAN = "4111111111111111"
@@ -110,6 +111,9 @@ async def test_cards_waits_on_the_chip_and_a_card_is_read_at_once(emu, reader, n
     with trio.fail_after(5):
         await chip_is_waiting(emu)
         assert emu.max_retries[2] == c.RETRY_FOREVER  # MxRtyPassiveActivation 0xFF: the chip waits
+        # its ACK read (it may still be in the pty when every task is blocked): an ACK and an answer
+        # per command so far, the waiting one's answer still to come
+        await wait_for(lambda: reader.stats.frames_ok == 2 * sum(emu.stats.commands.values()) - 1)
         frames = reader.stats.frames_ok
         await trio.sleep(0.2)
         assert reader.stats.frames_ok == frames  # nothing on the line while no card is there
