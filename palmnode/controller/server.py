@@ -567,7 +567,6 @@ class Controller:
             else:
                 if released:
                     _cards_released(released)
-                    self._wal.poke()
             try:
                 pruned = await trio.to_thread.run_sync(
                     functools.partial(store.prune_events, before=time.time() - keep_s,
@@ -578,7 +577,7 @@ class Controller:
                 if pruned:
                     log.info("events pruned", extra={"fields": {
                         "events": pruned, "retention_days": self.config.event_retention_days}})
-                self._wal.poke()  # (cards past the retention may have gone without an event)
+            self._wal.poke()  # a truncation either step left blocked (cards may go without an event)
             await trio.sleep(PRUNE_EVERY_S)
 
     # -- one connection ------------------------------------------------------------------------
