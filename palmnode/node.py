@@ -30,10 +30,10 @@ from palmnode.gate.presence import PresenceChanged
 from palmnode.link.client import LinkClient, LinkConfig
 from palmnode.logs import LOG_HIDDEN_FIELDS, event, event_to_plain
 from palmnode.metrics import Metrics, record_health, record_link, record_vault_wal, serve_metrics
-from palmnode.ops import NodeOps
+from palmnode.ops import NodeOps, in_vault_steps
 from palmnode.repl.server import serve_repl
 from palmnode.systemd import serve_systemd, tree_healthy
-from palmnode.vault import Vault, VaultBusy, VaultError, open_vault
+from palmnode.vault import Vault, VaultError, open_vault
 
 log = logging.getLogger("palmnode.node")
 
@@ -100,21 +100,14 @@ class Node:
 
     async def _open_vault(self, node_id: str) -> Vault:
         """Open the vault, waiting up to VAULT_BUSY_TIMEOUT_S for another process holding its write
-        lock (a backup, an ``sqlite3`` shell) in steps of VAULT_OPEN_STEP_S, each a short wait in
-        SQLite: a stop meanwhile ends it within a step (one wait of the whole timeout in a worker
-        thread could not be cancelled, and held a stop up to 5 s). Past the timeout it raises the
-        last VaultBusy, as one long wait would have ("database is locked": exit 1, retried)."""
+        lock (a backup, an ``sqlite3`` shell) in steps of VAULT_OPEN_STEP_S (ops.in_vault_steps: a
+        stop meanwhile ends it within a step). Past the timeout it raises the last VaultBusy, as one
+        long wait would have ("database is locked": exit 1, retried)."""
         vault_cfg = self.config.vault
-        deadline = trio.current_time() + VAULT_BUSY_TIMEOUT_S
-        while True:
-            try:
-                return await trio.to_thread.run_sync(functools.partial(
-                    open_vault, vault_cfg, node_id=node_id, create_key=vault_cfg.key_file is not None,
-                    exclusive=True, busy_timeout=VAULT_BUSY_TIMEOUT_S, open_busy_timeout=VAULT_OPEN_STEP_S))
-            except VaultBusy:
-                if trio.current_time() >= deadline:
-                    raise
-            await trio.lowlevel.checkpoint()  # a stop asked during that step ends the opening here
+        return await in_vault_steps(functools.partial(
+            open_vault, vault_cfg, node_id=node_id, create_key=vault_cfg.key_file is not None,
+            exclusive=True, busy_timeout=VAULT_BUSY_TIMEOUT_S, open_busy_timeout=VAULT_OPEN_STEP_S),
+            VAULT_BUSY_TIMEOUT_S)
 
     async def _open_gate(self) -> list[ChildSpec]:
         """Vault → gallery, the flows and the controller link (a node with a [vault] section)."""

@@ -14,7 +14,7 @@ import json
 import logging
 import sqlite3
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import trio
 
@@ -30,6 +30,8 @@ from palmnode.vault.records import MAX_PERSON_ID
 
 if TYPE_CHECKING:
     from palmnode.node import Node
+
+T = TypeVar("T")
 
 log = logging.getLogger("palmnode.ops")
 
@@ -140,6 +142,26 @@ def _change(index: int, change: object) -> tuple[str, str, object]:
 class OpError(RequestRefused):
     """A request the node refuses; its one-line message goes back as ``ok: false`` (logged as
     one line: a refusal, not a fault)."""
+
+
+async def in_vault_steps(step: Callable[[], T], timeout_s: float, on_wait: Callable[[], None] | None = None) -> T:
+    """``step()`` in a worker thread, again while it raises VaultBusy, until ``timeout_s`` has
+    passed (then that VaultBusy). ``step`` waits one short step in SQLite for another process
+    holding the vault's write lock (a backup, an ``sqlite3`` shell), so a stop between steps ends
+    the wait within one: one wait of the whole timeout in a worker thread could not be cancelled
+    and held a stop up to 5 s. ``on_wait`` is called once, when a step first finds the vault held."""
+    deadline = trio.current_time() + timeout_s
+    waited = False
+    while True:
+        try:
+            return await trio.to_thread.run_sync(step)
+        except VaultBusy:
+            if trio.current_time() >= deadline:
+                raise
+            if on_wait is not None and not waited:
+                on_wait()
+            waited = True
+        await trio.lowlevel.checkpoint()  # a stop asked during that step ends the wait here
 
 
 class NodeOps:
@@ -318,9 +340,8 @@ class NodeOps:
         waited) is abandoned, as one given up on is.
 
         Another process holding the vault's write lock (an ``sqlite3`` shell, a script) is waited
-        for in steps of ``step_s``, each a short wait in SQLite, and said once: a stop meanwhile
-        ends it within a step (one wait of the vault's busy timeout in a worker thread could not be
-        cancelled, held a stop up to 5 s, and was silent). Past ``timeout_s`` it raises VaultBusy:
+        for in steps of ``step_s`` (:func:`in_vault_steps`), and said once (it used to be a silent
+        wait a stop could not cancel). Past ``timeout_s`` it raises VaultBusy:
         the start fails as when the opening meets the held vault (exit 1, retried), and the charge
         stays noted for the next start (the start used to go on without abandoning it, and the
         run's next charge overwrote the note: never abandoned)."""
@@ -336,20 +357,14 @@ class NodeOps:
         abandoned = pending is not None and key is not None
         settle = functools.partial(vault.set_state, CHARGE_STATE, "", wait=step_s,
                                    event=("charge_abandoned", pending) if abandoned else None)
-        deadline = trio.current_time() + timeout_s
-        waiting = False
-        while True:
-            try:
-                await trio.to_thread.run_sync(settle)
-                break
-            except VaultBusy as exc:
-                if trio.current_time() >= deadline:
-                    raise VaultBusy(f"cannot abandon the charge the last run left in flight: {exc}") from None
-                if not waiting:
-                    waiting = True
-                    log.warning("charge interrupted by a restart: waiting for the vault, another process holds "
-                                "its write lock", extra={"fields": {"key": key, "for_s": timeout_s}})
-            await trio.lowlevel.checkpoint()  # a stop asked during that step ends the wait here
+        def waiting() -> None:
+            log.warning("charge interrupted by a restart: waiting for the vault, another process holds "
+                        "its write lock", extra={"fields": {"key": key, "for_s": timeout_s}})
+
+        try:
+            await in_vault_steps(settle, timeout_s, waiting)
+        except VaultBusy as exc:
+            raise VaultBusy(f"cannot abandon the charge the last run left in flight: {exc}") from None
         if not abandoned:
             log.warning("unreadable charge_in_flight state cleared")
             return
