@@ -30,10 +30,12 @@ from palmnode.gate.presence import PresenceChanged
 from palmnode.link.client import LinkClient, LinkConfig
 from palmnode.logs import LOG_HIDDEN_FIELDS, event, event_to_plain
 from palmnode.metrics import Metrics, record_health, record_link, record_vault_wal, serve_metrics
-from palmnode.ops import NodeOps, in_vault_steps
+from palmnode.ops import NodeOps
 from palmnode.repl.server import serve_repl
 from palmnode.systemd import serve_systemd, tree_healthy
 from palmnode.vault import Vault, VaultError, open_vault
+from palmnode.vault import steps as vault_steps
+from palmnode.vault.steps import in_vault_steps
 
 log = logging.getLogger("palmnode.node")
 
@@ -43,10 +45,10 @@ LOGGED_EVENTS = (PresenceChanged, BadgeRead, PaymentCardRead, CardNotRead, Devic
                  LoyaltyMember, PersonEnrolled, PersonDeleted, ModeChanged)
 HEALTH_METRICS_PERIOD_S = 1.0  # how stale a scrape of device health may be
 #: how long the start waits for another process holding the vault's write lock (to open it, then to
-#: abandon a charge the last run left in flight; and every vault transaction after it), and the step
-#: of those waits at start: a stop meanwhile is served within one step
-VAULT_BUSY_TIMEOUT_S = 5.0
-VAULT_OPEN_STEP_S = 0.1
+#: abandon a charge the last run left in flight), and the step of those waits: a stop meanwhile is
+#: served within one step. The running node's writes wait as long, in the same steps (vault.steps)
+VAULT_BUSY_TIMEOUT_S = vault_steps.BUSY_TIMEOUT_S
+VAULT_OPEN_STEP_S = vault_steps.STEP_S
 #: what this node offers the controller in its hello
 CAPABILITIES = ("events", "enrol", "delete", "replication", "modes", "status", "metrics")
 
@@ -100,7 +102,7 @@ class Node:
 
     async def _open_vault(self, node_id: str) -> Vault:
         """Open the vault, waiting up to VAULT_BUSY_TIMEOUT_S for another process holding its write
-        lock (a backup, an ``sqlite3`` shell) in steps of VAULT_OPEN_STEP_S (ops.in_vault_steps: a
+        lock (a backup, an ``sqlite3`` shell) in steps of VAULT_OPEN_STEP_S (vault.steps.in_vault_steps: a
         stop meanwhile ends it within a step). Past the timeout it raises the last VaultBusy, as one
         long wait would have ("database is locked": exit 1, retried)."""
         vault_cfg = self.config.vault

@@ -14,7 +14,7 @@ import json
 import logging
 import sqlite3
 import uuid
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -27,11 +27,10 @@ from palmnode.link.wire import DIGEST_SIZE, WireError, person_from_wire
 from palmnode.logs import error_text, event
 from palmnode.vault import VaultBusy, VaultError
 from palmnode.vault.records import MAX_PERSON_ID
+from palmnode.vault.steps import STEP_S, in_vault_steps
 
 if TYPE_CHECKING:
     from palmnode.node import Node
-
-T = TypeVar("T")
 
 log = logging.getLogger("palmnode.ops")
 
@@ -142,26 +141,6 @@ def _change(index: int, change: object) -> tuple[str, str, object]:
 class OpError(RequestRefused):
     """A request the node refuses; its one-line message goes back as ``ok: false`` (logged as
     one line: a refusal, not a fault)."""
-
-
-async def in_vault_steps(step: Callable[[], T], timeout_s: float, on_wait: Callable[[], None] | None = None) -> T:
-    """``step()`` in a worker thread, again while it raises VaultBusy, until ``timeout_s`` has
-    passed (then that VaultBusy). ``step`` waits one short step in SQLite for another process
-    holding the vault's write lock (a backup, an ``sqlite3`` shell), so a stop between steps ends
-    the wait within one: one wait of the whole timeout in a worker thread could not be cancelled
-    and held a stop up to 5 s. ``on_wait`` is called once, when a step first finds the vault held."""
-    deadline = trio.current_time() + timeout_s
-    waited = False
-    while True:
-        try:
-            return await trio.to_thread.run_sync(step)
-        except VaultBusy:
-            if trio.current_time() >= deadline:
-                raise
-            if on_wait is not None and not waited:
-                on_wait()
-            waited = True
-        await trio.lowlevel.checkpoint()  # a stop asked during that step ends the wait here
 
 
 class NodeOps:
@@ -293,7 +272,8 @@ class NodeOps:
                     applied += len(latest) - len(refused)
                     if next_cursor is not None:
                         cursor = next_cursor
-                        await trio.to_thread.run_sync(vault.set_state, SYNC_STATE, json.dumps(cursor))
+                        await in_vault_steps(functools.partial(vault.set_state, SYNC_STATE, json.dumps(cursor),
+                                                               wait=STEP_S))
                 del latest, upserts  # nothing of the page is kept while the next is asked
             if dropped:
                 log.warning("sync changes dropped", extra={"fields": {"count": len(dropped), "first": dropped[0]}})
@@ -315,7 +295,8 @@ class NodeOps:
         # that dies while it waits abandons it when it starts again (abandon_interrupted_charge)
         pending = {"key": uuid.uuid4().hex, "amount_cents": amount_cents, "currency": currency}
         try:
-            await trio.to_thread.run_sync(self.node.vault.set_state, CHARGE_STATE, json.dumps(pending))
+            await in_vault_steps(functools.partial(self.node.vault.set_state, CHARGE_STATE, json.dumps(pending),
+                                                   wait=STEP_S))
         except (VaultError, sqlite3.Error, OSError) as exc:
             return ChargeResult(False, reason=f"vault unavailable: {error_text(exc)}")
         result = None
@@ -328,8 +309,7 @@ class NodeOps:
         except LinkError as exc:
             return ChargeResult(False, reason=f"controller unavailable: {exc}")
         finally:  # failed, lost, timed out, unusable or given up: the customer hears "declined", so abandon it
-            with trio.CancelScope(shield=True):
-                settled = await self._settle_charge(pending, abandoned=result is None)
+            settled = await self._settle_charge(pending, abandoned=result is None)  # its first step even at a stop
         if not settled:  # the note stays, to be abandoned (an approval voided): the customer must hear "declined"
             return ChargeResult(False, reason="vault unavailable: the answer could not be recorded, so the charge "
                                 "is abandoned")
@@ -378,15 +358,24 @@ class NodeOps:
         the request if it comes late (docs/protocols/controller.md §6), so a customer told
         "declined" is never charged. False when the vault did not take it: the charge stays noted,
         and is abandoned before the next one is asked (or at the next start), even an approved one
-        (then told "declined")."""
+        (then told "declined").
+
+        Its first step (0.1 s in SQLite) is taken even when the charge was cancelled (a stop while
+        it waited for the controller); the wait for another process holding the vault's write lock
+        after it is in steps a stop ends (it used to be one shielded wait of the whole busy timeout,
+        holding the stop up to 5 s): the note then stays, and the next start abandons it."""
         vault = self.node.vault
-        settle = functools.partial(vault.set_state, CHARGE_STATE, "",
+        settle = functools.partial(vault.set_state, CHARGE_STATE, "", wait=STEP_S,
                                    event=("charge_abandoned", pending) if abandoned else None)
-        try:
-            await trio.to_thread.run_sync(settle)  # one transaction: the event and the state together
+        self._unsettled = pending  # until the vault takes it: abandoned before the next charge (or at the next start)
+        try:  # one transaction: the event and the state together
+            try:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(settle)
+            except VaultBusy:
+                await in_vault_steps(settle)
         except (VaultError, sqlite3.Error, OSError, ValueError) as exc:
             event(log, "charge not settled", key=pending["key"], abandoned=abandoned, error=error_text(exc))
-            self._unsettled = pending  # abandoned before the next charge (or at the next start)
             return False
         self._unsettled = None
         if abandoned and self.node.link is not None:
@@ -415,7 +404,7 @@ class NodeOps:
         if error:
             data["error"] = error
         try:
-            await trio.to_thread.run_sync(self.node.vault.append_event, "device_health", data)
+            await in_vault_steps(functools.partial(self.node.vault.append_event, "device_health", data, wait=STEP_S))
         except (VaultError, sqlite3.Error, OSError) as exc:  # e.g. disk full: the gate keeps serving
             event(log, "device health not recorded", name=name, state=state.value, error=error_text(exc))
             return

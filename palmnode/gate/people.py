@@ -28,6 +28,12 @@ cancelled one is refused (``EnrolmentCancelled``) with nothing written. So eithe
 comes first (the enrolment is cancelled, nothing of it kept) or the enrolment's commit does (the
 deletion then finds the stored person and removes them); never a person stored after their
 deletion was answered.
+
+Every vault write here waits for another process holding the vault's write lock (an ``sqlite3``
+shell, a backup) in short steps (``palmnode.vault.steps``), up to the vault's busy timeout: a stop
+meanwhile is served within a step with nothing written, and past the timeout the write raises
+``VaultBusy`` as one wait did (an enrolment or deletion is answered as failed, a sync asks again, the
+identify flow logs its decision not recorded). A deletion is answered done only once it is committed.
 """
 from __future__ import annotations
 
@@ -51,6 +57,7 @@ from palmnode.gate.events import Decision, PersonDeleted, PersonEnrolled
 from palmnode.link.wire import person_to_wire
 from palmnode.logs import event
 from palmnode.vault import DuplicateCard, DuplicatePhone, EnrolledPalm, Person, Vault
+from palmnode.vault.steps import BUSY_TIMEOUT_S, STEP_S, in_vault_steps
 from palmnode.walscrub import WalKeeper
 
 log = logging.getLogger("palmnode.gate")
@@ -85,7 +92,7 @@ class People:
     def __init__(self, vault: Vault, gallery: Gallery, node_id: str, bus: EventBus, metrics=None, *,
                  events_appended: Callable[[], None] | None = None,
                  forget_frames: Callable[[], None] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
         self.vault = vault
         self.gallery = gallery
         self.node_id = node_id
@@ -94,6 +101,8 @@ class People:
         self.events_appended = events_appended
         self.forget_frames = forget_frames
         self.clock = clock
+        #: how long a write waits in all for another process holding the vault's write lock (in STEP_S steps)
+        self.busy_timeout_s = busy_timeout_s
         self._lock = trio.Lock()
         #: held while a sync page is applied (NodeOps.sync), and by each replication push and
         #: deletion; with :meth:`changes_since` a page the controller read before them never undoes them
@@ -158,7 +167,8 @@ class People:
         async with self._lock:
             if pending is not None and pending.cancelled:
                 raise EnrolmentCancelled("a deletion cancelled this enrolment")
-            person = await trio.to_thread.run_sync(self._enrol, card, phone, palms)
+            person = self._new_person(card, phone, palms)
+            await self._in_steps(self._store_new, person)
             if pending is not None:
                 self.enrolment_ended(pending)  # a person now: a deletion finds them in the vault
         self._appended()
@@ -168,14 +178,16 @@ class People:
             self.metrics.inc("palmnode_enrolments_total", result="enrolled")
         return person
 
-    def _enrol(self, card: CardToken | None, phone: str | None, palms: dict[str, list[PalmTemplate]]) -> Person:
+    def _new_person(self, card: CardToken | None, phone: str | None,
+                    palms: dict[str, list[PalmTemplate]]) -> Person:
         phone_digest = self.vault.phone_digest(phone) if phone else None
-        person = Person(person_id=uuid.uuid4().hex, card=card, phone_digest=phone_digest,
-                        palms=tuple(EnrolledPalm(name, tuple(templates)) for name, templates in palms.items()),
-                        enrolled_at=self.clock(), origin_node=self.node_id)
-        self.vault.add_person(person, event=("enrolled", {"person": person_to_wire(person)}))
+        return Person(person_id=uuid.uuid4().hex, card=card, phone_digest=phone_digest,
+                      palms=tuple(EnrolledPalm(name, tuple(templates)) for name, templates in palms.items()),
+                      enrolled_at=self.clock(), origin_node=self.node_id)
+
+    def _store_new(self, person: Person) -> None:
+        self.vault.add_person(person, event=("enrolled", {"person": person_to_wire(person)}), wait=STEP_S)
         self._add_to_gallery(person)
-        return person
 
     async def delete(self, *, person_id: str | None = None, card_digest: bytes | None = None,
                      phone: str | None = None) -> str | None:
@@ -193,7 +205,7 @@ class People:
             raise ValueError("delete needs exactly one of person_id, card_digest, phone")
         async with self.replication, self._lock:
             cancelled = self._cancel_enrolments(card_digest, phone)  # first: even if the vault then fails
-            pid = await trio.to_thread.run_sync(self._delete, person_id, card_digest, phone)
+            pid = await self._in_steps(self._delete, person_id, card_digest, phone)
             self._changed(pid)
         self.wal.poke()
         if cancelled:
@@ -229,7 +241,8 @@ class People:
             person_id = self.vault.find_by_phone(phone)
         if person_id is None:
             return None
-        present = self.vault.remove_person(person_id, event=("deleted", {"person_id": person_id}), reason="request")
+        present = self.vault.remove_person(person_id, event=("deleted", {"person_id": person_id}), reason="request",
+                                           wait=STEP_S)
         removed = self.gallery.remove(person_id)
         return person_id if present or removed else None
 
@@ -268,7 +281,7 @@ class People:
         brings them back), and so is one whose card or phone another person holds here, each with
         nothing of theirs written; the others are stored. Returns one reason per person refused."""
         async with self._lock:
-            refused = await trio.to_thread.run_sync(self._upsert, people)
+            refused = await self._in_steps(self._upsert, people)
             self._changed(*(person.person_id for person in people))
         self._gauge()
         return refused
@@ -282,13 +295,13 @@ class People:
         stored = fresh
         try:
             if changed:
-                self.vault.upsert_people(changed)  # replaced or added, no outbox event
+                self.vault.upsert_people(changed, wait=STEP_S)  # replaced or added, no outbox event
         except (DuplicateCard, DuplicatePhone):
             unchanged = {id(p) for p in fresh} - {id(p) for p in changed}
             stored = [p for p in fresh if id(p) in unchanged]  # one of them clashes: each alone, the rest go
             for person in changed:
                 try:
-                    self.vault.upsert_people([person])
+                    self.vault.upsert_people([person], wait=STEP_S)
                 except DuplicateCard:
                     refused.append("its card is enrolled to another person here")
                 except DuplicatePhone:
@@ -307,7 +320,7 @@ class People:
     async def apply_remove(self, person_id: str) -> bool:
         """A person deleted elsewhere: gone from vault (audit entry, no outbox event) and gallery."""
         async with self._lock:
-            present = await trio.to_thread.run_sync(self._remove_replicated, person_id)
+            present = await self._in_steps(self._remove_replicated, person_id)
             self._changed(person_id)
         self.wal.poke()
         self._gauge()
@@ -317,7 +330,7 @@ class People:
         return present
 
     def _remove_replicated(self, person_id: str) -> bool:
-        present = self.vault.remove_person(person_id, reason="replication")
+        present = self.vault.remove_person(person_id, reason="replication", wait=STEP_S)
         removed = self.gallery.remove(person_id)
         return present or removed > 0
 
@@ -337,7 +350,7 @@ class People:
             return
         # a person deleted while they were being served (a payment waits for the controller) is
         # not written back: their decision is dropped
-        queued = await trio.to_thread.run_sync(functools.partial(self.vault.append_event, kind, data, enrolled_only=True))
+        queued = await self._in_steps(self.vault.append_event, kind, data, enrolled_only=True, wait=STEP_S)
         if queued is not None:
             self._appended()
 
@@ -364,6 +377,11 @@ class People:
         return templates
 
     # ---- helpers -------------------------------------------------------------------------------
+    async def _in_steps(self, write: Callable[..., object], *args, **kwargs):
+        """``write(*args, **kwargs)`` (vault writes of ``wait=STEP_S``) in a worker thread, again while
+        another process holds the vault's write lock, up to ``busy_timeout_s`` (then VaultBusy)."""
+        return await in_vault_steps(functools.partial(write, *args, **kwargs), self.busy_timeout_s)
+
     def _add_to_gallery(self, *people: Person) -> int:
         """Each palm's search template (its first): one gallery entry per enrolled palm."""
         return self.gallery.add_many((person.person_id, palm.palm, palm.templates[0]) for person in people

@@ -330,20 +330,23 @@ class Vault:
         return self._keys.lookup(b"person\0" + person_id.encode("utf-8")).hex()
 
     # --- people -----------------------------------------------------------------------------
-    def add_person(self, person: Person, *, event: tuple[str, dict] | None = None) -> OutboxEvent | None:
+    def add_person(self, person: Person, *, event: tuple[str, dict] | None = None,
+                   wait: float | None = None) -> OutboxEvent | None:
         """Store ``person`` (sealed templates, card, phone) and ``event`` in ONE transaction.
 
         Raises :class:`DuplicatePerson`, :class:`DuplicateCard` or :class:`DuplicatePhone` with
-        nothing written. Returns the outbox event when one was given.
+        nothing written. Returns the outbox event when one was given. ``wait``, here and in every
+        write below: how long to wait for another connection's write lock (default the vault's busy
+        timeout), :class:`VaultBusy` after that with nothing written (``palmnode.vault.steps``).
         """
         sealed = self._seal_templates(person)  # outside the lock: other threads keep reading meanwhile
-        with self._transaction() as conn:
+        with self._transaction(wait) as conn:
             if conn.execute("SELECT 1 FROM people WHERE person_id = ?", (person.person_id,)).fetchone():
                 raise DuplicatePerson(f"person {person.person_id} is already enrolled")
             self._insert(conn, person, sealed, audit="person_added")
             return self._append(conn, *event, person_id=person.person_id) if event is not None else None
 
-    def upsert_people(self, people: Iterable[Person]) -> int:
+    def upsert_people(self, people: Iterable[Person], *, wait: float | None = None) -> int:
         """Store each of ``people``, replacing whoever has the same id, in ONE transaction (replication, sync).
 
         A card or phone held by a different person id is :class:`DuplicateCard` / :class:`DuplicatePhone`
@@ -351,7 +354,7 @@ class Vault:
         already naming a replaced person stay. Pass chunks of a few thousand people. Returns how many.
         """
         count = 0
-        with self._transaction() as conn:
+        with self._transaction(wait) as conn:
             for person in people:
                 replaced = conn.execute("DELETE FROM people WHERE person_id = ?", (person.person_id,)).rowcount
                 self._insert(conn, person, self._seal_templates(person),
@@ -394,14 +397,14 @@ class Vault:
                                        "palms": ",".join(p.palm for p in person.palms)})
 
     def remove_person(self, person_id: str, *, event: tuple[str, dict] | None = None,
-                      reason: str = "request") -> bool:
+                      reason: str = "request", wait: float | None = None) -> bool:
         """Forget ``person_id``: every row of theirs (templates, card, phone, outbox events naming them),
         an audit entry naming them only by keyed hash, and ``event``, in ONE transaction; then a WAL
         checkpoint (TRUNCATE) so nothing of theirs is left in any vault file (:meth:`scrub`: when
         another connection blocks it, :attr:`scrub_pending` is True afterwards). False if they were
         absent (their stray outbox events are purged all the same; no audit entry or event is written).
         """
-        with self._transaction() as conn:
+        with self._transaction(wait) as conn:
             purged = conn.execute("DELETE FROM outbox WHERE person_id = ?", (person_id,)).rowcount
             present = conn.execute("DELETE FROM people WHERE person_id = ?", (person_id,)).rowcount > 0
             if present:
@@ -594,13 +597,13 @@ class Vault:
 
     # --- outbox -----------------------------------------------------------------------------
     def append_event(self, kind: str, data: dict, *, person_id: str | None = None,
-                     enrolled_only: bool = False) -> OutboxEvent | None:
+                     enrolled_only: bool = False, wait: float | None = None) -> OutboxEvent | None:
         """Queue an event for the controller; ``person_id`` (default: the one ``data`` names) is purged with them.
         ``enrolled_only``: not queued (None) when that person is no longer enrolled, checked in the
         same transaction: a decision about someone deleted while it was being served must not
         write their id back after the purge."""
         person_id = person_id or _person_from_event(data)
-        with self._transaction() as conn:
+        with self._transaction(wait) as conn:
             if (enrolled_only and person_id is not None and
                     conn.execute("SELECT 1 FROM people WHERE person_id = ?", (person_id,)).fetchone() is None):
                 return None
@@ -621,11 +624,13 @@ class Vault:
                       seal(self._keys.template_key, payload, _aad("outbox", seq, key, kind))))
         return OutboxEvent(seq, key, kind, at, msgpack.unpackb(payload, raw=False))
 
-    def pending_events(self, *, limit: int = 100, unreadable: list[str] | None = None) -> list[OutboxEvent]:
+    def pending_events(self, *, limit: int = 100, unreadable: list[str] | None = None,
+                       wait: float | None = None) -> list[OutboxEvent]:
         """Undelivered events, oldest first. :class:`TamperedData` names an event that fails to open;
         with ``unreadable`` given such an event leaves the queue instead (it can never be sent:
         marked delivered, its payload erased, an audit entry with its seq) and its error message is
-        appended there, so one damaged row does not hold back every event after it."""
+        appended there, so one damaged row does not hold back every event after it (``wait``: how
+        long that write waits for another connection's write lock, as in :meth:`add_person`)."""
         with self._reading() as conn:
             rows = conn.execute("SELECT seq, key, kind, at, sealed FROM outbox WHERE delivered = 0 "
                                 "ORDER BY seq LIMIT ?", (int(limit),)).fetchall()
@@ -641,7 +646,7 @@ class Vault:
                 continue
             events.append(OutboxEvent(seq, key, kind, at, data))
         if dropped:
-            with self._transaction() as conn:
+            with self._transaction(wait) as conn:
                 for seq in dropped:
                     self._delivered(conn, seq)
                     self._audit(conn, "outbox_event_dropped", None, {"seq": seq, "reason": "unreadable"})
@@ -654,11 +659,11 @@ class Vault:
         except (ValueError, msgpack.UnpackException) as exc:
             raise VaultError(f"outbox event {seq} in vault {self._path} does not decode: {exc}") from None
 
-    def mark_delivered(self, seq: int) -> None:
+    def mark_delivered(self, seq: int, *, wait: float | None = None) -> None:
         """The controller acknowledged event ``seq``: it leaves the queue and its payload is erased.
         Delivered rows DELIVERED_KEPT or more events older are deleted with it, so the outbox of a
         gate that records a decision a second stays bounded."""
-        with self._transaction() as conn:
+        with self._transaction(wait) as conn:
             self._delivered(conn, int(seq))
             conn.execute("DELETE FROM outbox WHERE delivered = 1 AND seq <= ?", (int(seq) - DELIVERED_KEPT,))
 
