@@ -273,7 +273,7 @@ class NodeOps:
                     if next_cursor is not None:
                         cursor = next_cursor
                         await in_vault_steps(functools.partial(vault.set_state, SYNC_STATE, json.dumps(cursor),
-                                                               wait=STEP_S))
+                                                               wait=STEP_S), vault.busy_timeout)
                 del latest, upserts  # nothing of the page is kept while the next is asked
             if dropped:
                 log.warning("sync changes dropped", extra={"fields": {"count": len(dropped), "first": dropped[0]}})
@@ -296,7 +296,7 @@ class NodeOps:
         pending = {"key": uuid.uuid4().hex, "amount_cents": amount_cents, "currency": currency}
         try:
             await in_vault_steps(functools.partial(self.node.vault.set_state, CHARGE_STATE, json.dumps(pending),
-                                                   wait=STEP_S))
+                                                   wait=STEP_S), self.node.vault.busy_timeout)
         except (VaultError, sqlite3.Error, OSError) as exc:
             return ChargeResult(False, reason=f"vault unavailable: {error_text(exc)}")
         result = None
@@ -373,7 +373,7 @@ class NodeOps:
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(settle)
             except VaultBusy:
-                await in_vault_steps(settle)
+                await in_vault_steps(settle, vault.busy_timeout)
         except (VaultError, sqlite3.Error, OSError, ValueError) as exc:
             event(log, "charge not settled", key=pending["key"], abandoned=abandoned, error=error_text(exc))
             return False
@@ -404,7 +404,8 @@ class NodeOps:
         if error:
             data["error"] = error
         try:
-            await in_vault_steps(functools.partial(self.node.vault.append_event, "device_health", data, wait=STEP_S))
+            await in_vault_steps(functools.partial(self.node.vault.append_event, "device_health", data, wait=STEP_S),
+                                 self.node.vault.busy_timeout)
         except (VaultError, sqlite3.Error, OSError) as exc:  # e.g. disk full: the gate keeps serving
             event(log, "device health not recorded", name=name, state=state.value, error=error_text(exc))
             return

@@ -57,7 +57,7 @@ from palmnode.gate.events import Decision, PersonDeleted, PersonEnrolled
 from palmnode.link.wire import person_to_wire
 from palmnode.logs import event
 from palmnode.vault import DuplicateCard, DuplicatePhone, EnrolledPalm, Person, Vault
-from palmnode.vault.steps import BUSY_TIMEOUT_S, STEP_S, in_vault_steps
+from palmnode.vault.steps import STEP_S, in_vault_steps
 from palmnode.walscrub import WalKeeper
 
 log = logging.getLogger("palmnode.gate")
@@ -92,7 +92,7 @@ class People:
     def __init__(self, vault: Vault, gallery: Gallery, node_id: str, bus: EventBus, metrics=None, *,
                  events_appended: Callable[[], None] | None = None,
                  forget_frames: Callable[[], None] | None = None,
-                 clock: Callable[[], float] = time.time, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
+                 clock: Callable[[], float] = time.time) -> None:
         self.vault = vault
         self.gallery = gallery
         self.node_id = node_id
@@ -101,8 +101,6 @@ class People:
         self.events_appended = events_appended
         self.forget_frames = forget_frames
         self.clock = clock
-        #: how long a write waits in all for another process holding the vault's write lock (in STEP_S steps)
-        self.busy_timeout_s = busy_timeout_s
         self._lock = trio.Lock()
         #: held while a sync page is applied (NodeOps.sync), and by each replication push and
         #: deletion; with :meth:`changes_since` a page the controller read before them never undoes them
@@ -379,8 +377,8 @@ class People:
     # ---- helpers -------------------------------------------------------------------------------
     async def _in_steps(self, write: Callable[..., object], *args, **kwargs):
         """``write(*args, **kwargs)`` (vault writes of ``wait=STEP_S``) in a worker thread, again while
-        another process holds the vault's write lock, up to ``busy_timeout_s`` (then VaultBusy)."""
-        return await in_vault_steps(functools.partial(write, *args, **kwargs), self.busy_timeout_s)
+        another process holds the vault's write lock, up to the vault's busy timeout (then VaultBusy)."""
+        return await in_vault_steps(functools.partial(write, *args, **kwargs), self.vault.busy_timeout)
 
     def _add_to_gallery(self, *people: Person) -> int:
         """Each palm's search template (its first): one gallery entry per enrolled palm."""

@@ -17,6 +17,7 @@ Network failures never escape :meth:`LinkClient.run`; each state change is logge
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import random
@@ -28,6 +29,7 @@ import attrs
 import trio
 
 from palmnode.actors import Backoff
+from palmnode.vault.steps import STEP_S, in_vault_steps
 from palmnode.link.channel import (
     Channel,
     ChannelStats,
@@ -111,11 +113,15 @@ class LinkConfig:
 
 
 class Outbox(Protocol):
-    """What the client needs of the vault (sync, thread-safe; called via ``trio.to_thread``)."""
+    """What the client needs of the vault (sync, thread-safe; called via ``trio.to_thread``, in
+    steps of ``wait`` while another process holds its write lock, up to ``busy_timeout``:
+    ``palmnode.vault.steps``, so a stop meanwhile is served within a step)."""
 
-    def pending_events(self, *, limit: int, unreadable: list[str]) -> list[Any]: ...
+    busy_timeout: float
 
-    def mark_delivered(self, seq: int) -> None: ...
+    def pending_events(self, *, limit: int, unreadable: list[str], wait: float | None = None) -> list[Any]: ...
+
+    def mark_delivered(self, seq: int, *, wait: float | None = None) -> None: ...
 
 
 Handler = Callable[[str, dict], Awaitable[dict]]
@@ -394,7 +400,8 @@ class LinkClient:
         elif isinstance(msg, Ack):
             sent = self._inflight.get(msg.seq)
             if sent is not None and sent[0] == msg.key:
-                await trio.to_thread.run_sync(self._outbox.mark_delivered, msg.seq)
+                await in_vault_steps(functools.partial(self._outbox.mark_delivered, msg.seq, wait=STEP_S),
+                                     self._outbox.busy_timeout)
                 del self._inflight[msg.seq]
                 self._acked.add(msg.seq)
                 self.stats.events_acked += 1
@@ -457,8 +464,11 @@ class LinkClient:
             self._wake = trio.Event()
             stale = set(self._acked)
             unreadable: list[str] = []
-            events = await trio.to_thread.run_sync(
-                lambda: self._outbox.pending_events(limit=cfg.outbox_batch, unreadable=unreadable))
+
+            def read() -> list:  # again after a step that met another process's write lock
+                unreadable.clear()
+                return self._outbox.pending_events(limit=cfg.outbox_batch, unreadable=unreadable, wait=STEP_S)
+            events = await in_vault_steps(read, self._outbox.busy_timeout)
             if unreadable:
                 log.warning("%d outbox event(s) unreadable in the vault (a sealed payload fails to open): dropped, "
                             "not sent; the vault's audit log has their seq", len(unreadable))

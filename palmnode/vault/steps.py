@@ -3,10 +3,10 @@
 Another process holding the vault's write lock (an ``sqlite3`` shell left in a transaction, a
 backup, a script) makes a write wait. One wait of SQLite's whole busy timeout in a worker thread
 cannot be cancelled (trio waits for the thread), so a stop (systemd's SIGTERM, Ctrl-C) meanwhile
-came up to :data:`BUSY_TIMEOUT_S` late, and the vault's lock, held by the waiting thread, kept
+came up to that timeout (5 s) late, and the vault's lock, held by the waiting thread, kept
 every other vault call of the node (the gate's reads among them) waiting too. :func:`in_vault_steps`
 runs a write that waits at most :data:`STEP_S` in SQLite (the vault methods' ``wait=``), again
-while it meets the lock, up to the same timeout in all: a stop is served within a step, the vault
+while it meets the lock, up to the vault's busy timeout in all: a stop is served within a step, the vault
 is free for others between steps, and a vault nobody holds sees one step, as before
 (docs/vault.md, "Transactions and crash safety").
 """
@@ -20,8 +20,8 @@ from palmnode.vault.errors import VaultBusy
 
 T = TypeVar("T")
 
-#: how long a running node's vault write waits in all for another process's write lock (the
-#: vault's busy timeout: past it, VaultBusy as one wait would have raised)
+#: how long the node's start waits in all for another process's write lock (the busy timeout the
+#: node opens its vault with: its writes after the start wait as long, ``Vault.busy_timeout``)
 BUSY_TIMEOUT_S = 5.0
 #: how long one step waits in SQLite: a stop meanwhile is served within it
 STEP_S = 0.1

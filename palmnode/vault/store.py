@@ -134,8 +134,12 @@ class Vault:
     """The node's encrypted store of enrolled people, its event outbox and its audit log."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path, keys: VaultKeys, instance: str,
-                 node_id: str, clock: Callable[[], float], holder: int | None = None) -> None:
+                 node_id: str, clock: Callable[[], float], holder: int | None = None,
+                 busy_timeout: float = 5.0) -> None:
         self._conn = conn
+        #: how long a transaction waits for another process's write lock (s): for a caller that
+        #: waits in steps (``palmnode.vault.steps``), how long to go on
+        self.busy_timeout = busy_timeout
         self._holder = holder  # the open lock file of the node that holds the vault (exclusive)
         self._path = path
         self._keys = keys
@@ -213,7 +217,7 @@ class Vault:
         except BaseException:
             conn.close()
             raise
-        vault = cls(conn, path, keys, instance, node_id, clock, holder)
+        vault = cls(conn, path, keys, instance, node_id, clock, holder, busy_timeout)
         # a process killed after a removal committed but before its checkpoint (or stopped while a
         # reader blocked it) left the removed person's old pages in the WAL: truncate it now; when a
         # reader blocks this too, scrub_pending tells the owner to try again

@@ -688,12 +688,12 @@ async def test_a_write_another_process_holds_up_is_done_once_it_lets_go(vault, w
                        "sync removal": {"people", "palms", "templates", "cards", "phones", "outbox", "audit"}}[write]
 
 
-async def test_a_deletion_the_vault_refuses_past_the_busy_timeout_is_not_reported_done(vault):
+async def test_a_deletion_the_vault_refuses_past_the_busy_timeout_is_not_reported_done(tmp_path, keys):
     """Past the busy timeout a deletion raises one line, "database is locked", as one wait did: the
     person is still stored and searchable (their deletion is never answered done before it is on
     disk), nothing of theirs is gone, and the caller (the controller, the REPL) is told it failed."""
+    vault = Vault.open(tmp_path / "vault.db", keys, node_id="gate-1", busy_timeout=0.5)
     people, kept = await _people_with_one(vault)
-    people.busy_timeout_s = 0.5
     before = vault_rows(vault.path)
     with write_locked(vault.path), pytest.raises(VaultBusy) as info:
         await people.forget(person_id=kept.person_id)
@@ -701,3 +701,4 @@ async def test_a_deletion_the_vault_refuses_past_the_busy_timeout_is_not_reporte
     assert vault_rows(vault.path) == before and vault.get(kept.person_id) is not None
     assert len(people.gallery) == 1 and people.gallery.search(templates_of(0)[0], 1)[0].person_id == kept.person_id
     assert (await people.forget(person_id=kept.person_id)).person_id == kept.person_id  # once it is free
+    vault.close()

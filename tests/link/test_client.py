@@ -312,3 +312,28 @@ def test_config_errors(pki, tmp_path, vault):
 async def test_changes_helper_times_out():
     with pytest.raises(trio.TooSlowError):
         await Changes().wait_until(lambda: False, timeout=0.01)
+
+
+async def test_a_stop_while_an_ack_waits_for_a_vault_another_process_holds_is_served_within_a_step(
+        pki, stub, vault):
+    """The controller's ack is marked in the vault from the receive loop; with another process
+    holding the vault's write lock (an sqlite3 shell) that write waited out SQLite's 5 s busy
+    timeout in a worker thread trio cannot cancel, so a stop meanwhile came ~5 s late. It now
+    waits in 0.1 s steps, and the event, not marked, stays to be sent again (at least once)."""
+    import time
+
+    from tests.gate.test_people import write_locked
+
+    key = vault.append_event("unknown", {"latency_ms": 1.0, "reason": "x"}).key
+    client = LinkClient(config(pki, stub.port), vault)
+    with write_locked(vault.path):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.run)
+            await stub.changes.wait_until(lambda: key in stub.applied)
+            await trio.sleep(0.3)  # its ack reaches the node, whose write meets the lock
+            assert client.stats.events_acked == 0
+            started = time.monotonic()
+            nursery.cancel_scope.cancel()
+        served = time.monotonic() - started
+    assert served < 0.3, f"the stop was served {served:.2f} s late"  # a step is 0.1 s
+    assert [e.key for e in vault.pending_events()] == [key]
