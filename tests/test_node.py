@@ -619,3 +619,48 @@ async def test_a_charge_left_in_flight_that_the_vault_refuses_past_the_busy_time
     assert str(error) == (f"vault {path}: cannot abandon the charge the last run left in flight: vault {path}: "
                           "database is locked (nothing was written)")
     assert _charge_and_outbox(path, keys) == (json.dumps(pending), [])
+
+
+async def test_a_sigterm_while_a_device_health_record_waits_for_the_vault_stops_the_node_at_once(tmp_path, caplog):
+    """A running node records each device state change in its vault (an outbox event for the
+    controller); with another process holding the vault's write lock (an sqlite3 shell on the
+    live vault) that write waited out SQLite's 5 s busy timeout in a worker thread trio cannot
+    cancel, so systemd's stop meanwhile came ~5 s late. It now waits in 0.1 s steps. A real
+    SIGTERM to this process, a real second connection holding the lock."""
+    import os
+    import signal
+    import sqlite3
+    import time
+
+    from palmnode.actors import DeviceStateChanged
+    from palmnode.node import Node
+
+    caplog.set_level(logging.INFO, logger="palmnode")
+    cfg, other = _held_vault(tmp_path)
+    other.execute("COMMIT")  # free at start
+    node = Node(cfg)
+    try:
+        async with serving(node) as served:
+            await wait_for(lambda: node.supervisor is not None and node.vault is not None, timeout=5)
+            await wait_for(lambda: node.health.gate is not None, timeout=5)
+            await trio.sleep(0.5)  # the start's own health records written (devices absent: LOST)
+            before = len(node.vault.pending_events(limit=1000))
+            other.execute("BEGIN IMMEDIATE")
+            node.bus.publish(DeviceStateChanged("camera", DeviceState.LOST, DeviceState.READY, None,
+                                                trio.current_time()))
+            await trio.sleep(0.3)  # the report actor's write meets the lock
+            started = time.monotonic()
+            os.kill(os.getpid(), signal.SIGTERM)
+            with trio.fail_after(4):
+                await served.wait()
+            stopped = time.monotonic() - started
+    finally:
+        if other.in_transaction:
+            other.execute("COMMIT")
+        other.close()
+    assert stopped < 0.5, f"the stop took {stopped:.2f} s"  # ~5 s when the write waited in one go
+    said = [r.getMessage() for r in caplog.records]
+    assert "node stopping" in said and said[-1] == "node stopped", said
+    conn = sqlite3.connect(cfg.vault.path)
+    assert conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == before  # nothing half-written
+    conn.close()
