@@ -13,7 +13,7 @@ CAPTURE_ROTATION_SD_DEG = 1.8
 CAPTURE_SCALE_SD = 0.032
 CAPTURE_SHIFT_SD = 0.015       # fraction of frame height per axis (~7 px at 480)
 CAPTURE_EXPOSURE_SD = 0.0157
-UPRIGHT_SPREAD_SD_DEG = 0.0    # the person's habit already spreads rotations over ~±16°
+UPRIGHT_SPREAD_SD_DEG = 0.0    # the person's habit already spreads rotations over ~±13° (5–95%)
 MOTION_BLUR_RATE = 0.08
 GLARE_RATE = 0.25
 #: real captures are often JPEG-compressed at about this quality
@@ -54,8 +54,8 @@ def sample_capture(rng: np.random.Generator | int, *, session: int = 1, rotation
                    jpeg: bool = True) -> Capture:
     """A capture as a gate sees it in ``session``.
 
-    ``rotation="upright"``: the arm comes from the bottom border, rotation within ~±20° (the
-    person's habit plus ~2° jitter) — the common gate case. ``"any"``: any rotation on the full
+    ``rotation="upright"``: the arm comes from the bottom border, rotation within ~±13° (5–95%:
+    the person's habit plus ~2° jitter) — the common gate case. ``"any"``: any rotation on the full
     circle, so the arm can leave through any border. Which palm (left/right) is the Identity's.
     """
     if rotation not in ROTATION_MODES:
