@@ -30,6 +30,8 @@ Run `palmnode <subcommand> --help` for its options."""
 
 
 SUBCOMMANDS = ("sim", "run", "demo", "eval", "bench", "controller", "certs", "vault", "repl")
+#: the commands that serve Ctrl-C and SIGTERM as their own stop from their first moment: palmnode/stopsignals.py
+STOPPED_BY_SIGNALS = ("run", "sim", "demo")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -138,24 +140,28 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     first = next((a for a in argv if not a.startswith("-")), "")
-    if first == "run":  # a stop asked during the imports is the node's to serve: palmnode/stopsignals.py
+    if first in STOPPED_BY_SIGNALS:  # a stop asked during the imports is the command's to serve
         from palmnode import stopsignals
 
         stopsignals.hold()
-    parser = build_parser(first if first in SUBCOMMANDS else "")
-    args = parser.parse_args(argv)
-    if args.subcommand is None:
-        parser.print_help()
-        return 2
-    from palmnode import commands
-
+    name = first if first in SUBCOMMANDS else ""
     try:
-        return getattr(commands, args.subcommand)(args)
-    except KeyboardInterrupt:
-        return 130
-    except commands.UserError as exc:
-        print(f"palmnode {args.subcommand}: {exc}", file=sys.stderr)
-        return exc.exit_code
+        parser = build_parser(name)
+        args = parser.parse_args(argv)
+        if args.subcommand is None:
+            parser.print_help()
+            return 2
+        from palmnode import commands
+
+        try:
+            return getattr(commands, args.subcommand)(args)
+        except commands.UserError as exc:
+            print(f"palmnode {args.subcommand}: {exc}", file=sys.stderr)
+            return exc.exit_code
+    except KeyboardInterrupt:  # Ctrl-C in the other commands, their imports included
+        from palmnode import stopsignals
+
+        return stopsignals.stopped(name)
 
 
 if __name__ == "__main__":

@@ -54,24 +54,51 @@ def sim(args: argparse.Namespace) -> int:
         gate = VirtualGate(run_dir, camera_port=port, seed=args.seed)
 
         async def main() -> None:
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async with trio.open_nursery() as nursery:
-                    try:
-                        endpoints = await nursery.start(gate.run)
-                    except OSError as exc:
-                        if exc.errno == errno.EADDRINUSE:
-                            raise UserError(f"camera port {port} is in use: stop what holds it or pass "
-                                            "--camera-port") from None
-                        raise
-                    print(endpoints.to_json(), flush=True)
-                    nursery.start_soon(_cancel_on_signal, signals, nursery.cancel_scope)
-                    if script is not None:
-                        await gate.play(script)
-                        if args.exit_after_scenario:
-                            nursery.cancel_scope.cancel()
+            async with trio.open_nursery() as nursery:
+                try:
+                    endpoints = await nursery.start(gate.run)
+                except OSError as exc:
+                    if exc.errno == errno.EADDRINUSE:
+                        raise UserError(f"camera port {port} is in use: stop what holds it or pass "
+                                        "--camera-port") from None
+                    raise
+                print(endpoints.to_json(), flush=True)
+                if script is not None:
+                    await gate.play(script)
+                    if args.exit_after_scenario:
+                        nursery.cancel_scope.cancel()
 
-        run_trio(main)
-    return 0
+        signum = _run_stoppable(main)
+    if signum is None:
+        return 0
+    logs.event(logging.getLogger("palmnode.sim"), "sim stopped", signal=signal.Signals(signum).name)
+    return 130 if signum == signal.SIGINT else 0
+
+
+def _run_stoppable(fn, *args):
+    """``run_trio(fn, *args)`` stopped by Ctrl-C or SIGTERM at any moment: a signal cancels ``fn``
+    (which cleans up as it unwinds), also one that came before trio ran, while the command
+    imported (noted by palmnode/stopsignals.py since the command's first moment, raised again
+    here), and one after ``fn`` ended (noted, the command's end goes on). Returns the signal that
+    stopped it, or None; ``fn``'s result is dropped (a command's report goes through ``fn``)."""
+    from palmnode import stopsignals
+
+    stopped: list[int] = []
+
+    async def main() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            stopsignals.release()  # one that came while the command started, before this receiver
+            async with trio.open_nursery() as nursery:
+
+                async def watch() -> None:
+                    stopped.append(await _cancel_on_signal(signals, nursery.cancel_scope))
+
+                nursery.start_soon(watch)
+                await fn(*args)
+                nursery.cancel_scope.cancel()
+
+    run_trio(main)
+    return stopped[0] if stopped else stopsignals.noted()
 
 
 def run_trio(fn, *args):
@@ -241,9 +268,20 @@ def demo(args: argparse.Namespace) -> int:
     malloc.configure(malloc.RENDERER_THRESHOLD)  # palmnode/malloc.py
     logs.setup("error")  # the demo shows what happens itself; a device's reconnect warnings are noise here
     plan = demomod.Plan(people=args.people, arrivals=args.arrivals, unplug_camera=not args.no_unplug, seed=args.seed)
-    summary = run_trio(lambda: demomod.play(plan))
-    demomod.report(summary)
-    return 0
+    played: list = []
+
+    async def play() -> None:
+        played.append(await demomod.play(plan))
+
+    signum = _run_stoppable(play)
+    if not played:  # stopped half-way: the temporary folder (keys, vault, sockets) is gone, no summary
+        from palmnode import stopsignals
+
+        return stopsignals.stopped("demo", signum)
+    demomod.report(played[0])
+    from palmnode import stopsignals  # a Ctrl-C once the demo was done: the summary is whole, the exit 130
+
+    return 130 if (signum or stopsignals.noted()) == signal.SIGINT else 0
 
 
 def eval(args: argparse.Namespace) -> int:  # noqa: A001 - the subcommand's name

@@ -1,20 +1,26 @@
-"""A stop asked while ``palmnode run`` starts, before the node watches its signals.
+"""A stop asked while a long-running ``palmnode`` command starts, before it watches its signals.
 
-The node watches Ctrl-C and SIGTERM from trio (commands._serve_node), which starts only after the
-imports (numpy, OpenCV, the engine: ~1 s on a shared machine, more on a gate's CPU). Before that,
-a SIGTERM (systemd's stop) killed the process by the signal, and a Ctrl-C was a KeyboardInterrupt
-(exit 130): without the node's stop, its "node stopping" and "node stopped" lines and its exit 0.
+``palmnode run``, ``sim`` and ``demo`` watch Ctrl-C and SIGTERM from trio (commands._serve_node,
+commands._run_stoppable), which starts only after the imports (numpy, OpenCV, the engine: ~1 s on
+a shared machine, more on a gate's CPU). Before that, a SIGTERM (systemd's stop) killed the
+process by the signal, and a Ctrl-C was a KeyboardInterrupt traceback: without the command's own
+stop (the node's "node stopping" and "node stopped" lines and its exit 0; a sim's links and a
+demo's temporary folder removed).
 
-``hold()``, the first thing ``palmnode run`` does, takes both signals with a handler that only
-notes them (nothing is interrupted half-way); ``release()``, called once the node's own receiver
-is in place, raises the noted ones again, in order, for it: the node then stops exactly as on a
+``hold()``, the first thing those commands do, takes both signals with a handler that only notes
+them (nothing is interrupted half-way); ``release()``, called once the command's own receiver is
+in place, raises the noted ones again, in order, for it: the command then stops exactly as on a
 signal that comes later. The handler stays for the rest of the process, so one arriving after the
-node's receiver has closed (the stop done, the exit under way) is noted and changes nothing.
-What is left uncovered is the interpreter's own start, before any palmnode code runs (~30 ms).
+receiver has closed (the stop or the run done, the exit under way) is noted and changes nothing
+(``noted()`` tells a command that has finished its work that one came meanwhile). What is left
+uncovered is the interpreter's own start, before any palmnode code runs (~30 ms).
+
+``stopped()`` is the one line every command says when a stop ended it before its work was done.
 """
 from __future__ import annotations
 
 import signal
+import sys
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _noted: list[int] = []
@@ -31,6 +37,20 @@ def hold() -> None:
 
 
 def release() -> None:
-    """Raise again each signal noted since ``hold()`` (call it with the node's receiver in place)."""
+    """Raise again each signal noted since ``hold()`` (call it with the command's receiver in place)."""
     while _noted:
         signal.raise_signal(_noted.pop(0))
+
+
+def noted() -> int | None:
+    """The first signal noted and not released (one that came after the command's receiver closed)."""
+    return _noted[0] if _noted else None
+
+
+def stopped(command: str, signum: int = signal.SIGINT) -> int:
+    """Say on stderr, in one line, that ``palmnode command`` was stopped by ``signum`` before its
+    work was done; return its exit status: 130 for Ctrl-C (the shell's 128 + SIGINT), 0 for SIGTERM
+    (a stop asked, as ``palmnode run`` and the controller answer systemd's)."""
+    name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    print(f"{f'palmnode {command}'.rstrip()}: stopped by {name}", file=sys.stderr, flush=True)
+    return 130 if signum == signal.SIGINT else 0

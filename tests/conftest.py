@@ -101,3 +101,33 @@ async def controller_and_node(nursery: trio.Nursery, gate: VirtualGate, folder) 
     await nursery.start(node.run)
     await controller.wait_node("demo-gate")
     return controller, node
+
+
+#: the moments of a command's start at which the stop tests send their signal (reach_moment)
+AS_SOON_AS_CAUGHT = "as soon as it is caught"
+WHILE_IMPORTING = "while it imports numpy"
+
+
+def reach_moment(proc, moment: str, timeout: float = 30.0) -> None:
+    """Return when the process ``proc`` (a ``palmnode`` command just started) is at ``moment``:
+    AS_SOON_AS_CAUGHT, the first moment at which it takes SIGTERM (SigCgt of /proc/PID/status);
+    WHILE_IMPORTING, once numpy's library is mapped (~0.7 s before trio runs on a shared machine).
+    Polled every 0.5 ms, the process's own state: the signal lands in that phase, not after it."""
+    import signal
+    import time
+    from pathlib import Path
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if moment == AS_SOON_AS_CAUGHT:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            caught = int(next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16)
+            if caught >> (signal.SIGTERM - 1) & 1:
+                return
+        elif moment == WHILE_IMPORTING:
+            if "_multiarray_umath" in Path(f"/proc/{proc.pid}/maps").read_text():
+                return
+        else:
+            raise ValueError(moment)
+        time.sleep(0.0005)
+    raise AssertionError(f"the process never reached the moment {moment!r}")

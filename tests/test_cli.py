@@ -13,6 +13,7 @@ import pytest
 
 from palmnode import cli
 from palmnode.bench import free_port
+from tests.conftest import AS_SOON_AS_CAUGHT, WHILE_IMPORTING, reach_moment
 
 DEVICES = ("proximity", "card_reader", "illuminator", "camera")
 SCENARIO = """
@@ -816,16 +817,10 @@ def test_an_installed_palmnode_runs_its_packaged_default_config(tmp_path):
     assert (work / "run" / "vault.db").is_file() and not (site / "run").exists()
 
 
-def _caught(pid: int) -> int:
-    """The signals process ``pid`` has handlers for (SigCgt of /proc/PID/status), as a bit mask."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16)
-
-
 @pytest.mark.parametrize("signum, moment", [
-    (signal.SIGTERM, "as soon as it is caught"),
-    (signal.SIGTERM, "while it imports the engine"),
-    (signal.SIGINT, "while it imports the engine"),
+    (signal.SIGTERM, AS_SOON_AS_CAUGHT),
+    (signal.SIGTERM, WHILE_IMPORTING),
+    (signal.SIGINT, WHILE_IMPORTING),
 ])
 def test_a_stop_asked_while_the_node_starts_ends_it_as_one_asked_later(tmp_path, signum, moment):
     """systemd's SIGTERM (or a Ctrl-C) in the first second of `palmnode run`, before trio ran and
@@ -839,16 +834,7 @@ def test_a_stop_asked_while_the_node_starts_ends_it_as_one_asked_later(tmp_path,
 
     node = palmnode("run", "--config", str(node_config(tmp_path)))  # devices absent: LOST, reopened
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if moment == "as soon as it is caught":
-                if _caught(node.pid) >> (signal.SIGTERM - 1) & 1:
-                    break
-            elif "_multiarray_umath" in Path(f"/proc/{node.pid}/maps").read_text():
-                break
-            time.sleep(0.0005)
-        else:
-            raise AssertionError(f"palmnode run never reached the moment {moment!r}")
+        reach_moment(node, moment)
         node.send_signal(signum)
         out, err = node.communicate(timeout=30)
     finally:
@@ -864,6 +850,39 @@ def test_a_stop_asked_while_the_node_starts_ends_it_as_one_asked_later(tmp_path,
     if (run / "vault.db").exists():  # made whole or not at all, and free for the next start
         with Vault.open(run / "vault.db", load_keys(run / "keys" / "vault.key"), exclusive=True) as vault:
             assert vault.count() == 0
+
+
+SERVING = "while it serves (its endpoints printed)"
+
+
+@pytest.mark.parametrize("moment", [AS_SOON_AS_CAUGHT, WHILE_IMPORTING, SERVING])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_at_any_moment_of_palmnode_sim_is_a_clean_stop(tmp_path, signum, moment):
+    """`palmnode sim` watched Ctrl-C and SIGTERM only once trio ran: a SIGTERM during its imports
+    (numpy, OpenCV, the renderer) killed it by the signal, a Ctrl-C there was a KeyboardInterrupt
+    traceback, and a Ctrl-C later exited 0 like a finished scenario. Now the signal is noted from
+    its first moment (palmnode/stopsignals.py, as `palmnode run`) and served as its stop: the
+    devices unplugged (no pty link left in the run folder, only its lock), one "sim stopped" log
+    line naming the signal, exit 130 for Ctrl-C and 0 for SIGTERM, no traceback."""
+    run_dir = tmp_path / "sim"
+    sim = palmnode("sim", "--run-dir", str(run_dir), "--camera-port", "0")
+    try:
+        if moment == SERVING:
+            assert json.loads(sim.stdout.readline())["proximity"] == str(run_dir / "proximity")
+            assert (run_dir / "proximity").is_symlink()
+        else:
+            reach_moment(sim, moment)
+        sim.send_signal(signum)
+        out, err = sim.communicate(timeout=30)
+    finally:
+        if sim.poll() is None:
+            sim.kill()
+            sim.communicate()
+    assert sim.returncode == (130 if signum == signal.SIGINT else 0), (sim.returncode, err[-3000:])
+    assert "Traceback" not in err
+    last = json.loads(err.splitlines()[-1])
+    assert (last["msg"], last["signal"]) == ("sim stopped", signal.Signals(signum).name), err[-3000:]
+    assert not run_dir.exists() or [p.name for p in run_dir.iterdir()] == [".lock"]
 
 
 def test_a_metrics_port_the_nodes_user_may_not_bind_is_one_line_naming_it_and_why(tmp_path):
