@@ -180,5 +180,9 @@ def main(args) -> int:
         from palmnode import gate_bench
 
         report["gate"] = gate_bench.main(args)
+    from palmnode import stopsignals
+
+    if stopsignals.noted() == signal.SIGINT:  # a Ctrl-C that reached no KeyboardInterrupt: stopsignals.interrupt
+        return stopsignals.stopped("bench")
     print(json.dumps(report))
     return 0

@@ -144,6 +144,12 @@ def main(argv: list[str] | None = None) -> int:
         from palmnode import stopsignals
 
         stopsignals.hold()
+    elif first in ("eval", "bench"):  # a Ctrl-C swallowed on its way is still seen: stopsignals.interrupt
+        import signal
+
+        from palmnode import stopsignals
+
+        signal.signal(signal.SIGINT, stopsignals.interrupt)
     name = first if first in SUBCOMMANDS else ""
     try:
         parser = build_parser(name)

@@ -131,3 +131,21 @@ def reach_moment(proc, moment: str, timeout: float = 30.0) -> None:
             raise ValueError(moment)
         time.sleep(0.0005)
     raise AssertionError(f"the process never reached the moment {moment!r}")
+
+
+def run_with_file_size_limit(code: str, limit: int = 4096):
+    """``code`` in a fresh interpreter whose files may not grow past ``limit`` bytes (RLIMIT_FSIZE,
+    SIGXFSZ ignored): a write past it fails with EFBIG after writing what fits, as on a disk that
+    fills up mid-file. The real kernel refusal a half-written output file comes from (a Ctrl-C
+    mid-write leaves the same, at a moment no test can pick)."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def limited() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL, preexec_fn=limited)

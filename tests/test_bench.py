@@ -6,6 +6,7 @@ import sys
 import trio
 
 from palmnode import soak
+from tests.conftest import run_with_file_size_limit
 
 
 def test_engine_suite_prints_one_json_object(tmp_path):
@@ -62,3 +63,20 @@ def test_a_genuine_seed_overlapping_the_impostor_pool_is_refused_before_any_suit
     assert proc.stderr.strip().splitlines() == [
         f"palmnode bench: --genuine-seed {SOURCE_SEED + 5} with --ids 300 overlaps the impostor source pool "
         f"(seeds {SOURCE_SEED}..{SOURCE_SEED + 299})"]
+
+
+def test_a_template_cache_that_cannot_be_written_whole_is_not_left_for_the_next_run(tmp_path):
+    """The engine bench's rendered templates were saved straight at their cache name: a Ctrl-C or a
+    full disk mid-save left a truncated .npz there, which the next run took as a finished cache
+    and stopped on (a BadZipFile traceback) until someone found and removed it. Now the cache is
+    written beside its name and renamed once whole: the failed run leaves nothing, the next one
+    renders again. A real write refused past 4 KiB by the kernel, then a run without the limit."""
+    code = ("from pathlib import Path; from palmnode.biometrics import bench\n"
+            f"print(len(bench.render_set(20000, 2, Path({str(tmp_path)!r}))[0]))")
+    failed = run_with_file_size_limit(code)
+    assert failed.returncode == 1 and "File too large" in failed.stderr.splitlines()[-1], failed.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []
+    again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                           stdin=subprocess.DEVNULL)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert int(again.stdout) > 0 and [p.suffix for p in tmp_path.iterdir()] == [".npz"]

@@ -41,6 +41,7 @@ match of the gallery's shortlist (the impostors most likely to beat the mate).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import tempfile
@@ -52,6 +53,7 @@ import numpy as np
 
 from palmnode.cliargs import count, counts
 from palmnode.config import SHIPPED_CALIBRATION, GateConfig
+from palmnode.private_files import replace_file
 from palmnode.progress import Progress
 from palmnode.biometrics import features, gallery as gal, kernels, matcher, prefilter as pf, roi, synth, variants
 from palmnode.biometrics.types import BadImage, PalmTemplate, RoiFailure
@@ -126,10 +128,14 @@ def render_set(first_seed: int, n_ids: int, cache: Path) -> tuple[list[PalmTempl
             progress.update()
         progress.close()
         cache.mkdir(parents=True, exist_ok=True)
-        np.savez(path, blobs=np.stack(blobs), ids=np.array(ids), caps=np.array(caps),
+        # whole or not at all: a Ctrl-C or a full disk mid-way left a truncated file at the name the
+        # next run takes as a finished cache (and stopped on it with a BadZipFile traceback)
+        saved = io.BytesIO()
+        np.savez(saved, blobs=np.stack(blobs), ids=np.array(ids), caps=np.array(caps),
                  vbytes=np.frombuffer(b"".join(vblobs), np.uint8),
                  vlen=np.array([len(b) for b in vblobs], np.int64), vowner=np.array(vowner, np.int64),
                  vkind=np.array(vkind, np.int64))
+        replace_file(path, saved.getvalue(), 0o600)
     d = np.load(path)
     templates = [PalmTemplate.from_bytes(b.tobytes()) for b in d["blobs"]]
     extra: dict[int, list[tuple[PalmTemplate, variants.Variant]]] = {}

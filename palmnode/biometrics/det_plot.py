@@ -108,12 +108,16 @@ def _ascii(text: str) -> str:
 
 
 def _write_png(path: str | Path, img: np.ndarray) -> Path:
-    """``img`` as a PNG at ``path``, written by Python (cv2.imwrite takes the path as UTF-8 text)."""
+    """``img`` as a PNG at ``path``, written by Python (cv2.imwrite takes the path as UTF-8 text),
+    whole or not at all: into a file beside it, renamed over it once complete (a Ctrl-C or a full
+    disk mid-way left a truncated PNG that looked like a plot)."""
+    from palmnode.private_files import replace_file
+
     path = Path(path)
     ok, data = cv2.imencode(".png", img)
     if not ok:
         raise OSError(f"cannot encode {path}")
-    path.write_bytes(data.tobytes())
+    replace_file(path, data.tobytes(), 0o644)
     return path
 
 

@@ -21,6 +21,7 @@ import errno
 import json
 import math
 import os
+import signal
 import sys
 import time
 import traceback
@@ -820,8 +821,10 @@ def write_calibration(path: Path, impostor: np.ndarray, modality: str) -> dict:
     if impostor.size == 0:
         raise EvalError("no impostor scores to calibrate from: evaluate at least two palms")
     cal = Calibration.from_impostors(impostor, keep=CALIBRATION_KEEP)
-    try:
-        path.write_text(cal.to_json())
+    from palmnode.private_files import replace_file
+
+    try:  # whole or not at all (a Ctrl-C or a full disk mid-way left a truncated calibration)
+        replace_file(path, cal.to_json().encode(), 0o644)
     except OSError as exc:
         raise EvalError(f"cannot write the calibration {path}: {exc.strerror}") from None
     return {"path": str(path), "modality": modality, "impostors": cal.n, "min_fmr": cal.min_fmr}
@@ -861,8 +864,14 @@ def main(args: argparse.Namespace | EvalOptions | Sequence[str] | None = None, *
     except (EvalError, DatasetError) as exc:
         print(f"palmnode eval: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt:  # the plots and calibration are each whole or absent (det_plot._write_png)
+        from palmnode import stopsignals
+
+        return stopsignals.stopped("eval")
+    from palmnode import stopsignals
+
+    if stopsignals.noted() == signal.SIGINT:  # a Ctrl-C that reached no KeyboardInterrupt: stopsignals.interrupt
+        return stopsignals.stopped("eval")
     print(json.dumps(report, allow_nan=False), flush=True)
     return 0
 

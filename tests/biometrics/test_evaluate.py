@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -549,3 +550,26 @@ def test_an_roi_without_palm_texture_is_a_failure_to_acquire_not_an_engine_error
     failed = ev.EnginePipeline(roi_given=True)(flat, None)
     assert isinstance(failed, ev.Failed) and failed.reason == "bad_image"
     assert "too little palm texture" in failed.detail
+
+
+def test_ctrl_c_during_a_run_is_one_line_and_leaves_no_report(tmp_path):
+    """Ctrl-C while `palmnode eval` encodes: it exited 130 without a word (the terminal showed the
+    progress bar, then the prompt, as if the run had ended). Now one line says it stopped, exit
+    130, no traceback, no JSON report on stdout and no plot in --out. A real SIGINT to a real run,
+    sent once its first line says the samples are being encoded."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "palmnode.cli", "eval", "--synthetic", "60", "--out", str(out)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr.readline().startswith("eval: 360 samples of 60 palms")
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert stderr.splitlines()[-1] == "palmnode eval: stopped by Ctrl-C", stderr[-2000:]
+    assert stdout == ""
+    assert not out.exists() or list(out.iterdir()) == []

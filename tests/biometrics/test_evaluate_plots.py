@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from palmnode.biometrics import det_plot, metrics
+from tests.conftest import run_with_file_size_limit
 
 
 def test_tick_labels():
@@ -64,3 +65,24 @@ def test_contact_sheet_layout(tmp_path):
 def test_write_errors_are_oserrors(tmp_path):
     with pytest.raises(OSError):
         det_plot.write_contact_sheet(tmp_path / "missing" / "s.png", [("x", "no_hand")])
+
+
+@pytest.mark.parametrize("output", ["plot", "calibration"])
+def test_an_output_that_cannot_be_written_whole_is_not_left_half_written(tmp_path, output):
+    """A plot (or the calibration) that could not be written to its end (the disk full, a Ctrl-C
+    mid-write) was left truncated under its final name, where it looks like the run's output (a
+    calibration a gate would then be set from). Now each is written beside its name and renamed
+    over it once whole: the write fails as before (an OSError, the eval's one-line error), and the
+    folder holds nothing of it. A real write refused past 4 KiB by the kernel."""
+    if output == "plot":
+        code = ("import numpy as np; from palmnode.biometrics import det_plot\n"
+                "noise = np.random.default_rng(0).integers(0, 256, (128, 128), np.uint8)\n"
+                f"det_plot.write_contact_sheet({str(tmp_path / 'sheet.png')!r}, [('a', {{'vein': noise}})])")
+    else:
+        code = ("import numpy as np; from pathlib import Path; from palmnode.biometrics import evaluate\n"
+                "impostors = np.random.default_rng(0).normal(0.3, 0.05, 50_000)\n"
+                f"evaluate.write_calibration(Path({str(tmp_path / 'cal.json')!r}), impostors, 'fused')")
+    proc = run_with_file_size_limit(code)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "File too large" in proc.stderr.splitlines()[-1], proc.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []
