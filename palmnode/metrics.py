@@ -39,6 +39,8 @@ MAX_SERIES = 1000
 KNOWN: dict[str, tuple[Kind, str]] = {
     "palmnode_identify_latency_ms": ("histogram", "Hand present to decision, milliseconds, by outcome."),
     "palmnode_decisions_total": ("counter", "Identify decisions, by outcome."),
+    "palmnode_decisions_unrecorded_total": ("counter", "Identify decisions (identified, unknown) that never reached "
+                                                       "the vault's outbox, by reason (vault, queue_full, stopped)."),
     "palmnode_enrolments_total": ("counter", "Enrolments finished, by result."),
     "palmnode_deletions_total": ("counter", "People deleted from this node."),
     "palmnode_gallery_palms": ("gauge", "Enrolled palms in the in-memory gallery."),

@@ -63,6 +63,7 @@ from palmnode.gate.presence import (
     PresenceChanged,
     PresencePolicy,
 )
+from palmnode.gate.recorder import DecisionRecorder
 from palmnode.logs import error_text, event
 from palmnode.vault import VaultError
 
@@ -257,6 +258,9 @@ class IdentifyFlow:
         self._left = trio.Event()
         self._attempt_scope: trio.CancelScope | None = None
         self._advisor = PlacementAdvisor(policy.presence, policy.advice)
+        #: writes the decisions to the vault's outbox in its own task (run's nursery), so a vault
+        #: another process holds never keeps the next person waiting (palmnode/gate/recorder.py)
+        self.recorder = DecisionRecorder(people, metrics) if people is not None else None
         #: the attempts behind the last decision (for the REPL, the bench and docs/flows.md)
         self.last_trace: tuple[AttemptTrace, ...] = ()
 
@@ -266,6 +270,8 @@ class IdentifyFlow:
         self.state, self.state_since, self._attempt_scope = S.WAITING, trio.current_time(), None
         async with self.bus.subscribe(PresenceChanged, Distance, buffer=512) as events, \
                 trio.open_nursery() as nursery:
+            if self.recorder is not None:
+                await nursery.start(self.recorder.run)
             nursery.start_soon(self._watch, events)
             task_status.started()
             await self._serve()
@@ -311,11 +317,8 @@ class IdentifyFlow:
         self.decisions += 1
         if decision.outcome == "identified":
             await self._act(decision)
-        if self.people is not None:  # to the controller through the outbox, after the person is served
-            try:
-                await self.people.record_decision(decision)
-            except (VaultError, sqlite3.Error, OSError) as exc:  # the gate keeps serving without it
-                event(log, "decision not recorded", outcome=decision.outcome, error=error_text(exc))
+        if self.recorder is not None:  # to the controller through the outbox, written off this path
+            self.recorder.record(decision)
         if decision.reason == "hand removed":
             self._goto(S.WAITING)
             return

@@ -33,7 +33,7 @@ Every vault write here waits for another process holding the vault's write lock 
 shell, a backup) in short steps (``palmnode.vault.steps``), up to the vault's busy timeout: a stop
 meanwhile is served within a step with nothing written, and past the timeout the write raises
 ``VaultBusy`` as one wait did (an enrolment or deletion is answered as failed, a sync asks again, the
-identify flow logs its decision not recorded). A deletion is answered done only once it is committed.
+identify flow's recorder, which writes its decisions off the flow's path, logs the decision not recorded). A deletion is answered done only once it is committed.
 """
 from __future__ import annotations
 
@@ -333,10 +333,13 @@ class People:
         return present or removed > 0
 
     # ---- decisions for the controller ----------------------------------------------------------
-    async def record_decision(self, decision: Decision) -> None:
+    async def record_decision(self, decision: Decision, *, timeout_s: float | None = None) -> bool:
         """An ``identified`` or ``unknown`` decision as an outbox event for the store controller
         (at least once, across restarts; a person's undelivered events go when they are deleted).
-        Retries are the gate's business only and are not recorded."""
+        Retries are the gate's business only and are not recorded. Waits in steps for another
+        process's write lock up to ``timeout_s`` (default: the vault's busy timeout; 0: one step),
+        then VaultBusy. True when the event was queued. The identify flow calls it through its
+        ``DecisionRecorder``, off its path."""
         if decision.outcome == "identified":
             kind, data = "identified", {"person_id": decision.person_id, "palm": decision.palm,
                                         "score": float(decision.score or 0.0),
@@ -345,12 +348,15 @@ class People:
             kind, data = "unknown", {"latency_ms": round(float(decision.latency_ms), 1),
                                      "reason": decision.reason or "no match"}
         else:
-            return
+            return False
         # a person deleted while they were being served (a payment waits for the controller) is
         # not written back: their decision is dropped
-        queued = await self._in_steps(self.vault.append_event, kind, data, enrolled_only=True, wait=STEP_S)
-        if queued is not None:
-            self._appended()
+        append = functools.partial(self.vault.append_event, kind, data, enrolled_only=True, wait=STEP_S)
+        queued = await in_vault_steps(append, self.vault.busy_timeout if timeout_s is None else timeout_s)
+        if queued is None:
+            return False
+        self._appended()
+        return True
 
     # ---- look-ups ------------------------------------------------------------------------------
     async def card_digest(self, person_id: str) -> bytes | None:

@@ -32,7 +32,7 @@ from palmnode.gate.events import (
     PersonDeleted,
     PersonEnrolled,
 )
-from palmnode.gate.identify import IdentifyPolicy, second_look_penalty
+from palmnode.gate.identify import IdentifyPolicy, IdentifyState, second_look_penalty
 from palmnode.gate.modes import ChargeResult, GateMode
 from palmnode.gate.people import Forgotten
 from palmnode.logs import JsonFormatter
@@ -40,6 +40,7 @@ from palmnode.sim import scenario as sc
 from palmnode.vault import EnrolledPalm
 from tests.conftest import wait_for
 from tests.gate.conftest import TARGET_FMR, hover, start_identify
+from tests.gate.test_people import write_locked
 
 PERSON, STRANGER = 201, 377
 
@@ -595,3 +596,33 @@ async def test_a_hand_moved_as_told_after_a_placement_retry_is_served_without_li
             gate.hand.absent()
     assert first.outcome == "retry" and first.reason == "move your hand a little closer", first
     assert decisions[-1].outcome == "unknown", decisions
+
+
+async def test_people_are_served_while_another_process_holds_the_vault_and_their_decisions_follow(
+        rig, nursery, threshold):
+    """Another process holds the vault's write lock (an operator's sqlite3 shell on the live vault,
+    a backup). The flow wrote each decision to the outbox itself after serving the person, so every
+    next person waited up to the busy timeout (5 s) behind it, and past it the decision was lost.
+    Now the flow hands it to its recorder and serves on: two people identified back to back, the
+    flow out of DECIDED at once each time, and both decisions in the outbox, in order, once the
+    other process lets go."""
+    first = await rig.people.enrol(None, None, {"right": [rendered_template(PERSON)]})
+    second = await rig.people.enrol(None, None, {"right": [rendered_template(STRANGER)]})
+    flow = await start_identify(rig, nursery, threshold)
+    async with rig.node.bus.subscribe(Decision, buffer=256) as events, \
+            rig.node.bus.subscribe(Decision, buffer=256) as every:
+        with write_locked(rig.vault.path) as other:
+            for person in (first, second):
+                decision = await present(rig, events, PERSON if person is first else STRANGER, until="identified")
+                assert decision.outcome == "identified" and decision.person_id == person.person_id, decision
+                # served: on to LEAVING at once (it sat in DECIDED for the write, up to the 5 s busy timeout)
+                await wait_for(lambda: flow.state is not IdentifyState.DECIDED, timeout=2)
+            assert [e.kind for e in rig.vault.pending_events()] == ["enrolled", "enrolled"]  # nothing written yet
+            other.execute("COMMIT")
+            await wait_for(lambda: flow.recorder.waiting == 0, timeout=2)
+        decided = [(d.outcome, d.person_id, round(d.latency_ms, 1)) for d in await drained(every)
+                   if d.outcome != "retry"]
+    recorded = [(e.kind, e.data.get("person_id"), e.data["latency_ms"]) for e in rig.vault.pending_events()
+                if e.kind != "enrolled"]
+    assert recorded == decided and ("identified", second.person_id) in [r[:2] for r in recorded[-1:]], recorded
+    assert flow.recorder.unrecorded == {}
