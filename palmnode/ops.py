@@ -385,7 +385,7 @@ class NodeOps:
     # ---- events for the controller -------------------------------------------------------------
     async def report(self, ctx: ChildContext) -> None:
         """Actor: device health → outbox events (delivered by the link). Decisions are recorded by
-        the identify flow itself (``People.record_decision``), in the same step that makes them.
+        the identify flow's own recorder task (``gate/recorder.py``, ``People.record_decision``).
 
         It starts by recording every device's state as it is (a change before it subscribed, at
         boot or while it restarted, would never reach the controller), then each change."""

@@ -333,6 +333,7 @@ async def _stats(session: Session, args: tuple[str, ...]) -> Reply:
     result = {
         "latency_ms": latency,
         "decisions": by_label("palmnode_decisions_total", "outcome"),
+        "decisions_unrecorded": by_label("palmnode_decisions_unrecorded_total", "reason"),
         "retries": by_label("palmnode_retries_total", "reason"),
         "enrolments": by_label("palmnode_enrolments_total", "result"),
         "deletions": metrics.value("palmnode_deletions_total"),
@@ -346,7 +347,8 @@ async def _stats(session: Session, args: tuple[str, ...]) -> Reply:
         lines += ["  " + row for row in _table(rows)]
     else:
         lines.append("  no decisions yet")
-    for title, key in (("decisions", "decisions"), ("retries", "retries"), ("enrolments", "enrolments")):
+    for title, key in (("decisions", "decisions"), ("decisions not recorded", "decisions_unrecorded"),
+                       ("retries", "retries"), ("enrolments", "enrolments")):
         counts = result[key]
         shown = ", ".join(f"{k or '-'} {_count(v)}" for k, v in sorted(counts.items())) or "none"
         lines.append(f"{title}: {shown}")

@@ -231,6 +231,7 @@ async def test_stats_from_metrics_and_gallery(node, connect, target):
     m.observe("palmnode_identify_latency_ms", 80, outcome="unknown")
     m.inc("palmnode_decisions_total", 5, outcome="identified")
     m.inc("palmnode_decisions_total", outcome="unknown")
+    m.inc("palmnode_decisions_unrecorded_total", 2, reason="vault")
     m.inc("palmnode_enrolments_total", 2, result="ok")
     m.inc("palmnode_deletions_total")
     client = await connect()
@@ -242,6 +243,7 @@ async def test_stats_from_metrics_and_gallery(node, connect, target):
     assert result["decisions"] == {"identified": 5, "unknown": 1}
     assert result["enrolments"] == {"ok": 2} and result["deletions"] == 1
     assert "identified  5" in stats["text"] and "decisions: identified 5, unknown 1" in stats["text"]
+    assert result["decisions_unrecorded"] == {"vault": 2} and "decisions not recorded: vault 2" in stats["text"]
 
     if target.gallery is None:  # a node without a vault has none
         _, gallery = await client.call("gallery")
