@@ -661,3 +661,44 @@ async def test_a_sigterm_while_a_device_health_record_waits_for_the_vault_stops_
     assert "node stopping" in said and said[-1] == "node stopped", said
     _, outbox = _charge_and_outbox(Path(cfg.vault.path), load_keys(Path(cfg.vault.key_file)))
     assert ("device_health", {"name": "camera", "state": "ready"}) not in outbox  # the blocked write: not written
+
+
+async def test_a_sigterm_while_decisions_wait_for_the_vault_stops_the_node_at_once(tmp_path, caplog):
+    """Decisions handed to the identify flow's recorder while another process holds the vault's
+    write lock (an sqlite3 shell on the live vault) wait for it in 0.1 s steps: a real SIGTERM
+    meanwhile stops the node within a step, and one line says how many were not recorded."""
+    import os
+    import signal
+    import time
+
+    from palmnode.gate.events import Decision
+    from palmnode.node import Node
+    from palmnode.vault import load_keys
+
+    caplog.set_level(logging.INFO, logger="palmnode")
+    cfg, other = _held_vault(tmp_path)
+    other.execute("COMMIT")  # free at start
+    node = Node(cfg)
+    try:
+        async with serving(node) as served:
+            await wait_for(lambda: node.supervisor is not None and node.identify is not None, timeout=5)
+            await wait_for(lambda: node.health.gate is not None, timeout=5)
+            other.execute("BEGIN IMMEDIATE")
+            for n in range(3):   # as the flow hands them over after serving each person
+                node.identify.recorder.record(Decision("unknown", None, None, 0.2, "no match", 100.0 + n, "entry", 1.0))
+            await trio.sleep(0.3)  # the first one's write meets the lock
+            started = time.monotonic()
+            os.kill(os.getpid(), signal.SIGTERM)
+            with trio.fail_after(4):
+                await served.wait()
+            stopped = time.monotonic() - started
+    finally:
+        if other.in_transaction:
+            other.execute("COMMIT")
+        other.close()
+    assert stopped < 2.0, f"the stop took {stopped:.2f} s"  # a step is 0.1 s; the busy timeout 5 s
+    said = [r for r in caplog.records if r.getMessage().startswith("decisions not recorded")]
+    assert [r.fields for r in said] == [{"count": 3}]
+    assert node.metrics.value("palmnode_decisions_unrecorded_total", reason="stopped") == 3
+    _, outbox = _charge_and_outbox(Path(cfg.vault.path), load_keys(Path(cfg.vault.key_file)))
+    assert not [kind for kind, _ in outbox if kind == "unknown"]
