@@ -87,8 +87,8 @@ async def _served_then_deleted(nursery, folder: Path) -> tuple[Node, dict, trio.
     }
     del answer, person, frame, row
     # the hand has gone and its decision reached the controller: the deletion is the last thing
-    await wait_for(lambda: node.identify.state is IdentifyState.WAITING and not node.vault.pending_events(),
-                   timeout=10.0)
+    await wait_for(lambda: node.identify.state is IdentifyState.WAITING and node.identify.recorder.waiting == 0
+                   and not node.vault.pending_events(), timeout=10.0)
     session = await trio.open_unix_socket(str(folder / "repl.sock"))
     await session.send_all(encode_request("delete", "id", "".join(person_id)))
     del person_id
