@@ -98,6 +98,7 @@ async def test_events_of_a_time_the_controller_was_away_arrive_once(nursery, tmp
 
     decisions = [(await arrive(gate, node, STRANGER + k))[-1] for k in range(3)]
     assert all(d.outcome == "unknown" for d in decisions)
+    await wait_for(lambda: node.identify.recorder.waiting == 0, timeout=5.0)  # written off the flow's path
     assert len(node.vault.pending_events(limit=100)) >= 3
 
     second = controller_for(tmp_path, port=port)  # back on the same address, same record
