@@ -40,6 +40,14 @@ def interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def check() -> None:
+    """Raise KeyboardInterrupt if a Ctrl-C was noted (by :func:`interrupt`): a long command calls it
+    between its stages and before it writes its results, so one that C code swallowed stops it
+    there instead of after a whole run (``palmnode eval`` wrote its plots once in CI)."""
+    if signal.SIGINT in _noted:
+        raise KeyboardInterrupt
+
+
 def hold() -> None:
     """Note Ctrl-C and SIGTERM from now on, for ``release()``."""
     for signum in STOP_SIGNALS:

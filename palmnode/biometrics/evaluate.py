@@ -686,6 +686,7 @@ def sheet_keys(keys: Sequence[SampleKey], tiles: int) -> set[SampleKey]:
 def run(options: EvalOptions, *, pipeline: Pipeline | None = None, scorer: Scorer | None = None,
         stream=None) -> dict:
     """The whole evaluation; returns the JSON report (plots are written to ``options.out``)."""
+    from palmnode import stopsignals
     from palmnode.biometrics import det_plot
 
     stream = sys.stderr if stream is None else stream
@@ -725,6 +726,7 @@ def run(options: EvalOptions, *, pipeline: Pipeline | None = None, scorer: Score
     enc = encode_all(dataset, pipeline, modality, keep_rois=wanted_rois,
                      debug_dir=debug_dir, stream=stream,
                      probe_variants=is_probe if with_variants else None)
+    stopsignals.check()  # a Ctrl-C C code swallowed: stop between the stages, before any plot
     report: dict[str, Any] = {
         "dataset": {"source": dataset.source, "samples": len(dataset.samples), "palms": len(dataset.subjects),
                     "sessions": sessions, "channels": list(dataset.channels), "modality": modality,
@@ -744,6 +746,7 @@ def run(options: EvalOptions, *, pipeline: Pipeline | None = None, scorer: Score
         calibration_scores = scores.impostor[mods[-1]]
         del scores
         stages["all_vs_all"] = round(time.monotonic() - started - sum(stages.values()), 2)
+        stopsignals.check()
     if run_cross:
         gkeys, gallery = enc.usable(lambda k: k.session == first)
         pkeys, probes = enc.probes(lambda k: k.session != first)
@@ -767,6 +770,7 @@ def run(options: EvalOptions, *, pipeline: Pipeline | None = None, scorer: Score
         report["cross_session"] = section
     elif protocol == "auto":
         report["cross_session"] = {"skipped": f"one session ({sessions[0]}): cross-session needs two"}
+    stopsignals.check()
     for name, det in curves_by_protocol.items():
         curves = {}
         for m, curve in det.items():

@@ -573,3 +573,32 @@ def test_ctrl_c_during_a_run_is_one_line_and_leaves_no_report(tmp_path):
     assert stderr.splitlines()[-1] == "palmnode eval: stopped by Ctrl-C", stderr[-2000:]
     assert stdout == ""
     assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_a_ctrl_c_swallowed_on_its_way_still_stops_the_run_before_any_plot(tmp_path, capsys):
+    """C code may clear the KeyboardInterrupt a Ctrl-C raises (CPython drops an exception raised
+    while some C calls run Python code): once in fresh-clone CI a Ctrl-C'd `palmnode eval` went on
+    to write its plots, then said it was stopped. Noted by stopsignals.interrupt, the Ctrl-C now
+    stops the run at its next stage, before any plot is written."""
+    from palmnode import stopsignals
+
+    folder = write_folder(tmp_path / "imgs")
+    calls = []
+
+    def swallowing(vein, surface):
+        calls.append(1)
+        if len(calls) == 3:
+            try:
+                stopsignals.interrupt(signal.SIGINT, None)
+            except KeyboardInterrupt:
+                pass  # what the C code did with it
+        return stub_pipeline(vein, surface)
+
+    try:
+        rc = ev.main([str(folder), "--out", str(tmp_path / "out")], pipeline=swallowing, scorer=AbsScorer())
+    finally:
+        stopsignals._noted.clear()
+    out, err = capsys.readouterr()
+    assert rc == 130 and out == ""
+    assert err.splitlines()[-1] == "palmnode eval: stopped by Ctrl-C"
+    assert list((tmp_path / "out").iterdir()) == []
