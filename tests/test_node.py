@@ -621,57 +621,15 @@ async def test_a_charge_left_in_flight_that_the_vault_refuses_past_the_busy_time
     assert _charge_and_outbox(path, keys) == (json.dumps(pending), [])
 
 
-async def test_a_sigterm_while_a_device_health_record_waits_for_the_vault_stops_the_node_at_once(tmp_path, caplog):
-    """A running node records each device state change in its vault (an outbox event for the
-    controller); with another process holding the vault's write lock (an sqlite3 shell on the
-    live vault) that write waited out SQLite's 5 s busy timeout in a worker thread trio cannot
-    cancel, so systemd's stop meanwhile came ~5 s late. It now waits in 0.1 s steps. A real
-    SIGTERM to this process, a real second connection holding the lock."""
+async def _sigterm_while_the_vault_is_held(tmp_path, caplog, hold_up) -> tuple:
+    """A node started on a free vault (devices absent); then another process takes the vault's write
+    lock (an sqlite3 shell on the live vault), ``hold_up(node)`` gives the node something to write,
+    and 0.3 s later (its write meets the lock) a real SIGTERM to this process. Returns the node, the
+    seconds from the SIGTERM to its stop, and the outbox after it as (kind, data)."""
     import os
     import signal
     import time
 
-    from palmnode.actors import DeviceStateChanged
-    from palmnode.node import Node
-    from palmnode.vault import load_keys
-
-    caplog.set_level(logging.INFO, logger="palmnode")
-    cfg, other = _held_vault(tmp_path)
-    other.execute("COMMIT")  # free at start
-    node = Node(cfg)
-    try:
-        async with serving(node) as served:
-            await wait_for(lambda: node.supervisor is not None and node.vault is not None, timeout=5)
-            await wait_for(lambda: node.health.gate is not None, timeout=5)
-            other.execute("BEGIN IMMEDIATE")
-            node.bus.publish(DeviceStateChanged("camera", DeviceState.LOST, DeviceState.READY, None,
-                                                trio.current_time()))
-            await trio.sleep(0.3)  # the report actor's write meets the lock
-            started = time.monotonic()
-            os.kill(os.getpid(), signal.SIGTERM)
-            with trio.fail_after(4):
-                await served.wait()
-            stopped = time.monotonic() - started
-    finally:
-        if other.in_transaction:
-            other.execute("COMMIT")
-        other.close()
-    assert stopped < 2.0, f"the stop took {stopped:.2f} s"  # a step is 0.1 s; ~5 s when the write waited in one go
-    said = [r.getMessage() for r in caplog.records]
-    assert "node stopping" in said and said[-1] == "node stopped", said
-    _, outbox = _charge_and_outbox(Path(cfg.vault.path), load_keys(Path(cfg.vault.key_file)))
-    assert ("device_health", {"name": "camera", "state": "ready"}) not in outbox  # the blocked write: not written
-
-
-async def test_a_sigterm_while_decisions_wait_for_the_vault_stops_the_node_at_once(tmp_path, caplog):
-    """Decisions handed to the identify flow's recorder while another process holds the vault's
-    write lock (an sqlite3 shell on the live vault) wait for it in 0.1 s steps: a real SIGTERM
-    meanwhile stops the node within a step, and one line says how many were not recorded."""
-    import os
-    import signal
-    import time
-
-    from palmnode.gate.events import Decision
     from palmnode.node import Node
     from palmnode.vault import load_keys
 
@@ -684,9 +642,8 @@ async def test_a_sigterm_while_decisions_wait_for_the_vault_stops_the_node_at_on
             await wait_for(lambda: node.supervisor is not None and node.identify is not None, timeout=5)
             await wait_for(lambda: node.health.gate is not None, timeout=5)
             other.execute("BEGIN IMMEDIATE")
-            for n in range(3):   # as the flow hands them over after serving each person
-                node.identify.recorder.record(Decision("unknown", None, None, 0.2, "no match", 100.0 + n, "entry", 1.0))
-            await trio.sleep(0.3)  # the first one's write meets the lock
+            hold_up(node)
+            await trio.sleep(0.3)  # its write meets the lock
             started = time.monotonic()
             os.kill(os.getpid(), signal.SIGTERM)
             with trio.fail_after(4):
@@ -696,9 +653,38 @@ async def test_a_sigterm_while_decisions_wait_for_the_vault_stops_the_node_at_on
         if other.in_transaction:
             other.execute("COMMIT")
         other.close()
+    said = [r.getMessage() for r in caplog.records]
+    assert "node stopping" in said and said[-1] == "node stopped", said
+    _, outbox = _charge_and_outbox(Path(cfg.vault.path), load_keys(Path(cfg.vault.key_file)))
+    return node, stopped, outbox
+
+
+async def test_a_sigterm_while_a_device_health_record_waits_for_the_vault_stops_the_node_at_once(tmp_path, caplog):
+    """A running node records each device state change in its vault (an outbox event for the
+    controller); with another process holding the vault's write lock that write waited out
+    SQLite's 5 s busy timeout in a worker thread trio cannot cancel, so systemd's stop meanwhile
+    came ~5 s late. It now waits in 0.1 s steps."""
+    from palmnode.actors import DeviceStateChanged
+
+    _, stopped, outbox = await _sigterm_while_the_vault_is_held(tmp_path, caplog, lambda node: node.bus.publish(
+        DeviceStateChanged("camera", DeviceState.LOST, DeviceState.READY, None, trio.current_time())))
+    assert stopped < 2.0, f"the stop took {stopped:.2f} s"  # a step is 0.1 s; ~5 s when the write waited in one go
+    assert ("device_health", {"name": "camera", "state": "ready"}) not in outbox  # the blocked write: not written
+
+
+async def test_a_sigterm_while_decisions_wait_for_the_vault_stops_the_node_at_once(tmp_path, caplog):
+    """Decisions handed to the identify flow's recorder while another process holds the vault's
+    write lock wait for it in 0.1 s steps: a real SIGTERM meanwhile stops the node within a step,
+    and one line says how many were not recorded."""
+    from palmnode.gate.events import Decision
+
+    def three_decisions(node) -> None:
+        for n in range(3):   # as the flow hands them over after serving each person
+            node.identify.recorder.record(Decision("unknown", None, None, 0.2, "no match", 100.0 + n, "entry", 1.0))
+
+    node, stopped, outbox = await _sigterm_while_the_vault_is_held(tmp_path, caplog, three_decisions)
     assert stopped < 2.0, f"the stop took {stopped:.2f} s"  # a step is 0.1 s; the busy timeout 5 s
     said = [r for r in caplog.records if r.getMessage().startswith("decisions not recorded")]
     assert [r.fields for r in said] == [{"count": 3}]
     assert node.metrics.value("palmnode_decisions_unrecorded_total", reason="stopped") == 3
-    _, outbox = _charge_and_outbox(Path(cfg.vault.path), load_keys(Path(cfg.vault.key_file)))
     assert not [kind for kind, _ in outbox if kind == "unknown"]
