@@ -1,6 +1,7 @@
 """Shared fixtures: a virtual gate in a temporary folder, and a node wired to it."""
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Awaitable, Callable
 
@@ -131,6 +132,18 @@ def reach_moment(proc, moment: str, timeout: float = 30.0) -> None:
             raise ValueError(moment)
         time.sleep(0.0005)
     raise AssertionError(f"the process never reached the moment {moment!r}")
+
+
+@contextlib.contextmanager
+def reaped(proc):
+    """``proc`` (a ``subprocess.Popen``) for the block; killed and waited for after it if still
+    running, so a failed assertion leaves no process behind."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def run_with_file_size_limit(code: str, limit: int = 4096):

@@ -13,7 +13,7 @@ import pytest
 
 from palmnode import cli
 from palmnode.bench import free_port
-from tests.conftest import AS_SOON_AS_CAUGHT, WHILE_IMPORTING, reach_moment
+from tests.conftest import AS_SOON_AS_CAUGHT, WHILE_IMPORTING, reach_moment, reaped
 
 DEVICES = ("proximity", "card_reader", "illuminator", "camera")
 SCENARIO = """
@@ -833,14 +833,10 @@ def test_a_stop_asked_while_the_node_starts_ends_it_as_one_asked_later(tmp_path,
     from palmnode.vault import Vault, load_keys
 
     node = palmnode("run", "--config", str(node_config(tmp_path)))  # devices absent: LOST, reopened
-    try:
+    with reaped(node):
         reach_moment(node, moment)
         node.send_signal(signum)
         out, err = node.communicate(timeout=30)
-    finally:
-        if node.poll() is None:
-            node.kill()
-            node.communicate()
     assert node.returncode == 0, (node.returncode, err[-3000:])
     assert "Traceback" not in err
     lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
@@ -866,7 +862,7 @@ def test_a_stop_at_any_moment_of_palmnode_sim_is_a_clean_stop(tmp_path, signum, 
     line naming the signal, exit 130 for Ctrl-C and 0 for SIGTERM, no traceback."""
     run_dir = tmp_path / "sim"
     sim = palmnode("sim", "--run-dir", str(run_dir), "--camera-port", "0")
-    try:
+    with reaped(sim):
         if moment == SERVING:
             assert json.loads(sim.stdout.readline())["proximity"] == str(run_dir / "proximity")
             assert (run_dir / "proximity").is_symlink()
@@ -874,10 +870,6 @@ def test_a_stop_at_any_moment_of_palmnode_sim_is_a_clean_stop(tmp_path, signum, 
             reach_moment(sim, moment)
         sim.send_signal(signum)
         out, err = sim.communicate(timeout=30)
-    finally:
-        if sim.poll() is None:
-            sim.kill()
-            sim.communicate()
     assert sim.returncode == (130 if signum == signal.SIGINT else 0), (sim.returncode, err[-3000:])
     assert "Traceback" not in err
     last = json.loads(err.splitlines()[-1])

@@ -14,7 +14,7 @@ import pytest
 from palmnode.actors import HealthRegistry
 from palmnode.demo import Summary, report
 from palmnode.devices.session import CounterMirror
-from tests.conftest import AS_SOON_AS_CAUGHT, WHILE_IMPORTING, reach_moment
+from tests.conftest import AS_SOON_AS_CAUGHT, WHILE_IMPORTING, reach_moment, reaped
 
 def demo(*args: str, tmp) -> subprocess.Popen:
     env = dict(os.environ, TMPDIR=str(tmp))  # the demo's temporary folder lands where we can look
@@ -48,7 +48,7 @@ def test_a_stop_at_any_moment_of_the_demo_leaves_nothing_behind(tmp_path, signum
     moment (palmnode/stopsignals.py, as `palmnode run`) and served as its stop: everything it made
     removed, one line naming the signal, exit 130 for Ctrl-C and 0 for SIGTERM, no traceback."""
     proc = demo("--people", "3", "--arrivals", "4", tmp=tmp_path)
-    try:
+    with reaped(proc):
         if moment == ENROLLING:
             deadline = time.monotonic() + 60
             line = ""
@@ -61,10 +61,6 @@ def test_a_stop_at_any_moment_of_the_demo_leaves_nothing_behind(tmp_path, signum
             reach_moment(proc, moment)
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == (130 if signum == signal.SIGINT else 0), (proc.returncode, err[-3000:])
     assert "Traceback" not in err
     name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"

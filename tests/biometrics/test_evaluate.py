@@ -17,6 +17,7 @@ import pytest
 from palmnode.biometrics import evaluate as ev
 from palmnode.biometrics import metrics
 from palmnode.biometrics.dataset import SampleKey
+from tests.conftest import reaped
 
 
 class AbsScorer:
@@ -560,14 +561,10 @@ def test_ctrl_c_during_a_run_is_one_line_and_leaves_no_report(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "palmnode.cli", "eval", "--synthetic", "60", "--out", str(out)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with reaped(proc):
         assert proc.stderr.readline().startswith("eval: 360 samples of 60 palms")
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr
     assert stderr.splitlines()[-1] == "palmnode eval: stopped by Ctrl-C", stderr[-2000:]
