@@ -362,8 +362,17 @@ class Repl:
             self.errors += 1
             print(f"error: cannot write {path}: {exc.strerror} (the image was not kept)", file=self.out)
             return
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        except BaseException as exc:  # a full disk (or a Ctrl-C) mid-write: no cut-off PNG is left
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            if not isinstance(exc, OSError):
+                raise
+            self.errors += 1
+            print(f"error: cannot write {path}: {exc.strerror} (the image was not kept)", file=self.out)
+            return
         print(f"{text or 'ROI'} saved to {path}", file=self.out, flush=True)
 
     # -- line by line

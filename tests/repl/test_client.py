@@ -460,3 +460,35 @@ def test_a_node_that_hangs_up_with_a_request_unread_is_a_one_line_error():
             conn.read()
     finally:
         conn.close()
+
+
+async def test_a_capture_the_disk_cannot_hold_is_one_line_and_leaves_no_cut_off_png(node, gate, repl_path, tmp_path):
+    """A full disk in the middle of writing a capture's PNG raised out of the client (a traceback,
+    the session gone) and left the PNG cut off under its name. Now it is one error line, nothing is
+    left under the name, and the session goes on. The kernel's own refusal: the client runs with
+    RLIMIT_FSIZE below the PNG's size, as a disk that fills up mid-file."""
+    import resource
+    import signal
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+
+    await wait_for(lambda: node.health is not None and node.health.gate is GateState.READY, timeout=5)
+    gate.hand.present(5)
+    gate.hand.distance_mm = 150.0
+    process = await trio.lowlevel.open_process(client_command(repl_path), stdin=subprocess.PIPE,
+                                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path,
+                                               env={**os.environ, "HOME": str(tmp_path)}, preexec_fn=small_files)
+    out = Output(process.stdout)
+    try:
+        await process.stdin.send_all(b"capture roi.png\nhealth\n")
+        await process.stdin.aclose()
+        text = await out.rest()
+        assert await process.wait() == 1, text  # one command failed
+    finally:
+        process.kill()
+    lines = text.splitlines()
+    assert "error: cannot write roi.png: File too large (the image was not kept)" in lines, text
+    assert "Traceback" not in text and "gate READY" in lines  # the session went on
+    assert not (tmp_path / "roi.png").exists()
