@@ -261,6 +261,7 @@ MAX_SEARCH_THREADS = 16
 #: someone; below 1e-15 (FPIR 1e-6 at a billion palms) the threshold lies decades beyond any
 #: impostor score a calibration measured (the shipped one: 1 in 8.9M)
 TARGET_FMRS = (1e-15, 1e-3)
+VEIN_FMRS = (1e-6, 1e-3)  # [gate] vein_fmr, or 0 (no vein check)
 
 
 @attrs.frozen
@@ -274,6 +275,10 @@ class GateConfig:
     calibration: str = str(SHIPPED_CALIBRATION)
     #: per-comparison false-match rate the threshold is set for (1e-9: a million palms, FPIR ~1e-3)
     target_fmr: float = 1e-9
+    #: the vein check: a person is identified only when the vein similarity alone also reaches the
+    #: calibration's vein impostor tail at this false-match rate (a print or a screen of a palm
+    #: shows its lines, not its veins: docs/flows.md, "The vein check"); 0 turns the check off
+    vein_fmr: float = 1e-3
     on_duplicate: str = "refuse"       # enrolling a palm already enrolled: refuse | link
     #: threads one 1:N search is split over (docs/engine.md, "Threads"): 2 on a gate whose second
     #: core is otherwise idle refuses a stranger at 1M palms ~1.5x sooner
@@ -512,6 +517,9 @@ def _check_gate(gate: GateConfig, where: str) -> None:
     if not TARGET_FMRS[0] <= gate.target_fmr <= TARGET_FMRS[1]:
         raise ConfigError(f"{where} target_fmr: must be {TARGET_FMRS[0]:g} to {TARGET_FMRS[1]:g} (false matches "
                           f"per comparison), got {gate.target_fmr!r}")
+    if gate.vein_fmr != 0 and not VEIN_FMRS[0] <= gate.vein_fmr <= VEIN_FMRS[1]:
+        raise ConfigError(f"{where} vein_fmr: must be {VEIN_FMRS[0]:g} to {VEIN_FMRS[1]:g} (vein false matches per "
+                          f"comparison), or 0 for no vein check, got {gate.vein_fmr!r}")
     if gate.on_duplicate not in ("refuse", "link"):
         raise ConfigError(f"{where} on_duplicate: must be refuse or link, got {gate.on_duplicate!r}")
     if not 1 <= gate.search_threads <= MAX_SEARCH_THREADS:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -119,6 +120,7 @@ class Node:
             calibration = Calibration.from_json(Path(cfg.gate.calibration).read_text())
             self.threshold = calibration.decision_threshold(cfg.gate.target_fmr)
             look_penalty = second_look_penalty(calibration, cfg.gate.target_fmr)
+            vein_floor = vein_check_floor(calibration, cfg.gate.vein_fmr)
         except (OSError, ValueError) as exc:
             why = (exc.strerror or exc) if isinstance(exc, OSError) else exc
             raise GateSetupError(f"calibration {cfg.gate.calibration}: {why}", config=True) from None
@@ -166,7 +168,7 @@ class Node:
                                      config=True) from None
         self.identify = IdentifyFlow(self.bus, capturer, self.gallery, people=self.people, modes=self.modes,
                                      charge=self.ops.charge, metrics=self.metrics,
-                                     policy=IdentifyPolicy(threshold=self.threshold,
+                                     policy=IdentifyPolicy(threshold=self.threshold, vein_floor=vein_floor,
                                                            second_look_penalty=look_penalty))
         self.enrol = EnrolFlow(self.bus, capturer, self.gallery, self.people, metrics=self.metrics,
                                policy=EnrolPolicy(agree_threshold=calibration.decision_threshold(1e-4),
@@ -174,6 +176,7 @@ class Node:
                                                   second_look_penalty=look_penalty,
                                                   on_duplicate=cfg.gate.on_duplicate))
         event(log, "gate ready to identify", palms=palms, threshold=round(self.threshold, 4),
+              vein_floor=None if vein_floor == -math.inf else round(vein_floor, 4),
               second_look_penalty=round(look_penalty, 4),
               target_fmr=cfg.gate.target_fmr, mode=self.modes.current.mode)
         specs = [ChildSpec("report", self.ops.report, signals_started=True),
@@ -303,6 +306,19 @@ def _lasting(exc: VaultError | OSError) -> bool:
     """The vault's error meets a restart unchanged (VaultError.reason: damaged, unknown schema, not
     writable, the key), so only an operator can cure it."""
     return exc.lasting if isinstance(exc, VaultError) else lasting(exc)
+
+
+def vein_check_floor(calibration: Calibration, vein_fmr: float) -> float:
+    """The identify flow's vein floor (IdentifyPolicy.vein_floor): the calibration's vein impostor
+    tail at ``vein_fmr``; -inf (no check) when ``vein_fmr`` is 0. ValueError (one line) for a
+    calibration without a vein tail: made before the check, or on one modality."""
+    if vein_fmr == 0:
+        return -math.inf
+    if calibration.vein is None:
+        raise ValueError("it has no vein impostor tail for the vein check (made before it, or on one modality): "
+                         "remake it with `palmnode eval --calibration-out` on both modalities, or set [gate] "
+                         "vein_fmr = 0 to identify without the vein check")
+    return calibration.vein.decision_threshold(vein_fmr)
 
 
 class GateSetupError(Exception):

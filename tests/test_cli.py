@@ -9,10 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+import attrs
 import pytest
 
 from palmnode import cli
 from palmnode.bench import free_port
+from palmnode.biometrics.matcher import Calibration
+from palmnode.config import SHIPPED_CALIBRATION
 from tests.conftest import AS_SOON_AS_CAUGHT, WHILE_IMPORTING, reach_moment, reaped
 
 DEVICES = ("proximity", "card_reader", "illuminator", "camera")
@@ -341,6 +344,10 @@ def _damage(tmp_path: Path, what: str) -> tuple[tuple[str, str], ...]:
         return (("[metrics]", f'[debug]\ncapture_dir = "{tmp_path}/var/captures"\n\n[metrics]'),)
     elif what == "calibration missing":
         return (('on_duplicate = "refuse"', f'on_duplicate = "refuse"\ncalibration = "{tmp_path}/none.json"'),)
+    elif what == "calibration without a vein tail":   # made before the vein check, or on one modality
+        fused_only = Calibration.from_json(SHIPPED_CALIBRATION.read_text())
+        (tmp_path / "old.json").write_text(attrs.evolve(fused_only, vein=None).to_json())
+        return (('on_duplicate = "refuse"', f'on_duplicate = "refuse"\ncalibration = "{tmp_path}/old.json"'),)
     elif what == "REPL socket path too long":
         return ((f'socket_path = "{run}/repl.sock"', f'socket_path = "{tmp_path / ("d" * 120) / "repl.sock"}"'),)
     else:
@@ -411,6 +418,10 @@ def _spoil_vault(run: Path, what: str) -> None:
                             "damaged: restore it from a backup"),
     ("vault is a folder", "vault {run}/vault.db: vault {run}/vault.db is a folder, not a file"),
     ("calibration missing", "calibration {tmp}/none.json: No such file or directory"),
+    ("calibration without a vein tail", "calibration {tmp}/old.json: it has no vein impostor tail for the vein "
+                                        "check (made before it, or on one modality): remake it with `palmnode eval "
+                                        "--calibration-out` on both modalities, or set [gate] vein_fmr = 0 to "
+                                        "identify without the vein check"),
     ("debug capture folder under a file", "debug capture folder {tmp}/var/captures: Not a directory"),
     ("REPL socket path too long", "{tmp}/node.toml [repl]: socket_path {tmp}/ddd"),
 ])

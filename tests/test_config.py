@@ -161,7 +161,7 @@ BAD_VALUES = {
                             "sampling_interval_ms": 0, "baudrate": 0},
     "devices.camera": {"width": 0, "height": -480, "fps": 0, "exposure": math.inf, "gain": math.nan},
     "supervision": {"intensity": -1, "period_s": 0, "backoff_initial_s": 0, "backoff_max_s": 0.05},
-    "gate": {"amount_cents": 0, "target_fmr": 1.5, "search_threads": 17},
+    "gate": {"amount_cents": 0, "target_fmr": 1.5, "vein_fmr": -0.001, "search_threads": 17},
     "controller": {"port": 70000},
     "repl": {"max_sessions": 65, "idle_timeout_s": 0},
     "metrics": {"port": 0},
@@ -222,7 +222,7 @@ TOO_LARGE = {
     "devices.camera": {"width": 1_000_000_000, "height": 1_000_000_000, "fps": 100_000, "exposure": 1e9,
                        "gain": 1e9},
     "supervision": {"intensity": 1_000_000_000, "period_s": 1e9, "backoff_initial_s": 1e9, "backoff_max_s": 1e9},
-    "gate": {"amount_cents": 2**63, "target_fmr": 0.01, "search_threads": 1000},
+    "gate": {"amount_cents": 2**63, "target_fmr": 0.01, "vein_fmr": 0.01, "search_threads": 1000},
     "controller": {"port": 70000},
     "repl": {"max_sessions": 100_000, "idle_timeout_s": 1e9},
     "metrics": {"port": 65536},
@@ -342,6 +342,9 @@ def test_a_thresholds_file_needs_a_table(tmp_path):
      "[devices.card_reader] token_key_file: must not be empty"),
     ('port = "/tmp/palmnode-sim/proximity"', 'port = ""', "[devices.proximity] port: must not be empty"),
     ('search_threads = 1', 'search_threads = 1\ncalibration = ""', "[gate] calibration: must not be empty"),
+    ('vein_fmr = 1e-3', 'vein_fmr = 0.5', "[gate] vein_fmr: must be 1e-06 to 0.001 (vein false matches per comparison), "
+                                          "or 0 for no vein check, got 0.5"),
+    ('vein_fmr = 1e-3', 'vein_fmr = nan', "[gate] vein_fmr: must be a finite number, got nan"),
     # nan or inf passed every check and reached a sleep or a backoff: an actor that crashes or never wakes
     ("frame_rate_hz = 100", "frame_rate_hz = 100\nread_interval_s = nan",
      "[devices.proximity] read_interval_s: must be a finite number, got nan"),

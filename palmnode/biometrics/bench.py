@@ -239,6 +239,32 @@ def gallery_of(recs: np.ndarray, sigs: np.ndarray, threads: int = 1, ids: list[s
     return g
 
 
+def surface_replicas(probes: list[tuple[int, ProbeTemplates]], enrol: dict[int, PalmTemplate]) -> dict:
+    """The gate's vein check (docs/flows.md) against perfect surface replicas: each probe's own
+    surface code with the vein code of the next probe of another palm, every variant, against the
+    probe's own enrolment; how many reach the decision threshold, and how many also the shipped
+    calibration's vein floor at the default ``[gate] vein_fmr``. Genuine probes beside them."""
+    from palmnode.node import vein_check_floor
+
+    threshold = decision_threshold()
+    floor = vein_check_floor(matcher.Calibration.from_json(SHIPPED_CALIBRATION.read_text()), GateConfig().vein_fmr)
+    genuine, replica = [], []
+    for k, (i, p) in enumerate(probes):
+        other = next(q for j, q in probes[k + 1:] + probes[:k] if j != i)   # the next other palm's probe
+        n = min(len(p.templates), len(other.templates))
+        mixed = ProbeTemplates(tuple(PalmTemplate(surface=a.surface, vein=b.vein)
+                                     for a, b in zip(p.templates[:n], other.templates[:n])), p.variants[:n])
+        genuine.append(matcher.match_probe(p, enrol[i]))
+        replica.append(matcher.match_probe(mixed, enrol[i]))
+
+    def accepted(scores, vein_check: bool) -> int:
+        return sum(s.fused >= threshold and (not vein_check or s.vein >= floor) for s in scores)
+    return {"probes": len(probes), "decision_threshold": threshold, "vein_floor": floor,
+            "genuine_accepted": accepted(genuine, False), "genuine_accepted_with_vein_check": accepted(genuine, True),
+            "replicas_accepted": accepted(replica, False), "replicas_accepted_with_vein_check": accepted(replica, True),
+            "replica_fused_max": max(s.fused for s in replica), "replica_vein_max": max(s.vein for s in replica)}
+
+
 def numpy_search(q_bits: np.ndarray, q_mask: np.ndarray, bits: np.ndarray, masks: np.ndarray, k: int = 5):
     """Exhaustive masked Hamming (no shifts) in NumPy, in chunks: the plain-NumPy 1:N baseline."""
     best = []
@@ -390,6 +416,8 @@ def main(args: argparse.Namespace | None = None) -> dict:
     out["match_probe_1to1_us"] = median_ms(lambda: matcher.match_probe(a, b), 1000) * 1e3
     out["probe_variants"] = len(a)
     out["template_bytes"] = len(a.base.to_bytes())
+    out["vein_check"] = surface_replicas(probes, enrol)
+    log("vein check", json.dumps(out["vein_check"]))
 
     src_recs = matcher.pack_records(src_t)[0]
     src_sigs = signatures_of(src_recs)

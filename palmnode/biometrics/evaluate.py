@@ -743,7 +743,7 @@ def run(options: EvalOptions, *, pipeline: Pipeline | None = None, scorer: Score
         curves_by_protocol["all_vs_all"] = {}
         report["all_vs_all"] = _section(enc.keys, enc.outcomes, lambda k: True, keys, scores, mods,
                                         curves_by_protocol["all_vs_all"])
-        calibration_scores = scores.impostor[mods[-1]]
+        calibration_scores = scores.impostor[mods[-1]], scores.impostor.get("vein") if mods[-1] == "fused" else None
         del scores
         stages["all_vs_all"] = round(time.monotonic() - started - sum(stages.values()), 2)
         stopsignals.check()
@@ -757,7 +757,7 @@ def run(options: EvalOptions, *, pipeline: Pipeline | None = None, scorer: Score
         curves_by_protocol["cross_session"] = {}
         section = _section([k for k, _ in probe_side], [o for _, o in probe_side], lambda k: False,
                            pkeys, scores, mods, curves_by_protocol["cross_session"])
-        calibration_scores = scores.impostor[mods[-1]]
+        calibration_scores = scores.impostor[mods[-1]], scores.impostor.get("vein") if mods[-1] == "fused" else None
         del scores
         enrol_side = [(k, o) for k, o in zip(enc.keys, enc.outcomes) if k.session == first]
         enrol_fail = failure_report([k for k, _ in enrol_side], [o for _, o in enrol_side], lambda k: True)
@@ -787,7 +787,8 @@ def run(options: EvalOptions, *, pipeline: Pipeline | None = None, scorer: Score
             (label, o.rois if isinstance(o, Encoded) else o.reason) for label, o in tiles])
     report["plots"] = plots
     if options.calibration_out:
-        report["calibration"] = write_calibration(Path(options.calibration_out), calibration_scores, mods[-1])
+        report["calibration"] = write_calibration(Path(options.calibration_out), calibration_scores[0], mods[-1],
+                                                 vein=calibration_scores[1])
     report["seconds"] = round(time.monotonic() - started, 2)
     report["seconds_by_stage"] = stages
     return report
@@ -818,20 +819,25 @@ def _variants_report(pipeline: Any, enc: Encodings) -> dict:
 CALIBRATION_KEEP = 20_000  # impostor tail kept: FMR down from ~1e-3 at a few million impostors
 
 
-def write_calibration(path: Path, impostor: np.ndarray, modality: str) -> dict:
-    """Save the impostor tail a gate turns into its decision threshold (``matcher.Calibration``)."""
+def write_calibration(path: Path, impostor: np.ndarray, modality: str, vein: np.ndarray | None = None) -> dict:
+    """Save the impostor tail a gate turns into its decision threshold (``matcher.Calibration``),
+    and, given the vein similarity's impostor scores (both modalities measured), the vein tail its
+    vein check's floor comes from (IdentifyPolicy.vein_floor)."""
     from palmnode.biometrics.matcher import Calibration
 
     if impostor.size == 0:
         raise EvalError("no impostor scores to calibrate from: evaluate at least two palms")
     cal = Calibration.from_impostors(impostor, keep=CALIBRATION_KEEP)
+    if vein is not None:
+        cal = attrs.evolve(cal, vein=Calibration.from_impostors(vein, keep=CALIBRATION_KEEP))
     from palmnode.private_files import replace_file
 
     try:  # whole or not at all (a Ctrl-C or a full disk mid-way left a truncated calibration)
         replace_file(path, cal.to_json().encode(), 0o644)
     except OSError as exc:
         raise EvalError(f"cannot write the calibration {path}: {exc.strerror}") from None
-    return {"path": str(path), "modality": modality, "impostors": cal.n, "min_fmr": cal.min_fmr}
+    return {"path": str(path), "modality": modality, "impostors": cal.n, "min_fmr": cal.min_fmr,
+            "vein_impostors": None if cal.vein is None else cal.vein.n}
 
 
 def _section(keys, outcomes, enrol, usable_keys, scores: ProtocolScores, mods, det: dict) -> dict:

@@ -227,6 +227,10 @@ class Calibration:
 
     n: int
     tail: np.ndarray
+    #: the vein similarity's own impostor tail, beside the fused one (``palmnode eval
+    #: --calibration-out`` on both modalities): the gate's vein check (IdentifyPolicy.vein_floor,
+    #: docs/flows.md); None in a calibration of one modality or made before the check
+    vein: Calibration | None = None
     KEEP = 100_000
 
     @classmethod
@@ -304,16 +308,25 @@ class Calibration:
         return self.threshold_beyond(fmr)
 
     def to_dict(self) -> dict:
-        return {"version": 1, "n": self.n, "tail": self.tail.tolist()}
+        d = {"version": 1, "n": self.n, "tail": self.tail.tolist()}
+        if self.vein is not None:
+            d["vein"] = self.vein.to_dict()
+        return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> Calibration:
-        if d.get("version") != 1:
-            raise ValueError(f"calibration version {d.get('version')!r} unknown")
-        tail = np.asarray(d["tail"], np.float64)
-        if tail.ndim != 1 or int(d["n"]) < tail.size or (tail.size > 1 and (np.diff(tail) > 0).any()):
+    def from_dict(cls, d: dict, *, nested: bool = False) -> Calibration:
+        if not isinstance(d, dict) or d.get("version") != 1:
+            raise ValueError(f"calibration version {d.get('version') if isinstance(d, dict) else d!r} unknown")
+        if nested and "vein" in d:
+            raise ValueError("calibration data is inconsistent: a vein tail inside the vein tail")
+        try:
+            tail, n = np.asarray(d["tail"], np.float64), int(d["n"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError("calibration data is inconsistent: it needs n and a tail of scores") from None
+        if tail.ndim != 1 or n < tail.size or (tail.size > 1 and (np.diff(tail) > 0).any()):
             raise ValueError("calibration data is inconsistent")
-        return cls(n=int(d["n"]), tail=tail)
+        vein = cls.from_dict(d["vein"], nested=True) if "vein" in d else None
+        return cls(n=n, tail=tail, vein=vein)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())

@@ -93,6 +93,11 @@ class IdentifyPolicy:
     #: decision threshold on the fused score (matcher.Calibration.threshold_for(target FMR)); the
     #: default is a placeholder from development renders: ship a calibrated value
     threshold: float = 0.31
+    #: the vein check: identified only when the best person's vein similarity (mean over the
+    #: attempts, as the fused score) reaches this too: the calibration's vein impostor tail at
+    #: ``[gate] vein_fmr`` (node.py). A print or a screen of a palm shows its lines but not its
+    #: veins (docs/flows.md, "The vein check"); -inf: no check
+    vein_floor: float = -math.inf
     #: identified only this far above the runner-up's fused score
     margin: float = 0.03
     #: unknown at once when the best score is this far below the threshold
@@ -150,6 +155,9 @@ class AttemptTrace:
 #: the reason of a near miss (the best person just below the threshold, or too close to the
 #: runner-up): a fresh presentation, in a new pose, usually settles it either way
 NOT_SURE = "not sure: present your palm again"
+#: the reason of an unknown whose best person's palm lines matched but whose veins did not, on
+#: every attempt (IdentifyPolicy.vein_floor): what a print or a screen of that palm gives
+VEINS_DIFFER = "no match: the veins differ"
 #: the reasons of a retry for the hand's placement (the words the person was told)
 PLACEMENT_FEEDBACK = frozenset(r.feedback for r in FailureReason)
 
@@ -201,6 +209,7 @@ class Evidence:
         self.policy = policy
         self.attempts = 0
         self._scores: dict[str, list[float]] = {}
+        self._veins: dict[str, list[float]] = {}
         self._palm: dict[str, tuple[float, str]] = {}
 
     def add(self, candidates: list[Candidate]) -> Verdict:
@@ -210,6 +219,7 @@ class Evidence:
             if not math.isfinite(fused):
                 continue
             self._scores.setdefault(c.person_id, []).append(fused)
+            self._veins.setdefault(c.person_id, []).append(float(c.score.vein))   # NaN: no vein compared
             if fused > self._palm.get(c.person_id, (-math.inf, ""))[0]:
                 self._palm[c.person_id] = (fused, c.palm)
         return self.verdict(final=False)
@@ -225,7 +235,12 @@ class Evidence:
             return Verdict("unknown" if final or self.attempts else "undecided", reason="no match")
         (best, score), runner = ranked[0], (ranked[1][1] if len(ranked) > 1 else -math.inf)
         if score >= p.threshold and score - runner >= p.margin:
-            return Verdict("identified", best, self._palm[best][1], score)
+            veins = self._veins[best]
+            if p.vein_floor == -math.inf or sum(veins) / len(veins) >= p.vein_floor:  # NaN (no vein compared) fails a floor
+                return Verdict("identified", best, self._palm[best][1], score)
+            if final:   # the lines match, the veins do not (a print, a screen): never a guess
+                return Verdict("unknown", score=score, reason=VEINS_DIFFER)
+            return Verdict("undecided", score=score)   # another capture: a genuine palm's veins show
         if score < p.threshold - p.unknown_margin:
             return Verdict("unknown", score=score, reason="no match")
         if final:  # close to a decision, not at one: the person is asked to present the palm again

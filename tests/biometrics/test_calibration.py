@@ -50,6 +50,34 @@ def test_eval_writes_the_calibration_a_gate_loads(tmp_path, capsys):
     cal = Calibration.from_json(out_path.read_text())
     assert report["calibration"]["impostors"] == cal.n == report["cross_session"]["counts"]["impostor"]
     assert report["calibration"]["modality"] == "fused"
+    # both modalities measured: the vein similarity's own impostor tail beside it (the gate's vein check)
+    assert cal.vein is not None and report["calibration"]["vein_impostors"] == cal.vein.n == cal.n
+    assert Calibration.from_json(cal.to_json()).vein.tail.tolist() == cal.vein.tail.tolist()
+
+
+def test_a_calibration_of_one_modality_has_no_vein_tail(tmp_path, capsys):
+    folder = write_folder(tmp_path / "imgs")
+    out_path = tmp_path / "calibration.json"
+    rc, out, err = run_main(capsys, [str(folder), "--out", str(tmp_path / "out"), "--modality", "vein",
+                                     "--calibration-out", str(out_path)])
+    assert rc == 0, err
+    assert Calibration.from_json(out_path.read_text()).vein is None
+    assert json.loads(out.strip().splitlines()[-1])["calibration"]["vein_impostors"] is None
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"version": 1, "n": 3}', "calibration data is inconsistent: it needs n and a tail of scores"),
+    ('{"version": 1, "n": "x", "tail": [1.0]}', "calibration data is inconsistent: it needs n and a tail of scores"),
+    ('{"version": 1, "n": 3, "tail": [1.0], "vein": [1.0]}', "calibration version [1.0] unknown"),
+    ('{"version": 1, "n": 3, "tail": [1.0], "vein": {"version": 1, "n": 3, "tail": [1.0], "vein": {}}}',
+     "calibration data is inconsistent: a vein tail inside the vein tail"),
+    ('{"version": 1, "n": 1, "tail": [1.0, 0.5]}', "calibration data is inconsistent"),
+])
+def test_a_damaged_calibration_is_a_one_line_value_error(text, message):
+    """The node turns a ValueError into one line and exit 78; a missing key was a KeyError (a traceback)."""
+    with pytest.raises(ValueError) as info:
+        Calibration.from_json(text)
+    assert str(info.value) == message
 
 
 def test_unwritable_calibration_path_is_one_line(tmp_path, capsys):

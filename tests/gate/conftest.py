@@ -68,11 +68,22 @@ async def rig(nursery, tmp_path, threshold) -> Rig:
     vault.close()
 
 
+def product_vein_floor() -> float:
+    """The vein check's floor a node sets (node.vein_check_floor): the shipped calibration's vein
+    tail at the default ``[gate] vein_fmr``."""
+    from palmnode.config import GateConfig
+    from palmnode.node import vein_check_floor
+
+    return vein_check_floor(matcher.Calibration.from_json(SHIPPED_CALIBRATION.read_text()), GateConfig().vein_fmr)
+
+
 async def start_identify(rig: Rig, nursery, threshold: float, *, policy: dict | None = None,
                          **kw) -> IdentifyFlow:
+    """The identify flow on the rig, as a node sets it up (the vein check included) but at the
+    tests' ``threshold``; ``policy``: other IdentifyPolicy fields."""
+    policy = {"vein_floor": product_vein_floor(), **(policy or {})}
     flow = IdentifyFlow(rig.node.bus, rig.capturer, rig.gallery, people=rig.people, modes=rig.modes,
-                        metrics=rig.metrics, policy=IdentifyPolicy(threshold=threshold, **(policy or {})),
-                        **kw)
+                        metrics=rig.metrics, policy=IdentifyPolicy(threshold=threshold, **policy), **kw)
     await nursery.start(flow.run)
     rig.identify = flow
     return flow
