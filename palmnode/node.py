@@ -35,8 +35,7 @@ from palmnode.ops import NodeOps
 from palmnode.repl.server import serve_repl
 from palmnode.systemd import serve_systemd, tree_healthy
 from palmnode.vault import Vault, VaultError, open_vault
-from palmnode.vault import steps as vault_steps
-from palmnode.vault.steps import in_vault_steps
+from palmnode.vault.steps import BUSY_TIMEOUT_S, STEP_S, in_vault_steps
 
 log = logging.getLogger("palmnode.node")
 
@@ -48,8 +47,8 @@ HEALTH_METRICS_PERIOD_S = 1.0  # how stale a scrape of device health may be
 #: how long the start waits for another process holding the vault's write lock (to open it, then to
 #: abandon a charge the last run left in flight), and the step of those waits: a stop meanwhile is
 #: served within one step. The running node's writes wait as long, in the same steps (vault.steps)
-VAULT_BUSY_TIMEOUT_S = vault_steps.BUSY_TIMEOUT_S
-VAULT_OPEN_STEP_S = vault_steps.STEP_S
+VAULT_BUSY_TIMEOUT_S = BUSY_TIMEOUT_S
+VAULT_OPEN_STEP_S = STEP_S
 #: what this node offers the controller in its hello
 CAPABILITIES = ("events", "enrol", "delete", "replication", "modes", "status", "metrics")
 
