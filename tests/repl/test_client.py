@@ -66,15 +66,20 @@ def client_command(path):
     return [sys.executable, "-m", "palmnode.repl.client", "--socket", str(path)]
 
 
-async def test_piped_stdin_runs_one_command_a_line(node, gate, repl_path, tmp_path):
+async def piped_client_with_a_hand(node, gate, repl_path, tmp_path, **popen):
+    """A hand over the ready gate, and a client process reading its commands from a pipe (its
+    stdout and stderr together): (process, Output)."""
     await wait_for(lambda: node.health is not None and node.health.gate is GateState.READY, timeout=5)
     gate.hand.present(5)
     gate.hand.distance_mm = 150.0
-    env = {**os.environ, "HOME": str(tmp_path)}
     process = await trio.lowlevel.open_process(client_command(repl_path), stdin=subprocess.PIPE,
-                                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                               cwd=tmp_path, env=env)
-    out = Output(process.stdout)
+                                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path,
+                                               env={**os.environ, "HOME": str(tmp_path)}, **popen)
+    return process, Output(process.stdout)
+
+
+async def test_piped_stdin_runs_one_command_a_line(node, gate, repl_path, tmp_path):
+    process, out = await piped_client_with_a_hand(node, gate, repl_path, tmp_path)
     try:
         await process.stdin.send_all(b"health\nbogus one\ncapture roi.png\ncapture roi.png\n"
                                      b"light surface 0.25\nfollow decision\n")
@@ -474,13 +479,7 @@ async def test_a_capture_the_disk_cannot_hold_is_one_line_and_leaves_no_cut_off_
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
 
-    await wait_for(lambda: node.health is not None and node.health.gate is GateState.READY, timeout=5)
-    gate.hand.present(5)
-    gate.hand.distance_mm = 150.0
-    process = await trio.lowlevel.open_process(client_command(repl_path), stdin=subprocess.PIPE,
-                                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path,
-                                               env={**os.environ, "HOME": str(tmp_path)}, preexec_fn=small_files)
-    out = Output(process.stdout)
+    process, out = await piped_client_with_a_hand(node, gate, repl_path, tmp_path, preexec_fn=small_files)
     try:
         await process.stdin.send_all(b"capture roi.png\nhealth\n")
         await process.stdin.aclose()
