@@ -40,29 +40,24 @@ def test_too_few_impostors_to_fit_is_a_clear_error():
         cal.threshold_beyond(0.0)
 
 
-def test_eval_writes_the_calibration_a_gate_loads(tmp_path, capsys):
+@pytest.mark.parametrize("modality", ["both", "vein"])
+def test_eval_writes_the_calibration_a_gate_loads(tmp_path, capsys, modality):
+    """Both modalities measured: the fused impostor tail, and beside it the vein similarity's own
+    (the gate's vein check); one modality: its tail alone."""
     folder = write_folder(tmp_path / "imgs")
     out_path = tmp_path / "calibration.json"
-    rc, out, err = run_main(capsys, [str(folder), "--out", str(tmp_path / "out"), "--modality", "both",
+    rc, out, err = run_main(capsys, [str(folder), "--out", str(tmp_path / "out"), "--modality", modality,
                                      "--calibration-out", str(out_path)])
     assert rc == 0, err
-    report = json.loads(out.strip().splitlines()[-1])
+    report = json.loads(out.strip().splitlines()[-1])["calibration"]
     cal = Calibration.from_json(out_path.read_text())
-    assert report["calibration"]["impostors"] == cal.n == report["cross_session"]["counts"]["impostor"]
-    assert report["calibration"]["modality"] == "fused"
-    # both modalities measured: the vein similarity's own impostor tail beside it (the gate's vein check)
-    assert cal.vein is not None and report["calibration"]["vein_impostors"] == cal.vein.n == cal.n
+    assert report["impostors"] == cal.n and report["modality"] == ("fused" if modality == "both" else "vein")
+    if modality == "vein":
+        assert cal.vein is None and report["vein_impostors"] is None
+        return
+    assert cal.n == json.loads(out.strip().splitlines()[-1])["cross_session"]["counts"]["impostor"]
+    assert cal.vein is not None and report["vein_impostors"] == cal.vein.n == cal.n
     assert Calibration.from_json(cal.to_json()).vein.tail.tolist() == cal.vein.tail.tolist()
-
-
-def test_a_calibration_of_one_modality_has_no_vein_tail(tmp_path, capsys):
-    folder = write_folder(tmp_path / "imgs")
-    out_path = tmp_path / "calibration.json"
-    rc, out, err = run_main(capsys, [str(folder), "--out", str(tmp_path / "out"), "--modality", "vein",
-                                     "--calibration-out", str(out_path)])
-    assert rc == 0, err
-    assert Calibration.from_json(out_path.read_text()).vein is None
-    assert json.loads(out.strip().splitlines()[-1])["calibration"]["vein_impostors"] is None
 
 
 @pytest.mark.parametrize("text, message", [
