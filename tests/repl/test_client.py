@@ -66,32 +66,39 @@ def client_command(path):
     return [sys.executable, "-m", "palmnode.repl.client", "--socket", str(path)]
 
 
+@contextlib.asynccontextmanager
 async def piped_client_with_a_hand(node, gate, repl_path, tmp_path, **popen):
     """A hand over the ready gate, and a client process reading its commands from a pipe (its
-    stdout and stderr together): (process, Output)."""
+    stdout and stderr together), killed at the end: (process, Output)."""
     await wait_for(lambda: node.health is not None and node.health.gate is GateState.READY, timeout=5)
     gate.hand.present(5)
     gate.hand.distance_mm = 150.0
     process = await trio.lowlevel.open_process(client_command(repl_path), stdin=subprocess.PIPE,
                                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path,
                                                env={**os.environ, "HOME": str(tmp_path)}, **popen)
-    return process, Output(process.stdout)
+    try:
+        yield process, Output(process.stdout)
+    finally:
+        process.kill()
+
+
+async def end_of_input(process, out) -> tuple[str, int]:
+    """Close the client's stdin: (all it printed, its exit status)."""
+    await process.stdin.aclose()
+    text = await out.rest()
+    return text, await process.wait()
 
 
 async def test_piped_stdin_runs_one_command_a_line(node, gate, repl_path, tmp_path):
-    process, out = await piped_client_with_a_hand(node, gate, repl_path, tmp_path)
-    try:
+    async with piped_client_with_a_hand(node, gate, repl_path, tmp_path) as (process, out):
         await process.stdin.send_all(b"health\nbogus one\ncapture roi.png\ncapture roi.png\n"
                                      b"light surface 0.25\nfollow decision\n")
         await out.wait_for("following Decision")
         node.bus.publish(Decision("unknown", None, None, None, "no match", 88.0, "entry", 1.0))
         await out.wait_for("Decision")
         await process.stdin.send_all(b"q\nhelp light\n")
-        await process.stdin.aclose()
-        text = await out.rest()
-        assert await process.wait() == 1, text  # one command failed
-    finally:
-        process.kill()
+        text, status = await end_of_input(process, out)
+    assert status == 1, text  # one command failed
     lines = text.splitlines()
     assert lines[0] == "gate READY"
     assert "error: unknown command 'bogus': type help for the list" in lines
@@ -479,14 +486,10 @@ async def test_a_capture_the_disk_cannot_hold_is_one_line_and_leaves_no_cut_off_
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
 
-    process, out = await piped_client_with_a_hand(node, gate, repl_path, tmp_path, preexec_fn=small_files)
-    try:
+    async with piped_client_with_a_hand(node, gate, repl_path, tmp_path, preexec_fn=small_files) as (process, out):
         await process.stdin.send_all(b"capture roi.png\nhealth\n")
-        await process.stdin.aclose()
-        text = await out.rest()
-        assert await process.wait() == 1, text  # one command failed
-    finally:
-        process.kill()
+        text, status = await end_of_input(process, out)
+    assert status == 1, text  # one command failed
     lines = text.splitlines()
     assert "error: cannot write roi.png: File too large (the image was not kept)" in lines, text
     assert "Traceback" not in text and "gate READY" in lines  # the session went on
