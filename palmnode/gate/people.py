@@ -351,8 +351,8 @@ class People:
             return False
         # a person deleted while they were being served (a payment waits for the controller) is
         # not written back: their decision is dropped
-        append = functools.partial(self.vault.append_event, kind, data, enrolled_only=True, wait=STEP_S)
-        queued = await in_vault_steps(append, self.vault.busy_timeout if timeout_s is None else timeout_s)
+        queued = await self._in_steps(self.vault.append_event, kind, data, enrolled_only=True, wait=STEP_S,
+                                      timeout_s=timeout_s)
         if queued is None:
             return False
         self._appended()
@@ -381,10 +381,12 @@ class People:
         return templates
 
     # ---- helpers -------------------------------------------------------------------------------
-    async def _in_steps(self, write: Callable[..., object], *args, **kwargs):
+    async def _in_steps(self, write: Callable[..., object], *args, timeout_s: float | None = None, **kwargs):
         """``write(*args, **kwargs)`` (vault writes of ``wait=STEP_S``) in a worker thread, again while
-        another process holds the vault's write lock, up to the vault's busy timeout (then VaultBusy)."""
-        return await in_vault_steps(functools.partial(write, *args, **kwargs), self.vault.busy_timeout)
+        another process holds the vault's write lock, up to ``timeout_s`` (default the vault's busy
+        timeout; then VaultBusy)."""
+        timeout_s = self.vault.busy_timeout if timeout_s is None else timeout_s
+        return await in_vault_steps(functools.partial(write, *args, **kwargs), timeout_s)
 
     def _add_to_gallery(self, *people: Person) -> int:
         """Each palm's search template (its first): one gallery entry per enrolled palm."""
