@@ -32,7 +32,8 @@ deletion was answered.
 Every vault write here waits for another process holding the vault's write lock (an ``sqlite3``
 shell, a backup) in short steps (``palmnode.vault.steps``), up to the vault's busy timeout: a stop
 meanwhile is served within a step with nothing written, and past the timeout the write raises
-``VaultBusy`` as one wait did (an enrolment or deletion is answered as failed, a sync asks again, the
+``VaultBusy`` as one wait did (an enrolment or deletion is answered as failed, a sync asks again:
+whoever a page stored one by one before it is searchable all the same, the
 identify flow's recorder, which writes its decisions off the flow's path, logs the decision not recorded). A deletion is answered done only once it is committed.
 """
 from __future__ import annotations
@@ -279,9 +280,11 @@ class People:
         brings them back), and so is one whose card or phone another person holds here, each with
         nothing of theirs written; the others are stored. Returns one reason per person refused."""
         async with self._lock:
-            refused = await self._in_steps(self._upsert, people)
+            try:
+                refused = await self._in_steps(self._upsert, people)
+            finally:
+                self._gauge()  # a page the vault refused partway may have made some searchable
             self._changed(*(person.person_id for person in people))
-        self._gauge()
         return refused
 
     def _upsert(self, people: Sequence[Person]) -> list[str]:
@@ -297,19 +300,30 @@ class People:
         except (DuplicateCard, DuplicatePhone):
             unchanged = {id(p) for p in fresh} - {id(p) for p in changed}
             stored = [p for p in fresh if id(p) in unchanged]  # one of them clashes: each alone, the rest go
-            for person in changed:
-                try:
-                    self.vault.upsert_people([person], wait=STEP_S)
-                except DuplicateCard:
-                    refused.append("its card is enrolled to another person here")
-                except DuplicatePhone:
-                    refused.append("its phone is enrolled to another person here")
-                else:
-                    stored.append(person)
-        for person in stored:
-            self.gallery.remove(person.person_id)
-        self._add_to_gallery(*stored)
+            alone: list[Person] = []  # committed, each in a transaction of their own
+            try:
+                for person in changed:
+                    try:
+                        self.vault.upsert_people([person], wait=STEP_S)
+                    except DuplicateCard:
+                        refused.append("its card is enrolled to another person here")
+                    except DuplicatePhone:
+                        refused.append("its phone is enrolled to another person here")
+                    else:
+                        alone.append(person)
+            except BaseException:
+                # the vault held past the busy timeout partway (VaultBusy): those committed are
+                # searchable before it propagates, as in the vault (they waited for a later sync)
+                self._replace_in_gallery(alone)
+                raise
+            stored += alone
+        self._replace_in_gallery(stored)
         return refused
+
+    def _replace_in_gallery(self, people: Sequence[Person]) -> None:
+        for person in people:
+            self.gallery.remove(person.person_id)
+        self._add_to_gallery(*people)
 
     def _stored_as(self, person: Person) -> bool:
         current = self.vault.get(person.person_id)

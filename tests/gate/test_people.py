@@ -702,3 +702,49 @@ async def test_a_deletion_the_vault_refuses_past_the_busy_timeout_is_not_reporte
     assert len(people.gallery) == 1 and people.gallery.search(templates_of(0)[0], 1)[0].person_id == kept.person_id
     assert (await people.forget(person_id=kept.person_id)).person_id == kept.person_id  # once it is free
     vault.close()
+
+
+class _HeldAfterTheFirstAlone(Vault):
+    """A vault whose third ``upsert_people`` (a page that clashes: all at once, refused; then the
+    first person alone, committed; then the second alone) first has another process's connection
+    (an sqlite3 shell, a backup) take the file's write lock: a real lock on the real file."""
+
+    calls = 0
+    other: sqlite3.Connection | None = None
+
+    def upsert_people(self, people, *, wait=None):
+        self.calls += 1
+        if self.calls == 3:
+            self.other = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self.other.execute("BEGIN IMMEDIATE")
+        return super().upsert_people(people, wait=wait)
+
+
+async def test_a_sync_page_the_vault_refuses_partway_leaves_whoever_it_stored_searchable(tmp_path, keys):
+    """A page that clashes on a card is stored one person at a time; the vault held past its busy
+    timeout after the first of them raised VaultBusy with that person committed to the vault but
+    not in the gallery (it was filled after the loop): stored, yet not recognised at the gate
+    until a later sync. Now whoever is in the vault is in the gallery when the error leaves, and
+    the next sync stores the rest."""
+    vault = _HeldAfterTheFirstAlone.open(tmp_path / "vault.db", keys, node_id="gate-1", busy_timeout=0.3)
+    try:
+        people, kept = await _people_with_one(vault)  # card 1
+        first, clashing, last = (
+            Person(f"p-{name}", card(n), None, (EnrolledPalm("left", tuple(templates_of(i))),), 1.0, "gate-2")
+            for name, n, i in (("first", 5, 2), ("clashing", 1, 3), ("last", 6, 4)))
+        with pytest.raises(VaultBusy, match="database is locked"):
+            await people.apply_upserts([first, clashing, last])
+        assert vault.other is not None and vault.calls > 3  # the steps met the lock to the end
+        assert vault.get(first.person_id) is not None and vault.get(last.person_id) is None
+        assert people.gallery.search(templates_of(2)[0], 1)[0].person_id == first.person_id
+        assert len(people.gallery) == 2 and not people._lock.locked()
+
+        vault.other.execute("COMMIT")  # the other process lets go: the controller's next sync
+        assert await people.apply_upserts([first, clashing, last]) == ["its card is enrolled to another person here"]
+        assert vault.get(last.person_id) is not None and vault.get(clashing.person_id) is None
+        assert people.gallery.search(templates_of(4)[0], 1)[0].person_id == last.person_id
+        assert len(people.gallery) == 3  # kept, first (once), last
+    finally:
+        if vault.other is not None:
+            vault.other.close()
+        vault.close()
