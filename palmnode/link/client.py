@@ -9,6 +9,11 @@ in the background, reconnecting with exponential backoff. While connected it
   a :class:`RequestRefused` is logged as one line, any other exception with its traceback);
 * sends every undelivered outbox event, oldest first, and marks it delivered on the matching ack
   (unacked events are sent again after a reconnect: the controller drops duplicates by key);
+* rides out another process holding the vault's write lock past its busy timeout (an ``sqlite3``
+  shell, a backup): an outbox read it refuses is one warning line and tried again each poll; an
+  ack whose mark it refuses is one warning line, and the event, acked, is kept in memory (never
+  sent again by this client) and marked delivered on a later round of the pump; a process
+  stopped first sends it again after its restart (the controller drops it by key);
 * answers ``await client.request(op, args)`` for node → controller calls (``sync``, ``charge``).
 * runs ``on_connected()`` (the node's ``sync``) after each hello, again after a backoff delay
   while it fails with a :class:`LinkError` and the connection lasts.
@@ -29,6 +34,7 @@ import attrs
 import trio
 
 from palmnode.actors import Backoff
+from palmnode.vault.errors import VaultBusy
 from palmnode.vault.steps import STEP_S, in_vault_steps
 from palmnode.link.channel import (
     Channel,
@@ -150,6 +156,9 @@ class LinkStats:
     responses_unmatched: int = 0
     #: acks of no event in flight (a duplicate, another connection's, a wrong key): ignored
     acks_unmatched: int = 0
+    #: acks whose event the vault would not mark delivered at once (another process held its write
+    #: lock past the busy timeout): kept in memory, marked on a later round (then events_acked)
+    acks_deferred: int = 0
     last_error: str | None = None
     channel: ChannelStats = attrs.field(factory=ChannelStats)
 
@@ -157,14 +166,15 @@ class LinkStats:
         """The counters an operator reads (the node's ``node.status``), as plain data: connects,
         disconnects, failed attempts and the last error; outbox events sent, acked, unreadable; the
         controller's requests served and refused (pushes a gate refuses among them), ours sent;
-        responses and acks that matched nothing; connections dropped for the controller's broken
+        responses and acks that matched nothing; acks whose mark the vault put off (another
+        process holding it past its busy timeout); connections dropped for the controller's broken
         frames, by reason (§7)."""
         return {"connects": self.connects, "disconnects": self.disconnects, "failed_attempts": self.failed_attempts,
                 "last_error": self.last_error, "events_sent": self.events_sent, "events_acked": self.events_acked,
                 "events_unreadable": self.events_unreadable, "requests_served": self.requests_served,
                 "requests_refused": self.requests_refused, "requests_sent": self.requests_sent,
                 "responses_unmatched": self.responses_unmatched, "acks_unmatched": self.acks_unmatched,
-                "dropped": dict(self.dropped)}
+                "acks_deferred": self.acks_deferred, "dropped": dict(self.dropped)}
 
     @property
     def frames_in(self) -> int:
@@ -231,6 +241,10 @@ class LinkClient:
         self._waiting: dict[int, _Pending] = {}
         self._inflight: dict[int, tuple[str, float]] = {}  # seq -> (key, sent at trio time)
         self._acked: set[int] = set()
+        #: acked events the vault would not mark delivered yet (held past its busy timeout): seqs,
+        #: marked by the pump's next rounds; kept across connections (the controller has them)
+        self._unmarked: set[int] = set()
+        self._outbox_held = False  # the pump's last outbox read met the vault held: warned once
         self._unsendable: set[int] = set()  # seqs whose event cannot be encoded: held back, logged once
         self._wake = trio.Event()
         self._connected_changed = trio.Event()
@@ -400,15 +414,45 @@ class LinkClient:
         elif isinstance(msg, Ack):
             sent = self._inflight.get(msg.seq)
             if sent is not None and sent[0] == msg.key:
-                await in_vault_steps(functools.partial(self._outbox.mark_delivered, msg.seq, wait=STEP_S),
-                                     self._outbox.busy_timeout)
-                del self._inflight[msg.seq]
-                self._acked.add(msg.seq)
-                self.stats.events_acked += 1
-                self._wake.set()
+                await self._mark_acked(msg.seq)
             else:
                 self.stats.acks_unmatched += 1
         # a Hello/Event here was refused by the channel already
+
+    async def _mark_acked(self, seq: int) -> None:
+        """Mark event ``seq``, acked, delivered; in flight until then (not sent again meanwhile).
+        Another process holding the vault past its busy timeout: kept acked in memory instead (one
+        warning line), and so is every ack after it until the pump has marked them all (this
+        receive loop waits out the timeout once, not once an ack)."""
+        if not self._unmarked:
+            try:
+                await in_vault_steps(functools.partial(self._outbox.mark_delivered, seq, wait=STEP_S),
+                                     self._outbox.busy_timeout)
+            except VaultBusy as exc:
+                log.warning("link ack not marked delivered, kept to mark later: %s", one_line(exc),
+                            extra={"fields": {"seq": seq}})
+            else:
+                del self._inflight[seq]
+                self._acked.add(seq)
+                self.stats.events_acked += 1
+                self._wake.set()
+                return
+        del self._inflight[seq]
+        self._unmarked.add(seq)  # acked: not sent again by this client, marked by the pump
+        self.stats.acks_deferred += 1
+
+    async def _mark_deferred(self) -> None:
+        """The pump's: mark the acked events the vault put off, oldest first, one step each (they
+        waited the busy timeout once already); what it still refuses waits for the next round."""
+        for seq in sorted(self._unmarked):
+            try:
+                await in_vault_steps(functools.partial(self._outbox.mark_delivered, seq, wait=STEP_S), 0)
+            except VaultBusy:
+                return
+            self._unmarked.discard(seq)
+            self.stats.events_acked += 1
+            if not self._unmarked:
+                log_event(log, "link acks marked delivered", acks_deferred=self.stats.acks_deferred)
 
     async def _admit(self, size: int) -> None:
         """Wait for room to serve one more request of ``size`` bytes (a request alone always fits):
@@ -462,13 +506,27 @@ class LinkClient:
         cfg = self.config
         while True:
             self._wake = trio.Event()
+            if self._unmarked:
+                await self._mark_deferred()  # before the read: marked ones are not read again
             stale = set(self._acked)
             unreadable: list[str] = []
 
             def read() -> list:  # again after a step that met another process's write lock
                 unreadable.clear()
                 return self._outbox.pending_events(limit=cfg.outbox_batch, unreadable=unreadable, wait=STEP_S)
-            events = await in_vault_steps(read, self._outbox.busy_timeout)
+            try:
+                events = await in_vault_steps(read, self._outbox.busy_timeout)
+            except VaultBusy as exc:  # dropping unreadable events is a write: read again next round
+                events = []
+                unreadable.clear()
+                if not self._outbox_held:
+                    log.warning("link outbox not read, again every %g s meanwhile: %s", cfg.outbox_poll_s,
+                                one_line(exc))
+                self._outbox_held = True
+            else:
+                if self._outbox_held:
+                    log_event(log, "link outbox read again")
+                self._outbox_held = False
             if unreadable:
                 log.warning("%d outbox event(s) unreadable in the vault (a sealed payload fails to open): dropped, "
                             "not sent; the vault's audit log has their seq", len(unreadable))
@@ -488,7 +546,8 @@ class LinkClient:
     async def _send_events(self, channel: Channel, events: list) -> None:
         """The outbox events read that are not in flight, acked or held back, sent in order."""
         for ev in events:
-            if ev.seq in self._inflight or ev.seq in self._acked or ev.seq in self._unsendable:
+            if ev.seq in self._inflight or ev.seq in self._acked or ev.seq in self._unmarked or \
+                    ev.seq in self._unsendable:
                 continue
             # in flight before it is sent: the controller's ack can come back (and be read) before
             # this task resumes from the send, and an ack of no event in flight is ignored

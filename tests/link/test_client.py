@@ -23,6 +23,8 @@ from palmnode.link.codec import HEADER, MAX_FRAME
 from palmnode.link.messages import PROTOCOL_VERSION, DropReason, Hello
 from palmnode.link.tls import TlsConfigError, client_context
 from palmnode.vault import Vault, load_keys
+from tests.conftest import wait_for
+from tests.gate.test_people import write_locked
 
 from .stub import Changes, StubController
 
@@ -60,7 +62,12 @@ async def stub(nursery, pki):
 
 
 async def pending(vault: Vault) -> list[int]:
-    return [e.seq for e in await trio.to_thread.run_sync(lambda: vault.pending_events(limit=1000))]
+    return [e.seq for e in await pending_in(vault)]
+
+
+async def pending_in(vault: Vault) -> list:
+    """The vault's undelivered events (read in a worker thread: the client's steps use the vault too)."""
+    return await trio.to_thread.run_sync(lambda: vault.pending_events(limit=1000))
 
 
 async def test_requests_both_ways_and_the_connected_hook(stub, pki, vault, nursery):
@@ -322,8 +329,6 @@ async def test_a_stop_while_an_ack_waits_for_a_vault_another_process_holds_is_se
     waits in 0.1 s steps, and the event, not marked, stays to be sent again (at least once)."""
     import time
 
-    from tests.gate.test_people import write_locked
-
     key = vault.append_event("unknown", {"latency_ms": 1.0, "reason": "x"}).key
     client = LinkClient(config(pki, stub.port), vault)
     with write_locked(vault.path):
@@ -337,3 +342,128 @@ async def test_a_stop_while_an_ack_waits_for_a_vault_another_process_holds_is_se
         served = time.monotonic() - started
     assert served < 2.0, f"the stop was served {served:.2f} s late"  # a step is 0.1 s; it was ~5 s
     assert [e.key for e in vault.pending_events()] == [key]
+
+
+# -- another process holding the vault's write lock past its busy timeout -----------------------------
+
+class CountedOutbox:
+    """The vault as the client's outbox, counting its outbox reads (every step of every pump
+    round): how a test knows rounds have gone by, without sleeping for it."""
+
+    def __init__(self, vault: Vault) -> None:
+        self.vault = vault
+        self.reads = 0
+
+    @property
+    def busy_timeout(self) -> float:
+        return self.vault.busy_timeout
+
+    def pending_events(self, **kwargs):
+        self.reads += 1
+        return self.vault.pending_events(**kwargs)
+
+    def mark_delivered(self, seq: int, **kwargs) -> None:
+        self.vault.mark_delivered(seq, **kwargs)
+
+
+@pytest.fixture
+def quick_vault(tmp_path):
+    """A vault that waits 0.3 s for another process's write lock (its busy timeout), not 5 s."""
+    vault = Vault.open(tmp_path / "vault.db", load_keys(tmp_path / "vault.key", create=True), node_id="gate-1",
+                       busy_timeout=0.3)
+    yield vault
+    vault.close()
+
+
+def link_warnings(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "palmnode.link" and r.levelno >= logging.WARNING]
+
+
+async def test_acks_the_vault_will_not_mark_past_its_busy_timeout_are_kept_and_marked_later(
+        pki, stub, quick_vault, caplog):
+    """Another process holding the vault's write lock past its busy timeout (an sqlite3 shell, a
+    backup) made an ack's mark raise VaultBusy, which crashed the link actor (a traceback, a
+    reconnect by its supervisor). Now the acked events are kept in memory (one warning line), not
+    sent again on the connection, and marked delivered once the vault is free; the connection
+    stays up and the controller's requests are served meanwhile."""
+    vault, outbox = quick_vault, CountedOutbox(quick_vault)
+    keys = [vault.append_event("unknown", {"latency_ms": 1.0, "reason": "x"}).key for _ in range(2)]
+    client = LinkClient(config(pki, stub.port), outbox, serve)
+    with caplog.at_level(logging.INFO, logger="palmnode.link"), write_locked(vault.path) as other:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.run)  # its outbox read is not a write: the events go
+            await wait_for(lambda: client.stats.acks_deferred == 2)  # the first after 0.3 s, the second at once
+            reads = outbox.reads
+            await wait_for(lambda: outbox.reads >= reads + 3, timeout=10)  # rounds of the pump go by
+            assert [e.key for e in stub.received] == keys  # each sent once: not again on this connection
+            assert client.stats.events_acked == 0 and [e.key for e in await pending_in(vault)] == keys
+            answer = await stub.request("gate-1", "node.status", {})  # the connection serves meanwhile
+            assert (answer.ok, answer.result) == (True, {"node_id": "gate-1", "people": 3})
+            other.execute("COMMIT")  # the other process lets go: the next round marks them
+            await wait_for(lambda: client.stats.events_acked == 2, timeout=10)
+            assert await pending_in(vault) == []
+            assert (client.stats.connects, client.stats.disconnects, len(stub.received)) == (1, 0, 2)
+            nursery.cancel_scope.cancel()
+    warnings = link_warnings(caplog)
+    assert [r.getMessage() for r in warnings] == [
+        f"link ack not marked delivered, kept to mark later: vault {vault.path}: database is locked (nothing was "
+        "written)"]
+    assert warnings[0].exc_info is None
+    assert "link acks marked delivered" in caplog.messages
+    assert client.stats.snapshot()["acks_deferred"] == 2
+
+
+async def test_an_acked_event_not_yet_marked_when_the_node_stops_is_sent_again_after_the_restart(
+        pki, stub, quick_vault):
+    """The acked events kept in memory live as long as the process: stopped before the vault let
+    them be marked, they are still undelivered in the vault and go again after the restart,
+    where the controller (by key) applies them once."""
+    vault = quick_vault
+    key = vault.append_event("unknown", {"latency_ms": 1.0, "reason": "x"}).key
+    with write_locked(vault.path):
+        async with trio.open_nursery() as nursery:
+            first = LinkClient(config(pki, stub.port), vault)
+            await nursery.start(first.run)
+            await wait_for(lambda: first.stats.acks_deferred == 1)
+            nursery.cancel_scope.cancel()  # the node stops
+    assert [e.key for e in await pending_in(vault)] == [key]
+    async with trio.open_nursery() as nursery:
+        again = LinkClient(config(pki, stub.port), vault)  # the restart
+        await nursery.start(again.run)
+        await wait_for(lambda: again.stats.events_acked == 1)
+        nursery.cancel_scope.cancel()
+    assert [e.key for e in stub.received] == [key, key] and list(stub.applied) == [key]
+    assert await pending_in(vault) == []
+
+
+async def test_an_outbox_read_the_vault_refuses_past_its_busy_timeout_is_tried_again_on_the_connection(
+        pki, stub, quick_vault, caplog):
+    """The pump's outbox read writes when it drops an unreadable event; with another process
+    holding the vault past its busy timeout that VaultBusy crashed the link actor (a traceback, a
+    reconnect). Now it is one warning line for the whole while, the read is tried again each poll,
+    requests are served meanwhile, and once the vault is free the events go on the same connection."""
+    vault, outbox = quick_vault, CountedOutbox(quick_vault)
+    seqs = [vault.append_event("unknown", {"latency_ms": float(i), "reason": "no match"}).seq for i in range(3)]
+    vault._conn.execute("UPDATE outbox SET sealed = ? WHERE seq = ?", (b"\0" * 40, seqs[1]))
+    client = LinkClient(config(pki, stub.port), outbox, serve)
+    with caplog.at_level(logging.INFO, logger="palmnode.link"), write_locked(vault.path) as other:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.run)
+            await client.wait_connected()
+            await wait_for(lambda: outbox.reads >= 15, timeout=10)  # a round is 3 to 4 reads: rounds go by
+            assert stub.received == [] and client.stats.events_unreadable == 0
+            assert await client.request("echo", {"n": 1}) == {"n": 1}
+            answer = await stub.request("gate-1", "node.status", {})
+            assert answer.ok
+            other.execute("COMMIT")
+            await stub.changes.wait_until(lambda: len(stub.applied) == 2, timeout=10)
+            await wait_for(lambda: client.stats.events_acked == 2)
+            assert [e.seq for e in stub.received] == [seqs[0], seqs[2]] and client.stats.events_unreadable == 1
+            assert (client.stats.connects, client.stats.disconnects) == (1, 0)
+            nursery.cancel_scope.cancel()
+    warnings = link_warnings(caplog)
+    assert [r.getMessage() for r in warnings] == [
+        f"link outbox not read, again every 0.2 s meanwhile: vault {vault.path}: database is locked (nothing was "
+        "written)", "1 outbox event(s) unreadable in the vault (a sealed payload fails to open): dropped, not sent; "
+        "the vault's audit log has their seq"]
+    assert warnings[0].exc_info is None and "link outbox read again" in caplog.messages
