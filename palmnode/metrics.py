@@ -94,13 +94,15 @@ def record_health(metrics: "Metrics", health: HealthRegistry, *, link_connected:
 def record_link(metrics: "Metrics", stats: Any) -> None:
     """The link's counters (``palmnode.link.client.LinkStats``, monotonic totals) into ``metrics``:
     connects, failed attempts, drops by reason, outbox events by result, the controller's requests
-    served and refused, unmatched answers by kind. Call it in the trio thread that owns the link."""
+    served and refused, unmatched answers by kind (an acked event whose mark the vault put off
+    counts as ``mark_deferred``, then ``acked`` once marked). Call it in the trio thread that owns
+    the link."""
     _total(metrics, "palmnode_link_connects_total", stats.connects)
     _total(metrics, "palmnode_link_failed_attempts_total", stats.failed_attempts)
     for reason, n in list(stats.dropped.items()):
         _total(metrics, "palmnode_link_dropped_total", n, reason=reason)
     for result, n in (("sent", stats.events_sent), ("acked", stats.events_acked),
-                      ("unreadable", stats.events_unreadable)):
+                      ("unreadable", stats.events_unreadable), ("mark_deferred", stats.acks_deferred)):
         _total(metrics, "palmnode_link_events_total", n, result=result)
     _total(metrics, "palmnode_link_requests_served_total", stats.requests_served)
     _total(metrics, "palmnode_link_requests_refused_total", stats.requests_refused)

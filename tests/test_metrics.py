@@ -309,6 +309,7 @@ def test_the_links_counters_are_copied_as_monotonic_totals():
     stats, metrics = LinkStats(), Metrics()
     stats.connects, stats.failed_attempts, stats.events_sent, stats.events_acked = 1, 3, 10, 9
     stats.requests_served, stats.requests_refused, stats.acks_unmatched = 5, 2, 1
+    stats.acks_deferred = 1
     stats.channel.count_drop("stalled")
     record_link(metrics, stats)
     stats.connects, stats.events_acked, stats.requests_refused = 2, 10, 4
@@ -320,6 +321,7 @@ def test_the_links_counters_are_copied_as_monotonic_totals():
     assert metrics.value("palmnode_link_failed_attempts_total") == 3
     assert metrics.value("palmnode_link_events_total", result="sent") == 10
     assert metrics.value("palmnode_link_events_total", result="acked") == 10
+    assert metrics.value("palmnode_link_events_total", result="mark_deferred") == 1
     assert metrics.value("palmnode_link_requests_served_total") == 5
     assert metrics.value("palmnode_link_requests_refused_total") == 4
     assert metrics.value("palmnode_link_unmatched_total", kind="ack") == 1
