@@ -182,7 +182,7 @@ def main(args) -> int:
         report["gate"] = gate_bench.main(args)
     from palmnode import stopsignals
 
-    if stopsignals.noted() == signal.SIGINT:  # a Ctrl-C that reached no KeyboardInterrupt: stopsignals.interrupt
-        return stopsignals.stopped("bench")
+    if stopsignals.noted() in stopsignals.STOP_SIGNALS:  # one that reached no KeyboardInterrupt: stopsignals.interrupt
+        return stopsignals.interrupted("bench")
     print(json.dumps(report))
     return 0

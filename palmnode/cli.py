@@ -144,12 +144,13 @@ def main(argv: list[str] | None = None) -> int:
         from palmnode import stopsignals
 
         stopsignals.hold()
-    elif first in ("eval", "bench"):  # a Ctrl-C swallowed on its way is still seen: stopsignals.interrupt
+    elif first in ("eval", "bench"):  # Ctrl-C and SIGTERM unwind them, noted: stopsignals.interrupt
         import signal
 
         from palmnode import stopsignals
 
-        signal.signal(signal.SIGINT, stopsignals.interrupt)
+        for signum in stopsignals.STOP_SIGNALS:
+            signal.signal(signum, stopsignals.interrupt)
     name = first if first in SUBCOMMANDS else ""
     try:
         parser = build_parser(name)
@@ -164,10 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         except commands.UserError as exc:
             print(f"palmnode {args.subcommand}: {exc}", file=sys.stderr)
             return exc.exit_code
-    except KeyboardInterrupt:  # Ctrl-C in the other commands, their imports included
+    except KeyboardInterrupt:  # Ctrl-C in the other commands, their imports included; eval's and bench's SIGTERM
         from palmnode import stopsignals
 
-        return stopsignals.stopped(name)
+        return stopsignals.interrupted(name) if name in ("eval", "bench") else stopsignals.stopped(name)
 
 
 if __name__ == "__main__":

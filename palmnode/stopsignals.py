@@ -16,6 +16,11 @@ receiver has closed (the stop or the run done, the exit under way) is noted and 
 uncovered is the interpreter's own start, before any palmnode code runs (~30 ms).
 
 ``stopped()`` is the one line every command says when a stop ended it before its work was done.
+
+``palmnode eval`` and ``bench`` do not serve their signals from trio: ``interrupt()`` takes Ctrl-C
+and SIGTERM alike as a KeyboardInterrupt, so a SIGTERM unwinds them as a Ctrl-C does (no
+output file is left half-written), and ``interrupted()`` says which one stopped them: exit 130
+or 143.
 """
 from __future__ import annotations
 
@@ -35,16 +40,18 @@ def interrupt(signum: int, frame: object) -> None:
     swallows (CPython clears an exception raised while a C-level attribute or dict lookup runs
     Python code) still stops the command, which asks ``noted()`` before it writes its result
     (``palmnode eval`` and ``bench`` printed their report and exited 0 after one in ~1 of 15 runs
-    given a Ctrl-C just after they started)."""
+    given a Ctrl-C just after they started). A SIGTERM given this handler is taken the same way:
+    without it, it killed ``eval`` and ``bench`` silently (exit -15)."""
     _noted.append(signum)
     raise KeyboardInterrupt
 
 
 def check() -> None:
-    """Raise KeyboardInterrupt if a Ctrl-C was noted (by :func:`interrupt`): a long command calls it
-    between its stages and before it writes its results, so one that C code swallowed stops it
-    there instead of after a whole run (``palmnode eval`` wrote its plots once in CI)."""
-    if signal.SIGINT in _noted:
+    """Raise KeyboardInterrupt if a Ctrl-C or SIGTERM was noted (by :func:`interrupt`): a long
+    command calls it between its stages and before it writes its results, so one that C code
+    swallowed stops it there instead of after a whole run (``palmnode eval`` wrote its plots once
+    in CI)."""
+    if any(signum in _noted for signum in STOP_SIGNALS):
         raise KeyboardInterrupt
 
 
@@ -65,10 +72,26 @@ def noted() -> int | None:
     return _noted[0] if _noted else None
 
 
-def stopped(command: str, signum: int = signal.SIGINT) -> int:
+def say_stopped(command: str, signum: int) -> None:
     """Say on stderr, in one line, that ``palmnode command`` was stopped by ``signum`` before its
-    work was done; return its exit status: 130 for Ctrl-C (the shell's 128 + SIGINT), 0 for SIGTERM
-    (a stop asked, as ``palmnode run`` and the controller answer systemd's)."""
+    work was done: ``palmnode eval: stopped by Ctrl-C``, ``... stopped by SIGTERM``."""
     name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
     print(f"{f'palmnode {command}'.rstrip()}: stopped by {name}", file=sys.stderr, flush=True)
+
+
+def stopped(command: str, signum: int = signal.SIGINT) -> int:
+    """:func:`say_stopped`; return the exit status of a command that serves its stop: 130 for
+    Ctrl-C (the shell's 128 + SIGINT), 0 for SIGTERM (a stop asked, as ``palmnode run`` and the
+    controller answer systemd's)."""
+    say_stopped(command, signum)
     return 130 if signum == signal.SIGINT else 0
+
+
+def interrupted(command: str) -> int:
+    """For a KeyboardInterrupt that ended ``palmnode command`` (eval, bench: :func:`interrupt`):
+    :func:`say_stopped` with the signal noted first (Ctrl-C when none was: Python's own handler);
+    return 128 + that signal, the shell's status for a run a signal cut short: 130 for Ctrl-C, 143
+    for SIGTERM (the work was not done, so not 0 as for a command whose stop is its end)."""
+    signum = noted() or signal.SIGINT
+    say_stopped(command, signum)
+    return 128 + signum

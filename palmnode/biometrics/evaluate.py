@@ -21,7 +21,6 @@ import errno
 import json
 import math
 import os
-import signal
 import sys
 import time
 import traceback
@@ -726,7 +725,7 @@ def run(options: EvalOptions, *, pipeline: Pipeline | None = None, scorer: Score
     enc = encode_all(dataset, pipeline, modality, keep_rois=wanted_rois,
                      debug_dir=debug_dir, stream=stream,
                      probe_variants=is_probe if with_variants else None)
-    stopsignals.check()  # a Ctrl-C C code swallowed: stop between the stages, before any plot
+    stopsignals.check()  # a Ctrl-C or SIGTERM C code swallowed: stop between the stages, before any plot
     report: dict[str, Any] = {
         "dataset": {"source": dataset.source, "samples": len(dataset.samples), "palms": len(dataset.subjects),
                     "sessions": sessions, "channels": list(dataset.channels), "modality": modality,
@@ -874,14 +873,14 @@ def main(args: argparse.Namespace | EvalOptions | Sequence[str] | None = None, *
     except (EvalError, DatasetError) as exc:
         print(f"palmnode eval: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # the plots and calibration are each whole or absent (det_plot._write_png)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the plots and calibration are each whole or absent (det_plot._write_png)
         from palmnode import stopsignals
 
-        return stopsignals.stopped("eval")
+        return stopsignals.interrupted("eval")
     from palmnode import stopsignals
 
-    if stopsignals.noted() == signal.SIGINT:  # a Ctrl-C that reached no KeyboardInterrupt: stopsignals.interrupt
-        return stopsignals.stopped("eval")
+    if stopsignals.noted() in stopsignals.STOP_SIGNALS:  # one that reached no KeyboardInterrupt: stopsignals.interrupt
+        return stopsignals.interrupted("eval")
     print(json.dumps(report, allow_nan=False), flush=True)
     return 0
 

@@ -553,30 +553,38 @@ def test_an_roi_without_palm_texture_is_a_failure_to_acquire_not_an_engine_error
     assert "too little palm texture" in failed.detail
 
 
-def test_ctrl_c_during_a_run_is_one_line_and_leaves_no_report(tmp_path):
+@pytest.mark.parametrize(("signum", "status", "name"), [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")],
+                         ids=["SIGINT", "SIGTERM"])
+def test_a_stop_during_a_run_is_one_line_and_leaves_no_report(tmp_path, signum, status, name):
     """Ctrl-C while `palmnode eval` encodes: it exited 130 without a word (the terminal showed the
-    progress bar, then the prompt, as if the run had ended). Now one line says it stopped, exit
-    130, no traceback, no JSON report on stdout and no plot in --out. A real SIGINT to a real run,
-    sent once its first line says the samples are being encoded."""
+    progress bar, then the prompt, as if the run had ended); a SIGTERM (`kill`, a job scheduler's
+    stop) killed it silently, exit -15. Now one line says what stopped it, exit 130 or 143 (128 +
+    the signal), no traceback, no JSON report on stdout, no plot in --out, no calibration and no
+    file beside either. A real signal to a real run, sent once its first line says the samples
+    are being encoded."""
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "palmnode.cli", "eval", "--synthetic", "60", "--out", str(out)],
+    proc = subprocess.Popen([sys.executable, "-m", "palmnode.cli", "eval", "--synthetic", "60", "--out", str(out),
+                             "--calibration-out", str(tmp_path / "calibration.json")],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     with reaped(proc):
         assert proc.stderr.readline().startswith("eval: 360 samples of 60 palms")
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr[-2000:]
+    assert proc.returncode == status, stderr[-2000:]
     assert "Traceback" not in stderr
-    assert stderr.splitlines()[-1] == "palmnode eval: stopped by Ctrl-C", stderr[-2000:]
+    assert stderr.splitlines() == [f"palmnode eval: stopped by {name}"], stderr[-2000:]
     assert stdout == ""
+    assert [p.name for p in tmp_path.iterdir()] in ([], ["out"])
     assert not out.exists() or list(out.iterdir()) == []
 
 
-def test_a_ctrl_c_swallowed_on_its_way_still_stops_the_run_before_any_plot(tmp_path, capsys):
+@pytest.mark.parametrize(("signum", "status", "name"), [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")],
+                         ids=["SIGINT", "SIGTERM"])
+def test_a_ctrl_c_swallowed_on_its_way_still_stops_the_run_before_any_plot(tmp_path, capsys, signum, status, name):
     """C code may clear the KeyboardInterrupt a Ctrl-C raises (CPython drops an exception raised
     while some C calls run Python code): once in fresh-clone CI a Ctrl-C'd `palmnode eval` went on
     to write its plots, then said it was stopped. Noted by stopsignals.interrupt, the Ctrl-C now
-    stops the run at its next stage, before any plot is written."""
+    stops the run at its next stage, before any plot is written; a SIGTERM (the same handler) too."""
     from palmnode import stopsignals
 
     folder = write_folder(tmp_path / "imgs")
@@ -586,7 +594,7 @@ def test_a_ctrl_c_swallowed_on_its_way_still_stops_the_run_before_any_plot(tmp_p
         calls.append(1)
         if len(calls) == 3:
             try:
-                stopsignals.interrupt(signal.SIGINT, None)
+                stopsignals.interrupt(signum, None)
             except KeyboardInterrupt:
                 pass  # what the C code did with it
         return stub_pipeline(vein, surface)
@@ -596,6 +604,6 @@ def test_a_ctrl_c_swallowed_on_its_way_still_stops_the_run_before_any_plot(tmp_p
     finally:
         stopsignals._noted.clear()
     out, err = capsys.readouterr()
-    assert rc == 130 and out == ""
-    assert err.splitlines()[-1] == "palmnode eval: stopped by Ctrl-C"
+    assert rc == status and out == ""
+    assert err.splitlines()[-1] == f"palmnode eval: stopped by {name}"
     assert list((tmp_path / "out").iterdir()) == []
