@@ -63,14 +63,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_sim(run_dir: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "palmnode.cli", "sim", "--run-dir", str(run_dir),
-                             "--camera-port", str(port)], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+def _start(procs: dict[str, subprocess.Popen], name: str, args: list[str], **popen) -> subprocess.Popen:
+    """Start ``args`` as ``procs[name]``: in ``procs`` before a Ctrl-C or SIGTERM can stop the bench
+    (stopsignals.deferred), so the ``finally`` that stops ``procs`` stops it too."""
+    from palmnode import stopsignals
+
+    with stopsignals.deferred():
+        procs[name] = subprocess.Popen(args, **popen)
+    return procs[name]
+
+
+def _start_sim(procs: dict[str, subprocess.Popen], run_dir: Path, port: int) -> None:
+    """A virtual gate as ``procs["sim"]``, once it has printed its endpoints."""
+    proc = _start(procs, "sim", [sys.executable, "-m", "palmnode.cli", "sim", "--run-dir", str(run_dir),
+                                 "--camera-port", str(port)], stdout=subprocess.PIPE,
+                  stderr=subprocess.DEVNULL, text=True)
     line = proc.stdout.readline()
     if not line:
         raise RuntimeError("the virtual gate did not start")
-    return proc
 
 
 def node_toml(folder: Path, node_id: str, endpoints, more: str = "") -> Path:
@@ -118,21 +128,25 @@ def _phase(folder: Path, host: list[str], seconds: float, warmup: float) -> dict
     port = free_port()
     run_dir = folder / "sim"
     procs: dict[str, subprocess.Popen] = {}
-    try:
-        procs["sim"] = _start_sim(run_dir, port)
+    try:  # a Ctrl-C or SIGTERM at any moment stops what has started (the sim was left running, stopped while it started)
+        _start_sim(procs, run_dir, port)
         args = [a.format(run_dir=run_dir, port=port, config=_node_config(folder, run_dir, port)) for a in host]
-        procs["host"] = subprocess.Popen(args, stderr=subprocess.DEVNULL)
+        _start(procs, "host", args, stderr=subprocess.DEVNULL)
         time.sleep(warmup)
         return measure(procs, seconds)
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        for p in procs.values():
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        from palmnode import stopsignals
+
+        with stopsignals.deferred():  # a second Ctrl-C or SIGTERM waits for them, or they ran on
+            for p in procs.values():
+                if p.poll() is None:
+                    p.send_signal(signal.SIGINT)
+            for p in procs.values():
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
 
 
 def run(seconds: float = 20.0, warmup: float = 5.0) -> dict:

@@ -18,17 +18,21 @@ uncovered is the interpreter's own start, before any palmnode code runs (~30 ms)
 ``stopped()`` is the one line every command says when a stop ended it before its work was done.
 
 ``palmnode eval`` and ``bench`` do not serve their signals from trio: ``interrupt()`` takes Ctrl-C
-and SIGTERM alike as a KeyboardInterrupt, so a SIGTERM unwinds them as a Ctrl-C does (no
-output file is left half-written), and ``interrupted()`` says which one stopped them: exit 130
+and SIGTERM alike as a KeyboardInterrupt, so a SIGTERM unwinds them as a Ctrl-C does (their
+finally blocks stop the bench's virtual gate and node and remove its temporary folder; no output
+file is left half-written), and ``interrupted()`` says which one stopped them: exit 130
 or 143.
 """
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
+from typing import Iterator
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _noted: list[int] = []
+_deferring = 0
 
 
 def _note(signum: int, frame: object) -> None:
@@ -41,9 +45,28 @@ def interrupt(signum: int, frame: object) -> None:
     Python code) still stops the command, which asks ``noted()`` before it writes its result
     (``palmnode eval`` and ``bench`` printed their report and exited 0 after one in ~1 of 15 runs
     given a Ctrl-C just after they started). A SIGTERM given this handler is taken the same way:
-    without it, it killed ``eval`` and ``bench`` silently (exit -15)."""
+    without it, it killed ``eval`` and ``bench`` silently (exit -15), the bench's virtual gate and
+    node left running and its temporary folder left behind."""
     _noted.append(signum)
-    raise KeyboardInterrupt
+    if not _deferring:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Hold :func:`interrupt`'s KeyboardInterrupt while the block runs; raise it at the block's end
+    if a signal came meanwhile. For a step that must not be cut in two: starting a child process
+    and keeping its handle (one raised after the fork, before ``Popen`` returned, lost the child,
+    which then ran on after the command)."""
+    global _deferring
+    before = len(_noted)
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+    if not _deferring and len(_noted) > before:
+        raise KeyboardInterrupt
 
 
 def check() -> None:
