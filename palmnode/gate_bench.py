@@ -16,7 +16,6 @@ from collections.abc import Mapping
 import sys
 
 import numpy as np
-import trio
 
 from palmnode import demo
 from palmnode.biometrics import bench as engine_bench
@@ -56,7 +55,9 @@ def main(args: argparse.Namespace) -> dict:
     print(f"gate bench: building a gallery of {args.enrolled} synthetic palms", file=sys.stderr, flush=True)
     gallery = crowd(args.enrolled, args)
     plan = demo.Plan(people=args.people, arrivals=args.arrivals, strangers=0.25, unplug_camera=False, payment=False)
-    summary = trio.run(lambda: demo.play(plan, out=sys.stderr, gallery=gallery))
+    from palmnode import stopsignals
+
+    summary = stopsignals.run_trio(lambda: demo.play(plan, out=sys.stderr, gallery=gallery))  # Ctrl-C, SIGTERM: unwound
     counts = summary.counts
     enrolled_arrivals, strangers = arrivals(counts)
     lat = np.array(summary.latencies_ms)

@@ -317,7 +317,7 @@ async def _measure(folder: Path, seconds: float, idle_s: float) -> dict:
                 result["gallery"] = await repl.call("gallery")
         finally:
             proc.send_signal(signal.SIGINT)
-            with trio.move_on_after(15):
+            with trio.move_on_after(15, shield=True):  # its clean stop, also when a Ctrl-C or SIGTERM cancelled the bench
                 await proc.wait()
             if proc.returncode is None:
                 proc.kill()
@@ -333,7 +333,9 @@ def run(seconds: float, enrolled: int, *, idle_s: float = 5.0) -> dict:
         print(f"node memory: a vault of {enrolled} people ...", file=sys.stderr, flush=True)
         fill_vault(folder / "vault.db", folder / "vault.key", enrolled)
         print(f"node memory: idle {idle_s:.0f} s, traffic {seconds:.0f} s ...", file=sys.stderr, flush=True)
-        got = trio.run(_measure, folder, seconds, idle_s)
+        from palmnode import stopsignals
+
+        got = stopsignals.run_trio(_measure, folder, seconds, idle_s)  # a Ctrl-C or SIGTERM stops the node
     gallery = got["gallery"]
     mb = lambda kb: round(kb / 1024, 1)  # noqa: E731
     node_kb = got["after"]["VmRSS"] - gallery["memory_bytes"] / 1024

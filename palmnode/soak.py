@@ -86,4 +86,6 @@ async def soak(seconds: float, *, warmup: float = 3.0, seed: int = 1) -> dict:
 
 def main(seconds: float) -> dict:
     print(f"bad input on every port for {seconds:.0f} s ...", file=sys.stderr)
-    return trio.run(soak, seconds)
+    from palmnode import stopsignals
+
+    return stopsignals.run_trio(soak, seconds)  # a Ctrl-C or SIGTERM stops the node and the gate

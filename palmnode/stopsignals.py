@@ -69,6 +69,48 @@ def deferred() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
+def run_trio(fn, *args):
+    """``trio.run(fn, *args)`` in a command whose stop is :func:`interrupt` (the bench's suites that
+    run in trio): a Ctrl-C or SIGTERM cancels ``fn``, which unwinds as trio cancels it (its child
+    processes stopped, its folders removed), and is raised as KeyboardInterrupt once trio has
+    returned; one that comes before trio watches them, or after ``fn`` returned, is held until
+    then (:func:`deferred`). Raised by :func:`interrupt` wherever the main thread was, in trio's
+    own loop most of the time, the KeyboardInterrupt abandoned the run: no ``finally`` of ``fn``
+    ran (the memory bench's node was left running) and trio warned "Trio guest run got abandoned".
+    Returns what ``fn`` returned; an error of ``fn`` comes out as itself."""
+    import trio
+
+    done: list = []
+    before = len(_noted)
+
+    async def main() -> None:
+        with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def watch() -> None:
+                    async for signum in signals:
+                        _noted.append(signum)
+                        nursery.cancel_scope.cancel()
+                        return
+
+                nursery.start_soon(watch)
+                if len(_noted) > before:  # came while trio started
+                    nursery.cancel_scope.cancel()
+                done.append(await fn(*args))
+                nursery.cancel_scope.cancel()
+
+    with deferred():
+        try:
+            trio.run(main)
+        except BaseExceptionGroup as group:  # fn's error, out of the nursery that watched the signals
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+    if not done:  # cancelled by a signal: deferred() raised it as it left
+        raise KeyboardInterrupt
+    return done[0]
+
+
 def check() -> None:
     """Raise KeyboardInterrupt if a Ctrl-C or SIGTERM was noted (by :func:`interrupt`): a long
     command calls it between its stages and before it writes its results, so one that C code

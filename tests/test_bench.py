@@ -118,13 +118,14 @@ def _wait_for_child(proc: subprocess.Popen, needle: str, timeout: float = 120.0)
     raise AssertionError(f"no child running {needle!r} within {timeout} s")
 
 
-@pytest.mark.parametrize("moment", ["the virtual gate starting", "the node measured"])
+@pytest.mark.parametrize("moment", ["the virtual gate starting", "the node measured", "the memory bench's node"])
 def test_a_sigterm_stops_the_node_suite_and_everything_it_started(tmp_path, moment):
     """A SIGTERM (`kill`, a job scheduler's stop) to `palmnode bench` killed it by the signal, exit
     -15 without a word, and left what it had started: the virtual gate and the node it measures,
     running on with nobody to stop them, and its temporary folder. Taken now as Ctrl-C is: one
     line, exit 143, the children stopped (a virtual gate still starting too: it was not yet the
-    bench's to stop), no file left in its temporary folder. A real
+    bench's to stop; the memory bench's node too: the KeyboardInterrupt landed in trio's loop,
+    which abandoned the run and its cleanup), no file left in its temporary folder. A real
     SIGTERM to the bench alone (not its process group) once the child of the moment runs."""
     tmp = tmp_path / "tmp"
     tmp.mkdir()
