@@ -137,11 +137,16 @@ def noted() -> int | None:
     return _noted[0] if _noted else None
 
 
+def stopped_line(command: str, signum: int) -> str:
+    """``palmnode command: stopped by Ctrl-C`` (``... stopped by SIGTERM``, ``SIGHUP``)."""
+    name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    return f"{f'palmnode {command}'.rstrip()}: stopped by {name}"
+
+
 def say_stopped(command: str, signum: int) -> None:
     """Say on stderr, in one line, that ``palmnode command`` was stopped by ``signum`` before its
-    work was done: ``palmnode eval: stopped by Ctrl-C``, ``... stopped by SIGTERM``."""
-    name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-    print(f"{f'palmnode {command}'.rstrip()}: stopped by {name}", file=sys.stderr, flush=True)
+    work was done (:func:`stopped_line`)."""
+    print(stopped_line(command, signum), file=sys.stderr, flush=True)
 
 
 def stopped(command: str, signum: int = signal.SIGINT) -> int:

@@ -6,12 +6,15 @@ command names, event types and light channels); with stdin from a pipe it runs o
 Plain blocking sockets: the client has nothing to do concurrently but watch stdin for ``q``, and
 (waiting for piped stdin) the socket for the node's closing line. An idle session closed by the
 node prints why and exits with status 0: at once when piped, at the next line entered at a prompt.
+A SIGTERM or SIGHUP ends it as leaving does (the terminal's modes restored, the history saved),
+one line, status 128 + the signal.
 """
 from __future__ import annotations
 
 import argparse
 import base64
 import contextlib
+import errno
 import json
 import os
 import select
@@ -38,6 +41,21 @@ HISTORY_FILE = "~/.palmnode_repl_history"
 HISTORY_LENGTH = 2000
 #: the node must greet within this long
 CONNECT_TIMEOUT_S = 5.0
+
+
+#: what ends the client as leaving does, exit status 128 + the signal: SIGTERM (`kill`, a logout)
+#: and SIGHUP (the terminal closed); unless ignored as it starts (`nohup` ignores SIGHUP)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class Stopped(BaseException):
+    """A SIGTERM or SIGHUP (:data:`STOP_SIGNALS`): unwinds the client through every ``finally``
+    (the terminal's modes, the history), past the prompt's and the console's ``except
+    KeyboardInterrupt``, which are Ctrl-C's."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 class ReplClientError(Exception):
@@ -321,8 +339,13 @@ class Repl:
         tty.setcbreak(fd)
         try:
             yield lambda: os.read(fd, 1).lower() == b"q"
-        finally:
-            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        finally:  # also on a SIGTERM or SIGHUP (Stopped): killed here, the client left the terminal without echo
+            try:
+                termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+            except termios.error as exc:
+                if exc.args[0] != errno.EIO:
+                    raise
+                # EIO: the terminal hung up (its SIGHUP is on its way out): nothing left to restore
 
     def _stream(self, reply: dict[str, Any]) -> None:
         if "text" in reply:
@@ -601,7 +624,57 @@ DESCRIPTION = ("Attach to a running node's diagnostics REPL (a unix socket, 0600
                "a line.")
 
 
+class _StopSignals:
+    """While the client runs, the first of :data:`STOP_SIGNALS` raises :class:`Stopped` (unless the
+    signal was ignored as the client started: ``nohup``); one after it, while the client unwinds,
+    is only noted (its ``finally`` blocks restore the terminal and save the history to their end)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            for signum in STOP_SIGNALS:
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    self._previous[signum] = signal.signal(signum, self._handler)
+        return self
+
+    def _handler(self, signum: int, frame: object) -> None:
+        if self.signum is None:
+            self.signum = signum
+            raise Stopped(signum)
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+
+def _write_raw(stream: TextIO, text: str) -> None:
+    """``text`` straight to ``stream``'s file, or nowhere if it cannot be written (a terminal that
+    hung up): not left in its buffer, which Python would fail to flush at exit (status 120)."""
+    with contextlib.suppress(OSError, ValueError):
+        stream.flush()
+        os.write(stream.fileno(), text.encode())
+
+
 def main(args: argparse.Namespace) -> int:
+    status = 1
+    stops = _StopSignals()
+    try:
+        with stops:
+            status = _run(args)
+    except Stopped:  # raised where the client was, or as it left: either way it has unwound
+        pass
+    if stops.signum is None:
+        return status
+    from palmnode.stopsignals import stopped_line
+
+    _write_raw(sys.stderr, stopped_line("repl", stops.signum) + "\n")
+    return 128 + stops.signum
+
+
+def _run(args: argparse.Namespace) -> int:
     path = args.socket if args.socket is not None else default_socket()
     try:
         conn = Connection.open(path)
@@ -652,6 +725,9 @@ def _interactive(conn: Connection) -> int:
             line = input(prompt)
         except EOFError:
             return None
+        except Stopped:  # a SIGTERM or SIGHUP at the prompt: its line goes under it, as Ctrl-D's end
+            _write_raw(sys.stdout, "\n")
+            raise
         conn.check_unasked()  # ...or while the prompt waited: said before the line is sent
         return line
 

@@ -9,6 +9,7 @@ import signal
 import stat
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import cv2
@@ -288,6 +289,103 @@ async def test_terminal_python_console(node, repl_path, tmp_path):
         await exits_cleanly(process)
     assert "i 0" in out.text
 
+
+
+def _fresh_terminal_modes() -> list:
+    """The modes a new pseudo-terminal starts with (echo, canonical lines: what the operator had)."""
+    master, slave = os.openpty()
+    try:
+        return termios.tcgetattr(slave)
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+async def _rest_of(out: Output, timeout: float = 10.0) -> str:
+    """What the client still writes until its side of the terminal closes."""
+    with trio.fail_after(timeout):
+        while True:
+            try:
+                data = await out.stream.receive_some(65536)
+            except trio.BrokenResourceError:  # EIO: the client has gone
+                data = b""
+            if not data:
+                return out.text
+            out.text += data.decode("utf-8", "replace")
+
+
+@pytest.mark.parametrize(("where", "signum"), [("follow", signal.SIGTERM), ("follow", signal.SIGHUP),
+                                               ("prompt", signal.SIGHUP)],
+                         ids=["SIGTERM during follow", "SIGHUP during follow", "SIGHUP at the prompt"])
+async def test_a_stop_signal_restores_the_terminal_and_keeps_the_history(node, repl_path, tmp_path, where, signum):
+    """`follow` on a terminal puts it in cbreak mode (one key, no echo), readline at the prompt in
+    its own: a SIGTERM (`kill`, a logout's) or SIGHUP killed the client there and left the
+    operator's terminal without echo or line editing (typing seemed dead until `stty sane`), and
+    the session's history unsaved. Now the client ends as on Ctrl-D: the terminal's modes back,
+    the history saved, one line naming the signal, exit status 128 + the signal (143, 129)."""
+    async with open_terminal(repl_path, tmp_path) as (process, terminal, out):
+        await out.prompt("demo-gate> ", 1)
+        await terminal.send_all(b"health\r")
+        await out.prompt("demo-gate> ", 2)
+        if where == "follow":
+            await terminal.send_all(b"follow cards\r")
+            await out.wait_for("following BadgeRead, CardNotRead, PaymentCardRead")
+        lflag = termios.tcgetattr(terminal.fileno())[3]
+        assert not lflag & (termios.ECHO | termios.ICANON)  # cbreak (readline's own at the prompt) as the signal comes
+        process.send_signal(signum)
+        with trio.fail_after(10):
+            status = await process.wait()
+        text = await _rest_of(out)
+        modes = termios.tcgetattr(terminal.fileno())
+    assert status == 128 + signum, text
+    name = signal.Signals(signum).name
+    after = text[text.index("following") if where == "follow" else text.rindex("demo-gate> "):]
+    assert after.splitlines()[1:] == [f"palmnode repl: stopped by {name}"], after
+    assert modes[3] & termios.ECHO and modes[3] & termios.ICANON
+    assert modes == _fresh_terminal_modes()
+    history = (tmp_path / ".palmnode_repl_history").read_text().splitlines()
+    assert history[-2:] == ["health", "follow cards"] if where == "follow" else history[-1:] == ["health"]
+
+
+async def test_a_terminal_that_hangs_up_during_follow_ends_the_client_with_its_history(node, repl_path, tmp_path):
+    """The operator's terminal closes (an ssh connection drops, the window is closed) during
+    `follow`: the kernel sends SIGHUP, and the terminal can no longer be written or set. The
+    client died by the signal, the session's history lost. Now it ends as on any SIGHUP, its
+    history saved, status 129; restoring the modes of a terminal that is gone fails with EIO,
+    which ends nothing. A real hang-up: the pseudo-terminal's other side closed."""
+    async with open_terminal(repl_path, tmp_path) as (process, terminal, out):
+        await out.prompt("demo-gate> ", 1)
+        await terminal.send_all(b"follow cards\r")
+        await out.wait_for("following BadgeRead, CardNotRead, PaymentCardRead")
+        await terminal.aclose()
+        with trio.fail_after(10):
+            assert await process.wait() == 128 + signal.SIGHUP
+    history = (tmp_path / ".palmnode_repl_history").read_text().splitlines()
+    assert history[-1:] == ["follow cards"]
+
+
+async def test_a_follow_under_nohup_outlives_a_hangup_and_a_sigterm_ends_it(node, repl_path, tmp_path):
+    """`nohup palmnode repl follow gate >> gate-events.log &` outlives the terminal it was started
+    from: the SIGHUP nohup ignores stays ignored (the client's own, which ends it on a terminal
+    that closed, is not put in its place). A SIGTERM ends it: it died by the signal without a
+    word; now one line, status 143. Real signals to the client under the real nohup."""
+    process = await trio.lowlevel.open_process(["nohup", *client_command(repl_path), "follow", "decision"],
+                                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                               stderr=subprocess.STDOUT, cwd=tmp_path)
+    out = Output(process.stdout)
+    try:
+        await out.wait_for("following Decision")
+        process.send_signal(signal.SIGHUP)
+        node.bus.publish(Decision("unknown", None, None, None, "no match", 88.0, "entry", 1.0))
+        await out.wait_for("outcome=unknown")  # it reads on: the hang-up was delivered and ignored
+        process.send_signal(signal.SIGTERM)
+        text = await out.rest()
+        with trio.fail_after(10):
+            assert await process.wait() == 128 + signal.SIGTERM, text
+    finally:
+        process.kill()
+    assert text.splitlines()[-1] == "palmnode repl: stopped by SIGTERM", text
+    assert "Traceback" not in text
 
 def _controlling_terminal():
     # in the child, after setsid(): the pty on stdin becomes its terminal, so Ctrl-C is SIGINT
