@@ -6,6 +6,8 @@ import sys
 import time
 from typing import Callable
 
+from palmnode import stopsignals
+
 
 class Progress:
     """A progress bar on stderr for work that takes more than ``delay`` seconds.
@@ -27,6 +29,10 @@ class Progress:
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
 
     def update(self, n: int = 1) -> None:
+        """``n`` more done. A Ctrl-C or SIGTERM that C code swallowed on its way (noted by
+        ``stopsignals.interrupt``, the handler of ``eval`` and ``bench``, the commands with progress
+        bars) stops the work here, at its next step, not at the end of the stage."""
+        stopsignals.check()
         self.done += n
         now = self.clock()
         if now - self.start < self.delay:
