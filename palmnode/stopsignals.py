@@ -113,9 +113,9 @@ def run_trio(fn, *args):
 
 def check() -> None:
     """Raise KeyboardInterrupt if a Ctrl-C or SIGTERM was noted (by :func:`interrupt`): a long
-    command calls it between its stages and before it writes its results, so one that C code
-    swallowed stops it there instead of after a whole run (``palmnode eval`` wrote its plots once
-    in CI)."""
+    command calls it between its stages, before it writes its results and at every step of a
+    progress bar (``Progress.update``), so one that C code swallowed stops it there instead of
+    after a whole stage or run (``palmnode eval`` wrote its plots once in CI)."""
     if any(signum in _noted for signum in STOP_SIGNALS):
         raise KeyboardInterrupt
 
