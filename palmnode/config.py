@@ -278,7 +278,7 @@ class GateConfig:
     #: the vein check: a person is identified only when the vein similarity alone also reaches the
     #: calibration's vein impostor tail at this false-match rate (a print or a screen of a palm
     #: shows its lines, not its veins: docs/flows.md, "The vein check"); 0 turns the check off
-    vein_fmr: float = 1e-3
+    vein_fmr: float = 5e-4
     on_duplicate: str = "refuse"       # enrolling a palm already enrolled: refuse | link
     #: threads one 1:N search is split over (docs/engine.md, "Threads"): 2 on a gate whose second
     #: core is otherwise idle refuses a stranger at 1M palms ~1.5x sooner

@@ -342,9 +342,9 @@ def test_a_thresholds_file_needs_a_table(tmp_path):
      "[devices.card_reader] token_key_file: must not be empty"),
     ('port = "/tmp/palmnode-sim/proximity"', 'port = ""', "[devices.proximity] port: must not be empty"),
     ('search_threads = 1', 'search_threads = 1\ncalibration = ""', "[gate] calibration: must not be empty"),
-    ('vein_fmr = 1e-3', 'vein_fmr = 0.5', "[gate] vein_fmr: must be 1e-06 to 0.001 (vein false matches per comparison), "
+    ('vein_fmr = 5e-4', 'vein_fmr = 0.5', "[gate] vein_fmr: must be 1e-06 to 0.001 (vein false matches per comparison), "
                                           "or 0 for no vein check, got 0.5"),
-    ('vein_fmr = 1e-3', 'vein_fmr = nan', "[gate] vein_fmr: must be a finite number, got nan"),
+    ('vein_fmr = 5e-4', 'vein_fmr = nan', "[gate] vein_fmr: must be a finite number, got nan"),
     # nan or inf passed every check and reached a sleep or a backoff: an actor that crashes or never wakes
     ("frame_rate_hz = 100", "frame_rate_hz = 100\nread_interval_s = nan",
      "[devices.proximity] read_interval_s: must be a finite number, got nan"),

@@ -239,27 +239,34 @@ def gallery_of(recs: np.ndarray, sigs: np.ndarray, threads: int = 1, ids: list[s
     return g
 
 
+#: other palms whose vein codes each probe's surface replica is made with (bench ``vein_check``)
+REPLICA_SOURCES = 10
+
+
 def surface_replicas(probes: list[tuple[int, ProbeTemplates]], enrol: dict[int, PalmTemplate]) -> dict:
     """The gate's vein check (docs/flows.md) against perfect surface replicas: each probe's own
-    surface code with the vein code of the next probe of another palm, every variant, against the
-    probe's own enrolment; how many reach the decision threshold, and how many also the shipped
-    calibration's vein floor at the default ``[gate] vein_fmr``. Genuine probes beside them."""
+    surface code with the vein code of each of the next REPLICA_SOURCES probes of other palms,
+    every variant, against the probe's own enrolment; how many reach the decision threshold, and
+    how many also the shipped calibration's vein floor at the default ``[gate] vein_fmr``.
+    Genuine probes beside them."""
     from palmnode.node import vein_check_floor
 
     threshold = decision_threshold()
     floor = vein_check_floor(matcher.Calibration.from_json(SHIPPED_CALIBRATION.read_text()), GateConfig().vein_fmr)
     genuine, replica = [], []
     for k, (i, p) in enumerate(probes):
-        other = next(q for j, q in probes[k + 1:] + probes[:k] if j != i)   # the next other palm's probe
-        n = min(len(p.templates), len(other.templates))
-        mixed = ProbeTemplates(tuple(PalmTemplate(surface=a.surface, vein=b.vein)
-                                     for a, b in zip(p.templates[:n], other.templates[:n])), p.variants[:n])
         genuine.append(matcher.match_probe(p, enrol[i]))
-        replica.append(matcher.match_probe(mixed, enrol[i]))
+        for j, other in probes[k + 1:k + 1 + REPLICA_SOURCES]:
+            if j == i:
+                continue
+            n = min(len(p.templates), len(other.templates))
+            mixed = ProbeTemplates(tuple(PalmTemplate(surface=a.surface, vein=b.vein)
+                                         for a, b in zip(p.templates[:n], other.templates[:n])), p.variants[:n])
+            replica.append(matcher.match_probe(mixed, enrol[i]))
 
     def accepted(scores, vein_check: bool) -> int:
         return sum(s.fused >= threshold and (not vein_check or s.vein >= floor) for s in scores)
-    return {"probes": len(probes), "decision_threshold": threshold, "vein_floor": floor,
+    return {"probes": len(probes), "replicas": len(replica), "decision_threshold": threshold, "vein_floor": floor,
             "genuine_accepted": accepted(genuine, False), "genuine_accepted_with_vein_check": accepted(genuine, True),
             "replicas_accepted": accepted(replica, False), "replicas_accepted_with_vein_check": accepted(replica, True),
             "replica_fused_max": max(s.fused for s in replica), "replica_vein_max": max(s.vein for s in replica)}
