@@ -388,11 +388,14 @@ async def test_a_follow_under_nohup_outlives_a_hangup_and_a_sigterm_ends_it(node
     assert "Traceback" not in text
 
 def _controlling_terminal():
-    # in the child, after setsid(): the pty on stdin becomes its terminal, so Ctrl-C is SIGINT
+    # in the child, after setsid(): the pty on stdin becomes its terminal, so Ctrl-C is SIGINT; and
+    # SIGHUP as a login shell gives it, whatever this run inherited (under nohup, as CI may be, it
+    # is ignored, and the client keeps an ignored SIGHUP ignored)
     import fcntl
     import termios
 
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def test_completion_words():
