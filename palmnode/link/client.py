@@ -7,8 +7,9 @@ in the background, reconnecting with exponential backoff. While connected it
 * serves the controller's requests, each in its own task, through ``handler(op, args) -> dict``
   (an exception becomes ``ok: false`` with a one-line error; :class:`UnknownOp` "unknown op X";
   a :class:`RequestRefused` is logged as one line, any other exception with its traceback);
-* sends every undelivered outbox event, oldest first, and marks it delivered on the matching ack
-  (unacked events are sent again after a reconnect: the controller drops duplicates by key);
+* sends every undelivered outbox event, oldest first, and marks it delivered after the matching
+  ack (unacked events are sent again after a reconnect: the controller drops duplicates by key);
+  the pump marks it, so the receive loop never waits for the vault;
 * rides out another process holding the vault's write lock past its busy timeout (an ``sqlite3``
   shell, a backup): an outbox read it refuses is one warning line and tried again each poll; an
   ack whose mark it refuses is one warning line, and the event, acked, is kept in memory (never
@@ -240,10 +241,11 @@ class LinkClient:
         self._ids = itertools.count(1)
         self._waiting: dict[int, _Pending] = {}
         self._inflight: dict[int, tuple[str, float]] = {}  # seq -> (key, sent at trio time)
-        self._acked: set[int] = set()
-        #: acked events the vault would not mark delivered yet (held past its busy timeout): seqs,
-        #: marked by the pump's next rounds; kept across connections (the controller has them)
-        self._unmarked: set[int] = set()
+        #: events the controller acked, for the pump to mark delivered: seq -> whether the vault put
+        #: its mark off (another process held it past its busy timeout). Never sent again by this
+        #: client, kept across connections (the controller has them)
+        self._acked: dict[int, bool] = {}
+        self._marks_held = False   # the pump's last mark met the vault held: warned once
         self._outbox_held = False  # the pump's last outbox read met the vault held: warned once
         self._unsendable: set[int] = set()  # seqs whose event cannot be encoded: held back, logged once
         self._wake = trio.Event()
@@ -362,7 +364,6 @@ class LinkClient:
     async def _serve(self, channel: Channel) -> None:
         self._channel = channel
         self._inflight.clear()
-        self._acked.clear()
         self.stats.connects += 1
         self.stats.last_error = None
         self._set_changed()
@@ -414,45 +415,37 @@ class LinkClient:
         elif isinstance(msg, Ack):
             sent = self._inflight.get(msg.seq)
             if sent is not None and sent[0] == msg.key:
-                await self._mark_acked(msg.seq)
+                # marked delivered by the pump: this loop never waits for the vault, so the
+                # controller's answers (a charge's) are read while another process holds it
+                del self._inflight[msg.seq]
+                self._acked[msg.seq] = False
+                self._wake.set()
             else:
                 self.stats.acks_unmatched += 1
         # a Hello/Event here was refused by the channel already
 
-    async def _mark_acked(self, seq: int) -> None:
-        """Mark event ``seq``, acked, delivered; in flight until then (not sent again meanwhile).
-        Another process holding the vault past its busy timeout: kept acked in memory instead (one
-        warning line), and so is every ack after it until the pump has marked them all (this
-        receive loop waits out the timeout once, not once an ack)."""
-        if not self._unmarked:
+    async def _mark_acked(self) -> None:
+        """Mark the acked events delivered, oldest first. Another process holding the vault's write
+        lock: the first waits out its busy timeout, then one warning line, and they wait for a
+        later round (one step each then: ``acks_deferred`` counts them)."""
+        for seq in sorted(self._acked):
+            wait = 0 if self._marks_held else self._outbox.busy_timeout
             try:
-                await in_vault_steps(functools.partial(self._outbox.mark_delivered, seq, wait=STEP_S),
-                                     self._outbox.busy_timeout)
+                await in_vault_steps(functools.partial(self._outbox.mark_delivered, seq, wait=STEP_S), wait)
             except VaultBusy as exc:
-                log.warning("link ack not marked delivered, kept to mark later: %s", one_line(exc),
-                            extra={"fields": {"seq": seq}})
-            else:
-                del self._inflight[seq]
-                self._acked.add(seq)
-                self.stats.events_acked += 1
-                self._wake.set()
+                if not self._marks_held:
+                    log.warning("link ack not marked delivered, kept to mark later: %s", one_line(exc),
+                                extra={"fields": {"seq": seq}})
+                    self._marks_held = True
+                put_off = [s for s, deferred in self._acked.items() if not deferred]
+                self._acked.update(dict.fromkeys(put_off, True))
+                self.stats.acks_deferred += len(put_off)
                 return
-        del self._inflight[seq]
-        self._unmarked.add(seq)  # acked: not sent again by this client, marked by the pump
-        self.stats.acks_deferred += 1
-
-    async def _mark_deferred(self) -> None:
-        """The pump's: mark the acked events the vault put off, oldest first, one step each (they
-        waited the busy timeout once already); what it still refuses waits for the next round."""
-        for seq in sorted(self._unmarked):
-            try:
-                await in_vault_steps(functools.partial(self._outbox.mark_delivered, seq, wait=STEP_S), 0)
-            except VaultBusy:
-                return
-            self._unmarked.discard(seq)
+            del self._acked[seq]
             self.stats.events_acked += 1
-            if not self._unmarked:
-                log_event(log, "link acks marked delivered", acks_deferred=self.stats.acks_deferred)
+        if self._marks_held:
+            self._marks_held = False
+            log_event(log, "link acks marked delivered", acks_deferred=self.stats.acks_deferred)
 
     async def _admit(self, size: int) -> None:
         """Wait for room to serve one more request of ``size`` bytes (a request alone always fits):
@@ -506,9 +499,7 @@ class LinkClient:
         cfg = self.config
         while True:
             self._wake = trio.Event()
-            if self._unmarked:
-                await self._mark_deferred()  # before the read: marked ones are not read again
-            stale = set(self._acked)
+            await self._mark_acked()  # before the read, which then returns none of them
             unreadable: list[str] = []
 
             def read() -> list:  # again after a step that met another process's write lock
@@ -533,7 +524,6 @@ class LinkClient:
                 self.stats.events_unreadable += len(unreadable)
             await self._send_events(channel, events)
             del events  # read again next time: none is kept while the pump waits (a person deleted meanwhile)
-            self._acked -= stale  # acked before that read started: no later read returns them
             if self._inflight:
                 oldest = min(at for _, at in self._inflight.values())
                 if trio.current_time() - oldest > cfg.ack_timeout_s:
@@ -546,8 +536,7 @@ class LinkClient:
     async def _send_events(self, channel: Channel, events: list) -> None:
         """The outbox events read that are not in flight, acked or held back, sent in order."""
         for ev in events:
-            if ev.seq in self._inflight or ev.seq in self._acked or ev.seq in self._unmarked or \
-                    ev.seq in self._unsendable:
+            if ev.seq in self._inflight or ev.seq in self._acked or ev.seq in self._unsendable:
                 continue
             # in flight before it is sent: the controller's ack can come back (and be read) before
             # this task resumes from the send, and an ack of no event in flight is ignored

@@ -467,3 +467,29 @@ async def test_an_outbox_read_the_vault_refuses_past_its_busy_timeout_is_tried_a
         "written)", "1 outbox event(s) unreadable in the vault (a sealed payload fails to open): dropped, not sent; "
         "the vault's audit log has their seq"]
     assert warnings[0].exc_info is None and "link outbox read again" in caplog.messages
+
+
+async def test_the_controllers_answers_are_read_while_an_ack_waits_for_a_vault_another_process_holds(
+        pki, stub, tmp_path):
+    """An ack was marked delivered by the receive loop itself, so while another process held the
+    vault it read nothing else for up to the busy timeout (5 s by default): the answer to a
+    request of the node's (a charge's, whose timeout is 3 s) waited behind it. The pump marks acks
+    now; the receive loop never waits for the vault."""
+    vault = Vault.open(tmp_path / "vault.db", load_keys(tmp_path / "vault.key", create=True), node_id="gate-1",
+                       busy_timeout=30.0)
+    try:
+        key = vault.append_event("unknown", {"latency_ms": 1.0, "reason": "x"}).key
+        client = LinkClient(config(pki, stub.port), vault, serve)
+        with write_locked(vault.path) as other:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(client.run)
+                await stub.changes.wait_until(lambda: key in stub.applied, timeout=10)  # acked, now marking
+                with trio.fail_after(5):    # it waited for the vault's 30 s before
+                    assert await client.request("echo", {"n": 1}) == {"n": 1}
+                assert client.stats.events_acked == 0 and [e.key for e in await pending_in(vault)] == [key]
+                other.execute("COMMIT")
+                await wait_for(lambda: client.stats.events_acked == 1, timeout=10)
+                nursery.cancel_scope.cancel()
+        assert await pending_in(vault) == [] and list(stub.applied) == [key]
+    finally:
+        vault.close()
