@@ -282,9 +282,9 @@ class People:
         async with self._lock:
             try:
                 refused = await self._in_steps(self._upsert, people)
-            finally:
-                self._gauge()  # a page the vault refused partway may have made some searchable
-            self._changed(*(person.person_id for person in people))
+            finally:  # a page the vault refused partway may have stored and made searchable some
+                self._gauge()
+                self._changed(*(person.person_id for person in people))
         return refused
 
     def _upsert(self, people: Sequence[Person]) -> list[str]:

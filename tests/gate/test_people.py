@@ -732,9 +732,11 @@ async def test_a_sync_page_the_vault_refuses_partway_leaves_whoever_it_stored_se
         first, clashing, last = (
             Person(f"p-{name}", card(n), None, (EnrolledPalm("left", tuple(templates_of(i))),), 1.0, "gate-2")
             for name, n, i in (("first", 5, 2), ("clashing", 1, 3), ("last", 6, 4)))
-        with pytest.raises(VaultBusy, match="database is locked"):
+        with people.changes_since() as newer, pytest.raises(VaultBusy, match="database is locked"):
             await people.apply_upserts([first, clashing, last])
         assert vault.other is not None and vault.calls > 3  # the steps met the lock to the end
+        # a sync page read before it must not undo what it stored (it was not noted as changed)
+        assert people.changed_since(newer, first.person_id)
         assert vault.get(first.person_id) is not None and vault.get(last.person_id) is None
         assert people.gallery.search(templates_of(2)[0], 1)[0].person_id == first.person_id
         assert len(people.gallery) == 2 and not people._lock.locked()
