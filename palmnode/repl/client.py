@@ -347,16 +347,22 @@ class Repl:
                     raise
                 # EIO: the terminal hung up (its SIGHUP is on its way out): nothing left to restore
 
+    def _line(self, text: str) -> None:
+        """``text`` and its newline in one write (``print`` makes two: a SIGTERM between them left
+        the line open, and the client's last words ran on after it)."""
+        self.out.write(text + "\n")
+        self.out.flush()
+
     def _stream(self, reply: dict[str, Any]) -> None:
         if "text" in reply:
-            print(reply["text"], file=self.out, flush=True)
+            self._line(str(reply["text"]))
         elif "event" in reply:
-            print(format_event(reply["event"]), file=self.out, flush=True)
+            self._line(format_event(reply["event"]))
 
     def _final(self, cmd: str, args: tuple[str, ...], reply: dict[str, Any]) -> None:
         if not reply.get("ok"):
             self.errors += 1
-            print(f"error: {reply.get('error', 'unknown error')}", file=self.out, flush=True)
+            self._line(f"error: {reply.get('error', 'unknown error')}")
             return
         result = reply.get("result")
         if cmd == "capture" and isinstance(result, dict) and "png_base64" in result:
@@ -368,9 +374,9 @@ class Repl:
             self.out.write(text or "")
             self.out.flush()
         elif text is not None:
-            print(text, file=self.out, flush=True)
+            self._line(str(text))
         elif result is not None:
-            print(json.dumps(result, indent=2), file=self.out, flush=True)
+            self._line(json.dumps(result, indent=2))
 
     def _save_capture(self, args: tuple[str, ...], result: dict[str, Any], text: str | None) -> None:
         path = Path(args[0] if args else time.strftime("palm-roi-%Y%m%d-%H%M%S.png")).expanduser()
@@ -396,7 +402,7 @@ class Repl:
             self.errors += 1
             print(f"error: cannot write {path}: {exc.strerror} (the image was not kept)", file=self.out)
             return
-        print(f"{text or 'ROI'} saved to {path}", file=self.out, flush=True)
+        self._line(f"{text or 'ROI'} saved to {path}")
 
     # -- line by line
 
@@ -650,6 +656,29 @@ class _StopSignals:
             signal.signal(signum, previous)
 
 
+#: while the prompt waits, a no-op SIGALRM this often (s): see _ticking
+PROMPT_TICK_S = 0.25
+
+
+@contextlib.contextmanager
+def _ticking() -> Iterator[None]:
+    """A SIGALRM every PROMPT_TICK_S while the block runs (the prompt's ``input()``). readline
+    prints the prompt, then waits in ``select()`` with no timeout and runs Python's signal
+    handlers only when that wait is interrupted: a SIGTERM or SIGHUP that came between the two
+    (the moment the prompt appears) waited for the next key. Each tick interrupts the wait, and
+    the handler of a signal that came meanwhile runs then."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, lambda signum, frame: None)
+    signal.setitimer(signal.ITIMER_REAL, PROMPT_TICK_S, PROMPT_TICK_S)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def _write_raw(stream: TextIO, text: str) -> None:
     """``text`` straight to ``stream``'s file, or nowhere if it cannot be written (a terminal that
     hung up): not left in its buffer, which Python would fail to flush at exit (status 120)."""
@@ -670,6 +699,8 @@ def main(args: argparse.Namespace) -> int:
         return status
     from palmnode.stopsignals import stopped_line
 
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()  # what the client said before it, in order (stdout and stderr may be one)
     _write_raw(sys.stderr, stopped_line("repl", stops.signum) + "\n")
     return 128 + stops.signum
 
@@ -722,7 +753,8 @@ def _interactive(conn: Connection) -> int:
     def read_line(prompt: str) -> str | None:
         conn.check_unasked()  # it closed the session while the operator was away: say why
         try:
-            line = input(prompt)
+            with _ticking():
+                line = input(prompt)
         except EOFError:
             return None
         except Stopped:  # a SIGTERM or SIGHUP at the prompt: its line goes under it, as Ctrl-D's end

@@ -21,7 +21,7 @@ from palmnode.actors import GateState
 from palmnode.gate.events import Decision
 from palmnode.repl import serve_repl
 from palmnode.repl.client import (DEFAULT_SOCKETS, Completer, Connection, Repl, ReplClientError, SessionClosed,
-                                  check_socket_folder, default_socket)
+                                  Stopped, check_socket_folder, default_socket)
 from palmnode.repl.server import IDLE_TIMEOUT_S
 from tests.conftest import wait_for
 from tests.repl.conftest import BareTarget
@@ -386,6 +386,26 @@ async def test_a_follow_under_nohup_outlives_a_hangup_and_a_sigterm_ends_it(node
         process.kill()
     assert text.splitlines()[-1] == "palmnode repl: stopped by SIGTERM", text
     assert "Traceback" not in text
+
+def test_a_stop_signal_never_cuts_a_line_from_its_newline():
+    """print() writes a line, then its newline: a SIGTERM between the two (a follow's event line as
+    the client was stopped, 2 runs in 30 of the nohup test on a loaded machine) left the line open,
+    and the client's 'stopped by SIGTERM' ran on after it. Each line is one write now; the signal,
+    raised (as Stopped) right after the first write, finds the line whole."""
+    class StoppedAfterOneWrite(io.StringIO):
+        def write(self, text):
+            super().write(text)
+            raise Stopped(signal.SIGTERM)
+
+    for say in (lambda r: r._stream({"text": "following Decision (Ctrl-C or q stops)"}),
+                lambda r: r._final("health", (), {"ok": True, "text": "gate READY"}),
+                lambda r: r._final("stats", (), {"ok": True, "result": {"decisions": 3}}),
+                lambda r: r._final("health", (), {"ok": False, "error": "no such thing"})):
+        out = StoppedAfterOneWrite()
+        with pytest.raises(Stopped):
+            say(Repl(None, out, interactive=False))
+        assert out.getvalue().endswith("\n")
+
 
 def _controlling_terminal():
     # in the child, after setsid(): the pty on stdin becomes its terminal, so Ctrl-C is SIGINT; and
