@@ -670,13 +670,18 @@ def _ticking() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGALRM, lambda signum, frame: None)
+    # the handler stays once the prompt is left: a tick already on its way must find one (with
+    # SIGALRM's default back, it would end the client; Python's own, warn of a race)
+    signal.signal(signal.SIGALRM, _tick)
     signal.setitimer(signal.ITIMER_REAL, PROMPT_TICK_S, PROMPT_TICK_S)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+
+
+def _tick(signum: int, frame: object) -> None:
+    """The prompt's SIGALRM: nothing to do, the wait it interrupts is the point (_ticking)."""
 
 
 def _write_raw(stream: TextIO, text: str) -> None:
