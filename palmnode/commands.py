@@ -11,7 +11,7 @@ from pathlib import Path
 
 import trio
 
-from palmnode import logs, malloc
+from palmnode import logs, malloc, stopsignals
 
 
 #: exit status of a configuration that cannot be used (sysexits.h EX_CONFIG): systemd's unit does not
@@ -81,8 +81,6 @@ def _run_stoppable(fn, *args):
     imported (noted by palmnode/stopsignals.py since the command's first moment, raised again
     here), and one after ``fn`` ended (noted, the command's end goes on). Returns the signal that
     stopped it, or None; ``fn``'s result is dropped (a command's report goes through ``fn``)."""
-    from palmnode import stopsignals
-
     stopped: list[int] = []
 
     async def main() -> None:
@@ -91,7 +89,7 @@ def _run_stoppable(fn, *args):
             async with trio.open_nursery() as nursery:
 
                 async def watch() -> None:
-                    stopped.append(await _cancel_on_signal(signals, nursery.cancel_scope))
+                    stopped.append(await stopsignals.cancel_on_signal(signals, nursery.cancel_scope))
 
                 nursery.start_soon(watch)
                 await fn(*args)
@@ -164,7 +162,6 @@ async def _serve_node(node) -> None:
     failed) or a SIGTERM's death, without the "node stopped" line."""
     from drivers.errors import DeviceError
     from palmnode.actors import SupervisorEscalation
-    from palmnode import stopsignals
     from palmnode.node import GateSetupError
 
     log = logging.getLogger("palmnode.node")
@@ -188,7 +185,7 @@ async def _stop_on_signal(signals, scope: trio.CancelScope, stopping: trio.Nurse
     ones after it are only logged (``stopping``: a nursery that outlives the node's stop)."""
     from palmnode.systemd import notify_stopping
 
-    signum = await _cancel_on_signal(signals, scope)
+    signum = await stopsignals.cancel_on_signal(signals, scope)
     notify_stopping()  # systemd: this stop is ours, not a crash
     logs.event(log, "node stopping", signal=signal.Signals(signum).name)
     stopping.start_soon(_already_stopping, signals, log)
@@ -249,13 +246,6 @@ def _unprivileged_port_start() -> int:
         return 1024
 
 
-async def _cancel_on_signal(signals, scope: trio.CancelScope) -> int:
-    """Wait for the first of ``signals`` (Ctrl-C, SIGTERM), cancel ``scope``, return the signal."""
-    async for signum in signals:
-        scope.cancel()
-        return signum
-
-
 def bench(args: argparse.Namespace) -> int:
     from palmnode import bench as benchmod
 
@@ -275,13 +265,9 @@ def demo(args: argparse.Namespace) -> int:
 
     signum = _run_stoppable(play)
     if not played:  # stopped half-way: the temporary folder (keys, vault, sockets) is gone, no summary
-        from palmnode import stopsignals
-
         return stopsignals.stopped("demo", signum)
     demomod.report(played[0])
-    from palmnode import stopsignals  # a Ctrl-C once the demo was done: the summary is whole, the exit 130
-
-    return 130 if (signum or stopsignals.noted()) == signal.SIGINT else 0
+    return 130 if (signum or stopsignals.noted()) == signal.SIGINT else 0  # a Ctrl-C once the demo was done: the summary is whole, the exit 130
 
 
 def eval(args: argparse.Namespace) -> int:  # noqa: A001 - the subcommand's name

@@ -88,10 +88,7 @@ def run_trio(fn, *args):
             async with trio.open_nursery() as nursery:
 
                 async def watch() -> None:
-                    async for signum in signals:
-                        _noted.append(signum)
-                        nursery.cancel_scope.cancel()
-                        return
+                    _noted.append(await cancel_on_signal(signals, nursery.cancel_scope))
 
                 nursery.start_soon(watch)
                 if len(_noted) > before:  # came while trio started
@@ -109,6 +106,14 @@ def run_trio(fn, *args):
     if not done:  # cancelled by a signal: deferred() raised it as it left
         raise KeyboardInterrupt
     return done[0]
+
+
+async def cancel_on_signal(signals, scope) -> int:
+    """Wait for the first of ``signals`` (a trio signal receiver: Ctrl-C, SIGTERM), cancel
+    ``scope`` (a trio cancel scope), return the signal."""
+    async for signum in signals:
+        scope.cancel()
+        return signum
 
 
 def check() -> None:
@@ -143,25 +148,20 @@ def stopped_line(command: str, signum: int) -> str:
     return f"{f'palmnode {command}'.rstrip()}: stopped by {name}"
 
 
-def say_stopped(command: str, signum: int) -> None:
-    """Say on stderr, in one line, that ``palmnode command`` was stopped by ``signum`` before its
-    work was done (:func:`stopped_line`)."""
-    print(stopped_line(command, signum), file=sys.stderr, flush=True)
-
-
 def stopped(command: str, signum: int = signal.SIGINT) -> int:
-    """:func:`say_stopped`; return the exit status of a command that serves its stop: 130 for
-    Ctrl-C (the shell's 128 + SIGINT), 0 for SIGTERM (a stop asked, as ``palmnode run`` and the
-    controller answer systemd's)."""
-    say_stopped(command, signum)
+    """Say on stderr, in one line, that ``palmnode command`` was stopped by ``signum`` before its
+    work was done (:func:`stopped_line`); return the exit status of a command that serves its
+    stop: 130 for Ctrl-C (the shell's 128 + SIGINT), 0 for SIGTERM (a stop asked, as ``palmnode
+    run`` and the controller answer systemd's)."""
+    print(stopped_line(command, signum), file=sys.stderr, flush=True)
     return 130 if signum == signal.SIGINT else 0
 
 
 def interrupted(command: str) -> int:
     """For a KeyboardInterrupt that ended ``palmnode command`` (eval, bench: :func:`interrupt`):
-    :func:`say_stopped` with the signal noted first (Ctrl-C when none was: Python's own handler);
-    return 128 + that signal, the shell's status for a run a signal cut short: 130 for Ctrl-C, 143
-    for SIGTERM (the work was not done, so not 0 as for a command whose stop is its end)."""
+    its one line for the signal noted first (Ctrl-C when none was: Python's own handler); return
+    128 + that signal, the shell's status for a run a signal cut short: 130 for Ctrl-C, 143 for
+    SIGTERM (the work was not done, so not 0 as for a command whose stop is its end)."""
     signum = noted() or signal.SIGINT
-    say_stopped(command, signum)
+    print(stopped_line(command, signum), file=sys.stderr, flush=True)
     return 128 + signum
