@@ -119,7 +119,7 @@ class Node:
             calibration = Calibration.from_json(Path(cfg.gate.calibration).read_text())
             self.threshold = calibration.decision_threshold(cfg.gate.target_fmr)
             look_penalty = second_look_penalty(calibration, cfg.gate.target_fmr)
-            vein_floor = vein_check_floor(calibration, cfg.gate.vein_fmr)
+            vein_floor = calibration.vein_floor(cfg.gate.vein_fmr)
         except (OSError, ValueError) as exc:
             why = (exc.strerror or exc) if isinstance(exc, OSError) else exc
             raise GateSetupError(f"calibration {cfg.gate.calibration}: {why}", config=True) from None
@@ -305,19 +305,6 @@ def _lasting(exc: VaultError | OSError) -> bool:
     """The vault's error meets a restart unchanged (VaultError.reason: damaged, unknown schema, not
     writable, the key), so only an operator can cure it."""
     return exc.lasting if isinstance(exc, VaultError) else lasting(exc)
-
-
-def vein_check_floor(calibration: Calibration, vein_fmr: float) -> float:
-    """The identify flow's vein floor (IdentifyPolicy.vein_floor): the calibration's vein impostor
-    tail at ``vein_fmr``; -inf (no check) when ``vein_fmr`` is 0. ValueError (one line) for a
-    calibration without a vein tail: made before the check, or on one modality."""
-    if vein_fmr == 0:
-        return -math.inf
-    if calibration.vein is None:
-        raise ValueError("it has no vein impostor tail for the vein check (made before it, or on one modality): "
-                         "remake it with `palmnode eval --calibration-out` on both modalities, or set [gate] "
-                         "vein_fmr = 0 to identify without the vein check")
-    return calibration.vein.decision_threshold(vein_fmr)
 
 
 class GateSetupError(Exception):

@@ -249,10 +249,8 @@ def surface_replicas(probes: list[tuple[int, ProbeTemplates]], enrol: dict[int, 
     every variant, against the probe's own enrolment; how many reach the decision threshold, and
     how many also the shipped calibration's vein floor at the default ``[gate] vein_fmr``.
     Genuine probes beside them."""
-    from palmnode.node import vein_check_floor
-
     threshold = decision_threshold()
-    floor = vein_check_floor(matcher.Calibration.from_json(SHIPPED_CALIBRATION.read_text()), GateConfig().vein_fmr)
+    floor = matcher.Calibration.from_json(SHIPPED_CALIBRATION.read_text()).vein_floor(GateConfig().vein_fmr)
     genuine, replica = [], []
     for k, (i, p) in enumerate(probes):
         genuine.append(matcher.match_probe(p, enrol[i]))

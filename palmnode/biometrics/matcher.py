@@ -307,6 +307,18 @@ class Calibration:
             return self.threshold_for(fmr)
         return self.threshold_beyond(fmr)
 
+    def vein_floor(self, vein_fmr: float) -> float:
+        """The gate's vein check floor (IdentifyPolicy.vein_floor): the vein impostor tail's
+        decision threshold at ``vein_fmr``; -inf (no check) when ``vein_fmr`` is 0. ValueError (one
+        line) for a calibration without a vein tail: made before the check, or on one modality."""
+        if vein_fmr == 0:
+            return -math.inf
+        if self.vein is None:
+            raise ValueError("it has no vein impostor tail for the vein check (made before it, or on one modality): "
+                             "remake it with `palmnode eval --calibration-out` on both modalities, or set [gate] "
+                             "vein_fmr = 0 to identify without the vein check")
+        return self.vein.decision_threshold(vein_fmr)
+
     def to_dict(self) -> dict:
         d = {"version": 1, "n": self.n, "tail": self.tail.tolist()}
         if self.vein is not None:

@@ -69,12 +69,11 @@ async def rig(nursery, tmp_path, threshold) -> Rig:
 
 
 def product_vein_floor() -> float:
-    """The vein check's floor a node sets (node.vein_check_floor): the shipped calibration's vein
+    """The vein check's floor a node sets (Calibration.vein_floor): the shipped calibration's vein
     tail at the default ``[gate] vein_fmr``."""
     from palmnode.config import GateConfig
-    from palmnode.node import vein_check_floor
 
-    return vein_check_floor(matcher.Calibration.from_json(SHIPPED_CALIBRATION.read_text()), GateConfig().vein_fmr)
+    return matcher.Calibration.from_json(SHIPPED_CALIBRATION.read_text()).vein_floor(GateConfig().vein_fmr)
 
 
 async def start_identify(rig: Rig, nursery, threshold: float, *, policy: dict | None = None,
