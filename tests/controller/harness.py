@@ -217,8 +217,9 @@ class VaultNode:
         raise UnknownOp(op)
 
     def _upsert(self, person) -> None:
-        if self.vault.get(person.person_id) is None:
-            self.vault.add_person(person)
+        # one transaction, as the product's People does: a push and the connect sync can carry the
+        # same person at once, and a get-then-add in two threads would both see nobody
+        self.vault.upsert_people([person])
 
     async def _sync(self) -> None:
         from palmnode.link.wire import person_from_wire
