@@ -427,6 +427,7 @@ class Camera:
         self._taken_seq = -1
         self._taken_at = -math.inf  # perf_counter
         self._latest: Frame | None = None
+        self._last_converted = (math.nan, math.nan)  # (perf_counter, trio time): see _trio_time
 
     # ---- opening ------------------------------------------------------------------------
     @classmethod
@@ -602,9 +603,13 @@ class Camera:
     def _ask(self) -> None:
         self._demand_until = time.perf_counter() + DEMAND_WINDOW_S
 
-    @staticmethod
-    def _trio_time(perf_at: float) -> float:
-        return trio.current_time() - max(0.0, time.perf_counter() - perf_at)
+    def _trio_time(self, perf_at: float) -> float:
+        # the two clocks are read one after the other, so converting the same moment twice can
+        # differ by a fraction of a microsecond: a frame's time is converted once, and its frame,
+        # latest() and stats.last_frame_at all carry that one value
+        if self._last_converted[0] != perf_at:
+            self._last_converted = (perf_at, trio.current_time() - max(0.0, time.perf_counter() - perf_at))
+        return self._last_converted[1]
 
     async def _materialise(self, newest: _Newest, previous: int, previous_at: float) -> Frame | None:
         image = newest.image
