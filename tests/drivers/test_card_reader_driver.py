@@ -120,7 +120,7 @@ async def test_cards_waits_on_the_chip_and_a_card_is_read_at_once(emu, reader, n
         started = trio.current_time()
         emu.place(BADGE)
         assert await receive.receive() == BadgeRead("DEADBEEF")
-        assert trio.current_time() - started < 0.25  # the pending command answered
+        assert trio.current_time() - started < 2.0  # the pending command answered, not a new one at the 10 s liveness round
     assert emu.stats.commands["IN_LIST_PASSIVE_TARGET"] == 1 and emu.stats.aborts == 0
     nursery.cancel_scope.cancel()
 

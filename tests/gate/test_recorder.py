@@ -58,7 +58,7 @@ async def test_decisions_handed_over_while_the_vault_is_held_are_written_in_orde
             recorder.record(Decision("identified", kept.person_id, "right", 0.5, None, 101.0, "entry", 1.0))
             recorder.record(unknown(102))
             recorder.record(Decision("retry", None, None, None, "hold still", 103.0, "entry", 3.0))  # not sent
-            assert time.monotonic() - started < 0.05   # handed over, not written: nothing waited
+            assert time.monotonic() - started < 1.0    # handed over, not written: no wait for the lock (5 s)
             await trio.sleep(0.5)                      # a few steps meet the lock
             assert recorder.waiting == 2 and outbox(vault) == []
             other.execute("COMMIT")
