@@ -176,14 +176,6 @@ def rf_max_retries(*, atr: int = 0xFF, psl: int = 0x01, passive_activation: int 
     return rf_configuration(RfItem.MAX_RETRIES, bytes([atr, psl, passive_activation]))
 
 
-def read_register(*addresses: int) -> Command:
-    return Command(Code.READ_REGISTER, b"".join(struct.pack(">H", a) for a in addresses))
-
-
-def write_register(*pairs: tuple[int, int]) -> Command:
-    return Command(Code.WRITE_REGISTER, b"".join(struct.pack(">HB", a, v) for a, v in pairs))
-
-
 def set_serial_baudrate(baudrate: int) -> Command:
     if baudrate not in SERIAL_BAUDRATES:
         raise CommandFormatError(f"the PN532 HSU cannot run at {baudrate} baud; use one of {SERIAL_BAUDRATES}")
@@ -202,20 +194,8 @@ def in_data_exchange(tg: int, data: bytes, *, more: bool = False) -> Command:
     return Command(Code.IN_DATA_EXCHANGE, bytes([tg | (STATUS_MORE_INFORMATION if more else 0)]) + data)
 
 
-def in_communicate_thru(data: bytes) -> Command:
-    return Command(Code.IN_COMMUNICATE_THRU, data)
-
-
 def in_release(tg: int = 0) -> Command:
     return Command(Code.IN_RELEASE, bytes([tg]))
-
-
-def in_select(tg: int) -> Command:
-    return Command(Code.IN_SELECT, bytes([tg]))
-
-
-def in_deselect(tg: int = 0) -> Command:
-    return Command(Code.IN_DESELECT, bytes([tg]))
 
 
 # ---- answers -------------------------------------------------------------------------------

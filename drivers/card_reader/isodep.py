@@ -12,7 +12,6 @@ from collections.abc import Callable
 # ISO/IEC 14443-4 §7.1.1.1 PCB coding
 PCB_I = 0x02  # I-block: b8-b7 = 00, b2 = 1
 PCB_R = 0xA2  # R-block: b8-b6 = 101, b2 = 1
-PCB_S = 0xC2  # S-block: b8-b7 = 11, b2 = 1
 PCB_CHAINING = 0x10  # I-block b5
 PCB_CID = 0x08  # b4: CID follows
 PCB_NAD = 0x04  # b3 (I-blocks): NAD follows
@@ -40,10 +39,6 @@ def is_i_block(pcb: int) -> bool:
 
 def is_r_block(pcb: int) -> bool:
     return pcb & 0xE6 == PCB_R
-
-
-def is_s_block(pcb: int) -> bool:
-    return pcb & 0xC7 == PCB_S
 
 
 class IsoDepTarget:
