@@ -278,6 +278,7 @@ async def test_first_ask_gets_a_fresh_frame_at_once_then_the_burst_ends(emu, mon
             await trio.sleep(0.15)
         first = await cam.next_frame(timeout=0.4)  # decoded on the spot, no wait for the next frame
         assert first.seq == read - 1  # the newest frame read
+        assert cam.stats.last_frame_at == first.captured_at  # one moment, one trio time
         assert first.dropped_before == 0 and first.image.shape == (480, 640)
         assert cam.stats.decoded == 1
         burst = [await cam.next_frame(timeout=2) for _ in range(5)]
