@@ -506,15 +506,19 @@ def main(args: argparse.Namespace | None = None) -> dict:
         log(n, out["recall"]["by_gallery"][str(n)])
 
         progress = Progress(f"1:N timing at {n}", 2 * len(test_probes))
+
+        def median_search_ms(gallery: gal.Gallery) -> float:
+            ts = []
+            for p in test_probes:
+                t1 = time.perf_counter()
+                gallery.search(p, k=5)
+                ts.append(time.perf_counter() - t1)
+                progress.update()
+            return float(np.median(ts) * 1e3)
+
         for p in test_probes[:2]:
             g.search(p, k=5)                          # warm
-        ts = []
-        for p in test_probes:
-            t1 = time.perf_counter()
-            g.search(p, k=5)
-            ts.append(time.perf_counter() - t1)
-            progress.update()
-        row = {"ms": float(np.median(ts) * 1e3), "entries": total, "shortlist": size,
+        row = {"ms": median_search_ms(g), "entries": total, "shortlist": size,
                "bytes_per_palm": g.memory_bytes() / total}
         # the same probes as strangers: their mates' entries removed (live flags of copies)
         kept = [seg.live for seg in g._segments]
@@ -522,14 +526,8 @@ def main(args: argparse.Namespace | None = None) -> dict:
             seg.live = seg.live.copy()
         for mate in range(n, total):
             g._segments[mate // SEGMENT].live[mate % SEGMENT] = 0
-        ts = []
-        for p in test_probes:
-            t1 = time.perf_counter()
-            g.search(p, k=5)
-            ts.append(time.perf_counter() - t1)
-            progress.update()
+        row["stranger_ms"] = median_search_ms(g)
         progress.close()
-        row["stranger_ms"] = float(np.median(ts) * 1e3)
         for seg, live in zip(g._segments, kept):
             seg.live = live
         psig0 = pf.signature_variants(test_probes[0].base)          # once per search, as Gallery.search does
