@@ -35,7 +35,7 @@ import attrs
 import trio
 
 from palmnode.actors import Backoff
-from palmnode.vault.errors import VaultBusy
+from palmnode.vault.errors import VaultError
 from palmnode.vault.steps import STEP_S, in_vault_steps
 from palmnode.link.channel import (
     Channel,
@@ -427,12 +427,15 @@ class LinkClient:
     async def _mark_acked(self) -> None:
         """Mark the acked events delivered, oldest first. Another process holding the vault's write
         lock: the first waits out its busy timeout, then one warning line, and they wait for a
-        later round (one step each then: ``acks_deferred`` counts them)."""
+        later round (one step each then: ``acks_deferred`` counts them); so with any vault error
+        that may pass (a full disk, an I/O error). A lasting one (a damaged file) ends the link."""
         for seq in sorted(self._acked):
             wait = 0 if self._marks_held else self._outbox.busy_timeout
             try:
                 await in_vault_steps(functools.partial(self._outbox.mark_delivered, seq, wait=STEP_S), wait)
-            except VaultBusy as exc:
+            except VaultError as exc:
+                if exc.lasting:
+                    raise
                 if not self._marks_held:
                     log.warning("link ack not marked delivered, kept to mark later: %s", one_line(exc),
                                 extra={"fields": {"seq": seq}})
@@ -507,7 +510,9 @@ class LinkClient:
                 return self._outbox.pending_events(limit=cfg.outbox_batch, unreadable=unreadable, wait=STEP_S)
             try:
                 events = await in_vault_steps(read, self._outbox.busy_timeout)
-            except VaultBusy as exc:  # dropping unreadable events is a write: read again next round
+            except VaultError as exc:  # held, a full disk (dropping unreadable events is a write): next round
+                if exc.lasting:
+                    raise
                 events = []
                 unreadable.clear()
                 if not self._outbox_held:

@@ -23,6 +23,7 @@ from palmnode.link.codec import HEADER, MAX_FRAME
 from palmnode.link.messages import PROTOCOL_VERSION, DropReason, Hello
 from palmnode.link.tls import TlsConfigError, client_context
 from palmnode.vault import Vault, load_keys
+from palmnode.vault.errors import VaultError
 from tests.conftest import wait_for
 from tests.gate.test_people import write_locked
 
@@ -493,3 +494,77 @@ async def test_the_controllers_answers_are_read_while_an_ack_waits_for_a_vault_a
         assert await pending_in(vault) == [] and list(stub.applied) == [key]
     finally:
         vault.close()
+
+
+# -- a vault error that may pass (a full disk), and one that will not (a damaged file) --------------
+
+class FailingOutbox(CountedOutbox):
+    """The vault as the outbox, its marks (``mark_error``) and reads (``read_error``: its drop of
+    an unreadable event is a write) failing while set, as SQLite's writes do with the disk full
+    (no test can fill a disk; the vault turns SQLite's error into this one line)."""
+
+    def __init__(self, vault: Vault, *, mark_error: VaultError | None = None,
+                 read_error: VaultError | None = None) -> None:
+        super().__init__(vault)
+        self.mark_error, self.read_error = mark_error, read_error
+
+    def pending_events(self, **kwargs):
+        if self.read_error is not None:
+            self.reads += 1
+            raise self.read_error
+        return super().pending_events(**kwargs)
+
+    def mark_delivered(self, seq: int, **kwargs) -> None:
+        if self.mark_error is not None:
+            raise self.mark_error
+        super().mark_delivered(seq, **kwargs)
+
+
+def disk_full(vault: Vault) -> VaultError:
+    return VaultError(f"vault {vault.path}: database or disk is full (nothing was written)")
+
+
+async def test_a_full_disk_puts_acks_and_reads_off_like_a_held_vault_and_the_connection_stays(pki, stub, vault, caplog):
+    """A vault error that may pass other than another process's lock (a full disk, an I/O error)
+    crashed the link actor: a traceback and a reconnect by its supervisor, again on every ack
+    while it lasted. Now it is what a held vault is: the acked event kept in memory, the outbox
+    read again each poll, one warning line each, requests served meanwhile."""
+    key = vault.append_event("unknown", {"latency_ms": 1.0, "reason": "x"}).key
+    full = disk_full(vault)
+    outbox = FailingOutbox(vault, mark_error=full)  # full before the ack is marked
+    client = LinkClient(config(pki, stub.port), outbox, serve)
+    with caplog.at_level(logging.INFO, logger="palmnode.link"):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.run)
+            await wait_for(lambda: client.stats.acks_deferred == 1, timeout=10)
+            outbox.read_error = full  # and the outbox read too
+            reads = outbox.reads
+            await wait_for(lambda: outbox.reads >= reads + 3, timeout=10)  # rounds of the pump go by
+            later = vault.append_event("unknown", {"latency_ms": 2.0, "reason": "y"}).key
+            assert await client.request("echo", {"n": 1}) == {"n": 1}
+            assert (await stub.request("gate-1", "node.status", {})).ok
+            assert [e.key for e in stub.received] == [key] and client.stats.events_acked == 0
+            outbox.mark_error = outbox.read_error = None  # space again
+            await wait_for(lambda: client.stats.events_acked == 2, timeout=10)
+            assert [e.key for e in stub.received] == [key, later] and await pending_in(vault) == []
+            assert (client.stats.connects, client.stats.disconnects) == (1, 0)
+            nursery.cancel_scope.cancel()
+    warnings = link_warnings(caplog)
+    error = f"vault {vault.path}: database or disk is full (nothing was written)"
+    assert [r.getMessage() for r in warnings] == [
+        f"link ack not marked delivered, kept to mark later: {error}",
+        f"link outbox not read, again every 0.2 s meanwhile: {error}"]
+    assert all(r.exc_info is None for r in warnings)
+
+
+async def test_a_damaged_vault_under_the_outbox_ends_the_link_for_its_supervisor(pki, stub, vault):
+    """A lasting vault error (corrupt pages: an operator must restore the file) is not put off:
+    the link ends with it, and its supervisor reports the device of the node down."""
+    vault.append_event("unknown", {"latency_ms": 1.0, "reason": "x"})
+    damaged = VaultError(f"vault {vault.path}: database disk image is malformed", reason="damaged")
+    client = LinkClient(config(pki, stub.port), FailingOutbox(vault, read_error=damaged), serve)
+    with pytest.RaisesGroup(pytest.RaisesExc(VaultError, match="malformed", check=lambda e: e.lasting),
+                            flatten_subgroups=True):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.run)
+    assert stub.received == []
