@@ -559,7 +559,7 @@ async def test_a_full_disk_puts_acks_and_reads_off_like_a_held_vault_and_the_con
 
 async def test_a_damaged_vault_under_the_outbox_ends_the_link_for_its_supervisor(pki, stub, vault):
     """A lasting vault error (corrupt pages: an operator must restore the file) is not put off:
-    the link ends with it, and its supervisor reports the device of the node down."""
+    the link ends with it, for its supervisor to restart and report."""
     vault.append_event("unknown", {"latency_ms": 1.0, "reason": "x"})
     damaged = VaultError(f"vault {vault.path}: database disk image is malformed", reason="damaged")
     client = LinkClient(config(pki, stub.port), FailingOutbox(vault, read_error=damaged), serve)
