@@ -36,7 +36,8 @@ needed) only on demand; there a first ask waits for the next frame (≤ one fram
 Time: ``Frame.captured_at`` is in trio's clock (``trio.current_time()``), taken as the moment
 ``VideoCapture.read`` returned the frame: the reader thread notes ``time.perf_counter()`` then, and
 the trio side subtracts the delay since (measured with the same ``perf_counter``) from
-``trio.current_time()``. This holds for any trio clock, including a MockClock; it is when the frame
+``trio.current_time()``, once per frame (the frame, ``latest()`` and ``stats.last_frame_at`` carry
+that one value). This holds for any trio clock, including a MockClock; it is when the frame
 reached the host, which lags the sensor's exposure by the transport and buffering delay.
 """
 from __future__ import annotations
