@@ -353,6 +353,11 @@ class Repl:
         self.out.write(text + "\n")
         self.out.flush()
 
+    def _error(self, text: str) -> None:
+        """Count an error and say it: ``error: text``."""
+        self.errors += 1
+        self._line(f"error: {text}")
+
     def _stream(self, reply: dict[str, Any]) -> None:
         if "text" in reply:
             self._line(str(reply["text"]))
@@ -361,8 +366,7 @@ class Repl:
 
     def _final(self, cmd: str, args: tuple[str, ...], reply: dict[str, Any]) -> None:
         if not reply.get("ok"):
-            self.errors += 1
-            self._line(f"error: {reply.get('error', 'unknown error')}")
+            self._error(reply.get("error", "unknown error"))
             return
         result = reply.get("result")
         if cmd == "capture" and isinstance(result, dict) and "png_base64" in result:
@@ -384,12 +388,10 @@ class Repl:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except FileExistsError:
-            self.errors += 1
-            print(f"error: {path} exists: give capture another PATH (the image was not kept)", file=self.out)
+            self._error(f"{path} exists: give capture another PATH (the image was not kept)")
             return
         except OSError as exc:
-            self.errors += 1
-            print(f"error: cannot write {path}: {exc.strerror} (the image was not kept)", file=self.out)
+            self._error(f"cannot write {path}: {exc.strerror} (the image was not kept)")
             return
         try:
             with os.fdopen(fd, "wb") as f:
@@ -399,8 +401,7 @@ class Repl:
                 os.unlink(path)
             if not isinstance(exc, OSError):
                 raise
-            self.errors += 1
-            print(f"error: cannot write {path}: {exc.strerror} (the image was not kept)", file=self.out)
+            self._error(f"cannot write {path}: {exc.strerror} (the image was not kept)")
             return
         self._line(f"{text or 'ROI'} saved to {path}")
 
@@ -416,8 +417,7 @@ class Repl:
         try:
             cmd, args = split_line(line)
         except ValueError as exc:
-            self.errors += 1
-            print(f"error: {exc}", file=self.out)
+            self._error(str(exc))
             return True
         if cmd == "py" and not args:
             self.python(read_line)
