@@ -267,7 +267,8 @@ def demo(args: argparse.Namespace) -> int:
     if not played:  # stopped half-way: the temporary folder (keys, vault, sockets) is gone, no summary
         return stopsignals.stopped("demo", signum)
     demomod.report(played[0])
-    return 130 if (signum or stopsignals.noted()) == signal.SIGINT else 0  # a Ctrl-C once the demo was done: the summary is whole, the exit 130
+    # a Ctrl-C once the demo was done: the summary is whole, the exit 130
+    return 130 if (signum or stopsignals.noted()) == signal.SIGINT else 0
 
 
 def eval(args: argparse.Namespace) -> int:  # noqa: A001 - the subcommand's name

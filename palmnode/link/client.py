@@ -11,10 +11,11 @@ in the background, reconnecting with exponential backoff. While connected it
   ack (unacked events are sent again after a reconnect: the controller drops duplicates by key);
   the pump marks it, so the receive loop never waits for the vault;
 * rides out another process holding the vault's write lock past its busy timeout (an ``sqlite3``
-  shell, a backup): an outbox read it refuses is one warning line and tried again each poll; an
-  ack whose mark it refuses is one warning line, and the event, acked, is kept in memory (never
-  sent again by this client) and marked delivered on a later round of the pump; a process
-  stopped first sends it again after its restart (the controller drops it by key);
+  shell, a backup), and any other vault error that may pass (a full disk, an I/O error; a lasting
+  one, a damaged file, ends ``run``): an outbox read it refuses is one warning line and tried
+  again each poll; an ack whose mark it refuses is one warning line, and the event, acked, is kept
+  in memory (never sent again by this client) and marked delivered on a later round of the pump;
+  a process stopped first sends it again after its restart (the controller drops it by key);
 * answers ``await client.request(op, args)`` for node → controller calls (``sync``, ``charge``).
 * runs ``on_connected()`` (the node's ``sync``) after each hello, again after a backoff delay
   while it fails with a :class:`LinkError` and the connection lasts.
@@ -242,11 +243,11 @@ class LinkClient:
         self._waiting: dict[int, _Pending] = {}
         self._inflight: dict[int, tuple[str, float]] = {}  # seq -> (key, sent at trio time)
         #: events the controller acked, for the pump to mark delivered: seq -> whether the vault put
-        #: its mark off (another process held it past its busy timeout). Never sent again by this
-        #: client, kept across connections (the controller has them)
+        #: its mark off (held past its busy timeout, a full disk). Never sent again by this client,
+        #: kept across connections (the controller has them)
         self._acked: dict[int, bool] = {}
-        self._marks_held = False   # the pump's last mark met the vault held: warned once
-        self._outbox_held = False  # the pump's last outbox read met the vault held: warned once
+        self._marks_held = False   # the pump's last mark met the vault held (or full): warned once
+        self._outbox_held = False  # the pump's last outbox read met the vault held (or full): warned once
         self._unsendable: set[int] = set()  # seqs whose event cannot be encoded: held back, logged once
         self._wake = trio.Event()
         self._connected_changed = trio.Event()
