@@ -387,6 +387,7 @@ async def test_a_follow_under_nohup_outlives_a_hangup_and_a_sigterm_ends_it(node
     assert text.splitlines()[-1] == "palmnode repl: stopped by SIGTERM", text
     assert "Traceback" not in text
 
+
 def test_a_stop_signal_never_cuts_a_line_from_its_newline():
     """print() writes a line, then its newline: a SIGTERM between the two (a follow's event line as
     the client was stopped, 2 runs in 30 of the nohup test on a loaded machine) left the line open,
