@@ -220,10 +220,13 @@ def full_scores(probe: ProbeTemplates, recs: np.ndarray, idx: np.ndarray | None 
 
 def gallery_of(recs: np.ndarray, sigs: np.ndarray, threads: int = 1, ids: list[str] | None = None) -> gal.Gallery:
     """A Gallery holding these packed entries, one person each, ``ids`` (default p0, p1, ...) (filled
-    directly: add() per entry would take minutes)."""
+    directly: add() per entry would take minutes). Its fast pass stops where the node's does: at
+    the gate's decision threshold."""
     n = len(recs)
     seg_size = SEGMENT
-    g = gal.Gallery(segment_size=seg_size, first_capacity=seg_size, threads=threads)
+    threshold = decision_threshold()
+    g = gal.Gallery(segment_size=seg_size, first_capacity=seg_size, threads=threads,
+                    exit_score=pf.EXIT_SCORE if threshold is None else threshold)
     segs = []
     for start in range(0, n, seg_size):
         m = min(seg_size, n - start)

@@ -54,7 +54,8 @@ VEIN_STAGE_RADIUS = 2
 #: when its best final score reaches EXIT_SCORE, a fused score above every impostor score seen
 #: (bench, 587 probes x 1M: best impostor 0.361; with probe variants the highest of 8.9M impostor
 #: pairs is 0.3745 and the 1e-9 threshold 0.3907); otherwise it runs the full pre-filter
-#: (PROBE_OFFSETS, stage1_size, shortlist_size).
+#: (PROBE_OFFSETS, stage1_size, shortlist_size). The node and the benches pass the gate's
+#: decision threshold instead.
 FAST_OFFSETS = ((0, 0),)
 FAST_STAGE1_FRACTION = 0.003
 FAST_STAGE1 = 3000
