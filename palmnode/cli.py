@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from palmnode import cliargs
+from palmnode import __version__, cliargs
 
 DESCRIPTION = """\
 palmnode: the software inside a contactless palm-identity gate.
@@ -43,6 +43,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="palmnode", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"palmnode {__version__}")
     sub = parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
 
     p = sub.add_parser("sim", help="start a virtual gate and print its endpoints",

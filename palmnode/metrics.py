@@ -37,6 +37,8 @@ MAX_SERIES = 1000
 
 #: HELP text of the names the node records (others get a generic line until described)
 KNOWN: dict[str, tuple[Kind, str]] = {
+    "palmnode_build_info": ("gauge", "1, labelled with the version of palmnode the node runs."),
+    "palmnode_start_time_seconds": ("gauge", "When the node started, Unix time in seconds."),
     "palmnode_identify_latency_ms": ("histogram", "Hand present to decision, milliseconds, by outcome."),
     "palmnode_decisions_total": ("counter", "Identify decisions, by outcome."),
     "palmnode_decisions_unrecorded_total": ("counter", "Identify decisions (identified, unknown) that never reached "

@@ -12,6 +12,7 @@ import trio
 
 from drivers.card_reader.reads import BadgeRead, CardNotRead, PaymentCardRead
 from drivers.illuminator.driver import BoardNotice, Cooled, DeadmanTripped, OverTemperature
+from palmnode import __version__
 from palmnode.actors import (Backoff, ChildContext, ChildSpec, DeviceStateChanged, EventBus,
                              GateStateChanged, HealthRegistry, Supervisor)
 from palmnode.config import Config
@@ -63,6 +64,9 @@ class Node:
         self.lights = illuminator.Lights()
         self.frames = camera.FrameSource()
         self.metrics = Metrics()
+        self.started_at = time.time()  # node.status's uptime, the metrics' start time
+        self.metrics.set("palmnode_build_info", 1.0, version=__version__)
+        self.metrics.set("palmnode_start_time_seconds", self.started_at)
         gate = config.gate
         self.modes = GateModes(self.bus, GateMode(gate.mode, gate.amount_cents, gate.currency))
         self.ops = NodeOps(self)
@@ -246,6 +250,8 @@ class Node:
         people = await trio.to_thread.run_sync(self.vault.count) if self.vault is not None else 0
         return {
             "node_id": self.config.node.node_id,
+            "version": __version__,
+            "uptime_s": round(time.time() - self.started_at, 1),
             "gate": health.gate.value if health else "starting",
             "devices": [{"name": d.name, "state": d.state.value, "restarts": d.restarts}
                         for d in (health.snapshot() if health else ())],

@@ -133,6 +133,14 @@ def test_help_explains_every_subcommand(module):
         assert f"\n  {sub} " in proc.stdout
 
 
+def test_version_is_the_installed_packages():
+    """`palmnode --version` says what a gate runs, for a bug report: the version pip installed."""
+    from importlib.metadata import version
+
+    proc = subprocess.run([sys.executable, "-m", "palmnode", "--version"], capture_output=True, text=True)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, f"palmnode {version('palmnode')}\n", "")
+
+
 @pytest.mark.parametrize("name", cli.SUBCOMMANDS)
 def test_a_subcommand_built_alone_parses_as_in_the_whole_parser(name, capsys):
     helps = []

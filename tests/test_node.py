@@ -5,6 +5,7 @@ import contextlib
 import io
 import json
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import trio
 
 from drivers.card_reader.cards import Badge, EmvCard
 from drivers.card_reader.reads import BadgeRead, PaymentCardRead
+import palmnode
 from palmnode import logs
 from palmnode.actors import DeviceState, DeviceStateChanged, GateState
 from palmnode.gate.presence import PresenceChanged
@@ -312,6 +314,9 @@ async def test_the_links_counters_are_in_node_status_and_the_metrics(nursery, ga
         raise AssertionError(f"status streams nothing: {line}")
     reply = await run_command(Session(target=node, send=no_streaming), "status", ())  # the REPL's view of it
     assert "link: 1 connects, 0 failed attempts" in reply.text and "/ 2 refused, dropped: none" in reply.text
+    status = await node.status()  # what runs, and since when
+    assert status["version"] == palmnode.__version__ and 0 <= status["uptime_s"] < 600
+    assert reply.text.startswith(f"node demo-gate (palmnode {palmnode.__version__}, up 0:")
 
     metrics = node.metrics
     await wait_for(lambda: metrics.value("palmnode_link_requests_refused_total") == 2)  # the health-metrics tick
@@ -321,6 +326,8 @@ async def test_the_links_counters_are_in_node_status_and_the_metrics(nursery, ga
     text = metrics.render_prometheus()
     assert "# TYPE palmnode_link_requests_refused_total counter" in text
     assert "\npalmnode_link_requests_refused_total 2\n" in text
+    assert f'\npalmnode_build_info{{version="{palmnode.__version__}"}} 1\n' in text
+    assert metrics.value("palmnode_start_time_seconds") == node.started_at <= time.time()
 
 
 async def test_a_mode_set_by_the_controller_is_one_gate_mode_line(nursery, gate, tmp_path, caplog):

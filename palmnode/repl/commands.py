@@ -174,11 +174,20 @@ async def _health_cmd(session: Session, args: tuple[str, ...]) -> Reply:
     return Reply(result, "\n".join(lines))
 
 
+def uptime(seconds: float) -> str:
+    """``3725`` → ``1:02:05``, ``90061`` → ``1 d 1:01:01``."""
+    days, rest = divmod(int(seconds), 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    return (f"{days} d " if days else "") + f"{hours}:{minutes:02}:{secs:02}"
+
+
 @command("status", "status", "the node's status, as the store controller's node.status sees it",
-         "The gate state, people enrolled, palms in the gallery, the gate's mode, the enrolment's "
-         "step, the debug capture folder, the controller link and its counters, and the vault's WAL: truncated, or "
-         "since when another connection to the vault file (a backup, an sqlite3 shell, palmnode "
-         "vault check) keeps a removed person's old pages in the -wal file, with the retries so far.")
+         "The node's palmnode version and uptime, the gate state, people enrolled, palms in the gallery, "
+         "the gate's mode, the enrolment's step, the debug capture folder, the controller link and its "
+         "counters, and the vault's WAL: truncated, or since when another connection to the vault file (a "
+         "backup, an sqlite3 shell, palmnode vault check) keeps a removed person's old pages in the -wal "
+         "file, with the retries so far.")
 async def _status(session: Session, args: tuple[str, ...]) -> Reply:
     status = getattr(session.target, "status", None)
     if status is None:
@@ -187,7 +196,8 @@ async def _status(session: Session, args: tuple[str, ...]) -> Reply:
     mode = result["mode"]
     if (payment := result.get("payment")) is not None:
         mode += " " + payment_words(payment)
-    lines = [f"node {result['node_id']}: gate {result['gate'].upper()}, mode {mode}",
+    lines = [f"node {result['node_id']} (palmnode {result['version']}, up {uptime(result['uptime_s'])}): "
+             f"gate {result['gate'].upper()}, mode {mode}",
              f"people {result['people']}, gallery {result['gallery_palms']} palms, enrolment {result['enrolment']}",
              f"controller {result['controller'] or 'none (no [controller] in the config)'}"]
     if (link := result.get("link")) is not None:

@@ -12,7 +12,7 @@ from palmnode.actors import DeviceState, DeviceStateChanged
 from palmnode.gate.events import Decision, PersonEnrolled
 from palmnode.gate.modes import GateMode, ModeChanged
 from palmnode.logs import event_to_plain
-from palmnode.repl.commands import COMMANDS, CommandError, config_to_plain, resolve_follow
+from palmnode.repl.commands import COMMANDS, CommandError, config_to_plain, resolve_follow, uptime
 
 
 @attrs.frozen
@@ -65,6 +65,12 @@ def test_follow_names_and_groups():
     assert len(resolve_follow(())) >= 18
     with pytest.raises(CommandError, match="no event type 'x'"):
         resolve_follow(("x",))
+
+
+@pytest.mark.parametrize("seconds, text", [(0, "0:00:00"), (59.9, "0:00:59"), (3725, "1:02:05"),
+                                           (86399, "23:59:59"), (90061, "1 d 1:01:01"), (40 * 86400, "40 d 0:00:00")])
+def test_uptime_reads_as_days_and_a_clock(seconds, text):
+    assert uptime(seconds) == text
 
 
 def test_every_command_has_usage_and_help():
