@@ -64,7 +64,8 @@ class Node:
         self.lights = illuminator.Lights()
         self.frames = camera.FrameSource()
         self.metrics = Metrics()
-        self.started_at = time.time()  # node.status's uptime, the metrics' start time
+        self.started_at = time.time()  # Unix time, for the metrics
+        self._started = time.monotonic()  # node.status's uptime: a step of the wall clock changes nothing
         self.metrics.set("palmnode_build_info", 1.0, version=__version__)
         self.metrics.set("palmnode_start_time_seconds", self.started_at)
         gate = config.gate
@@ -251,7 +252,7 @@ class Node:
         return {
             "node_id": self.config.node.node_id,
             "version": __version__,
-            "uptime_s": round(time.time() - self.started_at, 1),
+            "uptime_s": round(time.monotonic() - self._started, 1),
             "gate": health.gate.value if health else "starting",
             "devices": [{"name": d.name, "state": d.state.value, "restarts": d.restarts}
                         for d in (health.snapshot() if health else ())],
