@@ -752,7 +752,8 @@ def _one_shot(conn: Connection, words: list[str]) -> int:
 def _interactive(conn: Connection) -> int:
     hello = conn.hello
     repl = Repl(conn, interactive=True)
-    print(f"palmnode REPL on node {hello.get('node_id')} ({hello.get('protocol')}): help lists the "
+    runs = f"palmnode {hello['version']}, " if hello.get("version") else ""  # an older node's hello has none
+    print(f"palmnode REPL on node {hello.get('node_id')} ({runs}{hello.get('protocol')}): help lists the "
           "commands, Tab completes, Ctrl-D leaves")
 
     def read_line(prompt: str) -> str | None:

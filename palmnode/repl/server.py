@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from palmnode import lockfile
+from palmnode import __version__, lockfile
 from palmnode.fserrors import folder_error, lasting
 from palmnode.logs import event
 from palmnode.private_files import others_may_change
@@ -183,7 +183,7 @@ class _Sessions:
         node = getattr(self.target.config, "node", None)
         commands = [c for c in COMMANDS if c != "py" or self.python_console]
         return {"hello": {"protocol": protocol.VERSION, "node_id": getattr(node, "node_id", None),
-                          "commands": commands, "follow": sorted(followable()),
+                          "version": __version__, "commands": commands, "follow": sorted(followable()),
                           "lights": list(channels(self.target)),
                           "python_console": self.python_console}}
 

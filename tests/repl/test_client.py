@@ -16,6 +16,7 @@ import cv2
 import pytest
 import trio
 
+import palmnode
 from drivers.card_reader.reads import BadgeRead
 from palmnode.actors import GateState
 from palmnode.gate.events import Decision
@@ -199,6 +200,7 @@ async def test_terminal_session_with_completion_history_and_follow(node, repl_pa
     await wait_for(lambda: node.health is not None and node.health.gate is GateState.READY, timeout=5)
     async with open_terminal(repl_path, tmp_path) as (process, terminal, out):
         await out.prompt("demo-gate> ", 1)
+        assert f"palmnode REPL on node demo-gate (palmnode {palmnode.__version__}, palmnode-repl/1)" in out.text
         await terminal.send_all(b"hea\t")
         await out.wait_for("health ")  # Tab completed the command name
         await terminal.send_all(b"\r")

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import trio
 
+import palmnode
 from drivers.card_reader.cardtoken import CardToken
 from drivers.card_reader.reads import BadgeRead, PaymentCardRead
 from palmnode.actors import Backoff, ChildSpec, GateState, Supervisor
@@ -36,6 +37,7 @@ async def test_socket_is_0600_and_greets(repl_path, connect, node):
     assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
     client = await connect()
     assert client.hello["protocol"] == "palmnode-repl/1" and client.hello["node_id"] == "demo-gate"
+    assert client.hello["version"] == palmnode.__version__
     assert {"health", "tree", "follow", "stats", "gallery", "capture", "light", "config", "py",
             "help"} <= set(client.hello["commands"])
     assert "decision" in client.hello["follow"] and client.hello["lights"] == ["ir", "surface"]
