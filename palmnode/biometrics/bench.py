@@ -41,6 +41,7 @@ match of the gallery's shortlist (the impostors most likely to beat the mate).
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import sys
@@ -201,11 +202,17 @@ def signatures_of(recs: np.ndarray) -> np.ndarray:
     return out
 
 
+@functools.cache
+def shipped_calibration() -> matcher.Calibration:
+    """palmnode/biometrics/calibration.json, read once a run (OSError without the file)."""
+    return matcher.Calibration.from_json(SHIPPED_CALIBRATION.read_text())
+
+
 def decision_threshold() -> float | None:
     """The gate's decision threshold: the shipped calibration at the gate's default target FMR
     (None without the file)."""
     try:
-        return matcher.Calibration.from_json(SHIPPED_CALIBRATION.read_text()).decision_threshold(GateConfig().target_fmr)
+        return shipped_calibration().decision_threshold(GateConfig().target_fmr)
     except OSError:
         return None
 
@@ -253,7 +260,7 @@ def surface_replicas(probes: list[tuple[int, ProbeTemplates]], enrol: dict[int, 
     how many also the shipped calibration's vein floor at the default ``[gate] vein_fmr``.
     Genuine probes beside them."""
     threshold = decision_threshold()
-    floor = matcher.Calibration.from_json(SHIPPED_CALIBRATION.read_text()).vein_floor(GateConfig().vein_fmr)
+    floor = shipped_calibration().vein_floor(GateConfig().vein_fmr)
     genuine, replica = [], []
     for k, (i, p) in enumerate(probes):
         genuine.append(matcher.match_probe(p, enrol[i]))
